@@ -1,0 +1,356 @@
+//! The audit read API: list, security events, and streamed CSV/JSON exports.
+//!
+//! Query parameters are parsed here into a [`EventFilter`]; a bad one is a
+//! 400 `invalid_parameter` naming it. Reads run on blocking threads with their
+//! own read-only connection, so a long export never stalls the runtime or the
+//! writer.
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+use super::AdminState;
+use crate::audit::views;
+use crate::error::ApiError;
+use crate::event::{now_ms, Category, SYSTEM_TENANT};
+use crate::store::audit::{AuditReader, EventFilter, StoredEvent};
+
+pub fn routes() -> Router<AdminState> {
+    Router::new()
+        .route("/v1/audit/{tenant}", get(list_logs))
+        .route("/v1/audit/{tenant}/security", get(list_security))
+        .route("/v1/audit/{tenant}/export/csv", get(export_csv))
+        .route("/v1/audit/{tenant}/export/json", get(export_json))
+}
+
+const DEFAULT_LIMIT: u64 = 100;
+const MAX_LIMIT: u64 = 10_000;
+const HOUR_MS: i64 = 3_600_000;
+
+/// A parsed query: the filter plus the page size.
+struct AuditQuery {
+    filter: EventFilter,
+    limit: Option<u64>,
+}
+
+fn parse_int<T: std::str::FromStr>(name: &str, value: &str) -> Result<T, ApiError> {
+    value.trim().parse().map_err(|_| ApiError::invalid_parameter(name, format!("`{value}` is not a whole number")))
+}
+
+fn parse_time(name: &str, value: &str) -> Result<i64, ApiError> {
+    chrono::DateTime::parse_from_rfc3339(value.trim())
+        .map(|t| t.timestamp_millis())
+        .map_err(|_| ApiError::invalid_parameter(name, format!("`{value}` is not an RFC 3339 time such as 2026-11-22T15:00:00Z")))
+}
+
+fn check_token(name: &str, value: &str) -> Result<String, ApiError> {
+    if value.is_empty() || value.len() > 256 || value.chars().any(char::is_control) {
+        return Err(ApiError::invalid_parameter(name, "must be 1-256 printable characters"));
+    }
+    Ok(value.to_string())
+}
+
+/// Cursors are `<timestamp_ms>.<seq>` of the last event of the previous page.
+fn parse_cursor(value: &str) -> Result<(i64, u64), ApiError> {
+    let bad = || ApiError::invalid_parameter("cursor", "not a cursor this server issued");
+    let (ts, seq) = value.split_once('.').ok_or_else(bad)?;
+    Ok((ts.parse().map_err(|_| bad())?, seq.parse().map_err(|_| bad())?))
+}
+
+fn cursor_of(stored: &StoredEvent) -> String {
+    format!("{}.{}", stored.event.timestamp_ms, stored.event.seq)
+}
+
+/// Parses the shared filter parameters. `paged` endpoints get a default
+/// limit; exports return everything unless a limit is given.
+fn parse_query(tenant: &str, category: Category, params: &[(String, String)], paged: bool) -> Result<AuditQuery, ApiError> {
+    let mut filter = EventFilter { tenant_id: tenant.to_string(), category: Some(category), ..EventFilter::default() };
+    let mut limit = paged.then_some(DEFAULT_LIMIT);
+    let (mut hours, mut days) = (None::<i64>, None::<i64>);
+    for (name, value) in params {
+        match name.as_str() {
+            "limit" => {
+                let n: i64 = parse_int(name, value)?;
+                if !(1..=MAX_LIMIT as i64).contains(&n) {
+                    return Err(ApiError::invalid_parameter(name, format!("must be between 1 and {MAX_LIMIT}")));
+                }
+                limit = Some(n as u64);
+            }
+            "cursor" => filter.before = Some(parse_cursor(value)?),
+            "consumer_id" => filter.consumer_id = Some(check_token(name, value)?),
+            "api_id" => filter.api_id = Some(check_token(name, value)?),
+            "event_type" => filter.event_type = Some(check_token(name, value)?),
+            "method" => {
+                let method = value.trim().to_ascii_uppercase();
+                if method.is_empty() || method.len() > 16 || !method.bytes().all(|b| b.is_ascii_uppercase()) {
+                    return Err(ApiError::invalid_parameter(name, "must be an HTTP method such as GET"));
+                }
+                filter.method = Some(method);
+            }
+            "path" => {
+                if !value.starts_with('/') {
+                    return Err(ApiError::invalid_parameter(name, "must start with `/` (it matches paths by prefix)"));
+                }
+                filter.path_prefix = Some(check_token(name, value)?);
+            }
+            "status_min" | "status_max" => {
+                let status: i64 = parse_int(name, value)?;
+                if !(100..=599).contains(&status) {
+                    return Err(ApiError::invalid_parameter(name, "must be an HTTP status between 100 and 599"));
+                }
+                if name == "status_min" {
+                    filter.status_min = Some(status as u16);
+                } else {
+                    filter.status_max = Some(status as u16);
+                }
+            }
+            "hours" | "days" => {
+                let n: i64 = parse_int(name, value)?;
+                let max = if name == "hours" { 24 * 3660 } else { 3660 };
+                if !(1..=max).contains(&n) {
+                    return Err(ApiError::invalid_parameter(name, format!("must be between 1 and {max}")));
+                }
+                if name == "hours" {
+                    hours = Some(n);
+                } else {
+                    days = Some(n);
+                }
+            }
+            "from" => filter.from_ms = Some(parse_time(name, value)?),
+            "to" => filter.to_ms = Some(parse_time(name, value)?),
+            // Unknown parameters are ignored so that scripts written for
+            // other audit APIs keep working.
+            _ => {}
+        }
+    }
+    if let (Some(min), Some(max)) = (filter.status_min, filter.status_max) {
+        if min > max {
+            return Err(ApiError::invalid_parameter("status_min", "must not be greater than status_max"));
+        }
+    }
+    let window = match (hours, days) {
+        (Some(_), Some(_)) => return Err(ApiError::invalid_parameter("days", "give either `hours` or `days`, not both")),
+        (Some(h), None) => Some(h * HOUR_MS),
+        (None, Some(d)) => Some(d * 24 * HOUR_MS),
+        (None, None) => None,
+    };
+    if let Some(window) = window {
+        if filter.from_ms.is_some() {
+            return Err(ApiError::invalid_parameter("from", "give either `from` or `hours`/`days`, not both"));
+        }
+        filter.from_ms = Some(now_ms() - window);
+    }
+    if let (Some(from), Some(to)) = (filter.from_ms, filter.to_ms) {
+        if from > to {
+            return Err(ApiError::invalid_parameter("from", "must not be after `to`"));
+        }
+    }
+    Ok(AuditQuery { filter, limit })
+}
+
+/// 404 unless the tenant exists (or is the system tenant).
+fn require_audit_tenant(state: &AdminState, tenant: &str) -> Result<(), ApiError> {
+    if tenant == SYSTEM_TENANT {
+        return Ok(());
+    }
+    state.control.require_tenant(tenant)
+}
+
+/// Reads one page (newest first) on a blocking thread.
+async fn read_page(state: &AdminState, query: AuditQuery) -> Result<(Vec<StoredEvent>, Option<String>), ApiError> {
+    let path = state.audit.db_path().to_path_buf();
+    let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
+    tokio::task::spawn_blocking(move || {
+        let reader = AuditReader::open(&path).map_err(ApiError::internal)?;
+        let mut rows = Vec::with_capacity(limit.min(1024) as usize);
+        reader
+            .scan(&query.filter, Some(limit + 1), |e| {
+                rows.push(e);
+                true
+            })
+            .map_err(ApiError::internal)?;
+        let next = if rows.len() as u64 > limit {
+            rows.truncate(limit as usize);
+            rows.last().map(cursor_of)
+        } else {
+            None
+        };
+        Ok((rows, next))
+    })
+    .await
+    .map_err(ApiError::internal)?
+}
+
+async fn list_logs(
+    State(state): State<AdminState>,
+    Path(tenant): Path<String>,
+    Query(params): Query<Vec<(String, String)>>,
+) -> Result<Json<Value>, ApiError> {
+    require_audit_tenant(&state, &tenant)?;
+    let query = parse_query(&tenant, Category::Request, &params, true)?;
+    let (rows, next) = read_page(&state, query).await?;
+    let logs: Vec<Value> = rows.iter().map(views::log_entry).collect();
+    Ok(Json(json!({"logs": logs, "next_cursor": next})))
+}
+
+async fn list_security(
+    State(state): State<AdminState>,
+    Path(tenant): Path<String>,
+    Query(params): Query<Vec<(String, String)>>,
+) -> Result<Json<Value>, ApiError> {
+    require_audit_tenant(&state, &tenant)?;
+    let query = parse_query(&tenant, Category::Security, &params, true)?;
+    let (rows, next) = read_page(&state, query).await?;
+    let events: Vec<Value> = rows.iter().map(views::security_entry).collect();
+    Ok(Json(json!({"events": events, "next_cursor": next})))
+}
+
+/// Bytes gathered before a chunk is handed to the connection.
+const CHUNK_BYTES: usize = 64 * 1024;
+
+/// Streams an export: a blocking thread scans the store row by row and sends
+/// chunks through a small channel, so memory stays flat for any size and a
+/// client that goes away stops the scan.
+fn stream_export(
+    state: &AdminState,
+    query: AuditQuery,
+    content_type: &'static str,
+    head: String,
+    tail: &'static str,
+    mut write_row: impl FnMut(&StoredEvent, bool, &mut String) + Send + 'static,
+) -> Response {
+    let path = state.audit.db_path().to_path_buf();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    tokio::task::spawn_blocking(move || {
+        let mut buf = head;
+        let mut first = true;
+        let mut client_gone = false;
+        let result = AuditReader::open(&path).and_then(|reader| {
+            reader.scan(&query.filter, query.limit, |row| {
+                write_row(&row, first, &mut buf);
+                first = false;
+                if buf.len() >= CHUNK_BYTES {
+                    let chunk = Bytes::from(std::mem::take(&mut buf));
+                    if tx.blocking_send(Ok(chunk)).is_err() {
+                        client_gone = true;
+                        return false;
+                    }
+                }
+                true
+            })
+        });
+        match result {
+            Ok(()) if !client_gone => {
+                buf.push_str(tail);
+                let _ = tx.blocking_send(Ok(Bytes::from(buf)));
+            }
+            Ok(()) => {}
+            Err(error) => {
+                tracing::error!(%error, "export failed part way; the response is cut short");
+                let _ = tx.blocking_send(Err(std::io::Error::other("export failed")));
+            }
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    let mut response = Body::from_stream(stream).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+fn export_filename(tenant: &str, ext: &str) -> HeaderValue {
+    HeaderValue::from_str(&format!("attachment; filename=\"keytrail-{tenant}-audit.{ext}\""))
+        .unwrap_or_else(|_| HeaderValue::from_static("attachment"))
+}
+
+async fn export_csv(
+    State(state): State<AdminState>,
+    Path(tenant): Path<String>,
+    Query(params): Query<Vec<(String, String)>>,
+) -> Result<Response, ApiError> {
+    require_audit_tenant(&state, &tenant)?;
+    let query = parse_query(&tenant, Category::Request, &params, false)?;
+    let head = format!("{}\r\n", views::CSV_COLUMNS.join(","));
+    let mut response =
+        stream_export(&state, query, "text/csv; charset=utf-8", head, "", |row, _, buf| views::csv_line(row, buf));
+    response.headers_mut().insert(header::CONTENT_DISPOSITION, export_filename(&tenant, "csv"));
+    Ok(response)
+}
+
+async fn export_json(
+    State(state): State<AdminState>,
+    Path(tenant): Path<String>,
+    Query(params): Query<Vec<(String, String)>>,
+) -> Result<Response, ApiError> {
+    require_audit_tenant(&state, &tenant)?;
+    let query = parse_query(&tenant, Category::Request, &params, false)?;
+    let head = format!(
+        "{{\"tenant_id\":{},\"exported_at\":{},\"logs\":[",
+        json!(tenant),
+        json!(crate::event::format_timestamp(now_ms()))
+    );
+    let mut response = stream_export(&state, query, "application/json", head, "]}", |row, first, buf| {
+        if !first {
+            buf.push(',');
+        }
+        buf.push_str(&views::log_entry(row).to_string());
+    });
+    response.headers_mut().insert(header::CONTENT_DISPOSITION, export_filename(&tenant, "json"));
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(pairs: &[(&str, &str)]) -> Result<AuditQuery, ApiError> {
+        let params: Vec<(String, String)> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        parse_query("acme", Category::Request, &params, true)
+    }
+
+    fn bad(pairs: &[(&str, &str)], param: &str) {
+        let err = q(pairs).err().expect("should be refused");
+        assert_eq!(err.code.as_str(), "invalid_parameter");
+        assert!(err.message.contains(&format!("`{param}`")), "{}", err.message);
+    }
+
+    #[test]
+    fn bad_parameters_are_named() {
+        bad(&[("status_min", "abc")], "status_min");
+        bad(&[("from", "yesterday")], "from");
+        bad(&[("limit", "-1")], "limit");
+        bad(&[("limit", "0")], "limit");
+        bad(&[("limit", "10001")], "limit");
+        bad(&[("status_max", "700")], "status_max");
+        bad(&[("status_min", "500"), ("status_max", "400")], "status_min");
+        bad(&[("hours", "1"), ("days", "1")], "days");
+        bad(&[("hours", "x")], "hours");
+        bad(&[("cursor", "nope")], "cursor");
+        bad(&[("path", "docs")], "path");
+        bad(&[("method", "G E T")], "method");
+        bad(&[("from", "2026-01-02T00:00:00Z"), ("to", "2026-01-01T00:00:00Z")], "from");
+    }
+
+    #[test]
+    fn good_parameters_fill_the_filter() {
+        let query = q(&[
+            ("limit", "5"),
+            ("consumer_id", "cons_1"),
+            ("method", "get"),
+            ("status_min", "400"),
+            ("from", "2026-11-22T10:00:00Z"),
+            ("to", "2026-11-22T11:00:00+01:00"),
+            ("unknown", "ignored"),
+        ])
+        .unwrap();
+        assert_eq!(query.limit, Some(5));
+        assert_eq!(query.filter.method.as_deref(), Some("GET"));
+        assert_eq!(query.filter.status_min, Some(400));
+        assert_eq!(query.filter.from_ms, Some(1_795_341_600_000));
+        assert_eq!(query.filter.to_ms, Some(1_795_341_600_000));
+        assert_eq!(q(&[]).unwrap().limit, Some(DEFAULT_LIMIT));
+    }
+}

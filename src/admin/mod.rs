@@ -1,0 +1,244 @@
+//! The admin API: management of tenants, apis, consumers and keys, and the
+//! audit read API. JSON in and out; every error through [`ApiError`].
+//!
+//! API boundary: handlers parse and authorise, then call the control plane
+//! ([`crate::control`]) or the audit reader ([`audit_api`]); they hold no
+//! business rules of their own.
+
+mod audit_api;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::audit::AuditPipeline;
+use crate::control::{Actor, ControlPlane, NewApi, NewKey};
+use crate::error::{ApiError, ErrorCode};
+use crate::keys::KeyEnvironment;
+use crate::store::control::{Admin, KeyRecord};
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AdminState {
+    pub control: Arc<ControlPlane>,
+    pub audit: Arc<AuditPipeline>,
+}
+
+/// Builds the admin router. Everything but `/healthz` needs an admin token.
+pub fn router(state: AdminState) -> Router {
+    let protected = Router::new()
+        .route("/v1/tenants", get(list_tenants).post(create_tenant))
+        .route("/v1/tenants/{tenant}/apis", get(list_apis).post(create_api))
+        .route("/v1/tenants/{tenant}/consumers", get(list_consumers).post(create_consumer))
+        .route("/v1/tenants/{tenant}/consumers/{consumer}/keys", get(list_keys).post(create_key))
+        .route("/v1/keys/{key_id}/revoke", post(revoke_key))
+        .merge(audit_api::routes())
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
+    Router::new()
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .merge(protected)
+        .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such endpoint") })
+        .method_not_allowed_fallback(|| async { ApiError::from_code(ErrorCode::MethodNotAllowed) })
+        .with_state(state)
+}
+
+/// Checks `Authorization: Bearer <token>` and puts the admin in the request.
+async fn require_admin(State(state): State<AdminState>, mut req: Request, next: Next) -> Response {
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
+    let Some(admin) = token.and_then(|t| state.control.authenticate_admin(t)) else {
+        let mut response = ApiError::from_code(ErrorCode::Unauthorized).into_response();
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"keytrail-admin\""));
+        return response;
+    };
+    req.extensions_mut().insert(admin);
+    next.run(req).await
+}
+
+/// The acting admin with where the call came from, for the events it causes.
+fn actor(admin: &Admin, peer: SocketAddr, headers: &HeaderMap) -> Actor {
+    Actor {
+        admin_id: admin.id.clone(),
+        client_ip: Some(peer.ip().to_string()),
+        user_agent: headers.get(header::USER_AGENT).map(|v| String::from_utf8_lossy(v.as_bytes()).chars().take(512).collect()),
+    }
+}
+
+/// Parses a JSON body, turning every problem into a 400 that says what to fix.
+/// An empty body counts as `{}`.
+fn parse_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    let text: &[u8] = if body.iter().all(u8::is_ascii_whitespace) { b"{}" } else { body };
+    serde_json::from_slice(text).map_err(|e| match e.classify() {
+        serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+            ApiError::invalid_body(format!("not valid JSON ({e})"))
+        }
+        _ => ApiError::invalid_body(e.to_string()),
+    })
+}
+
+fn created(value: Value) -> Response {
+    (StatusCode::CREATED, Json(value)).into_response()
+}
+
+fn to_value(v: impl serde::Serialize) -> Value {
+    serde_json::to_value(v).expect("models serialise")
+}
+
+// --- tenants ---
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateTenant {
+    id: String,
+    name: String,
+}
+
+async fn create_tenant(State(s): State<AdminState>, body: Bytes) -> Result<Response, ApiError> {
+    let req: CreateTenant = parse_body(&body)?;
+    Ok(created(to_value(s.control.create_tenant(&req.id, &req.name)?)))
+}
+
+async fn list_tenants(State(s): State<AdminState>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!({"tenants": s.control.list_tenants()?})))
+}
+
+// --- apis ---
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateApi {
+    id: String,
+    path_prefix: String,
+    upstream: String,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+}
+
+async fn create_api(State(s): State<AdminState>, Path(tenant): Path<String>, body: Bytes) -> Result<Response, ApiError> {
+    s.control.require_tenant(&tenant)?;
+    let req: CreateApi = parse_body(&body)?;
+    let api = s.control.create_api(
+        &tenant,
+        NewApi { id: req.id, path_prefix: req.path_prefix, upstream: req.upstream, timeout_ms: req.timeout_ms },
+    )?;
+    Ok(created(to_value(api)))
+}
+
+async fn list_apis(State(s): State<AdminState>, Path(tenant): Path<String>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!({"apis": s.control.list_apis(&tenant)?})))
+}
+
+// --- consumers ---
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateConsumer {
+    name: String,
+    #[serde(default)]
+    metadata: Value,
+}
+
+async fn create_consumer(
+    State(s): State<AdminState>,
+    Path(tenant): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    s.control.require_tenant(&tenant)?;
+    let req: CreateConsumer = parse_body(&body)?;
+    Ok(created(to_value(s.control.create_consumer(&tenant, &req.name, req.metadata)?)))
+}
+
+async fn list_consumers(State(s): State<AdminState>, Path(tenant): Path<String>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!({"consumers": s.control.list_consumers(&tenant)?})))
+}
+
+// --- keys ---
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateKey {
+    #[serde(default)]
+    scopes: Vec<String>,
+    #[serde(default)]
+    expires_at: Option<String>,
+    #[serde(default)]
+    environment: Option<String>,
+}
+
+/// A key as listed: never the secret; status as of now (a past expiry shows `expired`).
+fn key_view(record: &KeyRecord) -> Value {
+    let mut value = to_value(record);
+    value["status"] = json!(record.status_at(crate::event::now_ms()));
+    value
+}
+
+async fn create_key(
+    State(s): State<AdminState>,
+    Path((tenant, consumer)): Path<(String, String)>,
+    Extension(admin): Extension<Arc<Admin>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    s.control.require_tenant(&tenant)?;
+    let req: CreateKey = parse_body(&body)?;
+    let expires_at_ms = match req.expires_at.as_deref() {
+        None => None,
+        Some(text) => Some(
+            chrono::DateTime::parse_from_rfc3339(text)
+                .map_err(|_| ApiError::invalid_body("`expires_at` must be an RFC 3339 time such as 2027-01-31T00:00:00Z"))?
+                .timestamp_millis(),
+        ),
+    };
+    let environment = match req.environment.as_deref() {
+        None => KeyEnvironment::Live,
+        Some(name) => KeyEnvironment::parse(name)
+            .ok_or_else(|| ApiError::invalid_body("`environment` must be `live` or `test`"))?,
+    };
+    let created_key = s.control.create_key(
+        &tenant,
+        &consumer,
+        NewKey { scopes: req.scopes, expires_at_ms, environment },
+        &actor(&admin, peer, &headers),
+    )?;
+    let mut value = key_view(&created_key.record);
+    value["key"] = json!(created_key.secret);
+    let mut response = created(value);
+    // The one answer that holds a key must not be cached anywhere.
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+async fn list_keys(
+    State(s): State<AdminState>,
+    Path((tenant, consumer)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let keys: Vec<Value> = s.control.list_keys(&tenant, &consumer)?.iter().map(key_view).collect();
+    Ok(Json(json!({"keys": keys})))
+}
+
+async fn revoke_key(
+    State(s): State<AdminState>,
+    Path(key_id): Path<String>,
+    Extension(admin): Extension<Arc<Admin>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let record = s.control.revoke_key(&key_id, &actor(&admin, peer, &headers))?;
+    Ok(Json(key_view(&record)))
+}

@@ -1,0 +1,288 @@
+//! Configuration: the TOML file, `KEYTRAIL_*` environment variables and
+//! command-line flags, merged (file < environment < flags) in a pure function
+//! into one validated [`Config`].
+//!
+//! Every option that is a duration carries its unit in its name. Values are
+//! checked while the file is parsed, so an error names the file, the line and
+//! the column of the bad value.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// What the TOML file may hold. Unknown keys are errors: a typo must not be
+/// silently ignored.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub data_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub gateway: GatewayFile,
+    #[serde(default)]
+    pub admin: AdminFile,
+    #[serde(default)]
+    pub audit: AuditFile,
+    #[serde(default)]
+    pub log: LogFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayFile {
+    pub listen: Option<SocketAddr>,
+    #[serde(default, deserialize_with = "timeout_ms")]
+    pub upstream_timeout_ms: Option<u64>,
+    #[serde(default, deserialize_with = "timeout_ms")]
+    pub connect_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminFile {
+    pub listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditFile {
+    #[serde(default, deserialize_with = "flush_interval_ms")]
+    pub flush_interval_ms: Option<u64>,
+    #[serde(default, deserialize_with = "batch_max_events")]
+    pub batch_max_events: Option<u64>,
+    #[serde(default, deserialize_with = "queue_capacity")]
+    pub queue_capacity: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogFile {
+    /// A `tracing` filter such as `info` or `keytrail=debug`.
+    pub level: Option<String>,
+}
+
+/// Values given on the command line or in `KEYTRAIL_*` variables (clap has
+/// already chosen the flag over the variable).
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub data_dir: Option<PathBuf>,
+    pub gateway_listen: Option<SocketAddr>,
+    pub admin_listen: Option<SocketAddr>,
+    pub log_level: Option<String>,
+    pub bootstrap_token: Option<String>,
+}
+
+/// The validated runtime configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub gateway: GatewayConfig,
+    pub admin_listen: SocketAddr,
+    pub audit: AuditConfig,
+    pub log_level: String,
+    /// The operator's chosen first admin token; never printed.
+    pub bootstrap_token: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    pub listen: SocketAddr,
+    /// Time allowed for the upstream to send its response headers.
+    pub upstream_timeout: Duration,
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    /// Longest time an accepted event waits before its batch is committed.
+    pub flush_interval: Duration,
+    pub batch_max_events: usize,
+    pub queue_capacity: usize,
+}
+
+pub const DEFAULT_DATA_DIR: &str = "./keytrail-data";
+pub const DEFAULT_GATEWAY_LISTEN: &str = "127.0.0.1:8080";
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9080";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid setting: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// A configuration with every default, for tests and the demo.
+    pub fn with_data_dir(data_dir: impl Into<PathBuf>) -> Config {
+        resolve(FileConfig::default(), Overrides { data_dir: Some(data_dir.into()), ..Overrides::default() })
+            .expect("defaults are valid")
+    }
+}
+
+/// Reads and parses a config file.
+pub fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+    parse_file(path, &text)
+}
+
+/// Parses config text; `path` is only used in the error.
+pub fn parse_file(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
+    toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: describe_toml_error(text, &e) })
+}
+
+/// `line L, column C: what is wrong`, computed from the error's span.
+fn describe_toml_error(text: &str, error: &toml::de::Error) -> String {
+    let what = error.message().trim_end_matches('\n');
+    match error.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}: {what}")
+        }
+        None => what.to_string(),
+    }
+}
+
+/// Merges the file with the overrides and fills in defaults.
+pub fn resolve(file: FileConfig, overrides: Overrides) -> Result<Config, ConfigError> {
+    let data_dir = overrides.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+    if data_dir.as_os_str().is_empty() {
+        return Err(ConfigError::Invalid("data_dir must not be empty".into()));
+    }
+    let gateway_listen = overrides
+        .gateway_listen
+        .or(file.gateway.listen)
+        .unwrap_or_else(|| DEFAULT_GATEWAY_LISTEN.parse().expect("valid default"));
+    let admin_listen = overrides
+        .admin_listen
+        .or(file.admin.listen)
+        .unwrap_or_else(|| DEFAULT_ADMIN_LISTEN.parse().expect("valid default"));
+    if gateway_listen == admin_listen && gateway_listen.port() != 0 {
+        return Err(ConfigError::Invalid(format!(
+            "the gateway and the admin API cannot both listen on {gateway_listen}"
+        )));
+    }
+    if let Some(token) = &overrides.bootstrap_token {
+        if token.len() < 16 || token.chars().any(char::is_whitespace) {
+            return Err(ConfigError::Invalid(
+                "KEYTRAIL_BOOTSTRAP_TOKEN must be at least 16 characters with no white space".into(),
+            ));
+        }
+    }
+    let log_level = overrides.log_level.or(file.log.level).unwrap_or_else(|| "info".to_string());
+    if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
+        return Err(ConfigError::Invalid(format!("log level `{log_level}` is not a valid filter (try `info` or `debug`)")));
+    }
+    Ok(Config {
+        data_dir,
+        gateway: GatewayConfig {
+            listen: gateway_listen,
+            upstream_timeout: Duration::from_millis(file.gateway.upstream_timeout_ms.unwrap_or(30_000)),
+            connect_timeout: Duration::from_millis(file.gateway.connect_timeout_ms.unwrap_or(5_000)),
+        },
+        admin_listen,
+        audit: AuditConfig {
+            flush_interval: Duration::from_millis(file.audit.flush_interval_ms.unwrap_or(50)),
+            batch_max_events: file.audit.batch_max_events.unwrap_or(10_000) as usize,
+            queue_capacity: file.audit.queue_capacity.unwrap_or(100_000) as usize,
+        },
+        log_level,
+        bootstrap_token: overrides.bootstrap_token,
+    })
+}
+
+fn bounded<'de, D: Deserializer<'de>>(d: D, min: u64, max: u64) -> Result<Option<u64>, D::Error> {
+    let value = u64::deserialize(d)?;
+    if value < min || value > max {
+        return Err(serde::de::Error::custom(format!("must be between {min} and {max}, got {value}")));
+    }
+    Ok(Some(value))
+}
+
+fn timeout_ms<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    bounded(d, 1, 3_600_000)
+}
+
+fn flush_interval_ms<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    // The promise is "committed within 100 ms"; allow up to a second
+    // for operators who trade latency for bigger batches.
+    bounded(d, 1, 1_000)
+}
+
+fn batch_max_events<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    bounded(d, 1, 1_000_000)
+}
+
+fn queue_capacity<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    bounded(d, 16, 10_000_000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<FileConfig, ConfigError> {
+        parse_file(Path::new("keytrail.toml"), text)
+    }
+
+    #[test]
+    fn defaults() {
+        let c = resolve(FileConfig::default(), Overrides::default()).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("./keytrail-data"));
+        assert_eq!(c.gateway.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.admin_listen.to_string(), "127.0.0.1:9080");
+        assert_eq!(c.audit.flush_interval, Duration::from_millis(50));
+    }
+
+    #[test]
+    fn file_then_overrides() {
+        let file = parse("data_dir = \"/srv/kt\"\n[gateway]\nlisten = \"0.0.0.0:8000\"\n[admin]\nlisten = \"127.0.0.1:9000\"\n").unwrap();
+        let c = resolve(
+            file,
+            Overrides { gateway_listen: Some("127.0.0.1:1234".parse().unwrap()), ..Overrides::default() },
+        )
+        .unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/srv/kt"));
+        assert_eq!(c.gateway.listen.to_string(), "127.0.0.1:1234");
+        assert_eq!(c.admin_listen.to_string(), "127.0.0.1:9000");
+    }
+
+    #[test]
+    fn errors_name_the_file_line_and_problem() {
+        let err = parse("data_dir = \"x\"\n[gateway]\nlisten = \"not-an-address\"\n").unwrap_err().to_string();
+        assert!(err.contains("keytrail.toml"), "{err}");
+        assert!(err.contains("line 3"), "{err}");
+        assert!(err.contains("address"), "{err}");
+
+        let err = parse("[gateway]\nlisen = \"127.0.0.1:1\"\n").unwrap_err().to_string();
+        assert!(err.contains("line 2") && err.contains("lisen"), "{err}");
+
+        let err = parse("[audit]\nflush_interval_ms = 0\n").unwrap_err().to_string();
+        assert!(err.contains("line 2") && err.contains("between 1 and 1000"), "{err}");
+
+        let err = parse("data_dir = \n").unwrap_err().to_string();
+        assert!(err.contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn bad_overrides_are_refused() {
+        let err = resolve(
+            FileConfig::default(),
+            Overrides { bootstrap_token: Some("short".into()), ..Overrides::default() },
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("at least 16"));
+        let same: SocketAddr = "127.0.0.1:7000".parse().unwrap();
+        let err = resolve(
+            FileConfig::default(),
+            Overrides { gateway_listen: Some(same), admin_listen: Some(same), ..Overrides::default() },
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("cannot both listen"));
+    }
+}

@@ -1,0 +1,421 @@
+//! The control plane: validated changes to tenants, apis, consumers, keys and
+//! admins, each followed by a fresh gateway snapshot and, where the change is
+//! security-relevant, an audit event.
+//!
+//! The admin HTTP API and the demo both go through here; neither touches the
+//! control store directly. Inputs are checked here, so every entry point
+//! refuses the same bad input with the same message.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::audit::AuditPipeline;
+use crate::error::{ApiError, ErrorCode};
+use crate::event::{now_ms, security_type, Category, Event};
+use crate::keys::{self, KeyEnvironment, SecretHash};
+use crate::snapshot::Snapshot;
+use crate::store::control::{Admin, Api, Consumer, ControlStore, KeyRecord, Tenant};
+use crate::store::StoreError;
+
+/// Who is making a change: recorded as the actor of the events it causes.
+#[derive(Debug, Clone)]
+pub struct Actor {
+    pub admin_id: String,
+    pub client_ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+impl Actor {
+    fn label(&self) -> String {
+        format!("admin:{}", self.admin_id)
+    }
+}
+
+pub struct NewApi {
+    pub id: String,
+    pub path_prefix: String,
+    pub upstream: String,
+    pub timeout_ms: Option<u64>,
+}
+
+pub struct NewKey {
+    pub scopes: Vec<String>,
+    pub expires_at_ms: Option<i64>,
+    pub environment: KeyEnvironment,
+}
+
+/// What [`ControlPlane::bootstrap_admin`] did.
+pub enum FirstAdmin {
+    AlreadyPresent,
+    CreatedWithOperatorToken,
+    /// The token is returned once so that it can be written to a private file.
+    CreatedWithGeneratedToken(String),
+}
+
+/// A created key: the record and, once, its secret.
+pub struct CreatedKey {
+    pub record: KeyRecord,
+    pub secret: String,
+}
+
+pub struct ControlPlane {
+    store: ControlStore,
+    snapshot: ArcSwap<Snapshot>,
+    admins: ArcSwap<HashMap<SecretHash, Arc<Admin>>>,
+    audit: Arc<AuditPipeline>,
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict(message) => ApiError::new(ErrorCode::Conflict, message),
+            StoreError::NotFound(what) => ApiError::not_found(what),
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+/// Ids chosen by users: lowercase letters, digits, `-` and `_`, starting
+/// with a letter or digit (ids starting with `_` are keytrail's own).
+fn check_slug(field: &str, value: &str) -> Result<(), ApiError> {
+    let ok = !value.is_empty()
+        && value.len() <= 63
+        && value.as_bytes()[0].is_ascii_alphanumeric()
+        && value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::invalid_body(format!(
+            "`{field}` must be 1-63 characters of a-z, 0-9, `-` and `_`, starting with a letter or digit"
+        )))
+    }
+}
+
+fn check_name(field: &str, value: &str) -> Result<(), ApiError> {
+    if value.trim().is_empty() || value.len() > 200 || value.chars().any(char::is_control) {
+        return Err(ApiError::invalid_body(format!(
+            "`{field}` must be 1-200 characters with no control characters"
+        )));
+    }
+    Ok(())
+}
+
+fn check_path_prefix(prefix: &str) -> Result<String, ApiError> {
+    let bad = |why: &str| ApiError::invalid_body(format!("`path_prefix` {why}"));
+    if !prefix.starts_with('/') {
+        return Err(bad("must start with `/`"));
+    }
+    if prefix.len() > 256 {
+        return Err(bad("must be at most 256 characters"));
+    }
+    if prefix.contains(['?', '#', '%']) || prefix.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(bad("must be a plain path: no query, fragment, escapes or spaces"));
+    }
+    if prefix.contains("//") || prefix.split('/').any(|seg| seg == ".." || seg == ".") {
+        return Err(bad("must not contain empty, `.` or `..` segments"));
+    }
+    // `/docs/` and `/docs` route the same; keep one spelling so duplicates are caught.
+    let normalised = if prefix.len() > 1 { prefix.trim_end_matches('/') } else { prefix };
+    Ok(normalised.to_string())
+}
+
+fn check_upstream(upstream: &str) -> Result<String, ApiError> {
+    let bad = |why: &str| ApiError::invalid_body(format!("`upstream` {why}"));
+    let uri: http::Uri = upstream.parse().map_err(|_| bad("must be a URL such as http://127.0.0.1:9000"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => return Err(bad("uses https, which this version does not support yet; use http")),
+        _ => return Err(bad("must start with http://")),
+    }
+    let authority = uri.authority().ok_or_else(|| bad("must name a host"))?;
+    if authority.host().is_empty() || authority.as_str().contains('@') {
+        return Err(bad("must name a host, without credentials"));
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(bad("must not have a path or query: request paths are forwarded unchanged"));
+    }
+    Ok(format!("http://{authority}"))
+}
+
+fn check_scopes(scopes: &[String]) -> Result<(), ApiError> {
+    if scopes.len() > 100 {
+        return Err(ApiError::invalid_body("`scopes` may hold at most 100 entries"));
+    }
+    for scope in scopes {
+        let ok = !scope.is_empty()
+            && scope.len() <= 100
+            && scope.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_:.*/".contains(&b));
+        if !ok {
+            return Err(ApiError::invalid_body(
+                "each scope must be 1-100 characters of letters, digits and `-_:.*/`",
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl ControlPlane {
+    pub fn open(store: ControlStore, audit: Arc<AuditPipeline>) -> Result<ControlPlane, StoreError> {
+        let plane = ControlPlane {
+            store,
+            snapshot: ArcSwap::from_pointee(Snapshot::default()),
+            admins: ArcSwap::from_pointee(HashMap::new()),
+            audit,
+        };
+        plane.reload()?;
+        Ok(plane)
+    }
+
+    /// The current gateway snapshot.
+    pub fn snapshot(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        self.snapshot.load()
+    }
+
+    /// Rebuilds the snapshots from the store.
+    pub fn reload(&self) -> Result<(), StoreError> {
+        self.snapshot.store(Arc::new(Snapshot::build(self.store.load_routing()?)));
+        let admins = self.store.list_admins()?.into_iter().map(|a| (a.token_hash, Arc::new(a))).collect();
+        self.admins.store(Arc::new(admins));
+        Ok(())
+    }
+
+    fn reload_after_change(&self) -> Result<(), ApiError> {
+        self.reload().map_err(ApiError::internal)
+    }
+
+    // --- admins ---
+
+    /// Creates the first owner when the store has no admin, with the
+    /// operator's token if one was given, otherwise a generated one.
+    pub fn bootstrap_admin(&self, operator_token: Option<&str>) -> Result<FirstAdmin, StoreError> {
+        if self.store.count_admins()? > 0 {
+            return Ok(FirstAdmin::AlreadyPresent);
+        }
+        let token = operator_token.map(str::to_string).unwrap_or_else(keys::generate_admin_token);
+        crate::redact::register_secret(&token);
+        self.store.create_admin(&Admin {
+            id: "adm_bootstrap".into(),
+            name: "bootstrap owner".into(),
+            role: "owner".into(),
+            tenant_id: None,
+            token_hash: keys::hash_secret(&token),
+            created_at: now_ms(),
+        })?;
+        self.reload()?;
+        Ok(match operator_token {
+            Some(_) => FirstAdmin::CreatedWithOperatorToken,
+            None => FirstAdmin::CreatedWithGeneratedToken(token),
+        })
+    }
+
+    /// The admin a bearer token belongs to.
+    pub fn authenticate_admin(&self, token: &str) -> Option<Arc<Admin>> {
+        let hash = keys::hash_secret(token);
+        let admins = self.admins.load();
+        admins.get_key_value(&hash).filter(|(stored, _)| keys::hashes_equal(stored, &hash)).map(|(_, a)| a.clone())
+    }
+
+    // --- tenants ---
+
+    pub fn create_tenant(&self, id: &str, name: &str) -> Result<Tenant, ApiError> {
+        check_slug("id", id)?;
+        check_name("name", name)?;
+        let tenant = Tenant { id: id.to_string(), name: name.to_string(), created_at: now_ms() };
+        self.store.create_tenant(&tenant)?;
+        Ok(tenant)
+    }
+
+    pub fn list_tenants(&self) -> Result<Vec<Tenant>, ApiError> {
+        Ok(self.store.list_tenants()?)
+    }
+
+    /// 404 unless the tenant exists.
+    pub fn require_tenant(&self, tenant_id: &str) -> Result<(), ApiError> {
+        if self.store.tenant_exists(tenant_id)? {
+            Ok(())
+        } else {
+            Err(ApiError::not_found(format_args!("tenant `{tenant_id}`")))
+        }
+    }
+
+    // --- apis ---
+
+    pub fn create_api(&self, tenant_id: &str, new: NewApi) -> Result<Api, ApiError> {
+        self.require_tenant(tenant_id)?;
+        check_slug("id", &new.id)?;
+        let path_prefix = check_path_prefix(&new.path_prefix)?;
+        let upstream = check_upstream(&new.upstream)?;
+        if let Some(ms) = new.timeout_ms {
+            if !(1..=3_600_000).contains(&ms) {
+                return Err(ApiError::invalid_body("`timeout_ms` must be between 1 and 3600000"));
+            }
+        }
+        let api = Api {
+            tenant_id: tenant_id.to_string(),
+            id: new.id,
+            path_prefix,
+            upstream,
+            timeout_ms: new.timeout_ms,
+            created_at: now_ms(),
+        };
+        self.store.create_api(&api)?;
+        self.reload_after_change()?;
+        Ok(api)
+    }
+
+    pub fn list_apis(&self, tenant_id: &str) -> Result<Vec<Api>, ApiError> {
+        self.require_tenant(tenant_id)?;
+        Ok(self.store.list_apis(tenant_id)?)
+    }
+
+    // --- consumers ---
+
+    pub fn create_consumer(
+        &self,
+        tenant_id: &str,
+        name: &str,
+        metadata: serde_json::Value,
+    ) -> Result<Consumer, ApiError> {
+        self.require_tenant(tenant_id)?;
+        check_name("name", name)?;
+        if !(metadata.is_object() || metadata.is_null()) {
+            return Err(ApiError::invalid_body("`metadata` must be an object"));
+        }
+        if metadata.to_string().len() > 16 * 1024 {
+            return Err(ApiError::invalid_body("`metadata` must be at most 16 KiB of JSON"));
+        }
+        let consumer = Consumer {
+            id: keys::generate_id("cons"),
+            tenant_id: tenant_id.to_string(),
+            name: name.to_string(),
+            status: "active".into(),
+            metadata: if metadata.is_null() { serde_json::json!({}) } else { metadata },
+            created_at: now_ms(),
+        };
+        self.store.create_consumer(&consumer)?;
+        self.reload_after_change()?;
+        Ok(consumer)
+    }
+
+    pub fn list_consumers(&self, tenant_id: &str) -> Result<Vec<Consumer>, ApiError> {
+        self.require_tenant(tenant_id)?;
+        Ok(self.store.list_consumers(tenant_id)?)
+    }
+
+    fn require_consumer(&self, tenant_id: &str, consumer_id: &str) -> Result<Consumer, ApiError> {
+        self.require_tenant(tenant_id)?;
+        self.store
+            .get_consumer(tenant_id, consumer_id)?
+            .ok_or_else(|| ApiError::not_found(format_args!("consumer `{consumer_id}`")))
+    }
+
+    // --- keys ---
+
+    pub fn create_key(
+        &self,
+        tenant_id: &str,
+        consumer_id: &str,
+        new: NewKey,
+        actor: &Actor,
+    ) -> Result<CreatedKey, ApiError> {
+        let consumer = self.require_consumer(tenant_id, consumer_id)?;
+        check_scopes(&new.scopes)?;
+        let now = now_ms();
+        if let Some(at) = new.expires_at_ms {
+            if at <= now {
+                return Err(ApiError::invalid_body("`expires_at` must be in the future"));
+            }
+        }
+        let generated = keys::generate_key(new.environment);
+        let record = KeyRecord {
+            key_id: keys::generate_id("key"),
+            tenant_id: tenant_id.to_string(),
+            consumer_id: consumer.id.clone(),
+            hint: generated.hint.clone(),
+            environment: new.environment.as_str().to_string(),
+            scopes: new.scopes,
+            status: "active".into(),
+            expires_at: new.expires_at_ms,
+            created_at: now,
+            revoked_at: None,
+            hash: generated.hash,
+        };
+        self.store.create_key(&record)?;
+        self.reload_after_change()?;
+        let mut event = self.key_event(security_type::KEY_CREATED, &record, actor);
+        event.consumer_name = Some(consumer.name);
+        event.details = Some(serde_json::json!({
+            "scopes": record.scopes,
+            "expires_at": record.expires_at.map(crate::event::format_timestamp),
+            "environment": record.environment,
+        }));
+        self.audit.record(event);
+        Ok(CreatedKey { record, secret: generated.secret })
+    }
+
+    pub fn list_keys(&self, tenant_id: &str, consumer_id: &str) -> Result<Vec<KeyRecord>, ApiError> {
+        self.require_consumer(tenant_id, consumer_id)?;
+        Ok(self.store.list_keys(consumer_id)?)
+    }
+
+    /// Revokes a key; the gateway refuses it as soon as this returns.
+    /// Revoking a revoked key changes nothing and records nothing.
+    pub fn revoke_key(&self, key_id: &str, actor: &Actor) -> Result<KeyRecord, ApiError> {
+        let found = self.store.get_key(key_id)?.ok_or_else(|| ApiError::not_found(format_args!("key `{key_id}`")))?;
+        let now = now_ms();
+        if self.store.revoke_key(key_id, now)? {
+            self.reload_after_change()?;
+            let mut event = self.key_event(security_type::KEY_REVOKED, &found, actor);
+            event.details = Some(serde_json::json!({"previous_status": found.status_at(now)}));
+            self.audit.record(event);
+        }
+        Ok(self.store.get_key(key_id)?.unwrap_or(found))
+    }
+
+    fn key_event(&self, event_type: &str, key: &KeyRecord, actor: &Actor) -> Event {
+        let mut event = Event::new(&key.tenant_id, Category::Security, event_type, "success");
+        event.actor = Some(actor.label());
+        event.target = Some(format!("key:{}", key.key_id));
+        event.key_id = Some(key.key_id.clone());
+        event.key_hint = Some(key.hint.clone());
+        event.consumer_id = Some(key.consumer_id.clone());
+        event.client_ip = actor.client_ip.clone();
+        event.user_agent = actor.user_agent.clone();
+        event
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slugs() {
+        assert!(check_slug("id", "acme-1_x").is_ok());
+        for bad in ["", "Acme", "_sys", "-a", "a b", "a/b", &"a".repeat(64)] {
+            assert!(check_slug("id", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn path_prefixes() {
+        assert_eq!(check_path_prefix("/docs/").unwrap(), "/docs");
+        assert_eq!(check_path_prefix("/").unwrap(), "/");
+        for bad in ["docs", "/a?b", "/a b", "/a//b", "/a/../b", "/%2e"] {
+            assert!(check_path_prefix(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn upstreams() {
+        assert_eq!(check_upstream("http://127.0.0.1:9000").unwrap(), "http://127.0.0.1:9000");
+        assert_eq!(check_upstream("http://localhost:9000/").unwrap(), "http://localhost:9000");
+        let err = check_upstream("https://x").unwrap_err();
+        assert!(err.message.contains("https"));
+        for bad in ["ftp://x", "127.0.0.1:9000", "http://x/base", "http://u:p@x", "not a url", ""] {
+            assert!(check_upstream(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! `keytrail demo`: everything on one machine — a built-in echo upstream, a
+//! store in a temporary folder, a tenant, an api, a consumer and a key — with
+//! the curl lines to try it.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::config::{Config, Overrides};
+use crate::control::{Actor, NewApi, NewKey};
+use crate::keys::KeyEnvironment;
+use crate::server::{self, Bootstrap};
+
+/// An upstream that answers every request with what it received: method,
+/// path, headers and the number of body bytes (read as a stream, not kept).
+pub async fn start_echo_upstream(listen: SocketAddr) -> anyhow::Result<(SocketAddr, JoinHandle<()>)> {
+    let listener = TcpListener::bind(listen).await.context("cannot start the echo upstream")?;
+    let addr = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(echo);
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            });
+        }
+    });
+    Ok((addr, task))
+}
+
+async fn echo(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let (parts, mut body) = req.into_parts();
+    let mut body_bytes = 0u64;
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => body_bytes += frame.data_ref().map_or(0, |d| d.len() as u64),
+            Err(_) => break,
+        }
+    }
+    let headers: serde_json::Map<String, serde_json::Value> = parts
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str().to_string(), serde_json::json!(String::from_utf8_lossy(v.as_bytes()))))
+        .collect();
+    let answer = serde_json::json!({
+        "echo": {
+            "method": parts.method.as_str(),
+            "path": parts.uri.path(),
+            "headers": headers,
+            "body_bytes": body_bytes,
+        }
+    });
+    let mut response = Response::new(Full::new(Bytes::from(answer.to_string())));
+    response.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    Ok(response)
+}
+
+pub struct DemoOptions {
+    pub data_dir: Option<PathBuf>,
+    pub gateway_listen: Option<SocketAddr>,
+    pub admin_listen: Option<SocketAddr>,
+    pub keep: bool,
+    pub bootstrap_token: Option<String>,
+}
+
+/// Runs the demo until `stop` resolves.
+pub async fn run(options: DemoOptions, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    let (data_dir, temporary) = match options.data_dir {
+        Some(dir) => (dir, false),
+        None => {
+            let name = format!("keytrail-demo-{}", crate::keys::generate_id("run").trim_start_matches("run_"));
+            (std::env::temp_dir().join(name), true)
+        }
+    };
+    let config = crate::config::resolve(
+        crate::config::FileConfig::default(),
+        Overrides {
+            data_dir: Some(data_dir.clone()),
+            gateway_listen: options.gateway_listen,
+            admin_listen: options.admin_listen,
+            log_level: None,
+            bootstrap_token: options.bootstrap_token,
+        },
+    )?;
+    let result = run_with(config, stop).await;
+    if temporary && !options.keep {
+        let _ = std::fs::remove_dir_all(&data_dir);
+    }
+    result
+}
+
+async fn run_with(config: Config, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    let (echo_addr, echo_task) = start_echo_upstream("127.0.0.1:0".parse().expect("valid")).await?;
+    let server = server::start(config).await?;
+    let control = server.control.clone();
+    let actor = Actor { admin_id: "adm_bootstrap".into(), client_ip: None, user_agent: Some("keytrail demo".into()) };
+
+    let setup = (|| -> Result<String, crate::error::ApiError> {
+        control.create_tenant("demo", "Demo tenant")?;
+        control.create_api(
+            "demo",
+            NewApi { id: "echo".into(), path_prefix: "/echo".into(), upstream: format!("http://{echo_addr}"), timeout_ms: None },
+        )?;
+        let consumer = control.create_consumer("demo", "demo-client", serde_json::json!({"created_by": "keytrail demo"}))?;
+        let key = control.create_key(
+            "demo",
+            &consumer.id,
+            NewKey { scopes: vec![], expires_at_ms: None, environment: KeyEnvironment::Test },
+            &actor,
+        )?;
+        Ok(key.secret)
+    })();
+    let key = match setup {
+        Ok(key) => key,
+        Err(error) => {
+            server.shutdown().await;
+            anyhow::bail!("demo setup failed: {error} (is {} a fresh folder?)", "the data directory");
+        }
+    };
+
+    let gw = server.gateway_addr;
+    let admin = server.admin_addr;
+    let token_line = match &server.bootstrap {
+        Bootstrap::Generated(path) => format!("export KEYTRAIL_TOKEN=$(cat {})", path.display()),
+        _ => "export KEYTRAIL_TOKEN=<your KEYTRAIL_BOOTSTRAP_TOKEN>".to_string(),
+    };
+    println!(
+        "keytrail demo is running
+  gateway    http://{gw}   (api `echo` at /echo -> built-in echo upstream at http://{echo_addr})
+  admin API  http://{admin}
+  data       {data}
+
+Demo API key for consumer `demo-client` (shown once, never stored in the clear):
+  {key}
+
+Call the api through the gateway:
+  curl -i http://{gw}/echo/hello -H 'Authorization: Bearer {key}'
+  curl -i http://{gw}/echo/hello -H 'X-API-Key: {key}'
+  curl -i http://{gw}/echo/hello          # refused: missing_key
+
+Read the audit trail:
+  {token_line}
+  curl -s http://{admin}/v1/audit/demo -H \"Authorization: Bearer $KEYTRAIL_TOKEN\"
+  curl -s http://{admin}/v1/audit/demo/security -H \"Authorization: Bearer $KEYTRAIL_TOKEN\"
+  curl -s http://{admin}/v1/audit/demo/export/csv -H \"Authorization: Bearer $KEYTRAIL_TOKEN\"
+
+Press Ctrl-C to stop.",
+        data = server.data_dir.display()
+    );
+    stop.await;
+    println!("stopping: finishing requests and committing the audit trail");
+    server.shutdown().await;
+    echo_task.abort();
+    println!("stopped");
+    Ok(())
+}

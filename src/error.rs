@@ -1,0 +1,181 @@
+//! The one table of error codes and the one place that renders them.
+//!
+//! Every refusal keytrail sends — from the gateway or the admin API — is a
+//! JSON body `{"error": {"code": "…", "message": "…"}}` with the status the
+//! code maps to. Messages pass through [`crate::redact`] on their way out, so
+//! no call site can leak a key by formatting it into a message.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+
+/// Every error code keytrail answers with, and its HTTP status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    // Gateway refusals.
+    MissingKey,
+    InvalidKey,
+    ExpiredKey,
+    RevokedKey,
+    ConsumerSuspended,
+    NoRoute,
+    UpstreamUnavailable,
+    UpstreamTimeout,
+    // Admin and audit API.
+    Unauthorized,
+    InvalidBody,
+    InvalidParameter,
+    NotFound,
+    Conflict,
+    MethodNotAllowed,
+    Internal,
+    Unavailable,
+}
+
+impl ErrorCode {
+    /// The stable string clients match on.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::MissingKey => "missing_key",
+            ErrorCode::InvalidKey => "invalid_key",
+            ErrorCode::ExpiredKey => "expired_key",
+            ErrorCode::RevokedKey => "revoked_key",
+            ErrorCode::ConsumerSuspended => "consumer_suspended",
+            ErrorCode::NoRoute => "no_route",
+            ErrorCode::UpstreamUnavailable => "upstream_unavailable",
+            ErrorCode::UpstreamTimeout => "upstream_timeout",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::InvalidBody => "invalid_body",
+            ErrorCode::InvalidParameter => "invalid_parameter",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::Internal => "internal_error",
+            ErrorCode::Unavailable => "service_unavailable",
+        }
+    }
+
+    pub fn status(self) -> StatusCode {
+        match self {
+            ErrorCode::MissingKey
+            | ErrorCode::InvalidKey
+            | ErrorCode::ExpiredKey
+            | ErrorCode::RevokedKey
+            | ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorCode::ConsumerSuspended => StatusCode::FORBIDDEN,
+            ErrorCode::NoRoute | ErrorCode::NotFound => StatusCode::NOT_FOUND,
+            ErrorCode::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
+            ErrorCode::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ErrorCode::InvalidBody | ErrorCode::InvalidParameter => StatusCode::BAD_REQUEST,
+            ErrorCode::Conflict => StatusCode::CONFLICT,
+            ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The message the gateway sends for this code when nothing more specific is said.
+    pub fn default_message(self) -> &'static str {
+        match self {
+            ErrorCode::MissingKey => "an API key is required: send it as `Authorization: Bearer <key>` or `X-API-Key: <key>`",
+            ErrorCode::InvalidKey => "the API key is not valid",
+            ErrorCode::ExpiredKey => "the API key has expired",
+            ErrorCode::RevokedKey => "the API key has been revoked",
+            ErrorCode::ConsumerSuspended => "the consumer this key belongs to is suspended",
+            ErrorCode::NoRoute => "no API is configured for this path",
+            ErrorCode::UpstreamUnavailable => "the upstream service could not be reached",
+            ErrorCode::UpstreamTimeout => "the upstream service did not answer in time",
+            ErrorCode::Unauthorized => "a valid admin token is required: send `Authorization: Bearer <token>`",
+            ErrorCode::InvalidBody => "the request body is not valid",
+            ErrorCode::InvalidParameter => "a query parameter is not valid",
+            ErrorCode::NotFound => "not found",
+            ErrorCode::Conflict => "the resource already exists",
+            ErrorCode::MethodNotAllowed => "this method is not allowed here",
+            ErrorCode::Internal => "internal error",
+            ErrorCode::Unavailable => "the service is not available right now",
+        }
+    }
+}
+
+/// An error on its way to a client: a code and a message written for that client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ApiError { code, message: message.into() }
+    }
+
+    pub fn from_code(code: ErrorCode) -> Self {
+        ApiError::new(code, code.default_message())
+    }
+
+    pub fn not_found(what: impl std::fmt::Display) -> Self {
+        ApiError::new(ErrorCode::NotFound, format!("{what} not found"))
+    }
+
+    pub fn invalid_parameter(name: &str, problem: impl std::fmt::Display) -> Self {
+        ApiError::new(ErrorCode::InvalidParameter, format!("invalid parameter `{name}`: {problem}"))
+    }
+
+    pub fn invalid_body(problem: impl std::fmt::Display) -> Self {
+        ApiError::new(ErrorCode::InvalidBody, format!("invalid request body: {problem}"))
+    }
+
+    /// An internal failure: the client gets a generic message, the log gets the cause.
+    pub fn internal(cause: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %cause, "internal error");
+        ApiError::from_code(ErrorCode::Internal)
+    }
+
+    /// The JSON body, with the message passed through the redaction point.
+    pub fn body_bytes(&self) -> Bytes {
+        let body = serde_json::json!({
+            "error": {
+                "code": self.code.as_str(),
+                "message": crate::redact::redact(&self.message),
+            }
+        });
+        Bytes::from(serde_json::to_vec(&body).expect("a json value always serialises"))
+    }
+
+    /// Renders the error as a complete HTTP response with any body type built from bytes.
+    pub fn to_response<B: From<Bytes>>(&self) -> Response<B> {
+        let mut response = Response::new(B::from(self.body_bytes()));
+        *response.status_mut() = self.code.status();
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        response
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code.as_str(), crate::redact::redact(&self.message))
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+impl axum::response::IntoResponse for ApiError {
+    fn into_response(self) -> axum::response::Response {
+        self.to_response::<axum::body::Body>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_body_never_carries_a_key() {
+        let key = "kt_live_AbCdEfGhIjKlMnOpQrStUvWxYz01234567abcdef";
+        let err = ApiError::new(ErrorCode::InvalidKey, format!("bad key {key}"));
+        let body = String::from_utf8(err.body_bytes().to_vec()).unwrap();
+        assert!(!body.contains(key), "{body}");
+        assert!(body.contains("\"code\":\"invalid_key\""), "{body}");
+    }
+}

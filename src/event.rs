@@ -1,0 +1,248 @@
+//! The audit event: one immutable record, its masking and its chain hash.
+//!
+//! An event is built by the gateway or the control plane, masked once by
+//! [`Event::sanitize`] when it enters the pipeline, given a per-tenant `seq`
+//! and a hash by the writer, and never changed afterwards. The hash covers
+//! the previous event's hash and the canonical JSON of every field, so a
+//! changed, removed, inserted or reordered event breaks the chain.
+//!
+//! This module does no IO.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Tenant that owns events no tenant can be named for (a call to a path no
+/// api serves, made without a valid key). Tenant ids cannot start with `_`.
+pub const SYSTEM_TENANT: &str = "_system";
+
+/// Hash that precedes a tenant's first event.
+pub const GENESIS_HASH: [u8; 32] = [0; 32];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Category {
+    Request,
+    Security,
+    Admin,
+    App,
+}
+
+impl Category {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Category::Request => "request",
+            Category::Security => "security",
+            Category::Admin => "admin",
+            Category::App => "app",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "request" => Some(Category::Request),
+            "security" => Some(Category::Security),
+            "admin" => Some(Category::Admin),
+            "app" => Some(Category::App),
+            _ => None,
+        }
+    }
+}
+
+/// Security event types keytrail emits today.
+pub mod security_type {
+    pub const AUTH_FAILED: &str = "auth_failed";
+    pub const REVOKED_KEY_USED: &str = "revoked_key_used";
+    pub const EXPIRED_KEY_USED: &str = "expired_key_used";
+    pub const KEY_CREATED: &str = "key_created";
+    pub const KEY_REVOKED: &str = "key_revoked";
+}
+
+/// One audit record. Field order is part of the hash: do not reorder fields,
+/// only append new optional ones.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Event {
+    pub event_id: String,
+    pub seq: u64,
+    pub timestamp_ms: i64,
+    pub tenant_id: String,
+    pub category: Option<Category>,
+    pub event_type: String,
+    pub request_id: Option<String>,
+    pub actor: Option<String>,
+    pub target: Option<String>,
+    pub outcome: String,
+    pub consumer_id: Option<String>,
+    pub consumer_name: Option<String>,
+    pub api_id: Option<String>,
+    pub key_id: Option<String>,
+    pub key_hint: Option<String>,
+    pub method: Option<String>,
+    pub path: Option<String>,
+    pub status_code: Option<u16>,
+    pub latency_us: Option<u64>,
+    pub upstream_latency_us: Option<u64>,
+    pub request_size_bytes: Option<u64>,
+    pub response_size_bytes: Option<u64>,
+    pub client_ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub country: Option<String>,
+    pub error_code: Option<String>,
+    pub error_message: Option<String>,
+    pub details: Option<serde_json::Value>,
+}
+
+impl Event {
+    /// A new event of the given kind, stamped now, with a fresh time-ordered id.
+    pub fn new(tenant_id: &str, category: Category, event_type: &str, outcome: &str) -> Self {
+        Event {
+            event_id: uuid::Uuid::now_v7().to_string(),
+            timestamp_ms: now_ms(),
+            tenant_id: tenant_id.to_string(),
+            category: Some(category),
+            event_type: event_type.to_string(),
+            outcome: outcome.to_string(),
+            ..Event::default()
+        }
+    }
+
+    pub fn category(&self) -> Category {
+        self.category.unwrap_or(Category::Request)
+    }
+
+    /// Masks every free-text field. The pipeline calls this once for every
+    /// event it accepts, so the store never receives a secret.
+    pub fn sanitize(&mut self) {
+        fn mask(field: &mut Option<String>) {
+            if let Some(value) = field {
+                if let std::borrow::Cow::Owned(masked) = crate::redact::redact(value) {
+                    *value = masked;
+                }
+            }
+        }
+        for field in [
+            &mut self.request_id,
+            &mut self.actor,
+            &mut self.target,
+            &mut self.consumer_name,
+            &mut self.method,
+            &mut self.path,
+            &mut self.client_ip,
+            &mut self.user_agent,
+            &mut self.country,
+            &mut self.error_code,
+            &mut self.error_message,
+            &mut self.consumer_id,
+            &mut self.api_id,
+            &mut self.key_id,
+            &mut self.key_hint,
+        ] {
+            mask(field);
+        }
+        if let Some(details) = &self.details {
+            let text = details.to_string();
+            if let std::borrow::Cow::Owned(masked) = crate::redact::redact(&text) {
+                self.details = Some(serde_json::from_str(&masked).unwrap_or(serde_json::Value::String(masked)));
+            }
+        }
+    }
+
+    /// The bytes the chain hash covers: canonical JSON of every field.
+    pub fn canonical_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("an event always serialises")
+    }
+
+    /// The chain hash of this event given its predecessor's hash.
+    pub fn chain_hash(&self, previous: &[u8; 32]) -> [u8; 32] {
+        let mut hasher = Sha256::new();
+        hasher.update(previous);
+        hasher.update(self.canonical_bytes());
+        hasher.finalize().into()
+    }
+}
+
+/// Milliseconds since the Unix epoch, UTC.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// RFC 3339, UTC, millisecond precision: `2026-11-22T15:30:00.123Z`.
+pub fn format_timestamp(ms: i64) -> String {
+    chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Drops the query string from a request target; only the path is recorded.
+pub fn path_without_query(target: &str) -> &str {
+    target.split(['?', '#']).next().unwrap_or("")
+}
+
+pub fn to_hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Event {
+        let mut e = Event::new("acme", Category::Request, "request", "success");
+        e.seq = 1;
+        e.path = Some("/docs/a".into());
+        e.status_code = Some(200);
+        e.details = Some(serde_json::json!({"b": 1, "a": [1, 2]}));
+        e
+    }
+
+    #[test]
+    fn chain_hash_depends_on_every_field_and_the_predecessor() {
+        let e = sample();
+        let h = e.chain_hash(&GENESIS_HASH);
+        assert_eq!(h, e.clone().chain_hash(&GENESIS_HASH), "hash is deterministic");
+        assert_ne!(h, e.chain_hash(&[1; 32]), "predecessor matters");
+        let mut changed = e.clone();
+        changed.status_code = Some(500);
+        assert_ne!(h, changed.chain_hash(&GENESIS_HASH));
+        let mut reordered = e.clone();
+        reordered.seq = 2;
+        assert_ne!(h, reordered.chain_hash(&GENESIS_HASH));
+    }
+
+    #[test]
+    fn canonical_bytes_survive_a_json_round_trip() {
+        let e = sample();
+        let back: Event = serde_json::from_slice(&e.canonical_bytes()).unwrap();
+        assert_eq!(back.canonical_bytes(), e.canonical_bytes());
+    }
+
+    #[test]
+    fn sanitize_masks_keys_in_every_text_field() {
+        let key = crate::keys::generate_key(crate::keys::KeyEnvironment::Live).secret;
+        let mut e = sample();
+        e.path = Some(format!("/docs/{key}"));
+        e.user_agent = Some(format!("agent {key}"));
+        e.error_message = Some(key.clone());
+        e.details = Some(serde_json::json!({"nested": {"k": key.clone()}}));
+        e.sanitize();
+        let text = String::from_utf8(e.canonical_bytes()).unwrap();
+        assert!(!text.contains(&key), "{text}");
+        assert!(e.details.unwrap()["nested"]["k"].as_str().unwrap().starts_with("kt_live****"));
+    }
+
+    #[test]
+    fn query_strings_are_dropped() {
+        assert_eq!(path_without_query("/a/b?key=secret"), "/a/b");
+        assert_eq!(path_without_query("/a#frag"), "/a");
+        assert_eq!(path_without_query("/a"), "/a");
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_utc_millis() {
+        assert_eq!(format_timestamp(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(format_timestamp(1_732_289_400_123), "2024-11-22T15:30:00.123Z");
+    }
+}

@@ -1,0 +1,159 @@
+//! Streaming bodies that count bytes, and the response body that records the
+//! request's audit event when the last byte has gone out (or the client left).
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use crate::audit::AuditPipeline;
+use crate::event::Event;
+
+/// Passes a body through unchanged, adding the size of each data frame to a
+/// shared counter. Used for the request body on its way to the upstream.
+pub struct CountingBody {
+    inner: Incoming,
+    counter: Arc<AtomicU64>,
+}
+
+impl CountingBody {
+    pub fn new(inner: Incoming, counter: Arc<AtomicU64>) -> Self {
+        CountingBody { inner, counter }
+    }
+}
+
+impl Body for CountingBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                self.counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Everything needed to complete and record a request's event once its
+/// response is finished.
+pub struct Finisher {
+    pub event: Event,
+    pub started: Instant,
+    pub request_bytes: Option<Arc<AtomicU64>>,
+    pub audit: Arc<AuditPipeline>,
+}
+
+impl Finisher {
+    fn finish(mut self, response_bytes: u64, completed: bool, body_error: bool) {
+        let e = &mut self.event;
+        e.latency_us = Some(self.started.elapsed().as_micros() as u64);
+        e.response_size_bytes = Some(response_bytes);
+        e.request_size_bytes = Some(self.request_bytes.map_or(0, |c| c.load(Ordering::Relaxed)));
+        if body_error {
+            e.outcome = "failure".into();
+            e.error_code = Some("upstream_body_error".into());
+            e.error_message = Some("the upstream failed while sending the response body".into());
+        } else if !completed {
+            e.outcome = "aborted".into();
+            e.error_code.get_or_insert_with(|| "client_disconnected".into());
+            e.error_message.get_or_insert_with(|| "the client went away before the response was complete".into());
+        }
+        self.audit.record(self.event);
+    }
+}
+
+enum Inner {
+    Full(Option<Bytes>),
+    Upstream(Incoming),
+}
+
+/// The body of every gateway response.
+pub struct GatewayBody {
+    inner: Inner,
+    sent: u64,
+    errored: bool,
+    finisher: Option<Finisher>,
+}
+
+impl GatewayBody {
+    pub fn full(bytes: Bytes, finisher: Finisher) -> Self {
+        GatewayBody { inner: Inner::Full(Some(bytes)), sent: 0, errored: false, finisher: Some(finisher) }
+    }
+
+    pub fn upstream(body: Incoming, finisher: Finisher) -> Self {
+        GatewayBody { inner: Inner::Upstream(body), sent: 0, errored: false, finisher: Some(finisher) }
+    }
+
+    fn finish(&mut self, completed: bool) {
+        if let Some(f) = self.finisher.take() {
+            f.finish(self.sent, completed, self.errored);
+        }
+    }
+}
+
+impl Body for GatewayBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let polled = match &mut this.inner {
+            Inner::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Inner::Upstream(body) => Pin::new(body).poll_frame(cx),
+        };
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.sent += data.len() as u64;
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                this.errored = true;
+                this.finish(false);
+            }
+            Poll::Ready(None) => this.finish(true),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            Inner::Full(bytes) => bytes.is_none(),
+            Inner::Upstream(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Inner::Full(Some(bytes)) => SizeHint::with_exact(bytes.len() as u64),
+            Inner::Full(None) => SizeHint::with_exact(0),
+            Inner::Upstream(body) => body.size_hint(),
+        }
+    }
+}
+
+impl Drop for GatewayBody {
+    fn drop(&mut self) {
+        // Hyper may drop a body it knows is finished without polling it to
+        // the end; that still counts as complete.
+        let completed = self.is_end_stream();
+        self.finish(completed);
+    }
+}

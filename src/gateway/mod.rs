@@ -1,0 +1,428 @@
+//! The gateway: the listener, the request phases and the upstream client.
+//!
+//! Architecture invariants:
+//! - No store access and no lock across an await on the request path: routes
+//!   and keys come from the control plane's snapshot.
+//! - Every request, served, refused or failed, produces exactly one `request`
+//!   event, recorded by the response body when the response is finished
+//!   ([`body::GatewayBody`]), so sizes and latency are the real ones.
+//! - Bodies stream both ways; nothing is buffered whole.
+//! - The key the caller presented is removed from the forwarded request.
+
+pub mod body;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use self::body::{CountingBody, Finisher, GatewayBody};
+use crate::audit::AuditPipeline;
+use crate::config::GatewayConfig;
+use crate::control::ControlPlane;
+use crate::error::{ApiError, ErrorCode};
+use crate::event::{self, security_type, Category, Event, SYSTEM_TENANT};
+use crate::keys::{self, MalformedKey};
+use crate::snapshot::{KeyEntry, Snapshot};
+
+static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_CONSUMER_ID: HeaderName = HeaderName::from_static("x-consumer-id");
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// Longest user agent kept in an event.
+const MAX_USER_AGENT: usize = 512;
+
+pub struct Gateway {
+    control: Arc<ControlPlane>,
+    audit: Arc<AuditPipeline>,
+    client: Client<HttpConnector, CountingBody>,
+    upstream_timeout: Duration,
+}
+
+/// Where the caller put its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeySource {
+    ApiKeyHeader,
+    Authorization,
+}
+
+impl KeySource {
+    fn as_str(self) -> &'static str {
+        match self {
+            KeySource::ApiKeyHeader => "x-api-key",
+            KeySource::Authorization => "authorization",
+        }
+    }
+}
+
+/// A refused authentication: what the client is told and what the trail keeps.
+struct AuthFailure {
+    code: ErrorCode,
+    event_type: &'static str,
+    reason: &'static str,
+    key: Option<Arc<KeyEntry>>,
+}
+
+impl Gateway {
+    pub fn new(config: &GatewayConfig, control: Arc<ControlPlane>, audit: Arc<AuditPipeline>) -> Gateway {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        connector.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(1024)
+            .build(connector);
+        Gateway { control, audit, client, upstream_timeout: config.upstream_timeout }
+    }
+
+    /// Runs one request through the phases of DESIGN.md, in order.
+    pub async fn handle(&self, peer: SocketAddr, req: Request<Incoming>) -> Response<GatewayBody> {
+        // 1. Accept: request id and clock.
+        let started = Instant::now();
+        let request_id = uuid::Uuid::now_v7().to_string();
+        let mut event = Event::new(SYSTEM_TENANT, Category::Request, "request", "success");
+        event.request_id = Some(request_id.clone());
+        event.method = Some(req.method().as_str().to_string());
+        event.path = Some(event::path_without_query(req.uri().path()).to_string());
+        event.client_ip = Some(peer.ip().to_string());
+        event.user_agent = req.headers().get(header::USER_AGENT).map(|v| {
+            let text = String::from_utf8_lossy(v.as_bytes());
+            text.chars().take(MAX_USER_AGENT).collect()
+        });
+        let finisher = |event: Event, request_bytes: Option<Arc<AtomicU64>>| Finisher {
+            event,
+            started,
+            request_bytes,
+            audit: self.audit.clone(),
+        };
+
+        // 2. Pre-auth protection (blocklists, attack rules) comes with the protection work.
+
+        // 3. Route. A call to a path no api serves is still attributed to the
+        // caller's tenant when it presented a valid key.
+        let snapshot = self.control.snapshot();
+        let presented = presented_key(req.headers());
+        let Some(route) = snapshot.route(req.uri().path()).cloned() else {
+            if let Some(Ok((key, _))) = &presented {
+                if let Ok(entry) = authenticate(&snapshot, key, None) {
+                    describe_consumer(&mut event, &entry);
+                }
+            }
+            return refuse(&mut event, ErrorCode::NoRoute, &request_id, finisher);
+        };
+        event.tenant_id = route.tenant_id.clone();
+        event.api_id = Some(route.api_id.clone());
+
+        // 4. Authenticate the key against the api's tenant.
+        let (key, source) = match presented {
+            None => {
+                let failure =
+                    AuthFailure { code: ErrorCode::MissingKey, event_type: security_type::AUTH_FAILED, reason: "no key presented", key: None };
+                self.record_auth_failure(&event, &failure, None, None);
+                return refuse(&mut event, failure.code, &request_id, finisher);
+            }
+            Some(Err(source)) => {
+                let failure = AuthFailure {
+                    code: ErrorCode::InvalidKey,
+                    event_type: security_type::AUTH_FAILED,
+                    reason: "key header is not valid text",
+                    key: None,
+                };
+                self.record_auth_failure(&event, &failure, Some(source), None);
+                return refuse(&mut event, failure.code, &request_id, finisher);
+            }
+            Some(Ok(found)) => found,
+        };
+        let entry = match authenticate(&snapshot, key, Some(&route.tenant_id)) {
+            Ok(entry) => entry,
+            Err(failure) => {
+                let hint = keys::hint(key);
+                if let Some(entry) = &failure.key {
+                    describe_consumer(&mut event, entry);
+                } else {
+                    event.key_hint = Some(hint.clone());
+                }
+                self.record_auth_failure(&event, &failure, Some(source), Some(hint));
+                return refuse(&mut event, failure.code, &request_id, finisher);
+            }
+        };
+        describe_consumer(&mut event, &entry);
+        drop(snapshot);
+
+        // 5. Authorise: the consumer must be active. (Scopes per api come with policies.)
+        if !entry.consumer_active {
+            return refuse(&mut event, ErrorCode::ConsumerSuspended, &request_id, finisher);
+        }
+
+        // 6–7. Rate limits and policies come with the protection work.
+
+        // 8. Proxy, streaming both ways.
+        let (mut parts, body) = req.into_parts();
+        let path_and_query = parts.uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        parts.uri = match Uri::builder()
+            .scheme(route.upstream_scheme.clone())
+            .authority(route.upstream_authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+        {
+            Ok(uri) => uri,
+            Err(error) => {
+                tracing::error!(%error, api = %route.api_id, "cannot build upstream uri");
+                return refuse(&mut event, ErrorCode::UpstreamUnavailable, &request_id, finisher);
+            }
+        };
+        parts.version = http::Version::HTTP_11;
+        prepare_upstream_headers(&mut parts.headers, source, &route.upstream_authority, &request_id, &entry, peer);
+        let request_bytes = Arc::new(AtomicU64::new(0));
+        let upstream_req = Request::from_parts(parts, CountingBody::new(body, request_bytes.clone()));
+        let timeout = route.timeout.unwrap_or(self.upstream_timeout);
+        let sent = Instant::now();
+        let outcome = tokio::time::timeout(timeout, self.client.request(upstream_req)).await;
+        event.upstream_latency_us = Some(sent.elapsed().as_micros() as u64);
+        let upstream_res = match outcome {
+            Ok(Ok(res)) => res,
+            Ok(Err(error)) => {
+                tracing::warn!(api = %route.api_id, upstream = %route.upstream_authority, error = %error_chain(&error), "upstream request failed");
+                return refuse(&mut event, ErrorCode::UpstreamUnavailable, &request_id, |e, _| finisher(e, Some(request_bytes)));
+            }
+            Err(_) => {
+                tracing::warn!(api = %route.api_id, upstream = %route.upstream_authority, timeout_ms = timeout.as_millis() as u64, "upstream timed out");
+                return refuse(&mut event, ErrorCode::UpstreamTimeout, &request_id, |e, _| finisher(e, Some(request_bytes)));
+            }
+        };
+
+        // 9. Audit: the body records the event when the response is finished.
+        let (mut parts, body) = upstream_res.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        parts.headers.insert(X_REQUEST_ID.clone(), header_value(&request_id));
+        event.status_code = Some(parts.status.as_u16());
+        if parts.status.as_u16() >= 400 {
+            event.outcome = "failure".into();
+        }
+        Response::from_parts(parts, GatewayBody::upstream(body, finisher(event, Some(request_bytes))))
+    }
+
+    fn record_auth_failure(&self, request: &Event, failure: &AuthFailure, source: Option<KeySource>, hint: Option<String>) {
+        let mut event = Event::new(&request.tenant_id, Category::Security, failure.event_type, "failure");
+        event.timestamp_ms = request.timestamp_ms;
+        event.request_id = request.request_id.clone();
+        event.api_id = request.api_id.clone();
+        event.method = request.method.clone();
+        event.path = request.path.clone();
+        event.client_ip = request.client_ip.clone();
+        event.user_agent = request.user_agent.clone();
+        event.error_code = Some(failure.code.as_str().to_string());
+        event.key_hint = hint;
+        match &failure.key {
+            Some(key) => {
+                event.actor = Some(format!("consumer:{}", key.consumer_id));
+                event.target = Some(format!("key:{}", key.key_id));
+                event.key_id = Some(key.key_id.clone());
+                event.consumer_id = Some(key.consumer_id.clone());
+                event.consumer_name = Some(key.consumer_name.clone());
+            }
+            None => {
+                event.actor = request.client_ip.as_ref().map(|ip| format!("ip:{ip}"));
+                event.target = request.api_id.as_ref().map(|api| format!("api:{api}"));
+            }
+        }
+        event.details = Some(serde_json::json!({
+            "reason": failure.reason,
+            "key_source": source.map(KeySource::as_str),
+        }));
+        self.audit.record(event);
+    }
+}
+
+/// The key the caller presented, if any: `X-API-Key` first, then
+/// `Authorization: Bearer`. `Err` when the header holds bytes that are not text.
+fn presented_key(headers: &HeaderMap) -> Option<Result<(&str, KeySource), KeySource>> {
+    if let Some(value) = headers.get(&X_API_KEY) {
+        return Some(value.to_str().map(|k| (k.trim(), KeySource::ApiKeyHeader)).map_err(|_| KeySource::ApiKeyHeader));
+    }
+    let value = headers.get(header::AUTHORIZATION)?;
+    let Ok(text) = value.to_str() else { return Some(Err(KeySource::Authorization)) };
+    let (scheme, token) = text.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| Ok((token.trim(), KeySource::Authorization)))
+}
+
+/// Checks a presented key: format and checksum first (no lookup for a typo),
+/// then the snapshot, the tenant, revocation and expiry.
+fn authenticate(snapshot: &Snapshot, key: &str, tenant: Option<&str>) -> Result<Arc<KeyEntry>, AuthFailure> {
+    let invalid = |reason| AuthFailure { code: ErrorCode::InvalidKey, event_type: security_type::AUTH_FAILED, reason, key: None };
+    if let Err(malformed) = keys::check_format(key) {
+        return Err(invalid(match malformed {
+            MalformedKey::Prefix => "malformed key: unknown prefix",
+            MalformedKey::Length => "malformed key: wrong length",
+            MalformedKey::Characters => "malformed key: characters outside base62",
+            MalformedKey::Checksum => "malformed key: checksum mismatch",
+        }));
+    }
+    let entry = snapshot.key(&keys::hash_secret(key)).cloned().ok_or_else(|| invalid("unknown key"))?;
+    if tenant.is_some_and(|t| t != entry.tenant_id) {
+        // Answer exactly as for an unknown key: the caller learns nothing about other tenants.
+        return Err(invalid("key belongs to another tenant"));
+    }
+    if entry.revoked {
+        return Err(AuthFailure {
+            code: ErrorCode::RevokedKey,
+            event_type: security_type::REVOKED_KEY_USED,
+            reason: "key is revoked",
+            key: Some(entry),
+        });
+    }
+    if entry.expires_at_ms.is_some_and(|t| t <= event::now_ms()) {
+        return Err(AuthFailure {
+            code: ErrorCode::ExpiredKey,
+            event_type: security_type::EXPIRED_KEY_USED,
+            reason: "key has expired",
+            key: Some(entry),
+        });
+    }
+    Ok(entry)
+}
+
+fn describe_consumer(event: &mut Event, key: &KeyEntry) {
+    event.tenant_id = key.tenant_id.clone();
+    event.consumer_id = Some(key.consumer_id.clone());
+    event.consumer_name = Some(key.consumer_name.clone());
+    event.key_id = Some(key.key_id.clone());
+    event.key_hint = Some(key.hint.clone());
+    event.actor = Some(format!("consumer:{}", key.consumer_id));
+}
+
+/// Answers with a gateway error and records the request event with it.
+fn refuse(
+    event: &mut Event,
+    code: ErrorCode,
+    request_id: &str,
+    finisher: impl FnOnce(Event, Option<Arc<AtomicU64>>) -> Finisher,
+) -> Response<GatewayBody> {
+    let error = ApiError::from_code(code);
+    event.status_code = Some(code.status().as_u16());
+    event.outcome = "failure".into();
+    event.error_code = Some(code.as_str().to_string());
+    event.error_message = Some(code.default_message().to_string());
+    let mut response = Response::new(GatewayBody::full(error.body_bytes(), finisher(std::mem::take(event), None)));
+    *response.status_mut() = code.status();
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(X_REQUEST_ID.clone(), header_value(request_id));
+    if code.status() == StatusCode::UNAUTHORIZED {
+        headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"keytrail\""));
+    }
+    response
+}
+
+fn header_value(text: &str) -> HeaderValue {
+    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&str; 8] =
+    ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "proxy-authorization"];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+fn prepare_upstream_headers(
+    headers: &mut HeaderMap,
+    source: KeySource,
+    authority: &http::uri::Authority,
+    request_id: &str,
+    key: &KeyEntry,
+    peer: SocketAddr,
+) {
+    strip_hop_by_hop(headers);
+    // The key never travels further than the gateway.
+    match source {
+        KeySource::ApiKeyHeader => headers.remove(&X_API_KEY),
+        KeySource::Authorization => headers.remove(header::AUTHORIZATION),
+    };
+    // Identity headers are the gateway's to set; a caller's own are dropped.
+    headers.insert(X_REQUEST_ID.clone(), header_value(request_id));
+    headers.insert(X_CONSUMER_ID.clone(), header_value(&key.consumer_id));
+    headers.insert(header::HOST, header_value(authority.as_str()));
+    let forwarded = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(previous) => format!("{previous}, {}", peer.ip()),
+        None => peer.ip().to_string(),
+    };
+    headers.insert(X_FORWARDED_FOR.clone(), header_value(&forwarded));
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Accepts connections until `shutdown` fires, then lets in-flight requests
+/// finish (for at most `drain`).
+pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown: watch::Receiver<bool>, drain: Duration) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(conn) => conn,
+                    Err(error) => {
+                        tracing::warn!(%error, "gateway accept failed");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let gateway = gateway.clone();
+                let service = hyper::service::service_fn(move |req| {
+                    let gateway = gateway.clone();
+                    async move { Ok::<_, Infallible>(gateway.handle(peer, req).await) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(30))
+                    .serve_connection(TokioIo::new(stream), service);
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(error) = conn.await {
+                        tracing::debug!(%error, "gateway connection ended with an error");
+                    }
+                });
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+    drop(listener);
+    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+        tracing::warn!("gateway shutdown: some connections did not finish in time");
+    }
+}

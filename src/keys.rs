@@ -1,0 +1,226 @@
+//! API keys and admin tokens: their format, checksum, hash and display hint.
+//!
+//! A key is `kt_live_` or `kt_test_`, 32 random base62 characters, then a
+//! 6-character base62 CRC-32 of everything before it. The checksum lets the
+//! gateway reject a typo or a guessed key without a lookup, and lets secret
+//! scanners recognise a leaked key. Keys are stored only as SHA-256 hashes and
+//! shown as a hint: the prefix and the last four characters.
+//!
+//! This module does no IO.
+
+use rand::Rng;
+use sha2::{Digest, Sha256};
+
+const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+const RANDOM_LEN: usize = 32;
+const CHECKSUM_LEN: usize = 6;
+/// Length of every prefix: `kt_live_` and `kt_test_`.
+const PREFIX_LEN: usize = 8;
+/// Total length of a well-formed key.
+pub const KEY_LEN: usize = PREFIX_LEN + RANDOM_LEN + CHECKSUM_LEN;
+/// Prefix of admin tokens keytrail generates.
+pub const ADMIN_TOKEN_PREFIX: &str = "kta_";
+
+/// Which environment a key is for; part of its visible prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyEnvironment {
+    Live,
+    Test,
+}
+
+impl KeyEnvironment {
+    pub fn prefix(self) -> &'static str {
+        match self {
+            KeyEnvironment::Live => "kt_live_",
+            KeyEnvironment::Test => "kt_test_",
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyEnvironment::Live => "live",
+            KeyEnvironment::Test => "test",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "live" => Some(KeyEnvironment::Live),
+            "test" => Some(KeyEnvironment::Test),
+            _ => None,
+        }
+    }
+}
+
+/// SHA-256 of a secret: the only form in which keys and tokens are stored.
+pub type SecretHash = [u8; 32];
+
+/// A freshly generated key. Its `secret` leaves the process exactly once, in
+/// the answer to the call that created it.
+pub struct GeneratedKey {
+    pub secret: String,
+    pub hash: SecretHash,
+    pub hint: String,
+}
+
+impl std::fmt::Debug for GeneratedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GeneratedKey").field("hint", &self.hint).finish_non_exhaustive()
+    }
+}
+
+/// Why a presented key was rejected before any lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MalformedKey {
+    Prefix,
+    Length,
+    Characters,
+    Checksum,
+}
+
+fn random_base62(len: usize) -> String {
+    let mut rng = rand::rng();
+    (0..len).map(|_| BASE62[rng.random_range(0..62)] as char).collect()
+}
+
+fn checksum(body: &str) -> String {
+    let mut n = crc32fast::hash(body.as_bytes()) as u64;
+    let mut out = [b'0'; CHECKSUM_LEN];
+    for slot in out.iter_mut().rev() {
+        *slot = BASE62[(n % 62) as usize];
+        n /= 62;
+    }
+    String::from_utf8(out.to_vec()).expect("base62 is ascii")
+}
+
+/// Generates a new API key for the given environment.
+pub fn generate_key(env: KeyEnvironment) -> GeneratedKey {
+    let body = format!("{}{}", env.prefix(), random_base62(RANDOM_LEN));
+    let secret = format!("{body}{}", checksum(&body));
+    let hash = hash_secret(&secret);
+    let hint = hint(&secret);
+    GeneratedKey { secret, hash, hint }
+}
+
+/// Checks the shape and checksum of a presented key without looking it up.
+pub fn check_format(key: &str) -> Result<KeyEnvironment, MalformedKey> {
+    let env = if key.starts_with("kt_live_") {
+        KeyEnvironment::Live
+    } else if key.starts_with("kt_test_") {
+        KeyEnvironment::Test
+    } else {
+        return Err(MalformedKey::Prefix);
+    };
+    if key.len() != KEY_LEN {
+        return Err(MalformedKey::Length);
+    }
+    if !key.as_bytes()[PREFIX_LEN..].iter().all(u8::is_ascii_alphanumeric) {
+        return Err(MalformedKey::Characters);
+    }
+    let (body, sum) = key.split_at(KEY_LEN - CHECKSUM_LEN);
+    if checksum(body) != sum {
+        return Err(MalformedKey::Checksum);
+    }
+    Ok(env)
+}
+
+/// The stored form of a key or token.
+pub fn hash_secret(secret: &str) -> SecretHash {
+    Sha256::digest(secret.as_bytes()).into()
+}
+
+/// Constant-time comparison of two hashes.
+pub fn hashes_equal(a: &SecretHash, b: &SecretHash) -> bool {
+    use subtle::ConstantTimeEq;
+    a.ct_eq(b).into()
+}
+
+/// The display form of a key: `kt_live****abcd`. Anything shorter than a
+/// real key still gets a hint that reveals at most its last four characters.
+pub fn hint(secret: &str) -> String {
+    let visible_prefix = if secret.starts_with("kt_live_") {
+        "kt_live"
+    } else if secret.starts_with("kt_test_") {
+        "kt_test"
+    } else if secret.starts_with(ADMIN_TOKEN_PREFIX) {
+        "kta"
+    } else {
+        ""
+    };
+    let tail: String = if secret.len() >= 12 && secret.is_ascii() {
+        secret[secret.len() - 4..].to_string()
+    } else {
+        String::new()
+    };
+    format!("{visible_prefix}****{tail}")
+}
+
+/// Generates an admin token (`kta_` and 40 base62 characters).
+pub fn generate_admin_token() -> String {
+    format!("{ADMIN_TOKEN_PREFIX}{}", random_base62(40))
+}
+
+/// A public identifier such as `key_…` or `cons_…`.
+pub fn generate_id(prefix: &str) -> String {
+    format!("{prefix}_{}", random_base62(20))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_keys_pass_their_own_check() {
+        for env in [KeyEnvironment::Live, KeyEnvironment::Test] {
+            let key = generate_key(env);
+            assert_eq!(key.secret.len(), KEY_LEN);
+            assert!(key.secret.starts_with(env.prefix()));
+            assert_eq!(check_format(&key.secret), Ok(env));
+            assert_eq!(key.hash, hash_secret(&key.secret));
+        }
+    }
+
+    #[test]
+    fn a_single_typo_fails_the_checksum() {
+        let key = generate_key(KeyEnvironment::Live).secret;
+        let mut bytes = key.clone().into_bytes();
+        // Change one character of the random part to another base62 character.
+        bytes[12] = if bytes[12] == b'a' { b'b' } else { b'a' };
+        let typo = String::from_utf8(bytes).unwrap();
+        assert_eq!(check_format(&typo), Err(MalformedKey::Checksum));
+    }
+
+    #[test]
+    fn malformed_keys_are_named() {
+        let key = generate_key(KeyEnvironment::Live).secret;
+        assert_eq!(check_format("sk_live_abc"), Err(MalformedKey::Prefix));
+        assert_eq!(check_format(&key[..KEY_LEN - 1]), Err(MalformedKey::Length));
+        let mut bad = key.clone();
+        bad.replace_range(10..11, "-");
+        assert_eq!(check_format(&bad), Err(MalformedKey::Characters));
+        assert_eq!(check_format(""), Err(MalformedKey::Prefix));
+    }
+
+    #[test]
+    fn hint_shows_prefix_and_last_four_only() {
+        let key = generate_key(KeyEnvironment::Live).secret;
+        let h = hint(&key);
+        assert_eq!(h, format!("kt_live****{}", &key[key.len() - 4..]));
+        assert_eq!(hint("short"), "****");
+        assert_eq!(hint(&format!("{ADMIN_TOKEN_PREFIX}abcdefghijklmnop")), "kta****mnop");
+    }
+
+    #[test]
+    fn hash_comparison() {
+        let a = hash_secret("a");
+        assert!(hashes_equal(&a, &hash_secret("a")));
+        assert!(!hashes_equal(&a, &hash_secret("b")));
+    }
+
+    #[test]
+    fn debug_never_shows_the_secret() {
+        let key = generate_key(KeyEnvironment::Test);
+        assert!(!format!("{key:?}").contains(&key.secret));
+    }
+}

@@ -1,0 +1,160 @@
+//! The `keytrail` command: parses the command line and hands over to the
+//! library. No logic lives here beyond turning errors into exit codes.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use keytrail::config::{self, Overrides};
+use keytrail::server::{self, Bootstrap};
+
+#[derive(Parser)]
+#[command(name = "keytrail", version, about = "An API-key gateway with a tamper-evident audit trail")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run everything on this machine with a built-in echo upstream, a demo
+    /// tenant, consumer and key, and print the commands to try.
+    Demo {
+        /// Keep the demo's data here instead of a temporary folder.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Gateway address (use 127.0.0.1:0 for any free port).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        gateway_listen: SocketAddr,
+        /// Admin API address.
+        #[arg(long, default_value = "127.0.0.1:9080")]
+        admin_listen: SocketAddr,
+        /// Do not delete the temporary data folder on exit.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Run the gateway and the admin API.
+    Serve {
+        /// TOML config file; values here are overridden by KEYTRAIL_* variables and flags.
+        #[arg(long, short = 'c', env = "KEYTRAIL_CONFIG")]
+        config: Option<PathBuf>,
+        /// Where the stores live [default: ./keytrail-data].
+        #[arg(long, env = "KEYTRAIL_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// Gateway address [default: 127.0.0.1:8080].
+        #[arg(long, env = "KEYTRAIL_GATEWAY_LISTEN")]
+        gateway_listen: Option<SocketAddr>,
+        /// Admin API address [default: 127.0.0.1:9080].
+        #[arg(long, env = "KEYTRAIL_ADMIN_LISTEN")]
+        admin_listen: Option<SocketAddr>,
+        /// Log filter, e.g. `info` or `keytrail=debug` [default: info].
+        #[arg(long, env = "KEYTRAIL_LOG")]
+        log_level: Option<String>,
+    },
+}
+
+/// The operator's first admin token. Read only from the environment: a flag
+/// would show it in `ps`.
+fn bootstrap_token_from_env() -> Option<String> {
+    std::env::var("KEYTRAIL_BOOTSTRAP_TOKEN").ok().filter(|t| !t.is_empty())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = terminate => {}
+    }
+}
+
+async fn serve(
+    config_path: Option<PathBuf>,
+    overrides: Overrides,
+) -> anyhow::Result<()> {
+    let file = match &config_path {
+        Some(path) => config::load_file(path)?,
+        None => config::FileConfig::default(),
+    };
+    let config = config::resolve(file, overrides)?;
+    keytrail::init_logging(&config.log_level);
+    let server = server::start(config).await?;
+    println!("keytrail gateway listening on http://{}", server.gateway_addr);
+    println!("keytrail admin API listening on http://{}", server.admin_addr);
+    match &server.bootstrap {
+        Bootstrap::Generated(path) => {
+            println!("first admin created; its token is in {} (readable by you only)", path.display())
+        }
+        Bootstrap::FromEnvironment => println!("first admin created with the token from KEYTRAIL_BOOTSTRAP_TOKEN"),
+        Bootstrap::Existing => {}
+    }
+    shutdown_signal().await;
+    tracing::info!("shutting down: finishing requests and committing the audit trail");
+    server.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(error) => {
+            eprintln!("keytrail: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Demo { data_dir, gateway_listen, admin_listen, keep } => {
+                keytrail::init_logging("warn");
+                keytrail::demo::run(
+                    keytrail::demo::DemoOptions {
+                        data_dir,
+                        gateway_listen: Some(gateway_listen),
+                        admin_listen: Some(admin_listen),
+                        keep,
+                        bootstrap_token: bootstrap_token_from_env(),
+                    },
+                    shutdown_signal(),
+                )
+                .await
+                .context("demo failed")
+            }
+            Command::Serve { config, data_dir, gateway_listen, admin_listen, log_level } => {
+                serve(
+                    config,
+                    Overrides { data_dir, gateway_listen, admin_listen, log_level, bootstrap_token: bootstrap_token_from_env() },
+                )
+                .await
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            let chain: Vec<String> = error.chain().map(|e| keytrail::redact::redact(&e.to_string()).into_owned()).collect();
+            eprintln!("keytrail: error: {}", chain.join(": "));
+            if error.downcast_ref::<config::ConfigError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}

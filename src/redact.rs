@@ -1,0 +1,173 @@
+//! The redaction point: every text that leaves keytrail passes through here.
+//!
+//! Anything that looks like a keytrail key (`kt_live_…`, `kt_test_…`) or admin
+//! token (`kta_…`) is replaced by its hint, and any secret registered at run
+//! time (an operator-chosen bootstrap token, which has no recognisable shape)
+//! is replaced by `****`. The process log, error bodies and every audit event
+//! go through [`redact`]; call sites do not mask on their own.
+
+use std::borrow::Cow;
+use std::io;
+use std::sync::{OnceLock, RwLock};
+
+const PATTERNS: [&str; 3] = ["kt_live_", "kt_test_", crate::keys::ADMIN_TOKEN_PREFIX];
+/// How many alphanumeric characters after a prefix make a string worth hiding.
+const MIN_SECRET_TAIL: usize = 8;
+
+fn registered() -> &'static RwLock<Vec<String>> {
+    static SECRETS: OnceLock<RwLock<Vec<String>>> = OnceLock::new();
+    SECRETS.get_or_init(|| RwLock::new(Vec::new()))
+}
+
+/// Adds a literal secret that must never be printed (for example a bootstrap
+/// token chosen by the operator). Secrets shorter than 8 bytes are refused
+/// elsewhere and ignored here, so short words are never masked by accident.
+pub fn register_secret(secret: &str) {
+    if secret.len() < 8 {
+        return;
+    }
+    let mut list = registered().write().unwrap_or_else(|e| e.into_inner());
+    if !list.iter().any(|s| s == secret) {
+        list.push(secret.to_string());
+    }
+}
+
+/// Returns `text` with every key, token and registered secret masked.
+pub fn redact(text: &str) -> Cow<'_, str> {
+    let mut out = Cow::Borrowed(text);
+    if text.contains("kt") {
+        if let Some(masked) = mask_patterns(text) {
+            out = Cow::Owned(masked);
+        }
+    }
+    let list = registered().read().unwrap_or_else(|e| e.into_inner());
+    for secret in list.iter() {
+        if out.contains(secret.as_str()) {
+            out = Cow::Owned(out.replace(secret.as_str(), "****"));
+        }
+    }
+    out
+}
+
+/// Masks pattern matches; `None` when there was nothing to mask.
+fn mask_patterns(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out: Option<String> = None;
+    let mut copied_up_to = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        let matched = PATTERNS.iter().find(|p| bytes[i..].starts_with(p.as_bytes()));
+        let Some(prefix) = matched else {
+            i += 1;
+            continue;
+        };
+        let tail_start = i + prefix.len();
+        let tail_len = bytes[tail_start..].iter().take_while(|b| b.is_ascii_alphanumeric()).count();
+        if tail_len < MIN_SECRET_TAIL {
+            i = tail_start;
+            continue;
+        }
+        let end = tail_start + tail_len;
+        let buf = out.get_or_insert_with(|| String::with_capacity(text.len()));
+        buf.push_str(&text[copied_up_to..i]);
+        buf.push_str(&crate::keys::hint(&text[i..end]));
+        copied_up_to = end;
+        i = end;
+    }
+    out.map(|mut buf| {
+        buf.push_str(&text[copied_up_to..]);
+        buf
+    })
+}
+
+/// An `io::Write` that redacts each write before passing it on; the process
+/// log is written through it.
+pub struct RedactingWriter<W: io::Write> {
+    inner: W,
+}
+
+impl<W: io::Write> RedactingWriter<W> {
+    pub fn new(inner: W) -> Self {
+        RedactingWriter { inner }
+    }
+}
+
+impl<W: io::Write> io::Write for RedactingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        self.inner.write_all(redact(&text).as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// A `tracing_subscriber` writer factory that redacts everything it writes to stderr.
+#[derive(Clone, Copy, Default)]
+pub struct RedactingStderr;
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for RedactingStderr {
+    type Writer = RedactingWriter<io::Stderr>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        RedactingWriter::new(io::stderr())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::{generate_key, KeyEnvironment};
+
+    #[test]
+    fn keys_anywhere_in_text_are_masked() {
+        let key = generate_key(KeyEnvironment::Live).secret;
+        let text = format!("GET /docs?api_key={key}&x=1 user-agent=curl/{key}");
+        let out = redact(&text);
+        assert!(!out.contains(&key), "{out}");
+        assert_eq!(out.matches(&crate::keys::hint(&key)).count(), 2, "{out}");
+        assert!(out.ends_with(&crate::keys::hint(&key)));
+        assert!(out.starts_with("GET /docs?api_key=kt_live****"));
+    }
+
+    #[test]
+    fn truncated_and_wrong_checksum_keys_are_masked_too() {
+        let key = generate_key(KeyEnvironment::Test).secret;
+        let partial = &key[..20];
+        assert!(!redact(partial).contains(partial));
+    }
+
+    #[test]
+    fn ordinary_text_is_untouched_and_not_copied() {
+        for text in ["kt_live_ is the prefix", "nothing here", "kt_", "ümlaut kt_test_ä"] {
+            assert!(matches!(redact(text), Cow::Borrowed(_)), "{text}");
+        }
+    }
+
+    #[test]
+    fn registered_secrets_are_masked() {
+        register_secret("operator-chosen-bootstrap-secret");
+        let out = redact("token=operator-chosen-bootstrap-secret;");
+        assert_eq!(out, "token=****;");
+    }
+
+    #[test]
+    fn admin_tokens_are_masked() {
+        let token = crate::keys::generate_admin_token();
+        let text = format!("Bearer {token}");
+        let out = redact(&text);
+        assert!(!out.contains(&token));
+    }
+
+    #[test]
+    fn writer_redacts() {
+        use std::io::Write;
+        let key = generate_key(KeyEnvironment::Live).secret;
+        let mut w = RedactingWriter::new(Vec::new());
+        write!(w, "leak {key}").unwrap();
+        let s = String::from_utf8(w.inner).unwrap();
+        assert!(!s.contains(&key));
+    }
+}

@@ -1,0 +1,150 @@
+//! Wiring: opens the stores, bootstraps the first admin, starts the audit
+//! writer, binds the gateway and admin listeners, and shuts all of it down
+//! in the right order (stop accepting → finish requests → commit events).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::admin::{self, AdminState};
+use crate::audit::AuditPipeline;
+use crate::config::Config;
+use crate::control::{ControlPlane, FirstAdmin};
+use crate::gateway::{self, Gateway};
+use crate::store::control::ControlStore;
+
+/// Name of the file the generated first admin token is written to.
+pub const BOOTSTRAP_TOKEN_FILE: &str = "bootstrap-admin-token";
+
+/// How the first admin came to be, for the start-up message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Bootstrap {
+    /// Admins already existed; nothing was created.
+    Existing,
+    /// The owner's token is the operator's `KEYTRAIL_BOOTSTRAP_TOKEN`.
+    FromEnvironment,
+    /// A token was generated and written to this file (mode 0600).
+    Generated(PathBuf),
+}
+
+/// A running keytrail: both listeners, the control plane and the audit pipeline.
+pub struct Server {
+    pub gateway_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub data_dir: PathBuf,
+    pub bootstrap: Bootstrap,
+    pub control: Arc<ControlPlane>,
+    pub audit: Arc<AuditPipeline>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create data directory {}", dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot restrict permissions of {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Writes a secret to a file only its owner can read.
+fn write_secret_file(path: &Path, secret: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path).with_context(|| format!("cannot write {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    writeln!(file, "{secret}")?;
+    file.sync_all()?;
+    Ok(())
+}
+
+/// Starts keytrail with `config`; returns once both listeners are bound.
+pub async fn start(config: Config) -> anyhow::Result<Server> {
+    create_private_dir(&config.data_dir)?;
+    if let Some(token) = &config.bootstrap_token {
+        crate::redact::register_secret(token);
+    }
+    let audit = Arc::new(
+        AuditPipeline::start(config.data_dir.join("audit.db"), &config.audit).context("cannot open the audit store")?,
+    );
+    let store = ControlStore::open(&config.data_dir.join("control.db")).context("cannot open the control store")?;
+    let control = Arc::new(ControlPlane::open(store, audit.clone()).context("cannot load the control store")?);
+
+    let bootstrap = match control.bootstrap_admin(config.bootstrap_token.as_deref())? {
+        FirstAdmin::CreatedWithGeneratedToken(token) => {
+            let path = config.data_dir.join(BOOTSTRAP_TOKEN_FILE);
+            write_secret_file(&path, &token)?;
+            Bootstrap::Generated(path)
+        }
+        FirstAdmin::CreatedWithOperatorToken => Bootstrap::FromEnvironment,
+        FirstAdmin::AlreadyPresent => Bootstrap::Existing,
+    };
+
+    let gateway_listener = TcpListener::bind(config.gateway.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} for the gateway", config.gateway.listen))?;
+    let admin_listener = TcpListener::bind(config.admin_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} for the admin API", config.admin_listen))?;
+    let gateway_addr = gateway_listener.local_addr()?;
+    let admin_addr = admin_listener.local_addr()?;
+
+    let (shutdown, _) = watch::channel(false);
+    let gateway = Arc::new(Gateway::new(&config.gateway, control.clone(), audit.clone()));
+    let gateway_task = tokio::spawn(gateway::serve(gateway_listener, gateway, shutdown.subscribe(), Duration::from_secs(10)));
+
+    let app = admin::router(AdminState { control: control.clone(), audit: audit.clone() });
+    let mut admin_shutdown = shutdown.subscribe();
+    let admin_task = tokio::spawn(async move {
+        let served = axum::serve(admin_listener, app.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(async move {
+                let _ = admin_shutdown.changed().await;
+            })
+            .await;
+        if let Err(error) = served {
+            tracing::error!(%error, "admin API stopped with an error");
+        }
+    });
+
+    Ok(Server {
+        gateway_addr,
+        admin_addr,
+        data_dir: config.data_dir,
+        bootstrap,
+        control,
+        audit,
+        shutdown,
+        tasks: vec![gateway_task, admin_task],
+    })
+}
+
+impl Server {
+    /// Stops accepting, lets in-flight requests finish, then commits every
+    /// event still queued and stops the writer.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        self.audit.shutdown().await;
+    }
+}

@@ -1,0 +1,153 @@
+//! The gateway's in-memory view of routes and keys.
+//!
+//! Built from the control store after every change and swapped in atomically
+//! (`arc_swap`), so a request reads a consistent snapshot with no lock and no
+//! store query. A revoked key is gone from the next snapshot, which is in
+//! place before the revoke call answers.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::keys::SecretHash;
+use crate::store::control::RoutingData;
+
+/// An api as the gateway routes to it.
+#[derive(Debug)]
+pub struct RouteApi {
+    pub tenant_id: String,
+    pub api_id: String,
+    pub path_prefix: String,
+    pub upstream_scheme: http::uri::Scheme,
+    pub upstream_authority: http::uri::Authority,
+    pub timeout: Option<Duration>,
+}
+
+/// What the gateway knows about a key: enough to decide and to log, never the secret.
+#[derive(Debug)]
+pub struct KeyEntry {
+    pub key_id: String,
+    pub tenant_id: String,
+    pub consumer_id: String,
+    pub consumer_name: String,
+    pub consumer_active: bool,
+    pub hint: String,
+    pub scopes: Vec<String>,
+    pub expires_at_ms: Option<i64>,
+    pub revoked: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Longest prefix first, so the first match is the most specific.
+    routes: Vec<Arc<RouteApi>>,
+    keys: HashMap<SecretHash, Arc<KeyEntry>>,
+}
+
+/// Whether `path` is under `prefix`, on a segment boundary: `/docs` serves
+/// `/docs` and `/docs/x` but not `/docsearch`.
+pub fn prefix_matches(prefix: &str, path: &str) -> bool {
+    if !path.starts_with(prefix) {
+        return false;
+    }
+    prefix.ends_with('/') || path.len() == prefix.len() || path.as_bytes()[prefix.len()] == b'/'
+}
+
+impl Snapshot {
+    pub fn build(data: RoutingData) -> Snapshot {
+        let mut routes: Vec<Arc<RouteApi>> = data
+            .apis
+            .into_iter()
+            .filter_map(|api| {
+                let uri: http::Uri = match api.upstream.parse() {
+                    Ok(uri) => uri,
+                    Err(error) => {
+                        tracing::error!(api = %api.id, %error, "stored upstream does not parse; api skipped");
+                        return None;
+                    }
+                };
+                let parts = uri.into_parts();
+                Some(Arc::new(RouteApi {
+                    tenant_id: api.tenant_id,
+                    api_id: api.id,
+                    path_prefix: api.path_prefix,
+                    upstream_scheme: parts.scheme?,
+                    upstream_authority: parts.authority?,
+                    timeout: api.timeout_ms.map(Duration::from_millis),
+                }))
+            })
+            .collect();
+        routes.sort_by(|a, b| b.path_prefix.len().cmp(&a.path_prefix.len()).then(a.path_prefix.cmp(&b.path_prefix)));
+
+        let consumers: HashMap<&str, (&str, bool)> =
+            data.consumers.iter().map(|c| (c.id.as_str(), (c.name.as_str(), c.status == "active"))).collect();
+        let keys = data
+            .keys
+            .into_iter()
+            .filter_map(|k| {
+                let (name, active) = consumers.get(k.consumer_id.as_str()).copied()?;
+                Some((
+                    k.hash,
+                    Arc::new(KeyEntry {
+                        consumer_name: name.to_string(),
+                        consumer_active: active,
+                        revoked: k.status == "revoked",
+                        key_id: k.key_id,
+                        tenant_id: k.tenant_id,
+                        consumer_id: k.consumer_id,
+                        hint: k.hint,
+                        scopes: k.scopes,
+                        expires_at_ms: k.expires_at,
+                    }),
+                ))
+            })
+            .collect();
+        Snapshot { routes, keys }
+    }
+
+    /// The api serving `path`, most specific prefix first.
+    pub fn route(&self, path: &str) -> Option<&Arc<RouteApi>> {
+        self.routes.iter().find(|r| prefix_matches(&r.path_prefix, path))
+    }
+
+    /// The key with this hash, compared in constant time once found.
+    pub fn key(&self, hash: &SecretHash) -> Option<&Arc<KeyEntry>> {
+        self.keys.get_key_value(hash).filter(|(stored, _)| crate::keys::hashes_equal(stored, hash)).map(|(_, k)| k)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_match_on_segment_boundaries() {
+        assert!(prefix_matches("/docs", "/docs"));
+        assert!(prefix_matches("/docs", "/docs/a/b"));
+        assert!(!prefix_matches("/docs", "/docsearch"));
+        assert!(!prefix_matches("/docs", "/doc"));
+        assert!(prefix_matches("/docs/", "/docs/x"));
+        assert!(prefix_matches("/", "/anything"));
+    }
+
+    #[test]
+    fn the_longest_prefix_wins() {
+        use crate::store::control::Api;
+        let api = |id: &str, prefix: &str| Api {
+            tenant_id: "t".into(),
+            id: id.into(),
+            path_prefix: prefix.into(),
+            upstream: "http://127.0.0.1:1".into(),
+            timeout_ms: None,
+            created_at: 0,
+        };
+        let snap = Snapshot::build(RoutingData {
+            apis: vec![api("root", "/"), api("docs", "/docs"), api("v2", "/docs/v2")],
+            keys: vec![],
+            consumers: vec![],
+        });
+        assert_eq!(snap.route("/docs/v2/x").unwrap().api_id, "v2");
+        assert_eq!(snap.route("/docs/v1").unwrap().api_id, "docs");
+        assert_eq!(snap.route("/other").unwrap().api_id, "root");
+    }
+}

@@ -1,0 +1,424 @@
+//! The control store: tenants, apis, consumers, keys (as hashes) and admins.
+//!
+//! Control data changes rarely and is read on the hot path only through the
+//! in-memory snapshot built from [`ControlStore::load_routing`], so a single
+//! connection behind a mutex is enough. No method holds the lock across an
+//! await; none is async.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+
+use super::{open, ser_opt_ts, ser_ts, StoreError};
+use crate::keys::SecretHash;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Tenant {
+    pub id: String,
+    pub name: String,
+    #[serde(serialize_with = "ser_ts")]
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Api {
+    pub tenant_id: String,
+    pub id: String,
+    pub path_prefix: String,
+    pub upstream: String,
+    pub timeout_ms: Option<u64>,
+    #[serde(serialize_with = "ser_ts")]
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Consumer {
+    pub id: String,
+    pub tenant_id: String,
+    pub name: String,
+    pub status: String,
+    pub metadata: serde_json::Value,
+    #[serde(serialize_with = "ser_ts")]
+    pub created_at: i64,
+}
+
+/// A key as the store knows it: never the secret, only its hash and hint.
+#[derive(Debug, Clone, Serialize)]
+pub struct KeyRecord {
+    pub key_id: String,
+    pub tenant_id: String,
+    pub consumer_id: String,
+    pub hint: String,
+    pub environment: String,
+    pub scopes: Vec<String>,
+    /// `active` or `revoked` as stored; `expired` is derived by [`KeyRecord::status_at`].
+    pub status: String,
+    #[serde(serialize_with = "ser_opt_ts")]
+    pub expires_at: Option<i64>,
+    #[serde(serialize_with = "ser_ts")]
+    pub created_at: i64,
+    #[serde(serialize_with = "ser_opt_ts")]
+    pub revoked_at: Option<i64>,
+    #[serde(skip)]
+    pub hash: SecretHash,
+}
+
+impl KeyRecord {
+    /// The status a caller sees at `now_ms`: a past expiry turns `active` into `expired`.
+    pub fn status_at(&self, now_ms: i64) -> &str {
+        match self.expires_at {
+            Some(t) if self.status == "active" && t <= now_ms => "expired",
+            _ => &self.status,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Admin {
+    pub id: String,
+    pub name: String,
+    pub role: String,
+    pub tenant_id: Option<String>,
+    #[serde(serialize_with = "ser_ts")]
+    pub created_at: i64,
+    #[serde(skip)]
+    pub token_hash: SecretHash,
+}
+
+/// Everything the gateway's snapshot is built from, read in one transaction.
+pub struct RoutingData {
+    pub apis: Vec<Api>,
+    pub keys: Vec<KeyRecord>,
+    pub consumers: Vec<Consumer>,
+}
+
+pub struct ControlStore {
+    conn: Mutex<Connection>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS tenants (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS apis (
+    tenant_id TEXT NOT NULL REFERENCES tenants(id),
+    id TEXT NOT NULL,
+    path_prefix TEXT NOT NULL UNIQUE,
+    upstream TEXT NOT NULL,
+    timeout_ms INTEGER,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (tenant_id, id)
+);
+CREATE TABLE IF NOT EXISTS consumers (
+    id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL REFERENCES tenants(id),
+    name TEXT NOT NULL,
+    status TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    UNIQUE (tenant_id, name)
+);
+CREATE TABLE IF NOT EXISTS api_keys (
+    id TEXT PRIMARY KEY,
+    tenant_id TEXT NOT NULL REFERENCES tenants(id),
+    consumer_id TEXT NOT NULL REFERENCES consumers(id),
+    key_hash BLOB NOT NULL UNIQUE,
+    hint TEXT NOT NULL,
+    environment TEXT NOT NULL,
+    scopes TEXT NOT NULL,
+    status TEXT NOT NULL,
+    expires_at INTEGER,
+    created_at INTEGER NOT NULL,
+    revoked_at INTEGER
+);
+CREATE INDEX IF NOT EXISTS api_keys_consumer ON api_keys(consumer_id);
+CREATE TABLE IF NOT EXISTS admins (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    role TEXT NOT NULL,
+    tenant_id TEXT,
+    token_hash BLOB NOT NULL UNIQUE,
+    created_at INTEGER NOT NULL
+);
+";
+
+fn is_unique_violation(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+        || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY)
+}
+
+fn hash_from_blob(blob: Vec<u8>) -> rusqlite::Result<SecretHash> {
+    blob.try_into().map_err(|_| rusqlite::Error::InvalidColumnType(0, "hash".into(), rusqlite::types::Type::Blob))
+}
+
+fn row_to_api(row: &rusqlite::Row<'_>) -> rusqlite::Result<Api> {
+    Ok(Api {
+        tenant_id: row.get(0)?,
+        id: row.get(1)?,
+        path_prefix: row.get(2)?,
+        upstream: row.get(3)?,
+        timeout_ms: row.get::<_, Option<i64>>(4)?.map(|v| v as u64),
+        created_at: row.get(5)?,
+    })
+}
+
+fn row_to_consumer(row: &rusqlite::Row<'_>) -> rusqlite::Result<Consumer> {
+    let metadata: String = row.get(4)?;
+    Ok(Consumer {
+        id: row.get(0)?,
+        tenant_id: row.get(1)?,
+        name: row.get(2)?,
+        status: row.get(3)?,
+        metadata: serde_json::from_str(&metadata).unwrap_or(serde_json::Value::Null),
+        created_at: row.get(5)?,
+    })
+}
+
+fn row_to_key(row: &rusqlite::Row<'_>) -> rusqlite::Result<KeyRecord> {
+    let scopes: String = row.get(5)?;
+    Ok(KeyRecord {
+        key_id: row.get(0)?,
+        tenant_id: row.get(1)?,
+        consumer_id: row.get(2)?,
+        hint: row.get(3)?,
+        environment: row.get(4)?,
+        scopes: serde_json::from_str(&scopes).unwrap_or_default(),
+        status: row.get(6)?,
+        expires_at: row.get(7)?,
+        created_at: row.get(8)?,
+        revoked_at: row.get(9)?,
+        hash: hash_from_blob(row.get(10)?)?,
+    })
+}
+
+const API_COLUMNS: &str = "tenant_id, id, path_prefix, upstream, timeout_ms, created_at";
+const CONSUMER_COLUMNS: &str = "id, tenant_id, name, status, metadata, created_at";
+const KEY_COLUMNS: &str =
+    "id, tenant_id, consumer_id, hint, environment, scopes, status, expires_at, created_at, revoked_at, key_hash";
+
+impl ControlStore {
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let conn = open(path)?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(ControlStore { conn: Mutex::new(conn) })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite half-written
+        // (statements are atomic), so a poisoned lock is safe to reuse.
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    // --- tenants ---
+
+    pub fn create_tenant(&self, tenant: &Tenant) -> Result<(), StoreError> {
+        self.conn()
+            .execute(
+                "INSERT INTO tenants (id, name, created_at) VALUES (?1, ?2, ?3)",
+                params![tenant.id, tenant.name, tenant.created_at],
+            )
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    StoreError::Conflict(format!("tenant `{}` already exists", tenant.id))
+                } else {
+                    e.into()
+                }
+            })?;
+        Ok(())
+    }
+
+    pub fn list_tenants(&self) -> Result<Vec<Tenant>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT id, name, created_at FROM tenants ORDER BY id")?;
+        let rows = stmt.query_map([], |r| Ok(Tenant { id: r.get(0)?, name: r.get(1)?, created_at: r.get(2)? }))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn tenant_exists(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(self.conn().query_row("SELECT 1 FROM tenants WHERE id = ?1", [id], |_| Ok(())).optional()?.is_some())
+    }
+
+    // --- apis ---
+
+    pub fn create_api(&self, api: &Api) -> Result<(), StoreError> {
+        let conn = self.conn();
+        let clash: Option<(String, String)> = conn
+            .query_row("SELECT tenant_id, id FROM apis WHERE path_prefix = ?1", [&api.path_prefix], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?;
+        if clash.is_some() {
+            return Err(StoreError::Conflict(format!("path prefix `{}` is already routed", api.path_prefix)));
+        }
+        conn.execute(
+            &format!("INSERT INTO apis ({API_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"),
+            params![api.tenant_id, api.id, api.path_prefix, api.upstream, api.timeout_ms.map(|v| v as i64), api.created_at],
+        )
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                StoreError::Conflict(format!("api `{}` already exists in tenant `{}`", api.id, api.tenant_id))
+            } else {
+                e.into()
+            }
+        })?;
+        Ok(())
+    }
+
+    pub fn list_apis(&self, tenant_id: &str) -> Result<Vec<Api>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!("SELECT {API_COLUMNS} FROM apis WHERE tenant_id = ?1 ORDER BY id"))?;
+        let rows = stmt.query_map([tenant_id], row_to_api)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    // --- consumers ---
+
+    pub fn create_consumer(&self, consumer: &Consumer) -> Result<(), StoreError> {
+        self.conn()
+            .execute(
+                &format!("INSERT INTO consumers ({CONSUMER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"),
+                params![
+                    consumer.id,
+                    consumer.tenant_id,
+                    consumer.name,
+                    consumer.status,
+                    consumer.metadata.to_string(),
+                    consumer.created_at
+                ],
+            )
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    StoreError::Conflict(format!(
+                        "a consumer named `{}` already exists in tenant `{}`",
+                        consumer.name, consumer.tenant_id
+                    ))
+                } else {
+                    e.into()
+                }
+            })?;
+        Ok(())
+    }
+
+    pub fn list_consumers(&self, tenant_id: &str) -> Result<Vec<Consumer>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {CONSUMER_COLUMNS} FROM consumers WHERE tenant_id = ?1 ORDER BY created_at, id"
+        ))?;
+        let rows = stmt.query_map([tenant_id], row_to_consumer)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn get_consumer(&self, tenant_id: &str, consumer_id: &str) -> Result<Option<Consumer>, StoreError> {
+        Ok(self
+            .conn()
+            .query_row(
+                &format!("SELECT {CONSUMER_COLUMNS} FROM consumers WHERE tenant_id = ?1 AND id = ?2"),
+                [tenant_id, consumer_id],
+                row_to_consumer,
+            )
+            .optional()?)
+    }
+
+    // --- keys ---
+
+    pub fn create_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
+        self.conn().execute(
+            &format!("INSERT INTO api_keys ({KEY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
+            params![
+                key.key_id,
+                key.tenant_id,
+                key.consumer_id,
+                key.hint,
+                key.environment,
+                serde_json::to_string(&key.scopes).expect("strings serialise"),
+                key.status,
+                key.expires_at,
+                key.created_at,
+                key.revoked_at,
+                key.hash.as_slice()
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn list_keys(&self, consumer_id: &str) -> Result<Vec<KeyRecord>, StoreError> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare(&format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE consumer_id = ?1 ORDER BY created_at, id"))?;
+        let rows = stmt.query_map([consumer_id], row_to_key)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn get_key(&self, key_id: &str) -> Result<Option<KeyRecord>, StoreError> {
+        Ok(self
+            .conn()
+            .query_row(&format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ?1"), [key_id], row_to_key)
+            .optional()?)
+    }
+
+    /// Marks a key revoked. Returns false when it already was.
+    pub fn revoke_key(&self, key_id: &str, at_ms: i64) -> Result<bool, StoreError> {
+        let changed = self.conn().execute(
+            "UPDATE api_keys SET status = 'revoked', revoked_at = ?2 WHERE id = ?1 AND status <> 'revoked'",
+            params![key_id, at_ms],
+        )?;
+        Ok(changed == 1)
+    }
+
+    /// Everything the gateway snapshot needs, read consistently.
+    pub fn load_routing(&self) -> Result<RoutingData, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let apis = {
+            let mut stmt = tx.prepare(&format!("SELECT {API_COLUMNS} FROM apis"))?;
+            let rows = stmt.query_map([], row_to_api)?;
+            rows.collect::<Result<Vec<_>, _>>()?
+        };
+        let keys = {
+            let mut stmt = tx.prepare(&format!("SELECT {KEY_COLUMNS} FROM api_keys"))?;
+            let rows = stmt.query_map([], row_to_key)?;
+            rows.collect::<Result<Vec<_>, _>>()?
+        };
+        let consumers = {
+            let mut stmt = tx.prepare(&format!("SELECT {CONSUMER_COLUMNS} FROM consumers"))?;
+            let rows = stmt.query_map([], row_to_consumer)?;
+            rows.collect::<Result<Vec<_>, _>>()?
+        };
+        tx.commit()?;
+        Ok(RoutingData { apis, keys, consumers })
+    }
+
+    // --- admins ---
+
+    pub fn count_admins(&self) -> Result<u64, StoreError> {
+        Ok(self.conn().query_row("SELECT count(*) FROM admins", [], |r| r.get::<_, i64>(0))? as u64)
+    }
+
+    pub fn create_admin(&self, admin: &Admin) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT INTO admins (id, name, role, tenant_id, token_hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![admin.id, admin.name, admin.role, admin.tenant_id, admin.token_hash.as_slice(), admin.created_at],
+        )?;
+        Ok(())
+    }
+
+    pub fn list_admins(&self) -> Result<Vec<Admin>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT id, name, role, tenant_id, token_hash, created_at FROM admins")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(Admin {
+                id: r.get(0)?,
+                name: r.get(1)?,
+                role: r.get(2)?,
+                tenant_id: r.get(3)?,
+                token_hash: hash_from_blob(r.get(4)?)?,
+                created_at: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
