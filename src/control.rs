@@ -99,6 +99,16 @@ fn check_name(field: &str, value: &str) -> Result<(), ApiError> {
             "`{field}` must be 1-200 characters with no control characters"
         )));
     }
+    check_no_secret(field, value)
+}
+
+/// Refuses text that holds something shaped like a key or token: the control
+/// store keeps names and metadata as given, so a pasted key would be stored
+/// in the clear.
+fn check_no_secret(field: &str, value: &str) -> Result<(), ApiError> {
+    if matches!(crate::redact::redact(value), std::borrow::Cow::Owned(_)) {
+        return Err(ApiError::invalid_body(format!("`{field}` must not contain an API key or token")));
+    }
     Ok(())
 }
 
@@ -283,9 +293,11 @@ impl ControlPlane {
         if !(metadata.is_object() || metadata.is_null()) {
             return Err(ApiError::invalid_body("`metadata` must be an object"));
         }
-        if metadata.to_string().len() > 16 * 1024 {
+        let metadata_text = metadata.to_string();
+        if metadata_text.len() > 16 * 1024 {
             return Err(ApiError::invalid_body("`metadata` must be at most 16 KiB of JSON"));
         }
+        check_no_secret("metadata", &metadata_text)?;
         let consumer = Consumer {
             id: keys::generate_id("cons"),
             tenant_id: tenant_id.to_string(),

@@ -1,1 +1,9 @@
-fn main(){}
+//! keytrail's one integration-test binary: every test talks to a real
+//! keytrail (in-process or the built binary) over real sockets on
+//! 127.0.0.1 with ports the OS chose, and to a real upstream server.
+
+mod admin;
+mod audit_api;
+mod gateway;
+mod process;
+mod util;

@@ -1,0 +1,194 @@
+//! The management API: authentication, status codes and bad input.
+
+use serde_json::{json, Value};
+
+use crate::util::{start_upstream, Admin, TestServer};
+
+#[tokio::test]
+async fn every_admin_call_needs_a_valid_bearer_token() {
+    let mut ts = TestServer::start().await;
+    let good = ts.admin_client();
+    assert_eq!(good.post("/v1/tenants", json!({"id": "acme", "name": "Acme"})).await.status, 201);
+    let paths = [
+        ("GET", "/v1/tenants"),
+        ("POST", "/v1/tenants"),
+        ("GET", "/v1/tenants/acme/apis"),
+        ("GET", "/v1/tenants/acme/consumers"),
+        ("POST", "/v1/keys/key_x/revoke"),
+        ("GET", "/v1/audit/acme"),
+        ("GET", "/v1/audit/acme/security"),
+        ("GET", "/v1/audit/acme/export/csv"),
+        ("GET", "/v1/audit/acme/export/json"),
+    ];
+    for token in ["", "wrong-token", "kta_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"] {
+        let admin = Admin { token: token.into(), ..good.clone() };
+        for (method, path) in paths {
+            let a = admin.call(method, path, Some(json!({"id": "x", "name": "x"}))).await;
+            assert_eq!(a.status, 401, "{method} {path} with {token:?}: {}", a.text);
+            assert_eq!(a.body["error"]["code"], "unauthorized");
+        }
+    }
+    // No header at all, and a non-bearer scheme.
+    let res = ts.client.get(format!("{}/v1/tenants", ts.admin)).send().await.unwrap();
+    assert_eq!(res.status(), 401);
+    let res = ts.client.get(format!("{}/v1/tenants", ts.admin)).basic_auth("admin", Some("x")).send().await.unwrap();
+    assert_eq!(res.status(), 401);
+    // The health check is open.
+    let res = ts.client.get(format!("{}/healthz", ts.admin)).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn tenants_apis_consumers_and_keys() {
+    let mut ts = TestServer::start().await;
+    let up = start_upstream().await;
+    let admin = ts.admin_client();
+    let upstream = format!("http://{up}");
+
+    let a = admin.post("/v1/tenants", json!({"id": "acme", "name": "Acme"})).await;
+    assert_eq!(a.status, 201);
+    assert_eq!(a.body["id"], "acme");
+    assert_eq!(admin.post("/v1/tenants", json!({"id": "acme", "name": "Again"})).await.status, 409);
+    let list = admin.get("/v1/tenants").await;
+    assert_eq!(list.body["tenants"].as_array().unwrap().len(), 1);
+
+    let a = admin.post("/v1/tenants/acme/apis", json!({"id": "docs", "path_prefix": "/docs", "upstream": upstream})).await;
+    assert_eq!(a.status, 201, "{}", a.text);
+    assert_eq!(a.body["path_prefix"], "/docs");
+    let a = admin.post("/v1/tenants/acme/apis", json!({"id": "docs", "path_prefix": "/docs2", "upstream": upstream})).await;
+    assert_eq!(a.status, 409, "duplicate id: {}", a.text);
+    let a = admin.post("/v1/tenants/acme/apis", json!({"id": "docs3", "path_prefix": "/docs/", "upstream": upstream})).await;
+    assert_eq!(a.status, 409, "the same prefix spelled with a slash: {}", a.text);
+    let a = admin.post("/v1/tenants/nope/apis", json!({"id": "docs", "path_prefix": "/x", "upstream": upstream})).await;
+    assert_eq!(a.status, 404);
+    assert_eq!(admin.get("/v1/tenants/acme/apis").await.body["apis"].as_array().unwrap().len(), 1);
+    assert_eq!(admin.get("/v1/tenants/nope/apis").await.status, 404);
+
+    let a = admin.post("/v1/tenants/acme/consumers", json!({"name": "my-saas-client"})).await;
+    assert_eq!(a.status, 201);
+    let consumer = a.body["id"].as_str().unwrap().to_string();
+    assert!(consumer.starts_with("cons_"));
+    assert_eq!(a.body["status"], "active");
+    assert_eq!(admin.post("/v1/tenants/acme/consumers", json!({"name": "my-saas-client"})).await.status, 409);
+    assert_eq!(admin.post("/v1/tenants/nope/consumers", json!({"name": "x"})).await.status, 404);
+    assert_eq!(admin.get("/v1/tenants/acme/consumers").await.body["consumers"].as_array().unwrap().len(), 1);
+
+    let a = admin.post(&format!("/v1/tenants/acme/consumers/{consumer}/keys"), json!({"scopes": [], "expires_at": null})).await;
+    assert_eq!(a.status, 201, "{}", a.text);
+    let key = a.body["key"].as_str().unwrap().to_string();
+    assert!(key.starts_with("kt_live_"));
+    assert!(a.body["key_id"].as_str().unwrap().starts_with("key_"));
+    assert_eq!(a.body["hint"], format!("kt_live****{}", &key[key.len() - 4..]));
+    assert_eq!(a.body["status"], "active");
+    let a = admin.post(&format!("/v1/tenants/acme/consumers/{consumer}/keys"), json!({"environment": "test", "scopes": ["docs:read"]})).await;
+    assert!(a.body["key"].as_str().unwrap().starts_with("kt_test_"));
+    let listed = admin.get(&format!("/v1/tenants/acme/consumers/{consumer}/keys")).await;
+    assert_eq!(listed.status, 200);
+    assert_eq!(listed.body["keys"].as_array().unwrap().len(), 2);
+    assert!(!listed.text.contains(&key), "a listing never holds the key");
+    assert!(listed.body["keys"][0].get("key").is_none());
+    assert_eq!(admin.post("/v1/tenants/acme/consumers/cons_nope/keys", json!({})).await.status, 404);
+    assert_eq!(admin.get("/v1/tenants/acme/consumers/cons_nope/keys").await.status, 404);
+    assert_eq!(admin.post("/v1/keys/key_nope/revoke", json!({})).await.status, 404);
+
+    // key_created is in the trail with the admin who did it.
+    let events = admin.wait_for("/v1/audit/acme/security?event_type=key_created", "events", 2).await;
+    assert_eq!(events[0]["actor"], "admin:adm_bootstrap");
+    assert_eq!(events[0]["consumer_id"], consumer.as_str());
+    ts.stop().await;
+}
+
+fn assert_bad(a: &crate::util::Answer, mentions: &str) {
+    assert_eq!(a.status, 400, "{}", a.text);
+    assert_eq!(a.body["error"]["code"], "invalid_body", "{}", a.text);
+    let message = a.body["error"]["message"].as_str().unwrap();
+    assert!(message.contains(mentions), "{message:?} should mention {mentions:?}");
+}
+
+#[tokio::test]
+async fn bad_bodies_are_400_with_what_to_fix() {
+    let mut ts = TestServer::start().await;
+    let admin = ts.admin_client();
+    assert_eq!(admin.post("/v1/tenants", json!({"id": "acme", "name": "Acme"})).await.status, 201);
+
+    // Not JSON at all.
+    let res = ts
+        .client
+        .post(format!("{}/v1/tenants", ts.admin))
+        .bearer_auth(&admin.token)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    let body: Value = res.json().await.unwrap();
+    assert!(body["error"]["message"].as_str().unwrap().contains("not valid JSON"));
+
+    assert_bad(&admin.post("/v1/tenants", json!({"name": "No id"})).await, "missing field `id`");
+    assert_bad(&admin.post("/v1/tenants", json!({"id": "Bad Id", "name": "x"})).await, "`id`");
+    assert_bad(&admin.post("/v1/tenants", json!({"id": "ok", "name": ""})).await, "`name`");
+    assert_bad(&admin.post("/v1/tenants", json!({"id": "ok", "name": "x", "extra": 1})).await, "unknown field `extra`");
+    assert_bad(&admin.post("/v1/tenants", json!({"id": 5, "name": "x"})).await, "invalid type");
+    assert_bad(&admin.post("/v1/tenants", json!([1, 2])).await, "invalid type");
+
+    let api = |prefix: &str, upstream: &str| json!({"id": "a", "path_prefix": prefix, "upstream": upstream});
+    assert_bad(&admin.post("/v1/tenants/acme/apis", api("docs", "http://127.0.0.1:1")).await, "`path_prefix`");
+    assert_bad(&admin.post("/v1/tenants/acme/apis", api("/a/../b", "http://127.0.0.1:1")).await, "`path_prefix`");
+    assert_bad(&admin.post("/v1/tenants/acme/apis", api("/a", "ftp://x")).await, "`upstream`");
+    assert_bad(&admin.post("/v1/tenants/acme/apis", api("/a", "https://x")).await, "https");
+    assert_bad(&admin.post("/v1/tenants/acme/apis", api("/a", "http://x/base")).await, "`upstream`");
+    assert_bad(&admin.post("/v1/tenants/acme/apis", json!({"id": "a", "path_prefix": "/a", "upstream": "http://x", "timeout_ms": 0})).await, "`timeout_ms`");
+
+    assert_bad(&admin.post("/v1/tenants/acme/consumers", json!({})).await, "missing field `name`");
+    assert_bad(&admin.post("/v1/tenants/acme/consumers", json!({"name": "x", "metadata": [1]})).await, "`metadata`");
+    let consumer = admin.post("/v1/tenants/acme/consumers", json!({"name": "c"})).await.body["id"].as_str().unwrap().to_string();
+    let keys = format!("/v1/tenants/acme/consumers/{consumer}/keys");
+    assert_bad(&admin.post(&keys, json!({"expires_at": "tomorrow"})).await, "`expires_at`");
+    assert_bad(&admin.post(&keys, json!({"expires_at": "2001-01-01T00:00:00Z"})).await, "future");
+    assert_bad(&admin.post(&keys, json!({"scopes": ["has space"]})).await, "scope");
+    assert_bad(&admin.post(&keys, json!({"scopes": "docs"})).await, "invalid type");
+    assert_bad(&admin.post(&keys, json!({"environment": "prod"})).await, "`environment`");
+
+    // Nothing was created by any of the bad calls.
+    assert_eq!(admin.get("/v1/tenants").await.body["tenants"].as_array().unwrap().len(), 1);
+    assert_eq!(admin.get("/v1/tenants/acme/apis").await.body["apis"].as_array().unwrap().len(), 0);
+    assert_eq!(admin.get(&keys).await.body["keys"].as_array().unwrap().len(), 0);
+
+    // Unknown endpoints and wrong methods answer JSON too.
+    let a = admin.get("/v1/nothing").await;
+    assert_eq!((a.status, a.body["error"]["code"].as_str()), (404, Some("not_found")));
+    let a = admin.call("DELETE", "/v1/tenants", None).await;
+    assert_eq!((a.status, a.body["error"]["code"].as_str()), (405, Some("method_not_allowed")));
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn control_data_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let keep = dir.path().to_path_buf();
+    let up = start_upstream().await;
+    let mut ts = TestServer::start_with(dir, |_| {}).await;
+    let admin = ts.admin_client();
+    let (_, key_id, key) = admin.setup("acme", "/docs", &format!("http://{up}")).await;
+    let res = ts.client.get(format!("{}/docs/x", ts.gateway)).header("X-API-Key", &key).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    ts.stop().await;
+
+    // Same data dir, new process state: keys, routes and the chain continue.
+    let config = crate::util::test_config(&keep);
+    let server = keytrail::server::start(config).await.unwrap();
+    let gateway = format!("http://{}", server.gateway_addr);
+    let admin = Admin { base: format!("http://{}", server.admin_addr), ..admin };
+    let res = ts.client.get(format!("{gateway}/docs/x")).header("X-API-Key", &key).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    admin.post(&format!("/v1/keys/{key_id}/revoke"), json!({})).await;
+    let res = ts.client.get(format!("{gateway}/docs/x")).header("X-API-Key", &key).send().await.unwrap();
+    assert_eq!(res.status(), 401);
+    server.audit.flush().await;
+    let chain = keytrail::store::audit::AuditReader::open(&keep.join("audit.db")).unwrap().chain("acme").unwrap();
+    let seqs: Vec<u64> = chain.iter().map(|e| e.event.seq).collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "numbering continues across the restart");
+    server.shutdown().await;
+}

@@ -1,0 +1,244 @@
+//! The audit trail and its read API: event fields, filters, pagination,
+//! exports, bad parameters, the hash chain and commit latency.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::util::{start_upstream, TestServer};
+use keytrail::event::GENESIS_HASH;
+use keytrail::store::audit::AuditReader;
+
+/// A server with tenant `acme`, api `/docs`, two consumers and some traffic:
+/// alice: 3 GET 200, 1 POST 200, 2 GET 404 (from the upstream); bob: 2 GET 500; plus 1 missing-key 401.
+async fn with_traffic() -> (TestServer, String, String) {
+    let ts = TestServer::start().await;
+    let up = start_upstream().await;
+    let admin = ts.admin_client();
+    let (alice, _, alice_key) = admin.setup("acme", "/docs", &format!("http://{up}")).await;
+    let (bob, _, bob_key) = admin.consumer_with_key("acme", "bob", serde_json::json!({})).await;
+    let call = |method: &'static str, path: &'static str, key: String| {
+        let req = ts.client.request(method.parse().unwrap(), format!("{}{}", ts.gateway, path)).header("X-API-Key", key);
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    for _ in 0..3 {
+        assert_eq!(call("GET", "/docs/a", alice_key.clone()).await, 200);
+    }
+    assert_eq!(call("POST", "/docs/b", alice_key.clone()).await, 200);
+    for _ in 0..2 {
+        assert_eq!(call("GET", "/docs/status/404", alice_key.clone()).await, 404);
+        assert_eq!(call("GET", "/docs/status/500", bob_key.clone()).await, 500);
+    }
+    let res = ts.client.get(format!("{}/docs/a", ts.gateway)).send().await.unwrap();
+    assert_eq!(res.status(), 401);
+    ts.flush().await;
+    (ts, alice, bob)
+}
+
+async fn count(admin: &crate::util::Admin, query: &str) -> usize {
+    let a = admin.get(&format!("/v1/audit/acme{query}")).await;
+    assert_eq!(a.status, 200, "{query}: {}", a.text);
+    a.body["logs"].as_array().unwrap().len()
+}
+
+#[tokio::test]
+async fn list_filters_and_fields() {
+    let (mut ts, alice, bob) = with_traffic().await;
+    let admin = ts.admin_client();
+    assert_eq!(count(&admin, "").await, 9);
+    assert_eq!(count(&admin, &format!("?consumer_id={alice}")).await, 6);
+    assert_eq!(count(&admin, &format!("?consumer_id={bob}")).await, 2);
+    assert_eq!(count(&admin, "?method=POST").await, 1);
+    assert_eq!(count(&admin, "?method=post").await, 1);
+    assert_eq!(count(&admin, "?status_min=400").await, 5);
+    assert_eq!(count(&admin, "?status_min=400&status_max=499").await, 3);
+    assert_eq!(count(&admin, "?status_min=500").await, 2);
+    assert_eq!(count(&admin, "?path=/docs/status").await, 4);
+    assert_eq!(count(&admin, "?path=/docs/a").await, 4);
+    assert_eq!(count(&admin, "?api_id=docs").await, 9);
+    assert_eq!(count(&admin, "?api_id=other").await, 0);
+    assert_eq!(count(&admin, "?hours=1").await, 9);
+    assert_eq!(count(&admin, "?days=1").await, 9);
+    assert_eq!(count(&admin, "?to=2001-01-01T00:00:00Z").await, 0);
+    assert_eq!(count(&admin, "?from=2001-01-01T00:00:00Z").await, 9);
+    assert_eq!(count(&admin, "?limit=2").await, 2);
+
+    let a = admin.get("/v1/audit/acme").await;
+    let logs = a.body["logs"].as_array().unwrap();
+    let required = [
+        "timestamp", "request_id", "consumer_id", "consumer_name", "tenant_id", "api_id", "method", "path",
+        "status_code", "latency_ms", "request_size_bytes", "response_size_bytes", "client_ip", "user_agent", "key_hint",
+    ];
+    for log in logs {
+        for field in required {
+            assert!(log.get(field).is_some(), "{field} missing in {log}");
+        }
+        let ts = log["timestamp"].as_str().unwrap();
+        assert!(chrono::DateTime::parse_from_rfc3339(ts).is_ok() && ts.ends_with('Z') && ts.len() == 24, "{ts}");
+        assert_eq!(log["tenant_id"], "acme");
+    }
+    // Newest first.
+    let times: Vec<&str> = logs.iter().map(|l| l["timestamp"].as_str().unwrap()).collect();
+    let mut sorted = times.clone();
+    sorted.sort_by(|a, b| b.cmp(a));
+    assert_eq!(times, sorted);
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn pages_follow_the_cursor_without_gaps_or_repeats() {
+    let (mut ts, _, _) = with_traffic().await;
+    let admin = ts.admin_client();
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let q = match &cursor {
+            Some(c) => format!("/v1/audit/acme?limit=4&cursor={c}"),
+            None => "/v1/audit/acme?limit=4".to_string(),
+        };
+        let a = admin.get(&q).await;
+        assert_eq!(a.status, 200);
+        for l in a.body["logs"].as_array().unwrap() {
+            seen.push(l["event_id"].as_str().unwrap().to_string());
+        }
+        match a.body["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 9);
+    assert_eq!(seen.iter().collect::<HashSet<_>>().len(), 9);
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn bad_parameters_are_400_naming_the_parameter_and_unknown_tenants_404() {
+    let (mut ts, _, _) = with_traffic().await;
+    let admin = ts.admin_client();
+    let cases = [
+        ("status_min=abc", "status_min"),
+        ("from=yesterday", "from"),
+        ("to=2026-13-01", "to"),
+        ("limit=-1", "limit"),
+        ("limit=10001", "limit"),
+        ("hours=0", "hours"),
+        ("cursor=garbage", "cursor"),
+        ("status_max=99", "status_max"),
+    ];
+    for endpoint in ["", "/security", "/export/csv", "/export/json"] {
+        for (query, param) in cases {
+            let a = admin.get(&format!("/v1/audit/acme{endpoint}?{query}")).await;
+            assert_eq!(a.status, 400, "{endpoint}?{query}: {}", a.text);
+            assert_eq!(a.body["error"]["code"], "invalid_parameter");
+            assert!(a.body["error"]["message"].as_str().unwrap().contains(&format!("`{param}`")), "{}", a.text);
+        }
+        let a = admin.get(&format!("/v1/audit/nope{endpoint}")).await;
+        assert_eq!(a.status, 404, "{}", a.text);
+        assert_eq!(a.body["error"]["code"], "not_found");
+    }
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn security_events_have_the_stoa_shape() {
+    let (mut ts, _, _) = with_traffic().await;
+    let admin = ts.admin_client();
+    let a = admin.get("/v1/audit/acme/security").await;
+    let events = a.body["events"].as_array().unwrap();
+    let types: Vec<&str> = events.iter().map(|e| e["event_type"].as_str().unwrap()).collect();
+    assert_eq!(types, vec!["auth_failed", "key_created", "key_created"]);
+    for e in events {
+        for field in ["event_type", "type", "timestamp", "actor", "target", "outcome"] {
+            assert!(e.get(field).is_some(), "{field} missing in {e}");
+        }
+        assert_eq!(e["type"], e["event_type"]);
+    }
+    assert_eq!(admin.get("/v1/audit/acme/security?event_type=auth_failed&limit=1").await.body["events"].as_array().unwrap().len(), 1);
+    assert_eq!(admin.get("/v1/audit/acme/security?hours=1").await.body["events"].as_array().unwrap().len(), 3);
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn exports_match_the_list_and_stream() {
+    let (mut ts, alice, _) = with_traffic().await;
+    let admin = ts.admin_client();
+
+    let res = ts.client.get(format!("{}/v1/audit/acme/export/csv", ts.admin)).bearer_auth(&admin.token).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.headers()["content-type"].to_str().unwrap().starts_with("text/csv"));
+    assert!(res.headers().get("content-length").is_none(), "streamed, not buffered");
+    let csv = res.text().await.unwrap();
+    let lines: Vec<&str> = csv.trim_end().split("\r\n").collect();
+    assert!(lines[0].starts_with("timestamp,event_id,seq,request_id,tenant_id,consumer_id"));
+    assert_eq!(lines.len(), 10, "header + 9 rows:\n{csv}");
+
+    let res = ts
+        .client
+        .get(format!("{}/v1/audit/acme/export/json?consumer_id={alice}&status_min=400", ts.admin))
+        .bearer_auth(&admin.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let doc: Value = res.json().await.unwrap();
+    assert_eq!(doc["tenant_id"], "acme");
+    let logs = doc["logs"].as_array().unwrap();
+    assert_eq!(logs.len(), 2);
+    let listed = admin.get(&format!("/v1/audit/acme?consumer_id={alice}&status_min=400")).await;
+    assert_eq!(&listed.body["logs"], &doc["logs"], "export rows are the list rows");
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn every_event_is_numbered_and_chained_per_tenant() {
+    let (mut ts, _, _) = with_traffic().await;
+    let reader = AuditReader::open(&ts.audit_db()).unwrap();
+    let chain = reader.chain("acme").unwrap();
+    assert_eq!(chain.len(), 9 + 1 + 2, "9 requests, 1 auth_failed, 2 key_created");
+    let mut previous = GENESIS_HASH;
+    for (i, stored) in chain.iter().enumerate() {
+        assert_eq!(stored.event.seq, i as u64 + 1);
+        assert_eq!(stored.hash, stored.event.chain_hash(&previous), "event {} does not chain", stored.event.seq);
+        previous = stored.hash;
+    }
+    // Changing any stored field breaks the chain from that event on.
+    let mut tampered = chain[3].event.clone();
+    tampered.status_code = Some(201);
+    assert_ne!(tampered.chain_hash(&chain[2].hash), chain[3].hash);
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn events_are_committed_within_100_ms() {
+    let mut ts = TestServer::start_with(tempfile::tempdir().unwrap(), |c| {
+        c.audit.flush_interval = Duration::from_millis(50);
+    })
+    .await;
+    let up = start_upstream().await;
+    let admin = ts.admin_client();
+    let (_, _, key) = admin.setup("acme", "/docs", &format!("http://{up}")).await;
+    ts.flush().await;
+    let reader = AuditReader::open(&ts.audit_db()).unwrap();
+    // Measure from the moment the response is complete to the moment the row is readable.
+    let mut delays = Vec::new();
+    for _ in 0..7 {
+        let res = ts.client.get(format!("{}/docs/x", ts.gateway)).header("X-API-Key", &key).send().await.unwrap();
+        res.bytes().await.unwrap();
+        let done = Instant::now();
+        let expected = reader.chain("acme").unwrap().len() + 1;
+        loop {
+            if reader.chain("acme").unwrap().len() >= expected {
+                break;
+            }
+            assert!(done.elapsed() < Duration::from_secs(2), "event not committed after 2 s");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        delays.push(done.elapsed());
+    }
+    // The median, so that one scheduling hiccup on a loaded CI machine does
+    // not fail the run; a writer that waits too long fails every sample.
+    delays.sort();
+    assert!(delays[3] <= Duration::from_millis(100), "commit delays {delays:?}");
+    ts.stop().await;
+}

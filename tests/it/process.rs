@@ -1,0 +1,359 @@
+//! The real binary: `keytrail demo`, `keytrail serve` with its config,
+//! environment and flags, the first admin, memory while streaming, and the
+//! search for keys in every output.
+
+use std::path::Path;
+
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+
+use crate::util::{http, spawn_serve, start_upstream, Admin, Process, ADMIN_TOKEN};
+
+#[tokio::test]
+async fn demo_runs_prints_a_working_key_and_stops_cleanly() {
+    let out = tempfile::tempdir().unwrap();
+    let mut demo = Process::spawn(
+        &["demo", "--gateway-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"],
+        &[],
+        out.path(),
+        out.path(),
+    );
+    let text = demo.wait_for_stdout("Press Ctrl-C to stop.");
+    let gateway = text.split("gateway    ").nth(1).unwrap().split_whitespace().next().unwrap().to_string();
+    let admin_url = text.split("admin API  ").nth(1).unwrap().split_whitespace().next().unwrap().to_string();
+    let key = text.split_whitespace().find(|w| w.starts_with("kt_test_")).unwrap().trim_matches('\'').to_string();
+    let token_path = text.split("$(cat ").nth(1).unwrap().split(')').next().unwrap().to_string();
+    let data_dir = Path::new(&token_path).parent().unwrap().to_path_buf();
+    assert!(text.contains(&format!("curl -i {gateway}/echo/hello -H 'Authorization: Bearer {key}'")));
+
+    let client = http();
+    let res = client.get(format!("{gateway}/echo/hello")).bearer_auth(&key).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let echo: Value = res.json().await.unwrap();
+    assert_eq!(echo["echo"]["path"], "/echo/hello");
+    assert!(echo["echo"]["headers"].get("authorization").is_none());
+    let res = client.get(format!("{gateway}/echo/hello")).send().await.unwrap();
+    assert_eq!(res.status(), 401);
+
+    let token = std::fs::read_to_string(&token_path).unwrap().trim().to_string();
+    assert!(!text.contains(&token), "the admin token itself is not printed");
+    let admin = Admin { base: admin_url, token, client };
+    let logs = admin.wait_for("/v1/audit/demo", "logs", 2).await;
+    assert_eq!(logs[0]["status_code"], 401);
+    assert_eq!(logs[1]["status_code"], 200);
+
+    let status = demo.interrupt_and_wait();
+    assert!(status.success(), "demo exit: {status}\n{}", demo.stderr());
+    assert!(demo.stdout().contains("stopped"));
+    assert!(!data_dir.exists(), "the temporary demo folder is removed on exit");
+}
+
+#[tokio::test]
+async fn serve_uses_defaults_and_writes_a_private_bootstrap_token() {
+    let cwd = tempfile::tempdir().unwrap();
+    let mut p = Process::spawn(
+        &["serve", "--gateway-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"],
+        &[],
+        cwd.path(),
+        cwd.path(),
+    );
+    let admin_url = p.address_after("admin API listening on ");
+    let out = p.wait_for_stdout("first admin created");
+    let token_file = cwd.path().join("keytrail-data/bootstrap-admin-token");
+    assert!(out.contains("keytrail-data/bootstrap-admin-token"), "{out}");
+    assert!(cwd.path().join("keytrail-data/control.db").exists());
+    let token = std::fs::read_to_string(&token_file).unwrap().trim().to_string();
+    assert!(token.len() >= 40);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+    let admin = Admin { base: admin_url.clone(), token: token.clone(), client: http() };
+    assert_eq!(admin.get("/v1/tenants").await.status, 200);
+    let wrong = Admin { token: format!("{token}x"), ..admin.clone() };
+    assert_eq!(wrong.get("/v1/tenants").await.status, 401);
+    assert!(p.interrupt_and_wait().success());
+    assert!(!p.stdout().contains(&token) && !p.stderr().contains(&token), "the token is never printed");
+
+    // A restart finds the admin and does not create another.
+    let mut p = Process::spawn(
+        &["serve", "--gateway-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"],
+        &[("KEYTRAIL_BOOTSTRAP_TOKEN", "another-token-that-is-long-enough")],
+        cwd.path(),
+        cwd.path(),
+    );
+    let admin_url = p.address_after("admin API listening on ");
+    let admin = Admin { base: admin_url, token, client: http() };
+    assert_eq!(admin.get("/v1/tenants").await.status, 200);
+    let ignored = Admin { token: "another-token-that-is-long-enough".into(), ..admin.clone() };
+    assert_eq!(ignored.get("/v1/tenants").await.status, 401, "the bootstrap token only applies to an empty store");
+    assert!(p.interrupt_and_wait().success());
+}
+
+#[tokio::test]
+async fn config_file_environment_and_flags_in_that_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("keytrail.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"{}\"\n[gateway]\nlisten = \"127.0.0.1:0\"\nupstream_timeout_ms = 5000\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+            dir.path().join("from-file").display()
+        ),
+    )
+    .unwrap();
+    let cfg = config.to_str().unwrap();
+    let token = ("KEYTRAIL_BOOTSTRAP_TOKEN", ADMIN_TOKEN);
+
+    let mut p = Process::spawn(&["serve", "--config", cfg], &[token], dir.path(), dir.path());
+    p.wait_for_stdout("admin API listening");
+    assert!(dir.path().join("from-file/control.db").exists(), "the file's data_dir");
+    p.interrupt_and_wait();
+
+    let env_dir = dir.path().join("from-env");
+    let mut p = Process::spawn(&["serve", "--config", cfg], &[token, ("KEYTRAIL_DATA_DIR", env_dir.to_str().unwrap())], dir.path(), dir.path());
+    p.wait_for_stdout("admin API listening");
+    assert!(env_dir.join("control.db").exists(), "the environment beats the file");
+    p.interrupt_and_wait();
+
+    let flag_dir = dir.path().join("from-flag");
+    let mut p = Process::spawn(
+        &["serve", "--config", cfg, "--data-dir", flag_dir.to_str().unwrap()],
+        &[token, ("KEYTRAIL_DATA_DIR", env_dir.to_str().unwrap())],
+        dir.path(),
+        dir.path(),
+    );
+    p.wait_for_stdout("admin API listening");
+    assert!(flag_dir.join("control.db").exists(), "the flag beats the environment");
+    p.interrupt_and_wait();
+}
+
+fn run_to_exit(args: &[&str], envs: &[(&str, &str)], dir: &Path) -> (i32, String) {
+    let mut p = Process::spawn(args, envs, dir, dir);
+    let status = p.child.wait().unwrap();
+    (status.code().unwrap_or(-1), p.stderr())
+}
+
+#[test]
+fn bad_configuration_is_refused_at_start_with_file_line_and_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("data_dir = \"x\"\n\n[gateway]\nlisten = \"localhost\"\n", "line 4", "socket address"),
+        ("[gateway]\nlisen = \"127.0.0.1:1\"\n", "line 2", "lisen"),
+        ("[audit]\nflush_interval_ms = 0\n", "line 2", "between 1 and 1000"),
+        ("data_dir = [\n", "line 1", ""),
+        ("[nope]\n", "line 1", "nope"),
+    ];
+    for (i, (text, line, what)) in cases.iter().enumerate() {
+        let path = dir.path().join(format!("bad{i}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let (code, stderr) = run_to_exit(&["serve", "--config", path.to_str().unwrap()], &[], dir.path());
+        assert_eq!(code, 2, "{text:?}: {stderr}");
+        assert!(stderr.contains(path.to_str().unwrap()), "names the file: {stderr}");
+        assert!(stderr.contains(line), "names the {line}: {stderr}");
+        assert!(stderr.contains(what), "says what is wrong ({what}): {stderr}");
+    }
+    let (code, stderr) = run_to_exit(&["serve", "--config", "/nonexistent/keytrail.toml"], &[], dir.path());
+    assert_eq!(code, 2);
+    assert!(stderr.contains("cannot read config file /nonexistent/keytrail.toml"), "{stderr}");
+    let (code, stderr) = run_to_exit(&["serve", "--gateway-listen", "nonsense"], &[], dir.path());
+    assert_eq!(code, 2, "clap refuses a bad flag value");
+    assert!(stderr.contains("--gateway-listen"), "{stderr}");
+    let (code, stderr) = run_to_exit(&["serve"], &[("KEYTRAIL_BOOTSTRAP_TOKEN", "short")], dir.path());
+    assert_eq!(code, 2);
+    assert!(stderr.contains("at least 16"), "{stderr}");
+    assert!(!dir.path().join("keytrail-data").exists(), "nothing was created by a refused start");
+}
+
+/// Drains a response body without keeping it; returns its length.
+async fn drain(res: reqwest::Response) -> u64 {
+    let mut stream = res.bytes_stream();
+    let mut n = 0;
+    while let Some(chunk) = stream.next().await {
+        n += chunk.unwrap().len() as u64;
+    }
+    n
+}
+
+#[tokio::test]
+async fn hundred_megabyte_bodies_stream_through_in_little_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let up = start_upstream().await;
+    let (p, admin, gateway) = spawn_serve(&dir.path().join("data"), dir.path(), &[]);
+    let (_, _, key) = admin.setup("acme", "/files", &format!("http://{up}")).await;
+    let client = http();
+    let size: u64 = 100 * 1024 * 1024;
+    let baseline = p.peak_rss_kib();
+
+    let res = client.get(format!("{gateway}/files/download?bytes={size}")).header("X-API-Key", &key).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(drain(res).await, size);
+
+    let chunk = bytes::Bytes::from(vec![b'u'; 256 * 1024]);
+    let stream = futures_util::stream::iter((0..(size / (256 * 1024))).map(move |_| Ok::<_, std::io::Error>(chunk.clone())));
+    let res = client
+        .post(format!("{gateway}/files/upload"))
+        .header("X-API-Key", &key)
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.json::<Value>().await.unwrap()["received_bytes"], size);
+
+    let grown_mib = (p.peak_rss_kib().saturating_sub(baseline)) / 1024;
+    eprintln!("peak RSS grew by {grown_mib} MiB (baseline {} MiB)", baseline / 1024);
+    assert!(grown_mib < 40, "peak memory grew by {grown_mib} MiB while moving 2 x 100 MiB");
+    let logs = admin.wait_for("/v1/audit/acme", "logs", 2).await;
+    assert_eq!(logs[0]["request_size_bytes"], size);
+    assert_eq!(logs[1]["response_size_bytes"], size);
+}
+
+#[tokio::test]
+async fn a_large_export_streams_in_little_memory() {
+    use keytrail::event::{Category, Event, GENESIS_HASH};
+    use keytrail::store::audit::{AuditWriterStore, StoredEvent};
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    // Fill the store directly: 200,000 chained request events (~75 MB of CSV).
+    let rows = 200_000u64;
+    {
+        let mut store = AuditWriterStore::open(&data.join("audit.db")).unwrap();
+        let mut previous = GENESIS_HASH;
+        let mut batch = Vec::with_capacity(10_000);
+        for seq in 1..=rows {
+            let mut e = Event::new("acme", Category::Request, "request", "success");
+            e.seq = seq;
+            e.timestamp_ms -= (rows - seq) as i64;
+            e.path = Some(format!("/docs/page/{}", seq % 300));
+            e.method = Some("GET".into());
+            e.status_code = Some(200);
+            e.consumer_id = Some(format!("cons_{}", seq % 50));
+            e.user_agent = Some("Mozilla/5.0 (X11; Linux x86_64) keytrail-test".into());
+            e.client_ip = Some(format!("10.0.{}.{}", seq % 200, seq % 250));
+            let hash = e.chain_hash(&previous);
+            previous = hash;
+            batch.push(StoredEvent { event: e, hash });
+            if batch.len() == 10_000 {
+                store.insert_batch(&batch).unwrap();
+                batch.clear();
+            }
+        }
+    }
+    let (p, admin, _) = spawn_serve(&data, dir.path(), &[]);
+    assert_eq!(admin.post("/v1/tenants", json!({"id": "acme", "name": "Acme"})).await.status, 201);
+    let baseline = p.peak_rss_kib();
+    let res = admin.client.get(format!("{}/v1/audit/acme/export/csv", admin.base)).bearer_auth(&admin.token).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let mut stream = res.bytes_stream();
+    let (mut bytes, mut lines) = (0u64, 0u64);
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.unwrap();
+        bytes += chunk.len() as u64;
+        lines += chunk.iter().filter(|b| **b == b'\n').count() as u64;
+    }
+    assert_eq!(lines, rows + 1, "header and every row");
+    let grown_mib = (p.peak_rss_kib().saturating_sub(baseline)) / 1024;
+    eprintln!("peak RSS grew by {grown_mib} MiB (baseline {} MiB)", baseline / 1024);
+    assert!(grown_mib < 40, "peak memory grew by {grown_mib} MiB for a {} MiB export", bytes >> 20);
+    assert!(bytes > 30 << 20, "the export is large enough to matter: {bytes} bytes");
+}
+
+/// Every place a caller can put a key, with every kind of key, and then a
+/// search of everything keytrail wrote or answered.
+#[tokio::test]
+async fn no_key_ever_appears_in_any_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let up = start_upstream().await;
+    let (mut p, admin, gateway) = spawn_serve(&data, dir.path(), &[("KEYTRAIL_LOG", "debug")]);
+    let (consumer, _, valid) = admin.setup("acme", "/leak", &format!("http://{up}")).await;
+    let (revoked_id, revoked) = admin.key("acme", &consumer, json!({})).await;
+    assert_eq!(admin.post(&format!("/v1/keys/{revoked_id}/revoke"), json!({})).await.status, 200);
+    let unknown = keytrail::keys::generate_key(keytrail::keys::KeyEnvironment::Live).secret;
+    let mut malformed = valid.clone().into_bytes();
+    malformed[20] = if malformed[20] == b'Z' { b'Y' } else { b'Z' };
+    let malformed = String::from_utf8(malformed).unwrap();
+    let keys = [valid.clone(), revoked.clone(), unknown, malformed];
+
+    let client = http();
+    let mut answers: Vec<String> = Vec::new();
+    let mut calls = 0usize;
+    for key in &keys {
+        let attempts: Vec<reqwest::RequestBuilder> = vec![
+            client.get(format!("{gateway}/leak/fixed")).bearer_auth(key),
+            client.get(format!("{gateway}/leak/fixed")).header("X-API-Key", key),
+            client.get(format!("{gateway}/leak/fixed?api_key={key}&token={key}")),
+            client.get(format!("{gateway}/leak/fixed")).header("X-Auth-Token", key).header("Cookie", format!("k={key}")),
+            client.get(format!("{gateway}/leak/{key}/fixed")).bearer_auth(key),
+            client.get(format!("{gateway}/nowhere/{key}")).header("X-API-Key", key),
+            client.get(format!("{gateway}/leak/fixed")).header("User-Agent", format!("agent/{key}")).bearer_auth(key),
+            client.post(format!("{gateway}/leak/fixed")).header("X-API-Key", key).body(format!("{{\"key\":\"{key}\"}}")),
+            client.get(format!("{gateway}/leak/fixed")).header("Authorization", format!("Token {key}")),
+        ];
+        for req in attempts {
+            let res = req.send().await.unwrap();
+            answers.push(format!("{:?}", res.headers()));
+            answers.push(res.text().await.unwrap());
+            calls += 1;
+        }
+        // Keys sent to the admin API as a token, a tenant id and a name.
+        let as_token = Admin { token: key.clone(), ..admin.clone() };
+        answers.push(as_token.get("/v1/tenants").await.text);
+        answers.push(admin.get(&format!("/v1/audit/{key}")).await.text);
+        answers.push(admin.get(&format!("/v1/audit/acme?consumer_id={key}")).await.text);
+        answers.push(admin.post("/v1/tenants/acme/consumers", json!({"name": format!("named {key}")})).await.text);
+        answers.push(admin.post("/v1/tenants", json!({"id": key, "name": key})).await.text);
+    }
+
+    // Wait for the trail to hold every gateway call, then read every answer the admin API gives.
+    let acme_calls = admin.wait_for("/v1/audit/acme?limit=1000", "logs", calls - keys.len()).await;
+    assert!(!acme_calls.is_empty());
+    for path in [
+        "/v1/tenants".to_string(),
+        "/v1/tenants/acme/apis".into(),
+        "/v1/tenants/acme/consumers".into(),
+        format!("/v1/tenants/acme/consumers/{consumer}/keys"),
+        "/v1/audit/acme?limit=1000".into(),
+        "/v1/audit/acme/security?limit=1000".into(),
+        "/v1/audit/_system?limit=1000".into(),
+        "/v1/audit/acme/export/csv".into(),
+        "/v1/audit/acme/export/json".into(),
+    ] {
+        let a = admin.get(&path).await;
+        assert_eq!(a.status, 200, "{path}: {}", a.text);
+        answers.push(a.text);
+    }
+    let trail = admin.get("/v1/audit/acme?limit=1000").await.text;
+    assert!(trail.contains("kt_live****"), "hints are recorded in place of keys");
+
+    assert!(p.interrupt_and_wait().success());
+    let mut outputs: Vec<(String, Vec<u8>)> = vec![
+        ("stdout".into(), p.stdout().into_bytes()),
+        ("stderr".into(), p.stderr().into_bytes()),
+    ];
+    outputs.extend(answers.into_iter().enumerate().map(|(i, a)| (format!("answer {i}"), a.into_bytes())));
+    let mut stack = vec![data.clone()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                outputs.push((path.display().to_string(), std::fs::read(&path).unwrap()));
+            }
+        }
+    }
+    assert!(outputs.iter().any(|(name, _)| name.ends_with("audit.db")));
+    assert!(p.stderr().contains("DEBUG") || p.stderr().contains("WARN") || !p.stderr().is_empty(), "the log was captured");
+    for key in &keys {
+        for (name, bytes) in &outputs {
+            let found = bytes.windows(key.len()).any(|w| w == key.as_bytes());
+            assert!(!found, "a raw key was found in {name}");
+        }
+    }
+}
