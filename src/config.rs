@@ -53,6 +53,21 @@ pub struct AuditFile {
     pub batch_max_events: Option<u64>,
     #[serde(default, deserialize_with = "queue_capacity")]
     pub queue_capacity: Option<u64>,
+    /// What happens to a successful-call event when the queue is full.
+    pub queue_full: Option<QueueFullPolicy>,
+    /// Whether successful calls (2xx/3xx) are recorded at all.
+    pub log_api_calls: Option<bool>,
+}
+
+/// The operator's choice for successful-call events when the audit queue is
+/// full. Failed, refused and security events are never dropped either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueFullPolicy {
+    /// Drop the event and count it (the request is never slowed).
+    Drop,
+    /// Wait for room in the queue (nothing is lost; the request waits).
+    Block,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -99,6 +114,8 @@ pub struct AuditConfig {
     pub flush_interval: Duration,
     pub batch_max_events: usize,
     pub queue_capacity: usize,
+    pub queue_full: QueueFullPolicy,
+    pub log_api_calls: bool,
 }
 
 pub const DEFAULT_DATA_DIR: &str = "./keytrail-data";
@@ -190,6 +207,8 @@ pub fn resolve(file: FileConfig, overrides: Overrides) -> Result<Config, ConfigE
             flush_interval: Duration::from_millis(file.audit.flush_interval_ms.unwrap_or(50)),
             batch_max_events: file.audit.batch_max_events.unwrap_or(10_000) as usize,
             queue_capacity: file.audit.queue_capacity.unwrap_or(100_000) as usize,
+            queue_full: file.audit.queue_full.unwrap_or(QueueFullPolicy::Drop),
+            log_api_calls: file.audit.log_api_calls.unwrap_or(true),
         },
         log_level,
         bootstrap_token: overrides.bootstrap_token,
@@ -264,6 +283,9 @@ mod tests {
 
         let err = parse("[audit]\nflush_interval_ms = 0\n").unwrap_err().to_string();
         assert!(err.contains("line 2") && err.contains("between 1 and 1000"), "{err}");
+
+        let err = parse("[audit]\nqueue_full = \"wait\"\n").unwrap_err().to_string();
+        assert!(err.contains("line 2") && err.contains("drop"), "{err}");
 
         let err = parse("data_dir = \n").unwrap_err().to_string();
         assert!(err.contains("line 1"), "{err}");

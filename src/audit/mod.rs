@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::config::AuditConfig;
+use crate::config::{AuditConfig, QueueFullPolicy};
 use crate::event::{Category, Event, GENESIS_HASH};
 use crate::store::audit::{AuditWriterStore, ChainHead, StoredEvent};
 use crate::store::StoreError;
@@ -50,6 +50,8 @@ struct Shared {
 /// The handle every producer of events holds.
 pub struct AuditPipeline {
     tx: Mutex<Option<SyncSender<Message>>>,
+    block_when_full: bool,
+    log_api_calls: bool,
     shared: Arc<Shared>,
     writer: Mutex<Option<JoinHandle<()>>>,
     db_path: PathBuf,
@@ -76,6 +78,8 @@ impl AuditPipeline {
             .map_err(StoreError::Io)?;
         Ok(AuditPipeline {
             tx: Mutex::new(Some(tx)),
+            block_when_full: config.queue_full == QueueFullPolicy::Block,
+            log_api_calls: config.log_api_calls,
             shared,
             writer: Mutex::new(Some(handle)),
             db_path,
@@ -95,10 +99,14 @@ impl AuditPipeline {
         self.tx.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Hands an event to the writer without waiting.
+    /// Hands an event to the writer. Never waits, unless the operator chose
+    /// `queue_full = "block"` and the queue is full.
     pub fn record(&self, mut event: Event) {
+        let successful_call = event.category() == Category::Request && event.status_code.is_some_and(|s| s < 400);
+        if successful_call && !self.log_api_calls {
+            return;
+        }
         event.sanitize();
-        let droppable = event.category() == Category::Request && event.status_code.is_some_and(|s| s < 400);
         let Some(tx) = self.sender() else {
             self.shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(event_type = %event.event_type, "audit pipeline is stopped; event dropped");
@@ -108,8 +116,14 @@ impl AuditPipeline {
             Ok(()) => {
                 self.shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
             }
+            Err(TrySendError::Full(Message::Event(event))) if successful_call && self.block_when_full => {
+                match tx.send(Message::Event(event)) {
+                    Ok(()) => self.shared.stats.accepted.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => self.shared.stats.dropped.fetch_add(1, Ordering::Relaxed),
+                };
+            }
             Err(TrySendError::Full(Message::Event(event))) => {
-                if droppable {
+                if successful_call {
                     let dropped = self.shared.stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
                     if dropped.is_power_of_two() {
                         tracing::warn!(dropped, "audit queue full: successful-call events are being dropped");

@@ -1,0 +1,176 @@
+#!/usr/bin/env bash
+# Gateway benchmark: wrk against the same fast upstream through
+#   direct        - no proxy (the limit)
+#   nginx         - nginx proxy_pass with upstream keepalive, access log on
+#   keytrail      - key auth + audit trail (async durability)
+#   keytrail-nolog - key auth, successful calls not recorded (log_api_calls = false)
+# The proxy under test is pinned to CPU 0; wrk and the upstream to CPU 1.
+# Configurations run interleaved, ROUNDS times each; the medians are reported.
+#
+#   bash bench/gateway.sh                  # full run (3 x 10 s per configuration)
+#   BENCH_SMOKE=1 bash bench/gateway.sh    # seconds-long run that checks the script works
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10}
+ROUNDS=${ROUNDS:-3}
+CONNS=${CONNS:-64}
+if [ "${BENCH_SMOKE:-0}" = 1 ]; then DURATION=1; ROUNDS=1; fi
+PROXY_CPU=${PROXY_CPU:-0}
+LOAD_CPU=${LOAD_CPU:-1}
+
+for tool in wrk nginx taskset curl python3; do
+  command -v "$tool" >/dev/null || { echo "bench/gateway.sh needs $tool (apt-get install wrk nginx-light curl)"; exit 1; }
+done
+
+cargo build --release --quiet --bin keytrail
+BIN=$PWD/target/release/keytrail
+WORK=$(mktemp -d /tmp/keytrail-bench.XXXXXX)
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  [ -f "$WORK/up/nginx.pid" ] && kill "$(cat "$WORK/up/nginx.pid")" 2>/dev/null || true
+  [ -f "$WORK/px/nginx.pid" ] && kill "$(cat "$WORK/px/nginx.pid")" 2>/dev/null || true
+  sleep 0.3
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+UP=$(free_port); NGX=$(free_port); KT=$(free_port); KTA=$(free_port); KT2=$(free_port); KTA2=$(free_port)
+
+# A ~100-byte answer from the upstream.
+BODY='{"status":"ok","service":"bench-upstream","items":[1,2,3],"note":"a small fixed answer for proxies"}'
+
+nginx_conf() { # dir listen body
+  mkdir -p "$1/logs"
+  cat > "$1/nginx.conf" <<CONF
+worker_processes 1;
+pid $1/nginx.pid;
+error_log $1/logs/error.log warn;
+events { worker_connections 4096; }
+http {
+  client_body_temp_path $1/body; proxy_temp_path $1/proxy; fastcgi_temp_path $1/fcgi;
+  uwsgi_temp_path $1/uwsgi; scgi_temp_path $1/scgi;
+  $3
+}
+CONF
+}
+
+nginx_conf "$WORK/up" "$UP" "access_log off; server { listen 127.0.0.1:$UP; location / { default_type application/json; return 200 '$BODY'; } }"
+nginx_conf "$WORK/px" "$NGX" "access_log $WORK/px/logs/access.log; upstream up { server 127.0.0.1:$UP; keepalive 128; }
+  server { listen 127.0.0.1:$NGX; location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
+taskset -c "$LOAD_CPU" nginx -p "$WORK/up" -c "$WORK/up/nginx.conf"
+taskset -c "$PROXY_CPU" nginx -p "$WORK/px" -c "$WORK/px/nginx.conf"
+
+TOKEN=bench-admin-token-0123456789
+start_keytrail() { # data gateway admin [config]
+  local extra=()
+  [ -n "${4:-}" ] && extra=(--config "$4")
+  KEYTRAIL_BOOTSTRAP_TOKEN=$TOKEN KEYTRAIL_LOG=warn taskset -c "$PROXY_CPU" "$BIN" serve "${extra[@]}" \
+    --data-dir "$1" --gateway-listen "127.0.0.1:$2" --admin-listen "127.0.0.1:$3" > "$1.out" 2>&1 &
+  PIDS+=($!)
+  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$3/healthz" >/dev/null && return; sleep 0.05; done
+  echo "keytrail did not start:"; cat "$1.out"; exit 1
+}
+setup_keytrail() { # admin -> prints key
+  local a="http://127.0.0.1:$1" h=(-H "Authorization: Bearer $TOKEN" -H 'content-type: application/json')
+  curl -sf "${h[@]}" "$a/v1/tenants" -d '{"id":"bench","name":"Bench"}' >/dev/null
+  curl -sf "${h[@]}" "$a/v1/tenants/bench/apis" -d "{\"id\":\"api\",\"path_prefix\":\"/\",\"upstream\":\"http://127.0.0.1:$UP\"}" >/dev/null
+  local consumer
+  consumer=$(curl -sf "${h[@]}" "$a/v1/tenants/bench/consumers" -d '{"name":"wrk"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+  curl -sf "${h[@]}" "$a/v1/tenants/bench/consumers/$consumer/keys" -d '{}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])'
+}
+printf '[audit]\nlog_api_calls = false\n' > "$WORK/nolog.toml"
+start_keytrail "$WORK/kt" "$KT" "$KTA"
+start_keytrail "$WORK/kt2" "$KT2" "$KTA2" "$WORK/nolog.toml"
+KEY=$(setup_keytrail "$KTA")
+KEY2=$(setup_keytrail "$KTA2")
+KT_PID=${PIDS[0]}; KT2_PID=${PIDS[1]}
+
+cpu_ticks() { # pids... -> utime+stime in clock ticks
+  local total=0
+  for pid in "$@"; do
+    read -r -a f < "/proc/$pid/stat"
+    total=$((total + f[13] + f[14]))
+  done
+  echo $total
+}
+nginx_pids() { local master; master=$(cat "$1/nginx.pid"); echo "$master $(pgrep -P "$master" | tr '\n' ' ')"; }
+
+declare -A URL HEADER PIDSET
+URL[direct]="http://127.0.0.1:$UP/bench/x";      PIDSET[direct]=""
+URL[nginx]="http://127.0.0.1:$NGX/bench/x";      PIDSET[nginx]="$(nginx_pids "$WORK/px")"
+URL[keytrail]="http://127.0.0.1:$KT/bench/x";    PIDSET[keytrail]="$KT_PID"
+URL[keytrail-nolog]="http://127.0.0.1:$KT2/bench/x"; PIDSET[keytrail-nolog]="$KT2_PID"
+HEADER[direct]="X-API-Key: $KEY"; HEADER[nginx]="X-API-Key: $KEY"
+HEADER[keytrail]="X-API-Key: $KEY"; HEADER[keytrail-nolog]="X-API-Key: $KEY2"
+CONFIGS=(direct nginx keytrail keytrail-nolog)
+
+# Warm up every path (connection pools, page cache).
+for c in "${CONFIGS[@]}"; do
+  taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d1s -H "${HEADER[$c]}" "${URL[$c]}" >/dev/null
+done
+
+RESULTS=$WORK/results.tsv
+: > "$RESULTS"
+TCK=$(getconf CLK_TCK)
+run() { # config connections seconds round
+  local c=$1 before after out
+  before=$(cpu_ticks ${PIDSET[$c]} 2>/dev/null || echo 0)
+  out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$2" -d"$3"s --latency -H "${HEADER[$c]}" "${URL[$c]}")
+  after=$(cpu_ticks ${PIDSET[$c]} 2>/dev/null || echo 0)
+  if echo "$out" | grep -q "Non-2xx"; then echo "$c answered errors:"; echo "$out"; exit 1; fi
+  printf '%s\t%s\t%s\t%s\t%s\n' "$c" "$2" "$4" "$((after - before))" "$(echo "$out" | tr '\n' '|')" >> "$RESULTS"
+}
+for round in $(seq "$ROUNDS"); do
+  for c in "${CONFIGS[@]}"; do run "$c" "$CONNS" "$DURATION" "$round"; done
+done
+for round in $(seq "$ROUNDS"); do
+  for c in "${CONFIGS[@]}"; do run "$c" 1 "$(( DURATION < 5 ? DURATION : 5 ))" "$round"; done
+done
+
+# Every keytrail request was recorded (the audit-on instance).
+sleep 0.3
+LOGGED=$(curl -sf -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$KTA/v1/audit/bench?limit=1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["logs"][0]["seq"])')
+echo "audit trail of the keytrail run holds $LOGGED events (newest seq)"
+
+python3 - "$RESULTS" "$TCK" "$CONNS" <<'PY'
+import re, sys, statistics
+path, tck, conns = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+def ms(v):
+    n, unit = re.match(r"([\d.]+)(us|ms|s)", v).groups()
+    return float(n) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+rows = {}
+for line in open(path):
+    c, n, rnd, ticks, out = line.rstrip("\n").split("\t")
+    out = out.replace("|", "\n")
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    p50 = ms(re.search(r"50%\s+(\S+)", out).group(1))
+    p99 = ms(re.search(r"99%\s+(\S+)", out).group(1))
+    cpu_us = int(ticks) * 1e6 / tck / total if c != "direct" else float("nan")
+    rows.setdefault((c, int(n)), []).append((rps, p50, p99, cpu_us))
+def med(xs): return statistics.median(xs)
+order = ["direct", "nginx", "keytrail", "keytrail-nolog"]
+m = {k: tuple(med([r[i] for r in v]) for i in range(4)) for k, v in rows.items()}
+print(f"\n### {conns} connections (wrk -t1 -c{conns}), median of {len(rows[('direct', conns)])} runs\n")
+print("| configuration | req/s (runs) | vs nginx | vs direct | p50 ms | p99 ms | proxy CPU µs/req |")
+print("| --- | --- | --- | --- | --- | --- | --- |")
+for c in order:
+    rps, p50, p99, cpu = m[(c, conns)]
+    runs = ", ".join(f"{r[0]/1000:.1f}k" for r in rows[(c, conns)])
+    cpu_s = "-" if cpu != cpu else f"{cpu:.1f}"
+    print(f"| {c} | {rps:,.0f} ({runs}) | {rps/m[('nginx', conns)][0]:.2f}x | {rps/m[('direct', conns)][0]:.2f}x | {p50:.2f} | {p99:.2f} | {cpu_s} |")
+lo, nolog = m[("keytrail", conns)][0], m[("keytrail-nolog", conns)][0]
+print(f"\nrequest logging costs {100*(1-lo/nolog):.1f} % of throughput (keytrail vs keytrail-nolog)")
+print(f"\n### one connection (wrk -t1 -c1): latency added over a direct call\n")
+print("| configuration | p50 ms | added p50 µs | p99 ms |")
+print("| --- | --- | --- | --- |")
+d50 = m[("direct", 1)][1]
+for c in order:
+    rps, p50, p99, cpu = m[(c, 1)]
+    print(f"| {c} | {p50:.3f} | {1000*(p50-d50):.0f} | {p99:.3f} |")
+PY
+echo
+echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'); $(date -u +%Y-%m-%d)"
