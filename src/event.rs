@@ -95,7 +95,7 @@ impl Event {
     /// A new event of the given kind, stamped now, with a fresh time-ordered id.
     pub fn new(tenant_id: &str, category: Category, event_type: &str, outcome: &str) -> Self {
         Event {
-            event_id: uuid::Uuid::now_v7().to_string(),
+            event_id: new_id(),
             timestamp_ms: now_ms(),
             tenant_id: tenant_id.to_string(),
             category: Some(category),
@@ -151,13 +151,33 @@ impl Event {
         serde_json::to_vec(self).expect("an event always serialises")
     }
 
-    /// The chain hash of this event given its predecessor's hash.
+    /// The chain hash of this event given its predecessor's hash:
+    /// SHA-256(previous ‖ canonical bytes), serialised straight into the hasher.
     pub fn chain_hash(&self, previous: &[u8; 32]) -> [u8; 32] {
-        let mut hasher = Sha256::new();
-        hasher.update(previous);
-        hasher.update(self.canonical_bytes());
-        hasher.finalize().into()
+        struct HashWriter(Sha256);
+        impl std::io::Write for HashWriter {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.update(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut writer = HashWriter(Sha256::new());
+        writer.0.update(previous);
+        serde_json::to_writer(&mut writer, self).expect("an event always serialises");
+        writer.0.finalize().into()
     }
+}
+
+/// A time-ordered UUIDv7 string. The random part comes from the thread's
+/// seeded generator, not a system call per id.
+pub fn new_id() -> String {
+    use rand::RngCore;
+    let mut random = [0u8; 10];
+    rand::rng().fill_bytes(&mut random);
+    uuid::Builder::from_unix_timestamp_millis(now_ms() as u64, &random).into_uuid().to_string()
 }
 
 /// Milliseconds since the Unix epoch, UTC.
@@ -231,6 +251,26 @@ mod tests {
         let text = String::from_utf8(e.canonical_bytes()).unwrap();
         assert!(!text.contains(&key), "{text}");
         assert!(e.details.unwrap()["nested"]["k"].as_str().unwrap().starts_with("kt_live****"));
+    }
+
+    #[test]
+    fn hash_equals_sha256_of_previous_and_canonical_bytes() {
+        let e = sample();
+        let mut h = Sha256::new();
+        h.update([7u8; 32]);
+        h.update(e.canonical_bytes());
+        let expected: [u8; 32] = h.finalize().into();
+        assert_eq!(e.chain_hash(&[7; 32]), expected);
+    }
+
+    #[test]
+    fn ids_are_uuid_v7_and_time_ordered() {
+        let a = new_id();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let b = new_id();
+        let parsed = uuid::Uuid::parse_str(&a).unwrap();
+        assert_eq!(parsed.get_version_num(), 7);
+        assert!(a < b);
     }
 
     #[test]

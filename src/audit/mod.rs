@@ -8,30 +8,27 @@
 //! - One thread owns the writer connection and the chain heads; it gives each
 //!   event its tenant's next `seq` and chains its hash to the previous one, so
 //!   numbering and hashing follow commit order exactly.
-//! - When the queue is full, successful-call events are dropped and counted;
-//!   failed, refused and security events go to an overflow list the writer
-//!   drains, so they are never dropped.
+//! - When the queue is full, successful-call events are dropped and counted
+//!   (or, with `queue_full = "block"`, the caller waits for room); failed,
+//!   refused and security events are always queued, never dropped.
+//! - The writer is woken once per batch, not once per event: producers push
+//!   into a shared vector under a short lock, and the writer swaps the whole
+//!   vector out when the flush interval has passed or a batch is full. On a
+//!   busy single core this is what keeps the audit trail cheap.
 
 pub mod views;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
 use crate::config::{AuditConfig, QueueFullPolicy};
 use crate::event::{Category, Event, GENESIS_HASH};
 use crate::store::audit::{AuditWriterStore, ChainHead, StoredEvent};
 use crate::store::StoreError;
-
-enum Message {
-    Event(Box<Event>),
-    /// Commit what is queued now and answer when it is committed.
-    Flush(tokio::sync::oneshot::Sender<()>),
-}
 
 /// Counters visible to operators.
 #[derive(Debug, Default)]
@@ -42,18 +39,38 @@ pub struct PipelineStats {
     pub commit_failures: AtomicU64,
 }
 
+/// What producers and the writer share.
+struct Queue {
+    pending: Vec<Event>,
+    /// When the oldest pending event arrived; the batch is due one flush interval later.
+    oldest: Option<Instant>,
+    flush_waiters: Vec<tokio::sync::oneshot::Sender<()>>,
+    stopping: bool,
+}
+
 struct Shared {
-    overflow: Mutex<VecDeque<Event>>,
+    queue: Mutex<Queue>,
     stats: PipelineStats,
+    /// Set by the writer while it sleeps with nothing pending.
+    writer_idle: AtomicBool,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        // Pushing to a Vec cannot leave it half-changed, so a poisoned lock is safe to reuse.
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// The handle every producer of events holds.
 pub struct AuditPipeline {
-    tx: Mutex<Option<SyncSender<Message>>>,
+    shared: Arc<Shared>,
+    writer_thread: Thread,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    capacity: usize,
+    batch_max: usize,
     block_when_full: bool,
     log_api_calls: bool,
-    shared: Arc<Shared>,
-    writer: Mutex<Option<JoinHandle<()>>>,
     db_path: PathBuf,
 }
 
@@ -62,26 +79,24 @@ impl AuditPipeline {
     pub fn start(db_path: PathBuf, config: &AuditConfig) -> Result<AuditPipeline, StoreError> {
         let store = AuditWriterStore::open(&db_path)?;
         let heads = store.load_heads()?;
-        let (tx, rx) = sync_channel(config.queue_capacity);
-        let shared = Arc::new(Shared { overflow: Mutex::new(VecDeque::new()), stats: PipelineStats::default() });
-        let writer = Writer {
-            store,
-            heads,
-            rx,
-            shared: shared.clone(),
-            flush_interval: config.flush_interval,
-            batch_max: config.batch_max_events,
-        };
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue { pending: Vec::new(), oldest: None, flush_waiters: Vec::new(), stopping: false }),
+            stats: PipelineStats::default(),
+            writer_idle: AtomicBool::new(false),
+        });
+        let writer = Writer { store, heads, shared: shared.clone(), flush_interval: config.flush_interval, batch_max: config.batch_max_events };
         let handle = std::thread::Builder::new()
             .name("keytrail-audit-writer".into())
             .spawn(move || writer.run())
             .map_err(StoreError::Io)?;
         Ok(AuditPipeline {
-            tx: Mutex::new(Some(tx)),
+            shared,
+            writer_thread: handle.thread().clone(),
+            writer: Mutex::new(Some(handle)),
+            capacity: config.queue_capacity,
+            batch_max: config.batch_max_events,
             block_when_full: config.queue_full == QueueFullPolicy::Block,
             log_api_calls: config.log_api_calls,
-            shared,
-            writer: Mutex::new(Some(handle)),
             db_path,
         })
     }
@@ -95,10 +110,6 @@ impl AuditPipeline {
         &self.shared.stats
     }
 
-    fn sender(&self) -> Option<SyncSender<Message>> {
-        self.tx.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
     /// Hands an event to the writer. Never waits, unless the operator chose
     /// `queue_full = "block"` and the queue is full.
     pub fn record(&self, mut event: Event) {
@@ -107,55 +118,63 @@ impl AuditPipeline {
             return;
         }
         event.sanitize();
-        let Some(tx) = self.sender() else {
+        let mut queue = self.shared.lock();
+        if queue.stopping {
+            drop(queue);
             self.shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(event_type = %event.event_type, "audit pipeline is stopped; event dropped");
             return;
-        };
-        match tx.try_send(Message::Event(Box::new(event))) {
-            Ok(()) => {
-                self.shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(TrySendError::Full(Message::Event(event))) if successful_call && self.block_when_full => {
-                match tx.send(Message::Event(event)) {
-                    Ok(()) => self.shared.stats.accepted.fetch_add(1, Ordering::Relaxed),
-                    Err(_) => self.shared.stats.dropped.fetch_add(1, Ordering::Relaxed),
-                };
-            }
-            Err(TrySendError::Full(Message::Event(event))) => {
-                if successful_call {
-                    let dropped = self.shared.stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-                    if dropped.is_power_of_two() {
-                        tracing::warn!(dropped, "audit queue full: successful-call events are being dropped");
-                    }
-                } else {
-                    self.shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
-                    self.shared.overflow.lock().unwrap_or_else(|e| e.into_inner()).push_back(*event);
+        }
+        if successful_call && queue.pending.len() >= self.capacity {
+            if !self.block_when_full {
+                drop(queue);
+                let dropped = self.shared.stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                if dropped.is_power_of_two() {
+                    tracing::warn!(dropped, "audit queue full: successful-call events are being dropped");
                 }
+                return;
             }
-            Err(TrySendError::Full(_)) => unreachable!("only events are sent here"),
-            Err(TrySendError::Disconnected(_)) => {
-                self.shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                tracing::error!("audit writer has stopped; event dropped");
+            // The operator chose to wait for room rather than lose the event.
+            while queue.pending.len() >= self.capacity && !queue.stopping {
+                drop(queue);
+                self.writer_thread.unpark();
+                std::thread::sleep(Duration::from_micros(200));
+                queue = self.shared.lock();
             }
+        }
+        let first = queue.pending.is_empty();
+        if first {
+            queue.oldest = Some(Instant::now());
+        }
+        queue.pending.push(event);
+        let full = queue.pending.len() >= self.batch_max;
+        drop(queue);
+        self.shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
+        // Wake the writer only when it needs to change what it is waiting for:
+        // a first event while it idles (to start the flush clock) or a full batch.
+        if (first && self.shared.writer_idle.load(Ordering::Acquire)) || full {
+            self.writer_thread.unpark();
         }
     }
 
     /// Waits until every event recorded before this call is committed.
     pub async fn flush(&self) {
-        let Some(tx) = self.sender() else { return };
         let (ack, done) = tokio::sync::oneshot::channel();
-        let sent = tokio::task::spawn_blocking(move || tx.send(Message::Flush(ack)).is_ok()).await.unwrap_or(false);
-        if sent {
-            let _ = done.await;
+        {
+            let mut queue = self.shared.lock();
+            if queue.stopping {
+                return;
+            }
+            queue.flush_waiters.push(ack);
         }
+        self.writer_thread.unpark();
+        let _ = done.await;
     }
 
     /// Commits everything queued and stops the writer thread.
     pub async fn shutdown(&self) {
-        self.flush().await;
-        // Dropping the only sender ends the writer's loop after its last batch.
-        self.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.shared.lock().stopping = true;
+        self.writer_thread.unpark();
         let handle = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(handle) = handle {
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
@@ -166,7 +185,6 @@ impl AuditPipeline {
 struct Writer {
     store: AuditWriterStore,
     heads: HashMap<String, ChainHead>,
-    rx: Receiver<Message>,
     shared: Arc<Shared>,
     flush_interval: Duration,
     batch_max: usize,
@@ -174,92 +192,77 @@ struct Writer {
 
 impl Writer {
     fn run(mut self) {
-        let mut batch: Vec<Event> = Vec::with_capacity(self.batch_max.min(16_384));
-        let mut acks = Vec::new();
-        let mut open = true;
-        while open {
-            // Wait for the first message of a batch; wake up now and then to
-            // drain the overflow list even when the queue is quiet.
-            match self.rx.recv_timeout(self.flush_interval) {
-                Ok(message) => self.take(message, &mut batch, &mut acks),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => open = false,
-            }
-            // Group commit: gather until the batch is full, the interval since
-            // the first event has passed, or someone asked for a flush.
-            let deadline = Instant::now() + self.flush_interval;
-            while open && acks.is_empty() && batch.len() < self.batch_max && !batch.is_empty() {
-                let now = Instant::now();
-                if now >= deadline {
-                    break;
+        let mut spare: Vec<Event> = Vec::new();
+        loop {
+            let (mut batch, waiters, stopping) = {
+                let mut queue = self.shared.lock();
+                let due = queue.oldest.map(|t| t + self.flush_interval);
+                let ready = queue.stopping
+                    || !queue.flush_waiters.is_empty()
+                    || queue.pending.len() >= self.batch_max
+                    || due.is_some_and(|d| d <= Instant::now());
+                if !ready {
+                    self.shared.writer_idle.store(due.is_none(), Ordering::Release);
+                    drop(queue);
+                    match due {
+                        Some(due) => std::thread::park_timeout(due.saturating_duration_since(Instant::now())),
+                        None => std::thread::park_timeout(Duration::from_secs(1)),
+                    }
+                    self.shared.writer_idle.store(false, Ordering::Release);
+                    continue;
                 }
-                match self.rx.recv_timeout(deadline - now) {
-                    Ok(message) => self.take(message, &mut batch, &mut acks),
-                    Err(RecvTimeoutError::Timeout) => break,
-                    Err(RecvTimeoutError::Disconnected) => open = false,
-                }
-            }
-            if !open {
-                // Take whatever is still queued before exiting.
-                while let Ok(message) = self.rx.try_recv() {
-                    self.take(message, &mut batch, &mut acks);
-                }
-            }
-            batch.extend(self.shared.overflow.lock().unwrap_or_else(|e| e.into_inner()).drain(..));
+                queue.oldest = None;
+                let batch = std::mem::replace(&mut queue.pending, std::mem::take(&mut spare));
+                (batch, std::mem::take(&mut queue.flush_waiters), queue.stopping)
+            };
             if !batch.is_empty() {
                 self.commit(&mut batch);
             }
-            for ack in acks.drain(..) {
-                let _ = ack.send(());
+            batch.clear();
+            spare = batch;
+            for waiter in waiters {
+                let _ = waiter.send(());
             }
-        }
-    }
-
-    fn take(&self, message: Message, batch: &mut Vec<Event>, acks: &mut Vec<tokio::sync::oneshot::Sender<()>>) {
-        match message {
-            Message::Event(event) => batch.push(*event),
-            Message::Flush(ack) => acks.push(ack),
+            if stopping && self.shared.lock().pending.is_empty() {
+                return;
+            }
         }
     }
 
     /// Sequences, hashes and commits the batch, retrying until the store
     /// accepts it: a failing disk stalls the writer rather than losing events.
     fn commit(&mut self, batch: &mut Vec<Event>) {
+        let mut stored: Vec<StoredEvent> = batch.drain(..).map(|event| StoredEvent { event, hash: GENESIS_HASH }).collect();
         let mut attempt = 0u32;
         loop {
             let mut new_heads: HashMap<String, ChainHead> = HashMap::new();
-            let mut stored = Vec::with_capacity(batch.len());
-            for event in batch.iter() {
+            for item in stored.iter_mut() {
+                let tenant = item.event.tenant_id.as_str();
                 let head = new_heads
-                    .get(event.tenant_id.as_str())
-                    .or_else(|| self.heads.get(&event.tenant_id))
+                    .get(tenant)
+                    .or_else(|| self.heads.get(tenant))
                     .copied()
                     .unwrap_or(ChainHead { seq: 0, hash: GENESIS_HASH });
-                let mut event = event.clone();
-                event.seq = head.seq + 1;
-                let hash = event.chain_hash(&head.hash);
-                let next = ChainHead { seq: event.seq, hash };
-                match new_heads.get_mut(event.tenant_id.as_str()) {
+                item.event.seq = head.seq + 1;
+                item.hash = item.event.chain_hash(&head.hash);
+                let next = ChainHead { seq: item.event.seq, hash: item.hash };
+                match new_heads.get_mut(tenant) {
                     Some(slot) => *slot = next,
                     None => {
-                        new_heads.insert(event.tenant_id.clone(), next);
+                        new_heads.insert(tenant.to_string(), next);
                     }
                 }
-                stored.push(StoredEvent { event, hash });
             }
             match self.store.insert_batch(&stored) {
                 Ok(()) => {
-                    for (tenant, head) in new_heads {
-                        self.heads.insert(tenant, head);
-                    }
+                    self.heads.extend(new_heads);
                     self.shared.stats.committed.fetch_add(stored.len() as u64, Ordering::Relaxed);
-                    batch.clear();
                     return;
                 }
                 Err(error) => {
                     attempt += 1;
                     self.shared.stats.commit_failures.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(%error, attempt, events = batch.len(), "audit commit failed; retrying");
+                    tracing::error!(%error, attempt, events = stored.len(), "audit commit failed; retrying");
                     std::thread::sleep(Duration::from_millis(100 * u64::from(attempt.min(20))));
                 }
             }

@@ -91,7 +91,7 @@ impl Gateway {
     pub async fn handle(&self, peer: SocketAddr, req: Request<Incoming>) -> Response<GatewayBody> {
         // 1. Accept: request id and clock.
         let started = Instant::now();
-        let request_id = uuid::Uuid::now_v7().to_string();
+        let request_id = event::new_id();
         let mut event = Event::new(SYSTEM_TENANT, Category::Request, "request", "success");
         event.request_id = Some(request_id.clone());
         event.method = Some(req.method().as_str().to_string());

@@ -5,5 +5,6 @@
 mod admin;
 mod audit_api;
 mod gateway;
+mod pipeline;
 mod process;
 mod util;
