@@ -1,0 +1,517 @@
+//! Store benchmark: audit ingest and investigation queries on keytrail's
+//! embedded store, beside the same rows in PostgreSQL (COPY), on one machine
+//! in one run.
+//!
+//!   cargo bench --bench store -- --events 10000000     # the full run (by hand)
+//!   cargo bench --bench store -- --smoke               # small, for CI
+//!
+//! Options: `--events N`, `--days D` (time span of the data), `--no-pg`,
+//! `--pg "psql connection args"` (default `-h 127.0.0.1 -U postgres -d postgres`).
+//!
+//! The data is deterministic: tenants with skewed sizes, a skewed consumer
+//! population, hundreds of paths, 5 % 4xx, 0.5 % 5xx, log-normal latencies,
+//! tens of user agents and thousands of client IPs.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use keytrail::audit::AuditPipeline;
+use keytrail::config::{AuditConfig, QueueFullPolicy};
+use keytrail::event::{Category, Event};
+use keytrail::store::audit::{AuditReader, EventFilter};
+
+// ---------- deterministic data ----------
+
+/// SplitMix64: small, fast and reproducible across machines.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    /// Standard normal (Box–Muller).
+    fn normal(&mut self) -> f64 {
+        let u1 = self.unit().max(1e-12);
+        let u2 = self.unit();
+        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+    }
+}
+
+/// Zipf-like picker over `n` items with exponent `s`.
+struct Skewed(Vec<f64>);
+
+impl Skewed {
+    fn new(n: usize, s: f64) -> Self {
+        let mut acc = 0.0;
+        let cumulative = (1..=n)
+            .map(|k| {
+                acc += 1.0 / (k as f64).powf(s);
+                acc
+            })
+            .collect::<Vec<_>>();
+        let total = acc;
+        Skewed(cumulative.into_iter().map(|c| c / total).collect())
+    }
+    fn pick(&self, rng: &mut Rng) -> usize {
+        let u = rng.unit();
+        self.0.partition_point(|c| *c < u).min(self.0.len() - 1)
+    }
+}
+
+const TENANTS: usize = 20;
+const CONSUMERS_PER_TENANT: usize = 500;
+const PATHS: usize = 300;
+const USER_AGENTS: usize = 40;
+const IPS: u64 = 5_000;
+/// 2026-11-01T00:00:00Z: the data's fixed start, so runs are comparable.
+const START_MS: i64 = 1_793_491_200_000;
+
+struct Generator {
+    rng: Rng,
+    tenants: Skewed,
+    consumers: Skewed,
+    paths: Skewed,
+    agents: Vec<String>,
+    path_names: Vec<String>,
+    step_ms: f64,
+    n: u64,
+}
+
+impl Generator {
+    fn new(total: u64, days: u64) -> Self {
+        let agents = (0..USER_AGENTS)
+            .map(|i| match i % 4 {
+                0 => format!("python-requests/2.{}.0", 20 + i),
+                1 => format!("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/{}.0", 100 + i),
+                2 => format!("curl/8.{}.1", i),
+                _ => format!("my-saas-client/{}.{} (+https://example.com/bot)", i / 10, i % 10),
+            })
+            .collect();
+        let path_names = (0..PATHS)
+            .map(|i| match i % 5 {
+                0 => format!("/v1/orders/{}", i),
+                1 => format!("/v1/customers/{}/invoices", i),
+                2 => format!("/v2/catalog/items/{}", i),
+                3 => format!("/v1/reports/{}/export", i),
+                _ => format!("/docs/page-{}", i),
+            })
+            .collect();
+        Generator {
+            rng: Rng(0x6b65_7974_7261_696c),
+            tenants: Skewed::new(TENANTS, 1.0),
+            consumers: Skewed::new(CONSUMERS_PER_TENANT, 1.1),
+            paths: Skewed::new(PATHS, 1.0),
+            agents,
+            path_names,
+            step_ms: (days * 86_400_000) as f64 / total.max(1) as f64,
+            n: 0,
+        }
+    }
+
+    fn event(&mut self) -> Event {
+        let r = &mut self.rng;
+        let tenant = self.tenants.pick(r);
+        let consumer = self.consumers.pick(r);
+        let path = &self.path_names[self.paths.pick(r)];
+        let roll = r.below(1000);
+        let status: u16 = if roll < 5 {
+            [500, 502, 503][r.below(3) as usize]
+        } else if roll < 55 {
+            [400, 401, 403, 404, 429][r.below(5) as usize]
+        } else {
+            200
+        };
+        let method = match r.below(20) {
+            0..=13 => "GET",
+            14..=17 => "POST",
+            18 => "PUT",
+            _ => "DELETE",
+        };
+        // Log-normal latency around 20 ms.
+        let latency_us = ((20_000f64).ln() + 0.8 * r.normal()).exp() as u64;
+        let ip = r.below(IPS);
+        let mut e = Event::new(&format!("tenant-{tenant:02}"), Category::Request, "request", if status < 400 { "success" } else { "failure" });
+        e.timestamp_ms = START_MS + (self.n as f64 * self.step_ms) as i64;
+        e.request_id = Some(format!("{:016x}{:016x}", r.next(), r.next()));
+        e.consumer_id = Some(format!("cons_{tenant:02}_{consumer:04}"));
+        e.consumer_name = Some(format!("client-{tenant}-{consumer}"));
+        e.actor = Some(format!("consumer:cons_{tenant:02}_{consumer:04}"));
+        e.api_id = Some(path.split('/').nth(2).unwrap_or("docs").to_string());
+        e.key_id = Some(format!("key_{tenant:02}_{consumer:04}"));
+        e.key_hint = Some(format!("kt_live****{:04}", consumer));
+        e.method = Some(method.to_string());
+        e.path = Some(path.clone());
+        e.status_code = Some(status);
+        e.latency_us = Some(latency_us);
+        e.upstream_latency_us = Some(latency_us.saturating_sub(300));
+        e.request_size_bytes = Some(if method == "GET" { 0 } else { 200 + r.below(2000) });
+        e.response_size_bytes = Some(100 + r.below(50_000));
+        e.client_ip = Some(format!("10.{}.{}.{}", ip / 65536, (ip / 256) % 256, ip % 256));
+        e.user_agent = Some(self.agents[r.below(USER_AGENTS as u64) as usize].clone());
+        if status >= 400 {
+            e.error_code = Some(format!("http_{status}"));
+        }
+        self.n += 1;
+        e
+    }
+}
+
+// ---------- measurement helpers ----------
+
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let ticks: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir).map_or(0, |entries| entries.filter_map(|e| e.ok()).filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    xs[xs.len() / 2]
+}
+
+fn time_ms(mut f: impl FnMut() -> u64) -> (f64, u64) {
+    let mut times = Vec::new();
+    let mut rows = 0;
+    f(); // warm
+    for _ in 0..5 {
+        let t = Instant::now();
+        rows = f();
+        times.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    (median(times), rows)
+}
+
+// ---------- keytrail ----------
+
+struct IngestResult {
+    events_per_s: f64,
+    cpu_us_per_event: f64,
+    bytes_per_event: f64,
+    per_million: Vec<f64>,
+}
+
+fn ingest_keytrail(dir: &Path, total: u64, days: u64) -> IngestResult {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let config = AuditConfig {
+        flush_interval: Duration::from_millis(50),
+        batch_max_events: 10_000,
+        queue_capacity: 100_000,
+        queue_full: QueueFullPolicy::Block,
+        log_api_calls: true,
+    };
+    let pipeline = std::sync::Arc::new(AuditPipeline::start(dir.join("audit.db"), &config).unwrap());
+    // Committed-count samples, to see whether the rate decays as the store grows.
+    let monitor = {
+        let pipeline = pipeline.clone();
+        std::thread::spawn(move || {
+            let mut marks = vec![Instant::now()];
+            let step = 1_000_000.min(total.max(1));
+            loop {
+                let done = pipeline.stats().committed.load(std::sync::atomic::Ordering::Relaxed);
+                while done >= step * marks.len() as u64 && marks.len() as u64 <= total / step {
+                    marks.push(Instant::now());
+                }
+                if done >= total {
+                    return marks;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    let mut generator = Generator::new(total, days);
+    let cpu0 = cpu_seconds();
+    let t0 = Instant::now();
+    for _ in 0..total {
+        pipeline.record(generator.event());
+    }
+    runtime.block_on(pipeline.flush());
+    let elapsed = t0.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu0;
+    runtime.block_on(pipeline.shutdown());
+    let marks = monitor.join().unwrap();
+    let per_million = marks.windows(2).map(|w| 1_000_000f64.min(total as f64) / (w[1] - w[0]).as_secs_f64()).collect();
+    // Fold the WAL into the main file before measuring its size.
+    let conn = rusqlite::Connection::open(dir.join("audit.db")).unwrap();
+    conn.pragma_update(None, "wal_checkpoint", "TRUNCATE").ok();
+    drop(conn);
+    IngestResult {
+        events_per_s: total as f64 / elapsed,
+        cpu_us_per_event: cpu * 1e6 / total as f64,
+        bytes_per_event: dir_bytes(dir) as f64 / total as f64,
+        per_million,
+    }
+}
+
+/// Generation alone, to separate the generator's cost from the pipeline's.
+fn generator_cpu_us(total: u64, days: u64) -> f64 {
+    let n = total.min(1_000_000);
+    let mut generator = Generator::new(total, days);
+    let cpu0 = cpu_seconds();
+    let t = Instant::now();
+    let mut sink = 0u64;
+    for _ in 0..n {
+        sink = sink.wrapping_add(generator.event().latency_us.unwrap_or(0));
+    }
+    std::hint::black_box(sink);
+    let _ = t;
+    (cpu_seconds() - cpu0) * 1e6 / n as f64
+}
+
+/// The investigation queries on keytrail's store.
+fn queries_keytrail(db: &Path, end_ms: i64) -> Vec<(String, f64, u64)> {
+    let hour = 3_600_000i64;
+    let day = 24 * hour;
+    let tenant = "tenant-00";
+    let consumer = "cons_00_0000";
+    let conn = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let count_rows = |sql: &str, params: &[&dyn rusqlite::ToSql]| -> u64 {
+        let mut stmt = conn.prepare_cached(sql).unwrap();
+        let mut rows = stmt.query(params).unwrap();
+        let mut n = 0;
+        while rows.next().unwrap().is_some() {
+            n += 1;
+        }
+        n
+    };
+    let mut out = Vec::new();
+
+    let reader = AuditReader::open(db).unwrap();
+    let q1 = EventFilter {
+        tenant_id: tenant.into(),
+        category: Some(Category::Request),
+        consumer_id: Some(consumer.into()),
+        from_ms: Some(end_ms - hour),
+        to_ms: Some(end_ms),
+        ..EventFilter::default()
+    };
+    out.push(("Q1 consumer, 1 h, newest 500 (list API path)".to_string(), time_ms(|| {
+        let mut n = 0;
+        reader.scan(&q1, Some(500), |_| { n += 1; true }).unwrap();
+        n
+    })));
+    out.push(("Q2 tenant, 1 h, by path".into(), time_ms(|| count_rows(
+        "SELECT path, count(*), sum(status_code >= 400), count(DISTINCT consumer_id) FROM events
+         WHERE tenant_id = ?1 AND category = 'request' AND ts_ms BETWEEN ?2 AND ?3 GROUP BY path",
+        &[&tenant, &(end_ms - hour), &end_ms]))));
+    out.push(("Q3 consumer profile, 14 days".into(), time_ms(|| {
+        let from = end_ms - 14 * day;
+        count_rows("SELECT method, count(*) FROM events WHERE tenant_id = ?1 AND consumer_id = ?2 AND ts_ms >= ?3 GROUP BY method", &[&tenant, &consumer, &from])
+            + count_rows("SELECT path, count(*) c FROM events WHERE tenant_id = ?1 AND consumer_id = ?2 AND ts_ms >= ?3 GROUP BY path ORDER BY c DESC LIMIT 10", &[&tenant, &consumer, &from])
+            + count_rows("SELECT avg(status_code >= 400) FROM events WHERE tenant_id = ?1 AND consumer_id = ?2 AND ts_ms >= ?3", &[&tenant, &consumer, &from])
+            + count_rows("SELECT (ts_ms / 3600000) % 24 h, count(*) c FROM events WHERE tenant_id = ?1 AND consumer_id = ?2 AND ts_ms >= ?3 GROUP BY h ORDER BY c DESC LIMIT 1", &[&tenant, &consumer, &from])
+    })));
+    out.push(("Q4 consumers above 10 % errors, 24 h".into(), time_ms(|| count_rows(
+        "SELECT consumer_id, avg(status_code >= 400) r FROM events WHERE tenant_id = ?1 AND category = 'request' AND ts_ms >= ?2
+         GROUP BY consumer_id HAVING r > 0.10",
+        &[&tenant, &(end_ms - day)]))));
+    out.push(("Q5 p95/p99 per consumer, 7 days (in Rust)".into(), time_ms(|| {
+        let mut stmt = conn.prepare_cached(
+            "SELECT consumer_id, latency_us FROM events WHERE tenant_id = ?1 AND category = 'request' AND ts_ms >= ?2").unwrap();
+        let mut by: std::collections::HashMap<String, Vec<u64>> = std::collections::HashMap::new();
+        let mut rows = stmt.query(rusqlite::params![tenant, end_ms - 7 * day]).unwrap();
+        while let Some(row) = rows.next().unwrap() {
+            by.entry(row.get::<_, String>(0).unwrap()).or_default().push(row.get::<_, i64>(1).unwrap() as u64);
+        }
+        for v in by.values_mut() {
+            v.sort_unstable();
+            let _p95 = v[(v.len() * 95 / 100).min(v.len() - 1)];
+            let _p99 = v[(v.len() * 99 / 100).min(v.len() - 1)];
+        }
+        by.len() as u64
+    })));
+    let q6 = EventFilter { tenant_id: tenant.into(), category: Some(Category::Request), from_ms: Some(end_ms - day), to_ms: Some(end_ms), ..EventFilter::default() };
+    let (ms, rows) = time_ms(|| {
+        let mut buf = String::new();
+        let mut n = 0;
+        reader.scan(&q6, None, |e| {
+            keytrail::audit::views::csv_line(&e, &mut buf);
+            if buf.len() > 1 << 20 { buf.clear(); }
+            n += 1;
+            true
+        }).unwrap();
+        n
+    });
+    out.push(("Q6 one tenant-day as CSV (export path)".into(), (ms, rows)));
+    out.into_iter().map(|(name, (ms, rows))| (name, ms, rows)).collect()
+}
+
+// ---------- PostgreSQL ----------
+
+fn psql(args: &[String], input: &str) -> String {
+    let mut child = Command::new("psql")
+        .args(args)
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("psql must be installed (apt-get install postgresql-client)");
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "psql failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+const PG_TABLE: &str = "keytrail_bench_events";
+
+fn pg_ingest(pg: &[String], work: &Path, total: u64, days: u64) -> (f64, f64) {
+    // The same rows as CSV, written before the clock starts.
+    let csv = work.join("events.csv");
+    {
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&csv).unwrap());
+        let mut generator = Generator::new(total, days);
+        for seq in 1..=total {
+            let e = generator.event();
+            let q = |v: &Option<String>| v.clone().unwrap_or_default().replace('"', "\"\"");
+            writeln!(
+                out,
+                "{},{},{},{},request,request,{},{},\"{}\",{},\"{}\",{},\"{}\",{},\"{}\",{},{},\"{}\",{},{},{},\"{}\",\"{}\",\"{}\",\\x{}",
+                e.tenant_id, seq, e.event_id, e.timestamp_ms, q(&e.request_id), q(&e.consumer_id), q(&e.consumer_name), q(&e.api_id),
+                q(&e.key_hint), q(&e.key_id), q(&e.actor), q(&e.method), q(&e.path), e.status_code.unwrap_or(0), e.latency_us.unwrap_or(0),
+                q(&e.user_agent), e.request_size_bytes.unwrap_or(0), e.response_size_bytes.unwrap_or(0), e.upstream_latency_us.unwrap_or(0),
+                q(&e.client_ip), q(&e.error_code), e.outcome,
+                keytrail::event::to_hex(&e.chain_hash(&[0; 32]))
+            )
+            .unwrap();
+        }
+    }
+    psql(pg, &format!(
+        "DROP TABLE IF EXISTS {PG_TABLE};
+         CREATE TABLE {PG_TABLE} (tenant_id text, seq bigint, event_id text, ts_ms bigint, category text, event_type text,
+           request_id text, consumer_id text, consumer_name text, api_id text, key_hint text, key_id text, actor text, method text, path text,
+           status_code int, latency_us bigint, user_agent text, request_size_bytes bigint, response_size_bytes bigint,
+           upstream_latency_us bigint, client_ip text, error_code text, outcome text, hash bytea,
+           PRIMARY KEY (tenant_id, seq));
+         CREATE INDEX ON {PG_TABLE} (tenant_id, category, ts_ms);
+         CREATE INDEX ON {PG_TABLE} (tenant_id, consumer_id, ts_ms);"));
+    let t = Instant::now();
+    psql(pg, &format!("\\copy {PG_TABLE} FROM '{}' WITH (FORMAT csv)\n", csv.display()));
+    let elapsed = t.elapsed().as_secs_f64();
+    psql(pg, &format!("VACUUM ANALYZE {PG_TABLE};"));
+    let size: f64 = psql(pg, &format!("\\t\nSELECT pg_total_relation_size('{PG_TABLE}');")).trim().parse().unwrap_or(0.0);
+    let _ = std::fs::remove_file(&csv);
+    (total as f64 / elapsed, size / total as f64)
+}
+
+fn pg_queries(pg: &[String], end_ms: i64) -> Vec<(f64, u64)> {
+    let hour = 3_600_000i64;
+    let day = 24 * hour;
+    let t = PG_TABLE;
+    let (tenant, consumer) = ("'tenant-00'", "'cons_00_0000'");
+    let queries = [
+        format!("SELECT * FROM {t} WHERE tenant_id = {tenant} AND category = 'request' AND consumer_id = {consumer} AND ts_ms BETWEEN {} AND {end_ms} ORDER BY ts_ms DESC, seq DESC LIMIT 500", end_ms - hour),
+        format!("SELECT path, count(*), sum((status_code >= 400)::int), count(DISTINCT consumer_id) FROM {t} WHERE tenant_id = {tenant} AND category = 'request' AND ts_ms BETWEEN {} AND {end_ms} GROUP BY path", end_ms - hour),
+        format!("SELECT method, count(*) FROM {t} WHERE tenant_id = {tenant} AND consumer_id = {consumer} AND ts_ms >= {f} GROUP BY method;
+                 SELECT path, count(*) c FROM {t} WHERE tenant_id = {tenant} AND consumer_id = {consumer} AND ts_ms >= {f} GROUP BY path ORDER BY c DESC LIMIT 10;
+                 SELECT avg((status_code >= 400)::int) FROM {t} WHERE tenant_id = {tenant} AND consumer_id = {consumer} AND ts_ms >= {f};
+                 SELECT (ts_ms / 3600000) % 24 h, count(*) c FROM {t} WHERE tenant_id = {tenant} AND consumer_id = {consumer} AND ts_ms >= {f} GROUP BY h ORDER BY c DESC LIMIT 1", f = end_ms - 14 * day),
+        format!("SELECT consumer_id, avg((status_code >= 400)::int) r FROM {t} WHERE tenant_id = {tenant} AND category = 'request' AND ts_ms >= {} GROUP BY consumer_id HAVING avg((status_code >= 400)::int) > 0.10", end_ms - day),
+        format!("SELECT consumer_id, percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_us), percentile_cont(0.99) WITHIN GROUP (ORDER BY latency_us) FROM {t} WHERE tenant_id = {tenant} AND category = 'request' AND ts_ms >= {} GROUP BY consumer_id", end_ms - 7 * day),
+        format!("COPY (SELECT * FROM {t} WHERE tenant_id = {tenant} AND category = 'request' AND ts_ms BETWEEN {} AND {end_ms} ORDER BY ts_ms DESC, seq DESC) TO STDOUT WITH (FORMAT csv)", end_ms - day),
+    ];
+    queries
+        .iter()
+        .map(|q| {
+            // One session per query: a warm-up run, then five timed runs.
+            let script = format!("\\o /dev/null\n{q};\n\\timing on\n{q};\n{q};\n{q};\n{q};\n{q};\n");
+            let out = psql(pg, &script);
+            let statements = q.matches(';').count() + 1;
+            let times: Vec<f64> = out
+                .lines()
+                .filter_map(|l| l.strip_prefix("Time: "))
+                .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+                .collect();
+            // Sum the statements of each run (Q3 is four statements).
+            let runs: Vec<f64> = times.chunks(statements).map(|c| c.iter().sum()).collect();
+            let rows: u64 = psql(pg, &format!("\\t\nSELECT count(*) FROM ({}) x;", q.split(';').next().unwrap().replace("COPY (", "").replace(") TO STDOUT WITH (FORMAT csv)", "")))
+                .trim()
+                .parse()
+                .unwrap_or(0);
+            (median(runs), rows)
+        })
+        .collect()
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
+    let mut total = 1_000_000u64;
+    let mut days = 14u64;
+    let mut use_pg = true;
+    let mut pg: Vec<String> = "-h 127.0.0.1 -U postgres -d postgres".split(' ').map(String::from).collect();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--events" => total = args.next().and_then(|v| v.replace('_', "").parse().ok()).expect("--events N"),
+            "--days" => days = args.next().and_then(|v| v.parse().ok()).expect("--days D"),
+            "--smoke" => total = 20_000,
+            "--no-pg" => use_pg = false,
+            "--pg" => pg = args.next().expect("--pg ARGS").split_whitespace().map(String::from).collect(),
+            other => panic!("unknown option {other}; see the top of benches/store.rs"),
+        }
+    }
+    let work: PathBuf = std::env::temp_dir().join(format!("keytrail-store-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work).unwrap();
+    let end_ms = START_MS + (days * 86_400_000) as i64;
+
+    println!("store benchmark: {total} events over {days} days");
+    let gen_cpu = generator_cpu_us(total, days);
+    let kt = ingest_keytrail(&work, total, days);
+    let kt_queries = queries_keytrail(&work.join("audit.db"), end_ms);
+    let pg_result = use_pg.then(|| {
+        let (rate, bytes) = pg_ingest(&pg, &work, total, days);
+        (rate, bytes, pg_queries(&pg, end_ms))
+    });
+
+    println!("\n### ingest ({total} events)\n");
+    println!("| store | events/s | bytes/event | CPU µs/event |");
+    println!("| --- | --- | --- | --- |");
+    println!(
+        "| keytrail (SQLite, chain + indexes) | {:.0} | {:.0} | {:.1} (of which generating {:.1}) |",
+        kt.events_per_s, kt.bytes_per_event, kt.cpu_us_per_event, gen_cpu
+    );
+    if let Some((rate, bytes, _)) = &pg_result {
+        println!("| PostgreSQL COPY (same rows, same indexes) | {rate:.0} | {bytes:.0} | - |");
+        println!("\nkeytrail / PostgreSQL ingest: {:.2}x", kt.events_per_s / rate);
+    }
+    let per_million: Vec<String> = kt.per_million.iter().map(|r| format!("{:.0}k", r / 1000.0)).collect();
+    println!("keytrail committed events/s per million, first to last: {}", per_million.join(", "));
+
+    println!("\n### queries (median of 5 warm runs, ms)\n");
+    println!("| query | keytrail | PostgreSQL | rows |");
+    println!("| --- | --- | --- | --- |");
+    for (i, (name, ms, rows)) in kt_queries.iter().enumerate() {
+        let pg_ms = pg_result.as_ref().map(|(_, _, q)| format!("{:.1}", q[i].0)).unwrap_or("-".into());
+        println!("| {name} | {ms:.1} | {pg_ms} | {rows} |");
+    }
+    let (q6_ms, q6_rows) = (kt_queries[5].1, kt_queries[5].2);
+    print!("\nQ6 export rate: keytrail {:.0} rows/s", q6_rows as f64 / (q6_ms / 1000.0));
+    if let Some((_, _, q)) = &pg_result {
+        print!(", PostgreSQL {:.0} rows/s", q[5].1 as f64 / (q[5].0 / 1000.0));
+    }
+    println!(
+        "\n\nmachine: {} CPUs; {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        chrono::Utc::now().format("%Y-%m-%d")
+    );
+    if use_pg {
+        psql(&pg, &format!("DROP TABLE IF EXISTS {PG_TABLE};"));
+    }
+    let _ = std::fs::remove_dir_all(&work);
+}
