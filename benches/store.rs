@@ -279,8 +279,7 @@ fn generator_cpu_us(total: u64, days: u64) -> f64 {
 fn queries_keytrail(db: &Path, end_ms: i64) -> Vec<(String, f64, u64)> {
     let hour = 3_600_000i64;
     let day = 24 * hour;
-    let tenant = "tenant-00";
-    let consumer = "cons_00_0000";
+    let (tenant, consumer) = ("tenant-00", "cons_00_0000");
     let conn = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
     let count_rows = |sql: &str, params: &[&dyn rusqlite::ToSql]| -> u64 {
         let mut stmt = conn.prepare_cached(sql).unwrap();
@@ -292,12 +291,16 @@ fn queries_keytrail(db: &Path, end_ms: i64) -> Vec<(String, f64, u64)> {
         n
     };
     let mut out = Vec::new();
+    // Interned strings: filter and group by their ids (names are resolved for the few result rows).
+    let id_of = |v: &str| -> i64 { conn.query_row("SELECT id FROM strings WHERE value = ?1", [v], |r| r.get(0)).unwrap() };
+    let (tenant_id, consumer_id, request_id) = (id_of(tenant), id_of(consumer), id_of("request"));
+    let (tenant, consumer) = (&tenant_id, &consumer_id);
 
     let reader = AuditReader::open(db).unwrap();
     let q1 = EventFilter {
-        tenant_id: tenant.into(),
+        tenant_id: "tenant-00".into(),
         category: Some(Category::Request),
-        consumer_id: Some(consumer.into()),
+        consumer_id: Some("cons_00_0000".into()),
         from_ms: Some(end_ms - hour),
         to_ms: Some(end_ms),
         ..EventFilter::default()
@@ -308,27 +311,27 @@ fn queries_keytrail(db: &Path, end_ms: i64) -> Vec<(String, f64, u64)> {
         n
     })));
     out.push(("Q2 tenant, 1 h, by path".into(), time_ms(|| count_rows(
-        "SELECT path, count(*), sum(status_code >= 400), count(DISTINCT consumer_id) FROM events
-         WHERE tenant_id = ?1 AND category = 'request' AND ts_ms BETWEEN ?2 AND ?3 GROUP BY path",
-        &[&tenant, &(end_ms - hour), &end_ms]))));
+        "SELECT path, count(*), sum(status_code >= 400), count(DISTINCT consumer) FROM events
+         WHERE tenant = ?1 AND category = ?4 AND ts_ms BETWEEN ?2 AND ?3 GROUP BY path",
+        &[tenant, &(end_ms - hour), &end_ms, &request_id]))));
     out.push(("Q3 consumer profile, 14 days".into(), time_ms(|| {
         let from = end_ms - 14 * day;
-        count_rows("SELECT method, count(*) FROM events WHERE tenant_id = ?1 AND consumer_id = ?2 AND ts_ms >= ?3 GROUP BY method", &[&tenant, &consumer, &from])
-            + count_rows("SELECT path, count(*) c FROM events WHERE tenant_id = ?1 AND consumer_id = ?2 AND ts_ms >= ?3 GROUP BY path ORDER BY c DESC LIMIT 10", &[&tenant, &consumer, &from])
-            + count_rows("SELECT avg(status_code >= 400) FROM events WHERE tenant_id = ?1 AND consumer_id = ?2 AND ts_ms >= ?3", &[&tenant, &consumer, &from])
-            + count_rows("SELECT (ts_ms / 3600000) % 24 h, count(*) c FROM events WHERE tenant_id = ?1 AND consumer_id = ?2 AND ts_ms >= ?3 GROUP BY h ORDER BY c DESC LIMIT 1", &[&tenant, &consumer, &from])
+        count_rows("SELECT method, count(*) FROM events WHERE tenant = ?1 AND consumer = ?2 AND ts_ms >= ?3 GROUP BY method", &[tenant, consumer, &from])
+            + count_rows("SELECT path, count(*) c FROM events WHERE tenant = ?1 AND consumer = ?2 AND ts_ms >= ?3 GROUP BY path ORDER BY c DESC LIMIT 10", &[tenant, consumer, &from])
+            + count_rows("SELECT avg(status_code >= 400) FROM events WHERE tenant = ?1 AND consumer = ?2 AND ts_ms >= ?3", &[tenant, consumer, &from])
+            + count_rows("SELECT (ts_ms / 3600000) % 24 h, count(*) c FROM events WHERE tenant = ?1 AND consumer = ?2 AND ts_ms >= ?3 GROUP BY h ORDER BY c DESC LIMIT 1", &[tenant, consumer, &from])
     })));
     out.push(("Q4 consumers above 10 % errors, 24 h".into(), time_ms(|| count_rows(
-        "SELECT consumer_id, avg(status_code >= 400) r FROM events WHERE tenant_id = ?1 AND category = 'request' AND ts_ms >= ?2
-         GROUP BY consumer_id HAVING r > 0.10",
-        &[&tenant, &(end_ms - day)]))));
+        "SELECT consumer, avg(status_code >= 400) r FROM events WHERE tenant = ?1 AND category = ?3 AND ts_ms >= ?2
+         GROUP BY consumer HAVING r > 0.10",
+        &[tenant, &(end_ms - day), &request_id]))));
     out.push(("Q5 p95/p99 per consumer, 7 days (in Rust)".into(), time_ms(|| {
         let mut stmt = conn.prepare_cached(
-            "SELECT consumer_id, latency_us FROM events WHERE tenant_id = ?1 AND category = 'request' AND ts_ms >= ?2").unwrap();
-        let mut by: std::collections::HashMap<String, Vec<u64>> = std::collections::HashMap::new();
-        let mut rows = stmt.query(rusqlite::params![tenant, end_ms - 7 * day]).unwrap();
+            "SELECT consumer, latency_us FROM events WHERE tenant = ?1 AND category = ?3 AND ts_ms >= ?2").unwrap();
+        let mut by: std::collections::HashMap<i64, Vec<u64>> = std::collections::HashMap::new();
+        let mut rows = stmt.query(rusqlite::params![tenant, end_ms - 7 * day, request_id]).unwrap();
         while let Some(row) = rows.next().unwrap() {
-            by.entry(row.get::<_, String>(0).unwrap()).or_default().push(row.get::<_, i64>(1).unwrap() as u64);
+            by.entry(row.get::<_, i64>(0).unwrap()).or_default().push(row.get::<_, i64>(1).unwrap() as u64);
         }
         for v in by.values_mut() {
             v.sort_unstable();
@@ -337,7 +340,7 @@ fn queries_keytrail(db: &Path, end_ms: i64) -> Vec<(String, f64, u64)> {
         }
         by.len() as u64
     })));
-    let q6 = EventFilter { tenant_id: tenant.into(), category: Some(Category::Request), from_ms: Some(end_ms - day), to_ms: Some(end_ms), ..EventFilter::default() };
+    let q6 = EventFilter { tenant_id: "tenant-00".into(), category: Some(Category::Request), from_ms: Some(end_ms - day), to_ms: Some(end_ms), ..EventFilter::default() };
     let (ms, rows) = time_ms(|| {
         let mut buf = String::new();
         let mut n = 0;

@@ -1,58 +1,72 @@
 //! The embedded audit store: one SQLite table of events, keyed by
-//! `(tenant_id, seq)`, each row with its chain hash.
+//! `(tenant, seq)`, each row with its chain hash.
+//!
+//! Physical design (measured with `benches/store.rs`, see ARCHITECTURE.md):
+//! - Repeated strings (tenant, consumer, api, key, path, method, client IP,
+//!   user agent, outcome, codes…) are interned into the `strings` table and
+//!   stored as small integers. The writer keeps the dictionary in memory.
+//! - Event and request ids that are UUIDs are stored as 16-byte blobs (other
+//!   request ids as text; SQLite columns accept both).
+//! - One clustered table (`WITHOUT ROWID`, primary key `(tenant, seq)`) and two
+//!   secondary indexes: by category and time, and by consumer and time.
 //!
 //! [`AuditWriterStore`] is owned by the audit writer thread and is the only
 //! code that inserts; [`AuditReader`] is opened per query. WAL mode lets the
 //! readers run while the writer commits.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::Path;
 
-use rusqlite::types::Value;
-use rusqlite::{params, Connection};
+use rusqlite::types::{Value, ValueRef};
+use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{open, StoreError};
 use crate::event::{Category, Event};
 
 const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS strings (
+    id INTEGER PRIMARY KEY,
+    value TEXT NOT NULL UNIQUE
+);
 CREATE TABLE IF NOT EXISTS events (
-    tenant_id TEXT NOT NULL,
+    tenant INTEGER NOT NULL,
     seq INTEGER NOT NULL,
-    event_id TEXT NOT NULL,
+    event_id BLOB NOT NULL,
     ts_ms INTEGER NOT NULL,
-    category TEXT NOT NULL,
-    event_type TEXT NOT NULL,
-    request_id TEXT,
-    actor TEXT,
-    target TEXT,
-    outcome TEXT NOT NULL,
-    consumer_id TEXT,
-    consumer_name TEXT,
-    api_id TEXT,
-    key_id TEXT,
-    key_hint TEXT,
-    method TEXT,
-    path TEXT,
+    category INTEGER NOT NULL,
+    event_type INTEGER NOT NULL,
+    request_id BLOB,
+    actor INTEGER,
+    target INTEGER,
+    outcome INTEGER NOT NULL,
+    consumer INTEGER,
+    consumer_name INTEGER,
+    api INTEGER,
+    key_id INTEGER,
+    key_hint INTEGER,
+    method INTEGER,
+    path INTEGER,
     status_code INTEGER,
     latency_us INTEGER,
     upstream_latency_us INTEGER,
     request_size_bytes INTEGER,
     response_size_bytes INTEGER,
-    client_ip TEXT,
-    user_agent TEXT,
-    country TEXT,
-    error_code TEXT,
-    error_message TEXT,
+    client_ip INTEGER,
+    user_agent INTEGER,
+    country INTEGER,
+    error_code INTEGER,
+    error_message INTEGER,
     details TEXT,
     hash BLOB NOT NULL,
-    PRIMARY KEY (tenant_id, seq)
+    PRIMARY KEY (tenant, seq)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS events_category_time ON events(tenant_id, category, ts_ms, seq);
-CREATE INDEX IF NOT EXISTS events_consumer_time ON events(tenant_id, consumer_id, ts_ms) WHERE consumer_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS events_category_time ON events(tenant, category, ts_ms, seq);
+CREATE INDEX IF NOT EXISTS events_consumer_time ON events(tenant, consumer, ts_ms) WHERE consumer IS NOT NULL;
 ";
 
-const COLUMNS: &str = "tenant_id, seq, event_id, ts_ms, category, event_type, request_id, actor, target, outcome, \
-    consumer_id, consumer_name, api_id, key_id, key_hint, method, path, status_code, latency_us, \
+const COLUMNS: &str = "tenant, seq, event_id, ts_ms, category, event_type, request_id, actor, target, outcome, \
+    consumer, consumer_name, api, key_id, key_hint, method, path, status_code, latency_us, \
     upstream_latency_us, request_size_bytes, response_size_bytes, client_ip, user_agent, country, \
     error_code, error_message, details, hash";
 
@@ -70,20 +84,68 @@ pub struct ChainHead {
     pub hash: [u8; 32],
 }
 
+/// A UUID string as 16 bytes when it is one, otherwise the text itself.
+fn id_value(id: &str) -> Value {
+    match uuid::Uuid::try_parse(id) {
+        Ok(u) if u.hyphenated().to_string() == id => Value::Blob(u.as_bytes().to_vec()),
+        _ => Value::Text(id.to_string()),
+    }
+}
+
+fn id_text(value: ValueRef<'_>) -> Option<String> {
+    match value {
+        ValueRef::Blob(b) => uuid::Uuid::from_slice(b).ok().map(|u| u.hyphenated().to_string()),
+        ValueRef::Text(t) => Some(String::from_utf8_lossy(t).into_owned()),
+        _ => None,
+    }
+}
+
 pub struct AuditWriterStore {
     conn: Connection,
+    /// The writer's copy of the `strings` dictionary.
+    interned: HashMap<String, i64>,
+}
+
+/// Looks a string up in the dictionary, adding it when new.
+fn intern(
+    interned: &mut HashMap<String, i64>,
+    tx: &rusqlite::Transaction<'_>,
+    value: &str,
+) -> Result<i64, StoreError> {
+    if let Some(id) = interned.get(value) {
+        return Ok(*id);
+    }
+    tx.prepare_cached("INSERT INTO strings (value) VALUES (?1)")?.execute([value])?;
+    let id = tx.last_insert_rowid();
+    interned.insert(value.to_string(), id);
+    Ok(id)
+}
+
+fn intern_opt(
+    interned: &mut HashMap<String, i64>,
+    tx: &rusqlite::Transaction<'_>,
+    value: &Option<String>,
+) -> Result<Option<i64>, StoreError> {
+    value.as_deref().map(|v| intern(interned, tx, v)).transpose()
 }
 
 impl AuditWriterStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let conn = open(path)?;
         conn.execute_batch(SCHEMA)?;
-        Ok(AuditWriterStore { conn })
+        let interned = {
+            let mut stmt = conn.prepare("SELECT value, id FROM strings")?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+            rows.collect::<Result<HashMap<_, _>, _>>()?
+        };
+        Ok(AuditWriterStore { conn, interned })
     }
 
     /// The head of every tenant's chain, to continue numbering after a restart.
     pub fn load_heads(&self) -> Result<HashMap<String, ChainHead>, StoreError> {
-        let mut stmt = self.conn.prepare("SELECT tenant_id, max(seq), hash FROM events GROUP BY tenant_id")?;
+        let mut stmt = self.conn.prepare(
+            "SELECT s.value, max(e.seq), e.hash FROM events e JOIN strings s ON s.id = e.tenant GROUP BY e.tenant",
+        )?;
         let rows = stmt.query_map([], |r| {
             let hash: Vec<u8> = r.get(2)?;
             Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64, hash))
@@ -102,48 +164,80 @@ impl AuditWriterStore {
     /// Inserts a batch of sequenced, hashed events in one transaction.
     pub fn insert_batch(&mut self, batch: &[StoredEvent]) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
-        {
+        let interned = &mut self.interned;
+        // A failed transaction must not leave ids in the cache that the store never kept.
+        let before = interned.len();
+        let result = (|| -> Result<(), StoreError> {
             let mut stmt = tx.prepare_cached(&format!(
                 "INSERT INTO events ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, \
                  ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29)"
             ))?;
             for stored in batch {
                 let e = &stored.event;
+                let tenant = intern(interned, &tx, &e.tenant_id)?;
+                let category = intern(interned, &tx, e.category().as_str())?;
+                let event_type = intern(interned, &tx, &e.event_type)?;
+                let outcome = intern(interned, &tx, &e.outcome)?;
+                let actor = intern_opt(interned, &tx, &e.actor)?;
+                let target = intern_opt(interned, &tx, &e.target)?;
+                let consumer = intern_opt(interned, &tx, &e.consumer_id)?;
+                let consumer_name = intern_opt(interned, &tx, &e.consumer_name)?;
+                let api = intern_opt(interned, &tx, &e.api_id)?;
+                let key_id = intern_opt(interned, &tx, &e.key_id)?;
+                let key_hint = intern_opt(interned, &tx, &e.key_hint)?;
+                let method = intern_opt(interned, &tx, &e.method)?;
+                let path = intern_opt(interned, &tx, &e.path)?;
+                let client_ip = intern_opt(interned, &tx, &e.client_ip)?;
+                let user_agent = intern_opt(interned, &tx, &e.user_agent)?;
+                let country = intern_opt(interned, &tx, &e.country)?;
+                let error_code = intern_opt(interned, &tx, &e.error_code)?;
+                let error_message = intern_opt(interned, &tx, &e.error_message)?;
                 stmt.execute(params![
-                    e.tenant_id,
+                    tenant,
                     e.seq as i64,
-                    e.event_id,
+                    id_value(&e.event_id),
                     e.timestamp_ms,
-                    e.category().as_str(),
-                    e.event_type,
-                    e.request_id,
-                    e.actor,
-                    e.target,
-                    e.outcome,
-                    e.consumer_id,
-                    e.consumer_name,
-                    e.api_id,
-                    e.key_id,
-                    e.key_hint,
-                    e.method,
-                    e.path,
+                    category,
+                    event_type,
+                    e.request_id.as_deref().map(id_value),
+                    actor,
+                    target,
+                    outcome,
+                    consumer,
+                    consumer_name,
+                    api,
+                    key_id,
+                    key_hint,
+                    method,
+                    path,
                     e.status_code,
                     e.latency_us.map(|v| v as i64),
                     e.upstream_latency_us.map(|v| v as i64),
                     e.request_size_bytes.map(|v| v as i64),
                     e.response_size_bytes.map(|v| v as i64),
-                    e.client_ip,
-                    e.user_agent,
-                    e.country,
-                    e.error_code,
-                    e.error_message,
+                    client_ip,
+                    user_agent,
+                    country,
+                    error_code,
+                    error_message,
                     e.details.as_ref().map(|d| d.to_string()),
                     stored.hash.as_slice(),
                 ])?;
             }
+            Ok(())
+        })();
+        match result.and_then(|()| tx.commit().map_err(StoreError::from)) {
+            Ok(()) => Ok(()),
+            Err(error) => {
+                if self.interned.len() != before {
+                    self.interned.clear();
+                    let mut stmt = self.conn.prepare("SELECT value, id FROM strings")?;
+                    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+                    self.interned = rows.collect::<Result<HashMap<_, _>, _>>()?;
+                }
+                Err(error)
+            }
         }
-        tx.commit()?;
-        Ok(())
     }
 }
 
@@ -168,21 +262,22 @@ pub struct EventFilter {
 
 impl EventFilter {
     fn to_sql(&self) -> (String, Vec<Value>) {
-        let mut clauses = vec!["tenant_id = ?".to_string()];
+        // Interned columns compare against the string's id, found once by a scalar subquery.
+        let mut clauses = vec!["tenant = (SELECT id FROM strings WHERE value = ?)".to_string()];
         let mut values = vec![Value::Text(self.tenant_id.clone())];
-        let mut text = |clause: &str, v: &Option<String>| {
+        let mut text = |column: &str, v: Option<String>| {
             if let Some(v) = v {
-                clauses.push(clause.to_string());
-                values.push(Value::Text(v.clone()));
+                clauses.push(format!("{column} = (SELECT id FROM strings WHERE value = ?)"));
+                values.push(Value::Text(v));
             }
         };
-        text("category = ?", &self.category.map(|c| c.as_str().to_string()));
-        text("event_type = ?", &self.event_type);
-        text("consumer_id = ?", &self.consumer_id);
-        text("api_id = ?", &self.api_id);
-        text("method = ?", &self.method);
+        text("category", self.category.map(|c| c.as_str().to_string()));
+        text("event_type", self.event_type.clone());
+        text("consumer", self.consumer_id.clone());
+        text("api", self.api_id.clone());
+        text("method", self.method.clone());
         if let Some(prefix) = &self.path_prefix {
-            clauses.push("substr(path, 1, ?) = ?".into());
+            clauses.push("path IN (SELECT id FROM strings WHERE substr(value, 1, ?) = ?)".into());
             values.push(Value::Integer(prefix.chars().count() as i64));
             values.push(Value::Text(prefix.clone()));
         }
@@ -204,49 +299,11 @@ impl EventFilter {
     }
 }
 
-fn row_to_stored(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
-    let category: String = r.get(4)?;
-    let details: Option<String> = r.get(27)?;
-    let hash: Vec<u8> = r.get(28)?;
-    let u = |i: usize| -> rusqlite::Result<Option<u64>> { Ok(r.get::<_, Option<i64>>(i)?.map(|v| v as u64)) };
-    Ok(StoredEvent {
-        event: Event {
-            tenant_id: r.get(0)?,
-            seq: r.get::<_, i64>(1)? as u64,
-            event_id: r.get(2)?,
-            timestamp_ms: r.get(3)?,
-            category: Category::parse(&category),
-            event_type: r.get(5)?,
-            request_id: r.get(6)?,
-            actor: r.get(7)?,
-            target: r.get(8)?,
-            outcome: r.get(9)?,
-            consumer_id: r.get(10)?,
-            consumer_name: r.get(11)?,
-            api_id: r.get(12)?,
-            key_id: r.get(13)?,
-            key_hint: r.get(14)?,
-            method: r.get(15)?,
-            path: r.get(16)?,
-            status_code: r.get(17)?,
-            latency_us: u(18)?,
-            upstream_latency_us: u(19)?,
-            request_size_bytes: u(20)?,
-            response_size_bytes: u(21)?,
-            client_ip: r.get(22)?,
-            user_agent: r.get(23)?,
-            country: r.get(24)?,
-            error_code: r.get(25)?,
-            error_message: r.get(26)?,
-            details: details.and_then(|d| serde_json::from_str(&d).ok()),
-        },
-        hash: hash.try_into().unwrap_or([0; 32]),
-    })
-}
-
 /// A read-only view of the audit store, opened per query.
 pub struct AuditReader {
     conn: Connection,
+    /// Strings resolved so far; a scan meets few distinct ones.
+    names: RefCell<HashMap<i64, String>>,
 }
 
 impl AuditReader {
@@ -256,7 +313,63 @@ impl AuditReader {
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        Ok(AuditReader { conn })
+        Ok(AuditReader { conn, names: RefCell::new(HashMap::new()) })
+    }
+
+    fn name(&self, id: Option<i64>) -> rusqlite::Result<Option<String>> {
+        let Some(id) = id else { return Ok(None) };
+        if let Some(name) = self.names.borrow().get(&id) {
+            return Ok(Some(name.clone()));
+        }
+        let name: Option<String> = self
+            .conn
+            .prepare_cached("SELECT value FROM strings WHERE id = ?1")?
+            .query_row([id], |r| r.get(0))
+            .optional()?;
+        if let Some(name) = &name {
+            self.names.borrow_mut().insert(id, name.clone());
+        }
+        Ok(name)
+    }
+
+    fn row_to_stored(&self, r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
+        let name = |i: usize| -> rusqlite::Result<Option<String>> { self.name(r.get::<_, Option<i64>>(i)?) };
+        let u = |i: usize| -> rusqlite::Result<Option<u64>> { Ok(r.get::<_, Option<i64>>(i)?.map(|v| v as u64)) };
+        let details: Option<String> = r.get(27)?;
+        let hash: Vec<u8> = r.get(28)?;
+        Ok(StoredEvent {
+            event: Event {
+                tenant_id: name(0)?.unwrap_or_default(),
+                seq: r.get::<_, i64>(1)? as u64,
+                event_id: id_text(r.get_ref(2)?).unwrap_or_default(),
+                timestamp_ms: r.get(3)?,
+                category: name(4)?.as_deref().and_then(Category::parse),
+                event_type: name(5)?.unwrap_or_default(),
+                request_id: id_text(r.get_ref(6)?),
+                actor: name(7)?,
+                target: name(8)?,
+                outcome: name(9)?.unwrap_or_default(),
+                consumer_id: name(10)?,
+                consumer_name: name(11)?,
+                api_id: name(12)?,
+                key_id: name(13)?,
+                key_hint: name(14)?,
+                method: name(15)?,
+                path: name(16)?,
+                status_code: r.get(17)?,
+                latency_us: u(18)?,
+                upstream_latency_us: u(19)?,
+                request_size_bytes: u(20)?,
+                response_size_bytes: u(21)?,
+                client_ip: name(22)?,
+                user_agent: name(23)?,
+                country: name(24)?,
+                error_code: name(25)?,
+                error_message: name(26)?,
+                details: details.and_then(|d| serde_json::from_str(&d).ok()),
+            },
+            hash: hash.try_into().unwrap_or([0; 32]),
+        })
     }
 
     /// Calls `each` for every matching event, newest first, stopping after
@@ -277,7 +390,7 @@ impl AuditReader {
         let mut stmt = self.conn.prepare(&sql)?;
         let mut rows = stmt.query(rusqlite::params_from_iter(values))?;
         while let Some(row) = rows.next()? {
-            if !each(row_to_stored(row)?) {
+            if !each(self.row_to_stored(row)?) {
                 break;
             }
         }
@@ -286,8 +399,53 @@ impl AuditReader {
 
     /// Every event of a tenant in chain order (for verification and tests).
     pub fn chain(&self, tenant_id: &str) -> Result<Vec<StoredEvent>, StoreError> {
-        let mut stmt = self.conn.prepare(&format!("SELECT {COLUMNS} FROM events WHERE tenant_id = ?1 ORDER BY seq"))?;
-        let rows = stmt.query_map([tenant_id], row_to_stored)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {COLUMNS} FROM events WHERE tenant = (SELECT id FROM strings WHERE value = ?1) ORDER BY seq"
+        ))?;
+        let mut rows = stmt.query([tenant_id])?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            out.push(self.row_to_stored(row)?);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_round_trip_as_blobs_or_text() {
+        let id = crate::event::new_id();
+        let v = id_value(&id);
+        assert!(matches!(v, Value::Blob(ref b) if b.len() == 16));
+        let Value::Blob(b) = v else { unreachable!() };
+        assert_eq!(id_text(ValueRef::Blob(&b)).unwrap(), id);
+        // Not a canonical UUID: kept as text, exactly.
+        for other in ["req-123", "01A203ED-0EA9-7473-A9C1-9F312C18E909"] {
+            let Value::Text(t) = id_value(other) else { panic!("{other} should stay text") };
+            assert_eq!(t, other);
+        }
+    }
+
+    #[test]
+    fn events_round_trip_exactly_so_the_chain_verifies() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = AuditWriterStore::open(&dir.path().join("a.db")).unwrap();
+        let mut e = Event::new("acme", Category::Request, "request", "success");
+        e.seq = 1;
+        e.request_id = Some("custom-request-id".into());
+        e.path = Some("/docs/ü".into());
+        e.user_agent = Some("ua".into());
+        e.status_code = Some(200);
+        e.latency_us = Some(1234);
+        e.details = Some(serde_json::json!({"a": [1, "x"]}));
+        let hash = e.chain_hash(&crate::event::GENESIS_HASH);
+        store.insert_batch(&[StoredEvent { event: e.clone(), hash }]).unwrap();
+        let back = AuditReader::open(&dir.path().join("a.db")).unwrap().chain("acme").unwrap();
+        assert_eq!(back.len(), 1);
+        assert_eq!(back[0].event, e);
+        assert_eq!(back[0].event.chain_hash(&crate::event::GENESIS_HASH), hash);
     }
 }
