@@ -152,22 +152,21 @@ impl Event {
     }
 
     /// The chain hash of this event given its predecessor's hash:
-    /// SHA-256(previous ‖ canonical bytes), serialised straight into the hasher.
+    /// SHA-256(previous ‖ canonical bytes). The canonical JSON is built in a
+    /// reused per-thread buffer and hashed in one call.
     pub fn chain_hash(&self, previous: &[u8; 32]) -> [u8; 32] {
-        struct HashWriter(Sha256);
-        impl std::io::Write for HashWriter {
-            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-                self.0.update(buf);
-                Ok(buf.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
+        thread_local! {
+            static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
         }
-        let mut writer = HashWriter(Sha256::new());
-        writer.0.update(previous);
-        serde_json::to_writer(&mut writer, self).expect("an event always serialises");
-        writer.0.finalize().into()
+        BUFFER.with(|buffer| {
+            let mut buffer = buffer.borrow_mut();
+            buffer.clear();
+            serde_json::to_writer(&mut *buffer, self).expect("an event always serialises");
+            let mut hasher = Sha256::new();
+            hasher.update(previous);
+            hasher.update(&buffer[..]);
+            hasher.finalize().into()
+        })
     }
 }
 
