@@ -112,7 +112,7 @@ for c in "${CONFIGS[@]}"; do
   taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d1s -H "${HEADER[$c]}" "${URL[$c]}" >/dev/null
 done
 
-RESULTS=$WORK/results.tsv
+RESULTS=${BENCH_RAW:-$WORK/results.tsv}
 : > "$RESULTS"
 TCK=$(getconf CLK_TCK)
 run() { # config connections seconds round
@@ -139,8 +139,11 @@ python3 - "$RESULTS" "$TCK" "$CONNS" <<'PY'
 import re, sys, statistics
 path, tck, conns = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 def ms(v):
-    n, unit = re.match(r"([\d.]+)(us|ms|s)", v).groups()
-    return float(n) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+    m = re.match(r"([\d.]+)(us|ms|s|m)$", v)
+    if not m:
+        raise SystemExit(f"cannot read wrk latency {v!r}")
+    n, unit = m.groups()
+    return float(n) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
 rows = {}
 for line in open(path):
     c, n, rnd, ticks, out = line.rstrip("\n").split("\t")

@@ -21,6 +21,7 @@ use keytrail::audit::AuditPipeline;
 use keytrail::config::{AuditConfig, QueueFullPolicy};
 use keytrail::event::{Category, Event};
 use keytrail::store::audit::{AuditReader, EventFilter};
+use keytrail::store::sketch::LatencySketch;
 
 // ---------- deterministic data ----------
 
@@ -310,33 +311,100 @@ fn queries_keytrail(db: &Path, end_ms: i64) -> Vec<(String, f64, u64)> {
         reader.scan(&q1, Some(500), |_| { n += 1; true }).unwrap();
         n
     })));
-    out.push(("Q2 tenant, 1 h, by path".into(), time_ms(|| count_rows(
-        "SELECT path, count(*), sum(status_code >= 400), count(DISTINCT consumer) FROM events
-         WHERE tenant = ?1 AND category = ?4 AND ts_ms BETWEEN ?2 AND ?3 GROUP BY path",
-        &[tenant, &(end_ms - hour), &end_ms, &request_id]))));
-    out.push(("Q3 consumer profile, 14 days".into(), time_ms(|| {
-        let from = end_ms - 14 * day;
-        count_rows("SELECT method, count(*) FROM events WHERE tenant = ?1 AND consumer = ?2 AND ts_ms >= ?3 GROUP BY method", &[tenant, consumer, &from])
-            + count_rows("SELECT path, count(*) c FROM events WHERE tenant = ?1 AND consumer = ?2 AND ts_ms >= ?3 GROUP BY path ORDER BY c DESC LIMIT 10", &[tenant, consumer, &from])
-            + count_rows("SELECT avg(status_code >= 400) FROM events WHERE tenant = ?1 AND consumer = ?2 AND ts_ms >= ?3", &[tenant, consumer, &from])
-            + count_rows("SELECT (ts_ms / 3600000) % 24 h, count(*) c FROM events WHERE tenant = ?1 AND consumer = ?2 AND ts_ms >= ?3 GROUP BY h ORDER BY c DESC LIMIT 1", &[tenant, consumer, &from])
-    })));
-    out.push(("Q4 consumers above 10 % errors, 24 h".into(), time_ms(|| count_rows(
-        "SELECT consumer, avg(status_code >= 400) r FROM events WHERE tenant = ?1 AND category = ?3 AND ts_ms >= ?2
-         GROUP BY consumer HAVING r > 0.10",
-        &[tenant, &(end_ms - day), &request_id]))));
-    out.push(("Q5 p95/p99 per consumer, 7 days (in Rust)".into(), time_ms(|| {
-        let mut stmt = conn.prepare_cached(
-            "SELECT consumer, latency_us FROM events WHERE tenant = ?1 AND category = ?3 AND ts_ms >= ?2").unwrap();
-        let mut by: std::collections::HashMap<i64, Vec<u64>> = std::collections::HashMap::new();
-        let mut rows = stmt.query(rusqlite::params![tenant, end_ms - 7 * day, request_id]).unwrap();
+    // Q2-Q5 are answered from the hourly rollups the writer maintains. Before
+    // timing them, check once that they give the raw events' answers.
+    let hour_now = end_ms / hour;
+    let rows_of = |sql: &str, params: &[&dyn rusqlite::ToSql]| -> Vec<Vec<String>> {
+        let mut stmt = conn.prepare(sql).unwrap();
+        let n = stmt.column_count();
+        let mut rows = stmt.query(params).unwrap();
+        let mut out = Vec::new();
         while let Some(row) = rows.next().unwrap() {
-            by.entry(row.get::<_, i64>(0).unwrap()).or_default().push(row.get::<_, i64>(1).unwrap() as u64);
+            out.push((0..n).map(|i| format!("{:?}", row.get_ref(i).unwrap())).collect());
         }
-        for v in by.values_mut() {
-            v.sort_unstable();
-            let _p95 = v[(v.len() * 95 / 100).min(v.len() - 1)];
-            let _p99 = v[(v.len() * 99 / 100).min(v.len() - 1)];
+        out.sort();
+        out
+    };
+    assert_eq!(
+        rows_of("SELECT path, count(*), sum(status_code >= 400), count(DISTINCT consumer) FROM events
+                 WHERE tenant = ?1 AND category = ?2 AND ts_ms >= ?3 AND ts_ms < ?4 GROUP BY path",
+                &[tenant, &request_id, &(end_ms - hour), &end_ms]),
+        rows_of("SELECT path, sum(calls), sum(errors), count(DISTINCT consumer) FROM rollup_hourly
+                 WHERE tenant = ?1 AND hour = ?2 GROUP BY path", &[tenant, &(hour_now - 1)]),
+        "Q2 from rollups differs from the raw events"
+    );
+    assert_eq!(
+        rows_of("SELECT consumer, round(avg(status_code >= 400), 9) r FROM events WHERE tenant = ?1 AND category = ?2 AND ts_ms >= ?3
+                 GROUP BY consumer HAVING avg(status_code >= 400) > 0.10", &[tenant, &request_id, &(end_ms - day)]),
+        rows_of("SELECT consumer, round(sum(errors) * 1.0 / sum(calls), 9) r FROM rollup_hourly WHERE tenant = ?1 AND hour >= ?2
+                 GROUP BY consumer HAVING sum(errors) * 1.0 / sum(calls) > 0.10", &[tenant, &(hour_now - 24)]),
+        "Q4 from rollups differs from the raw events"
+    );
+    let sketches = |from_hour: i64| -> std::collections::HashMap<i64, LatencySketch> {
+        let mut stmt = conn.prepare_cached("SELECT consumer, latency FROM rollup_hourly WHERE tenant = ?1 AND hour >= ?2").unwrap();
+        let mut by: std::collections::HashMap<i64, LatencySketch> = std::collections::HashMap::new();
+        let mut rows = stmt.query(rusqlite::params![tenant, from_hour]).unwrap();
+        while let Some(row) = rows.next().unwrap() {
+            let blob = row.get_ref(1).unwrap().as_blob().unwrap();
+            by.entry(row.get::<_, i64>(0).unwrap()).or_default().merge(&LatencySketch::decode(blob).unwrap());
+        }
+        by
+    };
+    {
+        let mut stmt = conn.prepare("SELECT consumer, latency_us FROM events WHERE tenant = ?1 AND category = ?2 AND ts_ms >= ?3").unwrap();
+        let mut exact: std::collections::HashMap<i64, Vec<u64>> = std::collections::HashMap::new();
+        let mut rows = stmt.query(rusqlite::params![tenant, request_id, end_ms - 7 * day]).unwrap();
+        while let Some(row) = rows.next().unwrap() {
+            exact.entry(row.get(0).unwrap()).or_default().push(row.get::<_, i64>(1).unwrap() as u64);
+        }
+        let approx = sketches(hour_now - 7 * 24);
+        assert_eq!(exact.len(), approx.len());
+        for (consumer, mut values) in exact {
+            values.sort_unstable();
+            for q in [0.95, 0.99] {
+                let want = values[((q * values.len() as f64).ceil() as usize).max(1) - 1] as f64;
+                let got = approx[&consumer].quantile(q).unwrap();
+                assert!((got - want).abs() / want <= keytrail::store::sketch::RELATIVE_ERROR + 1e-9, "Q5 p{q}: {got} vs {want}");
+            }
+        }
+    }
+
+    out.push(("Q2 tenant, 1 h, by path (rollups)".into(), time_ms(|| count_rows(
+        "SELECT path, sum(calls), sum(errors), count(DISTINCT consumer) FROM rollup_hourly
+         WHERE tenant = ?1 AND hour = ?2 GROUP BY path",
+        &[tenant, &(hour_now - 1)]))));
+    out.push(("Q3 consumer profile, 14 days (rollups, one scan)".into(), time_ms(|| {
+        // One pass over the consumer's rollup rows gives all four answers.
+        let mut stmt = conn
+            .prepare_cached("SELECT method, path, hour, calls, errors FROM rollup_hourly WHERE tenant = ?1 AND consumer = ?2 AND hour >= ?3")
+            .unwrap();
+        let mut rows = stmt.query(rusqlite::params![tenant, consumer, hour_now - 14 * 24]).unwrap();
+        let (mut by_method, mut by_path) = (std::collections::HashMap::<i64, i64>::new(), std::collections::HashMap::<i64, i64>::new());
+        let (mut by_hour, mut calls, mut errors) = ([0i64; 24], 0i64, 0i64);
+        while let Some(row) = rows.next().unwrap() {
+            let (method, path, h, c, e): (i64, i64, i64, i64, i64) =
+                (row.get(0).unwrap(), row.get(1).unwrap(), row.get(2).unwrap(), row.get(3).unwrap(), row.get(4).unwrap());
+            *by_method.entry(method).or_default() += c;
+            *by_path.entry(path).or_default() += c;
+            by_hour[(h % 24) as usize] += c;
+            calls += c;
+            errors += e;
+        }
+        let mut top: Vec<(i64, i64)> = by_path.into_iter().collect();
+        top.sort_by(|a, b| b.1.cmp(&a.1));
+        top.truncate(10);
+        let busiest = (0..24).max_by_key(|h| by_hour[*h]).unwrap_or(0);
+        std::hint::black_box((errors as f64 / calls.max(1) as f64, busiest));
+        (by_method.len() + top.len() + 2) as u64
+    })));
+    out.push(("Q4 consumers above 10 % errors, 24 h (rollups)".into(), time_ms(|| count_rows(
+        "SELECT consumer, sum(errors) * 1.0 / sum(calls) r FROM rollup_hourly WHERE tenant = ?1 AND hour >= ?2
+         GROUP BY consumer HAVING r > 0.10",
+        &[tenant, &(hour_now - 24)]))));
+    out.push(("Q5 p95/p99 per consumer, 7 days (rollup sketches, ≤1 % error)".into(), time_ms(|| {
+        let by = sketches(hour_now - 7 * 24);
+        for sketch in by.values() {
+            std::hint::black_box((sketch.quantile(0.95), sketch.quantile(0.99)));
         }
         by.len() as u64
     })));

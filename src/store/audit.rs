@@ -23,6 +23,7 @@ use std::path::Path;
 use rusqlite::types::{Value, ValueRef};
 use rusqlite::{params, Connection, OptionalExtension};
 
+use super::sketch::LatencySketch;
 use super::{open, StoreError};
 use crate::event::{Category, Event};
 
@@ -65,7 +66,56 @@ CREATE TABLE IF NOT EXISTS events (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS events_category_time ON events(tenant, category, ts_ms, seq);
 CREATE INDEX IF NOT EXISTS events_consumer_time ON events(tenant, consumer, ts_ms) WHERE consumer IS NOT NULL;
+CREATE TABLE IF NOT EXISTS rollup_hourly (
+    tenant INTEGER NOT NULL,
+    hour INTEGER NOT NULL,
+    consumer INTEGER NOT NULL,
+    path INTEGER NOT NULL,
+    method INTEGER NOT NULL,
+    status_class INTEGER NOT NULL,
+    api INTEGER NOT NULL,
+    calls INTEGER NOT NULL,
+    errors INTEGER NOT NULL,
+    latency_sum_us INTEGER NOT NULL,
+    latency BLOB NOT NULL,
+    PRIMARY KEY (tenant, hour, consumer, path, method, status_class, api)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS rollup_consumer ON rollup_hourly(tenant, consumer, hour);
 ";
+
+/// One row of `rollup_hourly`: request events of one hour with the same
+/// tenant, consumer, path, method, status class and api (interned ids, 0 for none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct RollupKey {
+    tenant: i64,
+    hour: i64,
+    consumer: i64,
+    path: i64,
+    method: i64,
+    status_class: i64,
+    api: i64,
+}
+
+#[derive(Default)]
+struct RollupAgg {
+    calls: i64,
+    errors: i64,
+    latency_sum_us: i64,
+    latency: LatencySketch,
+}
+
+/// `sketch_merge(a, b)`: the SQL function the upsert uses to add a batch's
+/// latency sketch to the stored one.
+fn register_sketch_merge(conn: &Connection) -> rusqlite::Result<()> {
+    use rusqlite::functions::FunctionFlags;
+    conn.create_scalar_function("sketch_merge", 2, FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC, |ctx| {
+        let a: Vec<u8> = ctx.get(0)?;
+        let b: Vec<u8> = ctx.get(1)?;
+        let mut merged = LatencySketch::decode(&a).unwrap_or_default();
+        merged.merge(&LatencySketch::decode(&b).unwrap_or_default());
+        Ok(merged.encode())
+    })
+}
 
 const COLUMNS: &str = "tenant, seq, event_id, ts_ms, category, event_type, request_id, actor, target, outcome, \
     consumer, consumer_name, api, key_id, key_hint, method, path, status_code, latency_us, \
@@ -139,6 +189,7 @@ impl AuditWriterStore {
         // and fewer, larger WAL checkpoints.
         conn.pragma_update(None, "cache_size", -65_536)?;
         conn.pragma_update(None, "wal_autocheckpoint", 10_000)?;
+        register_sketch_merge(&conn)?;
         let interned = {
             let mut stmt = conn.prepare("SELECT value, id FROM strings")?;
             let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
@@ -178,6 +229,7 @@ impl AuditWriterStore {
                 "INSERT INTO events ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, \
                  ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29)"
             ))?;
+            let mut rollups: rustc_hash::FxHashMap<RollupKey, RollupAgg> = rustc_hash::FxHashMap::default();
             for stored in batch {
                 let e = &stored.event;
                 let tenant = intern(interned, &tx, &e.tenant_id)?;
@@ -228,6 +280,38 @@ impl AuditWriterStore {
                     error_message,
                     e.details.as_ref().map(|d| d.to_string()),
                     stored.hash.as_slice(),
+                ])?;
+                if e.category() == Category::Request {
+                    let status = e.status_code.unwrap_or(0);
+                    let key = RollupKey {
+                        tenant,
+                        hour: e.timestamp_ms.div_euclid(3_600_000),
+                        consumer: consumer.unwrap_or(0),
+                        path: path.unwrap_or(0),
+                        method: method.unwrap_or(0),
+                        status_class: i64::from(status / 100),
+                        api: api.unwrap_or(0),
+                    };
+                    let agg = rollups.entry(key).or_default();
+                    agg.calls += 1;
+                    agg.errors += i64::from(status >= 400);
+                    let latency = e.latency_us.unwrap_or(0);
+                    agg.latency_sum_us += latency as i64;
+                    agg.latency.record(latency);
+                }
+            }
+            // Rollups are maintained in the same transaction as the events they count.
+            let mut upsert = tx.prepare_cached(
+                "INSERT INTO rollup_hourly (tenant, hour, consumer, path, method, status_class, api, calls, errors, latency_sum_us, latency)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+                 ON CONFLICT DO UPDATE SET calls = calls + excluded.calls, errors = errors + excluded.errors,
+                   latency_sum_us = latency_sum_us + excluded.latency_sum_us,
+                   latency = sketch_merge(latency, excluded.latency)",
+            )?;
+            for (k, agg) in rollups {
+                upsert.execute(params![
+                    k.tenant, k.hour, k.consumer, k.path, k.method, k.status_class, k.api,
+                    agg.calls, agg.errors, agg.latency_sum_us, agg.latency.encode()
                 ])?;
             }
             Ok(())
@@ -453,5 +537,67 @@ mod tests {
         assert_eq!(back.len(), 1);
         assert_eq!(back[0].event, e);
         assert_eq!(back[0].event.chain_hash(&crate::event::GENESIS_HASH), hash);
+    }
+
+    #[test]
+    fn rollups_equal_a_brute_force_count_across_batches() {
+        use std::collections::BTreeMap;
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("a.db");
+        let mut store = AuditWriterStore::open(&db).unwrap();
+        let mut expected: BTreeMap<(String, i64, String, String, i64), (i64, i64, i64, LatencySketch)> = BTreeMap::new();
+        let mut seq = 0;
+        for batch in 0..3 {
+            let mut rows = Vec::new();
+            for i in 0..500u64 {
+                seq += 1;
+                let mut e = Event::new("acme", Category::Request, "request", "success");
+                e.seq = seq;
+                // Batches overlap in time, so later batches update earlier rows.
+                e.timestamp_ms = 1_800_000_000_000 + ((i * 7_919 + batch * 13) % 3 * 3_600_000) as i64;
+                let consumer = format!("c{}", i % 4);
+                let path = format!("/p{}", i % 3);
+                let status = [200u16, 404, 500][(i % 5 % 3) as usize];
+                e.consumer_id = Some(consumer.clone());
+                e.path = Some(path.clone());
+                e.method = Some("GET".into());
+                e.status_code = Some(status);
+                e.latency_us = Some(100 + i * 37 % 5000);
+                let key = ("acme".to_string(), e.timestamp_ms / 3_600_000, consumer, path, i64::from(status / 100));
+                let entry = expected.entry(key).or_default();
+                entry.0 += 1;
+                entry.1 += i64::from(status >= 400);
+                entry.2 += e.latency_us.unwrap() as i64;
+                entry.3.record(e.latency_us.unwrap());
+                rows.push(StoredEvent { event: e, hash: [0; 32] });
+            }
+            // A security event is not a call and is not counted.
+            seq += 1;
+            let mut sec = Event::new("acme", Category::Security, "auth_failed", "failure");
+            sec.seq = seq;
+            rows.push(StoredEvent { event: sec, hash: [0; 32] });
+            store.insert_batch(&rows).unwrap();
+        }
+        let conn = Connection::open(&db).unwrap();
+        let mut stmt = conn
+            .prepare(
+                "SELECT t.value, r.hour, c.value, p.value, r.status_class, r.calls, r.errors, r.latency_sum_us, r.latency
+                 FROM rollup_hourly r JOIN strings t ON t.id = r.tenant JOIN strings c ON c.id = r.consumer
+                 JOIN strings p ON p.id = r.path",
+            )
+            .unwrap();
+        let got: BTreeMap<_, _> = stmt
+            .query_map([], |r| {
+                let sketch: Vec<u8> = r.get(8)?;
+                Ok((
+                    (r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?, r.get::<_, i64>(4)?),
+                    (r.get::<_, i64>(5)?, r.get::<_, i64>(6)?, r.get::<_, i64>(7)?, LatencySketch::decode(&sketch).unwrap()),
+                ))
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(got.len(), expected.len());
+        assert_eq!(got, expected);
     }
 }

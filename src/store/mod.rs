@@ -10,6 +10,7 @@
 
 pub mod audit;
 pub mod control;
+pub mod sketch;
 
 use rusqlite::Connection;
 use std::path::Path;

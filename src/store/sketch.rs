@@ -1,0 +1,182 @@
+//! A mergeable latency sketch with a bounded relative error.
+//!
+//! Values (microseconds) fall into logarithmic buckets: bucket `b >= 1`
+//! holds values in `(γ^(b-1), γ^b]` with `γ = 1.02`, bucket 0 holds 0. A
+//! quantile is answered with the bucket's representative `2γ^b / (γ + 1)`,
+//! which is within `(γ - 1) / (γ + 1) < 1 %` of every value in the bucket —
+//! so any quantile is within 1 % of the true value at that rank. Sketches
+//! merge by adding counts, so hourly sketches combine into any window.
+//!
+//! Encoding: pairs of LEB128 varints (bucket delta, count), buckets ascending.
+//!
+//! This module does no IO.
+
+use std::collections::BTreeMap;
+
+const GAMMA: f64 = 1.02;
+
+/// The largest relative error of a quantile answer.
+pub const RELATIVE_ERROR: f64 = (GAMMA - 1.0) / (GAMMA + 1.0);
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LatencySketch {
+    counts: BTreeMap<u16, u64>,
+}
+
+fn bucket_of(value: u64) -> u16 {
+    if value == 0 {
+        return 0;
+    }
+    let b = ((value as f64).ln() / GAMMA.ln()).ceil().max(1.0);
+    // Floating error can put an exact power of γ one bucket high; it stays
+    // within the bound either way.
+    b.min(u16::MAX as f64) as u16
+}
+
+fn representative(bucket: u16) -> f64 {
+    if bucket == 0 {
+        0.0
+    } else {
+        2.0 * GAMMA.powi(bucket as i32) / (GAMMA + 1.0)
+    }
+}
+
+fn push_varint(out: &mut Vec<u8>, mut v: u64) {
+    loop {
+        let byte = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+fn read_varint(bytes: &[u8], at: &mut usize) -> Option<u64> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let byte = *bytes.get(*at)?;
+        *at += 1;
+        v |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+impl LatencySketch {
+    pub fn record(&mut self, value_us: u64) {
+        *self.counts.entry(bucket_of(value_us)).or_default() += 1;
+    }
+
+    pub fn merge(&mut self, other: &LatencySketch) {
+        for (bucket, count) in &other.counts {
+            *self.counts.entry(*bucket).or_default() += count;
+        }
+    }
+
+    pub fn count(&self) -> u64 {
+        self.counts.values().sum()
+    }
+
+    /// The value at quantile `q` (0..=1), within [`RELATIVE_ERROR`]; `None` when empty.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        let total = self.count();
+        if total == 0 {
+            return None;
+        }
+        // The rank of the answer, 1-based, as a sorted-array "nearest rank".
+        let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (bucket, count) in &self.counts {
+            seen += count;
+            if seen >= rank {
+                return Some(representative(*bucket));
+            }
+        }
+        self.counts.keys().next_back().map(|b| representative(*b))
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.counts.len() * 3);
+        let mut previous = 0u16;
+        for (bucket, count) in &self.counts {
+            push_varint(&mut out, u64::from(bucket - previous));
+            push_varint(&mut out, *count);
+            previous = *bucket;
+        }
+        out
+    }
+
+    /// Decodes an encoded sketch; `None` for bytes that are not one.
+    pub fn decode(bytes: &[u8]) -> Option<LatencySketch> {
+        let mut counts = BTreeMap::new();
+        let mut at = 0;
+        let mut bucket = 0u64;
+        while at < bytes.len() {
+            bucket += read_varint(bytes, &mut at)?;
+            let count = read_varint(bytes, &mut at)?;
+            counts.insert(u16::try_from(bucket).ok()?, count);
+        }
+        Some(LatencySketch { counts })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The nearest-rank quantile of sorted values, the exact answer.
+    fn exact(sorted: &[u64], q: f64) -> f64 {
+        let rank = ((q * sorted.len() as f64).ceil() as usize).max(1);
+        sorted[rank - 1] as f64
+    }
+
+    #[test]
+    fn quantiles_are_within_the_stated_error() {
+        let mut x = 12345u64;
+        let mut values = Vec::new();
+        let mut sketch = LatencySketch::default();
+        for _ in 0..50_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let v = 1 + (x % 1000) * (x % 977) + (x % 7);
+            values.push(v);
+            sketch.record(v);
+        }
+        values.sort_unstable();
+        for q in [0.0, 0.1, 0.5, 0.9, 0.95, 0.99, 0.999, 1.0] {
+            let got = sketch.quantile(q).unwrap();
+            let want = exact(&values, q);
+            assert!((got - want).abs() / want <= RELATIVE_ERROR + 1e-9, "q={q}: {got} vs {want}");
+        }
+    }
+
+    #[test]
+    fn merging_equals_recording_everything_in_one() {
+        let (mut a, mut b, mut all) = (LatencySketch::default(), LatencySketch::default(), LatencySketch::default());
+        for v in 0..5000u64 {
+            let value = v * v % 100_003;
+            if v % 3 == 0 { a.record(value) } else { b.record(value) }
+            all.record(value);
+        }
+        a.merge(&b);
+        assert_eq!(a, all);
+    }
+
+    #[test]
+    fn encoding_round_trips_and_rejects_garbage() {
+        let mut s = LatencySketch::default();
+        for v in [0, 1, 2, 1_000, 1_000_000, 3_600_000_000] {
+            s.record(v);
+            s.record(v);
+        }
+        assert_eq!(LatencySketch::decode(&s.encode()).unwrap(), s);
+        assert_eq!(LatencySketch::decode(&[]).unwrap(), LatencySketch::default());
+        assert!(LatencySketch::decode(&[0x80]).is_none(), "a truncated varint");
+        assert!(LatencySketch::default().quantile(0.5).is_none());
+    }
+}
