@@ -57,8 +57,8 @@ pub mod security_type {
     pub const KEY_REVOKED: &str = "key_revoked";
 }
 
-/// One audit record. Field order is part of the hash: do not reorder fields,
-/// only append new optional ones.
+/// One audit record. [`Event::write_canonical`] fixes what the hash covers:
+/// a new field must be added there too (at the end).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct Event {
     pub event_id: String,
@@ -146,14 +146,73 @@ impl Event {
         }
     }
 
-    /// The bytes the chain hash covers: canonical JSON of every field.
+    /// Writes the bytes the chain hash covers: a versioned, length-prefixed
+    /// binary encoding of every field in declaration order. Each field is a
+    /// tag (`0` absent, `1` text as u32-LE length and UTF-8 bytes, `2` integer
+    /// as i64-LE); `category` is its name as text and `details` its compact
+    /// JSON (keys sorted) as text. Unlike JSON it has one spelling per value,
+    /// so any verifier can rebuild it from an export.
+    pub fn write_canonical(&self, out: &mut Vec<u8>) {
+        fn text(out: &mut Vec<u8>, v: Option<&str>) {
+            match v {
+                None => out.push(0),
+                Some(s) => {
+                    out.push(1);
+                    out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+                    out.extend_from_slice(s.as_bytes());
+                }
+            }
+        }
+        fn int(out: &mut Vec<u8>, v: Option<i64>) {
+            match v {
+                None => out.push(0),
+                Some(n) => {
+                    out.push(2);
+                    out.extend_from_slice(&n.to_le_bytes());
+                }
+            }
+        }
+        let u = |v: Option<u64>| v.map(|n| n as i64);
+        out.extend_from_slice(b"KT1");
+        text(out, Some(&self.event_id));
+        int(out, Some(self.seq as i64));
+        int(out, Some(self.timestamp_ms));
+        text(out, Some(&self.tenant_id));
+        text(out, self.category.map(Category::as_str));
+        text(out, Some(&self.event_type));
+        text(out, self.request_id.as_deref());
+        text(out, self.actor.as_deref());
+        text(out, self.target.as_deref());
+        text(out, Some(&self.outcome));
+        text(out, self.consumer_id.as_deref());
+        text(out, self.consumer_name.as_deref());
+        text(out, self.api_id.as_deref());
+        text(out, self.key_id.as_deref());
+        text(out, self.key_hint.as_deref());
+        text(out, self.method.as_deref());
+        text(out, self.path.as_deref());
+        int(out, self.status_code.map(i64::from));
+        int(out, u(self.latency_us));
+        int(out, u(self.upstream_latency_us));
+        int(out, u(self.request_size_bytes));
+        int(out, u(self.response_size_bytes));
+        text(out, self.client_ip.as_deref());
+        text(out, self.user_agent.as_deref());
+        text(out, self.country.as_deref());
+        text(out, self.error_code.as_deref());
+        text(out, self.error_message.as_deref());
+        text(out, self.details.as_ref().map(|d| d.to_string()).as_deref());
+    }
+
+    /// The canonical bytes as a new vector (see [`Event::write_canonical`]).
     pub fn canonical_bytes(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("an event always serialises")
+        let mut out = Vec::with_capacity(256);
+        self.write_canonical(&mut out);
+        out
     }
 
     /// The chain hash of this event given its predecessor's hash:
-    /// SHA-256(previous ‖ canonical bytes). The canonical JSON is built in a
-    /// reused per-thread buffer and hashed in one call.
+    /// SHA-256(previous ‖ canonical bytes), built in a reused per-thread buffer.
     pub fn chain_hash(&self, previous: &[u8; 32]) -> [u8; 32] {
         thread_local! {
             static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -161,7 +220,7 @@ impl Event {
         BUFFER.with(|buffer| {
             let mut buffer = buffer.borrow_mut();
             buffer.clear();
-            serde_json::to_writer(&mut *buffer, self).expect("an event always serialises");
+            self.write_canonical(&mut buffer);
             let mut hasher = Sha256::new();
             hasher.update(previous);
             hasher.update(&buffer[..]);
@@ -234,8 +293,23 @@ mod tests {
     #[test]
     fn canonical_bytes_survive_a_json_round_trip() {
         let e = sample();
-        let back: Event = serde_json::from_slice(&e.canonical_bytes()).unwrap();
+        let back: Event = serde_json::from_str(&serde_json::to_string(&e).unwrap()).unwrap();
         assert_eq!(back.canonical_bytes(), e.canonical_bytes());
+    }
+
+    #[test]
+    fn absent_and_empty_fields_encode_differently() {
+        let mut a = sample();
+        let mut b = sample();
+        a.country = None;
+        b.country = Some(String::new());
+        assert_ne!(a.canonical_bytes(), b.canonical_bytes());
+        // Moving text from one field to the next changes the bytes too.
+        a.country = Some("xy".into());
+        a.error_code = None;
+        b.country = None;
+        b.error_code = Some("xy".into());
+        assert_ne!(a.canonical_bytes(), b.canonical_bytes());
     }
 
     #[test]
@@ -247,8 +321,9 @@ mod tests {
         e.error_message = Some(key.clone());
         e.details = Some(serde_json::json!({"nested": {"k": key.clone()}}));
         e.sanitize();
-        let text = String::from_utf8(e.canonical_bytes()).unwrap();
+        let text = String::from_utf8_lossy(&e.canonical_bytes()).into_owned();
         assert!(!text.contains(&key), "{text}");
+        assert!(!serde_json::to_string(&e).unwrap().contains(&key));
         assert!(e.details.unwrap()["nested"]["k"].as_str().unwrap().starts_with("kt_live****"));
     }
 

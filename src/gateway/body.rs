@@ -88,21 +88,22 @@ pub struct GatewayBody {
     inner: Inner,
     sent: u64,
     errored: bool,
-    finisher: Option<Finisher>,
+    /// Boxed: the event is large and the body is moved through hyper several times.
+    finisher: Option<Box<Finisher>>,
 }
 
 impl GatewayBody {
     pub fn full(bytes: Bytes, finisher: Finisher) -> Self {
-        GatewayBody { inner: Inner::Full(Some(bytes)), sent: 0, errored: false, finisher: Some(finisher) }
+        GatewayBody { inner: Inner::Full(Some(bytes)), sent: 0, errored: false, finisher: Some(Box::new(finisher)) }
     }
 
     pub fn upstream(body: Incoming, finisher: Finisher) -> Self {
-        GatewayBody { inner: Inner::Upstream(body), sent: 0, errored: false, finisher: Some(finisher) }
+        GatewayBody { inner: Inner::Upstream(body), sent: 0, errored: false, finisher: Some(Box::new(finisher)) }
     }
 
     fn finish(&mut self, completed: bool) {
         if let Some(f) = self.finisher.take() {
-            f.finish(self.sent, completed, self.errored);
+            (*f).finish(self.sent, completed, self.errored);
         }
     }
 }
