@@ -294,7 +294,8 @@ fn queries_keytrail(db: &Path, end_ms: i64) -> Vec<(String, f64, u64)> {
     let mut out = Vec::new();
     // Interned strings: filter and group by their ids (names are resolved for the few result rows).
     let id_of = |v: &str| -> i64 { conn.query_row("SELECT id FROM strings WHERE value = ?1", [v], |r| r.get(0)).unwrap() };
-    let (tenant_id, consumer_id, request_id) = (id_of(tenant), id_of(consumer), id_of("request"));
+    // `category` is stored as a fixed code: 0 is `request`.
+    let (tenant_id, consumer_id, request_id) = (id_of(tenant), id_of(consumer), 0i64);
     let (tenant, consumer) = (&tenant_id, &consumer_id);
 
     let reader = AuditReader::open(db).unwrap();
