@@ -256,11 +256,13 @@ pub fn path_without_query(target: &str) -> &str {
 }
 
 pub fn to_hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[(b >> 4) as usize] as char);
+        out.push(DIGITS[(b & 15) as usize] as char);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -352,6 +354,12 @@ mod tests {
         assert_eq!(path_without_query("/a/b?key=secret"), "/a/b");
         assert_eq!(path_without_query("/a#frag"), "/a");
         assert_eq!(path_without_query("/a"), "/a");
+    }
+
+    #[test]
+    fn hex_is_lowercase_two_digits_a_byte() {
+        assert_eq!(to_hex(&[0, 1, 0xab, 0xff]), "0001abff");
+        assert_eq!(to_hex(&[]), "");
     }
 
     #[test]

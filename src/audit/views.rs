@@ -103,40 +103,50 @@ pub const CSV_COLUMNS: [&str; 22] = [
     "hash",
 ];
 
-/// Appends one CSV line (RFC 4180 quoting) for a request event.
+/// Appends one CSV line (RFC 4180 quoting) for a request event, in
+/// [`CSV_COLUMNS`] order, writing each field straight into `out`.
 pub fn csv_line(stored: &StoredEvent, out: &mut String) {
+    use std::fmt::Write;
     let e = &stored.event;
-    let num = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_default();
-    let fields: [String; 22] = [
-        format_timestamp(e.timestamp_ms),
-        e.event_id.clone(),
-        e.seq.to_string(),
-        e.request_id.clone().unwrap_or_default(),
-        e.tenant_id.clone(),
-        e.consumer_id.clone().unwrap_or_default(),
-        e.consumer_name.clone().unwrap_or_default(),
-        e.api_id.clone().unwrap_or_default(),
-        e.key_id.clone().unwrap_or_default(),
-        e.key_hint.clone().unwrap_or_default(),
-        e.method.clone().unwrap_or_default(),
-        e.path.clone().unwrap_or_default(),
-        e.status_code.map(|s| s.to_string()).unwrap_or_default(),
-        e.latency_us.map(|us| format!("{:.3}", us as f64 / 1000.0)).unwrap_or_default(),
-        e.upstream_latency_us.map(|us| format!("{:.3}", us as f64 / 1000.0)).unwrap_or_default(),
-        num(e.request_size_bytes),
-        num(e.response_size_bytes),
-        e.client_ip.clone().unwrap_or_default(),
-        e.user_agent.clone().unwrap_or_default(),
-        e.outcome.clone(),
-        e.error_code.clone().unwrap_or_default(),
-        to_hex(&stored.hash),
-    ];
-    for (i, field) in fields.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
+    let text = |out: &mut String, v: Option<&str>| {
+        out.push(',');
+        push_csv_field(v.unwrap_or(""), out);
+    };
+    let number = |out: &mut String, v: Option<u64>| {
+        out.push(',');
+        if let Some(v) = v {
+            let _ = write!(out, "{v}");
         }
-        push_csv_field(field, out);
-    }
+    };
+    let millis = |out: &mut String, us: Option<u64>| {
+        out.push(',');
+        if let Some(us) = us {
+            let _ = write!(out, "{}.{:03}", us / 1000, us % 1000);
+        }
+    };
+    out.push_str(&format_timestamp(e.timestamp_ms));
+    text(out, Some(&e.event_id));
+    number(out, Some(e.seq));
+    text(out, e.request_id.as_deref());
+    text(out, Some(&e.tenant_id));
+    text(out, e.consumer_id.as_deref());
+    text(out, e.consumer_name.as_deref());
+    text(out, e.api_id.as_deref());
+    text(out, e.key_id.as_deref());
+    text(out, e.key_hint.as_deref());
+    text(out, e.method.as_deref());
+    text(out, e.path.as_deref());
+    number(out, e.status_code.map(u64::from));
+    millis(out, e.latency_us);
+    millis(out, e.upstream_latency_us);
+    number(out, e.request_size_bytes);
+    number(out, e.response_size_bytes);
+    text(out, e.client_ip.as_deref());
+    text(out, e.user_agent.as_deref());
+    text(out, Some(&e.outcome));
+    text(out, e.error_code.as_deref());
+    out.push(',');
+    out.push_str(&to_hex(&stored.hash));
     out.push_str("\r\n");
 }
 
@@ -167,6 +177,26 @@ fn push_csv_field(field: &str, out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_csv_line_has_every_column_in_order() {
+        let mut e = crate::event::Event::new("acme", crate::event::Category::Request, "request", "success");
+        e.seq = 7;
+        e.path = Some("/a,b".into());
+        e.status_code = Some(200);
+        e.latency_us = Some(1_234);
+        e.response_size_bytes = Some(5);
+        let mut line = String::new();
+        csv_line(&StoredEvent { event: e, hash: [0xab; 32] }, &mut line);
+        assert!(line.ends_with("\r\n"));
+        let fields: Vec<&str> = line.trim_end().split(',').collect();
+        // The quoted path holds one comma, so one more piece than columns.
+        assert_eq!(fields.len(), CSV_COLUMNS.len() + 1, "{line}");
+        assert_eq!(fields[2], "7");
+        assert!(line.contains(",\"/a,b\","));
+        assert!(line.contains(",200,1.234,,,5,"), "{line}");
+        assert!(line.trim_end().ends_with(&"ab".repeat(32)));
+    }
 
     #[test]
     fn csv_quoting_and_formula_defusing() {
