@@ -337,12 +337,12 @@ fn queries_keytrail(db: &Path, end_ms: i64) -> Vec<(String, f64, u64)> {
     assert_eq!(
         rows_of("SELECT consumer, round(avg(status_code >= 400), 9) r FROM events WHERE tenant = ?1 AND category = ?2 AND ts_ms >= ?3
                  GROUP BY consumer HAVING avg(status_code >= 400) > 0.10", &[tenant, &request_id, &(end_ms - day)]),
-        rows_of("SELECT consumer, round(sum(errors) * 1.0 / sum(calls), 9) r FROM rollup_hourly WHERE tenant = ?1 AND hour >= ?2
+        rows_of("SELECT consumer, round(sum(errors) * 1.0 / sum(calls), 9) r FROM rollup_consumer_hourly WHERE tenant = ?1 AND hour >= ?2
                  GROUP BY consumer HAVING sum(errors) * 1.0 / sum(calls) > 0.10", &[tenant, &(hour_now - 24)]),
         "Q4 from rollups differs from the raw events"
     );
     let sketches = |from_hour: i64| -> std::collections::HashMap<i64, LatencySketch> {
-        let mut stmt = conn.prepare_cached("SELECT consumer, latency FROM rollup_hourly WHERE tenant = ?1 AND hour >= ?2").unwrap();
+        let mut stmt = conn.prepare_cached("SELECT consumer, latency FROM rollup_consumer_hourly WHERE tenant = ?1 AND hour >= ?2").unwrap();
         let mut by: std::collections::HashMap<i64, LatencySketch> = std::collections::HashMap::new();
         let mut rows = stmt.query(rusqlite::params![tenant, from_hour]).unwrap();
         while let Some(row) = rows.next().unwrap() {
@@ -399,7 +399,7 @@ fn queries_keytrail(db: &Path, end_ms: i64) -> Vec<(String, f64, u64)> {
         (by_method.len() + top.len() + 2) as u64
     })));
     out.push(("Q4 consumers above 10 % errors, 24 h (rollups)".into(), time_ms(|| count_rows(
-        "SELECT consumer, sum(errors) * 1.0 / sum(calls) r FROM rollup_hourly WHERE tenant = ?1 AND hour >= ?2
+        "SELECT consumer, sum(errors) * 1.0 / sum(calls) r FROM rollup_consumer_hourly WHERE tenant = ?1 AND hour >= ?2
          GROUP BY consumer HAVING r > 0.10",
         &[tenant, &(hour_now - 24)]))));
     out.push(("Q5 p95/p99 per consumer, 7 days (rollup sketches, ≤1 % error)".into(), time_ms(|| {

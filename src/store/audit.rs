@@ -93,7 +93,20 @@ CREATE TABLE IF NOT EXISTS rollup_hourly (
     PRIMARY KEY (tenant, hour, consumer, path, method, status_class, api)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS rollup_consumer ON rollup_hourly(tenant, consumer, hour);
+CREATE TABLE IF NOT EXISTS rollup_consumer_hourly (
+    tenant INTEGER NOT NULL,
+    hour INTEGER NOT NULL,
+    consumer INTEGER NOT NULL,
+    calls INTEGER NOT NULL,
+    errors INTEGER NOT NULL,
+    latency_sum_us INTEGER NOT NULL,
+    latency BLOB NOT NULL,
+    PRIMARY KEY (tenant, hour, consumer)
+) WITHOUT ROWID;
 ";
+
+/// The coarse rollup's key: tenant, hour, consumer.
+type ConsumerKey = (i64, i64, i64);
 
 /// One row of `rollup_hourly`: request events of one hour with the same
 /// tenant, consumer, path, method, status class and api (interned ids, 0 for none).
@@ -263,6 +276,7 @@ impl AuditWriterStore {
                  ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29)"
             ))?;
             let mut rollups: rustc_hash::FxHashMap<RollupKey, RollupAgg> = rustc_hash::FxHashMap::default();
+            let mut by_consumer: rustc_hash::FxHashMap<ConsumerKey, RollupAgg> = rustc_hash::FxHashMap::default();
             let mut heads: rustc_hash::FxHashMap<i64, (u64, &[u8; 32])> = rustc_hash::FxHashMap::default();
             for stored in batch {
                 let e = &stored.event;
@@ -327,12 +341,13 @@ impl AuditWriterStore {
                         status_class: i64::from(status / 100),
                         api: api.unwrap_or(0),
                     };
-                    let agg = rollups.entry(key).or_default();
-                    agg.calls += 1;
-                    agg.errors += i64::from(status >= 400);
                     let latency = e.latency_us.unwrap_or(0);
-                    agg.latency_sum_us += latency as i64;
-                    agg.latency.record(latency);
+                    for agg in [rollups.entry(key).or_default(), by_consumer.entry((key.tenant, key.hour, key.consumer)).or_default()] {
+                        agg.calls += 1;
+                        agg.errors += i64::from(status >= 400);
+                        agg.latency_sum_us += latency as i64;
+                        agg.latency.record(latency);
+                    }
                 }
             }
             // Rollups are maintained in the same transaction as the events they count.
@@ -346,6 +361,16 @@ impl AuditWriterStore {
             let mut head = tx.prepare_cached("INSERT OR REPLACE INTO chain_heads (tenant, seq, hash) VALUES (?1, ?2, ?3)")?;
             for (tenant, (seq, hash)) in heads {
                 head.execute(params![tenant, seq as i64, hash.as_slice()])?;
+            }
+            let mut upsert_consumer = tx.prepare_cached(
+                "INSERT INTO rollup_consumer_hourly (tenant, hour, consumer, calls, errors, latency_sum_us, latency)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT DO UPDATE SET calls = calls + excluded.calls, errors = errors + excluded.errors,
+                   latency_sum_us = latency_sum_us + excluded.latency_sum_us,
+                   latency = sketch_merge(latency, excluded.latency)",
+            )?;
+            for ((tenant, hour, consumer), agg) in by_consumer {
+                upsert_consumer.execute(params![tenant, hour, consumer, agg.calls, agg.errors, agg.latency_sum_us, agg.latency.encode()])?;
             }
             for (k, agg) in rollups {
                 upsert.execute(params![
@@ -641,5 +666,18 @@ mod tests {
             .unwrap();
         assert_eq!(got.len(), expected.len());
         assert_eq!(got, expected);
+
+        // The per-consumer rollup is the fine one summed over path, method, status class and api.
+        let sums = |sql: &str| -> Vec<(i64, i64, i64, i64, i64, i64)> {
+            let mut stmt = conn.prepare(sql).unwrap();
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))).unwrap();
+            rows.collect::<Result<_, _>>().unwrap()
+        };
+        let coarse = sums("SELECT tenant, hour, consumer, calls, errors, latency_sum_us FROM rollup_consumer_hourly ORDER BY 1, 2, 3");
+        assert!(!coarse.is_empty());
+        assert_eq!(
+            coarse,
+            sums("SELECT tenant, hour, consumer, sum(calls), sum(errors), sum(latency_sum_us) FROM rollup_hourly GROUP BY 1, 2, 3 ORDER BY 1, 2, 3")
+        );
     }
 }
