@@ -150,8 +150,9 @@ for line in open(path):
     out = out.replace("|", "\n")
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     total = int(re.search(r"(\d+) requests in", out).group(1))
-    p50 = ms(re.search(r"50%\s+(\S+)", out).group(1))
-    p99 = ms(re.search(r"99%\s+(\S+)", out).group(1))
+    # Anchored to the start of a line: "89.50%" in the thread stats also ends in "50%".
+    p50 = ms(re.search(r"^\s*50%\s+(\S+)", out, re.M).group(1))
+    p99 = ms(re.search(r"^\s*99%\s+(\S+)", out, re.M).group(1))
     cpu_us = int(ticks) * 1e6 / tck / total if c != "direct" else float("nan")
     rows.setdefault((c, int(n)), []).append((rps, p50, p99, cpu_us))
 def med(xs): return statistics.median(xs)

@@ -392,7 +392,7 @@ fn queries_keytrail(db: &Path, end_ms: i64) -> Vec<(String, f64, u64)> {
             errors += e;
         }
         let mut top: Vec<(i64, i64)> = by_path.into_iter().collect();
-        top.sort_by(|a, b| b.1.cmp(&a.1));
+        top.sort_by_key(|p| std::cmp::Reverse(p.1));
         top.truncate(10);
         let busiest = (0..24).max_by_key(|h| by_hour[*h]).unwrap_or(0);
         std::hint::black_box((errors as f64 / calls.max(1) as f64, busiest));

@@ -185,16 +185,28 @@ async fn read_page(state: &AdminState, query: AuditQuery) -> Result<(Vec<StoredE
     .map_err(ApiError::internal)?
 }
 
+/// One page of one category as `{"<field>": [...], "next_cursor": …}`.
+async fn list_page(
+    state: &AdminState,
+    tenant: &str,
+    params: &[(String, String)],
+    category: Category,
+    field: &str,
+    view: fn(&StoredEvent) -> Value,
+) -> Result<Json<Value>, ApiError> {
+    require_audit_tenant(state, tenant)?;
+    let query = parse_query(tenant, category, params, true)?;
+    let (rows, next) = read_page(state, query).await?;
+    let entries: Vec<Value> = rows.iter().map(view).collect();
+    Ok(Json(json!({ field: entries, "next_cursor": next })))
+}
+
 async fn list_logs(
     State(state): State<AdminState>,
     Path(tenant): Path<String>,
     Query(params): Query<Vec<(String, String)>>,
 ) -> Result<Json<Value>, ApiError> {
-    require_audit_tenant(&state, &tenant)?;
-    let query = parse_query(&tenant, Category::Request, &params, true)?;
-    let (rows, next) = read_page(&state, query).await?;
-    let logs: Vec<Value> = rows.iter().map(views::log_entry).collect();
-    Ok(Json(json!({"logs": logs, "next_cursor": next})))
+    list_page(&state, &tenant, &params, Category::Request, "logs", views::log_entry).await
 }
 
 async fn list_security(
@@ -202,11 +214,7 @@ async fn list_security(
     Path(tenant): Path<String>,
     Query(params): Query<Vec<(String, String)>>,
 ) -> Result<Json<Value>, ApiError> {
-    require_audit_tenant(&state, &tenant)?;
-    let query = parse_query(&tenant, Category::Security, &params, true)?;
-    let (rows, next) = read_page(&state, query).await?;
-    let events: Vec<Value> = rows.iter().map(views::security_entry).collect();
-    Ok(Json(json!({"events": events, "next_cursor": next})))
+    list_page(&state, &tenant, &params, Category::Security, "events", views::security_entry).await
 }
 
 /// Bytes gathered before a chunk is handed to the connection.

@@ -612,7 +612,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("a.db");
         let mut store = AuditWriterStore::open(&db).unwrap();
-        let mut expected: BTreeMap<(String, i64, String, String, i64), (i64, i64, i64, LatencySketch)> = BTreeMap::new();
+        type Key = (String, i64, String, String, i64);
+        type Sums = (i64, i64, i64, LatencySketch);
+        let mut expected: BTreeMap<Key, Sums> = BTreeMap::new();
         let mut seq = 0;
         for batch in 0..3 {
             let mut rows = Vec::new();

@@ -239,19 +239,9 @@ async fn bodies_stream_both_ways_and_are_counted() {
     assert_eq!(res.status(), 200);
     assert_eq!(res.bytes().await.unwrap().len() as u64, size);
 
-    let chunk = bytes::Bytes::from(vec![b'y'; 1 << 20]);
-    let stream = futures_util::stream::iter((0..3).map(move |_| Ok::<_, std::io::Error>(chunk.clone())));
-    let res = ts
-        .client
-        .post(format!("{}/files/upload", ts.gateway))
-        .header("X-API-Key", &key)
-        .body(reqwest::Body::wrap_stream(stream))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    let answer: Value = res.json().await.unwrap();
-    assert_eq!(answer["received_bytes"], 3 << 20);
+    let (status, received) = crate::util::upload(&ts.client, &format!("{}/files/upload", ts.gateway), &key, 1 << 20, 3).await;
+    assert_eq!(status, 200);
+    assert_eq!(received, 3 << 20);
 
     let logs = admin.wait_for("/v1/audit/acme", "logs", 2).await;
     assert_eq!(logs[0]["method"], "POST");

@@ -191,17 +191,9 @@ async fn hundred_megabyte_bodies_stream_through_in_little_memory() {
     assert_eq!(res.status(), 200);
     assert_eq!(drain(res).await, size);
 
-    let chunk = bytes::Bytes::from(vec![b'u'; 256 * 1024]);
-    let stream = futures_util::stream::iter((0..(size / (256 * 1024))).map(move |_| Ok::<_, std::io::Error>(chunk.clone())));
-    let res = client
-        .post(format!("{gateway}/files/upload"))
-        .header("X-API-Key", &key)
-        .body(reqwest::Body::wrap_stream(stream))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    assert_eq!(res.json::<Value>().await.unwrap()["received_bytes"], size);
+    let (status, received) = crate::util::upload(&client, &format!("{gateway}/files/upload"), &key, 256 * 1024, size / (256 * 1024)).await;
+    assert_eq!(status, 200);
+    assert_eq!(received, size);
 
     let grown_mib = (p.peak_rss_kib().saturating_sub(baseline)) / 1024;
     eprintln!("peak RSS grew by {grown_mib} MiB (baseline {} MiB)", baseline / 1024);

@@ -121,6 +121,16 @@ async fn upstream(req: Request<Incoming>) -> Result<Response<UpBody>, Infallible
     Ok(Response::new(full(answer.to_string())))
 }
 
+/// Streams `chunks` chunks of `chunk_size` bytes to `url` with `key`; returns
+/// the status and the upstream's count of bytes received.
+pub async fn upload(client: &reqwest::Client, url: &str, key: &str, chunk_size: usize, chunks: u64) -> (u16, Value) {
+    let chunk = Bytes::from(vec![b'u'; chunk_size]);
+    let stream = futures_util::stream::iter((0..chunks).map(move |_| Ok::<_, std::io::Error>(chunk.clone())));
+    let res = client.post(url).header("X-API-Key", key).body(reqwest::Body::wrap_stream(stream)).send().await.unwrap();
+    let status = res.status().as_u16();
+    (status, res.json::<Value>().await.unwrap_or(Value::Null)["received_bytes"].clone())
+}
+
 /// An address where nothing listens (bound, then released).
 pub async fn closed_port() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
