@@ -224,6 +224,11 @@ impl Writer {
                 let _ = waiter.send(());
             }
             if stopping && self.shared.lock().pending.is_empty() {
+                // Rollups trail the events by up to a second; write the rest now.
+                // (Were this to fail, the next start replays them from the events.)
+                if let Err(error) = self.store.flush_rollups() {
+                    tracing::error!(%error, "could not write the last rollups; they will be rebuilt at the next start");
+                }
                 return;
             }
         }

@@ -78,6 +78,10 @@ CREATE TABLE IF NOT EXISTS chain_heads (
     seq INTEGER NOT NULL,
     hash BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS rollup_watermark (
+    tenant INTEGER PRIMARY KEY,
+    seq INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS rollup_hourly (
     tenant INTEGER NOT NULL,
     hour INTEGER NOT NULL,
@@ -128,6 +132,104 @@ struct RollupAgg {
     latency_sum_us: i64,
     latency: LatencySketch,
 }
+
+impl RollupAgg {
+    fn add(&mut self, status: u16, latency_us: u64) {
+        self.calls += 1;
+        self.errors += i64::from(status >= 400);
+        self.latency_sum_us += latency_us as i64;
+        self.latency.record(latency_us);
+    }
+}
+
+/// Rollup counts not yet written, and the last `seq` per tenant they include.
+#[derive(Default)]
+struct PendingRollups {
+    fine: FxHashMap<RollupKey, RollupAgg>,
+    by_consumer: FxHashMap<ConsumerKey, RollupAgg>,
+    upto: FxHashMap<i64, u64>,
+}
+
+impl PendingRollups {
+    fn add(&mut self, key: RollupKey, status: u16, latency_us: u64) {
+        self.fine.entry(key).or_default().add(status, latency_us);
+        self.by_consumer.entry((key.tenant, key.hour, key.consumer)).or_default().add(status, latency_us);
+    }
+
+    fn note_seq(&mut self, tenant: i64, seq: u64) {
+        let upto = self.upto.entry(tenant).or_default();
+        *upto = (*upto).max(seq);
+    }
+
+    fn merge(&mut self, other: PendingRollups) {
+        for (k, agg) in other.fine {
+            let mine = self.fine.entry(k).or_default();
+            mine.calls += agg.calls;
+            mine.errors += agg.errors;
+            mine.latency_sum_us += agg.latency_sum_us;
+            mine.latency.merge(&agg.latency);
+        }
+        for (k, agg) in other.by_consumer {
+            let mine = self.by_consumer.entry(k).or_default();
+            mine.calls += agg.calls;
+            mine.errors += agg.errors;
+            mine.latency_sum_us += agg.latency_sum_us;
+            mine.latency.merge(&agg.latency);
+        }
+        for (tenant, seq) in other.upto {
+            self.note_seq(tenant, seq);
+        }
+    }
+
+    fn keys(&self) -> usize {
+        self.fine.len() + self.by_consumer.len()
+    }
+
+    /// Adds these counts to the stored rollups (an upsert that merges
+    /// sketches in SQL). Does not move the watermark.
+    fn write(&self, tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
+        let mut upsert = tx.prepare_cached(
+            "INSERT INTO rollup_hourly (tenant, hour, consumer, path, method, status_class, api, calls, errors, latency_sum_us, latency)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+             ON CONFLICT DO UPDATE SET calls = calls + excluded.calls, errors = errors + excluded.errors,
+               latency_sum_us = latency_sum_us + excluded.latency_sum_us,
+               latency = sketch_merge(latency, excluded.latency)",
+        )?;
+        for (k, agg) in &self.fine {
+            upsert.execute(params![
+                k.tenant, k.hour, k.consumer, k.path, k.method, k.status_class, k.api,
+                agg.calls, agg.errors, agg.latency_sum_us, agg.latency.encode()
+            ])?;
+        }
+        let mut upsert_consumer = tx.prepare_cached(
+            "INSERT INTO rollup_consumer_hourly (tenant, hour, consumer, calls, errors, latency_sum_us, latency)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT DO UPDATE SET calls = calls + excluded.calls, errors = errors + excluded.errors,
+               latency_sum_us = latency_sum_us + excluded.latency_sum_us,
+               latency = sketch_merge(latency, excluded.latency)",
+        )?;
+        for ((tenant, hour, consumer), agg) in &self.by_consumer {
+            upsert_consumer.execute(params![tenant, hour, consumer, agg.calls, agg.errors, agg.latency_sum_us, agg.latency.encode()])?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes the watermarks: rollups now include every event up to these seqs.
+fn write_watermarks<'a>(tx: &rusqlite::Transaction<'_>, upto: impl Iterator<Item = (&'a i64, &'a u64)>) -> Result<(), StoreError> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT INTO rollup_watermark (tenant, seq) VALUES (?1, ?2) ON CONFLICT DO UPDATE SET seq = max(seq, excluded.seq)",
+    )?;
+    for (tenant, seq) in upto {
+        stmt.execute(params![tenant, *seq as i64])?;
+    }
+    Ok(())
+}
+
+/// How often pending rollup counts are written, at most.
+const ROLLUP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+/// Pending rollup rows that force a write before the interval.
+const ROLLUP_MAX_PENDING: usize = 200_000;
 
 /// `sketch_merge(a, b)`: the SQL function the upsert uses to add a batch's
 /// latency sketch to the stored one.
@@ -201,6 +303,9 @@ pub struct AuditWriterStore {
     conn: Connection,
     /// The writer's copy of the `strings` dictionary.
     interned: FxHashMap<String, i64>,
+    /// Rollup counts of committed events not yet written to the rollup tables.
+    pending: PendingRollups,
+    last_rollup_write: std::time::Instant,
 }
 
 /// Looks a string up in the dictionary, adding it when new.
@@ -240,7 +345,66 @@ impl AuditWriterStore {
             let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
             rows.collect::<Result<FxHashMap<_, _>, _>>()?
         };
-        Ok(AuditWriterStore { conn, interned })
+        let mut store = AuditWriterStore {
+            conn,
+            interned,
+            pending: PendingRollups::default(),
+            last_rollup_write: std::time::Instant::now(),
+        };
+        store.replay_rollups()?;
+        Ok(store)
+    }
+
+    /// Rebuilds the pending rollup counts from the events past each tenant's
+    /// watermark: what a crash (or a failed write) left uncounted.
+    fn replay_rollups(&mut self) -> Result<(), StoreError> {
+        let mut pending = PendingRollups::default();
+        let mut stmt = self.conn.prepare(
+            "SELECT h.tenant, coalesce(w.seq, 0), h.seq FROM chain_heads h LEFT JOIN rollup_watermark w ON w.tenant = h.tenant",
+        )?;
+        let tenants: Vec<(i64, i64, i64)> =
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<Result<_, _>>()?;
+        let mut events = self.conn.prepare(
+            "SELECT ts_ms, consumer, path, method, status_code, api, latency_us FROM events
+             WHERE tenant = ?1 AND seq > ?2 AND category = 0",
+        )?;
+        for (tenant, watermark, head) in tenants {
+            let mut rows = events.query(params![tenant, watermark])?;
+            while let Some(r) = rows.next()? {
+                let status: u16 = r.get::<_, Option<u16>>(4)?.unwrap_or(0);
+                let key = RollupKey {
+                    tenant,
+                    hour: r.get::<_, i64>(0)?.div_euclid(3_600_000),
+                    consumer: r.get::<_, Option<i64>>(1)?.unwrap_or(0),
+                    path: r.get::<_, Option<i64>>(2)?.unwrap_or(0),
+                    method: r.get::<_, Option<i64>>(3)?.unwrap_or(0),
+                    status_class: i64::from(status / 100),
+                    api: r.get::<_, Option<i64>>(5)?.unwrap_or(0),
+                };
+                pending.add(key, status, r.get::<_, Option<i64>>(6)?.unwrap_or(0) as u64);
+            }
+            if head > watermark {
+                pending.note_seq(tenant, head as u64);
+            }
+        }
+        drop(events);
+        drop(stmt);
+        self.pending = pending;
+        Ok(())
+    }
+
+    /// Writes every pending rollup count and moves the watermarks.
+    pub fn flush_rollups(&mut self) -> Result<(), StoreError> {
+        if self.pending.upto.is_empty() {
+            return Ok(());
+        }
+        let tx = self.conn.transaction()?;
+        self.pending.write(&tx)?;
+        write_watermarks(&tx, self.pending.upto.iter())?;
+        tx.commit()?;
+        self.pending = PendingRollups::default();
+        self.last_rollup_write = std::time::Instant::now();
+        Ok(())
     }
 
     /// The head of every tenant's chain, to continue numbering after a restart
@@ -270,13 +434,16 @@ impl AuditWriterStore {
         let interned = &mut self.interned;
         // A failed transaction must not leave ids in the cache that the store never kept.
         let before = interned.len();
+        // This batch's rollup counts; they join the pending ones only once committed.
+        let mut batch_rollups = PendingRollups::default();
+        let write_rollups =
+            self.last_rollup_write.elapsed() >= ROLLUP_INTERVAL || self.pending.keys() >= ROLLUP_MAX_PENDING;
+        let pending = &self.pending;
         let result = (|| -> Result<(), StoreError> {
             let mut stmt = tx.prepare_cached(&format!(
                 "INSERT INTO events ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, \
                  ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29)"
             ))?;
-            let mut rollups: rustc_hash::FxHashMap<RollupKey, RollupAgg> = rustc_hash::FxHashMap::default();
-            let mut by_consumer: rustc_hash::FxHashMap<ConsumerKey, RollupAgg> = rustc_hash::FxHashMap::default();
             let mut heads: rustc_hash::FxHashMap<i64, (u64, &[u8; 32])> = rustc_hash::FxHashMap::default();
             for stored in batch {
                 let e = &stored.event;
@@ -330,6 +497,7 @@ impl AuditWriterStore {
                     stored.hash.as_slice(),
                 ])?;
                 heads.insert(tenant, (e.seq, &stored.hash));
+                batch_rollups.note_seq(tenant, e.seq);
                 if e.category() == Category::Request {
                     let status = e.status_code.unwrap_or(0);
                     let key = RollupKey {
@@ -341,47 +509,32 @@ impl AuditWriterStore {
                         status_class: i64::from(status / 100),
                         api: api.unwrap_or(0),
                     };
-                    let latency = e.latency_us.unwrap_or(0);
-                    for agg in [rollups.entry(key).or_default(), by_consumer.entry((key.tenant, key.hour, key.consumer)).or_default()] {
-                        agg.calls += 1;
-                        agg.errors += i64::from(status >= 400);
-                        agg.latency_sum_us += latency as i64;
-                        agg.latency.record(latency);
-                    }
+                    batch_rollups.add(key, status, e.latency_us.unwrap_or(0));
                 }
             }
-            // Rollups are maintained in the same transaction as the events they count.
-            let mut upsert = tx.prepare_cached(
-                "INSERT INTO rollup_hourly (tenant, hour, consumer, path, method, status_class, api, calls, errors, latency_sum_us, latency)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
-                 ON CONFLICT DO UPDATE SET calls = calls + excluded.calls, errors = errors + excluded.errors,
-                   latency_sum_us = latency_sum_us + excluded.latency_sum_us,
-                   latency = sketch_merge(latency, excluded.latency)",
-            )?;
             let mut head = tx.prepare_cached("INSERT OR REPLACE INTO chain_heads (tenant, seq, hash) VALUES (?1, ?2, ?3)")?;
             for (tenant, (seq, hash)) in heads {
                 head.execute(params![tenant, seq as i64, hash.as_slice()])?;
             }
-            let mut upsert_consumer = tx.prepare_cached(
-                "INSERT INTO rollup_consumer_hourly (tenant, hour, consumer, calls, errors, latency_sum_us, latency)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                 ON CONFLICT DO UPDATE SET calls = calls + excluded.calls, errors = errors + excluded.errors,
-                   latency_sum_us = latency_sum_us + excluded.latency_sum_us,
-                   latency = sketch_merge(latency, excluded.latency)",
-            )?;
-            for ((tenant, hour, consumer), agg) in by_consumer {
-                upsert_consumer.execute(params![tenant, hour, consumer, agg.calls, agg.errors, agg.latency_sum_us, agg.latency.encode()])?;
-            }
-            for (k, agg) in rollups {
-                upsert.execute(params![
-                    k.tenant, k.hour, k.consumer, k.path, k.method, k.status_class, k.api,
-                    agg.calls, agg.errors, agg.latency_sum_us, agg.latency.encode()
-                ])?;
+            // Rollups are written about once a second, with the watermark that
+            // says which events they include, in the same transaction.
+            if write_rollups {
+                pending.write(&tx)?;
+                batch_rollups.write(&tx)?;
+                write_watermarks(&tx, pending.upto.iter().chain(batch_rollups.upto.iter()))?;
             }
             Ok(())
         })();
         match result.and_then(|()| tx.commit().map_err(StoreError::from)) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                if write_rollups {
+                    self.pending = PendingRollups::default();
+                    self.last_rollup_write = std::time::Instant::now();
+                } else {
+                    self.pending.merge(batch_rollups);
+                }
+                Ok(())
+            }
             Err(error) => {
                 if self.interned.len() != before {
                     self.interned.clear();
@@ -616,7 +769,7 @@ mod tests {
         type Sums = (i64, i64, i64, LatencySketch);
         let mut expected: BTreeMap<Key, Sums> = BTreeMap::new();
         let mut seq = 0;
-        for batch in 0..3 {
+        for batch in 0..4 {
             let mut rows = Vec::new();
             for i in 0..500u64 {
                 seq += 1;
@@ -646,7 +799,18 @@ mod tests {
             sec.seq = seq;
             rows.push(StoredEvent { event: sec, hash: [0; 32] });
             store.insert_batch(&rows).unwrap();
+            match batch {
+                // Written out, watermark moved.
+                0 => store.flush_rollups().unwrap(),
+                // A crash: batches 1 and 2 are committed, their rollups are not.
+                2 => {
+                    drop(store);
+                    store = AuditWriterStore::open(&db).unwrap();
+                }
+                _ => {}
+            }
         }
+        store.flush_rollups().unwrap();
         let conn = Connection::open(&db).unwrap();
         let mut stmt = conn
             .prepare(
