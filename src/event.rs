@@ -92,10 +92,12 @@ pub struct Event {
 }
 
 impl Event {
-    /// A new event of the given kind, stamped now, with a fresh time-ordered id.
+    /// A new event of the given kind, stamped now. Its `event_id` is left
+    /// empty: the writer derives one from the tenant, `seq` and timestamp
+    /// ([`derived_event_id`]) when it commits the event, so that the store
+    /// need not keep 16 random bytes per event.
     pub fn new(tenant_id: &str, category: Category, event_type: &str, outcome: &str) -> Self {
         Event {
-            event_id: new_id(),
             timestamp_ms: now_ms(),
             tenant_id: tenant_id.to_string(),
             category: Some(category),
@@ -232,10 +234,50 @@ impl Event {
 /// A time-ordered UUIDv7 string. The random part comes from the thread's
 /// seeded generator, not a system call per id.
 pub fn new_id() -> String {
+    new_id_at(now_ms())
+}
+
+/// A UUIDv7 string carrying the given millisecond timestamp. The gateway
+/// stamps a request's id with the request event's own timestamp, which lets
+/// the store keep only the id's random part.
+pub fn new_id_at(timestamp_ms: i64) -> String {
     use rand::RngCore;
     let mut random = [0u8; 10];
     rand::rng().fill_bytes(&mut random);
-    uuid::Builder::from_unix_timestamp_millis(now_ms() as u64, &random).into_uuid().to_string()
+    uuid::Builder::from_unix_timestamp_millis(timestamp_ms.max(0) as u64, &random).into_uuid().to_string()
+}
+
+/// The bytes of the event id the writer gives an event: a UUIDv7 whose
+/// timestamp is the event's and whose 74 "random" bits are a bijective mix
+/// of `seq` (plus ten bits of the tenant's hash), so ids are unique within a
+/// tenant, time-ordered, and can be recomputed from `(tenant, seq, timestamp)`
+/// instead of being stored.
+pub fn derived_event_id_bytes(tenant_id: &str, seq: u64, timestamp_ms: i64) -> [u8; 16] {
+    // FNV-1a over the tenant id.
+    let mut tenant_hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in tenant_id.as_bytes() {
+        tenant_hash = (tenant_hash ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    // Multiplying by an odd constant, xoring a constant and the SplitMix64
+    // finaliser are each bijections on u64, so distinct seqs give distinct mixes.
+    let mut z = seq.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ tenant_hash;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    let ts = (timestamp_ms.max(0) as u64) & 0xFFFF_FFFF_FFFF;
+    let rand_a: u16 = (((tenant_hash & 0x3ff) as u16) << 2) | (z >> 62) as u16;
+    let rand_b = z & 0x3FFF_FFFF_FFFF_FFFF;
+    let mut out = [0u8; 16];
+    out[..6].copy_from_slice(&ts.to_be_bytes()[2..]);
+    out[6] = 0x70 | (rand_a >> 8) as u8;
+    out[7] = rand_a as u8;
+    out[8..].copy_from_slice(&(rand_b | 0x8000_0000_0000_0000).to_be_bytes());
+    out
+}
+
+/// [`derived_event_id_bytes`] as the usual hyphenated text.
+pub fn derived_event_id(tenant_id: &str, seq: u64, timestamp_ms: i64) -> String {
+    uuid::Uuid::from_bytes(derived_event_id_bytes(tenant_id, seq, timestamp_ms)).hyphenated().to_string()
 }
 
 /// Milliseconds since the Unix epoch, UTC.
@@ -347,6 +389,21 @@ mod tests {
         let parsed = uuid::Uuid::parse_str(&a).unwrap();
         assert_eq!(parsed.get_version_num(), 7);
         assert!(a < b);
+    }
+
+    #[test]
+    fn derived_event_ids_are_uuid_v7_unique_per_tenant_and_carry_the_time() {
+        let mut seen = std::collections::HashSet::new();
+        for seq in 1..=20_000u64 {
+            for tenant in ["acme", "globex"] {
+                let id = derived_event_id(tenant, seq, 1_795_000_000_000);
+                let parsed = uuid::Uuid::parse_str(&id).unwrap();
+                assert_eq!(parsed.get_version_num(), 7);
+                assert_eq!(parsed.get_timestamp().unwrap().to_unix().0, 1_795_000_000);
+                assert!(seen.insert(id), "duplicate id at seq {seq}");
+            }
+        }
+        assert_eq!(derived_event_id("acme", 5, 1), derived_event_id("acme", 5, 1), "deterministic");
     }
 
     #[test]

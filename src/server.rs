@@ -84,7 +84,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         crate::redact::register_secret(token);
     }
     let audit = Arc::new(
-        AuditPipeline::start(config.data_dir.join("audit.db"), &config.audit).context("cannot open the audit store")?,
+        AuditPipeline::start(config.data_dir.join("audit"), &config.audit).context("cannot open the audit store")?,
     );
     let store = ControlStore::open(&config.data_dir.join("control.db")).context("cannot open the control store")?;
     let control = Arc::new(ControlPlane::open(store, audit.clone()).context("cannot load the control store")?);

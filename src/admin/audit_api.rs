@@ -162,14 +162,16 @@ fn require_audit_tenant(state: &AdminState, tenant: &str) -> Result<(), ApiError
 
 /// Reads one page (newest first) on a blocking thread.
 async fn read_page(state: &AdminState, query: AuditQuery) -> Result<(Vec<StoredEvent>, Option<String>), ApiError> {
-    let path = state.audit.db_path().to_path_buf();
+    let path = state.audit.dir().to_path_buf();
     let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
     tokio::task::spawn_blocking(move || {
         let reader = AuditReader::open(&path).map_err(ApiError::internal)?;
         let mut rows = Vec::with_capacity(limit.min(1024) as usize);
+        // Pages leave out the per-event hashes: recomputing them means
+        // rehashing whole blocks. Exports and verification carry them.
         reader
-            .scan(&query.filter, Some(limit + 1), |e| {
-                rows.push(e);
+            .scan(&query.filter, Some(limit + 1), false, |e| {
+                rows.push(e.clone());
                 true
             })
             .map_err(ApiError::internal)?;
@@ -231,15 +233,15 @@ fn stream_export(
     tail: &'static str,
     mut write_row: impl FnMut(&StoredEvent, bool, &mut String) + Send + 'static,
 ) -> Response {
-    let path = state.audit.db_path().to_path_buf();
+    let path = state.audit.dir().to_path_buf();
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
     tokio::task::spawn_blocking(move || {
         let mut buf = head;
         let mut first = true;
         let mut client_gone = false;
         let result = AuditReader::open(&path).and_then(|reader| {
-            reader.scan(&query.filter, query.limit, |row| {
-                write_row(&row, first, &mut buf);
+            reader.scan(&query.filter, query.limit, true, |row| {
+                write_row(row, first, &mut buf);
                 first = false;
                 if buf.len() >= CHUNK_BYTES {
                     let chunk = Bytes::from(std::mem::take(&mut buf));

@@ -18,7 +18,6 @@
 
 pub mod views;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -26,8 +25,8 @@ use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
 use crate::config::{AuditConfig, QueueFullPolicy};
-use crate::event::{Category, Event, GENESIS_HASH};
-use crate::store::audit::{AuditWriterStore, ChainHead, StoredEvent};
+use crate::event::{Category, Event};
+use crate::store::audit::AuditWriterStore;
 use crate::store::StoreError;
 
 /// Counters visible to operators.
@@ -71,20 +70,19 @@ pub struct AuditPipeline {
     batch_max: usize,
     block_when_full: bool,
     log_api_calls: bool,
-    db_path: PathBuf,
+    dir: PathBuf,
 }
 
 impl AuditPipeline {
-    /// Opens the store and starts the writer thread.
-    pub fn start(db_path: PathBuf, config: &AuditConfig) -> Result<AuditPipeline, StoreError> {
-        let store = AuditWriterStore::open(&db_path)?;
-        let heads = store.load_heads()?;
+    /// Opens the store in `dir` (the audit directory) and starts the writer thread.
+    pub fn start(dir: PathBuf, config: &AuditConfig) -> Result<AuditPipeline, StoreError> {
+        let store = AuditWriterStore::open(&dir)?;
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue { pending: Vec::new(), oldest: None, flush_waiters: Vec::new(), stopping: false }),
             stats: PipelineStats::default(),
             writer_idle: AtomicBool::new(false),
         });
-        let writer = Writer { store, heads, shared: shared.clone(), flush_interval: config.flush_interval, batch_max: config.batch_max_events };
+        let writer = Writer { store, shared: shared.clone(), flush_interval: config.flush_interval, batch_max: config.batch_max_events };
         let handle = std::thread::Builder::new()
             .name("keytrail-audit-writer".into())
             .spawn(move || writer.run())
@@ -97,13 +95,13 @@ impl AuditPipeline {
             batch_max: config.batch_max_events,
             block_when_full: config.queue_full == QueueFullPolicy::Block,
             log_api_calls: config.log_api_calls,
-            db_path,
+            dir,
         })
     }
 
-    /// The audit database file, for readers.
-    pub fn db_path(&self) -> &std::path::Path {
-        &self.db_path
+    /// The audit directory, for readers.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
     }
 
     pub fn stats(&self) -> &PipelineStats {
@@ -184,7 +182,6 @@ impl AuditPipeline {
 
 struct Writer {
     store: AuditWriterStore,
-    heads: HashMap<String, ChainHead>,
     shared: Arc<Shared>,
     flush_interval: Duration,
     batch_max: usize,
@@ -237,37 +234,19 @@ impl Writer {
     /// Sequences, hashes and commits the batch, retrying until the store
     /// accepts it: a failing disk stalls the writer rather than losing events.
     fn commit(&mut self, batch: &mut Vec<Event>) {
-        let mut stored: Vec<StoredEvent> = batch.drain(..).map(|event| StoredEvent { event, hash: GENESIS_HASH }).collect();
+        let total = batch.len() as u64;
         let mut attempt = 0u32;
         loop {
-            let mut new_heads: HashMap<String, ChainHead> = HashMap::new();
-            for item in stored.iter_mut() {
-                let tenant = item.event.tenant_id.as_str();
-                let head = new_heads
-                    .get(tenant)
-                    .or_else(|| self.heads.get(tenant))
-                    .copied()
-                    .unwrap_or(ChainHead { seq: 0, hash: GENESIS_HASH });
-                item.event.seq = head.seq + 1;
-                item.hash = item.event.chain_hash(&head.hash);
-                let next = ChainHead { seq: item.event.seq, hash: item.hash };
-                match new_heads.get_mut(tenant) {
-                    Some(slot) => *slot = next,
-                    None => {
-                        new_heads.insert(tenant.to_string(), next);
-                    }
-                }
-            }
-            match self.store.insert_batch(&stored) {
+            let before = batch.len();
+            match self.store.insert_batch(batch) {
                 Ok(()) => {
-                    self.heads.extend(new_heads);
-                    self.shared.stats.committed.fetch_add(stored.len() as u64, Ordering::Relaxed);
+                    self.shared.stats.committed.fetch_add(total, Ordering::Relaxed);
                     return;
                 }
                 Err(error) => {
                     attempt += 1;
                     self.shared.stats.commit_failures.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(%error, attempt, events = stored.len(), "audit commit failed; retrying");
+                    tracing::error!(%error, attempt, events = before, "audit commit failed; retrying");
                     std::thread::sleep(Duration::from_millis(100 * u64::from(attempt.min(20))));
                 }
             }

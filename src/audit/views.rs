@@ -20,7 +20,7 @@ fn ms(us: Option<u64>) -> Value {
 /// A `request` event as one entry of `{"logs": […]}`.
 pub fn log_entry(stored: &StoredEvent) -> Value {
     let e = &stored.event;
-    json!({
+    let mut entry = json!({
         "event_id": e.event_id,
         "seq": e.seq,
         "timestamp": format_timestamp(e.timestamp_ms),
@@ -44,8 +44,12 @@ pub fn log_entry(stored: &StoredEvent) -> Value {
         "outcome": e.outcome,
         "error_code": e.error_code,
         "error_message": e.error_message,
-        "hash": to_hex(&stored.hash),
-    })
+    });
+    // Exports carry each event's chain hash; list pages do not compute it.
+    if let Some(hash) = &stored.hash {
+        entry["hash"] = json!(to_hex(hash));
+    }
+    entry
 }
 
 /// A security event as one entry of `{"events": […]}`.
@@ -73,7 +77,9 @@ pub fn security_entry(stored: &StoredEvent) -> Value {
     put("user_agent", json!(e.user_agent));
     put("error_code", json!(e.error_code));
     put("details", e.details.clone().unwrap_or(Value::Null));
-    put("hash", json!(to_hex(&stored.hash)));
+    if let Some(hash) = &stored.hash {
+        put("hash", json!(to_hex(hash)));
+    }
     Value::Object(entry)
 }
 
@@ -146,7 +152,9 @@ pub fn csv_line(stored: &StoredEvent, out: &mut String) {
     text(out, Some(&e.outcome));
     text(out, e.error_code.as_deref());
     out.push(',');
-    out.push_str(&to_hex(&stored.hash));
+    if let Some(hash) = &stored.hash {
+        out.push_str(&to_hex(hash));
+    }
     out.push_str("\r\n");
 }
 
@@ -187,7 +195,7 @@ mod tests {
         e.latency_us = Some(1_234);
         e.response_size_bytes = Some(5);
         let mut line = String::new();
-        csv_line(&StoredEvent { event: e, hash: [0xab; 32] }, &mut line);
+        csv_line(&StoredEvent { event: e, hash: Some([0xab; 32]) }, &mut line);
         assert!(line.ends_with("\r\n"));
         let fields: Vec<&str> = line.trim_end().split(',').collect();
         // The quoted path holds one comma, so one more piece than columns.

@@ -3,8 +3,9 @@
 //! Two files under the data directory, each with its own owner:
 //! - `control.db` ([`control`]): tenants, apis, consumers, key hashes and
 //!   admins. Written by the control plane; read into in-memory snapshots.
-//! - `audit.db` ([`audit`]): the events. Written by exactly one thread (the
-//!   audit writer); read by the audit API through short-lived read connections.
+//! - `audit/` ([`audit`]): the events, one SQLite file per UTC day. Written by
+//!   exactly one thread (the audit writer); read by the audit API through
+//!   short-lived read connections.
 //!
 //! Nothing outside this module writes SQL.
 
@@ -25,6 +26,14 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("store error: {0}")]
     Io(#[from] std::io::Error),
+    #[error("store is damaged: {0}")]
+    Corrupt(String),
+}
+
+impl From<audit::block::BlockError> for StoreError {
+    fn from(error: audit::block::BlockError) -> Self {
+        StoreError::Corrupt(error.to_string())
+    }
 }
 
 /// Opens a SQLite file with the settings every keytrail connection uses.

@@ -187,7 +187,7 @@ async fn control_data_survives_a_restart() {
     let res = ts.client.get(format!("{gateway}/docs/x")).header("X-API-Key", &key).send().await.unwrap();
     assert_eq!(res.status(), 401);
     server.audit.flush().await;
-    let chain = keytrail::store::audit::AuditReader::open(&keep.join("audit.db")).unwrap().chain("acme").unwrap();
+    let chain = keytrail::store::audit::AuditReader::open(&keep.join("audit")).unwrap().chain("acme").unwrap();
     let seqs: Vec<u64> = chain.iter().map(|e| e.event.seq).collect();
     assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "numbering continues across the restart");
     server.shutdown().await;

@@ -27,14 +27,14 @@ fn request(status: u16) -> Event {
 }
 
 fn committed(dir: &std::path::Path) -> Vec<u16> {
-    let chain = AuditReader::open(&dir.join("audit.db")).unwrap().chain("acme").unwrap();
+    let chain = AuditReader::open(&dir.join("audit")).unwrap().chain("acme").unwrap();
     chain.iter().map(|s| s.event.status_code.unwrap_or(0)).collect()
 }
 
 #[tokio::test]
 async fn a_full_queue_drops_only_successful_calls_and_counts_them() {
     let dir = tempfile::tempdir().unwrap();
-    let pipeline = AuditPipeline::start(dir.path().join("audit.db"), &config(QueueFullPolicy::Drop, true)).unwrap();
+    let pipeline = AuditPipeline::start(dir.path().join("audit"), &config(QueueFullPolicy::Drop, true)).unwrap();
     for _ in 0..40 {
         pipeline.record(request(200));
     }
@@ -55,7 +55,7 @@ async fn the_block_policy_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(QueueFullPolicy::Block, true);
     cfg.flush_interval = Duration::from_millis(5);
-    let pipeline = std::sync::Arc::new(AuditPipeline::start(dir.path().join("audit.db"), &cfg).unwrap());
+    let pipeline = std::sync::Arc::new(AuditPipeline::start(dir.path().join("audit"), &cfg).unwrap());
     let p = pipeline.clone();
     tokio::task::spawn_blocking(move || {
         for _ in 0..500 {
@@ -72,7 +72,7 @@ async fn the_block_policy_loses_nothing() {
 #[tokio::test]
 async fn switching_off_successful_calls_keeps_failures() {
     let dir = tempfile::tempdir().unwrap();
-    let pipeline = AuditPipeline::start(dir.path().join("audit.db"), &config(QueueFullPolicy::Drop, false)).unwrap();
+    let pipeline = AuditPipeline::start(dir.path().join("audit"), &config(QueueFullPolicy::Drop, false)).unwrap();
     pipeline.record(request(200));
     pipeline.record(request(302));
     pipeline.record(request(404));

@@ -199,8 +199,8 @@ impl TestServer {
         Admin { base: self.admin.clone(), token: ADMIN_TOKEN.to_string(), client: self.client.clone() }
     }
 
-    pub fn audit_db(&self) -> PathBuf {
-        self.data_dir.join("audit.db")
+    pub fn audit_dir(&self) -> PathBuf {
+        self.data_dir.join("audit")
     }
 }
 

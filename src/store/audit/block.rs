@@ -1,0 +1,978 @@
+//! The block: how consecutive events of one tenant are laid out on disk.
+//!
+//! A block holds up to [`MAX_BLOCK_ROWS`] events of one tenant with
+//! consecutive sequence numbers, stored column by column: each field of
+//! every event in the block sits next to the same field of its neighbours,
+//! as varints or dictionary ids, and each column is compressed with zstd on
+//! its own when that makes it smaller. Columns compress far better than rows
+//! (status codes, methods and tenants repeat; timestamps climb slowly), and a
+//! reader decodes only the columns a query needs.
+//!
+//! Layout of a block's bytes (version 1):
+//!
+//! ```text
+//! u8 version | varint rows | varint columns
+//! per column: u8 codec (0 raw, 1 zstd) | varint raw length | varint stored length
+//! the columns' stored bytes, in column order
+//! ```
+//!
+//! Column encodings (`varint` is LEB128; `v+1` leaves 0 for "absent"):
+//! - `TS`: zigzag varint of the difference to the previous row (the first
+//!   row's to 0);
+//! - `CATEGORY`: one byte per row (0 request, 1 security, 2 admin, 3 app);
+//! - `EVENT_ID`: a kind byte per row: 0 = derived from tenant, seq and time
+//!   (nothing stored), 1 = a UUID (16 bytes follow), 2 = other text (varint
+//!   length and bytes follow);
+//! - `REQUEST_ID`: a kind byte: 0 absent, 1 = a UUIDv7 carrying the row's own
+//!   timestamp (its last 10 bytes follow), 2 = another UUID (16 bytes),
+//!   3 = other text (varint length and bytes);
+//! - `STATUS`, `LATENCY`, sizes: varint `v+1`; `UPSTREAM_LATENCY`: varint
+//!   `zigzag(latency - upstream) + 1`, so it costs a byte when the two are close;
+//! - `DETAILS`: varint `length+1` and the JSON text;
+//! - text columns ([`TextField`]): a varint code per row — 0 absent,
+//!   1 inline (the text is stored in this block), `id + 1` for dictionary id
+//!   `id >= 1` — followed by the inline texts of the column, each as varint
+//!   length and bytes, in row order.
+//!
+//! This module does no IO and knows nothing of SQLite; the dictionary ids it
+//! stores are resolved by the caller.
+
+use crate::event::{derived_event_id_bytes, Category, Event};
+
+/// Most events in one block.
+pub const MAX_BLOCK_ROWS: usize = 2048;
+/// Widest time span of one block. Blocks are found by time, so a bounded
+/// span bounds how far back a time-range query must look.
+pub const MAX_BLOCK_SPAN_MS: i64 = 10 * 60 * 1000;
+
+const FORMAT_VERSION: u8 = 1;
+/// Columns shorter than this are stored raw; zstd's frame would not pay off.
+const MIN_COMPRESS: usize = 64;
+const ZSTD_LEVEL: i32 = 1;
+
+/// The text fields of an event, each stored as a dictionary column. The
+/// order is part of the on-disk format: append only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TextField {
+    EventType,
+    Outcome,
+    Actor,
+    Target,
+    Consumer,
+    ConsumerName,
+    Api,
+    KeyId,
+    KeyHint,
+    Method,
+    Path,
+    ClientIp,
+    UserAgent,
+    Country,
+    ErrorCode,
+    ErrorMessage,
+}
+
+pub const TEXT_FIELDS: [TextField; 16] = [
+    TextField::EventType,
+    TextField::Outcome,
+    TextField::Actor,
+    TextField::Target,
+    TextField::Consumer,
+    TextField::ConsumerName,
+    TextField::Api,
+    TextField::KeyId,
+    TextField::KeyHint,
+    TextField::Method,
+    TextField::Path,
+    TextField::ClientIp,
+    TextField::UserAgent,
+    TextField::Country,
+    TextField::ErrorCode,
+    TextField::ErrorMessage,
+];
+
+impl TextField {
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Whether every value is put in the dictionary. Fields that identify
+    /// things (tenants' consumers, apis, keys, paths, codes) are few and are
+    /// what queries filter and group by; the rest (client IPs, user agents,
+    /// free text) may be unique per call and enter the dictionary only when
+    /// they are seen a second time, so one-off values do not bloat it.
+    pub fn always_interned(self) -> bool {
+        !matches!(
+            self,
+            TextField::Actor | TextField::Target | TextField::ClientIp | TextField::UserAgent | TextField::ErrorMessage
+        )
+    }
+
+    pub fn get(self, e: &Event) -> Option<&str> {
+        match self {
+            TextField::EventType => Some(&e.event_type),
+            TextField::Outcome => Some(&e.outcome),
+            TextField::Actor => e.actor.as_deref(),
+            TextField::Target => e.target.as_deref(),
+            TextField::Consumer => e.consumer_id.as_deref(),
+            TextField::ConsumerName => e.consumer_name.as_deref(),
+            TextField::Api => e.api_id.as_deref(),
+            TextField::KeyId => e.key_id.as_deref(),
+            TextField::KeyHint => e.key_hint.as_deref(),
+            TextField::Method => e.method.as_deref(),
+            TextField::Path => e.path.as_deref(),
+            TextField::ClientIp => e.client_ip.as_deref(),
+            TextField::UserAgent => e.user_agent.as_deref(),
+            TextField::Country => e.country.as_deref(),
+            TextField::ErrorCode => e.error_code.as_deref(),
+            TextField::ErrorMessage => e.error_message.as_deref(),
+        }
+    }
+
+    fn set(self, e: &mut Event, value: Option<&str>) {
+        let slot = match self {
+            TextField::EventType => return set_string(&mut e.event_type, value.unwrap_or("")),
+            TextField::Outcome => return set_string(&mut e.outcome, value.unwrap_or("")),
+            TextField::Actor => &mut e.actor,
+            TextField::Target => &mut e.target,
+            TextField::Consumer => &mut e.consumer_id,
+            TextField::ConsumerName => &mut e.consumer_name,
+            TextField::Api => &mut e.api_id,
+            TextField::KeyId => &mut e.key_id,
+            TextField::KeyHint => &mut e.key_hint,
+            TextField::Method => &mut e.method,
+            TextField::Path => &mut e.path,
+            TextField::ClientIp => &mut e.client_ip,
+            TextField::UserAgent => &mut e.user_agent,
+            TextField::Country => &mut e.country,
+            TextField::ErrorCode => &mut e.error_code,
+            TextField::ErrorMessage => &mut e.error_message,
+        };
+        set_opt_string(slot, value);
+    }
+}
+
+/// Column numbers. Part of the on-disk format: append only.
+pub mod col {
+    pub const TS: usize = 0;
+    pub const CATEGORY: usize = 1;
+    pub const EVENT_ID: usize = 2;
+    pub const REQUEST_ID: usize = 3;
+    pub const STATUS: usize = 4;
+    pub const LATENCY: usize = 5;
+    pub const UPSTREAM_LATENCY: usize = 6;
+    pub const REQUEST_SIZE: usize = 7;
+    pub const RESPONSE_SIZE: usize = 8;
+    pub const DETAILS: usize = 9;
+    /// The first text column; text field `f` is column `TEXT + f.index()`.
+    pub const TEXT: usize = 10;
+    pub const COUNT: usize = TEXT + 16;
+}
+
+/// A set of columns, one bit each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Columns(u32);
+
+impl Columns {
+    pub const ALL: Columns = Columns((1 << col::COUNT) - 1);
+
+    pub fn of(columns: &[usize]) -> Columns {
+        Columns(columns.iter().fold(0, |acc, c| acc | (1 << c)))
+    }
+
+    pub fn text(fields: &[TextField]) -> Columns {
+        Columns(fields.iter().fold(0, |acc, f| acc | (1 << (col::TEXT + f.index()))))
+    }
+
+    pub fn with(self, other: Columns) -> Columns {
+        Columns(self.0 | other.0)
+    }
+
+    pub fn has(self, column: usize) -> bool {
+        self.0 & (1 << column) != 0
+    }
+}
+
+/// Category codes as stored; fixed, never renumber.
+pub fn category_code(category: Category) -> u8 {
+    match category {
+        Category::Request => 0,
+        Category::Security => 1,
+        Category::Admin => 2,
+        Category::App => 3,
+    }
+}
+
+pub fn category_from_code(code: u8) -> Option<Category> {
+    match code {
+        0 => Some(Category::Request),
+        1 => Some(Category::Security),
+        2 => Some(Category::Admin),
+        3 => Some(Category::App),
+        _ => None,
+    }
+}
+
+/// How the caller resolved one text value for the block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TextRef<'a> {
+    Absent,
+    /// A dictionary id, `>= 1`.
+    Dict(u32),
+    /// Stored in the block itself.
+    Inline(&'a str),
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("corrupt audit block: {0}")]
+pub struct BlockError(pub &'static str);
+
+// ---------- varints ----------
+
+pub fn push_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+fn unzigzag(v: u64) -> i64 {
+    ((v >> 1) as i64) ^ -((v & 1) as i64)
+}
+
+/// A cursor over encoded bytes.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        Reader { bytes, at: 0 }
+    }
+
+    fn varint(&mut self) -> Result<u64, BlockError> {
+        let mut v = 0u64;
+        let mut shift = 0;
+        loop {
+            let byte = *self.bytes.get(self.at).ok_or(BlockError("truncated varint"))?;
+            self.at += 1;
+            v |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Ok(v);
+            }
+            shift += 7;
+            if shift > 63 {
+                return Err(BlockError("varint too long"));
+            }
+        }
+    }
+
+    fn byte(&mut self) -> Result<u8, BlockError> {
+        let b = *self.bytes.get(self.at).ok_or(BlockError("truncated column"))?;
+        self.at += 1;
+        Ok(b)
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], BlockError> {
+        let end = self.at.checked_add(n).filter(|end| *end <= self.bytes.len()).ok_or(BlockError("truncated bytes"))?;
+        let slice = &self.bytes[self.at..end];
+        self.at = end;
+        Ok(slice)
+    }
+
+    fn text(&mut self) -> Result<&'a str, BlockError> {
+        let n = self.varint()? as usize;
+        std::str::from_utf8(self.take(n)?).map_err(|_| BlockError("text is not UTF-8"))
+    }
+}
+
+fn push_opt(out: &mut Vec<u8>, v: Option<u64>) {
+    push_varint(out, v.map_or(0, |v| v.saturating_add(1)));
+}
+
+fn push_text(out: &mut Vec<u8>, s: &str) {
+    push_varint(out, s.len() as u64);
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// The parts of a UUID's text when it is the canonical lowercase hyphenated form.
+fn uuid_bytes(text: &str) -> Option<[u8; 16]> {
+    if text.len() != 36 {
+        return None;
+    }
+    let parsed = uuid::Uuid::try_parse(text).ok()?;
+    let mut buf = [0u8; 36];
+    (parsed.hyphenated().encode_lower(&mut buf) == text).then(|| *parsed.as_bytes())
+}
+
+fn uuid_text(bytes: &[u8; 16], out: &mut String) {
+    let mut buf = [0u8; 36];
+    out.push_str(uuid::Uuid::from_bytes(*bytes).hyphenated().encode_lower(&mut buf));
+}
+
+// ---------- encoding ----------
+
+/// Builds one block from events pushed in sequence order.
+pub struct BlockEncoder {
+    columns: Vec<Vec<u8>>,
+    inline: Vec<Vec<u8>>,
+    rows: usize,
+    previous_ts: i64,
+    pub min_ts: i64,
+    pub max_ts: i64,
+    /// One bit per category present (`1 << category_code`).
+    pub categories: u8,
+}
+
+impl Default for BlockEncoder {
+    fn default() -> Self {
+        BlockEncoder {
+            columns: vec![Vec::new(); col::COUNT],
+            inline: vec![Vec::new(); TEXT_FIELDS.len()],
+            rows: 0,
+            previous_ts: 0,
+            min_ts: i64::MAX,
+            max_ts: i64::MIN,
+            categories: 0,
+        }
+    }
+}
+
+impl BlockEncoder {
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Whether an event at `timestamp_ms` still fits in this block.
+    pub fn fits(&self, timestamp_ms: i64) -> bool {
+        self.rows < MAX_BLOCK_ROWS
+            && (self.rows == 0
+                || (timestamp_ms.max(self.max_ts) - timestamp_ms.min(self.min_ts)) <= MAX_BLOCK_SPAN_MS)
+    }
+
+    /// Adds an event. `texts` are its text fields in [`TEXT_FIELDS`] order,
+    /// resolved by the caller; `tenant_id` is the block's tenant.
+    pub fn push(&mut self, e: &Event, tenant_id: &str, texts: &[TextRef<'_>; 16]) {
+        let c = &mut self.columns;
+        push_varint(&mut c[col::TS], zigzag(e.timestamp_ms.wrapping_sub(self.previous_ts)));
+        self.previous_ts = e.timestamp_ms;
+        self.min_ts = self.min_ts.min(e.timestamp_ms);
+        self.max_ts = self.max_ts.max(e.timestamp_ms);
+        let category = category_code(e.category());
+        self.categories |= 1 << category;
+        c[col::CATEGORY].push(category);
+
+        let ids = &mut c[col::EVENT_ID];
+        match uuid_bytes(&e.event_id) {
+            Some(bytes) if bytes == derived_event_id_bytes(tenant_id, e.seq, e.timestamp_ms) => ids.push(0),
+            Some(bytes) => {
+                ids.push(1);
+                ids.extend_from_slice(&bytes);
+            }
+            None => {
+                ids.push(2);
+                push_text(ids, &e.event_id);
+            }
+        }
+
+        let requests = &mut c[col::REQUEST_ID];
+        match e.request_id.as_deref() {
+            None => requests.push(0),
+            Some(text) => match uuid_bytes(text) {
+                Some(bytes)
+                    if bytes[6] >> 4 == 7
+                        && bytes[..6] == (e.timestamp_ms.max(0) as u64).to_be_bytes()[2..] =>
+                {
+                    requests.push(1);
+                    requests.extend_from_slice(&bytes[6..]);
+                }
+                Some(bytes) => {
+                    requests.push(2);
+                    requests.extend_from_slice(&bytes);
+                }
+                None => {
+                    requests.push(3);
+                    push_text(requests, text);
+                }
+            },
+        }
+
+        push_opt(&mut c[col::STATUS], e.status_code.map(u64::from));
+        push_opt(&mut c[col::LATENCY], e.latency_us);
+        match e.upstream_latency_us {
+            None => c[col::UPSTREAM_LATENCY].push(0),
+            Some(up) => {
+                let base = e.latency_us.unwrap_or(0) as i64;
+                push_varint(&mut c[col::UPSTREAM_LATENCY], zigzag(base.wrapping_sub(up as i64)).saturating_add(1));
+            }
+        }
+        push_opt(&mut c[col::REQUEST_SIZE], e.request_size_bytes);
+        push_opt(&mut c[col::RESPONSE_SIZE], e.response_size_bytes);
+        match &e.details {
+            None => c[col::DETAILS].push(0),
+            Some(details) => {
+                let text = details.to_string();
+                push_varint(&mut c[col::DETAILS], text.len() as u64 + 1);
+                c[col::DETAILS].extend_from_slice(text.as_bytes());
+            }
+        }
+        for (i, text) in texts.iter().enumerate() {
+            let column = &mut c[col::TEXT + i];
+            match text {
+                TextRef::Absent => column.push(0),
+                TextRef::Inline(s) => {
+                    column.push(1);
+                    push_text(&mut self.inline[i], s);
+                }
+                TextRef::Dict(id) => push_varint(column, u64::from(*id) + 1),
+            }
+        }
+        self.rows += 1;
+    }
+
+    /// Writes the finished block into `out` (cleared first) and resets the
+    /// encoder for the next block.
+    pub fn finish(&mut self, compressor: &mut zstd::bulk::Compressor<'static>, out: &mut Vec<u8>) -> std::io::Result<()> {
+        for (i, inline) in self.inline.iter_mut().enumerate() {
+            self.columns[col::TEXT + i].append(inline);
+        }
+        out.clear();
+        out.push(FORMAT_VERSION);
+        push_varint(out, self.rows as u64);
+        push_varint(out, col::COUNT as u64);
+        let mut stored: Vec<(u8, Vec<u8>)> = Vec::with_capacity(col::COUNT);
+        for column in &self.columns {
+            if column.len() >= MIN_COMPRESS {
+                let mut compressed = Vec::with_capacity(zstd::zstd_safe::compress_bound(column.len()));
+                compressor.compress_to_buffer(column, &mut compressed)?;
+                if compressed.len() < column.len() {
+                    stored.push((1, compressed));
+                    continue;
+                }
+            }
+            stored.push((0, Vec::new()));
+        }
+        for (column, (codec, bytes)) in self.columns.iter().zip(&stored) {
+            out.push(*codec);
+            push_varint(out, column.len() as u64);
+            push_varint(out, if *codec == 1 { bytes.len() } else { column.len() } as u64);
+        }
+        for (column, (codec, bytes)) in self.columns.iter().zip(&stored) {
+            out.extend_from_slice(if *codec == 1 { bytes } else { column });
+        }
+        *self = BlockEncoder { columns: std::mem::take(&mut self.columns), inline: std::mem::take(&mut self.inline), ..Default::default() };
+        for column in &mut self.columns {
+            column.clear();
+        }
+        Ok(())
+    }
+}
+
+pub fn new_compressor() -> std::io::Result<zstd::bulk::Compressor<'static>> {
+    zstd::bulk::Compressor::new(ZSTD_LEVEL)
+}
+
+// ---------- decoding ----------
+
+/// A text column after decoding: per row 0 (absent), a dictionary id
+/// (`< INLINE`), or `INLINE | n` for the n-th inline text of the column.
+#[derive(Debug, Default, Clone)]
+pub struct TextColumn {
+    pub codes: Vec<u32>,
+    pub inline: Vec<Box<str>>,
+}
+
+pub const INLINE: u32 = 1 << 31;
+
+impl TextColumn {
+    /// The dictionary id of row `row`, if it has one.
+    pub fn dict_id(&self, row: usize) -> Option<u32> {
+        let code = self.codes[row];
+        (code != 0 && code & INLINE == 0).then_some(code)
+    }
+
+    pub fn inline_text(&self, row: usize) -> Option<&str> {
+        let code = self.codes[row];
+        (code & INLINE != 0).then(|| &*self.inline[(code & !INLINE) as usize])
+    }
+
+    /// The largest dictionary id the column refers to (0 if none).
+    pub fn max_dict_id(&self) -> u32 {
+        self.codes.iter().filter(|c| **c & INLINE == 0).max().copied().unwrap_or(0)
+    }
+}
+
+/// Kind of a stored id (event or request id).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IdKind {
+    Derived,
+    Absent,
+    Uuid([u8; 16]),
+    /// A UUID whose first six bytes are the row's timestamp; the other ten.
+    OwnTimeUuid([u8; 10]),
+    /// Index into `DecodedBlock::id_texts`.
+    Text(u32),
+}
+
+/// A block decoded column by column, on demand.
+pub struct DecodedBlock {
+    rows: usize,
+    loaded: Columns,
+    pub ts: Vec<i64>,
+    pub category: Vec<u8>,
+    event_ids: Vec<IdKind>,
+    request_ids: Vec<IdKind>,
+    id_texts: Vec<Box<str>>,
+    /// 0 when absent.
+    pub status: Vec<u16>,
+    pub latency_us: Vec<Option<u64>>,
+    upstream_latency_us: Vec<Option<u64>>,
+    request_size: Vec<Option<u64>>,
+    response_size: Vec<Option<u64>>,
+    details: Vec<Option<Box<str>>>,
+    pub texts: Vec<TextColumn>,
+    /// Offsets of each column's stored bytes within the block, and codecs.
+    layout: Vec<(u8, usize, usize, usize)>,
+}
+
+impl DecodedBlock {
+    /// Reads the block's header; no column is decoded yet.
+    pub fn parse(data: &[u8]) -> Result<DecodedBlock, BlockError> {
+        let mut r = Reader::new(data);
+        if r.byte()? != FORMAT_VERSION {
+            return Err(BlockError("unknown block version"));
+        }
+        let rows = r.varint()? as usize;
+        let columns = r.varint()? as usize;
+        if columns < col::COUNT || rows > 1 << 24 {
+            return Err(BlockError("bad block header"));
+        }
+        let mut heads = Vec::with_capacity(columns);
+        for _ in 0..columns {
+            let codec = r.byte()?;
+            let raw = r.varint()? as usize;
+            let stored = r.varint()? as usize;
+            heads.push((codec, raw, stored));
+        }
+        let mut at = r.at;
+        let mut layout = Vec::with_capacity(columns);
+        for (codec, raw, stored) in heads {
+            layout.push((codec, raw, at, stored));
+            at = at.checked_add(stored).ok_or(BlockError("bad column length"))?;
+        }
+        if at != data.len() {
+            return Err(BlockError("column lengths do not add up"));
+        }
+        Ok(DecodedBlock {
+            rows,
+            loaded: Columns::default(),
+            ts: Vec::new(),
+            category: Vec::new(),
+            event_ids: Vec::new(),
+            request_ids: Vec::new(),
+            id_texts: Vec::new(),
+            status: Vec::new(),
+            latency_us: Vec::new(),
+            upstream_latency_us: Vec::new(),
+            request_size: Vec::new(),
+            response_size: Vec::new(),
+            details: Vec::new(),
+            texts: vec![TextColumn::default(); TEXT_FIELDS.len()],
+            layout,
+        })
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Decodes the given columns (those not decoded yet).
+    pub fn load(&mut self, data: &[u8], columns: Columns, decompressor: &mut zstd::bulk::Decompressor<'static>) -> Result<(), BlockError> {
+        // Upstream latency is stored relative to latency.
+        let columns = if columns.has(col::UPSTREAM_LATENCY) { columns.with(Columns::of(&[col::LATENCY])) } else { columns };
+        let mut scratch = Vec::new();
+        for c in 0..col::COUNT {
+            if !columns.has(c) || self.loaded.has(c) {
+                continue;
+            }
+            let (codec, raw, start, stored) = self.layout[c];
+            let stored_bytes = &data[start..start + stored];
+            let bytes: &[u8] = match codec {
+                0 => stored_bytes,
+                1 => {
+                    scratch.clear();
+                    scratch.reserve(raw);
+                    let n = decompressor.decompress_to_buffer(stored_bytes, &mut scratch).map_err(|_| BlockError("bad zstd column"))?;
+                    if n != raw {
+                        return Err(BlockError("column length mismatch"));
+                    }
+                    &scratch
+                }
+                _ => return Err(BlockError("unknown column codec")),
+            };
+            self.decode_column(c, bytes)?;
+            self.loaded = self.loaded.with(Columns::of(&[c]));
+        }
+        Ok(())
+    }
+
+    fn decode_column(&mut self, c: usize, bytes: &[u8]) -> Result<(), BlockError> {
+        let n = self.rows;
+        let mut r = Reader::new(bytes);
+        let opt = |r: &mut Reader<'_>| -> Result<Option<u64>, BlockError> { Ok(r.varint()?.checked_sub(1)) };
+        match c {
+            col::TS => {
+                self.ts.clear();
+                let mut ts = 0i64;
+                for _ in 0..n {
+                    ts = ts.wrapping_add(unzigzag(r.varint()?));
+                    self.ts.push(ts);
+                }
+            }
+            col::CATEGORY => self.category = r.take(n)?.to_vec(),
+            col::EVENT_ID | col::REQUEST_ID => {
+                let mut out = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let kind = r.byte()?;
+                    out.push(match (c, kind) {
+                        (col::EVENT_ID, 0) => IdKind::Derived,
+                        (col::EVENT_ID, 1) | (col::REQUEST_ID, 2) => IdKind::Uuid(r.take(16)?.try_into().unwrap_or([0; 16])),
+                        (col::EVENT_ID, 2) | (col::REQUEST_ID, 3) => {
+                            self.id_texts.push(r.text()?.into());
+                            IdKind::Text(self.id_texts.len() as u32 - 1)
+                        }
+                        (col::REQUEST_ID, 0) => IdKind::Absent,
+                        (col::REQUEST_ID, 1) => IdKind::OwnTimeUuid(r.take(10)?.try_into().unwrap_or([0; 10])),
+                        _ => return Err(BlockError("unknown id kind")),
+                    });
+                }
+                if c == col::EVENT_ID {
+                    self.event_ids = out;
+                } else {
+                    self.request_ids = out;
+                }
+            }
+            col::STATUS => {
+                self.status.clear();
+                for _ in 0..n {
+                    self.status.push(opt(&mut r)?.map_or(0, |s| s as u16));
+                }
+            }
+            col::LATENCY | col::REQUEST_SIZE | col::RESPONSE_SIZE => {
+                let mut out = Vec::with_capacity(n);
+                for _ in 0..n {
+                    out.push(opt(&mut r)?);
+                }
+                match c {
+                    col::LATENCY => self.latency_us = out,
+                    col::REQUEST_SIZE => self.request_size = out,
+                    _ => self.response_size = out,
+                }
+            }
+            col::UPSTREAM_LATENCY => {
+                let mut out = Vec::with_capacity(n);
+                for i in 0..n {
+                    out.push(match opt(&mut r)? {
+                        None => None,
+                        Some(z) => {
+                            let base = self.latency_us.get(i).copied().flatten().unwrap_or(0) as i64;
+                            Some(base.wrapping_sub(unzigzag(z)) as u64)
+                        }
+                    });
+                }
+                self.upstream_latency_us = out;
+            }
+            col::DETAILS => {
+                let mut out = Vec::with_capacity(n);
+                for _ in 0..n {
+                    out.push(match opt(&mut r)? {
+                        None => None,
+                        Some(len) => Some(
+                            std::str::from_utf8(r.take(len as usize)?).map_err(|_| BlockError("details are not UTF-8"))?.into(),
+                        ),
+                    });
+                }
+                self.details = out;
+            }
+            _ if (col::TEXT..col::COUNT).contains(&c) => {
+                let column = &mut self.texts[c - col::TEXT];
+                column.codes.clear();
+                column.inline.clear();
+                let mut inline_count = 0u32;
+                for _ in 0..n {
+                    let code = r.varint()?;
+                    column.codes.push(match code {
+                        0 => 0,
+                        1 => {
+                            inline_count += 1;
+                            INLINE | (inline_count - 1)
+                        }
+                        id => u32::try_from(id - 1).ok().filter(|id| *id < INLINE).ok_or(BlockError("dictionary id too large"))?,
+                    });
+                }
+                for _ in 0..inline_count {
+                    column.inline.push(r.text()?.into());
+                }
+            }
+            _ => {}
+        }
+        if r.at != bytes.len() {
+            return Err(BlockError("column has trailing bytes"));
+        }
+        Ok(())
+    }
+
+    /// The largest dictionary id any decoded text column refers to.
+    pub fn max_dict_id(&self) -> u32 {
+        self.texts.iter().map(TextColumn::max_dict_id).max().unwrap_or(0)
+    }
+
+    /// Writes row `row` into `event`, reusing its buffers. Needs every column
+    /// loaded; `lookup` resolves dictionary ids.
+    pub fn fill_event<'d>(
+        &self,
+        row: usize,
+        tenant_id: &str,
+        seq: u64,
+        lookup: &dyn Fn(u32) -> Option<&'d str>,
+        event: &mut Event,
+    ) -> Result<(), BlockError> {
+        debug_assert_eq!(self.loaded, Columns::ALL);
+        let ts = self.ts[row];
+        event.seq = seq;
+        event.timestamp_ms = ts;
+        set_string(&mut event.tenant_id, tenant_id);
+        event.category = category_from_code(self.category[row]);
+        event.event_id.clear();
+        match self.event_ids[row] {
+            IdKind::Derived => uuid_text(&derived_event_id_bytes(tenant_id, seq, ts), &mut event.event_id),
+            IdKind::Uuid(bytes) => uuid_text(&bytes, &mut event.event_id),
+            IdKind::Text(i) => event.event_id.push_str(&self.id_texts[i as usize]),
+            IdKind::Absent | IdKind::OwnTimeUuid(_) => {}
+        }
+        match self.request_ids[row] {
+            IdKind::Absent | IdKind::Derived => event.request_id = None,
+            IdKind::Uuid(bytes) => {
+                let slot = event.request_id.get_or_insert_with(String::new);
+                slot.clear();
+                uuid_text(&bytes, slot);
+            }
+            IdKind::OwnTimeUuid(tail) => {
+                let mut bytes = [0u8; 16];
+                bytes[..6].copy_from_slice(&(ts.max(0) as u64).to_be_bytes()[2..]);
+                bytes[6..].copy_from_slice(&tail);
+                let slot = event.request_id.get_or_insert_with(String::new);
+                slot.clear();
+                uuid_text(&bytes, slot);
+            }
+            IdKind::Text(i) => set_opt_string(&mut event.request_id, Some(&self.id_texts[i as usize])),
+        }
+        event.status_code = (self.status[row] != 0).then_some(self.status[row]);
+        event.latency_us = self.latency_us[row];
+        event.upstream_latency_us = self.upstream_latency_us[row];
+        event.request_size_bytes = self.request_size[row];
+        event.response_size_bytes = self.response_size[row];
+        event.details = match &self.details[row] {
+            None => None,
+            Some(text) => Some(serde_json::from_str(text).map_err(|_| BlockError("details are not JSON"))?),
+        };
+        for field in TEXT_FIELDS {
+            let column = &self.texts[field.index()];
+            let value = match column.codes[row] {
+                0 => None,
+                code if code & INLINE != 0 => column.inline_text(row),
+                id => Some(lookup(id).ok_or(BlockError("dictionary id not found"))?),
+            };
+            field.set(event, value);
+        }
+        Ok(())
+    }
+}
+
+fn set_string(slot: &mut String, value: &str) {
+    slot.clear();
+    slot.push_str(value);
+}
+
+fn set_opt_string(slot: &mut Option<String>, value: Option<&str>) {
+    match (slot.as_mut(), value) {
+        (Some(s), Some(v)) => set_string(s, v),
+        (None, Some(v)) => *slot = Some(v.to_string()),
+        (_, None) => *slot = None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{derived_event_id, new_id_at};
+
+    /// A tiny dictionary for the tests: every text is interned except the
+    /// fields that are interned on repeat, which stay inline.
+    struct Dict(Vec<String>);
+
+    impl Dict {
+        fn resolve<'a>(&mut self, field: TextField, value: Option<&'a str>) -> TextRef<'a> {
+            match value {
+                None => TextRef::Absent,
+                Some(v) if !field.always_interned() => TextRef::Inline(v),
+                Some(v) => match self.0.iter().position(|s| s == v) {
+                    Some(i) => TextRef::Dict(i as u32 + 1),
+                    None => {
+                        self.0.push(v.to_string());
+                        TextRef::Dict(self.0.len() as u32)
+                    }
+                },
+            }
+        }
+    }
+
+    fn events() -> Vec<Event> {
+        let mut out = Vec::new();
+        for i in 0..300u64 {
+            let category = [Category::Request, Category::Security, Category::Admin][(i % 3) as usize];
+            let mut e = Event::new("acme", category, if i % 3 == 1 { "auth_failed" } else { "request" }, "success");
+            e.seq = 41 + i;
+            e.timestamp_ms = 1_795_000_000_000 + (i as i64 * 37) % 1_000 - 500;
+            e.event_id = match i % 4 {
+                0 | 1 => derived_event_id("acme", e.seq, e.timestamp_ms),
+                2 => crate::event::new_id(),
+                _ => format!("client-supplied-{i}"),
+            };
+            e.request_id = match i % 5 {
+                0 => None,
+                1 => Some(crate::event::new_id()),
+                2 => Some(format!("req-{i}")),
+                _ => Some(new_id_at(e.timestamp_ms)),
+            };
+            e.consumer_id = (i % 7 != 0).then(|| format!("cons_{}", i % 11));
+            e.path = Some(format!("/docs/{}", i % 13));
+            e.method = Some(["GET", "POST"][(i % 2) as usize].into());
+            e.client_ip = Some(format!("10.0.0.{}", i % 250));
+            e.user_agent = (i % 2 == 0).then(|| "curl/8 ünïcode".into());
+            e.status_code = (i % 9 != 0).then_some(200 + (i % 4) as u16 * 100);
+            e.latency_us = Some(i * i * 13);
+            e.upstream_latency_us = match i % 3 {
+                0 => None,
+                1 => Some(i * i * 13 / 2),
+                _ => Some(i * i * 13 + 5),
+            };
+            e.request_size_bytes = (i % 2 == 0).then_some(i * 1000);
+            // The largest value a varint `v+1` column holds.
+            e.response_size_bytes = Some(u64::MAX - 1 - i);
+            e.details = (i % 6 == 0).then(|| serde_json::json!({"reason": "x", "n": i}));
+            e.error_message = (i % 8 == 0).then(|| "boom".into());
+            out.push(e);
+        }
+        out
+    }
+
+    fn encode(events: &[Event], dict: &mut Dict) -> Vec<u8> {
+        let mut encoder = BlockEncoder::default();
+        for e in events {
+            let texts = TEXT_FIELDS.map(|f| dict.resolve(f, f.get(e)));
+            encoder.push(e, "acme", &texts);
+        }
+        let mut out = Vec::new();
+        encoder.finish(&mut new_compressor().unwrap(), &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn every_field_round_trips() {
+        let events = events();
+        let mut dict = Dict(Vec::new());
+        let data = encode(&events, &mut dict);
+        let mut block = DecodedBlock::parse(&data).unwrap();
+        assert_eq!(block.rows(), events.len());
+        block.load(&data, Columns::ALL, &mut zstd::bulk::Decompressor::new().unwrap()).unwrap();
+        let lookup = |id: u32| dict.0.get(id as usize - 1).map(String::as_str);
+        let mut back = Event::default();
+        for (i, e) in events.iter().enumerate() {
+            block.fill_event(i, "acme", e.seq, &lookup, &mut back).unwrap();
+            assert_eq!(&back, e, "row {i}");
+            assert_eq!(back.canonical_bytes(), e.canonical_bytes());
+        }
+    }
+
+    #[test]
+    fn derived_ids_and_own_time_request_ids_cost_little() {
+        let mut dict = Dict(Vec::new());
+        let mut events = events();
+        // Ids the store must keep whole: random event ids, and request ids
+        // stamped at another moment than their event.
+        for e in &mut events {
+            e.event_id = crate::event::new_id();
+            e.request_id = Some(crate::event::new_id());
+        }
+        let whole = encode(&events, &mut dict).len();
+        for e in &mut events {
+            e.event_id = derived_event_id("acme", e.seq, e.timestamp_ms);
+            e.request_id = Some(new_id_at(e.timestamp_ms));
+        }
+        let compact = encode(&events, &mut dict).len();
+        // zstd already squeezes the ids' shared timestamp bits; the random
+        // 16 bytes of event ids and 6 of request ids still cost > 8 per event.
+        assert!(compact + events.len() * 8 < whole, "{compact} vs {whole} for {} events", events.len());
+    }
+
+    #[test]
+    fn only_requested_columns_are_decoded() {
+        let events = events();
+        let data = encode(&events, &mut Dict(Vec::new()));
+        let mut block = DecodedBlock::parse(&data).unwrap();
+        block.load(&data, Columns::of(&[col::TS, col::STATUS]), &mut zstd::bulk::Decompressor::new().unwrap()).unwrap();
+        assert_eq!(block.ts, events.iter().map(|e| e.timestamp_ms).collect::<Vec<_>>());
+        assert_eq!(block.status[1], 300);
+        assert!(block.category.is_empty() && block.texts[0].codes.is_empty());
+    }
+
+    #[test]
+    fn corrupt_blocks_are_errors_not_panics() {
+        let data = encode(&events(), &mut Dict(Vec::new()));
+        let mut decompressor = zstd::bulk::Decompressor::new().unwrap();
+        for cut in [0, 1, 5, data.len() / 2, data.len() - 1] {
+            let truncated = &data[..cut];
+            if let Ok(mut block) = DecodedBlock::parse(truncated) {
+                assert!(block.load(truncated, Columns::ALL, &mut decompressor).is_err(), "cut at {cut}");
+            }
+        }
+        let mut flipped = data.clone();
+        let last = flipped.len() - 3;
+        flipped[last] ^= 0xff;
+        if let Ok(mut block) = DecodedBlock::parse(&flipped) {
+            let _ = block.load(&flipped, Columns::ALL, &mut decompressor);
+        }
+        let mut wrong_version = data;
+        wrong_version[0] = 9;
+        assert!(DecodedBlock::parse(&wrong_version).is_err());
+    }
+
+    #[test]
+    fn blocks_are_cut_by_rows_and_by_time_span() {
+        let mut encoder = BlockEncoder::default();
+        let e = Event::new("acme", Category::Request, "request", "success");
+        assert!(encoder.fits(0));
+        encoder.push(&e, "acme", &[TextRef::Absent; 16]);
+        assert!(encoder.fits(e.timestamp_ms + MAX_BLOCK_SPAN_MS));
+        assert!(!encoder.fits(e.timestamp_ms + MAX_BLOCK_SPAN_MS + 1));
+        assert!(!encoder.fits(e.timestamp_ms - MAX_BLOCK_SPAN_MS - 1));
+        for _ in 1..MAX_BLOCK_ROWS {
+            encoder.push(&e, "acme", &[TextRef::Absent; 16]);
+        }
+        assert!(!encoder.fits(e.timestamp_ms));
+    }
+
+    #[test]
+    fn zigzag_round_trips() {
+        for v in [0i64, 1, -1, 63, -64, i64::MAX, i64::MIN] {
+            assert_eq!(unzigzag(zigzag(v)), v);
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! The embedded audit store: one SQLite file per UTC day, events in
+//! compressed column blocks, rollups beside them.
+//!
+//! Layout of the audit directory (`<data-dir>/audit/`):
+//! - `YYYY-MM-DD.db` — the events whose timestamp falls on that UTC day:
+//!   - `blocks`: each row one tenant's consecutive events (up to 2,048, at
+//!     most 10 minutes apart), column-encoded and compressed
+//!     ([`block`]), with the chain hash before its first event (`prev_hash`)
+//!     and after its last (`hash`). Indexed by `(tenant, first_seq)` for the
+//!     chain and `(tenant, max_ts, min_ts)` for time ranges;
+//!   - `strings`: the file's dictionary of repeated texts;
+//!   - `chain_heads`: each tenant's last `seq` and hash in this file;
+//!   - the rollups ([`rollup`]) and their watermark (in `kv`).
+//! - `meta.db` — every tenant's chain head, kept after old day files go.
+//!
+//! Why this shape (measured with `benches/store.rs`; see ARCHITECTURE.md):
+//! a file per day keeps every B-tree small, so ingest does not slow as the
+//! store grows, and retention becomes deleting a file; blocks of columns cost
+//! a few dozen bytes an event and one B-tree insert per block rather than
+//! three per event; the chain hash is stored once per block and recomputed
+//! for the events inside it when an export or a verification needs it.
+//!
+//! [`writer::AuditWriterStore`] is owned by the audit writer thread and is
+//! the only code that inserts; [`reader::AuditReader`] is opened per query.
+//! WAL mode lets readers run while the writer commits.
+
+pub mod block;
+pub mod reader;
+pub mod rollup;
+pub mod stats;
+pub mod writer;
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::Connection;
+
+pub use reader::{AuditReader, ChainBreak, ChainReport};
+pub use writer::AuditWriterStore;
+
+use super::{open, StoreError};
+use crate::event::{Category, Event};
+
+/// The file in the audit directory that outlives the day files.
+pub const META_FILE: &str = "meta.db";
+
+const DAY_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS strings (
+    id INTEGER PRIMARY KEY,
+    value TEXT NOT NULL UNIQUE
+);
+CREATE TABLE IF NOT EXISTS blocks (
+    id INTEGER PRIMARY KEY,
+    tenant INTEGER NOT NULL,
+    first_seq INTEGER NOT NULL,
+    rows INTEGER NOT NULL,
+    min_ts INTEGER NOT NULL,
+    max_ts INTEGER NOT NULL,
+    categories INTEGER NOT NULL,
+    prev_hash BLOB NOT NULL,
+    hash BLOB NOT NULL,
+    data BLOB NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS blocks_chain ON blocks(tenant, first_seq);
+CREATE INDEX IF NOT EXISTS blocks_time ON blocks(tenant, max_ts, min_ts);
+CREATE TABLE IF NOT EXISTS chain_heads (
+    tenant INTEGER PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    hash BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS kv (
+    key TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+";
+
+/// The UTC day (days since 1970-01-01) of a millisecond timestamp.
+pub fn day_of(timestamp_ms: i64) -> i64 {
+    timestamp_ms.div_euclid(rollup::DAY_MS)
+}
+
+/// `YYYY-MM-DD.db` for a day number.
+pub fn day_file_name(day: i64) -> String {
+    let date = chrono::DateTime::from_timestamp(day.max(0) * 86_400, 0).unwrap_or_default().date_naive();
+    format!("{}.db", date.format("%Y-%m-%d"))
+}
+
+fn parse_day_file_name(name: &str) -> Option<i64> {
+    let date = chrono::NaiveDate::parse_from_str(name.strip_suffix(".db")?, "%Y-%m-%d").ok()?;
+    Some(date.and_hms_opt(0, 0, 0)?.and_utc().timestamp().div_euclid(86_400))
+}
+
+/// The day files in `dir`, oldest first.
+pub fn list_days(dir: &Path) -> Result<Vec<(i64, PathBuf)>, StoreError> {
+    let mut days = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(days),
+        Err(error) => return Err(error.into()),
+    };
+    for entry in entries {
+        let entry = entry?;
+        if let Some(day) = entry.file_name().to_str().and_then(parse_day_file_name) {
+            days.push((day, entry.path()));
+        }
+    }
+    days.sort();
+    Ok(days)
+}
+
+/// Opens a day file for writing. A new file is made under a temporary
+/// name with its tables and then renamed into place, so a reader never
+/// finds a day file without them.
+fn open_day_file(path: &Path) -> Result<Connection, StoreError> {
+    if !path.exists() {
+        let mut temporary = path.as_os_str().to_owned();
+        temporary.push(".new");
+        let temporary = PathBuf::from(temporary);
+        let _ = std::fs::remove_file(&temporary);
+        let conn = open(&temporary)?;
+        conn.execute_batch(DAY_SCHEMA)?;
+        conn.execute_batch(rollup::SCHEMA)?;
+        // Closing the last connection folds the WAL back into the file.
+        conn.close().map_err(|(_, e)| e)?;
+        std::fs::rename(&temporary, path)?;
+    }
+    let conn = open(path)?;
+    conn.execute_batch(DAY_SCHEMA)?;
+    conn.execute_batch(rollup::SCHEMA)?;
+    Ok(conn)
+}
+
+/// An event as read back: with its sequence number and, when the reader
+/// was asked for them, its chain hash.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StoredEvent {
+    pub event: Event,
+    pub hash: Option<[u8; 32]>,
+}
+
+/// The last committed position of one tenant's chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChainHead {
+    pub seq: u64,
+    pub hash: [u8; 32],
+}
+
+/// Which events a query or export selects. Times are inclusive milliseconds.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    pub tenant_id: String,
+    pub category: Option<Category>,
+    pub event_type: Option<String>,
+    pub consumer_id: Option<String>,
+    pub api_id: Option<String>,
+    pub method: Option<String>,
+    /// Matches paths that start with this text.
+    pub path_prefix: Option<String>,
+    pub status_min: Option<u16>,
+    pub status_max: Option<u16>,
+    pub from_ms: Option<i64>,
+    pub to_ms: Option<i64>,
+    /// Resume after this position (exclusive), newest-first order.
+    pub before: Option<(i64, u64)>,
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,527 @@
+//! Reading the audit store: filtered scans newest first, the chain of a
+//! tenant, and its verification.
+//!
+//! A scan walks the day files from the newest in its window. In each file it
+//! resolves the filter's texts to the file's dictionary ids (a file without
+//! the tenant or the consumer is skipped whole), picks the tenant's blocks
+//! whose time range meets the window, and decodes only the columns the
+//! filter needs until a block has a match. Blocks may overlap in time (a
+//! slow request is committed after quicker later ones), so matching rows are
+//! merged across the open blocks by `(timestamp, seq)`; a block is opened
+//! only once its newest event could come next. Memory stays bounded by the
+//! blocks open at once, whatever the size of the result.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+
+use rusqlite::{Connection, OptionalExtension};
+use rustc_hash::FxHashSet;
+
+use super::block::{category_code, col, Columns, DecodedBlock, TextField, MAX_BLOCK_SPAN_MS};
+use super::{day_of, list_days, EventFilter, StoredEvent};
+use crate::event::{Event, GENESIS_HASH};
+use crate::store::StoreError;
+
+/// The strings of one day file, by id; shared by every reader in the
+/// process. Ids are never reused within a file, so entries never go stale.
+#[derive(Default)]
+pub(super) struct DictCache {
+    /// Id `i` at index `i - 1`.
+    values: RwLock<Vec<Box<str>>>,
+}
+
+impl DictCache {
+    /// The cache of the file at `path` (keyed by inode too, so a file that is
+    /// deleted and made again gets a fresh cache).
+    fn of(path: &Path) -> Arc<DictCache> {
+        static CACHES: OnceLock<Mutex<HashMap<(PathBuf, u64), Arc<DictCache>>>> = OnceLock::new();
+        use std::os::unix::fs::MetadataExt;
+        let inode = std::fs::metadata(path).map(|m| m.ino()).unwrap_or(0);
+        let mut caches = CACHES.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+        caches.entry((path.to_path_buf(), inode)).or_default().clone()
+    }
+
+    /// Makes sure ids up to `max_id` are loaded.
+    pub(super) fn ensure(&self, conn: &Connection, max_id: u32) -> Result<(), StoreError> {
+        let loaded = self.values.read().unwrap_or_else(|e| e.into_inner()).len();
+        if loaded as u64 >= u64::from(max_id) {
+            return Ok(());
+        }
+        let mut values = self.values.write().unwrap_or_else(|e| e.into_inner());
+        let mut stmt = conn.prepare_cached("SELECT id, value FROM strings WHERE id > ?1 ORDER BY id")?;
+        let mut rows = stmt.query([values.len() as i64])?;
+        while let Some(row) = rows.next()? {
+            let id: i64 = row.get(0)?;
+            while (values.len() as i64) < id - 1 {
+                values.push("".into());
+            }
+            values.push(row.get::<_, String>(1)?.into_boxed_str());
+        }
+        Ok(())
+    }
+
+    /// Runs `f` with a lookup from id to string.
+    pub(super) fn with<R>(&self, f: impl for<'a> FnOnce(&'a dyn Fn(u32) -> Option<&'a str>) -> R) -> R {
+        let values = self.values.read().unwrap_or_else(|e| e.into_inner());
+        f(&|id: u32| values.get((id as usize).wrapping_sub(1)).map(|s| &**s))
+    }
+
+    /// Ids of every loaded string that starts with `prefix`.
+    fn ids_with_prefix(&self, prefix: &str) -> FxHashSet<u32> {
+        let values = self.values.read().unwrap_or_else(|e| e.into_inner());
+        values.iter().enumerate().filter(|(_, v)| v.starts_with(prefix)).map(|(i, _)| i as u32 + 1).collect()
+    }
+}
+
+/// One day file opened for reading.
+pub(super) struct DayReader {
+    pub(super) conn: Connection,
+    pub(super) dict: Arc<DictCache>,
+}
+
+impl DayReader {
+    fn open(path: &Path) -> Result<DayReader, StoreError> {
+        let conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        Ok(DayReader { conn, dict: DictCache::of(path) })
+    }
+
+    /// The file's id for a string, if it has one.
+    pub(super) fn id_of(&self, value: &str) -> Result<Option<u32>, StoreError> {
+        Ok(self.conn.prepare_cached("SELECT id FROM strings WHERE value = ?1")?.query_row([value], |r| r.get(0)).optional()?)
+    }
+
+    pub(super) fn block_data(&self, id: i64) -> Result<Vec<u8>, StoreError> {
+        Ok(self.conn.prepare_cached("SELECT data FROM blocks WHERE id = ?1")?.query_row([id], |r| r.get(0))?)
+    }
+}
+
+/// A block's row in `blocks`, without its data.
+#[derive(Debug, Clone)]
+pub(super) struct BlockMeta {
+    pub(super) id: i64,
+    pub(super) first_seq: u64,
+    pub(super) max_ts: i64,
+    pub(super) prev_hash: [u8; 32],
+    pub(super) hash: [u8; 32],
+}
+
+fn hash_of(bytes: Vec<u8>) -> [u8; 32] {
+    bytes.try_into().unwrap_or([0; 32])
+}
+
+/// An [`EventFilter`] resolved against one day file's dictionary.
+struct DayFilter {
+    tenant: u32,
+    category: Option<u8>,
+    event_type: Option<u32>,
+    consumer: Option<u32>,
+    api: Option<u32>,
+    method: Option<u32>,
+    paths: Option<FxHashSet<u32>>,
+    status_min: u16,
+    status_max: u16,
+    from: i64,
+    to: i64,
+    before: Option<(i64, u64)>,
+}
+
+impl DayFilter {
+    /// `None` when nothing in the file can match.
+    fn resolve(filter: &EventFilter, day: &DayReader) -> Result<Option<DayFilter>, StoreError> {
+        let Some(tenant) = day.id_of(&filter.tenant_id)? else { return Ok(None) };
+        let mut ids = [None; 4];
+        for (slot, value) in ids.iter_mut().zip([&filter.event_type, &filter.consumer_id, &filter.api_id, &filter.method]) {
+            if let Some(value) = value {
+                // These fields are always in the dictionary: a value it lacks matches nothing.
+                match day.id_of(value)? {
+                    Some(id) => *slot = Some(id),
+                    None => return Ok(None),
+                }
+            }
+        }
+        let paths = match &filter.path_prefix {
+            None => None,
+            Some(prefix) => {
+                day.dict.ensure(&day.conn, u32::MAX)?;
+                let ids = day.dict.ids_with_prefix(prefix);
+                if ids.is_empty() {
+                    return Ok(None);
+                }
+                Some(ids)
+            }
+        };
+        let mut to = filter.to_ms.unwrap_or(i64::MAX);
+        if let Some((ts, _)) = filter.before {
+            to = to.min(ts);
+        }
+        Ok(Some(DayFilter {
+            tenant,
+            category: filter.category.map(category_code),
+            event_type: ids[0],
+            consumer: ids[1],
+            api: ids[2],
+            method: ids[3],
+            paths,
+            status_min: filter.status_min.unwrap_or(0),
+            status_max: filter.status_max.unwrap_or(u16::MAX),
+            from: filter.from_ms.unwrap_or(i64::MIN),
+            to,
+            before: filter.before,
+        }))
+    }
+
+    fn columns(&self) -> Columns {
+        let mut columns = Columns::of(&[col::TS, col::CATEGORY]);
+        if self.status_min > 0 || self.status_max < u16::MAX {
+            columns = columns.with(Columns::of(&[col::STATUS]));
+        }
+        for (set, field) in [
+            (self.event_type.is_some(), TextField::EventType),
+            (self.consumer.is_some(), TextField::Consumer),
+            (self.api.is_some(), TextField::Api),
+            (self.method.is_some(), TextField::Method),
+            (self.paths.is_some(), TextField::Path),
+        ] {
+            if set {
+                columns = columns.with(Columns::text(&[field]));
+            }
+        }
+        columns
+    }
+
+    fn matches(&self, b: &DecodedBlock, row: usize, seq: u64) -> bool {
+        let ts = b.ts[row];
+        if ts < self.from || ts > self.to {
+            return false;
+        }
+        if let Some((before_ts, before_seq)) = self.before {
+            if ts == before_ts && seq >= before_seq {
+                return false;
+            }
+        }
+        if self.category.is_some_and(|c| b.category[row] != c) {
+            return false;
+        }
+        if self.status_min > 0 || self.status_max < u16::MAX {
+            let status = b.status[row];
+            if status == 0 || status < self.status_min || status > self.status_max {
+                return false;
+            }
+        }
+        let text = |field: TextField| b.texts[field.index()].dict_id(row);
+        for (want, field) in [
+            (self.event_type, TextField::EventType),
+            (self.consumer, TextField::Consumer),
+            (self.api, TextField::Api),
+            (self.method, TextField::Method),
+        ] {
+            if want.is_some_and(|id| text(field) != Some(id)) {
+                return false;
+            }
+        }
+        if let Some(paths) = &self.paths {
+            if !text(TextField::Path).is_some_and(|id| paths.contains(&id)) {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// An open block in a newest-first merge: its matching rows, sorted.
+struct Cursor {
+    block: DecodedBlock,
+    first_seq: u64,
+    rows: Vec<u32>,
+    at: usize,
+    hashes: Option<Vec<[u8; 32]>>,
+}
+
+impl Cursor {
+    fn head(&self) -> (i64, u64) {
+        let row = self.rows[self.at] as usize;
+        (self.block.ts[row], self.first_seq + row as u64)
+    }
+}
+
+/// Where a tenant's chain first breaks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainBreak {
+    /// The sequence numbers of the block where the break was found.
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub reason: String,
+}
+
+/// The result of walking a tenant's chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainReport {
+    pub events: u64,
+    pub last_seq: u64,
+    pub first_break: Option<ChainBreak>,
+}
+
+/// A read-only view of the audit store, opened per query.
+pub struct AuditReader {
+    days: Vec<(i64, PathBuf)>,
+    open: RefCell<HashMap<i64, Rc<DayReader>>>,
+    decompressor: RefCell<zstd::bulk::Decompressor<'static>>,
+}
+
+impl AuditReader {
+    /// Opens the audit directory. Day files that appear afterwards are not
+    /// seen by this reader; open a new one per query.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Ok(AuditReader {
+            days: list_days(dir)?,
+            open: RefCell::new(HashMap::new()),
+            decompressor: RefCell::new(zstd::bulk::Decompressor::new()?),
+        })
+    }
+
+    /// The day numbers this reader sees, oldest first.
+    pub fn days(&self) -> impl Iterator<Item = i64> + '_ {
+        self.days.iter().map(|(d, _)| *d)
+    }
+
+    pub(super) fn day(&self, day: i64) -> Result<Option<Rc<DayReader>>, StoreError> {
+        if let Some(reader) = self.open.borrow().get(&day) {
+            return Ok(Some(reader.clone()));
+        }
+        let Some((_, path)) = self.days.iter().find(|(d, _)| *d == day) else { return Ok(None) };
+        let reader = Rc::new(DayReader::open(path)?);
+        self.open.borrow_mut().insert(day, reader.clone());
+        Ok(Some(reader))
+    }
+
+    /// Parses a block and decodes `columns` of it.
+    pub(super) fn decode(&self, data: &[u8], columns: Columns) -> Result<DecodedBlock, StoreError> {
+        let mut block = DecodedBlock::parse(data)?;
+        block.load(data, columns, &mut self.decompressor.borrow_mut())?;
+        Ok(block)
+    }
+
+    /// Calls `each` for every matching event, newest first (by timestamp,
+    /// then seq), stopping after `limit` events or when `each` returns
+    /// false. With `hashes`, every event carries its chain hash (recomputed
+    /// from its block's stored `prev_hash`, which costs a hash per event of
+    /// the blocks read). The event passed to `each` is reused between calls.
+    pub fn scan(
+        &self,
+        filter: &EventFilter,
+        limit: Option<u64>,
+        hashes: bool,
+        mut each: impl FnMut(&StoredEvent) -> bool,
+    ) -> Result<(), StoreError> {
+        let from_day = filter.from_ms.map_or(i64::MIN, day_of);
+        let mut to = filter.to_ms.unwrap_or(i64::MAX);
+        if let Some((ts, _)) = filter.before {
+            to = to.min(ts);
+        }
+        let to_day = if to == i64::MAX { i64::MAX } else { day_of(to) };
+        let mut remaining = limit.unwrap_or(u64::MAX);
+        let mut out = StoredEvent::default();
+        let days: Vec<i64> = self.days().filter(|d| (from_day..=to_day).contains(d)).collect();
+        for day_number in days.into_iter().rev() {
+            if remaining == 0 {
+                break;
+            }
+            let Some(day) = self.day(day_number)? else { continue };
+            let Some(day_filter) = DayFilter::resolve(filter, &day)? else { continue };
+            let metas = self.blocks_in_window(&day, &day_filter)?;
+            let mut next = 0;
+            let mut open: Vec<Cursor> = Vec::new();
+            loop {
+                let best = open.iter().enumerate().max_by_key(|(_, c)| c.head()).map(|(i, c)| (i, c.head()));
+                if next < metas.len() && best.is_none_or(|(_, (ts, _))| metas[next].max_ts >= ts) {
+                    if let Some(cursor) = self.open_cursor(&day, &metas[next], &day_filter, hashes, &filter.tenant_id)? {
+                        open.push(cursor);
+                    }
+                    next += 1;
+                    continue;
+                }
+                let Some((i, (_, seq))) = best else { break };
+                let cursor = &mut open[i];
+                let row = cursor.rows[cursor.at] as usize;
+                day.dict.with(|lookup| cursor.block.fill_event(row, &filter.tenant_id, seq, lookup, &mut out.event))?;
+                out.hash = cursor.hashes.as_ref().map(|h| h[row]);
+                if !each(&out) {
+                    return Ok(());
+                }
+                remaining -= 1;
+                if remaining == 0 {
+                    return Ok(());
+                }
+                cursor.at += 1;
+                if cursor.at == cursor.rows.len() {
+                    open.swap_remove(i);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The tenant's blocks that may hold events in the filter's window,
+    /// newest `max_ts` first.
+    fn blocks_in_window(&self, day: &DayReader, f: &DayFilter) -> Result<Vec<BlockMeta>, StoreError> {
+        let mut stmt = day.conn.prepare_cached(
+            "SELECT id, first_seq, max_ts, categories, prev_hash, hash FROM blocks
+             WHERE tenant = ?1 AND max_ts >= ?2 AND max_ts <= ?3 AND min_ts <= ?4
+             ORDER BY max_ts DESC, first_seq DESC",
+        )?;
+        let mut rows = stmt.query(rusqlite::params![f.tenant, f.from, f.to.saturating_add(MAX_BLOCK_SPAN_MS), f.to])?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            let categories: u8 = r.get(3)?;
+            if f.category.is_some_and(|c| categories & (1 << c) == 0) {
+                continue;
+            }
+            out.push(BlockMeta {
+                id: r.get(0)?,
+                first_seq: r.get::<_, i64>(1)? as u64,
+                max_ts: r.get(2)?,
+                prev_hash: hash_of(r.get(4)?),
+                hash: hash_of(r.get(5)?),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Decodes a block far enough to know its matching rows; `None` if none match.
+    fn open_cursor(&self, day: &DayReader, meta: &BlockMeta, f: &DayFilter, hashes: bool, tenant: &str) -> Result<Option<Cursor>, StoreError> {
+        let data = day.block_data(meta.id)?;
+        let mut block = self.decode(&data, f.columns())?;
+        let mut rows: Vec<u32> =
+            (0..block.rows()).filter(|r| f.matches(&block, *r, meta.first_seq + *r as u64)).map(|r| r as u32).collect();
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        block.load(&data, Columns::ALL, &mut self.decompressor.borrow_mut())?;
+        day.dict.ensure(&day.conn, block.max_dict_id())?;
+        // Newest first: timestamp, then seq (rows are in seq order).
+        rows.sort_unstable_by(|a, b| (block.ts[*b as usize], *b).cmp(&(block.ts[*a as usize], *a)));
+        let hashes = if hashes { Some(self.block_hashes(day, &block, meta, tenant)?) } else { None };
+        Ok(Some(Cursor { block, first_seq: meta.first_seq, rows, at: 0, hashes }))
+    }
+
+    /// Every event's chain hash in a fully decoded block, from its `prev_hash`.
+    fn block_hashes(&self, day: &DayReader, block: &DecodedBlock, meta: &BlockMeta, tenant: &str) -> Result<Vec<[u8; 32]>, StoreError> {
+        let mut event = Event::default();
+        let mut previous = meta.prev_hash;
+        let mut out = Vec::with_capacity(block.rows());
+        for row in 0..block.rows() {
+            day.dict.with(|lookup| block.fill_event(row, tenant, meta.first_seq + row as u64, lookup, &mut event))?;
+            previous = event.chain_hash(&previous);
+            out.push(previous);
+        }
+        Ok(out)
+    }
+
+    /// Every block of a tenant in every day file, in chain order.
+    fn tenant_blocks(&self, tenant: &str) -> Result<Vec<(i64, BlockMeta, u64)>, StoreError> {
+        let mut all = Vec::new();
+        for day_number in self.days().collect::<Vec<_>>() {
+            let Some(day) = self.day(day_number)? else { continue };
+            let Some(tenant_id) = day.id_of(tenant)? else { continue };
+            let mut stmt = day.conn.prepare_cached(
+                "SELECT id, first_seq, max_ts, prev_hash, hash, rows FROM blocks WHERE tenant = ?1 ORDER BY first_seq",
+            )?;
+            let mut rows = stmt.query([tenant_id])?;
+            while let Some(r) = rows.next()? {
+                let meta = BlockMeta {
+                    id: r.get(0)?,
+                    first_seq: r.get::<_, i64>(1)? as u64,
+                    max_ts: r.get(2)?,
+                    prev_hash: hash_of(r.get(3)?),
+                    hash: hash_of(r.get(4)?),
+                };
+                all.push((day_number, meta, r.get::<_, i64>(5)? as u64));
+            }
+        }
+        all.sort_by_key(|(_, meta, _)| meta.first_seq);
+        Ok(all)
+    }
+
+    /// Every tenant with events in the store, sorted.
+    pub fn tenants(&self) -> Result<Vec<String>, StoreError> {
+        let mut out = std::collections::BTreeSet::new();
+        for day_number in self.days().collect::<Vec<_>>() {
+            let Some(day) = self.day(day_number)? else { continue };
+            let mut stmt = day.conn.prepare_cached("SELECT value FROM strings WHERE id IN (SELECT DISTINCT tenant FROM blocks)")?;
+            let names = stmt.query_map([], |r| r.get::<_, String>(0))?;
+            for name in names {
+                out.insert(name?);
+            }
+        }
+        Ok(out.into_iter().collect())
+    }
+
+    /// Every event of a tenant in chain order, each with its hash recomputed
+    /// from its block's stored `prev_hash`.
+    pub fn chain(&self, tenant: &str) -> Result<Vec<StoredEvent>, StoreError> {
+        let mut out = Vec::new();
+        for (day_number, meta, _) in self.tenant_blocks(tenant)? {
+            let day = self.day(day_number)?.ok_or_else(|| StoreError::Corrupt("day file vanished".into()))?;
+            let block = self.decode(&day.block_data(meta.id)?, Columns::ALL)?;
+            day.dict.ensure(&day.conn, block.max_dict_id())?;
+            let hashes = self.block_hashes(&day, &block, &meta, tenant)?;
+            for (row, hash) in hashes.into_iter().enumerate() {
+                let mut stored = StoredEvent { hash: Some(hash), ..StoredEvent::default() };
+                day.dict.with(|lookup| block.fill_event(row, tenant, meta.first_seq + row as u64, lookup, &mut stored.event))?;
+                out.push(stored);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Walks a tenant's chain: sequence numbers must follow on without gaps,
+    /// each block's `prev_hash` must be the previous block's `hash`, and
+    /// rehashing a block's events from its `prev_hash` must give its `hash`.
+    /// Reports the first block where that fails.
+    pub fn verify(&self, tenant: &str) -> Result<ChainReport, StoreError> {
+        let mut report = ChainReport { events: 0, last_seq: 0, first_break: None };
+        let mut previous = GENESIS_HASH;
+        for (day_number, meta, rows) in self.tenant_blocks(tenant)? {
+            let last_seq = meta.first_seq + rows.saturating_sub(1);
+            let broken = |reason: String| ChainBreak { first_seq: meta.first_seq, last_seq, reason };
+            if meta.first_seq != report.last_seq + 1 {
+                report.first_break = Some(broken(format!("expected seq {} next, found {}", report.last_seq + 1, meta.first_seq)));
+                return Ok(report);
+            }
+            if meta.prev_hash != previous {
+                report.first_break = Some(broken("block does not link to the previous block's hash".into()));
+                return Ok(report);
+            }
+            let day = self.day(day_number)?.ok_or_else(|| StoreError::Corrupt("day file vanished".into()))?;
+            let decoded = day.block_data(meta.id).and_then(|data| self.decode(&data, Columns::ALL)).and_then(|block| {
+                day.dict.ensure(&day.conn, block.max_dict_id())?;
+                if block.rows() as u64 != rows {
+                    return Err(StoreError::Corrupt("row count differs from the block's record".into()));
+                }
+                self.block_hashes(&day, &block, &meta, tenant)
+            });
+            match decoded {
+                Ok(hashes) if hashes.last() == Some(&meta.hash) => {}
+                Ok(_) => {
+                    report.first_break = Some(broken("events do not hash to the block's stored hash".into()));
+                    return Ok(report);
+                }
+                Err(error) => {
+                    report.first_break = Some(broken(format!("block cannot be read: {error}")));
+                    return Ok(report);
+                }
+            }
+            previous = meta.hash;
+            report.events += rows;
+            report.last_seq = last_seq;
+        }
+        Ok(report)
+    }
+}

@@ -1,0 +1,343 @@
+//! Aggregations over request events: per-consumer totals, hourly
+//! activity, paths, and a timeline by path — exact for any window.
+//!
+//! A window `[from, to)` is split per day file: whole days are read from
+//! the day rollups, whole hours from the hour rollups, and what is left at
+//! the edges (part of an hour, or part of a day for path counts, which are
+//! kept per day) from the events themselves. Blocks past a file's rollup
+//! watermark (at most about a second of events) are added from the events
+//! too, for the periods read from rollups. So answers equal a count over
+//! the raw events, at the cost of reading a few hundred rollup rows.
+
+use std::collections::HashMap;
+
+use rustc_hash::FxHashMap;
+
+use super::block::{col, Columns, TextField};
+use super::reader::{AuditReader, DayReader};
+use super::rollup::{self, ConsumerAgg, PathAgg, Rollups, AGG_COLUMNS, DAY_MS, HOUR_MS};
+use super::writer::rollup_watermark;
+use super::day_of;
+use crate::store::StoreError;
+
+/// One path's activity in a window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathActivity {
+    pub path: Option<String>,
+    pub calls: u64,
+    pub errors: u64,
+    pub distinct_consumers: u64,
+}
+
+/// A consumer's profile over a window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConsumerProfile {
+    pub totals: ConsumerAgg,
+    /// Calls per method, most first.
+    pub methods: Vec<(String, u64)>,
+    /// The most called paths: (path, calls, errors), most first.
+    pub top_paths: Vec<(String, u64, u64)>,
+    /// Calls per hour of the day (UTC), 0–23.
+    pub by_hour_of_day: [u64; 24],
+    /// The busiest hour of the day (UTC) and its calls.
+    pub busiest_hour: Option<(u8, u64)>,
+}
+
+/// How one day of a window is read.
+struct DayPlan {
+    /// Hours `[from_hour, to_hour)` (hour numbers since the epoch) read from rollups.
+    hours: (i64, i64),
+    /// Whether the whole day is in the window.
+    whole: bool,
+    /// Millisecond ranges `[a, b)` read from the events.
+    edges: Vec<(i64, i64)>,
+}
+
+fn plan(day: i64, from: i64, to: i64) -> DayPlan {
+    let (d0, d1) = (day * DAY_MS, (day + 1) * DAY_MS);
+    let (a, b) = (from.max(d0), to.min(d1));
+    let first_hour = a.div_euclid(HOUR_MS) + i64::from(a.rem_euclid(HOUR_MS) != 0);
+    let last_hour = b.div_euclid(HOUR_MS);
+    let mut edges = Vec::new();
+    if first_hour >= last_hour {
+        edges.push((a, b));
+        return DayPlan { hours: (0, 0), whole: false, edges };
+    }
+    if a < first_hour * HOUR_MS {
+        edges.push((a, first_hour * HOUR_MS));
+    }
+    if last_hour * HOUR_MS < b {
+        edges.push((last_hour * HOUR_MS, b));
+    }
+    DayPlan { hours: (first_hour, last_hour), whole: a == d0 && b == d1, edges }
+}
+
+fn in_ranges(ranges: &[(i64, i64)], ts: i64) -> bool {
+    ranges.iter().any(|(a, b)| (*a..*b).contains(&ts))
+}
+
+impl AuditReader {
+    fn days_of_window(&self, from: i64, to: i64) -> Vec<i64> {
+        if to <= from {
+            return Vec::new();
+        }
+        let (first, last) = (day_of(from), day_of(to - 1));
+        self.days().filter(|d| (first..=last).contains(d)).collect()
+    }
+
+    /// Adds the tenant's request events of `day` to `into` — those in
+    /// `edges` from every block, and those in `covered` from the blocks past
+    /// the rollup watermark — keeping only `consumer` when given.
+    fn add_raw(
+        &self,
+        day: &DayReader,
+        tenant: u32,
+        consumer: Option<u32>,
+        edges: &[(i64, i64)],
+        covered: &[(i64, i64)],
+        into: &mut Rollups,
+    ) -> Result<(), StoreError> {
+        let watermark = rollup_watermark(&day.conn)?;
+        let lo = edges.iter().chain(covered).map(|r| r.0).min().unwrap_or(0);
+        let hi = edges.iter().chain(covered).map(|r| r.1).max().unwrap_or(0);
+        if lo >= hi {
+            return Ok(());
+        }
+        // Blocks past the watermark matter only for covered ranges; others only for edges.
+        let mut stmt = day.conn.prepare_cached(
+            "SELECT id, data FROM blocks WHERE tenant = ?1 AND max_ts >= ?2 AND min_ts < ?3",
+        )?;
+        let mut rows = stmt.query(rusqlite::params![tenant, lo, hi])?;
+        let methods = self.method_index(day)?;
+        while let Some(r) = rows.next()? {
+            let id: i64 = r.get(0)?;
+            let past_watermark = id > watermark;
+            if edges.is_empty() && !past_watermark {
+                continue;
+            }
+            let data = r.get_ref(1)?.as_blob().map_err(rusqlite::Error::from)?;
+            let block = self.decode(data, rollup::block_columns())?;
+            let keep = |ts: i64| in_ranges(edges, ts) || (past_watermark && in_ranges(covered, ts));
+            let mut counts = Rollups::default();
+            counts.add_block(tenant, &block, &|id| methods.get(&id).copied().unwrap_or(rollup::METHODS.len()), keep);
+            if let Some(c) = consumer {
+                counts.consumer_hour.retain(|k, _| k.2 == c);
+                counts.consumer_path.retain(|k, _| k.1 == c);
+            }
+            into.merge(counts);
+        }
+        Ok(())
+    }
+
+    /// Method index by dictionary id, for the methods in a day's dictionary.
+    fn method_index(&self, day: &DayReader) -> Result<FxHashMap<u32, usize>, StoreError> {
+        let mut out = FxHashMap::default();
+        for method in rollup::METHODS {
+            if let Some(id) = day.id_of(method)? {
+                out.insert(id, rollup::method_index(method));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Resolves the tenant and optional consumer in a day file; `None` when
+    /// the file cannot hold matching events.
+    fn ids(&self, day: &DayReader, tenant: &str, consumer: Option<&str>) -> Result<Option<(u32, Option<u32>)>, StoreError> {
+        let Some(t) = day.id_of(tenant)? else { return Ok(None) };
+        match consumer {
+            None => Ok(Some((t, None))),
+            Some(c) => Ok(day.id_of(c)?.map(|c| (t, Some(c)))),
+        }
+    }
+
+    fn name(day: &DayReader, id: u32) -> Result<Option<String>, StoreError> {
+        if id == 0 {
+            return Ok(None);
+        }
+        day.dict.ensure(&day.conn, id)?;
+        Ok(day.dict.with(|lookup| lookup(id).map(str::to_string)))
+    }
+
+    /// Per-consumer totals of request events in `[from, to)`; with
+    /// `by_hour`, per consumer and hour (the key's first part is the hour's
+    /// start in ms, otherwise the day's). `consumer` limits it to one.
+    pub fn consumer_activity(
+        &self,
+        tenant: &str,
+        from: i64,
+        to: i64,
+        consumer: Option<&str>,
+        by_hour: bool,
+    ) -> Result<HashMap<(i64, Option<String>), ConsumerAgg>, StoreError> {
+        let mut out: HashMap<(i64, Option<String>), ConsumerAgg> = HashMap::new();
+        for day_number in self.days_of_window(from, to) {
+            let Some(day) = self.day(day_number)? else { continue };
+            let Some((t, c)) = self.ids(&day, tenant, consumer)? else { continue };
+            let p = plan(day_number, from, to);
+            let period = |hour: i64| if by_hour { hour * HOUR_MS } else { day_number * DAY_MS };
+            let mut by_id: FxHashMap<(i64, u32), ConsumerAgg> = FxHashMap::default();
+            // `?N IS NULL OR consumer = ?N`: all consumers, or the one asked for.
+            if p.whole && !by_hour {
+                let mut stmt = day.conn.prepare_cached(&format!(
+                    "SELECT consumer, {AGG_COLUMNS} FROM roll_consumer_day WHERE tenant = ?1 AND (?2 IS NULL OR consumer = ?2)"
+                ))?;
+                let mut rows = stmt.query(rusqlite::params![t, c])?;
+                while let Some(r) = rows.next()? {
+                    by_id.entry((period(0), r.get(0)?)).or_default().merge(&ConsumerAgg::from_row(r, 1)?);
+                }
+            } else if p.hours.0 < p.hours.1 {
+                let mut stmt = day.conn.prepare_cached(&format!(
+                    "SELECT consumer, hour, {AGG_COLUMNS} FROM roll_consumer_hour
+                     WHERE tenant = ?1 AND hour >= ?2 AND hour < ?3 AND (?4 IS NULL OR consumer = ?4)"
+                ))?;
+                let mut rows = stmt.query(rusqlite::params![t, p.hours.0, p.hours.1, c])?;
+                while let Some(r) = rows.next()? {
+                    by_id.entry((period(r.get(1)?), r.get(0)?)).or_default().merge(&ConsumerAgg::from_row(r, 2)?);
+                }
+            }
+            let covered = if p.hours.0 < p.hours.1 { vec![(p.hours.0 * HOUR_MS, p.hours.1 * HOUR_MS)] } else { Vec::new() };
+            let mut raw = Rollups::default();
+            self.add_raw(&day, t, c, &p.edges, &covered, &mut raw)?;
+            for ((_, hour, consumer_id), agg) in raw.consumer_hour {
+                by_id.entry((period(hour), consumer_id)).or_default().merge(&agg);
+            }
+            for ((at, consumer_id), agg) in by_id {
+                out.entry((at, Self::name(&day, consumer_id)?)).or_default().merge(&agg);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Calls and errors per path of one consumer's request events in `[from, to)`.
+    pub fn consumer_paths(&self, tenant: &str, from: i64, to: i64, consumer: &str) -> Result<HashMap<Option<String>, PathAgg>, StoreError> {
+        let mut out: HashMap<Option<String>, PathAgg> = HashMap::new();
+        for day_number in self.days_of_window(from, to) {
+            let Some(day) = self.day(day_number)? else { continue };
+            let Some((t, Some(c))) = self.ids(&day, tenant, Some(consumer))? else { continue };
+            let p = plan(day_number, from, to);
+            let mut by_id: FxHashMap<u32, PathAgg> = FxHashMap::default();
+            let (edges, covered) = if p.whole {
+                let mut stmt = day.conn.prepare_cached("SELECT path, calls, errors FROM roll_consumer_path WHERE tenant = ?1 AND consumer = ?2")?;
+                let mut rows = stmt.query(rusqlite::params![t, c])?;
+                while let Some(r) = rows.next()? {
+                    let agg = by_id.entry(r.get(0)?).or_default();
+                    agg.calls += r.get::<_, i64>(1)? as u64;
+                    agg.errors += r.get::<_, i64>(2)? as u64;
+                }
+                (Vec::new(), vec![(day_number * DAY_MS, (day_number + 1) * DAY_MS)])
+            } else {
+                // Path counts are kept per day: a partial day is read from the events.
+                (vec![(from.max(day_number * DAY_MS), to.min((day_number + 1) * DAY_MS))], Vec::new())
+            };
+            let mut raw = Rollups::default();
+            self.add_raw(&day, t, Some(c), &edges, &covered, &mut raw)?;
+            for ((_, _, path), agg) in raw.consumer_path {
+                let mine = by_id.entry(path).or_default();
+                mine.calls += agg.calls;
+                mine.errors += agg.errors;
+            }
+            for (path, agg) in by_id {
+                let mine = out.entry(Self::name(&day, path)?).or_default();
+                mine.calls += agg.calls;
+                mine.errors += agg.errors;
+            }
+        }
+        Ok(out)
+    }
+
+    /// A consumer's profile over `[from, to)`: totals, methods, the `top`
+    /// paths, and calls by hour of the day.
+    pub fn consumer_profile(&self, tenant: &str, consumer: &str, from: i64, to: i64, top: usize) -> Result<ConsumerProfile, StoreError> {
+        let hours = self.consumer_activity(tenant, from, to, Some(consumer), true)?;
+        let mut totals = ConsumerAgg::default();
+        let mut by_hour_of_day = [0u64; 24];
+        for ((hour_ms, _), agg) in &hours {
+            totals.merge(agg);
+            by_hour_of_day[(hour_ms.rem_euclid(DAY_MS) / HOUR_MS) as usize] += agg.calls;
+        }
+        let names = rollup::METHODS.iter().map(|m| m.to_string()).chain(["other".to_string()]);
+        let mut methods: Vec<(String, u64)> = names.zip(totals.methods).filter(|(_, n)| *n > 0).collect();
+        methods.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        let mut top_paths: Vec<(String, u64, u64)> = self
+            .consumer_paths(tenant, from, to, consumer)?
+            .into_iter()
+            .map(|(path, agg)| (path.unwrap_or_default(), agg.calls, agg.errors))
+            .collect();
+        top_paths.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        top_paths.truncate(top);
+        let busiest_hour = (0..24u8).filter(|h| by_hour_of_day[*h as usize] > 0).max_by_key(|h| (by_hour_of_day[*h as usize], 24 - h)).map(|h| (h, by_hour_of_day[h as usize]));
+        Ok(ConsumerProfile { totals, methods, top_paths, by_hour_of_day, busiest_hour })
+    }
+
+    /// Request events in `[from, to)` grouped by path: calls, errors and
+    /// distinct consumers. Read from the events (a window of hours is a few
+    /// blocks per tenant, of which four columns are decoded).
+    pub fn path_timeline(&self, tenant: &str, from: i64, to: i64) -> Result<Vec<PathActivity>, StoreError> {
+        let mut by_path: HashMap<Option<String>, (u64, u64, rustc_hash::FxHashSet<Option<String>>)> = HashMap::new();
+        let columns = Columns::of(&[col::TS, col::CATEGORY, col::STATUS]).with(Columns::text(&[TextField::Path, TextField::Consumer]));
+        for day_number in self.days_of_window(from, to) {
+            let Some(day) = self.day(day_number)? else { continue };
+            let Some(t) = day.id_of(tenant)? else { continue };
+            let mut stmt = day.conn.prepare_cached("SELECT data FROM blocks WHERE tenant = ?1 AND max_ts >= ?2 AND min_ts < ?3")?;
+            let mut rows = stmt.query(rusqlite::params![t, from, to])?;
+            // Counted by ids first; ids are per file, so names are resolved per file.
+            let mut counts: FxHashMap<u32, (u64, u64, rustc_hash::FxHashSet<u32>)> = FxHashMap::default();
+            while let Some(r) = rows.next()? {
+                let data = r.get_ref(0)?.as_blob().map_err(rusqlite::Error::from)?;
+                let block = self.decode(data, columns)?;
+                let (paths, consumers) = (&block.texts[TextField::Path.index()], &block.texts[TextField::Consumer.index()]);
+                for row in 0..block.rows() {
+                    let ts = block.ts[row];
+                    if block.category[row] != 0 || ts < from || ts >= to {
+                        continue;
+                    }
+                    let entry = counts.entry(paths.dict_id(row).unwrap_or(0)).or_default();
+                    entry.0 += 1;
+                    entry.1 += u64::from(block.status[row] >= 400);
+                    entry.2.insert(consumers.dict_id(row).unwrap_or(0));
+                }
+            }
+            for (path, (calls, errors, consumers)) in counts {
+                let entry = by_path.entry(Self::name(&day, path)?).or_default();
+                entry.0 += calls;
+                entry.1 += errors;
+                for c in consumers {
+                    entry.2.insert(Self::name(&day, c)?);
+                }
+            }
+        }
+        let mut out: Vec<PathActivity> = by_path
+            .into_iter()
+            .map(|(path, (calls, errors, consumers))| PathActivity { path, calls, errors, distinct_consumers: consumers.len() as u64 })
+            .collect();
+        out.sort_by(|a, b| b.calls.cmp(&a.calls).then(a.path.cmp(&b.path)));
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_window_splits_into_days_hours_and_edges() {
+        let day = 20_000i64;
+        let d0 = day * DAY_MS;
+        let whole = plan(day, d0, d0 + DAY_MS);
+        assert!(whole.whole);
+        assert_eq!(whole.hours, (d0 / HOUR_MS, d0 / HOUR_MS + 24));
+        assert!(whole.edges.is_empty());
+        // 01:30 to 05:15: hours 2-4 from rollups, two edges from events.
+        let p = plan(day, d0 + 90 * 60_000, d0 + 5 * HOUR_MS + 15 * 60_000);
+        assert!(!p.whole);
+        assert_eq!(p.hours, (d0 / HOUR_MS + 2, d0 / HOUR_MS + 5));
+        assert_eq!(p.edges, vec![(d0 + 90 * 60_000, d0 + 2 * HOUR_MS), (d0 + 5 * HOUR_MS, d0 + 5 * HOUR_MS + 15 * 60_000)]);
+        // Within one hour: all from events.
+        let p = plan(day, d0 + 60_000, d0 + 120_000);
+        assert_eq!(p.hours, (0, 0));
+        assert_eq!(p.edges, vec![(d0 + 60_000, d0 + 120_000)]);
+        // A window wider than the day is clipped to it.
+        let p = plan(day, d0 - DAY_MS, d0 + 2 * DAY_MS);
+        assert!(p.whole);
+    }
+}

@@ -1,0 +1,533 @@
+//! The audit writer's side of the store: numbering, chaining, encoding and
+//! committing batches of events into day files.
+//!
+//! Owned by the audit writer thread; nothing else inserts. For each batch:
+//! 1. events are put in UTC-day order (a stable sort, a no-op but around
+//!    midnight), then numbered per tenant and chained;
+//! 2. each tenant's consecutive events of one day become blocks
+//!    ([`super::block`]); their text fields are resolved through the day
+//!    file's dictionary;
+//! 3. each day file touched gets one transaction (in day order): new
+//!    dictionary strings, the blocks, the file's chain heads and, about once
+//!    a second, the rollups with their watermark;
+//! 4. `meta.db` records every tenant's chain head, so a tenant's chain goes
+//!    on even after retention has removed the day files that held its head.
+//!
+//! A failed commit leaves the in-memory state as it was before that day's
+//! transaction, so the caller can retry the events not yet committed.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rusqlite::{params, Connection, OptionalExtension};
+use rustc_hash::{FxHashMap, FxHashSet, FxHasher};
+
+use super::block::{BlockEncoder, DecodedBlock, TextRef, TEXT_FIELDS};
+use super::rollup::{self, Rollups};
+use super::{day_file_name, day_of, list_days, open_day_file, ChainHead, META_FILE};
+use crate::event::{derived_event_id, Event, GENESIS_HASH};
+use crate::store::{open, StoreError};
+
+/// How often pending rollup counts are written, at most.
+const ROLLUP_INTERVAL: Duration = Duration::from_secs(1);
+/// Pending rollup keys that force a write before the interval.
+const ROLLUP_MAX_PENDING: usize = 500_000;
+/// Day files kept open by the writer (yesterday's stays open past midnight).
+const OPEN_DAYS: usize = 3;
+/// Forget the "seen once" set when it grows past this; values seen again
+/// afterwards are stored inline once more before being interned.
+const SEEN_ONCE_MAX: usize = 1 << 20;
+
+/// One day file's string dictionary, as the writer keeps it.
+#[derive(Default)]
+struct Dictionary {
+    ids: FxHashMap<Box<str>, u32>,
+    /// Hashes of values stored inline once (fields interned on repeat).
+    seen_once: FxHashSet<u64>,
+    next_id: u32,
+    /// Strings added since the last commit, to insert (or forget on failure).
+    added: Vec<(u32, Box<str>)>,
+}
+
+impl Dictionary {
+    fn load(conn: &Connection) -> Result<Dictionary, StoreError> {
+        let mut stmt = conn.prepare("SELECT id, value FROM strings")?;
+        let mut rows = stmt.query([])?;
+        let mut dict = Dictionary { next_id: 1, ..Dictionary::default() };
+        while let Some(row) = rows.next()? {
+            let id: u32 = row.get(0)?;
+            dict.ids.insert(row.get::<_, String>(1)?.into_boxed_str(), id);
+            dict.next_id = dict.next_id.max(id + 1);
+        }
+        Ok(dict)
+    }
+
+    fn intern(&mut self, value: &str) -> u32 {
+        if let Some(id) = self.ids.get(value) {
+            return *id;
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        self.ids.insert(value.into(), id);
+        self.added.push((id, value.into()));
+        id
+    }
+
+    fn resolve<'a>(&mut self, always: bool, value: Option<&'a str>) -> TextRef<'a> {
+        let Some(value) = value else { return TextRef::Absent };
+        if always {
+            return TextRef::Dict(self.intern(value));
+        }
+        if let Some(id) = self.ids.get(value) {
+            return TextRef::Dict(*id);
+        }
+        let hash = {
+            use std::hash::Hasher;
+            let mut h = FxHasher::default();
+            h.write(value.as_bytes());
+            h.finish()
+        };
+        if self.seen_once.contains(&hash) {
+            return TextRef::Dict(self.intern(value));
+        }
+        if self.seen_once.len() >= SEEN_ONCE_MAX {
+            self.seen_once.clear();
+        }
+        self.seen_once.insert(hash);
+        TextRef::Inline(value)
+    }
+
+    fn get(&self, value: &str) -> Option<u32> {
+        self.ids.get(value).copied()
+    }
+
+    /// Forgets the strings added since the last commit (it failed).
+    fn roll_back(&mut self) {
+        for (id, value) in self.added.drain(..) {
+            self.ids.remove(&value);
+            self.next_id = self.next_id.min(id);
+        }
+    }
+}
+
+/// One open day file.
+struct DayWriter {
+    conn: Connection,
+    dict: Dictionary,
+    /// Rollup counts of committed blocks not yet written.
+    pending: Rollups,
+    /// Method index of each method's dictionary id (see [`rollup::METHODS`]).
+    methods: FxHashMap<u32, usize>,
+    last_used: u64,
+}
+
+impl DayWriter {
+    fn open(path: &Path, last_used: u64) -> Result<DayWriter, StoreError> {
+        let conn = open_day_file(path)?;
+        // The writer's own tuning: fewer, larger WAL checkpoints.
+        conn.pragma_update(None, "wal_autocheckpoint", 10_000)?;
+        rollup::register_sketch_merge(&conn)?;
+        let dict = Dictionary::load(&conn)?;
+        let methods = dict.ids.iter().map(|(v, id)| (*id, rollup::method_index(v))).collect();
+        let mut day = DayWriter { conn, dict, pending: Rollups::default(), methods, last_used };
+        day.replay_rollups()?;
+        Ok(day)
+    }
+
+    /// Counts the blocks past the rollup watermark: what a crash (or a
+    /// failed write) left out of the stored rollups.
+    fn replay_rollups(&mut self) -> Result<(), StoreError> {
+        let watermark = rollup_watermark(&self.conn)?;
+        let mut stmt = self.conn.prepare("SELECT tenant, data FROM blocks WHERE id > ?1 ORDER BY id")?;
+        let mut rows = stmt.query([watermark])?;
+        let mut decompressor = zstd::bulk::Decompressor::new()?;
+        while let Some(row) = rows.next()? {
+            let tenant: u32 = row.get(0)?;
+            let data = row.get_ref(1)?.as_blob().map_err(rusqlite::Error::from)?;
+            let mut block = DecodedBlock::parse(data)?;
+            block.load(data, rollup::block_columns(), &mut decompressor)?;
+            let methods = &self.methods;
+            self.pending.add_block(tenant, &block, &|id| methods.get(&id).copied().unwrap_or(rollup::METHODS.len()), |_| true);
+        }
+        Ok(())
+    }
+
+    fn method_of(&mut self, id: u32, method: &str) -> usize {
+        *self.methods.entry(id).or_insert_with(|| rollup::method_index(method))
+    }
+}
+
+pub(super) fn rollup_watermark(conn: &Connection) -> Result<i64, StoreError> {
+    Ok(conn.query_row("SELECT value FROM kv WHERE key = 'rollup_watermark'", [], |r| r.get(0)).optional()?.unwrap_or(0))
+}
+
+/// A block ready to insert.
+struct PendingBlock {
+    tenant: u32,
+    first_seq: u64,
+    rows: usize,
+    min_ts: i64,
+    max_ts: i64,
+    categories: u8,
+    prev_hash: [u8; 32],
+    hash: [u8; 32],
+    data: Vec<u8>,
+}
+
+/// A block being filled for one (day, tenant).
+struct OpenBlock {
+    encoder: BlockEncoder,
+    tenant: u32,
+    first_seq: u64,
+    prev_hash: [u8; 32],
+    hash: [u8; 32],
+}
+
+impl OpenBlock {
+    fn seal(mut self, compressor: &mut zstd::bulk::Compressor<'static>) -> Result<PendingBlock, StoreError> {
+        let e = &self.encoder;
+        let (rows, min_ts, max_ts, categories) = (e.rows(), e.min_ts, e.max_ts, e.categories);
+        let mut data = Vec::new();
+        self.encoder.finish(compressor, &mut data)?;
+        Ok(PendingBlock {
+            tenant: self.tenant,
+            first_seq: self.first_seq,
+            rows,
+            min_ts,
+            max_ts,
+            categories,
+            prev_hash: self.prev_hash,
+            hash: self.hash,
+            data,
+        })
+    }
+}
+
+/// What one day contributes to a batch.
+#[derive(Default)]
+struct DayBatch {
+    blocks: Vec<PendingBlock>,
+    rollups: Rollups,
+    /// Chain heads of the tenants in this day, after its blocks.
+    heads: FxHashMap<String, ChainHead>,
+}
+
+pub struct AuditWriterStore {
+    dir: PathBuf,
+    meta: Connection,
+    heads: FxHashMap<String, ChainHead>,
+    days: BTreeMap<i64, DayWriter>,
+    compressor: zstd::bulk::Compressor<'static>,
+    last_rollup_write: Instant,
+    uses: u64,
+}
+
+impl AuditWriterStore {
+    /// Opens (creating if needed) the audit directory and recovers every
+    /// tenant's chain head: the largest of `meta.db`'s and the day files'.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir)?;
+        let meta = open(&dir.join(META_FILE))?;
+        meta.execute_batch("CREATE TABLE IF NOT EXISTS heads (tenant TEXT PRIMARY KEY, seq INTEGER NOT NULL, hash BLOB NOT NULL);")?;
+        let mut heads: FxHashMap<String, ChainHead> = FxHashMap::default();
+        let mut consider = |tenant: String, seq: i64, hash: Vec<u8>| {
+            let head = ChainHead { seq: seq as u64, hash: hash.try_into().unwrap_or(GENESIS_HASH) };
+            let slot = heads.entry(tenant).or_insert(head);
+            if head.seq > slot.seq {
+                *slot = head;
+            }
+        };
+        {
+            let mut stmt = meta.prepare("SELECT tenant, seq, hash FROM heads")?;
+            let mut rows = stmt.query([])?;
+            while let Some(r) = rows.next()? {
+                consider(r.get(0)?, r.get(1)?, r.get(2)?);
+            }
+        }
+        for (_, path) in list_days(dir)? {
+            let conn = open_day_file(&path)?;
+            let mut stmt = conn.prepare("SELECT s.value, h.seq, h.hash FROM chain_heads h JOIN strings s ON s.id = h.tenant")?;
+            let mut rows = stmt.query([])?;
+            while let Some(r) = rows.next()? {
+                consider(r.get(0)?, r.get(1)?, r.get(2)?);
+            }
+        }
+        let mut store = AuditWriterStore {
+            dir: dir.to_path_buf(),
+            meta,
+            heads,
+            days: BTreeMap::new(),
+            compressor: super::block::new_compressor()?,
+            last_rollup_write: Instant::now(),
+            uses: 0,
+        };
+        // Heads found only in day files (meta.db lost or behind) are saved now.
+        let all: Vec<String> = store.heads.keys().cloned().collect();
+        store.save_heads(&all)?;
+        store.catch_up_rollups()?;
+        Ok(store)
+    }
+
+    /// Brings every day file's rollups up to its last block: after a crash,
+    /// the blocks committed in the last second before it are counted now.
+    fn catch_up_rollups(&mut self) -> Result<(), StoreError> {
+        for (_, path) in list_days(&self.dir)? {
+            let behind = {
+                let conn = open_day_file(&path)?;
+                let last: i64 = conn.query_row("SELECT coalesce(max(id), 0) FROM blocks", [], |r| r.get(0))?;
+                last > rollup_watermark(&conn)?
+            };
+            if behind {
+                let mut day = DayWriter::open(&path, 0)?;
+                write_pending_rollups(&mut day)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The chain heads as committed.
+    pub fn heads(&self) -> &FxHashMap<String, ChainHead> {
+        &self.heads
+    }
+
+    /// Numbers, chains and commits `batch`. Committed events are removed
+    /// from `batch`; on error the rest stay, numbered, for the caller to retry.
+    pub fn insert_batch(&mut self, batch: &mut Vec<Event>) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let first_day = day_of(batch[0].timestamp_ms);
+        if batch.iter().any(|e| day_of(e.timestamp_ms) != first_day) {
+            batch.sort_by_key(|e| day_of(e.timestamp_ms));
+        }
+        // Number, chain, encode and commit one day at a time, oldest first;
+        // each day's commit is final.
+        let rollups_due = self.last_rollup_write.elapsed() >= ROLLUP_INTERVAL
+            || self.days.values().map(|d| d.pending.keys()).sum::<usize>() >= ROLLUP_MAX_PENDING;
+        let mut heads = self.heads.clone();
+        let mut touched: FxHashSet<String> = FxHashSet::default();
+        let mut committed = 0;
+        while committed < batch.len() {
+            let day = day_of(batch[committed].timestamp_ms);
+            let end = committed + batch[committed..].iter().take_while(|e| day_of(e.timestamp_ms) == day).count();
+            let result = self.build_day(day, &mut batch[committed..end], &mut heads).and_then(|day_batch| {
+                let writer = day_writer(&mut self.days, &self.dir, &mut self.uses, day)?;
+                commit_day(writer, &day_batch, rollups_due)?;
+                writer.dict.added.clear();
+                if rollups_due {
+                    // Written in the transaction, with what was pending.
+                    writer.pending = Rollups::default();
+                } else {
+                    writer.pending.merge(day_batch.rollups);
+                }
+                touched.extend(day_batch.heads.keys().cloned());
+                self.heads.extend(day_batch.heads);
+                Ok(())
+            });
+            if let Err(error) = result {
+                // The dictionary forgets this day's new strings; the events
+                // not committed keep their numbers, which a retry rebuilds
+                // from the committed heads.
+                if let Some(writer) = self.days.get_mut(&day) {
+                    writer.dict.roll_back();
+                }
+                batch.drain(..committed);
+                return Err(error);
+            }
+            committed = end;
+        }
+        batch.clear();
+        let touched: Vec<String> = touched.into_iter().collect();
+        if rollups_due {
+            // Days that got no events in this batch but still hold counts.
+            for writer in self.days.values_mut() {
+                write_pending_rollups(writer)?;
+            }
+            self.last_rollup_write = Instant::now();
+        }
+        self.save_heads(&touched)?;
+        Ok(())
+    }
+
+    /// Numbers and chains one day's events and encodes them into blocks.
+    fn build_day(&mut self, day: i64, events: &mut [Event], heads: &mut FxHashMap<String, ChainHead>) -> Result<DayBatch, StoreError> {
+        let writer = day_writer(&mut self.days, &self.dir, &mut self.uses, day)?;
+        let compressor = &mut self.compressor;
+        let mut out = DayBatch::default();
+        let mut open: FxHashMap<u32, OpenBlock> = FxHashMap::default();
+        // Tenants of this day by dictionary id, to name their heads at the end.
+        let mut tenants: FxHashMap<u32, String> = FxHashMap::default();
+        for e in events.iter_mut() {
+            if !heads.contains_key(&e.tenant_id) {
+                heads.insert(e.tenant_id.clone(), ChainHead { seq: 0, hash: GENESIS_HASH });
+            }
+            let head = heads.get_mut(&e.tenant_id).expect("inserted");
+            e.seq = head.seq + 1;
+            if e.event_id.is_empty() {
+                e.event_id = derived_event_id(&e.tenant_id, e.seq, e.timestamp_ms);
+            }
+            let previous = head.hash;
+            let hash = e.chain_hash(&previous);
+            *head = ChainHead { seq: e.seq, hash };
+
+            let tenant = writer.dict.intern(&e.tenant_id);
+            tenants.entry(tenant).or_insert_with(|| e.tenant_id.clone());
+            let texts = TEXT_FIELDS.map(|f| writer.dict.resolve(f.always_interned(), f.get(e)));
+            if let Some(block) = open.get_mut(&tenant) {
+                if !block.encoder.fits(e.timestamp_ms) {
+                    let full = open.remove(&tenant).expect("present");
+                    out.blocks.push(full.seal(compressor)?);
+                }
+            }
+            let block = open.entry(tenant).or_insert_with(|| OpenBlock {
+                encoder: BlockEncoder::default(),
+                tenant,
+                first_seq: e.seq,
+                prev_hash: previous,
+                hash: previous,
+            });
+            block.encoder.push(e, &e.tenant_id, &texts);
+            block.hash = hash;
+
+            if e.category() == crate::event::Category::Request {
+                let consumer = match texts[super::block::TextField::Consumer.index()] {
+                    TextRef::Dict(id) => id,
+                    _ => 0,
+                };
+                let path = match texts[super::block::TextField::Path.index()] {
+                    TextRef::Dict(id) => id,
+                    _ => 0,
+                };
+                let method = match (texts[super::block::TextField::Method.index()], e.method.as_deref()) {
+                    (TextRef::Dict(id), Some(m)) => writer.method_of(id, m),
+                    _ => rollup::METHODS.len(),
+                };
+                out.rollups.add(tenant, e.timestamp_ms, consumer, path, method, e.status_code.unwrap_or(0), e.latency_us.unwrap_or(0));
+            }
+        }
+        let mut rest: Vec<OpenBlock> = open.into_values().collect();
+        rest.sort_by_key(|b| b.first_seq);
+        for block in rest {
+            out.blocks.push(block.seal(compressor)?);
+        }
+        out.heads = tenants.into_values().map(|name| { let head = heads[&name]; (name, head) }).collect();
+        Ok(out)
+    }
+
+    /// Records the heads of `tenants` in meta.db.
+    fn save_heads(&mut self, tenants: &[String]) -> Result<(), StoreError> {
+        let tx = self.meta.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO heads (tenant, seq, hash) VALUES (?1, ?2, ?3)
+                 ON CONFLICT DO UPDATE SET seq = excluded.seq, hash = excluded.hash WHERE excluded.seq > heads.seq",
+            )?;
+            for tenant in tenants {
+                if let Some(head) = self.heads.get(tenant) {
+                    stmt.execute(params![tenant, head.seq as i64, head.hash.as_slice()])?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Writes every pending rollup count (at shutdown).
+    pub fn flush_rollups(&mut self) -> Result<(), StoreError> {
+        for writer in self.days.values_mut() {
+            write_pending_rollups(writer)?;
+        }
+        self.last_rollup_write = Instant::now();
+        Ok(())
+    }
+}
+
+/// The writer of `day`'s file, opening it (and closing the least recently
+/// used one) when needed.
+fn day_writer<'a>(days: &'a mut BTreeMap<i64, DayWriter>, dir: &Path, uses: &mut u64, day: i64) -> Result<&'a mut DayWriter, StoreError> {
+    *uses += 1;
+    if !days.contains_key(&day) {
+        if days.len() >= OPEN_DAYS {
+            let oldest = days.iter().min_by_key(|(_, d)| d.last_used).map(|(k, _)| *k);
+            if let Some(k) = oldest {
+                let mut closing = days.remove(&k).expect("present");
+                write_pending_rollups(&mut closing)?;
+            }
+        }
+        let writer = DayWriter::open(&dir.join(day_file_name(day)), *uses)?;
+        days.insert(day, writer);
+    }
+    let writer = days.get_mut(&day).expect("just opened");
+    writer.last_used = *uses;
+    Ok(writer)
+}
+
+fn write_pending_rollups(writer: &mut DayWriter) -> Result<(), StoreError> {
+    if writer.pending.is_empty() {
+        return Ok(());
+    }
+    let tx = writer.conn.transaction()?;
+    writer.pending.write(&tx)?;
+    set_rollup_watermark(&tx)?;
+    tx.commit()?;
+    writer.pending = Rollups::default();
+    Ok(())
+}
+
+/// Records that the rollups now include every block of the file.
+fn set_rollup_watermark(tx: &rusqlite::Transaction<'_>) -> Result<(), StoreError> {
+    let last_block: i64 = tx.query_row("SELECT coalesce(max(id), 0) FROM blocks", [], |r| r.get(0))?;
+    tx.execute(
+        "INSERT INTO kv (key, value) VALUES ('rollup_watermark', ?1) ON CONFLICT DO UPDATE SET value = excluded.value",
+        [last_block],
+    )?;
+    Ok(())
+}
+
+/// One day's transaction: new strings, blocks, chain heads, and (when due)
+/// the rollups including this batch's.
+fn commit_day(writer: &mut DayWriter, day: &DayBatch, write_rollups: bool) -> Result<(), StoreError> {
+    let tx = writer.conn.transaction()?;
+    {
+        let mut strings = tx.prepare_cached("INSERT INTO strings (id, value) VALUES (?1, ?2)")?;
+        for (id, value) in &writer.dict.added {
+            strings.execute(params![id, &**value])?;
+        }
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO blocks (tenant, first_seq, rows, min_ts, max_ts, categories, prev_hash, hash, data)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )?;
+        for b in &day.blocks {
+            insert.execute(params![
+                b.tenant,
+                b.first_seq as i64,
+                b.rows as i64,
+                b.min_ts,
+                b.max_ts,
+                b.categories,
+                b.prev_hash.as_slice(),
+                b.hash.as_slice(),
+                b.data
+            ])?;
+        }
+        let mut head = tx.prepare_cached(
+            "INSERT INTO chain_heads (tenant, seq, hash) VALUES (?1, ?2, ?3)
+             ON CONFLICT DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+        )?;
+        for (tenant, h) in &day.heads {
+            let id = writer.dict.get(tenant).ok_or_else(|| StoreError::Corrupt(format!("tenant {tenant} not interned")))?;
+            head.execute(params![id, h.seq as i64, h.hash.as_slice()])?;
+        }
+    }
+    if write_rollups {
+        // Upserts add, so what was pending and this batch's counts can be
+        // written one after the other. On failure nothing in memory changed.
+        writer.pending.write(&tx)?;
+        day.rollups.write(&tx)?;
+        set_rollup_watermark(&tx)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
