@@ -11,6 +11,12 @@ use clap::{Parser, Subcommand};
 use keytrail::config::{self, Overrides};
 use keytrail::server::{self, Bootstrap};
 
+/// mimalloc instead of the system allocator: the gateway and the audit
+/// writer allocate and free many small strings per request, which glibc's
+/// allocator handles markedly slower (see ARCHITECTURE.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "keytrail", version, about = "An API-key gateway with a tamper-evident audit trail")]
 struct Cli {

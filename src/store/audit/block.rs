@@ -12,9 +12,15 @@
 //!
 //! ```text
 //! u8 version | varint rows | varint columns
-//! per column: u8 codec (0 raw, 1 zstd) | varint raw length | varint stored length
+//! per column: u8 codec | varint raw length | varint stored length
 //! the columns' stored bytes, in column order
+//! the shared frame, if any column is in it
 //! ```
+//!
+//! Codecs: 0 raw, 1 a zstd frame of its own, 2 part of the block's shared
+//! zstd frame (stored length 0), which holds the raw bytes of every codec-2
+//! column one after the other. The writer puts all columns in the shared
+//! frame; readers decompress it once per block.
 //!
 //! Column encodings (`varint` is LEB128; `v+1` leaves 0 for "absent"):
 //! - `TS`: zigzag varint of the difference to the previous row (the first
@@ -446,26 +452,23 @@ impl BlockEncoder {
         out.push(FORMAT_VERSION);
         push_varint(out, self.rows as u64);
         push_varint(out, col::COUNT as u64);
-        let mut stored: Vec<(u8, Vec<u8>)> = Vec::with_capacity(col::COUNT);
+        // All columns in one zstd frame: one entropy table set per block
+        // instead of one per column, which costs most of zstd's time on
+        // columns this small. Stored raw when that is not smaller.
+        let raw: usize = self.columns.iter().map(Vec::len).sum();
+        let mut joined = Vec::with_capacity(raw);
         for column in &self.columns {
-            if column.len() >= MIN_COMPRESS {
-                let mut compressed = Vec::with_capacity(zstd::zstd_safe::compress_bound(column.len()));
-                compressor.compress_to_buffer(column, &mut compressed)?;
-                if compressed.len() < column.len() {
-                    stored.push((1, compressed));
-                    continue;
-                }
-            }
-            stored.push((0, Vec::new()));
+            joined.extend_from_slice(column);
         }
-        for (column, (codec, bytes)) in self.columns.iter().zip(&stored) {
-            out.push(*codec);
+        let mut compressed = Vec::with_capacity(zstd::zstd_safe::compress_bound(raw));
+        compressor.compress_to_buffer(&joined, &mut compressed)?;
+        let shared = raw >= MIN_COMPRESS && compressed.len() < raw;
+        for column in &self.columns {
+            out.push(if shared { 2 } else { 0 });
             push_varint(out, column.len() as u64);
-            push_varint(out, if *codec == 1 { bytes.len() } else { column.len() } as u64);
+            push_varint(out, if shared { 0 } else { column.len() } as u64);
         }
-        for (column, (codec, bytes)) in self.columns.iter().zip(&stored) {
-            out.extend_from_slice(if *codec == 1 { bytes } else { column });
-        }
+        out.extend_from_slice(if shared { &compressed } else { &joined });
         *self = BlockEncoder { columns: std::mem::take(&mut self.columns), inline: std::mem::take(&mut self.inline), ..Default::default() };
         for column in &mut self.columns {
             column.clear();
@@ -539,6 +542,10 @@ pub struct DecodedBlock {
     pub texts: Vec<TextColumn>,
     /// Offsets of each column's stored bytes within the block, and codecs.
     layout: Vec<(u8, usize, usize, usize)>,
+    /// Where the shared frame starts and its decompressed length.
+    shared: Option<(usize, usize)>,
+    /// The shared frame, once decompressed.
+    shared_bytes: Vec<u8>,
 }
 
 impl DecodedBlock {
@@ -561,14 +568,21 @@ impl DecodedBlock {
             heads.push((codec, raw, stored));
         }
         let mut at = r.at;
+        let mut shared_raw = 0usize;
         let mut layout = Vec::with_capacity(columns);
         for (codec, raw, stored) in heads {
+            if codec == 2 {
+                layout.push((codec, raw, shared_raw, 0));
+                shared_raw = shared_raw.checked_add(raw).ok_or(BlockError("bad column length"))?;
+                continue;
+            }
             layout.push((codec, raw, at, stored));
             at = at.checked_add(stored).ok_or(BlockError("bad column length"))?;
         }
-        if at != data.len() {
+        if at > data.len() || (shared_raw == 0 && at != data.len()) {
             return Err(BlockError("column lengths do not add up"));
         }
+        let shared = (shared_raw > 0).then_some((at, shared_raw));
         Ok(DecodedBlock {
             rows,
             loaded: Columns::default(),
@@ -585,6 +599,8 @@ impl DecodedBlock {
             details: Vec::new(),
             texts: vec![TextColumn::default(); TEXT_FIELDS.len()],
             layout,
+            shared,
+            shared_bytes: Vec::new(),
         })
     }
 
@@ -602,10 +618,20 @@ impl DecodedBlock {
                 continue;
             }
             let (codec, raw, start, stored) = self.layout[c];
-            let stored_bytes = &data[start..start + stored];
+            if codec == 2 && self.shared_bytes.is_empty() {
+                let (frame_start, shared_raw) = self.shared.ok_or(BlockError("no shared frame"))?;
+                let mut bytes = Vec::with_capacity(shared_raw);
+                let n = decompressor.decompress_to_buffer(&data[frame_start..], &mut bytes).map_err(|_| BlockError("bad zstd frame"))?;
+                if n != shared_raw {
+                    return Err(BlockError("shared frame length mismatch"));
+                }
+                self.shared_bytes = bytes;
+            }
+            let shared = std::mem::take(&mut self.shared_bytes);
             let bytes: &[u8] = match codec {
-                0 => stored_bytes,
+                0 => data.get(start..start + stored).ok_or(BlockError("column out of bounds"))?,
                 1 => {
+                    let stored_bytes = data.get(start..start + stored).ok_or(BlockError("column out of bounds"))?;
                     scratch.clear();
                     scratch.reserve(raw);
                     let n = decompressor.decompress_to_buffer(stored_bytes, &mut scratch).map_err(|_| BlockError("bad zstd column"))?;
@@ -614,9 +640,12 @@ impl DecodedBlock {
                     }
                     &scratch
                 }
+                2 => shared.get(start..start + raw).ok_or(BlockError("column out of bounds"))?,
                 _ => return Err(BlockError("unknown column codec")),
             };
-            self.decode_column(c, bytes)?;
+            let result = self.decode_column(c, bytes);
+            self.shared_bytes = shared;
+            result?;
             self.loaded = self.loaded.with(Columns::of(&[c]));
         }
         Ok(())

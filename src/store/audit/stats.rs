@@ -2,9 +2,10 @@
 //! activity, paths, and a timeline by path — exact for any window.
 //!
 //! A window `[from, to)` is split per day file: whole days are read from
-//! the day rollups, whole hours from the hour rollups, and what is left at
-//! the edges (part of an hour, or part of a day for path counts, which are
-//! kept per day) from the events themselves. Blocks past a file's rollup
+//! the consumer rows of the day's rollups, whole hours from their hour
+//! histograms, and what is left at the edges (part of an hour; part of a day
+//! for path counts and latency sketches, which are kept per day) from the
+//! events themselves. Blocks past a file's rollup
 //! watermark (at most about a second of events) are added from the events
 //! too, for the periods read from rollups. So answers equal a count over
 //! the raw events, at the cost of reading a few hundred rollup rows.
@@ -15,7 +16,7 @@ use rustc_hash::FxHashMap;
 
 use super::block::{col, Columns, TextField};
 use super::reader::{AuditReader, DayReader};
-use super::rollup::{self, ConsumerAgg, PathAgg, Rollups, AGG_COLUMNS, DAY_MS, HOUR_MS};
+use super::rollup::{self, ConsumerAgg, ConsumerDay, PathAgg, Rollups, COLUMNS, DAY_MS, HOUR_MS};
 use super::writer::rollup_watermark;
 use super::day_of;
 use crate::store::StoreError;
@@ -32,6 +33,7 @@ pub struct PathActivity {
 /// A consumer's profile over a window.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConsumerProfile {
+    /// Counts only: no latency sketch.
     pub totals: ConsumerAgg,
     /// Calls per method, most first.
     pub methods: Vec<(String, u64)>,
@@ -76,6 +78,18 @@ fn in_ranges(ranges: &[(i64, i64)], ts: i64) -> bool {
     ranges.iter().any(|(a, b)| (*a..*b).contains(&ts))
 }
 
+/// What [`AuditReader::consumer_activity`] computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activity {
+    /// One total per consumer over the window. With `latency`, each carries
+    /// its latency sketch: whole days come from the day rows, partial days
+    /// from the events. Without, partial days come from the hour histograms
+    /// and only partial hours from the events.
+    Totals { latency: bool },
+    /// Per consumer and hour; counts only (no sketches).
+    Hourly,
+}
+
 impl AuditReader {
     fn days_of_window(&self, from: i64, to: i64) -> Vec<i64> {
         if to <= from {
@@ -85,9 +99,9 @@ impl AuditReader {
         self.days().filter(|d| (first..=last).contains(d)).collect()
     }
 
-    /// Adds the tenant's request events of `day` to `into` — those in
-    /// `edges` from every block, and those in `covered` from the blocks past
-    /// the rollup watermark — keeping only `consumer` when given.
+    /// Counts the tenant's request events of `day` — those in `edges` from
+    /// every block, and those in `covered` from the blocks past the rollup
+    /// watermark — keeping only `consumer` when given.
     fn add_raw(
         &self,
         day: &DayReader,
@@ -103,28 +117,21 @@ impl AuditReader {
         if lo >= hi {
             return Ok(());
         }
-        // Blocks past the watermark matter only for covered ranges; others only for edges.
-        let mut stmt = day.conn.prepare_cached(
-            "SELECT id, data FROM blocks WHERE tenant = ?1 AND max_ts >= ?2 AND min_ts < ?3",
-        )?;
+        let mut stmt = day.conn.prepare_cached("SELECT id, data FROM blocks WHERE tenant = ?1 AND max_ts >= ?2 AND min_ts < ?3")?;
         let mut rows = stmt.query(rusqlite::params![tenant, lo, hi])?;
         let methods = self.method_index(day)?;
         while let Some(r) = rows.next()? {
-            let id: i64 = r.get(0)?;
-            let past_watermark = id > watermark;
+            // Blocks up to the watermark matter only for the edges.
+            let past_watermark = r.get::<_, i64>(0)? > watermark;
             if edges.is_empty() && !past_watermark {
                 continue;
             }
             let data = r.get_ref(1)?.as_blob().map_err(rusqlite::Error::from)?;
             let block = self.decode(data, rollup::block_columns())?;
-            let keep = |ts: i64| in_ranges(edges, ts) || (past_watermark && in_ranges(covered, ts));
-            let mut counts = Rollups::default();
-            counts.add_block(tenant, &block, &|id| methods.get(&id).copied().unwrap_or(rollup::METHODS.len()), keep);
-            if let Some(c) = consumer {
-                counts.consumer_hour.retain(|k, _| k.2 == c);
-                counts.consumer_path.retain(|k, _| k.1 == c);
-            }
-            into.merge(counts);
+            let keep = |ts: i64, c: u32| {
+                consumer.is_none_or(|want| want == c) && (in_ranges(edges, ts) || (past_watermark && in_ranges(covered, ts)))
+            };
+            into.add_block(tenant, &block, &|id| methods.get(&id).copied().unwrap_or(rollup::METHODS.len()), keep);
         }
         Ok(())
     }
@@ -158,48 +165,72 @@ impl AuditReader {
         Ok(day.dict.with(|lookup| lookup(id).map(str::to_string)))
     }
 
-    /// Per-consumer totals of request events in `[from, to)`; with
-    /// `by_hour`, per consumer and hour (the key's first part is the hour's
-    /// start in ms, otherwise the day's). `consumer` limits it to one.
+    /// The stored rollup rows of a tenant (and consumer) in a day file.
+    fn rollup_rows(&self, day: &DayReader, tenant: u32, consumer: Option<u32>) -> Result<Vec<(u32, ConsumerDay)>, StoreError> {
+        let mut stmt = day.conn.prepare_cached(&format!(
+            "SELECT consumer, {COLUMNS} FROM roll_consumer WHERE tenant = ?1 AND (?2 IS NULL OR consumer = ?2)"
+        ))?;
+        let mut rows = stmt.query(rusqlite::params![tenant, consumer])?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next()? {
+            out.push((r.get(0)?, ConsumerDay::from_row(r, 1)?));
+        }
+        Ok(out)
+    }
+
+    /// Request events of `tenant` in `[from, to)` counted per consumer (or
+    /// only `consumer`): one total each, or one per hour (keyed by the
+    /// hour's start in ms; 0 for totals).
     pub fn consumer_activity(
         &self,
         tenant: &str,
         from: i64,
         to: i64,
         consumer: Option<&str>,
-        by_hour: bool,
+        mode: Activity,
     ) -> Result<HashMap<(i64, Option<String>), ConsumerAgg>, StoreError> {
         let mut out: HashMap<(i64, Option<String>), ConsumerAgg> = HashMap::new();
         for day_number in self.days_of_window(from, to) {
             let Some(day) = self.day(day_number)? else { continue };
             let Some((t, c)) = self.ids(&day, tenant, consumer)? else { continue };
             let p = plan(day_number, from, to);
-            let period = |hour: i64| if by_hour { hour * HOUR_MS } else { day_number * DAY_MS };
+            let d0 = day_number * DAY_MS;
+            let hourly = mode == Activity::Hourly;
             let mut by_id: FxHashMap<(i64, u32), ConsumerAgg> = FxHashMap::default();
-            // `?N IS NULL OR consumer = ?N`: all consumers, or the one asked for.
-            if p.whole && !by_hour {
-                let mut stmt = day.conn.prepare_cached(&format!(
-                    "SELECT consumer, {AGG_COLUMNS} FROM roll_consumer_day WHERE tenant = ?1 AND (?2 IS NULL OR consumer = ?2)"
-                ))?;
-                let mut rows = stmt.query(rusqlite::params![t, c])?;
-                while let Some(r) = rows.next()? {
-                    by_id.entry((period(0), r.get(0)?)).or_default().merge(&ConsumerAgg::from_row(r, 1)?);
-                }
-            } else if p.hours.0 < p.hours.1 {
-                let mut stmt = day.conn.prepare_cached(&format!(
-                    "SELECT consumer, hour, {AGG_COLUMNS} FROM roll_consumer_hour
-                     WHERE tenant = ?1 AND hour >= ?2 AND hour < ?3 AND (?4 IS NULL OR consumer = ?4)"
-                ))?;
-                let mut rows = stmt.query(rusqlite::params![t, p.hours.0, p.hours.1, c])?;
-                while let Some(r) = rows.next()? {
-                    by_id.entry((period(r.get(1)?), r.get(0)?)).or_default().merge(&ConsumerAgg::from_row(r, 2)?);
+            // What the stored rows answer (`covered`) and what the events must (`edges`).
+            let (covered, edges) = match mode {
+                Activity::Totals { .. } if p.whole => (vec![(d0, d0 + DAY_MS)], Vec::new()),
+                Activity::Totals { latency: true } => (Vec::new(), vec![(from.max(d0), to.min(d0 + DAY_MS))]),
+                _ if p.hours.0 < p.hours.1 => (vec![(p.hours.0 * HOUR_MS, p.hours.1 * HOUR_MS)], p.edges.clone()),
+                _ => (Vec::new(), p.edges.clone()),
+            };
+            if !covered.is_empty() {
+                for (consumer_id, row) in self.rollup_rows(&day, t, c)? {
+                    if matches!(mode, Activity::Totals { .. }) && p.whole {
+                        by_id.entry((0, consumer_id)).or_default().merge(&row.totals);
+                        continue;
+                    }
+                    for hour in p.hours.0..p.hours.1 {
+                        let counts = &row.hours[(hour - day_number * 24) as usize];
+                        if counts.calls > 0 {
+                            let at = if hourly { hour * HOUR_MS } else { 0 };
+                            by_id.entry((at, consumer_id)).or_default().merge_counts(counts);
+                        }
+                    }
                 }
             }
-            let covered = if p.hours.0 < p.hours.1 { vec![(p.hours.0 * HOUR_MS, p.hours.1 * HOUR_MS)] } else { Vec::new() };
             let mut raw = Rollups::default();
-            self.add_raw(&day, t, c, &p.edges, &covered, &mut raw)?;
-            for ((_, hour, consumer_id), agg) in raw.consumer_hour {
-                by_id.entry((period(hour), consumer_id)).or_default().merge(&agg);
+            self.add_raw(&day, t, c, &edges, &covered, &mut raw)?;
+            for ((_, consumer_id), row) in raw.consumers {
+                if hourly {
+                    for (h, counts) in row.hours.iter().enumerate().filter(|(_, h)| h.calls > 0) {
+                        by_id.entry((d0 + h as i64 * HOUR_MS, consumer_id)).or_default().merge_counts(counts);
+                    }
+                } else if mode == (Activity::Totals { latency: true }) {
+                    by_id.entry((0, consumer_id)).or_default().merge(&row.totals);
+                } else {
+                    by_id.entry((0, consumer_id)).or_default().merge_counts(&row.totals);
+                }
             }
             for ((at, consumer_id), agg) in by_id {
                 out.entry((at, Self::name(&day, consumer_id)?)).or_default().merge(&agg);
@@ -215,26 +246,25 @@ impl AuditReader {
             let Some(day) = self.day(day_number)? else { continue };
             let Some((t, Some(c))) = self.ids(&day, tenant, Some(consumer))? else { continue };
             let p = plan(day_number, from, to);
+            let d0 = day_number * DAY_MS;
             let mut by_id: FxHashMap<u32, PathAgg> = FxHashMap::default();
-            let (edges, covered) = if p.whole {
-                let mut stmt = day.conn.prepare_cached("SELECT path, calls, errors FROM roll_consumer_path WHERE tenant = ?1 AND consumer = ?2")?;
-                let mut rows = stmt.query(rusqlite::params![t, c])?;
-                while let Some(r) = rows.next()? {
-                    let agg = by_id.entry(r.get(0)?).or_default();
-                    agg.calls += r.get::<_, i64>(1)? as u64;
-                    agg.errors += r.get::<_, i64>(2)? as u64;
+            // Path counts are kept per day: a partial day is read from the events.
+            let (covered, edges) = if p.whole {
+                for (_, row) in self.rollup_rows(&day, t, Some(c))? {
+                    by_id = row.paths;
                 }
-                (Vec::new(), vec![(day_number * DAY_MS, (day_number + 1) * DAY_MS)])
+                (vec![(d0, d0 + DAY_MS)], Vec::new())
             } else {
-                // Path counts are kept per day: a partial day is read from the events.
-                (vec![(from.max(day_number * DAY_MS), to.min((day_number + 1) * DAY_MS))], Vec::new())
+                (Vec::new(), vec![(from.max(d0), to.min(d0 + DAY_MS))])
             };
             let mut raw = Rollups::default();
             self.add_raw(&day, t, Some(c), &edges, &covered, &mut raw)?;
-            for ((_, _, path), agg) in raw.consumer_path {
-                let mine = by_id.entry(path).or_default();
-                mine.calls += agg.calls;
-                mine.errors += agg.errors;
+            for (_, row) in raw.consumers {
+                for (path, agg) in row.paths {
+                    let mine = by_id.entry(path).or_default();
+                    mine.calls += agg.calls;
+                    mine.errors += agg.errors;
+                }
             }
             for (path, agg) in by_id {
                 let mine = out.entry(Self::name(&day, path)?).or_default();
@@ -248,11 +278,11 @@ impl AuditReader {
     /// A consumer's profile over `[from, to)`: totals, methods, the `top`
     /// paths, and calls by hour of the day.
     pub fn consumer_profile(&self, tenant: &str, consumer: &str, from: i64, to: i64, top: usize) -> Result<ConsumerProfile, StoreError> {
-        let hours = self.consumer_activity(tenant, from, to, Some(consumer), true)?;
+        let hours = self.consumer_activity(tenant, from, to, Some(consumer), Activity::Hourly)?;
         let mut totals = ConsumerAgg::default();
         let mut by_hour_of_day = [0u64; 24];
         for ((hour_ms, _), agg) in &hours {
-            totals.merge(agg);
+            totals.merge_counts(agg);
             by_hour_of_day[(hour_ms.rem_euclid(DAY_MS) / HOUR_MS) as usize] += agg.calls;
         }
         let names = rollup::METHODS.iter().map(|m| m.to_string()).chain(["other".to_string()]);
@@ -265,7 +295,10 @@ impl AuditReader {
             .collect();
         top_paths.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         top_paths.truncate(top);
-        let busiest_hour = (0..24u8).filter(|h| by_hour_of_day[*h as usize] > 0).max_by_key(|h| (by_hour_of_day[*h as usize], 24 - h)).map(|h| (h, by_hour_of_day[h as usize]));
+        let busiest_hour = (0..24u8)
+            .filter(|h| by_hour_of_day[*h as usize] > 0)
+            .max_by_key(|h| (by_hour_of_day[*h as usize], 24 - h))
+            .map(|h| (h, by_hour_of_day[h as usize]));
         Ok(ConsumerProfile { totals, methods, top_paths, by_hour_of_day, busiest_hour })
     }
 

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use rusqlite::Connection;
 
 use super::rollup::{ConsumerAgg, DAY_MS, HOUR_MS};
+use super::stats::Activity;
 use super::*;
 use crate::event::{Category, Event, GENESIS_HASH};
 use crate::store::sketch::LatencySketch;
@@ -238,11 +239,17 @@ fn check_aggregations(reader: &AuditReader, windows: &[(i64, i64)]) {
     for &(from, to) in windows {
         let want = brute_consumers(reader, "acme", from, to);
         assert!(!want.is_empty());
-        for by_hour in [false, true] {
-            let got = summed(reader.consumer_activity("acme", from, to, None, by_hour).unwrap());
-            assert_eq!(got, want, "window {from}..{to}, by_hour {by_hour}");
+        let got = summed(reader.consumer_activity("acme", from, to, None, Activity::Totals { latency: true }).unwrap());
+        assert_eq!(got, want, "window {from}..{to}, totals with latency");
+        let counts: BTreeMap<Option<String>, ConsumerAgg> = want.iter().map(|(k, v)| (k.clone(), v.counts_only())).collect();
+        for mode in [Activity::Totals { latency: false }, Activity::Hourly] {
+            let got: BTreeMap<_, _> = summed(reader.consumer_activity("acme", from, to, None, mode).unwrap())
+                .into_iter()
+                .map(|(k, v)| (k, v.counts_only()))
+                .collect();
+            assert_eq!(got, counts, "window {from}..{to}, {mode:?}");
         }
-        let one = summed(reader.consumer_activity("acme", from, to, Some("cons_4"), false).unwrap());
+        let one = summed(reader.consumer_activity("acme", from, to, Some("cons_4"), Activity::Totals { latency: true }).unwrap());
         assert_eq!(one.get(&Some("cons_4".into())), want.get(&Some("cons_4".into())));
         assert_eq!(one.len(), usize::from(want.contains_key(&Some("cons_4".into()))));
 
@@ -298,7 +305,7 @@ fn aggregations_equal_a_count_over_the_events() {
 
     let profile = reader.consumer_profile("acme", "cons_4", DAY0, DAY0 + 2 * DAY_MS, 3).unwrap();
     let want = brute_consumers(&reader, "acme", DAY0, DAY0 + 2 * DAY_MS).remove(&Some("cons_4".into())).unwrap();
-    assert_eq!(profile.totals, want);
+    assert_eq!(profile.totals, want.counts_only());
     assert_eq!(profile.top_paths.len(), 3);
     assert!(profile.top_paths.windows(2).all(|w| w[0].1 >= w[1].1));
     assert_eq!(profile.by_hour_of_day.iter().sum::<u64>(), want.calls);
@@ -346,7 +353,7 @@ fn latency_sketches_in_rollups_answer_within_their_error() {
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), &events(4_000, DAY0, DAY_MS, 7), 512);
     let reader = AuditReader::open(dir.path()).unwrap();
-    let got = summed(reader.consumer_activity("acme", DAY0, DAY0 + DAY_MS, None, false).unwrap());
+    let got = summed(reader.consumer_activity("acme", DAY0, DAY0 + DAY_MS, None, Activity::Totals { latency: true }).unwrap());
     for (consumer, agg) in got {
         let mut values: Vec<u64> = reader
             .chain("acme")

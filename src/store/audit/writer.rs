@@ -127,7 +127,7 @@ impl DayWriter {
         let conn = open_day_file(path)?;
         // The writer's own tuning: fewer, larger WAL checkpoints.
         conn.pragma_update(None, "wal_autocheckpoint", 10_000)?;
-        rollup::register_sketch_merge(&conn)?;
+        rollup::register_merge_functions(&conn)?;
         let dict = Dictionary::load(&conn)?;
         let methods = dict.ids.iter().map(|(v, id)| (*id, rollup::method_index(v))).collect();
         let mut day = DayWriter { conn, dict, pending: Rollups::default(), methods, last_used };
@@ -148,7 +148,7 @@ impl DayWriter {
             let mut block = DecodedBlock::parse(data)?;
             block.load(data, rollup::block_columns(), &mut decompressor)?;
             let methods = &self.methods;
-            self.pending.add_block(tenant, &block, &|id| methods.get(&id).copied().unwrap_or(rollup::METHODS.len()), |_| true);
+            self.pending.add_block(tenant, &block, &|id| methods.get(&id).copied().unwrap_or(rollup::METHODS.len()), |_, _| true);
         }
         Ok(())
     }
