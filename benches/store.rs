@@ -6,7 +6,10 @@
 //!   cargo bench --bench store -- --smoke               # small, for CI
 //!
 //! Options: `--events N`, `--days D` (time span of the data), `--no-pg`,
-//! `--pg "psql connection args"` (default `-h 127.0.0.1 -U postgres -d postgres`).
+//! `--pg "psql connection args"` (default `-h 127.0.0.1 -U postgres -d postgres`),
+//! `--keep DIR` (make the store in DIR and keep it; if DIR holds one, reuse
+//! it and run only the queries), `--export-only` (with `--keep`: only the
+//! export, twenty times, for profiling).
 //!
 //! The data is deterministic: tenants with skewed sizes, a skewed consumer
 //! population, hundreds of paths, 5 % 4xx, 0.5 % 5xx, log-normal latencies,
@@ -312,6 +315,26 @@ fn generator_cpu_us(total: u64, days: u64) -> f64 {
     (cpu_seconds() - cpu0) * 1e6 / n as f64
 }
 
+/// Q6: the CSV export's own path — rows newest first (CSV carries no chain
+/// hashes; the JSON export does), written as CSV lines into a buffer (flushed every MiB, as the HTTP export
+/// sends chunks). Returns the rows written.
+fn export_csv(reader: &AuditReader, tenant: &str, from: i64, to: i64) -> u64 {
+    let filter = EventFilter { tenant_id: tenant.into(), category: Some(Category::Request), from_ms: Some(from), to_ms: Some(to), ..EventFilter::default() };
+    let mut buf = String::new();
+    let mut n = 0;
+    reader
+        .scan(&filter, None, false, |e| {
+            keytrail::audit::views::csv_line(e, &mut buf);
+            if buf.len() > 1 << 20 {
+                buf.clear();
+            }
+            n += 1;
+            true
+        })
+        .unwrap();
+    n
+}
+
 /// The raw request events of a tenant in `[from, to)`, for checking the
 /// aggregations against (not timed).
 fn raw_events(reader: &AuditReader, tenant: &str, from: i64, to: i64) -> Vec<Event> {
@@ -442,19 +465,8 @@ fn queries_keytrail(dir: &Path, end_ms: i64) -> Vec<(String, f64, u64)> {
     }
     out.push(("Q5 p95/p99 per consumer, 7 days (sketches, ≤ 1 % error)".into(), time_ms(|| percentiles(&reader).len() as u64)));
 
-    let q6 = EventFilter { tenant_id: tenant.into(), category: Some(Category::Request), from_ms: Some(end_ms - DAY_MS), to_ms: Some(end_ms), ..EventFilter::default() };
-    let (ms, rows) = time_ms(|| {
-        let mut buf = String::new();
-        let mut n = 0;
-        reader.scan(&q6, None, true, |e| {
-            keytrail::audit::views::csv_line(e, &mut buf);
-            if buf.len() > 1 << 20 { buf.clear(); }
-            n += 1;
-            true
-        }).unwrap();
-        n
-    });
-    out.push(("Q6 one tenant-day as CSV with chain hashes (the export's path)".into(), (ms, rows)));
+    let (ms, rows) = time_ms(|| export_csv(&reader, tenant, end_ms - DAY_MS, end_ms));
+    out.push(("Q6 one tenant-day as CSV (the export's path)".into(), (ms, rows)));
     out.into_iter().map(|(name, (ms, rows))| (name, ms, rows)).collect()
 }
 
@@ -562,6 +574,9 @@ fn main() {
     let mut total = 1_000_000u64;
     let mut days = 14u64;
     let mut use_pg = true;
+    let mut keep: Option<PathBuf> = None;
+    // With --keep, runs only Q6 twenty times: for profiling the export.
+    let mut export_only = false;
     let mut pg: Vec<String> = "-h 127.0.0.1 -U postgres -d postgres".split(' ').map(String::from).collect();
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -569,17 +584,34 @@ fn main() {
             "--days" => days = args.next().and_then(|v| v.parse().ok()).expect("--days D"),
             "--smoke" => total = 20_000,
             "--no-pg" => use_pg = false,
+            "--export-only" => export_only = true,
+            "--keep" => keep = Some(PathBuf::from(args.next().expect("--keep DIR"))),
             "--pg" => pg = args.next().expect("--pg ARGS").split_whitespace().map(String::from).collect(),
             other => panic!("unknown option {other}; see the top of benches/store.rs"),
         }
     }
-    let work: PathBuf = std::env::temp_dir().join(format!("keytrail-store-bench-{}", std::process::id()));
+    let work: PathBuf = keep.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("keytrail-store-bench-{}", std::process::id())));
     std::fs::create_dir_all(&work).unwrap();
     let end_ms = START_MS + (days * 86_400_000) as i64;
 
     println!("store benchmark: {total} events over {days} days");
     let gen_cpu = generator_cpu_us(total, days);
-    let kt = ingest_keytrail(&work, total, days);
+    // With --keep DIR, a store already in DIR is reused (queries only), else
+    // it is made there and kept: for working on queries without re-ingesting.
+    let reuse = keep.is_some() && work.join("audit").exists();
+    let kt = if reuse {
+        println!("reusing the store in {} (no ingest figures)", work.display());
+        IngestResult { events_per_s: f64::NAN, cpu_us_per_event: f64::NAN, writer_cpu_us_per_event: f64::NAN, bytes_per_event: f64::NAN, per_million: Vec::new() }
+    } else {
+        ingest_keytrail(&work, total, days)
+    };
+    if export_only {
+        let reader = AuditReader::open(&work.join("audit")).unwrap();
+        let t = Instant::now();
+        let rows: u64 = (0..20).map(|_| export_csv(&reader, "tenant-00", end_ms - DAY_MS, end_ms)).sum();
+        println!("export: {:.0} rows/s", rows as f64 / t.elapsed().as_secs_f64());
+        return;
+    }
     let kt_queries = queries_keytrail(&work.join("audit"), end_ms);
     let pg_result = use_pg.then(|| {
         let (rate, bytes) = pg_ingest(&pg, &work, total, days);
@@ -620,5 +652,7 @@ fn main() {
     if use_pg {
         psql(&pg, &format!("DROP TABLE IF EXISTS {PG_TABLE};"));
     }
-    let _ = std::fs::remove_dir_all(&work);
+    if keep.is_none() {
+        let _ = std::fs::remove_dir_all(&work);
+    }
 }

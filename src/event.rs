@@ -148,62 +148,45 @@ impl Event {
         }
     }
 
-    /// Writes the bytes the chain hash covers: a versioned, length-prefixed
-    /// binary encoding of every field in declaration order. Each field is a
-    /// tag (`0` absent, `1` text as u32-LE length and UTF-8 bytes, `2` integer
-    /// as i64-LE); `category` is its name as text and `details` its compact
-    /// JSON (keys sorted) as text. Unlike JSON it has one spelling per value,
-    /// so any verifier can rebuild it from an export.
+    /// Writes the bytes the chain hash covers (see [`write_canonical`]).
     pub fn write_canonical(&self, out: &mut Vec<u8>) {
-        fn text(out: &mut Vec<u8>, v: Option<&str>) {
-            match v {
-                None => out.push(0),
-                Some(s) => {
-                    out.push(1);
-                    out.extend_from_slice(&(s.len() as u32).to_le_bytes());
-                    out.extend_from_slice(s.as_bytes());
-                }
-            }
+        let details = self.details.as_ref().map(|d| d.to_string());
+        write_canonical(&self.fields(details.as_deref()), out);
+    }
+
+    /// The event's fields, borrowed, in canonical order; `details` is the
+    /// compact JSON text of `self.details`.
+    pub fn fields<'a>(&'a self, details: Option<&'a str>) -> CanonicalFields<'a> {
+        CanonicalFields {
+            event_id: &self.event_id,
+            seq: self.seq,
+            timestamp_ms: self.timestamp_ms,
+            tenant_id: &self.tenant_id,
+            category: self.category,
+            event_type: &self.event_type,
+            request_id: self.request_id.as_deref(),
+            actor: self.actor.as_deref(),
+            target: self.target.as_deref(),
+            outcome: &self.outcome,
+            consumer_id: self.consumer_id.as_deref(),
+            consumer_name: self.consumer_name.as_deref(),
+            api_id: self.api_id.as_deref(),
+            key_id: self.key_id.as_deref(),
+            key_hint: self.key_hint.as_deref(),
+            method: self.method.as_deref(),
+            path: self.path.as_deref(),
+            status_code: self.status_code,
+            latency_us: self.latency_us,
+            upstream_latency_us: self.upstream_latency_us,
+            request_size_bytes: self.request_size_bytes,
+            response_size_bytes: self.response_size_bytes,
+            client_ip: self.client_ip.as_deref(),
+            user_agent: self.user_agent.as_deref(),
+            country: self.country.as_deref(),
+            error_code: self.error_code.as_deref(),
+            error_message: self.error_message.as_deref(),
+            details,
         }
-        fn int(out: &mut Vec<u8>, v: Option<i64>) {
-            match v {
-                None => out.push(0),
-                Some(n) => {
-                    out.push(2);
-                    out.extend_from_slice(&n.to_le_bytes());
-                }
-            }
-        }
-        let u = |v: Option<u64>| v.map(|n| n as i64);
-        out.extend_from_slice(b"KT1");
-        text(out, Some(&self.event_id));
-        int(out, Some(self.seq as i64));
-        int(out, Some(self.timestamp_ms));
-        text(out, Some(&self.tenant_id));
-        text(out, self.category.map(Category::as_str));
-        text(out, Some(&self.event_type));
-        text(out, self.request_id.as_deref());
-        text(out, self.actor.as_deref());
-        text(out, self.target.as_deref());
-        text(out, Some(&self.outcome));
-        text(out, self.consumer_id.as_deref());
-        text(out, self.consumer_name.as_deref());
-        text(out, self.api_id.as_deref());
-        text(out, self.key_id.as_deref());
-        text(out, self.key_hint.as_deref());
-        text(out, self.method.as_deref());
-        text(out, self.path.as_deref());
-        int(out, self.status_code.map(i64::from));
-        int(out, u(self.latency_us));
-        int(out, u(self.upstream_latency_us));
-        int(out, u(self.request_size_bytes));
-        int(out, u(self.response_size_bytes));
-        text(out, self.client_ip.as_deref());
-        text(out, self.user_agent.as_deref());
-        text(out, self.country.as_deref());
-        text(out, self.error_code.as_deref());
-        text(out, self.error_message.as_deref());
-        text(out, self.details.as_ref().map(|d| d.to_string()).as_deref());
     }
 
     /// The canonical bytes as a new vector (see [`Event::write_canonical`]).
@@ -214,21 +197,120 @@ impl Event {
     }
 
     /// The chain hash of this event given its predecessor's hash:
-    /// SHA-256(previous ‖ canonical bytes), built in a reused per-thread buffer.
+    /// SHA-256(previous ‖ canonical bytes).
     pub fn chain_hash(&self, previous: &[u8; 32]) -> [u8; 32] {
-        thread_local! {
-            static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-        }
-        BUFFER.with(|buffer| {
-            let mut buffer = buffer.borrow_mut();
-            buffer.clear();
-            self.write_canonical(&mut buffer);
-            let mut hasher = Sha256::new();
-            hasher.update(previous);
-            hasher.update(&buffer[..]);
-            hasher.finalize().into()
-        })
+        let details = self.details.as_ref().map(|d| d.to_string());
+        chain_hash(&self.fields(details.as_deref()), previous)
     }
+}
+
+/// An event's fields, borrowed: what the chain hash covers. The store
+/// builds one straight from its columns to hash events without making them.
+#[derive(Debug, Clone, Copy)]
+pub struct CanonicalFields<'a> {
+    pub event_id: &'a str,
+    pub seq: u64,
+    pub timestamp_ms: i64,
+    pub tenant_id: &'a str,
+    pub category: Option<Category>,
+    pub event_type: &'a str,
+    pub request_id: Option<&'a str>,
+    pub actor: Option<&'a str>,
+    pub target: Option<&'a str>,
+    pub outcome: &'a str,
+    pub consumer_id: Option<&'a str>,
+    pub consumer_name: Option<&'a str>,
+    pub api_id: Option<&'a str>,
+    pub key_id: Option<&'a str>,
+    pub key_hint: Option<&'a str>,
+    pub method: Option<&'a str>,
+    pub path: Option<&'a str>,
+    pub status_code: Option<u16>,
+    pub latency_us: Option<u64>,
+    pub upstream_latency_us: Option<u64>,
+    pub request_size_bytes: Option<u64>,
+    pub response_size_bytes: Option<u64>,
+    pub client_ip: Option<&'a str>,
+    pub user_agent: Option<&'a str>,
+    pub country: Option<&'a str>,
+    pub error_code: Option<&'a str>,
+    pub error_message: Option<&'a str>,
+    /// Compact JSON with sorted keys.
+    pub details: Option<&'a str>,
+}
+
+/// Writes the bytes the chain hash covers: a versioned, length-prefixed
+/// binary encoding of every field in declaration order. Each field is a tag
+/// (`0` absent, `1` text as u32-LE length and UTF-8 bytes, `2` integer as
+/// i64-LE); `category` is its name as text and `details` its compact JSON
+/// (keys sorted) as text. Unlike JSON it has one spelling per value, so any
+/// verifier can rebuild it from an export. A new field goes at the end.
+pub fn write_canonical(f: &CanonicalFields<'_>, out: &mut Vec<u8>) {
+    fn text(out: &mut Vec<u8>, v: Option<&str>) {
+        match v {
+            None => out.push(0),
+            Some(s) => {
+                out.push(1);
+                out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+                out.extend_from_slice(s.as_bytes());
+            }
+        }
+    }
+    fn int(out: &mut Vec<u8>, v: Option<i64>) {
+        match v {
+            None => out.push(0),
+            Some(n) => {
+                out.push(2);
+                out.extend_from_slice(&n.to_le_bytes());
+            }
+        }
+    }
+    let u = |v: Option<u64>| v.map(|n| n as i64);
+    out.extend_from_slice(b"KT1");
+    text(out, Some(f.event_id));
+    int(out, Some(f.seq as i64));
+    int(out, Some(f.timestamp_ms));
+    text(out, Some(f.tenant_id));
+    text(out, f.category.map(Category::as_str));
+    text(out, Some(f.event_type));
+    text(out, f.request_id);
+    text(out, f.actor);
+    text(out, f.target);
+    text(out, Some(f.outcome));
+    text(out, f.consumer_id);
+    text(out, f.consumer_name);
+    text(out, f.api_id);
+    text(out, f.key_id);
+    text(out, f.key_hint);
+    text(out, f.method);
+    text(out, f.path);
+    int(out, f.status_code.map(i64::from));
+    int(out, u(f.latency_us));
+    int(out, u(f.upstream_latency_us));
+    int(out, u(f.request_size_bytes));
+    int(out, u(f.response_size_bytes));
+    text(out, f.client_ip);
+    text(out, f.user_agent);
+    text(out, f.country);
+    text(out, f.error_code);
+    text(out, f.error_message);
+    text(out, f.details);
+}
+
+/// SHA-256(previous ‖ canonical bytes), built in a reused per-thread buffer.
+pub fn chain_hash(fields: &CanonicalFields<'_>, previous: &[u8; 32]) -> [u8; 32] {
+    thread_local! {
+        static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    BUFFER.with(|buffer| {
+        let mut buffer = buffer.borrow_mut();
+        buffer.clear();
+        write_canonical(fields, &mut buffer);
+        let mut hasher = Sha256::new();
+        hasher.update(previous);
+        hasher.update(&buffer[..]);
+        hasher.finalize().into()
+    })
 }
 
 /// A time-ordered UUIDv7 string. The random part comes from the thread's
@@ -287,9 +369,51 @@ pub fn now_ms() -> i64 {
 
 /// RFC 3339, UTC, millisecond precision: `2026-11-22T15:30:00.123Z`.
 pub fn format_timestamp(ms: i64) -> String {
-    chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms)
-        .unwrap_or_default()
-        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    let mut out = String::with_capacity(24);
+    push_timestamp(ms, &mut out);
+    out
+}
+
+/// Appends [`format_timestamp`]'s text to `out`. Exports write one per
+/// row, so the date is formatted once per day of data (kept per thread) and
+/// the time of day by arithmetic.
+pub fn push_timestamp(ms: i64, out: &mut String) {
+    use std::cell::Cell;
+    thread_local! {
+        static LAST: Cell<(i64, [u8; 10])> = const { Cell::new((i64::MIN, [0; 10])) };
+    }
+    // Years 0000-9999; anything else takes chrono's general path.
+    if !(0..=253_402_300_799_999).contains(&ms) {
+        let text = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms)
+            .unwrap_or_default()
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        out.push_str(&text);
+        return;
+    }
+    let (day, ms_of_day) = (ms / 86_400_000, (ms % 86_400_000) as u32);
+    let (cached_day, mut date) = LAST.with(Cell::get);
+    if cached_day != day {
+        let text = chrono::DateTime::<chrono::Utc>::from_timestamp(day * 86_400, 0).unwrap_or_default().format("%Y-%m-%d").to_string();
+        date.copy_from_slice(&text.as_bytes()[..10]);
+        LAST.with(|last| last.set((day, date)));
+    }
+    out.push_str(std::str::from_utf8(&date).unwrap_or_default());
+    let (secs, millis) = (ms_of_day / 1000, ms_of_day % 1000);
+    let two = |out: &mut String, n: u32| {
+        out.push((b'0' + (n / 10) as u8) as char);
+        out.push((b'0' + (n % 10) as u8) as char);
+    };
+    out.push('T');
+    two(out, secs / 3600);
+    out.push(':');
+    two(out, secs / 60 % 60);
+    out.push(':');
+    two(out, secs % 60);
+    out.push('.');
+    out.push((b'0' + (millis / 100) as u8) as char);
+    out.push((b'0' + (millis / 10 % 10) as u8) as char);
+    out.push((b'0' + (millis % 10) as u8) as char);
+    out.push('Z');
 }
 
 /// Drops the query string from a request target; only the path is recorded.
@@ -298,13 +422,18 @@ pub fn path_without_query(target: &str) -> &str {
 }
 
 pub fn to_hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);
+    push_hex(bytes, &mut out);
+    out
+}
+
+/// Appends lowercase hex of `bytes` to `out`.
+pub fn push_hex(bytes: &[u8], out: &mut String) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     for b in bytes {
         out.push(DIGITS[(b >> 4) as usize] as char);
         out.push(DIGITS[(b & 15) as usize] as char);
     }
-    out
 }
 
 #[cfg(test)]
@@ -423,5 +552,14 @@ mod tests {
     fn timestamps_are_rfc3339_utc_millis() {
         assert_eq!(format_timestamp(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(format_timestamp(1_732_289_400_123), "2024-11-22T15:30:00.123Z");
+        assert_eq!(format_timestamp(1_732_289_400_007), "2024-11-22T15:30:00.007Z", "same second, from the cache");
+        assert_eq!(format_timestamp(1_732_289_401_999), "2024-11-22T15:30:01.999Z");
+        // Outside years 0000-9999 chrono's general path is used.
+        for ms in [-1, -86_400_001, 253_402_300_800_000, 1_795_000_000_000] {
+            let chrono = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(ms)
+                .unwrap()
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+            assert_eq!(format_timestamp(ms), chrono, "{ms}");
+        }
     }
 }

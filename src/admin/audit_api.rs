@@ -228,6 +228,7 @@ const CHUNK_BYTES: usize = 64 * 1024;
 fn stream_export(
     state: &AdminState,
     query: AuditQuery,
+    hashes: bool,
     content_type: &'static str,
     head: String,
     tail: &'static str,
@@ -240,7 +241,7 @@ fn stream_export(
         let mut first = true;
         let mut client_gone = false;
         let result = AuditReader::open(&path).and_then(|reader| {
-            reader.scan(&query.filter, query.limit, true, |row| {
+            reader.scan(&query.filter, query.limit, hashes, |row| {
                 write_row(row, first, &mut buf);
                 first = false;
                 if buf.len() >= CHUNK_BYTES {
@@ -285,7 +286,7 @@ async fn export_csv(
     let query = parse_query(&tenant, Category::Request, &params, false)?;
     let head = format!("{}\r\n", views::CSV_COLUMNS.join(","));
     let mut response =
-        stream_export(&state, query, "text/csv; charset=utf-8", head, "", |row, _, buf| views::csv_line(row, buf));
+        stream_export(&state, query, false, "text/csv; charset=utf-8", head, "", |row, _, buf| views::csv_line(row, buf));
     response.headers_mut().insert(header::CONTENT_DISPOSITION, export_filename(&tenant, "csv"));
     Ok(response)
 }
@@ -302,7 +303,8 @@ async fn export_json(
         json!(tenant),
         json!(crate::event::format_timestamp(now_ms()))
     );
-    let mut response = stream_export(&state, query, "application/json", head, "]}", |row, first, buf| {
+    // Each row carries its chain hash, so a client can check its copy.
+    let mut response = stream_export(&state, query, true, "application/json", head, "]}", |row, first, buf| {
         if !first {
             buf.push(',');
         }

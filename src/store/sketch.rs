@@ -7,20 +7,22 @@
 //! so any quantile is within 1 % of the true value at that rank. Sketches
 //! merge by adding counts, so hourly sketches combine into any window.
 //!
-//! Encoding: pairs of LEB128 varints (bucket delta, count), buckets ascending.
+//! Encoding: pairs of LEB128 varints (bucket delta, count), buckets
+//! strictly ascending.
 //!
 //! This module does no IO.
-
-use std::collections::BTreeMap;
 
 const GAMMA: f64 = 1.02;
 
 /// The largest relative error of a quantile answer.
 pub const RELATIVE_ERROR: f64 = (GAMMA - 1.0) / (GAMMA + 1.0);
 
+/// Kept as (bucket, count) pairs sorted by bucket: a sketch holds a few
+/// hundred buckets at most, and a sorted vector decodes, merges and answers
+/// quantiles several times faster than a tree.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LatencySketch {
-    counts: BTreeMap<u16, u64>,
+    counts: Vec<(u16, u64)>,
 }
 
 fn bucket_of(value: u64) -> u16 {
@@ -68,17 +70,44 @@ fn read_varint(bytes: &[u8], at: &mut usize) -> Option<u64> {
 
 impl LatencySketch {
     pub fn record(&mut self, value_us: u64) {
-        *self.counts.entry(bucket_of(value_us)).or_default() += 1;
-    }
-
-    pub fn merge(&mut self, other: &LatencySketch) {
-        for (bucket, count) in &other.counts {
-            *self.counts.entry(*bucket).or_default() += count;
+        let bucket = bucket_of(value_us);
+        match self.counts.binary_search_by_key(&bucket, |(b, _)| *b) {
+            Ok(i) => self.counts[i].1 += 1,
+            Err(i) => self.counts.insert(i, (bucket, 1)),
         }
     }
 
+    pub fn merge(&mut self, other: &LatencySketch) {
+        if other.counts.is_empty() {
+            return;
+        }
+        if self.counts.is_empty() {
+            self.counts.clone_from(&other.counts);
+            return;
+        }
+        let mut merged = Vec::with_capacity(self.counts.len() + other.counts.len());
+        let (a, b) = (&self.counts, &other.counts);
+        let (mut i, mut j) = (0, 0);
+        while i < a.len() && j < b.len() {
+            if a[i].0 == b[j].0 {
+                merged.push((a[i].0, a[i].1 + b[j].1));
+                i += 1;
+                j += 1;
+            } else if a[i].0 < b[j].0 {
+                merged.push(a[i]);
+                i += 1;
+            } else {
+                merged.push(b[j]);
+                j += 1;
+            }
+        }
+        merged.extend_from_slice(&a[i..]);
+        merged.extend_from_slice(&b[j..]);
+        self.counts = merged;
+    }
+
     pub fn count(&self) -> u64 {
-        self.counts.values().sum()
+        self.counts.iter().map(|(_, n)| n).sum()
     }
 
     /// The value at quantile `q` (0..=1), within [`RELATIVE_ERROR`]; `None` when empty.
@@ -96,7 +125,7 @@ impl LatencySketch {
                 return Some(representative(*bucket));
             }
         }
-        self.counts.keys().next_back().map(|b| representative(*b))
+        self.counts.last().map(|(b, _)| representative(*b))
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -112,13 +141,19 @@ impl LatencySketch {
 
     /// Decodes an encoded sketch; `None` for bytes that are not one.
     pub fn decode(bytes: &[u8]) -> Option<LatencySketch> {
-        let mut counts = BTreeMap::new();
+        let mut counts: Vec<(u16, u64)> = Vec::with_capacity(bytes.len() / 2);
         let mut at = 0;
         let mut bucket = 0u64;
         while at < bytes.len() {
-            bucket += read_varint(bytes, &mut at)?;
+            let delta = read_varint(bytes, &mut at)?;
+            bucket += delta;
             let count = read_varint(bytes, &mut at)?;
-            counts.insert(u16::try_from(bucket).ok()?, count);
+            let b = u16::try_from(bucket).ok()?;
+            // Buckets strictly ascend (a zero delta is only valid first).
+            if delta == 0 && !counts.is_empty() {
+                return None;
+            }
+            counts.push((b, count));
         }
         Some(LatencySketch { counts })
     }
@@ -177,6 +212,7 @@ mod tests {
         assert_eq!(LatencySketch::decode(&s.encode()).unwrap(), s);
         assert_eq!(LatencySketch::decode(&[]).unwrap(), LatencySketch::default());
         assert!(LatencySketch::decode(&[0x80]).is_none(), "a truncated varint");
+        assert!(LatencySketch::decode(&[5, 1, 0, 1]).is_none(), "a repeated bucket");
         assert!(LatencySketch::default().quantile(0.5).is_none());
     }
 }

@@ -22,7 +22,7 @@ use rustc_hash::FxHashSet;
 
 use super::block::{category_code, col, Columns, DecodedBlock, TextField, MAX_BLOCK_SPAN_MS};
 use super::{day_of, list_days, EventFilter, StoredEvent};
-use crate::event::{Event, GENESIS_HASH};
+use crate::event::GENESIS_HASH;
 use crate::store::StoreError;
 
 /// The strings of one day file, by id; shared by every reader in the
@@ -413,14 +413,15 @@ impl AuditReader {
 
     /// Every event's chain hash in a fully decoded block, from its `prev_hash`.
     fn block_hashes(&self, day: &DayReader, block: &DecodedBlock, meta: &BlockMeta, tenant: &str) -> Result<Vec<[u8; 32]>, StoreError> {
-        let mut event = Event::default();
         let mut previous = meta.prev_hash;
         let mut out = Vec::with_capacity(block.rows());
-        for row in 0..block.rows() {
-            day.dict.with(|lookup| block.fill_event(row, tenant, meta.first_seq + row as u64, lookup, &mut event))?;
-            previous = event.chain_hash(&previous);
-            out.push(previous);
-        }
+        day.dict.with(|lookup| -> Result<(), StoreError> {
+            for row in 0..block.rows() {
+                previous = block.chain_hash(row, tenant, meta.first_seq + row as u64, lookup, &previous)?;
+                out.push(previous);
+            }
+            Ok(())
+        })?;
         Ok(out)
     }
 

@@ -16,7 +16,7 @@ use rustc_hash::FxHashMap;
 
 use super::block::{col, Columns, TextField};
 use super::reader::{AuditReader, DayReader};
-use super::rollup::{self, ConsumerAgg, ConsumerDay, PathAgg, Rollups, COLUMNS, DAY_MS, HOUR_MS};
+use super::rollup::{self, ConsumerAgg, ConsumerDay, PathAgg, Rollups, DAY_MS, HOUR_MS};
 use super::writer::rollup_watermark;
 use super::day_of;
 use crate::store::StoreError;
@@ -43,6 +43,14 @@ pub struct ConsumerProfile {
     pub by_hour_of_day: [u64; 24],
     /// The busiest hour of the day (UTC) and its calls.
     pub busiest_hour: Option<(u8, u64)>,
+}
+
+/// Which blobs of a rollup row to read.
+#[derive(Debug, Clone, Copy)]
+struct Parts {
+    latency: bool,
+    hours: bool,
+    paths: bool,
 }
 
 /// How one day of a window is read.
@@ -112,22 +120,34 @@ impl AuditReader {
         into: &mut Rollups,
     ) -> Result<(), StoreError> {
         let watermark = rollup_watermark(&day.conn)?;
-        let lo = edges.iter().chain(covered).map(|r| r.0).min().unwrap_or(0);
-        let hi = edges.iter().chain(covered).map(|r| r.1).max().unwrap_or(0);
-        if lo >= hi {
+        // Block ids first (from the time index), data only for the blocks
+        // needed: every block meeting an edge, and those past the watermark
+        // meeting a covered range.
+        let mut ids = std::collections::BTreeMap::<i64, bool>::new();
+        let mut find = |(lo, hi): (i64, i64), past_watermark: bool| -> Result<(), StoreError> {
+            let mut stmt = day.conn.prepare_cached(
+                "SELECT id FROM blocks WHERE tenant = ?1 AND max_ts >= ?2 AND min_ts < ?3 AND id > ?4",
+            )?;
+            let mut rows = stmt.query(rusqlite::params![tenant, lo, hi, if past_watermark { watermark } else { 0 }])?;
+            while let Some(r) = rows.next()? {
+                let id: i64 = r.get(0)?;
+                *ids.entry(id).or_default() |= id > watermark;
+            }
+            Ok(())
+        };
+        for range in edges.iter().filter(|(a, b)| a < b) {
+            find(*range, false)?;
+        }
+        for range in covered.iter().filter(|(a, b)| a < b) {
+            find(*range, true)?;
+        }
+        if ids.is_empty() {
             return Ok(());
         }
-        let mut stmt = day.conn.prepare_cached("SELECT id, data FROM blocks WHERE tenant = ?1 AND max_ts >= ?2 AND min_ts < ?3")?;
-        let mut rows = stmt.query(rusqlite::params![tenant, lo, hi])?;
         let methods = self.method_index(day)?;
-        while let Some(r) = rows.next()? {
-            // Blocks up to the watermark matter only for the edges.
-            let past_watermark = r.get::<_, i64>(0)? > watermark;
-            if edges.is_empty() && !past_watermark {
-                continue;
-            }
-            let data = r.get_ref(1)?.as_blob().map_err(rusqlite::Error::from)?;
-            let block = self.decode(data, rollup::block_columns())?;
+        for (id, past_watermark) in ids {
+            let data = day.block_data(id)?;
+            let block = self.decode(&data, rollup::block_columns())?;
             let keep = |ts: i64, c: u32| {
                 consumer.is_none_or(|want| want == c) && (in_ranges(edges, ts) || (past_watermark && in_ranges(covered, ts)))
             };
@@ -165,12 +185,16 @@ impl AuditReader {
         Ok(day.dict.with(|lookup| lookup(id).map(str::to_string)))
     }
 
-    /// The stored rollup rows of a tenant (and consumer) in a day file.
-    fn rollup_rows(&self, day: &DayReader, tenant: u32, consumer: Option<u32>) -> Result<Vec<(u32, ConsumerDay)>, StoreError> {
-        let mut stmt = day.conn.prepare_cached(&format!(
-            "SELECT consumer, {COLUMNS} FROM roll_consumer WHERE tenant = ?1 AND (?2 IS NULL OR consumer = ?2)"
-        ))?;
-        let mut rows = stmt.query(rusqlite::params![tenant, consumer])?;
+    /// The stored rollup rows of a tenant (and consumer) in a day file,
+    /// with only the parts asked for (the others are left empty and never
+    /// read from disk).
+    fn rollup_rows(&self, day: &DayReader, tenant: u32, consumer: Option<u32>, parts: Parts) -> Result<Vec<(u32, ConsumerDay)>, StoreError> {
+        let mut stmt = day.conn.prepare_cached(
+            "SELECT consumer, calls, err4, err5, latency_sum_us, m_get, m_post, m_put, m_patch, m_delete, m_other,
+                    CASE WHEN ?3 THEN latency ELSE x'' END, CASE WHEN ?4 THEN hours ELSE x'' END, CASE WHEN ?5 THEN paths ELSE x'' END
+             FROM roll_consumer WHERE tenant = ?1 AND (?2 IS NULL OR consumer = ?2)",
+        )?;
+        let mut rows = stmt.query(rusqlite::params![tenant, consumer, parts.latency, parts.hours, parts.paths])?;
         let mut out = Vec::new();
         while let Some(r) = rows.next()? {
             out.push((r.get(0)?, ConsumerDay::from_row(r, 1)?));
@@ -205,7 +229,9 @@ impl AuditReader {
                 _ => (Vec::new(), p.edges.clone()),
             };
             if !covered.is_empty() {
-                for (consumer_id, row) in self.rollup_rows(&day, t, c)? {
+                let whole_totals = matches!(mode, Activity::Totals { .. }) && p.whole;
+                let parts = Parts { latency: whole_totals && mode == (Activity::Totals { latency: true }), hours: !whole_totals, paths: false };
+                for (consumer_id, row) in self.rollup_rows(&day, t, c, parts)? {
                     if matches!(mode, Activity::Totals { .. }) && p.whole {
                         by_id.entry((0, consumer_id)).or_default().merge(&row.totals);
                         continue;
@@ -250,7 +276,7 @@ impl AuditReader {
             let mut by_id: FxHashMap<u32, PathAgg> = FxHashMap::default();
             // Path counts are kept per day: a partial day is read from the events.
             let (covered, edges) = if p.whole {
-                for (_, row) in self.rollup_rows(&day, t, Some(c))? {
+                for (_, row) in self.rollup_rows(&day, t, Some(c), Parts { latency: false, hours: false, paths: true })? {
                     by_id = row.paths;
                 }
                 (vec![(d0, d0 + DAY_MS)], Vec::new())
