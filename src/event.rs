@@ -114,13 +114,17 @@ impl Event {
     /// Masks every free-text field. The pipeline calls this once for every
     /// event it accepts, so the store never receives a secret.
     pub fn sanitize(&mut self) {
-        fn mask(field: &mut Option<String>) {
+        crate::redact::with_secrets(|secrets| self.sanitize_with(secrets));
+    }
+
+    fn sanitize_with(&mut self, secrets: &[String]) {
+        let mask = |field: &mut Option<String>| {
             if let Some(value) = field {
-                if let std::borrow::Cow::Owned(masked) = crate::redact::redact(value) {
+                if let std::borrow::Cow::Owned(masked) = crate::redact::redact_with(value, secrets) {
                     *value = masked;
                 }
             }
-        }
+        };
         for field in [
             &mut self.request_id,
             &mut self.actor,
@@ -142,7 +146,7 @@ impl Event {
         }
         if let Some(details) = &self.details {
             let text = details.to_string();
-            if let std::borrow::Cow::Owned(masked) = crate::redact::redact(&text) {
+            if let std::borrow::Cow::Owned(masked) = crate::redact::redact_with(&text, secrets) {
                 self.details = Some(serde_json::from_str(&masked).unwrap_or(serde_json::Value::String(masked)));
             }
         }

@@ -34,14 +34,25 @@ pub fn register_secret(secret: &str) {
 
 /// Returns `text` with every key, token and registered secret masked.
 pub fn redact(text: &str) -> Cow<'_, str> {
+    with_secrets(|secrets| redact_with(text, secrets))
+}
+
+/// Runs `f` with the registered secrets, for masking many texts under one
+/// read of the list (an event's fields).
+pub fn with_secrets<R>(f: impl FnOnce(&[String]) -> R) -> R {
+    let list = registered().read().unwrap_or_else(|e| e.into_inner());
+    f(&list)
+}
+
+/// [`redact`] with the registered secrets already in hand.
+pub fn redact_with<'t>(text: &'t str, secrets: &[String]) -> Cow<'t, str> {
     let mut out = Cow::Borrowed(text);
     if text.contains("kt") {
         if let Some(masked) = mask_patterns(text) {
             out = Cow::Owned(masked);
         }
     }
-    let list = registered().read().unwrap_or_else(|e| e.into_inner());
-    for secret in list.iter() {
+    for secret in secrets {
         if out.contains(secret.as_str()) {
             out = Cow::Owned(out.replace(secret.as_str(), "****"));
         }

@@ -10,6 +10,7 @@
 //! - The key the caller presented is removed from the forwarded request.
 
 pub mod body;
+pub mod upstream;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -20,13 +21,12 @@ use std::time::{Duration, Instant};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use self::body::{CountingBody, Finisher, GatewayBody};
+use self::upstream::{ConnectionUpstreams, Upstreams};
 use crate::audit::AuditPipeline;
 use crate::config::GatewayConfig;
 use crate::control::ControlPlane;
@@ -46,7 +46,7 @@ const MAX_USER_AGENT: usize = 512;
 pub struct Gateway {
     control: Arc<ControlPlane>,
     audit: Arc<AuditPipeline>,
-    client: Client<HttpConnector, CountingBody>,
+    upstreams: Arc<Upstreams>,
     upstream_timeout: Duration,
 }
 
@@ -76,19 +76,11 @@ struct AuthFailure {
 
 impl Gateway {
     pub fn new(config: &GatewayConfig, control: Arc<ControlPlane>, audit: Arc<AuditPipeline>) -> Gateway {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(1024)
-            .build(connector);
-        Gateway { control, audit, client, upstream_timeout: config.upstream_timeout }
+        Gateway { control, audit, upstreams: Upstreams::new(config.connect_timeout), upstream_timeout: config.upstream_timeout }
     }
 
     /// Runs one request through the phases of DESIGN.md, in order.
-    pub async fn handle(&self, peer: SocketAddr, req: Request<Incoming>) -> Response<GatewayBody> {
+    pub async fn handle(&self, peer: SocketAddr, upstreams: &ConnectionUpstreams, req: Request<Incoming>) -> Response<GatewayBody> {
         // 1. Accept: request id and clock.
         let started = Instant::now();
         let request_id = event::new_id();
@@ -170,18 +162,10 @@ impl Gateway {
 
         // 8. Proxy, streaming both ways.
         let (mut parts, body) = req.into_parts();
-        let path_and_query = parts.uri.path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-        parts.uri = match Uri::builder()
-            .scheme(route.upstream_scheme.clone())
-            .authority(route.upstream_authority.clone())
-            .path_and_query(path_and_query)
-            .build()
-        {
-            Ok(uri) => uri,
-            Err(error) => {
-                tracing::error!(%error, api = %route.api_id, "cannot build upstream uri");
-                return refuse(&mut event, ErrorCode::UpstreamUnavailable, &request_id, finisher);
-            }
+        // Origin-form: the path as the caller sent it, query included.
+        parts.uri = match parts.uri.path_and_query() {
+            Some(pq) => Uri::from(pq.clone()),
+            None => Uri::from_static("/"),
         };
         parts.version = http::Version::HTTP_11;
         prepare_upstream_headers(&mut parts.headers, source, &route.upstream_authority, &request_id, &entry, peer);
@@ -189,7 +173,7 @@ impl Gateway {
         let upstream_req = Request::from_parts(parts, CountingBody::new(body, request_bytes.clone()));
         let timeout = route.timeout.unwrap_or(self.upstream_timeout);
         let sent = Instant::now();
-        let outcome = tokio::time::timeout(timeout, self.client.request(upstream_req)).await;
+        let outcome = tokio::time::timeout(timeout, upstreams.send(&route.upstream_authority, upstream_req)).await;
         event.upstream_latency_us = Some(sent.elapsed().as_micros() as u64);
         let upstream_res = match outcome {
             Ok(Ok(res)) => res,
@@ -330,22 +314,39 @@ fn header_value(text: &str) -> HeaderValue {
     HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
-/// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [&str; 8] =
-    ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "proxy-authorization"];
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1),
+/// as ready-made names: removing by name skips parsing the text each time.
+fn hop_by_hop() -> [&'static HeaderName; 8] {
+    [
+        &header::CONNECTION,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::TE,
+        &header::TRAILER,
+        &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
+        &header::PROXY_AUTHORIZATION,
+    ]
+}
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    // Headers the `Connection` header names are hop-by-hop too (rare).
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
     }
-    for name in HOP_BY_HOP {
+    for name in hop_by_hop() {
         headers.remove(name);
     }
 }
@@ -403,9 +404,10 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown: w
                 };
                 let _ = stream.set_nodelay(true);
                 let gateway = gateway.clone();
+                let upstreams = Arc::new(ConnectionUpstreams::new(gateway.upstreams.clone()));
                 let service = hyper::service::service_fn(move |req| {
-                    let gateway = gateway.clone();
-                    async move { Ok::<_, Infallible>(gateway.handle(peer, req).await) }
+                    let (gateway, upstreams) = (gateway.clone(), upstreams.clone());
+                    async move { Ok::<_, Infallible>(gateway.handle(peer, &upstreams, req).await) }
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
