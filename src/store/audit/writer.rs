@@ -35,6 +35,10 @@ const ROLLUP_INTERVAL: Duration = Duration::from_secs(1);
 const ROLLUP_MAX_PENDING: usize = 500_000;
 /// Day files kept open by the writer (yesterday's stays open past midnight).
 const OPEN_DAYS: usize = 3;
+/// The writer steps aside this often while it encodes a batch, so that on a
+/// machine with one core the gateway waits for at most this many events'
+/// worth of writer work (a few hundred microseconds) rather than a whole batch.
+const YIELD_EVERY: usize = 256;
 /// Forget the "seen once" set when it grows past this; values seen again
 /// afterwards are stored inline once more before being interned.
 const SEEN_ONCE_MAX: usize = 1 << 20;
@@ -337,6 +341,11 @@ impl AuditWriterStore {
             }
             committed = end;
         }
+        // Freeing thousands of events is work too: a chunk at a time.
+        while batch.len() > 4 * YIELD_EVERY {
+            batch.truncate(batch.len() - 4 * YIELD_EVERY);
+            std::thread::yield_now();
+        }
         batch.clear();
         let touched: Vec<String> = touched.into_iter().collect();
         if rollups_due {
@@ -358,7 +367,10 @@ impl AuditWriterStore {
         let mut open: FxHashMap<u32, OpenBlock> = FxHashMap::default();
         // Tenants of this day by dictionary id, to name their heads at the end.
         let mut tenants: FxHashMap<u32, String> = FxHashMap::default();
-        for e in events.iter_mut() {
+        for (i, e) in events.iter_mut().enumerate() {
+            if i % YIELD_EVERY == YIELD_EVERY - 1 {
+                std::thread::yield_now();
+            }
             if !heads.contains_key(&e.tenant_id) {
                 heads.insert(e.tenant_id.clone(), ChainHead { seq: 0, hash: GENESIS_HASH });
             }
