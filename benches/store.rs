@@ -251,6 +251,7 @@ fn ingest_keytrail(dir: &Path, total: u64, days: u64) -> IngestResult {
         queue_capacity: 100_000,
         queue_full: QueueFullPolicy::Block,
         log_api_calls: true,
+        sample_seed: None,
     };
     let pipeline = std::sync::Arc::new(AuditPipeline::start(dir.join("audit"), &config).unwrap());
     // Committed-count samples, to see whether the rate decays as the store grows.

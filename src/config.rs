@@ -55,8 +55,12 @@ pub struct AuditFile {
     pub queue_capacity: Option<u64>,
     /// What happens to a successful-call event when the queue is full.
     pub queue_full: Option<QueueFullPolicy>,
-    /// Whether successful calls (2xx/3xx) are recorded at all.
+    /// Whether successful calls (2xx/3xx) are recorded at all: the global
+    /// `log_api_calls` setting until an admin changes it over the API.
     pub log_api_calls: Option<bool>,
+    /// Seed of the sampler behind `api_call_sample_rate`; random if unset.
+    /// Set it to make which calls a rate keeps repeatable (tests, audits).
+    pub sample_seed: Option<u64>,
 }
 
 /// The operator's choice for successful-call events when the audit queue is
@@ -116,6 +120,7 @@ pub struct AuditConfig {
     pub queue_capacity: usize,
     pub queue_full: QueueFullPolicy,
     pub log_api_calls: bool,
+    pub sample_seed: Option<u64>,
 }
 
 pub const DEFAULT_DATA_DIR: &str = "./keytrail-data";
@@ -209,6 +214,7 @@ pub fn resolve(file: FileConfig, overrides: Overrides) -> Result<Config, ConfigE
             queue_capacity: file.audit.queue_capacity.unwrap_or(100_000) as usize,
             queue_full: file.audit.queue_full.unwrap_or(QueueFullPolicy::Drop),
             log_api_calls: file.audit.log_api_calls.unwrap_or(true),
+            sample_seed: file.audit.sample_seed,
         },
         log_level,
         bootstrap_token: overrides.bootstrap_token,

@@ -7,16 +7,17 @@
 //! refuses the same bad input with the same message.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
 use crate::audit::AuditPipeline;
 use crate::error::{ApiError, ErrorCode};
-use crate::event::{now_ms, security_type, Category, Event};
+use crate::event::{now_ms, security_type, Category, Event, SYSTEM_TENANT};
+use crate::settings::{LoggingOverrides, LoggingPolicy, LoggingSettings};
 use crate::keys::{self, KeyEnvironment, SecretHash};
 use crate::snapshot::Snapshot;
-use crate::store::control::{Admin, Api, Consumer, ControlStore, KeyRecord, Tenant};
+use crate::store::control::{Admin, Api, Consumer, ControlStore, KeyRecord, Tenant, GLOBAL_SCOPE};
 use crate::store::StoreError;
 
 /// Who is making a change: recorded as the actor of the events it causes.
@@ -65,6 +66,15 @@ pub struct ControlPlane {
     snapshot: ArcSwap<Snapshot>,
     admins: ArcSwap<HashMap<SecretHash, Arc<Admin>>>,
     audit: Arc<AuditPipeline>,
+    /// Serialises settings changes (each reads, patches and writes).
+    settings_lock: Mutex<()>,
+}
+
+/// A scope's logging settings as the API shows them.
+pub struct LoggingView {
+    pub settings: LoggingSettings,
+    /// The settings a tenant takes from the global ones (empty for the global scope).
+    pub inherited: Vec<&'static str>,
 }
 
 impl From<StoreError> for ApiError {
@@ -173,6 +183,7 @@ impl ControlPlane {
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
             admins: ArcSwap::from_pointee(HashMap::new()),
             audit,
+            settings_lock: Mutex::new(()),
         };
         plane.reload()?;
         Ok(plane)
@@ -188,7 +199,18 @@ impl ControlPlane {
         self.snapshot.store(Arc::new(Snapshot::build(self.store.load_routing()?)));
         let admins = self.store.list_admins()?.into_iter().map(|a| (a.token_hash, Arc::new(a))).collect();
         self.admins.store(Arc::new(admins));
+        self.audit.set_policy(self.logging_policy()?);
         Ok(())
+    }
+
+    fn logging_policy(&self) -> Result<LoggingPolicy, StoreError> {
+        let stored = self.store.load_logging()?;
+        let global = stored
+            .iter()
+            .find(|(scope, _)| scope == GLOBAL_SCOPE)
+            .map_or(self.audit.default_settings(), |(_, own)| own.over(&self.audit.default_settings()));
+        let tenants = stored.iter().filter(|(scope, _)| scope != GLOBAL_SCOPE).map(|(scope, own)| (scope.clone(), own.over(&global))).collect();
+        Ok(LoggingPolicy { global, tenants })
     }
 
     fn reload_after_change(&self) -> Result<(), ApiError> {
@@ -384,6 +406,57 @@ impl ControlPlane {
             self.audit.record(event);
         }
         Ok(self.store.get_key(key_id)?.unwrap_or(found))
+    }
+
+    // --- logging settings ---
+
+    fn stored_logging(&self, scope: &str) -> Result<LoggingOverrides, StoreError> {
+        Ok(self.store.load_logging()?.into_iter().find(|(s, _)| s == scope).map(|(_, own)| own).unwrap_or_default())
+    }
+
+    /// The logging settings of a tenant, or the global ones (`None`).
+    pub fn logging_settings(&self, tenant: Option<&str>) -> Result<LoggingView, ApiError> {
+        let policy = self.logging_policy()?;
+        match tenant {
+            None => Ok(LoggingView { settings: policy.global, inherited: Vec::new() }),
+            Some(tenant) => {
+                self.require_tenant(tenant)?;
+                let own = self.stored_logging(tenant)?;
+                Ok(LoggingView { settings: own.over(&policy.global), inherited: own.inherited() })
+            }
+        }
+    }
+
+    /// Changes the settings named in `patch` (a JSON object) for a tenant or
+    /// globally (`None`); for a tenant, `null` takes the global value again.
+    /// The change applies from the next event on and is recorded as a
+    /// `settings_changed` event (in `_system` for the global settings).
+    pub fn update_logging(&self, tenant: Option<&str>, patch: &serde_json::Value, actor: &Actor) -> Result<LoggingView, ApiError> {
+        let _serial = self.settings_lock.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tenant) = tenant {
+            self.require_tenant(tenant)?;
+        }
+        let scope = tenant.unwrap_or(GLOBAL_SCOPE);
+        let before = self.logging_settings(tenant)?.settings;
+        let mut own = self.stored_logging(scope)?;
+        own.apply_patch(patch, tenant.is_some())?;
+        self.store.save_logging(scope, &own, now_ms())?;
+        self.reload_after_change()?;
+        let view = self.logging_settings(tenant)?;
+        let changes = before.changes(&view.settings);
+        if !changes.is_empty() {
+            let mut event = Event::new(tenant.unwrap_or(SYSTEM_TENANT), Category::Security, security_type::SETTINGS_CHANGED, "success");
+            event.actor = Some(actor.label());
+            event.target = Some("settings:logging".into());
+            event.client_ip = actor.client_ip.clone();
+            event.user_agent = actor.user_agent.clone();
+            event.details = Some(serde_json::json!({
+                "scope": if tenant.is_some() { "tenant" } else { "global" },
+                "changes": changes,
+            }));
+            self.audit.record(event);
+        }
+        Ok(view)
     }
 
     fn key_event(&self, event_type: &str, key: &KeyRecord, actor: &Actor) -> Event {

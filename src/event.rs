@@ -55,6 +55,7 @@ pub mod security_type {
     pub const EXPIRED_KEY_USED: &str = "expired_key_used";
     pub const KEY_CREATED: &str = "key_created";
     pub const KEY_REVOKED: &str = "key_revoked";
+    pub const SETTINGS_CHANGED: &str = "settings_changed";
 }
 
 /// One audit record. [`Event::write_canonical`] fixes what the hash covers:

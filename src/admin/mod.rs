@@ -22,7 +22,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::audit::AuditPipeline;
-use crate::control::{Actor, ControlPlane, NewApi, NewKey};
+use crate::control::{Actor, ControlPlane, LoggingView, NewApi, NewKey};
 use crate::error::{ApiError, ErrorCode};
 use crate::keys::KeyEnvironment;
 use crate::store::control::{Admin, KeyRecord};
@@ -42,6 +42,8 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/tenants/{tenant}/consumers", get(list_consumers).post(create_consumer))
         .route("/v1/tenants/{tenant}/consumers/{consumer}/keys", get(list_keys).post(create_key))
         .route("/v1/keys/{key_id}/revoke", post(revoke_key))
+        .route("/api/v1/settings/logging", get(get_global_logging).put(put_global_logging))
+        .route("/v1/tenants/{tenant}/settings/logging", get(get_tenant_logging).put(put_tenant_logging))
         .merge(audit_api::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     Router::new()
@@ -241,4 +243,55 @@ async fn revoke_key(
 ) -> Result<Json<Value>, ApiError> {
     let record = s.control.revoke_key(&key_id, &actor(&admin, peer, &headers))?;
     Ok(Json(key_view(&record)))
+}
+
+// --- logging settings ---
+
+fn logging_view(view: LoggingView, tenant: Option<&str>) -> Json<Value> {
+    let mut body = view.settings.to_json();
+    match tenant {
+        None => {
+            body.insert("scope".into(), json!("global"));
+        }
+        Some(tenant) => {
+            body.insert("scope".into(), json!("tenant"));
+            body.insert("tenant_id".into(), json!(tenant));
+            body.insert("inherited".into(), json!(view.inherited));
+        }
+    }
+    Json(Value::Object(body))
+}
+
+async fn get_global_logging(State(s): State<AdminState>) -> Result<Json<Value>, ApiError> {
+    Ok(logging_view(s.control.logging_settings(None)?, None))
+}
+
+async fn put_global_logging(
+    State(s): State<AdminState>,
+    Extension(admin): Extension<Arc<Admin>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let patch: Value = parse_body(&body)?;
+    Ok(logging_view(s.control.update_logging(None, &patch, &actor(&admin, peer, &headers))?, None))
+}
+
+async fn get_tenant_logging(State(s): State<AdminState>, Path(tenant): Path<String>) -> Result<Json<Value>, ApiError> {
+    let view = s.control.logging_settings(Some(&tenant))?;
+    Ok(logging_view(view, Some(&tenant)))
+}
+
+async fn put_tenant_logging(
+    State(s): State<AdminState>,
+    Path(tenant): Path<String>,
+    Extension(admin): Extension<Arc<Admin>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    s.control.require_tenant(&tenant)?;
+    let patch: Value = parse_body(&body)?;
+    let view = s.control.update_logging(Some(&tenant), &patch, &actor(&admin, peer, &headers))?;
+    Ok(logging_view(view, Some(&tenant)))
 }

@@ -24,8 +24,11 @@ use std::sync::{Arc, Mutex};
 use std::thread::{JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
+
 use crate::config::{AuditConfig, QueueFullPolicy};
 use crate::event::{Category, Event};
+use crate::settings::{CallClass, LoggingPolicy, LoggingSettings, Sampler};
 use crate::store::audit::AuditWriterStore;
 use crate::store::StoreError;
 
@@ -69,13 +72,18 @@ pub struct AuditPipeline {
     capacity: usize,
     batch_max: usize,
     block_when_full: bool,
-    log_api_calls: bool,
+    /// Which events are kept; replaced by the control plane on every change.
+    policy: ArcSwap<LoggingPolicy>,
+    /// The global settings before any admin changed them (from the config).
+    defaults: LoggingSettings,
+    sampler: Sampler,
     dir: PathBuf,
 }
 
 impl AuditPipeline {
     /// Opens the store in `dir` (the audit directory) and starts the writer thread.
     pub fn start(dir: PathBuf, config: &AuditConfig) -> Result<AuditPipeline, StoreError> {
+        let defaults = LoggingSettings { log_api_calls: config.log_api_calls, ..LoggingSettings::default() };
         let store = AuditWriterStore::open(&dir)?;
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue { pending: Vec::new(), oldest: None, flush_waiters: Vec::new(), stopping: false }),
@@ -94,9 +102,22 @@ impl AuditPipeline {
             capacity: config.queue_capacity,
             batch_max: config.batch_max_events,
             block_when_full: config.queue_full == QueueFullPolicy::Block,
-            log_api_calls: config.log_api_calls,
+            policy: ArcSwap::from_pointee(LoggingPolicy { global: defaults, tenants: Default::default() }),
+            defaults,
+            sampler: Sampler::new(config.sample_seed.unwrap_or_else(rand::random)),
             dir,
         })
+    }
+
+    /// The global logging settings the config file gives, before any change
+    /// made over the API.
+    pub fn default_settings(&self) -> LoggingSettings {
+        self.defaults
+    }
+
+    /// Applies new logging settings from the next event on.
+    pub fn set_policy(&self, policy: LoggingPolicy) {
+        self.policy.store(Arc::new(policy));
     }
 
     /// The audit directory, for readers.
@@ -108,13 +129,14 @@ impl AuditPipeline {
         &self.shared.stats
     }
 
-    /// Hands an event to the writer. Never waits, unless the operator chose
-    /// `queue_full = "block"` and the queue is full.
+    /// Hands an event to the writer, unless the logging settings leave it
+    /// out. Never waits, unless the operator chose `queue_full = "block"` and
+    /// the queue is full.
     pub fn record(&self, mut event: Event) {
-        let successful_call = event.category() == Category::Request && event.status_code.is_some_and(|s| s < 400);
-        if successful_call && !self.log_api_calls {
+        if !self.policy.load().keeps(&event, &self.sampler) {
             return;
         }
+        let successful_call = event.category() == Category::Request && CallClass::of(&event) == CallClass::Successful;
         event.sanitize();
         let mut queue = self.shared.lock();
         if queue.stopping {

@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use super::{open, ser_opt_ts, ser_ts, StoreError};
 use crate::keys::SecretHash;
+use crate::settings::LoggingOverrides;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Tenant {
@@ -144,7 +145,17 @@ CREATE TABLE IF NOT EXISTS admins (
     token_hash BLOB NOT NULL UNIQUE,
     created_at INTEGER NOT NULL
 );
+-- Logging settings: scope `*` is the global one, any other a tenant id.
+-- `overrides` is a JSON object holding only the values set for the scope.
+CREATE TABLE IF NOT EXISTS logging_settings (
+    scope TEXT PRIMARY KEY,
+    overrides TEXT NOT NULL,
+    updated_at INTEGER NOT NULL
+);
 ";
+
+/// The scope of the global logging settings.
+pub const GLOBAL_SCOPE: &str = "*";
 
 fn is_unique_violation(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
@@ -420,5 +431,32 @@ impl ControlStore {
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    // --- logging settings ---
+
+    /// Every scope's stored settings.
+    pub fn load_logging(&self) -> Result<Vec<(String, LoggingOverrides)>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT scope, overrides FROM logging_settings")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (scope, text) = row?;
+            let overrides = serde_json::from_str(&text)
+                .map_err(|e| StoreError::Corrupt(format!("logging settings of `{scope}`: {e}")))?;
+            out.push((scope, overrides));
+        }
+        Ok(out)
+    }
+
+    pub fn save_logging(&self, scope: &str, overrides: &LoggingOverrides, at_ms: i64) -> Result<(), StoreError> {
+        let text = serde_json::to_string(overrides).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.conn().execute(
+            "INSERT INTO logging_settings (scope, overrides, updated_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (scope) DO UPDATE SET overrides = excluded.overrides, updated_at = excluded.updated_at",
+            params![scope, text, at_ms],
+        )?;
+        Ok(())
     }
 }

@@ -7,4 +7,5 @@ mod audit_api;
 mod gateway;
 mod pipeline;
 mod process;
+mod settings;
 mod util;

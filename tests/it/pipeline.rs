@@ -17,6 +17,7 @@ fn config(queue_full: QueueFullPolicy, log_api_calls: bool) -> AuditConfig {
         queue_capacity: 16,
         queue_full,
         log_api_calls,
+        sample_seed: None,
     }
 }
 
