@@ -2,7 +2,7 @@
 # Gateway benchmark: wrk against the same fast upstream through
 #   direct        - no proxy (the limit)
 #   nginx         - nginx proxy_pass with upstream keepalive, access log on
-#   keytrail      - key auth + audit trail (async durability)
+#   keytrail      - key auth + rate limits + audit trail (async durability)
 #   keytrail-nolog - key auth, successful calls not recorded (log_api_calls = false)
 # The proxy under test is pinned to CPU 0; wrk and the upstream to CPU 1.
 # Configurations run interleaved, ROUNDS times each; the medians are reported.
@@ -77,8 +77,11 @@ setup_keytrail() { # admin -> prints key
   local a="http://127.0.0.1:$1" h=(-H "Authorization: Bearer $TOKEN" -H 'content-type: application/json')
   curl -sf "${h[@]}" "$a/v1/tenants" -d '{"id":"bench","name":"Bench"}' >/dev/null
   curl -sf "${h[@]}" "$a/v1/tenants/bench/apis" -d "{\"id\":\"api\",\"path_prefix\":\"/\",\"upstream\":\"http://127.0.0.1:$UP\"}" >/dev/null
+  # A tier whose limits the run never reaches, so every call pays for the
+  # rate-limit check (GCRA and daily cap) as a real deployment would.
+  curl -sf "${h[@]}" "$a/v1/tenants/bench/tiers" -d '{"id":"bench","rate_limit":{"requests_per_minute":1000000000,"burst":1000000},"daily_quota":1000000000000}' >/dev/null
   local consumer
-  consumer=$(curl -sf "${h[@]}" "$a/v1/tenants/bench/consumers" -d '{"name":"wrk"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+  consumer=$(curl -sf "${h[@]}" "$a/v1/tenants/bench/consumers" -d '{"name":"wrk","tier":"bench"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
   curl -sf "${h[@]}" "$a/v1/tenants/bench/consumers/$consumer/keys" -d '{}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])'
 }
 printf '[audit]\nlog_api_calls = false\n' > "$WORK/nolog.toml"

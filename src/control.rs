@@ -17,7 +17,8 @@ use crate::event::{now_ms, security_type, Category, Event, SYSTEM_TENANT};
 use crate::settings::{LoggingOverrides, LoggingPolicy, LoggingSettings};
 use crate::keys::{self, KeyEnvironment, SecretHash};
 use crate::snapshot::Snapshot;
-use crate::store::control::{Admin, Api, Consumer, ControlStore, KeyRecord, Tenant, GLOBAL_SCOPE};
+use crate::ratelimit::{CostRule, RateSpec};
+use crate::store::control::{Admin, Api, Consumer, ControlStore, KeyRecord, Tenant, Tier, GLOBAL_SCOPE};
 use crate::store::StoreError;
 
 /// Who is making a change: recorded as the actor of the events it causes.
@@ -39,6 +40,25 @@ pub struct NewApi {
     pub path_prefix: String,
     pub upstream: String,
     pub timeout_ms: Option<u64>,
+    pub rate_limit: Option<RateSpec>,
+    pub costs: Vec<CostRule>,
+}
+
+pub struct NewTier {
+    pub id: String,
+    pub rate_limit: Option<RateSpec>,
+    pub daily_quota: Option<u64>,
+}
+
+const MAX_RATE: u32 = 1_000_000_000;
+
+fn check_rate(field: &str, rate: &RateSpec) -> Result<(), ApiError> {
+    if !(1..=MAX_RATE).contains(&rate.requests_per_minute) || !(1..=MAX_RATE).contains(&rate.burst) {
+        return Err(ApiError::invalid_body(format!(
+            "`{field}.requests_per_minute` and `{field}.burst` must be between 1 and {MAX_RATE}"
+        )));
+    }
+    Ok(())
 }
 
 pub struct NewKey {
@@ -196,7 +216,8 @@ impl ControlPlane {
 
     /// Rebuilds the snapshots from the store.
     pub fn reload(&self) -> Result<(), StoreError> {
-        self.snapshot.store(Arc::new(Snapshot::build(self.store.load_routing()?)));
+        let next = Snapshot::build(self.store.load_routing()?, &self.snapshot.load());
+        self.snapshot.store(Arc::new(next));
         let admins = self.store.list_admins()?.into_iter().map(|a| (a.token_hash, Arc::new(a))).collect();
         self.admins.store(Arc::new(admins));
         self.audit.set_policy(self.logging_policy()?);
@@ -284,12 +305,34 @@ impl ControlPlane {
                 return Err(ApiError::invalid_body("`timeout_ms` must be between 1 and 3600000"));
             }
         }
+        if let Some(rate) = &new.rate_limit {
+            check_rate("rate_limit", rate)?;
+        }
+        if new.costs.len() > 100 {
+            return Err(ApiError::invalid_body("`costs` may hold at most 100 rules"));
+        }
+        let mut costs = Vec::with_capacity(new.costs.len());
+        for rule in new.costs {
+            let rule_prefix = check_path_prefix(&rule.path_prefix)
+                .map_err(|e| ApiError::invalid_body(format!("in `costs`: {}", e.message.trim_start_matches("invalid request body: "))))?;
+            if !crate::snapshot::prefix_matches(&path_prefix, &rule_prefix) {
+                return Err(ApiError::invalid_body(format!(
+                    "`costs` path `{rule_prefix}` is not under the api's prefix `{path_prefix}`"
+                )));
+            }
+            if !(1..=MAX_RATE).contains(&rule.cost) {
+                return Err(ApiError::invalid_body(format!("`costs` cost must be between 1 and {MAX_RATE}")));
+            }
+            costs.push(CostRule { path_prefix: rule_prefix, cost: rule.cost });
+        }
         let api = Api {
             tenant_id: tenant_id.to_string(),
             id: new.id,
             path_prefix,
             upstream,
             timeout_ms: new.timeout_ms,
+            rate_limit: new.rate_limit,
+            costs,
             created_at: now_ms(),
         };
         self.store.create_api(&api)?;
@@ -309,9 +352,13 @@ impl ControlPlane {
         tenant_id: &str,
         name: &str,
         metadata: serde_json::Value,
+        tier: Option<String>,
     ) -> Result<Consumer, ApiError> {
         self.require_tenant(tenant_id)?;
         check_name("name", name)?;
+        if let Some(tier) = &tier {
+            self.require_tier(tenant_id, tier)?;
+        }
         if !(metadata.is_object() || metadata.is_null()) {
             return Err(ApiError::invalid_body("`metadata` must be an object"));
         }
@@ -326,6 +373,7 @@ impl ControlPlane {
             name: name.to_string(),
             status: "active".into(),
             metadata: if metadata.is_null() { serde_json::json!({}) } else { metadata },
+            tier,
             created_at: now_ms(),
         };
         self.store.create_consumer(&consumer)?;
@@ -336,6 +384,60 @@ impl ControlPlane {
     pub fn list_consumers(&self, tenant_id: &str) -> Result<Vec<Consumer>, ApiError> {
         self.require_tenant(tenant_id)?;
         Ok(self.store.list_consumers(tenant_id)?)
+    }
+
+    /// Puts a consumer in a tier (`None`: no tier); its calls are limited
+    /// by the new tier from the moment this returns.
+    pub fn set_consumer_tier(&self, tenant_id: &str, consumer_id: &str, tier: Option<String>) -> Result<Consumer, ApiError> {
+        self.require_consumer(tenant_id, consumer_id)?;
+        if let Some(tier) = &tier {
+            self.require_tier(tenant_id, tier)?;
+        }
+        self.store.set_consumer_tier(tenant_id, consumer_id, tier.as_deref())?;
+        self.reload_after_change()?;
+        self.require_consumer(tenant_id, consumer_id)
+    }
+
+    // --- tiers ---
+
+    fn require_tier(&self, tenant_id: &str, tier: &str) -> Result<(), ApiError> {
+        if self.store.tier_exists(tenant_id, tier)? {
+            Ok(())
+        } else {
+            Err(ApiError::invalid_body(format!("tier `{tier}` does not exist in tenant `{tenant_id}`; create it first")))
+        }
+    }
+
+    pub fn create_tier(&self, tenant_id: &str, new: NewTier) -> Result<Tier, ApiError> {
+        self.require_tenant(tenant_id)?;
+        check_slug("id", &new.id)?;
+        if let Some(rate) = &new.rate_limit {
+            check_rate("rate_limit", rate)?;
+        }
+        if let Some(quota) = new.daily_quota {
+            if !(1..=1_000_000_000_000).contains(&quota) {
+                return Err(ApiError::invalid_body("`daily_quota` must be between 1 and 1000000000000"));
+            }
+        }
+        if new.rate_limit.is_none() && new.daily_quota.is_none() {
+            return Err(ApiError::invalid_body("a tier needs a `rate_limit`, a `daily_quota` or both"));
+        }
+        let tier = Tier {
+            tenant_id: tenant_id.to_string(),
+            id: new.id,
+            requests_per_minute: new.rate_limit.map(|r| r.requests_per_minute),
+            burst: new.rate_limit.map(|r| r.burst),
+            daily_quota: new.daily_quota,
+            created_at: now_ms(),
+        };
+        self.store.create_tier(&tier)?;
+        self.reload_after_change()?;
+        Ok(tier)
+    }
+
+    pub fn list_tiers(&self, tenant_id: &str) -> Result<Vec<Tier>, ApiError> {
+        self.require_tenant(tenant_id)?;
+        Ok(self.store.list_tiers(tenant_id)?)
     }
 
     fn require_consumer(&self, tenant_id: &str, consumer_id: &str) -> Result<Consumer, ApiError> {

@@ -108,9 +108,16 @@ async fn run_with(config: Config, stop: impl std::future::Future<Output = ()>) -
         control.create_tenant("demo", "Demo tenant")?;
         control.create_api(
             "demo",
-            NewApi { id: "echo".into(), path_prefix: "/echo".into(), upstream: format!("http://{echo_addr}"), timeout_ms: None },
+            NewApi {
+                id: "echo".into(),
+                path_prefix: "/echo".into(),
+                upstream: format!("http://{echo_addr}"),
+                timeout_ms: None,
+                rate_limit: None,
+                costs: Vec::new(),
+            },
         )?;
-        let consumer = control.create_consumer("demo", "demo-client", serde_json::json!({"created_by": "keytrail demo"}))?;
+        let consumer = control.create_consumer("demo", "demo-client", serde_json::json!({"created_by": "keytrail demo"}), None)?;
         let key = control.create_key(
             "demo",
             &consumer.id,

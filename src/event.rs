@@ -56,6 +56,7 @@ pub mod security_type {
     pub const KEY_CREATED: &str = "key_created";
     pub const KEY_REVOKED: &str = "key_revoked";
     pub const SETTINGS_CHANGED: &str = "settings_changed";
+    pub const RATE_LIMIT_EXCEEDED: &str = "rate_limit_exceeded";
 }
 
 /// One audit record. [`Event::write_canonical`] fixes what the hash covers:

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::keys::SecretHash;
-use crate::store::control::RoutingData;
+use crate::ratelimit::{CostRule, DailyCap, RateLimit, TierLimits};
+use crate::store::control::{RoutingData, Tier};
 
 /// An api as the gateway routes to it.
 #[derive(Debug)]
@@ -21,6 +22,9 @@ pub struct RouteApi {
     pub upstream_scheme: http::uri::Scheme,
     pub upstream_authority: http::uri::Authority,
     pub timeout: Option<Duration>,
+    /// The api's own per-minute limit per consumer.
+    pub rate_limit: Option<Arc<RateLimit>>,
+    pub costs: Vec<CostRule>,
 }
 
 /// What the gateway knows about a key: enough to decide and to log, never the secret.
@@ -35,6 +39,8 @@ pub struct KeyEntry {
     pub scopes: Vec<String>,
     pub expires_at_ms: Option<i64>,
     pub revoked: bool,
+    /// The consumer's tier limits, if it has a tier.
+    pub tier: Option<Arc<TierLimits>>,
 }
 
 #[derive(Debug, Default)]
@@ -42,6 +48,20 @@ pub struct Snapshot {
     /// Longest prefix first, so the first match is the most specific.
     routes: Vec<Arc<RouteApi>>,
     keys: HashMap<SecretHash, Arc<KeyEntry>>,
+    /// By (tenant, tier id).
+    tiers: HashMap<(String, String), Arc<TierLimits>>,
+}
+
+/// A tier's limiters: the previous snapshot's when the tier did not change
+/// (so counters survive unrelated changes), otherwise new ones.
+fn tier_limits(tier: &Tier, previous: &Snapshot) -> Arc<TierLimits> {
+    let key = (tier.tenant_id.clone(), tier.id.clone());
+    if let Some(old) = previous.tiers.get(&key) {
+        if old.rate.as_ref().map(|r| r.spec) == tier.rate() && old.daily.as_ref().map(|d| d.limit) == tier.daily_quota {
+            return old.clone();
+        }
+    }
+    Arc::new(TierLimits { id: tier.id.clone(), rate: tier.rate().and_then(RateLimit::new), daily: tier.daily_quota.map(DailyCap::new) })
 }
 
 /// Whether `path` is under `prefix`, on a segment boundary: `/docs` serves
@@ -54,7 +74,17 @@ pub fn prefix_matches(prefix: &str, path: &str) -> bool {
 }
 
 impl Snapshot {
-    pub fn build(data: RoutingData) -> Snapshot {
+    /// Builds the snapshot of `data`, keeping `previous`'s limiter state
+    /// where the limits did not change.
+    pub fn build(data: RoutingData, previous: &Snapshot) -> Snapshot {
+        let old_api_limit = |tenant: &str, api: &str, spec| {
+            previous
+                .routes
+                .iter()
+                .find(|r| r.tenant_id == tenant && r.api_id == api)
+                .and_then(|r| r.rate_limit.clone())
+                .filter(|l| Some(l.spec) == spec)
+        };
         let mut routes: Vec<Arc<RouteApi>> = data
             .apis
             .into_iter()
@@ -67,7 +97,11 @@ impl Snapshot {
                     }
                 };
                 let parts = uri.into_parts();
+                let rate_limit = old_api_limit(&api.tenant_id, &api.id, api.rate_limit)
+                    .or_else(|| api.rate_limit.and_then(RateLimit::new).map(Arc::new));
                 Some(Arc::new(RouteApi {
+                    rate_limit,
+                    costs: api.costs,
                     tenant_id: api.tenant_id,
                     api_id: api.id,
                     path_prefix: api.path_prefix,
@@ -79,13 +113,21 @@ impl Snapshot {
             .collect();
         routes.sort_by(|a, b| b.path_prefix.len().cmp(&a.path_prefix.len()).then(a.path_prefix.cmp(&b.path_prefix)));
 
-        let consumers: HashMap<&str, (&str, bool)> =
-            data.consumers.iter().map(|c| (c.id.as_str(), (c.name.as_str(), c.status == "active"))).collect();
+        let tiers: HashMap<(String, String), Arc<TierLimits>> =
+            data.tiers.iter().map(|t| ((t.tenant_id.clone(), t.id.clone()), tier_limits(t, previous))).collect();
+        let consumers: HashMap<&str, (&str, bool, Option<Arc<TierLimits>>)> = data
+            .consumers
+            .iter()
+            .map(|c| {
+                let tier = c.tier.as_ref().and_then(|t| tiers.get(&(c.tenant_id.clone(), t.clone())).cloned());
+                (c.id.as_str(), (c.name.as_str(), c.status == "active", tier))
+            })
+            .collect();
         let keys = data
             .keys
             .into_iter()
             .filter_map(|k| {
-                let (name, active) = consumers.get(k.consumer_id.as_str()).copied()?;
+                let (name, active, tier) = consumers.get(k.consumer_id.as_str()).cloned()?;
                 Some((
                     k.hash,
                     Arc::new(KeyEntry {
@@ -98,11 +140,12 @@ impl Snapshot {
                         hint: k.hint,
                         scopes: k.scopes,
                         expires_at_ms: k.expires_at,
+                        tier,
                     }),
                 ))
             })
             .collect();
-        Snapshot { routes, keys }
+        Snapshot { routes, keys, tiers }
     }
 
     /// The api serving `path`, most specific prefix first.
@@ -139,13 +182,19 @@ mod tests {
             path_prefix: prefix.into(),
             upstream: "http://127.0.0.1:1".into(),
             timeout_ms: None,
+            rate_limit: None,
+            costs: vec![],
             created_at: 0,
         };
-        let snap = Snapshot::build(RoutingData {
-            apis: vec![api("root", "/"), api("docs", "/docs"), api("v2", "/docs/v2")],
-            keys: vec![],
-            consumers: vec![],
-        });
+        let snap = Snapshot::build(
+            RoutingData {
+                apis: vec![api("root", "/"), api("docs", "/docs"), api("v2", "/docs/v2")],
+                keys: vec![],
+                consumers: vec![],
+                tiers: vec![],
+            },
+            &Snapshot::default(),
+        );
         assert_eq!(snap.route("/docs/v2/x").unwrap().api_id, "v2");
         assert_eq!(snap.route("/docs/v1").unwrap().api_id, "docs");
         assert_eq!(snap.route("/other").unwrap().api_id, "root");

@@ -15,17 +15,18 @@ use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Extension, Json, Router};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::audit::AuditPipeline;
-use crate::control::{Actor, ControlPlane, LoggingView, NewApi, NewKey};
+use crate::control::{Actor, ControlPlane, LoggingView, NewApi, NewKey, NewTier};
+use crate::ratelimit::{CostRule, RateSpec};
 use crate::error::{ApiError, ErrorCode};
 use crate::keys::KeyEnvironment;
-use crate::store::control::{Admin, KeyRecord};
+use crate::store::control::{Admin, KeyRecord, Tier};
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -41,6 +42,8 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/tenants/{tenant}/apis", get(list_apis).post(create_api))
         .route("/v1/tenants/{tenant}/consumers", get(list_consumers).post(create_consumer))
         .route("/v1/tenants/{tenant}/consumers/{consumer}/keys", get(list_keys).post(create_key))
+        .route("/v1/tenants/{tenant}/consumers/{consumer}/tier", put(set_consumer_tier))
+        .route("/v1/tenants/{tenant}/tiers", get(list_tiers).post(create_tier))
         .route("/v1/keys/{key_id}/revoke", post(revoke_key))
         .route("/api/v1/settings/logging", get(get_global_logging).put(put_global_logging))
         .route("/v1/tenants/{tenant}/settings/logging", get(get_tenant_logging).put(put_tenant_logging))
@@ -129,6 +132,10 @@ struct CreateApi {
     upstream: String,
     #[serde(default)]
     timeout_ms: Option<u64>,
+    #[serde(default)]
+    rate_limit: Option<RateSpec>,
+    #[serde(default)]
+    costs: Vec<CostRule>,
 }
 
 async fn create_api(State(s): State<AdminState>, Path(tenant): Path<String>, body: Bytes) -> Result<Response, ApiError> {
@@ -136,7 +143,14 @@ async fn create_api(State(s): State<AdminState>, Path(tenant): Path<String>, bod
     let req: CreateApi = parse_body(&body)?;
     let api = s.control.create_api(
         &tenant,
-        NewApi { id: req.id, path_prefix: req.path_prefix, upstream: req.upstream, timeout_ms: req.timeout_ms },
+        NewApi {
+            id: req.id,
+            path_prefix: req.path_prefix,
+            upstream: req.upstream,
+            timeout_ms: req.timeout_ms,
+            rate_limit: req.rate_limit,
+            costs: req.costs,
+        },
     )?;
     Ok(created(to_value(api)))
 }
@@ -153,6 +167,8 @@ struct CreateConsumer {
     name: String,
     #[serde(default)]
     metadata: Value,
+    #[serde(default)]
+    tier: Option<String>,
 }
 
 async fn create_consumer(
@@ -162,7 +178,62 @@ async fn create_consumer(
 ) -> Result<Response, ApiError> {
     s.control.require_tenant(&tenant)?;
     let req: CreateConsumer = parse_body(&body)?;
-    Ok(created(to_value(s.control.create_consumer(&tenant, &req.name, req.metadata)?)))
+    Ok(created(to_value(s.control.create_consumer(&tenant, &req.name, req.metadata, req.tier)?)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetTier {
+    tier: Option<String>,
+}
+
+async fn set_consumer_tier(
+    State(s): State<AdminState>,
+    Path((tenant, consumer)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    s.control.require_tenant(&tenant)?;
+    let req: SetTier = parse_body(&body)?;
+    Ok(Json(to_value(s.control.set_consumer_tier(&tenant, &consumer, req.tier)?)))
+}
+
+// --- tiers ---
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateTier {
+    id: String,
+    #[serde(default)]
+    rate_limit: Option<RateSpec>,
+    /// Signed, so that a negative number is refused with the field's name.
+    #[serde(default)]
+    daily_quota: Option<i64>,
+}
+
+fn tier_view(tier: &Tier) -> Value {
+    json!({
+        "tenant_id": tier.tenant_id,
+        "id": tier.id,
+        "rate_limit": tier.rate(),
+        "daily_quota": tier.daily_quota,
+        "created_at": crate::event::format_timestamp(tier.created_at),
+    })
+}
+
+async fn create_tier(State(s): State<AdminState>, Path(tenant): Path<String>, body: Bytes) -> Result<Response, ApiError> {
+    s.control.require_tenant(&tenant)?;
+    let req: CreateTier = parse_body(&body)?;
+    let daily_quota = match req.daily_quota {
+        Some(n) if n < 1 => return Err(ApiError::invalid_body("`daily_quota` must be between 1 and 1000000000000")),
+        other => other.map(|n| n as u64),
+    };
+    let tier = s.control.create_tier(&tenant, NewTier { id: req.id, rate_limit: req.rate_limit, daily_quota })?;
+    Ok(created(tier_view(&tier)))
+}
+
+async fn list_tiers(State(s): State<AdminState>, Path(tenant): Path<String>) -> Result<Json<Value>, ApiError> {
+    let tiers: Vec<Value> = s.control.list_tiers(&tenant)?.iter().map(tier_view).collect();
+    Ok(Json(json!({"tiers": tiers})))
 }
 
 async fn list_consumers(State(s): State<AdminState>, Path(tenant): Path<String>) -> Result<Json<Value>, ApiError> {

@@ -33,12 +33,16 @@ use crate::control::ControlPlane;
 use crate::error::{ApiError, ErrorCode};
 use crate::event::{self, security_type, Category, Event, SYSTEM_TENANT};
 use crate::keys::{self, MalformedKey};
+use crate::ratelimit::{self, Exceeded, Standing};
 use crate::snapshot::{KeyEntry, Snapshot};
 
 static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_CONSUMER_ID: HeaderName = HeaderName::from_static("x-consumer-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+static RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+static RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 
 /// Longest user agent kept in an event.
 const MAX_USER_AGENT: usize = 512;
@@ -158,7 +162,23 @@ impl Gateway {
             return refuse(&mut event, ErrorCode::ConsumerSuspended, &request_id, finisher);
         }
 
-        // 6–7. Rate limits and policies come with the protection work.
+        // 6. Rate limits: the consumer's tier and the api's own limit, at
+        // the path's cost.
+        let cost = ratelimit::cost_of(&route.costs, req.uri().path());
+        let api_limit = route.rate_limit.as_deref().map(|l| (route.api_id.as_str(), l));
+        let standing = match ratelimit::check(entry.tier.as_deref(), api_limit, &entry.consumer_id, cost, event::now_ms()) {
+            Ok(standing) => standing,
+            Err(exceeded) => {
+                self.record_rate_limited(&event, &entry, &exceeded, cost);
+                let mut response = refuse(&mut event, ErrorCode::RateLimited, &request_id, finisher);
+                let headers = response.headers_mut();
+                rate_headers(headers, &exceeded.standing);
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(exceeded.retry_after_secs));
+                return response;
+            }
+        };
+
+        // 7. Policies come with the protection work.
 
         // 8. Proxy, streaming both ways.
         let (mut parts, body) = req.into_parts();
@@ -191,6 +211,9 @@ impl Gateway {
         let (mut parts, body) = upstream_res.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         parts.headers.insert(X_REQUEST_ID.clone(), header_value(&request_id));
+        if let Some(standing) = &standing {
+            rate_headers(&mut parts.headers, standing);
+        }
         event.status_code = Some(parts.status.as_u16());
         if parts.status.as_u16() >= 400 {
             event.outcome = "failure".into();
@@ -198,15 +221,29 @@ impl Gateway {
         Response::from_parts(parts, GatewayBody::upstream(body, finisher(event, Some(request_bytes))))
     }
 
+    /// The `rate_limit_exceeded` security event: who, with which key, which
+    /// limit and window.
+    fn record_rate_limited(&self, request: &Event, key: &KeyEntry, exceeded: &Exceeded, cost: u32) {
+        let mut event = security_event(request, security_type::RATE_LIMIT_EXCEEDED);
+        event.error_code = Some(ErrorCode::RateLimited.as_str().to_string());
+        event.actor = Some(format!("consumer:{}", key.consumer_id));
+        event.target = Some(exceeded.scope.clone());
+        event.key_id = Some(key.key_id.clone());
+        event.key_hint = Some(key.hint.clone());
+        event.consumer_id = Some(key.consumer_id.clone());
+        event.consumer_name = Some(key.consumer_name.clone());
+        event.details = Some(serde_json::json!({
+            "limit": exceeded.limit,
+            "window": exceeded.window,
+            "scope": exceeded.scope,
+            "cost": cost,
+            "retry_after_secs": exceeded.retry_after_secs,
+        }));
+        self.audit.record(event);
+    }
+
     fn record_auth_failure(&self, request: &Event, failure: &AuthFailure, source: Option<KeySource>, hint: Option<String>) {
-        let mut event = Event::new(&request.tenant_id, Category::Security, failure.event_type, "failure");
-        event.timestamp_ms = request.timestamp_ms;
-        event.request_id = request.request_id.clone();
-        event.api_id = request.api_id.clone();
-        event.method = request.method.clone();
-        event.path = request.path.clone();
-        event.client_ip = request.client_ip.clone();
-        event.user_agent = request.user_agent.clone();
+        let mut event = security_event(request, failure.event_type);
         event.error_code = Some(failure.code.as_str().to_string());
         event.key_hint = hint;
         match &failure.key {
@@ -228,6 +265,28 @@ impl Gateway {
         }));
         self.audit.record(event);
     }
+}
+
+/// A failed security event about `request`: the same tenant, time, request
+/// id, api, method, path and caller.
+fn security_event(request: &Event, event_type: &str) -> Event {
+    let mut event = Event::new(&request.tenant_id, Category::Security, event_type, "failure");
+    event.timestamp_ms = request.timestamp_ms;
+    event.request_id = request.request_id.clone();
+    event.api_id = request.api_id.clone();
+    event.method = request.method.clone();
+    event.path = request.path.clone();
+    event.client_ip = request.client_ip.clone();
+    event.user_agent = request.user_agent.clone();
+    event
+}
+
+/// `RateLimit-Limit`, `-Remaining` and `-Reset` (seconds) for the limit
+/// closest to refusing the caller.
+fn rate_headers(headers: &mut HeaderMap, standing: &Standing) {
+    headers.insert(RATELIMIT_LIMIT.clone(), HeaderValue::from(standing.limit));
+    headers.insert(RATELIMIT_REMAINING.clone(), HeaderValue::from(standing.remaining));
+    headers.insert(RATELIMIT_RESET.clone(), HeaderValue::from(standing.reset_secs));
 }
 
 /// The key the caller presented, if any: `X-API-Key` first, then

@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use super::{open, ser_opt_ts, ser_ts, StoreError};
 use crate::keys::SecretHash;
+use crate::ratelimit::{CostRule, RateSpec};
 use crate::settings::LoggingOverrides;
 
 #[derive(Debug, Clone, Serialize)]
@@ -30,8 +31,30 @@ pub struct Api {
     pub path_prefix: String,
     pub upstream: String,
     pub timeout_ms: Option<u64>,
+    /// The api's own per-minute limit, per consumer, beside the tier's.
+    pub rate_limit: Option<RateSpec>,
+    /// Paths whose calls count as more than one.
+    pub costs: Vec<CostRule>,
     #[serde(serialize_with = "ser_ts")]
     pub created_at: i64,
+}
+
+/// A rate-limit tier of a tenant.
+#[derive(Debug, Clone, Serialize)]
+pub struct Tier {
+    pub tenant_id: String,
+    pub id: String,
+    pub requests_per_minute: Option<u32>,
+    pub burst: Option<u32>,
+    pub daily_quota: Option<u64>,
+    #[serde(serialize_with = "ser_ts")]
+    pub created_at: i64,
+}
+
+impl Tier {
+    pub fn rate(&self) -> Option<RateSpec> {
+        Some(RateSpec { requests_per_minute: self.requests_per_minute?, burst: self.burst? })
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -41,6 +64,8 @@ pub struct Consumer {
     pub name: String,
     pub status: String,
     pub metadata: serde_json::Value,
+    /// The rate-limit tier; none means no tier limit.
+    pub tier: Option<String>,
     #[serde(serialize_with = "ser_ts")]
     pub created_at: i64,
 }
@@ -93,6 +118,7 @@ pub struct RoutingData {
     pub apis: Vec<Api>,
     pub keys: Vec<KeyRecord>,
     pub consumers: Vec<Consumer>,
+    pub tiers: Vec<Tier>,
 }
 
 pub struct ControlStore {
@@ -145,6 +171,15 @@ CREATE TABLE IF NOT EXISTS admins (
     token_hash BLOB NOT NULL UNIQUE,
     created_at INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS tiers (
+    tenant_id TEXT NOT NULL REFERENCES tenants(id),
+    id TEXT NOT NULL,
+    requests_per_minute INTEGER,
+    burst INTEGER,
+    daily_quota INTEGER,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (tenant_id, id)
+);
 -- Logging settings: scope `*` is the global one, any other a tenant id.
 -- `overrides` is a JSON object holding only the values set for the scope.
 CREATE TABLE IF NOT EXISTS logging_settings (
@@ -153,6 +188,15 @@ CREATE TABLE IF NOT EXISTS logging_settings (
     updated_at INTEGER NOT NULL
 );
 ";
+
+/// Columns added after the first release, with their definitions: added to
+/// an older `control.db` when it is opened.
+const ADDED_COLUMNS: [(&str, &str, &str); 4] = [
+    ("consumers", "tier", "TEXT"),
+    ("apis", "rate_per_minute", "INTEGER"),
+    ("apis", "rate_burst", "INTEGER"),
+    ("apis", "costs", "TEXT NOT NULL DEFAULT '[]'"),
+];
 
 /// The scope of the global logging settings.
 pub const GLOBAL_SCOPE: &str = "*";
@@ -174,6 +218,11 @@ fn row_to_api(row: &rusqlite::Row<'_>) -> rusqlite::Result<Api> {
         upstream: row.get(3)?,
         timeout_ms: row.get::<_, Option<i64>>(4)?.map(|v| v as u64),
         created_at: row.get(5)?,
+        rate_limit: match (row.get::<_, Option<u32>>(6)?, row.get::<_, Option<u32>>(7)?) {
+            (Some(requests_per_minute), Some(burst)) => Some(RateSpec { requests_per_minute, burst }),
+            _ => None,
+        },
+        costs: serde_json::from_str(&row.get::<_, String>(8)?).unwrap_or_default(),
     })
 }
 
@@ -185,6 +234,18 @@ fn row_to_consumer(row: &rusqlite::Row<'_>) -> rusqlite::Result<Consumer> {
         name: row.get(2)?,
         status: row.get(3)?,
         metadata: serde_json::from_str(&metadata).unwrap_or(serde_json::Value::Null),
+        created_at: row.get(5)?,
+        tier: row.get(6)?,
+    })
+}
+
+fn row_to_tier(row: &rusqlite::Row<'_>) -> rusqlite::Result<Tier> {
+    Ok(Tier {
+        tenant_id: row.get(0)?,
+        id: row.get(1)?,
+        requests_per_minute: row.get(2)?,
+        burst: row.get(3)?,
+        daily_quota: row.get::<_, Option<i64>>(4)?.map(|v| v as u64),
         created_at: row.get(5)?,
     })
 }
@@ -206,8 +267,9 @@ fn row_to_key(row: &rusqlite::Row<'_>) -> rusqlite::Result<KeyRecord> {
     })
 }
 
-const API_COLUMNS: &str = "tenant_id, id, path_prefix, upstream, timeout_ms, created_at";
-const CONSUMER_COLUMNS: &str = "id, tenant_id, name, status, metadata, created_at";
+const API_COLUMNS: &str = "tenant_id, id, path_prefix, upstream, timeout_ms, created_at, rate_per_minute, rate_burst, costs";
+const CONSUMER_COLUMNS: &str = "id, tenant_id, name, status, metadata, created_at, tier";
+const TIER_COLUMNS: &str = "tenant_id, id, requests_per_minute, burst, daily_quota, created_at";
 const KEY_COLUMNS: &str =
     "id, tenant_id, consumer_id, hint, environment, scopes, status, expires_at, created_at, revoked_at, key_hash";
 
@@ -215,6 +277,16 @@ impl ControlStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let conn = open(path)?;
         conn.execute_batch(SCHEMA)?;
+        for (table, column, definition) in ADDED_COLUMNS {
+            let present: bool = conn.query_row(
+                &format!("SELECT count(*) FROM pragma_table_info('{table}') WHERE name = ?1"),
+                [column],
+                |r| r.get::<_, i64>(0),
+            )? > 0;
+            if !present {
+                conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {definition}"))?;
+            }
+        }
         Ok(ControlStore { conn: Mutex::new(conn) })
     }
 
@@ -266,8 +338,18 @@ impl ControlStore {
             return Err(StoreError::Conflict(format!("path prefix `{}` is already routed", api.path_prefix)));
         }
         conn.execute(
-            &format!("INSERT INTO apis ({API_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"),
-            params![api.tenant_id, api.id, api.path_prefix, api.upstream, api.timeout_ms.map(|v| v as i64), api.created_at],
+            &format!("INSERT INTO apis ({API_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
+            params![
+                api.tenant_id,
+                api.id,
+                api.path_prefix,
+                api.upstream,
+                api.timeout_ms.map(|v| v as i64),
+                api.created_at,
+                api.rate_limit.map(|r| r.requests_per_minute),
+                api.rate_limit.map(|r| r.burst),
+                serde_json::to_string(&api.costs).expect("cost rules serialise"),
+            ],
         )
         .map_err(|e| {
             if is_unique_violation(&e) {
@@ -291,14 +373,15 @@ impl ControlStore {
     pub fn create_consumer(&self, consumer: &Consumer) -> Result<(), StoreError> {
         self.conn()
             .execute(
-                &format!("INSERT INTO consumers ({CONSUMER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"),
+                &format!("INSERT INTO consumers ({CONSUMER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
                 params![
                     consumer.id,
                     consumer.tenant_id,
                     consumer.name,
                     consumer.status,
                     consumer.metadata.to_string(),
-                    consumer.created_at
+                    consumer.created_at,
+                    consumer.tier,
                 ],
             )
             .map_err(|e| {
@@ -332,6 +415,55 @@ impl ControlStore {
                 row_to_consumer,
             )
             .optional()?)
+    }
+
+    /// Sets a consumer's tier (`None`: no tier). False if there is no such consumer.
+    pub fn set_consumer_tier(&self, tenant_id: &str, consumer_id: &str, tier: Option<&str>) -> Result<bool, StoreError> {
+        let changed = self.conn().execute(
+            "UPDATE consumers SET tier = ?3 WHERE tenant_id = ?1 AND id = ?2",
+            params![tenant_id, consumer_id, tier],
+        )?;
+        Ok(changed == 1)
+    }
+
+    // --- tiers ---
+
+    pub fn create_tier(&self, tier: &Tier) -> Result<(), StoreError> {
+        self.conn()
+            .execute(
+                &format!("INSERT INTO tiers ({TIER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)"),
+                params![
+                    tier.tenant_id,
+                    tier.id,
+                    tier.requests_per_minute,
+                    tier.burst,
+                    tier.daily_quota.map(|v| v as i64),
+                    tier.created_at
+                ],
+            )
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    StoreError::Conflict(format!("tier `{}` already exists in tenant `{}`", tier.id, tier.tenant_id))
+                } else {
+                    e.into()
+                }
+            })?;
+        Ok(())
+    }
+
+    pub fn list_tiers(&self, tenant_id: &str) -> Result<Vec<Tier>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!("SELECT {TIER_COLUMNS} FROM tiers WHERE tenant_id = ?1 ORDER BY id"))?;
+        let rows = stmt.query_map([tenant_id], row_to_tier)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn tier_exists(&self, tenant_id: &str, id: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .conn()
+            .query_row("SELECT 1 FROM tiers WHERE tenant_id = ?1 AND id = ?2", [tenant_id, id], |_| Ok(()))
+            .optional()?
+            .is_some())
     }
 
     // --- keys ---
@@ -399,8 +531,13 @@ impl ControlStore {
             let rows = stmt.query_map([], row_to_consumer)?;
             rows.collect::<Result<Vec<_>, _>>()?
         };
+        let tiers = {
+            let mut stmt = tx.prepare(&format!("SELECT {TIER_COLUMNS} FROM tiers"))?;
+            let rows = stmt.query_map([], row_to_tier)?;
+            rows.collect::<Result<Vec<_>, _>>()?
+        };
         tx.commit()?;
-        Ok(RoutingData { apis, keys, consumers })
+        Ok(RoutingData { apis, keys, consumers, tiers })
     }
 
     // --- admins ---

@@ -7,5 +7,6 @@ mod audit_api;
 mod gateway;
 mod pipeline;
 mod process;
+mod ratelimit;
 mod settings;
 mod util;

@@ -1,0 +1,230 @@
+//! Rate limits over real sockets: bursts, the per-minute rate, the daily
+//! cap, endpoint costs, an api's own limit, their headers and their events.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::util::{start_upstream, Admin, TestServer};
+
+struct Answer {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    body: String,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<u64> {
+        self.headers.get(name).map(|v| v.to_str().unwrap().parse().unwrap_or_else(|_| panic!("{name}: {v:?}")))
+    }
+}
+
+async fn call(ts: &TestServer, path: &str, key: &str) -> Answer {
+    let res = ts.client.get(format!("{}{}", ts.gateway, path)).header("x-api-key", key).send().await.unwrap();
+    let status = res.status().as_u16();
+    let headers = res.headers().clone();
+    Answer { status, headers, body: res.text().await.unwrap() }
+}
+
+/// A tenant `acme` with an api at `/docs` (`api` merged into its body) and
+/// a tier `t` (`tier` merged into its body); returns a key of a consumer in
+/// that tier.
+async fn setup(ts: &TestServer, api: Value, tier: Value) -> (Admin, String, String) {
+    let up = start_upstream().await;
+    let admin = ts.admin_client();
+    assert_eq!(admin.post("/v1/tenants", json!({"id": "acme", "name": "Acme"})).await.status, 201);
+    let mut api_body = json!({"id": "docs", "path_prefix": "/docs", "upstream": format!("http://{up}")});
+    api_body.as_object_mut().unwrap().extend(api.as_object().unwrap().clone());
+    let a = admin.post("/v1/tenants/acme/apis", api_body).await;
+    assert_eq!(a.status, 201, "{}", a.text);
+    let mut tier_body = json!({"id": "t"});
+    tier_body.as_object_mut().unwrap().extend(tier.as_object().unwrap().clone());
+    let a = admin.post("/v1/tenants/acme/tiers", tier_body).await;
+    assert_eq!(a.status, 201, "{}", a.text);
+    let a = admin.post("/v1/tenants/acme/consumers", json!({"name": "batch-job", "tier": "t"})).await;
+    assert_eq!(a.status, 201, "{}", a.text);
+    assert_eq!(a.body["tier"], "t");
+    let consumer = a.body["id"].as_str().unwrap().to_string();
+    let (_, key) = admin.key("acme", &consumer, json!({})).await;
+    (admin, consumer, key)
+}
+
+#[tokio::test]
+async fn a_burst_the_tier_allows_passes_and_the_next_call_waits() {
+    let mut ts = TestServer::start().await;
+    // Six a minute (one every 10 s) after a burst of up to 200.
+    let (admin, consumer, key) = setup(&ts, json!({}), json!({"rate_limit": {"requests_per_minute": 6, "burst": 200}})).await;
+
+    // A batch job: 200 calls as fast as it can (inside 10 s, so nothing
+    // refills meanwhile), all pass.
+    let started = Instant::now();
+    for i in 0..200u64 {
+        let a = call(&ts, "/docs/fixed", &key).await;
+        assert_eq!(a.status, 200, "call {i}: {}", a.body);
+        assert_eq!(a.header("ratelimit-limit"), Some(200));
+        assert_eq!(a.header("ratelimit-remaining"), Some(199 - i), "call {i}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let a = call(&ts, "/docs/fixed", &key).await;
+    assert_eq!(a.status, 429, "{}", a.body);
+    assert!(a.body.contains("\"rate_limited\""), "{}", a.body);
+    let retry = a.header("retry-after").expect("Retry-After");
+    assert!((1..=10).contains(&retry), "one call every 10 s: {retry}");
+    assert_eq!(a.header("ratelimit-remaining"), Some(0));
+    assert_eq!(a.header("ratelimit-limit"), Some(200));
+
+    // The refusal is a failed request event and a security event naming
+    // consumer, key, limit and window.
+    let events = admin.wait_for("/v1/audit/acme/security?event_type=rate_limit_exceeded", "events", 1).await;
+    let e = &events[0];
+    assert_eq!(e["consumer_id"], consumer.as_str());
+    assert!(e["key_id"].as_str().unwrap().starts_with("key_"));
+    assert_eq!(e["target"], "tier:t");
+    assert_eq!(e["details"]["limit"], 6);
+    assert_eq!(e["details"]["window"], "minute");
+    let refused = admin.wait_for("/v1/audit/acme?status_min=429&status_max=429", "logs", 1).await;
+    assert_eq!(refused[0]["error_code"], "rate_limited");
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn the_rate_refills_over_the_minute() {
+    let mut ts = TestServer::start().await;
+    // 120 a minute: one every 500 ms, no burst beyond one.
+    let (_, _, key) = setup(&ts, json!({}), json!({"rate_limit": {"requests_per_minute": 120, "burst": 1}})).await;
+    assert_eq!(call(&ts, "/docs/fixed", &key).await.status, 200);
+    let a = call(&ts, "/docs/fixed", &key).await;
+    assert_eq!(a.status, 429);
+    assert_eq!(a.header("retry-after"), Some(1));
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(call(&ts, "/docs/fixed", &key).await.status, 200, "a cell came back after 500 ms");
+    assert_eq!(call(&ts, "/docs/fixed", &key).await.status, 429);
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn the_daily_cap_catches_a_steady_caller_and_counts_endpoint_costs() {
+    let mut ts = TestServer::start().await;
+    let (admin, _, key) = setup(
+        &ts,
+        json!({"costs": [{"path_prefix": "/docs/export", "cost": 50}]}),
+        json!({"daily_quota": 120}),
+    )
+    .await;
+    // Two exports count 100 of the 120.
+    for expected_remaining in [70, 20] {
+        let a = call(&ts, "/docs/export/fixed", &key).await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        assert_eq!(a.header("ratelimit-limit"), Some(120));
+        assert_eq!(a.header("ratelimit-remaining"), Some(expected_remaining));
+        let reset = a.header("ratelimit-reset").unwrap();
+        assert!((1..=86_400).contains(&reset), "until midnight UTC: {reset}");
+    }
+    // A third export would pass the cap...
+    let a = call(&ts, "/docs/export/fixed", &key).await;
+    assert_eq!(a.status, 429, "{}", a.body);
+    let retry = a.header("retry-after").unwrap();
+    assert!((1..=86_400).contains(&retry), "{retry}");
+    // ...but the 20 single calls left still pass, and then nothing does.
+    for _ in 0..20 {
+        assert_eq!(call(&ts, "/docs/fixed", &key).await.status, 200);
+    }
+    assert_eq!(call(&ts, "/docs/fixed", &key).await.status, 429);
+    let events = admin.wait_for("/v1/audit/acme/security?event_type=rate_limit_exceeded", "events", 2).await;
+    assert!(events.iter().all(|e| e["details"]["window"] == "day" && e["details"]["limit"] == 120), "{events:?}");
+    assert!(events.iter().any(|e| e["details"]["cost"] == 50), "{events:?}");
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn an_api_limit_applies_beside_the_tier_and_tier_changes_apply_at_once() {
+    let mut ts = TestServer::start().await;
+    let (admin, consumer, key) = setup(
+        &ts,
+        json!({"rate_limit": {"requests_per_minute": 60, "burst": 3}}),
+        json!({"rate_limit": {"requests_per_minute": 6000, "burst": 1000}}),
+    )
+    .await;
+    for remaining in [2, 1, 0] {
+        let a = call(&ts, "/docs/fixed", &key).await;
+        assert_eq!(a.status, 200);
+        assert_eq!(a.header("ratelimit-remaining"), Some(remaining), "the api's limit is the closer one");
+    }
+    assert_eq!(call(&ts, "/docs/fixed", &key).await.status, 429);
+    let events = admin.wait_for("/v1/audit/acme/security?event_type=rate_limit_exceeded", "events", 1).await;
+    assert_eq!(events[0]["target"], "api:docs");
+
+    // A consumer with no tier on an api with no limit gets no headers; a
+    // tier given later applies from the next call.
+    let a = admin.post("/v1/tenants/acme/apis", json!({"id": "free", "path_prefix": "/free", "upstream": "http://127.0.0.1:9"})).await;
+    assert_eq!(a.status, 201, "{}", a.text);
+    let up = start_upstream().await;
+    let a = admin.post("/v1/tenants/acme/apis", json!({"id": "open", "path_prefix": "/open", "upstream": format!("http://{up}")})).await;
+    assert_eq!(a.status, 201, "{}", a.text);
+    let a = admin.call("PUT", &format!("/v1/tenants/acme/consumers/{consumer}/tier"), Some(json!({"tier": null}))).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!(a.body["tier"], Value::Null);
+    let a = call(&ts, "/open/fixed", &key).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.header("ratelimit-limit"), None);
+    let a = admin.post("/v1/tenants/acme/tiers", json!({"id": "tiny", "daily_quota": 1})).await;
+    assert_eq!(a.status, 201, "{}", a.text);
+    let a = admin.call("PUT", &format!("/v1/tenants/acme/consumers/{consumer}/tier"), Some(json!({"tier": "tiny"}))).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!(call(&ts, "/open/fixed", &key).await.header("ratelimit-remaining"), Some(0));
+    assert_eq!(call(&ts, "/open/fixed", &key).await.status, 429);
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn bad_limits_are_refused_with_what_to_fix() {
+    let mut ts = TestServer::start().await;
+    let admin = ts.admin_client();
+    assert_eq!(admin.post("/v1/tenants", json!({"id": "acme", "name": "Acme"})).await.status, 201);
+    for (body, needle) in [
+        (json!({"id": "t"}), "needs a `rate_limit`, a `daily_quota`"),
+        (json!({"id": "t", "rate_limit": {"requests_per_minute": 0, "burst": 1}}), "between 1 and"),
+        (json!({"id": "t", "rate_limit": {"requests_per_minute": 10, "burst": 0}}), "between 1 and"),
+        (json!({"id": "t", "rate_limit": {"requests_per_minute": 10}}), "burst"),
+        (json!({"id": "t", "rate_limit": {"requests_per_minute": 10, "burst": 1, "window": 5}}), "window"),
+        (json!({"id": "t", "daily_quota": 0}), "between 1 and"),
+        (json!({"id": "t", "daily_quota": -5}), "daily_quota"),
+        (json!({"id": "Bad Id", "daily_quota": 5}), "`id`"),
+        (json!({"id": "t", "daily_quota": 5, "color": "red"}), "color"),
+    ] {
+        let a = admin.post("/v1/tenants/acme/tiers", body.clone()).await;
+        assert_eq!(a.status, 400, "{body}: {}", a.text);
+        assert!(a.text.contains(needle), "{body}: {}", a.text);
+    }
+    assert_eq!(admin.post("/v1/tenants/acme/tiers", json!({"id": "t", "daily_quota": 5})).await.status, 201);
+    assert_eq!(admin.post("/v1/tenants/acme/tiers", json!({"id": "t", "daily_quota": 9})).await.status, 409);
+    assert_eq!(admin.post("/v1/tenants/nope/tiers", json!({"id": "t", "daily_quota": 9})).await.status, 404);
+    let tiers = admin.get("/v1/tenants/acme/tiers").await;
+    assert_eq!(tiers.body["tiers"], json!([{"tenant_id": "acme", "id": "t", "rate_limit": null, "daily_quota": 5,
+        "created_at": tiers.body["tiers"][0]["created_at"]}]));
+
+    let a = admin.post("/v1/tenants/acme/consumers", json!({"name": "c", "tier": "gold"})).await;
+    assert_eq!(a.status, 400, "{}", a.text);
+    assert!(a.text.contains("tier `gold` does not exist"), "{}", a.text);
+    let a = admin.post("/v1/tenants/acme/consumers", json!({"name": "c"})).await;
+    let consumer = a.body["id"].as_str().unwrap().to_string();
+    let a = admin.call("PUT", &format!("/v1/tenants/acme/consumers/{consumer}/tier"), Some(json!({"tier": "gold"}))).await;
+    assert_eq!(a.status, 400, "{}", a.text);
+    let a = admin.call("PUT", "/v1/tenants/acme/consumers/cons_nope/tier", Some(json!({"tier": "t"}))).await;
+    assert_eq!(a.status, 404, "{}", a.text);
+
+    for (api, needle) in [
+        (json!({"costs": [{"path_prefix": "/elsewhere", "cost": 5}]}), "not under the api's prefix"),
+        (json!({"costs": [{"path_prefix": "/docs/x", "cost": 0}]}), "cost must be between"),
+        (json!({"costs": [{"path_prefix": "docs", "cost": 2}]}), "must start with `/`"),
+        (json!({"costs": [{"path_prefix": "/docs/x"}]}), "cost"),
+        (json!({"rate_limit": {"requests_per_minute": 10, "burst": 2000000000}}), "between 1 and"),
+    ] {
+        let mut body = json!({"id": "docs", "path_prefix": "/docs", "upstream": "http://127.0.0.1:9"});
+        body.as_object_mut().unwrap().extend(api.as_object().unwrap().clone());
+        let a = admin.post("/v1/tenants/acme/apis", body.clone()).await;
+        assert_eq!(a.status, 400, "{body}: {}", a.text);
+        assert!(a.text.contains(needle), "{body}: {}", a.text);
+    }
+    ts.stop().await;
+}
