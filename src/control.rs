@@ -17,6 +17,7 @@ use crate::event::{now_ms, security_type, Category, Event, SYSTEM_TENANT};
 use crate::settings::{LoggingOverrides, LoggingPolicy, LoggingSettings};
 use crate::keys::{self, KeyEnvironment, SecretHash};
 use crate::snapshot::Snapshot;
+use crate::policy::Policies;
 use crate::ratelimit::{CostRule, RateSpec};
 use crate::store::control::{Admin, Api, Consumer, ControlStore, KeyRecord, Tenant, Tier, GLOBAL_SCOPE};
 use crate::store::StoreError;
@@ -42,6 +43,7 @@ pub struct NewApi {
     pub timeout_ms: Option<u64>,
     pub rate_limit: Option<RateSpec>,
     pub costs: Vec<CostRule>,
+    pub policies: Policies,
 }
 
 pub struct NewTier {
@@ -325,6 +327,7 @@ impl ControlPlane {
             }
             costs.push(CostRule { path_prefix: rule_prefix, cost: rule.cost });
         }
+        let policies = new.policies.validated()?;
         let api = Api {
             tenant_id: tenant_id.to_string(),
             id: new.id,
@@ -333,6 +336,7 @@ impl ControlPlane {
             timeout_ms: new.timeout_ms,
             rate_limit: new.rate_limit,
             costs,
+            policies,
             created_at: now_ms(),
         };
         self.store.create_api(&api)?;
@@ -343,6 +347,17 @@ impl ControlPlane {
     pub fn list_apis(&self, tenant_id: &str) -> Result<Vec<Api>, ApiError> {
         self.require_tenant(tenant_id)?;
         Ok(self.store.list_apis(tenant_id)?)
+    }
+
+    /// Replaces an api's policies; the gateway applies them from the next call.
+    pub fn set_api_policies(&self, tenant_id: &str, api_id: &str, policies: Policies) -> Result<Api, ApiError> {
+        self.require_tenant(tenant_id)?;
+        let policies = policies.validated()?;
+        if !self.store.set_api_policies(tenant_id, api_id, &policies)? {
+            return Err(ApiError::not_found(format_args!("api `{api_id}`")));
+        }
+        self.reload_after_change()?;
+        self.store.get_api(tenant_id, api_id)?.ok_or_else(|| ApiError::not_found(format_args!("api `{api_id}`")))
     }
 
     // --- consumers ---

@@ -115,6 +115,7 @@ async fn run_with(config: Config, stop: impl std::future::Future<Output = ()>) -
                 timeout_ms: None,
                 rate_limit: None,
                 costs: Vec::new(),
+                policies: Default::default(),
             },
         )?;
         let consumer = control.create_consumer("demo", "demo-client", serde_json::json!({"created_by": "keytrail demo"}), None)?;

@@ -57,6 +57,7 @@ pub mod security_type {
     pub const KEY_REVOKED: &str = "key_revoked";
     pub const SETTINGS_CHANGED: &str = "settings_changed";
     pub const RATE_LIMIT_EXCEEDED: &str = "rate_limit_exceeded";
+    pub const POLICY_APPLIED: &str = "policy_applied";
 }
 
 /// One audit record. [`Event::write_canonical`] fixes what the hash covers:

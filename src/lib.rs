@@ -20,6 +20,7 @@ pub mod error;
 pub mod event;
 pub mod gateway;
 pub mod keys;
+pub mod policy;
 pub mod ratelimit;
 pub mod redact;
 pub mod server;

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::keys::SecretHash;
+use crate::policy::Policies;
 use crate::ratelimit::{CostRule, DailyCap, RateLimit, TierLimits};
 use crate::store::control::{RoutingData, Tier};
 
@@ -25,6 +26,7 @@ pub struct RouteApi {
     /// The api's own per-minute limit per consumer.
     pub rate_limit: Option<Arc<RateLimit>>,
     pub costs: Vec<CostRule>,
+    pub policies: Policies,
 }
 
 /// What the gateway knows about a key: enough to decide and to log, never the secret.
@@ -102,6 +104,7 @@ impl Snapshot {
                 Some(Arc::new(RouteApi {
                     rate_limit,
                     costs: api.costs,
+                    policies: api.policies,
                     tenant_id: api.tenant_id,
                     api_id: api.id,
                     path_prefix: api.path_prefix,
@@ -184,6 +187,7 @@ mod tests {
             timeout_ms: None,
             rate_limit: None,
             costs: vec![],
+            policies: Policies::default(),
             created_at: 0,
         };
         let snap = Snapshot::build(

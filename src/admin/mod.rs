@@ -23,6 +23,7 @@ use serde_json::{json, Value};
 
 use crate::audit::AuditPipeline;
 use crate::control::{Actor, ControlPlane, LoggingView, NewApi, NewKey, NewTier};
+use crate::policy::Policies;
 use crate::ratelimit::{CostRule, RateSpec};
 use crate::error::{ApiError, ErrorCode};
 use crate::keys::KeyEnvironment;
@@ -42,6 +43,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/tenants/{tenant}/apis", get(list_apis).post(create_api))
         .route("/v1/tenants/{tenant}/consumers", get(list_consumers).post(create_consumer))
         .route("/v1/tenants/{tenant}/consumers/{consumer}/keys", get(list_keys).post(create_key))
+        .route("/v1/tenants/{tenant}/apis/{api}/policies", put(set_api_policies))
         .route("/v1/tenants/{tenant}/consumers/{consumer}/tier", put(set_consumer_tier))
         .route("/v1/tenants/{tenant}/tiers", get(list_tiers).post(create_tier))
         .route("/v1/keys/{key_id}/revoke", post(revoke_key))
@@ -88,12 +90,21 @@ fn actor(admin: &Admin, peer: SocketAddr, headers: &HeaderMap) -> Actor {
 /// An empty body counts as `{}`.
 fn parse_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     let text: &[u8] = if body.iter().all(u8::is_ascii_whitespace) { b"{}" } else { body };
-    serde_json::from_slice(text).map_err(|e| match e.classify() {
-        serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
-            ApiError::invalid_body(format!("not valid JSON ({e})"))
+    let mut json = serde_json::Deserializer::from_slice(text);
+    let parsed: T = serde_path_to_error::deserialize(&mut json).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        match inner.classify() {
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+                ApiError::invalid_body(format!("not valid JSON ({inner})"))
+            }
+            // The path names the field (`rate_limit.burst`); `.` is the body itself.
+            _ if path != "." => ApiError::invalid_body(format!("`{path}`: {inner}")),
+            _ => ApiError::invalid_body(inner.to_string()),
         }
-        _ => ApiError::invalid_body(e.to_string()),
-    })
+    })?;
+    json.end().map_err(|e| ApiError::invalid_body(format!("not valid JSON ({e})")))?;
+    Ok(parsed)
 }
 
 fn created(value: Value) -> Response {
@@ -136,6 +147,8 @@ struct CreateApi {
     rate_limit: Option<RateSpec>,
     #[serde(default)]
     costs: Vec<CostRule>,
+    #[serde(default)]
+    policies: Policies,
 }
 
 async fn create_api(State(s): State<AdminState>, Path(tenant): Path<String>, body: Bytes) -> Result<Response, ApiError> {
@@ -150,6 +163,7 @@ async fn create_api(State(s): State<AdminState>, Path(tenant): Path<String>, bod
             timeout_ms: req.timeout_ms,
             rate_limit: req.rate_limit,
             costs: req.costs,
+            policies: req.policies,
         },
     )?;
     Ok(created(to_value(api)))
@@ -157,6 +171,16 @@ async fn create_api(State(s): State<AdminState>, Path(tenant): Path<String>, bod
 
 async fn list_apis(State(s): State<AdminState>, Path(tenant): Path<String>) -> Result<Json<Value>, ApiError> {
     Ok(Json(json!({"apis": s.control.list_apis(&tenant)?})))
+}
+
+async fn set_api_policies(
+    State(s): State<AdminState>,
+    Path((tenant, api)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    s.control.require_tenant(&tenant)?;
+    let policies: Policies = parse_body(&body)?;
+    Ok(Json(to_value(s.control.set_api_policies(&tenant, &api, policies)?)))
 }
 
 // --- consumers ---
@@ -205,9 +229,8 @@ struct CreateTier {
     id: String,
     #[serde(default)]
     rate_limit: Option<RateSpec>,
-    /// Signed, so that a negative number is refused with the field's name.
     #[serde(default)]
-    daily_quota: Option<i64>,
+    daily_quota: Option<u64>,
 }
 
 fn tier_view(tier: &Tier) -> Value {
@@ -223,11 +246,7 @@ fn tier_view(tier: &Tier) -> Value {
 async fn create_tier(State(s): State<AdminState>, Path(tenant): Path<String>, body: Bytes) -> Result<Response, ApiError> {
     s.control.require_tenant(&tenant)?;
     let req: CreateTier = parse_body(&body)?;
-    let daily_quota = match req.daily_quota {
-        Some(n) if n < 1 => return Err(ApiError::invalid_body("`daily_quota` must be between 1 and 1000000000000")),
-        other => other.map(|n| n as u64),
-    };
-    let tier = s.control.create_tier(&tenant, NewTier { id: req.id, rate_limit: req.rate_limit, daily_quota })?;
+    let tier = s.control.create_tier(&tenant, NewTier { id: req.id, rate_limit: req.rate_limit, daily_quota: req.daily_quota })?;
     Ok(created(tier_view(&tier)))
 }
 

@@ -33,6 +33,7 @@ use crate::control::ControlPlane;
 use crate::error::{ApiError, ErrorCode};
 use crate::event::{self, security_type, Category, Event, SYSTEM_TENANT};
 use crate::keys::{self, MalformedKey};
+use crate::policy::Violation;
 use crate::ratelimit::{self, Exceeded, Standing};
 use crate::snapshot::{KeyEntry, Snapshot};
 
@@ -178,7 +179,22 @@ impl Gateway {
             }
         };
 
-        // 7. Policies come with the protection work.
+        // 7. Policies: methods, forbidden paths, scopes, body size.
+        if let Err(violation) = route.policies.check(
+            req.method().as_str(),
+            req.uri().path(),
+            declared_length(req.headers()),
+            has_body(req.headers()),
+            &entry.scopes,
+        ) {
+            self.record_policy_applied(&event, &entry, &violation);
+            let mut response = refuse(&mut event, violation.code, &request_id, finisher);
+            if violation.code == ErrorCode::MethodNotAllowed {
+                let allow = route.policies.allowed_methods.join(", ");
+                response.headers_mut().insert(header::ALLOW, header_value(&allow));
+            }
+            return response;
+        }
 
         // 8. Proxy, streaming both ways.
         let (mut parts, body) = req.into_parts();
@@ -221,17 +237,24 @@ impl Gateway {
         Response::from_parts(parts, GatewayBody::upstream(body, finisher(event, Some(request_bytes))))
     }
 
+    /// The `policy_applied` security event: which policy, its limit, and
+    /// what the call brought.
+    fn record_policy_applied(&self, request: &Event, key: &KeyEntry, violation: &Violation) {
+        let mut event = consumer_security_event(request, key, security_type::POLICY_APPLIED, violation.code);
+        event.target = request.api_id.as_ref().map(|api| format!("api:{api}"));
+        event.details = Some(serde_json::json!({
+            "policy": violation.policy,
+            "limit": violation.limit,
+            "actual": violation.actual,
+        }));
+        self.audit.record(event);
+    }
+
     /// The `rate_limit_exceeded` security event: who, with which key, which
     /// limit and window.
     fn record_rate_limited(&self, request: &Event, key: &KeyEntry, exceeded: &Exceeded, cost: u32) {
-        let mut event = security_event(request, security_type::RATE_LIMIT_EXCEEDED);
-        event.error_code = Some(ErrorCode::RateLimited.as_str().to_string());
-        event.actor = Some(format!("consumer:{}", key.consumer_id));
+        let mut event = consumer_security_event(request, key, security_type::RATE_LIMIT_EXCEEDED, ErrorCode::RateLimited);
         event.target = Some(exceeded.scope.clone());
-        event.key_id = Some(key.key_id.clone());
-        event.key_hint = Some(key.hint.clone());
-        event.consumer_id = Some(key.consumer_id.clone());
-        event.consumer_name = Some(key.consumer_name.clone());
         event.details = Some(serde_json::json!({
             "limit": exceeded.limit,
             "window": exceeded.window,
@@ -267,6 +290,16 @@ impl Gateway {
     }
 }
 
+/// The body length the caller declared, if any.
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
+}
+
+/// Whether the call sends a body: a non-zero length or a chunked one.
+fn has_body(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING) || declared_length(headers).is_some_and(|n| n > 0)
+}
+
 /// A failed security event about `request`: the same tenant, time, request
 /// id, api, method, path and caller.
 fn security_event(request: &Event, event_type: &str) -> Event {
@@ -278,6 +311,18 @@ fn security_event(request: &Event, event_type: &str) -> Event {
     event.path = request.path.clone();
     event.client_ip = request.client_ip.clone();
     event.user_agent = request.user_agent.clone();
+    event
+}
+
+/// A security event about a refused call of an authenticated consumer.
+fn consumer_security_event(request: &Event, key: &KeyEntry, event_type: &str, code: ErrorCode) -> Event {
+    let mut event = security_event(request, event_type);
+    event.error_code = Some(code.as_str().to_string());
+    event.actor = Some(format!("consumer:{}", key.consumer_id));
+    event.key_id = Some(key.key_id.clone());
+    event.key_hint = Some(key.hint.clone());
+    event.consumer_id = Some(key.consumer_id.clone());
+    event.consumer_name = Some(key.consumer_name.clone());
     event
 }
 

@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use super::{open, ser_opt_ts, ser_ts, StoreError};
 use crate::keys::SecretHash;
+use crate::policy::Policies;
 use crate::ratelimit::{CostRule, RateSpec};
 use crate::settings::LoggingOverrides;
 
@@ -35,6 +36,7 @@ pub struct Api {
     pub rate_limit: Option<RateSpec>,
     /// Paths whose calls count as more than one.
     pub costs: Vec<CostRule>,
+    pub policies: Policies,
     #[serde(serialize_with = "ser_ts")]
     pub created_at: i64,
 }
@@ -191,7 +193,8 @@ CREATE TABLE IF NOT EXISTS logging_settings (
 
 /// Columns added after the first release, with their definitions: added to
 /// an older `control.db` when it is opened.
-const ADDED_COLUMNS: [(&str, &str, &str); 4] = [
+const ADDED_COLUMNS: [(&str, &str, &str); 5] = [
+    ("apis", "policies", "TEXT NOT NULL DEFAULT '{}'"),
     ("consumers", "tier", "TEXT"),
     ("apis", "rate_per_minute", "INTEGER"),
     ("apis", "rate_burst", "INTEGER"),
@@ -223,6 +226,7 @@ fn row_to_api(row: &rusqlite::Row<'_>) -> rusqlite::Result<Api> {
             _ => None,
         },
         costs: serde_json::from_str(&row.get::<_, String>(8)?).unwrap_or_default(),
+        policies: serde_json::from_str(&row.get::<_, String>(9)?).unwrap_or_default(),
     })
 }
 
@@ -267,7 +271,7 @@ fn row_to_key(row: &rusqlite::Row<'_>) -> rusqlite::Result<KeyRecord> {
     })
 }
 
-const API_COLUMNS: &str = "tenant_id, id, path_prefix, upstream, timeout_ms, created_at, rate_per_minute, rate_burst, costs";
+const API_COLUMNS: &str = "tenant_id, id, path_prefix, upstream, timeout_ms, created_at, rate_per_minute, rate_burst, costs, policies";
 const CONSUMER_COLUMNS: &str = "id, tenant_id, name, status, metadata, created_at, tier";
 const TIER_COLUMNS: &str = "tenant_id, id, requests_per_minute, burst, daily_quota, created_at";
 const KEY_COLUMNS: &str =
@@ -338,7 +342,7 @@ impl ControlStore {
             return Err(StoreError::Conflict(format!("path prefix `{}` is already routed", api.path_prefix)));
         }
         conn.execute(
-            &format!("INSERT INTO apis ({API_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
+            &format!("INSERT INTO apis ({API_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
             params![
                 api.tenant_id,
                 api.id,
@@ -349,6 +353,7 @@ impl ControlStore {
                 api.rate_limit.map(|r| r.requests_per_minute),
                 api.rate_limit.map(|r| r.burst),
                 serde_json::to_string(&api.costs).expect("cost rules serialise"),
+                serde_json::to_string(&api.policies).expect("policies serialise"),
             ],
         )
         .map_err(|e| {
@@ -366,6 +371,23 @@ impl ControlStore {
         let mut stmt = conn.prepare(&format!("SELECT {API_COLUMNS} FROM apis WHERE tenant_id = ?1 ORDER BY id"))?;
         let rows = stmt.query_map([tenant_id], row_to_api)?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    pub fn get_api(&self, tenant_id: &str, api_id: &str) -> Result<Option<Api>, StoreError> {
+        Ok(self
+            .conn()
+            .query_row(&format!("SELECT {API_COLUMNS} FROM apis WHERE tenant_id = ?1 AND id = ?2"), [tenant_id, api_id], row_to_api)
+            .optional()?)
+    }
+
+    /// Replaces an api's policies. False if there is no such api.
+    pub fn set_api_policies(&self, tenant_id: &str, api_id: &str, policies: &Policies) -> Result<bool, StoreError> {
+        let text = serde_json::to_string(policies).expect("policies serialise");
+        let changed = self.conn().execute(
+            "UPDATE apis SET policies = ?3 WHERE tenant_id = ?1 AND id = ?2",
+            params![tenant_id, api_id, text],
+        )?;
+        Ok(changed == 1)
     }
 
     // --- consumers ---

@@ -6,6 +6,7 @@ mod admin;
 mod audit_api;
 mod gateway;
 mod pipeline;
+mod policy;
 mod process;
 mod ratelimit;
 mod settings;

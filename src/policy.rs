@@ -1,0 +1,190 @@
+//! Per-api policies, checked after authentication: the largest request body,
+//! the methods allowed, paths no caller may reach, and the scopes a key
+//! must hold. Each refusal names the policy and the limit it hit.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::error::{ApiError, ErrorCode};
+
+/// An api's policies; every field is optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policies {
+    /// Largest request body in bytes (413 above; 411 for a body of unknown length).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body_bytes: Option<u64>,
+    /// Methods the api accepts (405 for others); empty means any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_methods: Vec<String>,
+    /// Path patterns refused with 403: a path prefix whose segments may be
+    /// `*` (any one segment), e.g. `/docs/*/internal`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub forbidden_paths: Vec<String>,
+    /// Scopes the key must all hold (403 `insufficient_scope` otherwise).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub required_scopes: Vec<String>,
+}
+
+/// A refused call: the status code, the policy's name and what it allows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Violation {
+    pub code: ErrorCode,
+    pub policy: &'static str,
+    pub limit: Value,
+    pub actual: Value,
+}
+
+const METHODS: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"];
+
+impl Policies {
+    /// Checks and normalises what an admin sent.
+    pub fn validated(mut self) -> Result<Policies, ApiError> {
+        if self.max_body_bytes == Some(0) {
+            return Err(ApiError::invalid_body("`policies.max_body_bytes` must be at least 1"));
+        }
+        for method in &mut self.allowed_methods {
+            *method = method.to_ascii_uppercase();
+            if !METHODS.contains(&method.as_str()) {
+                return Err(ApiError::invalid_body(format!(
+                    "`policies.allowed_methods` holds `{method}`; use HTTP methods such as GET, POST, PUT, PATCH, DELETE"
+                )));
+            }
+        }
+        self.allowed_methods.sort();
+        self.allowed_methods.dedup();
+        if self.forbidden_paths.len() > 1000 || self.required_scopes.len() > 100 || self.allowed_methods.len() > METHODS.len() {
+            return Err(ApiError::invalid_body("`policies` holds too many entries (at most 1000 paths and 100 scopes)"));
+        }
+        for pattern in &self.forbidden_paths {
+            let ok = pattern.starts_with('/')
+                && pattern.len() <= 256
+                && !pattern.contains("//")
+                && !pattern.chars().any(|c| c.is_whitespace() || c.is_control() || c == '?' || c == '#');
+            if !ok {
+                return Err(ApiError::invalid_body(format!(
+                    "`policies.forbidden_paths` entry `{pattern}` must be a path starting with `/`, without spaces, query or `//`"
+                )));
+            }
+        }
+        for scope in &self.required_scopes {
+            if scope.is_empty() || scope.len() > 100 || !scope.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_:.*/".contains(&b)) {
+                return Err(ApiError::invalid_body("each of `policies.required_scopes` must be 1-100 characters of letters, digits and `-_:.*/`"));
+            }
+        }
+        Ok(self)
+    }
+
+    /// Checks a call. `body_length` is the declared length (`None`: unknown,
+    /// i.e. chunked), `has_body` whether the call sends a body at all.
+    pub fn check(&self, method: &str, path: &str, body_length: Option<u64>, has_body: bool, scopes: &[String]) -> Result<(), Violation> {
+        if !self.allowed_methods.is_empty() && !self.allowed_methods.iter().any(|m| m == method) {
+            return Err(Violation {
+                code: ErrorCode::MethodNotAllowed,
+                policy: "allowed_methods",
+                limit: json!(self.allowed_methods),
+                actual: json!(method),
+            });
+        }
+        if let Some(pattern) = self.forbidden_paths.iter().find(|p| pattern_matches(p, path)) {
+            return Err(Violation { code: ErrorCode::Forbidden, policy: "forbidden_paths", limit: json!(pattern), actual: json!(path) });
+        }
+        let missing: Vec<&String> = self.required_scopes.iter().filter(|s| !scopes.contains(s)).collect();
+        if !missing.is_empty() {
+            return Err(Violation {
+                code: ErrorCode::InsufficientScope,
+                policy: "required_scopes",
+                limit: json!(self.required_scopes),
+                actual: json!(scopes),
+            });
+        }
+        if let Some(max) = self.max_body_bytes {
+            match body_length {
+                Some(n) if n > max => {
+                    return Err(Violation { code: ErrorCode::PayloadTooLarge, policy: "max_body_bytes", limit: json!(max), actual: json!(n) })
+                }
+                None if has_body => {
+                    return Err(Violation {
+                        code: ErrorCode::LengthRequired,
+                        policy: "max_body_bytes",
+                        limit: json!(max),
+                        actual: Value::Null,
+                    })
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether `path` is under `pattern`, segment by segment; a `*` segment
+/// matches any one segment.
+pub fn pattern_matches(pattern: &str, path: &str) -> bool {
+    let mut path_segments = path.split('/');
+    for want in pattern.trim_end_matches('/').split('/') {
+        match path_segments.next() {
+            Some(got) if want == "*" && !got.is_empty() => {}
+            Some(got) if got == want => {}
+            _ => return false,
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policies() -> Policies {
+        Policies {
+            max_body_bytes: Some(100),
+            allowed_methods: vec!["get".into(), "POST".into()],
+            forbidden_paths: vec!["/docs/admin".into(), "/docs/*/internal".into()],
+            required_scopes: vec!["docs:read".into()],
+        }
+        .validated()
+        .unwrap()
+    }
+
+    #[test]
+    fn patterns_match_by_segment() {
+        assert!(pattern_matches("/docs/admin", "/docs/admin"));
+        assert!(pattern_matches("/docs/admin", "/docs/admin/users"));
+        assert!(!pattern_matches("/docs/admin", "/docs/administrator"));
+        assert!(pattern_matches("/docs/*/internal", "/docs/v2/internal/x"));
+        assert!(!pattern_matches("/docs/*/internal", "/docs//internal"));
+        assert!(!pattern_matches("/docs/*/internal", "/docs/v2"));
+    }
+
+    #[test]
+    fn each_policy_names_itself_and_its_limit() {
+        let p = policies();
+        let scopes = vec!["docs:read".to_string()];
+        assert!(p.check("GET", "/docs/a", None, false, &scopes).is_ok());
+        let v = p.check("DELETE", "/docs/a", None, false, &scopes).unwrap_err();
+        assert_eq!((v.code, v.policy), (ErrorCode::MethodNotAllowed, "allowed_methods"));
+        assert_eq!(v.limit, json!(["GET", "POST"]));
+        let v = p.check("GET", "/docs/v1/internal", None, false, &scopes).unwrap_err();
+        assert_eq!((v.code, v.limit), (ErrorCode::Forbidden, json!("/docs/*/internal")));
+        let v = p.check("GET", "/docs/a", None, false, &[]).unwrap_err();
+        assert_eq!(v.code, ErrorCode::InsufficientScope);
+        let v = p.check("POST", "/docs/a", Some(101), true, &scopes).unwrap_err();
+        assert_eq!((v.code, v.limit, v.actual), (ErrorCode::PayloadTooLarge, json!(100), json!(101)));
+        assert!(p.check("POST", "/docs/a", Some(100), true, &scopes).is_ok());
+        assert_eq!(p.check("POST", "/docs/a", None, true, &scopes).unwrap_err().code, ErrorCode::LengthRequired);
+    }
+
+    #[test]
+    fn bad_policies_are_refused() {
+        for bad in [
+            Policies { max_body_bytes: Some(0), ..Policies::default() },
+            Policies { allowed_methods: vec!["FETCH".into()], ..Policies::default() },
+            Policies { forbidden_paths: vec!["admin".into()], ..Policies::default() },
+            Policies { forbidden_paths: vec!["/a b".into()], ..Policies::default() },
+            Policies { required_scopes: vec!["".into()], ..Policies::default() },
+        ] {
+            assert!(bad.clone().validated().is_err(), "{bad:?}");
+        }
+    }
+}
