@@ -36,6 +36,14 @@ pub struct GatewayFile {
     pub upstream_timeout_ms: Option<u64>,
     #[serde(default, deserialize_with = "timeout_ms")]
     pub connect_timeout_ms: Option<u64>,
+    /// Failed authentications from one address, within the window, after
+    /// which it is blocked; 0 turns the automatic block off.
+    #[serde(default, deserialize_with = "bruteforce_failures")]
+    pub bruteforce_failures: Option<u64>,
+    #[serde(default, deserialize_with = "bruteforce_secs")]
+    pub bruteforce_window_secs: Option<u64>,
+    #[serde(default, deserialize_with = "bruteforce_secs")]
+    pub bruteforce_block_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -110,6 +118,10 @@ pub struct GatewayConfig {
     /// Time allowed for the upstream to send its response headers.
     pub upstream_timeout: Duration,
     pub connect_timeout: Duration,
+    /// 0: no automatic brute-force blocks.
+    pub bruteforce_failures: u32,
+    pub bruteforce_window: Duration,
+    pub bruteforce_block: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -206,6 +218,9 @@ pub fn resolve(file: FileConfig, overrides: Overrides) -> Result<Config, ConfigE
             listen: gateway_listen,
             upstream_timeout: Duration::from_millis(file.gateway.upstream_timeout_ms.unwrap_or(30_000)),
             connect_timeout: Duration::from_millis(file.gateway.connect_timeout_ms.unwrap_or(5_000)),
+            bruteforce_failures: file.gateway.bruteforce_failures.unwrap_or(20) as u32,
+            bruteforce_window: Duration::from_secs(file.gateway.bruteforce_window_secs.unwrap_or(60)),
+            bruteforce_block: Duration::from_secs(file.gateway.bruteforce_block_secs.unwrap_or(900)),
         },
         admin_listen,
         audit: AuditConfig {
@@ -227,6 +242,14 @@ fn bounded<'de, D: Deserializer<'de>>(d: D, min: u64, max: u64) -> Result<Option
         return Err(serde::de::Error::custom(format!("must be between {min} and {max}, got {value}")));
     }
     Ok(Some(value))
+}
+
+fn bruteforce_failures<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    bounded(d, 0, 1_000_000)
+}
+
+fn bruteforce_secs<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    bounded(d, 1, 30 * 86_400)
 }
 
 fn timeout_ms<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {

@@ -18,6 +18,7 @@ use crate::settings::{LoggingOverrides, LoggingPolicy, LoggingSettings};
 use crate::keys::{self, KeyEnvironment, SecretHash};
 use crate::snapshot::Snapshot;
 use crate::policy::Policies;
+use crate::protection::{self, Entry, EntryKind};
 use crate::ratelimit::{CostRule, RateSpec};
 use crate::store::control::{Admin, Api, Consumer, ControlStore, KeyRecord, Tenant, Tier, GLOBAL_SCOPE};
 use crate::store::StoreError;
@@ -44,6 +45,14 @@ pub struct NewApi {
     pub rate_limit: Option<RateSpec>,
     pub costs: Vec<CostRule>,
     pub policies: Policies,
+}
+
+pub struct NewBlock {
+    pub kind: EntryKind,
+    pub value: String,
+    pub reason: Option<String>,
+    pub rule_id: Option<String>,
+    pub expires_at_ms: Option<i64>,
 }
 
 pub struct NewTier {
@@ -523,6 +532,58 @@ impl ControlPlane {
             self.audit.record(event);
         }
         Ok(self.store.get_key(key_id)?.unwrap_or(found))
+    }
+
+    // --- blocklists ---
+
+    /// Adds an entry to a tenant's blocklist or the global one (`None`); the
+    /// gateway applies it from the moment this returns.
+    pub fn add_block(&self, tenant_id: Option<&str>, new: NewBlock, added_by: &str) -> Result<Entry, ApiError> {
+        if let Some(tenant) = tenant_id {
+            self.require_tenant(tenant)?;
+        }
+        let (value, reason) = protection::validate(new.kind, &new.value, new.reason.as_deref())?;
+        let now = now_ms();
+        if new.expires_at_ms.is_some_and(|t| t <= now) {
+            return Err(ApiError::invalid_body("`expires_at` must be in the future"));
+        }
+        if let Some(rule) = &new.rule_id {
+            if rule.is_empty() || rule.len() > 63 || !rule.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_:.".contains(&b)) {
+                return Err(ApiError::invalid_body("`rule_id` must be 1-63 characters of letters, digits and `-_:.`"));
+            }
+        }
+        let id = keys::generate_id("blk");
+        let entry = Entry {
+            rule_id: new.rule_id.unwrap_or_else(|| id.clone()),
+            id,
+            tenant_id: tenant_id.map(str::to_string),
+            kind: new.kind,
+            value,
+            reason,
+            expires_at: new.expires_at_ms,
+            added_by: added_by.to_string(),
+            created_at: now,
+        };
+        self.store.add_block(&entry)?;
+        self.reload_after_change()?;
+        Ok(entry)
+    }
+
+    pub fn list_blocks(&self, tenant_id: Option<&str>) -> Result<Vec<Entry>, ApiError> {
+        if let Some(tenant) = tenant_id {
+            self.require_tenant(tenant)?;
+        }
+        Ok(self.store.list_blocks(tenant_id)?)
+    }
+
+    pub fn remove_block(&self, tenant_id: Option<&str>, id: &str) -> Result<(), ApiError> {
+        if let Some(tenant) = tenant_id {
+            self.require_tenant(tenant)?;
+        }
+        if !self.store.remove_block(tenant_id, id)? {
+            return Err(ApiError::not_found(format_args!("blocklist entry `{id}`")));
+        }
+        self.reload_after_change()
     }
 
     // --- logging settings ---

@@ -58,6 +58,7 @@ pub mod security_type {
     pub const SETTINGS_CHANGED: &str = "settings_changed";
     pub const RATE_LIMIT_EXCEEDED: &str = "rate_limit_exceeded";
     pub const POLICY_APPLIED: &str = "policy_applied";
+    pub const REQUEST_BLOCKED: &str = "request_blocked";
 }
 
 /// One audit record. [`Event::write_canonical`] fixes what the hash covers:

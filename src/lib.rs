@@ -21,6 +21,7 @@ pub mod event;
 pub mod gateway;
 pub mod keys;
 pub mod policy;
+pub mod protection;
 pub mod ratelimit;
 pub mod redact;
 pub mod server;

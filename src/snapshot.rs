@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use crate::keys::SecretHash;
 use crate::policy::Policies;
+use crate::protection::Blocklist;
 use crate::ratelimit::{CostRule, DailyCap, RateLimit, TierLimits};
 use crate::store::control::{RoutingData, Tier};
 
@@ -52,6 +53,9 @@ pub struct Snapshot {
     keys: HashMap<SecretHash, Arc<KeyEntry>>,
     /// By (tenant, tier id).
     tiers: HashMap<(String, String), Arc<TierLimits>>,
+    /// The global blocklist, and each tenant's.
+    pub global_blocks: Blocklist,
+    tenant_blocks: HashMap<String, Blocklist>,
 }
 
 /// A tier's limiters: the previous snapshot's when the tier did not change
@@ -148,7 +152,18 @@ impl Snapshot {
                 ))
             })
             .collect();
-        Snapshot { routes, keys, tiers }
+        let (global, tenant): (Vec<_>, Vec<_>) = data.blocks.into_iter().partition(|e| e.tenant_id.is_none());
+        let mut by_tenant: HashMap<String, Vec<_>> = HashMap::new();
+        for entry in tenant {
+            by_tenant.entry(entry.tenant_id.clone().unwrap_or_default()).or_default().push(entry);
+        }
+        let tenant_blocks = by_tenant.into_iter().map(|(t, entries)| (t, Blocklist::build(entries))).collect();
+        Snapshot { routes, keys, tiers, global_blocks: Blocklist::build(global), tenant_blocks }
+    }
+
+    /// A tenant's own blocklist, if it has one.
+    pub fn tenant_blocks(&self, tenant: &str) -> Option<&Blocklist> {
+        self.tenant_blocks.get(tenant)
     }
 
     /// The api serving `path`, most specific prefix first.
@@ -196,6 +211,7 @@ mod tests {
                 keys: vec![],
                 consumers: vec![],
                 tiers: vec![],
+                blocks: vec![],
             },
             &Snapshot::default(),
         );

@@ -15,14 +15,15 @@ use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::{Extension, Json, Router};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::audit::AuditPipeline;
-use crate::control::{Actor, ControlPlane, LoggingView, NewApi, NewKey, NewTier};
+use crate::control::{Actor, ControlPlane, LoggingView, NewApi, NewBlock, NewKey, NewTier};
+use crate::protection::EntryKind;
 use crate::policy::Policies;
 use crate::ratelimit::{CostRule, RateSpec};
 use crate::error::{ApiError, ErrorCode};
@@ -46,6 +47,10 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/tenants/{tenant}/apis/{api}/policies", put(set_api_policies))
         .route("/v1/tenants/{tenant}/consumers/{consumer}/tier", put(set_consumer_tier))
         .route("/v1/tenants/{tenant}/tiers", get(list_tiers).post(create_tier))
+        .route("/v1/blocklist", get(list_global_blocks).post(add_global_block))
+        .route("/v1/blocklist/{id}", delete(remove_global_block))
+        .route("/v1/tenants/{tenant}/blocklist", get(list_tenant_blocks).post(add_tenant_block))
+        .route("/v1/tenants/{tenant}/blocklist/{id}", delete(remove_tenant_block))
         .route("/v1/keys/{key_id}/revoke", post(revoke_key))
         .route("/api/v1/settings/logging", get(get_global_logging).put(put_global_logging))
         .route("/v1/tenants/{tenant}/settings/logging", get(get_tenant_logging).put(put_tenant_logging))
@@ -384,4 +389,66 @@ async fn put_tenant_logging(
     let patch: Value = parse_body(&body)?;
     let view = s.control.update_logging(Some(&tenant), &patch, &actor(&admin, peer, &headers))?;
     Ok(logging_view(view, Some(&tenant)))
+}
+
+// --- blocklists ---
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddBlock {
+    kind: EntryKind,
+    value: String,
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    rule_id: Option<String>,
+    #[serde(default)]
+    expires_at: Option<String>,
+}
+
+fn rfc3339_ms(field: &str, text: &str) -> Result<i64, ApiError> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| t.timestamp_millis())
+        .map_err(|_| ApiError::invalid_body(format!("`{field}` must be an RFC 3339 time such as 2027-01-31T00:00:00Z")))
+}
+
+fn add_block(s: &AdminState, tenant: Option<&str>, admin: &Admin, body: &Bytes) -> Result<Response, ApiError> {
+    if let Some(tenant) = tenant {
+        s.control.require_tenant(tenant)?;
+    }
+    let req: AddBlock = parse_body(body)?;
+    let expires_at_ms = req.expires_at.as_deref().map(|t| rfc3339_ms("expires_at", t)).transpose()?;
+    let new = NewBlock { kind: req.kind, value: req.value, reason: req.reason, rule_id: req.rule_id, expires_at_ms };
+    Ok(created(to_value(s.control.add_block(tenant, new, &format!("admin:{}", admin.id))?)))
+}
+
+async fn add_global_block(State(s): State<AdminState>, Extension(admin): Extension<Arc<Admin>>, body: Bytes) -> Result<Response, ApiError> {
+    add_block(&s, None, &admin, &body)
+}
+
+async fn add_tenant_block(
+    State(s): State<AdminState>,
+    Path(tenant): Path<String>,
+    Extension(admin): Extension<Arc<Admin>>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    add_block(&s, Some(&tenant), &admin, &body)
+}
+
+async fn list_global_blocks(State(s): State<AdminState>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!({"entries": s.control.list_blocks(None)?})))
+}
+
+async fn list_tenant_blocks(State(s): State<AdminState>, Path(tenant): Path<String>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!({"entries": s.control.list_blocks(Some(&tenant))?})))
+}
+
+async fn remove_global_block(State(s): State<AdminState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    s.control.remove_block(None, &id)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn remove_tenant_block(State(s): State<AdminState>, Path((tenant, id)): Path<(String, String)>) -> Result<StatusCode, ApiError> {
+    s.control.remove_block(Some(&tenant), &id)?;
+    Ok(StatusCode::NO_CONTENT)
 }

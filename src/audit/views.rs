@@ -45,12 +45,23 @@ pub fn log_entry(stored: &StoredEvent) -> Value {
         "error_code": e.error_code,
         "error_message": e.error_message,
     });
+    // A blocked call's reason, rule, fingerprint and threat score.
+    if let Some(Value::Object(details)) = &e.details {
+        for field in BLOCK_FIELDS {
+            if let Some(value) = details.get(field) {
+                entry[field] = value.clone();
+            }
+        }
+    }
     // Exports carry each event's chain hash; list pages do not compute it.
     if let Some(hash) = &stored.hash {
         entry["hash"] = json!(to_hex(hash));
     }
     entry
 }
+
+/// The fields a blocked request event carries (kept in its details).
+pub const BLOCK_FIELDS: [&str; 4] = ["block_reason", "rule_id", "fingerprint", "threat_score"];
 
 /// A security event as one entry of `{"events": […]}`.
 pub fn security_entry(stored: &StoredEvent) -> Value {

@@ -34,6 +34,8 @@ use crate::error::{ApiError, ErrorCode};
 use crate::event::{self, security_type, Category, Event, SYSTEM_TENANT};
 use crate::keys::{self, MalformedKey};
 use crate::policy::Violation;
+use crate::protection::{self, AttackRules, Block, FailureCounter, History};
+use crate::settings::BLOCKED_ERROR_CODE;
 use crate::ratelimit::{self, Exceeded, Standing};
 use crate::snapshot::{KeyEntry, Snapshot};
 
@@ -53,6 +55,10 @@ pub struct Gateway {
     audit: Arc<AuditPipeline>,
     upstreams: Arc<Upstreams>,
     upstream_timeout: Duration,
+    attack_rules: AttackRules,
+    history: History,
+    failures: FailureCounter,
+    bruteforce_block: Duration,
 }
 
 /// Where the caller put its key.
@@ -81,7 +87,16 @@ struct AuthFailure {
 
 impl Gateway {
     pub fn new(config: &GatewayConfig, control: Arc<ControlPlane>, audit: Arc<AuditPipeline>) -> Gateway {
-        Gateway { control, audit, upstreams: Upstreams::new(config.connect_timeout), upstream_timeout: config.upstream_timeout }
+        Gateway {
+            control,
+            audit,
+            upstreams: Upstreams::new(config.connect_timeout),
+            upstream_timeout: config.upstream_timeout,
+            attack_rules: AttackRules::default(),
+            history: History::default(),
+            failures: FailureCounter::new(config.bruteforce_failures, config.bruteforce_window),
+            bruteforce_block: config.bruteforce_block,
+        }
     }
 
     /// Runs one request through the phases of DESIGN.md, in order.
@@ -105,13 +120,35 @@ impl Gateway {
             audit: self.audit.clone(),
         };
 
-        // 2. Pre-auth protection (blocklists, attack rules) comes with the protection work.
+        // 2. Pre-auth protection: the attack rules, then the global and the
+        // api's tenant's blocklists, before any key is looked at. (The route
+        // is looked up first only to attribute a block to its tenant.)
+        let snapshot = self.control.snapshot();
+        let found = snapshot.route(req.uri().path()).cloned();
+        if let Some(route) = &found {
+            event.tenant_id = route.tenant_id.clone();
+            event.api_id = Some(route.api_id.clone());
+        }
+        let now = event.timestamp_ms;
+        let user_agent = event.user_agent.as_deref();
+        let block = self.attack_rules.check(req.uri().path(), req.uri().query()).or_else(|| {
+            snapshot
+                .global_blocks
+                .match_caller(peer.ip(), user_agent, now)
+                .or_else(|| {
+                    let tenant = found.as_ref()?;
+                    snapshot.tenant_blocks(&tenant.tenant_id)?.match_caller(peer.ip(), user_agent, now)
+                })
+                .map(|entry| Block::from_entry(&entry))
+        });
+        if let Some(block) = block {
+            return self.block(&mut event, &block, &req, peer, &request_id, finisher);
+        }
 
         // 3. Route. A call to a path no api serves is still attributed to the
         // caller's tenant when it presented a valid key.
-        let snapshot = self.control.snapshot();
         let presented = presented_key(req.headers());
-        let Some(route) = snapshot.route(req.uri().path()).cloned() else {
+        let Some(route) = found else {
             if let Some(Ok((key, _))) = &presented {
                 if let Ok(entry) = authenticate(&snapshot, key, None) {
                     describe_consumer(&mut event, &entry);
@@ -156,7 +193,15 @@ impl Gateway {
             }
         };
         describe_consumer(&mut event, &entry);
+        // A key on a blocklist is refused like any other block.
+        let key_block = snapshot
+            .global_blocks
+            .match_key(&entry.key_id, now)
+            .or_else(|| snapshot.tenant_blocks(&route.tenant_id)?.match_key(&entry.key_id, now));
         drop(snapshot);
+        if let Some(entry) = key_block {
+            return self.block(&mut event, &Block::from_entry(&entry), &req, peer, &request_id, finisher);
+        }
 
         // 5. Authorise: the consumer must be active. (Scopes per api come with policies.)
         if !entry.consumer_active {
@@ -265,6 +310,83 @@ impl Gateway {
         self.audit.record(event);
     }
 
+    /// Refuses a blocked request with a generic 403; the request event and a
+    /// `request_blocked` security event keep the reason, the rule, a
+    /// fingerprint of the request and a threat score.
+    fn block(
+        &self,
+        event: &mut Event,
+        block: &Block,
+        req: &Request<Incoming>,
+        peer: SocketAddr,
+        request_id: &str,
+        finisher: impl FnOnce(Event, Option<Arc<AtomicU64>>) -> Finisher,
+    ) -> Response<GatewayBody> {
+        let mut names: Vec<&str> = req.headers().keys().map(HeaderName::as_str).collect();
+        let fingerprint =
+            protection::fingerprint(req.method().as_str(), req.uri().path(), req.uri().query(), event.user_agent.as_deref(), &mut names);
+        let threat_score = self.history.score(peer.ip(), block.base_score, event.timestamp_ms);
+        let details = serde_json::json!({
+            "block_reason": block.reason,
+            "rule_id": block.rule_id,
+            "fingerprint": fingerprint,
+            "threat_score": threat_score,
+        });
+        let mut security = security_event(event, security_type::REQUEST_BLOCKED);
+        security.error_code = Some(BLOCKED_ERROR_CODE.to_string());
+        security.actor = event.client_ip.as_ref().map(|ip| format!("ip:{ip}"));
+        security.target = event.api_id.as_ref().map(|api| format!("api:{api}"));
+        security.consumer_id = event.consumer_id.clone();
+        security.consumer_name = event.consumer_name.clone();
+        security.key_id = event.key_id.clone();
+        security.key_hint = event.key_hint.clone();
+        security.details = Some(details.clone());
+        self.audit.record(security);
+        event.error_code = Some(BLOCKED_ERROR_CODE.to_string());
+        event.error_message = Some(format!("blocked: {}", block.reason));
+        event.details = Some(details);
+        refuse(event, ErrorCode::Forbidden, request_id, finisher)
+    }
+
+    /// Counts a failed authentication against the caller's address and, past
+    /// the limit, blocks the address for a while (rule `auto-bruteforce`).
+    fn count_auth_failure(&self, request: &Event) {
+        let Some(ip) = request.client_ip.as_deref().and_then(|ip| ip.parse::<std::net::IpAddr>().ok()) else { return };
+        let Some(failures) = self.failures.failed(ip, request.timestamp_ms) else { return };
+        let expires_at_ms = request.timestamp_ms + self.bruteforce_block.as_millis() as i64;
+        let (control, audit) = (self.control.clone(), self.audit.clone());
+        let mut event = security_event(request, security_type::REQUEST_BLOCKED);
+        event.outcome = "success".into();
+        event.actor = Some("keytrail:auto-bruteforce".into());
+        event.target = Some(format!("ip:{ip}"));
+        event.details = Some(serde_json::json!({
+            "rule_id": protection::BRUTEFORCE_RULE,
+            "block_reason": "ABUSE_PATTERN_DETECTED",
+            "failures": failures,
+            "window_secs": self.failures.window_secs(),
+            "expires_at": event::format_timestamp(expires_at_ms),
+        }));
+        // The control store is SQLite: off the async threads.
+        tokio::task::spawn_blocking(move || {
+            let new = crate::control::NewBlock {
+                kind: protection::EntryKind::Ip,
+                value: ip.to_string(),
+                reason: Some("ABUSE_PATTERN_DETECTED".into()),
+                rule_id: Some(protection::BRUTEFORCE_RULE.into()),
+                expires_at_ms: Some(expires_at_ms),
+            };
+            match control.add_block(None, new, "keytrail:auto-bruteforce") {
+                Ok(entry) => {
+                    if let Some(details) = event.details.as_mut() {
+                        details["entry_id"] = serde_json::json!(entry.id);
+                    }
+                    audit.record(event);
+                }
+                Err(error) => tracing::error!(%ip, error = %error.message, "could not block a brute-forcing address"),
+            }
+        });
+    }
+
     fn record_auth_failure(&self, request: &Event, failure: &AuthFailure, source: Option<KeySource>, hint: Option<String>) {
         let mut event = security_event(request, failure.event_type);
         event.error_code = Some(failure.code.as_str().to_string());
@@ -287,6 +409,7 @@ impl Gateway {
             "key_source": source.map(KeySource::as_str),
         }));
         self.audit.record(event);
+        self.count_auth_failure(request);
     }
 }
 
@@ -401,8 +524,10 @@ fn refuse(
     let error = ApiError::from_code(code);
     event.status_code = Some(code.status().as_u16());
     event.outcome = "failure".into();
-    event.error_code = Some(code.as_str().to_string());
-    event.error_message = Some(code.default_message().to_string());
+    // A block sets its own code and message for the trail; the caller sees
+    // only the generic one.
+    event.error_code.get_or_insert_with(|| code.as_str().to_string());
+    event.error_message.get_or_insert_with(|| code.default_message().to_string());
     let mut response = Response::new(GatewayBody::full(error.body_bytes(), finisher(std::mem::take(event), None)));
     *response.status_mut() = code.status();
     let headers = response.headers_mut();

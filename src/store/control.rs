@@ -14,6 +14,7 @@ use serde::Serialize;
 use super::{open, ser_opt_ts, ser_ts, StoreError};
 use crate::keys::SecretHash;
 use crate::policy::Policies;
+use crate::protection::{Entry, EntryKind};
 use crate::ratelimit::{CostRule, RateSpec};
 use crate::settings::LoggingOverrides;
 
@@ -121,6 +122,8 @@ pub struct RoutingData {
     pub keys: Vec<KeyRecord>,
     pub consumers: Vec<Consumer>,
     pub tiers: Vec<Tier>,
+    /// Blocklist entries that have not expired.
+    pub blocks: Vec<Entry>,
 }
 
 pub struct ControlStore {
@@ -171,6 +174,17 @@ CREATE TABLE IF NOT EXISTS admins (
     role TEXT NOT NULL,
     tenant_id TEXT,
     token_hash BLOB NOT NULL UNIQUE,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS blocklist (
+    id TEXT PRIMARY KEY,
+    tenant_id TEXT,
+    rule_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    value TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    expires_at INTEGER,
+    added_by TEXT NOT NULL,
     created_at INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS tiers (
@@ -273,6 +287,31 @@ fn row_to_key(row: &rusqlite::Row<'_>) -> rusqlite::Result<KeyRecord> {
 
 const API_COLUMNS: &str = "tenant_id, id, path_prefix, upstream, timeout_ms, created_at, rate_per_minute, rate_burst, costs, policies";
 const CONSUMER_COLUMNS: &str = "id, tenant_id, name, status, metadata, created_at, tier";
+const BLOCK_COLUMNS: &str = "id, tenant_id, rule_id, kind, value, reason, expires_at, added_by, created_at";
+
+fn row_to_block(row: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
+    let kind: String = row.get(3)?;
+    Ok(Entry {
+        id: row.get(0)?,
+        tenant_id: row.get(1)?,
+        rule_id: row.get(2)?,
+        kind: serde_json::from_value(serde_json::Value::String(kind))
+            .map_err(|_| rusqlite::Error::InvalidColumnType(3, "kind".into(), rusqlite::types::Type::Text))?,
+        value: row.get(4)?,
+        reason: row.get(5)?,
+        expires_at: row.get(6)?,
+        added_by: row.get(7)?,
+        created_at: row.get(8)?,
+    })
+}
+
+fn kind_text(kind: EntryKind) -> String {
+    match serde_json::to_value(kind) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => unreachable!("kinds serialise as strings"),
+    }
+}
+
 const TIER_COLUMNS: &str = "tenant_id, id, requests_per_minute, burst, daily_quota, created_at";
 const KEY_COLUMNS: &str =
     "id, tenant_id, consumer_id, hint, environment, scopes, status, expires_at, created_at, revoked_at, key_hash";
@@ -448,6 +487,42 @@ impl ControlStore {
         Ok(changed == 1)
     }
 
+    // --- blocklist ---
+
+    pub fn add_block(&self, entry: &Entry) -> Result<(), StoreError> {
+        self.conn().execute(
+            &format!("INSERT INTO blocklist ({BLOCK_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
+            params![
+                entry.id,
+                entry.tenant_id,
+                entry.rule_id,
+                kind_text(entry.kind),
+                entry.value,
+                entry.reason,
+                entry.expires_at,
+                entry.added_by,
+                entry.created_at
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// A scope's entries (`None`: the global list), newest first.
+    pub fn list_blocks(&self, tenant_id: Option<&str>) -> Result<Vec<Entry>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {BLOCK_COLUMNS} FROM blocklist WHERE tenant_id IS ?1 ORDER BY created_at DESC, id"
+        ))?;
+        let rows = stmt.query_map([tenant_id], row_to_block)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Removes an entry of a scope. False if the scope has no such entry.
+    pub fn remove_block(&self, tenant_id: Option<&str>, id: &str) -> Result<bool, StoreError> {
+        let changed = self.conn().execute("DELETE FROM blocklist WHERE tenant_id IS ?1 AND id = ?2", params![tenant_id, id])?;
+        Ok(changed == 1)
+    }
+
     // --- tiers ---
 
     pub fn create_tier(&self, tier: &Tier) -> Result<(), StoreError> {
@@ -558,8 +633,15 @@ impl ControlStore {
             let rows = stmt.query_map([], row_to_tier)?;
             rows.collect::<Result<Vec<_>, _>>()?
         };
+        let blocks = {
+            let mut stmt = tx.prepare(&format!(
+                "SELECT {BLOCK_COLUMNS} FROM blocklist WHERE expires_at IS NULL OR expires_at > ?1"
+            ))?;
+            let rows = stmt.query_map([crate::event::now_ms()], row_to_block)?;
+            rows.collect::<Result<Vec<_>, _>>()?
+        };
         tx.commit()?;
-        Ok(RoutingData { apis, keys, consumers, tiers })
+        Ok(RoutingData { apis, keys, consumers, tiers, blocks })
     }
 
     // --- admins ---

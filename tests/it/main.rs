@@ -8,6 +8,7 @@ mod gateway;
 mod pipeline;
 mod policy;
 mod process;
+mod protection;
 mod ratelimit;
 mod settings;
 mod util;

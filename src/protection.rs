@@ -1,0 +1,555 @@
+//! Pre-authentication protection: blocklists (IP addresses and CIDR ranges,
+//! API keys, user-agent patterns) and built-in attack rules (SQL injection
+//! and path traversal signatures, malformed requests).
+//!
+//! Blocklists are compiled into a [`Blocklist`] when the gateway's snapshot
+//! is built: IP ranges go into one hash map per prefix length (a lookup
+//! costs one masked probe per distinct length, however many entries there
+//! are), user-agent patterns into one Aho-Corasick automaton, keys into a
+//! map. A refused caller gets a generic 403; the events keep the reason
+//! code, the rule id, a fingerprint of the request and a threat score.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use aho_corasick::AhoCorasick;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::ApiError;
+
+/// The reason codes a block can carry.
+pub const REASONS: [&str; 8] = [
+    "IP_BLOCKLISTED",
+    "API_KEY_REVOKED",
+    "GEO_BLOCKED",
+    "USER_AGENT_BLOCKED",
+    "SQL_INJECTION_ATTEMPT",
+    "ABUSE_PATTERN_DETECTED",
+    "MALFORMED_REQUEST",
+    "RATE_LIMIT_EXCEEDED",
+];
+
+/// What an entry matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EntryKind {
+    /// An IPv4 or IPv6 address or CIDR range.
+    Ip,
+    /// An API key, by its `key_id`.
+    Key,
+    /// A user-agent substring, matched without regard to case.
+    UserAgent,
+}
+
+impl EntryKind {
+    fn default_reason(self) -> &'static str {
+        match self {
+            EntryKind::Ip => "IP_BLOCKLISTED",
+            EntryKind::Key => "API_KEY_REVOKED",
+            EntryKind::UserAgent => "USER_AGENT_BLOCKED",
+        }
+    }
+
+    /// The threat score a match of this kind starts from.
+    fn base_score(self) -> u8 {
+        match self {
+            EntryKind::Ip => 70,
+            EntryKind::Key => 80,
+            EntryKind::UserAgent => 50,
+        }
+    }
+}
+
+/// One blocklist entry, global (`tenant_id` none) or a tenant's.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Entry {
+    pub id: String,
+    pub tenant_id: Option<String>,
+    pub rule_id: String,
+    pub kind: EntryKind,
+    pub value: String,
+    pub reason: String,
+    #[serde(serialize_with = "crate::store::ser_opt_ts")]
+    pub expires_at: Option<i64>,
+    pub added_by: String,
+    #[serde(serialize_with = "crate::store::ser_ts")]
+    pub created_at: i64,
+}
+
+impl Entry {
+    fn live(&self, now_ms: i64) -> bool {
+        self.expires_at.is_none_or(|t| t > now_ms)
+    }
+}
+
+/// Parses `addr` or `addr/len` into (address bits, family width, prefix).
+fn parse_range(text: &str) -> Option<(u128, u8, u8)> {
+    let (addr, len) = match text.split_once('/') {
+        Some((addr, len)) => (addr, Some(len.parse::<u8>().ok()?)),
+        None => (text, None),
+    };
+    let (bits, width) = match addr.parse::<IpAddr>().ok()? {
+        IpAddr::V4(v4) => (u128::from(u32::from(v4)), 32u8),
+        IpAddr::V6(v6) => (u128::from(v6), 128u8),
+    };
+    let len = len.unwrap_or(width);
+    (len <= width).then(|| (mask(bits, width, len), width, len))
+}
+
+fn mask(bits: u128, width: u8, len: u8) -> u128 {
+    if len == 0 {
+        return 0;
+    }
+    let keep = if width == 32 { u128::from(u32::MAX << (32 - u32::from(len))) } else { u128::MAX << (128 - u32::from(len)) };
+    bits & keep
+}
+
+/// Checks an entry an admin sent; returns it with its value normalised.
+pub fn validate(kind: EntryKind, value: &str, reason: Option<&str>) -> Result<(String, String), ApiError> {
+    let value = value.trim();
+    let normalised = match kind {
+        EntryKind::Ip => {
+            let (bits, width, len) = parse_range(value).ok_or_else(|| {
+                ApiError::invalid_body(format!(
+                    "`value` `{value}` is not an IP address or CIDR range such as 203.0.113.7, 198.51.100.0/24 or 2001:db8::/32"
+                ))
+            })?;
+            let addr = if width == 32 { IpAddr::from(std::net::Ipv4Addr::from(bits as u32)) } else { IpAddr::from(std::net::Ipv6Addr::from(bits)) };
+            if len == width { addr.to_string() } else { format!("{addr}/{len}") }
+        }
+        EntryKind::Key => {
+            if !value.starts_with("key_") || value.len() > 64 || !value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                return Err(ApiError::invalid_body("`value` must be a key id such as key_…, never the key itself"));
+            }
+            value.to_string()
+        }
+        EntryKind::UserAgent => {
+            if value.len() < 3 || value.len() > 200 || value.chars().any(char::is_control) {
+                return Err(ApiError::invalid_body("`value` must be a user-agent fragment of 3-200 characters"));
+            }
+            value.to_string()
+        }
+    };
+    let reason = reason.unwrap_or(kind.default_reason());
+    if !REASONS.contains(&reason) {
+        return Err(ApiError::invalid_body(format!("`reason` must be one of {}", REASONS.join(", "))));
+    }
+    Ok((normalised, reason.to_string()))
+}
+
+/// IP ranges, one map per (family width, prefix length), longest first.
+#[derive(Debug, Default)]
+struct IpRanges {
+    by_len: Vec<(u8, u8, HashMap<u128, Vec<Arc<Entry>>>)>,
+}
+
+impl IpRanges {
+    fn insert(&mut self, entry: Arc<Entry>) {
+        let Some((bits, width, len)) = parse_range(&entry.value) else { return };
+        let slot = match self.by_len.iter().position(|(w, l, _)| *w == width && *l == len) {
+            Some(i) => i,
+            None => {
+                self.by_len.push((width, len, HashMap::new()));
+                self.by_len.sort_by(|a, b| b.1.cmp(&a.1));
+                self.by_len.iter().position(|(w, l, _)| *w == width && *l == len).expect("just added")
+            }
+        };
+        self.by_len[slot].2.entry(bits).or_default().push(entry);
+    }
+
+    fn find(&self, ip: IpAddr, now_ms: i64) -> Option<&Arc<Entry>> {
+        let (bits, width) = match ip {
+            IpAddr::V4(v4) => (u128::from(u32::from(v4)), 32),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => (u128::from(u32::from(v4)), 32),
+                None => (u128::from(v6), 128),
+            },
+        };
+        self.by_len
+            .iter()
+            .filter(|(w, _, _)| *w == width)
+            .filter_map(|(_, len, map)| map.get(&mask(bits, width, *len)))
+            .flat_map(|entries| entries.iter())
+            .find(|e| e.live(now_ms))
+    }
+}
+
+/// One scope's compiled blocklist.
+#[derive(Debug, Default)]
+pub struct Blocklist {
+    ips: IpRanges,
+    keys: HashMap<String, Vec<Arc<Entry>>>,
+    agents: Option<AhoCorasick>,
+    agent_entries: Vec<Arc<Entry>>,
+    len: usize,
+}
+
+impl Blocklist {
+    pub fn build(entries: impl IntoIterator<Item = Entry>) -> Blocklist {
+        let mut list = Blocklist::default();
+        for entry in entries {
+            let entry = Arc::new(entry);
+            list.len += 1;
+            match entry.kind {
+                EntryKind::Ip => list.ips.insert(entry),
+                EntryKind::Key => list.keys.entry(entry.value.clone()).or_default().push(entry),
+                EntryKind::UserAgent => list.agent_entries.push(entry),
+            }
+        }
+        if !list.agent_entries.is_empty() {
+            list.agents = AhoCorasick::builder()
+                .ascii_case_insensitive(true)
+                .build(list.agent_entries.iter().map(|e| e.value.as_str()))
+                .ok();
+        }
+        list
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The first live entry matching the caller's address or user agent.
+    pub fn match_caller(&self, ip: IpAddr, user_agent: Option<&str>, now_ms: i64) -> Option<Arc<Entry>> {
+        if let Some(entry) = self.ips.find(ip, now_ms) {
+            return Some(entry.clone());
+        }
+        let (agents, ua) = (self.agents.as_ref()?, user_agent?);
+        agents.find_overlapping_iter(ua).map(|m| &self.agent_entries[m.pattern().as_usize()]).find(|e| e.live(now_ms)).cloned()
+    }
+
+    /// The live entry blocking this key, if any.
+    pub fn match_key(&self, key_id: &str, now_ms: i64) -> Option<Arc<Entry>> {
+        self.keys.get(key_id)?.iter().find(|e| e.live(now_ms)).cloned()
+    }
+}
+
+/// Why a request was blocked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Block {
+    pub reason: String,
+    pub rule_id: String,
+    pub base_score: u8,
+}
+
+impl Block {
+    pub fn from_entry(entry: &Entry) -> Block {
+        Block { reason: entry.reason.clone(), rule_id: entry.rule_id.clone(), base_score: entry.kind.base_score() }
+    }
+}
+
+/// Percent-decodes `text` (and `+` as a space when `plus_is_space`);
+/// `None` when an escape is invalid or the result is not UTF-8.
+fn percent_decode(text: &str, plus_is_space: bool) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3)?;
+                let value = u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
+                out.push(value);
+                i += 3;
+            }
+            b'+' if plus_is_space => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// SQL fragments that have no business in a URL. Matched on the lowercased,
+/// decoded path and query with runs of whitespace and comments squeezed.
+const SQL_SIGNATURES: [&str; 14] = [
+    "' or '1'='1",
+    "' or 1=1",
+    "\" or 1=1",
+    " or 1=1--",
+    "' or ''='",
+    "union select",
+    "union all select",
+    "; drop table",
+    "';drop table",
+    "information_schema.",
+    "sleep(",
+    "benchmark(",
+    "waitfor delay",
+    "xp_cmdshell",
+];
+
+const TRAVERSAL_SIGNATURES: [&str; 5] = ["../", "..\\", "/..", "/etc/passwd", "c:\\windows"];
+
+/// The built-in attack rules, checked on every request before anything else.
+pub struct AttackRules {
+    sql: AhoCorasick,
+    traversal: AhoCorasick,
+}
+
+impl Default for AttackRules {
+    fn default() -> Self {
+        AttackRules {
+            sql: AhoCorasick::new(SQL_SIGNATURES).expect("static patterns"),
+            traversal: AhoCorasick::new(TRAVERSAL_SIGNATURES).expect("static patterns"),
+        }
+    }
+}
+
+/// Longest path and query the rules look at; longer is malformed.
+const MAX_TARGET: usize = 8192;
+
+impl AttackRules {
+    /// Checks a request target (path and query as sent).
+    pub fn check(&self, path: &str, query: Option<&str>) -> Option<Block> {
+        let malformed = |what: &str| Some(Block { reason: "MALFORMED_REQUEST".into(), rule_id: format!("builtin:malformed-{what}"), base_score: 60 });
+        if path.len() + query.map_or(0, str::len) > MAX_TARGET {
+            return malformed("length");
+        }
+        let Some(path) = percent_decode(path, false) else { return malformed("encoding") };
+        let query = match query.map(|q| percent_decode(q, true)) {
+            Some(None) => return malformed("encoding"),
+            Some(Some(q)) => q,
+            None => String::new(),
+        };
+        if path.contains('\0') || query.contains('\0') {
+            return malformed("nul");
+        }
+        // A second decoding round catches double-encoded payloads (`%252e`).
+        let twice = |s: &str| percent_decode(s, false).unwrap_or_else(|| s.to_string());
+        let text = format!("{} {}", twice(&path), twice(&query)).to_lowercase();
+        if self.traversal.is_match(&text) {
+            return Some(Block { reason: "ABUSE_PATTERN_DETECTED".into(), rule_id: "builtin:path-traversal".into(), base_score: 80 });
+        }
+        let squeezed = squeeze(&text);
+        if self.sql.is_match(&squeezed) {
+            return Some(Block { reason: "SQL_INJECTION_ATTEMPT".into(), rule_id: "builtin:sql-injection".into(), base_score: 90 });
+        }
+        None
+    }
+}
+
+/// Lowercased text with SQL comments removed and whitespace runs made one space.
+fn squeeze(text: &str) -> String {
+    let text = text.replace("/**/", " ");
+    let mut out = String::with_capacity(text.len());
+    let mut space = false;
+    for c in text.chars() {
+        if c.is_whitespace() {
+            if !space {
+                out.push(' ');
+            }
+            space = true;
+        } else {
+            out.push(c);
+            space = false;
+        }
+    }
+    out
+}
+
+/// A hash of the stable parts of a request — method, path, the query's
+/// parameter names, the user agent and the header names — so that the same
+/// tool sending the same probe gets the same fingerprint whatever the values.
+pub fn fingerprint(method: &str, path: &str, query: Option<&str>, user_agent: Option<&str>, header_names: &mut Vec<&str>) -> String {
+    let mut params: Vec<&str> = query.unwrap_or("").split('&').filter_map(|p| p.split('=').next()).filter(|p| !p.is_empty()).collect();
+    params.sort_unstable();
+    header_names.sort_unstable();
+    let mut h = Sha256::new();
+    for part in [method, path, &params.join("&"), user_agent.unwrap_or(""), &header_names.join(",")] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part.as_bytes());
+    }
+    let digest = h.finalize();
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Recent blocks per client address, which raise the threat score of the
+/// next one: +5 per block in the last ten minutes.
+#[derive(Debug, Default)]
+pub struct History {
+    recent: Mutex<HashMap<IpAddr, (i64, u32)>>,
+}
+
+const HISTORY_WINDOW_MS: i64 = 10 * 60 * 1000;
+const HISTORY_MAX: usize = 100_000;
+
+impl History {
+    /// Records a block of `ip` and returns its threat score.
+    pub fn score(&self, ip: IpAddr, base: u8, now_ms: i64) -> u8 {
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        if recent.len() >= HISTORY_MAX {
+            recent.retain(|_, (since, _)| now_ms - *since < HISTORY_WINDOW_MS);
+            if recent.len() >= HISTORY_MAX {
+                recent.clear();
+            }
+        }
+        let slot = recent.entry(ip).or_insert((now_ms, 0));
+        if now_ms - slot.0 >= HISTORY_WINDOW_MS {
+            *slot = (now_ms, 0);
+        }
+        let earlier = slot.1;
+        slot.1 += 1;
+        (u32::from(base) + 5 * earlier).min(100) as u8
+    }
+}
+
+/// The rule id of automatic brute-force blocks.
+pub const BRUTEFORCE_RULE: &str = "auto-bruteforce";
+
+/// Failed authentications per client address, for the automatic
+/// brute-force block.
+#[derive(Debug)]
+pub struct FailureCounter {
+    max: u32,
+    window_ms: i64,
+    counts: Mutex<HashMap<IpAddr, (i64, u32)>>,
+}
+
+impl FailureCounter {
+    /// `max` failures are tolerated per window; `max` 0 turns counting off.
+    pub fn new(max: u32, window: std::time::Duration) -> FailureCounter {
+        FailureCounter { max, window_ms: window.as_millis() as i64, counts: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn window_secs(&self) -> i64 {
+        self.window_ms / 1000
+    }
+
+    /// Counts a failure; `Some(count)` exactly once per window, when `ip`
+    /// passes the limit.
+    pub fn failed(&self, ip: IpAddr, now_ms: i64) -> Option<u32> {
+        if self.max == 0 {
+            return None;
+        }
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if counts.len() >= HISTORY_MAX {
+            let window = self.window_ms;
+            counts.retain(|_, (since, _)| now_ms - *since < window);
+        }
+        let slot = counts.entry(ip).or_insert((now_ms, 0));
+        if now_ms - slot.0 >= self.window_ms {
+            *slot = (now_ms, 0);
+        }
+        slot.1 += 1;
+        (slot.1 == self.max + 1).then_some(slot.1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(kind: EntryKind, value: &str, expires_at: Option<i64>) -> Entry {
+        let (value, reason) = validate(kind, value, None).unwrap();
+        Entry {
+            id: format!("blk_{value}"),
+            tenant_id: None,
+            rule_id: format!("rule-{value}"),
+            kind,
+            value,
+            reason,
+            expires_at,
+            added_by: "test".into(),
+            created_at: 0,
+        }
+    }
+
+    #[test]
+    fn ip_ranges_match_v4_v6_and_cidr() {
+        let list = Blocklist::build([
+            entry(EntryKind::Ip, "203.0.113.7", None),
+            entry(EntryKind::Ip, "198.51.100.0/24", None),
+            entry(EntryKind::Ip, "2001:db8::/32", None),
+            entry(EntryKind::Ip, "192.0.2.1", Some(1_000)),
+        ]);
+        let hit = |ip: &str, now| list.match_caller(ip.parse().unwrap(), None, now).map(|e| e.value.clone());
+        assert_eq!(hit("203.0.113.7", 0).as_deref(), Some("203.0.113.7"));
+        assert_eq!(hit("203.0.113.8", 0), None);
+        assert_eq!(hit("198.51.100.200", 0).as_deref(), Some("198.51.100.0/24"));
+        assert_eq!(hit("198.51.101.1", 0), None);
+        assert_eq!(hit("2001:db8:1::5", 0).as_deref(), Some("2001:db8::/32"));
+        assert_eq!(hit("2001:db9::5", 0), None);
+        assert_eq!(hit("::ffff:203.0.113.7", 0).as_deref(), Some("203.0.113.7"), "v4-mapped v6");
+        assert_eq!(hit("192.0.2.1", 999).as_deref(), Some("192.0.2.1"));
+        assert_eq!(hit("192.0.2.1", 1_000), None, "expired");
+    }
+
+    #[test]
+    fn user_agents_and_keys() {
+        let list = Blocklist::build([entry(EntryKind::UserAgent, "sqlmap", None), entry(EntryKind::Key, "key_abc", None)]);
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        assert!(list.match_caller(ip, Some("Mozilla/5.0 SQLMap/1.7"), 0).is_some());
+        assert!(list.match_caller(ip, Some("curl/8"), 0).is_none());
+        assert!(list.match_key("key_abc", 0).is_some());
+        assert!(list.match_key("key_abd", 0).is_none());
+    }
+
+    #[test]
+    fn bad_entries_are_refused() {
+        for (kind, value) in [
+            (EntryKind::Ip, "300.1.1.1"),
+            (EntryKind::Ip, "10.0.0.0/33"),
+            (EntryKind::Ip, "2001:db8::/129"),
+            (EntryKind::Ip, "example.com"),
+            (EntryKind::Key, "kt_live_abc"),
+            (EntryKind::UserAgent, "ab"),
+        ] {
+            assert!(validate(kind, value, None).is_err(), "{value}");
+        }
+        assert!(validate(EntryKind::Ip, "10.0.0.1", Some("NOT_A_REASON")).is_err());
+        assert_eq!(validate(EntryKind::Ip, "10.1.2.3/8", None).unwrap().0, "10.0.0.0/8", "host bits cleared");
+    }
+
+    #[test]
+    fn attack_signatures() {
+        let rules = AttackRules::default();
+        let reason = |path: &str, query: Option<&str>| rules.check(path, query).map(|b| b.reason);
+        assert_eq!(reason("/docs/items", Some("id=42&sort=name")), None);
+        assert_eq!(reason("/docs/items", Some("id=1%27%20OR%20%271%27%3D%271")).as_deref(), Some("SQL_INJECTION_ATTEMPT"));
+        assert_eq!(reason("/docs/items", Some("q=1+UNION/**/SELECT+password")).as_deref(), Some("SQL_INJECTION_ATTEMPT"));
+        assert_eq!(reason("/docs/../../etc/passwd", None).as_deref(), Some("ABUSE_PATTERN_DETECTED"));
+        assert_eq!(reason("/docs/%2e%2e/%2e%2e/secret", None).as_deref(), Some("ABUSE_PATTERN_DETECTED"));
+        assert_eq!(reason("/docs/%252e%252e/x", None).as_deref(), Some("ABUSE_PATTERN_DETECTED"), "double-encoded");
+        assert_eq!(reason("/docs/a%zz", None).as_deref(), Some("MALFORMED_REQUEST"));
+        assert_eq!(reason("/docs/a%00b", None).as_deref(), Some("MALFORMED_REQUEST"));
+        assert_eq!(reason("/docs/version..2", None), None, "dots alone are fine");
+    }
+
+    #[test]
+    fn the_failure_counter_fires_once_past_the_limit() {
+        let counter = FailureCounter::new(3, std::time::Duration::from_secs(60));
+        let ip: IpAddr = "10.0.0.9".parse().unwrap();
+        let fired: Vec<Option<u32>> = (0..6).map(|i| counter.failed(ip, i)).collect();
+        assert_eq!(fired, vec![None, None, None, Some(4), None, None]);
+        assert_eq!(counter.failed(ip, 60_000), None, "a new window starts over");
+        assert_eq!(FailureCounter::new(0, std::time::Duration::from_secs(1)).failed(ip, 0), None);
+    }
+
+    #[test]
+    fn fingerprints_ignore_values_and_scores_grow_with_history() {
+        let a = fingerprint("GET", "/x", Some("id=1&b=2"), Some("curl"), &mut vec!["host", "accept"]);
+        let b = fingerprint("GET", "/x", Some("b=9&id=7"), Some("curl"), &mut vec!["accept", "host"]);
+        let c = fingerprint("POST", "/x", Some("id=1&b=2"), Some("curl"), &mut vec!["host", "accept"]);
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(a.len(), 16);
+        let history = History::default();
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        assert_eq!(history.score(ip, 70, 0), 70);
+        assert_eq!(history.score(ip, 70, 1), 75);
+        assert_eq!(history.score(ip, 90, 2), 100);
+        assert_eq!(history.score(ip, 70, HISTORY_WINDOW_MS + 10), 70, "the window passed");
+    }
+}

@@ -1,0 +1,232 @@
+//! Blocklists and attack rules over real sockets: IPv4, IPv6 and CIDR
+//! entries, user agents, keys, SQL injection, traversal, malformed
+//! requests, the automatic brute-force block and its expiry — each a generic
+//! 403 for the caller and a detailed trail for the operator.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::util::{start_upstream, Admin, TestServer};
+
+async fn get(ts: &TestServer, path: &str, key: &str, user_agent: &str) -> (u16, String) {
+    let res = ts
+        .client
+        .get(format!("{}{}", ts.gateway, path))
+        .header("x-api-key", key)
+        .header("user-agent", user_agent)
+        .send()
+        .await
+        .unwrap();
+    (res.status().as_u16(), res.text().await.unwrap())
+}
+
+/// The generic refusal: no hint of the rule.
+fn assert_generic_403(status: u16, body: &str) {
+    assert_eq!(status, 403, "{body}");
+    let v: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(v, json!({"error": {"code": "forbidden", "message": "this request is not allowed"}}));
+}
+
+async fn add(admin: &Admin, path: &str, body: Value) -> Value {
+    let a = admin.post(path, body).await;
+    assert_eq!(a.status, 201, "{}", a.text);
+    a.body
+}
+
+/// Blocked request events of `tenant`, newest first.
+async fn blocked(admin: &Admin, tenant: &str, n: usize) -> Vec<Value> {
+    let logs = admin.wait_for(&format!("/v1/audit/{tenant}?status_min=403&status_max=403"), "logs", n).await;
+    logs.into_iter().filter(|e| e["error_code"] == "request_blocked").collect()
+}
+
+#[tokio::test]
+async fn ip_entries_block_by_address_range_scope_and_until_they_expire() {
+    let mut ts = TestServer::start().await;
+    let up = start_upstream().await;
+    let admin = ts.admin_client();
+    let (_, _, key) = admin.setup("acme", "/docs", &format!("http://{up}")).await;
+    let (_, _, other_key) = admin.setup("globex", "/globex", &format!("http://{up}")).await;
+
+    // A global entry for this very address.
+    let entry = add(&admin, "/v1/blocklist", json!({"kind": "ip", "value": "127.0.0.1", "rule_id": "block-local"})).await;
+    assert_eq!(entry["reason"], "IP_BLOCKLISTED");
+    assert_eq!(entry["added_by"], "admin:adm_bootstrap");
+    let (status, body) = get(&ts, "/docs/fixed", &key, "test").await;
+    assert_generic_403(status, &body);
+    let (status, body) = get(&ts, "/globex/fixed", &other_key, "test").await;
+    assert_generic_403(status, &body);
+    let (status, _) = get(&ts, "/docs/fixed", &key, "test").await;
+    assert_eq!(status, 403);
+
+    let events = blocked(&admin, "acme", 2).await;
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[1]["block_reason"], "IP_BLOCKLISTED");
+    assert_eq!(events[1]["rule_id"], "block-local");
+    assert_eq!(events[1]["fingerprint"].as_str().unwrap().len(), 16);
+    assert_eq!(events[0]["fingerprint"], events[1]["fingerprint"], "the same probe, the same fingerprint");
+    // The score climbs with the address's recent blocks (one at globex between).
+    assert_eq!(events[1]["threat_score"], 70);
+    assert_eq!(events[0]["threat_score"], 80);
+    let security = admin.wait_for("/v1/audit/acme/security?event_type=request_blocked", "events", 2).await;
+    assert_eq!(security[0]["details"]["rule_id"], "block-local");
+    assert_eq!(security[0]["actor"], "ip:127.0.0.1");
+
+    // Removed: calls pass again.
+    let id = entry["id"].as_str().unwrap();
+    assert_eq!(admin.call("DELETE", &format!("/v1/blocklist/{id}"), None).await.status, 204);
+    assert_eq!(get(&ts, "/docs/fixed", &key, "test").await.0, 200);
+
+    // A tenant's CIDR entry blocks its own apis only.
+    let entry = add(&admin, "/v1/tenants/acme/blocklist", json!({"kind": "ip", "value": "127.0.0.0/8"})).await;
+    assert_eq!(get(&ts, "/docs/fixed", &key, "test").await.0, 403);
+    assert_eq!(get(&ts, "/globex/fixed", &other_key, "test").await.0, 200);
+    let a = admin.get("/v1/tenants/acme/blocklist").await;
+    assert_eq!(a.body["entries"].as_array().unwrap().len(), 1);
+    let id = entry["id"].as_str().unwrap();
+    assert_eq!(admin.call("DELETE", &format!("/v1/blocklist/{id}"), None).await.status, 404, "not in the global list");
+    assert_eq!(admin.call("DELETE", &format!("/v1/tenants/acme/blocklist/{id}"), None).await.status, 204);
+
+    // An entry that expires: blocked until then, not after.
+    let expires = chrono::Utc::now() + chrono::Duration::milliseconds(1500);
+    add(&admin, "/v1/blocklist", json!({"kind": "ip", "value": "127.0.0.0/24", "expires_at": expires.to_rfc3339()})).await;
+    assert_eq!(get(&ts, "/docs/fixed", &key, "test").await.0, 403);
+    tokio::time::sleep(Duration::from_millis(1700)).await;
+    assert_eq!(get(&ts, "/docs/fixed", &key, "test").await.0, 200, "expired");
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn ipv6_callers_are_matched_by_address_and_range() {
+    let mut ts = TestServer::start_with(tempfile::tempdir().unwrap(), |c| c.gateway.listen = "[::1]:0".parse().unwrap()).await;
+    let up = start_upstream().await;
+    let admin = ts.admin_client();
+    let (_, _, key) = admin.setup("acme", "/docs", &format!("http://{up}")).await;
+    add(&admin, "/v1/blocklist", json!({"kind": "ip", "value": "2001:db8::/32"})).await;
+    assert_eq!(get(&ts, "/docs/fixed", &key, "test").await.0, 200, "::1 is not in 2001:db8::/32");
+    let entry = add(&admin, "/v1/blocklist", json!({"kind": "ip", "value": "::1"})).await;
+    assert_eq!(entry["value"], "::1");
+    assert_eq!(get(&ts, "/docs/fixed", &key, "test").await.0, 403);
+    let events = blocked(&admin, "acme", 1).await;
+    assert_eq!(events[0]["client_ip"], "::1");
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn user_agents_keys_and_attack_signatures_are_blocked() {
+    let mut ts = TestServer::start().await;
+    let up = start_upstream().await;
+    let admin = ts.admin_client();
+    let (consumer, key_id, key) = admin.setup("acme", "/docs", &format!("http://{up}")).await;
+    let (_, other_key) = admin.key("acme", &consumer, json!({})).await;
+
+    add(&admin, "/v1/blocklist", json!({"kind": "user_agent", "value": "sqlmap"})).await;
+    let (status, body) = get(&ts, "/docs/fixed", &key, "Mozilla/5.0 (sqlmap/1.7)").await;
+    assert_generic_403(status, &body);
+    assert_eq!(get(&ts, "/docs/fixed", &key, "curl/8.0").await.0, 200);
+
+    add(&admin, "/v1/tenants/acme/blocklist", json!({"kind": "key", "value": key_id})).await;
+    assert_eq!(get(&ts, "/docs/fixed", &key, "curl/8.0").await.0, 403);
+    assert_eq!(get(&ts, "/docs/fixed", &other_key, "curl/8.0").await.0, 200, "the consumer's other key");
+
+    for (i, (path, reason)) in [
+        ("/docs/items?id=1%27%20OR%20%271%27%3D%271", "SQL_INJECTION_ATTEMPT"),
+        ("/docs/items?q=1+UNION+SELECT+password+FROM+users", "SQL_INJECTION_ATTEMPT"),
+        ("/docs/files?name=../../etc/passwd", "ABUSE_PATTERN_DETECTED"),
+        ("/docs/%252e%252e/%252e%252e/etc/shadow", "ABUSE_PATTERN_DETECTED"),
+        ("/docs/a%zzb", "MALFORMED_REQUEST"),
+        // Attack rules run before the key is looked at.
+        ("/docs/items?id=1;%20DROP%20TABLE%20users", "SQL_INJECTION_ATTEMPT"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (status, body) = get(&ts, path, &other_key, "curl/8.0").await;
+        assert_generic_403(status, &body);
+        // Two blocks came before (the user agent, the key).
+        let events = admin.wait_for("/v1/audit/acme/security?event_type=request_blocked", "events", 3 + i).await;
+        assert_eq!(events[0]["details"]["block_reason"], reason, "{path}");
+    }
+    assert_eq!(get(&ts, "/docs/items?id=42&sort=name", &other_key, "curl/8.0").await.0, 200);
+    let all = blocked(&admin, "acme", 8).await;
+    let scores: Vec<u64> = all.iter().map(|e| e["threat_score"].as_u64().unwrap()).collect();
+    assert!(scores.iter().all(|s| *s <= 100) && scores[0] == 100, "history raises the score to its cap: {scores:?}");
+
+    // Blocked calls leave the request trail when switched off; the security
+    // events stay.
+    let a = admin.call("PUT", "/v1/tenants/acme/settings/logging", Some(json!({"log_blocklisted_api_calls": false}))).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    let before = blocked(&admin, "acme", 8).await.len();
+    assert_eq!(get(&ts, "/docs/x?q=union%20select%201", &other_key, "curl/8.0").await.0, 403);
+    ts.flush().await;
+    assert_eq!(blocked(&admin, "acme", 0).await.len(), before);
+    let security = admin.get("/v1/audit/acme/security?event_type=request_blocked&limit=100").await;
+    assert_eq!(security.body["events"].as_array().unwrap().len(), before + 1);
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn repeated_failed_authentication_blocks_the_address_for_a_while() {
+    let mut ts = TestServer::start_with(tempfile::tempdir().unwrap(), |c| {
+        c.gateway.bruteforce_failures = 3;
+        c.gateway.bruteforce_block = Duration::from_secs(2);
+    })
+    .await;
+    let up = start_upstream().await;
+    let admin = ts.admin_client();
+    let (_, _, key) = admin.setup("acme", "/docs", &format!("http://{up}")).await;
+    for _ in 0..4 {
+        assert_eq!(get(&ts, "/docs/fixed", "kt_live_guessing", "bot").await.0, 401);
+    }
+    // The block is written off the request path: wait for it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while get(&ts, "/docs/fixed", &key, "bot").await.0 != 403 {
+        assert!(Instant::now() < deadline, "the address was not blocked");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let entries = admin.get("/v1/blocklist").await.body["entries"].as_array().unwrap().clone();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0]["rule_id"], "auto-bruteforce");
+    assert_eq!(entries[0]["value"], "127.0.0.1");
+    assert!(entries[0]["expires_at"].is_string());
+    let events = admin.wait_for("/v1/audit/acme/security?event_type=request_blocked", "events", 1).await;
+    let auto = events.iter().find(|e| e["actor"] == "keytrail:auto-bruteforce").expect("the block is recorded");
+    assert_eq!(auto["details"]["failures"], 4);
+    assert_eq!(auto["target"], "ip:127.0.0.1");
+    // The block ends by itself.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(get(&ts, "/docs/fixed", &key, "bot").await.0, 200);
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn bad_blocklist_entries_are_refused() {
+    let mut ts = TestServer::start().await;
+    let admin = ts.admin_client();
+    assert_eq!(admin.post("/v1/tenants", json!({"id": "acme", "name": "Acme"})).await.status, 201);
+    for (body, needle) in [
+        (json!({"kind": "ip", "value": "300.1.2.3"}), "not an IP address"),
+        (json!({"kind": "ip", "value": "10.0.0.0/40"}), "not an IP address"),
+        (json!({"kind": "ip", "value": "example.com"}), "not an IP address"),
+        (json!({"kind": "country", "value": "XX"}), "`kind`"),
+        (json!({"kind": "key", "value": "kt_live_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA000000"}), "key id"),
+        (json!({"kind": "user_agent", "value": "x"}), "3-200"),
+        (json!({"kind": "ip", "value": "10.0.0.1", "reason": "BECAUSE"}), "`reason` must be one of"),
+        (json!({"kind": "ip", "value": "10.0.0.1", "expires_at": "2001-01-01T00:00:00Z"}), "in the future"),
+        (json!({"kind": "ip", "value": "10.0.0.1", "expires_at": "tomorrow"}), "RFC 3339"),
+        (json!({"kind": "ip", "value": "10.0.0.1", "rule_id": "has space"}), "rule_id"),
+        (json!({"kind": "ip"}), "value"),
+    ] {
+        let a = admin.post("/v1/blocklist", body.clone()).await;
+        assert_eq!(a.status, 400, "{body}: {}", a.text);
+        assert!(a.text.contains(needle), "{body}: {}", a.text);
+        assert!(!a.text.contains("kt_live_AAAA"), "a key never comes back: {}", a.text);
+    }
+    assert!(admin.get("/v1/blocklist").await.body["entries"].as_array().unwrap().is_empty());
+    assert_eq!(admin.post("/v1/tenants/nope/blocklist", json!({"kind": "ip", "value": "10.0.0.1"})).await.status, 404);
+    assert_eq!(admin.get("/v1/tenants/nope/blocklist").await.status, 404);
+    assert_eq!(admin.call("DELETE", "/v1/blocklist/blk_nope", None).await.status, 404);
+    let anonymous = Admin { token: "nope".into(), ..admin.clone() };
+    assert_eq!(anonymous.post("/v1/blocklist", json!({"kind": "ip", "value": "10.0.0.1"})).await.status, 401);
+    ts.stop().await;
+}
