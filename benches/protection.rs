@@ -48,6 +48,7 @@ enum Parsed {
     V6(u128, u128),
     Agent(String),
     Key(String),
+    Country,
 }
 
 fn parse_all(entries: &[Entry]) -> Vec<Parsed> {
@@ -71,6 +72,7 @@ fn parse_all(entries: &[Entry]) -> Vec<Parsed> {
             }
             EntryKind::UserAgent => Parsed::Agent(e.value.to_ascii_lowercase()),
             EntryKind::Key => Parsed::Key(e.value.clone()),
+            EntryKind::Country => Parsed::Country,
         })
         .collect()
 }
@@ -82,6 +84,7 @@ fn linear_match(entries: &[Parsed], ip: IpAddr, user_agent: &str, key_id: &str) 
         (Parsed::V6(net, m), IpAddr::V6(a)) => u128::from(a) & m == *net,
         (Parsed::Agent(fragment), _) => ua.contains(fragment.as_str()),
         (Parsed::Key(k), _) => k == key_id,
+        (Parsed::Country, _) => false,
         _ => false,
     })
 }
@@ -123,12 +126,12 @@ fn main() {
         let full = time_ns(iterations, |i| {
             let ip = callers[(i % 256) as usize];
             rules.check(path, query).is_some()
-                || compiled.match_caller(ip, Some(ua), 0).is_some()
+                || compiled.match_caller(ip, None, Some(ua), 0).is_some()
                 || compiled.match_key(key_id, 0).is_some()
         });
         let lists_only = time_ns(iterations, |i| {
             let ip = callers[(i % 256) as usize];
-            compiled.match_caller(ip, Some(ua), 0).is_some() || compiled.match_key(key_id, 0).is_some()
+            compiled.match_caller(ip, None, Some(ua), 0).is_some() || compiled.match_key(key_id, 0).is_some()
         });
         let linear = if n > 0 {
             let scan_iterations = (iterations / 100).max(1000);
@@ -139,9 +142,9 @@ fn main() {
         // A hit, to be sure the lists hold what was put in.
         if n > 0 {
             for ip in ["10.0.0.1", "172.28.1.9"] {
-                assert!(compiled.match_caller(ip.parse().unwrap(), None, 0).is_some(), "{ip}");
+                assert!(compiled.match_caller(ip.parse().unwrap(), None, None, 0).is_some(), "{ip}");
             }
-            assert!(compiled.match_caller(callers[0], Some("x badbot-17 y"), 0).is_some());
+            assert!(compiled.match_caller(callers[0], None, Some("x badbot-17 y"), 0).is_some());
             assert!(linear_match(&parsed, "172.28.1.9".parse().unwrap(), "", ""));
         }
         rows.push((n, full, lists_only, linear));

@@ -44,6 +44,9 @@ pub struct GatewayFile {
     pub bruteforce_window_secs: Option<u64>,
     #[serde(default, deserialize_with = "bruteforce_secs")]
     pub bruteforce_block_secs: Option<u64>,
+    /// A `cidr,country` file mapping addresses to countries, for country
+    /// blocklist entries and the events' `country`.
+    pub geo_table: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -122,6 +125,7 @@ pub struct GatewayConfig {
     pub bruteforce_failures: u32,
     pub bruteforce_window: Duration,
     pub bruteforce_block: Duration,
+    pub geo_table: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -221,6 +225,7 @@ pub fn resolve(file: FileConfig, overrides: Overrides) -> Result<Config, ConfigE
             bruteforce_failures: file.gateway.bruteforce_failures.unwrap_or(20) as u32,
             bruteforce_window: Duration::from_secs(file.gateway.bruteforce_window_secs.unwrap_or(60)),
             bruteforce_block: Duration::from_secs(file.gateway.bruteforce_block_secs.unwrap_or(900)),
+            geo_table: file.gateway.geo_table,
         },
         admin_listen,
         audit: AuditConfig {

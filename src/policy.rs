@@ -31,6 +31,8 @@ pub struct Policies {
 pub struct Violation {
     pub code: ErrorCode,
     pub policy: &'static str,
+    /// The part of the request that was wrong: `method`, `path`, `scopes` or `body`.
+    pub field: &'static str,
     pub limit: Value,
     pub actual: Value,
 }
@@ -82,18 +84,20 @@ impl Policies {
             return Err(Violation {
                 code: ErrorCode::MethodNotAllowed,
                 policy: "allowed_methods",
+                field: "method",
                 limit: json!(self.allowed_methods),
                 actual: json!(method),
             });
         }
         if let Some(pattern) = self.forbidden_paths.iter().find(|p| pattern_matches(p, path)) {
-            return Err(Violation { code: ErrorCode::Forbidden, policy: "forbidden_paths", limit: json!(pattern), actual: json!(path) });
+            return Err(Violation { code: ErrorCode::Forbidden, policy: "forbidden_paths", field: "path", limit: json!(pattern), actual: json!(path) });
         }
         let missing: Vec<&String> = self.required_scopes.iter().filter(|s| !scopes.contains(s)).collect();
         if !missing.is_empty() {
             return Err(Violation {
                 code: ErrorCode::InsufficientScope,
                 policy: "required_scopes",
+                field: "scopes",
                 limit: json!(self.required_scopes),
                 actual: json!(scopes),
             });
@@ -101,12 +105,13 @@ impl Policies {
         if let Some(max) = self.max_body_bytes {
             match body_length {
                 Some(n) if n > max => {
-                    return Err(Violation { code: ErrorCode::PayloadTooLarge, policy: "max_body_bytes", limit: json!(max), actual: json!(n) })
+                    return Err(Violation { code: ErrorCode::PayloadTooLarge, policy: "max_body_bytes", field: "body", limit: json!(max), actual: json!(n) })
                 }
                 None if has_body => {
                     return Err(Violation {
                         code: ErrorCode::LengthRequired,
                         policy: "max_body_bytes",
+                        field: "body",
                         limit: json!(max),
                         actual: Value::Null,
                     })

@@ -42,6 +42,8 @@ pub enum EntryKind {
     Key,
     /// A user-agent substring, matched without regard to case.
     UserAgent,
+    /// An ISO 3166 country code, from the operator's address table.
+    Country,
 }
 
 impl EntryKind {
@@ -50,6 +52,7 @@ impl EntryKind {
             EntryKind::Ip => "IP_BLOCKLISTED",
             EntryKind::Key => "API_KEY_REVOKED",
             EntryKind::UserAgent => "USER_AGENT_BLOCKED",
+            EntryKind::Country => "GEO_BLOCKED",
         }
     }
 
@@ -59,6 +62,7 @@ impl EntryKind {
             EntryKind::Ip => 70,
             EntryKind::Key => 80,
             EntryKind::UserAgent => 50,
+            EntryKind::Country => 40,
         }
     }
 }
@@ -126,6 +130,12 @@ pub fn validate(kind: EntryKind, value: &str, reason: Option<&str>) -> Result<(S
             }
             value.to_string()
         }
+        EntryKind::Country => {
+            if value.len() != 2 || !value.bytes().all(|b| b.is_ascii_alphabetic()) {
+                return Err(ApiError::invalid_body("`value` must be a two-letter country code such as DE or US"));
+            }
+            value.to_ascii_uppercase()
+        }
         EntryKind::UserAgent => {
             if value.len() < 3 || value.len() > 200 || value.chars().any(char::is_control) {
                 return Err(ApiError::invalid_body("`value` must be a user-agent fragment of 3-200 characters"));
@@ -177,6 +187,76 @@ impl IpRanges {
     }
 }
 
+/// The operator's address → country table: a text file of `cidr,CC`
+/// lines (`#` starts a comment), the most specific range winning.
+#[derive(Debug, Default)]
+pub struct GeoTable {
+    by_len: Vec<(u8, u8, HashMap<u128, Arc<str>>)>,
+    ranges: usize,
+}
+
+impl GeoTable {
+    /// Reads a table; an error names the line and what is wrong with it.
+    pub fn parse(text: &str) -> Result<GeoTable, String> {
+        let mut table = GeoTable::default();
+        let mut countries: HashMap<String, Arc<str>> = HashMap::new();
+        for (number, line) in text.lines().enumerate() {
+            let line = line.split('#').next().unwrap_or("").trim();
+            if line.is_empty() {
+                continue;
+            }
+            let bad = |why: &str| format!("line {}: {why}: `{line}`", number + 1);
+            let (range, country) = line.split_once(',').ok_or_else(|| bad("expected `cidr,country`"))?;
+            let (bits, width, len) = parse_range(range.trim()).ok_or_else(|| bad("not an IP address or CIDR range"))?;
+            let country = country.trim();
+            if country.len() != 2 || !country.bytes().all(|b| b.is_ascii_alphabetic()) {
+                return Err(bad("the country must be a two-letter code"));
+            }
+            let code = countries.entry(country.to_ascii_uppercase()).or_insert_with_key(|c| Arc::from(c.as_str())).clone();
+            let slot = match table.by_len.iter().position(|(w, l, _)| *w == width && *l == len) {
+                Some(i) => i,
+                None => {
+                    table.by_len.push((width, len, HashMap::new()));
+                    table.by_len.len() - 1
+                }
+            };
+            table.by_len[slot].2.insert(bits, code);
+            table.ranges += 1;
+        }
+        table.by_len.sort_by(|a, b| b.1.cmp(&a.1));
+        Ok(table)
+    }
+
+    pub fn load(path: &std::path::Path) -> Result<GeoTable, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        GeoTable::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    pub fn len(&self) -> usize {
+        self.ranges
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ranges == 0
+    }
+
+    /// The country of `ip`, from its most specific range.
+    pub fn country(&self, ip: IpAddr) -> Option<&str> {
+        let (bits, width) = match ip {
+            IpAddr::V4(v4) => (u128::from(u32::from(v4)), 32),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => (u128::from(u32::from(v4)), 32),
+                None => (u128::from(v6), 128),
+            },
+        };
+        self.by_len
+            .iter()
+            .filter(|(w, _, _)| *w == width)
+            .find_map(|(_, len, map)| map.get(&mask(bits, width, *len)))
+            .map(|c| c.as_ref())
+    }
+}
+
 /// One scope's compiled blocklist.
 #[derive(Debug, Default)]
 pub struct Blocklist {
@@ -184,6 +264,7 @@ pub struct Blocklist {
     keys: HashMap<String, Vec<Arc<Entry>>>,
     agents: Option<AhoCorasick>,
     agent_entries: Vec<Arc<Entry>>,
+    countries: HashMap<String, Vec<Arc<Entry>>>,
     len: usize,
 }
 
@@ -197,6 +278,7 @@ impl Blocklist {
                 EntryKind::Ip => list.ips.insert(entry),
                 EntryKind::Key => list.keys.entry(entry.value.clone()).or_default().push(entry),
                 EntryKind::UserAgent => list.agent_entries.push(entry),
+                EntryKind::Country => list.countries.entry(entry.value.clone()).or_default().push(entry),
             }
         }
         if !list.agent_entries.is_empty() {
@@ -216,9 +298,13 @@ impl Blocklist {
         self.len == 0
     }
 
-    /// The first live entry matching the caller's address or user agent.
-    pub fn match_caller(&self, ip: IpAddr, user_agent: Option<&str>, now_ms: i64) -> Option<Arc<Entry>> {
+    /// The first live entry matching the caller's address, country (from
+    /// the operator's table) or user agent.
+    pub fn match_caller(&self, ip: IpAddr, country: Option<&str>, user_agent: Option<&str>, now_ms: i64) -> Option<Arc<Entry>> {
         if let Some(entry) = self.ips.find(ip, now_ms) {
+            return Some(entry.clone());
+        }
+        if let Some(entry) = country.and_then(|c| self.countries.get(c)?.iter().find(|e| e.live(now_ms))) {
             return Some(entry.clone());
         }
         let (agents, ua) = (self.agents.as_ref()?, user_agent?);
@@ -486,7 +572,7 @@ mod tests {
             entry(EntryKind::Ip, "2001:db8::/32", None),
             entry(EntryKind::Ip, "192.0.2.1", Some(1_000)),
         ]);
-        let hit = |ip: &str, now| list.match_caller(ip.parse().unwrap(), None, now).map(|e| e.value.clone());
+        let hit = |ip: &str, now| list.match_caller(ip.parse().unwrap(), None, None, now).map(|e| e.value.clone());
         assert_eq!(hit("203.0.113.7", 0).as_deref(), Some("203.0.113.7"));
         assert_eq!(hit("203.0.113.8", 0), None);
         assert_eq!(hit("198.51.100.200", 0).as_deref(), Some("198.51.100.0/24"));
@@ -502,10 +588,27 @@ mod tests {
     fn user_agents_and_keys() {
         let list = Blocklist::build([entry(EntryKind::UserAgent, "sqlmap", None), entry(EntryKind::Key, "key_abc", None)]);
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
-        assert!(list.match_caller(ip, Some("Mozilla/5.0 SQLMap/1.7"), 0).is_some());
-        assert!(list.match_caller(ip, Some("curl/8"), 0).is_none());
+        assert!(list.match_caller(ip, None, Some("Mozilla/5.0 SQLMap/1.7"), 0).is_some());
+        assert!(list.match_caller(ip, None, Some("curl/8"), 0).is_none());
         assert!(list.match_key("key_abc", 0).is_some());
         assert!(list.match_key("key_abd", 0).is_none());
+    }
+
+    #[test]
+    fn countries_come_from_the_operators_table() {
+        let table = GeoTable::parse("# test table\n203.0.113.0/24,de\n203.0.113.128/25, FR\n2001:db8::/32,US\n").unwrap();
+        assert_eq!(table.len(), 3);
+        assert_eq!(table.country("203.0.113.7".parse().unwrap()), Some("DE"));
+        assert_eq!(table.country("203.0.113.200".parse().unwrap()), Some("FR"), "the most specific range");
+        assert_eq!(table.country("2001:db8::1".parse().unwrap()), Some("US"));
+        assert_eq!(table.country("198.51.100.1".parse().unwrap()), None);
+        let err = GeoTable::parse("10.0.0.0/8,DE\nnot-a-range,FR\n").unwrap_err();
+        assert!(err.starts_with("line 2:"), "{err}");
+        assert!(GeoTable::parse("10.0.0.0/8,Germany").unwrap_err().contains("two-letter"));
+        let list = Blocklist::build([entry(EntryKind::Country, "de", None)]);
+        let ip: IpAddr = "203.0.113.7".parse().unwrap();
+        assert_eq!(list.match_caller(ip, table.country(ip), None, 0).unwrap().reason, "GEO_BLOCKED");
+        assert!(list.match_caller(ip, Some("FR"), None, 0).is_none());
     }
 
     #[test]

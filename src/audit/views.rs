@@ -61,7 +61,8 @@ pub fn log_entry(stored: &StoredEvent) -> Value {
 }
 
 /// The fields a blocked request event carries (kept in its details).
-pub const BLOCK_FIELDS: [&str; 4] = ["block_reason", "rule_id", "fingerprint", "threat_score"];
+/// Also the field a validation failure names (`field`), and its policy.
+pub const BLOCK_FIELDS: [&str; 6] = ["block_reason", "rule_id", "fingerprint", "threat_score", "policy", "field"];
 
 /// A security event as one entry of `{"events": […]}`.
 pub fn security_entry(stored: &StoredEvent) -> Value {

@@ -34,7 +34,7 @@ use crate::error::{ApiError, ErrorCode};
 use crate::event::{self, security_type, Category, Event, SYSTEM_TENANT};
 use crate::keys::{self, MalformedKey};
 use crate::policy::Violation;
-use crate::protection::{self, AttackRules, Block, FailureCounter, History};
+use crate::protection::{self, AttackRules, Block, FailureCounter, GeoTable, History};
 use crate::settings::BLOCKED_ERROR_CODE;
 use crate::ratelimit::{self, Exceeded, Standing};
 use crate::snapshot::{KeyEntry, Snapshot};
@@ -59,6 +59,8 @@ pub struct Gateway {
     history: History,
     failures: FailureCounter,
     bruteforce_block: Duration,
+    /// The operator's address → country table, if one is configured.
+    geo: Option<GeoTable>,
 }
 
 /// Where the caller put its key.
@@ -86,7 +88,7 @@ struct AuthFailure {
 }
 
 impl Gateway {
-    pub fn new(config: &GatewayConfig, control: Arc<ControlPlane>, audit: Arc<AuditPipeline>) -> Gateway {
+    pub fn new(config: &GatewayConfig, control: Arc<ControlPlane>, audit: Arc<AuditPipeline>, geo: Option<GeoTable>) -> Gateway {
         Gateway {
             control,
             audit,
@@ -96,6 +98,7 @@ impl Gateway {
             history: History::default(),
             failures: FailureCounter::new(config.bruteforce_failures, config.bruteforce_window),
             bruteforce_block: config.bruteforce_block,
+            geo,
         }
     }
 
@@ -130,14 +133,16 @@ impl Gateway {
             event.api_id = Some(route.api_id.clone());
         }
         let now = event.timestamp_ms;
+        let country = self.geo.as_ref().and_then(|g| g.country(peer.ip()));
+        event.country = country.map(str::to_string);
         let user_agent = event.user_agent.as_deref();
         let block = self.attack_rules.check(req.uri().path(), req.uri().query()).or_else(|| {
             snapshot
                 .global_blocks
-                .match_caller(peer.ip(), user_agent, now)
+                .match_caller(peer.ip(), country, user_agent, now)
                 .or_else(|| {
                     let tenant = found.as_ref()?;
-                    snapshot.tenant_blocks(&tenant.tenant_id)?.match_caller(peer.ip(), user_agent, now)
+                    snapshot.tenant_blocks(&tenant.tenant_id)?.match_caller(peer.ip(), country, user_agent, now)
                 })
                 .map(|entry| Block::from_entry(&entry))
         });
@@ -233,6 +238,8 @@ impl Gateway {
             &entry.scopes,
         ) {
             self.record_policy_applied(&event, &entry, &violation);
+            // The failed call's event says which part of the request was wrong.
+            event.details = Some(serde_json::json!({"policy": violation.policy, "field": violation.field, "limit": violation.limit}));
             let mut response = refuse(&mut event, violation.code, &request_id, finisher);
             if violation.code == ErrorCode::MethodNotAllowed {
                 let allow = route.policies.allowed_methods.join(", ");
@@ -289,6 +296,7 @@ impl Gateway {
         event.target = request.api_id.as_ref().map(|api| format!("api:{api}"));
         event.details = Some(serde_json::json!({
             "policy": violation.policy,
+            "field": violation.field,
             "limit": violation.limit,
             "actual": violation.actual,
         }));

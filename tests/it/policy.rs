@@ -80,7 +80,10 @@ async fn each_policy_refuses_with_its_status_and_records_why() {
     let body_event = events.iter().find(|e| e["details"]["actual"] == 101).expect("the 413's event carries the size");
     assert_eq!(body_event["error_code"], "payload_too_large");
     let refused = admin.wait_for("/v1/audit/acme?status_min=400", "logs", 6).await;
-    assert!(refused.iter().any(|e| e["error_code"] == "insufficient_scope"), "{refused:?}");
+    let scope = refused.iter().find(|e| e["error_code"] == "insufficient_scope").expect("the refused call is logged");
+    assert_eq!(scope["field"], "scopes", "a failed call names the part of the request that was wrong");
+    assert_eq!(scope["error_message"], "the API key does not hold the scopes this API requires");
+    assert!(refused.iter().any(|e| e["error_code"] == "payload_too_large" && e["field"] == "body"), "{refused:?}");
     ts.stop().await;
 }
 

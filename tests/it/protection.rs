@@ -200,6 +200,37 @@ async fn repeated_failed_authentication_blocks_the_address_for_a_while() {
 }
 
 #[tokio::test]
+async fn countries_come_from_the_operators_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = dir.path().join("countries.csv");
+    std::fs::write(&table, "# cidr,country\n127.0.0.0/8,de\n2001:db8::/32,US\n").unwrap();
+    let path = table.clone();
+    let mut ts = TestServer::start_with(tempfile::tempdir().unwrap(), move |c| c.gateway.geo_table = Some(path)).await;
+    let up = start_upstream().await;
+    let admin = ts.admin_client();
+    let (_, _, key) = admin.setup("acme", "/docs", &format!("http://{up}")).await;
+    assert_eq!(get(&ts, "/docs/fixed", &key, "test").await.0, 200);
+    let logs = admin.wait_for("/v1/audit/acme", "logs", 1).await;
+    assert_eq!(logs[0]["country"], "DE", "events carry the caller's country");
+
+    let entry = add(&admin, "/v1/tenants/acme/blocklist", json!({"kind": "country", "value": "de"})).await;
+    assert_eq!((entry["value"].as_str(), entry["reason"].as_str()), (Some("DE"), Some("GEO_BLOCKED")));
+    let (status, body) = get(&ts, "/docs/fixed", &key, "test").await;
+    assert_generic_403(status, &body);
+    let events = blocked(&admin, "acme", 1).await;
+    assert_eq!(events[0]["block_reason"], "GEO_BLOCKED");
+    assert_eq!(events[0]["threat_score"], 40);
+    ts.stop().await;
+
+    // A bad table stops the start, naming the file and the line.
+    std::fs::write(&table, "127.0.0.0/8,DE\n10.0.0.0/8,Germany\n").unwrap();
+    let mut config = crate::util::test_config(tempfile::tempdir().unwrap().path());
+    config.gateway.geo_table = Some(table.clone());
+    let err = keytrail::server::start(config).await.err().expect("a bad table is refused").to_string();
+    assert!(err.contains("countries.csv") && err.contains("line 2") && err.contains("two-letter"), "{err}");
+}
+
+#[tokio::test]
 async fn bad_blocklist_entries_are_refused() {
     let mut ts = TestServer::start().await;
     let admin = ts.admin_client();
@@ -208,7 +239,8 @@ async fn bad_blocklist_entries_are_refused() {
         (json!({"kind": "ip", "value": "300.1.2.3"}), "not an IP address"),
         (json!({"kind": "ip", "value": "10.0.0.0/40"}), "not an IP address"),
         (json!({"kind": "ip", "value": "example.com"}), "not an IP address"),
-        (json!({"kind": "country", "value": "XX"}), "`kind`"),
+        (json!({"kind": "planet", "value": "XX"}), "`kind`"),
+        (json!({"kind": "country", "value": "Germany"}), "two-letter"),
         (json!({"kind": "key", "value": "kt_live_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA000000"}), "key id"),
         (json!({"kind": "user_agent", "value": "x"}), "3-200"),
         (json!({"kind": "ip", "value": "10.0.0.1", "reason": "BECAUSE"}), "`reason` must be one of"),
