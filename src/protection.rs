@@ -103,6 +103,17 @@ fn parse_range(text: &str) -> Option<(u128, u8, u8)> {
     (len <= width).then(|| (mask(bits, width, len), width, len))
 }
 
+/// An address as (bits, family width); a v4-mapped IPv6 address counts as IPv4.
+fn ip_bits(ip: IpAddr) -> (u128, u8) {
+    match ip {
+        IpAddr::V4(v4) => (u128::from(u32::from(v4)), 32),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => (u128::from(u32::from(v4)), 32),
+            None => (u128::from(v6), 128),
+        },
+    }
+}
+
 fn mask(bits: u128, width: u8, len: u8) -> u128 {
     if len == 0 {
         return 0;
@@ -171,13 +182,7 @@ impl IpRanges {
     }
 
     fn find(&self, ip: IpAddr, now_ms: i64) -> Option<&Arc<Entry>> {
-        let (bits, width) = match ip {
-            IpAddr::V4(v4) => (u128::from(u32::from(v4)), 32),
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => (u128::from(u32::from(v4)), 32),
-                None => (u128::from(v6), 128),
-            },
-        };
+        let (bits, width) = ip_bits(ip);
         self.by_len
             .iter()
             .filter(|(w, _, _)| *w == width)
@@ -242,13 +247,7 @@ impl GeoTable {
 
     /// The country of `ip`, from its most specific range.
     pub fn country(&self, ip: IpAddr) -> Option<&str> {
-        let (bits, width) = match ip {
-            IpAddr::V4(v4) => (u128::from(u32::from(v4)), 32),
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => (u128::from(u32::from(v4)), 32),
-                None => (u128::from(v6), 128),
-            },
-        };
+        let (bits, width) = ip_bits(ip);
         self.by_len
             .iter()
             .filter(|(w, _, _)| *w == width)
