@@ -47,6 +47,9 @@ pub struct GatewayFile {
     /// A `cidr,country` file mapping addresses to countries, for country
     /// blocklist entries and the events' `country`.
     pub geo_table: Option<PathBuf>,
+    /// Proxies (addresses or CIDR ranges) whose `X-Forwarded-For` names the client.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -126,6 +129,7 @@ pub struct GatewayConfig {
     pub bruteforce_window: Duration,
     pub bruteforce_block: Duration,
     pub geo_table: Option<PathBuf>,
+    pub trusted_proxies: crate::protection::TrustedProxies,
 }
 
 #[derive(Debug, Clone)]
@@ -226,6 +230,8 @@ pub fn resolve(file: FileConfig, overrides: Overrides) -> Result<Config, ConfigE
             bruteforce_window: Duration::from_secs(file.gateway.bruteforce_window_secs.unwrap_or(60)),
             bruteforce_block: Duration::from_secs(file.gateway.bruteforce_block_secs.unwrap_or(900)),
             geo_table: file.gateway.geo_table,
+            trusted_proxies: crate::protection::TrustedProxies::parse(&file.gateway.trusted_proxies)
+                .map_err(|e| ConfigError::Invalid(format!("gateway.trusted_proxies: {e}")))?,
         },
         admin_listen,
         audit: AuditConfig {
@@ -323,6 +329,17 @@ mod tests {
 
         let err = parse("data_dir = \n").unwrap_err().to_string();
         assert!(err.contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn protection_settings_are_checked() {
+        let file = parse("[gateway]\ntrusted_proxies = [\"10.0.0.0/8\", \"not-a-range\"]\n").unwrap();
+        let err = resolve(file, Overrides::default()).unwrap_err().to_string();
+        assert!(err.contains("gateway.trusted_proxies") && err.contains("`not-a-range`"), "{err}");
+        let err = parse("[gateway]\nbruteforce_window_secs = 0\n").unwrap_err().to_string();
+        assert!(err.contains("line 2") && err.contains("between 1 and"), "{err}");
+        let c = resolve(parse("[gateway]\nbruteforce_failures = 0\n").unwrap(), Overrides::default()).unwrap();
+        assert_eq!(c.gateway.bruteforce_failures, 0, "0 turns the automatic block off");
     }
 
     #[test]

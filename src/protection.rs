@@ -256,6 +256,52 @@ impl GeoTable {
     }
 }
 
+/// The proxies in front of keytrail whose `X-Forwarded-For` is believed.
+#[derive(Debug, Default, Clone)]
+pub struct TrustedProxies {
+    ranges: Vec<(u128, u8, u8)>,
+}
+
+impl TrustedProxies {
+    /// Parses CIDR ranges or addresses; an error names the bad one.
+    pub fn parse(ranges: &[String]) -> Result<TrustedProxies, String> {
+        let ranges = ranges
+            .iter()
+            .map(|r| parse_range(r.trim()).ok_or_else(|| format!("`{r}` is not an IP address or CIDR range")))
+            .collect::<Result<_, _>>()?;
+        Ok(TrustedProxies { ranges })
+    }
+
+    fn trusts(&self, ip: IpAddr) -> bool {
+        let (bits, width) = ip_bits(ip);
+        self.ranges.iter().any(|(net, w, len)| *w == width && mask(bits, width, *len) == *net)
+    }
+
+    /// The client's address: the socket peer, or — only when the peer is a
+    /// trusted proxy — the nearest address in `X-Forwarded-For` that is not
+    /// one. A header from anyone else is ignored, so nobody can spoof their
+    /// way out of a blocklist.
+    pub fn client_ip<'a>(&self, peer: IpAddr, forwarded_for: impl DoubleEndedIterator<Item = &'a str>) -> IpAddr {
+        if self.ranges.is_empty() || !self.trusts(peer) {
+            return peer;
+        }
+        let mut client = peer;
+        for hop in forwarded_for.rev().flat_map(|v| v.rsplit(',')) {
+            match hop.trim().parse::<IpAddr>() {
+                Ok(ip) => {
+                    client = ip;
+                    if !self.trusts(ip) {
+                        break;
+                    }
+                }
+                // Garbage from beyond the last trusted hop: stop there.
+                Err(_) => break,
+            }
+        }
+        client
+    }
+}
+
 /// One scope's compiled blocklist.
 #[derive(Debug, Default)]
 pub struct Blocklist {
@@ -608,6 +654,21 @@ mod tests {
         let ip: IpAddr = "203.0.113.7".parse().unwrap();
         assert_eq!(list.match_caller(ip, table.country(ip), None, 0).unwrap().reason, "GEO_BLOCKED");
         assert!(list.match_caller(ip, Some("FR"), None, 0).is_none());
+    }
+
+    #[test]
+    fn forwarded_addresses_count_only_from_trusted_proxies() {
+        let trusted = TrustedProxies::parse(&["10.0.0.0/8".into(), "::1".into()]).unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let client = |peer: &str, headers: &[&'static str]| trusted.client_ip(ip(peer), headers.iter().copied());
+        assert_eq!(client("203.0.113.5", &["198.51.100.1"]), ip("203.0.113.5"), "an untrusted peer's header is ignored");
+        assert_eq!(client("10.0.0.2", &["198.51.100.1"]), ip("198.51.100.1"));
+        assert_eq!(client("10.0.0.2", &["1.2.3.4, 198.51.100.1, 10.0.0.9"]), ip("198.51.100.1"), "the nearest untrusted hop");
+        assert_eq!(client("10.0.0.2", &["1.2.3.4", "198.51.100.1"]), ip("198.51.100.1"), "several headers, the last nearest");
+        assert_eq!(client("10.0.0.2", &["garbage, 10.0.0.7"]), ip("10.0.0.7"));
+        assert_eq!(client("10.0.0.2", &[]), ip("10.0.0.2"));
+        assert_eq!(client("::1", &["2001:db8::5"]), ip("2001:db8::5"));
+        assert!(TrustedProxies::parse(&["10.0.0.0/99".into()]).is_err());
     }
 
     #[test]

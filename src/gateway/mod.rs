@@ -34,7 +34,7 @@ use crate::error::{ApiError, ErrorCode};
 use crate::event::{self, security_type, Category, Event, SYSTEM_TENANT};
 use crate::keys::{self, MalformedKey};
 use crate::policy::Violation;
-use crate::protection::{self, AttackRules, Block, FailureCounter, GeoTable, History};
+use crate::protection::{self, AttackRules, Block, FailureCounter, GeoTable, History, TrustedProxies};
 use crate::settings::BLOCKED_ERROR_CODE;
 use crate::ratelimit::{self, Exceeded, Standing};
 use crate::snapshot::{KeyEntry, Snapshot};
@@ -61,6 +61,7 @@ pub struct Gateway {
     bruteforce_block: Duration,
     /// The operator's address → country table, if one is configured.
     geo: Option<GeoTable>,
+    trusted_proxies: TrustedProxies,
 }
 
 /// Where the caller put its key.
@@ -99,6 +100,7 @@ impl Gateway {
             failures: FailureCounter::new(config.bruteforce_failures, config.bruteforce_window),
             bruteforce_block: config.bruteforce_block,
             geo,
+            trusted_proxies: config.trusted_proxies.clone(),
         }
     }
 
@@ -111,7 +113,11 @@ impl Gateway {
         event.request_id = Some(request_id.clone());
         event.method = Some(req.method().as_str().to_string());
         event.path = Some(event::path_without_query(req.uri().path()).to_string());
-        event.client_ip = Some(peer.ip().to_string());
+        // The caller: the peer, or the client a trusted proxy forwarded for.
+        let client = self
+            .trusted_proxies
+            .client_ip(peer.ip(), req.headers().get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()));
+        event.client_ip = Some(client.to_string());
         event.user_agent = req.headers().get(header::USER_AGENT).map(|v| {
             let text = String::from_utf8_lossy(v.as_bytes());
             text.chars().take(MAX_USER_AGENT).collect()
@@ -133,21 +139,21 @@ impl Gateway {
             event.api_id = Some(route.api_id.clone());
         }
         let now = event.timestamp_ms;
-        let country = self.geo.as_ref().and_then(|g| g.country(peer.ip()));
+        let country = self.geo.as_ref().and_then(|g| g.country(client));
         event.country = country.map(str::to_string);
         let user_agent = event.user_agent.as_deref();
         let block = self.attack_rules.check(req.uri().path(), req.uri().query()).or_else(|| {
             snapshot
                 .global_blocks
-                .match_caller(peer.ip(), country, user_agent, now)
+                .match_caller(client, country, user_agent, now)
                 .or_else(|| {
                     let tenant = found.as_ref()?;
-                    snapshot.tenant_blocks(&tenant.tenant_id)?.match_caller(peer.ip(), country, user_agent, now)
+                    snapshot.tenant_blocks(&tenant.tenant_id)?.match_caller(client, country, user_agent, now)
                 })
                 .map(|entry| Block::from_entry(&entry))
         });
         if let Some(block) = block {
-            return self.block(&mut event, &block, &req, peer, &request_id, finisher);
+            return self.block(&mut event, &block, &req, client, &request_id, finisher);
         }
 
         // 3. Route. A call to a path no api serves is still attributed to the
@@ -205,7 +211,7 @@ impl Gateway {
             .or_else(|| snapshot.tenant_blocks(&route.tenant_id)?.match_key(&entry.key_id, now));
         drop(snapshot);
         if let Some(entry) = key_block {
-            return self.block(&mut event, &Block::from_entry(&entry), &req, peer, &request_id, finisher);
+            return self.block(&mut event, &Block::from_entry(&entry), &req, client, &request_id, finisher);
         }
 
         // 5. Authorise: the consumer must be active. (Scopes per api come with policies.)
@@ -326,14 +332,14 @@ impl Gateway {
         event: &mut Event,
         block: &Block,
         req: &Request<Incoming>,
-        peer: SocketAddr,
+        client: std::net::IpAddr,
         request_id: &str,
         finisher: impl FnOnce(Event, Option<Arc<AtomicU64>>) -> Finisher,
     ) -> Response<GatewayBody> {
         let mut names: Vec<&str> = req.headers().keys().map(HeaderName::as_str).collect();
         let fingerprint =
             protection::fingerprint(req.method().as_str(), req.uri().path(), req.uri().query(), event.user_agent.as_deref(), &mut names);
-        let threat_score = self.history.score(peer.ip(), block.base_score, event.timestamp_ms);
+        let threat_score = self.history.score(client, block.base_score, event.timestamp_ms);
         let details = serde_json::json!({
             "block_reason": block.reason,
             "rule_id": block.rule_id,

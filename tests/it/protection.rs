@@ -231,6 +231,42 @@ async fn countries_come_from_the_operators_table() {
 }
 
 #[tokio::test]
+async fn forwarded_addresses_count_only_behind_a_trusted_proxy() {
+    // Behind a trusted proxy (this test, at 127.0.0.1), X-Forwarded-For names the client.
+    let mut ts = TestServer::start_with(tempfile::tempdir().unwrap(), |c| {
+        c.gateway.trusted_proxies = keytrail::protection::TrustedProxies::parse(&["127.0.0.1".into()]).unwrap();
+    })
+    .await;
+    let up = start_upstream().await;
+    let admin = ts.admin_client();
+    let (_, _, key) = admin.setup("acme", "/docs", &format!("http://{up}")).await;
+    add(&admin, "/v1/blocklist", json!({"kind": "ip", "value": "198.51.100.0/24"})).await;
+    let call = |xff: &'static str| {
+        let (client, url, key) = (ts.client.clone(), format!("{}/docs/fixed", ts.gateway), key.clone());
+        async move { client.get(url).header("x-api-key", key).header("x-forwarded-for", xff).send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(call("198.51.100.23").await, 403);
+    assert_eq!(call("203.0.113.9").await, 200);
+    let logs = admin.wait_for("/v1/audit/acme", "logs", 2).await;
+    assert_eq!(logs[0]["client_ip"], "203.0.113.9");
+    assert_eq!(logs[1]["client_ip"], "198.51.100.23");
+    ts.stop().await;
+
+    // Without one, the header is the caller's own word and is ignored: it
+    // neither blocks nor unblocks anyone.
+    let mut ts = TestServer::start().await;
+    let admin = ts.admin_client();
+    let (_, _, key) = admin.setup("acme", "/docs", &format!("http://{up}")).await;
+    add(&admin, "/v1/blocklist", json!({"kind": "ip", "value": "198.51.100.0/24"})).await;
+    let res = ts.client.get(format!("{}/docs/fixed", ts.gateway)).header("x-api-key", &key).header("x-forwarded-for", "198.51.100.23").send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    add(&admin, "/v1/blocklist", json!({"kind": "ip", "value": "127.0.0.1"})).await;
+    let res = ts.client.get(format!("{}/docs/fixed", ts.gateway)).header("x-api-key", &key).header("x-forwarded-for", "203.0.113.9").send().await.unwrap();
+    assert_eq!(res.status(), 403, "a spoofed header does not get a blocked address out");
+    ts.stop().await;
+}
+
+#[tokio::test]
 async fn bad_blocklist_entries_are_refused() {
     let mut ts = TestServer::start().await;
     let admin = ts.admin_client();
