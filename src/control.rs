@@ -432,7 +432,7 @@ impl ControlPlane {
         }
     }
 
-    pub fn create_tier(&self, tenant_id: &str, new: NewTier) -> Result<Tier, ApiError> {
+    fn checked_tier(&self, tenant_id: &str, new: NewTier) -> Result<Tier, ApiError> {
         self.require_tenant(tenant_id)?;
         check_slug("id", &new.id)?;
         if let Some(rate) = &new.rate_limit {
@@ -446,17 +446,42 @@ impl ControlPlane {
         if new.rate_limit.is_none() && new.daily_quota.is_none() {
             return Err(ApiError::invalid_body("a tier needs a `rate_limit`, a `daily_quota` or both"));
         }
-        let tier = Tier {
+        Ok(Tier {
             tenant_id: tenant_id.to_string(),
             id: new.id,
             requests_per_minute: new.rate_limit.map(|r| r.requests_per_minute),
             burst: new.rate_limit.map(|r| r.burst),
             daily_quota: new.daily_quota,
             created_at: now_ms(),
-        };
+        })
+    }
+
+    pub fn create_tier(&self, tenant_id: &str, new: NewTier) -> Result<Tier, ApiError> {
+        let tier = self.checked_tier(tenant_id, new)?;
         self.store.create_tier(&tier)?;
         self.reload_after_change()?;
         Ok(tier)
+    }
+
+    /// Replaces a tier's limits; its consumers' counters start afresh under
+    /// the new limits from the next call.
+    pub fn update_tier(&self, tenant_id: &str, new: NewTier) -> Result<Tier, ApiError> {
+        let id = new.id.clone();
+        let tier = self.checked_tier(tenant_id, new)?;
+        if !self.store.update_tier(&tier)? {
+            return Err(ApiError::not_found(format_args!("tier `{id}`")));
+        }
+        self.reload_after_change()?;
+        self.store.list_tiers(tenant_id)?.into_iter().find(|t| t.id == id).ok_or_else(|| ApiError::not_found(format_args!("tier `{id}`")))
+    }
+
+    /// Deletes a tier no consumer is in (409 otherwise).
+    pub fn delete_tier(&self, tenant_id: &str, id: &str) -> Result<(), ApiError> {
+        self.require_tenant(tenant_id)?;
+        if !self.store.delete_tier(tenant_id, id)? {
+            return Err(ApiError::not_found(format_args!("tier `{id}`")));
+        }
+        self.reload_after_change()
     }
 
     pub fn list_tiers(&self, tenant_id: &str) -> Result<Vec<Tier>, ApiError> {

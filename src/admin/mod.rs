@@ -47,6 +47,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/tenants/{tenant}/apis/{api}/policies", put(set_api_policies))
         .route("/v1/tenants/{tenant}/consumers/{consumer}/tier", put(set_consumer_tier))
         .route("/v1/tenants/{tenant}/tiers", get(list_tiers).post(create_tier))
+        .route("/v1/tenants/{tenant}/tiers/{tier}", put(update_tier).delete(delete_tier))
         .route("/v1/blocklist", get(list_global_blocks).post(add_global_block))
         .route("/v1/blocklist/{id}", delete(remove_global_block))
         .route("/v1/tenants/{tenant}/blocklist", get(list_tenant_blocks).post(add_tenant_block))
@@ -253,6 +254,31 @@ async fn create_tier(State(s): State<AdminState>, Path(tenant): Path<String>, bo
     let req: CreateTier = parse_body(&body)?;
     let tier = s.control.create_tier(&tenant, NewTier { id: req.id, rate_limit: req.rate_limit, daily_quota: req.daily_quota })?;
     Ok(created(tier_view(&tier)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateTier {
+    #[serde(default)]
+    rate_limit: Option<RateSpec>,
+    #[serde(default)]
+    daily_quota: Option<u64>,
+}
+
+async fn update_tier(
+    State(s): State<AdminState>,
+    Path((tenant, tier)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    s.control.require_tenant(&tenant)?;
+    let req: UpdateTier = parse_body(&body)?;
+    let tier = s.control.update_tier(&tenant, NewTier { id: tier, rate_limit: req.rate_limit, daily_quota: req.daily_quota })?;
+    Ok(Json(tier_view(&tier)))
+}
+
+async fn delete_tier(State(s): State<AdminState>, Path((tenant, tier)): Path<(String, String)>) -> Result<StatusCode, ApiError> {
+    s.control.delete_tier(&tenant, &tier)?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn list_tiers(State(s): State<AdminState>, Path(tenant): Path<String>) -> Result<Json<Value>, ApiError> {

@@ -555,6 +555,31 @@ impl ControlStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Replaces a tier's limits. False if there is no such tier.
+    pub fn update_tier(&self, tier: &Tier) -> Result<bool, StoreError> {
+        let changed = self.conn().execute(
+            "UPDATE tiers SET requests_per_minute = ?3, burst = ?4, daily_quota = ?5 WHERE tenant_id = ?1 AND id = ?2",
+            params![tier.tenant_id, tier.id, tier.requests_per_minute, tier.burst, tier.daily_quota.map(|v| v as i64)],
+        )?;
+        Ok(changed == 1)
+    }
+
+    /// Deletes a tier no consumer is in: `Ok(false)` if there is no such
+    /// tier, a conflict naming a consumer if one is still in it.
+    pub fn delete_tier(&self, tenant_id: &str, id: &str) -> Result<bool, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let user: Option<String> = tx
+            .query_row("SELECT id FROM consumers WHERE tenant_id = ?1 AND tier = ?2 LIMIT 1", [tenant_id, id], |r| r.get(0))
+            .optional()?;
+        if let Some(consumer) = user {
+            return Err(StoreError::Conflict(format!("tier `{id}` still has consumers (`{consumer}`); move them first")));
+        }
+        let changed = tx.execute("DELETE FROM tiers WHERE tenant_id = ?1 AND id = ?2", [tenant_id, id])?;
+        tx.commit()?;
+        Ok(changed == 1)
+    }
+
     pub fn tier_exists(&self, tenant_id: &str, id: &str) -> Result<bool, StoreError> {
         Ok(self
             .conn()

@@ -203,6 +203,22 @@ async fn bad_limits_are_refused_with_what_to_fix() {
     assert_eq!(tiers.body["tiers"], json!([{"tenant_id": "acme", "id": "t", "rate_limit": null, "daily_quota": 5,
         "created_at": tiers.body["tiers"][0]["created_at"]}]));
 
+    // Updating and deleting tiers.
+    let a = admin.call("PUT", "/v1/tenants/acme/tiers/t", Some(json!({"rate_limit": {"requests_per_minute": 30, "burst": 3}}))).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!(a.body["rate_limit"], json!({"requests_per_minute": 30, "burst": 3}));
+    assert_eq!(a.body["daily_quota"], Value::Null, "a PUT replaces the limits");
+    assert_eq!(admin.call("PUT", "/v1/tenants/acme/tiers/t", Some(json!({}))).await.status, 400);
+    assert_eq!(admin.call("PUT", "/v1/tenants/acme/tiers/nope", Some(json!({"daily_quota": 1}))).await.status, 404);
+    let a = admin.post("/v1/tenants/acme/consumers", json!({"name": "in-tier", "tier": "t"})).await;
+    assert_eq!(a.status, 201, "{}", a.text);
+    let a = admin.call("DELETE", "/v1/tenants/acme/tiers/t", None).await;
+    assert_eq!(a.status, 409, "a tier with consumers stays: {}", a.text);
+    assert!(a.text.contains("move them first"), "{}", a.text);
+    assert_eq!(admin.post("/v1/tenants/acme/tiers", json!({"id": "spare", "daily_quota": 5})).await.status, 201);
+    assert_eq!(admin.call("DELETE", "/v1/tenants/acme/tiers/spare", None).await.status, 204);
+    assert_eq!(admin.call("DELETE", "/v1/tenants/acme/tiers/spare", None).await.status, 404);
+
     let a = admin.post("/v1/tenants/acme/consumers", json!({"name": "c", "tier": "gold"})).await;
     assert_eq!(a.status, 400, "{}", a.text);
     assert!(a.text.contains("tier `gold` does not exist"), "{}", a.text);
