@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use keytrail::audit::AuditPipeline;
 use keytrail::config::{AuditConfig, QueueFullPolicy};
 use keytrail::event::{Category, Event};
+use keytrail::splitmix::SplitMix64;
 use keytrail::store::audit::rollup::{ConsumerAgg, DAY_MS, HOUR_MS};
 use keytrail::store::audit::stats::Activity;
 use keytrail::store::audit::{AuditReader, EventFilter};
@@ -33,29 +34,11 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 // ---------- deterministic data ----------
 
-/// SplitMix64: small, fast and reproducible across machines.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    /// Standard normal (Box–Muller).
-    fn normal(&mut self) -> f64 {
-        let u1 = self.unit().max(1e-12);
-        let u2 = self.unit();
-        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
-    }
+/// Standard normal (Box–Muller).
+fn normal(rng: &mut SplitMix64) -> f64 {
+    let u1 = rng.unit().max(1e-12);
+    let u2 = rng.unit();
+    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
 }
 
 /// Zipf-like picker over `n` items with exponent `s`.
@@ -73,7 +56,7 @@ impl Skewed {
         let total = acc;
         Skewed(cumulative.into_iter().map(|c| c / total).collect())
     }
-    fn pick(&self, rng: &mut Rng) -> usize {
+    fn pick(&self, rng: &mut SplitMix64) -> usize {
         let u = rng.unit();
         self.0.partition_point(|c| *c < u).min(self.0.len() - 1)
     }
@@ -88,7 +71,7 @@ const IPS: u64 = 5_000;
 const START_MS: i64 = 1_793_491_200_000;
 
 struct Generator {
-    rng: Rng,
+    rng: SplitMix64,
     tenants: Skewed,
     consumers: Skewed,
     paths: Skewed,
@@ -118,7 +101,7 @@ impl Generator {
             })
             .collect();
         Generator {
-            rng: Rng(0x6b65_7974_7261_696c),
+            rng: SplitMix64(0x6b65_7974_7261_696c),
             tenants: Skewed::new(TENANTS, 1.0),
             consumers: Skewed::new(CONSUMERS_PER_TENANT, 1.1),
             paths: Skewed::new(PATHS, 1.0),
@@ -149,7 +132,7 @@ impl Generator {
             _ => "DELETE",
         };
         // Log-normal latency around 20 ms.
-        let latency_us = ((20_000f64).ln() + 0.8 * r.normal()).exp() as u64;
+        let latency_us = ((20_000f64).ln() + 0.8 * normal(r)).exp() as u64;
         let ip = r.below(IPS);
         let mut e = Event::new(&format!("tenant-{tenant:02}"), Category::Request, "request", if status < 400 { "success" } else { "failure" });
         e.timestamp_ms = START_MS + (self.n as f64 * self.step_ms) as i64;

@@ -27,6 +27,7 @@ pub mod redact;
 pub mod server;
 pub mod settings;
 pub mod snapshot;
+pub mod splitmix;
 pub mod store;
 
 /// Installs the process log (through the redaction point) and a panic hook

@@ -20,6 +20,7 @@ use serde_json::{json, Map, Value};
 
 use crate::error::ApiError;
 use crate::event::{Category, Event};
+use crate::splitmix;
 
 /// The names of the settings, in the order the API shows them.
 pub const FIELDS: [&str; 5] =
@@ -247,12 +248,9 @@ impl Sampler {
             return false;
         }
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        // splitmix64: a well-mixed 64-bit value per (seed, n).
-        let mut z = self.seed.wrapping_add(n.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        ((z >> 11) as f64 / (1u64 << 53) as f64) < rate
+        // The n-th output of SplitMix64 seeded with `seed`.
+        let state = self.seed.wrapping_add(n.wrapping_add(1).wrapping_mul(splitmix::GAMMA));
+        splitmix::unit(splitmix::mix(state)) < rate
     }
 }
 

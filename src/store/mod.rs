@@ -12,6 +12,7 @@
 pub mod audit;
 pub mod control;
 pub mod sketch;
+pub mod varint;
 
 use rusqlite::Connection;
 use std::path::Path;

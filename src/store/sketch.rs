@@ -12,6 +12,8 @@
 //!
 //! This module does no IO.
 
+use super::varint::{push_varint, read_varint};
+
 const GAMMA: f64 = 1.02;
 
 /// The largest relative error of a quantile answer.
@@ -41,31 +43,6 @@ fn representative(bucket: u16) -> f64 {
     } else {
         2.0 * GAMMA.powi(bucket as i32) / (GAMMA + 1.0)
     }
-}
-
-fn push_varint(out: &mut Vec<u8>, mut v: u64) {
-    loop {
-        let byte = (v & 0x7f) as u8;
-        v >>= 7;
-        if v == 0 {
-            out.push(byte);
-            return;
-        }
-        out.push(byte | 0x80);
-    }
-}
-
-fn read_varint(bytes: &[u8], at: &mut usize) -> Option<u64> {
-    let mut v = 0u64;
-    for shift in (0..64).step_by(7) {
-        let byte = *bytes.get(*at)?;
-        *at += 1;
-        v |= u64::from(byte & 0x7f) << shift;
-        if byte & 0x80 == 0 {
-            return Some(v);
-        }
-    }
-    None
 }
 
 impl LatencySketch {

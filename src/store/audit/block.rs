@@ -43,6 +43,7 @@
 //! This module does no IO and knows nothing of SQLite; the dictionary ids it
 //! stores are resolved by the caller.
 
+use crate::store::varint::push_varint;
 use crate::event::{derived_event_id_bytes, Category, Event};
 
 /// Most events in one block.
@@ -234,14 +235,6 @@ pub enum TextRef<'a> {
 pub struct BlockError(pub &'static str);
 
 // ---------- varints ----------
-
-pub fn push_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
 
 fn zigzag(v: i64) -> u64 {
     ((v << 1) ^ (v >> 63)) as u64

@@ -18,7 +18,8 @@
 use rusqlite::{params, Connection, Transaction};
 use rustc_hash::FxHashMap;
 
-use super::block::{col, push_varint, Columns, DecodedBlock, TextField};
+use super::block::{col, Columns, DecodedBlock, TextField};
+use crate::store::varint::{push_varint, read_varint};
 use crate::store::sketch::LatencySketch;
 use crate::store::StoreError;
 
@@ -164,19 +165,6 @@ impl ConsumerDay {
 // hours: for each hour with calls, ascending: varint hour, calls, err4,
 // err5, latency sum, then the six method counts.
 // paths: for each path, ascending by id: varint id delta, calls, errors.
-
-fn read_varint(bytes: &[u8], at: &mut usize) -> Option<u64> {
-    let mut v = 0u64;
-    for shift in (0..64).step_by(7) {
-        let byte = *bytes.get(*at)?;
-        *at += 1;
-        v |= u64::from(byte & 0x7f) << shift;
-        if byte & 0x80 == 0 {
-            return Some(v);
-        }
-    }
-    None
-}
 
 pub fn encode_hours(hours: &[ConsumerAgg; 24]) -> Vec<u8> {
     let mut out = Vec::new();

@@ -9,30 +9,16 @@ use super::rollup::{ConsumerAgg, DAY_MS, HOUR_MS};
 use super::stats::Activity;
 use super::*;
 use crate::event::{Category, Event, GENESIS_HASH};
+use crate::splitmix::SplitMix64;
 use crate::store::sketch::LatencySketch;
 
 /// 2026-11-20T00:00:00Z.
 const DAY0: i64 = 1_795_132_800_000;
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 /// `n` events over about `span_ms` from `start`, two tenants, some out of
 /// time order (as slow requests are), a few security events.
 fn events(n: usize, start: i64, span_ms: i64, seed: u64) -> Vec<Event> {
-    let mut rng = Rng(seed);
+    let mut rng = SplitMix64(seed);
     (0..n)
         .map(|i| {
             let tenant = ["acme", "globex"][rng.below(2) as usize];
