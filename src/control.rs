@@ -118,6 +118,11 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// A scope's stored values (none set when it has no row).
+fn own_logging(stored: &[(String, LoggingOverrides)], scope: &str) -> LoggingOverrides {
+    stored.iter().find(|(s, _)| s == scope).map(|(_, own)| *own).unwrap_or_default()
+}
+
 /// Ids chosen by users: lowercase letters, digits, `-` and `_`, starting
 /// with a letter or digit (ids starting with `_` are keytrail's own).
 fn check_slug(field: &str, value: &str) -> Result<(), ApiError> {
@@ -153,8 +158,9 @@ fn check_no_secret(field: &str, value: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn check_path_prefix(prefix: &str) -> Result<String, ApiError> {
-    let bad = |why: &str| ApiError::invalid_body(format!("`path_prefix` {why}"));
+/// Checks a path prefix given as `field`; returns its one spelling.
+fn check_path_prefix(field: &str, prefix: &str) -> Result<String, ApiError> {
+    let bad = |why: &str| ApiError::invalid_body(format!("`{field}` {why}"));
     if !prefix.starts_with('/') {
         return Err(bad("must start with `/`"));
     }
@@ -195,10 +201,7 @@ fn check_scopes(scopes: &[String]) -> Result<(), ApiError> {
         return Err(ApiError::invalid_body("`scopes` may hold at most 100 entries"));
     }
     for scope in scopes {
-        let ok = !scope.is_empty()
-            && scope.len() <= 100
-            && scope.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_:.*/".contains(&b));
-        if !ok {
+        if !keys::is_valid_scope(scope) {
             return Err(ApiError::invalid_body(
                 "each scope must be 1-100 characters of letters, digits and `-_:.*/`",
             ));
@@ -237,10 +240,7 @@ impl ControlPlane {
 
     fn logging_policy(&self) -> Result<LoggingPolicy, StoreError> {
         let stored = self.store.load_logging()?;
-        let global = stored
-            .iter()
-            .find(|(scope, _)| scope == GLOBAL_SCOPE)
-            .map_or(self.audit.default_settings(), |(_, own)| own.over(&self.audit.default_settings()));
+        let global = self.global_logging(&stored);
         let tenants = stored.iter().filter(|(scope, _)| scope != GLOBAL_SCOPE).map(|(scope, own)| (scope.clone(), own.over(&global))).collect();
         Ok(LoggingPolicy { global, tenants })
     }
@@ -309,7 +309,7 @@ impl ControlPlane {
     pub fn create_api(&self, tenant_id: &str, new: NewApi) -> Result<Api, ApiError> {
         self.require_tenant(tenant_id)?;
         check_slug("id", &new.id)?;
-        let path_prefix = check_path_prefix(&new.path_prefix)?;
+        let path_prefix = check_path_prefix("path_prefix", &new.path_prefix)?;
         let upstream = check_upstream(&new.upstream)?;
         if let Some(ms) = new.timeout_ms {
             if !(1..=3_600_000).contains(&ms) {
@@ -324,8 +324,7 @@ impl ControlPlane {
         }
         let mut costs = Vec::with_capacity(new.costs.len());
         for rule in new.costs {
-            let rule_prefix = check_path_prefix(&rule.path_prefix)
-                .map_err(|e| ApiError::invalid_body(format!("in `costs`: {}", e.message.trim_start_matches("invalid request body: "))))?;
+            let rule_prefix = check_path_prefix("costs[].path_prefix", &rule.path_prefix)?;
             if !crate::snapshot::prefix_matches(&path_prefix, &rule_prefix) {
                 return Err(ApiError::invalid_body(format!(
                     "`costs` path `{rule_prefix}` is not under the api's prefix `{path_prefix}`"
@@ -613,21 +612,30 @@ impl ControlPlane {
 
     // --- logging settings ---
 
-    fn stored_logging(&self, scope: &str) -> Result<LoggingOverrides, StoreError> {
-        Ok(self.store.load_logging()?.into_iter().find(|(s, _)| s == scope).map(|(_, own)| own).unwrap_or_default())
+    /// The global settings: the stored values over the config's defaults.
+    fn global_logging(&self, stored: &[(String, LoggingOverrides)]) -> LoggingSettings {
+        let defaults = self.audit.default_settings();
+        own_logging(stored, GLOBAL_SCOPE).over(&defaults)
+    }
+
+    /// A scope's settings as the API shows them, from the stored ones.
+    fn logging_view(&self, stored: &[(String, LoggingOverrides)], tenant: Option<&str>) -> LoggingView {
+        let global = self.global_logging(stored);
+        match tenant {
+            None => LoggingView { settings: global, inherited: Vec::new() },
+            Some(tenant) => {
+                let own = own_logging(stored, tenant);
+                LoggingView { settings: own.over(&global), inherited: own.inherited() }
+            }
+        }
     }
 
     /// The logging settings of a tenant, or the global ones (`None`).
     pub fn logging_settings(&self, tenant: Option<&str>) -> Result<LoggingView, ApiError> {
-        let policy = self.logging_policy()?;
-        match tenant {
-            None => Ok(LoggingView { settings: policy.global, inherited: Vec::new() }),
-            Some(tenant) => {
-                self.require_tenant(tenant)?;
-                let own = self.stored_logging(tenant)?;
-                Ok(LoggingView { settings: own.over(&policy.global), inherited: own.inherited() })
-            }
+        if let Some(tenant) = tenant {
+            self.require_tenant(tenant)?;
         }
+        Ok(self.logging_view(&self.store.load_logging()?, tenant))
     }
 
     /// Changes the settings named in `patch` (a JSON object) for a tenant or
@@ -640,12 +648,15 @@ impl ControlPlane {
             self.require_tenant(tenant)?;
         }
         let scope = tenant.unwrap_or(GLOBAL_SCOPE);
-        let before = self.logging_settings(tenant)?.settings;
-        let mut own = self.stored_logging(scope)?;
+        let mut stored = self.store.load_logging()?;
+        let before = self.logging_view(&stored, tenant).settings;
+        let mut own = own_logging(&stored, scope);
         own.apply_patch(patch, tenant.is_some())?;
         self.store.save_logging(scope, &own, now_ms())?;
         self.reload_after_change()?;
-        let view = self.logging_settings(tenant)?;
+        stored.retain(|(s, _)| s != scope);
+        stored.push((scope.to_string(), own));
+        let view = self.logging_view(&stored, tenant);
         let changes = before.changes(&view.settings);
         if !changes.is_empty() {
             let mut event = Event::new(tenant.unwrap_or(SYSTEM_TENANT), Category::Security, security_type::SETTINGS_CHANGED, "success");
@@ -689,10 +700,10 @@ mod tests {
 
     #[test]
     fn path_prefixes() {
-        assert_eq!(check_path_prefix("/docs/").unwrap(), "/docs");
-        assert_eq!(check_path_prefix("/").unwrap(), "/");
+        assert_eq!(check_path_prefix("path_prefix", "/docs/").unwrap(), "/docs");
+        assert_eq!(check_path_prefix("path_prefix", "/").unwrap(), "/");
         for bad in ["docs", "/a?b", "/a b", "/a//b", "/a/../b", "/%2e"] {
-            assert!(check_path_prefix(bad).is_err(), "{bad}");
+            assert!(check_path_prefix("path_prefix", bad).is_err(), "{bad}");
         }
     }
 

@@ -166,6 +166,12 @@ pub fn generate_id(prefix: &str) -> String {
     format!("{prefix}_{}", random_base62(20))
 }
 
+/// Whether `scope` is a well-formed key scope: 1-100 characters of letters,
+/// digits and `-_:.*/`.
+pub fn is_valid_scope(scope: &str) -> bool {
+    !scope.is_empty() && scope.len() <= 100 && scope.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_:.*/".contains(&b))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

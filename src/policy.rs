@@ -70,7 +70,7 @@ impl Policies {
             }
         }
         for scope in &self.required_scopes {
-            if scope.is_empty() || scope.len() > 100 || !scope.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_:.*/".contains(&b)) {
+            if !crate::keys::is_valid_scope(scope) {
                 return Err(ApiError::invalid_body("each of `policies.required_scopes` must be 1-100 characters of letters, digits and `-_:.*/`"));
             }
         }

@@ -518,32 +518,62 @@ pub fn fingerprint(method: &str, path: &str, query: Option<&str>, user_agent: Op
     digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Most addresses a counter keeps before it drops those whose window ended.
+const COUNTED_ADDRESSES_MAX: usize = 100_000;
+
+/// Events per client address within a fixed window that starts at the
+/// address's first event.
+#[derive(Debug)]
+struct AddressCounts {
+    window_ms: i64,
+    /// When the map is still full after expired windows are dropped: start
+    /// over (bounded memory) rather than keep growing.
+    clear_when_full: bool,
+    counts: Mutex<HashMap<IpAddr, (i64, u32)>>,
+}
+
+impl AddressCounts {
+    fn new(window_ms: i64, clear_when_full: bool) -> AddressCounts {
+        AddressCounts { window_ms, clear_when_full, counts: Mutex::new(HashMap::new()) }
+    }
+
+    /// Counts one event of `ip`; returns how many it had in the window before.
+    fn bump(&self, ip: IpAddr, now_ms: i64) -> u32 {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if counts.len() >= COUNTED_ADDRESSES_MAX {
+            counts.retain(|_, (since, _)| now_ms - *since < self.window_ms);
+            if self.clear_when_full && counts.len() >= COUNTED_ADDRESSES_MAX {
+                counts.clear();
+            }
+        }
+        let slot = counts.entry(ip).or_insert((now_ms, 0));
+        if now_ms - slot.0 >= self.window_ms {
+            *slot = (now_ms, 0);
+        }
+        slot.1 += 1;
+        slot.1 - 1
+    }
+}
+
 /// Recent blocks per client address, which raise the threat score of the
 /// next one: +5 per block in the last ten minutes.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct History {
-    recent: Mutex<HashMap<IpAddr, (i64, u32)>>,
+    recent: AddressCounts,
 }
 
 const HISTORY_WINDOW_MS: i64 = 10 * 60 * 1000;
-const HISTORY_MAX: usize = 100_000;
+
+impl Default for History {
+    fn default() -> Self {
+        History { recent: AddressCounts::new(HISTORY_WINDOW_MS, true) }
+    }
+}
 
 impl History {
     /// Records a block of `ip` and returns its threat score.
     pub fn score(&self, ip: IpAddr, base: u8, now_ms: i64) -> u8 {
-        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-        if recent.len() >= HISTORY_MAX {
-            recent.retain(|_, (since, _)| now_ms - *since < HISTORY_WINDOW_MS);
-            if recent.len() >= HISTORY_MAX {
-                recent.clear();
-            }
-        }
-        let slot = recent.entry(ip).or_insert((now_ms, 0));
-        if now_ms - slot.0 >= HISTORY_WINDOW_MS {
-            *slot = (now_ms, 0);
-        }
-        let earlier = slot.1;
-        slot.1 += 1;
+        let earlier = self.recent.bump(ip, now_ms);
         (u32::from(base) + 5 * earlier).min(100) as u8
     }
 }
@@ -556,18 +586,19 @@ pub const BRUTEFORCE_RULE: &str = "auto-bruteforce";
 #[derive(Debug)]
 pub struct FailureCounter {
     max: u32,
-    window_ms: i64,
-    counts: Mutex<HashMap<IpAddr, (i64, u32)>>,
+    /// Never cleared wholesale: a flood of addresses must not reset the
+    /// counts of the one guessing keys.
+    failures: AddressCounts,
 }
 
 impl FailureCounter {
     /// `max` failures are tolerated per window; `max` 0 turns counting off.
     pub fn new(max: u32, window: std::time::Duration) -> FailureCounter {
-        FailureCounter { max, window_ms: window.as_millis() as i64, counts: Mutex::new(HashMap::new()) }
+        FailureCounter { max, failures: AddressCounts::new(window.as_millis() as i64, false) }
     }
 
     pub fn window_secs(&self) -> i64 {
-        self.window_ms / 1000
+        self.failures.window_ms / 1000
     }
 
     /// Counts a failure; `Some(count)` exactly once per window, when `ip`
@@ -576,17 +607,8 @@ impl FailureCounter {
         if self.max == 0 {
             return None;
         }
-        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
-        if counts.len() >= HISTORY_MAX {
-            let window = self.window_ms;
-            counts.retain(|_, (since, _)| now_ms - *since < window);
-        }
-        let slot = counts.entry(ip).or_insert((now_ms, 0));
-        if now_ms - slot.0 >= self.window_ms {
-            *slot = (now_ms, 0);
-        }
-        slot.1 += 1;
-        (slot.1 == self.max + 1).then_some(slot.1)
+        let count = self.failures.bump(ip, now_ms) + 1;
+        (count == self.max + 1).then_some(count)
     }
 }
 

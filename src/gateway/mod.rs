@@ -167,8 +167,6 @@ impl Gateway {
             }
             return refuse(&mut event, ErrorCode::NoRoute, &request_id, finisher);
         };
-        event.tenant_id = route.tenant_id.clone();
-        event.api_id = Some(route.api_id.clone());
 
         // 4. Authenticate the key against the api's tenant.
         let (key, source) = match presented {
@@ -223,7 +221,7 @@ impl Gateway {
         // the path's cost.
         let cost = ratelimit::cost_of(&route.costs, req.uri().path());
         let api_limit = route.rate_limit.as_deref().map(|l| (route.api_id.as_str(), l));
-        let standing = match ratelimit::check(entry.tier.as_deref(), api_limit, &entry.consumer_id, cost, event::now_ms()) {
+        let standing = match ratelimit::check(entry.tier.as_deref(), api_limit, &entry.consumer_id, cost, now) {
             Ok(standing) => standing,
             Err(exceeded) => {
                 self.record_rate_limited(&event, &entry, &exceeded, cost);
@@ -402,22 +400,22 @@ impl Gateway {
     }
 
     fn record_auth_failure(&self, request: &Event, failure: &AuthFailure, source: Option<KeySource>, hint: Option<String>) {
-        let mut event = security_event(request, failure.event_type);
-        event.error_code = Some(failure.code.as_str().to_string());
-        event.key_hint = hint;
-        match &failure.key {
+        let mut event = match &failure.key {
             Some(key) => {
-                event.actor = Some(format!("consumer:{}", key.consumer_id));
+                let mut event = consumer_security_event(request, key, failure.event_type, failure.code);
                 event.target = Some(format!("key:{}", key.key_id));
-                event.key_id = Some(key.key_id.clone());
-                event.consumer_id = Some(key.consumer_id.clone());
-                event.consumer_name = Some(key.consumer_name.clone());
+                event
             }
             None => {
+                let mut event = security_event(request, failure.event_type);
+                event.error_code = Some(failure.code.as_str().to_string());
                 event.actor = request.client_ip.as_ref().map(|ip| format!("ip:{ip}"));
                 event.target = request.api_id.as_ref().map(|api| format!("api:{api}"));
+                event
             }
-        }
+        };
+        // The hint of the key as presented (the stored one, when it matched).
+        event.key_hint = hint;
         event.details = Some(serde_json::json!({
             "reason": failure.reason,
             "key_source": source.map(KeySource::as_str),
