@@ -47,6 +47,9 @@ pub struct GatewayFile {
     /// A `cidr,country` file mapping addresses to countries, for country
     /// blocklist entries and the events' `country`.
     pub geo_table: Option<PathBuf>,
+    /// A MaxMind (GeoIP2 / GeoLite2 Country or City) database, asked for
+    /// addresses the table does not cover.
+    pub geo_database: Option<PathBuf>,
     /// Proxies (addresses or CIDR ranges) whose `X-Forwarded-For` names the client.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
@@ -129,6 +132,7 @@ pub struct GatewayConfig {
     pub bruteforce_window: Duration,
     pub bruteforce_block: Duration,
     pub geo_table: Option<PathBuf>,
+    pub geo_database: Option<PathBuf>,
     pub trusted_proxies: crate::protection::TrustedProxies,
 }
 
@@ -230,6 +234,7 @@ pub fn resolve(file: FileConfig, overrides: Overrides) -> Result<Config, ConfigE
             bruteforce_window: Duration::from_secs(file.gateway.bruteforce_window_secs.unwrap_or(60)),
             bruteforce_block: Duration::from_secs(file.gateway.bruteforce_block_secs.unwrap_or(900)),
             geo_table: file.gateway.geo_table,
+            geo_database: file.gateway.geo_database,
             trusted_proxies: crate::protection::TrustedProxies::parse(&file.gateway.trusted_proxies)
                 .map_err(|e| ConfigError::Invalid(format!("gateway.trusted_proxies: {e}")))?,
         },

@@ -256,6 +256,66 @@ impl GeoTable {
     }
 }
 
+/// Where a caller's country comes from: the operator's `cidr,CC` table
+/// first (so it can correct the database), then a MaxMind database
+/// (GeoIP2 / GeoLite2 Country or City, `.mmdb`).
+#[derive(Default)]
+pub struct Countries {
+    table: Option<GeoTable>,
+    database: Option<maxminddb::Reader<Vec<u8>>>,
+}
+
+impl Countries {
+    /// Loads what is configured; an error names the file and what is wrong.
+    pub fn load(table: Option<&std::path::Path>, database: Option<&std::path::Path>) -> Result<Countries, String> {
+        let table = table.map(|path| GeoTable::load(path).map_err(|e| format!("invalid gateway.geo_table: {e}"))).transpose()?;
+        let database = database
+            .map(|path| {
+                let reader = maxminddb::Reader::open_readfile(path)
+                    .map_err(|e| format!("invalid gateway.geo_database: {}: not a MaxMind database ({e})", path.display()))?;
+                let kind = &reader.metadata().database_type;
+                if !(kind.contains("Country") || kind.contains("City") || kind.contains("Enterprise")) {
+                    return Err(format!(
+                        "invalid gateway.geo_database: {}: a `{kind}` database has no countries; use a GeoIP2 or GeoLite2 Country or City database",
+                        path.display()
+                    ));
+                }
+                Ok(reader)
+            })
+            .transpose()?;
+        Ok(Countries { table, database })
+    }
+
+    pub fn from_table(table: GeoTable) -> Countries {
+        Countries { table: Some(table), database: None }
+    }
+
+    pub fn is_configured(&self) -> bool {
+        self.table.is_some() || self.database.is_some()
+    }
+
+    /// Ranges in the table and the database's type, for the start-up log.
+    pub fn describe(&self) -> String {
+        let table = self.table.as_ref().map(|t| format!("{} table ranges", t.len()));
+        let database = self.database.as_ref().map(|d| format!("{} database", d.metadata().database_type));
+        table.into_iter().chain(database).collect::<Vec<_>>().join(" + ")
+    }
+
+    /// The caller's ISO country code, if the table or the database knows it.
+    pub fn country(&self, ip: IpAddr) -> Option<&str> {
+        if let Some(code) = self.table.as_ref().and_then(|t| t.country(ip)) {
+            return Some(code);
+        }
+        let found = self.database.as_ref()?.lookup(ip).ok()?;
+        let code: Option<&str> = found
+            .decode_path(&maxminddb::path!["country", "iso_code"])
+            .ok()
+            .flatten()
+            .or_else(|| found.decode_path(&maxminddb::path!["registered_country", "iso_code"]).ok().flatten());
+        code.filter(|c| c.len() == 2)
+    }
+}
+
 /// The proxies in front of keytrail whose `X-Forwarded-For` is believed.
 #[derive(Debug, Default, Clone)]
 pub struct TrustedProxies {

@@ -109,14 +109,11 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let admin_addr = admin_listener.local_addr()?;
 
     let (shutdown, _) = watch::channel(false);
-    let geo = match &config.gateway.geo_table {
-        Some(path) => {
-            let table = crate::protection::GeoTable::load(path).map_err(|e| anyhow::anyhow!("invalid gateway.geo_table: {e}"))?;
-            tracing::info!(ranges = table.len(), path = %path.display(), "country table loaded");
-            Some(table)
-        }
-        None => None,
-    };
+    let geo = crate::protection::Countries::load(config.gateway.geo_table.as_deref(), config.gateway.geo_database.as_deref())
+        .map_err(|e| anyhow::anyhow!(e))?;
+    if geo.is_configured() {
+        tracing::info!(sources = %geo.describe(), "country lookup loaded");
+    }
     let gateway = Arc::new(Gateway::new(&config.gateway, control.clone(), audit.clone(), geo));
     let gateway_task = tokio::spawn(gateway::serve(gateway_listener, gateway, shutdown.subscribe(), Duration::from_secs(10)));
 

@@ -96,7 +96,7 @@ pub fn security_entry(stored: &StoredEvent) -> Value {
 }
 
 /// Column order of the CSV export.
-pub const CSV_COLUMNS: [&str; 21] = [
+pub const CSV_COLUMNS: [&str; 25] = [
     "timestamp",
     "event_id",
     "seq",
@@ -118,6 +118,10 @@ pub const CSV_COLUMNS: [&str; 21] = [
     "user_agent",
     "outcome",
     "error_code",
+    "block_reason",
+    "rule_id",
+    "fingerprint",
+    "threat_score",
 ];
 
 /// Appends one CSV line (RFC 4180 quoting) for a request event, in
@@ -168,6 +172,14 @@ pub fn csv_line(stored: &StoredEvent, out: &mut String) {
     text(out, e.user_agent.as_deref());
     text(out, Some(&e.outcome));
     text(out, e.error_code.as_deref());
+    // What stopped a blocked call (empty for the others).
+    for field in &BLOCK_FIELDS[..4] {
+        match e.details.as_ref().and_then(|d| d.get(*field)) {
+            Some(Value::String(v)) => text(out, Some(v)),
+            Some(Value::Number(n)) => number(out, n.as_u64()),
+            _ => out.push(','),
+        }
+    }
     out.push_str("\r\n");
 }
 
@@ -217,7 +229,15 @@ mod tests {
         assert_eq!(fields[2], "7");
         assert!(line.contains(",\"/a,b\","));
         assert!(line.contains(",200,1.234,,,5,"), "{line}");
-        assert!(line.trim_end().ends_with(",success,"), "{line}");
+        assert!(line.trim_end().ends_with(",success,,,,,"), "{line}");
+
+        // A blocked call names what stopped it in the last four columns.
+        let mut blocked = crate::event::Event::new("acme", crate::event::Category::Request, "request", "blocked");
+        blocked.details = Some(json!({"block_reason": "IP_BLOCKLISTED", "rule_id": "bl_1", "fingerprint": "ab12", "threat_score": 70}));
+        let mut line = String::new();
+        csv_line(&StoredEvent { event: blocked, hash: None }, &mut line);
+        assert!(line.ends_with(",blocked,,IP_BLOCKLISTED,bl_1,ab12,70\r\n"), "{line}");
+        assert_eq!(line.trim_end().split(',').count(), CSV_COLUMNS.len());
     }
 
     #[test]

@@ -34,7 +34,7 @@ use crate::error::{ApiError, ErrorCode};
 use crate::event::{self, security_type, Category, Event, SYSTEM_TENANT};
 use crate::keys::{self, MalformedKey};
 use crate::policy::Violation;
-use crate::protection::{self, AttackRules, Block, FailureCounter, GeoTable, History, TrustedProxies};
+use crate::protection::{self, AttackRules, Block, Countries, FailureCounter, History, TrustedProxies};
 use crate::settings::BLOCKED_ERROR_CODE;
 use crate::ratelimit::{self, Exceeded, Standing};
 use crate::snapshot::{KeyEntry, Snapshot};
@@ -60,7 +60,7 @@ pub struct Gateway {
     failures: FailureCounter,
     bruteforce_block: Duration,
     /// The operator's address → country table, if one is configured.
-    geo: Option<GeoTable>,
+    geo: Countries,
     trusted_proxies: TrustedProxies,
 }
 
@@ -89,7 +89,7 @@ struct AuthFailure {
 }
 
 impl Gateway {
-    pub fn new(config: &GatewayConfig, control: Arc<ControlPlane>, audit: Arc<AuditPipeline>, geo: Option<GeoTable>) -> Gateway {
+    pub fn new(config: &GatewayConfig, control: Arc<ControlPlane>, audit: Arc<AuditPipeline>, geo: Countries) -> Gateway {
         Gateway {
             control,
             audit,
@@ -139,7 +139,7 @@ impl Gateway {
             event.api_id = Some(route.api_id.clone());
         }
         let now = event.timestamp_ms;
-        let country = self.geo.as_ref().and_then(|g| g.country(client));
+        let country = self.geo.country(client);
         event.country = country.map(str::to_string);
         let user_agent = event.user_agent.as_deref();
         let block = self.attack_rules.check(req.uri().path(), req.uri().query()).or_else(|| {

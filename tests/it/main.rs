@@ -5,6 +5,7 @@
 mod admin;
 mod audit_api;
 mod gateway;
+mod mmdb;
 mod pipeline;
 mod policy;
 mod process;

@@ -71,6 +71,12 @@ async fn ip_entries_block_by_address_range_scope_and_until_they_expire() {
     let security = admin.wait_for("/v1/audit/acme/security?event_type=request_blocked", "events", 2).await;
     assert_eq!(security[0]["details"]["rule_id"], "block-local");
     assert_eq!(security[0]["actor"], "ip:127.0.0.1");
+    // The CSV export names what stopped each blocked call.
+    let csv = ts.client.get(format!("{}/v1/audit/acme/export/csv", ts.admin)).bearer_auth(&admin.token).send().await.unwrap();
+    let csv = csv.text().await.unwrap();
+    assert!(csv.lines().next().unwrap().ends_with(",error_code,block_reason,rule_id,fingerprint,threat_score"), "{csv}");
+    let fingerprint = events[1]["fingerprint"].as_str().unwrap();
+    assert!(csv.contains(&format!(",IP_BLOCKLISTED,block-local,{fingerprint},70\r\n")), "{csv}");
 
     // Removed: calls pass again.
     let id = entry["id"].as_str().unwrap();
@@ -297,4 +303,64 @@ async fn bad_blocklist_entries_are_refused() {
     let anonymous = Admin { token: "nope".into(), ..admin.clone() };
     assert_eq!(anonymous.post("/v1/blocklist", json!({"kind": "ip", "value": "10.0.0.1"})).await.status, 401);
     ts.stop().await;
+}
+
+#[tokio::test]
+async fn countries_come_from_a_maxmind_database() {
+    use keytrail::protection::Countries;
+    let dir = tempfile::tempdir().unwrap();
+    let database = dir.path().join("GeoLite2-Country.mmdb");
+    crate::mmdb::write(
+        &database,
+        "GeoLite2-Country",
+        &[("127.0.0.0/8", "SE"), ("198.51.100.0/24", "FR"), ("198.51.100.128/25", "IT"), ("2001:db8::/32", "US")],
+    );
+    // The lookup itself: IPv4 under ::/96, IPv6, the most specific range, misses.
+    let countries = Countries::load(None, Some(&database)).unwrap();
+    let at = |ip: &str| countries.country(ip.parse().unwrap()).map(str::to_string);
+    assert_eq!(at("127.0.0.1").as_deref(), Some("SE"));
+    assert_eq!(at("198.51.100.7").as_deref(), Some("FR"));
+    assert_eq!(at("198.51.100.200").as_deref(), Some("IT"), "the most specific range");
+    assert_eq!(at("2001:db8::5").as_deref(), Some("US"));
+    assert_eq!(at("203.0.113.1"), None);
+    assert_eq!(at("2001:db9::1"), None);
+    // The operator's table is asked first, so it can correct the database.
+    let table = dir.path().join("countries.csv");
+    std::fs::write(&table, "198.51.100.0/24,DE\n").unwrap();
+    let both = Countries::load(Some(&table), Some(&database)).unwrap();
+    assert_eq!(both.country("198.51.100.200".parse().unwrap()), Some("DE"));
+    assert_eq!(both.country("127.0.0.1".parse().unwrap()), Some("SE"));
+
+    // Through the gateway: events carry the database's country and a country entry blocks it.
+    let path = database.clone();
+    let mut ts = TestServer::start_with(tempfile::tempdir().unwrap(), move |c| c.gateway.geo_database = Some(path)).await;
+    let up = start_upstream().await;
+    let admin = ts.admin_client();
+    let (_, _, key) = admin.setup("acme", "/docs", &format!("http://{up}")).await;
+    assert_eq!(get(&ts, "/docs/fixed", &key, "test").await.0, 200);
+    let logs = admin.wait_for("/v1/audit/acme", "logs", 1).await;
+    assert_eq!(logs[0]["country"], "SE");
+    add(&admin, "/v1/blocklist", json!({"kind": "country", "value": "se"})).await;
+    let (status, body) = get(&ts, "/docs/fixed", &key, "test").await;
+    assert_generic_403(status, &body);
+    let events = blocked(&admin, "acme", 1).await;
+    assert_eq!(events[0]["block_reason"], "GEO_BLOCKED");
+    ts.stop().await;
+
+    // A file that is not a MaxMind database, or one without countries, stops the start.
+    let refused = |path: std::path::PathBuf| async move {
+        let mut config = crate::util::test_config(tempfile::tempdir().unwrap().path());
+        config.gateway.geo_database = Some(path);
+        keytrail::server::start(config).await.err().expect("a bad database is refused").to_string()
+    };
+    let junk = dir.path().join("junk.mmdb");
+    std::fs::write(&junk, b"not a database at all").unwrap();
+    let err = refused(junk).await;
+    assert!(err.contains("gateway.geo_database") && err.contains("junk.mmdb") && err.contains("not a MaxMind database"), "{err}");
+    let asn = dir.path().join("GeoLite2-ASN.mmdb");
+    crate::mmdb::write(&asn, "GeoLite2-ASN", &[("127.0.0.0/8", "SE")]);
+    let err = refused(asn).await;
+    assert!(err.contains("GeoLite2-ASN") && err.contains("has no countries"), "{err}");
+    let err = refused(dir.path().join("missing.mmdb")).await;
+    assert!(err.contains("missing.mmdb"), "{err}");
 }
