@@ -23,6 +23,8 @@ pub struct RouteApi {
     pub path_prefix: String,
     pub upstream_scheme: http::uri::Scheme,
     pub upstream_authority: http::uri::Authority,
+    /// The `Host` header sent upstream, made once per snapshot.
+    pub host_header: http::HeaderValue,
     pub timeout: Option<Duration>,
     /// The api's own per-minute limit per consumer.
     pub rate_limit: Option<Arc<RateLimit>>,
@@ -37,6 +39,10 @@ pub struct KeyEntry {
     pub tenant_id: String,
     pub consumer_id: String,
     pub consumer_name: String,
+    /// `consumer:{consumer_id}`, the actor of the key's events.
+    pub actor: String,
+    /// The `X-Consumer-Id` header sent upstream, made once per snapshot.
+    pub consumer_header: http::HeaderValue,
     pub consumer_active: bool,
     pub hint: String,
     pub scopes: Vec<String>,
@@ -103,6 +109,8 @@ impl Snapshot {
                     }
                 };
                 let parts = uri.into_parts();
+                let authority = parts.authority?;
+                let host_header = http::HeaderValue::from_str(authority.as_str()).ok()?;
                 let rate_limit = old_api_limit(&api.tenant_id, &api.id, api.rate_limit)
                     .or_else(|| api.rate_limit.and_then(RateLimit::new).map(Arc::new));
                 Some(Arc::new(RouteApi {
@@ -113,7 +121,8 @@ impl Snapshot {
                     api_id: api.id,
                     path_prefix: api.path_prefix,
                     upstream_scheme: parts.scheme?,
-                    upstream_authority: parts.authority?,
+                    upstream_authority: authority,
+                    host_header,
                     timeout: api.timeout_ms.map(Duration::from_millis),
                 }))
             })
@@ -135,10 +144,13 @@ impl Snapshot {
             .into_iter()
             .filter_map(|k| {
                 let (name, active, tier) = consumers.get(k.consumer_id.as_str()).cloned()?;
+                let consumer_header = http::HeaderValue::from_str(&k.consumer_id).ok()?;
                 Some((
                     k.hash,
                     Arc::new(KeyEntry {
                         consumer_name: name.to_string(),
+                        actor: format!("consumer:{}", k.consumer_id),
+                        consumer_header,
                         consumer_active: active,
                         revoked: k.status == "revoked",
                         key_id: k.key_id,

@@ -37,7 +37,7 @@ use crate::policy::Violation;
 use crate::protection::{self, AttackRules, Block, Countries, FailureCounter, History, TrustedProxies};
 use crate::settings::BLOCKED_ERROR_CODE;
 use crate::ratelimit::{self, Exceeded, Standing};
-use crate::snapshot::{KeyEntry, Snapshot};
+use crate::snapshot::{KeyEntry, Snapshot, RouteApi};
 
 static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -108,8 +108,9 @@ impl Gateway {
     pub async fn handle(&self, peer: SocketAddr, upstreams: &ConnectionUpstreams, req: Request<Incoming>) -> Response<GatewayBody> {
         // 1. Accept: request id and clock.
         let started = Instant::now();
-        let request_id = event::new_id();
         let mut event = Event::new(SYSTEM_TENANT, Category::Request, "request", "success");
+        // Stamped with the event's own time, so the store keeps only its random part.
+        let request_id = event::new_id_at(event.timestamp_ms);
         event.request_id = Some(request_id.clone());
         event.method = Some(req.method().as_str().to_string());
         event.path = Some(event::path_without_query(req.uri().path()).to_string());
@@ -117,7 +118,7 @@ impl Gateway {
         let client = self
             .trusted_proxies
             .client_ip(peer.ip(), req.headers().get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()));
-        event.client_ip = Some(client.to_string());
+        event.client_ip = Some(if client == peer.ip() { upstreams.peer_text().to_string() } else { client.to_string() });
         event.user_agent = req.headers().get(header::USER_AGENT).map(|v| {
             let text = String::from_utf8_lossy(v.as_bytes());
             text.chars().take(MAX_USER_AGENT).collect()
@@ -228,7 +229,7 @@ impl Gateway {
                 let mut response = refuse(&mut event, ErrorCode::RateLimited, &request_id, finisher);
                 let headers = response.headers_mut();
                 rate_headers(headers, &exceeded.standing);
-                headers.insert(header::RETRY_AFTER, HeaderValue::from(exceeded.retry_after_secs));
+                headers.insert(header::RETRY_AFTER, number_header(exceeded.retry_after_secs));
                 return response;
             }
         };
@@ -260,7 +261,7 @@ impl Gateway {
             None => Uri::from_static("/"),
         };
         parts.version = http::Version::HTTP_11;
-        prepare_upstream_headers(&mut parts.headers, source, &route.upstream_authority, &request_id, &entry, peer);
+        prepare_upstream_headers(&mut parts.headers, source, &route, &request_id, &entry, upstreams);
         let request_bytes = Arc::new(AtomicU64::new(0));
         let upstream_req = Request::from_parts(parts, CountingBody::new(body, request_bytes.clone()));
         let timeout = route.timeout.unwrap_or(self.upstream_timeout);
@@ -464,9 +465,40 @@ fn consumer_security_event(request: &Event, key: &KeyEntry, event_type: &str, co
 /// `RateLimit-Limit`, `-Remaining` and `-Reset` (seconds) for the limit
 /// closest to refusing the caller.
 fn rate_headers(headers: &mut HeaderMap, standing: &Standing) {
-    headers.insert(RATELIMIT_LIMIT.clone(), HeaderValue::from(standing.limit));
-    headers.insert(RATELIMIT_REMAINING.clone(), HeaderValue::from(standing.remaining));
-    headers.insert(RATELIMIT_RESET.clone(), HeaderValue::from(standing.reset_secs));
+    headers.insert(RATELIMIT_LIMIT.clone(), number_header(standing.limit));
+    headers.insert(RATELIMIT_REMAINING.clone(), number_header(standing.remaining));
+    headers.insert(RATELIMIT_RESET.clone(), number_header(standing.reset_secs));
+}
+
+/// A number as a header value. Those below 1,024 (resets in seconds, most
+/// limits) come ready-made from one static text, so cloning them costs
+/// nothing; larger ones are formatted.
+fn number_header(n: u64) -> HeaderValue {
+    const SMALL: usize = 1024;
+    static TABLE: std::sync::OnceLock<Vec<HeaderValue>> = std::sync::OnceLock::new();
+    if n as usize >= SMALL {
+        return HeaderValue::from(n);
+    }
+    let table = TABLE.get_or_init(|| {
+        let mut text = String::new();
+        let ends: Vec<usize> = (0..SMALL)
+            .map(|i| {
+                text.push_str(itoa::Buffer::new().format(i));
+                text.len()
+            })
+            .collect();
+        // One allocation for the process's lifetime, so the values can be static.
+        let text: &'static str = Box::leak(text.into_boxed_str());
+        let mut start = 0;
+        ends.iter()
+            .map(|&end| {
+                let value = HeaderValue::from_static(&text[start..end]);
+                start = end;
+                value
+            })
+            .collect()
+    });
+    table[n as usize].clone()
 }
 
 /// The key the caller presented, if any: `X-API-Key` first, then
@@ -523,7 +555,7 @@ fn describe_consumer(event: &mut Event, key: &KeyEntry) {
     event.consumer_name = Some(key.consumer_name.clone());
     event.key_id = Some(key.key_id.clone());
     event.key_hint = Some(key.hint.clone());
-    event.actor = Some(format!("consumer:{}", key.consumer_id));
+    event.actor = Some(key.actor.clone());
 }
 
 /// Answers with a gateway error and records the request event with it.
@@ -574,6 +606,12 @@ fn hop_by_hop() -> [&'static HeaderName; 8] {
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one pass over the names (standard names
+    // compare as enum values) saves hashing each of the eight to remove it.
+    let hop_names = hop_by_hop();
+    if !headers.keys().any(|name| hop_names.contains(&name)) {
+        return;
+    }
     // Headers the `Connection` header names are hop-by-hop too (rare).
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
@@ -587,7 +625,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
-    for name in hop_by_hop() {
+    for name in hop_names {
         headers.remove(name);
     }
 }
@@ -595,10 +633,10 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 fn prepare_upstream_headers(
     headers: &mut HeaderMap,
     source: KeySource,
-    authority: &http::uri::Authority,
+    route: &RouteApi,
     request_id: &str,
     key: &KeyEntry,
-    peer: SocketAddr,
+    connection: &ConnectionUpstreams,
 ) {
     strip_hop_by_hop(headers);
     // The key never travels further than the gateway.
@@ -608,13 +646,13 @@ fn prepare_upstream_headers(
     };
     // Identity headers are the gateway's to set; a caller's own are dropped.
     headers.insert(X_REQUEST_ID.clone(), header_value(request_id));
-    headers.insert(X_CONSUMER_ID.clone(), header_value(&key.consumer_id));
-    headers.insert(header::HOST, header_value(authority.as_str()));
+    headers.insert(X_CONSUMER_ID.clone(), key.consumer_header.clone());
+    headers.insert(header::HOST, route.host_header.clone());
     let forwarded = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(previous) => format!("{previous}, {}", peer.ip()),
-        None => peer.ip().to_string(),
+        Some(previous) => header_value(&format!("{previous}, {}", connection.peer_text())),
+        None => connection.peer_header().clone(),
     };
-    headers.insert(X_FORWARDED_FOR.clone(), header_value(&forwarded));
+    headers.insert(X_FORWARDED_FOR.clone(), forwarded);
 }
 
 fn error_chain(error: &dyn std::error::Error) -> String {
@@ -645,7 +683,7 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown: w
                 };
                 let _ = stream.set_nodelay(true);
                 let gateway = gateway.clone();
-                let upstreams = Arc::new(ConnectionUpstreams::new(gateway.upstreams.clone()));
+                let upstreams = Arc::new(ConnectionUpstreams::new(gateway.upstreams.clone(), peer));
                 let service = hyper::service::service_fn(move |req| {
                     let (gateway, upstreams) = (gateway.clone(), upstreams.clone());
                     async move { Ok::<_, Infallible>(gateway.handle(peer, &upstreams, req).await) }
@@ -667,5 +705,31 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown: w
     drop(listener);
     if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
         tracing::warn!("gateway shutdown: some connections did not finish in time");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn number_headers_read_as_their_number() {
+        for n in [0u64, 7, 59, 999, 1023, 1024, 86_400, u64::MAX] {
+            assert_eq!(number_header(n).to_str().unwrap(), n.to_string());
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_headers_go_and_others_stay() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        headers.insert("x-custom", HeaderValue::from_static("1"));
+        let untouched = headers.clone();
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers, untouched, "nothing to strip");
+        headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-custom"));
+        headers.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.keys().collect::<Vec<_>>(), vec![&header::CONTENT_TYPE], "the named one goes too");
     }
 }

@@ -93,13 +93,27 @@ impl Upstreams {
 /// The upstream connections of one client connection.
 pub struct ConnectionUpstreams {
     shared: Arc<Upstreams>,
+    /// The peer's address as text and as an `X-Forwarded-For` value, made
+    /// once per connection rather than once per request.
+    peer_text: String,
+    peer_header: http::HeaderValue,
     /// Usually one entry; a client calling several upstreams has one each.
     mine: Mutex<Vec<(Authority, Sender)>>,
 }
 
 impl ConnectionUpstreams {
-    pub fn new(shared: Arc<Upstreams>) -> ConnectionUpstreams {
-        ConnectionUpstreams { shared, mine: Mutex::new(Vec::new()) }
+    pub fn new(shared: Arc<Upstreams>, peer: std::net::SocketAddr) -> ConnectionUpstreams {
+        let peer_text = peer.ip().to_string();
+        let peer_header = http::HeaderValue::from_str(&peer_text).expect("an IP address is a valid header value");
+        ConnectionUpstreams { shared, peer_text, peer_header, mine: Mutex::new(Vec::new()) }
+    }
+
+    pub fn peer_text(&self) -> &str {
+        &self.peer_text
+    }
+
+    pub fn peer_header(&self) -> &http::HeaderValue {
+        &self.peer_header
     }
 
     fn take_mine(&self, authority: &Authority) -> Option<Sender> {
