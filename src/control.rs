@@ -512,20 +512,7 @@ impl ControlPlane {
                 return Err(ApiError::invalid_body("`expires_at` must be in the future"));
             }
         }
-        let generated = keys::generate_key(new.environment);
-        let record = KeyRecord {
-            key_id: keys::generate_id("key"),
-            tenant_id: tenant_id.to_string(),
-            consumer_id: consumer.id.clone(),
-            hint: generated.hint.clone(),
-            environment: new.environment.as_str().to_string(),
-            scopes: new.scopes,
-            status: "active".into(),
-            expires_at: new.expires_at_ms,
-            created_at: now,
-            revoked_at: None,
-            hash: generated.hash,
-        };
+        let (record, secret) = new_key_record(tenant_id, &consumer.id, new.environment, new.scopes, new.expires_at_ms, now);
         self.store.create_key(&record)?;
         self.reload_after_change()?;
         let mut event = self.key_event(security_type::KEY_CREATED, &record, actor);
@@ -536,12 +523,113 @@ impl ControlPlane {
             "environment": record.environment,
         }));
         self.audit.record(event);
-        Ok(CreatedKey { record, secret: generated.secret })
+        Ok(CreatedKey { record, secret })
     }
 
+    /// A consumer's keys, with the last use the gateway has seen even if it
+    /// is not written to the store yet.
     pub fn list_keys(&self, tenant_id: &str, consumer_id: &str) -> Result<Vec<KeyRecord>, ApiError> {
         self.require_consumer(tenant_id, consumer_id)?;
-        Ok(self.store.list_keys(consumer_id)?)
+        let mut keys = self.store.list_keys(consumer_id)?;
+        let snapshot = self.snapshot();
+        for key in &mut keys {
+            if let Some(seen) = snapshot.key(&key.hash).and_then(|entry| entry.usage.last_used_ms()) {
+                key.last_used_at = Some(key.last_used_at.map_or(seen, |stored| stored.max(seen)));
+            }
+        }
+        Ok(keys)
+    }
+
+    /// Writes the keys' last uses seen since the previous flush, in one
+    /// transaction. Returns how many keys it wrote.
+    pub fn flush_key_usage(&self) -> Result<usize, StoreError> {
+        let snapshot = self.snapshot();
+        let pending: Vec<(&Arc<crate::snapshot::KeyEntry>, i64)> =
+            snapshot.keys().filter_map(|entry| Some((entry, entry.usage.unstored()?))).collect();
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        let uses: Vec<(String, i64)> = pending.iter().map(|(entry, at)| (entry.key_id.clone(), *at)).collect();
+        self.store.record_key_use(&uses)?;
+        for (entry, at) in &pending {
+            entry.usage.mark_stored(*at);
+        }
+        Ok(pending.len())
+    }
+
+    fn require_key(&self, key_id: &str) -> Result<KeyRecord, ApiError> {
+        self.store.get_key(key_id)?.ok_or_else(|| ApiError::not_found(format_args!("key `{key_id}`")))
+    }
+
+    /// Rotates a key: a new key with the same consumer, scopes and expiry,
+    /// while the old one keeps working for `grace_ms`, then is refused as
+    /// expired. Only an active key can be rotated.
+    pub fn rotate_key(&self, key_id: &str, grace_ms: i64, actor: &Actor) -> Result<(CreatedKey, KeyRecord), ApiError> {
+        let old = self.require_key(key_id)?;
+        let now = now_ms();
+        let status = old.status_at(now);
+        if status != "active" {
+            let hint = match status {
+                "rotating" => format!("; rotate its replacement `{}` instead", old.replaced_by.as_deref().unwrap_or("?")),
+                _ => String::new(),
+            };
+            return Err(ApiError::new(ErrorCode::Conflict, format!("key `{key_id}` is {status} and cannot be rotated{hint}")));
+        }
+        let environment = KeyEnvironment::parse(&old.environment).unwrap_or(KeyEnvironment::Live);
+        let (record, secret) = new_key_record(&old.tenant_id, &old.consumer_id, environment, old.scopes.clone(), old.expires_at, now);
+        // The grace never outlives the key's own expiry.
+        let old_expires_at = old.expires_at.map_or(now + grace_ms, |t| t.min(now + grace_ms));
+        if !self.store.rotate_key(key_id, &record, old_expires_at)? {
+            return Err(ApiError::new(ErrorCode::Conflict, format!("key `{key_id}` changed while it was being rotated; try again")));
+        }
+        self.reload_after_change()?;
+        let mut event = self.key_event(security_type::KEY_ROTATED, &old, actor);
+        event.details = Some(serde_json::json!({
+            "new_key_id": record.key_id,
+            "new_key_hint": record.hint,
+            "grace_seconds": grace_ms / 1000,
+            "old_key_expires_at": crate::event::format_timestamp(old_expires_at),
+        }));
+        self.audit.record(event);
+        let old = self.require_key(key_id)?;
+        Ok((CreatedKey { record, secret }, old))
+    }
+
+    /// Replaces a key's scopes; the gateway applies them from the moment
+    /// this returns. The same scopes again change nothing and record nothing.
+    pub fn set_key_scopes(&self, key_id: &str, scopes: Vec<String>, actor: &Actor) -> Result<KeyRecord, ApiError> {
+        check_scopes(&scopes)?;
+        let old = self.require_key(key_id)?;
+        if old.scopes == scopes {
+            return Ok(old);
+        }
+        self.store.set_key_scopes(key_id, &scopes)?;
+        self.reload_after_change()?;
+        let mut event = self.key_event(security_type::SCOPE_CHANGED, &old, actor);
+        event.details = Some(serde_json::json!({"scopes": {"before": old.scopes, "after": scopes}}));
+        self.audit.record(event);
+        self.require_key(key_id)
+    }
+
+    /// Suspends (`active = false`) or reactivates a consumer: the gateway
+    /// answers its keys with `403 consumer_suspended` while it is suspended.
+    pub fn set_consumer_active(&self, tenant_id: &str, consumer_id: &str, active: bool, actor: &Actor) -> Result<Consumer, ApiError> {
+        let consumer = self.require_consumer(tenant_id, consumer_id)?;
+        let status = if active { "active" } else { "suspended" };
+        if self.store.set_consumer_status(tenant_id, consumer_id, status)? {
+            self.reload_after_change()?;
+            let event_type = if active { security_type::CONSUMER_REACTIVATED } else { security_type::CONSUMER_SUSPENDED };
+            let mut event = Event::new(tenant_id, Category::Security, event_type, "success");
+            event.actor = Some(actor.label());
+            event.target = Some(format!("consumer:{consumer_id}"));
+            event.consumer_id = Some(consumer.id.clone());
+            event.consumer_name = Some(consumer.name.clone());
+            event.client_ip = actor.client_ip.clone();
+            event.user_agent = actor.user_agent.clone();
+            event.details = Some(serde_json::json!({"status": {"before": consumer.status, "after": status}}));
+            self.audit.record(event);
+        }
+        self.require_consumer(tenant_id, consumer_id)
     }
 
     /// Revokes a key; the gateway refuses it as soon as this returns.
@@ -684,6 +772,34 @@ impl ControlPlane {
         event.user_agent = actor.user_agent.clone();
         event
     }
+}
+
+/// A fresh active key for a consumer, and its secret (shown once).
+fn new_key_record(
+    tenant_id: &str,
+    consumer_id: &str,
+    environment: KeyEnvironment,
+    scopes: Vec<String>,
+    expires_at: Option<i64>,
+    now: i64,
+) -> (KeyRecord, String) {
+    let generated = keys::generate_key(environment);
+    let record = KeyRecord {
+        key_id: keys::generate_id("key"),
+        tenant_id: tenant_id.to_string(),
+        consumer_id: consumer_id.to_string(),
+        hint: generated.hint,
+        environment: environment.as_str().to_string(),
+        scopes,
+        status: "active".into(),
+        expires_at,
+        created_at: now,
+        revoked_at: None,
+        replaced_by: None,
+        last_used_at: None,
+        hash: generated.hash,
+    };
+    (record, generated.secret)
 }
 
 #[cfg(test)]

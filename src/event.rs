@@ -55,6 +55,10 @@ pub mod security_type {
     pub const EXPIRED_KEY_USED: &str = "expired_key_used";
     pub const KEY_CREATED: &str = "key_created";
     pub const KEY_REVOKED: &str = "key_revoked";
+    pub const KEY_ROTATED: &str = "key_rotated";
+    pub const SCOPE_CHANGED: &str = "scope_changed";
+    pub const CONSUMER_SUSPENDED: &str = "consumer_suspended";
+    pub const CONSUMER_REACTIVATED: &str = "consumer_reactivated";
     pub const SETTINGS_CHANGED: &str = "settings_changed";
     pub const RATE_LIMIT_EXCEEDED: &str = "rate_limit_exceeded";
     pub const POLICY_APPLIED: &str = "policy_applied";

@@ -33,6 +33,9 @@ pub enum Bootstrap {
     Generated(PathBuf),
 }
 
+/// How often keys' last uses are written to the control store.
+const KEY_USAGE_FLUSH: Duration = Duration::from_secs(5);
+
 /// A running keytrail: both listeners, the control plane and the audit pipeline.
 pub struct Server {
     pub gateway_addr: SocketAddr,
@@ -130,6 +133,29 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         }
     });
 
+    // Keys' last uses, written in batches rather than once per request.
+    let usage_control = control.clone();
+    let mut usage_shutdown = shutdown.subscribe();
+    let usage_task = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(KEY_USAGE_FLUSH);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let stopping = tokio::select! {
+                _ = tick.tick() => false,
+                _ = usage_shutdown.changed() => true,
+            };
+            let control = usage_control.clone();
+            match tokio::task::spawn_blocking(move || control.flush_key_usage()).await {
+                Ok(Err(error)) => tracing::warn!(%error, "could not record keys' last use"),
+                Err(error) => tracing::warn!(%error, "key usage flush failed"),
+                Ok(Ok(_)) => {}
+            }
+            if stopping {
+                break;
+            }
+        }
+    });
+
     Ok(Server {
         gateway_addr,
         admin_addr,
@@ -138,7 +164,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         control,
         audit,
         shutdown,
-        tasks: vec![gateway_task, admin_task],
+        tasks: vec![gateway_task, admin_task, usage_task],
     })
 }
 
@@ -149,6 +175,11 @@ impl Server {
         let _ = self.shutdown.send(true);
         for task in self.tasks {
             let _ = task.await;
+        }
+        // The uses of requests that finished while the gateway drained.
+        let control = self.control.clone();
+        if let Ok(Err(error)) = tokio::task::spawn_blocking(move || control.flush_key_usage()).await {
+            tracing::warn!(%error, "could not record keys' last use");
         }
         self.audit.shutdown().await;
     }

@@ -6,6 +6,7 @@
 //! place before the revoke call answers.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -50,6 +51,40 @@ pub struct KeyEntry {
     pub revoked: bool,
     /// The consumer's tier limits, if it has a tier.
     pub tier: Option<Arc<TierLimits>>,
+    /// When the key last let a call through; carried from snapshot to
+    /// snapshot and written to the store in batches, never per request.
+    pub usage: Arc<KeyUsage>,
+}
+
+/// A key's last use in memory, and the last value written to the store.
+#[derive(Debug, Default)]
+pub struct KeyUsage {
+    last_used_ms: AtomicI64,
+    stored_ms: AtomicI64,
+}
+
+impl KeyUsage {
+    /// Notes a use at `now_ms`; at most one write to the shared value per
+    /// second, so a hot key's callers do not fight over the cache line.
+    pub fn touch(&self, now_ms: i64) {
+        if self.last_used_ms.load(Ordering::Relaxed) / 1000 != now_ms / 1000 {
+            self.last_used_ms.fetch_max(now_ms, Ordering::Relaxed);
+        }
+    }
+
+    pub fn last_used_ms(&self) -> Option<i64> {
+        Some(self.last_used_ms.load(Ordering::Relaxed)).filter(|&t| t > 0)
+    }
+
+    /// The use to write to the store, if there is a newer one than the last written.
+    pub fn unstored(&self) -> Option<i64> {
+        let last = self.last_used_ms.load(Ordering::Relaxed);
+        (last > self.stored_ms.load(Ordering::Relaxed)).then_some(last)
+    }
+
+    pub fn mark_stored(&self, at_ms: i64) {
+        self.stored_ms.fetch_max(at_ms, Ordering::Relaxed);
+    }
 }
 
 #[derive(Debug, Default)]
@@ -145,6 +180,7 @@ impl Snapshot {
             .filter_map(|k| {
                 let (name, active, tier) = consumers.get(k.consumer_id.as_str()).cloned()?;
                 let consumer_header = http::HeaderValue::from_str(&k.consumer_id).ok()?;
+                let usage = previous.keys.get(&k.hash).map(|old| old.usage.clone()).unwrap_or_default();
                 Some((
                     k.hash,
                     Arc::new(KeyEntry {
@@ -160,6 +196,7 @@ impl Snapshot {
                         scopes: k.scopes,
                         expires_at_ms: k.expires_at,
                         tier,
+                        usage,
                     }),
                 ))
             })
@@ -184,6 +221,10 @@ impl Snapshot {
     }
 
     /// The key with this hash, compared in constant time once found.
+    pub fn keys(&self) -> impl Iterator<Item = &Arc<KeyEntry>> {
+        self.keys.values()
+    }
+
     pub fn key(&self, hash: &SecretHash) -> Option<&Arc<KeyEntry>> {
         self.keys.get_key_value(hash).filter(|(stored, _)| crate::keys::hashes_equal(stored, hash)).map(|(_, k)| k)
     }

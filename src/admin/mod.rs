@@ -22,7 +22,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::audit::AuditPipeline;
-use crate::control::{Actor, ControlPlane, LoggingView, NewApi, NewBlock, NewKey, NewTier};
+use crate::control::{Actor, ControlPlane, CreatedKey, LoggingView, NewApi, NewBlock, NewKey, NewTier};
 use crate::protection::EntryKind;
 use crate::policy::Policies;
 use crate::ratelimit::{CostRule, RateSpec};
@@ -53,6 +53,10 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/tenants/{tenant}/blocklist", get(list_tenant_blocks).post(add_tenant_block))
         .route("/v1/tenants/{tenant}/blocklist/{id}", delete(remove_tenant_block))
         .route("/v1/keys/{key_id}/revoke", post(revoke_key))
+        .route("/v1/keys/{key_id}/rotate", post(rotate_key))
+        .route("/v1/keys/{key_id}/scopes", put(set_key_scopes))
+        .route("/v1/tenants/{tenant}/consumers/{consumer}/suspend", post(suspend_consumer))
+        .route("/v1/tenants/{tenant}/consumers/{consumer}/reactivate", post(reactivate_consumer))
         .route("/api/v1/settings/logging", get(get_global_logging).put(put_global_logging))
         .route("/v1/tenants/{tenant}/settings/logging", get(get_tenant_logging).put(put_tenant_logging))
         .merge(audit_api::routes())
@@ -227,6 +231,28 @@ async fn set_consumer_tier(
     Ok(Json(to_value(s.control.set_consumer_tier(&tenant, &consumer, req.tier)?)))
 }
 
+async fn suspend_consumer(
+    State(s): State<AdminState>,
+    Path((tenant, consumer)): Path<(String, String)>,
+    Extension(admin): Extension<Arc<Admin>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    s.control.require_tenant(&tenant)?;
+    Ok(Json(to_value(s.control.set_consumer_active(&tenant, &consumer, false, &actor(&admin, peer, &headers))?)))
+}
+
+async fn reactivate_consumer(
+    State(s): State<AdminState>,
+    Path((tenant, consumer)): Path<(String, String)>,
+    Extension(admin): Extension<Arc<Admin>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    s.control.require_tenant(&tenant)?;
+    Ok(Json(to_value(s.control.set_consumer_active(&tenant, &consumer, true, &actor(&admin, peer, &headers))?)))
+}
+
 // --- tiers ---
 
 #[derive(Deserialize)]
@@ -339,12 +365,68 @@ async fn create_key(
         NewKey { scopes: req.scopes, expires_at_ms, environment },
         &actor(&admin, peer, &headers),
     )?;
+    Ok(key_created(&created_key, None))
+}
+
+/// The answer that holds a new key (the only one that ever does): 201, never cached.
+fn key_created(created_key: &CreatedKey, replaces: Option<&KeyRecord>) -> Response {
     let mut value = key_view(&created_key.record);
     value["key"] = json!(created_key.secret);
+    if let Some(old) = replaces {
+        value["replaces"] = key_view(old);
+    }
     let mut response = created(value);
-    // The one answer that holds a key must not be cached anywhere.
     response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(response)
+    response
+}
+
+/// Longest grace a rotation may give the old key: 30 days.
+const MAX_GRACE_SECONDS: u64 = 30 * 86_400;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RotateKey {
+    #[serde(default = "default_grace")]
+    grace_seconds: u64,
+}
+
+fn default_grace() -> u64 {
+    3600
+}
+
+async fn rotate_key(
+    State(s): State<AdminState>,
+    Path(key_id): Path<String>,
+    Extension(admin): Extension<Arc<Admin>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let req: RotateKey = if body.is_empty() { RotateKey { grace_seconds: default_grace() } } else { parse_body(&body)? };
+    if req.grace_seconds > MAX_GRACE_SECONDS {
+        return Err(ApiError::invalid_body(format_args!("`grace_seconds` must be at most {MAX_GRACE_SECONDS} (30 days)")));
+    }
+    let (created_key, old) = s.control.rotate_key(&key_id, req.grace_seconds as i64 * 1000, &actor(&admin, peer, &headers))?;
+    Ok(key_created(&created_key, Some(&old)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetScopes {
+    scopes: Vec<String>,
+}
+
+async fn set_key_scopes(
+    State(s): State<AdminState>,
+    Path(key_id): Path<String>,
+    Extension(admin): Extension<Arc<Admin>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let req: SetScopes = parse_body(&body)?;
+    let record = s.control.set_key_scopes(&key_id, req.scopes, &actor(&admin, peer, &headers))?;
+    Ok(Json(key_view(&record)))
 }
 
 async fn list_keys(

@@ -203,6 +203,7 @@ impl Gateway {
             }
         };
         describe_consumer(&mut event, &entry);
+        entry.usage.touch(now);
         // A key on a blocklist is refused like any other block.
         let key_block = snapshot
             .global_blocks

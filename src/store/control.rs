@@ -90,15 +90,21 @@ pub struct KeyRecord {
     pub created_at: i64,
     #[serde(serialize_with = "ser_opt_ts")]
     pub revoked_at: Option<i64>,
+    /// The key that replaced this one when it was rotated.
+    pub replaced_by: Option<String>,
+    /// When the gateway last let a call through with it (written in batches).
+    #[serde(serialize_with = "ser_opt_ts")]
+    pub last_used_at: Option<i64>,
     #[serde(skip)]
     pub hash: SecretHash,
 }
 
 impl KeyRecord {
-    /// The status a caller sees at `now_ms`: a past expiry turns `active` into `expired`.
+    /// The status a caller sees at `now_ms`: a past expiry turns `active`
+    /// (or `rotating`, once its grace is over) into `expired`.
     pub fn status_at(&self, now_ms: i64) -> &str {
         match self.expires_at {
-            Some(t) if self.status == "active" && t <= now_ms => "expired",
+            Some(t) if (self.status == "active" || self.status == "rotating") && t <= now_ms => "expired",
             _ => &self.status,
         }
     }
@@ -207,12 +213,14 @@ CREATE TABLE IF NOT EXISTS logging_settings (
 
 /// Columns added after the first release, with their definitions: added to
 /// an older `control.db` when it is opened.
-const ADDED_COLUMNS: [(&str, &str, &str); 5] = [
+const ADDED_COLUMNS: [(&str, &str, &str); 7] = [
     ("apis", "policies", "TEXT NOT NULL DEFAULT '{}'"),
     ("consumers", "tier", "TEXT"),
     ("apis", "rate_per_minute", "INTEGER"),
     ("apis", "rate_burst", "INTEGER"),
     ("apis", "costs", "TEXT NOT NULL DEFAULT '[]'"),
+    ("api_keys", "replaced_by", "TEXT"),
+    ("api_keys", "last_used_at", "INTEGER"),
 ];
 
 /// The scope of the global logging settings.
@@ -268,6 +276,28 @@ fn row_to_tier(row: &rusqlite::Row<'_>) -> rusqlite::Result<Tier> {
     })
 }
 
+fn insert_key(conn: &Connection, key: &KeyRecord) -> Result<(), StoreError> {
+    conn.execute(
+        &format!("INSERT INTO api_keys ({KEY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"),
+        params![
+            key.key_id,
+            key.tenant_id,
+            key.consumer_id,
+            key.hint,
+            key.environment,
+            serde_json::to_string(&key.scopes).expect("strings serialise"),
+            key.status,
+            key.expires_at,
+            key.created_at,
+            key.revoked_at,
+            key.hash.as_slice(),
+            key.replaced_by,
+            key.last_used_at,
+        ],
+    )?;
+    Ok(())
+}
+
 fn row_to_key(row: &rusqlite::Row<'_>) -> rusqlite::Result<KeyRecord> {
     let scopes: String = row.get(5)?;
     Ok(KeyRecord {
@@ -282,6 +312,8 @@ fn row_to_key(row: &rusqlite::Row<'_>) -> rusqlite::Result<KeyRecord> {
         created_at: row.get(8)?,
         revoked_at: row.get(9)?,
         hash: hash_from_blob(row.get(10)?)?,
+        replaced_by: row.get(11)?,
+        last_used_at: row.get(12)?,
     })
 }
 
@@ -313,8 +345,8 @@ fn kind_text(kind: EntryKind) -> String {
 }
 
 const TIER_COLUMNS: &str = "tenant_id, id, requests_per_minute, burst, daily_quota, created_at";
-const KEY_COLUMNS: &str =
-    "id, tenant_id, consumer_id, hint, environment, scopes, status, expires_at, created_at, revoked_at, key_hash";
+const KEY_COLUMNS: &str = "id, tenant_id, consumer_id, hint, environment, scopes, status, expires_at, created_at, revoked_at, key_hash, \
+     replaced_by, last_used_at";
 
 impl ControlStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
@@ -487,6 +519,16 @@ impl ControlStore {
         Ok(changed == 1)
     }
 
+    /// Sets a consumer's status (`active` or `suspended`). False when it
+    /// already had it (or there is no such consumer).
+    pub fn set_consumer_status(&self, tenant_id: &str, consumer_id: &str, status: &str) -> Result<bool, StoreError> {
+        let changed = self.conn().execute(
+            "UPDATE consumers SET status = ?3 WHERE tenant_id = ?1 AND id = ?2 AND status <> ?3",
+            params![tenant_id, consumer_id, status],
+        )?;
+        Ok(changed == 1)
+    }
+
     // --- blocklist ---
 
     pub fn add_block(&self, entry: &Entry) -> Result<(), StoreError> {
@@ -591,22 +633,47 @@ impl ControlStore {
     // --- keys ---
 
     pub fn create_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
-        self.conn().execute(
-            &format!("INSERT INTO api_keys ({KEY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
-            params![
-                key.key_id,
-                key.tenant_id,
-                key.consumer_id,
-                key.hint,
-                key.environment,
-                serde_json::to_string(&key.scopes).expect("strings serialise"),
-                key.status,
-                key.expires_at,
-                key.created_at,
-                key.revoked_at,
-                key.hash.as_slice()
-            ],
+        insert_key(&self.conn(), key)
+    }
+
+    /// Rotation in one transaction: the new key is stored and the old one
+    /// becomes `rotating` until `old_expires_at`. False (and nothing
+    /// changed) when the old key was no longer active.
+    pub fn rotate_key(&self, old_key_id: &str, new: &KeyRecord, old_expires_at: i64) -> Result<bool, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let changed = tx.execute(
+            "UPDATE api_keys SET status = 'rotating', expires_at = ?2, replaced_by = ?3 WHERE id = ?1 AND status = 'active'",
+            params![old_key_id, old_expires_at, new.key_id],
         )?;
+        if changed != 1 {
+            return Ok(false);
+        }
+        insert_key(&tx, new)?;
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// Replaces a key's scopes. False when there is no such key.
+    pub fn set_key_scopes(&self, key_id: &str, scopes: &[String]) -> Result<bool, StoreError> {
+        let scopes = serde_json::to_string(scopes).expect("strings serialise");
+        Ok(self.conn().execute("UPDATE api_keys SET scopes = ?2 WHERE id = ?1", params![key_id, scopes])? == 1)
+    }
+
+    /// Records when keys were last used, all in one transaction; a time
+    /// never moves backwards.
+    pub fn record_key_use(&self, uses: &[(String, i64)]) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "UPDATE api_keys SET last_used_at = max(coalesce(last_used_at, 0), ?2) WHERE id = ?1",
+            )?;
+            for (key_id, at) in uses {
+                stmt.execute(params![key_id, at])?;
+            }
+        }
+        tx.commit()?;
         Ok(())
     }
 

@@ -5,6 +5,7 @@
 mod admin;
 mod audit_api;
 mod gateway;
+mod lifecycle;
 mod mmdb;
 mod pipeline;
 mod policy;

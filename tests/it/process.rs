@@ -267,7 +267,12 @@ async fn no_key_ever_appears_in_any_output() {
     let mut malformed = valid.clone().into_bytes();
     malformed[20] = if malformed[20] == b'Z' { b'Y' } else { b'Z' };
     let malformed = String::from_utf8(malformed).unwrap();
-    let keys = [valid.clone(), revoked.clone(), unknown, malformed];
+    // A rotated key (still in its grace) and its replacement.
+    let (rotating_id, rotating) = admin.key("acme", &consumer, json!({})).await;
+    let rotated = admin.post(&format!("/v1/keys/{rotating_id}/rotate"), json!({"grace_seconds": 3600})).await;
+    assert_eq!(rotated.status, 201, "{}", rotated.text);
+    let replacement = rotated.body["key"].as_str().unwrap().to_string();
+    let keys = [valid.clone(), revoked.clone(), unknown, malformed, rotating, replacement];
 
     let client = http();
     let mut answers: Vec<String> = Vec::new();

@@ -217,6 +217,8 @@ pub struct Answer {
     pub status: u16,
     pub body: Value,
     pub text: String,
+    /// Response headers, names in lower case.
+    pub headers: std::collections::HashMap<String, String>,
 }
 
 impl Admin {
@@ -228,9 +230,11 @@ impl Admin {
         }
         let res = req.send().await.unwrap();
         let status = res.status().as_u16();
+        let headers =
+            res.headers().iter().map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string())).collect();
         let text = res.text().await.unwrap();
         let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Answer { status, body, text }
+        Answer { status, body, text, headers }
     }
 
     pub async fn get(&self, path: &str) -> Answer {
