@@ -238,8 +238,7 @@ async fn suspend_consumer(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    s.control.require_tenant(&tenant)?;
-    Ok(Json(to_value(s.control.set_consumer_active(&tenant, &consumer, false, &actor(&admin, peer, &headers))?)))
+    set_consumer_active(&s, &tenant, &consumer, false, actor(&admin, peer, &headers))
 }
 
 async fn reactivate_consumer(
@@ -249,8 +248,12 @@ async fn reactivate_consumer(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    s.control.require_tenant(&tenant)?;
-    Ok(Json(to_value(s.control.set_consumer_active(&tenant, &consumer, true, &actor(&admin, peer, &headers))?)))
+    set_consumer_active(&s, &tenant, &consumer, true, actor(&admin, peer, &headers))
+}
+
+fn set_consumer_active(s: &AdminState, tenant: &str, consumer: &str, active: bool, actor: Actor) -> Result<Json<Value>, ApiError> {
+    s.control.require_tenant(tenant)?;
+    Ok(Json(to_value(s.control.set_consumer_active(tenant, consumer, active, &actor)?)))
 }
 
 // --- tiers ---
