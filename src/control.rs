@@ -32,8 +32,14 @@ pub struct Actor {
 }
 
 impl Actor {
-    fn label(&self) -> String {
-        format!("admin:{}", self.admin_id)
+    /// A security event this actor caused in `tenant_id`, aimed at `target`.
+    fn event(&self, tenant_id: &str, event_type: &str, target: String) -> Event {
+        let mut event = Event::new(tenant_id, Category::Security, event_type, "success");
+        event.actor = Some(format!("admin:{}", self.admin_id));
+        event.target = Some(target);
+        event.client_ip = self.client_ip.clone();
+        event.user_agent = self.user_agent.clone();
+        event
     }
 }
 
@@ -296,6 +302,11 @@ impl ControlPlane {
     }
 
     /// 404 unless the tenant exists.
+    /// A scope is the global one (`None`) or an existing tenant.
+    fn require_scope(&self, tenant_id: Option<&str>) -> Result<(), ApiError> {
+        tenant_id.map_or(Ok(()), |tenant| self.require_tenant(tenant))
+    }
+
     pub fn require_tenant(&self, tenant_id: &str) -> Result<(), ApiError> {
         if self.store.tenant_exists(tenant_id)? {
             Ok(())
@@ -619,13 +630,9 @@ impl ControlPlane {
         if self.store.set_consumer_status(tenant_id, consumer_id, status)? {
             self.reload_after_change()?;
             let event_type = if active { security_type::CONSUMER_REACTIVATED } else { security_type::CONSUMER_SUSPENDED };
-            let mut event = Event::new(tenant_id, Category::Security, event_type, "success");
-            event.actor = Some(actor.label());
-            event.target = Some(format!("consumer:{consumer_id}"));
+            let mut event = actor.event(tenant_id, event_type, format!("consumer:{consumer_id}"));
             event.consumer_id = Some(consumer.id.clone());
             event.consumer_name = Some(consumer.name.clone());
-            event.client_ip = actor.client_ip.clone();
-            event.user_agent = actor.user_agent.clone();
             event.details = Some(serde_json::json!({"status": {"before": consumer.status, "after": status}}));
             self.audit.record(event);
         }
@@ -651,9 +658,7 @@ impl ControlPlane {
     /// Adds an entry to a tenant's blocklist or the global one (`None`); the
     /// gateway applies it from the moment this returns.
     pub fn add_block(&self, tenant_id: Option<&str>, new: NewBlock, added_by: &str) -> Result<Entry, ApiError> {
-        if let Some(tenant) = tenant_id {
-            self.require_tenant(tenant)?;
-        }
+        self.require_scope(tenant_id)?;
         let (value, reason) = protection::validate(new.kind, &new.value, new.reason.as_deref())?;
         let now = now_ms();
         if new.expires_at_ms.is_some_and(|t| t <= now) {
@@ -682,16 +687,12 @@ impl ControlPlane {
     }
 
     pub fn list_blocks(&self, tenant_id: Option<&str>) -> Result<Vec<Entry>, ApiError> {
-        if let Some(tenant) = tenant_id {
-            self.require_tenant(tenant)?;
-        }
+        self.require_scope(tenant_id)?;
         Ok(self.store.list_blocks(tenant_id)?)
     }
 
     pub fn remove_block(&self, tenant_id: Option<&str>, id: &str) -> Result<(), ApiError> {
-        if let Some(tenant) = tenant_id {
-            self.require_tenant(tenant)?;
-        }
+        self.require_scope(tenant_id)?;
         if !self.store.remove_block(tenant_id, id)? {
             return Err(ApiError::not_found(format_args!("blocklist entry `{id}`")));
         }
@@ -720,9 +721,7 @@ impl ControlPlane {
 
     /// The logging settings of a tenant, or the global ones (`None`).
     pub fn logging_settings(&self, tenant: Option<&str>) -> Result<LoggingView, ApiError> {
-        if let Some(tenant) = tenant {
-            self.require_tenant(tenant)?;
-        }
+        self.require_scope(tenant)?;
         Ok(self.logging_view(&self.store.load_logging()?, tenant))
     }
 
@@ -732,9 +731,7 @@ impl ControlPlane {
     /// `settings_changed` event (in `_system` for the global settings).
     pub fn update_logging(&self, tenant: Option<&str>, patch: &serde_json::Value, actor: &Actor) -> Result<LoggingView, ApiError> {
         let _serial = self.settings_lock.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(tenant) = tenant {
-            self.require_tenant(tenant)?;
-        }
+        self.require_scope(tenant)?;
         let scope = tenant.unwrap_or(GLOBAL_SCOPE);
         let mut stored = self.store.load_logging()?;
         let before = self.logging_view(&stored, tenant).settings;
@@ -747,11 +744,7 @@ impl ControlPlane {
         let view = self.logging_view(&stored, tenant);
         let changes = before.changes(&view.settings);
         if !changes.is_empty() {
-            let mut event = Event::new(tenant.unwrap_or(SYSTEM_TENANT), Category::Security, security_type::SETTINGS_CHANGED, "success");
-            event.actor = Some(actor.label());
-            event.target = Some("settings:logging".into());
-            event.client_ip = actor.client_ip.clone();
-            event.user_agent = actor.user_agent.clone();
+            let mut event = actor.event(tenant.unwrap_or(SYSTEM_TENANT), security_type::SETTINGS_CHANGED, "settings:logging".into());
             event.details = Some(serde_json::json!({
                 "scope": if tenant.is_some() { "tenant" } else { "global" },
                 "changes": changes,
@@ -762,14 +755,10 @@ impl ControlPlane {
     }
 
     fn key_event(&self, event_type: &str, key: &KeyRecord, actor: &Actor) -> Event {
-        let mut event = Event::new(&key.tenant_id, Category::Security, event_type, "success");
-        event.actor = Some(actor.label());
-        event.target = Some(format!("key:{}", key.key_id));
+        let mut event = actor.event(&key.tenant_id, event_type, format!("key:{}", key.key_id));
         event.key_id = Some(key.key_id.clone());
         event.key_hint = Some(key.hint.clone());
         event.consumer_id = Some(key.consumer_id.clone());
-        event.client_ip = actor.client_ip.clone();
-        event.user_agent = actor.user_agent.clone();
         event
     }
 }

@@ -121,7 +121,7 @@ fn main() -> ExitCode {
     // One core (a container limit or `taskset`): tokio's single-threaded
     // scheduler, which skips the work-stealing machinery a lone worker never
     // uses (about 10 % more requests per second on the gateway benchmark).
-    let one_core = std::thread::available_parallelism().map_or(false, |n| n.get() == 1);
+    let one_core = std::thread::available_parallelism().is_ok_and(|n| n.get() == 1);
     let mut builder = if one_core {
         tokio::runtime::Builder::new_current_thread()
     } else {

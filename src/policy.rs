@@ -92,8 +92,7 @@ impl Policies {
         if let Some(pattern) = self.forbidden_paths.iter().find(|p| pattern_matches(p, path)) {
             return Err(Violation { code: ErrorCode::Forbidden, policy: "forbidden_paths", field: "path", limit: json!(pattern), actual: json!(path) });
         }
-        let missing: Vec<&String> = self.required_scopes.iter().filter(|s| !scopes.contains(s)).collect();
-        if !missing.is_empty() {
+        if self.required_scopes.iter().any(|s| !scopes.contains(s)) {
             return Err(Violation {
                 code: ErrorCode::InsufficientScope,
                 policy: "required_scopes",

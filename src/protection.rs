@@ -89,6 +89,11 @@ impl Entry {
     }
 }
 
+/// The first of `entries` that has not expired.
+fn first_live<'a>(entries: impl IntoIterator<Item = &'a Arc<Entry>>, now_ms: i64) -> Option<&'a Arc<Entry>> {
+    entries.into_iter().find(|e| e.live(now_ms))
+}
+
 /// Parses `addr` or `addr/len` into (address bits, family width, prefix).
 fn parse_range(text: &str) -> Option<(u128, u8, u8)> {
     let (addr, len) = match text.split_once('/') {
@@ -142,7 +147,7 @@ pub fn validate(kind: EntryKind, value: &str, reason: Option<&str>) -> Result<(S
             value.to_string()
         }
         EntryKind::Country => {
-            if value.len() != 2 || !value.bytes().all(|b| b.is_ascii_alphabetic()) {
+            if !is_country_code(value) {
                 return Err(ApiError::invalid_body("`value` must be a two-letter country code such as DE or US"));
             }
             value.to_ascii_uppercase()
@@ -161,43 +166,67 @@ pub fn validate(kind: EntryKind, value: &str, reason: Option<&str>) -> Result<(S
     Ok((normalised, reason.to_string()))
 }
 
-/// IP ranges, one map per (family width, prefix length), longest first.
-#[derive(Debug, Default)]
-struct IpRanges {
-    by_len: Vec<(u8, u8, HashMap<u128, Vec<Arc<Entry>>>)>,
+/// Values keyed by address range: one map per (family width, prefix
+/// length), longest prefix first, so a lookup costs one masked probe per
+/// distinct length however many ranges there are.
+#[derive(Debug)]
+struct PrefixMap<V> {
+    by_len: Vec<(u8, u8, HashMap<u128, V>)>,
 }
+
+impl<V> Default for PrefixMap<V> {
+    fn default() -> Self {
+        PrefixMap { by_len: Vec::new() }
+    }
+}
+
+impl<V> PrefixMap<V> {
+    /// The map holding ranges of this family and prefix length.
+    fn map_for(&mut self, width: u8, len: u8) -> &mut HashMap<u128, V> {
+        let at = match self.by_len.iter().position(|(w, l, _)| *w == width && *l == len) {
+            Some(at) => at,
+            None => {
+                self.by_len.push((width, len, HashMap::new()));
+                self.by_len.sort_by_key(|(_, len, _)| std::cmp::Reverse(*len));
+                self.by_len.iter().position(|(w, l, _)| *w == width && *l == len).expect("just added")
+            }
+        };
+        &mut self.by_len[at].2
+    }
+
+    /// The values of the ranges holding `ip`, most specific first.
+    fn matches(&self, ip: IpAddr) -> impl Iterator<Item = &V> {
+        let (bits, width) = ip_bits(ip);
+        self.by_len.iter().filter(move |(w, _, _)| *w == width).filter_map(move |(_, len, map)| map.get(&mask(bits, width, *len)))
+    }
+}
+
+/// IP blocklist entries by range.
+#[derive(Debug, Default)]
+struct IpRanges(PrefixMap<Vec<Arc<Entry>>>);
 
 impl IpRanges {
     fn insert(&mut self, entry: Arc<Entry>) {
         let Some((bits, width, len)) = parse_range(&entry.value) else { return };
-        let slot = match self.by_len.iter().position(|(w, l, _)| *w == width && *l == len) {
-            Some(i) => i,
-            None => {
-                self.by_len.push((width, len, HashMap::new()));
-                self.by_len.sort_by(|a, b| b.1.cmp(&a.1));
-                self.by_len.iter().position(|(w, l, _)| *w == width && *l == len).expect("just added")
-            }
-        };
-        self.by_len[slot].2.entry(bits).or_default().push(entry);
+        self.0.map_for(width, len).entry(bits).or_default().push(entry);
     }
 
     fn find(&self, ip: IpAddr, now_ms: i64) -> Option<&Arc<Entry>> {
-        let (bits, width) = ip_bits(ip);
-        self.by_len
-            .iter()
-            .filter(|(w, _, _)| *w == width)
-            .filter_map(|(_, len, map)| map.get(&mask(bits, width, *len)))
-            .flat_map(|entries| entries.iter())
-            .find(|e| e.live(now_ms))
+        first_live(self.0.matches(ip).flatten(), now_ms)
     }
+}
+
+/// Whether `code` looks like an ISO 3166 alpha-2 country code (any case).
+fn is_country_code(code: &str) -> bool {
+    code.len() == 2 && code.bytes().all(|b| b.is_ascii_alphabetic())
 }
 
 /// The operator's address → country table: a text file of `cidr,CC`
 /// lines (`#` starts a comment), the most specific range winning.
 #[derive(Debug, Default)]
 pub struct GeoTable {
-    by_len: Vec<(u8, u8, HashMap<u128, Arc<str>>)>,
-    ranges: usize,
+    ranges: PrefixMap<Arc<str>>,
+    count: usize,
 }
 
 impl GeoTable {
@@ -214,21 +243,13 @@ impl GeoTable {
             let (range, country) = line.split_once(',').ok_or_else(|| bad("expected `cidr,country`"))?;
             let (bits, width, len) = parse_range(range.trim()).ok_or_else(|| bad("not an IP address or CIDR range"))?;
             let country = country.trim();
-            if country.len() != 2 || !country.bytes().all(|b| b.is_ascii_alphabetic()) {
+            if !is_country_code(country) {
                 return Err(bad("the country must be a two-letter code"));
             }
             let code = countries.entry(country.to_ascii_uppercase()).or_insert_with_key(|c| Arc::from(c.as_str())).clone();
-            let slot = match table.by_len.iter().position(|(w, l, _)| *w == width && *l == len) {
-                Some(i) => i,
-                None => {
-                    table.by_len.push((width, len, HashMap::new()));
-                    table.by_len.len() - 1
-                }
-            };
-            table.by_len[slot].2.insert(bits, code);
-            table.ranges += 1;
+            table.ranges.map_for(width, len).insert(bits, code);
+            table.count += 1;
         }
-        table.by_len.sort_by(|a, b| b.1.cmp(&a.1));
         Ok(table)
     }
 
@@ -238,21 +259,16 @@ impl GeoTable {
     }
 
     pub fn len(&self) -> usize {
-        self.ranges
+        self.count
     }
 
     pub fn is_empty(&self) -> bool {
-        self.ranges == 0
+        self.count == 0
     }
 
     /// The country of `ip`, from its most specific range.
     pub fn country(&self, ip: IpAddr) -> Option<&str> {
-        let (bits, width) = ip_bits(ip);
-        self.by_len
-            .iter()
-            .filter(|(w, _, _)| *w == width)
-            .find_map(|(_, len, map)| map.get(&mask(bits, width, *len)))
-            .map(|c| c.as_ref())
+        self.ranges.matches(ip).next().map(|c| c.as_ref())
     }
 }
 
@@ -284,10 +300,6 @@ impl Countries {
             })
             .transpose()?;
         Ok(Countries { table, database })
-    }
-
-    pub fn from_table(table: GeoTable) -> Countries {
-        Countries { table: Some(table), database: None }
     }
 
     pub fn is_configured(&self) -> bool {
@@ -409,16 +421,16 @@ impl Blocklist {
         if let Some(entry) = self.ips.find(ip, now_ms) {
             return Some(entry.clone());
         }
-        if let Some(entry) = country.and_then(|c| self.countries.get(c)?.iter().find(|e| e.live(now_ms))) {
+        if let Some(entry) = country.and_then(|c| first_live(self.countries.get(c)?, now_ms)) {
             return Some(entry.clone());
         }
         let (agents, ua) = (self.agents.as_ref()?, user_agent?);
-        agents.find_overlapping_iter(ua).map(|m| &self.agent_entries[m.pattern().as_usize()]).find(|e| e.live(now_ms)).cloned()
+        first_live(agents.find_overlapping_iter(ua).map(|m| &self.agent_entries[m.pattern().as_usize()]), now_ms).cloned()
     }
 
     /// The live entry blocking this key, if any.
     pub fn match_key(&self, key_id: &str, now_ms: i64) -> Option<Arc<Entry>> {
-        self.keys.get(key_id)?.iter().find(|e| e.live(now_ms)).cloned()
+        first_live(self.keys.get(key_id)?, now_ms).cloned()
     }
 }
 
@@ -505,7 +517,7 @@ const MAX_TARGET: usize = 8192;
 /// `text` decoded (twice where it still holds escapes, for double-encoded
 /// payloads such as `%252e`); `None` when an escape is invalid.
 fn decoded(text: &str, plus_is_space: bool) -> Option<Cow<'_, str>> {
-    if !text.contains('%') && !(plus_is_space && text.contains('+')) {
+    if !(text.contains('%') || plus_is_space && text.contains('+')) {
         return Some(Cow::Borrowed(text));
     }
     let once = percent_decode(text, plus_is_space)?;

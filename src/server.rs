@@ -36,6 +36,15 @@ pub enum Bootstrap {
 /// How often keys' last uses are written to the control store.
 const KEY_USAGE_FLUSH: Duration = Duration::from_secs(5);
 
+/// Writes keys' last uses to the control store (SQLite: off the async threads).
+async fn flush_key_usage(control: Arc<ControlPlane>) {
+    match tokio::task::spawn_blocking(move || control.flush_key_usage()).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(error)) => tracing::warn!(%error, "could not record keys' last use"),
+        Err(error) => tracing::warn!(%error, "key usage flush failed"),
+    }
+}
+
 /// A running keytrail: both listeners, the control plane and the audit pipeline.
 pub struct Server {
     pub gateway_addr: SocketAddr,
@@ -133,25 +142,17 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         }
     });
 
-    // Keys' last uses, written in batches rather than once per request.
+    // Keys' last uses, written in batches rather than once per request
+    // (the last batch by `Server::shutdown`, once the gateway has drained).
     let usage_control = control.clone();
     let mut usage_shutdown = shutdown.subscribe();
     let usage_task = tokio::spawn(async move {
         let mut tick = tokio::time::interval(KEY_USAGE_FLUSH);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let stopping = tokio::select! {
-                _ = tick.tick() => false,
-                _ = usage_shutdown.changed() => true,
-            };
-            let control = usage_control.clone();
-            match tokio::task::spawn_blocking(move || control.flush_key_usage()).await {
-                Ok(Err(error)) => tracing::warn!(%error, "could not record keys' last use"),
-                Err(error) => tracing::warn!(%error, "key usage flush failed"),
-                Ok(Ok(_)) => {}
-            }
-            if stopping {
-                break;
+            tokio::select! {
+                _ = tick.tick() => flush_key_usage(usage_control.clone()).await,
+                _ = usage_shutdown.changed() => break,
             }
         }
     });
@@ -176,11 +177,8 @@ impl Server {
         for task in self.tasks {
             let _ = task.await;
         }
-        // The uses of requests that finished while the gateway drained.
-        let control = self.control.clone();
-        if let Ok(Err(error)) = tokio::task::spawn_blocking(move || control.flush_key_usage()).await {
-            tracing::warn!(%error, "could not record keys' last use");
-        }
+        // Including the uses of requests that finished while the gateway drained.
+        flush_key_usage(self.control.clone()).await;
         self.audit.shutdown().await;
     }
 }

@@ -106,12 +106,8 @@ impl LoggingOverrides {
             return Err(ApiError::invalid_body(format!("name at least one setting: {}", FIELDS.join(", "))));
         }
         for (name, value) in fields {
-            if value.is_null() {
-                if !allow_null {
-                    return Err(ApiError::invalid_body(format!(
-                        "`{name}` cannot be null in the global settings; give a value"
-                    )));
-                }
+            if value.is_null() && !allow_null {
+                return Err(ApiError::invalid_body(format!("`{name}` cannot be null in the global settings; give a value")));
             }
             let switch = |value: &Value| -> Result<Option<bool>, ApiError> {
                 match value {

@@ -59,7 +59,7 @@ pub struct Gateway {
     history: History,
     failures: FailureCounter,
     bruteforce_block: Duration,
-    /// The operator's address → country table, if one is configured.
+    /// Where callers' countries come from (table, MaxMind database, or neither).
     geo: Countries,
     trusted_proxies: TrustedProxies,
 }
@@ -455,11 +455,7 @@ fn security_event(request: &Event, event_type: &str) -> Event {
 fn consumer_security_event(request: &Event, key: &KeyEntry, event_type: &str, code: ErrorCode) -> Event {
     let mut event = security_event(request, event_type);
     event.error_code = Some(code.as_str().to_string());
-    event.actor = Some(format!("consumer:{}", key.consumer_id));
-    event.key_id = Some(key.key_id.clone());
-    event.key_hint = Some(key.hint.clone());
-    event.consumer_id = Some(key.consumer_id.clone());
-    event.consumer_name = Some(key.consumer_name.clone());
+    describe_consumer(&mut event, key);
     event
 }
 
