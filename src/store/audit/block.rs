@@ -310,11 +310,6 @@ fn uuid_bytes(text: &str) -> Option<[u8; 16]> {
     (parsed.hyphenated().encode_lower(&mut buf) == text).then(|| *parsed.as_bytes())
 }
 
-fn uuid_text(bytes: &[u8; 16], out: &mut String) {
-    let mut buf = [0u8; 36];
-    out.push_str(uuid::Uuid::from_bytes(*bytes).hyphenated().encode_lower(&mut buf));
-}
-
 // ---------- encoding ----------
 
 /// Builds one block from events pushed in sequence order.
@@ -755,6 +750,33 @@ impl DecodedBlock {
         self.texts.iter().map(TextColumn::max_dict_id).max().unwrap_or(0)
     }
 
+    /// Row `row`'s event id as text (derived ones rebuilt), written into
+    /// `buf` when it has to be formatted.
+    fn event_id_at<'s>(&'s self, row: usize, tenant_id: &str, seq: u64, buf: &'s mut [u8; 36]) -> &'s str {
+        match self.event_ids[row] {
+            IdKind::Derived => uuid::Uuid::from_bytes(derived_event_id_bytes(tenant_id, seq, self.ts[row])).hyphenated().encode_lower(buf),
+            IdKind::Uuid(bytes) => uuid::Uuid::from_bytes(bytes).hyphenated().encode_lower(buf),
+            IdKind::Text(i) => &self.id_texts[i as usize],
+            IdKind::Absent | IdKind::OwnTimeUuid(_) => "",
+        }
+    }
+
+    /// Row `row`'s request id as text (one stamped with the row's own time
+    /// rebuilt from its random tail), written into `buf` when formatted.
+    fn request_id_at<'s>(&'s self, row: usize, buf: &'s mut [u8; 36]) -> Option<&'s str> {
+        match self.request_ids[row] {
+            IdKind::Absent | IdKind::Derived => None,
+            IdKind::Uuid(bytes) => Some(uuid::Uuid::from_bytes(bytes).hyphenated().encode_lower(buf)),
+            IdKind::OwnTimeUuid(tail) => {
+                let mut bytes = [0u8; 16];
+                bytes[..6].copy_from_slice(&(self.ts[row].max(0) as u64).to_be_bytes()[2..]);
+                bytes[6..].copy_from_slice(&tail);
+                Some(uuid::Uuid::from_bytes(bytes).hyphenated().encode_lower(buf))
+            }
+            IdKind::Text(i) => Some(&self.id_texts[i as usize]),
+        }
+    }
+
     /// Writes row `row` into `event`, reusing its buffers. Needs every column
     /// loaded; `lookup` resolves dictionary ids.
     pub fn fill_event<'d>(
@@ -771,30 +793,9 @@ impl DecodedBlock {
         event.timestamp_ms = ts;
         set_string(&mut event.tenant_id, tenant_id);
         event.category = category_from_code(self.category[row]);
-        event.event_id.clear();
-        match self.event_ids[row] {
-            IdKind::Derived => uuid_text(&derived_event_id_bytes(tenant_id, seq, ts), &mut event.event_id),
-            IdKind::Uuid(bytes) => uuid_text(&bytes, &mut event.event_id),
-            IdKind::Text(i) => event.event_id.push_str(&self.id_texts[i as usize]),
-            IdKind::Absent | IdKind::OwnTimeUuid(_) => {}
-        }
-        match self.request_ids[row] {
-            IdKind::Absent | IdKind::Derived => event.request_id = None,
-            IdKind::Uuid(bytes) => {
-                let slot = event.request_id.get_or_insert_with(String::new);
-                slot.clear();
-                uuid_text(&bytes, slot);
-            }
-            IdKind::OwnTimeUuid(tail) => {
-                let mut bytes = [0u8; 16];
-                bytes[..6].copy_from_slice(&(ts.max(0) as u64).to_be_bytes()[2..]);
-                bytes[6..].copy_from_slice(&tail);
-                let slot = event.request_id.get_or_insert_with(String::new);
-                slot.clear();
-                uuid_text(&bytes, slot);
-            }
-            IdKind::Text(i) => set_opt_string(&mut event.request_id, Some(&self.id_texts[i as usize])),
-        }
+        let mut buf = [0u8; 36];
+        set_string(&mut event.event_id, self.event_id_at(row, tenant_id, seq, &mut buf));
+        set_opt_string(&mut event.request_id, self.request_id_at(row, &mut buf));
         event.status_code = (self.status[row] != 0).then_some(self.status[row]);
         event.latency_us = self.latency_us[row];
         event.upstream_latency_us = self.upstream_latency_us[row];
@@ -830,23 +831,8 @@ impl DecodedBlock {
     ) -> Result<[u8; 32], BlockError> {
         let ts = self.ts[row];
         let (mut event_id_buf, mut request_id_buf) = ([0u8; 36], [0u8; 36]);
-        let event_id: &str = match self.event_ids[row] {
-            IdKind::Derived => uuid::Uuid::from_bytes(derived_event_id_bytes(tenant_id, seq, ts)).hyphenated().encode_lower(&mut event_id_buf),
-            IdKind::Uuid(bytes) => uuid::Uuid::from_bytes(bytes).hyphenated().encode_lower(&mut event_id_buf),
-            IdKind::Text(i) => &self.id_texts[i as usize],
-            IdKind::Absent | IdKind::OwnTimeUuid(_) => "",
-        };
-        let request_id: Option<&str> = match self.request_ids[row] {
-            IdKind::Absent | IdKind::Derived => None,
-            IdKind::Uuid(bytes) => Some(uuid::Uuid::from_bytes(bytes).hyphenated().encode_lower(&mut request_id_buf)),
-            IdKind::OwnTimeUuid(tail) => {
-                let mut bytes = [0u8; 16];
-                bytes[..6].copy_from_slice(&(ts.max(0) as u64).to_be_bytes()[2..]);
-                bytes[6..].copy_from_slice(&tail);
-                Some(uuid::Uuid::from_bytes(bytes).hyphenated().encode_lower(&mut request_id_buf))
-            }
-            IdKind::Text(i) => Some(&self.id_texts[i as usize]),
-        };
+        let event_id = self.event_id_at(row, tenant_id, seq, &mut event_id_buf);
+        let request_id = self.request_id_at(row, &mut request_id_buf);
         let mut texts: [Option<&str>; 16] = [None; 16];
         for field in TEXT_FIELDS {
             let column = &self.texts[field.index()];
