@@ -36,11 +36,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+source bench/common.sh
 UP=$(free_port); NGX=$(free_port); KT=$(free_port); KTA=$(free_port); KT2=$(free_port); KTA2=$(free_port)
 
-# A ~100-byte answer from the upstream.
-BODY='{"status":"ok","service":"bench-upstream","items":[1,2,3],"note":"a small fixed answer for proxies"}'
 
 nginx_conf() { # dir listen body
   mkdir -p "$1/logs"
@@ -63,7 +61,6 @@ nginx_conf "$WORK/px" "$NGX" "access_log $WORK/px/logs/access.log; upstream up {
 taskset -c "$LOAD_CPU" nginx -p "$WORK/up" -c "$WORK/up/nginx.conf"
 taskset -c "$PROXY_CPU" nginx -p "$WORK/px" -c "$WORK/px/nginx.conf"
 
-TOKEN=bench-admin-token-0123456789
 start_keytrail() { # data gateway admin [config]
   local extra=()
   [ -n "${4:-}" ] && extra=(--config "$4")
@@ -73,22 +70,11 @@ start_keytrail() { # data gateway admin [config]
   for _ in $(seq 100); do curl -sf "http://127.0.0.1:$3/healthz" >/dev/null && return; sleep 0.05; done
   echo "keytrail did not start:"; cat "$1.out"; exit 1
 }
-setup_keytrail() { # admin -> prints key
-  local a="http://127.0.0.1:$1" h=(-H "Authorization: Bearer $TOKEN" -H 'content-type: application/json')
-  curl -sf "${h[@]}" "$a/v1/tenants" -d '{"id":"bench","name":"Bench"}' >/dev/null
-  curl -sf "${h[@]}" "$a/v1/tenants/bench/apis" -d "{\"id\":\"api\",\"path_prefix\":\"/\",\"upstream\":\"http://127.0.0.1:$UP\"}" >/dev/null
-  # A tier whose limits the run never reaches, so every call pays for the
-  # rate-limit check (GCRA and daily cap) as a real deployment would.
-  curl -sf "${h[@]}" "$a/v1/tenants/bench/tiers" -d '{"id":"bench","rate_limit":{"requests_per_minute":1000000000,"burst":1000000},"daily_quota":1000000000000}' >/dev/null
-  local consumer
-  consumer=$(curl -sf "${h[@]}" "$a/v1/tenants/bench/consumers" -d '{"name":"wrk","tier":"bench"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
-  curl -sf "${h[@]}" "$a/v1/tenants/bench/consumers/$consumer/keys" -d '{}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])'
-}
 printf '[audit]\nlog_api_calls = false\n' > "$WORK/nolog.toml"
 start_keytrail "$WORK/kt" "$KT" "$KTA"
 start_keytrail "$WORK/kt2" "$KT2" "$KTA2" "$WORK/nolog.toml"
-KEY=$(setup_keytrail "$KTA")
-KEY2=$(setup_keytrail "$KTA2")
+KEY=$(setup_keytrail "$KTA" "$UP")
+KEY2=$(setup_keytrail "$KTA2" "$UP")
 KT_PID=${PIDS[0]}; KT2_PID=${PIDS[1]}
 
 cpu_ticks() { # pids... -> utime+stime in clock ticks

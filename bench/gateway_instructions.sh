@@ -32,9 +32,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+source bench/common.sh
 UP=$(free_port); NGX=$(free_port); KT=$(free_port); KTA=$(free_port)
-BODY='{"status":"ok","service":"bench-upstream","items":[1,2,3],"note":"a small fixed answer for proxies"}'
 TEMPS="client_body_temp_path $WORK/b; proxy_temp_path $WORK/p; fastcgi_temp_path $WORK/f; uwsgi_temp_path $WORK/u; scgi_temp_path $WORK/s;"
 
 mkdir -p "$WORK/up/logs" "$WORK/px/logs"
@@ -97,17 +96,11 @@ wait_http "http://127.0.0.1:$NGX/"
 measure nginx "$NGX_PID" "http://127.0.0.1:$NGX/bench/x" "X-Nothing: 1"
 kill "$NGX_PID"; sleep 1
 
-TOKEN=bench-admin-token-0123456789
 KEYTRAIL_BOOTSTRAP_TOKEN=$TOKEN KEYTRAIL_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$WORK/keytrail.cg.%p" \
   "$BIN" serve --data-dir "$WORK/kt" --gateway-listen "127.0.0.1:$KT" --admin-listen "127.0.0.1:$KTA" > "$WORK/kt.out" 2>&1 &
 KT_PID=$!; PIDS+=($KT_PID)
 wait_http "http://127.0.0.1:$KTA/healthz"
-A="http://127.0.0.1:$KTA"; H=(-H "Authorization: Bearer $TOKEN" -H 'content-type: application/json')
-curl -sf "${H[@]}" "$A/v1/tenants" -d '{"id":"bench","name":"Bench"}' >/dev/null
-curl -sf "${H[@]}" "$A/v1/tenants/bench/apis" -d "{\"id\":\"api\",\"path_prefix\":\"/\",\"upstream\":\"http://127.0.0.1:$UP\"}" >/dev/null
-curl -sf "${H[@]}" "$A/v1/tenants/bench/tiers" -d '{"id":"bench","rate_limit":{"requests_per_minute":1000000000,"burst":1000000},"daily_quota":1000000000000}' >/dev/null
-CONSUMER=$(curl -sf "${H[@]}" "$A/v1/tenants/bench/consumers" -d '{"name":"wrk","tier":"bench"}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
-KEY=$(curl -sf "${H[@]}" "$A/v1/tenants/bench/consumers/$CONSUMER/keys" -d '{}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["key"])')
+KEY=$(setup_keytrail "$KTA" "$UP")
 measure keytrail "$KT_PID" "http://127.0.0.1:$KT/bench/x" "X-API-Key: $KEY"
 
 python3 - "$WORK/results" <<'PY'
