@@ -226,6 +226,15 @@ const ADDED_COLUMNS: [(&str, &str, &str); 7] = [
 /// The scope of the global logging settings.
 pub const GLOBAL_SCOPE: &str = "*";
 
+/// A unique-constraint failure as a conflict described by `what`; any other error as it is.
+fn conflict_if_duplicate(e: rusqlite::Error, what: impl FnOnce() -> String) -> StoreError {
+    if is_unique_violation(&e) {
+        StoreError::Conflict(what())
+    } else {
+        e.into()
+    }
+}
+
 fn is_unique_violation(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
         || f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY)
@@ -379,13 +388,7 @@ impl ControlStore {
                 "INSERT INTO tenants (id, name, created_at) VALUES (?1, ?2, ?3)",
                 params![tenant.id, tenant.name, tenant.created_at],
             )
-            .map_err(|e| {
-                if is_unique_violation(&e) {
-                    StoreError::Conflict(format!("tenant `{}` already exists", tenant.id))
-                } else {
-                    e.into()
-                }
-            })?;
+            .map_err(|e| conflict_if_duplicate(e, || format!("tenant `{}` already exists", tenant.id)))?;
         Ok(())
     }
 
@@ -427,13 +430,7 @@ impl ControlStore {
                 serde_json::to_string(&api.policies).expect("policies serialise"),
             ],
         )
-        .map_err(|e| {
-            if is_unique_violation(&e) {
-                StoreError::Conflict(format!("api `{}` already exists in tenant `{}`", api.id, api.tenant_id))
-            } else {
-                e.into()
-            }
-        })?;
+        .map_err(|e| conflict_if_duplicate(e, || format!("api `{}` already exists in tenant `{}`", api.id, api.tenant_id)))?;
         Ok(())
     }
 
@@ -478,14 +475,7 @@ impl ControlStore {
                 ],
             )
             .map_err(|e| {
-                if is_unique_violation(&e) {
-                    StoreError::Conflict(format!(
-                        "a consumer named `{}` already exists in tenant `{}`",
-                        consumer.name, consumer.tenant_id
-                    ))
-                } else {
-                    e.into()
-                }
+                conflict_if_duplicate(e, || format!("a consumer named `{}` already exists in tenant `{}`", consumer.name, consumer.tenant_id))
             })?;
         Ok(())
     }
@@ -580,13 +570,7 @@ impl ControlStore {
                     tier.created_at
                 ],
             )
-            .map_err(|e| {
-                if is_unique_violation(&e) {
-                    StoreError::Conflict(format!("tier `{}` already exists in tenant `{}`", tier.id, tier.tenant_id))
-                } else {
-                    e.into()
-                }
-            })?;
+            .map_err(|e| conflict_if_duplicate(e, || format!("tier `{}` already exists in tenant `{}`", tier.id, tier.tenant_id)))?;
         Ok(())
     }
 
