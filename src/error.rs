@@ -20,6 +20,8 @@ pub enum ErrorCode {
     RateLimited,
     Forbidden,
     InsufficientScope,
+    /// Key verification named an api the key's tenant does not have.
+    UnknownApi,
     PayloadTooLarge,
     LengthRequired,
     NoRoute,
@@ -48,6 +50,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::InsufficientScope => "insufficient_scope",
+            ErrorCode::UnknownApi => "unknown_api",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::LengthRequired => "length_required",
             ErrorCode::NoRoute => "no_route",
@@ -76,7 +79,7 @@ impl ErrorCode {
             ErrorCode::Forbidden | ErrorCode::InsufficientScope => StatusCode::FORBIDDEN,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::LengthRequired => StatusCode::LENGTH_REQUIRED,
-            ErrorCode::NoRoute | ErrorCode::NotFound => StatusCode::NOT_FOUND,
+            ErrorCode::NoRoute | ErrorCode::UnknownApi | ErrorCode::NotFound => StatusCode::NOT_FOUND,
             ErrorCode::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             ErrorCode::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorCode::InvalidBody | ErrorCode::InvalidParameter => StatusCode::BAD_REQUEST,
@@ -98,6 +101,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => "too many requests: wait for the time in `Retry-After`",
             ErrorCode::Forbidden => "this request is not allowed",
             ErrorCode::InsufficientScope => "the API key does not hold the scopes this API requires",
+            ErrorCode::UnknownApi => "the key's tenant has no API with this id",
             ErrorCode::PayloadTooLarge => "the request body is larger than this API accepts",
             ErrorCode::LengthRequired => "this API limits body sizes: send a Content-Length header",
             ErrorCode::NoRoute => "no API is configured for this path",
@@ -169,6 +173,30 @@ impl ApiError {
             .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         response
     }
+}
+
+/// Parses a JSON request body, turning every problem into a 400 that says
+/// what to fix and names the field (`rate_limit.burst`). An empty body
+/// counts as `{}`. serde's messages may quote what was sent (an unknown
+/// field's name, a mistyped value); like every message they are masked on
+/// their way out ([`ApiError::body_bytes`], `Event::sanitize`).
+pub fn parse_json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let text: &[u8] = if body.iter().all(u8::is_ascii_whitespace) { b"{}" } else { body };
+    let mut json = serde_json::Deserializer::from_slice(text);
+    let parsed: T = serde_path_to_error::deserialize(&mut json).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        match inner.classify() {
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+                ApiError::invalid_body(format!("not valid JSON ({inner})"))
+            }
+            // `.` is the body itself.
+            _ if path != "." => ApiError::invalid_body(format!("`{path}`: {inner}")),
+            _ => ApiError::invalid_body(inner.to_string()),
+        }
+    })?;
+    json.end().map_err(|e| ApiError::invalid_body(format!("not valid JSON ({e})")))?;
+    Ok(parsed)
 }
 
 impl std::fmt::Display for ApiError {

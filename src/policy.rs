@@ -92,15 +92,7 @@ impl Policies {
         if let Some(pattern) = self.forbidden_paths.iter().find(|p| pattern_matches(p, path)) {
             return Err(Violation { code: ErrorCode::Forbidden, policy: "forbidden_paths", field: "path", limit: json!(pattern), actual: json!(path) });
         }
-        if self.required_scopes.iter().any(|s| !scopes.contains(s)) {
-            return Err(Violation {
-                code: ErrorCode::InsufficientScope,
-                policy: "required_scopes",
-                field: "scopes",
-                limit: json!(self.required_scopes),
-                actual: json!(scopes),
-            });
-        }
+        self.check_scopes(scopes)?;
         if let Some(max) = self.max_body_bytes {
             match body_length {
                 Some(n) if n > max => {
@@ -117,6 +109,20 @@ impl Policies {
                 }
                 _ => {}
             }
+        }
+        Ok(())
+    }
+
+    /// Checks only the scopes a key must hold (what key verification asks).
+    pub fn check_scopes(&self, scopes: &[String]) -> Result<(), Violation> {
+        if self.required_scopes.iter().any(|s| !scopes.contains(s)) {
+            return Err(Violation {
+                code: ErrorCode::InsufficientScope,
+                policy: "required_scopes",
+                field: "scopes",
+                limit: json!(self.required_scopes),
+                actual: json!(scopes),
+            });
         }
         Ok(())
     }

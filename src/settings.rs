@@ -181,10 +181,12 @@ pub enum CallClass {
 pub const BLOCKED_ERROR_CODE: &str = "request_blocked";
 
 impl CallClass {
+    /// A call is failed by its status, or by its outcome when the status
+    /// cannot say: a refused key verification answers 200.
     pub fn of(event: &Event) -> CallClass {
         if event.error_code.as_deref() == Some(BLOCKED_ERROR_CODE) {
             CallClass::Blocked
-        } else if event.status_code.is_some_and(|s| s < 400) {
+        } else if event.status_code.is_some_and(|s| s < 400) && event.outcome != "failure" {
             CallClass::Successful
         } else {
             CallClass::Failed
@@ -318,6 +320,9 @@ mod tests {
         assert!(policy.keeps(&request("loud", 200), &sampler));
         assert!(!policy.keeps(&request("quiet", 200), &sampler));
         assert!(!policy.keeps(&request("quiet", 502), &sampler));
+        let mut refused = request("loud", 200);
+        refused.outcome = "failure".into();
+        assert_eq!(CallClass::of(&refused), CallClass::Failed, "a refused verification answers 200 but failed");
         let mut blocked = request("quiet", 403);
         blocked.error_code = Some(BLOCKED_ERROR_CODE.into());
         assert!(policy.keeps(&blocked, &sampler), "blocked calls have their own switch");

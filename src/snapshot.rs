@@ -91,6 +91,9 @@ impl KeyUsage {
 pub struct Snapshot {
     /// Longest prefix first, so the first match is the most specific.
     routes: Vec<Arc<RouteApi>>,
+    /// The same apis by tenant, then api id (api ids are per tenant), for
+    /// key verification, which names an api instead of calling a path.
+    apis: HashMap<String, HashMap<String, Arc<RouteApi>>>,
     keys: HashMap<SecretHash, Arc<KeyEntry>>,
     /// By (tenant, tier id).
     tiers: HashMap<(String, String), Arc<TierLimits>>,
@@ -163,6 +166,10 @@ impl Snapshot {
             })
             .collect();
         routes.sort_by(|a, b| b.path_prefix.len().cmp(&a.path_prefix.len()).then(a.path_prefix.cmp(&b.path_prefix)));
+        let mut apis: HashMap<String, HashMap<String, Arc<RouteApi>>> = HashMap::new();
+        for route in &routes {
+            apis.entry(route.tenant_id.clone()).or_default().insert(route.api_id.clone(), route.clone());
+        }
 
         let tiers: HashMap<(String, String), Arc<TierLimits>> =
             data.tiers.iter().map(|t| ((t.tenant_id.clone(), t.id.clone()), tier_limits(t, previous))).collect();
@@ -207,7 +214,7 @@ impl Snapshot {
             by_tenant.entry(entry.tenant_id.clone().unwrap_or_default()).or_default().push(entry);
         }
         let tenant_blocks = by_tenant.into_iter().map(|(t, entries)| (t, Blocklist::build(entries))).collect();
-        Snapshot { routes, keys, tiers, global_blocks: Blocklist::build(global), tenant_blocks }
+        Snapshot { routes, apis, keys, tiers, global_blocks: Blocklist::build(global), tenant_blocks }
     }
 
     /// A tenant's own blocklist, if it has one.
@@ -218,6 +225,11 @@ impl Snapshot {
     /// The api serving `path`, most specific prefix first.
     pub fn route(&self, path: &str) -> Option<&Arc<RouteApi>> {
         self.routes.iter().find(|r| prefix_matches(&r.path_prefix, path))
+    }
+
+    /// The api `api_id` of `tenant`, if it exists (and its upstream parsed).
+    pub fn api(&self, tenant: &str, api_id: &str) -> Option<&Arc<RouteApi>> {
+        self.apis.get(tenant)?.get(api_id)
     }
 
     /// The key with this hash, compared in constant time once found.
@@ -271,5 +283,7 @@ mod tests {
         assert_eq!(snap.route("/docs/v2/x").unwrap().api_id, "v2");
         assert_eq!(snap.route("/docs/v1").unwrap().api_id, "docs");
         assert_eq!(snap.route("/other").unwrap().api_id, "root");
+        assert_eq!(snap.api("t", "docs").unwrap().path_prefix, "/docs");
+        assert!(snap.api("t", "nope").is_none() && snap.api("other", "docs").is_none(), "api ids are per tenant");
     }
 }

@@ -11,6 +11,7 @@
 
 pub mod body;
 pub mod upstream;
+mod verify;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -69,6 +70,8 @@ pub struct Gateway {
 enum KeySource {
     ApiKeyHeader,
     Authorization,
+    /// The JSON body of `POST /v1/keys/verify`.
+    VerifyBody,
 }
 
 impl KeySource {
@@ -76,6 +79,7 @@ impl KeySource {
         match self {
             KeySource::ApiKeyHeader => "x-api-key",
             KeySource::Authorization => "authorization",
+            KeySource::VerifyBody => "verify_body",
         }
     }
 }
@@ -123,6 +127,12 @@ impl Gateway {
             let text = String::from_utf8_lossy(v.as_bytes());
             text.chars().take(MAX_USER_AGENT).collect()
         });
+        // Key verification for callers that do not proxy: before routing, so
+        // no api's prefix can shadow it. Boxed, so the proxy path's future
+        // does not grow by the verification's state.
+        if req.uri().path() == verify::PATH {
+            return Box::pin(self.verify(req, event, client, started)).await;
+        }
         let finisher = |event: Event, request_bytes: Option<Arc<AtomicU64>>| Finisher {
             event,
             started,
@@ -245,7 +255,7 @@ impl Gateway {
         ) {
             self.record_policy_applied(&event, &entry, &violation);
             // The failed call's event says which part of the request was wrong.
-            event.details = Some(serde_json::json!({"policy": violation.policy, "field": violation.field, "limit": violation.limit}));
+            event.details = Some(policy_details(&violation));
             let mut response = refuse(&mut event, violation.code, &request_id, finisher);
             if violation.code == ErrorCode::MethodNotAllowed {
                 let allow = route.policies.allowed_methods.join(", ");
@@ -437,6 +447,12 @@ fn has_body(headers: &HeaderMap) -> bool {
     headers.contains_key(header::TRANSFER_ENCODING) || declared_length(headers).is_some_and(|n| n > 0)
 }
 
+/// What a refused call's own event says about the policy that refused it:
+/// which part of the request was wrong.
+fn policy_details(violation: &Violation) -> serde_json::Value {
+    serde_json::json!({"policy": violation.policy, "field": violation.field, "limit": violation.limit})
+}
+
 /// A failed security event about `request`: the same tenant, time, request
 /// id, api, method, path and caller.
 fn security_event(request: &Event, event_type: &str) -> Event {
@@ -562,14 +578,27 @@ fn refuse(
     request_id: &str,
     finisher: impl FnOnce(Event, Option<Arc<AtomicU64>>) -> Finisher,
 ) -> Response<GatewayBody> {
-    let error = ApiError::from_code(code);
+    refuse_with(event, ApiError::from_code(code), request_id, finisher)
+}
+
+/// [`refuse`] with a message of its own (e.g. which field of a body is wrong).
+fn refuse_with(
+    event: &mut Event,
+    error: ApiError,
+    request_id: &str,
+    finisher: impl FnOnce(Event, Option<Arc<AtomicU64>>) -> Finisher,
+) -> Response<GatewayBody> {
+    let code = error.code;
+    let body = error.body_bytes();
     event.status_code = Some(code.status().as_u16());
     event.outcome = "failure".into();
     // A block sets its own code and message for the trail; the caller sees
     // only the generic one.
     event.error_code.get_or_insert_with(|| code.as_str().to_string());
-    event.error_message.get_or_insert_with(|| code.default_message().to_string());
-    let mut response = Response::new(GatewayBody::full(error.body_bytes(), finisher(std::mem::take(event), None)));
+    if event.error_message.is_none() {
+        event.error_message = Some(error.message);
+    }
+    let mut response = Response::new(GatewayBody::full(body, finisher(std::mem::take(event), None)));
     *response.status_mut() = code.status();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -640,6 +669,8 @@ fn prepare_upstream_headers(
     match source {
         KeySource::ApiKeyHeader => headers.remove(&X_API_KEY),
         KeySource::Authorization => headers.remove(header::AUTHORIZATION),
+        // Never proxied: verification answers itself.
+        KeySource::VerifyBody => None,
     };
     // Identity headers are the gateway's to set; a caller's own are dropped.
     headers.insert(X_REQUEST_ID.clone(), header_value(request_id));

@@ -14,3 +14,4 @@ mod protection;
 mod ratelimit;
 mod settings;
 mod util;
+mod verify;
