@@ -511,6 +511,35 @@ enum IdKind {
     Text(u32),
 }
 
+/// A request id to look for, parsed once the way the writer stores it: the
+/// canonical text of a UUID (lowercase, hyphenated) as its 16 bytes, any
+/// other text as it is. A row matches when its stored id is the same, so
+/// matching formats no row's id as text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestIdKey {
+    Uuid {
+        bytes: [u8; 16],
+        /// The first 48 bits: a UUIDv7's millisecond timestamp. A row that
+        /// stores only the last ten bytes (an id stamped with the row's own
+        /// time) can match only if its timestamp has these bits.
+        time_bits: u64,
+    },
+    Text(Box<str>),
+}
+
+impl RequestIdKey {
+    pub fn new(text: &str) -> RequestIdKey {
+        match uuid_bytes(text) {
+            Some(bytes) => {
+                let mut time = [0u8; 8];
+                time[2..].copy_from_slice(&bytes[..6]);
+                RequestIdKey::Uuid { bytes, time_bits: u64::from_be_bytes(time) }
+            }
+            None => RequestIdKey::Text(text.into()),
+        }
+    }
+}
+
 /// A block decoded column by column, on demand.
 pub struct DecodedBlock {
     rows: usize,
@@ -777,6 +806,20 @@ impl DecodedBlock {
         }
     }
 
+    /// Whether row `row`'s request id is `key`, compared as stored. Needs the
+    /// `TS` and `REQUEST_ID` columns loaded.
+    pub fn request_id_is(&self, row: usize, key: &RequestIdKey) -> bool {
+        match (&self.request_ids[row], key) {
+            (IdKind::OwnTimeUuid(tail), RequestIdKey::Uuid { bytes, time_bits }) => {
+                // The timestamp first: it rules out nearly every row.
+                (self.ts[row].max(0) as u64) & 0xffff_ffff_ffff == *time_bits && tail[..] == bytes[6..]
+            }
+            (IdKind::Uuid(stored), RequestIdKey::Uuid { bytes, .. }) => stored == bytes,
+            (IdKind::Text(i), RequestIdKey::Text(text)) => self.id_texts[*i as usize] == *text,
+            _ => false,
+        }
+    }
+
     /// Writes row `row` into `event`, reusing its buffers. Needs every column
     /// loaded; `lookup` resolves dictionary ids.
     pub fn fill_event<'d>(
@@ -1020,6 +1063,29 @@ mod tests {
         assert_eq!(block.ts, events.iter().map(|e| e.timestamp_ms).collect::<Vec<_>>());
         assert_eq!(block.status[1], 300);
         assert!(block.category.is_empty() && block.texts[0].codes.is_empty());
+    }
+
+    #[test]
+    fn request_ids_match_as_stored_without_formatting() {
+        let events = events();
+        let data = encode(&events, &mut Dict(Vec::new()));
+        let mut block = DecodedBlock::parse(&data).unwrap();
+        block.load(&data, Columns::of(&[col::TS, col::REQUEST_ID]), &mut zstd::bulk::Decompressor::new().unwrap()).unwrap();
+        // Row 3's request id is stamped with its own time (stored as its tail).
+        let own_time = events[3].request_id.clone().unwrap();
+        assert_eq!(uuid_bytes(&own_time).unwrap()[..6], events[3].timestamp_ms.to_be_bytes()[2..]);
+        // The same random tail stamped a millisecond later, and in upper case.
+        let mut later = *uuid::Uuid::try_parse(&own_time).unwrap().as_bytes();
+        later[5] = later[5].wrapping_add(1);
+        let later = uuid::Uuid::from_bytes(later).to_string();
+        let mut wanted: Vec<String> = events.iter().step_by(7).filter_map(|e| e.request_id.clone()).collect();
+        wanted.extend([own_time.clone(), own_time.to_uppercase(), later, "REQ-2".into(), String::new(), crate::event::new_id()]);
+        for want in &wanted {
+            let key = RequestIdKey::new(want);
+            let rows: Vec<usize> = (0..events.len()).filter(|row| block.request_id_is(*row, &key)).collect();
+            let brute: Vec<usize> = (0..events.len()).filter(|row| events[*row].request_id.as_deref() == Some(want.as_str())).collect();
+            assert_eq!(rows, brute, "{want:?}");
+        }
     }
 
     #[test]

@@ -155,6 +155,22 @@ pub struct EventFilter {
     pub method: Option<String>,
     /// Matches paths that start with this text.
     pub path_prefix: Option<String>,
+    /// The event's `actor`, exactly (case-sensitive).
+    pub actor: Option<String>,
+    /// The event's `target`, exactly (case-sensitive).
+    pub target: Option<String>,
+    /// Matches targets that start with this text (events without a target
+    /// never match; the empty prefix matches every event with one).
+    pub target_prefix: Option<String>,
+    /// The event's `request_id`, as exact text. Compared in the stored form
+    /// (a UUID in canonical lowercase hyphenated text as its 16 bytes, any
+    /// other text as it is), which is the same as comparing the texts: an
+    /// upper-case UUID matches only an event that carried it in upper case.
+    /// Never narrows the time window: an event may carry the id of an
+    /// earlier call.
+    pub request_id: Option<String>,
+    /// The event's `outcome`, exactly (e.g. `success`, `failure`).
+    pub outcome: Option<String>,
     pub status_min: Option<u16>,
     pub status_max: Option<u16>,
     pub from_ms: Option<i64>,

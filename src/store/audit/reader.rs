@@ -3,7 +3,8 @@
 //!
 //! A scan walks the day files from the newest in its window. In each file it
 //! resolves the filter's texts to the file's dictionary ids (a file without
-//! the tenant or the consumer is skipped whole), picks the tenant's blocks
+//! the tenant or the consumer is skipped whole; not so for an actor or a
+//! target, which a block may hold inline), picks the tenant's blocks
 //! whose time range meets the window, and decodes only the columns the
 //! filter needs until a block has a match. Blocks may overlap in time (a
 //! slow request is committed after quicker later ones), so matching rows are
@@ -20,7 +21,7 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use rusqlite::{Connection, OptionalExtension};
 use rustc_hash::FxHashSet;
 
-use super::block::{category_code, col, Columns, DecodedBlock, TextField, MAX_BLOCK_SPAN_MS};
+use super::block::{category_code, col, Columns, DecodedBlock, RequestIdKey, TextColumn, TextField, MAX_BLOCK_SPAN_MS};
 use super::{day_of, list_days, EventFilter, StoredEvent};
 use crate::event::GENESIS_HASH;
 use crate::store::StoreError;
@@ -69,7 +70,9 @@ impl DictCache {
         f(&|id: u32| values.get((id as usize).wrapping_sub(1)).map(|s| &**s))
     }
 
-    /// Ids of every loaded string that starts with `prefix`.
+    /// Ids of every loaded string that starts with `prefix`. The dictionary
+    /// is shared by every text field, so the set may hold ids of other
+    /// fields' texts; compared against one column, those never match.
     fn ids_with_prefix(&self, prefix: &str) -> FxHashSet<u32> {
         let values = self.values.read().unwrap_or_else(|e| e.into_inner());
         values.iter().enumerate().filter(|(_, v)| v.starts_with(prefix)).map(|(i, _)| i as u32 + 1).collect()
@@ -116,6 +119,43 @@ fn hash_of(bytes: Vec<u8>) -> [u8; 32] {
     bytes.try_into().unwrap_or([0; 32])
 }
 
+/// An exact text wanted in a field that is interned only from its second
+/// sighting in a file (actors, targets): rows hold either its dictionary id,
+/// if the file has one, or the text inline.
+struct ExactText {
+    id: Option<u32>,
+    text: Box<str>,
+}
+
+impl ExactText {
+    fn resolve(value: &str, day: &DayReader) -> Result<ExactText, StoreError> {
+        Ok(ExactText { id: day.id_of(value)?, text: value.into() })
+    }
+
+    fn matches(&self, column: &TextColumn, row: usize) -> bool {
+        match column.dict_id(row) {
+            Some(id) => self.id == Some(id),
+            None => column.inline_text(row) == Some(&*self.text),
+        }
+    }
+}
+
+/// A prefix wanted in such a field: the ids of the file's strings that
+/// start with it, and the prefix for inline texts.
+struct PrefixText {
+    ids: FxHashSet<u32>,
+    prefix: Box<str>,
+}
+
+impl PrefixText {
+    fn matches(&self, column: &TextColumn, row: usize) -> bool {
+        match column.dict_id(row) {
+            Some(id) => self.ids.contains(&id),
+            None => column.inline_text(row).is_some_and(|t| t.starts_with(&*self.prefix)),
+        }
+    }
+}
+
 /// An [`EventFilter`] resolved against one day file's dictionary.
 struct DayFilter {
     tenant: u32,
@@ -124,7 +164,12 @@ struct DayFilter {
     consumer: Option<u32>,
     api: Option<u32>,
     method: Option<u32>,
+    outcome: Option<u32>,
     paths: Option<FxHashSet<u32>>,
+    actor: Option<ExactText>,
+    target: Option<ExactText>,
+    target_prefix: Option<PrefixText>,
+    request_id: Option<RequestIdKey>,
     status_min: u16,
     status_max: u16,
     from: i64,
@@ -136,8 +181,9 @@ impl DayFilter {
     /// `None` when nothing in the file can match.
     fn resolve(filter: &EventFilter, day: &DayReader) -> Result<Option<DayFilter>, StoreError> {
         let Some(tenant) = day.id_of(&filter.tenant_id)? else { return Ok(None) };
-        let mut ids = [None; 4];
-        for (slot, value) in ids.iter_mut().zip([&filter.event_type, &filter.consumer_id, &filter.api_id, &filter.method]) {
+        let mut ids = [None; 5];
+        let always_interned = [&filter.event_type, &filter.consumer_id, &filter.api_id, &filter.method, &filter.outcome];
+        for (slot, value) in ids.iter_mut().zip(always_interned) {
             if let Some(value) = value {
                 // These fields are always in the dictionary: a value it lacks matches nothing.
                 match day.id_of(value)? {
@@ -157,6 +203,22 @@ impl DayFilter {
                 Some(ids)
             }
         };
+        if let (Some(target), Some(prefix)) = (&filter.target, &filter.target_prefix) {
+            if !target.starts_with(prefix.as_str()) {
+                return Ok(None);
+            }
+        }
+        // Actors and targets seen once in a file stay inline in their block,
+        // so a value the dictionary lacks may still match: no skipping here.
+        let actor = filter.actor.as_deref().map(|a| ExactText::resolve(a, day)).transpose()?;
+        let target = filter.target.as_deref().map(|t| ExactText::resolve(t, day)).transpose()?;
+        let target_prefix = match &filter.target_prefix {
+            None => None,
+            Some(prefix) => {
+                day.dict.ensure(&day.conn, u32::MAX)?;
+                Some(PrefixText { ids: day.dict.ids_with_prefix(prefix), prefix: prefix.as_str().into() })
+            }
+        };
         let mut to = filter.to_ms.unwrap_or(i64::MAX);
         if let Some((ts, _)) = filter.before {
             to = to.min(ts);
@@ -168,7 +230,12 @@ impl DayFilter {
             consumer: ids[1],
             api: ids[2],
             method: ids[3],
+            outcome: ids[4],
             paths,
+            actor,
+            target,
+            target_prefix,
+            request_id: filter.request_id.as_deref().map(RequestIdKey::new),
             status_min: filter.status_min.unwrap_or(0),
             status_max: filter.status_max.unwrap_or(u16::MAX),
             from: filter.from_ms.unwrap_or(i64::MIN),
@@ -182,12 +249,18 @@ impl DayFilter {
         if self.status_min > 0 || self.status_max < u16::MAX {
             columns = columns.with(Columns::of(&[col::STATUS]));
         }
+        if self.request_id.is_some() {
+            columns = columns.with(Columns::of(&[col::REQUEST_ID]));
+        }
         for (set, field) in [
             (self.event_type.is_some(), TextField::EventType),
             (self.consumer.is_some(), TextField::Consumer),
             (self.api.is_some(), TextField::Api),
             (self.method.is_some(), TextField::Method),
+            (self.outcome.is_some(), TextField::Outcome),
             (self.paths.is_some(), TextField::Path),
+            (self.actor.is_some(), TextField::Actor),
+            (self.target.is_some() || self.target_prefix.is_some(), TextField::Target),
         ] {
             if set {
                 columns = columns.with(Columns::text(&[field]));
@@ -221,6 +294,7 @@ impl DayFilter {
             (self.consumer, TextField::Consumer),
             (self.api, TextField::Api),
             (self.method, TextField::Method),
+            (self.outcome, TextField::Outcome),
         ] {
             if want.is_some_and(|id| text(field) != Some(id)) {
                 return false;
@@ -230,6 +304,19 @@ impl DayFilter {
             if !text(TextField::Path).is_some_and(|id| paths.contains(&id)) {
                 return false;
             }
+        }
+        let column = |field: TextField| &b.texts[field.index()];
+        if self.actor.as_ref().is_some_and(|a| !a.matches(column(TextField::Actor), row)) {
+            return false;
+        }
+        if self.target.as_ref().is_some_and(|t| !t.matches(column(TextField::Target), row)) {
+            return false;
+        }
+        if self.target_prefix.as_ref().is_some_and(|p| !p.matches(column(TextField::Target), row)) {
+            return false;
+        }
+        if self.request_id.as_ref().is_some_and(|key| !b.request_id_is(row, key)) {
+            return false;
         }
         true
     }

@@ -456,3 +456,250 @@ fn bytes_per_event_stay_small() {
     // Random request ids alone are 10 bytes; the rest compresses well.
     assert!(per_event < 100.0, "{per_event:.1} bytes/event");
 }
+
+/// Events of every category with actors, targets, request ids and outcomes
+/// as the gateway, the admin API and applications set them, over `span_ms`
+/// from `start`: actors and targets repeated (interned) and one-off (inline
+/// in their block), some only after the first day; request ids stamped with
+/// their event's time, shared by a refused call's security event, carried
+/// later by application events (so stored whole), as other text, upper-case.
+fn varied_events(n: usize, start: i64, span_ms: i64, seed: u64) -> Vec<Event> {
+    let mut rng = SplitMix64(seed);
+    let first_day = day_of(start);
+    let mut last_request: Option<(i64, String)> = None;
+    let mut past_ids: Vec<String> = Vec::new();
+    (0..n)
+        .map(|i| {
+            let mut ts = start + span_ms * i as i64 / n as i64 - if rng.below(10) == 0 { rng.below(30_000) as i64 } else { 0 };
+            // `admin:rare` twice on the first day (inline, then interned) and once on the second.
+            let rare = [n / 10, n / 5, 9 * n / 10].contains(&i);
+            let tenant = if rare { "acme" } else { ["acme", "acme", "globex"][rng.below(3) as usize] };
+            let kind = if rare { 6 } else { rng.below(10) };
+            let later_day = day_of(ts) > first_day;
+            let mut e = match kind {
+                0..=4 => {
+                    let mut e = Event::new(tenant, Category::Request, "request", "success");
+                    e.timestamp_ms = ts;
+                    e.status_code = Some([200, 200, 201, 404, 500][rng.below(5) as usize]);
+                    if e.status_code.is_some_and(|s| s >= 400) {
+                        e.outcome = "failure".into();
+                    }
+                    e.request_id = Some(if rng.below(20) == 0 { format!("req-{}", rng.below(4)) } else { crate::event::new_id_at(ts) });
+                    e.consumer_id = Some(format!("cons_{}", rng.below(5)));
+                    e.method = Some("GET".into());
+                    e.path = Some(format!("/docs/{}", rng.below(5)));
+                    let id = e.request_id.clone().unwrap();
+                    past_ids.push(id.clone());
+                    last_request = Some((ts, id));
+                    e
+                }
+                5 => {
+                    // A refused call: same time and request id as the last request.
+                    let mut e = Event::new(tenant, Category::Security, "rate_limit_exceeded", "failure");
+                    if let Some((at, id)) = &last_request {
+                        ts = *at;
+                        e.request_id = Some(id.clone());
+                    }
+                    e.timestamp_ms = ts;
+                    e.actor = Some(format!("consumer:cons_{}", rng.below(5)));
+                    e
+                }
+                6 | 7 => {
+                    let outcome = if later_day && rng.below(3) == 0 { "denied" } else { "success" };
+                    let mut e = Event::new(tenant, Category::Admin, "key_created", outcome);
+                    e.timestamp_ms = ts;
+                    e.actor = Some(match rng.below(20) {
+                        _ if rare => "admin:rare".into(),
+                        0 => format!("admin:once_{i}"),
+                        1..=4 if later_day => "admin:day_two".into(),
+                        k => format!("admin:adm_{}", k % 3),
+                    });
+                    e.target = match rng.below(8) {
+                        0 => None,
+                        1 => Some(format!("consumer:new_{i}")),
+                        2 | 3 => Some(format!("key:key_{}", rng.below(4))),
+                        4 => Some("api:docs".into()),
+                        _ => Some(format!("consumer:cons_{}", rng.below(5))),
+                    };
+                    e.request_id = Some(crate::event::new_id_at(ts));
+                    e
+                }
+                _ => {
+                    let outcome = ["success", "error"][rng.below(2) as usize];
+                    let mut e = Event::new(tenant, Category::App, "invoice_paid", outcome);
+                    e.timestamp_ms = ts;
+                    e.actor = Some(["app:billing", "app:crm"][rng.below(2) as usize].into());
+                    e.target = (rng.below(4) != 0).then(|| format!("invoice:{}", rng.below(30)));
+                    e.request_id = match rng.below(6) {
+                        0 => None,
+                        1 => Some(crate::event::new_id_at(ts).to_uppercase()),
+                        2 => Some(format!("req-{}", rng.below(4))),
+                        // The id of an earlier gateway call.
+                        _ => past_ids.get(rng.below(past_ids.len().max(1) as u64) as usize).cloned(),
+                    };
+                    e
+                }
+            };
+            e.client_ip = Some(format!("10.0.0.{}", rng.below(40)));
+            e
+        })
+        .collect()
+}
+
+/// What [`EventFilter`] means, one event at a time.
+fn brute_matches(f: &EventFilter, e: &Event) -> bool {
+    let eq = |want: &Option<String>, got: Option<&str>| want.as_deref().is_none_or(|w| got == Some(w));
+    let prefix = |want: &Option<String>, got: Option<&str>| want.as_deref().is_none_or(|w| got.is_some_and(|g| g.starts_with(w)));
+    let status = match (f.status_min, f.status_max) {
+        (None, None) => true,
+        (min, max) => e.status_code.is_some_and(|s| s >= min.unwrap_or(0) && s <= max.unwrap_or(u16::MAX)),
+    };
+    e.tenant_id == f.tenant_id
+        && f.category.is_none_or(|c| e.category() == c)
+        && eq(&f.event_type, Some(&e.event_type))
+        && eq(&f.consumer_id, e.consumer_id.as_deref())
+        && eq(&f.api_id, e.api_id.as_deref())
+        && eq(&f.method, e.method.as_deref())
+        && prefix(&f.path_prefix, e.path.as_deref())
+        && status
+        && f.from_ms.is_none_or(|from| e.timestamp_ms >= from)
+        && f.to_ms.is_none_or(|to| e.timestamp_ms <= to)
+        && f.before.is_none_or(|before| (e.timestamp_ms, e.seq) < before)
+        && eq(&f.actor, e.actor.as_deref())
+        && eq(&f.target, e.target.as_deref())
+        && prefix(&f.target_prefix, e.target.as_deref())
+        && eq(&f.request_id, e.request_id.as_deref())
+        && eq(&f.outcome, Some(&e.outcome))
+}
+
+/// Whether the day file of `day` has `value` in its dictionary.
+fn interned(dir: &Path, day: i64, value: &str) -> bool {
+    let (_, path) = list_days(dir).unwrap().into_iter().find(|(d, _)| *d == day).unwrap();
+    let conn = Connection::open(path).unwrap();
+    conn.query_row("SELECT count(*) FROM strings WHERE value = ?1", [value], |r| r.get::<_, i64>(0)).unwrap() > 0
+}
+
+#[test]
+fn actor_target_request_id_and_outcome_filters_equal_a_brute_force_filter() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = DAY0 + 2 * HOUR_MS;
+    let input = varied_events(6_000, start, 36 * HOUR_MS, 13);
+    // Small batches: many blocks per tenant and day.
+    write(dir.path(), &input, 150);
+    let reader = AuditReader::open(dir.path()).unwrap();
+    let (day0, day1) = (day_of(start), day_of(start) + 1);
+    assert_eq!(reader.days().collect::<Vec<_>>(), vec![day0, day1]);
+    let all = newest_first(&reader, "acme");
+    assert_eq!(all.len() + newest_first(&reader, "globex").len(), input.len());
+
+    // What the cases below rely on.
+    let acme = |f: &dyn Fn(&Event) -> bool| all.iter().filter(|e| f(e)).count();
+    let once: Vec<&Event> = all.iter().filter(|e| e.actor.as_deref().is_some_and(|a| a.starts_with("admin:once_"))).collect();
+    assert!(once.len() > 3 && once.iter().all(|e| !interned(dir.path(), day_of(e.timestamp_ms), e.actor.as_deref().unwrap())));
+    let once_actor = once[once.len() / 2].actor.clone().unwrap();
+    assert!(interned(dir.path(), day0, "admin:rare") && !interned(dir.path(), day1, "admin:rare"));
+    assert_eq!(acme(&|e| e.actor.as_deref() == Some("admin:rare")), 3);
+    assert!(!interned(dir.path(), day0, "admin:day_two") && interned(dir.path(), day1, "admin:day_two"));
+    assert!(!interned(dir.path(), day0, "denied") && interned(dir.path(), day1, "denied"));
+    let new_targets: Vec<&Event> = all.iter().filter(|e| e.target.as_deref().is_some_and(|t| t.starts_with("consumer:new_"))).collect();
+    assert!(new_targets.iter().all(|e| !interned(dir.path(), day_of(e.timestamp_ms), e.target.as_deref().unwrap())));
+    let new_target = new_targets[new_targets.len() / 3].target.clone().unwrap();
+    assert!(interned(dir.path(), day0, "consumer:cons_1"));
+    // A request id shared by a request, its security event and later app events.
+    let mut carried: HashMap<&str, (usize, usize)> = HashMap::new();
+    for e in &all {
+        if let Some(id) = e.request_id.as_deref() {
+            let slot = carried.entry(id).or_default();
+            match e.category() {
+                Category::App => slot.1 += 1,
+                _ => slot.0 += 1,
+            }
+        }
+    }
+    let shared = carried.iter().filter(|(id, (gateway, app))| *gateway >= 2 && *app >= 1 && id.len() == 36).map(|(id, _)| id.to_string()).min().unwrap();
+    // An app event on the second day carrying an id stamped on the first.
+    let crossing = all
+        .iter()
+        .find(|e| {
+            e.category() == Category::App
+                && day_of(e.timestamp_ms) == day1
+                && e.request_id.as_deref().and_then(|id| uuid::Uuid::try_parse(id).ok()).and_then(|u| u.get_timestamp()).is_some_and(|t| {
+                    day_of(t.to_unix().0 as i64 * 1000) == day0
+                })
+        })
+        .and_then(|e| e.request_id.clone())
+        .unwrap();
+    let upper = all.iter().find_map(|e| e.request_id.clone().filter(|id| id.len() == 36 && *id != id.to_lowercase())).unwrap();
+    let base = EventFilter { tenant_id: "acme".into(), ..EventFilter::default() };
+    let cases = vec![
+        EventFilter { category: Some(Category::App), ..base.clone() },
+        EventFilter { category: Some(Category::Admin), ..base.clone() },
+        EventFilter { actor: Some("admin:adm_1".into()), ..base.clone() },
+        EventFilter { actor: Some(once_actor), ..base.clone() },
+        EventFilter { actor: Some("admin:rare".into()), ..base.clone() },
+        EventFilter { actor: Some("admin:day_two".into()), ..base.clone() },
+        EventFilter { actor: Some("app:billing".into()), category: Some(Category::App), outcome: Some("error".into()), ..base.clone() },
+        EventFilter { actor: Some("nobody".into()), ..base.clone() },
+        // Another field's dictionary text.
+        EventFilter { actor: Some("GET".into()), ..base.clone() },
+        EventFilter { target: Some("consumer:cons_1".into()), ..base.clone() },
+        EventFilter { target: Some(new_target), ..base.clone() },
+        EventFilter { target: Some("consumer:cons_2".into()), actor: Some("admin:adm_0".into()), ..base.clone() },
+        EventFilter { target_prefix: Some("consumer:".into()), ..base.clone() },
+        EventFilter { target_prefix: Some("consumer:new_".into()), ..base.clone() },
+        EventFilter { target_prefix: Some("key:".into()), category: Some(Category::Admin), outcome: Some("denied".into()), ..base.clone() },
+        EventFilter { target_prefix: Some("invoice:1".into()), from_ms: Some(DAY0 + 20 * HOUR_MS), to_ms: Some(DAY0 + 30 * HOUR_MS), ..base.clone() },
+        EventFilter { target_prefix: Some(String::new()), ..base.clone() },
+        EventFilter { target_prefix: Some("zzz".into()), ..base.clone() },
+        // Paths are in the dictionary; no target starts like them.
+        EventFilter { target_prefix: Some("/docs".into()), ..base.clone() },
+        EventFilter { target: Some("key:key_1".into()), target_prefix: Some("key:".into()), ..base.clone() },
+        EventFilter { target: Some("key:key_1".into()), target_prefix: Some("consumer:".into()), ..base.clone() },
+        EventFilter { request_id: Some(shared.clone()), ..base.clone() },
+        EventFilter { request_id: Some(shared.clone()), category: Some(Category::Security), ..base.clone() },
+        EventFilter { request_id: Some(crossing.clone()), ..base.clone() },
+        EventFilter { request_id: Some(crossing.clone()), from_ms: Some(DAY0 + DAY_MS), ..base.clone() },
+        EventFilter { request_id: Some("req-2".into()), ..base.clone() },
+        EventFilter { request_id: Some("req-2".into()), category: Some(Category::Request), status_min: Some(400), ..base.clone() },
+        // Upper-case ids are text: only the same text matches.
+        EventFilter { request_id: Some(upper.clone()), ..base.clone() },
+        EventFilter { request_id: Some(upper.to_lowercase()), ..base.clone() },
+        EventFilter { request_id: Some(shared.to_uppercase()), ..base.clone() },
+        EventFilter { request_id: Some(crate::event::new_id_at(DAY0 + HOUR_MS)), ..base.clone() },
+        EventFilter { request_id: Some("not-an-id".into()), ..base.clone() },
+        EventFilter { outcome: Some("failure".into()), ..base.clone() },
+        EventFilter { outcome: Some("denied".into()), ..base.clone() },
+        EventFilter { outcome: Some("failure".into()), category: Some(Category::Request), status_min: Some(500), ..base.clone() },
+        EventFilter { outcome: Some("success".into()), consumer_id: Some("cons_3".into()), path_prefix: Some("/docs/1".into()), ..base.clone() },
+        EventFilter { outcome: Some("nothing".into()), ..base.clone() },
+    ];
+    let mut nonempty = 0;
+    for filter in cases {
+        let want: Vec<Event> = all.iter().filter(|e| brute_matches(&filter, e)).cloned().collect();
+        nonempty += usize::from(!want.is_empty());
+        let got = scan_all(&reader, &filter, None);
+        assert_eq!(got.len(), want.len(), "{filter:?}");
+        assert!(got == want, "{filter:?}: order or content differs");
+        assert!(scan_all(&reader, &filter, Some(5)) == want[..want.len().min(5)], "{filter:?}: limit");
+        // Pages with a cursor give the same rows, no gaps or repeats.
+        for page_size in [7, 97] {
+            let mut paged = Vec::new();
+            let mut page_filter = filter.clone();
+            loop {
+                let page = scan_all(&reader, &page_filter, Some(page_size));
+                let Some(last) = page.last() else { break };
+                page_filter.before = Some((last.timestamp_ms, last.seq));
+                paged.extend(page);
+            }
+            assert!(paged == want, "{filter:?}: paging by {page_size} differs");
+        }
+        // Cursors at any event, matching or not, each day.
+        for at in [all.len() / 5, all.len() / 2, 4 * all.len() / 5] {
+            let cursor = Some((all[at].timestamp_ms, all[at].seq));
+            let after = EventFilter { before: cursor, ..filter.clone() };
+            let want: Vec<Event> = all.iter().filter(|e| brute_matches(&after, e)).cloned().collect();
+            assert!(scan_all(&reader, &after, Some(11)) == want[..want.len().min(11)], "{after:?}");
+        }
+    }
+    assert!(nonempty >= 25, "{nonempty} cases found something");
+}
