@@ -102,7 +102,7 @@ async fn run_with(config: Config, stop: impl std::future::Future<Output = ()>) -
     let (echo_addr, echo_task) = start_echo_upstream("127.0.0.1:0".parse().expect("valid")).await?;
     let server = server::start(config).await?;
     let control = server.control.clone();
-    let actor = Actor { admin_id: "adm_bootstrap".into(), client_ip: None, user_agent: Some("keytrail demo".into()) };
+    let actor = Actor { admin_id: "adm_bootstrap".into(), user_agent: Some("keytrail demo".into()), credential: "demo".into(), ..Actor::default() };
 
     let setup = (|| -> Result<String, crate::error::ApiError> {
         control.create_tenant("demo", "Demo tenant")?;

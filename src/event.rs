@@ -63,6 +63,9 @@ pub mod security_type {
     pub const RATE_LIMIT_EXCEEDED: &str = "rate_limit_exceeded";
     pub const POLICY_APPLIED: &str = "policy_applied";
     pub const REQUEST_BLOCKED: &str = "request_blocked";
+    pub const ADMIN_LOGIN: &str = "admin_login";
+    pub const ADMIN_LOGIN_FAILED: &str = "admin_login_failed";
+    pub const LOG_ACCESSED: &str = "log_accessed";
 }
 
 /// One audit record. [`Event::write_canonical`] fixes what the hash covers:

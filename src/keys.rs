@@ -20,6 +20,8 @@ const PREFIX_LEN: usize = 8;
 pub const KEY_LEN: usize = PREFIX_LEN + RANDOM_LEN + CHECKSUM_LEN;
 /// Prefix of admin tokens keytrail generates.
 pub const ADMIN_TOKEN_PREFIX: &str = "kta_";
+/// Prefix of the session tokens people get when they sign in.
+pub const SESSION_TOKEN_PREFIX: &str = "kts_";
 
 /// Which environment a key is for; part of its visible prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -145,6 +147,8 @@ pub fn hint(secret: &str) -> String {
         "kt_test"
     } else if secret.starts_with(ADMIN_TOKEN_PREFIX) {
         "kta"
+    } else if secret.starts_with(SESSION_TOKEN_PREFIX) {
+        "kts"
     } else {
         ""
     };
@@ -159,6 +163,11 @@ pub fn hint(secret: &str) -> String {
 /// Generates an admin token (`kta_` and 40 base62 characters).
 pub fn generate_admin_token() -> String {
     format!("{ADMIN_TOKEN_PREFIX}{}", random_base62(40))
+}
+
+/// Generates a session token (`kts_` and 40 base62 characters).
+pub fn generate_session_token() -> String {
+    format!("{SESSION_TOKEN_PREFIX}{}", random_base62(40))
 }
 
 /// A public identifier such as `key_…` or `cons_…`.

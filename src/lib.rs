@@ -1,7 +1,7 @@
 //! keytrail: an API-key gateway with a tamper-evident audit trail.
 //!
 //! Module layout (see ARCHITECTURE.md for the request and event flows):
-//! - [`keys`], [`redact`], [`event`], [`error`], [`config`], [`settings`]: pure logic, no IO.
+//! - [`access`], [`keys`], [`redact`], [`event`], [`error`], [`config`], [`settings`]: pure logic, no IO.
 //! - [`store`]: the SQLite control and audit stores; the only SQL.
 //! - [`audit`]: the pipeline from a recorded event to a committed, chained row.
 //! - [`snapshot`], [`control`]: the control plane and the gateway's in-memory view.
@@ -11,6 +11,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod admin;
 pub mod audit;
 pub mod config;

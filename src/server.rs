@@ -129,7 +129,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let gateway = Arc::new(Gateway::new(&config.gateway, control.clone(), audit.clone(), geo));
     let gateway_task = tokio::spawn(gateway::serve(gateway_listener, gateway, shutdown.subscribe(), Duration::from_secs(10)));
 
-    let app = admin::router(AdminState { control: control.clone(), audit: audit.clone() });
+    let app = admin::router(AdminState::new(control.clone(), audit.clone()));
     let mut admin_shutdown = shutdown.subscribe();
     let admin_task = tokio::spawn(async move {
         let served = axum::serve(admin_listener, app.into_make_service_with_connect_info::<SocketAddr>())

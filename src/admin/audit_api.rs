@@ -6,17 +6,19 @@
 //! writer.
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
-use super::AdminState;
+use super::{activity, app_events, AdminState};
 use crate::audit::views;
+use crate::control::Actor;
 use crate::error::ApiError;
-use crate::event::{now_ms, Category, SYSTEM_TENANT};
+use crate::event::{now_ms, security_type, Category, SYSTEM_TENANT};
+use axum::Extension;
 use crate::store::audit::{AuditReader, EventFilter, StoredEvent};
 
 pub fn routes() -> Router<AdminState> {
@@ -25,6 +27,20 @@ pub fn routes() -> Router<AdminState> {
         .route("/v1/audit/{tenant}/security", get(list_security))
         .route("/v1/audit/{tenant}/export/csv", get(export_csv))
         .route("/v1/audit/{tenant}/export/json", get(export_json))
+        .route("/v1/audit/{tenant}/admin", get(list_admin_log))
+        .route(
+            "/v1/audit/{tenant}/events",
+            get(list_app_events).post(app_events::submit).layer(DefaultBodyLimit::max(app_events::MAX_BODY)),
+        )
+}
+
+/// Records that `actor` read `tenant`'s log: the endpoint, the filters
+/// given and how many rows went out (`log_accessed`).
+fn record_access(audit: &crate::audit::AuditPipeline, actor: &Actor, tenant: &str, endpoint: &str, params: &[(String, String)], rows: usize) {
+    let filters: serde_json::Map<String, Value> = params.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+    let mut event = actor.event(tenant, security_type::LOG_ACCESSED, endpoint.to_string());
+    event.details = Some(json!({"filters": filters, "rows": rows}));
+    audit.record(event);
 }
 
 const DEFAULT_LIMIT: u64 = 100;
@@ -81,6 +97,7 @@ fn parse_query(tenant: &str, category: Category, params: &[(String, String)], pa
                 limit = Some(n as u64);
             }
             "cursor" => filter.before = Some(parse_cursor(value)?),
+            "request_id" => filter.request_id = Some(check_token(name, value)?.to_ascii_lowercase()),
             "consumer_id" => filter.consumer_id = Some(check_token(name, value)?),
             "api_id" => filter.api_id = Some(check_token(name, value)?),
             "event_type" => filter.event_type = Some(check_token(name, value)?),
@@ -188,35 +205,143 @@ async fn read_page(state: &AdminState, query: AuditQuery) -> Result<(Vec<StoredE
 }
 
 /// One page of one category as `{"<field>": [...], "next_cursor": …}`.
-async fn list_page(
-    state: &AdminState,
-    tenant: &str,
-    params: &[(String, String)],
-    category: Category,
-    field: &str,
-    view: fn(&StoredEvent) -> Value,
-) -> Result<Json<Value>, ApiError> {
-    require_audit_tenant(state, tenant)?;
-    let query = parse_query(tenant, category, params, true)?;
-    let (rows, next) = read_page(state, query).await?;
-    let entries: Vec<Value> = rows.iter().map(view).collect();
-    Ok(Json(json!({ field: entries, "next_cursor": next })))
+/// What a page reads: the tenant, its parameters and who asks.
+struct PageRequest<'a> {
+    state: &'a AdminState,
+    tenant: &'a str,
+    params: &'a [(String, String)],
+    actor: &'a Actor,
+    endpoint: &'a str,
+}
+
+impl PageRequest<'_> {
+    fn query(&self, category: Category) -> Result<AuditQuery, ApiError> {
+        require_audit_tenant(self.state, self.tenant)?;
+        parse_query(self.tenant, category, self.params, true)
+    }
+
+    /// Reads one page, records the access, and shapes the answer.
+    async fn answer(&self, query: AuditQuery, field: &str, view: impl Fn(&StoredEvent) -> Value) -> Result<Json<Value>, ApiError> {
+        let (rows, next) = read_page(self.state, query).await?;
+        record_access(&self.state.audit, self.actor, self.tenant, self.endpoint, self.params, rows.len());
+        let entries: Vec<Value> = rows.iter().map(view).collect();
+        Ok(Json(json!({ field: entries, "next_cursor": next })))
+    }
 }
 
 async fn list_logs(
     State(state): State<AdminState>,
     Path(tenant): Path<String>,
+    Extension(actor): Extension<Actor>,
     Query(params): Query<Vec<(String, String)>>,
 ) -> Result<Json<Value>, ApiError> {
-    list_page(&state, &tenant, &params, Category::Request, "logs", views::log_entry).await
+    let page = PageRequest { state: &state, tenant: &tenant, params: &params, actor: &actor, endpoint: "logs" };
+    page.answer(page.query(Category::Request)?, "logs", views::log_entry).await
 }
 
 async fn list_security(
     State(state): State<AdminState>,
     Path(tenant): Path<String>,
+    Extension(actor): Extension<Actor>,
     Query(params): Query<Vec<(String, String)>>,
 ) -> Result<Json<Value>, ApiError> {
-    list_page(&state, &tenant, &params, Category::Security, "events", views::security_entry).await
+    let page = PageRequest { state: &state, tenant: &tenant, params: &params, actor: &actor, endpoint: "security" };
+    page.answer(page.query(Category::Security)?, "events", views::security_entry).await
+}
+
+async fn list_app_events(
+    State(state): State<AdminState>,
+    Path(tenant): Path<String>,
+    Extension(actor): Extension<Actor>,
+    Query(params): Query<Vec<(String, String)>>,
+) -> Result<Json<Value>, ApiError> {
+    let page = PageRequest { state: &state, tenant: &tenant, params: &params, actor: &actor, endpoint: "events" };
+    let mut query = page.query(Category::App)?;
+    app_events::app_filters(&mut query.filter, &params)?;
+    page.answer(query, "events", app_events::app_entry).await
+}
+
+/// `GET /v1/audit/{tenant}/admin` (and `/v1/audit/_system/admin` for global
+/// changes): each change's intent joined with its outcome, newest first;
+/// filters `admin_id`, `action` and the shared ones.
+async fn list_admin_log(
+    State(state): State<AdminState>,
+    Path(tenant): Path<String>,
+    Extension(actor): Extension<Actor>,
+    Query(params): Query<Vec<(String, String)>>,
+) -> Result<Json<Value>, ApiError> {
+    let page = PageRequest { state: &state, tenant: &tenant, params: &params, actor: &actor, endpoint: "admin" };
+    let mut query = page.query(Category::Admin)?;
+    for (name, value) in &params {
+        match name.as_str() {
+            "admin_id" => query.filter.actor = Some(format!("admin:{}", check_token(name, value)?)),
+            "action" => query.filter.event_type = Some(check_token(name, value)?.to_ascii_uppercase()),
+            _ => {}
+        }
+    }
+    let limit = query.limit.unwrap_or(DEFAULT_LIMIT) as usize;
+    let dir = state.audit.dir().to_path_buf();
+    let in_flight = state.in_flight.clone();
+    let (entries, next) = tokio::task::spawn_blocking(move || -> Result<(Vec<Value>, Option<String>), ApiError> {
+        let reader = AuditReader::open(&dir).map_err(ApiError::internal)?;
+        // Newest first, an outcome comes before its intent; keep them until then.
+        let mut outcomes = std::collections::HashMap::new();
+        let mut rows: Vec<StoredEvent> = Vec::new();
+        let mut more = false;
+        reader
+            .scan(&query.filter, None, false, |row| {
+                if activity::is_outcome(&row.event) {
+                    if let Some(id) = row.event.request_id.clone() {
+                        outcomes.insert(id, row.event.clone());
+                    }
+                } else if rows.len() == limit {
+                    more = true;
+                    return false;
+                } else {
+                    rows.push(row.clone());
+                }
+                true
+            })
+            .map_err(ApiError::internal)?;
+        // Intents whose outcome is newer than this page's start (a later page,
+        // or a `to` filter): look for it from the oldest such intent on.
+        let waiting: Vec<i64> = rows
+            .iter()
+            .filter(|r| r.event.outcome == activity::PENDING && !r.event.request_id.as_ref().is_some_and(|id| outcomes.contains_key(id)))
+            .map(|r| r.event.timestamp_ms)
+            .collect();
+        if let Some(oldest) = waiting.iter().min() {
+            let later = EventFilter {
+                tenant_id: query.filter.tenant_id.clone(),
+                category: Some(Category::Admin),
+                from_ms: Some(*oldest),
+                ..EventFilter::default()
+            };
+            reader
+                .scan(&later, None, false, |row| {
+                    if activity::is_outcome(&row.event) {
+                        if let Some(id) = row.event.request_id.clone() {
+                            outcomes.entry(id).or_insert_with(|| row.event.clone());
+                        }
+                    }
+                    true
+                })
+                .map_err(ApiError::internal)?;
+        }
+        let next = if more { rows.last().map(cursor_of) } else { None };
+        let entries = rows
+            .iter()
+            .map(|row| {
+                let outcome = row.event.request_id.as_ref().and_then(|id| outcomes.get(id));
+                activity::entry_view(row, outcome, &in_flight)
+            })
+            .collect();
+        Ok((entries, next))
+    })
+    .await
+    .map_err(ApiError::internal)??;
+    record_access(&state.audit, &actor, &tenant, "admin", &params, entries.len());
+    Ok(Json(json!({"entries": entries, "next_cursor": next})))
 }
 
 /// Bytes gathered before a chunk is handed to the connection.
@@ -225,25 +350,34 @@ const CHUNK_BYTES: usize = 64 * 1024;
 /// Streams an export: a blocking thread scans the store row by row and sends
 /// chunks through a small channel, so memory stays flat for any size and a
 /// client that goes away stops the scan.
+/// The frame of an export: its content type, what comes before the first
+/// row and after the last.
+struct Frame {
+    content_type: &'static str,
+    head: String,
+    tail: &'static str,
+}
+
 fn stream_export(
     state: &AdminState,
     query: AuditQuery,
     hashes: bool,
-    content_type: &'static str,
-    head: String,
-    tail: &'static str,
+    Frame { content_type, head, tail }: Frame,
     mut write_row: impl FnMut(&StoredEvent, bool, &mut String) + Send + 'static,
+    done: impl FnOnce(usize) + Send + 'static,
 ) -> Response {
     let path = state.audit.dir().to_path_buf();
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
     tokio::task::spawn_blocking(move || {
         let mut buf = head;
         let mut first = true;
+        let mut rows = 0usize;
         let mut client_gone = false;
         let result = AuditReader::open(&path).and_then(|reader| {
             reader.scan(&query.filter, query.limit, hashes, |row| {
                 write_row(row, first, &mut buf);
                 first = false;
+                rows += 1;
                 if buf.len() >= CHUNK_BYTES {
                     let chunk = Bytes::from(std::mem::take(&mut buf));
                     if tx.blocking_send(Ok(chunk)).is_err() {
@@ -265,6 +399,7 @@ fn stream_export(
                 let _ = tx.blocking_send(Err(std::io::Error::other("export failed")));
             }
         }
+        done(rows);
     });
     let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
     let mut response = Body::from_stream(stream).into_response();
@@ -277,16 +412,24 @@ fn export_filename(tenant: &str, ext: &str) -> HeaderValue {
         .unwrap_or_else(|_| HeaderValue::from_static("attachment"))
 }
 
+/// Records the export's `log_accessed` once its rows are counted.
+fn export_access(state: &AdminState, actor: Actor, tenant: &str, endpoint: &'static str, params: Vec<(String, String)>) -> impl FnOnce(usize) + Send + 'static {
+    let (audit, tenant) = (state.audit.clone(), tenant.to_string());
+    move |rows| record_access(&audit, &actor, &tenant, endpoint, &params, rows)
+}
+
 async fn export_csv(
     State(state): State<AdminState>,
     Path(tenant): Path<String>,
+    Extension(actor): Extension<Actor>,
     Query(params): Query<Vec<(String, String)>>,
 ) -> Result<Response, ApiError> {
     require_audit_tenant(&state, &tenant)?;
     let query = parse_query(&tenant, Category::Request, &params, false)?;
     let head = format!("{}\r\n", views::CSV_COLUMNS.join(","));
+    let done = export_access(&state, actor, &tenant, "export/csv", params);
     let mut response =
-        stream_export(&state, query, false, "text/csv; charset=utf-8", head, "", |row, _, buf| views::csv_line(row, buf));
+        stream_export(&state, query, false, Frame { content_type: "text/csv; charset=utf-8", head, tail: "" }, |row, _, buf| views::csv_line(row, buf), done);
     response.headers_mut().insert(header::CONTENT_DISPOSITION, export_filename(&tenant, "csv"));
     Ok(response)
 }
@@ -294,6 +437,7 @@ async fn export_csv(
 async fn export_json(
     State(state): State<AdminState>,
     Path(tenant): Path<String>,
+    Extension(actor): Extension<Actor>,
     Query(params): Query<Vec<(String, String)>>,
 ) -> Result<Response, ApiError> {
     require_audit_tenant(&state, &tenant)?;
@@ -304,12 +448,14 @@ async fn export_json(
         json!(crate::event::format_timestamp(now_ms()))
     );
     // Each row carries its chain hash, so a client can check its copy.
-    let mut response = stream_export(&state, query, true, "application/json", head, "]}", |row, first, buf| {
+    let done = export_access(&state, actor, &tenant, "export/json", params);
+    let write = |row: &StoredEvent, first: bool, buf: &mut String| {
         if !first {
             buf.push(',');
         }
         buf.push_str(&views::log_entry(row).to_string());
-    });
+    };
+    let mut response = stream_export(&state, query, true, Frame { content_type: "application/json", head, tail: "]}" }, write, done);
     response.headers_mut().insert(header::CONTENT_DISPOSITION, export_filename(&tenant, "json"));
     Ok(response)
 }

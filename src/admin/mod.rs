@@ -5,13 +5,16 @@
 //! ([`crate::control`]) or the audit reader ([`audit_api`]); they hold no
 //! business rules of their own.
 
+mod activity;
+mod admins;
+mod app_events;
 mod audit_api;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::extract::{ConnectInfo, MatchedPath, Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -21,20 +24,32 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::access::{self, Permission};
 use crate::audit::AuditPipeline;
+use crate::event::SYSTEM_TENANT;
 use crate::control::{Actor, ControlPlane, CreatedKey, LoggingView, NewApi, NewBlock, NewKey, NewTier};
 use crate::protection::EntryKind;
 use crate::policy::Policies;
 use crate::ratelimit::{CostRule, RateSpec};
 use crate::error::{ApiError, ErrorCode};
 use crate::keys::KeyEnvironment;
-use crate::store::control::{Admin, KeyRecord, Tier};
+use crate::store::control::{KeyRecord, Tier};
 
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AdminState {
     pub control: Arc<ControlPlane>,
     pub audit: Arc<AuditPipeline>,
+    /// Changes running now (for the activity log's `pending`).
+    pub in_flight: Arc<activity::InFlight>,
+    /// Application event ids already stored, per tenant (idempotency).
+    pub app_ids: Arc<app_events::SeenIds>,
+}
+
+impl AdminState {
+    pub fn new(control: Arc<ControlPlane>, audit: Arc<AuditPipeline>) -> AdminState {
+        AdminState { control, audit, in_flight: Default::default(), app_ids: Default::default() }
+    }
 }
 
 /// Builds the admin router. Everything but `/healthz` needs an admin token.
@@ -60,61 +75,165 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/v1/settings/logging", get(get_global_logging).put(put_global_logging))
         .route("/v1/tenants/{tenant}/settings/logging", get(get_tenant_logging).put(put_tenant_logging))
         .merge(audit_api::routes())
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
+        .merge(admins::routes())
+        .route_layer(middleware::from_fn_with_state(state.clone(), guard));
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/v1/auth/login", post(admins::login))
         .merge(protected)
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such endpoint") })
         .method_not_allowed_fallback(|| async { ApiError::from_code(ErrorCode::MethodNotAllowed) })
         .with_state(state)
 }
 
-/// Checks `Authorization: Bearer <token>` and puts the admin in the request.
-async fn require_admin(State(state): State<AdminState>, mut req: Request, next: Next) -> Response {
-    let token = req
-        .headers()
+/// The bearer token of a request, if it carries one.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().split_once(' '))
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim());
-    let Some(admin) = token.and_then(|t| state.control.authenticate_admin(t)) else {
-        let mut response = ApiError::from_code(ErrorCode::Unauthorized).into_response();
-        response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"keytrail-admin\""));
-        return response;
+        .map(|(_, token)| token.trim())
+}
+
+fn unauthorized() -> Response {
+    let mut response = ApiError::from_code(ErrorCode::Unauthorized).into_response();
+    response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"keytrail-admin\""));
+    response
+}
+
+/// The one door of the admin API: authenticates the caller, applies the
+/// route's rule from [`access::ROUTES`] (tenant binding first, so another
+/// tenant's ids get the same 404 as missing ones; then the role), and runs
+/// changes between their activity-log intent and outcome.
+async fn guard(State(state): State<AdminState>, ConnectInfo(peer): ConnectInfo<SocketAddr>, mut req: Request, next: Next) -> Response {
+    let request_id = crate::event::new_id();
+    let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_string()).unwrap_or_default();
+    let path = req.uri().path().to_string();
+    let rule = access::rule_for(req.method().as_str(), &route);
+    let mut response = match authorise(&state, peer, &mut req, rule, &route, &path, &request_id).await {
+        Err(response) => response,
+        Ok(None) => next.run(req).await,
+        Ok(Some((actor, tenant, action, resource))) => activity::around(&state, &actor, &tenant, action, resource, req, next).await,
     };
-    req.extensions_mut().insert(admin);
-    next.run(req).await
-}
-
-/// The acting admin with where the call came from, for the events it causes.
-fn actor(admin: &Admin, peer: SocketAddr, headers: &HeaderMap) -> Actor {
-    Actor {
-        admin_id: admin.id.clone(),
-        client_ip: Some(peer.ip().to_string()),
-        user_agent: headers.get(header::USER_AGENT).map(|v| String::from_utf8_lossy(v.as_bytes()).chars().take(512).collect()),
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-request-id", value);
     }
+    response
 }
 
-/// Parses a JSON body, turning every problem into a 400 that says what to fix.
-/// An empty body counts as `{}`.
-fn parse_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
-    let text: &[u8] = if body.iter().all(u8::is_ascii_whitespace) { b"{}" } else { body };
-    let mut json = serde_json::Deserializer::from_slice(text);
-    let parsed: T = serde_path_to_error::deserialize(&mut json).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        match inner.classify() {
-            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
-                ApiError::invalid_body(format!("not valid JSON ({inner})"))
-            }
-            // The path names the field (`rate_limit.burst`); `.` is the body itself.
-            _ if path != "." => ApiError::invalid_body(format!("`{path}`: {inner}")),
-            _ => ApiError::invalid_body(inner.to_string()),
+/// What a change needs for the activity log: the actor, the tenant whose
+/// log holds it, the action and the resource.
+type Change = (Actor, String, &'static str, String);
+
+async fn authorise(
+    state: &AdminState,
+    peer: SocketAddr,
+    req: &mut Request,
+    rule: Option<&'static access::Rule>,
+    route: &str,
+    path: &str,
+    request_id: &str,
+) -> Result<Option<Change>, Response> {
+    if rule.is_some_and(|r| r.permission == Permission::WriteEvents) {
+        let header_key = req.headers().get("x-api-key").and_then(|v| v.to_str().ok()).map(str::trim);
+        if let Some(key) = bearer(req.headers()).or(header_key).filter(|t| crate::keys::check_format(t).is_ok()) {
+            // Application events may also come with an API key that holds `audit:write`.
+            let tenant = access::path_param(route, path, "tenant").unwrap_or_default();
+            let writer = app_events::key_writer(state, key, tenant).map_err(IntoResponse::into_response)?;
+            req.extensions_mut().insert(writer);
+            return Ok(None);
         }
-    })?;
-    json.end().map_err(|e| ApiError::invalid_body(format!("not valid JSON ({e})")))?;
-    Ok(parsed)
+    }
+    let token = bearer(req.headers()).map(str::to_string);
+    let signed = match token.as_deref().map(|t| state.control.authenticate_admin(t)) {
+        Some(Ok(Some(signed))) => signed,
+        Some(Err(e)) => return Err(e.into_response()),
+        _ => return Err(unauthorized()),
+    };
+    let actor = Actor {
+        admin_id: signed.admin.id.clone(),
+        client_ip: Some(peer.ip().to_string()),
+        user_agent: req
+            .headers()
+            .get(header::USER_AGENT)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).chars().take(512).collect()),
+        tenant_scope: signed.admin.tenant_id.clone(),
+        credential: signed.credential.describe(),
+        request_id: Some(request_id.to_string()),
+    };
+    // Deny by default: a route without a rule is open to nobody.
+    let Some(rule) = rule else {
+        return Err(ApiError::new(ErrorCode::Forbidden, "this endpoint has no access rule").into_response());
+    };
+    let tenant = access::path_param(route, path, "tenant");
+    if let Some(tenant) = tenant {
+        if !actor.sees(tenant) {
+            return Err(ApiError::not_found(format_args!("tenant `{tenant}`")).into_response());
+        }
+    }
+    if !signed.role.allows(rule.permission) {
+        let message = format!("the `{}` role may not call {} {}", signed.role.as_str(), rule.method, rule.route);
+        return Err(ApiError::new(ErrorCode::Forbidden, message).into_response());
+    }
+    if rule.global_only && actor.tenant_scope.is_some() {
+        return Err(ApiError::new(ErrorCode::Forbidden, "only admins bound to no tenant may call this endpoint").into_response());
+    }
+    let change = rule.action.map(|action| {
+        let log_tenant = log_tenant(state, &actor, tenant, route, path);
+        (actor.clone(), log_tenant, action, resource(route, path))
+    });
+    req.extensions_mut().insert(actor);
+    req.extensions_mut().insert(signed);
+    Ok(change)
+}
+
+/// The tenant whose log holds a change: the admin's own for a tenant-bound
+/// admin; otherwise the tenant the change touches, or the system tenant for
+/// global changes (and for tenants that do not exist).
+fn log_tenant(state: &AdminState, actor: &Actor, tenant: Option<&str>, route: &str, path: &str) -> String {
+    if let Some(own) = &actor.tenant_scope {
+        return own.clone();
+    }
+    let touched = match tenant {
+        Some(tenant) => state.control.require_tenant(tenant).ok().map(|_| tenant.to_string()),
+        None => match access::path_param(route, path, "key_id") {
+            Some(key_id) => state.control.key_tenant(key_id).ok().flatten(),
+            None => access::path_param(route, path, "admin_id").and_then(|id| state.control.admin_binding(id)).flatten(),
+        },
+    };
+    touched.unwrap_or_else(|| SYSTEM_TENANT.to_string())
+}
+
+/// The resource a change touches, from the route's most specific id
+/// (`consumer:c_1`), or the collection it adds to (`tenant:acme/apis`).
+fn resource(route: &str, path: &str) -> String {
+    const KINDS: [(&str, &str); 7] = [
+        ("admin_id", "admin"),
+        ("key_id", "key"),
+        ("id", "blocklist_entry"),
+        ("tier", "tier"),
+        ("consumer", "consumer"),
+        ("api", "api"),
+        ("tenant", "tenant"),
+    ];
+    let tail = route.rsplit('/').next().unwrap_or_default();
+    for (param, kind) in KINDS {
+        if let Some(value) = access::path_param(route, path, param) {
+            // A verb (`/revoke`) is in the action's name; a collection (`/apis`) is not.
+            let collection = match tail {
+                "apis" | "consumers" | "keys" | "tiers" | "blocklist" => format!("/{tail}"),
+                _ => String::new(),
+            };
+            return format!("{kind}:{value}{collection}");
+        }
+    }
+    path.trim_start_matches('/').to_string()
+}
+
+/// Parses a JSON body (an empty one counts as `{}`); see [`crate::error::parse_json_body`].
+fn parse_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    crate::error::parse_json_body(body)
 }
 
 fn created(value: Value) -> Response {
@@ -139,8 +258,9 @@ async fn create_tenant(State(s): State<AdminState>, body: Bytes) -> Result<Respo
     Ok(created(to_value(s.control.create_tenant(&req.id, &req.name)?)))
 }
 
-async fn list_tenants(State(s): State<AdminState>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!({"tenants": s.control.list_tenants()?})))
+async fn list_tenants(State(s): State<AdminState>, Extension(actor): Extension<Actor>) -> Result<Json<Value>, ApiError> {
+    let tenants: Vec<_> = s.control.list_tenants()?.into_iter().filter(|t| actor.sees(&t.id)).collect();
+    Ok(Json(json!({"tenants": tenants})))
 }
 
 // --- apis ---
@@ -234,21 +354,17 @@ async fn set_consumer_tier(
 async fn suspend_consumer(
     State(s): State<AdminState>,
     Path((tenant, consumer)): Path<(String, String)>,
-    Extension(admin): Extension<Arc<Admin>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    Extension(actor): Extension<Actor>,
 ) -> Result<Json<Value>, ApiError> {
-    set_consumer_active(&s, &tenant, &consumer, false, actor(&admin, peer, &headers))
+    set_consumer_active(&s, &tenant, &consumer, false, actor)
 }
 
 async fn reactivate_consumer(
     State(s): State<AdminState>,
     Path((tenant, consumer)): Path<(String, String)>,
-    Extension(admin): Extension<Arc<Admin>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    Extension(actor): Extension<Actor>,
 ) -> Result<Json<Value>, ApiError> {
-    set_consumer_active(&s, &tenant, &consumer, true, actor(&admin, peer, &headers))
+    set_consumer_active(&s, &tenant, &consumer, true, actor)
 }
 
 fn set_consumer_active(s: &AdminState, tenant: &str, consumer: &str, active: bool, actor: Actor) -> Result<Json<Value>, ApiError> {
@@ -342,9 +458,7 @@ fn key_view(record: &KeyRecord) -> Value {
 async fn create_key(
     State(s): State<AdminState>,
     Path((tenant, consumer)): Path<(String, String)>,
-    Extension(admin): Extension<Arc<Admin>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    Extension(actor): Extension<Actor>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     s.control.require_tenant(&tenant)?;
@@ -366,7 +480,7 @@ async fn create_key(
         &tenant,
         &consumer,
         NewKey { scopes: req.scopes, expires_at_ms, environment },
-        &actor(&admin, peer, &headers),
+        &actor,
     )?;
     Ok(key_created(&created_key, None))
 }
@@ -400,16 +514,14 @@ fn default_grace() -> u64 {
 async fn rotate_key(
     State(s): State<AdminState>,
     Path(key_id): Path<String>,
-    Extension(admin): Extension<Arc<Admin>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    Extension(actor): Extension<Actor>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let req: RotateKey = if body.is_empty() { RotateKey { grace_seconds: default_grace() } } else { parse_body(&body)? };
     if req.grace_seconds > MAX_GRACE_SECONDS {
         return Err(ApiError::invalid_body(format_args!("`grace_seconds` must be at most {MAX_GRACE_SECONDS} (30 days)")));
     }
-    let (created_key, old) = s.control.rotate_key(&key_id, req.grace_seconds as i64 * 1000, &actor(&admin, peer, &headers))?;
+    let (created_key, old) = s.control.rotate_key(&key_id, req.grace_seconds as i64 * 1000, &actor)?;
     Ok(key_created(&created_key, Some(&old)))
 }
 
@@ -422,13 +534,11 @@ struct SetScopes {
 async fn set_key_scopes(
     State(s): State<AdminState>,
     Path(key_id): Path<String>,
-    Extension(admin): Extension<Arc<Admin>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    Extension(actor): Extension<Actor>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let req: SetScopes = parse_body(&body)?;
-    let record = s.control.set_key_scopes(&key_id, req.scopes, &actor(&admin, peer, &headers))?;
+    let record = s.control.set_key_scopes(&key_id, req.scopes, &actor)?;
     Ok(Json(key_view(&record)))
 }
 
@@ -443,11 +553,9 @@ async fn list_keys(
 async fn revoke_key(
     State(s): State<AdminState>,
     Path(key_id): Path<String>,
-    Extension(admin): Extension<Arc<Admin>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    Extension(actor): Extension<Actor>,
 ) -> Result<Json<Value>, ApiError> {
-    let record = s.control.revoke_key(&key_id, &actor(&admin, peer, &headers))?;
+    let record = s.control.revoke_key(&key_id, &actor)?;
     Ok(Json(key_view(&record)))
 }
 
@@ -474,13 +582,11 @@ async fn get_global_logging(State(s): State<AdminState>) -> Result<Json<Value>, 
 
 async fn put_global_logging(
     State(s): State<AdminState>,
-    Extension(admin): Extension<Arc<Admin>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    Extension(actor): Extension<Actor>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let patch: Value = parse_body(&body)?;
-    Ok(logging_view(s.control.update_logging(None, &patch, &actor(&admin, peer, &headers))?, None))
+    Ok(logging_view(s.control.update_logging(None, &patch, &actor)?, None))
 }
 
 async fn get_tenant_logging(State(s): State<AdminState>, Path(tenant): Path<String>) -> Result<Json<Value>, ApiError> {
@@ -491,14 +597,12 @@ async fn get_tenant_logging(State(s): State<AdminState>, Path(tenant): Path<Stri
 async fn put_tenant_logging(
     State(s): State<AdminState>,
     Path(tenant): Path<String>,
-    Extension(admin): Extension<Arc<Admin>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    Extension(actor): Extension<Actor>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     s.control.require_tenant(&tenant)?;
     let patch: Value = parse_body(&body)?;
-    let view = s.control.update_logging(Some(&tenant), &patch, &actor(&admin, peer, &headers))?;
+    let view = s.control.update_logging(Some(&tenant), &patch, &actor)?;
     Ok(logging_view(view, Some(&tenant)))
 }
 
@@ -523,27 +627,27 @@ fn rfc3339_ms(field: &str, text: &str) -> Result<i64, ApiError> {
         .map_err(|_| ApiError::invalid_body(format!("`{field}` must be an RFC 3339 time such as 2027-01-31T00:00:00Z")))
 }
 
-fn add_block(s: &AdminState, tenant: Option<&str>, admin: &Admin, body: &Bytes) -> Result<Response, ApiError> {
+fn add_block(s: &AdminState, tenant: Option<&str>, actor: &Actor, body: &Bytes) -> Result<Response, ApiError> {
     if let Some(tenant) = tenant {
         s.control.require_tenant(tenant)?;
     }
     let req: AddBlock = parse_body(body)?;
     let expires_at_ms = req.expires_at.as_deref().map(|t| rfc3339_ms("expires_at", t)).transpose()?;
     let new = NewBlock { kind: req.kind, value: req.value, reason: req.reason, rule_id: req.rule_id, expires_at_ms };
-    Ok(created(to_value(s.control.add_block(tenant, new, &format!("admin:{}", admin.id))?)))
+    Ok(created(to_value(s.control.add_block(tenant, new, &format!("admin:{}", actor.admin_id))?)))
 }
 
-async fn add_global_block(State(s): State<AdminState>, Extension(admin): Extension<Arc<Admin>>, body: Bytes) -> Result<Response, ApiError> {
-    add_block(&s, None, &admin, &body)
+async fn add_global_block(State(s): State<AdminState>, Extension(actor): Extension<Actor>, body: Bytes) -> Result<Response, ApiError> {
+    add_block(&s, None, &actor, &body)
 }
 
 async fn add_tenant_block(
     State(s): State<AdminState>,
     Path(tenant): Path<String>,
-    Extension(admin): Extension<Arc<Admin>>,
+    Extension(actor): Extension<Actor>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    add_block(&s, Some(&tenant), &admin, &body)
+    add_block(&s, Some(&tenant), &actor, &body)
 }
 
 async fn list_global_blocks(State(s): State<AdminState>) -> Result<Json<Value>, ApiError> {

@@ -118,8 +118,23 @@ pub struct Admin {
     pub tenant_id: Option<String>,
     #[serde(serialize_with = "ser_ts")]
     pub created_at: i64,
+    /// The hash of the admin's bearer token. People who sign in with a
+    /// password get the hash of a random secret nobody ever sees, so their
+    /// only way in is a session.
     #[serde(skip)]
     pub token_hash: SecretHash,
+    /// Argon2 hash (PHC string) of the password, for people.
+    #[serde(skip)]
+    pub password_hash: Option<String>,
+}
+
+/// A signed-in person's session.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub id: String,
+    pub admin_id: String,
+    pub created_at: i64,
+    pub expires_at: i64,
 }
 
 /// Everything the gateway's snapshot is built from, read in one transaction.
@@ -182,6 +197,15 @@ CREATE TABLE IF NOT EXISTS admins (
     token_hash BLOB NOT NULL UNIQUE,
     created_at INTEGER NOT NULL
 );
+CREATE UNIQUE INDEX IF NOT EXISTS admins_name ON admins(name);
+CREATE TABLE IF NOT EXISTS sessions (
+    id TEXT PRIMARY KEY,
+    admin_id TEXT NOT NULL,
+    token_hash BLOB NOT NULL UNIQUE,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    ended_at INTEGER
+);
 CREATE TABLE IF NOT EXISTS blocklist (
     id TEXT PRIMARY KEY,
     tenant_id TEXT,
@@ -213,7 +237,7 @@ CREATE TABLE IF NOT EXISTS logging_settings (
 
 /// Columns added after the first release, with their definitions: added to
 /// an older `control.db` when it is opened.
-const ADDED_COLUMNS: [(&str, &str, &str); 7] = [
+const ADDED_COLUMNS: [(&str, &str, &str); 8] = [
     ("apis", "policies", "TEXT NOT NULL DEFAULT '{}'"),
     ("consumers", "tier", "TEXT"),
     ("apis", "rate_per_minute", "INTEGER"),
@@ -221,6 +245,7 @@ const ADDED_COLUMNS: [(&str, &str, &str); 7] = [
     ("apis", "costs", "TEXT NOT NULL DEFAULT '[]'"),
     ("api_keys", "replaced_by", "TEXT"),
     ("api_keys", "last_used_at", "INTEGER"),
+    ("admins", "password_hash", "TEXT"),
 ];
 
 /// The scope of the global logging settings.
@@ -727,16 +752,29 @@ impl ControlStore {
     }
 
     pub fn create_admin(&self, admin: &Admin) -> Result<(), StoreError> {
-        self.conn().execute(
-            "INSERT INTO admins (id, name, role, tenant_id, token_hash, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![admin.id, admin.name, admin.role, admin.tenant_id, admin.token_hash.as_slice(), admin.created_at],
-        )?;
+        self.conn()
+            .execute(
+                "INSERT INTO admins (id, name, role, tenant_id, token_hash, password_hash, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    admin.id,
+                    admin.name,
+                    admin.role,
+                    admin.tenant_id,
+                    admin.token_hash.as_slice(),
+                    admin.password_hash,
+                    admin.created_at
+                ],
+            )
+            .map_err(|e| conflict_if_duplicate(e, || format!("an admin named `{}` already exists", admin.name)))?;
         Ok(())
     }
 
     pub fn list_admins(&self) -> Result<Vec<Admin>, StoreError> {
         let conn = self.conn();
-        let mut stmt = conn.prepare("SELECT id, name, role, tenant_id, token_hash, created_at FROM admins")?;
+        let mut stmt = conn.prepare(
+            "SELECT id, name, role, tenant_id, token_hash, created_at, password_hash FROM admins ORDER BY created_at, id",
+        )?;
         let rows = stmt.query_map([], |r| {
             Ok(Admin {
                 id: r.get(0)?,
@@ -745,9 +783,53 @@ impl ControlStore {
                 tenant_id: r.get(3)?,
                 token_hash: hash_from_blob(r.get(4)?)?,
                 created_at: r.get(5)?,
+                password_hash: r.get(6)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Removes an admin and ends its sessions, in one transaction. Returns
+    /// false when there was no such admin.
+    pub fn delete_admin(&self, admin_id: &str, at_ms: i64) -> Result<bool, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute("UPDATE sessions SET ended_at = ?2 WHERE admin_id = ?1 AND ended_at IS NULL", params![admin_id, at_ms])?;
+        let removed = tx.execute("DELETE FROM admins WHERE id = ?1", [admin_id])?;
+        tx.commit()?;
+        Ok(removed == 1)
+    }
+
+    // --- sessions ---
+
+    pub fn create_session(&self, session: &Session, token_hash: &SecretHash) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT INTO sessions (id, admin_id, token_hash, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![session.id, session.admin_id, token_hash.as_slice(), session.created_at, session.expires_at],
+        )?;
+        Ok(())
+    }
+
+    /// The live session (not ended, not expired at `now_ms`) a token hash belongs to.
+    pub fn live_session(&self, token_hash: &SecretHash, now_ms: i64) -> Result<Option<Session>, StoreError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT id, admin_id, created_at, expires_at FROM sessions
+                 WHERE token_hash = ?1 AND ended_at IS NULL AND expires_at > ?2",
+                params![token_hash.as_slice(), now_ms],
+                |r| Ok(Session { id: r.get(0)?, admin_id: r.get(1)?, created_at: r.get(2)?, expires_at: r.get(3)? }),
+            )
+            .optional()?)
+    }
+
+    /// Ends a session. Returns false when it had already ended.
+    pub fn end_session(&self, session_id: &str, at_ms: i64) -> Result<bool, StoreError> {
+        let changed = self.conn().execute(
+            "UPDATE sessions SET ended_at = ?2 WHERE id = ?1 AND ended_at IS NULL",
+            params![session_id, at_ms],
+        )?;
+        Ok(changed == 1)
     }
 
     // --- logging settings ---

@@ -3,6 +3,8 @@
 //! 127.0.0.1 with ports the OS chose, and to a real upstream server.
 
 mod admin;
+mod admin_log;
+mod app_events;
 mod audit_api;
 mod gateway;
 mod lifecycle;
@@ -12,6 +14,7 @@ mod policy;
 mod process;
 mod protection;
 mod ratelimit;
+mod roles;
 mod settings;
 mod util;
 mod verify;

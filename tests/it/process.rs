@@ -304,6 +304,27 @@ async fn no_key_ever_appears_in_any_output() {
         answers.push(admin.post("/v1/tenants", json!({"id": key, "name": key})).await.text);
     }
 
+    // Admin secrets: a robot's token, a person's password and session.
+    let robot = admin.post("/v1/admins", json!({"name": "robot", "role": "admin"})).await;
+    let robot_token = robot.body["token"].as_str().unwrap().to_string();
+    let password = "leak-test-password-0123";
+    assert_eq!(admin.post("/v1/admins", json!({"name": "ada", "role": "auditor", "password": password})).await.status, 201);
+    let anonymous = Admin { token: String::new(), ..admin.clone() };
+    answers.push(anonymous.post("/v1/auth/login", json!({"name": "ada", "password": "wrong-password-here"})).await.text);
+    answers.push(anonymous.post("/v1/auth/login", json!({"name": password, "password": password})).await.text);
+    let login = anonymous.post("/v1/auth/login", json!({"name": "ada", "password": password})).await;
+    let session = login.body["session_token"].as_str().unwrap().to_string();
+    let ada = Admin { token: session.clone(), ..admin.clone() };
+    answers.push(ada.get("/v1/me").await.text);
+    answers.push(ada.get("/v1/audit/acme/admin?limit=1000").await.text);
+    assert_eq!(ada.post("/v1/auth/logout", json!({})).await.status, 200);
+    let robot = Admin { token: robot_token.clone(), ..admin.clone() };
+    let app_event = json!({"action": "x", "resource_type": "y", "resource_id": valid, "metadata": {"t": robot_token, "s": session}});
+    answers.push(robot.post("/v1/audit/acme/events", app_event).await.text);
+    answers.push(admin.get("/v1/audit/acme/events").await.text);
+    answers.push(admin.get("/v1/audit/_system/admin?limit=1000").await.text);
+    answers.push(admin.get("/v1/audit/_system/security?limit=1000").await.text);
+
     // Wait for the trail to hold every gateway call, then read every answer the admin API gives.
     let acme_calls = admin.wait_for("/v1/audit/acme?limit=1000", "logs", calls - keys.len()).await;
     assert!(!acme_calls.is_empty());
@@ -354,7 +375,9 @@ async fn no_key_ever_appears_in_any_output() {
         outputs.push((format!("decoded events of {tenant}"), events.join("\n").into_bytes()));
     }
     assert!(p.stderr().contains("DEBUG") || p.stderr().contains("WARN") || !p.stderr().is_empty(), "the log was captured");
-    for key in &keys {
+    let password = password.to_string();
+    let secrets: Vec<&String> = keys.iter().chain([&robot_token, &session, &password]).collect();
+    for key in secrets {
         for (name, bytes) in &outputs {
             let found = bytes.windows(key.len()).any(|w| w == key.as_bytes());
             assert!(!found, "a raw key was found in {name}");

@@ -24,22 +24,53 @@ use crate::store::control::{Admin, Api, Consumer, ControlStore, KeyRecord, Tenan
 use crate::store::StoreError;
 
 /// Who is making a change: recorded as the actor of the events it causes.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Actor {
     pub admin_id: String,
     pub client_ip: Option<String>,
     pub user_agent: Option<String>,
+    /// The one tenant the admin is bound to; `None` for global admins.
+    /// Objects of other tenants are reported as not found.
+    pub tenant_scope: Option<String>,
+    /// How the admin signed in: `token` or `session:<session id>`.
+    pub credential: String,
+    /// The admin call's request id, shared by every event it causes.
+    pub request_id: Option<String>,
 }
 
 impl Actor {
     /// A security event this actor caused in `tenant_id`, aimed at `target`.
-    fn event(&self, tenant_id: &str, event_type: &str, target: String) -> Event {
-        let mut event = Event::new(tenant_id, Category::Security, event_type, "success");
+    pub fn event(&self, tenant_id: &str, event_type: &str, target: String) -> Event {
+        self.event_of(tenant_id, Category::Security, event_type, "success", target)
+    }
+
+    /// An event of any category this actor caused.
+    pub fn event_of(&self, tenant_id: &str, category: Category, event_type: &str, outcome: &str, target: String) -> Event {
+        let mut event = Event::new(tenant_id, category, event_type, outcome);
         event.actor = Some(format!("admin:{}", self.admin_id));
         event.target = Some(target);
         event.client_ip = self.client_ip.clone();
         event.user_agent = self.user_agent.clone();
+        event.request_id = self.request_id.clone();
         event
+    }
+
+    /// An admin activity-log event: the credential used goes into its details.
+    pub fn admin_event(&self, tenant_id: &str, action: &str, outcome: &str, resource: String, details: serde_json::Value) -> Event {
+        let mut event = self.event_of(tenant_id, Category::Admin, action, outcome, resource);
+        let mut details = match details {
+            serde_json::Value::Object(map) => map,
+            serde_json::Value::Null => serde_json::Map::new(),
+            other => serde_json::Map::from_iter([("value".to_string(), other)]),
+        };
+        details.insert("credential".into(), serde_json::json!(self.credential));
+        event.details = Some(serde_json::Value::Object(details));
+        event
+    }
+
+    /// Whether the actor may see objects of `tenant_id`.
+    pub fn sees(&self, tenant_id: &str) -> bool {
+        self.tenant_scope.as_deref().is_none_or(|own| own == tenant_id)
     }
 }
 
@@ -98,6 +129,10 @@ pub struct CreatedKey {
     pub secret: String,
 }
 
+mod admins;
+
+pub use admins::{Credential, NewAdmin, Signed, SESSION_HOURS};
+
 pub struct ControlPlane {
     store: ControlStore,
     snapshot: ArcSwap<Snapshot>,
@@ -131,7 +166,7 @@ fn own_logging(stored: &[(String, LoggingOverrides)], scope: &str) -> LoggingOve
 
 /// Ids chosen by users: lowercase letters, digits, `-` and `_`, starting
 /// with a letter or digit (ids starting with `_` are keytrail's own).
-fn check_slug(field: &str, value: &str) -> Result<(), ApiError> {
+pub(crate) fn check_slug(field: &str, value: &str) -> Result<(), ApiError> {
     let ok = !value.is_empty()
         && value.len() <= 63
         && value.as_bytes()[0].is_ascii_alphanumeric()
@@ -253,38 +288,6 @@ impl ControlPlane {
 
     fn reload_after_change(&self) -> Result<(), ApiError> {
         self.reload().map_err(ApiError::internal)
-    }
-
-    // --- admins ---
-
-    /// Creates the first owner when the store has no admin, with the
-    /// operator's token if one was given, otherwise a generated one.
-    pub fn bootstrap_admin(&self, operator_token: Option<&str>) -> Result<FirstAdmin, StoreError> {
-        if self.store.count_admins()? > 0 {
-            return Ok(FirstAdmin::AlreadyPresent);
-        }
-        let token = operator_token.map(str::to_string).unwrap_or_else(keys::generate_admin_token);
-        crate::redact::register_secret(&token);
-        self.store.create_admin(&Admin {
-            id: "adm_bootstrap".into(),
-            name: "bootstrap owner".into(),
-            role: "owner".into(),
-            tenant_id: None,
-            token_hash: keys::hash_secret(&token),
-            created_at: now_ms(),
-        })?;
-        self.reload()?;
-        Ok(match operator_token {
-            Some(_) => FirstAdmin::CreatedWithOperatorToken,
-            None => FirstAdmin::CreatedWithGeneratedToken(token),
-        })
-    }
-
-    /// The admin a bearer token belongs to.
-    pub fn authenticate_admin(&self, token: &str) -> Option<Arc<Admin>> {
-        let hash = keys::hash_secret(token);
-        let admins = self.admins.load();
-        admins.get_key_value(&hash).filter(|(stored, _)| keys::hashes_equal(stored, &hash)).map(|(_, a)| a.clone())
     }
 
     // --- tenants ---
@@ -568,15 +571,25 @@ impl ControlPlane {
         Ok(pending.len())
     }
 
-    fn require_key(&self, key_id: &str) -> Result<KeyRecord, ApiError> {
-        self.store.get_key(key_id)?.ok_or_else(|| ApiError::not_found(format_args!("key `{key_id}`")))
+    /// The key, if it exists in a tenant the actor may see (otherwise the
+    /// same 404 as for a key that does not exist).
+    fn require_key(&self, key_id: &str, actor: &Actor) -> Result<KeyRecord, ApiError> {
+        self.store
+            .get_key(key_id)?
+            .filter(|key| actor.sees(&key.tenant_id))
+            .ok_or_else(|| ApiError::not_found(format_args!("key `{key_id}`")))
+    }
+
+    /// The tenant a key belongs to, for the admin activity log.
+    pub fn key_tenant(&self, key_id: &str) -> Result<Option<String>, ApiError> {
+        Ok(self.store.get_key(key_id)?.map(|key| key.tenant_id))
     }
 
     /// Rotates a key: a new key with the same consumer, scopes and expiry,
     /// while the old one keeps working for `grace_ms`, then is refused as
     /// expired. Only an active key can be rotated.
     pub fn rotate_key(&self, key_id: &str, grace_ms: i64, actor: &Actor) -> Result<(CreatedKey, KeyRecord), ApiError> {
-        let old = self.require_key(key_id)?;
+        let old = self.require_key(key_id, actor)?;
         let now = now_ms();
         let status = old.status_at(now);
         if status != "active" {
@@ -602,15 +615,15 @@ impl ControlPlane {
             "old_key_expires_at": crate::event::format_timestamp(old_expires_at),
         }));
         self.audit.record(event);
-        let old = self.require_key(key_id)?;
+        let old = self.require_key(key_id, actor)?;
         Ok((CreatedKey { record, secret }, old))
     }
 
     /// Replaces a key's scopes; the gateway applies them from the moment
     /// this returns. The same scopes again change nothing and record nothing.
     pub fn set_key_scopes(&self, key_id: &str, scopes: Vec<String>, actor: &Actor) -> Result<KeyRecord, ApiError> {
+        let old = self.require_key(key_id, actor)?;
         check_scopes(&scopes)?;
-        let old = self.require_key(key_id)?;
         if old.scopes == scopes {
             return Ok(old);
         }
@@ -619,7 +632,7 @@ impl ControlPlane {
         let mut event = self.key_event(security_type::SCOPE_CHANGED, &old, actor);
         event.details = Some(serde_json::json!({"scopes": {"before": old.scopes, "after": scopes}}));
         self.audit.record(event);
-        self.require_key(key_id)
+        self.require_key(key_id, actor)
     }
 
     /// Suspends (`active = false`) or reactivates a consumer: the gateway
@@ -642,7 +655,7 @@ impl ControlPlane {
     /// Revokes a key; the gateway refuses it as soon as this returns.
     /// Revoking a revoked key changes nothing and records nothing.
     pub fn revoke_key(&self, key_id: &str, actor: &Actor) -> Result<KeyRecord, ApiError> {
-        let found = self.store.get_key(key_id)?.ok_or_else(|| ApiError::not_found(format_args!("key `{key_id}`")))?;
+        let found = self.require_key(key_id, actor)?;
         let now = now_ms();
         if self.store.revoke_key(key_id, now)? {
             self.reload_after_change()?;

@@ -1,0 +1,186 @@
+//! The admin activity log: every change made through the admin API is
+//! written as an `admin` event, and committed, **before** the change runs;
+//! a second event with the same `request_id` then records the outcome.
+//!
+//! The audit store is append-only and chained, so the intent is never
+//! rewritten: readers join the two. An intent whose outcome never came
+//! (the process died in between) reads as outcome `unknown`; one whose
+//! change is still running in this process reads as `pending`.
+//!
+//! Logins, failed logins and logouts are single events with their outcome.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+use axum::body::{Body, Bytes};
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::response::Response;
+use serde_json::{json, Value};
+
+use super::AdminState;
+use crate::control::Actor;
+use crate::event::Event;
+use crate::store::audit::StoredEvent;
+
+/// Outcome of an intent before its change has finished.
+pub const PENDING: &str = "pending";
+/// The key in an outcome event's details that names the intent's action.
+const COMPLETES: &str = "completes";
+/// Largest response body read to find the outcome's error or created id.
+const MAX_READ: usize = 256 * 1024;
+
+/// Request ids of changes running now, so readers can tell a change in
+/// flight from one whose process died.
+#[derive(Default)]
+pub struct InFlight(Mutex<HashSet<String>>);
+
+impl InFlight {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn contains(&self, request_id: &str) -> bool {
+        self.lock().contains(request_id)
+    }
+}
+
+/// Removes its request id from the in-flight set when the change ends in
+/// any way, including the task being dropped.
+struct Running<'a>(&'a InFlight, String);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.lock().remove(&self.1);
+    }
+}
+
+/// A test-only fault: with `KEYTRAIL_FAILPOINT=after_admin_intent:<ACTION>`
+/// in the environment, the process aborts right after the intent of such a
+/// change is committed, as a crash between the write and the change would.
+fn crash_after_intent(action: &str) -> bool {
+    static SET: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    SET.get_or_init(|| std::env::var("KEYTRAIL_FAILPOINT").ok()?.strip_prefix("after_admin_intent:").map(str::to_string))
+        .as_deref()
+        == Some(action)
+}
+
+/// Fields of a request body never copied into the log.
+const SECRET_FIELDS: [&str; 4] = ["password", "key", "token", "secret"];
+
+/// The request body as the intent records it: JSON objects without secret
+/// fields; anything else by size only.
+fn requested(body: &Bytes) -> Value {
+    if body.is_empty() {
+        return Value::Null;
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(mut fields)) => {
+            for name in SECRET_FIELDS {
+                if fields.contains_key(name) {
+                    fields.insert(name.into(), json!("****"));
+                }
+            }
+            Value::Object(fields)
+        }
+        _ => json!({"unparsed_bytes": body.len()}),
+    }
+}
+
+/// Runs a change between its intent and its outcome.
+pub async fn around(
+    state: &AdminState,
+    actor: &Actor,
+    tenant: &str,
+    action: &'static str,
+    resource: String,
+    req: Request,
+    next: Next,
+) -> Response {
+    let (parts, body) = req.into_parts();
+    // Admin bodies are small; the handlers read them whole anyway.
+    let body = match axum::body::to_bytes(body, 4 * 1024 * 1024).await {
+        Ok(bytes) => bytes,
+        Err(_) => {
+            return axum::response::IntoResponse::into_response(crate::error::ApiError::new(
+                crate::error::ErrorCode::PayloadTooLarge,
+                "admin request bodies are limited to 4 MiB",
+            ))
+        }
+    };
+    let request_id = actor.request_id.clone().unwrap_or_default();
+    state.in_flight.lock().insert(request_id.clone());
+    let _running = Running(&state.in_flight, request_id);
+
+    let intent = actor.admin_event(tenant, action, PENDING, resource.clone(), json!({"request": requested(&body)}));
+    state.audit.record(intent);
+    state.audit.flush().await;
+    if crash_after_intent(action) {
+        eprintln!("keytrail: failpoint after_admin_intent reached; aborting");
+        std::process::abort();
+    }
+
+    let response = next.run(Request::from_parts(parts, Body::from(body))).await;
+
+    let status = response.status();
+    let (parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, MAX_READ).await.unwrap_or_default();
+    let answer: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    let mut details = json!({COMPLETES: action, "status": status.as_u16()});
+    let outcome = if status.is_success() {
+        if let Some(id) = answer.get("key_id").or_else(|| answer.get("id")).filter(|v| v.is_string()) {
+            details["created_or_changed"] = id.clone();
+        }
+        "success"
+    } else {
+        "failure"
+    };
+    let mut done = actor.admin_event(tenant, action, outcome, resource, details);
+    if !status.is_success() {
+        done.error_code = answer.pointer("/error/code").and_then(Value::as_str).map(str::to_string);
+        done.error_message = answer.pointer("/error/message").and_then(Value::as_str).map(str::to_string);
+    }
+    state.audit.record(done);
+    Response::from_parts(parts, Body::from(bytes))
+}
+
+/// One admin log entry: an intent joined with its outcome, or a single
+/// event (a login).
+pub fn entry_view(event: &StoredEvent, outcome: Option<&Event>, in_flight: &InFlight) -> Value {
+    let e = &event.event;
+    let mut details = e.details.clone().unwrap_or(Value::Null);
+    let credential = details.as_object_mut().and_then(|d| d.remove("credential"));
+    let (resolved, error) = if e.outcome != PENDING {
+        (e.outcome.clone(), e.error_code.as_ref().map(|code| json!({"code": code, "message": e.error_message})))
+    } else if let Some(done) = outcome {
+        if let Some(changed) = done.details.as_ref().and_then(|d| d.get("created_or_changed")) {
+            details["created_or_changed"] = changed.clone();
+        }
+        (done.outcome.clone(), done.error_code.as_ref().map(|code| json!({"code": code, "message": done.error_message})))
+    } else if e.request_id.as_deref().is_some_and(|id| in_flight.contains(id)) {
+        (PENDING.to_string(), None)
+    } else {
+        ("unknown".to_string(), None)
+    };
+    json!({
+        "event_id": e.event_id,
+        "seq": e.seq,
+        "timestamp": crate::event::format_timestamp(e.timestamp_ms),
+        "tenant_id": e.tenant_id,
+        "admin": e.actor,
+        "action": e.event_type,
+        "resource": e.target,
+        "outcome": resolved,
+        "error": error,
+        "details": details,
+        "credential": credential,
+        "client_ip": e.client_ip,
+        "user_agent": e.user_agent,
+        "request_id": e.request_id,
+    })
+}
+
+/// Whether an admin event is the outcome half of a change.
+pub fn is_outcome(event: &Event) -> bool {
+    event.details.as_ref().is_some_and(|d| d.get(COMPLETES).is_some())
+}

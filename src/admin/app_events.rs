@@ -1,0 +1,338 @@
+//! Application audit events: what a team's own code reports
+//! (`POST /v1/audit/{tenant}/events`), stored through the same pipeline,
+//! chain and masking as every other event, and read back with filters.
+//!
+//! Idempotency: a client-supplied `event_id` is stored as the event's id,
+//! and a second event with the same id in the same tenant within
+//! [`IDEMPOTENCY_DAYS`] is answered as a duplicate and not stored. Checking
+//! and queuing happen under one lock, so concurrent retries cannot both
+//! pass; the answer is sent only once the events are committed.
+
+use std::collections::HashMap;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::AdminState;
+use crate::control::Actor;
+use crate::error::{ApiError, ErrorCode};
+use crate::event::{now_ms, Category, Event};
+use crate::store::audit::{AuditReader, EventFilter};
+
+/// Most events in one call.
+pub const MAX_BATCH: usize = 1000;
+/// Largest request body.
+pub const MAX_BODY: usize = 4 * 1024 * 1024;
+/// Largest `changes` plus `metadata` of one event, as JSON.
+pub const MAX_EVENT_JSON: usize = 32 * 1024;
+/// How long an `event_id` stays taken.
+pub const IDEMPOTENCY_DAYS: i64 = 7;
+
+/// Who submits: an admin, or an API key holding `audit:write`.
+#[derive(Debug, Clone)]
+pub struct KeyWriter {
+    pub key_id: String,
+    pub consumer_id: String,
+}
+
+/// The scope an API key needs to submit application events.
+pub const WRITE_SCOPE: &str = "audit:write";
+
+/// Checks an API key for submitting to `tenant`: live, its consumer
+/// active, holding `audit:write`, and of that tenant (a key of another
+/// tenant gets the same 404 as a tenant that does not exist).
+pub fn key_writer(state: &AdminState, key: &str, tenant: &str) -> Result<KeyWriter, ApiError> {
+    let snapshot = state.control.snapshot();
+    let entry = snapshot.key(&crate::keys::hash_secret(key)).cloned().ok_or_else(|| ApiError::from_code(ErrorCode::InvalidKey))?;
+    if entry.revoked {
+        return Err(ApiError::from_code(ErrorCode::RevokedKey));
+    }
+    if entry.expires_at_ms.is_some_and(|t| t <= now_ms()) {
+        return Err(ApiError::from_code(ErrorCode::ExpiredKey));
+    }
+    if entry.tenant_id != tenant {
+        return Err(ApiError::not_found(format_args!("tenant `{tenant}`")));
+    }
+    if !entry.consumer_active {
+        return Err(ApiError::from_code(ErrorCode::ConsumerSuspended));
+    }
+    if !entry.scopes.iter().any(|s| s == WRITE_SCOPE) {
+        return Err(ApiError::new(ErrorCode::InsufficientScope, format!("submitting audit events needs a key with the `{WRITE_SCOPE}` scope")));
+    }
+    Ok(KeyWriter { key_id: entry.key_id.clone(), consumer_id: entry.consumer_id.clone() })
+}
+
+/// Event ids already stored, per tenant, loaded from the store on a
+/// tenant's first submission.
+#[derive(Default)]
+pub struct SeenIds(tokio::sync::Mutex<HashMap<String, HashMap<String, i64>>>);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AppEvent {
+    action: String,
+    resource_type: String,
+    resource_id: String,
+    #[serde(default)]
+    actor_id: Option<String>,
+    #[serde(default)]
+    changes: Option<Map<String, Value>>,
+    #[serde(default)]
+    metadata: Option<Map<String, Value>>,
+    #[serde(default)]
+    event_id: Option<String>,
+    #[serde(default)]
+    request_id: Option<String>,
+}
+
+fn is_token(text: &str, max: usize, extra: &[u8]) -> bool {
+    !text.is_empty() && text.len() <= max && text.bytes().all(|b| b.is_ascii_alphanumeric() || extra.contains(&b))
+}
+
+fn is_text(text: &str, max: usize) -> bool {
+    !text.trim().is_empty() && text.len() <= max && !text.chars().any(char::is_control)
+}
+
+/// Checks one event; `at` names it in messages (`events[3]`).
+fn check(event: &AppEvent, at: &str) -> Result<(), ApiError> {
+    let bad = |field: &str, rule: &str| ApiError::invalid_body(format!("`{at}.{field}` {rule}"));
+    if !is_token(&event.action, 128, b"._:-") {
+        return Err(bad("action", "must be 1-128 characters of letters, digits and `._:-`"));
+    }
+    if !is_token(&event.resource_type, 64, b"._-") {
+        return Err(bad("resource_type", "must be 1-64 characters of letters, digits and `._-`"));
+    }
+    if !is_text(&event.resource_id, 256) {
+        return Err(bad("resource_id", "must be 1-256 characters with no control characters"));
+    }
+    if event.actor_id.as_deref().is_some_and(|a| !is_text(a, 256)) {
+        return Err(bad("actor_id", "must be 1-256 characters with no control characters"));
+    }
+    if event.event_id.as_deref().is_some_and(|id| !is_token(id, 128, b"._:-")) {
+        return Err(bad("event_id", "must be 1-128 characters of letters, digits and `._:-`"));
+    }
+    if event.request_id.as_deref().is_some_and(|id| !is_token(id, 64, b"-")) {
+        return Err(bad("request_id", "must be a request id as keytrail returns it in `X-Request-Id`"));
+    }
+    for (field, change) in event.changes.iter().flatten() {
+        let ok = change.as_object().is_some_and(|c| !c.is_empty() && c.keys().all(|k| k == "before" || k == "after"));
+        if !ok {
+            return Err(bad(&format!("changes.{field}"), "must be an object with `before` and/or `after`"));
+        }
+    }
+    let size = event.changes.as_ref().map_or(0, |c| Value::Object(c.clone()).to_string().len())
+        + event.metadata.as_ref().map_or(0, |m| Value::Object(m.clone()).to_string().len());
+    if size > MAX_EVENT_JSON {
+        return Err(ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            format!("`{at}`: `changes` and `metadata` together must be at most {MAX_EVENT_JSON} bytes of JSON"),
+        ));
+    }
+    Ok(())
+}
+
+/// The events of a body: one event object, or `{"events": [...]}`.
+fn parse_events(body: &Bytes) -> Result<Vec<AppEvent>, ApiError> {
+    if body.len() > MAX_BODY {
+        return Err(ApiError::new(ErrorCode::PayloadTooLarge, format!("the body must be at most {MAX_BODY} bytes")));
+    }
+    let value: Value = super::parse_body(body)?;
+    let (items, batch) = match value {
+        Value::Object(mut fields) if fields.contains_key("events") => {
+            if fields.len() > 1 {
+                return Err(ApiError::invalid_body("a batch is `{\"events\": [...]}` with no other fields"));
+            }
+            match fields.remove("events") {
+                Some(Value::Array(items)) => (items, true),
+                _ => return Err(ApiError::invalid_body("`events` must be an array")),
+            }
+        }
+        single @ Value::Object(_) => (vec![single], false),
+        _ => return Err(ApiError::invalid_body("send one event object or `{\"events\": [...]}`")),
+    };
+    if items.is_empty() {
+        return Err(ApiError::invalid_body("`events` must hold at least one event"));
+    }
+    if items.len() > MAX_BATCH {
+        return Err(ApiError::new(ErrorCode::PayloadTooLarge, format!("at most {MAX_BATCH} events per call; this one has {}", items.len())));
+    }
+    let mut events = Vec::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        let at = if batch { format!("events[{i}]") } else { "event".to_string() };
+        let event: AppEvent = serde_path_to_error::deserialize(item).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            if path == "." {
+                ApiError::invalid_body(format!("`{at}`: {inner}"))
+            } else {
+                ApiError::invalid_body(format!("`{at}.{path}`: {inner}"))
+            }
+        })?;
+        check(&event, &at)?;
+        events.push(event);
+    }
+    Ok(events)
+}
+
+fn to_event(tenant: &str, submitted: AppEvent, by: &Submitter) -> Event {
+    let mut event = Event::new(tenant, Category::App, &submitted.action, "success");
+    event.event_id = submitted.event_id.unwrap_or_else(crate::event::new_id);
+    event.actor = submitted.actor_id;
+    event.target = Some(format!("{}/{}", submitted.resource_type, submitted.resource_id));
+    event.request_id = submitted.request_id.map(|id| id.to_ascii_lowercase());
+    let submitted_by = match by {
+        Submitter::Admin(actor) => {
+            event.client_ip = actor.client_ip.clone();
+            format!("admin:{}", actor.admin_id)
+        }
+        Submitter::Key(writer) => {
+            event.consumer_id = Some(writer.consumer_id.clone());
+            event.key_id = Some(writer.key_id.clone());
+            format!("key:{}", writer.key_id)
+        }
+    };
+    event.details = Some(json!({
+        "resource_type": submitted.resource_type,
+        "resource_id": submitted.resource_id,
+        "changes": submitted.changes,
+        "metadata": submitted.metadata,
+        "submitted_by": submitted_by,
+    }));
+    event
+}
+
+enum Submitter {
+    Admin(Actor),
+    Key(KeyWriter),
+}
+
+/// Loads the ids a tenant's application events took in the idempotency window.
+async fn load_ids(state: &AdminState, tenant: &str) -> Result<HashMap<String, i64>, ApiError> {
+    let dir = state.audit.dir().to_path_buf();
+    let filter = EventFilter {
+        tenant_id: tenant.to_string(),
+        category: Some(Category::App),
+        from_ms: Some(now_ms() - IDEMPOTENCY_DAYS * 86_400_000),
+        ..EventFilter::default()
+    };
+    tokio::task::spawn_blocking(move || {
+        let reader = AuditReader::open(&dir).map_err(ApiError::internal)?;
+        let mut ids = HashMap::new();
+        reader
+            .scan(&filter, None, false, |row| {
+                ids.insert(row.event.event_id.clone(), row.event.timestamp_ms);
+                true
+            })
+            .map_err(ApiError::internal)?;
+        Ok(ids)
+    })
+    .await
+    .map_err(ApiError::internal)?
+}
+
+pub async fn submit(
+    State(state): State<AdminState>,
+    Path(tenant): Path<String>,
+    actor: Option<Extension<Actor>>,
+    writer: Option<Extension<KeyWriter>>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(|_| ApiError::new(ErrorCode::PayloadTooLarge, format!("the body must be at most {MAX_BODY} bytes")))?;
+    let by = match (actor, writer) {
+        (_, Some(Extension(writer))) => Submitter::Key(writer),
+        (Some(Extension(actor)), None) => {
+            state.control.require_tenant(&tenant)?;
+            Submitter::Admin(actor)
+        }
+        (None, None) => return Err(ApiError::from_code(ErrorCode::Unauthorized)),
+    };
+    let submitted = parse_events(&body)?;
+    let mut results = Vec::with_capacity(submitted.len());
+    let mut accepted = 0usize;
+    {
+        let mut seen = state.app_ids.0.lock().await;
+        if !seen.contains_key(&tenant) {
+            let ids = load_ids(&state, &tenant).await?;
+            seen.insert(tenant.clone(), ids);
+        }
+        let ids = seen.get_mut(&tenant).expect("loaded above");
+        let horizon = now_ms() - IDEMPOTENCY_DAYS * 86_400_000;
+        ids.retain(|_, at| *at >= horizon);
+        for one in submitted {
+            let event = to_event(&tenant, one, &by);
+            if ids.contains_key(&event.event_id) {
+                results.push(json!({"event_id": event.event_id, "status": "duplicate"}));
+                continue;
+            }
+            ids.insert(event.event_id.clone(), event.timestamp_ms);
+            results.push(json!({"event_id": event.event_id, "status": "created"}));
+            state.audit.record(event);
+            accepted += 1;
+        }
+    }
+    // Answer only once the events are committed.
+    state.audit.flush().await;
+    let status = if accepted > 0 { StatusCode::CREATED } else { StatusCode::OK };
+    let body = json!({"accepted": accepted, "duplicates": results.len() - accepted, "events": results});
+    Ok((status, Json(body)).into_response())
+}
+
+/// The filters of `GET /v1/audit/{tenant}/events` beyond the shared ones:
+/// `action`, `actor_id`, `resource_type` (+ `resource_id`), `request_id`.
+pub fn app_filters(filter: &mut EventFilter, params: &[(String, String)]) -> Result<(), ApiError> {
+    let get = |name: &str| params.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+    if let Some(action) = get("action") {
+        if !is_token(action, 128, b"._:-") {
+            return Err(ApiError::invalid_parameter("action", "must be 1-128 characters of letters, digits and `._:-`"));
+        }
+        filter.event_type = Some(action.to_string());
+    }
+    if let Some(actor) = get("actor_id") {
+        if !is_text(actor, 256) {
+            return Err(ApiError::invalid_parameter("actor_id", "must be 1-256 characters with no control characters"));
+        }
+        filter.actor = Some(actor.to_string());
+    }
+    match (get("resource_type"), get("resource_id")) {
+        (None, Some(_)) => return Err(ApiError::invalid_parameter("resource_id", "give `resource_type` with it")),
+        (Some(kind), id) => {
+            if !is_token(kind, 64, b"._-") {
+                return Err(ApiError::invalid_parameter("resource_type", "must be 1-64 characters of letters, digits and `._-`"));
+            }
+            match id {
+                Some(id) if !is_text(id, 256) => {
+                    return Err(ApiError::invalid_parameter("resource_id", "must be 1-256 characters with no control characters"))
+                }
+                Some(id) => filter.target = Some(format!("{kind}/{id}")),
+                None => filter.target_prefix = Some(format!("{kind}/")),
+            }
+        }
+        (None, None) => {}
+    }
+    Ok(())
+}
+
+/// One application event as the API shows it.
+pub fn app_entry(stored: &crate::store::audit::StoredEvent) -> Value {
+    let e = &stored.event;
+    let details = e.details.clone().unwrap_or(Value::Null);
+    json!({
+        "event_id": e.event_id,
+        "seq": e.seq,
+        "timestamp": crate::event::format_timestamp(e.timestamp_ms),
+        "tenant_id": e.tenant_id,
+        "action": e.event_type,
+        "resource_type": details.get("resource_type"),
+        "resource_id": details.get("resource_id"),
+        "actor_id": e.actor,
+        "changes": details.get("changes"),
+        "metadata": details.get("metadata"),
+        "request_id": e.request_id,
+        "submitted_by": details.get("submitted_by"),
+    })
+}

@@ -1,0 +1,266 @@
+//! Admins: the first owner, tokens for robots, argon2 passwords and
+//! sessions for people, and the tenant binding that hides other tenants.
+
+use std::sync::{Arc, OnceLock};
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+
+use super::{check_no_secret, Actor, ControlPlane, FirstAdmin};
+use crate::access::Role;
+use crate::error::{ApiError, ErrorCode};
+use crate::event::{now_ms, security_type, SYSTEM_TENANT};
+use crate::keys;
+use crate::store::control::{Admin, Session};
+use crate::store::StoreError;
+
+/// How long a session lasts after sign-in.
+pub const SESSION_HOURS: i64 = 12;
+
+const MIN_PASSWORD: usize = 12;
+const MAX_PASSWORD: usize = 1024;
+
+/// How an admin proved who they are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential {
+    Token,
+    Session(String),
+}
+
+impl Credential {
+    /// The form recorded in events: `token` or `session:<id>`.
+    pub fn describe(&self) -> String {
+        match self {
+            Credential::Token => "token".into(),
+            Credential::Session(id) => format!("session:{id}"),
+        }
+    }
+}
+
+/// An authenticated admin.
+#[derive(Debug, Clone)]
+pub struct Signed {
+    pub admin: Arc<Admin>,
+    pub role: Role,
+    pub credential: Credential,
+}
+
+pub struct NewAdmin {
+    pub name: String,
+    pub role: String,
+    pub tenant_id: Option<String>,
+    /// Given for people (who then sign in); robots get a token instead.
+    pub password: Option<String>,
+}
+
+fn check_admin_name(name: &str) -> Result<(), ApiError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._@-".contains(&b));
+    if !ok {
+        return Err(ApiError::invalid_body("`name` must be 1-64 characters of letters, digits and `._@-`"));
+    }
+    check_no_secret("name", name)
+}
+
+fn hash_password(password: &str) -> Result<String, ApiError> {
+    let salt = SaltString::encode_b64(&rand::random::<[u8; 16]>()).map_err(ApiError::internal)?;
+    Ok(Argon2::default().hash_password(password.as_bytes(), &salt).map_err(ApiError::internal)?.to_string())
+}
+
+/// Whether `password` matches the PHC string `stored`. A missing or
+/// unreadable hash is checked against a fixed one, so an unknown name takes
+/// as long to refuse as a wrong password.
+fn password_matches(stored: Option<&str>, password: &str) -> bool {
+    static DUMMY: OnceLock<String> = OnceLock::new();
+    let dummy = DUMMY.get_or_init(|| hash_password("not the password of anyone").unwrap_or_default());
+    let (text, real) = match stored {
+        Some(text) => (text, true),
+        None => (dummy.as_str(), false),
+    };
+    let Ok(parsed) = PasswordHash::new(text) else { return false };
+    Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok() && real
+}
+
+impl ControlPlane {
+    /// Creates the first owner when the store has no admin, with the
+    /// operator's token if one was given, otherwise a generated one.
+    pub fn bootstrap_admin(&self, operator_token: Option<&str>) -> Result<FirstAdmin, StoreError> {
+        if self.store.count_admins()? > 0 {
+            return Ok(FirstAdmin::AlreadyPresent);
+        }
+        let token = operator_token.map(str::to_string).unwrap_or_else(keys::generate_admin_token);
+        crate::redact::register_secret(&token);
+        self.store.create_admin(&Admin {
+            id: "adm_bootstrap".into(),
+            name: "bootstrap-owner".into(),
+            role: Role::Owner.as_str().into(),
+            tenant_id: None,
+            token_hash: keys::hash_secret(&token),
+            password_hash: None,
+            created_at: now_ms(),
+        })?;
+        self.reload()?;
+        Ok(match operator_token {
+            Some(_) => FirstAdmin::CreatedWithOperatorToken,
+            None => FirstAdmin::CreatedWithGeneratedToken(token),
+        })
+    }
+
+    fn signed(admin: Arc<Admin>, credential: Credential) -> Option<Signed> {
+        let role = Role::parse(&admin.role)?;
+        Some(Signed { admin, role, credential })
+    }
+
+    /// The admin a bearer token (an admin token or a live session's token)
+    /// belongs to.
+    pub fn authenticate_admin(&self, token: &str) -> Result<Option<Signed>, ApiError> {
+        let hash = keys::hash_secret(token);
+        let admins = self.admins.load();
+        if let Some((stored, admin)) = admins.get_key_value(&hash) {
+            if keys::hashes_equal(stored, &hash) {
+                return Ok(Self::signed(admin.clone(), Credential::Token));
+            }
+        }
+        if !token.starts_with(keys::SESSION_TOKEN_PREFIX) {
+            return Ok(None);
+        }
+        let Some(session) = self.store.live_session(&hash, now_ms())? else { return Ok(None) };
+        let admin = admins.values().find(|a| a.id == session.admin_id).cloned();
+        Ok(admin.and_then(|admin| Self::signed(admin, Credential::Session(session.id))))
+    }
+
+    /// The tenant an admin is bound to (`Some(None)` for a global admin),
+    /// or `None` when there is no such admin.
+    pub fn admin_binding(&self, admin_id: &str) -> Option<Option<String>> {
+        self.admins.load().values().find(|a| a.id == admin_id).map(|a| a.tenant_id.clone())
+    }
+
+    /// Creates an admin. People (with a password) sign in for sessions;
+    /// robots get a token, returned here once.
+    pub fn create_admin(&self, new: NewAdmin, actor: &Actor) -> Result<(Admin, Option<String>), ApiError> {
+        check_admin_name(&new.name)?;
+        let role = Role::parse(&new.role)
+            .ok_or_else(|| ApiError::invalid_body("`role` must be one of `owner`, `admin`, `auditor`, `viewer`"))?;
+        match (&actor.tenant_scope, &new.tenant_id) {
+            (Some(_), None) => {
+                return Err(ApiError::new(ErrorCode::Forbidden, "a tenant-bound admin can only create admins bound to its own tenant"))
+            }
+            (_, Some(tenant)) if !actor.sees(tenant) => return Err(ApiError::not_found(format_args!("tenant `{tenant}`"))),
+            (_, Some(tenant)) => self.require_tenant(tenant)?,
+            (None, None) => {}
+        }
+        if let Some(password) = &new.password {
+            if !(MIN_PASSWORD..=MAX_PASSWORD).contains(&password.chars().count()) {
+                return Err(ApiError::invalid_body(format!("`password` must be {MIN_PASSWORD}-{MAX_PASSWORD} characters")));
+            }
+        }
+        let token = keys::generate_admin_token();
+        let admin = Admin {
+            id: keys::generate_id("adm"),
+            name: new.name,
+            role: role.as_str().into(),
+            tenant_id: new.tenant_id,
+            token_hash: keys::hash_secret(&token),
+            password_hash: new.password.as_deref().map(hash_password).transpose()?,
+            created_at: now_ms(),
+        };
+        self.store.create_admin(&admin)?;
+        self.reload_after_change()?;
+        // People get no token: the one hashed above is never shown.
+        let shown = admin.password_hash.is_none().then_some(token);
+        Ok((admin, shown))
+    }
+
+    /// The admins the actor may see: all for a global admin, its own
+    /// tenant's for a tenant-bound one.
+    pub fn list_admins(&self, actor: &Actor) -> Vec<Admin> {
+        let mut admins: Vec<Admin> = self
+            .admins
+            .load()
+            .values()
+            .filter(|a| a.tenant_id.as_deref().is_some_and(|t| actor.sees(t)) || actor.tenant_scope.is_none())
+            .map(|a| (**a).clone())
+            .collect();
+        admins.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        admins
+    }
+
+    /// Removes an admin and ends its sessions. The last global owner stays.
+    pub fn delete_admin(&self, admin_id: &str, actor: &Actor) -> Result<Admin, ApiError> {
+        let not_found = || ApiError::not_found(format_args!("admin `{admin_id}`"));
+        let admins = self.admins.load();
+        let admin = admins.values().find(|a| a.id == admin_id).ok_or_else(not_found)?;
+        let visible = match &admin.tenant_id {
+            Some(tenant) => actor.sees(tenant),
+            None => actor.tenant_scope.is_none(),
+        };
+        if !visible {
+            return Err(not_found());
+        }
+        let global_owner = |a: &Admin| a.tenant_id.is_none() && a.role == Role::Owner.as_str();
+        if global_owner(admin) && admins.values().filter(|a| global_owner(a)).count() == 1 {
+            return Err(ApiError::new(ErrorCode::Conflict, "the last global owner cannot be removed"));
+        }
+        let admin = (**admin).clone();
+        drop(admins);
+        if !self.store.delete_admin(admin_id, now_ms())? {
+            return Err(not_found());
+        }
+        self.reload_after_change()?;
+        Ok(admin)
+    }
+
+    /// Signs a person in: a session token (returned once) for `SESSION_HOURS`.
+    /// Every attempt is recorded as `admin_login` or `admin_login_failed`
+    /// in the admin's tenant (or the system tenant).
+    pub fn login(&self, name: &str, password: &str, actor: &Actor) -> Result<(Signed, Session, String), ApiError> {
+        let admin = self.admins.load().values().find(|a| a.name == name).cloned();
+        let matches = password_matches(admin.as_ref().and_then(|a| a.password_hash.as_deref()), password);
+        let tenant = admin.as_ref().and_then(|a| a.tenant_id.clone()).unwrap_or_else(|| SYSTEM_TENANT.into());
+        let signed = admin.clone().filter(|_| matches).and_then(|a| Self::signed(a, Credential::Token));
+        let Some(mut signed) = signed else {
+            // An unknown name is not recorded: people type passwords into it.
+            let target = match &admin {
+                Some(admin) => format!("admin:{}", admin.id),
+                None => "admin_name:unknown".to_string(),
+            };
+            let mut failed = actor.event(&tenant, security_type::ADMIN_LOGIN_FAILED, target.clone());
+            let mut logged = actor.admin_event(&tenant, "ADMIN_LOGIN_FAILED", "failure", target, serde_json::Value::Null);
+            for event in [&mut failed, &mut logged] {
+                event.outcome = "failure".into();
+                event.actor = None;
+                event.error_code = Some("invalid_credentials".into());
+            }
+            self.audit.record(failed);
+            self.audit.record(logged);
+            return Err(ApiError::new(ErrorCode::Unauthorized, "the name or the password is wrong"));
+        };
+        let token = keys::generate_session_token();
+        let now = now_ms();
+        let session = Session {
+            id: keys::generate_id("ses"),
+            admin_id: signed.admin.id.clone(),
+            created_at: now,
+            expires_at: now + SESSION_HOURS * 3_600_000,
+        };
+        self.store.create_session(&session, &keys::hash_secret(&token))?;
+        signed.credential = Credential::Session(session.id.clone());
+        let actor = Actor { admin_id: signed.admin.id.clone(), credential: signed.credential.describe(), ..actor.clone() };
+        let target = format!("admin:{}", signed.admin.id);
+        let mut event = actor.event(&tenant, security_type::ADMIN_LOGIN, target.clone());
+        event.details = Some(serde_json::json!({"session_id": session.id}));
+        self.audit.record(event);
+        self.audit.record(actor.admin_event(&tenant, "ADMIN_LOGIN", "success", target, serde_json::Value::Null));
+        Ok((signed, session, token))
+    }
+
+    /// Ends the session the actor signed in with, and records it.
+    pub fn logout(&self, session_id: &str, actor: &Actor) -> Result<(), ApiError> {
+        self.store.end_session(session_id, now_ms())?;
+        let tenant = actor.tenant_scope.clone().unwrap_or_else(|| SYSTEM_TENANT.into());
+        let target = format!("admin:{}", actor.admin_id);
+        self.audit.record(actor.admin_event(&tenant, "ADMIN_LOGOUT", "success", target, serde_json::Value::Null));
+        Ok(())
+    }
+}

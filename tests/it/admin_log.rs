@@ -1,0 +1,140 @@
+//! The admin activity log: each change written before it runs and
+//! finalised with its outcome; `unknown` when the process died in between;
+//! the dashboard-activities switch; reads of the log recorded as
+//! `log_accessed`.
+
+use serde_json::{json, Value};
+
+use keytrail::store::audit::AuditReader;
+
+use crate::util::{spawn_serve, start_upstream, TestServer};
+
+fn entries(answer: &crate::util::Answer) -> Vec<Value> {
+    answer.body["entries"].as_array().cloned().unwrap_or_else(|| panic!("no entries: {}", answer.text))
+}
+
+fn find<'a>(entries: &'a [Value], action: &str) -> &'a Value {
+    entries.iter().find(|e| e["action"] == action).unwrap_or_else(|| panic!("no {action} in {entries:?}"))
+}
+
+#[tokio::test]
+async fn every_change_is_written_before_it_runs_and_finalised_after() {
+    let ts = TestServer::start().await;
+    let up = start_upstream().await;
+    let admin = ts.admin_client();
+    let (consumer, key_id, _) = admin.setup("acme", "/docs", &format!("http://{up}")).await;
+
+    let revoke = admin.post(&format!("/v1/keys/{key_id}/revoke"), json!({})).await;
+    assert_eq!(revoke.status, 200);
+    let revoke_request = revoke.headers["x-request-id"].clone();
+    let suspend = admin.post(&format!("/v1/tenants/acme/consumers/{consumer}/suspend"), json!({})).await;
+    assert_eq!(suspend.status, 200);
+    // A change that fails is logged with its error.
+    let duplicate = admin.post("/v1/tenants/acme/consumers", json!({"name": "acme-client", "metadata": {"team": "x"}})).await;
+    assert_eq!(duplicate.status, 409);
+    let bad = admin.post("/v1/tenants/acme/consumers", json!({"name": 5})).await;
+    assert_eq!(bad.status, 400);
+    ts.flush().await;
+
+    let log = admin.get("/v1/audit/acme/admin?limit=100").await;
+    assert_eq!(log.status, 200, "{}", log.text);
+    let all = entries(&log);
+    let revoked = find(&all, "KEY_REVOKED");
+    assert_eq!(revoked["outcome"], "success");
+    assert_eq!(revoked["resource"], format!("key:{key_id}"));
+    assert_eq!(revoked["admin"], "admin:adm_bootstrap");
+    assert_eq!(revoked["credential"], "token");
+    assert_eq!(revoked["client_ip"], "127.0.0.1");
+    assert_eq!(revoked["request_id"], revoke_request.as_str());
+    assert_eq!(find(&all, "CONSUMER_SUSPENDED")["resource"], format!("consumer:{consumer}"));
+    let failures: Vec<&Value> = all.iter().filter(|e| e["action"] == "CONSUMER_CREATED" && e["outcome"] == "failure").collect();
+    assert_eq!(failures.len(), 2, "{all:?}");
+    assert_eq!(failures[1]["error"]["code"], "conflict");
+    assert_eq!(failures[1]["details"]["request"]["metadata"]["team"], "x", "the intent holds what was asked");
+    assert_eq!(failures[0]["error"]["code"], "invalid_body");
+    assert!(all.iter().all(|e| e["outcome"] != "pending" && e["outcome"] != "unknown"), "{all:?}");
+
+    // In the chain, the intent comes before the change's own security
+    // event, and the outcome after it.
+    let chain = AuditReader::open(&ts.audit_dir()).unwrap().chain("acme").unwrap();
+    let seq_of = |pred: &dyn Fn(&keytrail::event::Event) -> bool| chain.iter().find(|s| pred(&s.event)).map(|s| s.event.seq).unwrap();
+    let same_call = |e: &keytrail::event::Event| e.request_id.as_deref() == Some(revoke_request.as_str());
+    let intent = seq_of(&|e| same_call(e) && e.event_type == "KEY_REVOKED" && e.outcome == "pending");
+    let security = seq_of(&|e| same_call(e) && e.event_type == "key_revoked");
+    let outcome = seq_of(&|e| same_call(e) && e.event_type == "KEY_REVOKED" && e.outcome == "success");
+    assert!(intent < security && security < outcome, "{intent} < {security} < {outcome}");
+
+    // Filters and paging.
+    let only = entries(&admin.get("/v1/audit/acme/admin?action=KEY_REVOKED").await);
+    assert_eq!(only.len(), 1);
+    let by_admin = entries(&admin.get("/v1/audit/acme/admin?admin_id=adm_bootstrap&limit=100").await);
+    assert_eq!(by_admin.len(), all.len());
+    let first = admin.get("/v1/audit/acme/admin?limit=2").await;
+    let cursor = first.body["next_cursor"].as_str().unwrap().to_string();
+    let second = admin.get(&format!("/v1/audit/acme/admin?limit=100&cursor={cursor}")).await;
+    let paged: Vec<Value> = entries(&first).into_iter().chain(entries(&second)).collect();
+    assert_eq!(paged, all, "pages join into the whole log, outcomes resolved on every page");
+    assert_eq!(admin.get("/v1/audit/acme/admin?limit=0").await.status, 400);
+
+    // Global changes are in the system tenant's log.
+    let system = entries(&admin.get("/v1/audit/_system/admin").await);
+    assert_eq!(find(&system, "TENANT_CREATED")["outcome"], "success");
+
+    // Reading the log is itself recorded, with the filters and the row count.
+    ts.flush().await;
+    let security = admin.get("/v1/audit/acme/security?event_type=log_accessed&limit=100").await;
+    let accessed = security.body["events"].as_array().unwrap();
+    let with_filter = accessed.iter().find(|e| e["details"]["filters"]["action"] == "KEY_REVOKED").expect("the filtered read");
+    assert_eq!(with_filter["details"]["rows"], 1);
+    assert_eq!(with_filter["target"], "admin");
+    assert_eq!(with_filter["actor"], "admin:adm_bootstrap");
+}
+
+#[tokio::test]
+async fn the_dashboard_activities_switch_turns_the_admin_log_off() {
+    let ts = TestServer::start().await;
+    let admin = ts.admin_client();
+    assert_eq!(admin.post("/v1/tenants", json!({"id": "quiet", "name": "Quiet"})).await.status, 201);
+    let off = admin.call("PUT", "/v1/tenants/quiet/settings/logging", Some(json!({"log_dashboard_activities": false}))).await;
+    assert_eq!(off.status, 200, "{}", off.text);
+    let a = admin.post("/v1/tenants/quiet/consumers", json!({"name": "c"})).await;
+    assert_eq!(a.status, 201);
+    let consumer = a.body["id"].as_str().unwrap();
+    assert_eq!(admin.post(&format!("/v1/tenants/quiet/consumers/{consumer}/suspend"), json!({})).await.status, 200);
+    ts.flush().await;
+    let log = entries(&admin.get("/v1/audit/quiet/admin?limit=100").await);
+    let actions: Vec<&str> = log.iter().map(|e| e["action"].as_str().unwrap()).collect();
+    // The switch change itself is the last thing logged.
+    assert_eq!(actions, ["SETTINGS_CHANGED"], "{log:?}");
+    // Security events are not affected by the switch.
+    let security = admin.get("/v1/audit/quiet/security?event_type=consumer_suspended").await;
+    assert_eq!(security.body["events"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_crash_between_the_intent_and_the_change_leaves_an_unknown_outcome() {
+    let data = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let (mut process, admin, _) = spawn_serve(data.path(), out.path(), &[("KEYTRAIL_FAILPOINT", "after_admin_intent:KEY_REVOKED")]);
+    let (_, key_id, _) = admin.setup("acme", "/docs", "http://127.0.0.1:9").await;
+    // The process dies after committing the intent, before revoking.
+    let sent = admin.client.post(format!("{}/v1/keys/{key_id}/revoke", admin.base)).bearer_auth(&admin.token).send().await;
+    assert!(sent.is_err(), "the process should have died: {sent:?}");
+    let status = process.child.wait().unwrap();
+    assert!(!status.success());
+    assert!(process.stderr().contains("failpoint after_admin_intent reached"), "{}", process.stderr());
+
+    let (_restarted, admin, _) = spawn_serve(data.path(), out.path(), &[]);
+    let log = entries(&admin.get("/v1/audit/acme/admin?action=KEY_REVOKED").await);
+    assert_eq!(log.len(), 1, "{log:?}");
+    assert_eq!(log[0]["outcome"], "unknown");
+    assert_eq!(log[0]["resource"], format!("key:{key_id}"));
+    // The change did not happen.
+    let consumers = admin.get("/v1/tenants/acme/consumers").await;
+    let consumer = consumers.body["consumers"][0]["id"].as_str().unwrap().to_string();
+    let keys = admin.get(&format!("/v1/tenants/acme/consumers/{consumer}/keys")).await;
+    assert_eq!(keys.body["keys"][0]["status"], "active", "{}", keys.text);
+    // The chain still verifies after the crash.
+    let report = AuditReader::open(&data.path().join("audit")).unwrap().verify("acme").unwrap();
+    assert_eq!(report.first_break, None);
+}

@@ -1,0 +1,197 @@
+//! Application audit events: submission by admins and by API keys with
+//! `audit:write`, batches and limits, idempotent retries, filters, and the
+//! join to the gateway call that caused an event.
+
+use serde_json::{json, Value};
+
+use crate::util::{start_upstream, Admin, TestServer};
+
+async fn submit(client: &Admin, tenant: &str, body: Value) -> crate::util::Answer {
+    client.post(&format!("/v1/audit/{tenant}/events"), body).await
+}
+
+fn events(answer: &crate::util::Answer) -> Vec<Value> {
+    answer.body["events"].as_array().cloned().unwrap_or_else(|| panic!("no events: {}", answer.text))
+}
+
+#[tokio::test]
+async fn events_are_stored_chained_and_found_by_their_fields() {
+    let ts = TestServer::start().await;
+    let up = start_upstream().await;
+    let admin = ts.admin_client();
+    let (consumer, _, key) = admin.setup("acme", "/docs", &format!("http://{up}")).await;
+
+    // The gateway call the application event is about.
+    let res = ts.client.get(format!("{}/docs/orders/7", ts.gateway)).header("X-API-Key", &key).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let request_id = res.headers()["x-request-id"].to_str().unwrap().to_string();
+
+    let one = json!({
+        "action": "order.updated",
+        "resource_type": "order",
+        "resource_id": "7",
+        "actor_id": "user-42",
+        "changes": {"status": {"before": "open", "after": "shipped"}},
+        "metadata": {"reason": "customer asked", "token": key},
+        "request_id": request_id,
+    });
+    let a = submit(&admin, "acme", one).await;
+    assert_eq!(a.status, 201, "{}", a.text);
+    assert_eq!((a.body["accepted"].as_u64(), a.body["duplicates"].as_u64()), (Some(1), Some(0)));
+    let batch = json!({"events": [
+        {"action": "order.deleted", "resource_type": "order", "resource_id": "8", "actor_id": "user-42"},
+        {"action": "invoice.sent", "resource_type": "invoice", "resource_id": "inv 1", "actor_id": "robot"},
+    ]});
+    let a = submit(&admin, "acme", batch).await;
+    assert_eq!((a.status, a.body["accepted"].as_u64()), (201, Some(2)), "{}", a.text);
+
+    // Answered only once committed: readable at once.
+    let all = events(&admin.get("/v1/audit/acme/events").await);
+    assert_eq!(all.len(), 3);
+    let updated = &all[2];
+    assert_eq!(updated["action"], "order.updated");
+    assert_eq!(updated["changes"]["status"]["after"], "shipped");
+    assert_eq!(updated["submitted_by"], "admin:adm_bootstrap");
+    assert!(!updated.to_string().contains(&key), "the key in metadata is masked: {updated}");
+
+    for (query, want) in [
+        ("action=order.deleted", vec!["8"]),
+        ("actor_id=user-42", vec!["8", "7"]),
+        ("resource_type=order", vec!["8", "7"]),
+        ("resource_type=invoice&resource_id=inv%201", vec!["inv 1"]),
+        ("resource_type=order&resource_id=9", vec![]),
+        (&format!("request_id={request_id}") as &str, vec!["7"]),
+    ] {
+        let found = events(&admin.get(&format!("/v1/audit/acme/events?{query}")).await);
+        let ids: Vec<&str> = found.iter().map(|e| e["resource_id"].as_str().unwrap()).collect();
+        assert_eq!(ids, want, "{query}");
+    }
+    // The join: the gateway call by the same request id.
+    let calls = admin.get(&format!("/v1/audit/acme?request_id={request_id}")).await;
+    let calls = calls.body["logs"].as_array().unwrap();
+    assert_eq!(calls.len(), 1);
+    assert_eq!((calls[0]["path"].as_str(), calls[0]["consumer_id"].as_str()), (Some("/docs/orders/7"), Some(consumer.as_str())));
+
+    // Bad filters.
+    for query in ["resource_id=7", "action=a%20b", "resource_type=x/y"] {
+        let a = admin.get(&format!("/v1/audit/acme/events?{query}")).await;
+        assert_eq!((a.status, a.body["error"]["code"].as_str()), (400, Some("invalid_parameter")), "{query}: {}", a.text);
+    }
+}
+
+#[tokio::test]
+async fn api_keys_with_audit_write_may_submit_to_their_own_tenant() {
+    let ts = TestServer::start().await;
+    let admin = ts.admin_client();
+    admin.setup("acme", "/docs", "http://127.0.0.1:9").await;
+    admin.setup("other", "/other", "http://127.0.0.1:9").await;
+    let (consumer, writer_key_id, writer) = admin.consumer_with_key("acme", "backend", json!({"scopes": ["audit:write"]})).await;
+    let (_, plain) = admin.key("acme", &consumer, json!({"scopes": ["read"]})).await;
+    let (_, _, stranger) = admin.consumer_with_key("other", "theirs", json!({"scopes": ["audit:write"]})).await;
+    let event = json!({"action": "login", "resource_type": "session", "resource_id": "s1"});
+    let as_key = |key: &str| Admin { token: key.to_string(), ..admin.clone() };
+
+    let a = submit(&as_key(&writer), "acme", event.clone()).await;
+    assert_eq!(a.status, 201, "{}", a.text);
+    // The key may also come as `X-API-Key`, as at the gateway.
+    let by_header = admin
+        .client
+        .post(format!("{}/v1/audit/acme/events", admin.base))
+        .header("X-API-Key", &writer)
+        .json(&json!({"action": "logout", "resource_type": "session", "resource_id": "s1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_header.status(), 201);
+    let a = submit(&as_key(&plain), "acme", event.clone()).await;
+    assert_eq!((a.status, a.body["error"]["code"].as_str()), (403, Some("insufficient_scope")));
+    let a = submit(&as_key(&stranger), "acme", event.clone()).await;
+    assert_eq!((a.status, a.body["error"]["code"].as_str()), (404, Some("not_found")), "another tenant's key");
+    let a = submit(&as_key("kt_live_notarealkeynotarealkeynotarealk00000"), "acme", event.clone()).await;
+    assert_eq!(a.status, 401);
+    // A key reads nothing.
+    assert_eq!(as_key(&writer).get("/v1/audit/acme/events").await.status, 401);
+    assert_eq!(admin.post(&format!("/v1/keys/{writer_key_id}/revoke"), json!({})).await.status, 200);
+    let a = submit(&as_key(&writer), "acme", event).await;
+    assert_eq!((a.status, a.body["error"]["code"].as_str()), (401, Some("revoked_key")));
+
+    let stored = events(&admin.get("/v1/audit/acme/events").await);
+    assert_eq!(stored.len(), 2);
+    assert!(stored.iter().all(|e| e["submitted_by"] == format!("key:{writer_key_id}")));
+}
+
+#[tokio::test]
+async fn retries_with_the_same_event_id_never_make_a_duplicate() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    let mut ts = TestServer::start_with(dir, |_| {}).await;
+    let admin = ts.admin_client();
+    assert_eq!(admin.post("/v1/tenants", json!({"id": "acme", "name": "Acme"})).await.status, 201);
+    let batch: Vec<Value> = (0..50)
+        .map(|i| json!({"event_id": format!("evt-{i}"), "action": "item.changed", "resource_type": "item", "resource_id": i.to_string()}))
+        .collect();
+    let body = json!({"events": batch});
+
+    // Twenty clients retry the same batch at once.
+    let answers = futures_util::future::join_all((0..20).map(|_| submit(&admin, "acme", body.clone()))).await;
+    let accepted: u64 = answers.iter().map(|a| a.body["accepted"].as_u64().unwrap()).sum();
+    let duplicates: u64 = answers.iter().map(|a| a.body["duplicates"].as_u64().unwrap()).sum();
+    assert_eq!((accepted, duplicates), (50, 19 * 50));
+    assert!(answers.iter().all(|a| a.status == 201 || a.status == 200));
+    let stored = events(&admin.get("/v1/audit/acme/events?limit=1000").await);
+    assert_eq!(stored.len(), 50);
+    let mut ids: Vec<&str> = stored.iter().map(|e| e["event_id"].as_str().unwrap()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 50);
+
+    // Still a duplicate after a restart: the ids come back from the store.
+    ts.stop().await;
+    let again = TestServer::start_with(tempfile::TempDir::new().unwrap(), |c| c.data_dir = path.clone()).await;
+    let admin = again.admin_client();
+    let a = submit(&admin, "acme", json!({"event_id": "evt-3", "action": "item.changed", "resource_type": "item", "resource_id": "3"})).await;
+    assert_eq!((a.status, a.body["duplicates"].as_u64()), (200, Some(1)), "{}", a.text);
+    assert_eq!(a.body["events"][0]["status"], "duplicate");
+    assert_eq!(events(&admin.get("/v1/audit/acme/events?limit=1000").await).len(), 50);
+}
+
+#[tokio::test]
+async fn bad_submissions_get_clear_errors_and_store_nothing() {
+    let ts = TestServer::start().await;
+    let admin = ts.admin_client();
+    assert_eq!(admin.post("/v1/tenants", json!({"id": "acme", "name": "Acme"})).await.status, 201);
+    let good = json!({"action": "a", "resource_type": "r", "resource_id": "1"});
+    let many: Vec<Value> = (0..1001).map(|_| good.clone()).collect();
+    let big = json!({"action": "a", "resource_type": "r", "resource_id": "1", "metadata": {"blob": "x".repeat(40_000)}});
+    let cases: Vec<(Value, u16, &str)> = vec![
+        (json!({"resource_type": "r", "resource_id": "1"}), 400, "action"),
+        (json!({"events": [good.clone(), {"action": "a", "resource_type": "r"}]}), 400, "events[1]"),
+        (json!({"action": "a b", "resource_type": "r", "resource_id": "1"}), 400, "event.action"),
+        (json!({"action": "a", "resource_type": "r", "resource_id": "1", "event_id": "has space"}), 400, "event_id"),
+        (json!({"action": "a", "resource_type": "r", "resource_id": "1", "changes": {"x": 5}}), 400, "changes.x"),
+        (json!({"action": "a", "resource_type": "r", "resource_id": "1", "unknown": 1}), 400, "unknown"),
+        (json!({"events": []}), 400, "at least one"),
+        (json!({"events": many}), 413, "1000"),
+        (big, 413, "32768"),
+        (json!([1, 2]), 400, "one event object"),
+    ];
+    for (body, status, mention) in cases {
+        let a = submit(&admin, "acme", body).await;
+        assert_eq!(a.status, status, "{}", a.text);
+        let message = a.body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(mention), "{mention} not in {message}");
+    }
+    let not_json = admin.client.post(format!("{}/v1/audit/acme/events", admin.base)).bearer_auth(&admin.token).body("{nope").send().await.unwrap();
+    assert_eq!(not_json.status(), 400);
+    let huge = admin
+        .client
+        .post(format!("{}/v1/audit/acme/events", admin.base))
+        .bearer_auth(&admin.token)
+        .body(vec![b' '; 5 * 1024 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(huge.status(), 413);
+    assert_eq!(submit(&admin, "nope", good).await.status, 404);
+    assert!(events(&admin.get("/v1/audit/acme/events").await).is_empty());
+}
