@@ -87,16 +87,53 @@ fn requested(body: &Bytes) -> Value {
     }
 }
 
+/// The object a change route acts on, as (tenant, kind, id), for its
+/// before and after; `None` for routes that add to a collection.
+fn object_of<'p>(route: &str, path: &'p str) -> Option<(Option<&'p str>, &'static str, Option<&'p str>)> {
+    let param = |name| crate::access::path_param(route, path, name);
+    let tenant = param("tenant");
+    if route.ends_with("/settings/logging") {
+        return Some((tenant, "settings", None));
+    }
+    let tail = route.rsplit('/').next().unwrap_or_default();
+    if matches!(tail, "apis" | "consumers" | "keys" | "tiers" | "blocklist" | "tenants" | "admins") {
+        return None;
+    }
+    for (name, kind) in [("key_id", "key"), ("tier", "tier"), ("consumer", "consumer"), ("api", "api")] {
+        if let Some(id) = param(name) {
+            return Some((tenant, kind, Some(id)));
+        }
+    }
+    None
+}
+
+/// `{field: {before, after}}` for every top-level field that differs.
+fn changes(before: &Value, after: &Value) -> Value {
+    let empty = serde_json::Map::new();
+    let (b, a) = (before.as_object().unwrap_or(&empty), after.as_object().unwrap_or(&empty));
+    let mut out = serde_json::Map::new();
+    for field in b.keys().chain(a.keys().filter(|k| !b.contains_key(*k))) {
+        let (was, now) = (b.get(field).unwrap_or(&Value::Null), a.get(field).unwrap_or(&Value::Null));
+        if was != now {
+            out.insert(field.clone(), json!({"before": was, "after": now}));
+        }
+    }
+    Value::Object(out)
+}
+
+/// A change about to run: the tenant whose log holds it, its action, the
+/// resource it touches and the route it came through.
+pub struct Change {
+    pub tenant: String,
+    pub action: &'static str,
+    pub resource: String,
+    pub route: String,
+}
+
 /// Runs a change between its intent and its outcome.
-pub async fn around(
-    state: &AdminState,
-    actor: &Actor,
-    tenant: &str,
-    action: &'static str,
-    resource: String,
-    req: Request,
-    next: Next,
-) -> Response {
+pub async fn around(state: &AdminState, actor: &Actor, change: &Change, req: Request, next: Next) -> Response {
+    let Change { tenant, action, resource, route } = change;
+    let (tenant, action) = (tenant.as_str(), *action);
     let (parts, body) = req.into_parts();
     // Admin bodies are small; the handlers read them whole anyway.
     let body = match axum::body::to_bytes(body, 4 * 1024 * 1024).await {
@@ -120,7 +157,13 @@ pub async fn around(
         std::process::abort();
     }
 
+    let object = object_of(route, parts.uri.path()).map(|(t, kind, id)| (t.map(str::to_string), kind, id.map(str::to_string)));
+    let state_now = |object: &Option<(Option<String>, &str, Option<String>)>| {
+        object.as_ref().and_then(|(t, kind, id)| state.control.object_state(t.as_deref(), kind, id.as_deref()))
+    };
+    let before = state_now(&object);
     let response = next.run(Request::from_parts(parts, Body::from(body))).await;
+    let after = state_now(&object);
 
     let status = response.status();
     let (parts, body) = response.into_parts();
@@ -131,11 +174,14 @@ pub async fn around(
         if let Some(id) = answer.get("key_id").or_else(|| answer.get("id")).filter(|v| v.is_string()) {
             details["created_or_changed"] = id.clone();
         }
+        if let (Some(before), Some(after)) = (&before, &after) {
+            details["changes"] = changes(before, after);
+        }
         "success"
     } else {
         "failure"
     };
-    let mut done = actor.admin_event(tenant, action, outcome, resource, details);
+    let mut done = actor.admin_event(tenant, action, outcome, resource.clone(), details);
     if !status.is_success() {
         done.error_code = answer.pointer("/error/code").and_then(Value::as_str).map(str::to_string);
         done.error_message = answer.pointer("/error/message").and_then(Value::as_str).map(str::to_string);
@@ -153,8 +199,10 @@ pub fn entry_view(event: &StoredEvent, outcome: Option<&Event>, in_flight: &InFl
     let (resolved, error) = if e.outcome != PENDING {
         (e.outcome.clone(), e.error_code.as_ref().map(|code| json!({"code": code, "message": e.error_message})))
     } else if let Some(done) = outcome {
-        if let Some(changed) = done.details.as_ref().and_then(|d| d.get("created_or_changed")) {
-            details["created_or_changed"] = changed.clone();
+        for field in ["created_or_changed", "changes"] {
+            if let Some(value) = done.details.as_ref().and_then(|d| d.get(field)) {
+                details[field] = value.clone();
+            }
         }
         (done.outcome.clone(), done.error_code.as_ref().map(|code| json!({"code": code, "message": done.error_message})))
     } else if e.request_id.as_deref().is_some_and(|id| in_flight.contains(id)) {

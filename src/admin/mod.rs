@@ -114,7 +114,7 @@ async fn guard(State(state): State<AdminState>, ConnectInfo(peer): ConnectInfo<S
     let mut response = match authorise(&state, peer, &mut req, rule, &route, &path, &request_id).await {
         Err(response) => response,
         Ok(None) => next.run(req).await,
-        Ok(Some((actor, tenant, action, resource))) => activity::around(&state, &actor, &tenant, action, resource, req, next).await,
+        Ok(Some((actor, change))) => activity::around(&state, &actor, &change, req, next).await,
     };
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert("x-request-id", value);
@@ -122,9 +122,6 @@ async fn guard(State(state): State<AdminState>, ConnectInfo(peer): ConnectInfo<S
     response
 }
 
-/// What a change needs for the activity log: the actor, the tenant whose
-/// log holds it, the action and the resource.
-type Change = (Actor, String, &'static str, String);
 
 async fn authorise(
     state: &AdminState,
@@ -134,7 +131,7 @@ async fn authorise(
     route: &str,
     path: &str,
     request_id: &str,
-) -> Result<Option<Change>, Response> {
+) -> Result<Option<(Actor, activity::Change)>, Response> {
     if rule.is_some_and(|r| r.permission == Permission::WriteEvents) {
         let header_key = req.headers().get("x-api-key").and_then(|v| v.to_str().ok()).map(str::trim);
         if let Some(key) = bearer(req.headers()).or(header_key).filter(|t| crate::keys::check_format(t).is_ok()) {
@@ -180,8 +177,13 @@ async fn authorise(
         return Err(ApiError::new(ErrorCode::Forbidden, "only admins bound to no tenant may call this endpoint").into_response());
     }
     let change = rule.action.map(|action| {
-        let log_tenant = log_tenant(state, &actor, tenant, route, path);
-        (actor.clone(), log_tenant, action, resource(route, path))
+        let change = activity::Change {
+            tenant: log_tenant(state, &actor, tenant, route, path),
+            action,
+            resource: resource(route, path),
+            route: route.to_string(),
+        };
+        (actor.clone(), change)
     });
     req.extensions_mut().insert(actor);
     req.extensions_mut().insert(signed);

@@ -23,15 +23,16 @@ const MAX_PASSWORD: usize = 1024;
 /// How an admin proved who they are.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Credential {
-    Token,
+    /// An admin token, by its display form (`kta****abcd`).
+    Token(String),
     Session(String),
 }
 
 impl Credential {
-    /// The form recorded in events: `token` or `session:<id>`.
+    /// The form recorded in events: `token:<hint>` or `session:<id>`.
     pub fn describe(&self) -> String {
         match self {
-            Credential::Token => "token".into(),
+            Credential::Token(hint) => format!("token:{hint}"),
             Credential::Session(id) => format!("session:{id}"),
         }
     }
@@ -119,7 +120,7 @@ impl ControlPlane {
         let admins = self.admins.load();
         if let Some((stored, admin)) = admins.get_key_value(&hash) {
             if keys::hashes_equal(stored, &hash) {
-                return Ok(Self::signed(admin.clone(), Credential::Token));
+                return Ok(Self::signed(admin.clone(), Credential::Token(keys::hint(token))));
             }
         }
         if !token.starts_with(keys::SESSION_TOKEN_PREFIX) {
@@ -218,7 +219,7 @@ impl ControlPlane {
         let admin = self.admins.load().values().find(|a| a.name == name).cloned();
         let matches = password_matches(admin.as_ref().and_then(|a| a.password_hash.as_deref()), password);
         let tenant = admin.as_ref().and_then(|a| a.tenant_id.clone()).unwrap_or_else(|| SYSTEM_TENANT.into());
-        let signed = admin.clone().filter(|_| matches).and_then(|a| Self::signed(a, Credential::Token));
+        let signed = admin.clone().filter(|_| matches).and_then(|a| Self::signed(a, Credential::Session(String::new())));
         let Some(mut signed) = signed else {
             // An unknown name is not recorded: people type passwords into it.
             let target = match &admin {

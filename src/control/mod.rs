@@ -580,6 +580,28 @@ impl ControlPlane {
             .ok_or_else(|| ApiError::not_found(format_args!("key `{key_id}`")))
     }
 
+    /// The current state of the object an admin route names, as the
+    /// activity log compares it before and after a change: a key, tier,
+    /// consumer, api or logging settings. `None` when there is none.
+    pub fn object_state(&self, tenant: Option<&str>, kind: &str, id: Option<&str>) -> Option<serde_json::Value> {
+        fn json<T: serde::Serialize>(value: &T) -> Option<serde_json::Value> {
+            serde_json::to_value(value).ok()
+        }
+        match (kind, tenant, id) {
+            ("key", _, Some(id)) => {
+                let key = self.store.get_key(id).ok()??;
+                let mut value = json(&key)?;
+                value["status"] = serde_json::json!(key.status_at(now_ms()));
+                Some(value)
+            }
+            ("tier", Some(t), Some(id)) => self.list_tiers(t).ok()?.into_iter().find(|x| x.id == id).and_then(|x| json(&x)),
+            ("consumer", Some(t), Some(id)) => self.list_consumers(t).ok()?.into_iter().find(|x| x.id == id).and_then(|x| json(&x)),
+            ("api", Some(t), Some(id)) => self.list_apis(t).ok()?.into_iter().find(|x| x.id == id).and_then(|x| json(&x)),
+            ("settings", t, _) => Some(serde_json::Value::Object(self.logging_settings(t).ok()?.settings.to_json())),
+            _ => None,
+        }
+    }
+
     /// The tenant a key belongs to, for the admin activity log.
     pub fn key_tenant(&self, key_id: &str) -> Result<Option<String>, ApiError> {
         Ok(self.store.get_key(key_id)?.map(|key| key.tenant_id))

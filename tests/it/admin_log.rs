@@ -29,6 +29,8 @@ async fn every_change_is_written_before_it_runs_and_finalised_after() {
     let revoke_request = revoke.headers["x-request-id"].clone();
     let suspend = admin.post(&format!("/v1/tenants/acme/consumers/{consumer}/suspend"), json!({})).await;
     assert_eq!(suspend.status, 200);
+    let sample = admin.call("PUT", "/v1/tenants/acme/settings/logging", Some(json!({"api_call_sample_rate": 0.5}))).await;
+    assert_eq!(sample.status, 200, "{}", sample.text);
     // A change that fails is logged with its error.
     let duplicate = admin.post("/v1/tenants/acme/consumers", json!({"name": "acme-client", "metadata": {"team": "x"}})).await;
     assert_eq!(duplicate.status, 409);
@@ -43,10 +45,18 @@ async fn every_change_is_written_before_it_runs_and_finalised_after() {
     assert_eq!(revoked["outcome"], "success");
     assert_eq!(revoked["resource"], format!("key:{key_id}"));
     assert_eq!(revoked["admin"], "admin:adm_bootstrap");
-    assert_eq!(revoked["credential"], "token");
+    // The test token has no `kta_` shape: its hint shows only the last four characters.
+    assert_eq!(revoked["credential"], "token:****cdef");
     assert_eq!(revoked["client_ip"], "127.0.0.1");
     assert_eq!(revoked["request_id"], revoke_request.as_str());
-    assert_eq!(find(&all, "CONSUMER_SUSPENDED")["resource"], format!("consumer:{consumer}"));
+    let suspended = find(&all, "CONSUMER_SUSPENDED");
+    assert_eq!(suspended["resource"], format!("consumer:{consumer}"));
+    // Changes carry the fields before and after.
+    assert_eq!(suspended["details"]["changes"]["status"], json!({"before": "active", "after": "suspended"}), "{suspended}");
+    assert_eq!(revoked["details"]["changes"]["status"], json!({"before": "active", "after": "revoked"}), "{revoked}");
+    let settings = find(&all, "SETTINGS_CHANGED");
+    assert_eq!(settings["details"]["changes"]["api_call_sample_rate"], json!({"before": 1.0, "after": 0.5}), "{settings}");
+    assert_eq!(settings["details"]["changes"].as_object().unwrap().len(), 1, "only what changed: {settings}");
     let failures: Vec<&Value> = all.iter().filter(|e| e["action"] == "CONSUMER_CREATED" && e["outcome"] == "failure").collect();
     assert_eq!(failures.len(), 2, "{all:?}");
     assert_eq!(failures[1]["error"]["code"], "conflict");
