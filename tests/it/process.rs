@@ -7,7 +7,7 @@ use std::path::Path;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
-use crate::util::{http, spawn_serve, start_upstream, Admin, Process, ADMIN_TOKEN};
+use crate::util::{assert_no_secret, everything_written, http, keys_of_every_kind, spawn_serve, start_upstream, Admin, Process, ADMIN_TOKEN};
 
 #[tokio::test]
 async fn demo_runs_prints_a_working_key_and_stops_cleanly() {
@@ -261,18 +261,7 @@ async fn no_key_ever_appears_in_any_output() {
     let up = start_upstream().await;
     let (mut p, admin, gateway) = spawn_serve(&data, dir.path(), &[("KEYTRAIL_LOG", "debug")]);
     let (consumer, _, valid) = admin.setup("acme", "/leak", &format!("http://{up}")).await;
-    let (revoked_id, revoked) = admin.key("acme", &consumer, json!({})).await;
-    assert_eq!(admin.post(&format!("/v1/keys/{revoked_id}/revoke"), json!({})).await.status, 200);
-    let unknown = keytrail::keys::generate_key(keytrail::keys::KeyEnvironment::Live).secret;
-    let mut malformed = valid.clone().into_bytes();
-    malformed[20] = if malformed[20] == b'Z' { b'Y' } else { b'Z' };
-    let malformed = String::from_utf8(malformed).unwrap();
-    // A rotated key (still in its grace) and its replacement.
-    let (rotating_id, rotating) = admin.key("acme", &consumer, json!({})).await;
-    let rotated = admin.post(&format!("/v1/keys/{rotating_id}/rotate"), json!({"grace_seconds": 3600})).await;
-    assert_eq!(rotated.status, 201, "{}", rotated.text);
-    let replacement = rotated.body["key"].as_str().unwrap().to_string();
-    let keys = [valid.clone(), revoked.clone(), unknown, malformed, rotating, replacement];
+    let keys = keys_of_every_kind(&admin, &consumer, &valid).await;
 
     let client = http();
     let mut answers: Vec<String> = Vec::new();
@@ -347,40 +336,11 @@ async fn no_key_ever_appears_in_any_output() {
     assert!(trail.contains("kt_live****"), "hints are recorded in place of keys");
 
     assert!(p.interrupt_and_wait().success());
-    let mut outputs: Vec<(String, Vec<u8>)> = vec![
-        ("stdout".into(), p.stdout().into_bytes()),
-        ("stderr".into(), p.stderr().into_bytes()),
-    ];
-    outputs.extend(answers.into_iter().enumerate().map(|(i, a)| (format!("answer {i}"), a.into_bytes())));
-    let mut stack = vec![data.clone()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                outputs.push((path.display().to_string(), std::fs::read(&path).unwrap()));
-            }
-        }
-    }
-    assert!(outputs.iter().any(|(name, _)| name.ends_with(".db") && name.contains("/audit/")));
-    // Blocks are compressed, so a byte search of the files cannot see into
-    // them: decode every stored event and search those too.
-    let reader = keytrail::store::audit::AuditReader::open(&data.join("audit")).unwrap();
-    let tenants = reader.tenants().unwrap();
-    assert!(tenants.contains(&"acme".to_string()) && tenants.contains(&"_system".to_string()), "{tenants:?}");
-    for tenant in tenants {
-        let events: Vec<String> = reader.chain(&tenant).unwrap().iter().map(|s| format!("{:?}", s.event)).collect();
-        assert!(!events.is_empty());
-        outputs.push((format!("decoded events of {tenant}"), events.join("\n").into_bytes()));
-    }
+    let outputs = everything_written(&p, &data, answers);
+    let tenants: Vec<&String> = outputs.iter().map(|(name, _)| name).filter(|n| n.starts_with("decoded events of")).collect();
+    assert!(tenants.iter().any(|n| n.ends_with(" acme")) && tenants.iter().any(|n| n.ends_with(" _system")), "{tenants:?}");
     assert!(p.stderr().contains("DEBUG") || p.stderr().contains("WARN") || !p.stderr().is_empty(), "the log was captured");
     let password = password.to_string();
     let secrets: Vec<&String> = keys.iter().chain([&robot_token, &session, &password]).collect();
-    for key in secrets {
-        for (name, bytes) in &outputs {
-            let found = bytes.windows(key.len()).any(|w| w == key.as_bytes());
-            assert!(!found, "a raw key was found in {name}");
-        }
-    }
+    assert_no_secret(&secrets, &outputs);
 }

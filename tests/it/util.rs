@@ -406,3 +406,57 @@ pub fn spawn_serve(data_dir: &Path, out_dir: &Path, extra_env: &[(&str, &str)]) 
     let admin = process.address_after("admin API listening on ");
     (process, Admin { base: admin, token: ADMIN_TOKEN.into(), client: http() }, gateway)
 }
+
+// --- searching every output for secrets ---
+
+/// A key of every kind a leak test sends: valid (first), revoked, rotating
+/// (in its grace), its replacement, unknown, and one with a broken checksum.
+pub async fn keys_of_every_kind(admin: &Admin, consumer: &str, valid: &str) -> Vec<String> {
+    let (revoked_id, revoked) = admin.key("acme", consumer, json!({})).await;
+    assert_eq!(admin.post(&format!("/v1/keys/{revoked_id}/revoke"), json!({})).await.status, 200);
+    let (rotating_id, rotating) = admin.key("acme", consumer, json!({})).await;
+    let rotated = admin.post(&format!("/v1/keys/{rotating_id}/rotate"), json!({"grace_seconds": 3600})).await;
+    assert_eq!(rotated.status, 201, "{}", rotated.text);
+    let replacement = rotated.body["key"].as_str().unwrap().to_string();
+    let unknown = keytrail::keys::generate_key(keytrail::keys::KeyEnvironment::Live).secret;
+    let mut malformed = valid.as_bytes().to_vec();
+    malformed[20] = if malformed[20] == b'Z' { b'Y' } else { b'Z' };
+    let malformed = String::from_utf8(malformed).unwrap();
+    vec![valid.to_string(), revoked, rotating, replacement, unknown, malformed]
+}
+
+/// Everything a stopped keytrail process wrote or answered: its output, the
+/// answers collected, every file of its data directory, and every stored
+/// event decoded (blocks are compressed, so the files alone hide them).
+pub fn everything_written(p: &Process, data: &Path, answers: Vec<String>) -> Vec<(String, Vec<u8>)> {
+    let mut outputs: Vec<(String, Vec<u8>)> = vec![("stdout".into(), p.stdout().into_bytes()), ("stderr".into(), p.stderr().into_bytes())];
+    outputs.extend(answers.into_iter().enumerate().map(|(i, a)| (format!("answer {i}"), a.into_bytes())));
+    let mut stack = vec![data.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                outputs.push((path.display().to_string(), std::fs::read(&path).unwrap()));
+            }
+        }
+    }
+    assert!(outputs.iter().any(|(name, _)| name.ends_with(".db") && name.contains("/audit/")));
+    let reader = keytrail::store::audit::AuditReader::open(&data.join("audit")).unwrap();
+    for tenant in reader.tenants().unwrap() {
+        let events: Vec<String> = reader.chain(&tenant).unwrap().iter().map(|s| format!("{:?}", s.event)).collect();
+        assert!(!events.is_empty());
+        outputs.push((format!("decoded events of {tenant}"), events.join("\n").into_bytes()));
+    }
+    outputs
+}
+
+/// Fails if any secret appears, byte for byte, in any output.
+pub fn assert_no_secret(secrets: &[&String], outputs: &[(String, Vec<u8>)]) {
+    for secret in secrets {
+        for (name, bytes) in outputs {
+            assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()), "a raw secret was found in {name}");
+        }
+    }
+}

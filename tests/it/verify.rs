@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::util::{http, spawn_serve, start_upstream, Admin, TestServer};
+use crate::util::{assert_no_secret, everything_written, http, keys_of_every_kind, spawn_serve, start_upstream, Admin, TestServer};
 
 const USER_AGENT: &str = "verify-test/1";
 
@@ -441,17 +441,7 @@ async fn the_verified_key_appears_in_no_answer_event_file_or_log() {
     let up = start_upstream().await;
     let (mut p, admin, gateway) = spawn_serve(&data, dir.path(), &[("KEYTRAIL_LOG", "debug")]);
     let (consumer, _, valid) = admin.setup("acme", "/leak", &format!("http://{up}")).await;
-    let (revoked_id, revoked) = admin.key("acme", &consumer, json!({})).await;
-    assert_eq!(admin.post(&format!("/v1/keys/{revoked_id}/revoke"), json!({})).await.status, 200);
-    let (rotating_id, rotating) = admin.key("acme", &consumer, json!({})).await;
-    let rotated = admin.post(&format!("/v1/keys/{rotating_id}/rotate"), json!({"grace_seconds": 3600})).await;
-    assert_eq!(rotated.status, 201, "{}", rotated.text);
-    let replacement = rotated.body["key"].as_str().unwrap().to_string();
-    let unknown = keytrail::keys::generate_key(keytrail::keys::KeyEnvironment::Live).secret;
-    let mut malformed = valid.clone().into_bytes();
-    malformed[20] = if malformed[20] == b'Z' { b'Y' } else { b'Z' };
-    let malformed = String::from_utf8(malformed).unwrap();
-    let keys = [valid.clone(), revoked, rotating, replacement, unknown, malformed];
+    let keys = keys_of_every_kind(&admin, &consumer, &valid).await;
 
     let mut answers: Vec<String> = Vec::new();
     for key in &keys {
@@ -494,29 +484,7 @@ async fn the_verified_key_appears_in_no_answer_event_file_or_log() {
     assert!(answers.iter().any(|a| a.contains("kt_live****")), "hints are recorded in place of keys");
     assert!(p.interrupt_and_wait().success());
 
-    let mut outputs: Vec<(String, Vec<u8>)> = vec![("stdout".into(), p.stdout().into_bytes()), ("stderr".into(), p.stderr().into_bytes())];
-    outputs.extend(answers.into_iter().enumerate().map(|(i, a)| (format!("answer {i}"), a.into_bytes())));
-    let mut stack = vec![data.clone()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                outputs.push((path.display().to_string(), std::fs::read(&path).unwrap()));
-            }
-        }
-    }
-    // Blocks are compressed: decode every stored event and search those too.
-    let reader = keytrail::store::audit::AuditReader::open(&data.join("audit")).unwrap();
-    for tenant in reader.tenants().unwrap() {
-        let events: Vec<String> = reader.chain(&tenant).unwrap().iter().map(|s| format!("{:?}", s.event)).collect();
-        outputs.push((format!("decoded events of {tenant}"), events.join("\n").into_bytes()));
-    }
+    let outputs = everything_written(&p, &data, answers);
     assert!(outputs.iter().any(|(name, bytes)| name.starts_with("decoded") && bytes.windows(15).any(|w| w == b"/v1/keys/verify")));
-    for key in &keys {
-        for (name, bytes) in &outputs {
-            assert!(!bytes.windows(key.len()).any(|w| w == key.as_bytes()), "a raw key was found in {name}");
-        }
-    }
+    assert_no_secret(&keys.iter().collect::<Vec<_>>(), &outputs);
 }
