@@ -235,8 +235,12 @@ fn ingest_keytrail(dir: &Path, total: u64, days: u64) -> IngestResult {
         queue_full: QueueFullPolicy::Block,
         log_api_calls: true,
         sample_seed: None,
+        checkpoint_every_events: 10_000,
+        checkpoint_interval: Duration::from_secs(60),
     };
-    let pipeline = std::sync::Arc::new(AuditPipeline::start(dir.join("audit"), &config).unwrap());
+    // Signed checkpoints on, as `keytrail serve` runs.
+    let signer = keytrail::signing::Signer::load_or_create(&dir.join("signing.key")).unwrap();
+    let pipeline = std::sync::Arc::new(AuditPipeline::start_signed(dir.join("audit"), &config, Some(signer)).unwrap());
     // Committed-count samples, to see whether the rate decays as the store grows.
     let monitor = {
         let pipeline = pipeline.clone();

@@ -136,6 +136,7 @@ pub const ROUTES: &[Rule] = &[
     rule("GET", "/v1/audit/{tenant}/export/csv", ReadEvents, None),
     rule("GET", "/v1/audit/{tenant}/export/json", ReadEvents, None),
     rule("GET", "/v1/audit/{tenant}/admin", ReadEvents, None),
+    rule("GET", "/v1/audit/{tenant}/verify", ReadEvents, None),
     rule("GET", "/v1/audit/{tenant}/events", ReadEvents, None),
     rule("POST", "/v1/audit/{tenant}/events", WriteEvents, None),
 ];

@@ -78,6 +78,12 @@ pub struct AuditFile {
     /// Seed of the sampler behind `api_call_sample_rate`; random if unset.
     /// Set it to make which calls a rate keeps repeatable (tests, audits).
     pub sample_seed: Option<u64>,
+    /// A tenant's chain is signed after this many new events...
+    #[serde(default, deserialize_with = "checkpoint_every_events")]
+    pub checkpoint_every_events: Option<u64>,
+    /// ...or this long after its last checkpoint, whichever comes first.
+    #[serde(default, deserialize_with = "checkpoint_interval_s")]
+    pub checkpoint_interval_s: Option<u64>,
 }
 
 /// The operator's choice for successful-call events when the audit queue is
@@ -145,6 +151,8 @@ pub struct AuditConfig {
     pub queue_full: QueueFullPolicy,
     pub log_api_calls: bool,
     pub sample_seed: Option<u64>,
+    pub checkpoint_every_events: u64,
+    pub checkpoint_interval: Duration,
 }
 
 pub const DEFAULT_DATA_DIR: &str = "./keytrail-data";
@@ -246,6 +254,8 @@ pub fn resolve(file: FileConfig, overrides: Overrides) -> Result<Config, ConfigE
             queue_full: file.audit.queue_full.unwrap_or(QueueFullPolicy::Drop),
             log_api_calls: file.audit.log_api_calls.unwrap_or(true),
             sample_seed: file.audit.sample_seed,
+            checkpoint_every_events: file.audit.checkpoint_every_events.unwrap_or(10_000),
+            checkpoint_interval: Duration::from_secs(file.audit.checkpoint_interval_s.unwrap_or(60)),
         },
         log_level,
         bootstrap_token: overrides.bootstrap_token,
@@ -280,6 +290,14 @@ fn flush_interval_ms<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::
 
 fn batch_max_events<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     bounded(d, 1, 1_000_000)
+}
+
+fn checkpoint_every_events<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    bounded(d, 1, 100_000_000)
+}
+
+fn checkpoint_interval_s<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    bounded(d, 1, 86_400)
 }
 
 fn queue_capacity<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {

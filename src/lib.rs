@@ -27,6 +27,7 @@ pub mod ratelimit;
 pub mod redact;
 pub mod server;
 pub mod settings;
+pub mod signing;
 pub mod snapshot;
 pub mod splitmix;
 pub mod store;

@@ -60,6 +60,72 @@ enum Command {
         #[arg(long, env = "KEYTRAIL_LOG")]
         log_level: Option<String>,
     },
+    /// Check the audit trail: every tenant's hash chain, and every signed
+    /// checkpoint against it. Exits 1 naming the first changed, missing,
+    /// inserted or reordered events. Safe while keytrail runs.
+    Verify {
+        /// The data directory [default: ./keytrail-data].
+        #[arg(long, env = "KEYTRAIL_DATA_DIR", default_value = "./keytrail-data")]
+        data_dir: PathBuf,
+        /// Only this tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// The public key to check signatures with (from `keytrail keys
+        /// public`); by default the one of the data directory's own key.
+        #[arg(long)]
+        public_key: Option<String>,
+        /// Print the reports as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The checkpoint signing key.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Print the public half of the signing key, for verifiers.
+    Public {
+        /// The data directory [default: ./keytrail-data].
+        #[arg(long, env = "KEYTRAIL_DATA_DIR", default_value = "./keytrail-data")]
+        data_dir: PathBuf,
+    },
+}
+
+/// The data directory's signing key, which must already exist.
+fn existing_signer(data_dir: &std::path::Path) -> anyhow::Result<keytrail::signing::Signer> {
+    let path = data_dir.join(keytrail::signing::KEY_FILE);
+    anyhow::ensure!(path.exists(), "{} does not exist: is {} a keytrail data directory?", path.display(), data_dir.display());
+    keytrail::signing::Signer::load_or_create(&path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+/// `keytrail verify`: true when everything verified.
+fn verify(data_dir: &std::path::Path, tenant: Option<&str>, public_key: Option<&str>, json: bool) -> anyhow::Result<bool> {
+    let key = match public_key {
+        Some(text) => keytrail::signing::parse_public_key(text).map_err(|e| anyhow::anyhow!("--public-key: {e}"))?,
+        None => existing_signer(data_dir)?.public_key(),
+    };
+    let audit = data_dir.join("audit");
+    anyhow::ensure!(audit.is_dir(), "{} has no audit trail", data_dir.display());
+    let reports = keytrail::store::audit::integrity::verify_dir(&audit, tenant, &key)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    } else {
+        for r in &reports {
+            let status = if r.ok { "ok" } else { "FAILED" };
+            println!("{:<24} {status:<6} {} events (seq 1..={}), {} signed checkpoints", r.tenant, r.events, r.last_seq, r.checkpoints);
+            for problem in &r.problems {
+                println!("    {problem}");
+            }
+        }
+        if reports.is_empty() {
+            println!("no events to verify");
+        }
+    }
+    Ok(reports.iter().all(|r| r.ok))
 }
 
 /// The operator's first admin token. Read only from the environment: a flag
@@ -151,6 +217,14 @@ fn main() -> ExitCode {
                 .await
                 .context("demo failed")
             }
+            Command::Verify { data_dir, tenant, public_key, json } => match verify(&data_dir, tenant.as_deref(), public_key.as_deref(), json) {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(anyhow::anyhow!("the audit trail did not verify (see above)")),
+                Err(e) => Err(e),
+            },
+            Command::Keys { command: KeysCommand::Public { data_dir } } => existing_signer(&data_dir).map(|signer| {
+                println!("{}", keytrail::signing::public_key_text(&signer.public_key()));
+            }),
             Command::Serve { config, data_dir, gateway_listen, admin_listen, log_level } => {
                 serve(
                     config,

@@ -95,8 +95,13 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     if let Some(token) = &config.bootstrap_token {
         crate::redact::register_secret(token);
     }
+    let key_path = config.data_dir.join(crate::signing::KEY_FILE);
+    let signer = crate::signing::Signer::load_or_create(&key_path)
+        .with_context(|| format!("cannot read or create the signing key {}", key_path.display()))?;
+    let public_key = signer.public_key();
     let audit = Arc::new(
-        AuditPipeline::start(config.data_dir.join("audit"), &config.audit).context("cannot open the audit store")?,
+        AuditPipeline::start_signed(config.data_dir.join("audit"), &config.audit, Some(signer))
+            .context("cannot open the audit store")?,
     );
     let store = ControlStore::open(&config.data_dir.join("control.db")).context("cannot open the control store")?;
     let control = Arc::new(ControlPlane::open(store, audit.clone()).context("cannot load the control store")?);
@@ -129,7 +134,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let gateway = Arc::new(Gateway::new(&config.gateway, control.clone(), audit.clone(), geo));
     let gateway_task = tokio::spawn(gateway::serve(gateway_listener, gateway, shutdown.subscribe(), Duration::from_secs(10)));
 
-    let app = admin::router(AdminState::new(control.clone(), audit.clone()));
+    let app = admin::router(AdminState::new(control.clone(), audit.clone(), Some(public_key)));
     let mut admin_shutdown = shutdown.subscribe();
     let admin_task = tokio::spawn(async move {
         let served = axum::serve(admin_listener, app.into_make_service_with_connect_info::<SocketAddr>())

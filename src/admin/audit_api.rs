@@ -28,6 +28,7 @@ pub fn routes() -> Router<AdminState> {
         .route("/v1/audit/{tenant}/export/csv", get(export_csv))
         .route("/v1/audit/{tenant}/export/json", get(export_json))
         .route("/v1/audit/{tenant}/admin", get(list_admin_log))
+        .route("/v1/audit/{tenant}/verify", get(verify_tenant))
         .route(
             "/v1/audit/{tenant}/events",
             get(list_app_events).post(app_events::submit).layer(DefaultBodyLimit::max(app_events::MAX_BODY)),
@@ -259,6 +260,30 @@ async fn list_app_events(
     let mut query = page.query(Category::App)?;
     app_events::app_filters(&mut query.filter, &params)?;
     page.answer(query, "events", app_events::app_entry).await
+}
+
+/// `GET /v1/audit/{tenant}/verify`: the tenant's chain and signed
+/// checkpoints, checked now (200 either way; `ok` says the verdict).
+async fn verify_tenant(
+    State(state): State<AdminState>,
+    Path(tenant): Path<String>,
+    Extension(actor): Extension<Actor>,
+) -> Result<Json<Value>, ApiError> {
+    require_audit_tenant(&state, &tenant)?;
+    let key = state.public_key.ok_or_else(|| ApiError::internal("no signing key"))?;
+    let dir = state.audit.dir().to_path_buf();
+    let name = tenant.clone();
+    let report = tokio::task::spawn_blocking(move || {
+        let reader = AuditReader::open(&dir)?;
+        crate::store::audit::integrity::verify_tenant(&dir, &reader, &name, &key)
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(ApiError::internal)?;
+    record_access(&state.audit, &actor, &tenant, "verify", &[], report.events as usize);
+    let mut body = json!(report);
+    body["public_key"] = json!(crate::signing::public_key_text(&key));
+    Ok(Json(body))
 }
 
 /// `GET /v1/audit/{tenant}/admin` (and `/v1/audit/_system/admin` for global

@@ -44,11 +44,13 @@ pub struct AdminState {
     pub in_flight: Arc<activity::InFlight>,
     /// Application event ids already stored, per tenant (idempotency).
     pub app_ids: Arc<app_events::SeenIds>,
+    /// The key checkpoints are verified with.
+    pub public_key: Option<ed25519_dalek::VerifyingKey>,
 }
 
 impl AdminState {
-    pub fn new(control: Arc<ControlPlane>, audit: Arc<AuditPipeline>) -> AdminState {
-        AdminState { control, audit, in_flight: Default::default(), app_ids: Default::default() }
+    pub fn new(control: Arc<ControlPlane>, audit: Arc<AuditPipeline>, public_key: Option<ed25519_dalek::VerifyingKey>) -> AdminState {
+        AdminState { control, audit, in_flight: Default::default(), app_ids: Default::default(), public_key }
     }
 }
 

@@ -83,8 +83,17 @@ pub struct AuditPipeline {
 impl AuditPipeline {
     /// Opens the store in `dir` (the audit directory) and starts the writer thread.
     pub fn start(dir: PathBuf, config: &AuditConfig) -> Result<AuditPipeline, StoreError> {
+        Self::start_signed(dir, config, None)
+    }
+
+    /// [`start`](Self::start), signing checkpoints of every tenant's chain
+    /// with `signer` (see [`crate::signing`]).
+    pub fn start_signed(dir: PathBuf, config: &AuditConfig, signer: Option<crate::signing::Signer>) -> Result<AuditPipeline, StoreError> {
         let defaults = LoggingSettings { log_api_calls: config.log_api_calls, ..LoggingSettings::default() };
-        let store = AuditWriterStore::open(&dir)?;
+        let mut store = AuditWriterStore::open(&dir)?;
+        if let Some(signer) = signer {
+            store.enable_checkpoints(signer, config.checkpoint_every_events, config.checkpoint_interval.as_millis() as i64)?;
+        }
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue { pending: Vec::new(), oldest: None, flush_waiters: Vec::new(), stopping: false }),
             stats: PipelineStats::default(),
@@ -225,7 +234,11 @@ impl Writer {
                     drop(queue);
                     match due {
                         Some(due) => std::thread::park_timeout(due.saturating_duration_since(Instant::now())),
-                        None => std::thread::park_timeout(Duration::from_secs(1)),
+                        None => {
+                            // Idle: sign the chains whose interval has passed.
+                            self.checkpoint(false);
+                            std::thread::park_timeout(Duration::from_secs(1))
+                        }
                     }
                     self.shared.writer_idle.store(false, Ordering::Release);
                     continue;
@@ -243,6 +256,7 @@ impl Writer {
                 let _ = waiter.send(());
             }
             if stopping && self.shared.lock().pending.is_empty() {
+                self.checkpoint(true);
                 // Rollups trail the events by up to a second; write the rest now.
                 // (Were this to fail, the next start replays them from the events.)
                 if let Err(error) = self.store.flush_rollups() {
@@ -250,6 +264,14 @@ impl Writer {
                 }
                 return;
             }
+        }
+    }
+
+    /// Signs the chains that are due; a failure is logged and retried at
+    /// the next chance (the events themselves are committed).
+    fn checkpoint(&mut self, force: bool) {
+        if let Err(error) = self.store.checkpoint(force) {
+            tracing::error!(%error, "could not write a signed checkpoint; will retry");
         }
     }
 
@@ -263,6 +285,7 @@ impl Writer {
             match self.store.insert_batch(batch) {
                 Ok(()) => {
                     self.shared.stats.committed.fetch_add(total, Ordering::Relaxed);
+                    self.checkpoint(false);
                     return;
                 }
                 Err(error) => {

@@ -7,6 +7,7 @@ mod admin_log;
 mod app_events;
 mod audit_api;
 mod gateway;
+mod integrity;
 mod lifecycle;
 mod mmdb;
 mod pipeline;

@@ -18,6 +18,8 @@ fn config(queue_full: QueueFullPolicy, log_api_calls: bool) -> AuditConfig {
         queue_full,
         log_api_calls,
         sample_seed: None,
+        checkpoint_every_events: 10_000,
+        checkpoint_interval: Duration::from_secs(60),
     }
 }
 

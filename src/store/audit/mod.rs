@@ -25,6 +25,7 @@
 //! WAL mode lets readers run while the writer commits.
 
 pub mod block;
+pub mod integrity;
 pub mod reader;
 pub mod rollup;
 pub mod stats;

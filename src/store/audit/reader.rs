@@ -353,6 +353,9 @@ pub struct ChainReport {
     pub events: u64,
     pub last_seq: u64,
     pub first_break: Option<ChainBreak>,
+    /// Each verified block's last `seq` and hash, in order (where signed
+    /// checkpoints can be matched).
+    pub block_ends: Vec<(u64, [u8; 32])>,
 }
 
 /// A read-only view of the audit store, opened per query.
@@ -574,7 +577,7 @@ impl AuditReader {
     /// rehashing a block's events from its `prev_hash` must give its `hash`.
     /// Reports the first block where that fails.
     pub fn verify(&self, tenant: &str) -> Result<ChainReport, StoreError> {
-        let mut report = ChainReport { events: 0, last_seq: 0, first_break: None };
+        let mut report = ChainReport { events: 0, last_seq: 0, first_break: None, block_ends: Vec::new() };
         let mut previous = GENESIS_HASH;
         for (day_number, meta, rows) in self.tenant_blocks(tenant)? {
             let last_seq = meta.first_seq + rows.saturating_sub(1);
@@ -609,6 +612,7 @@ impl AuditReader {
             previous = meta.hash;
             report.events += rows;
             report.last_seq = last_seq;
+            report.block_ends.push((last_seq, meta.hash));
         }
         Ok(report)
     }

@@ -217,9 +217,21 @@ struct DayBatch {
     heads: FxHashMap<String, ChainHead>,
 }
 
+/// Signing of checkpoints: every `every_events` events or `interval_ms`
+/// per tenant, whichever comes first, and whenever asked (shutdown).
+struct Checkpointing {
+    signer: crate::signing::Signer,
+    every_events: u64,
+    interval_ms: i64,
+    /// Per tenant: the last signed `seq` and when it was signed (or when
+    /// the tenant was first seen unsigned, to start its clock).
+    last: FxHashMap<String, (u64, i64)>,
+}
+
 pub struct AuditWriterStore {
     dir: PathBuf,
     meta: Connection,
+    checkpointing: Option<Checkpointing>,
     heads: FxHashMap<String, ChainHead>,
     days: BTreeMap<i64, DayWriter>,
     compressor: zstd::bulk::Compressor<'static>,
@@ -260,6 +272,7 @@ impl AuditWriterStore {
         let mut store = AuditWriterStore {
             dir: dir.to_path_buf(),
             meta,
+            checkpointing: None,
             heads,
             days: BTreeMap::new(),
             compressor: super::block::new_compressor()?,
@@ -425,6 +438,54 @@ impl AuditWriterStore {
         }
         out.heads = tenants.into_values().map(|name| { let head = heads[&name]; (name, head) }).collect();
         Ok(out)
+    }
+
+    /// Starts signing checkpoints with `signer`, and signs at once every
+    /// chain head that is ahead of its last checkpoint.
+    pub fn enable_checkpoints(&mut self, signer: crate::signing::Signer, every_events: u64, interval_ms: i64) -> Result<(), StoreError> {
+        self.meta.execute_batch(super::integrity::CHECKPOINT_SCHEMA)?;
+        let mut last = FxHashMap::default();
+        {
+            let mut stmt = self.meta.prepare("SELECT tenant, max(seq), max(signed_at) FROM checkpoints GROUP BY tenant")?;
+            let mut rows = stmt.query([])?;
+            while let Some(r) = rows.next()? {
+                last.insert(r.get::<_, String>(0)?, (r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)?));
+            }
+        }
+        self.checkpointing = Some(Checkpointing { signer, every_events: every_events.max(1), interval_ms, last });
+        self.checkpoint(true)?;
+        Ok(())
+    }
+
+    /// Signs the heads that are due (all that moved, with `force`).
+    /// Returns how many checkpoints were written.
+    pub fn checkpoint(&mut self, force: bool) -> Result<usize, StoreError> {
+        let Some(cp) = self.checkpointing.as_mut() else { return Ok(0) };
+        let now = crate::event::now_ms();
+        let mut due = Vec::new();
+        for (tenant, head) in &self.heads {
+            let (seq, at) = *cp.last.entry(tenant.clone()).or_insert((0, now));
+            if head.seq > seq && (force || head.seq - seq >= cp.every_events || now - at >= cp.interval_ms) {
+                due.push(cp.signer.sign(tenant, head.seq, head.hash, now));
+            }
+        }
+        if due.is_empty() {
+            return Ok(0);
+        }
+        let tx = self.meta.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT OR IGNORE INTO checkpoints (tenant, seq, hash, signed_at, signature) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for c in &due {
+                stmt.execute(params![c.tenant, c.seq as i64, c.hash.as_slice(), c.signed_at_ms, c.signature.as_slice()])?;
+            }
+        }
+        tx.commit()?;
+        for c in &due {
+            cp.last.insert(c.tenant.clone(), (c.seq, c.signed_at_ms));
+        }
+        Ok(due.len())
     }
 
     /// Records the heads of `tenants` in meta.db.

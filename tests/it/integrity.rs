@@ -1,0 +1,307 @@
+//! Proof that nothing changed: the chain and the signed checkpoints against
+//! direct tampering with the SQLite files, through the library, the
+//! `keytrail verify` command and the API.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{params, Connection};
+use serde_json::json;
+
+use keytrail::event::{Category, Event};
+use keytrail::signing::Signer;
+use keytrail::store::audit::integrity::{verify_dir, IntegrityReport};
+use keytrail::store::audit::AuditWriterStore;
+
+use crate::util::{spawn_serve, Process, TestServer};
+
+const BATCHES: usize = 8;
+const PER_BATCH: usize = 10;
+/// 2026-11-18, all in one day file.
+const T0: i64 = 1_795_000_000_000;
+
+fn batch(n: usize, changed: Option<(usize, usize, u16)>) -> Vec<Event> {
+    (0..PER_BATCH)
+        .map(|i| {
+            let mut e = Event::new("acme", Category::Request, "api_call", "success");
+            e.timestamp_ms = T0 + (n * PER_BATCH + i) as i64 * 1000;
+            e.consumer_id = Some(format!("cons_{}", i % 3));
+            e.method = Some("GET".into());
+            e.path = Some(format!("/orders/{i}"));
+            e.status_code = Some(match changed {
+                Some((b, row, status)) if b == n && row == i => status,
+                _ => 200,
+            });
+            e
+        })
+        .collect()
+}
+
+/// Writes the trail into `dir/audit`; signs checkpoints (every 25 events and
+/// at the end) when `signer` is given.
+fn build(dir: &Path, signer: Option<Signer>, changed: Option<(usize, usize, u16)>) -> PathBuf {
+    let audit = dir.join("audit");
+    let mut store = AuditWriterStore::open(&audit).unwrap();
+    if let Some(signer) = signer {
+        store.enable_checkpoints(signer, 25, 3_600_000).unwrap();
+    }
+    for n in 0..BATCHES {
+        let mut events = batch(n, changed);
+        store.insert_batch(&mut events).unwrap();
+        store.checkpoint(false).unwrap();
+    }
+    store.checkpoint(true).unwrap();
+    audit
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
+    }
+}
+
+fn day_file(audit: &Path) -> PathBuf {
+    std::fs::read_dir(audit)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "db") && !p.ends_with("meta.db"))
+        .unwrap()
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    original: PathBuf,
+    key: ed25519_dalek::VerifyingKey,
+    /// The same trail with event 3 of block 4 (seq 44) answered 500, hashed
+    /// consistently but not signed.
+    twin: PathBuf,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let signer = Signer::load_or_create(&dir.path().join("signing.key")).unwrap();
+    let key = signer.public_key();
+    let original = build(&dir.path().join("a"), Some(signer), None);
+    let twin = build(&dir.path().join("b"), None, Some((4, 3, 500)));
+    Fixture { _dir: dir, original, key, twin }
+}
+
+impl Fixture {
+    /// A copy of the intact trail to tamper with.
+    fn copy(&self, name: &str) -> PathBuf {
+        let to = self.original.parent().unwrap().join(format!("tampered-{name}"));
+        copy_dir(&self.original, &to);
+        to
+    }
+
+    fn verify(&self, audit: &Path) -> IntegrityReport {
+        verify_dir(audit, Some("acme"), &self.key).unwrap().remove(0)
+    }
+
+    fn assert_caught(&self, audit: &Path, needles: &[&str]) {
+        let report = self.verify(audit);
+        assert!(!report.ok, "tampering went unnoticed: {report:?}");
+        let text = report.problems.join("\n");
+        for needle in needles {
+            assert!(text.contains(needle), "`{needle}` not in:\n{text}");
+        }
+    }
+}
+
+/// Blocks as (id, first_seq), in chain order.
+fn blocks(conn: &Connection) -> Vec<(i64, i64)> {
+    let mut stmt = conn.prepare("SELECT id, first_seq FROM blocks ORDER BY first_seq").unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect()
+}
+
+#[test]
+fn an_intact_trail_verifies_with_its_checkpoints() {
+    let f = fixture();
+    let report = f.verify(&f.original);
+    assert!(report.ok, "{report:?}");
+    assert_eq!((report.events, report.last_seq), (80, 80));
+    assert_eq!(report.checkpoints, 3, "at 30 and 60 (every 25 events, at batch ends) and the last at 80: {report:?}");
+    assert_eq!(report.last_checkpoint_seq, Some(80));
+    // The twin alone is a consistent chain: only the checkpoints can tell.
+    let twin = verify_dir(&f.twin, Some("acme"), &f.key).unwrap().remove(0);
+    assert!(twin.ok && twin.checkpoints == 0, "{twin:?}");
+}
+
+#[test]
+fn a_changed_status_code_is_caught_at_its_block() {
+    let f = fixture();
+    let audit = f.copy("status");
+    // The block re-encoded with status 500 for seq 44, its stored hash kept.
+    let twin = Connection::open(day_file(&f.twin)).unwrap();
+    let data: Vec<u8> = twin.query_row("SELECT data FROM blocks WHERE first_seq = 41", [], |r| r.get(0)).unwrap();
+    let conn = Connection::open(day_file(&audit)).unwrap();
+    assert_eq!(conn.execute("UPDATE blocks SET data = ?1 WHERE first_seq = 41", params![data]).unwrap(), 1);
+    f.assert_caught(&audit, &["events 41..=50", "do not hash"]);
+}
+
+#[test]
+fn a_history_rewritten_with_fresh_hashes_is_caught_by_the_checkpoints() {
+    let f = fixture();
+    let audit = f.copy("rewrite");
+    // Every block from seq 41 on, with hashes recomputed; heads moved to match.
+    let twin = Connection::open(day_file(&f.twin)).unwrap();
+    let conn = Connection::open(day_file(&audit)).unwrap();
+    let mut stmt = twin.prepare("SELECT first_seq, prev_hash, hash, data FROM blocks WHERE first_seq >= 41").unwrap();
+    let rows: Vec<(i64, Vec<u8>, Vec<u8>, Vec<u8>)> =
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))).unwrap().map(Result::unwrap).collect();
+    for (first_seq, prev, hash, data) in &rows {
+        conn.execute("UPDATE blocks SET prev_hash = ?2, hash = ?3, data = ?4 WHERE first_seq = ?1", params![first_seq, prev, hash, data]).unwrap();
+    }
+    let head: Vec<u8> = rows.last().unwrap().2.clone();
+    conn.execute("UPDATE chain_heads SET hash = ?1", params![head]).unwrap();
+    Connection::open(audit.join("meta.db")).unwrap().execute("UPDATE heads SET hash = ?1", params![head]).unwrap();
+    let report = f.verify(&audit);
+    assert_eq!(report.events, 80, "the chain itself links: {report:?}");
+    f.assert_caught(&audit, &["checkpoint at seq 60", "rewritten", "checkpoint at seq 80"]);
+}
+
+#[test]
+fn a_deleted_block_is_caught() {
+    let f = fixture();
+    let audit = f.copy("delete");
+    let conn = Connection::open(day_file(&audit)).unwrap();
+    conn.execute("DELETE FROM blocks WHERE first_seq = 31", []).unwrap();
+    f.assert_caught(&audit, &["expected seq 31 next, found 41", "events 41..=50"]);
+}
+
+#[test]
+fn two_swapped_blocks_are_caught() {
+    let f = fixture();
+    let audit = f.copy("swap");
+    let conn = Connection::open(day_file(&audit)).unwrap();
+    let all = blocks(&conn);
+    let (a, b) = (all[2].0, all[5].0);
+    // Swap the contents (data and hashes) of the 3rd and 6th blocks.
+    conn.execute_batch(&format!(
+        "CREATE TEMP TABLE t AS SELECT id, prev_hash, hash, data FROM blocks WHERE id IN ({a}, {b});
+         UPDATE blocks SET prev_hash = (SELECT prev_hash FROM t WHERE t.id <> blocks.id),
+                           hash = (SELECT hash FROM t WHERE t.id <> blocks.id),
+                           data = (SELECT data FROM t WHERE t.id <> blocks.id)
+         WHERE id IN ({a}, {b});"
+    ))
+    .unwrap();
+    f.assert_caught(&audit, &["events 21..=30", "previous block's hash"]);
+}
+
+#[test]
+fn a_forged_block_inserted_in_the_middle_is_caught() {
+    let f = fixture();
+    let audit = f.copy("insert");
+    let conn = Connection::open(day_file(&audit)).unwrap();
+    // Make room after seq 50 and put a copy of another block there.
+    conn.execute_batch(
+        "UPDATE blocks SET first_seq = first_seq + 1000 WHERE first_seq > 50;
+         UPDATE blocks SET first_seq = first_seq - 1000 + 10 WHERE first_seq > 1000;
+         INSERT INTO blocks (tenant, first_seq, rows, min_ts, max_ts, categories, prev_hash, hash, data)
+           SELECT tenant, 51, rows, min_ts, max_ts, categories, (SELECT hash FROM blocks WHERE first_seq = 41), hash, data
+           FROM blocks WHERE first_seq = 11;",
+    )
+    .unwrap();
+    f.assert_caught(&audit, &["events 51..=60", "do not hash"]);
+}
+
+#[test]
+fn a_truncated_tail_is_caught_by_the_last_checkpoint() {
+    let f = fixture();
+    let audit = f.copy("truncate");
+    let conn = Connection::open(day_file(&audit)).unwrap();
+    // The last two blocks go, and every head is moved back to hide it.
+    let head: Vec<u8> = conn.query_row("SELECT hash FROM blocks WHERE first_seq = 51", [], |r| r.get(0)).unwrap();
+    conn.execute("DELETE FROM blocks WHERE first_seq > 60", []).unwrap();
+    conn.execute("UPDATE chain_heads SET seq = 60, hash = ?1", params![head]).unwrap();
+    Connection::open(audit.join("meta.db")).unwrap().execute("UPDATE heads SET seq = 60, hash = ?1", params![head]).unwrap();
+    let report = f.verify(&audit);
+    assert_eq!(report.last_seq, 60);
+    f.assert_caught(&audit, &["checkpoint at seq 80", "chain ends at seq 60", "events 61..=80 are missing"]);
+}
+
+#[test]
+fn a_forged_checkpoint_is_caught() {
+    let f = fixture();
+    let audit = f.copy("forged-checkpoint");
+    let meta = Connection::open(audit.join("meta.db")).unwrap();
+    meta.execute("UPDATE checkpoints SET signed_at = signed_at + 1 WHERE seq = 60", []).unwrap();
+    f.assert_caught(&audit, &["checkpoint at seq 60: the signature does not verify"]);
+    // And checked with someone else's key, nothing verifies.
+    let other = Signer::load_or_create(&audit.join("other.key")).unwrap().public_key();
+    let report = verify_dir(&f.original, Some("acme"), &other).unwrap().remove(0);
+    assert_eq!(report.problems.len(), 3, "{report:?}");
+}
+
+fn run(args: &[&str], dir: &Path) -> (bool, String) {
+    let mut p = Process::spawn(args, &[], dir, dir);
+    let status = p.child.wait().unwrap();
+    (status.success(), format!("{}{}", p.stdout(), p.stderr()))
+}
+
+#[tokio::test]
+async fn keytrail_verify_and_the_api_check_a_running_servers_trail() {
+    let data = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let (mut p, admin, _) = spawn_serve(data.path(), out.path(), &[]);
+    admin.setup("acme", "/docs", "http://127.0.0.1:9").await;
+    let answer = admin.get("/v1/audit/acme/verify").await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert_eq!(answer.body["ok"], true, "{}", answer.text);
+    assert_eq!(answer.body["tenant"], "acme");
+    let dir = data.path().to_str().unwrap();
+    let (ok, public) = run(&["keys", "public", "--data-dir", dir], out.path());
+    assert!(ok, "{public}");
+    let public = public.trim().to_string();
+    assert_eq!(public.len(), 64);
+    assert_eq!(answer.body["public_key"], json!(public));
+    assert!(p.interrupt_and_wait().success());
+
+    // Stopped, every chain is signed to its end.
+    let (ok, text) = run(&["verify", "--data-dir", dir, "--public-key", &public], out.path());
+    assert!(ok, "{text}");
+    assert!(text.contains("acme") && text.contains(" ok "), "{text}");
+    let (ok, json_text) = run(&["verify", "--data-dir", dir, "--tenant", "acme", "--json"], out.path());
+    assert!(ok, "{json_text}");
+    let reports: serde_json::Value = serde_json::from_str(&json_text).unwrap();
+    assert_eq!(reports[0]["last_checkpoint_seq"], reports[0]["last_seq"]);
+
+    // Tampered: exit code 1 and the events named.
+    let audit = data.path().join("audit");
+    let conn = Connection::open(day_file(&audit)).unwrap();
+    let last: i64 = conn.query_row("SELECT max(first_seq) FROM blocks b JOIN strings s ON s.id = b.tenant WHERE s.value = 'acme'", [], |r| r.get(0)).unwrap();
+    conn.execute("DELETE FROM blocks WHERE first_seq = ?1 AND tenant = (SELECT id FROM strings WHERE value = 'acme')", params![last]).unwrap();
+    let (ok, text) = run(&["verify", "--data-dir", dir, "--tenant", "acme"], out.path());
+    assert!(!ok, "{text}");
+    assert!(text.contains("FAILED") && text.contains("are missing"), "{text}");
+
+    // Bad input says what to fix.
+    let (ok, text) = run(&["verify", "--data-dir", dir, "--public-key", "xyz"], out.path());
+    assert!(!ok && text.contains("--public-key: a public key is 64 hexadecimal digits"), "{text}");
+    let (ok, text) = run(&["keys", "public", "--data-dir", out.path().join("nothing").to_str().unwrap()], out.path());
+    assert!(!ok && text.contains("is it a keytrail data directory") || text.contains("a keytrail data directory"), "{text}");
+}
+
+#[tokio::test]
+async fn checkpoints_are_written_as_the_trail_grows() {
+    let mut ts = TestServer::start_with(tempfile::tempdir().unwrap(), |c| {
+        c.audit.checkpoint_every_events = 3;
+    })
+    .await;
+    let admin = ts.admin_client();
+    admin.setup("acme", "/docs", "http://127.0.0.1:9").await;
+    for i in 0..4 {
+        admin.post("/v1/tenants/acme/consumers", json!({"name": format!("c{i}")})).await;
+        ts.flush().await;
+    }
+    let audit = ts.audit_dir();
+    let signed = keytrail::store::audit::integrity::checkpoints(&audit, "acme").unwrap();
+    assert!(signed.len() >= 3, "{signed:?}");
+    assert!(signed.windows(2).all(|w| w[0].seq < w[1].seq));
+    ts.stop().await;
+    let key = Signer::load_or_create(&ts.data_dir.join("signing.key")).unwrap().public_key();
+    let report = verify_dir(&audit, Some("acme"), &key).unwrap().remove(0);
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.last_checkpoint_seq, Some(report.last_seq), "the shutdown signs the end");
+}
