@@ -74,6 +74,10 @@ enum Command {
         /// public`); by default the one of the data directory's own key.
         #[arg(long)]
         public_key: Option<String>,
+        /// Verify a JSON export (`/v1/audit/{tenant}/export/json`) instead
+        /// of a data directory; needs `--public-key`.
+        #[arg(long)]
+        file: Option<PathBuf>,
         /// Print the reports as JSON.
         #[arg(long)]
         json: bool,
@@ -100,6 +104,35 @@ fn existing_signer(data_dir: &std::path::Path) -> anyhow::Result<keytrail::signi
     let path = data_dir.join(keytrail::signing::KEY_FILE);
     anyhow::ensure!(path.exists(), "{} does not exist: is {} a keytrail data directory?", path.display(), data_dir.display());
     keytrail::signing::Signer::load_or_create(&path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+/// `keytrail verify --file`: true when the export verified.
+fn verify_file(file: &std::path::Path, public_key: Option<&str>, json: bool) -> anyhow::Result<bool> {
+    let text = public_key.context("--file needs --public-key: the key you trust, from `keytrail keys public` on the server")?;
+    let key = keytrail::signing::parse_public_key(text).map_err(|e| anyhow::anyhow!("--public-key: {e}"))?;
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let doc: serde_json::Value = serde_json::from_slice(&bytes).with_context(|| format!("{} is not JSON", file.display()))?;
+    let report = keytrail::store::audit::integrity::verify_export(&doc, &key).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        let range = match (report.first_seq, report.last_seq) {
+            (Some(a), Some(b)) => format!("seq {a}..={b}"),
+            _ => "no events".into(),
+        };
+        println!("{}: {} events ({range}), {} signed checkpoints verified", report.tenant, report.events, report.checkpoints_verified);
+        match (report.complete, report.proven_through) {
+            (true, Some(p)) if Some(p) == report.last_seq => println!("complete and unaltered (signed through the last event)"),
+            (true, Some(p)) => println!("complete and unaltered through seq {p} (signed); the events after it are chained but not yet signed"),
+            (true, None) => println!("complete (no gaps) but no checkpoint in range vouches for it"),
+            (false, _) => println!("not complete: {} gaps (a filtered export); each event is checked on its own", report.gaps.len()),
+        }
+        for problem in &report.problems {
+            println!("    {problem}");
+        }
+        println!("{}", if report.ok { "ok" } else { "FAILED" });
+    }
+    Ok(report.ok)
 }
 
 /// `keytrail verify`: true when everything verified.
@@ -217,7 +250,12 @@ fn main() -> ExitCode {
                 .await
                 .context("demo failed")
             }
-            Command::Verify { data_dir, tenant, public_key, json } => match verify(&data_dir, tenant.as_deref(), public_key.as_deref(), json) {
+            Command::Verify { file: Some(file), public_key, json, .. } => match verify_file(&file, public_key.as_deref(), json) {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(anyhow::anyhow!("the export did not verify (see above)")),
+                Err(e) => Err(e),
+            },
+            Command::Verify { data_dir, tenant, public_key, json, file: None } => match verify(&data_dir, tenant.as_deref(), public_key.as_deref(), json) {
                 Ok(true) => Ok(()),
                 Ok(false) => Err(anyhow::anyhow!("the audit trail did not verify (see above)")),
                 Err(e) => Err(e),

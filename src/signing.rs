@@ -39,7 +39,8 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn unhex<const N: usize>(text: &str) -> Option<[u8; N]> {
+/// Reads `2 × N` hexadecimal digits.
+pub fn from_hex<const N: usize>(text: &str) -> Option<[u8; N]> {
     let text = text.trim();
     if text.len() != 2 * N || !text.is_ascii() {
         return None;
@@ -107,7 +108,7 @@ pub fn public_key_text(key: &VerifyingKey) -> String {
 
 /// Reads a public key printed by `keytrail keys public`.
 pub fn parse_public_key(text: &str) -> Result<VerifyingKey, String> {
-    let bytes: [u8; 32] = unhex(text).ok_or("a public key is 64 hexadecimal digits")?;
+    let bytes: [u8; 32] = from_hex(text).ok_or("a public key is 64 hexadecimal digits")?;
     VerifyingKey::from_bytes(&bytes).map_err(|_| "not a valid Ed25519 public key".to_string())
 }
 

@@ -380,7 +380,8 @@ const CHUNK_BYTES: usize = 64 * 1024;
 struct Frame {
     content_type: &'static str,
     head: String,
-    tail: &'static str,
+    /// Written after the last row (it may depend on the rows).
+    tail: Box<dyn FnOnce() -> String + Send>,
 }
 
 fn stream_export(
@@ -415,7 +416,7 @@ fn stream_export(
         });
         match result {
             Ok(()) if !client_gone => {
-                buf.push_str(tail);
+                buf.push_str(&tail());
                 let _ = tx.blocking_send(Ok(Bytes::from(buf)));
             }
             Ok(()) => {}
@@ -450,13 +451,29 @@ async fn export_csv(
     Query(params): Query<Vec<(String, String)>>,
 ) -> Result<Response, ApiError> {
     require_audit_tenant(&state, &tenant)?;
-    let query = parse_query(&tenant, Category::Request, &params, false)?;
+    let mut query = parse_query(&tenant, Category::Request, &params, false)?;
+    export_category(&mut query, &params)?;
     let head = format!("{}\r\n", views::CSV_COLUMNS.join(","));
     let done = export_access(&state, actor, &tenant, "export/csv", params);
     let mut response =
-        stream_export(&state, query, false, Frame { content_type: "text/csv; charset=utf-8", head, tail: "" }, |row, _, buf| views::csv_line(row, buf), done);
+        stream_export(&state, query, false, Frame { content_type: "text/csv; charset=utf-8", head, tail: Box::new(String::new) }, |row, _, buf| views::csv_line(row, buf), done);
     response.headers_mut().insert(header::CONTENT_DISPOSITION, export_filename(&tenant, "csv"));
     Ok(response)
+}
+
+/// An export's `category` parameter: `request` (the default, the shape
+/// STOA-era scripts read), `security`, `admin`, `app`, or `all` — the whole
+/// chain, which is what makes a range verifiable as complete.
+fn export_category(query: &mut AuditQuery, params: &[(String, String)]) -> Result<(), ApiError> {
+    if let Some((_, value)) = params.iter().find(|(name, _)| name == "category") {
+        query.filter.category = match value.as_str() {
+            "all" => None,
+            other => Some(Category::parse(other).ok_or_else(|| {
+                ApiError::invalid_parameter("category", "must be `request`, `security`, `admin`, `app` or `all`")
+            })?),
+        };
+    }
+    Ok(())
 }
 
 async fn export_json(
@@ -466,21 +483,45 @@ async fn export_json(
     Query(params): Query<Vec<(String, String)>>,
 ) -> Result<Response, ApiError> {
     require_audit_tenant(&state, &tenant)?;
-    let query = parse_query(&tenant, Category::Request, &params, false)?;
+    let mut query = parse_query(&tenant, Category::Request, &params, false)?;
+    export_category(&mut query, &params)?;
     let head = format!(
         "{{\"tenant_id\":{},\"exported_at\":{},\"logs\":[",
         json!(tenant),
         json!(crate::event::format_timestamp(now_ms()))
     );
-    // Each row carries its chain hash, so a client can check its copy.
     let done = export_access(&state, actor, &tenant, "export/json", params);
-    let write = |row: &StoredEvent, first: bool, buf: &mut String| {
+    // Each row carries the whole event with its chain hashes before and
+    // after, and the export ends with the signed checkpoints in its range:
+    // what `keytrail verify --file` needs, offline, with the public key.
+    let range = std::sync::Arc::new(std::sync::Mutex::new((u64::MAX, 0u64)));
+    let seen = range.clone();
+    let write = move |row: &StoredEvent, first: bool, buf: &mut String| {
         if !first {
             buf.push(',');
         }
-        buf.push_str(&views::log_entry(row).to_string());
+        let mut entry = views::log_entry(row);
+        entry["prev_hash"] = json!(row.prev_hash.map(|h| crate::event::to_hex(&h)));
+        entry["event"] = json!(row.event);
+        buf.push_str(&entry.to_string());
+        let mut r = seen.lock().unwrap_or_else(|e| e.into_inner());
+        *r = (r.0.min(row.event.seq), r.1.max(row.event.seq));
     };
-    let mut response = stream_export(&state, query, true, Frame { content_type: "application/json", head, tail: "]}" }, write, done);
+    let (dir, key, name) = (state.audit.dir().to_path_buf(), state.public_key, tenant.clone());
+    let tail = Box::new(move || {
+        let (first, last) = *range.lock().unwrap_or_else(|e| e.into_inner());
+        let checkpoints: Vec<_> = crate::store::audit::integrity::checkpoints(&dir, &name)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|c| c.seq >= first && c.seq <= last)
+            .collect();
+        let verification = json!({
+            "public_key": key.map(|k| crate::signing::public_key_text(&k)),
+            "checkpoints": checkpoints,
+        });
+        format!("],\"verification\":{verification}}}")
+    });
+    let mut response = stream_export(&state, query, true, Frame { content_type: "application/json", head, tail }, write, done);
     response.headers_mut().insert(header::CONTENT_DISPOSITION, export_filename(&tenant, "json"));
     Ok(response)
 }

@@ -221,7 +221,7 @@ mod tests {
         e.latency_us = Some(1_234);
         e.response_size_bytes = Some(5);
         let mut line = String::new();
-        csv_line(&StoredEvent { event: e, hash: Some([0xab; 32]) }, &mut line);
+        csv_line(&StoredEvent { event: e, hash: Some([0xab; 32]), prev_hash: None }, &mut line);
         assert!(line.ends_with("\r\n"));
         let fields: Vec<&str> = line.trim_end().split(',').collect();
         // The quoted path holds one comma, so one more piece than columns.
@@ -235,7 +235,7 @@ mod tests {
         let mut blocked = crate::event::Event::new("acme", crate::event::Category::Request, "request", "blocked");
         blocked.details = Some(json!({"block_reason": "IP_BLOCKLISTED", "rule_id": "bl_1", "fingerprint": "ab12", "threat_score": 70}));
         let mut line = String::new();
-        csv_line(&StoredEvent { event: blocked, hash: None }, &mut line);
+        csv_line(&StoredEvent { event: blocked, hash: None, prev_hash: None }, &mut line);
         assert!(line.ends_with(",blocked,,IP_BLOCKLISTED,bl_1,ab12,70\r\n"), "{line}");
         assert_eq!(line.trim_end().split(',').count(), CSV_COLUMNS.len());
     }

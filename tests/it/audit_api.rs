@@ -192,7 +192,10 @@ async fn exports_match_the_list_and_stream() {
     // Export rows are the list rows plus each event's chain hash.
     let mut exported = doc["logs"].clone();
     for row in exported.as_array_mut().unwrap() {
-        let hash = row.as_object_mut().unwrap().remove("hash").expect("exports carry the hash");
+        let row = row.as_object_mut().unwrap();
+        let hash = row.remove("hash").expect("exports carry the hash");
+        assert!(row.remove("prev_hash").is_some_and(|h| h.is_string()));
+        assert!(row.remove("event").is_some_and(|e| e["seq"] == row["seq"]), "exports carry the whole event");
         assert!(hash.as_str().is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit())), "{hash}");
     }
     assert_eq!(&listed.body["logs"], &exported, "export rows are the list rows");

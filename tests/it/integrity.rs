@@ -305,3 +305,92 @@ async fn checkpoints_are_written_as_the_trail_grows() {
     assert!(report.ok, "{report:?}");
     assert_eq!(report.last_checkpoint_seq, Some(report.last_seq), "the shutdown signs the end");
 }
+
+#[tokio::test]
+async fn a_json_export_verifies_offline_and_shows_any_edit() {
+    let ts = TestServer::start_with(tempfile::tempdir().unwrap(), |c| c.audit.checkpoint_every_events = 4).await;
+    let up = crate::util::start_upstream().await;
+    let admin = ts.admin_client();
+    let (_, _, key) = admin.setup("acme", "/docs", &format!("http://{up}")).await;
+    for i in 0..12 {
+        let res = ts.client.get(format!("{}/docs/{i}", ts.gateway)).header("X-API-Key", &key).send().await.unwrap();
+        assert_eq!(res.status(), 200);
+        if i == 5 {
+            // A refused call: its `auth_failed` security event lands between calls.
+            let res = ts.client.get(format!("{}/docs/x", ts.gateway)).header("X-API-Key", "kt_live_wrong").send().await.unwrap();
+            assert_eq!(res.status(), 401);
+        }
+        if i % 3 == 0 {
+            ts.flush().await;
+        }
+    }
+    ts.flush().await;
+    let export = |query: &'static str| {
+        let (client, url, token) = (ts.client.clone(), format!("{}/v1/audit/acme/export/json{query}", ts.admin), admin.token.clone());
+        async move { client.get(url).bearer_auth(token).send().await.unwrap().json::<serde_json::Value>().await.unwrap() }
+    };
+    let public = Signer::load_or_create(&ts.data_dir.join("signing.key")).unwrap().public_key();
+    let public_text = keytrail::signing::public_key_text(&public);
+
+    // The whole chain: complete, and proven up to its last checkpoint.
+    let all = export("?category=all").await;
+    assert_eq!(all["verification"]["public_key"], json!(public_text));
+    let report = keytrail::store::audit::integrity::verify_export(&all, &public).unwrap();
+    assert!(report.ok && report.complete, "{report:?}");
+    assert!(report.checkpoints_verified >= 2, "{report:?}");
+    let proven = report.proven_through.unwrap();
+    assert!(proven >= 12 && proven <= report.last_seq.unwrap(), "{report:?}");
+
+    // The default export (calls only) has gaps where other events were: each
+    // event still checks out on its own.
+    let calls = export("").await;
+    let report = keytrail::store::audit::integrity::verify_export(&calls, &public).unwrap();
+    assert!(report.ok && !report.complete && !report.gaps.is_empty(), "{report:?}");
+
+    let edit = |f: &dyn Fn(&mut serde_json::Value)| {
+        let mut doc = all.clone();
+        f(&mut doc);
+        keytrail::store::audit::integrity::verify_export(&doc, &public).unwrap()
+    };
+    // A call in the middle of the signed range.
+    let index = all["logs"].as_array().unwrap().iter().position(|e| e["status_code"] == 200 && e["seq"].as_u64() < Some(proven)).unwrap();
+    let seq = all["logs"][index]["seq"].as_u64().unwrap();
+    // A visible field changed.
+    let r = edit(&|d| d["logs"][index]["status_code"] = json!(500));
+    assert!(!r.ok && r.problems[0].contains(&format!("seq {seq}: the entry's fields differ")), "{r:?}");
+    // The event changed too.
+    let r = edit(&|d| {
+        d["logs"][index]["status_code"] = json!(500);
+        d["logs"][index]["event"]["status_code"] = json!(500);
+    });
+    assert!(!r.ok && r.problems.iter().any(|p| p.contains(&format!("seq {seq}: the event does not match its hash"))), "{r:?}");
+    // An event removed: no longer complete, and nothing is proven past the gap.
+    let r = edit(&|d| {
+        d["logs"].as_array_mut().unwrap().remove(index);
+    });
+    assert!(!r.complete && r.gaps == vec![(seq, seq)], "{r:?}");
+    assert!(r.proven_through.is_none_or(|p| p < seq), "{r:?}");
+    // A forged checkpoint, or another key.
+    let r = edit(&|d| d["verification"]["checkpoints"][0]["seq"] = json!(1));
+    assert!(!r.ok && r.problems.iter().any(|p| p.contains("signature does not verify")), "{r:?}");
+    let stranger = Signer::load_or_create(&ts.data_dir.join("stranger.key")).unwrap().public_key();
+    assert!(!keytrail::store::audit::integrity::verify_export(&all, &stranger).unwrap().ok);
+
+    // The command line, as a client would run it.
+    let out = tempfile::tempdir().unwrap();
+    let file = out.path().join("export.json");
+    std::fs::write(&file, all.to_string()).unwrap();
+    let path = file.to_str().unwrap();
+    let (ok, text) = run(&["verify", "--file", path, "--public-key", &public_text], out.path());
+    assert!(ok && text.contains("complete and unaltered"), "{text}");
+    let mut tampered = all.clone();
+    tampered["logs"][index]["event"]["path"] = json!("/docs/elsewhere");
+    std::fs::write(&file, tampered.to_string()).unwrap();
+    let (ok, text) = run(&["verify", "--file", path, "--public-key", &public_text], out.path());
+    assert!(!ok && text.contains("FAILED"), "{text}");
+    let (ok, text) = run(&["verify", "--file", path], out.path());
+    assert!(!ok && text.contains("--file needs --public-key"), "{text}");
+    std::fs::write(&file, "{not json").unwrap();
+    let (ok, text) = run(&["verify", "--file", path, "--public-key", &public_text], out.path());
+    assert!(!ok && text.contains("is not JSON"), "{text}");
+}

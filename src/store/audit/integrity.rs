@@ -127,3 +127,128 @@ pub fn verify_dir(dir: &Path, tenant: Option<&str>, key: &VerifyingKey) -> Resul
     };
     tenants.iter().map(|t| verify_tenant(dir, &reader, t, key)).collect()
 }
+
+/// What `keytrail verify --file` reports for a JSON export.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExportReport {
+    pub tenant: String,
+    pub ok: bool,
+    pub events: usize,
+    pub first_seq: Option<u64>,
+    pub last_seq: Option<u64>,
+    /// Whether the export holds every event from `first_seq` to `last_seq`
+    /// (an export filtered by category, consumer, path… does not).
+    pub complete: bool,
+    /// Missing sequence numbers, as ranges.
+    pub gaps: Vec<(u64, u64)>,
+    pub checkpoints_verified: usize,
+    /// The last event a verified checkpoint vouches for, when the export is
+    /// complete up to it: the range `first_seq..=proven_through` is proven
+    /// complete and unaltered.
+    pub proven_through: Option<u64>,
+    pub problems: Vec<String>,
+}
+
+fn hex32(value: &serde_json::Value) -> Option<[u8; 32]> {
+    crate::signing::from_hex(value.as_str()?)
+}
+
+/// Verifies a JSON export (`/export/json`) offline: every event against its
+/// hashes, every visible field against the event, the links between
+/// consecutive events, and the export's checkpoints with `key`.
+pub fn verify_export(doc: &serde_json::Value, key: &VerifyingKey) -> Result<ExportReport, String> {
+    use crate::event::Event;
+    let tenant = doc["tenant_id"].as_str().ok_or("not a keytrail JSON export: no `tenant_id`")?.to_string();
+    let logs = doc["logs"].as_array().ok_or("not a keytrail JSON export: no `logs` array")?;
+    let mut problems = Vec::new();
+    let mut rows: Vec<(u64, [u8; 32], [u8; 32])> = Vec::with_capacity(logs.len());
+    for (i, entry) in logs.iter().enumerate() {
+        let at = entry["seq"].as_u64().map_or(format!("entry {i}"), |s| format!("seq {s}"));
+        let event: Event = match serde_json::from_value(entry["event"].clone()) {
+            Ok(event) => event,
+            Err(e) => {
+                problems.push(format!("{at}: the event cannot be read ({e}); was the export made by keytrail 0.1 or later?"));
+                continue;
+            }
+        };
+        let (Some(prev), Some(hash)) = (hex32(&entry["prev_hash"]), hex32(&entry["hash"])) else {
+            problems.push(format!("{at}: `hash` and `prev_hash` must be 64 hexadecimal digits"));
+            continue;
+        };
+        if event.tenant_id != tenant {
+            problems.push(format!("{at}: the event belongs to tenant `{}`", event.tenant_id));
+        }
+        if event.chain_hash(&prev) != hash {
+            problems.push(format!("seq {}: the event does not match its hash (changed)", event.seq));
+        }
+        // The fields a reader sees must be the event's own.
+        let stored = super::StoredEvent { event: event.clone(), hash: Some(hash), prev_hash: Some(prev) };
+        let mut shown = crate::audit::views::log_entry(&stored);
+        shown["prev_hash"] = entry["prev_hash"].clone();
+        shown["event"] = entry["event"].clone();
+        if &shown != entry {
+            problems.push(format!("seq {}: the entry's fields differ from its event (changed)", event.seq));
+        }
+        rows.push((event.seq, prev, hash));
+    }
+    rows.sort_by_key(|r| r.0);
+    let mut gaps = Vec::new();
+    for pair in rows.windows(2) {
+        let ((a, _, a_hash), (b, b_prev, _)) = (pair[0], pair[1]);
+        if b == a {
+            problems.push(format!("seq {b}: appears twice"));
+        } else if b == a + 1 {
+            if b_prev != a_hash {
+                problems.push(format!("seq {b}: does not follow seq {a} (its previous hash differs)"));
+            }
+        } else {
+            gaps.push((a + 1, b - 1));
+        }
+    }
+    let checkpoints = doc["verification"]["checkpoints"].as_array().cloned().unwrap_or_default();
+    let by_seq: std::collections::HashMap<u64, [u8; 32]> = rows.iter().map(|r| (r.0, r.2)).collect();
+    let mut verified = 0;
+    let mut proven_through = None;
+    for value in &checkpoints {
+        let cp = (|| {
+            Some(Checkpoint {
+                tenant: value["tenant"].as_str()?.to_string(),
+                seq: value["seq"].as_u64()?,
+                hash: hex32(&value["hash"])?,
+                signed_at_ms: value["signed_at_ms"].as_i64()?,
+                signature: crate::signing::from_hex(value["signature"].as_str()?)?,
+            })
+        })();
+        let Some(cp) = cp else {
+            problems.push(format!("a checkpoint cannot be read: {value}"));
+            continue;
+        };
+        if cp.tenant != tenant || !crate::signing::verify(key, &cp) {
+            problems.push(format!("checkpoint at seq {}: the signature does not verify with this public key", cp.seq));
+            continue;
+        }
+        match by_seq.get(&cp.seq) {
+            Some(hash) if *hash == cp.hash => {
+                verified += 1;
+                let gap_free = gaps.iter().all(|(from, _)| *from > cp.seq);
+                if gap_free && proven_through.is_none_or(|p| p < cp.seq) {
+                    proven_through = Some(cp.seq);
+                }
+            }
+            Some(_) => problems.push(format!("checkpoint at seq {}: the export's hash there is not the one signed (changed)", cp.seq)),
+            None => {}
+        }
+    }
+    Ok(ExportReport {
+        tenant,
+        ok: problems.is_empty(),
+        events: rows.len(),
+        first_seq: rows.first().map(|r| r.0),
+        last_seq: rows.last().map(|r| r.0),
+        complete: gaps.is_empty(),
+        gaps,
+        checkpoints_verified: verified,
+        proven_through: if problems.is_empty() { proven_through } else { None },
+        problems,
+    })
+}

@@ -135,7 +135,10 @@ fn open_day_file(path: &Path) -> Result<Connection, StoreError> {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct StoredEvent {
     pub event: Event,
+    /// The chain hash after this event, when asked for.
     pub hash: Option<[u8; 32]>,
+    /// The chain hash before it (the previous event's), with `hash`.
+    pub prev_hash: Option<[u8; 32]>,
 }
 
 /// The last committed position of one tenant's chain.

@@ -329,6 +329,8 @@ struct Cursor {
     rows: Vec<u32>,
     at: usize,
     hashes: Option<Vec<[u8; 32]>>,
+    /// The block's `prev_hash`: the hash before its first event.
+    prev_hash: [u8; 32],
 }
 
 impl Cursor {
@@ -442,6 +444,7 @@ impl AuditReader {
                 let row = cursor.rows[cursor.at] as usize;
                 day.dict.with(|lookup| cursor.block.fill_event(row, &filter.tenant_id, seq, lookup, &mut out.event))?;
                 out.hash = cursor.hashes.as_ref().map(|h| h[row]);
+                out.prev_hash = cursor.hashes.as_ref().map(|h| if row == 0 { cursor.prev_hash } else { h[row - 1] });
                 if !each(&out) {
                     return Ok(());
                 }
@@ -498,7 +501,7 @@ impl AuditReader {
         // Newest first: timestamp, then seq (rows are in seq order).
         rows.sort_unstable_by(|a, b| (block.ts[*b as usize], *b).cmp(&(block.ts[*a as usize], *a)));
         let hashes = if hashes { Some(self.block_hashes(day, &block, meta, tenant)?) } else { None };
-        Ok(Some(Cursor { block, first_seq: meta.first_seq, rows, at: 0, hashes }))
+        Ok(Some(Cursor { block, first_seq: meta.first_seq, rows, at: 0, hashes, prev_hash: meta.prev_hash }))
     }
 
     /// Every event's chain hash in a fully decoded block, from its `prev_hash`.
@@ -563,8 +566,10 @@ impl AuditReader {
             let block = self.decode(&day.block_data(meta.id)?, Columns::ALL)?;
             day.dict.ensure(&day.conn, block.max_dict_id())?;
             let hashes = self.block_hashes(&day, &block, &meta, tenant)?;
+            let mut previous = meta.prev_hash;
             for (row, hash) in hashes.into_iter().enumerate() {
-                let mut stored = StoredEvent { hash: Some(hash), ..StoredEvent::default() };
+                let mut stored = StoredEvent { hash: Some(hash), prev_hash: Some(previous), ..StoredEvent::default() };
+                previous = hash;
                 day.dict.with(|lookup| block.fill_event(row, tenant, meta.first_seq + row as u64, lookup, &mut stored.event))?;
                 out.push(stored);
             }
