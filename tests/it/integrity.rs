@@ -148,7 +148,9 @@ fn a_history_rewritten_with_fresh_hashes_is_caught_by_the_checkpoints() {
     let twin = Connection::open(day_file(&f.twin)).unwrap();
     let conn = Connection::open(day_file(&audit)).unwrap();
     let mut stmt = twin.prepare("SELECT first_seq, prev_hash, hash, data FROM blocks WHERE first_seq >= 41").unwrap();
-    let rows: Vec<(i64, Vec<u8>, Vec<u8>, Vec<u8>)> =
+    /// A block row: first seq, prev hash, hash, data.
+    type BlockRow = (i64, Vec<u8>, Vec<u8>, Vec<u8>);
+    let rows: Vec<BlockRow> =
         stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))).unwrap().map(Result::unwrap).collect();
     for (first_seq, prev, hash, data) in &rows {
         conn.execute("UPDATE blocks SET prev_hash = ?2, hash = ?3, data = ?4 WHERE first_seq = ?1", params![first_seq, prev, hash, data]).unwrap();
