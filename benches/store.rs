@@ -25,6 +25,7 @@ use keytrail::config::{AuditConfig, QueueFullPolicy};
 use keytrail::event::{Category, Event};
 use keytrail::splitmix::SplitMix64;
 use keytrail::store::audit::rollup::{ConsumerAgg, DAY_MS, HOUR_MS};
+use keytrail::store::audit::stats::query::{GroupBy, Metrics, Source, StatsQuery};
 use keytrail::store::audit::stats::Activity;
 use keytrail::store::audit::{AuditReader, EventFilter};
 
@@ -359,12 +360,14 @@ fn queries_keytrail(dir: &Path, end_ms: i64) -> Vec<(String, f64, u64)> {
 
     // Q2: the raw events' answer first.
     {
-        let mut want: std::collections::BTreeMap<Option<String>, (u64, u64, std::collections::BTreeSet<Option<String>>)> = Default::default();
+        let mut want: std::collections::BTreeMap<Option<String>, (u64, u64, std::collections::BTreeSet<String>)> = Default::default();
         for e in raw_events(&reader, tenant, end_ms - HOUR_MS, end_ms) {
             let entry = want.entry(e.path).or_default();
             entry.0 += 1;
             entry.1 += u64::from(e.status_code.unwrap_or(0) >= 400);
-            entry.2.insert(e.consumer_id);
+            if let Some(consumer) = e.consumer_id {
+                entry.2.insert(consumer);
+            }
         }
         let want: std::collections::BTreeMap<_, _> = want.into_iter().map(|(p, (c, e, s))| (p, (c, e, s.len() as u64))).collect();
         let got: std::collections::BTreeMap<_, _> = reader
@@ -455,6 +458,35 @@ fn queries_keytrail(dir: &Path, end_ms: i64) -> Vec<(String, f64, u64)> {
 
     let (ms, rows) = time_ms(|| export_csv(&reader, tenant, end_ms - DAY_MS, end_ms));
     out.push(("Q6 one tenant-day as CSV (the export's path)".into(), (ms, rows)));
+
+    // Q7 and Q8: GET /v1/audit/{tenant}/stats's two paths, checked first.
+    let stats_query = |days: i64, group_by: Option<GroupBy>, metrics: Metrics| StatsQuery {
+        filter: EventFilter { tenant_id: tenant.into(), from_ms: Some(end_ms - days * DAY_MS), to_ms: Some(end_ms - 1), ..EventFilter::default() },
+        group_by,
+        top: 10,
+        metrics,
+        force_events: false,
+    };
+    let q7 = stats_query(1, None, Metrics::ALL);
+    {
+        let stats = reader.request_stats(&q7).unwrap();
+        assert_eq!(stats.source, Source::Events);
+        let events = raw_events(&reader, tenant, end_ms - DAY_MS, end_ms);
+        assert_eq!(stats.totals.calls, events.len() as u64, "Q7 calls");
+        assert_eq!(stats.totals.rate_limited, Some(events.iter().filter(|e| e.status_code == Some(429)).count() as u64), "Q7 429s");
+        let ips: std::collections::HashSet<&str> = events.iter().filter_map(|e| e.client_ip.as_deref()).collect();
+        assert_eq!(stats.totals.ips.len(), ips.len(), "Q7 client IPs");
+    }
+    out.push(("Q7 /stats, 24 h, every measure (429s and client IPs: from the events)".into(), time_ms(|| reader.request_stats(&q7).unwrap().totals.calls)));
+    let q8 = stats_query(7, Some(GroupBy::Consumer), Metrics { latency: true, rate_limited: false, distinct_consumers: true, distinct_ips: false });
+    {
+        let stats = reader.request_stats(&q8).unwrap();
+        assert_eq!(stats.source, Source::Rollups);
+        let events = raw_events(&reader, tenant, end_ms - 7 * DAY_MS, end_ms);
+        assert_eq!(stats.totals.calls, events.len() as u64, "Q8 calls");
+        assert_eq!(stats.totals.errors(), events.iter().filter(|e| e.status_code.unwrap_or(0) >= 400).count() as u64, "Q8 errors");
+    }
+    out.push(("Q8 /stats, 7 days by consumer, top 10, latency quantiles (from the rollups)".into(), time_ms(|| reader.request_stats(&q8).unwrap().groups.len() as u64)));
     out.into_iter().map(|(name, (ms, rows))| (name, ms, rows)).collect()
 }
 
@@ -624,7 +656,7 @@ fn main() {
     println!("| query | keytrail | PostgreSQL | rows |");
     println!("| --- | --- | --- | --- |");
     for (i, (name, ms, rows)) in kt_queries.iter().enumerate() {
-        let pg_ms = pg_result.as_ref().map(|(_, _, q)| format!("{:.1}", q[i].0)).unwrap_or("-".into());
+        let pg_ms = pg_result.as_ref().and_then(|(_, _, q)| q.get(i)).map(|q| format!("{:.1}", q.0)).unwrap_or("-".into());
         println!("| {name} | {ms:.1} | {pg_ms} | {rows} |");
     }
     let (q6_ms, q6_rows) = (kt_queries[5].1, kt_queries[5].2);

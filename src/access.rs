@@ -139,6 +139,10 @@ pub const ROUTES: &[Rule] = &[
     rule("GET", "/v1/audit/{tenant}/verify", ReadEvents, None),
     rule("GET", "/v1/audit/{tenant}/events", ReadEvents, None),
     rule("POST", "/v1/audit/{tenant}/events", WriteEvents, None),
+    // Aggregates, never raw events: viewers too.
+    rule("GET", "/v1/audit/{tenant}/stats", ReadConfig, None),
+    rule("GET", "/v1/audit/{tenant}/stats/timeline", ReadConfig, None),
+    rule("GET", "/v1/audit/{tenant}/stats/consumers/{consumer}", ReadConfig, None),
 ];
 
 /// The rule for a request, by method and matched route.

@@ -8,12 +8,14 @@
 //! - [`gateway`]: the proxy and its request phases.
 //! - [`admin`]: the admin and audit HTTP API.
 //! - [`server`], [`demo`]: wiring; the binary in `main.rs` is only the CLI.
+//! - [`cli`]: the commands that talk to a running keytrail's admin API.
 
 #![forbid(unsafe_code)]
 
 pub mod access;
 pub mod admin;
 pub mod audit;
+pub mod cli;
 pub mod config;
 pub mod control;
 pub mod demo;

@@ -87,6 +87,54 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Incident triage from a running keytrail: error rates, top consumers
+    /// and paths, security events by type, and with --consumer that
+    /// consumer's activity. Needs an admin token in KEYTRAIL_TOKEN.
+    Investigate {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Only this consumer's calls, and its activity profile.
+        #[arg(long)]
+        consumer: Option<String>,
+        /// How many hours back to look.
+        #[arg(long, default_value_t = 24)]
+        hours: u32,
+    },
+    /// Reports from a running keytrail. Needs an admin token in KEYTRAIL_TOKEN.
+    Report {
+        #[command(subcommand)]
+        command: ReportCommand,
+    },
+}
+
+/// Where the admin API is, and what to show (`investigate`, `report`).
+#[derive(clap::Args)]
+struct ApiArgs {
+    /// The admin API's URL. The token is read from KEYTRAIL_TOKEN only.
+    #[arg(long, env = "KEYTRAIL_ADMIN_URL", default_value = "http://127.0.0.1:9080")]
+    admin_url: String,
+    /// The tenant [default: the token's own, or the only one].
+    #[arg(long)]
+    tenant: Option<String>,
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    json: bool,
+}
+
+impl ApiArgs {
+    fn target(self) -> keytrail::cli::Target {
+        keytrail::cli::Target { admin_url: self.admin_url, tenant: self.tenant, json: self.json }
+    }
+}
+
+#[derive(Subcommand)]
+enum ReportCommand {
+    /// The last seven UTC days: auth failures, rate-limit hits, key
+    /// rotations, admin actions, and the daily error trend.
+    Weekly {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -263,6 +311,8 @@ fn main() -> ExitCode {
             Command::Keys { command: KeysCommand::Public { data_dir } } => existing_signer(&data_dir).map(|signer| {
                 println!("{}", keytrail::signing::public_key_text(&signer.public_key()));
             }),
+            Command::Investigate { api, consumer, hours } => keytrail::cli::investigate(&api.target(), consumer.as_deref(), hours).await,
+            Command::Report { command: ReportCommand::Weekly { api } } => keytrail::cli::report_weekly(&api.target()).await,
             Command::Serve { config, data_dir, gateway_listen, admin_listen, log_level } => {
                 serve(
                     config,

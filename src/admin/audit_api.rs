@@ -37,7 +37,7 @@ pub fn routes() -> Router<AdminState> {
 
 /// Records that `actor` read `tenant`'s log: the endpoint, the filters
 /// given and how many rows went out (`log_accessed`).
-fn record_access(audit: &crate::audit::AuditPipeline, actor: &Actor, tenant: &str, endpoint: &str, params: &[(String, String)], rows: usize) {
+pub(super) fn record_access(audit: &crate::audit::AuditPipeline, actor: &Actor, tenant: &str, endpoint: &str, params: &[(String, String)], rows: usize) {
     let filters: serde_json::Map<String, Value> = params.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
     let mut event = actor.event(tenant, security_type::LOG_ACCESSED, endpoint.to_string());
     event.details = Some(json!({"filters": filters, "rows": rows}));
@@ -49,8 +49,8 @@ const MAX_LIMIT: u64 = 10_000;
 const HOUR_MS: i64 = 3_600_000;
 
 /// A parsed query: the filter plus the page size.
-struct AuditQuery {
-    filter: EventFilter,
+pub(super) struct AuditQuery {
+    pub(super) filter: EventFilter,
     limit: Option<u64>,
 }
 
@@ -84,7 +84,7 @@ fn cursor_of(stored: &StoredEvent) -> String {
 
 /// Parses the shared filter parameters. `paged` endpoints get a default
 /// limit; exports return everything unless a limit is given.
-fn parse_query(tenant: &str, category: Category, params: &[(String, String)], paged: bool) -> Result<AuditQuery, ApiError> {
+pub(super) fn parse_query(tenant: &str, category: Category, params: &[(String, String)], paged: bool) -> Result<AuditQuery, ApiError> {
     let mut filter = EventFilter { tenant_id: tenant.to_string(), category: Some(category), ..EventFilter::default() };
     let mut limit = paged.then_some(DEFAULT_LIMIT);
     let (mut hours, mut days) = (None::<i64>, None::<i64>);
@@ -171,7 +171,7 @@ fn parse_query(tenant: &str, category: Category, params: &[(String, String)], pa
 }
 
 /// 404 unless the tenant exists (or is the system tenant).
-fn require_audit_tenant(state: &AdminState, tenant: &str) -> Result<(), ApiError> {
+pub(super) fn require_audit_tenant(state: &AdminState, tenant: &str) -> Result<(), ApiError> {
     if tenant == SYSTEM_TENANT {
         return Ok(());
     }

@@ -9,6 +9,7 @@ mod activity;
 mod admins;
 mod app_events;
 mod audit_api;
+mod stats_api;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -77,6 +78,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/v1/settings/logging", get(get_global_logging).put(put_global_logging))
         .route("/v1/tenants/{tenant}/settings/logging", get(get_tenant_logging).put(put_tenant_logging))
         .merge(audit_api::routes())
+        .merge(stats_api::routes())
         .merge(admins::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), guard));
     Router::new()

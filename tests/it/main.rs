@@ -17,5 +17,6 @@ mod protection;
 mod ratelimit;
 mod roles;
 mod settings;
+mod stats;
 mod util;
 mod verify;

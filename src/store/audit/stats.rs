@@ -21,6 +21,8 @@ use super::writer::rollup_watermark;
 use super::day_of;
 use crate::store::StoreError;
 
+pub mod query;
+
 /// One path's activity in a window.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PathActivity {
@@ -329,10 +331,13 @@ impl AuditReader {
     }
 
     /// Request events in `[from, to)` grouped by path: calls, errors and
-    /// distinct consumers. Read from the events (a window of hours is a few
-    /// blocks per tenant, of which four columns are decoded).
+    /// distinct consumers (calls without a consumer — refused before the key
+    /// was known — are not one). Read from the events (a window of hours is
+    /// a few blocks per tenant, of which five columns are decoded).
     pub fn path_timeline(&self, tenant: &str, from: i64, to: i64) -> Result<Vec<PathActivity>, StoreError> {
-        let mut by_path: HashMap<Option<String>, (u64, u64, rustc_hash::FxHashSet<Option<String>>)> = HashMap::new();
+        // Calls, errors and consumers per path.
+        type PathCounts = (u64, u64, rustc_hash::FxHashSet<Option<String>>);
+        let mut by_path: HashMap<Option<String>, PathCounts> = HashMap::new();
         let columns = Columns::of(&[col::TS, col::CATEGORY, col::STATUS]).with(Columns::text(&[TextField::Path, TextField::Consumer]));
         for day_number in self.days_of_window(from, to) {
             let Some(day) = self.day(day_number)? else { continue };
@@ -353,7 +358,9 @@ impl AuditReader {
                     let entry = counts.entry(paths.dict_id(row).unwrap_or(0)).or_default();
                     entry.0 += 1;
                     entry.1 += u64::from(block.status[row] >= 400);
-                    entry.2.insert(consumers.dict_id(row).unwrap_or(0));
+                    if let Some(consumer) = consumers.dict_id(row) {
+                        entry.2.insert(consumer);
+                    }
                 }
             }
             for (path, (calls, errors, consumers)) in counts {

@@ -241,7 +241,7 @@ fn check_aggregations(reader: &AuditReader, windows: &[(i64, i64)]) {
 
         // Paths of one consumer, and the timeline by path.
         let mut paths: BTreeMap<Option<String>, (u64, u64)> = BTreeMap::new();
-        let mut timeline: BTreeMap<Option<String>, (u64, u64, std::collections::BTreeSet<Option<String>>)> = BTreeMap::new();
+        let mut timeline: BTreeMap<Option<String>, (u64, u64, std::collections::BTreeSet<String>)> = BTreeMap::new();
         for s in reader.chain("acme").unwrap() {
             let e = s.event;
             if e.category != Some(Category::Request) || !(from..to).contains(&e.timestamp_ms) {
@@ -256,7 +256,9 @@ fn check_aggregations(reader: &AuditReader, windows: &[(i64, i64)]) {
             let t = timeline.entry(e.path.clone()).or_default();
             t.0 += 1;
             t.1 += error;
-            t.2.insert(e.consumer_id.clone());
+            if let Some(consumer) = e.consumer_id.clone() {
+                t.2.insert(consumer);
+            }
         }
         let got: BTreeMap<Option<String>, (u64, u64)> =
             reader.consumer_paths("acme", from, to, "cons_4").unwrap().into_iter().map(|(k, v)| (k, (v.calls, v.errors))).collect();

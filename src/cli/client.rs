@@ -1,0 +1,176 @@
+//! A small HTTP/1.1 client for the admin API, on hyper's client
+//! connection and the runtime the binary already runs: one connection per
+//! call (the commands make a handful), `http://` only (the admin API serves
+//! plain HTTP; put TLS in front with a tunnel or a proxy), JSON answers.
+//!
+//! The token comes from `KEYTRAIL_TOKEN` and is sent in the
+//! `Authorization` header only: it is never taken from a flag (which `ps`
+//! shows) and never part of an error message.
+
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::{Request, StatusCode, Uri};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+
+/// The variable the admin token is read from.
+pub const TOKEN_VAR: &str = "KEYTRAIL_TOKEN";
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Aggregates over long windows read many events: allow them time.
+const CALL_TIMEOUT: Duration = Duration::from_secs(300);
+/// Largest answer read.
+const MAX_BODY: usize = 256 * 1024 * 1024;
+
+/// Where the admin API is and who calls it.
+pub struct AdminClient {
+    /// `host:port`, as connected to and sent in `Host`.
+    authority: String,
+    /// A path the API is mounted under (behind a proxy), without the trailing `/`.
+    base_path: String,
+    /// The URL as given, for messages.
+    url: String,
+    token: String,
+}
+
+impl std::fmt::Debug for AdminClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminClient").field("url", &self.url).field("token", &"****").finish()
+    }
+}
+
+/// Percent-encodes a query value (everything but unreserved characters).
+pub fn encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// `path?k=v&…` with the values encoded.
+pub fn with_query(path: &str, params: &[(&str, String)]) -> String {
+    let query: Vec<String> = params.iter().map(|(k, v)| format!("{k}={}", encode(v))).collect();
+    if query.is_empty() {
+        path.to_string()
+    } else {
+        format!("{path}?{}", query.join("&"))
+    }
+}
+
+impl AdminClient {
+    /// A client for `url` with the token from [`TOKEN_VAR`].
+    pub fn from_env(url: &str) -> anyhow::Result<AdminClient> {
+        let token = std::env::var(TOKEN_VAR).ok().map(|t| t.trim().to_string()).filter(|t| !t.is_empty());
+        let Some(token) = token else {
+            bail!("{TOKEN_VAR} is not set: export an admin token (or a session token from POST /v1/auth/login) in {TOKEN_VAR}; it is read from the environment only, never from a flag");
+        };
+        AdminClient::new(url, token)
+    }
+
+    pub fn new(url: &str, token: String) -> anyhow::Result<AdminClient> {
+        let trimmed = url.trim().trim_end_matches('/');
+        let uri: Uri = trimmed.parse().with_context(|| format!("--admin-url `{url}` is not a URL such as http://127.0.0.1:9080"))?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some("https") => bail!("--admin-url `{url}`: https is not supported by this client; the admin API serves plain HTTP (reach it through a tunnel or a local proxy)"),
+            _ => bail!("--admin-url `{url}` must start with http://, e.g. http://127.0.0.1:9080"),
+        }
+        let authority = uri.authority().with_context(|| format!("--admin-url `{url}` has no host"))?;
+        if authority.as_str().contains('@') {
+            bail!("--admin-url must not hold credentials; the token goes in {TOKEN_VAR}");
+        }
+        let authority = match authority.port_u16() {
+            Some(_) => authority.as_str().to_string(),
+            None => format!("{}:80", authority.as_str()),
+        };
+        let base_path = uri.path().trim_end_matches('/').to_string();
+        Ok(AdminClient { authority, base_path, url: trimmed.to_string(), token })
+    }
+
+    /// `GET path_and_query` → the JSON answer; any status but 2xx is an
+    /// error carrying the API's own message.
+    pub async fn get(&self, path_and_query: &str) -> anyhow::Result<Value> {
+        let target = format!("{}{}", self.base_path, path_and_query);
+        let call = self.call(&target);
+        let (status, body) = match tokio::time::timeout(CALL_TIMEOUT, call).await {
+            Ok(result) => result?,
+            Err(_) => bail!("the admin API at {} did not answer GET {target} within {} s", self.url, CALL_TIMEOUT.as_secs()),
+        };
+        let json: Option<Value> = serde_json::from_slice(&body).ok();
+        if status.is_success() {
+            return json.with_context(|| format!("GET {target}: the answer is not JSON (is {} keytrail's admin API?)", self.url));
+        }
+        let (code, message) = match &json {
+            Some(v) => (
+                v["error"]["code"].as_str().unwrap_or("").to_string(),
+                v["error"]["message"].as_str().unwrap_or("").to_string(),
+            ),
+            None => (String::new(), String::from_utf8_lossy(&body[..body.len().min(200)]).trim().to_string()),
+        };
+        let detail = match (code.is_empty(), message.is_empty()) {
+            (true, true) => String::new(),
+            (true, false) => format!(": {message}"),
+            (false, true) => format!(": {code}"),
+            (false, false) => format!(": {code}: {message}"),
+        };
+        let hint = match status {
+            StatusCode::UNAUTHORIZED => format!(" (check {TOKEN_VAR})"),
+            StatusCode::FORBIDDEN => " (the token's role or tenant does not allow this)".to_string(),
+            _ => String::new(),
+        };
+        Err(anyhow!("GET {target}: {status}{detail}{hint}"))
+    }
+
+    async fn call(&self, target: &str) -> anyhow::Result<(StatusCode, Bytes)> {
+        let unreachable = |e: &dyn std::fmt::Display| anyhow!("cannot reach the admin API at {}: {e} (is keytrail serve running there? set --admin-url or KEYTRAIL_ADMIN_URL)", self.url);
+        let stream = match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(&self.authority)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return Err(unreachable(&e)),
+            Err(_) => return Err(unreachable(&format!("no connection within {} s", CONNECT_TIMEOUT.as_secs()))),
+        };
+        let _ = stream.set_nodelay(true);
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| unreachable(&e))?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let request = Request::get(target)
+            .header(hyper::header::HOST, &self.authority)
+            .header(hyper::header::AUTHORIZATION, format!("Bearer {}", self.token))
+            .header(hyper::header::ACCEPT, "application/json")
+            .header(hyper::header::USER_AGENT, concat!("keytrail-cli/", env!("CARGO_PKG_VERSION")))
+            .body(Empty::<Bytes>::new())
+            .context("cannot build the request")?;
+        let response = sender.send_request(request).await.map_err(|e| unreachable(&e))?;
+        let status = response.status();
+        let limited = http_body_util::Limited::new(response.into_body(), MAX_BODY);
+        let body = limited.collect().await.map_err(|e| anyhow!("reading the answer to GET {target}: {e}"))?.to_bytes();
+        Ok((status, body))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_and_queries() {
+        let c = AdminClient::new("http://127.0.0.1:9080/", "t".into()).unwrap();
+        assert_eq!((c.authority.as_str(), c.base_path.as_str()), ("127.0.0.1:9080", ""));
+        let c = AdminClient::new("http://admin.internal/keytrail", "t".into()).unwrap();
+        assert_eq!((c.authority.as_str(), c.base_path.as_str()), ("admin.internal:80", "/keytrail"));
+        assert!(AdminClient::new("https://x", "t".into()).unwrap_err().to_string().contains("https"));
+        assert!(AdminClient::new("127.0.0.1:9080", "t".into()).is_err());
+        assert!(AdminClient::new("http://user:pw@host:1", "t".into()).is_err());
+        assert!(!format!("{c:?}").contains("\"t\""));
+        assert_eq!(with_query("/v1/x", &[("from", "2026-11-22T10:00:00+01:00".into()), ("a", "b c/d".into())]), "/v1/x?from=2026-11-22T10%3A00%3A00%2B01%3A00&a=b%20c%2Fd");
+        assert_eq!(with_query("/v1/x", &[]), "/v1/x");
+    }
+}

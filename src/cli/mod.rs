@@ -1,0 +1,428 @@
+//! Commands that talk to a running keytrail's admin API with a token, like
+//! kubectl: `keytrail investigate` (incident triage) and `keytrail report
+//! weekly`. Human tables by default, `--json` for scripts. The numbers are
+//! the server's (`/v1/audit/{tenant}/stats…`, `/security`, `/admin`); these
+//! commands only choose the questions and lay out the answers.
+
+pub mod client;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
+
+use crate::event::format_timestamp;
+use client::{encode, with_query, AdminClient};
+
+const HOUR_MS: i64 = 3_600_000;
+const DAY_MS: i64 = 24 * HOUR_MS;
+/// Pages of 10,000 events read at most when counting security events or
+/// admin actions (the answer says when the count stopped there).
+const MAX_PAGES: usize = 100;
+const PAGE: &str = "10000";
+
+/// Where and for whom a command runs.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub admin_url: String,
+    /// The tenant; by default the admin's own, or the only one there is.
+    pub tenant: Option<String>,
+    pub json: bool,
+}
+
+/// The tenant to look at: the one given, the token's own tenant, or the
+/// only tenant the token sees.
+async fn resolve_tenant(client: &AdminClient, given: Option<&str>) -> anyhow::Result<String> {
+    if let Some(tenant) = given {
+        if tenant.is_empty() || tenant.contains(['/', '?', '#']) {
+            bail!("--tenant `{tenant}` is not a tenant id");
+        }
+        return Ok(tenant.to_string());
+    }
+    let me = client.get("/v1/me").await?;
+    if let Some(own) = me["tenant_id"].as_str() {
+        return Ok(own.to_string());
+    }
+    let tenants = client.get("/v1/tenants").await?;
+    let ids: Vec<&str> = tenants["tenants"].as_array().map(|a| a.iter().filter_map(|t| t["id"].as_str()).collect()).unwrap_or_default();
+    match ids.as_slice() {
+        [one] => Ok(one.to_string()),
+        [] => bail!("there are no tenants yet"),
+        many => bail!("give --tenant: one of {}", many.join(", ")),
+    }
+}
+
+/// A window as query parameters.
+fn window_params(from: i64, to: i64) -> Vec<(&'static str, String)> {
+    vec![("from", format_timestamp(from)), ("to", format_timestamp(to))]
+}
+
+async fn stats(client: &AdminClient, tenant: &str, base: &[(&'static str, String)], extra: &[(&'static str, &str)]) -> anyhow::Result<Value> {
+    let mut params = base.to_vec();
+    params.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
+    client.get(&with_query(&format!("/v1/audit/{}/stats", encode(tenant)), &params)).await
+}
+
+/// Counts of events by a field, over every page of a list.
+struct Tally {
+    counts: BTreeMap<String, u64>,
+    total: u64,
+    /// Stopped after [`MAX_PAGES`] pages.
+    truncated: bool,
+}
+
+impl Tally {
+    fn get(&self, key: &str) -> u64 {
+        self.counts.get(key).copied().unwrap_or(0)
+    }
+
+    fn to_json(&self) -> Value {
+        json!({"total": self.total, "by_type": self.counts, "truncated": self.truncated})
+    }
+}
+
+/// Reads every page of `path` (a list answering `{field: […], "next_cursor"}`)
+/// and counts its entries by each of `keys`, one tally per key.
+async fn tally(client: &AdminClient, path: &str, params: &[(&'static str, String)], field: &str, keys: &[&str]) -> anyhow::Result<Vec<Tally>> {
+    let mut tallies: Vec<Tally> = keys.iter().map(|_| Tally { counts: BTreeMap::new(), total: 0, truncated: false }).collect();
+    let mut cursor: Option<String> = None;
+    for _ in 0..MAX_PAGES {
+        let mut p = params.to_vec();
+        p.push(("limit", PAGE.to_string()));
+        if let Some(c) = &cursor {
+            p.push(("cursor", c.clone()));
+        }
+        let page = client.get(&with_query(path, &p)).await?;
+        for entry in page[field].as_array().map(Vec::as_slice).unwrap_or_default() {
+            for (tally, key) in tallies.iter_mut().zip(keys) {
+                let name = entry[*key].as_str().unwrap_or("(none)").to_string();
+                *tally.counts.entry(name).or_default() += 1;
+                tally.total += 1;
+            }
+        }
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_string()),
+            None => return Ok(tallies),
+        }
+    }
+    for tally in &mut tallies {
+        tally.truncated = true;
+    }
+    Ok(tallies)
+}
+
+// ---------- formatting ----------
+
+/// A plain text table: the first column left-aligned, the others right.
+fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let mut text = String::from("  ");
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i == 0 {
+                let _ = write!(text, "{cell:<w$}");
+            } else {
+                let _ = write!(text, "  {cell:>w$}");
+            }
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+    };
+    line(headers.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+    if rows.is_empty() {
+        out.push_str("  (none)\n");
+    }
+    out
+}
+
+fn n(v: &Value) -> String {
+    v.as_u64().map_or_else(|| "-".to_string(), |n| n.to_string())
+}
+
+fn percent(v: &Value) -> String {
+    v.as_f64().map_or_else(|| "-".to_string(), |r| format!("{:.2} %", r * 100.0))
+}
+
+fn millis(v: &Value) -> String {
+    v.as_f64().map_or_else(|| "-".to_string(), |ms| format!("{ms:.1}"))
+}
+
+fn key(v: &Value) -> String {
+    v.as_str().map_or_else(|| "(none)".to_string(), str::to_string)
+}
+
+fn groups(answer: &Value) -> &[Value] {
+    answer["groups"].as_array().map(Vec::as_slice).unwrap_or_default()
+}
+
+fn traffic(out: &mut String, t: &Value) {
+    let _ = writeln!(out, "Traffic");
+    let rows = [
+        ("calls", n(&t["calls"])),
+        ("errors", format!("{} ({})", n(&t["errors"]), percent(&t["error_rate"]))),
+        ("4xx / 5xx", format!("{} / {}", n(&t["client_errors"]), n(&t["server_errors"]))),
+        ("rate-limited (429)", n(&t["rate_limited"])),
+        ("distinct consumers", n(&t["distinct_consumers"])),
+        ("distinct client IPs", n(&t["distinct_ips"])),
+        (
+            "latency ms",
+            format!(
+                "p50 {}  p95 {}  p99 {}  avg {}  (quantiles ±1 %)",
+                millis(&t["latency_ms"]["p50"]),
+                millis(&t["latency_ms"]["p95"]),
+                millis(&t["latency_ms"]["p99"]),
+                millis(&t["latency_ms"]["avg"])
+            ),
+        ),
+    ];
+    for (label, value) in rows {
+        let _ = writeln!(out, "  {label:<20} {value}");
+    }
+    out.push('\n');
+}
+
+/// Rows of a grouped answer; `none` names the group of calls without a key.
+fn group_rows(answer: &Value, latency: bool, none: &str) -> Vec<Vec<String>> {
+    groups(answer)
+        .iter()
+        .map(|g| {
+            let label = g["key"].as_str().map_or_else(|| none.to_string(), str::to_string);
+            let mut row = vec![label, n(&g["calls"]), n(&g["errors"]), percent(&g["error_rate"]), n(&g["server_errors"])];
+            if latency {
+                row.push(n(&g["rate_limited"]));
+                row.push(millis(&g["latency_ms"]["p95"]));
+            }
+            row
+        })
+        .collect()
+}
+
+// ---------- investigate ----------
+
+/// `keytrail investigate`: the incident triage of the last `hours` hours.
+pub async fn investigate(target: &Target, consumer: Option<&str>, hours: u32) -> anyhow::Result<()> {
+    if hours == 0 || hours > 24 * 366 {
+        bail!("--hours must be between 1 and {}", 24 * 366);
+    }
+    let client = AdminClient::from_env(&target.admin_url)?;
+    let tenant = resolve_tenant(&client, target.tenant.as_deref()).await?;
+    let to = crate::event::now_ms();
+    let from = to - i64::from(hours) * HOUR_MS;
+    let mut base = window_params(from, to);
+    if let Some(c) = consumer {
+        base.push(("consumer_id", c.to_string()));
+    }
+    let period = if hours <= 48 { "hour" } else { "day" };
+    let totals = stats(&client, &tenant, &base, &[]).await?;
+    let series = stats(&client, &tenant, &base, &[("group_by", period), ("metrics", "")]).await?;
+    let classes = stats(&client, &tenant, &base, &[("group_by", "status_class"), ("metrics", "")]).await?;
+    let top_consumers = match consumer {
+        None => Some(stats(&client, &tenant, &base, &[("group_by", "consumer"), ("metrics", "latency,rate_limited")]).await?),
+        Some(_) => None,
+    };
+    let top_paths = stats(&client, &tenant, &base, &[("group_by", "path"), ("metrics", "latency,rate_limited")]).await?;
+    let security = tally(&client, &format!("/v1/audit/{}/security", encode(&tenant)), &base, "events", &["event_type"]).await?.remove(0);
+    let profile = match consumer {
+        Some(c) => Some(
+            client
+                .get(&with_query(&format!("/v1/audit/{}/stats/consumers/{}", encode(&tenant), encode(c)), &window_params(from, to)))
+                .await
+                .context("the consumer's profile")?,
+        ),
+        None => None,
+    };
+
+    if target.json {
+        let answer = json!({
+            "tenant_id": tenant,
+            "consumer_id": consumer,
+            "hours": hours,
+            "from": format_timestamp(from),
+            "to": format_timestamp(to),
+            "totals": totals["totals"],
+            "latency_error_bound": totals["latency_error_bound"],
+            "by_period": {"group_by": period, "groups": groups(&series)},
+            "status_classes": groups(&classes),
+            "top_consumers": top_consumers.as_ref().map(|a| groups(a).to_vec()),
+            "top_paths": groups(&top_paths),
+            "security_events": security.to_json(),
+            "profile": profile,
+        });
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+        return Ok(());
+    }
+
+    let mut out = String::new();
+    let who = consumer.map(|c| format!(", consumer {c}")).unwrap_or_default();
+    let _ = writeln!(out, "Incident triage: tenant {tenant}{who}, last {hours} h ({} to {})\n", format_timestamp(from), format_timestamp(to));
+    traffic(&mut out, &totals["totals"]);
+    let _ = writeln!(out, "Errors by {period} (UTC)");
+    out.push_str(&table(&[period, "calls", "errors", "error rate", "5xx"], &group_rows(&series, false, "-")));
+    out.push('\n');
+    let _ = writeln!(out, "Status classes");
+    let rows: Vec<Vec<String>> = groups(&classes).iter().map(|g| vec![g["key"].as_str().unwrap_or("(no status)").to_string(), n(&g["calls"])]).collect();
+    out.push_str(&table(&["class", "calls"], &rows));
+    out.push('\n');
+    if let Some(top) = &top_consumers {
+        let _ = writeln!(out, "Top consumers (of {})", n(&top["group_count"]));
+        out.push_str(&table(&["consumer", "calls", "errors", "error rate", "5xx", "429", "p95 ms"], &group_rows(top, true, "(no consumer)")));
+        out.push('\n');
+    }
+    let _ = writeln!(out, "Top paths (of {})", n(&top_paths["group_count"]));
+    out.push_str(&table(&["path", "calls", "errors", "error rate", "5xx", "429", "p95 ms"], &group_rows(&top_paths, true, "(no path)")));
+    out.push('\n');
+    let more = if security.truncated { " (counted from the newest 1,000,000 only)" } else { "" };
+    let _ = writeln!(out, "Security events: {}{more}", security.total);
+    let rows: Vec<Vec<String>> = security.counts.iter().map(|(t, c)| vec![t.clone(), c.to_string()]).collect();
+    out.push_str(&table(&["type", "count"], &rows));
+    if let (Some(p), Some(c)) = (&profile, consumer) {
+        out.push('\n');
+        let _ = writeln!(out, "Consumer {c}");
+        let busiest = match p["busiest_hour"]["hour"].as_u64() {
+            Some(h) => format!("{h:02}:00 UTC ({} calls)", n(&p["busiest_hour"]["calls"])),
+            None => "-".into(),
+        };
+        for (label, value) in [
+            ("calls", n(&p["calls"])),
+            ("errors", format!("{} ({})", n(&p["errors"]), percent(&p["error_rate"]))),
+            ("avg latency ms", millis(&p["latency_ms"]["avg"])),
+            ("busiest hour", busiest),
+        ] {
+            let _ = writeln!(out, "  {label:<20} {value}");
+        }
+        let rows: Vec<Vec<String>> = p["methods"].as_array().map(Vec::as_slice).unwrap_or_default().iter().map(|m| vec![key(&m["method"]), n(&m["calls"])]).collect();
+        out.push('\n');
+        out.push_str(&table(&["method", "calls"], &rows));
+        out.push('\n');
+        let rows: Vec<Vec<String>> = p["top_paths"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .map(|x| vec![key(&x["path"]), n(&x["calls"]), n(&x["errors"]), percent(&x["error_rate"])])
+            .collect();
+        out.push_str(&table(&["path", "calls", "errors", "error rate"], &rows));
+    }
+    print!("{out}");
+    Ok(())
+}
+
+// ---------- report weekly ----------
+
+/// Security event types that are failed authentications.
+const AUTH_FAILURES: [&str; 3] = ["auth_failed", "revoked_key_used", "expired_key_used"];
+
+/// `keytrail report weekly`: the last seven UTC days, today included so far.
+pub async fn report_weekly(target: &Target) -> anyhow::Result<()> {
+    let client = AdminClient::from_env(&target.admin_url)?;
+    let tenant = resolve_tenant(&client, target.tenant.as_deref()).await?;
+    let to = crate::event::now_ms();
+    let first_day = to.div_euclid(DAY_MS) - 6;
+    let from = first_day * DAY_MS;
+    let base = window_params(from, to);
+    let totals = stats(&client, &tenant, &base, &[("metrics", "rate_limited")]).await?;
+    let daily = stats(&client, &tenant, &base, &[("group_by", "day"), ("metrics", "")]).await?;
+    let security = tally(&client, &format!("/v1/audit/{}/security", encode(&tenant)), &base, "events", &["event_type"]).await?.remove(0);
+    let mut admin = tally(&client, &format!("/v1/audit/{}/admin", encode(&tenant)), &base, "entries", &["action", "outcome"]).await?;
+    let (admin, admin_outcomes) = (admin.remove(0), admin.remove(0));
+
+    // Every day of the week, days without calls included.
+    let by_day: BTreeMap<String, &Value> = groups(&daily).iter().map(|g| (key(&g["key"]), g)).collect();
+    let zero = json!({"calls": 0, "errors": 0, "client_errors": 0, "server_errors": 0, "error_rate": 0.0});
+    let days: Vec<Value> = (first_day..=first_day + 6)
+        .map(|d| {
+            let day = chrono::DateTime::from_timestamp(d * 86_400, 0).unwrap_or_default().date_naive().format("%Y-%m-%d").to_string();
+            let g = by_day.get(&day).copied().unwrap_or(&zero);
+            json!({
+                "day": day,
+                "calls": g["calls"],
+                "errors": g["errors"],
+                "client_errors": g["client_errors"],
+                "server_errors": g["server_errors"],
+                "error_rate": g["error_rate"],
+            })
+        })
+        .collect();
+    let auth: BTreeMap<&str, u64> = AUTH_FAILURES.iter().map(|t| (*t, security.get(t))).collect();
+    let auth_total: u64 = auth.values().sum();
+    let t = &totals["totals"];
+
+    if target.json {
+        let answer = json!({
+            "tenant_id": tenant,
+            "from": format_timestamp(from),
+            "to": format_timestamp(to),
+            "calls": t["calls"],
+            "errors": t["errors"],
+            "error_rate": t["error_rate"],
+            "rate_limited_calls": t["rate_limited"],
+            "auth_failures": {"total": auth_total, "by_type": auth},
+            "rate_limit_hits": security.get("rate_limit_exceeded"),
+            "key_rotations": security.get("key_rotated"),
+            "keys_created": security.get("key_created"),
+            "keys_revoked": security.get("key_revoked"),
+            "admin_actions": {"total": admin.total, "by_action": admin.counts, "by_outcome": admin_outcomes.counts, "truncated": admin.truncated},
+            "security_events": security.to_json(),
+            "daily": days,
+        });
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+        return Ok(());
+    }
+
+    let mut out = String::new();
+    let _ = writeln!(out, "Weekly report: tenant {tenant}, {} to {} (UTC; today so far)\n", format_timestamp(from), format_timestamp(to));
+    let _ = writeln!(out, "Summary");
+    let auth_detail: Vec<String> = auth.iter().filter(|(_, c)| **c > 0).map(|(t, c)| format!("{t} {c}")).collect();
+    let failed = admin_outcomes.get("failure");
+    for (label, value) in [
+        ("calls", n(&t["calls"])),
+        ("errors", format!("{} ({})", n(&t["errors"]), percent(&t["error_rate"]))),
+        ("rate-limited calls", format!("{} (429 answers)", n(&t["rate_limited"]))),
+        ("auth failures", if auth_detail.is_empty() { auth_total.to_string() } else { format!("{auth_total} ({})", auth_detail.join(", ")) }),
+        ("rate-limit hits", format!("{} (rate_limit_exceeded events)", security.get("rate_limit_exceeded"))),
+        ("key rotations", security.get("key_rotated").to_string()),
+        ("keys created / revoked", format!("{} / {}", security.get("key_created"), security.get("key_revoked"))),
+        ("admin actions", if failed > 0 { format!("{} ({failed} failed)", admin.total) } else { admin.total.to_string() }),
+    ] {
+        let _ = writeln!(out, "  {label:<24} {value}");
+    }
+    out.push('\n');
+    let _ = writeln!(out, "Admin actions");
+    let mut rows: Vec<(String, u64)> = admin.counts.iter().map(|(a, c)| (a.clone(), *c)).collect();
+    rows.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let rows: Vec<Vec<String>> = rows.into_iter().map(|(a, c)| vec![a, c.to_string()]).collect();
+    out.push_str(&table(&["action", "count"], &rows));
+    out.push('\n');
+    let _ = writeln!(out, "Daily error trend");
+    let rows: Vec<Vec<String>> = days
+        .iter()
+        .map(|d| vec![key(&d["day"]), n(&d["calls"]), n(&d["errors"]), percent(&d["error_rate"]), n(&d["client_errors"]), n(&d["server_errors"])])
+        .collect();
+    out.push_str(&table(&["day", "calls", "errors", "error rate", "4xx", "5xx"], &rows));
+    print!("{out}");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align() {
+        let text = table(&["path", "calls"], &[vec!["/a".into(), "1".into()], vec!["/longer".into(), "1234".into()]]);
+        assert_eq!(text, "  path     calls\n  /a           1\n  /longer   1234\n");
+        assert!(table(&["x"], &[]).contains("(none)"));
+        assert_eq!(percent(&json!(0.12345)), "12.35 %");
+        assert_eq!(n(&Value::Null), "-");
+    }
+}
