@@ -85,6 +85,7 @@ fn call_for(method: &str, route: &str, f: &Fixture, bound: bool, n: usize) -> (S
         ("POST", "/v1/blocklist") | ("POST", "/v1/tenants/{tenant}/blocklist") => {
             Some(json!({"kind": "ip", "value": format!("198.51.100.{n}")}))
         }
+        ("PUT", r) if r.ends_with("/settings/retention") => Some(json!({"hot_days": 30})),
         ("PUT", _) => Some(json!({"log_api_calls": true})),
         ("POST", "/v1/audit/{tenant}/events") => Some(json!({"action": "order.updated", "resource_type": "order", "resource_id": "1"})),
         _ => None,
@@ -278,4 +279,24 @@ async fn people_sign_in_with_a_password_and_get_a_session() {
     assert_eq!(ada.get("/v1/me").await.status, 401);
     let last = owner.call("DELETE", "/v1/admins/adm_bootstrap", None).await;
     assert_eq!(last.status, 409, "{}", last.text);
+}
+
+#[tokio::test]
+async fn an_expired_session_is_refused() {
+    let ts = TestServer::start().await;
+    let owner = ts.admin_client();
+    let password = "a long enough password";
+    assert_eq!(owner.post("/v1/admins", json!({"name": "eve", "role": "viewer", "password": password})).await.status, 201);
+    let anonymous = Admin { token: String::new(), ..owner.clone() };
+    let login = anonymous.post("/v1/auth/login", json!({"name": "eve", "password": password})).await;
+    let eve = Admin { token: login.body["session_token"].as_str().unwrap().to_string(), ..owner.clone() };
+    assert_eq!(eve.get("/v1/me").await.status, 200);
+    // Twelve hours later (moved in the store rather than waited for).
+    let db = rusqlite::Connection::open(ts.data_dir.join("control.db")).unwrap();
+    assert_eq!(db.execute("UPDATE sessions SET expires_at = 1", []).unwrap(), 1);
+    let answer = eve.get("/v1/me").await;
+    assert_eq!(answer.status, 401, "{}", answer.text);
+    assert!(answer.headers.contains_key("www-authenticate"));
+    // A session token is never accepted as an admin token, nor the reverse.
+    assert_eq!(Admin { token: format!("{}x", eve.token), ..owner.clone() }.get("/v1/me").await.status, 401);
 }
