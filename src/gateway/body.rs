@@ -11,6 +11,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use super::upstream::UpstreamBody;
 use crate::audit::AuditPipeline;
 use crate::event::Event;
 
@@ -80,7 +81,7 @@ impl Finisher {
 
 enum Inner {
     Full(Option<Bytes>),
-    Upstream(Incoming),
+    Upstream(UpstreamBody<CountingBody>),
 }
 
 /// The body of every gateway response.
@@ -97,7 +98,7 @@ impl GatewayBody {
         GatewayBody { inner: Inner::Full(Some(bytes)), sent: 0, errored: false, finisher: Some(Box::new(finisher)) }
     }
 
-    pub fn upstream(body: Incoming, finisher: Finisher) -> Self {
+    pub fn upstream(body: UpstreamBody<CountingBody>, finisher: Finisher) -> Self {
         GatewayBody { inner: Inner::Upstream(body), sent: 0, errored: false, finisher: Some(Box::new(finisher)) }
     }
 
@@ -110,9 +111,9 @@ impl GatewayBody {
 
 impl Body for GatewayBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = std::io::Error;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         let this = &mut *self;
         let polled = match &mut this.inner {
             Inner::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),

@@ -10,6 +10,7 @@
 //! - The key the caller presented is removed from the forwarded request.
 
 pub mod body;
+mod h1;
 pub mod upstream;
 mod verify;
 
@@ -292,8 +293,8 @@ impl Gateway {
         };
 
         // 9. Audit: the body records the event when the response is finished.
+        // (The upstream client already left out the hop-by-hop headers.)
         let (mut parts, body) = upstream_res.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
         parts.headers.insert(X_REQUEST_ID.clone(), header_value(&request_id));
         if let Some(standing) = &standing {
             rate_headers(&mut parts.headers, standing);

@@ -1,4 +1,4 @@
-//! Upstream connections.
+//! Upstream connections and the lean HTTP/1.1 client that uses them.
 //!
 //! Each downstream (client) connection keeps the upstream connections it
 //! has used, one per upstream authority, and sends its next call on the same
@@ -7,40 +7,99 @@
 //! connections go to a shared idle pool (a short lock), from which the next
 //! client connection takes one before dialling a new one.
 //!
-//! A call that could not be written (the kept connection had been closed by
-//! the upstream meanwhile) is sent again once on a fresh connection; a call
-//! that was written is never repeated.
+//! The request's own task drives the exchange on the kept `TcpStream`: it
+//! writes the head and streams the body, reads the response head
+//! ([`h1::parse_head`]), and the response body ([`UpstreamBody`]) reads the
+//! rest as the client takes it. No connection task, no channel, no
+//! wake-up between tasks. A connection goes back to its slot only when the
+//! response was read to its end, nothing followed it, the request was
+//! written whole and the upstream did not ask to close; a small response
+//! read with its head gives the connection back before the handler returns.
+//!
+//! A kept connection is checked before use (a read attempt that costs no
+//! system call unless the reactor saw the socket become readable: the
+//! upstream closed it or sent something unasked, and it is dropped). A call
+//! whose first write fails on a kept connection is sent once more on a new
+//! one; a call that was written (even in part) is never repeated.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::future::poll_fn;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
+use bytes::{Buf, Bytes};
 use http::uri::Authority;
-use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use http::{Method, Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::body::CountingBody;
+use super::h1::{self, Decoder, InBuf, Invalid, Span, Step};
 
 /// Most idle connections kept per upstream in the shared pool.
 const MAX_IDLE_PER_UPSTREAM: usize = 256;
+/// Request body bytes gathered before they are written.
+const MAX_QUEUED: usize = 64 * 1024;
+/// Pieces written with one `writev`.
+const MAX_SLICES: usize = 16;
 
-type Sender = SendRequest<CountingBody>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Why a call did not get a response head.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     #[error("cannot connect to {authority}: {reason}")]
     Connect { authority: String, reason: String },
-    #[error("upstream request failed: {0}")]
-    Request(#[from] hyper::Error),
+    #[error("upstream connection failed: {0}")]
+    Io(#[from] io::Error),
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    #[error("the upstream closed the connection before answering")]
+    Closed,
+    #[error("the request body failed: {0}")]
+    RequestBody(BoxError),
+}
+
+/// One upstream connection and its buffers.
+pub struct Conn {
+    stream: TcpStream,
+    inbuf: InBuf,
+    /// Scratch for the response head's header positions.
+    spans: Vec<Span>,
+    /// The request head's buffer, kept for the next call.
+    head: Vec<u8>,
+}
+
+impl Conn {
+    fn new(stream: TcpStream) -> Conn {
+        Conn { stream, inbuf: InBuf::default(), spans: Vec::new(), head: Vec::new() }
+    }
+
+    /// Whether an idle connection can carry a call: the upstream has neither
+    /// closed it nor sent anything unasked. No system call unless the
+    /// reactor saw it become readable.
+    fn is_idle(&self) -> bool {
+        if !self.inbuf.is_empty() {
+            return false;
+        }
+        matches!(self.stream.try_read(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+
+    fn poll_fill(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
+        let mut buf = ReadBuf::new(self.inbuf.spare(want));
+        ready!(Pin::new(&mut self.stream).poll_read(cx, &mut buf))?;
+        let n = buf.filled().len();
+        self.inbuf.filled(n);
+        Poll::Ready(Ok(n))
+    }
 }
 
 /// The shared idle pool and connection settings.
 pub struct Upstreams {
-    idle: Mutex<HashMap<Authority, Vec<Sender>>>,
+    idle: Mutex<HashMap<Authority, Vec<Conn>>>,
     connect_timeout: Duration,
 }
 
@@ -49,30 +108,26 @@ impl Upstreams {
         Arc::new(Upstreams { idle: Mutex::new(HashMap::new()), connect_timeout })
     }
 
-    fn take_idle(&self, authority: &Authority) -> Option<Sender> {
+    fn take_idle(&self, authority: &Authority) -> Option<Conn> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let list = idle.get_mut(authority)?;
-        while let Some(sender) = list.pop() {
-            if !sender.is_closed() {
-                return Some(sender);
+        while let Some(conn) = list.pop() {
+            if conn.is_idle() {
+                return Some(conn);
             }
         }
         None
     }
 
-    fn give_back(&self, authority: Authority, sender: Sender) {
-        if sender.is_closed() {
-            return;
-        }
+    fn give_back(&self, authority: Authority, conn: Conn) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let list = idle.entry(authority).or_default();
-        list.retain(|s| !s.is_closed());
         if list.len() < MAX_IDLE_PER_UPSTREAM {
-            list.push(sender);
+            list.push(conn);
         }
     }
 
-    async fn connect(&self, authority: &Authority) -> Result<Sender, UpstreamError> {
+    async fn connect(&self, authority: &Authority) -> Result<Conn, UpstreamError> {
         let failed = |reason: String| UpstreamError::Connect { authority: authority.to_string(), reason };
         let port = authority.port_u16().unwrap_or(80);
         let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect((authority.host(), port)))
@@ -80,32 +135,59 @@ impl Upstreams {
             .map_err(|_| failed(format!("no connection within {} ms", self.connect_timeout.as_millis())))?
             .map_err(|e| failed(e.to_string()))?;
         let _ = stream.set_nodelay(true);
-        let (sender, connection) = http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(|e| failed(e.to_string()))?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "upstream connection ended with an error");
+        Ok(Conn::new(stream))
+    }
+}
+
+/// The idle connections of one client connection; shared with the response
+/// bodies still reading from one of its connections, which give it back.
+struct Slot {
+    shared: Arc<Upstreams>,
+    /// Usually one entry; a client calling several upstreams has one each.
+    conns: Mutex<Vec<(Authority, Conn)>>,
+}
+
+impl Slot {
+    fn take(&self, authority: &Authority) -> Option<Conn> {
+        let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(at) = conns.iter().position(|(a, _)| a == authority) {
+            let (_, conn) = conns.swap_remove(at);
+            if conn.is_idle() {
+                return Some(conn);
             }
-        });
-        Ok(sender)
+        }
+        None
+    }
+
+    fn keep(&self, authority: Authority, conn: Conn) {
+        let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        conns.push((authority, conn));
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let conns = std::mem::take(self.conns.get_mut().unwrap_or_else(|e| e.into_inner()));
+        for (authority, conn) in conns {
+            self.shared.give_back(authority, conn);
+        }
     }
 }
 
 /// The upstream connections of one client connection.
 pub struct ConnectionUpstreams {
-    shared: Arc<Upstreams>,
+    slot: Arc<Slot>,
     /// The peer's address as text and as an `X-Forwarded-For` value, made
     /// once per connection rather than once per request.
     peer_text: String,
     peer_header: http::HeaderValue,
-    /// Usually one entry; a client calling several upstreams has one each.
-    mine: Mutex<Vec<(Authority, Sender)>>,
 }
 
 impl ConnectionUpstreams {
     pub fn new(shared: Arc<Upstreams>, peer: std::net::SocketAddr) -> ConnectionUpstreams {
         let peer_text = peer.ip().to_string();
         let peer_header = http::HeaderValue::from_str(&peer_text).expect("an IP address is a valid header value");
-        ConnectionUpstreams { shared, peer_text, peer_header, mine: Mutex::new(Vec::new()) }
+        ConnectionUpstreams { slot: Arc::new(Slot { shared, conns: Mutex::new(Vec::new()) }), peer_text, peer_header }
     }
 
     pub fn peer_text(&self) -> &str {
@@ -116,64 +198,681 @@ impl ConnectionUpstreams {
         &self.peer_header
     }
 
-    fn take_mine(&self, authority: &Authority) -> Option<Sender> {
-        let mut mine = self.mine.lock().unwrap_or_else(|e| e.into_inner());
-        let at = mine.iter().position(|(a, _)| a == authority)?;
-        Some(mine.swap_remove(at).1)
-    }
-
-    fn keep(&self, authority: &Authority, sender: Sender) {
-        let mut mine = self.mine.lock().unwrap_or_else(|e| e.into_inner());
-        mine.push((authority.clone(), sender));
-    }
-
-    /// A connection ready for a call: this client connection's own, one from
-    /// the shared pool, or a new one.
-    async fn checkout(&self, authority: &Authority, fresh: bool) -> Result<Sender, UpstreamError> {
-        if !fresh {
-            while let Some(mut sender) = self.take_mine(authority).or_else(|| self.shared.take_idle(authority)) {
-                // An HTTP/1 connection is ready once the previous response
-                // has been read to its end; a closed one errors.
-                if sender.ready().await.is_ok() {
-                    return Ok(sender);
+    /// Sends `req` (origin-form URI, `Host` set) to `authority` and waits
+    /// for the response head. The response body streams the rest.
+    pub async fn send<B>(&self, authority: &Authority, req: Request<B>) -> Result<Response<UpstreamBody<B>>, UpstreamError>
+    where
+        B: Body<Data = Bytes> + Unpin,
+        B::Error: Into<BoxError>,
+    {
+        let (parts, body) = req.into_parts();
+        let kept = self.slot.take(authority).or_else(|| self.slot.shared.take_idle(authority));
+        let (mut conn, mut reused) = match kept {
+            Some(conn) => (conn, true),
+            None => (self.slot.shared.connect(authority).await?, false),
+        };
+        let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let chunked = !body.is_end_stream() && !parts.headers.contains_key(http::header::CONTENT_LENGTH);
+        let mut head = std::mem::take(&mut conn.head);
+        head.clear();
+        h1::encode_head(&mut head, &parts.method, target, &parts.headers, chunked);
+        let head_request = parts.method == Method::HEAD;
+        let mut out = Outgoing::new(head, body, chunked);
+        let head = loop {
+            match poll_fn(|cx| exchange_head(cx, &mut conn, &mut out, head_request)).await {
+                Ok(head) => break head,
+                // Nothing of it reached the kept connection: once more, on a new one.
+                Err(Failed::Unwritten(_)) if reused => {
+                    conn = self.slot.shared.connect(authority).await?;
+                    reused = false;
                 }
+                Err(Failed::Unwritten(e)) => return Err(e.into()),
+                Err(Failed::Other(e)) => return Err(e),
+            }
+        };
+        let decoder = head.body;
+        let mut keep_alive = head.keep_alive;
+        let mut response = Response::new(());
+        *response.status_mut() = head.status;
+        *response.version_mut() = head.version;
+        *response.headers_mut() = head.headers;
+        // The usual small answer came whole with its head: the connection
+        // is free before the handler returns.
+        let complete = decoder.remaining().is_some_and(|n| n <= conn.inbuf.len() as u64);
+        let body = if complete {
+            let n = decoder.remaining().unwrap_or(0) as usize;
+            let bytes = (n > 0).then(|| conn.inbuf.take(n));
+            keep_alive &= out.is_done() && out.failed.is_none() && conn.inbuf.is_empty();
+            if keep_alive {
+                conn.head = out.into_head();
+                self.slot.keep(authority.clone(), conn);
+            }
+            UpstreamBody { inner: Inner::Whole(bytes) }
+        } else {
+            let request = if out.failed.is_some() {
+                // Part of the request could not be written: the upstream
+                // answered anyway, but the connection cannot carry more.
+                keep_alive = false;
+                None
+            } else if out.is_done() {
+                conn.head = out.into_head();
+                None
+            } else {
+                Some(out)
+            };
+            let streaming = Streaming { conn: Some(conn), request, decoder, keep_alive, slot: self.slot.clone(), authority: authority.clone() };
+            UpstreamBody { inner: Inner::Streaming(Box::new(streaming)) }
+        };
+        Ok(response.map(|()| body))
+    }
+}
+
+/// Why an exchange ended before a response head.
+enum Failed {
+    /// The first write failed: nothing was sent.
+    Unwritten(io::Error),
+    Other(UpstreamError),
+}
+
+/// Writes the request and reads the response head, both as far as they
+/// can go, until the head is complete. Writing and reading go together, so
+/// an upstream that answers before it has read the whole request (a 413,
+/// an echo) is heard.
+fn exchange_head<B>(cx: &mut Context<'_>, conn: &mut Conn, out: &mut Outgoing<B>, head_request: bool) -> Poll<Result<h1::Head, Failed>>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    loop {
+        if !out.is_done() && out.failed.is_none() {
+            match out.poll(cx, &mut conn.stream) {
+                Poll::Ready(Err(WriteError::Io(e))) if out.written == 0 => return Poll::Ready(Err(Failed::Unwritten(e))),
+                // Written in part: the upstream may still answer (and has
+                // seen the call, so it is not sent again).
+                Poll::Ready(Err(WriteError::Io(e))) => out.failed = Some(e),
+                Poll::Ready(Err(WriteError::Body(e))) => return Poll::Ready(Err(Failed::Other(UpstreamError::RequestBody(e)))),
+                Poll::Ready(Ok(())) | Poll::Pending => {}
             }
         }
-        let mut sender = self.shared.connect(authority).await?;
-        sender.ready().await?;
-        Ok(sender)
+        if let Some(head) = h1::parse_head(&mut conn.inbuf, &mut conn.spans, head_request).map_err(|e| Failed::Other(e.into()))? {
+            return Poll::Ready(Ok(head));
+        }
+        match conn.poll_fill(cx, h1::HEAD_READ) {
+            Poll::Ready(Ok(0)) => {
+                let error = match out.failed.take() {
+                    Some(e) => UpstreamError::Io(e),
+                    None if conn.inbuf.is_empty() => UpstreamError::Closed,
+                    None => Invalid("the upstream closed the connection inside the response head").into(),
+                };
+                return Poll::Ready(Err(Failed::Other(error)));
+            }
+            Poll::Ready(Ok(_)) => {}
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(Failed::Other(e.into()))),
+            Poll::Pending => return Poll::Pending,
+        }
+    }
+}
+
+enum WriteError {
+    Io(io::Error),
+    Body(BoxError),
+}
+
+/// The request on its way out: the head, then the body as it comes (in
+/// chunks when its length is not declared).
+struct Outgoing<B> {
+    head: Vec<u8>,
+    head_at: usize,
+    /// Body pieces behind the head, not yet written.
+    queue: VecDeque<Bytes>,
+    queued: usize,
+    /// The body, until it has given its last frame.
+    body: Option<B>,
+    chunked: bool,
+    /// Bytes the socket accepted.
+    written: u64,
+    /// The write that failed after part of the call had gone.
+    failed: Option<io::Error>,
+}
+
+impl<B> Outgoing<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    fn new(head: Vec<u8>, body: B, chunked: bool) -> Self {
+        let body = (!body.is_end_stream()).then_some(body);
+        Outgoing { head, head_at: 0, queue: VecDeque::new(), queued: 0, body, chunked, written: 0, failed: None }
     }
 
-    /// Sends `req` (origin-form URI, `Host` set) to `authority` and waits
-    /// for the response head.
-    pub async fn send(&self, authority: &Authority, req: Request<CountingBody>) -> Result<Response<Incoming>, UpstreamError> {
-        let mut req = req;
-        let mut fresh = false;
+    fn is_done(&self) -> bool {
+        self.body.is_none() && self.head_at == self.head.len() && self.queue.is_empty()
+    }
+
+    /// The head's buffer, for the connection's next call.
+    fn into_head(self) -> Vec<u8> {
+        self.head
+    }
+
+    fn push(&mut self, bytes: Bytes) {
+        self.queued += bytes.len();
+        self.queue.push_back(bytes);
+    }
+
+    fn body_ended(&mut self) {
+        self.body = None;
+        if self.chunked {
+            self.push(Bytes::from_static(b"0\r\n\r\n"));
+        }
+    }
+
+    /// Writes as much as the socket takes; `Ready(Ok)` once all is written.
+    fn poll(&mut self, cx: &mut Context<'_>, stream: &mut TcpStream) -> Poll<Result<(), WriteError>> {
         loop {
-            let mut sender = self.checkout(authority, fresh).await?;
-            match sender.try_send_request(req).await {
-                Ok(response) => {
-                    self.keep(authority, sender);
-                    return Ok(response);
-                }
-                Err(mut error) => match error.take_message() {
-                    // Not written: the connection was gone. Once more, on a new one.
-                    Some(unsent) if !fresh => {
-                        req = unsent;
-                        fresh = true;
+            while self.queued < MAX_QUEUED {
+                let Some(body) = self.body.as_mut() else { break };
+                match Pin::new(body).poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Ok(data) = frame.into_data() {
+                            if !data.is_empty() {
+                                if self.chunked {
+                                    self.push(h1::chunk_line(data.len()));
+                                    self.push(data);
+                                    self.push(Bytes::from_static(b"\r\n"));
+                                } else {
+                                    self.push(data);
+                                }
+                            }
+                        }
+                        // Trailers are not forwarded.
+                        if self.body.as_ref().is_some_and(|b| b.is_end_stream()) {
+                            self.body_ended();
+                        }
                     }
-                    _ => return Err(error.into_error().into()),
-                },
+                    Poll::Ready(None) => self.body_ended(),
+                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(WriteError::Body(e.into()))),
+                    Poll::Pending => break,
+                }
+            }
+            let head = &self.head[self.head_at..];
+            if head.is_empty() && self.queue.is_empty() {
+                return if self.body.is_none() { Poll::Ready(Ok(())) } else { Poll::Pending };
+            }
+            let written = if self.queue.is_empty() {
+                ready!(Pin::new(&mut *stream).poll_write(cx, head))
+            } else {
+                let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+                let mut n = 0;
+                for piece in std::iter::once(head).chain(self.queue.iter().map(|b| &b[..])).filter(|p| !p.is_empty()).take(MAX_SLICES) {
+                    slices[n] = IoSlice::new(piece);
+                    n += 1;
+                }
+                ready!(Pin::new(&mut *stream).poll_write_vectored(cx, &slices[..n]))
+            };
+            let mut n = match written {
+                Ok(0) => return Poll::Ready(Err(WriteError::Io(io::ErrorKind::WriteZero.into()))),
+                Ok(n) => n,
+                Err(e) => return Poll::Ready(Err(WriteError::Io(e))),
+            };
+            self.written += n as u64;
+            let from_head = n.min(self.head.len() - self.head_at);
+            self.head_at += from_head;
+            n -= from_head;
+            while n > 0 {
+                let front = self.queue.front_mut().expect("written bytes were queued");
+                let k = n.min(front.len());
+                front.advance(k);
+                self.queued -= k;
+                n -= k;
+                if front.is_empty() {
+                    self.queue.pop_front();
+                }
             }
         }
     }
 }
 
-impl Drop for ConnectionUpstreams {
-    fn drop(&mut self) {
-        let mine = std::mem::take(self.mine.get_mut().unwrap_or_else(|e| e.into_inner()));
-        for (authority, sender) in mine {
-            self.shared.give_back(authority, sender);
+/// The response body as it comes from the upstream.
+pub struct UpstreamBody<B> {
+    inner: Inner<B>,
+}
+
+enum Inner<B> {
+    /// Read with the head (the connection is already free).
+    Whole(Option<Bytes>),
+    Streaming(Box<Streaming<B>>),
+}
+
+struct Streaming<B> {
+    /// Until the body's end or an error.
+    conn: Option<Conn>,
+    /// The rest of the request, when the upstream answered before it had it all.
+    request: Option<Outgoing<B>>,
+    decoder: Decoder,
+    keep_alive: bool,
+    slot: Arc<Slot>,
+    authority: Authority,
+}
+
+impl<B> Streaming<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    /// The body has been read to its end: the connection goes back to the
+    /// client connection's slot if it can carry another call.
+    fn finish(&mut self) {
+        let Some(mut conn) = self.conn.take() else { return };
+        if self.keep_alive && self.request.is_none() && self.decoder.is_done() && conn.inbuf.is_empty() {
+            // The slot may be gone with its client connection: the shared pool takes it then.
+            conn.head.clear();
+            self.slot.keep(self.authority.clone(), conn);
         }
+    }
+
+    fn fail(&mut self, error: io::Error) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        // Dropped, never reused; the body is not at its end.
+        self.conn = None;
+        Poll::Ready(Some(Err(error)))
+    }
+
+    fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let Some(conn) = self.conn.as_mut() else { return Poll::Ready(None) };
+        if let Some(request) = self.request.as_mut() {
+            match request.poll(cx, &mut conn.stream) {
+                Poll::Ready(Ok(())) => {
+                    conn.head = std::mem::take(&mut request.head);
+                    self.request = None;
+                }
+                // The upstream has answered; the rest of the request is not needed.
+                Poll::Ready(Err(_)) => {
+                    self.request = None;
+                    self.keep_alive = false;
+                }
+                Poll::Pending => {}
+            }
+        }
+        loop {
+            let conn = self.conn.as_mut().expect("checked above");
+            match self.decoder.next(&mut conn.inbuf) {
+                Ok(Step::Data(data)) => {
+                    if self.decoder.is_done() {
+                        self.finish();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Ok(Step::End) => {
+                    self.finish();
+                    return Poll::Ready(None);
+                }
+                Ok(Step::More) => {}
+                Err(invalid) => return self.fail(io::Error::new(io::ErrorKind::InvalidData, invalid)),
+            }
+            let want = self.decoder.remaining().map_or(h1::MAX_READ, |n| n.clamp(h1::HEAD_READ as u64, h1::MAX_READ as u64) as usize);
+            match conn.poll_fill(cx, want) {
+                Poll::Ready(Ok(0)) => {
+                    if let Err(invalid) = self.decoder.eof() {
+                        return self.fail(io::Error::new(io::ErrorKind::UnexpectedEof, invalid));
+                    }
+                    // Close-delimited: the connection ends with the body.
+                    self.conn = None;
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => return self.fail(e),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+impl<B> Body for UpstreamBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        match &mut self.get_mut().inner {
+            Inner::Whole(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Inner::Streaming(streaming) => streaming.poll_data(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            Inner::Whole(bytes) => bytes.is_none(),
+            Inner::Streaming(streaming) => streaming.decoder.is_done(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Inner::Whole(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            Inner::Streaming(streaming) => streaming.decoder.remaining().map_or_else(SizeHint::default, SizeHint::with_exact),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The client against a real socket: an upstream on 127.0.0.1:0 that
+    //! answers each request with the next canned bytes, often one byte per
+    //! write.
+
+    use std::collections::VecDeque;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http_body_util::{BodyExt, Empty, Full, StreamBody};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// One canned answer: its bytes, the size of each write, and whether
+    /// the upstream closes the connection after it.
+    struct Answer {
+        bytes: Vec<u8>,
+        piece: usize,
+        close: bool,
+    }
+
+    fn answer(bytes: &[u8]) -> Answer {
+        Answer { bytes: bytes.to_vec(), piece: usize::MAX, close: false }
+    }
+
+    fn trickled(bytes: &[u8]) -> Answer {
+        Answer { bytes: bytes.to_vec(), piece: 1, close: false }
+    }
+
+    fn then_close(mut a: Answer) -> Answer {
+        a.close = true;
+        a
+    }
+
+    struct Canned {
+        authority: Authority,
+        connections: Arc<AtomicUsize>,
+        requests: Arc<Mutex<Vec<Vec<u8>>>>,
+    }
+
+    impl Canned {
+        fn connections(&self) -> usize {
+            self.connections.load(Ordering::SeqCst)
+        }
+
+        fn request(&self, i: usize) -> String {
+            String::from_utf8_lossy(&self.requests.lock().unwrap()[i]).into_owned()
+        }
+    }
+
+    /// Reads one request: the head, then a body by its length or its chunks.
+    async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Vec<u8>> {
+        let complete = |buf: &[u8]| -> Option<usize> {
+            let end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            if let Some(at) = head.find("content-length: ") {
+                let n: usize = head[at + 16..].split("\r\n").next()?.parse().ok()?;
+                return (buf.len() >= end + n).then_some(end + n);
+            }
+            if head.contains("transfer-encoding: chunked") {
+                let at = buf[end..].windows(5).position(|w| w == b"0\r\n\r\n")?;
+                return Some(end + at + 5);
+            }
+            Some(end)
+        };
+        loop {
+            if let Some(n) = complete(buf) {
+                return Some(buf.drain(..n).collect());
+            }
+            let mut chunk = [0u8; 4096];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    async fn upstream(answers: Vec<Answer>) -> Canned {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let authority: Authority = listener.local_addr().unwrap().to_string().parse().unwrap();
+        let answers = Arc::new(Mutex::new(VecDeque::from(answers)));
+        let connections = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let (c, r) = (connections.clone(), requests.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else { return };
+                stream.set_nodelay(true).unwrap();
+                c.fetch_add(1, Ordering::SeqCst);
+                let (answers, requests) = (answers.clone(), r.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    while let Some(request) = read_request(&mut stream, &mut buf).await {
+                        requests.lock().unwrap().push(request);
+                        let Some(a) = answers.lock().unwrap().pop_front() else { return };
+                        for piece in a.bytes.chunks(a.piece.min(a.bytes.len()).max(1)) {
+                            if stream.write_all(piece).await.is_err() {
+                                return;
+                            }
+                            if a.piece < a.bytes.len() {
+                                tokio::time::sleep(Duration::from_millis(1)).await;
+                            }
+                        }
+                        if a.close {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Canned { authority, connections, requests }
+    }
+
+    fn client() -> ConnectionUpstreams {
+        ConnectionUpstreams::new(Upstreams::new(Duration::from_secs(2)), "127.0.0.1:1".parse().unwrap())
+    }
+
+    fn get(up: &Canned, method: &str) -> Request<Empty<Bytes>> {
+        Request::builder().method(method).uri("/x?y=1").header("host", up.authority.as_str()).body(Empty::new()).unwrap()
+    }
+
+    /// One call, its head and whole body, or the error; never longer than 5 s.
+    async fn call<B>(client: &ConnectionUpstreams, up: &Canned, req: Request<B>) -> Result<(Response<()>, Bytes), String>
+    where
+        B: Body<Data = Bytes> + Unpin,
+        B::Error: Into<BoxError>,
+    {
+        let exchange = async {
+            let res = client.send(&up.authority, req).await.map_err(|e| format!("head: {e}"))?;
+            let (parts, body) = res.into_parts();
+            let body = body.collect().await.map_err(|e| format!("body: {e}"))?.to_bytes();
+            Ok((Response::from_parts(parts, ()), body))
+        };
+        tokio::time::timeout(Duration::from_secs(5), exchange).await.expect("an answer, not a hang")
+    }
+
+    #[tokio::test]
+    async fn every_framing_in_tiny_pieces_on_one_kept_connection() {
+        let up = upstream(vec![
+            trickled(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\n\r\nhello"),
+            trickled(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nX-Trailer: t\r\n\r\n"),
+            trickled(b"HTTP/1.1 204 No Content\r\n\r\n"),
+            trickled(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n"),
+            trickled(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n"),
+            trickled(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok"),
+            answer(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
+        ])
+        .await;
+        let client = client();
+        let (res, body) = call(&client, &up, get(&up, "GET")).await.unwrap();
+        assert_eq!((res.status().as_u16(), &body[..]), (200, b"hello".as_slice()));
+        assert_eq!(res.headers()["x-a"], "1");
+        assert_eq!(res.headers()["content-length"], "5");
+        let (res, body) = call(&client, &up, get(&up, "GET")).await.unwrap();
+        assert_eq!((res.status().as_u16(), &body[..]), (200, b"abcde".as_slice()), "chunks decoded, trailers dropped");
+        assert!(!res.headers().contains_key("transfer-encoding"), "re-framed by the server side");
+        let (res, body) = call(&client, &up, get(&up, "GET")).await.unwrap();
+        assert_eq!((res.status().as_u16(), body.len()), (204, 0));
+        let (res, body) = call(&client, &up, get(&up, "GET")).await.unwrap();
+        assert_eq!((res.status().as_u16(), body.len()), (304, 0));
+        let (res, body) = call(&client, &up, get(&up, "HEAD")).await.unwrap();
+        assert_eq!((res.status().as_u16(), body.len()), (200, 0), "no body after HEAD");
+        assert_eq!(res.headers()["content-length"], "9");
+        let (res, body) = call(&client, &up, get(&up, "GET")).await.unwrap();
+        assert_eq!((res.status().as_u16(), &body[..]), (201, b"ok".as_slice()), "interim answers skipped");
+        let (res, _) = call(&client, &up, get(&up, "GET")).await.unwrap();
+        assert_eq!(res.status().as_u16(), 200);
+        assert_eq!(up.connections(), 1, "every answer was read to its end, so the connection was kept");
+        assert!(up.request(0).starts_with("GET /x?y=1 HTTP/1.1\r\nhost: "), "{}", up.request(0));
+        assert!(up.request(4).starts_with("HEAD /x?y=1 HTTP/1.1\r\n"));
+    }
+
+    #[tokio::test]
+    async fn close_delimited_http10_and_connection_close_answers_end_their_connection() {
+        let up = upstream(vec![
+            then_close(trickled(b"HTTP/1.1 200 OK\r\nX-A: 1\r\n\r\nuntil the end")),
+            then_close(answer(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok")),
+            answer(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"),
+            answer(b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok"),
+            answer(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+        ])
+        .await;
+        let client = client();
+        let (_, body) = call(&client, &up, get(&up, "GET")).await.unwrap();
+        assert_eq!(&body[..], b"until the end");
+        assert_eq!(call(&client, &up, get(&up, "GET")).await.unwrap().1, "ok");
+        assert_eq!(call(&client, &up, get(&up, "GET")).await.unwrap().1, "ok");
+        assert_eq!(up.connections(), 3, "each of the three ended its connection");
+        assert_eq!(call(&client, &up, get(&up, "GET")).await.unwrap().1, "ok");
+        assert_eq!(call(&client, &up, get(&up, "GET")).await.unwrap().1, "ok");
+        assert_eq!(up.connections(), 4, "an HTTP/1.0 keep-alive answer kept its connection");
+    }
+
+    #[tokio::test]
+    async fn hop_by_hop_headers_stay_behind() {
+        let up = upstream(vec![answer(
+            b"HTTP/1.1 200 OK\r\nConnection: x-private\r\nX-Private: 1\r\nKeep-Alive: timeout=5\r\nUpgrade: h2c\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nContent-Length: 0\r\n\r\n",
+        )])
+        .await;
+        let (res, _) = call(&client(), &up, get(&up, "GET")).await.unwrap();
+        let mut names: Vec<&str> = res.headers().keys().map(|k| k.as_str()).collect();
+        names.sort();
+        assert_eq!(names, vec!["content-length", "set-cookie"]);
+        assert_eq!(res.headers().get_all("set-cookie").iter().count(), 2, "repeated headers all forwarded");
+    }
+
+    #[tokio::test]
+    async fn broken_heads_are_errors_not_hangs() {
+        let mut huge = b"HTTP/1.1 200 OK\r\n".to_vec();
+        while huge.len() < 70 * 1024 {
+            huge.extend_from_slice(b"X-Filler: 0123456789012345678901234567890123456789\r\n");
+        }
+        let cases: Vec<(&str, Answer)> = vec![
+            ("garbage", then_close(answer(b"SSH-2.0-OpenSSH_9.2\r\n"))),
+            ("garbage in pieces", trickled(b"HTTP/1.1 200 OK\r\nX: \x01\r\n\r\n")),
+            ("CL and TE", answer(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")),
+            ("conflicting CL", answer(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!")),
+            ("non-numeric CL", answer(b"HTTP/1.1 200 OK\r\nContent-Length: five\r\n\r\nhello")),
+            ("gzip TE", answer(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nhello")),
+            ("switching protocols", answer(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n")),
+            ("oversized head", Answer { bytes: huge, piece: 4096, close: false }),
+            ("closed without an answer", then_close(answer(b""))),
+            ("closed inside the head", then_close(trickled(b"HTTP/1.1 200 OK\r\nContent-"))),
+        ];
+        for (name, a) in cases {
+            let up = upstream(vec![a]).await;
+            let error = call(&client(), &up, get(&up, "GET")).await.err().unwrap_or_else(|| panic!("{name}: answered"));
+            assert!(error.starts_with("head: "), "{name}: {error}");
+        }
+    }
+
+    #[tokio::test]
+    async fn broken_bodies_fail_the_body() {
+        let cases: Vec<(&str, Answer)> = vec![
+            ("bad chunk size", trickled(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\nzz\r\n")),
+            ("empty chunk size", answer(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n\r\n\r\n")),
+            ("chunk longer than said", answer(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcd\r\n0\r\n\r\n")),
+            ("chunk size past 64 bits", answer(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10000000000000000\r\n")),
+            ("truncated length", then_close(trickled(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello"))),
+            ("truncated chunks", then_close(answer(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n"))),
+        ];
+        for (name, a) in cases {
+            let up = upstream(vec![a]).await;
+            let error = call(&client(), &up, get(&up, "GET")).await.err().unwrap_or_else(|| panic!("{name}: answered"));
+            assert!(error.starts_with("body: "), "{name}: {error}");
+        }
+    }
+
+    #[tokio::test]
+    async fn bytes_after_an_answer_are_never_read_as_the_next_one() {
+        let up = upstream(vec![
+            answer(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled"),
+            answer(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nreal"),
+        ])
+        .await;
+        let client = client();
+        assert_eq!(call(&client, &up, get(&up, "GET")).await.unwrap().1, "ok");
+        assert_eq!(call(&client, &up, get(&up, "GET")).await.unwrap().1, "real");
+        assert_eq!(up.connections(), 2, "the connection with extra bytes was dropped");
+    }
+
+    #[tokio::test]
+    async fn a_kept_connection_the_upstream_closed_is_replaced_not_failed() {
+        let up = upstream(vec![
+            then_close(answer(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst")),
+            answer(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecond"),
+        ])
+        .await;
+        let client = client();
+        assert_eq!(call(&client, &up, get(&up, "GET")).await.unwrap().1, "first");
+        // The upstream closes its side of the idle connection (as on a keep-alive timeout).
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(call(&client, &up, get(&up, "GET")).await.unwrap().1, "second");
+        assert_eq!(up.connections(), 2);
+    }
+
+    #[tokio::test]
+    async fn request_bodies_go_with_their_length_or_in_chunks() {
+        let ok = || answer(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+        let up = upstream(vec![ok(), ok()]).await;
+        let client = client();
+        let req = Request::post("/up").header("host", "h").header("content-length", "5").body(Full::new(Bytes::from_static(b"hello"))).unwrap();
+        call(&client, &up, req).await.unwrap();
+        let pieces = [Bytes::from_static(b"hello"), Bytes::new(), Bytes::from_static(b", world")];
+        let stream = futures_util::stream::iter(pieces.map(|b| Ok::<_, std::convert::Infallible>(Frame::data(b))));
+        let req = Request::post("/up").header("host", "h").body(StreamBody::new(stream)).unwrap();
+        call(&client, &up, req).await.unwrap();
+        assert_eq!(up.request(0), "POST /up HTTP/1.1\r\nhost: h\r\ncontent-length: 5\r\n\r\nhello");
+        assert_eq!(up.request(1), "POST /up HTTP/1.1\r\nhost: h\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n7\r\n, world\r\n0\r\n\r\n");
+        assert_eq!(up.connections(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_answer_before_the_whole_request_is_heard() {
+        // The upstream answers after the head, reading none of the body; the
+        // body never ends. The answer still comes through.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let authority: Authority = listener.local_addr().unwrap().to_string().parse().unwrap();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = stream.read(&mut buf).await;
+            stream.write_all(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 3\r\n\r\nbig").await.unwrap();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+        let endless = futures_util::stream::unfold((), |()| async {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            Some((Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from(vec![b'x'; 16 * 1024]))), ()))
+        });
+        let req = Request::post("/up").header("host", "h").body(StreamBody::new(Box::pin(endless))).unwrap();
+        let client = client();
+        let res = tokio::time::timeout(Duration::from_secs(5), client.send(&authority, req)).await.expect("no hang").unwrap();
+        assert_eq!(res.status().as_u16(), 413);
+        let body = tokio::time::timeout(Duration::from_secs(5), res.into_body().collect()).await.expect("no hang").unwrap().to_bytes();
+        assert_eq!(&body[..], b"big");
+        assert!(client.slot.conns.lock().unwrap().is_empty(), "a connection with half a request is not kept");
     }
 }

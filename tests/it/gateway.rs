@@ -249,3 +249,140 @@ async fn bodies_stream_both_ways_and_are_counted() {
     assert_eq!(logs[1]["response_size_bytes"], size);
     ts.stop().await;
 }
+
+/// An upstream that speaks raw bytes: the n-th request it reads (on any
+/// connection; heads only) is answered with `answer(n)`: the pieces, each
+/// written on its own, and whether the connection is closed after them.
+/// Returns its address and a count of the connections it accepted.
+async fn raw_upstream(
+    answer: impl Fn(usize) -> (Vec<&'static [u8]>, bool) + Send + Sync + 'static,
+) -> (std::net::SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let (answer, served, accepted) = (Arc::new(answer), Arc::new(AtomicUsize::new(0)), connections.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else { return };
+            accepted.fetch_add(1, Ordering::SeqCst);
+            let (answer, served) = (answer.clone(), served.clone());
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        let mut chunk = [0u8; 4096];
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                    buf.drain(..end);
+                    let (pieces, close) = answer(served.fetch_add(1, Ordering::SeqCst));
+                    for piece in pieces {
+                        if stream.write_all(piece).await.is_err() {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                    if close {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, connections)
+}
+
+#[tokio::test]
+async fn broken_upstream_answers_are_502_and_never_leak_into_the_next_call() {
+    let mut ts = TestServer::start().await;
+    let (up, _) = raw_upstream(|n| {
+        let answer: &'static [u8] = match n {
+            // Both framings at once: a smuggling attempt, refused.
+            0 => b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            // A second answer nobody asked for behind the first.
+            1 => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled",
+            2 => b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nreal",
+            _ => b"NOT HTTP AT ALL\r\n\r\n",
+        };
+        (vec![answer], false)
+    })
+    .await;
+    let admin = ts.admin_client();
+    let (_, _, key) = admin.setup("acme", "/raw", &format!("http://{up}")).await;
+
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        let (status, _, body) = get_with(&ts, "/raw/x", &[("X-API-Key", &key)]).await;
+        seen.push((status, if status == 502 { error_code(&body) } else { body }));
+    }
+    let expected = [(502, "upstream_unavailable"), (200, "ok"), (200, "real"), (502, "upstream_unavailable")];
+    assert_eq!(seen, expected.map(|(s, b)| (s, b.to_string())));
+    let logs = admin.wait_for("/v1/audit/acme", "logs", 4).await;
+    let statuses: Vec<u64> = logs.iter().map(|l| l["status_code"].as_u64().unwrap()).collect();
+    assert_eq!(statuses, vec![502, 200, 200, 502], "newest first");
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn chunked_and_close_delimited_answers_stream_through_and_are_counted() {
+    let mut ts = TestServer::start().await;
+    let (up, connections) = raw_upstream(|n| match n {
+        0 => (
+            vec![
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Up: 1\r\n\r\n".as_slice(),
+                b"5\r\nhel",
+                b"lo\r\n6;ext=1\r\n world\r\n",
+                b"0\r\n\r\n",
+            ],
+            false,
+        ),
+        1 => (vec![b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n".as_slice(), b"until ", b"close"], true),
+        _ => (vec![b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnext".as_slice()], false),
+    })
+    .await;
+    let admin = ts.admin_client();
+    let (_, _, key) = admin.setup("acme", "/raw", &format!("http://{up}")).await;
+
+    let (status, headers, body) = get_with(&ts, "/raw/chunked", &[("X-API-Key", &key)]).await;
+    assert_eq!((status, body.as_str()), (200, "hello world"));
+    assert_eq!(headers["x-up"], "1");
+    let (status, _, body) = get_with(&ts, "/raw/close", &[("X-API-Key", &key)]).await;
+    assert_eq!((status, body.as_str()), (200, "until close"));
+    let (status, _, body) = get_with(&ts, "/raw/next", &[("X-API-Key", &key)]).await;
+    assert_eq!((status, body.as_str()), (200, "next"));
+    assert_eq!(
+        connections.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "the chunked answer kept its connection; the close-delimited one ended it"
+    );
+
+    let logs = admin.wait_for("/v1/audit/acme", "logs", 3).await;
+    let sizes: Vec<u64> = logs.iter().map(|l| l["response_size_bytes"].as_u64().unwrap()).collect();
+    assert_eq!(sizes, vec![4, 11, 11], "decoded bytes, newest first");
+    assert!(logs.iter().all(|l| l["outcome"] == "success"));
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn an_upstream_connection_closed_while_idle_is_replaced_not_failed() {
+    let mut ts = TestServer::start().await;
+    // Closes every connection after its answer without saying so, as an
+    // upstream's keep-alive timeout does.
+    let (up, connections) = raw_upstream(|_| (vec![b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".as_slice()], true)).await;
+    let admin = ts.admin_client();
+    let (_, _, key) = admin.setup("acme", "/raw", &format!("http://{up}")).await;
+    for _ in 0..3 {
+        let (status, _, body) = get_with(&ts, "/raw/x", &[("X-API-Key", &key)]).await;
+        assert_eq!((status, body.as_str()), (200, "ok"));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 3);
+    ts.stop().await;
+}

@@ -1,0 +1,617 @@
+//! The HTTP/1.1 client side of the upstream leg, without IO: the request
+//! head, the response head (parsed by `httparse`, hyper's own parser) and
+//! the response body's framing. `upstream` drives them on the connection.
+//!
+//! The upstream is trusted configuration, but a broken one must end in a
+//! 502 or a failed body, never a hang or a second response smuggled into
+//! the next call: heads over 64 KiB, both `Content-Length` and
+//! `Transfer-Encoding`, conflicting or non-numeric lengths, transfer codings
+//! other than `chunked`, bad chunk sizes and `101 Switching Protocols` are
+//! refused; interim (1xx) responses are skipped.
+
+use std::mem::MaybeUninit;
+use std::ops::Range;
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode, Version};
+
+/// Largest response head (status line and headers), and largest trailer section.
+pub const MAX_HEAD: usize = 64 * 1024;
+/// Most headers in a response head (hyper's default).
+const MAX_HEADERS: usize = 100;
+/// Longest chunk-size line, extensions included.
+const MAX_CHUNK_LINE: usize = 4096;
+/// Bytes read at once for a head; bodies read up to [`MAX_READ`].
+pub const HEAD_READ: usize = 16 * 1024;
+pub const MAX_READ: usize = 64 * 1024;
+
+/// What was wrong with the upstream's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("invalid upstream response: {0}")]
+pub struct Invalid(pub &'static str);
+
+/// The bytes read from a connection and not yet consumed.
+///
+/// `buf[..filled]` holds them; `buf[filled..]` is zeroed room to read into,
+/// kept initialised so reads need no unsafe code: it is zeroed once when
+/// the buffer grows, not before every read. Consumed bytes leave as
+/// [`Bytes`] that share the buffer (header values, body frames), so nothing
+/// is copied.
+#[derive(Default)]
+pub struct InBuf {
+    buf: BytesMut,
+    filled: usize,
+}
+
+impl InBuf {
+    pub fn data(&self) -> &[u8] {
+        &self.buf[..self.filled]
+    }
+
+    pub fn len(&self) -> usize {
+        self.filled
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.filled == 0
+    }
+
+    /// The first `n` bytes, removed.
+    pub fn take(&mut self, n: usize) -> Bytes {
+        debug_assert!(n <= self.filled);
+        self.filled -= n;
+        self.buf.split_to(n).freeze()
+    }
+
+    /// Drops the first `n` bytes.
+    pub fn skip(&mut self, n: usize) {
+        debug_assert!(n <= self.filled);
+        self.filled -= n;
+        self.buf.advance(n);
+    }
+
+    /// Room to read into: what is left of the buffer, or about `want`
+    /// bytes of a new (or reclaimed) one when little is left.
+    pub fn spare(&mut self, want: usize) -> &mut [u8] {
+        if self.buf.len() - self.filled < want.min(HEAD_READ) / 4 {
+            self.buf.truncate(self.filled);
+            self.buf.reserve(want);
+            let capacity = self.buf.capacity();
+            self.buf.resize(capacity, 0);
+        }
+        &mut self.buf[self.filled..]
+    }
+
+    /// Counts `n` bytes just read into [`InBuf::spare`].
+    pub fn filled(&mut self, n: usize) {
+        debug_assert!(self.filled + n <= self.buf.len());
+        self.filled += n;
+    }
+}
+
+/// Writes the request head: request line in origin form, the headers as
+/// the gateway prepared them, and `Transfer-Encoding: chunked` when the
+/// body has no declared length.
+pub fn encode_head(out: &mut Vec<u8>, method: &Method, target: &str, headers: &HeaderMap, chunked: bool) {
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if chunked {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The line before a chunk of `len` bytes (a request body sent chunked).
+pub fn chunk_line(len: usize) -> Bytes {
+    Bytes::from(format!("{len:x}\r\n"))
+}
+
+/// A response head, ready to become an `http::Response`.
+#[derive(Debug)]
+pub struct Head {
+    pub status: StatusCode,
+    pub version: Version,
+    /// Hop-by-hop headers (and those `Connection` names) already removed.
+    pub headers: HeaderMap,
+    pub body: Decoder,
+    /// The upstream lets the connection carry another call after this one.
+    pub keep_alive: bool,
+}
+
+/// Where one header's name and value lie in the head.
+#[derive(Clone, Debug)]
+pub struct Span {
+    name: Range<usize>,
+    value: Range<usize>,
+}
+
+/// Parses the response head at the start of `inbuf`, skipping interim
+/// (1xx) responses. `Ok(None)`: incomplete, read more. `spans` is scratch
+/// space kept by the connection.
+pub fn parse_head(inbuf: &mut InBuf, spans: &mut Vec<Span>, head_request: bool) -> Result<Option<Head>, Invalid> {
+    loop {
+        if inbuf.is_empty() {
+            return Ok(None);
+        }
+        let mut storage = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut []);
+        let data = inbuf.data();
+        let base = data.as_ptr() as usize;
+        let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut response, data, &mut storage);
+        let len = match parsed {
+            Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD => len,
+            Ok(httparse::Status::Partial) if data.len() < MAX_HEAD => return Ok(None),
+            Ok(_) => return Err(Invalid("response head larger than 64 KiB")),
+            Err(httparse::Error::TooManyHeaders) => return Err(Invalid("more than 100 response headers")),
+            Err(_) => return Err(Invalid("malformed response head")),
+        };
+        let (Some(code), Some(minor)) = (response.code, response.version) else {
+            return Err(Invalid("malformed response head"));
+        };
+        if (100..200).contains(&code) {
+            if code == 101 {
+                return Err(Invalid("101 Switching Protocols is not supported"));
+            }
+            inbuf.skip(len);
+            continue;
+        }
+        spans.clear();
+        for h in response.headers.iter() {
+            let name = h.name.as_ptr() as usize - base;
+            let value = h.value.as_ptr() as usize - base;
+            spans.push(Span { name: name..name + h.name.len(), value: value..value + h.value.len() });
+        }
+        let head = inbuf.take(len);
+        return build_head(&head, spans, code, minor, head_request).map(Some);
+    }
+}
+
+fn build_head(head: &Bytes, spans: &[Span], code: u16, minor: u8, head_request: bool) -> Result<Head, Invalid> {
+    let status = StatusCode::from_u16(code).map_err(|_| Invalid("malformed status code"))?;
+    let hop_names = super::hop_by_hop();
+    let mut headers = HeaderMap::with_capacity(spans.len());
+    let mut length: Option<u64> = None;
+    let mut chunked = false;
+    let mut close = false;
+    let mut keep_alive = false;
+    let mut named: Vec<HeaderName> = Vec::new();
+    for span in spans {
+        let name = HeaderName::from_bytes(&head[span.name.clone()]).map_err(|_| Invalid("invalid header name"))?;
+        let value = &head[span.value.clone()];
+        if name == header::CONTENT_LENGTH {
+            let n = content_length(value)?;
+            if length.is_some_and(|l| l != n) {
+                return Err(Invalid("conflicting Content-Length headers"));
+            }
+            if length.replace(n).is_some() {
+                continue; // the same length twice: forwarded once
+            }
+            // "5, 5" is one length; forward it plainly.
+            if value.iter().all(u8::is_ascii_digit) {
+                headers.append(name, shared_value(head, span)?);
+            } else {
+                headers.append(name, HeaderValue::from(n));
+            }
+        } else if name == header::TRANSFER_ENCODING {
+            if chunked || !trim(value).eq_ignore_ascii_case(b"chunked") {
+                return Err(Invalid("Transfer-Encoding other than chunked"));
+            }
+            chunked = true;
+        } else if name == header::CONNECTION {
+            for token in value.split(|&b| b == b',').map(trim).filter(|t| !t.is_empty()) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    keep_alive = true;
+                } else if let Ok(other) = HeaderName::from_bytes(token) {
+                    named.push(other);
+                }
+            }
+        } else if !hop_names.contains(&&name) {
+            headers.append(name, shared_value(head, span)?);
+        }
+    }
+    // Headers the `Connection` header names are hop-by-hop too (rare).
+    for name in named {
+        headers.remove(name);
+    }
+    if chunked && length.is_some() {
+        return Err(Invalid("both Content-Length and Transfer-Encoding"));
+    }
+    let body = if head_request || code == 204 || code == 304 {
+        Decoder::Length(0)
+    } else if chunked {
+        Decoder::Chunked(Chunk::Size)
+    } else {
+        length.map_or(Decoder::Eof, Decoder::Length)
+    };
+    let version = if minor == 1 { Version::HTTP_11 } else { Version::HTTP_10 };
+    let keep_alive = !close && (minor == 1 || keep_alive) && !matches!(body, Decoder::Eof);
+    Ok(Head { status, version, headers, body, keep_alive })
+}
+
+fn shared_value(head: &Bytes, span: &Span) -> Result<HeaderValue, Invalid> {
+    HeaderValue::from_maybe_shared(head.slice(span.value.clone())).map_err(|_| Invalid("invalid header value"))
+}
+
+fn trim(bytes: &[u8]) -> &[u8] {
+    bytes.trim_ascii()
+}
+
+/// A `Content-Length` value: digits, or a list of the same digits ("5, 5").
+fn content_length(value: &[u8]) -> Result<u64, Invalid> {
+    let mut found: Option<u64> = None;
+    for part in value.split(|&b| b == b',') {
+        let digits = trim(part);
+        if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+            return Err(Invalid("invalid Content-Length"));
+        }
+        let n = digits.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+        if found.is_some_and(|f| f != n) {
+            return Err(Invalid("conflicting Content-Length values"));
+        }
+        found = Some(n);
+    }
+    found.ok_or(Invalid("invalid Content-Length"))
+}
+
+/// Where a chunked body stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chunk {
+    /// Before a chunk-size line.
+    Size,
+    /// Inside a chunk, this many bytes to go.
+    Data(u64),
+    /// After a chunk's data, before its CRLF.
+    DataEnd,
+    /// After the last chunk, before the end of the trailer section.
+    Trailers,
+}
+
+/// The response body's framing, and how far it has been read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decoder {
+    /// This many bytes to go.
+    Length(u64),
+    Chunked(Chunk),
+    /// Until the upstream closes the connection.
+    Eof,
+    /// The whole body has been read.
+    Done,
+}
+
+/// One step through a body.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    Data(Bytes),
+    /// The buffer holds no more of the body: read more.
+    More,
+    End,
+}
+
+impl Decoder {
+    pub fn is_done(&self) -> bool {
+        *self == Decoder::Done
+    }
+
+    /// Body bytes still to come, when the framing says.
+    pub fn remaining(&self) -> Option<u64> {
+        match *self {
+            Decoder::Length(n) => Some(n),
+            Decoder::Done => Some(0),
+            _ => None,
+        }
+    }
+
+    /// The next piece of the body that `inbuf` holds. After a piece, the
+    /// framing the buffer already holds behind it is consumed too, so the
+    /// end of the body is known as soon as its last byte is.
+    pub fn next(&mut self, inbuf: &mut InBuf) -> Result<Step, Invalid> {
+        self.settle(inbuf)?;
+        let data = match self {
+            Decoder::Done => return Ok(Step::End),
+            Decoder::Length(left) | Decoder::Chunked(Chunk::Data(left)) => {
+                if inbuf.is_empty() {
+                    return Ok(Step::More);
+                }
+                let n = (*left).min(inbuf.len() as u64);
+                *left -= n;
+                inbuf.take(n as usize)
+            }
+            Decoder::Eof => {
+                if inbuf.is_empty() {
+                    return Ok(Step::More);
+                }
+                inbuf.take(inbuf.len())
+            }
+            Decoder::Chunked(_) => return Ok(Step::More),
+        };
+        if *self == Decoder::Chunked(Chunk::Data(0)) {
+            *self = Decoder::Chunked(Chunk::DataEnd);
+        }
+        // An error in what follows shows on the next call (the state stays
+        // where it stopped); this piece is good.
+        let _ = self.settle(inbuf);
+        Ok(Step::Data(data))
+    }
+
+    /// The upstream closed the connection: the end of a close-delimited
+    /// body, a truncated one otherwise.
+    pub fn eof(&mut self) -> Result<(), Invalid> {
+        match self {
+            Decoder::Eof | Decoder::Done => {
+                *self = Decoder::Done;
+                Ok(())
+            }
+            _ => Err(Invalid("the upstream closed the connection before the body's end")),
+        }
+    }
+
+    /// Moves past the framing the buffer holds (chunk-size lines, the CRLF
+    /// after a chunk, the trailer section), stopping at data or when more
+    /// bytes are needed.
+    fn settle(&mut self, inbuf: &mut InBuf) -> Result<(), Invalid> {
+        loop {
+            match *self {
+                Decoder::Length(0) => *self = Decoder::Done,
+                Decoder::Chunked(Chunk::Size) => match chunk_size(inbuf.data())? {
+                    None => return Ok(()),
+                    Some((used, size)) => {
+                        inbuf.skip(used);
+                        *self = Decoder::Chunked(if size == 0 { Chunk::Trailers } else { Chunk::Data(size) });
+                    }
+                },
+                Decoder::Chunked(Chunk::DataEnd) => {
+                    let data = inbuf.data();
+                    if data.len() < 2 {
+                        return if data.first().is_some_and(|&b| b != b'\r') { Err(Invalid("chunk not followed by CRLF")) } else { Ok(()) };
+                    }
+                    if &data[..2] != b"\r\n" {
+                        return Err(Invalid("chunk not followed by CRLF"));
+                    }
+                    inbuf.skip(2);
+                    *self = Decoder::Chunked(Chunk::Size);
+                }
+                Decoder::Chunked(Chunk::Trailers) => match trailers(inbuf.data())? {
+                    None => return Ok(()),
+                    Some(used) => {
+                        // Trailers are not forwarded (neither were they by hyper's client).
+                        inbuf.skip(used);
+                        *self = Decoder::Done;
+                    }
+                },
+                _ => return Ok(()),
+            }
+        }
+    }
+}
+
+/// A chunk-size line: hex digits (at most 16), optional extensions, CRLF.
+/// `Ok(None)`: incomplete.
+fn chunk_size(buf: &[u8]) -> Result<Option<(usize, u64)>, Invalid> {
+    let bad = Invalid("invalid chunk size");
+    let mut size: u64 = 0;
+    let mut digits = 0;
+    for &b in buf {
+        let Some(d) = (b as char).to_digit(16) else { break };
+        if digits == 16 {
+            return Err(bad);
+        }
+        size = size << 4 | u64::from(d);
+        digits += 1;
+    }
+    if digits == buf.len() {
+        return Ok(None);
+    }
+    if digits == 0 {
+        return Err(bad);
+    }
+    let rest = &buf[digits..];
+    let Some(lf) = rest.iter().take(MAX_CHUNK_LINE).position(|&b| b == b'\n') else {
+        return if buf.len() >= MAX_CHUNK_LINE { Err(Invalid("chunk-size line too long")) } else { check_extension(rest).map(|()| None) };
+    };
+    if lf == 0 || rest[lf - 1] != b'\r' {
+        return Err(bad);
+    }
+    check_extension(&rest[..lf - 1])?;
+    Ok(Some((digits + lf + 1, size)))
+}
+
+/// What may follow the size on its line: whitespace, then `;` and
+/// extensions (ignored), no control characters but tabs.
+fn check_extension(rest: &[u8]) -> Result<(), Invalid> {
+    let ext = rest.trim_ascii_start();
+    let bad = Invalid("invalid chunk extension");
+    // A CR is allowed only as the line's last byte, still to be followed by LF.
+    let ext = ext.strip_suffix(b"\r").unwrap_or(ext);
+    if !ext.is_empty() && ext[0] != b';' {
+        return Err(bad);
+    }
+    if ext.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+        return Err(bad);
+    }
+    Ok(())
+}
+
+/// The trailer section after the last chunk (ends with an empty line).
+fn trailers(buf: &[u8]) -> Result<Option<usize>, Invalid> {
+    if buf.is_empty() {
+        return Ok(None);
+    }
+    match httparse::parse_headers(buf, &mut [httparse::EMPTY_HEADER; 32]) {
+        Ok(httparse::Status::Complete((used, _))) => Ok(Some(used)),
+        Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => Ok(None),
+        Ok(httparse::Status::Partial) => Err(Invalid("trailer section larger than 64 KiB")),
+        Err(_) => Err(Invalid("malformed trailer section")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inbuf(bytes: &[u8]) -> InBuf {
+        let mut b = InBuf::default();
+        let spare = b.spare(bytes.len().max(HEAD_READ));
+        spare[..bytes.len()].copy_from_slice(bytes);
+        b.filled(bytes.len());
+        b
+    }
+
+    fn head(bytes: &[u8]) -> Result<Option<Head>, Invalid> {
+        parse_head(&mut inbuf(bytes), &mut Vec::new(), false)
+    }
+
+    fn body(decoder: Decoder, bytes: &[u8]) -> Result<(Vec<u8>, Decoder, usize), Invalid> {
+        let mut b = inbuf(bytes);
+        let mut d = decoder;
+        let mut out = Vec::new();
+        loop {
+            match d.next(&mut b)? {
+                Step::Data(data) => out.extend_from_slice(&data),
+                Step::More | Step::End => return Ok((out, d, b.len())),
+            }
+        }
+    }
+
+    #[test]
+    fn chunk_sizes_are_strict() {
+        assert_eq!(chunk_size(b"1a\r\n"), Ok(Some((4, 26))));
+        assert_eq!(chunk_size(b"1A;name=value\r\nrest"), Ok(Some((15, 26))));
+        assert_eq!(chunk_size(b"10 ;x\r\n"), Ok(Some((7, 16))));
+        assert_eq!(chunk_size(b"ffffffffffffffff\r\n"), Ok(Some((18, u64::MAX))));
+        assert_eq!(chunk_size(b"1a"), Ok(None));
+        assert_eq!(chunk_size(b"1a\r"), Ok(None));
+        assert_eq!(chunk_size(b"1a;ext"), Ok(None));
+        assert!(chunk_size(b"\r\n").is_err(), "no digits");
+        assert!(chunk_size(b"zz\r\n").is_err());
+        assert!(chunk_size(b"-1\r\n").is_err());
+        assert!(chunk_size(b"1ffffffffffffffff\r\n").is_err(), "more than 64 bits");
+        assert!(chunk_size(b"5\n").is_err(), "bare LF");
+        assert!(chunk_size(b"5 x\r\n").is_err(), "junk after the size");
+        assert!(chunk_size(b"5;a\rb\r\n").is_err(), "CR inside the extension");
+        let long = [b"5;".as_slice(), &[b'a'; MAX_CHUNK_LINE]].concat();
+        assert!(chunk_size(&long).is_err(), "an endless extension");
+    }
+
+    #[test]
+    fn content_lengths_are_strict() {
+        assert_eq!(content_length(b"0"), Ok(0));
+        assert_eq!(content_length(b"5, 5"), Ok(5));
+        assert!(content_length(b"5, 6").is_err());
+        assert!(content_length(b"").is_err());
+        assert!(content_length(b"+5").is_err());
+        assert!(content_length(b"0x10").is_err());
+        assert!(content_length(b"99999999999999999999").is_err());
+    }
+
+    #[test]
+    fn a_head_with_its_framing() {
+        let h = head(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nX-A: 1\r\nSet-Cookie: a\r\nSet-Cookie: b\r\n\r\nabc").unwrap().unwrap();
+        assert_eq!(h.status, StatusCode::OK);
+        assert_eq!(h.body, Decoder::Length(3));
+        assert!(h.keep_alive);
+        assert_eq!(h.headers["content-length"], "3");
+        assert_eq!(h.headers.get_all("set-cookie").iter().count(), 2);
+        assert!(head(b"HTTP/1.1 200 OK\r\nContent-Le").unwrap().is_none(), "incomplete");
+        let h = head(b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\n").unwrap().unwrap();
+        assert!(!h.keep_alive, "HTTP/1.0 closes unless asked");
+        let h = head(b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 3\r\n\r\n").unwrap().unwrap();
+        assert!(h.keep_alive);
+        assert!(h.headers.is_empty() || !h.headers.contains_key("connection"));
+        let h = head(b"HTTP/1.1 200 OK\r\n\r\n").unwrap().unwrap();
+        assert_eq!((h.body, h.keep_alive), (Decoder::Eof, false), "close-delimited");
+        let h = head(b"HTTP/1.1 200 OK\r\nConnection: close, x-private\r\nX-Private: 1\r\nKeep-Alive: 5\r\nContent-Length: 0\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(!h.keep_alive);
+        assert_eq!(h.headers.keys().collect::<Vec<_>>(), vec!["content-length"], "hop-by-hop and named headers go");
+        let h = head(b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\nContent-Length: 5\r\n\r\n").unwrap().unwrap();
+        assert_eq!(h.headers.get_all("content-length").iter().collect::<Vec<_>>(), vec!["5"]);
+    }
+
+    #[test]
+    fn interim_responses_are_skipped_and_upgrades_refused() {
+        let h = head(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.status, StatusCode::CREATED);
+        assert!(!h.headers.contains_key("link"));
+        assert!(head(b"HTTP/1.1 100 Continue\r\n\r\n").unwrap().is_none(), "the final response is still to come");
+        assert!(head(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn bad_framing_is_refused() {
+        for bad in [
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n".as_slice(),
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: abc\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nBad Name: 1\r\n\r\n",
+            b"HTTP/1.1 2000 OK\r\n\r\n",
+            b"SSH-2.0-OpenSSH_9.2\r\n",
+            b"HTTP/2 200\r\n\r\n",
+        ] {
+            assert!(head(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+        let mut big = b"HTTP/1.1 200 OK\r\n".to_vec();
+        while big.len() <= MAX_HEAD {
+            big.extend_from_slice(b"X-Filler: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n");
+        }
+        assert!(head(&big[..MAX_HEAD + 10]).is_err(), "an endless head");
+        let mut many = b"HTTP/1.1 200 OK\r\n".to_vec();
+        for i in 0..=MAX_HEADERS {
+            many.extend_from_slice(format!("X-{i}: 1\r\n").as_bytes());
+        }
+        many.extend_from_slice(b"\r\n");
+        assert!(head(&many).is_err(), "too many headers");
+    }
+
+    #[test]
+    fn no_body_after_head_204_and_304() {
+        let mut b = inbuf(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n");
+        let h = parse_head(&mut b, &mut Vec::new(), true).unwrap().unwrap();
+        assert_eq!(h.body, Decoder::Length(0));
+        assert_eq!(h.headers["content-length"], "10", "the length is forwarded as metadata");
+        for status in ["204 No Content", "304 Not Modified"] {
+            let h = head(format!("HTTP/1.1 {status}\r\nContent-Length: 10\r\n\r\n").as_bytes()).unwrap().unwrap();
+            assert_eq!(h.body, Decoder::Length(0));
+        }
+    }
+
+    #[test]
+    fn bodies_decode_by_their_framing() {
+        let (data, d, left) = body(Decoder::Length(3), b"abcHTTP/1.1").unwrap();
+        assert_eq!((data.as_slice(), d, left), (b"abc".as_slice(), Decoder::Done, 8), "what follows the body is left");
+        let (data, d, _) = body(Decoder::Length(5), b"abc").unwrap();
+        assert_eq!((data.as_slice(), d), (b"abc".as_slice(), Decoder::Length(2)));
+        let chunked = b"3;x=y\r\nabc\r\n1\r\nd\r\n0\r\nTrailer: 1\r\n\r\n";
+        let (data, d, left) = body(Decoder::Chunked(Chunk::Size), chunked).unwrap();
+        assert_eq!((data.as_slice(), d, left), (b"abcd".as_slice(), Decoder::Done, 0));
+        for cut in 0..chunked.len() {
+            let (data, d, _) = body(Decoder::Chunked(Chunk::Size), &chunked[..cut]).unwrap();
+            assert_ne!(d, Decoder::Done, "not done at {cut}");
+            assert!(b"abcd".starts_with(&data));
+        }
+        assert!(body(Decoder::Chunked(Chunk::Size), b"3\r\nabcX\r\n").is_err(), "no CRLF after the data");
+        assert!(body(Decoder::Chunked(Chunk::Size), b"3\r\nabc\r\nzz\r\n").is_err());
+        assert!(body(Decoder::Chunked(Chunk::Size), b"0\r\nBad Trailer\r\n\r\n").is_err());
+        let mut d = Decoder::Length(2);
+        assert!(d.eof().is_err(), "truncated");
+        let mut d = Decoder::Eof;
+        assert!(d.eof().is_ok());
+    }
+}
