@@ -9,6 +9,11 @@
 //! The signed message is versioned and length-prefixed:
 //! `keytrail-checkpoint-v1 ‖ 0 ‖ len(tenant) u32 BE ‖ tenant ‖ seq u64 BE ‖
 //! hash (32) ‖ signed_at_ms i64 BE`.
+//!
+//! Other documents (archive manifests) are signed with the same key over
+//! `domain ‖ 0 ‖ bytes` ([`Signer::sign_bytes`], [`verify_bytes`]): the
+//! domain names the kind of document, so no signature can be replayed as
+//! another kind (no domain is a prefix of `keytrail-checkpoint-v1`).
 
 use std::io::Write;
 use std::path::Path;
@@ -99,6 +104,25 @@ impl Signer {
         let signature = self.key.sign(&message(tenant, seq, &hash, signed_at_ms)).to_bytes();
         Checkpoint { tenant: tenant.to_string(), seq, hash, signed_at_ms, signature }
     }
+
+    /// Signs `bytes` as a document of kind `domain` (see [`verify_bytes`]).
+    pub fn sign_bytes(&self, domain: &str, bytes: &[u8]) -> [u8; 64] {
+        self.key.sign(&domain_message(domain, bytes)).to_bytes()
+    }
+}
+
+fn domain_message(domain: &str, bytes: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(domain.len() + 1 + bytes.len());
+    m.extend_from_slice(domain.as_bytes());
+    m.push(0);
+    m.extend_from_slice(bytes);
+    m
+}
+
+/// Whether `signature` was made by the holder of `key` over `bytes` as a
+/// document of kind `domain`.
+pub fn verify_bytes(key: &VerifyingKey, domain: &str, bytes: &[u8], signature: &[u8; 64]) -> bool {
+    key.verify(&domain_message(domain, bytes), &Signature::from_bytes(signature)).is_ok()
 }
 
 /// The public key as printed by `keytrail keys public`: 64 hex digits.
@@ -142,6 +166,13 @@ mod tests {
         }
         let other = Signer::load_or_create(&dir.path().join("other.key")).unwrap();
         assert!(!verify(&other.public_key(), &cp));
+
+        // Documents: bound to their bytes, their kind and the key.
+        let signature = signer.sign_bytes("keytrail-archive-manifest-v1", b"{\"events\":3}");
+        assert!(verify_bytes(&public, "keytrail-archive-manifest-v1", b"{\"events\":3}", &signature));
+        assert!(!verify_bytes(&public, "keytrail-archive-manifest-v1", b"{\"events\":4}", &signature));
+        assert!(!verify_bytes(&public, "keytrail-other-v1", b"{\"events\":3}", &signature));
+        assert!(!verify_bytes(&other.public_key(), "keytrail-archive-manifest-v1", b"{\"events\":3}", &signature));
         assert!(parse_public_key("abc").is_err());
         std::fs::write(dir.path().join("bad.key"), b"short").unwrap();
         assert!(Signer::load_or_create(&dir.path().join("bad.key")).is_err());
