@@ -26,6 +26,8 @@ pub struct FileConfig {
     pub audit: AuditFile,
     #[serde(default)]
     pub log: LogFile,
+    #[serde(default)]
+    pub retention: RetentionFile,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -97,6 +99,24 @@ pub enum QueueFullPolicy {
     Block,
 }
 
+/// `[retention]`: the global retention until an admin changes it over the
+/// API, where archives go, and how often the retention task runs.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionFile {
+    #[serde(default, deserialize_with = "hot_days")]
+    pub hot_days: Option<u64>,
+    #[serde(default, deserialize_with = "archive_days")]
+    pub archive_days: Option<u64>,
+    /// Where archives are written; `<data_dir>/archive` by default.
+    pub archive_dir: Option<PathBuf>,
+    #[serde(default, deserialize_with = "retention_interval_s")]
+    pub interval_s: Option<u64>,
+    /// zstd level of archive files (1–22): higher is smaller and slower.
+    #[serde(default, deserialize_with = "archive_zstd_level")]
+    pub archive_zstd_level: Option<u64>,
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogFile {
@@ -122,6 +142,7 @@ pub struct Config {
     pub gateway: GatewayConfig,
     pub admin_listen: SocketAddr,
     pub audit: AuditConfig,
+    pub retention: RetentionConfig,
     pub log_level: String,
     /// The operator's chosen first admin token; never printed.
     pub bootstrap_token: Option<String>,
@@ -153,6 +174,16 @@ pub struct AuditConfig {
     pub sample_seed: Option<u64>,
     pub checkpoint_every_events: u64,
     pub checkpoint_interval: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct RetentionConfig {
+    /// The global retention before any admin changes it.
+    pub defaults: crate::settings::retention::RetentionSettings,
+    pub archive_dir: PathBuf,
+    /// How often the retention task runs (it also runs at start).
+    pub interval: Duration,
+    pub archive_zstd_level: i32,
 }
 
 pub const DEFAULT_DATA_DIR: &str = "./keytrail-data";
@@ -232,6 +263,14 @@ pub fn resolve(file: FileConfig, overrides: Overrides) -> Result<Config, ConfigE
     if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
         return Err(ConfigError::Invalid(format!("log level `{log_level}` is not a valid filter (try `info` or `debug`)")));
     }
+    let retention_defaults = crate::settings::retention::RetentionSettings {
+        hot_days: file.retention.hot_days.unwrap_or(90) as u32,
+        archive_days: file.retention.archive_days.unwrap_or(365) as u32,
+    };
+    let archive_dir = file.retention.archive_dir.unwrap_or_else(|| data_dir.join("archive"));
+    if archive_dir.as_os_str().is_empty() {
+        return Err(ConfigError::Invalid("retention.archive_dir must not be empty".into()));
+    }
     Ok(Config {
         data_dir,
         gateway: GatewayConfig {
@@ -256,6 +295,12 @@ pub fn resolve(file: FileConfig, overrides: Overrides) -> Result<Config, ConfigE
             sample_seed: file.audit.sample_seed,
             checkpoint_every_events: file.audit.checkpoint_every_events.unwrap_or(10_000),
             checkpoint_interval: Duration::from_secs(file.audit.checkpoint_interval_s.unwrap_or(60)),
+        },
+        retention: RetentionConfig {
+            defaults: retention_defaults,
+            archive_dir,
+            interval: Duration::from_secs(file.retention.interval_s.unwrap_or(3_600)),
+            archive_zstd_level: file.retention.archive_zstd_level.map_or(crate::store::audit::archive::DEFAULT_ZSTD_LEVEL, |l| l as i32),
         },
         log_level,
         bootstrap_token: overrides.bootstrap_token,
@@ -300,6 +345,22 @@ fn checkpoint_interval_s<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>,
     bounded(d, 1, 86_400)
 }
 
+fn hot_days<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    bounded(d, 1, u64::from(crate::settings::retention::MAX_DAYS))
+}
+
+fn archive_days<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    bounded(d, 0, u64::from(crate::settings::retention::MAX_DAYS))
+}
+
+fn archive_zstd_level<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    bounded(d, 1, 22)
+}
+
+fn retention_interval_s<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    bounded(d, 1, 7 * 86_400)
+}
+
 fn queue_capacity<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     bounded(d, 16, 10_000_000)
 }
@@ -319,6 +380,23 @@ mod tests {
         assert_eq!(c.gateway.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(c.admin_listen.to_string(), "127.0.0.1:9080");
         assert_eq!(c.audit.flush_interval, Duration::from_millis(50));
+        assert_eq!((c.retention.defaults.hot_days, c.retention.defaults.archive_days), (90, 365));
+        assert_eq!(c.retention.archive_dir, PathBuf::from("./keytrail-data/archive"));
+        assert_eq!(c.retention.interval, Duration::from_secs(3600));
+        assert_eq!(c.retention.archive_zstd_level, 3);
+    }
+
+    #[test]
+    fn retention_settings_are_checked() {
+        let c = resolve(parse("data_dir = \"/srv/kt\"\n[retention]\nhot_days = 7\narchive_days = 0\n").unwrap(), Overrides::default()).unwrap();
+        assert_eq!((c.retention.defaults.hot_days, c.retention.defaults.archive_days), (7, 0));
+        assert_eq!(c.retention.archive_dir, PathBuf::from("/srv/kt/archive"));
+        let err = parse("[retention]\nhot_days = 0\n").unwrap_err().to_string();
+        assert!(err.contains("line 2") && err.contains("between 1 and 36500"), "{err}");
+        let err = parse("[retention]\narchive_zstd_level = 23\n").unwrap_err().to_string();
+        assert!(err.contains("between 1 and 22"), "{err}");
+        let err = parse("[retention]\nkeep_days = 3\n").unwrap_err().to_string();
+        assert!(err.contains("keep_days"), "{err}");
     }
 
     #[test]

@@ -66,6 +66,12 @@ pub mod security_type {
     pub const ADMIN_LOGIN: &str = "admin_login";
     pub const ADMIN_LOGIN_FAILED: &str = "admin_login_failed";
     pub const LOG_ACCESSED: &str = "log_accessed";
+    /// Retention wrote a signed archive of a run of the tenant's chain.
+    pub const ARCHIVE_WRITTEN: &str = "archive_written";
+    /// Retention deleted an archive past the archive retention.
+    pub const ARCHIVE_DELETED: &str = "archive_deleted";
+    /// Retention deleted a day file whose events were all archived.
+    pub const HOT_DATA_DROPPED: &str = "hot_data_dropped";
 }
 
 /// One audit record. [`Event::write_canonical`] fixes what the hash covers:

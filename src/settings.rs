@@ -12,6 +12,8 @@
 //! [`LoggingPolicy`] after every change; the pipeline applies it to each
 //! event it is given, so a change takes effect with the next event.
 
+pub mod retention;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 

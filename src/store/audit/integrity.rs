@@ -6,6 +6,16 @@
 //! leaves a chain that still links. Signed checkpoints close that gap: each
 //! must match the chain exactly where it was signed, and the chain must
 //! reach every checkpoint.
+//!
+//! Retention moves a tenant's oldest events into signed archives
+//! ([`super::archive`]); `meta.db` keeps each archive's signed manifest,
+//! also after the archive itself is deleted. Verification then starts from
+//! them: the records must be signed and follow on from the genesis hash,
+//! the first hot block must link to the last of them, a checkpoint in an
+//! archived range must be the manifest's (which was checked against the
+//! events when they were archived), and days restored from archives must
+//! rehash to their manifests. The archive files themselves are checked by
+//! `keytrail archive verify` ([`super::archive::verify_archives`]).
 
 use std::path::Path;
 
@@ -70,6 +80,10 @@ pub struct IntegrityReport {
     pub last_seq: u64,
     pub checkpoints: usize,
     pub last_checkpoint_seq: Option<u64>,
+    /// Archives retention wrote (and has not deleted), and the last `seq`
+    /// they (or deleted ones) cover: the hot chain starts after it.
+    pub archives: usize,
+    pub archived_through: u64,
     /// Every problem found, most telling first; each names the sequence
     /// numbers it concerns.
     pub problems: Vec<String>,
@@ -79,9 +93,27 @@ pub struct IntegrityReport {
 /// signature, that the chain reaches it, and that the chain's hash at its
 /// `seq` is the one signed.
 pub fn verify_tenant(dir: &Path, reader: &AuditReader, tenant: &str, key: &VerifyingKey) -> Result<IntegrityReport, StoreError> {
+    let records = super::archive::records(dir, Some(tenant))?;
     let chain = reader.verify(tenant)?;
     let checkpoints = checkpoints(dir, tenant)?;
     let mut problems = Vec::new();
+    // The archived prefix: signed records that follow on from the genesis hash.
+    let (mut next_seq, mut next_hash) = (1u64, crate::event::GENESIS_HASH);
+    for r in &records {
+        let m = &r.manifest;
+        if !m.signature_ok(key) {
+            problems.push(format!("archive {} (events {}..={}): its signed record does not verify (forged or altered)", m.name, m.first_seq, m.last_seq));
+        }
+        if m.first_seq > next_seq {
+            problems.push(format!("events {}..={} are missing: no archive record covers them (before archive {})", next_seq, m.first_seq - 1, m.name));
+        } else if m.first_seq < next_seq {
+            problems.push(format!("archive {} (events {}..={}) overlaps the archives before it", m.name, m.first_seq, m.last_seq));
+        } else if m.prev_hash() != next_hash {
+            problems.push(format!("archive {} (events {}..={}) does not link to the events before it", m.name, m.first_seq, m.last_seq));
+        }
+        (next_seq, next_hash) = (m.last_seq + 1, m.last_hash());
+    }
+    let archived_through = reader.archived_through(tenant).0;
     if let Some(ChainBreak { first_seq, last_seq, reason }) = &chain.first_break {
         problems.push(format!("events {first_seq}..={last_seq}: {reason}"));
     }
@@ -89,6 +121,18 @@ pub fn verify_tenant(dir: &Path, reader: &AuditReader, tenant: &str, key: &Verif
     for cp in &checkpoints {
         if !crate::signing::verify(key, cp) {
             problems.push(format!("checkpoint at seq {}: the signature does not verify (forged or altered checkpoint)", cp.seq));
+        } else if cp.seq <= archived_through {
+            let archive = records.iter().map(|r| &r.manifest).find(|m| (m.first_seq..=m.last_seq).contains(&cp.seq));
+            let vouched = archive.is_some_and(|m| {
+                (cp.seq == m.last_seq && m.last_hash() == cp.hash)
+                    || m.checkpoints.iter().any(|c| c.seq == cp.seq && crate::signing::from_hex::<32>(&c.hash) == Some(cp.hash))
+            });
+            if !vouched {
+                problems.push(match archive {
+                    Some(m) => format!("checkpoint at seq {}: archive {} does not hold the hash signed there", cp.seq, m.name),
+                    None => format!("checkpoint at seq {}: no archive record covers it", cp.seq),
+                });
+            }
         } else if cp.seq > chain.last_seq {
             if chain.first_break.is_none() {
                 problems.push(format!(
@@ -107,6 +151,17 @@ pub fn verify_tenant(dir: &Path, reader: &AuditReader, tenant: &str, key: &Verif
             ));
         }
     }
+    // Restored days: each run must rehash, and begin and end as archives do.
+    for run in reader.restored_runs(tenant)? {
+        if let Some(problem) = run.problem {
+            problems.push(problem);
+        }
+        let starts = records.iter().any(|r| r.manifest.first_seq == run.first_seq && r.manifest.prev_hash() == run.prev_hash);
+        let ends = records.iter().any(|r| r.manifest.last_seq == run.last_seq && r.manifest.last_hash() == run.hash);
+        if !(starts && ends) {
+            problems.push(format!("restored events {}..={} are not what the signed archive records say", run.first_seq, run.last_seq));
+        }
+    }
     Ok(IntegrityReport {
         tenant: tenant.to_string(),
         ok: problems.is_empty(),
@@ -114,6 +169,8 @@ pub fn verify_tenant(dir: &Path, reader: &AuditReader, tenant: &str, key: &Verif
         last_seq: chain.last_seq,
         checkpoints: checkpoints.len(),
         last_checkpoint_seq: checkpoints.last().map(|c| c.seq),
+        archives: records.iter().filter(|r| r.deleted_at_ms.is_none()).count(),
+        archived_through,
         problems,
     })
 }

@@ -11,11 +11,15 @@
 //!   - `strings`: the file's dictionary of repeated texts;
 //!   - `chain_heads`: each tenant's last `seq` and hash in this file;
 //!   - the rollups ([`rollup`]) and their watermark (in `kv`).
-//! - `meta.db` — every tenant's chain head, kept after old day files go.
+//! - `meta.db` — every tenant's chain head, kept after old day files go;
+//!   the signed checkpoints ([`integrity`]); a copy of every archive's
+//!   signed manifest ([`archive`]);
+//! - `restored/` — day files of the same shape, brought back from archives
+//!   ([`archive::restore`]).
 //!
 //! Why this shape (measured with `benches/store.rs`; see ARCHITECTURE.md):
 //! a file per day keeps every B-tree small, so ingest does not slow as the
-//! store grows, and retention becomes deleting a file; blocks of columns cost
+//! store grows, and retention ([`retention`]) becomes deleting a file; blocks of columns cost
 //! a few dozen bytes an event and one B-tree insert per block rather than
 //! three per event; the chain hash is stored once per block and recomputed
 //! for the events inside it when an export or a verification needs it.
@@ -24,9 +28,11 @@
 //! the only code that inserts; [`reader::AuditReader`] is opened per query.
 //! WAL mode lets readers run while the writer commits.
 
+pub mod archive;
 pub mod block;
 pub mod integrity;
 pub mod reader;
+pub mod retention;
 pub mod rollup;
 pub mod stats;
 pub mod writer;

@@ -11,6 +11,16 @@
 //! merged across the open blocks by `(timestamp, seq)`; a block is opened
 //! only once its newest event could come next. Memory stays bounded by the
 //! blocks open at once, whatever the size of the result.
+//!
+//! Retention ([`super::retention`]): a tenant's archived prefix of the chain
+//! (up to the last `seq` its signed archive records in `meta.db` cover) is
+//! hidden in the hot day files — a day file shared with a tenant whose hot
+//! window is longer keeps those blocks until it is deleted, and nothing
+//! reads them. Day files restored from archives (`restored/`) are read
+//! beside the hot ones, with nothing hidden; the chain walk ([`AuditReader::verify`])
+//! starts after the archived prefix and leaves restored days to
+//! [`AuditReader::restored_runs`]. A day file deleted after this reader
+//! listed it reads as empty.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -38,10 +48,9 @@ impl DictCache {
     /// The cache of the file at `path` (keyed by inode too, so a file that is
     /// deleted and made again gets a fresh cache).
     fn of(path: &Path) -> Arc<DictCache> {
-        static CACHES: OnceLock<Mutex<HashMap<(PathBuf, u64), Arc<DictCache>>>> = OnceLock::new();
         use std::os::unix::fs::MetadataExt;
         let inode = std::fs::metadata(path).map(|m| m.ino()).unwrap_or(0);
-        let mut caches = CACHES.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+        let mut caches = static_caches().lock().unwrap_or_else(|e| e.into_inner());
         caches.entry((path.to_path_buf(), inode)).or_default().clone()
     }
 
@@ -64,6 +73,11 @@ impl DictCache {
         Ok(())
     }
 
+    /// Drops the cache of a deleted file.
+    pub(super) fn forget(path: &Path) {
+        static_caches().lock().unwrap_or_else(|e| e.into_inner()).retain(|(p, _), _| p != path);
+    }
+
     /// Runs `f` with a lookup from id to string.
     pub(super) fn with<R>(&self, f: impl for<'a> FnOnce(&'a dyn Fn(u32) -> Option<&'a str>) -> R) -> R {
         let values = self.values.read().unwrap_or_else(|e| e.into_inner());
@@ -77,6 +91,13 @@ impl DictCache {
         let values = self.values.read().unwrap_or_else(|e| e.into_inner());
         values.iter().enumerate().filter(|(_, v)| v.starts_with(prefix)).map(|(i, _)| i as u32 + 1).collect()
     }
+}
+
+type Caches = Mutex<HashMap<(PathBuf, u64), Arc<DictCache>>>;
+
+fn static_caches() -> &'static Caches {
+    static CACHES: OnceLock<Caches> = OnceLock::new();
+    CACHES.get_or_init(Default::default)
 }
 
 /// One day file opened for reading.
@@ -331,6 +352,8 @@ struct Cursor {
     hashes: Option<Vec<[u8; 32]>>,
     /// The block's `prev_hash`: the hash before its first event.
     prev_hash: [u8; 32],
+    /// The file the block is in (its dictionary).
+    day: Rc<DayReader>,
 }
 
 impl Cursor {
@@ -360,10 +383,41 @@ pub struct ChainReport {
     pub block_ends: Vec<(u64, [u8; 32])>,
 }
 
+/// A run of a tenant's restored blocks that follow on from each other.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoredRun {
+    pub first_seq: u64,
+    pub last_seq: u64,
+    /// The hash before its first event, and after its last.
+    pub prev_hash: [u8; 32],
+    pub hash: [u8; 32],
+    /// The first block in it that failed to rehash to its stored hash.
+    pub problem: Option<String>,
+}
+
+/// A block of a tenant in a hot day file, as retention reads it.
+#[derive(Debug, Clone)]
+pub(super) struct HotBlock {
+    pub(super) day: i64,
+    pub(super) meta: BlockMeta,
+    pub(super) rows: u64,
+}
+
+impl HotBlock {
+    pub(super) fn last_seq(&self) -> u64 {
+        self.meta.first_seq + self.rows.saturating_sub(1)
+    }
+}
+
 /// A read-only view of the audit store, opened per query.
 pub struct AuditReader {
+    /// The hot day files.
     days: Vec<(i64, PathBuf)>,
-    open: RefCell<HashMap<i64, Rc<DayReader>>>,
+    /// Day files restored from archives (`restored/`).
+    restored: Vec<(i64, PathBuf)>,
+    /// Each tenant's archived prefix: its last `seq` and the hash after it.
+    floors: HashMap<String, (u64, [u8; 32])>,
+    open: RefCell<HashMap<(bool, i64), Rc<DayReader>>>,
     decompressor: RefCell<zstd::bulk::Decompressor<'static>>,
 }
 
@@ -373,24 +427,44 @@ impl AuditReader {
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         Ok(AuditReader {
             days: list_days(dir)?,
+            restored: list_days(&dir.join(super::archive::RESTORED_DIR))?,
+            floors: super::archive::floors(dir)?,
             open: RefCell::new(HashMap::new()),
             decompressor: RefCell::new(zstd::bulk::Decompressor::new()?),
         })
     }
 
-    /// The day numbers this reader sees, oldest first.
+    /// The day numbers of the hot day files, oldest first.
     pub fn days(&self) -> impl Iterator<Item = i64> + '_ {
         self.days.iter().map(|(d, _)| *d)
     }
 
+    /// The hot day file of `day`.
     pub(super) fn day(&self, day: i64) -> Result<Option<Rc<DayReader>>, StoreError> {
-        if let Some(reader) = self.open.borrow().get(&day) {
+        self.file(false, day)
+    }
+
+    /// The hot (`restored == false`) or restored day file of `day`; `None`
+    /// when there is none (or it was deleted since this reader listed it).
+    fn file(&self, restored: bool, day: i64) -> Result<Option<Rc<DayReader>>, StoreError> {
+        if let Some(reader) = self.open.borrow().get(&(restored, day)) {
             return Ok(Some(reader.clone()));
         }
-        let Some((_, path)) = self.days.iter().find(|(d, _)| *d == day) else { return Ok(None) };
-        let reader = Rc::new(DayReader::open(path)?);
-        self.open.borrow_mut().insert(day, reader.clone());
+        let list = if restored { &self.restored } else { &self.days };
+        let Some((_, path)) = list.iter().find(|(d, _)| *d == day) else { return Ok(None) };
+        let reader = match DayReader::open(path) {
+            Ok(reader) => Rc::new(reader),
+            Err(_) if !path.exists() => return Ok(None),
+            Err(error) => return Err(error),
+        };
+        self.open.borrow_mut().insert((restored, day), reader.clone());
         Ok(Some(reader))
+    }
+
+    /// The tenant's archived prefix: the last archived `seq` (0 if none) and
+    /// the chain hash after it.
+    pub fn archived_through(&self, tenant: &str) -> (u64, [u8; 32]) {
+        self.floors.get(tenant).copied().unwrap_or((0, GENESIS_HASH))
     }
 
     /// Parses a block and decodes `columns` of it.
@@ -420,20 +494,33 @@ impl AuditReader {
         let to_day = if to == i64::MAX { i64::MAX } else { day_of(to) };
         let mut remaining = limit.unwrap_or(u64::MAX);
         let mut out = StoredEvent::default();
-        let days: Vec<i64> = self.days().filter(|d| (from_day..=to_day).contains(d)).collect();
+        let mut days: Vec<i64> = self.days.iter().chain(&self.restored).map(|(d, _)| *d).filter(|d| (from_day..=to_day).contains(d)).collect();
+        days.sort_unstable();
+        days.dedup();
+        let hidden_through = self.archived_through(&filter.tenant_id).0;
         for day_number in days.into_iter().rev() {
             if remaining == 0 {
                 break;
             }
-            let Some(day) = self.day(day_number)? else { continue };
-            let Some(day_filter) = DayFilter::resolve(filter, &day)? else { continue };
-            let metas = self.blocks_in_window(&day, &day_filter)?;
+            // The day's hot file (without the archived prefix) and its
+            // restored file, merged.
+            let mut metas: Vec<(Rc<DayReader>, Rc<DayFilter>, BlockMeta)> = Vec::new();
+            for (restored, floor) in [(false, hidden_through), (true, 0)] {
+                let Some(day) = self.file(restored, day_number)? else { continue };
+                let Some(day_filter) = DayFilter::resolve(filter, &day)? else { continue };
+                let day_filter = Rc::new(day_filter);
+                for meta in self.blocks_in_window(&day, &day_filter, floor)? {
+                    metas.push((day.clone(), day_filter.clone(), meta));
+                }
+            }
+            metas.sort_by_key(|m| std::cmp::Reverse((m.2.max_ts, m.2.first_seq)));
             let mut next = 0;
             let mut open: Vec<Cursor> = Vec::new();
             loop {
                 let best = open.iter().enumerate().max_by_key(|(_, c)| c.head()).map(|(i, c)| (i, c.head()));
-                if next < metas.len() && best.is_none_or(|(_, (ts, _))| metas[next].max_ts >= ts) {
-                    if let Some(cursor) = self.open_cursor(&day, &metas[next], &day_filter, hashes, &filter.tenant_id)? {
+                if next < metas.len() && best.is_none_or(|(_, (ts, _))| metas[next].2.max_ts >= ts) {
+                    let (day, day_filter, meta) = &metas[next];
+                    if let Some(cursor) = self.open_cursor(day, meta, day_filter, hashes, &filter.tenant_id)? {
                         open.push(cursor);
                     }
                     next += 1;
@@ -442,6 +529,7 @@ impl AuditReader {
                 let Some((i, (_, seq))) = best else { break };
                 let cursor = &mut open[i];
                 let row = cursor.rows[cursor.at] as usize;
+                let day = cursor.day.clone();
                 day.dict.with(|lookup| cursor.block.fill_event(row, &filter.tenant_id, seq, lookup, &mut out.event))?;
                 out.hash = cursor.hashes.as_ref().map(|h| h[row]);
                 out.prev_hash = cursor.hashes.as_ref().map(|h| if row == 0 { cursor.prev_hash } else { h[row - 1] });
@@ -461,15 +549,15 @@ impl AuditReader {
         Ok(())
     }
 
-    /// The tenant's blocks that may hold events in the filter's window,
-    /// newest `max_ts` first.
-    fn blocks_in_window(&self, day: &DayReader, f: &DayFilter) -> Result<Vec<BlockMeta>, StoreError> {
+    /// The tenant's blocks after `floor` that may hold events in the
+    /// filter's window, newest `max_ts` first.
+    fn blocks_in_window(&self, day: &DayReader, f: &DayFilter, floor: u64) -> Result<Vec<BlockMeta>, StoreError> {
         let mut stmt = day.conn.prepare_cached(
             "SELECT id, first_seq, max_ts, categories, prev_hash, hash FROM blocks
-             WHERE tenant = ?1 AND max_ts >= ?2 AND max_ts <= ?3 AND min_ts <= ?4
+             WHERE tenant = ?1 AND max_ts >= ?2 AND max_ts <= ?3 AND min_ts <= ?4 AND first_seq > ?5
              ORDER BY max_ts DESC, first_seq DESC",
         )?;
-        let mut rows = stmt.query(rusqlite::params![f.tenant, f.from, f.to.saturating_add(MAX_BLOCK_SPAN_MS), f.to])?;
+        let mut rows = stmt.query(rusqlite::params![f.tenant, f.from, f.to.saturating_add(MAX_BLOCK_SPAN_MS), f.to, floor as i64])?;
         let mut out = Vec::new();
         while let Some(r) = rows.next()? {
             let categories: u8 = r.get(3)?;
@@ -488,7 +576,7 @@ impl AuditReader {
     }
 
     /// Decodes a block far enough to know its matching rows; `None` if none match.
-    fn open_cursor(&self, day: &DayReader, meta: &BlockMeta, f: &DayFilter, hashes: bool, tenant: &str) -> Result<Option<Cursor>, StoreError> {
+    fn open_cursor(&self, day: &Rc<DayReader>, meta: &BlockMeta, f: &DayFilter, hashes: bool, tenant: &str) -> Result<Option<Cursor>, StoreError> {
         let data = day.block_data(meta.id)?;
         let mut block = self.decode(&data, f.columns())?;
         let mut rows: Vec<u32> =
@@ -501,7 +589,7 @@ impl AuditReader {
         // Newest first: timestamp, then seq (rows are in seq order).
         rows.sort_unstable_by(|a, b| (block.ts[*b as usize], *b).cmp(&(block.ts[*a as usize], *a)));
         let hashes = if hashes { Some(self.block_hashes(day, &block, meta, tenant)?) } else { None };
-        Ok(Some(Cursor { block, first_seq: meta.first_seq, rows, at: 0, hashes, prev_hash: meta.prev_hash }))
+        Ok(Some(Cursor { block, first_seq: meta.first_seq, rows, at: 0, hashes, prev_hash: meta.prev_hash, day: day.clone() }))
     }
 
     /// Every event's chain hash in a fully decoded block, from its `prev_hash`.
@@ -518,16 +606,18 @@ impl AuditReader {
         Ok(out)
     }
 
-    /// Every block of a tenant in every day file, in chain order.
-    fn tenant_blocks(&self, tenant: &str) -> Result<Vec<(i64, BlockMeta, u64)>, StoreError> {
+    /// Every block of a tenant after `floor` in the hot (or the restored)
+    /// day files, in chain order.
+    pub(super) fn tenant_blocks_in(&self, restored: bool, tenant: &str, floor: u64) -> Result<Vec<(i64, BlockMeta, u64)>, StoreError> {
         let mut all = Vec::new();
-        for day_number in self.days().collect::<Vec<_>>() {
-            let Some(day) = self.day(day_number)? else { continue };
+        let list = if restored { &self.restored } else { &self.days };
+        for day_number in list.iter().map(|(d, _)| *d).collect::<Vec<_>>() {
+            let Some(day) = self.file(restored, day_number)? else { continue };
             let Some(tenant_id) = day.id_of(tenant)? else { continue };
             let mut stmt = day.conn.prepare_cached(
-                "SELECT id, first_seq, max_ts, prev_hash, hash, rows FROM blocks WHERE tenant = ?1 ORDER BY first_seq",
+                "SELECT id, first_seq, max_ts, prev_hash, hash, rows FROM blocks WHERE tenant = ?1 AND first_seq > ?2 ORDER BY first_seq",
             )?;
-            let mut rows = stmt.query([tenant_id])?;
+            let mut rows = stmt.query(rusqlite::params![tenant_id, floor as i64])?;
             while let Some(r) = rows.next()? {
                 let meta = BlockMeta {
                     id: r.get(0)?,
@@ -543,18 +633,103 @@ impl AuditReader {
         Ok(all)
     }
 
-    /// Every tenant with events in the store, sorted.
+    /// The tenant's visible hot blocks (after its archived prefix), in chain order.
+    fn tenant_blocks(&self, tenant: &str) -> Result<Vec<(i64, BlockMeta, u64)>, StoreError> {
+        self.tenant_blocks_in(false, tenant, self.archived_through(tenant).0)
+    }
+
+    /// Every block of a tenant in the hot day files, the archived prefix
+    /// included, in chain order (for retention).
+    pub(super) fn hot_blocks(&self, tenant: &str) -> Result<Vec<HotBlock>, StoreError> {
+        Ok(self.tenant_blocks_in(false, tenant, 0)?.into_iter().map(|(day, meta, rows)| HotBlock { day, meta, rows }).collect())
+    }
+
+    /// Every tenant in one hot day file with its events there: (tenant,
+    /// events, lowest first `seq`, highest last `seq`).
+    pub(super) fn file_tenants(&self, day: i64) -> Result<Vec<(String, u64, u64, u64)>, StoreError> {
+        let Some(file) = self.day(day)? else { return Ok(Vec::new()) };
+        let mut stmt = file.conn.prepare_cached(
+            "SELECT s.value, sum(b.rows), min(b.first_seq), max(b.first_seq + b.rows - 1)
+             FROM blocks b JOIN strings s ON s.id = b.tenant GROUP BY b.tenant ORDER BY s.value",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? as u64, r.get::<_, i64>(3)? as u64)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Calls `each` for every event of a hot block, in order, with its hash
+    /// and the one before it; fails if the block does not rehash to its
+    /// stored hash or holds another number of events than its row says.
+    pub(super) fn block_events(&self, block: &HotBlock, tenant: &str, mut each: impl FnMut(&StoredEvent) -> Result<(), StoreError>) -> Result<(), StoreError> {
+        let day = self.day(block.day)?.ok_or_else(|| StoreError::Corrupt("day file vanished".into()))?;
+        let decoded = self.decode(&day.block_data(block.meta.id)?, Columns::ALL)?;
+        day.dict.ensure(&day.conn, decoded.max_dict_id())?;
+        if decoded.rows() as u64 != block.rows {
+            return Err(StoreError::Corrupt(format!("events {}..={}: row count differs from the block's record", block.meta.first_seq, block.last_seq())));
+        }
+        let hashes = self.block_hashes(&day, &decoded, &block.meta, tenant)?;
+        if hashes.last() != Some(&block.meta.hash) {
+            return Err(StoreError::Corrupt(format!("events {}..={}: do not hash to the block's stored hash", block.meta.first_seq, block.last_seq())));
+        }
+        let mut stored = StoredEvent::default();
+        let mut previous = block.meta.prev_hash;
+        for (row, hash) in hashes.into_iter().enumerate() {
+            day.dict.with(|lookup| decoded.fill_event(row, tenant, block.meta.first_seq + row as u64, lookup, &mut stored.event))?;
+            stored.prev_hash = Some(previous);
+            stored.hash = Some(hash);
+            previous = hash;
+            each(&stored)?;
+        }
+        Ok(())
+    }
+
+    /// Every tenant with events in the store — hot, restored or archived —, sorted.
     pub fn tenants(&self) -> Result<Vec<String>, StoreError> {
-        let mut out = std::collections::BTreeSet::new();
-        for day_number in self.days().collect::<Vec<_>>() {
-            let Some(day) = self.day(day_number)? else { continue };
-            let mut stmt = day.conn.prepare_cached("SELECT value FROM strings WHERE id IN (SELECT DISTINCT tenant FROM blocks)")?;
-            let names = stmt.query_map([], |r| r.get::<_, String>(0))?;
-            for name in names {
-                out.insert(name?);
+        let mut out: std::collections::BTreeSet<String> = self.floors.keys().cloned().collect();
+        for (restored, list) in [(false, &self.days), (true, &self.restored)] {
+            for day_number in list.iter().map(|(d, _)| *d).collect::<Vec<_>>() {
+                let Some(day) = self.file(restored, day_number)? else { continue };
+                let mut stmt = day.conn.prepare_cached("SELECT value FROM strings WHERE id IN (SELECT DISTINCT tenant FROM blocks)")?;
+                let names = stmt.query_map([], |r| r.get::<_, String>(0))?;
+                for name in names {
+                    out.insert(name?);
+                }
             }
         }
         Ok(out.into_iter().collect())
+    }
+
+    /// The tenant's restored blocks as runs of blocks that follow on from
+    /// each other (same `seq` order, each linking to the one before), each
+    /// block rehashed; integrity checks each run against its archive's
+    /// signed record.
+    pub fn restored_runs(&self, tenant: &str) -> Result<Vec<RestoredRun>, StoreError> {
+        let mut runs: Vec<RestoredRun> = Vec::new();
+        for (day_number, meta, rows) in self.tenant_blocks_in(true, tenant, 0)? {
+            let last_seq = meta.first_seq + rows.saturating_sub(1);
+            let day = self.file(true, day_number)?.ok_or_else(|| StoreError::Corrupt("day file vanished".into()))?;
+            let problem = match day.block_data(meta.id).and_then(|data| self.decode(&data, Columns::ALL)).and_then(|block| {
+                day.dict.ensure(&day.conn, block.max_dict_id())?;
+                if block.rows() as u64 != rows {
+                    return Err(StoreError::Corrupt("row count differs from the block's record".into()));
+                }
+                self.block_hashes(&day, &block, &meta, tenant)
+            }) {
+                Ok(hashes) if hashes.last() == Some(&meta.hash) => None,
+                Ok(_) => Some(format!("restored events {}..={} do not hash to their block's stored hash", meta.first_seq, last_seq)),
+                Err(error) => Some(format!("restored events {}..={}: block cannot be read: {error}", meta.first_seq, last_seq)),
+            };
+            match runs.last_mut() {
+                Some(run) if run.last_seq + 1 == meta.first_seq && run.hash == meta.prev_hash => {
+                    run.last_seq = last_seq;
+                    run.hash = meta.hash;
+                    if run.problem.is_none() {
+                        run.problem = problem;
+                    }
+                }
+                _ => runs.push(RestoredRun { first_seq: meta.first_seq, last_seq, prev_hash: meta.prev_hash, hash: meta.hash, problem }),
+            }
+        }
+        Ok(runs)
     }
 
     /// Every event of a tenant in chain order, each with its hash recomputed
@@ -581,9 +756,13 @@ impl AuditReader {
     /// each block's `prev_hash` must be the previous block's `hash`, and
     /// rehashing a block's events from its `prev_hash` must give its `hash`.
     /// Reports the first block where that fails.
+    ///
+    /// The walk starts after the tenant's archived prefix (at `seq` 1 from
+    /// the genesis hash when nothing is archived): the first hot block must
+    /// link to the hash its last archive ends with.
     pub fn verify(&self, tenant: &str) -> Result<ChainReport, StoreError> {
-        let mut report = ChainReport { events: 0, last_seq: 0, first_break: None, block_ends: Vec::new() };
-        let mut previous = GENESIS_HASH;
+        let (floor, mut previous) = self.archived_through(tenant);
+        let mut report = ChainReport { events: 0, last_seq: floor, first_break: None, block_ends: Vec::new() };
         for (day_number, meta, rows) in self.tenant_blocks(tenant)? {
             let last_seq = meta.first_seq + rows.saturating_sub(1);
             let broken = |reason: String| ChainBreak { first_seq: meta.first_seq, last_seq, reason };
@@ -592,7 +771,12 @@ impl AuditReader {
                 return Ok(report);
             }
             if meta.prev_hash != previous {
-                report.first_break = Some(broken("block does not link to the previous block's hash".into()));
+                let reason = if report.events == 0 && floor > 0 {
+                    format!("block does not link to the hash the archive of events up to seq {floor} ends with")
+                } else {
+                    "block does not link to the previous block's hash".to_string()
+                };
+                report.first_break = Some(broken(reason));
                 return Ok(report);
             }
             let day = self.day(day_number)?.ok_or_else(|| StoreError::Corrupt("day file vanished".into()))?;

@@ -15,9 +15,15 @@
 //!
 //! A failed commit leaves the in-memory state as it was before that day's
 //! transaction, so the caller can retry the events not yet committed.
+//!
+//! Retention deletes old day files from another thread: the writer names
+//! the days it has open in [`open_days`] (before opening one), retention
+//! never deletes a day named there, and after each batch the writer closes
+//! the days older than the day before the batch's newest.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, OptionalExtension};
@@ -115,6 +121,37 @@ impl Dictionary {
     }
 }
 
+/// Days whose files are open for writing.
+pub(super) type OpenDays = Arc<Mutex<BTreeSet<i64>>>;
+
+/// The days whose files a writer of the audit directory `dir` has open
+/// (shared by the writer and retention in this process).
+pub(super) fn open_days(dir: &Path) -> OpenDays {
+    static REGISTRY: OnceLock<Mutex<HashMap<PathBuf, OpenDays>>> = OnceLock::new();
+    let key = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    REGISTRY.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner()).entry(key).or_default().clone()
+}
+
+/// A day named in [`open_days`] while its writer lives.
+struct OpenDay {
+    registry: OpenDays,
+    day: i64,
+}
+
+impl OpenDay {
+    fn claim(dir: &Path, day: i64) -> OpenDay {
+        let registry = open_days(dir);
+        registry.lock().unwrap_or_else(|e| e.into_inner()).insert(day);
+        OpenDay { registry, day }
+    }
+}
+
+impl Drop for OpenDay {
+    fn drop(&mut self) {
+        self.registry.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.day);
+    }
+}
+
 /// One open day file.
 struct DayWriter {
     conn: Connection,
@@ -124,6 +161,9 @@ struct DayWriter {
     /// Method index of each method's dictionary id (see [`rollup::METHODS`]).
     methods: FxHashMap<u32, usize>,
     last_used: u64,
+    /// Dropped after `conn` (fields drop in order): the day is named open
+    /// until its connection is closed.
+    _open: Option<OpenDay>,
 }
 
 impl DayWriter {
@@ -134,7 +174,7 @@ impl DayWriter {
         rollup::register_merge_functions(&conn)?;
         let dict = Dictionary::load(&conn)?;
         let methods = dict.ids.iter().map(|(v, id)| (*id, rollup::method_index(v))).collect();
-        let mut day = DayWriter { conn, dict, pending: Rollups::default(), methods, last_used };
+        let mut day = DayWriter { conn, dict, pending: Rollups::default(), methods, last_used, _open: None };
         day.replay_rollups()?;
         Ok(day)
     }
@@ -308,6 +348,13 @@ impl AuditWriterStore {
         &self.heads
     }
 
+    /// Sets a tenant's chain head, so that its next events are numbered and
+    /// chained on from it: restoring archived events into a directory of
+    /// their own at their original `seq` ([`super::archive::restore`]).
+    pub(super) fn set_head(&mut self, tenant: &str, head: ChainHead) {
+        self.heads.insert(tenant.to_string(), head);
+    }
+
     /// Numbers, chains and commits `batch`. Committed events are removed
     /// from `batch`; on error the rest stay, numbered, for the caller to retry.
     pub fn insert_batch(&mut self, batch: &mut Vec<Event>) -> Result<(), StoreError> {
@@ -360,6 +407,15 @@ impl AuditWriterStore {
             std::thread::yield_now();
         }
         batch.clear();
+        // Days before yesterday (of the newest event) are closed: retention
+        // may delete their files.
+        if let Some(newest) = self.days.keys().next_back().copied() {
+            let old: Vec<i64> = self.days.range(..newest - 1).map(|(d, _)| *d).collect();
+            for day in old {
+                let mut closing = self.days.remove(&day).expect("present");
+                write_pending_rollups(&mut closing)?;
+            }
+        }
         let touched: Vec<String> = touched.into_iter().collect();
         if rollups_due {
             // Days that got no events in this batch but still hold counts.
@@ -528,7 +584,9 @@ fn day_writer<'a>(days: &'a mut BTreeMap<i64, DayWriter>, dir: &Path, uses: &mut
                 write_pending_rollups(&mut closing)?;
             }
         }
-        let writer = DayWriter::open(&dir.join(day_file_name(day)), *uses)?;
+        let claim = OpenDay::claim(dir, day);
+        let mut writer = DayWriter::open(&dir.join(day_file_name(day)), *uses)?;
+        writer._open = Some(claim);
         days.insert(day, writer);
     }
     let writer = days.get_mut(&day).expect("just opened");

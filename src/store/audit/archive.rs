@@ -1,0 +1,857 @@
+//! Archives: a tenant's events past its hot window, as signed,
+//! checksummed, compressed files outside the store.
+//!
+//! Layout of the archive directory (`retention.archive_dir`,
+//! `<data-dir>/archive` by default):
+//! - `<tenant>/<YYYY-MM-DD>.ndjson.zst` — one run of the tenant's chain,
+//!   oldest first, one event per line as `{"prev_hash", "hash", "event"}`
+//!   (`event` is the JSON export's `event`: every field, so the line can be
+//!   rehashed), zstd-compressed;
+//! - `<tenant>/<YYYY-MM-DD>.manifest.json` — what the file holds (events,
+//!   first and last `seq`, the chain hash before the first event and after
+//!   the last, the oldest and newest event time), the file's size and
+//!   SHA-256, the signed checkpoints that fall in its range, when it was
+//!   written, and an Ed25519 signature with the data directory's key over
+//!   the manifest's canonical bytes ([`Manifest::canonical_bytes`]).
+//!
+//! An archive is named after the UTC day of the hot file its first event
+//! was in; it holds the run of the chain that the hot files up to that day
+//! hold (an event committed after midnight with the day before's time goes
+//! into the next archive), so consecutive archives link exactly: the last
+//! hash of one is the previous hash of the next. (Should an event arrive
+//! for a day whose archive already exists, its archive is named
+//! `<YYYY-MM-DD>-<first seq>`.)
+//!
+//! `meta.db` keeps a copy of every manifest (`archives`), also after
+//! retention deletes the archive: it is what the hot chain links to
+//! ([`floors`]), and it proves that a deleted range was archived and
+//! deleted by retention rather than cut off.
+//!
+//! Restoring ([`restore`]) verifies an archive and writes its events, at
+//! their own `seq` and with their own hashes, into day files under
+//! `<audit>/restored/`, which readers and `keytrail verify` read beside the
+//! hot ones; retention never touches them.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+
+use ed25519_dalek::VerifyingKey;
+use rusqlite::{params, OptionalExtension};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::{day_of, ChainHead, StoredEvent, META_FILE};
+use crate::event::{format_timestamp, Event, GENESIS_HASH};
+use crate::signing::{from_hex, hex, Checkpoint, Signer};
+use crate::store::StoreError;
+
+/// The manifest's `format`.
+pub const FORMAT: &str = "keytrail-archive-v1";
+/// The signing domain of manifests (see [`crate::signing::verify_bytes`]).
+pub const MANIFEST_DOMAIN: &str = "keytrail-archive-manifest-v1";
+/// The directory under the audit directory that restored days go to.
+pub const RESTORED_DIR: &str = "restored";
+/// The default zstd level of archive files (`retention.archive_zstd_level`).
+/// Measured on a realistic day (BENCHMARKS.md): level 3 compresses ~190 MB
+/// of NDJSON a second to 128 bytes an event; 19 gets 96 bytes at ~1 MB/s,
+/// about 0.9 ms of CPU an event — more than proxying it took.
+pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
+/// Most problems listed for one archive (a damaged file could list one per line).
+const MAX_PROBLEMS: usize = 20;
+
+pub const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS archives (
+    tenant TEXT NOT NULL,
+    first_seq INTEGER NOT NULL,
+    last_seq INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    last_hash BLOB NOT NULL,
+    manifest TEXT NOT NULL,
+    deleted_at INTEGER,
+    PRIMARY KEY (tenant, first_seq)
+);";
+
+/// A signed checkpoint inside a manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestCheckpoint {
+    pub seq: u64,
+    pub hash: String,
+    pub signed_at_ms: i64,
+    pub signature: String,
+}
+
+impl ManifestCheckpoint {
+    fn of(cp: &Checkpoint) -> ManifestCheckpoint {
+        ManifestCheckpoint { seq: cp.seq, hash: hex(&cp.hash), signed_at_ms: cp.signed_at_ms, signature: hex(&cp.signature) }
+    }
+
+    fn checkpoint(&self, tenant: &str) -> Option<Checkpoint> {
+        Some(Checkpoint {
+            tenant: tenant.to_string(),
+            seq: self.seq,
+            hash: from_hex(&self.hash)?,
+            signed_at_ms: self.signed_at_ms,
+            signature: from_hex(&self.signature)?,
+        })
+    }
+}
+
+/// What an archive holds, signed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub format: String,
+    pub tenant: String,
+    /// The archive's name: the UTC day (`YYYY-MM-DD`), or `YYYY-MM-DD-<seq>`.
+    pub name: String,
+    /// The archive file, beside the manifest.
+    pub file: String,
+    pub events: u64,
+    pub first_seq: u64,
+    pub last_seq: u64,
+    /// The chain hash before the first event and after the last (hex).
+    pub prev_hash: String,
+    pub last_hash: String,
+    /// The oldest and newest event time (ms since the epoch, UTC).
+    pub from_ms: i64,
+    pub to_ms: i64,
+    pub file_bytes: u64,
+    pub file_sha256: String,
+    /// The signed checkpoints whose `seq` is in this archive.
+    pub checkpoints: Vec<ManifestCheckpoint>,
+    pub archived_at: String,
+    pub public_key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+}
+
+impl Manifest {
+    /// The bytes the signature covers: the manifest as compact JSON, in
+    /// field order, without `signature`.
+    pub fn canonical_bytes(&self) -> Vec<u8> {
+        let unsigned = Manifest { signature: None, ..self.clone() };
+        serde_json::to_vec(&unsigned).expect("a manifest serialises")
+    }
+
+    fn sign(&mut self, signer: &Signer) {
+        self.signature = Some(hex(&signer.sign_bytes(MANIFEST_DOMAIN, &self.canonical_bytes())));
+    }
+
+    /// Whether the manifest is signed by the holder of `key`, as it is.
+    pub fn signature_ok(&self, key: &VerifyingKey) -> bool {
+        let Some(signature) = self.signature.as_deref().and_then(from_hex::<64>) else { return false };
+        crate::signing::verify_bytes(key, MANIFEST_DOMAIN, &self.canonical_bytes(), &signature)
+    }
+
+    pub fn prev_hash(&self) -> [u8; 32] {
+        from_hex(&self.prev_hash).unwrap_or([0xff; 32])
+    }
+
+    pub fn last_hash(&self) -> [u8; 32] {
+        from_hex(&self.last_hash).unwrap_or([0xff; 32])
+    }
+
+    fn manifest_file(&self) -> String {
+        format!("{}.manifest.json", self.name)
+    }
+}
+
+/// An archive's record in `meta.db`.
+#[derive(Debug, Clone)]
+pub struct ArchiveRecord {
+    pub manifest: Manifest,
+    /// When retention deleted the archive, if it did.
+    pub deleted_at_ms: Option<i64>,
+}
+
+/// `YYYY-MM-DD` of a day number.
+pub fn day_name(day: i64) -> String {
+    super::day_file_name(day).trim_end_matches(".db").to_string()
+}
+
+/// The day number of `YYYY-MM-DD`.
+pub fn parse_day(text: &str) -> Option<i64> {
+    let date = chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d").ok()?;
+    Some(date.and_hms_opt(0, 0, 0)?.and_utc().timestamp().div_euclid(86_400))
+}
+
+fn meta_read_only(dir: &Path) -> Result<Option<rusqlite::Connection>, StoreError> {
+    let path = dir.join(META_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let conn = rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    let exists: Option<i64> =
+        conn.query_row("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'archives'", [], |r| r.get(0)).optional()?;
+    Ok(exists.map(|_| conn))
+}
+
+/// Each tenant's archived prefix: the last archived `seq` and the hash
+/// after it (from the records; deleted archives count).
+pub fn floors(dir: &Path) -> Result<HashMap<String, (u64, [u8; 32])>, StoreError> {
+    let mut out = HashMap::new();
+    let Some(conn) = meta_read_only(dir)? else { return Ok(out) };
+    let mut stmt = conn.prepare("SELECT tenant, max(last_seq), last_hash FROM archives GROUP BY tenant")?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64, r.get::<_, Vec<u8>>(2)?)))?;
+    for row in rows {
+        let (tenant, seq, hash) = row?;
+        out.insert(tenant, (seq, hash.try_into().unwrap_or([0xff; 32])));
+    }
+    Ok(out)
+}
+
+/// The archive records of one tenant (or all), by tenant and `seq`.
+pub fn records(dir: &Path, tenant: Option<&str>) -> Result<Vec<ArchiveRecord>, StoreError> {
+    let Some(conn) = meta_read_only(dir)? else { return Ok(Vec::new()) };
+    let mut stmt = conn.prepare(
+        "SELECT manifest, deleted_at FROM archives WHERE ?1 IS NULL OR tenant = ?1 ORDER BY tenant, first_seq",
+    )?;
+    let rows = stmt.query_map(params![tenant], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<i64>>(1)?)))?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (text, deleted_at_ms) = row?;
+        let manifest: Manifest =
+            serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("an archive record in meta.db cannot be read: {e}")))?;
+        out.push(ArchiveRecord { manifest, deleted_at_ms });
+    }
+    Ok(out)
+}
+
+pub(super) fn insert_record(meta: &rusqlite::Connection, m: &Manifest) -> Result<(), StoreError> {
+    let text = serde_json::to_string(m).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    meta.execute(
+        "INSERT INTO archives (tenant, first_seq, last_seq, name, last_hash, manifest) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (tenant, first_seq) DO UPDATE SET last_seq = excluded.last_seq, name = excluded.name,
+             last_hash = excluded.last_hash, manifest = excluded.manifest, deleted_at = NULL",
+        params![m.tenant, m.first_seq as i64, m.last_seq as i64, m.name, m.last_hash().as_slice(), text],
+    )?;
+    Ok(())
+}
+
+pub(super) fn mark_deleted(meta: &rusqlite::Connection, m: &Manifest, at_ms: i64) -> Result<(), StoreError> {
+    meta.execute("UPDATE archives SET deleted_at = ?3 WHERE tenant = ?1 AND first_seq = ?2", params![m.tenant, m.first_seq as i64, at_ms])?;
+    Ok(())
+}
+
+/// The tenant's folder in the archive directory.
+pub fn tenant_dir(archive_dir: &Path, tenant: &str) -> PathBuf {
+    archive_dir.join(tenant)
+}
+
+/// The paths of an archive's file and manifest.
+pub fn paths(archive_dir: &Path, tenant: &str, name: &str) -> (PathBuf, PathBuf) {
+    let dir = tenant_dir(archive_dir, tenant);
+    (dir.join(format!("{name}.ndjson.zst")), dir.join(format!("{name}.manifest.json")))
+}
+
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
+}
+
+fn create_private_file(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// Counts and hashes the bytes written through it.
+struct Hashing<W> {
+    inner: W,
+    sha: Sha256,
+    bytes: u64,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.sha.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// One line of an archive file.
+#[derive(Serialize)]
+struct LineOut<'a> {
+    prev_hash: &'a str,
+    hash: &'a str,
+    event: &'a Event,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LineIn {
+    prev_hash: String,
+    hash: String,
+    event: Event,
+}
+
+/// Writes one archive: events are pushed in chain order, then
+/// [`finish`](Self::finish) signs the manifest and moves both files into
+/// place (written under temporary names, synced, then renamed).
+pub(super) struct ArchiveWriter {
+    tenant: String,
+    name: String,
+    data_path: PathBuf,
+    temporary: PathBuf,
+    encoder: zstd::stream::write::Encoder<'static, Hashing<std::io::BufWriter<std::fs::File>>>,
+    line: Vec<u8>,
+    first: Option<(u64, [u8; 32])>,
+    last: Option<(u64, [u8; 32])>,
+    events: u64,
+    from_ms: i64,
+    to_ms: i64,
+}
+
+impl ArchiveWriter {
+    pub(super) fn create(archive_dir: &Path, tenant: &str, name: &str, level: i32) -> Result<ArchiveWriter, StoreError> {
+        let dir = tenant_dir(archive_dir, tenant);
+        create_private_dir(&dir)?;
+        let (data_path, _) = paths(archive_dir, tenant, name);
+        let temporary = dir.join(format!("{name}.ndjson.zst.tmp"));
+        let file = create_private_file(&temporary)?;
+        let sink = Hashing { inner: std::io::BufWriter::with_capacity(1 << 20, file), sha: Sha256::new(), bytes: 0 };
+        let mut encoder = zstd::stream::write::Encoder::new(sink, level)?;
+        encoder.include_checksum(true)?;
+        encoder.window_log(24)?;
+        Ok(ArchiveWriter {
+            tenant: tenant.to_string(),
+            name: name.to_string(),
+            data_path,
+            temporary,
+            encoder,
+            line: Vec::with_capacity(2048),
+            first: None,
+            last: None,
+            events: 0,
+            from_ms: i64::MAX,
+            to_ms: i64::MIN,
+        })
+    }
+
+    /// Appends an event (with its hashes) to the archive.
+    pub(super) fn push(&mut self, stored: &StoredEvent) -> Result<(), StoreError> {
+        let (Some(prev), Some(hash)) = (stored.prev_hash, stored.hash) else {
+            return Err(StoreError::Corrupt("an archived event needs its hashes".into()));
+        };
+        let e = &stored.event;
+        if self.first.is_none() {
+            self.first = Some((e.seq, prev));
+        }
+        self.last = Some((e.seq, hash));
+        self.events += 1;
+        self.from_ms = self.from_ms.min(e.timestamp_ms);
+        self.to_ms = self.to_ms.max(e.timestamp_ms);
+        self.line.clear();
+        serde_json::to_writer(&mut self.line, &LineOut { prev_hash: &hex(&prev), hash: &hex(&hash), event: e })
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.line.push(b'\n');
+        self.encoder.write_all(&self.line)?;
+        Ok(())
+    }
+
+    /// Closes the file, signs the manifest and puts both in place.
+    pub(super) fn finish(self, checkpoints: &[Checkpoint], signer: &Signer, now_ms: i64) -> Result<Manifest, StoreError> {
+        let (Some((first_seq, prev_hash)), Some((last_seq, last_hash))) = (self.first, self.last) else {
+            let _ = std::fs::remove_file(&self.temporary);
+            return Err(StoreError::Corrupt("an archive needs at least one event".into()));
+        };
+        let sink = self.encoder.finish()?;
+        let file = sink.inner.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        let mut manifest = Manifest {
+            format: FORMAT.into(),
+            tenant: self.tenant.clone(),
+            name: self.name.clone(),
+            file: format!("{}.ndjson.zst", self.name),
+            events: self.events,
+            first_seq,
+            last_seq,
+            prev_hash: hex(&prev_hash),
+            last_hash: hex(&last_hash),
+            from_ms: self.from_ms,
+            to_ms: self.to_ms,
+            file_bytes: sink.bytes,
+            file_sha256: hex(&sink.sha.finalize()),
+            checkpoints: checkpoints.iter().filter(|c| (first_seq..=last_seq).contains(&c.seq)).map(ManifestCheckpoint::of).collect(),
+            archived_at: format_timestamp(now_ms),
+            public_key: crate::signing::public_key_text(&signer.public_key()),
+            signature: None,
+        };
+        manifest.sign(signer);
+        let dir = self.data_path.parent().expect("in the tenant's folder").to_path_buf();
+        let manifest_path = dir.join(manifest.manifest_file());
+        let manifest_temporary = dir.join(format!("{}.tmp", manifest.manifest_file()));
+        let mut out = create_private_file(&manifest_temporary)?;
+        out.write_all(&serde_json::to_vec_pretty(&manifest).map_err(|e| StoreError::Corrupt(e.to_string()))?)?;
+        out.write_all(b"\n")?;
+        out.sync_all()?;
+        std::fs::rename(&self.temporary, &self.data_path)?;
+        std::fs::rename(&manifest_temporary, &manifest_path)?;
+        sync_dir(&dir);
+        Ok(manifest)
+    }
+
+    /// Gives up: removes the temporary file.
+    pub(super) fn abandon(self) {
+        let _ = std::fs::remove_file(&self.temporary);
+    }
+}
+
+/// What checking one archive found.
+struct Checked {
+    manifest: Option<Manifest>,
+    problems: Vec<String>,
+    /// Events read from the file.
+    events: u64,
+}
+
+/// Reads the manifest at `path` and checks it and its file: the signature,
+/// the file's size and SHA-256, then every line — its `seq` follows on,
+/// its previous hash is the hash before it, and the event rehashes to its
+/// hash — and the count, range, last hash and checkpoints against the
+/// manifest. `each` gets every event read (while nothing is wrong).
+fn check_archive(
+    tenant: &str,
+    path: &Path,
+    key: &VerifyingKey,
+    mut each: Option<&mut dyn FnMut(StoredEvent) -> Result<(), String>>,
+) -> Checked {
+    let label = path.file_name().and_then(|n| n.to_str()).unwrap_or("?").trim_end_matches(".manifest.json").to_string();
+    let mut problems = Vec::new();
+    let manifest: Manifest = match std::fs::read(path).map_err(|e| e.to_string()).and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string())) {
+        Ok(m) => m,
+        Err(e) => {
+            problems.push(format!("{label}: the manifest cannot be read ({e})"));
+            return Checked { manifest: None, problems, events: 0 };
+        }
+    };
+    let day = format!("archive {}", manifest.name);
+    if !manifest.signature_ok(key) {
+        problems.push(format!("{day}: the manifest's signature does not verify (the manifest was changed, or signed with another key)"));
+    }
+    if manifest.tenant != tenant || manifest.name != label || manifest.file != format!("{label}.ndjson.zst") || manifest.format != FORMAT {
+        problems.push(format!("{day}: the manifest names another tenant, archive or format (`{}`, `{}`)", manifest.tenant, manifest.file));
+        return Checked { manifest: Some(manifest), problems, events: 0 };
+    }
+    let data_path = path.with_file_name(&manifest.file);
+    let file = match std::fs::File::open(&data_path) {
+        Ok(f) => f,
+        Err(e) => {
+            problems.push(format!("{day}: the archive file {} cannot be read ({e}): events {}..={} are missing", manifest.file, manifest.first_seq, manifest.last_seq));
+            return Checked { manifest: Some(manifest), problems, events: 0 };
+        }
+    };
+    // Hash the file's bytes as they are decompressed.
+    struct Tee<R> {
+        inner: R,
+        sha: Sha256,
+        bytes: u64,
+    }
+    impl<R: Read> Read for Tee<R> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.inner.read(buf)?;
+            self.sha.update(&buf[..n]);
+            self.bytes += n as u64;
+            Ok(n)
+        }
+    }
+    let mut tee = Tee { inner: BufReader::with_capacity(1 << 20, file), sha: Sha256::new(), bytes: 0 };
+    let checkpoints: HashMap<u64, [u8; 32]> =
+        manifest.checkpoints.iter().filter_map(|c| Some((c.seq, from_hex::<32>(&c.hash)?))).collect();
+    let mut running = manifest.prev_hash();
+    let mut expected = manifest.first_seq;
+    let mut events = 0u64;
+    let mut content_problems = 0usize;
+    let mut note = |problems: &mut Vec<String>, text: String| {
+        content_problems += 1;
+        if content_problems <= MAX_PROBLEMS {
+            problems.push(text);
+        }
+    };
+    let read_result: Result<(), String> = (|| {
+        let decoder = zstd::stream::read::Decoder::new(&mut tee).map_err(|e| e.to_string())?;
+        let mut lines = BufReader::with_capacity(1 << 20, decoder);
+        let mut text = String::new();
+        loop {
+            text.clear();
+            let n = lines.read_line(&mut text).map_err(|e| format!("the file cannot be decompressed ({e})"))?;
+            if n == 0 {
+                return Ok(());
+            }
+            let line: LineIn = match serde_json::from_str(text.trim_end()) {
+                Ok(line) => line,
+                Err(e) => {
+                    note(&mut problems, format!("{day}: line {} cannot be read ({e})", events + 1));
+                    events += 1;
+                    continue;
+                }
+            };
+            events += 1;
+            let e = &line.event;
+            let (Some(prev), Some(hash)) = (from_hex::<32>(&line.prev_hash), from_hex::<32>(&line.hash)) else {
+                note(&mut problems, format!("{day}: seq {}: `prev_hash` and `hash` must be 64 hexadecimal digits", e.seq));
+                continue;
+            };
+            if e.tenant_id != tenant {
+                note(&mut problems, format!("{day}: seq {}: the event belongs to tenant `{}`", e.seq, e.tenant_id));
+            }
+            if e.seq != expected {
+                note(&mut problems, format!("{day}: expected seq {expected}, found {} (an event is missing or was inserted)", e.seq));
+            }
+            if prev != running {
+                note(&mut problems, format!("{day}: seq {}: does not follow the event before it (its previous hash differs)", e.seq));
+            }
+            let computed = e.chain_hash(&prev);
+            if computed != hash {
+                note(&mut problems, format!("{day}: seq {}: the event does not match its hash (changed)", e.seq));
+            }
+            if checkpoints.get(&e.seq).is_some_and(|signed| *signed != computed) {
+                note(&mut problems, format!("{day}: checkpoint at seq {}: the archive's hash there is not the one signed", e.seq));
+            }
+            running = hash;
+            expected = e.seq + 1;
+            if problems.is_empty() {
+                if let Some(each) = each.as_mut() {
+                    each(StoredEvent { event: line.event, hash: Some(hash), prev_hash: Some(prev) })?;
+                }
+            }
+        }
+    })();
+    if let Err(e) = read_result {
+        problems.push(format!("{day}: {e}"));
+    }
+    // Whatever was left unread still counts towards the file's hash.
+    let _ = std::io::copy(&mut tee, &mut std::io::sink());
+    if tee.bytes != manifest.file_bytes || hex(&tee.sha.finalize()) != manifest.file_sha256 {
+        problems.insert(0, format!("{day}: the archive file's SHA-256 is not the manifest's (the file was changed)"));
+    }
+    if content_problems > MAX_PROBLEMS {
+        problems.push(format!("{day}: and {} more problems", content_problems - MAX_PROBLEMS));
+    }
+    if events != manifest.events {
+        problems.push(format!("{day}: holds {events} events, the manifest says {}", manifest.events));
+    }
+    if expected != manifest.last_seq + 1 {
+        problems.push(format!("{day}: ends at seq {}, the manifest says {}", expected.saturating_sub(1), manifest.last_seq));
+    } else if running != manifest.last_hash() {
+        problems.push(format!("{day}: the last event's hash is not the manifest's last hash"));
+    }
+    for c in &manifest.checkpoints {
+        match c.checkpoint(tenant) {
+            Some(cp) if crate::signing::verify(key, &cp) && (manifest.first_seq..=manifest.last_seq).contains(&cp.seq) => {}
+            _ => problems.push(format!("{day}: checkpoint at seq {}: the signature does not verify", c.seq)),
+        }
+    }
+    Checked { manifest: Some(manifest), problems, events }
+}
+
+/// What `keytrail archive verify` reports for one tenant.
+#[derive(Debug, Clone, Serialize)]
+pub struct ArchiveReport {
+    pub tenant: String,
+    pub ok: bool,
+    pub archives: usize,
+    pub events: u64,
+    pub first_seq: Option<u64>,
+    pub last_seq: Option<u64>,
+    /// Whether the tenant's first hot event follows the last archive
+    /// (checked when the data directory is at hand).
+    pub hot_links: Option<bool>,
+    pub problems: Vec<String>,
+}
+
+/// The manifests in a tenant's archive folder, by name.
+fn manifest_paths(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
+    let mut out = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e.into()),
+    };
+    for entry in entries {
+        let path = entry?.path();
+        if path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with(".manifest.json")) {
+            out.push(path);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Checks the archives of one tenant (or of every tenant with a folder in
+/// `archive_dir` or records in the data directory): each archive on its own
+/// ([`check_archive`]), then that they follow on from each other (no
+/// missing or overlapping range, each linking to the one before). With the
+/// audit directory (`audit_dir`), also that every archive retention wrote
+/// and has not deleted is there, that a range missing at the start was
+/// deleted by retention, and that the first hot event links to the last
+/// archive.
+pub fn verify_archives(archive_dir: &Path, audit_dir: Option<&Path>, tenant: Option<&str>, key: &VerifyingKey) -> Result<Vec<ArchiveReport>, StoreError> {
+    let all_records = match audit_dir {
+        Some(dir) => records(dir, tenant)?,
+        None => Vec::new(),
+    };
+    let mut tenants: std::collections::BTreeSet<String> = all_records.iter().map(|r| r.manifest.tenant.clone()).collect();
+    match tenant {
+        Some(t) => {
+            tenants.insert(t.to_string());
+        }
+        None => {
+            if let Ok(entries) = std::fs::read_dir(archive_dir) {
+                for entry in entries.flatten() {
+                    if entry.path().is_dir() {
+                        if let Some(name) = entry.file_name().to_str() {
+                            tenants.insert(name.to_string());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let reader = audit_dir.map(super::AuditReader::open).transpose()?;
+    let mut reports = Vec::new();
+    for t in tenants {
+        let mut problems = Vec::new();
+        let mut manifests = Vec::new();
+        let mut events = 0;
+        for path in manifest_paths(&tenant_dir(archive_dir, &t))? {
+            let checked = check_archive(&t, &path, key, None);
+            problems.extend(checked.problems);
+            events += checked.events;
+            if let Some(m) = checked.manifest {
+                manifests.push(m);
+            }
+        }
+        manifests.sort_by_key(|m| m.first_seq);
+        let records: Vec<&ArchiveRecord> = all_records.iter().filter(|r| r.manifest.tenant == t).collect();
+        if reader.is_some() {
+            for r in &records {
+                let m = &r.manifest;
+                let on_disk = manifests.iter().find(|x| x.first_seq == m.first_seq);
+                match (r.deleted_at_ms, on_disk) {
+                    (None, None) => problems.push(format!(
+                        "archive {}: missing from {} (events {}..={}, written by retention and not deleted)",
+                        m.name,
+                        archive_dir.display(),
+                        m.first_seq,
+                        m.last_seq
+                    )),
+                    (_, Some(x)) if x.signature != m.signature => {
+                        problems.push(format!("archive {}: its manifest is not the one retention recorded", m.name))
+                    }
+                    _ => {}
+                }
+            }
+            for m in &manifests {
+                if !records.iter().any(|r| r.manifest.first_seq == m.first_seq) {
+                    problems.push(format!("archive {}: the data directory has no record of it", m.name));
+                }
+            }
+        }
+        // The archives must follow on from each other (or from a range that
+        // retention recorded as deleted).
+        let deleted = |from: u64, to: u64| {
+            // Deleted records, in `seq` order, must cover the range without a gap.
+            let mut next = from;
+            for r in records.iter().filter(|r| r.deleted_at_ms.is_some()) {
+                if r.manifest.first_seq <= next && r.manifest.last_seq >= next {
+                    next = r.manifest.last_seq + 1;
+                }
+            }
+            next > to
+        };
+        let mut previous: Option<&Manifest> = None;
+        for m in &manifests {
+            match previous {
+                None if m.first_seq == 1 => {
+                    if m.prev_hash() != GENESIS_HASH {
+                        problems.push(format!("archive {}: starts at seq 1 but not from the genesis hash", m.name));
+                    }
+                }
+                None => {
+                    if reader.is_some() && !deleted(1, m.first_seq - 1) {
+                        problems.push(format!(
+                            "events 1..={} are missing before archive {}: no archive holds them and retention has no record of deleting them",
+                            m.first_seq - 1,
+                            m.name
+                        ));
+                    }
+                }
+                Some(p) if m.first_seq > p.last_seq + 1 => {
+                    if !deleted(p.last_seq + 1, m.first_seq - 1) {
+                        problems.push(format!(
+                            "events {}..={} are missing between archive {} and archive {} (a missing day?)",
+                            p.last_seq + 1,
+                            m.first_seq - 1,
+                            p.name,
+                            m.name
+                        ));
+                    }
+                }
+                Some(p) if m.first_seq <= p.last_seq => {
+                    problems.push(format!("archives {} and {} overlap (seq {}..={})", p.name, m.name, m.first_seq, p.last_seq))
+                }
+                Some(p) => {
+                    if m.prev_hash() != p.last_hash() {
+                        problems.push(format!("archive {} does not link to archive {} (its previous hash is not the last hash before it)", m.name, p.name));
+                    }
+                }
+            }
+            previous = Some(m);
+        }
+        // The hot chain goes on from the last archive.
+        let mut hot_links = None;
+        if let (Some(reader), Some(last)) = (&reader, manifests.last()) {
+            let (floor, _) = reader.archived_through(&t);
+            if floor == last.last_seq {
+                let blocks = reader.tenant_blocks_in(false, &t, floor)?;
+                if let Some((_, first, _)) = blocks.first() {
+                    let links = first.first_seq == last.last_seq + 1 && first.prev_hash == last.last_hash();
+                    if !links {
+                        problems.push(format!(
+                            "the first hot events (seq {}) do not follow archive {} (which ends at seq {})",
+                            first.first_seq, last.name, last.last_seq
+                        ));
+                    }
+                    hot_links = Some(links);
+                }
+            }
+        }
+        reports.push(ArchiveReport {
+            tenant: t,
+            ok: problems.is_empty(),
+            archives: manifests.len(),
+            events,
+            first_seq: manifests.first().map(|m| m.first_seq),
+            last_seq: manifests.last().map(|m| m.last_seq),
+            hot_links,
+            problems,
+        });
+    }
+    Ok(reports)
+}
+
+/// What [`restore`] did.
+#[derive(Debug, Clone, Serialize)]
+pub struct RestoreReport {
+    pub tenant: String,
+    pub day: String,
+    pub archives: Vec<String>,
+    pub events: u64,
+    pub first_seq: u64,
+    pub last_seq: u64,
+    /// Where the events now are.
+    pub dir: PathBuf,
+}
+
+/// Brings back the archives of `tenant` named for `day` (`YYYY-MM-DD`):
+/// each is checked whole first ([`check_archive`]; a damaged archive is
+/// refused), then its events are written at their own `seq`, with their own
+/// hashes, into the day files of `<audit_dir>/restored/` (by each event's
+/// own day), where the audit API and `keytrail verify` read them.
+pub fn restore(audit_dir: &Path, archive_dir: &Path, tenant: &str, day: &str, key: &VerifyingKey) -> Result<RestoreReport, String> {
+    if parse_day(day).is_none() {
+        return Err(format!("`{day}` is not a day: give it as YYYY-MM-DD, e.g. 2026-11-18"));
+    }
+    let folder = tenant_dir(archive_dir, tenant);
+    let wanted: Vec<PathBuf> = manifest_paths(&folder)
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("").trim_end_matches(".manifest.json");
+            name == day || name.strip_prefix(day).is_some_and(|rest| rest.starts_with('-'))
+        })
+        .collect();
+    if wanted.is_empty() {
+        return Err(format!("no archive of tenant `{tenant}` for {day} in {}", folder.display()));
+    }
+    let restored_dir = audit_dir.join(RESTORED_DIR);
+    let reader = super::AuditReader::open(audit_dir).map_err(|e| e.to_string())?;
+    let runs = reader.restored_runs(tenant).map_err(|e| e.to_string())?;
+    drop(reader);
+    let mut report = RestoreReport {
+        tenant: tenant.to_string(),
+        day: day.to_string(),
+        archives: Vec::new(),
+        events: 0,
+        first_seq: u64::MAX,
+        last_seq: 0,
+        dir: restored_dir.clone(),
+    };
+    for path in &wanted {
+        let checked = check_archive(tenant, path, key, None);
+        if !checked.problems.is_empty() {
+            return Err(format!("the archive does not verify, nothing was restored:\n    {}", checked.problems.join("\n    ")));
+        }
+        let m = checked.manifest.expect("checked");
+        if let Some(run) = runs.iter().find(|r| r.first_seq <= m.last_seq && r.last_seq >= m.first_seq) {
+            return Err(format!(
+                "archive {} of `{tenant}` is already restored (events {}..={} in {})",
+                m.name,
+                run.first_seq,
+                run.last_seq,
+                restored_dir.display()
+            ));
+        }
+    }
+    create_private_dir(&restored_dir).map_err(|e| format!("cannot create {}: {e}", restored_dir.display()))?;
+    let mut store = super::AuditWriterStore::open(&restored_dir).map_err(|e| e.to_string())?;
+    for path in &wanted {
+        // Runs of events of one UTC day, written one batch each: the
+        // writer numbers and chains a batch from the head it is given.
+        let mut chunk: Vec<Event> = Vec::new();
+        let mut chunk_prev = GENESIS_HASH;
+        let flush = |chunk: &mut Vec<Event>, prev: [u8; 32], expected: [u8; 32], store: &mut super::AuditWriterStore| -> Result<(), String> {
+            let Some(first) = chunk.first() else { return Ok(()) };
+            store.set_head(tenant, ChainHead { seq: first.seq - 1, hash: prev });
+            store.insert_batch(chunk).map_err(|e| e.to_string())?;
+            if store.heads().get(tenant).map(|h| h.hash) != Some(expected) {
+                return Err("the restored events do not hash as archived (nothing past this point was restored)".into());
+            }
+            Ok(())
+        };
+        let mut last_hash = GENESIS_HASH;
+        let mut each = |stored: StoredEvent| -> Result<(), String> {
+            let day_changes = chunk.last().is_some_and(|e| day_of(e.timestamp_ms) != day_of(stored.event.timestamp_ms));
+            if day_changes || chunk.len() >= 10_000 {
+                flush(&mut chunk, chunk_prev, last_hash, &mut store)?;
+            }
+            if chunk.is_empty() {
+                chunk_prev = stored.prev_hash.unwrap_or(GENESIS_HASH);
+            }
+            last_hash = stored.hash.unwrap_or(GENESIS_HASH);
+            report.first_seq = report.first_seq.min(stored.event.seq);
+            report.last_seq = report.last_seq.max(stored.event.seq);
+            report.events += 1;
+            chunk.push(stored.event);
+            Ok(())
+        };
+        let checked = check_archive(tenant, path, key, Some(&mut each));
+        if !checked.problems.is_empty() {
+            return Err(format!("the archive changed while it was restored:\n    {}", checked.problems.join("\n    ")));
+        }
+        flush(&mut chunk, chunk_prev, last_hash, &mut store)?;
+        report.archives.push(checked.manifest.map(|m| m.name).unwrap_or_default());
+    }
+    store.flush_rollups().map_err(|e| e.to_string())?;
+    Ok(report)
+}

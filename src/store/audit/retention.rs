@@ -1,0 +1,408 @@
+//! Retention: hot days in the store, then a signed archive, then nothing.
+//!
+//! [`run`] takes the time as a parameter (the server passes the clock,
+//! tests any time they like) and, in order:
+//! 1. **archives** each tenant's chain, oldest first, one run per hot day
+//!    file: the run starts at the first `seq` not yet archived and takes
+//!    the tenant's blocks, in `seq` order, while they are in that day's file
+//!    or an older one. A run is archived once its day is past the tenant's
+//!    hot window (every event of the day is `hot_days` old: the run of day
+//!    D goes at the start of day D + 1 + `hot_days`, UTC). Every block is
+//!    rehashed on the way and must link to the one before; the signed
+//!    checkpoints in the run must match; a tenant whose chain does not
+//!    verify is not archived (the problem is reported and nothing is lost);
+//! 2. **deletes expired archives**: an archive whose newest event is
+//!    `hot_days + archive_days` old (by UTC day, as above) loses its file
+//!    and manifest; its signed record stays in `meta.db`. Any of its blocks
+//!    still in a hot day file (shared with a tenant whose hot window is
+//!    longer) are deleted from that file then, so no event outlives its
+//!    retention;
+//! 3. **drops hot day files**: a day file goes, whole, once every tenant in
+//!    it has all its events there archived. A tenant whose hot window is
+//!    longer keeps the file until its own events there are archived; the
+//!    others' archived blocks in it are hidden from every reader meanwhile.
+//!    The events of a day are never deleted row by row.
+//!
+//! Each step is recorded in the tenant's own trail by the caller, from
+//! [`RetentionReport::events`]: `archive_written`, `archive_deleted` and
+//! `hot_data_dropped` security events with counts and `seq` ranges.
+//!
+//! Safety with the writer: only days before yesterday (by the clock
+//! given) are ever archived or deleted (`hot_days` ≥ 1), the writer names
+//! the day files it holds open ([`super::writer::open_days`]) and retention
+//! skips those. A reader that has a day file open while it is deleted
+//! keeps reading it (on Linux the file lives on until its last descriptor
+//! closes); one that listed the day but opens it afterwards reads it as
+//! empty.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use rusqlite::{params, OptionalExtension};
+use serde::Serialize;
+use serde_json::json;
+
+use super::archive::{self, ArchiveWriter};
+use super::reader::{AuditReader, DictCache, HotBlock};
+use super::{day_file_name, day_of, META_FILE};
+use crate::event::{Category, Event};
+use crate::settings::retention::RetentionPolicy;
+use crate::signing::Signer;
+use crate::store::{open, StoreError};
+
+/// What retention did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionKind {
+    ArchiveWritten,
+    ArchiveDeleted,
+    HotDataDropped,
+}
+
+impl ActionKind {
+    /// The security event type it is recorded as.
+    pub fn event_type(self) -> &'static str {
+        match self {
+            ActionKind::ArchiveWritten => crate::event::security_type::ARCHIVE_WRITTEN,
+            ActionKind::ArchiveDeleted => crate::event::security_type::ARCHIVE_DELETED,
+            ActionKind::HotDataDropped => crate::event::security_type::HOT_DATA_DROPPED,
+        }
+    }
+}
+
+/// One thing retention did to one tenant's events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Action {
+    pub kind: ActionKind,
+    pub tenant: String,
+    /// The archive's name (`YYYY-MM-DD`) or the dropped day file's day.
+    pub day: String,
+    pub events: u64,
+    pub first_seq: u64,
+    pub last_seq: u64,
+    /// The archive file (archives), or the day file (dropped days).
+    pub file: String,
+    /// Archive written: the file's size and SHA-256. Archive deleted: the
+    /// blocks removed from hot day files that still held them.
+    pub details: serde_json::Value,
+}
+
+/// What one run did, and what stopped it where it stopped.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RetentionReport {
+    pub actions: Vec<Action>,
+    /// Tenants that could not be archived, day files that could not go.
+    pub problems: Vec<String>,
+}
+
+impl RetentionReport {
+    /// The security events that record the actions in each tenant's trail.
+    pub fn events(&self, now_ms: i64) -> Vec<Event> {
+        self.actions
+            .iter()
+            .map(|a| {
+                let mut e = Event::new(&a.tenant, Category::Security, a.kind.event_type(), "success");
+                e.timestamp_ms = now_ms;
+                e.actor = Some("system:retention".into());
+                e.target = Some(match a.kind {
+                    ActionKind::HotDataDropped => format!("day:{}", a.day),
+                    _ => format!("archive:{}", a.day),
+                });
+                let mut details = json!({
+                    "day": a.day,
+                    "events": a.events,
+                    "first_seq": a.first_seq,
+                    "last_seq": a.last_seq,
+                    "file": a.file,
+                });
+                if let (Some(out), Some(more)) = (details.as_object_mut(), a.details.as_object()) {
+                    out.extend(more.clone());
+                }
+                e.details = Some(details);
+                e
+            })
+            .collect()
+    }
+
+    fn count(&self, kind: ActionKind) -> usize {
+        self.actions.iter().filter(|a| a.kind == kind).count()
+    }
+
+    /// `archived 3, deleted 1, dropped 2 day files`, for the log.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} archives written, {} archives deleted, {} tenant-days dropped from the hot store, {} problems",
+            self.count(ActionKind::ArchiveWritten),
+            self.count(ActionKind::ArchiveDeleted),
+            self.count(ActionKind::HotDataDropped),
+            self.problems.len()
+        )
+    }
+}
+
+/// Applies `policy` to the audit directory `audit_dir` as of `now_ms`:
+/// archives into `archive_dir`, signing with `signer`, deletes expired
+/// archives and drops day files (see the module documentation).
+pub fn run(audit_dir: &Path, archive_dir: &Path, policy: &RetentionPolicy, now_ms: i64, signer: &Signer) -> Result<RetentionReport, StoreError> {
+    std::fs::create_dir_all(audit_dir)?;
+    let meta = open(&audit_dir.join(META_FILE))?;
+    meta.execute_batch(archive::SCHEMA)?;
+    meta.execute_batch(super::integrity::CHECKPOINT_SCHEMA)?;
+    let today = day_of(now_ms);
+    let mut report = RetentionReport::default();
+    archive_runs(audit_dir, archive_dir, policy, today, now_ms, signer, &meta, &mut report)?;
+    delete_expired(audit_dir, archive_dir, policy, today, now_ms, &meta, &mut report)?;
+    drop_days(audit_dir, today, &mut report)?;
+    Ok(report)
+}
+
+/// Step 1: every tenant's runs past its hot window.
+#[allow(clippy::too_many_arguments)]
+fn archive_runs(
+    audit_dir: &Path,
+    archive_dir: &Path,
+    policy: &RetentionPolicy,
+    today: i64,
+    now_ms: i64,
+    signer: &Signer,
+    meta: &rusqlite::Connection,
+    report: &mut RetentionReport,
+) -> Result<(), StoreError> {
+    let reader = AuditReader::open(audit_dir)?;
+    let mut tenants = BTreeSet::new();
+    for day in reader.days().collect::<Vec<_>>() {
+        for (tenant, ..) in reader.file_tenants(day)? {
+            tenants.insert(tenant);
+        }
+    }
+    let names: BTreeSet<(String, String)> =
+        archive::records(audit_dir, None)?.into_iter().map(|r| (r.manifest.tenant, r.manifest.name)).collect();
+    for tenant in tenants {
+        let cutoff = today - 1 - i64::from(policy.for_tenant(&tenant).hot_days);
+        let blocks = reader.hot_blocks(&tenant)?;
+        let (mut floor, mut floor_hash) = reader.archived_through(&tenant);
+        let mut i = blocks.partition_point(|b| b.meta.first_seq <= floor);
+        while i < blocks.len() {
+            let first = &blocks[i];
+            if first.meta.first_seq != floor + 1 {
+                report.problems.push(format!(
+                    "tenant `{tenant}`: not archived: the chain goes from seq {floor} to {} (run `keytrail verify`)",
+                    first.meta.first_seq
+                ));
+                break;
+            }
+            let day = first.day;
+            if day > cutoff {
+                break;
+            }
+            let mut end = i;
+            let mut next = floor + 1;
+            while end < blocks.len() && blocks[end].day <= day && blocks[end].meta.first_seq == next {
+                next = blocks[end].last_seq() + 1;
+                end += 1;
+            }
+            let mut name = archive::day_name(day);
+            if names.contains(&(tenant.clone(), name.clone())) {
+                name = format!("{name}-{}", floor + 1);
+            }
+            let checkpoints: Vec<_> =
+                super::integrity::checkpoints(audit_dir, &tenant)?.into_iter().filter(|c| c.seq > floor && c.seq < next).collect();
+            let target = Target { archive_dir, tenant: &tenant, name: &name, level: policy.zstd_level };
+            match write_archive(&reader, &target, &blocks[i..end], floor_hash, &checkpoints, signer, now_ms) {
+                Ok(manifest) => {
+                    archive::insert_record(meta, &manifest)?;
+                    report.actions.push(Action {
+                        kind: ActionKind::ArchiveWritten,
+                        tenant: tenant.clone(),
+                        day: name,
+                        events: manifest.events,
+                        first_seq: manifest.first_seq,
+                        last_seq: manifest.last_seq,
+                        file: manifest.file.clone(),
+                        details: json!({"bytes": manifest.file_bytes, "sha256": manifest.file_sha256, "checkpoints": manifest.checkpoints.len()}),
+                    });
+                    floor = manifest.last_seq;
+                    floor_hash = manifest.last_hash();
+                }
+                Err(error) => {
+                    report.problems.push(format!("tenant `{tenant}`: events {}..={} not archived: {error}", floor + 1, next - 1));
+                    break;
+                }
+            }
+            i = end;
+        }
+    }
+    Ok(())
+}
+
+/// Where an archive goes.
+struct Target<'a> {
+    archive_dir: &'a Path,
+    tenant: &'a str,
+    name: &'a str,
+    level: i32,
+}
+
+/// Writes one archive from `blocks`, checking the chain on the way.
+fn write_archive(
+    reader: &AuditReader,
+    target: &Target<'_>,
+    blocks: &[HotBlock],
+    prev_hash: [u8; 32],
+    checkpoints: &[crate::signing::Checkpoint],
+    signer: &Signer,
+    now_ms: i64,
+) -> Result<archive::Manifest, StoreError> {
+    let tenant = target.tenant;
+    let mut writer = ArchiveWriter::create(target.archive_dir, tenant, target.name, target.level)?;
+    let signed: std::collections::HashMap<u64, [u8; 32]> = checkpoints.iter().map(|c| (c.seq, c.hash)).collect();
+    let mut running = prev_hash;
+    let result = blocks.iter().try_for_each(|block| {
+        if block.meta.prev_hash != running {
+            return Err(StoreError::Corrupt(format!(
+                "events {}..={} do not link to the events before them",
+                block.meta.first_seq,
+                block.last_seq()
+            )));
+        }
+        reader.block_events(block, tenant, |stored| {
+            if signed.get(&stored.event.seq).is_some_and(|h| Some(*h) != stored.hash) {
+                return Err(StoreError::Corrupt(format!("the chain's hash at seq {} is not the one signed there", stored.event.seq)));
+            }
+            writer.push(stored)
+        })?;
+        running = block.meta.hash;
+        Ok(())
+    });
+    match result {
+        Ok(()) => writer.finish(checkpoints, signer, now_ms),
+        Err(error) => {
+            writer.abandon();
+            Err(error)
+        }
+    }
+}
+
+/// Step 2: archives past the archive retention.
+fn delete_expired(
+    audit_dir: &Path,
+    archive_dir: &Path,
+    policy: &RetentionPolicy,
+    today: i64,
+    now_ms: i64,
+    meta: &rusqlite::Connection,
+    report: &mut RetentionReport,
+) -> Result<(), StoreError> {
+    for record in archive::records(audit_dir, None)? {
+        let m = &record.manifest;
+        let settings = policy.for_tenant(&m.tenant);
+        if record.deleted_at_ms.is_some() || today < day_of(m.to_ms) + 1 + i64::from(settings.hot_days) + i64::from(settings.archive_days) {
+            continue;
+        }
+        let removed = match remove_hot_blocks(audit_dir, &m.tenant, m.first_seq, m.last_seq) {
+            Ok(removed) => removed,
+            Err(error) => {
+                report.problems.push(format!("archive {} of `{}`: not deleted: its events still in the hot store could not be removed: {error}", m.name, m.tenant));
+                continue;
+            }
+        };
+        let (data, manifest) = archive::paths(archive_dir, &m.tenant, &m.name);
+        for path in [&data, &manifest] {
+            match std::fs::remove_file(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        archive::mark_deleted(meta, m, now_ms)?;
+        report.actions.push(Action {
+            kind: ActionKind::ArchiveDeleted,
+            tenant: m.tenant.clone(),
+            day: m.name.clone(),
+            events: m.events,
+            first_seq: m.first_seq,
+            last_seq: m.last_seq,
+            file: m.file.clone(),
+            details: json!({"hot_blocks_removed": removed}),
+        });
+    }
+    Ok(())
+}
+
+/// Deletes a tenant's blocks in `first..=last` from the hot day files that
+/// still hold them (files shared with a tenant whose hot window is longer),
+/// with the tenant's rollup rows of a file it no longer has events in.
+/// Returns how many blocks went.
+fn remove_hot_blocks(audit_dir: &Path, tenant: &str, first: u64, last: u64) -> Result<usize, StoreError> {
+    let registry = super::writer::open_days(audit_dir);
+    let mut removed = 0;
+    for (day, path) in super::list_days(audit_dir)? {
+        let open_days = registry.lock().unwrap_or_else(|e| e.into_inner());
+        let conn = open(&path)?;
+        let Some(id) = conn.query_row("SELECT id FROM strings WHERE value = ?1", [tenant], |r| r.get::<_, i64>(0)).optional()? else { continue };
+        let held: i64 = conn.query_row(
+            "SELECT count(*) FROM blocks WHERE tenant = ?1 AND first_seq BETWEEN ?2 AND ?3",
+            params![id, first as i64, last as i64],
+            |r| r.get(0),
+        )?;
+        if held == 0 {
+            continue;
+        }
+        if open_days.contains(&day) {
+            return Err(StoreError::Conflict(format!("{} is open for writing", day_file_name(day))));
+        }
+        let tx = conn.unchecked_transaction()?;
+        removed += tx.execute("DELETE FROM blocks WHERE tenant = ?1 AND first_seq BETWEEN ?2 AND ?3", params![id, first as i64, last as i64])?;
+        let left: i64 = tx.query_row("SELECT count(*) FROM blocks WHERE tenant = ?1", [id], |r| r.get(0))?;
+        if left == 0 {
+            tx.execute("DELETE FROM roll_consumer WHERE tenant = ?1", [id])?;
+        }
+        tx.commit()?;
+    }
+    Ok(removed)
+}
+
+/// Step 3: day files whose every tenant is archived.
+fn drop_days(audit_dir: &Path, today: i64, report: &mut RetentionReport) -> Result<(), StoreError> {
+    let reader = AuditReader::open(audit_dir)?;
+    let registry = super::writer::open_days(audit_dir);
+    for (day, path) in super::list_days(audit_dir)? {
+        if day >= today - 1 {
+            break;
+        }
+        let tenants = reader.file_tenants(day)?;
+        if !tenants.iter().all(|(tenant, _, _, last)| *last <= reader.archived_through(tenant).0) {
+            continue;
+        }
+        {
+            let open_days = registry.lock().unwrap_or_else(|e| e.into_inner());
+            if open_days.contains(&day) {
+                report.problems.push(format!("{}: not dropped: the writer has it open (next run)", day_file_name(day)));
+                continue;
+            }
+            for suffix in ["", "-wal", "-shm"] {
+                let mut file = path.as_os_str().to_owned();
+                file.push(suffix);
+                match std::fs::remove_file(&file) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        DictCache::forget(&path);
+        for (tenant, events, first_seq, last_seq) in tenants {
+            report.actions.push(Action {
+                kind: ActionKind::HotDataDropped,
+                tenant,
+                day: archive::day_name(day),
+                events,
+                first_seq,
+                last_seq,
+                file: day_file_name(day),
+                details: json!({}),
+            });
+        }
+    }
+    Ok(())
+}
