@@ -16,6 +16,7 @@ use crate::admin::{self, AdminState};
 use crate::audit::AuditPipeline;
 use crate::config::Config;
 use crate::control::{ControlPlane, FirstAdmin};
+use crate::settings::retention::RetentionPolicy;
 use crate::gateway::{self, Gateway};
 use crate::store::control::ControlStore;
 
@@ -42,6 +43,45 @@ async fn flush_key_usage(control: Arc<ControlPlane>) {
         Ok(Ok(_)) => {}
         Ok(Err(error)) => tracing::warn!(%error, "could not record keys' last use"),
         Err(error) => tracing::warn!(%error, "key usage flush failed"),
+    }
+}
+
+/// The retention task's wiring: archives, deletes expired archives and
+/// drops archived day files ([`crate::store::audit::retention`]) with the
+/// clock, and records what it did in each tenant's trail.
+struct Retention {
+    audit_dir: PathBuf,
+    archive_dir: PathBuf,
+    control: Arc<ControlPlane>,
+    audit: Arc<AuditPipeline>,
+    signer: Arc<crate::signing::Signer>,
+    zstd_level: i32,
+}
+
+impl Retention {
+    async fn run(&self) {
+        let policy = match self.control.retention_policy() {
+            Ok(policy) => RetentionPolicy { zstd_level: self.zstd_level, ..policy },
+            Err(error) => return tracing::error!(%error, "retention: cannot read the retention settings"),
+        };
+        let (audit_dir, archive_dir, signer) = (self.audit_dir.clone(), self.archive_dir.clone(), self.signer.clone());
+        let now = crate::event::now_ms();
+        let done = tokio::task::spawn_blocking(move || crate::store::audit::retention::run(&audit_dir, &archive_dir, &policy, now, &signer)).await;
+        match done {
+            Ok(Ok(report)) => {
+                for event in report.events(now) {
+                    self.audit.record(event);
+                }
+                for problem in &report.problems {
+                    tracing::error!(problem = %problem, "retention");
+                }
+                if !report.actions.is_empty() || !report.problems.is_empty() {
+                    tracing::info!(summary = %report.summary(), "retention ran");
+                }
+            }
+            Ok(Err(error)) => tracing::error!(%error, "retention failed; it runs again at the next interval"),
+            Err(error) => tracing::error!(%error, "retention task failed"),
+        }
     }
 }
 
@@ -104,7 +144,9 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
             .context("cannot open the audit store")?,
     );
     let store = ControlStore::open(&config.data_dir.join("control.db")).context("cannot open the control store")?;
-    let control = Arc::new(ControlPlane::open(store, audit.clone()).context("cannot load the control store")?);
+    let control = Arc::new(
+        ControlPlane::open(store, audit.clone()).context("cannot load the control store")?.with_retention_defaults(config.retention.defaults),
+    );
 
     let bootstrap = match control.bootstrap_admin(config.bootstrap_token.as_deref())? {
         FirstAdmin::CreatedWithGeneratedToken(token) => {
@@ -162,6 +204,31 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         }
     });
 
+    // Retention: at start, then every `retention.interval_s`.
+    let retention_signer = Arc::new(
+        crate::signing::Signer::load_or_create(&key_path).with_context(|| format!("cannot read the signing key {}", key_path.display()))?,
+    );
+    let retention = Retention {
+        audit_dir: config.data_dir.join("audit"),
+        archive_dir: config.retention.archive_dir.clone(),
+        control: control.clone(),
+        audit: audit.clone(),
+        signer: retention_signer,
+        zstd_level: config.retention.archive_zstd_level,
+    };
+    let mut retention_shutdown = shutdown.subscribe();
+    let retention_interval = config.retention.interval;
+    let retention_task = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(retention_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => retention.run().await,
+                _ = retention_shutdown.changed() => break,
+            }
+        }
+    });
+
     Ok(Server {
         gateway_addr,
         admin_addr,
@@ -170,7 +237,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         control,
         audit,
         shutdown,
-        tasks: vec![gateway_task, admin_task, usage_task],
+        tasks: vec![gateway_task, admin_task, usage_task, retention_task],
     })
 }
 

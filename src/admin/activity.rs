@@ -95,6 +95,9 @@ fn object_of<'p>(route: &str, path: &'p str) -> Option<(Option<&'p str>, &'stati
     if route.ends_with("/settings/logging") {
         return Some((tenant, "settings", None));
     }
+    if route.ends_with("/settings/retention") {
+        return Some((tenant, "retention", None));
+    }
     let tail = route.rsplit('/').next().unwrap_or_default();
     if matches!(tail, "apis" | "consumers" | "keys" | "tiers" | "blocklist" | "tenants" | "admins") {
         return None;

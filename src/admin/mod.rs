@@ -77,6 +77,8 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/tenants/{tenant}/consumers/{consumer}/reactivate", post(reactivate_consumer))
         .route("/api/v1/settings/logging", get(get_global_logging).put(put_global_logging))
         .route("/v1/tenants/{tenant}/settings/logging", get(get_tenant_logging).put(put_tenant_logging))
+        .route("/api/v1/settings/retention", get(get_global_retention).put(put_global_retention))
+        .route("/v1/tenants/{tenant}/settings/retention", get(get_tenant_retention).put(put_tenant_retention))
         .merge(audit_api::routes())
         .merge(stats_api::routes())
         .merge(admins::routes())
@@ -610,6 +612,47 @@ async fn put_tenant_logging(
     let patch: Value = parse_body(&body)?;
     let view = s.control.update_logging(Some(&tenant), &patch, &actor)?;
     Ok(logging_view(view, Some(&tenant)))
+}
+
+// --- retention settings ---
+
+fn retention_view(view: crate::control::RetentionView, tenant: Option<&str>) -> Json<Value> {
+    let mut body = view.settings.to_json();
+    match tenant {
+        None => {
+            body.insert("scope".into(), json!("global"));
+        }
+        Some(tenant) => {
+            body.insert("scope".into(), json!("tenant"));
+            body.insert("tenant_id".into(), json!(tenant));
+            body.insert("inherited".into(), json!(view.inherited));
+        }
+    }
+    Json(Value::Object(body))
+}
+
+async fn get_global_retention(State(s): State<AdminState>) -> Result<Json<Value>, ApiError> {
+    Ok(retention_view(s.control.retention_settings(None)?, None))
+}
+
+async fn put_global_retention(State(s): State<AdminState>, Extension(actor): Extension<Actor>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let patch: Value = parse_body(&body)?;
+    Ok(retention_view(s.control.update_retention(None, &patch, &actor)?, None))
+}
+
+async fn get_tenant_retention(State(s): State<AdminState>, Path(tenant): Path<String>) -> Result<Json<Value>, ApiError> {
+    Ok(retention_view(s.control.retention_settings(Some(&tenant))?, Some(&tenant)))
+}
+
+async fn put_tenant_retention(
+    State(s): State<AdminState>,
+    Path(tenant): Path<String>,
+    Extension(actor): Extension<Actor>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    s.control.require_tenant(&tenant)?;
+    let patch: Value = parse_body(&body)?;
+    Ok(retention_view(s.control.update_retention(Some(&tenant), &patch, &actor)?, Some(&tenant)))
 }
 
 // --- blocklists ---

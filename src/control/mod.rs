@@ -14,6 +14,7 @@ use arc_swap::ArcSwap;
 use crate::audit::AuditPipeline;
 use crate::error::{ApiError, ErrorCode};
 use crate::event::{now_ms, security_type, Category, Event, SYSTEM_TENANT};
+use crate::settings::retention::{RetentionOverrides, RetentionPolicy, RetentionSettings};
 use crate::settings::{LoggingOverrides, LoggingPolicy, LoggingSettings};
 use crate::keys::{self, KeyEnvironment, SecretHash};
 use crate::snapshot::Snapshot;
@@ -140,6 +141,15 @@ pub struct ControlPlane {
     audit: Arc<AuditPipeline>,
     /// Serialises settings changes (each reads, patches and writes).
     settings_lock: Mutex<()>,
+    /// The global retention before any admin changed it (from the config).
+    retention_defaults: RetentionSettings,
+}
+
+/// A scope's retention settings as the API shows them.
+pub struct RetentionView {
+    pub settings: RetentionSettings,
+    /// The settings a tenant takes from the global ones (empty for the global scope).
+    pub inherited: Vec<&'static str>,
 }
 
 /// A scope's logging settings as the API shows them.
@@ -259,9 +269,16 @@ impl ControlPlane {
             admins: ArcSwap::from_pointee(HashMap::new()),
             audit,
             settings_lock: Mutex::new(()),
+            retention_defaults: RetentionSettings::default(),
         };
         plane.reload()?;
         Ok(plane)
+    }
+
+    /// Sets the global retention the config gives (before any change over the API).
+    pub fn with_retention_defaults(mut self, defaults: RetentionSettings) -> ControlPlane {
+        self.retention_defaults = defaults;
+        self
     }
 
     /// The current gateway snapshot.
@@ -598,6 +615,7 @@ impl ControlPlane {
             ("consumer", Some(t), Some(id)) => self.list_consumers(t).ok()?.into_iter().find(|x| x.id == id).and_then(|x| json(&x)),
             ("api", Some(t), Some(id)) => self.list_apis(t).ok()?.into_iter().find(|x| x.id == id).and_then(|x| json(&x)),
             ("settings", t, _) => Some(serde_json::Value::Object(self.logging_settings(t).ok()?.settings.to_json())),
+            ("retention", t, _) => Some(serde_json::Value::Object(self.retention_settings(t).ok()?.settings.to_json())),
             _ => None,
         }
     }
@@ -780,6 +798,67 @@ impl ControlPlane {
         let changes = before.changes(&view.settings);
         if !changes.is_empty() {
             let mut event = actor.event(tenant.unwrap_or(SYSTEM_TENANT), security_type::SETTINGS_CHANGED, "settings:logging".into());
+            event.details = Some(serde_json::json!({
+                "scope": if tenant.is_some() { "tenant" } else { "global" },
+                "changes": changes,
+            }));
+            self.audit.record(event);
+        }
+        Ok(view)
+    }
+
+    // --- retention settings ---
+
+    /// A scope's retention as the API shows it, from the stored settings.
+    fn retention_view(&self, stored: &[(String, RetentionOverrides)], tenant: Option<&str>) -> RetentionView {
+        let own = |scope: &str| stored.iter().find(|(s, _)| s == scope).map(|(_, o)| *o).unwrap_or_default();
+        let global = own(GLOBAL_SCOPE).over(&self.retention_defaults);
+        match tenant {
+            None => RetentionView { settings: global, inherited: Vec::new() },
+            Some(tenant) => {
+                let mine = own(tenant);
+                RetentionView { settings: mine.over(&global), inherited: mine.inherited() }
+            }
+        }
+    }
+
+    /// The retention of a tenant, or the global one (`None`).
+    pub fn retention_settings(&self, tenant: Option<&str>) -> Result<RetentionView, ApiError> {
+        self.require_scope(tenant)?;
+        Ok(self.retention_view(&self.store.load_retention()?, tenant))
+    }
+
+    /// Every tenant's retention, as the retention task applies it.
+    pub fn retention_policy(&self) -> Result<RetentionPolicy, StoreError> {
+        let stored = self.store.load_retention()?;
+        let global = self.retention_view(&stored, None).settings;
+        let tenants = stored
+            .iter()
+            .filter(|(scope, _)| scope != GLOBAL_SCOPE)
+            .map(|(scope, own)| (scope.clone(), own.over(&global)))
+            .collect();
+        Ok(RetentionPolicy { global, tenants, ..RetentionPolicy::default() })
+    }
+
+    /// Changes the retention settings named in `patch` for a tenant or
+    /// globally (`None`); for a tenant, `null` takes the global value again.
+    /// Applies from the retention task's next run; recorded as a
+    /// `settings_changed` event (in `_system` for the global settings).
+    pub fn update_retention(&self, tenant: Option<&str>, patch: &serde_json::Value, actor: &Actor) -> Result<RetentionView, ApiError> {
+        let _serial = self.settings_lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.require_scope(tenant)?;
+        let scope = tenant.unwrap_or(GLOBAL_SCOPE);
+        let mut stored = self.store.load_retention()?;
+        let before = self.retention_view(&stored, tenant).settings;
+        let mut own = stored.iter().find(|(s, _)| s == scope).map(|(_, o)| *o).unwrap_or_default();
+        own.apply_patch(patch, tenant.is_some())?;
+        self.store.save_retention(scope, &own, now_ms())?;
+        stored.retain(|(s, _)| s != scope);
+        stored.push((scope.to_string(), own));
+        let view = self.retention_view(&stored, tenant);
+        let changes = before.changes(&view.settings);
+        if !changes.is_empty() {
+            let mut event = actor.event(tenant.unwrap_or(SYSTEM_TENANT), security_type::SETTINGS_CHANGED, "settings:retention".into());
             event.details = Some(serde_json::json!({
                 "scope": if tenant.is_some() { "tenant" } else { "global" },
                 "changes": changes,

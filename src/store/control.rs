@@ -16,6 +16,7 @@ use crate::keys::SecretHash;
 use crate::policy::Policies;
 use crate::protection::{Entry, EntryKind};
 use crate::ratelimit::{CostRule, RateSpec};
+use crate::settings::retention::RetentionOverrides;
 use crate::settings::LoggingOverrides;
 
 #[derive(Debug, Clone, Serialize)]
@@ -229,6 +230,12 @@ CREATE TABLE IF NOT EXISTS tiers (
 -- Logging settings: scope `*` is the global one, any other a tenant id.
 -- `overrides` is a JSON object holding only the values set for the scope.
 CREATE TABLE IF NOT EXISTS logging_settings (
+    scope TEXT PRIMARY KEY,
+    overrides TEXT NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+-- Retention settings, stored as the logging settings are.
+CREATE TABLE IF NOT EXISTS retention_settings (
     scope TEXT PRIMARY KEY,
     overrides TEXT NOT NULL,
     updated_at INTEGER NOT NULL
@@ -847,6 +854,32 @@ impl ControlStore {
             out.push((scope, overrides));
         }
         Ok(out)
+    }
+
+    // --- retention settings ---
+
+    /// Every scope's stored retention settings.
+    pub fn load_retention(&self) -> Result<Vec<(String, RetentionOverrides)>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT scope, overrides FROM retention_settings")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (scope, text) = row?;
+            let overrides = serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("retention settings of `{scope}`: {e}")))?;
+            out.push((scope, overrides));
+        }
+        Ok(out)
+    }
+
+    pub fn save_retention(&self, scope: &str, overrides: &RetentionOverrides, at_ms: i64) -> Result<(), StoreError> {
+        let text = serde_json::to_string(overrides).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.conn().execute(
+            "INSERT INTO retention_settings (scope, overrides, updated_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (scope) DO UPDATE SET overrides = excluded.overrides, updated_at = excluded.updated_at",
+            params![scope, text, at_ms],
+        )?;
+        Ok(())
     }
 
     pub fn save_logging(&self, scope: &str, overrides: &LoggingOverrides, at_ms: i64) -> Result<(), StoreError> {
