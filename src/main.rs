@@ -82,6 +82,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The audit trail's archives (written by the retention task): check
+    /// them, or bring an archived day back for querying.
+    Archive {
+        #[command(subcommand)]
+        command: ArchiveCommand,
+    },
     /// The checkpoint signing key.
     Keys {
         #[command(subcommand)]
@@ -134,6 +140,54 @@ enum ReportCommand {
     Weekly {
         #[command(flatten)]
         api: ApiArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum ArchiveCommand {
+    /// Check every archive: its manifest's signature, its file's SHA-256,
+    /// every event's hash from the manifest's first hash, the count and the
+    /// range; that the archives follow on from each other; and (with the
+    /// data directory) that none retention wrote is missing and that the hot
+    /// store goes on from the last one. Exits 1 naming each problem.
+    Verify {
+        /// The data directory [default: ./keytrail-data]; without one, give
+        /// --archive-dir and --public-key.
+        #[arg(long, env = "KEYTRAIL_DATA_DIR", default_value = "./keytrail-data")]
+        data_dir: PathBuf,
+        /// The archive directory [default: <data-dir>/archive].
+        #[arg(long)]
+        archive_dir: Option<PathBuf>,
+        /// Only this tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// The public key to check signatures with (from `keytrail keys
+        /// public`); by default the one of the data directory's own key.
+        #[arg(long)]
+        public_key: Option<String>,
+        /// Print the reports as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Bring a tenant's archived day back, after checking it whole, into
+    /// <data-dir>/audit/restored/, where the audit API and `keytrail
+    /// verify` read it (delete the files there when done).
+    Restore {
+        /// The data directory [default: ./keytrail-data].
+        #[arg(long, env = "KEYTRAIL_DATA_DIR", default_value = "./keytrail-data")]
+        data_dir: PathBuf,
+        /// The archive directory [default: <data-dir>/archive].
+        #[arg(long)]
+        archive_dir: Option<PathBuf>,
+        #[arg(long)]
+        tenant: String,
+        /// The archived day, YYYY-MM-DD.
+        #[arg(long)]
+        day: String,
+        /// The public key to check the archive with [default: the data
+        /// directory's own].
+        #[arg(long)]
+        public_key: Option<String>,
     },
 }
 
@@ -197,7 +251,18 @@ fn verify(data_dir: &std::path::Path, tenant: Option<&str>, public_key: Option<&
     } else {
         for r in &reports {
             let status = if r.ok { "ok" } else { "FAILED" };
-            println!("{:<24} {status:<6} {} events (seq 1..={}), {} signed checkpoints", r.tenant, r.events, r.last_seq, r.checkpoints);
+            let archived = match r.archived_through {
+                0 => String::new(),
+                through => format!(" after seq 1..={through} in {} signed archives", r.archives),
+            };
+            println!(
+                "{:<24} {status:<6} {} events (seq {}..={}){archived}, {} signed checkpoints",
+                r.tenant,
+                r.events,
+                r.archived_through + 1,
+                r.last_seq,
+                r.checkpoints
+            );
             for problem in &r.problems {
                 println!("    {problem}");
             }
@@ -207,6 +272,67 @@ fn verify(data_dir: &std::path::Path, tenant: Option<&str>, public_key: Option<&
         }
     }
     Ok(reports.iter().all(|r| r.ok))
+}
+
+/// The key to check signatures with: `--public-key`, or the data directory's.
+fn verifying_key(data_dir: &std::path::Path, public_key: Option<&str>) -> anyhow::Result<ed25519_dalek::VerifyingKey> {
+    match public_key {
+        Some(text) => keytrail::signing::parse_public_key(text).map_err(|e| anyhow::anyhow!("--public-key: {e}")),
+        None => existing_signer(data_dir).map(|s| s.public_key()).context("give --public-key, or a --data-dir with its signing key"),
+    }
+}
+
+/// `keytrail archive verify`: true when every archive verified.
+fn archive_verify(data_dir: &std::path::Path, archive_dir: Option<PathBuf>, tenant: Option<&str>, public_key: Option<&str>, json: bool) -> anyhow::Result<bool> {
+    let key = verifying_key(data_dir, public_key)?;
+    let archive_dir = archive_dir.unwrap_or_else(|| data_dir.join("archive"));
+    let audit = data_dir.join("audit");
+    let audit = audit.is_dir().then_some(audit);
+    anyhow::ensure!(archive_dir.is_dir() || audit.is_some(), "{} is not an archive directory", archive_dir.display());
+    let reports = keytrail::store::audit::archive::verify_archives(&archive_dir, audit.as_deref(), tenant, &key)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    } else {
+        for r in &reports {
+            let status = if r.ok { "ok" } else { "FAILED" };
+            let range = match (r.first_seq, r.last_seq) {
+                (Some(a), Some(b)) => format!("seq {a}..={b}"),
+                _ => "nothing archived".into(),
+            };
+            let hot = match r.hot_links {
+                Some(true) => ", the hot store follows on",
+                _ => "",
+            };
+            println!("{:<24} {status:<6} {} archives, {} events ({range}){hot}", r.tenant, r.archives, r.events);
+            for problem in &r.problems {
+                println!("    {problem}");
+            }
+        }
+        if reports.is_empty() {
+            println!("no archives to verify in {}", archive_dir.display());
+        }
+    }
+    Ok(reports.iter().all(|r| r.ok))
+}
+
+/// `keytrail archive restore`.
+fn archive_restore(data_dir: &std::path::Path, archive_dir: Option<PathBuf>, tenant: &str, day: &str, public_key: Option<&str>) -> anyhow::Result<()> {
+    let key = verifying_key(data_dir, public_key)?;
+    let archive_dir = archive_dir.unwrap_or_else(|| data_dir.join("archive"));
+    let audit = data_dir.join("audit");
+    anyhow::ensure!(audit.is_dir(), "{} has no audit trail to restore into", data_dir.display());
+    let r = keytrail::store::audit::archive::restore(&audit, &archive_dir, tenant, day, &key).map_err(|e| anyhow::anyhow!(e))?;
+    println!(
+        "restored {} events of `{}` (seq {}..={}, archive {}) into {}",
+        r.events,
+        r.tenant,
+        r.first_seq,
+        r.last_seq,
+        r.archives.join(", "),
+        r.dir.display()
+    );
+    println!("the audit API and `keytrail verify` read them; delete the day files there when done");
+    Ok(())
 }
 
 /// The operator's first admin token. Read only from the environment: a flag
@@ -308,6 +434,16 @@ fn main() -> ExitCode {
                 Ok(false) => Err(anyhow::anyhow!("the audit trail did not verify (see above)")),
                 Err(e) => Err(e),
             },
+            Command::Archive { command: ArchiveCommand::Verify { data_dir, archive_dir, tenant, public_key, json } } => {
+                match archive_verify(&data_dir, archive_dir, tenant.as_deref(), public_key.as_deref(), json) {
+                    Ok(true) => Ok(()),
+                    Ok(false) => Err(anyhow::anyhow!("the archives did not verify (see above)")),
+                    Err(e) => Err(e),
+                }
+            }
+            Command::Archive { command: ArchiveCommand::Restore { data_dir, archive_dir, tenant, day, public_key } } => {
+                archive_restore(&data_dir, archive_dir, &tenant, &day, public_key.as_deref())
+            }
             Command::Keys { command: KeysCommand::Public { data_dir } } => existing_signer(&data_dir).map(|signer| {
                 println!("{}", keytrail::signing::public_key_text(&signer.public_key()));
             }),

@@ -15,6 +15,7 @@ mod policy;
 mod process;
 mod protection;
 mod ratelimit;
+mod retention;
 mod roles;
 mod settings;
 mod stats;

@@ -1,0 +1,647 @@
+//! Retention: hot days in the store, then signed archives, then nothing —
+//! driven through the library with a clock of the test's choosing (like
+//! the integrity tests, a store written directly at fixed times), and
+//! through the server, the settings API and the `keytrail archive` commands.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use ed25519_dalek::VerifyingKey;
+use rusqlite::{params, Connection};
+use serde_json::{json, Value};
+
+use keytrail::event::{Category, Event};
+use keytrail::settings::retention::{RetentionPolicy, RetentionSettings};
+use keytrail::signing::Signer;
+use keytrail::store::audit::archive::{self, day_name};
+use keytrail::store::audit::integrity::verify_dir;
+use keytrail::store::audit::retention::{self, ActionKind, RetentionReport};
+use keytrail::store::audit::{AuditReader, AuditWriterStore, EventFilter, StoredEvent};
+
+use crate::util::{Process, TestServer};
+
+const DAY: i64 = 86_400_000;
+const HOUR: i64 = 3_600_000;
+/// 2026-11-01: day 0 of the test data.
+const D0: i64 = 20_758;
+
+/// A time on day `d` of the data.
+fn at(d: i64, ms: i64) -> i64 {
+    (D0 + d) * DAY + ms
+}
+
+fn name(d: i64) -> String {
+    day_name(D0 + d)
+}
+
+fn settings(hot_days: u32, archive_days: u32) -> RetentionSettings {
+    RetentionSettings { hot_days, archive_days }
+}
+
+fn event(tenant: &str, ts: i64, n: usize) -> Event {
+    let mut e = Event::new(tenant, Category::Request, "api_call", "success");
+    e.timestamp_ms = ts;
+    e.consumer_id = Some(format!("cons_{}", n % 3));
+    e.method = Some("GET".into());
+    e.path = Some(format!("/orders/{n}"));
+    e.status_code = Some(200);
+    e.latency_us = Some(1_000 + n as u64);
+    e.client_ip = Some(format!("198.51.100.{}", n % 7));
+    e
+}
+
+/// A data directory whose audit trail spans `days` days: `acme` and
+/// `globex` each get a call every hour, committed an hour at a time, with
+/// signed checkpoints. With `late`, one acme call stamped a moment before
+/// midnight of day 1 is committed after the first calls of day 2 (a slow
+/// request), so day 1's file holds a `seq` after some of day 2's.
+struct Trail {
+    dir: tempfile::TempDir,
+    audit: PathBuf,
+    archive: PathBuf,
+    store: AuditWriterStore,
+    signer: Signer,
+    key: VerifyingKey,
+}
+
+fn trail(days: i64, late: bool) -> Trail {
+    let dir = tempfile::tempdir().unwrap();
+    let key_path = dir.path().join("signing.key");
+    let signer = Signer::load_or_create(&key_path).unwrap();
+    let audit = dir.path().join("audit");
+    let mut store = AuditWriterStore::open(&audit).unwrap();
+    store.enable_checkpoints(Signer::load_or_create(&key_path).unwrap(), 25, 3_600_000).unwrap();
+    let mut n = 0;
+    for d in 0..days {
+        for h in 0..24 {
+            let mut batch: Vec<Event> = ["acme", "globex"].iter().map(|t| event(t, at(d, h * HOUR + 30 * 60_000), { n += 1; n })).collect();
+            store.insert_batch(&mut batch).unwrap();
+            if late && d == 2 && h == 0 {
+                let mut slow = vec![event("acme", at(1, DAY - 100), 9_999)];
+                store.insert_batch(&mut slow).unwrap();
+            }
+            store.checkpoint(false).unwrap();
+        }
+    }
+    store.checkpoint(true).unwrap();
+    let key = signer.public_key();
+    Trail { archive: dir.path().join("archive"), audit, store, signer, key, dir }
+}
+
+impl Trail {
+    /// Runs retention as of `now` and records what it did in the trail, as
+    /// the server does.
+    fn run(&mut self, policy: &RetentionPolicy, now: i64) -> RetentionReport {
+        let report = retention::run(&self.audit, &self.archive, policy, now, &self.signer).unwrap();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+        let mut events = report.events(now);
+        self.store.insert_batch(&mut events).unwrap();
+        self.store.checkpoint(true).unwrap();
+        report
+    }
+
+    fn day_file(&self, d: i64) -> PathBuf {
+        self.audit.join(format!("{}.db", name(d)))
+    }
+
+    fn assert_verifies(&self) {
+        for report in verify_dir(&self.audit, None, &self.key).unwrap() {
+            assert!(report.ok, "{report:?}");
+        }
+        for report in archive::verify_archives(&self.archive, Some(&self.audit), None, &self.key).unwrap() {
+            assert!(report.ok, "{report:?}");
+        }
+    }
+
+    /// A tenant's events in a window, as the audit API reads them.
+    fn read(&self, tenant: &str, from: i64, to: i64) -> Vec<StoredEvent> {
+        let reader = AuditReader::open(&self.audit).unwrap();
+        let filter = EventFilter { tenant_id: tenant.into(), from_ms: Some(from), to_ms: Some(to), ..EventFilter::default() };
+        let mut out = Vec::new();
+        reader
+            .scan(&filter, None, true, |e| {
+                out.push(e.clone());
+                true
+            })
+            .unwrap();
+        out
+    }
+}
+
+/// (kind, tenant, day, first_seq, last_seq) of each action, sorted.
+fn actions(report: &RetentionReport) -> Vec<(ActionKind, String, String, u64, u64)> {
+    let mut out: Vec<_> = report.actions.iter().map(|a| (a.kind, a.tenant.clone(), a.day.clone(), a.first_seq, a.last_seq)).collect();
+    out.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
+    out
+}
+
+fn written(t: &str, d: i64, first: u64, last: u64) -> (ActionKind, String, String, u64, u64) {
+    (ActionKind::ArchiveWritten, t.into(), name(d), first, last)
+}
+
+fn dropped(t: &str, d: i64, first: u64, last: u64) -> (ActionKind, String, String, u64, u64) {
+    (ActionKind::HotDataDropped, t.into(), name(d), first, last)
+}
+
+fn deleted(t: &str, d: i64, first: u64, last: u64) -> (ActionKind, String, String, u64, u64) {
+    (ActionKind::ArchiveDeleted, t.into(), name(d), first, last)
+}
+
+fn sorted(mut v: Vec<(ActionKind, String, String, u64, u64)>) -> Vec<(ActionKind, String, String, u64, u64)> {
+    v.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
+    v
+}
+
+#[test]
+fn days_go_hot_then_archived_then_deleted_exactly_at_the_boundaries() {
+    let mut t = trail(6, true);
+    let policy = RetentionPolicy::uniform(settings(2, 3));
+
+    // Day 0 stays hot until every event of it is two days old: the start of day 3.
+    assert!(t.run(&policy, at(3, 0) - 1).actions.is_empty());
+    let report = t.run(&policy, at(3, 0));
+    assert_eq!(
+        actions(&report),
+        sorted(vec![written("acme", 0, 1, 24), written("globex", 0, 1, 24), dropped("acme", 0, 1, 24), dropped("globex", 0, 1, 24)])
+    );
+    assert!(!t.day_file(0).exists(), "day 0's file is gone whole");
+    let (data, manifest) = archive::paths(&t.archive, "acme", &name(0));
+    assert!(data.exists() && manifest.exists());
+    let m: archive::Manifest = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    assert_eq!((m.events, m.first_seq, m.last_seq, m.prev_hash.as_str()), (24, 1, 24, "0".repeat(64).as_str()));
+    assert!(m.signature_ok(&t.key) && m.file_sha256.len() == 64 && m.checkpoints.is_empty(), "the first checkpoint is at seq 25: {m:?}");
+    assert_eq!(m.file_bytes, std::fs::metadata(&data).unwrap().len());
+    // One full event per line, with its hashes.
+    let lines = ndjson(&data);
+    assert_eq!(lines.len(), 24);
+    assert_eq!(lines[0]["event"]["seq"], 1);
+    assert_eq!(lines[0]["event"]["path"], "/orders/1");
+    assert_eq!(lines[1]["prev_hash"], lines[0]["hash"]);
+    assert_eq!(lines[23]["hash"], json!(m.last_hash));
+    t.assert_verifies();
+    let report = verify_dir(&t.audit, Some("acme"), &t.key).unwrap().remove(0);
+    assert_eq!((report.archived_through, report.archives), (24, 1), "{report:?}");
+
+    // Day 1: archived up to the slow call's neighbours. The slow call
+    // (stamped day 1, committed among day 2's calls) keeps day 1's file
+    // until day 2 is archived with it.
+    let report = t.run(&policy, at(4, 0));
+    assert_eq!(actions(&report), sorted(vec![written("acme", 1, 25, 48), written("globex", 1, 25, 48)]));
+    let m: archive::Manifest = serde_json::from_slice(&std::fs::read(archive::paths(&t.archive, "acme", &name(1)).1).unwrap()).unwrap();
+    assert_eq!(m.checkpoints.iter().map(|c| c.seq).collect::<Vec<_>>(), vec![25], "the signed checkpoints in its range");
+    assert!(t.day_file(1).exists());
+    let visible = t.read("acme", at(1, 0), at(2, 0) - 1);
+    assert_eq!(visible.iter().map(|e| e.event.seq).collect::<Vec<_>>(), vec![50], "only the slow call is still hot");
+    t.assert_verifies();
+
+    let report = t.run(&policy, at(5, 0));
+    assert_eq!(
+        actions(&report),
+        sorted(vec![
+            written("acme", 2, 49, 73),
+            written("globex", 2, 49, 72),
+            dropped("acme", 1, 25, 50),
+            dropped("globex", 1, 25, 48),
+            dropped("acme", 2, 49, 73),
+            dropped("globex", 2, 49, 72),
+        ])
+    );
+    let lines = ndjson(&archive::paths(&t.archive, "acme", &name(2)).0);
+    assert_eq!(lines[1]["event"]["seq"], 50);
+    assert_eq!(lines[1]["event"]["timestamp_ms"], at(1, DAY - 100), "the slow call went with the run it is in");
+    assert!(t.read("acme", at(1, 0), at(3, 0) - 1).is_empty());
+    t.assert_verifies();
+
+    // Archives go when their newest event is 2 + 3 days old: day 0's at the start of day 6.
+    let report = t.run(&policy, at(6, 0) - 1);
+    assert!(report.actions.iter().all(|a| a.kind != ActionKind::ArchiveDeleted), "{report:?}");
+    let report = t.run(&policy, at(6, 0));
+    let gone: Vec<_> = actions(&report).into_iter().filter(|a| a.0 == ActionKind::ArchiveDeleted).collect();
+    assert_eq!(gone, sorted(vec![deleted("acme", 0, 1, 24), deleted("globex", 0, 1, 24)]));
+    assert!(!archive::paths(&t.archive, "acme", &name(0)).0.exists() && !archive::paths(&t.archive, "acme", &name(0)).1.exists());
+    assert!(archive::paths(&t.archive, "acme", &name(1)).0.exists());
+    // Day 3 (and the events of the first runs, recorded on it) archived too.
+    assert!(actions(&report).iter().any(|a| a.0 == ActionKind::ArchiveWritten && a.2 == name(3)), "{report:?}");
+    // Still provable from the genesis hash: the deleted archive's signed record stays.
+    t.assert_verifies();
+    let report = verify_dir(&t.audit, Some("acme"), &t.key).unwrap().remove(0);
+    assert_eq!(report.archives, 3, "{report:?}");
+
+    // Every step is in the tenant's own trail.
+    let mut kinds: HashMap<String, usize> = HashMap::new();
+    for e in t.read("acme", 0, i64::MAX) {
+        if e.event.actor.as_deref() == Some("system:retention") {
+            *kinds.entry(e.event.event_type.clone()).or_default() += 1;
+            assert_eq!(e.event.tenant_id, "acme");
+            assert!(e.event.details.as_ref().unwrap()["first_seq"].is_u64(), "{:?}", e.event);
+        }
+    }
+    let deleted_event = t
+        .read("acme", 0, i64::MAX)
+        .into_iter()
+        .find(|e| e.event.event_type == "archive_deleted")
+        .expect("archive_deleted is recorded");
+    let details = deleted_event.event.details.unwrap();
+    assert_eq!((details["first_seq"].as_u64(), details["last_seq"].as_u64(), details["events"].as_u64()), (Some(1), Some(24), Some(24)));
+    assert_eq!(kinds.get("archive_deleted"), Some(&1), "{kinds:?}");
+    assert!(kinds.contains_key("hot_data_dropped"), "{kinds:?}");
+
+    // The command line agrees.
+    let data = t.dir.path().to_str().unwrap();
+    let (ok, text) = run(&["verify", "--data-dir", data], t.dir.path());
+    assert!(ok && text.contains("signed archives") && text.contains(" ok "), "{text}");
+    let (ok, text) = run(&["archive", "verify", "--data-dir", data], t.dir.path());
+    assert!(ok && text.contains("hot store follows on"), "{text}");
+}
+
+#[test]
+fn keytrail_verify_catches_tampering_across_the_archive_boundary() {
+    let mut t = trail(4, false);
+    t.run(&RetentionPolicy::uniform(settings(1, 30)), at(3, 0));
+    t.assert_verifies();
+    let copy = |label: &str| {
+        let to = t.dir.path().join(format!("tampered-{label}"));
+        copy_dir(&t.audit, &to);
+        to
+    };
+    let check = |audit: &Path, needle: &str| {
+        let report = verify_dir(audit, Some("acme"), &t.key).unwrap().remove(0);
+        assert!(!report.ok && report.problems.join("\n").contains(needle), "`{needle}` not in {report:?}");
+    };
+
+    // An archive's record in meta.db altered.
+    let audit = copy("record");
+    Connection::open(audit.join("meta.db"))
+        .unwrap()
+        .execute("UPDATE archives SET manifest = replace(manifest, '\"events\":24', '\"events\":23') WHERE tenant = 'acme' AND first_seq = 1", [])
+        .unwrap();
+    check(&audit, "its signed record does not verify");
+
+    // An archive's record removed: the hot chain no longer starts where it says.
+    let audit = copy("record-gone");
+    Connection::open(audit.join("meta.db")).unwrap().execute("DELETE FROM archives WHERE tenant = 'acme' AND first_seq > 1", []).unwrap();
+    check(&audit, "expected seq 25 next");
+
+    // The first hot block rewritten so as not to follow the last archive.
+    let audit = copy("hot-link");
+    let day = Connection::open(audit.join(format!("{}.db", name(2)))).unwrap();
+    day.execute(
+        "UPDATE blocks SET prev_hash = zeroblob(32) WHERE first_seq = (SELECT min(first_seq) FROM blocks WHERE tenant = (SELECT id FROM strings WHERE value = 'acme')) AND tenant = (SELECT id FROM strings WHERE value = 'acme')",
+        [],
+    )
+    .unwrap();
+    check(&audit, "does not link to the hash the archive of events up to seq 48 ends with");
+
+    // A signed checkpoint in the archived range that the archive does not vouch for.
+    let audit = copy("checkpoint");
+    let cp = keytrail::store::audit::integrity::checkpoints(&audit, "acme").unwrap().into_iter().find(|c| c.seq < 48).unwrap();
+    let forged = t.signer.sign("acme", cp.seq, [9; 32], cp.signed_at_ms);
+    Connection::open(audit.join("meta.db"))
+        .unwrap()
+        .execute("UPDATE checkpoints SET hash = ?1, signature = ?2 WHERE tenant = 'acme' AND seq = ?3", params![forged.hash.as_slice(), forged.signature.as_slice(), cp.seq as i64])
+        .unwrap();
+    check(&audit, &format!("checkpoint at seq {}: archive", cp.seq));
+}
+
+#[test]
+fn tenants_keep_their_own_windows_and_a_shared_day_goes_when_all_are_archived() {
+    let mut t = trail(6, false);
+    let mut policy = RetentionPolicy::uniform(settings(2, 30));
+    policy.tenants.insert("acme".into(), settings(1, 1));
+    policy.tenants.insert("globex".into(), settings(4, 30));
+
+    let report = t.run(&policy, at(2, 0));
+    assert_eq!(actions(&report), vec![written("acme", 0, 1, 24)]);
+    assert!(t.day_file(0).exists(), "globex's events keep day 0's file");
+    assert!(t.read("acme", at(0, 0), at(1, 0) - 1).is_empty(), "acme's archived events are not read from the shared file");
+    assert_eq!(t.read("globex", at(0, 0), at(1, 0) - 1).len(), 24);
+    t.assert_verifies();
+
+    // acme's archive of day 0 expires (1 + 1 days): its blocks still in the
+    // shared file go with it.
+    let report = t.run(&policy, at(3, 0));
+    assert_eq!(
+        actions(&report),
+        sorted(vec![written("acme", 1, 25, 48), deleted("acme", 0, 1, 24)])
+    );
+    let removed = report.actions.iter().find(|a| a.kind == ActionKind::ArchiveDeleted).unwrap().details["hot_blocks_removed"].as_u64();
+    assert!(removed.is_some_and(|n| n > 0), "{report:?}");
+    let conn = Connection::open(t.day_file(0)).unwrap();
+    let acme_blocks: i64 = conn
+        .query_row("SELECT count(*) FROM blocks WHERE tenant = (SELECT id FROM strings WHERE value = 'acme')", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(acme_blocks, 0);
+    drop(conn);
+    t.assert_verifies();
+
+    t.run(&policy, at(4, 0));
+    let report = t.run(&policy, at(5, 0));
+    assert!(actions(&report).contains(&written("globex", 0, 1, 24)), "{report:?}");
+    assert!(actions(&report).contains(&dropped("globex", 0, 1, 24)), "{report:?}");
+    assert!(!t.day_file(0).exists());
+    assert!(t.day_file(1).exists(), "globex's day 1 is still hot");
+    t.assert_verifies();
+}
+
+#[test]
+fn archive_verify_catches_changed_and_missing_lines_manifests_signatures_and_days() {
+    let mut t = trail(5, false);
+    t.run(&RetentionPolicy::uniform(settings(1, 30)), at(4, 0));
+    for d in 0..3 {
+        assert!(archive::paths(&t.archive, "acme", &name(d)).0.exists());
+    }
+    t.assert_verifies();
+    let reports = archive::verify_archives(&t.archive, Some(&t.audit), None, &t.key).unwrap();
+    assert_eq!(reports.len(), 2);
+    assert!(reports.iter().all(|r| r.ok && r.archives == 3 && r.hot_links == Some(true)), "{reports:?}");
+
+    let copy = |label: &str| {
+        let to = t.dir.path().join(format!("archive-{label}"));
+        copy_dir(&t.archive, &to);
+        to
+    };
+    let problems = |dir: &Path, audit: Option<&Path>, key: &VerifyingKey| {
+        let report = archive::verify_archives(dir, audit, Some("acme"), key).unwrap().remove(0);
+        assert!(!report.ok, "{report:?}");
+        report.problems.join("\n")
+    };
+    let day1 = name(1);
+
+    // A changed line.
+    let dir = copy("changed-line");
+    rewrite(&archive::paths(&dir, "acme", &day1).0, |lines| lines[2] = lines[2].replace("\"status_code\":200", "\"status_code\":500"));
+    let text = problems(&dir, Some(&t.audit), &t.key);
+    assert!(text.contains(&format!("archive {day1}: the archive file's SHA-256 is not the manifest's")), "{text}");
+    assert!(text.contains("seq 27: the event does not match its hash (changed)"), "{text}");
+
+    // A missing line.
+    let dir = copy("missing-line");
+    rewrite(&archive::paths(&dir, "acme", &day1).0, |lines| {
+        lines.remove(4);
+    });
+    let text = problems(&dir, Some(&t.audit), &t.key);
+    assert!(text.contains("expected seq 29, found 30 (an event is missing or was inserted)"), "{text}");
+    assert!(text.contains("holds 23 events, the manifest says 24"), "{text}");
+
+    // A changed manifest.
+    let dir = copy("changed-manifest");
+    let path = archive::paths(&dir, "acme", &day1).1;
+    let edited = std::fs::read_to_string(&path).unwrap().replace("\"events\": 24", "\"events\": 23");
+    std::fs::write(&path, edited).unwrap();
+    let text = problems(&dir, Some(&t.audit), &t.key);
+    assert!(text.contains(&format!("archive {day1}: the manifest's signature does not verify")), "{text}");
+
+    // A bad signature: another key, or a signature edited.
+    let stranger = Signer::load_or_create(&t.dir.path().join("stranger.key")).unwrap().public_key();
+    let text = problems(&t.archive, None, &stranger);
+    assert_eq!(text.matches("signature does not verify").count(), 3 + 2, "every manifest and checkpoint: {text}");
+    let dir = copy("bad-signature");
+    let path = archive::paths(&dir, "acme", &name(0)).1;
+    let mut m: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let signature = m["signature"].as_str().unwrap().to_string();
+    m["signature"] = json!(format!("{}{}", if signature.starts_with('0') { "1" } else { "0" }, &signature[1..]));
+    std::fs::write(&path, m.to_string()).unwrap();
+    let text = problems(&dir, Some(&t.audit), &t.key);
+    assert!(text.contains(&format!("archive {}: the manifest's signature does not verify", name(0))), "{text}");
+
+    // A missing day, with and without the data directory.
+    let dir = copy("missing-day");
+    let (data, manifest) = archive::paths(&dir, "acme", &day1);
+    std::fs::remove_file(data).unwrap();
+    std::fs::remove_file(manifest).unwrap();
+    let text = problems(&dir, None, &t.key);
+    assert!(text.contains(&format!("events 25..=48 are missing between archive {} and archive {}", name(0), name(2))), "{text}");
+    let text = problems(&dir, Some(&t.audit), &t.key);
+    assert!(text.contains(&format!("archive {day1}: missing from")), "{text}");
+    // The newest day missing: only the data directory can tell.
+    let dir = copy("missing-last-day");
+    let (data, manifest) = archive::paths(&dir, "acme", &name(2));
+    std::fs::remove_file(data).unwrap();
+    std::fs::remove_file(manifest).unwrap();
+    let text = problems(&dir, Some(&t.audit), &t.key);
+    assert!(text.contains(&format!("archive {}: missing from", name(2))), "{text}");
+
+    // The command line: exit codes, the problem named, bad input.
+    let data = t.dir.path().to_str().unwrap();
+    let public = keytrail::signing::public_key_text(&t.key);
+    let (ok, text) = run(&["archive", "verify", "--data-dir", data, "--tenant", "acme"], t.dir.path());
+    assert!(ok && text.contains("3 archives, 72 events (seq 1..=72)"), "{text}");
+    let changed = t.dir.path().join("archive-changed-line");
+    let (ok, text) = run(&["archive", "verify", "--data-dir", data, "--archive-dir", changed.to_str().unwrap()], t.dir.path());
+    assert!(!ok && text.contains("FAILED") && text.contains("seq 27: the event does not match its hash"), "{text}");
+    assert!(text.contains("the archives did not verify"), "{text}");
+    // Only the archives and the public key, as an auditor would have them.
+    let elsewhere = t.dir.path().join("no-data-dir");
+    let (ok, text) = run(
+        &["archive", "verify", "--data-dir", elsewhere.to_str().unwrap(), "--archive-dir", t.archive.to_str().unwrap(), "--public-key", &public],
+        t.dir.path(),
+    );
+    assert!(ok && text.contains("acme") && text.contains(" ok "), "{text}");
+    let (ok, text) = run(&["archive", "verify", "--data-dir", elsewhere.to_str().unwrap(), "--archive-dir", t.archive.to_str().unwrap()], t.dir.path());
+    assert!(!ok && text.contains("give --public-key"), "{text}");
+    let (ok, text) = run(&["archive", "verify", "--data-dir", data, "--public-key", "abc"], t.dir.path());
+    assert!(!ok && text.contains("--public-key: a public key is 64 hexadecimal digits"), "{text}");
+}
+
+#[test]
+fn a_restored_day_reads_and_verifies_again() {
+    // Five days: the writer still holds the last two open.
+    let mut t = trail(5, true);
+    let before = t.read("acme", at(0, 0), at(2, 0) - 1);
+    assert_eq!(before.len(), 49);
+    t.run(&RetentionPolicy::uniform(settings(1, 30)), at(4, 0));
+    assert!(!t.day_file(0).exists() && !t.day_file(1).exists() && !t.day_file(2).exists());
+    assert!(t.read("acme", at(0, 0), at(2, 0) - 1).is_empty());
+
+    // Day 1's archive holds seq 25..=48; the slow call (seq 50) is in day 2's.
+    let r = archive::restore(&t.audit, &t.archive, "acme", &name(1), &t.key).unwrap();
+    assert_eq!((r.events, r.first_seq, r.last_seq), (24, 25, 48));
+    let r = archive::restore(&t.audit, &t.archive, "acme", &name(0), &t.key).unwrap();
+    assert_eq!((r.events, r.first_seq, r.last_seq), (24, 1, 24));
+    let after = t.read("acme", at(0, 0), at(2, 0) - 1);
+    let key = |e: &StoredEvent| (e.event.clone(), e.hash, e.prev_hash);
+    let wanted: Vec<_> = before.iter().filter(|e| e.event.seq <= 48).map(key).collect();
+    assert_eq!(after.iter().map(key).collect::<Vec<_>>(), wanted, "the same events, with the same hashes, newest first");
+    assert!(t.read("globex", at(0, 0), at(2, 0) - 1).is_empty(), "only what was asked for");
+    t.assert_verifies();
+    let report = verify_dir(&t.audit, Some("acme"), &t.key).unwrap().remove(0);
+    assert!(report.ok && report.archived_through > 48, "{report:?}");
+
+    // Day 2's archive holds the slow call of day 1: it is read in day 1 again.
+    archive::restore(&t.audit, &t.archive, "acme", &name(2), &t.key).unwrap();
+    assert_eq!(t.read("acme", at(1, DAY - 1_000), at(2, 0) - 1).iter().map(|e| e.event.seq).collect::<Vec<_>>(), vec![50]);
+    t.assert_verifies();
+
+    // A restored block altered is caught.
+    let restored = t.audit.join("restored").join(format!("{}.db", name(0)));
+    let conn = Connection::open(&restored).unwrap();
+    conn.execute("UPDATE blocks SET hash = zeroblob(32) WHERE first_seq = 1", []).unwrap();
+    let report = verify_dir(&t.audit, Some("acme"), &t.key).unwrap().remove(0);
+    assert!(!report.ok && report.problems.join("\n").contains("restored events 1..="), "{report:?}");
+    conn.execute("DELETE FROM blocks", []).unwrap();
+    drop(conn);
+    std::fs::remove_file(&restored).unwrap();
+
+    // Refusals name the problem.
+    let err = archive::restore(&t.audit, &t.archive, "acme", &name(1), &t.key).unwrap_err();
+    assert!(err.contains("already restored (events"), "{err}");
+    let err = archive::restore(&t.audit, &t.archive, "acme", &name(9), &t.key).unwrap_err();
+    assert!(err.contains(&format!("no archive of tenant `acme` for {}", name(9))), "{err}");
+    let err = archive::restore(&t.audit, &t.archive, "acme", "2026-13-01", &t.key).unwrap_err();
+    assert!(err.contains("is not a day: give it as YYYY-MM-DD"), "{err}");
+    rewrite(&archive::paths(&t.archive, "globex", &name(0)).0, |lines| lines[0] = lines[0].replace("/orders/", "/orderz/"));
+    let err = archive::restore(&t.audit, &t.archive, "globex", &name(0), &t.key).unwrap_err();
+    assert!(err.contains("does not verify, nothing was restored") && err.contains("SHA-256"), "{err}");
+    assert!(t.read("globex", at(0, 0), at(1, 0) - 1).is_empty());
+
+    // The command line.
+    let data = t.dir.path().to_str().unwrap();
+    let (ok, text) = run(&["archive", "restore", "--data-dir", data, "--tenant", "globex", "--day", &name(1)], t.dir.path());
+    assert!(ok && text.contains("restored 24 events of `globex` (seq 25..=48"), "{text}");
+    assert_eq!(t.read("globex", at(1, 0), at(2, 0) - 1).len(), 24);
+    let (ok, text) = run(&["archive", "restore", "--data-dir", data, "--tenant", "globex", "--day", "yesterday"], t.dir.path());
+    assert!(!ok && text.contains("`yesterday` is not a day"), "{text}");
+    let (ok, text) = run(&["archive", "restore", "--data-dir", data, "--day", &name(1)], t.dir.path());
+    assert!(!ok && text.contains("--tenant"), "{text}");
+}
+
+#[tokio::test]
+async fn the_server_runs_retention_at_start_and_the_settings_api_sets_it() {
+    // A data directory with a week of old events (as a server left it).
+    let dir = tempfile::tempdir().unwrap();
+    let today = keytrail::event::now_ms().div_euclid(DAY);
+    {
+        let mut store = AuditWriterStore::open(&dir.path().join("audit")).unwrap();
+        for d in (3..10).rev() {
+            let mut batch: Vec<Event> = (0..5).map(|i| event("acme", (today - d) * DAY + i * HOUR, i as usize)).collect();
+            store.insert_batch(&mut batch).unwrap();
+        }
+    }
+    let mut ts = TestServer::start_with(dir, |c| {
+        c.retention.defaults = settings(5, 400);
+        c.retention.interval = std::time::Duration::from_millis(300);
+    })
+    .await;
+    let admin = ts.admin_client();
+    let a = admin.post("/v1/tenants", json!({"id": "acme", "name": "Acme"})).await;
+    assert_eq!(a.status, 201, "{}", a.text);
+    let archive_dir = ts.data_dir.join("archive");
+    wait_until(|| archive::paths(&archive_dir, "acme", &day_name(today - 6)).1.exists()).await;
+    assert!(!archive::paths(&archive_dir, "acme", &day_name(today - 5)).1.exists(), "day today-5 is within 5 hot days");
+
+    // The settings: global defaults from the config, tenant overrides.
+    let a = admin.get("/api/v1/settings/retention").await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!(a.body, json!({"scope": "global", "hot_days": 5, "archive_days": 400}));
+    let a = admin.call("PUT", "/v1/tenants/acme/settings/retention", Some(json!({"hot_days": 3}))).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!(a.body, json!({"scope": "tenant", "tenant_id": "acme", "hot_days": 3, "archive_days": 400, "inherited": ["archive_days"]}));
+    // The next run applies it.
+    wait_until(|| archive::paths(&archive_dir, "acme", &day_name(today - 4)).1.exists()).await;
+    assert!(!archive::paths(&archive_dir, "acme", &day_name(today - 3)).1.exists());
+    let a = admin.call("PUT", "/v1/tenants/acme/settings/retention", Some(json!({"hot_days": null, "archive_days": 10}))).await;
+    assert_eq!(a.body, json!({"scope": "tenant", "tenant_id": "acme", "hot_days": 5, "archive_days": 10, "inherited": ["hot_days"]}));
+    let a = admin.call("PUT", "/api/v1/settings/retention", Some(json!({"archive_days": 30}))).await;
+    assert_eq!(a.body, json!({"scope": "global", "hot_days": 5, "archive_days": 30}));
+    assert_eq!(admin.get("/v1/tenants/acme/settings/retention").await.body["archive_days"], 10);
+
+    // Bad input says what to fix, and changes nothing.
+    for (path, body, needle) in [
+        ("/api/v1/settings/retention", json!({"hot_days": 0}), "`hot_days` must be a whole number of days from 1 to 36500"),
+        ("/api/v1/settings/retention", json!({"hot_days": null}), "cannot be null in the global settings"),
+        ("/api/v1/settings/retention", json!({"archive_days": -3}), "`archive_days` must be a whole number of days from 0"),
+        ("/v1/tenants/acme/settings/retention", json!({"hot_days": "7"}), "`hot_days` must be a whole number"),
+        ("/v1/tenants/acme/settings/retention", json!({"hot_days": 2.5}), "`hot_days` must be a whole number"),
+        ("/v1/tenants/acme/settings/retention", json!({"keep_days": 7}), "unknown setting `keep_days`"),
+        ("/v1/tenants/acme/settings/retention", json!({}), "name at least one setting"),
+        ("/v1/tenants/acme/settings/retention", json!([7]), "must be a JSON object"),
+    ] {
+        let a = admin.call("PUT", path, Some(body.clone())).await;
+        assert_eq!(a.status, 400, "{body}: {}", a.text);
+        assert!(a.body["error"]["message"].as_str().unwrap().contains(needle), "{body}: {}", a.text);
+    }
+    let a = admin.call("PUT", "/v1/tenants/nobody/settings/retention", Some(json!({"hot_days": 3}))).await;
+    assert_eq!(a.status, 404, "{}", a.text);
+    assert_eq!(admin.get("/v1/tenants/acme/settings/retention").await.body["archive_days"], 10);
+
+    // Archives and settings changes are in the tenant's trail.
+    ts.flush().await;
+    let a = admin.get("/v1/audit/acme/security?event_type=archive_written&days=3660").await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    let archived = a.body["events"].as_array().unwrap();
+    assert_eq!(archived.len(), 6, "days today-9..=today-4: {}", a.text);
+    let a = admin.get("/v1/audit/acme/security?event_type=settings_changed").await;
+    let changes = a.body["events"].as_array().unwrap();
+    assert!(changes.iter().any(|e| e["target"] == "settings:retention"), "{}", a.text);
+    let a = admin.get("/v1/audit/acme/admin?action=SETTINGS_CHANGED").await;
+    assert!(a.text.contains("hot_days"), "{}", a.text);
+
+    // A day restored while keytrail runs is read by the audit API.
+    let out = tempfile::tempdir().unwrap();
+    let data = ts.data_dir.to_str().unwrap().to_string();
+    let old = day_name(today - 8);
+    let (ok, text) = run(&["archive", "restore", "--data-dir", &data, "--tenant", "acme", "--day", &old], out.path());
+    assert!(ok, "{text}");
+    let from = keytrail::event::format_timestamp((today - 8) * DAY);
+    let to = keytrail::event::format_timestamp((today - 7) * DAY - 1);
+    let a = admin.get(&format!("/v1/audit/acme?from={from}&to={to}")).await;
+    assert_eq!(a.body["logs"].as_array().map(Vec::len), Some(5), "{}", a.text);
+    ts.stop().await;
+    let (ok, text) = run(&["verify", "--data-dir", &data], out.path());
+    assert!(ok, "{text}");
+    let (ok, text) = run(&["archive", "verify", "--data-dir", &data], out.path());
+    assert!(ok, "{text}");
+}
+
+// --- helpers ---
+
+async fn wait_until(mut f: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("gave up waiting");
+}
+
+fn run(args: &[&str], dir: &Path) -> (bool, String) {
+    let mut p = Process::spawn(args, &[], dir, dir);
+    let status = p.child.wait().unwrap();
+    (status.success(), format!("{}{}", p.stdout(), p.stderr()))
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let target = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            copy_dir(&path, &target);
+        } else {
+            std::fs::copy(&path, target).unwrap();
+        }
+    }
+}
+
+fn ndjson_text(path: &Path) -> Vec<String> {
+    let mut text = String::new();
+    zstd::stream::read::Decoder::new(std::fs::File::open(path).unwrap()).unwrap().read_to_string(&mut text).unwrap();
+    text.lines().map(str::to_string).collect()
+}
+
+fn ndjson(path: &Path) -> Vec<Value> {
+    ndjson_text(path).iter().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// Rewrites an archive file's lines (recompressed, so the file is valid zstd).
+fn rewrite(path: &Path, edit: impl FnOnce(&mut Vec<String>)) {
+    let mut lines = ndjson_text(path);
+    edit(&mut lines);
+    let mut encoder = zstd::stream::write::Encoder::new(std::fs::File::create(path).unwrap(), 3).unwrap();
+    for line in lines {
+        writeln!(encoder, "{line}").unwrap();
+    }
+    encoder.finish().unwrap();
+}
