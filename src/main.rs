@@ -282,8 +282,16 @@ fn verifying_key(data_dir: &std::path::Path, public_key: Option<&str>) -> anyhow
     }
 }
 
+/// A tenant id as a folder name in the archive directory.
+fn check_tenant(tenant: &str) -> anyhow::Result<()> {
+    let ok = !tenant.is_empty() && tenant.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    anyhow::ensure!(ok, "--tenant: `{tenant}` is not a tenant id (lowercase letters, digits, `-` and `_`)");
+    Ok(())
+}
+
 /// `keytrail archive verify`: true when every archive verified.
 fn archive_verify(data_dir: &std::path::Path, archive_dir: Option<PathBuf>, tenant: Option<&str>, public_key: Option<&str>, json: bool) -> anyhow::Result<bool> {
+    tenant.map(check_tenant).transpose()?;
     let key = verifying_key(data_dir, public_key)?;
     let archive_dir = archive_dir.unwrap_or_else(|| data_dir.join("archive"));
     let audit = data_dir.join("audit");
@@ -317,6 +325,7 @@ fn archive_verify(data_dir: &std::path::Path, archive_dir: Option<PathBuf>, tena
 
 /// `keytrail archive restore`.
 fn archive_restore(data_dir: &std::path::Path, archive_dir: Option<PathBuf>, tenant: &str, day: &str, public_key: Option<&str>) -> anyhow::Result<()> {
+    check_tenant(tenant)?;
     let key = verifying_key(data_dir, public_key)?;
     let archive_dir = archive_dir.unwrap_or_else(|| data_dir.join("archive"));
     let audit = data_dir.join("audit");

@@ -345,6 +345,38 @@ fn tenants_keep_their_own_windows_and_a_shared_day_goes_when_all_are_archived() 
 }
 
 #[test]
+fn a_day_file_goes_only_when_the_writer_has_let_go_and_readers_finish_reading_it() {
+    // Four days: the writer still holds days 2 and 3 open.
+    let mut t = trail(4, false);
+    let policy = RetentionPolicy::uniform(settings(1, 30));
+    // A reader that has day 1 open, and one that has only listed it.
+    let reading = AuditReader::open(&t.audit).unwrap();
+    let filter = EventFilter { tenant_id: "acme".into(), from_ms: Some(at(1, 0)), to_ms: Some(at(2, 0) - 1), ..EventFilter::default() };
+    let mut first = 0;
+    reading.scan(&filter, Some(1), false, |_| { first += 1; true }).unwrap();
+    let listed = AuditReader::open(&t.audit).unwrap();
+
+    let report = retention::run(&t.audit, &t.archive, &policy, at(4, 0), &t.signer).unwrap();
+    assert!(!t.day_file(0).exists() && !t.day_file(1).exists());
+    assert!(t.day_file(2).exists(), "the writer has day 2 open");
+    assert_eq!(report.problems, vec![format!("{}.db: not dropped: the writer has it open (next run)", name(2))]);
+    let mut n = 0;
+    reading.scan(&filter, None, false, |_| { n += 1; true }).unwrap();
+    assert_eq!((first, n), (1, 24), "a reader with the file open reads it to the end");
+    let mut n = 0;
+    listed.scan(&filter, None, false, |_| { n += 1; true }).unwrap();
+    assert_eq!(n, 0, "a day dropped since the reader listed it reads as empty");
+
+    // The writer moves on; the next run drops the day.
+    let mut next = vec![event("acme", at(5, 0), 1)];
+    t.store.insert_batch(&mut next).unwrap();
+    let report = retention::run(&t.audit, &t.archive, &policy, at(4, HOUR), &t.signer).unwrap();
+    assert!(report.problems.is_empty(), "{report:?}");
+    assert!(!t.day_file(2).exists());
+    t.assert_verifies();
+}
+
+#[test]
 fn archive_verify_catches_changed_and_missing_lines_manifests_signatures_and_days() {
     let mut t = trail(5, false);
     t.run(&RetentionPolicy::uniform(settings(1, 30)), at(4, 0));
@@ -504,6 +536,8 @@ fn a_restored_day_reads_and_verifies_again() {
     assert!(!ok && text.contains("`yesterday` is not a day"), "{text}");
     let (ok, text) = run(&["archive", "restore", "--data-dir", data, "--day", &name(1)], t.dir.path());
     assert!(!ok && text.contains("--tenant"), "{text}");
+    let (ok, text) = run(&["archive", "restore", "--data-dir", data, "--tenant", "../globex", "--day", &name(1)], t.dir.path());
+    assert!(!ok && text.contains("`../globex` is not a tenant id"), "{text}");
 }
 
 #[tokio::test]

@@ -452,7 +452,13 @@ impl AuditReader {
         }
         let list = if restored { &self.restored } else { &self.days };
         let Some((_, path)) = list.iter().find(|(d, _)| *d == day) else { return Ok(None) };
-        let reader = match DayReader::open(path) {
+        // The first read opens the file's WAL: once it has, the file can be
+        // deleted under this reader (retention) and still be read to the end.
+        let opened = DayReader::open(path).and_then(|reader| {
+            reader.conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get::<_, i64>(0))?;
+            Ok(reader)
+        });
+        let reader = match opened {
             Ok(reader) => Rc::new(reader),
             Err(_) if !path.exists() => return Ok(None),
             Err(error) => return Err(error),
