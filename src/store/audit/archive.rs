@@ -54,9 +54,9 @@ pub const MANIFEST_DOMAIN: &str = "keytrail-archive-manifest-v1";
 /// The directory under the audit directory that restored days go to.
 pub const RESTORED_DIR: &str = "restored";
 /// The default zstd level of archive files (`retention.archive_zstd_level`).
-/// Measured on a realistic day (BENCHMARKS.md): level 3 compresses ~190 MB
-/// of NDJSON a second to 128 bytes an event; 19 gets 96 bytes at ~1 MB/s,
-/// about 0.9 ms of CPU an event — more than proxying it took.
+/// Measured on a realistic day (BENCHMARKS.md): level 3 compresses 200–300
+/// MB of NDJSON a second to 128 bytes an event; 19 gets 96 bytes at ~1 MB/s,
+/// about 0.8 ms of CPU an event — more than proxying it took.
 pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
 /// Most problems listed for one archive (a damaged file could list one per line).
 const MAX_PROBLEMS: usize = 20;

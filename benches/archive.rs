@@ -1,0 +1,304 @@
+//! Archive benchmark: a realistic day of events archived by retention —
+//! archived bytes per event (DESIGN.md's target: ≤ 25), the time to write,
+//! verify and restore them, and what the same lines cost at other zstd
+//! levels and without the per-line hashes.
+//!
+//!   cargo bench --bench archive                       # 1,000,000 events in one day
+//!   cargo bench --bench archive -- --events 200000
+//!   cargo bench --bench archive -- --smoke            # small, for CI
+//!   cargo bench --bench archive -- --level 19         # archive at another zstd level
+//!
+//! The day is made by the store benchmark's generator (the same
+//! distributions: 20 tenants of skewed size, 500 consumers per tenant, 300
+//! paths, 5 % 4xx, 0.5 % 5xx, log-normal latencies, 40 user agents, 5,000
+//! client IPs), written straight into a store with `AuditWriterStore`.
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::Instant;
+
+use keytrail::event::{Category, Event};
+use keytrail::settings::retention::{RetentionPolicy, RetentionSettings};
+use keytrail::signing::Signer;
+use keytrail::splitmix::SplitMix64;
+use keytrail::store::audit::{archive, retention, AuditReader, AuditWriterStore};
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const DAY_MS: i64 = 86_400_000;
+/// 2026-11-01T00:00:00Z, as in the store benchmark.
+const START_MS: i64 = 1_793_491_200_000;
+const TENANTS: usize = 20;
+const CONSUMERS_PER_TENANT: usize = 500;
+const PATHS: usize = 300;
+const USER_AGENTS: usize = 40;
+const IPS: u64 = 5_000;
+
+fn normal(rng: &mut SplitMix64) -> f64 {
+    let u1 = rng.unit().max(1e-12);
+    let u2 = rng.unit();
+    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+}
+
+struct Skewed(Vec<f64>);
+
+impl Skewed {
+    fn new(n: usize, s: f64) -> Self {
+        let mut acc = 0.0;
+        let cumulative: Vec<f64> = (1..=n)
+            .map(|k| {
+                acc += 1.0 / (k as f64).powf(s);
+                acc
+            })
+            .collect();
+        Skewed(cumulative.iter().map(|c| c / acc).collect())
+    }
+    fn pick(&self, rng: &mut SplitMix64) -> usize {
+        let u = rng.unit();
+        self.0.partition_point(|c| *c < u).min(self.0.len() - 1)
+    }
+}
+
+/// The store benchmark's generator, one day long.
+struct Generator {
+    rng: SplitMix64,
+    tenants: Skewed,
+    consumers: Skewed,
+    paths: Skewed,
+    agents: Vec<String>,
+    path_names: Vec<String>,
+    step_ms: f64,
+    n: u64,
+}
+
+impl Generator {
+    fn new(total: u64) -> Self {
+        let agents = (0..USER_AGENTS)
+            .map(|i| match i % 4 {
+                0 => format!("python-requests/2.{}.0", 20 + i),
+                1 => format!("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/{}.0", 100 + i),
+                2 => format!("curl/8.{}.1", i),
+                _ => format!("my-saas-client/{}.{} (+https://example.com/bot)", i / 10, i % 10),
+            })
+            .collect();
+        let path_names = (0..PATHS)
+            .map(|i| match i % 5 {
+                0 => format!("/v1/orders/{}", i),
+                1 => format!("/v1/customers/{}/invoices", i),
+                2 => format!("/v2/catalog/items/{}", i),
+                3 => format!("/v1/reports/{}/export", i),
+                _ => format!("/docs/page-{}", i),
+            })
+            .collect();
+        Generator {
+            rng: SplitMix64(0x6b65_7974_7261_696c),
+            tenants: Skewed::new(TENANTS, 1.0),
+            consumers: Skewed::new(CONSUMERS_PER_TENANT, 1.1),
+            paths: Skewed::new(PATHS, 1.0),
+            agents,
+            path_names,
+            step_ms: DAY_MS as f64 / total.max(1) as f64,
+            n: 0,
+        }
+    }
+
+    fn event(&mut self) -> Event {
+        let r = &mut self.rng;
+        let tenant = self.tenants.pick(r);
+        let consumer = self.consumers.pick(r);
+        let path = &self.path_names[self.paths.pick(r)];
+        let roll = r.below(1000);
+        let status: u16 = if roll < 5 {
+            [500, 502, 503][r.below(3) as usize]
+        } else if roll < 55 {
+            [400, 401, 403, 404, 429][r.below(5) as usize]
+        } else {
+            200
+        };
+        let method = match r.below(20) {
+            0..=13 => "GET",
+            14..=17 => "POST",
+            18 => "PUT",
+            _ => "DELETE",
+        };
+        let latency_us = ((20_000f64).ln() + 0.8 * normal(r)).exp() as u64;
+        let ip = r.below(IPS);
+        let mut e = Event::new(&format!("tenant-{tenant:02}"), Category::Request, "request", if status < 400 { "success" } else { "failure" });
+        e.timestamp_ms = START_MS + (self.n as f64 * self.step_ms) as i64;
+        let mut random = [0u8; 10];
+        random[..8].copy_from_slice(&r.next().to_le_bytes());
+        random[8..].copy_from_slice(&r.next().to_le_bytes()[..2]);
+        e.request_id = Some(uuid::Builder::from_unix_timestamp_millis(e.timestamp_ms as u64, &random).into_uuid().to_string());
+        e.consumer_id = Some(format!("cons_{tenant:02}_{consumer:04}"));
+        e.consumer_name = Some(format!("client-{tenant}-{consumer}"));
+        e.actor = Some(format!("consumer:cons_{tenant:02}_{consumer:04}"));
+        e.api_id = Some(path.split('/').nth(2).unwrap_or("docs").to_string());
+        e.key_id = Some(format!("key_{tenant:02}_{consumer:04}"));
+        e.key_hint = Some(format!("kt_live****{:04}", consumer));
+        e.method = Some(method.to_string());
+        e.path = Some(path.clone());
+        e.status_code = Some(status);
+        e.latency_us = Some(latency_us);
+        e.upstream_latency_us = Some(latency_us.saturating_sub(300));
+        e.request_size_bytes = Some(if method == "GET" { 0 } else { 200 + r.below(2000) });
+        e.response_size_bytes = Some(100 + r.below(50_000));
+        e.client_ip = Some(format!("10.{}.{}.{}", ip / 65536, (ip / 256) % 256, ip % 256));
+        e.user_agent = Some(self.agents[r.below(USER_AGENTS as u64) as usize].clone());
+        if status >= 400 {
+            e.error_code = Some(format!("http_{status}"));
+        }
+        self.n += 1;
+        e
+    }
+}
+
+fn files_bytes(dir: &Path, suffix: &str) -> u64 {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            total += files_bytes(&path, suffix);
+        } else if path.to_string_lossy().ends_with(suffix) {
+            total += entry.metadata().map(|m| m.len()).unwrap_or(0);
+        }
+    }
+    total
+}
+
+/// The time to open an `AuditReader`, in µs (mean of 1,000).
+fn reader_open_us(audit: &Path) -> f64 {
+    let started = Instant::now();
+    for _ in 0..1_000 {
+        std::hint::black_box(AuditReader::open(audit).unwrap());
+    }
+    started.elapsed().as_secs_f64() * 1e3
+}
+
+fn compressed(bytes: &[u8], level: i32) -> (usize, f64) {
+    let started = Instant::now();
+    let mut encoder = zstd::stream::write::Encoder::new(Vec::new(), level).unwrap();
+    encoder.window_log(24).unwrap();
+    encoder.write_all(bytes).unwrap();
+    let out = encoder.finish().unwrap();
+    (out.len(), started.elapsed().as_secs_f64())
+}
+
+fn main() {
+    let mut events: u64 = 1_000_000;
+    let mut level = archive::DEFAULT_ZSTD_LEVEL;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--smoke" => events = 20_000,
+            "--events" => events = args.next().and_then(|v| v.parse().ok()).expect("--events N"),
+            "--level" => level = args.next().and_then(|v| v.parse().ok()).expect("--level N"),
+            "--bench" => {}
+            other => panic!("unknown option {other}"),
+        }
+    }
+    let work = tempfile::tempdir().unwrap();
+    let audit = work.path().join("audit");
+    let archive_dir = work.path().join("archive");
+    let signer = Signer::load_or_create(&work.path().join("signing.key")).unwrap();
+
+    // One day in the hot store.
+    let started = Instant::now();
+    {
+        let mut store = AuditWriterStore::open(&audit).unwrap();
+        let mut generator = Generator::new(events);
+        let mut batch = Vec::with_capacity(10_000);
+        for _ in 0..events {
+            batch.push(generator.event());
+            if batch.len() == 10_000 {
+                store.insert_batch(&mut batch).unwrap();
+            }
+        }
+        store.insert_batch(&mut batch).unwrap();
+        store.flush_rollups().unwrap();
+    }
+    let hot_bytes = files_bytes(&audit, ".db");
+    println!("hot store: {events} events in {:.1} s, {:.1} bytes/event (day file and meta.db)", started.elapsed().as_secs_f64(), hot_bytes as f64 / events as f64);
+
+    let open_before = reader_open_us(&audit);
+
+    // Retention archives it (two days later, one hot day).
+    let policy = RetentionPolicy { zstd_level: level, ..RetentionPolicy::uniform(RetentionSettings { hot_days: 1, archive_days: 365 }) };
+    let started = Instant::now();
+    let report = retention::run(&audit, &archive_dir, &policy, START_MS + 2 * DAY_MS, &signer).unwrap();
+    let took = started.elapsed().as_secs_f64();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    let archived = files_bytes(&archive_dir, ".ndjson.zst");
+    let manifests = files_bytes(&archive_dir, ".manifest.json");
+    println!(
+        "archived: {} tenants in {took:.1} s ({:.0} events/s): {:.1} bytes/event in .ndjson.zst (zstd {}), {:.1} with the manifests",
+        report.actions.iter().filter(|a| a.kind == retention::ActionKind::ArchiveWritten).count(),
+        events as f64 / took,
+        archived as f64 / events as f64,
+        level,
+        (archived + manifests) as f64 / events as f64
+    );
+
+    // Verify and restore the largest tenant's day.
+    let key = signer.public_key();
+    let started = Instant::now();
+    let reports = archive::verify_archives(&archive_dir, Some(&audit), None, &key).unwrap();
+    assert!(reports.iter().all(|r| r.ok), "{reports:?}");
+    let took = started.elapsed().as_secs_f64();
+    println!("archive verify: {:.1} s ({:.0} events/s)", took, events as f64 / took);
+    let biggest = report.actions.iter().filter(|a| a.kind == retention::ActionKind::ArchiveWritten).max_by_key(|a| a.events).unwrap();
+    let started = Instant::now();
+    let restored = archive::restore(&audit, &archive_dir, &biggest.tenant, &biggest.day, &key).unwrap();
+    let took = started.elapsed().as_secs_f64();
+    println!("restore of {} ({} events): {:.1} s ({:.0} events/s)", biggest.tenant, restored.events, took, restored.events as f64 / took);
+    assert_eq!(AuditReader::open(&audit).unwrap().restored_runs(&biggest.tenant).unwrap().len(), 1);
+    // Every query opens a reader, which reads the archived prefixes from meta.db.
+    println!(
+        "AuditReader::open: {:.0} µs before retention, {:.0} µs with {} archive records",
+        open_before,
+        reader_open_us(&audit),
+        report.actions.iter().filter(|a| a.kind == retention::ActionKind::ArchiveWritten).count()
+    );
+
+    // What the same lines would cost otherwise (the largest tenant's file,
+    // its first 100,000 events: level 19 is slow).
+    let (path, _) = archive::paths(&archive_dir, &biggest.tenant, &biggest.day);
+    let mut ndjson = Vec::new();
+    zstd::stream::read::Decoder::new(std::fs::File::open(&path).unwrap()).unwrap().read_to_end(&mut ndjson).unwrap();
+    let file = std::fs::metadata(&path).unwrap().len();
+    println!(
+        "{}: {} events, NDJSON {:.0} bytes/event, archived {:.1} bytes/event",
+        biggest.tenant,
+        biggest.events,
+        ndjson.len() as f64 / biggest.events as f64,
+        file as f64 / biggest.events as f64
+    );
+    let text: String = String::from_utf8(ndjson).unwrap().lines().take(100_000).flat_map(|l| [l, "\n"]).collect();
+    let n = text.lines().count() as f64;
+    let mut without_hashes = String::with_capacity(text.len());
+    let mut without_ids = String::with_capacity(text.len());
+    for line in text.lines() {
+        let mut v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let object = v.as_object_mut().unwrap();
+        object.remove("prev_hash");
+        object.remove("hash");
+        without_hashes.push_str(&v.to_string());
+        without_hashes.push('\n');
+        v["event"].as_object_mut().unwrap().remove("event_id");
+        without_ids.push_str(&v.to_string());
+        without_ids.push('\n');
+    }
+    println!("| zstd level | as archived | without the two hashes | and without derived event ids | compress (as archived) |");
+    for level in [3, 6, 9, 12, 15, 19] {
+        let (a, seconds) = compressed(text.as_bytes(), level);
+        let (b, _) = compressed(without_hashes.as_bytes(), level);
+        let (c, _) = compressed(without_ids.as_bytes(), level);
+        println!(
+            "| {level} | {:.1} | {:.1} | {:.1} | {:.0} MB/s |",
+            a as f64 / n,
+            b as f64 / n,
+            c as f64 / n,
+            text.len() as f64 / seconds / 1e6
+        );
+    }
+}
