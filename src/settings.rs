@@ -149,25 +149,34 @@ fn rate_error() -> ApiError {
     ApiError::invalid_body("`api_call_sample_rate` must be a number from 0 to 1 (1 keeps every successful call)")
 }
 
+/// A settings struct as JSON, one field per setting.
+pub fn json_fields<T: Serialize>(settings: &T) -> Map<String, Value> {
+    match serde_json::to_value(settings) {
+        Ok(Value::Object(map)) => map,
+        _ => Map::new(),
+    }
+}
+
+/// `{field: {"before", "after"}}` for every one of `fields` that differs.
+pub fn field_changes(before: &Map<String, Value>, after: &Map<String, Value>, fields: &[&str]) -> Map<String, Value> {
+    let mut out = Map::new();
+    for name in fields {
+        if before.get(*name) != after.get(*name) {
+            out.insert(name.to_string(), json!({"before": before.get(*name), "after": after.get(*name)}));
+        }
+    }
+    out
+}
+
 impl LoggingSettings {
     /// The settings as JSON, one field per setting.
     pub fn to_json(&self) -> Map<String, Value> {
-        match serde_json::to_value(self) {
-            Ok(Value::Object(map)) => map,
-            _ => Map::new(),
-        }
+        json_fields(self)
     }
 
     /// `{field: {"before", "after"}}` for every setting that differs.
     pub fn changes(&self, after: &LoggingSettings) -> Map<String, Value> {
-        let (before, after) = (self.to_json(), after.to_json());
-        let mut out = Map::new();
-        for name in FIELDS {
-            if before.get(name) != after.get(name) {
-                out.insert(name.to_string(), json!({"before": before.get(name), "after": after.get(name)}));
-            }
-        }
-        out
+        field_changes(&self.to_json(), &after.to_json(), &FIELDS)
     }
 }
 

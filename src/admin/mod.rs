@@ -569,8 +569,9 @@ async fn revoke_key(
 
 // --- logging settings ---
 
-fn logging_view(view: LoggingView, tenant: Option<&str>) -> Json<Value> {
-    let mut body = view.settings.to_json();
+/// A scope's settings as the API shows them: the values, then `scope` and,
+/// for a tenant, which values it takes from the global ones.
+fn scoped_view(mut body: serde_json::Map<String, Value>, inherited: &[&str], tenant: Option<&str>) -> Json<Value> {
     match tenant {
         None => {
             body.insert("scope".into(), json!("global"));
@@ -578,10 +579,14 @@ fn logging_view(view: LoggingView, tenant: Option<&str>) -> Json<Value> {
         Some(tenant) => {
             body.insert("scope".into(), json!("tenant"));
             body.insert("tenant_id".into(), json!(tenant));
-            body.insert("inherited".into(), json!(view.inherited));
+            body.insert("inherited".into(), json!(inherited));
         }
     }
     Json(Value::Object(body))
+}
+
+fn logging_view(view: LoggingView, tenant: Option<&str>) -> Json<Value> {
+    scoped_view(view.settings.to_json(), &view.inherited, tenant)
 }
 
 async fn get_global_logging(State(s): State<AdminState>) -> Result<Json<Value>, ApiError> {
@@ -617,18 +622,7 @@ async fn put_tenant_logging(
 // --- retention settings ---
 
 fn retention_view(view: crate::control::RetentionView, tenant: Option<&str>) -> Json<Value> {
-    let mut body = view.settings.to_json();
-    match tenant {
-        None => {
-            body.insert("scope".into(), json!("global"));
-        }
-        Some(tenant) => {
-            body.insert("scope".into(), json!("tenant"));
-            body.insert("tenant_id".into(), json!(tenant));
-            body.insert("inherited".into(), json!(view.inherited));
-        }
-    }
-    Json(Value::Object(body))
+    scoped_view(view.settings.to_json(), &view.inherited, tenant)
 }
 
 async fn get_global_retention(State(s): State<AdminState>) -> Result<Json<Value>, ApiError> {

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use crate::error::ApiError;
 
@@ -47,22 +47,12 @@ impl RetentionSettings {
 
     /// The settings as JSON, one field per setting.
     pub fn to_json(&self) -> Map<String, Value> {
-        match serde_json::to_value(self) {
-            Ok(Value::Object(map)) => map,
-            _ => Map::new(),
-        }
+        super::json_fields(self)
     }
 
     /// `{field: {"before", "after"}}` for every setting that differs.
     pub fn changes(&self, after: &RetentionSettings) -> Map<String, Value> {
-        let (before, after) = (self.to_json(), after.to_json());
-        let mut out = Map::new();
-        for name in FIELDS {
-            if before.get(name) != after.get(name) {
-                out.insert(name.to_string(), json!({"before": before.get(name), "after": after.get(name)}));
-            }
-        }
-        out
+        super::field_changes(&self.to_json(), &after.to_json(), &FIELDS)
     }
 }
 
@@ -153,6 +143,7 @@ impl RetentionPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn patches_are_checked_whole() {
