@@ -525,7 +525,7 @@ fn pg_ingest(pg: &[String], work: &Path, total: u64, days: u64) -> (f64, f64) {
                 q(&e.key_hint), q(&e.key_id), q(&e.actor), q(&e.method), q(&e.path), e.status_code.unwrap_or(0), e.latency_us.unwrap_or(0),
                 q(&e.user_agent), e.request_size_bytes.unwrap_or(0), e.response_size_bytes.unwrap_or(0), e.upstream_latency_us.unwrap_or(0),
                 q(&e.client_ip), q(&e.error_code), e.outcome,
-                keytrail::event::to_hex(&e.chain_hash(&[0; 32]))
+                keytrail::event::to_hex(&e.chain_hash(&[0; 32], Some(&[1; 32])).unwrap())
             )
             .unwrap();
         }

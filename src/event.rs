@@ -3,8 +3,17 @@
 //! An event is built by the gateway or the control plane, masked once by
 //! [`Event::sanitize`] when it enters the pipeline, given a per-tenant `seq`
 //! and a hash by the writer, and never changed afterwards. The hash covers
-//! the previous event's hash and the canonical JSON of every field, so a
+//! the previous event's hash and the canonical bytes of every field, so a
 //! changed, removed, inserted or reordered event breaks the chain.
+//!
+//! Personal fields (the client's address and user agent, the consumer's
+//! name, and the actor of application events and of blocks by address) are
+//! not hashed as they are: the chain covers a salted commitment to them
+//! ([`personal_commitment`]), with a random salt per tenant and consumer.
+//! Erasure ([`crate::store::audit::erasure`]) can then remove the values,
+//! keep the commitment in their place, and forget the salt: the chain
+//! still verifies, and without the salt nobody can guess the values back
+//! from the commitment.
 //!
 //! This module does no IO.
 
@@ -106,6 +115,31 @@ pub struct Event {
     pub error_code: Option<String>,
     pub error_message: Option<String>,
     pub details: Option<serde_json::Value>,
+    /// Set once the personal fields have been erased: the commitment that
+    /// stands for them in the chain hash (64 hex digits in JSON).
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "hex32_opt")]
+    pub personal_commitment: Option<[u8; 32]>,
+}
+
+/// `Option<[u8; 32]>` as 64 lowercase hex digits in JSON.
+mod hex32_opt {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Option<[u8; 32]>, s: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(bytes) => s.serialize_str(&super::to_hex(bytes)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<[u8; 32]>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            None => Ok(None),
+            Some(text) => crate::signing::from_hex::<32>(&text)
+                .map(Some)
+                .ok_or_else(|| serde::de::Error::custom("`personal_commitment` must be 64 hexadecimal digits")),
+        }
+    }
 }
 
 impl Event {
@@ -170,9 +204,36 @@ impl Event {
     }
 
     /// Writes the bytes the chain hash covers (see [`write_canonical`]).
-    pub fn write_canonical(&self, out: &mut Vec<u8>) {
+    pub fn write_canonical(&self, salt: Option<&[u8; 32]>, out: &mut Vec<u8>) -> Result<(), MissingSalt> {
         let details = self.details.as_ref().map(|d| d.to_string());
-        write_canonical(&self.fields(details.as_deref()), out);
+        write_canonical(&self.fields(details.as_deref()), salt, out)
+    }
+
+    /// Whether the event holds personal values (not erased).
+    pub fn has_personal(&self) -> bool {
+        self.client_ip.is_some()
+            || self.user_agent.is_some()
+            || self.consumer_name.is_some()
+            || is_personal_actor(self.category, self.actor.as_deref())
+    }
+
+    /// Removes the personal values, keeping in their place the commitment
+    /// to them that the chain hash covers, made with `salt` (the one of the
+    /// event's tenant and consumer). A no-op for an event without personal
+    /// values, so the event hashes the same before and after.
+    pub fn erase_personal(&mut self, salt: &[u8; 32]) {
+        if !self.has_personal() {
+            return;
+        }
+        let details = self.details.as_ref().map(|d| d.to_string());
+        let commitment = personal_commitment(&self.fields(details.as_deref()), salt);
+        self.client_ip = None;
+        self.user_agent = None;
+        self.consumer_name = None;
+        if is_personal_actor(self.category, self.actor.as_deref()) {
+            self.actor = None;
+        }
+        self.personal_commitment = Some(commitment);
     }
 
     /// The event's fields, borrowed, in canonical order; `details` is the
@@ -207,21 +268,24 @@ impl Event {
             error_code: self.error_code.as_deref(),
             error_message: self.error_message.as_deref(),
             details,
+            personal_commitment: self.personal_commitment,
         }
     }
 
     /// The canonical bytes as a new vector (see [`Event::write_canonical`]).
-    pub fn canonical_bytes(&self) -> Vec<u8> {
+    pub fn canonical_bytes(&self, salt: Option<&[u8; 32]>) -> Result<Vec<u8>, MissingSalt> {
         let mut out = Vec::with_capacity(256);
-        self.write_canonical(&mut out);
-        out
+        self.write_canonical(salt, &mut out)?;
+        Ok(out)
     }
 
     /// The chain hash of this event given its predecessor's hash:
-    /// SHA-256(previous ‖ canonical bytes).
-    pub fn chain_hash(&self, previous: &[u8; 32]) -> [u8; 32] {
+    /// SHA-256(previous ‖ canonical bytes). `salt` is the personal salt of
+    /// the event's tenant and consumer; it is needed unless the event holds
+    /// no personal values (or they were erased).
+    pub fn chain_hash(&self, previous: &[u8; 32], salt: Option<&[u8; 32]>) -> Result<[u8; 32], MissingSalt> {
         let details = self.details.as_ref().map(|d| d.to_string());
-        chain_hash(&self.fields(details.as_deref()), previous)
+        chain_hash(&self.fields(details.as_deref()), salt, previous)
     }
 }
 
@@ -258,6 +322,62 @@ pub struct CanonicalFields<'a> {
     pub error_message: Option<&'a str>,
     /// Compact JSON with sorted keys.
     pub details: Option<&'a str>,
+    /// The commitment kept in place of erased personal values.
+    pub personal_commitment: Option<[u8; 32]>,
+}
+
+/// An event with personal values was to be hashed without its salt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the event holds personal values but there is no personal salt for its consumer")]
+pub struct MissingSalt;
+
+/// Whether an event's `actor` is personal data: the end user an
+/// application event names, or the address a block was made for (`ip:…`).
+/// Actors that name keytrail's own objects (`consumer:…`, `admin:…`) are not.
+pub fn is_personal_actor(category: Option<Category>, actor: Option<&str>) -> bool {
+    actor.is_some_and(|a| category == Some(Category::App) || a.starts_with("ip:"))
+}
+
+/// Domain of [`personal_commitment`]'s hash.
+const PERSONAL_DOMAIN: &[u8] = b"keytrail-personal-v1\0";
+
+/// The salted commitment to an event's personal values:
+/// `SHA-256(domain ‖ salt ‖ tenant ‖ seq ‖ client_ip ‖ user_agent ‖
+/// consumer_name ‖ personal actor)`, each value encoded as in the canonical
+/// bytes. The `seq` makes equal values in two events commit differently, so
+/// erased events cannot be linked to each other by their commitments.
+pub fn personal_commitment(f: &CanonicalFields<'_>, salt: &[u8; 32]) -> [u8; 32] {
+    let mut buf = Vec::with_capacity(160);
+    buf.extend_from_slice(PERSONAL_DOMAIN);
+    buf.extend_from_slice(salt);
+    push_text(&mut buf, Some(f.tenant_id));
+    push_int(&mut buf, Some(f.seq as i64));
+    push_text(&mut buf, f.client_ip);
+    push_text(&mut buf, f.user_agent);
+    push_text(&mut buf, f.consumer_name);
+    push_text(&mut buf, f.actor.filter(|_| is_personal_actor(f.category, f.actor)));
+    Sha256::digest(&buf).into()
+}
+
+fn push_text(out: &mut Vec<u8>, v: Option<&str>) {
+    match v {
+        None => out.push(0),
+        Some(s) => {
+            out.push(1);
+            out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+            out.extend_from_slice(s.as_bytes());
+        }
+    }
+}
+
+fn push_int(out: &mut Vec<u8>, v: Option<i64>) {
+    match v {
+        None => out.push(0),
+        Some(n) => {
+            out.push(2);
+            out.extend_from_slice(&n.to_le_bytes());
+        }
+    }
 }
 
 /// Writes the bytes the chain hash covers: a versioned, length-prefixed
@@ -266,28 +386,24 @@ pub struct CanonicalFields<'a> {
 /// i64-LE); `category` is its name as text and `details` its compact JSON
 /// (keys sorted) as text. Unlike JSON it has one spelling per value, so any
 /// verifier can rebuild it from an export. A new field goes at the end.
-pub fn write_canonical(f: &CanonicalFields<'_>, out: &mut Vec<u8>) {
-    fn text(out: &mut Vec<u8>, v: Option<&str>) {
-        match v {
-            None => out.push(0),
-            Some(s) => {
-                out.push(1);
-                out.extend_from_slice(&(s.len() as u32).to_le_bytes());
-                out.extend_from_slice(s.as_bytes());
-            }
-        }
-    }
-    fn int(out: &mut Vec<u8>, v: Option<i64>) {
-        match v {
-            None => out.push(0),
-            Some(n) => {
-                out.push(2);
-                out.extend_from_slice(&n.to_le_bytes());
-            }
-        }
-    }
+///
+/// The personal values (`client_ip`, `user_agent`, `consumer_name` and a
+/// personal `actor`, see [`is_personal_actor`]) are left out of their
+/// places and covered at the end by their commitment (tag `3` and 32
+/// bytes): the stored one once they are erased, else one made with `salt`.
+/// An event without personal values ends with tag `0`.
+pub fn write_canonical(f: &CanonicalFields<'_>, salt: Option<&[u8; 32]>, out: &mut Vec<u8>) -> Result<(), MissingSalt> {
+    let personal_actor = is_personal_actor(f.category, f.actor);
+    let has_personal = f.client_ip.is_some() || f.user_agent.is_some() || f.consumer_name.is_some() || personal_actor;
+    let commitment = match (f.personal_commitment, has_personal, salt) {
+        (Some(stored), _, _) => Some(stored),
+        (None, false, _) => None,
+        (None, true, Some(salt)) => Some(personal_commitment(f, salt)),
+        (None, true, None) => return Err(MissingSalt),
+    };
+    let (text, int) = (push_text, push_int);
     let u = |v: Option<u64>| v.map(|n| n as i64);
-    out.extend_from_slice(b"KT1");
+    out.extend_from_slice(b"KT2");
     text(out, Some(f.event_id));
     int(out, Some(f.seq as i64));
     int(out, Some(f.timestamp_ms));
@@ -295,11 +411,10 @@ pub fn write_canonical(f: &CanonicalFields<'_>, out: &mut Vec<u8>) {
     text(out, f.category.map(Category::as_str));
     text(out, Some(f.event_type));
     text(out, f.request_id);
-    text(out, f.actor);
+    text(out, if personal_actor { None } else { f.actor });
     text(out, f.target);
     text(out, Some(f.outcome));
     text(out, f.consumer_id);
-    text(out, f.consumer_name);
     text(out, f.api_id);
     text(out, f.key_id);
     text(out, f.key_hint);
@@ -310,27 +425,33 @@ pub fn write_canonical(f: &CanonicalFields<'_>, out: &mut Vec<u8>) {
     int(out, u(f.upstream_latency_us));
     int(out, u(f.request_size_bytes));
     int(out, u(f.response_size_bytes));
-    text(out, f.client_ip);
-    text(out, f.user_agent);
     text(out, f.country);
     text(out, f.error_code);
     text(out, f.error_message);
     text(out, f.details);
+    match commitment {
+        None => out.push(0),
+        Some(c) => {
+            out.push(3);
+            out.extend_from_slice(&c);
+        }
+    }
+    Ok(())
 }
 
 /// SHA-256(previous ‖ canonical bytes), built in a reused per-thread buffer.
-pub fn chain_hash(fields: &CanonicalFields<'_>, previous: &[u8; 32]) -> [u8; 32] {
+pub fn chain_hash(fields: &CanonicalFields<'_>, salt: Option<&[u8; 32]>, previous: &[u8; 32]) -> Result<[u8; 32], MissingSalt> {
     thread_local! {
         static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
     }
     BUFFER.with(|buffer| {
         let mut buffer = buffer.borrow_mut();
         buffer.clear();
-        write_canonical(fields, &mut buffer);
+        write_canonical(fields, salt, &mut buffer)?;
         let mut hasher = Sha256::new();
         hasher.update(previous);
         hasher.update(&buffer[..]);
-        hasher.finalize().into()
+        Ok(hasher.finalize().into())
     })
 }
 
@@ -473,22 +594,85 @@ mod tests {
     #[test]
     fn chain_hash_depends_on_every_field_and_the_predecessor() {
         let e = sample();
-        let h = e.chain_hash(&GENESIS_HASH);
-        assert_eq!(h, e.clone().chain_hash(&GENESIS_HASH), "hash is deterministic");
-        assert_ne!(h, e.chain_hash(&[1; 32]), "predecessor matters");
+        let h = e.chain_hash(&GENESIS_HASH, None).unwrap();
+        assert_eq!(h, e.clone().chain_hash(&GENESIS_HASH, None).unwrap(), "hash is deterministic");
+        assert_ne!(h, e.chain_hash(&[1; 32], None).unwrap(), "predecessor matters");
         let mut changed = e.clone();
         changed.status_code = Some(500);
-        assert_ne!(h, changed.chain_hash(&GENESIS_HASH));
+        assert_ne!(h, changed.chain_hash(&GENESIS_HASH, None).unwrap());
         let mut reordered = e.clone();
         reordered.seq = 2;
-        assert_ne!(h, reordered.chain_hash(&GENESIS_HASH));
+        assert_ne!(h, reordered.chain_hash(&GENESIS_HASH, None).unwrap());
+    }
+
+    fn personal() -> Event {
+        let mut e = sample();
+        e.client_ip = Some("203.0.113.7".into());
+        e.user_agent = Some("curl/8.5".into());
+        e.consumer_name = Some("Jane Roe".into());
+        e
+    }
+
+    #[test]
+    fn personal_values_are_hashed_through_a_salted_commitment() {
+        let (salt, other) = ([1u8; 32], [2u8; 32]);
+        let e = personal();
+        assert_eq!(e.chain_hash(&GENESIS_HASH, None), Err(MissingSalt), "personal values need their salt");
+        let h = e.chain_hash(&GENESIS_HASH, Some(&salt)).unwrap();
+        assert_ne!(h, e.chain_hash(&GENESIS_HASH, Some(&other)).unwrap(), "the salt matters");
+        for change in [
+            |e: &mut Event| e.client_ip = Some("203.0.113.8".into()),
+            |e: &mut Event| e.user_agent = None,
+            |e: &mut Event| e.consumer_name = Some("Jane Doe".into()),
+        ] {
+            let mut changed = e.clone();
+            change(&mut changed);
+            assert_ne!(h, changed.chain_hash(&GENESIS_HASH, Some(&salt)).unwrap());
+        }
+        // The values themselves are not in the canonical bytes.
+        let bytes = e.canonical_bytes(Some(&salt)).unwrap();
+        for value in ["203.0.113.7", "curl/8.5", "Jane Roe"] {
+            assert!(!bytes.windows(value.len()).any(|w| w == value.as_bytes()), "{value}");
+        }
+    }
+
+    #[test]
+    fn erasing_personal_values_keeps_the_hash() {
+        let salt = [1u8; 32];
+        let mut e = personal();
+        e.category = Some(Category::App);
+        e.actor = Some("user-42".into());
+        let before = e.chain_hash(&[5; 32], Some(&salt)).unwrap();
+        let mut erased = e.clone();
+        erased.erase_personal(&salt);
+        assert_eq!((erased.client_ip.as_deref(), erased.user_agent.as_deref(), erased.consumer_name.as_deref()), (None, None, None));
+        assert_eq!(erased.actor, None, "an application event's actor is personal");
+        assert!(!erased.has_personal());
+        assert_eq!(erased.chain_hash(&[5; 32], None).unwrap(), before, "no salt needed once erased");
+        // An erased event travels as JSON (exports, archives) and still verifies.
+        let back: Event = serde_json::from_str(&serde_json::to_string(&erased).unwrap()).unwrap();
+        assert_eq!(back.chain_hash(&[5; 32], None).unwrap(), before);
+        // A forged commitment does not.
+        let mut forged = back.clone();
+        forged.personal_commitment = Some([0; 32]);
+        assert_ne!(forged.chain_hash(&[5; 32], None).unwrap(), before);
+        // Actors that name keytrail objects are kept.
+        let mut request = personal();
+        request.actor = Some("consumer:c1".into());
+        request.erase_personal(&salt);
+        assert_eq!(request.actor.as_deref(), Some("consumer:c1"));
+        // Equal values in two events commit differently.
+        let mut next = e.clone();
+        next.seq += 1;
+        next.erase_personal(&salt);
+        assert_ne!(next.personal_commitment, erased.personal_commitment);
     }
 
     #[test]
     fn canonical_bytes_survive_a_json_round_trip() {
         let e = sample();
         let back: Event = serde_json::from_str(&serde_json::to_string(&e).unwrap()).unwrap();
-        assert_eq!(back.canonical_bytes(), e.canonical_bytes());
+        assert_eq!(back.canonical_bytes(None).unwrap(), e.canonical_bytes(None).unwrap());
     }
 
     #[test]
@@ -497,13 +681,13 @@ mod tests {
         let mut b = sample();
         a.country = None;
         b.country = Some(String::new());
-        assert_ne!(a.canonical_bytes(), b.canonical_bytes());
+        assert_ne!(a.canonical_bytes(None).unwrap(), b.canonical_bytes(None).unwrap());
         // Moving text from one field to the next changes the bytes too.
         a.country = Some("xy".into());
         a.error_code = None;
         b.country = None;
         b.error_code = Some("xy".into());
-        assert_ne!(a.canonical_bytes(), b.canonical_bytes());
+        assert_ne!(a.canonical_bytes(None).unwrap(), b.canonical_bytes(None).unwrap());
     }
 
     #[test]
@@ -515,7 +699,7 @@ mod tests {
         e.error_message = Some(key.clone());
         e.details = Some(serde_json::json!({"nested": {"k": key.clone()}}));
         e.sanitize();
-        let text = String::from_utf8_lossy(&e.canonical_bytes()).into_owned();
+        let text = String::from_utf8_lossy(&e.canonical_bytes(Some(&[9; 32])).unwrap()).into_owned();
         assert!(!text.contains(&key), "{text}");
         assert!(!serde_json::to_string(&e).unwrap().contains(&key));
         assert!(e.details.unwrap()["nested"]["k"].as_str().unwrap().starts_with("kt_live****"));
@@ -526,9 +710,9 @@ mod tests {
         let e = sample();
         let mut h = Sha256::new();
         h.update([7u8; 32]);
-        h.update(e.canonical_bytes());
+        h.update(e.canonical_bytes(None).unwrap());
         let expected: [u8; 32] = h.finalize().into();
-        assert_eq!(e.chain_hash(&[7; 32]), expected);
+        assert_eq!(e.chain_hash(&[7; 32], None).unwrap(), expected);
     }
 
     #[test]

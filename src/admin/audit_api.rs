@@ -19,7 +19,7 @@ use crate::control::Actor;
 use crate::error::ApiError;
 use crate::event::{now_ms, security_type, Category, SYSTEM_TENANT};
 use axum::Extension;
-use crate::store::audit::{AuditReader, EventFilter, StoredEvent};
+use crate::store::audit::{salts, AuditReader, EventFilter, StoredEvent};
 
 pub fn routes() -> Router<AdminState> {
     Router::new()
@@ -494,7 +494,9 @@ async fn export_json(
     // Each row carries the whole event with its chain hashes before and
     // after, and the export ends with the signed checkpoints in its range:
     // what `keytrail verify --file` needs, offline, with the public key.
-    let range = std::sync::Arc::new(std::sync::Mutex::new((u64::MAX, 0u64)));
+    // The range of `seq`, and the (day, consumer) whose personal salts the rows need.
+    type Seen = (u64, u64, std::collections::BTreeSet<(i64, String)>);
+    let range = std::sync::Arc::new(std::sync::Mutex::new((u64::MAX, 0u64, Default::default()) as Seen));
     let seen = range.clone();
     let write = move |row: &StoredEvent, first: bool, buf: &mut String| {
         if !first {
@@ -505,19 +507,38 @@ async fn export_json(
         entry["event"] = json!(row.event);
         buf.push_str(&entry.to_string());
         let mut r = seen.lock().unwrap_or_else(|e| e.into_inner());
-        *r = (r.0.min(row.event.seq), r.1.max(row.event.seq));
+        r.0 = r.0.min(row.event.seq);
+        r.1 = r.1.max(row.event.seq);
+        if row.event.personal_commitment.is_none() && row.event.has_personal() {
+            let consumer = salts::consumer_key(row.event.consumer_id.as_deref());
+            r.2.insert((crate::store::audit::day_of(row.event.timestamp_ms), consumer.to_string()));
+        }
     };
     let (dir, key, name) = (state.audit.dir().to_path_buf(), state.public_key, tenant.clone());
     let tail = Box::new(move || {
-        let (first, last) = *range.lock().unwrap_or_else(|e| e.into_inner());
+        let (first, last, consumers) = std::mem::take(&mut *range.lock().unwrap_or_else(|e| e.into_inner()));
         let checkpoints: Vec<_> = crate::store::audit::integrity::checkpoints(&dir, &name)
             .unwrap_or_default()
             .into_iter()
             .filter(|c| c.seq >= first && c.seq <= last)
             .collect();
+        let salts = AuditReader::open(&dir).and_then(|reader| {
+            let mut out = salts::DaySalts::new();
+            for (day, consumer) in &consumers {
+                if let Some(salt) = reader.salt(*day, &name, consumer)? {
+                    salts::add_hex(&mut out, *day, consumer, &salt);
+                }
+            }
+            Ok(out)
+        });
+        let salts = salts.unwrap_or_else(|error| {
+            tracing::error!(%error, "could not read the personal salts for an export; it will not verify offline");
+            Default::default()
+        });
         let verification = json!({
             "public_key": key.map(|k| crate::signing::public_key_text(&k)),
             "checkpoints": checkpoints,
+            "personal_salts": salts,
         });
         format!("],\"verification\":{verification}}}")
     });

@@ -29,6 +29,9 @@ pub enum StoreError {
     Io(#[from] std::io::Error),
     #[error("store is damaged: {0}")]
     Corrupt(String),
+    /// Written by a keytrail whose store format this one does not read.
+    #[error("{0}")]
+    Incompatible(String),
 }
 
 impl From<audit::block::BlockError> for StoreError {

@@ -10,7 +10,8 @@
 //! - `<tenant>/<YYYY-MM-DD>.manifest.json` — what the file holds (events,
 //!   first and last `seq`, the chain hash before the first event and after
 //!   the last, the oldest and newest event time), the file's size and
-//!   SHA-256, the signed checkpoints that fall in its range, when it was
+//!   SHA-256, the signed checkpoints that fall in its range, the personal
+//!   salts its events are hashed with ([`super::salts`]), when it was
 //!   written, and an Ed25519 signature with the data directory's key over
 //!   the manifest's canonical bytes ([`Manifest::canonical_bytes`]).
 //!
@@ -42,13 +43,14 @@ use rusqlite::{params, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::salts::DaySalts;
 use super::{day_of, ChainHead, StoredEvent, META_FILE};
 use crate::event::{format_timestamp, Event, GENESIS_HASH};
 use crate::signing::{from_hex, hex, Checkpoint, Signer};
 use crate::store::StoreError;
 
 /// The manifest's `format`.
-pub const FORMAT: &str = "keytrail-archive-v1";
+pub const FORMAT: &str = "keytrail-archive-v2";
 /// The signing domain of manifests (see [`crate::signing::verify_bytes`]).
 pub const MANIFEST_DOMAIN: &str = "keytrail-archive-manifest-v1";
 /// The directory under the audit directory that restored days go to.
@@ -121,6 +123,9 @@ pub struct Manifest {
     pub file_sha256: String,
     /// The signed checkpoints whose `seq` is in this archive.
     pub checkpoints: Vec<ManifestCheckpoint>,
+    /// The personal salts the events here are hashed with, by UTC day and
+    /// consumer id (`""` for events without one), as 64 hex digits.
+    pub personal_salts: DaySalts,
     pub archived_at: String,
     pub public_key: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -350,6 +355,8 @@ pub(super) struct ArchiveWriter {
     events: u64,
     from_ms: i64,
     to_ms: i64,
+    /// The personal salts the events written so far need, by (day, consumer).
+    salts: DaySalts,
 }
 
 impl ArchiveWriter {
@@ -375,11 +382,13 @@ impl ArchiveWriter {
             events: 0,
             from_ms: i64::MAX,
             to_ms: i64::MIN,
+            salts: DaySalts::new(),
         })
     }
 
-    /// Appends an event (with its hashes) to the archive.
-    pub(super) fn push(&mut self, stored: &StoredEvent) -> Result<(), StoreError> {
+    /// Appends an event (with its hashes) to the archive; `salt` is the
+    /// personal salt it is hashed with (if it holds personal values).
+    pub(super) fn push(&mut self, stored: &StoredEvent, salt: Option<&[u8; 32]>) -> Result<(), StoreError> {
         let (Some(prev), Some(hash)) = (stored.prev_hash, stored.hash) else {
             return Err(StoreError::Corrupt("an archived event needs its hashes".into()));
         };
@@ -391,6 +400,10 @@ impl ArchiveWriter {
         self.events += 1;
         self.from_ms = self.from_ms.min(e.timestamp_ms);
         self.to_ms = self.to_ms.max(e.timestamp_ms);
+        if e.personal_commitment.is_none() && e.has_personal() {
+            let salt = salt.ok_or_else(|| StoreError::Corrupt(format!("no personal salt for the event at seq {}", e.seq)))?;
+            super::salts::add_hex(&mut self.salts, day_of(e.timestamp_ms), super::salts::consumer_key(e.consumer_id.as_deref()), salt);
+        }
         self.line.clear();
         serde_json::to_writer(&mut self.line, &LineOut { prev_hash: &hex(&prev), hash: &hex(&hash), event: e })
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -405,6 +418,7 @@ impl ArchiveWriter {
             let _ = std::fs::remove_file(&self.temporary);
             return Err(StoreError::Corrupt("an archive needs at least one event".into()));
         };
+        let personal_salts = self.salts;
         let sink = self.encoder.finish()?;
         let file = sink.inner.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
@@ -423,6 +437,7 @@ impl ArchiveWriter {
             file_bytes: sink.bytes,
             file_sha256: hex(&sink.sha.finalize()),
             checkpoints: checkpoints.iter().filter(|c| (first_seq..=last_seq).contains(&c.seq)).map(ManifestCheckpoint::of).collect(),
+            personal_salts,
             archived_at: format_timestamp(now_ms),
             public_key: crate::signing::public_key_text(&signer.public_key()),
             signature: None,
@@ -508,6 +523,13 @@ fn check_archive(
     let mut tee = Tee { inner: BufReader::with_capacity(1 << 20, file), sha: Sha256::new(), bytes: 0 };
     let checkpoints: HashMap<u64, [u8; 32]> =
         manifest.checkpoints.iter().filter_map(|c| Some((c.seq, from_hex::<32>(&c.hash)?))).collect();
+    let salts = match super::salts::from_hex(&manifest.personal_salts) {
+        Ok(salts) => salts,
+        Err(e) => {
+            problems.push(format!("{day}: {e}"));
+            Default::default()
+        }
+    };
     let mut running = manifest.prev_hash();
     let mut expected = manifest.first_seq;
     let mut events = 0u64;
@@ -551,7 +573,14 @@ fn check_archive(
             if prev != running {
                 note(&mut problems, format!("{day}: seq {}: does not follow the event before it (its previous hash differs)", e.seq));
             }
-            let computed = e.chain_hash(&prev);
+            let computed = match e.chain_hash(&prev, super::salts::salt_for(&salts, e)) {
+                Ok(computed) => computed,
+                Err(_) => {
+                    let consumer = e.consumer_id.as_deref().unwrap_or("(none)");
+                    note(&mut problems, format!("{day}: seq {}: the manifest holds no personal salt for consumer `{consumer}`", e.seq));
+                    hash
+                }
+            };
             if computed != hash {
                 note(&mut problems, format!("{day}: seq {}: the event does not match its hash (changed)", e.seq));
             }
@@ -828,12 +857,14 @@ pub fn restore(audit_dir: &Path, archive_dir: &Path, tenant: &str, day: &str, ke
         last_seq: 0,
         dir: restored_dir.clone(),
     };
+    let mut manifest_salts = Vec::new();
     for path in &wanted {
         let checked = check_archive(tenant, path, key, None);
         if !checked.problems.is_empty() {
             return Err(format!("the archive does not verify, nothing was restored:\n    {}", checked.problems.join("\n    ")));
         }
         let m = checked.manifest.expect("checked");
+        manifest_salts.push(super::salts::from_hex(&m.personal_salts)?);
         if let Some(run) = runs.iter().find(|r| r.first_seq <= m.last_seq && r.last_seq >= m.first_seq) {
             return Err(format!(
                 "archive {} of `{tenant}` is already restored (events {}..={} in {})",
@@ -846,6 +877,10 @@ pub fn restore(audit_dir: &Path, archive_dir: &Path, tenant: &str, day: &str, ke
     }
     create_private_dir(&restored_dir).map_err(|e| format!("cannot create {}: {e}", restored_dir.display()))?;
     let mut store = super::AuditWriterStore::open(&restored_dir).map_err(|e| e.to_string())?;
+    // The restored events are hashed with their manifests' salts.
+    for salts in &manifest_salts {
+        store.import_salts(tenant, salts);
+    }
     for path in &wanted {
         // Runs of events of one UTC day, written one batch each: the
         // writer numbers and chains a batch from the head it is given.

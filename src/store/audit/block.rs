@@ -8,7 +8,7 @@
 //! (status codes, methods and tenants repeat; timestamps climb slowly), and a
 //! reader decodes only the columns a query needs.
 //!
-//! Layout of a block's bytes (version 1):
+//! Layout of a block's bytes (version 2):
 //!
 //! ```text
 //! u8 version | varint rows | varint columns
@@ -38,7 +38,13 @@
 //! - text columns ([`TextField`]): a varint code per row — 0 absent,
 //!   1 inline (the text is stored in this block), `id + 1` for dictionary id
 //!   `id >= 1` — followed by the inline texts of the column, each as varint
-//!   length and bytes, in row order.
+//!   length and bytes, in row order;
+//! - `PERSONAL`: a byte per row, 0 when the personal values are in the text
+//!   columns (or there are none), 1 when they were erased, followed by the
+//!   32-byte commitment that stands for them in the chain hash.
+//!
+//! Version 1 (before personal values were hashed through commitments) had
+//! no `PERSONAL` column and hashed differently; it is not read.
 //!
 //! This module does no IO and knows nothing of SQLite; the dictionary ids it
 //! stores are resolved by the caller.
@@ -52,7 +58,7 @@ pub const MAX_BLOCK_ROWS: usize = 2048;
 /// span bounds how far back a time-range query must look.
 pub const MAX_BLOCK_SPAN_MS: i64 = 10 * 60 * 1000;
 
-const FORMAT_VERSION: u8 = 1;
+const FORMAT_VERSION: u8 = 2;
 /// Columns shorter than this are stored raw; zstd's frame would not pay off.
 const MIN_COMPRESS: usize = 64;
 const ZSTD_LEVEL: i32 = 1;
@@ -173,7 +179,9 @@ pub mod col {
     pub const DETAILS: usize = 9;
     /// The first text column; text field `f` is column `TEXT + f.index()`.
     pub const TEXT: usize = 10;
-    pub const COUNT: usize = TEXT + 16;
+    /// Erased rows' commitments (see the module's layout).
+    pub const PERSONAL: usize = TEXT + 16;
+    pub const COUNT: usize = PERSONAL + 1;
 }
 
 /// A set of columns, one bit each.
@@ -416,6 +424,13 @@ impl BlockEncoder {
                 c[col::DETAILS].extend_from_slice(text.as_bytes());
             }
         }
+        match &e.personal_commitment {
+            None => c[col::PERSONAL].push(0),
+            Some(commitment) => {
+                c[col::PERSONAL].push(1);
+                c[col::PERSONAL].extend_from_slice(commitment);
+            }
+        }
         for (i, text) in texts.iter().enumerate() {
             let column = &mut c[col::TEXT + i];
             match text {
@@ -557,6 +572,8 @@ pub struct DecodedBlock {
     response_size: Vec<Option<u64>>,
     details: Vec<Option<Box<str>>>,
     pub texts: Vec<TextColumn>,
+    /// Per row, the commitment of erased personal values.
+    pub personal: Vec<Option<[u8; 32]>>,
     /// Offsets of each column's stored bytes within the block, and codecs.
     layout: Vec<(u8, usize, usize, usize)>,
     /// Where the shared frame starts and its decompressed length.
@@ -615,6 +632,7 @@ impl DecodedBlock {
             response_size: Vec::new(),
             details: Vec::new(),
             texts: vec![TextColumn::default(); TEXT_FIELDS.len()],
+            personal: Vec::new(),
             layout,
             shared,
             shared_bytes: Vec::new(),
@@ -746,7 +764,18 @@ impl DecodedBlock {
                 }
                 self.details = out;
             }
-            _ if (col::TEXT..col::COUNT).contains(&c) => {
+            col::PERSONAL => {
+                let mut out = Vec::with_capacity(n);
+                for _ in 0..n {
+                    out.push(match r.byte()? {
+                        0 => None,
+                        1 => Some(r.take(32)?.try_into().unwrap_or([0; 32])),
+                        _ => return Err(BlockError("unknown personal kind")),
+                    });
+                }
+                self.personal = out;
+            }
+            _ if (col::TEXT..col::PERSONAL).contains(&c) => {
                 let column = &mut self.texts[c - col::TEXT];
                 column.codes.clear();
                 column.inline.clear();
@@ -857,6 +886,7 @@ impl DecodedBlock {
             };
             field.set(event, value);
         }
+        event.personal_commitment = self.personal[row];
         Ok(())
     }
 }
@@ -864,12 +894,15 @@ impl DecodedBlock {
 impl DecodedBlock {
     /// The chain hash of row `row` given its predecessor's, computed from
     /// the columns without making an [`Event`]. Needs every column loaded.
+    /// `salt` gives the personal salt of a consumer of the block's tenant
+    /// (`None` for events without one).
     pub fn chain_hash<'d>(
         &self,
         row: usize,
         tenant_id: &str,
         seq: u64,
         lookup: &dyn Fn(u32) -> Option<&'d str>,
+        salt: &dyn Fn(Option<&str>) -> Option<[u8; 32]>,
         previous: &[u8; 32],
     ) -> Result<[u8; 32], BlockError> {
         let ts = self.ts[row];
@@ -920,8 +953,10 @@ impl DecodedBlock {
             error_code: t(TextField::ErrorCode),
             error_message: t(TextField::ErrorMessage),
             details: details.as_deref(),
+            personal_commitment: self.personal[row],
         };
-        Ok(crate::event::chain_hash(&fields, previous))
+        let salt = if fields.personal_commitment.is_none() { salt(fields.consumer_id) } else { None };
+        crate::event::chain_hash(&fields, salt.as_ref(), previous).map_err(|_| BlockError("no personal salt for the consumer of an event"))
     }
 }
 
@@ -998,9 +1033,17 @@ mod tests {
             e.response_size_bytes = Some(u64::MAX - 1 - i);
             e.details = (i % 6 == 0).then(|| serde_json::json!({"reason": "x", "n": i}));
             e.error_message = (i % 8 == 0).then(|| "boom".into());
+            if i % 10 == 3 {
+                e.erase_personal(&salt_of(e.consumer_id.as_deref()).unwrap());
+            }
             out.push(e);
         }
         out
+    }
+
+    /// A personal salt per consumer, for the tests.
+    fn salt_of(consumer: Option<&str>) -> Option<[u8; 32]> {
+        Some([consumer.map_or(0, |c| c.len() as u8 + c.as_bytes()[c.len() - 1]); 32])
     }
 
     fn encode(events: &[Event], dict: &mut Dict) -> Vec<u8> {
@@ -1027,9 +1070,17 @@ mod tests {
         for (i, e) in events.iter().enumerate() {
             block.fill_event(i, "acme", e.seq, &lookup, &mut back).unwrap();
             assert_eq!(&back, e, "row {i}");
-            assert_eq!(back.canonical_bytes(), e.canonical_bytes());
+            let salt = salt_of(e.consumer_id.as_deref());
+            assert_eq!(back.canonical_bytes(salt.as_ref()).unwrap(), e.canonical_bytes(salt.as_ref()).unwrap());
             // Hashing from the columns gives the event's own hash.
-            assert_eq!(block.chain_hash(i, "acme", e.seq, &lookup, &[7; 32]).unwrap(), e.chain_hash(&[7; 32]), "row {i}");
+            let from_columns = block.chain_hash(i, "acme", e.seq, &lookup, &salt_of, &[7; 32]).unwrap();
+            assert_eq!(from_columns, e.chain_hash(&[7; 32], salt.as_ref()).unwrap(), "row {i}");
+        }
+        assert!(events.iter().any(|e| e.personal_commitment.is_some()), "some rows are erased");
+        // Without salts, only rows without personal values (or erased) hash.
+        for (i, e) in events.iter().enumerate() {
+            let hashed = block.chain_hash(i, "acme", e.seq, &lookup, &|_| None, &[7; 32]);
+            assert_eq!(hashed.is_ok(), !e.has_personal(), "row {i}");
         }
     }
 

@@ -218,6 +218,19 @@ pub fn verify_export(doc: &serde_json::Value, key: &VerifyingKey) -> Result<Expo
     let tenant = doc["tenant_id"].as_str().ok_or("not a keytrail JSON export: no `tenant_id`")?.to_string();
     let logs = doc["logs"].as_array().ok_or("not a keytrail JSON export: no `logs` array")?;
     let mut problems = Vec::new();
+    // The personal salts of the export's consumers (see `super::salts`).
+    let salts = match serde_json::from_value::<super::salts::DaySalts>(
+        doc["verification"].get("personal_salts").cloned().unwrap_or(serde_json::json!({})),
+    ) {
+        Ok(map) => super::salts::from_hex(&map).unwrap_or_else(|e| {
+            problems.push(format!("verification: {e}"));
+            Default::default()
+        }),
+        Err(_) => {
+            problems.push("verification: `personal_salts` must map days to consumer ids to 64 hexadecimal digits".to_string());
+            Default::default()
+        }
+    };
     let mut rows: Vec<(u64, [u8; 32], [u8; 32])> = Vec::with_capacity(logs.len());
     for (i, entry) in logs.iter().enumerate() {
         let at = entry["seq"].as_u64().map_or(format!("entry {i}"), |s| format!("seq {s}"));
@@ -235,8 +248,14 @@ pub fn verify_export(doc: &serde_json::Value, key: &VerifyingKey) -> Result<Expo
         if event.tenant_id != tenant {
             problems.push(format!("{at}: the event belongs to tenant `{}`", event.tenant_id));
         }
-        if event.chain_hash(&prev) != hash {
-            problems.push(format!("seq {}: the event does not match its hash (changed)", event.seq));
+        match event.chain_hash(&prev, super::salts::salt_for(&salts, &event)) {
+            Ok(computed) if computed == hash => {}
+            Ok(_) => problems.push(format!("seq {}: the event does not match its hash (changed)", event.seq)),
+            Err(_) => problems.push(format!(
+                "seq {}: the export holds no personal salt for consumer `{}`",
+                event.seq,
+                event.consumer_id.as_deref().unwrap_or("")
+            )),
         }
         // The fields a reader sees must be the event's own.
         let stored = super::StoredEvent { event: event.clone(), hash: Some(hash), prev_hash: Some(prev) };

@@ -34,6 +34,7 @@ pub mod integrity;
 pub mod reader;
 pub mod retention;
 pub mod rollup;
+pub mod salts;
 pub mod stats;
 pub mod writer;
 
@@ -49,6 +50,11 @@ use crate::event::{Category, Event};
 
 /// The file in the audit directory that outlives the day files.
 pub const META_FILE: &str = "meta.db";
+/// The audit store's format (`PRAGMA user_version` of `meta.db`; the day
+/// files' blocks carry theirs). Format 2 hashes personal values through
+/// salted commitments (see [`crate::event::write_canonical`]); format 1
+/// stores are not read.
+pub const STORE_FORMAT: i64 = 2;
 
 const DAY_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS strings (
@@ -126,6 +132,7 @@ fn open_day_file(path: &Path) -> Result<Connection, StoreError> {
         let conn = open(&temporary)?;
         conn.execute_batch(DAY_SCHEMA)?;
         conn.execute_batch(rollup::SCHEMA)?;
+        conn.execute_batch(salts::SCHEMA)?;
         // Closing the last connection folds the WAL back into the file.
         conn.close().map_err(|(_, e)| e)?;
         std::fs::rename(&temporary, path)?;
@@ -133,6 +140,7 @@ fn open_day_file(path: &Path) -> Result<Connection, StoreError> {
     let conn = open(path)?;
     conn.execute_batch(DAY_SCHEMA)?;
     conn.execute_batch(rollup::SCHEMA)?;
+    conn.execute_batch(salts::SCHEMA)?;
     Ok(conn)
 }
 

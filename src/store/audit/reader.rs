@@ -32,6 +32,7 @@ use rusqlite::{Connection, OptionalExtension};
 use rustc_hash::FxHashSet;
 
 use super::block::{category_code, col, Columns, DecodedBlock, RequestIdKey, TextColumn, TextField, MAX_BLOCK_SPAN_MS};
+use super::salts::TenantSalts;
 use super::{day_of, list_days, EventFilter, StoredEvent};
 use crate::event::GENESIS_HASH;
 use crate::store::StoreError;
@@ -104,6 +105,8 @@ fn static_caches() -> &'static Caches {
 pub(super) struct DayReader {
     pub(super) conn: Connection,
     pub(super) dict: Arc<DictCache>,
+    /// Tenants' personal salts in this file, read when first needed.
+    salts: RefCell<HashMap<String, Rc<TenantSalts>>>,
 }
 
 impl DayReader {
@@ -113,7 +116,20 @@ impl DayReader {
             rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        Ok(DayReader { conn, dict: DictCache::of(path) })
+        Ok(DayReader { conn, dict: DictCache::of(path), salts: RefCell::new(HashMap::new()) })
+    }
+
+    /// `tenant`'s personal salts in this file, by consumer id.
+    pub(super) fn salts(&self, tenant: &str) -> Result<Rc<TenantSalts>, StoreError> {
+        if let Some(salts) = self.salts.borrow().get(tenant) {
+            return Ok(salts.clone());
+        }
+        let salts = Rc::new(match self.id_of(tenant)? {
+            Some(id) => super::salts::tenant_salts(&self.conn, id)?,
+            None => TenantSalts::default(),
+        });
+        self.salts.borrow_mut().insert(tenant.to_string(), salts.clone());
+        Ok(salts)
     }
 
     /// The file's id for a string, if it has one.
@@ -467,6 +483,20 @@ impl AuditReader {
         Ok(Some(reader))
     }
 
+    /// The personal salt `tenant`'s events of `consumer` (see
+    /// [`super::salts::consumer_key`]) on `day` are hashed with: the hot day
+    /// file's, else the restored one's.
+    pub fn salt(&self, day: i64, tenant: &str, consumer: &str) -> Result<Option<[u8; 32]>, StoreError> {
+        for restored in [false, true] {
+            if let Some(file) = self.file(restored, day)? {
+                if let Some(salt) = file.salts(tenant)?.get(consumer) {
+                    return Ok(Some(*salt));
+                }
+            }
+        }
+        Ok(None)
+    }
+
     /// The tenant's archived prefix: the last archived `seq` (0 if none) and
     /// the chain hash after it.
     pub fn archived_through(&self, tenant: &str) -> (u64, [u8; 32]) {
@@ -602,9 +632,11 @@ impl AuditReader {
     fn block_hashes(&self, day: &DayReader, block: &DecodedBlock, meta: &BlockMeta, tenant: &str) -> Result<Vec<[u8; 32]>, StoreError> {
         let mut previous = meta.prev_hash;
         let mut out = Vec::with_capacity(block.rows());
+        let salts = day.salts(tenant)?;
+        let salt = |consumer: Option<&str>| salts.get(super::salts::consumer_key(consumer)).copied();
         day.dict.with(|lookup| -> Result<(), StoreError> {
             for row in 0..block.rows() {
-                previous = block.chain_hash(row, tenant, meta.first_seq + row as u64, lookup, &previous)?;
+                previous = block.chain_hash(row, tenant, meta.first_seq + row as u64, lookup, &salt, &previous)?;
                 out.push(previous);
             }
             Ok(())
@@ -665,7 +697,14 @@ impl AuditReader {
     /// Calls `each` for every event of a hot block, in order, with its hash
     /// and the one before it; fails if the block does not rehash to its
     /// stored hash or holds another number of events than its row says.
-    pub(super) fn block_events(&self, block: &HotBlock, tenant: &str, mut each: impl FnMut(&StoredEvent) -> Result<(), StoreError>) -> Result<(), StoreError> {
+    /// Every event of a hot block with its hashes (checked against the
+    /// block's), and the personal salt it is hashed with.
+    pub(super) fn block_events(
+        &self,
+        block: &HotBlock,
+        tenant: &str,
+        mut each: impl FnMut(&StoredEvent, Option<&[u8; 32]>) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
         let day = self.day(block.day)?.ok_or_else(|| StoreError::Corrupt("day file vanished".into()))?;
         let decoded = self.decode(&day.block_data(block.meta.id)?, Columns::ALL)?;
         day.dict.ensure(&day.conn, decoded.max_dict_id())?;
@@ -676,6 +715,7 @@ impl AuditReader {
         if hashes.last() != Some(&block.meta.hash) {
             return Err(StoreError::Corrupt(format!("events {}..={}: do not hash to the block's stored hash", block.meta.first_seq, block.last_seq())));
         }
+        let salts = day.salts(tenant)?;
         let mut stored = StoredEvent::default();
         let mut previous = block.meta.prev_hash;
         for (row, hash) in hashes.into_iter().enumerate() {
@@ -683,7 +723,7 @@ impl AuditReader {
             stored.prev_hash = Some(previous);
             stored.hash = Some(hash);
             previous = hash;
-            each(&stored)?;
+            each(&stored, salts.get(super::salts::consumer_key(stored.event.consumer_id.as_deref())))?;
         }
         Ok(())
     }

@@ -265,11 +265,11 @@ fn write_archive(
                 block.last_seq()
             )));
         }
-        reader.block_events(block, tenant, |stored| {
+        reader.block_events(block, tenant, |stored, salt| {
             if signed.get(&stored.event.seq).is_some_and(|h| Some(*h) != stored.hash) {
                 return Err(StoreError::Corrupt(format!("the chain's hash at seq {} is not the one signed there", stored.event.seq)));
             }
-            writer.push(stored)
+            writer.push(stored, salt)
         })?;
         running = block.meta.hash;
         Ok(())

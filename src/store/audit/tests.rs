@@ -105,7 +105,9 @@ fn events_come_back_exactly_numbered_and_chained_across_days() {
         let mut previous = GENESIS_HASH;
         for (i, stored) in chain.iter().enumerate() {
             assert_eq!(stored.event.seq, i as u64 + 1, "{tenant}: seqs follow on");
-            assert_eq!(stored.hash, Some(stored.event.chain_hash(&previous)));
+            let e = &stored.event;
+            let salt = reader.salt(day_of(e.timestamp_ms), tenant, e.consumer_id.as_deref().unwrap_or("")).unwrap();
+            assert_eq!(stored.hash, Some(e.chain_hash(&previous, salt.as_ref()).unwrap()));
             assert_eq!(stored.event.event_id, crate::event::derived_event_id(tenant, stored.event.seq, stored.event.timestamp_ms));
             previous = stored.hash.unwrap();
         }
@@ -704,4 +706,22 @@ fn actor_target_request_id_and_outcome_filters_equal_a_brute_force_filter() {
         }
     }
     assert!(nonempty >= 25, "{nonempty} cases found something");
+}
+
+#[test]
+fn a_store_of_an_older_format_is_refused_with_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let meta = Connection::open(dir.path().join(META_FILE)).unwrap();
+        meta.execute_batch("CREATE TABLE heads (tenant TEXT PRIMARY KEY, seq INTEGER NOT NULL, hash BLOB NOT NULL);").unwrap();
+    }
+    let error = AuditWriterStore::open(dir.path()).err().expect("a format-1 store is refused").to_string();
+    assert!(error.contains("format 0") && error.contains("reads format 2") && error.contains("new data directory"), "{error}");
+    // A new directory is marked with the current format, and opens again.
+    let fresh = tempfile::tempdir().unwrap();
+    drop(AuditWriterStore::open(fresh.path()).unwrap());
+    drop(AuditWriterStore::open(fresh.path()).unwrap());
+    let meta = Connection::open(fresh.path().join(META_FILE)).unwrap();
+    let format: i64 = meta.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+    assert_eq!(format, crate::store::audit::STORE_FORMAT);
 }

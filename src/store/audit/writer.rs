@@ -31,7 +31,7 @@ use rustc_hash::{FxHashMap, FxHashSet, FxHasher};
 
 use super::block::{BlockEncoder, DecodedBlock, TextRef, TEXT_FIELDS};
 use super::rollup::{self, Rollups};
-use super::{day_file_name, day_of, list_days, open_day_file, ChainHead, META_FILE};
+use super::{day_file_name, day_of, list_days, open_day_file, ChainHead, META_FILE, STORE_FORMAT};
 use crate::event::{derived_event_id, Event, GENESIS_HASH};
 use crate::store::{open, StoreError};
 
@@ -160,6 +160,10 @@ struct DayWriter {
     pending: Rollups,
     /// Method index of each method's dictionary id (see [`rollup::METHODS`]).
     methods: FxHashMap<u32, usize>,
+    /// Personal salts by (tenant id, consumer id or 0), and those made since
+    /// the last commit (stored with it, or forgotten if it fails).
+    salts: FxHashMap<(u32, u32), [u8; 32]>,
+    new_salts: Vec<(u32, u32, String, [u8; 32])>,
     last_used: u64,
     /// Dropped after `conn` (fields drop in order): the day is named open
     /// until its connection is closed.
@@ -174,7 +178,23 @@ impl DayWriter {
         rollup::register_merge_functions(&conn)?;
         let dict = Dictionary::load(&conn)?;
         let methods = dict.ids.iter().map(|(v, id)| (*id, rollup::method_index(v))).collect();
-        let mut day = DayWriter { conn, dict, pending: Rollups::default(), methods, last_used, _open: None };
+        let mut salts = FxHashMap::default();
+        for (tenant, consumer, salt) in super::salts::all_salts(&conn)? {
+            let consumer_id = if consumer.is_empty() { Some(0) } else { dict.get(&consumer) };
+            if let Some(consumer_id) = consumer_id {
+                salts.insert((tenant, consumer_id), salt);
+            }
+        }
+        let mut day = DayWriter {
+            conn,
+            dict,
+            pending: Rollups::default(),
+            methods,
+            salts,
+            new_salts: Vec::new(),
+            last_used,
+            _open: None,
+        };
         day.replay_rollups()?;
         Ok(day)
     }
@@ -200,6 +220,50 @@ impl DayWriter {
     fn method_of(&mut self, id: u32, method: &str) -> usize {
         *self.methods.entry(id).or_insert_with(|| rollup::method_index(method))
     }
+
+    /// The personal salt of event `e` (of tenant id `tenant`, consumer id
+    /// `consumer`, 0 for none) in this file: the file's, an imported one, or
+    /// a new random one.
+    fn salt(&mut self, tenant: u32, consumer: u32, e: &Event, imported: &FxHashMap<(i64, String, String), [u8; 32]>, day: i64) -> [u8; 32] {
+        if let Some(salt) = self.salts.get(&(tenant, consumer)) {
+            return *salt;
+        }
+        let consumer_text = super::salts::consumer_key(e.consumer_id.as_deref()).to_string();
+        let salt = imported.get(&(day, e.tenant_id.clone(), consumer_text.clone())).copied().unwrap_or_else(rand::random);
+        self.salts.insert((tenant, consumer), salt);
+        self.new_salts.push((tenant, consumer, consumer_text, salt));
+        salt
+    }
+
+    /// Forgets what the last, failed, commit would have added.
+    fn roll_back(&mut self) {
+        self.dict.roll_back();
+        for (tenant, consumer, _, _) in self.new_salts.drain(..) {
+            self.salts.remove(&(tenant, consumer));
+        }
+    }
+}
+
+/// Refuses an audit directory written in another store format, and marks
+/// a new one with this format.
+fn check_format(meta: &Connection, dir: &Path) -> Result<(), StoreError> {
+    let format: i64 = meta.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if format == STORE_FORMAT {
+        return Ok(());
+    }
+    let has_heads: Option<i64> = meta
+        .query_row("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'heads'", [], |r| r.get(0))
+        .optional()?;
+    if format > STORE_FORMAT || has_heads.is_some() {
+        return Err(StoreError::Incompatible(format!(
+            "the audit store in {} is in format {format}, and this keytrail reads format {STORE_FORMAT} (personal values \
+             hashed through salted commitments); keep the old trail with the keytrail that wrote it (export it, \
+             archive it) and start this one on a new data directory",
+            dir.display()
+        )));
+    }
+    meta.pragma_update(None, "user_version", STORE_FORMAT)?;
+    Ok(())
 }
 
 pub(super) fn rollup_watermark(conn: &Connection) -> Result<i64, StoreError> {
@@ -273,6 +337,9 @@ pub struct AuditWriterStore {
     meta: Connection,
     checkpointing: Option<Checkpointing>,
     heads: FxHashMap<String, ChainHead>,
+    /// Salts to use rather than new ones, by (day, tenant, consumer): those
+    /// archived events were hashed with, when they are restored.
+    imported_salts: FxHashMap<(i64, String, String), [u8; 32]>,
     days: BTreeMap<i64, DayWriter>,
     compressor: zstd::bulk::Compressor<'static>,
     last_rollup_write: Instant,
@@ -285,6 +352,7 @@ impl AuditWriterStore {
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir)?;
         let meta = open(&dir.join(META_FILE))?;
+        check_format(&meta, dir)?;
         meta.execute_batch("CREATE TABLE IF NOT EXISTS heads (tenant TEXT PRIMARY KEY, seq INTEGER NOT NULL, hash BLOB NOT NULL);")?;
         let mut heads: FxHashMap<String, ChainHead> = FxHashMap::default();
         let mut consider = |tenant: String, seq: i64, hash: Vec<u8>| {
@@ -314,6 +382,7 @@ impl AuditWriterStore {
             meta,
             checkpointing: None,
             heads,
+            imported_salts: FxHashMap::default(),
             days: BTreeMap::new(),
             compressor: super::block::new_compressor()?,
             last_rollup_write: Instant::now(),
@@ -341,6 +410,15 @@ impl AuditWriterStore {
             }
         }
         Ok(())
+    }
+
+    /// Salts that events of `tenant` written from now on are hashed with,
+    /// by (day, consumer), rather than new ones: restoring archived events,
+    /// which must hash as they were archived.
+    pub(super) fn import_salts(&mut self, tenant: &str, salts: &FxHashMap<(i64, String), [u8; 32]>) {
+        for ((day, consumer), salt) in salts {
+            self.imported_salts.insert((*day, tenant.to_string(), consumer.clone()), *salt);
+        }
     }
 
     /// The chain heads as committed.
@@ -379,6 +457,7 @@ impl AuditWriterStore {
                 let writer = day_writer(&mut self.days, &self.dir, &mut self.uses, day)?;
                 commit_day(writer, &day_batch, rollups_due)?;
                 writer.dict.added.clear();
+                writer.new_salts.clear();
                 if rollups_due {
                     // Written in the transaction, with what was pending.
                     writer.pending = Rollups::default();
@@ -394,7 +473,7 @@ impl AuditWriterStore {
                 // not committed keep their numbers, which a retry rebuilds
                 // from the committed heads.
                 if let Some(writer) = self.days.get_mut(&day) {
-                    writer.dict.roll_back();
+                    writer.roll_back();
                 }
                 batch.drain(..committed);
                 return Err(error);
@@ -448,13 +527,21 @@ impl AuditWriterStore {
             if e.event_id.is_empty() {
                 e.event_id = derived_event_id(&e.tenant_id, e.seq, e.timestamp_ms);
             }
-            let previous = head.hash;
-            let hash = e.chain_hash(&previous);
-            *head = ChainHead { seq: e.seq, hash };
-
+            let e = &*e;
             let tenant = writer.dict.intern(&e.tenant_id);
             tenants.entry(tenant).or_insert_with(|| e.tenant_id.clone());
             let texts = TEXT_FIELDS.map(|f| writer.dict.resolve(f.always_interned(), f.get(e)));
+
+            let previous = head.hash;
+            let salt = (e.personal_commitment.is_none() && e.has_personal()).then(|| {
+                let consumer = match texts[super::block::TextField::Consumer.index()] {
+                    TextRef::Dict(id) => id,
+                    _ => 0,
+                };
+                writer.salt(tenant, consumer, e, &self.imported_salts, day)
+            });
+            let hash = e.chain_hash(&previous, salt.as_ref()).expect("salted when it has personal values");
+            *head = ChainHead { seq: e.seq, hash };
             if let Some(block) = open.get_mut(&tenant) {
                 if !block.encoder.fits(e.timestamp_ms) {
                     let full = open.remove(&tenant).expect("present");
@@ -624,6 +711,10 @@ fn commit_day(writer: &mut DayWriter, day: &DayBatch, write_rollups: bool) -> Re
         let mut strings = tx.prepare_cached("INSERT INTO strings (id, value) VALUES (?1, ?2)")?;
         for (id, value) in &writer.dict.added {
             strings.execute(params![id, &**value])?;
+        }
+        let mut salts = tx.prepare_cached("INSERT INTO personal_salts (tenant, consumer, salt) VALUES (?1, ?2, ?3)")?;
+        for (tenant, _, consumer, salt) in &writer.new_salts {
+            salts.execute(params![tenant, consumer, &salt[..]])?;
         }
         let mut insert = tx.prepare_cached(
             "INSERT INTO blocks (tenant, first_seq, rows, min_ts, max_ts, categories, prev_hash, hash, data)
