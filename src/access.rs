@@ -44,6 +44,7 @@ impl Role {
         use Permission::*;
         match self {
             Role::Owner => true,
+            // Erasure destroys audit data for good: owners only.
             Role::Admin => matches!(permission, Signed | ReadConfig | ReadEvents | Change | WriteEvents),
             Role::Auditor => matches!(permission, Signed | ReadConfig | ReadEvents),
             Role::Viewer => matches!(permission, Signed | ReadConfig),
@@ -66,6 +67,8 @@ pub enum Permission {
     WriteEvents,
     /// Creating, listing and removing admins.
     ManageAdmins,
+    /// Erasing a data subject's personal values from the audit trail.
+    ErasePersonalData,
 }
 
 /// What a route needs.
@@ -112,6 +115,7 @@ pub const ROUTES: &[Rule] = &[
     rule("PUT", "/v1/tenants/{tenant}/consumers/{consumer}/tier", Change, Some("CONSUMER_TIER_CHANGED")),
     rule("POST", "/v1/tenants/{tenant}/consumers/{consumer}/suspend", Change, Some("CONSUMER_SUSPENDED")),
     rule("POST", "/v1/tenants/{tenant}/consumers/{consumer}/reactivate", Change, Some("CONSUMER_REACTIVATED")),
+    rule("POST", "/v1/tenants/{tenant}/consumers/{consumer}/erase", ErasePersonalData, Some("PERSONAL_DATA_ERASED")),
     rule("GET", "/v1/tenants/{tenant}/consumers/{consumer}/keys", ReadConfig, None),
     rule("POST", "/v1/tenants/{tenant}/consumers/{consumer}/keys", Change, Some("KEY_CREATED")),
     rule("POST", "/v1/keys/{key_id}/revoke", Change, Some("KEY_REVOKED")),

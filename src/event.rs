@@ -81,6 +81,8 @@ pub mod security_type {
     pub const ARCHIVE_DELETED: &str = "archive_deleted";
     /// Retention deleted a day file whose events were all archived.
     pub const HOT_DATA_DROPPED: &str = "hot_data_dropped";
+    /// A consumer's personal values were erased from the trail (GDPR).
+    pub const PERSONAL_DATA_ERASED: &str = "personal_data_erased";
 }
 
 /// One audit record. [`Event::write_canonical`] fixes what the hash covers:
@@ -210,6 +212,11 @@ impl Event {
     }
 
     /// Whether the event holds personal values (not erased).
+    /// The consumer id this event's personal salt is kept under ([`salt_owner`]).
+    pub fn salt_owner(&self) -> Option<&str> {
+        salt_owner(self.actor.as_deref(), self.consumer_id.as_deref())
+    }
+
     pub fn has_personal(&self) -> bool {
         self.client_ip.is_some()
             || self.user_agent.is_some()
@@ -336,6 +343,19 @@ pub struct MissingSalt;
 /// Actors that name keytrail's own objects (`consumer:…`, `admin:…`) are not.
 pub fn is_personal_actor(category: Option<Category>, actor: Option<&str>) -> bool {
     actor.is_some_and(|a| category == Some(Category::App) || a.starts_with("ip:"))
+}
+
+/// Whose personal values an event holds, as the consumer id its salt is
+/// kept under: the consumer's, except for events an admin caused (their
+/// address and user agent are the admin's), which are salted as events
+/// without a consumer. Erasing a consumer erases exactly the events salted
+/// under its id.
+pub fn salt_owner<'a>(actor: Option<&str>, consumer_id: Option<&'a str>) -> Option<&'a str> {
+    if actor.is_some_and(|a| a.starts_with("admin:")) {
+        None
+    } else {
+        consumer_id
+    }
 }
 
 /// Domain of [`personal_commitment`]'s hash.

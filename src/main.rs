@@ -106,6 +106,17 @@ enum Command {
         #[arg(long, default_value_t = 24)]
         hours: u32,
     },
+    /// Erase a data subject's personal values (GDPR): the consumer's name
+    /// and metadata, and the client addresses, user agents, names and
+    /// actors of its events, hot and archived. The chain still verifies.
+    /// Needs an owner's token in KEYTRAIL_TOKEN.
+    Erase {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// The consumer's id (cons_…).
+        #[arg(long)]
+        consumer: String,
+    },
     /// Reports from a running keytrail. Needs an admin token in KEYTRAIL_TOKEN.
     Report {
         #[command(subcommand)]
@@ -457,6 +468,7 @@ fn main() -> ExitCode {
                 println!("{}", keytrail::signing::public_key_text(&signer.public_key()));
             }),
             Command::Investigate { api, consumer, hours } => keytrail::cli::investigate(&api.target(), consumer.as_deref(), hours).await,
+            Command::Erase { api, consumer } => keytrail::cli::erase(&api.target(), &consumer).await,
             Command::Report { command: ReportCommand::Weekly { api } } => keytrail::cli::report_weekly(&api.target()).await,
             Command::Serve { config, data_dir, gateway_listen, admin_listen, log_level } => {
                 serve(

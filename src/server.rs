@@ -143,9 +143,20 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         AuditPipeline::start_signed(config.data_dir.join("audit"), &config.audit, Some(signer))
             .context("cannot open the audit store")?,
     );
+    // Retention and erasure rewrite signed archives.
+    let retention_signer = Arc::new(
+        crate::signing::Signer::load_or_create(&key_path).with_context(|| format!("cannot read the signing key {}", key_path.display()))?,
+    );
     let store = ControlStore::open(&config.data_dir.join("control.db")).context("cannot open the control store")?;
     let control = Arc::new(
-        ControlPlane::open(store, audit.clone()).context("cannot load the control store")?.with_retention_defaults(config.retention.defaults),
+        ControlPlane::open(store, audit.clone())
+            .context("cannot load the control store")?
+            .with_retention_defaults(config.retention.defaults)
+            .with_erasure(crate::control::ErasureSettings {
+                archive_dir: config.retention.archive_dir.clone(),
+                archive_level: config.retention.archive_zstd_level,
+                signer: retention_signer.clone(),
+            }),
     );
 
     let bootstrap = match control.bootstrap_admin(config.bootstrap_token.as_deref())? {
@@ -205,9 +216,6 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     });
 
     // Retention: at start, then every `retention.interval_s`.
-    let retention_signer = Arc::new(
-        crate::signing::Signer::load_or_create(&key_path).with_context(|| format!("cannot read the signing key {}", key_path.display()))?,
-    );
     let retention = Retention {
         audit_dir: config.data_dir.join("audit"),
         archive_dir: config.retention.archive_dir.clone(),

@@ -69,8 +69,9 @@ fn crash_after_intent(action: &str) -> bool {
 const SECRET_FIELDS: [&str; 4] = ["password", "key", "token", "secret"];
 
 /// The request body as the intent records it: JSON objects without secret
-/// fields; anything else by size only.
-fn requested(body: &Bytes) -> Value {
+/// fields, and without a consumer's personal fields on consumer routes;
+/// anything else by size only.
+fn requested(route: &str, body: &Bytes) -> Value {
     if body.is_empty() {
         return Value::Null;
     }
@@ -79,6 +80,13 @@ fn requested(body: &Bytes) -> Value {
             for name in SECRET_FIELDS {
                 if fields.contains_key(name) {
                     fields.insert(name.into(), json!("****"));
+                }
+            }
+            if route.contains("/consumers") {
+                for name in crate::control::PERSONAL_CONSUMER_FIELDS {
+                    if fields.contains_key(name) {
+                        fields.insert(name.into(), json!(crate::control::PERSONAL_MARK));
+                    }
                 }
             }
             Value::Object(fields)
@@ -152,7 +160,7 @@ pub async fn around(state: &AdminState, actor: &Actor, change: &Change, req: Req
     state.in_flight.lock().insert(request_id.clone());
     let _running = Running(&state.in_flight, request_id);
 
-    let intent = actor.admin_event(tenant, action, PENDING, resource.clone(), json!({"request": requested(&body)}));
+    let intent = actor.admin_event(tenant, action, PENDING, resource.clone(), json!({"request": requested(route, &body)}));
     state.audit.record(intent);
     state.audit.flush().await;
     if crash_after_intent(action) {

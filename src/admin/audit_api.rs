@@ -510,7 +510,7 @@ async fn export_json(
         r.0 = r.0.min(row.event.seq);
         r.1 = r.1.max(row.event.seq);
         if row.event.personal_commitment.is_none() && row.event.has_personal() {
-            let consumer = salts::consumer_key(row.event.consumer_id.as_deref());
+            let consumer = salts::consumer_key(row.event.salt_owner());
             r.2.insert((crate::store::audit::day_of(row.event.timestamp_ms), consumer.to_string()));
         }
     };

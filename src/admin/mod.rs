@@ -74,6 +74,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/keys/{key_id}/rotate", post(rotate_key))
         .route("/v1/keys/{key_id}/scopes", put(set_key_scopes))
         .route("/v1/tenants/{tenant}/consumers/{consumer}/suspend", post(suspend_consumer))
+        .route("/v1/tenants/{tenant}/consumers/{consumer}/erase", post(erase_consumer))
         .route("/v1/tenants/{tenant}/consumers/{consumer}/reactivate", post(reactivate_consumer))
         .route("/api/v1/settings/logging", get(get_global_logging).put(put_global_logging))
         .route("/v1/tenants/{tenant}/settings/logging", get(get_tenant_logging).put(put_tenant_logging))
@@ -373,6 +374,16 @@ async fn reactivate_consumer(
     Extension(actor): Extension<Actor>,
 ) -> Result<Json<Value>, ApiError> {
     set_consumer_active(&s, &tenant, &consumer, true, actor)
+}
+
+/// Erases the consumer's personal values from this server's stores and the
+/// audit trail's archives; answers what was changed.
+async fn erase_consumer(
+    State(s): State<AdminState>,
+    Path((tenant, consumer)): Path<(String, String)>,
+    Extension(actor): Extension<Actor>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(to_value(s.control.erase_consumer(&tenant, &consumer, &actor).await?)))
 }
 
 fn set_consumer_active(s: &AdminState, tenant: &str, consumer: &str, active: bool, actor: Actor) -> Result<Json<Value>, ApiError> {

@@ -29,6 +29,7 @@ use arc_swap::ArcSwap;
 use crate::config::{AuditConfig, QueueFullPolicy};
 use crate::event::{Category, Event};
 use crate::settings::{CallClass, LoggingPolicy, LoggingSettings, Sampler};
+use crate::store::audit::erasure::{ErasureReport, ErasureRequest};
 use crate::store::audit::AuditWriterStore;
 use crate::store::StoreError;
 
@@ -47,6 +48,8 @@ struct Queue {
     /// When the oldest pending event arrived; the batch is due one flush interval later.
     oldest: Option<Instant>,
     flush_waiters: Vec<tokio::sync::oneshot::Sender<()>>,
+    /// Erasures to run after the events queued before them are committed.
+    erasures: Vec<(ErasureRequest, tokio::sync::oneshot::Sender<Result<ErasureReport, StoreError>>)>,
     stopping: bool,
 }
 
@@ -95,7 +98,7 @@ impl AuditPipeline {
             store.enable_checkpoints(signer, config.checkpoint_every_events, config.checkpoint_interval.as_millis() as i64)?;
         }
         let shared = Arc::new(Shared {
-            queue: Mutex::new(Queue { pending: Vec::new(), oldest: None, flush_waiters: Vec::new(), stopping: false }),
+            queue: Mutex::new(Queue { pending: Vec::new(), oldest: None, flush_waiters: Vec::new(), erasures: Vec::new(), stopping: false }),
             stats: PipelineStats::default(),
             writer_idle: AtomicBool::new(false),
         });
@@ -200,6 +203,22 @@ impl AuditPipeline {
         let _ = done.await;
     }
 
+    /// Erases a consumer's personal values from the store and archives
+    /// (see [`crate::store::audit::erasure`]), after committing every event
+    /// recorded before this call. The writer thread does it between batches.
+    pub async fn erase(&self, request: ErasureRequest) -> Result<ErasureReport, StoreError> {
+        let (done, answer) = tokio::sync::oneshot::channel();
+        {
+            let mut queue = self.shared.lock();
+            if queue.stopping {
+                return Err(StoreError::Corrupt("the audit pipeline is stopping".into()));
+            }
+            queue.erasures.push((request, done));
+        }
+        self.writer_thread.unpark();
+        answer.await.unwrap_or_else(|_| Err(StoreError::Corrupt("the audit writer stopped before the erasure ran".into())))
+    }
+
     /// Commits everything queued and stops the writer thread.
     pub async fn shutdown(&self) {
         self.shared.lock().stopping = true;
@@ -222,11 +241,12 @@ impl Writer {
     fn run(mut self) {
         let mut spare: Vec<Event> = Vec::new();
         loop {
-            let (mut batch, waiters, stopping) = {
+            let (mut batch, waiters, erasures, stopping) = {
                 let mut queue = self.shared.lock();
                 let due = queue.oldest.map(|t| t + self.flush_interval);
                 let ready = queue.stopping
                     || !queue.flush_waiters.is_empty()
+                    || !queue.erasures.is_empty()
                     || queue.pending.len() >= self.batch_max
                     || due.is_some_and(|d| d <= Instant::now());
                 if !ready {
@@ -245,10 +265,17 @@ impl Writer {
                 }
                 queue.oldest = None;
                 let batch = std::mem::replace(&mut queue.pending, std::mem::take(&mut spare));
-                (batch, std::mem::take(&mut queue.flush_waiters), queue.stopping)
+                (batch, std::mem::take(&mut queue.flush_waiters), std::mem::take(&mut queue.erasures), queue.stopping)
             };
             if !batch.is_empty() {
                 self.commit(&mut batch);
+            }
+            for (request, done) in erasures {
+                let result = self.store.erase(&request);
+                if let Err(error) = &result {
+                    tracing::error!(%error, tenant = %request.tenant, "erasure failed");
+                }
+                let _ = done.send(result);
             }
             batch.clear();
             spare = batch;

@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
-use hyper::{Request, StatusCode, Uri};
+use hyper::{Method, Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 
@@ -98,15 +98,24 @@ impl AdminClient {
     /// `GET path_and_query` → the JSON answer; any status but 2xx is an
     /// error carrying the API's own message.
     pub async fn get(&self, path_and_query: &str) -> anyhow::Result<Value> {
+        self.send(Method::GET, path_and_query, CALL_TIMEOUT).await
+    }
+
+    /// `POST path` with no body, waiting up to `timeout`; answers as [`Self::get`].
+    pub async fn post(&self, path: &str, timeout: Duration) -> anyhow::Result<Value> {
+        self.send(Method::POST, path, timeout).await
+    }
+
+    async fn send(&self, method: Method, path_and_query: &str, timeout: Duration) -> anyhow::Result<Value> {
         let target = format!("{}{}", self.base_path, path_and_query);
-        let call = self.call(&target);
-        let (status, body) = match tokio::time::timeout(CALL_TIMEOUT, call).await {
+        let call = self.call(method.clone(), &target);
+        let (status, body) = match tokio::time::timeout(timeout, call).await {
             Ok(result) => result?,
-            Err(_) => bail!("the admin API at {} did not answer GET {target} within {} s", self.url, CALL_TIMEOUT.as_secs()),
+            Err(_) => bail!("the admin API at {} did not answer {method} {target} within {} s", self.url, timeout.as_secs()),
         };
         let json: Option<Value> = serde_json::from_slice(&body).ok();
         if status.is_success() {
-            return json.with_context(|| format!("GET {target}: the answer is not JSON (is {} keytrail's admin API?)", self.url));
+            return json.with_context(|| format!("{method} {target}: the answer is not JSON (is {} keytrail's admin API?)", self.url));
         }
         let (code, message) = match &json {
             Some(v) => (
@@ -126,10 +135,10 @@ impl AdminClient {
             StatusCode::FORBIDDEN => " (the token's role or tenant does not allow this)".to_string(),
             _ => String::new(),
         };
-        Err(anyhow!("GET {target}: {status}{detail}{hint}"))
+        Err(anyhow!("{method} {target}: {status}{detail}{hint}"))
     }
 
-    async fn call(&self, target: &str) -> anyhow::Result<(StatusCode, Bytes)> {
+    async fn call(&self, method: Method, target: &str) -> anyhow::Result<(StatusCode, Bytes)> {
         let unreachable = |e: &dyn std::fmt::Display| anyhow!("cannot reach the admin API at {}: {e} (is keytrail serve running there? set --admin-url or KEYTRAIL_ADMIN_URL)", self.url);
         let stream = match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(&self.authority)).await {
             Ok(Ok(stream)) => stream,
@@ -141,7 +150,9 @@ impl AdminClient {
         tokio::spawn(async move {
             let _ = connection.await;
         });
-        let request = Request::get(target)
+        let request = Request::builder()
+            .method(method.clone())
+            .uri(target)
             .header(hyper::header::HOST, &self.authority)
             .header(hyper::header::AUTHORIZATION, format!("Bearer {}", self.token))
             .header(hyper::header::ACCEPT, "application/json")
@@ -151,7 +162,7 @@ impl AdminClient {
         let response = sender.send_request(request).await.map_err(|e| unreachable(&e))?;
         let status = response.status();
         let limited = http_body_util::Limited::new(response.into_body(), MAX_BODY);
-        let body = limited.collect().await.map_err(|e| anyhow!("reading the answer to GET {target}: {e}"))?.to_bytes();
+        let body = limited.collect().await.map_err(|e| anyhow!("reading the answer to {method} {target}: {e}"))?.to_bytes();
         Ok((status, body))
     }
 }

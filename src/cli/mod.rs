@@ -207,6 +207,38 @@ fn group_rows(answer: &Value, latency: bool, none: &str) -> Vec<Vec<String>> {
         .collect()
 }
 
+// ---------- erase ----------
+
+/// `keytrail erase`: erases a consumer's personal values through the admin
+/// API (owners only) and prints what was changed.
+pub async fn erase(target: &Target, consumer: &str) -> anyhow::Result<()> {
+    if consumer.is_empty() || consumer.contains(['/', '?', '#']) {
+        bail!("--consumer `{consumer}` is not a consumer id (such as cons_…; see GET /v1/tenants/{{tenant}}/consumers)");
+    }
+    let client = AdminClient::from_env(&target.admin_url)?;
+    let tenant = resolve_tenant(&client, target.tenant.as_deref()).await?;
+    let path = format!("/v1/tenants/{}/consumers/{}/erase", encode(&tenant), encode(consumer));
+    // Rewriting every day file and archive of a big store takes a while.
+    let report = client.post(&path, std::time::Duration::from_secs(3600)).await?;
+    if target.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    let list = |field: &str| {
+        let items: Vec<&str> = report[field].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+        if items.is_empty() { "none".to_string() } else { items.join(", ") }
+    };
+    println!("Erased the personal values of consumer {consumer} in tenant {tenant}:");
+    println!("  events        {}", n(&report["events"]));
+    println!("  blocks        {}", n(&report["blocks"]));
+    println!("  day files     {}", list("day_files"));
+    println!("  archives      {}", list("archives"));
+    println!("  strings       {} dictionary values overwritten", n(&report["strings"]));
+    println!("  salts         {} deleted", n(&report["salts"]));
+    println!("The consumer is now named erased-{consumer}; its keys still work. The chain still verifies: run `keytrail verify`.");
+    Ok(())
+}
+
 // ---------- investigate ----------
 
 /// `keytrail investigate`: the incident triage of the last `hours` hours.

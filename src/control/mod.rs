@@ -22,6 +22,7 @@ use crate::policy::Policies;
 use crate::protection::{self, Entry, EntryKind};
 use crate::ratelimit::{CostRule, RateSpec};
 use crate::store::control::{Admin, Api, Consumer, ControlStore, KeyRecord, Tenant, Tier, GLOBAL_SCOPE};
+use crate::store::audit::erasure::{ErasureReport, ErasureRequest};
 use crate::store::StoreError;
 
 /// Who is making a change: recorded as the actor of the events it causes.
@@ -143,6 +144,22 @@ pub struct ControlPlane {
     settings_lock: Mutex<()>,
     /// The global retention before any admin changed it (from the config).
     retention_defaults: RetentionSettings,
+    /// What rewriting archives during an erasure needs; `None`: erasure is
+    /// refused (a control plane without a data directory's signing key).
+    erasure: Option<ErasureSettings>,
+}
+
+/// The fields of a consumer that are personal data: the admin activity log
+/// records them as [`PERSONAL_MARK`], in requests and in changes alike.
+pub const PERSONAL_CONSUMER_FIELDS: [&str; 2] = ["name", "metadata"];
+/// What the admin log shows instead of a personal value.
+pub const PERSONAL_MARK: &str = "[personal]";
+
+/// Where the archives an erasure rewrites are, and how they are written.
+pub struct ErasureSettings {
+    pub archive_dir: std::path::PathBuf,
+    pub archive_level: i32,
+    pub signer: Arc<crate::signing::Signer>,
 }
 
 /// A scope's retention settings as the API shows them.
@@ -270,6 +287,7 @@ impl ControlPlane {
             audit,
             settings_lock: Mutex::new(()),
             retention_defaults: RetentionSettings::default(),
+            erasure: None,
         };
         plane.reload()?;
         Ok(plane)
@@ -278,6 +296,11 @@ impl ControlPlane {
     /// Sets the global retention the config gives (before any change over the API).
     pub fn with_retention_defaults(mut self, defaults: RetentionSettings) -> ControlPlane {
         self.retention_defaults = defaults;
+        self
+    }
+
+    pub fn with_erasure(mut self, settings: ErasureSettings) -> ControlPlane {
+        self.erasure = Some(settings);
         self
     }
 
@@ -546,8 +569,9 @@ impl ControlPlane {
         let (record, secret) = new_key_record(tenant_id, &consumer.id, new.environment, new.scopes, new.expires_at_ms, now);
         self.store.create_key(&record)?;
         self.reload_after_change()?;
+        // No consumer name: admin events hold no personal value of the
+        // consumer (erasure leaves them as they are).
         let mut event = self.key_event(security_type::KEY_CREATED, &record, actor);
-        event.consumer_name = Some(consumer.name);
         event.details = Some(serde_json::json!({
             "scopes": record.scopes,
             "expires_at": record.expires_at.map(crate::event::format_timestamp),
@@ -612,7 +636,15 @@ impl ControlPlane {
                 Some(value)
             }
             ("tier", Some(t), Some(id)) => self.list_tiers(t).ok()?.into_iter().find(|x| x.id == id).and_then(|x| json(&x)),
-            ("consumer", Some(t), Some(id)) => self.list_consumers(t).ok()?.into_iter().find(|x| x.id == id).and_then(|x| json(&x)),
+            // A consumer's name and metadata are personal: the admin log
+            // holds no copy of them (it could not be erased).
+            ("consumer", Some(t), Some(id)) => self.list_consumers(t).ok()?.into_iter().find(|x| x.id == id).and_then(|x| {
+                let mut value = json(&x)?;
+                for field in PERSONAL_CONSUMER_FIELDS {
+                    value[field] = serde_json::json!(PERSONAL_MARK);
+                }
+                Some(value)
+            }),
             ("api", Some(t), Some(id)) => self.list_apis(t).ok()?.into_iter().find(|x| x.id == id).and_then(|x| json(&x)),
             ("settings", t, _) => Some(serde_json::Value::Object(self.logging_settings(t).ok()?.settings.to_json())),
             ("retention", t, _) => Some(serde_json::Value::Object(self.retention_settings(t).ok()?.settings.to_json())),
@@ -685,11 +717,48 @@ impl ControlPlane {
             let event_type = if active { security_type::CONSUMER_REACTIVATED } else { security_type::CONSUMER_SUSPENDED };
             let mut event = actor.event(tenant_id, event_type, format!("consumer:{consumer_id}"));
             event.consumer_id = Some(consumer.id.clone());
-            event.consumer_name = Some(consumer.name.clone());
             event.details = Some(serde_json::json!({"status": {"before": consumer.status, "after": status}}));
             self.audit.record(event);
         }
         self.require_consumer(tenant_id, consumer_id)
+    }
+
+    /// Erases a consumer's personal values (GDPR): its name and metadata
+    /// here, then the client addresses, user agents, names and actors of
+    /// its events in the audit trail, hot, restored and archived
+    /// ([`crate::store::audit::erasure`]); records the erasure as a
+    /// `personal_data_erased` security event that names no personal value.
+    /// The consumer and its keys stay; its later calls are logged as usual.
+    pub async fn erase_consumer(&self, tenant_id: &str, consumer_id: &str, actor: &Actor) -> Result<ErasureReport, ApiError> {
+        self.require_consumer(tenant_id, consumer_id)?;
+        let settings = self
+            .erasure
+            .as_ref()
+            .ok_or_else(|| ApiError::new(crate::error::ErrorCode::Unavailable, "erasure is not configured on this server"))?;
+        // The new name first, so no call logged from now on carries the old one.
+        self.store.anonymize_consumer(tenant_id, consumer_id, &format!("erased-{consumer_id}"))?;
+        self.reload_after_change()?;
+        let request = ErasureRequest {
+            tenant: tenant_id.to_string(),
+            consumer: consumer_id.to_string(),
+            archive_dir: settings.archive_dir.clone(),
+            archive_level: settings.archive_level,
+            signer: settings.signer.clone(),
+        };
+        let report = self.audit.erase(request).await.map_err(ApiError::internal)?;
+        let mut event = actor.event(tenant_id, security_type::PERSONAL_DATA_ERASED, format!("consumer:{consumer_id}"));
+        event.consumer_id = Some(consumer_id.to_string());
+        event.details = Some(serde_json::json!({
+            "events": report.events,
+            "blocks": report.blocks,
+            "day_files": report.day_files,
+            "archives": report.archives,
+            "strings": report.strings,
+            "salts": report.salts,
+        }));
+        self.audit.record(event);
+        self.audit.flush().await;
+        Ok(report)
     }
 
     /// Revokes a key; the gateway refuses it as soon as this returns.

@@ -551,6 +551,24 @@ impl ControlStore {
         Ok(changed == 1)
     }
 
+    /// Replaces a consumer's name and metadata (its personal values) with
+    /// `name` and `{}`, overwriting the old values on disk: `secure_delete`
+    /// zeroes the freed cells, then the file is rebuilt (VACUUM) and its
+    /// write-ahead log truncated.
+    pub fn anonymize_consumer(&self, tenant_id: &str, consumer_id: &str, name: &str) -> Result<bool, StoreError> {
+        let conn = self.conn();
+        conn.pragma_update(None, "secure_delete", 1)?;
+        let changed = conn.execute(
+            "UPDATE consumers SET name = ?3, metadata = '{}' WHERE tenant_id = ?1 AND id = ?2",
+            params![tenant_id, consumer_id, name],
+        );
+        conn.pragma_update(None, "secure_delete", 0)?;
+        let changed = changed?;
+        // Pages keep stale copies of cells moved earlier: rebuild the file.
+        crate::store::audit::erasure::compact(&conn)?;
+        Ok(changed == 1)
+    }
+
     // --- blocklist ---
 
     pub fn add_block(&self, entry: &Entry) -> Result<(), StoreError> {

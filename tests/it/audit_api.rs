@@ -214,7 +214,7 @@ async fn every_event_is_numbered_and_chained_per_tenant() {
     assert_eq!(of("admin"), 2 * 5);
     let total = chain.len() as u64;
     let salt = |e: &keytrail::event::Event| {
-        reader.salt(keytrail::store::audit::day_of(e.timestamp_ms), "acme", e.consumer_id.as_deref().unwrap_or("")).unwrap()
+        reader.salt(keytrail::store::audit::day_of(e.timestamp_ms), "acme", e.salt_owner().unwrap_or("")).unwrap()
     };
     let mut previous = GENESIS_HASH;
     for (i, stored) in chain.iter().enumerate() {

@@ -5,7 +5,6 @@
 //! and the `investigate` / `report weekly` commands against a running server.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
@@ -14,7 +13,7 @@ use keytrail::splitmix::SplitMix64;
 use keytrail::store::audit::stats::query::{GroupBy, Measures, Metrics, Source, StatsQuery, LATENCY_ERROR_BOUND};
 use keytrail::store::audit::{AuditReader, AuditWriterStore, EventFilter};
 
-use crate::util::{closed_port, start_upstream, Admin, Process, TestServer, ADMIN_TOKEN};
+use crate::util::{closed_port, run_cli, start_upstream, Admin, TestServer, ADMIN_TOKEN};
 
 const HOUR: i64 = 3_600_000;
 const DAY: i64 = 24 * HOUR;
@@ -691,19 +690,6 @@ async fn bad_parameters_roles_and_tenants() {
 // ---------- the commands ----------
 
 /// Runs the real binary to its end: (success, stdout, stderr).
-async fn run(args: &[&str], envs: &[(&str, &str)]) -> (bool, String, String) {
-    let out = tempfile::tempdir().unwrap();
-    let mut p = Process::spawn(args, envs, out.path(), out.path());
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(status) = p.child.try_wait().unwrap() {
-            return (status.success(), p.stdout(), p.stderr());
-        }
-        assert!(Instant::now() < deadline, "keytrail {args:?} did not finish in 60 s\n{}\n{}", p.stdout(), p.stderr());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn investigate_and_the_weekly_report_from_the_command_line() {
     let Scene { ts, owner, consumer, .. } = scene().await;
@@ -717,7 +703,7 @@ async fn investigate_and_the_weekly_report_from_the_command_line() {
     let token = [("KEYTRAIL_TOKEN", ADMIN_TOKEN)];
 
     // investigate --json: the same numbers the API gives for its window.
-    let (ok, out, err) = run(&["investigate", "--admin-url", url, "--tenant", "acme", "--json"], &token).await;
+    let (ok, out, err) = run_cli(&["investigate", "--admin-url", url, "--tenant", "acme", "--json"], &token).await;
     assert!(ok, "{err}");
     let report: Value = serde_json::from_str(&out).unwrap();
     let window = format!("from={}&to={}", report["from"].as_str().unwrap(), report["to"].as_str().unwrap()).replace('+', "%2B");
@@ -739,20 +725,20 @@ async fn investigate_and_the_weekly_report_from_the_command_line() {
     }
 
     // investigate --consumer, human: the triage and that consumer's profile.
-    let (ok, out, err) = run(&["investigate", "--admin-url", url, "--tenant", "acme", "--consumer", "cons_alpha", "--hours", "72"], &token).await;
+    let (ok, out, err) = run_cli(&["investigate", "--admin-url", url, "--tenant", "acme", "--consumer", "cons_alpha", "--hours", "72"], &token).await;
     assert!(ok, "{err}");
     for needle in ["Incident triage: tenant acme, consumer cons_alpha, last 72 h", "Traffic", "rate-limited (429)", "Errors by day", "Top paths", "Security events", "Consumer cons_alpha", "busiest hour", "method"] {
         assert!(out.contains(needle), "{needle:?} missing:\n{out}");
     }
     assert!(!out.contains("Top consumers"), "one consumer's triage has no top consumers:\n{out}");
-    let (ok, out, _) = run(&["investigate", "--tenant", "acme", "--consumer", &consumer, "--json"], &[("KEYTRAIL_TOKEN", ADMIN_TOKEN), ("KEYTRAIL_ADMIN_URL", url)]).await;
+    let (ok, out, _) = run_cli(&["investigate", "--tenant", "acme", "--consumer", &consumer, "--json"], &[("KEYTRAIL_TOKEN", ADMIN_TOKEN), ("KEYTRAIL_ADMIN_URL", url)]).await;
     assert!(ok, "KEYTRAIL_ADMIN_URL is used");
     let report: Value = serde_json::from_str(&out).unwrap();
     assert!(report["profile"]["calls"].as_u64().unwrap() >= 10 && report["top_consumers"].is_null(), "{out}");
     assert!(report["security_events"]["by_type"]["rate_limit_exceeded"].as_u64().unwrap() >= 2, "{out}");
 
     // report weekly --json: counts from the security and admin logs, the daily trend.
-    let (ok, out, err) = run(&["report", "weekly", "--admin-url", url, "--tenant", "acme", "--json"], &token).await;
+    let (ok, out, err) = run_cli(&["report", "weekly", "--admin-url", url, "--tenant", "acme", "--json"], &token).await;
     assert!(ok, "{err}");
     let weekly: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(weekly["key_rotations"], 1, "{out}");
@@ -767,30 +753,30 @@ async fn investigate_and_the_weekly_report_from_the_command_line() {
     assert!(days[..4].iter().all(|d| d["calls"] == 0) && days[6]["calls"].as_u64().unwrap() > 0, "{out}");
     let window = format!("from={}&to={}", weekly["from"].as_str().unwrap(), weekly["to"].as_str().unwrap());
     assert_eq!(weekly["calls"], owner.get(&format!("/v1/audit/acme/stats?{window}")).await.body["totals"]["calls"]);
-    let (ok, out, err) = run(&["report", "weekly", "--admin-url", url, "--tenant", "acme"], &token).await;
+    let (ok, out, err) = run_cli(&["report", "weekly", "--admin-url", url, "--tenant", "acme"], &token).await;
     assert!(ok, "{err}");
     for needle in ["Weekly report: tenant acme", "auth failures", "rate-limit hits", "key rotations", "KEY_ROTATED", "Daily error trend"] {
         assert!(out.contains(needle), "{needle:?} missing:\n{out}");
     }
 
     // Failures: a clear message, a non-zero exit, never the token.
-    let (ok, _, err) = run(&["investigate", "--admin-url", url, "--tenant", "acme"], &[("KEYTRAIL_TOKEN", "")]).await;
+    let (ok, _, err) = run_cli(&["investigate", "--admin-url", url, "--tenant", "acme"], &[("KEYTRAIL_TOKEN", "")]).await;
     assert!(!ok && err.contains("KEYTRAIL_TOKEN is not set"), "{err}");
     let dead = format!("http://{}", closed_port().await);
-    let (ok, _, err) = run(&["report", "weekly", "--admin-url", &dead, "--tenant", "acme"], &token).await;
+    let (ok, _, err) = run_cli(&["report", "weekly", "--admin-url", &dead, "--tenant", "acme"], &token).await;
     assert!(!ok && err.contains("cannot reach the admin API") && err.contains(&dead), "{err}");
     let wrong = "kta_wrongwrongwrongwrongwrongwrongwrong";
-    let (ok, out, err) = run(&["investigate", "--admin-url", url, "--tenant", "acme"], &[("KEYTRAIL_TOKEN", wrong)]).await;
+    let (ok, out, err) = run_cli(&["investigate", "--admin-url", url, "--tenant", "acme"], &[("KEYTRAIL_TOKEN", wrong)]).await;
     assert!(!ok && err.contains("401") && err.contains("check KEYTRAIL_TOKEN"), "{err}");
     assert!(!err.contains(wrong) && !out.contains(wrong) && !err.contains(ADMIN_TOKEN), "{err}");
-    let (ok, _, err) = run(&["investigate", "--admin-url", url, "--tenant", "nope"], &token).await;
+    let (ok, _, err) = run_cli(&["investigate", "--admin-url", url, "--tenant", "nope"], &token).await;
     assert!(!ok && err.contains("404") && err.contains("nope"), "{err}");
     let a = owner.post("/v1/admins", json!({"name": "peek", "role": "viewer", "tenant_id": "acme"})).await;
     let viewer = a.body["token"].as_str().unwrap().to_string();
-    let (ok, _, err) = run(&["investigate", "--admin-url", url], &[("KEYTRAIL_TOKEN", &viewer)]).await;
+    let (ok, _, err) = run_cli(&["investigate", "--admin-url", url], &[("KEYTRAIL_TOKEN", &viewer)]).await;
     assert!(!ok && err.contains("403") && err.contains("forbidden") && !err.contains(&viewer), "a viewer may not read security events: {err}");
-    let (ok, _, err) = run(&["report", "weekly", "--admin-url", url], &token).await;
+    let (ok, _, err) = run_cli(&["report", "weekly", "--admin-url", url], &token).await;
     assert!(!ok && err.contains("give --tenant") && err.contains("acme") && err.contains("other"), "{err}");
-    let (ok, _, err) = run(&["investigate", "--admin-url", "https://127.0.0.1:1"], &token).await;
+    let (ok, _, err) = run_cli(&["investigate", "--admin-url", "https://127.0.0.1:1"], &token).await;
     assert!(!ok && err.contains("https"), "{err}");
 }

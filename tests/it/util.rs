@@ -392,6 +392,21 @@ impl Drop for Process {
 }
 
 /// Starts `keytrail serve` on free ports with the test admin token.
+/// Runs the binary to its end without blocking the runtime (an in-process
+/// server may be answering it); (success, stdout, stderr).
+pub async fn run_cli(args: &[&str], envs: &[(&str, &str)]) -> (bool, String, String) {
+    let out = tempfile::tempdir().unwrap();
+    let mut p = Process::spawn(args, envs, out.path(), out.path());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = p.child.try_wait().unwrap() {
+            return (status.success(), p.stdout(), p.stderr());
+        }
+        assert!(Instant::now() < deadline, "keytrail {args:?} did not finish in 60 s\n{}\n{}", p.stdout(), p.stderr());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 pub fn spawn_serve(data_dir: &Path, out_dir: &Path, extra_env: &[(&str, &str)]) -> (Process, Admin, String) {
     let data = data_dir.to_str().unwrap();
     let mut envs = vec![("KEYTRAIL_BOOTSTRAP_TOKEN", ADMIN_TOKEN)];

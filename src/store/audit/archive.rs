@@ -402,7 +402,7 @@ impl ArchiveWriter {
         self.to_ms = self.to_ms.max(e.timestamp_ms);
         if e.personal_commitment.is_none() && e.has_personal() {
             let salt = salt.ok_or_else(|| StoreError::Corrupt(format!("no personal salt for the event at seq {}", e.seq)))?;
-            super::salts::add_hex(&mut self.salts, day_of(e.timestamp_ms), super::salts::consumer_key(e.consumer_id.as_deref()), salt);
+            super::salts::add_hex(&mut self.salts, day_of(e.timestamp_ms), super::salts::consumer_key(e.salt_owner()), salt);
         }
         self.line.clear();
         serde_json::to_writer(&mut self.line, &LineOut { prev_hash: &hex(&prev), hash: &hex(&hash), event: e })
@@ -414,43 +414,72 @@ impl ArchiveWriter {
 
     /// Closes the file, signs the manifest and puts both in place.
     pub(super) fn finish(self, checkpoints: &[Checkpoint], signer: &Signer, now_ms: i64) -> Result<Manifest, StoreError> {
-        let (Some((first_seq, prev_hash)), Some((last_seq, last_hash))) = (self.first, self.last) else {
-            let _ = std::fs::remove_file(&self.temporary);
-            return Err(StoreError::Corrupt("an archive needs at least one event".into()));
-        };
-        let personal_salts = self.salts;
-        let sink = self.encoder.finish()?;
-        let file = sink.inner.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        let mut manifest = Manifest {
+        self.seal(signer, |w| Manifest {
             format: FORMAT.into(),
-            tenant: self.tenant.clone(),
-            name: self.name.clone(),
-            file: format!("{}.ndjson.zst", self.name),
-            events: self.events,
-            first_seq,
-            last_seq,
-            prev_hash: hex(&prev_hash),
-            last_hash: hex(&last_hash),
-            from_ms: self.from_ms,
-            to_ms: self.to_ms,
-            file_bytes: sink.bytes,
-            file_sha256: hex(&sink.sha.finalize()),
-            checkpoints: checkpoints.iter().filter(|c| (first_seq..=last_seq).contains(&c.seq)).map(ManifestCheckpoint::of).collect(),
-            personal_salts,
+            file: format!("{}.ndjson.zst", w.name),
+            tenant: w.tenant,
+            name: w.name,
+            events: w.events,
+            first_seq: w.first.0,
+            last_seq: w.last.0,
+            prev_hash: hex(&w.first.1),
+            last_hash: hex(&w.last.1),
+            from_ms: w.from_ms,
+            to_ms: w.to_ms,
+            file_bytes: w.file_bytes,
+            file_sha256: w.file_sha256,
+            checkpoints: checkpoints.iter().filter(|c| (w.first.0..=w.last.0).contains(&c.seq)).map(ManifestCheckpoint::of).collect(),
+            personal_salts: w.salts,
             archived_at: format_timestamp(now_ms),
             public_key: crate::signing::public_key_text(&signer.public_key()),
             signature: None,
+        })
+    }
+
+    /// Closes the file of an archive rewritten in place (erasure): the
+    /// manifest is `old`'s with the new file's size, checksum and salts,
+    /// signed again. The file must hold the same run of the chain.
+    fn finish_as(self, old: &Manifest, signer: &Signer) -> Result<Manifest, StoreError> {
+        let same_run = self.first.map(|(seq, hash)| (seq, hex(&hash))) == Some((old.first_seq, old.prev_hash.clone()))
+            && self.last.map(|(seq, hash)| (seq, hex(&hash))) == Some((old.last_seq, old.last_hash.clone()))
+            && self.events == old.events;
+        if !same_run {
+            self.abandon();
+            return Err(StoreError::Corrupt(format!("archive {}: the rewritten file would not hold the same events", old.name)));
+        }
+        self.seal(signer, |w| Manifest {
+            file_bytes: w.file_bytes,
+            file_sha256: w.file_sha256,
+            personal_salts: w.salts,
+            public_key: crate::signing::public_key_text(&signer.public_key()),
+            signature: None,
+            ..old.clone()
+        })
+    }
+
+    /// Finishes the file, builds the manifest with `make`, signs it and
+    /// puts both files in place (written under temporary names, synced,
+    /// then renamed).
+    fn seal(self, signer: &Signer, make: impl FnOnce(Written) -> Manifest) -> Result<Manifest, StoreError> {
+        let (Some(first), Some(last)) = (self.first, self.last) else {
+            self.abandon();
+            return Err(StoreError::Corrupt("an archive needs at least one event".into()));
         };
+        let ArchiveWriter { tenant, name, data_path, temporary, encoder, events, from_ms, to_ms, salts, .. } = self;
+        let sink = encoder.finish()?;
+        let file = sink.inner.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        let written = Written { tenant, name, events, first, last, from_ms, to_ms, salts, file_bytes: sink.bytes, file_sha256: hex(&sink.sha.finalize()) };
+        let mut manifest = make(written);
         manifest.sign(signer);
-        let dir = self.data_path.parent().expect("in the tenant's folder").to_path_buf();
+        let dir = data_path.parent().expect("in the tenant's folder").to_path_buf();
         let manifest_path = dir.join(manifest.manifest_file());
         let manifest_temporary = dir.join(format!("{}.tmp", manifest.manifest_file()));
         let mut out = create_private_file(&manifest_temporary)?;
         out.write_all(&serde_json::to_vec_pretty(&manifest).map_err(|e| StoreError::Corrupt(e.to_string()))?)?;
         out.write_all(b"\n")?;
         out.sync_all()?;
-        std::fs::rename(&self.temporary, &self.data_path)?;
+        std::fs::rename(&temporary, &data_path)?;
         std::fs::rename(&manifest_temporary, &manifest_path)?;
         sync_dir(&dir);
         Ok(manifest)
@@ -460,6 +489,22 @@ impl ArchiveWriter {
     pub(super) fn abandon(self) {
         let _ = std::fs::remove_file(&self.temporary);
     }
+}
+
+/// What an [`ArchiveWriter`] wrote, for its manifest.
+struct Written {
+    tenant: String,
+    name: String,
+    events: u64,
+    /// The first and the last event's `seq`, with the hash before the
+    /// first and after the last.
+    first: (u64, [u8; 32]),
+    last: (u64, [u8; 32]),
+    from_ms: i64,
+    to_ms: i64,
+    salts: DaySalts,
+    file_bytes: u64,
+    file_sha256: String,
 }
 
 /// What checking one archive found.
@@ -920,4 +965,108 @@ pub fn restore(audit_dir: &Path, archive_dir: &Path, tenant: &str, day: &str, ke
     }
     store.flush_rollups().map_err(|e| e.to_string())?;
     Ok(report)
+}
+
+/// What erasing a consumer's personal values did to a tenant's archives.
+#[derive(Debug, Default)]
+pub(super) struct ArchiveErasure {
+    /// Archives rewritten and signed again.
+    pub(super) archives: Vec<String>,
+    pub(super) events: u64,
+    /// Salts removed from manifests (files and records).
+    pub(super) salts: u64,
+}
+
+/// Removes `consumer`'s personal values from `tenant`'s archive files,
+/// keeping each event's commitment (so every line still hashes as it did),
+/// and its salts from their manifests, which are signed again; the
+/// records in `meta` (also those of deleted archives) lose the salts too.
+pub(super) fn erase_consumer(
+    archive_dir: &Path,
+    meta: &rusqlite::Connection,
+    tenant: &str,
+    consumer: &str,
+    level: i32,
+    signer: &Signer,
+) -> Result<ArchiveErasure, StoreError> {
+    let mut out = ArchiveErasure::default();
+    let names_consumer = |m: &Manifest| m.personal_salts.values().filter(|c| c.contains_key(consumer)).count() as u64;
+    for path in manifest_paths(&tenant_dir(archive_dir, tenant))? {
+        let read = std::fs::read(&path).map_err(StoreError::from).and_then(|bytes| {
+            serde_json::from_slice::<Manifest>(&bytes).map_err(|e| StoreError::Corrupt(format!("{}: {e}", path.display())))
+        });
+        let manifest = read?;
+        let salts_here = names_consumer(&manifest);
+        if salts_here == 0 {
+            continue;
+        }
+        let salts = super::salts::from_hex(&manifest.personal_salts).map_err(StoreError::Corrupt)?;
+        let file = std::fs::File::open(path.with_file_name(&manifest.file))?;
+        let mut lines = BufReader::with_capacity(1 << 20, zstd::stream::read::Decoder::new(file)?);
+        let mut writer = ArchiveWriter::create(archive_dir, tenant, &manifest.name, level)?;
+        let mut erased = 0u64;
+        let rewritten = (|| -> Result<(), StoreError> {
+            let mut text = String::new();
+            loop {
+                text.clear();
+                if lines.read_line(&mut text)? == 0 {
+                    return Ok(());
+                }
+                let line: LineIn = serde_json::from_str(text.trim_end())
+                    .map_err(|e| StoreError::Corrupt(format!("archive {}: a line cannot be read ({e})", manifest.name)))?;
+                let (Some(prev), Some(hash)) = (from_hex::<32>(&line.prev_hash), from_hex::<32>(&line.hash)) else {
+                    return Err(StoreError::Corrupt(format!("archive {}: a line's hashes are not hex", manifest.name)));
+                };
+                let mut event = line.event;
+                if event.salt_owner() == Some(consumer) && event.has_personal() {
+                    let salt = super::salts::salt_for(&salts, &event)
+                        .ok_or_else(|| StoreError::Corrupt(format!("archive {}: seq {}: no personal salt", manifest.name, event.seq)))?;
+                    event.erase_personal(salt);
+                    if event.chain_hash(&prev, None).ok() != Some(hash) {
+                        return Err(StoreError::Corrupt(format!(
+                            "archive {}: seq {} does not hash as archived; run `keytrail archive verify`",
+                            manifest.name, event.seq
+                        )));
+                    }
+                    erased += 1;
+                }
+                let salt = super::salts::salt_for(&salts, &event).copied();
+                writer.push(&StoredEvent { event, hash: Some(hash), prev_hash: Some(prev) }, salt.as_ref())?;
+            }
+        })();
+        if let Err(error) = rewritten {
+            writer.abandon();
+            return Err(error);
+        }
+        let new = writer.finish_as(&manifest, signer)?;
+        meta.execute(
+            "UPDATE archives SET manifest = ?3 WHERE tenant = ?1 AND first_seq = ?2",
+            params![tenant, new.first_seq as i64, serde_json::to_string(&new).map_err(|e| StoreError::Corrupt(e.to_string()))?],
+        )?;
+        out.archives.push(new.name.clone());
+        out.events += erased;
+        out.salts += salts_here;
+    }
+    // Records still naming the consumer's salts: deleted archives.
+    let records: Vec<(i64, String)> = {
+        let mut stmt = meta.prepare("SELECT first_seq, manifest FROM archives WHERE tenant = ?1")?;
+        let rows = stmt.query_map(params![tenant], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect::<Result<_, _>>()?
+    };
+    for (first_seq, text) in records {
+        let mut manifest: Manifest = serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("an archive record: {e}")))?;
+        let salts_here = names_consumer(&manifest);
+        if salts_here == 0 {
+            continue;
+        }
+        for consumers in manifest.personal_salts.values_mut() {
+            consumers.remove(consumer);
+        }
+        manifest.personal_salts.retain(|_, consumers| !consumers.is_empty());
+        manifest.sign(signer);
+        let text = serde_json::to_string(&manifest).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        meta.execute("UPDATE archives SET manifest = ?3 WHERE tenant = ?1 AND first_seq = ?2", params![tenant, first_seq, text])?;
+        out.salts += salts_here;
+    }
+    Ok(out)
 }

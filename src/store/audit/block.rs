@@ -955,7 +955,7 @@ impl DecodedBlock {
             details: details.as_deref(),
             personal_commitment: self.personal[row],
         };
-        let salt = if fields.personal_commitment.is_none() { salt(fields.consumer_id) } else { None };
+        let salt = if fields.personal_commitment.is_none() { salt(crate::event::salt_owner(fields.actor, fields.consumer_id)) } else { None };
         crate::event::chain_hash(&fields, salt.as_ref(), previous).map_err(|_| BlockError("no personal salt for the consumer of an event"))
     }
 }

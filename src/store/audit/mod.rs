@@ -30,6 +30,7 @@
 
 pub mod archive;
 pub mod block;
+pub mod erasure;
 pub mod integrity;
 pub mod reader;
 pub mod retention;

@@ -38,7 +38,8 @@ use crate::event::GENESIS_HASH;
 use crate::store::StoreError;
 
 /// The strings of one day file, by id; shared by every reader in the
-/// process. Ids are never reused within a file, so entries never go stale.
+/// process. Ids are never reused within a file, so entries go stale only
+/// when erasure overwrites a value, and erasure drops the file's cache.
 #[derive(Default)]
 pub(super) struct DictCache {
     /// Id `i` at index `i - 1`.
@@ -119,17 +120,21 @@ impl DayReader {
         Ok(DayReader { conn, dict: DictCache::of(path), salts: RefCell::new(HashMap::new()) })
     }
 
-    /// `tenant`'s personal salts in this file, by consumer id.
-    pub(super) fn salts(&self, tenant: &str) -> Result<Rc<TenantSalts>, StoreError> {
-        if let Some(salts) = self.salts.borrow().get(tenant) {
-            return Ok(salts.clone());
+    /// The personal salt of `tenant`'s events of `consumer` (a
+    /// [`super::salts::consumer_key`]) in this file. Salts are added as
+    /// events are committed: a consumer missing from what was read before
+    /// reads the file's salts again.
+    pub(super) fn salt(&self, tenant: &str, consumer: &str) -> Result<Option<[u8; 32]>, StoreError> {
+        if let Some(salt) = self.salts.borrow().get(tenant).and_then(|s| s.get(consumer)) {
+            return Ok(Some(*salt));
         }
-        let salts = Rc::new(match self.id_of(tenant)? {
+        let fresh = Rc::new(match self.id_of(tenant)? {
             Some(id) => super::salts::tenant_salts(&self.conn, id)?,
             None => TenantSalts::default(),
         });
-        self.salts.borrow_mut().insert(tenant.to_string(), salts.clone());
-        Ok(salts)
+        let found = fresh.get(consumer).copied();
+        self.salts.borrow_mut().insert(tenant.to_string(), fresh);
+        Ok(found)
     }
 
     /// The file's id for a string, if it has one.
@@ -489,8 +494,8 @@ impl AuditReader {
     pub fn salt(&self, day: i64, tenant: &str, consumer: &str) -> Result<Option<[u8; 32]>, StoreError> {
         for restored in [false, true] {
             if let Some(file) = self.file(restored, day)? {
-                if let Some(salt) = file.salts(tenant)?.get(consumer) {
-                    return Ok(Some(*salt));
+                if let Some(salt) = file.salt(tenant, consumer)? {
+                    return Ok(Some(salt));
                 }
             }
         }
@@ -632,8 +637,8 @@ impl AuditReader {
     fn block_hashes(&self, day: &DayReader, block: &DecodedBlock, meta: &BlockMeta, tenant: &str) -> Result<Vec<[u8; 32]>, StoreError> {
         let mut previous = meta.prev_hash;
         let mut out = Vec::with_capacity(block.rows());
-        let salts = day.salts(tenant)?;
-        let salt = |consumer: Option<&str>| salts.get(super::salts::consumer_key(consumer)).copied();
+        // A salt that cannot be read is reported by the hash as missing.
+        let salt = |consumer: Option<&str>| day.salt(tenant, super::salts::consumer_key(consumer)).ok().flatten();
         day.dict.with(|lookup| -> Result<(), StoreError> {
             for row in 0..block.rows() {
                 previous = block.chain_hash(row, tenant, meta.first_seq + row as u64, lookup, &salt, &previous)?;
@@ -715,7 +720,6 @@ impl AuditReader {
         if hashes.last() != Some(&block.meta.hash) {
             return Err(StoreError::Corrupt(format!("events {}..={}: do not hash to the block's stored hash", block.meta.first_seq, block.last_seq())));
         }
-        let salts = day.salts(tenant)?;
         let mut stored = StoredEvent::default();
         let mut previous = block.meta.prev_hash;
         for (row, hash) in hashes.into_iter().enumerate() {
@@ -723,7 +727,11 @@ impl AuditReader {
             stored.prev_hash = Some(previous);
             stored.hash = Some(hash);
             previous = hash;
-            each(&stored, salts.get(super::salts::consumer_key(stored.event.consumer_id.as_deref())))?;
+            let salt = match stored.event.personal_commitment.is_none() && stored.event.has_personal() {
+                true => day.salt(tenant, super::salts::consumer_key(stored.event.salt_owner()))?,
+                false => None,
+            };
+            each(&stored, salt.as_ref())?;
         }
         Ok(())
     }

@@ -97,5 +97,5 @@ pub fn from_hex(salts: &DaySalts) -> Result<FxHashMap<(i64, String), [u8; 32]>, 
 
 /// The salt an event needs from a map read by [`from_hex`].
 pub fn salt_for<'m>(map: &'m FxHashMap<(i64, String), [u8; 32]>, event: &crate::event::Event) -> Option<&'m [u8; 32]> {
-    map.get(&(super::day_of(event.timestamp_ms), consumer_key(event.consumer_id.as_deref()).to_string()))
+    map.get(&(super::day_of(event.timestamp_ms), consumer_key(event.salt_owner()).to_string()))
 }

@@ -106,7 +106,7 @@ fn events_come_back_exactly_numbered_and_chained_across_days() {
         for (i, stored) in chain.iter().enumerate() {
             assert_eq!(stored.event.seq, i as u64 + 1, "{tenant}: seqs follow on");
             let e = &stored.event;
-            let salt = reader.salt(day_of(e.timestamp_ms), tenant, e.consumer_id.as_deref().unwrap_or("")).unwrap();
+            let salt = reader.salt(day_of(e.timestamp_ms), tenant, e.salt_owner().unwrap_or("")).unwrap();
             assert_eq!(stored.hash, Some(e.chain_hash(&previous, salt.as_ref()).unwrap()));
             assert_eq!(stored.event.event_id, crate::event::derived_event_id(tenant, stored.event.seq, stored.event.timestamp_ms));
             previous = stored.hash.unwrap();

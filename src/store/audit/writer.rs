@@ -30,6 +30,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use rustc_hash::{FxHashMap, FxHashSet, FxHasher};
 
 use super::block::{BlockEncoder, DecodedBlock, TextRef, TEXT_FIELDS};
+use super::erasure::{ErasureReport, ErasureRequest};
 use super::rollup::{self, Rollups};
 use super::{day_file_name, day_of, list_days, open_day_file, ChainHead, META_FILE, STORE_FORMAT};
 use crate::event::{derived_event_id, Event, GENESIS_HASH};
@@ -228,7 +229,7 @@ impl DayWriter {
         if let Some(salt) = self.salts.get(&(tenant, consumer)) {
             return *salt;
         }
-        let consumer_text = super::salts::consumer_key(e.consumer_id.as_deref()).to_string();
+        let consumer_text = super::salts::consumer_key(e.salt_owner()).to_string();
         let salt = imported.get(&(day, e.tenant_id.clone(), consumer_text.clone())).copied().unwrap_or_else(rand::random);
         self.salts.insert((tenant, consumer), salt);
         self.new_salts.push((tenant, consumer, consumer_text, salt));
@@ -535,7 +536,7 @@ impl AuditWriterStore {
             let previous = head.hash;
             let salt = (e.personal_commitment.is_none() && e.has_personal()).then(|| {
                 let consumer = match texts[super::block::TextField::Consumer.index()] {
-                    TextRef::Dict(id) => id,
+                    TextRef::Dict(id) if e.salt_owner().is_some() => id,
                     _ => 0,
                 };
                 writer.salt(tenant, consumer, e, &self.imported_salts, day)
@@ -581,6 +582,56 @@ impl AuditWriterStore {
         }
         out.heads = tenants.into_values().map(|name| { let head = heads[&name]; (name, head) }).collect();
         Ok(out)
+    }
+
+    /// Erases a consumer's personal values from every hot and restored day
+    /// file and the tenant's archives (see [`super::erasure`]). Holds the
+    /// directory's maintenance lock, so retention waits.
+    pub fn erase(&mut self, request: &ErasureRequest) -> Result<ErasureReport, StoreError> {
+        let lock = super::erasure::maintenance_lock(&self.dir);
+        let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let (tenant, consumer) = (request.tenant.as_str(), request.consumer.as_str());
+        let mut report = ErasureReport { tenant: tenant.to_string(), consumer: consumer.to_string(), ..ErasureReport::default() };
+        let restored_dir = self.dir.join(super::archive::RESTORED_DIR);
+        let files = list_days(&self.dir)?.into_iter().map(|(d, p)| (false, d, p));
+        for (restored, day, path) in files.chain(list_days(&restored_dir)?.into_iter().map(|(d, p)| (true, d, p))) {
+            let done = match self.days.get_mut(&day).filter(|_| !restored) {
+                Some(writer) => {
+                    let done = super::erasure::erase_in_day_file(&mut writer.conn, tenant, consumer, &mut self.compressor)?;
+                    // New events of the consumer get a new salt, and its
+                    // erased values are no longer known to the dictionary.
+                    for (_, value) in &done.removed {
+                        writer.dict.ids.remove(value.as_str());
+                    }
+                    if let Some((tenant_id, consumer_id)) = done.ids {
+                        writer.salts.remove(&(tenant_id, consumer_id));
+                    }
+                    done
+                }
+                None => super::erasure::erase_in_day_file(&mut open_day_file(&path)?, tenant, consumer, &mut self.compressor)?,
+            };
+            if done.blocks == 0 && !done.salt_deleted && done.removed.is_empty() {
+                continue;
+            }
+            super::reader::DictCache::forget(&path);
+            let name = day_file_name(day).trim_end_matches(".db").to_string();
+            report.day_files.push(if restored { format!("{}/{name}", super::archive::RESTORED_DIR) } else { name });
+            report.events += done.events;
+            report.blocks += done.blocks;
+            report.strings += done.removed.len() as u64;
+            report.salts += u64::from(done.salt_deleted);
+        }
+        let secure_delete: i64 = self.meta.pragma_query_value(None, "secure_delete", |r| r.get(0))?;
+        self.meta.pragma_update(None, "secure_delete", 1)?;
+        self.meta.execute_batch(super::archive::SCHEMA)?;
+        let archives = super::archive::erase_consumer(&request.archive_dir, &self.meta, tenant, consumer, request.archive_level, &request.signer);
+        self.meta.pragma_update(None, "secure_delete", secure_delete)?;
+        let archives = archives?;
+        super::erasure::compact(&self.meta)?;
+        report.events += archives.events;
+        report.salts += archives.salts;
+        report.archives = archives.archives;
+        Ok(report)
     }
 
     /// Starts signing checkpoints with `signer`, and signs at once every

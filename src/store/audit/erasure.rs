@@ -1,0 +1,310 @@
+//! Erasure of a data subject's personal values (GDPR article 17) without
+//! breaking the chain.
+//!
+//! An event's chain hash covers its personal values — the client's address
+//! and user agent, the consumer's name, the actor of application events and
+//! of blocks by address — only through a salted commitment
+//! ([`crate::event::personal_commitment`]). Erasing a consumer's personal
+//! data therefore:
+//! 1. rewrites every block of the tenant that holds the consumer's events,
+//!    in every hot and restored day file: the values are removed and each
+//!    event keeps its commitment instead ([`crate::event::Event::erase_personal`]);
+//!    the rewritten block must hash exactly as the old one did, or nothing
+//!    is written;
+//! 2. overwrites the dictionary strings that no event of the file uses any
+//!    more (an address or user agent others share stays);
+//! 3. deletes the consumer's salts, without which the commitments cannot be
+//!    matched against guessed values;
+//! 4. rewrites the tenant's archives that hold the consumer's events, with
+//!    new checksums and signatures (see [`super::archive::erase_consumer`]).
+//!
+//! Each day file is changed in one transaction with SQLite's `secure_delete`
+//! on, so the old blocks' pages are zeroed, then rebuilt (VACUUM: pages
+//! keep stale copies of cells from before, in their unused space) and its
+//! write-ahead log truncated: the values are gone from the files, not just
+//! unreferenced. `meta.db` (the archives' salts) and `control.db` (the
+//! consumer's name) get the same.
+//!
+//! The audit writer runs erasure between batches ([`super::AuditWriterStore::erase`]),
+//! so no event is being written meanwhile, and holds the directory's
+//! maintenance lock ([`maintenance_lock`]) so retention is not archiving
+//! the same days at the same time. Events of the consumer recorded after
+//! the erasure are kept as usual, under a new salt.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use rusqlite::{params, Connection, OptionalExtension};
+use rustc_hash::{FxHashMap, FxHashSet};
+use serde::Serialize;
+
+use super::block::{BlockEncoder, Columns, DecodedBlock, TextField, TextRef, INLINE, TEXT_FIELDS};
+use crate::event::{is_personal_actor, Event};
+use crate::store::StoreError;
+
+/// What to erase, and what rewriting archives needs.
+pub struct ErasureRequest {
+    pub tenant: String,
+    pub consumer: String,
+    pub archive_dir: PathBuf,
+    /// zstd level of rewritten archive files.
+    pub archive_level: i32,
+    /// Signs rewritten archive manifests.
+    pub signer: Arc<crate::signing::Signer>,
+}
+
+/// What an erasure changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ErasureReport {
+    pub tenant: String,
+    pub consumer: String,
+    /// Event copies whose personal values were removed: in hot day files,
+    /// restored day files and archives (a restored event counts twice: in
+    /// the restored day file and in its archive).
+    pub events: u64,
+    /// Blocks rewritten in day files.
+    pub blocks: u64,
+    /// Day files changed (`YYYY-MM-DD`, restored ones as `restored/YYYY-MM-DD`).
+    pub day_files: Vec<String>,
+    /// Archives rewritten and re-signed.
+    pub archives: Vec<String>,
+    /// Dictionary strings no event used any more, overwritten.
+    pub strings: u64,
+    /// Personal salts deleted (one per day file, archive day and record).
+    pub salts: u64,
+}
+
+impl ErasureReport {
+    pub fn summary(&self) -> String {
+        format!(
+            "{} events of consumer `{}` erased: {} blocks in {} day files, {} archives, {} dictionary strings, {} salts",
+            self.events,
+            self.consumer,
+            self.blocks,
+            self.day_files.len(),
+            self.archives.len(),
+            self.strings,
+            self.salts
+        )
+    }
+}
+
+/// The lock that retention and erasure of the audit directory `dir` hold
+/// while they change day files and archives (one per directory in this
+/// process).
+pub fn maintenance_lock(dir: &Path) -> Arc<Mutex<()>> {
+    static REGISTRY: OnceLock<Mutex<HashMap<PathBuf, Arc<Mutex<()>>>>> = OnceLock::new();
+    let key = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    REGISTRY.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner()).entry(key).or_default().clone()
+}
+
+/// What erasing in one day file did.
+#[derive(Debug, Default)]
+pub(super) struct DayErasure {
+    pub(super) events: u64,
+    pub(super) blocks: u64,
+    /// Dictionary entries overwritten: their ids and former values (for
+    /// the writer to forget them too).
+    pub(super) removed: Vec<(u32, String)>,
+    pub(super) salt_deleted: bool,
+    /// The file's ids of the tenant and consumer, when it has them.
+    pub(super) ids: Option<(u32, u32)>,
+}
+
+/// The text a dictionary entry gets when its value is erased: unique per
+/// id (the column is UNIQUE), and no text an event could hold.
+fn tombstone(id: u32) -> String {
+    format!("\u{0}erased:{id}")
+}
+
+/// The personal text fields of an event, as stored: erased rows lose them.
+fn personal_fields(e: &Event) -> impl Iterator<Item = TextField> {
+    let actor = is_personal_actor(e.category, e.actor.as_deref());
+    [TextField::ClientIp, TextField::UserAgent, TextField::ConsumerName]
+        .into_iter()
+        .chain(actor.then_some(TextField::Actor))
+}
+
+/// Erases `consumer`'s personal values from `tenant`'s blocks in the day
+/// file open on `conn` (see the module's steps 1–3).
+pub(super) fn erase_in_day_file(
+    conn: &mut Connection,
+    tenant: &str,
+    consumer: &str,
+    compressor: &mut zstd::bulk::Compressor<'static>,
+) -> Result<DayErasure, StoreError> {
+    let mut result = DayErasure::default();
+    let id_of = |conn: &Connection, value: &str| -> Result<Option<u32>, StoreError> {
+        Ok(conn.query_row("SELECT id FROM strings WHERE value = ?1", [value], |r| r.get(0)).optional()?)
+    };
+    let (Some(tenant_id), Some(consumer_id)) = (id_of(conn, tenant)?, id_of(conn, consumer)?) else { return Ok(result) };
+    result.ids = Some((tenant_id, consumer_id));
+    let salts = super::salts::tenant_salts(conn, tenant_id)?;
+    let salt = salts.get(consumer).copied();
+    let dict: FxHashMap<u32, String> = {
+        let mut stmt = conn.prepare("SELECT id, value FROM strings")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect::<Result<_, _>>()?
+    };
+    let lookup = |id: u32| dict.get(&id).map(String::as_str);
+    let salt_of = |c: Option<&str>| salts.get(super::salts::consumer_key(c)).copied();
+    let mut decompressor = zstd::bulk::Decompressor::new()?;
+
+    let secure_delete: i64 = conn.pragma_query_value(None, "secure_delete", |r| r.get(0))?;
+    conn.pragma_update(None, "secure_delete", 1)?;
+    let outcome = (|| -> Result<(), StoreError> {
+        let tx = conn.transaction()?;
+        let blocks: Vec<(i64, u64, [u8; 32])> = {
+            let mut stmt = tx.prepare("SELECT id, first_seq, prev_hash FROM blocks WHERE tenant = ?1 ORDER BY first_seq")?;
+            let rows = stmt.query_map(params![tenant_id], |r| {
+                let prev: Vec<u8> = r.get(2)?;
+                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)? as u64, prev.try_into().unwrap_or([0; 32])))
+            })?;
+            rows.collect::<Result<_, _>>()?
+        };
+        // Dictionary ids the erased values used: overwritten below unless
+        // another event of the file still uses them.
+        let mut candidates: FxHashSet<u32> = FxHashSet::default();
+        for (block_id, first_seq, prev_hash) in blocks {
+            let data: Vec<u8> = tx.query_row("SELECT data FROM blocks WHERE id = ?1", [block_id], |r| r.get(0))?;
+            let mut block = DecodedBlock::parse(&data)?;
+            block.load(&data, Columns::text(&[TextField::Consumer]), &mut decompressor)?;
+            if !block.texts[TextField::Consumer.index()].codes.contains(&consumer_id) {
+                continue;
+            }
+            block.load(&data, Columns::ALL, &mut decompressor)?;
+            let before = row_hashes(&block, tenant, first_seq, &lookup, &salt_of, prev_hash)?;
+            let mut events = Vec::with_capacity(block.rows());
+            let mut erased = 0;
+            for row in 0..block.rows() {
+                let mut e = Event::default();
+                block.fill_event(row, tenant, first_seq + row as u64, &lookup, &mut e)?;
+                if block.texts[TextField::Consumer.index()].codes[row] == consumer_id && e.salt_owner().is_some() && e.has_personal() {
+                    let salt = salt.ok_or_else(|| {
+                        StoreError::Corrupt(format!("seq {}: no personal salt for consumer `{consumer}` in its day file", e.seq))
+                    })?;
+                    for field in personal_fields(&e) {
+                        candidates.extend(block.texts[field.index()].dict_id(row));
+                    }
+                    e.erase_personal(&salt);
+                    erased += 1;
+                }
+                events.push(e);
+            }
+            if erased == 0 {
+                continue;
+            }
+            // The same texts as before (dictionary ids kept, inline texts
+            // inline), less the erased ones.
+            let mut encoder = BlockEncoder::default();
+            for (row, e) in events.iter().enumerate() {
+                let texts = TEXT_FIELDS.map(|f| match f.get(e) {
+                    None => TextRef::Absent,
+                    Some(value) => match block.texts[f.index()].codes[row] {
+                        code if code & INLINE != 0 => TextRef::Inline(value),
+                        code => TextRef::Dict(code),
+                    },
+                });
+                encoder.push(e, tenant, &texts);
+            }
+            let mut rewritten = Vec::new();
+            encoder.finish(compressor, &mut rewritten)?;
+            let mut check = DecodedBlock::parse(&rewritten)?;
+            check.load(&rewritten, Columns::ALL, &mut decompressor)?;
+            // Erased rows hash through their commitments; the others of
+            // the block still need their consumers' salts.
+            let after = row_hashes(&check, tenant, first_seq, &lookup, &salt_of, prev_hash)?;
+            if after != before {
+                return Err(StoreError::Corrupt(format!(
+                    "events {first_seq}..: the erased block would not hash as before; nothing was changed"
+                )));
+            }
+            tx.execute("UPDATE blocks SET data = ?1 WHERE id = ?2", params![rewritten, block_id])?;
+            result.events += erased;
+            result.blocks += 1;
+        }
+        if !candidates.is_empty() {
+            still_used(&tx, &mut candidates, &mut decompressor)?;
+            let mut update = tx.prepare("UPDATE strings SET value = ?1 WHERE id = ?2")?;
+            let mut removed: Vec<u32> = candidates.into_iter().collect();
+            removed.sort_unstable();
+            for id in removed {
+                update.execute(params![tombstone(id), id])?;
+                result.removed.push((id, dict.get(&id).cloned().unwrap_or_default()));
+            }
+        }
+        result.salt_deleted =
+            tx.execute("DELETE FROM personal_salts WHERE tenant = ?1 AND consumer = ?2", params![tenant_id, consumer])? > 0;
+        tx.commit()?;
+        Ok(())
+    })();
+    conn.pragma_update(None, "secure_delete", secure_delete)?;
+    outcome?;
+    if result.blocks > 0 || result.salt_deleted {
+        compact(conn)?;
+    }
+    Ok(result)
+}
+
+/// Every row's chain hash in a decoded block, from the hash before it.
+fn row_hashes<'d>(
+    block: &DecodedBlock,
+    tenant: &str,
+    first_seq: u64,
+    lookup: &dyn Fn(u32) -> Option<&'d str>,
+    salt: &dyn Fn(Option<&str>) -> Option<[u8; 32]>,
+    mut previous: [u8; 32],
+) -> Result<Vec<[u8; 32]>, StoreError> {
+    let mut out = Vec::with_capacity(block.rows());
+    for row in 0..block.rows() {
+        previous = block.chain_hash(row, tenant, first_seq + row as u64, lookup, salt, &previous)?;
+        out.push(previous);
+    }
+    Ok(out)
+}
+
+/// Removes from `candidates` the dictionary ids some block of the file
+/// (any tenant's) still uses.
+fn still_used(conn: &Connection, candidates: &mut FxHashSet<u32>, decompressor: &mut zstd::bulk::Decompressor<'static>) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare("SELECT data FROM blocks")?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let data = r.get_ref(0)?.as_blob().map_err(rusqlite::Error::from)?;
+        let mut block = DecodedBlock::parse(data)?;
+        block.load(data, Columns::text(&TEXT_FIELDS), decompressor)?;
+        for column in &block.texts {
+            for code in &column.codes {
+                candidates.remove(code);
+            }
+        }
+        if candidates.is_empty() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Rebuilds the file open on `conn` (VACUUM) and truncates its write-ahead
+/// log. `secure_delete` zeroes what an erasure frees, but pages also hold
+/// stale copies of cells SQLite moved about earlier (when a page split,
+/// the unused part of a page keeps what was there), written before any
+/// erasure: only a rebuild leaves none.
+pub(crate) fn compact(conn: &Connection) -> Result<(), StoreError> {
+    conn.execute_batch("VACUUM")?;
+    truncate_wal(conn)
+}
+
+/// Folds the write-ahead log into the file and truncates it, so that no
+/// copy of a page from before the erasure is left in it. Readers in the
+/// middle of a query can hold it up for a moment; it is retried.
+pub(crate) fn truncate_wal(conn: &Connection) -> Result<(), StoreError> {
+    for attempt in 0..50 {
+        let busy: i64 = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+        if busy == 0 {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20 * (attempt + 1).min(10)));
+    }
+    Err(StoreError::Corrupt("the write-ahead log could not be truncated after an erasure: readers kept it busy; run the erasure again".into()))
+}
