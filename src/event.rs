@@ -345,6 +345,19 @@ pub fn is_personal_actor(category: Option<Category>, actor: Option<&str>) -> boo
     actor.is_some_and(|a| category == Some(Category::App) || a.starts_with("ip:"))
 }
 
+/// A time as RFC 3339 (`2026-11-22T03:00:00Z`) or a UTC day
+/// (`2026-11-22`, its midnight), in milliseconds since the epoch.
+pub fn parse_time_or_day(text: &str) -> Result<i64, String> {
+    let text = text.trim();
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(t.timestamp_millis());
+    }
+    match chrono::NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+        Ok(day) if text.len() == 10 => Ok(day.and_time(chrono::NaiveTime::MIN).and_utc().timestamp_millis()),
+        _ => Err(format!("`{text}` is neither an RFC 3339 time such as 2026-11-22T03:00:00Z nor a day such as 2026-11-22")),
+    }
+}
+
 /// Whose personal values an event holds, as the consumer id its salt is
 /// kept under: the consumer's, except for events an admin caused (their
 /// address and user agent are the admin's), which are salted as events

@@ -268,14 +268,22 @@ async fn verify_tenant(
     State(state): State<AdminState>,
     Path(tenant): Path<String>,
     Extension(actor): Extension<Actor>,
+    Query(params): Query<Vec<(String, String)>>,
 ) -> Result<Json<Value>, ApiError> {
     require_audit_tenant(&state, &tenant)?;
+    let mut from_ms = None;
+    for (name, value) in &params {
+        match name.as_str() {
+            "from" => from_ms = Some(crate::event::parse_time_or_day(value).map_err(|e| ApiError::invalid_parameter("from", e))?),
+            other => return Err(ApiError::invalid_parameter(other, "unknown parameter; `from` is the only one")),
+        }
+    }
     let key = state.public_key.ok_or_else(|| ApiError::internal("no signing key"))?;
     let dir = state.audit.dir().to_path_buf();
     let name = tenant.clone();
     let report = tokio::task::spawn_blocking(move || {
         let reader = AuditReader::open(&dir)?;
-        crate::store::audit::integrity::verify_tenant(&dir, &reader, &name, &key)
+        crate::store::audit::integrity::verify_tenant(&dir, &reader, &name, &key, from_ms)
     })
     .await
     .map_err(ApiError::internal)?

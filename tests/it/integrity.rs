@@ -236,6 +236,49 @@ fn a_forged_checkpoint_is_caught() {
     assert_eq!(report.problems.len(), 3, "{report:?}");
 }
 
+#[test]
+fn verify_from_a_time_walks_the_chain_from_there_and_says_so() {
+    let f = fixture();
+    // Block 4 (seqs 41..=50) altered, as in the test above.
+    let audit = f.copy("from");
+    let twin = Connection::open(day_file(&f.twin)).unwrap();
+    let data: Vec<u8> = twin.query_row("SELECT data FROM blocks WHERE first_seq = 41", [], |r| r.get(0)).unwrap();
+    Connection::open(day_file(&audit)).unwrap().execute("UPDATE blocks SET data = ?1 WHERE first_seq = 41", params![data]).unwrap();
+    let from = |audit: &Path, ms: i64| keytrail::store::audit::integrity::verify_dir_from(audit, Some("acme"), &f.key, Some(ms)).unwrap().remove(0);
+    // From the time of seq 51 on: block 6 onwards only, and intact.
+    let report = from(&audit, T0 + 50_000);
+    assert!(report.ok, "{report:?}");
+    assert_eq!((report.from_seq, report.events, report.last_seq), (Some(51), 30, 80), "{report:?}");
+    // From seq 45's time: its block is walked, and the change is caught.
+    let report = from(&audit, T0 + 44_000);
+    assert!(!report.ok && report.problems[0].contains("events 41..=50"), "{report:?}");
+    assert_eq!(report.from_seq, Some(41));
+    // From before the first event: the whole chain, as without --from.
+    let whole = from(&f.original, T0 - 1);
+    assert_eq!((whole.ok, whole.from_seq, whole.events), (true, None, 80), "{whole:?}");
+    // From after the last: nothing walked; the last checkpoint (at 80) is
+    // before the start, so only its signature is checked.
+    let none = from(&f.original, T0 + 3_600_000);
+    assert_eq!((none.ok, none.from_seq, none.events, none.last_seq), (true, Some(81), 0, 80), "{none:?}");
+
+    // The command line, with a day or a time, and bad input.
+    let out = tempfile::tempdir().unwrap();
+    let data_dir = audit.parent().unwrap().join("from-data");
+    std::fs::create_dir_all(&data_dir).unwrap();
+    std::fs::rename(&audit, data_dir.join("audit")).unwrap();
+    std::fs::copy(f.original.parent().unwrap().parent().unwrap().join("signing.key"), data_dir.join("signing.key")).unwrap();
+    let dir = data_dir.to_str().unwrap();
+    let (ok, text) = run(&["verify", "--data-dir", dir, "--from", "2026-11-18"], out.path());
+    assert!(!ok && text.contains("events 41..=50"), "{text}");
+    let at = keytrail::event::format_timestamp(T0 + 50_000);
+    let (ok, text) = run(&["verify", "--data-dir", dir, "--from", &at], out.path());
+    assert!(ok && text.contains("from seq 51 (the link to the events before it trusted as stored)"), "{text}");
+    let (ok, text) = run(&["verify", "--data-dir", dir, "--from", "18/11/2026"], out.path());
+    assert!(!ok && text.contains("--from: `18/11/2026` is neither an RFC 3339 time"), "{text}");
+    let (ok, text) = run(&["verify", "--file", "x.json", "--from", "2026-11-18"], out.path());
+    assert!(!ok && text.contains("--from"), "{text}");
+}
+
 fn run(args: &[&str], dir: &Path) -> (bool, String) {
     let mut p = Process::spawn(args, &[], dir, dir);
     let status = p.child.wait().unwrap();
@@ -258,6 +301,14 @@ async fn keytrail_verify_and_the_api_check_a_running_servers_trail() {
     let public = public.trim().to_string();
     assert_eq!(public.len(), 64);
     assert_eq!(answer.body["public_key"], json!(public));
+    // From a day on; a bad time is a 400 that says what to send.
+    let answer = admin.get("/v1/audit/acme/verify?from=2000-01-01").await;
+    assert_eq!((answer.status, answer.body["ok"].clone(), answer.body["from_seq"].clone()), (200, json!(true), json!(null)), "{}", answer.text);
+    let answer = admin.get("/v1/audit/acme/verify?from=yesterday").await;
+    assert_eq!((answer.status, answer.body["error"]["code"].as_str()), (400, Some("invalid_parameter")), "{}", answer.text);
+    assert!(answer.text.contains("RFC 3339"), "{}", answer.text);
+    let answer = admin.get("/v1/audit/acme/verify?since=2000-01-01").await;
+    assert_eq!(answer.status, 400, "{}", answer.text);
     assert!(p.interrupt_and_wait().success());
 
     // Stopped, every chain is signed to its end.

@@ -396,6 +396,9 @@ pub struct ChainBreak {
 /// The result of walking a tenant's chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChainReport {
+    /// With a start time: the first `seq` walked, whose link to the events
+    /// before it (its block's `prev_hash`) was taken as stored.
+    pub started_at: Option<u64>,
     pub events: u64,
     pub last_seq: u64,
     pub first_break: Option<ChainBreak>,
@@ -815,9 +818,27 @@ impl AuditReader {
     /// the genesis hash when nothing is archived): the first hot block must
     /// link to the hash its last archive ends with.
     pub fn verify(&self, tenant: &str) -> Result<ChainReport, StoreError> {
+        self.verify_from(tenant, None)
+    }
+
+    /// [`Self::verify`] from the first block (in chain order) with an event
+    /// at or after `from_ms`: the blocks before it are not read, and its
+    /// link to them is taken as stored (`started_at` says where).
+    pub fn verify_from(&self, tenant: &str, from_ms: Option<i64>) -> Result<ChainReport, StoreError> {
         let (floor, mut previous) = self.archived_through(tenant);
-        let mut report = ChainReport { events: 0, last_seq: floor, first_break: None, block_ends: Vec::new() };
-        for (day_number, meta, rows) in self.tenant_blocks(tenant)? {
+        let mut report = ChainReport { started_at: None, events: 0, last_seq: floor, first_break: None, block_ends: Vec::new() };
+        let mut blocks = self.tenant_blocks(tenant)?;
+        if let Some(from) = from_ms {
+            let start = blocks.iter().position(|(_, meta, _)| meta.max_ts >= from).unwrap_or(blocks.len());
+            if start > 0 {
+                // Trusted as stored: where the skipped blocks end.
+                let (_, last, rows) = &blocks[start - 1];
+                (report.last_seq, previous) = (last.first_seq + rows.saturating_sub(1), last.hash);
+                report.started_at = Some(report.last_seq + 1);
+                blocks.drain(..start);
+            }
+        }
+        for (day_number, meta, rows) in blocks {
             let last_seq = meta.first_seq + rows.saturating_sub(1);
             let broken = |reason: String| ChainBreak { first_seq: meta.first_seq, last_seq, reason };
             if meta.first_seq != report.last_seq + 1 {
