@@ -102,6 +102,8 @@ KT_PID=$!; PIDS+=($KT_PID)
 wait_http "http://127.0.0.1:$KTA/healthz"
 KEY=$(setup_keytrail "$KTA" "$UP")
 measure keytrail "$KT_PID" "http://127.0.0.1:$KT/bench/x" "X-API-Key: $KEY"
+# KEEP_PROFILE=FILE keeps keytrail's callgrind profile (for callgrind_annotate).
+if [ -n "${KEEP_PROFILE:-}" ]; then cp "$(ls -t "$WORK"/keytrail.cg.* | head -1)" "$KEEP_PROFILE"; fi
 
 python3 - "$WORK/results" <<'PY'
 import sys

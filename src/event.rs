@@ -170,7 +170,7 @@ impl Event {
         crate::redact::with_secrets(|secrets| self.sanitize_with(secrets));
     }
 
-    fn sanitize_with(&mut self, secrets: &[String]) {
+    fn sanitize_with(&mut self, secrets: &[crate::redact::Secret]) {
         let mask = |field: &mut Option<String>| {
             if let Some(value) = field {
                 if let std::borrow::Cow::Owned(masked) = crate::redact::redact_with(value, secrets) {

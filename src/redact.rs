@@ -14,9 +14,23 @@ const PATTERNS: [&str; 4] = ["kt_live_", "kt_test_", crate::keys::ADMIN_TOKEN_PR
 /// How many alphanumeric characters after a prefix make a string worth hiding.
 const MIN_SECRET_TAIL: usize = 8;
 
-fn registered() -> &'static RwLock<Vec<String>> {
-    static SECRETS: OnceLock<RwLock<Vec<String>>> = OnceLock::new();
+/// A registered secret with its searcher, built once: every audit event's
+/// fields are searched for it, so the search must not be set up per text.
+pub struct Secret {
+    text: String,
+    finder: memchr::memmem::Finder<'static>,
+}
+
+fn registered() -> &'static RwLock<Vec<Secret>> {
+    static SECRETS: OnceLock<RwLock<Vec<Secret>>> = OnceLock::new();
     SECRETS.get_or_init(|| RwLock::new(Vec::new()))
+}
+
+/// Every pattern starts with `kt`: texts without it need no closer look.
+/// (Most texts are a few dozen bytes: a byte search beats a substring
+/// searcher's setup there.)
+fn has_kt(text: &[u8]) -> bool {
+    memchr::memchr_iter(b'k', text).any(|i| text.get(i + 1) == Some(&b't'))
 }
 
 /// Adds a literal secret that must never be printed (for example a bootstrap
@@ -27,8 +41,9 @@ pub fn register_secret(secret: &str) {
         return;
     }
     let mut list = registered().write().unwrap_or_else(|e| e.into_inner());
-    if !list.iter().any(|s| s == secret) {
-        list.push(secret.to_string());
+    if !list.iter().any(|s| s.text == secret) {
+        let finder = memchr::memmem::Finder::new(secret.as_bytes()).into_owned();
+        list.push(Secret { text: secret.to_string(), finder });
     }
 }
 
@@ -39,22 +54,22 @@ pub fn redact(text: &str) -> Cow<'_, str> {
 
 /// Runs `f` with the registered secrets, for masking many texts under one
 /// read of the list (an event's fields).
-pub fn with_secrets<R>(f: impl FnOnce(&[String]) -> R) -> R {
+pub fn with_secrets<R>(f: impl FnOnce(&[Secret]) -> R) -> R {
     let list = registered().read().unwrap_or_else(|e| e.into_inner());
     f(&list)
 }
 
 /// [`redact`] with the registered secrets already in hand.
-pub fn redact_with<'t>(text: &'t str, secrets: &[String]) -> Cow<'t, str> {
+pub fn redact_with<'t>(text: &'t str, secrets: &[Secret]) -> Cow<'t, str> {
     let mut out = Cow::Borrowed(text);
-    if text.contains("kt") {
+    if has_kt(text.as_bytes()) {
         if let Some(masked) = mask_patterns(text) {
             out = Cow::Owned(masked);
         }
     }
     for secret in secrets {
-        if out.contains(secret.as_str()) {
-            out = Cow::Owned(out.replace(secret.as_str(), "****"));
+        if out.len() >= secret.text.len() && secret.finder.find(out.as_bytes()).is_some() {
+            out = Cow::Owned(out.replace(secret.text.as_str(), "****"));
         }
     }
     out
@@ -162,6 +177,25 @@ mod tests {
         register_secret("operator-chosen-bootstrap-secret");
         let out = redact("token=operator-chosen-bootstrap-secret;");
         assert_eq!(out, "token=****;");
+    }
+
+    #[test]
+    fn registered_secrets_are_masked_wherever_they_stand() {
+        let secret = "another-operator-secret-42";
+        register_secret(secret);
+        for (text, want) in [
+            (secret.to_string(), "****".to_string()),
+            (format!("{secret}{secret}"), "********".to_string()),
+            (format!("k{secret}t"), "k****t".to_string()),
+            // Shorter than the secret, or only a part of it: left alone.
+            ("another-operator".to_string(), "another-operator".to_string()),
+            ("kkkk tt k t".to_string(), "kkkk tt k t".to_string()),
+        ] {
+            assert_eq!(redact(&text), want, "{text}");
+        }
+        // A key's prefix found after a lone `k`.
+        let key = crate::keys::generate_key(crate::keys::KeyEnvironment::Live).secret;
+        assert!(!redact(&format!("k{key}")).contains(&key));
     }
 
     #[test]
