@@ -29,7 +29,7 @@ use arc_swap::ArcSwap;
 use crate::config::{AuditConfig, QueueFullPolicy};
 use crate::event::{Category, Event};
 use crate::settings::{CallClass, LoggingPolicy, LoggingSettings, Sampler};
-use crate::store::audit::erasure::{ErasureReport, ErasureRequest};
+use crate::store::audit::erasure::{ErasureJob, ErasureReport, ErasureRequest};
 use crate::store::audit::AuditWriterStore;
 use crate::store::StoreError;
 
@@ -49,7 +49,7 @@ struct Queue {
     oldest: Option<Instant>,
     flush_waiters: Vec<tokio::sync::oneshot::Sender<()>>,
     /// Erasures to run after the events queued before them are committed.
-    erasures: Vec<(ErasureRequest, tokio::sync::oneshot::Sender<Result<ErasureReport, StoreError>>)>,
+    erasures: Vec<(ErasureRequest, ErasureAnswer)>,
     stopping: bool,
 }
 
@@ -102,7 +102,14 @@ impl AuditPipeline {
             stats: PipelineStats::default(),
             writer_idle: AtomicBool::new(false),
         });
-        let writer = Writer { store, shared: shared.clone(), flush_interval: config.flush_interval, batch_max: config.batch_max_events };
+        let writer = Writer {
+            store,
+            shared: shared.clone(),
+            flush_interval: config.flush_interval,
+            batch_max: config.batch_max_events,
+            waiting_erasures: Default::default(),
+            erasure: None,
+        };
         let handle = std::thread::Builder::new()
             .name("keytrail-audit-writer".into())
             .spawn(move || writer.run())
@@ -230,23 +237,30 @@ impl AuditPipeline {
     }
 }
 
+type ErasureAnswer = tokio::sync::oneshot::Sender<Result<ErasureReport, StoreError>>;
+
 struct Writer {
     store: AuditWriterStore,
     shared: Arc<Shared>,
     flush_interval: Duration,
     batch_max: usize,
+    /// Erasures asked for, in order, and the one under way.
+    waiting_erasures: std::collections::VecDeque<(ErasureRequest, ErasureAnswer)>,
+    erasure: Option<(ErasureJob, ErasureAnswer)>,
 }
 
 impl Writer {
     fn run(mut self) {
         let mut spare: Vec<Event> = Vec::new();
         loop {
-            let (mut batch, waiters, erasures, stopping) = {
+            let (mut batch, waiters, stopping) = {
                 let mut queue = self.shared.lock();
+                self.waiting_erasures.extend(queue.erasures.drain(..));
                 let due = queue.oldest.map(|t| t + self.flush_interval);
                 let ready = queue.stopping
                     || !queue.flush_waiters.is_empty()
-                    || !queue.erasures.is_empty()
+                    || self.erasure.is_some()
+                    || !self.waiting_erasures.is_empty()
                     || queue.pending.len() >= self.batch_max
                     || due.is_some_and(|d| d <= Instant::now());
                 if !ready {
@@ -265,24 +279,22 @@ impl Writer {
                 }
                 queue.oldest = None;
                 let batch = std::mem::replace(&mut queue.pending, std::mem::take(&mut spare));
-                (batch, std::mem::take(&mut queue.flush_waiters), std::mem::take(&mut queue.erasures), queue.stopping)
+                (batch, std::mem::take(&mut queue.flush_waiters), queue.stopping)
             };
             if !batch.is_empty() {
                 self.commit(&mut batch);
             }
-            for (request, done) in erasures {
-                let result = self.store.erase(&request);
-                if let Err(error) = &result {
-                    tracing::error!(%error, tenant = %request.tenant, "erasure failed");
-                }
-                let _ = done.send(result);
-            }
+            self.erasure_step();
             batch.clear();
             spare = batch;
             for waiter in waiters {
                 let _ = waiter.send(());
             }
             if stopping && self.shared.lock().pending.is_empty() {
+                // An erasure under way is finished before the writer stops.
+                while self.erasure.is_some() || !self.waiting_erasures.is_empty() {
+                    self.erasure_step();
+                }
                 self.checkpoint(true);
                 // Rollups trail the events by up to a second; write the rest now.
                 // (Were this to fail, the next start replays them from the events.)
@@ -290,6 +302,45 @@ impl Writer {
                     tracing::error!(%error, "could not write the last rollups; they will be rebuilt at the next start");
                 }
                 return;
+            }
+        }
+    }
+
+    /// Runs one step of the erasure under way (one day file, or the
+    /// archives), starting the next one asked for when none is; answers
+    /// the caller when its erasure ends. Between steps the writer commits
+    /// the events that came in meanwhile.
+    fn erasure_step(&mut self) {
+        if self.erasure.is_none() {
+            if self.waiting_erasures.is_empty() {
+                return;
+            }
+            // Retention holds the directory: try again after the next batch.
+            let Some(held) = crate::store::audit::erasure::try_maintenance_lock(self.store.dir()) else {
+                std::thread::sleep(Duration::from_millis(5));
+                return;
+            };
+            let (request, done) = self.waiting_erasures.pop_front().expect("front checked");
+            match self.store.begin_erasure(request, held) {
+                Ok(job) => self.erasure = Some((job, done)),
+                Err(error) => {
+                    tracing::error!(%error, "erasure could not start");
+                    let _ = done.send(Err(error));
+                    return;
+                }
+            }
+        }
+        let (job, _) = self.erasure.as_mut().expect("set above");
+        match self.store.erasure_step(job) {
+            Ok(false) => {}
+            Ok(true) => {
+                let (job, done) = self.erasure.take().expect("under way");
+                let _ = done.send(Ok(job.into_report()));
+            }
+            Err(error) => {
+                let (job, done) = self.erasure.take().expect("under way");
+                tracing::error!(%error, tenant = %job.request().tenant, "erasure failed; what was erased stays erased, run it again");
+                let _ = done.send(Err(error));
             }
         }
     }

@@ -25,15 +25,19 @@
 //! unreferenced. `meta.db` (the archives' salts) and `control.db` (the
 //! consumer's name) get the same.
 //!
-//! The audit writer runs erasure between batches ([`super::AuditWriterStore::erase`]),
-//! so no event is being written meanwhile, and holds the directory's
-//! maintenance lock ([`maintenance_lock`]) so retention is not archiving
-//! the same days at the same time. Events of the consumer recorded after
-//! the erasure are kept as usual, under a new salt.
+//! The audit writer runs an erasure one day file at a time between its
+//! batches ([`ErasureJob`]), so no event is being written to a file while
+//! it is erased and events keep being committed while a big store is
+//! erased; the job holds the directory's maintenance lock
+//! ([`maintenance_lock`]) throughout, so retention is not archiving the
+//! same days meanwhile. The erasure covers every event committed before it
+//! began (and those committed meanwhile to a day file it has not reached
+//! yet); events of the consumer committed to a file after its turn are
+//! kept as usual, under a new salt.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 use rusqlite::{params, Connection, OptionalExtension};
 use rustc_hash::{FxHashMap, FxHashSet};
@@ -90,13 +94,79 @@ impl ErasureReport {
     }
 }
 
-/// The lock that retention and erasure of the audit directory `dir` hold
-/// while they change day files and archives (one per directory in this
-/// process).
-pub fn maintenance_lock(dir: &Path) -> Arc<Mutex<()>> {
-    static REGISTRY: OnceLock<Mutex<HashMap<PathBuf, Arc<Mutex<()>>>>> = OnceLock::new();
+/// Whether the audit directory's day files and archives are being changed
+/// by retention or an erasure, and the wait for them to be let go.
+#[derive(Default)]
+struct Maintenance {
+    busy: Mutex<bool>,
+    released: Condvar,
+}
+
+/// Held while retention or an erasure changes an audit directory's day
+/// files and archives (one holder per directory in this process); owned,
+/// so an erasure can hold it across the writer's batches.
+pub struct MaintenanceGuard(Arc<Maintenance>);
+
+impl Drop for MaintenanceGuard {
+    fn drop(&mut self) {
+        *self.0.busy.lock().unwrap_or_else(|e| e.into_inner()) = false;
+        self.0.released.notify_all();
+    }
+}
+
+fn maintenance_of(dir: &Path) -> Arc<Maintenance> {
+    static REGISTRY: OnceLock<Mutex<HashMap<PathBuf, Arc<Maintenance>>>> = OnceLock::new();
     let key = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
     REGISTRY.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner()).entry(key).or_default().clone()
+}
+
+/// Waits until no one else maintains the audit directory `dir`, then holds it.
+pub fn maintenance_lock(dir: &Path) -> MaintenanceGuard {
+    let state = maintenance_of(dir);
+    let mut busy = state.busy.lock().unwrap_or_else(|e| e.into_inner());
+    while *busy {
+        busy = state.released.wait(busy).unwrap_or_else(|e| e.into_inner());
+    }
+    *busy = true;
+    drop(busy);
+    MaintenanceGuard(state)
+}
+
+/// [`maintenance_lock`] without waiting: `None` while retention (or another
+/// erasure) holds the directory. The audit writer must not wait for it.
+pub fn try_maintenance_lock(dir: &Path) -> Option<MaintenanceGuard> {
+    let state = maintenance_of(dir);
+    let mut busy = state.busy.lock().unwrap_or_else(|e| e.into_inner());
+    if *busy {
+        return None;
+    }
+    *busy = true;
+    drop(busy);
+    Some(MaintenanceGuard(state))
+}
+
+/// An erasure in progress: the files still to go, what was done so far,
+/// and the directory held against retention meanwhile. The writer runs one
+/// step (a day file, then the archives) between its batches
+/// ([`super::AuditWriterStore::erasure_step`]), so events keep being
+/// committed while a big store is being erased.
+pub struct ErasureJob {
+    pub(super) request: ErasureRequest,
+    /// (restored, day, path) of the day files still to visit.
+    pub(super) files: std::collections::VecDeque<(bool, i64, PathBuf)>,
+    pub(super) report: ErasureReport,
+    pub(super) _held: MaintenanceGuard,
+}
+
+impl ErasureJob {
+    pub fn request(&self) -> &ErasureRequest {
+        &self.request
+    }
+
+    /// What was erased; complete once the last step returned `true`.
+    pub fn into_report(self) -> ErasureReport {
+        self.report
+    }
 }
 
 /// What erasing in one day file did.

@@ -725,3 +725,54 @@ fn a_store_of_an_older_format_is_refused_with_what_to_do() {
     let format: i64 = meta.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
     assert_eq!(format, crate::store::audit::STORE_FORMAT);
 }
+
+#[test]
+fn an_erasure_runs_a_day_file_at_a_time_while_events_keep_coming() {
+    let dir = tempfile::tempdir().unwrap();
+    let signer = std::sync::Arc::new(crate::signing::Signer::load_or_create(&dir.path().join("signing.key")).unwrap());
+    let audit = dir.path().join("audit");
+    // Three days of events; cons_3 is the data subject.
+    let input = events(3_000, DAY0, 3 * DAY_MS - 1, 11);
+    write(&audit, &input, 500);
+    let mut store = AuditWriterStore::open(&audit).unwrap();
+    let request = erasure::ErasureRequest {
+        tenant: "acme".into(),
+        consumer: "cons_3".into(),
+        archive_dir: dir.path().join("archive"),
+        archive_level: 3,
+        signer,
+    };
+    let held = erasure::maintenance_lock(&audit);
+    let mut job = store.begin_erasure(request, held).unwrap();
+    // Retention cannot start while the job holds the directory.
+    assert!(erasure::try_maintenance_lock(&audit).is_none());
+    assert!(!store.erasure_step(&mut job).unwrap(), "the first day file");
+    // Between steps, new events of the subject on the day already done (kept
+    // as they are: they came after) and on a day still to do (erased with it).
+    let mut late: Vec<Event> = [DAY0 + 5_000, DAY0 + 2 * DAY_MS + 5_000]
+        .into_iter()
+        .map(|ts| {
+            let mut e = Event::new("acme", Category::Request, "request", "success");
+            e.timestamp_ms = ts;
+            e.consumer_id = Some("cons_3".into());
+            e.client_ip = Some("192.0.2.99".into());
+            e
+        })
+        .collect();
+    store.insert_batch(&mut late).unwrap();
+    while !store.erasure_step(&mut job).unwrap() {}
+    let report = job.into_report();
+    assert!(erasure::try_maintenance_lock(&audit).is_some(), "let go at the end");
+    let subject = |e: &Event| e.tenant_id == "acme" && e.consumer_id.as_deref() == Some("cons_3");
+    let expected = input.iter().filter(|e| subject(e)).count() as u64;
+    assert_eq!(report.events, expected + 1, "{report:?}");
+    assert_eq!(report.day_files.len(), 3, "{report:?}");
+
+    let reader = AuditReader::open(&audit).unwrap();
+    assert_eq!(reader.verify("acme").unwrap().first_break, None);
+    let chain = reader.chain("acme").unwrap();
+    let kept: Vec<&Event> = chain.iter().map(|s| &s.event).filter(|e| subject(e) && e.client_ip.is_some()).collect();
+    assert_eq!(kept.len(), 1, "only the one on a day already erased keeps its address");
+    assert!(kept.iter().all(|e| e.client_ip.as_deref() == Some("192.0.2.99")));
+    assert!(chain.iter().any(|s| s.event.consumer_id.as_deref() == Some("cons_4") && s.event.client_ip.is_some()), "others keep theirs");
+}

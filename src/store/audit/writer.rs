@@ -584,20 +584,35 @@ impl AuditWriterStore {
         Ok(out)
     }
 
-    /// Erases a consumer's personal values from every hot and restored day
-    /// file and the tenant's archives (see [`super::erasure`]). Holds the
-    /// directory's maintenance lock, so retention waits.
-    pub fn erase(&mut self, request: &ErasureRequest) -> Result<ErasureReport, StoreError> {
-        let lock = super::erasure::maintenance_lock(&self.dir);
-        let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
-        let (tenant, consumer) = (request.tenant.as_str(), request.consumer.as_str());
-        let mut report = ErasureReport { tenant: tenant.to_string(), consumer: consumer.to_string(), ..ErasureReport::default() };
+    /// Erases a consumer's personal values in one go (see
+    /// [`super::erasure`]); the audit writer uses the steps instead.
+    pub fn erase(&mut self, request: ErasureRequest) -> Result<ErasureReport, StoreError> {
+        let held = super::erasure::maintenance_lock(&self.dir);
+        let mut job = self.begin_erasure(request, held)?;
+        while !self.erasure_step(&mut job)? {}
+        Ok(job.into_report())
+    }
+
+    /// Starts an erasure, with the directory's maintenance lock `held`
+    /// (see [`super::erasure::maintenance_lock`]): lists the hot and
+    /// restored day files to visit.
+    pub fn begin_erasure(&mut self, request: ErasureRequest, held: super::erasure::MaintenanceGuard) -> Result<super::erasure::ErasureJob, StoreError> {
         let restored_dir = self.dir.join(super::archive::RESTORED_DIR);
-        let files = list_days(&self.dir)?.into_iter().map(|(d, p)| (false, d, p));
-        for (restored, day, path) in files.chain(list_days(&restored_dir)?.into_iter().map(|(d, p)| (true, d, p))) {
+        let hot = list_days(&self.dir)?.into_iter().map(|(d, p)| (false, d, p));
+        let files = hot.chain(list_days(&restored_dir)?.into_iter().map(|(d, p)| (true, d, p))).collect();
+        let report = ErasureReport { tenant: request.tenant.clone(), consumer: request.consumer.clone(), ..ErasureReport::default() };
+        Ok(super::erasure::ErasureJob { request, files, report, _held: held })
+    }
+
+    /// One step of an erasure: the next day file, or, when none is left,
+    /// the archives and `meta.db`. `true` when the erasure is complete.
+    pub fn erasure_step(&mut self, job: &mut super::erasure::ErasureJob) -> Result<bool, StoreError> {
+        let (tenant, consumer) = (job.request.tenant.clone(), job.request.consumer.clone());
+        let report = &mut job.report;
+        if let Some((restored, day, path)) = job.files.pop_front() {
             let done = match self.days.get_mut(&day).filter(|_| !restored) {
                 Some(writer) => {
-                    let done = super::erasure::erase_in_day_file(&mut writer.conn, tenant, consumer, &mut self.compressor)?;
+                    let done = super::erasure::erase_in_day_file(&mut writer.conn, &tenant, &consumer, &mut self.compressor)?;
                     // New events of the consumer get a new salt, and its
                     // erased values are no longer known to the dictionary.
                     for (_, value) in &done.removed {
@@ -608,30 +623,38 @@ impl AuditWriterStore {
                     }
                     done
                 }
-                None => super::erasure::erase_in_day_file(&mut open_day_file(&path)?, tenant, consumer, &mut self.compressor)?,
+                // A file retention dropped since the job began has nothing left to erase.
+                None if !path.exists() => return Ok(false),
+                None => super::erasure::erase_in_day_file(&mut open_day_file(&path)?, &tenant, &consumer, &mut self.compressor)?,
             };
-            if done.blocks == 0 && !done.salt_deleted && done.removed.is_empty() {
-                continue;
+            if done.blocks > 0 || done.salt_deleted || !done.removed.is_empty() {
+                super::reader::DictCache::forget(&path);
+                let name = day_file_name(day).trim_end_matches(".db").to_string();
+                report.day_files.push(if restored { format!("{}/{name}", super::archive::RESTORED_DIR) } else { name });
+                report.events += done.events;
+                report.blocks += done.blocks;
+                report.strings += done.removed.len() as u64;
+                report.salts += u64::from(done.salt_deleted);
             }
-            super::reader::DictCache::forget(&path);
-            let name = day_file_name(day).trim_end_matches(".db").to_string();
-            report.day_files.push(if restored { format!("{}/{name}", super::archive::RESTORED_DIR) } else { name });
-            report.events += done.events;
-            report.blocks += done.blocks;
-            report.strings += done.removed.len() as u64;
-            report.salts += u64::from(done.salt_deleted);
+            return Ok(false);
         }
+        let request = &job.request;
         let secure_delete: i64 = self.meta.pragma_query_value(None, "secure_delete", |r| r.get(0))?;
         self.meta.pragma_update(None, "secure_delete", 1)?;
         self.meta.execute_batch(super::archive::SCHEMA)?;
-        let archives = super::archive::erase_consumer(&request.archive_dir, &self.meta, tenant, consumer, request.archive_level, &request.signer);
+        let archives = super::archive::erase_consumer(&request.archive_dir, &self.meta, &tenant, &consumer, request.archive_level, &request.signer);
         self.meta.pragma_update(None, "secure_delete", secure_delete)?;
         let archives = archives?;
         super::erasure::compact(&self.meta)?;
         report.events += archives.events;
         report.salts += archives.salts;
         report.archives = archives.archives;
-        Ok(report)
+        Ok(true)
+    }
+
+    /// The audit directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Starts signing checkpoints with `signer`, and signs at once every
