@@ -61,6 +61,10 @@ pub fn with_secrets<R>(f: impl FnOnce(&[Secret]) -> R) -> R {
 
 /// [`redact`] with the registered secrets already in hand.
 pub fn redact_with<'t>(text: &'t str, secrets: &[Secret]) -> Cow<'t, str> {
+    // Shorter than any secret (8+) and any key or token (a prefix and 8+).
+    if text.len() < 8 {
+        return Cow::Borrowed(text);
+    }
     let mut out = Cow::Borrowed(text);
     if has_kt(text.as_bytes()) {
         if let Some(masked) = mask_patterns(text) {
@@ -81,7 +85,9 @@ fn mask_patterns(text: &str) -> Option<String> {
     let mut out: Option<String> = None;
     let mut copied_up_to = 0;
     let mut i = 0;
-    while i < bytes.len() {
+    // Every pattern starts with `k`: jump from one to the next.
+    while let Some(offset) = memchr::memchr(b'k', &bytes[i..]) {
+        i += offset;
         let matched = PATTERNS.iter().find(|p| bytes[i..].starts_with(p.as_bytes()));
         let Some(prefix) = matched else {
             i += 1;

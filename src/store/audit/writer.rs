@@ -61,6 +61,45 @@ struct Dictionary {
     added: Vec<(u32, Box<str>)>,
 }
 
+/// The value each text field (and the tenant) last resolved to a
+/// dictionary id within one day's batch. Consecutive events mostly repeat
+/// them (one key's calls carry the same tenant, consumer, key, api, actor
+/// and often path), and comparing with the last value costs less than
+/// hashing it into the dictionary. Local to one batch, so it never sees
+/// ids a failed commit or an erasure took back.
+#[derive(Default)]
+struct LastTexts {
+    values: [String; TEXT_FIELDS.len()],
+    /// 0: none yet (dictionary ids start at 1).
+    ids: [u32; TEXT_FIELDS.len()],
+    tenant: (String, u32),
+}
+
+impl LastTexts {
+    fn resolve<'a>(&mut self, dict: &mut Dictionary, field: super::block::TextField, value: Option<&'a str>) -> TextRef<'a> {
+        let i = field.index();
+        if let Some(v) = value {
+            if self.ids[i] != 0 && self.values[i] == v {
+                return TextRef::Dict(self.ids[i]);
+            }
+        }
+        let resolved = dict.resolve(field.always_interned(), value);
+        if let (TextRef::Dict(id), Some(v)) = (resolved, value) {
+            self.values[i].clear();
+            self.values[i].push_str(v);
+            self.ids[i] = id;
+        }
+        resolved
+    }
+
+    fn tenant(&mut self, dict: &mut Dictionary, tenant: &str) -> u32 {
+        if self.tenant.1 == 0 || self.tenant.0 != tenant {
+            self.tenant = (tenant.to_string(), dict.intern(tenant));
+        }
+        self.tenant.1
+    }
+}
+
 impl Dictionary {
     fn load(conn: &Connection) -> Result<Dictionary, StoreError> {
         let mut stmt = conn.prepare("SELECT id, value FROM strings")?;
@@ -516,6 +555,7 @@ impl AuditWriterStore {
         let mut open: FxHashMap<u32, OpenBlock> = FxHashMap::default();
         // Tenants of this day by dictionary id, to name their heads at the end.
         let mut tenants: FxHashMap<u32, String> = FxHashMap::default();
+        let mut last = LastTexts::default();
         for (i, e) in events.iter_mut().enumerate() {
             if i % YIELD_EVERY == YIELD_EVERY - 1 {
                 std::thread::yield_now();
@@ -529,9 +569,9 @@ impl AuditWriterStore {
                 e.event_id = derived_event_id(&e.tenant_id, e.seq, e.timestamp_ms);
             }
             let e = &*e;
-            let tenant = writer.dict.intern(&e.tenant_id);
+            let tenant = last.tenant(&mut writer.dict, &e.tenant_id);
             tenants.entry(tenant).or_insert_with(|| e.tenant_id.clone());
-            let texts = TEXT_FIELDS.map(|f| writer.dict.resolve(f.always_interned(), f.get(e)));
+            let texts = TEXT_FIELDS.map(|f| last.resolve(&mut writer.dict, f, f.get(e)));
 
             let previous = head.hash;
             let salt = (e.personal_commitment.is_none() && e.has_personal()).then(|| {
