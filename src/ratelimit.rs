@@ -174,9 +174,10 @@ pub fn check(
             closest = Some(s);
         }
     };
-    let minute = |scope: String, limit: &RateLimit| -> Result<Standing, Exceeded> {
+    // The scope's text is made only for a refusal: most calls pass.
+    let minute = |scope: &dyn Fn() -> String, limit: &RateLimit| -> Result<Standing, Exceeded> {
         limit.take(consumer, cost).map_err(|wait| Exceeded {
-            scope,
+            scope: scope(),
             window: "minute",
             limit: u64::from(limit.spec.requests_per_minute),
             retry_after_secs: ceil_secs(wait).max(1),
@@ -184,11 +185,11 @@ pub fn check(
         })
     };
     if let Some((api_id, limit)) = api {
-        note(minute(format!("api:{api_id}"), limit)?);
+        note(minute(&|| format!("api:{api_id}"), limit)?);
     }
     if let Some(tier) = tier {
         if let Some(limit) = &tier.rate {
-            note(minute(format!("tier:{}", tier.id), limit)?);
+            note(minute(&|| format!("tier:{}", tier.id), limit)?);
         }
         if let Some(cap) = &tier.daily {
             let standing = cap.take(consumer, u64::from(cost), now_ms).map_err(|standing| Exceeded {

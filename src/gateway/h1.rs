@@ -175,10 +175,15 @@ pub fn parse_head(inbuf: &mut InBuf, spans: &mut Vec<Span>, head_request: bool) 
     }
 }
 
+/// How many headers the gateway adds to a proxied response.
+const GATEWAY_HEADERS: usize = 4;
+
 fn build_head(head: &Bytes, spans: &[Span], code: u16, minor: u8, head_request: bool) -> Result<Head, Invalid> {
     let status = StatusCode::from_u16(code).map_err(|_| Invalid("malformed status code"))?;
     let hop_names = super::hop_by_hop();
-    let mut headers = HeaderMap::with_capacity(spans.len());
+    // Room for the headers the gateway adds (request id, rate limits), so
+    // adding them does not grow the map.
+    let mut headers = HeaderMap::with_capacity(spans.len() + GATEWAY_HEADERS);
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut close = false;

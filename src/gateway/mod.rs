@@ -273,20 +273,22 @@ impl Gateway {
             None => Uri::from_static("/"),
         };
         parts.version = http::Version::HTTP_11;
-        prepare_upstream_headers(&mut parts.headers, source, &route, &request_id, &entry, upstreams);
+        // One value for both directions: the clone shares its bytes.
+        let request_id_value = header_value(&request_id);
+        prepare_upstream_headers(&mut parts.headers, source, &route, request_id_value.clone(), &entry, upstreams);
         let request_bytes = Arc::new(AtomicU64::new(0));
         let upstream_req = Request::from_parts(parts, CountingBody::new(body, request_bytes.clone()));
         let timeout = route.timeout.unwrap_or(self.upstream_timeout);
         let sent = Instant::now();
-        let outcome = tokio::time::timeout(timeout, upstreams.send(&route.upstream_authority, upstream_req)).await;
+        let outcome = upstreams.send_within(&route.upstream_authority, upstream_req, sent, timeout).await;
         event.upstream_latency_us = Some(sent.elapsed().as_micros() as u64);
         let upstream_res = match outcome {
-            Ok(Ok(res)) => res,
-            Ok(Err(error)) => {
+            Some(Ok(res)) => res,
+            Some(Err(error)) => {
                 tracing::warn!(api = %route.api_id, upstream = %route.upstream_authority, error = %error_chain(&error), "upstream request failed");
                 return refuse(&mut event, ErrorCode::UpstreamUnavailable, &request_id, |e, _| finisher(e, Some(request_bytes)));
             }
-            Err(_) => {
+            None => {
                 tracing::warn!(api = %route.api_id, upstream = %route.upstream_authority, timeout_ms = timeout.as_millis() as u64, "upstream timed out");
                 return refuse(&mut event, ErrorCode::UpstreamTimeout, &request_id, |e, _| finisher(e, Some(request_bytes)));
             }
@@ -295,7 +297,7 @@ impl Gateway {
         // 9. Audit: the body records the event when the response is finished.
         // (The upstream client already left out the hop-by-hop headers.)
         let (mut parts, body) = upstream_res.into_parts();
-        parts.headers.insert(X_REQUEST_ID.clone(), header_value(&request_id));
+        parts.headers.insert(X_REQUEST_ID.clone(), request_id_value);
         if let Some(standing) = &standing {
             rate_headers(&mut parts.headers, standing);
         }
@@ -661,7 +663,7 @@ fn prepare_upstream_headers(
     headers: &mut HeaderMap,
     source: KeySource,
     route: &RouteApi,
-    request_id: &str,
+    request_id: HeaderValue,
     key: &KeyEntry,
     connection: &ConnectionUpstreams,
 ) {
@@ -674,7 +676,7 @@ fn prepare_upstream_headers(
         KeySource::VerifyBody => None,
     };
     // Identity headers are the gateway's to set; a caller's own are dropped.
-    headers.insert(X_REQUEST_ID.clone(), header_value(request_id));
+    headers.insert(X_REQUEST_ID.clone(), request_id);
     headers.insert(X_CONSUMER_ID.clone(), key.consumer_header.clone());
     headers.insert(header::HOST, route.host_header.clone());
     let forwarded = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {

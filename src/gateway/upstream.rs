@@ -23,7 +23,7 @@
 //! one; a call that was written (even in part) is never repeated.
 
 use std::collections::{HashMap, VecDeque};
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -36,6 +36,7 @@ use http::{Method, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
 
 use super::h1::{self, Decoder, InBuf, Invalid, Span, Step};
 
@@ -181,13 +182,20 @@ pub struct ConnectionUpstreams {
     /// once per connection rather than once per request.
     peer_text: String,
     peer_header: http::HeaderValue,
+    /// The timer of [`ConnectionUpstreams::send_within`], kept between calls.
+    timer: Mutex<Option<Pin<Box<Sleep>>>>,
 }
 
 impl ConnectionUpstreams {
     pub fn new(shared: Arc<Upstreams>, peer: std::net::SocketAddr) -> ConnectionUpstreams {
         let peer_text = peer.ip().to_string();
         let peer_header = http::HeaderValue::from_str(&peer_text).expect("an IP address is a valid header value");
-        ConnectionUpstreams { slot: Arc::new(Slot { shared, conns: Mutex::new(Vec::new()) }), peer_text, peer_header }
+        ConnectionUpstreams {
+            slot: Arc::new(Slot { shared, conns: Mutex::new(Vec::new()) }),
+            peer_text,
+            peer_header,
+            timer: Mutex::new(None),
+        }
     }
 
     pub fn peer_text(&self) -> &str {
@@ -196,6 +204,58 @@ impl ConnectionUpstreams {
 
     pub fn peer_header(&self) -> &http::HeaderValue {
         &self.peer_header
+    }
+
+    /// [`send`](Self::send), given up (`None`) when no response head has
+    /// come `timeout` after `started`.
+    ///
+    /// One timer per client connection serves all its calls: it stays set
+    /// at the deadline of the call that last set it, and is moved only when
+    /// it has passed or lies beyond this call's deadline, or when it fires
+    /// before this call's deadline (then it is set to it and waited on
+    /// again). Calls that answer in less than the timeout, nearly all of
+    /// them, set no timer of their own: about one timer change per timeout
+    /// period instead of an insertion and a removal per call.
+    pub async fn send_within<B>(
+        &self,
+        authority: &Authority,
+        req: Request<B>,
+        started: std::time::Instant,
+        timeout: Duration,
+    ) -> Option<Result<Response<UpstreamBody<B>>, UpstreamError>>
+    where
+        B: Body<Data = Bytes> + Unpin,
+        B::Error: Into<BoxError>,
+    {
+        let started = Instant::from_std(started);
+        let deadline = started + timeout;
+        let kept = self.timer.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let mut timer = match kept {
+            Some(mut timer) => {
+                if timer.deadline() <= started || timer.deadline() > deadline {
+                    timer.as_mut().reset(deadline);
+                }
+                timer
+            }
+            None => Box::pin(tokio::time::sleep_until(deadline)),
+        };
+        let mut send = std::pin::pin!(self.send(authority, req));
+        let answer = poll_fn(|cx| {
+            if let Poll::Ready(answer) = send.as_mut().poll(cx) {
+                return Poll::Ready(Some(answer));
+            }
+            loop {
+                ready!(timer.as_mut().poll(cx));
+                if timer.deadline() >= deadline {
+                    return Poll::Ready(None);
+                }
+                // Set by an earlier call, it fired before this call's deadline.
+                timer.as_mut().reset(deadline);
+            }
+        })
+        .await;
+        *self.timer.lock().unwrap_or_else(|e| e.into_inner()) = Some(timer);
+        answer
     }
 
     /// Sends `req` (origin-form URI, `Host` set) to `authority` and waits
@@ -762,6 +822,40 @@ mod tests {
         names.sort();
         assert_eq!(names, vec!["content-length", "set-cookie"]);
         assert_eq!(res.headers().get_all("set-cookie").iter().count(), 2, "repeated headers all forwarded");
+    }
+
+    /// A call through [`ConnectionUpstreams::send_within`]: `None` when it
+    /// timed out, else whether a head came, and how long it took.
+    async fn within(client: &ConnectionUpstreams, up: &Canned, timeout: Duration) -> (Option<bool>, Duration) {
+        let started = std::time::Instant::now();
+        let answer = client.send_within(&up.authority, get(up, "GET"), started, timeout).await;
+        (answer.map(|a| a.is_ok()), started.elapsed())
+    }
+
+    #[tokio::test]
+    async fn the_connections_timer_times_out_each_call_at_its_own_deadline() {
+        // A head that takes ~120 ms to arrive, one byte per millisecond.
+        let slow = || trickled(format!("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Slow: {}\r\n\r\nok", "s".repeat(60)).as_bytes());
+        let up = upstream(vec![answer(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"), slow(), slow(), answer(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"), slow()])
+            .await;
+        let client = client();
+        // A quick call leaves the timer at its deadline, 10 s away.
+        let (answer, _) = within(&client, &up, Duration::from_secs(10)).await;
+        assert_eq!(answer, Some(true));
+        // A call with a shorter timeout is not held to that later deadline.
+        let (answer, took) = within(&client, &up, Duration::from_millis(40)).await;
+        assert_eq!(answer, None, "timed out");
+        assert!(took >= Duration::from_millis(40) && took < Duration::from_secs(2), "at its own deadline: {took:?}");
+        // The timer has passed: a call with room enough is answered.
+        let (answer, took) = within(&client, &up, Duration::from_secs(3)).await;
+        assert_eq!(answer, Some(true), "answered in {took:?}");
+        // A timer set for 30 ms by a quick call fires during the next, slow
+        // call whose deadline is later: it waits on to its own deadline.
+        let (answer, _) = within(&client, &up, Duration::from_millis(30)).await;
+        assert_eq!(answer, Some(true));
+        let (answer, took) = within(&client, &up, Duration::from_secs(3)).await;
+        assert_eq!(answer, Some(true), "answered in {took:?}");
+        assert!(took > Duration::from_millis(30), "the earlier timer had fired meanwhile: {took:?}");
     }
 
     #[tokio::test]
