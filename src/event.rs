@@ -170,15 +170,23 @@ impl Event {
         crate::redact::with_secrets(|secrets| self.sanitize_with(secrets));
     }
 
-    fn sanitize_with(&mut self, secrets: &[crate::redact::Secret]) {
-        let mask = |field: &mut Option<String>| {
-            if let Some(value) = field {
-                if let std::borrow::Cow::Owned(masked) = crate::redact::redact_with(value, secrets) {
-                    *value = masked;
-                }
+    fn sanitize_with(&mut self, secrets: &crate::redact::Secrets) {
+        // Most fields repeat from one event to the next on a thread (the
+        // same consumer, key, api, address, agent): compared, not searched.
+        thread_local! {
+            static CLEAN: std::cell::RefCell<crate::redact::CleanValues<15>> = Default::default();
+        }
+        CLEAN.with_borrow_mut(|clean| self.mask_fields(clean, secrets));
+        if let Some(details) = &self.details {
+            let text = details.to_string();
+            if let std::borrow::Cow::Owned(masked) = crate::redact::redact_with(&text, secrets) {
+                self.details = Some(serde_json::from_str(&masked).unwrap_or(serde_json::Value::String(masked)));
             }
-        };
-        for field in [
+        }
+    }
+
+    fn mask_fields(&mut self, clean: &mut crate::redact::CleanValues<15>, secrets: &crate::redact::Secrets) {
+        for (slot, field) in [
             &mut self.request_id,
             &mut self.actor,
             &mut self.target,
@@ -194,13 +202,14 @@ impl Event {
             &mut self.api_id,
             &mut self.key_id,
             &mut self.key_hint,
-        ] {
-            mask(field);
-        }
-        if let Some(details) = &self.details {
-            let text = details.to_string();
-            if let std::borrow::Cow::Owned(masked) = crate::redact::redact_with(&text, secrets) {
-                self.details = Some(serde_json::from_str(&masked).unwrap_or(serde_json::Value::String(masked)));
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            if let Some(value) = field {
+                if let std::borrow::Cow::Owned(masked) = clean.redact(slot, value, secrets) {
+                    *value = masked;
+                }
             }
         }
     }

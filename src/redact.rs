@@ -21,9 +21,23 @@ pub struct Secret {
     finder: memchr::memmem::Finder<'static>,
 }
 
-fn registered() -> &'static RwLock<Vec<Secret>> {
-    static SECRETS: OnceLock<RwLock<Vec<Secret>>> = OnceLock::new();
-    SECRETS.get_or_init(|| RwLock::new(Vec::new()))
+/// The registered secrets and how many times the list changed.
+#[derive(Default)]
+pub struct Secrets {
+    generation: u64,
+    list: Vec<Secret>,
+}
+
+impl std::ops::Deref for Secrets {
+    type Target = [Secret];
+    fn deref(&self) -> &[Secret] {
+        &self.list
+    }
+}
+
+fn registered() -> &'static RwLock<Secrets> {
+    static SECRETS: OnceLock<RwLock<Secrets>> = OnceLock::new();
+    SECRETS.get_or_init(|| RwLock::new(Secrets::default()))
 }
 
 /// Every pattern starts with `kt`: texts without it need no closer look.
@@ -41,9 +55,10 @@ pub fn register_secret(secret: &str) {
         return;
     }
     let mut list = registered().write().unwrap_or_else(|e| e.into_inner());
-    if !list.iter().any(|s| s.text == secret) {
+    if !list.list.iter().any(|s| s.text == secret) {
         let finder = memchr::memmem::Finder::new(secret.as_bytes()).into_owned();
-        list.push(Secret { text: secret.to_string(), finder });
+        list.list.push(Secret { text: secret.to_string(), finder });
+        list.generation += 1;
     }
 }
 
@@ -54,9 +69,45 @@ pub fn redact(text: &str) -> Cow<'_, str> {
 
 /// Runs `f` with the registered secrets, for masking many texts under one
 /// read of the list (an event's fields).
-pub fn with_secrets<R>(f: impl FnOnce(&[Secret]) -> R) -> R {
+pub fn with_secrets<R>(f: impl FnOnce(&Secrets) -> R) -> R {
     let list = registered().read().unwrap_or_else(|e| e.into_inner());
     f(&list)
+}
+
+/// The last clean value of each of `N` fields, so that a value that comes
+/// again (the same consumer, key, api or address in the next event) is
+/// compared rather than searched. A value is remembered only when nothing
+/// in it was masked, and only for the list of secrets it was searched
+/// against: a newly registered secret forgets them all.
+pub struct CleanValues<const N: usize> {
+    generation: u64,
+    values: [String; N],
+}
+
+impl<const N: usize> Default for CleanValues<N> {
+    fn default() -> Self {
+        CleanValues { generation: 0, values: std::array::from_fn(|_| String::new()) }
+    }
+}
+
+impl<const N: usize> CleanValues<N> {
+    /// [`redact_with`] for the value of field `slot`.
+    pub fn redact<'t>(&mut self, slot: usize, text: &'t str, secrets: &Secrets) -> Cow<'t, str> {
+        if self.generation != secrets.generation {
+            self.values.iter_mut().for_each(String::clear);
+            self.generation = secrets.generation;
+        }
+        let last = &mut self.values[slot];
+        if !text.is_empty() && last.as_str() == text {
+            return Cow::Borrowed(text);
+        }
+        let out = redact_with(text, secrets);
+        if matches!(out, Cow::Borrowed(_)) {
+            last.clear();
+            last.push_str(text);
+        }
+        out
+    }
 }
 
 /// [`redact`] with the registered secrets already in hand.
@@ -202,6 +253,23 @@ mod tests {
         // A key's prefix found after a lone `k`.
         let key = crate::keys::generate_key(crate::keys::KeyEnvironment::Live).secret;
         assert!(!redact(&format!("k{key}")).contains(&key));
+    }
+
+    #[test]
+    fn remembered_clean_values_are_searched_again_once_a_secret_is_registered() {
+        let mut clean = CleanValues::<2>::default();
+        let value = "consumer named remembered-then-secret-7731";
+        let search = |clean: &mut CleanValues<2>, slot, text| with_secrets(|s| clean.redact(slot, text, s).into_owned());
+        assert_eq!(search(&mut clean, 0, value), value);
+        assert_eq!(search(&mut clean, 0, value), value, "remembered as clean");
+        register_secret("remembered-then-secret-7731");
+        assert_eq!(search(&mut clean, 0, value), "consumer named ****", "a new secret makes it searched again");
+        assert_eq!(search(&mut clean, 0, value), "consumer named ****", "a masked value is never remembered as clean");
+        // Keys are masked in any slot, whatever came before.
+        let key = generate_key(KeyEnvironment::Live).secret;
+        assert_eq!(search(&mut clean, 1, "an earlier clean value"), "an earlier clean value");
+        assert!(!search(&mut clean, 1, &key).contains(&key));
+        assert!(!search(&mut clean, 1, &key).contains(&key));
     }
 
     #[test]

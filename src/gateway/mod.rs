@@ -126,7 +126,12 @@ impl Gateway {
         event.client_ip = Some(if client == peer.ip() { upstreams.peer_text().to_string() } else { client.to_string() });
         event.user_agent = req.headers().get(header::USER_AGENT).map(|v| {
             let text = String::from_utf8_lossy(v.as_bytes());
-            text.chars().take(MAX_USER_AGENT).collect()
+            // No more bytes than the limit in characters: whole, in one copy.
+            if text.len() <= MAX_USER_AGENT {
+                text.into_owned()
+            } else {
+                text.chars().take(MAX_USER_AGENT).collect()
+            }
         });
         // Key verification for callers that do not proxy: before routing, so
         // no api's prefix can shadow it. Boxed, so the proxy path's future
