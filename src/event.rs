@@ -144,6 +144,9 @@ mod hex32_opt {
     }
 }
 
+/// The text fields [`Event::sanitize`] masks one by one (besides `details`).
+const MASKED_FIELDS: usize = 15;
+
 impl Event {
     /// A new event of the given kind, stamped now. Its `event_id` is left
     /// empty: the writer derives one from the tenant, `seq` and timestamp
@@ -174,7 +177,7 @@ impl Event {
         // Most fields repeat from one event to the next on a thread (the
         // same consumer, key, api, address, agent): compared, not searched.
         thread_local! {
-            static CLEAN: std::cell::RefCell<crate::redact::CleanValues<15>> = Default::default();
+            static CLEAN: std::cell::RefCell<crate::redact::CleanValues<MASKED_FIELDS>> = Default::default();
         }
         CLEAN.with_borrow_mut(|clean| self.mask_fields(clean, secrets));
         if let Some(details) = &self.details {
@@ -185,8 +188,9 @@ impl Event {
         }
     }
 
-    fn mask_fields(&mut self, clean: &mut crate::redact::CleanValues<15>, secrets: &crate::redact::Secrets) {
-        for (slot, field) in [
+    fn mask_fields(&mut self, clean: &mut crate::redact::CleanValues<MASKED_FIELDS>, secrets: &crate::redact::Secrets) {
+        // Typed by its length: a field added here without a slot does not compile.
+        let fields: [&mut Option<String>; MASKED_FIELDS] = [
             &mut self.request_id,
             &mut self.actor,
             &mut self.target,
@@ -202,10 +206,8 @@ impl Event {
             &mut self.api_id,
             &mut self.key_id,
             &mut self.key_hint,
-        ]
-        .into_iter()
-        .enumerate()
-        {
+        ];
+        for (slot, field) in fields.into_iter().enumerate() {
             if let Some(value) = field {
                 if let std::borrow::Cow::Owned(masked) = clean.redact(slot, value, secrets) {
                     *value = masked;
