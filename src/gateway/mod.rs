@@ -11,6 +11,7 @@
 
 pub mod body;
 mod h1;
+mod timer;
 pub mod upstream;
 mod verify;
 
@@ -725,7 +726,8 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown: w
                     async move { Ok::<_, Infallible>(gateway.handle(peer, &upstreams, req).await) }
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
-                    .timer(hyper_util::rt::TokioTimer::new())
+                    // The header-read timeout on one kept timer, not one per request.
+                    .timer(timer::ConnectionTimer::default())
                     .header_read_timeout(Duration::from_secs(30))
                     .serve_connection(TokioIo::new(stream), service);
                 let conn = graceful.watch(conn);

@@ -36,9 +36,9 @@ use http::{Method, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::time::{Instant, Sleep};
 
 use super::h1::{self, Decoder, InBuf, Invalid, Span, Step};
+use super::timer::KeptTimer;
 
 /// Most idle connections kept per upstream in the shared pool.
 const MAX_IDLE_PER_UPSTREAM: usize = 256;
@@ -183,7 +183,7 @@ pub struct ConnectionUpstreams {
     peer_text: String,
     peer_header: http::HeaderValue,
     /// The timer of [`ConnectionUpstreams::send_within`], kept between calls.
-    timer: Mutex<Option<Pin<Box<Sleep>>>>,
+    timer: Mutex<KeptTimer>,
 }
 
 impl ConnectionUpstreams {
@@ -194,7 +194,7 @@ impl ConnectionUpstreams {
             slot: Arc::new(Slot { shared, conns: Mutex::new(Vec::new()) }),
             peer_text,
             peer_header,
-            timer: Mutex::new(None),
+            timer: Mutex::default(),
         }
     }
 
@@ -207,15 +207,8 @@ impl ConnectionUpstreams {
     }
 
     /// [`send`](Self::send), given up (`None`) when no response head has
-    /// come `timeout` after `started`.
-    ///
-    /// One timer per client connection serves all its calls: it stays set
-    /// at the deadline of the call that last set it, and is moved only when
-    /// it has passed or lies beyond this call's deadline, or when it fires
-    /// before this call's deadline (then it is set to it and waited on
-    /// again). Calls that answer in less than the timeout, nearly all of
-    /// them, set no timer of their own: about one timer change per timeout
-    /// period instead of an insertion and a removal per call.
+    /// come `timeout` after `started`. The connection's calls share one
+    /// [`KeptTimer`], so a call that answers in time sets no timer of its own.
     pub async fn send_within<B>(
         &self,
         authority: &Authority,
@@ -227,34 +220,21 @@ impl ConnectionUpstreams {
         B: Body<Data = Bytes> + Unpin,
         B::Error: Into<BoxError>,
     {
-        let started = Instant::from_std(started);
         let deadline = started + timeout;
-        let kept = self.timer.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let mut timer = match kept {
-            Some(mut timer) => {
-                if timer.deadline() <= started || timer.deadline() > deadline {
-                    timer.as_mut().reset(deadline);
-                }
-                timer
-            }
-            None => Box::pin(tokio::time::sleep_until(deadline)),
-        };
+        // Taken for the call (one at a time on a client connection), so no
+        // lock is held across a wait; a call given up midway drops it.
+        let mut timer = std::mem::take(&mut *self.timer.lock().unwrap_or_else(|e| e.into_inner()));
+        timer.arm(deadline);
         let mut send = std::pin::pin!(self.send(authority, req));
         let answer = poll_fn(|cx| {
             if let Poll::Ready(answer) = send.as_mut().poll(cx) {
                 return Poll::Ready(Some(answer));
             }
-            loop {
-                ready!(timer.as_mut().poll(cx));
-                if timer.deadline() >= deadline {
-                    return Poll::Ready(None);
-                }
-                // Set by an earlier call, it fired before this call's deadline.
-                timer.as_mut().reset(deadline);
-            }
+            ready!(timer.poll_until(cx, deadline));
+            Poll::Ready(None)
         })
         .await;
-        *self.timer.lock().unwrap_or_else(|e| e.into_inner()) = Some(timer);
+        *self.timer.lock().unwrap_or_else(|e| e.into_inner()) = timer;
         answer
     }
 
