@@ -221,21 +221,17 @@ impl ConnectionUpstreams {
         B::Error: Into<BoxError>,
     {
         let deadline = started + timeout;
-        // Taken for the call (one at a time on a client connection), so no
-        // lock is held across a wait; a call given up midway drops it.
-        let mut timer = std::mem::take(&mut *self.timer.lock().unwrap_or_else(|e| e.into_inner()));
-        timer.arm(deadline);
+        let timer = || self.timer.lock().unwrap_or_else(|e| e.into_inner());
+        timer().arm(deadline);
         let mut send = std::pin::pin!(self.send(authority, req));
-        let answer = poll_fn(|cx| {
+        poll_fn(|cx| {
             if let Poll::Ready(answer) = send.as_mut().poll(cx) {
                 return Poll::Ready(Some(answer));
             }
-            ready!(timer.poll_until(cx, deadline));
+            ready!(timer().poll_until(cx, deadline));
             Poll::Ready(None)
         })
-        .await;
-        *self.timer.lock().unwrap_or_else(|e| e.into_inner()) = timer;
-        answer
+        .await
     }
 
     /// Sends `req` (origin-form URI, `Host` set) to `authority` and waits
