@@ -130,23 +130,23 @@ impl Generator {
         random[..8].copy_from_slice(&r.next().to_le_bytes());
         random[8..].copy_from_slice(&r.next().to_le_bytes()[..2]);
         e.request_id = Some(uuid::Builder::from_unix_timestamp_millis(e.timestamp_ms as u64, &random).into_uuid().to_string());
-        e.consumer_id = Some(format!("cons_{tenant:02}_{consumer:04}"));
-        e.consumer_name = Some(format!("client-{tenant}-{consumer}"));
-        e.actor = Some(format!("consumer:cons_{tenant:02}_{consumer:04}"));
-        e.api_id = Some(path.split('/').nth(2).unwrap_or("docs").to_string());
-        e.key_id = Some(format!("key_{tenant:02}_{consumer:04}"));
-        e.key_hint = Some(format!("kt_live****{:04}", consumer));
-        e.method = Some(method.to_string());
+        e.consumer_id = Some(format!("cons_{tenant:02}_{consumer:04}").into());
+        e.consumer_name = Some(format!("client-{tenant}-{consumer}").into());
+        e.actor = Some(format!("consumer:cons_{tenant:02}_{consumer:04}").into());
+        e.api_id = Some(path.split('/').nth(2).unwrap_or("docs").to_string().into());
+        e.key_id = Some(format!("key_{tenant:02}_{consumer:04}").into());
+        e.key_hint = Some(format!("kt_live****{:04}", consumer).into());
+        e.method = Some(method.to_string().into());
         e.path = Some(path.clone());
         e.status_code = Some(status);
         e.latency_us = Some(latency_us);
         e.upstream_latency_us = Some(latency_us.saturating_sub(300));
         e.request_size_bytes = Some(if method == "GET" { 0 } else { 200 + r.below(2000) });
         e.response_size_bytes = Some(100 + r.below(50_000));
-        e.client_ip = Some(format!("10.{}.{}.{}", ip / 65536, (ip / 256) % 256, ip % 256));
+        e.client_ip = Some(format!("10.{}.{}.{}", ip / 65536, (ip / 256) % 256, ip % 256).into());
         e.user_agent = Some(self.agents[r.below(USER_AGENTS as u64) as usize].clone());
         if status >= 400 {
-            e.error_code = Some(format!("http_{status}"));
+            e.error_code = Some(format!("http_{status}").into());
         }
         self.n += 1;
         e

@@ -142,23 +142,23 @@ impl Generator {
         random[..8].copy_from_slice(&r.next().to_le_bytes());
         random[8..].copy_from_slice(&r.next().to_le_bytes()[..2]);
         e.request_id = Some(uuid::Builder::from_unix_timestamp_millis(e.timestamp_ms as u64, &random).into_uuid().to_string());
-        e.consumer_id = Some(format!("cons_{tenant:02}_{consumer:04}"));
-        e.consumer_name = Some(format!("client-{tenant}-{consumer}"));
-        e.actor = Some(format!("consumer:cons_{tenant:02}_{consumer:04}"));
-        e.api_id = Some(path.split('/').nth(2).unwrap_or("docs").to_string());
-        e.key_id = Some(format!("key_{tenant:02}_{consumer:04}"));
-        e.key_hint = Some(format!("kt_live****{:04}", consumer));
-        e.method = Some(method.to_string());
+        e.consumer_id = Some(format!("cons_{tenant:02}_{consumer:04}").into());
+        e.consumer_name = Some(format!("client-{tenant}-{consumer}").into());
+        e.actor = Some(format!("consumer:cons_{tenant:02}_{consumer:04}").into());
+        e.api_id = Some(path.split('/').nth(2).unwrap_or("docs").to_string().into());
+        e.key_id = Some(format!("key_{tenant:02}_{consumer:04}").into());
+        e.key_hint = Some(format!("kt_live****{:04}", consumer).into());
+        e.method = Some(method.to_string().into());
         e.path = Some(path.clone());
         e.status_code = Some(status);
         e.latency_us = Some(latency_us);
         e.upstream_latency_us = Some(latency_us.saturating_sub(300));
         e.request_size_bytes = Some(if method == "GET" { 0 } else { 200 + r.below(2000) });
         e.response_size_bytes = Some(100 + r.below(50_000));
-        e.client_ip = Some(format!("10.{}.{}.{}", ip / 65536, (ip / 256) % 256, ip % 256));
+        e.client_ip = Some(format!("10.{}.{}.{}", ip / 65536, (ip / 256) % 256, ip % 256).into());
         e.user_agent = Some(self.agents[r.below(USER_AGENTS as u64) as usize].clone());
         if status >= 400 {
-            e.error_code = Some(format!("http_{status}"));
+            e.error_code = Some(format!("http_{status}").into());
         }
         self.n += 1;
         e
@@ -366,7 +366,7 @@ fn queries_keytrail(dir: &Path, end_ms: i64) -> Vec<(String, f64, u64)> {
             entry.0 += 1;
             entry.1 += u64::from(e.status_code.unwrap_or(0) >= 400);
             if let Some(consumer) = e.consumer_id {
-                entry.2.insert(consumer);
+                entry.2.insert(consumer.to_string());
             }
         }
         let want: std::collections::BTreeMap<_, _> = want.into_iter().map(|(p, (c, e, s))| (p, (c, e, s.len() as u64))).collect();
@@ -420,7 +420,7 @@ fn queries_keytrail(dir: &Path, end_ms: i64) -> Vec<(String, f64, u64)> {
     {
         let mut by: std::collections::HashMap<Option<String>, (u64, u64)> = Default::default();
         for e in raw_events(&reader, tenant, end_ms - DAY_MS, end_ms) {
-            let entry = by.entry(e.consumer_id).or_default();
+            let entry = by.entry(e.consumer_id.map(String::from)).or_default();
             entry.0 += 1;
             entry.1 += u64::from(e.status_code.unwrap_or(0) >= 400);
         }
@@ -441,7 +441,7 @@ fn queries_keytrail(dir: &Path, end_ms: i64) -> Vec<(String, f64, u64)> {
     {
         let mut by: std::collections::HashMap<Option<String>, Vec<u64>> = Default::default();
         for e in raw_events(&reader, tenant, end_ms - 7 * DAY_MS, end_ms) {
-            by.entry(e.consumer_id).or_default().push(e.latency_us.unwrap());
+            by.entry(e.consumer_id.map(String::from)).or_default().push(e.latency_us.unwrap());
         }
         let got = percentiles(&reader);
         assert_eq!(got.len(), by.len(), "Q5 consumers");
@@ -517,14 +517,14 @@ fn pg_ingest(pg: &[String], work: &Path, total: u64, days: u64) -> (f64, f64) {
         let mut generator = Generator::new(total, days);
         for seq in 1..=total {
             let e = generator.event();
-            let q = |v: &Option<String>| v.clone().unwrap_or_default().replace('"', "\"\"");
+            let q = |v: Option<&str>| v.unwrap_or_default().replace('"', "\"\"");
             writeln!(
                 out,
                 "{},{},{},{},request,request,{},{},\"{}\",{},\"{}\",{},\"{}\",{},\"{}\",{},{},\"{}\",{},{},{},\"{}\",\"{}\",\"{}\",\\x{}",
-                e.tenant_id, seq, keytrail::event::derived_event_id(&e.tenant_id, seq, e.timestamp_ms), e.timestamp_ms, q(&e.request_id), q(&e.consumer_id), q(&e.consumer_name), q(&e.api_id),
-                q(&e.key_hint), q(&e.key_id), q(&e.actor), q(&e.method), q(&e.path), e.status_code.unwrap_or(0), e.latency_us.unwrap_or(0),
-                q(&e.user_agent), e.request_size_bytes.unwrap_or(0), e.response_size_bytes.unwrap_or(0), e.upstream_latency_us.unwrap_or(0),
-                q(&e.client_ip), q(&e.error_code), e.outcome,
+                e.tenant_id, seq, keytrail::event::derived_event_id(&e.tenant_id, seq, e.timestamp_ms), e.timestamp_ms, q(e.request_id.as_deref()), q(e.consumer_id.as_deref()), q(e.consumer_name.as_deref()), q(e.api_id.as_deref()),
+                q(e.key_hint.as_deref()), q(e.key_id.as_deref()), q(e.actor.as_deref()), q(e.method.as_deref()), q(e.path.as_deref()), e.status_code.unwrap_or(0), e.latency_us.unwrap_or(0),
+                q(e.user_agent.as_deref()), e.request_size_bytes.unwrap_or(0), e.response_size_bytes.unwrap_or(0), e.upstream_latency_us.unwrap_or(0),
+                q(e.client_ip.as_deref()), q(e.error_code.as_deref()), e.outcome,
                 keytrail::event::to_hex(&e.chain_hash(&[0; 32], Some(&[1; 32])).unwrap())
             )
             .unwrap();

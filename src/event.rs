@@ -20,6 +20,8 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub use crate::text::Text;
+
 /// Tenant that owns events no tenant can be named for (a call to a path no
 /// api serves, made without a valid key). Tenant ids cannot start with `_`.
 pub const SYSTEM_TENANT: &str = "_system";
@@ -92,29 +94,29 @@ pub struct Event {
     pub event_id: String,
     pub seq: u64,
     pub timestamp_ms: i64,
-    pub tenant_id: String,
+    pub tenant_id: Text,
     pub category: Option<Category>,
-    pub event_type: String,
+    pub event_type: Text,
     pub request_id: Option<String>,
-    pub actor: Option<String>,
+    pub actor: Option<Text>,
     pub target: Option<String>,
-    pub outcome: String,
-    pub consumer_id: Option<String>,
-    pub consumer_name: Option<String>,
-    pub api_id: Option<String>,
-    pub key_id: Option<String>,
-    pub key_hint: Option<String>,
-    pub method: Option<String>,
+    pub outcome: Text,
+    pub consumer_id: Option<Text>,
+    pub consumer_name: Option<Text>,
+    pub api_id: Option<Text>,
+    pub key_id: Option<Text>,
+    pub key_hint: Option<Text>,
+    pub method: Option<Text>,
     pub path: Option<String>,
     pub status_code: Option<u16>,
     pub latency_us: Option<u64>,
     pub upstream_latency_us: Option<u64>,
     pub request_size_bytes: Option<u64>,
     pub response_size_bytes: Option<u64>,
-    pub client_ip: Option<String>,
+    pub client_ip: Option<Text>,
     pub user_agent: Option<String>,
-    pub country: Option<String>,
-    pub error_code: Option<String>,
+    pub country: Option<Text>,
+    pub error_code: Option<Text>,
     pub error_message: Option<String>,
     pub details: Option<serde_json::Value>,
     /// Set once the personal fields have been erased: the commitment that
@@ -144,21 +146,30 @@ mod hex32_opt {
     }
 }
 
-/// The text fields [`Event::sanitize`] masks one by one (besides `details`).
-const MASKED_FIELDS: usize = 15;
+/// The text fields [`Event::sanitize`] masks one by one (besides `details`):
+/// those made per request, and those shared with the snapshot or the code.
+const MASKED_STRINGS: usize = 5;
+const MASKED_TEXTS: usize = 10;
+
+/// Each masked field's last clean value on this thread.
+#[derive(Default)]
+struct Clean {
+    strings: crate::redact::CleanValues<MASKED_STRINGS>,
+    texts: crate::redact::CleanTexts<MASKED_TEXTS>,
+}
 
 impl Event {
     /// A new event of the given kind, stamped now. Its `event_id` is left
     /// empty: the writer derives one from the tenant, `seq` and timestamp
     /// ([`derived_event_id`]) when it commits the event, so that the store
     /// need not keep 16 random bytes per event.
-    pub fn new(tenant_id: &str, category: Category, event_type: &str, outcome: &str) -> Self {
+    pub fn new(tenant_id: impl Into<Text>, category: Category, event_type: impl Into<Text>, outcome: impl Into<Text>) -> Self {
         Event {
             timestamp_ms: now_ms(),
-            tenant_id: tenant_id.to_string(),
+            tenant_id: tenant_id.into(),
             category: Some(category),
-            event_type: event_type.to_string(),
-            outcome: outcome.to_string(),
+            event_type: event_type.into(),
+            outcome: outcome.into(),
             ..Event::default()
         }
     }
@@ -177,7 +188,7 @@ impl Event {
         // Most fields repeat from one event to the next on a thread (the
         // same consumer, key, api, address, agent): compared, not searched.
         thread_local! {
-            static CLEAN: std::cell::RefCell<crate::redact::CleanValues<MASKED_FIELDS>> = Default::default();
+            static CLEAN: std::cell::RefCell<Clean> = Default::default();
         }
         CLEAN.with_borrow_mut(|clean| self.mask_fields(clean, secrets));
         if let Some(details) = &self.details {
@@ -188,29 +199,33 @@ impl Event {
         }
     }
 
-    fn mask_fields(&mut self, clean: &mut crate::redact::CleanValues<MASKED_FIELDS>, secrets: &crate::redact::Secrets) {
-        // Typed by its length: a field added here without a slot does not compile.
-        let fields: [&mut Option<String>; MASKED_FIELDS] = [
-            &mut self.request_id,
+    fn mask_fields(&mut self, clean: &mut Clean, secrets: &crate::redact::Secrets) {
+        // Typed by their lengths: a field added here without a slot does not compile.
+        let strings: [&mut Option<String>; MASKED_STRINGS] =
+            [&mut self.request_id, &mut self.target, &mut self.path, &mut self.user_agent, &mut self.error_message];
+        for (slot, field) in strings.into_iter().enumerate() {
+            if let Some(value) = field {
+                if let std::borrow::Cow::Owned(masked) = clean.strings.redact(slot, value, secrets) {
+                    *value = masked;
+                }
+            }
+        }
+        let texts: [&mut Option<Text>; MASKED_TEXTS] = [
             &mut self.actor,
-            &mut self.target,
             &mut self.consumer_name,
             &mut self.method,
-            &mut self.path,
             &mut self.client_ip,
-            &mut self.user_agent,
             &mut self.country,
             &mut self.error_code,
-            &mut self.error_message,
             &mut self.consumer_id,
             &mut self.api_id,
             &mut self.key_id,
             &mut self.key_hint,
         ];
-        for (slot, field) in fields.into_iter().enumerate() {
+        for (slot, field) in texts.into_iter().enumerate() {
             if let Some(value) = field {
-                if let std::borrow::Cow::Owned(masked) = clean.redact(slot, value, secrets) {
-                    *value = masked;
+                if let Some(masked) = clean.texts.redact(slot, value, secrets) {
+                    *value = masked.into();
                 }
             }
         }
@@ -724,7 +739,7 @@ mod tests {
         let mut a = sample();
         let mut b = sample();
         a.country = None;
-        b.country = Some(String::new());
+        b.country = Some(String::new().into());
         assert_ne!(a.canonical_bytes(None).unwrap(), b.canonical_bytes(None).unwrap());
         // Moving text from one field to the next changes the bytes too.
         a.country = Some("xy".into());

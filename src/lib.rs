@@ -33,6 +33,7 @@ pub mod signing;
 pub mod snapshot;
 pub mod splitmix;
 pub mod store;
+pub mod text;
 
 /// Installs the process log (through the redaction point) and a panic hook
 /// that redacts panic messages too.

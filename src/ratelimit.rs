@@ -21,6 +21,8 @@ use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
 use serde::{Deserialize, Serialize};
 
+use crate::text::Text;
+
 /// A per-minute rate and the burst it allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -47,7 +49,7 @@ pub fn cost_of(rules: &[CostRule], path: &str) -> u32 {
         .map_or(1, |r| r.cost)
 }
 
-type Keyed = RateLimiter<String, DefaultKeyedStateStore<String>, DefaultClock, StateInformationMiddleware>;
+type Keyed = RateLimiter<Text, DefaultKeyedStateStore<Text>, DefaultClock, StateInformationMiddleware>;
 
 /// A GCRA limiter with one state per consumer.
 pub struct RateLimit {
@@ -106,7 +108,7 @@ impl RateLimit {
     }
 
     /// Takes `cost` cells for `consumer`, or says when they will be there.
-    fn take(&self, consumer: &String, cost: u32) -> Result<Standing, Duration> {
+    fn take(&self, consumer: &Text, cost: u32) -> Result<Standing, Duration> {
         // A cost above the burst could never pass; it takes the whole burst.
         let n = NonZeroU32::new(cost.clamp(1, self.spec.burst)).expect("at least 1");
         let interval = Duration::from_secs(60) / self.spec.requests_per_minute;
@@ -164,7 +166,7 @@ pub struct TierLimits {
 pub fn check(
     tier: Option<&TierLimits>,
     api: Option<(&str, &RateLimit)>,
-    consumer: &String,
+    consumer: &Text,
     cost: u32,
     now_ms: i64,
 ) -> Result<Option<Standing>, Exceeded> {
@@ -216,7 +218,7 @@ mod tests {
     #[test]
     fn a_burst_passes_then_the_rate_holds() {
         let t = tier(Some(RateSpec { requests_per_minute: 60, burst: 5 }), None);
-        let c = "cons_a".to_string();
+        let c = Text::from("cons_a");
         for i in 0..5 {
             let s = check(Some(&t), None, &c, 1, 0).unwrap().unwrap();
             assert_eq!(s.remaining, 4 - i);
@@ -225,13 +227,13 @@ mod tests {
         assert_eq!((e.window, e.limit, e.scope.as_str()), ("minute", 60, "tier:free"));
         assert!((1..=2).contains(&e.retry_after_secs), "{e:?}");
         // Another consumer has its own allowance.
-        assert!(check(Some(&t), None, &"cons_b".to_string(), 1, 0).is_ok());
+        assert!(check(Some(&t), None, &Text::from("cons_b"), 1, 0).is_ok());
     }
 
     #[test]
     fn the_daily_cap_counts_costs_and_resets_at_midnight() {
         let t = tier(None, Some(100));
-        let c = "cons_a".to_string();
+        let c = Text::from("cons_a");
         let noon = 86_400_000 * 20_000 + 43_200_000;
         assert_eq!(check(Some(&t), None, &c, 60, noon).unwrap().unwrap().remaining, 40);
         let e = check(Some(&t), None, &c, 50, noon).unwrap_err();
@@ -258,7 +260,7 @@ mod tests {
     fn the_api_limit_and_the_tier_both_apply() {
         let t = tier(Some(RateSpec { requests_per_minute: 600, burst: 100 }), None);
         let api = RateLimit::new(RateSpec { requests_per_minute: 60, burst: 2 }).unwrap();
-        let c = "cons_a".to_string();
+        let c = Text::from("cons_a");
         let s = check(Some(&t), Some(("docs", &api)), &c, 1, 0).unwrap().unwrap();
         assert_eq!((s.limit, s.remaining), (2, 1), "the closer limit is reported");
         check(Some(&t), Some(("docs", &api)), &c, 1, 0).unwrap();

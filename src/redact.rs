@@ -10,6 +10,8 @@ use std::borrow::Cow;
 use std::io;
 use std::sync::{OnceLock, RwLock};
 
+use crate::text::Text;
+
 const PATTERNS: [&str; 4] = ["kt_live_", "kt_test_", crate::keys::ADMIN_TOKEN_PREFIX, crate::keys::SESSION_TOKEN_PREFIX];
 /// How many alphanumeric characters after a prefix make a string worth hiding.
 const MIN_SECRET_TAIL: usize = 8;
@@ -107,6 +109,50 @@ impl<const N: usize> CleanValues<N> {
             last.push_str(text);
         }
         out
+    }
+}
+
+/// [`CleanValues`] for shared texts: the last clean value is kept as a
+/// clone of the text itself, so the same text again (the same snapshot's
+/// consumer, the same static event type) is known clean by its address,
+/// without comparing its bytes.
+pub struct CleanTexts<const N: usize> {
+    generation: u64,
+    values: [Option<Text>; N],
+}
+
+impl<const N: usize> Default for CleanTexts<N> {
+    fn default() -> Self {
+        CleanTexts { generation: 0, values: std::array::from_fn(|_| None) }
+    }
+}
+
+impl<const N: usize> CleanTexts<N> {
+    /// The masked value of field `slot`, or `None` when `text` is clean.
+    pub fn redact(&mut self, slot: usize, text: &Text, secrets: &Secrets) -> Option<String> {
+        if self.generation != secrets.generation {
+            self.values.iter_mut().for_each(|v| *v = None);
+            self.generation = secrets.generation;
+        }
+        let last = &mut self.values[slot];
+        if let Some(last) = last {
+            if last.same(text) {
+                return None;
+            }
+            if last.as_str() == text.as_str() {
+                // Equal bytes at another address: remember this one, the
+                // next event most likely shares it.
+                *last = text.clone();
+                return None;
+            }
+        }
+        match redact_with(text, secrets) {
+            Cow::Borrowed(_) => {
+                *last = Some(text.clone());
+                None
+            }
+            Cow::Owned(masked) => Some(masked),
+        }
     }
 }
 
@@ -270,6 +316,30 @@ mod tests {
         assert_eq!(search(&mut clean, 1, "an earlier clean value"), "an earlier clean value");
         assert!(!search(&mut clean, 1, &key).contains(&key));
         assert!(!search(&mut clean, 1, &key).contains(&key));
+    }
+
+    #[test]
+    fn remembered_clean_texts_are_searched_again_once_a_secret_is_registered() {
+        let mut clean = CleanTexts::<2>::default();
+        let search = |clean: &mut CleanTexts<2>, slot, text: &Text| with_secrets(|s| clean.redact(slot, text, s));
+        // The same text (by address), then an equal copy at another address.
+        let shared = Text::from("consumer named shared-then-secret-5521");
+        assert_eq!(search(&mut clean, 0, &shared), None);
+        assert_eq!(search(&mut clean, 0, &shared.clone()), None, "remembered as clean");
+        let copy = Text::from(shared.as_str());
+        assert_eq!(search(&mut clean, 0, &copy), None, "equal bytes are clean too");
+        register_secret("shared-then-secret-5521");
+        let masked = Some("consumer named ****".to_string());
+        assert_eq!(search(&mut clean, 0, &shared), masked, "a new secret makes even the same text searched again");
+        assert_eq!(search(&mut clean, 0, &copy), masked, "a masked text is never remembered as clean");
+        assert_eq!(search(&mut clean, 0, &copy), masked);
+        // Keys are masked in any slot, whatever came before.
+        let key = Text::from(generate_key(KeyEnvironment::Live).secret);
+        assert_eq!(search(&mut clean, 1, &Text::from_static("an earlier clean value")), None);
+        for _ in 0..2 {
+            let out = search(&mut clean, 1, &key).expect("a key is masked");
+            assert!(!out.contains(key.as_str()), "{out}");
+        }
     }
 
     #[test]

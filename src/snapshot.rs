@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::keys::SecretHash;
+use crate::text::Text;
 use crate::policy::Policies;
 use crate::protection::Blocklist;
 use crate::ratelimit::{CostRule, DailyCap, RateLimit, TierLimits};
@@ -19,8 +20,8 @@ use crate::store::control::{RoutingData, Tier};
 /// An api as the gateway routes to it.
 #[derive(Debug)]
 pub struct RouteApi {
-    pub tenant_id: String,
-    pub api_id: String,
+    pub tenant_id: Text,
+    pub api_id: Text,
     pub path_prefix: String,
     pub upstream_scheme: http::uri::Scheme,
     pub upstream_authority: http::uri::Authority,
@@ -36,16 +37,16 @@ pub struct RouteApi {
 /// What the gateway knows about a key: enough to decide and to log, never the secret.
 #[derive(Debug)]
 pub struct KeyEntry {
-    pub key_id: String,
-    pub tenant_id: String,
-    pub consumer_id: String,
-    pub consumer_name: String,
+    pub key_id: Text,
+    pub tenant_id: Text,
+    pub consumer_id: Text,
+    pub consumer_name: Text,
     /// `consumer:{consumer_id}`, the actor of the key's events.
-    pub actor: String,
+    pub actor: Text,
     /// The `X-Consumer-Id` header sent upstream, made once per snapshot.
     pub consumer_header: http::HeaderValue,
     pub consumer_active: bool,
-    pub hint: String,
+    pub hint: Text,
     pub scopes: Vec<String>,
     pub expires_at_ms: Option<i64>,
     pub revoked: bool,
@@ -93,7 +94,7 @@ pub struct Snapshot {
     routes: Vec<Arc<RouteApi>>,
     /// The same apis by tenant, then api id (api ids are per tenant), for
     /// key verification, which names an api instead of calling a path.
-    apis: HashMap<String, HashMap<String, Arc<RouteApi>>>,
+    apis: HashMap<Text, HashMap<Text, Arc<RouteApi>>>,
     keys: HashMap<SecretHash, Arc<KeyEntry>>,
     /// By (tenant, tier id).
     tiers: HashMap<(String, String), Arc<TierLimits>>,
@@ -155,8 +156,8 @@ impl Snapshot {
                     rate_limit,
                     costs: api.costs,
                     policies: api.policies,
-                    tenant_id: api.tenant_id,
-                    api_id: api.id,
+                    tenant_id: api.tenant_id.into(),
+                    api_id: api.id.into(),
                     path_prefix: api.path_prefix,
                     upstream_scheme: parts.scheme?,
                     upstream_authority: authority,
@@ -166,7 +167,7 @@ impl Snapshot {
             })
             .collect();
         routes.sort_by(|a, b| b.path_prefix.len().cmp(&a.path_prefix.len()).then(a.path_prefix.cmp(&b.path_prefix)));
-        let mut apis: HashMap<String, HashMap<String, Arc<RouteApi>>> = HashMap::new();
+        let mut apis: HashMap<Text, HashMap<Text, Arc<RouteApi>>> = HashMap::new();
         for route in &routes {
             apis.entry(route.tenant_id.clone()).or_default().insert(route.api_id.clone(), route.clone());
         }
@@ -191,15 +192,15 @@ impl Snapshot {
                 Some((
                     k.hash,
                     Arc::new(KeyEntry {
-                        consumer_name: name.to_string(),
-                        actor: format!("consumer:{}", k.consumer_id),
+                        consumer_name: name.into(),
+                        actor: format!("consumer:{}", k.consumer_id).into(),
                         consumer_header,
                         consumer_active: active,
                         revoked: k.status == "revoked",
-                        key_id: k.key_id,
-                        tenant_id: k.tenant_id,
-                        consumer_id: k.consumer_id,
-                        hint: k.hint,
+                        key_id: k.key_id.into(),
+                        tenant_id: k.tenant_id.into(),
+                        consumer_id: k.consumer_id.into(),
+                        hint: k.hint.into(),
                         scopes: k.scopes,
                         expires_at_ms: k.expires_at,
                         tier,

@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 
 use super::AdminState;
 use crate::control::Actor;
-use crate::event::Event;
+use crate::event::{Event, Text};
 use crate::store::audit::StoredEvent;
 
 /// Outcome of an intent before its change has finished.
@@ -194,7 +194,7 @@ pub async fn around(state: &AdminState, actor: &Actor, change: &Change, req: Req
     };
     let mut done = actor.admin_event(tenant, action, outcome, resource.clone(), details);
     if !status.is_success() {
-        done.error_code = answer.pointer("/error/code").and_then(Value::as_str).map(str::to_string);
+        done.error_code = answer.pointer("/error/code").and_then(Value::as_str).map(Text::from);
         done.error_message = answer.pointer("/error/message").and_then(Value::as_str).map(str::to_string);
     }
     state.audit.record(done);
@@ -217,9 +217,9 @@ pub fn entry_view(event: &StoredEvent, outcome: Option<&Event>, in_flight: &InFl
         }
         (done.outcome.clone(), done.error_code.as_ref().map(|code| json!({"code": code, "message": done.error_message})))
     } else if e.request_id.as_deref().is_some_and(|id| in_flight.contains(id)) {
-        (PENDING.to_string(), None)
+        (Text::from_static(PENDING), None)
     } else {
-        ("unknown".to_string(), None)
+        (Text::from_static("unknown"), None)
     };
     json!({
         "event_id": e.event_id,

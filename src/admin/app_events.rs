@@ -21,7 +21,7 @@ use serde_json::{json, Map, Value};
 use super::AdminState;
 use crate::control::Actor;
 use crate::error::{ApiError, ErrorCode};
-use crate::event::{now_ms, Category, Event};
+use crate::event::{now_ms, Category, Event, Text};
 use crate::store::audit::{AuditReader, EventFilter};
 
 /// Most events in one call.
@@ -36,8 +36,8 @@ pub const IDEMPOTENCY_DAYS: i64 = 7;
 /// Who submits: an admin, or an API key holding `audit:write`.
 #[derive(Debug, Clone)]
 pub struct KeyWriter {
-    pub key_id: String,
-    pub consumer_id: String,
+    pub key_id: Text,
+    pub consumer_id: Text,
 }
 
 /// The scope an API key needs to submit application events.
@@ -182,12 +182,12 @@ fn parse_events(body: &Bytes) -> Result<Vec<AppEvent>, ApiError> {
 fn to_event(tenant: &str, submitted: AppEvent, by: &Submitter) -> Event {
     let mut event = Event::new(tenant, Category::App, &submitted.action, "success");
     event.event_id = submitted.event_id.unwrap_or_else(crate::event::new_id);
-    event.actor = submitted.actor_id;
+    event.actor = submitted.actor_id.map(Text::from);
     event.target = Some(format!("{}/{}", submitted.resource_type, submitted.resource_id));
     event.request_id = submitted.request_id.map(|id| id.to_ascii_lowercase());
     let submitted_by = match by {
         Submitter::Admin(actor) => {
-            event.client_ip = actor.client_ip.clone();
+            event.client_ip = actor.client_ip.as_ref().map(Text::from);
             format!("admin:{}", actor.admin_id)
         }
         Submitter::Key(writer) => {

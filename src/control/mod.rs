@@ -13,7 +13,7 @@ use arc_swap::ArcSwap;
 
 use crate::audit::AuditPipeline;
 use crate::error::{ApiError, ErrorCode};
-use crate::event::{now_ms, security_type, Category, Event, SYSTEM_TENANT};
+use crate::event::{now_ms, security_type, Category, Event, Text, SYSTEM_TENANT};
 use crate::settings::retention::{RetentionOverrides, RetentionPolicy, RetentionSettings};
 use crate::settings::{LoggingOverrides, LoggingPolicy, LoggingSettings};
 use crate::keys::{self, KeyEnvironment, SecretHash};
@@ -49,9 +49,9 @@ impl Actor {
     /// An event of any category this actor caused.
     pub fn event_of(&self, tenant_id: &str, category: Category, event_type: &str, outcome: &str, target: String) -> Event {
         let mut event = Event::new(tenant_id, category, event_type, outcome);
-        event.actor = Some(format!("admin:{}", self.admin_id));
+        event.actor = Some(format!("admin:{}", self.admin_id).into());
         event.target = Some(target);
-        event.client_ip = self.client_ip.clone();
+        event.client_ip = self.client_ip.as_ref().map(Text::from);
         event.user_agent = self.user_agent.clone();
         event.request_id = self.request_id.clone();
         event
@@ -604,7 +604,7 @@ impl ControlPlane {
         if pending.is_empty() {
             return Ok(0);
         }
-        let uses: Vec<(String, i64)> = pending.iter().map(|(entry, at)| (entry.key_id.clone(), *at)).collect();
+        let uses: Vec<(String, i64)> = pending.iter().map(|(entry, at)| (entry.key_id.to_string(), *at)).collect();
         self.store.record_key_use(&uses)?;
         for (entry, at) in &pending {
             entry.usage.mark_stored(*at);
@@ -716,7 +716,7 @@ impl ControlPlane {
             self.reload_after_change()?;
             let event_type = if active { security_type::CONSUMER_REACTIVATED } else { security_type::CONSUMER_SUSPENDED };
             let mut event = actor.event(tenant_id, event_type, format!("consumer:{consumer_id}"));
-            event.consumer_id = Some(consumer.id.clone());
+            event.consumer_id = Some(consumer.id.as_str().into());
             event.details = Some(serde_json::json!({"status": {"before": consumer.status, "after": status}}));
             self.audit.record(event);
         }
@@ -747,7 +747,7 @@ impl ControlPlane {
         };
         let report = self.audit.erase(request).await.map_err(ApiError::internal)?;
         let mut event = actor.event(tenant_id, security_type::PERSONAL_DATA_ERASED, format!("consumer:{consumer_id}"));
-        event.consumer_id = Some(consumer_id.to_string());
+        event.consumer_id = Some(consumer_id.into());
         event.details = Some(serde_json::json!({
             "events": report.events,
             "blocks": report.blocks,
@@ -939,9 +939,9 @@ impl ControlPlane {
 
     fn key_event(&self, event_type: &str, key: &KeyRecord, actor: &Actor) -> Event {
         let mut event = actor.event(&key.tenant_id, event_type, format!("key:{}", key.key_id));
-        event.key_id = Some(key.key_id.clone());
-        event.key_hint = Some(key.hint.clone());
-        event.consumer_id = Some(key.consumer_id.clone());
+        event.key_id = Some(key.key_id.as_str().into());
+        event.key_hint = Some(key.hint.as_str().into());
+        event.consumer_id = Some(key.consumer_id.as_str().into());
         event
     }
 }

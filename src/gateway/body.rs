@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 
 use super::upstream::UpstreamBody;
 use crate::audit::AuditPipeline;
-use crate::event::Event;
+use crate::event::{Event, Text};
 
 /// Passes a body through unchanged, adding the size of each data frame to a
 /// shared counter. Used for the request body on its way to the upstream.
@@ -67,12 +67,12 @@ impl Finisher {
         e.response_size_bytes = Some(response_bytes);
         e.request_size_bytes = Some(self.request_bytes.map_or(0, |c| c.load(Ordering::Relaxed)));
         if body_error {
-            e.outcome = "failure".into();
-            e.error_code = Some("upstream_body_error".into());
+            e.outcome = Text::from_static("failure");
+            e.error_code = Some(Text::from_static("upstream_body_error"));
             e.error_message = Some("the upstream failed while sending the response body".into());
         } else if !completed {
-            e.outcome = "aborted".into();
-            e.error_code.get_or_insert_with(|| "client_disconnected".into());
+            e.outcome = Text::from_static("aborted");
+            e.error_code.get_or_insert_with(|| Text::from_static("client_disconnected"));
             e.error_message.get_or_insert_with(|| "the client went away before the response was complete".into());
         }
         self.audit.record(self.event);

@@ -34,7 +34,7 @@ use crate::audit::AuditPipeline;
 use crate::config::GatewayConfig;
 use crate::control::ControlPlane;
 use crate::error::{ApiError, ErrorCode};
-use crate::event::{self, security_type, Category, Event, SYSTEM_TENANT};
+use crate::event::{self, security_type, Category, Event, Text, SYSTEM_TENANT};
 use crate::keys::{self, MalformedKey};
 use crate::policy::Violation;
 use crate::protection::{self, AttackRules, Block, Countries, FailureCounter, History, TrustedProxies};
@@ -114,17 +114,17 @@ impl Gateway {
     pub async fn handle(&self, peer: SocketAddr, upstreams: &ConnectionUpstreams, req: Request<Incoming>) -> Response<GatewayBody> {
         // 1. Accept: request id and clock.
         let started = Instant::now();
-        let mut event = Event::new(SYSTEM_TENANT, Category::Request, "request", "success");
+        let mut event = Event::new(Text::from_static(SYSTEM_TENANT), Category::Request, Text::from_static("request"), Text::from_static("success"));
         // Stamped with the event's own time, so the store keeps only its random part.
         let request_id = event::new_id_at(event.timestamp_ms);
         event.request_id = Some(request_id.clone());
-        event.method = Some(req.method().as_str().to_string());
+        event.method = Some(method_text(req.method()));
         event.path = Some(event::path_without_query(req.uri().path()).to_string());
         // The caller: the peer, or the client a trusted proxy forwarded for.
         let client = self
             .trusted_proxies
             .client_ip(peer.ip(), req.headers().get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()));
-        event.client_ip = Some(if client == peer.ip() { upstreams.peer_text().to_string() } else { client.to_string() });
+        event.client_ip = Some(if client == peer.ip() { upstreams.peer_text().clone() } else { client.to_string().into() });
         event.user_agent = req.headers().get(header::USER_AGENT).map(|v| {
             let text = String::from_utf8_lossy(v.as_bytes());
             // No more bytes than the limit in characters: whole, in one copy.
@@ -158,7 +158,7 @@ impl Gateway {
         }
         let now = event.timestamp_ms;
         let country = self.geo.country(client);
-        event.country = country.map(str::to_string);
+        event.country = country.map(Text::from);
         let user_agent = event.user_agent.as_deref();
         let block = self.attack_rules.check(req.uri().path(), req.uri().query()).or_else(|| {
             snapshot
@@ -213,7 +213,7 @@ impl Gateway {
                 if let Some(entry) = &failure.key {
                     describe_consumer(&mut event, entry);
                 } else {
-                    event.key_hint = Some(hint.clone());
+                    event.key_hint = Some(hint.as_str().into());
                 }
                 self.record_auth_failure(&event, &failure, Some(source), Some(hint));
                 return refuse(&mut event, failure.code, &request_id, finisher);
@@ -309,7 +309,7 @@ impl Gateway {
         }
         event.status_code = Some(parts.status.as_u16());
         if parts.status.as_u16() >= 400 {
-            event.outcome = "failure".into();
+            event.outcome = Text::from_static("failure");
         }
         Response::from_parts(parts, GatewayBody::upstream(body, finisher(event, Some(request_bytes))))
     }
@@ -366,8 +366,8 @@ impl Gateway {
             "threat_score": threat_score,
         });
         let mut security = security_event(event, security_type::REQUEST_BLOCKED);
-        security.error_code = Some(BLOCKED_ERROR_CODE.to_string());
-        security.actor = event.client_ip.as_ref().map(|ip| format!("ip:{ip}"));
+        security.error_code = Some(Text::from_static(BLOCKED_ERROR_CODE));
+        security.actor = event.client_ip.as_ref().map(|ip| format!("ip:{ip}").into());
         security.target = event.api_id.as_ref().map(|api| format!("api:{api}"));
         security.consumer_id = event.consumer_id.clone();
         security.consumer_name = event.consumer_name.clone();
@@ -375,7 +375,7 @@ impl Gateway {
         security.key_hint = event.key_hint.clone();
         security.details = Some(details.clone());
         self.audit.record(security);
-        event.error_code = Some(BLOCKED_ERROR_CODE.to_string());
+        event.error_code = Some(Text::from_static(BLOCKED_ERROR_CODE));
         event.error_message = Some(format!("blocked: {}", block.reason));
         event.details = Some(details);
         refuse(event, ErrorCode::Forbidden, request_id, finisher)
@@ -389,7 +389,7 @@ impl Gateway {
         let expires_at_ms = request.timestamp_ms + self.bruteforce_block.as_millis() as i64;
         let (control, audit) = (self.control.clone(), self.audit.clone());
         let mut event = security_event(request, security_type::REQUEST_BLOCKED);
-        event.outcome = "success".into();
+        event.outcome = Text::from_static("success");
         event.actor = Some("keytrail:auto-bruteforce".into());
         event.target = Some(format!("ip:{ip}"));
         event.details = Some(serde_json::json!({
@@ -429,14 +429,14 @@ impl Gateway {
             }
             None => {
                 let mut event = security_event(request, failure.event_type);
-                event.error_code = Some(failure.code.as_str().to_string());
-                event.actor = request.client_ip.as_ref().map(|ip| format!("ip:{ip}"));
+                event.error_code = Some(Text::from_static(failure.code.as_str()));
+                event.actor = request.client_ip.as_ref().map(|ip| format!("ip:{ip}").into());
                 event.target = request.api_id.as_ref().map(|api| format!("api:{api}"));
                 event
             }
         };
         // The hint of the key as presented (the stored one, when it matched).
-        event.key_hint = hint;
+        event.key_hint = hint.map(Text::from);
         event.details = Some(serde_json::json!({
             "reason": failure.reason,
             "key_source": source.map(KeySource::as_str),
@@ -479,7 +479,7 @@ fn security_event(request: &Event, event_type: &str) -> Event {
 /// A security event about a refused call of an authenticated consumer.
 fn consumer_security_event(request: &Event, key: &KeyEntry, event_type: &str, code: ErrorCode) -> Event {
     let mut event = security_event(request, event_type);
-    event.error_code = Some(code.as_str().to_string());
+    event.error_code = Some(Text::from_static(code.as_str()));
     describe_consumer(&mut event, key);
     event
 }
@@ -571,6 +571,24 @@ fn authenticate(snapshot: &Snapshot, key: &str, tenant: Option<&str>) -> Result<
     Ok(entry)
 }
 
+/// A request method as event text: the standard ones without allocating.
+fn method_text(method: &http::Method) -> Text {
+    use http::Method;
+    let name = match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => return Text::from(method.as_str()),
+    };
+    Text::from_static(name)
+}
+
 fn describe_consumer(event: &mut Event, key: &KeyEntry) {
     event.tenant_id = key.tenant_id.clone();
     event.consumer_id = Some(key.consumer_id.clone());
@@ -600,10 +618,10 @@ fn refuse_with(
     let code = error.code;
     let body = error.body_bytes();
     event.status_code = Some(code.status().as_u16());
-    event.outcome = "failure".into();
+    event.outcome = Text::from_static("failure");
     // A block sets its own code and message for the trail; the caller sees
     // only the generic one.
-    event.error_code.get_or_insert_with(|| code.as_str().to_string());
+    event.error_code.get_or_insert_with(|| Text::from_static(code.as_str()));
     if event.error_message.is_none() {
         event.error_message = Some(error.message);
     }

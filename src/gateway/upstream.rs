@@ -180,7 +180,7 @@ pub struct ConnectionUpstreams {
     slot: Arc<Slot>,
     /// The peer's address as text and as an `X-Forwarded-For` value, made
     /// once per connection rather than once per request.
-    peer_text: String,
+    peer_text: crate::text::Text,
     peer_header: http::HeaderValue,
     /// The timer of [`ConnectionUpstreams::send_within`], kept between calls.
     timer: Mutex<KeptTimer>,
@@ -192,13 +192,13 @@ impl ConnectionUpstreams {
         let peer_header = http::HeaderValue::from_str(&peer_text).expect("an IP address is a valid header value");
         ConnectionUpstreams {
             slot: Arc::new(Slot { shared, conns: Mutex::new(Vec::new()) }),
-            peer_text,
+            peer_text: peer_text.into(),
             peer_header,
             timer: Mutex::default(),
         }
     }
 
-    pub fn peer_text(&self) -> &str {
+    pub fn peer_text(&self) -> &crate::text::Text {
         &self.peer_text
     }
 

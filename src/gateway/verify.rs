@@ -34,7 +34,7 @@ use super::{
     KeySource, X_REQUEST_ID,
 };
 use crate::error::{parse_json_body, ApiError, ErrorCode};
-use crate::event::Event;
+use crate::event::{Event, Text};
 use crate::keys;
 use crate::protection::Block;
 use crate::ratelimit::{self, Standing};
@@ -129,7 +129,7 @@ impl Gateway {
         };
         let now = event.timestamp_ms;
         let country = self.geo.country(client);
-        event.country = country.map(str::to_string);
+        event.country = country.map(Text::from);
 
         // The body (bounded) comes first: the key in it names the tenant
         // whose blocklist applies and whose trail records the call, as the
@@ -195,7 +195,7 @@ impl Gateway {
                 let hint = keys::hint(&request.key);
                 match &failure.key {
                     Some(entry) => describe_consumer(&mut event, entry),
-                    None => event.key_hint = Some(hint.clone()),
+                    None => event.key_hint = Some(hint.as_str().into()),
                 }
                 self.record_auth_failure(&event, &failure, Some(KeySource::VerifyBody), Some(hint));
                 let api_id = api.as_ref().map(|a| a.api_id.as_str());
@@ -290,8 +290,8 @@ fn answer(
 ) -> Response<GatewayBody> {
     event.status_code = Some(StatusCode::OK.as_u16());
     if let Some(code) = verdict.refused {
-        event.outcome = "failure".into();
-        event.error_code = Some(code.as_str().to_string());
+        event.outcome = Text::from_static("failure");
+        event.error_code = Some(Text::from_static(code.as_str()));
         event.error_message = Some(code.default_message().to_string());
     }
     let body = Bytes::from(serde_json::to_vec(verdict).expect("a verdict always serialises"));

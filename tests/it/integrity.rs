@@ -24,7 +24,7 @@ fn batch(n: usize, changed: Option<(usize, usize, u16)>) -> Vec<Event> {
         .map(|i| {
             let mut e = Event::new("acme", Category::Request, "api_call", "success");
             e.timestamp_ms = T0 + (n * PER_BATCH + i) as i64 * 1000;
-            e.consumer_id = Some(format!("cons_{}", i % 3));
+            e.consumer_id = Some(format!("cons_{}", i % 3).into());
             e.method = Some("GET".into());
             e.path = Some(format!("/orders/{i}"));
             e.status_code = Some(match changed {

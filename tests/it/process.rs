@@ -222,9 +222,9 @@ async fn a_large_export_streams_in_little_memory() {
             e.path = Some(format!("/docs/page/{}", seq % 300));
             e.method = Some("GET".into());
             e.status_code = Some(200);
-            e.consumer_id = Some(format!("cons_{}", seq % 50));
+            e.consumer_id = Some(format!("cons_{}", seq % 50).into());
             e.user_agent = Some("Mozilla/5.0 (X11; Linux x86_64) keytrail-test".into());
-            e.client_ip = Some(format!("10.0.{}.{}", seq % 200, seq % 250));
+            e.client_ip = Some(format!("10.0.{}.{}", seq % 200, seq % 250).into());
             e.request_id = Some(keytrail::event::new_id_at(e.timestamp_ms));
             batch.push(e);
             if batch.len() == 10_000 {

@@ -42,12 +42,12 @@ fn settings(hot_days: u32, archive_days: u32) -> RetentionSettings {
 fn event(tenant: &str, ts: i64, n: usize) -> Event {
     let mut e = Event::new(tenant, Category::Request, "api_call", "success");
     e.timestamp_ms = ts;
-    e.consumer_id = Some(format!("cons_{}", n % 3));
+    e.consumer_id = Some(format!("cons_{}", n % 3).into());
     e.method = Some("GET".into());
     e.path = Some(format!("/orders/{n}"));
     e.status_code = Some(200);
     e.latency_us = Some(1_000 + n as u64);
-    e.client_ip = Some(format!("198.51.100.{}", n % 7));
+    e.client_ip = Some(format!("198.51.100.{}", n % 7).into());
     e
 }
 
@@ -232,7 +232,7 @@ fn days_go_hot_then_archived_then_deleted_exactly_at_the_boundaries() {
     let mut kinds: HashMap<String, usize> = HashMap::new();
     for e in t.read("acme", 0, i64::MAX) {
         if e.event.actor.as_deref() == Some("system:retention") {
-            *kinds.entry(e.event.event_type.clone()).or_default() += 1;
+            *kinds.entry(e.event.event_type.to_string()).or_default() += 1;
             assert_eq!(e.event.tenant_id, "acme");
             assert!(e.event.details.as_ref().unwrap()["first_seq"].is_u64(), "{:?}", e.event);
         }

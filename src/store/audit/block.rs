@@ -50,7 +50,7 @@
 //! stores are resolved by the caller.
 
 use crate::store::varint::push_varint;
-use crate::event::{derived_event_id_bytes, Category, Event};
+use crate::event::{derived_event_id_bytes, Category, Event, Text};
 
 /// Most events in one block.
 pub const MAX_BLOCK_ROWS: usize = 2048;
@@ -143,25 +143,25 @@ impl TextField {
     }
 
     fn set(self, e: &mut Event, value: Option<&str>) {
-        let slot = match self {
+        let text = match self {
             TextField::EventType => return set_string(&mut e.event_type, value.unwrap_or("")),
             TextField::Outcome => return set_string(&mut e.outcome, value.unwrap_or("")),
+            TextField::Target => return set_opt_string(&mut e.target, value),
+            TextField::Path => return set_opt_string(&mut e.path, value),
+            TextField::UserAgent => return set_opt_string(&mut e.user_agent, value),
+            TextField::ErrorMessage => return set_opt_string(&mut e.error_message, value),
             TextField::Actor => &mut e.actor,
-            TextField::Target => &mut e.target,
             TextField::Consumer => &mut e.consumer_id,
             TextField::ConsumerName => &mut e.consumer_name,
             TextField::Api => &mut e.api_id,
             TextField::KeyId => &mut e.key_id,
             TextField::KeyHint => &mut e.key_hint,
             TextField::Method => &mut e.method,
-            TextField::Path => &mut e.path,
             TextField::ClientIp => &mut e.client_ip,
-            TextField::UserAgent => &mut e.user_agent,
             TextField::Country => &mut e.country,
             TextField::ErrorCode => &mut e.error_code,
-            TextField::ErrorMessage => &mut e.error_message,
         };
-        set_opt_string(slot, value);
+        set_opt_string(text, value);
     }
 }
 
@@ -960,15 +960,43 @@ impl DecodedBlock {
     }
 }
 
-fn set_string(slot: &mut String, value: &str) {
-    slot.clear();
-    slot.push_str(value);
+/// A field set from a decoded value, reusing what it holds where it can:
+/// a `String`'s buffer, or a `Text` that already says the same (rows in a
+/// block repeat their tenant, type, outcome, api and consumer).
+trait SetText {
+    fn set_text(&mut self, value: &str);
+    fn new_text(value: &str) -> Self;
 }
 
-fn set_opt_string(slot: &mut Option<String>, value: Option<&str>) {
+impl SetText for String {
+    fn set_text(&mut self, value: &str) {
+        self.clear();
+        self.push_str(value);
+    }
+    fn new_text(value: &str) -> Self {
+        value.to_string()
+    }
+}
+
+impl SetText for Text {
+    fn set_text(&mut self, value: &str) {
+        if self.as_str() != value {
+            *self = Text::from(value);
+        }
+    }
+    fn new_text(value: &str) -> Self {
+        Text::from(value)
+    }
+}
+
+fn set_string<T: SetText>(slot: &mut T, value: &str) {
+    slot.set_text(value);
+}
+
+fn set_opt_string<T: SetText>(slot: &mut Option<T>, value: Option<&str>) {
     match (slot.as_mut(), value) {
-        (Some(s), Some(v)) => set_string(s, v),
-        (None, Some(v)) => *slot = Some(v.to_string()),
+        (Some(s), Some(v)) => s.set_text(v),
+        (None, Some(v)) => *slot = Some(T::new_text(v)),
         (_, None) => *slot = None,
     }
 }
@@ -1016,10 +1044,10 @@ mod tests {
                 2 => Some(format!("req-{i}")),
                 _ => Some(new_id_at(e.timestamp_ms)),
             };
-            e.consumer_id = (i % 7 != 0).then(|| format!("cons_{}", i % 11));
+            e.consumer_id = (i % 7 != 0).then(|| format!("cons_{}", i % 11).into());
             e.path = Some(format!("/docs/{}", i % 13));
             e.method = Some(["GET", "POST"][(i % 2) as usize].into());
-            e.client_ip = Some(format!("10.0.0.{}", i % 250));
+            e.client_ip = Some(format!("10.0.0.{}", i % 250).into());
             e.user_agent = (i % 2 == 0).then(|| "curl/8 ünïcode".into());
             e.status_code = (i % 9 != 0).then_some(200 + (i % 4) as u16 * 100);
             e.latency_us = Some(i * i * 13);

@@ -31,13 +31,13 @@ fn events(n: usize, start: i64, span_ms: i64, seed: u64) -> Vec<Event> {
             // Mostly climbing, sometimes up to 30 s late.
             e.timestamp_ms = start + span_ms * i as i64 / n as i64 - if rng.below(10) == 0 { rng.below(30_000) as i64 } else { 0 };
             let consumer = rng.below(7);
-            e.consumer_id = (consumer != 0).then(|| format!("cons_{consumer}"));
-            e.consumer_name = e.consumer_id.as_ref().map(|c| format!("client {c}"));
+            e.consumer_id = (consumer != 0).then(|| format!("cons_{consumer}").into());
+            e.consumer_name = e.consumer_id.as_ref().map(|c| format!("client {c}").into());
             e.api_id = Some(["docs", "orders"][rng.below(2) as usize].into());
             e.method = Some(["GET", "POST", "DELETE", "OPTIONS"][rng.below(4) as usize].into());
             e.path = Some(format!("/{}/{}", e.api_id.as_deref().unwrap(), rng.below(5)));
             e.request_id = Some(crate::event::new_id_at(e.timestamp_ms));
-            e.client_ip = Some(format!("10.0.0.{}", rng.below(40)));
+            e.client_ip = Some(format!("10.0.0.{}", rng.below(40)).into());
             e.user_agent = Some(format!("agent/{}", rng.below(3)));
             if !security {
                 e.status_code = Some([200, 200, 200, 201, 404, 429, 500][rng.below(7) as usize]);
@@ -209,7 +209,7 @@ fn brute_consumers(reader: &AuditReader, tenant: &str, from: i64, to: i64) -> BT
         let e = s.event;
         if e.category == Some(Category::Request) && (from..to).contains(&e.timestamp_ms) {
             let method = super::rollup::method_index(e.method.as_deref().unwrap_or(""));
-            out.entry(e.consumer_id).or_default().add(e.status_code.unwrap_or(0), method, e.latency_us.unwrap_or(0));
+            out.entry(e.consumer_id.map(String::from)).or_default().add(e.status_code.unwrap_or(0), method, e.latency_us.unwrap_or(0));
         }
     }
     out
@@ -259,7 +259,7 @@ fn check_aggregations(reader: &AuditReader, windows: &[(i64, i64)]) {
             t.0 += 1;
             t.1 += error;
             if let Some(consumer) = e.consumer_id.clone() {
-                t.2.insert(consumer);
+                t.2.insert(consumer.to_string());
             }
         }
         let got: BTreeMap<Option<String>, (u64, u64)> =
@@ -350,7 +350,7 @@ fn latency_sketches_in_rollups_answer_within_their_error() {
             .unwrap()
             .into_iter()
             .map(|s| s.event)
-            .filter(|e| e.category == Some(Category::Request) && e.consumer_id == consumer)
+            .filter(|e| e.category == Some(Category::Request) && e.consumer_id.as_deref() == consumer.as_deref())
             .map(|e| e.latency_us.unwrap())
             .collect();
         values.sort_unstable();
@@ -489,7 +489,7 @@ fn varied_events(n: usize, start: i64, span_ms: i64, seed: u64) -> Vec<Event> {
                         e.outcome = "failure".into();
                     }
                     e.request_id = Some(if rng.below(20) == 0 { format!("req-{}", rng.below(4)) } else { crate::event::new_id_at(ts) });
-                    e.consumer_id = Some(format!("cons_{}", rng.below(5)));
+                    e.consumer_id = Some(format!("cons_{}", rng.below(5)).into());
                     e.method = Some("GET".into());
                     e.path = Some(format!("/docs/{}", rng.below(5)));
                     let id = e.request_id.clone().unwrap();
@@ -505,7 +505,7 @@ fn varied_events(n: usize, start: i64, span_ms: i64, seed: u64) -> Vec<Event> {
                         e.request_id = Some(id.clone());
                     }
                     e.timestamp_ms = ts;
-                    e.actor = Some(format!("consumer:cons_{}", rng.below(5)));
+                    e.actor = Some(format!("consumer:cons_{}", rng.below(5)).into());
                     e
                 }
                 6 | 7 => {
@@ -514,9 +514,9 @@ fn varied_events(n: usize, start: i64, span_ms: i64, seed: u64) -> Vec<Event> {
                     e.timestamp_ms = ts;
                     e.actor = Some(match rng.below(20) {
                         _ if rare => "admin:rare".into(),
-                        0 => format!("admin:once_{i}"),
+                        0 => format!("admin:once_{i}").into(),
                         1..=4 if later_day => "admin:day_two".into(),
-                        k => format!("admin:adm_{}", k % 3),
+                        k => format!("admin:adm_{}", k % 3).into(),
                     });
                     e.target = match rng.below(8) {
                         0 => None,
@@ -544,7 +544,7 @@ fn varied_events(n: usize, start: i64, span_ms: i64, seed: u64) -> Vec<Event> {
                     e
                 }
             };
-            e.client_ip = Some(format!("10.0.0.{}", rng.below(40)));
+            e.client_ip = Some(format!("10.0.0.{}", rng.below(40)).into());
             e
         })
         .collect()
@@ -639,7 +639,7 @@ fn actor_target_request_id_and_outcome_filters_equal_a_brute_force_filter() {
         EventFilter { category: Some(Category::App), ..base.clone() },
         EventFilter { category: Some(Category::Admin), ..base.clone() },
         EventFilter { actor: Some("admin:adm_1".into()), ..base.clone() },
-        EventFilter { actor: Some(once_actor), ..base.clone() },
+        EventFilter { actor: Some(once_actor.to_string()), ..base.clone() },
         EventFilter { actor: Some("admin:rare".into()), ..base.clone() },
         EventFilter { actor: Some("admin:day_two".into()), ..base.clone() },
         EventFilter { actor: Some("app:billing".into()), category: Some(Category::App), outcome: Some("error".into()), ..base.clone() },

@@ -269,7 +269,7 @@ impl DayWriter {
             return *salt;
         }
         let consumer_text = super::salts::consumer_key(e.salt_owner()).to_string();
-        let salt = imported.get(&(day, e.tenant_id.clone(), consumer_text.clone())).copied().unwrap_or_else(rand::random);
+        let salt = imported.get(&(day, e.tenant_id.to_string(), consumer_text.clone())).copied().unwrap_or_else(rand::random);
         self.salts.insert((tenant, consumer), salt);
         self.new_salts.push((tenant, consumer, consumer_text, salt));
         salt
@@ -560,17 +560,17 @@ impl AuditWriterStore {
             if i % YIELD_EVERY == YIELD_EVERY - 1 {
                 std::thread::yield_now();
             }
-            if !heads.contains_key(&e.tenant_id) {
-                heads.insert(e.tenant_id.clone(), ChainHead { seq: 0, hash: GENESIS_HASH });
+            if !heads.contains_key(e.tenant_id.as_str()) {
+                heads.insert(e.tenant_id.to_string(), ChainHead { seq: 0, hash: GENESIS_HASH });
             }
-            let head = heads.get_mut(&e.tenant_id).expect("inserted");
+            let head = heads.get_mut(e.tenant_id.as_str()).expect("inserted");
             e.seq = head.seq + 1;
             if e.event_id.is_empty() {
                 e.event_id = derived_event_id(&e.tenant_id, e.seq, e.timestamp_ms);
             }
             let e = &*e;
             let tenant = last.tenant(&mut writer.dict, &e.tenant_id);
-            tenants.entry(tenant).or_insert_with(|| e.tenant_id.clone());
+            tenants.entry(tenant).or_insert_with(|| e.tenant_id.to_string());
             let texts = TEXT_FIELDS.map(|f| last.resolve(&mut writer.dict, f, f.get(e)));
 
             let previous = head.hash;
