@@ -10,7 +10,6 @@
 //! the shared (Redis) one for several nodes plugs in behind the same
 //! [`check`].
 
-use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -68,7 +67,8 @@ impl std::fmt::Debug for RateLimit {
 #[derive(Debug)]
 pub struct DailyCap {
     pub limit: u64,
-    used: Mutex<HashMap<String, (i64, u64)>>,
+    /// Per consumer id (made by keytrail, not by callers): Fx-hashed.
+    used: Mutex<rustc_hash::FxHashMap<String, (i64, u64)>>,
 }
 
 /// Where a call stands against the limit that is closest to refusing it,
@@ -129,7 +129,7 @@ impl RateLimit {
 
 impl DailyCap {
     pub fn new(limit: u64) -> DailyCap {
-        DailyCap { limit, used: Mutex::new(HashMap::new()) }
+        DailyCap { limit, used: Mutex::default() }
     }
 
     /// Counts `cost` calls for `consumer` today, unless that passes the cap.

@@ -95,7 +95,10 @@ pub struct Snapshot {
     /// The same apis by tenant, then api id (api ids are per tenant), for
     /// key verification, which names an api instead of calling a path.
     apis: HashMap<Text, HashMap<Text, Arc<RouteApi>>>,
-    keys: HashMap<SecretHash, Arc<KeyEntry>>,
+    /// Hashed with Fx, not SipHash: the map's keys are SHA-256 outputs and
+    /// only the operator adds them, so there is nothing to flood, and each
+    /// call looks a key up (SipHash cost ~270 instructions of it).
+    keys: rustc_hash::FxHashMap<SecretHash, Arc<KeyEntry>>,
     /// By (tenant, tier id).
     tiers: HashMap<(String, String), Arc<TierLimits>>,
     /// The global blocklist, and each tenant's.

@@ -117,7 +117,9 @@ impl Gateway {
         let mut event = Event::new(Text::from_static(SYSTEM_TENANT), Category::Request, Text::from_static("request"), Text::from_static("success"));
         // Stamped with the event's own time, so the store keeps only its random part.
         let request_id = event::new_id_at(event.timestamp_ms);
-        event.request_id = Some(request_id.clone());
+        // One header value for every answer and both directions (clones share its bytes).
+        let request_id_value = header_value(&request_id);
+        event.request_id = Some(request_id);
         event.method = Some(method_text(req.method()));
         event.path = Some(event::path_without_query(req.uri().path()).to_string());
         // The caller: the peer, or the client a trusted proxy forwarded for.
@@ -171,7 +173,7 @@ impl Gateway {
                 .map(|entry| Block::from_entry(&entry))
         });
         if let Some(block) = block {
-            return self.block(&mut event, &block, &req, client, &request_id, finisher);
+            return self.block(&mut event, &block, &req, client, &request_id_value, finisher);
         }
 
         // 3. Route. A call to a path no api serves is still attributed to the
@@ -183,7 +185,7 @@ impl Gateway {
                     describe_consumer(&mut event, &entry);
                 }
             }
-            return refuse(&mut event, ErrorCode::NoRoute, &request_id, finisher);
+            return refuse(&mut event, ErrorCode::NoRoute, &request_id_value, finisher);
         };
 
         // 4. Authenticate the key against the api's tenant.
@@ -192,7 +194,7 @@ impl Gateway {
                 let failure =
                     AuthFailure { code: ErrorCode::MissingKey, event_type: security_type::AUTH_FAILED, reason: "no key presented", key: None };
                 self.record_auth_failure(&event, &failure, None, None);
-                return refuse(&mut event, failure.code, &request_id, finisher);
+                return refuse(&mut event, failure.code, &request_id_value, finisher);
             }
             Some(Err(source)) => {
                 let failure = AuthFailure {
@@ -202,7 +204,7 @@ impl Gateway {
                     key: None,
                 };
                 self.record_auth_failure(&event, &failure, Some(source), None);
-                return refuse(&mut event, failure.code, &request_id, finisher);
+                return refuse(&mut event, failure.code, &request_id_value, finisher);
             }
             Some(Ok(found)) => found,
         };
@@ -216,7 +218,7 @@ impl Gateway {
                     event.key_hint = Some(hint.as_str().into());
                 }
                 self.record_auth_failure(&event, &failure, Some(source), Some(hint));
-                return refuse(&mut event, failure.code, &request_id, finisher);
+                return refuse(&mut event, failure.code, &request_id_value, finisher);
             }
         };
         describe_consumer(&mut event, &entry);
@@ -228,12 +230,12 @@ impl Gateway {
             .or_else(|| snapshot.tenant_blocks(&route.tenant_id)?.match_key(&entry.key_id, now));
         drop(snapshot);
         if let Some(entry) = key_block {
-            return self.block(&mut event, &Block::from_entry(&entry), &req, client, &request_id, finisher);
+            return self.block(&mut event, &Block::from_entry(&entry), &req, client, &request_id_value, finisher);
         }
 
         // 5. Authorise: the consumer must be active. (Scopes per api come with policies.)
         if !entry.consumer_active {
-            return refuse(&mut event, ErrorCode::ConsumerSuspended, &request_id, finisher);
+            return refuse(&mut event, ErrorCode::ConsumerSuspended, &request_id_value, finisher);
         }
 
         // 6. Rate limits: the consumer's tier and the api's own limit, at
@@ -244,7 +246,7 @@ impl Gateway {
             Ok(standing) => standing,
             Err(exceeded) => {
                 self.record_rate_limited(&event, &entry, &exceeded, cost);
-                let mut response = refuse(&mut event, ErrorCode::RateLimited, &request_id, finisher);
+                let mut response = refuse(&mut event, ErrorCode::RateLimited, &request_id_value, finisher);
                 let headers = response.headers_mut();
                 rate_headers(headers, &exceeded.standing);
                 headers.insert(header::RETRY_AFTER, number_header(exceeded.retry_after_secs));
@@ -263,7 +265,7 @@ impl Gateway {
             self.record_policy_applied(&event, &entry, &violation);
             // The failed call's event says which part of the request was wrong.
             event.details = Some(policy_details(&violation));
-            let mut response = refuse(&mut event, violation.code, &request_id, finisher);
+            let mut response = refuse(&mut event, violation.code, &request_id_value, finisher);
             if violation.code == ErrorCode::MethodNotAllowed {
                 let allow = route.policies.allowed_methods.join(", ");
                 response.headers_mut().insert(header::ALLOW, header_value(&allow));
@@ -279,8 +281,6 @@ impl Gateway {
             None => Uri::from_static("/"),
         };
         parts.version = http::Version::HTTP_11;
-        // One value for both directions: the clone shares its bytes.
-        let request_id_value = header_value(&request_id);
         prepare_upstream_headers(&mut parts.headers, source, &route, request_id_value.clone(), &entry, upstreams);
         let request_bytes = Arc::new(AtomicU64::new(0));
         let upstream_req = Request::from_parts(parts, CountingBody::new(body, request_bytes.clone()));
@@ -292,11 +292,11 @@ impl Gateway {
             Some(Ok(res)) => res,
             Some(Err(error)) => {
                 tracing::warn!(api = %route.api_id, upstream = %route.upstream_authority, error = %error_chain(&error), "upstream request failed");
-                return refuse(&mut event, ErrorCode::UpstreamUnavailable, &request_id, |e, _| finisher(e, Some(request_bytes)));
+                return refuse(&mut event, ErrorCode::UpstreamUnavailable, &request_id_value, |e, _| finisher(e, Some(request_bytes)));
             }
             None => {
                 tracing::warn!(api = %route.api_id, upstream = %route.upstream_authority, timeout_ms = timeout.as_millis() as u64, "upstream timed out");
-                return refuse(&mut event, ErrorCode::UpstreamTimeout, &request_id, |e, _| finisher(e, Some(request_bytes)));
+                return refuse(&mut event, ErrorCode::UpstreamTimeout, &request_id_value, |e, _| finisher(e, Some(request_bytes)));
             }
         };
 
@@ -352,7 +352,7 @@ impl Gateway {
         block: &Block,
         req: &Request<Incoming>,
         client: std::net::IpAddr,
-        request_id: &str,
+        request_id: &HeaderValue,
         finisher: impl FnOnce(Event, Option<Arc<AtomicU64>>) -> Finisher,
     ) -> Response<GatewayBody> {
         let mut names: Vec<&str> = req.headers().keys().map(HeaderName::as_str).collect();
@@ -602,7 +602,7 @@ fn describe_consumer(event: &mut Event, key: &KeyEntry) {
 fn refuse(
     event: &mut Event,
     code: ErrorCode,
-    request_id: &str,
+    request_id: &HeaderValue,
     finisher: impl FnOnce(Event, Option<Arc<AtomicU64>>) -> Finisher,
 ) -> Response<GatewayBody> {
     refuse_with(event, ApiError::from_code(code), request_id, finisher)
@@ -612,7 +612,7 @@ fn refuse(
 fn refuse_with(
     event: &mut Event,
     error: ApiError,
-    request_id: &str,
+    request_id: &HeaderValue,
     finisher: impl FnOnce(Event, Option<Arc<AtomicU64>>) -> Finisher,
 ) -> Response<GatewayBody> {
     let code = error.code;
@@ -629,7 +629,7 @@ fn refuse_with(
     *response.status_mut() = code.status();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    headers.insert(X_REQUEST_ID.clone(), header_value(request_id));
+    headers.insert(X_REQUEST_ID.clone(), request_id.clone());
     if code.status() == StatusCode::UNAUTHORIZED {
         headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"keytrail\""));
     }

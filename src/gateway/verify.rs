@@ -121,7 +121,7 @@ impl Gateway {
     /// Answers one verification. `event` holds what the accept phase found
     /// (request id, method, path, caller); `client` is the caller's address.
     pub(super) async fn verify(&self, mut req: Request<Incoming>, mut event: Event, client: IpAddr, started: Instant) -> Response<GatewayBody> {
-        let request_id = event.request_id.clone().unwrap_or_default();
+        let request_id = header_value(event.request_id.as_deref().unwrap_or_default());
         let received = Arc::new(AtomicU64::new(0));
         let finisher = {
             let (audit, received) = (self.audit.clone(), received.clone());
@@ -285,7 +285,7 @@ fn parse_request(body: &[u8]) -> Result<VerifyRequest, ApiError> {
 fn answer(
     event: &mut Event,
     verdict: &Verdict<'_>,
-    request_id: &str,
+    request_id: &HeaderValue,
     finisher: impl FnOnce(Event, Option<Arc<AtomicU64>>) -> Finisher,
 ) -> Response<GatewayBody> {
     event.status_code = Some(StatusCode::OK.as_u16());
@@ -299,7 +299,7 @@ fn answer(
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert(X_REQUEST_ID.clone(), header_value(request_id));
+    headers.insert(X_REQUEST_ID.clone(), request_id.clone());
     response
 }
 
