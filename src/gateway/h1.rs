@@ -90,19 +90,38 @@ impl InBuf {
     }
 }
 
-/// Writes the request head: request line in origin form, the headers as
-/// the gateway prepared them, and `Transfer-Encoding: chunked` when the
-/// body has no declared length.
-pub fn encode_head(out: &mut Vec<u8>, method: &Method, target: &str, headers: &HeaderMap, chunked: bool) {
+/// What the gateway changes in the headers it forwards: the ones it sets
+/// (written first, `Host` among them) and the caller's it leaves out (the
+/// key's header, and every name it sets). Applied while the head is
+/// written, so the request's header map is never edited (a removal and
+/// four insertions into it cost ~1,200 instructions per call).
+#[derive(Clone, Copy, Default)]
+pub struct Forwarded<'a> {
+    pub add: &'a [(&'a HeaderName, &'a HeaderValue)],
+    pub skip: &'a [&'a HeaderName],
+}
+
+/// Writes the request head: request line in origin form, the gateway's
+/// headers, the caller's (less those `forwarded` leaves out), and
+/// `Transfer-Encoding: chunked` when the body has no declared length.
+pub fn encode_head(out: &mut Vec<u8>, method: &Method, target: &str, headers: &HeaderMap, forwarded: Forwarded<'_>, chunked: bool) {
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in headers {
+    let line = |out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue| {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
+    };
+    for (name, value) in forwarded.add {
+        line(out, name, value);
+    }
+    for (name, value) in headers {
+        if !forwarded.skip.contains(&name) {
+            line(out, name, value);
+        }
     }
     if chunked {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
@@ -463,6 +482,35 @@ fn trailers(buf: &[u8]) -> Result<Option<usize>, Invalid> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_forwarded_head_has_the_gateways_headers_first_and_none_it_leaves_out() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_static("gateway.example"));
+        headers.insert("x-api-key", HeaderValue::from_static("kt_live_secret"));
+        headers.append("x-consumer-id", HeaderValue::from_static("forged-1"));
+        headers.append("x-consumer-id", HeaderValue::from_static("forged-2"));
+        headers.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic kept"));
+        let (host, consumer) = (HeaderValue::from_static("up:8080"), HeaderValue::from_static("cons_1"));
+        let x_api_key = HeaderName::from_static("x-api-key");
+        let x_consumer_id = HeaderName::from_static("x-consumer-id");
+        let add = [(&header::HOST, &host), (&x_consumer_id, &consumer)];
+        let skip = [&x_api_key, &header::HOST, &x_consumer_id];
+        let mut out = Vec::new();
+        encode_head(&mut out, &Method::GET, "/a?b=1", &headers, Forwarded { add: &add, skip: &skip }, false);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "GET /a?b=1 HTTP/1.1\r\nhost: up:8080\r\nx-consumer-id: cons_1\r\naccept: */*\r\nauthorization: Basic kept\r\n\r\n"
+        );
+        // Nothing added or left out: the caller's headers as they are, and the chunked body's framing.
+        let mut out = Vec::new();
+        encode_head(&mut out, &Method::POST, "/", &headers, Forwarded::default(), true);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("POST / HTTP/1.1\r\nhost: gateway.example\r\n"), "{text}");
+        assert!(text.contains("x-api-key: kt_live_secret\r\n") && text.matches("x-consumer-id: forged").count() == 2, "{text}");
+        assert!(text.ends_with("transfer-encoding: chunked\r\n\r\n"), "{text}");
+    }
 
     fn inbuf(bytes: &[u8]) -> InBuf {
         let mut b = InBuf::default();

@@ -40,7 +40,7 @@ use crate::policy::Violation;
 use crate::protection::{self, AttackRules, Block, Countries, FailureCounter, History, TrustedProxies};
 use crate::settings::BLOCKED_ERROR_CODE;
 use crate::ratelimit::{self, Exceeded, Standing};
-use crate::snapshot::{KeyEntry, Snapshot, RouteApi};
+use crate::snapshot::{KeyEntry, Snapshot};
 
 static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -281,12 +281,29 @@ impl Gateway {
             None => Uri::from_static("/"),
         };
         parts.version = http::Version::HTTP_11;
-        prepare_upstream_headers(&mut parts.headers, source, &route, request_id_value.clone(), &entry, upstreams);
+        strip_hop_by_hop(&mut parts.headers);
+        let xff = forwarded_for(&parts.headers, upstreams);
+        // The key never travels further than the gateway, and the identity
+        // headers are the gateway's to set: a caller's own are left out.
+        let key_header = match source {
+            KeySource::ApiKeyHeader => &X_API_KEY,
+            KeySource::Authorization => &header::AUTHORIZATION,
+            // Never proxied: verification answers itself.
+            KeySource::VerifyBody => &header::HOST,
+        };
+        let add = [
+            (&header::HOST, &route.host_header),
+            (&X_REQUEST_ID, &request_id_value),
+            (&X_CONSUMER_ID, &entry.consumer_header),
+            (&X_FORWARDED_FOR, &xff),
+        ];
+        let skip = [key_header, &header::HOST, &X_REQUEST_ID, &X_CONSUMER_ID, &X_FORWARDED_FOR];
+        let forwarded = h1::Forwarded { add: &add, skip: &skip };
         let request_bytes = Arc::new(AtomicU64::new(0));
         let upstream_req = Request::from_parts(parts, CountingBody::new(body, request_bytes.clone()));
         let timeout = route.timeout.unwrap_or(self.upstream_timeout);
         let sent = Instant::now();
-        let outcome = upstreams.send_within(&route.upstream_authority, upstream_req, sent, timeout).await;
+        let outcome = upstreams.send_within(&route.upstream_authority, upstream_req, forwarded, sent, timeout).await;
         event.upstream_latency_us = Some(sent.elapsed().as_micros() as u64);
         let upstream_res = match outcome {
             Some(Ok(res)) => res,
@@ -683,31 +700,13 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-fn prepare_upstream_headers(
-    headers: &mut HeaderMap,
-    source: KeySource,
-    route: &RouteApi,
-    request_id: HeaderValue,
-    key: &KeyEntry,
-    connection: &ConnectionUpstreams,
-) {
-    strip_hop_by_hop(headers);
-    // The key never travels further than the gateway.
-    match source {
-        KeySource::ApiKeyHeader => headers.remove(&X_API_KEY),
-        KeySource::Authorization => headers.remove(header::AUTHORIZATION),
-        // Never proxied: verification answers itself.
-        KeySource::VerifyBody => None,
-    };
-    // Identity headers are the gateway's to set; a caller's own are dropped.
-    headers.insert(X_REQUEST_ID.clone(), request_id);
-    headers.insert(X_CONSUMER_ID.clone(), key.consumer_header.clone());
-    headers.insert(header::HOST, route.host_header.clone());
-    let forwarded = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+/// The `X-Forwarded-For` value sent upstream: the caller's (first) value
+/// with the peer appended, or the peer alone.
+fn forwarded_for(headers: &HeaderMap, connection: &ConnectionUpstreams) -> HeaderValue {
+    match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(previous) => header_value(&format!("{previous}, {}", connection.peer_text())),
         None => connection.peer_header().clone(),
-    };
-    headers.insert(X_FORWARDED_FOR.clone(), forwarded);
+    }
 }
 
 fn error_chain(error: &dyn std::error::Error) -> String {

@@ -213,6 +213,7 @@ impl ConnectionUpstreams {
         &self,
         authority: &Authority,
         req: Request<B>,
+        forwarded: h1::Forwarded<'_>,
         started: std::time::Instant,
         timeout: Duration,
     ) -> Option<Result<Response<UpstreamBody<B>>, UpstreamError>>
@@ -223,7 +224,7 @@ impl ConnectionUpstreams {
         let deadline = started + timeout;
         let timer = || self.timer.lock().unwrap_or_else(|e| e.into_inner());
         timer().arm(deadline);
-        let mut send = std::pin::pin!(self.send(authority, req));
+        let mut send = std::pin::pin!(self.send_forwarded(authority, req, forwarded));
         poll_fn(|cx| {
             if let Poll::Ready(answer) = send.as_mut().poll(cx) {
                 return Poll::Ready(Some(answer));
@@ -241,6 +242,21 @@ impl ConnectionUpstreams {
         B: Body<Data = Bytes> + Unpin,
         B::Error: Into<BoxError>,
     {
+        self.send_forwarded(authority, req, h1::Forwarded::default()).await
+    }
+
+    /// [`send`](Self::send), with the gateway's changes to the headers
+    /// applied as the head is written.
+    pub async fn send_forwarded<B>(
+        &self,
+        authority: &Authority,
+        req: Request<B>,
+        forwarded: h1::Forwarded<'_>,
+    ) -> Result<Response<UpstreamBody<B>>, UpstreamError>
+    where
+        B: Body<Data = Bytes> + Unpin,
+        B::Error: Into<BoxError>,
+    {
         let (parts, body) = req.into_parts();
         let kept = self.slot.take(authority).or_else(|| self.slot.shared.take_idle(authority));
         let (mut conn, mut reused) = match kept {
@@ -251,7 +267,7 @@ impl ConnectionUpstreams {
         let chunked = !body.is_end_stream() && !parts.headers.contains_key(http::header::CONTENT_LENGTH);
         let mut head = std::mem::take(&mut conn.head);
         head.clear();
-        h1::encode_head(&mut head, &parts.method, target, &parts.headers, chunked);
+        h1::encode_head(&mut head, &parts.method, target, &parts.headers, forwarded, chunked);
         let head_request = parts.method == Method::HEAD;
         let mut out = Outgoing::new(head, body, chunked);
         let head = loop {
@@ -804,7 +820,7 @@ mod tests {
     /// timed out, else whether a head came, and how long it took.
     async fn within(client: &ConnectionUpstreams, up: &Canned, timeout: Duration) -> (Option<bool>, Duration) {
         let started = std::time::Instant::now();
-        let answer = client.send_within(&up.authority, get(up, "GET"), started, timeout).await;
+        let answer = client.send_within(&up.authority, get(up, "GET"), h1::Forwarded::default(), started, timeout).await;
         (answer.map(|a| a.is_ok()), started.elapsed())
     }
 
