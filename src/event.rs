@@ -406,16 +406,23 @@ const PERSONAL_DOMAIN: &[u8] = b"keytrail-personal-v1\0";
 /// bytes. The `seq` makes equal values in two events commit differently, so
 /// erased events cannot be linked to each other by their commitments.
 pub fn personal_commitment(f: &CanonicalFields<'_>, salt: &[u8; 32]) -> [u8; 32] {
-    let mut buf = Vec::with_capacity(160);
-    buf.extend_from_slice(PERSONAL_DOMAIN);
-    buf.extend_from_slice(salt);
-    push_text(&mut buf, Some(f.tenant_id));
-    push_int(&mut buf, Some(f.seq as i64));
-    push_text(&mut buf, f.client_ip);
-    push_text(&mut buf, f.user_agent);
-    push_text(&mut buf, f.consumer_name);
-    push_text(&mut buf, f.actor.filter(|_| is_personal_actor(f.category, f.actor)));
-    Sha256::digest(&buf).into()
+    // A buffer kept per thread (the writer makes one commitment per event),
+    // not the one `chain_hash` is writing the canonical bytes into.
+    thread_local! {
+        static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    BUFFER.with_borrow_mut(|buf| {
+        buf.clear();
+        buf.extend_from_slice(PERSONAL_DOMAIN);
+        buf.extend_from_slice(salt);
+        push_text(buf, Some(f.tenant_id));
+        push_int(buf, Some(f.seq as i64));
+        push_text(buf, f.client_ip);
+        push_text(buf, f.user_agent);
+        push_text(buf, f.consumer_name);
+        push_text(buf, f.actor.filter(|_| is_personal_actor(f.category, f.actor)));
+        Sha256::digest(&buf[..]).into()
+    })
 }
 
 fn push_text(out: &mut Vec<u8>, v: Option<&str>) {
@@ -527,7 +534,14 @@ pub fn new_id_at(timestamp_ms: i64) -> String {
     use rand::RngCore;
     let mut random = [0u8; 10];
     rand::rng().fill_bytes(&mut random);
-    uuid::Builder::from_unix_timestamp_millis(timestamp_ms.max(0) as u64, &random).into_uuid().to_string()
+    uuid_text(uuid::Builder::from_unix_timestamp_millis(timestamp_ms.max(0) as u64, &random).into_uuid())
+}
+
+/// A UUID as lowercase hyphenated text in one allocation of its exact
+/// size (`to_string` goes through the formatter and grows its buffer).
+fn uuid_text(id: uuid::Uuid) -> String {
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    id.hyphenated().encode_lower(&mut buf).to_string()
 }
 
 /// The bytes of the event id the writer gives an event: a UUIDv7 whose
@@ -560,7 +574,7 @@ pub fn derived_event_id_bytes(tenant_id: &str, seq: u64, timestamp_ms: i64) -> [
 
 /// [`derived_event_id_bytes`] as the usual hyphenated text.
 pub fn derived_event_id(tenant_id: &str, seq: u64, timestamp_ms: i64) -> String {
-    uuid::Uuid::from_bytes(derived_event_id_bytes(tenant_id, seq, timestamp_ms)).hyphenated().to_string()
+    uuid_text(uuid::Uuid::from_bytes(derived_event_id_bytes(tenant_id, seq, timestamp_ms)))
 }
 
 /// Milliseconds since the Unix epoch, UTC.

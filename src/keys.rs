@@ -86,20 +86,23 @@ fn random_base62(len: usize) -> String {
     (0..len).map(|_| BASE62[rng.random_range(0..62)] as char).collect()
 }
 
-fn checksum(body: &str) -> String {
+/// The key's last characters: CRC-32 of the rest in base62. Bytes, not a
+/// `String`: every proxied call checks one.
+fn checksum(body: &str) -> [u8; CHECKSUM_LEN] {
     let mut n = crc32fast::hash(body.as_bytes()) as u64;
     let mut out = [b'0'; CHECKSUM_LEN];
     for slot in out.iter_mut().rev() {
         *slot = BASE62[(n % 62) as usize];
         n /= 62;
     }
-    String::from_utf8(out.to_vec()).expect("base62 is ascii")
+    out
 }
 
 /// Generates a new API key for the given environment.
 pub fn generate_key(env: KeyEnvironment) -> GeneratedKey {
     let body = format!("{}{}", env.prefix(), random_base62(RANDOM_LEN));
-    let secret = format!("{body}{}", checksum(&body));
+    let sum = checksum(&body);
+    let secret = format!("{body}{}", std::str::from_utf8(&sum).expect("base62 is ascii"));
     let hash = hash_secret(&secret);
     let hint = hint(&secret);
     GeneratedKey { secret, hash, hint }
@@ -121,7 +124,7 @@ pub fn check_format(key: &str) -> Result<KeyEnvironment, MalformedKey> {
         return Err(MalformedKey::Characters);
     }
     let (body, sum) = key.split_at(KEY_LEN - CHECKSUM_LEN);
-    if checksum(body) != sum {
+    if checksum(body) != sum.as_bytes() {
         return Err(MalformedKey::Checksum);
     }
     Ok(env)

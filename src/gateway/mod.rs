@@ -511,12 +511,25 @@ fn rate_headers(headers: &mut HeaderMap, standing: &Standing) {
 
 /// A number as a header value. Those below 1,024 (resets in seconds, most
 /// limits) come ready-made from one static text, so cloning them costs
-/// nothing; larger ones are formatted.
+/// nothing; larger ones are formatted, and the last few made on the thread
+/// are kept (a tier's limit, a daily reset repeat from call to call).
 fn number_header(n: u64) -> HeaderValue {
     const SMALL: usize = 1024;
     static TABLE: std::sync::OnceLock<Vec<HeaderValue>> = std::sync::OnceLock::new();
     if n as usize >= SMALL {
-        return HeaderValue::from(n);
+        const KEPT: usize = 4;
+        thread_local! {
+            static RECENT: std::cell::RefCell<(usize, [Option<(u64, HeaderValue)>; KEPT])> = Default::default();
+        }
+        return RECENT.with_borrow_mut(|(next, recent)| {
+            if let Some((_, value)) = recent.iter().flatten().find(|(m, _)| *m == n) {
+                return value.clone();
+            }
+            let value = HeaderValue::from(n);
+            recent[*next] = Some((n, value.clone()));
+            *next = (*next + 1) % KEPT;
+            value
+        });
     }
     let table = TABLE.get_or_init(|| {
         let mut text = String::new();
@@ -771,6 +784,13 @@ mod tests {
     fn number_headers_read_as_their_number() {
         for n in [0u64, 7, 59, 999, 1023, 1024, 86_400, u64::MAX] {
             assert_eq!(number_header(n).to_str().unwrap(), n.to_string());
+        }
+        // Kept ones come back right, and more than are kept push the oldest out.
+        for round in 0..3 {
+            for n in (0..6u64).map(|i| 1_000_000 + i * 7 + round % 2) {
+                assert_eq!(number_header(n).to_str().unwrap(), n.to_string());
+                assert_eq!(number_header(n).to_str().unwrap(), n.to_string(), "kept");
+            }
         }
     }
 
