@@ -541,7 +541,7 @@ pub fn new_id_at(timestamp_ms: i64) -> String {
 /// size (`to_string` goes through the formatter and grows its buffer).
 fn uuid_text(id: uuid::Uuid) -> String {
     let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    id.hyphenated().encode_lower(&mut buf).to_string()
+    String::from(&*id.hyphenated().encode_lower(&mut buf))
 }
 
 /// The bytes of the event id the writer gives an event: a UUIDv7 whose
