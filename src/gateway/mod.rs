@@ -125,7 +125,7 @@ impl Gateway {
         // The caller: the peer, or the client a trusted proxy forwarded for.
         let client = self
             .trusted_proxies
-            .client_ip(peer.ip(), req.headers().get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()));
+            .client_ip(peer.ip(), || req.headers().get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()));
         event.client_ip = Some(if client == peer.ip() { upstreams.peer_text().clone() } else { client.to_string().into() });
         event.user_agent = req.headers().get(header::USER_AGENT).map(|v| {
             let text = String::from_utf8_lossy(v.as_bytes());
@@ -254,14 +254,13 @@ impl Gateway {
             }
         };
 
-        // 7. Policies: methods, forbidden paths, scopes, body size.
-        if let Err(violation) = route.policies.check(
-            req.method().as_str(),
-            req.uri().path(),
-            declared_length(req.headers()),
-            has_body(req.headers()),
-            &entry.scopes,
-        ) {
+        // 7. Policies: methods, forbidden paths, scopes, body size (the
+        // body's headers looked up only when there is a size to hold it to).
+        let (length, body) = match route.policies.max_body_bytes {
+            Some(_) => (declared_length(req.headers()), has_body(req.headers())),
+            None => (None, false),
+        };
+        if let Err(violation) = route.policies.check(req.method().as_str(), req.uri().path(), length, body, &entry.scopes) {
             self.record_policy_applied(&event, &entry, &violation);
             // The failed call's event says which part of the request was wrong.
             event.details = Some(policy_details(&violation));
