@@ -48,7 +48,9 @@ pub fn cost_of(rules: &[CostRule], path: &str) -> u32 {
         .map_or(1, |r| r.cost)
 }
 
-type Keyed = RateLimiter<Text, DefaultKeyedStateStore<Text>, DefaultClock, StateInformationMiddleware>;
+/// Keyed by consumer id (made by keytrail, not by callers), so Fx-hashed
+/// rather than SipHashed (~180 instructions less per call).
+type Keyed = RateLimiter<Text, DefaultKeyedStateStore<Text, rustc_hash::FxBuildHasher>, DefaultClock, StateInformationMiddleware>;
 
 /// A GCRA limiter with one state per consumer.
 pub struct RateLimit {
@@ -103,7 +105,7 @@ impl RateLimit {
         let burst = NonZeroU32::new(spec.burst)?;
         let quota = Quota::per_minute(rate).allow_burst(burst);
         let clock = DefaultClock::default();
-        let limiter = RateLimiter::dashmap_with_clock(quota, clock.clone()).with_middleware::<StateInformationMiddleware>();
+        let limiter = RateLimiter::dashmap_with_clock_and_hasher(quota, clock.clone(), rustc_hash::FxBuildHasher).with_middleware::<StateInformationMiddleware>();
         Some(RateLimit { spec, limiter, clock })
     }
 
