@@ -224,7 +224,7 @@ impl ConnectionUpstreams {
         let deadline = started + timeout;
         let timer = || self.timer.lock().unwrap_or_else(|e| e.into_inner());
         timer().arm(deadline);
-        let mut send = std::pin::pin!(self.send_forwarded(authority, req, forwarded));
+        let mut send = std::pin::pin!(self.send(authority, req, forwarded));
         poll_fn(|cx| {
             if let Poll::Ready(answer) = send.as_mut().poll(cx) {
                 return Poll::Ready(Some(answer));
@@ -235,19 +235,10 @@ impl ConnectionUpstreams {
         .await
     }
 
-    /// Sends `req` (origin-form URI, `Host` set) to `authority` and waits
-    /// for the response head. The response body streams the rest.
-    pub async fn send<B>(&self, authority: &Authority, req: Request<B>) -> Result<Response<UpstreamBody<B>>, UpstreamError>
-    where
-        B: Body<Data = Bytes> + Unpin,
-        B::Error: Into<BoxError>,
-    {
-        self.send_forwarded(authority, req, h1::Forwarded::default()).await
-    }
-
-    /// [`send`](Self::send), with the gateway's changes to the headers
-    /// applied as the head is written.
-    pub async fn send_forwarded<B>(
+    /// Sends `req` (origin-form URI) to `authority`, with the gateway's
+    /// changes to its headers applied as the head is written, and waits for
+    /// the response head. The response body streams the rest.
+    pub async fn send<B>(
         &self,
         authority: &Authority,
         req: Request<B>,
@@ -738,7 +729,7 @@ mod tests {
         B::Error: Into<BoxError>,
     {
         let exchange = async {
-            let res = client.send(&up.authority, req).await.map_err(|e| format!("head: {e}"))?;
+            let res = client.send(&up.authority, req, h1::Forwarded::default()).await.map_err(|e| format!("head: {e}"))?;
             let (parts, body) = res.into_parts();
             let body = body.collect().await.map_err(|e| format!("body: {e}"))?.to_bytes();
             Ok((Response::from_parts(parts, ()), body))
@@ -955,7 +946,7 @@ mod tests {
         });
         let req = Request::post("/up").header("host", "h").body(StreamBody::new(Box::pin(endless))).unwrap();
         let client = client();
-        let res = tokio::time::timeout(Duration::from_secs(5), client.send(&authority, req)).await.expect("no hang").unwrap();
+        let res = tokio::time::timeout(Duration::from_secs(5), client.send(&authority, req, h1::Forwarded::default())).await.expect("no hang").unwrap();
         assert_eq!(res.status().as_u16(), 413);
         let body = tokio::time::timeout(Duration::from_secs(5), res.into_body().collect()).await.expect("no hang").unwrap().to_bytes();
         assert_eq!(&body[..], b"big");

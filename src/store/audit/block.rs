@@ -144,12 +144,12 @@ impl TextField {
 
     fn set(self, e: &mut Event, value: Option<&str>) {
         let text = match self {
-            TextField::EventType => return set_string(&mut e.event_type, value.unwrap_or("")),
-            TextField::Outcome => return set_string(&mut e.outcome, value.unwrap_or("")),
-            TextField::Target => return set_opt_string(&mut e.target, value),
-            TextField::Path => return set_opt_string(&mut e.path, value),
-            TextField::UserAgent => return set_opt_string(&mut e.user_agent, value),
-            TextField::ErrorMessage => return set_opt_string(&mut e.error_message, value),
+            TextField::EventType => return e.event_type.set_text(value.unwrap_or("")),
+            TextField::Outcome => return e.outcome.set_text(value.unwrap_or("")),
+            TextField::Target => return set_opt_text(&mut e.target, value),
+            TextField::Path => return set_opt_text(&mut e.path, value),
+            TextField::UserAgent => return set_opt_text(&mut e.user_agent, value),
+            TextField::ErrorMessage => return set_opt_text(&mut e.error_message, value),
             TextField::Actor => &mut e.actor,
             TextField::Consumer => &mut e.consumer_id,
             TextField::ConsumerName => &mut e.consumer_name,
@@ -161,7 +161,7 @@ impl TextField {
             TextField::Country => &mut e.country,
             TextField::ErrorCode => &mut e.error_code,
         };
-        set_opt_string(text, value);
+        set_opt_text(text, value);
     }
 }
 
@@ -863,11 +863,11 @@ impl DecodedBlock {
         let ts = self.ts[row];
         event.seq = seq;
         event.timestamp_ms = ts;
-        set_string(&mut event.tenant_id, tenant_id);
+        event.tenant_id.set_text(tenant_id);
         event.category = category_from_code(self.category[row]);
         let mut buf = [0u8; 36];
-        set_string(&mut event.event_id, self.event_id_at(row, tenant_id, seq, &mut buf));
-        set_opt_string(&mut event.request_id, self.request_id_at(row, &mut buf));
+        event.event_id.set_text(self.event_id_at(row, tenant_id, seq, &mut buf));
+        set_opt_text(&mut event.request_id, self.request_id_at(row, &mut buf));
         event.status_code = (self.status[row] != 0).then_some(self.status[row]);
         event.latency_us = self.latency_us[row];
         event.upstream_latency_us = self.upstream_latency_us[row];
@@ -989,11 +989,7 @@ impl SetText for Text {
     }
 }
 
-fn set_string<T: SetText>(slot: &mut T, value: &str) {
-    slot.set_text(value);
-}
-
-fn set_opt_string<T: SetText>(slot: &mut Option<T>, value: Option<&str>) {
+fn set_opt_text<T: SetText>(slot: &mut Option<T>, value: Option<&str>) {
     match (slot.as_mut(), value) {
         (Some(s), Some(v)) => s.set_text(v),
         (None, Some(v)) => *slot = Some(T::new_text(v)),
