@@ -78,8 +78,8 @@ impl InBuf {
             self.buf.truncate(self.filled);
             self.buf.reserve(want);
             // Zeroed only as far as asked: the capacity a reserve hands
-            // back may be far larger, and zeroing all of it on every refill
-            // cost ~350 instructions per proxied call.
+            // back may be far larger, and zeroing what no read will fill
+            // is wasted.
             self.buf.resize(self.filled + want, 0);
         }
         &mut self.buf[self.filled..]
