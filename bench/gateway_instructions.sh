@@ -88,9 +88,9 @@ for line in text.splitlines():
     n = int(m.group(1).replace(",", ""))
     if "PROGRAM TOTALS" in m.group(2):
         total = n
-    # keytrail's client connections (hyper's dispatcher: parsing, the
+    # keytrail's client connections (the connection task: parsing, the
     # handler, the upstream call, the response, recording the event).
-    elif re.search(r"hyper::proto::h1::dispatch::Dispatcher<D,Bs,I,T>::poll_catch \[", m.group(2)):
+    elif re.search(r"keytrail::gateway::serve::\{\{closure\}\}::\{\{closure\}\}( \[|$)", m.group(2)):
         conn = max(conn, n)
 print(f"{name}\t{requests}\t{total}\t{conn or total}")
 PY

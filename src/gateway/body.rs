@@ -11,19 +11,54 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use super::h1::RawHeaders;
 use super::upstream::UpstreamBody;
 use crate::audit::AuditPipeline;
 use crate::event::{Event, Text};
 
+/// A caller's request body: hyper's, or none at all for a call the
+/// gateway's own connection loop read (it takes only calls without a body;
+/// see [`super::conn`]).
+pub enum ClientBody {
+    Hyper(Incoming),
+    Empty,
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ClientBody::Hyper(body) => Pin::new(body).poll_frame(cx),
+            ClientBody::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Hyper(body) => body.is_end_stream(),
+            ClientBody::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::Hyper(body) => body.size_hint(),
+            ClientBody::Empty => SizeHint::with_exact(0),
+        }
+    }
+}
+
 /// Passes a body through unchanged, adding the size of each data frame to a
 /// shared counter. Used for the request body on its way to the upstream.
 pub struct CountingBody {
-    inner: Incoming,
+    inner: ClientBody,
     counter: Arc<AtomicU64>,
 }
 
 impl CountingBody {
-    pub fn new(inner: Incoming, counter: Arc<AtomicU64>) -> Self {
+    pub fn new(inner: ClientBody, counter: Arc<AtomicU64>) -> Self {
         CountingBody { inner, counter }
     }
 }
@@ -91,15 +126,29 @@ pub struct GatewayBody {
     errored: bool,
     /// Boxed: the event is large and the body is moved through hyper several times.
     finisher: Option<Box<Finisher>>,
+    /// The upstream's headers, which the response forwards as they came
+    /// (see [`GatewayBody::take_upstream_headers`]).
+    upstream_headers: Option<RawHeaders>,
 }
 
 impl GatewayBody {
     pub fn full(bytes: Bytes, finisher: Finisher) -> Self {
-        GatewayBody { inner: Inner::Full(Some(bytes)), sent: 0, errored: false, finisher: Some(Box::new(finisher)) }
+        GatewayBody { inner: Inner::Full(Some(bytes)), sent: 0, errored: false, finisher: Some(Box::new(finisher)), upstream_headers: None }
     }
 
-    pub fn upstream(body: UpstreamBody<CountingBody>, finisher: Finisher) -> Self {
-        GatewayBody { inner: Inner::Upstream(body), sent: 0, errored: false, finisher: Some(Box::new(finisher)) }
+    /// A proxied answer's body, with the upstream's headers riding along:
+    /// the gateway's connection loop writes them as they came, and only a
+    /// connection served by hyper needs them in the response's header map.
+    pub(super) fn upstream(body: UpstreamBody<CountingBody>, finisher: Finisher, headers: RawHeaders) -> Self {
+        let finisher = Some(Box::new(finisher));
+        GatewayBody { inner: Inner::Upstream(body), sent: 0, errored: false, finisher, upstream_headers: Some(headers) }
+    }
+
+    /// The upstream's headers (a proxied answer's), once: they go out
+    /// besides the response's own header map, whose headers (the gateway's)
+    /// take precedence over the upstream's of the same name.
+    pub(super) fn take_upstream_headers(&mut self) -> Option<RawHeaders> {
+        self.upstream_headers.take()
     }
 
     fn finish(&mut self, completed: bool) {

@@ -14,7 +14,7 @@ use std::ops::Range;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, StatusCode, Version};
+use http::{Method, StatusCode};
 
 /// Largest response head (status line and headers), and largest trailer section.
 pub const MAX_HEAD: usize = 64 * 1024;
@@ -140,9 +140,8 @@ pub fn chunk_line(len: usize) -> Bytes {
 #[derive(Debug)]
 pub struct Head {
     pub status: StatusCode,
-    pub version: Version,
-    /// Hop-by-hop headers (and those `Connection` names) already removed.
-    pub headers: HeaderMap,
+    /// The headers to forward, as they came.
+    pub headers: RawHeaders,
     pub body: Decoder,
     /// The upstream lets the connection carry another call after this one.
     pub keep_alive: bool,
@@ -153,6 +152,52 @@ pub struct Head {
 pub struct Span {
     name: Range<usize>,
     value: Range<usize>,
+}
+
+/// A response's headers as the upstream sent them: the head's bytes and
+/// where each header to forward lies in them. The hop-by-hop ones (and
+/// those `Connection` names) are left out, and so is `Content-Length`,
+/// kept as a number: the side that answers the client frames the body
+/// itself. Nothing is copied or parsed into a header map unless a header
+/// map is asked for ([`RawHeaders::append_to`]).
+#[derive(Debug, Default)]
+pub struct RawHeaders {
+    head: Bytes,
+    lines: Vec<Span>,
+    content_length: Option<u64>,
+}
+
+impl RawHeaders {
+    /// Name and value of each header, in the upstream's order and spelling.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        self.lines.iter().map(|s| (&self.head[s.name.clone()], &self.head[s.value.clone()]))
+    }
+
+    /// The body's declared length (also after `HEAD` or for a 304, where no body follows).
+    pub fn content_length(&self) -> Option<u64> {
+        self.content_length
+    }
+
+    /// Appends the headers, and the declared length, to `map`, except
+    /// those named in `except` (the ones the gateway sets itself).
+    pub fn append_to(&self, map: &mut HeaderMap, except: &[HeaderName]) {
+        map.reserve(self.lines.len() + 1);
+        for span in &self.lines {
+            // The parser admitted only valid names and values.
+            let Ok(name) = HeaderName::from_bytes(&self.head[span.name.clone()]) else { continue };
+            if except.contains(&name) {
+                continue;
+            }
+            if let Ok(value) = HeaderValue::from_maybe_shared(self.head.slice(span.value.clone())) {
+                map.append(name, value);
+            }
+        }
+        if let Some(n) = self.content_length {
+            if !except.contains(&header::CONTENT_LENGTH) {
+                map.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+            }
+        }
+    }
 }
 
 /// Parses the response head at the start of `inbuf`, skipping interim
@@ -192,63 +237,54 @@ pub fn parse_head(inbuf: &mut InBuf, spans: &mut Vec<Span>, head_request: bool) 
             spans.push(Span { name: name..name + h.name.len(), value: value..value + h.value.len() });
         }
         let head = inbuf.take(len);
-        return build_head(&head, spans, code, minor, head_request).map(Some);
+        return build_head(head, spans, code, minor, head_request).map(Some);
     }
 }
 
-/// How many headers the gateway adds to a proxied response.
-const GATEWAY_HEADERS: usize = 4;
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1),
+/// besides `Connection`, `Transfer-Encoding` and `Content-Length`, which the
+/// parser reads.
+const HOP_BY_HOP: [&[u8]; 6] = [b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade", b"proxy-authorization"];
 
-fn build_head(head: &Bytes, spans: &[Span], code: u16, minor: u8, head_request: bool) -> Result<Head, Invalid> {
+fn build_head(head: Bytes, spans: &[Span], code: u16, minor: u8, head_request: bool) -> Result<Head, Invalid> {
     let status = StatusCode::from_u16(code).map_err(|_| Invalid("malformed status code"))?;
-    let hop_names = super::hop_by_hop();
-    // Room for the headers the gateway adds (request id, rate limits), so
-    // adding them does not grow the map.
-    let mut headers = HeaderMap::with_capacity(spans.len() + GATEWAY_HEADERS);
+    let mut lines = Vec::with_capacity(spans.len());
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut close = false;
     let mut keep_alive = false;
-    let mut named: Vec<HeaderName> = Vec::new();
+    let mut named: Vec<&[u8]> = Vec::new();
     for span in spans {
-        let name = HeaderName::from_bytes(&head[span.name.clone()]).map_err(|_| Invalid("invalid header name"))?;
+        let name = &head[span.name.clone()];
         let value = &head[span.value.clone()];
-        if name == header::CONTENT_LENGTH {
+        if name.eq_ignore_ascii_case(b"content-length") {
             let n = content_length(value)?;
             if length.is_some_and(|l| l != n) {
                 return Err(Invalid("conflicting Content-Length headers"));
             }
-            if length.replace(n).is_some() {
-                continue; // the same length twice: forwarded once
-            }
-            // "5, 5" is one length; forward it plainly.
-            if value.iter().all(u8::is_ascii_digit) {
-                headers.append(name, shared_value(head, span)?);
-            } else {
-                headers.append(name, HeaderValue::from(n));
-            }
-        } else if name == header::TRANSFER_ENCODING {
+            length = Some(n);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             if chunked || !trim(value).eq_ignore_ascii_case(b"chunked") {
                 return Err(Invalid("Transfer-Encoding other than chunked"));
             }
             chunked = true;
-        } else if name == header::CONNECTION {
+        } else if name.eq_ignore_ascii_case(b"connection") {
             for token in value.split(|&b| b == b',').map(trim).filter(|t| !t.is_empty()) {
                 if token.eq_ignore_ascii_case(b"close") {
                     close = true;
                 } else if token.eq_ignore_ascii_case(b"keep-alive") {
                     keep_alive = true;
-                } else if let Ok(other) = HeaderName::from_bytes(token) {
-                    named.push(other);
+                } else {
+                    named.push(token);
                 }
             }
-        } else if !hop_names.contains(&&name) {
-            headers.append(name, shared_value(head, span)?);
+        } else if !HOP_BY_HOP.iter().any(|hop| name.eq_ignore_ascii_case(hop)) {
+            lines.push(span.clone());
         }
     }
     // Headers the `Connection` header names are hop-by-hop too (rare).
-    for name in named {
-        headers.remove(name);
+    if !named.is_empty() {
+        lines.retain(|span| !named.iter().any(|n| n.eq_ignore_ascii_case(&head[span.name.clone()])));
     }
     if chunked && length.is_some() {
         return Err(Invalid("both Content-Length and Transfer-Encoding"));
@@ -260,13 +296,9 @@ fn build_head(head: &Bytes, spans: &[Span], code: u16, minor: u8, head_request: 
     } else {
         length.map_or(Decoder::Eof, Decoder::Length)
     };
-    let version = if minor == 1 { Version::HTTP_11 } else { Version::HTTP_10 };
     let keep_alive = !close && (minor == 1 || keep_alive) && !matches!(body, Decoder::Eof);
-    Ok(Head { status, version, headers, body, keep_alive })
-}
-
-fn shared_value(head: &Bytes, span: &Span) -> Result<HeaderValue, Invalid> {
-    HeaderValue::from_maybe_shared(head.slice(span.value.clone())).map_err(|_| Invalid("invalid header value"))
+    let headers = RawHeaders { head, lines, content_length: length };
+    Ok(Head { status, headers, body, keep_alive })
 }
 
 fn trim(bytes: &[u8]) -> &[u8] {
@@ -526,6 +558,12 @@ mod tests {
         parse_head(&mut inbuf(bytes), &mut Vec::new(), false)
     }
 
+    fn map(h: &Head) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        h.headers.append_to(&mut map, &[]);
+        map
+    }
+
     fn body(decoder: Decoder, bytes: &[u8]) -> Result<(Vec<u8>, Decoder, usize), Invalid> {
         let mut b = inbuf(bytes);
         let mut d = decoder;
@@ -575,23 +613,23 @@ mod tests {
         assert_eq!(h.status, StatusCode::OK);
         assert_eq!(h.body, Decoder::Length(3));
         assert!(h.keep_alive);
-        assert_eq!(h.headers["content-length"], "3");
-        assert_eq!(h.headers.get_all("set-cookie").iter().count(), 2);
+        assert_eq!(map(&h)["content-length"], "3");
+        assert_eq!(map(&h).get_all("set-cookie").iter().count(), 2);
         assert!(head(b"HTTP/1.1 200 OK\r\nContent-Le").unwrap().is_none(), "incomplete");
         let h = head(b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\n").unwrap().unwrap();
         assert!(!h.keep_alive, "HTTP/1.0 closes unless asked");
         let h = head(b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 3\r\n\r\n").unwrap().unwrap();
         assert!(h.keep_alive);
-        assert!(h.headers.is_empty() || !h.headers.contains_key("connection"));
+        assert!(!map(&h).contains_key("connection"));
         let h = head(b"HTTP/1.1 200 OK\r\n\r\n").unwrap().unwrap();
         assert_eq!((h.body, h.keep_alive), (Decoder::Eof, false), "close-delimited");
         let h = head(b"HTTP/1.1 200 OK\r\nConnection: close, x-private\r\nX-Private: 1\r\nKeep-Alive: 5\r\nContent-Length: 0\r\n\r\n")
             .unwrap()
             .unwrap();
         assert!(!h.keep_alive);
-        assert_eq!(h.headers.keys().collect::<Vec<_>>(), vec!["content-length"], "hop-by-hop and named headers go");
+        assert_eq!(map(&h).keys().collect::<Vec<_>>(), vec!["content-length"], "hop-by-hop and named headers go");
         let h = head(b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\nContent-Length: 5\r\n\r\n").unwrap().unwrap();
-        assert_eq!(h.headers.get_all("content-length").iter().collect::<Vec<_>>(), vec!["5"]);
+        assert_eq!(map(&h).get_all("content-length").iter().collect::<Vec<_>>(), vec!["5"]);
     }
 
     #[test]
@@ -600,7 +638,7 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(h.status, StatusCode::CREATED);
-        assert!(!h.headers.contains_key("link"));
+        assert!(!map(&h).contains_key("link"));
         assert!(head(b"HTTP/1.1 100 Continue\r\n\r\n").unwrap().is_none(), "the final response is still to come");
         assert!(head(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n").is_err());
     }
@@ -640,7 +678,7 @@ mod tests {
         let mut b = inbuf(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n");
         let h = parse_head(&mut b, &mut Vec::new(), true).unwrap().unwrap();
         assert_eq!(h.body, Decoder::Length(0));
-        assert_eq!(h.headers["content-length"], "10", "the length is forwarded as metadata");
+        assert_eq!(map(&h)["content-length"], "10", "the length is forwarded as metadata");
         for status in ["204 No Content", "304 Not Modified"] {
             let h = head(format!("HTTP/1.1 {status}\r\nContent-Length: 10\r\n\r\n").as_bytes()).unwrap().unwrap();
             assert_eq!(h.body, Decoder::Length(0));

@@ -10,12 +10,12 @@
 //! - The key the caller presented is removed from the forwarded request.
 
 pub mod body;
+mod conn;
 mod h1;
 mod timer;
 pub mod upstream;
 mod verify;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -23,12 +23,10 @@ use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use self::body::{CountingBody, Finisher, GatewayBody};
+use self::body::{ClientBody, CountingBody, Finisher, GatewayBody};
 use self::upstream::{ConnectionUpstreams, Upstreams};
 use crate::audit::AuditPipeline;
 use crate::config::GatewayConfig;
@@ -111,7 +109,7 @@ impl Gateway {
     }
 
     /// Runs one request through the phases of DESIGN.md, in order.
-    pub async fn handle(&self, peer: SocketAddr, upstreams: &ConnectionUpstreams, req: Request<Incoming>) -> Response<GatewayBody> {
+    pub async fn handle(&self, peer: SocketAddr, upstreams: &ConnectionUpstreams, req: Request<ClientBody>) -> Response<GatewayBody> {
         // 1. Accept: request id and clock.
         let started = Instant::now();
         let mut event = Event::new(Text::from_static(SYSTEM_TENANT), Category::Request, Text::from_static("request"), Text::from_static("success"));
@@ -304,8 +302,8 @@ impl Gateway {
         let sent = Instant::now();
         let outcome = upstreams.send_within(&route.upstream_authority, upstream_req, forwarded, sent, timeout).await;
         event.upstream_latency_us = Some(sent.elapsed().as_micros() as u64);
-        let upstream_res = match outcome {
-            Some(Ok(res)) => res,
+        let answer = match outcome {
+            Some(Ok(answer)) => answer,
             Some(Err(error)) => {
                 tracing::warn!(api = %route.api_id, upstream = %route.upstream_authority, error = %error_chain(&error), "upstream request failed");
                 return refuse(&mut event, ErrorCode::UpstreamUnavailable, &request_id_value, |e, _| finisher(e, Some(request_bytes)));
@@ -317,17 +315,22 @@ impl Gateway {
         };
 
         // 9. Audit: the body records the event when the response is finished.
-        // (The upstream client already left out the hop-by-hop headers.)
-        let (mut parts, body) = upstream_res.into_parts();
-        parts.headers.insert(X_REQUEST_ID.clone(), request_id_value);
-        if let Some(standing) = &standing {
-            rate_headers(&mut parts.headers, standing);
-        }
-        event.status_code = Some(parts.status.as_u16());
-        if parts.status.as_u16() >= 400 {
+        // The upstream's headers ride with the body (the upstream client
+        // already left out the hop-by-hop ones); the response's own header
+        // map holds the gateway's, which win over the upstream's.
+        event.status_code = Some(answer.status.as_u16());
+        if answer.status.as_u16() >= 400 {
             event.outcome = Text::from_static("failure");
         }
-        Response::from_parts(parts, GatewayBody::upstream(body, finisher(event, Some(request_bytes))))
+        let mut response = Response::new(GatewayBody::upstream(answer.body, finisher(event, Some(request_bytes)), answer.headers));
+        *response.status_mut() = answer.status;
+        let headers = response.headers_mut();
+        headers.reserve(4);
+        headers.insert(X_REQUEST_ID.clone(), request_id_value);
+        if let Some(standing) = &standing {
+            rate_headers(headers, standing);
+        }
+        response
     }
 
     /// The `policy_applied` security event: which policy, its limit, and
@@ -366,7 +369,7 @@ impl Gateway {
         &self,
         event: &mut Event,
         block: &Block,
-        req: &Request<Incoming>,
+        req: &Request<ClientBody>,
         client: std::net::IpAddr,
         request_id: &HeaderValue,
         finisher: impl FnOnce(Event, Option<Arc<AtomicU64>>) -> Finisher,
@@ -733,9 +736,13 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 }
 
 /// Accepts connections until `shutdown` fires, then lets in-flight requests
-/// finish (for at most `drain`).
+/// finish (for at most `drain`). Idle connections close at once.
 pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown: watch::Receiver<bool>, drain: Duration) {
+    // Connections handed to hyper are watched by `graceful`; every
+    // connection task holds a clone of `alive`, so its channel closes when
+    // the last one has ended.
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let (alive, mut all_ended) = tokio::sync::mpsc::channel::<()>(1);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -748,29 +755,22 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown: w
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let gateway = gateway.clone();
-                let upstreams = Arc::new(ConnectionUpstreams::new(gateway.upstreams.clone(), peer));
-                let service = hyper::service::service_fn(move |req| {
-                    let (gateway, upstreams) = (gateway.clone(), upstreams.clone());
-                    async move { Ok::<_, Infallible>(gateway.handle(peer, &upstreams, req).await) }
-                });
-                let conn = hyper::server::conn::http1::Builder::new()
-                    // The header-read timeout on one kept timer, not one per request.
-                    .timer(timer::ConnectionTimer::default())
-                    .header_read_timeout(Duration::from_secs(30))
-                    .serve_connection(TokioIo::new(stream), service);
-                let conn = graceful.watch(conn);
+                let (gateway, stop, watcher, alive) = (gateway.clone(), shutdown.clone(), graceful.watcher(), alive.clone());
                 tokio::spawn(async move {
-                    if let Err(error) = conn.await {
-                        tracing::debug!(%error, "gateway connection ended with an error");
-                    }
+                    conn::serve(stream, peer, gateway, stop, watcher).await;
+                    drop(alive);
                 });
             }
             _ = shutdown.changed() => break,
         }
     }
     drop(listener);
-    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+    drop(alive);
+    let ended = async {
+        graceful.shutdown().await;
+        let _ = all_ended.recv().await;
+    };
+    if tokio::time::timeout(drain, ended).await.is_err() {
         tracing::warn!("gateway shutdown: some connections did not finish in time");
     }
 }

@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use http::uri::Authority;
-use http::{Method, Request, Response};
+use http::{Method, Request};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -216,7 +216,7 @@ impl ConnectionUpstreams {
         forwarded: h1::Forwarded<'_>,
         started: std::time::Instant,
         timeout: Duration,
-    ) -> Option<Result<Response<UpstreamBody<B>>, UpstreamError>>
+    ) -> Option<Result<Answer<B>, UpstreamError>>
     where
         B: Body<Data = Bytes> + Unpin,
         B::Error: Into<BoxError>,
@@ -243,7 +243,7 @@ impl ConnectionUpstreams {
         authority: &Authority,
         req: Request<B>,
         forwarded: h1::Forwarded<'_>,
-    ) -> Result<Response<UpstreamBody<B>>, UpstreamError>
+    ) -> Result<Answer<B>, UpstreamError>
     where
         B: Body<Data = Bytes> + Unpin,
         B::Error: Into<BoxError>,
@@ -275,10 +275,6 @@ impl ConnectionUpstreams {
         };
         let decoder = head.body;
         let mut keep_alive = head.keep_alive;
-        let mut response = Response::new(());
-        *response.status_mut() = head.status;
-        *response.version_mut() = head.version;
-        *response.headers_mut() = head.headers;
         // The usual small answer came whole with its head: the connection
         // is free before the handler returns.
         let complete = decoder.remaining().is_some_and(|n| n <= conn.inbuf.len() as u64);
@@ -306,8 +302,16 @@ impl ConnectionUpstreams {
             let streaming = Streaming { conn: Some(conn), request, decoder, keep_alive, slot: self.slot.clone(), authority: authority.clone() };
             UpstreamBody { inner: Inner::Streaming(Box::new(streaming)) }
         };
-        Ok(response.map(|()| body))
+        Ok(Answer { status: head.status, headers: head.headers, body })
     }
+}
+
+/// The upstream's answer: its status, its headers as they came, and the
+/// body that streams the rest.
+pub struct Answer<B> {
+    pub status: http::StatusCode,
+    pub headers: h1::RawHeaders,
+    pub body: UpstreamBody<B>,
 }
 
 /// Why an exchange ended before a response head.
@@ -613,6 +617,7 @@ mod tests {
     use tokio::net::TcpListener;
 
     use super::*;
+    use http::Response;
 
     /// One canned answer: its bytes, the size of each write, and whether
     /// the upstream closes the connection after it.
@@ -729,10 +734,12 @@ mod tests {
         B::Error: Into<BoxError>,
     {
         let exchange = async {
-            let res = client.send(&up.authority, req, h1::Forwarded::default()).await.map_err(|e| format!("head: {e}"))?;
-            let (parts, body) = res.into_parts();
-            let body = body.collect().await.map_err(|e| format!("body: {e}"))?.to_bytes();
-            Ok((Response::from_parts(parts, ()), body))
+            let answer = client.send(&up.authority, req, h1::Forwarded::default()).await.map_err(|e| format!("head: {e}"))?;
+            let mut head = Response::new(());
+            *head.status_mut() = answer.status;
+            answer.headers.append_to(head.headers_mut(), &[]);
+            let body = answer.body.collect().await.map_err(|e| format!("body: {e}"))?.to_bytes();
+            Ok((head, body))
         };
         tokio::time::timeout(Duration::from_secs(5), exchange).await.expect("an answer, not a hang")
     }
@@ -947,8 +954,8 @@ mod tests {
         let req = Request::post("/up").header("host", "h").body(StreamBody::new(Box::pin(endless))).unwrap();
         let client = client();
         let res = tokio::time::timeout(Duration::from_secs(5), client.send(&authority, req, h1::Forwarded::default())).await.expect("no hang").unwrap();
-        assert_eq!(res.status().as_u16(), 413);
-        let body = tokio::time::timeout(Duration::from_secs(5), res.into_body().collect()).await.expect("no hang").unwrap().to_bytes();
+        assert_eq!(res.status.as_u16(), 413);
+        let body = tokio::time::timeout(Duration::from_secs(5), res.body.collect()).await.expect("no hang").unwrap().to_bytes();
         assert_eq!(&body[..], b"big");
         assert!(client.slot.conns.lock().unwrap().is_empty(), "a connection with half a request is not kept");
     }

@@ -25,10 +25,9 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 
-use super::body::{Finisher, GatewayBody};
+use super::body::{ClientBody, Finisher, GatewayBody};
 use super::{
     authenticate, declared_length, describe_consumer, header_value, number_header, policy_details, rate_headers, refuse_with, Gateway,
     KeySource, X_REQUEST_ID,
@@ -120,7 +119,7 @@ impl<'a> Verdict<'a> {
 impl Gateway {
     /// Answers one verification. `event` holds what the accept phase found
     /// (request id, method, path, caller); `client` is the caller's address.
-    pub(super) async fn verify(&self, mut req: Request<Incoming>, mut event: Event, client: IpAddr, started: Instant) -> Response<GatewayBody> {
+    pub(super) async fn verify(&self, mut req: Request<ClientBody>, mut event: Event, client: IpAddr, started: Instant) -> Response<GatewayBody> {
         let request_id = header_value(event.request_id.as_deref().unwrap_or_default());
         let received = Arc::new(AtomicU64::new(0));
         let finisher = {
@@ -258,7 +257,7 @@ impl Gateway {
 
 /// Reads the body, at most [`MAX_BODY_BYTES`] within [`BODY_TIMEOUT`].
 /// Through `&mut`, so the request stays whole for a block's fingerprint.
-async fn read_body(req: &mut Request<Incoming>) -> Result<Bytes, ApiError> {
+async fn read_body(req: &mut Request<ClientBody>) -> Result<Bytes, ApiError> {
     let too_large = || ApiError::new(ErrorCode::PayloadTooLarge, format!("the body of a key verification is at most {MAX_BODY_BYTES} bytes"));
     if declared_length(req.headers()).is_some_and(|n| n > MAX_BODY_BYTES as u64) {
         return Err(too_large());

@@ -1,0 +1,596 @@
+//! The caller's side of the gateway: one task per client connection.
+//!
+//! The common call — HTTP/1.1, origin-form target, no body and no framing
+//! headers — is read and answered here: the head parsed by `httparse` into
+//! the request the handler takes, the response head written from the
+//! handler's response, the body streamed after it. Nothing else is: the
+//! first request that is not such a call (a body of any framing, `Expect`,
+//! `Upgrade`, HTTP/1.0, `CONNECT`, a `Connection` option other than
+//! `close`/`keep-alive`, a head the parser rejects or over
+//! [`MAX_FAST_HEAD`]) hands the connection, with the bytes already read, to
+//! hyper's HTTP/1.1 server for the rest of its life. So every framing
+//! decision about a request body, and every error answer to a malformed
+//! request, is still hyper's; this loop never has to find where a body
+//! ends, because the calls it takes have none.
+//!
+//! What the loop saves over hyper's dispatcher for each call: its message
+//! and body bookkeeping, the service future, and a second pass over the
+//! response's headers.
+
+use std::future::{poll_fn, Future};
+use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::pin::{pin, Pin};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::{Buf, Bytes};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use super::body::{ClientBody, GatewayBody};
+use super::h1::{InBuf, RawHeaders};
+use super::timer::{ConnectionTimer, KeptTimer};
+use super::upstream::ConnectionUpstreams;
+use super::Gateway;
+use crate::error::{ApiError, ErrorCode};
+
+/// How long a connection may take to send a request head, waiting for its
+/// first byte included (hyper's `header_read_timeout` after a hand-over).
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest head this loop reads; a larger one goes to hyper (up to its own limit).
+pub const MAX_FAST_HEAD: usize = 16 * 1024;
+/// Most headers in a request head (hyper's default).
+const MAX_HEADERS: usize = 100;
+/// Response bytes gathered before they are written.
+const MAX_GATHERED: usize = 64 * 1024;
+
+/// What the start of the connection's buffer holds.
+enum Parsed {
+    /// Not a whole head yet: read more.
+    Partial,
+    /// A call this loop answers, and whether the caller asked to close after it.
+    Call(Request<ClientBody>, bool),
+    /// A request the target of which is not a valid URI: answered with 400.
+    BadTarget,
+    /// Anything else: hyper's.
+    Other,
+}
+
+/// Serves one client connection until it closes, the caller stops sending,
+/// or the gateway shuts down (an idle connection closes at once; a call
+/// under way is answered first).
+pub async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    gateway: Arc<Gateway>,
+    mut shutdown: watch::Receiver<bool>,
+    watcher: hyper_util::server::graceful::Watcher,
+) {
+    let upstreams = Arc::new(ConnectionUpstreams::new(gateway.upstreams.clone(), peer));
+    let mut conn = Client { stream, inbuf: InBuf::default(), out: Vec::new(), timer: KeptTimer::default() };
+    let mut stop = pin!(shutdown.changed());
+    loop {
+        let (req, close) = match conn.next_call(stop.as_mut()).await {
+            Next::Call(req, close) => (req, close),
+            Next::BadTarget => {
+                let _ = conn.answer_bad_target().await;
+                return;
+            }
+            Next::Other => break,
+            Next::Done => return,
+        };
+        let head_request = req.method() == Method::HEAD;
+        let response = gateway.handle(peer, &upstreams, req).await;
+        let kept = conn.respond(response, head_request, close).await;
+        if !kept || close {
+            return;
+        }
+    }
+    // The rest of the connection is hyper's, starting with the bytes read.
+    let prefix = conn.inbuf.take(conn.inbuf.len());
+    let io = Prefixed { prefix, stream: conn.stream };
+    let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+        let (gateway, upstreams) = (gateway.clone(), upstreams.clone());
+        async move {
+            let mut response = gateway.handle(peer, &upstreams, req.map(ClientBody::Hyper)).await;
+            // hyper writes the header map only: the upstream's headers join it.
+            if let Some(upstream) = response.body_mut().take_upstream_headers() {
+                let own: Vec<HeaderName> = response.headers().keys().cloned().collect();
+                upstream.append_to(response.headers_mut(), &own);
+            }
+            Ok::<_, std::convert::Infallible>(response)
+        }
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        // The header-read timeout on one kept timer, not one per request.
+        .timer(ConnectionTimer::default())
+        .header_read_timeout(HEAD_TIMEOUT)
+        .serve_connection(TokioIo::new(io), service);
+    if let Err(error) = watcher.watch(connection).await {
+        tracing::debug!(%error, "gateway connection ended with an error");
+    }
+}
+
+enum Next {
+    Call(Request<ClientBody>, bool),
+    BadTarget,
+    Other,
+    /// Closed, timed out, or shutting down.
+    Done,
+}
+
+/// The client connection while this loop serves it.
+struct Client {
+    stream: TcpStream,
+    inbuf: InBuf,
+    /// The response's head (and small body), kept for the next call.
+    out: Vec<u8>,
+    /// The head-read timeout's timer, kept across calls.
+    timer: KeptTimer,
+}
+
+impl Client {
+    /// Reads until the buffer starts with a whole head, and says what it is.
+    async fn next_call<F: Future>(&mut self, mut stop: Pin<&mut F>) -> Next {
+        let mut deadline = None;
+        loop {
+            match parse(&mut self.inbuf) {
+                Parsed::Call(req, close) => return Next::Call(req, close),
+                Parsed::BadTarget => return Next::BadTarget,
+                Parsed::Other => return Next::Other,
+                Parsed::Partial => {}
+            }
+            let deadline = *deadline.get_or_insert_with(|| {
+                let at = Instant::now() + HEAD_TIMEOUT;
+                self.timer.arm(at);
+                at
+            });
+            let read = poll_fn(|cx| {
+                // Between calls the gateway's shutdown closes the connection.
+                if self.inbuf.is_empty() && stop.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Ok(0));
+                }
+                if let Poll::Ready(read) = self.poll_fill(cx) {
+                    return Poll::Ready(read);
+                }
+                ready!(self.timer.poll_until(cx, deadline));
+                Poll::Ready(Err(io::ErrorKind::TimedOut.into()))
+            })
+            .await;
+            match read {
+                Ok(0) | Err(_) => return Next::Done,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let want = MAX_FAST_HEAD - self.inbuf.len().min(MAX_FAST_HEAD - 1);
+        let mut buf = ReadBuf::new(self.inbuf.spare(want));
+        ready!(Pin::new(&mut self.stream).poll_read(cx, &mut buf))?;
+        let n = buf.filled().len();
+        self.inbuf.filled(n);
+        Poll::Ready(Ok(n))
+    }
+
+    async fn answer_bad_target(&mut self) -> io::Result<()> {
+        let error = ApiError::new(ErrorCode::InvalidParameter, "the request target is not a valid URI path");
+        let body = error.body_bytes();
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        self.out.clear();
+        let framing = Framing { length: Some(body.len() as u64), chunked: false, close: true };
+        encode_head(&mut self.out, StatusCode::BAD_REQUEST, &headers, None, framing);
+        self.out.extend_from_slice(&body);
+        self.stream.write_all(&self.out).await
+    }
+
+    /// Writes the response; `false` when the connection cannot carry
+    /// another call (the client went away, or the body failed midway).
+    async fn respond(&mut self, mut response: Response<GatewayBody>, head_request: bool, close: bool) -> bool {
+        let upstream = response.body_mut().take_upstream_headers();
+        let (parts, mut body) = response.into_parts();
+        let status = parts.status.as_u16();
+        // Never a body nor a length (RFC 9110 §8.6).
+        let no_content = (100..200).contains(&status) || status == 204;
+        let bodiless = head_request || no_content || status == 304;
+        // A `HEAD` answer and a 304 tell the length of the body they leave out.
+        let declared = upstream.as_ref().and_then(RawHeaders::content_length).filter(|_| !no_content);
+        let length = if bodiless { declared } else { declared.or(body.size_hint().exact()) };
+        let framing = Framing { length, chunked: !bodiless && length.is_none(), close };
+        let mut out = std::mem::take(&mut self.out);
+        out.clear();
+        encode_head(&mut out, parts.status, &parts.headers, upstream.as_ref(), framing);
+        let written = if bodiless {
+            drop(body);
+            self.stream.write_all(&out).await.is_ok()
+        } else {
+            self.send_body(&mut out, &mut body, framing).await
+        };
+        self.out = out;
+        written
+    }
+
+    /// Streams the body after the head in `out`: what is ready goes out
+    /// with the head in one write, the rest as it comes.
+    async fn send_body(&mut self, out: &mut Vec<u8>, body: &mut GatewayBody, framing: Framing) -> bool {
+        let mut sent = 0u64;
+        loop {
+            let frame = poll_fn(|cx| match Pin::new(&mut *body).poll_frame(cx) {
+                // Nothing more for now: what is gathered goes out first.
+                Poll::Pending if !out.is_empty() => Poll::Ready(None),
+                polled => polled.map(Some),
+            })
+            .await;
+            let frame = match frame {
+                None => {
+                    if self.stream.write_all(out).await.is_err() {
+                        return false;
+                    }
+                    out.clear();
+                    continue;
+                }
+                Some(frame) => frame,
+            };
+            match frame {
+                Some(Ok(frame)) => {
+                    let Ok(data) = frame.into_data() else { continue };
+                    if data.is_empty() {
+                        continue;
+                    }
+                    sent += data.len() as u64;
+                    if framing.chunked {
+                        out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                    }
+                    if out.len() + data.len() <= MAX_GATHERED {
+                        out.extend_from_slice(&data);
+                    } else {
+                        // A large piece goes out as it is, behind what was gathered.
+                        if write_both(&mut self.stream, out, &data).await.is_err() {
+                            return false;
+                        }
+                        out.clear();
+                    }
+                    if framing.chunked {
+                        out.extend_from_slice(b"\r\n");
+                    }
+                    if out.len() >= MAX_GATHERED {
+                        if self.stream.write_all(out).await.is_err() {
+                            return false;
+                        }
+                        out.clear();
+                    }
+                }
+                // The body failed (its event says so): the client must not
+                // take what it got for a whole answer, so the connection ends.
+                Some(Err(_)) => {
+                    let _ = self.stream.write_all(out).await;
+                    return false;
+                }
+                None => {
+                    if framing.chunked {
+                        out.extend_from_slice(b"0\r\n\r\n");
+                    }
+                    let whole = framing.length.is_none_or(|n| n == sent);
+                    return self.stream.write_all(out).await.is_ok() && whole;
+                }
+            }
+        }
+    }
+}
+
+/// Writes `first` then `second`, with one system call when the socket takes both.
+async fn write_both(stream: &mut TcpStream, first: &[u8], second: &[u8]) -> io::Result<()> {
+    let (mut a, mut b) = (first, second);
+    while !a.is_empty() {
+        let n = stream.write_vectored(&[IoSlice::new(a), IoSlice::new(b)]).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        let from_a = n.min(a.len());
+        a = &a[from_a..];
+        b = &b[n - from_a..];
+    }
+    stream.write_all(b).await
+}
+
+/// How a response's body is delimited on the client connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Framing {
+    /// The `Content-Length` to send (also after `HEAD` and for a 304).
+    length: Option<u64>,
+    /// The body goes in chunks (its length is not known).
+    chunked: bool,
+    /// The connection ends after this response.
+    close: bool,
+}
+
+/// Writes the status line and headers: the upstream's as they came (less
+/// those the gateway sets itself), the gateway's, `Date` when neither has
+/// one, and the framing headers of this connection.
+fn encode_head(out: &mut Vec<u8>, status: StatusCode, own: &HeaderMap, upstream: Option<&RawHeaders>, framing: Framing) {
+    let line = |out: &mut Vec<u8>, name: &[u8], value: &[u8]| {
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    };
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    let mut dated = false;
+    for (name, value) in upstream.into_iter().flat_map(RawHeaders::iter) {
+        // Names the gateway's own map holds are lower case.
+        if own.keys().any(|own| own.as_str().as_bytes().eq_ignore_ascii_case(name)) {
+            continue;
+        }
+        dated |= name.eq_ignore_ascii_case(b"date");
+        line(out, name, value);
+    }
+    for (name, value) in own {
+        // Framing is this connection's to set.
+        if name == header::TRANSFER_ENCODING || name == header::CONNECTION || name == header::CONTENT_LENGTH {
+            continue;
+        }
+        dated |= name == header::DATE;
+        line(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if !dated {
+        http_date(|date| line(out, b"date", date));
+    }
+    if let Some(n) = framing.length {
+        line(out, b"content-length", itoa::Buffer::new().format(n).as_bytes());
+    } else if framing.chunked {
+        line(out, b"transfer-encoding", b"chunked");
+    }
+    if framing.close {
+        line(out, b"connection", b"close");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The current time as an HTTP date, formatted once a second per thread.
+fn http_date(f: impl FnOnce(&[u8])) {
+    thread_local! {
+        static DATE: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((0, String::new())) };
+    }
+    let now = SystemTime::now();
+    let secs = now.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    DATE.with_borrow_mut(|(at, text)| {
+        if *at != secs || text.is_empty() {
+            *at = secs;
+            *text = httpdate::fmt_http_date(now);
+        }
+        f(text.as_bytes());
+    });
+}
+
+/// Reads the head at the start of `inbuf`, taking it only when this loop answers it.
+fn parse(inbuf: &mut InBuf) -> Parsed {
+    if inbuf.is_empty() {
+        return Parsed::Partial;
+    }
+    let mut storage = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut []);
+    let data = inbuf.data();
+    let base = data.as_ptr() as usize;
+    let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(&mut request, data, &mut storage) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) if data.len() < MAX_FAST_HEAD => return Parsed::Partial,
+        // Too large, too many headers, malformed: hyper answers.
+        _ => return Parsed::Other,
+    };
+    let (Some(method), Some(target), Some(1)) = (request.method, request.path, request.version) else { return Parsed::Other };
+    if !target.starts_with('/') || method == "CONNECT" {
+        return Parsed::Other;
+    }
+    let Ok(method) = Method::from_bytes(method.as_bytes()) else { return Parsed::Other };
+    let mut close = false;
+    let mut names = Vec::with_capacity(request.headers.len());
+    let mut spans: Vec<Range<usize>> = Vec::with_capacity(request.headers.len());
+    for h in request.headers.iter() {
+        let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else { return Parsed::Other };
+        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING || name == header::EXPECT || name == header::UPGRADE {
+            return Parsed::Other;
+        }
+        if name == header::CONNECTION {
+            for option in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii).filter(|o| !o.is_empty()) {
+                if option.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if !option.eq_ignore_ascii_case(b"keep-alive") {
+                    return Parsed::Other;
+                }
+            }
+        }
+        let at = h.value.as_ptr() as usize - base;
+        names.push(name);
+        spans.push(at..at + h.value.len());
+    }
+    let target_at = target.as_ptr() as usize - base;
+    let target_span = target_at..target_at + target.len();
+    // From here on the head is this loop's.
+    let head = inbuf.take(len);
+    let mut headers = HeaderMap::with_capacity(names.len());
+    for (name, span) in names.into_iter().zip(spans) {
+        // httparse admits exactly the bytes a header value may hold.
+        match HeaderValue::from_maybe_shared(head.slice(span)) {
+            Ok(value) => {
+                headers.append(name, value);
+            }
+            Err(_) => return Parsed::BadTarget,
+        }
+    }
+    let Ok(uri) = Uri::from_maybe_shared(head.slice(target_span)) else { return Parsed::BadTarget };
+    let mut req = Request::new(ClientBody::Empty);
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.version_mut() = Version::HTTP_11;
+    *req.headers_mut() = headers;
+    Parsed::Call(req, close)
+}
+
+/// The client connection handed to hyper: the bytes this loop read and did
+/// not use come first.
+struct Prefixed {
+    prefix: Bytes,
+    stream: TcpStream,
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix[..n]);
+            this.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn buffered(bytes: &[u8]) -> InBuf {
+        let mut inbuf = InBuf::default();
+        let room = inbuf.spare(bytes.len().max(64));
+        room[..bytes.len()].copy_from_slice(bytes);
+        inbuf.filled(bytes.len());
+        inbuf
+    }
+
+    #[test]
+    fn a_plain_call_is_taken_and_the_next_one_stays() {
+        let mut inbuf = buffered(b"GET /v1/x?a=1 HTTP/1.1\r\nHost: h\r\nX-API-Key: k\r\nConnection: keep-alive\r\n\r\nGET /next HTTP/1.1\r\n");
+        let Parsed::Call(req, close) = parse(&mut inbuf) else { panic!("a plain call") };
+        assert!(!close);
+        assert_eq!(req.method(), Method::GET);
+        assert_eq!(req.uri().path(), "/v1/x");
+        assert_eq!(req.uri().query(), Some("a=1"));
+        assert_eq!(req.headers()["x-api-key"], "k");
+        assert_eq!(req.headers().len(), 3);
+        assert_eq!(inbuf.data(), b"GET /next HTTP/1.1\r\n", "the pipelined call waits its turn");
+        assert!(matches!(parse(&mut inbuf), Parsed::Partial));
+    }
+
+    #[test]
+    fn connection_close_is_honoured() {
+        let mut inbuf = buffered(b"GET / HTTP/1.1\r\nConnection: Keep-Alive, close\r\n\r\n");
+        assert!(matches!(parse(&mut inbuf), Parsed::Call(_, true)));
+    }
+
+    #[test]
+    fn anything_with_a_body_or_unusual_goes_to_hyper_untouched() {
+        let others: &[&[u8]] = &[
+            b"POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"PUT / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+            b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+            b"GET / HTTP/1.1\r\nConnection: x-other\r\n\r\n",
+            b"GET / HTTP/1.0\r\n\r\n",
+            b"GET http://example.com/ HTTP/1.1\r\n\r\n",
+            b"OPTIONS * HTTP/1.1\r\n\r\n",
+            b"CONNECT example.com:443 HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nBad Name: x\r\n\r\n",
+            b"GET / HTTP/1.1\r\nX: a\r\n  folded\r\n\r\n",
+            b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+        ];
+        for bytes in others {
+            let mut inbuf = buffered(bytes);
+            assert!(matches!(parse(&mut inbuf), Parsed::Other), "{:?}", String::from_utf8_lossy(bytes));
+            assert_eq!(inbuf.data(), *bytes, "nothing consumed");
+        }
+    }
+
+    #[test]
+    fn a_large_head_goes_to_hyper_and_a_short_one_waits() {
+        let mut big = b"GET / HTTP/1.1\r\nX-Big: ".to_vec();
+        big.resize(MAX_FAST_HEAD + 10, b'a');
+        let mut inbuf = buffered(&big);
+        assert!(matches!(parse(&mut inbuf), Parsed::Other));
+        assert_eq!(inbuf.len(), big.len());
+        let mut inbuf = buffered(b"GET / HTTP/1.1\r\nHost: h\r\n");
+        assert!(matches!(parse(&mut inbuf), Parsed::Partial));
+    }
+
+    #[test]
+    fn response_heads_carry_their_framing() {
+        let mut own = HeaderMap::new();
+        own.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        own.insert(header::DATE, HeaderValue::from_static("Sun, 06 Dec 2026 03:00:00 GMT"));
+        let mut out = Vec::new();
+        encode_head(&mut out, StatusCode::OK, &own, None, Framing { length: Some(12), chunked: false, close: false });
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ndate: Sun, 06 Dec 2026 03:00:00 GMT\r\ncontent-length: 12\r\n\r\n"
+        );
+        let mut own = HeaderMap::new();
+        own.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("gzip"));
+        let mut out = Vec::new();
+        encode_head(&mut out, StatusCode::BAD_GATEWAY, &own, None, Framing { length: None, chunked: true, close: true });
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("HTTP/1.1 502 Bad Gateway\r\ndate: "), "{text}");
+        assert!(text.ends_with(" GMT\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"), "{text}");
+        assert!(!text.contains("gzip"), "the connection's own framing only");
+    }
+
+    #[tokio::test]
+    async fn upstream_headers_go_out_as_they_came_and_the_gateways_win() {
+        use super::super::h1;
+        let mut inbuf = buffered(
+            b"HTTP/1.1 200 OK\r\nServer: up\r\nDate: Sun, 06 Dec 2026 03:00:00 GMT\r\nX-Request-Id: forged\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nContent-Length: 3\r\nKeep-Alive: timeout=5\r\n\r\nabc",
+        );
+        let head = h1::parse_head(&mut inbuf, &mut Vec::new(), false).unwrap().unwrap();
+        let mut own = HeaderMap::new();
+        own.insert("x-request-id", HeaderValue::from_static("ours"));
+        let mut out = Vec::new();
+        let length = head.headers.content_length();
+        encode_head(&mut out, head.status, &own, Some(&head.headers), Framing { length, chunked: false, close: false });
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 200 OK\r\nServer: up\r\nDate: Sun, 06 Dec 2026 03:00:00 GMT\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nx-request-id: ours\r\ncontent-length: 3\r\n\r\n"
+        );
+        // hyper's side gets the same headers in its map.
+        let mut map = own.clone();
+        head.headers.append_to(&mut map, &[HeaderName::from_static("x-request-id")]);
+        assert_eq!(map.get_all("x-request-id").iter().collect::<Vec<_>>(), vec!["ours"]);
+        assert_eq!(map.get_all("set-cookie").iter().count(), 2);
+        assert_eq!(map["content-length"], "3");
+        assert!(!map.contains_key("keep-alive"));
+    }
+}
