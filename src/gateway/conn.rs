@@ -509,6 +509,12 @@ mod tests {
     }
 
     #[test]
+    fn a_target_the_parser_takes_but_no_uri_is_refused_here() {
+        let mut inbuf = buffered(b"GET /a<b> HTTP/1.1\r\nHost: h\r\n\r\n");
+        assert!(matches!(parse(&mut inbuf), Parsed::BadTarget));
+    }
+
+    #[test]
     fn connection_close_is_honoured() {
         let mut inbuf = buffered(b"GET / HTTP/1.1\r\nConnection: Keep-Alive, close\r\n\r\n");
         assert!(matches!(parse(&mut inbuf), Parsed::Call(_, true)));

@@ -6,6 +6,7 @@ mod admin;
 mod admin_log;
 mod app_events;
 mod audit_api;
+mod client_conn;
 mod erasure;
 mod gateway;
 mod integrity;

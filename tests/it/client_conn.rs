@@ -1,0 +1,248 @@
+//! The gateway's client connections byte by byte, as a raw TCP client sees
+//! them: pipelined calls, a connection handed from the gateway's own loop to
+//! hyper mid-way, `Connection: close`, `HEAD`, malformed requests, and
+//! an idle connection at shutdown.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::util::{start_upstream, TestServer};
+
+/// One response read off the stream: status, lower-cased headers, body.
+struct Answer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    fn all(&self, name: &str) -> Vec<&str> {
+        self.headers.iter().filter(|(n, _)| n == name).map(|(_, v)| v.as_str()).collect()
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&self.body)))
+    }
+}
+
+/// Reads one response (content-length or chunked; none after `HEAD`).
+async fn read_answer(stream: &mut TcpStream, buf: &mut Vec<u8>, head_request: bool) -> Answer {
+    let read = async {
+        let end = loop {
+            if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+            fill(stream, buf).await;
+        };
+        let head = String::from_utf8(buf[..end].to_vec()).expect("a text head");
+        buf.drain(..end);
+        let mut lines = head.split("\r\n");
+        let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+        let headers: Vec<(String, String)> = lines
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                let (n, v) = l.split_once(':').unwrap();
+                (n.to_ascii_lowercase(), v.trim().to_string())
+            })
+            .collect();
+        let mut answer = Answer { status, headers, body: Vec::new() };
+        if head_request || status == 204 || status == 304 {
+            return answer;
+        }
+        if let Some(n) = answer.header("content-length").map(|n| n.parse::<usize>().unwrap()) {
+            while buf.len() < n {
+                fill(stream, buf).await;
+            }
+            answer.body = buf.drain(..n).collect();
+        } else {
+            assert_eq!(answer.header("transfer-encoding"), Some("chunked"), "framed somehow");
+            loop {
+                let line_end = loop {
+                    if let Some(at) = buf.windows(2).position(|w| w == b"\r\n") {
+                        break at;
+                    }
+                    fill(stream, buf).await;
+                };
+                let size = usize::from_str_radix(std::str::from_utf8(&buf[..line_end]).unwrap(), 16).unwrap();
+                buf.drain(..line_end + 2);
+                while buf.len() < size + 2 {
+                    fill(stream, buf).await;
+                }
+                answer.body.extend(buf.drain(..size));
+                buf.drain(..2);
+                if size == 0 {
+                    break;
+                }
+            }
+        }
+        answer
+    };
+    tokio::time::timeout(Duration::from_secs(10), read).await.expect("an answer, not a hang")
+}
+
+async fn fill(stream: &mut TcpStream, buf: &mut Vec<u8>) {
+    let mut chunk = [0u8; 4096];
+    let n = stream.read(&mut chunk).await.unwrap();
+    assert!(n > 0, "the gateway closed the connection early; read so far: {}", String::from_utf8_lossy(buf));
+    buf.extend_from_slice(&chunk[..n]);
+}
+
+/// Whether the gateway closes the connection (after what `buf` already holds).
+async fn closes(stream: &mut TcpStream) -> bool {
+    let mut byte = [0u8; 1];
+    matches!(tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte)).await, Ok(Ok(0)) | Ok(Err(_)))
+}
+
+async fn setup() -> (TestServer, String, String) {
+    let ts = TestServer::start().await;
+    let up = start_upstream().await;
+    let (_, _, key) = ts.admin_client().setup("acme", "/api", &format!("http://{up}")).await;
+    let addr = ts.gateway.trim_start_matches("http://").trim_end_matches('/').to_string();
+    (ts, addr, key)
+}
+
+#[tokio::test]
+async fn pipelined_calls_are_answered_in_order_on_one_connection() {
+    let (ts, addr, key) = setup().await;
+    let mut stream = TcpStream::connect(&addr).await.unwrap();
+    let mut calls = String::new();
+    for (i, path) in ["/api/one", "/api/two", "/nowhere", "/api/three"].iter().enumerate() {
+        let auth = if i == 2 { String::new() } else { format!("X-API-Key: {key}\r\n") };
+        calls.push_str(&format!("GET {path}?n={i} HTTP/1.1\r\nHost: gw\r\n{auth}\r\n"));
+    }
+    // All four in one write.
+    stream.write_all(calls.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    for (i, path) in ["/api/one", "/api/two"].iter().enumerate() {
+        let answer = read_answer(&mut stream, &mut buf, false).await;
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.json()["path"], *path);
+        assert_eq!(answer.json()["query"], format!("n={i}"));
+        assert!(answer.header("date").is_some() && answer.header("x-request-id").is_some());
+    }
+    let refused = read_answer(&mut stream, &mut buf, false).await;
+    assert_eq!(refused.status, 404);
+    assert_eq!(refused.json()["error"]["code"], "no_route");
+    assert_eq!(refused.header("content-type"), Some("application/json"));
+    assert!(refused.header("date").is_some(), "the gateway's own answers are dated");
+    let last = read_answer(&mut stream, &mut buf, false).await;
+    assert_eq!((last.status, last.json()["path"].as_str()), (200, Some("/api/three")), "a refusal keeps the connection");
+    assert!(buf.is_empty());
+    // Every call is in the trail.
+    ts.flush().await;
+    let logs = ts.admin_client().wait_for("/v1/audit/acme?limit=10", "logs", 3).await;
+    assert_eq!(logs.len(), 3);
+    drop(ts);
+}
+
+#[tokio::test]
+async fn a_call_with_a_body_hands_the_connection_to_hyper_and_both_sides_answer() {
+    let (_ts, addr, key) = setup().await;
+    let mut stream = TcpStream::connect(&addr).await.unwrap();
+    let mut buf = Vec::new();
+    // A plain call, then an upload and a plain call behind it in the same write.
+    stream.write_all(format!("GET /api/a HTTP/1.1\r\nHost: gw\r\nX-API-Key: {key}\r\n\r\n").as_bytes()).await.unwrap();
+    assert_eq!(read_answer(&mut stream, &mut buf, false).await.status, 200);
+    let body = "x".repeat(3000);
+    let upload = format!("POST /api/upload HTTP/1.1\r\nHost: gw\r\nX-API-Key: {key}\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+    let chunked = format!("POST /api/upload HTTP/1.1\r\nHost: gw\r\nX-API-Key: {key}\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n");
+    let after = format!("GET /api/b HTTP/1.1\r\nHost: gw\r\nX-API-Key: {key}\r\n\r\n");
+    stream.write_all(format!("{upload}{chunked}{after}").as_bytes()).await.unwrap();
+    let answer = read_answer(&mut stream, &mut buf, false).await;
+    assert_eq!((answer.status, answer.json()["received_bytes"].as_u64()), (200, Some(3000)), "the whole body reached the upstream");
+    let answer = read_answer(&mut stream, &mut buf, false).await;
+    assert_eq!((answer.status, answer.json()["received_bytes"].as_u64()), (200, Some(5)), "a chunked body too");
+    let answer = read_answer(&mut stream, &mut buf, false).await;
+    assert_eq!((answer.status, answer.json()["path"].as_str()), (200, Some("/api/b")), "and hyper serves the rest");
+}
+
+#[tokio::test]
+async fn connection_close_and_head_are_honoured() {
+    let (_ts, addr, key) = setup().await;
+    let mut stream = TcpStream::connect(&addr).await.unwrap();
+    let mut buf = Vec::new();
+    stream.write_all(format!("HEAD /api/fixed HTTP/1.1\r\nHost: gw\r\nX-API-Key: {key}\r\n\r\n").as_bytes()).await.unwrap();
+    let head = read_answer(&mut stream, &mut buf, true).await;
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("content-length"), Some("2"), "the length of the body a GET would get");
+    stream.write_all(format!("GET /api/fixed HTTP/1.1\r\nHost: gw\r\nX-API-Key: {key}\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    let last = read_answer(&mut stream, &mut buf, false).await;
+    assert_eq!((last.status, last.body.as_slice()), (200, b"ok".as_slice()), "no body was left behind by HEAD");
+    assert_eq!(last.header("connection"), Some("close"));
+    assert!(buf.is_empty());
+    assert!(closes(&mut stream).await, "closed after the answer");
+}
+
+#[tokio::test]
+async fn upstream_headers_arrive_once_and_the_gateways_win() {
+    let (_ts, addr, key) = setup().await;
+    let mut stream = TcpStream::connect(&addr).await.unwrap();
+    let mut buf = Vec::new();
+    stream.write_all(format!("GET /api/status/418 HTTP/1.1\r\nHost: gw\r\nX-API-Key: {key}\r\n\r\n").as_bytes()).await.unwrap();
+    let answer = read_answer(&mut stream, &mut buf, false).await;
+    assert_eq!((answer.status, answer.body.as_slice()), (418, b"status 418".as_slice()));
+    assert_eq!(answer.all("x-request-id").len(), 1);
+    assert_eq!(answer.all("date").len(), 1, "the upstream's date, not a second one");
+    assert_eq!(answer.all("content-length"), vec!["10"]);
+    assert!(answer.header("ratelimit-limit").is_none(), "no tier, no rate headers");
+}
+
+#[tokio::test]
+async fn malformed_requests_get_400_and_the_connection_ends() {
+    let (_ts, addr, key) = setup().await;
+    for bad in [
+        "GET /api/x HTTP/1.1\r\nBad Header: 1\r\n\r\n".to_string(),
+        format!("GET /api/x HTTP/1.1\r\nX-API-Key: {key}\r\nContent-Length: abc\r\n\r\n"),
+        "\x16\x03\x01\x02\x00\x01\x00\x01\x7c\x03\x03\r\n\r\n".to_string(),
+        "GET /api/<x> HTTP/1.1\r\nHost: gw\r\n\r\n".to_string(),
+    ] {
+        let mut stream = TcpStream::connect(&addr).await.unwrap();
+        stream.write_all(bad.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        let answer = read_answer(&mut stream, &mut buf, false).await;
+        assert_eq!(answer.status, 400, "{bad:?}");
+        assert!(closes(&mut stream).await, "{bad:?}: no second answer on a connection that lost its framing");
+        assert!(!String::from_utf8_lossy(&answer.body).contains(&key));
+    }
+    // A body framed two ways (how requests are smuggled past proxies) is
+    // read by its chunks, as RFC 9112 §6.3 says, and the connection ends
+    // after it: the bytes the length would have left are never a request.
+    let mut stream = TcpStream::connect(&addr).await.unwrap();
+    let smuggle = format!(
+        "POST /api/upload HTTP/1.1\r\nHost: gw\r\nX-API-Key: {key}\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nGET /api/smuggled HTTP/1.1\r\nHost: gw\r\n\r\n"
+    );
+    stream.write_all(smuggle.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let answer = read_answer(&mut stream, &mut buf, false).await;
+    assert_eq!((answer.status, answer.json()["received_bytes"].as_u64()), (200, Some(3)));
+    assert_eq!(answer.header("connection"), Some("close"));
+    assert!(buf.is_empty() && closes(&mut stream).await, "no second answer");
+}
+
+#[tokio::test]
+async fn an_idle_connection_closes_at_shutdown_and_a_busy_one_gets_its_answer() {
+    let (mut ts, addr, key) = setup().await;
+    let mut idle = TcpStream::connect(&addr).await.unwrap();
+    let mut busy = TcpStream::connect(&addr).await.unwrap();
+    let mut buf = Vec::new();
+    idle.write_all(format!("GET /api/a HTTP/1.1\r\nHost: gw\r\nX-API-Key: {key}\r\n\r\n").as_bytes()).await.unwrap();
+    assert_eq!(read_answer(&mut idle, &mut buf, false).await.status, 200);
+    busy.write_all(format!("GET /api/slow?ms=400 HTTP/1.1\r\nHost: gw\r\nX-API-Key: {key}\r\n\r\n").as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let stopping = tokio::spawn(async move {
+        ts.stop().await;
+        ts
+    });
+    let mut busy_buf = Vec::new();
+    let answer = read_answer(&mut busy, &mut busy_buf, false).await;
+    assert_eq!((answer.status, answer.body.as_slice()), (200, b"slow".as_slice()), "the call under way is answered");
+    assert!(closes(&mut idle).await, "the idle connection is closed");
+    let _ts = tokio::time::timeout(Duration::from_secs(10), stopping).await.expect("shutdown finishes").unwrap();
+}
