@@ -11,6 +11,8 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use http::{HeaderMap, HeaderName, HeaderValue};
+
 use super::h1::RawHeaders;
 use super::upstream::UpstreamBody;
 use crate::audit::AuditPipeline;
@@ -126,29 +128,71 @@ pub struct GatewayBody {
     errored: bool,
     /// Boxed: the event is large and the body is moved through hyper several times.
     finisher: Option<Box<Finisher>>,
-    /// The upstream's headers, which the response forwards as they came
-    /// (see [`GatewayBody::take_upstream_headers`]).
-    upstream_headers: Option<RawHeaders>,
+    /// A proxied answer's headers (see [`GatewayBody::take_proxied_head`]).
+    proxied: Option<ProxiedHead>,
+}
+
+/// The headers of a proxied answer: the upstream's as they came, and the
+/// gateway's own (request id, rate limits), which win over the upstream's
+/// of the same names. The gateway's connection loop writes them straight
+/// into the response head; only a connection hyper serves needs them in a
+/// header map ([`ProxiedHead::into_header_map`]).
+pub struct ProxiedHead {
+    pub upstream: RawHeaders,
+    pub request_id: HeaderValue,
+    pub rate: Option<crate::ratelimit::Standing>,
+}
+
+impl ProxiedHead {
+    /// The gateway's headers, as name and value text.
+    pub fn own(&self, each: impl FnMut(&'static str, &[u8])) {
+        let mut each = each;
+        each("x-request-id", self.request_id.as_bytes());
+        if let Some(rate) = &self.rate {
+            for (name, n) in [("ratelimit-limit", rate.limit), ("ratelimit-remaining", rate.remaining), ("ratelimit-reset", rate.reset_secs)] {
+                each(name, itoa::Buffer::new().format(n).as_bytes());
+            }
+        }
+    }
+
+    /// Whether the gateway sets a header of this name (any case) itself.
+    pub fn sets(&self, name: &[u8]) -> bool {
+        name.eq_ignore_ascii_case(b"x-request-id")
+            || (self.rate.is_some()
+                && [b"ratelimit-limit".as_slice(), b"ratelimit-remaining", b"ratelimit-reset"].iter().any(|n| name.eq_ignore_ascii_case(n)))
+    }
+
+    /// All of it in `map`, the gateway's headers winning.
+    pub fn into_header_map(self, map: &mut HeaderMap) {
+        let mut own: Vec<(HeaderName, HeaderValue)> = Vec::with_capacity(4);
+        self.own(|name, value| {
+            if let Ok(value) = HeaderValue::from_bytes(value) {
+                own.push((HeaderName::from_static(name), value));
+            }
+        });
+        let names: Vec<HeaderName> = own.iter().map(|(n, _)| n.clone()).collect();
+        self.upstream.append_to(map, &names);
+        for (name, value) in own {
+            map.insert(name, value);
+        }
+    }
 }
 
 impl GatewayBody {
     pub fn full(bytes: Bytes, finisher: Finisher) -> Self {
-        GatewayBody { inner: Inner::Full(Some(bytes)), sent: 0, errored: false, finisher: Some(Box::new(finisher)), upstream_headers: None }
+        GatewayBody { inner: Inner::Full(Some(bytes)), sent: 0, errored: false, finisher: Some(Box::new(finisher)), proxied: None }
     }
 
-    /// A proxied answer's body, with the upstream's headers riding along:
-    /// the gateway's connection loop writes them as they came, and only a
-    /// connection served by hyper needs them in the response's header map.
-    pub(super) fn upstream(body: UpstreamBody<CountingBody>, finisher: Finisher, headers: RawHeaders) -> Self {
+    /// A proxied answer's body, with its headers riding along (the
+    /// response's own header map stays empty).
+    pub(super) fn upstream(body: UpstreamBody<CountingBody>, finisher: Finisher, head: ProxiedHead) -> Self {
         let finisher = Some(Box::new(finisher));
-        GatewayBody { inner: Inner::Upstream(body), sent: 0, errored: false, finisher, upstream_headers: Some(headers) }
+        GatewayBody { inner: Inner::Upstream(body), sent: 0, errored: false, finisher, proxied: Some(head) }
     }
 
-    /// The upstream's headers (a proxied answer's), once: they go out
-    /// besides the response's own header map, whose headers (the gateway's)
-    /// take precedence over the upstream's of the same name.
-    pub(super) fn take_upstream_headers(&mut self) -> Option<RawHeaders> {
-        self.upstream_headers.take()
+    /// A proxied answer's headers, once.
+    pub(super) fn take_proxied_head(&mut self) -> Option<ProxiedHead> {
+        self.proxied.take()
     }
 
     fn finish(&mut self, completed: bool) {

@@ -36,8 +36,8 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use super::body::{ClientBody, GatewayBody};
-use super::h1::{InBuf, RawHeaders};
+use super::body::{ClientBody, GatewayBody, ProxiedHead};
+use super::h1::InBuf;
 use super::timer::{ConnectionTimer, KeptTimer};
 use super::upstream::ConnectionUpstreams;
 use super::Gateway;
@@ -102,10 +102,9 @@ pub async fn serve(
         let (gateway, upstreams) = (gateway.clone(), upstreams.clone());
         async move {
             let mut response = gateway.handle(peer, &upstreams, req.map(ClientBody::Hyper)).await;
-            // hyper writes the header map only: the upstream's headers join it.
-            if let Some(upstream) = response.body_mut().take_upstream_headers() {
-                let own: Vec<HeaderName> = response.headers().keys().cloned().collect();
-                upstream.append_to(response.headers_mut(), &own);
+            // hyper writes the header map only: a proxied answer's headers join it.
+            if let Some(head) = response.body_mut().take_proxied_head() {
+                head.into_header_map(response.headers_mut());
             }
             Ok::<_, std::convert::Infallible>(response)
         }
@@ -197,19 +196,19 @@ impl Client {
     /// Writes the response; `false` when the connection cannot carry
     /// another call (the client went away, or the body failed midway).
     async fn respond(&mut self, mut response: Response<GatewayBody>, head_request: bool, close: bool) -> bool {
-        let upstream = response.body_mut().take_upstream_headers();
+        let proxied = response.body_mut().take_proxied_head();
         let (parts, mut body) = response.into_parts();
         let status = parts.status.as_u16();
         // Never a body nor a length (RFC 9110 §8.6).
         let no_content = (100..200).contains(&status) || status == 204;
         let bodiless = head_request || no_content || status == 304;
         // A `HEAD` answer and a 304 tell the length of the body they leave out.
-        let declared = upstream.as_ref().and_then(RawHeaders::content_length).filter(|_| !no_content);
+        let declared = proxied.as_ref().and_then(|p| p.upstream.content_length()).filter(|_| !no_content);
         let length = if bodiless { declared } else { declared.or(body.size_hint().exact()) };
         let framing = Framing { length, chunked: !bodiless && length.is_none(), close };
         let mut out = std::mem::take(&mut self.out);
         out.clear();
-        encode_head(&mut out, parts.status, &parts.headers, upstream.as_ref(), framing);
+        encode_head(&mut out, parts.status, &parts.headers, proxied.as_ref(), framing);
         let written = if bodiless {
             drop(body);
             self.stream.write_all(&out).await.is_ok()
@@ -314,10 +313,11 @@ struct Framing {
     close: bool,
 }
 
-/// Writes the status line and headers: the upstream's as they came (less
-/// those the gateway sets itself), the gateway's, `Date` when neither has
-/// one, and the framing headers of this connection.
-fn encode_head(out: &mut Vec<u8>, status: StatusCode, own: &HeaderMap, upstream: Option<&RawHeaders>, framing: Framing) {
+/// Writes the status line and headers: a proxied answer's (the upstream's
+/// as they came, less those the gateway sets itself, then the gateway's),
+/// the response's own map, `Date` when none of them has one, and the
+/// framing headers of this connection.
+fn encode_head(out: &mut Vec<u8>, status: StatusCode, own: &HeaderMap, proxied: Option<&ProxiedHead>, framing: Framing) {
     let line = |out: &mut Vec<u8>, name: &[u8], value: &[u8]| {
         out.extend_from_slice(name);
         out.extend_from_slice(b": ");
@@ -330,13 +330,15 @@ fn encode_head(out: &mut Vec<u8>, status: StatusCode, own: &HeaderMap, upstream:
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
     let mut dated = false;
-    for (name, value) in upstream.into_iter().flat_map(RawHeaders::iter) {
-        // Names the gateway's own map holds are lower case.
-        if own.keys().any(|own| own.as_str().as_bytes().eq_ignore_ascii_case(name)) {
-            continue;
+    if let Some(proxied) = proxied {
+        for (name, value) in proxied.upstream.iter() {
+            if proxied.sets(name) {
+                continue;
+            }
+            dated |= name.eq_ignore_ascii_case(b"date");
+            line(out, name, value);
         }
-        dated |= name.eq_ignore_ascii_case(b"date");
-        line(out, name, value);
+        proxied.own(|name, value| line(out, name.as_bytes(), value));
     }
     for (name, value) in own {
         // Framing is this connection's to set.
@@ -575,26 +577,31 @@ mod tests {
         assert!(!text.contains("gzip"), "the connection's own framing only");
     }
 
-    #[tokio::test]
-    async fn upstream_headers_go_out_as_they_came_and_the_gateways_win() {
+    #[test]
+    fn upstream_headers_go_out_as_they_came_and_the_gateways_win() {
         use super::super::h1;
-        let mut inbuf = buffered(
-            b"HTTP/1.1 200 OK\r\nServer: up\r\nDate: Sun, 06 Dec 2026 03:00:00 GMT\r\nX-Request-Id: forged\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nContent-Length: 3\r\nKeep-Alive: timeout=5\r\n\r\nabc",
-        );
-        let head = h1::parse_head(&mut inbuf, &mut Vec::new(), false).unwrap().unwrap();
-        let mut own = HeaderMap::new();
-        own.insert("x-request-id", HeaderValue::from_static("ours"));
+        let proxied = || {
+            let mut inbuf = buffered(
+                b"HTTP/1.1 200 OK\r\nServer: up\r\nDate: Sun, 06 Dec 2026 03:00:00 GMT\r\nX-Request-Id: forged\r\nRateLimit-Limit: 1\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nContent-Length: 3\r\nKeep-Alive: timeout=5\r\n\r\nabc",
+            );
+            let head = h1::parse_head(&mut inbuf, &mut Vec::new(), false).unwrap().unwrap();
+            let rate = crate::ratelimit::Standing { limit: 100, remaining: 99, reset_secs: 60 };
+            (head.status, ProxiedHead { upstream: head.headers, request_id: HeaderValue::from_static("ours"), rate: Some(rate) })
+        };
+        let (status, head) = proxied();
         let mut out = Vec::new();
-        let length = head.headers.content_length();
-        encode_head(&mut out, head.status, &own, Some(&head.headers), Framing { length, chunked: false, close: false });
+        let length = head.upstream.content_length();
+        encode_head(&mut out, status, &HeaderMap::new(), Some(&head), Framing { length, chunked: false, close: false });
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "HTTP/1.1 200 OK\r\nServer: up\r\nDate: Sun, 06 Dec 2026 03:00:00 GMT\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nx-request-id: ours\r\ncontent-length: 3\r\n\r\n"
+            "HTTP/1.1 200 OK\r\nServer: up\r\nDate: Sun, 06 Dec 2026 03:00:00 GMT\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n\
+             x-request-id: ours\r\nratelimit-limit: 100\r\nratelimit-remaining: 99\r\nratelimit-reset: 60\r\ncontent-length: 3\r\n\r\n"
         );
         // hyper's side gets the same headers in its map.
-        let mut map = own.clone();
-        head.headers.append_to(&mut map, &[HeaderName::from_static("x-request-id")]);
+        let mut map = HeaderMap::new();
+        proxied().1.into_header_map(&mut map);
         assert_eq!(map.get_all("x-request-id").iter().collect::<Vec<_>>(), vec!["ours"]);
+        assert_eq!(map.get_all("ratelimit-limit").iter().collect::<Vec<_>>(), vec!["100"]);
         assert_eq!(map.get_all("set-cookie").iter().count(), 2);
         assert_eq!(map["content-length"], "3");
         assert!(!map.contains_key("keep-alive"));

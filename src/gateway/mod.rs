@@ -26,7 +26,7 @@ use http::{Request, Response, StatusCode, Uri};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use self::body::{ClientBody, CountingBody, Finisher, GatewayBody};
+use self::body::{ClientBody, CountingBody, Finisher, GatewayBody, ProxiedHead};
 use self::upstream::{ConnectionUpstreams, Upstreams};
 use crate::audit::AuditPipeline;
 use crate::config::GatewayConfig;
@@ -315,21 +315,16 @@ impl Gateway {
         };
 
         // 9. Audit: the body records the event when the response is finished.
-        // The upstream's headers ride with the body (the upstream client
-        // already left out the hop-by-hop ones); the response's own header
-        // map holds the gateway's, which win over the upstream's.
+        // The headers ride with the body: the upstream's as they came (the
+        // upstream client already left out the hop-by-hop ones) and the
+        // gateway's, which win over the upstream's.
         event.status_code = Some(answer.status.as_u16());
         if answer.status.as_u16() >= 400 {
             event.outcome = Text::from_static("failure");
         }
-        let mut response = Response::new(GatewayBody::upstream(answer.body, finisher(event, Some(request_bytes)), answer.headers));
+        let head = ProxiedHead { upstream: answer.headers, request_id: request_id_value, rate: standing };
+        let mut response = Response::new(GatewayBody::upstream(answer.body, finisher(event, Some(request_bytes)), head));
         *response.status_mut() = answer.status;
-        let headers = response.headers_mut();
-        headers.reserve(4);
-        headers.insert(X_REQUEST_ID.clone(), request_id_value);
-        if let Some(standing) = &standing {
-            rate_headers(headers, standing);
-        }
         response
     }
 

@@ -157,6 +157,8 @@ async fn a_call_with_a_body_hands_the_connection_to_hyper_and_both_sides_answer(
     stream.write_all(format!("{upload}{chunked}{after}").as_bytes()).await.unwrap();
     let answer = read_answer(&mut stream, &mut buf, false).await;
     assert_eq!((answer.status, answer.json()["received_bytes"].as_u64()), (200, Some(3000)), "the whole body reached the upstream");
+    // hyper's side writes the proxied answer's headers from a map: the same ones.
+    assert_eq!((answer.all("x-request-id").len(), answer.all("date").len()), (1, 1));
     let answer = read_answer(&mut stream, &mut buf, false).await;
     assert_eq!((answer.status, answer.json()["received_bytes"].as_u64()), (200, Some(5)), "a chunked body too");
     let answer = read_answer(&mut stream, &mut buf, false).await;
