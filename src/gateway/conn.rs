@@ -76,7 +76,16 @@ pub async fn serve(
     watcher: hyper_util::server::graceful::Watcher,
 ) {
     let upstreams = Arc::new(ConnectionUpstreams::new(gateway.upstreams.clone(), peer));
-    let mut conn = Client { stream, inbuf: InBuf::default(), out: Vec::new(), timer: KeptTimer::default() };
+    let probe = shutdown.clone();
+    let mut conn = Client {
+        stream,
+        inbuf: InBuf::default(),
+        out: Vec::new(),
+        timer: KeptTimer::default(),
+        scratch: Scratch::default(),
+        stop_registered: false,
+        probe,
+    };
     let mut stop = pin!(shutdown.changed());
     loop {
         let (req, close) = match conn.next_call(stop.as_mut()).await {
@@ -135,6 +144,19 @@ struct Client {
     out: Vec<u8>,
     /// The head-read timeout's timer, kept across calls.
     timer: KeptTimer,
+    scratch: Scratch,
+    /// The shutdown signal's future was polled once: it has the task's
+    /// waker and wakes it at shutdown. Later waits only look at `probe`,
+    /// which costs an atomic load instead of a poll.
+    stop_registered: bool,
+    probe: watch::Receiver<bool>,
+}
+
+/// Room for a head's header names and value positions, kept across calls.
+#[derive(Default)]
+struct Scratch {
+    names: Vec<HeaderName>,
+    values: Vec<Range<usize>>,
 }
 
 impl Client {
@@ -142,7 +164,7 @@ impl Client {
     async fn next_call<F: Future>(&mut self, mut stop: Pin<&mut F>) -> Next {
         let mut deadline = None;
         loop {
-            match parse(&mut self.inbuf) {
+            match parse(&mut self.inbuf, &mut self.scratch) {
                 Parsed::Call(req, close) => return Next::Call(req, close),
                 Parsed::BadTarget => return Next::BadTarget,
                 Parsed::Other => return Next::Other,
@@ -155,8 +177,16 @@ impl Client {
             });
             let read = poll_fn(|cx| {
                 // Between calls the gateway's shutdown closes the connection.
-                if self.inbuf.is_empty() && stop.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Ok(0));
+                if self.inbuf.is_empty() {
+                    let stopping = if self.stop_registered {
+                        self.probe.has_changed().unwrap_or(true)
+                    } else {
+                        self.stop_registered = true;
+                        stop.as_mut().poll(cx).is_ready()
+                    };
+                    if stopping {
+                        return Poll::Ready(Ok(0));
+                    }
                 }
                 if let Poll::Ready(read) = self.poll_fill(cx) {
                     return Poll::Ready(read);
@@ -379,7 +409,7 @@ fn http_date(f: impl FnOnce(&[u8])) {
 }
 
 /// Reads the head at the start of `inbuf`, taking it only when this loop answers it.
-fn parse(inbuf: &mut InBuf) -> Parsed {
+fn parse(inbuf: &mut InBuf, scratch: &mut Scratch) -> Parsed {
     if inbuf.is_empty() {
         return Parsed::Partial;
     }
@@ -399,8 +429,9 @@ fn parse(inbuf: &mut InBuf) -> Parsed {
     }
     let Ok(method) = Method::from_bytes(method.as_bytes()) else { return Parsed::Other };
     let mut close = false;
-    let mut names = Vec::with_capacity(request.headers.len());
-    let mut spans: Vec<Range<usize>> = Vec::with_capacity(request.headers.len());
+    let Scratch { names, values: spans } = scratch;
+    names.clear();
+    spans.clear();
     for h in request.headers.iter() {
         let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else { return Parsed::Other };
         if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING || name == header::EXPECT || name == header::UPGRADE {
@@ -424,7 +455,7 @@ fn parse(inbuf: &mut InBuf) -> Parsed {
     // From here on the head is this loop's.
     let head = inbuf.take(len);
     let mut headers = HeaderMap::with_capacity(names.len());
-    for (name, span) in names.into_iter().zip(spans) {
+    for (name, span) in names.drain(..).zip(spans.drain(..)) {
         // httparse admits exactly the bytes a header value may hold.
         match HeaderValue::from_maybe_shared(head.slice(span)) {
             Ok(value) => {
@@ -499,7 +530,7 @@ mod tests {
     #[test]
     fn a_plain_call_is_taken_and_the_next_one_stays() {
         let mut inbuf = buffered(b"GET /v1/x?a=1 HTTP/1.1\r\nHost: h\r\nX-API-Key: k\r\nConnection: keep-alive\r\n\r\nGET /next HTTP/1.1\r\n");
-        let Parsed::Call(req, close) = parse(&mut inbuf) else { panic!("a plain call") };
+        let Parsed::Call(req, close) = parse(&mut inbuf, &mut Scratch::default()) else { panic!("a plain call") };
         assert!(!close);
         assert_eq!(req.method(), Method::GET);
         assert_eq!(req.uri().path(), "/v1/x");
@@ -507,19 +538,19 @@ mod tests {
         assert_eq!(req.headers()["x-api-key"], "k");
         assert_eq!(req.headers().len(), 3);
         assert_eq!(inbuf.data(), b"GET /next HTTP/1.1\r\n", "the pipelined call waits its turn");
-        assert!(matches!(parse(&mut inbuf), Parsed::Partial));
+        assert!(matches!(parse(&mut inbuf, &mut Scratch::default()), Parsed::Partial));
     }
 
     #[test]
     fn a_target_the_parser_takes_but_no_uri_is_refused_here() {
         let mut inbuf = buffered(b"GET /a<b> HTTP/1.1\r\nHost: h\r\n\r\n");
-        assert!(matches!(parse(&mut inbuf), Parsed::BadTarget));
+        assert!(matches!(parse(&mut inbuf, &mut Scratch::default()), Parsed::BadTarget));
     }
 
     #[test]
     fn connection_close_is_honoured() {
         let mut inbuf = buffered(b"GET / HTTP/1.1\r\nConnection: Keep-Alive, close\r\n\r\n");
-        assert!(matches!(parse(&mut inbuf), Parsed::Call(_, true)));
+        assert!(matches!(parse(&mut inbuf, &mut Scratch::default()), Parsed::Call(_, true)));
     }
 
     #[test]
@@ -540,7 +571,7 @@ mod tests {
         ];
         for bytes in others {
             let mut inbuf = buffered(bytes);
-            assert!(matches!(parse(&mut inbuf), Parsed::Other), "{:?}", String::from_utf8_lossy(bytes));
+            assert!(matches!(parse(&mut inbuf, &mut Scratch::default()), Parsed::Other), "{:?}", String::from_utf8_lossy(bytes));
             assert_eq!(inbuf.data(), *bytes, "nothing consumed");
         }
     }
@@ -550,10 +581,10 @@ mod tests {
         let mut big = b"GET / HTTP/1.1\r\nX-Big: ".to_vec();
         big.resize(MAX_FAST_HEAD + 10, b'a');
         let mut inbuf = buffered(&big);
-        assert!(matches!(parse(&mut inbuf), Parsed::Other));
+        assert!(matches!(parse(&mut inbuf, &mut Scratch::default()), Parsed::Other));
         assert_eq!(inbuf.len(), big.len());
         let mut inbuf = buffered(b"GET / HTTP/1.1\r\nHost: h\r\n");
-        assert!(matches!(parse(&mut inbuf), Parsed::Partial));
+        assert!(matches!(parse(&mut inbuf, &mut Scratch::default()), Parsed::Partial));
     }
 
     #[test]
