@@ -21,15 +21,14 @@ use std::future::{poll_fn, Future};
 use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
-use std::ops::Range;
 use std::pin::{pin, Pin};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Buf, Bytes};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri};
 use http_body::Body;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -37,10 +36,10 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::body::{ClientBody, GatewayBody, ProxiedHead};
-use super::h1::InBuf;
+use super::h1::{CallHeaders, InBuf, Span};
 use super::timer::{ConnectionTimer, KeptTimer};
 use super::upstream::ConnectionUpstreams;
-use super::Gateway;
+use super::{Call, Gateway};
 use crate::error::{ApiError, ErrorCode};
 
 /// How long a connection may take to send a request head, waiting for its
@@ -58,7 +57,7 @@ enum Parsed {
     /// Not a whole head yet: read more.
     Partial,
     /// A call this loop answers, and whether the caller asked to close after it.
-    Call(Request<ClientBody>, bool),
+    Call(Call, bool),
     /// A request the target of which is not a valid URI: answered with 400.
     BadTarget,
     /// Anything else: hyper's.
@@ -97,7 +96,7 @@ pub async fn serve(
             Next::Other => break,
             Next::Done => return,
         };
-        let head_request = req.method() == Method::HEAD;
+        let head_request = req.method == Method::HEAD;
         let response = gateway.handle(peer, &upstreams, req).await;
         let kept = conn.respond(response, head_request, close).await;
         if !kept || close {
@@ -110,7 +109,7 @@ pub async fn serve(
     let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
         let (gateway, upstreams) = (gateway.clone(), upstreams.clone());
         async move {
-            let mut response = gateway.handle(peer, &upstreams, req.map(ClientBody::Hyper)).await;
+            let mut response = gateway.handle(peer, &upstreams, Call::from_request(req.map(ClientBody::Hyper))).await;
             // hyper writes the header map only: a proxied answer's headers join it.
             if let Some(head) = response.body_mut().take_proxied_head() {
                 head.into_header_map(response.headers_mut());
@@ -129,7 +128,7 @@ pub async fn serve(
 }
 
 enum Next {
-    Call(Request<ClientBody>, bool),
+    Call(Call, bool),
     BadTarget,
     Other,
     /// Closed, timed out, or shutting down.
@@ -152,11 +151,10 @@ struct Client {
     probe: watch::Receiver<bool>,
 }
 
-/// Room for a head's header names and value positions, kept across calls.
+/// Room for a head's header positions: the last call's, reused.
 #[derive(Default)]
 struct Scratch {
-    names: Vec<HeaderName>,
-    values: Vec<Range<usize>>,
+    spans: Vec<Span>,
 }
 
 impl Client {
@@ -429,15 +427,15 @@ fn parse(inbuf: &mut InBuf, scratch: &mut Scratch) -> Parsed {
     }
     let Ok(method) = Method::from_bytes(method.as_bytes()) else { return Parsed::Other };
     let mut close = false;
-    let Scratch { names, values: spans } = scratch;
-    names.clear();
+    let mut spans = std::mem::take(&mut scratch.spans);
     spans.clear();
     for h in request.headers.iter() {
-        let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else { return Parsed::Other };
-        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING || name == header::EXPECT || name == header::UPGRADE {
+        let name = h.name.as_bytes();
+        // Headers that give the request a body or change the connection: hyper's.
+        if [b"content-length".as_slice(), b"transfer-encoding", b"expect", b"upgrade"].iter().any(|n| name.eq_ignore_ascii_case(n)) {
             return Parsed::Other;
         }
-        if name == header::CONNECTION {
+        if name.eq_ignore_ascii_case(b"connection") {
             for option in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii).filter(|o| !o.is_empty()) {
                 if option.eq_ignore_ascii_case(b"close") {
                     close = true;
@@ -446,31 +444,17 @@ fn parse(inbuf: &mut InBuf, scratch: &mut Scratch) -> Parsed {
                 }
             }
         }
-        let at = h.value.as_ptr() as usize - base;
-        names.push(name);
-        spans.push(at..at + h.value.len());
+        let (name_at, value_at) = (h.name.as_ptr() as usize - base, h.value.as_ptr() as usize - base);
+        spans.push(Span::new(name_at..name_at + h.name.len(), value_at..value_at + h.value.len()));
     }
     let target_at = target.as_ptr() as usize - base;
     let target_span = target_at..target_at + target.len();
-    // From here on the head is this loop's.
+    // From here on the head is this loop's. (httparse admitted only valid
+    // header names and values.)
     let head = inbuf.take(len);
-    let mut headers = HeaderMap::with_capacity(names.len());
-    for (name, span) in names.drain(..).zip(spans.drain(..)) {
-        // httparse admits exactly the bytes a header value may hold.
-        match HeaderValue::from_maybe_shared(head.slice(span)) {
-            Ok(value) => {
-                headers.append(name, value);
-            }
-            Err(_) => return Parsed::BadTarget,
-        }
-    }
     let Ok(uri) = Uri::from_maybe_shared(head.slice(target_span)) else { return Parsed::BadTarget };
-    let mut req = Request::new(ClientBody::Empty);
-    *req.method_mut() = method;
-    *req.uri_mut() = uri;
-    *req.version_mut() = Version::HTTP_11;
-    *req.headers_mut() = headers;
-    Parsed::Call(req, close)
+    let headers = CallHeaders::Raw { head, spans };
+    Parsed::Call(Call { method, uri, headers, body: ClientBody::Empty }, close)
 }
 
 /// The client connection handed to hyper: the bytes this loop read and did
@@ -532,11 +516,13 @@ mod tests {
         let mut inbuf = buffered(b"GET /v1/x?a=1 HTTP/1.1\r\nHost: h\r\nX-API-Key: k\r\nConnection: keep-alive\r\n\r\nGET /next HTTP/1.1\r\n");
         let Parsed::Call(req, close) = parse(&mut inbuf, &mut Scratch::default()) else { panic!("a plain call") };
         assert!(!close);
-        assert_eq!(req.method(), Method::GET);
-        assert_eq!(req.uri().path(), "/v1/x");
-        assert_eq!(req.uri().query(), Some("a=1"));
-        assert_eq!(req.headers()["x-api-key"], "k");
-        assert_eq!(req.headers().len(), 3);
+        assert_eq!(req.method, Method::GET);
+        assert_eq!(req.uri.path(), "/v1/x");
+        assert_eq!(req.uri.query(), Some("a=1"));
+        assert_eq!(req.headers.get("x-api-key"), Some(b"k".as_slice()));
+        let names: Vec<&[u8]> = req.headers.iter().map(|(n, _)| n).collect();
+        assert_eq!(names, vec![b"Host".as_slice(), b"X-API-Key", b"Connection"], "as the caller spelled them");
+        assert_eq!(req.headers.names(), vec!["connection", "host", "x-api-key"]);
         assert_eq!(inbuf.data(), b"GET /next HTTP/1.1\r\n", "the pipelined call waits its turn");
         assert!(matches!(parse(&mut inbuf, &mut Scratch::default()), Parsed::Partial));
     }

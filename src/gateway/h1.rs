@@ -103,25 +103,108 @@ pub struct Forwarded<'a> {
     pub skip: &'a [&'a HeaderName],
 }
 
+/// A caller's request headers: as the gateway's connection loop read them
+/// (the head's bytes and where each header lies in them, names in the
+/// caller's spelling), or hyper's map. Looked up by lower-case name.
+#[derive(Debug)]
+pub enum CallHeaders {
+    Raw { head: Bytes, spans: Vec<Span> },
+    Map(HeaderMap),
+}
+
+impl Default for CallHeaders {
+    fn default() -> Self {
+        CallHeaders::Map(HeaderMap::new())
+    }
+}
+
+/// The name and value of each header of a [`CallHeaders`], in order.
+pub enum CallHeadersIter<'a> {
+    Raw(&'a Bytes, std::slice::Iter<'a, Span>),
+    Map(header::Iter<'a, HeaderValue>),
+}
+
+impl<'a> Iterator for CallHeadersIter<'a> {
+    type Item = (&'a [u8], &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            CallHeadersIter::Raw(head, spans) => spans.next().map(|s| (&head[s.name.clone()], &head[s.value.clone()])),
+            CallHeadersIter::Map(iter) => iter.next().map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())),
+        }
+    }
+}
+
+impl CallHeaders {
+    pub fn iter(&self) -> CallHeadersIter<'_> {
+        match self {
+            CallHeaders::Raw { head, spans } => CallHeadersIter::Raw(head, spans.iter()),
+            CallHeaders::Map(map) => CallHeadersIter::Map(map.iter()),
+        }
+    }
+
+    /// Every value of the header `name` (lower case).
+    pub fn values<'a, 'n>(&'a self, name: &'n str) -> impl Iterator<Item = &'a [u8]> + use<'a, 'n> {
+        self.iter().filter(move |(n, _)| n.eq_ignore_ascii_case(name.as_bytes())).map(|(_, v)| v)
+    }
+
+    /// The first value of the header `name` (lower case).
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
+        match self {
+            CallHeaders::Map(map) => map.get(name).map(HeaderValue::as_bytes),
+            CallHeaders::Raw { .. } => self.values(name).next(),
+        }
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    /// The distinct header names, lower case.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.iter().map(|(n, _)| String::from_utf8_lossy(n).to_ascii_lowercase()).collect();
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
+}
+
+/// A header value as text: visible ASCII (and tabs) only, as
+/// `HeaderValue::to_str` takes it.
+pub fn value_text(value: &[u8]) -> Option<&str> {
+    value.iter().all(|&b| b == b'\t' || (0x20..0x7f).contains(&b)).then(|| std::str::from_utf8(value).ok()).flatten()
+}
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
+pub const HOP_BY_HOP_REQUEST: [&str; 8] =
+    ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "proxy-authorization"];
+
 /// Writes the request head: request line in origin form, the gateway's
-/// headers, the caller's (less those `forwarded` leaves out), and
+/// headers, the caller's (less those `forwarded` leaves out, the
+/// hop-by-hop ones and those the caller's `Connection` names), and
 /// `Transfer-Encoding: chunked` when the body has no declared length.
-pub fn encode_head(out: &mut Vec<u8>, method: &Method, target: &str, headers: &HeaderMap, forwarded: Forwarded<'_>, chunked: bool) {
+pub fn encode_head(out: &mut Vec<u8>, method: &Method, target: &str, headers: &CallHeaders, forwarded: Forwarded<'_>, chunked: bool) {
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let line = |out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue| {
-        out.extend_from_slice(name.as_str().as_bytes());
+    let line = |out: &mut Vec<u8>, name: &[u8], value: &[u8]| {
+        out.extend_from_slice(name);
         out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
     };
     for (name, value) in forwarded.add {
-        line(out, name, value);
+        line(out, name.as_str().as_bytes(), value.as_bytes());
     }
-    for (name, value) in headers {
-        if !forwarded.skip.contains(&name) {
+    // Headers the caller's `Connection` names are hop-by-hop too (rare).
+    let named: Vec<&[u8]> =
+        headers.values("connection").flat_map(|v| v.split(|&b| b == b',')).map(trim).filter(|n| !n.is_empty()).collect();
+    for (name, value) in headers.iter() {
+        let left_out = forwarded.skip.iter().any(|s| name.eq_ignore_ascii_case(s.as_str().as_bytes()))
+            || HOP_BY_HOP_REQUEST.iter().any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
+            || named.iter().any(|n| name.eq_ignore_ascii_case(n));
+        if !left_out {
             line(out, name, value);
         }
     }
@@ -152,6 +235,12 @@ pub struct Head {
 pub struct Span {
     name: Range<usize>,
     value: Range<usize>,
+}
+
+impl Span {
+    pub fn new(name: Range<usize>, value: Range<usize>) -> Span {
+        Span { name, value }
+    }
 }
 
 /// A response's headers as the upstream sent them: the head's bytes and
@@ -532,6 +621,7 @@ mod tests {
         let add = [(&header::HOST, &host), (&x_consumer_id, &consumer)];
         let skip = [&x_api_key, &header::HOST, &x_consumer_id];
         let mut out = Vec::new();
+        let headers = CallHeaders::Map(headers);
         encode_head(&mut out, &Method::GET, "/a?b=1", &headers, Forwarded { add: &add, skip: &skip }, false);
         assert_eq!(
             String::from_utf8(out).unwrap(),
@@ -544,6 +634,27 @@ mod tests {
         assert!(text.starts_with("POST / HTTP/1.1\r\nhost: gateway.example\r\n"), "{text}");
         assert!(text.contains("x-api-key: kt_live_secret\r\n") && text.matches("x-consumer-id: forged").count() == 2, "{text}");
         assert!(text.ends_with("transfer-encoding: chunked\r\n\r\n"), "{text}");
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_stay_behind() {
+        let head = Bytes::from_static(b"Accept: */*\r\nConnection: keep-alive, X-Custom\r\nX-Custom: 1\r\nKeep-Alive: 5\r\nTE: trailers\r\nX-Other: 2\r\n");
+        let mut spans = Vec::new();
+        let mut at = 0;
+        for line in head.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            let colon = line.iter().position(|&b| b == b':').unwrap();
+            spans.push(Span::new(at..at + colon, at + colon + 2..at + line.len() - 1));
+            at += line.len() + 1;
+        }
+        let headers = CallHeaders::Raw { head, spans };
+        assert_eq!(headers.get("x-custom"), Some(b"1".as_slice()), "looked up in any case");
+        assert_eq!(headers.names(), vec!["accept", "connection", "keep-alive", "te", "x-custom", "x-other"]);
+        let mut out = Vec::new();
+        encode_head(&mut out, &Method::GET, "/", &headers, Forwarded::default(), false);
+        assert_eq!(String::from_utf8(out).unwrap(), "GET / HTTP/1.1\r\nAccept: */*\r\nX-Other: 2\r\n\r\n");
+        assert_eq!(value_text(b"ok\tvalue"), Some("ok\tvalue"));
+        assert_eq!(value_text(b"caf\xc3\xa9"), None, "obs-text is not text");
+        assert_eq!(value_text(b"a\x7fb"), None);
     }
 
     fn inbuf(bytes: &[u8]) -> InBuf {

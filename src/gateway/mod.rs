@@ -27,7 +27,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use self::body::{ClientBody, CountingBody, Finisher, GatewayBody, ProxiedHead};
-use self::upstream::{ConnectionUpstreams, Upstreams};
+use self::h1::CallHeaders;
+use self::upstream::{ConnectionUpstreams, Outgoing, Upstreams};
 use crate::audit::AuditPipeline;
 use crate::config::GatewayConfig;
 use crate::control::ControlPlane;
@@ -63,6 +64,23 @@ pub struct Gateway {
     /// Where callers' countries come from (table, MaxMind database, or neither).
     geo: Countries,
     trusted_proxies: TrustedProxies,
+}
+
+/// One call as the handler takes it: the caller's request line, headers
+/// and body, from the gateway's connection loop or from hyper.
+pub struct Call {
+    pub method: http::Method,
+    pub uri: Uri,
+    pub headers: CallHeaders,
+    pub body: ClientBody,
+}
+
+impl Call {
+    /// A request hyper read.
+    pub fn from_request(req: Request<ClientBody>) -> Call {
+        let (parts, body) = req.into_parts();
+        Call { method: parts.method, uri: parts.uri, headers: CallHeaders::Map(parts.headers), body }
+    }
 }
 
 /// Where the caller put its key.
@@ -109,7 +127,7 @@ impl Gateway {
     }
 
     /// Runs one request through the phases of DESIGN.md, in order.
-    pub async fn handle(&self, peer: SocketAddr, upstreams: &ConnectionUpstreams, req: Request<ClientBody>) -> Response<GatewayBody> {
+    pub async fn handle(&self, peer: SocketAddr, upstreams: &ConnectionUpstreams, req: Call) -> Response<GatewayBody> {
         // 1. Accept: request id and clock.
         let started = Instant::now();
         let mut event = Event::new(Text::from_static(SYSTEM_TENANT), Category::Request, Text::from_static("request"), Text::from_static("success"));
@@ -118,15 +136,15 @@ impl Gateway {
         // One header value for every answer and both directions (clones share its bytes).
         let request_id_value = header_value(&request_id);
         event.request_id = Some(request_id);
-        event.method = Some(method_text(req.method()));
-        event.path = Some(event::path_without_query(req.uri().path()).to_string());
+        event.method = Some(method_text(&req.method));
+        event.path = Some(event::path_without_query(req.uri.path()).to_string());
         // The caller: the peer, or the client a trusted proxy forwarded for.
-        let client = self
-            .trusted_proxies
-            .client_ip(peer.ip(), || req.headers().get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()));
+        let client = self.trusted_proxies.client_ip(peer.ip(), || {
+            req.headers.values(X_FORWARDED_FOR.as_str()).filter_map(h1::value_text).collect::<Vec<_>>().into_iter()
+        });
         event.client_ip = Some(if client == peer.ip() { upstreams.peer_text().clone() } else { client.to_string().into() });
-        event.user_agent = req.headers().get(header::USER_AGENT).map(|v| {
-            let text = String::from_utf8_lossy(v.as_bytes());
+        event.user_agent = req.headers.get("user-agent").map(|v| {
+            let text = String::from_utf8_lossy(v);
             // No more bytes than the limit in characters: whole, in one copy.
             if text.len() <= MAX_USER_AGENT {
                 text.into_owned()
@@ -143,7 +161,7 @@ impl Gateway {
         // Key verification for callers that do not proxy: before routing, so
         // no api's prefix can shadow it. Boxed, so the proxy path's future
         // does not grow by the verification's state.
-        if req.uri().path() == verify::PATH {
+        if req.uri.path() == verify::PATH {
             return Box::pin(self.verify(req, event, client, started)).await;
         }
 
@@ -151,7 +169,7 @@ impl Gateway {
         // api's tenant's blocklists, before any key is looked at. (The route
         // is looked up first only to attribute a block to its tenant.)
         let snapshot = self.control.snapshot();
-        let found = snapshot.route(req.uri().path()).cloned();
+        let found = snapshot.route(req.uri.path()).cloned();
         if let Some(route) = &found {
             event.tenant_id = route.tenant_id.clone();
             event.api_id = Some(route.api_id.clone());
@@ -160,7 +178,7 @@ impl Gateway {
         let country = self.geo.country(client);
         event.country = country.map(Text::from);
         let user_agent = event.user_agent.as_deref();
-        let block = self.attack_rules.check(req.uri().path(), req.uri().query()).or_else(|| {
+        let block = self.attack_rules.check(req.uri.path(), req.uri.query()).or_else(|| {
             snapshot
                 .global_blocks
                 .match_caller(client, country, user_agent, now)
@@ -176,7 +194,7 @@ impl Gateway {
 
         // 3. Route. A call to a path no api serves is still attributed to the
         // caller's tenant when it presented a valid key.
-        let presented = presented_key(req.headers());
+        let presented = presented_key(&req.headers);
         let Some(route) = found else {
             if let Some(Ok((key, _))) = &presented {
                 if let Ok(entry) = authenticate(&snapshot, key, None) {
@@ -238,7 +256,7 @@ impl Gateway {
 
         // 6. Rate limits: the consumer's tier and the api's own limit, at
         // the path's cost.
-        let cost = ratelimit::cost_of(&route.costs, req.uri().path());
+        let cost = ratelimit::cost_of(&route.costs, req.uri.path());
         let api_limit = route.rate_limit.as_deref().map(|l| (route.api_id.as_str(), l));
         let standing = match ratelimit::check(entry.tier.as_deref(), api_limit, &entry.consumer_id, cost, now) {
             Ok(standing) => standing,
@@ -255,10 +273,10 @@ impl Gateway {
         // 7. Policies: methods, forbidden paths, scopes, body size (the
         // body's headers looked up only when there is a size to hold it to).
         let (length, body) = match route.policies.max_body_bytes {
-            Some(_) => (declared_length(req.headers()), has_body(req.headers())),
+            Some(_) => (declared_length(&req.headers), has_body(&req.headers)),
             None => (None, false),
         };
-        if let Err(violation) = route.policies.check(req.method().as_str(), req.uri().path(), length, body, &entry.scopes) {
+        if let Err(violation) = route.policies.check(req.method.as_str(), req.uri.path(), length, body, &entry.scopes) {
             self.record_policy_applied(&event, &entry, &violation);
             // The failed call's event says which part of the request was wrong.
             event.details = Some(policy_details(&violation));
@@ -271,15 +289,10 @@ impl Gateway {
         }
 
         // 8. Proxy, streaming both ways.
-        let (mut parts, body) = req.into_parts();
+        let Call { method, uri, headers, body } = req;
         // Origin-form: the path as the caller sent it, query included.
-        parts.uri = match parts.uri.path_and_query() {
-            Some(pq) => Uri::from(pq.clone()),
-            None => Uri::from_static("/"),
-        };
-        parts.version = http::Version::HTTP_11;
-        strip_hop_by_hop(&mut parts.headers);
-        let xff = forwarded_for(&parts.headers, upstreams);
+        let target = uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let xff = forwarded_for(&headers, upstreams);
         // The key never travels further than the gateway, and the identity
         // headers are the gateway's to set: a caller's own are left out.
         let key_header = match source {
@@ -297,7 +310,7 @@ impl Gateway {
         let skip = [key_header, &header::HOST, &X_REQUEST_ID, &X_CONSUMER_ID, &X_FORWARDED_FOR];
         let forwarded = h1::Forwarded { add: &add, skip: &skip };
         let request_bytes = Arc::new(AtomicU64::new(0));
-        let upstream_req = Request::from_parts(parts, CountingBody::new(body, request_bytes.clone()));
+        let upstream_req = Outgoing { method: &method, target, headers: &headers, body: CountingBody::new(body, request_bytes.clone()) };
         let timeout = route.timeout.unwrap_or(self.upstream_timeout);
         let sent = Instant::now();
         let outcome = upstreams.send_within(&route.upstream_authority, upstream_req, forwarded, sent, timeout).await;
@@ -364,14 +377,15 @@ impl Gateway {
         &self,
         event: &mut Event,
         block: &Block,
-        req: &Request<ClientBody>,
+        req: &Call,
         client: std::net::IpAddr,
         request_id: &HeaderValue,
         finisher: impl FnOnce(Event, Option<Arc<AtomicU64>>) -> Finisher,
     ) -> Response<GatewayBody> {
-        let mut names: Vec<&str> = req.headers().keys().map(HeaderName::as_str).collect();
+        let names = req.headers.names();
+        let mut names: Vec<&str> = names.iter().map(String::as_str).collect();
         let fingerprint =
-            protection::fingerprint(req.method().as_str(), req.uri().path(), req.uri().query(), event.user_agent.as_deref(), &mut names);
+            protection::fingerprint(req.method.as_str(), req.uri.path(), req.uri.query(), event.user_agent.as_deref(), &mut names);
         let threat_score = self.history.score(client, block.base_score, event.timestamp_ms);
         let details = serde_json::json!({
             "block_reason": block.reason,
@@ -461,13 +475,13 @@ impl Gateway {
 }
 
 /// The body length the caller declared, if any.
-fn declared_length(headers: &HeaderMap) -> Option<u64> {
-    headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
+fn declared_length(headers: &CallHeaders) -> Option<u64> {
+    h1::value_text(headers.get("content-length")?)?.trim().parse().ok()
 }
 
 /// Whether the call sends a body: a non-zero length or a chunked one.
-fn has_body(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::TRANSFER_ENCODING) || declared_length(headers).is_some_and(|n| n > 0)
+fn has_body(headers: &CallHeaders) -> bool {
+    headers.contains("transfer-encoding") || declared_length(headers).is_some_and(|n| n > 0)
 }
 
 /// What a refused call's own event says about the policy that refused it:
@@ -552,12 +566,12 @@ fn number_header(n: u64) -> HeaderValue {
 
 /// The key the caller presented, if any: `X-API-Key` first, then
 /// `Authorization: Bearer`. `Err` when the header holds bytes that are not text.
-fn presented_key(headers: &HeaderMap) -> Option<Result<(&str, KeySource), KeySource>> {
-    if let Some(value) = headers.get(&X_API_KEY) {
-        return Some(value.to_str().map(|k| (k.trim(), KeySource::ApiKeyHeader)).map_err(|_| KeySource::ApiKeyHeader));
+fn presented_key(headers: &CallHeaders) -> Option<Result<(&str, KeySource), KeySource>> {
+    if let Some(value) = headers.get(X_API_KEY.as_str()) {
+        return Some(h1::value_text(value).map(|k| (k.trim(), KeySource::ApiKeyHeader)).ok_or(KeySource::ApiKeyHeader));
     }
-    let value = headers.get(header::AUTHORIZATION)?;
-    let Ok(text) = value.to_str() else { return Some(Err(KeySource::Authorization)) };
+    let value = headers.get("authorization")?;
+    let Some(text) = h1::value_text(value) else { return Some(Err(KeySource::Authorization)) };
     let (scheme, token) = text.trim().split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| Ok((token.trim(), KeySource::Authorization)))
 }
@@ -667,53 +681,10 @@ fn header_value(text: &str) -> HeaderValue {
     HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-
-/// Headers that describe one connection, not the message (RFC 9110 §7.6.1),
-/// as ready-made names: removing by name skips parsing the text each time.
-fn hop_by_hop() -> [&'static HeaderName; 8] {
-    [
-        &header::CONNECTION,
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &header::TE,
-        &header::TRAILER,
-        &header::TRANSFER_ENCODING,
-        &header::UPGRADE,
-        &header::PROXY_AUTHORIZATION,
-    ]
-}
-
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none: one pass over the names (standard names
-    // compare as enum values) saves hashing each of the eight to remove it.
-    let hop_names = hop_by_hop();
-    if !headers.keys().any(|name| hop_names.contains(&name)) {
-        return;
-    }
-    // Headers the `Connection` header names are hop-by-hop too (rare).
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
-            headers.remove(name);
-        }
-    }
-    for name in hop_names {
-        headers.remove(name);
-    }
-}
-
 /// The `X-Forwarded-For` value sent upstream: the caller's (first) value
 /// with the peer appended, or the peer alone.
-fn forwarded_for(headers: &HeaderMap, connection: &ConnectionUpstreams) -> HeaderValue {
-    match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+fn forwarded_for(headers: &CallHeaders, connection: &ConnectionUpstreams) -> HeaderValue {
+    match headers.get(X_FORWARDED_FOR.as_str()).and_then(h1::value_text) {
         Some(previous) => header_value(&format!("{previous}, {}", connection.peer_text())),
         None => connection.peer_header().clone(),
     }
@@ -786,19 +757,5 @@ mod tests {
                 assert_eq!(number_header(n).to_str().unwrap(), n.to_string(), "kept");
             }
         }
-    }
-
-    #[test]
-    fn hop_by_hop_headers_go_and_others_stay() {
-        let mut headers = HeaderMap::new();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-        headers.insert("x-custom", HeaderValue::from_static("1"));
-        let untouched = headers.clone();
-        strip_hop_by_hop(&mut headers);
-        assert_eq!(headers, untouched, "nothing to strip");
-        headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-custom"));
-        headers.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
-        strip_hop_by_hop(&mut headers);
-        assert_eq!(headers.keys().collect::<Vec<_>>(), vec![&header::CONTENT_TYPE], "the named one goes too");
     }
 }

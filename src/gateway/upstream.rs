@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use http::uri::Authority;
-use http::{Method, Request};
+use http::Method;
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -212,7 +212,7 @@ impl ConnectionUpstreams {
     pub async fn send_within<B>(
         &self,
         authority: &Authority,
-        req: Request<B>,
+        req: Outgoing<'_, B>,
         forwarded: h1::Forwarded<'_>,
         started: std::time::Instant,
         timeout: Duration,
@@ -235,32 +235,26 @@ impl ConnectionUpstreams {
         .await
     }
 
-    /// Sends `req` (origin-form URI) to `authority`, with the gateway's
-    /// changes to its headers applied as the head is written, and waits for
-    /// the response head. The response body streams the rest.
-    pub async fn send<B>(
-        &self,
-        authority: &Authority,
-        req: Request<B>,
-        forwarded: h1::Forwarded<'_>,
-    ) -> Result<Answer<B>, UpstreamError>
+    /// Sends `req` to `authority`, with the gateway's changes to its
+    /// headers applied as the head is written, and waits for the response
+    /// head. The response body streams the rest.
+    pub async fn send<B>(&self, authority: &Authority, req: Outgoing<'_, B>, forwarded: h1::Forwarded<'_>) -> Result<Answer<B>, UpstreamError>
     where
         B: Body<Data = Bytes> + Unpin,
         B::Error: Into<BoxError>,
     {
-        let (parts, body) = req.into_parts();
+        let Outgoing { method, target, headers, body } = req;
         let kept = self.slot.take(authority).or_else(|| self.slot.shared.take_idle(authority));
         let (mut conn, mut reused) = match kept {
             Some(conn) => (conn, true),
             None => (self.slot.shared.connect(authority).await?, false),
         };
-        let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-        let chunked = !body.is_end_stream() && !parts.headers.contains_key(http::header::CONTENT_LENGTH);
+        let chunked = !body.is_end_stream() && !headers.contains("content-length");
         let mut head = std::mem::take(&mut conn.head);
         head.clear();
-        h1::encode_head(&mut head, &parts.method, target, &parts.headers, forwarded, chunked);
-        let head_request = parts.method == Method::HEAD;
-        let mut out = Outgoing::new(head, body, chunked);
+        h1::encode_head(&mut head, method, target, headers, forwarded, chunked);
+        let head_request = *method == Method::HEAD;
+        let mut out = Sending::new(head, body, chunked);
         let head = loop {
             match poll_fn(|cx| exchange_head(cx, &mut conn, &mut out, head_request)).await {
                 Ok(head) => break head,
@@ -306,6 +300,15 @@ impl ConnectionUpstreams {
     }
 }
 
+/// A request on its way upstream: the caller's method, target (origin
+/// form) and headers, and the body.
+pub struct Outgoing<'a, B> {
+    pub method: &'a Method,
+    pub target: &'a str,
+    pub headers: &'a h1::CallHeaders,
+    pub body: B,
+}
+
 /// The upstream's answer: its status, its headers as they came, and the
 /// body that streams the rest.
 pub struct Answer<B> {
@@ -325,7 +328,7 @@ enum Failed {
 /// can go, until the head is complete. Writing and reading go together, so
 /// an upstream that answers before it has read the whole request (a 413,
 /// an echo) is heard.
-fn exchange_head<B>(cx: &mut Context<'_>, conn: &mut Conn, out: &mut Outgoing<B>, head_request: bool) -> Poll<Result<h1::Head, Failed>>
+fn exchange_head<B>(cx: &mut Context<'_>, conn: &mut Conn, out: &mut Sending<B>, head_request: bool) -> Poll<Result<h1::Head, Failed>>
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
@@ -367,7 +370,7 @@ enum WriteError {
 
 /// The request on its way out: the head, then the body as it comes (in
 /// chunks when its length is not declared).
-struct Outgoing<B> {
+struct Sending<B> {
     head: Vec<u8>,
     head_at: usize,
     /// Body pieces behind the head, not yet written.
@@ -382,14 +385,14 @@ struct Outgoing<B> {
     failed: Option<io::Error>,
 }
 
-impl<B> Outgoing<B>
+impl<B> Sending<B>
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<BoxError>,
 {
     fn new(head: Vec<u8>, body: B, chunked: bool) -> Self {
         let body = (!body.is_end_stream()).then_some(body);
-        Outgoing { head, head_at: 0, queue: VecDeque::new(), queued: 0, body, chunked, written: 0, failed: None }
+        Sending { head, head_at: 0, queue: VecDeque::new(), queued: 0, body, chunked, written: 0, failed: None }
     }
 
     fn is_done(&self) -> bool {
@@ -494,7 +497,7 @@ struct Streaming<B> {
     /// Until the body's end or an error.
     conn: Option<Conn>,
     /// The rest of the request, when the upstream answered before it had it all.
-    request: Option<Outgoing<B>>,
+    request: Option<Sending<B>>,
     decoder: Decoder,
     keep_alive: bool,
     slot: Arc<Slot>,
@@ -617,7 +620,19 @@ mod tests {
     use tokio::net::TcpListener;
 
     use super::*;
-    use http::Response;
+    use http::{Request, Response};
+
+    /// Sends a whole `http::Request` the way the gateway sends a call.
+    async fn send_request<B>(client: &ConnectionUpstreams, authority: &Authority, req: Request<B>) -> Result<super::Answer<B>, UpstreamError>
+    where
+        B: Body<Data = Bytes> + Unpin,
+        B::Error: Into<BoxError>,
+    {
+        let (parts, body) = req.into_parts();
+        let headers = h1::CallHeaders::Map(parts.headers);
+        let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        client.send(authority, Outgoing { method: &parts.method, target, headers: &headers, body }, h1::Forwarded::default()).await
+    }
 
     /// One canned answer: its bytes, the size of each write, and whether
     /// the upstream closes the connection after it.
@@ -734,7 +749,7 @@ mod tests {
         B::Error: Into<BoxError>,
     {
         let exchange = async {
-            let answer = client.send(&up.authority, req, h1::Forwarded::default()).await.map_err(|e| format!("head: {e}"))?;
+            let answer = send_request(client, &up.authority, req).await.map_err(|e| format!("head: {e}"))?;
             let mut head = Response::new(());
             *head.status_mut() = answer.status;
             answer.headers.append_to(head.headers_mut(), &[]);
@@ -818,7 +833,10 @@ mod tests {
     /// timed out, else whether a head came, and how long it took.
     async fn within(client: &ConnectionUpstreams, up: &Canned, timeout: Duration) -> (Option<bool>, Duration) {
         let started = std::time::Instant::now();
-        let answer = client.send_within(&up.authority, get(up, "GET"), h1::Forwarded::default(), started, timeout).await;
+        let (parts, body) = get(up, "GET").into_parts();
+        let headers = h1::CallHeaders::Map(parts.headers);
+        let req = Outgoing { method: &parts.method, target: "/x?y=1", headers: &headers, body };
+        let answer = client.send_within(&up.authority, req, h1::Forwarded::default(), started, timeout).await;
         (answer.map(|a| a.is_ok()), started.elapsed())
     }
 
@@ -953,7 +971,7 @@ mod tests {
         });
         let req = Request::post("/up").header("host", "h").body(StreamBody::new(Box::pin(endless))).unwrap();
         let client = client();
-        let res = tokio::time::timeout(Duration::from_secs(5), client.send(&authority, req, h1::Forwarded::default())).await.expect("no hang").unwrap();
+        let res = tokio::time::timeout(Duration::from_secs(5), send_request(&client, &authority, req)).await.expect("no hang").unwrap();
         assert_eq!(res.status.as_u16(), 413);
         let body = tokio::time::timeout(Duration::from_secs(5), res.body.collect()).await.expect("no hang").unwrap().to_bytes();
         assert_eq!(&body[..], b"big");

@@ -23,12 +23,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Response, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::{Deserialize, Serialize};
 
-use super::body::{ClientBody, Finisher, GatewayBody};
+use super::body::{Finisher, GatewayBody};
 use super::{
+    Call,
     authenticate, declared_length, describe_consumer, header_value, number_header, policy_details, rate_headers, refuse_with, Gateway,
     KeySource, X_REQUEST_ID,
 };
@@ -119,7 +120,7 @@ impl<'a> Verdict<'a> {
 impl Gateway {
     /// Answers one verification. `event` holds what the accept phase found
     /// (request id, method, path, caller); `client` is the caller's address.
-    pub(super) async fn verify(&self, mut req: Request<ClientBody>, mut event: Event, client: IpAddr, started: Instant) -> Response<GatewayBody> {
+    pub(super) async fn verify(&self, mut req: Call, mut event: Event, client: IpAddr, started: Instant) -> Response<GatewayBody> {
         let request_id = header_value(event.request_id.as_deref().unwrap_or_default());
         let received = Arc::new(AtomicU64::new(0));
         let finisher = {
@@ -133,7 +134,7 @@ impl Gateway {
         // The body (bounded) comes first: the key in it names the tenant
         // whose blocklist applies and whose trail records the call, as the
         // proxy path looks its route up first. Nothing is decided yet.
-        let parsed = if req.method() == Method::POST {
+        let parsed = if req.method == Method::POST {
             let body = read_body(&mut req).await;
             if let Ok(bytes) = &body {
                 received.store(bytes.len() as u64, Ordering::Relaxed);
@@ -257,12 +258,12 @@ impl Gateway {
 
 /// Reads the body, at most [`MAX_BODY_BYTES`] within [`BODY_TIMEOUT`].
 /// Through `&mut`, so the request stays whole for a block's fingerprint.
-async fn read_body(req: &mut Request<ClientBody>) -> Result<Bytes, ApiError> {
+async fn read_body(req: &mut Call) -> Result<Bytes, ApiError> {
     let too_large = || ApiError::new(ErrorCode::PayloadTooLarge, format!("the body of a key verification is at most {MAX_BODY_BYTES} bytes"));
-    if declared_length(req.headers()).is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+    if declared_length(&req.headers).is_some_and(|n| n > MAX_BODY_BYTES as u64) {
         return Err(too_large());
     }
-    match tokio::time::timeout(BODY_TIMEOUT, Limited::new(req.body_mut(), MAX_BODY_BYTES).collect()).await {
+    match tokio::time::timeout(BODY_TIMEOUT, Limited::new(&mut req.body, MAX_BODY_BYTES).collect()).await {
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
         Ok(Err(error)) if error.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
         Ok(Err(_)) => Err(ApiError::invalid_body("the body could not be read")),
