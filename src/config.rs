@@ -289,7 +289,7 @@ pub fn resolve(file: FileConfig, overrides: Overrides) -> Result<Config, ConfigE
         audit: AuditConfig {
             // 10 ms: on one core, batches of ~500 events are encoded while the
             // events are still in the cache (measured against 50 ms: higher
-            // throughput in 11 of 12 interleaved rounds, see BENCHMARKS.md).
+            // throughput in 19 of 24 interleaved rounds, see BENCHMARKS.md).
             flush_interval: Duration::from_millis(file.audit.flush_interval_ms.unwrap_or(10)),
             batch_max_events: file.audit.batch_max_events.unwrap_or(10_000) as usize,
             queue_capacity: file.audit.queue_capacity.unwrap_or(100_000) as usize,
