@@ -7,13 +7,13 @@
 # The proxy under test is pinned to CPU 0; wrk and the upstream to CPU 1.
 # Configurations run interleaved, ROUNDS times each; the medians are reported.
 #
-#   bash bench/gateway.sh                  # full run (3 x 10 s per configuration)
+#   bash bench/gateway.sh                  # full run (5 x 8 s per configuration)
 #   BENCH_SMOKE=1 bash bench/gateway.sh    # seconds-long run that checks the script works
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DURATION=${DURATION:-10}
-ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-8}
+ROUNDS=${ROUNDS:-5}
 CONNS=${CONNS:-64}
 if [ "${BENCH_SMOKE:-0}" = 1 ]; then DURATION=1; ROUNDS=1; fi
 PROXY_CPU=${PROXY_CPU:-0}
