@@ -276,7 +276,8 @@ impl Client {
                     }
                     sent += data.len() as u64;
                     if framing.chunked {
-                        out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                        use std::io::Write as _;
+                        let _ = write!(out, "{:x}\r\n", data.len());
                     }
                     if out.len() + data.len() <= MAX_GATHERED {
                         out.extend_from_slice(&data);

@@ -100,6 +100,11 @@ async fn closes(stream: &mut TcpStream) -> bool {
     matches!(tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte)).await, Ok(Ok(0)) | Ok(Err(_)))
 }
 
+/// A call with the key and no body; `extra` holds more header lines.
+fn call(method: &str, path: &str, key: &str, extra: &str) -> String {
+    format!("{method} {path} HTTP/1.1\r\nHost: gw\r\nX-API-Key: {key}\r\n{extra}\r\n")
+}
+
 async fn setup() -> (TestServer, String, String) {
     let ts = TestServer::start().await;
     let up = start_upstream().await;
@@ -148,12 +153,12 @@ async fn a_call_with_a_body_hands_the_connection_to_hyper_and_both_sides_answer(
     let mut stream = TcpStream::connect(&addr).await.unwrap();
     let mut buf = Vec::new();
     // A plain call, then an upload and a plain call behind it in the same write.
-    stream.write_all(format!("GET /api/a HTTP/1.1\r\nHost: gw\r\nX-API-Key: {key}\r\n\r\n").as_bytes()).await.unwrap();
+    stream.write_all(call("GET", "/api/a", &key, "").as_bytes()).await.unwrap();
     assert_eq!(read_answer(&mut stream, &mut buf, false).await.status, 200);
     let body = "x".repeat(3000);
-    let upload = format!("POST /api/upload HTTP/1.1\r\nHost: gw\r\nX-API-Key: {key}\r\nContent-Length: {}\r\n\r\n{body}", body.len());
-    let chunked = format!("POST /api/upload HTTP/1.1\r\nHost: gw\r\nX-API-Key: {key}\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n");
-    let after = format!("GET /api/b HTTP/1.1\r\nHost: gw\r\nX-API-Key: {key}\r\n\r\n");
+    let upload = call("POST", "/api/upload", &key, &format!("Content-Length: {}\r\n", body.len())) + &body;
+    let chunked = call("POST", "/api/upload", &key, "Transfer-Encoding: chunked\r\n") + "5\r\nhello\r\n0\r\n\r\n";
+    let after = call("GET", "/api/b", &key, "");
     stream.write_all(format!("{upload}{chunked}{after}").as_bytes()).await.unwrap();
     let answer = read_answer(&mut stream, &mut buf, false).await;
     assert_eq!((answer.status, answer.json()["received_bytes"].as_u64()), (200, Some(3000)), "the whole body reached the upstream");
@@ -170,11 +175,11 @@ async fn connection_close_and_head_are_honoured() {
     let (_ts, addr, key) = setup().await;
     let mut stream = TcpStream::connect(&addr).await.unwrap();
     let mut buf = Vec::new();
-    stream.write_all(format!("HEAD /api/fixed HTTP/1.1\r\nHost: gw\r\nX-API-Key: {key}\r\n\r\n").as_bytes()).await.unwrap();
+    stream.write_all(call("HEAD", "/api/fixed", &key, "").as_bytes()).await.unwrap();
     let head = read_answer(&mut stream, &mut buf, true).await;
     assert_eq!(head.status, 200);
     assert_eq!(head.header("content-length"), Some("2"), "the length of the body a GET would get");
-    stream.write_all(format!("GET /api/fixed HTTP/1.1\r\nHost: gw\r\nX-API-Key: {key}\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    stream.write_all(call("GET", "/api/fixed", &key, "Connection: close\r\n").as_bytes()).await.unwrap();
     let last = read_answer(&mut stream, &mut buf, false).await;
     assert_eq!((last.status, last.body.as_slice()), (200, b"ok".as_slice()), "no body was left behind by HEAD");
     assert_eq!(last.header("connection"), Some("close"));
@@ -187,7 +192,7 @@ async fn upstream_headers_arrive_once_and_the_gateways_win() {
     let (_ts, addr, key) = setup().await;
     let mut stream = TcpStream::connect(&addr).await.unwrap();
     let mut buf = Vec::new();
-    stream.write_all(format!("GET /api/status/418 HTTP/1.1\r\nHost: gw\r\nX-API-Key: {key}\r\n\r\n").as_bytes()).await.unwrap();
+    stream.write_all(call("GET", "/api/status/418", &key, "").as_bytes()).await.unwrap();
     let answer = read_answer(&mut stream, &mut buf, false).await;
     assert_eq!((answer.status, answer.body.as_slice()), (418, b"status 418".as_slice()));
     assert_eq!(answer.all("x-request-id").len(), 1);
@@ -234,9 +239,9 @@ async fn an_idle_connection_closes_at_shutdown_and_a_busy_one_gets_its_answer() 
     let mut idle = TcpStream::connect(&addr).await.unwrap();
     let mut busy = TcpStream::connect(&addr).await.unwrap();
     let mut buf = Vec::new();
-    idle.write_all(format!("GET /api/a HTTP/1.1\r\nHost: gw\r\nX-API-Key: {key}\r\n\r\n").as_bytes()).await.unwrap();
+    idle.write_all(call("GET", "/api/a", &key, "").as_bytes()).await.unwrap();
     assert_eq!(read_answer(&mut idle, &mut buf, false).await.status, 200);
-    busy.write_all(format!("GET /api/slow?ms=400 HTTP/1.1\r\nHost: gw\r\nX-API-Key: {key}\r\n\r\n").as_bytes()).await.unwrap();
+    busy.write_all(call("GET", "/api/slow?ms=400", &key, "").as_bytes()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
     let stopping = tokio::spawn(async move {
         ts.stop().await;
