@@ -81,7 +81,6 @@ pub async fn serve(
         inbuf: InBuf::default(),
         out: Vec::new(),
         timer: KeptTimer::default(),
-        scratch: Scratch::default(),
         stop_registered: false,
         probe,
     };
@@ -143,7 +142,6 @@ struct Client {
     out: Vec<u8>,
     /// The head-read timeout's timer, kept across calls.
     timer: KeptTimer,
-    scratch: Scratch,
     /// The shutdown signal's future was polled once: it has the task's
     /// waker and wakes it at shutdown. Later waits only look at `probe`,
     /// which costs an atomic load instead of a poll.
@@ -151,18 +149,12 @@ struct Client {
     probe: watch::Receiver<bool>,
 }
 
-/// Room for a head's header positions: the last call's, reused.
-#[derive(Default)]
-struct Scratch {
-    spans: Vec<Span>,
-}
-
 impl Client {
     /// Reads until the buffer starts with a whole head, and says what it is.
     async fn next_call<F: Future>(&mut self, mut stop: Pin<&mut F>) -> Next {
         let mut deadline = None;
         loop {
-            match parse(&mut self.inbuf, &mut self.scratch) {
+            match parse(&mut self.inbuf) {
                 Parsed::Call(req, close) => return Next::Call(req, close),
                 Parsed::BadTarget => return Next::BadTarget,
                 Parsed::Other => return Next::Other,
@@ -408,7 +400,7 @@ fn http_date(f: impl FnOnce(&[u8])) {
 }
 
 /// Reads the head at the start of `inbuf`, taking it only when this loop answers it.
-fn parse(inbuf: &mut InBuf, scratch: &mut Scratch) -> Parsed {
+fn parse(inbuf: &mut InBuf) -> Parsed {
     if inbuf.is_empty() {
         return Parsed::Partial;
     }
@@ -428,8 +420,8 @@ fn parse(inbuf: &mut InBuf, scratch: &mut Scratch) -> Parsed {
     }
     let Ok(method) = Method::from_bytes(method.as_bytes()) else { return Parsed::Other };
     let mut close = false;
-    let mut spans = std::mem::take(&mut scratch.spans);
-    spans.clear();
+    // The positions go with the call (its headers are read from them).
+    let mut spans = Vec::with_capacity(request.headers.len());
     for h in request.headers.iter() {
         let name = h.name.as_bytes();
         // Headers that give the request a body or change the connection: hyper's.
@@ -515,7 +507,7 @@ mod tests {
     #[test]
     fn a_plain_call_is_taken_and_the_next_one_stays() {
         let mut inbuf = buffered(b"GET /v1/x?a=1 HTTP/1.1\r\nHost: h\r\nX-API-Key: k\r\nConnection: keep-alive\r\n\r\nGET /next HTTP/1.1\r\n");
-        let Parsed::Call(req, close) = parse(&mut inbuf, &mut Scratch::default()) else { panic!("a plain call") };
+        let Parsed::Call(req, close) = parse(&mut inbuf) else { panic!("a plain call") };
         assert!(!close);
         assert_eq!(req.method, Method::GET);
         assert_eq!(req.uri.path(), "/v1/x");
@@ -525,19 +517,19 @@ mod tests {
         assert_eq!(names, vec![b"Host".as_slice(), b"X-API-Key", b"Connection"], "as the caller spelled them");
         assert_eq!(req.headers.names(), vec!["connection", "host", "x-api-key"]);
         assert_eq!(inbuf.data(), b"GET /next HTTP/1.1\r\n", "the pipelined call waits its turn");
-        assert!(matches!(parse(&mut inbuf, &mut Scratch::default()), Parsed::Partial));
+        assert!(matches!(parse(&mut inbuf), Parsed::Partial));
     }
 
     #[test]
     fn a_target_the_parser_takes_but_no_uri_is_refused_here() {
         let mut inbuf = buffered(b"GET /a<b> HTTP/1.1\r\nHost: h\r\n\r\n");
-        assert!(matches!(parse(&mut inbuf, &mut Scratch::default()), Parsed::BadTarget));
+        assert!(matches!(parse(&mut inbuf), Parsed::BadTarget));
     }
 
     #[test]
     fn connection_close_is_honoured() {
         let mut inbuf = buffered(b"GET / HTTP/1.1\r\nConnection: Keep-Alive, close\r\n\r\n");
-        assert!(matches!(parse(&mut inbuf, &mut Scratch::default()), Parsed::Call(_, true)));
+        assert!(matches!(parse(&mut inbuf), Parsed::Call(_, true)));
     }
 
     #[test]
@@ -558,7 +550,7 @@ mod tests {
         ];
         for bytes in others {
             let mut inbuf = buffered(bytes);
-            assert!(matches!(parse(&mut inbuf, &mut Scratch::default()), Parsed::Other), "{:?}", String::from_utf8_lossy(bytes));
+            assert!(matches!(parse(&mut inbuf), Parsed::Other), "{:?}", String::from_utf8_lossy(bytes));
             assert_eq!(inbuf.data(), *bytes, "nothing consumed");
         }
     }
@@ -568,10 +560,10 @@ mod tests {
         let mut big = b"GET / HTTP/1.1\r\nX-Big: ".to_vec();
         big.resize(MAX_FAST_HEAD + 10, b'a');
         let mut inbuf = buffered(&big);
-        assert!(matches!(parse(&mut inbuf, &mut Scratch::default()), Parsed::Other));
+        assert!(matches!(parse(&mut inbuf), Parsed::Other));
         assert_eq!(inbuf.len(), big.len());
         let mut inbuf = buffered(b"GET / HTTP/1.1\r\nHost: h\r\n");
-        assert!(matches!(parse(&mut inbuf, &mut Scratch::default()), Parsed::Partial));
+        assert!(matches!(parse(&mut inbuf), Parsed::Partial));
     }
 
     #[test]
