@@ -144,12 +144,23 @@ pub struct ProxiedHead {
 }
 
 impl ProxiedHead {
-    /// The gateway's headers, as name and value text.
-    pub fn own(&self, each: impl FnMut(&'static str, &[u8])) {
-        let mut each = each;
-        each("x-request-id", self.request_id.as_bytes());
+    /// The names of the headers the gateway sets on this answer.
+    fn own_names(&self) -> &'static [&'static HeaderName] {
+        static WITHOUT_RATE: [&HeaderName; 1] = [&super::X_REQUEST_ID];
+        static WITH_RATE: [&HeaderName; 4] = [&super::X_REQUEST_ID, &super::RATELIMIT_LIMIT, &super::RATELIMIT_REMAINING, &super::RATELIMIT_RESET];
+        if self.rate.is_some() {
+            &WITH_RATE
+        } else {
+            &WITHOUT_RATE
+        }
+    }
+
+    /// The gateway's headers: each name (from [`Self::own_names`]) and its value.
+    pub fn own(&self, mut each: impl FnMut(&'static HeaderName, &[u8])) {
+        let names = self.own_names();
+        each(names[0], self.request_id.as_bytes());
         if let Some(rate) = &self.rate {
-            for (name, n) in [("ratelimit-limit", rate.limit), ("ratelimit-remaining", rate.remaining), ("ratelimit-reset", rate.reset_secs)] {
+            for (name, n) in names[1..].iter().zip([rate.limit, rate.remaining, rate.reset_secs]) {
                 each(name, itoa::Buffer::new().format(n).as_bytes());
             }
         }
@@ -157,23 +168,16 @@ impl ProxiedHead {
 
     /// Whether the gateway sets a header of this name (any case) itself.
     pub fn sets(&self, name: &[u8]) -> bool {
-        name.eq_ignore_ascii_case(b"x-request-id")
-            || (self.rate.is_some()
-                && [b"ratelimit-limit".as_slice(), b"ratelimit-remaining", b"ratelimit-reset"].iter().any(|n| name.eq_ignore_ascii_case(n)))
+        self.own_names().iter().any(|own| name.eq_ignore_ascii_case(own.as_str().as_bytes()))
     }
 
-    /// All of it in `map`, the gateway's headers winning.
+    /// All of it in `map`, the gateway's headers winning (set as on every
+    /// other answer: [`super::rate_headers`]).
     pub fn into_header_map(self, map: &mut HeaderMap) {
-        let mut own: Vec<(HeaderName, HeaderValue)> = Vec::with_capacity(4);
-        self.own(|name, value| {
-            if let Ok(value) = HeaderValue::from_bytes(value) {
-                own.push((HeaderName::from_static(name), value));
-            }
-        });
-        let names: Vec<HeaderName> = own.iter().map(|(n, _)| n.clone()).collect();
-        self.upstream.append_to(map, &names);
-        for (name, value) in own {
-            map.insert(name, value);
+        self.upstream.append_to(map, self.own_names());
+        map.insert(super::X_REQUEST_ID.clone(), self.request_id);
+        if let Some(rate) = &self.rate {
+            super::rate_headers(map, rate);
         }
     }
 }

@@ -36,7 +36,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::body::{ClientBody, GatewayBody, ProxiedHead};
-use super::h1::{CallHeaders, InBuf, Span};
+use super::h1::{self, CallHeaders, InBuf, Span};
 use super::timer::{ConnectionTimer, KeptTimer};
 use super::upstream::ConnectionUpstreams;
 use super::{Call, Gateway};
@@ -339,12 +339,7 @@ struct Framing {
 /// the response's own map, `Date` when none of them has one, and the
 /// framing headers of this connection.
 fn encode_head(out: &mut Vec<u8>, status: StatusCode, own: &HeaderMap, proxied: Option<&ProxiedHead>, framing: Framing) {
-    let line = |out: &mut Vec<u8>, name: &[u8], value: &[u8]| {
-        out.extend_from_slice(name);
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value);
-        out.extend_from_slice(b"\r\n");
-    };
+    let line = h1::header_line;
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
@@ -359,7 +354,7 @@ fn encode_head(out: &mut Vec<u8>, status: StatusCode, own: &HeaderMap, proxied: 
             dated |= name.eq_ignore_ascii_case(b"date");
             line(out, name, value);
         }
-        proxied.own(|name, value| line(out, name.as_bytes(), value));
+        proxied.own(|name, value| line(out, name.as_str().as_bytes(), value));
     }
     for (name, value) in own {
         // Framing is this connection's to set.
@@ -429,7 +424,7 @@ fn parse(inbuf: &mut InBuf) -> Parsed {
             return Parsed::Other;
         }
         if name.eq_ignore_ascii_case(b"connection") {
-            for option in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii).filter(|o| !o.is_empty()) {
+            for option in h1::list_items(h.value) {
                 if option.eq_ignore_ascii_case(b"close") {
                     close = true;
                 } else if !option.eq_ignore_ascii_case(b"keep-alive") {

@@ -112,12 +112,6 @@ pub enum CallHeaders {
     Map(HeaderMap),
 }
 
-impl Default for CallHeaders {
-    fn default() -> Self {
-        CallHeaders::Map(HeaderMap::new())
-    }
-}
-
 /// The name and value of each header of a [`CallHeaders`], in order.
 pub enum CallHeadersIter<'a> {
     Raw(&'a Bytes, std::slice::Iter<'a, Span>),
@@ -183,9 +177,28 @@ pub fn value_text(value: &[u8]) -> Option<&str> {
     }
 }
 
-/// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
-pub const HOP_BY_HOP_REQUEST: [&str; 8] =
-    ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "proxy-authorization"];
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1),
+/// in either direction.
+const HOP_BY_HOP: [&[u8]; 8] =
+    [b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade", b"proxy-authorization"];
+
+fn is_hop_by_hop(name: &[u8]) -> bool {
+    HOP_BY_HOP.iter().any(|hop| name.eq_ignore_ascii_case(hop))
+}
+
+/// The items of a comma-separated header value (`Connection`), trimmed,
+/// empty ones skipped.
+pub fn list_items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|&b| b == b',').map(trim).filter(|item| !item.is_empty())
+}
+
+/// Writes one `name: value` header line.
+pub fn header_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
 
 /// Writes the request head: request line in origin form, the gateway's
 /// headers, the caller's (less those `forwarded` leaves out, the
@@ -196,24 +209,17 @@ pub fn encode_head(out: &mut Vec<u8>, method: &Method, target: &str, headers: &C
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let line = |out: &mut Vec<u8>, name: &[u8], value: &[u8]| {
-        out.extend_from_slice(name);
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value);
-        out.extend_from_slice(b"\r\n");
-    };
     for (name, value) in forwarded.add {
-        line(out, name.as_str().as_bytes(), value.as_bytes());
+        header_line(out, name.as_str().as_bytes(), value.as_bytes());
     }
     // Headers the caller's `Connection` names are hop-by-hop too (rare).
-    let named: Vec<&[u8]> =
-        headers.values("connection").flat_map(|v| v.split(|&b| b == b',')).map(trim).filter(|n| !n.is_empty()).collect();
+    let named: Vec<&[u8]> = headers.values("connection").flat_map(list_items).collect();
     for (name, value) in headers.iter() {
         let left_out = forwarded.skip.iter().any(|s| name.eq_ignore_ascii_case(s.as_str().as_bytes()))
-            || HOP_BY_HOP_REQUEST.iter().any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
+            || is_hop_by_hop(name)
             || named.iter().any(|n| name.eq_ignore_ascii_case(n));
         if !left_out {
-            line(out, name, value);
+            header_line(out, name, value);
         }
     }
     if chunked {
@@ -257,7 +263,7 @@ impl Span {
 /// kept as a number: the side that answers the client frames the body
 /// itself. Nothing is copied or parsed into a header map unless a header
 /// map is asked for ([`RawHeaders::append_to`]).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RawHeaders {
     head: Bytes,
     lines: Vec<Span>,
@@ -277,12 +283,12 @@ impl RawHeaders {
 
     /// Appends the headers, and the declared length, to `map`, except
     /// those named in `except` (the ones the gateway sets itself).
-    pub fn append_to(&self, map: &mut HeaderMap, except: &[HeaderName]) {
+    pub fn append_to(&self, map: &mut HeaderMap, except: &[&HeaderName]) {
         map.reserve(self.lines.len() + 1);
         for span in &self.lines {
             // The parser admitted only valid names and values.
             let Ok(name) = HeaderName::from_bytes(&self.head[span.name.clone()]) else { continue };
-            if except.contains(&name) {
+            if except.contains(&&name) {
                 continue;
             }
             if let Ok(value) = HeaderValue::from_maybe_shared(self.head.slice(span.value.clone())) {
@@ -290,7 +296,7 @@ impl RawHeaders {
             }
         }
         if let Some(n) = self.content_length {
-            if !except.contains(&header::CONTENT_LENGTH) {
+            if !except.contains(&&header::CONTENT_LENGTH) {
                 map.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
             }
         }
@@ -338,11 +344,6 @@ pub fn parse_head(inbuf: &mut InBuf, spans: &mut Vec<Span>, head_request: bool) 
     }
 }
 
-/// Headers that describe one connection, not the message (RFC 9110 §7.6.1),
-/// besides `Connection`, `Transfer-Encoding` and `Content-Length`, which the
-/// parser reads.
-const HOP_BY_HOP: [&[u8]; 6] = [b"keep-alive", b"proxy-connection", b"te", b"trailer", b"upgrade", b"proxy-authorization"];
-
 fn build_head(head: Bytes, spans: &[Span], code: u16, minor: u8, head_request: bool) -> Result<Head, Invalid> {
     let status = StatusCode::from_u16(code).map_err(|_| Invalid("malformed status code"))?;
     let mut lines = Vec::with_capacity(spans.len());
@@ -366,7 +367,7 @@ fn build_head(head: Bytes, spans: &[Span], code: u16, minor: u8, head_request: b
             }
             chunked = true;
         } else if name.eq_ignore_ascii_case(b"connection") {
-            for token in value.split(|&b| b == b',').map(trim).filter(|t| !t.is_empty()) {
+            for token in list_items(value) {
                 if token.eq_ignore_ascii_case(b"close") {
                     close = true;
                 } else if token.eq_ignore_ascii_case(b"keep-alive") {
@@ -375,7 +376,7 @@ fn build_head(head: Bytes, spans: &[Span], code: u16, minor: u8, head_request: b
                     named.push(token);
                 }
             }
-        } else if !HOP_BY_HOP.iter().any(|hop| name.eq_ignore_ascii_case(hop)) {
+        } else if !is_hop_by_hop(name) {
             lines.push(span.clone());
         }
     }

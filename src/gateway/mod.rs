@@ -152,18 +152,18 @@ impl Gateway {
                 text.chars().take(MAX_USER_AGENT).collect()
             }
         });
-        let finisher = |event: Event, request_bytes: Option<Arc<AtomicU64>>| Finisher {
-            event,
-            started,
-            request_bytes,
-            audit: self.audit.clone(),
-        };
         // Key verification for callers that do not proxy: before routing, so
         // no api's prefix can shadow it. Boxed, so the proxy path's future
         // does not grow by the verification's state.
         if req.uri.path() == verify::PATH {
             return Box::pin(self.verify(req, event, client, started)).await;
         }
+        let finisher = |event: Event, request_bytes: Option<Arc<AtomicU64>>| Finisher {
+            event,
+            started,
+            request_bytes,
+            audit: self.audit.clone(),
+        };
 
         // 2. Pre-auth protection: the attack rules, then the global and the
         // api's tenant's blocklists, before any key is looked at. (The route
