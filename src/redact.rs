@@ -81,25 +81,43 @@ pub fn with_secrets<R>(f: impl FnOnce(&Secrets) -> R) -> R {
 /// compared rather than searched. A value is remembered only when nothing
 /// in it was masked, and only for the list of secrets it was searched
 /// against: a newly registered secret forgets them all.
-pub struct CleanValues<const N: usize> {
+pub type CleanValues<const N: usize> = Remembered<String, N>;
+
+/// [`CleanValues`] for shared texts: the last clean value is kept as a
+/// clone of the text itself, so the same text again (the same snapshot's
+/// consumer, the same static event type) is known clean by its address,
+/// without comparing its bytes.
+pub type CleanTexts<const N: usize> = Remembered<Option<Text>, N>;
+
+/// One remembered value per field, valid for one generation of the
+/// registered secrets.
+pub struct Remembered<T, const N: usize> {
     generation: u64,
-    values: [String; N],
+    values: [T; N],
 }
 
-impl<const N: usize> Default for CleanValues<N> {
+impl<T: Default, const N: usize> Default for Remembered<T, N> {
     fn default() -> Self {
-        CleanValues { generation: 0, values: std::array::from_fn(|_| String::new()) }
+        Remembered { generation: 0, values: std::array::from_fn(|_| T::default()) }
+    }
+}
+
+impl<T: Default, const N: usize> Remembered<T, N> {
+    /// Field `slot`'s remembered value; all are forgotten first when a
+    /// secret was registered since they were remembered.
+    fn slot(&mut self, slot: usize, secrets: &Secrets) -> &mut T {
+        if self.generation != secrets.generation {
+            self.values.iter_mut().for_each(|v| *v = T::default());
+            self.generation = secrets.generation;
+        }
+        &mut self.values[slot]
     }
 }
 
 impl<const N: usize> CleanValues<N> {
     /// [`redact_with`] for the value of field `slot`.
     pub fn redact<'t>(&mut self, slot: usize, text: &'t str, secrets: &Secrets) -> Cow<'t, str> {
-        if self.generation != secrets.generation {
-            self.values.iter_mut().for_each(String::clear);
-            self.generation = secrets.generation;
-        }
-        let last = &mut self.values[slot];
+        let last = self.slot(slot, secrets);
         if !text.is_empty() && last.as_str() == text {
             return Cow::Borrowed(text);
         }
@@ -112,29 +130,10 @@ impl<const N: usize> CleanValues<N> {
     }
 }
 
-/// [`CleanValues`] for shared texts: the last clean value is kept as a
-/// clone of the text itself, so the same text again (the same snapshot's
-/// consumer, the same static event type) is known clean by its address,
-/// without comparing its bytes.
-pub struct CleanTexts<const N: usize> {
-    generation: u64,
-    values: [Option<Text>; N],
-}
-
-impl<const N: usize> Default for CleanTexts<N> {
-    fn default() -> Self {
-        CleanTexts { generation: 0, values: std::array::from_fn(|_| None) }
-    }
-}
-
 impl<const N: usize> CleanTexts<N> {
     /// The masked value of field `slot`, or `None` when `text` is clean.
     pub fn redact(&mut self, slot: usize, text: &Text, secrets: &Secrets) -> Option<String> {
-        if self.generation != secrets.generation {
-            self.values.iter_mut().for_each(|v| *v = None);
-            self.generation = secrets.generation;
-        }
-        let last = &mut self.values[slot];
+        let last = self.slot(slot, secrets);
         if let Some(last) = last {
             if last.same(text) {
                 return None;
