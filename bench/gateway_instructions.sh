@@ -7,6 +7,7 @@
 #
 #   bash bench/gateway_instructions.sh                 # 10 s of load per proxy
 #   BENCH_SMOKE=1 bash bench/gateway_instructions.sh   # 2 s, checks the script works
+#   KEYTRAIL_CONFIG=FILE bash bench/gateway_instructions.sh  # keytrail with FILE as --config
 #
 # Under valgrind, sha2 cannot see the CPU's SHA extensions and uses its
 # portable code, so the audit writer's hashing counts several times what it
@@ -103,8 +104,10 @@ wait_http "http://127.0.0.1:$NGX/"
 measure nginx "$NGX_PID" "http://127.0.0.1:$NGX/bench/x" "X-Nothing: 1"
 kill "$NGX_PID"; sleep 1
 
+CONFIG_ARGS=()
+[ -n "${KEYTRAIL_CONFIG:-}" ] && CONFIG_ARGS=(--config "$(realpath "$KEYTRAIL_CONFIG")")
 KEYTRAIL_BOOTSTRAP_TOKEN=$TOKEN KEYTRAIL_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$WORK/keytrail.cg.%p" \
-  "$BIN" serve --data-dir "$WORK/kt" --gateway-listen "127.0.0.1:$KT" --admin-listen "127.0.0.1:$KTA" > "$WORK/kt.out" 2>&1 &
+  "$BIN" serve "${CONFIG_ARGS[@]}" --data-dir "$WORK/kt" --gateway-listen "127.0.0.1:$KT" --admin-listen "127.0.0.1:$KTA" > "$WORK/kt.out" 2>&1 &
 KT_PID=$!; PIDS+=($KT_PID)
 wait_http "http://127.0.0.1:$KTA/healthz"
 KEY=$(setup_keytrail "$KTA" "$UP")

@@ -308,14 +308,40 @@ fn push_text(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
-/// The parts of a UUID's text when it is the canonical lowercase hyphenated form.
+/// The parts of a UUID's text when it is the canonical lowercase hyphenated
+/// form (any other spelling is `None`: stored as text, it reads back as
+/// written).
 fn uuid_bytes(text: &str) -> Option<[u8; 16]> {
-    if text.len() != 36 {
+    /// Each byte's value as a lowercase hex digit, or 16.
+    const DIGIT: [u8; 256] = {
+        let mut table = [16u8; 256];
+        let mut c = 0;
+        while c < 10 {
+            table[b'0' as usize + c] = c as u8;
+            c += 1;
+        }
+        let mut c = 0;
+        while c < 6 {
+            table[b'a' as usize + c] = 10 + c as u8;
+            c += 1;
+        }
+        table
+    };
+    /// Where each byte's two digits start in the hyphenated text.
+    const AT: [usize; 16] = [0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34];
+    let t: &[u8; 36] = text.as_bytes().try_into().ok()?;
+    if t[8] != b'-' || t[13] != b'-' || t[18] != b'-' || t[23] != b'-' {
         return None;
     }
-    let parsed = uuid::Uuid::try_parse(text).ok()?;
-    let mut buf = [0u8; 36];
-    (parsed.hyphenated().encode_lower(&mut buf) == text).then(|| *parsed.as_bytes())
+    let mut out = [0u8; 16];
+    let mut bad = 0u8;
+    for (byte, &at) in out.iter_mut().zip(&AT) {
+        let (hi, lo) = (DIGIT[t[at] as usize], DIGIT[t[at + 1] as usize]);
+        bad |= hi | lo;
+        *byte = (hi << 4) | (lo & 15);
+    }
+    // A 16 in any digit sets bit 4.
+    (bad & 16 == 0).then_some(out)
 }
 
 // ---------- encoding ----------
@@ -359,8 +385,10 @@ impl BlockEncoder {
     }
 
     /// Adds an event. `texts` are its text fields in [`TEXT_FIELDS`] order,
-    /// resolved by the caller; `tenant_id` is the block's tenant.
-    pub fn push(&mut self, e: &Event, tenant_id: &str, texts: &[TextRef<'_>; 16]) {
+    /// resolved by the caller; `tenant_id` is the block's tenant. `derived_id`
+    /// says the event's id is the one [`derived_event_id_bytes`] gives it
+    /// (the writer knows, having made it); otherwise its `event_id` is read.
+    pub fn push(&mut self, e: &Event, derived_id: bool, tenant_id: &str, texts: &[TextRef<'_>; 16]) {
         let c = &mut self.columns;
         push_varint(&mut c[col::TS], zigzag(e.timestamp_ms.wrapping_sub(self.previous_ts)));
         self.previous_ts = e.timestamp_ms;
@@ -371,13 +399,14 @@ impl BlockEncoder {
         c[col::CATEGORY].push(category);
 
         let ids = &mut c[col::EVENT_ID];
-        match uuid_bytes(&e.event_id) {
-            Some(bytes) if bytes == derived_event_id_bytes(tenant_id, e.seq, e.timestamp_ms) => ids.push(0),
-            Some(bytes) => {
+        match if derived_id { None } else { Some(uuid_bytes(&e.event_id)) } {
+            None => ids.push(0),
+            Some(Some(bytes)) if bytes == derived_event_id_bytes(tenant_id, e.seq, e.timestamp_ms) => ids.push(0),
+            Some(Some(bytes)) => {
                 ids.push(1);
                 ids.extend_from_slice(&bytes);
             }
-            None => {
+            Some(None) => {
                 ids.push(2);
                 push_text(ids, &e.event_id);
             }
@@ -1074,7 +1103,7 @@ mod tests {
         let mut encoder = BlockEncoder::default();
         for e in events {
             let texts = TEXT_FIELDS.map(|f| dict.resolve(f, f.get(e)));
-            encoder.push(e, "acme", &texts);
+            encoder.push(e, false, "acme", &texts);
         }
         let mut out = Vec::new();
         encoder.finish(&mut new_compressor().unwrap(), &mut out).unwrap();
@@ -1141,6 +1170,30 @@ mod tests {
     }
 
     #[test]
+    fn only_the_canonical_uuid_spelling_is_stored_as_bytes() {
+        let id = crate::event::new_id();
+        assert_eq!(uuid_bytes(&id), Some(*uuid::Uuid::try_parse(&id).unwrap().as_bytes()));
+        let nil = "00000000-0000-0000-0000-000000000000";
+        assert_eq!(uuid_bytes(nil), Some([0; 16]));
+        assert_eq!(uuid_bytes("ffffffff-ffff-ffff-ffff-ffffffffffff"), Some([0xff; 16]));
+        let hyphens_moved = format!("{}-{}", &id[..7], id[7..].replacen('-', "", 1));
+        for other in [
+            id.to_uppercase(),
+            id.replace('-', ""),
+            format!("{{{id}}}"),
+            format!("urn:uuid:{id}"),
+            hyphens_moved,
+            format!("{}g", &id[..35]),
+            format!("{} ", &id[..35]),
+            id[..35].to_string(),
+            format!("{id}0"),
+            String::new(),
+        ] {
+            assert_eq!(uuid_bytes(&other), None, "{other:?}");
+        }
+    }
+
+    #[test]
     fn request_ids_match_as_stored_without_formatting() {
         let events = events();
         let data = encode(&events, &mut Dict(Vec::new()));
@@ -1189,12 +1242,12 @@ mod tests {
         let mut encoder = BlockEncoder::default();
         let e = Event::new("acme", Category::Request, "request", "success");
         assert!(encoder.fits(0));
-        encoder.push(&e, "acme", &[TextRef::Absent; 16]);
+        encoder.push(&e, false, "acme", &[TextRef::Absent; 16]);
         assert!(encoder.fits(e.timestamp_ms + MAX_BLOCK_SPAN_MS));
         assert!(!encoder.fits(e.timestamp_ms + MAX_BLOCK_SPAN_MS + 1));
         assert!(!encoder.fits(e.timestamp_ms - MAX_BLOCK_SPAN_MS - 1));
         for _ in 1..MAX_BLOCK_ROWS {
-            encoder.push(&e, "acme", &[TextRef::Absent; 16]);
+            encoder.push(&e, false, "acme", &[TextRef::Absent; 16]);
         }
         assert!(!encoder.fits(e.timestamp_ms));
     }

@@ -276,7 +276,7 @@ pub(super) fn erase_in_day_file(
                         code => TextRef::Dict(code),
                     },
                 });
-                encoder.push(e, tenant, &texts);
+                encoder.push(e, false, tenant, &texts);
             }
             let mut rewritten = Vec::new();
             encoder.finish(compressor, &mut rewritten)?;

@@ -388,6 +388,29 @@ fn chain_heads_survive_restarts_and_lost_files() {
     assert!(chain.iter().all(|s| s.event.seq > before.seq));
 }
 
+#[test]
+fn meta_db_gets_the_heads_once_a_second_and_when_the_store_is_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let meta_head = |dir: &Path| -> Option<i64> {
+        let meta = Connection::open(dir.join(META_FILE)).unwrap();
+        meta.query_row("SELECT seq FROM heads WHERE tenant = 'acme'", [], |r| r.get(0)).ok()
+    };
+    let mut store = AuditWriterStore::open(dir.path()).unwrap();
+    let mut batch = events(50, DAY0, 1_000, 3);
+    store.insert_batch(&mut batch).unwrap();
+    let head = *store.heads().get("acme").unwrap();
+    // The day file has the head at once; meta.db's copy waits for the
+    // rollups' second rather than costing a transaction per batch.
+    assert_eq!(meta_head(dir.path()), None);
+    drop(store);
+    assert_eq!(meta_head(dir.path()), Some(head.seq as i64));
+    // So a day file that retention deletes after a short run leaves its head behind.
+    for (_, path) in list_days(dir.path()).unwrap() {
+        std::fs::remove_file(path).unwrap();
+    }
+    assert_eq!(*AuditWriterStore::open(dir.path()).unwrap().heads().get("acme").unwrap(), head);
+}
+
 fn tamper(dir: &Path, sql: &str) {
     let (_, path) = list_days(dir).unwrap().into_iter().find(|(d, _)| *d == day_of(DAY0)).unwrap();
     let conn = Connection::open(path).unwrap();

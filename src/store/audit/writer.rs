@@ -33,7 +33,7 @@ use super::block::{BlockEncoder, DecodedBlock, TextRef, TEXT_FIELDS};
 use super::erasure::{ErasureReport, ErasureRequest};
 use super::rollup::{self, Rollups};
 use super::{day_file_name, day_of, list_days, open_day_file, ChainHead, META_FILE, STORE_FORMAT};
-use crate::event::{derived_event_id, Event, GENESIS_HASH};
+use crate::event::{chain_hash, derived_event_id_bytes, CanonicalFields, Event, GENESIS_HASH};
 use crate::store::{open, StoreError};
 
 /// How often pending rollup counts are written, at most.
@@ -377,6 +377,13 @@ pub struct AuditWriterStore {
     meta: Connection,
     checkpointing: Option<Checkpointing>,
     heads: FxHashMap<String, ChainHead>,
+    /// Tenants whose head moved since it was last saved in `meta.db`. The
+    /// day files hold every head in the same transaction as its events;
+    /// `meta.db`'s copy is there for when a day file is gone (retention,
+    /// archives), so it is saved with the rollups (about once a second),
+    /// when a day closes, at shutdown and when the store is dropped,
+    /// not in a second transaction per batch.
+    unsaved_heads: FxHashSet<String>,
     /// Salts to use rather than new ones, by (day, tenant, consumer): those
     /// archived events were hashed with, when they are restored.
     imported_salts: FxHashMap<(i64, String, String), [u8; 32]>,
@@ -422,6 +429,7 @@ impl AuditWriterStore {
             meta,
             checkpointing: None,
             heads,
+            unsaved_heads: FxHashSet::default(),
             imported_salts: FxHashMap::default(),
             days: BTreeMap::new(),
             compressor: super::block::new_compressor()?,
@@ -526,16 +534,18 @@ impl AuditWriterStore {
             std::thread::yield_now();
         }
         batch.clear();
+        self.unsaved_heads.extend(touched);
         // Days before yesterday (of the newest event) are closed: retention
         // may delete their files.
+        let mut closed = false;
         if let Some(newest) = self.days.keys().next_back().copied() {
             let old: Vec<i64> = self.days.range(..newest - 1).map(|(d, _)| *d).collect();
             for day in old {
                 let mut closing = self.days.remove(&day).expect("present");
                 write_pending_rollups(&mut closing)?;
+                closed = true;
             }
         }
-        let touched: Vec<String> = touched.into_iter().collect();
         if rollups_due {
             // Days that got no events in this batch but still hold counts.
             for writer in self.days.values_mut() {
@@ -543,7 +553,20 @@ impl AuditWriterStore {
             }
             self.last_rollup_write = Instant::now();
         }
-        self.save_heads(&touched)?;
+        if rollups_due || closed {
+            self.save_unsaved_heads()?;
+        }
+        Ok(())
+    }
+
+    /// Saves in `meta.db` the heads that moved since the last save.
+    fn save_unsaved_heads(&mut self) -> Result<(), StoreError> {
+        if self.unsaved_heads.is_empty() {
+            return Ok(());
+        }
+        let tenants: Vec<String> = self.unsaved_heads.iter().cloned().collect();
+        self.save_heads(&tenants)?;
+        self.unsaved_heads.clear();
         Ok(())
     }
 
@@ -565,10 +588,17 @@ impl AuditWriterStore {
             }
             let head = heads.get_mut(e.tenant_id.as_str()).expect("inserted");
             e.seq = head.seq + 1;
-            if e.event_id.is_empty() {
-                e.event_id = derived_event_id(&e.tenant_id, e.seq, e.timestamp_ms);
-            }
             let e = &*e;
+            // An event without an id gets the one its tenant, seq and time
+            // give it; the block stores only that it is derived, so its text
+            // is made here for the hash alone, on the stack.
+            let derived_id = e.event_id.is_empty();
+            let mut id_text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+            let event_id: &str = if derived_id {
+                uuid::Uuid::from_bytes(derived_event_id_bytes(&e.tenant_id, e.seq, e.timestamp_ms)).hyphenated().encode_lower(&mut id_text)
+            } else {
+                &e.event_id
+            };
             let tenant = last.tenant(&mut writer.dict, &e.tenant_id);
             tenants.entry(tenant).or_insert_with(|| e.tenant_id.to_string());
             let texts = TEXT_FIELDS.map(|f| last.resolve(&mut writer.dict, f, f.get(e)));
@@ -581,7 +611,9 @@ impl AuditWriterStore {
                 };
                 writer.salt(tenant, consumer, e, &self.imported_salts, day)
             });
-            let hash = e.chain_hash(&previous, salt.as_ref()).expect("salted when it has personal values");
+            let details = e.details.as_ref().map(|d| d.to_string());
+            let fields = CanonicalFields { event_id, ..e.fields(details.as_deref()) };
+            let hash = chain_hash(&fields, salt.as_ref(), &previous).expect("salted when it has personal values");
             *head = ChainHead { seq: e.seq, hash };
             if let Some(block) = open.get_mut(&tenant) {
                 if !block.encoder.fits(e.timestamp_ms) {
@@ -596,7 +628,7 @@ impl AuditWriterStore {
                 prev_hash: previous,
                 hash: previous,
             });
-            block.encoder.push(e, &e.tenant_id, &texts);
+            block.encoder.push(e, derived_id, &e.tenant_id, &texts);
             block.hash = hash;
 
             if e.category() == crate::event::Category::Request {
@@ -763,13 +795,24 @@ impl AuditWriterStore {
         Ok(())
     }
 
-    /// Writes every pending rollup count (at shutdown).
+    /// Writes every pending rollup count and the heads not yet saved in
+    /// `meta.db` (at shutdown).
     pub fn flush_rollups(&mut self) -> Result<(), StoreError> {
         for writer in self.days.values_mut() {
             write_pending_rollups(writer)?;
         }
         self.last_rollup_write = Instant::now();
-        Ok(())
+        self.save_unsaved_heads()
+    }
+}
+
+impl Drop for AuditWriterStore {
+    fn drop(&mut self) {
+        // The day files have these heads already; this keeps meta.db's
+        // copy current for a day file that retention deletes later.
+        if let Err(error) = self.save_unsaved_heads() {
+            tracing::warn!(%error, "could not save the chain heads in meta.db; the day files still hold them");
+        }
     }
 }
 
