@@ -517,7 +517,7 @@ impl Default for AttackRules {
 }
 
 /// Longest path and query the rules look at; longer is malformed.
-const MAX_TARGET: usize = 8192;
+pub const MAX_TARGET: usize = 8192;
 
 /// `text` decoded (twice where it still holds escapes, for double-encoded
 /// payloads such as `%252e`); `None` when an escape is invalid.

@@ -39,7 +39,7 @@ use super::body::{ClientBody, GatewayBody, ProxiedHead};
 use super::h1::{self, CallHeaders, InBuf, Span};
 use super::timer::{ConnectionTimer, KeptTimer};
 use super::upstream::ConnectionUpstreams;
-use super::{Call, Gateway};
+use super::{Call, Gateway, Malformed};
 use crate::error::{ApiError, ErrorCode};
 
 /// How long a connection may take to send a request head, waiting for its
@@ -59,7 +59,7 @@ enum Parsed {
     /// A call this loop answers, and whether the caller asked to close after it.
     Call(Call, bool),
     /// A request the target of which is not a valid URI: answered with 400.
-    BadTarget,
+    BadTarget(Malformed),
     /// Anything else: hyper's.
     Other,
 }
@@ -88,7 +88,8 @@ pub async fn serve(
     loop {
         let (req, close) = match conn.next_call(stop.as_mut()).await {
             Next::Call(req, close) => (req, close),
-            Next::BadTarget => {
+            Next::BadTarget(malformed) => {
+                gateway.record_malformed(peer, malformed);
                 let _ = conn.answer_bad_target().await;
                 return;
             }
@@ -105,6 +106,7 @@ pub async fn serve(
     // The rest of the connection is hyper's, starting with the bytes read.
     let prefix = conn.inbuf.take(conn.inbuf.len());
     let io = Prefixed { prefix, stream: conn.stream };
+    let recorder = gateway.clone();
     let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
         let (gateway, upstreams) = (gateway.clone(), upstreams.clone());
         async move {
@@ -123,12 +125,19 @@ pub async fn serve(
         .serve_connection(TokioIo::new(io), service);
     if let Err(error) = watcher.watch(connection).await {
         tracing::debug!(%error, "gateway connection ended with an error");
+        // hyper answered a request it could not read (400 or 431) without
+        // asking the gateway: the trail hears of it here.
+        if error.is_parse_too_large() {
+            recorder.record_malformed(peer, Malformed::TooLarge);
+        } else if error.is_parse() {
+            recorder.record_malformed(peer, Malformed::Http);
+        }
     }
 }
 
 enum Next {
     Call(Call, bool),
-    BadTarget,
+    BadTarget(Malformed),
     Other,
     /// Closed, timed out, or shutting down.
     Done,
@@ -156,7 +165,7 @@ impl Client {
         loop {
             match parse(&mut self.inbuf) {
                 Parsed::Call(req, close) => return Next::Call(req, close),
-                Parsed::BadTarget => return Next::BadTarget,
+                Parsed::BadTarget(malformed) => return Next::BadTarget(malformed),
                 Parsed::Other => return Next::Other,
                 Parsed::Partial => {}
             }
@@ -440,7 +449,10 @@ fn parse(inbuf: &mut InBuf) -> Parsed {
     // From here on the head is this loop's. (httparse admitted only valid
     // header names and values.)
     let head = inbuf.take(len);
-    let Ok(uri) = Uri::from_maybe_shared(head.slice(target_span)) else { return Parsed::BadTarget };
+    let Ok(uri) = Uri::from_maybe_shared(head.slice(target_span.clone())) else {
+        let target = head.slice(target_span);
+        return Parsed::BadTarget(Malformed::Target { method, target, headers: CallHeaders::Raw { head, spans } });
+    };
     let headers = CallHeaders::Raw { head, spans };
     Parsed::Call(Call { method, uri, headers, body: ClientBody::Empty }, close)
 }
@@ -518,7 +530,10 @@ mod tests {
     #[test]
     fn a_target_the_parser_takes_but_no_uri_is_refused_here() {
         let mut inbuf = buffered(b"GET /a<b> HTTP/1.1\r\nHost: h\r\n\r\n");
-        assert!(matches!(parse(&mut inbuf), Parsed::BadTarget));
+        let Parsed::BadTarget(Malformed::Target { method, target, headers }) = parse(&mut inbuf) else { panic!("not refused here") };
+        assert_eq!((method, &target[..]), (Method::GET, &b"/a<b>"[..]));
+        assert_eq!(headers.get("host"), Some(&b"h"[..]));
+        assert!(inbuf.is_empty(), "the head is consumed");
     }
 
     #[test]

@@ -126,6 +126,50 @@ impl Gateway {
         }
     }
 
+    /// Records a request that the HTTP layer refused with a 400 before
+    /// [`Gateway::handle`] could take it: a request event and a security
+    /// event (`request_blocked`, reason `MALFORMED_REQUEST`, as the attack
+    /// rules give a badly encoded path), under the system tenant, since no
+    /// route was looked up.
+    pub fn record_malformed(&self, peer: SocketAddr, malformed: Malformed) {
+        let mut event = Event::new(Text::from_static(SYSTEM_TENANT), Category::Request, Text::from_static("request"), Text::from_static("failure"));
+        event.request_id = Some(event::new_id_at(event.timestamp_ms));
+        let mut client = peer.ip();
+        let rule = match &malformed {
+            Malformed::Target { method, target, headers } => {
+                event.method = Some(method_text(method));
+                // As text, without the query, and no longer than the attack rules read.
+                let target = String::from_utf8_lossy(target);
+                let path: String = event::path_without_query(&target).chars().take(protection::MAX_TARGET).collect();
+                event.path = Some(path);
+                client = self.trusted_proxies.client_ip(peer.ip(), || {
+                    headers.values(X_FORWARDED_FOR.as_str()).filter_map(h1::value_text).collect::<Vec<_>>().into_iter()
+                });
+                event.user_agent = headers.get("user-agent").map(user_agent_text);
+                "builtin:malformed-target"
+            }
+            Malformed::Http => "builtin:malformed-http",
+            Malformed::TooLarge => "builtin:malformed-length",
+        };
+        event.client_ip = Some(client.to_string().into());
+        event.country = self.geo.country(client).map(Text::from);
+        let (status, message) = match malformed {
+            Malformed::Target { .. } => (StatusCode::BAD_REQUEST, "the request target is not a valid URI path"),
+            Malformed::Http => (StatusCode::BAD_REQUEST, "not an HTTP/1 request this gateway can read"),
+            Malformed::TooLarge => (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "the request head is larger than this gateway reads"),
+        };
+        event.status_code = Some(status.as_u16());
+        event.error_code = Some(Text::from_static(ErrorCode::InvalidParameter.as_str()));
+        event.error_message = Some(message.to_string());
+        let threat_score = self.history.score(client, MALFORMED_SCORE, event.timestamp_ms);
+        let mut security = security_event(&event, security_type::REQUEST_BLOCKED);
+        security.error_code = event.error_code.clone();
+        security.actor = event.client_ip.as_ref().map(|ip| format!("ip:{ip}").into());
+        security.details = Some(serde_json::json!({ "block_reason": "MALFORMED_REQUEST", "rule_id": rule, "threat_score": threat_score }));
+        self.audit.record(security);
+        self.audit.record(event);
+    }
+
     /// Runs one request through the phases of DESIGN.md, in order.
     pub async fn handle(&self, peer: SocketAddr, upstreams: &ConnectionUpstreams, req: Call) -> Response<GatewayBody> {
         // 1. Accept: request id and clock.
@@ -143,15 +187,7 @@ impl Gateway {
             req.headers.values(X_FORWARDED_FOR.as_str()).filter_map(h1::value_text).collect::<Vec<_>>().into_iter()
         });
         event.client_ip = Some(if client == peer.ip() { upstreams.peer_text().clone() } else { client.to_string().into() });
-        event.user_agent = req.headers.get("user-agent").map(|v| {
-            let text = String::from_utf8_lossy(v);
-            // No more bytes than the limit in characters: whole, in one copy.
-            if text.len() <= MAX_USER_AGENT {
-                text.into_owned()
-            } else {
-                text.chars().take(MAX_USER_AGENT).collect()
-            }
-        });
+        event.user_agent = req.headers.get("user-agent").map(user_agent_text);
         // Key verification for callers that do not proxy: before routing, so
         // no api's prefix can shadow it. Boxed, so the proxy path's future
         // does not grow by the verification's state.
@@ -492,6 +528,32 @@ fn policy_details(violation: &Violation) -> serde_json::Value {
 
 /// A failed security event about `request`: the same tenant, time, request
 /// id, api, method, path and caller.
+/// A request the HTTP layer could not take (see [`Gateway::record_malformed`]).
+pub enum Malformed {
+    /// A request line whose target is not a valid URI path; the rest of
+    /// the head was read.
+    Target { method: http::Method, target: bytes::Bytes, headers: h1::CallHeaders },
+    /// Bytes hyper could not read as an HTTP/1 request (it answered 400).
+    Http,
+    /// A head larger than hyper reads (it answered 431).
+    TooLarge,
+}
+
+/// The threat score a malformed request adds to its address's history
+/// (the attack rules' badly encoded path counts the same).
+const MALFORMED_SCORE: u8 = 60;
+
+/// A `User-Agent` value as text, cut at [`MAX_USER_AGENT`] characters.
+fn user_agent_text(value: &[u8]) -> String {
+    let text = String::from_utf8_lossy(value);
+    // No more bytes than the limit in characters: whole, in one copy.
+    if text.len() <= MAX_USER_AGENT {
+        text.into_owned()
+    } else {
+        text.chars().take(MAX_USER_AGENT).collect()
+    }
+}
+
 fn security_event(request: &Event, event_type: &str) -> Event {
     let mut event = Event::new(&request.tenant_id, Category::Security, event_type, "failure");
     event.timestamp_ms = request.timestamp_ms;

@@ -203,7 +203,7 @@ async fn upstream_headers_arrive_once_and_the_gateways_win() {
 
 #[tokio::test]
 async fn malformed_requests_get_400_and_the_connection_ends() {
-    let (_ts, addr, key) = setup().await;
+    let (ts, addr, key) = setup().await;
     for bad in [
         "GET /api/x HTTP/1.1\r\nBad Header: 1\r\n\r\n".to_string(),
         format!("GET /api/x HTTP/1.1\r\nX-API-Key: {key}\r\nContent-Length: abc\r\n\r\n"),
@@ -218,6 +218,37 @@ async fn malformed_requests_get_400_and_the_connection_ends() {
         assert!(closes(&mut stream).await, "{bad:?}: no second answer on a connection that lost its framing");
         assert!(!String::from_utf8_lossy(&answer.body).contains(&key));
     }
+    // None of them reached a route, yet each is in the trail: a refused
+    // request and a security event, under the system tenant, without the key.
+    let admin = ts.admin_client();
+    let security = admin.wait_for("/v1/audit/_system/security?event_type=request_blocked", "events", 4).await;
+    let mut rules: Vec<&str> = security.iter().map(|e| e["details"]["rule_id"].as_str().unwrap()).collect();
+    rules.sort();
+    assert_eq!(rules, ["builtin:malformed-http", "builtin:malformed-http", "builtin:malformed-http", "builtin:malformed-target"]);
+    assert!(security.iter().all(|e| e["details"]["block_reason"] == "MALFORMED_REQUEST" && e["actor"] == "ip:127.0.0.1"), "{security:?}");
+    let logs = admin.wait_for("/v1/audit/_system?status_min=400&status_max=400", "logs", 4).await;
+    assert_eq!(logs.len(), 4, "{logs:?}");
+    assert!(logs.iter().all(|e| e["error_code"] == "invalid_parameter" && e["client_ip"] == "127.0.0.1"), "{logs:?}");
+    // The one whose head was read says what it asked for; its security
+    // event carries its request id.
+    let target = security.iter().find(|e| e["details"]["rule_id"] == "builtin:malformed-target").unwrap();
+    let call = logs.iter().find(|e| e["request_id"] == target["request_id"]).unwrap();
+    assert_eq!((call["method"].as_str(), call["path"].as_str()), (Some("GET"), Some("/api/<x>")), "{call}");
+    // More headers than hyper reads: 431, and in the trail too.
+    let mut stream = TcpStream::connect(&addr).await.unwrap();
+    let many: String = (0..150).map(|i| format!("X-Many-{i}: {i}\r\n")).collect();
+    let big = format!("GET /api/x HTTP/1.1\r\nX-API-Key: {key}\r\n{many}\r\n");
+    let (mut reader, mut writer) = stream.split();
+    let (_, answer) = tokio::join!(writer.write_all(big.as_bytes()), async {
+        let mut head = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), reader.read_to_end(&mut head)).await;
+        head
+    });
+    assert!(answer.starts_with(b"HTTP/1.1 431"), "{}", String::from_utf8_lossy(&answer));
+    let security = admin.wait_for("/v1/audit/_system/security?event_type=request_blocked", "events", 5).await;
+    assert_eq!(security[0]["details"]["rule_id"], "builtin:malformed-length", "{security:?}");
+    let everything = admin.get("/v1/audit/_system/export/json?category=all").await.text;
+    assert!(!everything.contains(&key), "a malformed request's key reached the trail");
     // A body framed two ways (how requests are smuggled past proxies) is
     // read by its chunks, as RFC 9112 §6.3 says, and the connection ends
     // after it: the bytes the length would have left are never a request.
