@@ -122,6 +122,9 @@ pub async fn serve(
         // The header-read timeout on one kept timer, not one per request.
         .timer(ConnectionTimer::default())
         .header_read_timeout(HEAD_TIMEOUT)
+        // A request head gets the room an upstream's response head gets;
+        // a larger one is refused (431) rather than buffered and proxied.
+        .max_buf_size(h1::MAX_HEAD)
         .serve_connection(TokioIo::new(io), service);
     if let Err(error) = watcher.watch(connection).await {
         tracing::debug!(%error, "gateway connection ended with an error");
