@@ -317,8 +317,14 @@ impl Event {
     /// the event's tenant and consumer; it is needed unless the event holds
     /// no personal values (or they were erased).
     pub fn chain_hash(&self, previous: &[u8; 32], salt: Option<&[u8; 32]>) -> Result<[u8; 32], MissingSalt> {
+        self.chain_hash_as(&self.event_id, previous, salt)
+    }
+
+    /// [`Event::chain_hash`] with `event_id` in place of the event's own
+    /// (the writer hashes an id it derived without storing it in the event).
+    pub fn chain_hash_as(&self, event_id: &str, previous: &[u8; 32], salt: Option<&[u8; 32]>) -> Result<[u8; 32], MissingSalt> {
         let details = self.details.as_ref().map(|d| d.to_string());
-        chain_hash(&self.fields(details.as_deref()), salt, previous)
+        chain_hash(&CanonicalFields { event_id, ..self.fields(details.as_deref()) }, salt, previous)
     }
 }
 
@@ -574,7 +580,12 @@ pub fn derived_event_id_bytes(tenant_id: &str, seq: u64, timestamp_ms: i64) -> [
 
 /// [`derived_event_id_bytes`] as the usual hyphenated text.
 pub fn derived_event_id(tenant_id: &str, seq: u64, timestamp_ms: i64) -> String {
-    uuid_text(uuid::Uuid::from_bytes(derived_event_id_bytes(tenant_id, seq, timestamp_ms)))
+    derived_event_id_in(tenant_id, seq, timestamp_ms, &mut [0; 36]).to_string()
+}
+
+/// [`derived_event_id`] written into `buf`, without an allocation.
+pub fn derived_event_id_in<'b>(tenant_id: &str, seq: u64, timestamp_ms: i64, buf: &'b mut [u8; 36]) -> &'b str {
+    uuid::Uuid::from_bytes(derived_event_id_bytes(tenant_id, seq, timestamp_ms)).hyphenated().encode_lower(buf)
 }
 
 /// Milliseconds since the Unix epoch, UTC.

@@ -50,7 +50,7 @@
 //! stores are resolved by the caller.
 
 use crate::store::varint::push_varint;
-use crate::event::{derived_event_id_bytes, Category, Event, Text};
+use crate::event::{derived_event_id_bytes, derived_event_id_in, Category, Event, Text};
 
 /// Most events in one block.
 pub const MAX_BLOCK_ROWS: usize = 2048;
@@ -399,16 +399,19 @@ impl BlockEncoder {
         c[col::CATEGORY].push(category);
 
         let ids = &mut c[col::EVENT_ID];
-        match if derived_id { None } else { Some(uuid_bytes(&e.event_id)) } {
-            None => ids.push(0),
-            Some(Some(bytes)) if bytes == derived_event_id_bytes(tenant_id, e.seq, e.timestamp_ms) => ids.push(0),
-            Some(Some(bytes)) => {
-                ids.push(1);
-                ids.extend_from_slice(&bytes);
-            }
-            Some(None) => {
-                ids.push(2);
-                push_text(ids, &e.event_id);
+        if derived_id {
+            ids.push(0);
+        } else {
+            match uuid_bytes(&e.event_id) {
+                Some(bytes) if bytes == derived_event_id_bytes(tenant_id, e.seq, e.timestamp_ms) => ids.push(0),
+                Some(bytes) => {
+                    ids.push(1);
+                    ids.extend_from_slice(&bytes);
+                }
+                None => {
+                    ids.push(2);
+                    push_text(ids, &e.event_id);
+                }
             }
         }
 
@@ -841,7 +844,7 @@ impl DecodedBlock {
     /// `buf` when it has to be formatted.
     fn event_id_at<'s>(&'s self, row: usize, tenant_id: &str, seq: u64, buf: &'s mut [u8; 36]) -> &'s str {
         match self.event_ids[row] {
-            IdKind::Derived => uuid::Uuid::from_bytes(derived_event_id_bytes(tenant_id, seq, self.ts[row])).hyphenated().encode_lower(buf),
+            IdKind::Derived => derived_event_id_in(tenant_id, seq, self.ts[row], buf),
             IdKind::Uuid(bytes) => uuid::Uuid::from_bytes(bytes).hyphenated().encode_lower(buf),
             IdKind::Text(i) => &self.id_texts[i as usize],
             IdKind::Absent | IdKind::OwnTimeUuid(_) => "",

@@ -33,7 +33,7 @@ use super::block::{BlockEncoder, DecodedBlock, TextRef, TEXT_FIELDS};
 use super::erasure::{ErasureReport, ErasureRequest};
 use super::rollup::{self, Rollups};
 use super::{day_file_name, day_of, list_days, open_day_file, ChainHead, META_FILE, STORE_FORMAT};
-use crate::event::{chain_hash, derived_event_id_bytes, CanonicalFields, Event, GENESIS_HASH};
+use crate::event::{derived_event_id_in, Event, GENESIS_HASH};
 use crate::store::{open, StoreError};
 
 /// How often pending rollup counts are written, at most.
@@ -593,12 +593,8 @@ impl AuditWriterStore {
             // give it; the block stores only that it is derived, so its text
             // is made here for the hash alone, on the stack.
             let derived_id = e.event_id.is_empty();
-            let mut id_text = [0u8; uuid::fmt::Hyphenated::LENGTH];
-            let event_id: &str = if derived_id {
-                uuid::Uuid::from_bytes(derived_event_id_bytes(&e.tenant_id, e.seq, e.timestamp_ms)).hyphenated().encode_lower(&mut id_text)
-            } else {
-                &e.event_id
-            };
+            let mut id_text = [0u8; 36];
+            let event_id = if derived_id { derived_event_id_in(&e.tenant_id, e.seq, e.timestamp_ms, &mut id_text) } else { &e.event_id };
             let tenant = last.tenant(&mut writer.dict, &e.tenant_id);
             tenants.entry(tenant).or_insert_with(|| e.tenant_id.to_string());
             let texts = TEXT_FIELDS.map(|f| last.resolve(&mut writer.dict, f, f.get(e)));
@@ -611,9 +607,7 @@ impl AuditWriterStore {
                 };
                 writer.salt(tenant, consumer, e, &self.imported_salts, day)
             });
-            let details = e.details.as_ref().map(|d| d.to_string());
-            let fields = CanonicalFields { event_id, ..e.fields(details.as_deref()) };
-            let hash = chain_hash(&fields, salt.as_ref(), &previous).expect("salted when it has personal values");
+            let hash = e.chain_hash_as(event_id, &previous, salt.as_ref()).expect("salted when it has personal values");
             *head = ChainHead { seq: e.seq, hash };
             if let Some(block) = open.get_mut(&tenant) {
                 if !block.encoder.fits(e.timestamp_ms) {
