@@ -135,39 +135,36 @@ impl Gateway {
         let mut event = Event::new(Text::from_static(SYSTEM_TENANT), Category::Request, Text::from_static("request"), Text::from_static("failure"));
         event.request_id = Some(event::new_id_at(event.timestamp_ms));
         let mut client = peer.ip();
-        let rule = match &malformed {
+        let (rule, status, message) = match &malformed {
             Malformed::Target { method, target, headers } => {
                 event.method = Some(method_text(method));
                 // As text, without the query, and no longer than the attack rules read.
                 let target = String::from_utf8_lossy(target);
                 let path: String = event::path_without_query(&target).chars().take(protection::MAX_TARGET).collect();
                 event.path = Some(path);
-                client = self.trusted_proxies.client_ip(peer.ip(), || {
-                    headers.values(X_FORWARDED_FOR.as_str()).filter_map(h1::value_text).collect::<Vec<_>>().into_iter()
-                });
+                client = self.client_of(peer.ip(), headers);
                 event.user_agent = headers.get("user-agent").map(user_agent_text);
-                "builtin:malformed-target"
+                ("builtin:malformed-target", StatusCode::BAD_REQUEST, "the request target is not a valid URI path")
             }
-            Malformed::Http => "builtin:malformed-http",
-            Malformed::TooLarge => "builtin:malformed-length",
+            Malformed::Http => ("builtin:malformed-http", StatusCode::BAD_REQUEST, "not an HTTP/1 request this gateway can read"),
+            Malformed::TooLarge => {
+                ("builtin:malformed-length", StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "the request head is larger than this gateway reads")
+            }
         };
         event.client_ip = Some(client.to_string().into());
         event.country = self.geo.country(client).map(Text::from);
-        let (status, message) = match malformed {
-            Malformed::Target { .. } => (StatusCode::BAD_REQUEST, "the request target is not a valid URI path"),
-            Malformed::Http => (StatusCode::BAD_REQUEST, "not an HTTP/1 request this gateway can read"),
-            Malformed::TooLarge => (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "the request head is larger than this gateway reads"),
-        };
         event.status_code = Some(status.as_u16());
         event.error_code = Some(Text::from_static(ErrorCode::InvalidParameter.as_str()));
         event.error_message = Some(message.to_string());
         let threat_score = self.history.score(client, MALFORMED_SCORE, event.timestamp_ms);
-        let mut security = security_event(&event, security_type::REQUEST_BLOCKED);
-        security.error_code = event.error_code.clone();
-        security.actor = event.client_ip.as_ref().map(|ip| format!("ip:{ip}").into());
-        security.details = Some(serde_json::json!({ "block_reason": "MALFORMED_REQUEST", "rule_id": rule, "threat_score": threat_score }));
-        self.audit.record(security);
+        let details = serde_json::json!({ "block_reason": "MALFORMED_REQUEST", "rule_id": rule, "threat_score": threat_score });
+        self.audit.record(blocked_event(&event, event.error_code.clone(), details));
         self.audit.record(event);
+    }
+
+    /// The caller: the peer, or the client a trusted proxy forwarded for.
+    fn client_of(&self, peer: std::net::IpAddr, headers: &CallHeaders) -> std::net::IpAddr {
+        self.trusted_proxies.client_ip(peer, || headers.values(X_FORWARDED_FOR.as_str()).filter_map(h1::value_text).collect::<Vec<_>>().into_iter())
     }
 
     /// Runs one request through the phases of DESIGN.md, in order.
@@ -182,10 +179,7 @@ impl Gateway {
         event.request_id = Some(request_id);
         event.method = Some(method_text(&req.method));
         event.path = Some(event::path_without_query(req.uri.path()).to_string());
-        // The caller: the peer, or the client a trusted proxy forwarded for.
-        let client = self.trusted_proxies.client_ip(peer.ip(), || {
-            req.headers.values(X_FORWARDED_FOR.as_str()).filter_map(h1::value_text).collect::<Vec<_>>().into_iter()
-        });
+        let client = self.client_of(peer.ip(), &req.headers);
         event.client_ip = Some(if client == peer.ip() { upstreams.peer_text().clone() } else { client.to_string().into() });
         event.user_agent = req.headers.get("user-agent").map(user_agent_text);
         // Key verification for callers that do not proxy: before routing, so
@@ -429,15 +423,12 @@ impl Gateway {
             "fingerprint": fingerprint,
             "threat_score": threat_score,
         });
-        let mut security = security_event(event, security_type::REQUEST_BLOCKED);
-        security.error_code = Some(Text::from_static(BLOCKED_ERROR_CODE));
-        security.actor = event.client_ip.as_ref().map(|ip| format!("ip:{ip}").into());
+        let mut security = blocked_event(event, Some(Text::from_static(BLOCKED_ERROR_CODE)), details.clone());
         security.target = event.api_id.as_ref().map(|api| format!("api:{api}"));
         security.consumer_id = event.consumer_id.clone();
         security.consumer_name = event.consumer_name.clone();
         security.key_id = event.key_id.clone();
         security.key_hint = event.key_hint.clone();
-        security.details = Some(details.clone());
         self.audit.record(security);
         event.error_code = Some(Text::from_static(BLOCKED_ERROR_CODE));
         event.error_message = Some(format!("blocked: {}", block.reason));
@@ -526,8 +517,6 @@ fn policy_details(violation: &Violation) -> serde_json::Value {
     serde_json::json!({"policy": violation.policy, "field": violation.field, "limit": violation.limit})
 }
 
-/// A failed security event about `request`: the same tenant, time, request
-/// id, api, method, path and caller.
 /// A request the HTTP layer could not take (see [`Gateway::record_malformed`]).
 pub enum Malformed {
     /// A request line whose target is not a valid URI path; the rest of
@@ -554,6 +543,8 @@ fn user_agent_text(value: &[u8]) -> String {
     }
 }
 
+/// A failed security event about `request`: the same tenant, time, request
+/// id, api, method, path and caller.
 fn security_event(request: &Event, event_type: &str) -> Event {
     let mut event = Event::new(&request.tenant_id, Category::Security, event_type, "failure");
     event.timestamp_ms = request.timestamp_ms;
@@ -563,6 +554,16 @@ fn security_event(request: &Event, event_type: &str) -> Event {
     event.path = request.path.clone();
     event.client_ip = request.client_ip.clone();
     event.user_agent = request.user_agent.clone();
+    event
+}
+
+/// The `request_blocked` security event about `request`: the rule's
+/// `details`, the error code, and the caller's address as the actor.
+fn blocked_event(request: &Event, error_code: Option<Text>, details: serde_json::Value) -> Event {
+    let mut event = security_event(request, security_type::REQUEST_BLOCKED);
+    event.error_code = error_code;
+    event.actor = request.client_ip.as_ref().map(|ip| format!("ip:{ip}").into());
+    event.details = Some(details);
     event
 }
 

@@ -29,9 +29,8 @@ use serde::{Deserialize, Serialize};
 
 use super::body::{Finisher, GatewayBody};
 use super::{
-    Call,
-    authenticate, declared_length, describe_consumer, header_value, number_header, policy_details, rate_headers, refuse_with, Gateway,
-    KeySource, X_REQUEST_ID,
+    authenticate, declared_length, describe_consumer, header_value, number_header, policy_details, rate_headers, refuse_with, Call,
+    Gateway, KeySource, X_REQUEST_ID,
 };
 use crate::error::{parse_json_body, ApiError, ErrorCode};
 use crate::event::{Event, Text};
