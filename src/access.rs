@@ -105,6 +105,7 @@ pub const ROUTES: &[Rule] = &[
     rule("GET", "/v1/admins", ManageAdmins, None),
     rule("POST", "/v1/admins", ManageAdmins, Some("ADMIN_CREATED")),
     rule("DELETE", "/v1/admins/{admin_id}", ManageAdmins, Some("ADMIN_DELETED")),
+    global("GET", "/v1/status", ReadConfig, None),
     rule("GET", "/v1/tenants", ReadConfig, None),
     global("POST", "/v1/tenants", Change, Some("TENANT_CREATED")),
     rule("GET", "/v1/tenants/{tenant}/apis", ReadConfig, None),

@@ -58,6 +58,7 @@ impl AdminState {
 /// Builds the admin router. Everything but `/healthz` needs an admin token.
 pub fn router(state: AdminState) -> Router {
     let protected = Router::new()
+        .route("/v1/status", get(status))
         .route("/v1/tenants", get(list_tenants).post(create_tenant))
         .route("/v1/tenants/{tenant}/apis", get(list_apis).post(create_api))
         .route("/v1/tenants/{tenant}/consumers", get(list_consumers).post(create_consumer))
@@ -265,6 +266,12 @@ struct CreateTenant {
 async fn create_tenant(State(s): State<AdminState>, body: Bytes) -> Result<Response, ApiError> {
     let req: CreateTenant = parse_body(&body)?;
     Ok(created(to_value(s.control.create_tenant(&req.id, &req.name)?)))
+}
+
+/// The process's version and the audit pipeline's counters: whether events
+/// are being dropped, how far the writer is behind, whether commits fail.
+async fn status(State(s): State<AdminState>) -> Json<Value> {
+    Json(json!({"version": env!("CARGO_PKG_VERSION"), "audit_pipeline": s.audit.status()}))
 }
 
 async fn list_tenants(State(s): State<AdminState>, Extension(actor): Extension<Actor>) -> Result<Json<Value>, ApiError> {

@@ -33,13 +33,36 @@ use crate::store::audit::erasure::{ErasureJob, ErasureReport, ErasureRequest};
 use crate::store::audit::AuditWriterStore;
 use crate::store::StoreError;
 
-/// Counters visible to operators.
+/// Counters visible to operators (`GET /v1/status`, see [`AuditPipeline::status`]).
 #[derive(Debug, Default)]
 pub struct PipelineStats {
     pub accepted: AtomicU64,
     pub committed: AtomicU64,
     pub dropped: AtomicU64,
     pub commit_failures: AtomicU64,
+}
+
+/// A snapshot of the pipeline for operators, counted since the process started.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PipelineStatus {
+    /// Events handed to the writer.
+    pub accepted: u64,
+    /// Events committed to the store.
+    pub committed: u64,
+    /// Accepted and not yet committed: in the queue or in the writer's batch.
+    pub uncommitted: u64,
+    /// Successful-call events dropped because the queue was full (or the
+    /// pipeline was stopping). Failed, refused and security events are never dropped.
+    pub dropped: u64,
+    /// Batches the store refused; the writer retries them.
+    pub commit_failures: u64,
+    /// Events waiting in the queue for the writer's next batch.
+    pub queued: usize,
+    pub queue_capacity: usize,
+    /// What a full queue does to successful-call events: `drop` or `block`.
+    pub queue_full: &'static str,
+    /// How long the oldest queued event has waited, in milliseconds (0 when none).
+    pub oldest_queued_ms: u64,
 }
 
 /// What producers and the writer share.
@@ -146,6 +169,29 @@ impl AuditPipeline {
 
     pub fn stats(&self) -> &PipelineStats {
         &self.shared.stats
+    }
+
+    /// The counters and the queue as they are now.
+    pub fn status(&self) -> PipelineStatus {
+        let (queued, oldest) = {
+            let queue = self.shared.lock();
+            (queue.pending.len(), queue.oldest)
+        };
+        let stats = &self.shared.stats;
+        let committed = stats.committed.load(Ordering::Relaxed);
+        let accepted = stats.accepted.load(Ordering::Relaxed);
+        PipelineStatus {
+            accepted,
+            committed,
+            // The writer may commit an event before its producer counts it.
+            uncommitted: accepted.saturating_sub(committed),
+            dropped: stats.dropped.load(Ordering::Relaxed),
+            commit_failures: stats.commit_failures.load(Ordering::Relaxed),
+            queued,
+            queue_capacity: self.capacity,
+            queue_full: if self.block_when_full { "block" } else { "drop" },
+            oldest_queued_ms: oldest.map_or(0, |t| t.elapsed().as_millis() as u64),
+        }
     }
 
     /// Hands an event to the writer, unless the logging settings leave it

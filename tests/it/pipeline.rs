@@ -8,6 +8,7 @@ use keytrail::audit::AuditPipeline;
 use keytrail::config::{AuditConfig, QueueFullPolicy};
 use keytrail::event::{Category, Event};
 use keytrail::store::audit::AuditReader;
+use serde_json::json;
 
 fn config(queue_full: QueueFullPolicy, log_api_calls: bool) -> AuditConfig {
     AuditConfig {
@@ -86,4 +87,75 @@ async fn switching_off_successful_calls_keeps_failures() {
     pipeline.shutdown().await;
     pipeline.record(request(500));
     assert_eq!(pipeline.stats().dropped.load(Ordering::Relaxed), 1, "after shutdown an event is counted as dropped");
+}
+
+/// `GET /v1/status` shows operators what the pipeline counts: calls through
+/// the gateway accepted and committed, none dropped; with a queue too small
+/// for a burst, the drops; and no key in any of it.
+#[tokio::test]
+async fn the_status_endpoint_shows_commits_and_drops() {
+    use crate::util::{start_upstream, Admin, TestServer};
+    let up = format!("http://{}", start_upstream().await);
+    let ts = TestServer::start().await;
+    let admin = ts.admin_client();
+    let (_, _, key) = admin.setup("acme", "/v1", &up).await;
+    for _ in 0..20 {
+        let res = ts.client.get(format!("{}/v1/items", ts.gateway)).header("x-api-key", &key).send().await.unwrap();
+        assert_eq!(res.status(), 200);
+    }
+    ts.flush().await;
+    let a = admin.get("/v1/status").await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    let p = &a.body["audit_pipeline"];
+    let (accepted, committed) = (p["accepted"].as_u64().unwrap(), p["committed"].as_u64().unwrap());
+    // The 20 calls and the setup's admin activity; the status read itself records nothing.
+    assert!(accepted >= 20, "{}", a.text);
+    assert_eq!(committed, accepted, "flushed: {}", a.text);
+    assert_eq!((p["uncommitted"].as_u64(), p["queued"].as_u64(), p["dropped"].as_u64()), (Some(0), Some(0), Some(0)), "{}", a.text);
+    assert_eq!((p["queue_capacity"].as_u64(), p["queue_full"].as_str()), (Some(100_000), Some("drop")));
+    assert_eq!(p["commit_failures"], 0);
+    assert_eq!(a.body["version"], env!("CARGO_PKG_VERSION"));
+    assert!(!a.text.contains(&key) && !a.text.contains(&key[key.len() - 12..]), "{}", a.text);
+
+    // Without a token, or with a wrong one: refused, nothing counted shown.
+    let anonymous = Admin { token: String::new(), ..admin.clone() };
+    let wrong = Admin { token: "not-a-token".into(), ..admin.clone() };
+    for caller in [anonymous, wrong] {
+        let a = caller.get("/v1/status").await;
+        assert_eq!((a.status, a.body["error"]["code"].as_str()), (401, Some("unauthorized")), "{}", a.text);
+        assert!(!a.text.contains("audit_pipeline"));
+    }
+    // Only GET.
+    let a = admin.post("/v1/status", json!({})).await;
+    assert_eq!(a.status, 405, "{}", a.text);
+
+    // A queue of 4 and a writer that waits five seconds: a burst of 30 calls
+    // fills it; the drops are counted and shown, the failed call is kept.
+    let slow = TestServer::start_with(tempfile::tempdir().unwrap(), |c| {
+        c.audit.queue_capacity = 4;
+        c.audit.flush_interval = Duration::from_millis(5000);
+    })
+    .await;
+    let admin = slow.admin_client();
+    let (_, _, key) = admin.setup("acme", "/v1", &up).await;
+    slow.flush().await;
+    let before = admin.get("/v1/status").await.body["audit_pipeline"]["accepted"].as_u64().unwrap();
+    for _ in 0..30 {
+        let res = slow.client.get(format!("{}/v1/items", slow.gateway)).header("x-api-key", &key).send().await.unwrap();
+        assert_eq!(res.status(), 200);
+    }
+    let res = slow.client.get(format!("{}/v1/items", slow.gateway)).header("x-api-key", "kt_wrong").send().await.unwrap();
+    assert_eq!(res.status(), 401);
+    let a = admin.get("/v1/status").await;
+    let p = &a.body["audit_pipeline"];
+    let (accepted, dropped) = (p["accepted"].as_u64().unwrap() - before, p["dropped"].as_u64().unwrap());
+    assert_eq!(accepted + dropped, 31 + 1, "every call (and the refused one's security event) is accepted or dropped: {}", a.text);
+    assert!(dropped >= 26, "a queue of 4 holds at most 4 of the 30: {}", a.text);
+    assert!(p["queued"].as_u64().unwrap() <= accepted, "{}", a.text);
+    assert!(p["oldest_queued_ms"].as_u64().is_some(), "{}", a.text);
+    slow.flush().await;
+    let a = admin.get("/v1/status").await;
+    let p = &a.body["audit_pipeline"];
+    assert_eq!((p["uncommitted"].as_u64(), p["queued"].as_u64()), (Some(0), Some(0)), "{}", a.text);
+    assert_eq!(p["dropped"].as_u64(), Some(dropped), "{}", a.text);
 }
