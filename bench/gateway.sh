@@ -123,6 +123,15 @@ done
 sleep 0.3
 LOGGED=$(curl -sf -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$KTA/v1/audit/bench?limit=1" | python3 -c 'import json,sys; print(json.load(sys.stdin)["logs"][0]["seq"])')
 echo "audit trail of the keytrail run holds $LOGGED events (newest seq)"
+# A run that dropped events (queue full) would flatter the audit trail's
+# cost: the pipeline's counters must show every event committed, none dropped.
+curl -sf -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$KTA/v1/status" | python3 -c '
+import json, sys
+p = json.load(sys.stdin)["audit_pipeline"]
+print("audit pipeline: %(accepted)d accepted, %(committed)d committed, %(dropped)d dropped" % p)
+if p["dropped"]:
+    sys.exit("the audit pipeline dropped events during the run: its cost is understated; results discarded")
+'
 
 python3 - "$RESULTS" "$TCK" "$CONNS" <<'PY'
 import re, sys, statistics
@@ -156,7 +165,14 @@ for c in order:
     cpu_s = "-" if cpu != cpu else f"{cpu:.1f}"
     print(f"| {c} | {rps:,.0f} ({runs}) | {rps/m[('nginx', conns)][0]:.2f}x | {rps/m[('direct', conns)][0]:.2f}x | {p50:.2f} | {p99:.2f} | {cpu_s} |")
 lo, nolog = m[("keytrail", conns)][0], m[("keytrail-nolog", conns)][0]
-print(f"\nrequest logging costs {100*(1-lo/nolog):.1f} % of throughput (keytrail vs keytrail-nolog)")
+print(f"\nrequest logging costs {100*(1-lo/nolog):.1f} % of throughput (keytrail vs keytrail-nolog, medians)")
+# The two run back to back in each round, so a round's ratio is less moved
+# by the machine's slow and fast spells than the ratio of the medians.
+pairs = list(zip(rows[("keytrail", conns)], rows[("keytrail-nolog", conns)]))  # in round order
+tput = [100 * (1 - a[0] / b[0]) for a, b in pairs]
+cpu = [100 * (a[3] / b[3] - 1) for a, b in pairs]
+print(f"per round: throughput cost {', '.join(f'{x:.1f}' for x in tput)} % (median {med(tput):.1f} %); "
+      f"CPU per request +{', +'.join(f'{x:.1f}' for x in cpu)} % (median +{med(cpu):.1f} %)")
 print(f"\n### one connection (wrk -t1 -c1): latency added over a direct call\n")
 print("| configuration | p50 ms | added p50 µs | p99 ms |")
 print("| --- | --- | --- | --- |")
