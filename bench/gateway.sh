@@ -172,7 +172,7 @@ pairs = list(zip(rows[("keytrail", conns)], rows[("keytrail-nolog", conns)]))  #
 tput = [100 * (1 - a[0] / b[0]) for a, b in pairs]
 cpu = [100 * (a[3] / b[3] - 1) for a, b in pairs]
 print(f"per round: throughput cost {', '.join(f'{x:.1f}' for x in tput)} % (median {med(tput):.1f} %); "
-      f"CPU per request +{', +'.join(f'{x:.1f}' for x in cpu)} % (median +{med(cpu):.1f} %)")
+      f"CPU per request {', '.join(f'{x:+.1f}' for x in cpu)} % (median {med(cpu):+.1f} %)")
 print(f"\n### one connection (wrk -t1 -c1): latency added over a direct call\n")
 print("| configuration | p50 ms | added p50 µs | p99 ms |")
 print("| --- | --- | --- | --- |")
