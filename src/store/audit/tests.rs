@@ -395,13 +395,17 @@ fn meta_db_gets_the_heads_once_a_second_and_when_the_store_is_dropped() {
         let meta = Connection::open(dir.join(META_FILE)).unwrap();
         meta.query_row("SELECT seq FROM heads WHERE tenant = 'acme'", [], |r| r.get(0)).ok()
     };
+    let opened = std::time::Instant::now();
     let mut store = AuditWriterStore::open(dir.path()).unwrap();
     let mut batch = events(50, DAY0, 1_000, 3);
     store.insert_batch(&mut batch).unwrap();
     let head = *store.heads().get("acme").unwrap();
     // The day file has the head at once; meta.db's copy waits for the
-    // rollups' second rather than costing a transaction per batch.
-    assert_eq!(meta_head(dir.path()), None);
+    // rollups' second rather than costing a transaction per batch (unless
+    // this machine stalled for that second, when the batch was due to save it).
+    if opened.elapsed() < std::time::Duration::from_millis(900) {
+        assert_eq!(meta_head(dir.path()), None);
+    }
     drop(store);
     assert_eq!(meta_head(dir.path()), Some(head.seq as i64));
     // So a day file that retention deletes after a short run leaves its head behind.
