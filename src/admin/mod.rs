@@ -55,7 +55,8 @@ impl AdminState {
     }
 }
 
-/// Builds the admin router. Everything but `/healthz` needs an admin token.
+/// Builds the admin router. Everything but `/healthz`, `/openapi.json` and
+/// the login needs an admin token.
 pub fn router(state: AdminState) -> Router {
     let protected = Router::new()
         .route("/v1/status", get(status))
@@ -87,11 +88,21 @@ pub fn router(state: AdminState) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), guard));
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/openapi.json", get(openapi))
         .route("/v1/auth/login", post(admins::login))
         .merge(protected)
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such endpoint") })
         .method_not_allowed_fallback(|| async { ApiError::from_code(ErrorCode::MethodNotAllowed) })
         .with_state(state)
+}
+
+/// The OpenAPI 3.1 document of this API, written by hand and kept true to
+/// the router and [`access::ROUTES`] by `tests/it/openapi.rs`.
+const OPENAPI: &str = include_str!("openapi.json");
+
+/// `GET /openapi.json`: the document above, for anyone (like `/healthz`).
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], OPENAPI)
 }
 
 /// The bearer token of a request, if it carries one.

@@ -12,6 +12,7 @@ mod gateway;
 mod integrity;
 mod lifecycle;
 mod mmdb;
+mod openapi;
 mod pipeline;
 mod policy;
 mod process;
