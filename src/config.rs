@@ -38,6 +38,10 @@ pub struct GatewayFile {
     pub upstream_timeout_ms: Option<u64>,
     #[serde(default, deserialize_with = "timeout_ms")]
     pub connect_timeout_ms: Option<u64>,
+    /// Time a client connection has to send a request head, the wait for
+    /// its first byte (and between calls on a kept connection) included.
+    #[serde(default, deserialize_with = "timeout_ms")]
+    pub head_timeout_ms: Option<u64>,
     /// Failed authentications from one address, within the window, after
     /// which it is blocked; 0 turns the automatic block off.
     #[serde(default, deserialize_with = "bruteforce_failures")]
@@ -154,6 +158,9 @@ pub struct GatewayConfig {
     /// Time allowed for the upstream to send its response headers.
     pub upstream_timeout: Duration,
     pub connect_timeout: Duration,
+    /// Time a client connection has to send a request head (idle time
+    /// before it included); a slower one is closed.
+    pub head_timeout: Duration,
     /// 0: no automatic brute-force blocks.
     pub bruteforce_failures: u32,
     pub bruteforce_window: Duration,
@@ -277,6 +284,7 @@ pub fn resolve(file: FileConfig, overrides: Overrides) -> Result<Config, ConfigE
             listen: gateway_listen,
             upstream_timeout: Duration::from_millis(file.gateway.upstream_timeout_ms.unwrap_or(30_000)),
             connect_timeout: Duration::from_millis(file.gateway.connect_timeout_ms.unwrap_or(5_000)),
+            head_timeout: Duration::from_millis(file.gateway.head_timeout_ms.unwrap_or(30_000)),
             bruteforce_failures: file.gateway.bruteforce_failures.unwrap_or(20) as u32,
             bruteforce_window: Duration::from_secs(file.gateway.bruteforce_window_secs.unwrap_or(60)),
             bruteforce_block: Duration::from_secs(file.gateway.bruteforce_block_secs.unwrap_or(900)),
@@ -387,6 +395,21 @@ mod tests {
         assert_eq!(c.retention.archive_dir, PathBuf::from("./keytrail-data/archive"));
         assert_eq!(c.retention.interval, Duration::from_secs(3600));
         assert_eq!(c.retention.archive_zstd_level, 3);
+        assert_eq!(c.gateway.head_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn the_head_timeout_is_set_and_checked() {
+        let c = resolve(parse("[gateway]\nhead_timeout_ms = 2500\n").unwrap(), Overrides::default()).unwrap();
+        assert_eq!(c.gateway.head_timeout, Duration::from_millis(2500));
+        for bad in ["0", "3600001"] {
+            let err = parse(&format!("[gateway]\nhead_timeout_ms = {bad}\n")).unwrap_err().to_string();
+            assert!(err.contains("line 2") && err.contains("between 1 and 3600000"), "{bad}: {err}");
+        }
+        let err = parse("[gateway]\nhead_timeout_ms = -5\n").unwrap_err().to_string();
+        assert!(err.contains("line 2") && err.contains("-5"), "{err}");
+        let err = parse("[gateway]\nhead_timeout_ms = \"30s\"\n").unwrap_err().to_string();
+        assert!(err.contains("line 2") && err.contains("\"30s\""), "{err}");
     }
 
     #[test]

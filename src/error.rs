@@ -27,6 +27,9 @@ pub enum ErrorCode {
     NoRoute,
     UpstreamUnavailable,
     UpstreamTimeout,
+    /// The client did not send its request head in time (recorded; the
+    /// connection is closed unanswered).
+    RequestTimeout,
     // Admin and audit API.
     Unauthorized,
     InvalidBody,
@@ -56,6 +59,7 @@ impl ErrorCode {
             ErrorCode::NoRoute => "no_route",
             ErrorCode::UpstreamUnavailable => "upstream_unavailable",
             ErrorCode::UpstreamTimeout => "upstream_timeout",
+            ErrorCode::RequestTimeout => "request_timeout",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::InvalidBody => "invalid_body",
             ErrorCode::InvalidParameter => "invalid_parameter",
@@ -84,6 +88,7 @@ impl ErrorCode {
             ErrorCode::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorCode::InvalidBody | ErrorCode::InvalidParameter => StatusCode::BAD_REQUEST,
             ErrorCode::Conflict => StatusCode::CONFLICT,
+            ErrorCode::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -107,6 +112,7 @@ impl ErrorCode {
             ErrorCode::NoRoute => "no API is configured for this path",
             ErrorCode::UpstreamUnavailable => "the upstream service could not be reached",
             ErrorCode::UpstreamTimeout => "the upstream service did not answer in time",
+            ErrorCode::RequestTimeout => "the request head did not arrive in time",
             ErrorCode::Unauthorized => "a valid admin token is required: send `Authorization: Bearer <token>`",
             ErrorCode::InvalidBody => "the request body is not valid",
             ErrorCode::InvalidParameter => "a query parameter is not valid",

@@ -42,9 +42,6 @@ use super::upstream::ConnectionUpstreams;
 use super::{Call, Gateway, Malformed};
 use crate::error::{ApiError, ErrorCode};
 
-/// How long a connection may take to send a request head, waiting for its
-/// first byte included (hyper's `header_read_timeout` after a hand-over).
-pub const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest head this loop reads; a larger one goes to hyper (up to its own limit).
 pub const MAX_FAST_HEAD: usize = 16 * 1024;
 /// Most headers in a request head (hyper's default).
@@ -76,7 +73,9 @@ pub async fn serve(
 ) {
     let upstreams = Arc::new(ConnectionUpstreams::new(gateway.upstreams.clone(), peer));
     let probe = shutdown.clone();
+    let head_timeout = gateway.head_timeout;
     let mut conn = Client {
+        head_timeout,
         stream,
         inbuf: InBuf::default(),
         out: Vec::new(),
@@ -91,6 +90,12 @@ pub async fn serve(
             Next::BadTarget(malformed) => {
                 gateway.record_malformed(peer, malformed);
                 let _ = conn.answer_bad_target().await;
+                return;
+            }
+            Next::Slow => {
+                // Closed unanswered, as hyper does; an idle connection
+                // (nothing of a head sent) is not recorded.
+                gateway.record_malformed(peer, Malformed::Slow { received: conn.inbuf.len() });
                 return;
             }
             Next::Other => break,
@@ -121,7 +126,7 @@ pub async fn serve(
     let connection = hyper::server::conn::http1::Builder::new()
         // The header-read timeout on one kept timer, not one per request.
         .timer(ConnectionTimer::default())
-        .header_read_timeout(HEAD_TIMEOUT)
+        .header_read_timeout(head_timeout)
         // A request head gets the room an upstream's response head gets;
         // a larger one is refused (431) rather than buffered and proxied.
         .max_buf_size(h1::MAX_HEAD)
@@ -142,12 +147,16 @@ enum Next {
     Call(Call, bool),
     BadTarget(Malformed),
     Other,
-    /// Closed, timed out, or shutting down.
+    /// Part of a head, and the head timeout passed.
+    Slow,
+    /// Closed, timed out while idle, or shutting down.
     Done,
 }
 
 /// The client connection while this loop serves it.
 struct Client {
+    /// The gateway's head timeout (see [`super::Gateway`]).
+    head_timeout: Duration,
     stream: TcpStream,
     inbuf: InBuf,
     /// The response's head (and small body), kept for the next call.
@@ -173,7 +182,7 @@ impl Client {
                 Parsed::Partial => {}
             }
             let deadline = *deadline.get_or_insert_with(|| {
-                let at = Instant::now() + HEAD_TIMEOUT;
+                let at = Instant::now() + self.head_timeout;
                 self.timer.arm(at);
                 at
             });
@@ -198,6 +207,7 @@ impl Client {
             })
             .await;
             match read {
+                Err(e) if e.kind() == io::ErrorKind::TimedOut && !self.inbuf.is_empty() => return Next::Slow,
                 Ok(0) | Err(_) => return Next::Done,
                 Ok(_) => {}
             }

@@ -57,6 +57,8 @@ pub struct Gateway {
     audit: Arc<AuditPipeline>,
     upstreams: Arc<Upstreams>,
     upstream_timeout: Duration,
+    /// How long a client connection may take to send a request head.
+    head_timeout: Duration,
     attack_rules: AttackRules,
     history: History,
     failures: FailureCounter,
@@ -117,6 +119,7 @@ impl Gateway {
             audit,
             upstreams: Upstreams::new(config.connect_timeout),
             upstream_timeout: config.upstream_timeout,
+            head_timeout: config.head_timeout,
             attack_rules: AttackRules::default(),
             history: History::default(),
             failures: FailureCounter::new(config.bruteforce_failures, config.bruteforce_window),
@@ -126,8 +129,9 @@ impl Gateway {
         }
     }
 
-    /// Records a request that the HTTP layer refused with a 400 before
-    /// [`Gateway::handle`] could take it: a request event and a security
+    /// Records a request that the HTTP layer refused (400, 431) or gave up
+    /// on (408: a head not sent in time) before [`Gateway::handle`] could
+    /// take it: a request event and a security
     /// event (`request_blocked`, reason `MALFORMED_REQUEST`, as the attack
     /// rules give a badly encoded path), under the system tenant, since no
     /// route was looked up.
@@ -150,11 +154,16 @@ impl Gateway {
             Malformed::TooLarge => {
                 ("builtin:malformed-length", StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "the request head is larger than this gateway reads")
             }
+            Malformed::Slow { received } => {
+                event.request_size_bytes = Some(*received as u64);
+                ("builtin:slow-head", StatusCode::REQUEST_TIMEOUT, "the request head did not arrive within the head timeout")
+            }
         };
         event.client_ip = Some(client.to_string().into());
         event.country = self.geo.country(client).map(Text::from);
         event.status_code = Some(status.as_u16());
-        event.error_code = Some(Text::from_static(ErrorCode::InvalidParameter.as_str()));
+        let code = if matches!(malformed, Malformed::Slow { .. }) { ErrorCode::RequestTimeout } else { ErrorCode::InvalidParameter };
+        event.error_code = Some(Text::from_static(code.as_str()));
         event.error_message = Some(message.to_string());
         let threat_score = self.history.score(client, MALFORMED_SCORE, event.timestamp_ms);
         let details = serde_json::json!({ "block_reason": "MALFORMED_REQUEST", "rule_id": rule, "threat_score": threat_score });
@@ -526,6 +535,9 @@ pub enum Malformed {
     Http,
     /// A head larger than hyper reads (it answered 431).
     TooLarge,
+    /// Part of a head, the rest of which did not come within the head
+    /// timeout (how slowloris holds connections open): closed unanswered.
+    Slow { received: usize },
 }
 
 /// The threat score a malformed request adds to its address's history

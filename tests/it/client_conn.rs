@@ -299,3 +299,68 @@ async fn an_idle_connection_closes_at_shutdown_and_a_busy_one_gets_its_answer() 
     assert!(closes(&mut idle).await, "the idle connection is closed");
     let _ts = tokio::time::timeout(Duration::from_secs(10), stopping).await.expect("shutdown finishes").unwrap();
 }
+
+/// Slowloris: a head that never ends, however steadily its bytes keep
+/// coming, is cut off at the head timeout (which starts at the connection,
+/// not at each byte) and recorded; a connection that sends nothing, and a
+/// kept one idle after its call, are closed at the same time unrecorded.
+#[tokio::test]
+async fn a_slow_head_is_cut_off_at_the_head_timeout_and_recorded() {
+    let timeout = Duration::from_millis(400);
+    let ts = TestServer::start_with(tempfile::tempdir().unwrap(), |c| c.gateway.head_timeout = timeout).await;
+    let up = start_upstream().await;
+    let admin = ts.admin_client();
+    let (_, _, key) = admin.setup("acme", "/api", &format!("http://{up}")).await;
+    let addr = ts.gateway.trim_start_matches("http://").to_string();
+
+    let mut kept = TcpStream::connect(&addr).await.unwrap();
+    kept.write_all(call("GET", "/api/x", &key, "").as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    assert_eq!(read_answer(&mut kept, &mut buf, false).await.status, 200, "a prompt call is answered");
+    let mut silent = TcpStream::connect(&addr).await.unwrap();
+
+    let started = std::time::Instant::now();
+    let (mut reader, mut writer) = TcpStream::connect(&addr).await.unwrap().into_split();
+    let head = format!("GET /api/x HTTP/1.1\r\nHost: gw\r\nX-API-Key: {key}\r\nX-Slow: ");
+    writer.write_all(head.as_bytes()).await.unwrap();
+    // A byte every 50 ms for up to 5 s, never the blank line that ends the head.
+    let trickle = tokio::spawn(async move {
+        let mut sent = 0usize;
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if writer.write_all(b"a").await.is_err() {
+                break;
+            }
+            sent += 1;
+        }
+        sent
+    });
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(5), reader.read(&mut byte)).await;
+    let closed_after = started.elapsed();
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "the slow head's connection was not closed: {read:?}");
+    assert!(closed_after >= timeout - Duration::from_millis(50), "closed before the timeout: {closed_after:?}");
+    assert!(closed_after < Duration::from_secs(3), "the trickle kept the connection open for {closed_after:?}");
+    trickle.abort();
+    assert!(closes(&mut silent).await, "a connection that sends nothing is closed too");
+    assert!(closes(&mut kept).await, "and so is a kept one that idles past the timeout");
+
+    // Only the slow head is in the trail: a refused request (408) and a
+    // security event, under the system tenant, without the key it carried.
+    let security = admin.wait_for("/v1/audit/_system/security?event_type=request_blocked", "events", 1).await;
+    let logs = admin.wait_for("/v1/audit/_system?status_min=408&status_max=408", "logs", 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    ts.flush().await;
+    let security_now = admin.get("/v1/audit/_system/security?event_type=request_blocked").await.body["events"].as_array().unwrap().len();
+    let logs_now = admin.get("/v1/audit/_system?status_min=400").await.body["logs"].as_array().unwrap().len();
+    assert_eq!((security_now, logs_now), (1, 1), "the idle connections were recorded too");
+    assert_eq!((security[0]["details"]["rule_id"].as_str(), security[0]["details"]["block_reason"].as_str()), (Some("builtin:slow-head"), Some("MALFORMED_REQUEST")), "{security:?}");
+    assert_eq!(security[0]["actor"], "ip:127.0.0.1");
+    let e = &logs[0];
+    assert_eq!((e["status_code"].as_u64(), e["error_code"].as_str(), e["client_ip"].as_str()), (Some(408), Some("request_timeout"), Some("127.0.0.1")), "{e}");
+    let received = e["request_size_bytes"].as_u64().unwrap() as usize;
+    assert!(received > head.len() && received < head.len() + 100, "bytes received {received}, head {}", head.len());
+    assert_eq!(security[0]["request_id"], e["request_id"]);
+    let everything = admin.get("/v1/audit/_system/export/json?category=all").await.text;
+    assert!(!everything.contains(&key), "the slow head's key reached the trail");
+}

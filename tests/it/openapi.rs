@@ -203,13 +203,13 @@ fn every_error_code() -> Vec<&'static str> {
     use ErrorCode::*;
     let all = [
         MissingKey, InvalidKey, ExpiredKey, RevokedKey, ConsumerSuspended, RateLimited, Forbidden, InsufficientScope, UnknownApi,
-        PayloadTooLarge, LengthRequired, NoRoute, UpstreamUnavailable, UpstreamTimeout, Unauthorized, InvalidBody,
+        PayloadTooLarge, LengthRequired, NoRoute, UpstreamUnavailable, UpstreamTimeout, RequestTimeout, Unauthorized, InvalidBody,
         InvalidParameter, NotFound, Conflict, MethodNotAllowed, Internal, Unavailable,
     ];
     for code in all {
         match code {
             MissingKey | InvalidKey | ExpiredKey | RevokedKey | ConsumerSuspended | RateLimited | Forbidden | InsufficientScope
-            | UnknownApi | PayloadTooLarge | LengthRequired | NoRoute | UpstreamUnavailable | UpstreamTimeout | Unauthorized
+            | UnknownApi | PayloadTooLarge | LengthRequired | NoRoute | UpstreamUnavailable | UpstreamTimeout | RequestTimeout | Unauthorized
             | InvalidBody | InvalidParameter | NotFound | Conflict | MethodNotAllowed | Internal | Unavailable => {}
         }
     }
