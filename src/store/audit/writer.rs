@@ -641,6 +641,11 @@ impl AuditWriterStore {
                 out.rollups.add(tenant, e.timestamp_ms, consumer, path, method, e.status_code.unwrap_or(0), e.latency_us.unwrap_or(0));
             }
         }
+        // Sealing (zstd) and the commit that follows run without a break:
+        // step aside before them too, unless the last step aside was just now.
+        if events.len() % YIELD_EVERY >= YIELD_EVERY / 4 {
+            std::thread::yield_now();
+        }
         let mut rest: Vec<OpenBlock> = open.into_values().collect();
         rest.sort_by_key(|b| b.first_seq);
         for block in rest {
