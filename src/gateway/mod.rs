@@ -139,7 +139,7 @@ impl Gateway {
         let mut event = Event::new(Text::from_static(SYSTEM_TENANT), Category::Request, Text::from_static("request"), Text::from_static("failure"));
         event.request_id = Some(event::new_id_at(event.timestamp_ms));
         let mut client = peer.ip();
-        let (rule, status, message) = match &malformed {
+        let (rule, status, code, message) = match &malformed {
             Malformed::Target { method, target, headers } => {
                 event.method = Some(method_text(method));
                 // As text, without the query, and no longer than the attack rules read.
@@ -148,21 +148,25 @@ impl Gateway {
                 event.path = Some(path);
                 client = self.client_of(peer.ip(), headers);
                 event.user_agent = headers.get("user-agent").map(user_agent_text);
-                ("builtin:malformed-target", StatusCode::BAD_REQUEST, "the request target is not a valid URI path")
+                ("builtin:malformed-target", StatusCode::BAD_REQUEST, ErrorCode::InvalidParameter, "the request target is not a valid URI path")
             }
-            Malformed::Http => ("builtin:malformed-http", StatusCode::BAD_REQUEST, "not an HTTP/1 request this gateway can read"),
-            Malformed::TooLarge => {
-                ("builtin:malformed-length", StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "the request head is larger than this gateway reads")
+            Malformed::Http => {
+                ("builtin:malformed-http", StatusCode::BAD_REQUEST, ErrorCode::InvalidParameter, "not an HTTP/1 request this gateway can read")
             }
+            Malformed::TooLarge => (
+                "builtin:malformed-length",
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                ErrorCode::InvalidParameter,
+                "the request head is larger than this gateway reads",
+            ),
             Malformed::Slow { received } => {
                 event.request_size_bytes = Some(*received as u64);
-                ("builtin:slow-head", StatusCode::REQUEST_TIMEOUT, "the request head did not arrive within the head timeout")
+                ("builtin:slow-head", StatusCode::REQUEST_TIMEOUT, ErrorCode::RequestTimeout, "the request head did not arrive within the head timeout")
             }
         };
         event.client_ip = Some(client.to_string().into());
         event.country = self.geo.country(client).map(Text::from);
         event.status_code = Some(status.as_u16());
-        let code = if matches!(malformed, Malformed::Slow { .. }) { ErrorCode::RequestTimeout } else { ErrorCode::InvalidParameter };
         event.error_code = Some(Text::from_static(code.as_str()));
         event.error_message = Some(message.to_string());
         let threat_score = self.history.score(client, MALFORMED_SCORE, event.timestamp_ms);
