@@ -107,6 +107,7 @@ fn ingest_keytrail(dir: &Path, total: u64, days: u64) -> IngestResult {
         batch_max_events: 10_000,
         queue_capacity: 100_000,
         queue_full: QueueFullPolicy::Block,
+        durability: Default::default(),
         log_api_calls: true,
         sample_seed: None,
         checkpoint_every_events: 10_000,

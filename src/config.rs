@@ -78,6 +78,9 @@ pub struct AuditFile {
     pub queue_capacity: Option<u64>,
     /// What happens to a successful-call event when the queue is full.
     pub queue_full: Option<QueueFullPolicy>,
+    /// Whether a gateway response waits for its event's commit.
+    #[serde(default, deserialize_with = "durability")]
+    pub durability: Option<Durability>,
     /// Whether successful calls (2xx/3xx) are recorded at all: the global
     /// `log_api_calls` setting until an admin changes it over the API.
     pub log_api_calls: Option<bool>,
@@ -101,6 +104,21 @@ pub enum QueueFullPolicy {
     Drop,
     /// Wait for room in the queue (nothing is lost; the request waits).
     Block,
+}
+
+/// When a proxied call's event is committed, relative to its response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// The response goes out at once; its event is committed within the
+    /// flush interval (a crash can lose that last interval's events).
+    #[default]
+    Async,
+    /// The end of the response waits until its event (and any security
+    /// event recorded with it) is committed: a response the client got in
+    /// full is in the trail, whatever happens to the process afterwards.
+    /// Events are then never dropped for a full queue.
+    Sync,
 }
 
 /// `[retention]`: the global retention until an admin changes it over the
@@ -177,6 +195,7 @@ pub struct AuditConfig {
     pub batch_max_events: usize,
     pub queue_capacity: usize,
     pub queue_full: QueueFullPolicy,
+    pub durability: Durability,
     pub log_api_calls: bool,
     pub sample_seed: Option<u64>,
     pub checkpoint_every_events: u64,
@@ -302,6 +321,7 @@ pub fn resolve(file: FileConfig, overrides: Overrides) -> Result<Config, ConfigE
             batch_max_events: file.audit.batch_max_events.unwrap_or(10_000) as usize,
             queue_capacity: file.audit.queue_capacity.unwrap_or(100_000) as usize,
             queue_full: file.audit.queue_full.unwrap_or(QueueFullPolicy::Drop),
+            durability: file.audit.durability.unwrap_or_default(),
             log_api_calls: file.audit.log_api_calls.unwrap_or(true),
             sample_seed: file.audit.sample_seed,
             checkpoint_every_events: file.audit.checkpoint_every_events.unwrap_or(10_000),
@@ -342,6 +362,16 @@ fn flush_interval_ms<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::
     // The promise is "committed within 100 ms"; allow up to a second
     // for operators who trade latency for bigger batches.
     bounded(d, 1, 1_000)
+}
+
+fn durability<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Durability>, D::Error> {
+    use serde::de::Error;
+    let wanted = "`async` or `sync`";
+    match String::deserialize(d).map_err(|e| D::Error::custom(format!("durability is {wanted} ({})", e.to_string().trim())))?.as_str() {
+        "async" => Ok(Some(Durability::Async)),
+        "sync" => Ok(Some(Durability::Sync)),
+        other => Err(D::Error::custom(format!("durability is {wanted}, not `{other}`"))),
+    }
 }
 
 fn batch_max_events<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
@@ -396,6 +426,9 @@ mod tests {
         assert_eq!(c.retention.interval, Duration::from_secs(3600));
         assert_eq!(c.retention.archive_zstd_level, 3);
         assert_eq!(c.gateway.head_timeout, Duration::from_secs(30));
+        assert_eq!(c.audit.durability, Durability::Async);
+        let c = resolve(parse("[audit]\ndurability = \"sync\"\n").unwrap(), Overrides::default()).unwrap();
+        assert_eq!(c.audit.durability, Durability::Sync);
     }
 
     #[test]
@@ -453,6 +486,11 @@ mod tests {
 
         let err = parse("[audit]\nqueue_full = \"wait\"\n").unwrap_err().to_string();
         assert!(err.contains("line 2") && err.contains("drop"), "{err}");
+
+        let err = parse("[audit]\ndurability = \"fsync\"\n").unwrap_err().to_string();
+        assert!(err.contains("line 2") && err.contains("`async`") && err.contains("`sync`"), "{err}");
+        let err = parse("[audit]\ndurability = true\n").unwrap_err().to_string();
+        assert!(err.contains("line 2") && err.contains("`async` or `sync`"), "{err}");
 
         let err = parse("data_dir = \n").unwrap_err().to_string();
         assert!(err.contains("line 1"), "{err}");

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 
-use crate::config::{AuditConfig, QueueFullPolicy};
+use crate::config::{AuditConfig, Durability, QueueFullPolicy};
 use crate::event::{Category, Event};
 use crate::settings::{CallClass, LoggingPolicy, LoggingSettings, Sampler};
 use crate::store::audit::erasure::{ErasureJob, ErasureReport, ErasureRequest};
@@ -98,6 +98,8 @@ pub struct AuditPipeline {
     capacity: usize,
     batch_max: usize,
     block_when_full: bool,
+    /// `audit.durability = "sync"`: see [`record_committed`](Self::record_committed).
+    sync: bool,
     /// Which events are kept; replaced by the control plane on every change.
     policy: ArcSwap<LoggingPolicy>,
     /// The global settings before any admin changed them (from the config).
@@ -144,6 +146,7 @@ impl AuditPipeline {
             capacity: config.queue_capacity,
             batch_max: config.batch_max_events,
             block_when_full: config.queue_full == QueueFullPolicy::Block,
+            sync: config.durability == Durability::Sync,
             policy: ArcSwap::from_pointee(LoggingPolicy { global: defaults, tenants: Default::default() }),
             defaults,
             sampler: Sampler::new(config.sample_seed.unwrap_or_else(rand::random)),
@@ -197,9 +200,28 @@ impl AuditPipeline {
     /// Hands an event to the writer, unless the logging settings leave it
     /// out. Never waits, unless the operator chose `queue_full = "block"` and
     /// the queue is full.
-    pub fn record(&self, mut event: Event) {
+    pub fn record(&self, event: Event) {
+        self.enqueue(event, false);
+    }
+
+    /// Whether the gateway's responses wait for their events' commits
+    /// (`audit.durability = "sync"`).
+    pub fn sync(&self) -> bool {
+        self.sync
+    }
+
+    /// [`record`](Self::record), and a receiver that hears when the batch
+    /// holding the event is committed — and with it every event recorded
+    /// before it; `None` when the logging settings leave the event out.
+    /// Such an event is never dropped for a full queue: its caller waits
+    /// for the commit, which bounds the queue by the callers waiting.
+    pub fn record_committed(&self, event: Event) -> Option<tokio::sync::oneshot::Receiver<()>> {
+        self.enqueue(event, true)
+    }
+
+    fn enqueue(&self, mut event: Event, wait_commit: bool) -> Option<tokio::sync::oneshot::Receiver<()>> {
         if !self.policy.load().keeps(&event, &self.sampler) {
-            return;
+            return None;
         }
         let successful_call = event.category() == Category::Request && CallClass::of(&event) == CallClass::Successful;
         event.sanitize();
@@ -208,16 +230,16 @@ impl AuditPipeline {
             drop(queue);
             self.shared.stats.dropped.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(event_type = %event.event_type, "audit pipeline is stopped; event dropped");
-            return;
+            return None;
         }
-        if successful_call && queue.pending.len() >= self.capacity {
+        if successful_call && !wait_commit && queue.pending.len() >= self.capacity {
             if !self.block_when_full {
                 drop(queue);
                 let dropped = self.shared.stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
                 if dropped.is_power_of_two() {
                     tracing::warn!(dropped, "audit queue full: successful-call events are being dropped");
                 }
-                return;
+                return None;
             }
             // The operator chose to wait for room rather than lose the event.
             while queue.pending.len() >= self.capacity && !queue.stopping {
@@ -233,13 +255,24 @@ impl AuditPipeline {
         }
         queue.pending.push(event);
         let full = queue.pending.len() >= self.batch_max;
+        // The writer takes the waiters with the events queued before them,
+        // and answers them once those are committed.
+        let committed = wait_commit.then(|| {
+            let (ack, committed) = tokio::sync::oneshot::channel();
+            queue.flush_waiters.push(ack);
+            committed
+        });
+        let first_waiter = wait_commit && queue.flush_waiters.len() == 1;
         drop(queue);
         self.shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
         // Wake the writer only when it needs to change what it is waiting for:
-        // a first event while it idles (to start the flush clock) or a full batch.
-        if (first && self.shared.writer_idle.load(Ordering::Acquire)) || full {
+        // a first event while it idles (to start the flush clock), a full
+        // batch, or a first caller waiting for a commit (a batch is due now;
+        // callers that come while it is committed join the next one).
+        if (first && self.shared.writer_idle.load(Ordering::Acquire)) || full || first_waiter {
             self.writer_thread.unpark();
         }
+        committed
     }
 
     /// Waits until every event recorded before this call is committed.
@@ -281,6 +314,17 @@ impl AuditPipeline {
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
     }
+}
+
+/// A test-only fault: with `KEYTRAIL_FAILPOINT=slow_commit:<ms>` in the
+/// environment, every batch waits that long before it is committed, as on
+/// a slow disk (the window in which a crash loses what `async` acknowledged).
+fn slow_commit() -> Option<Duration> {
+    static SET: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
+    *SET.get_or_init(|| {
+        let ms = std::env::var("KEYTRAIL_FAILPOINT").ok()?.strip_prefix("slow_commit:")?.parse().ok()?;
+        Some(Duration::from_millis(ms))
+    })
 }
 
 type ErasureAnswer = tokio::sync::oneshot::Sender<Result<ErasureReport, StoreError>>;
@@ -330,12 +374,14 @@ impl Writer {
             if !batch.is_empty() {
                 self.commit(&mut batch);
             }
-            self.erasure_step();
-            batch.clear();
-            spare = batch;
+            // Callers waiting for the commit (flushes, and responses under
+            // `durability = "sync"`) hear of it before any erasure step runs.
             for waiter in waiters {
                 let _ = waiter.send(());
             }
+            self.erasure_step();
+            batch.clear();
+            spare = batch;
             if stopping && self.shared.lock().pending.is_empty() {
                 // An erasure under way is finished before the writer stops.
                 while self.erasure.is_some() || !self.waiting_erasures.is_empty() {
@@ -402,6 +448,9 @@ impl Writer {
     /// Sequences, hashes and commits the batch, retrying until the store
     /// accepts it: a failing disk stalls the writer rather than losing events.
     fn commit(&mut self, batch: &mut Vec<Event>) {
+        if let Some(delay) = slow_commit() {
+            std::thread::sleep(delay);
+        }
         let total = batch.len() as u64;
         let mut attempt = 0u32;
         loop {

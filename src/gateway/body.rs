@@ -98,7 +98,9 @@ pub struct Finisher {
 }
 
 impl Finisher {
-    fn finish(mut self, response_bytes: u64, completed: bool, body_error: bool) {
+    /// Records the event; under `durability = "sync"`, with a receiver
+    /// that hears when it is committed.
+    fn finish(mut self, response_bytes: u64, completed: bool, body_error: bool) -> Option<tokio::sync::oneshot::Receiver<()>> {
         let e = &mut self.event;
         e.latency_us = Some(self.started.elapsed().as_micros() as u64);
         e.response_size_bytes = Some(response_bytes);
@@ -112,7 +114,12 @@ impl Finisher {
             e.error_code.get_or_insert_with(|| Text::from_static("client_disconnected"));
             e.error_message.get_or_insert_with(|| "the client went away before the response was complete".into());
         }
-        self.audit.record(self.event);
+        if self.audit.sync() {
+            self.audit.record_committed(self.event)
+        } else {
+            self.audit.record(self.event);
+            None
+        }
     }
 }
 
@@ -130,6 +137,17 @@ pub struct GatewayBody {
     finisher: Option<Box<Finisher>>,
     /// A proxied answer's headers (see [`GatewayBody::take_proxied_head`]).
     proxied: Option<ProxiedHead>,
+    /// Under `durability = "sync"`: the body's length when it is known
+    /// (the data frame that reaches it is the answer's last piece).
+    sync_length: Option<u64>,
+    /// Under `durability = "sync"`: the answer's last piece — its last data
+    /// frame, or its end — held back until its event is committed.
+    held: Option<Held>,
+}
+
+struct Held {
+    committed: tokio::sync::oneshot::Receiver<()>,
+    last: Option<Frame<Bytes>>,
 }
 
 /// The headers of a proxied answer: the upstream's as they came, and the
@@ -184,14 +202,34 @@ impl ProxiedHead {
 
 impl GatewayBody {
     pub fn full(bytes: Bytes, finisher: Finisher) -> Self {
-        GatewayBody { inner: Inner::Full(Some(bytes)), sent: 0, errored: false, finisher: Some(Box::new(finisher)), proxied: None }
+        Self::new(Inner::Full(Some(bytes)), finisher, None)
     }
 
     /// A proxied answer's body, with its headers riding along (the
     /// response's own header map stays empty).
     pub(super) fn upstream(body: UpstreamBody<CountingBody>, finisher: Finisher, head: ProxiedHead) -> Self {
-        let finisher = Some(Box::new(finisher));
-        GatewayBody { inner: Inner::Upstream(body), sent: 0, errored: false, finisher, proxied: Some(head) }
+        Self::new(Inner::Upstream(body), finisher, Some(head))
+    }
+
+    fn new(inner: Inner, finisher: Finisher, proxied: Option<ProxiedHead>) -> Self {
+        let sync = finisher.audit.sync();
+        let mut body = GatewayBody { inner, sent: 0, errored: false, finisher: Some(Box::new(finisher)), proxied, sync_length: None, held: None };
+        if sync {
+            body.sync_length = body.size_hint().exact();
+        }
+        body
+    }
+
+    /// Under `durability = "sync"`, for an answer that carries no body
+    /// bytes (to a `HEAD` request, a 204 or 304, an empty body): records the
+    /// event and waits for its commit. Called before the head is sent,
+    /// since the head alone completes such an answer.
+    pub async fn settle_bodiless(&mut self) {
+        let Some(finisher) = self.finisher.take_if(|f| f.audit.sync()) else { return };
+        if let Some(committed) = (*finisher).finish(self.sent, true, self.errored) {
+            // An error means the writer stopped: the answer is not held forever.
+            let _ = committed.await;
+        }
     }
 
     /// A proxied answer's headers, once.
@@ -204,6 +242,26 @@ impl GatewayBody {
             (*f).finish(self.sent, completed, self.errored);
         }
     }
+
+    /// The answer's last piece has come: records the event and, under
+    /// `durability = "sync"`, holds the piece back until it is committed.
+    fn finish_last(&mut self, last: Option<Frame<Bytes>>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        let committed = self.finisher.take().and_then(|f| (*f).finish(self.sent, true, self.errored));
+        match committed {
+            Some(committed) => {
+                self.held = Some(Held { committed, last });
+                self.poll_held(cx)
+            }
+            None => Poll::Ready(last.map(Ok)),
+        }
+    }
+
+    fn poll_held(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        let held = self.held.as_mut().expect("called with a held piece");
+        // An error means the writer stopped: the answer is not held forever.
+        let _ = std::task::ready!(std::future::Future::poll(Pin::new(&mut held.committed), cx));
+        Poll::Ready(self.held.take().expect("checked above").last.map(Ok))
+    }
 }
 
 impl Body for GatewayBody {
@@ -212,27 +270,37 @@ impl Body for GatewayBody {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         let this = &mut *self;
+        if this.held.is_some() {
+            return this.poll_held(cx);
+        }
         let polled = match &mut this.inner {
             Inner::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Inner::Upstream(body) => Pin::new(body).poll_frame(cx),
         };
-        match &polled {
+        match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     this.sent += data.len() as u64;
+                    if this.sync_length == Some(this.sent) {
+                        return this.finish_last(Some(frame), cx);
+                    }
                 }
+                Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(_))) => {
+            Poll::Ready(Some(Err(error))) => {
                 this.errored = true;
                 this.finish(false);
+                Poll::Ready(Some(Err(error)))
             }
-            Poll::Ready(None) => this.finish(true),
-            Poll::Pending => {}
+            Poll::Ready(None) => this.finish_last(None, cx),
+            Poll::Pending => Poll::Pending,
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
+        if self.held.is_some() {
+            return false;
+        }
         match &self.inner {
             Inner::Full(bytes) => bytes.is_none(),
             Inner::Upstream(body) => body.is_end_stream(),

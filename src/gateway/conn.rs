@@ -115,7 +115,12 @@ pub async fn serve(
     let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
         let (gateway, upstreams) = (gateway.clone(), upstreams.clone());
         async move {
+            let head_request = req.method() == Method::HEAD;
             let mut response = gateway.handle(peer, &upstreams, Call::from_request(req.map(ClientBody::Hyper))).await;
+            let status = response.status();
+            if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED || response.body().size_hint().exact() == Some(0) {
+                response.body_mut().settle_bodiless().await;
+            }
             // hyper writes the header map only: a proxied answer's headers join it.
             if let Some(head) = response.body_mut().take_proxied_head() {
                 head.into_header_map(response.headers_mut());
@@ -248,6 +253,9 @@ impl Client {
         let declared = proxied.as_ref().and_then(|p| p.upstream.content_length()).filter(|_| !no_content);
         let length = if bodiless { declared } else { declared.or(body.size_hint().exact()) };
         let framing = Framing { length, chunked: !bodiless && length.is_none(), close };
+        if bodiless || length == Some(0) {
+            body.settle_bodiless().await;
+        }
         let mut out = std::mem::take(&mut self.out);
         out.clear();
         encode_head(&mut out, parts.status, &parts.headers, proxied.as_ref(), framing);

@@ -7,6 +7,7 @@ mod admin_log;
 mod app_events;
 mod audit_api;
 mod client_conn;
+mod durability;
 mod erasure;
 mod gateway;
 mod integrity;

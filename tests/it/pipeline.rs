@@ -17,6 +17,7 @@ fn config(queue_full: QueueFullPolicy, log_api_calls: bool) -> AuditConfig {
         batch_max_events: 1_000_000,
         queue_capacity: 16,
         queue_full,
+        durability: Default::default(),
         log_api_calls,
         sample_seed: None,
         checkpoint_every_events: 10_000,

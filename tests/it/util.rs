@@ -33,6 +33,7 @@ fn full(text: impl Into<Bytes>) -> UpBody {
 
 /// A real HTTP upstream. Behaviour by the last path segment:
 /// - `…/download?bytes=N`: streams N bytes in 64 KiB chunks;
+/// - `…/chunked?n=N`: streams N pieces of `piece\n` with no length (chunked);
 /// - `…/upload`: reads the body as a stream and answers its length;
 /// - `…/slow?ms=N`: waits N ms, then answers;
 /// - `…/status/NNN`: answers with that status;
@@ -85,6 +86,10 @@ async fn upstream(req: Request<Incoming>) -> Result<Response<UpBody>, Infallible
         let mut res = Response::new(BodyExt::boxed(StreamBody::new(stream)));
         res.headers_mut().insert("content-length", total.into());
         return Ok(res);
+    }
+    if last == "chunked" {
+        let pieces = (0..query_number(&req, "n")).map(|_| Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"piece\n"))));
+        return Ok(Response::new(BodyExt::boxed(StreamBody::new(futures_util::stream::iter(pieces)))));
     }
     if last == "upload" {
         let mut body = req.into_body();
