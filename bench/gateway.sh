@@ -9,6 +9,8 @@
 #
 #   bash bench/gateway.sh                  # full run (5 x 8 s per configuration)
 #   BENCH_SMOKE=1 bash bench/gateway.sh    # seconds-long run that checks the script works
+#   KEYTRAIL_CONFIG=f.toml bash bench/gateway.sh   # the audit-on keytrail with that config
+#                                          # (e.g. [audit] durability = "sync")
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -71,7 +73,7 @@ start_keytrail() { # data gateway admin [config]
   echo "keytrail did not start:"; cat "$1.out"; exit 1
 }
 printf '[audit]\nlog_api_calls = false\n' > "$WORK/nolog.toml"
-start_keytrail "$WORK/kt" "$KT" "$KTA"
+start_keytrail "$WORK/kt" "$KT" "$KTA" "${KEYTRAIL_CONFIG:-}"
 start_keytrail "$WORK/kt2" "$KT2" "$KTA2" "$WORK/nolog.toml"
 KEY=$(setup_keytrail "$KTA" "$UP")
 KEY2=$(setup_keytrail "$KTA2" "$UP")
