@@ -37,6 +37,7 @@ pub mod retention;
 pub mod rollup;
 pub mod salts;
 pub mod stats;
+mod wal;
 pub mod writer;
 
 use std::path::{Path, PathBuf};

@@ -803,3 +803,34 @@ fn an_erasure_runs_a_day_file_at_a_time_while_events_keep_coming() {
     assert!(kept.iter().all(|e| e.client_ip.as_deref() == Some("192.0.2.99")));
     assert!(chain.iter().any(|s| s.event.consumer_id.as_deref() == Some("cons_4") && s.event.client_ip.is_some()), "others keep theirs");
 }
+
+#[test]
+fn wal_checkpoints_run_on_their_own_thread_not_in_a_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = AuditWriterStore::open(dir.path()).unwrap();
+    let all = events(wal::COMMITS_PER_CHECKPOINT as usize + 10, DAY0 + 3_600_000, 60_000, 11);
+    store.insert_batch(&mut all[..1].to_vec()).unwrap();
+    let day = dir.path().join(day_file_name(day_of(all[0].timestamp_ms)));
+    // The new file holds its schema; its events are in the WAL.
+    let created = std::fs::metadata(&day).unwrap().len();
+    // One small commit each, as under `durability = "sync"`: the writer's
+    // connection never checkpoints, so the file grows only if the
+    // checkpointer ran.
+    for e in &all[1..wal::COMMITS_PER_CHECKPOINT as usize] {
+        store.insert_batch(&mut vec![e.clone()]).unwrap();
+    }
+    assert_eq!(std::fs::metadata(&day).unwrap().len(), created, "checkpointed before it was asked");
+    for e in &all[wal::COMMITS_PER_CHECKPOINT as usize..] {
+        store.insert_batch(&mut vec![e.clone()]).unwrap();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::fs::metadata(&day).unwrap().len() == created {
+        assert!(std::time::Instant::now() < deadline, "no checkpoint 10 s after {} commits", wal::COMMITS_PER_CHECKPOINT);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // Everything is still there, in order, chained.
+    drop(store);
+    let reader = AuditReader::open(dir.path()).unwrap();
+    let back = newest_first(&reader, "acme").len() + newest_first(&reader, "globex").len();
+    assert_eq!(back, all.len());
+}

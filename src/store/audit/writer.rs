@@ -205,6 +205,10 @@ struct DayWriter {
     salts: FxHashMap<(u32, u32), [u8; 32]>,
     new_salts: Vec<(u32, u32, String, [u8; 32])>,
     last_used: u64,
+    /// Commits and events since the last WAL checkpoint was asked for
+    /// (see [`super::wal`]).
+    wal_commits: u32,
+    wal_events: u64,
     /// Dropped after `conn` (fields drop in order): the day is named open
     /// until its connection is closed.
     _open: Option<OpenDay>,
@@ -213,8 +217,8 @@ struct DayWriter {
 impl DayWriter {
     fn open(path: &Path, last_used: u64) -> Result<DayWriter, StoreError> {
         let conn = open_day_file(path)?;
-        // The writer's own tuning: fewer, larger WAL checkpoints.
-        conn.pragma_update(None, "wal_autocheckpoint", 10_000)?;
+        // Checkpoints run on their own thread (`super::wal`), never in a commit.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         rollup::register_merge_functions(&conn)?;
         let dict = Dictionary::load(&conn)?;
         let methods = dict.ids.iter().map(|(v, id)| (*id, rollup::method_index(v))).collect();
@@ -233,6 +237,8 @@ impl DayWriter {
             salts,
             new_salts: Vec::new(),
             last_used,
+            wal_commits: 0,
+            wal_events: 0,
             _open: None,
         };
         day.replay_rollups()?;
@@ -391,6 +397,7 @@ pub struct AuditWriterStore {
     compressor: zstd::bulk::Compressor<'static>,
     last_rollup_write: Instant,
     uses: u64,
+    wal: super::wal::WalCheckpointer,
 }
 
 impl AuditWriterStore {
@@ -433,6 +440,7 @@ impl AuditWriterStore {
             imported_salts: FxHashMap::default(),
             days: BTreeMap::new(),
             compressor: super::block::new_compressor()?,
+            wal: super::wal::WalCheckpointer::start()?,
             last_rollup_write: Instant::now(),
             uses: 0,
         };
@@ -504,6 +512,12 @@ impl AuditWriterStore {
             let result = self.build_day(day, &mut batch[committed..end], &mut heads).and_then(|day_batch| {
                 let writer = day_writer(&mut self.days, &self.dir, &mut self.uses, day)?;
                 commit_day(writer, &day_batch, rollups_due)?;
+                writer.wal_commits += 1;
+                writer.wal_events += (end - committed) as u64;
+                if writer.wal_commits >= super::wal::COMMITS_PER_CHECKPOINT || writer.wal_events >= super::wal::EVENTS_PER_CHECKPOINT {
+                    (writer.wal_commits, writer.wal_events) = (0, 0);
+                    self.wal.ask(self.dir.join(day_file_name(day)));
+                }
                 writer.dict.added.clear();
                 writer.new_salts.clear();
                 if rollups_due {
