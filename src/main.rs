@@ -429,6 +429,12 @@ fn main() -> ExitCode {
     } else {
         tokio::runtime::Builder::new_multi_thread()
     };
+    if one_core {
+        // Callers waiting for a commit (`audit.durability = "sync"`) share
+        // one when the runtime runs out of work.
+        builder.on_thread_park(keytrail::audit::runtime_parking);
+        keytrail::audit::runtime_calls_parking_hook();
+    }
     let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(error) => {

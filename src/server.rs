@@ -147,6 +147,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let retention_signer = Arc::new(
         crate::signing::Signer::load_or_create(&key_path).with_context(|| format!("cannot read the signing key {}", key_path.display()))?,
     );
+    audit.commit_when_runtime_idle();
     let store = ControlStore::open(&config.data_dir.join("control.db")).context("cannot open the control store")?;
     let control = Arc::new(
         ControlPlane::open(store, audit.clone())

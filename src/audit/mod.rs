@@ -81,6 +81,40 @@ struct Shared {
     stats: PipelineStats,
     /// Set by the writer while it sleeps with nothing pending.
     writer_idle: AtomicBool,
+    /// Commit waiters wait for the runtime to run out of ready work (see
+    /// [`runtime_parking`]) rather than making their batch due at once.
+    commit_when_idle: AtomicBool,
+    /// Some caller waits for a commit.
+    waiting_commit: AtomicBool,
+    /// The runtime ran out of ready work while a caller waited for a commit.
+    runtime_idle: AtomicBool,
+}
+
+/// Pipelines whose commit waiters wait for the runtime to run out of ready
+/// work, with their writer threads.
+static IDLE_COMMITS: Mutex<Vec<(std::sync::Weak<Shared>, Thread)>> = Mutex::new(Vec::new());
+/// Set when the runtime calls [`runtime_parking`] before it parks.
+static PARK_HOOK: AtomicBool = AtomicBool::new(false);
+
+/// Says that this process's runtime (one thread) calls [`runtime_parking`]
+/// from its `on_thread_park` hook.
+pub fn runtime_calls_parking_hook() {
+    PARK_HOOK.store(true, Ordering::Relaxed);
+}
+
+/// For a one-thread runtime's `on_thread_park` hook: the runtime has no
+/// ready task left, so every caller waiting for a commit is waiting for
+/// nothing else — their batch is due now, as large as it will get.
+pub fn runtime_parking() {
+    let Ok(list) = IDLE_COMMITS.try_lock() else { return };
+    for (shared, writer) in list.iter() {
+        if let Some(shared) = shared.upgrade() {
+            if shared.waiting_commit.load(Ordering::Acquire) {
+                shared.runtime_idle.store(true, Ordering::Release);
+                writer.unpark();
+            }
+        }
+    }
 }
 
 impl Shared {
@@ -126,6 +160,9 @@ impl AuditPipeline {
             queue: Mutex::new(Queue { pending: Vec::new(), oldest: None, flush_waiters: Vec::new(), erasures: Vec::new(), stopping: false }),
             stats: PipelineStats::default(),
             writer_idle: AtomicBool::new(false),
+            commit_when_idle: AtomicBool::new(false),
+            waiting_commit: AtomicBool::new(false),
+            runtime_idle: AtomicBool::new(false),
         });
         let writer = Writer {
             store,
@@ -263,6 +300,12 @@ impl AuditPipeline {
             committed
         });
         let first_waiter = wait_commit && queue.flush_waiters.len() == 1;
+        if first_waiter {
+            self.shared.waiting_commit.store(true, Ordering::Release);
+        }
+        // Under the runtime's park hook the waiter's batch is due when the
+        // runtime has nothing else to do (or at the flush interval).
+        let first_waiter = first_waiter && !self.shared.commit_when_idle.load(Ordering::Relaxed);
         drop(queue);
         self.shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
         // Wake the writer only when it needs to change what it is waiting for:
@@ -273,6 +316,19 @@ impl AuditPipeline {
             self.writer_thread.unpark();
         }
         committed
+    }
+
+    /// Makes commit waiters wait for the runtime to run out of ready work,
+    /// when the runtime calls [`runtime_parking`] before it parks (a
+    /// one-thread runtime built with that hook); otherwise does nothing.
+    pub fn commit_when_runtime_idle(&self) {
+        if !PARK_HOOK.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut list = IDLE_COMMITS.lock().unwrap_or_else(|e| e.into_inner());
+        list.retain(|(shared, _)| shared.strong_count() > 0);
+        list.push((Arc::downgrade(&self.shared), self.writer_thread.clone()));
+        self.shared.commit_when_idle.store(true, Ordering::Relaxed);
     }
 
     /// Waits until every event recorded before this call is committed.
@@ -348,7 +404,8 @@ impl Writer {
                 self.waiting_erasures.extend(queue.erasures.drain(..));
                 let due = queue.oldest.map(|t| t + self.flush_interval);
                 let ready = queue.stopping
-                    || !queue.flush_waiters.is_empty()
+                    || (!queue.flush_waiters.is_empty()
+                        && (!self.shared.commit_when_idle.load(Ordering::Relaxed) || self.shared.runtime_idle.swap(false, Ordering::AcqRel)))
                     || self.erasure.is_some()
                     || !self.waiting_erasures.is_empty()
                     || queue.pending.len() >= self.batch_max
@@ -369,6 +426,7 @@ impl Writer {
                 }
                 queue.oldest = None;
                 let batch = std::mem::replace(&mut queue.pending, std::mem::take(&mut spare));
+                self.shared.waiting_commit.store(false, Ordering::Release);
                 (batch, std::mem::take(&mut queue.flush_waiters), queue.stopping)
             };
             if !batch.is_empty() {

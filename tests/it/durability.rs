@@ -185,3 +185,53 @@ async fn after_kill_9_under_load_every_answer_sync_gave_is_in_the_verified_trail
     assert!(lost > 0, "async: all {} answered calls committed within 700 ms of a 1 s flush interval", acknowledged.len());
     assert!(verified, "async: what was committed still verifies");
 }
+
+#[tokio::test]
+async fn on_one_core_sync_answers_share_commits_when_the_runtime_runs_out_of_work() {
+    // Pinned to one core, the binary runs a one-thread runtime whose park
+    // hook makes waiting callers' batch due; with a one-second flush
+    // interval, an answer that waited for anything else would take a second.
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = start_upstream().await;
+    let config = dir.path().join("sync.toml");
+    std::fs::write(&config, "[audit]\ndurability = \"sync\"\nflush_interval_ms = 1000\n").unwrap();
+    let (stdout_path, stderr_path) = (dir.path().join("out"), dir.path().join("err"));
+    let data = dir.path().join("data");
+    let child = std::process::Command::new("taskset")
+        .args(["-c", "0", crate::util::binary(), "serve", "--config", config.to_str().unwrap(), "--data-dir", data.to_str().unwrap()])
+        .args(["--gateway-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .env("KEYTRAIL_BOOTSTRAP_TOKEN", ADMIN_TOKEN)
+        .stdout(std::fs::File::create(&stdout_path).unwrap())
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
+        .spawn()
+        .expect("taskset (util-linux) runs the binary on one core");
+    let mut p = Process { child, stdout_path, stderr_path };
+    let gateway = p.address_after("gateway listening on ");
+    let admin = Admin { base: p.address_after("admin API listening on "), token: ADMIN_TOKEN.into(), client: http() };
+    let (_, _, key) = admin.setup("acme", "/docs", &format!("http://{upstream}")).await;
+
+    let started = Instant::now();
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        let (key, url) = (key.clone(), format!("{gateway}/docs/fixed"));
+        clients.push(tokio::spawn(async move {
+            let client = http();
+            let mut ids = Vec::new();
+            for _ in 0..10 {
+                let (status, id) = call(&client, "GET", &url, Some(&key), None).await;
+                assert_eq!(status, 200);
+                ids.push(id);
+            }
+            ids
+        }));
+    }
+    let mut answered = Vec::new();
+    for client in clients {
+        answered.extend(client.await.unwrap());
+    }
+    // 10 calls in a row per client: ~10 s if each waited for the flush interval.
+    assert!(started.elapsed() < Duration::from_secs(5), "80 sync calls took {:?}", started.elapsed());
+    let committed = committed_request_ids(&admin).await;
+    assert!(answered.iter().all(|id| committed.contains(id)), "an answered call is not in the trail");
+    assert!(p.interrupt_and_wait().success());
+}
