@@ -118,6 +118,16 @@ pub fn runtime_parking() {
 }
 
 impl Shared {
+    /// Queues a caller waiting for the commit of everything queued so far.
+    fn wait_for_commit(&self, queue: &mut Queue) -> tokio::sync::oneshot::Receiver<()> {
+        let (ack, committed) = tokio::sync::oneshot::channel();
+        queue.flush_waiters.push(ack);
+        if queue.flush_waiters.len() == 1 {
+            self.waiting_commit.store(true, Ordering::Release);
+        }
+        committed
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
         // Pushing to a Vec cannot leave it half-changed, so a poisoned lock is safe to reuse.
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
@@ -294,18 +304,11 @@ impl AuditPipeline {
         let full = queue.pending.len() >= self.batch_max;
         // The writer takes the waiters with the events queued before them,
         // and answers them once those are committed.
-        let committed = wait_commit.then(|| {
-            let (ack, committed) = tokio::sync::oneshot::channel();
-            queue.flush_waiters.push(ack);
-            committed
-        });
-        let first_waiter = wait_commit && queue.flush_waiters.len() == 1;
-        if first_waiter {
-            self.shared.waiting_commit.store(true, Ordering::Release);
-        }
+        let committed = wait_commit.then(|| self.shared.wait_for_commit(&mut queue));
         // Under the runtime's park hook the waiter's batch is due when the
         // runtime has nothing else to do (or at the flush interval).
-        let first_waiter = first_waiter && !self.shared.commit_when_idle.load(Ordering::Relaxed);
+        let first_waiter =
+            wait_commit && queue.flush_waiters.len() == 1 && !self.shared.commit_when_idle.load(Ordering::Relaxed);
         drop(queue);
         self.shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
         // Wake the writer only when it needs to change what it is waiting for:
@@ -333,14 +336,13 @@ impl AuditPipeline {
 
     /// Waits until every event recorded before this call is committed.
     pub async fn flush(&self) {
-        let (ack, done) = tokio::sync::oneshot::channel();
-        {
+        let done = {
             let mut queue = self.shared.lock();
             if queue.stopping {
                 return;
             }
-            queue.flush_waiters.push(ack);
-        }
+            self.shared.wait_for_commit(&mut queue)
+        };
         self.writer_thread.unpark();
         let _ = done.await;
     }
@@ -404,8 +406,12 @@ impl Writer {
                 self.waiting_erasures.extend(queue.erasures.drain(..));
                 let due = queue.oldest.map(|t| t + self.flush_interval);
                 let ready = queue.stopping
+                    // Waiters for a commit: at once, unless they wait for
+                    // the runtime to run out of work (nothing queued: no wait).
                     || (!queue.flush_waiters.is_empty()
-                        && (!self.shared.commit_when_idle.load(Ordering::Relaxed) || self.shared.runtime_idle.swap(false, Ordering::AcqRel)))
+                        && (queue.pending.is_empty()
+                            || !self.shared.commit_when_idle.load(Ordering::Relaxed)
+                            || self.shared.runtime_idle.swap(false, Ordering::AcqRel)))
                     || self.erasure.is_some()
                     || !self.waiting_erasures.is_empty()
                     || queue.pending.len() >= self.batch_max
@@ -427,6 +433,8 @@ impl Writer {
                 queue.oldest = None;
                 let batch = std::mem::replace(&mut queue.pending, std::mem::take(&mut spare));
                 self.shared.waiting_commit.store(false, Ordering::Release);
+                // A park seen during the last commit is no signal for the next.
+                self.shared.runtime_idle.store(false, Ordering::Release);
                 (batch, std::mem::take(&mut queue.flush_waiters), queue.stopping)
             };
             if !batch.is_empty() {
