@@ -278,6 +278,25 @@ impl Admin {
         (a.body["key_id"].as_str().unwrap().to_string(), a.body["key"].as_str().unwrap().to_string())
     }
 
+    /// Every entry of an audit list (`path` with its query, e.g.
+    /// `/v1/audit/acme?limit=4`), following `next_cursor` page by page.
+    pub async fn all_logs(&self, path: &str) -> Vec<Value> {
+        let mut logs = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = match &cursor {
+                Some(c) => self.get(&format!("{path}&cursor={c}")).await,
+                None => self.get(path).await,
+            };
+            assert_eq!(page.status, 200, "{}", page.text);
+            logs.extend(page.body["logs"].as_array().unwrap().iter().cloned());
+            match page.body["next_cursor"].as_str() {
+                Some(next) => cursor = Some(next.to_string()),
+                None => return logs,
+            }
+        }
+    }
+
     /// Polls the audit API until `path` answers a list (under `field`) with at
     /// least `n` entries, or fails after five seconds.
     pub async fn wait_for(&self, path: &str, field: &str, n: usize) -> Vec<Value> {
