@@ -128,6 +128,12 @@ enum Inner {
     Upstream(UpstreamBody<CountingBody>),
 }
 
+/// Whether an answer with `status` to a call carries no body whatever its
+/// body holds: to a `HEAD`, a 1xx, 204 or 304 (RFC 9110 §6.4.1).
+pub fn no_body(head_request: bool, status: http::StatusCode) -> bool {
+    head_request || status.is_informational() || status == http::StatusCode::NO_CONTENT || status == http::StatusCode::NOT_MODIFIED
+}
+
 /// The body of every gateway response.
 pub struct GatewayBody {
     inner: Inner,
@@ -221,10 +227,13 @@ impl GatewayBody {
     }
 
     /// Under `durability = "sync"`, for an answer that carries no body
-    /// bytes (to a `HEAD` request, a 204 or 304, an empty body): records the
-    /// event and waits for its commit. Called before the head is sent,
-    /// since the head alone completes such an answer.
-    pub async fn settle_bodiless(&mut self) {
+    /// bytes (see [`no_body`], or an empty body): records the event and
+    /// waits for its commit. Called before the head is sent, since the head
+    /// alone completes such an answer.
+    pub async fn settle_if_bodiless(&mut self, head_request: bool, status: http::StatusCode) {
+        if !no_body(head_request, status) && self.size_hint().exact() != Some(0) {
+            return;
+        }
         let Some(finisher) = self.finisher.take_if(|f| f.audit.sync()) else { return };
         if let Some(committed) = (*finisher).finish(self.sent, true, self.errored) {
             // An error means the writer stopped: the answer is not held forever.
@@ -235,6 +244,13 @@ impl GatewayBody {
     /// A proxied answer's headers, once.
     pub(super) fn take_proxied_head(&mut self) -> Option<ProxiedHead> {
         self.proxied.take()
+    }
+
+    fn inner_at_end(&self) -> bool {
+        match &self.inner {
+            Inner::Full(bytes) => bytes.is_none(),
+            Inner::Upstream(body) => body.is_end_stream(),
+        }
     }
 
     fn finish(&mut self, completed: bool) {
@@ -298,13 +314,12 @@ impl Body for GatewayBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        if self.held.is_some() {
+        // Under `durability = "sync"` the end is held until the event is
+        // committed: hyper must poll for it, not end the answer on its own.
+        if self.held.is_some() || self.finisher.as_ref().is_some_and(|f| f.audit.sync()) {
             return false;
         }
-        match &self.inner {
-            Inner::Full(bytes) => bytes.is_none(),
-            Inner::Upstream(body) => body.is_end_stream(),
-        }
+        self.inner_at_end()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -320,7 +335,54 @@ impl Drop for GatewayBody {
     fn drop(&mut self) {
         // Hyper may drop a body it knows is finished without polling it to
         // the end; that still counts as complete.
-        let completed = self.is_end_stream();
+        let completed = self.inner_at_end();
         self.finish(completed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use bytes::Bytes;
+    use http_body::Body;
+    use http_body_util::BodyExt;
+
+    use super::{Finisher, GatewayBody};
+    use crate::audit::AuditPipeline;
+    use crate::config::{resolve, Durability, FileConfig, Overrides};
+    use crate::event::{Category, Event};
+
+    /// Under `sync`, hyper must not see the end before the event is
+    /// committed: it ends an answer on its own once `is_end_stream` says so.
+    #[tokio::test]
+    async fn under_sync_the_end_is_not_announced_before_the_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = resolve(FileConfig::default(), Overrides::default()).unwrap().audit;
+        config.durability = Durability::Sync;
+        config.flush_interval = std::time::Duration::from_millis(1000);
+        let audit = Arc::new(AuditPipeline::start(dir.path().to_path_buf(), &config).unwrap());
+        let finisher = || Finisher {
+            event: Event::new("acme", Category::Request, "request", "success"),
+            started: Instant::now(),
+            request_bytes: None,
+            audit: audit.clone(),
+        };
+        // An answer of known length: its last data frame is held.
+        let mut body = GatewayBody::full(Bytes::from_static(b"whole answer"), finisher());
+        let frame = body.frame().await.unwrap().unwrap();
+        assert_eq!(frame.into_data().unwrap(), Bytes::from_static(b"whole answer"));
+        assert_eq!(audit.status().committed, 1, "the last piece came out before its event was committed");
+        assert!(body.is_end_stream());
+        assert!(body.frame().await.is_none());
+        // A body already at its end (an upstream's whose terminator came
+        // with its last piece) is not announced as ended: its end is polled
+        // for, and held.
+        let mut body = GatewayBody::new(super::Inner::Full(None), finisher(), None);
+        assert!(!body.is_end_stream());
+        assert!(body.frame().await.is_none());
+        assert_eq!(audit.status().committed, 2, "the end came out before its event was committed");
+        audit.shutdown().await;
     }
 }

@@ -118,9 +118,7 @@ pub async fn serve(
             let head_request = req.method() == Method::HEAD;
             let mut response = gateway.handle(peer, &upstreams, Call::from_request(req.map(ClientBody::Hyper))).await;
             let status = response.status();
-            if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED || response.body().size_hint().exact() == Some(0) {
-                response.body_mut().settle_bodiless().await;
-            }
+            response.body_mut().settle_if_bodiless(head_request, status).await;
             // hyper writes the header map only: a proxied answer's headers join it.
             if let Some(head) = response.body_mut().take_proxied_head() {
                 head.into_header_map(response.headers_mut());
@@ -248,14 +246,12 @@ impl Client {
         let status = parts.status.as_u16();
         // Never a body nor a length (RFC 9110 §8.6).
         let no_content = (100..200).contains(&status) || status == 204;
-        let bodiless = head_request || no_content || status == 304;
+        let bodiless = super::body::no_body(head_request, parts.status);
         // A `HEAD` answer and a 304 tell the length of the body they leave out.
         let declared = proxied.as_ref().and_then(|p| p.upstream.content_length()).filter(|_| !no_content);
         let length = if bodiless { declared } else { declared.or(body.size_hint().exact()) };
         let framing = Framing { length, chunked: !bodiless && length.is_none(), close };
-        if bodiless || length == Some(0) {
-            body.settle_bodiless().await;
-        }
+        body.settle_if_bodiless(head_request, parts.status).await;
         let mut out = std::mem::take(&mut self.out);
         out.clear();
         encode_head(&mut out, parts.status, &parts.headers, proxied.as_ref(), framing);
