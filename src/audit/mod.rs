@@ -118,14 +118,16 @@ pub fn runtime_parking() {
 }
 
 impl Shared {
-    /// Queues a caller waiting for the commit of everything queued so far.
-    fn wait_for_commit(&self, queue: &mut Queue) -> tokio::sync::oneshot::Receiver<()> {
+    /// Queues a caller waiting for the commit of everything queued so far;
+    /// `true` with it when it is its batch's first.
+    fn wait_for_commit(&self, queue: &mut Queue) -> (tokio::sync::oneshot::Receiver<()>, bool) {
         let (ack, committed) = tokio::sync::oneshot::channel();
         queue.flush_waiters.push(ack);
-        if queue.flush_waiters.len() == 1 {
+        let first = queue.flush_waiters.len() == 1;
+        if first {
             self.waiting_commit.store(true, Ordering::Release);
         }
-        committed
+        (committed, first)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
@@ -304,11 +306,13 @@ impl AuditPipeline {
         let full = queue.pending.len() >= self.batch_max;
         // The writer takes the waiters with the events queued before them,
         // and answers them once those are committed.
-        let committed = wait_commit.then(|| self.shared.wait_for_commit(&mut queue));
+        let (committed, first_waiter) = match wait_commit.then(|| self.shared.wait_for_commit(&mut queue)) {
+            Some((committed, first)) => (Some(committed), first),
+            None => (None, false),
+        };
         // Under the runtime's park hook the waiter's batch is due when the
         // runtime has nothing else to do (or at the flush interval).
-        let first_waiter =
-            wait_commit && queue.flush_waiters.len() == 1 && !self.shared.commit_when_idle.load(Ordering::Relaxed);
+        let first_waiter = first_waiter && !self.shared.commit_when_idle.load(Ordering::Relaxed);
         drop(queue);
         self.shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
         // Wake the writer only when it needs to change what it is waiting for:
@@ -341,7 +345,7 @@ impl AuditPipeline {
             if queue.stopping {
                 return;
             }
-            self.shared.wait_for_commit(&mut queue)
+            self.shared.wait_for_commit(&mut queue).0
         };
         self.writer_thread.unpark();
         let _ = done.await;
