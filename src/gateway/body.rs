@@ -226,15 +226,17 @@ impl GatewayBody {
         body
     }
 
-    /// Under `durability = "sync"`, for an answer that carries no body
-    /// bytes (see [`no_body`], or an empty body): records the event and
-    /// waits for its commit. Called before the head is sent, since the head
-    /// alone completes such an answer.
+    /// For an answer that carries no body bytes (see [`no_body`], or an
+    /// empty body): records the event as complete, and under
+    /// `durability = "sync"` waits for its commit. Called before the head
+    /// is sent, since the head alone completes such an answer; the body,
+    /// never sent, is then dropped unpolled, which would otherwise count as
+    /// the client going away.
     pub async fn settle_if_bodiless(&mut self, head_request: bool, status: http::StatusCode) {
         if !no_body(head_request, status) && self.size_hint().exact() != Some(0) {
             return;
         }
-        let Some(finisher) = self.finisher.take_if(|f| f.audit.sync()) else { return };
+        let Some(finisher) = self.finisher.take() else { return };
         if let Some(committed) = (*finisher).finish(self.sent, true, self.errored) {
             // An error means the writer stopped: the answer is not held forever.
             let _ = committed.await;

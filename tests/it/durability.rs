@@ -101,6 +101,54 @@ async fn under_async_durability_an_answer_does_not_wait_for_its_commit() {
     assert!(committed_request_ids(&admin).await.contains(&id));
 }
 
+/// An answer without body bytes (to a HEAD, a 204 or 304) is complete once
+/// its head is sent: under `async` its event says what the same call got
+/// with a body, not that the client went away.
+#[tokio::test]
+async fn under_async_a_bodiless_answer_is_recorded_with_its_own_outcome() {
+    let upstream = start_upstream().await;
+    let ts = TestServer::start().await;
+    let admin = ts.admin_client();
+    let (_, _, key) = admin.setup("acme", "/docs", &format!("http://{upstream}")).await;
+    let gw = &ts.gateway;
+    // (url, key): each is called with GET and with HEAD.
+    let calls: [(String, Option<&str>); 6] = [
+        (format!("{gw}/docs/fixed"), Some(&key)),
+        (format!("{gw}/docs/status/204"), Some(&key)),
+        (format!("{gw}/docs/status/304"), Some(&key)),
+        (format!("{gw}/docs/fixed"), None),
+        (format!("{gw}/docs/fixed"), Some("kt_live_notarealkey")),
+        (format!("{gw}/nowhere"), Some(&key)),
+    ];
+    // One connection: the gateway's own loop serves it until the first call
+    // with a body, hyper after it.
+    let client = http();
+    let mut pairs = Vec::new();
+    for round in ["the gateway's loop", "hyper"] {
+        if round == "hyper" {
+            assert_eq!(call(&client, "POST", &format!("{gw}/docs/upload"), Some(&key), Some("a body")).await.0, 200);
+        }
+        for (url, key) in &calls {
+            let (get_status, get_id) = call(&client, "GET", url, *key, None).await;
+            let (head_status, head_id) = call(&client, "HEAD", url, *key, None).await;
+            assert_eq!(head_status, get_status, "{round}: HEAD {url}");
+            pairs.push((round, url.clone(), get_id, head_id));
+        }
+    }
+    ts.flush().await;
+    let logs = admin.all_logs("/v1/audit/acme?limit=500").await;
+    let by_id = |id: &str| logs.iter().find(|e| e["request_id"] == id).unwrap_or_else(|| panic!("no event for {id}")).clone();
+    for (round, url, get_id, head_id) in pairs {
+        let (get, head) = (by_id(&get_id), by_id(&head_id));
+        assert_eq!(head["method"], "HEAD");
+        for field in ["outcome", "status_code", "error_code", "category", "event_type"] {
+            assert_eq!(head[field], get[field], "{round}: HEAD {url}: {field}\nHEAD {head}\nGET {get}");
+        }
+        assert_ne!(head["outcome"], "aborted", "{round}: HEAD {url}: {head}");
+        assert_eq!(head["response_size_bytes"], 0, "{round}: HEAD {url}: {head}");
+    }
+}
+
 /// Starts the binary with `durability`, a one-second flush interval and
 /// commits slowed to 50 ms each (a slow disk), loads it from 8 clients,
 /// kills it with SIGKILL mid-load, starts it again on the same data:
