@@ -2,7 +2,7 @@
 //! request's audit event when the last byte has gone out (or the client left).
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -22,7 +22,8 @@ use crate::event::{Event, Text};
 /// gateway's own connection loop read (it takes only calls without a body;
 /// see [`super::conn`]).
 pub enum ClientBody {
-    Hyper(Incoming),
+    /// hyper's, and the watch its connection keeps (told when it ends).
+    Hyper(Incoming, Arc<HeadWatch>),
     Empty,
 }
 
@@ -32,23 +33,68 @@ impl Body for ClientBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
-            ClientBody::Hyper(body) => Pin::new(body).poll_frame(cx),
+            ClientBody::Hyper(body, watch) => {
+                let polled = Pin::new(&mut *body).poll_frame(cx);
+                if matches!(polled, Poll::Ready(None)) || (matches!(polled, Poll::Ready(Some(Ok(_)))) && body.is_end_stream()) {
+                    watch.body_ended();
+                }
+                polled
+            }
             ClientBody::Empty => Poll::Ready(None),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ClientBody::Hyper(body) => body.is_end_stream(),
+            ClientBody::Hyper(body, _) => body.is_end_stream(),
             ClientBody::Empty => true,
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ClientBody::Hyper(body) => body.size_hint(),
+            ClientBody::Hyper(body, _) => body.size_hint(),
             ClientBody::Empty => SizeHint::with_exact(0),
         }
+    }
+}
+
+/// On a connection hyper serves: how many bytes of a next request head
+/// have come since the last request's body ended, so that when hyper's
+/// header-read timeout closes the connection a slow head (some came) is
+/// told from an idle connection (none did) and recorded as the gateway's
+/// own loop records it. Bytes of the next head that came in one read with
+/// the last call's head are not seen, and while a body is left unread
+/// (where it ends is hyper's to know) nothing is counted: a slow head may
+/// go unrecorded then, but an idle connection is never recorded as one.
+#[derive(Default)]
+pub struct HeadWatch {
+    received: AtomicUsize,
+    in_body: AtomicBool,
+}
+
+impl HeadWatch {
+    /// `n` bytes came from the client.
+    pub fn read(&self, n: usize) {
+        if !self.in_body.load(Ordering::Relaxed) {
+            self.received.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// hyper has read a request head; `has_body`: a body follows it.
+    pub fn call(&self, has_body: bool) {
+        self.received.store(0, Ordering::Relaxed);
+        self.in_body.store(has_body, Ordering::Relaxed);
+    }
+
+    fn body_ended(&self) {
+        self.in_body.store(false, Ordering::Relaxed);
+    }
+
+    /// The bytes of an unfinished head, when some came and they are known.
+    pub fn partial_head(&self) -> Option<usize> {
+        let received = self.received.load(Ordering::Relaxed);
+        (received > 0 && !self.in_body.load(Ordering::Relaxed)).then_some(received)
     }
 }
 

@@ -35,7 +35,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use super::body::{ClientBody, GatewayBody, ProxiedHead};
+use super::body::{ClientBody, GatewayBody, HeadWatch, ProxiedHead};
 use super::h1::{self, CallHeaders, InBuf, Span};
 use super::timer::{ConnectionTimer, KeptTimer};
 use super::upstream::ConnectionUpstreams;
@@ -110,13 +110,17 @@ pub async fn serve(
     }
     // The rest of the connection is hyper's, starting with the bytes read.
     let prefix = conn.inbuf.take(conn.inbuf.len());
-    let io = Prefixed { prefix, stream: conn.stream };
+    let head_watch = Arc::new(HeadWatch::default());
+    let io = Prefixed { prefix, stream: conn.stream, watch: head_watch.clone() };
     let recorder = gateway.clone();
+    let watch = head_watch.clone();
     let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-        let (gateway, upstreams) = (gateway.clone(), upstreams.clone());
+        let (gateway, upstreams, watch) = (gateway.clone(), upstreams.clone(), watch.clone());
         async move {
             let head_request = req.method() == Method::HEAD;
-            let mut response = gateway.handle(peer, &upstreams, Call::from_request(req.map(ClientBody::Hyper))).await;
+            watch.call(!req.body().is_end_stream());
+            let call = Call::from_request(req.map(|body| ClientBody::Hyper(body, watch)));
+            let mut response = gateway.handle(peer, &upstreams, call).await;
             let status = response.status();
             response.body_mut().settle_if_bodiless(head_request, status).await;
             // hyper writes the header map only: a proxied answer's headers join it.
@@ -142,6 +146,12 @@ pub async fn serve(
             recorder.record_malformed(peer, Malformed::TooLarge);
         } else if error.is_parse() {
             recorder.record_malformed(peer, Malformed::Http);
+        } else if error.is_timeout() {
+            // hyper's header-read timeout: a slow head as the loop records
+            // one; an idle connection (nothing of a head came) is not.
+            if let Some(received) = head_watch.partial_head() {
+                recorder.record_malformed(peer, Malformed::Slow { received });
+            }
         }
     }
 }
@@ -479,6 +489,8 @@ fn parse(inbuf: &mut InBuf) -> Parsed {
 struct Prefixed {
     prefix: Bytes,
     stream: TcpStream,
+    /// Told of every byte read (see [`HeadWatch`]).
+    watch: Arc<HeadWatch>,
 }
 
 impl AsyncRead for Prefixed {
@@ -488,9 +500,15 @@ impl AsyncRead for Prefixed {
             let n = this.prefix.len().min(buf.remaining());
             buf.put_slice(&this.prefix[..n]);
             this.prefix.advance(n);
+            this.watch.read(n);
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut this.stream).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.stream).poll_read(cx, buf);
+        if polled.is_ready() {
+            this.watch.read(buf.filled().len() - before);
+        }
+        polled
     }
 }
 

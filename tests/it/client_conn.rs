@@ -364,3 +364,72 @@ async fn a_slow_head_is_cut_off_at_the_head_timeout_and_recorded() {
     let everything = admin.get("/v1/audit/_system/export/json?category=all").await.text;
     assert!(!everything.contains(&key), "the slow head's key reached the trail");
 }
+
+/// The same after a call with a body, when hyper serves the connection and
+/// its header-read timeout cuts the slow head off: recorded like the loop's,
+/// while connections idle after their call — one whose body the gateway
+/// refused unread among them — are closed unrecorded.
+#[tokio::test]
+async fn a_slow_head_after_a_body_is_recorded_when_hypers_timeout_closes_it() {
+    let timeout = Duration::from_millis(400);
+    let ts = TestServer::start_with(tempfile::tempdir().unwrap(), |c| c.gateway.head_timeout = timeout).await;
+    let up = start_upstream().await;
+    let admin = ts.admin_client();
+    let (_, _, key) = admin.setup("acme", "/api", &format!("http://{up}")).await;
+    let addr = ts.gateway.trim_start_matches("http://").to_string();
+    let body = "x".repeat(3000);
+    let upload = |key: &str| call("POST", "/api/upload", key, &format!("Content-Length: {}\r\n", body.len())) + &body;
+    let mut buf = Vec::new();
+    let mut connect_and_upload = async |key: &str, expected: u16| {
+        let mut stream = TcpStream::connect(&addr).await.unwrap();
+        stream.write_all(upload(key).as_bytes()).await.unwrap();
+        assert_eq!(read_answer(&mut stream, &mut buf, false).await.status, expected);
+        buf.clear();
+        stream
+    };
+    let mut idle = connect_and_upload(&key, 200).await;
+    let slow = connect_and_upload(&key, 200).await;
+    // Then a call refused with a large body, which the connection reads
+    // past (no part of a next head) and keeps.
+    let mut refused = connect_and_upload(&key, 200).await;
+    let large = "y".repeat(12_000);
+    let refused_upload = call("POST", "/api/upload", "kt_live_notarealkey", &format!("Content-Length: {}\r\n", large.len())) + &large;
+    refused.write_all(refused_upload.as_bytes()).await.unwrap();
+    assert_eq!(read_answer(&mut refused, &mut buf, false).await.status, 401);
+
+    let started = std::time::Instant::now();
+    let (mut reader, mut writer) = slow.into_split();
+    let head = format!("GET /api/x HTTP/1.1\r\nHost: gw\r\nX-API-Key: {key}\r\nX-Slow: ");
+    writer.write_all(head.as_bytes()).await.unwrap();
+    let trickle = tokio::spawn(async move {
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if writer.write_all(b"a").await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), reader.read_to_end(&mut rest)).await;
+    let closed_after = started.elapsed();
+    assert!(read.is_ok(), "the slow head's connection was not closed");
+    assert!(closed_after < Duration::from_secs(3), "the trickle kept the connection open for {closed_after:?}");
+    trickle.abort();
+    assert!(closes(&mut idle).await, "a connection idle after its call is closed");
+    assert!(closes(&mut refused).await, "and one whose body was refused");
+
+    let security = admin.wait_for("/v1/audit/_system/security?event_type=request_blocked", "events", 1).await;
+    let logs = admin.wait_for("/v1/audit/_system?status_min=408&status_max=408", "logs", 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    ts.flush().await;
+    let security_now = admin.get("/v1/audit/_system/security?event_type=request_blocked").await.body["events"].as_array().unwrap().len();
+    let logs_now = admin.get("/v1/audit/_system?status_min=400").await.body["logs"].as_array().unwrap().len();
+    assert_eq!((security_now, logs_now), (1, 1), "the idle connections were recorded too");
+    assert_eq!(security[0]["details"]["rule_id"], "builtin:slow-head", "{security:?}");
+    let e = &logs[0];
+    assert_eq!((e["status_code"].as_u64(), e["error_code"].as_str(), e["client_ip"].as_str()), (Some(408), Some("request_timeout"), Some("127.0.0.1")), "{e}");
+    let received = e["request_size_bytes"].as_u64().unwrap() as usize;
+    assert!(received >= head.len() && received < head.len() + 100, "bytes received {received}, head {}", head.len());
+    let everything = admin.get("/v1/audit/_system/export/json?category=all").await.text;
+    assert!(!everything.contains(&key), "the slow head's key reached the trail");
+}
