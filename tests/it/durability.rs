@@ -101,6 +101,35 @@ async fn under_async_durability_an_answer_does_not_wait_for_its_commit() {
     assert!(committed_request_ids(&admin).await.contains(&id));
 }
 
+/// An admin change under `sync` answers once its outcome (and the change's
+/// own security event, queued before it) is committed; under `async` the
+/// same read right after the answer finds the outcome not yet there.
+#[tokio::test]
+async fn under_sync_an_admin_change_answers_after_its_outcome_is_committed() {
+    for durability in [Durability::Sync, Durability::Async] {
+        let ts = TestServer::start_with(tempfile::tempdir().unwrap(), |c| {
+            c.audit.durability = durability;
+            c.audit.flush_interval = Duration::from_millis(1000);
+        })
+        .await;
+        let admin = ts.admin_client();
+        let (_, key_id, _) = admin.setup("acme", "/docs", "http://127.0.0.1:9").await;
+        let revoke = admin.post(&format!("/v1/keys/{key_id}/revoke"), json!({})).await;
+        assert_eq!(revoke.status, 200, "{}", revoke.text);
+        let log = admin.get("/v1/audit/acme/admin?action=KEY_REVOKED").await;
+        let outcome = log.body["entries"][0]["outcome"].clone();
+        let security = admin.get("/v1/audit/acme/security?event_type=key_revoked").await;
+        let revoked_events = security.body["events"].as_array().unwrap().len();
+        match durability {
+            Durability::Sync => {
+                assert_eq!(outcome, "success", "{}", log.text);
+                assert_eq!(revoked_events, 1, "{}", security.text);
+            }
+            Durability::Async => assert_ne!(outcome, "success", "the check cannot tell the modes apart: {}", log.text),
+        }
+    }
+}
+
 /// An answer without body bytes (to a HEAD, a 204 or 304) is complete once
 /// its head is sent: under `async` its event says what the same call got
 /// with a body, not that the client went away.
