@@ -197,16 +197,10 @@ pub async fn around(state: &AdminState, actor: &Actor, change: &Change, req: Req
         done.error_code = answer.pointer("/error/code").and_then(Value::as_str).map(Text::from);
         done.error_message = answer.pointer("/error/message").and_then(Value::as_str).map(str::to_string);
     }
+    state.audit.record(done);
     // Under `durability = "sync"` the answer waits for the outcome's commit
-    // (and so for the change's own events, queued before it).
-    if state.audit.sync() {
-        if let Some(committed) = state.audit.record_committed(done) {
-            // An error means the writer stopped: the answer is not held forever.
-            let _ = committed.await;
-        }
-    } else {
-        state.audit.record(done);
-    }
+    // (and for the change's own events, queued before it).
+    state.audit.flush_if_sync().await;
     Response::from_parts(parts, Body::from(bytes))
 }
 

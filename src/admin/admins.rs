@@ -81,6 +81,8 @@ pub async fn login(State(s): State<AdminState>, ConnectInfo(peer): ConnectInfo<S
         Ok(response) => response,
         Err(e) => e.into_response(),
     };
+    // The sign-in's events (a failed one's too) before the answer, under `sync`.
+    s.audit.flush_if_sync().await;
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert("x-request-id", value);
     }
@@ -119,5 +121,6 @@ async fn logout(
         return Err(ApiError::new(ErrorCode::InvalidBody, "logout ends a session; this call was made with an admin token"));
     };
     s.control.logout(session_id, &actor)?;
+    s.audit.flush_if_sync().await;
     Ok(Json(json!({"session_id": session_id, "ended": true})))
 }

@@ -338,6 +338,15 @@ impl AuditPipeline {
         self.shared.commit_when_idle.store(true, Ordering::Relaxed);
     }
 
+    /// Under `audit.durability = "sync"`, [`flush`](Self::flush): for an
+    /// answer that must not go out before the events it recorded are
+    /// committed (admin changes, sign-ins). Under `async`, returns at once.
+    pub async fn flush_if_sync(&self) {
+        if self.sync {
+            self.flush().await;
+        }
+    }
+
     /// Waits until every event recorded before this call is committed.
     pub async fn flush(&self) {
         let done = {

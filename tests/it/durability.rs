@@ -102,10 +102,11 @@ async fn under_async_durability_an_answer_does_not_wait_for_its_commit() {
 }
 
 /// An admin change under `sync` answers once its outcome (and the change's
-/// own security event, queued before it) is committed; under `async` the
-/// same read right after the answer finds the outcome not yet there.
+/// own security event, queued before it) is committed, and so does a
+/// sign-in; under `async` the same reads right after the answers find them
+/// not yet there.
 #[tokio::test]
-async fn under_sync_an_admin_change_answers_after_its_outcome_is_committed() {
+async fn under_sync_admin_changes_and_sign_ins_answer_after_their_events_are_committed() {
     for durability in [Durability::Sync, Durability::Async] {
         let ts = TestServer::start_with(tempfile::tempdir().unwrap(), |c| {
             c.audit.durability = durability;
@@ -120,12 +121,23 @@ async fn under_sync_an_admin_change_answers_after_its_outcome_is_committed() {
         let outcome = log.body["entries"][0]["outcome"].clone();
         let security = admin.get("/v1/audit/acme/security?event_type=key_revoked").await;
         let revoked_events = security.body["events"].as_array().unwrap().len();
+        // A sign-in that fails is recorded too.
+        let a = admin.post("/v1/admins", json!({"name": "ada", "role": "auditor", "tenant_id": "acme", "password": "correct horse battery"})).await;
+        assert_eq!(a.status, 201, "{}", a.text);
+        let anonymous = Admin { token: String::new(), ..admin.clone() };
+        assert_eq!(anonymous.post("/v1/auth/login", json!({"name": "ada", "password": "not the password"})).await.status, 401);
+        let failed = admin.get("/v1/audit/acme/security?event_type=admin_login_failed").await;
+        let failed_events = failed.body["events"].as_array().unwrap().len();
         match durability {
             Durability::Sync => {
                 assert_eq!(outcome, "success", "{}", log.text);
                 assert_eq!(revoked_events, 1, "{}", security.text);
+                assert_eq!(failed_events, 1, "{}", failed.text);
             }
-            Durability::Async => assert_ne!(outcome, "success", "the check cannot tell the modes apart: {}", log.text),
+            Durability::Async => {
+                assert_ne!(outcome, "success", "the check cannot tell the modes apart: {}", log.text);
+                assert_eq!(failed_events, 0, "the check cannot tell the modes apart: {}", failed.text);
+            }
         }
     }
 }
