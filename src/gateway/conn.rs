@@ -89,6 +89,8 @@ pub async fn serve(
             Next::Call(req, close) => (req, close),
             Next::BadTarget(malformed) => {
                 gateway.record_malformed(peer, malformed);
+                // Under `durability = "sync"`, the 400 after the events' commit.
+                gateway.audit.flush_if_sync().await;
                 let _ = conn.answer_bad_target().await;
                 return;
             }
