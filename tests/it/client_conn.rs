@@ -106,7 +106,17 @@ fn call(method: &str, path: &str, key: &str, extra: &str) -> String {
 }
 
 async fn setup() -> (TestServer, String, String) {
-    let ts = TestServer::start().await;
+    setup_with(TestServer::start().await).await
+}
+
+/// The slow-head tests' gateway timeout.
+const HEAD_TIMEOUT: Duration = Duration::from_millis(400);
+
+async fn setup_with_head_timeout(timeout: Duration) -> (TestServer, String, String) {
+    setup_with(TestServer::start_with(tempfile::tempdir().unwrap(), |c| c.gateway.head_timeout = timeout).await).await
+}
+
+async fn setup_with(ts: TestServer) -> (TestServer, String, String) {
     let up = start_upstream().await;
     let (_, _, key) = ts.admin_client().setup("acme", "/api", &format!("http://{up}")).await;
     let addr = ts.gateway.trim_start_matches("http://").trim_end_matches('/').to_string();
@@ -300,53 +310,36 @@ async fn an_idle_connection_closes_at_shutdown_and_a_busy_one_gets_its_answer() 
     let _ts = tokio::time::timeout(Duration::from_secs(10), stopping).await.expect("shutdown finishes").unwrap();
 }
 
-/// Slowloris: a head that never ends, however steadily its bytes keep
-/// coming, is cut off at the head timeout (which starts at the connection,
-/// not at each byte) and recorded; a connection that sends nothing, and a
-/// kept one idle after its call, are closed at the same time unrecorded.
-#[tokio::test]
-async fn a_slow_head_is_cut_off_at_the_head_timeout_and_recorded() {
-    let timeout = Duration::from_millis(400);
-    let ts = TestServer::start_with(tempfile::tempdir().unwrap(), |c| c.gateway.head_timeout = timeout).await;
-    let up = start_upstream().await;
-    let admin = ts.admin_client();
-    let (_, _, key) = admin.setup("acme", "/api", &format!("http://{up}")).await;
-    let addr = ts.gateway.trim_start_matches("http://").to_string();
-
-    let mut kept = TcpStream::connect(&addr).await.unwrap();
-    kept.write_all(call("GET", "/api/x", &key, "").as_bytes()).await.unwrap();
-    let mut buf = Vec::new();
-    assert_eq!(read_answer(&mut kept, &mut buf, false).await.status, 200, "a prompt call is answered");
-    let mut silent = TcpStream::connect(&addr).await.unwrap();
-
+/// Starts a head that never ends on a new connection: its first part, then
+/// a byte every 50 ms for up to 5 s, never the blank line that ends it.
+/// Returns the head's first part and how long the connection took to close.
+async fn slow_head(stream: TcpStream, key: &str) -> (String, Duration) {
     let started = std::time::Instant::now();
-    let (mut reader, mut writer) = TcpStream::connect(&addr).await.unwrap().into_split();
+    let (mut reader, mut writer) = stream.into_split();
     let head = format!("GET /api/x HTTP/1.1\r\nHost: gw\r\nX-API-Key: {key}\r\nX-Slow: ");
     writer.write_all(head.as_bytes()).await.unwrap();
-    // A byte every 50 ms for up to 5 s, never the blank line that ends the head.
     let trickle = tokio::spawn(async move {
-        let mut sent = 0usize;
         for _ in 0..100 {
             tokio::time::sleep(Duration::from_millis(50)).await;
             if writer.write_all(b"a").await.is_err() {
                 break;
             }
-            sent += 1;
         }
-        sent
     });
-    let mut byte = [0u8; 1];
-    let read = tokio::time::timeout(Duration::from_secs(5), reader.read(&mut byte)).await;
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), reader.read_to_end(&mut rest)).await;
     let closed_after = started.elapsed();
-    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "the slow head's connection was not closed: {read:?}");
-    assert!(closed_after >= timeout - Duration::from_millis(50), "closed before the timeout: {closed_after:?}");
-    assert!(closed_after < Duration::from_secs(3), "the trickle kept the connection open for {closed_after:?}");
     trickle.abort();
-    assert!(closes(&mut silent).await, "a connection that sends nothing is closed too");
-    assert!(closes(&mut kept).await, "and so is a kept one that idles past the timeout");
+    assert!(read.is_ok(), "the slow head's connection was not closed");
+    assert!(closed_after < Duration::from_secs(3), "the trickle kept the connection open for {closed_after:?}");
+    (head, closed_after)
+}
 
-    // Only the slow head is in the trail: a refused request (408) and a
-    // security event, under the system tenant, without the key it carried.
+/// The trail holds the slow head and nothing else of the connections: a
+/// refused request (408) and a security event, under the system tenant,
+/// with the bytes received and without the key the head carried.
+async fn only_the_slow_head_is_in_the_trail(ts: &TestServer, key: &str, head: &str) {
+    let admin = ts.admin_client();
     let security = admin.wait_for("/v1/audit/_system/security?event_type=request_blocked", "events", 1).await;
     let logs = admin.wait_for("/v1/audit/_system?status_min=408&status_max=408", "logs", 1).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -362,21 +355,37 @@ async fn a_slow_head_is_cut_off_at_the_head_timeout_and_recorded() {
     assert!(received > head.len() && received < head.len() + 100, "bytes received {received}, head {}", head.len());
     assert_eq!(security[0]["request_id"], e["request_id"]);
     let everything = admin.get("/v1/audit/_system/export/json?category=all").await.text;
-    assert!(!everything.contains(&key), "the slow head's key reached the trail");
+    assert!(!everything.contains(key), "the slow head's key reached the trail");
+}
+
+/// Slowloris: a head that never ends, however steadily its bytes keep
+/// coming, is cut off at the head timeout (which starts at the connection,
+/// not at each byte) and recorded; a connection that sends nothing, and a
+/// kept one idle after its call, are closed at the same time unrecorded.
+#[tokio::test]
+async fn a_slow_head_is_cut_off_at_the_head_timeout_and_recorded() {
+    let (ts, addr, key) = setup_with_head_timeout(HEAD_TIMEOUT).await;
+
+    let mut kept = TcpStream::connect(&addr).await.unwrap();
+    kept.write_all(call("GET", "/api/x", &key, "").as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    assert_eq!(read_answer(&mut kept, &mut buf, false).await.status, 200, "a prompt call is answered");
+    let mut silent = TcpStream::connect(&addr).await.unwrap();
+
+    let (head, closed_after) = slow_head(TcpStream::connect(&addr).await.unwrap(), &key).await;
+    assert!(closed_after >= HEAD_TIMEOUT - Duration::from_millis(50), "closed before the timeout: {closed_after:?}");
+    assert!(closes(&mut silent).await, "a connection that sends nothing is closed too");
+    assert!(closes(&mut kept).await, "and so is a kept one that idles past the timeout");
+    only_the_slow_head_is_in_the_trail(&ts, &key, &head).await;
 }
 
 /// The same after a call with a body, when hyper serves the connection and
 /// its header-read timeout cuts the slow head off: recorded like the loop's,
 /// while connections idle after their call — one whose body the gateway
-/// refused unread among them — are closed unrecorded.
+/// refused among them — are closed unrecorded.
 #[tokio::test]
 async fn a_slow_head_after_a_body_is_recorded_when_hypers_timeout_closes_it() {
-    let timeout = Duration::from_millis(400);
-    let ts = TestServer::start_with(tempfile::tempdir().unwrap(), |c| c.gateway.head_timeout = timeout).await;
-    let up = start_upstream().await;
-    let admin = ts.admin_client();
-    let (_, _, key) = admin.setup("acme", "/api", &format!("http://{up}")).await;
-    let addr = ts.gateway.trim_start_matches("http://").to_string();
+    let (ts, addr, key) = setup_with_head_timeout(HEAD_TIMEOUT).await;
     let body = "x".repeat(3000);
     let upload = |key: &str| call("POST", "/api/upload", key, &format!("Content-Length: {}\r\n", body.len())) + &body;
     let mut buf = Vec::new();
@@ -397,39 +406,8 @@ async fn a_slow_head_after_a_body_is_recorded_when_hypers_timeout_closes_it() {
     refused.write_all(refused_upload.as_bytes()).await.unwrap();
     assert_eq!(read_answer(&mut refused, &mut buf, false).await.status, 401);
 
-    let started = std::time::Instant::now();
-    let (mut reader, mut writer) = slow.into_split();
-    let head = format!("GET /api/x HTTP/1.1\r\nHost: gw\r\nX-API-Key: {key}\r\nX-Slow: ");
-    writer.write_all(head.as_bytes()).await.unwrap();
-    let trickle = tokio::spawn(async move {
-        for _ in 0..100 {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            if writer.write_all(b"a").await.is_err() {
-                break;
-            }
-        }
-    });
-    let mut rest = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(5), reader.read_to_end(&mut rest)).await;
-    let closed_after = started.elapsed();
-    assert!(read.is_ok(), "the slow head's connection was not closed");
-    assert!(closed_after < Duration::from_secs(3), "the trickle kept the connection open for {closed_after:?}");
-    trickle.abort();
+    let (head, _) = slow_head(slow, &key).await;
     assert!(closes(&mut idle).await, "a connection idle after its call is closed");
     assert!(closes(&mut refused).await, "and one whose body was refused");
-
-    let security = admin.wait_for("/v1/audit/_system/security?event_type=request_blocked", "events", 1).await;
-    let logs = admin.wait_for("/v1/audit/_system?status_min=408&status_max=408", "logs", 1).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    ts.flush().await;
-    let security_now = admin.get("/v1/audit/_system/security?event_type=request_blocked").await.body["events"].as_array().unwrap().len();
-    let logs_now = admin.get("/v1/audit/_system?status_min=400").await.body["logs"].as_array().unwrap().len();
-    assert_eq!((security_now, logs_now), (1, 1), "the idle connections were recorded too");
-    assert_eq!(security[0]["details"]["rule_id"], "builtin:slow-head", "{security:?}");
-    let e = &logs[0];
-    assert_eq!((e["status_code"].as_u64(), e["error_code"].as_str(), e["client_ip"].as_str()), (Some(408), Some("request_timeout"), Some("127.0.0.1")), "{e}");
-    let received = e["request_size_bytes"].as_u64().unwrap() as usize;
-    assert!(received >= head.len() && received < head.len() + 100, "bytes received {received}, head {}", head.len());
-    let everything = admin.get("/v1/audit/_system/export/json?category=all").await.text;
-    assert!(!everything.contains(&key), "the slow head's key reached the trail");
+    only_the_slow_head_is_in_the_trail(&ts, &key, &head).await;
 }
