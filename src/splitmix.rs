@@ -18,18 +18,18 @@ pub fn mix(state: u64) -> u64 {
 pub struct SplitMix64(pub u64);
 
 impl SplitMix64 {
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(GAMMA);
         mix(self.0)
     }
 
     /// Uniform in [0, 1), from the top 53 bits.
     pub fn unit(&mut self) -> f64 {
-        unit(self.next())
+        unit(self.next_u64())
     }
 
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
+        self.next_u64() % n
     }
 }
 

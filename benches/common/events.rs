@@ -107,12 +107,12 @@ impl Generator {
         // Log-normal latency around 20 ms.
         let latency_us = ((20_000f64).ln() + 0.8 * normal(r)).exp() as u64;
         let ip = r.below(IPS);
-        let mut e = Event::new(&format!("tenant-{tenant:02}"), Category::Request, "request", if status < 400 { "success" } else { "failure" });
+        let mut e = Event::new(format!("tenant-{tenant:02}"), Category::Request, "request", if status < 400 { "success" } else { "failure" });
         e.timestamp_ms = START_MS + (self.n as f64 * self.step_ms) as i64;
         // A UUIDv7 stamped with the event's time, as the gateway makes them.
         let mut random = [0u8; 10];
-        random[..8].copy_from_slice(&r.next().to_le_bytes());
-        random[8..].copy_from_slice(&r.next().to_le_bytes()[..2]);
+        random[..8].copy_from_slice(&r.next_u64().to_le_bytes());
+        random[8..].copy_from_slice(&r.next_u64().to_le_bytes()[..2]);
         e.request_id = Some(uuid::Builder::from_unix_timestamp_millis(e.timestamp_ms as u64, &random).into_uuid().to_string());
         e.consumer_id = Some(format!("cons_{tenant:02}_{consumer:04}").into());
         e.consumer_name = Some(format!("client-{tenant}-{consumer}").into());

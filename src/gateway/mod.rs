@@ -608,8 +608,10 @@ fn number_header(n: u64) -> HeaderValue {
     static TABLE: std::sync::OnceLock<Vec<HeaderValue>> = std::sync::OnceLock::new();
     if n as usize >= SMALL {
         const KEPT: usize = 4;
+        /// The next slot to fill, and the values kept.
+        type Recent = (usize, [Option<(u64, HeaderValue)>; KEPT]);
         thread_local! {
-            static RECENT: std::cell::RefCell<(usize, [Option<(u64, HeaderValue)>; KEPT])> = Default::default();
+            static RECENT: std::cell::RefCell<Recent> = Default::default();
         }
         return RECENT.with_borrow_mut(|(next, recent)| {
             if let Some((_, value)) = recent.iter().flatten().find(|(m, _)| *m == n) {

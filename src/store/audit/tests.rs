@@ -76,7 +76,7 @@ fn write(dir: &Path, events: &[Event], batch: usize) -> Vec<Event> {
 /// Every event of a tenant as the chain returns it, newest first by (ts, seq).
 fn newest_first(reader: &AuditReader, tenant: &str) -> Vec<Event> {
     let mut all: Vec<Event> = reader.chain(tenant).unwrap().into_iter().map(|s| s.event).collect();
-    all.sort_by(|a, b| (b.timestamp_ms, b.seq).cmp(&(a.timestamp_ms, a.seq)));
+    all.sort_by_key(|e| std::cmp::Reverse((e.timestamp_ms, e.seq)));
     all
 }
 
