@@ -87,6 +87,17 @@ cpu_ticks() { # pids... -> utime+stime in clock ticks
   done
   echo $total
 }
+# CPU ticks of a keytrail process's audit writer thread (comm "keytrail-audit-"),
+# to split the trail's cost between the writer and the request path.
+writer_ticks() { # pid
+  local total=0 task
+  for task in /proc/"$1"/task/*; do
+    [[ "$(cat "$task/comm" 2>/dev/null)" == keytrail-audit* ]] || continue
+    read -r -a f < "$task/stat"
+    total=$((total + f[13] + f[14]))
+  done
+  echo $total
+}
 nginx_pids() { local master; master=$(cat "$1/nginx.pid"); echo "$master $(pgrep -P "$master" | tr '\n' ' ')"; }
 
 declare -A URL HEADER PIDSET
@@ -107,12 +118,14 @@ RESULTS=${BENCH_RAW:-$WORK/results.tsv}
 : > "$RESULTS"
 TCK=$(getconf CLK_TCK)
 run() { # config connections seconds round
-  local c=$1 before after out
+  local c=$1 before after out wbefore=0 wafter=0
   before=$(cpu_ticks ${PIDSET[$c]} 2>/dev/null || echo 0)
+  [[ $c == keytrail* ]] && wbefore=$(writer_ticks ${PIDSET[$c]})
   out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$2" -d"$3"s --latency -H "${HEADER[$c]}" "${URL[$c]}")
   after=$(cpu_ticks ${PIDSET[$c]} 2>/dev/null || echo 0)
+  [[ $c == keytrail* ]] && wafter=$(writer_ticks ${PIDSET[$c]})
   if echo "$out" | grep -q "Non-2xx"; then echo "$c answered errors:"; echo "$out"; exit 1; fi
-  printf '%s\t%s\t%s\t%s\t%s\n' "$c" "$2" "$4" "$((after - before))" "$(echo "$out" | tr '\n' '|')" >> "$RESULTS"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$c" "$2" "$4" "$((after - before))" "$((wafter - wbefore))" "$(echo "$out" | tr '\n' '|')" >> "$RESULTS"
 }
 for round in $(seq "$ROUNDS"); do
   for c in "${CONFIGS[@]}"; do run "$c" "$CONNS" "$DURATION" "$round"; done
@@ -146,7 +159,7 @@ def ms(v):
     return float(n) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
 rows = {}
 for line in open(path):
-    c, n, rnd, ticks, out = line.rstrip("\n").split("\t")
+    c, n, rnd, ticks, wticks, out = line.rstrip("\n").split("\t")
     out = out.replace("|", "\n")
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     total = int(re.search(r"(\d+) requests in", out).group(1))
@@ -154,18 +167,22 @@ for line in open(path):
     p50 = ms(re.search(r"^\s*50%\s+(\S+)", out, re.M).group(1))
     p99 = ms(re.search(r"^\s*99%\s+(\S+)", out, re.M).group(1))
     cpu_us = int(ticks) * 1e6 / tck / total if c != "direct" else float("nan")
-    rows.setdefault((c, int(n)), []).append((rps, p50, p99, cpu_us))
+    writer_us = int(wticks) * 1e6 / tck / total if c.startswith("keytrail") else float("nan")
+    rows.setdefault((c, int(n)), []).append((rps, p50, p99, cpu_us, writer_us))
 def med(xs): return statistics.median(xs)
 order = ["direct", "nginx", "keytrail", "keytrail-nolog"]
-m = {k: tuple(med([r[i] for r in v]) for i in range(4)) for k, v in rows.items()}
+m = {k: tuple(med([r[i] for r in v]) for i in range(5)) for k, v in rows.items()}
 print(f"\n### {conns} connections (wrk -t1 -c{conns}), median of {len(rows[('direct', conns)])} runs\n")
-print("| configuration | req/s (runs) | vs nginx | vs direct | p50 ms | p99 ms | proxy CPU µs/req |")
-print("| --- | --- | --- | --- | --- | --- | --- |")
+print("| configuration | req/s (runs) | vs nginx | vs direct | p50 ms | p99 ms | proxy CPU µs/req | of which audit writer |")
+print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+def num(x, fmt): return "-" if x != x else format(x, fmt)
 for c in order:
-    rps, p50, p99, cpu = m[(c, conns)]
+    rps, p50, p99, cpu, writer = m[(c, conns)]
     runs = ", ".join(f"{r[0]/1000:.1f}k" for r in rows[(c, conns)])
-    cpu_s = "-" if cpu != cpu else f"{cpu:.1f}"
-    print(f"| {c} | {rps:,.0f} ({runs}) | {rps/m[('nginx', conns)][0]:.2f}x | {rps/m[('direct', conns)][0]:.2f}x | {p50:.2f} | {p99:.2f} | {cpu_s} |")
+    print(f"| {c} | {rps:,.0f} ({runs}) | {rps/m[('nginx', conns)][0]:.2f}x | {rps/m[('direct', conns)][0]:.2f}x | {p50:.2f} | {p99:.2f} | {num(cpu, '.1f')} | {num(writer, '.2f')} |")
+# nginx and keytrail run back to back in each round too.
+vs = [a[0] / b[0] for a, b in zip(rows[("keytrail", conns)], rows[("nginx", conns)])]
+print(f"\nkeytrail vs nginx per round: {', '.join(f'{x:.2f}x' for x in vs)} (median {med(vs):.2f}x)")
 lo, nolog = m[("keytrail", conns)][0], m[("keytrail-nolog", conns)][0]
 print(f"\nrequest logging costs {100*(1-lo/nolog):.1f} % of throughput (keytrail vs keytrail-nolog, medians)")
 # The two run back to back in each round, so a round's ratio is less moved
@@ -180,7 +197,7 @@ print("| configuration | p50 ms | added p50 µs | p99 ms |")
 print("| --- | --- | --- | --- |")
 d50 = m[("direct", 1)][1]
 for c in order:
-    rps, p50, p99, cpu = m[(c, 1)]
+    rps, p50, p99, cpu, _ = m[(c, 1)]
     print(f"| {c} | {p50:.3f} | {1000*(p50-d50):.0f} | {p99:.3f} |")
 PY
 echo
