@@ -2,6 +2,7 @@
 # Gateway benchmark: wrk against the same fast upstream through
 #   direct        - no proxy (the limit)
 #   nginx         - nginx proxy_pass with upstream keepalive, access log on
+#   nginx-nolog   - the same nginx with its access log off (what the peer's own log costs)
 #   keytrail      - key auth + rate limits + audit trail (async durability)
 #   keytrail-nolog - key auth, successful calls not recorded (log_api_calls = false)
 # The proxy under test is pinned to CPU 0; wrk and the upstream to CPU 1.
@@ -33,13 +34,14 @@ cleanup() {
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
   [ -f "$WORK/up/nginx.pid" ] && kill "$(cat "$WORK/up/nginx.pid")" 2>/dev/null || true
   [ -f "$WORK/px/nginx.pid" ] && kill "$(cat "$WORK/px/nginx.pid")" 2>/dev/null || true
+  [ -f "$WORK/px2/nginx.pid" ] && kill "$(cat "$WORK/px2/nginx.pid")" 2>/dev/null || true
   sleep 0.3
   rm -rf "$WORK"
 }
 trap cleanup EXIT
 
 source bench/common.sh
-UP=$(free_port); NGX=$(free_port); KT=$(free_port); KTA=$(free_port); KT2=$(free_port); KTA2=$(free_port)
+UP=$(free_port); NGX=$(free_port); NGX2=$(free_port); KT=$(free_port); KTA=$(free_port); KT2=$(free_port); KTA2=$(free_port)
 
 
 nginx_conf() { # dir listen body
@@ -61,7 +63,10 @@ nginx_conf "$WORK/up" "$UP" "access_log off; server { listen 127.0.0.1:$UP; loca
 nginx_conf "$WORK/px" "$NGX" "access_log $WORK/px/logs/access.log; upstream up { server 127.0.0.1:$UP; keepalive 128; }
   server { listen 127.0.0.1:$NGX; location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
 taskset -c "$LOAD_CPU" nginx -p "$WORK/up" -c "$WORK/up/nginx.conf"
+nginx_conf "$WORK/px2" "$NGX2" "access_log off; upstream up { server 127.0.0.1:$UP; keepalive 128; }
+  server { listen 127.0.0.1:$NGX2; location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
 taskset -c "$PROXY_CPU" nginx -p "$WORK/px" -c "$WORK/px/nginx.conf"
+taskset -c "$PROXY_CPU" nginx -p "$WORK/px2" -c "$WORK/px2/nginx.conf"
 
 start_keytrail() { # data gateway admin [config]
   local extra=()
@@ -103,11 +108,12 @@ nginx_pids() { local master; master=$(cat "$1/nginx.pid"); echo "$master $(pgrep
 declare -A URL HEADER PIDSET
 URL[direct]="http://127.0.0.1:$UP/bench/x";      PIDSET[direct]=""
 URL[nginx]="http://127.0.0.1:$NGX/bench/x";      PIDSET[nginx]="$(nginx_pids "$WORK/px")"
+URL[nginx-nolog]="http://127.0.0.1:$NGX2/bench/x"; PIDSET[nginx-nolog]="$(nginx_pids "$WORK/px2")"
 URL[keytrail]="http://127.0.0.1:$KT/bench/x";    PIDSET[keytrail]="$KT_PID"
 URL[keytrail-nolog]="http://127.0.0.1:$KT2/bench/x"; PIDSET[keytrail-nolog]="$KT2_PID"
-HEADER[direct]="X-API-Key: $KEY"; HEADER[nginx]="X-API-Key: $KEY"
+HEADER[direct]="X-API-Key: $KEY"; HEADER[nginx]="X-API-Key: $KEY"; HEADER[nginx-nolog]="X-API-Key: $KEY"
 HEADER[keytrail]="X-API-Key: $KEY"; HEADER[keytrail-nolog]="X-API-Key: $KEY2"
-CONFIGS=(direct nginx keytrail keytrail-nolog)
+CONFIGS=(direct nginx nginx-nolog keytrail keytrail-nolog)
 
 # Warm up every path (connection pools, page cache).
 for c in "${CONFIGS[@]}"; do
@@ -170,7 +176,7 @@ for line in open(path):
     writer_us = int(wticks) * 1e6 / tck / total if c.startswith("keytrail") else float("nan")
     rows.setdefault((c, int(n)), []).append((rps, p50, p99, cpu_us, writer_us))
 def med(xs): return statistics.median(xs)
-order = ["direct", "nginx", "keytrail", "keytrail-nolog"]
+order = ["direct", "nginx", "nginx-nolog", "keytrail", "keytrail-nolog"]
 m = {k: tuple(med([r[i] for r in v]) for i in range(5)) for k, v in rows.items()}
 print(f"\n### {conns} connections (wrk -t1 -c{conns}), median of {len(rows[('direct', conns)])} runs\n")
 print("| configuration | req/s (runs) | vs nginx | vs direct | p50 ms | p99 ms | proxy CPU µs/req | of which audit writer |")
@@ -183,15 +189,17 @@ for c in order:
 # nginx and keytrail run back to back in each round too.
 vs = [a[0] / b[0] for a, b in zip(rows[("keytrail", conns)], rows[("nginx", conns)])]
 print(f"\nkeytrail vs nginx per round: {', '.join(f'{x:.2f}x' for x in vs)} (median {med(vs):.2f}x)")
-lo, nolog = m[("keytrail", conns)][0], m[("keytrail-nolog", conns)][0]
-print(f"\nrequest logging costs {100*(1-lo/nolog):.1f} % of throughput (keytrail vs keytrail-nolog, medians)")
-# The two run back to back in each round, so a round's ratio is less moved
-# by the machine's slow and fast spells than the ratio of the medians.
-pairs = list(zip(rows[("keytrail", conns)], rows[("keytrail-nolog", conns)]))  # in round order
-tput = [100 * (1 - a[0] / b[0]) for a, b in pairs]
-cpu = [100 * (a[3] / b[3] - 1) for a, b in pairs]
-print(f"per round: throughput cost {', '.join(f'{x:.1f}' for x in tput)} % (median {med(tput):.1f} %); "
-      f"CPU per request {', '.join(f'{x:+.1f}' for x in cpu)} % (median {med(cpu):+.1f} %)")
+# Each proxy against itself without its log; the two run back to back in
+# each round, so a round's ratio is less moved by the machine's slow and
+# fast spells than the ratio of the medians.
+for name, on, off in (("keytrail's audit trail", "keytrail", "keytrail-nolog"), ("nginx's access log", "nginx", "nginx-nolog")):
+    lo, nolog = m[(on, conns)][0], m[(off, conns)][0]
+    pairs = list(zip(rows[(on, conns)], rows[(off, conns)]))  # in round order
+    tput = [100 * (1 - a[0] / b[0]) for a, b in pairs]
+    cpu = [100 * (a[3] / b[3] - 1) for a, b in pairs]
+    print(f"\n{name} costs {100*(1-lo/nolog):.1f} % of throughput ({on} vs {off}, medians); "
+          f"per round: {', '.join(f'{x:.1f}' for x in tput)} % (median {med(tput):.1f} %); "
+          f"CPU per request {', '.join(f'{x:+.1f}' for x in cpu)} % (median {med(cpu):+.1f} %)")
 print(f"\n### one connection (wrk -t1 -c1): latency added over a direct call\n")
 print("| configuration | p50 ms | added p50 µs | p99 ms |")
 print("| --- | --- | --- | --- |")
