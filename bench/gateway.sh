@@ -60,11 +60,13 @@ CONF
 }
 
 nginx_conf "$WORK/up" "$UP" "access_log off; server { listen 127.0.0.1:$UP; location / { default_type application/json; return 200 '$BODY'; } }"
-nginx_conf "$WORK/px" "$NGX" "access_log $WORK/px/logs/access.log; upstream up { server 127.0.0.1:$UP; keepalive 128; }
-  server { listen 127.0.0.1:$NGX; location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
+proxy_conf() { # dir listen access_log
+  nginx_conf "$1" "$2" "access_log $3; upstream up { server 127.0.0.1:$UP; keepalive 128; }
+  server { listen 127.0.0.1:$2; location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
+}
+proxy_conf "$WORK/px" "$NGX" "$WORK/px/logs/access.log"
+proxy_conf "$WORK/px2" "$NGX2" off
 taskset -c "$LOAD_CPU" nginx -p "$WORK/up" -c "$WORK/up/nginx.conf"
-nginx_conf "$WORK/px2" "$NGX2" "access_log off; upstream up { server 127.0.0.1:$UP; keepalive 128; }
-  server { listen 127.0.0.1:$NGX2; location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
 taskset -c "$PROXY_CPU" nginx -p "$WORK/px" -c "$WORK/px/nginx.conf"
 taskset -c "$PROXY_CPU" nginx -p "$WORK/px2" -c "$WORK/px2/nginx.conf"
 
