@@ -46,7 +46,7 @@ const METHODS: [(&str, u64); 6] = [("GET", 60), ("POST", 20), ("PUT", 7), ("DELE
 
 fn pick<'a, T>(rng: &mut SplitMix64, weighted: &'a [(T, u64)]) -> &'a T {
     let total: u64 = weighted.iter().map(|(_, w)| w).sum();
-    let mut at = rng.next_u64() % total;
+    let mut at = rng.below(total);
     for (value, w) in weighted {
         if at < *w {
             return value;
@@ -65,14 +65,14 @@ fn generate(tenant: &str, start: i64, end: i64, n: usize, seed: u64) -> Vec<Even
         CONSUMERS.iter().zip([40, 25, 15, 10, 6, 4]).map(|(c, w)| (Some(*c), w)).chain([(None, 5)]).collect();
     let mut out = Vec::with_capacity(n + n / 20);
     for i in 0..n {
-        let ts = start + (end - start) * i as i64 / n as i64 - (rng.next_u64() % 3_000) as i64;
+        let ts = start + (end - start) * i as i64 / n as i64 - rng.below(3_000) as i64;
         let consumer = *pick(&mut rng, &consumers);
-        let (api, paths) = APIS[(rng.next_u64() % 3) as usize];
+        let (api, paths) = APIS[rng.below(3) as usize];
         let mut e = Event::new(tenant, Category::Request, "api_call", "success");
         e.timestamp_ms = ts.max(start);
         e.consumer_id = consumer.map(Text::from);
         e.api_id = Some(api.to_string().into());
-        e.path = Some(paths[(rng.next_u64() % paths.len() as u64) as usize].to_string());
+        e.path = Some(paths[rng.below(paths.len() as u64) as usize].to_string());
         e.method = Some(pick(&mut rng, &METHODS).to_string().into());
         let status = if consumer.is_none() { 401 } else { *pick(&mut rng, &STATUSES) };
         e.status_code = Some(status);
@@ -80,8 +80,8 @@ fn generate(tenant: &str, start: i64, end: i64, n: usize, seed: u64) -> Vec<Even
             e.outcome = "failure".into();
         }
         // Log-uniform from 50 µs to ~3 s; a few calls have no latency.
-        e.latency_us = (!rng.next_u64().is_multiple_of(100)).then(|| (50.0 * (rng.unit() * 11.0).exp()) as u64);
-        e.client_ip = match rng.next_u64() % 50 {
+        e.latency_us = (rng.below(100) != 0).then(|| (50.0 * (rng.unit() * 11.0).exp()) as u64);
+        e.client_ip = match rng.below(50) {
             0 => None,
             k if k < 10 => Some(format!("2001:db8::{k:x}").into()),
             k => Some(format!("203.0.113.{}", k % 37).into()),
