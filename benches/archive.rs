@@ -1,7 +1,7 @@
 //! Archive benchmark: a realistic day of events archived by retention —
 //! archived bytes per event (DESIGN.md's target: ≤ 25), the time to write,
-//! verify and restore them, and what the same lines cost at other zstd
-//! levels and without the per-line hashes.
+//! verify and restore them, and what the same events cost at other zstd
+//! levels and in the format before (one JSON event a line with its hashes).
 //!
 //!   cargo bench --bench archive                       # 1,000,000 events in one day
 //!   cargo bench --bench archive -- --events 200000
@@ -138,45 +138,38 @@ fn main() {
         report.actions.iter().filter(|a| a.kind == retention::ActionKind::ArchiveWritten).count()
     );
 
-    // What the same lines would cost otherwise (the largest tenant's file,
-    // its first 100,000 events: level 19 is slow).
+    // What the largest tenant's file would cost at other levels, and in the
+    // format before (one JSON event a line with its two hashes, as `archive
+    // cat` prints it), on its first 100,000 events (level 19 is slow).
     let (path, _) = archive::paths(&archive_dir, &biggest.tenant, &biggest.day);
-    let mut ndjson = Vec::new();
-    zstd::stream::read::Decoder::new(std::fs::File::open(&path).unwrap()).unwrap().read_to_end(&mut ndjson).unwrap();
+    let mut blocks = Vec::new();
+    zstd::stream::read::Decoder::new(std::fs::File::open(&path).unwrap()).unwrap().read_to_end(&mut blocks).unwrap();
     let file = std::fs::metadata(&path).unwrap().len();
+    let mut lines = Vec::new();
+    archive::cat(&archive_dir, &biggest.tenant, &biggest.day, &key, &mut lines).unwrap();
     println!(
-        "{}: {} events, NDJSON {:.0} bytes/event, archived {:.1} bytes/event",
+        "{}: {} events; blocks {:.0} bytes/event before zstd, {:.1} archived; one event a line {:.0} bytes/event before zstd",
         biggest.tenant,
         biggest.events,
-        ndjson.len() as f64 / biggest.events as f64,
-        file as f64 / biggest.events as f64
+        blocks.len() as f64 / biggest.events as f64,
+        file as f64 / biggest.events as f64,
+        lines.len() as f64 / biggest.events as f64,
     );
-    let text: String = String::from_utf8(ndjson).unwrap().lines().take(100_000).flat_map(|l| [l, "\n"]).collect();
-    let n = text.lines().count() as f64;
-    let mut without_hashes = String::with_capacity(text.len());
-    let mut without_ids = String::with_capacity(text.len());
-    for line in text.lines() {
-        let mut v: serde_json::Value = serde_json::from_str(line).unwrap();
-        let object = v.as_object_mut().unwrap();
-        object.remove("prev_hash");
-        object.remove("hash");
-        without_hashes.push_str(&v.to_string());
-        without_hashes.push('\n');
-        v["event"].as_object_mut().unwrap().remove("event_id");
-        without_ids.push_str(&v.to_string());
-        without_ids.push('\n');
-    }
-    println!("| zstd level | as archived | without the two hashes | and without derived event ids | compress (as archived) |");
-    for level in [3, 6, 9, 12, 15, 19] {
-        let (a, seconds) = compressed(text.as_bytes(), level);
-        let (b, _) = compressed(without_hashes.as_bytes(), level);
-        let (c, _) = compressed(without_ids.as_bytes(), level);
+    // Whole blocks (the last may be shorter).
+    let whole = 100_000 / archive::BLOCK_EVENTS;
+    let blocks: String = String::from_utf8(blocks).unwrap().lines().take(whole).flat_map(|l| [l, "\n"]).collect();
+    let n = biggest.events.min((whole * archive::BLOCK_EVENTS) as u64) as f64;
+    let lines: String = String::from_utf8(lines).unwrap().lines().take(n as usize).flat_map(|l| [l, "\n"]).collect();
+    println!("| zstd level | blocks (as archived) | one event a line, with hashes | compress blocks | compress lines |");
+    for level in [1, 3, 6, 9, 12, 15, 19] {
+        let (a, block_seconds) = compressed(blocks.as_bytes(), level);
+        let (b, line_seconds) = compressed(lines.as_bytes(), level);
         println!(
-            "| {level} | {:.1} | {:.1} | {:.1} | {:.0} MB/s |",
+            "| {level} | {:.1} | {:.1} | {:.2} µs/event | {:.2} µs/event |",
             a as f64 / n,
             b as f64 / n,
-            c as f64 / n,
-            text.len() as f64 / seconds / 1e6
+            block_seconds / n * 1e6,
+            line_seconds / n * 1e6
         );
     }
 }

@@ -424,7 +424,7 @@ mod tests {
         assert_eq!((c.retention.defaults.hot_days, c.retention.defaults.archive_days), (90, 365));
         assert_eq!(c.retention.archive_dir, PathBuf::from("./keytrail-data/archive"));
         assert_eq!(c.retention.interval, Duration::from_secs(3600));
-        assert_eq!(c.retention.archive_zstd_level, 3);
+        assert_eq!(c.retention.archive_zstd_level, 1);
         assert_eq!(c.gateway.head_timeout, Duration::from_secs(30));
         assert_eq!(c.audit.durability, Durability::Async);
         let c = resolve(parse("[audit]\ndurability = \"sync\"\n").unwrap(), Overrides::default()).unwrap();

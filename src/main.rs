@@ -207,6 +207,28 @@ enum ArchiveCommand {
         #[arg(long)]
         public_key: Option<String>,
     },
+    /// Print a tenant's archived day as NDJSON, one event a line with its
+    /// chain hashes (`{"prev_hash", "hash", "event"}`), after checking the
+    /// archive whole. The archive files themselves hold blocks of events,
+    /// column by column.
+    Cat {
+        /// The data directory [default: ./keytrail-data]; without one, give
+        /// --archive-dir and --public-key.
+        #[arg(long, env = "KEYTRAIL_DATA_DIR", default_value = "./keytrail-data")]
+        data_dir: PathBuf,
+        /// The archive directory [default: <data-dir>/archive].
+        #[arg(long)]
+        archive_dir: Option<PathBuf>,
+        #[arg(long)]
+        tenant: String,
+        /// The archived day, YYYY-MM-DD.
+        #[arg(long)]
+        day: String,
+        /// The public key to check the archive with [default: the data
+        /// directory's own].
+        #[arg(long)]
+        public_key: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -341,6 +363,18 @@ fn archive_verify(data_dir: &std::path::Path, archive_dir: Option<PathBuf>, tena
         }
     }
     Ok(reports.iter().all(|r| r.ok))
+}
+
+/// `keytrail archive cat`.
+fn archive_cat(data_dir: &std::path::Path, archive_dir: Option<PathBuf>, tenant: &str, day: &str, public_key: Option<&str>) -> anyhow::Result<()> {
+    check_tenant(tenant)?;
+    let key = verifying_key(data_dir, public_key)?;
+    let archive_dir = archive_dir.unwrap_or_else(|| data_dir.join("archive"));
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    keytrail::store::audit::archive::cat(&archive_dir, tenant, day, &key, &mut out).map_err(|e| anyhow::anyhow!(e))?;
+    std::io::Write::flush(&mut out)?;
+    Ok(())
 }
 
 /// `keytrail archive restore`.
@@ -479,6 +513,9 @@ fn main() -> ExitCode {
             }
             Command::Archive { command: ArchiveCommand::Restore { data_dir, archive_dir, tenant, day, public_key } } => {
                 archive_restore(&data_dir, archive_dir, &tenant, &day, public_key.as_deref())
+            }
+            Command::Archive { command: ArchiveCommand::Cat { data_dir, archive_dir, tenant, day, public_key } } => {
+                archive_cat(&data_dir, archive_dir, &tenant, &day, public_key.as_deref())
             }
             Command::Keys { command: KeysCommand::Public { data_dir } } => existing_signer(&data_dir).map(|signer| {
                 println!("{}", keytrail::signing::public_key_text(&signer.public_key()));

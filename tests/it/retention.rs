@@ -172,11 +172,20 @@ fn days_go_hot_then_archived_then_deleted_exactly_at_the_boundaries() {
     assert_eq!((m.events, m.first_seq, m.last_seq, m.prev_hash.as_str()), (24, 1, 24, "0".repeat(64).as_str()));
     assert!(m.signature_ok(&t.key) && m.file_sha256.len() == 64 && m.checkpoints.is_empty(), "the first checkpoint is at seq 25: {m:?}");
     assert_eq!(m.file_bytes, std::fs::metadata(&data).unwrap().len());
-    // One full event per line, with its hashes.
-    let lines = ndjson(&data);
+    // The file: one block of events a line, column by column, with the
+    // chain hash after its last event.
+    assert_eq!(m.format, archive::FORMAT);
+    let blocks = ndjson(&data);
+    assert_eq!(blocks.len(), 1);
+    assert_eq!((blocks[0]["first_seq"].clone(), blocks[0]["events"].clone(), blocks[0]["hash"].clone()), (json!(1), json!(24), json!(m.last_hash)));
+    let paths = blocks[0]["columns"].as_array().unwrap().iter().find(|c| c["keys"].as_array().unwrap().contains(&json!("path"))).unwrap();
+    assert!(paths["new"].as_array().unwrap().iter().any(|entry| entry.to_string().contains("/orders/1\"")), "{paths}");
+    // `archive cat`: one full event a line, with its hashes.
+    let lines = cat(&t, "acme", &name(0));
     assert_eq!(lines.len(), 24);
     assert_eq!(lines[0]["event"]["seq"], 1);
     assert_eq!(lines[0]["event"]["path"], "/orders/1");
+    assert_eq!(lines[0]["prev_hash"], json!("0".repeat(64)));
     assert_eq!(lines[1]["prev_hash"], lines[0]["hash"]);
     assert_eq!(lines[23]["hash"], json!(m.last_hash));
     t.assert_verifies();
@@ -207,7 +216,7 @@ fn days_go_hot_then_archived_then_deleted_exactly_at_the_boundaries() {
             dropped("globex", 2, 49, 72),
         ])
     );
-    let lines = ndjson(&archive::paths(&t.archive, "acme", &name(2)).0);
+    let lines = cat(&t, "acme", &name(2));
     assert_eq!(lines[1]["event"]["seq"], 50);
     assert_eq!(lines[1]["event"]["timestamp_ms"], at(1, DAY - 100), "the slow call went with the run it is in");
     assert!(t.read("acme", at(1, 0), at(3, 0) - 1).is_empty());
@@ -400,21 +409,41 @@ fn archive_verify_catches_changed_and_missing_lines_manifests_signatures_and_day
     };
     let day1 = name(1);
 
-    // A changed line.
-    let dir = copy("changed-line");
-    rewrite(&archive::paths(&dir, "acme", &day1).0, |lines| lines[2] = lines[2].replace("\"status_code\":200", "\"status_code\":500"));
-    let text = problems(&dir, Some(&t.audit), &t.key);
-    assert!(text.contains(&format!("archive {day1}: the archive file's SHA-256 is not the manifest's")), "{text}");
-    assert!(text.contains("seq 27: the event does not match its hash (changed)"), "{text}");
-
-    // A missing line.
-    let dir = copy("missing-line");
-    rewrite(&archive::paths(&dir, "acme", &day1).0, |lines| {
-        lines.remove(4);
+    // A changed event: the latency of seq 27, the block's third row.
+    let dir = copy("changed-event");
+    edit_block(&archive::paths(&dir, "acme", &day1).0, |block| {
+        let latency = column(block, "latency_us");
+        latency["values"][2] = json!(latency["values"][2].as_u64().unwrap() + 1);
     });
     let text = problems(&dir, Some(&t.audit), &t.key);
-    assert!(text.contains("expected seq 29, found 30 (an event is missing or was inserted)"), "{text}");
-    assert!(text.contains("holds 23 events, the manifest says 24"), "{text}");
+    assert!(text.contains(&format!("archive {day1}: the archive file's SHA-256 is not the manifest's")), "{text}");
+    assert!(text.contains("seq 25..=48: the events do not hash to their block's hash (one of them was changed)"), "{text}");
+
+    // A missing event: the block's last row taken out of every column.
+    let dir = copy("missing-event");
+    edit_block(&archive::paths(&dir, "acme", &day1).0, |block| {
+        block["events"] = json!(23);
+        for c in block["columns"].as_array_mut().unwrap() {
+            for encoding in ["delta", "values", "ids"] {
+                if let Some(values) = c.get_mut(encoding).and_then(Value::as_array_mut) {
+                    values.pop();
+                }
+            }
+        }
+    });
+    let text = problems(&dir, Some(&t.audit), &t.key);
+    assert!(text.contains("seq 25..=47: the events do not hash to their block's hash"), "{text}");
+    assert!(text.contains("holds 23 events, the manifest says 24") && text.contains("ends at seq 47, the manifest says 48"), "{text}");
+
+    // Events shifted (a block claiming to start later), and a line that is not a block.
+    let dir = copy("shifted-block");
+    edit_block(&archive::paths(&dir, "acme", &day1).0, |block| block["first_seq"] = json!(26));
+    let text = problems(&dir, Some(&t.audit), &t.key);
+    assert!(text.contains("expected seq 25, found 26 (an event is missing or was inserted)"), "{text}");
+    let dir = copy("unreadable-block");
+    rewrite(&archive::paths(&dir, "acme", &day1).0, |lines| lines[0] = lines[0].replace("\"first_seq\"", "\"first\""));
+    let text = problems(&dir, Some(&t.audit), &t.key);
+    assert!(text.contains(&format!("archive {day1}: line 1 cannot be read (no `first_seq`)")) && text.contains("holds 0 events"), "{text}");
 
     // A changed manifest.
     let dir = copy("changed-manifest");
@@ -459,9 +488,9 @@ fn archive_verify_catches_changed_and_missing_lines_manifests_signatures_and_day
     let public = keytrail::signing::public_key_text(&t.key);
     let (ok, text) = run(&["archive", "verify", "--data-dir", data, "--tenant", "acme"], t.dir.path());
     assert!(ok && text.contains("3 archives, 72 events (seq 1..=72)"), "{text}");
-    let changed = t.dir.path().join("archive-changed-line");
+    let changed = t.dir.path().join("archive-changed-event");
     let (ok, text) = run(&["archive", "verify", "--data-dir", data, "--archive-dir", changed.to_str().unwrap()], t.dir.path());
-    assert!(!ok && text.contains("FAILED") && text.contains("seq 27: the event does not match its hash"), "{text}");
+    assert!(!ok && text.contains("FAILED") && text.contains("seq 25..=48: the events do not hash to their block's hash"), "{text}");
     assert!(text.contains("the archives did not verify"), "{text}");
     // Only the archives and the public key, as an auditor would have them.
     let elsewhere = t.dir.path().join("no-data-dir");
@@ -669,6 +698,29 @@ fn ndjson(path: &Path) -> Vec<Value> {
     ndjson_text(path).iter().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
+/// `archive::cat` of a tenant's archived day, parsed.
+fn cat(t: &Trail, tenant: &str, day: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    let n = archive::cat(&t.archive, tenant, day, &t.key, &mut out).unwrap();
+    let lines: Vec<Value> = String::from_utf8(out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len() as u64, n);
+    lines
+}
+
+/// The column of a block line that holds `key`.
+fn column<'b>(block: &'b mut Value, key: &str) -> &'b mut Value {
+    block["columns"].as_array_mut().unwrap().iter_mut().find(|c| c["keys"].as_array().unwrap().contains(&json!(key))).unwrap()
+}
+
+/// Edits the first block line of an archive file.
+fn edit_block(path: &Path, edit: impl FnOnce(&mut Value)) {
+    rewrite(path, |lines| {
+        let mut block: Value = serde_json::from_str(&lines[0]).unwrap();
+        edit(&mut block);
+        lines[0] = block.to_string();
+    });
+}
+
 /// Rewrites an archive file's lines (recompressed, so the file is valid zstd).
 fn rewrite(path: &Path, edit: impl FnOnce(&mut Vec<String>)) {
     let mut lines = ndjson_text(path);
@@ -678,4 +730,67 @@ fn rewrite(path: &Path, edit: impl FnOnce(&mut Vec<String>)) {
         writeln!(encoder, "{line}").unwrap();
     }
     encoder.finish().unwrap();
+}
+
+#[test]
+fn archives_written_one_event_a_line_before_blocks_still_verify_print_and_restore() {
+    let mut t = trail(5, false);
+    t.run(&RetentionPolicy::uniform(settings(1, 30)), at(4, 0));
+    // Day 1 of acme as the format before wrote it: one event a line with
+    // its hashes (what `archive cat` prints), and a manifest that says so,
+    // signed and recorded as retention did.
+    let day1 = name(1);
+    let lines = cat(&t, "acme", &day1);
+    let (data, manifest_path) = archive::paths(&t.archive, "acme", &day1);
+    rewrite(&data, |file| *file = lines.iter().map(Value::to_string).collect());
+    let bytes = std::fs::read(&data).unwrap();
+    let mut m: archive::Manifest = serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
+    m.format = archive::FORMAT_EVENT_LINES.into();
+    m.file_bytes = bytes.len() as u64;
+    m.file_sha256 = keytrail::signing::hex(&<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+    m.signature = None;
+    m.signature = Some(keytrail::signing::hex(&t.signer.sign_bytes(archive::MANIFEST_DOMAIN, &m.canonical_bytes())));
+    std::fs::write(&manifest_path, serde_json::to_vec(&m).unwrap()).unwrap();
+    let meta = Connection::open(t.audit.join("meta.db")).unwrap();
+    let updated = meta
+        .execute("UPDATE archives SET manifest = ?1 WHERE tenant = 'acme' AND first_seq = 25", params![serde_json::to_string(&m).unwrap()])
+        .unwrap();
+    assert_eq!(updated, 1);
+    drop(meta);
+
+    t.assert_verifies();
+    assert_eq!(cat(&t, "acme", &day1), lines, "printed as it was");
+    let r = archive::restore(&t.audit, &t.archive, "acme", &day1, &t.key).unwrap();
+    assert_eq!((r.events, r.first_seq, r.last_seq), (24, 25, 48));
+    assert_eq!(t.read("acme", at(1, 0), at(2, 0) - 1).len(), 24);
+    t.assert_verifies();
+
+    // A changed line is still named by its seq.
+    rewrite(&data, |file| file[2] = file[2].replace("\"status_code\":200", "\"status_code\":500"));
+    let report = archive::verify_archives(&t.archive, Some(&t.audit), Some("acme"), &t.key).unwrap().remove(0);
+    assert!(report.problems.iter().any(|p| p.contains("seq 27: the event does not match its hash (changed)")), "{report:?}");
+}
+
+#[test]
+fn archive_cat_prints_a_day_after_checking_it_and_refuses_bad_input() {
+    let mut t = trail(4, false);
+    t.run(&RetentionPolicy::uniform(settings(1, 30)), at(3, 0));
+    let data = t.dir.path().to_str().unwrap();
+    let (ok, text) = run(&["archive", "cat", "--data-dir", data, "--tenant", "globex", "--day", &name(1)], t.dir.path());
+    assert!(ok, "{text}");
+    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines, cat(&t, "globex", &name(1)));
+    assert_eq!(lines.iter().map(|l| l["event"]["seq"].as_u64().unwrap()).collect::<Vec<_>>(), (25..=48).collect::<Vec<_>>());
+    assert!(lines.iter().all(|l| l["event"]["tenant_id"] == "globex" && l["hash"].as_str().unwrap().len() == 64));
+
+    let (ok, text) = run(&["archive", "cat", "--data-dir", data, "--tenant", "globex", "--day", "2026-02-30"], t.dir.path());
+    assert!(!ok && text.contains("`2026-02-30` is not a day"), "{text}");
+    let (ok, text) = run(&["archive", "cat", "--data-dir", data, "--tenant", "initech", "--day", &name(1)], t.dir.path());
+    assert!(!ok && text.contains("no archive of tenant `initech`"), "{text}");
+    let (ok, text) = run(&["archive", "cat", "--data-dir", data, "--tenant", "Globex!", "--day", &name(1)], t.dir.path());
+    assert!(!ok && text.contains("is not a tenant id"), "{text}");
+    // A damaged archive prints nothing of itself.
+    rewrite(&archive::paths(&t.archive, "globex", &name(1)).0, |lines| lines[0] = lines[0].replace("/orders/", "/orderz/"));
+    let (ok, text) = run(&["archive", "cat", "--data-dir", data, "--tenant", "globex", "--day", &name(1)], t.dir.path());
+    assert!(!ok && text.contains("the archive does not verify") && !text.contains("\"event\""), "{text}");
 }

@@ -4,9 +4,13 @@
 //! Layout of the archive directory (`retention.archive_dir`,
 //! `<data-dir>/archive` by default):
 //! - `<tenant>/<YYYY-MM-DD>.ndjson.zst` — one run of the tenant's chain,
-//!   oldest first, one event per line as `{"prev_hash", "hash", "event"}`
-//!   (`event` is the JSON export's `event`: every field, so the line can be
-//!   rehashed), zstd-compressed;
+//!   oldest first, zstd-compressed NDJSON: each line a block of up to 16,384
+//!   events, column by column, with the chain hash after its last event
+//!   ([`super::archive_columns`], format `keytrail-archive-v3`; ~23 bytes an
+//!   event on a realistic day). Archives written before it (format
+//!   `keytrail-archive-v2`) hold one event a line as `{"prev_hash", "hash",
+//!   "event"}` and are still read. `keytrail archive cat` prints either as
+//!   one event a line;
 //! - `<tenant>/<YYYY-MM-DD>.manifest.json` — what the file holds (events,
 //!   first and last `seq`, the chain hash before the first event and after
 //!   the last, the oldest and newest event time), the file's size and
@@ -43,23 +47,27 @@ use rusqlite::{params, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::archive_columns::{BlockDecoder, BlockEncoder};
+pub use super::archive_columns::BLOCK_EVENTS;
 use super::salts::DaySalts;
 use super::{day_of, ChainHead, StoredEvent, META_FILE};
 use crate::event::{format_timestamp, Event, GENESIS_HASH};
 use crate::signing::{from_hex, hex, Checkpoint, Signer};
 use crate::store::StoreError;
 
-/// The manifest's `format`.
-pub const FORMAT: &str = "keytrail-archive-v2";
+/// The manifest's `format` of archives written now: blocks of events a line.
+pub const FORMAT: &str = "keytrail-archive-v3";
+/// The format of archives written before: one event a line with its hashes.
+pub const FORMAT_EVENT_LINES: &str = "keytrail-archive-v2";
 /// The signing domain of manifests (see [`crate::signing::verify_bytes`]).
 pub const MANIFEST_DOMAIN: &str = "keytrail-archive-manifest-v1";
 /// The directory under the audit directory that restored days go to.
 pub const RESTORED_DIR: &str = "restored";
 /// The default zstd level of archive files (`retention.archive_zstd_level`).
-/// Measured on a realistic day (BENCHMARKS.md): level 3 compresses 200–300
-/// MB of NDJSON a second to 128 bytes an event; 19 gets 96 bytes at ~1 MB/s,
-/// about 0.8 ms of CPU an event — more than proxying it took.
-pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
+/// On a realistic day (BENCHMARKS.md) level 1 made the column blocks
+/// smaller than levels 3 to 15 (22.4 bytes an event against 23.4–23.6) and
+/// 19 only 1 % smaller again at 50 times the time.
+pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
 /// Most problems listed for one archive (a damaged file could list one per line).
 const MAX_PROBLEMS: usize = 20;
 
@@ -324,7 +332,8 @@ impl<W: Write> Write for Hashing<W> {
     }
 }
 
-/// One line of an archive file.
+/// One line of an archive file of format `keytrail-archive-v2`, and what
+/// `keytrail archive cat` prints.
 #[derive(Serialize)]
 struct LineOut<'a> {
     prev_hash: &'a str,
@@ -340,6 +349,89 @@ struct LineIn {
     event: Event,
 }
 
+/// An event read from an archive file, with the hashes its line claims:
+/// both on every line of format v2; in v3 only the hash after the last
+/// event of each block (which covers the events from `claim_from`).
+struct Claimed {
+    event: Event,
+    prev_hash: Option<[u8; 32]>,
+    hash: Option<[u8; 32]>,
+    claim_from: u64,
+}
+
+/// What reading the next event found. (Returned once an event and moved
+/// straight out: boxing the event would cost an allocation each.)
+#[allow(clippy::large_enum_variant)]
+enum Next {
+    Event(Claimed),
+    /// A line that cannot be read; `events` is how many events it held,
+    /// when that is known (a v2 line holds one).
+    Unreadable { line: u64, error: String, events: u64 },
+    End,
+}
+
+/// An archive file's events in chain order, from its decompressed lines.
+struct EventLines<R> {
+    lines: R,
+    /// `None` for format v2 (an event a line).
+    blocks: Option<BlockDecoder>,
+    pending: std::collections::VecDeque<Claimed>,
+    text: String,
+    line: u64,
+}
+
+impl<R: BufRead> EventLines<R> {
+    /// `None` when this version does not read `format`.
+    fn new(lines: R, format: &str) -> Option<EventLines<R>> {
+        let blocks = match format {
+            FORMAT => Some(BlockDecoder::default()),
+            FORMAT_EVENT_LINES => None,
+            _ => return None,
+        };
+        Some(EventLines { lines, blocks, pending: Default::default(), text: String::new(), line: 0 })
+    }
+
+    /// The next event; an error when the file cannot be decompressed.
+    fn next(&mut self) -> Result<Next, String> {
+        loop {
+            if let Some(claimed) = self.pending.pop_front() {
+                return Ok(Next::Event(claimed));
+            }
+            self.text.clear();
+            if self.lines.read_line(&mut self.text).map_err(|e| format!("the file cannot be decompressed ({e})"))? == 0 {
+                return Ok(Next::End);
+            }
+            self.line += 1;
+            let text = self.text.trim_end();
+            let Some(blocks) = self.blocks.as_mut() else {
+                let parsed = serde_json::from_str::<LineIn>(text).map_err(|e| e.to_string()).and_then(|line| {
+                    match (from_hex::<32>(&line.prev_hash), from_hex::<32>(&line.hash)) {
+                        (Some(prev), Some(hash)) => {
+                            let claim_from = line.event.seq;
+                            Ok(Claimed { event: line.event, prev_hash: Some(prev), hash: Some(hash), claim_from })
+                        }
+                        _ => Err(format!("seq {}: `prev_hash` and `hash` must be 64 hexadecimal digits", line.event.seq)),
+                    }
+                });
+                return Ok(match parsed {
+                    Ok(claimed) => Next::Event(claimed),
+                    Err(error) => Next::Unreadable { line: self.line, error, events: 1 },
+                });
+            };
+            match blocks.decode(text) {
+                Ok(block) => {
+                    let count = block.events.len();
+                    for (i, event) in block.events.into_iter().enumerate() {
+                        let hash = (i + 1 == count).then_some(block.hash);
+                        self.pending.push_back(Claimed { event, prev_hash: None, hash, claim_from: block.first_seq });
+                    }
+                }
+                Err(error) => return Ok(Next::Unreadable { line: self.line, error, events: 0 }),
+            }
+        }
+    }
+}
+
 /// Writes one archive: events are pushed in chain order, then
 /// [`finish`](Self::finish) signs the manifest and moves both files into
 /// place (written under temporary names, synced, then renamed).
@@ -349,7 +441,7 @@ pub(super) struct ArchiveWriter {
     data_path: PathBuf,
     temporary: PathBuf,
     encoder: zstd::stream::write::Encoder<'static, Hashing<std::io::BufWriter<std::fs::File>>>,
-    line: Vec<u8>,
+    blocks: BlockEncoder,
     first: Option<(u64, [u8; 32])>,
     last: Option<(u64, [u8; 32])>,
     events: u64,
@@ -376,7 +468,7 @@ impl ArchiveWriter {
             data_path,
             temporary,
             encoder,
-            line: Vec::with_capacity(2048),
+            blocks: BlockEncoder::default(),
             first: None,
             last: None,
             events: 0,
@@ -404,11 +496,10 @@ impl ArchiveWriter {
             let salt = salt.ok_or_else(|| StoreError::Corrupt(format!("no personal salt for the event at seq {}", e.seq)))?;
             super::salts::add_hex(&mut self.salts, day_of(e.timestamp_ms), super::salts::consumer_key(e.salt_owner()), salt);
         }
-        self.line.clear();
-        serde_json::to_writer(&mut self.line, &LineOut { prev_hash: &hex(&prev), hash: &hex(&hash), event: e })
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        self.line.push(b'\n');
-        self.encoder.write_all(&self.line)?;
+        if let Some(line) = self.blocks.push(e, hash).map_err(StoreError::Corrupt)? {
+            self.encoder.write_all(&line)?;
+            self.encoder.write_all(b"\n")?;
+        }
         Ok(())
     }
 
@@ -448,6 +539,7 @@ impl ArchiveWriter {
             return Err(StoreError::Corrupt(format!("archive {}: the rewritten file would not hold the same events", old.name)));
         }
         self.seal(signer, |w| Manifest {
+            format: FORMAT.into(),
             file_bytes: w.file_bytes,
             file_sha256: w.file_sha256,
             personal_salts: w.salts,
@@ -465,7 +557,11 @@ impl ArchiveWriter {
             self.abandon();
             return Err(StoreError::Corrupt("an archive needs at least one event".into()));
         };
-        let ArchiveWriter { tenant, name, data_path, temporary, encoder, events, from_ms, to_ms, salts, .. } = self;
+        let ArchiveWriter { tenant, name, data_path, temporary, mut encoder, mut blocks, events, from_ms, to_ms, salts, .. } = self;
+        if let Some(line) = blocks.finish_block().map_err(StoreError::Corrupt)? {
+            encoder.write_all(&line)?;
+            encoder.write_all(b"\n")?;
+        }
         let sink = encoder.finish()?;
         let file = sink.inner.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
@@ -539,7 +635,8 @@ fn check_archive(
     if !manifest.signature_ok(key) {
         problems.push(format!("{day}: the manifest's signature does not verify (the manifest was changed, or signed with another key)"));
     }
-    if manifest.tenant != tenant || manifest.name != label || manifest.file != format!("{label}.ndjson.zst") || manifest.format != FORMAT {
+    let readable = [FORMAT, FORMAT_EVENT_LINES].contains(&manifest.format.as_str());
+    if manifest.tenant != tenant || manifest.name != label || manifest.file != format!("{label}.ndjson.zst") || !readable {
         problems.push(format!("{day}: the manifest names another tenant, archive or format (`{}`, `{}`)", manifest.tenant, manifest.file));
         return Checked { manifest: Some(manifest), problems, events: 0 };
     }
@@ -587,56 +684,55 @@ fn check_archive(
     };
     let read_result: Result<(), String> = (|| {
         let decoder = zstd::stream::read::Decoder::new(&mut tee).map_err(|e| e.to_string())?;
-        let mut lines = BufReader::with_capacity(1 << 20, decoder);
-        let mut text = String::new();
+        let mut lines = EventLines::new(BufReader::with_capacity(1 << 20, decoder), &manifest.format).ok_or("an unknown format")?;
         loop {
-            text.clear();
-            let n = lines.read_line(&mut text).map_err(|e| format!("the file cannot be decompressed ({e})"))?;
-            if n == 0 {
-                return Ok(());
-            }
-            let line: LineIn = match serde_json::from_str(text.trim_end()) {
-                Ok(line) => line,
-                Err(e) => {
-                    note(&mut problems, format!("{day}: line {} cannot be read ({e})", events + 1));
-                    events += 1;
+            let claimed = match lines.next()? {
+                Next::End => return Ok(()),
+                Next::Unreadable { line, error, events: held } => {
+                    note(&mut problems, format!("{day}: line {line} cannot be read ({error})"));
+                    events += held;
                     continue;
                 }
+                Next::Event(claimed) => claimed,
             };
             events += 1;
-            let e = &line.event;
-            let (Some(prev), Some(hash)) = (from_hex::<32>(&line.prev_hash), from_hex::<32>(&line.hash)) else {
-                note(&mut problems, format!("{day}: seq {}: `prev_hash` and `hash` must be 64 hexadecimal digits", e.seq));
-                continue;
-            };
+            let e = &claimed.event;
             if e.tenant_id != tenant {
                 note(&mut problems, format!("{day}: seq {}: the event belongs to tenant `{}`", e.seq, e.tenant_id));
             }
             if e.seq != expected {
                 note(&mut problems, format!("{day}: expected seq {expected}, found {} (an event is missing or was inserted)", e.seq));
             }
-            if prev != running {
+            if claimed.prev_hash.is_some_and(|prev| prev != running) {
                 note(&mut problems, format!("{day}: seq {}: does not follow the event before it (its previous hash differs)", e.seq));
             }
+            let prev = claimed.prev_hash.unwrap_or(running);
             let computed = match e.chain_hash(&prev, super::salts::salt_for(&salts, e)) {
                 Ok(computed) => computed,
                 Err(_) => {
                     let consumer = e.consumer_id.as_deref().unwrap_or("(none)");
                     note(&mut problems, format!("{day}: seq {}: the manifest holds no personal salt for consumer `{consumer}`", e.seq));
-                    hash
+                    claimed.hash.unwrap_or(running)
                 }
             };
-            if computed != hash {
-                note(&mut problems, format!("{day}: seq {}: the event does not match its hash (changed)", e.seq));
+            match claimed.hash {
+                Some(hash) if hash != computed && claimed.claim_from == e.seq => {
+                    note(&mut problems, format!("{day}: seq {}: the event does not match its hash (changed)", e.seq))
+                }
+                Some(hash) if hash != computed => note(
+                    &mut problems,
+                    format!("{day}: seq {}..={}: the events do not hash to their block's hash (one of them was changed)", claimed.claim_from, e.seq),
+                ),
+                _ => {}
             }
             if checkpoints.get(&e.seq).is_some_and(|signed| *signed != computed) {
                 note(&mut problems, format!("{day}: checkpoint at seq {}: the archive's hash there is not the one signed", e.seq));
             }
-            running = hash;
+            running = claimed.hash.unwrap_or(computed);
             expected = e.seq + 1;
             if problems.is_empty() {
                 if let Some(each) = each.as_mut() {
-                    each(StoredEvent { event: line.event, hash: Some(hash), prev_hash: Some(prev) })?;
+                    each(StoredEvent { event: claimed.event, hash: Some(computed), prev_hash: Some(prev) })?;
                 }
             }
         }
@@ -874,21 +970,7 @@ pub struct RestoreReport {
 /// hashes, into the day files of `<audit_dir>/restored/` (by each event's
 /// own day), where the audit API and `keytrail verify` read them.
 pub fn restore(audit_dir: &Path, archive_dir: &Path, tenant: &str, day: &str, key: &VerifyingKey) -> Result<RestoreReport, String> {
-    if parse_day(day).is_none() {
-        return Err(format!("`{day}` is not a day: give it as YYYY-MM-DD, e.g. 2026-11-18"));
-    }
-    let folder = tenant_dir(archive_dir, tenant);
-    let wanted: Vec<PathBuf> = manifest_paths(&folder)
-        .map_err(|e| e.to_string())?
-        .into_iter()
-        .filter(|p| {
-            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("").trim_end_matches(".manifest.json");
-            name == day || name.strip_prefix(day).is_some_and(|rest| rest.starts_with('-'))
-        })
-        .collect();
-    if wanted.is_empty() {
-        return Err(format!("no archive of tenant `{tenant}` for {day} in {}", folder.display()));
-    }
+    let wanted = day_manifests(archive_dir, tenant, day)?;
     let restored_dir = audit_dir.join(RESTORED_DIR);
     let reader = super::AuditReader::open(audit_dir).map_err(|e| e.to_string())?;
     let runs = reader.restored_runs(tenant).map_err(|e| e.to_string())?;
@@ -967,6 +1049,56 @@ pub fn restore(audit_dir: &Path, archive_dir: &Path, tenant: &str, day: &str, ke
     Ok(report)
 }
 
+/// The manifests of `tenant`'s archives named for `day` (`YYYY-MM-DD`).
+fn day_manifests(archive_dir: &Path, tenant: &str, day: &str) -> Result<Vec<PathBuf>, String> {
+    if parse_day(day).is_none() {
+        return Err(format!("`{day}` is not a day: give it as YYYY-MM-DD, e.g. 2026-11-18"));
+    }
+    let folder = tenant_dir(archive_dir, tenant);
+    let wanted: Vec<PathBuf> = manifest_paths(&folder)
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("").trim_end_matches(".manifest.json");
+            name == day || name.strip_prefix(day).is_some_and(|rest| rest.starts_with('-'))
+        })
+        .collect();
+    if wanted.is_empty() {
+        return Err(format!("no archive of tenant `{tenant}` for {day} in {}", folder.display()));
+    }
+    Ok(wanted)
+}
+
+/// Writes the events of `tenant`'s archives named for `day` to `out`, one
+/// a line as `{"prev_hash", "hash", "event"}` (`event` as in the JSON
+/// export), oldest first, after checking each archive whole (a damaged one
+/// is refused before anything of it is written). Returns the events written.
+pub fn cat(archive_dir: &Path, tenant: &str, day: &str, key: &VerifyingKey, out: &mut dyn Write) -> Result<u64, String> {
+    let wanted = day_manifests(archive_dir, tenant, day)?;
+    let mut written = 0u64;
+    for path in &wanted {
+        let checked = check_archive(tenant, path, key, None);
+        if !checked.problems.is_empty() {
+            return Err(format!("the archive does not verify:\n    {}", checked.problems.join("\n    ")));
+        }
+        let mut line = Vec::with_capacity(2048);
+        let mut each = |stored: StoredEvent| -> Result<(), String> {
+            let (prev, hash) = (hex(&stored.prev_hash.unwrap_or_default()), hex(&stored.hash.unwrap_or_default()));
+            line.clear();
+            serde_json::to_writer(&mut line, &LineOut { prev_hash: &prev, hash: &hash, event: &stored.event }).map_err(|e| e.to_string())?;
+            line.push(b'\n');
+            out.write_all(&line).map_err(|e| format!("cannot write: {e}"))?;
+            written += 1;
+            Ok(())
+        };
+        let checked = check_archive(tenant, path, key, Some(&mut each));
+        if !checked.problems.is_empty() {
+            return Err(format!("the archive changed while it was read:\n    {}", checked.problems.join("\n    ")));
+        }
+    }
+    Ok(written)
+}
+
 /// What erasing a consumer's personal values did to a tenant's archives.
 #[derive(Debug, Default)]
 pub(super) struct ArchiveErasure {
@@ -1002,34 +1134,36 @@ pub(super) fn erase_consumer(
         }
         let salts = super::salts::from_hex(&manifest.personal_salts).map_err(StoreError::Corrupt)?;
         let file = std::fs::File::open(path.with_file_name(&manifest.file))?;
-        let mut lines = BufReader::with_capacity(1 << 20, zstd::stream::read::Decoder::new(file)?);
+        let decoded = BufReader::with_capacity(1 << 20, zstd::stream::read::Decoder::new(file)?);
+        let mut lines = EventLines::new(decoded, &manifest.format)
+            .ok_or_else(|| StoreError::Corrupt(format!("archive {}: format `{}` is not one this version reads", manifest.name, manifest.format)))?;
         let mut writer = ArchiveWriter::create(archive_dir, tenant, &manifest.name, level)?;
         let mut erased = 0u64;
+        let mut running = manifest.prev_hash();
         let rewritten = (|| -> Result<(), StoreError> {
-            let mut text = String::new();
+            let damaged = |what: String| StoreError::Corrupt(format!("archive {}: {what}; run `keytrail archive verify`", manifest.name));
             loop {
-                text.clear();
-                if lines.read_line(&mut text)? == 0 {
-                    return Ok(());
-                }
-                let line: LineIn = serde_json::from_str(text.trim_end())
-                    .map_err(|e| StoreError::Corrupt(format!("archive {}: a line cannot be read ({e})", manifest.name)))?;
-                let (Some(prev), Some(hash)) = (from_hex::<32>(&line.prev_hash), from_hex::<32>(&line.hash)) else {
-                    return Err(StoreError::Corrupt(format!("archive {}: a line's hashes are not hex", manifest.name)));
+                let claimed = match lines.next().map_err(&damaged)? {
+                    Next::End => return Ok(()),
+                    Next::Unreadable { line, error, .. } => return Err(damaged(format!("line {line} cannot be read ({error})"))),
+                    Next::Event(claimed) => claimed,
                 };
-                let mut event = line.event;
+                let mut event = claimed.event;
+                let prev = claimed.prev_hash.unwrap_or(running);
+                let salt = super::salts::salt_for(&salts, &event).copied();
+                let hash = event.chain_hash(&prev, salt.as_ref()).map_err(|_| damaged(format!("seq {}: no personal salt", event.seq)))?;
+                if claimed.hash.is_some_and(|claimed| claimed != hash) {
+                    return Err(damaged(format!("seq {} does not hash as archived", event.seq)));
+                }
                 if event.salt_owner() == Some(consumer) && event.has_personal() {
-                    let salt = super::salts::salt_for(&salts, &event)
-                        .ok_or_else(|| StoreError::Corrupt(format!("archive {}: seq {}: no personal salt", manifest.name, event.seq)))?;
-                    event.erase_personal(salt);
+                    let salt = salt.ok_or_else(|| damaged(format!("seq {}: no personal salt", event.seq)))?;
+                    event.erase_personal(&salt);
                     if event.chain_hash(&prev, None).ok() != Some(hash) {
-                        return Err(StoreError::Corrupt(format!(
-                            "archive {}: seq {} does not hash as archived; run `keytrail archive verify`",
-                            manifest.name, event.seq
-                        )));
+                        return Err(damaged(format!("seq {} does not hash the same once erased", event.seq)));
                     }
                     erased += 1;
                 }
+                running = hash;
                 let salt = super::salts::salt_for(&salts, &event).copied();
                 writer.push(&StoredEvent { event, hash: Some(hash), prev_hash: Some(prev) }, salt.as_ref())?;
             }

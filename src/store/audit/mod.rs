@@ -29,6 +29,7 @@
 //! WAL mode lets readers run while the writer commits.
 
 pub mod archive;
+mod archive_columns;
 pub mod block;
 pub mod erasure;
 pub mod integrity;
