@@ -66,7 +66,7 @@ pub const RESTORED_DIR: &str = "restored";
 /// The default zstd level of archive files (`retention.archive_zstd_level`).
 /// On a realistic day (BENCHMARKS.md) level 1 made the column blocks
 /// smaller than levels 3 to 15 (22.4 bytes an event against 23.4–23.6) and
-/// 19 only 1 % smaller again at 50 times the time.
+/// 19 only 1 % smaller again at ~180 times the time.
 pub const DEFAULT_ZSTD_LEVEL: i32 = 1;
 /// Most problems listed for one archive (a damaged file could list one per line).
 const MAX_PROBLEMS: usize = 20;
