@@ -794,3 +794,72 @@ fn archive_cat_prints_a_day_after_checking_it_and_refuses_bad_input() {
     let (ok, text) = run(&["archive", "cat", "--data-dir", data, "--tenant", "globex", "--day", &name(1)], t.dir.path());
     assert!(!ok && text.contains("the archive does not verify") && !text.contains("\"event\""), "{text}");
 }
+
+#[test]
+fn an_archive_of_several_blocks_links_them_and_names_the_block_a_change_is_in() {
+    // One tenant, 33,000 calls on day 0: three blocks (16,384 + 16,384 + 232).
+    let dir = tempfile::tempdir().unwrap();
+    let key_path = dir.path().join("signing.key");
+    let signer = Signer::load_or_create(&key_path).unwrap();
+    let audit = dir.path().join("audit");
+    let mut store = AuditWriterStore::open(&audit).unwrap();
+    let total = 33_000usize;
+    for chunk in 0..3 {
+        let mut batch: Vec<Event> = (0..total / 3)
+            .map(|i| {
+                let n = chunk * total / 3 + i;
+                let mut e = event("acme", at(0, n as i64 * 2_000), n);
+                e.request_id = Some(keytrail::event::new_id_at(e.timestamp_ms));
+                e.upstream_latency_us = e.latency_us.map(|l| l - 250);
+                e
+            })
+            .collect();
+        store.insert_batch(&mut batch).unwrap();
+    }
+    // The writer moves on to day 2, letting day 0's file go.
+    store.insert_batch(&mut vec![event("acme", at(2, 0), 0)]).unwrap();
+    let key = signer.public_key();
+    let mut t = Trail { archive: dir.path().join("archive"), audit, store, signer, key, dir };
+    t.run(&RetentionPolicy::uniform(settings(1, 30)), at(3, 0));
+    t.assert_verifies();
+    let day = name(0);
+    let (data, _) = archive::paths(&t.archive, "acme", &day);
+    let blocks = ndjson(&data);
+    let sizes: Vec<(u64, u64)> = blocks.iter().map(|b| (b["first_seq"].as_u64().unwrap(), b["events"].as_u64().unwrap())).collect();
+    assert_eq!(sizes, vec![(1, 16_384), (16_385, 16_384), (32_769, 232)]);
+    // The dictionary grows through the file: later blocks use the
+    // consumers the first one added. The paths, all different, are stored
+    // as values rather than in a dictionary.
+    let added = |b: &Value, key: &str| column(&mut b.clone(), key).get("new").and_then(Value::as_array).map_or(0, Vec::len);
+    assert_eq!((added(&blocks[0], "consumer_id"), added(&blocks[1], "consumer_id"), added(&blocks[2], "consumer_id")), (3, 0, 0));
+    assert!(blocks.iter().all(|b| column(&mut b.clone(), "path")["values"].as_array().is_some_and(|v| v.len() as u64 == b["events"].as_u64().unwrap())));
+
+    // Printed one event a line, linked across the blocks, as they were in the store.
+    let lines = cat(&t, "acme", &day);
+    assert_eq!(lines.len(), total);
+    for pair in lines.windows(2) {
+        assert_eq!(pair[1]["prev_hash"], pair[0]["hash"]);
+        assert_eq!(pair[1]["event"]["seq"].as_u64(), pair[0]["event"]["seq"].as_u64().map(|s| s + 1));
+    }
+    assert_eq!(lines[16_383]["hash"], blocks[0]["hash"]);
+    assert_eq!(lines[16_384]["event"]["upstream_latency_us"], json!(lines[16_384]["event"]["latency_us"].as_u64().unwrap() - 250));
+    let id = lines[20_000]["event"]["request_id"].as_str().unwrap();
+    assert!(id.len() == 36 && id.as_bytes()[14] == b'7', "{id}");
+
+    // Restored whole.
+    let r = archive::restore(&t.audit, &t.archive, "acme", &day, &t.key).unwrap();
+    assert_eq!((r.events, r.first_seq, r.last_seq), (total as u64, 1, total as u64));
+    t.assert_verifies();
+
+    // A change in the second block is named by that block's range only.
+    rewrite(&data, |lines| {
+        let mut block: Value = serde_json::from_str(&lines[1]).unwrap();
+        let latency = column(&mut block, "latency_us");
+        latency["values"][5] = json!(latency["values"][5].as_u64().unwrap() + 1);
+        lines[1] = block.to_string();
+    });
+    let report = archive::verify_archives(&t.archive, None, Some("acme"), &t.key).unwrap().remove(0);
+    let text = report.problems.join("\n");
+    assert!(text.contains("seq 16385..=32768: the events do not hash to their block's hash"), "{text}");
+    assert!(!text.contains("seq 1..=16384") && !text.contains("seq 32769..=33000"), "{text}");
+}
