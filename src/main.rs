@@ -191,44 +191,38 @@ enum ArchiveCommand {
     /// <data-dir>/audit/restored/, where the audit API and `keytrail
     /// verify` read it (delete the files there when done).
     Restore {
-        /// The data directory [default: ./keytrail-data].
-        #[arg(long, env = "KEYTRAIL_DATA_DIR", default_value = "./keytrail-data")]
-        data_dir: PathBuf,
-        /// The archive directory [default: <data-dir>/archive].
-        #[arg(long)]
-        archive_dir: Option<PathBuf>,
-        #[arg(long)]
-        tenant: String,
-        /// The archived day, YYYY-MM-DD.
-        #[arg(long)]
-        day: String,
-        /// The public key to check the archive with [default: the data
-        /// directory's own].
-        #[arg(long)]
-        public_key: Option<String>,
+        #[command(flatten)]
+        day: ArchivedDay,
     },
     /// Print a tenant's archived day as NDJSON, one event a line with its
     /// chain hashes (`{"prev_hash", "hash", "event"}`), after checking the
-    /// archive whole. The archive files themselves hold blocks of events,
+    /// archive whole (needs no data directory with --archive-dir and
+    /// --public-key). The archive files themselves hold blocks of events,
     /// column by column.
     Cat {
-        /// The data directory [default: ./keytrail-data]; without one, give
-        /// --archive-dir and --public-key.
-        #[arg(long, env = "KEYTRAIL_DATA_DIR", default_value = "./keytrail-data")]
-        data_dir: PathBuf,
-        /// The archive directory [default: <data-dir>/archive].
-        #[arg(long)]
-        archive_dir: Option<PathBuf>,
-        #[arg(long)]
-        tenant: String,
-        /// The archived day, YYYY-MM-DD.
-        #[arg(long)]
-        day: String,
-        /// The public key to check the archive with [default: the data
-        /// directory's own].
-        #[arg(long)]
-        public_key: Option<String>,
+        #[command(flatten)]
+        day: ArchivedDay,
     },
+}
+
+/// One tenant's archived day, and where to find and check it.
+#[derive(clap::Args)]
+struct ArchivedDay {
+    /// The data directory [default: ./keytrail-data].
+    #[arg(long, env = "KEYTRAIL_DATA_DIR", default_value = "./keytrail-data")]
+    data_dir: PathBuf,
+    /// The archive directory [default: <data-dir>/archive].
+    #[arg(long)]
+    archive_dir: Option<PathBuf>,
+    #[arg(long)]
+    tenant: String,
+    /// The archived day, YYYY-MM-DD.
+    #[arg(long)]
+    day: String,
+    /// The public key to check the archive with [default: the data
+    /// directory's own].
+    #[arg(long)]
+    public_key: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -366,25 +360,25 @@ fn archive_verify(data_dir: &std::path::Path, archive_dir: Option<PathBuf>, tena
 }
 
 /// `keytrail archive cat`.
-fn archive_cat(data_dir: &std::path::Path, archive_dir: Option<PathBuf>, tenant: &str, day: &str, public_key: Option<&str>) -> anyhow::Result<()> {
-    check_tenant(tenant)?;
-    let key = verifying_key(data_dir, public_key)?;
-    let archive_dir = archive_dir.unwrap_or_else(|| data_dir.join("archive"));
+fn archive_cat(a: ArchivedDay) -> anyhow::Result<()> {
+    check_tenant(&a.tenant)?;
+    let key = verifying_key(&a.data_dir, a.public_key.as_deref())?;
+    let archive_dir = a.archive_dir.unwrap_or_else(|| a.data_dir.join("archive"));
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    keytrail::store::audit::archive::cat(&archive_dir, tenant, day, &key, &mut out).map_err(|e| anyhow::anyhow!(e))?;
+    keytrail::store::audit::archive::cat(&archive_dir, &a.tenant, &a.day, &key, &mut out).map_err(|e| anyhow::anyhow!(e))?;
     std::io::Write::flush(&mut out)?;
     Ok(())
 }
 
 /// `keytrail archive restore`.
-fn archive_restore(data_dir: &std::path::Path, archive_dir: Option<PathBuf>, tenant: &str, day: &str, public_key: Option<&str>) -> anyhow::Result<()> {
-    check_tenant(tenant)?;
-    let key = verifying_key(data_dir, public_key)?;
-    let archive_dir = archive_dir.unwrap_or_else(|| data_dir.join("archive"));
-    let audit = data_dir.join("audit");
-    anyhow::ensure!(audit.is_dir(), "{} has no audit trail to restore into", data_dir.display());
-    let r = keytrail::store::audit::archive::restore(&audit, &archive_dir, tenant, day, &key).map_err(|e| anyhow::anyhow!(e))?;
+fn archive_restore(a: ArchivedDay) -> anyhow::Result<()> {
+    check_tenant(&a.tenant)?;
+    let key = verifying_key(&a.data_dir, a.public_key.as_deref())?;
+    let archive_dir = a.archive_dir.unwrap_or_else(|| a.data_dir.join("archive"));
+    let audit = a.data_dir.join("audit");
+    anyhow::ensure!(audit.is_dir(), "{} has no audit trail to restore into", a.data_dir.display());
+    let r = keytrail::store::audit::archive::restore(&audit, &archive_dir, &a.tenant, &a.day, &key).map_err(|e| anyhow::anyhow!(e))?;
     println!(
         "restored {} events of `{}` (seq {}..={}, archive {}) into {}",
         r.events,
@@ -511,12 +505,8 @@ fn main() -> ExitCode {
                     Err(e) => Err(e),
                 }
             }
-            Command::Archive { command: ArchiveCommand::Restore { data_dir, archive_dir, tenant, day, public_key } } => {
-                archive_restore(&data_dir, archive_dir, &tenant, &day, public_key.as_deref())
-            }
-            Command::Archive { command: ArchiveCommand::Cat { data_dir, archive_dir, tenant, day, public_key } } => {
-                archive_cat(&data_dir, archive_dir, &tenant, &day, public_key.as_deref())
-            }
+            Command::Archive { command: ArchiveCommand::Restore { day } } => archive_restore(day),
+            Command::Archive { command: ArchiveCommand::Cat { day } } => archive_cat(day),
             Command::Keys { command: KeysCommand::Public { data_dir } } => existing_signer(&data_dir).map(|signer| {
                 println!("{}", keytrail::signing::public_key_text(&signer.public_key()));
             }),

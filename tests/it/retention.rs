@@ -782,6 +782,15 @@ fn archive_cat_prints_a_day_after_checking_it_and_refuses_bad_input() {
     assert_eq!(lines, cat(&t, "globex", &name(1)));
     assert_eq!(lines.iter().map(|l| l["event"]["seq"].as_u64().unwrap()).collect::<Vec<_>>(), (25..=48).collect::<Vec<_>>());
     assert!(lines.iter().all(|l| l["event"]["tenant_id"] == "globex" && l["hash"].as_str().unwrap().len() == 64));
+    // An auditor's way: only the archives and the public key.
+    let elsewhere = t.dir.path().join("no-data-dir");
+    let public = keytrail::signing::public_key_text(&t.key);
+    let args = ["archive", "cat", "--data-dir", elsewhere.to_str().unwrap(), "--archive-dir", t.archive.to_str().unwrap(), "--public-key", &public];
+    let (ok, text) = run(&[&args[..], &["--tenant", "globex", "--day", &name(1)]].concat(), t.dir.path());
+    assert!(ok && text.lines().count() == 24, "{text}");
+    let stranger = keytrail::signing::public_key_text(&Signer::load_or_create(&t.dir.path().join("stranger.key")).unwrap().public_key());
+    let (ok, text) = run(&[&args[..6], &["--public-key", &stranger, "--tenant", "globex", "--day", &name(1)]].concat(), t.dir.path());
+    assert!(!ok && text.contains("signature does not verify") && !text.contains("\"event\""), "{text}");
 
     let (ok, text) = run(&["archive", "cat", "--data-dir", data, "--tenant", "globex", "--day", "2026-02-30"], t.dir.path());
     assert!(!ok && text.contains("`2026-02-30` is not a day"), "{text}");
