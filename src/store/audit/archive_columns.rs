@@ -384,7 +384,8 @@ impl BlockDecoder {
         let hash = line.get("hash").and_then(Value::as_str).and_then(from_hex::<32>).ok_or("`hash` is not 64 hexadecimal digits")?;
         let Some(Value::Array(columns)) = line.remove("columns") else { return Err("no `columns`".into()) };
         let mut rows: Vec<Event> = (0..count).map(|i| Event { seq: first_seq + i as u64, ..Event::default() }).collect();
-        let mut derived = false;
+        // Rows whose event id is derived (not given in the column's `other`).
+        let mut derived = vec![false; count];
         let mut below = Vec::new();
         for mut column in columns {
             let keys: Vec<String> = column
@@ -408,7 +409,7 @@ impl BlockDecoder {
                 }
             } else if column.get("derived").is_some() {
                 // Filled in at the end, once the tenant and time are known.
-                derived = true;
+                derived.fill(true);
             } else if let Some(packed) = column.get("uuid7") {
                 let packed = packed.as_str().ok_or_else(|| fail("`uuid7` is not a string"))?;
                 let other = column.get("other").and_then(Value::as_object);
@@ -465,8 +466,9 @@ impl BlockDecoder {
             if let Some(other) = column.get_mut("other").map(Value::take) {
                 let Value::Object(other) = other else { return Err(fail("`other` is not an object")) };
                 for (i, value) in other {
-                    let row = i.parse::<usize>().ok().and_then(|i| rows.get_mut(i)).ok_or_else(|| fail("`other` names a row the block does not have"))?;
-                    set(row, first, value).map_err(|e| fail(&e))?;
+                    let i = i.parse::<usize>().ok().filter(|i| *i < count).ok_or_else(|| fail("`other` names a row the block does not have"))?;
+                    set(&mut rows[i], first, value).map_err(|e| fail(&e))?;
+                    derived[i] &= first != index("event_id");
                 }
             }
         }
@@ -484,10 +486,8 @@ impl BlockDecoder {
                 set(row, field, Value::from(base.wrapping_sub(difference))).map_err(|e| format!("column `{}`: {e}", field_name(field)))?;
             }
         }
-        if derived {
-            for row in rows.iter_mut().filter(|row| row.event_id.is_empty()) {
-                row.event_id = derived_event_id(&row.tenant_id, row.seq, row.timestamp_ms);
-            }
+        for (row, _) in rows.iter_mut().zip(derived).filter(|(_, derived)| *derived) {
+            row.event_id = derived_event_id(&row.tenant_id, row.seq, row.timestamp_ms);
         }
         Ok(Block { first_seq, hash, events: rows })
     }
@@ -564,6 +564,7 @@ mod tests {
     fn rows_the_compact_encodings_cannot_hold_are_kept_as_they_are() {
         let mut events: Vec<Event> = (1..=6).map(|s| event(s, 1_793_491_200_000 + s as i64)).collect();
         events[0].event_id = "a-client-chosen-id".into();
+        events[5].event_id = String::new();
         events[1].request_id = Some("0123456789abcdef012".into());
         events[2].request_id = Some(crate::event::new_id_at(5));
         events[3].request_id = None;
