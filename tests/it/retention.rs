@@ -733,7 +733,7 @@ fn rewrite(path: &Path, edit: impl FnOnce(&mut Vec<String>)) {
 }
 
 #[test]
-fn archives_written_one_event_a_line_before_blocks_still_verify_print_and_restore() {
+fn archives_written_one_event_a_line_before_blocks_still_verify_print_restore_and_erase() {
     let mut t = trail(5, false);
     t.run(&RetentionPolicy::uniform(settings(1, 30)), at(4, 0));
     // Day 1 of acme as the format before wrote it: one event a line with
@@ -766,9 +766,37 @@ fn archives_written_one_event_a_line_before_blocks_still_verify_print_and_restor
     t.assert_verifies();
 
     // A changed line is still named by its seq.
-    rewrite(&data, |file| file[2] = file[2].replace("\"status_code\":200", "\"status_code\":500"));
-    let report = archive::verify_archives(&t.archive, Some(&t.audit), Some("acme"), &t.key).unwrap().remove(0);
+    let copy = t.dir.path().join("archive-changed");
+    copy_dir(&t.archive, &copy);
+    rewrite(&archive::paths(&copy, "acme", &day1).0, |file| file[2] = file[2].replace("\"status_code\":200", "\"status_code\":500"));
+    let report = archive::verify_archives(&copy, None, Some("acme"), &t.key).unwrap().remove(0);
     assert!(report.problems.iter().any(|p| p.contains("seq 27: the event does not match its hash (changed)")), "{report:?}");
+
+    // Erasing a consumer rewrites the archive in the format of now, and
+    // every event still hashes as it did.
+    let request = keytrail::store::audit::erasure::ErasureRequest {
+        tenant: "acme".into(),
+        consumer: "cons_1".into(),
+        archive_dir: t.archive.clone(),
+        archive_level: archive::DEFAULT_ZSTD_LEVEL,
+        signer: std::sync::Arc::new(Signer::load_or_create(&t.dir.path().join("signing.key")).unwrap()),
+    };
+    let held = keytrail::store::audit::erasure::maintenance_lock(&t.audit);
+    let mut job = t.store.begin_erasure(request, held).unwrap();
+    while !t.store.erasure_step(&mut job).unwrap() {}
+    let report = job.into_report();
+    assert!(report.archives.contains(&day1), "{report:?}");
+    let m: archive::Manifest = serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
+    assert_eq!(m.format, archive::FORMAT);
+    t.assert_verifies();
+    let erased = cat(&t, "acme", &day1);
+    assert_eq!(erased.len(), 24);
+    for (before, after) in lines.iter().zip(&erased) {
+        assert_eq!(before["hash"], after["hash"]);
+        let subject = before["event"]["consumer_id"] == "cons_1";
+        assert_eq!(after["event"]["client_ip"].is_null(), subject, "{after}");
+        assert_eq!(after["event"]["personal_commitment"].is_string(), subject, "{after}");
+    }
 }
 
 #[test]
