@@ -612,10 +612,12 @@ struct Checked {
 }
 
 /// Reads the manifest at `path` and checks it and its file: the signature,
-/// the file's size and SHA-256, then every line — its `seq` follows on,
-/// its previous hash is the hash before it, and the event rehashes to its
-/// hash — and the count, range, last hash and checkpoints against the
-/// manifest. `each` gets every event read (while nothing is wrong).
+/// the file's size and SHA-256, then every event — its `seq` follows on,
+/// it rehashes from the hash before it, and the hashes the file claims
+/// (each line's in v2, each block's in v3) are the ones computed — and the
+/// count, range, last hash and checkpoints against the manifest. `each`
+/// gets every event read once a claimed hash confirms it (while nothing is
+/// wrong).
 fn check_archive(
     tenant: &str,
     path: &Path,
@@ -675,6 +677,7 @@ fn check_archive(
     let mut running = manifest.prev_hash();
     let mut expected = manifest.first_seq;
     let mut events = 0u64;
+    let mut unconfirmed = Vec::new();
     let mut content_problems = 0usize;
     let mut note = |problems: &mut Vec<String>, text: String| {
         content_problems += 1;
@@ -730,9 +733,13 @@ fn check_archive(
             }
             running = claimed.hash.unwrap_or(computed);
             expected = e.seq + 1;
-            if problems.is_empty() {
-                if let Some(each) = each.as_mut() {
-                    each(StoredEvent { event: claimed.event, hash: Some(computed), prev_hash: Some(prev) })?;
+            // Events go to `each` once a hash the file claims confirms them
+            // (a block's last event confirms the block).
+            if let (Some(each), true) = (each.as_mut(), problems.is_empty()) {
+                let confirmed = claimed.hash.is_some();
+                unconfirmed.push(StoredEvent { event: claimed.event, hash: Some(computed), prev_hash: Some(prev) });
+                if confirmed {
+                    unconfirmed.drain(..).try_for_each(&mut **each)?;
                 }
             }
         }
@@ -1203,4 +1210,55 @@ pub(super) fn erase_consumer(
         out.salts += salts_here;
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Category;
+
+    #[test]
+    fn events_of_a_block_that_does_not_hash_are_not_handed_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let signer = Signer::load_or_create(&dir.path().join("signing.key")).unwrap();
+        let archive_dir = dir.path().join("archive");
+        let mut writer = ArchiveWriter::create(&archive_dir, "acme", "2026-11-01", DEFAULT_ZSTD_LEVEL).unwrap();
+        let mut prev = GENESIS_HASH;
+        for seq in 1..=BLOCK_EVENTS as u64 + 10 {
+            let mut e = Event::new("acme", Category::Request, "request", "success");
+            e.seq = seq;
+            e.timestamp_ms = 1_793_491_200_000 + seq as i64;
+            e.event_id = crate::event::derived_event_id("acme", seq, e.timestamp_ms);
+            e.latency_us = Some(seq * 3);
+            let hash = e.chain_hash(&prev, None).unwrap();
+            writer.push(&StoredEvent { event: e, hash: Some(hash), prev_hash: Some(prev) }, None).unwrap();
+            prev = hash;
+        }
+        writer.finish(&[], &signer, 0).unwrap();
+        let (data, manifest) = paths(&archive_dir, "acme", "2026-11-01");
+        let handed_on = |path: &Path| {
+            let mut seqs = Vec::new();
+            let checked = check_archive("acme", path, &signer.public_key(), Some(&mut |s: StoredEvent| {
+                seqs.push(s.event.seq);
+                Ok(())
+            }));
+            (seqs, checked.problems)
+        };
+        let (seqs, problems) = handed_on(&manifest);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(seqs, (1..=BLOCK_EVENTS as u64 + 10).collect::<Vec<_>>());
+
+        // The second block's first latency changed: only the first block is handed on.
+        let mut text = String::new();
+        zstd::stream::read::Decoder::new(std::fs::File::open(&data).unwrap()).unwrap().read_to_string(&mut text).unwrap();
+        let mut lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let latency = lines[1]["columns"].as_array_mut().unwrap().iter_mut().find(|c| c["keys"] == serde_json::json!(["latency_us"])).unwrap();
+        latency["values"][0] = serde_json::json!(1);
+        let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+        std::fs::write(&data, zstd::encode_all(text.as_bytes(), 1).unwrap()).unwrap();
+        let (seqs, problems) = handed_on(&manifest);
+        assert_eq!(seqs, (1..=BLOCK_EVENTS as u64).collect::<Vec<_>>());
+        let expected = format!("seq {}..={}: the events do not hash to their block's hash", BLOCK_EVENTS + 1, BLOCK_EVENTS + 10);
+        assert!(problems.iter().any(|p| p.contains(&expected)), "{problems:?}");
+    }
 }
