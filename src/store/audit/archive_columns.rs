@@ -185,25 +185,28 @@ impl BlockEncoder {
         } else if event.seq != self.first_seq + self.rows as u64 {
             return Err(format!("archived events must follow on: seq {} after {}", event.seq, self.first_seq + self.rows as u64 - 1));
         }
-        let row = self.rows.to_string();
+        // The row's index, an `other` key for the rows that need one.
+        let at = self.rows;
+        let row = || at.to_string();
         self.timestamps.push(event.timestamp_ms);
         if event.event_id != derived_event_id(&event.tenant_id, event.seq, event.timestamp_ms) {
-            self.event_ids.insert(row.clone(), Value::from(event.event_id.clone()));
+            self.event_ids.insert(row(), Value::from(event.event_id.clone()));
         }
         match event.request_id.as_deref().map(|id| (id, uuid7_random(id, event.timestamp_ms))) {
             Some((_, Some(random))) => self.request_ids.extend(random.chars().filter(|c| *c != '-')),
             Some((id, None)) => {
-                self.request_other.insert(row.clone(), Value::from(id));
+                self.request_other.insert(row(), Value::from(id));
             }
             None => {
-                self.request_other.insert(row.clone(), Value::Null);
+                self.request_other.insert(row(), Value::Null);
             }
         }
-        match (event.upstream_latency_us, event.latency_us) {
-            (Some(upstream), Some(latency)) => self.upstream.push(Value::from(latency as i64 - upstream as i64)),
-            (upstream, _) => {
-                if let Some(upstream) = upstream {
-                    self.upstream_other.insert(row, Value::from(upstream));
+        let signed = |v: Option<u64>| v.and_then(|v| i64::try_from(v).ok());
+        match (signed(event.upstream_latency_us), signed(event.latency_us)) {
+            (Some(upstream), Some(latency)) => self.upstream.push(Value::from(latency - upstream)),
+            _ => {
+                if let Some(upstream) = event.upstream_latency_us {
+                    self.upstream_other.insert(row(), Value::from(upstream));
                 }
                 self.upstream.push(Value::Null);
             }
@@ -570,6 +573,8 @@ mod tests {
         events[3].request_id = None;
         events[3].upstream_latency_us = None;
         events[4].latency_us = None;
+        events[2].latency_us = Some(u64::MAX);
+        events[2].upstream_latency_us = Some(5);
         events[4].details = Some(serde_json::json!({"reason": "x", "n": [1, 2.5]}));
         events[5].personal_commitment = Some([7; 32]);
         events[5].client_ip = None;
