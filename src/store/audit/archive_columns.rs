@@ -45,6 +45,7 @@ use std::collections::HashMap;
 
 use serde_json::{Map, Value};
 
+use super::block::{own_time_uuid, own_time_uuid_tail};
 use crate::event::{derived_event_id, Event};
 use crate::signing::{from_hex, hex};
 
@@ -192,8 +193,9 @@ impl BlockEncoder {
         if event.event_id != derived_event_id(&event.tenant_id, event.seq, event.timestamp_ms) {
             self.event_ids.insert(row(), Value::from(event.event_id.clone()));
         }
-        match event.request_id.as_deref().map(|id| (id, uuid7_random(id, event.timestamp_ms))) {
-            Some((_, Some(random))) => self.request_ids.extend(random.chars().filter(|c| *c != '-')),
+        match event.request_id.as_deref().map(|id| (id, own_time_uuid_tail(id, event.timestamp_ms))) {
+            // The tail's hex digits after the version digit (always 7).
+            Some((_, Some(tail))) => self.request_ids.push_str(&hex(&tail)[1..]),
             Some((id, None)) => {
                 self.request_other.insert(row(), Value::from(id));
             }
@@ -332,27 +334,6 @@ fn with_other(mut column: Value, other: Map<String, Value>) -> Value {
     column
 }
 
-/// The 19 hex digits and two hyphens after the version digit of a UUIDv7
-/// that carries `timestamp_ms` and is in lowercase hyphenated form, if `id`
-/// is one.
-fn uuid7_random(id: &str, timestamp_ms: i64) -> Option<&str> {
-    let b = id.as_bytes();
-    let lower_hex = |r: std::ops::Range<usize>| b[r].iter().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c));
-    let shaped = b.len() == 36
-        && [8, 13, 18, 23].iter().all(|&i| b[i] == b'-')
-        && b[14] == b'7'
-        && lower_hex(0..8)
-        && lower_hex(9..13)
-        && lower_hex(15..18)
-        && lower_hex(19..23)
-        && lower_hex(24..36);
-    if !shaped {
-        return None;
-    }
-    let stamp = u64::from_str_radix(&id[0..8], 16).ok()? << 16 | u64::from_str_radix(&id[9..13], 16).ok()?;
-    (i64::try_from(stamp).ok() == Some(timestamp_ms)).then_some(&id[15..])
-}
-
 /// One decoded line.
 #[derive(Debug)]
 pub struct Block {
@@ -421,13 +402,10 @@ impl BlockDecoder {
                     if other.is_some_and(|o| o.contains_key(&i.to_string())) {
                         continue;
                     }
-                    let random = packed.get(at..at + 19).filter(|r| r.bytes().all(|c| c.is_ascii_hexdigit()));
-                    let (Some(random), Ok(stamp)) = (random, u64::try_from(row.timestamp_ms)) else {
-                        return Err(fail("`uuid7` is shorter than its rows, not hex digits, or comes before `timestamp_ms`"));
-                    };
+                    let tail = packed.get(at..at + 19).and_then(|digits| from_hex::<10>(&format!("7{digits}")));
+                    let Some(tail) = tail else { return Err(fail("`uuid7` is shorter than its rows or not hex digits")) };
                     at += 19;
-                    let stamp = format!("{:012x}", stamp);
-                    let id = format!("{}-{}-7{}-{}-{}", &stamp[..8], &stamp[8..], &random[..3], &random[3..7], &random[7..]);
+                    let id = own_time_uuid(row.timestamp_ms, &tail, &mut [0; 36]).to_string();
                     set(row, first, Value::from(id)).map_err(|e| fail(&e))?;
                 }
                 if at != packed.len() {

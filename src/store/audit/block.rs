@@ -344,6 +344,27 @@ fn uuid_bytes(text: &str) -> Option<[u8; 16]> {
     (bad & 16 == 0).then_some(out)
 }
 
+/// The last 10 bytes of `text` when it is a UUIDv7 in the canonical form
+/// carrying `timestamp_ms` (as the gateway makes request ids): all that
+/// must be stored of it.
+pub(super) fn own_time_uuid_tail(text: &str, timestamp_ms: i64) -> Option<[u8; 10]> {
+    let bytes = uuid_bytes(text)?;
+    own_time_tail(&bytes, timestamp_ms)
+}
+
+fn own_time_tail(bytes: &[u8; 16], timestamp_ms: i64) -> Option<[u8; 10]> {
+    let own = bytes[6] >> 4 == 7 && bytes[..6] == (timestamp_ms.max(0) as u64).to_be_bytes()[2..];
+    own.then(|| bytes[6..].try_into().expect("ten bytes"))
+}
+
+/// The UUID [`own_time_uuid_tail`] took `tail` from, as text in `buf`.
+pub(super) fn own_time_uuid<'b>(timestamp_ms: i64, tail: &[u8; 10], buf: &'b mut [u8; 36]) -> &'b str {
+    let mut bytes = [0u8; 16];
+    bytes[..6].copy_from_slice(&(timestamp_ms.max(0) as u64).to_be_bytes()[2..]);
+    bytes[6..].copy_from_slice(tail);
+    uuid::Uuid::from_bytes(bytes).hyphenated().encode_lower(buf)
+}
+
 // ---------- encoding ----------
 
 /// Builds one block from events pushed in sequence order.
@@ -419,12 +440,9 @@ impl BlockEncoder {
         match e.request_id.as_deref() {
             None => requests.push(0),
             Some(text) => match uuid_bytes(text) {
-                Some(bytes)
-                    if bytes[6] >> 4 == 7
-                        && bytes[..6] == (e.timestamp_ms.max(0) as u64).to_be_bytes()[2..] =>
-                {
+                Some(bytes) if let Some(tail) = own_time_tail(&bytes, e.timestamp_ms) => {
                     requests.push(1);
-                    requests.extend_from_slice(&bytes[6..]);
+                    requests.extend_from_slice(&tail);
                 }
                 Some(bytes) => {
                     requests.push(2);
@@ -857,12 +875,7 @@ impl DecodedBlock {
         match self.request_ids[row] {
             IdKind::Absent | IdKind::Derived => None,
             IdKind::Uuid(bytes) => Some(uuid::Uuid::from_bytes(bytes).hyphenated().encode_lower(buf)),
-            IdKind::OwnTimeUuid(tail) => {
-                let mut bytes = [0u8; 16];
-                bytes[..6].copy_from_slice(&(self.ts[row].max(0) as u64).to_be_bytes()[2..]);
-                bytes[6..].copy_from_slice(&tail);
-                Some(uuid::Uuid::from_bytes(bytes).hyphenated().encode_lower(buf))
-            }
+            IdKind::OwnTimeUuid(tail) => Some(own_time_uuid(self.ts[row], &tail, buf)),
             IdKind::Text(i) => Some(&self.id_texts[i as usize]),
         }
     }
