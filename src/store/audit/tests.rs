@@ -834,3 +834,46 @@ fn wal_checkpoints_run_on_their_own_thread_not_in_a_commit() {
     let back = newest_first(&reader, "acme").len() + newest_first(&reader, "globex").len();
     assert_eq!(back, all.len());
 }
+
+#[test]
+fn large_events_ask_for_a_wal_checkpoint_by_bytes_not_by_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = AuditWriterStore::open(dir.path()).unwrap();
+    // A budget of 512 KiB between checkpoints (32 MiB in service).
+    store.set_wal_bytes_per_checkpoint(512 << 10);
+    let mut rng = SplitMix64(5);
+    // Application events with 24 KB of JSON each that zstd cannot shrink
+    // much (~18 KB compressed): 30 of them fill the budget in a few
+    // commits, far from the 1,000 commits that would otherwise ask for a
+    // checkpoint.
+    let mut big = |n: usize, at: i64| -> Vec<Event> {
+        (0..n)
+            .map(|i| {
+                let mut e = Event::new("acme", Category::App, "order.updated", "success");
+                e.timestamp_ms = at + i as i64;
+                let noise: String = (0..24 * 1024).map(|_| char::from(b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"[rng.below(62) as usize])).collect();
+                e.details = Some(serde_json::json!({ "changes": { "note": { "before": null, "after": noise } } }));
+                e
+            })
+            .collect()
+    };
+    let at = DAY0 + 3_600_000;
+    store.insert_batch(&mut big(1, at)).unwrap();
+    let day = dir.path().join(day_file_name(day_of(at)));
+    let created = std::fs::metadata(&day).unwrap().len();
+    // ~0.2 MB compressed: under the budget, no checkpoint yet.
+    store.insert_batch(&mut big(10, at + 100)).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(std::fs::metadata(&day).unwrap().len(), created, "checkpointed under the budget");
+    // Over it: the checkpointer copies the WAL into the file.
+    store.insert_batch(&mut big(30, at + 200)).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::fs::metadata(&day).unwrap().len() == created {
+        assert!(std::time::Instant::now() < deadline, "no checkpoint 10 s after more than 512 KiB was committed in 3 commits");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    drop(store);
+    let reader = AuditReader::open(dir.path()).unwrap();
+    assert_eq!(newest_first(&reader, "acme").len(), 41);
+    assert_eq!(reader.verify("acme").unwrap().first_break, None);
+}

@@ -10,17 +10,20 @@
 //! thread runs a `PASSIVE` checkpoint — which never blocks the writer —
 //! on its own connection when the writer says a file's WAL has grown.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::{channel, Sender};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 
-/// Commits to one day file between two checkpoints...
+/// Commits to one day file between two checkpoints (each commit adds a few
+/// pages to the WAL however small it is)...
 pub(super) const COMMITS_PER_CHECKPOINT: u32 = 1_000;
-/// ...or events, whichever comes first (~40 MB of WAL at ~100 bytes each).
-pub(super) const EVENTS_PER_CHECKPOINT: u64 = 400_000;
+/// ...or bytes of blocks and dictionary strings committed, whichever comes
+/// first: what bounds the WAL when events are large (application events
+/// carry up to 32 KB of JSON each), where a count of events would not.
+pub(super) const BYTES_PER_CHECKPOINT: u64 = 32 << 20;
 
 pub(super) struct WalCheckpointer {
     asks: Option<Sender<PathBuf>>,
@@ -64,7 +67,7 @@ impl Drop for WalCheckpointer {
 
 /// Copies what it can of the WAL into the file; a file that is gone
 /// (retention deleted a closed day) or busy is left for next time.
-fn checkpoint(path: &PathBuf) {
+fn checkpoint(path: &Path) {
     // Never created here: a missing file stays missing.
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let result = Connection::open_with_flags(path, flags).and_then(|conn| {

@@ -205,10 +205,10 @@ struct DayWriter {
     salts: FxHashMap<(u32, u32), [u8; 32]>,
     new_salts: Vec<(u32, u32, String, [u8; 32])>,
     last_used: u64,
-    /// Commits and events since the last WAL checkpoint was asked for
-    /// (see [`super::wal`]).
+    /// Commits and bytes of blocks and strings since the last WAL
+    /// checkpoint was asked for (see [`super::wal`]).
     wal_commits: u32,
-    wal_events: u64,
+    wal_bytes: u64,
     /// Dropped after `conn` (fields drop in order): the day is named open
     /// until its connection is closed.
     _open: Option<OpenDay>,
@@ -238,7 +238,7 @@ impl DayWriter {
             new_salts: Vec::new(),
             last_used,
             wal_commits: 0,
-            wal_events: 0,
+            wal_bytes: 0,
             _open: None,
         };
         day.replay_rollups()?;
@@ -398,6 +398,8 @@ pub struct AuditWriterStore {
     last_rollup_write: Instant,
     uses: u64,
     wal: super::wal::WalCheckpointer,
+    /// [`super::wal::BYTES_PER_CHECKPOINT`], smaller in tests.
+    wal_bytes_per_checkpoint: u64,
 }
 
 impl AuditWriterStore {
@@ -441,6 +443,7 @@ impl AuditWriterStore {
             days: BTreeMap::new(),
             compressor: super::block::new_compressor()?,
             wal: super::wal::WalCheckpointer::start()?,
+            wal_bytes_per_checkpoint: super::wal::BYTES_PER_CHECKPOINT,
             last_rollup_write: Instant::now(),
             uses: 0,
         };
@@ -477,6 +480,12 @@ impl AuditWriterStore {
         }
     }
 
+    /// Lowers the WAL's byte budget between checkpoints, for tests.
+    #[cfg(test)]
+    pub(super) fn set_wal_bytes_per_checkpoint(&mut self, bytes: u64) {
+        self.wal_bytes_per_checkpoint = bytes;
+    }
+
     /// The chain heads as committed.
     pub fn heads(&self) -> &FxHashMap<String, ChainHead> {
         &self.heads
@@ -511,11 +520,13 @@ impl AuditWriterStore {
             let end = committed + batch[committed..].iter().take_while(|e| day_of(e.timestamp_ms) == day).count();
             let result = self.build_day(day, &mut batch[committed..end], &mut heads).and_then(|day_batch| {
                 let writer = day_writer(&mut self.days, &self.dir, &mut self.uses, day)?;
+                let bytes = day_batch.blocks.iter().map(|b| b.data.len()).sum::<usize>()
+                    + writer.dict.added.iter().map(|(_, value)| value.len()).sum::<usize>();
                 commit_day(writer, &day_batch, rollups_due)?;
                 writer.wal_commits += 1;
-                writer.wal_events += (end - committed) as u64;
-                if writer.wal_commits >= super::wal::COMMITS_PER_CHECKPOINT || writer.wal_events >= super::wal::EVENTS_PER_CHECKPOINT {
-                    (writer.wal_commits, writer.wal_events) = (0, 0);
+                writer.wal_bytes += bytes as u64;
+                if writer.wal_commits >= super::wal::COMMITS_PER_CHECKPOINT || writer.wal_bytes >= self.wal_bytes_per_checkpoint {
+                    (writer.wal_commits, writer.wal_bytes) = (0, 0);
                     self.wal.ask(self.dir.join(day_file_name(day)));
                 }
                 writer.dict.added.clear();
