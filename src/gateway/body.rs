@@ -272,14 +272,14 @@ impl GatewayBody {
         body
     }
 
-    /// For an answer that carries no body bytes (see [`no_body`], or an
-    /// empty body): records the event as complete, and under
-    /// `durability = "sync"` waits for its commit. Called before the head
-    /// is sent, since the head alone completes such an answer. (The body of
-    /// an answer to a `HEAD`, a 204 or 304 is then dropped unpolled, which
-    /// would otherwise count as the client going away.)
-    pub async fn settle_if_bodiless(&mut self, head_request: bool, status: http::StatusCode) {
-        if !no_body(head_request, status) && self.size_hint().exact() != Some(0) {
+    /// For an answer that carries no body bytes (`bodiless`, as
+    /// [`no_body`] says, or an empty body): records the event as complete,
+    /// and under `durability = "sync"` waits for its commit. Called before
+    /// the head is sent, since the head alone completes such an answer.
+    /// (The body of an answer to a `HEAD`, a 204 or 304 is then dropped
+    /// unpolled, which would otherwise count as the client going away.)
+    pub async fn settle_if_bodiless(&mut self, bodiless: bool) {
+        if !bodiless && self.size_hint().exact() != Some(0) {
             return;
         }
         let Some(finisher) = self.finisher.take() else { return };

@@ -124,7 +124,7 @@ pub async fn serve(
             let call = Call::from_request(req.map(|body| ClientBody::Hyper(body, watch)));
             let mut response = gateway.handle(peer, &upstreams, call).await;
             let status = response.status();
-            response.body_mut().settle_if_bodiless(head_request, status).await;
+            response.body_mut().settle_if_bodiless(super::body::no_body(head_request, status)).await;
             // hyper writes the header map only: a proxied answer's headers join it.
             if let Some(head) = response.body_mut().take_proxied_head() {
                 head.into_header_map(response.headers_mut());
@@ -263,7 +263,7 @@ impl Client {
         let declared = proxied.as_ref().and_then(|p| p.upstream.content_length()).filter(|_| !no_content);
         let length = if bodiless { declared } else { declared.or(body.size_hint().exact()) };
         let framing = Framing { length, chunked: !bodiless && length.is_none(), close };
-        body.settle_if_bodiless(head_request, parts.status).await;
+        body.settle_if_bodiless(bodiless).await;
         let mut out = std::mem::take(&mut self.out);
         out.clear();
         encode_head(&mut out, parts.status, &parts.headers, proxied.as_ref(), framing);
