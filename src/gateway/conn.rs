@@ -39,8 +39,8 @@ use super::body::{ClientBody, GatewayBody, HeadWatch, ProxiedHead};
 use super::h1::{self, CallHeaders, InBuf, Span};
 use super::timer::{ConnectionTimer, KeptTimer};
 use super::upstream::ConnectionUpstreams;
-use super::{Call, Gateway, Malformed};
-use crate::error::{ApiError, ErrorCode};
+use super::{Call, Gateway, Malformed, Refusal};
+use crate::error::ApiError;
 
 /// Largest head this loop reads; a larger one goes to hyper (up to its own limit).
 pub const MAX_FAST_HEAD: usize = 16 * 1024;
@@ -55,8 +55,9 @@ enum Parsed {
     Partial,
     /// A call this loop answers, and whether the caller asked to close after it.
     Call(Call, bool),
-    /// A request the target of which is not a valid URI: answered with 400.
-    BadTarget(Malformed),
+    /// A head that is no request (what hyper would answer with 400 or
+    /// 431), or one the target of which is not a valid URI: refused here.
+    Refused(Malformed),
     /// Anything else: hyper's.
     Other,
 }
@@ -87,11 +88,12 @@ pub async fn serve(
     loop {
         let (req, close) = match conn.next_call(stop.as_mut()).await {
             Next::Call(req, close) => (req, close),
-            Next::BadTarget(malformed) => {
+            Next::Refused(malformed) => {
+                let refusal = malformed.refusal();
                 gateway.record_malformed(peer, malformed);
-                // Under `durability = "sync"`, the 400 after the events' commit.
+                // Under `durability = "sync"`, the answer after the events' commit.
                 gateway.audit.flush_if_sync().await;
-                let _ = conn.answer_bad_target().await;
+                let _ = conn.answer_refusal(&refusal).await;
                 return;
             }
             Next::Slow => {
@@ -160,7 +162,7 @@ pub async fn serve(
 
 enum Next {
     Call(Call, bool),
-    BadTarget(Malformed),
+    Refused(Malformed),
     Other,
     /// Part of a head, and the head timeout passed.
     Slow,
@@ -192,7 +194,7 @@ impl Client {
         loop {
             match parse(&mut self.inbuf) {
                 Parsed::Call(req, close) => return Next::Call(req, close),
-                Parsed::BadTarget(malformed) => return Next::BadTarget(malformed),
+                Parsed::Refused(malformed) => return Next::Refused(malformed),
                 Parsed::Other => return Next::Other,
                 Parsed::Partial => {}
             }
@@ -238,14 +240,14 @@ impl Client {
         Poll::Ready(Ok(n))
     }
 
-    async fn answer_bad_target(&mut self) -> io::Result<()> {
-        let error = ApiError::new(ErrorCode::InvalidParameter, "the request target is not a valid URI path");
+    async fn answer_refusal(&mut self, refusal: &Refusal) -> io::Result<()> {
+        let error = ApiError::new(refusal.code, refusal.message);
         let body = error.body_bytes();
         let mut headers = HeaderMap::new();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         self.out.clear();
         let framing = Framing { length: Some(body.len() as u64), chunked: false, close: true };
-        encode_head(&mut self.out, StatusCode::BAD_REQUEST, &headers, None, framing);
+        encode_head(&mut self.out, refusal.status, &headers, None, framing);
         self.out.extend_from_slice(&body);
         self.stream.write_all(&self.out).await
     }
@@ -444,8 +446,16 @@ fn parse(inbuf: &mut InBuf) -> Parsed {
     let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(&mut request, data, &mut storage) {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) if data.len() < MAX_FAST_HEAD => return Parsed::Partial,
-        // Too large, too many headers, malformed: hyper answers.
-        _ => return Parsed::Other,
+        // Not whole within 16 KiB: hyper reads up to its own limit.
+        Ok(httparse::Status::Partial) => return Parsed::Other,
+        // An HTTP/2 connection preface: hyper closes without an answer.
+        Err(httparse::Error::Version) if data.starts_with(b"PRI * HTTP/2") => return Parsed::Other,
+        // What hyper's parser (httparse too, the same configuration and
+        // header limit) refuses: answered here as hyper would, 431 for too
+        // many headers and 400 for the rest, and so after the commit of
+        // its events under `durability = "sync"`.
+        Err(httparse::Error::TooManyHeaders) => return Parsed::Refused(Malformed::TooLarge),
+        Err(_) => return Parsed::Refused(Malformed::Http),
     };
     let (Some(method), Some(target), Some(1)) = (request.method, request.path, request.version) else { return Parsed::Other };
     if !target.starts_with('/') || method == "CONNECT" {
@@ -480,7 +490,7 @@ fn parse(inbuf: &mut InBuf) -> Parsed {
     let head = inbuf.take(len);
     let Ok(uri) = Uri::from_maybe_shared(head.slice(target_span.clone())) else {
         let target = head.slice(target_span);
-        return Parsed::BadTarget(Malformed::Target { method, target, headers: CallHeaders::Raw { head, spans } });
+        return Parsed::Refused(Malformed::Target { method, target, headers: CallHeaders::Raw { head, spans } });
     };
     let headers = CallHeaders::Raw { head, spans };
     Parsed::Call(Call { method, uri, headers, body: ClientBody::Empty }, close)
@@ -567,7 +577,7 @@ mod tests {
     #[test]
     fn a_target_the_parser_takes_but_no_uri_is_refused_here() {
         let mut inbuf = buffered(b"GET /a<b> HTTP/1.1\r\nHost: h\r\n\r\n");
-        let Parsed::BadTarget(Malformed::Target { method, target, headers }) = parse(&mut inbuf) else { panic!("not refused here") };
+        let Parsed::Refused(Malformed::Target { method, target, headers }) = parse(&mut inbuf) else { panic!("not refused here") };
         assert_eq!((method, &target[..]), (Method::GET, &b"/a<b>"[..]));
         assert_eq!(headers.get("host"), Some(&b"h"[..]));
         assert!(inbuf.is_empty(), "the head is consumed");
@@ -591,15 +601,41 @@ mod tests {
             b"GET http://example.com/ HTTP/1.1\r\n\r\n",
             b"OPTIONS * HTTP/1.1\r\n\r\n",
             b"CONNECT example.com:443 HTTP/1.1\r\n\r\n",
-            b"GET / HTTP/1.1\r\nBad Name: x\r\n\r\n",
-            b"GET / HTTP/1.1\r\nX: a\r\n  folded\r\n\r\n",
-            b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+            // An HTTP/2 preface: hyper closes without an answer.
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
         ];
         for bytes in others {
             let mut inbuf = buffered(bytes);
             assert!(matches!(parse(&mut inbuf), Parsed::Other), "{:?}", String::from_utf8_lossy(bytes));
             assert_eq!(inbuf.data(), *bytes, "nothing consumed");
         }
+    }
+
+    #[test]
+    fn heads_hyper_would_refuse_are_refused_here_as_it_would() {
+        let many: String = (0..MAX_HEADERS + 1).map(|i| format!("X-{i}: {i}\r\n")).collect();
+        let too_many = format!("GET / HTTP/1.1\r\n{many}\r\n");
+        let refused: &[(&[u8], u16)] = &[
+            (b"GET / HTTP/1.1\r\nBad Name: x\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\nX: a\r\n  folded\r\n\r\n", 400),
+            (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 400),
+            (b"GET / HTTP/2.0\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\nX: a\x01b\r\n\r\n", 400),
+            // A bad byte is refused before the head is whole.
+            (b"GET / HTTP/1.1\r\nBad Name", 400),
+            (too_many.as_bytes(), 431),
+        ];
+        for (bytes, status) in refused {
+            let mut inbuf = buffered(bytes);
+            let Parsed::Refused(malformed) = parse(&mut inbuf) else { panic!("not refused: {:?}", String::from_utf8_lossy(bytes)) };
+            assert!(matches!(malformed, Malformed::Http | Malformed::TooLarge));
+            assert_eq!(malformed.refusal().status.as_u16(), *status, "{:?}", String::from_utf8_lossy(bytes));
+        }
+        // Empty lines before a request line are skipped, as hyper skips them.
+        assert!(matches!(parse(&mut buffered(b"\r\n\r\nGET / HTTP/1.1\r\n\r\n")), Parsed::Call(..)));
+        // Exactly as many headers as hyper reads is a call.
+        let most: String = (0..MAX_HEADERS).map(|i| format!("X-{i}: {i}\r\n")).collect();
+        assert!(matches!(parse(&mut buffered(format!("GET / HTTP/1.1\r\n{most}\r\n").as_bytes())), Parsed::Call(..)));
     }
 
     #[test]

@@ -139,7 +139,8 @@ impl Gateway {
         let mut event = Event::new(Text::from_static(SYSTEM_TENANT), Category::Request, Text::from_static("request"), Text::from_static("failure"));
         event.request_id = Some(event::new_id_at(event.timestamp_ms));
         let mut client = peer.ip();
-        let (rule, status, code, message) = match &malformed {
+        let Refusal { rule, status, code, message } = malformed.refusal();
+        match &malformed {
             Malformed::Target { method, target, headers } => {
                 event.method = Some(method_text(method));
                 // As text, without the query, and no longer than the attack rules read.
@@ -148,22 +149,10 @@ impl Gateway {
                 event.path = Some(path);
                 client = self.client_of(peer.ip(), headers);
                 event.user_agent = headers.get("user-agent").map(user_agent_text);
-                ("builtin:malformed-target", StatusCode::BAD_REQUEST, ErrorCode::InvalidParameter, "the request target is not a valid URI path")
             }
-            Malformed::Http => {
-                ("builtin:malformed-http", StatusCode::BAD_REQUEST, ErrorCode::InvalidParameter, "not an HTTP/1 request this gateway can read")
-            }
-            Malformed::TooLarge => (
-                "builtin:malformed-length",
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                ErrorCode::InvalidParameter,
-                "the request head is larger than this gateway reads",
-            ),
-            Malformed::Slow { received } => {
-                event.request_size_bytes = Some(*received as u64);
-                ("builtin:slow-head", StatusCode::REQUEST_TIMEOUT, ErrorCode::RequestTimeout, "the request head did not arrive within the head timeout")
-            }
-        };
+            Malformed::Slow { received } => event.request_size_bytes = Some(*received as u64),
+            Malformed::Http | Malformed::TooLarge => {}
+        }
         event.client_ip = Some(client.to_string().into());
         event.country = self.geo.country(client).map(Text::from);
         event.status_code = Some(status.as_u16());
@@ -535,13 +524,46 @@ pub enum Malformed {
     /// A request line whose target is not a valid URI path; the rest of
     /// the head was read.
     Target { method: http::Method, target: bytes::Bytes, headers: h1::CallHeaders },
-    /// Bytes hyper could not read as an HTTP/1 request (it answered 400).
+    /// Bytes that are no HTTP/1 request head (answered 400, by the
+    /// connection loop or by hyper).
     Http,
-    /// A head larger than hyper reads (it answered 431).
+    /// A head larger than hyper reads, or with more headers (answered 431).
     TooLarge,
     /// Part of a head, the rest of which did not come within the head
     /// timeout (how slowloris holds connections open): closed unanswered.
     Slow { received: usize },
+}
+
+/// How a malformed request is refused: the rule its security event names,
+/// and the status, error code and message of the answer and of its event.
+pub struct Refusal {
+    pub rule: &'static str,
+    pub status: StatusCode,
+    pub code: ErrorCode,
+    pub message: &'static str,
+}
+
+impl Malformed {
+    pub fn refusal(&self) -> Refusal {
+        let (rule, status, code, message) = match self {
+            Malformed::Target { .. } => {
+                ("builtin:malformed-target", StatusCode::BAD_REQUEST, ErrorCode::InvalidParameter, "the request target is not a valid URI path")
+            }
+            Malformed::Http => {
+                ("builtin:malformed-http", StatusCode::BAD_REQUEST, ErrorCode::InvalidParameter, "not an HTTP/1 request this gateway can read")
+            }
+            Malformed::TooLarge => (
+                "builtin:malformed-length",
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                ErrorCode::InvalidParameter,
+                "the request head is larger than this gateway reads",
+            ),
+            Malformed::Slow { .. } => {
+                ("builtin:slow-head", StatusCode::REQUEST_TIMEOUT, ErrorCode::RequestTimeout, "the request head did not arrive within the head timeout")
+            }
+        };
+        Refusal { rule, status, code, message }
+    }
 }
 
 /// The threat score a malformed request adds to its address's history

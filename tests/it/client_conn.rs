@@ -225,6 +225,11 @@ async fn malformed_requests_get_400_and_the_connection_ends() {
         let mut buf = Vec::new();
         let answer = read_answer(&mut stream, &mut buf, false).await;
         assert_eq!(answer.status, 400, "{bad:?}");
+        // The connection loop refuses what is no request head with the
+        // gateway's JSON error; a broken length is hyper's (an empty 400).
+        if !bad.contains("Content-Length") {
+            assert_eq!(answer.json()["error"]["code"], "invalid_parameter", "{bad:?}");
+        }
         assert!(closes(&mut stream).await, "{bad:?}: no second answer on a connection that lost its framing");
         assert!(!String::from_utf8_lossy(&answer.body).contains(&key));
     }
@@ -244,7 +249,7 @@ async fn malformed_requests_get_400_and_the_connection_ends() {
     let target = security.iter().find(|e| e["details"]["rule_id"] == "builtin:malformed-target").unwrap();
     let call = logs.iter().find(|e| e["request_id"] == target["request_id"]).unwrap();
     assert_eq!((call["method"].as_str(), call["path"].as_str()), (Some("GET"), Some("/api/<x>")), "{call}");
-    // More headers than hyper reads: 431, and in the trail too.
+    // More headers than are read (hyper's limit, 100): 431, and in the trail too.
     let mut stream = TcpStream::connect(&addr).await.unwrap();
     let many: String = (0..150).map(|i| format!("X-Many-{i}: {i}\r\n")).collect();
     let big = format!("GET /api/x HTTP/1.1\r\nX-API-Key: {key}\r\n{many}\r\n");

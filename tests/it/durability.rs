@@ -104,10 +104,10 @@ async fn under_async_durability_an_answer_does_not_wait_for_its_commit() {
 
 /// An admin change under `sync` answers once its outcome (and the change's
 /// own security event, queued before it) is committed, and so do a sign-in
-/// and the gateway loop's 400 to a malformed target; under `async` the same
-/// reads right after the answers find them not yet there.
+/// and the gateway loop's 400 and 431 to malformed heads; under `async` the
+/// same reads right after the answers find them not yet there.
 #[tokio::test]
-async fn under_sync_admin_changes_sign_ins_and_refused_targets_answer_after_their_events_are_committed() {
+async fn under_sync_admin_changes_sign_ins_and_refused_heads_answer_after_their_events_are_committed() {
     for durability in [Durability::Sync, Durability::Async] {
         let ts = TestServer::start_with(tempfile::tempdir().unwrap(), |c| {
             c.audit.durability = durability;
@@ -129,17 +129,25 @@ async fn under_sync_admin_changes_sign_ins_and_refused_targets_answer_after_thei
         assert_eq!(anonymous.post("/v1/auth/login", json!({"name": "ada", "password": "not the password"})).await.status, 401);
         let failed = admin.get("/v1/audit/acme/security?event_type=admin_login_failed").await;
         let failed_events = failed.body["events"].as_array().unwrap().len();
-        // A request whose target is no URI path, refused by the gateway's own loop.
-        let mut stream = tokio::net::TcpStream::connect(ts.gateway.trim_start_matches("http://")).await.unwrap();
-        stream.write_all(b"GET /docs/<x> HTTP/1.1\r\nHost: gw\r\n\r\n").await.unwrap();
-        let mut answer = Vec::new();
-        stream.read_to_end(&mut answer).await.unwrap();
-        assert!(answer.starts_with(b"HTTP/1.1 400"), "{}", String::from_utf8_lossy(&answer));
+        // Heads refused by the gateway's own loop: a target that is no URI
+        // path, a header name with a space, more headers than are read.
+        let many: String = (0..150).map(|i| format!("X-Many-{i}: {i}\r\n")).collect();
+        for (head, status) in [
+            ("GET /docs/<x> HTTP/1.1\r\nHost: gw\r\n\r\n".to_string(), "400"),
+            ("GET /docs/x HTTP/1.1\r\nBad Name: 1\r\n\r\n".to_string(), "400"),
+            (format!("GET /docs/x HTTP/1.1\r\n{many}\r\n"), "431"),
+        ] {
+            let mut stream = tokio::net::TcpStream::connect(ts.gateway.trim_start_matches("http://")).await.unwrap();
+            stream.write_all(head.as_bytes()).await.unwrap();
+            let mut answer = Vec::new();
+            stream.read_to_end(&mut answer).await.unwrap();
+            assert!(answer.starts_with(format!("HTTP/1.1 {status}").as_bytes()), "{}", String::from_utf8_lossy(&answer));
+        }
         let blocked = admin.get("/v1/audit/_system/security?event_type=request_blocked").await;
         let blocked_events = blocked.body["events"].as_array().unwrap().len();
         match durability {
             Durability::Sync => {
-                assert_eq!(blocked_events, 1, "{}", blocked.text);
+                assert_eq!(blocked_events, 3, "{}", blocked.text);
                 assert_eq!(outcome, "success", "{}", log.text);
                 assert_eq!(revoked_events, 1, "{}", security.text);
                 assert_eq!(failed_events, 1, "{}", failed.text);
