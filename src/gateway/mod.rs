@@ -556,7 +556,7 @@ impl Malformed {
                 "builtin:malformed-length",
                 StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                 ErrorCode::InvalidParameter,
-                "the request head is larger than this gateway reads",
+                "the request head is too large for this gateway (at most 64 KiB and 100 headers)",
             ),
             Malformed::Slow { .. } => {
                 ("builtin:slow-head", StatusCode::REQUEST_TIMEOUT, ErrorCode::RequestTimeout, "the request head did not arrive within the head timeout")
