@@ -89,7 +89,11 @@ impl Policies {
                 actual: json!(method),
             });
         }
-        if let Some(pattern) = self.forbidden_paths.iter().find(|p| pattern_matches(p, path)) {
+        // Matched as sent and as an upstream may read it: `/docs//admin`,
+        // `/docs/./admin` and `/docs/%61dmin` are `/docs/admin` to many.
+        let normalized = if self.forbidden_paths.is_empty() { None } else { normalized_path(path) };
+        let forbidden = |p: &&String| pattern_matches(p, path) || normalized.as_deref().is_some_and(|n| pattern_matches(p, n));
+        if let Some(pattern) = self.forbidden_paths.iter().find(forbidden) {
             return Err(Violation { code: ErrorCode::Forbidden, policy: "forbidden_paths", field: "path", limit: json!(pattern), actual: json!(path) });
         }
         self.check_scopes(scopes)?;
@@ -126,6 +130,30 @@ impl Policies {
         }
         Ok(())
     }
+}
+
+/// `path` as an upstream may read it, when that differs from how it was
+/// sent: percent-decoded (twice at most; an invalid escape is left as is),
+/// empty and `.` segments dropped, `..` segments resolved.
+pub fn normalized_path(path: &str) -> Option<String> {
+    if !(path.contains('%') || path.contains("//") || path.contains("/.")) {
+        return None;
+    }
+    let mut decoded = crate::protection::percent_decode(path, false).unwrap_or_else(|| path.to_string());
+    if decoded.contains('%') {
+        decoded = crate::protection::percent_decode(&decoded, false).unwrap_or(decoded);
+    }
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in decoded.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            s => segments.push(s),
+        }
+    }
+    Some(format!("/{}", segments.join("/")))
 }
 
 /// Whether `path` is under `pattern`, segment by segment; a `*` segment
@@ -165,6 +193,21 @@ mod tests {
         assert!(pattern_matches("/docs/*/internal", "/docs/v2/internal/x"));
         assert!(!pattern_matches("/docs/*/internal", "/docs//internal"));
         assert!(!pattern_matches("/docs/*/internal", "/docs/v2"));
+    }
+
+    #[test]
+    fn forbidden_paths_hold_for_every_spelling_an_upstream_may_resolve() {
+        let p = policies();
+        let scopes = vec!["docs:read".to_string()];
+        for path in ["/docs/admin", "/docs//admin", "/docs/./admin", "/docs/%61dmin", "/docs/%2561dmin", "/docs/x/../admin/users", "//docs/admin", "/docs/v1/.//internal", "/docs%2fadmin"] {
+            let v = p.check("GET", path, None, false, &scopes).unwrap_err();
+            assert_eq!((v.code, v.actual), (ErrorCode::Forbidden, json!(path)), "{path}");
+        }
+        for path in ["/docs/administrator", "/docs/a%20dmin", "/docs/%zzadmin", "/docs/admin%", "/docs/v1/internals"] {
+            assert!(p.check("GET", path, None, false, &scopes).is_ok(), "{path}");
+        }
+        assert_eq!(normalized_path("/docs/a"), None, "nothing to resolve: no copy");
+        assert_eq!(normalized_path("/a/%2e%2e/../b/./c//").as_deref(), Some("/b/c"));
     }
 
     #[test]

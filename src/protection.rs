@@ -455,7 +455,7 @@ impl Block {
 
 /// Percent-decodes `text` (and `+` as a space when `plus_is_space`);
 /// `None` when an escape is invalid or the result is not UTF-8.
-fn percent_decode(text: &str, plus_is_space: bool) -> Option<String> {
+pub(crate) fn percent_decode(text: &str, plus_is_space: bool) -> Option<String> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

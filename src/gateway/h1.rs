@@ -212,8 +212,15 @@ pub fn encode_head(out: &mut Vec<u8>, method: &Method, target: &str, headers: &C
     for (name, value) in forwarded.add {
         header_line(out, name.as_str().as_bytes(), value.as_bytes());
     }
-    // Headers the caller's `Connection` names are hop-by-hop too (rare).
-    let named: Vec<&[u8]> = headers.values("connection").flat_map(list_items).collect();
+    // Headers the caller's `Connection` names are hop-by-hop too (rare) —
+    // except the message's own framing and host: dropping `Content-Length`
+    // would send the body as bytes with no length, which the upstream would
+    // read as a request of its own (smuggling).
+    let named: Vec<&[u8]> = headers
+        .values("connection")
+        .flat_map(list_items)
+        .filter(|n| !n.eq_ignore_ascii_case(b"content-length") && !n.eq_ignore_ascii_case(b"host"))
+        .collect();
     for (name, value) in headers.iter() {
         let left_out = forwarded.skip.iter().any(|s| name.eq_ignore_ascii_case(s.as_str().as_bytes()))
             || is_hop_by_hop(name)

@@ -333,13 +333,17 @@ impl Gateway {
             // Never proxied: verification answers itself.
             KeySource::VerifyBody => &header::HOST,
         };
+        // A keytrail key in `Authorization` beside the one in `X-API-Key`
+        // (the same key, or another) is left out too; any other
+        // `Authorization` is the upstream's own and goes through.
+        let bearer_key = source == KeySource::ApiKeyHeader && bearer_token(&headers).is_some_and(|t| keys::check_format(t).is_ok());
         let add = [
             (&header::HOST, &route.host_header),
             (&X_REQUEST_ID, &request_id_value),
             (&X_CONSUMER_ID, &entry.consumer_header),
             (&X_FORWARDED_FOR, &xff),
         ];
-        let skip = [key_header, &header::HOST, &X_REQUEST_ID, &X_CONSUMER_ID, &X_FORWARDED_FOR];
+        let skip = [key_header, if bearer_key { &header::AUTHORIZATION } else { key_header }, &header::HOST, &X_REQUEST_ID, &X_CONSUMER_ID, &X_FORWARDED_FOR];
         let forwarded = h1::Forwarded { add: &add, skip: &skip };
         let request_bytes = Arc::new(AtomicU64::new(0));
         let upstream_req = Outgoing { method: &method, target, headers: &headers, body: CountingBody::new(body, request_bytes.clone()) };
@@ -675,8 +679,18 @@ fn presented_key(headers: &CallHeaders) -> Option<Result<(&str, KeySource), KeyS
     }
     let value = headers.get("authorization")?;
     let Some(text) = h1::value_text(value) else { return Some(Err(KeySource::Authorization)) };
-    let (scheme, token) = text.trim().split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| Ok((token.trim(), KeySource::Authorization)))
+    bearer(text).map(|token| Ok((token, KeySource::Authorization)))
+}
+
+/// The token of an `Authorization: Bearer …` value.
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// The token of the caller's (first) `Authorization: Bearer …` header.
+fn bearer_token(headers: &CallHeaders) -> Option<&str> {
+    headers.get("authorization").and_then(h1::value_text).and_then(bearer)
 }
 
 /// Checks a presented key: format and checksum first (no lookup for a typo),
@@ -784,13 +798,19 @@ fn header_value(text: &str) -> HeaderValue {
     HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
-/// The `X-Forwarded-For` value sent upstream: the caller's (first) value
-/// with the peer appended, or the peer alone.
+/// The `X-Forwarded-For` value sent upstream: the caller's values (every
+/// line, in order, as one list) with the peer appended, or the peer alone.
 fn forwarded_for(headers: &CallHeaders, connection: &ConnectionUpstreams) -> HeaderValue {
-    match headers.get(X_FORWARDED_FOR.as_str()).and_then(h1::value_text) {
-        Some(previous) => header_value(&format!("{previous}, {}", connection.peer_text())),
-        None => connection.peer_header().clone(),
+    let mut list = String::new();
+    for previous in headers.values(X_FORWARDED_FOR.as_str()).filter_map(h1::value_text).map(str::trim).filter(|v| !v.is_empty()) {
+        list.push_str(previous);
+        list.push_str(", ");
     }
+    if list.is_empty() {
+        return connection.peer_header().clone();
+    }
+    list.push_str(connection.peer_text());
+    header_value(&list)
 }
 
 fn error_chain(error: &dyn std::error::Error) -> String {

@@ -10,6 +10,7 @@ mod client_conn;
 mod durability;
 mod erasure;
 mod gateway;
+mod hardening;
 mod integrity;
 mod lifecycle;
 mod mmdb;

@@ -1,0 +1,186 @@
+//! The proxy path against callers who try to get past it: a body smuggled
+//! as a request of its own, a key in a second header, an address list a
+//! trusted proxy appended to, and a forbidden path spelled another way.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::util::{start_upstream, TestServer};
+
+/// Sends `bytes` on a new connection and reads until the gateway closes it.
+async fn exchange(ts: &TestServer, bytes: &[u8]) -> String {
+    let mut stream = TcpStream::connect(ts.gateway.trim_start_matches("http://")).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The JSON the test upstream echoes (the request it saw).
+fn echoed(answer: &str) -> Value {
+    let body = &answer[answer.find("\r\n\r\n").expect("a head") + 4..];
+    serde_json::from_str(body).unwrap_or_else(|_| panic!("not JSON: {answer}"))
+}
+
+/// An upstream that keeps every request head it reads (a body by its
+/// `Content-Length` only, as a server does) and answers each with `ok`;
+/// a head for `/smuggled` is answered late, with `poisoned`.
+async fn recording_upstream() -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let heads: Arc<Mutex<Vec<String>>> = Arc::default();
+    let seen = heads.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else { return };
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let end = loop {
+                        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break at + 4;
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    buf.drain(..end);
+                    let length = head
+                        .lines()
+                        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap()))
+                        .unwrap_or(0);
+                    while buf.len() < length {
+                        let mut chunk = [0u8; 4096];
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buf.drain(..length);
+                    let answer: &[u8] = if head.contains("/smuggled") {
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\npoisoned"
+                    } else {
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+                    };
+                    seen.lock().unwrap().push(head);
+                    if stream.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, heads)
+}
+
+/// A caller's `Connection` may name headers to drop before the next hop,
+/// but never the message's own `Content-Length`: dropped, the body would
+/// reach the upstream as a request of its own — past routing, keys,
+/// policies and the trail, and answered to whoever used that upstream
+/// connection next.
+#[tokio::test]
+async fn a_body_cannot_be_smuggled_to_the_upstream_as_a_request() {
+    let ts = TestServer::start().await;
+    let (up, heads) = recording_upstream().await;
+    let admin = ts.admin_client();
+    let (_, _, attacker) = admin.setup("acme", "/api", &format!("http://{up}")).await;
+    let (_, _, victim) = admin.consumer_with_key("acme", "victim", json!({})).await;
+    let smuggled = "GET /api/smuggled HTTP/1.1\r\nHost: internal\r\n\r\n";
+    for connection in ["Content-Length, close", "close, Content-Length", "close, Host, content-length"] {
+        heads.lock().unwrap().clear();
+        let call = format!(
+            "POST /api/upload HTTP/1.1\r\nHost: gw\r\nX-API-Key: {attacker}\r\nConnection: {connection}\r\nContent-Length: {}\r\n\r\n{smuggled}",
+            smuggled.len()
+        );
+        let answer = exchange(&ts, call.as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("ok"), "{connection}: {answer}");
+        // Another client's call within the smuggled answer's 300 ms.
+        let other = exchange(&ts, format!("GET /api/mine HTTP/1.1\r\nHost: gw\r\nX-API-Key: {victim}\r\nConnection: close\r\n\r\n").as_bytes()).await;
+        assert!(other.ends_with("ok"), "{connection}: another caller got the smuggled answer: {other}");
+        let heads = heads.lock().unwrap().clone();
+        assert_eq!(heads.len(), 2, "{connection}: the upstream read a request the gateway never saw: {heads:?}");
+        let upload = heads.iter().find(|h| h.starts_with("POST /api/upload")).expect("the upload");
+        assert!(upload.to_ascii_lowercase().contains(&format!("content-length: {}", smuggled.len())), "{upload}");
+        assert!(upload.to_ascii_lowercase().contains("host: "), "{upload}");
+    }
+}
+
+/// The key never reaches the upstream, whichever header carries it and
+/// however many do; an `Authorization` that holds no keytrail key is the
+/// upstream's own and goes through.
+#[tokio::test]
+async fn a_key_in_a_second_header_is_not_forwarded() {
+    let ts = TestServer::start().await;
+    let up = start_upstream().await;
+    let admin = ts.admin_client();
+    let (_, _, key) = admin.setup("acme", "/api", &format!("http://{up}")).await;
+    let (_, _, other) = admin.consumer_with_key("acme", "other", json!({})).await;
+    for (authorization, forwarded) in [
+        (format!("Bearer {key}"), None),
+        (format!("bearer   {other}"), None),
+        ("Bearer upstream-session-token".to_string(), Some("Bearer upstream-session-token")),
+        ("Basic dXNlcjpwdw==".to_string(), Some("Basic dXNlcjpwdw==")),
+    ] {
+        let call = format!("GET /api/echo HTTP/1.1\r\nHost: gw\r\nX-API-Key: {key}\r\nAuthorization: {authorization}\r\nConnection: close\r\n\r\n");
+        let answer = exchange(&ts, call.as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        let seen = echoed(&answer);
+        assert!(!seen.to_string().contains(&key) && !seen.to_string().contains(&other), "a key reached the upstream: {seen}");
+        assert_eq!(seen["headers"]["authorization"].as_str(), forwarded, "{seen}");
+    }
+}
+
+/// Every `X-Forwarded-For` line reaches the upstream, in order, as one
+/// list ending with the peer: a trusted proxy that appends a line of its
+/// own (rather than extending the caller's) is not cut off, and the
+/// upstream reads the same client the trail records.
+#[tokio::test]
+async fn every_forwarded_for_line_reaches_the_upstream() {
+    let ts = TestServer::start_with(tempfile::tempdir().unwrap(), |c| {
+        c.gateway.trusted_proxies = keytrail::protection::TrustedProxies::parse(&["127.0.0.1/32".to_string()]).unwrap();
+    })
+    .await;
+    let up = start_upstream().await;
+    let admin = ts.admin_client();
+    let (_, _, key) = admin.setup("acme", "/api", &format!("http://{up}")).await;
+    let call = format!(
+        "GET /api/echo HTTP/1.1\r\nHost: gw\r\nX-API-Key: {key}\r\nX-Forwarded-For: 6.6.6.6\r\nX-Forwarded-For:  \r\nX-Forwarded-For: 203.0.113.7\r\nConnection: close\r\n\r\n"
+    );
+    let seen = echoed(&exchange(&ts, call.as_bytes()).await);
+    assert_eq!(seen["headers"]["x-forwarded-for"], "6.6.6.6, 203.0.113.7, 127.0.0.1", "{seen}");
+    let logs = admin.wait_for("/v1/audit/acme", "logs", 1).await;
+    assert_eq!(logs[0]["client_ip"], "203.0.113.7");
+}
+
+/// A forbidden path stays forbidden however it is spelled: with doubled
+/// slashes, `.` segments or percent-escapes that an upstream resolves.
+#[tokio::test]
+async fn a_forbidden_path_is_refused_in_every_spelling() {
+    let ts = TestServer::start().await;
+    let up = start_upstream().await;
+    let admin = ts.admin_client();
+    let (_, _, key) = admin.setup("acme", "/api", &format!("http://{up}")).await;
+    let api = admin
+        .post("/v1/tenants/acme/apis", json!({"id": "docs", "path_prefix": "/docs", "upstream": format!("http://{up}"), "policies": {"forbidden_paths": ["/docs/admin"]}}))
+        .await;
+    assert_eq!(api.status, 201, "{}", api.text);
+    let spellings = ["/docs/admin", "/docs//admin", "/docs/./admin", "/docs/%61dmin", "/docs/%2561dmin/x", "/docs/.//%2e/admin"];
+    for path in spellings {
+        let answer = exchange(&ts, format!("GET {path} HTTP/1.1\r\nHost: gw\r\nX-API-Key: {key}\r\nConnection: close\r\n\r\n").as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 403"), "{path}: {answer}");
+    }
+    let allowed = exchange(&ts, format!("GET /docs/administrator HTTP/1.1\r\nHost: gw\r\nX-API-Key: {key}\r\nConnection: close\r\n\r\n").as_bytes()).await;
+    assert!(allowed.starts_with("HTTP/1.1 200"), "{allowed}");
+    // Each refusal names the path as it was sent.
+    let events = admin.wait_for("/v1/audit/acme/security?event_type=policy_applied", "events", spellings.len()).await;
+    assert_eq!(events.len(), spellings.len());
+}
