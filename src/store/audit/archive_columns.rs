@@ -535,6 +535,21 @@ mod tests {
         out
     }
 
+    /// Client floats in `details` (more digits than the shortest form)
+    /// come back hashing the same.
+    #[test]
+    fn float_details_come_back_hashing_the_same() {
+        let mut events: Vec<Event> = (1..=40).map(|s| event(s, 1_793_491_200_000 + s as i64)).collect();
+        for (i, e) in events.iter_mut().enumerate() {
+            let text = format!("{{\"f\": {}, \"g\": 9.00013289605635609e-8}}", 1.0 / (i as f64 * 3.0 + 7.0));
+            e.details = Some(serde_json::from_str(&text).unwrap());
+        }
+        let back = round_trip(&events);
+        for (a, b) in events.iter().zip(&back) {
+            assert_eq!(a.canonical_bytes(Some(&[1; 32])).unwrap(), b.canonical_bytes(Some(&[1; 32])).unwrap());
+        }
+    }
+
     #[test]
     fn events_come_back_as_they_went_in_across_blocks() {
         let events: Vec<Event> = (1..=BLOCK_EVENTS as u64 + 10).map(|s| event(s, 1_793_491_200_000 + s as i64 * 7)).collect();

@@ -804,6 +804,31 @@ fn an_erasure_runs_a_day_file_at_a_time_while_events_keep_coming() {
     assert!(chain.iter().any(|s| s.event.consumer_id.as_deref() == Some("cons_4") && s.event.client_ip.is_some()), "others keep theirs");
 }
 
+/// Application events carry the client's JSON; a float written with more
+/// digits than the shortest form (as C and Java encoders write them) must
+/// verify in the hot store (archives: `archive_columns`' tests).
+#[test]
+fn float_details_from_client_json_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let texts = [r#"{"metadata": {"ratio": 9.00013289605635609e-8}}"#, r#"{"changes": {"price": {"before": 0.92038135161653933, "after": 0.009259259259259259}}}"#];
+    let input: Vec<Event> = texts
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            let mut e = Event::new("acme", Category::App, "order.updated", "success");
+            e.timestamp_ms = DAY0 + 1000 + i as i64;
+            e.details = Some(serde_json::from_str(text).unwrap());
+            e
+        })
+        .collect();
+    write(dir.path(), &input, 10);
+    let reader = AuditReader::open(dir.path()).unwrap();
+    let report = reader.verify("acme").unwrap();
+    assert_eq!((report.events, report.first_break), (2, None));
+    let back = newest_first(&reader, "acme");
+    assert_eq!(back.iter().rev().map(|e| e.details.clone()).collect::<Vec<_>>(), input.iter().map(|e| e.details.clone()).collect::<Vec<_>>());
+}
+
 #[test]
 fn wal_checkpoints_run_on_their_own_thread_not_in_a_commit() {
     let dir = tempfile::tempdir().unwrap();
