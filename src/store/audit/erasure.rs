@@ -334,9 +334,22 @@ fn row_hashes<'d>(
     Ok(out)
 }
 
-/// Removes from `candidates` the dictionary ids some block of the file
-/// (any tenant's) still uses.
+/// Removes from `candidates` the dictionary ids the file still uses: as a
+/// tenant (blocks, chain heads, salts, rollups — an erased value may be
+/// spelled like a tenant id, e.g. a consumer named after its tenant), as a
+/// rolled-up consumer, or in some block's text columns (any tenant's).
 fn still_used(conn: &Connection, candidates: &mut FxHashSet<u32>, decompressor: &mut zstd::bulk::Decompressor<'static>) -> Result<(), StoreError> {
+    let mut ids = conn.prepare(
+        "SELECT tenant FROM blocks UNION SELECT tenant FROM chain_heads UNION SELECT tenant FROM personal_salts
+         UNION SELECT tenant FROM roll_consumer UNION SELECT consumer FROM roll_consumer",
+    )?;
+    let mut rows = ids.query([])?;
+    while let Some(r) = rows.next()? {
+        candidates.remove(&r.get::<_, u32>(0)?);
+    }
+    if candidates.is_empty() {
+        return Ok(());
+    }
     let mut stmt = conn.prepare("SELECT data FROM blocks")?;
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {

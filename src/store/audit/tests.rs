@@ -753,6 +753,62 @@ fn a_store_of_an_older_format_is_refused_with_what_to_do() {
     assert_eq!(format, crate::store::audit::STORE_FORMAT);
 }
 
+/// A personal value spelled like a tenant id (a consumer named after its
+/// own tenant, or after another tenant of the same day file) is erased
+/// from the consumer's events, but the dictionary entry stays: the tenant's
+/// blocks, head and salts name it.
+#[test]
+fn an_erased_value_spelled_like_a_tenant_leaves_the_tenant_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let signer = std::sync::Arc::new(crate::signing::Signer::load_or_create(&dir.path().join("signing.key")).unwrap());
+    let audit = dir.path().join("audit");
+    let call = |tenant: &str, ts: i64, consumer: &str, name: &str| {
+        let mut e = Event::new(tenant, Category::Request, "request", "success");
+        e.timestamp_ms = ts;
+        e.consumer_id = Some(consumer.into());
+        e.consumer_name = Some(name.into());
+        e.client_ip = Some("192.0.2.1".into());
+        e.status_code = Some(200);
+        e
+    };
+    let mut input = Vec::new();
+    for i in 0..10 {
+        input.push(call("globex", DAY0 + i * 1000, "cons_g", "Gina"));
+        input.push(call("acme", DAY0 + i * 1000 + 1, "cons_a", "globex"));
+        input.push(call("acme", DAY0 + i * 1000 + 2, "cons_b", "acme"));
+    }
+    write(&audit, &input, 100);
+    for consumer in ["cons_a", "cons_b"] {
+        let request = erasure::ErasureRequest {
+            tenant: "acme".into(),
+            consumer: consumer.into(),
+            archive_dir: dir.path().join("archive"),
+            archive_level: 3,
+            signer: signer.clone(),
+        };
+        let report = AuditWriterStore::open(&audit).unwrap().erase(request).unwrap();
+        assert_eq!(report.events, 10, "{report:?}");
+    }
+    let reader = AuditReader::open(&audit).unwrap();
+    let mut tenants = reader.tenants().unwrap();
+    tenants.sort();
+    assert_eq!(tenants, ["acme", "globex"]);
+    for (tenant, n) in [("globex", 10), ("acme", 20)] {
+        let report = reader.verify(tenant).unwrap();
+        assert_eq!((report.events, report.first_break), (n, None), "{tenant}");
+    }
+    let chain = reader.chain("acme").unwrap();
+    assert!(chain.iter().all(|s| s.event.consumer_name.is_none() && s.event.client_ip.is_none()), "erased");
+    assert!(reader.chain("globex").unwrap().iter().all(|s| s.event.consumer_name.as_deref() == Some("Gina")));
+    // New events of both tenants go on from their heads.
+    let mut store = AuditWriterStore::open(&audit).unwrap();
+    store.insert_batch(&mut vec![call("acme", DAY0 + 50_000, "cons_c", "Carl"), call("globex", DAY0 + 50_001, "cons_g", "Gina")]).unwrap();
+    drop(store);
+    let reader = AuditReader::open(&audit).unwrap();
+    assert_eq!(reader.verify("acme").unwrap().events, 21);
+    assert_eq!(reader.verify("globex").unwrap().events, 11);
+}
+
 #[test]
 fn an_erasure_runs_a_day_file_at_a_time_while_events_keep_coming() {
     let dir = tempfile::tempdir().unwrap();
