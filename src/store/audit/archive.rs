@@ -1139,6 +1139,20 @@ pub(super) fn erase_consumer(
         if salts_here == 0 {
             continue;
         }
+        // Only an archive this store wrote, as it recorded it, is re-signed:
+        // the whole of it checked against the store's key first, and its
+        // manifest the one `meta.db` holds (not an older copy put back).
+        let refused = |why: String| StoreError::Corrupt(format!("archive {}: {why}; it was not erased: run `keytrail archive verify`", manifest.name));
+        if let Some(problem) = check_archive(tenant, &path, &signer.public_key(), None).problems.into_iter().next() {
+            return Err(refused(problem));
+        }
+        let recorded: Option<String> = meta
+            .query_row("SELECT manifest FROM archives WHERE tenant = ?1 AND first_seq = ?2", params![tenant, manifest.first_seq as i64], |r| r.get(0))
+            .optional()?;
+        let recorded_signature = recorded.and_then(|text| serde_json::from_str::<Manifest>(&text).ok()).map(|m| m.signature);
+        if recorded_signature.is_some_and(|signature| signature != manifest.signature) {
+            return Err(refused("its manifest is not the one this store recorded".into()));
+        }
         let salts = super::salts::from_hex(&manifest.personal_salts).map_err(StoreError::Corrupt)?;
         let file = std::fs::File::open(path.with_file_name(&manifest.file))?;
         let decoded = BufReader::with_capacity(1 << 20, zstd::stream::read::Decoder::new(file)?);
@@ -1216,6 +1230,67 @@ pub(super) fn erase_consumer(
 mod tests {
     use super::*;
     use crate::event::Category;
+
+    /// An archive of `acme` (day 2026-11-01) signed by `signer`: 5 events,
+    /// the 3rd of consumer `c1` with an address; `outcome` tells copies apart.
+    fn personal_archive(archive_dir: &Path, signer: &Signer, outcome: &str) -> Manifest {
+        let salt = [9u8; 32];
+        let mut writer = ArchiveWriter::create(archive_dir, "acme", "2026-11-01", DEFAULT_ZSTD_LEVEL).unwrap();
+        let mut prev = GENESIS_HASH;
+        for seq in 1..=5u64 {
+            let mut e = Event::new("acme", Category::Request, "request", outcome);
+            e.seq = seq;
+            e.timestamp_ms = 1_793_491_200_000 + seq as i64;
+            e.event_id = crate::event::derived_event_id("acme", seq, e.timestamp_ms);
+            if seq == 3 {
+                e.consumer_id = Some("c1".into());
+                e.client_ip = Some("203.0.113.9".into());
+            }
+            let salt = e.has_personal().then_some(&salt);
+            let hash = e.chain_hash(&prev, salt).unwrap();
+            writer.push(&StoredEvent { event: e, hash: Some(hash), prev_hash: Some(prev) }, salt).unwrap();
+            prev = hash;
+        }
+        writer.finish(&[], signer, 0).unwrap()
+    }
+
+    /// Erasure re-signs an archive only once it has checked it whole
+    /// against the store's key and found its manifest the recorded one: a
+    /// forged archive (signed with another key) or an older copy put back
+    /// is refused and left as it was, never laundered by the re-signing.
+    #[test]
+    fn erasure_re_signs_only_archives_it_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let signer = Signer::load_or_create(&dir.path().join("signing.key")).unwrap();
+        let archive_dir = dir.path().join("archive");
+        let meta = rusqlite::Connection::open_in_memory().unwrap();
+        meta.execute_batch(SCHEMA).unwrap();
+        let (data, manifest) = paths(&archive_dir, "acme", "2026-11-01");
+        let genuine = personal_archive(&archive_dir, &signer, "success");
+        insert_record(&meta, &genuine).unwrap();
+        let genuine_bytes = (std::fs::read(&data).unwrap(), std::fs::read(&manifest).unwrap());
+
+        // Forged with another key.
+        let mallory = Signer::load_or_create(&dir.path().join("mallory.key")).unwrap();
+        personal_archive(&archive_dir, &mallory, "FORGED");
+        let forged = (std::fs::read(&data).unwrap(), std::fs::read(&manifest).unwrap());
+        let error = erase_consumer(&archive_dir, &meta, "acme", "c1", DEFAULT_ZSTD_LEVEL, &signer).unwrap_err().to_string();
+        assert!(error.contains("signature does not verify") && error.contains("was not erased"), "{error}");
+        assert_eq!((std::fs::read(&data).unwrap(), std::fs::read(&manifest).unwrap()), forged, "left as it was");
+        assert!(!check_archive("acme", &manifest, &signer.public_key(), None).problems.is_empty());
+
+        // The genuine archive erases; the copy from before the erasure,
+        // put back, is refused by the next one (it would bring the address back).
+        std::fs::write(&data, &genuine_bytes.0).unwrap();
+        std::fs::write(&manifest, &genuine_bytes.1).unwrap();
+        let erased = erase_consumer(&archive_dir, &meta, "acme", "c1", DEFAULT_ZSTD_LEVEL, &signer).unwrap();
+        assert_eq!(erased.events, 1);
+        assert!(check_archive("acme", &manifest, &signer.public_key(), None).problems.is_empty());
+        std::fs::write(&data, &genuine_bytes.0).unwrap();
+        std::fs::write(&manifest, &genuine_bytes.1).unwrap();
+        let error = erase_consumer(&archive_dir, &meta, "acme", "c1", DEFAULT_ZSTD_LEVEL, &signer).unwrap_err().to_string();
+        assert!(error.contains("not the one this store recorded"), "{error}");
+    }
 
     #[test]
     fn events_of_a_block_that_does_not_hash_are_not_handed_on() {
