@@ -115,6 +115,22 @@ fn blocks(conn: &Connection) -> Vec<(i64, i64)> {
     stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect()
 }
 
+/// `keytrail verify` without `--tenant` checks every tenant `meta.db` knows
+/// of, not only those with blocks left: a tenant whose blocks were all
+/// deleted is reported, not skipped.
+#[test]
+fn verifying_every_tenant_reports_one_whose_blocks_were_all_deleted() {
+    let f = fixture();
+    let all = verify_dir(&f.original, None, &f.key).unwrap();
+    assert_eq!(all.iter().map(|r| (r.tenant.as_str(), r.ok)).collect::<Vec<_>>(), [("acme", true)]);
+    let audit = f.copy("all-blocks");
+    Connection::open(day_file(&audit)).unwrap().execute("DELETE FROM blocks", []).unwrap();
+    let all = verify_dir(&audit, None, &f.key).unwrap();
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert!(!all[0].ok && all[0].tenant == "acme", "{all:?}");
+    assert!(all[0].problems.join("\n").contains("missing"), "{all:?}");
+}
+
 #[test]
 fn an_intact_trail_verifies_with_its_checkpoints() {
     let f = fixture();

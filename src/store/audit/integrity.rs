@@ -37,6 +37,24 @@ pub const CHECKPOINT_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS checkpoints (
     PRIMARY KEY (tenant, seq)
 );";
 
+/// The tenants `meta.db` holds a signed checkpoint or a chain head of.
+fn recorded_tenants(dir: &Path) -> Result<Vec<String>, StoreError> {
+    let path = dir.join(META_FILE);
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let conn = rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let mut out = Vec::new();
+    for table in ["checkpoints", "heads"] {
+        let exists: Option<i64> = conn.query_row("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1", [table], |r| r.get(0)).optional()?;
+        if exists.is_some() {
+            let mut stmt = conn.prepare(&format!("SELECT DISTINCT tenant FROM {table}"))?;
+            out.extend(stmt.query_map([], |r| r.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?);
+        }
+    }
+    Ok(out)
+}
+
 /// The checkpoints kept for `tenant`, oldest first.
 pub fn checkpoints(dir: &Path, tenant: &str) -> Result<Vec<Checkpoint>, StoreError> {
     let path = dir.join(META_FILE);
@@ -197,7 +215,13 @@ pub fn verify_dir_from(dir: &Path, tenant: Option<&str>, key: &VerifyingKey, fro
     let reader = AuditReader::open(dir)?;
     let tenants = match tenant {
         Some(t) => vec![t.to_string()],
-        None => reader.tenants()?,
+        // Also those `meta.db` knows of (signed checkpoints, chain heads):
+        // a tenant whose every block was deleted still has a chain to check.
+        None => {
+            let mut all: std::collections::BTreeSet<String> = reader.tenants()?.into_iter().collect();
+            all.extend(recorded_tenants(dir)?);
+            all.into_iter().collect()
+        }
     };
     tenants.iter().map(|t| verify_tenant(dir, &reader, t, key, from_ms)).collect()
 }
