@@ -632,6 +632,23 @@ pub struct DecodedBlock {
     shared_bytes: Vec<u8>,
 }
 
+/// The most bytes a column of a block decodes to: far above what the
+/// writer makes (at most [`MAX_BLOCK_ROWS`] events; application events'
+/// `details` are at most 32 KB of JSON each), far below what would exhaust
+/// memory.
+const MAX_COLUMN_BYTES: usize = 512 << 20;
+const MAX_COLUMN_BYTES_PER_ROW: usize = 256 << 10;
+
+/// `raw`, the length a compressed column's header claims, once the zstd
+/// frame agrees (when it states its content size, as the writer's do).
+fn framed_length(frame: &[u8], raw: usize) -> Result<usize, BlockError> {
+    match zstd::zstd_safe::get_frame_content_size(frame) {
+        Ok(Some(n)) if n != raw as u64 => Err(BlockError("column length mismatch")),
+        Ok(_) => Ok(raw),
+        Err(_) => Err(BlockError("bad zstd frame")),
+    }
+}
+
 impl DecodedBlock {
     /// Reads the block's header; no column is decoded yet.
     pub fn parse(data: &[u8]) -> Result<DecodedBlock, BlockError> {
@@ -641,14 +658,21 @@ impl DecodedBlock {
         }
         let rows = r.varint()? as usize;
         let columns = r.varint()? as usize;
-        if columns < col::COUNT || rows > 1 << 24 {
+        if !(col::COUNT..=col::COUNT + 64).contains(&columns) || rows > 1 << 24 {
             return Err(BlockError("bad block header"));
         }
+        // What a column may decode to is bounded before anything is
+        // allocated for it: a damaged header must not make a reader ask
+        // for terabytes (an allocation failure aborts the process).
+        let most = MAX_COLUMN_BYTES.min((rows + 1).saturating_mul(MAX_COLUMN_BYTES_PER_ROW));
         let mut heads = Vec::with_capacity(columns);
         for _ in 0..columns {
             let codec = r.byte()?;
             let raw = r.varint()? as usize;
             let stored = r.varint()? as usize;
+            if raw > most {
+                return Err(BlockError("bad column length"));
+            }
             heads.push((codec, raw, stored));
         }
         let mut at = r.at;
@@ -663,7 +687,7 @@ impl DecodedBlock {
             layout.push((codec, raw, at, stored));
             at = at.checked_add(stored).ok_or(BlockError("bad column length"))?;
         }
-        if at > data.len() || (shared_raw == 0 && at != data.len()) {
+        if at > data.len() || (shared_raw == 0 && at != data.len()) || shared_raw > most {
             return Err(BlockError("column lengths do not add up"));
         }
         let shared = (shared_raw > 0).then_some((at, shared_raw));
@@ -705,8 +729,9 @@ impl DecodedBlock {
             let (codec, raw, start, stored) = self.layout[c];
             if codec == 2 && self.shared_bytes.is_empty() {
                 let (frame_start, shared_raw) = self.shared.ok_or(BlockError("no shared frame"))?;
-                let mut bytes = Vec::with_capacity(shared_raw);
-                let n = decompressor.decompress_to_buffer(&data[frame_start..], &mut bytes).map_err(|_| BlockError("bad zstd frame"))?;
+                let frame = data.get(frame_start..).ok_or(BlockError("no shared frame"))?;
+                let mut bytes = Vec::with_capacity(framed_length(frame, shared_raw)?);
+                let n = decompressor.decompress_to_buffer(frame, &mut bytes).map_err(|_| BlockError("bad zstd frame"))?;
                 if n != shared_raw {
                     return Err(BlockError("shared frame length mismatch"));
                 }
@@ -718,7 +743,7 @@ impl DecodedBlock {
                 1 => {
                     let stored_bytes = data.get(start..start + stored).ok_or(BlockError("column out of bounds"))?;
                     scratch.clear();
-                    scratch.reserve(raw);
+                    scratch.reserve(framed_length(stored_bytes, raw)?);
                     let n = decompressor.decompress_to_buffer(stored_bytes, &mut scratch).map_err(|_| BlockError("bad zstd column"))?;
                     if n != raw {
                         return Err(BlockError("column length mismatch"));
@@ -1046,6 +1071,49 @@ fn set_opt_text<T: SetText>(slot: &mut Option<T>, value: Option<&str>) {
 mod tests {
     use super::*;
     use crate::event::{derived_event_id, new_id_at};
+
+    /// A damaged header is an error, never an allocation of what it claims
+    /// (which would abort the process): a column of 2^50 bytes, more
+    /// columns than any block has, a frame whose content size disagrees.
+    #[test]
+    fn a_damaged_header_cannot_make_the_reader_allocate_what_it_claims() {
+        let header = |rows: u64, columns: u64, raw: u64, codec: u8| {
+            let mut bad = vec![FORMAT_VERSION];
+            push_varint(&mut bad, rows);
+            push_varint(&mut bad, columns);
+            for c in 0..columns.min(200) {
+                bad.push(codec);
+                push_varint(&mut bad, if c == 0 { raw } else { 0 });
+                push_varint(&mut bad, 0);
+            }
+            bad
+        };
+        let count = col::COUNT as u64;
+        for (bad, why) in [
+            (header(1, count, 1 << 50, 1), "a huge compressed column"),
+            (header(1, count, 1 << 50, 2), "a huge shared column"),
+            (header(1, 1 << 50, 0, 1), "a huge column count"),
+            (header(1, count + 65, 0, 1), "more columns than any block has"),
+            (header(3, count, 4 * MAX_COLUMN_BYTES_PER_ROW as u64 + 1, 1), "more bytes than its rows can hold"),
+        ] {
+            assert!(DecodedBlock::parse(&bad).is_err(), "{why}");
+        }
+        // A frame that says it holds 5 bytes, in a column that claims 4 KB.
+        let frame = zstd::bulk::compress(b"hello", 1).unwrap();
+        let mut bad = vec![FORMAT_VERSION];
+        push_varint(&mut bad, 1);
+        push_varint(&mut bad, count);
+        for c in 0..count {
+            bad.push(if c == 0 { 1 } else { 0 });
+            push_varint(&mut bad, if c == 0 { 4096 } else { 0 });
+            push_varint(&mut bad, if c == 0 { frame.len() as u64 } else { 0 });
+        }
+        bad.extend_from_slice(&frame);
+        let mut block = DecodedBlock::parse(&bad).unwrap();
+        let mut decompressor = zstd::bulk::Decompressor::new().unwrap();
+        let error = block.load(&bad, Columns::of(&[0]), &mut decompressor).unwrap_err();
+        assert_eq!(error.0, "column length mismatch");
+    }
 
     /// A tiny dictionary for the tests: every text is interned except the
     /// fields that are interned on repeat, which stay inline.
