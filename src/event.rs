@@ -463,7 +463,9 @@ fn push_int(out: &mut Vec<u8>, v: Option<i64>) {
 /// personal `actor`, see [`is_personal_actor`]) are left out of their
 /// places and covered at the end by their commitment (tag `3` and 32
 /// bytes): the stored one once they are erased, else one made with `salt`.
-/// An event without personal values ends with tag `0`.
+/// An event without personal values ends with tag `0`. (Personal values
+/// beside a stored commitment, which only an edit can make, follow it
+/// after tag `4`.)
 pub fn write_canonical(f: &CanonicalFields<'_>, salt: Option<&[u8; 32]>, out: &mut Vec<u8>) -> Result<(), MissingSalt> {
     let personal_actor = is_personal_actor(f.category, f.actor);
     let has_personal = f.client_ip.is_some() || f.user_agent.is_some() || f.consumer_name.is_some() || personal_actor;
@@ -507,6 +509,17 @@ pub fn write_canonical(f: &CanonicalFields<'_>, salt: Option<&[u8; 32]>, out: &m
             out.push(3);
             out.extend_from_slice(&c);
         }
+    }
+    // An erased event holds no personal values. Values beside a stored
+    // commitment (put back into an erased event by someone editing the
+    // store or an archive) are hashed too, after tag `4`, so such an event
+    // no longer hashes as it was chained; what the writer makes never has both.
+    if f.personal_commitment.is_some() && has_personal {
+        out.push(4);
+        push_text(out, f.client_ip);
+        push_text(out, f.user_agent);
+        push_text(out, f.consumer_name);
+        push_text(out, f.actor.filter(|_| personal_actor));
     }
     Ok(())
 }
@@ -665,6 +678,33 @@ pub fn push_hex(bytes: &[u8], out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Personal values put back beside an erased event's commitment make it
+    /// hash differently, so verification reports the edit; an erased event
+    /// without them hashes as it did before the erasure.
+    #[test]
+    fn values_put_back_into_an_erased_event_break_its_hash() {
+        let salt = [7u8; 32];
+        let mut e = Event::new("acme", Category::Request, "request", "success");
+        e.seq = 4;
+        e.event_id = derived_event_id("acme", 4, e.timestamp_ms);
+        e.consumer_id = Some("cons_a".into());
+        e.consumer_name = Some("Ada".into());
+        e.client_ip = Some("192.0.2.1".into());
+        let before = e.chain_hash(&GENESIS_HASH, Some(&salt)).unwrap();
+        e.erase_personal(&salt);
+        assert_eq!(e.chain_hash(&GENESIS_HASH, None).unwrap(), before, "erasure keeps the hash");
+        for put_back in [
+            |e: &mut Event| e.client_ip = Some("192.0.2.1".into()),
+            |e: &mut Event| e.client_ip = Some("203.0.113.66".into()),
+            |e: &mut Event| e.consumer_name = Some("Mallory".into()),
+            |e: &mut Event| e.user_agent = Some("curl/8".to_string()),
+        ] {
+            let mut edited = e.clone();
+            put_back(&mut edited);
+            assert_ne!(edited.chain_hash(&GENESIS_HASH, None).unwrap(), before);
+        }
+    }
 
     /// An event's `details` are hashed as serialized and, when read back,
     /// parsed and serialized again: the text must come back the same, or
