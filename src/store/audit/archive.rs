@@ -664,6 +664,20 @@ fn check_archive(
             Ok(n)
         }
     }
+    // Events handed on come from a private copy whose size and SHA-256
+    // were checked against the signed manifest first: a file replaced
+    // while it is read (block hashes are no secret) hands on nothing.
+    let file = if each.is_some() {
+        match private_checked_copy(file, &manifest) {
+            Ok(copy) => copy,
+            Err(problem) => {
+                problems.push(format!("{day}: {problem}"));
+                return Checked { manifest: Some(manifest), problems, events: 0 };
+            }
+        }
+    } else {
+        file
+    };
     let mut tee = Tee { inner: BufReader::with_capacity(1 << 20, file), sha: Sha256::new(), bytes: 0 };
     let checkpoints: HashMap<u64, [u8; 32]> =
         manifest.checkpoints.iter().filter_map(|c| Some((c.seq, from_hex::<32>(&c.hash)?))).collect();
@@ -732,7 +746,7 @@ fn check_archive(
                 note(&mut problems, format!("{day}: checkpoint at seq {}: the archive's hash there is not the one signed", e.seq));
             }
             running = claimed.hash.unwrap_or(computed);
-            expected = e.seq + 1;
+            expected = e.seq.saturating_add(1);
             // Events go to `each` once a hash the file claims confirms them
             // (a block's last event confirms the block).
             if let (Some(each), true) = (each.as_mut(), problems.is_empty()) {
@@ -758,7 +772,7 @@ fn check_archive(
     if events != manifest.events {
         problems.push(format!("{day}: holds {events} events, the manifest says {}", manifest.events));
     }
-    if expected != manifest.last_seq + 1 {
+    if manifest.last_seq.checked_add(1) != Some(expected) {
         problems.push(format!("{day}: ends at seq {}, the manifest says {}", expected.saturating_sub(1), manifest.last_seq));
     } else if running != manifest.last_hash() {
         problems.push(format!("{day}: the last event's hash is not the manifest's last hash"));
@@ -771,6 +785,36 @@ fn check_archive(
     }
     Checked { manifest: Some(manifest), problems, events }
 }
+
+/// A copy of the archive file `file`, private to this process (in the
+/// temporary directory, unlinked at once), once its size and SHA-256 are
+/// the manifest's.
+fn private_checked_copy(mut file: std::fs::File, manifest: &Manifest) -> Result<std::fs::File, String> {
+    use std::io::Seek;
+    let unique = format!("keytrail-archive-{}-{}", std::process::id(), COPIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    let path = std::env::temp_dir().join(unique);
+    let mut copy = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path).map_err(|e| format!("no private copy ({e})"))?;
+    let _ = std::fs::remove_file(&path);
+    let mut sha = Sha256::new();
+    let mut bytes = 0u64;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).map_err(|e| format!("the archive file cannot be read ({e})"))?;
+        if n == 0 {
+            break;
+        }
+        sha.update(&buf[..n]);
+        bytes += n as u64;
+        copy.write_all(&buf[..n]).map_err(|e| format!("no private copy ({e})"))?;
+    }
+    if bytes != manifest.file_bytes || hex(&sha.finalize()) != manifest.file_sha256 {
+        return Err("the archive file's SHA-256 is not the manifest's (the file was changed)".into());
+    }
+    copy.rewind().map_err(|e| format!("no private copy ({e})"))?;
+    Ok(copy)
+}
+
+static COPIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// What `keytrail archive verify` reports for one tenant.
 #[derive(Debug, Clone, Serialize)]
@@ -882,7 +926,7 @@ pub fn verify_archives(archive_dir: &Path, audit_dir: Option<&Path>, tenant: Opt
             let mut next = from;
             for r in records.iter().filter(|r| r.deleted_at_ms.is_some()) {
                 if r.manifest.first_seq <= next && r.manifest.last_seq >= next {
-                    next = r.manifest.last_seq + 1;
+                    next = r.manifest.last_seq.saturating_add(1);
                 }
             }
             next > to
@@ -896,15 +940,15 @@ pub fn verify_archives(archive_dir: &Path, audit_dir: Option<&Path>, tenant: Opt
                     }
                 }
                 None => {
-                    if reader.is_some() && !deleted(1, m.first_seq - 1) {
+                    if reader.is_some() && !deleted(1, m.first_seq.saturating_sub(1)) {
                         problems.push(format!(
                             "events 1..={} are missing before archive {}: no archive holds them and retention has no record of deleting them",
-                            m.first_seq - 1,
+                            m.first_seq.saturating_sub(1),
                             m.name
                         ));
                     }
                 }
-                Some(p) if m.first_seq > p.last_seq + 1 => {
+                Some(p) if m.first_seq > p.last_seq.saturating_add(1) => {
                     if !deleted(p.last_seq + 1, m.first_seq - 1) {
                         problems.push(format!(
                             "events {}..={} are missing between archive {} and archive {} (a missing day?)",
@@ -933,7 +977,7 @@ pub fn verify_archives(archive_dir: &Path, audit_dir: Option<&Path>, tenant: Opt
             if floor == last.last_seq {
                 let blocks = reader.tenant_blocks_in(false, &t, floor)?;
                 if let Some((_, first, _)) = blocks.first() {
-                    let links = first.first_seq == last.last_seq + 1 && first.prev_hash == last.last_hash();
+                    let links = Some(first.first_seq) == last.last_seq.checked_add(1) && first.prev_hash == last.last_hash();
                     if !links {
                         problems.push(format!(
                             "the first hot events (seq {}) do not follow archive {} (which ends at seq {})",
@@ -1254,6 +1298,63 @@ mod tests {
         writer.finish(&[], signer, 0).unwrap()
     }
 
+    /// Restore and `cat` read an archive twice (check, then hand on): a file
+    /// replaced between the two (with events chained from the manifest's
+    /// previous hash — block hashes are no secret) hands on nothing.
+    #[test]
+    fn a_replaced_file_hands_on_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let signer = Signer::load_or_create(&dir.path().join("signing.key")).unwrap();
+        let archive_dir = dir.path().join("archive");
+        personal_archive(&archive_dir, &signer, "success");
+        let (data, manifest) = paths(&archive_dir, "acme", "2026-11-01");
+        let hand_on = || {
+            let mut outcomes = Vec::new();
+            let checked = check_archive("acme", &manifest, &signer.public_key(), Some(&mut |s: StoredEvent| {
+                outcomes.push(s.event.outcome.to_string());
+                Ok(())
+            }));
+            (outcomes, checked.problems)
+        };
+        let (outcomes, problems) = hand_on();
+        assert_eq!((outcomes.len(), problems.len()), (5, 0), "{problems:?}");
+        let genuine = std::fs::read(&data).unwrap();
+        let other = tempfile::tempdir().unwrap();
+        personal_archive(&other.path().join("archive"), &signer, "FORGED");
+        std::fs::copy(paths(&other.path().join("archive"), "acme", "2026-11-01").0, &data).unwrap();
+        let (outcomes, problems) = hand_on();
+        assert!(outcomes.is_empty(), "{outcomes:?}");
+        assert!(problems[0].contains("SHA-256 is not the manifest's"), "{problems:?}");
+        std::fs::write(&data, genuine).unwrap();
+        assert_eq!(hand_on().0.len(), 5);
+    }
+
+    /// Sequence numbers near `u64::MAX` in a damaged manifest or line are
+    /// reported, never an overflow (a panic, or a silent wrap).
+    #[test]
+    fn sequence_numbers_at_the_edge_are_reported_not_overflowed() {
+        let dir = tempfile::tempdir().unwrap();
+        let signer = Signer::load_or_create(&dir.path().join("signing.key")).unwrap();
+        let archive_dir = dir.path().join("archive");
+        personal_archive(&archive_dir, &signer, "success");
+        let (data, manifest) = paths(&archive_dir, "acme", "2026-11-01");
+        let original: Manifest = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+        for (first, last) in [(1, u64::MAX), (0, 5), (u64::MAX, u64::MAX)] {
+            let m = Manifest { first_seq: first, last_seq: last, ..original.clone() };
+            std::fs::write(&manifest, serde_json::to_vec(&m).unwrap()).unwrap();
+            let reports = verify_archives(&archive_dir, None, Some("acme"), &signer.public_key()).unwrap();
+            assert!(!reports[0].ok, "{first}..={last}");
+        }
+        // A one-event-a-line (v2) archive whose event says seq u64::MAX.
+        let m = Manifest { format: FORMAT_EVENT_LINES.into(), ..original.clone() };
+        std::fs::write(&manifest, serde_json::to_vec(&m).unwrap()).unwrap();
+        let mut e = Event::new("acme", Category::Request, "request", "success");
+        e.seq = u64::MAX;
+        let line = serde_json::to_string(&LineOut { prev_hash: &hex(&[0; 32]), hash: &hex(&[0; 32]), event: &e }).unwrap();
+        std::fs::write(&data, zstd::encode_all(format!("{line}\n{line}\n").as_bytes(), 1).unwrap()).unwrap();
+        assert!(!check_archive("acme", &manifest, &signer.public_key(), None).problems.is_empty());
+    }
+
     /// Erasure re-signs an archive only once it has checked it whole
     /// against the store's key and found its manifest the recorded one: a
     /// forged archive (signed with another key) or an older copy put back
@@ -1331,8 +1432,13 @@ mod tests {
         latency["values"][0] = serde_json::json!(1);
         let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
         std::fs::write(&data, zstd::encode_all(text.as_bytes(), 1).unwrap()).unwrap();
+        // Handing on reads a private copy checked against the manifest's
+        // SHA-256 first: nothing of a changed file goes on.
         let (seqs, problems) = handed_on(&manifest);
-        assert_eq!(seqs, (1..=BLOCK_EVENTS as u64).collect::<Vec<_>>());
+        assert!(seqs.is_empty(), "{} events handed on", seqs.len());
+        assert!(problems[0].contains("SHA-256 is not the manifest's"), "{problems:?}");
+        // Checked without handing on, the change is named by its block.
+        let problems = check_archive("acme", &manifest, &signer.public_key(), None).problems;
         let expected = format!("seq {}..={}: the events do not hash to their block's hash", BLOCK_EVENTS + 1, BLOCK_EVENTS + 10);
         assert!(problems.iter().any(|p| p.contains(&expected)), "{problems:?}");
     }

@@ -365,6 +365,10 @@ impl BlockDecoder {
             .and_then(Value::as_u64)
             .filter(|n| (1..=BLOCK_EVENTS as u64).contains(n))
             .ok_or_else(|| format!("no `events` (1 to {BLOCK_EVENTS})"))? as usize;
+        // Sequence numbers are SQLite integers: a block running past i64::MAX is damaged.
+        if first_seq == 0 || first_seq.checked_add(count as u64).is_none_or(|end| end > i64::MAX as u64) {
+            return Err(format!("`first_seq` {first_seq} is out of range"));
+        }
         let hash = line.get("hash").and_then(Value::as_str).and_then(from_hex::<32>).ok_or("`hash` is not 64 hexadecimal digits")?;
         let Some(Value::Array(columns)) = line.remove("columns") else { return Err("no `columns`".into()) };
         let mut rows: Vec<Event> = (0..count).map(|i| Event { seq: first_seq + i as u64, ..Event::default() }).collect();
@@ -533,6 +537,15 @@ mod tests {
             out.extend(block.events);
         }
         out
+    }
+
+    #[test]
+    fn a_block_running_past_the_largest_seq_is_refused() {
+        for first_seq in [0, u64::MAX, i64::MAX as u64] {
+            let line = serde_json::json!({"first_seq": first_seq, "events": 2, "hash": "00".repeat(32), "columns": []}).to_string();
+            let error = BlockDecoder::default().decode(&line).unwrap_err();
+            assert!(error.contains("out of range"), "{first_seq}: {error}");
+        }
     }
 
     /// Client floats in `details` (more digits than the shortest form)
