@@ -130,6 +130,10 @@ pub async fn serve(
             // hyper writes the header map only: a proxied answer's headers join it.
             if let Some(head) = response.body_mut().take_proxied_head() {
                 head.into_header_map(response.headers_mut());
+                // Never a length on a 1xx or 204 (RFC 9110 §8.6), as the loop answers.
+                if status.is_informational() || status == StatusCode::NO_CONTENT {
+                    response.headers_mut().remove(header::CONTENT_LENGTH);
+                }
             }
             Ok::<_, std::convert::Infallible>(response)
         }
