@@ -131,7 +131,9 @@ impl Upstreams {
     async fn connect(&self, authority: &Authority) -> Result<Conn, UpstreamError> {
         let failed = |reason: String| UpstreamError::Connect { authority: authority.to_string(), reason };
         let port = authority.port_u16().unwrap_or(80);
-        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect((authority.host(), port)))
+        // An IPv6 literal comes bracketed (`[::1]`); the resolver wants it bare.
+        let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect((host, port)))
             .await
             .map_err(|_| failed(format!("no connection within {} ms", self.connect_timeout.as_millis())))?
             .map_err(|e| failed(e.to_string()))?;

@@ -233,3 +233,30 @@ async fn a_204_never_carries_a_length() {
         }
     }
 }
+
+/// An api whose upstream is an IPv6 literal (`http://[::1]:port`) is
+/// reached, not refused with 502.
+#[tokio::test]
+async fn an_ipv6_literal_upstream_is_reached() {
+    let ts = TestServer::start().await;
+    let listener = tokio::net::TcpListener::bind("[::1]:0").await.expect("this machine has IPv6 loopback");
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let mut chunk = [0u8; 4096];
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nv6").await;
+            });
+        }
+    });
+    let (_, _, key) = ts.admin_client().setup("acme", "/v6", &format!("http://[::1]:{port}")).await;
+    let answer = exchange(&ts, format!("GET /v6/x HTTP/1.1\r\nHost: gw\r\nX-API-Key: {key}\r\nConnection: close\r\n\r\n").as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("v6"), "{answer}");
+}
