@@ -74,11 +74,14 @@ pub struct HeadWatch {
 }
 
 impl HeadWatch {
-    /// `n` bytes came from the client.
-    pub fn read(&self, n: usize) {
-        if !self.in_body.load(Ordering::Relaxed) {
-            self.received.fetch_add(n, Ordering::Relaxed);
+    /// `bytes` came from the client. Empty lines before a head are not a
+    /// head begun (RFC 9112 §2.2 lets a client send them; hyper skips them).
+    pub fn read(&self, bytes: &[u8]) {
+        if self.in_body.load(Ordering::Relaxed) {
+            return;
         }
+        let counted = if self.received.load(Ordering::Relaxed) == 0 { skip_empty_lines(bytes) } else { bytes };
+        self.received.fetch_add(counted.len(), Ordering::Relaxed);
     }
 
     /// hyper has read a request head; `has_body`: a body follows it.
@@ -96,6 +99,12 @@ impl HeadWatch {
         let received = self.received.load(Ordering::Relaxed);
         (received > 0 && !self.in_body.load(Ordering::Relaxed)).then_some(received)
     }
+}
+
+/// `bytes` without the CR and LF bytes it starts with.
+pub fn skip_empty_lines(bytes: &[u8]) -> &[u8] {
+    let start = bytes.iter().position(|b| !matches!(b, b'\r' | b'\n')).unwrap_or(bytes.len());
+    &bytes[start..]
 }
 
 /// Passes a body through unchanged, adding the size of each data frame to a

@@ -228,7 +228,8 @@ impl Client {
             })
             .await;
             match read {
-                Err(e) if e.kind() == io::ErrorKind::TimedOut && !self.inbuf.is_empty() => return Next::Slow,
+                // Empty lines alone are no head begun: an idle connection.
+                Err(e) if e.kind() == io::ErrorKind::TimedOut && !super::body::skip_empty_lines(self.inbuf.data()).is_empty() => return Next::Slow,
                 Ok(0) | Err(_) => return Next::Done,
                 Ok(_) => {}
             }
@@ -515,14 +516,14 @@ impl AsyncRead for Prefixed {
         if !this.prefix.is_empty() {
             let n = this.prefix.len().min(buf.remaining());
             buf.put_slice(&this.prefix[..n]);
+            this.watch.read(&this.prefix[..n]);
             this.prefix.advance(n);
-            this.watch.read(n);
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.stream).poll_read(cx, buf);
         if polled.is_ready() {
-            this.watch.read(buf.filled().len() - before);
+            this.watch.read(&buf.filled()[before..]);
         }
         polled
     }

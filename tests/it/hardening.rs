@@ -260,3 +260,28 @@ async fn an_ipv6_literal_upstream_is_reached() {
     let answer = exchange(&ts, format!("GET /v6/x HTTP/1.1\r\nHost: gw\r\nX-API-Key: {key}\r\nConnection: close\r\n\r\n").as_bytes()).await;
     assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("v6"), "{answer}");
 }
+
+/// Empty lines a client sends after a call (RFC 9112 §2.2 allows them
+/// before a request line) are no slow head: a client that then idles is
+/// not recorded as holding a head open, on the loop's connections or hyper's.
+#[tokio::test]
+async fn empty_lines_then_idle_are_not_a_slow_head() {
+    let ts = TestServer::start_with(tempfile::tempdir().unwrap(), |c| c.gateway.head_timeout = Duration::from_millis(300)).await;
+    let up = start_upstream().await;
+    let admin = ts.admin_client();
+    let (_, _, key) = admin.setup("acme", "/api", &format!("http://{up}")).await;
+    let call = format!("GET /api/fixed HTTP/1.1\r\nHost: gw\r\nX-API-Key: {key}\r\n\r\n");
+    let by_hyper = format!("POST /api/upload HTTP/1.1\r\nHost: gw\r\nX-API-Key: {key}\r\nContent-Length: 2\r\n\r\nhi");
+    for first in [call.clone(), by_hyper] {
+        let answer = exchange(&ts, format!("{first}\r\n\r\n").as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+    // A head begun and left is still one.
+    let answer = exchange(&ts, format!("{call}\r\nGET /api/fixed HTTP/1.1\r\nHost:").as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let slow = admin.wait_for("/v1/audit/_system/security?event_type=request_blocked", "events", 1).await;
+    ts.flush().await;
+    let slow_now = admin.get("/v1/audit/_system/security?event_type=request_blocked").await;
+    assert_eq!(slow_now.body["events"].as_array().unwrap().len(), 1, "{}", slow_now.text);
+    assert_eq!(slow[0]["details"]["rule_id"], "builtin:slow-head");
+}
