@@ -17,7 +17,7 @@ pub mod upstream;
 mod verify;
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,7 +28,7 @@ use tokio::sync::watch;
 
 use self::body::{ClientBody, CountingBody, Finisher, GatewayBody, ProxiedHead};
 use self::h1::CallHeaders;
-use self::upstream::{ConnectionUpstreams, Outgoing, Upstreams};
+use self::upstream::{ConnectionUpstreams, Outgoing, UpstreamError, Upstreams};
 use crate::audit::AuditPipeline;
 use crate::config::GatewayConfig;
 use crate::control::ControlPlane;
@@ -349,10 +349,21 @@ impl Gateway {
         let upstream_req = Outgoing { method: &method, target, headers: &headers, body: CountingBody::new(body, request_bytes.clone()) };
         let timeout = route.timeout.unwrap_or(self.upstream_timeout);
         let sent = Instant::now();
-        let outcome = upstreams.send_within(&route.upstream_authority, upstream_req, forwarded, sent, timeout).await;
+        let outcome = upstreams.send_within(&route.upstream_authority, upstream_req, forwarded, (sent, timeout), &request_bytes).await;
         event.upstream_latency_us = Some(sent.elapsed().as_micros() as u64);
         let answer = match outcome {
             Some(Ok(answer)) => answer,
+            // The caller's body failed (broken chunks, or the caller went
+            // away midway): the caller's error, not the upstream's.
+            Some(Err(UpstreamError::RequestBody(error))) => {
+                tracing::debug!(api = %route.api_id, error = %error_chain(&*error), "the request body could not be read");
+                let error = ApiError::new(ErrorCode::InvalidBody, "the request body could not be read (its chunked framing is broken, or it ended early)");
+                return refuse_with(&mut event, error, &request_id_value, |e, _| finisher(e, Some(request_bytes)));
+            }
+            // The caller stopped sending the body it declared: its timeout.
+            None if declared_length(&headers).is_some_and(|n| request_bytes.load(Ordering::Relaxed) < n) => {
+                return refuse(&mut event, ErrorCode::RequestTimeout, &request_id_value, |e, _| finisher(e, Some(request_bytes)));
+            }
             Some(Err(error)) => {
                 tracing::warn!(api = %route.api_id, upstream = %route.upstream_authority, error = %error_chain(&error), "upstream request failed");
                 return refuse(&mut event, ErrorCode::UpstreamUnavailable, &request_id_value, |e, _| finisher(e, Some(request_bytes)));

@@ -209,21 +209,24 @@ impl ConnectionUpstreams {
     }
 
     /// [`send`](Self::send), given up (`None`) when no response head has
-    /// come `timeout` after `started`. The connection's calls share one
+    /// come `timeout` after `started` — or after the request body last made
+    /// progress (`sent`, its bytes so far): a caller's upload still coming
+    /// is not the upstream's delay. The connection's calls share one
     /// [`KeptTimer`], so a call that answers in time sets no timer of its own.
     pub async fn send_within<B>(
         &self,
         authority: &Authority,
         req: Outgoing<'_, B>,
         forwarded: h1::Forwarded<'_>,
-        started: std::time::Instant,
-        timeout: Duration,
+        (started, timeout): (std::time::Instant, Duration),
+        sent: &std::sync::atomic::AtomicU64,
     ) -> Option<Result<Answer<B>, UpstreamError>>
     where
         B: Body<Data = Bytes> + Unpin,
         B::Error: Into<BoxError>,
     {
-        let deadline = started + timeout;
+        let mut deadline = started + timeout;
+        let mut seen = sent.load(std::sync::atomic::Ordering::Relaxed);
         let timer = || self.timer.lock().unwrap_or_else(|e| e.into_inner());
         timer().arm(deadline);
         let mut send = std::pin::pin!(self.send(authority, req, forwarded));
@@ -231,8 +234,16 @@ impl ConnectionUpstreams {
             if let Poll::Ready(answer) = send.as_mut().poll(cx) {
                 return Poll::Ready(Some(answer));
             }
-            ready!(timer().poll_until(cx, deadline));
-            Poll::Ready(None)
+            loop {
+                ready!(timer().poll_until(cx, deadline));
+                let now = sent.load(std::sync::atomic::Ordering::Relaxed);
+                if now == seen {
+                    return Poll::Ready(None);
+                }
+                seen = now;
+                deadline = std::time::Instant::now() + timeout;
+                timer().arm(deadline);
+            }
         })
         .await
     }
@@ -838,7 +849,7 @@ mod tests {
         let (parts, body) = get(up, "GET").into_parts();
         let headers = h1::CallHeaders::Map(parts.headers);
         let req = Outgoing { method: &parts.method, target: "/x?y=1", headers: &headers, body };
-        let answer = client.send_within(&up.authority, req, h1::Forwarded::default(), started, timeout).await;
+        let answer = client.send_within(&up.authority, req, h1::Forwarded::default(), (started, timeout), &Default::default()).await;
         (answer.map(|a| a.is_ok()), started.elapsed())
     }
 

@@ -285,3 +285,55 @@ async fn empty_lines_then_idle_are_not_a_slow_head() {
     assert_eq!(slow_now.body["events"].as_array().unwrap().len(), 1, "{}", slow_now.text);
     assert_eq!(slow[0]["details"]["rule_id"], "builtin:slow-head");
 }
+
+/// A request body is the caller's: one whose chunks are broken is a 400
+/// `invalid_body`, one that keeps coming past the api's timeout is waited
+/// for (the upstream's time starts when the body last moved), and one that
+/// stops short of its declared length is a 408 `request_timeout` — none of
+/// them the upstream's failure (502 / 504).
+#[tokio::test]
+async fn a_callers_body_is_not_blamed_on_the_upstream() {
+    let ts = TestServer::start().await;
+    let up = start_upstream().await;
+    let admin = ts.admin_client();
+    let (_, _, key) = admin.setup("acme", "/api", &format!("http://{up}")).await;
+    let api = admin.post("/v1/tenants/acme/apis", json!({"id": "slow", "path_prefix": "/slow", "upstream": format!("http://{up}"), "timeout_ms": 300})).await;
+    assert_eq!(api.status, 201, "{}", api.text);
+
+    let broken = format!("POST /api/upload HTTP/1.1\r\nHost: gw\r\nX-API-Key: {key}\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n");
+    let answer = exchange(&ts, broken.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("invalid_body"), "{answer}");
+
+    let upload = |wait_ms: u64, rest: &'static [u8]| {
+        let head = format!("POST /slow/upload HTTP/1.1\r\nHost: gw\r\nX-API-Key: {key}\r\nContent-Length: 10\r\nConnection: close\r\n\r\nhello");
+        let addr = ts.gateway.trim_start_matches("http://").to_string();
+        async move {
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            stream.write_all(head.as_bytes()).await.unwrap();
+            // Half the body now, and the rest after each wait (one under the
+            // api's 300 ms timeout at a time, longer than it in all).
+            for i in 0..3 {
+                tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+                if let Some(byte) = rest.get(i..i + 1) {
+                    let _ = stream.write_all(byte).await;
+                }
+            }
+            if let Some(last) = rest.get(3..) {
+                let _ = stream.write_all(last).await;
+            }
+            let mut out = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
+            String::from_utf8_lossy(&out).into_owned()
+        }
+    };
+    let slow = upload(200, b"world").await;
+    assert!(slow.starts_with("HTTP/1.1 200"), "an upload still coming was cut off: {slow}");
+    assert_eq!(echoed(&slow)["received_bytes"], 10, "{slow}");
+    let stalled = upload(200, b"").await;
+    assert!(stalled.starts_with("HTTP/1.1 408"), "{stalled}");
+
+    let logs = admin.wait_for("/v1/audit/acme?status_min=400", "logs", 2).await;
+    let codes: Vec<&str> = logs.iter().map(|e| e["error_code"].as_str().unwrap()).collect();
+    assert_eq!(codes, ["request_timeout", "invalid_body"], "{logs:?}");
+}
