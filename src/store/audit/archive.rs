@@ -378,7 +378,15 @@ struct EventLines<R> {
     pending: std::collections::VecDeque<Claimed>,
     text: String,
     line: u64,
+    /// The longest line read, for a file not known to be the one its
+    /// manifest signed (a tiny zstd file can hold a line of gigabytes).
+    max_line: Option<usize>,
 }
+
+/// The longest line read from an archive file whose SHA-256 is not its
+/// manifest's (a damaged file; past it the file is reported unreadable):
+/// far above a block line of ordinary events (~1–2 MB).
+const MAX_UNVERIFIED_LINE: usize = 16 << 20;
 
 impl<R: BufRead> EventLines<R> {
     /// `None` when this version does not read `format`.
@@ -388,7 +396,13 @@ impl<R: BufRead> EventLines<R> {
             FORMAT_EVENT_LINES => None,
             _ => return None,
         };
-        Some(EventLines { lines, blocks, pending: Default::default(), text: String::new(), line: 0 })
+        Some(EventLines { lines, blocks, pending: Default::default(), text: String::new(), line: 0, max_line: None })
+    }
+
+    /// Reads no line longer than `max` bytes (an error past it).
+    fn with_max_line(mut self, max: Option<usize>) -> Self {
+        self.max_line = max;
+        self
     }
 
     /// The next event; an error when the file cannot be decompressed.
@@ -398,10 +412,17 @@ impl<R: BufRead> EventLines<R> {
                 return Ok(Next::Event(claimed));
             }
             self.text.clear();
-            if self.lines.read_line(&mut self.text).map_err(|e| format!("the file cannot be decompressed ({e})"))? == 0 {
+            let read = match self.max_line {
+                None => self.lines.read_line(&mut self.text),
+                Some(max) => (&mut self.lines).take(max as u64 + 1).read_line(&mut self.text),
+            };
+            if read.map_err(|e| format!("the file cannot be decompressed ({e})"))? == 0 {
                 return Ok(Next::End);
             }
             self.line += 1;
+            if self.max_line.is_some_and(|max| self.text.len() > max) {
+                return Err(format!("line {} is longer than {} bytes", self.line, self.max_line.unwrap_or_default()));
+            }
             let text = self.text.trim_end();
             let Some(blocks) = self.blocks.as_mut() else {
                 let parsed = serde_json::from_str::<LineIn>(text).map_err(|e| e.to_string()).and_then(|line| {
@@ -667,6 +688,9 @@ fn check_archive(
     // Events handed on come from a private copy whose size and SHA-256
     // were checked against the signed manifest first: a file replaced
     // while it is read (block hashes are no secret) hands on nothing.
+    // A file that is not the one its manifest signed is read with a bound
+    // on its lines.
+    let signed_file = each.is_some() || std::fs::File::open(&data_path).is_ok_and(|f| signed_bytes(f, &manifest, None).is_ok());
     let file = if each.is_some() {
         match private_checked_copy(file, &manifest) {
             Ok(copy) => copy,
@@ -701,7 +725,9 @@ fn check_archive(
     };
     let read_result: Result<(), String> = (|| {
         let decoder = zstd::stream::read::Decoder::new(&mut tee).map_err(|e| e.to_string())?;
-        let mut lines = EventLines::new(BufReader::with_capacity(1 << 20, decoder), &manifest.format).ok_or("an unknown format")?;
+        let mut lines = EventLines::new(BufReader::with_capacity(1 << 20, decoder), &manifest.format)
+            .ok_or("an unknown format")?
+            .with_max_line((!signed_file).then_some(MAX_UNVERIFIED_LINE));
         loop {
             let claimed = match lines.next()? {
                 Next::End => return Ok(()),
@@ -789,12 +815,20 @@ fn check_archive(
 /// A copy of the archive file `file`, private to this process (in the
 /// temporary directory, unlinked at once), once its size and SHA-256 are
 /// the manifest's.
-fn private_checked_copy(mut file: std::fs::File, manifest: &Manifest) -> Result<std::fs::File, String> {
+fn private_checked_copy(file: std::fs::File, manifest: &Manifest) -> Result<std::fs::File, String> {
     use std::io::Seek;
     let unique = format!("keytrail-archive-{}-{}", std::process::id(), COPIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
     let path = std::env::temp_dir().join(unique);
     let mut copy = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&path).map_err(|e| format!("no private copy ({e})"))?;
     let _ = std::fs::remove_file(&path);
+    signed_bytes(file, manifest, Some(&mut copy))?;
+    copy.rewind().map_err(|e| format!("no private copy ({e})"))?;
+    Ok(copy)
+}
+
+/// Reads `file` through (into `copy`, when given) and checks that its size
+/// and SHA-256 are the manifest's.
+fn signed_bytes(mut file: std::fs::File, manifest: &Manifest, mut copy: Option<&mut std::fs::File>) -> Result<(), String> {
     let mut sha = Sha256::new();
     let mut bytes = 0u64;
     let mut buf = vec![0u8; 1 << 20];
@@ -805,13 +839,14 @@ fn private_checked_copy(mut file: std::fs::File, manifest: &Manifest) -> Result<
         }
         sha.update(&buf[..n]);
         bytes += n as u64;
-        copy.write_all(&buf[..n]).map_err(|e| format!("no private copy ({e})"))?;
+        if let Some(copy) = copy.as_mut() {
+            copy.write_all(&buf[..n]).map_err(|e| format!("no private copy ({e})"))?;
+        }
     }
     if bytes != manifest.file_bytes || hex(&sha.finalize()) != manifest.file_sha256 {
         return Err("the archive file's SHA-256 is not the manifest's (the file was changed)".into());
     }
-    copy.rewind().map_err(|e| format!("no private copy ({e})"))?;
-    Ok(copy)
+    Ok(())
 }
 
 static COPIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -1327,6 +1362,24 @@ mod tests {
         assert!(problems[0].contains("SHA-256 is not the manifest's"), "{problems:?}");
         std::fs::write(&data, genuine).unwrap();
         assert_eq!(hand_on().0.len(), 5);
+    }
+
+    /// A damaged file (not the one its manifest signed) is read a bounded
+    /// line at a time: a few kilobytes of zstd holding a line of tens of
+    /// megabytes are reported, not read whole.
+    #[test]
+    fn a_damaged_file_is_read_a_bounded_line_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let signer = Signer::load_or_create(&dir.path().join("signing.key")).unwrap();
+        let archive_dir = dir.path().join("archive");
+        personal_archive(&archive_dir, &signer, "success");
+        let (data, manifest) = paths(&archive_dir, "acme", "2026-11-01");
+        let hostile = zstd::encode_all(vec![b' '; MAX_UNVERIFIED_LINE + 1024].as_slice(), 3).unwrap();
+        assert!(hostile.len() < 64 * 1024);
+        std::fs::write(&data, hostile).unwrap();
+        let problems = check_archive("acme", &manifest, &signer.public_key(), None).problems;
+        assert!(problems.iter().any(|p| p.contains(&format!("line 1 is longer than {MAX_UNVERIFIED_LINE} bytes"))), "{problems:?}");
+        assert!(problems.iter().any(|p| p.contains("SHA-256 is not the manifest's")), "{problems:?}");
     }
 
     /// Sequence numbers near `u64::MAX` in a damaged manifest or line are
