@@ -100,11 +100,15 @@ fn parse_range(text: &str) -> Option<(u128, u8, u8)> {
         Some((addr, len)) => (addr, Some(len.parse::<u8>().ok()?)),
         None => (text, None),
     };
-    let (bits, width) = match addr.parse::<IpAddr>().ok()? {
-        IpAddr::V4(v4) => (u128::from(u32::from(v4)), 32u8),
-        IpAddr::V6(v6) => (u128::from(v6), 128u8),
+    // A v4-mapped address or range (`::ffff:203.0.113.0/120`) is the IPv4
+    // one it maps, as a mapped caller is matched as IPv4 ([`ip_bits`]).
+    let (bits, width, len) = match addr.parse::<IpAddr>().ok()? {
+        IpAddr::V4(v4) => (u128::from(u32::from(v4)), 32u8, len.unwrap_or(32)),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) if len.is_none_or(|l| l >= 96) => (u128::from(u32::from(v4)), 32u8, len.map_or(32, |l| l - 96)),
+            _ => (u128::from(v6), 128u8, len.unwrap_or(128)),
+        },
     };
-    let len = len.unwrap_or(width);
     (len <= width).then(|| (mask(bits, width, len), width, len))
 }
 
@@ -454,7 +458,8 @@ impl Block {
 }
 
 /// Percent-decodes `text` (and `+` as a space when `plus_is_space`);
-/// `None` when an escape is invalid or the result is not UTF-8.
+/// `None` when an escape is invalid. Bytes that are no UTF-8 (a Latin-1
+/// form field's `%E9`) become U+FFFD: the rules still read the rest.
 pub(crate) fn percent_decode(text: &str, plus_is_space: bool) -> Option<String> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -477,7 +482,7 @@ pub(crate) fn percent_decode(text: &str, plus_is_space: bool) -> Option<String> 
             }
         }
     }
-    String::from_utf8(out).ok()
+    Some(String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
 }
 
 /// SQL fragments that have no business in a URL. Matched on the lowercased,
@@ -710,6 +715,38 @@ mod tests {
             added_by: "test".into(),
             created_at: 0,
         }
+    }
+
+    /// A v4-mapped IPv6 entry or range (as a dual-stack listener shows a
+    /// caller: `::ffff:203.0.113.7`) is the IPv4 one: it matches the
+    /// caller however it comes, and is stored as IPv4. So is a trusted proxy.
+    #[test]
+    fn v4_mapped_entries_and_proxies_are_their_ipv4_addresses() {
+        let list = Blocklist::build([entry(EntryKind::Ip, "::ffff:203.0.113.7", None), entry(EntryKind::Ip, "::FFFF:198.51.100.0/120", None)]);
+        for caller in ["203.0.113.7", "::ffff:203.0.113.7", "198.51.100.9", "::ffff:198.51.100.250"] {
+            assert!(list.match_caller(caller.parse().unwrap(), None, None, 0).is_some(), "{caller}");
+        }
+        for caller in ["203.0.113.8", "198.51.101.1", "::203.0.113.7"] {
+            assert!(list.match_caller(caller.parse().unwrap(), None, None, 0).is_none(), "{caller}");
+        }
+        assert_eq!(validate(EntryKind::Ip, "::ffff:203.0.113.7", None).unwrap().0, "203.0.113.7");
+        assert_eq!(validate(EntryKind::Ip, "::ffff:198.51.100.0/120", None).unwrap().0, "198.51.100.0/24");
+        assert!(validate(EntryKind::Ip, "::ffff:198.51.100.0/129", None).is_err());
+        let proxies = TrustedProxies::parse(&["::ffff:10.0.0.1".into()]).unwrap();
+        let forwarded = || vec!["198.51.100.9"].into_iter();
+        assert_eq!(proxies.client_ip("::ffff:10.0.0.1".parse().unwrap(), forwarded), "198.51.100.9".parse::<IpAddr>().unwrap());
+        assert_eq!(proxies.client_ip("10.0.0.1".parse().unwrap(), forwarded), "198.51.100.9".parse::<IpAddr>().unwrap());
+    }
+
+    /// A valid escape of a byte that is no UTF-8 (a Latin-1 form field) is
+    /// no malformed request; an invalid escape still is.
+    #[test]
+    fn escapes_of_non_utf8_bytes_are_read_not_refused() {
+        let rules = AttackRules::default();
+        assert_eq!(rules.check("/docs/search", Some("q=caf%E9")), None);
+        assert_eq!(rules.check("/docs/caf%E9", None), None);
+        assert!(rules.check("/docs/search", Some("q=%E9%27%20OR%201=1--")).is_some(), "the rest is still read");
+        assert_eq!(rules.check("/docs/search", Some("q=%zz")).map(|b| b.rule_id), Some("builtin:malformed-encoding".to_string()));
     }
 
     #[test]

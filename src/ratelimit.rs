@@ -41,11 +41,15 @@ pub struct CostRule {
 
 /// The cost of a call to `path`: the longest matching rule's, else 1.
 pub fn cost_of(rules: &[CostRule], path: &str) -> u32 {
-    rules
-        .iter()
-        .filter(|r| crate::snapshot::prefix_matches(&r.path_prefix, path))
-        .max_by_key(|r| r.path_prefix.len())
-        .map_or(1, |r| r.cost)
+    let cost = |path: &str| {
+        rules.iter().filter(|r| crate::snapshot::prefix_matches(&r.path_prefix, path)).max_by_key(|r| r.path_prefix.len()).map_or(1, |r| r.cost)
+    };
+    // As sent and as an upstream may resolve it (`/docs//export`,
+    // `/docs/%65xport`), the higher: another spelling costs no less.
+    match rules.is_empty() {
+        true => 1,
+        false => cost(path).max(crate::policy::normalized_path(path).map_or(0, |n| cost(&n))),
+    }
 }
 
 /// Keyed by consumer id (made by keytrail, not by callers), so Fx-hashed
@@ -212,6 +216,19 @@ pub fn check(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A path costs what its costliest spelling costs: `/docs//export` and
+    /// `/docs/%65xport` are `/docs/export` to many upstreams.
+    #[test]
+    fn another_spelling_of_a_path_costs_no_less() {
+        let rules = vec![CostRule { path_prefix: "/docs/export".into(), cost: 50 }, CostRule { path_prefix: "/docs".into(), cost: 2 }];
+        for path in ["/docs/export", "/docs//export", "/docs/%65xport/x", "/docs/./export", "/docs/x/../export"] {
+            assert_eq!(cost_of(&rules, path), 50, "{path}");
+        }
+        assert_eq!(cost_of(&rules, "/docs/exports"), 2);
+        assert_eq!(cost_of(&rules, "/other"), 1);
+        assert_eq!(cost_of(&[], "/docs//export"), 1);
+    }
 
     fn tier(rate: Option<RateSpec>, daily: Option<u64>) -> TierLimits {
         TierLimits { id: "free".into(), rate: rate.and_then(RateLimit::new), daily: daily.map(DailyCap::new) }

@@ -209,7 +209,8 @@ impl Gateway {
         let now = event.timestamp_ms;
         let country = self.geo.country(client);
         event.country = country.map(Text::from);
-        let user_agent = event.user_agent.as_deref();
+        let full_agent = untruncated_user_agent(&req.headers);
+        let user_agent = full_agent.as_deref().or(event.user_agent.as_deref());
         let block = self.attack_rules.check(req.uri.path(), req.uri.query()).or_else(|| {
             snapshot
                 .global_blocks
@@ -584,6 +585,13 @@ impl Malformed {
 /// The threat score a malformed request adds to its address's history
 /// (the attack rules' badly encoded path counts the same).
 const MALFORMED_SCORE: u8 = 60;
+
+/// The whole `User-Agent` as text when it is longer than the event keeps
+/// (blocklists match all of it: a blocked name after 512 padding
+/// characters is still there for the upstream to see).
+fn untruncated_user_agent(headers: &CallHeaders) -> Option<std::borrow::Cow<'_, str>> {
+    headers.get("user-agent").filter(|v| v.len() > MAX_USER_AGENT).map(String::from_utf8_lossy)
+}
 
 /// A `User-Agent` value as text, cut at [`MAX_USER_AGENT`] characters.
 fn user_agent_text(value: &[u8]) -> String {

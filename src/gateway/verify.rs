@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use super::body::{Finisher, GatewayBody};
 use super::{
-    authenticate, declared_length, describe_consumer, header_value, number_header, policy_details, rate_headers, refuse_with, Call,
+    authenticate, declared_length, describe_consumer, header_value, number_header, policy_details, rate_headers, refuse_with, untruncated_user_agent, Call,
     Gateway, KeySource, X_REQUEST_ID,
 };
 use crate::error::{parse_json_body, ApiError, ErrorCode};
@@ -165,7 +165,8 @@ impl Gateway {
 
         // Pre-auth protection: the global and the key's tenant's blocklists
         // by address, country and user agent.
-        let user_agent = event.user_agent.as_deref();
+        let full_agent = untruncated_user_agent(&req.headers);
+        let user_agent = full_agent.as_deref().or(event.user_agent.as_deref());
         let caller_block = snapshot.global_blocks.match_caller(client, country, user_agent, now).or_else(|| {
             let tenant = &identified.as_ref()?.tenant_id;
             snapshot.tenant_blocks(tenant)?.match_caller(client, country, user_agent, now)

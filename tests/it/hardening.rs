@@ -337,3 +337,21 @@ async fn a_callers_body_is_not_blamed_on_the_upstream() {
     let codes: Vec<&str> = logs.iter().map(|e| e["error_code"].as_str().unwrap()).collect();
     assert_eq!(codes, ["request_timeout", "invalid_body"], "{logs:?}");
 }
+
+/// A user-agent blocklist entry matches the whole header, not the 512
+/// characters the trail keeps of it: padding before the blocked name does
+/// not get the call through (the upstream would see all of it).
+#[tokio::test]
+async fn a_padded_user_agent_is_still_blocked() {
+    let ts = TestServer::start().await;
+    let up = start_upstream().await;
+    let admin = ts.admin_client();
+    let (_, _, key) = admin.setup("acme", "/api", &format!("http://{up}")).await;
+    assert_eq!(admin.post("/v1/blocklist", json!({"kind": "user_agent", "value": "sqlmap"})).await.status, 201);
+    for agent in ["sqlmap/1.7".to_string(), format!("{} sqlmap/1.7", "a".repeat(512)), format!("{}sqlmap", "é".repeat(600))] {
+        let answer = exchange(&ts, format!("GET /api/x HTTP/1.1\r\nHost: gw\r\nX-API-Key: {key}\r\nUser-Agent: {agent}\r\nConnection: close\r\n\r\n").as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 403"), "{}: {answer}", agent.len());
+    }
+    let fine = exchange(&ts, format!("GET /api/x HTTP/1.1\r\nHost: gw\r\nX-API-Key: {key}\r\nUser-Agent: {}\r\nConnection: close\r\n\r\n", "a".repeat(600)).as_bytes()).await;
+    assert!(fine.starts_with("HTTP/1.1 200"), "{fine}");
+}
