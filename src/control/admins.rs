@@ -11,7 +11,7 @@ use crate::access::Role;
 use crate::error::{ApiError, ErrorCode};
 use crate::event::{now_ms, security_type, SYSTEM_TENANT};
 use crate::keys;
-use crate::store::control::{Admin, Session};
+use crate::store::control::{Admin, AdminRemoval, Session};
 use crate::store::StoreError;
 
 /// How long a session lasts after sign-in.
@@ -199,14 +199,14 @@ impl ControlPlane {
         if !visible {
             return Err(not_found());
         }
-        let global_owner = |a: &Admin| a.tenant_id.is_none() && a.role == Role::Owner.as_str();
-        if global_owner(admin) && admins.values().filter(|a| global_owner(a)).count() == 1 {
-            return Err(ApiError::new(ErrorCode::Conflict, "the last global owner cannot be removed"));
-        }
         let admin = (**admin).clone();
         drop(admins);
-        if !self.store.delete_admin(admin_id, now_ms())? {
-            return Err(not_found());
+        // The last-owner rule is the store's, in the removal's transaction:
+        // removals at once cannot each see another owner left.
+        match self.store.delete_admin(admin_id, now_ms())? {
+            AdminRemoval::Removed => {}
+            AdminRemoval::Missing => return Err(not_found()),
+            AdminRemoval::LastGlobalOwner => return Err(ApiError::new(ErrorCode::Conflict, "the last global owner cannot be removed")),
         }
         self.reload_after_change()?;
         Ok(admin)

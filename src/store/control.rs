@@ -816,13 +816,26 @@ impl ControlStore {
 
     /// Removes an admin and ends its sessions, in one transaction. Returns
     /// false when there was no such admin.
-    pub fn delete_admin(&self, admin_id: &str, at_ms: i64) -> Result<bool, StoreError> {
+    /// Removes an admin and ends its sessions, unless it is the last
+    /// global owner — checked in the same transaction, so removals that
+    /// run at once cannot leave none.
+    pub fn delete_admin(&self, admin_id: &str, at_ms: i64) -> Result<AdminRemoval, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
+        let found: Option<bool> = tx
+            .query_row("SELECT role = 'owner' AND tenant_id IS NULL FROM admins WHERE id = ?1", [admin_id], |r| r.get(0))
+            .optional()?;
+        let Some(global_owner) = found else { return Ok(AdminRemoval::Missing) };
+        if global_owner {
+            let owners: i64 = tx.query_row("SELECT count(*) FROM admins WHERE role = 'owner' AND tenant_id IS NULL", [], |r| r.get(0))?;
+            if owners <= 1 {
+                return Ok(AdminRemoval::LastGlobalOwner);
+            }
+        }
         tx.execute("UPDATE sessions SET ended_at = ?2 WHERE admin_id = ?1 AND ended_at IS NULL", params![admin_id, at_ms])?;
-        let removed = tx.execute("DELETE FROM admins WHERE id = ?1", [admin_id])?;
+        tx.execute("DELETE FROM admins WHERE id = ?1", [admin_id])?;
         tx.commit()?;
-        Ok(removed == 1)
+        Ok(AdminRemoval::Removed)
     }
 
     // --- sessions ---
@@ -909,4 +922,13 @@ impl ControlStore {
         )?;
         Ok(())
     }
+}
+
+/// What [`ControlStore::delete_admin`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminRemoval {
+    Removed,
+    Missing,
+    /// Refused: the admin is the last global owner.
+    LastGlobalOwner,
 }

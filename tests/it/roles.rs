@@ -300,3 +300,37 @@ async fn an_expired_session_is_refused() {
     // A session token is never accepted as an admin token, nor the reverse.
     assert_eq!(Admin { token: format!("{}x", eve.token), ..owner.clone() }.get("/v1/me").await.status, 401);
 }
+
+/// Global owners removing themselves all at once cannot leave none: the
+/// last-owner rule is checked in the removal's own transaction, not on a
+/// snapshot each request read before the others' removals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owners_removed_at_once_leave_one() {
+    for _ in 0..8 {
+        let ts = TestServer::start().await;
+        let boot = ts.admin_client();
+        let mut owners = vec![(boot.clone(), "adm_bootstrap".to_string())];
+        for i in 0..3 {
+            let a = boot.post("/v1/admins", json!({"name": format!("owner-{i}"), "role": "owner"})).await;
+            assert_eq!(a.status, 201, "{}", a.text);
+            let me = Admin { token: a.body["token"].as_str().unwrap().to_string(), ..boot.clone() };
+            owners.push((me, a.body["id"].as_str().unwrap().to_string()));
+        }
+        let removals: Vec<_> = owners
+            .iter()
+            .map(|(who, id)| {
+                let (who, path) = (who.clone(), format!("/v1/admins/{id}"));
+                tokio::spawn(async move { who.call("DELETE", &path, None).await.status })
+            })
+            .collect();
+        let mut statuses = Vec::new();
+        for removal in removals {
+            statuses.push(removal.await.unwrap());
+        }
+        statuses.sort();
+        assert_eq!(statuses, [200, 200, 200, 409], "exactly one is refused");
+        let db = rusqlite::Connection::open(ts.data_dir.join("control.db")).unwrap();
+        let left: i64 = db.query_row("SELECT count(*) FROM admins WHERE role = 'owner' AND tenant_id IS NULL", [], |r| r.get(0)).unwrap();
+        assert_eq!(left, 1);
+    }
+}
