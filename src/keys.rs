@@ -180,8 +180,13 @@ pub fn generate_id(prefix: &str) -> String {
 
 /// Whether `scope` is a well-formed key scope: 1-100 characters of letters,
 /// digits and `-_:.*/`.
+/// A scope: 1-100 characters of letters, digits and `-_:.*/`, and no key
+/// or token (scopes are stored and shown as given).
 pub fn is_valid_scope(scope: &str) -> bool {
-    !scope.is_empty() && scope.len() <= 100 && scope.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_:.*/".contains(&b))
+    !scope.is_empty()
+        && scope.len() <= 100
+        && scope.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_:.*/".contains(&b))
+        && !crate::redact::holds_secret(scope)
 }
 
 #[cfg(test)]

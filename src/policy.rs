@@ -62,16 +62,17 @@ impl Policies {
             let ok = pattern.starts_with('/')
                 && pattern.len() <= 256
                 && !pattern.contains("//")
-                && !pattern.chars().any(|c| c.is_whitespace() || c.is_control() || c == '?' || c == '#');
+                && !pattern.chars().any(|c| c.is_whitespace() || c.is_control() || c == '?' || c == '#')
+                && !crate::redact::holds_secret(pattern);
             if !ok {
                 return Err(ApiError::invalid_body(format!(
-                    "`policies.forbidden_paths` entry `{pattern}` must be a path starting with `/`, without spaces, query or `//`"
+                    "`policies.forbidden_paths` entry `{pattern}` must be a path starting with `/`, without spaces, query, `//` or a key"
                 )));
             }
         }
         for scope in &self.required_scopes {
             if !crate::keys::is_valid_scope(scope) {
-                return Err(ApiError::invalid_body("each of `policies.required_scopes` must be 1-100 characters of letters, digits and `-_:.*/`"));
+                return Err(ApiError::invalid_body("each of `policies.required_scopes` must be 1-100 characters of letters, digits and `-_:.*/`, and no key or token"));
             }
         }
         Ok(self)

@@ -160,6 +160,9 @@ pub fn validate(kind: EntryKind, value: &str, reason: Option<&str>) -> Result<(S
             if value.len() < 3 || value.len() > 200 || value.chars().any(char::is_control) {
                 return Err(ApiError::invalid_body("`value` must be a user-agent fragment of 3-200 characters"));
             }
+            if crate::redact::holds_secret(value) {
+                return Err(ApiError::invalid_body("`value` must not contain an API key or token"));
+            }
             value.to_string()
         }
     };

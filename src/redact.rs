@@ -64,6 +64,12 @@ pub fn register_secret(secret: &str) {
     }
 }
 
+/// Whether `text` holds something [`redact`] would mask: a key, a token
+/// or a registered secret. Inputs that are stored as given refuse it.
+pub fn holds_secret(text: &str) -> bool {
+    matches!(redact(text), Cow::Owned(_))
+}
+
 /// Returns `text` with every key, token and registered secret masked.
 pub fn redact(text: &str) -> Cow<'_, str> {
     with_secrets(|secrets| redact_with(text, secrets))

@@ -220,7 +220,7 @@ fn check_name(field: &str, value: &str) -> Result<(), ApiError> {
 /// store keeps names and metadata as given, so a pasted key would be stored
 /// in the clear.
 fn check_no_secret(field: &str, value: &str) -> Result<(), ApiError> {
-    if matches!(crate::redact::redact(value), std::borrow::Cow::Owned(_)) {
+    if crate::redact::holds_secret(value) {
         return Err(ApiError::invalid_body(format!("`{field}` must not contain an API key or token")));
     }
     Ok(())
@@ -235,6 +235,7 @@ fn check_path_prefix(field: &str, prefix: &str) -> Result<String, ApiError> {
     if prefix.len() > 256 {
         return Err(bad("must be at most 256 characters"));
     }
+    check_no_secret(field, prefix)?;
     if prefix.contains(['?', '#', '%']) || prefix.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(bad("must be a plain path: no query, fragment, escapes or spaces"));
     }
@@ -271,7 +272,7 @@ fn check_scopes(scopes: &[String]) -> Result<(), ApiError> {
     for scope in scopes {
         if !keys::is_valid_scope(scope) {
             return Err(ApiError::invalid_body(
-                "each scope must be 1-100 characters of letters, digits and `-_:.*/`",
+                "each scope must be 1-100 characters of letters, digits and `-_:.*/`, and no key or token",
             ));
         }
     }
@@ -790,6 +791,7 @@ impl ControlPlane {
             if rule.is_empty() || rule.len() > 63 || !rule.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_:.".contains(&b)) {
                 return Err(ApiError::invalid_body("`rule_id` must be 1-63 characters of letters, digits and `-_:.`"));
             }
+            check_no_secret("rule_id", rule)?;
         }
         let id = keys::generate_id("blk");
         let entry = Entry {

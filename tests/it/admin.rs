@@ -192,3 +192,36 @@ async fn control_data_survives_a_restart() {
     assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "numbering continues across the restart");
     server.shutdown().await;
 }
+
+/// Every free-text field the control store keeps as given refuses a key or
+/// token pasted into it (as names and metadata do): scopes, an api's
+/// required scopes, forbidden paths and cost prefixes, a blocklist's
+/// user-agent value and rule id. None of them reaches `control.db`.
+#[tokio::test]
+async fn a_pasted_key_is_refused_by_every_stored_field() {
+    let ts = TestServer::start().await;
+    let up = format!("http://{}", start_upstream().await);
+    let owner = ts.admin_client();
+    let (_, key_id, key) = owner.setup("acme", "/docs", &up).await;
+    let token = owner.token.clone();
+    for secret in [key.clone(), format!("x{key}"), token.clone()] {
+        let refused = [
+            owner.call("PUT", &format!("/v1/keys/{key_id}/scopes"), Some(json!({"scopes": [secret]}))).await,
+            owner.call("PUT", "/v1/tenants/acme/apis/docs/policies", Some(json!({"required_scopes": [secret]}))).await,
+            owner.call("PUT", "/v1/tenants/acme/apis/docs/policies", Some(json!({"forbidden_paths": [format!("/docs/{secret}")]}))).await,
+            owner.post("/v1/tenants/acme/apis", json!({"id": "other", "path_prefix": "/other", "upstream": up, "costs": [{"path_prefix": format!("/other/{secret}"), "cost": 2}]})).await,
+            owner.post("/v1/tenants/acme/blocklist", json!({"kind": "user_agent", "value": secret})).await,
+            owner.post("/v1/tenants/acme/blocklist", json!({"kind": "user_agent", "value": "sqlmap", "rule_id": secret})).await,
+        ];
+        for (i, answer) in refused.iter().enumerate() {
+            assert_eq!(answer.status, 400, "{i}: {}", answer.text);
+            assert!(!answer.text.contains(&secret), "{i}: the error repeats it: {}", answer.text);
+        }
+    }
+    for file in ["control.db", "control.db-wal"] {
+        let bytes = std::fs::read(ts.data_dir.join(file)).unwrap_or_default();
+        for secret in [&key, &token] {
+            assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()), "{file} holds a secret");
+        }
+    }
+}
