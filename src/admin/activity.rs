@@ -27,8 +27,6 @@ use crate::store::audit::StoredEvent;
 pub const PENDING: &str = "pending";
 /// The key in an outcome event's details that names the intent's action.
 const COMPLETES: &str = "completes";
-/// Largest response body read to find the outcome's error or created id.
-const MAX_READ: usize = 256 * 1024;
 
 /// Request ids of changes running now, so readers can tell a change in
 /// flight from one whose process died.
@@ -178,7 +176,9 @@ pub async fn around(state: &AdminState, actor: &Actor, change: &Change, req: Req
 
     let status = response.status();
     let (parts, body) = response.into_parts();
-    let bytes = axum::body::to_bytes(body, MAX_READ).await.unwrap_or_default();
+    // A change's answer is JSON built in memory: read whole (to find the
+    // outcome's error or created id) and handed on as it came.
+    let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
     let answer: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     let mut details = json!({COMPLETES: action, "status": status.as_u16()});
     let outcome = if status.is_success() {

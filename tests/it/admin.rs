@@ -225,3 +225,18 @@ async fn a_pasted_key_is_refused_by_every_stored_field() {
         }
     }
 }
+
+/// A change whose answer is large (here ~500 KB of policies) answers it
+/// whole, not an empty 200.
+#[tokio::test]
+async fn a_large_change_answer_arrives_whole() {
+    let ts = TestServer::start().await;
+    let up = format!("http://{}", start_upstream().await);
+    let owner = ts.admin_client();
+    owner.setup("acme", "/docs", &up).await;
+    let paths: Vec<String> = (0..1000).map(|i| format!("/{i}{}", "\"".repeat(250))).collect();
+    let answer = owner.call("PUT", "/v1/tenants/acme/apis/docs/policies", Some(json!({"forbidden_paths": paths}))).await;
+    assert_eq!(answer.status, 200);
+    assert!(answer.text.len() > 256 * 1024, "{} bytes", answer.text.len());
+    assert_eq!(answer.body["policies"]["forbidden_paths"].as_array().map(Vec::len), Some(1000), "{}", &answer.text[..200]);
+}
