@@ -156,6 +156,15 @@ impl DailyCap {
         entry.1 += cost;
         Ok(Standing { limit: self.limit, remaining: self.limit - entry.1, reset_secs })
     }
+
+    /// Gives back what [`DailyCap::take`] counted for a call another limit
+    /// then refused (the same UTC day only).
+    fn give_back(&self, consumer: &str, cost: u64, now_ms: i64) {
+        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = used.get_mut(consumer).filter(|e| e.0 == now_ms.div_euclid(86_400_000)) {
+            entry.1 = entry.1.saturating_sub(cost);
+        }
+    }
 }
 
 /// A tier's limits as the gateway applies them.
@@ -192,14 +201,10 @@ pub fn check(
             standing: Standing { limit: u64::from(limit.spec.burst), remaining: 0, reset_secs: ceil_secs(wait).max(1) },
         })
     };
-    if let Some((api_id, limit)) = api {
-        note(minute(&|| format!("api:{api_id}"), limit)?);
-    }
-    if let Some(tier) = tier {
-        if let Some(limit) = &tier.rate {
-            note(minute(&|| format!("tier:{}", tier.id), limit)?);
-        }
-        if let Some(cap) = &tier.daily {
+    // The daily cap first: a call it refuses spends no minute budget, and
+    // its count is given back when a minute limit refuses the call.
+    let daily = match tier.and_then(|t| Some((t, t.daily.as_ref()?))) {
+        Some((tier, cap)) => {
             let standing = cap.take(consumer, u64::from(cost), now_ms).map_err(|standing| Exceeded {
                 scope: format!("tier:{}", tier.id),
                 window: "day",
@@ -207,8 +212,27 @@ pub fn check(
                 retry_after_secs: standing.reset_secs.max(1),
                 standing,
             })?;
-            note(standing);
+            Some((cap, standing))
         }
+        None => None,
+    };
+    let minutes = (|| {
+        if let Some((api_id, limit)) = api {
+            note(minute(&|| format!("api:{api_id}"), limit)?);
+        }
+        if let Some(limit) = tier.and_then(|t| t.rate.as_ref()) {
+            note(minute(&|| format!("tier:{}", tier.map_or("", |t| t.id.as_str())), limit)?);
+        }
+        Ok(())
+    })();
+    if let Err(exceeded) = minutes {
+        if let Some((cap, _)) = daily {
+            cap.give_back(consumer, u64::from(cost), now_ms);
+        }
+        return Err(exceeded);
+    }
+    if let Some((_, standing)) = daily {
+        note(standing);
     }
     Ok(closest)
 }
@@ -232,6 +256,28 @@ mod tests {
 
     fn tier(rate: Option<RateSpec>, daily: Option<u64>) -> TierLimits {
         TierLimits { id: "free".into(), rate: rate.and_then(RateLimit::new), daily: daily.map(DailyCap::new) }
+    }
+
+    /// A refused call spends nothing of the daily cap, and a call the
+    /// daily cap refuses spends nothing of the minute limits.
+    #[test]
+    fn a_refused_call_spends_no_other_limit() {
+        let c = Text::from("cons_a");
+        // The minute limit refuses: the day's count is given back.
+        let t = tier(Some(RateSpec { requests_per_minute: 60, burst: 1 }), Some(10));
+        assert_eq!(check(Some(&t), None, &c, 1, 0).unwrap().unwrap().remaining, 0);
+        for _ in 0..5 {
+            assert_eq!(check(Some(&t), None, &c, 1, 0).unwrap_err().window, "minute");
+        }
+        let used = t.daily.as_ref().unwrap().take(&c, 0, 0).unwrap();
+        assert_eq!(used.remaining, 9, "only the call that passed counts");
+        // The daily cap refuses: the api's and the tier's minutes are untouched.
+        let t = tier(Some(RateSpec { requests_per_minute: 60, burst: 2 }), Some(1));
+        let api = RateLimit::new(RateSpec { requests_per_minute: 60, burst: 2 }).unwrap();
+        assert!(check(Some(&t), Some(("docs", &api)), &c, 1, 0).is_ok());
+        assert_eq!(check(Some(&t), Some(("docs", &api)), &c, 1, 0).unwrap_err().window, "day");
+        assert!(api.take(&c, 1).is_ok(), "the api's second cell is still there");
+        assert!(t.rate.as_ref().unwrap().take(&c, 1).is_ok(), "so is the tier's");
     }
 
     #[test]
