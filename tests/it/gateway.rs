@@ -254,7 +254,7 @@ async fn bodies_stream_both_ways_and_are_counted() {
 /// connection; heads only) is answered with `answer(n)`: the pieces, each
 /// written on its own, and whether the connection is closed after them.
 /// Returns its address and a count of the connections it accepted.
-async fn raw_upstream(
+pub(crate) async fn raw_upstream(
     answer: impl Fn(usize) -> (Vec<&'static [u8]>, bool) + Send + Sync + 'static,
 ) -> (std::net::SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     use std::sync::atomic::{AtomicUsize, Ordering};

@@ -185,42 +185,13 @@ async fn a_forbidden_path_is_refused_in_every_spelling() {
     assert_eq!(events.len(), spellings.len());
 }
 
-/// An upstream that answers every request head with `answer`, as is.
-async fn canned_upstream(answer: &'static [u8]) -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut stream, _)) = listener.accept().await else { return };
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                loop {
-                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                        let mut chunk = [0u8; 4096];
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-                    buf.drain(..end);
-                    if stream.write_all(answer).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
 /// A 204 carries no `Content-Length` (RFC 9110 §8.6) even when the
 /// upstream sent one, on the connection loop's answers and on hyper's
 /// (a connection hyper serves after a call with a body), to GET and HEAD.
 #[tokio::test]
 async fn a_204_never_carries_a_length() {
     let ts = TestServer::start().await;
-    let up = canned_upstream(b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n").await;
+    let (up, _) = crate::gateway::raw_upstream(|_| (vec![b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n".as_slice()], false)).await;
     let (_, _, key) = ts.admin_client().setup("acme", "/api", &format!("http://{up}")).await;
     for method in ["GET", "HEAD"] {
         let call = format!("{method} /api/x HTTP/1.1\r\nHost: gw\r\nX-API-Key: {key}\r\nConnection: close\r\n\r\n");
