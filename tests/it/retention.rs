@@ -900,3 +900,30 @@ fn an_archive_of_several_blocks_links_them_and_names_the_block_a_change_is_in() 
     assert!(text.contains("seq 16385..=32768: the events do not hash to their block's hash"), "{text}");
     assert!(!text.contains("seq 1..=16384") && !text.contains("seq 32769..=33000"), "{text}");
 }
+
+/// Statistics read the hot day files only — from the events as from the
+/// rollups — so a restored day is in neither answer.
+#[test]
+fn statistics_leave_restored_days_out_either_way() {
+    use keytrail::store::audit::stats::query::{Metrics, StatsQuery};
+    let mut t = trail(5, false);
+    t.run(&RetentionPolicy::uniform(settings(1, 30)), at(4, 0));
+    assert!(!t.day_file(0).exists());
+    archive::restore(&t.audit, &t.archive, "acme", &name(0), &t.key).unwrap();
+    let (from, to) = (at(0, 0), at(1, 0) - 1);
+    assert_eq!(t.read("acme", from, to).len(), 24, "the audit API reads the restored day");
+    let reader = AuditReader::open(&t.audit).unwrap();
+    let calls = |force_events: bool| {
+        let q = StatsQuery {
+            filter: EventFilter { tenant_id: "acme".into(), from_ms: Some(from), to_ms: Some(to), ..EventFilter::default() },
+            group_by: None,
+            top: 10,
+            metrics: Metrics { latency: true, rate_limited: false, distinct_consumers: true, distinct_ips: false },
+            force_events,
+        };
+        let stats = reader.request_stats(&q).unwrap();
+        (stats.source.as_str().to_string(), stats.totals.calls)
+    };
+    assert_eq!(calls(false), ("rollups".to_string(), 0));
+    assert_eq!(calls(true), ("events".to_string(), 0));
+}

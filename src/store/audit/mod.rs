@@ -198,6 +198,9 @@ pub struct EventFilter {
     pub to_ms: Option<i64>,
     /// Resume after this position (exclusive), newest-first order.
     pub before: Option<(i64, u64)>,
+    /// Hot day files only, not restored days (statistics, whose rollups
+    /// cover the hot files only).
+    pub hot_only: bool,
 }
 
 #[cfg(test)]

@@ -538,7 +538,8 @@ impl AuditReader {
         let to_day = if to == i64::MAX { i64::MAX } else { day_of(to) };
         let mut remaining = limit.unwrap_or(u64::MAX);
         let mut out = StoredEvent::default();
-        let mut days: Vec<i64> = self.days.iter().chain(&self.restored).map(|(d, _)| *d).filter(|d| (from_day..=to_day).contains(d)).collect();
+        let restored: &[(i64, _)] = if filter.hot_only { &[] } else { &self.restored };
+        let mut days: Vec<i64> = self.days.iter().chain(restored).map(|(d, _)| *d).filter(|d| (from_day..=to_day).contains(d)).collect();
         days.sort_unstable();
         days.dedup();
         let hidden_through = self.archived_through(&filter.tenant_id).0;
@@ -550,6 +551,9 @@ impl AuditReader {
             // restored file, merged.
             let mut metas: Vec<(Rc<DayReader>, Rc<DayFilter>, BlockMeta)> = Vec::new();
             for (restored, floor) in [(false, hidden_through), (true, 0)] {
+                if restored && filter.hot_only {
+                    continue;
+                }
                 let Some(day) = self.file(restored, day_number)? else { continue };
                 let Some(day_filter) = DayFilter::resolve(filter, &day)? else { continue };
                 let day_filter = Rc::new(day_filter);

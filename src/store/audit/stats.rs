@@ -100,6 +100,25 @@ pub enum Activity {
     Hourly,
 }
 
+/// A read transaction on a day file for as long as it lives: the rollup
+/// rows, the watermark and the blocks past it are read from one snapshot,
+/// so a rollup write between them cannot drop (or double) a batch.
+struct OneSnapshot<'c>(&'c rusqlite::Connection);
+
+impl<'c> OneSnapshot<'c> {
+    fn begin(conn: &'c rusqlite::Connection) -> Result<Self, StoreError> {
+        conn.execute_batch("BEGIN")?;
+        Ok(OneSnapshot(conn))
+    }
+}
+
+impl Drop for OneSnapshot<'_> {
+    fn drop(&mut self) {
+        // Read only: ending it cannot lose anything.
+        let _ = self.0.execute_batch("COMMIT");
+    }
+}
+
 impl AuditReader {
     fn days_of_window(&self, from: i64, to: i64) -> Vec<i64> {
         if to <= from {
@@ -218,6 +237,7 @@ impl AuditReader {
         let mut out: HashMap<(i64, Option<String>), ConsumerAgg> = HashMap::new();
         for day_number in self.days_of_window(from, to) {
             let Some(day) = self.day(day_number)? else { continue };
+            let _snapshot = OneSnapshot::begin(&day.conn)?;
             let Some((t, c)) = self.ids(&day, tenant, consumer)? else { continue };
             let p = plan(day_number, from, to);
             let d0 = day_number * DAY_MS;
@@ -272,6 +292,7 @@ impl AuditReader {
         let mut out: HashMap<Option<String>, PathAgg> = HashMap::new();
         for day_number in self.days_of_window(from, to) {
             let Some(day) = self.day(day_number)? else { continue };
+            let _snapshot = OneSnapshot::begin(&day.conn)?;
             let Some((t, Some(c))) = self.ids(&day, tenant, Some(consumer))? else { continue };
             let p = plan(day_number, from, to);
             let d0 = day_number * DAY_MS;

@@ -344,7 +344,9 @@ impl AuditReader {
         }
         let mut text = TextGroups::default();
         let mut time: FxHashMap<i64, Measures> = FxHashMap::default();
-        self.scan(&q.filter, None, false, |stored| {
+        // As the rollups: hot day files only, not restored days.
+        let filter = EventFilter { hot_only: true, ..q.filter.clone() };
+        self.scan(&filter, None, false, |stored| {
             let e = &stored.event;
             let status = e.status_code.unwrap_or(0);
             let latency = e.latency_us.unwrap_or(0);
