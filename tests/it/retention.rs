@@ -927,3 +927,38 @@ fn statistics_leave_restored_days_out_either_way() {
     assert_eq!(calls(false), ("rollups".to_string(), 0));
     assert_eq!(calls(true), ("events".to_string(), 0));
 }
+
+/// A tenant's archived day that stays in a day file another tenant still
+/// keeps is hidden from statistics (rollups, consumer profile, path
+/// timeline) as it is from every other read.
+#[test]
+fn statistics_hide_archived_events_in_a_shared_day_file() {
+    use keytrail::store::audit::stats::query::{Metrics, StatsQuery};
+    let mut t = trail(6, false);
+    let mut policy = RetentionPolicy::uniform(settings(2, 30));
+    policy.tenants.insert("acme".into(), settings(1, 1));
+    policy.tenants.insert("globex".into(), settings(4, 30));
+    t.run(&policy, at(2, 0));
+    assert!(t.day_file(0).exists(), "kept for globex");
+    let (from, to) = (at(0, 0), at(1, 0) - 1);
+    assert_eq!(t.read("acme", from, to).len(), 0, "hidden from reads");
+    let reader = AuditReader::open(&t.audit).unwrap();
+    let calls = |tenant: &str, force_events: bool| {
+        let q = StatsQuery {
+            filter: EventFilter { tenant_id: tenant.into(), from_ms: Some(from), to_ms: Some(to), ..EventFilter::default() },
+            group_by: None,
+            top: 10,
+            metrics: Metrics { latency: true, rate_limited: false, distinct_consumers: true, distinct_ips: false },
+            force_events,
+        };
+        reader.request_stats(&q).unwrap().totals.calls
+    };
+    assert_eq!((calls("acme", false), calls("acme", true)), (0, 0));
+    let profile = reader.consumer_profile("acme", "cons_0", from, to + 1, 10).unwrap();
+    let timeline: u64 = reader.path_timeline("acme", from, to + 1).unwrap().iter().map(|p| p.calls).sum();
+    assert_eq!((profile.totals.calls, timeline), (0, 0));
+    // globex's events of that day are all still counted.
+    let globex = t.read("globex", from, to).iter().filter(|s| s.event.category == Some(Category::Request)).count() as u64;
+    assert!(globex > 0);
+    assert_eq!(calls("globex", false), globex);
+}

@@ -190,8 +190,18 @@ impl AuditReader {
 
     /// Resolves the tenant and optional consumer in a day file; `None` when
     /// the file cannot hold matching events.
+    /// The file's ids of `tenant` and `consumer`; `None` also when every
+    /// event of the tenant in the file is archived (the rest of the audit
+    /// API hides those, and so do statistics).
     fn ids(&self, day: &DayReader, tenant: &str, consumer: Option<&str>) -> Result<Option<(u32, Option<u32>)>, StoreError> {
         let Some(t) = day.id_of(tenant)? else { return Ok(None) };
+        let floor = self.archived_through(tenant).0;
+        if floor > 0 {
+            let mut stmt = day.conn.prepare_cached("SELECT EXISTS (SELECT 1 FROM blocks WHERE tenant = ?1 AND first_seq > ?2)")?;
+            if !stmt.query_row(rusqlite::params![t, floor as i64], |r| r.get::<_, bool>(0))? {
+                return Ok(None);
+            }
+        }
         match consumer {
             None => Ok(Some((t, None))),
             Some(c) => Ok(day.id_of(c)?.map(|c| (t, Some(c)))),
@@ -363,8 +373,10 @@ impl AuditReader {
         for day_number in self.days_of_window(from, to) {
             let Some(day) = self.day(day_number)? else { continue };
             let Some(t) = day.id_of(tenant)? else { continue };
-            let mut stmt = day.conn.prepare_cached("SELECT data FROM blocks WHERE tenant = ?1 AND max_ts >= ?2 AND min_ts < ?3")?;
-            let mut rows = stmt.query(rusqlite::params![t, from, to])?;
+            // Archived events are hidden, as everywhere in the audit API.
+            let floor = self.archived_through(tenant).0 as i64;
+            let mut stmt = day.conn.prepare_cached("SELECT data FROM blocks WHERE tenant = ?1 AND max_ts >= ?2 AND min_ts < ?3 AND first_seq > ?4")?;
+            let mut rows = stmt.query(rusqlite::params![t, from, to, floor])?;
             // Counted by ids first; ids are per file, so names are resolved per file.
             let mut counts: FxHashMap<u32, (u64, u64, rustc_hash::FxHashSet<u32>)> = FxHashMap::default();
             while let Some(r) = rows.next()? {
