@@ -95,6 +95,8 @@ pub struct Server {
     pub audit: Arc<AuditPipeline>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// The data directory's lock, held while the server lives.
+    _lock: std::fs::File,
 }
 
 fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
@@ -129,9 +131,49 @@ fn write_secret_file(path: &Path, secret: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The file a running keytrail holds locked in its data directory.
+const LOCK_FILE: &str = "keytrail.lock";
+
+/// Holds the data directory for this process (an exclusive lock, let go
+/// when the process ends however it ends): a second keytrail on it would
+/// number events the first already numbered, and its commits would fail
+/// for ever.
+fn lock_data_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
+    let path = dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "the data directory {} is in use by another keytrail; stop that one first, or give this one another --data-dir",
+            dir.display()
+        ),
+        Err(std::fs::TryLockError::Error(error)) => Err(error).with_context(|| format!("cannot lock {}", path.display())),
+    }
+}
+
 /// Starts keytrail with `config`; returns once both listeners are bound.
 pub async fn start(config: Config) -> anyhow::Result<Server> {
+    // The listeners and the country data first: a start that cannot have
+    // them creates nothing (no first admin whose token file would then go
+    // unannounced on the next start).
+    let gateway_listener = TcpListener::bind(config.gateway.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} for the gateway", config.gateway.listen))?;
+    let admin_listener = TcpListener::bind(config.admin_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} for the admin API", config.admin_listen))?;
+    let gateway_addr = gateway_listener.local_addr()?;
+    let admin_addr = admin_listener.local_addr()?;
+    let geo = crate::protection::Countries::load(config.gateway.geo_table.as_deref(), config.gateway.geo_database.as_deref())
+        .map_err(|e| anyhow::anyhow!(e))?;
+
     create_private_dir(&config.data_dir)?;
+    let lock = lock_data_dir(&config.data_dir)?;
     if let Some(token) = &config.bootstrap_token {
         crate::redact::register_secret(token);
     }
@@ -170,18 +212,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         FirstAdmin::AlreadyPresent => Bootstrap::Existing,
     };
 
-    let gateway_listener = TcpListener::bind(config.gateway.listen)
-        .await
-        .with_context(|| format!("cannot listen on {} for the gateway", config.gateway.listen))?;
-    let admin_listener = TcpListener::bind(config.admin_listen)
-        .await
-        .with_context(|| format!("cannot listen on {} for the admin API", config.admin_listen))?;
-    let gateway_addr = gateway_listener.local_addr()?;
-    let admin_addr = admin_listener.local_addr()?;
-
     let (shutdown, _) = watch::channel(false);
-    let geo = crate::protection::Countries::load(config.gateway.geo_table.as_deref(), config.gateway.geo_database.as_deref())
-        .map_err(|e| anyhow::anyhow!(e))?;
     if geo.is_configured() {
         tracing::info!(sources = %geo.describe(), "country lookup loaded");
     }
@@ -247,6 +278,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         audit,
         shutdown,
         tasks: vec![gateway_task, admin_task, usage_task, retention_task],
+        _lock: lock,
     })
 }
 

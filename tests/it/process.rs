@@ -344,3 +344,55 @@ async fn no_key_ever_appears_in_any_output() {
     let secrets: Vec<&String> = keys.iter().chain([&robot_token, &session, &password]).collect();
     assert_no_secret(&secrets, &outputs);
 }
+
+/// A second keytrail on a data directory one is already serving is refused
+/// at start, saying so, and the first one goes on; once the first has
+/// stopped, the directory can be served again.
+#[tokio::test]
+async fn a_data_directory_serves_one_keytrail_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (mut first, admin, _) = spawn_serve(&data, dir.path(), &[]);
+    let mut second = Process::spawn(
+        &["serve", "--data-dir", data.to_str().unwrap(), "--gateway-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"],
+        &[("KEYTRAIL_BOOTSTRAP_TOKEN", ADMIN_TOKEN)],
+        dir.path(),
+        dir.path(),
+    );
+    // Refused at once, not left running (bounded, so a regression fails
+    // rather than hangs).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = second.child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = second.child.kill();
+            panic!("a second keytrail on the same data directory kept running");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let (code, stderr) = (status.code().unwrap_or(-1), second.stderr());
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("is in use by another keytrail"), "{stderr}");
+    assert_eq!(admin.post("/v1/tenants", serde_json::json!({"id": "acme", "name": "Acme"})).await.status, 201, "the first goes on");
+    first.interrupt_and_wait();
+    let (mut again, admin, _) = spawn_serve(&data, dir.path(), &[]);
+    let tenants = admin.get("/v1/tenants").await;
+    assert!(tenants.text.contains("\"acme\""), "{}", tenants.text);
+    again.interrupt_and_wait();
+}
+
+/// A start that cannot bind its listeners creates nothing in the data
+/// directory: the first admin (and its token file) comes with a start that
+/// can serve, and is announced then.
+#[test]
+fn a_start_that_cannot_listen_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = taken.local_addr().unwrap().to_string();
+    let (code, stderr) = run_to_exit(&["serve", "--gateway-listen", "127.0.0.1:0", "--admin-listen", &busy], &[], dir.path());
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("cannot listen on"), "{stderr}");
+    assert!(!dir.path().join("keytrail-data").exists(), "nothing was created");
+}
