@@ -140,10 +140,7 @@ pub fn normalized_path(path: &str) -> Option<String> {
     if !(path.contains('%') || path.contains("//") || path.contains("/.")) {
         return None;
     }
-    let mut decoded = crate::protection::percent_decode(path, false).unwrap_or_else(|| path.to_string());
-    if decoded.contains('%') {
-        decoded = crate::protection::percent_decode(&decoded, false).unwrap_or(decoded);
-    }
+    let decoded = crate::protection::decoded(path, false).unwrap_or(std::borrow::Cow::Borrowed(path));
     let mut segments: Vec<&str> = Vec::new();
     for segment in decoded.split('/') {
         match segment {

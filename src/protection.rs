@@ -463,7 +463,7 @@ impl Block {
 /// Percent-decodes `text` (and `+` as a space when `plus_is_space`);
 /// `None` when an escape is invalid. Bytes that are no UTF-8 (a Latin-1
 /// form field's `%E9`) become U+FFFD: the rules still read the rest.
-pub(crate) fn percent_decode(text: &str, plus_is_space: bool) -> Option<String> {
+fn percent_decode(text: &str, plus_is_space: bool) -> Option<String> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -529,7 +529,7 @@ pub const MAX_TARGET: usize = 8192;
 
 /// `text` decoded (twice where it still holds escapes, for double-encoded
 /// payloads such as `%252e`); `None` when an escape is invalid.
-fn decoded(text: &str, plus_is_space: bool) -> Option<Cow<'_, str>> {
+pub(crate) fn decoded(text: &str, plus_is_space: bool) -> Option<Cow<'_, str>> {
     if !(text.contains('%') || plus_is_space && text.contains('+')) {
         return Some(Cow::Borrowed(text));
     }
