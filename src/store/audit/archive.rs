@@ -671,20 +671,6 @@ fn check_archive(
             return Checked { manifest: Some(manifest), problems, events: 0 };
         }
     };
-    // Hash the file's bytes as they are decompressed.
-    struct Tee<R> {
-        inner: R,
-        sha: Sha256,
-        bytes: u64,
-    }
-    impl<R: Read> Read for Tee<R> {
-        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-            let n = self.inner.read(buf)?;
-            self.sha.update(&buf[..n]);
-            self.bytes += n as u64;
-            Ok(n)
-        }
-    }
     // Events handed on come from a private copy whose size and SHA-256
     // were checked against the signed manifest first: a file replaced
     // while it is read (block hashes are no secret) hands on nothing.
@@ -702,7 +688,8 @@ fn check_archive(
     } else {
         file
     };
-    let mut tee = Tee { inner: BufReader::with_capacity(1 << 20, file), sha: Sha256::new(), bytes: 0 };
+    // The file's bytes hashed as they are decompressed.
+    let mut tee = Tee::new(BufReader::with_capacity(1 << 20, file));
     let checkpoints: HashMap<u64, [u8; 32]> =
         manifest.checkpoints.iter().filter_map(|c| Some((c.seq, from_hex::<32>(&c.hash)?))).collect();
     let salts = match super::salts::from_hex(&manifest.personal_salts) {
@@ -789,8 +776,8 @@ fn check_archive(
     }
     // Whatever was left unread still counts towards the file's hash.
     let _ = std::io::copy(&mut tee, &mut std::io::sink());
-    if tee.bytes != manifest.file_bytes || hex(&tee.sha.finalize()) != manifest.file_sha256 {
-        problems.insert(0, format!("{day}: the archive file's SHA-256 is not the manifest's (the file was changed)"));
+    if !tee.is_signed(&manifest) {
+        problems.insert(0, format!("{day}: {CHANGED_FILE}"));
     }
     if content_problems > MAX_PROBLEMS {
         problems.push(format!("{day}: and {} more problems", content_problems - MAX_PROBLEMS));
@@ -828,25 +815,46 @@ fn private_checked_copy(file: std::fs::File, manifest: &Manifest) -> Result<std:
 
 /// Reads `file` through (into `copy`, when given) and checks that its size
 /// and SHA-256 are the manifest's.
-fn signed_bytes(mut file: std::fs::File, manifest: &Manifest, mut copy: Option<&mut std::fs::File>) -> Result<(), String> {
-    let mut sha = Sha256::new();
-    let mut bytes = 0u64;
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf).map_err(|e| format!("the archive file cannot be read ({e})"))?;
-        if n == 0 {
-            break;
-        }
-        sha.update(&buf[..n]);
-        bytes += n as u64;
-        if let Some(copy) = copy.as_mut() {
-            copy.write_all(&buf[..n]).map_err(|e| format!("no private copy ({e})"))?;
-        }
+fn signed_bytes(file: std::fs::File, manifest: &Manifest, copy: Option<&mut std::fs::File>) -> Result<(), String> {
+    let mut tee = Tee::new(BufReader::with_capacity(1 << 20, file));
+    match copy {
+        Some(copy) => std::io::copy(&mut tee, copy),
+        None => std::io::copy(&mut tee, &mut std::io::sink()),
     }
-    if bytes != manifest.file_bytes || hex(&sha.finalize()) != manifest.file_sha256 {
-        return Err("the archive file's SHA-256 is not the manifest's (the file was changed)".into());
+    .map_err(|e| format!("the archive file cannot be read or copied ({e})"))?;
+    if !tee.is_signed(manifest) {
+        return Err(CHANGED_FILE.into());
     }
     Ok(())
+}
+
+const CHANGED_FILE: &str = "the archive file's SHA-256 is not the manifest's (the file was changed)";
+
+/// Hashes and counts the bytes read through it.
+struct Tee<R> {
+    inner: R,
+    sha: Sha256,
+    bytes: u64,
+}
+
+impl<R> Tee<R> {
+    fn new(inner: R) -> Tee<R> {
+        Tee { inner, sha: Sha256::new(), bytes: 0 }
+    }
+
+    /// Whether what was read is the file the manifest signed (its size and SHA-256).
+    fn is_signed(&self, manifest: &Manifest) -> bool {
+        self.bytes == manifest.file_bytes && hex(&self.sha.clone().finalize()) == manifest.file_sha256
+    }
+}
+
+impl<R: Read> Read for Tee<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.sha.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
 }
 
 static COPIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
