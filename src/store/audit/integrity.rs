@@ -37,6 +37,12 @@ pub const CHECKPOINT_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS checkpoints (
     PRIMARY KEY (tenant, seq)
 );";
 
+/// Whether `meta.db` (opened read-only, so nothing was created) has `table`.
+fn has_table(conn: &rusqlite::Connection, table: &str) -> Result<bool, StoreError> {
+    let found: Option<i64> = conn.query_row("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1", [table], |r| r.get(0)).optional()?;
+    Ok(found.is_some())
+}
+
 /// The tenants `meta.db` holds a signed checkpoint or a chain head of.
 fn recorded_tenants(dir: &Path) -> Result<Vec<String>, StoreError> {
     let path = dir.join(META_FILE);
@@ -46,8 +52,7 @@ fn recorded_tenants(dir: &Path) -> Result<Vec<String>, StoreError> {
     let conn = rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     let mut out = Vec::new();
     for table in ["checkpoints", "heads"] {
-        let exists: Option<i64> = conn.query_row("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1", [table], |r| r.get(0)).optional()?;
-        if exists.is_some() {
+        if has_table(&conn, table)? {
             let mut stmt = conn.prepare(&format!("SELECT DISTINCT tenant FROM {table}"))?;
             out.extend(stmt.query_map([], |r| r.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?);
         }
@@ -62,9 +67,7 @@ pub fn checkpoints(dir: &Path, tenant: &str) -> Result<Vec<Checkpoint>, StoreErr
         return Ok(Vec::new());
     }
     let conn = rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-    let exists: Option<i64> =
-        conn.query_row("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'checkpoints'", [], |r| r.get(0)).optional()?;
-    if exists.is_none() {
+    if !has_table(&conn, "checkpoints")? {
         return Ok(Vec::new());
     }
     let mut stmt = conn.prepare("SELECT seq, hash, signed_at, signature FROM checkpoints WHERE tenant = ?1 ORDER BY seq")?;
