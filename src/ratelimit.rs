@@ -220,8 +220,10 @@ pub fn check(
         if let Some((api_id, limit)) = api {
             note(minute(&|| format!("api:{api_id}"), limit)?);
         }
-        if let Some(limit) = tier.and_then(|t| t.rate.as_ref()) {
-            note(minute(&|| format!("tier:{}", tier.map_or("", |t| t.id.as_str())), limit)?);
+        if let Some(tier) = tier {
+            if let Some(limit) = &tier.rate {
+                note(minute(&|| format!("tier:{}", tier.id), limit)?);
+            }
         }
         Ok(())
     })();
