@@ -269,9 +269,16 @@ pub async fn submit(
                 results.push(json!({"event_id": event.event_id, "status": "duplicate"}));
                 continue;
             }
-            ids.insert(event.event_id.clone(), event.timestamp_ms);
-            results.push(json!({"event_id": event.event_id, "status": "created"}));
-            state.audit.record(event);
+            let (id, at) = (event.event_id.clone(), event.timestamp_ms);
+            // Application events are always kept, so no receiver means the
+            // pipeline is stopping and the event was not taken: its id stays
+            // free for the caller's retry (the events before it in the batch
+            // are committed by the shutdown, and are duplicates on retry).
+            if state.audit.record_committed(event).is_none() {
+                return Err(ApiError::new(ErrorCode::Unavailable, "keytrail is stopping and could not take the event; retry against a running node"));
+            }
+            ids.insert(id.clone(), at);
+            results.push(json!({"event_id": id, "status": "created"}));
             accepted += 1;
         }
     }

@@ -156,6 +156,24 @@ async fn retries_with_the_same_event_id_never_make_a_duplicate() {
 }
 
 #[tokio::test]
+async fn an_event_the_stopping_pipeline_cannot_take_is_refused_and_its_id_stays_free() {
+    let ts = TestServer::start().await;
+    let admin = ts.admin_client();
+    assert_eq!(admin.post("/v1/tenants", json!({"id": "acme", "name": "Acme"})).await.status, 201);
+    let one = json!({"event_id": "evt-late", "action": "item.changed", "resource_type": "item", "resource_id": "1"});
+    assert_eq!(submit(&admin, "acme", json!({"event_id": "evt-warm", "action": "item.changed", "resource_type": "item", "resource_id": "0"})).await.status, 201);
+
+    // The pipeline stops (as it does last in a shutdown) while the admin API still answers.
+    ts.server.as_ref().unwrap().audit.shutdown().await;
+    let a = submit(&admin, "acme", one.clone()).await;
+    assert_eq!(a.status, 503, "an event that was not kept must not be called created: {}", a.text);
+    assert_eq!(a.body["error"]["code"], "service_unavailable", "{}", a.text);
+    // Its id was not taken: a retry is not answered as a duplicate of an event that does not exist.
+    let again = submit(&admin, "acme", one).await;
+    assert_eq!(again.status, 503, "{}", again.text);
+}
+
+#[tokio::test]
 async fn bad_submissions_get_clear_errors_and_store_nothing() {
     let ts = TestServer::start().await;
     let admin = ts.admin_client();
