@@ -142,6 +142,9 @@ pub struct ControlPlane {
     audit: Arc<AuditPipeline>,
     /// Serialises settings changes (each reads, patches and writes).
     settings_lock: Mutex<()>,
+    /// Serialises snapshot rebuilds: a rebuild from an older read swapped
+    /// in after a newer one would undo a change that already answered.
+    reload_lock: Mutex<()>,
     /// The global retention before any admin changed it (from the config).
     retention_defaults: RetentionSettings,
     /// What rewriting archives during an erasure needs; `None`: erasure is
@@ -287,6 +290,7 @@ impl ControlPlane {
             admins: ArcSwap::from_pointee(HashMap::new()),
             audit,
             settings_lock: Mutex::new(()),
+            reload_lock: Mutex::new(()),
             retention_defaults: RetentionSettings::default(),
             erasure: None,
         };
@@ -310,8 +314,10 @@ impl ControlPlane {
         self.snapshot.load()
     }
 
-    /// Rebuilds the snapshots from the store.
+    /// Rebuilds the snapshots from the store, one rebuild at a time, so the
+    /// last one swapped in read the store last.
     pub fn reload(&self) -> Result<(), StoreError> {
+        let _serial = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
         let next = Snapshot::build(self.store.load_routing()?, &self.snapshot.load());
         self.snapshot.store(Arc::new(next));
         let admins = self.store.list_admins()?.into_iter().map(|a| (a.token_hash, Arc::new(a))).collect();

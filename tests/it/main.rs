@@ -26,3 +26,4 @@ mod settings;
 mod stats;
 mod util;
 mod verify;
+mod review_keys;

@@ -1,0 +1,56 @@
+//! Key lifecycle defects found in review: each test names what was wrong.
+
+use serde_json::{json, Value};
+
+use crate::util::{start_upstream, TestServer};
+
+/// One call through the gateway: status and the JSON error code, if any.
+async fn call(ts: &TestServer, path: &str, key: &str) -> (u16, String) {
+    let res = ts.client.get(format!("{}{path}", ts.gateway)).header("X-API-Key", key).send().await.unwrap();
+    let status = res.status().as_u16();
+    let body: Value = res.json().await.unwrap_or(Value::Null);
+    (status, body["error"]["code"].as_str().unwrap_or("").to_string())
+}
+
+/// Changes made at once each rebuild the gateway's snapshot; a rebuild that
+/// read the store before a revocation and was swapped in after it brought
+/// the revoked key back (until the next change).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn keys_revoked_while_other_changes_run_stay_revoked() {
+    // Every refused call below is a failed authentication: no automatic block.
+    let mut ts = TestServer::start_with(tempfile::tempdir().unwrap(), |c| c.gateway.bruteforce_failures = 0).await;
+    let up = start_upstream().await;
+    let admin = ts.admin_client();
+    let (consumer, _, _) = admin.setup("acme", "/docs", &format!("http://{up}")).await;
+    // Enough keys that a rebuild takes a while.
+    let mut keys = Vec::new();
+    for _ in 0..300 {
+        keys.push(admin.key("acme", &consumer, json!({})).await);
+    }
+    let mut next = 0;
+    for round in 0..30 {
+        let batch: Vec<(String, String)> = keys[next..next + 8].to_vec();
+        next += 8;
+        let mut tasks = Vec::new();
+        for (i, (key_id, _)) in batch.iter().enumerate() {
+            let (revoker, key_id) = (admin.clone(), key_id.clone());
+            tasks.push(tokio::spawn(async move {
+                let a = revoker.post(&format!("/v1/keys/{key_id}/revoke"), json!({})).await;
+                assert_eq!(a.status, 200, "{}", a.text);
+            }));
+            let creator = admin.clone();
+            tasks.push(tokio::spawn(async move {
+                let name = format!("other-{round}-{i}");
+                let a = creator.post("/v1/tenants/acme/consumers", json!({"name": name})).await;
+                assert_eq!(a.status, 201, "{}", a.text);
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        for (key_id, key) in &batch {
+            assert_eq!(call(&ts, "/docs/fixed", key).await, (401, "revoked_key".to_string()), "round {round}: {key_id} works after its revocation answered");
+        }
+    }
+    ts.stop().await;
+}
