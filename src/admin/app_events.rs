@@ -43,8 +43,8 @@ pub struct KeyWriter {
 /// The scope an API key needs to submit application events.
 pub const WRITE_SCOPE: &str = "audit:write";
 
-/// Checks an API key for submitting to `tenant`: live, its consumer
-/// active, holding `audit:write`, and of that tenant (a key of another
+/// Checks an API key for submitting to `tenant`: live, on no blocklist, its
+/// consumer active, holding `audit:write`, and of that tenant (a key of another
 /// tenant gets the same 404 as a tenant that does not exist).
 pub fn key_writer(state: &AdminState, key: &str, tenant: &str) -> Result<KeyWriter, ApiError> {
     let snapshot = state.control.snapshot();
@@ -57,6 +57,13 @@ pub fn key_writer(state: &AdminState, key: &str, tenant: &str) -> Result<KeyWrit
     }
     if entry.tenant_id != tenant {
         return Err(ApiError::not_found(format_args!("tenant `{tenant}`")));
+    }
+    // A key on the global or its tenant's blocklist gets the gateway's generic 403.
+    let now = now_ms();
+    if snapshot.global_blocks.match_key(&entry.key_id, now).is_some()
+        || snapshot.tenant_blocks(tenant).is_some_and(|blocks| blocks.match_key(&entry.key_id, now).is_some())
+    {
+        return Err(ApiError::from_code(ErrorCode::Forbidden));
     }
     if !entry.consumer_active {
         return Err(ApiError::from_code(ErrorCode::ConsumerSuspended));

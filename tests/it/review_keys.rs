@@ -54,3 +54,43 @@ async fn keys_revoked_while_other_changes_run_stay_revoked() {
     }
     ts.stop().await;
 }
+
+/// A key on a blocklist (global or its tenant's) is refused at the gateway
+/// and by key verification; it went on submitting application events to
+/// the audit trail through the admin API.
+#[tokio::test]
+async fn a_blocklisted_key_submits_no_application_events() {
+    let mut ts = TestServer::start().await;
+    let up = start_upstream().await;
+    let admin = ts.admin_client();
+    admin.setup("acme", "/docs", &format!("http://{up}")).await;
+    let (_, key_id, key) = admin.consumer_with_key("acme", "writer", json!({"scopes": ["audit:write"]})).await;
+    let (_, other_id, other) = admin.consumer_with_key("acme", "writer-2", json!({"scopes": ["audit:write"]})).await;
+    let submit = |key: String| {
+        let admin = admin.clone();
+        async move {
+            let res = admin
+                .client
+                .post(format!("{}/v1/audit/acme/events", admin.base))
+                .header("X-API-Key", key)
+                .json(&json!({"action": "order.updated", "resource_type": "order", "resource_id": "7"}))
+                .send()
+                .await
+                .unwrap();
+            let status = res.status().as_u16();
+            let body: Value = res.json().await.unwrap_or(Value::Null);
+            (status, body["error"]["code"].as_str().unwrap_or("").to_string())
+        }
+    };
+    assert_eq!(submit(key.clone()).await.0, 201);
+    let a = admin.post("/v1/tenants/acme/blocklist", json!({"kind": "key", "value": key_id})).await;
+    assert_eq!(a.status, 201, "{}", a.text);
+    let a = admin.post("/v1/blocklist", json!({"kind": "key", "value": other_id})).await;
+    assert_eq!(a.status, 201, "{}", a.text);
+    assert_eq!(call(&ts, "/docs/fixed", &key).await, (403, "forbidden".to_string()));
+    assert_eq!(submit(key).await, (403, "forbidden".to_string()), "a key on its tenant's blocklist");
+    assert_eq!(submit(other).await, (403, "forbidden".to_string()), "a key on the global blocklist");
+    let stored = admin.get("/v1/audit/acme/events").await;
+    assert_eq!(stored.body["events"].as_array().map(Vec::len), Some(1), "{}", stored.text);
+    ts.stop().await;
+}
