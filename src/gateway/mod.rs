@@ -335,9 +335,9 @@ impl Gateway {
             KeySource::VerifyBody => &header::HOST,
         };
         // A keytrail key in `Authorization` beside the one in `X-API-Key`
-        // (the same key, or another) is left out too; any other
-        // `Authorization` is the upstream's own and goes through.
-        let bearer_key = source == KeySource::ApiKeyHeader && bearer_token(&headers).is_some_and(|t| keys::check_format(t).is_ok());
+        // (the same key, or another; in any of its lines) is left out too;
+        // any other `Authorization` is the upstream's own and goes through.
+        let bearer_key = source == KeySource::ApiKeyHeader && bearer_tokens(&headers).any(|t| keys::check_format(t).is_ok());
         let add = [
             (&header::HOST, &route.host_header),
             (&X_REQUEST_ID, &request_id_value),
@@ -707,9 +707,9 @@ fn bearer(value: &str) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
-/// The token of the caller's (first) `Authorization: Bearer …` header.
-fn bearer_token(headers: &CallHeaders) -> Option<&str> {
-    headers.get("authorization").and_then(h1::value_text).and_then(bearer)
+/// The tokens of the caller's `Authorization: Bearer …` lines, every one.
+fn bearer_tokens(headers: &CallHeaders) -> impl Iterator<Item = &str> {
+    headers.values("authorization").filter_map(h1::value_text).filter_map(bearer)
 }
 
 /// Checks a presented key: format and checksum first (no lookup for a typo),

@@ -137,6 +137,16 @@ async fn a_key_in_a_second_header_is_not_forwarded() {
         assert!(!seen.to_string().contains(&key) && !seen.to_string().contains(&other), "a key reached the upstream: {seen}");
         assert_eq!(seen["headers"]["authorization"].as_str(), forwarded, "{seen}");
     }
+    // A key in a later `Authorization` line, after one that holds none.
+    for first in ["Basic dXNlcjpwdw==", "Bearer upstream-session-token"] {
+        let call = format!(
+            "GET /api/echo HTTP/1.1\r\nHost: gw\r\nX-API-Key: {key}\r\nAuthorization: {first}\r\nAuthorization: Bearer {other}\r\nConnection: close\r\n\r\n"
+        );
+        let answer = exchange(&ts, call.as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        let seen = echoed(&answer);
+        assert!(!seen.to_string().contains(&other), "a key in a second Authorization line reached the upstream: {seen}");
+    }
 }
 
 /// Every `X-Forwarded-For` line reaches the upstream, in order, as one
