@@ -203,7 +203,8 @@ pub fn header_line(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 /// Writes the request head: request line in origin form, the gateway's
 /// headers, the caller's (less those `forwarded` leaves out, the
 /// hop-by-hop ones and those the caller's `Connection` names), and
-/// `Transfer-Encoding: chunked` when the body has no declared length.
+/// `Transfer-Encoding: chunked` when the body has no declared length
+/// (after the caller's other codings, which the body still has).
 pub fn encode_head(out: &mut Vec<u8>, method: &Method, target: &str, headers: &CallHeaders, forwarded: Forwarded<'_>, chunked: bool) {
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
@@ -230,7 +231,19 @@ pub fn encode_head(out: &mut Vec<u8>, method: &Method, target: &str, headers: &C
         }
     }
     if chunked {
-        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        // The caller's codings before its final `chunked` (`gzip, chunked`)
+        // are still on the body once its chunks are read: the upstream is
+        // told of them, or it would take the coded bytes for the content.
+        let mut codings: Vec<&[u8]> = headers.values("transfer-encoding").flat_map(list_items).collect();
+        if codings.last().is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")) {
+            codings.pop();
+        }
+        out.extend_from_slice(b"transfer-encoding: ");
+        for coding in codings {
+            out.extend_from_slice(coding);
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(b"chunked\r\n");
     }
     out.extend_from_slice(b"\r\n");
 }

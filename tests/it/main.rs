@@ -27,3 +27,4 @@ mod stats;
 mod util;
 mod verify;
 mod review_keys;
+mod review_http;

@@ -1,0 +1,72 @@
+//! HTTP semantics of the proxy path found in review: transfer codings a
+//! caller's body keeps, an upstream closing a kept connection as a call
+//! goes out, and requests the gateway cannot proxy.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::util::TestServer;
+
+/// Sends `bytes` on a new connection and reads until the gateway closes it.
+async fn exchange(ts: &TestServer, bytes: &[u8]) -> String {
+    let mut stream = TcpStream::connect(ts.gateway.trim_start_matches("http://")).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// An upstream that keeps the bytes of each request it reads (the head,
+/// and a chunked body to its last chunk) and answers each with `ok`.
+async fn chunk_recording_upstream() -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let requests: Arc<Mutex<Vec<String>>> = Arc::default();
+    let seen = requests.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let whole = |buf: &[u8]| {
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else { return false };
+                    !String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase().contains("transfer-encoding") || buf.ends_with(b"0\r\n\r\n")
+                };
+                while !whole(&buf) {
+                    let mut chunk = [0u8; 4096];
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                seen.lock().unwrap().push(String::from_utf8_lossy(&buf).into_owned());
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok").await;
+            });
+        }
+    });
+    (addr, requests)
+}
+
+/// A body sent `Transfer-Encoding: gzip, chunked` is still gzip once its
+/// chunks are read: the upstream is told so, rather than handed the
+/// compressed bytes as the content itself.
+#[tokio::test]
+async fn a_bodys_transfer_codings_reach_the_upstream() {
+    let ts = TestServer::start().await;
+    let (up, requests) = chunk_recording_upstream().await;
+    let (_, _, key) = ts.admin_client().setup("acme", "/api", &format!("http://{up}")).await;
+    for (sent, forwarded) in [("gzip, chunked", "gzip, chunked"), ("gzip\r\nTransfer-Encoding: chunked", "gzip, chunked"), ("chunked", "chunked")] {
+        requests.lock().unwrap().clear();
+        let call = format!(
+            "POST /api/upload HTTP/1.1\r\nHost: gw\r\nX-API-Key: {key}\r\nTransfer-Encoding: {sent}\r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+        );
+        let answer = exchange(&ts, call.as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("ok"), "{sent}: {answer}");
+        let request = requests.lock().unwrap().first().cloned().expect("the upstream got the call");
+        let codings: Vec<&str> = request.lines().filter_map(|l| l.strip_prefix("transfer-encoding: ")).collect();
+        assert_eq!(codings, [forwarded], "{sent}: {request}");
+    }
+}
