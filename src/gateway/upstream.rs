@@ -20,7 +20,10 @@
 //! system call unless the reactor saw the socket become readable: the
 //! upstream closed it or sent something unasked, and it is dropped). A call
 //! whose first write fails on a kept connection is sent once more on a new
-//! one; a call that was written (even in part) is never repeated.
+//! one, and so is an idempotent call without a body when the kept
+//! connection ends before any of its answer came (the upstream closed it as
+//! the call went out); any other call that was written (even in part) is
+//! never repeated.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::{poll_fn, Future};
@@ -267,6 +270,8 @@ impl ConnectionUpstreams {
         head.clear();
         h1::encode_head(&mut head, method, target, headers, forwarded, chunked);
         let head_request = *method == Method::HEAD;
+        // Only the head goes out, and sending it twice does what sending it once does.
+        let replayable = method.is_idempotent() && body.is_end_stream();
         let mut out = Sending::new(head, body, chunked);
         let head = loop {
             match poll_fn(|cx| exchange_head(cx, &mut conn, &mut out, head_request)).await {
@@ -275,6 +280,15 @@ impl ConnectionUpstreams {
                 Err(Failed::Unwritten(_)) if reused => {
                     conn = self.slot.shared.connect(authority).await?;
                     reused = false;
+                }
+                // The kept connection ended with no byte of an answer (the
+                // upstream closed it as the call went out, its keep-alive
+                // timeout crossing the call): an idempotent call without a
+                // body goes once more, on a new one (RFC 9110 §9.2.2).
+                Err(Failed::Other(UpstreamError::Closed | UpstreamError::Io(_))) if reused && replayable && conn.inbuf.is_empty() => {
+                    conn = self.slot.shared.connect(authority).await?;
+                    reused = false;
+                    out.rewind();
                 }
                 Err(Failed::Unwritten(e)) => return Err(e.into()),
                 Err(Failed::Other(e)) => return Err(e),
@@ -410,6 +424,15 @@ where
 
     fn is_done(&self) -> bool {
         self.body.is_none() && self.head_at == self.head.len() && self.queue.is_empty()
+    }
+
+    /// Back to before anything was written, to send a call without a body
+    /// once more.
+    fn rewind(&mut self) {
+        debug_assert!(self.body.is_none() && self.queue.is_empty());
+        self.head_at = 0;
+        self.written = 0;
+        self.failed = None;
     }
 
     /// The head's buffer, for the connection's next call.

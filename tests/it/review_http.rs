@@ -2,6 +2,7 @@
 //! caller's body keeps, an upstream closing a kept connection as a call
 //! goes out, and requests the gateway cannot proxy.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -69,4 +70,43 @@ async fn a_bodys_transfer_codings_reach_the_upstream() {
         let codings: Vec<&str> = request.lines().filter_map(|l| l.strip_prefix("transfer-encoding: ")).collect();
         assert_eq!(codings, [forwarded], "{sent}: {request}");
     }
+}
+
+/// An upstream that closes a kept connection just as the next call goes
+/// out on it (its keep-alive timeout crossing the call) answered nothing:
+/// a call without a body that is idempotent is sent once more on a new
+/// connection rather than failed; any other call is never sent twice.
+#[tokio::test]
+async fn a_kept_connection_closed_under_a_call_is_retried_only_when_safe() {
+    let ts = TestServer::start().await;
+    let calls: Arc<Mutex<Vec<usize>>> = Arc::default();
+    let seen = calls.clone();
+    // The second and fourth requests read are met with a close, no answer.
+    let (up, connections) = crate::gateway::raw_upstream(move |n| {
+        seen.lock().unwrap().push(n);
+        match n {
+            1 | 3 => (vec![], true),
+            _ => (vec![b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".as_slice()], false),
+        }
+    })
+    .await;
+    let (_, _, key) = ts.admin_client().setup("acme", "/api", &format!("http://{up}")).await;
+    let mut stream = TcpStream::connect(ts.gateway.trim_start_matches("http://")).await.unwrap();
+    let mut answer = async |request: String| {
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut out = vec![0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut out)).await.expect("an answer").unwrap();
+        String::from_utf8_lossy(&out[..n]).into_owned()
+    };
+    let get = format!("GET /api/x HTTP/1.1\r\nHost: gw\r\nX-API-Key: {key}\r\n\r\n");
+    for _ in 0..2 {
+        let got = answer(get.clone()).await;
+        assert!(got.starts_with("HTTP/1.1 200") && got.ends_with("ok"), "{got}");
+    }
+    assert_eq!(connections.load(Ordering::SeqCst), 2, "the GET went once more on a new connection");
+    // A POST on the kept connection, closed the same way: 502, sent once.
+    let post = format!("POST /api/x HTTP/1.1\r\nHost: gw\r\nX-API-Key: {key}\r\nContent-Length: 2\r\n\r\nhi");
+    let got = answer(post).await;
+    assert!(got.starts_with("HTTP/1.1 502"), "{got}");
+    assert_eq!(*calls.lock().unwrap(), [0, 1, 2, 3], "the POST was sent twice");
 }
