@@ -320,6 +320,22 @@ impl Gateway {
             }
             return response;
         }
+        // A tunnel is never opened: proxied, an upstream's 2xx to `CONNECT`
+        // would make hyper take the client connection for one and send
+        // nothing of the answer.
+        if req.method == http::Method::CONNECT {
+            let error = ApiError::new(ErrorCode::MethodNotAllowed, "CONNECT is not proxied: the gateway opens no tunnels");
+            let mut response = refuse_with(&mut event, error, &request_id_value, finisher);
+            // The methods the api takes (its policy's, or any), less this one.
+            let allowed = &route.policies.allowed_methods;
+            let allow = if allowed.is_empty() {
+                "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, TRACE".to_string()
+            } else {
+                allowed.iter().filter(|m| *m != "CONNECT").map(String::as_str).collect::<Vec<_>>().join(", ")
+            };
+            response.headers_mut().insert(header::ALLOW, header_value(&allow));
+            return response;
+        }
 
         // 8. Proxy, streaming both ways.
         let Call { method, uri, headers, body } = req;

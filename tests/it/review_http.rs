@@ -110,3 +110,31 @@ async fn a_kept_connection_closed_under_a_call_is_retried_only_when_safe() {
     assert!(got.starts_with("HTTP/1.1 502"), "{got}");
     assert_eq!(*calls.lock().unwrap(), [0, 1, 2, 3], "the POST was sent twice");
 }
+
+/// `CONNECT` asks for a tunnel, which the gateway does not open: it is
+/// refused (405) and never reaches the upstream. Proxied, an upstream's 2xx
+/// made hyper take the connection for a tunnel: the caller got no answer
+/// at all, the calls behind it were lost, and the trail said the caller had
+/// gone away.
+#[tokio::test]
+async fn connect_is_refused_not_proxied() {
+    let ts = TestServer::start().await;
+    let requests: Arc<Mutex<Vec<usize>>> = Arc::default();
+    let seen = requests.clone();
+    let (up, _) = crate::gateway::raw_upstream(move |n| {
+        seen.lock().unwrap().push(n);
+        (vec![b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".as_slice()], false)
+    })
+    .await;
+    let admin = ts.admin_client();
+    let (_, _, key) = admin.setup("acme", "/api", &format!("http://{up}")).await;
+    let next = format!("GET /api/next HTTP/1.1\r\nHost: gw\r\nX-API-Key: {key}\r\nConnection: close\r\n\r\n");
+    let answer = exchange(&ts, format!("CONNECT /api/tunnel HTTP/1.1\r\nHost: gw\r\nX-API-Key: {key}\r\n\r\n{next}").as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
+    assert!(answer.to_ascii_lowercase().contains("\r\nallow: "), "{answer}");
+    assert!(answer.contains("method_not_allowed"), "{answer}");
+    assert!(answer.ends_with("ok") && answer.matches("HTTP/1.1 ").count() == 2, "the call behind it is answered: {answer}");
+    assert_eq!(requests.lock().unwrap().len(), 1, "only the GET reached the upstream");
+    let logs = admin.wait_for("/v1/audit/acme", "logs", 2).await;
+    assert_eq!((logs[1]["method"].as_str(), logs[1]["status_code"].as_u64(), logs[1]["error_code"].as_str()), (Some("CONNECT"), Some(405), Some("method_not_allowed")));
+}
