@@ -35,6 +35,7 @@ impl Body for ClientBody {
         match self.get_mut() {
             ClientBody::Hyper(body, watch) => {
                 let polled = Pin::new(&mut *body).poll_frame(cx);
+                watch.waiting.store(polled.is_pending(), Ordering::Relaxed);
                 if matches!(polled, Poll::Ready(None)) || (matches!(polled, Poll::Ready(Some(Ok(_)))) && body.is_end_stream()) {
                     watch.body_ended();
                 }
@@ -67,10 +68,13 @@ impl Body for ClientBody {
 /// the last call's head are not seen, and while a body is left unread
 /// (where it ends is hyper's to know) nothing is counted: a slow head may
 /// go unrecorded then, but an idle connection is never recorded as one.
+/// It also tells whether the gateway, at its last look at the call's
+/// body, found nothing of it ready: waited on the caller, not the upstream.
 #[derive(Default)]
 pub struct HeadWatch {
     received: AtomicUsize,
     in_body: AtomicBool,
+    waiting: AtomicBool,
 }
 
 impl HeadWatch {
@@ -88,6 +92,14 @@ impl HeadWatch {
     pub fn call(&self, has_body: bool) {
         self.received.store(0, Ordering::Relaxed);
         self.in_body.store(has_body, Ordering::Relaxed);
+        self.waiting.store(false, Ordering::Relaxed);
+    }
+
+    /// The last poll of the call's body found nothing ready: the rest of
+    /// it is the caller's to send (not stuck behind an upstream that
+    /// stopped reading, where the body is not polled).
+    pub fn waiting_for_body(&self) -> bool {
+        self.waiting.load(Ordering::Relaxed)
     }
 
     fn body_ended(&self) {

@@ -17,7 +17,7 @@ pub mod upstream;
 mod verify;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -362,6 +362,12 @@ impl Gateway {
         ];
         let skip = [key_header, if bearer_key { &header::AUTHORIZATION } else { key_header }, &header::HOST, &X_REQUEST_ID, &X_CONSUMER_ID, &X_FORWARDED_FOR];
         let forwarded = h1::Forwarded { add: &add, skip: &skip };
+        // Whether a timeout found the gateway waiting on the caller's body
+        // (only a call hyper read has one).
+        let watch = match &body {
+            ClientBody::Hyper(_, watch) => Some(watch.clone()),
+            ClientBody::Empty => None,
+        };
         let request_bytes = Arc::new(AtomicU64::new(0));
         let upstream_req = Outgoing { method: &method, target, headers: &headers, body: CountingBody::new(body, request_bytes.clone()) };
         let timeout = route.timeout.unwrap_or(self.upstream_timeout);
@@ -377,9 +383,13 @@ impl Gateway {
                 let error = ApiError::new(ErrorCode::InvalidBody, "the request body could not be read (its chunked framing is broken, or it ended early)");
                 return refuse_with(&mut event, error, &request_id_value, |e, _| finisher(e, Some(request_bytes)));
             }
-            // The caller stopped sending the body it declared: its timeout.
-            None if declared_length(&headers).is_some_and(|n| request_bytes.load(Ordering::Relaxed) < n) => {
-                return refuse(&mut event, ErrorCode::RequestTimeout, &request_id_value, |e, _| finisher(e, Some(request_bytes)));
+            // The caller stopped sending its body (short of its length, or
+            // before its last chunk): its timeout. (A body the gateway no
+            // longer reads because the upstream stopped reading it is the
+            // upstream's.)
+            None if watch.is_some_and(|w| w.waiting_for_body()) => {
+                let error = ApiError::new(ErrorCode::RequestTimeout, "the request body stopped coming before its end");
+                return refuse_with(&mut event, error, &request_id_value, |e, _| finisher(e, Some(request_bytes)));
             }
             Some(Err(error)) => {
                 tracing::warn!(api = %route.api_id, upstream = %route.upstream_authority, error = %error_chain(&error), "upstream request failed");

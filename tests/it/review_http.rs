@@ -138,3 +138,64 @@ async fn connect_is_refused_not_proxied() {
     let logs = admin.wait_for("/v1/audit/acme", "logs", 2).await;
     assert_eq!((logs[1]["method"].as_str(), logs[1]["status_code"].as_u64(), logs[1]["error_code"].as_str()), (Some("CONNECT"), Some(405), Some("method_not_allowed")));
 }
+
+/// When an api's timeout passes with a request body still unfinished, the
+/// side that stalled is blamed: a caller whose chunked body stopped coming
+/// gets 408 `request_timeout` (as one that stops short of its
+/// `Content-Length` does), and an upstream that stopped reading the body,
+/// without answering, is the upstream's 504 `upstream_timeout`.
+#[tokio::test]
+async fn a_stalled_body_is_blamed_on_the_side_that_stalled() {
+    let ts = TestServer::start().await;
+    let admin = ts.admin_client();
+    let up = crate::util::start_upstream().await;
+    // An upstream that reads a head and then nothing more, and never answers.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let deaf = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut chunk = [0u8; 1024];
+                let _ = stream.read(&mut chunk).await;
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            });
+        }
+    });
+    let (_, _, key) = admin.setup("acme", "/api", &format!("http://{up}")).await;
+    for (id, upstream) in [("slow", up), ("deaf", deaf)] {
+        let api = admin
+            .post("/v1/tenants/acme/apis", serde_json::json!({"id": id, "path_prefix": format!("/{id}"), "upstream": format!("http://{upstream}"), "timeout_ms": 300}))
+            .await;
+        assert_eq!(api.status, 201, "{}", api.text);
+    }
+    let addr = ts.gateway.trim_start_matches("http://").to_string();
+
+    // Half a chunked body, then nothing.
+    let mut stream = TcpStream::connect(&addr).await.unwrap();
+    let head = format!("POST /slow/upload HTTP/1.1\r\nHost: gw\r\nX-API-Key: {key}\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
+    let stalled = String::from_utf8_lossy(&out).into_owned();
+    assert!(stalled.starts_with("HTTP/1.1 408") && stalled.contains("request_timeout"), "{stalled}");
+
+    // A body larger than the sockets between hold, to an upstream that reads none of it.
+    let stream = TcpStream::connect(&addr).await.unwrap();
+    let size = 256usize << 20;
+    let head = format!("POST /deaf/upload HTTP/1.1\r\nHost: gw\r\nX-API-Key: {key}\r\nContent-Length: {size}\r\n\r\n");
+    let (mut reader, mut writer) = stream.into_split();
+    let sending = tokio::spawn(async move {
+        let _ = writer.write_all(head.as_bytes()).await;
+        let piece = vec![b'x'; 1 << 20];
+        for _ in 0..size >> 20 {
+            if writer.write_all(&piece).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut out = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), reader.read(&mut out)).await.expect("an answer").unwrap();
+    sending.abort();
+    let deafened = String::from_utf8_lossy(&out[..n]).into_owned();
+    assert!(deafened.starts_with("HTTP/1.1 504") && deafened.contains("upstream_timeout"), "{deafened}");
+}
