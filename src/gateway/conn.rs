@@ -145,6 +145,9 @@ pub async fn serve(
         // A request head gets the room an upstream's response head gets;
         // a larger one is refused (431) rather than buffered and proxied.
         .max_buf_size(h1::MAX_HEAD)
+        // A caller that closed its side after its request still waits for
+        // the answer, as on this loop (hyper would take it for gone).
+        .half_close(true)
         .serve_connection(TokioIo::new(io), service);
     if let Err(error) = watcher.watch(connection).await {
         tracing::debug!(%error, "gateway connection ended with an error");

@@ -199,3 +199,33 @@ async fn a_stalled_body_is_blamed_on_the_side_that_stalled() {
     let deafened = String::from_utf8_lossy(&out[..n]).into_owned();
     assert!(deafened.starts_with("HTTP/1.1 504") && deafened.contains("upstream_timeout"), "{deafened}");
 }
+
+/// A caller may send its request and close its side of the connection
+/// (a TCP half-close) while it waits for the answer: it is answered, on a
+/// connection hyper serves (a call with a body, HTTP/1.0) as on the
+/// gateway's own loop, and the trail records the answer it got. hyper
+/// took the half-close for the caller going away: the upstream was called,
+/// the caller got nothing.
+#[tokio::test]
+async fn a_half_closed_caller_is_answered_on_both_paths() {
+    let ts = TestServer::start().await;
+    let up = crate::util::start_upstream().await;
+    let admin = ts.admin_client();
+    let (_, _, key) = admin.setup("acme", "/api", &format!("http://{up}")).await;
+    let calls = [
+        format!("GET /api/slow?ms=200 HTTP/1.1\r\nHost: gw\r\nX-API-Key: {key}\r\n\r\n"),
+        format!("POST /api/slow?ms=200 HTTP/1.1\r\nHost: gw\r\nX-API-Key: {key}\r\nContent-Length: 2\r\n\r\nhi"),
+        format!("GET /api/slow?ms=200 HTTP/1.0\r\nHost: gw\r\nX-API-Key: {key}\r\n\r\n"),
+    ];
+    for call in &calls {
+        let mut stream = TcpStream::connect(ts.gateway.trim_start_matches("http://")).await.unwrap();
+        stream.write_all(call.as_bytes()).await.unwrap();
+        stream.shutdown().await.unwrap();
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
+        let answer = String::from_utf8_lossy(&out).into_owned();
+        assert!(answer.contains(" 200 OK\r\n") && answer.ends_with("slow"), "{call:?}: {answer}");
+    }
+    let logs = admin.wait_for("/v1/audit/acme", "logs", calls.len()).await;
+    assert!(logs.iter().all(|l| l["outcome"] == "success"), "{logs:?}");
+}
