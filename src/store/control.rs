@@ -447,6 +447,22 @@ impl ControlStore {
         if clash.is_some() {
             return Err(StoreError::Conflict(format!("path prefix `{}` is already routed", api.path_prefix)));
         }
+        // The longest prefix wins, so prefixes of different tenants never
+        // nest: one inside another tenant's api would take that part of its
+        // traffic (and one around it would be served in part by the other
+        // tenant). A root api is the catch-all for paths no other api
+        // serves, and claims none of them.
+        if api.path_prefix != "/" {
+            let mut stmt = conn.prepare("SELECT path_prefix FROM apis WHERE tenant_id <> ?1 AND path_prefix <> '/'")?;
+            let others = stmt.query_map([&api.tenant_id], |r| r.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?;
+            drop(stmt);
+            let nested = |other: &String| {
+                crate::snapshot::prefix_matches(other, &api.path_prefix) || crate::snapshot::prefix_matches(&api.path_prefix, other)
+            };
+            if others.iter().any(nested) {
+                return Err(StoreError::Conflict(format!("path prefix `{}` overlaps one already routed", api.path_prefix)));
+            }
+        }
         conn.execute(
             &format!("INSERT INTO apis ({API_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
             params![

@@ -21,6 +21,7 @@ mod process;
 mod protection;
 mod ratelimit;
 mod retention;
+mod review_authz;
 mod roles;
 mod settings;
 mod stats;
