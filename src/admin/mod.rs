@@ -182,6 +182,12 @@ async fn authorise(
     let Some(rule) = rule else {
         return Err(ApiError::new(ErrorCode::Forbidden, "this endpoint has no access rule").into_response());
     };
+    // Ids are slugs and generated ids: in a change's path, a segment that
+    // needs percent-decoding names none. (The handler would decode it; the
+    // activity log's tenant, resource and before/after read the path as sent.)
+    if let Some(segment) = path.split('/').find(|segment| rule.action.is_some() && segment.contains('%')) {
+        return Err(ApiError::not_found(format_args!("`{segment}`")).into_response());
+    }
     let tenant = access::path_param(route, path, "tenant");
     if let Some(tenant) = tenant {
         if !actor.sees(tenant) {
