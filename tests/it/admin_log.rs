@@ -149,3 +149,32 @@ async fn a_crash_between_the_intent_and_the_change_leaves_an_unknown_outcome() {
     let report = AuditReader::open(&data.path().join("audit")).unwrap().verify("acme").unwrap();
     assert_eq!(report.first_break, None);
 }
+
+/// A change with a large body (here 1 MB, refused by the handler) is an
+/// intent of that size in the trail; it reads back like any other event.
+/// (The readers took a one-event block over 512 KiB for a damaged one: the
+/// admin log answered 500, verification reported the chain broken there and
+/// exports were cut short.)
+#[tokio::test]
+async fn a_change_with_a_large_body_stays_readable_and_verifiable() {
+    let ts = TestServer::start().await;
+    let admin = ts.admin_client();
+    assert_eq!(admin.post("/v1/tenants", json!({"id": "acme", "name": "Acme"})).await.status, 201);
+    let big = admin.post("/v1/tenants/acme/tiers", json!({"id": "gold", "daily_quota": 5, "note": "x".repeat(1_000_000)})).await;
+    assert_eq!(big.status, 400, "{}", big.text);
+    assert_eq!(admin.post("/v1/tenants/acme/tiers", json!({"id": "silver", "daily_quota": 5})).await.status, 201);
+    ts.flush().await;
+
+    let log = admin.get("/v1/audit/acme/admin?limit=100").await;
+    assert_eq!(log.status, 200, "{}", &log.text[..log.text.len().min(300)]);
+    let all = entries(&log);
+    let refused = all.iter().find(|e| e["outcome"] == "failure").expect("the refused change");
+    assert_eq!(refused["details"]["request"]["note"].as_str().map(str::len), Some(1_000_000));
+    let verified = admin.get("/v1/audit/acme/verify").await;
+    assert_eq!(verified.body["ok"], true, "{}", verified.text);
+    let export = ts.client.get(format!("{}/v1/audit/acme/export/json?category=all", ts.admin)).bearer_auth(&admin.token).send().await.unwrap();
+    let doc: Value = export.json().await.expect("a whole export");
+    let key = keytrail::signing::Signer::load_or_create(&ts.data_dir.join("signing.key")).unwrap().public_key();
+    let report = keytrail::store::audit::integrity::verify_export(&doc, &key).unwrap();
+    assert!(report.ok && report.complete && report.events >= all.len() * 2, "{report:?}");
+}

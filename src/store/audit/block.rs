@@ -637,7 +637,10 @@ pub struct DecodedBlock {
 /// `details` are at most 32 KB of JSON each), far below what would exhaust
 /// memory.
 const MAX_COLUMN_BYTES: usize = 512 << 20;
-const MAX_COLUMN_BYTES_PER_ROW: usize = 256 << 10;
+/// The most a column may claim per row: above the largest event the writer
+/// takes, an admin change's intent, which keeps a request body of up to
+/// 4 MiB (and its outcome the object before and after).
+const MAX_COLUMN_BYTES_PER_ROW: usize = 16 << 20;
 
 /// `raw`, the length a compressed column's header claims, once the zstd
 /// frame agrees (when it states its content size, as the writer's do).
