@@ -377,6 +377,22 @@ pub fn is_personal_actor(category: Option<Category>, actor: Option<&str>) -> boo
     actor.is_some_and(|a| category == Some(Category::App) || a.starts_with("ip:"))
 }
 
+/// The deepest an event's `details` may nest. JSON readers stop at some
+/// depth (serde_json, which the store and `keytrail verify --file` read
+/// with, at 128 levels), and a JSON export holds `details` four levels down
+/// (`{"logs": [{"event": {"details": …}}]}`): details nested deeper could
+/// be stored but not read back.
+pub const MAX_DETAILS_NESTING: usize = 64;
+
+/// How deep a JSON value nests: 0 for a scalar, 1 for a flat array or object.
+pub fn nesting(value: &serde_json::Value) -> usize {
+    match value {
+        serde_json::Value::Array(items) => 1 + items.iter().map(nesting).max().unwrap_or(0),
+        serde_json::Value::Object(fields) => 1 + fields.values().map(nesting).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
 /// A time as RFC 3339 (`2026-11-22T03:00:00Z`) or a UTC day
 /// (`2026-11-22`, its midnight), in milliseconds since the epoch.
 pub fn parse_time_or_day(text: &str) -> Result<i64, String> {

@@ -68,13 +68,14 @@ const SECRET_FIELDS: [&str; 4] = ["password", "key", "token", "secret"];
 
 /// The request body as the intent records it: JSON objects without secret
 /// fields, and without a consumer's personal fields on consumer routes;
-/// anything else by size only.
+/// anything else, and objects nested deeper than an event's details may
+/// be (under `{"request": …}`), by size only.
 fn requested(route: &str, body: &Bytes) -> Value {
     if body.is_empty() {
         return Value::Null;
     }
     match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(mut fields)) => {
+        Ok(Value::Object(mut fields)) if fields.values().all(|v| crate::event::nesting(v) + 2 <= crate::event::MAX_DETAILS_NESTING) => {
             for name in SECRET_FIELDS {
                 if fields.contains_key(name) {
                     fields.insert(name.into(), json!("****"));

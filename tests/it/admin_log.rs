@@ -178,3 +178,27 @@ async fn a_change_with_a_large_body_stays_readable_and_verifiable() {
     let report = keytrail::store::audit::integrity::verify_export(&doc, &key).unwrap();
     assert!(report.ok && report.complete && report.events >= all.len() * 2, "{report:?}");
 }
+
+/// A change whose body nests deeper than the trail can read back (or a JSON
+/// export can hold) is logged by its size. (Its intent held the body one
+/// level deeper than sent: a 300-byte body nested 127 levels made the
+/// intent's block unreadable, so the admin log answered 500 and
+/// verification reported the chain broken there.)
+#[tokio::test]
+async fn a_change_with_a_deeply_nested_body_is_logged_by_its_size() {
+    let ts = TestServer::start().await;
+    let admin = ts.admin_client();
+    assert_eq!(admin.post("/v1/tenants", json!({"id": "acme", "name": "Acme"})).await.status, 201);
+    let body = format!("{{\"id\":\"gold\",\"daily_quota\":5,\"deep\":{}{}}}", "[".repeat(126), "]".repeat(126));
+    let url = format!("{}/v1/tenants/acme/tiers", ts.admin);
+    let res = ts.client.post(url).bearer_auth(&admin.token).header("content-type", "application/json").body(body.clone()).send().await.unwrap();
+    assert_eq!(res.status(), 400);
+    ts.flush().await;
+
+    let log = admin.get("/v1/audit/acme/admin").await;
+    assert_eq!(log.status, 200, "{}", log.text);
+    let entry = find(&entries(&log), "TIER_CREATED").clone();
+    assert_eq!(entry["details"]["request"], json!({"unparsed_bytes": body.len()}), "{entry}");
+    let verified = admin.get("/v1/audit/acme/verify").await;
+    assert_eq!(verified.body["ok"], true, "{}", verified.text);
+}
