@@ -132,6 +132,13 @@ fn check(event: &AppEvent, at: &str) -> Result<(), ApiError> {
             return Err(bad(&format!("changes.{field}"), "must be an object with `before` and/or `after`"));
         }
     }
+    // Both sit one level down in the event's details.
+    let most = crate::event::MAX_DETAILS_NESTING - 1;
+    for (field, map) in [("changes", &event.changes), ("metadata", &event.metadata)] {
+        if map.as_ref().is_some_and(|m| 1 + m.values().map(crate::event::nesting).max().unwrap_or(0) > most) {
+            return Err(bad(field, &format!("must nest at most {most} levels")));
+        }
+    }
     let size = event.changes.as_ref().map_or(0, |c| Value::Object(c.clone()).to_string().len())
         + event.metadata.as_ref().map_or(0, |m| Value::Object(m.clone()).to_string().len());
     if size > MAX_EVENT_JSON {

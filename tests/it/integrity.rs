@@ -12,7 +12,7 @@ use keytrail::signing::Signer;
 use keytrail::store::audit::integrity::{verify_dir, IntegrityReport};
 use keytrail::store::audit::AuditWriterStore;
 
-use crate::util::{spawn_serve, Process, TestServer};
+use crate::util::{spawn_serve, Process, TestServer, ADMIN_TOKEN};
 
 const BATCHES: usize = 8;
 const PER_BATCH: usize = 10;
@@ -462,4 +462,38 @@ async fn a_json_export_verifies_offline_and_shows_any_edit() {
     std::fs::write(&file, "{not json").unwrap();
     let (ok, text) = run(&["verify", "--file", path, "--public-key", &public_text], out.path());
     assert!(!ok && text.contains("is not JSON"), "{text}");
+}
+
+/// An application event nested deeper than an export can hold is refused,
+/// naming the field; one within the bound goes into a JSON export that
+/// `keytrail verify --file` reads. (A key with `audit:write` could store
+/// `metadata` nested 126 levels, which sits 131 levels down in an export:
+/// every later export of the tenant was "not JSON" to the verifier.)
+#[tokio::test]
+async fn an_application_event_too_deep_for_an_export_is_refused() {
+    let ts = TestServer::start().await;
+    let admin = ts.admin_client();
+    assert_eq!(admin.post("/v1/tenants", json!({"id": "acme", "name": "Acme"})).await.status, 201);
+    let nested = |levels: usize| format!("{{\"action\":\"a\",\"resource_type\":\"o\",\"resource_id\":\"1\",\"metadata\":{{\"m\":{}{}}}}}", "[".repeat(levels), "]".repeat(levels));
+    let submit = |body: String| {
+        let req = ts.client.post(format!("{}/v1/audit/acme/events", ts.admin)).bearer_auth(ADMIN_TOKEN).header("content-type", "application/json");
+        async move {
+            let res = req.body(body).send().await.unwrap();
+            (res.status().as_u16(), res.text().await.unwrap())
+        }
+    };
+    let (status, text) = submit(nested(125)).await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("event.metadata") && text.contains("63 levels"), "{text}");
+    let (status, text) = submit(nested(60)).await;
+    assert_eq!(status, 201, "{text}");
+    ts.flush().await;
+
+    let export = ts.client.get(format!("{}/v1/audit/acme/export/json?category=all", ts.admin)).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let file = out.path().join("export.json");
+    std::fs::write(&file, export.text().await.unwrap()).unwrap();
+    let public = keytrail::signing::public_key_text(&Signer::load_or_create(&ts.data_dir.join("signing.key")).unwrap().public_key());
+    let (ok, text) = run(&["verify", "--file", file.to_str().unwrap(), "--public-key", &public], out.path());
+    assert!(ok && text.contains("complete"), "{text}");
 }
