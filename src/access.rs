@@ -167,6 +167,32 @@ pub fn path_param<'p>(route: &str, path: &'p str, name: &str) -> Option<&'p str>
     path.split('/').nth(index)
 }
 
+/// The first `{name}` segment of `path` whose percent-escapes decode to no
+/// UTF-8 text, with the segment as sent: an id no object can have (the
+/// router would refuse it in plain text).
+pub fn undecodable_param<'r, 'p>(route: &'r str, path: &'p str) -> Option<(&'r str, &'p str)> {
+    route.split('/').zip(path.split('/')).find_map(|(pattern, segment)| {
+        let name = pattern.strip_prefix('{')?.strip_suffix('}')?;
+        let bytes = segment.as_bytes();
+        let mut decoded = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            let hex = |b: u8| (b as char).to_digit(16);
+            match (bytes[i], bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
+                (b'%', Some(high), Some(low)) => {
+                    decoded.push((high * 16 + low) as u8);
+                    i += 3;
+                }
+                (b, _, _) => {
+                    decoded.push(b);
+                    i += 1;
+                }
+            }
+        }
+        std::str::from_utf8(&decoded).is_err().then_some((name, segment))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,5 +228,8 @@ mod tests {
         assert_eq!(path_param(route, "/v1/tenants/acme/consumers/c1/keys", "tenant"), Some("acme"));
         assert_eq!(path_param(route, "/v1/tenants/acme/consumers/c1/keys", "consumer"), Some("c1"));
         assert_eq!(path_param(route, "/v1/tenants/acme/consumers/c1/keys", "key_id"), None);
+        assert_eq!(undecodable_param(route, "/v1/tenants/acme/consumers/c%C3%A9/keys"), None);
+        assert_eq!(undecodable_param(route, "/v1/tenants/acme/consumers/c%E9/keys"), Some(("consumer", "c%E9")));
+        assert_eq!(undecodable_param(route, "/v1/tenants/%FF/consumers/c1/keys"), Some(("tenant", "%FF")));
     }
 }

@@ -188,6 +188,9 @@ async fn authorise(
     if let Some(segment) = path.split('/').find(|segment| rule.action.is_some() && segment.contains('%')) {
         return Err(ApiError::not_found(format_args!("`{segment}`")).into_response());
     }
+    if let Some((name, segment)) = access::undecodable_param(route, path) {
+        return Err(ApiError::not_found(format_args!("{name} `{segment}`")).into_response());
+    }
     let tenant = access::path_param(route, path, "tenant");
     if let Some(tenant) = tenant {
         if !actor.sees(tenant) {

@@ -251,3 +251,25 @@ async fn events_are_committed_within_100_ms() {
     assert!(delays[3] <= Duration::from_millis(100), "commit delays {delays:?}");
     ts.stop().await;
 }
+
+/// An id in the path that is no UTF-8 text once decoded names nothing: the
+/// same JSON 404 as an unknown id, for global and tenant-bound admins
+/// alike. (Global admins got axum's plain-text 400 "Invalid URL".)
+#[tokio::test]
+async fn ids_that_decode_to_no_text_are_json_404s() {
+    let (mut ts, _, _) = with_traffic().await;
+    let admin = ts.admin_client();
+    for path in [
+        "/v1/audit/%FF",
+        "/v1/audit/acme%C3/export/csv",
+        "/v1/audit/%FF/export/json",
+        "/v1/audit/%E9/security",
+        "/v1/audit/acme/stats/consumers/%FF",
+        "/v1/tenants/%FF/consumers",
+    ] {
+        let a = admin.get(path).await;
+        assert_eq!(a.status, 404, "{path}: {}", a.text);
+        assert_eq!(a.body["error"]["code"], "not_found", "{path}: {}", a.text);
+    }
+    ts.stop().await;
+}
