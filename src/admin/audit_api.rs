@@ -379,6 +379,11 @@ async fn list_admin_log(
 
 /// Bytes gathered before a chunk is handed to the connection.
 const CHUNK_BYTES: usize = 64 * 1024;
+/// Exports streamed at once; more wait their turn. An export holds one of
+/// the runtime's blocking threads until its client has read it, so a few
+/// hundred clients that stop reading would otherwise take every one of them
+/// from the reads, sign-ins and automatic blocks that need one too.
+pub(super) const EXPORTS_AT_ONCE: usize = 8;
 
 /// Streams an export: a blocking thread scans the store row by row and sends
 /// chunks through a small channel, so memory stays flat for any size and a
@@ -392,7 +397,7 @@ struct Frame {
     tail: Box<dyn FnOnce() -> String + Send>,
 }
 
-fn stream_export(
+async fn stream_export(
     state: &AdminState,
     query: AuditQuery,
     hashes: bool,
@@ -402,7 +407,10 @@ fn stream_export(
 ) -> Response {
     let path = state.audit.dir().to_path_buf();
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    // Never closed: acquiring cannot fail.
+    let turn = state.exports.clone().acquire_owned().await.ok();
     tokio::task::spawn_blocking(move || {
+        let _turn = turn;
         let mut buf = head;
         let mut first = true;
         let mut rows = 0usize;
@@ -464,7 +472,7 @@ async fn export_csv(
     let head = format!("{}\r\n", views::CSV_COLUMNS.join(","));
     let done = export_access(&state, actor, &tenant, "export/csv", params);
     let mut response =
-        stream_export(&state, query, false, Frame { content_type: "text/csv; charset=utf-8", head, tail: Box::new(String::new) }, |row, _, buf| views::csv_line(row, buf), done);
+        stream_export(&state, query, false, Frame { content_type: "text/csv; charset=utf-8", head, tail: Box::new(String::new) }, |row, _, buf| views::csv_line(row, buf), done).await;
     response.headers_mut().insert(header::CONTENT_DISPOSITION, export_filename(&tenant, "csv"));
     Ok(response)
 }
@@ -550,7 +558,7 @@ async fn export_json(
         });
         format!("],\"verification\":{verification}}}")
     });
-    let mut response = stream_export(&state, query, true, Frame { content_type: "application/json", head, tail }, write, done);
+    let mut response = stream_export(&state, query, true, Frame { content_type: "application/json", head, tail }, write, done).await;
     response.headers_mut().insert(header::CONTENT_DISPOSITION, export_filename(&tenant, "json"));
     Ok(response)
 }

@@ -47,11 +47,15 @@ pub struct AdminState {
     pub app_ids: Arc<app_events::SeenIds>,
     /// The key checkpoints are verified with.
     pub public_key: Option<ed25519_dalek::VerifyingKey>,
+    /// Exports streaming now: each holds a blocking thread for as long as
+    /// its client takes to read it (see `audit_api::stream_export`).
+    pub exports: Arc<tokio::sync::Semaphore>,
 }
 
 impl AdminState {
     pub fn new(control: Arc<ControlPlane>, audit: Arc<AuditPipeline>, public_key: Option<ed25519_dalek::VerifyingKey>) -> AdminState {
-        AdminState { control, audit, in_flight: Default::default(), app_ids: Default::default(), public_key }
+        let exports = Arc::new(tokio::sync::Semaphore::new(audit_api::EXPORTS_AT_ONCE));
+        AdminState { control, audit, in_flight: Default::default(), app_ids: Default::default(), public_key, exports }
     }
 }
 

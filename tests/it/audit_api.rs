@@ -273,3 +273,41 @@ async fn ids_that_decode_to_no_text_are_json_404s() {
     }
     ts.stop().await;
 }
+
+/// Clients that ask for an export and stop reading hold a few of the
+/// runtime's blocking threads, never all of them: the other reads still
+/// answer. (Each export held a blocking thread until its client read it
+/// whole; a few hundred such clients of an auditor took all 512, and every
+/// read, sign-in and automatic block queued behind them for ever. Here the
+/// pool is made small so that twelve are enough.)
+#[test]
+fn clients_that_stop_reading_exports_do_not_stall_other_reads() {
+    use tokio::io::AsyncWriteExt;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).max_blocking_threads(10).enable_all().build().unwrap();
+    runtime.block_on(async {
+        let mut ts = TestServer::start().await;
+        let admin = ts.admin_client();
+        assert_eq!(admin.post("/v1/tenants", serde_json::json!({"id": "acme", "name": "Acme"})).await.status, 201);
+        // Some megabytes of export, more than the sockets buffer.
+        for batch in 0..10 {
+            let events: Vec<Value> = (0..1000)
+                .map(|i| serde_json::json!({"action": "order.updated", "resource_type": "order", "resource_id": format!("{batch}-{i}")}))
+                .collect();
+            assert_eq!(admin.post("/v1/audit/acme/events", serde_json::json!({"events": events})).await.status, 201);
+        }
+        ts.flush().await;
+        let address = ts.admin.trim_start_matches("http://").to_string();
+        let request = format!("GET /v1/audit/acme/export/json?category=app HTTP/1.1\r\nHost: keytrail\r\nAuthorization: Bearer {}\r\n\r\n", admin.token);
+        let mut stalled = Vec::new();
+        for _ in 0..12 {
+            let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+            stream.write_all(request.as_bytes()).await.unwrap();
+            stalled.push(stream);
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let page = tokio::time::timeout(Duration::from_secs(10), admin.get("/v1/audit/acme/events?limit=1")).await;
+        assert_eq!(page.map(|a| a.status).ok(), Some(200), "a read waited behind the stalled exports");
+        drop(stalled);
+        ts.stop().await;
+    });
+}
