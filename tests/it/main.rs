@@ -22,6 +22,7 @@ mod protection;
 mod ratelimit;
 mod retention;
 mod review_authz;
+mod review_durability;
 mod roles;
 mod settings;
 mod stats;

@@ -632,15 +632,14 @@ pub struct DecodedBlock {
     shared_bytes: Vec<u8>,
 }
 
-/// The most bytes a column of a block decodes to: far above what the
-/// writer makes (at most [`MAX_BLOCK_ROWS`] events; application events'
-/// `details` are at most 32 KB of JSON each), far below what would exhaust
+/// The most bytes a column of a block decodes to: above what the writer
+/// makes (at most [`MAX_BLOCK_ROWS`] events; an admin change's intent holds
+/// the request body as asked, up to 4 MiB, written again as JSON — a number
+/// such as `1e15` comes out at up to 4.5 times its length — and its outcome
+/// an object's fields before and after), far below what would exhaust
 /// memory.
 const MAX_COLUMN_BYTES: usize = 512 << 20;
-/// The most a column may claim per row: above the largest event the writer
-/// takes, an admin change's intent, which keeps a request body of up to
-/// 4 MiB (and its outcome the object before and after).
-const MAX_COLUMN_BYTES_PER_ROW: usize = 16 << 20;
+const MAX_COLUMN_BYTES_PER_ROW: usize = 32 << 20;
 
 /// `raw`, the length a compressed column's header claims, once the zstd
 /// frame agrees (when it states its content size, as the writer's do).
