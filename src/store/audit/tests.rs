@@ -958,3 +958,41 @@ fn large_events_ask_for_a_wal_checkpoint_by_bytes_not_by_count() {
     assert_eq!(newest_first(&reader, "acme").len(), 41);
     assert_eq!(reader.verify("acme").unwrap().first_break, None);
 }
+
+#[test]
+fn a_commit_retried_after_a_failure_counts_each_call_under_its_own_method() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = AuditWriterStore::open(dir.path()).unwrap();
+    let call = |method: &str, agent: Option<&str>, at: i64| {
+        let mut e = Event::new("acme", Category::Request, "request", "success");
+        e.timestamp_ms = DAY0 + HOUR_MS + at;
+        e.consumer_id = Some("cons_1".into());
+        e.api_id = Some("docs".into());
+        e.method = Some(method.into());
+        e.path = Some("/docs".into());
+        e.user_agent = agent.map(str::to_string);
+        e.status_code = Some(200);
+        e.latency_us = Some(1_000);
+        e
+    };
+    store.insert_batch(&mut vec![call("GET", None, 0)]).unwrap();
+    // Another connection holds the day file's write lock (a backup, an
+    // operator's sqlite3) past the writer's busy timeout: the commit fails.
+    let day = dir.path().join(day_file_name(day_of(DAY0)));
+    let other = Connection::open(&day).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    // An agent seen for the first time, then two methods new to the file.
+    let mut attempt = vec![call("GET", Some("first sighting"), 1), call("POST", None, 2), call("PUT", None, 3)];
+    assert!(store.insert_batch(&mut attempt).is_err());
+    other.execute_batch("COMMIT").unwrap();
+    drop(other);
+    // The writer's retry of the same events.
+    store.insert_batch(&mut attempt).unwrap();
+    store.flush_rollups().unwrap();
+    drop(store);
+    let reader = AuditReader::open(dir.path()).unwrap();
+    let profile = reader.consumer_profile("acme", "cons_1", DAY0, DAY0 + DAY_MS, 10).unwrap();
+    let methods: BTreeMap<String, u64> = profile.methods.into_iter().collect();
+    let want: BTreeMap<String, u64> = [("GET".to_string(), 2), ("POST".to_string(), 1), ("PUT".to_string(), 1)].into();
+    assert_eq!(methods, want);
+}

@@ -281,8 +281,13 @@ impl DayWriter {
         salt
     }
 
-    /// Forgets what the last, failed, commit would have added.
+    /// Forgets what the last, failed, commit would have added. The
+    /// dictionary ids it took back are given out again on the retry, maybe
+    /// to other strings, so no method stays known by one of them.
     fn roll_back(&mut self) {
+        for (id, _) in &self.dict.added {
+            self.methods.remove(id);
+        }
         self.dict.roll_back();
         for (tenant, consumer, _, _) in self.new_salts.drain(..) {
             self.salts.remove(&(tenant, consumer));
