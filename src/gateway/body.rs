@@ -167,7 +167,7 @@ pub struct Finisher {
 impl Finisher {
     /// Records the event; under `durability = "sync"`, with a receiver
     /// that hears when it is committed.
-    fn finish(mut self, response_bytes: u64, completed: bool, body_error: bool) -> Option<tokio::sync::oneshot::Receiver<()>> {
+    pub(super) fn finish(mut self, response_bytes: u64, completed: bool, body_error: bool) -> Option<tokio::sync::oneshot::Receiver<()>> {
         let e = &mut self.event;
         e.latency_us = Some(self.started.elapsed().as_micros() as u64);
         e.response_size_bytes = Some(response_bytes);

@@ -372,7 +372,9 @@ impl Gateway {
         let upstream_req = Outgoing { method: &method, target, headers: &headers, body: CountingBody::new(body, request_bytes.clone()) };
         let timeout = route.timeout.unwrap_or(self.upstream_timeout);
         let sent = Instant::now();
+        let waiting = Abandoned { event: &mut event, started, request_bytes: &request_bytes, audit: &self.audit, armed: true };
         let outcome = upstreams.send_within(&route.upstream_authority, upstream_req, forwarded, (sent, timeout), &request_bytes).await;
+        waiting.disarm();
         event.upstream_latency_us = Some(sent.elapsed().as_micros() as u64);
         let answer = match outcome {
             Some(Ok(answer)) => answer,
@@ -542,6 +544,39 @@ impl Gateway {
         }));
         self.audit.record(event);
         self.count_auth_failure(request);
+    }
+}
+
+/// A call's event while its upstream is asked. hyper drops a call whose
+/// client went away then, before any answer (and so any [`GatewayBody`])
+/// exists; the upstream may have had the request all the same, so the
+/// event is recorded as the client going away.
+struct Abandoned<'a> {
+    event: &'a mut Event,
+    started: Instant,
+    request_bytes: &'a Arc<AtomicU64>,
+    audit: &'a Arc<AuditPipeline>,
+    armed: bool,
+}
+
+impl Abandoned<'_> {
+    /// The upstream's answer (or error) came: the call goes on.
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let finisher = Finisher {
+                event: std::mem::take(self.event),
+                started: self.started,
+                request_bytes: Some(self.request_bytes.clone()),
+                audit: self.audit.clone(),
+            };
+            finisher.finish(0, false, false);
+        }
     }
 }
 

@@ -28,3 +28,33 @@ async fn an_admin_change_with_a_large_body_leaves_a_readable_verified_trail() {
         assert_eq!(verify.body["ok"], json!(true), "{}", &verify.text[..verify.text.len().min(1000)]);
     }
 }
+
+/// A call forwarded to the upstream whose client goes away before the
+/// answer is still in the trail (as aborted), on both connection paths.
+#[tokio::test]
+async fn a_call_whose_client_leaves_while_the_upstream_answers_is_recorded() {
+    use tokio::io::AsyncWriteExt;
+    let upstream = crate::util::start_upstream().await;
+    let ts = TestServer::start().await;
+    let admin = ts.admin_client();
+    let (_, _, key) = admin.setup("acme", "/docs", &format!("http://{upstream}")).await;
+    let gw = ts.gateway.trim_start_matches("http://").to_string();
+    for (name, head) in [
+        ("loop", format!("GET /docs/slow?ms=1500 HTTP/1.1\r\nHost: gw\r\nX-API-Key: {key}\r\n\r\n")),
+        ("hyper", format!("POST /docs/slow?ms=1500 HTTP/1.1\r\nHost: gw\r\nX-API-Key: {key}\r\nContent-Length: 2\r\n\r\nab")),
+    ] {
+        let mut stream = tokio::net::TcpStream::connect(&gw).await.unwrap();
+        stream.write_all(head.as_bytes()).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        drop(stream);
+        tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+        ts.flush().await;
+        let logs = admin.all_logs("/v1/audit/acme?limit=500").await;
+        let method = if name == "loop" { "GET" } else { "POST" };
+        let event = logs.iter().find(|e| e["method"] == method && e["path"] == "/docs/slow");
+        let event = event.unwrap_or_else(|| panic!("{name}: a call the upstream had left no event: {logs:?}"));
+        if name == "hyper" {
+            assert_eq!((&event["outcome"], &event["error_code"]), (&json!("aborted"), &json!("client_disconnected")), "{event}");
+        }
+    }
+}
