@@ -912,6 +912,9 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown: w
     // the last one has ended.
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let (alive, mut all_ended) = tokio::sync::mpsc::channel::<()>(1);
+    // Connections still busy when the drain ends are cut off: their calls
+    // are dropped (and so recorded) before the audit writer stops.
+    let (cut_off, _) = watch::channel(false);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -925,8 +928,12 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown: w
                 };
                 let _ = stream.set_nodelay(true);
                 let (gateway, stop, watcher, alive) = (gateway.clone(), shutdown.clone(), graceful.watcher(), alive.clone());
+                let mut cut = cut_off.subscribe();
                 tokio::spawn(async move {
-                    conn::serve(stream, peer, gateway, stop, watcher).await;
+                    tokio::select! {
+                        _ = conn::serve(stream, peer, gateway, stop, watcher) => {}
+                        _ = cut.changed() => {}
+                    }
                     drop(alive);
                 });
             }
@@ -940,7 +947,9 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown: w
         let _ = all_ended.recv().await;
     };
     if tokio::time::timeout(drain, ended).await.is_err() {
-        tracing::warn!("gateway shutdown: some connections did not finish in time");
+        tracing::warn!("gateway shutdown: some connections did not finish in time; they are cut off");
+        let _ = cut_off.send(true);
+        let _ = all_ended.recv().await;
     }
 }
 

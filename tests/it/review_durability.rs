@@ -58,3 +58,27 @@ async fn a_call_whose_client_leaves_while_the_upstream_answers_is_recorded() {
         }
     }
 }
+
+/// A clean stop waits 10 s for calls under way; one still waiting for its
+/// upstream then is cut off, and its event (the upstream had the request)
+/// is committed with everything else before the writer stops.
+#[tokio::test]
+async fn a_call_cut_off_by_a_clean_stop_is_in_the_trail() {
+    let upstream = crate::util::start_upstream().await;
+    let mut ts = TestServer::start().await;
+    let admin = ts.admin_client();
+    let (_, _, key) = admin.setup("acme", "/docs", &format!("http://{upstream}")).await;
+    let url = format!("{}/docs/slow?ms=14000", ts.gateway);
+    let client = ts.client.clone();
+    let call = tokio::spawn(async move { client.get(&url).header("x-api-key", key).send().await.map(|r| r.status().as_u16()) });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    ts.stop().await;
+    let reader = keytrail::store::audit::AuditReader::open(&ts.audit_dir()).unwrap();
+    let events = reader.chain("acme").unwrap();
+    assert!(
+        events.iter().any(|s| s.event.path.as_deref() == Some("/docs/slow")),
+        "the call the upstream had is not in the trail: {:?}",
+        events.iter().map(|s| (&s.event.event_type, &s.event.path)).collect::<Vec<_>>()
+    );
+    call.abort();
+}
