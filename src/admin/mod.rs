@@ -137,7 +137,14 @@ async fn guard(State(state): State<AdminState>, ConnectInfo(peer): ConnectInfo<S
     let mut response = match authorise(&state, peer, &mut req, rule, &route, &path, &request_id).await {
         Err(response) => response,
         Ok(None) => next.run(req).await,
-        Ok(Some((actor, change))) => activity::around(&state, &actor, &change, req, next).await,
+        // A change runs to its end on a task of its own: were its caller to
+        // go away (hyper then drops the call), a change under way (an
+        // erasure) would still be made, without its events or its outcome.
+        Ok(Some((actor, change))) => {
+            let state = state.clone();
+            let change = tokio::spawn(async move { activity::around(&state, &actor, &change, req, next).await });
+            change.await.unwrap_or_else(|error| ApiError::internal(error).into_response())
+        }
     };
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert("x-request-id", value);

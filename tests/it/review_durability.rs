@@ -82,3 +82,45 @@ async fn a_call_cut_off_by_a_clean_stop_is_in_the_trail() {
     );
     call.abort();
 }
+
+/// An admin change runs to its end, its events and outcome recorded, even
+/// when the caller goes away meanwhile (an erasure can take long enough
+/// for a client's timeout).
+#[tokio::test]
+async fn an_erasure_whose_caller_goes_away_is_still_recorded_with_its_outcome() {
+    use tokio::io::AsyncWriteExt;
+    let upstream = crate::util::start_upstream().await;
+    let ts = TestServer::start().await;
+    let admin = ts.admin_client();
+    let (consumer, _, key) = admin.setup("acme", "/docs", &format!("http://{upstream}")).await;
+    let res = ts.client.get(format!("{}/docs/fixed", ts.gateway)).header("x-api-key", &key).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    ts.flush().await;
+    // Retention holds the audit directory: the erasure waits for it.
+    let held = keytrail::store::audit::erasure::maintenance_lock(&ts.audit_dir());
+    let mut stream = tokio::net::TcpStream::connect(ts.admin.trim_start_matches("http://")).await.unwrap();
+    let head = format!(
+        "POST /v1/tenants/acme/consumers/{consumer}/erase HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{{}}"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    // The change is under way (the consumer's name is already replaced)...
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let listed = admin.get("/v1/tenants/acme/consumers").await;
+        if listed.text.contains(&format!("erased-{consumer}")) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the erasure did not start: {}", listed.text);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // ...when its caller goes away.
+    drop(stream);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    drop(held);
+    admin.wait_for("/v1/audit/acme/security?event_type=personal_data_erased", "events", 1).await;
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    ts.flush().await;
+    let log = admin.get("/v1/audit/acme/admin").await;
+    let entry = log.body["entries"].as_array().unwrap().iter().find(|e| e["resource"] == format!("consumer:{consumer}") && e["action"] != "CONSUMER_CREATED").cloned();
+    assert_eq!(entry.as_ref().map(|e| e["outcome"].clone()), Some(json!("success")), "{}", log.text);
+}
