@@ -1,6 +1,6 @@
-//! HTTP semantics of the proxy path found in review: transfer codings a
-//! caller's body keeps, an upstream closing a kept connection as a call
-//! goes out, and requests the gateway cannot proxy.
+//! HTTP semantics of the proxy path: transfer codings a caller's body
+//! keeps, an upstream closing a kept connection as a call goes out, stalled
+//! bodies, half-closed callers and requests the gateway cannot proxy.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};

@@ -1,5 +1,6 @@
-//! Review of the audit writer and durability: defects found, each with the
-//! test that showed it.
+//! Work that is interrupted still leaves its trail: callers that go away,
+//! calls cut off by a clean stop, changes whose caller left, and an admin
+//! change too large for the old block limits.
 
 use serde_json::json;
 

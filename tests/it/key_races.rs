@@ -1,4 +1,6 @@
-//! Key lifecycle defects found in review: each test names what was wrong.
+//! Keys under concurrent changes: a revocation is never undone by a
+//! snapshot rebuild that read the store before it, and a blocklisted key
+//! writes no application events.
 
 use serde_json::{json, Value};
 
