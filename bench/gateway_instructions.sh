@@ -91,7 +91,8 @@ for line in text.splitlines():
         total = n
     # keytrail's client connections (the connection task: parsing, the
     # handler, the upstream call, the response, recording the event).
-    elif re.search(r"keytrail::gateway::serve::\{\{closure\}\}::\{\{closure\}\}( \[|$)", m.group(2)):
+    # (The connection's future is spawned as it is, or wrapped in a closure.)
+    elif re.search(r"keytrail::gateway::(serve::\{\{closure\}\}::\{\{closure\}\}|conn::serve::\{\{closure\}\})( \[|$)", m.group(2)):
         conn = max(conn, n)
 print(f"{name}\t{requests}\t{total}\t{conn or total}")
 PY

@@ -231,21 +231,29 @@ pub fn encode_head(out: &mut Vec<u8>, method: &Method, target: &str, headers: &C
         }
     }
     if chunked {
-        // The caller's codings before its final `chunked` (`gzip, chunked`)
-        // are still on the body once its chunks are read: the upstream is
-        // told of them, or it would take the coded bytes for the content.
-        let mut codings: Vec<&[u8]> = headers.values("transfer-encoding").flat_map(list_items).collect();
-        if codings.last().is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")) {
-            codings.pop();
-        }
-        out.extend_from_slice(b"transfer-encoding: ");
-        for coding in codings {
-            out.extend_from_slice(coding);
-            out.extend_from_slice(b", ");
-        }
-        out.extend_from_slice(b"chunked\r\n");
+        transfer_encoding(out, headers);
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// `Transfer-Encoding` for a body sent chunked: the caller's codings
+/// before its final `chunked` (`gzip, chunked`) are still on the body once
+/// its chunks are read, so the upstream is told of them, or it would take
+/// the coded bytes for the content. (Out of line: the common call has no
+/// body, and [`encode_head`] stays small enough for its header lines to
+/// be written inline.)
+#[inline(never)]
+fn transfer_encoding(out: &mut Vec<u8>, headers: &CallHeaders) {
+    let mut codings: Vec<&[u8]> = headers.values("transfer-encoding").flat_map(list_items).collect();
+    if codings.last().is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")) {
+        codings.pop();
+    }
+    out.extend_from_slice(b"transfer-encoding: ");
+    for coding in codings {
+        out.extend_from_slice(coding);
+        out.extend_from_slice(b", ");
+    }
+    out.extend_from_slice(b"chunked\r\n");
 }
 
 /// The line before a chunk of `len` bytes (a request body sent chunked).

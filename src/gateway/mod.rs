@@ -908,13 +908,13 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 /// finish (for at most `drain`). Idle connections close at once.
 pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown: watch::Receiver<bool>, drain: Duration) {
     // Connections handed to hyper are watched by `graceful`; every
-    // connection task holds a clone of `alive`, so its channel closes when
-    // the last one has ended.
+    // connection's task is in `connections`, reaped as it ends. Those still
+    // busy when the drain ends are cut off (aborted): their calls are
+    // dropped, and so recorded, before the audit writer stops. (A set
+    // rather than a signal each connection's task would watch: that would
+    // be polled at every wake-up of every connection.)
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let (alive, mut all_ended) = tokio::sync::mpsc::channel::<()>(1);
-    // Connections still busy when the drain ends are cut off: their calls
-    // are dropped (and so recorded) before the audit writer stops.
-    let (cut_off, _) = watch::channel(false);
+    let mut connections = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -927,29 +927,23 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown: w
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let (gateway, stop, watcher, alive) = (gateway.clone(), shutdown.clone(), graceful.watcher(), alive.clone());
-                let mut cut = cut_off.subscribe();
-                tokio::spawn(async move {
-                    tokio::select! {
-                        _ = conn::serve(stream, peer, gateway, stop, watcher) => {}
-                        _ = cut.changed() => {}
-                    }
-                    drop(alive);
-                });
+                let (gateway, stop, watcher) = (gateway.clone(), shutdown.clone(), graceful.watcher());
+                connections.spawn(conn::serve(stream, peer, gateway, stop, watcher));
             }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
             _ = shutdown.changed() => break,
         }
     }
     drop(listener);
-    drop(alive);
-    let ended = async {
+    let drained = tokio::time::timeout(drain, async {
         graceful.shutdown().await;
-        let _ = all_ended.recv().await;
-    };
-    if tokio::time::timeout(drain, ended).await.is_err() {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
         tracing::warn!("gateway shutdown: some connections did not finish in time; they are cut off");
-        let _ = cut_off.send(true);
-        let _ = all_ended.recv().await;
+        connections.abort_all();
+        while connections.join_next().await.is_some() {}
     }
 }
 
