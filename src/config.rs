@@ -65,6 +65,17 @@ pub struct GatewayFile {
 #[serde(deny_unknown_fields)]
 pub struct AdminFile {
     pub listen: Option<SocketAddr>,
+    /// Failed sign-ins for one admin name, within the window, after which
+    /// the name is locked out; 0 turns the per-name lockout off.
+    #[serde(default, deserialize_with = "login_failures")]
+    pub login_name_failures: Option<u64>,
+    /// The same for one client address (IPv6: its /64); 0 turns it off.
+    #[serde(default, deserialize_with = "login_failures")]
+    pub login_address_failures: Option<u64>,
+    #[serde(default, deserialize_with = "bruteforce_secs")]
+    pub login_window_secs: Option<u64>,
+    #[serde(default, deserialize_with = "bruteforce_secs")]
+    pub login_lockout_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -163,6 +174,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub gateway: GatewayConfig,
     pub admin_listen: SocketAddr,
+    /// Sign-in throttling of `POST /v1/auth/login`.
+    pub login: LoginConfig,
     pub audit: AuditConfig,
     pub retention: RetentionConfig,
     pub log_level: String,
@@ -186,6 +199,25 @@ pub struct GatewayConfig {
     pub geo_table: Option<PathBuf>,
     pub geo_database: Option<PathBuf>,
     pub trusted_proxies: crate::protection::TrustedProxies,
+}
+
+/// Sign-in throttling: past `name_failures` failed sign-ins for one name (or
+/// `address_failures` from one address) within `window`, attempts are
+/// refused for `lockout` without checking the password.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoginConfig {
+    /// 0: no per-name lockout.
+    pub name_failures: u32,
+    /// 0: no per-address lockout.
+    pub address_failures: u32,
+    pub window: Duration,
+    pub lockout: Duration,
+}
+
+impl Default for LoginConfig {
+    fn default() -> Self {
+        LoginConfig { name_failures: 5, address_failures: 20, window: Duration::from_secs(900), lockout: Duration::from_secs(900) }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -313,6 +345,15 @@ pub fn resolve(file: FileConfig, overrides: Overrides) -> Result<Config, ConfigE
                 .map_err(|e| ConfigError::Invalid(format!("gateway.trusted_proxies: {e}")))?,
         },
         admin_listen,
+        login: {
+            let default = LoginConfig::default();
+            LoginConfig {
+                name_failures: file.admin.login_name_failures.map_or(default.name_failures, |n| n as u32),
+                address_failures: file.admin.login_address_failures.map_or(default.address_failures, |n| n as u32),
+                window: file.admin.login_window_secs.map_or(default.window, Duration::from_secs),
+                lockout: file.admin.login_lockout_secs.map_or(default.lockout, Duration::from_secs),
+            }
+        },
         audit: AuditConfig {
             // 10 ms: on one core, batches of ~500 events are encoded while the
             // events are still in the cache (measured against 50 ms: higher
@@ -347,6 +388,10 @@ fn bounded<'de, D: Deserializer<'de>>(d: D, min: u64, max: u64) -> Result<Option
 }
 
 fn bruteforce_failures<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    bounded(d, 0, 1_000_000)
+}
+
+fn login_failures<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     bounded(d, 0, 1_000_000)
 }
 
@@ -505,6 +550,22 @@ mod tests {
         assert!(err.contains("line 2") && err.contains("between 1 and"), "{err}");
         let c = resolve(parse("[gateway]\nbruteforce_failures = 0\n").unwrap(), Overrides::default()).unwrap();
         assert_eq!(c.gateway.bruteforce_failures, 0, "0 turns the automatic block off");
+    }
+
+    #[test]
+    fn sign_in_throttling_is_set_and_checked() {
+        let c = resolve(FileConfig::default(), Overrides::default()).unwrap();
+        assert_eq!(c.login, LoginConfig::default());
+        assert_eq!((c.login.name_failures, c.login.address_failures, c.login.window.as_secs(), c.login.lockout.as_secs()), (5, 20, 900, 900));
+        let text = "[admin]\nlogin_name_failures = 3\nlogin_address_failures = 0\nlogin_window_secs = 60\nlogin_lockout_secs = 30\n";
+        let c = resolve(parse(text).unwrap(), Overrides::default()).unwrap();
+        assert_eq!((c.login.name_failures, c.login.address_failures, c.login.window.as_secs(), c.login.lockout.as_secs()), (3, 0, 60, 30));
+        let err = parse("[admin]\nlogin_lockout_secs = 0\n").unwrap_err().to_string();
+        assert!(err.contains("line 2") && err.contains("between 1 and"), "{err}");
+        let err = parse("[admin]\nlogin_name_failures = -1\n").unwrap_err().to_string();
+        assert!(err.contains("line 2"), "{err}");
+        let err = parse("[admin]\nlogin_failures = 3\n").unwrap_err().to_string();
+        assert!(err.contains("login_failures"), "{err}");
     }
 
     #[test]

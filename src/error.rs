@@ -37,6 +37,8 @@ pub enum ErrorCode {
     NotFound,
     Conflict,
     MethodNotAllowed,
+    /// Sign-in refused for a while after too many failed ones.
+    TooManyAttempts,
     Internal,
     Unavailable,
 }
@@ -66,6 +68,7 @@ impl ErrorCode {
             ErrorCode::NotFound => "not_found",
             ErrorCode::Conflict => "conflict",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::TooManyAttempts => "too_many_attempts",
             ErrorCode::Internal => "internal_error",
             ErrorCode::Unavailable => "service_unavailable",
         }
@@ -79,7 +82,7 @@ impl ErrorCode {
             | ErrorCode::RevokedKey
             | ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
             ErrorCode::ConsumerSuspended => StatusCode::FORBIDDEN,
-            ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::RateLimited | ErrorCode::TooManyAttempts => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::Forbidden | ErrorCode::InsufficientScope => StatusCode::FORBIDDEN,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::LengthRequired => StatusCode::LENGTH_REQUIRED,
@@ -119,6 +122,7 @@ impl ErrorCode {
             ErrorCode::NotFound => "not found",
             ErrorCode::Conflict => "the resource already exists",
             ErrorCode::MethodNotAllowed => "this method is not allowed here",
+            ErrorCode::TooManyAttempts => "too many failed sign-ins: try again after the time in `Retry-After`",
             ErrorCode::Internal => "internal error",
             ErrorCode::Unavailable => "the service is not available right now",
         }

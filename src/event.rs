@@ -76,6 +76,9 @@ pub mod security_type {
     pub const REQUEST_BLOCKED: &str = "request_blocked";
     pub const ADMIN_LOGIN: &str = "admin_login";
     pub const ADMIN_LOGIN_FAILED: &str = "admin_login_failed";
+    /// Sign-ins for an admin name, or from an address, are refused for a
+    /// while after too many failed ones.
+    pub const ADMIN_LOGIN_LOCKED: &str = "admin_login_locked";
     pub const LOG_ACCESSED: &str = "log_accessed";
     /// Retention wrote a signed archive of a run of the tenant's chain.
     pub const ARCHIVE_WRITTEN: &str = "archive_written";

@@ -195,6 +195,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         ControlPlane::open(store, audit.clone())
             .context("cannot load the control store")?
             .with_retention_defaults(config.retention.defaults)
+            .with_login_limits(&config.login)
             .with_erasure(crate::control::ErasureSettings {
                 archive_dir: config.retention.archive_dir.clone(),
                 archive_level: config.retention.archive_zstd_level,

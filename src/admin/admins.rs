@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{created, parse_body, to_value, AdminState};
-use crate::control::{Actor, Credential, NewAdmin, Signed};
+use crate::control::{Actor, Credential, LoginRefused, NewAdmin, Signed};
 use crate::error::{ApiError, ErrorCode};
 
 pub fn routes() -> Router<AdminState> {
@@ -74,7 +74,10 @@ struct Login {
     password: String,
 }
 
-/// `POST /v1/auth/login`: a session token for a person's name and password.
+/// `POST /v1/auth/login`: a session token for a person's name and password;
+/// `429 too_many_attempts` with `Retry-After` while the name or the address
+/// is locked out. A body that is no `{"name", "password"}` gets 400 and is
+/// not counted as a failed sign-in (no password was checked).
 pub async fn login(State(s): State<AdminState>, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap, body: Bytes) -> Response {
     let request_id = crate::event::new_id();
     let mut response = match login_inner(&s, peer, &headers, &body, &request_id).await {
@@ -100,7 +103,17 @@ async fn login_inner(s: &AdminState, peer: SocketAddr, headers: &HeaderMap, body
     };
     let control = s.control.clone();
     let signed = tokio::task::spawn_blocking(move || control.login(&req.name, &req.password, &actor)).await.map_err(ApiError::internal)?;
-    let (signed, session, token) = signed?;
+    let (signed, session, token) = match signed {
+        Ok(signed) => signed,
+        Err(LoginRefused::Error(error)) => return Err(error),
+        // The same answer whichever the name, known or not, and whether the
+        // name or the address is locked out.
+        Err(LoginRefused::TooManyAttempts { retry_after_secs }) => {
+            let mut response = ApiError::from_code(ErrorCode::TooManyAttempts).into_response();
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+            return Ok(response);
+        }
+    };
     let mut response = Json(json!({
         "session_token": token,
         "session_id": session.id,

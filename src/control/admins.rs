@@ -6,13 +6,33 @@ use std::sync::{Arc, OnceLock};
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 
+use super::login_throttle::{self, Lockout, Scope};
 use super::{check_no_secret, Actor, ControlPlane, FirstAdmin};
 use crate::access::Role;
 use crate::error::{ApiError, ErrorCode};
-use crate::event::{now_ms, security_type, SYSTEM_TENANT};
+use crate::event::{now_ms, security_type, Event, SYSTEM_TENANT};
 use crate::keys;
 use crate::store::control::{Admin, AdminRemoval, Session};
 use crate::store::StoreError;
+
+/// The actor of `admin_login_locked` events.
+pub const LOGIN_THROTTLE_ACTOR: &str = "keytrail:login-throttle";
+
+/// Why a sign-in got no session.
+#[derive(Debug)]
+pub enum LoginRefused {
+    /// Too many failed sign-ins for the name or from the address: refused
+    /// without the password being checked, for this many more seconds.
+    TooManyAttempts { retry_after_secs: u64 },
+    /// A wrong name or password (401), or another error.
+    Error(ApiError),
+}
+
+impl From<ApiError> for LoginRefused {
+    fn from(error: ApiError) -> Self {
+        LoginRefused::Error(error)
+    }
+}
 
 /// How long a session lasts after sign-in.
 pub const SESSION_HOURS: i64 = 12;
@@ -213,9 +233,17 @@ impl ControlPlane {
     }
 
     /// Signs a person in: a session token (returned once) for `SESSION_HOURS`.
-    /// Every attempt is recorded as `admin_login` or `admin_login_failed`
-    /// in the admin's tenant (or the system tenant).
-    pub fn login(&self, name: &str, password: &str, actor: &Actor) -> Result<(Signed, Session, String), ApiError> {
+    /// Every attempt whose password is checked is recorded as `admin_login`
+    /// or `admin_login_failed` in the admin's tenant (or the system tenant);
+    /// each lockout the failures start as `admin_login_locked`. An attempt
+    /// for a name or from an address that is locked out is refused before
+    /// its password is checked, and counted, not recorded.
+    pub fn login(&self, name: &str, password: &str, actor: &Actor) -> Result<(Signed, Session, String), LoginRefused> {
+        let address = actor.client_ip.as_deref().and_then(|ip| ip.parse::<std::net::IpAddr>().ok());
+        let attempt = self
+            .login_throttle
+            .begin(name, address, now_ms())
+            .map_err(|retry_after_secs| LoginRefused::TooManyAttempts { retry_after_secs })?;
         let admin = self.admins.load().values().find(|a| a.name == name).cloned();
         let matches = password_matches(admin.as_ref().and_then(|a| a.password_hash.as_deref()), password);
         let tenant = admin.as_ref().and_then(|a| a.tenant_id.clone()).unwrap_or_else(|| SYSTEM_TENANT.into());
@@ -226,8 +254,10 @@ impl ControlPlane {
                 Some(admin) => format!("admin:{}", admin.id),
                 None => "admin_name:unknown".to_string(),
             };
+            let bucket = attempt.address();
+            let lockouts = attempt.failed(now_ms());
             let mut failed = actor.event(&tenant, security_type::ADMIN_LOGIN_FAILED, target.clone());
-            let mut logged = actor.admin_event(&tenant, "ADMIN_LOGIN_FAILED", "failure", target, serde_json::Value::Null);
+            let mut logged = actor.admin_event(&tenant, "ADMIN_LOGIN_FAILED", "failure", target.clone(), serde_json::Value::Null);
             for event in [&mut failed, &mut logged] {
                 event.outcome = "failure".into();
                 event.actor = None;
@@ -235,8 +265,12 @@ impl ControlPlane {
             }
             self.audit.record(failed);
             self.audit.record(logged);
-            return Err(ApiError::new(ErrorCode::Unauthorized, "the name or the password is wrong"));
+            for lockout in lockouts {
+                self.audit.record(self.lockout_event(&lockout, &tenant, &target, bucket, actor));
+            }
+            return Err(ApiError::new(ErrorCode::Unauthorized, "the name or the password is wrong").into());
         };
+        attempt.succeeded(now_ms());
         let token = keys::generate_session_token();
         let now = now_ms();
         let session = Session {
@@ -245,7 +279,7 @@ impl ControlPlane {
             created_at: now,
             expires_at: now + SESSION_HOURS * 3_600_000,
         };
-        self.store.create_session(&session, &keys::hash_secret(&token))?;
+        self.store.create_session(&session, &keys::hash_secret(&token)).map_err(ApiError::from)?;
         signed.credential = Credential::Session(session.id.clone());
         let actor = Actor { admin_id: signed.admin.id.clone(), credential: signed.credential.describe(), ..actor.clone() };
         let target = format!("admin:{}", signed.admin.id);
@@ -254,6 +288,27 @@ impl ControlPlane {
         self.audit.record(event);
         self.audit.record(actor.admin_event(&tenant, "ADMIN_LOGIN", "success", target, serde_json::Value::Null));
         Ok((signed, session, token))
+    }
+
+    /// The security event of a lockout's start, made by keytrail itself (as
+    /// the gateway's automatic brute-force block is): a name's in the
+    /// tenant its failed sign-ins are recorded in, aimed at the same target;
+    /// an address's in the system tenant, aimed at `ip:<address>`.
+    fn lockout_event(&self, lockout: &Lockout, tenant: &str, target: &str, bucket: Option<std::net::IpAddr>, actor: &Actor) -> Event {
+        let (tenant, target) = match (lockout.scope, bucket) {
+            (Scope::Address, Some(bucket)) => (SYSTEM_TENANT, format!("ip:{}", login_throttle::describe_bucket(bucket))),
+            _ => (tenant, target.to_string()),
+        };
+        let mut event = actor.event(tenant, security_type::ADMIN_LOGIN_LOCKED, target);
+        event.actor = Some(LOGIN_THROTTLE_ACTOR.into());
+        event.details = Some(serde_json::json!({
+            "scope": lockout.scope.as_str(),
+            "failures": lockout.failures,
+            "window_secs": self.login_throttle.window_secs(),
+            "lockout_secs": self.login_throttle.lockout_secs(),
+            "expires_at": crate::event::format_timestamp(lockout.until_ms),
+        }));
+        event
     }
 
     /// Ends the session the actor signed in with, and records it.

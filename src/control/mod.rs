@@ -132,8 +132,10 @@ pub struct CreatedKey {
 }
 
 mod admins;
+pub mod login_throttle;
 
-pub use admins::{Credential, NewAdmin, Signed, SESSION_HOURS};
+pub use admins::{Credential, LoginRefused, NewAdmin, Signed, SESSION_HOURS};
+use login_throttle::LoginThrottle;
 
 pub struct ControlPlane {
     store: ControlStore,
@@ -150,6 +152,8 @@ pub struct ControlPlane {
     /// What rewriting archives during an erasure needs; `None`: erasure is
     /// refused (a control plane without a data directory's signing key).
     erasure: Option<ErasureSettings>,
+    /// Failed sign-ins per name and address, and the lockouts they started.
+    login_throttle: LoginThrottle,
 }
 
 /// The fields of a consumer that are personal data: the admin activity log
@@ -293,6 +297,7 @@ impl ControlPlane {
             reload_lock: Mutex::new(()),
             retention_defaults: RetentionSettings::default(),
             erasure: None,
+            login_throttle: LoginThrottle::new(&crate::config::LoginConfig::default()),
         };
         plane.reload()?;
         Ok(plane)
@@ -302,6 +307,17 @@ impl ControlPlane {
     pub fn with_retention_defaults(mut self, defaults: RetentionSettings) -> ControlPlane {
         self.retention_defaults = defaults;
         self
+    }
+
+    /// Sets the sign-in throttling the config gives.
+    pub fn with_login_limits(mut self, limits: &crate::config::LoginConfig) -> ControlPlane {
+        self.login_throttle = LoginThrottle::new(limits);
+        self
+    }
+
+    /// The sign-in throttle's counters, for `GET /v1/status`.
+    pub fn login_throttle_status(&self) -> login_throttle::ThrottleStatus {
+        self.login_throttle.status(now_ms())
     }
 
     pub fn with_erasure(mut self, settings: ErasureSettings) -> ControlPlane {

@@ -16,6 +16,7 @@ mod integrity;
 mod interrupted;
 mod key_races;
 mod lifecycle;
+mod login_throttle;
 mod mmdb;
 mod openapi;
 mod pipeline;

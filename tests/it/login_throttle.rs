@@ -1,0 +1,227 @@
+//! Sign-in throttling of `POST /v1/auth/login`: after too many failed
+//! sign-ins for one name, or from one address, within the window, attempts
+//! are refused with `429 too_many_attempts` and `Retry-After` for the
+//! lockout — the right password too — the same way for names no admin has;
+//! each lockout is one `admin_login_locked` security event.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::util::{Admin, Answer, TestServer};
+
+const PASSWORD: &str = "correct horse battery staple";
+
+/// A server with `adjust`ed sign-in limits, tenant `acme` and, in it, the
+/// people `ada` and `bob` (both with [`PASSWORD`]); the owner, an anonymous
+/// client and ada's admin id.
+async fn setup(adjust: impl FnOnce(&mut keytrail::config::LoginConfig)) -> (TestServer, Admin, Admin, String) {
+    let ts = TestServer::start_with(tempfile::tempdir().unwrap(), |c| adjust(&mut c.login)).await;
+    let owner = ts.admin_client();
+    assert_eq!(owner.post("/v1/tenants", json!({"id": "acme", "name": "Acme"})).await.status, 201);
+    let mut ada = String::new();
+    for name in ["ada", "bob"] {
+        let a = owner.post("/v1/admins", json!({"name": name, "role": "auditor", "tenant_id": "acme", "password": PASSWORD})).await;
+        assert_eq!(a.status, 201, "{}", a.text);
+        if name == "ada" {
+            ada = a.body["id"].as_str().unwrap().to_string();
+        }
+    }
+    let anonymous = Admin { token: String::new(), ..owner.clone() };
+    (ts, owner, anonymous, ada)
+}
+
+async fn login(client: &Admin, name: &str, password: &str) -> Answer {
+    client.post("/v1/auth/login", json!({"name": name, "password": password})).await
+}
+
+/// The 429 of a lockout: its body, and a `Retry-After` of 1..=`lockout_secs`.
+fn assert_locked(a: &Answer, lockout_secs: u64) {
+    assert_eq!(a.status, 429, "{}", a.text);
+    assert_eq!(a.body["error"]["code"], "too_many_attempts", "{}", a.text);
+    assert!(a.body["error"]["message"].as_str().unwrap().contains("Retry-After"), "{}", a.text);
+    assert!(a.headers["content-type"].starts_with("application/json"));
+    let wait: u64 = a.headers.get("retry-after").unwrap_or_else(|| panic!("no Retry-After: {:?}", a.headers)).parse().unwrap();
+    assert!((1..=lockout_secs).contains(&wait), "Retry-After {wait}");
+    assert!(a.headers.contains_key("x-request-id"));
+    assert!(!a.text.contains(PASSWORD));
+}
+
+async fn security(owner: &Admin, tenant: &str, event_type: &str) -> Vec<Value> {
+    let a = owner.get(&format!("/v1/audit/{tenant}/security?event_type={event_type}&limit=1000")).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert!(!a.text.contains(PASSWORD), "{}", a.text);
+    a.body["events"].as_array().unwrap().clone()
+}
+
+#[tokio::test]
+async fn five_failures_lock_a_name_out_even_for_the_right_password_and_only_that_name() {
+    let (ts, owner, anonymous, ada_id) = setup(|_| {}).await;
+    for i in 0..5 {
+        let a = login(&anonymous, "ada", &format!("wrong guess {i}")).await;
+        assert_eq!((a.status, a.body["error"]["code"].as_str()), (401, Some("unauthorized")), "failure {i}: {}", a.text);
+    }
+    let refused = login(&anonymous, "ada", "wrong guess 5").await;
+    assert_locked(&refused, 900);
+    // The right password is refused too: the lockout tells a guesser nothing.
+    let right = login(&anonymous, "ada", PASSWORD).await;
+    assert_locked(&right, 900);
+    assert_eq!(right.text, refused.text, "the same answer whatever the password");
+    // Other names are not locked out.
+    assert_eq!(login(&anonymous, "bob", PASSWORD).await.status, 200);
+
+    ts.flush().await;
+    let locked = security(&owner, "acme", "admin_login_locked").await;
+    assert_eq!(locked.len(), 1, "one event per lockout, not per refused attempt: {locked:?}");
+    let event = &locked[0];
+    assert_eq!(event["target"], format!("admin:{ada_id}"));
+    assert_eq!(event["actor"], "keytrail:login-throttle");
+    assert_eq!(event["client_ip"], "127.0.0.1");
+    assert_eq!(event["details"]["scope"], "name");
+    assert_eq!(event["details"]["failures"], 5);
+    assert_eq!(event["details"]["window_secs"], 900);
+    assert_eq!(event["details"]["lockout_secs"], 900);
+    assert!(event["details"]["expires_at"].is_string(), "{event}");
+    // Refused attempts are counted, not recorded: five failures in the trail.
+    assert_eq!(security(&owner, "acme", "admin_login_failed").await.len(), 5);
+    let status = owner.get("/v1/status").await;
+    assert_eq!(status.body["login_throttle"], json!({"lockouts": 1, "refused": 2, "locked_names": 1, "locked_addresses": 0}), "{}", status.text);
+}
+
+#[tokio::test]
+async fn an_unknown_name_is_counted_and_locked_out_the_same_way() {
+    let (ts, owner, anonymous, _) = setup(|_| {}).await;
+    for i in 0..5 {
+        let known = login(&anonymous, "ada", &format!("wrong guess {i}")).await;
+        let unknown = login(&anonymous, "nobody", &format!("wrong guess {i}")).await;
+        assert_eq!((unknown.status, &unknown.text), (known.status, &known.text), "failure {i}");
+    }
+    let known = login(&anonymous, "ada", PASSWORD).await;
+    let unknown = login(&anonymous, "nobody", PASSWORD).await;
+    assert_locked(&known, 900);
+    assert_locked(&unknown, 900);
+    assert_eq!(unknown.text, known.text);
+    assert_eq!(unknown.headers["retry-after"], known.headers["retry-after"]);
+
+    ts.flush().await;
+    let locked = security(&owner, "_system", "admin_login_locked").await;
+    assert_eq!(locked.len(), 1, "{locked:?}");
+    assert_eq!(locked[0]["target"], "admin_name:unknown");
+    assert_eq!(locked[0]["details"]["scope"], "name");
+    let text = serde_json::to_string(&locked).unwrap();
+    assert!(!text.contains("nobody"), "the unknown name is not kept: {text}");
+}
+
+#[tokio::test]
+async fn a_successful_sign_in_resets_the_names_failures() {
+    let (_ts, _owner, anonymous, _) = setup(|_| {}).await;
+    for round in 0..3 {
+        for i in 0..4 {
+            assert_eq!(login(&anonymous, "ada", &format!("wrong {round} {i}")).await.status, 401, "round {round}, failure {i}");
+        }
+        let a = login(&anonymous, "ada", PASSWORD).await;
+        assert_eq!(a.status, 200, "round {round}: {}", a.text);
+    }
+}
+
+#[tokio::test]
+async fn one_address_spraying_many_names_is_locked_out_past_its_own_limit() {
+    let (ts, owner, anonymous, _) = setup(|_| {}).await;
+    // Twenty names, one guess each: no name reaches its limit.
+    for i in 0..20 {
+        let a = login(&anonymous, &format!("user-{i}"), "a guess at it").await;
+        assert_eq!(a.status, 401, "name {i}: {}", a.text);
+    }
+    // The address is now locked out: a fresh name, and a right password.
+    assert_locked(&login(&anonymous, "user-20", "a guess at it").await, 900);
+    assert_locked(&login(&anonymous, "bob", PASSWORD).await, 900);
+
+    ts.flush().await;
+    let locked = security(&owner, "_system", "admin_login_locked").await;
+    assert_eq!(locked.len(), 1, "{locked:?}");
+    assert_eq!(locked[0]["target"], "ip:127.0.0.1");
+    assert_eq!(locked[0]["details"]["scope"], "address");
+    assert_eq!(locked[0]["details"]["failures"], 20);
+    let status = owner.get("/v1/status").await;
+    assert_eq!(status.body["login_throttle"]["locked_addresses"], 1, "{}", status.text);
+    assert_eq!(status.body["login_throttle"]["locked_names"], 0, "{}", status.text);
+}
+
+#[tokio::test]
+async fn attempts_sent_at_once_get_no_more_guesses_than_the_limit() {
+    let (_ts, _owner, anonymous, _) = setup(|_| {}).await;
+    let attempts = (0..12).map(|i| {
+        let anonymous = anonymous.clone();
+        tokio::spawn(async move { login(&anonymous, "ada", &format!("parallel guess {i}")).await.status })
+    });
+    let mut statuses = Vec::new();
+    for attempt in attempts {
+        statuses.push(attempt.await.unwrap());
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, [401, 401, 401, 401, 401, 429, 429, 429, 429, 429, 429, 429], "five passwords checked, no more");
+}
+
+#[tokio::test]
+async fn a_lockout_ends_after_its_time() {
+    let (_ts, _owner, anonymous, _) = setup(|l| {
+        l.name_failures = 2;
+        l.lockout = Duration::from_secs(1);
+    })
+    .await;
+    for _ in 0..2 {
+        assert_eq!(login(&anonymous, "ada", "a wrong password").await.status, 401);
+    }
+    let a = login(&anonymous, "ada", PASSWORD).await;
+    assert_locked(&a, 1);
+    assert_eq!(a.headers["retry-after"], "1");
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let a = login(&anonymous, "ada", PASSWORD).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+}
+
+#[tokio::test]
+async fn malformed_bodies_are_400_and_not_counted_as_failed_sign_ins() {
+    let (ts, owner, anonymous, _) = setup(|l| l.name_failures = 2).await;
+    let bodies = [
+        Some(json!({"name": "ada"})),
+        Some(json!({"password": "a guess at it"})),
+        Some(json!({"name": "ada", "password": 12345678901234_u64})),
+        Some(json!({"name": ["ada"], "password": "a guess at it"})),
+        Some(json!({"name": "ada", "password": "a guess at it", "otp": "123456"})),
+        Some(json!("ada")),
+        None,
+    ];
+    for _ in 0..3 {
+        for body in &bodies {
+            let a = anonymous.call("POST", "/v1/auth/login", body.clone()).await;
+            assert_eq!((a.status, a.body["error"]["code"].as_str()), (400, Some("invalid_body")), "{body:?}: {}", a.text);
+            assert!(a.body["error"]["message"].is_string());
+        }
+        let res = ts.client.post(format!("{}/v1/auth/login", ts.admin)).header("content-type", "application/json").body("{\"name\": \"ada\", ").send().await.unwrap();
+        assert_eq!(res.status(), 400);
+    }
+    // None of them counted: the right password still signs in.
+    assert_eq!(login(&anonymous, "ada", PASSWORD).await.status, 200);
+    ts.flush().await;
+    assert!(security(&owner, "acme", "admin_login_failed").await.is_empty());
+    // During a lockout bad input is still told it is bad input.
+    for _ in 0..2 {
+        assert_eq!(login(&anonymous, "ada", "a wrong password").await.status, 401);
+    }
+    assert_locked(&login(&anonymous, "ada", PASSWORD).await, 900);
+    assert_eq!(anonymous.call("POST", "/v1/auth/login", Some(json!({"name": "ada"}))).await.status, 400);
+}
+
+#[tokio::test]
+async fn limits_of_zero_turn_throttling_off() {
+    let (_ts, _owner, anonymous, _) = setup(|l| {
+        l.name_failures = 0;
+        l.address_failures = 0;
+    })
+    .await;
+    for i in 0..25 {
+        assert_eq!(login(&anonymous, "ada", &format!("wrong {i}")).await.status, 401);
+    }
+    assert_eq!(login(&anonymous, "ada", PASSWORD).await.status, 200);
+}
