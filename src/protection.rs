@@ -461,19 +461,28 @@ impl Block {
 }
 
 /// Percent-decodes `text` (and `+` as a space when `plus_is_space`);
-/// `None` when an escape is invalid. Bytes that are no UTF-8 (a Latin-1
-/// form field's `%E9`) become U+FFFD: the rules still read the rest.
-fn percent_decode(text: &str, plus_is_space: bool) -> Option<String> {
+/// `None` when an escape is invalid, unless `lenient`, which leaves such an
+/// escape as it is. Bytes that are no UTF-8 (a Latin-1 form field's `%E9`)
+/// become U+FFFD: the rules still read the rest.
+fn percent_decode(text: &str, plus_is_space: bool, lenient: bool) -> Option<String> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
             b'%' => {
-                let hex = bytes.get(i + 1..i + 3)?;
-                let value = u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
-                out.push(value);
-                i += 3;
+                let hex = bytes.get(i + 1..i + 3).and_then(|hex| u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok());
+                match hex {
+                    Some(value) => {
+                        out.push(value);
+                        i += 3;
+                    }
+                    None if lenient => {
+                        out.push(b'%');
+                        i += 1;
+                    }
+                    None => return None,
+                }
             }
             b'+' if plus_is_space => {
                 out.push(b' ');
@@ -528,18 +537,16 @@ impl Default for AttackRules {
 pub const MAX_TARGET: usize = 8192;
 
 /// `text` decoded (twice where it still holds escapes, for double-encoded
-/// payloads such as `%252e`); `None` when an escape is invalid.
+/// payloads such as `%252e`); `None` when an escape is invalid. An escape
+/// that is invalid only once decoded (`%25zz`) is left as is by the second
+/// decoding, which reads the rest: an upstream that decodes twice does.
 pub(crate) fn decoded(text: &str, plus_is_space: bool) -> Option<Cow<'_, str>> {
     if !(text.contains('%') || plus_is_space && text.contains('+')) {
         return Some(Cow::Borrowed(text));
     }
-    let once = percent_decode(text, plus_is_space)?;
-    if once.contains('%') {
-        if let Some(twice) = percent_decode(&once, false) {
-            return Some(Cow::Owned(twice));
-        }
-    }
-    Some(Cow::Owned(once))
+    let once = percent_decode(text, plus_is_space, false)?;
+    let decoded = if once.contains('%') { percent_decode(&once, false, true).unwrap_or(once) } else { once };
+    Some(Cow::Owned(decoded))
 }
 
 impl AttackRules {
