@@ -635,6 +635,12 @@ impl AddressCounts {
 
     /// Counts one event of `ip`; returns how many it had in the window before.
     fn bump(&self, ip: IpAddr, now_ms: i64) -> u32 {
+        self.bump_restarting(ip, now_ms, u32::MAX)
+    }
+
+    /// As [`AddressCounts::bump`]; when the count reaches `restart_at`, a
+    /// new window starts afresh at `now_ms`.
+    fn bump_restarting(&self, ip: IpAddr, now_ms: i64, restart_at: u32) -> u32 {
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
         if counts.len() >= COUNTED_ADDRESSES_MAX {
             counts.retain(|_, (since, _)| now_ms - *since < self.window_ms);
@@ -647,7 +653,11 @@ impl AddressCounts {
             *slot = (now_ms, 0);
         }
         slot.1 += 1;
-        slot.1 - 1
+        let earlier = slot.1 - 1;
+        if slot.1 >= restart_at {
+            *slot = (now_ms, 0);
+        }
+        earlier
     }
 }
 
@@ -697,13 +707,15 @@ impl FailureCounter {
         self.failures.window_ms / 1000
     }
 
-    /// Counts a failure; `Some(count)` exactly once per window, when `ip`
-    /// passes the limit.
+    /// Counts a failure; `Some(count)` when `ip` passes the limit. A new
+    /// window starts then, so an address that goes on failing once its
+    /// block has ended (a block shorter than the window) passes the limit
+    /// again after as many failures, not never within the old window.
     pub fn failed(&self, ip: IpAddr, now_ms: i64) -> Option<u32> {
         if self.max == 0 {
             return None;
         }
-        let count = self.failures.bump(ip, now_ms) + 1;
+        let count = self.failures.bump_restarting(ip, now_ms, self.max + 1) + 1;
         (count == self.max + 1).then_some(count)
     }
 }
@@ -858,6 +870,7 @@ mod tests {
         let ip: IpAddr = "10.0.0.9".parse().unwrap();
         let fired: Vec<Option<u32>> = (0..6).map(|i| counter.failed(ip, i)).collect();
         assert_eq!(fired, vec![None, None, None, Some(4), None, None]);
+        assert_eq!((6..8).map(|i| counter.failed(ip, i)).collect::<Vec<_>>(), vec![None, Some(4)], "and again past it");
         assert_eq!(counter.failed(ip, 60_000), None, "a new window starts over");
         assert_eq!(FailureCounter::new(0, std::time::Duration::from_secs(1)).failed(ip, 0), None);
     }

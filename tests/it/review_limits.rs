@@ -1,5 +1,7 @@
 //! Review of rate limits and protection: defects found over real sockets.
 
+use std::time::{Duration, Instant};
+
 use serde_json::json;
 
 use crate::util::{start_upstream, TestServer};
@@ -31,5 +33,44 @@ async fn double_encoded_targets_are_read_beside_an_invalid_inner_escape() {
     assert_eq!(get(&ts, "/docs/items?q=%2527%2520or%25201=1--%25zz", &key).await, 403, "sql injection");
     // An ordinary call still passes.
     assert_eq!(get(&ts, "/docs/items?q=100%2525", &key).await, 200);
+    ts.stop().await;
+}
+/// An address that goes on guessing after its automatic block ended is
+/// blocked again once it passes the limit, however long the window.
+#[tokio::test]
+async fn guessing_after_an_automatic_block_ends_is_blocked_again() {
+    let mut ts = TestServer::start_with(tempfile::tempdir().unwrap(), |c| {
+        c.gateway.bruteforce_failures = 3;
+        c.gateway.bruteforce_window = Duration::from_secs(3600);
+        c.gateway.bruteforce_block = Duration::from_secs(1);
+    })
+    .await;
+    let up = start_upstream().await;
+    let admin = ts.admin_client();
+    let (_, _, key) = admin.setup("acme", "/docs", &format!("http://{up}")).await;
+    let blocked_within = |limit: Duration| {
+        let (ts, key) = (&ts, &key);
+        async move {
+            let deadline = Instant::now() + limit;
+            while get(ts, "/docs/fixed", key).await != 403 {
+                if Instant::now() > deadline {
+                    return false;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            true
+        }
+    };
+    for _ in 0..4 {
+        assert_eq!(get(&ts, "/docs/fixed", "kt_live_guessing").await, 401);
+    }
+    assert!(blocked_within(Duration::from_secs(5)).await, "the first block");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(get(&ts, "/docs/fixed", &key).await, 200, "the block ended");
+    // Four more guesses, within the same window: blocked again.
+    for _ in 0..4 {
+        assert_eq!(get(&ts, "/docs/fixed", "kt_live_guessing").await, 401);
+    }
+    assert!(blocked_within(Duration::from_secs(3)).await, "guessing went on unblocked after the first block");
     ts.stop().await;
 }
