@@ -193,6 +193,11 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// The answer to a consumer put into a tier that does not exist.
+fn no_such_tier(tenant_id: &str, tier: &str) -> ApiError {
+    ApiError::invalid_body(format!("tier `{tier}` does not exist in tenant `{tenant_id}`; create it first"))
+}
+
 /// A scope's stored values (none set when it has no row).
 fn own_logging(stored: &[(String, LoggingOverrides)], scope: &str) -> LoggingOverrides {
     stored.iter().find(|(s, _)| s == scope).map(|(_, own)| *own).unwrap_or_default()
@@ -476,7 +481,10 @@ impl ControlPlane {
             tier,
             created_at: now_ms(),
         };
-        self.store.create_consumer(&consumer)?;
+        if !self.store.create_consumer(&consumer)? {
+            // Its tier was deleted since it was looked up.
+            return Err(no_such_tier(tenant_id, consumer.tier.as_deref().unwrap_or_default()));
+        }
         self.reload_after_change()?;
         Ok(consumer)
     }
@@ -493,7 +501,11 @@ impl ControlPlane {
         if let Some(tier) = &tier {
             self.require_tier(tenant_id, tier)?;
         }
-        self.store.set_consumer_tier(tenant_id, consumer_id, tier.as_deref())?;
+        if !self.store.set_consumer_tier(tenant_id, consumer_id, tier.as_deref())? {
+            // The consumer or its new tier went away since they were looked up.
+            self.require_consumer(tenant_id, consumer_id)?;
+            return Err(no_such_tier(tenant_id, tier.as_deref().unwrap_or_default()));
+        }
         self.reload_after_change()?;
         self.require_consumer(tenant_id, consumer_id)
     }
@@ -504,7 +516,7 @@ impl ControlPlane {
         if self.store.tier_exists(tenant_id, tier)? {
             Ok(())
         } else {
-            Err(ApiError::invalid_body(format!("tier `{tier}` does not exist in tenant `{tenant_id}`; create it first")))
+            Err(no_such_tier(tenant_id, tier))
         }
     }
 

@@ -508,10 +508,17 @@ impl ControlStore {
 
     // --- consumers ---
 
-    pub fn create_consumer(&self, consumer: &Consumer) -> Result<(), StoreError> {
-        self.conn()
+    /// Stores a new consumer. False (and nothing stored) when its tier does
+    /// not exist, checked in the same statement: a tier deleted meanwhile
+    /// never gets the consumer.
+    pub fn create_consumer(&self, consumer: &Consumer) -> Result<bool, StoreError> {
+        let changed = self
+            .conn()
             .execute(
-                &format!("INSERT INTO consumers ({CONSUMER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
+                &format!(
+                    "INSERT INTO consumers ({CONSUMER_COLUMNS}) SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7 \
+                     WHERE ?7 IS NULL OR EXISTS (SELECT 1 FROM tiers WHERE tenant_id = ?2 AND id = ?7)"
+                ),
                 params![
                     consumer.id,
                     consumer.tenant_id,
@@ -525,7 +532,7 @@ impl ControlStore {
             .map_err(|e| {
                 conflict_if_duplicate(e, || format!("a consumer named `{}` already exists in tenant `{}`", consumer.name, consumer.tenant_id))
             })?;
-        Ok(())
+        Ok(changed == 1)
     }
 
     pub fn list_consumers(&self, tenant_id: &str) -> Result<Vec<Consumer>, StoreError> {
@@ -548,10 +555,13 @@ impl ControlStore {
             .optional()?)
     }
 
-    /// Sets a consumer's tier (`None`: no tier). False if there is no such consumer.
+    /// Sets a consumer's tier (`None`: no tier). False if there is no such
+    /// consumer or no such tier, checked in the same statement: a tier
+    /// deleted meanwhile never gets the consumer.
     pub fn set_consumer_tier(&self, tenant_id: &str, consumer_id: &str, tier: Option<&str>) -> Result<bool, StoreError> {
         let changed = self.conn().execute(
-            "UPDATE consumers SET tier = ?3 WHERE tenant_id = ?1 AND id = ?2",
+            "UPDATE consumers SET tier = ?3 WHERE tenant_id = ?1 AND id = ?2 \
+             AND (?3 IS NULL OR EXISTS (SELECT 1 FROM tiers WHERE tenant_id = ?1 AND id = ?3))",
             params![tenant_id, consumer_id, tier],
         )?;
         Ok(changed == 1)

@@ -74,3 +74,48 @@ async fn guessing_after_an_automatic_block_ends_is_blocked_again() {
     assert!(blocked_within(Duration::from_secs(3)).await, "guessing went on unblocked after the first block");
     ts.stop().await;
 }
+
+/// A tier deleted while a consumer is put into it (moved, or created in
+/// it): either the deletion is refused (the consumer is in it) or the move
+/// is; never does a consumer end up in a tier that no longer exists, where
+/// no limit applies at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tier_deleted_while_a_consumer_moves_into_it_leaves_no_consumer_unlimited() {
+    let mut ts = TestServer::start().await;
+    let up = start_upstream().await;
+    let admin = ts.admin_client();
+    let (consumer, _, key) = admin.setup("acme", "/docs", &format!("http://{up}")).await;
+    let move_path = format!("/v1/tenants/acme/consumers/{consumer}/tier");
+    let mut stranded = Vec::new();
+    for round in 0..600 {
+        let tier = format!("t{round}");
+        let a = admin.post("/v1/tenants/acme/tiers", json!({"id": tier, "rate_limit": {"requests_per_minute": 1, "burst": 1}})).await;
+        assert_eq!(a.status, 201, "{}", a.text);
+        let tier_path = format!("/v1/tenants/acme/tiers/{tier}");
+        let (moved, created, deleted) = tokio::join!(
+            admin.call("PUT", &move_path, Some(json!({"tier": tier}))),
+            admin.post("/v1/tenants/acme/consumers", json!({"name": format!("c{round}"), "tier": tier})),
+            admin.call("DELETE", &tier_path, None),
+        );
+        if deleted.status < 300 {
+            if moved.status == 200 {
+                stranded.push((consumer.clone(), key.clone(), tier.clone()));
+            }
+            if created.status == 201 {
+                let id = created.body["id"].as_str().unwrap().to_string();
+                let (_, key) = admin.key("acme", &id, json!({})).await;
+                stranded.push((id, key, tier.clone()));
+            }
+            if !stranded.is_empty() {
+                break;
+            }
+        }
+        let a = admin.call("PUT", &move_path, Some(json!({"tier": null}))).await;
+        assert_eq!(a.status, 200, "{}", a.text);
+    }
+    if let Some((consumer, key, tier)) = stranded.first() {
+        let statuses = [get(&ts, "/docs/fixed", key).await, get(&ts, "/docs/fixed", key).await, get(&ts, "/docs/fixed", key).await];
+        panic!("consumer {consumer} is in tier {tier}, deleted, and its calls (one a minute allowed) answer {statuses:?}");
+    }
+    ts.stop().await;
+}
