@@ -91,9 +91,11 @@ impl Policies {
             });
         }
         // Matched as sent and as an upstream may read it: `/docs//admin`,
-        // `/docs/./admin` and `/docs/%61dmin` are `/docs/admin` to many.
+        // `/docs/./admin`, `/docs/%61dmin`, `/docs/admin;x` and (to the many
+        // that route without regard to case) `/docs/ADMIN` are `/docs/admin`.
         let normalized = if self.forbidden_paths.is_empty() { None } else { normalized_path(path) };
-        let forbidden = |p: &&String| pattern_matches(p, path) || normalized.as_deref().is_some_and(|n| pattern_matches(p, n));
+        let resolved = normalized.as_deref().unwrap_or(path);
+        let forbidden = |p: &&String| pattern_matches(p, path) || segments_match(p, resolved, str::eq_ignore_ascii_case);
         if let Some(pattern) = self.forbidden_paths.iter().find(forbidden) {
             return Err(Violation { code: ErrorCode::Forbidden, policy: "forbidden_paths", field: "path", limit: json!(pattern), actual: json!(path) });
         }
@@ -134,13 +136,19 @@ impl Policies {
 }
 
 /// `path` as an upstream may read it, when that differs from how it was
-/// sent: percent-decoded (twice at most; an invalid escape is left as is),
-/// empty and `.` segments dropped, `..` segments resolved.
+/// sent: each segment's parameters (`;jsessionid=…`, dropped by Tomcat,
+/// Jetty and Spring) left out, percent-decoded (twice at most; an invalid
+/// escape is left as is), empty and `.` segments dropped, `..` segments
+/// resolved. (Letter case is the matcher's: compare it ignoring case.)
 pub fn normalized_path(path: &str) -> Option<String> {
-    if !(path.contains('%') || path.contains("//") || path.contains("/.")) {
+    if !(path.contains('%') || path.contains("//") || path.contains("/.") || path.contains(';')) {
         return None;
     }
-    let decoded = crate::protection::decoded(path, false).unwrap_or(std::borrow::Cow::Borrowed(path));
+    let bare = match path.contains(';') {
+        true => std::borrow::Cow::Owned(path.split('/').map(|s| s.split(';').next().unwrap_or(s)).collect::<Vec<_>>().join("/")),
+        false => std::borrow::Cow::Borrowed(path),
+    };
+    let decoded = crate::protection::decoded(&bare, false).unwrap_or(std::borrow::Cow::Borrowed(&bare));
     let mut segments: Vec<&str> = Vec::new();
     for segment in decoded.split('/') {
         match segment {
@@ -157,11 +165,16 @@ pub fn normalized_path(path: &str) -> Option<String> {
 /// Whether `path` is under `pattern`, segment by segment; a `*` segment
 /// matches any one segment.
 pub fn pattern_matches(pattern: &str, path: &str) -> bool {
+    segments_match(pattern, path, |a, b| a == b)
+}
+
+/// [`pattern_matches`], with segments compared by `same`.
+fn segments_match(pattern: &str, path: &str, same: impl Fn(&str, &str) -> bool) -> bool {
     let mut path_segments = path.split('/');
     for want in pattern.trim_end_matches('/').split('/') {
         match path_segments.next() {
             Some(got) if want == "*" && !got.is_empty() => {}
-            Some(got) if got == want => {}
+            Some(got) if same(got, want) => {}
             _ => return false,
         }
     }
@@ -197,7 +210,7 @@ mod tests {
     fn forbidden_paths_hold_for_every_spelling_an_upstream_may_resolve() {
         let p = policies();
         let scopes = vec!["docs:read".to_string()];
-        for path in ["/docs/admin", "/docs//admin", "/docs/./admin", "/docs/%61dmin", "/docs/%2561dmin", "/docs/x/../admin/users", "//docs/admin", "/docs/v1/.//internal", "/docs%2fadmin"] {
+        for path in ["/docs/admin", "/docs//admin", "/docs/./admin", "/docs/%61dmin", "/docs/%2561dmin", "/docs/x/../admin/users", "//docs/admin", "/docs/v1/.//internal", "/docs%2fadmin", "/docs/ADMIN", "/docs/Admin/x", "/docs/admin;a=b", "/docs/V1/Internal"] {
             let v = p.check("GET", path, None, false, &scopes).unwrap_err();
             assert_eq!((v.code, v.actual), (ErrorCode::Forbidden, json!(path)), "{path}");
         }

@@ -41,15 +41,19 @@ pub struct CostRule {
 
 /// The cost of a call to `path`: the longest matching rule's, else 1.
 pub fn cost_of(rules: &[CostRule], path: &str) -> u32 {
-    let cost = |path: &str| {
-        rules.iter().filter(|r| crate::snapshot::prefix_matches(&r.path_prefix, path)).max_by_key(|r| r.path_prefix.len()).map_or(1, |r| r.cost)
+    let cost = |path: &str, matches: fn(&str, &str) -> bool| {
+        rules.iter().filter(|r| matches(&r.path_prefix, path)).max_by_key(|r| r.path_prefix.len()).map_or(1, |r| r.cost)
     };
     // As sent and as an upstream may resolve it (`/docs//export`,
-    // `/docs/%65xport`), the higher: another spelling costs no less.
-    match rules.is_empty() {
-        true => 1,
-        false => cost(path).max(crate::policy::normalized_path(path).map_or(0, |n| cost(&n))),
+    // `/docs/%65xport`, `/docs/export;x`, and `/docs/EXPORT` to one that
+    // routes without regard to case), the higher: another spelling costs
+    // no less.
+    if rules.is_empty() {
+        return 1;
     }
+    let resolved = crate::policy::normalized_path(path);
+    let exact = cost(path, crate::snapshot::prefix_matches);
+    exact.max(cost(resolved.as_deref().unwrap_or(path), crate::snapshot::prefix_matches_ignoring_case))
 }
 
 /// Keyed by consumer id (made by keytrail, not by callers), so Fx-hashed
@@ -251,6 +255,8 @@ mod tests {
         for path in ["/docs/export", "/docs//export", "/docs/%65xport/x", "/docs/./export", "/docs/x/../export", "/docs/%2565xport/x%25zz"] {
             assert_eq!(cost_of(&rules, path), 50, "{path}");
         }
+        assert_eq!(cost_of(&rules, "/docs/EXPORT"), 50);
+        assert_eq!(cost_of(&rules, "/docs/export;jsessionid=1/x"), 50);
         assert_eq!(cost_of(&rules, "/docs/exports"), 2);
         assert_eq!(cost_of(&rules, "/other"), 1);
         assert_eq!(cost_of(&[], "/docs//export"), 1);

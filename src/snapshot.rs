@@ -127,6 +127,14 @@ pub fn prefix_matches(prefix: &str, path: &str) -> bool {
     prefix.ends_with('/') || path.len() == prefix.len() || path.as_bytes()[prefix.len()] == b'/'
 }
 
+/// [`prefix_matches`] without regard to ASCII letter case.
+pub fn prefix_matches_ignoring_case(prefix: &str, path: &str) -> bool {
+    let n = prefix.len();
+    path.len() >= n
+        && path.as_bytes()[..n].eq_ignore_ascii_case(prefix.as_bytes())
+        && (prefix.ends_with('/') || path.len() == n || path.as_bytes()[n] == b'/')
+}
+
 impl Snapshot {
     /// Builds the snapshot of `data`, keeping `previous`'s limiter state
     /// where the limits did not change.

@@ -119,3 +119,43 @@ async fn a_tier_deleted_while_a_consumer_moves_into_it_leaves_no_consumer_unlimi
     }
     ts.stop().await;
 }
+
+/// Spellings that common upstreams resolve to a forbidden or costly path:
+/// another letter case (Express and ASP.NET Core route without regard to
+/// case by default) and path parameters (`;jsessionid=…`, which Tomcat,
+/// Jetty and Spring drop from a segment). Each is refused or costs as the
+/// path it resolves to.
+#[tokio::test]
+async fn letter_case_and_path_parameters_do_not_get_around_forbidden_paths_or_costs() {
+    let mut ts = TestServer::start().await;
+    let up = start_upstream().await;
+    let admin = ts.admin_client();
+    assert_eq!(admin.post("/v1/tenants", json!({"id": "acme", "name": "Acme"})).await.status, 201);
+    let api = json!({
+        "id": "docs", "path_prefix": "/docs", "upstream": format!("http://{up}"),
+        "costs": [{"path_prefix": "/docs/export", "cost": 50}],
+        "policies": {"forbidden_paths": ["/docs/admin"]},
+    });
+    let a = admin.post("/v1/tenants/acme/apis", api).await;
+    assert_eq!(a.status, 201, "{}", a.text);
+    let a = admin.post("/v1/tenants/acme/tiers", json!({"id": "t", "daily_quota": 1000})).await;
+    assert_eq!(a.status, 201, "{}", a.text);
+    let a = admin.post("/v1/tenants/acme/consumers", json!({"name": "batch-job", "tier": "t"})).await;
+    assert_eq!(a.status, 201, "{}", a.text);
+    let (_, key) = admin.key("acme", a.body["id"].as_str().unwrap(), json!({})).await;
+
+    for path in ["/docs/admin", "/docs/ADMIN", "/docs/Admin/users", "/docs/admin;jsessionid=1", "/docs/admin;x/users"] {
+        assert_eq!(get(&ts, path, &key).await, 403, "{path}");
+    }
+    assert_eq!(get(&ts, "/docs/administrator", &key).await, 200);
+    let remaining = |res: &reqwest::Response| res.headers()["ratelimit-remaining"].to_str().unwrap().parse::<u64>().unwrap();
+    let res = ts.client.get(format!("{}/docs/fixed", ts.gateway)).header("x-api-key", &key).send().await.unwrap();
+    let mut left = remaining(&res);
+    for path in ["/docs/export/fixed", "/docs/EXPORT/fixed", "/docs/Export/fixed", "/docs/export;jsessionid=1/fixed"] {
+        let res = ts.client.get(format!("{}{}", ts.gateway, path)).header("x-api-key", &key).send().await.unwrap();
+        assert_eq!(res.status(), 200, "{path}");
+        assert_eq!(remaining(&res), left - 50, "{path} costs 50");
+        left -= 50;
+    }
+    ts.stop().await;
+}
