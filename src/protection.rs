@@ -570,12 +570,30 @@ impl AttackRules {
             if self.traversal.is_match(text.as_ref()) {
                 return Some(Block { reason: "ABUSE_PATTERN_DETECTED".into(), rule_id: "builtin:path-traversal".into(), base_score: 80 });
             }
-            let sql = if text.contains("/**/") || text.contains(char::is_whitespace) { self.sql.is_match(&squeeze(text)) } else { self.sql.is_match(text.as_ref()) };
+            let sql = if text.contains("/**/") || text.contains(char::is_whitespace) { self.holds_sql(&squeeze(text)) } else { self.holds_sql(text) };
             if sql {
                 return Some(Block { reason: "SQL_INJECTION_ATTEMPT".into(), rule_id: "builtin:sql-injection".into(), base_score: 90 });
             }
         }
         None
+    }
+}
+
+impl AttackRules {
+    /// Whether `text` holds a SQL signature as SQL reads it: a signature's
+    /// keyword at its start or end is no match inside a longer word (`reunion
+    /// select`, `union selection`), which SQL would read as another name.
+    /// Only a letter before one makes a longer word (`pg_sleep(`, `0e1union`
+    /// are still SQL's).
+    fn holds_sql(&self, text: &str) -> bool {
+        let bytes = text.as_bytes();
+        self.sql.find_overlapping_iter(text).any(|m| {
+            let signature = SQL_SIGNATURES[m.pattern().as_usize()].as_bytes();
+            let starts_a_word = !signature[0].is_ascii_alphabetic() || m.start() == 0 || !bytes[m.start() - 1].is_ascii_alphabetic();
+            let ends_a_word = !signature[signature.len() - 1].is_ascii_alphabetic()
+                || bytes.get(m.end()).is_none_or(|&b| !(b.is_ascii_alphanumeric() || b == b'_' || b == b'$'));
+            starts_a_word && ends_a_word
+        })
     }
 }
 
@@ -862,6 +880,11 @@ mod tests {
         assert_eq!(reason("/docs/a%zz", None).as_deref(), Some("MALFORMED_REQUEST"));
         assert_eq!(reason("/docs/a%00b", None).as_deref(), Some("MALFORMED_REQUEST"));
         assert_eq!(reason("/docs/version..2", None), None, "dots alone are fine");
+        assert_eq!(reason("/docs/search", Some("q=credit+union+selection")), None, "a keyword inside a word");
+        assert_eq!(reason("/docs/search", Some("q=nosleep(1)")), None);
+        for query in ["q=1;select+pg_sleep(5)", "q=0e1union+select+1", "q=1+union+select"] {
+            assert_eq!(reason("/docs/search", Some(query)).as_deref(), Some("SQL_INJECTION_ATTEMPT"), "{query}");
+        }
     }
 
     #[test]

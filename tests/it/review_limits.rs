@@ -159,3 +159,21 @@ async fn letter_case_and_path_parameters_do_not_get_around_forbidden_paths_or_co
     }
     ts.stop().await;
 }
+
+/// SQL keywords inside ordinary words are no injection: a search for a
+/// union's selection, or a reunion, is let through; the keywords on their
+/// own are still refused.
+#[tokio::test]
+async fn sql_keywords_inside_ordinary_words_are_not_an_injection() {
+    let mut ts = TestServer::start().await;
+    let up = start_upstream().await;
+    let admin = ts.admin_client();
+    let (_, _, key) = admin.setup("acme", "/docs", &format!("http://{up}")).await;
+    for query in ["q=credit+union+selection", "q=labor+union+selects+new+leader", "q=family+reunion+selected+photos", "q=union%20all%20selectors"] {
+        assert_eq!(get(&ts, &format!("/docs/search?{query}"), &key).await, 200, "{query}");
+    }
+    for query in ["q=1+union+select+password", "q=1+UNION+SELECT(1)", "q=0e1union+select+1", "q=1+union+all+select+*"] {
+        assert_eq!(get(&ts, &format!("/docs/search?{query}"), &key).await, 403, "{query}");
+    }
+    ts.stop().await;
+}
