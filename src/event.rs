@@ -194,11 +194,8 @@ impl Event {
             static CLEAN: std::cell::RefCell<Clean> = Default::default();
         }
         CLEAN.with_borrow_mut(|clean| self.mask_fields(clean, secrets));
-        if let Some(details) = &self.details {
-            let text = details.to_string();
-            if let std::borrow::Cow::Owned(masked) = crate::redact::redact_with(&text, secrets) {
-                self.details = Some(serde_json::from_str(&masked).unwrap_or(serde_json::Value::String(masked)));
-            }
+        if let Some(details) = &mut self.details {
+            crate::redact::redact_json(details, secrets);
         }
     }
 

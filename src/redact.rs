@@ -181,6 +181,36 @@ pub fn redact_with<'t>(text: &'t str, secrets: &[Secret]) -> Cow<'t, str> {
     out
 }
 
+/// Masks every string in `value`, object keys included, with
+/// [`redact_with`]; whether anything was masked. Strings are searched as
+/// they are, not as JSON text, where a registered secret holding a `"` or
+/// a `\` is spelled with escapes and would not be found.
+pub fn redact_json(value: &mut serde_json::Value, secrets: &[Secret]) -> bool {
+    use serde_json::Value;
+    match value {
+        Value::String(text) => match redact_with(text, secrets) {
+            Cow::Owned(masked) => {
+                *text = masked;
+                true
+            }
+            Cow::Borrowed(_) => false,
+        },
+        Value::Array(items) => items.iter_mut().fold(false, |masked, item| redact_json(item, secrets) | masked),
+        Value::Object(fields) => {
+            let mut masked = fields.values_mut().fold(false, |masked, item| redact_json(item, secrets) | masked);
+            if fields.keys().any(|name| matches!(redact_with(name, secrets), Cow::Owned(_))) {
+                *fields = std::mem::take(fields)
+                    .into_iter()
+                    .map(|(name, item)| (redact_with(&name, secrets).into_owned(), item))
+                    .collect();
+                masked = true;
+            }
+            masked
+        }
+        _ => false,
+    }
+}
+
 /// Masks pattern matches; `None` when there was nothing to mask.
 fn mask_patterns(text: &str) -> Option<String> {
     let bytes = text.as_bytes();
@@ -345,6 +375,22 @@ mod tests {
             let out = search(&mut clean, 1, &key).expect("a key is masked");
             assert!(!out.contains(key.as_str()), "{out}");
         }
+    }
+
+    #[test]
+    fn registered_secrets_with_json_escapes_are_masked_in_json_values() {
+        let secret = r#"json"escaped\secret-9931"#;
+        register_secret(secret);
+        let key = generate_key(KeyEnvironment::Live).secret;
+        let mut value = serde_json::json!({"a": [{"b": format!("x {secret} y")}], secret: 1, "k": key});
+        assert!(with_secrets(|s| redact_json(&mut value, s)));
+        let text = value.to_string();
+        assert!(!text.contains("escaped"), "{text}");
+        assert!(!text.contains(&key), "{text}");
+        assert_eq!(value["a"][0]["b"], "x **** y");
+        assert_eq!(value["****"], 1);
+        let mut clean = serde_json::json!({"a": ["plain text here"], "b": 2});
+        assert!(!with_secrets(|s| redact_json(&mut clean, s)));
     }
 
     #[test]

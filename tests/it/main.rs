@@ -28,6 +28,7 @@ mod retention;
 mod review_http;
 mod review_keys;
 mod review_limits;
+mod review_secrets;
 mod roles;
 mod settings;
 mod stats;
