@@ -168,8 +168,15 @@ pub fn redact_with<'t>(text: &'t str, secrets: &[Secret]) -> Cow<'t, str> {
         return Cow::Borrowed(text);
     }
     let mut out = Cow::Borrowed(text);
-    if has_kt(text.as_bytes()) {
-        if let Some(masked) = mask_patterns(text) {
+    // Escapes first: a key with an escape amid its characters is masked
+    // whole, not up to the escape.
+    if memchr::memchr(b'%', text.as_bytes()).is_some() {
+        if let Some(masked) = mask_escaped(text, secrets) {
+            out = Cow::Owned(masked);
+        }
+    }
+    if has_kt(out.as_bytes()) {
+        if let Some(masked) = mask_patterns(&out) {
             out = Cow::Owned(masked);
         }
     }
@@ -179,6 +186,88 @@ pub fn redact_with<'t>(text: &'t str, secrets: &[Secret]) -> Cow<'t, str> {
         }
     }
     out
+}
+
+/// How many times escapes are decoded in turn: a double-encoded key
+/// (`kt%255Flive…`) is one an upstream that decodes twice reads.
+const ESCAPE_ROUNDS: usize = 2;
+
+/// Masks keys, tokens and registered secrets spelled with percent-escapes
+/// (`kt%5Flive%5F…`, `kt_live_%41…`), as a path or a query may carry them
+/// and an upstream reads them; `None` when there was nothing to mask.
+fn mask_escaped(text: &str, secrets: &[Secret]) -> Option<String> {
+    // The decoded bytes, each with the range of `text` it stands for.
+    let mut decoded = text.as_bytes().to_vec();
+    let mut spans: Vec<(usize, usize)> = (0..decoded.len()).map(|i| (i, i + 1)).collect();
+    // Ranges of `text` to replace, with what replaces them.
+    let mut found: Vec<(usize, usize, String)> = Vec::new();
+    for _ in 0..ESCAPE_ROUNDS {
+        if memchr::memchr(b'%', &decoded).is_none() {
+            break;
+        }
+        (decoded, spans) = percent_decode_spans(&decoded, &spans);
+        let mut i = 0;
+        while let Some(offset) = memchr::memchr(b'k', &decoded[i..]) {
+            i += offset;
+            let Some(prefix) = PATTERNS.iter().find(|p| decoded[i..].starts_with(p.as_bytes())) else {
+                i += 1;
+                continue;
+            };
+            let tail_start = i + prefix.len();
+            let tail_len = decoded[tail_start..].iter().take_while(|b| b.is_ascii_alphanumeric()).count();
+            if tail_len >= MIN_SECRET_TAIL {
+                let end = tail_start + tail_len;
+                let secret = std::str::from_utf8(&decoded[i..end]).expect("a prefix and alphanumerics are ASCII");
+                found.push((spans[i].0, spans[end - 1].1, crate::keys::hint(secret)));
+            }
+            i = tail_start + tail_len;
+        }
+        for secret in secrets {
+            for at in secret.finder.find_iter(&decoded) {
+                found.push((spans[at].0, spans[at + secret.text.len() - 1].1, "****".to_string()));
+            }
+        }
+    }
+    if found.is_empty() {
+        return None;
+    }
+    found.sort_by_key(|(start, _, _)| *start);
+    let mut out = String::with_capacity(text.len());
+    let mut copied_up_to = 0;
+    for (start, end, replacement) in found {
+        if start >= copied_up_to {
+            out.push_str(&text[copied_up_to..start]);
+            out.push_str(&replacement);
+        }
+        copied_up_to = copied_up_to.max(end);
+    }
+    out.push_str(&text[copied_up_to..]);
+    Some(out)
+}
+
+/// `bytes` with each `%XX` escape decoded, and the range of the original
+/// text each decoded byte stands for (from `spans`, those of `bytes`).
+fn percent_decode_spans(bytes: &[u8], spans: &[(usize, usize)]) -> (Vec<u8>, Vec<(usize, usize)>) {
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut decoded_spans = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escape = (bytes[i] == b'%').then(|| Some(hex(*bytes.get(i + 1)?)? << 4 | hex(*bytes.get(i + 2)?)?)).flatten();
+        match escape {
+            Some(byte) => {
+                decoded.push(byte);
+                decoded_spans.push((spans[i].0, spans[i + 2].1));
+                i += 3;
+            }
+            None => {
+                decoded.push(bytes[i]);
+                decoded_spans.push(spans[i]);
+                i += 1;
+            }
+        }
+    }
+    (decoded, decoded_spans)
 }
 
 /// Masks every string in `value`, object keys included, with
@@ -391,6 +480,36 @@ mod tests {
         assert_eq!(value["****"], 1);
         let mut clean = serde_json::json!({"a": ["plain text here"], "b": 2});
         assert!(!with_secrets(|s| redact_json(&mut clean, s)));
+    }
+
+    #[test]
+    fn percent_escaped_keys_tokens_and_secrets_are_masked() {
+        let key = generate_key(KeyEnvironment::Live).secret;
+        let hint = crate::keys::hint(&key);
+        let first = format!("{}%{:02X}{}", &key[..8], key.as_bytes()[8], &key[9..]);
+        let mut every = String::new();
+        for b in key.bytes() {
+            every.push_str(&format!("%{b:02x}"));
+        }
+        for (spelled, around) in [
+            (key.replace('_', "%5F"), ("/docs/", "/x")),
+            (first.clone(), ("?api_key=", "&x=%41")),
+            (every, ("", "")),
+            (key.replace('_', "%255F"), ("a%", "%")),
+            (format!("{}%{:02X}{}", &key[..20], key.as_bytes()[20], &key[21..]), ("k", "")),
+        ] {
+            let text = format!("{}{spelled}{}", around.0, around.1);
+            let out = redact(&text);
+            assert_eq!(out, format!("{}{hint}{}", around.0, around.1), "{text}");
+        }
+        let token = crate::keys::generate_admin_token();
+        assert!(!redact(&token.replace('_', "%5f")).contains(&token[4..]));
+        register_secret("escaped-secret-4471");
+        assert_eq!(redact("x=escaped%2Dsecret-4471;"), "x=****;");
+        // Escapes that hide nothing are left as they came.
+        for text in ["/docs/%41%42%43%44%45%46%47%48%49", "100% kt_live_ %ZZ%", "kt%5Flive%5Fshort"] {
+            assert!(matches!(redact(text), Cow::Borrowed(_)), "{text}");
+        }
     }
 
     #[test]

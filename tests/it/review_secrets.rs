@@ -54,3 +54,42 @@ async fn a_bootstrap_token_with_json_escapes_never_appears() {
         assert!(places.is_empty(), "the bootstrap token ({form}) was found in {places:?}");
     }
 }
+
+/// Keys percent-encoded (wholly or in part) in a gateway path or query, in
+/// an admin path, and a key as a header name: the key's random part is
+/// never stored or printed.
+#[tokio::test]
+async fn percent_encoded_keys_never_appear() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let up = start_upstream().await;
+    let (mut p, admin, gateway) = spawn_serve(&data, dir.path(), &[("KEYTRAIL_LOG", "trace")]);
+    let (_consumer, _, key) = admin.setup("acme", "/leak", &format!("http://{up}")).await;
+    let escaped_prefix = key.replace('_', "%5F");
+    let escaped_first = format!("{}%{:02X}{}", &key[..8], key.as_bytes()[8], &key[9..]);
+    let client = http();
+    let mut answers: Vec<String> = Vec::new();
+    for form in [&escaped_prefix, &escaped_first] {
+        for url in [
+            format!("{gateway}/leak/{form}/fixed"),
+            format!("{gateway}/leak/fixed?api_key={form}"),
+            format!("{gateway}/nowhere/{form}"),
+        ] {
+            let res = client.get(url).header("X-API-Key", &key).send().await.unwrap();
+            answers.push(res.text().await.unwrap());
+        }
+        answers.push(admin.post(&format!("/v1/keys/{form}/revoke"), json!({})).await.text);
+        answers.push(admin.get(&format!("/v1/audit/acme?consumer_id={form}")).await.text);
+    }
+    let res = client.get(format!("{gateway}/leak/fixed")).header("X-API-Key", &key).header(key.as_str(), "x").send().await.unwrap();
+    answers.push(res.text().await.unwrap());
+    for path in ["/v1/audit/acme?limit=1000", "/v1/audit/_system?limit=1000", "/v1/audit/acme/admin?limit=1000", "/v1/audit/_system/admin?limit=1000", "/v1/audit/acme/security?limit=1000", "/v1/audit/acme/export/json?category=all", "/v1/audit/_system/export/json?category=all", "/v1/audit/acme/export/csv?category=all"] {
+        let a = admin.get(path).await;
+        answers.push(a.text);
+    }
+    assert!(p.interrupt_and_wait().success());
+    let outputs = everything_written(&p, &data, answers);
+    let random_part = &key[9..];
+    let places = found_in(random_part, &outputs);
+    assert!(places.is_empty(), "the key's random part was found in {places:?}");
+}
