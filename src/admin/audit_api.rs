@@ -103,8 +103,11 @@ pub(super) fn parse_query(tenant: &str, category: Category, params: &[(String, S
             "api_id" => filter.api_id = Some(check_token(name, value)?),
             "event_type" => filter.event_type = Some(check_token(name, value)?),
             "method" => {
+                // Any method a call can have (an HTTP token: M-SEARCH,
+                // VERSION-CONTROL), in capitals as the standard ones are kept.
                 let method = value.trim().to_ascii_uppercase();
-                if method.is_empty() || method.len() > 16 || !method.bytes().all(|b| b.is_ascii_uppercase()) {
+                let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+                if method.is_empty() || method.len() > 256 || !method.bytes().all(token) {
                     return Err(ApiError::invalid_parameter(name, "must be an HTTP method such as GET"));
                 }
                 filter.method = Some(method);

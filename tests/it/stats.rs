@@ -840,3 +840,110 @@ fn statistics_read_each_day_file_from_one_snapshot() {
     writer.join().unwrap();
     assert!(lost.is_empty(), "calls committed before the query were not counted: {lost:?}");
 }
+
+// ---------- review: live calls with unusual values, against the list ----------
+
+/// Calls with unusual methods and paths through the gateway, a consumer
+/// without calls, then every grouping of `/stats` against a count of the
+/// events the list gives, and each group's key used back as a filter.
+#[tokio::test]
+async fn stats_of_unusual_methods_and_paths_equal_the_listed_events() {
+    let ts = TestServer::start().await;
+    let owner = ts.admin_client();
+    let up = format!("http://{}", start_upstream().await);
+    let (_, _, key) = owner.setup("acme", "/odd", &up).await;
+    let (idle, _, _) = owner.consumer_with_key("acme", "idle-client", json!({})).await;
+    let client = &ts.client;
+    let calls: [(&str, &str); 9] = [
+        ("GET", "/odd/a"),
+        ("get", "/odd/a"),
+        ("M-SEARCH", "/odd/b"),
+        ("PROPFIND", "/odd/%22q%22"),
+        ("GET", "/odd/%C3%BC/x"),
+        ("GET", "/odd/a%20b?x=1&y=%26"),
+        ("POST", "/odd/status/500"),
+        ("DELETE", "/odd/status/404"),
+        ("M-SEARCH", "/odd/b"),
+    ];
+    for (method, path) in calls {
+        let res = client.request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), format!("{}{path}", ts.gateway)).bearer_auth(&key).send().await.unwrap();
+        let _ = res.text().await;
+    }
+    ts.flush().await;
+    let listed = owner.all_logs("/v1/audit/acme?limit=1000").await;
+    assert_eq!(listed.len(), calls.len(), "{listed:?}");
+    let count = |field: &str, value: &Value| listed.iter().filter(|e| &e[field] == value).count() as u64;
+    for (by, field) in [("consumer", "consumer_id"), ("api", "api_id"), ("path", "path"), ("method", "method")] {
+        let a = owner.get(&format!("/v1/audit/acme/stats?group_by={by}&top=1000")).await;
+        assert_eq!(a.status, 200, "{}", a.text);
+        assert_eq!(a.body["totals"]["calls"].as_u64(), Some(calls.len() as u64), "{by}: {}", a.text);
+        let groups = a.body["groups"].as_array().unwrap();
+        let keys: BTreeSet<String> = listed.iter().map(|e| e[field].to_string()).collect();
+        assert_eq!(groups.len(), keys.len(), "{by}: {}", a.text);
+        for g in groups {
+            assert_eq!(g["calls"].as_u64().unwrap(), count(field, &g["key"]), "{by} {}: {}", g["key"], a.text);
+        }
+    }
+    // A method the trail holds, asked for as it is recorded (the filter is
+    // taken in capitals, so `get` asks for GET).
+    let methods = owner.get("/v1/audit/acme/stats?group_by=method&top=1000").await;
+    for g in methods.body["groups"].as_array().unwrap() {
+        let m = g["key"].as_str().unwrap();
+        if m != m.to_ascii_uppercase() {
+            continue;
+        }
+        let a = owner.get(&format!("/v1/audit/acme/stats?method={m}")).await;
+        assert_eq!(a.status, 200, "method={m}: {}", a.text);
+        assert_eq!(a.body["totals"]["calls"], g["calls"], "method={m}: {}", a.text);
+        let l = owner.get(&format!("/v1/audit/acme?method={m}")).await;
+        assert_eq!(l.body["logs"].as_array().unwrap().len() as u64, g["calls"].as_u64().unwrap(), "list method={m}: {}", l.text);
+    }
+    // A consumer without calls: zeros from the rollups and from the events, and in its profile.
+    for query in ["metrics=latency,distinct_consumers", "metrics=latency,distinct_consumers&group_by=hour", "group_by=consumer", "metrics=distinct_consumers&group_by=day", ""] {
+        let a = owner.get(&format!("/v1/audit/acme/stats?consumer_id={idle}&{query}")).await;
+        assert_eq!(a.status, 200, "{query}: {}", a.text);
+        let t = &a.body["totals"];
+        assert_eq!((t["calls"].as_u64(), t["errors"].as_u64(), t["error_rate"].as_f64()), (Some(0), Some(0), Some(0.0)), "{query}: {}", a.text);
+        if let Some(groups) = a.body["groups"].as_array() {
+            assert!(groups.is_empty() && a.body["group_count"] == 0, "{query}: {}", a.text);
+        }
+    }
+    let p = owner.get(&format!("/v1/audit/acme/stats/consumers/{idle}")).await;
+    assert_eq!((p.status, p.body["calls"].as_u64(), &p.body["busiest_hour"]), (200, Some(0), &Value::Null), "{}", p.text);
+    assert_eq!(p.body["calls_by_hour_of_day"], json!([0u64; 24].to_vec()));
+}
+
+/// Bad parameters of every statistics endpoint are 400 `invalid_parameter`
+/// naming the one to fix.
+#[tokio::test]
+async fn review_bad_statistics_parameters_are_named() {
+    let ts = TestServer::start().await;
+    let owner = ts.admin_client();
+    let up = format!("http://{}", start_upstream().await);
+    owner.setup("acme", "/acme", &up).await;
+    for (query, param) in [
+        ("top=-1", "top"),
+        ("top=1.5", "top"),
+        ("top=", "top"),
+        ("top=99999999999999999999999", "top"),
+        ("group_by=CONSUMER", "group_by"),
+        ("metrics=latency;p99", "metrics"),
+        ("source=", "source"),
+        ("from=2026-01-01", "from"),
+        ("days=-1", "days"),
+        ("hours=99999999999999999999", "hours"),
+        ("limit=0", "limit"),
+        ("consumer_id=", "consumer_id"),
+        ("request_id=%00", "request_id"),
+    ] {
+        for path in ["/v1/audit/acme/stats", "/v1/audit/acme/stats/timeline", "/v1/audit/acme/stats/consumers/c1"] {
+            if !path.ends_with("/stats") && ["group_by", "metrics", "source", "limit", "consumer_id", "request_id"].contains(&param) {
+                continue;
+            }
+            let a = owner.get(&format!("{path}?{query}")).await;
+            assert_eq!(a.status, 400, "{path}?{query}: {}", a.text);
+            assert_eq!(a.body["error"]["code"], "invalid_parameter", "{path}?{query}: {}", a.text);
+            assert!(a.body["error"]["message"].as_str().unwrap().contains(&format!("`{param}`")), "{path}?{query}: {}", a.text);
+        }
+    }
+}
