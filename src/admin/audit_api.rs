@@ -163,7 +163,12 @@ pub(super) fn parse_query(tenant: &str, category: Category, params: &[(String, S
         if filter.from_ms.is_some() {
             return Err(ApiError::invalid_parameter("from", "give either `from` or `hours`/`days`, not both"));
         }
-        filter.from_ms = Some(now_ms() - window);
+        let from = now_ms() - window;
+        if filter.to_ms.is_some_and(|to| from > to) {
+            let name = if hours.is_some() { "hours" } else { "days" };
+            return Err(ApiError::invalid_parameter(name, "counts back from now, so its window starts after `to`; give `from` and `to` for a window in the past"));
+        }
+        filter.from_ms = Some(from);
     }
     if let (Some(from), Some(to)) = (filter.from_ms, filter.to_ms) {
         if from > to {

@@ -935,6 +935,8 @@ async fn review_bad_statistics_parameters_are_named() {
         ("limit=0", "limit"),
         ("consumer_id=", "consumer_id"),
         ("request_id=%00", "request_id"),
+        ("to=1970-01-01T00:00:00Z&hours=1", "hours"),
+        ("to=2000-01-01T00:00:00Z&days=2", "days"),
     ] {
         for path in ["/v1/audit/acme/stats", "/v1/audit/acme/stats/timeline", "/v1/audit/acme/stats/consumers/c1"] {
             if !path.ends_with("/stats") && ["group_by", "metrics", "source", "limit", "consumer_id", "request_id"].contains(&param) {
