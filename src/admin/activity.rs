@@ -63,8 +63,38 @@ fn crash_after_intent(action: &str) -> bool {
         == Some(action)
 }
 
-/// Fields of a request body never copied into the log.
-const SECRET_FIELDS: [&str; 4] = ["password", "key", "token", "secret"];
+/// What the name of a request body's field holds when its value is never
+/// copied into the log: in any case, anywhere in the name, at any depth
+/// (a refused body with a misspelt `Password`, a `new_password` or a
+/// wrapped `{"admin": {"password": …}}` holds the password all the same).
+const SECRET_FIELD_WORDS: [&str; 3] = ["pass", "secret", "token"];
+
+/// Whether a body field's name says it holds a secret (those words, or a
+/// name ending in `key`: `key`, `api_key`, `apiKey`).
+fn is_secret_field(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    SECRET_FIELD_WORDS.iter().any(|word| name.contains(word)) || name.ends_with("key")
+}
+
+/// Replaces by `****` the value of every field named like a secret, in
+/// nested objects and arrays too.
+fn mask_secret_fields(fields: &mut serde_json::Map<String, Value>) {
+    for (name, field) in fields.iter_mut() {
+        if is_secret_field(name) {
+            *field = json!("****");
+        } else {
+            mask_nested_secret_fields(field);
+        }
+    }
+}
+
+fn mask_nested_secret_fields(value: &mut Value) {
+    match value {
+        Value::Object(fields) => mask_secret_fields(fields),
+        Value::Array(items) => items.iter_mut().for_each(mask_nested_secret_fields),
+        _ => {}
+    }
+}
 
 /// The request body as the intent records it: JSON objects without secret
 /// fields, and without a consumer's personal fields on consumer routes;
@@ -76,11 +106,7 @@ fn requested(route: &str, body: &Bytes) -> Value {
     }
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(mut fields)) if fields.values().all(|v| crate::event::nesting(v) + 2 <= crate::event::MAX_DETAILS_NESTING) => {
-            for name in SECRET_FIELDS {
-                if fields.contains_key(name) {
-                    fields.insert(name.into(), json!("****"));
-                }
-            }
+            mask_secret_fields(&mut fields);
             if route.contains("/consumers") {
                 for name in crate::control::PERSONAL_CONSUMER_FIELDS {
                     if fields.contains_key(name) {
