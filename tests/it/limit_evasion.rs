@@ -1,4 +1,6 @@
-//! Review of rate limits and protection: defects found over real sockets.
+//! Rate limits, attack rules and blocks against spellings and timings that
+//! evaded them: double encodings, letter case, path parameters, repeat
+//! guessing after a block, tiers deleted under a move, ordinary words.
 
 use std::time::{Duration, Instant};
 

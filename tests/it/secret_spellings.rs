@@ -1,5 +1,6 @@
-//! Review (secrets): secrets in every output, in forms the plain search
-//! misses, and statistics against a count of the raw events.
+//! Secrets in every output, in spellings a plain search misses (JSON
+//! escapes, percent-escapes, other field names), and statistics against a
+//! count of the raw events.
 
 use serde_json::json;
 
