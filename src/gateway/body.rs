@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::h1::RawHeaders;
-use super::upstream::UpstreamBody;
+use super::upstream::{IdleTimeout, UpstreamBody};
 use crate::audit::AuditPipeline;
 use crate::event::{Event, Text};
 
@@ -164,18 +164,32 @@ pub struct Finisher {
     pub audit: Arc<AuditPipeline>,
 }
 
+/// Why an answer's body ended before its end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum BodyFailure {
+    /// The upstream's body broke (bad framing, the connection failed or closed early).
+    Upstream,
+    /// Nothing more of it came within the api's timeout.
+    Timeout,
+}
+
 impl Finisher {
     /// Records the event; under `durability = "sync"`, with a receiver
     /// that hears when it is committed.
-    pub(super) fn finish(mut self, response_bytes: u64, completed: bool, body_error: bool) -> Option<tokio::sync::oneshot::Receiver<()>> {
+    pub(super) fn finish(mut self, response_bytes: u64, completed: bool, failure: Option<BodyFailure>) -> Option<tokio::sync::oneshot::Receiver<()>> {
         let e = &mut self.event;
         e.latency_us = Some(self.started.elapsed().as_micros() as u64);
         e.response_size_bytes = Some(response_bytes);
         e.request_size_bytes = Some(self.request_bytes.map_or(0, |c| c.load(Ordering::Relaxed)));
-        if body_error {
+        if let Some(failure) = failure {
+            // The status stays the one the caller was sent.
             e.outcome = Text::from_static("failure");
-            e.error_code = Some(Text::from_static("upstream_body_error"));
-            e.error_message = Some("the upstream failed while sending the response body".into());
+            let (code, message) = match failure {
+                BodyFailure::Upstream => ("upstream_body_error", "the upstream failed while sending the response body"),
+                BodyFailure::Timeout => ("upstream_timeout", "the upstream sent nothing more of the response body within the timeout"),
+            };
+            e.error_code = Some(Text::from_static(code));
+            e.error_message = Some(message.into());
         } else if !completed {
             e.outcome = Text::from_static("aborted");
             e.error_code.get_or_insert_with(|| Text::from_static("client_disconnected"));
@@ -205,7 +219,7 @@ pub fn no_body(head_request: bool, status: http::StatusCode) -> bool {
 pub struct GatewayBody {
     inner: Inner,
     sent: u64,
-    errored: bool,
+    errored: Option<BodyFailure>,
     /// Boxed: the event is large and the body is moved through hyper several times.
     finisher: Option<Box<Finisher>>,
     /// A proxied answer's headers (see [`GatewayBody::take_proxied_head`]).
@@ -286,7 +300,7 @@ impl GatewayBody {
 
     fn new(inner: Inner, finisher: Finisher, proxied: Option<ProxiedHead>) -> Self {
         let sync = finisher.audit.sync();
-        let mut body = GatewayBody { inner, sent: 0, errored: false, finisher: Some(Box::new(finisher)), proxied, sync_length: None, held: None };
+        let mut body = GatewayBody { inner, sent: 0, errored: None, finisher: Some(Box::new(finisher)), proxied, sync_length: None, held: None };
         if sync {
             body.sync_length = body.size_hint().exact();
         }
@@ -373,7 +387,7 @@ impl Body for GatewayBody {
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(error))) => {
-                this.errored = true;
+                this.errored = Some(if IdleTimeout::is(&error) { BodyFailure::Timeout } else { BodyFailure::Upstream });
                 this.finish(false);
                 Poll::Ready(Some(Err(error)))
             }

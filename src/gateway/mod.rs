@@ -575,7 +575,7 @@ impl Drop for Abandoned<'_> {
                 request_bytes: Some(self.request_bytes.clone()),
                 audit: self.audit.clone(),
             };
-            finisher.finish(0, false, false);
+            finisher.finish(0, false, None);
         }
     }
 }

@@ -24,6 +24,14 @@
 //! connection ends before any of its answer came (the upstream closed it as
 //! the call went out); any other call that was written (even in part) is
 //! never repeated.
+//!
+//! The api's timeout bounds the wait for the response head and, once the
+//! head has come, each wait for more of the body (nginx's
+//! `proxy_read_timeout`: an idle timeout, so an answer that keeps coming is
+//! never cut). It is timed on the client connection's one [`KeptTimer`],
+//! and only while a body read finds nothing: an answer that came whole with
+//! its head never touches it. A body that stalls longer fails with
+//! [`IdleTimeout`], and its connection is closed, never reused.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::{poll_fn, Future};
@@ -31,7 +39,7 @@ use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes};
 use http::uri::Authority;
@@ -51,6 +59,19 @@ const MAX_QUEUED: usize = 64 * 1024;
 const MAX_SLICES: usize = 16;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why an answer's body failed: nothing more of it came within the api's
+/// timeout (the io error's inner error, kind `TimedOut`).
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream sent nothing more of the response body for {} ms", .0.as_millis())]
+pub struct IdleTimeout(pub Duration);
+
+impl IdleTimeout {
+    /// Whether `error` is a body's idle timeout.
+    pub fn is(error: &io::Error) -> bool {
+        error.get_ref().is_some_and(|inner| inner.is::<IdleTimeout>())
+    }
+}
 
 /// Why a call did not get a response head.
 #[derive(Debug, thiserror::Error)]
@@ -151,9 +172,18 @@ struct Slot {
     shared: Arc<Upstreams>,
     /// Usually one entry; a client calling several upstreams has one each.
     conns: Mutex<Vec<(Authority, Conn)>>,
+    /// The timer of every wait on an upstream's answer (its head in
+    /// [`ConnectionUpstreams::send_within`], then its body's idle waits),
+    /// kept between calls. Its waits never overlap: a connection's calls
+    /// are answered one after the other.
+    timer: Mutex<KeptTimer>,
 }
 
 impl Slot {
+    fn timer(&self) -> std::sync::MutexGuard<'_, KeptTimer> {
+        self.timer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn take(&self, authority: &Authority) -> Option<Conn> {
         let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
         while let Some(at) = conns.iter().position(|(a, _)| a == authority) {
@@ -187,8 +217,6 @@ pub struct ConnectionUpstreams {
     /// once per connection rather than once per request.
     peer_text: crate::text::Text,
     peer_header: http::HeaderValue,
-    /// The timer of [`ConnectionUpstreams::send_within`], kept between calls.
-    timer: Mutex<KeptTimer>,
 }
 
 impl ConnectionUpstreams {
@@ -196,10 +224,9 @@ impl ConnectionUpstreams {
         let peer_text = peer.ip().to_string();
         let peer_header = http::HeaderValue::from_str(&peer_text).expect("an IP address is a valid header value");
         ConnectionUpstreams {
-            slot: Arc::new(Slot { shared, conns: Mutex::new(Vec::new()) }),
+            slot: Arc::new(Slot { shared, conns: Mutex::new(Vec::new()), timer: Mutex::default() }),
             peer_text: peer_text.into(),
             peer_header,
-            timer: Mutex::default(),
         }
     }
 
@@ -216,6 +243,8 @@ impl ConnectionUpstreams {
     /// progress (`sent`, its bytes so far): a caller's upload still coming
     /// is not the upstream's delay. The connection's calls share one
     /// [`KeptTimer`], so a call that answers in time sets no timer of its own.
+    /// The answer's body then fails ([`IdleTimeout`]) when a read of it
+    /// waits `timeout` with nothing coming.
     pub async fn send_within<B>(
         &self,
         authority: &Authority,
@@ -230,11 +259,14 @@ impl ConnectionUpstreams {
     {
         let mut deadline = started + timeout;
         let mut seen = sent.load(std::sync::atomic::Ordering::Relaxed);
-        let timer = || self.timer.lock().unwrap_or_else(|e| e.into_inner());
+        let timer = || self.slot.timer();
         timer().arm(deadline);
         let mut send = std::pin::pin!(self.send(authority, req, forwarded));
         poll_fn(|cx| {
-            if let Poll::Ready(answer) = send.as_mut().poll(cx) {
+            if let Poll::Ready(mut answer) = send.as_mut().poll(cx) {
+                if let Ok(answer) = &mut answer {
+                    answer.body.idle_timeout(timeout);
+                }
                 return Poll::Ready(Some(answer));
             }
             loop {
@@ -320,7 +352,16 @@ impl ConnectionUpstreams {
             } else {
                 Some(out)
             };
-            let streaming = Streaming { conn: Some(conn), request, decoder, keep_alive, slot: self.slot.clone(), authority: authority.clone() };
+            let streaming = Streaming {
+                conn: Some(conn),
+                request,
+                decoder,
+                keep_alive,
+                slot: self.slot.clone(),
+                authority: authority.clone(),
+                idle: None,
+                deadline: None,
+            };
             UpstreamBody { inner: Inner::Streaming(Box::new(streaming)) }
         };
         Ok(Answer { status: head.status, headers: head.headers, body })
@@ -523,6 +564,16 @@ pub struct UpstreamBody<B> {
     inner: Inner<B>,
 }
 
+impl<B> UpstreamBody<B> {
+    /// Fails the body when a read of it waits this long with nothing
+    /// coming (a body that came whole with its head has nothing to wait for).
+    fn idle_timeout(&mut self, timeout: Duration) {
+        if let Inner::Streaming(streaming) = &mut self.inner {
+            streaming.idle = Some(timeout);
+        }
+    }
+}
+
 enum Inner<B> {
     /// Read with the head (the connection is already free).
     Whole(Option<Bytes>),
@@ -538,6 +589,11 @@ struct Streaming<B> {
     keep_alive: bool,
     slot: Arc<Slot>,
     authority: Authority,
+    /// How long a read may wait with nothing coming (none: for ever).
+    idle: Option<Duration>,
+    /// When the current wait ends: set when a read first finds nothing,
+    /// cleared by every byte read or written.
+    deadline: Option<Instant>,
 }
 
 impl<B> Streaming<B>
@@ -562,10 +618,32 @@ where
         Poll::Ready(Some(Err(error)))
     }
 
+    /// Nothing to read: waits on the connection's timer for the rest of
+    /// the idle timeout, counted from the first read that found nothing
+    /// (the upstream has sent nothing since: a byte sent meanwhile would
+    /// have been read, however long the body was not polled).
+    fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let Some(idle) = self.idle else { return Poll::Pending };
+        let slot = &self.slot;
+        let deadline = *self.deadline.get_or_insert_with(|| {
+            let at = Instant::now() + idle;
+            slot.timer().arm(at);
+            at
+        });
+        ready!(self.slot.timer().poll_until(cx, deadline));
+        self.fail(io::Error::new(io::ErrorKind::TimedOut, IdleTimeout(idle)))
+    }
+
     fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let Some(conn) = self.conn.as_mut() else { return Poll::Ready(None) };
         if let Some(request) = self.request.as_mut() {
-            match request.poll(cx, &mut conn.stream) {
+            let written = request.written;
+            let polled = request.poll(cx, &mut conn.stream);
+            if request.written != written {
+                // The upstream takes the rest of the call: not idle.
+                self.deadline = None;
+            }
+            match polled {
                 Poll::Ready(Ok(())) => {
                     conn.head = std::mem::take(&mut request.head);
                     self.request = None;
@@ -604,9 +682,9 @@ where
                     self.conn = None;
                     return Poll::Ready(None);
                 }
-                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Ok(_)) => self.deadline = None,
                 Poll::Ready(Err(e)) => return self.fail(e),
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => return self.poll_idle(cx),
             }
         }
     }
@@ -900,6 +978,50 @@ mod tests {
         let (answer, took) = within(&client, &up, Duration::from_secs(3)).await;
         assert_eq!(answer, Some(true), "answered in {took:?}");
         assert!(took > Duration::from_millis(30), "the earlier timer had fired meanwhile: {took:?}");
+    }
+
+    /// A call through [`ConnectionUpstreams::send_within`] read to its end:
+    /// its body or the body's error, and how long the whole took.
+    async fn whole_within(client: &ConnectionUpstreams, up: &Canned, timeout: Duration) -> (Result<Bytes, io::Error>, Duration) {
+        let started = std::time::Instant::now();
+        let (parts, body) = get(up, "GET").into_parts();
+        let headers = h1::CallHeaders::Map(parts.headers);
+        let req = Outgoing { method: &parts.method, target: "/x?y=1", headers: &headers, body };
+        let exchange = async {
+            let answer = client.send_within(&up.authority, req, h1::Forwarded::default(), (started, timeout), &Default::default()).await;
+            let answer = answer.expect("a head in time").expect("a head");
+            answer.body.collect().await.map(|b| b.to_bytes())
+        };
+        let body = tokio::time::timeout(Duration::from_secs(5), exchange).await.expect("an end, not a hang");
+        (body, started.elapsed())
+    }
+
+    #[tokio::test]
+    async fn a_body_that_stalls_fails_at_the_timeout_and_one_that_keeps_coming_does_not() {
+        let stalled = || answer(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello");
+        let chunked = || answer(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n");
+        // 800 bytes at one a millisecond or slower: longer than its timeout
+        // in all, never idle that long.
+        let steady = format!("HTTP/1.1 200 OK\r\nContent-Length: 800\r\n\r\n{}", "s".repeat(800));
+        let up = upstream(vec![stalled(), trickled(steady.as_bytes()), chunked()]).await;
+        let client = client();
+        let timeout = Duration::from_millis(150);
+        let (body, took) = whole_within(&client, &up, timeout).await;
+        let error = body.expect_err("a stalled body is no whole answer");
+        assert!(IdleTimeout::is(&error), "{error}");
+        assert!(took >= timeout && took < Duration::from_secs(2), "at the timeout: {took:?}");
+        assert!(client.slot.conns.lock().unwrap().is_empty(), "a stalled connection is not kept");
+        let steady_timeout = Duration::from_millis(400);
+        let (body, took) = whole_within(&client, &up, steady_timeout).await;
+        assert_eq!(body.unwrap().len(), 800, "in {took:?}");
+        assert!(took > steady_timeout, "the whole took longer than the timeout: {took:?}");
+        assert_eq!(up.connections(), 2, "a new connection after the stalled one");
+        let (body, _) = whole_within(&client, &up, timeout).await;
+        assert!(IdleTimeout::is(&body.expect_err("a stalled chunked body")));
+        // Without a timeout (`send`), a body waits as long as it takes.
+        let up = upstream(vec![stalled()]).await;
+        let answer = send_request(&client, &up.authority, get(&up, "GET")).await.unwrap();
+        assert!(tokio::time::timeout(Duration::from_millis(300), answer.body.collect()).await.is_err(), "still waiting");
     }
 
     #[tokio::test]
