@@ -915,6 +915,8 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown: w
     // be polled at every wake-up of every connection.)
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut connections = tokio::task::JoinSet::new();
+    // Pooled upstream connections no call takes are closed after a while.
+    let sweeper = gateway.upstreams.close_idle_every(upstream::MAX_POOLED_IDLE, upstream::POOL_SWEEP_EVERY);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -945,6 +947,7 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown: w
         connections.abort_all();
         while connections.join_next().await.is_some() {}
     }
+    sweeper.abort();
 }
 
 #[cfg(test)]

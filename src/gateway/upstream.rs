@@ -32,6 +32,10 @@
 //! and only while a body read finds nothing: an answer that came whole with
 //! its head never touches it. A body that stalls longer fails with
 //! [`IdleTimeout`], and its connection is closed, never reused.
+//!
+//! Connections in the shared pool that no call has taken for
+//! [`MAX_POOLED_IDLE`] are closed by [`Upstreams::close_idle_every`], a task
+//! of its own: an upstream no one calls any more is not held open.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::{poll_fn, Future};
@@ -57,6 +61,16 @@ const MAX_IDLE_PER_UPSTREAM: usize = 256;
 const MAX_QUEUED: usize = 64 * 1024;
 /// Pieces written with one `writev`.
 const MAX_SLICES: usize = 16;
+/// How long a connection may wait in the shared pool for a call: nginx's
+/// default for its upstreams' idle connections (`keepalive_timeout 60s`).
+/// Most upstream servers close an idle connection sooner (5 s for Node's
+/// and Apache's defaults, where the check at take finds it closed); this
+/// bounds the rest, and a client connection that ends still finds its
+/// upstream's connection warm for a minute.
+pub const MAX_POOLED_IDLE: Duration = Duration::from_secs(60);
+/// How often the pool is swept: a pooled connection closes between
+/// [`MAX_POOLED_IDLE`] and this much later.
+pub const POOL_SWEEP_EVERY: Duration = Duration::from_secs(10);
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -124,7 +138,8 @@ impl Conn {
 
 /// The shared idle pool and connection settings.
 pub struct Upstreams {
-    idle: Mutex<HashMap<Authority, Vec<Conn>>>,
+    /// Each with the time it was pooled, oldest first.
+    idle: Mutex<HashMap<Authority, Vec<(Instant, Conn)>>>,
     connect_timeout: Duration,
 }
 
@@ -136,7 +151,7 @@ impl Upstreams {
     fn take_idle(&self, authority: &Authority) -> Option<Conn> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let list = idle.get_mut(authority)?;
-        while let Some(conn) = list.pop() {
+        while let Some((_, conn)) = list.pop() {
             if conn.is_idle() {
                 return Some(conn);
             }
@@ -148,8 +163,37 @@ impl Upstreams {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let list = idle.entry(authority).or_default();
         if list.len() < MAX_IDLE_PER_UPSTREAM {
-            list.push(conn);
+            list.push((Instant::now(), conn));
         }
+    }
+
+    /// Closes the pooled connections pooled before `before`, and those
+    /// the upstream has closed.
+    fn close_idle(&self, before: Instant) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.retain(|_, list| {
+            list.retain(|(since, conn)| *since >= before && conn.is_idle());
+            !list.is_empty()
+        });
+    }
+
+    /// A task that closes, every `every`, the pooled connections idle for
+    /// longer than `max_idle`. It takes no lock on the request path (the
+    /// pool's lock, a moment each sweep) and ends with the last other
+    /// holder of the pool.
+    pub fn close_idle_every(self: &Arc<Self>, max_idle: Duration, every: Duration) -> tokio::task::JoinHandle<()> {
+        let pool = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(pool) = pool.upgrade() else { return };
+                if let Some(before) = Instant::now().checked_sub(max_idle) {
+                    pool.close_idle(before);
+                }
+            }
+        })
     }
 
     async fn connect(&self, authority: &Authority) -> Result<Conn, UpstreamError> {
@@ -1022,6 +1066,31 @@ mod tests {
         let up = upstream(vec![stalled()]).await;
         let answer = send_request(&client, &up.authority, get(&up, "GET")).await.unwrap();
         assert!(tokio::time::timeout(Duration::from_millis(300), answer.body.collect()).await.is_err(), "still waiting");
+    }
+
+    #[tokio::test]
+    async fn pooled_connections_idle_too_long_are_closed() {
+        let ok = || answer(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        let up = upstream(vec![ok(), ok()]).await;
+        let shared = Upstreams::new(Duration::from_secs(2));
+        let pooled = |shared: &Upstreams| shared.idle.lock().unwrap().get(&up.authority).map_or(0, Vec::len);
+        let client = ConnectionUpstreams::new(shared.clone(), "127.0.0.1:1".parse().unwrap());
+        call(&client, &up, get(&up, "GET")).await.unwrap();
+        // The client connection ends: its upstream connection is pooled.
+        drop(client);
+        assert_eq!(pooled(&shared), 1);
+        shared.close_idle(Instant::now() - Duration::from_secs(60));
+        assert_eq!(pooled(&shared), 1, "not idle long enough to be closed");
+        let sweeper = shared.close_idle_every(Duration::from_millis(100), Duration::from_millis(20));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(pooled(&shared), 1, "closed before its time");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(pooled(&shared), 0, "closed once idle too long");
+        assert!(shared.idle.lock().unwrap().is_empty(), "nor is the upstream remembered");
+        sweeper.abort();
+        // The next call dials anew.
+        call(&ConnectionUpstreams::new(shared.clone(), "127.0.0.1:1".parse().unwrap()), &up, get(&up, "GET")).await.unwrap();
+        assert_eq!(up.connections(), 2);
     }
 
     #[tokio::test]
