@@ -2,6 +2,7 @@
 //! writer, binds the gateway and admin listeners, and shuts all of it down
 //! in the right order (stop accepting → finish requests → commit events).
 
+use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -33,6 +34,10 @@ pub enum Bootstrap {
     /// A token was generated and written to this file (mode 0600).
     Generated(PathBuf),
 }
+
+/// How long requests under way at shutdown may take to finish, on either
+/// listener, before their connections are cut off.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(10);
 
 /// How often keys' last uses are written to the control store.
 const KEY_USAGE_FLUSH: Duration = Duration::from_secs(5);
@@ -218,19 +223,36 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         tracing::info!(sources = %geo.describe(), "country lookup loaded");
     }
     let gateway = Arc::new(Gateway::new(&config.gateway, control.clone(), audit.clone(), geo));
-    let gateway_task = tokio::spawn(gateway::serve(gateway_listener, gateway, shutdown.subscribe(), Duration::from_secs(10)));
+    let gateway_task = tokio::spawn(gateway::serve(gateway_listener, gateway, shutdown.subscribe(), SHUTDOWN_DRAIN));
 
-    let app = admin::router(AdminState::new(control.clone(), audit.clone(), Some(public_key)));
+    let admin_state = AdminState::new(control.clone(), audit.clone(), Some(public_key));
+    let app = admin::router(admin_state.clone());
     let mut admin_shutdown = shutdown.subscribe();
+    let mut admin_drain = shutdown.subscribe();
     let admin_task = tokio::spawn(async move {
         let served = axum::serve(admin_listener, app.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(async move {
                 let _ = admin_shutdown.changed().await;
             })
-            .await;
-        if let Err(error) = served {
-            tracing::error!(%error, "admin API stopped with an error");
+            .into_future();
+        // Requests still under way (or heads still coming) when the drain
+        // ends are cut off, as the gateway's are: a client holding a
+        // half-sent head kept the process from stopping for ever.
+        let drained = async move {
+            let _ = admin_drain.changed().await;
+            tokio::time::sleep(SHUTDOWN_DRAIN).await;
+        };
+        tokio::select! {
+            served = served => {
+                if let Err(error) = served {
+                    tracing::error!(%error, "admin API stopped with an error");
+                }
+            }
+            _ = drained => tracing::warn!("admin API shutdown: some connections did not finish in time; they are cut off"),
         }
+        // A change runs to its end on a task of its own; its events go in
+        // before the audit writer stops.
+        admin_state.changes_finished().await;
     });
 
     // Keys' last uses, written in batches rather than once per request

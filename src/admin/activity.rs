@@ -41,6 +41,10 @@ impl InFlight {
     pub fn contains(&self, request_id: &str) -> bool {
         self.lock().contains(request_id)
     }
+
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
 }
 
 /// Removes its request id from the in-flight set when the change ends in

@@ -57,6 +57,14 @@ impl AdminState {
         let exports = Arc::new(tokio::sync::Semaphore::new(audit_api::EXPORTS_AT_ONCE));
         AdminState { control, audit, in_flight: Default::default(), app_ids: Default::default(), public_key, exports }
     }
+
+    /// Waits until no change is running (each runs on a task of its own,
+    /// to its end, whatever became of its caller's connection).
+    pub async fn changes_finished(&self) {
+        while !self.in_flight.is_empty() {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
 }
 
 /// Builds the admin router. Everything but `/healthz`, `/openapi.json` and

@@ -28,6 +28,7 @@ mod ratelimit;
 mod retention;
 mod review_http;
 mod review_keys;
+mod review_retention;
 mod roles;
 mod secret_spellings;
 mod settings;

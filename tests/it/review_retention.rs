@@ -1,0 +1,52 @@
+//! Review of retention, archives and the command line: the real binary's
+//! signals and arguments.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::util::{run_cli, spawn_serve, Process, ADMIN_TOKEN};
+
+/// Waits (at most `limit`) for the process to exit.
+fn exit_within(p: &mut Process, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = p.child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// SIGTERM stops `keytrail serve` cleanly, with what it accepted committed,
+/// even while a client holds a half-sent request head on the admin port
+/// (which needs no token): the admin API's drain is bounded as the
+/// gateway's is.
+#[tokio::test]
+async fn sigterm_stops_serve_while_an_admin_client_holds_a_half_sent_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (mut p, admin, _) = spawn_serve(&data, dir.path(), &[]);
+    assert_eq!(admin.post("/v1/tenants", json!({"id": "acme", "name": "Acme"})).await.status, 201);
+    let addr = admin.base.trim_start_matches("http://").to_string();
+    let mut held = std::net::TcpStream::connect(&addr).unwrap();
+    held.write_all(b"GET /v1/tenants HTTP/1.1\r\nHost: x\r\n").unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    p.signal("-TERM");
+    let status = exit_within(&mut p, Duration::from_secs(30));
+    drop(held);
+    let status = status.unwrap_or_else(|| panic!("keytrail serve did not stop within 30 s of SIGTERM\n{}", p.stderr()));
+    assert!(status.success(), "{status}: {}", p.stderr());
+    assert!(p.stderr().contains("stopped"), "{}", p.stderr());
+    // The tenant's creation (intent and outcome) is in the trail.
+    let (ok, out, err) = run_cli(&["verify", "--data-dir", data.to_str().unwrap(), "--json"], &[]).await;
+    assert!(ok, "{out}{err}");
+    let reports: Value = serde_json::from_str(&out).unwrap();
+    let system = reports.as_array().unwrap().iter().find(|r| r["tenant"] == "_system").unwrap();
+    assert!(system["events"].as_u64().unwrap() >= 2, "{out}");
+    let _ = ADMIN_TOKEN;
+}
