@@ -243,12 +243,15 @@ fn existing_signer(data_dir: &std::path::Path) -> anyhow::Result<keytrail::signi
 }
 
 /// `keytrail verify --file`: true when the export verified.
-fn verify_file(file: &std::path::Path, public_key: Option<&str>, json: bool) -> anyhow::Result<bool> {
+fn verify_file(file: &std::path::Path, tenant: Option<&str>, public_key: Option<&str>, json: bool) -> anyhow::Result<bool> {
     let text = public_key.context("--file needs --public-key: the key you trust, from `keytrail keys public` on the server")?;
     let key = keytrail::signing::parse_public_key(text).map_err(|e| anyhow::anyhow!("--public-key: {e}"))?;
     let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
     let doc: serde_json::Value = serde_json::from_slice(&bytes).with_context(|| format!("{} is not JSON", file.display()))?;
     let report = keytrail::store::audit::integrity::verify_export(&doc, &key).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    if let Some(wanted) = tenant.filter(|t| *t != report.tenant) {
+        anyhow::bail!("{} is an export of tenant `{}`, not of `{wanted}` (--tenant)", file.display(), report.tenant);
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -487,7 +490,7 @@ fn main() -> ExitCode {
                 .await
                 .context("demo failed")
             }
-            Command::Verify { file: Some(file), public_key, json, from: None, .. } => match verify_file(&file, public_key.as_deref(), json) {
+            Command::Verify { file: Some(file), tenant, public_key, json, from: None, .. } => match verify_file(&file, tenant.as_deref(), public_key.as_deref(), json) {
                 Ok(true) => Ok(()),
                 Ok(false) => Err(anyhow::anyhow!("the export did not verify (see above)")),
                 Err(e) => Err(e),

@@ -48,5 +48,38 @@ async fn sigterm_stops_serve_while_an_admin_client_holds_a_half_sent_head() {
     let reports: Value = serde_json::from_str(&out).unwrap();
     let system = reports.as_array().unwrap().iter().find(|r| r["tenant"] == "_system").unwrap();
     assert!(system["events"].as_u64().unwrap() >= 2, "{out}");
-    let _ = ADMIN_TOKEN;
+}
+
+/// `keytrail verify --tenant` with a tenant the audit trail knows nothing of
+/// (a typo) is an error naming it, not `ok` with exit code 0; `--file`
+/// with a `--tenant` the export is not of is refused too (it was ignored,
+/// and another tenant's export reported `ok`).
+#[tokio::test]
+async fn verify_refuses_a_tenant_it_has_nothing_of() {
+    let ts = crate::util::TestServer::start().await;
+    let admin = ts.admin_client();
+    assert_eq!(admin.post("/v1/tenants", json!({"id": "acme", "name": "Acme"})).await.status, 201);
+    assert_eq!(admin.post("/v1/tenants", json!({"id": "globex", "name": "Globex"})).await.status, 201);
+    assert_eq!(admin.post("/v1/tenants/acme/consumers", json!({"name": "c"})).await.status, 201);
+    ts.flush().await;
+    let data = ts.data_dir.to_str().unwrap();
+
+    let (ok, out, err) = run_cli(&["verify", "--data-dir", data, "--tenant", "acme"], &[]).await;
+    assert!(ok && out.contains("acme") && out.contains(" ok "), "{out}{err}");
+    for wrong in ["acmee", "../acme", ""] {
+        let (ok, out, err) = run_cli(&["verify", "--data-dir", data, "--tenant", wrong], &[]).await;
+        assert!(!ok, "--tenant {wrong:?}: {out}{err}");
+        assert!(err.contains(&format!("`{wrong}`")) && !out.contains(" ok "), "--tenant {wrong:?}: {out}{err}");
+    }
+
+    let export = ts.client.get(format!("{}/v1/audit/acme/export/json?category=all", ts.admin)).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+    assert_eq!(export.status(), 200);
+    let file = ts.data_dir.join("acme-export.json");
+    std::fs::write(&file, export.text().await.unwrap()).unwrap();
+    let public = keytrail::signing::public_key_text(&keytrail::signing::Signer::load_or_create(&ts.data_dir.join("signing.key")).unwrap().public_key());
+    let path = file.to_str().unwrap();
+    let (ok, out, err) = run_cli(&["verify", "--file", path, "--public-key", &public, "--tenant", "acme"], &[]).await;
+    assert!(ok, "{out}{err}");
+    let (ok, out, err) = run_cli(&["verify", "--file", path, "--public-key", &public, "--tenant", "globex"], &[]).await;
+    assert!(!ok && err.contains("globex") && err.contains("acme"), "{out}{err}");
 }

@@ -216,15 +216,16 @@ pub fn verify_dir(dir: &Path, tenant: Option<&str>, key: &VerifyingKey) -> Resul
 /// [`verify_dir`] from a time on (see [`verify_tenant`]).
 pub fn verify_dir_from(dir: &Path, tenant: Option<&str>, key: &VerifyingKey, from_ms: Option<i64>) -> Result<Vec<IntegrityReport>, StoreError> {
     let reader = AuditReader::open(dir)?;
+    // Also those `meta.db` knows of (signed checkpoints, chain heads): a
+    // tenant whose every block was deleted still has a chain to check.
+    let mut all: std::collections::BTreeSet<String> = reader.tenants()?.into_iter().collect();
+    all.extend(recorded_tenants(dir)?);
     let tenants = match tenant {
-        Some(t) => vec![t.to_string()],
-        // Also those `meta.db` knows of (signed checkpoints, chain heads):
-        // a tenant whose every block was deleted still has a chain to check.
-        None => {
-            let mut all: std::collections::BTreeSet<String> = reader.tenants()?.into_iter().collect();
-            all.extend(recorded_tenants(dir)?);
-            all.into_iter().collect()
-        }
+        Some(t) if all.contains(t) => vec![t.to_string()],
+        // A tenant the trail holds nothing of (a typo) has nothing that
+        // could pass: "ok" would vouch for events never checked.
+        Some(t) => return Err(StoreError::NotFound(format!("tenant `{t}` (no events, checkpoints or chain of it in {})", dir.display()))),
+        None => all.into_iter().collect(),
     };
     tenants.iter().map(|t| verify_tenant(dir, &reader, t, key, from_ms)).collect()
 }
