@@ -962,3 +962,54 @@ fn statistics_hide_archived_events_in_a_shared_day_file() {
     assert!(globex > 0);
     assert_eq!(calls("globex", false), globex);
 }
+
+/// `keytrail archive restore` brings back only the archive this store
+/// recorded (its manifest as in `meta.db`): an older copy (a backup taken
+/// before an erasure, signed with the store's own key) put the erased
+/// consumer's addresses back into the store, where the audit API served
+/// them and `keytrail verify` passed; another store's archive (checked with
+/// that store's key) put events this store never recorded into its trail.
+#[test]
+fn a_restore_takes_only_the_archive_the_store_recorded() {
+    let mut t = trail(5, false);
+    t.run(&RetentionPolicy::uniform(settings(1, 30)), at(4, 0));
+    let day1 = name(1);
+    let backup = t.dir.path().join("backup-archive");
+    copy_dir(&t.archive, &backup);
+    let request = keytrail::store::audit::erasure::ErasureRequest {
+        tenant: "acme".into(),
+        consumer: "cons_1".into(),
+        archive_dir: t.archive.clone(),
+        archive_level: archive::DEFAULT_ZSTD_LEVEL,
+        signer: std::sync::Arc::new(Signer::load_or_create(&t.dir.path().join("signing.key")).unwrap()),
+    };
+    let held = keytrail::store::audit::erasure::maintenance_lock(&t.audit);
+    let mut job = t.store.begin_erasure(request, held).unwrap();
+    while !t.store.erasure_step(&mut job).unwrap() {}
+    assert!(job.into_report().archives.contains(&day1));
+
+    // The copy from before the erasure verifies on its own, but is not the
+    // archive this store keeps.
+    let err = archive::restore(&t.audit, &backup, "acme", &day1, &t.key).unwrap_err();
+    assert!(err.contains("not the archive") && err.contains("nothing was restored"), "{err}");
+    assert!(t.read("acme", at(1, 0), at(2, 0) - 1).is_empty(), "nothing of it was restored");
+    let data = t.dir.path().to_str().unwrap();
+    let (ok, text) = run(&["archive", "restore", "--data-dir", data, "--archive-dir", backup.to_str().unwrap(), "--tenant", "acme", "--day", &day1], t.dir.path());
+    assert!(!ok && text.contains("not the archive"), "{text}");
+
+    // The store's own (erased) archive restores, without the erased values.
+    let r = archive::restore(&t.audit, &t.archive, "acme", &day1, &t.key).unwrap();
+    assert_eq!(r.events, 24);
+    let restored = t.read("acme", at(1, 0), at(2, 0) - 1);
+    assert_eq!(restored.len(), 24);
+    assert!(restored.iter().filter(|e| e.event.consumer_id.as_deref() == Some("cons_1")).all(|e| e.event.client_ip.is_none()));
+    t.assert_verifies();
+
+    // Another store's archive, checked with that store's key.
+    let mut other = trail(5, false);
+    other.run(&RetentionPolicy::uniform(settings(1, 30)), at(4, 0));
+    let err = archive::restore(&t.audit, &other.archive, "acme", &name(0), &other.key).unwrap_err();
+    assert!(err.contains("not the archive") && err.contains("nothing was restored"), "{err}");
+    assert!(t.read("acme", at(0, 0), at(1, 0) - 1).is_empty());
+    t.assert_verifies();
+}

@@ -1069,6 +1069,7 @@ pub fn restore(audit_dir: &Path, archive_dir: &Path, tenant: &str, day: &str, ke
     let reader = super::AuditReader::open(audit_dir).map_err(|e| e.to_string())?;
     let runs = reader.restored_runs(tenant).map_err(|e| e.to_string())?;
     drop(reader);
+    let recorded = records(audit_dir, Some(tenant)).map_err(|e| e.to_string())?;
     let mut report = RestoreReport {
         tenant: tenant.to_string(),
         day: day.to_string(),
@@ -1085,6 +1086,16 @@ pub fn restore(audit_dir: &Path, archive_dir: &Path, tenant: &str, day: &str, ke
             return Err(format!("the archive does not verify, nothing was restored:\n    {}", checked.problems.join("\n    ")));
         }
         let m = checked.manifest.expect("checked");
+        // Only the archive this store recorded, as it recorded it: an older
+        // copy (from before an erasure) would bring erased values back, and
+        // another store's archive events this store never recorded.
+        if !recorded.iter().any(|r| r.manifest.first_seq == m.first_seq && r.manifest.signature == m.signature) {
+            return Err(format!(
+                "archive {} of `{tenant}` is not the archive this store recorded (its manifest is not the one in {}: an older copy, or another store's), nothing was restored",
+                m.name,
+                audit_dir.join(META_FILE).display()
+            ));
+        }
         manifest_salts.push(super::salts::from_hex(&m.personal_salts)?);
         if let Some(run) = runs.iter().find(|r| r.first_seq <= m.last_seq && r.last_seq >= m.first_seq) {
             return Err(format!(
