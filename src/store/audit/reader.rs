@@ -47,13 +47,15 @@ pub(super) struct DictCache {
 }
 
 impl DictCache {
-    /// The cache of the file at `path` (keyed by inode too, so a file that is
-    /// deleted and made again gets a fresh cache).
+    /// The cache of the file at `path` (keyed by inode and creation time
+    /// too, so a file that is deleted and made again gets a fresh cache: a
+    /// restored day deleted when done and restored again usually gets the
+    /// freed inode back).
     fn of(path: &Path) -> Arc<DictCache> {
         use std::os::unix::fs::MetadataExt;
-        let inode = std::fs::metadata(path).map(|m| m.ino()).unwrap_or(0);
+        let (inode, born) = std::fs::metadata(path).map(|m| (m.ino(), m.created().ok())).unwrap_or((0, None));
         let mut caches = static_caches().lock().unwrap_or_else(|e| e.into_inner());
-        caches.entry((path.to_path_buf(), inode)).or_default().clone()
+        caches.entry((path.to_path_buf(), inode, born)).or_default().clone()
     }
 
     /// Makes sure ids up to `max_id` are loaded.
@@ -77,7 +79,7 @@ impl DictCache {
 
     /// Drops the cache of a deleted file.
     pub(super) fn forget(path: &Path) {
-        static_caches().lock().unwrap_or_else(|e| e.into_inner()).retain(|(p, _), _| p != path);
+        static_caches().lock().unwrap_or_else(|e| e.into_inner()).retain(|(p, ..), _| p != path);
     }
 
     /// Runs `f` with a lookup from id to string.
@@ -95,7 +97,7 @@ impl DictCache {
     }
 }
 
-type Caches = Mutex<HashMap<(PathBuf, u64), Arc<DictCache>>>;
+type Caches = Mutex<HashMap<(PathBuf, u64, Option<std::time::SystemTime>), Arc<DictCache>>>;
 
 fn static_caches() -> &'static Caches {
     static CACHES: OnceLock<Caches> = OnceLock::new();
