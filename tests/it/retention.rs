@@ -1048,3 +1048,31 @@ fn a_restored_day_deleted_and_restored_again_reads_as_restored() {
     let report = verify_dir(&t.audit, Some("globex"), &t.key).unwrap().remove(0);
     assert!(report.ok, "inode {first_inode} then {second_inode}: {report:?}");
 }
+
+/// `keytrail archive verify --tenant` with a tenant neither the archives
+/// nor the data directory know (a typo) is an error naming it; it reported
+/// `ok` (0 archives) with exit code 0. A tenant that is only hot so far is
+/// still `ok` with nothing archived.
+#[test]
+fn archive_verify_refuses_a_tenant_it_knows_nothing_of() {
+    let mut t = trail(4, false);
+    t.run(&RetentionPolicy::uniform(settings(1, 30)), at(3, 0));
+    let data = t.dir.path().to_str().unwrap();
+    let (ok, text) = run(&["archive", "verify", "--data-dir", data, "--tenant", "acme"], t.dir.path());
+    assert!(ok && text.contains(" ok "), "{text}");
+    let (ok, text) = run(&["archive", "verify", "--data-dir", data, "--tenant", "acmee"], t.dir.path());
+    assert!(!ok && text.contains("`acmee`") && !text.contains(" ok "), "{text}");
+    // Only the archives and the public key.
+    let public = keytrail::signing::public_key_text(&t.key);
+    let elsewhere = t.dir.path().join("no-data-dir");
+    let base = ["archive", "verify", "--data-dir", elsewhere.to_str().unwrap(), "--archive-dir", t.archive.to_str().unwrap(), "--public-key", &public];
+    let (ok, text) = run(&[&base[..], &["--tenant", "globex"]].concat(), t.dir.path());
+    assert!(ok && text.contains(" ok "), "{text}");
+    let (ok, text) = run(&[&base[..], &["--tenant", "globexx"]].concat(), t.dir.path());
+    assert!(!ok && text.contains("`globexx`") && !text.contains(" ok "), "{text}");
+    // A tenant with hot events only.
+    let mut late = vec![event("initech", at(3, HOUR), 1)];
+    t.store.insert_batch(&mut late).unwrap();
+    let (ok, text) = run(&["archive", "verify", "--data-dir", data, "--tenant", "initech"], t.dir.path());
+    assert!(ok && text.contains("nothing archived"), "{text}");
+}

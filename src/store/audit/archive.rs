@@ -906,8 +906,16 @@ pub fn verify_archives(archive_dir: &Path, audit_dir: Option<&Path>, tenant: Opt
         None => Vec::new(),
     };
     let mut tenants: std::collections::BTreeSet<String> = all_records.iter().map(|r| r.manifest.tenant.clone()).collect();
+    let reader = audit_dir.map(super::AuditReader::open).transpose()?;
     match tenant {
         Some(t) => {
+            // A tenant nothing knows of (a typo) has nothing that could pass.
+            let known = !tenants.is_empty()
+                || tenant_dir(archive_dir, t).is_dir()
+                || reader.as_ref().map(|r| r.tenants()).transpose()?.is_some_and(|all| all.iter().any(|x| x == t));
+            if !known {
+                return Err(StoreError::NotFound(format!("tenant `{t}` (no archives of it in {}, nor events in the data directory)", archive_dir.display())));
+            }
             tenants.insert(t.to_string());
         }
         None => {
@@ -922,7 +930,6 @@ pub fn verify_archives(archive_dir: &Path, audit_dir: Option<&Path>, tenant: Opt
             }
         }
     }
-    let reader = audit_dir.map(super::AuditReader::open).transpose()?;
     let mut reports = Vec::new();
     for t in tenants {
         let mut problems = Vec::new();
