@@ -1,5 +1,5 @@
-//! Review of retention, archives and the command line: the real binary's
-//! signals and arguments.
+//! The real binary at its edges: signals while an admin client holds a
+//! half-sent request, and `verify` with a tenant it holds nothing of.
 
 use std::io::Write;
 use std::time::{Duration, Instant};
