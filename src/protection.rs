@@ -371,19 +371,32 @@ impl TrustedProxies {
         }
         let mut client = peer;
         for hop in forwarded_for().rev().flat_map(|v| v.rsplit(',')) {
-            match hop.trim().parse::<IpAddr>() {
-                Ok(ip) => {
+            match forwarded_hop(hop.trim()) {
+                Some(ip) => {
                     client = ip;
                     if !self.trusts(ip) {
                         break;
                     }
                 }
                 // Garbage from beyond the last trusted hop: stop there.
-                Err(_) => break,
+                None => break,
             }
         }
         client
     }
+}
+
+/// The address of one `X-Forwarded-For` hop: `203.0.113.5`, `2001:db8::5`,
+/// or with the port some proxies add (`203.0.113.5:41234`,
+/// `[2001:db8::5]:41234`, `[2001:db8::5]`).
+fn forwarded_hop(hop: &str) -> Option<IpAddr> {
+    if let Ok(ip) = hop.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    if let Ok(addr) = hop.parse::<std::net::SocketAddr>() {
+        return Some(addr.ip());
+    }
+    hop.strip_prefix('[')?.strip_suffix(']')?.parse::<std::net::Ipv6Addr>().ok().map(IpAddr::V6)
 }
 
 /// One scope's compiled blocklist.
@@ -848,6 +861,12 @@ mod tests {
         assert_eq!(client("10.0.0.2", &["garbage, 10.0.0.7"]), ip("10.0.0.7"));
         assert_eq!(client("10.0.0.2", &[]), ip("10.0.0.2"));
         assert_eq!(client("::1", &["2001:db8::5"]), ip("2001:db8::5"));
+        // Hops with the port a proxy added are the caller's address, not garbage
+        // (which would make the trusted proxy itself the client, blocked for all).
+        assert_eq!(client("10.0.0.2", &["198.51.100.1:41234"]), ip("198.51.100.1"));
+        assert_eq!(client("10.0.0.2", &["[2001:db8::5]:443, 10.0.0.7:80"]), ip("2001:db8::5"));
+        assert_eq!(client("10.0.0.2", &["[2001:db8::5]"]), ip("2001:db8::5"));
+        assert_eq!(client("10.0.0.2", &["198.51.100.1:x"]), ip("10.0.0.2"), "still garbage");
         assert!(TrustedProxies::parse(&["10.0.0.0/99".into()]).is_err());
     }
 
