@@ -9,16 +9,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::util::{start_upstream, TestServer};
-
-/// Sends `bytes` on a new connection and reads until the gateway closes it.
-async fn exchange(ts: &TestServer, bytes: &[u8]) -> String {
-    let mut stream = TcpStream::connect(ts.gateway.trim_start_matches("http://")).await.unwrap();
-    stream.write_all(bytes).await.unwrap();
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
-    String::from_utf8_lossy(&out).into_owned()
-}
+use crate::util::{exchange, start_upstream, TestServer};
 
 /// The JSON the test upstream echoes (the request it saw).
 fn echoed(answer: &str) -> Value {
@@ -226,12 +217,8 @@ async fn an_ipv6_literal_upstream_is_reached() {
         while let Ok((mut stream, _)) = listener.accept().await {
             tokio::spawn(async move {
                 let mut buf = Vec::new();
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    let mut chunk = [0u8; 4096];
-                    match stream.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
+                if !crate::util::read_head(&mut stream, &mut buf).await {
+                    return;
                 }
                 let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nv6").await;
             });

@@ -9,16 +9,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::util::TestServer;
-
-/// Sends `bytes` on a new connection and reads until the gateway closes it.
-async fn exchange(ts: &TestServer, bytes: &[u8]) -> String {
-    let mut stream = TcpStream::connect(ts.gateway.trim_start_matches("http://")).await.unwrap();
-    stream.write_all(bytes).await.unwrap();
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
-    String::from_utf8_lossy(&out).into_owned()
-}
+use crate::util::{exchange, TestServer};
 
 /// An upstream that keeps the bytes of each request it reads (the head,
 /// and a chunked body to its last chunk) and answers each with `ok`.

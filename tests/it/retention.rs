@@ -101,6 +101,22 @@ impl Trail {
         report
     }
 
+    /// Erases consumer `cons_1` of `acme` from the hot files and archives,
+    /// step by step as the writer thread does.
+    fn erase_acme_consumer(&mut self) -> keytrail::store::audit::erasure::ErasureReport {
+        let request = keytrail::store::audit::erasure::ErasureRequest {
+            tenant: "acme".into(),
+            consumer: "cons_1".into(),
+            archive_dir: self.archive.clone(),
+            archive_level: archive::DEFAULT_ZSTD_LEVEL,
+            signer: std::sync::Arc::new(Signer::load_or_create(&self.dir.path().join("signing.key")).unwrap()),
+        };
+        let held = keytrail::store::audit::erasure::maintenance_lock(&self.audit);
+        let mut job = self.store.begin_erasure(request, held).unwrap();
+        while !self.store.erasure_step(&mut job).unwrap() {}
+        job.into_report()
+    }
+
     fn day_file(&self, d: i64) -> PathBuf {
         self.audit.join(format!("{}.db", name(d)))
     }
@@ -774,17 +790,7 @@ fn archives_written_one_event_a_line_before_blocks_still_verify_print_restore_an
 
     // Erasing a consumer rewrites the archive in the format of now, and
     // every event still hashes as it did.
-    let request = keytrail::store::audit::erasure::ErasureRequest {
-        tenant: "acme".into(),
-        consumer: "cons_1".into(),
-        archive_dir: t.archive.clone(),
-        archive_level: archive::DEFAULT_ZSTD_LEVEL,
-        signer: std::sync::Arc::new(Signer::load_or_create(&t.dir.path().join("signing.key")).unwrap()),
-    };
-    let held = keytrail::store::audit::erasure::maintenance_lock(&t.audit);
-    let mut job = t.store.begin_erasure(request, held).unwrap();
-    while !t.store.erasure_step(&mut job).unwrap() {}
-    let report = job.into_report();
+    let report = t.erase_acme_consumer();
     assert!(report.archives.contains(&day1), "{report:?}");
     let m: archive::Manifest = serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
     assert_eq!(m.format, archive::FORMAT);
@@ -976,17 +982,7 @@ fn a_restore_takes_only_the_archive_the_store_recorded() {
     let day1 = name(1);
     let backup = t.dir.path().join("backup-archive");
     copy_dir(&t.archive, &backup);
-    let request = keytrail::store::audit::erasure::ErasureRequest {
-        tenant: "acme".into(),
-        consumer: "cons_1".into(),
-        archive_dir: t.archive.clone(),
-        archive_level: archive::DEFAULT_ZSTD_LEVEL,
-        signer: std::sync::Arc::new(Signer::load_or_create(&t.dir.path().join("signing.key")).unwrap()),
-    };
-    let held = keytrail::store::audit::erasure::maintenance_lock(&t.audit);
-    let mut job = t.store.begin_erasure(request, held).unwrap();
-    while !t.store.erasure_step(&mut job).unwrap() {}
-    assert!(job.into_report().archives.contains(&day1));
+    assert!(t.erase_acme_consumer().archives.contains(&day1));
 
     // The copy from before the erasure verifies on its own, but is not the
     // archive this store keeps.

@@ -111,12 +111,8 @@ async fn steady_upstream() -> std::net::SocketAddr {
         while let Ok((mut stream, _)) = listener.accept().await {
             tokio::spawn(async move {
                 let mut buf = Vec::new();
-                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                    let mut chunk = [0u8; 4096];
-                    match stream.read(&mut chunk).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
+                if !crate::util::read_head(&mut stream, &mut buf).await {
+                    return;
                 }
                 let chunked = String::from_utf8_lossy(&buf).lines().next().unwrap_or("").contains("/chunked");
                 let head: &[u8] = if chunked { b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" } else { b"HTTP/1.1 200 OK\r\nContent-Length: 80\r\n\r\n" };

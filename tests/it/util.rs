@@ -142,6 +142,31 @@ pub async fn closed_port() -> SocketAddr {
     listener.local_addr().unwrap()
 }
 
+/// Sends `bytes` to the gateway on a new connection and reads until it
+/// closes the connection (or 5 s pass).
+pub async fn exchange(ts: &TestServer, bytes: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(ts.gateway.trim_start_matches("http://")).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// For scripted upstreams: reads into `buf` until it holds a whole request
+/// head; `false` when the connection ended (or failed) first.
+pub async fn read_head(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> bool {
+    use tokio::io::AsyncReadExt;
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    true
+}
+
 // --- keytrail, in-process ---
 
 pub struct TestServer {
