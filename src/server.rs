@@ -175,7 +175,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let gateway_addr = gateway_listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
     let geo = crate::protection::Countries::load(config.gateway.geo_table.as_deref(), config.gateway.geo_database.as_deref())
-        .map_err(|e| anyhow::anyhow!(e))?;
+        .map_err(crate::config::ConfigError::Invalid)?;
 
     create_private_dir(&config.data_dir)?;
     let lock = lock_data_dir(&config.data_dir)?;

@@ -164,6 +164,12 @@ fn bad_configuration_is_refused_at_start_with_file_line_and_problem() {
     let (code, stderr) = run_to_exit(&["serve"], &[("KEYTRAIL_BOOTSTRAP_TOKEN", "short")], dir.path());
     assert_eq!(code, 2);
     assert!(stderr.contains("at least 16"), "{stderr}");
+    // Country data the file names but that cannot be read is a bad setting too.
+    let path = dir.path().join("geo.toml");
+    std::fs::write(&path, "[gateway]\ngeo_table = \"/nonexistent/countries.csv\"\n").unwrap();
+    let (code, stderr) = run_to_exit(&["serve", "--config", path.to_str().unwrap(), "--gateway-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"], &[], dir.path());
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("gateway.geo_table") && stderr.contains("/nonexistent/countries.csv"), "{stderr}");
     assert!(!dir.path().join("keytrail-data").exists(), "nothing was created by a refused start");
 }
 
