@@ -65,6 +65,10 @@ pub struct GatewayFile {
 #[serde(deny_unknown_fields)]
 pub struct AdminFile {
     pub listen: Option<SocketAddr>,
+    /// Time an admin connection has to send a request head, the wait for
+    /// its first byte (and between calls on a kept connection) included.
+    #[serde(default, deserialize_with = "timeout_ms")]
+    pub head_timeout_ms: Option<u64>,
     /// Failed sign-ins for one admin name, within the window, after which
     /// the name is locked out; 0 turns the per-name lockout off.
     #[serde(default, deserialize_with = "login_failures")]
@@ -174,6 +178,10 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub gateway: GatewayConfig,
     pub admin_listen: SocketAddr,
+    /// Time an admin connection has to send a request head (idle time
+    /// before it, on a new or kept connection, included); a slower one is
+    /// closed unanswered.
+    pub admin_head_timeout: Duration,
     /// Sign-in throttling of `POST /v1/auth/login`.
     pub login: LoginConfig,
     pub audit: AuditConfig,
@@ -345,6 +353,7 @@ pub fn resolve(file: FileConfig, overrides: Overrides) -> Result<Config, ConfigE
                 .map_err(|e| ConfigError::Invalid(format!("gateway.trusted_proxies: {e}")))?,
         },
         admin_listen,
+        admin_head_timeout: Duration::from_millis(file.admin.head_timeout_ms.unwrap_or(10_000)),
         login: {
             let default = LoginConfig::default();
             LoginConfig {
@@ -471,6 +480,7 @@ mod tests {
         assert_eq!(c.retention.interval, Duration::from_secs(3600));
         assert_eq!(c.retention.archive_zstd_level, 1);
         assert_eq!(c.gateway.head_timeout, Duration::from_secs(30));
+        assert_eq!(c.admin_head_timeout, Duration::from_secs(10));
         assert_eq!(c.audit.durability, Durability::Async);
         let c = resolve(parse("[audit]\ndurability = \"sync\"\n").unwrap(), Overrides::default()).unwrap();
         assert_eq!(c.audit.durability, Durability::Sync);
@@ -488,6 +498,12 @@ mod tests {
         assert!(err.contains("line 2") && err.contains("-5"), "{err}");
         let err = parse("[gateway]\nhead_timeout_ms = \"30s\"\n").unwrap_err().to_string();
         assert!(err.contains("line 2") && err.contains("\"30s\""), "{err}");
+        let c = resolve(parse("[admin]\nhead_timeout_ms = 1500\n").unwrap(), Overrides::default()).unwrap();
+        assert_eq!((c.admin_head_timeout, c.gateway.head_timeout), (Duration::from_millis(1500), Duration::from_secs(30)));
+        for bad in ["0", "3600001"] {
+            let err = parse(&format!("[admin]\nhead_timeout_ms = {bad}\n")).unwrap_err().to_string();
+            assert!(err.contains("line 2") && err.contains("between 1 and 3600000"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -2,7 +2,6 @@
 //! writer, binds the gateway and admin listeners, and shuts all of it down
 //! in the right order (stop accepting → finish requests → commit events).
 
-use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -161,6 +160,69 @@ fn lock_data_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
     }
 }
 
+/// Serves the admin API until shutdown. Each connection is hyper's HTTP/1.1
+/// server with the caller's address (`ConnectInfo`, which the sign-in
+/// throttle counts by) and a head timeout: a connection that has not sent a
+/// whole request head within `head_timeout` — a new one, one trickling its
+/// head a byte at a time, or a kept one idle after its call — is closed
+/// unanswered, so a client with no token cannot hold sockets and tasks for
+/// ever.
+///
+/// At shutdown idle connections close at once and calls under way get
+/// [`SHUTDOWN_DRAIN`] to finish; the connections still open after it
+/// (requests under way, or heads still coming) are cut off, as the
+/// gateway's are. Then the changes still running are waited for: each runs
+/// to its end on a task of its own, and its events go in before the audit
+/// writer stops.
+async fn serve_admin(listener: TcpListener, app: axum::Router, head_timeout: Duration, mut shutdown: watch::Receiver<bool>, state: AdminState) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut connections = tokio::task::JoinSet::new();
+    let app = hyper_util::service::TowerToHyperService::new(app);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(conn) => conn,
+                    Err(error) => {
+                        tracing::warn!(%error, "admin API accept failed");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                };
+                let app = app.clone();
+                let service = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+                    hyper::service::Service::call(&app, req)
+                });
+                let connection = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(head_timeout)
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                let connection = graceful.watch(connection);
+                connections.spawn(async move {
+                    if let Err(error) = connection.await {
+                        tracing::debug!(%error, "admin connection ended with an error");
+                    }
+                });
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            _ = shutdown.changed() => break,
+        }
+    }
+    drop(listener);
+    let drained = tokio::time::timeout(SHUTDOWN_DRAIN, async {
+        graceful.shutdown().await;
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("admin API shutdown: some connections did not finish in time; they are cut off");
+        connections.abort_all();
+        while connections.join_next().await.is_some() {}
+    }
+    state.changes_finished().await;
+}
+
 /// Starts keytrail with `config`; returns once both listeners are bound.
 pub async fn start(config: Config) -> anyhow::Result<Server> {
     // The listeners and the country data first: a start that cannot have
@@ -227,33 +289,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
 
     let admin_state = AdminState::new(control.clone(), audit.clone(), Some(public_key));
     let app = admin::router(admin_state.clone());
-    let mut admin_shutdown = shutdown.subscribe();
-    let mut admin_drain = shutdown.subscribe();
-    let admin_task = tokio::spawn(async move {
-        let served = axum::serve(admin_listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(async move {
-                let _ = admin_shutdown.changed().await;
-            })
-            .into_future();
-        // Requests still under way (or heads still coming) when the drain
-        // ends are cut off, as the gateway's are: a client holding a
-        // half-sent head kept the process from stopping for ever.
-        let drained = async move {
-            let _ = admin_drain.changed().await;
-            tokio::time::sleep(SHUTDOWN_DRAIN).await;
-        };
-        tokio::select! {
-            served = served => {
-                if let Err(error) = served {
-                    tracing::error!(%error, "admin API stopped with an error");
-                }
-            }
-            _ = drained => tracing::warn!("admin API shutdown: some connections did not finish in time; they are cut off"),
-        }
-        // A change runs to its end on a task of its own; its events go in
-        // before the audit writer stops.
-        admin_state.changes_finished().await;
-    });
+    let admin_task = tokio::spawn(serve_admin(admin_listener, app, config.admin_head_timeout, shutdown.subscribe(), admin_state));
 
     // Keys' last uses, written in batches rather than once per request
     // (the last batch by `Server::shutdown`, once the gateway has drained).

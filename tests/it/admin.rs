@@ -240,3 +240,84 @@ async fn a_large_change_answer_arrives_whole() {
     assert!(answer.text.len() > 256 * 1024, "{} bytes", answer.text.len());
     assert_eq!(answer.body["policies"]["forbidden_paths"].as_array().map(Vec::len), Some(1000), "{}", &answer.text[..200]);
 }
+
+/// Reads one answer with a `Content-Length` from a raw admin connection;
+/// returns its status.
+async fn raw_answer_status(stream: &mut tokio::net::TcpStream) -> u16 {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let read = async {
+        loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|at| at + 4) {
+                let head = String::from_utf8(buf[..end].to_vec()).unwrap().to_ascii_lowercase();
+                let length: usize = head.split("\r\n").find_map(|l| l.strip_prefix("content-length:")).unwrap().trim().parse().unwrap();
+                if buf.len() >= end + length {
+                    assert_eq!(buf.len(), end + length, "nothing after the answer");
+                    return head.split(' ').nth(1).unwrap().parse().unwrap();
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            let n = stream.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed before a whole answer: {}", String::from_utf8_lossy(&buf));
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(5), read).await.expect("an answer")
+}
+
+/// The admin port answers anyone who connects (no token needed to send a
+/// head): a connection that has not sent a whole request head within the
+/// admin head timeout — one trickling its head a byte at a time, one that
+/// sends nothing, one kept idle after its call — is closed unanswered
+/// (hyper writes no 408) instead of being held for ever, while calls on a
+/// kept connection, each within the timeout, are answered however long the
+/// connection has lived.
+#[tokio::test]
+async fn admin_connections_without_a_whole_head_in_time_are_closed() {
+    use std::time::{Duration, Instant};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+    const HEAD_TIMEOUT: Duration = Duration::from_millis(500);
+    let ts = TestServer::start_with(tempfile::tempdir().unwrap(), |c| c.admin_head_timeout = HEAD_TIMEOUT).await;
+    let addr = ts.admin.trim_start_matches("http://").to_string();
+
+    let mut kept = TcpStream::connect(&addr).await.unwrap();
+    let lived = Instant::now();
+    for _ in 0..3 {
+        kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: admin\r\n\r\n").await.unwrap();
+        assert_eq!(raw_answer_status(&mut kept).await, 200);
+        tokio::time::sleep(HEAD_TIMEOUT * 6 / 10).await;
+    }
+    assert!(lived.elapsed() > HEAD_TIMEOUT, "the kept connection outlived one timeout");
+    let mut silent = TcpStream::connect(&addr).await.unwrap();
+
+    // Slowloris: a head that never ends, a byte every 50 ms.
+    let started = Instant::now();
+    let (mut reader, mut writer) = TcpStream::connect(&addr).await.unwrap().into_split();
+    writer.write_all(b"GET /v1/tenants HTTP/1.1\r\nHost: admin\r\nX-Slow: ").await.unwrap();
+    let trickle = tokio::spawn(async move {
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if writer.write_all(b"a").await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), reader.read_to_end(&mut answer)).await;
+    let closed_after = started.elapsed();
+    trickle.abort();
+    assert!(read.is_ok(), "the slow head's connection was still open after 5 s");
+    assert!(closed_after >= HEAD_TIMEOUT - Duration::from_millis(50), "closed before the timeout: {closed_after:?}");
+    assert!(closed_after < Duration::from_secs(3), "the trickle kept the connection open for {closed_after:?}");
+    assert!(answer.is_empty(), "closed unanswered: {}", String::from_utf8_lossy(&answer));
+
+    let closes = async |stream: &mut TcpStream| {
+        let mut byte = [0u8; 1];
+        matches!(tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte)).await, Ok(Ok(0)) | Ok(Err(_)))
+    };
+    assert!(closes(&mut silent).await, "a connection that sends nothing is closed too");
+    assert!(closes(&mut kept).await, "and so is a kept one that idles past the timeout");
+    // The API itself goes on answering.
+    assert_eq!(ts.admin_client().get("/v1/tenants").await.status, 200);
+}
