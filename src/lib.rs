@@ -23,6 +23,7 @@ pub mod error;
 pub mod event;
 pub mod gateway;
 pub mod keys;
+pub mod listen;
 pub mod policy;
 pub mod protection;
 pub mod ratelimit;

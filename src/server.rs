@@ -180,15 +180,7 @@ async fn serve_admin(listener: TcpListener, app: axum::Router, head_timeout: Dur
     let app = hyper_util::service::TowerToHyperService::new(app);
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(conn) => conn,
-                    Err(error) => {
-                        tracing::warn!(%error, "admin API accept failed");
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                        continue;
-                    }
-                };
+            (stream, peer) = crate::listen::accept(&listener, "admin API") => {
                 let app = app.clone();
                 let service = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
                     req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
@@ -210,16 +202,7 @@ async fn serve_admin(listener: TcpListener, app: axum::Router, head_timeout: Dur
         }
     }
     drop(listener);
-    let drained = tokio::time::timeout(SHUTDOWN_DRAIN, async {
-        graceful.shutdown().await;
-        while connections.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        tracing::warn!("admin API shutdown: some connections did not finish in time; they are cut off");
-        connections.abort_all();
-        while connections.join_next().await.is_some() {}
-    }
+    crate::listen::drain(graceful, &mut connections, SHUTDOWN_DRAIN, "admin API").await;
     state.changes_finished().await;
 }
 

@@ -919,15 +919,7 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown: w
     let sweeper = gateway.upstreams.close_idle_every(upstream::MAX_POOLED_IDLE, upstream::POOL_SWEEP_EVERY);
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(conn) => conn,
-                    Err(error) => {
-                        tracing::warn!(%error, "gateway accept failed");
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                        continue;
-                    }
-                };
+            (stream, peer) = crate::listen::accept(&listener, "gateway") => {
                 let _ = stream.set_nodelay(true);
                 let (gateway, stop, watcher) = (gateway.clone(), shutdown.clone(), graceful.watcher());
                 connections.spawn(conn::serve(stream, peer, gateway, stop, watcher));
@@ -937,16 +929,7 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown: w
         }
     }
     drop(listener);
-    let drained = tokio::time::timeout(drain, async {
-        graceful.shutdown().await;
-        while connections.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        tracing::warn!("gateway shutdown: some connections did not finish in time; they are cut off");
-        connections.abort_all();
-        while connections.join_next().await.is_some() {}
-    }
+    crate::listen::drain(graceful, &mut connections, drain, "gateway").await;
     sweeper.abort();
 }
 
