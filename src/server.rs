@@ -182,9 +182,23 @@ async fn serve_admin(listener: TcpListener, app: axum::Router, head_timeout: Dur
         tokio::select! {
             (stream, peer) = crate::listen::accept(&listener, "admin API") => {
                 let app = app.clone();
-                let service = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+                let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let stalled = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                    let mut req = req.map(|body| IdleBody { inner: body, idle: head_timeout, timer: None, stalled: stalled.clone() });
                     req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
-                    hyper::service::Service::call(&app, req)
+                    let call = hyper::service::Service::call(&app, req);
+                    async move {
+                        let response = match call.await {
+                            Ok(response) => response,
+                            Err(never) => match never {},
+                        };
+                        // A body that stopped coming: the connection is closed
+                        // unanswered, as for a head that did.
+                        if stalled.load(std::sync::atomic::Ordering::Relaxed) {
+                            return Err(BodyStalled);
+                        }
+                        Ok(response)
+                    }
                 });
                 let connection = hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
@@ -204,6 +218,61 @@ async fn serve_admin(listener: TcpListener, app: axum::Router, head_timeout: Dur
     drop(listener);
     crate::listen::drain(graceful, &mut connections, SHUTDOWN_DRAIN, "admin API").await;
     state.changes_finished().await;
+}
+
+/// An admin request's body stopped coming within the head timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body stopped coming")]
+struct BodyStalled;
+
+/// An admin request's body, with `idle` as the most it may wait for more
+/// of it (the head timeout: a client cannot hold a connection by sending a
+/// whole head and then its body a byte at a time, or not at all). The timer
+/// is made only when a read finds nothing ready; a read that finds data
+/// starts the wait afresh.
+struct IdleBody {
+    inner: hyper::body::Incoming,
+    idle: Duration,
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    /// Set when the wait ran out, for the connection to be closed unanswered.
+    stalled: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl http_body::Body for IdleBody {
+    type Data = bytes::Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        use std::future::Future;
+        use std::task::Poll;
+        let this = self.get_mut();
+        match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.timer = None;
+                Poll::Ready(frame.map(|frame| frame.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                let idle = this.idle;
+                let timer = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                if timer.as_mut().poll(cx).is_ready() {
+                    this.stalled.store(true, std::sync::atomic::Ordering::Relaxed);
+                    return Poll::Ready(Some(Err(Box::new(BodyStalled))));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Starts keytrail with `config`; returns once both listeners are bound.

@@ -318,6 +318,21 @@ async fn admin_connections_without_a_whole_head_in_time_are_closed() {
     };
     assert!(closes(&mut silent).await, "a connection that sends nothing is closed too");
     assert!(closes(&mut kept).await, "and so is a kept one that idles past the timeout");
+
+    // A whole head, then a body that stops coming (the sign-in needs no
+    // token): the same limit bounds each wait for more of it.
+    for path in ["/v1/auth/login", "/v1/tenants"] {
+        let mut slow = TcpStream::connect(&addr).await.unwrap();
+        let head = format!("POST {path} HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"name\"", crate::util::ADMIN_TOKEN);
+        slow.write_all(head.as_bytes()).await.unwrap();
+        let started = Instant::now();
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), slow.read_to_end(&mut answer)).await;
+        assert!(read.is_ok(), "{path}: a stalled body's connection was still open after 5 s");
+        assert!(started.elapsed() >= HEAD_TIMEOUT - Duration::from_millis(50), "{path}: closed before the timeout");
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 408"), "{path}: {answer}");
+    }
     // The API itself goes on answering.
     assert_eq!(ts.admin_client().get("/v1/tenants").await.status, 200);
 }
