@@ -121,18 +121,17 @@ fn tier_limits(tier: &Tier, previous: &Snapshot) -> Arc<TierLimits> {
 /// Whether `path` is under `prefix`, on a segment boundary: `/docs` serves
 /// `/docs` and `/docs/x` but not `/docsearch`.
 pub fn prefix_matches(prefix: &str, path: &str) -> bool {
-    if !path.starts_with(prefix) {
-        return false;
-    }
-    prefix.ends_with('/') || path.len() == prefix.len() || path.as_bytes()[prefix.len()] == b'/'
+    path.starts_with(prefix) && ends_a_segment(prefix, path)
 }
 
 /// [`prefix_matches`] without regard to ASCII letter case.
 pub fn prefix_matches_ignoring_case(prefix: &str, path: &str) -> bool {
-    let n = prefix.len();
-    path.len() >= n
-        && path.as_bytes()[..n].eq_ignore_ascii_case(prefix.as_bytes())
-        && (prefix.ends_with('/') || path.len() == n || path.as_bytes()[n] == b'/')
+    path.as_bytes().get(..prefix.len()).is_some_and(|head| head.eq_ignore_ascii_case(prefix.as_bytes())) && ends_a_segment(prefix, path)
+}
+
+/// Whether `prefix`, which `path` starts with, ends on a segment boundary of it.
+fn ends_a_segment(prefix: &str, path: &str) -> bool {
+    prefix.ends_with('/') || path.len() == prefix.len() || path.as_bytes()[prefix.len()] == b'/'
 }
 
 impl Snapshot {
@@ -232,6 +231,11 @@ impl Snapshot {
     /// A tenant's own blocklist, if it has one.
     pub fn tenant_blocks(&self, tenant: &str) -> Option<&Blocklist> {
         self.tenant_blocks.get(tenant)
+    }
+
+    /// The live blocklist entry for `key_id`, global first, then `tenant`'s.
+    pub fn key_block(&self, tenant: &str, key_id: &str, now_ms: i64) -> Option<Arc<crate::protection::Entry>> {
+        self.global_blocks.match_key(key_id, now_ms).or_else(|| self.tenant_blocks(tenant)?.match_key(key_id, now_ms))
     }
 
     /// The api serving `path`, most specific prefix first.

@@ -59,10 +59,7 @@ pub fn key_writer(state: &AdminState, key: &str, tenant: &str) -> Result<KeyWrit
         return Err(ApiError::not_found(format_args!("tenant `{tenant}`")));
     }
     // A key on the global or its tenant's blocklist gets the gateway's generic 403.
-    let now = now_ms();
-    if snapshot.global_blocks.match_key(&entry.key_id, now).is_some()
-        || snapshot.tenant_blocks(tenant).is_some_and(|blocks| blocks.match_key(&entry.key_id, now).is_some())
-    {
+    if snapshot.key_block(tenant, &entry.key_id, now_ms()).is_some() {
         return Err(ApiError::from_code(ErrorCode::Forbidden));
     }
     if !entry.consumer_active {

@@ -273,10 +273,7 @@ impl Gateway {
         describe_consumer(&mut event, &entry);
         entry.usage.touch(now);
         // A key on a blocklist is refused like any other block.
-        let key_block = snapshot
-            .global_blocks
-            .match_key(&entry.key_id, now)
-            .or_else(|| snapshot.tenant_blocks(&route.tenant_id)?.match_key(&entry.key_id, now));
+        let key_block = snapshot.key_block(&route.tenant_id, &entry.key_id, now);
         drop(snapshot);
         if let Some(entry) = key_block {
             return self.block(&mut event, &Block::from_entry(&entry), &req, client, &request_id_value, finisher);

@@ -205,10 +205,7 @@ impl Gateway {
         };
         describe_consumer(&mut event, &entry);
         entry.usage.touch(now);
-        let key_block = snapshot
-            .global_blocks
-            .match_key(&entry.key_id, now)
-            .or_else(|| snapshot.tenant_blocks(&entry.tenant_id)?.match_key(&entry.key_id, now));
+        let key_block = snapshot.key_block(&entry.tenant_id, &entry.key_id, now);
         drop(snapshot);
         if let Some(block) = key_block {
             return self.block(&mut event, &Block::from_entry(&block), &req, client, &request_id, finisher);
