@@ -173,22 +173,8 @@ pub fn path_param<'p>(route: &str, path: &'p str, name: &str) -> Option<&'p str>
 pub fn undecodable_param<'r, 'p>(route: &'r str, path: &'p str) -> Option<(&'r str, &'p str)> {
     route.split('/').zip(path.split('/')).find_map(|(pattern, segment)| {
         let name = pattern.strip_prefix('{')?.strip_suffix('}')?;
-        let bytes = segment.as_bytes();
-        let mut decoded = Vec::with_capacity(bytes.len());
-        let mut i = 0;
-        while i < bytes.len() {
-            let hex = |b: u8| (b as char).to_digit(16);
-            match (bytes[i], bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
-                (b'%', Some(high), Some(low)) => {
-                    decoded.push((high * 16 + low) as u8);
-                    i += 3;
-                }
-                (b, _, _) => {
-                    decoded.push(b);
-                    i += 1;
-                }
-            }
-        }
+        // Invalid escapes are left as they are (lenient).
+        let decoded = crate::protection::percent_decode_bytes(segment, false, true)?;
         std::str::from_utf8(&decoded).is_err().then_some((name, segment))
     })
 }

@@ -478,6 +478,12 @@ impl Block {
 /// escape as it is. Bytes that are no UTF-8 (a Latin-1 form field's `%E9`)
 /// become U+FFFD: the rules still read the rest.
 fn percent_decode(text: &str, plus_is_space: bool, lenient: bool) -> Option<String> {
+    let out = percent_decode_bytes(text, plus_is_space, lenient)?;
+    Some(String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
+}
+
+/// [`percent_decode`]'s bytes, as decoded (not necessarily UTF-8).
+pub(crate) fn percent_decode_bytes(text: &str, plus_is_space: bool, lenient: bool) -> Option<Vec<u8>> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -507,7 +513,7 @@ fn percent_decode(text: &str, plus_is_space: bool, lenient: bool) -> Option<Stri
             }
         }
     }
-    Some(String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
+    Some(out)
 }
 
 /// SQL fragments that have no business in a URL. Matched on the lowercased,
