@@ -44,11 +44,11 @@ pub struct GatewayFile {
     pub head_timeout_ms: Option<u64>,
     /// Failed authentications from one address, within the window, after
     /// which it is blocked; 0 turns the automatic block off.
-    #[serde(default, deserialize_with = "bruteforce_failures")]
+    #[serde(default, deserialize_with = "failure_count")]
     pub bruteforce_failures: Option<u64>,
-    #[serde(default, deserialize_with = "bruteforce_secs")]
+    #[serde(default, deserialize_with = "block_secs")]
     pub bruteforce_window_secs: Option<u64>,
-    #[serde(default, deserialize_with = "bruteforce_secs")]
+    #[serde(default, deserialize_with = "block_secs")]
     pub bruteforce_block_secs: Option<u64>,
     /// A `cidr,country` file mapping addresses to countries, for country
     /// blocklist entries and the events' `country`.
@@ -71,14 +71,14 @@ pub struct AdminFile {
     pub head_timeout_ms: Option<u64>,
     /// Failed sign-ins for one admin name, within the window, after which
     /// the name is locked out; 0 turns the per-name lockout off.
-    #[serde(default, deserialize_with = "login_failures")]
+    #[serde(default, deserialize_with = "failure_count")]
     pub login_name_failures: Option<u64>,
     /// The same for one client address (IPv6: its /64); 0 turns it off.
-    #[serde(default, deserialize_with = "login_failures")]
+    #[serde(default, deserialize_with = "failure_count")]
     pub login_address_failures: Option<u64>,
-    #[serde(default, deserialize_with = "bruteforce_secs")]
+    #[serde(default, deserialize_with = "block_secs")]
     pub login_window_secs: Option<u64>,
-    #[serde(default, deserialize_with = "bruteforce_secs")]
+    #[serde(default, deserialize_with = "block_secs")]
     pub login_lockout_secs: Option<u64>,
 }
 
@@ -396,15 +396,14 @@ fn bounded<'de, D: Deserializer<'de>>(d: D, min: u64, max: u64) -> Result<Option
     Ok(Some(value))
 }
 
-fn bruteforce_failures<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+/// A count of failures before a block or lockout (the gateway's automatic
+/// block, sign-in throttling); 0 turns it off.
+fn failure_count<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     bounded(d, 0, 1_000_000)
 }
 
-fn login_failures<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    bounded(d, 0, 1_000_000)
-}
-
-fn bruteforce_secs<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+/// A counting window or a block's length, in seconds (the same two uses).
+fn block_secs<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     bounded(d, 1, 30 * 86_400)
 }
 
