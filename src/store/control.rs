@@ -840,9 +840,7 @@ impl ControlStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Removes an admin and ends its sessions, in one transaction. Returns
-    /// false when there was no such admin.
-    /// Removes an admin and ends its sessions, unless it is the last
+    /// Removes an admin and ends its sessions, in one transaction, unless it is the last
     /// global owner — checked in the same transaction, so removals that
     /// run at once cannot leave none.
     pub fn delete_admin(&self, admin_id: &str, at_ms: i64) -> Result<AdminRemoval, StoreError> {
