@@ -188,11 +188,10 @@ impl AuditReader {
         Ok(out)
     }
 
-    /// Resolves the tenant and optional consumer in a day file; `None` when
-    /// the file cannot hold matching events.
-    /// The file's ids of `tenant` and `consumer`; `None` also when every
-    /// event of the tenant in the file is archived (the rest of the audit
-    /// API hides those, and so do statistics).
+    /// The file's ids of `tenant` and `consumer`; `None` when the file
+    /// cannot hold matching events, also when every event of the tenant in
+    /// the file is archived (the rest of the audit API hides those, and so
+    /// do statistics).
     fn ids(&self, day: &DayReader, tenant: &str, consumer: Option<&str>) -> Result<Option<(u32, Option<u32>)>, StoreError> {
         let Some(t) = day.id_of(tenant)? else { return Ok(None) };
         let floor = self.archived_through(tenant).0;
