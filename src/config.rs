@@ -80,6 +80,11 @@ pub struct AdminFile {
     pub login_window_secs: Option<u64>,
     #[serde(default, deserialize_with = "block_secs")]
     pub login_lockout_secs: Option<u64>,
+    /// Proxies (addresses or CIDR ranges) in front of the admin API whose
+    /// `X-Forwarded-For` names the caller: the address sign-in throttling
+    /// counts and the admin log records.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -182,6 +187,8 @@ pub struct Config {
     /// before it, on a new or kept connection, included); a slower one is
     /// closed unanswered.
     pub admin_head_timeout: Duration,
+    /// Proxies in front of the admin API (see `AdminFile::trusted_proxies`).
+    pub admin_trusted_proxies: crate::protection::TrustedProxies,
     /// Sign-in throttling of `POST /v1/auth/login`.
     pub login: LoginConfig,
     pub audit: AuditConfig,
@@ -354,6 +361,8 @@ pub fn resolve(file: FileConfig, overrides: Overrides) -> Result<Config, ConfigE
         },
         admin_listen,
         admin_head_timeout: Duration::from_millis(file.admin.head_timeout_ms.unwrap_or(10_000)),
+        admin_trusted_proxies: crate::protection::TrustedProxies::parse(&file.admin.trusted_proxies)
+            .map_err(|e| ConfigError::Invalid(format!("admin.trusted_proxies: {e}")))?,
         login: {
             let default = LoginConfig::default();
             LoginConfig {
@@ -581,6 +590,19 @@ mod tests {
         assert!(err.contains("line 2"), "{err}");
         let err = parse("[admin]\nlogin_failures = 3\n").unwrap_err().to_string();
         assert!(err.contains("login_failures"), "{err}");
+    }
+
+    #[test]
+    fn admin_trusted_proxies_are_parsed_and_a_bad_one_named() {
+        let c = resolve(parse("[admin]\ntrusted_proxies = [\"10.0.0.0/8\", \"::1\"]\n").unwrap(), Overrides::default()).unwrap();
+        let forwarded = || ["203.0.113.9"].into_iter();
+        assert_eq!(c.admin_trusted_proxies.client_ip("10.2.3.4".parse().unwrap(), forwarded), "203.0.113.9".parse::<std::net::IpAddr>().unwrap());
+        assert_eq!(c.admin_trusted_proxies.client_ip("192.0.2.1".parse().unwrap(), forwarded), "192.0.2.1".parse::<std::net::IpAddr>().unwrap());
+        let err = resolve(parse("[admin]\ntrusted_proxies = [\"10.0.0.0/33\"]\n").unwrap(), Overrides::default()).unwrap_err().to_string();
+        assert!(err.contains("admin.trusted_proxies") && err.contains("`10.0.0.0/33`"), "{err}");
+        // The gateway's list is its own: the admin API trusts no proxy unless told.
+        let c = resolve(parse("[gateway]\ntrusted_proxies = [\"10.0.0.0/8\"]\n").unwrap(), Overrides::default()).unwrap();
+        assert_eq!(c.admin_trusted_proxies.client_ip("10.2.3.4".parse().unwrap(), forwarded), "10.2.3.4".parse::<std::net::IpAddr>().unwrap());
     }
 
     #[test]

@@ -162,7 +162,9 @@ fn lock_data_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
 
 /// Serves the admin API until shutdown. Each connection is hyper's HTTP/1.1
 /// server with the caller's address (`ConnectInfo`, which the sign-in
-/// throttle counts by) and a head timeout: a connection that has not sent a
+/// throttle counts by and the admin log records: the socket's peer, or,
+/// when that is one of `proxies`, the nearest untrusted hop of its
+/// `X-Forwarded-For`) and a head timeout: a connection that has not sent a
 /// whole request head within `head_timeout` — a new one, one trickling its
 /// head a byte at a time, or a kept one idle after its call — is closed
 /// unanswered, so a client with no token cannot hold sockets and tasks for
@@ -174,18 +176,29 @@ fn lock_data_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
 /// gateway's are. Then the changes still running are waited for: each runs
 /// to its end on a task of its own, and its events go in before the audit
 /// writer stops.
-async fn serve_admin(listener: TcpListener, app: axum::Router, head_timeout: Duration, mut shutdown: watch::Receiver<bool>, state: AdminState) {
+async fn serve_admin(
+    listener: TcpListener,
+    app: axum::Router,
+    head_timeout: Duration,
+    proxies: crate::protection::TrustedProxies,
+    mut shutdown: watch::Receiver<bool>,
+    state: AdminState,
+) {
+    let proxies = Arc::new(proxies);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut connections = tokio::task::JoinSet::new();
     let app = hyper_util::service::TowerToHyperService::new(app);
     loop {
         tokio::select! {
             (stream, peer) = crate::listen::accept(&listener, "admin API") => {
-                let app = app.clone();
+                let (app, proxies) = (app.clone(), proxies.clone());
                 let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                     let stalled = Arc::new(std::sync::atomic::AtomicBool::new(false));
                     let mut req = req.map(|body| IdleBody { inner: body, idle: head_timeout, timer: None, stalled: stalled.clone() });
-                    req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+                    let caller = proxies.client_ip(peer.ip(), || {
+                        req.headers().get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok())
+                    });
+                    req.extensions_mut().insert(axum::extract::ConnectInfo(SocketAddr::new(caller, peer.port())));
                     let call = hyper::service::Service::call(&app, req);
                     async move {
                         let response = match call.await {
@@ -341,7 +354,14 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
 
     let admin_state = AdminState::new(control.clone(), audit.clone(), Some(public_key));
     let app = admin::router(admin_state.clone());
-    let admin_task = tokio::spawn(serve_admin(admin_listener, app, config.admin_head_timeout, shutdown.subscribe(), admin_state));
+    let admin_task = tokio::spawn(serve_admin(
+        admin_listener,
+        app,
+        config.admin_head_timeout,
+        config.admin_trusted_proxies.clone(),
+        shutdown.subscribe(),
+        admin_state,
+    ));
 
     // Keys' last uses, written in batches rather than once per request
     // (the last batch by `Server::shutdown`, once the gateway has drained).

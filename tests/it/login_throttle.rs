@@ -16,7 +16,12 @@ const PASSWORD: &str = "correct horse battery staple";
 /// people `ada` and `bob` (both with [`PASSWORD`]); the owner, an anonymous
 /// client and ada's admin id.
 async fn setup(adjust: impl FnOnce(&mut keytrail::config::LoginConfig)) -> (TestServer, Admin, Admin, String) {
-    let ts = TestServer::start_with(tempfile::tempdir().unwrap(), |c| adjust(&mut c.login)).await;
+    setup_config(|c| adjust(&mut c.login)).await
+}
+
+/// [`setup`] with the whole configuration to adjust.
+async fn setup_config(adjust: impl FnOnce(&mut keytrail::config::Config)) -> (TestServer, Admin, Admin, String) {
+    let ts = TestServer::start_with(tempfile::tempdir().unwrap(), adjust).await;
     let owner = ts.admin_client();
     assert_eq!(owner.post("/v1/tenants", json!({"id": "acme", "name": "Acme"})).await.status, 201);
     let mut ada = String::new();
@@ -224,4 +229,60 @@ async fn limits_of_zero_turn_throttling_off() {
         assert_eq!(login(&anonymous, "ada", &format!("wrong {i}")).await.status, 401);
     }
     assert_eq!(login(&anonymous, "ada", PASSWORD).await.status, 200);
+}
+
+/// `anonymous` as a proxy passing on a call from `client` (`X-Forwarded-For`).
+fn forwarding(anonymous: &Admin, client: &str) -> Admin {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert("x-forwarded-for", client.parse().unwrap());
+    Admin { client: reqwest::Client::builder().default_headers(headers).build().unwrap(), ..anonymous.clone() }
+}
+
+/// Sign-in by address, with an address limit of 3 and no name limit.
+fn three_per_address(c: &mut keytrail::config::Config) {
+    c.login.name_failures = 0;
+    c.login.address_failures = 3;
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_each_forwarded_client_is_counted_not_the_proxy() {
+    let (ts, owner, anonymous, _) = setup_config(|c| {
+        three_per_address(c);
+        c.admin_trusted_proxies = keytrail::protection::TrustedProxies::parse(&["127.0.0.1".to_string()]).unwrap();
+    })
+    .await;
+    let guesser = forwarding(&anonymous, "203.0.113.7");
+    for i in 0..3 {
+        assert_eq!(login(&guesser, &format!("user-{i}"), "a guess").await.status, 401);
+    }
+    assert_locked(&login(&guesser, "bob", PASSWORD).await, 900);
+    // Everyone else behind the same proxy still signs in.
+    let colleague = forwarding(&anonymous, "10.1.2.3, 198.51.100.9");
+    assert_eq!(login(&colleague, "bob", PASSWORD).await.status, 200);
+
+    ts.flush().await;
+    let locked = security(&owner, "_system", "admin_login_locked").await;
+    assert_eq!(locked.len(), 1, "{locked:?}");
+    assert_eq!(locked[0]["target"], "ip:203.0.113.7");
+    assert_eq!(locked[0]["client_ip"], "203.0.113.7");
+    // The forwarded address is the one the trail records for the sign-in.
+    let logins = security(&owner, "acme", "admin_login").await;
+    assert_eq!(logins.len(), 1, "{logins:?}");
+    assert_eq!(logins[0]["client_ip"], "198.51.100.9");
+}
+
+#[tokio::test]
+async fn a_forwarded_address_from_a_peer_that_is_not_a_trusted_proxy_is_ignored() {
+    // No trusted proxies: a caller cannot escape its lockout by naming
+    // another address in `X-Forwarded-For`.
+    let (ts, owner, anonymous, _) = setup_config(three_per_address).await;
+    for i in 0..3 {
+        let spoofing = forwarding(&anonymous, &format!("203.0.113.{i}"));
+        assert_eq!(login(&spoofing, &format!("user-{i}"), "a guess").await.status, 401);
+    }
+    assert_locked(&login(&forwarding(&anonymous, "198.51.100.9"), "bob", PASSWORD).await, 900);
+    ts.flush().await;
+    let locked = security(&owner, "_system", "admin_login_locked").await;
+    assert_eq!(locked.len(), 1, "{locked:?}");
+    assert_eq!(locked[0]["target"], "ip:127.0.0.1");
 }
