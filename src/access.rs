@@ -14,7 +14,8 @@ use serde::Serialize;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
-    /// Everything, including managing admins.
+    /// Everything, including managing admins and keeping fewer audit
+    /// events or keeping them for less time.
     Owner,
     /// Every change to tenants' configuration and keys; reads logs.
     Admin,
@@ -44,7 +45,9 @@ impl Role {
         use Permission::*;
         match self {
             Role::Owner => true,
-            // Erasure destroys audit data for good: owners only.
+            // Erasure destroys audit data for good, and shortening retention or
+            // switching logging off lets an admin's own actions leave the
+            // trail: owners only.
             Role::Admin => matches!(permission, Signed | ReadConfig | ReadEvents | Change | WriteEvents),
             Role::Auditor => matches!(permission, Signed | ReadConfig | ReadEvents),
             Role::Viewer => matches!(permission, Signed | ReadConfig),
@@ -69,6 +72,12 @@ pub enum Permission {
     ManageAdmins,
     /// Erasing a data subject's personal values from the audit trail.
     ErasePersonalData,
+    /// Changing settings so that fewer audit events are kept, or kept for
+    /// less time: lowering `hot_days` or `archive_days`, switching a
+    /// logging setting off, lowering the sample rate. Not a route's rule:
+    /// the control plane checks it against the values a change would give
+    /// (see [`crate::control::Actor::role`]).
+    ReduceAuditTrail,
 }
 
 /// What a route needs.
@@ -186,7 +195,7 @@ mod tests {
     #[test]
     fn roles_nest() {
         // Each role holds everything the next one down holds.
-        let permissions = [Signed, ReadConfig, ReadEvents, Change, WriteEvents, ManageAdmins];
+        let permissions = [Signed, ReadConfig, ReadEvents, Change, WriteEvents, ManageAdmins, ErasePersonalData, ReduceAuditTrail];
         for pair in Role::ALL.windows(2) {
             for p in permissions {
                 assert!(!pair[1].allows(p) || pair[0].allows(p), "{:?} allows {p:?} but {:?} does not", pair[1], pair[0]);
@@ -195,6 +204,7 @@ mod tests {
         assert!(!Role::Viewer.allows(ReadEvents));
         assert!(!Role::Auditor.allows(Change));
         assert!(!Role::Admin.allows(ManageAdmins));
+        assert!(!Role::Admin.allows(ReduceAuditTrail) && Role::Owner.allows(ReduceAuditTrail));
         assert_eq!(Role::parse("auditor"), Some(Role::Auditor));
         assert_eq!(Role::parse("root"), None);
     }

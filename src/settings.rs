@@ -178,6 +178,25 @@ impl LoggingSettings {
     pub fn changes(&self, after: &LoggingSettings) -> Map<String, Value> {
         field_changes(&self.to_json(), &after.to_json(), &FIELDS)
     }
+
+    /// What going from these settings to `after` gives up, one phrase a
+    /// change: each switch turned off, and a lower sample rate. Empty when
+    /// every event kept before is kept after (the `owner` role's to decide
+    /// otherwise, see [`crate::access::Permission::ReduceAuditTrail`]).
+    pub fn reductions(&self, after: &LoggingSettings) -> Vec<String> {
+        let switches = [
+            ("log_dashboard_activities", self.log_dashboard_activities, after.log_dashboard_activities),
+            ("log_api_calls", self.log_api_calls, after.log_api_calls),
+            ("log_failed_api_calls", self.log_failed_api_calls, after.log_failed_api_calls),
+            ("log_blocklisted_api_calls", self.log_blocklisted_api_calls, after.log_blocklisted_api_calls),
+        ];
+        let mut out: Vec<String> =
+            switches.iter().filter(|(_, before, after)| *before && !*after).map(|(name, _, _)| format!("switching `{name}` off")).collect();
+        if after.api_call_sample_rate < self.api_call_sample_rate {
+            out.push(format!("lowering `api_call_sample_rate` ({} → {})", self.api_call_sample_rate, after.api_call_sample_rate));
+        }
+        out
+    }
 }
 
 /// What a request event is, for the switches.
@@ -339,5 +358,14 @@ mod tests {
         assert!(policy.keeps(&blocked, &sampler), "blocked calls have their own switch");
         assert!(policy.keeps(&Event::new("quiet", Category::Security, "auth_failed", "failure"), &sampler));
         assert!(!policy.keeps(&Event::new("quiet", Category::Admin, "tenant_created", "success"), &sampler));
+    }
+
+    #[test]
+    fn reductions_name_what_is_given_up() {
+        let on = LoggingSettings::default();
+        assert!(on.reductions(&on).is_empty());
+        let off = LoggingSettings { log_dashboard_activities: false, api_call_sample_rate: 0.5, ..on };
+        assert_eq!(off.reductions(&on), Vec::<String>::new(), "switching on and raising the rate give up nothing");
+        assert_eq!(on.reductions(&off), ["switching `log_dashboard_activities` off", "lowering `api_call_sample_rate` (1 → 0.5)"]);
     }
 }

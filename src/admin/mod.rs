@@ -196,6 +196,7 @@ async fn authorise(
         tenant_scope: signed.admin.tenant_id.clone(),
         credential: signed.credential.describe(),
         request_id: Some(request_id.to_string()),
+        role: Some(signed.role),
     };
     // Deny by default: a route without a rule is open to nobody.
     let Some(rule) = rule else {

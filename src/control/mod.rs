@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
+use crate::access::{Permission, Role};
 use crate::audit::AuditPipeline;
 use crate::error::{ApiError, ErrorCode};
 use crate::event::{now_ms, security_type, Category, Event, Text, SYSTEM_TENANT};
@@ -38,6 +39,10 @@ pub struct Actor {
     pub credential: String,
     /// The admin call's request id, shared by every event it causes.
     pub request_id: Option<String>,
+    /// The signed-in admin's role, for the rules the control plane checks
+    /// against what a change would do (keeping fewer audit events needs an
+    /// owner); `None` (sign-in, the demo) holds none of them.
+    pub role: Option<Role>,
 }
 
 impl Actor {
@@ -73,6 +78,28 @@ impl Actor {
     /// Whether the actor may see objects of `tenant_id`.
     pub fn sees(&self, tenant_id: &str) -> bool {
         self.tenant_scope.as_deref().is_none_or(|own| own == tenant_id)
+    }
+
+    /// Refuses a settings change that gives up `reductions` (fewer audit
+    /// events kept, or kept for less time) unless the actor's role may:
+    /// an admin could otherwise make its own actions leave the trail.
+    /// `whose` names the events: the tenant's, or every tenant's that
+    /// takes the global settings.
+    fn may_reduce_audit_trail(&self, reductions: &[String], whose: &str) -> Result<(), ApiError> {
+        if reductions.is_empty() || self.role.is_some_and(|role| role.allows(Permission::ReduceAuditTrail)) {
+            return Ok(());
+        }
+        let caller = match self.role {
+            Some(role) => format!("the caller's role is `{}`", role.as_str()),
+            None => "the caller holds no role".to_string(),
+        };
+        Err(ApiError::new(
+            ErrorCode::Forbidden,
+            format!(
+                "this change ({}) needs the `owner` role ({caller}): it would keep fewer of {whose} audit events, or keep them for less time",
+                reductions.join(", ")
+            ),
+        ))
     }
 }
 
@@ -196,6 +223,14 @@ impl From<StoreError> for ApiError {
 /// The answer to a consumer put into a tier that does not exist.
 fn no_such_tier(tenant_id: &str, tier: &str) -> ApiError {
     ApiError::invalid_body(format!("tier `{tier}` does not exist in tenant `{tenant_id}`; create it first"))
+}
+
+/// Whose audit events a settings scope decides, for messages.
+fn audit_owner(tenant: Option<&str>) -> String {
+    match tenant {
+        Some(tenant) => format!("tenant `{tenant}`'s"),
+        None => "every tenant's (those that take the global settings)".to_string(),
+    }
 }
 
 /// A scope's stored values (none set when it has no row).
@@ -895,11 +930,14 @@ impl ControlPlane {
         let before = self.logging_view(&stored, tenant).settings;
         let mut own = own_logging(&stored, scope);
         own.apply_patch(patch, tenant.is_some())?;
-        self.store.save_logging(scope, &own, now_ms())?;
-        self.reload_after_change()?;
         stored.retain(|(s, _)| s != scope);
         stored.push((scope.to_string(), own));
         let view = self.logging_view(&stored, tenant);
+        // Judged on the values the scope ends up with (a tenant's `null`
+        // takes the global one, which may be off), before anything is saved.
+        actor.may_reduce_audit_trail(&before.reductions(&view.settings), &audit_owner(tenant))?;
+        self.store.save_logging(scope, &own, now_ms())?;
+        self.reload_after_change()?;
         let changes = before.changes(&view.settings);
         if !changes.is_empty() {
             let mut event = actor.event(tenant.unwrap_or(SYSTEM_TENANT), security_type::SETTINGS_CHANGED, "settings:logging".into());
@@ -957,10 +995,13 @@ impl ControlPlane {
         let before = self.retention_view(&stored, tenant).settings;
         let mut own = stored.iter().find(|(s, _)| s == scope).map(|(_, o)| *o).unwrap_or_default();
         own.apply_patch(patch, tenant.is_some())?;
-        self.store.save_retention(scope, &own, now_ms())?;
         stored.retain(|(s, _)| s != scope);
         stored.push((scope.to_string(), own));
         let view = self.retention_view(&stored, tenant);
+        // Judged on the windows the scope ends up with (a tenant's `null`
+        // takes the global one, which may be shorter), before anything is saved.
+        actor.may_reduce_audit_trail(&before.reductions(&view.settings), &audit_owner(tenant))?;
+        self.store.save_retention(scope, &own, now_ms())?;
         let changes = before.changes(&view.settings);
         if !changes.is_empty() {
             let mut event = actor.event(tenant.unwrap_or(SYSTEM_TENANT), security_type::SETTINGS_CHANGED, "settings:retention".into());

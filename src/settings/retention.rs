@@ -54,6 +54,18 @@ impl RetentionSettings {
     pub fn changes(&self, after: &RetentionSettings) -> Map<String, Value> {
         super::field_changes(&self.to_json(), &after.to_json(), &FIELDS)
     }
+
+    /// What going from these settings to `after` shortens, one phrase a
+    /// window (`archive_days` to 0 switches the archive off). Empty when
+    /// every event is kept at least as long as before (the `owner` role's
+    /// to decide otherwise, see [`crate::access::Permission::ReduceAuditTrail`]).
+    pub fn reductions(&self, after: &RetentionSettings) -> Vec<String> {
+        [("hot_days", self.hot_days, after.hot_days), ("archive_days", self.archive_days, after.archive_days)]
+            .iter()
+            .filter(|(_, before, after)| after < before)
+            .map(|(name, before, after)| format!("shortening `{name}` ({before} → {after} days)"))
+            .collect()
+    }
 }
 
 /// A scope's own values; `None` takes the global one (for tenants) or the
@@ -169,5 +181,16 @@ mod tests {
         own.apply_patch(&json!({"hot_days": null, "archive_days": 0}), true).unwrap();
         assert_eq!(own, RetentionOverrides { hot_days: None, archive_days: Some(0) });
         assert!(RetentionSettings { hot_days: 0, archive_days: 1 }.check().is_err());
+    }
+
+    #[test]
+    fn reductions_name_the_shortened_windows() {
+        let base = RetentionSettings::default();
+        assert!(base.reductions(&RetentionSettings { hot_days: 91, archive_days: 365 }).is_empty());
+        assert_eq!(
+            base.reductions(&RetentionSettings { hot_days: 1, archive_days: 0 }),
+            ["shortening `hot_days` (90 → 1 days)", "shortening `archive_days` (365 → 0 days)"]
+        );
+        assert_eq!(base.reductions(&RetentionSettings { hot_days: 400, archive_days: 1 }), ["shortening `archive_days` (365 → 1 days)"]);
     }
 }

@@ -85,7 +85,8 @@ fn call_for(method: &str, route: &str, f: &Fixture, bound: bool, n: usize) -> (S
         ("POST", "/v1/blocklist") | ("POST", "/v1/tenants/{tenant}/blocklist") => {
             Some(json!({"kind": "ip", "value": format!("198.51.100.{n}")}))
         }
-        ("PUT", r) if r.ends_with("/settings/retention") => Some(json!({"hot_days": 30})),
+        // Longer than the default: shortening needs an owner (below).
+        ("PUT", r) if r.ends_with("/settings/retention") => Some(json!({"hot_days": 120})),
         ("PUT", _) => Some(json!({"log_api_calls": true})),
         ("POST", "/v1/audit/{tenant}/events") => Some(json!({"action": "order.updated", "resource_type": "order", "resource_id": "1"})),
         _ => None,
@@ -333,4 +334,87 @@ async fn owners_removed_at_once_leave_one() {
         let left: i64 = db.query_row("SELECT count(*) FROM admins WHERE role = 'owner' AND tenant_id IS NULL", [], |r| r.get(0)).unwrap();
         assert_eq!(left, 1);
     }
+}
+
+/// Shortening a tenant's retention or switching its audit logging off lets
+/// an admin make its own actions vanish from the trail (`hot_days: 1,
+/// archive_days: 0` and `log_dashboard_activities: false` and they are gone
+/// within two days): those changes need the `owner` role, tenant-bound or
+/// global, on every route that changes the values a tenant gets.
+/// Lengthening retention and switching logging on stay open to `admin`.
+#[tokio::test]
+async fn shortening_retention_or_silencing_the_trail_needs_an_owner() {
+    let ts = TestServer::start().await;
+    let boot = ts.admin_client();
+    assert_eq!(boot.post("/v1/tenants", json!({"id": "acme", "name": "Acme"})).await.status, 201);
+    let token_of = |a: crate::util::Answer| a.body["token"].as_str().unwrap().to_string();
+    let as_admin = |token: String| Admin { token, ..boot.clone() };
+    let bound_admin = as_admin(token_of(boot.post("/v1/admins", json!({"name": "acme-admin", "role": "admin", "tenant_id": "acme"})).await));
+    let bound_owner = as_admin(token_of(boot.post("/v1/admins", json!({"name": "acme-owner", "role": "owner", "tenant_id": "acme"})).await));
+    let global_admin = as_admin(token_of(boot.post("/v1/admins", json!({"name": "ops", "role": "admin"})).await));
+    let put = |who: &Admin, path: &str, body: Value| {
+        let (who, path) = (who.clone(), path.to_string());
+        async move { who.call("PUT", &path, Some(body)).await }
+    };
+    let refused = |a: &crate::util::Answer, what: &str| {
+        assert_eq!(a.status, 403, "{what}: {}", a.text);
+        assert_eq!(a.body["error"]["code"], "forbidden", "{what}: {}", a.text);
+        assert!(a.body["error"]["message"].as_str().unwrap().contains("`owner`"), "{what}: {}", a.text);
+    };
+    let retention = "/v1/tenants/acme/settings/retention";
+    let logging = "/v1/tenants/acme/settings/logging";
+    let settings = |path: &'static str| {
+        let boot = boot.clone();
+        async move {
+            let a = boot.get(path).await;
+            assert_eq!(a.status, 200, "{}", a.text);
+            a.body
+        }
+    };
+    let retention_before = settings(retention).await;
+    let logging_before = settings(logging).await;
+
+    for who in [&bound_admin, &global_admin] {
+        // The attack: the shortest retention and no admin log.
+        refused(&put(who, retention, json!({"hot_days": 1, "archive_days": 0})).await, "hot 1, archive 0");
+        refused(&put(who, retention, json!({"archive_days": 0})).await, "archive off");
+        refused(&put(who, retention, json!({"hot_days": 89})).await, "a day shorter");
+        // One field shortened refuses the whole change.
+        refused(&put(who, retention, json!({"hot_days": 400, "archive_days": 1})).await, "longer hot, shorter archive");
+        for switch in ["log_dashboard_activities", "log_api_calls", "log_failed_api_calls", "log_blocklisted_api_calls"] {
+            refused(&put(who, logging, json!({switch: false})).await, switch);
+        }
+        refused(&put(who, logging, json!({"api_call_sample_rate": 0})).await, "sample rate 0");
+        refused(&put(who, logging, json!({"api_call_sample_rate": 0.5})).await, "sample rate lowered");
+        assert_eq!(settings(retention).await, retention_before, "a refused change is not applied");
+        assert_eq!(settings(logging).await, logging_before, "a refused change is not applied");
+    }
+    // Nor through the global settings, which every tenant inherits.
+    refused(&put(&global_admin, "/api/v1/settings/retention", json!({"hot_days": 1, "archive_days": 0})).await, "global retention");
+    refused(&put(&global_admin, "/api/v1/settings/logging", json!({"log_dashboard_activities": false})).await, "global logging");
+    assert_eq!(settings(retention).await, retention_before);
+    assert_eq!(settings(logging).await, logging_before);
+
+    // Lengthening and switching on (or setting what is already set) stay
+    // open to `admin`.
+    let a = put(&bound_admin, retention, json!({"hot_days": 120, "archive_days": 400})).await;
+    assert_eq!((a.status, &a.body["hot_days"]), (200, &json!(120)), "{}", a.text);
+    let a = put(&bound_admin, logging, json!({"log_api_calls": true, "api_call_sample_rate": 1.0})).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    let a = put(&global_admin, "/api/v1/settings/retention", json!({"archive_days": 500})).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    // `null` back to a shorter global value shortens it too.
+    refused(&put(&bound_admin, retention, json!({"hot_days": null})).await, "back to the global 90 days");
+    assert_eq!(settings(retention).await["hot_days"], 120);
+
+    // An owner may, bound to the tenant or global.
+    let a = put(&bound_owner, retention, json!({"hot_days": 1, "archive_days": 0})).await;
+    assert_eq!((a.status, &a.body["hot_days"], &a.body["archive_days"]), (200, &json!(1), &json!(0)), "{}", a.text);
+    let a = put(&bound_owner, logging, json!({"log_dashboard_activities": false})).await;
+    assert_eq!((a.status, &a.body["log_dashboard_activities"]), (200, &json!(false)), "{}", a.text);
+    let a = put(&boot, "/api/v1/settings/logging", json!({"api_call_sample_rate": 0.5})).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    // Switching back on is an admin's again.
+    let a = put(&bound_admin, logging, json!({"log_dashboard_activities": true})).await;
+    assert_eq!(a.status, 200, "{}", a.text);
 }
