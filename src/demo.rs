@@ -117,6 +117,7 @@ async fn run_with(config: Config, stop: impl std::future::Future<Output = ()>) -
                 costs: Vec::new(),
                 policies: Default::default(),
             },
+            &actor,
         )?;
         let consumer = control.create_consumer("demo", "demo-client", serde_json::json!({"created_by": "keytrail demo"}), None)?;
         let key = control.create_key(

@@ -337,7 +337,12 @@ struct CreateApi {
     policies: Policies,
 }
 
-async fn create_api(State(s): State<AdminState>, Path(tenant): Path<String>, body: Bytes) -> Result<Response, ApiError> {
+async fn create_api(
+    State(s): State<AdminState>,
+    Path(tenant): Path<String>,
+    Extension(actor): Extension<Actor>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     s.control.require_tenant(&tenant)?;
     let req: CreateApi = parse_body(&body)?;
     let api = s.control.create_api(
@@ -351,6 +356,7 @@ async fn create_api(State(s): State<AdminState>, Path(tenant): Path<String>, bod
             costs: req.costs,
             policies: req.policies,
         },
+        &actor,
     )?;
     Ok(created(to_value(api)))
 }

@@ -423,10 +423,21 @@ impl ControlPlane {
 
     // --- apis ---
 
-    pub fn create_api(&self, tenant_id: &str, new: NewApi) -> Result<Api, ApiError> {
+    /// Creates an api of `tenant_id`. The root prefix `/` is the catch-all
+    /// for every path no other api serves — other tenants' callers'
+    /// mistyped paths too (which is why it nests with everything, see
+    /// [`ControlStore::create_api`]) — so only an admin bound to no tenant
+    /// may route it.
+    pub fn create_api(&self, tenant_id: &str, new: NewApi, actor: &Actor) -> Result<Api, ApiError> {
         self.require_tenant(tenant_id)?;
         check_slug("id", &new.id)?;
         let path_prefix = check_path_prefix("path_prefix", &new.path_prefix)?;
+        if path_prefix == "/" && actor.tenant_scope.is_some() {
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                "the root prefix `/` catches every path no other api serves, other tenants' too: only admins bound to no tenant may route it",
+            ));
+        }
         let upstream = check_upstream(&new.upstream)?;
         if let Some(ms) = new.timeout_ms {
             if !(1..=3_600_000).contains(&ms) {

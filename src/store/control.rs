@@ -451,7 +451,8 @@ impl ControlStore {
         // nest: one inside another tenant's api would take that part of its
         // traffic (and one around it would be served in part by the other
         // tenant). A root api is the catch-all for paths no other api
-        // serves, and claims none of them.
+        // serves, and claims none of them; only admins bound to no tenant
+        // may create one (`ControlPlane::create_api`).
         if api.path_prefix != "/" {
             let mut stmt = conn.prepare("SELECT path_prefix FROM apis WHERE tenant_id <> ?1 AND path_prefix <> '/'")?;
             let others = stmt.query_map([&api.tenant_id], |r| r.get::<_, String>(0))?.collect::<Result<Vec<_>, _>>()?;

@@ -117,3 +117,41 @@ async fn an_encoded_id_in_a_path_names_nothing() {
     let log = owner.get("/v1/audit/acme/admin?action=CONSUMER_SUSPENDED").await;
     assert_eq!(log.body["entries"].as_array().unwrap().len(), 1, "{}", log.text);
 }
+
+/// A root api (`/`) is the catch-all for every path no other api serves:
+/// other tenants' callers' mistyped paths would reach it, their keys and
+/// calls in its tenant's trail. Only an admin bound to no tenant may
+/// create one.
+#[tokio::test]
+async fn only_a_global_admin_may_route_the_root_prefix() {
+    let ts = TestServer::start().await;
+    let up = format!("http://{}", start_upstream().await);
+    let owner = ts.admin_client();
+    let (_, _, beta_key) = owner.setup("beta", "/beta", &up).await;
+    assert_eq!(owner.post("/v1/tenants", json!({"id": "alpha", "name": "Alpha"})).await.status, 201);
+    let mut bound = Vec::new();
+    for role in ["admin", "owner"] {
+        let a = owner.post("/v1/admins", json!({"name": format!("alpha-{role}"), "role": role, "tenant_id": "alpha"})).await;
+        assert_eq!(a.status, 201, "{}", a.text);
+        bound.push(Admin { token: a.body["token"].as_str().unwrap().to_string(), ..owner.clone() });
+    }
+    let mistyped = || async { ts.client.get(format!("{}/bta/x", ts.gateway)).header("X-API-Key", &beta_key).send().await.unwrap().status().as_u16() };
+    assert_eq!(mistyped().await, 404);
+    for who in &bound {
+        let a = who.post("/v1/tenants/alpha/apis", json!({"id": "catchall", "path_prefix": "/", "upstream": up})).await;
+        assert_eq!(a.status, 403, "{}", a.text);
+        assert_eq!(a.body["error"]["code"], "forbidden");
+        assert!(a.body["error"]["message"].as_str().unwrap().contains("`/`"), "{}", a.text);
+    }
+    let apis = owner.get("/v1/tenants/alpha/apis").await;
+    assert_eq!(apis.body["apis"], json!([]), "{}", apis.text);
+    assert_eq!(mistyped().await, 404, "beta's mistyped paths still reach no api");
+    // Their own prefixes stay theirs to route.
+    let a = bound[0].post("/v1/tenants/alpha/apis", json!({"id": "alpha", "path_prefix": "/alpha", "upstream": up})).await;
+    assert_eq!(a.status, 201, "{}", a.text);
+    // A global admin, not only an owner, may.
+    let a = owner.post("/v1/admins", json!({"name": "ops", "role": "admin"})).await;
+    let ops = Admin { token: a.body["token"].as_str().unwrap().to_string(), ..owner.clone() };
+    let a = ops.post("/v1/tenants/alpha/apis", json!({"id": "catchall", "path_prefix": "/", "upstream": up})).await;
+    assert_eq!(a.status, 201, "{}", a.text);
+}
