@@ -193,6 +193,11 @@ enum ArchiveCommand {
     Restore {
         #[command(flatten)]
         day: ArchivedDay,
+        /// The longest wait, in seconds, for a retention run, an erasure or
+        /// another restore (in this or another process) to finish with the
+        /// audit trail first.
+        #[arg(long, default_value_t = 10)]
+        wait_secs: u64,
     },
     /// Print a tenant's archived day as NDJSON, one event a line with its
     /// chain hashes (`{"prev_hash", "hash", "event"}`), after checking the
@@ -375,13 +380,14 @@ fn archive_cat(a: ArchivedDay) -> anyhow::Result<()> {
 }
 
 /// `keytrail archive restore`.
-fn archive_restore(a: ArchivedDay) -> anyhow::Result<()> {
+fn archive_restore(a: ArchivedDay, wait_secs: u64) -> anyhow::Result<()> {
     check_tenant(&a.tenant)?;
     let key = verifying_key(&a.data_dir, a.public_key.as_deref())?;
     let archive_dir = a.archive_dir.unwrap_or_else(|| a.data_dir.join("archive"));
     let audit = a.data_dir.join("audit");
     anyhow::ensure!(audit.is_dir(), "{} has no audit trail to restore into", a.data_dir.display());
-    let r = keytrail::store::audit::archive::restore(&audit, &archive_dir, &a.tenant, &a.day, &key).map_err(|e| anyhow::anyhow!(e))?;
+    let wait = std::time::Duration::from_secs(wait_secs);
+    let r = keytrail::store::audit::archive::restore_waiting(&audit, &archive_dir, &a.tenant, &a.day, &key, wait).map_err(|e| anyhow::anyhow!(e))?;
     println!(
         "restored {} events of `{}` (seq {}..={}, archive {}) into {}",
         r.events,
@@ -508,7 +514,7 @@ fn main() -> ExitCode {
                     Err(e) => Err(e),
                 }
             }
-            Command::Archive { command: ArchiveCommand::Restore { day } } => archive_restore(day),
+            Command::Archive { command: ArchiveCommand::Restore { day, wait_secs } } => archive_restore(day, wait_secs),
             Command::Archive { command: ArchiveCommand::Cat { day } } => archive_cat(day),
             Command::Keys { command: KeysCommand::Public { data_dir } } => existing_signer(&data_dir).map(|signer| {
                 println!("{}", keytrail::signing::public_key_text(&signer.public_key()));

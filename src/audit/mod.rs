@@ -486,10 +486,21 @@ impl Writer {
             if self.waiting_erasures.is_empty() {
                 return;
             }
-            // Retention holds the directory: try again after the next batch.
-            let Some(held) = crate::store::audit::erasure::try_maintenance_lock(self.store.dir()) else {
-                std::thread::sleep(Duration::from_millis(5));
-                return;
+            let what = format!("an erasure in tenant `{}` (keytrail serve)", self.waiting_erasures[0].0.tenant);
+            let held = match crate::store::audit::erasure::try_maintenance_lock(self.store.dir(), &what) {
+                Ok(Some(held)) => held,
+                // Retention or a restore (perhaps in another process) holds
+                // the directory: try again after the next batch.
+                Ok(None) => {
+                    std::thread::sleep(Duration::from_millis(5));
+                    return;
+                }
+                Err(error) => {
+                    let (_, done) = self.waiting_erasures.pop_front().expect("front checked");
+                    tracing::error!(%error, "erasure could not start");
+                    let _ = done.send(Err(error));
+                    return;
+                }
             };
             let (request, done) = self.waiting_erasures.pop_front().expect("front checked");
             match self.store.begin_erasure(request, held) {

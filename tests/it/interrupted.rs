@@ -103,7 +103,7 @@ async fn an_erasure_whose_caller_goes_away_is_still_recorded_with_its_outcome() 
     assert_eq!(res.status(), 200);
     ts.flush().await;
     // Retention holds the audit directory: the erasure waits for it.
-    let held = keytrail::store::audit::erasure::maintenance_lock(&ts.audit_dir());
+    let held = keytrail::store::audit::erasure::maintenance_lock(&ts.audit_dir(), "retention").unwrap();
     let mut stream = tokio::net::TcpStream::connect(ts.admin.trim_start_matches("http://")).await.unwrap();
     let head = format!(
         "POST /v1/tenants/acme/consumers/{consumer}/erase HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{{}}"

@@ -111,7 +111,7 @@ impl Trail {
             archive_level: archive::DEFAULT_ZSTD_LEVEL,
             signer: std::sync::Arc::new(Signer::load_or_create(&self.dir.path().join("signing.key")).unwrap()),
         };
-        let held = keytrail::store::audit::erasure::maintenance_lock(&self.audit);
+        let held = keytrail::store::audit::erasure::maintenance_lock(&self.audit, "an erasure").unwrap();
         let mut job = self.store.begin_erasure(request, held).unwrap();
         while !self.store.erasure_step(&mut job).unwrap() {}
         job.into_report()
@@ -671,6 +671,76 @@ async fn the_server_runs_retention_at_start_and_the_settings_api_sets_it() {
     assert!(ok, "{text}");
     let (ok, text) = run(&["archive", "verify", "--data-dir", &data], out.path());
     assert!(ok, "{text}");
+}
+
+/// `keytrail archive restore` runs as a process of its own, beside a
+/// server whose retention and erasures change the same audit directory:
+/// the directory's maintenance lock keeps them apart across processes.
+/// The test process plays the server (it holds the lock as an erasure
+/// would), the real binary restores.
+#[test]
+fn a_restore_and_a_servers_maintenance_exclude_each_other_across_processes() {
+    use keytrail::store::audit::erasure;
+    let mut t = trail(5, false);
+    t.run(&RetentionPolicy::uniform(settings(1, 30)), at(4, 0));
+    assert!(!t.day_file(0).exists() && !t.day_file(1).exists());
+    let data = t.dir.path().to_str().unwrap().to_string();
+    let out = tempfile::tempdir().unwrap();
+    let restored = |d: i64| t.audit.join("restored").join(format!("{}.db", name(d)));
+    let wait_exit = |p: &mut Process, secs: u64| -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = p.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        None
+    };
+
+    // An erasure holds the directory: a restore waits for it, writing nothing...
+    let held = erasure::maintenance_lock(&t.audit, "an erasure in tenant `acme` (keytrail serve)").unwrap();
+    let mut waiting = Process::spawn(&["archive", "restore", "--data-dir", &data, "--tenant", "acme", "--day", &name(0)], &[], out.path(), out.path());
+    let early = wait_exit(&mut waiting, 2);
+    assert!(early.is_none() && !restored(0).exists(), "the restore ran during the erasure ({early:?}): {}{}", waiting.stdout(), waiting.stderr());
+    // ...and goes on once it is over.
+    drop(held);
+    let status = wait_exit(&mut waiting, 20).expect("the restore ends");
+    assert!(status.success(), "{}{}", waiting.stdout(), waiting.stderr());
+    assert!(restored(0).exists());
+    // Past its wait it gives up, saying what holds the directory and what to do.
+    let held = erasure::maintenance_lock(&t.audit, "an erasure in tenant `acme` (keytrail serve)").unwrap();
+    let (ok, text) = run(&["archive", "restore", "--data-dir", &data, "--tenant", "acme", "--day", &name(1), "--wait-secs", "0"], out.path());
+    assert!(!ok && text.contains("nothing was restored") && text.contains("is being changed by an erasure in tenant `acme` (keytrail serve) (process "), "{text}");
+    assert!(text.contains("run `keytrail archive restore` again when that has finished"), "{text}");
+    assert!(!restored(1).exists());
+    drop(held);
+
+    // A restore holds the directory while it runs: an erasure (or retention)
+    // does not start meanwhile, and another restore is kept out too.
+    let mut holding = Process::spawn(
+        &["archive", "restore", "--data-dir", &data, "--tenant", "acme", "--day", &name(1)],
+        &[("KEYTRAIL_FAILPOINT", "restore_hold:3000")],
+        out.path(),
+        out.path(),
+    );
+    let lock_file = t.audit.join(erasure::MAINTENANCE_LOCK_FILE);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !std::fs::read_to_string(&lock_file).unwrap_or_default().contains("archive restore") {
+        assert!(std::time::Instant::now() < deadline, "the restore did not take the lock: {}{}", holding.stdout(), holding.stderr());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(erasure::try_maintenance_lock(&t.audit, "an erasure").unwrap().is_none(), "an erasure started during a restore");
+    let refused = erasure::maintenance_lock(&t.audit, "retention").err().expect("retention started during a restore").to_string();
+    assert!(refused.contains(&format!("is being changed by `keytrail archive restore` of tenant `acme`'s {}", name(1))), "{refused}");
+    let (ok, text) = run(&["archive", "restore", "--data-dir", &data, "--tenant", "acme", "--day", &name(1), "--wait-secs", "0"], out.path());
+    assert!(!ok && text.contains(&format!("is being changed by `keytrail archive restore` of tenant `acme`'s {}", name(1))), "{text}");
+    let status = wait_exit(&mut holding, 20).expect("the restore ends");
+    assert!(status.success(), "{}{}", holding.stdout(), holding.stderr());
+    // Let go at the end: the erasure now reaches the restored days too.
+    let report = t.erase_acme_consumer();
+    assert!(report.day_files.iter().any(|d| d.starts_with("restored/")), "{report:?}");
+    t.assert_verifies();
 }
 
 // --- helpers ---

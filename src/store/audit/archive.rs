@@ -1070,8 +1070,51 @@ pub struct RestoreReport {
 /// refused), then its events are written at their own `seq`, with their own
 /// hashes, into the day files of `<audit_dir>/restored/` (by each event's
 /// own day), where the audit API and `keytrail verify` read them.
+///
+/// The audit directory is held throughout ([`super::erasure::maintenance_lock`],
+/// across processes): an erasure (in a server) must not rewrite the archive
+/// and the restored files while the old values are being brought back, nor
+/// retention delete the archive, nor two restores write the same files.
+/// Waits up to [`RESTORE_WAIT`] for whatever holds it; then nothing is done
+/// and the error says what holds it.
 pub fn restore(audit_dir: &Path, archive_dir: &Path, tenant: &str, day: &str, key: &VerifyingKey) -> Result<RestoreReport, String> {
+    restore_waiting(audit_dir, archive_dir, tenant, day, key, RESTORE_WAIT)
+}
+
+/// How long [`restore`] waits for a retention run, an erasure or another
+/// restore to let the audit directory go.
+pub const RESTORE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// [`restore`], waiting at most `wait` for the audit directory.
+pub fn restore_waiting(
+    audit_dir: &Path,
+    archive_dir: &Path,
+    tenant: &str,
+    day: &str,
+    key: &VerifyingKey,
+    wait: std::time::Duration,
+) -> Result<RestoreReport, String> {
     let wanted = day_manifests(archive_dir, tenant, day)?;
+    let what = format!("`keytrail archive restore` of tenant `{tenant}`'s {day}");
+    let deadline = std::time::Instant::now() + wait;
+    let _held = loop {
+        match super::erasure::try_maintenance_lock(audit_dir, &what) {
+            Ok(Some(held)) => break held,
+            Ok(None) if std::time::Instant::now() < deadline => std::thread::sleep(std::time::Duration::from_millis(50)),
+            Ok(None) => {
+                return Err(format!(
+                    "nothing was restored: the audit trail in {} is being changed by {} (waited {} s); run `keytrail archive restore` again when that has finished",
+                    audit_dir.display(),
+                    super::erasure::maintenance_holder(audit_dir),
+                    wait.as_secs_f64()
+                ))
+            }
+            Err(error) => return Err(format!("nothing was restored: {error}")),
+        }
+    };
+    if let Some(hold) = restore_hold() {
+        std::thread::sleep(hold);
+    }
     let restored_dir = audit_dir.join(RESTORED_DIR);
     let reader = super::AuditReader::open(audit_dir).map_err(|e| e.to_string())?;
     let runs = reader.restored_runs(tenant).map_err(|e| e.to_string())?;
@@ -1159,6 +1202,13 @@ pub fn restore(audit_dir: &Path, archive_dir: &Path, tenant: &str, day: &str, ke
     }
     store.flush_rollups().map_err(|e| e.to_string())?;
     Ok(report)
+}
+
+/// For tests: `KEYTRAIL_FAILPOINT=restore_hold:<ms>` makes a restore hold
+/// the audit directory that long before it begins.
+fn restore_hold() -> Option<std::time::Duration> {
+    let ms = std::env::var("KEYTRAIL_FAILPOINT").ok()?.strip_prefix("restore_hold:")?.parse().ok()?;
+    Some(std::time::Duration::from_millis(ms))
 }
 
 /// The manifests of `tenant`'s archives named for `day` (`YYYY-MM-DD`).

@@ -94,23 +94,38 @@ impl ErasureReport {
     }
 }
 
+/// The file in an audit directory whose advisory lock (`flock`) keytrail
+/// processes hold while they change its day files and archives: a server's
+/// retention and erasures, `keytrail archive restore`. It holds what the
+/// holder is doing, for the others' messages.
+pub const MAINTENANCE_LOCK_FILE: &str = "maintenance.lock";
+
 /// Whether the audit directory's day files and archives are being changed
-/// by retention or an erasure, and the wait for them to be let go.
+/// by this process (and by what), and the wait for them to be let go.
 #[derive(Default)]
 struct Maintenance {
-    busy: Mutex<bool>,
+    holder: Mutex<Option<String>>,
     released: Condvar,
 }
 
-/// Held while retention or an erasure changes an audit directory's day
-/// files and archives (one holder per directory in this process); owned,
-/// so an erasure can hold it across the writer's batches.
-pub struct MaintenanceGuard(Arc<Maintenance>);
+/// Held while retention, an erasure or a restore changes an audit
+/// directory's day files and archives: one holder per directory in this
+/// process, and the lock on its [`MAINTENANCE_LOCK_FILE`] against other
+/// processes; owned, so an erasure can hold it across the writer's batches.
+pub struct MaintenanceGuard {
+    state: Arc<Maintenance>,
+    file: Option<std::fs::File>,
+}
 
 impl Drop for MaintenanceGuard {
     fn drop(&mut self) {
-        *self.0.busy.lock().unwrap_or_else(|e| e.into_inner()) = false;
-        self.0.released.notify_all();
+        // Other processes first: closing the file lets its lock go.
+        if let Some(file) = self.file.take() {
+            let _ = file.set_len(0);
+            drop(file);
+        }
+        *self.state.holder.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.state.released.notify_all();
     }
 }
 
@@ -120,29 +135,99 @@ fn maintenance_of(dir: &Path) -> Arc<Maintenance> {
     REGISTRY.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner()).entry(key).or_default().clone()
 }
 
-/// Waits until no one else maintains the audit directory `dir`, then holds it.
-pub fn maintenance_lock(dir: &Path) -> MaintenanceGuard {
-    let state = maintenance_of(dir);
-    let mut busy = state.busy.lock().unwrap_or_else(|e| e.into_inner());
-    while *busy {
-        busy = state.released.wait(busy).unwrap_or_else(|e| e.into_inner());
-    }
-    *busy = true;
-    drop(busy);
-    MaintenanceGuard(state)
+/// `what`, with this process and the time, as the lock file tells others.
+fn holder_text(what: &str) -> String {
+    format!("{what} (process {}, since {})", std::process::id(), crate::event::format_timestamp(crate::event::now_ms()))
 }
 
-/// [`maintenance_lock`] without waiting: `None` while retention (or another
-/// erasure) holds the directory. The audit writer must not wait for it.
-pub fn try_maintenance_lock(dir: &Path) -> Option<MaintenanceGuard> {
-    let state = maintenance_of(dir);
-    let mut busy = state.busy.lock().unwrap_or_else(|e| e.into_inner());
-    if *busy {
-        return None;
+/// Takes the lock of `dir`'s [`MAINTENANCE_LOCK_FILE`] for the holder of
+/// the directory in this process; `None` while another process holds it.
+fn lock_file(dir: &Path, holder: &str) -> Result<Option<std::fs::File>, StoreError> {
+    use std::io::Write;
+    let path = dir.join(MAINTENANCE_LOCK_FILE);
+    let mut options = std::fs::OpenOptions::new();
+    options.create(true).truncate(false).read(true).write(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let file = options.open(&path).map_err(|e| StoreError::Io(std::io::Error::new(e.kind(), format!("cannot open {}: {e}", path.display()))))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(StoreError::Io(std::io::Error::new(e.kind(), format!("cannot lock {}: {e}", path.display()))))
+        }
     }
-    *busy = true;
-    drop(busy);
-    Some(MaintenanceGuard(state))
+    file.set_len(0)?;
+    (&file).write_all(holder.as_bytes())?;
+    Ok(Some(file))
+}
+
+/// Marks the directory held in this process (after waiting, with `wait`,
+/// for another holder here to let go), then takes the lock file; `None`
+/// when either is held.
+fn acquire(dir: &Path, what: &str, wait: bool) -> Result<Option<MaintenanceGuard>, StoreError> {
+    let state = maintenance_of(dir);
+    let holder = holder_text(what);
+    {
+        let mut current = state.holder.lock().unwrap_or_else(|e| e.into_inner());
+        while current.is_some() {
+            if !wait {
+                return Ok(None);
+            }
+            current = state.released.wait(current).unwrap_or_else(|e| e.into_inner());
+        }
+        *current = Some(holder.clone());
+    }
+    // From here the guard lets the directory go again in this process
+    // whatever happens to the lock file.
+    let mut guard = MaintenanceGuard { state, file: None };
+    match lock_file(dir, &holder)? {
+        Some(file) => {
+            guard.file = Some(file);
+            Ok(Some(guard))
+        }
+        None => Ok(None),
+    }
+}
+
+/// Waits until no one else in this process maintains the audit directory
+/// `dir`, then holds it, for `what` (e.g. `retention`, said to others who
+/// find it held). Another process holding it (a `keytrail archive restore`,
+/// another server's erasure) is not waited for: that is a `Conflict` saying
+/// what holds it.
+pub fn maintenance_lock(dir: &Path, what: &str) -> Result<MaintenanceGuard, StoreError> {
+    match acquire(dir, what, true)? {
+        Some(guard) => Ok(guard),
+        None => Err(StoreError::Conflict(busy_message(dir))),
+    }
+}
+
+/// [`maintenance_lock`] without waiting: `None` while retention, another
+/// erasure or a restore (in this process or another) holds the directory.
+/// The audit writer must not wait for it.
+pub fn try_maintenance_lock(dir: &Path, what: &str) -> Result<Option<MaintenanceGuard>, StoreError> {
+    acquire(dir, what, false)
+}
+
+/// What holds the audit directory `dir` (as its holder described itself),
+/// for a message to someone who found it held.
+pub fn maintenance_holder(dir: &Path) -> String {
+    if let Some(holder) = maintenance_of(dir).holder.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+        return holder;
+    }
+    match std::fs::read_to_string(dir.join(MAINTENANCE_LOCK_FILE)) {
+        Ok(text) if !text.trim().is_empty() => text.trim().to_string(),
+        _ => "another keytrail process".to_string(),
+    }
+}
+
+/// "<dir> is being changed by <holder>", and what to do.
+pub fn busy_message(dir: &Path) -> String {
+    format!(
+        "the audit trail in {} is being changed by {}; try again when that has finished",
+        dir.display(),
+        maintenance_holder(dir)
+    )
 }
 
 /// An erasure in progress: the files still to go, what was done so far,

@@ -146,7 +146,7 @@ impl RetentionReport {
 pub fn run(audit_dir: &Path, archive_dir: &Path, policy: &RetentionPolicy, now_ms: i64, signer: &Signer) -> Result<RetentionReport, StoreError> {
     std::fs::create_dir_all(audit_dir)?;
     // Not while an erasure rewrites the same days and archives.
-    let _held = super::erasure::maintenance_lock(audit_dir);
+    let _held = super::erasure::maintenance_lock(audit_dir, "retention")?;
     let meta = open(&audit_dir.join(META_FILE))?;
     meta.execute_batch(archive::SCHEMA)?;
     meta.execute_batch(super::integrity::CHECKPOINT_SCHEMA)?;

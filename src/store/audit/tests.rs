@@ -825,10 +825,10 @@ fn an_erasure_runs_a_day_file_at_a_time_while_events_keep_coming() {
         archive_level: 3,
         signer,
     };
-    let held = erasure::maintenance_lock(&audit);
+    let held = erasure::maintenance_lock(&audit, "an erasure").unwrap();
     let mut job = store.begin_erasure(request, held).unwrap();
     // Retention cannot start while the job holds the directory.
-    assert!(erasure::try_maintenance_lock(&audit).is_none());
+    assert!(erasure::try_maintenance_lock(&audit, "retention").unwrap().is_none());
     assert!(!store.erasure_step(&mut job).unwrap(), "the first day file");
     // Between steps, new events of the subject on the day already done (kept
     // as they are: they came after) and on a day still to do (erased with it).
@@ -845,7 +845,7 @@ fn an_erasure_runs_a_day_file_at_a_time_while_events_keep_coming() {
     store.insert_batch(&mut late).unwrap();
     while !store.erasure_step(&mut job).unwrap() {}
     let report = job.into_report();
-    assert!(erasure::try_maintenance_lock(&audit).is_some(), "let go at the end");
+    assert!(erasure::try_maintenance_lock(&audit, "retention").unwrap().is_some(), "let go at the end");
     let subject = |e: &Event| e.tenant_id == "acme" && e.consumer_id.as_deref() == Some("cons_3");
     let expected = input.iter().filter(|e| subject(e)).count() as u64;
     assert_eq!(report.events, expected + 1, "{report:?}");

@@ -688,7 +688,7 @@ impl AuditWriterStore {
     /// Erases a consumer's personal values in one go (see
     /// [`super::erasure`]); the audit writer uses the steps instead.
     pub fn erase(&mut self, request: ErasureRequest) -> Result<ErasureReport, StoreError> {
-        let held = super::erasure::maintenance_lock(&self.dir);
+        let held = super::erasure::maintenance_lock(&self.dir, &format!("an erasure in tenant `{}`", request.tenant))?;
         let mut job = self.begin_erasure(request, held)?;
         while !self.erasure_step(&mut job)? {}
         Ok(job.into_report())
