@@ -295,6 +295,96 @@ fn verify_from_a_time_walks_the_chain_from_there_and_says_so() {
     assert!(!ok && text.contains("--from"), "{text}");
 }
 
+// --- chain heads in meta.db ---
+
+const DAY_MS: i64 = 86_400_000;
+
+fn one(tenant: &str, ts: i64) -> Event {
+    let mut e = Event::new(tenant, Category::Request, "api_call", "success");
+    e.timestamp_ms = ts;
+    e
+}
+
+/// The heads `meta.db` holds, by tenant.
+fn meta_heads(audit: &Path) -> std::collections::HashMap<String, i64> {
+    let conn = Connection::open(audit.join("meta.db")).unwrap();
+    let mut stmt = conn.prepare("SELECT tenant, seq FROM heads").unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect()
+}
+
+/// Makes every later commit of blocks to the day file of `ts` fail, as a
+/// full disk would (a trigger added from another connection); `false` lets
+/// them succeed again.
+fn break_day_file(audit: &Path, ts: i64, broken: bool) {
+    let path = audit.join(format!("{}.db", keytrail::store::audit::archive::day_name(ts.div_euclid(DAY_MS))));
+    let conn = Connection::open(path).unwrap();
+    conn.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
+    if broken {
+        conn.execute_batch("CREATE TRIGGER broken BEFORE INSERT ON blocks BEGIN SELECT RAISE(ABORT, 'disk full'); END;").unwrap();
+    } else {
+        conn.execute_batch("DROP TRIGGER broken;").unwrap();
+    }
+}
+
+/// A batch over midnight is committed a day file at a time. When the
+/// second day's commit fails, the first day's commit stands: its heads must
+/// still reach meta.db, or once retention has deleted that day's file a
+/// restart would begin the tenant's chain again at an older head.
+#[test]
+fn a_batch_over_midnight_whose_second_day_fails_still_saves_the_first_days_heads() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit");
+    let day0 = T0.div_euclid(DAY_MS) * DAY_MS;
+    let (late, early) = (day0 + DAY_MS - 1_000, day0 + DAY_MS + 1_000);
+    let mut store = AuditWriterStore::open(&audit).unwrap();
+    store.insert_batch(&mut vec![one("globex", early)]).unwrap();
+    break_day_file(&audit, early, true);
+    // acme's slow call of the evening and globex's next call of the morning.
+    let mut batch = vec![one("acme", late), one("globex", early + 1)];
+    assert!(store.insert_batch(&mut batch).is_err());
+    assert_eq!(batch.len(), 1, "acme's day committed, globex's left for the retry");
+    assert_eq!(store.heads()["acme"].seq, 1);
+    // The disk comes back and the writer retries what is left.
+    break_day_file(&audit, early, false);
+    store.insert_batch(&mut batch).unwrap();
+    drop(store);
+    assert_eq!(meta_heads(&audit).get("acme"), Some(&1), "acme's head is not in meta.db");
+    // Retention drops the first day's file: acme's chain still goes on from seq 1.
+    std::fs::remove_file(audit.join(format!("{}.db", keytrail::store::audit::archive::day_name(day0 / DAY_MS)))).unwrap();
+    let store = AuditWriterStore::open(&audit).unwrap();
+    assert_eq!(store.heads().get("acme").map(|h| h.seq), Some(1));
+}
+
+/// A batch over more days than the writer keeps open closes the least
+/// recently used file on the way. Once closed, retention may delete it, so
+/// its heads are in meta.db before it closes (not only at the batch's end,
+/// which a failing later day never reaches).
+#[test]
+fn a_day_file_closed_to_make_room_has_its_heads_in_meta_db() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit");
+    let day0 = T0.div_euclid(DAY_MS) * DAY_MS;
+    let mut store = AuditWriterStore::open(&audit).unwrap();
+    let last = day0 + 3 * DAY_MS + 1_000;
+    store.insert_batch(&mut vec![one("globex", last)]).unwrap();
+    break_day_file(&audit, last, true);
+    // A backlog of four days (three are kept open): acme's day 0 is closed
+    // to open day 3's file, whose commit then fails.
+    let mut batch = vec![one("acme", day0 + 1_000), one("globex", day0 + DAY_MS + 1_000), one("globex", day0 + 2 * DAY_MS + 1_000), one("globex", last + 1)];
+    assert!(store.insert_batch(&mut batch).is_err());
+    assert_eq!(batch.len(), 1, "days 0 to 2 committed");
+    assert_eq!(meta_heads(&audit).get("acme"), Some(&1), "day 0's file was closed without its heads in meta.db");
+    // Nothing is lost: the retry commits the rest and the trail verifies.
+    break_day_file(&audit, last, false);
+    store.insert_batch(&mut batch).unwrap();
+    drop(store);
+    assert_eq!(meta_heads(&audit).get("globex"), Some(&4));
+    let key = Signer::load_or_create(&dir.path().join("signing.key")).unwrap().public_key();
+    for report in verify_dir(&audit, None, &key).unwrap() {
+        assert!(report.ok, "{report:?}");
+    }
+}
+
 fn run(args: &[&str], dir: &Path) -> (bool, String) {
     let mut p = Process::spawn(args, &[], dir, dir);
     let status = p.child.wait().unwrap();

@@ -518,7 +518,6 @@ impl AuditWriterStore {
         let rollups_due = self.last_rollup_write.elapsed() >= ROLLUP_INTERVAL
             || self.days.values().map(|d| d.pending.keys()).sum::<usize>() >= ROLLUP_MAX_PENDING;
         let mut heads = self.heads.clone();
-        let mut touched: FxHashSet<String> = FxHashSet::default();
         let mut committed = 0;
         while committed < batch.len() {
             let day = day_of(batch[committed].timestamp_ms);
@@ -542,7 +541,9 @@ impl AuditWriterStore {
                 } else {
                     writer.pending.merge(day_batch.rollups);
                 }
-                touched.extend(day_batch.heads.keys().cloned());
+                // Marked for meta.db as the day commits: a later day of the
+                // batch that fails must not leave them out.
+                self.unsaved_heads.extend(day_batch.heads.keys().cloned());
                 self.heads.extend(day_batch.heads);
                 Ok(())
             });
@@ -564,16 +565,16 @@ impl AuditWriterStore {
             std::thread::yield_now();
         }
         batch.clear();
-        self.unsaved_heads.extend(touched);
         // Days before yesterday (of the newest event) are closed: retention
-        // may delete their files.
-        let mut closed = false;
+        // may delete their files, so their heads go to meta.db first.
         if let Some(newest) = self.days.keys().next_back().copied() {
             let old: Vec<i64> = self.days.range(..newest - 1).map(|(d, _)| *d).collect();
+            if !old.is_empty() {
+                self.save_unsaved_heads()?;
+            }
             for day in old {
                 let mut closing = self.days.remove(&day).expect("present");
                 write_pending_rollups(&mut closing)?;
-                closed = true;
             }
         }
         if rollups_due {
@@ -583,8 +584,24 @@ impl AuditWriterStore {
             }
             self.last_rollup_write = Instant::now();
         }
-        if rollups_due || closed {
+        if rollups_due {
             self.save_unsaved_heads()?;
+        }
+        Ok(())
+    }
+
+    /// Closes the least recently used day file when `day`'s is to be opened
+    /// and [`OPEN_DAYS`] are open. The heads not yet in `meta.db` are saved
+    /// first: once the file is closed retention may delete it, and then
+    /// `meta.db` holds the only copy of the heads it had.
+    fn make_room_for(&mut self, day: i64) -> Result<(), StoreError> {
+        if self.days.contains_key(&day) || self.days.len() < OPEN_DAYS {
+            return Ok(());
+        }
+        self.save_unsaved_heads()?;
+        if let Some(oldest) = self.days.iter().min_by_key(|(_, d)| d.last_used).map(|(k, _)| *k) {
+            let mut closing = self.days.remove(&oldest).expect("present");
+            write_pending_rollups(&mut closing)?;
         }
         Ok(())
     }
@@ -602,6 +619,7 @@ impl AuditWriterStore {
 
     /// Numbers and chains one day's events and encodes them into blocks.
     fn build_day(&mut self, day: i64, events: &mut [Event], heads: &mut FxHashMap<String, ChainHead>) -> Result<DayBatch, StoreError> {
+        self.make_room_for(day)?;
         let writer = day_writer(&mut self.days, &self.dir, &mut self.uses, day)?;
         let compressor = &mut self.compressor;
         let mut out = DayBatch::default();
@@ -845,24 +863,19 @@ impl Drop for AuditWriterStore {
     }
 }
 
-/// The writer of `day`'s file, opening it (and closing the least recently
-/// used one) when needed.
+/// The writer of `day`'s file, opening it when needed (after
+/// [`AuditWriterStore::make_room_for`]).
 fn day_writer<'a>(days: &'a mut BTreeMap<i64, DayWriter>, dir: &Path, uses: &mut u64, day: i64) -> Result<&'a mut DayWriter, StoreError> {
     *uses += 1;
-    if !days.contains_key(&day) {
-        if days.len() >= OPEN_DAYS {
-            let oldest = days.iter().min_by_key(|(_, d)| d.last_used).map(|(k, _)| *k);
-            if let Some(k) = oldest {
-                let mut closing = days.remove(&k).expect("present");
-                write_pending_rollups(&mut closing)?;
-            }
+    let writer = match days.entry(day) {
+        std::collections::btree_map::Entry::Occupied(entry) => entry.into_mut(),
+        std::collections::btree_map::Entry::Vacant(entry) => {
+            let claim = OpenDay::claim(dir, day);
+            let mut writer = DayWriter::open(&dir.join(day_file_name(day)), *uses)?;
+            writer._open = Some(claim);
+            entry.insert(writer)
         }
-        let claim = OpenDay::claim(dir, day);
-        let mut writer = DayWriter::open(&dir.join(day_file_name(day)), *uses)?;
-        writer._open = Some(claim);
-        days.insert(day, writer);
-    }
-    let writer = days.get_mut(&day).expect("just opened");
+    };
     writer.last_used = *uses;
     Ok(writer)
 }
