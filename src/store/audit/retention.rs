@@ -364,6 +364,26 @@ fn remove_hot_blocks(audit_dir: &Path, tenant: &str, first: u64, last: u64) -> R
     Ok(removed)
 }
 
+/// What [`BEFORE_DAY_LOCK`] calls.
+#[cfg(test)]
+pub(super) type DayHook = Box<dyn FnMut(i64)>;
+
+#[cfg(test)]
+thread_local! {
+    /// Called by [`drop_days`] with a day just before it takes the writer's
+    /// open days for it: tests let a writer race retention there.
+    pub(super) static BEFORE_DAY_LOCK: std::cell::RefCell<Option<DayHook>> = const { std::cell::RefCell::new(None) };
+}
+
+#[cfg(test)]
+fn before_day_lock(day: i64) {
+    BEFORE_DAY_LOCK.with(|hook| {
+        if let Some(hook) = hook.borrow_mut().as_mut() {
+            hook(day)
+        }
+    });
+}
+
 /// Step 3: day files whose every tenant is archived.
 fn drop_days(audit_dir: &Path, today: i64, report: &mut RetentionReport) -> Result<(), StoreError> {
     let reader = AuditReader::open(audit_dir)?;
@@ -372,12 +392,19 @@ fn drop_days(audit_dir: &Path, today: i64, report: &mut RetentionReport) -> Resu
         if day >= today - 1 {
             break;
         }
-        let tenants = reader.file_tenants(day)?;
-        if !tenants.iter().all(|(tenant, _, _, last)| *last <= reader.archived_through(tenant).0) {
-            continue;
-        }
-        {
+        #[cfg(test)]
+        before_day_lock(day);
+        let tenants = {
+            // The writer's open days first, then what the file holds: a
+            // late event (a call longer than a day, stamped with its start)
+            // committed to the file after its tenants were read would be
+            // deleted with it, never archived. Under the lock the writer
+            // cannot open the file until it is gone.
             let open_days = registry.lock().unwrap_or_else(|e| e.into_inner());
+            let tenants = reader.file_tenants(day)?;
+            if !tenants.iter().all(|(tenant, _, _, last)| *last <= reader.archived_through(tenant).0) {
+                continue;
+            }
             if open_days.contains(&day) {
                 report.problems.push(format!("{}: not dropped: the writer has it open (next run)", day_file_name(day)));
                 continue;
@@ -391,7 +418,8 @@ fn drop_days(audit_dir: &Path, today: i64, report: &mut RetentionReport) -> Resu
                     Err(e) => return Err(e.into()),
                 }
             }
-        }
+            tenants
+        };
         DictCache::forget(&path);
         for (tenant, events, first_seq, last_seq) in tenants {
             report.actions.push(Action {

@@ -996,3 +996,52 @@ fn a_commit_retried_after_a_failure_counts_each_call_under_its_own_method() {
     let want: BTreeMap<String, u64> = [("GET".to_string(), 2), ("POST".to_string(), 1), ("PUT".to_string(), 1)].into();
     assert_eq!(methods, want);
 }
+
+/// Retention drops a day file once every tenant in it is archived. A call
+/// longer than a day has its event stamped with its start, so it can land
+/// in a file retention is looking at: the writer opens the file, commits
+/// the event and closes it again. Retention must judge the file by what it
+/// holds under the writer's open days, or it deletes an event it never
+/// archived.
+#[test]
+fn retention_keeps_a_day_file_that_a_late_event_reached_while_it_looked() {
+    use crate::settings::retention::{RetentionPolicy, RetentionSettings};
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit");
+    let signer = crate::signing::Signer::load_or_create(&dir.path().join("signing.key")).unwrap();
+    let event = |ts: i64| {
+        let mut e = Event::new("acme", Category::Request, "request", "success");
+        e.timestamp_ms = ts;
+        e
+    };
+    // Six days of acme, an event an hour; day 5 is today.
+    let mut store = AuditWriterStore::open(&audit).unwrap();
+    for d in 0..6 {
+        let mut batch: Vec<Event> = (0..24).map(|h| event(DAY0 + d * DAY_MS + h * HOUR_MS)).collect();
+        store.insert_batch(&mut batch).unwrap();
+    }
+    let now = DAY0 + 5 * DAY_MS + 12 * HOUR_MS;
+    let late_day = day_of(DAY0) + 3;
+    // Day 3 (the day before yesterday) is archived and its file dropped in
+    // this run; as retention comes to the file, a call that began late on
+    // day 3 ends and its event is committed there.
+    let mut writer = Some(store);
+    retention::BEFORE_DAY_LOCK.with(|hook| {
+        *hook.borrow_mut() = Some(Box::new(move |day| {
+            if day == late_day {
+                let mut store = writer.take().expect("once");
+                store.insert_batch(&mut vec![event(DAY0 + 4 * DAY_MS - 60_000), event(now)]).unwrap();
+            }
+        }))
+    });
+    let policy = RetentionPolicy::uniform(RetentionSettings { hot_days: 1, archive_days: 30 });
+    let report = retention::run(&audit, &dir.path().join("archive"), &policy, now, &signer).unwrap();
+    retention::BEFORE_DAY_LOCK.with(|hook| hook.borrow_mut().take());
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert!(audit.join(day_file_name(late_day)).exists(), "day 3's file, with the late event, was dropped: {:?}", report.actions);
+    for report in integrity::verify_dir(&audit, None, &signer.public_key()).unwrap() {
+        assert!(report.ok, "{report:?}");
+    }
+    let reader = AuditReader::open(&audit).unwrap();
+    assert_eq!(reader.chain("acme").unwrap().last().map(|e| e.event.seq), Some(6 * 24 + 2));
+}
