@@ -1,23 +1,31 @@
-//! Rate limits: a per-minute rate with a burst allowance (GCRA, from the
-//! `governor` crate) and a daily volume cap, each kept per consumer.
+//! Rate limits: a per-minute rate with a burst allowance (GCRA) and a daily
+//! volume cap, each kept per consumer.
 //!
 //! A consumer's tier sets both; an api may add its own per-minute limit and
 //! a cost per call for expensive paths (an export that counts as 50 calls).
 //! The gateway asks [`check`] once per call after authentication. Limiters
 //! live in the gateway's snapshot and are carried over to the next snapshot
 //! when their settings did not change, so editing one tier does not reset
-//! everyone's counters. This in-memory limiter is the single-node version;
+//! everyone's counters.
+//!
+//! A call passes every limit that applies or spends none of them: each
+//! limit takes its share atomically (the daily count under its lock, a
+//! minute limit's cells by one compare-and-swap), and when a later limit
+//! refuses the call, what the earlier ones took is given back. Giving back
+//! never lets a limit admit more than it allows: a minute limit gets back
+//! the cells less what has drained since they were taken (see
+//! [`RateLimit::give_back`]).
+//!
+//! This in-memory limiter is the single-node version;
 //! the shared (Redis) one for several nodes plugs in behind the same
 //! [`check`].
 
-use std::num::NonZeroU32;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
-use governor::clock::{Clock, DefaultClock};
-use governor::middleware::StateInformationMiddleware;
-use governor::state::keyed::DefaultKeyedStateStore;
-use governor::{Quota, RateLimiter};
+use dashmap::DashMap;
+use governor::clock::{Clock, DefaultClock, Reference};
 use serde::{Deserialize, Serialize};
 
 use crate::text::Text;
@@ -56,15 +64,33 @@ pub fn cost_of(rules: &[CostRule], path: &str) -> u32 {
     exact.max(cost(resolved.as_deref().unwrap_or(path), crate::snapshot::prefix_matches_ignoring_case))
 }
 
-/// Keyed by consumer id (made by keytrail, not by callers), so Fx-hashed
-/// rather than SipHashed (~180 instructions less per call).
-type Keyed = RateLimiter<Text, DefaultKeyedStateStore<Text, rustc_hash::FxBuildHasher>, DefaultClock, StateInformationMiddleware>;
+/// The minute limits' clock (TSC-based, as `governor`'s default): one
+/// reading per call serves every limit the call passes.
+static CLOCK: LazyLock<(DefaultClock, <DefaultClock as Clock>::Instant)> = LazyLock::new(|| {
+    let clock = DefaultClock::default();
+    let start = clock.now();
+    (clock, start)
+});
 
-/// A GCRA limiter with one state per consumer.
+/// Now on [`CLOCK`], in nanoseconds since its first reading.
+fn clock_ns() -> u64 {
+    let (clock, start) = &*CLOCK;
+    clock.now().duration_since(*start).as_u64()
+}
+
+/// A GCRA limiter with one state per consumer: its theoretical arrival
+/// time (TAT) on [`CLOCK`], in nanoseconds (0: no call yet). A call of `n`
+/// cells passes when, after it, the TAT lies no further ahead of now than
+/// the burst (`tau + t`); it moves the TAT to `max(TAT, now) + n·t`.
 pub struct RateLimit {
     pub spec: RateSpec,
-    limiter: Keyed,
-    clock: DefaultClock,
+    /// A cell's weight: 60 s / rate, in nanoseconds.
+    t: u64,
+    /// How far past `now + t` the TAT may lie: `(burst - 1)·t`.
+    tau: u64,
+    /// Keyed by consumer id (made by keytrail, not by callers), so
+    /// Fx-hashed rather than SipHashed (~180 instructions less per call).
+    tats: DashMap<Text, AtomicU64, rustc_hash::FxBuildHasher>,
 }
 
 impl std::fmt::Debug for RateLimit {
@@ -109,30 +135,66 @@ fn ceil_secs(d: Duration) -> u64 {
 
 impl RateLimit {
     pub fn new(spec: RateSpec) -> Option<RateLimit> {
-        let rate = NonZeroU32::new(spec.requests_per_minute)?;
-        let burst = NonZeroU32::new(spec.burst)?;
-        let quota = Quota::per_minute(rate).allow_burst(burst);
-        let clock = DefaultClock::default();
-        let limiter = RateLimiter::dashmap_with_clock_and_hasher(quota, clock.clone(), rustc_hash::FxBuildHasher).with_middleware::<StateInformationMiddleware>();
-        Some(RateLimit { spec, limiter, clock })
+        if spec.requests_per_minute == 0 || spec.burst == 0 {
+            return None;
+        }
+        let t = (60_000_000_000 / u64::from(spec.requests_per_minute)).max(1);
+        let tau = t * u64::from(spec.burst - 1);
+        Some(RateLimit { spec, t, tau, tats: DashMap::with_hasher(rustc_hash::FxBuildHasher) })
     }
 
-    /// Takes `cost` cells for `consumer`, or says when they will be there.
-    fn take(&self, consumer: &Text, cost: u32) -> Result<Standing, Duration> {
-        // A cost above the burst could never pass; it takes the whole burst.
-        let n = NonZeroU32::new(cost.clamp(1, self.spec.burst)).expect("at least 1");
-        let interval = Duration::from_secs(60) / self.spec.requests_per_minute;
-        match self.limiter.check_key_n(consumer, n) {
-            Ok(Ok(state)) => {
-                let remaining = state.remaining_burst_capacity();
-                Ok(Standing {
-                    limit: u64::from(self.spec.burst),
-                    remaining: u64::from(remaining),
-                    reset_secs: ceil_secs(interval * (self.spec.burst - remaining)),
-                })
+    /// The cells a call of `cost` takes: a cost above the burst could never
+    /// pass, so it takes the whole burst.
+    fn cells(&self, cost: u32) -> u64 {
+        u64::from(cost.clamp(1, self.spec.burst))
+    }
+
+    /// Takes the cells of a call of `cost` for `consumer` at `now` (on
+    /// [`CLOCK`]), or says how long until they are there.
+    fn take(&self, consumer: &Text, cost: u32, now: u64) -> Result<Standing, Duration> {
+        let weight = self.cells(cost) * self.t;
+        let take = |tat: &AtomicU64| {
+            let mut seen = tat.load(Ordering::Acquire);
+            loop {
+                let at = if seen == 0 { now } else { seen };
+                // The earliest moment the last of the cells conforms.
+                let earliest = (at + weight - self.t).saturating_sub(self.tau);
+                if now < earliest {
+                    return Err(Duration::from_nanos(earliest - now));
+                }
+                let next = at.max(now) + weight;
+                match tat.compare_exchange_weak(seen, next, Ordering::AcqRel, Ordering::Acquire) {
+                    Ok(_) => return Ok(next),
+                    Err(current) => seen = current,
+                }
             }
-            Ok(Err(not_until)) => Err(not_until.wait_time_from(self.clock.now())),
-            Err(_) => Err(interval * self.spec.burst),
+        };
+        let next = match self.tats.get(consumer) {
+            Some(tat) => take(&tat),
+            None => take(&self.tats.entry(consumer.clone()).or_default()),
+        }?;
+        let remaining = ((now + self.tau + self.t).saturating_sub(next).min(self.tau + self.t) / self.t) as u32;
+        Ok(Standing {
+            limit: u64::from(self.spec.burst),
+            remaining: u64::from(remaining),
+            reset_secs: ceil_secs(Duration::from_nanos(self.t * u64::from(self.spec.burst - remaining))),
+        })
+    }
+
+    /// Gives back the cells [`RateLimit::take`] took at `taken` for a call
+    /// another limit then refused. Less the time since: the TAT is lowered
+    /// by the cells' weight minus what has drained since they were taken,
+    /// which is never more than the call added to it however other calls
+    /// came in between (each moves the TAT by its own weight from
+    /// `max(TAT, now)`, and a difference between two TATs shrinks only by
+    /// time passing), so no consumer ever gets more than the limit.
+    fn give_back(&self, consumer: &Text, cost: u32, taken: u64) {
+        let refund = (self.cells(cost) * self.t).saturating_sub(clock_ns().saturating_sub(taken));
+        if refund == 0 {
+            return;
+        }
+        if let Some(tat) = self.tats.get(consumer) {
+            let _ = tat.fetch_update(Ordering::AcqRel, Ordering::Acquire, |seen| Some(seen.saturating_sub(refund)));
         }
     }
 }
@@ -144,8 +206,7 @@ impl DailyCap {
 
     /// Counts `cost` calls for `consumer` today, unless that passes the cap.
     fn take(&self, consumer: &str, cost: u64, now_ms: i64) -> Result<Standing, Standing> {
-        let day = now_ms.div_euclid(86_400_000);
-        let reset_secs = ((day + 1) * 86_400_000 - now_ms + 999) as u64 / 1000;
+        let (day, reset_secs) = day_and_reset(now_ms);
         let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
         let entry = match used.get_mut(consumer) {
             Some(entry) => entry,
@@ -171,6 +232,12 @@ impl DailyCap {
     }
 }
 
+/// The UTC day of `now_ms`, and the seconds until the next one.
+fn day_and_reset(now_ms: i64) -> (i64, u64) {
+    let day = now_ms.div_euclid(86_400_000);
+    (day, ((day + 1) * 86_400_000 - now_ms + 999) as u64 / 1000)
+}
+
 /// A tier's limits as the gateway applies them.
 #[derive(Debug)]
 pub struct TierLimits {
@@ -181,7 +248,10 @@ pub struct TierLimits {
 
 /// Checks a call of `cost` by `consumer` against its tier's limits and the
 /// api's own. On success, the standing closest to its limit (for the
-/// headers), or `None` when no limit applies.
+/// headers), or `None` when no limit applies. A refused call spends nothing
+/// of any limit: the daily cap is counted first (a call it refuses takes no
+/// minute cell), then the api's minute limit, then the tier's, and when one
+/// refuses, what the ones before it took is given back.
 pub fn check(
     tier: Option<&TierLimits>,
     api: Option<(&str, &RateLimit)>,
@@ -195,20 +265,9 @@ pub fn check(
             closest = Some(s);
         }
     };
-    // The scope's text is made only for a refusal: most calls pass.
-    let minute = |scope: &dyn Fn() -> String, limit: &RateLimit| -> Result<Standing, Exceeded> {
-        limit.take(consumer, cost).map_err(|wait| Exceeded {
-            scope: scope(),
-            window: "minute",
-            limit: u64::from(limit.spec.requests_per_minute),
-            retry_after_secs: ceil_secs(wait).max(1),
-            standing: Standing { limit: u64::from(limit.spec.burst), remaining: 0, reset_secs: ceil_secs(wait).max(1) },
-        })
-    };
-    // The daily cap first: a call it refuses spends no minute budget, and
-    // its count is given back when a minute limit refuses the call.
     let daily = match tier.and_then(|t| Some((t, t.daily.as_ref()?))) {
         Some((tier, cap)) => {
+            // The scope's text is made only for a refusal: most calls pass.
             let standing = cap.take(consumer, u64::from(cost), now_ms).map_err(|standing| Exceeded {
                 scope: format!("tier:{}", tier.id),
                 window: "day",
@@ -220,22 +279,46 @@ pub fn check(
         }
         None => None,
     };
-    let minutes = (|| {
-        if let Some((api_id, limit)) = api {
-            note(minute(&|| format!("api:{api_id}"), limit)?);
+    let tier_rate = tier.and_then(|t| Some((t, t.rate.as_ref()?)));
+    if api.is_none() && tier_rate.is_none() {
+        return Ok(daily.map(|(_, standing)| standing));
+    }
+    let now = clock_ns();
+    let minute = |limit: &RateLimit, scope: &dyn Fn() -> String| -> Result<Standing, Exceeded> {
+        limit.take(consumer, cost, now).map_err(|wait| Exceeded {
+            scope: scope(),
+            window: "minute",
+            limit: u64::from(limit.spec.requests_per_minute),
+            retry_after_secs: ceil_secs(wait).max(1),
+            standing: Standing { limit: u64::from(limit.spec.burst), remaining: 0, reset_secs: ceil_secs(wait).max(1) },
+        })
+    };
+    // Gives back what was taken before a refusal.
+    let give_back = |api_taken: bool| {
+        if let Some((_, limit)) = api.filter(|_| api_taken) {
+            limit.give_back(consumer, cost, now);
         }
-        if let Some(tier) = tier {
-            if let Some(limit) = &tier.rate {
-                note(minute(&|| format!("tier:{}", tier.id), limit)?);
-            }
-        }
-        Ok(())
-    })();
-    if let Err(exceeded) = minutes {
         if let Some((cap, _)) = daily {
             cap.give_back(consumer, u64::from(cost), now_ms);
         }
-        return Err(exceeded);
+    };
+    if let Some((api_id, limit)) = api {
+        match minute(limit, &|| format!("api:{api_id}")) {
+            Ok(standing) => note(standing),
+            Err(exceeded) => {
+                give_back(false);
+                return Err(exceeded);
+            }
+        }
+    }
+    if let Some((tier, limit)) = tier_rate {
+        match minute(limit, &|| format!("tier:{}", tier.id)) {
+            Ok(standing) => note(standing),
+            Err(exceeded) => {
+                give_back(true);
+                return Err(exceeded);
+            }
+        }
     }
     if let Some((_, standing)) = daily {
         note(standing);
@@ -284,8 +367,75 @@ mod tests {
         let api = RateLimit::new(RateSpec { requests_per_minute: 60, burst: 2 }).unwrap();
         assert!(check(Some(&t), Some(("docs", &api)), &c, 1, 0).is_ok());
         assert_eq!(check(Some(&t), Some(("docs", &api)), &c, 1, 0).unwrap_err().window, "day");
-        assert!(api.take(&c, 1).is_ok(), "the api's second cell is still there");
-        assert!(t.rate.as_ref().unwrap().take(&c, 1).is_ok(), "so is the tier's");
+        assert!(api.take(&c, 1, clock_ns()).is_ok(), "the api's second cell is still there");
+        assert!(t.rate.as_ref().unwrap().take(&c, 1, clock_ns()).is_ok(), "so is the tier's");
+        // The tier's minute limit refuses: the api's cells and the day's
+        // count are given back.
+        let t = tier(Some(RateSpec { requests_per_minute: 1, burst: 1 }), Some(100));
+        let api = RateLimit::new(RateSpec { requests_per_minute: 1, burst: 5 }).unwrap();
+        assert_eq!(check(Some(&t), Some(("docs", &api)), &c, 1, 0).unwrap().unwrap().remaining, 0);
+        for _ in 0..10 {
+            assert_eq!(check(Some(&t), Some(("docs", &api)), &c, 1, 0).unwrap_err().scope, "tier:free");
+        }
+        assert_eq!(api.take(&c, 1, clock_ns()).unwrap().remaining, 3, "only the call that passed took an api cell");
+        assert_eq!(t.daily.as_ref().unwrap().take(&c, 0, 0).unwrap().remaining, 99);
+        // The api's refuses (at a cost): the tier's are untouched.
+        let t = tier(Some(RateSpec { requests_per_minute: 1, burst: 10 }), None);
+        let api = RateLimit::new(RateSpec { requests_per_minute: 1, burst: 3 }).unwrap();
+        assert!(check(Some(&t), Some(("docs", &api)), &c, 3, 0).is_ok());
+        for _ in 0..5 {
+            assert_eq!(check(Some(&t), Some(("docs", &api)), &c, 3, 0).unwrap_err().scope, "api:docs");
+        }
+        assert_eq!(t.rate.as_ref().unwrap().take(&c, 1, clock_ns()).unwrap().remaining, 6);
+    }
+
+    /// Cells given back long after they were taken are not given back in
+    /// full: what has drained since is not the call's to return.
+    #[test]
+    fn cells_are_given_back_less_what_has_drained() {
+        let c = Text::from("cons_a");
+        // One cell every 600 ms.
+        let limit = RateLimit::new(RateSpec { requests_per_minute: 100, burst: 2 }).unwrap();
+        let now = clock_ns();
+        assert!(limit.take(&c, 2, now).is_ok());
+        limit.give_back(&c, 2, now);
+        assert_eq!(limit.take(&c, 1, clock_ns()).unwrap().remaining, 1, "given back at once: whole");
+        let c = Text::from("cons_b");
+        let taken = clock_ns();
+        assert!(limit.take(&c, 2, taken).is_ok());
+        // Both cells drained; a later call takes one, then the first call's
+        // cells are "given back": nothing is left to give.
+        std::thread::sleep(Duration::from_millis(1_300));
+        assert_eq!(limit.take(&c, 1, clock_ns()).unwrap().remaining, 1);
+        limit.give_back(&c, 2, taken);
+        assert_eq!(limit.take(&c, 1, clock_ns()).unwrap().remaining, 0, "the later call's cell is still spent");
+        assert!(limit.take(&c, 1, clock_ns()).is_err());
+    }
+
+    /// Callers racing on an api limit and a tighter tier limit: no more
+    /// calls pass than the tighter one allows, and every refused call gave
+    /// back what it took, so the api's limit has spent exactly the calls
+    /// that passed.
+    #[test]
+    fn racing_calls_never_pass_a_limit_and_leave_nothing_taken() {
+        let t = std::sync::Arc::new(tier(Some(RateSpec { requests_per_minute: 1, burst: 30 }), Some(1_000)));
+        let api = std::sync::Arc::new(RateLimit::new(RateSpec { requests_per_minute: 1, burst: 50 }).unwrap());
+        let c = Text::from("cons_a");
+        let passed = std::sync::atomic::AtomicU64::new(0);
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                scope.spawn(|| {
+                    for _ in 0..100 {
+                        if check(Some(&t), Some(("docs", &api)), &c, 1, 0).is_ok() {
+                            passed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(passed.load(Ordering::Relaxed), 30);
+        assert_eq!(api.take(&c, 1, clock_ns()).unwrap().remaining, 50 - 30 - 1);
+        assert_eq!(t.daily.as_ref().unwrap().take(&c, 0, 0).unwrap().remaining, 1_000 - 30);
     }
 
     #[test]

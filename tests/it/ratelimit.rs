@@ -244,3 +244,54 @@ async fn bad_limits_are_refused_with_what_to_fix() {
     }
     ts.stop().await;
 }
+
+/// A call one limit refuses spends nothing of the others: the api's minute
+/// cells are still there after the tier's minute limit refused calls, and
+/// the tier's after the api's refused them.
+#[tokio::test]
+async fn a_call_one_limit_refuses_spends_nothing_of_the_others() {
+    let mut ts = TestServer::start().await;
+    // One cell a minute each, so nothing refills during the test.
+    let (admin, consumer, key) = setup(
+        &ts,
+        json!({"rate_limit": {"requests_per_minute": 1, "burst": 5}}),
+        json!({"rate_limit": {"requests_per_minute": 1, "burst": 2}}),
+    )
+    .await;
+    for remaining in [1, 0] {
+        let a = call(&ts, "/docs/fixed", &key).await;
+        assert_eq!((a.status, a.header("ratelimit-remaining")), (200, Some(remaining)), "{}", a.body);
+    }
+    for _ in 0..3 {
+        let a = call(&ts, "/docs/fixed", &key).await;
+        assert_eq!(a.status, 429, "{}", a.body);
+    }
+    let events = admin.wait_for("/v1/audit/acme/security?event_type=rate_limit_exceeded", "events", 3).await;
+    assert!(events.iter().all(|e| e["target"] == "tier:t"), "{events:?}");
+    // Out of the tier, the api's own limit is all that is left: 5 less the
+    // 2 calls that passed (the api's limiter is carried over the change).
+    let a = admin.call("PUT", &format!("/v1/tenants/acme/consumers/{consumer}/tier"), Some(json!({"tier": null}))).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    for remaining in [2, 1, 0] {
+        let a = call(&ts, "/docs/fixed", &key).await;
+        assert_eq!((a.status, a.header("ratelimit-limit"), a.header("ratelimit-remaining")), (200, Some(5), Some(remaining)), "the tier's refusals spent api cells: {}", a.body);
+    }
+    assert_eq!(call(&ts, "/docs/fixed", &key).await.status, 429);
+
+    // The other way round: the api's limit refuses, the tier's cells stay.
+    let up = start_upstream().await;
+    let a = admin.post("/v1/tenants/acme/apis", json!({"id": "open", "path_prefix": "/open", "upstream": format!("http://{up}")})).await;
+    assert_eq!(a.status, 201, "{}", a.text);
+    let a = admin.post("/v1/tenants/acme/tiers", json!({"id": "wide", "rate_limit": {"requests_per_minute": 1, "burst": 4}})).await;
+    assert_eq!(a.status, 201, "{}", a.text);
+    let a = admin.call("PUT", &format!("/v1/tenants/acme/consumers/{consumer}/tier"), Some(json!({"tier": "wide"}))).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    for _ in 0..3 {
+        assert_eq!(call(&ts, "/docs/fixed", &key).await.status, 429, "the api's limit is spent");
+    }
+    for remaining in [3, 2, 1, 0] {
+        let a = call(&ts, "/open/fixed", &key).await;
+        assert_eq!((a.status, a.header("ratelimit-limit"), a.header("ratelimit-remaining")), (200, Some(4), Some(remaining)), "{}", a.body);
+    }
+    ts.stop().await;
+}
