@@ -18,6 +18,9 @@ pub enum ErrorCode {
     RevokedKey,
     ConsumerSuspended,
     RateLimited,
+    /// The call costs more than the consumer's whole daily quota: no wait
+    /// lets it pass.
+    CostExceedsQuota,
     Forbidden,
     InsufficientScope,
     /// Key verification named an api the key's tenant does not have.
@@ -53,6 +56,7 @@ impl ErrorCode {
             ErrorCode::RevokedKey => "revoked_key",
             ErrorCode::ConsumerSuspended => "consumer_suspended",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::CostExceedsQuota => "cost_exceeds_quota",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::InsufficientScope => "insufficient_scope",
             ErrorCode::UnknownApi => "unknown_api",
@@ -83,7 +87,8 @@ impl ErrorCode {
             | ErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
             ErrorCode::ConsumerSuspended => StatusCode::FORBIDDEN,
             ErrorCode::RateLimited | ErrorCode::TooManyAttempts => StatusCode::TOO_MANY_REQUESTS,
-            ErrorCode::Forbidden | ErrorCode::InsufficientScope => StatusCode::FORBIDDEN,
+            // Not 429: waiting does not help, and clients retry a 429.
+            ErrorCode::Forbidden | ErrorCode::InsufficientScope | ErrorCode::CostExceedsQuota => StatusCode::FORBIDDEN,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::LengthRequired => StatusCode::LENGTH_REQUIRED,
             ErrorCode::NoRoute | ErrorCode::UnknownApi | ErrorCode::NotFound => StatusCode::NOT_FOUND,
@@ -107,6 +112,7 @@ impl ErrorCode {
             ErrorCode::RevokedKey => "the API key has been revoked",
             ErrorCode::ConsumerSuspended => "the consumer this key belongs to is suspended",
             ErrorCode::RateLimited => "too many requests: wait for the time in `Retry-After`",
+            ErrorCode::CostExceedsQuota => "this call costs more than the consumer's whole daily quota: it can never pass",
             ErrorCode::Forbidden => "this request is not allowed",
             ErrorCode::InsufficientScope => "the API key does not hold the scopes this API requires",
             ErrorCode::UnknownApi => "the key's tenant has no API with this id",

@@ -14,7 +14,8 @@
 //! refuses the call, what the earlier ones took is given back. Giving back
 //! never lets a limit admit more than it allows: a minute limit gets back
 //! the cells less what has drained since they were taken (see
-//! [`RateLimit::give_back`]).
+//! [`RateLimit::give_back`]). A call that costs more than the whole daily
+//! cap is refused before anything is taken (`cost_above_limit`).
 //!
 //! This in-memory limiter is the single-node version;
 //! the shared (Redis) one for several nodes plugs in behind the same
@@ -127,6 +128,9 @@ pub struct Exceeded {
     pub limit: u64,
     pub retry_after_secs: u64,
     pub standing: Standing,
+    /// The call's cost is above the whole limit (the daily cap): no wait
+    /// lets it pass, and `retry_after_secs` is 0.
+    pub cost_above_limit: bool,
 }
 
 fn ceil_secs(d: Duration) -> u64 {
@@ -222,6 +226,14 @@ impl DailyCap {
         Ok(Standing { limit: self.limit, remaining: self.limit - entry.1, reset_secs })
     }
 
+    /// Where `consumer` stands today, counting nothing.
+    fn standing(&self, consumer: &str, now_ms: i64) -> Standing {
+        let (day, reset_secs) = day_and_reset(now_ms);
+        let used = self.used.lock().unwrap_or_else(|e| e.into_inner());
+        let spent = used.get(consumer).filter(|e| e.0 == day).map_or(0, |e| e.1);
+        Standing { limit: self.limit, remaining: self.limit - spent.min(self.limit), reset_secs }
+    }
+
     /// Gives back what [`DailyCap::take`] counted for a call another limit
     /// then refused (the same UTC day only).
     fn give_back(&self, consumer: &str, cost: u64, now_ms: i64) {
@@ -268,14 +280,20 @@ pub fn check(
     let daily = match tier.and_then(|t| Some((t, t.daily.as_ref()?))) {
         Some((tier, cap)) => {
             // The scope's text is made only for a refusal: most calls pass.
-            let standing = cap.take(consumer, u64::from(cost), now_ms).map_err(|standing| Exceeded {
+            let exceeded = |standing: Standing, cost_above_limit: bool| Exceeded {
                 scope: format!("tier:{}", tier.id),
                 window: "day",
                 limit: cap.limit,
-                retry_after_secs: standing.reset_secs.max(1),
+                retry_after_secs: if cost_above_limit { 0 } else { standing.reset_secs.max(1) },
                 standing,
-            })?;
-            Some((cap, standing))
+                cost_above_limit,
+            };
+            // A call that costs more than the whole day never passes: no
+            // wait helps, and nothing is counted.
+            if u64::from(cost) > cap.limit {
+                return Err(exceeded(cap.standing(consumer, now_ms), true));
+            }
+            Some((cap, cap.take(consumer, u64::from(cost), now_ms).map_err(|standing| exceeded(standing, false))?))
         }
         None => None,
     };
@@ -291,6 +309,7 @@ pub fn check(
             limit: u64::from(limit.spec.requests_per_minute),
             retry_after_secs: ceil_secs(wait).max(1),
             standing: Standing { limit: u64::from(limit.spec.burst), remaining: 0, reset_secs: ceil_secs(wait).max(1) },
+            cost_above_limit: false,
         })
     };
     // Gives back what was taken before a refusal.
@@ -464,6 +483,21 @@ mod tests {
         assert_eq!(e.retry_after_secs, 43_200);
         assert_eq!(check(Some(&t), None, &c, 40, noon).unwrap().unwrap().remaining, 0);
         assert!(check(Some(&t), None, &c, 1, noon + 43_200_000).is_ok(), "a new day");
+    }
+
+    /// A call that costs more than the whole day is told so, not to wait,
+    /// and counts nothing; one that costs the whole day passes.
+    #[test]
+    fn a_cost_above_the_whole_daily_cap_never_passes_and_counts_nothing() {
+        let t = tier(Some(RateSpec { requests_per_minute: 60, burst: 5 }), Some(100));
+        let c = Text::from("cons_a");
+        let e = check(Some(&t), None, &c, 101, 0).unwrap_err();
+        assert!(e.cost_above_limit, "{e:?}");
+        assert_eq!((e.window, e.limit, e.retry_after_secs, e.standing.remaining), ("day", 100, 0, 100));
+        // It took no minute cell: a call of 50 (the whole burst of 5) passes.
+        let e = check(Some(&t), None, &c, 50, 0).unwrap();
+        assert_eq!(e.unwrap().remaining, 0, "the minute limit is the closer one");
+        assert!(!check(Some(&t), None, &Text::from("cons_b"), 100, 0).is_err_and(|e| e.cost_above_limit));
     }
 
     #[test]

@@ -290,6 +290,17 @@ impl Gateway {
         let api_limit = route.rate_limit.as_deref().map(|l| (route.api_id.as_str(), l));
         let standing = match ratelimit::check(entry.tier.as_deref(), api_limit, &entry.consumer_id, cost, now) {
             Ok(standing) => standing,
+            Err(exceeded) if exceeded.cost_above_limit => {
+                // No wait lets it pass: no `Retry-After`, and a code of its own.
+                self.record_rate_limited(&event, &entry, &exceeded, cost);
+                let message = format!(
+                    "this call costs {cost} and the consumer's daily quota is {}: it can never pass (its path costs more than the tier allows in a day)",
+                    exceeded.limit
+                );
+                let mut response = refuse_with(&mut event, ApiError::new(ErrorCode::CostExceedsQuota, message), &request_id_value, finisher);
+                rate_headers(response.headers_mut(), &exceeded.standing);
+                return response;
+            }
             Err(exceeded) => {
                 self.record_rate_limited(&event, &entry, &exceeded, cost);
                 let mut response = refuse(&mut event, ErrorCode::RateLimited, &request_id_value, finisher);
@@ -431,15 +442,26 @@ impl Gateway {
     /// The `rate_limit_exceeded` security event: who, with which key, which
     /// limit and window.
     fn record_rate_limited(&self, request: &Event, key: &KeyEntry, exceeded: &Exceeded, cost: u32) {
-        let mut event = consumer_security_event(request, key, security_type::RATE_LIMIT_EXCEEDED, ErrorCode::RateLimited);
+        let code = if exceeded.cost_above_limit { ErrorCode::CostExceedsQuota } else { ErrorCode::RateLimited };
+        let mut event = consumer_security_event(request, key, security_type::RATE_LIMIT_EXCEEDED, code);
         event.target = Some(exceeded.scope.clone());
-        event.details = Some(serde_json::json!({
-            "limit": exceeded.limit,
-            "window": exceeded.window,
-            "scope": exceeded.scope,
-            "cost": cost,
-            "retry_after_secs": exceeded.retry_after_secs,
-        }));
+        event.details = Some(if exceeded.cost_above_limit {
+            // No wait lets it pass: no `retry_after_secs`.
+            serde_json::json!({
+                "limit": exceeded.limit,
+                "window": exceeded.window,
+                "scope": exceeded.scope,
+                "cost": cost,
+            })
+        } else {
+            serde_json::json!({
+                "limit": exceeded.limit,
+                "window": exceeded.window,
+                "scope": exceeded.scope,
+                "cost": cost,
+                "retry_after_secs": exceeded.retry_after_secs,
+            })
+        });
         self.audit.record(event);
     }
 

@@ -242,11 +242,16 @@ impl Gateway {
             }
             Err(exceeded) => {
                 self.record_rate_limited(&event, &entry, &exceeded, COST);
-                let verdict = Verdict::new(Some(ErrorCode::RateLimited), Some(&entry), Some(&api.api_id), Some(&exceeded.standing));
+                // A cost above the whole daily quota never passes (not at a
+                // cost of 1, as quotas are at least 1, but as on the proxy path).
+                let code = if exceeded.cost_above_limit { ErrorCode::CostExceedsQuota } else { ErrorCode::RateLimited };
+                let verdict = Verdict::new(Some(code), Some(&entry), Some(&api.api_id), Some(&exceeded.standing));
                 let mut response = answer(&mut event, &verdict, &request_id, finisher);
                 let headers = response.headers_mut();
                 rate_headers(headers, &exceeded.standing);
-                headers.insert(header::RETRY_AFTER, number_header(exceeded.retry_after_secs));
+                if !exceeded.cost_above_limit {
+                    headers.insert(header::RETRY_AFTER, number_header(exceeded.retry_after_secs));
+                }
                 response
             }
         }

@@ -202,13 +202,13 @@ impl<'d> Checker<'d> {
 fn every_error_code() -> Vec<&'static str> {
     use ErrorCode::*;
     let all = [
-        MissingKey, InvalidKey, ExpiredKey, RevokedKey, ConsumerSuspended, RateLimited, Forbidden, InsufficientScope, UnknownApi,
+        MissingKey, InvalidKey, ExpiredKey, RevokedKey, ConsumerSuspended, RateLimited, CostExceedsQuota, Forbidden, InsufficientScope, UnknownApi,
         PayloadTooLarge, LengthRequired, NoRoute, UpstreamUnavailable, UpstreamTimeout, RequestTimeout, Unauthorized, InvalidBody,
         InvalidParameter, NotFound, Conflict, MethodNotAllowed, TooManyAttempts, Internal, Unavailable,
     ];
     for code in all {
         match code {
-            MissingKey | InvalidKey | ExpiredKey | RevokedKey | ConsumerSuspended | RateLimited | Forbidden | InsufficientScope
+            MissingKey | InvalidKey | ExpiredKey | RevokedKey | ConsumerSuspended | RateLimited | CostExceedsQuota | Forbidden | InsufficientScope
             | UnknownApi | PayloadTooLarge | LengthRequired | NoRoute | UpstreamUnavailable | UpstreamTimeout | RequestTimeout | Unauthorized
             | InvalidBody | InvalidParameter | NotFound | Conflict | MethodNotAllowed | TooManyAttempts | Internal | Unavailable => {}
         }

@@ -295,3 +295,49 @@ async fn a_call_one_limit_refuses_spends_nothing_of_the_others() {
     }
     ts.stop().await;
 }
+
+/// A call whose cost is above the whole daily quota can never pass: it is
+/// refused as such (403 `cost_exceeds_quota`, no `Retry-After` pointing at
+/// a midnight after which it would be refused again), spends nothing, and
+/// its request event and security event carry that code.
+#[tokio::test]
+async fn a_cost_above_the_whole_daily_quota_is_refused_as_one_that_never_passes() {
+    let mut ts = TestServer::start().await;
+    let (admin, consumer, key) = setup(
+        &ts,
+        json!({"costs": [{"path_prefix": "/docs/export", "cost": 500}, {"path_prefix": "/docs/batch", "cost": 100}]}),
+        json!({"daily_quota": 100}),
+    )
+    .await;
+    let a = call(&ts, "/docs/export/fixed", &key).await;
+    assert_eq!(a.status, 403, "{}", a.body);
+    let body: Value = serde_json::from_str(&a.body).unwrap();
+    assert_eq!(body["error"]["code"], "cost_exceeds_quota", "{}", a.body);
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("500") && message.contains("100"), "{message}");
+    assert_eq!(a.header("retry-after"), None, "no wait lets it pass");
+    assert_eq!((a.header("ratelimit-limit"), a.header("ratelimit-remaining")), (Some(100), Some(100)));
+    // It spent nothing: a call of exactly the whole quota still passes.
+    let a = call(&ts, "/docs/batch/fixed", &key).await;
+    assert_eq!((a.status, a.header("ratelimit-remaining")), (200, Some(0)), "{}", a.body);
+    // Once the day is spent, a cheap call is `rate_limited` as before, and
+    // the costly one is still the call that never passes.
+    let a = call(&ts, "/docs/fixed", &key).await;
+    assert_eq!(a.status, 429, "{}", a.body);
+    assert!(a.body.contains("\"rate_limited\"") && a.header("retry-after").is_some(), "{}", a.body);
+    let a = call(&ts, "/docs/export/fixed", &key).await;
+    assert_eq!((a.status, a.header("retry-after")), (403, None), "{}", a.body);
+    assert!(a.body.contains("\"cost_exceeds_quota\""), "{}", a.body);
+
+    let refused = admin.wait_for("/v1/audit/acme?status_min=403&status_max=403", "logs", 2).await;
+    assert!(refused.iter().all(|e| e["error_code"] == "cost_exceeds_quota" && e["path"] == "/docs/export/fixed"), "{refused:?}");
+    let events = admin.wait_for("/v1/audit/acme/security?event_type=rate_limit_exceeded", "events", 3).await;
+    let costly: Vec<&Value> = events.iter().filter(|e| e["details"]["cost"] == 500).collect();
+    assert_eq!(costly.len(), 2, "{events:?}");
+    for e in costly {
+        assert_eq!((e["error_code"].as_str(), e["consumer_id"].as_str()), (Some("cost_exceeds_quota"), Some(consumer.as_str())), "{e}");
+        assert_eq!((e["details"]["window"].as_str(), e["details"]["limit"].as_u64()), (Some("day"), Some(100)), "{e}");
+        assert!(e["details"].get("retry_after_secs").is_none(), "{e}");
+    }
+    ts.stop().await;
+}
