@@ -38,6 +38,9 @@ pub enum ErrorCode {
     InvalidBody,
     InvalidParameter,
     NotFound,
+    /// A consumer the tenant does not have and whose id no event of the
+    /// asked window carries (a consumer profile).
+    ConsumerNotFound,
     Conflict,
     MethodNotAllowed,
     /// Sign-in refused for a while after too many failed ones.
@@ -70,6 +73,7 @@ impl ErrorCode {
             ErrorCode::InvalidBody => "invalid_body",
             ErrorCode::InvalidParameter => "invalid_parameter",
             ErrorCode::NotFound => "not_found",
+            ErrorCode::ConsumerNotFound => "consumer_not_found",
             ErrorCode::Conflict => "conflict",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::TooManyAttempts => "too_many_attempts",
@@ -91,7 +95,7 @@ impl ErrorCode {
             ErrorCode::Forbidden | ErrorCode::InsufficientScope | ErrorCode::CostExceedsQuota => StatusCode::FORBIDDEN,
             ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::LengthRequired => StatusCode::LENGTH_REQUIRED,
-            ErrorCode::NoRoute | ErrorCode::UnknownApi | ErrorCode::NotFound => StatusCode::NOT_FOUND,
+            ErrorCode::NoRoute | ErrorCode::UnknownApi | ErrorCode::NotFound | ErrorCode::ConsumerNotFound => StatusCode::NOT_FOUND,
             ErrorCode::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             ErrorCode::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorCode::InvalidBody | ErrorCode::InvalidParameter => StatusCode::BAD_REQUEST,
@@ -126,6 +130,7 @@ impl ErrorCode {
             ErrorCode::InvalidBody => "the request body is not valid",
             ErrorCode::InvalidParameter => "a query parameter is not valid",
             ErrorCode::NotFound => "not found",
+            ErrorCode::ConsumerNotFound => "the tenant has no such consumer, and no event of the window names it",
             ErrorCode::Conflict => "the resource already exists",
             ErrorCode::MethodNotAllowed => "this method is not allowed here",
             ErrorCode::TooManyAttempts => "too many failed sign-ins: try again after the time in `Retry-After`",

@@ -5,7 +5,10 @@
 //!   error rate, latency quantiles, distinct consumers and client addresses
 //!   for any filter the list accepts, optionally grouped by one dimension;
 //! - `GET /v1/audit/{tenant}/stats/consumers/{consumer}` — one consumer's
-//!   profile over a window (14 days by default);
+//!   profile over a window (14 days by default); 404 `consumer_not_found`
+//!   for one the tenant does not have and no event of the window names (a
+//!   consumer the control store no longer has keeps its profile while its
+//!   events are in the window);
 //! - `GET /v1/audit/{tenant}/stats/timeline` — a window (1 hour by
 //!   default) by path.
 //!
@@ -23,7 +26,7 @@ use serde_json::{json, Map, Value};
 use super::audit_api::{parse_query, record_access, require_audit_tenant};
 use super::AdminState;
 use crate::control::Actor;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::event::{format_timestamp, now_ms, Category};
 use crate::store::audit::stats::query::{GroupBy, Measures, Metrics, Stats, StatsQuery, LATENCY_ERROR_BOUND};
 use crate::store::audit::stats::ConsumerProfile;
@@ -248,6 +251,10 @@ fn profile_view(tenant: &str, consumer: &str, filter: &EventFilter, p: &Consumer
 
 /// `GET /v1/audit/{tenant}/stats/consumers/{consumer}`: methods, top paths,
 /// error rate and busiest hour (UTC) over a window (14 days up to now unless given).
+/// A consumer the tenant does not have and no event of the window names
+/// (a typo, another tenant's) is 404 `consumer_not_found`, not a profile
+/// of zeros; one that is gone from the control store but has events in
+/// the window is answered.
 async fn consumer_profile(
     State(state): State<AdminState>,
     Path((tenant, consumer)): Path<(String, String)>,
@@ -262,8 +269,30 @@ async fn consumer_profile(
     only_window(&filter, "a consumer profile")?;
     let top = parse_top(&params, DEFAULT_TOP)?;
     let (from, to) = (filter.from_ms.unwrap_or_default(), filter.to_ms.unwrap_or_default().saturating_add(1));
+    let known = state.control.consumer_exists(&tenant, &consumer)?;
     let (t, c) = (tenant.clone(), consumer.clone());
-    let profile = with_reader(&state, move |reader| reader.consumer_profile(&t, &c, from, to, top)).await?;
+    let (profile, seen) = with_reader(&state, move |reader| {
+        let profile = reader.consumer_profile(&t, &c, from, to, top)?;
+        // Without calls, any event of the window that names it (a security
+        // or key event): one is enough.
+        let mut seen = known || profile.totals.calls > 0;
+        if !seen {
+            let any = EventFilter { tenant_id: t, consumer_id: Some(c), from_ms: Some(from), to_ms: Some(to.saturating_sub(1)), ..EventFilter::default() };
+            reader.scan(&any, Some(1), false, |_| {
+                seen = true;
+                false
+            })?;
+        }
+        Ok((profile, seen))
+    })
+    .await?;
+    if !seen {
+        let (from, to) = (format_timestamp(from), format_timestamp(to.saturating_sub(1)));
+        return Err(ApiError::new(
+            ErrorCode::ConsumerNotFound,
+            format!("consumer `{consumer}` not found in tenant `{tenant}`: not one of its consumers, and no event from {from} to {to} names it"),
+        ));
+    }
     record_access(&state.audit, &actor, &tenant, "stats/consumers", &params, 1);
     Ok(Json(profile_view(&tenant, &consumer, &filter, &profile)))
 }

@@ -25,6 +25,25 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(300);
 /// Largest answer read.
 const MAX_BODY: usize = 256 * 1024 * 1024;
 
+/// A refusal by the admin API: its status and error code, for commands
+/// that tell one apart (`keytrail investigate` and `consumer_not_found`).
+/// Shown as the method, target, status, code, the API's message and a hint.
+#[derive(Debug)]
+pub struct Refusal {
+    pub status: StatusCode,
+    /// The API's `error.code` (empty when the answer had none).
+    pub code: String,
+    text: String,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl std::error::Error for Refusal {}
+
 /// Where the admin API is and who calls it.
 pub struct AdminClient {
     /// `host:port`, as connected to and sent in `Host`.
@@ -96,7 +115,7 @@ impl AdminClient {
     }
 
     /// `GET path_and_query` → the JSON answer; any status but 2xx is an
-    /// error carrying the API's own message.
+    /// error carrying the API's own message (a [`Refusal`]).
     pub async fn get(&self, path_and_query: &str) -> anyhow::Result<Value> {
         self.send(Method::GET, path_and_query, CALL_TIMEOUT).await
     }
@@ -135,7 +154,7 @@ impl AdminClient {
             StatusCode::FORBIDDEN => " (the token's role or tenant does not allow this)".to_string(),
             _ => String::new(),
         };
-        Err(anyhow!("{method} {target}: {status}{detail}{hint}"))
+        Err(anyhow::Error::new(Refusal { status, code, text: format!("{method} {target}: {status}{detail}{hint}") }))
     }
 
     async fn call(&self, method: Method, target: &str) -> anyhow::Result<(StatusCode, Bytes)> {

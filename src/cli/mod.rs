@@ -9,11 +9,11 @@ pub mod client;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use serde_json::{json, Value};
 
 use crate::event::format_timestamp;
-use client::{encode, with_query, AdminClient};
+use client::{encode, with_query, AdminClient, Refusal};
 
 const HOUR_MS: i64 = 3_600_000;
 const DAY_MS: i64 = 24 * HOUR_MS;
@@ -250,6 +250,21 @@ pub async fn investigate(target: &Target, consumer: Option<&str>, hours: u32) ->
     let tenant = resolve_tenant(&client, target.tenant.as_deref()).await?;
     let to = crate::event::now_ms();
     let from = to - i64::from(hours) * HOUR_MS;
+    // The consumer's profile first: a consumer the server has never seen
+    // (a typo) is an error, not a triage of zeros.
+    let profile = match consumer {
+        Some(c) => {
+            let path = with_query(&format!("/v1/audit/{}/stats/consumers/{}", encode(&tenant), encode(c)), &window_params(from, to));
+            match client.get(&path).await {
+                Ok(profile) => Some(profile),
+                Err(error) if error.downcast_ref::<Refusal>().is_some_and(|r| r.code == "consumer_not_found") => bail!(
+                    "consumer `{c}` not found in tenant `{tenant}`: it is not one of the tenant's consumers and no event of the last {hours} h names it (consumer_not_found; list them with GET /v1/tenants/{tenant}/consumers)"
+                ),
+                Err(error) => return Err(error.context("the consumer's profile")),
+            }
+        }
+        None => None,
+    };
     let mut base = window_params(from, to);
     if let Some(c) = consumer {
         base.push(("consumer_id", c.to_string()));
@@ -264,15 +279,6 @@ pub async fn investigate(target: &Target, consumer: Option<&str>, hours: u32) ->
     };
     let top_paths = stats(&client, &tenant, &base, &[("group_by", "path"), ("metrics", "latency,rate_limited")]).await?;
     let security = tally(&client, &format!("/v1/audit/{}/security", encode(&tenant)), &base, "events", &["event_type"]).await?.remove(0);
-    let profile = match consumer {
-        Some(c) => Some(
-            client
-                .get(&with_query(&format!("/v1/audit/{}/stats/consumers/{}", encode(&tenant), encode(c)), &window_params(from, to)))
-                .await
-                .context("the consumer's profile")?,
-        ),
-        None => None,
-    };
 
     if target.json {
         let answer = json!({

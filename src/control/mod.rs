@@ -623,6 +623,11 @@ impl ControlPlane {
         Ok(self.store.list_tiers(tenant_id)?)
     }
 
+    /// Whether the tenant has this consumer (in any status).
+    pub fn consumer_exists(&self, tenant_id: &str, consumer_id: &str) -> Result<bool, ApiError> {
+        Ok(self.store.get_consumer(tenant_id, consumer_id)?.is_some())
+    }
+
     fn require_consumer(&self, tenant_id: &str, consumer_id: &str) -> Result<Consumer, ApiError> {
         self.require_tenant(tenant_id)?;
         self.store

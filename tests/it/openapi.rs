@@ -204,13 +204,13 @@ fn every_error_code() -> Vec<&'static str> {
     let all = [
         MissingKey, InvalidKey, ExpiredKey, RevokedKey, ConsumerSuspended, RateLimited, CostExceedsQuota, Forbidden, InsufficientScope, UnknownApi,
         PayloadTooLarge, LengthRequired, NoRoute, UpstreamUnavailable, UpstreamTimeout, RequestTimeout, Unauthorized, InvalidBody,
-        InvalidParameter, NotFound, Conflict, MethodNotAllowed, TooManyAttempts, Internal, Unavailable,
+        InvalidParameter, NotFound, ConsumerNotFound, Conflict, MethodNotAllowed, TooManyAttempts, Internal, Unavailable,
     ];
     for code in all {
         match code {
             MissingKey | InvalidKey | ExpiredKey | RevokedKey | ConsumerSuspended | RateLimited | CostExceedsQuota | Forbidden | InsufficientScope
             | UnknownApi | PayloadTooLarge | LengthRequired | NoRoute | UpstreamUnavailable | UpstreamTimeout | RequestTimeout | Unauthorized
-            | InvalidBody | InvalidParameter | NotFound | Conflict | MethodNotAllowed | TooManyAttempts | Internal | Unavailable => {}
+            | InvalidBody | InvalidParameter | NotFound | ConsumerNotFound | Conflict | MethodNotAllowed | TooManyAttempts | Internal | Unavailable => {}
         }
     }
     all.iter().map(|c| c.as_str()).collect()

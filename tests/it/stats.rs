@@ -581,8 +581,11 @@ async fn stats_api_answers_equal_a_count_over_the_same_events() {
         let mean = x.latencies.iter().sum::<u64>() as f64 / x.calls as f64 / 1000.0;
         assert!((p["latency_ms"]["avg"].as_f64().unwrap() - mean).abs() < 1e-9, "{query}");
     }
+    // The tenant's consumer without calls in the window answers zeros; one never seen is not found.
+    let quiet = owner.get(&format!("/v1/audit/acme/stats/consumers/{live_consumer}?from={}&to={}", t(today - 10 * DAY), t(today - 9 * DAY))).await;
+    assert_eq!((quiet.status, quiet.body["calls"].as_u64(), &quiet.body["busiest_hour"]), (200, Some(0), &Value::Null), "{}", quiet.text);
     let nobody = owner.get("/v1/audit/acme/stats/consumers/cons_nobody").await;
-    assert_eq!((nobody.status, nobody.body["calls"].as_u64(), &nobody.body["busiest_hour"]), (200, Some(0), &Value::Null));
+    assert_eq!((nobody.status, nobody.body["error"]["code"].as_str()), (404, Some("consumer_not_found")), "{}", nobody.text);
 
     // The timeline: calls, errors and distinct consumers by path; by default the last hour.
     for (query, span) in [(ragged.clone(), None), (String::new(), Some(HOUR)), ("hours=20".to_string(), Some(20 * HOUR))] {
@@ -630,7 +633,7 @@ async fn bad_parameters_roles_and_tenants() {
     let ts = TestServer::start().await;
     let owner = ts.admin_client();
     let up = format!("http://{}", start_upstream().await);
-    owner.setup("acme", "/acme", &up).await;
+    let (consumer, _, _) = owner.setup("acme", "/acme", &up).await;
     owner.setup("other", "/other", &up).await;
     for (query, param) in [
         ("group_by=country", "group_by"),
@@ -671,8 +674,8 @@ async fn bad_parameters_roles_and_tenants() {
     let a = owner.post("/v1/admins", json!({"name": "watcher", "role": "viewer", "tenant_id": "acme"})).await;
     assert_eq!(a.status, 201, "{}", a.text);
     let viewer = Admin { token: a.body["token"].as_str().unwrap().to_string(), ..owner.clone() };
-    for path in ["/v1/audit/acme/stats?group_by=consumer", "/v1/audit/acme/stats/timeline", "/v1/audit/acme/stats/consumers/c1"] {
-        let a = viewer.get(path).await;
+    for path in ["/v1/audit/acme/stats?group_by=consumer".to_string(), "/v1/audit/acme/stats/timeline".into(), format!("/v1/audit/acme/stats/consumers/{consumer}")] {
+        let a = viewer.get(&path).await;
         assert_eq!(a.status, 200, "{path}: {}", a.text);
     }
     for path in ["/v1/audit/acme", "/v1/audit/acme/security", "/v1/audit/acme/export/csv"] {
@@ -685,6 +688,74 @@ async fn bad_parameters_roles_and_tenants() {
     }
     let anonymous = Admin { token: "nope".into(), ..owner.clone() };
     assert_eq!(anonymous.get("/v1/audit/acme/stats").await.status, 401);
+}
+
+/// A consumer that is neither in the control store nor in any event of the
+/// window (a typo, an id from another tenant) is `404 consumer_not_found`,
+/// not an all-zero profile; one the store knows without calls, and one it
+/// no longer has whose events are in the window, are answered as before.
+/// `investigate --consumer` says which consumer was not found and fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_never_seen_is_not_found_and_investigate_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = now_ms();
+    {
+        // History of consumers the control store does not hold (gone from
+        // it, or from before it): one with a call, one with only a
+        // security event.
+        let mut store = AuditWriterStore::open(&dir.path().join("audit")).unwrap();
+        let mut call = Event::new("acme", Category::Request, "api_call", "success");
+        call.timestamp_ms = now - 2 * HOUR;
+        call.consumer_id = Some(Text::from("cons_gone"));
+        call.method = Some("GET".into());
+        call.path = Some("/live/a".into());
+        call.status_code = Some(200);
+        let mut security = Event::new("acme", Category::Security, "rate_limit_exceeded", "failure");
+        security.timestamp_ms = now - HOUR;
+        security.consumer_id = Some(Text::from("cons_ghost"));
+        security.status_code = Some(429);
+        store.insert_batch(&mut vec![call, security]).unwrap();
+        store.flush_rollups().unwrap();
+    }
+    let ts = TestServer::start_with(dir, |_| {}).await;
+    let owner = ts.admin_client();
+    let up = format!("http://{}", start_upstream().await);
+    let (known, _, key) = owner.setup("acme", "/live", &up).await;
+    let quiet = owner.post("/v1/tenants/acme/consumers", json!({"name": "quiet"})).await.body["id"].as_str().unwrap().to_string();
+    assert_eq!(owner.post("/v1/tenants", json!({"id": "other", "name": "Other"})).await.status, 201);
+    let (elsewhere, _, _) = owner.consumer_with_key("other", "elsewhere", json!({})).await;
+    for _ in 0..3 {
+        assert_eq!(ts.client.get(format!("{}/live/a", ts.gateway)).bearer_auth(&key).send().await.unwrap().status(), 200);
+    }
+    ts.flush().await;
+
+    let old = "from=2020-01-01T00:00:00Z&to=2020-01-02T00:00:00Z";
+    for (consumer, query, calls) in [(known.as_str(), "", 3), (quiet.as_str(), "", 0), (quiet.as_str(), old, 0), ("cons_gone", "", 1), ("cons_ghost", "", 0)] {
+        let a = owner.get(&format!("/v1/audit/acme/stats/consumers/{consumer}?{query}")).await;
+        assert_eq!((a.status, a.body["calls"].as_u64()), (200, Some(calls)), "{consumer} {query}: {}", a.text);
+    }
+    for (consumer, query) in [("cons_never", ""), ("cons_gone", old), (elsewhere.as_str(), "")] {
+        let a = owner.get(&format!("/v1/audit/acme/stats/consumers/{consumer}?{query}")).await;
+        assert_eq!((a.status, a.body["error"]["code"].as_str()), (404, Some("consumer_not_found")), "{consumer} {query}: {}", a.text);
+        assert!(a.body["error"]["message"].as_str().unwrap().contains(consumer), "{}", a.text);
+    }
+
+    let url = ts.admin.as_str();
+    let token = [("KEYTRAIL_TOKEN", ADMIN_TOKEN)];
+    for json in [false, true] {
+        let mut args = vec!["investigate", "--admin-url", url, "--tenant", "acme", "--consumer", "cons_never"];
+        if json {
+            args.push("--json");
+        }
+        let (ok, out, err) = run_cli(&args, &token).await;
+        assert!(!ok, "json {json}: exit 0 for a consumer that never existed:\n{out}{err}");
+        assert!(out.is_empty(), "json {json}: no profile is printed:\n{out}");
+        assert!(err.contains("consumer `cons_never` not found in tenant `acme`") && err.contains("consumer_not_found"), "json {json}: {err}");
+    }
+    let (ok, out, err) = run_cli(&["investigate", "--admin-url", url, "--tenant", "acme", "--consumer", "cons_gone", "--json"], &token).await;
+    assert!(ok, "{err}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["profile"]["calls"], 1, "{out}");
 }
 
 // ---------- the commands ----------
