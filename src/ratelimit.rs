@@ -87,8 +87,10 @@ pub struct RateLimit {
     pub spec: RateSpec,
     /// A cell's weight: 60 s / rate, in nanoseconds.
     t: u64,
-    /// How far past `now + t` the TAT may lie: `(burst - 1)·t`.
-    tau: u64,
+    /// How far past `now + t` the TAT may lie: `(burst - 1)·t`. Wider than
+    /// a TAT: a burst of a billion at one a minute is 6·10¹⁹ ns (the
+    /// arithmetic is in u128; a TAT beyond 584 years is stored as u64::MAX).
+    tau: u128,
     /// Keyed by consumer id (made by keytrail, not by callers), so
     /// Fx-hashed rather than SipHashed (~180 instructions less per call).
     tats: DashMap<Text, AtomicU64, rustc_hash::FxBuildHasher>,
@@ -143,31 +145,31 @@ impl RateLimit {
             return None;
         }
         let t = (60_000_000_000 / u64::from(spec.requests_per_minute)).max(1);
-        let tau = t * u64::from(spec.burst - 1);
+        let tau = u128::from(t) * u128::from(spec.burst - 1);
         Some(RateLimit { spec, t, tau, tats: DashMap::with_hasher(rustc_hash::FxBuildHasher) })
     }
 
-    /// The cells a call of `cost` takes: a cost above the burst could never
-    /// pass, so it takes the whole burst.
-    fn cells(&self, cost: u32) -> u64 {
-        u64::from(cost.clamp(1, self.spec.burst))
+    /// The weight of the cells a call of `cost` takes: a cost above the
+    /// burst could never pass, so it takes the whole burst.
+    fn weight(&self, cost: u32) -> u128 {
+        u128::from(cost.clamp(1, self.spec.burst)) * u128::from(self.t)
     }
 
     /// Takes the cells of a call of `cost` for `consumer` at `now` (on
     /// [`CLOCK`]), or says how long until they are there.
     fn take(&self, consumer: &Text, cost: u32, now: u64) -> Result<Standing, Duration> {
-        let weight = self.cells(cost) * self.t;
+        let (weight, t, now_wide) = (self.weight(cost), u128::from(self.t), u128::from(now));
         let take = |tat: &AtomicU64| {
             let mut seen = tat.load(Ordering::Acquire);
             loop {
-                let at = if seen == 0 { now } else { seen };
+                let at = u128::from(if seen == 0 { now } else { seen });
                 // The earliest moment the last of the cells conforms.
-                let earliest = (at + weight - self.t).saturating_sub(self.tau);
-                if now < earliest {
-                    return Err(Duration::from_nanos(earliest - now));
+                let earliest = (at + weight - t).saturating_sub(self.tau);
+                if now_wide < earliest {
+                    return Err(Duration::from_nanos(u64::try_from(earliest - now_wide).unwrap_or(u64::MAX)));
                 }
-                let next = at.max(now) + weight;
-                match tat.compare_exchange_weak(seen, next, Ordering::AcqRel, Ordering::Acquire) {
+                let next = at.max(now_wide) + weight;
+                match tat.compare_exchange_weak(seen, u64::try_from(next).unwrap_or(u64::MAX), Ordering::AcqRel, Ordering::Acquire) {
                     Ok(_) => return Ok(next),
                     Err(current) => seen = current,
                 }
@@ -177,11 +179,13 @@ impl RateLimit {
             Some(tat) => take(&tat),
             None => take(&self.tats.entry(consumer.clone()).or_default()),
         }?;
-        let remaining = ((now + self.tau + self.t).saturating_sub(next).min(self.tau + self.t) / self.t) as u32;
+        // At most the burst: (tau + t) / t.
+        let remaining = ((now_wide + self.tau + t).saturating_sub(next).min(self.tau + t) / t) as u32;
+        let reset = t * u128::from(self.spec.burst - remaining);
         Ok(Standing {
             limit: u64::from(self.spec.burst),
             remaining: u64::from(remaining),
-            reset_secs: ceil_secs(Duration::from_nanos(self.t * u64::from(self.spec.burst - remaining))),
+            reset_secs: ceil_secs(Duration::from_nanos(u64::try_from(reset).unwrap_or(u64::MAX))),
         })
     }
 
@@ -193,7 +197,8 @@ impl RateLimit {
     /// `max(TAT, now)`, and a difference between two TATs shrinks only by
     /// time passing), so no consumer ever gets more than the limit.
     fn give_back(&self, consumer: &Text, cost: u32, taken: u64) {
-        let refund = (self.cells(cost) * self.t).saturating_sub(clock_ns().saturating_sub(taken));
+        let drained = u128::from(clock_ns().saturating_sub(taken));
+        let refund = u64::try_from(self.weight(cost).saturating_sub(drained)).unwrap_or(u64::MAX);
         if refund == 0 {
             return;
         }
@@ -498,6 +503,23 @@ mod tests {
         let e = check(Some(&t), None, &c, 50, 0).unwrap();
         assert_eq!(e.unwrap().remaining, 0, "the minute limit is the closer one");
         assert!(!check(Some(&t), None, &Text::from("cons_b"), 100, 0).is_err_and(|e| e.cost_above_limit));
+    }
+
+    /// The largest limits the admin API takes (a burst of a billion at one
+    /// call a minute: more nanoseconds than a u64 holds) neither overflow
+    /// nor refuse what they allow.
+    #[test]
+    fn the_largest_limits_do_not_overflow() {
+        let t = tier(Some(RateSpec { requests_per_minute: 1, burst: 1_000_000_000 }), None);
+        let api = RateLimit::new(RateSpec { requests_per_minute: 1_000_000_000, burst: 1_000_000_000 }).unwrap();
+        let c = Text::from("cons_a");
+        let s = check(Some(&t), None, &c, 1_000_000, 0).unwrap().unwrap();
+        assert_eq!((s.limit, s.remaining), (1_000_000_000, 999_000_000));
+        assert!(s.reset_secs >= 1_000_000 * 60, "{s:?}");
+        // Half the burst more, past what a u64 of nanoseconds holds.
+        for _ in 0..5 {
+            assert!(check(Some(&t), Some(("docs", &api)), &c, 100_000_000, 0).is_ok_and(|s| s.is_some()));
+        }
     }
 
     #[test]
