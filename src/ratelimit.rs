@@ -26,7 +26,6 @@ use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
 use dashmap::DashMap;
-use governor::clock::{Clock, DefaultClock, Reference};
 use serde::{Deserialize, Serialize};
 
 use crate::text::Text;
@@ -65,10 +64,11 @@ pub fn cost_of(rules: &[CostRule], path: &str) -> u32 {
     exact.max(cost(resolved.as_deref().unwrap_or(path), crate::snapshot::prefix_matches_ignoring_case))
 }
 
-/// The minute limits' clock (TSC-based, as `governor`'s default): one
-/// reading per call serves every limit the call passes.
-static CLOCK: LazyLock<(DefaultClock, <DefaultClock as Clock>::Instant)> = LazyLock::new(|| {
-    let clock = DefaultClock::default();
+/// The minute limits' clock (quanta's, on the TSC where it is stable; the
+/// clock `governor` used): one reading per call serves every limit the call
+/// passes.
+static CLOCK: LazyLock<(quanta::Clock, quanta::Instant)> = LazyLock::new(|| {
+    let clock = quanta::Clock::new();
     let start = clock.now();
     (clock, start)
 });
@@ -76,7 +76,7 @@ static CLOCK: LazyLock<(DefaultClock, <DefaultClock as Clock>::Instant)> = LazyL
 /// Now on [`CLOCK`], in nanoseconds since its first reading.
 fn clock_ns() -> u64 {
     let (clock, start) = &*CLOCK;
-    clock.now().duration_since(*start).as_u64()
+    u64::try_from(clock.now().duration_since(*start).as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// A GCRA limiter with one state per consumer: its theoretical arrival
