@@ -445,23 +445,17 @@ impl Gateway {
         let code = if exceeded.cost_above_limit { ErrorCode::CostExceedsQuota } else { ErrorCode::RateLimited };
         let mut event = consumer_security_event(request, key, security_type::RATE_LIMIT_EXCEEDED, code);
         event.target = Some(exceeded.scope.clone());
-        event.details = Some(if exceeded.cost_above_limit {
-            // No wait lets it pass: no `retry_after_secs`.
-            serde_json::json!({
-                "limit": exceeded.limit,
-                "window": exceeded.window,
-                "scope": exceeded.scope,
-                "cost": cost,
-            })
-        } else {
-            serde_json::json!({
-                "limit": exceeded.limit,
-                "window": exceeded.window,
-                "scope": exceeded.scope,
-                "cost": cost,
-                "retry_after_secs": exceeded.retry_after_secs,
-            })
+        let mut details = serde_json::json!({
+            "limit": exceeded.limit,
+            "window": exceeded.window,
+            "scope": exceeded.scope,
+            "cost": cost,
         });
+        // A cost above the whole limit: no wait lets it pass.
+        if !exceeded.cost_above_limit {
+            details["retry_after_secs"] = exceeded.retry_after_secs.into();
+        }
+        event.details = Some(details);
         self.audit.record(event);
     }
 
