@@ -58,10 +58,16 @@ fn parse_int<T: std::str::FromStr>(name: &str, value: &str) -> Result<T, ApiErro
     value.trim().parse().map_err(|_| ApiError::invalid_parameter(name, format!("`{value}` is not a whole number")))
 }
 
-fn parse_time(name: &str, value: &str) -> Result<i64, ApiError> {
+fn parse_time(name: &str, value: &str) -> Result<chrono::DateTime<chrono::FixedOffset>, ApiError> {
     chrono::DateTime::parse_from_rfc3339(value.trim())
-        .map(|t| t.timestamp_millis())
         .map_err(|_| ApiError::invalid_parameter(name, format!("`{value}` is not an RFC 3339 time such as 2026-11-22T15:00:00Z")))
+}
+
+/// The millisecond of the first event at or after `time`: events are kept
+/// to the millisecond, so a `from` inside one leaves that one out (a `to`
+/// inside one keeps it: `timestamp_millis` rounds down).
+fn first_millisecond_from(time: &chrono::DateTime<chrono::FixedOffset>) -> i64 {
+    time.timestamp_millis() + i64::from(!time.timestamp_subsec_nanos().is_multiple_of(1_000_000))
 }
 
 fn check_token(name: &str, value: &str) -> Result<String, ApiError> {
@@ -88,6 +94,8 @@ pub(super) fn parse_query(tenant: &str, category: Category, params: &[(String, S
     let mut filter = EventFilter { tenant_id: tenant.to_string(), category: Some(category), ..EventFilter::default() };
     let mut limit = paged.then_some(DEFAULT_LIMIT);
     let (mut hours, mut days) = (None::<i64>, None::<i64>);
+    // `from` and `to` as given, to the nanosecond.
+    let mut given = (None, None);
     for (name, value) in params {
         match name.as_str() {
             "limit" => {
@@ -141,8 +149,16 @@ pub(super) fn parse_query(tenant: &str, category: Category, params: &[(String, S
                     days = Some(n);
                 }
             }
-            "from" => filter.from_ms = Some(parse_time(name, value)?),
-            "to" => filter.to_ms = Some(parse_time(name, value)?),
+            "from" => {
+                let time = parse_time(name, value)?;
+                filter.from_ms = Some(first_millisecond_from(&time));
+                given.0 = Some(time);
+            }
+            "to" => {
+                let time = parse_time(name, value)?;
+                filter.to_ms = Some(time.timestamp_millis());
+                given.1 = Some(time);
+            }
             // Unknown parameters are ignored so that scripts written for
             // other audit APIs keep working.
             _ => {}
@@ -170,7 +186,7 @@ pub(super) fn parse_query(tenant: &str, category: Category, params: &[(String, S
         }
         filter.from_ms = Some(from);
     }
-    if let (Some(from), Some(to)) = (filter.from_ms, filter.to_ms) {
+    if let (Some(from), Some(to)) = (given.0, given.1) {
         if from > to {
             return Err(ApiError::invalid_parameter("from", "must not be after `to`"));
         }

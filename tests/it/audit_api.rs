@@ -311,3 +311,102 @@ fn clients_that_stop_reading_exports_do_not_stall_other_reads() {
         ts.stop().await;
     });
 }
+
+/// Midnight 2026-11-19 UTC.
+const MIDNIGHT: i64 = 1_795_046_400_000;
+
+/// A server whose tenant `acme` has 20 calls written straight into its
+/// trail around a midnight, many at the same millisecond, one of them slow
+/// (committed after calls that came later), in four batches (blocks), with
+/// signed checkpoints: (timestamp offset from midnight in ms, events)
+/// -2: 6, -1: 1, 0: 4, +1: 9.
+async fn trail_around_midnight() -> TestServer {
+    use keytrail::event::{Category, Event};
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let signer = keytrail::signing::Signer::load_or_create(&dir.path().join("signing.key")).unwrap();
+        let mut store = keytrail::store::audit::AuditWriterStore::open(&dir.path().join("audit")).unwrap();
+        store.enable_checkpoints(signer, 4, 3_600_000).unwrap();
+        let mut i = 0;
+        for b in 0..4 {
+            let mut batch = Vec::new();
+            for k in 0..5 {
+                let ts = match (b, k) {
+                    (0, _) | (2, 0) => MIDNIGHT - 2,
+                    (1, 0) => MIDNIGHT - 1,
+                    (1, _) => MIDNIGHT,
+                    _ => MIDNIGHT + 1,
+                };
+                let mut e = Event::new("acme", Category::Request, "api_call", "success");
+                e.timestamp_ms = ts;
+                e.consumer_id = Some(format!("cons_{}", i % 3).into());
+                e.client_ip = Some("10.0.0.1".into());
+                e.method = Some("GET".into());
+                e.path = Some(format!("/docs/{i}"));
+                e.status_code = Some(200 + (i % 3) as u16 * 100);
+                batch.push(e);
+                i += 1;
+            }
+            store.insert_batch(&mut batch).unwrap();
+            store.checkpoint(false).unwrap();
+        }
+        store.checkpoint(true).unwrap();
+    }
+    let ts = TestServer::start_with(dir, |_| {}).await;
+    let a = ts.admin_client().post("/v1/tenants", serde_json::json!({"id": "acme", "name": "Acme"})).await;
+    assert_eq!(a.status, 201, "{}", a.text);
+    ts
+}
+
+/// Pages of every size follow (timestamp, seq) newest first across a
+/// midnight, through events of the same millisecond and a slow one.
+#[tokio::test]
+async fn pages_cross_midnight_and_equal_timestamps_in_order() {
+    let mut ts = trail_around_midnight().await;
+    let admin = ts.admin_client();
+    let key = |l: &Value| (l["timestamp"].as_str().unwrap().to_string(), l["seq"].as_u64().unwrap());
+    let full: Vec<_> = admin.get("/v1/audit/acme?limit=1000").await.body["logs"].as_array().unwrap().iter().map(key).collect();
+    assert_eq!(full.len(), 20);
+    let mut sorted = full.clone();
+    sorted.sort_by(|a, b| b.cmp(a));
+    assert_eq!(full, sorted);
+    for limit in [1, 2, 3, 4, 5, 6, 7, 19, 20] {
+        let pages: Vec<_> = admin.all_logs(&format!("/v1/audit/acme?limit={limit}")).await.iter().map(key).collect();
+        assert_eq!(pages, full, "limit {limit}");
+        let filtered: Vec<_> = admin.all_logs(&format!("/v1/audit/acme?limit={limit}&status_min=300")).await.iter().map(key).collect();
+        assert_eq!(filtered.len(), 13, "limit {limit}: {filtered:?}");
+    }
+    ts.stop().await;
+}
+
+/// `from` and `to` with a fraction of a millisecond: `from` takes the events
+/// at or after it, so not those of the millisecond it starts inside; `to`
+/// those at or before it. (`from` was cut down to its millisecond, so
+/// `from=…59.9985Z` answered the events of …59.998 too.)
+#[tokio::test]
+async fn a_from_inside_a_millisecond_leaves_that_millisecond_out() {
+    let mut ts = trail_around_midnight().await;
+    let admin = ts.admin_client();
+    let count = |query: &'static str| {
+        let admin = admin.clone();
+        async move {
+            let mut n = 0;
+            for endpoint in ["", "/export/json"] {
+                let a = admin.get(&format!("/v1/audit/acme{endpoint}?limit=1000&{query}")).await;
+                assert_eq!(a.status, 200, "{query}: {}", a.text);
+                let found = a.body["logs"].as_array().unwrap().len();
+                assert!(endpoint.is_empty() || found == n, "{endpoint}?{query}: {found} rows, the list has {n}");
+                n = found;
+            }
+            n
+        }
+    };
+    // Events at -2 ms: 6, -1 ms: 1, midnight: 4, +1 ms: 9.
+    assert_eq!(count("from=2026-11-18T23:59:59.998Z").await, 20);
+    assert_eq!(count("from=2026-11-18T23:59:59.9985Z").await, 14);
+    assert_eq!(count("from=2026-11-18T23:59:59.998000001Z").await, 14);
+    assert_eq!(count("to=2026-11-18T23:59:59.9985Z").await, 6);
+    assert_eq!(count("from=2026-11-18T23:59:59.9985Z&to=2026-11-18T23:59:59.9989Z").await, 0);
+    assert_eq!(count("from=2026-11-18T23:59:59.9985Z&to=2026-11-19T00:00:00.0001Z").await, 5);
+    ts.stop().await;
+}
