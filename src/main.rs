@@ -251,9 +251,8 @@ fn existing_signer(data_dir: &std::path::Path) -> anyhow::Result<keytrail::signi
 fn verify_file(file: &std::path::Path, tenant: Option<&str>, public_key: Option<&str>, json: bool) -> anyhow::Result<bool> {
     let text = public_key.context("--file needs --public-key: the key you trust, from `keytrail keys public` on the server")?;
     let key = keytrail::signing::parse_public_key(text).map_err(|e| anyhow::anyhow!("--public-key: {e}"))?;
-    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let doc: serde_json::Value = serde_json::from_slice(&bytes).with_context(|| format!("{} is not JSON", file.display()))?;
-    let report = keytrail::store::audit::integrity::verify_export(&doc, &key).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    // Read as a stream, a row at a time: an export can be larger than memory.
+    let report = keytrail::store::audit::integrity::verify_export_file(file, &key).map_err(|e| anyhow::anyhow!("{} {e}", file.display()))?;
     if let Some(wanted) = tenant.filter(|t| *t != report.tenant) {
         anyhow::bail!("{} is an export of tenant `{}`, not of `{wanted}` (--tenant)", file.display(), report.tenant);
     }

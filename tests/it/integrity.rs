@@ -587,3 +587,116 @@ async fn an_application_event_too_deep_for_an_export_is_refused() {
     let (ok, text) = run(&["verify", "--file", file.to_str().unwrap(), "--public-key", &public], out.path());
     assert!(ok && text.contains("complete"), "{text}");
 }
+
+/// `keytrail verify --file` checks an export in memory that does not grow
+/// with the export: exports stream in constant memory, so an auditor's
+/// export can be far larger than a machine's memory. (It read the whole file
+/// and parsed it into one JSON tree, several times the file's size.)
+#[tokio::test]
+async fn verifying_an_export_offline_does_not_hold_the_export_in_memory() {
+    const EVENTS: usize = 40_000;
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let signer = Signer::load_or_create(&dir.path().join("signing.key")).unwrap();
+        let mut store = AuditWriterStore::open(&dir.path().join("audit")).unwrap();
+        store.enable_checkpoints(signer, 5_000, 3_600_000).unwrap();
+        for n in 0..EVENTS / 1000 {
+            let mut events: Vec<Event> = (0..1000)
+                .map(|i| {
+                    let mut e = Event::new("acme", Category::Request, "api_call", "success");
+                    e.timestamp_ms = T0 + (n * 1000 + i) as i64 * 10;
+                    e.consumer_id = Some(format!("cons_{}", i % 7).into());
+                    e.client_ip = Some(format!("10.0.{}.{}", i % 200, n).into());
+                    e.user_agent = Some("curl/8.5.0".into());
+                    e.method = Some("GET".into());
+                    e.path = Some(format!("/orders/{}", n * 1000 + i));
+                    e.status_code = Some(200);
+                    e.latency_us = Some(1_234 + i as u64);
+                    e
+                })
+                .collect();
+            store.insert_batch(&mut events).unwrap();
+            store.checkpoint(false).unwrap();
+        }
+        store.checkpoint(true).unwrap();
+    }
+    let ts = TestServer::start_with(dir, |_| {}).await;
+    let admin = ts.admin_client();
+    assert_eq!(admin.post("/v1/tenants", json!({"id": "acme", "name": "Acme"})).await.status, 201);
+    let out = tempfile::tempdir().unwrap();
+    let public = keytrail::signing::public_key_text(&Signer::load_or_create(&ts.data_dir.join("signing.key")).unwrap().public_key());
+    // Saves the export to a file; verifies it with the command line: (its
+    // size in KiB, the command's peak resident memory in KiB, its output).
+    let check = |query: &'static str| {
+        let (client, url, out, public) = (ts.client.clone(), format!("{}/v1/audit/acme/export/json{query}", ts.admin), out.path().to_path_buf(), public.clone());
+        async move {
+            let file = out.join(format!("export-{}.json", query.len()));
+            let mut res = client.get(url).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+            assert_eq!(res.status(), 200);
+            {
+                use std::io::Write;
+                let mut f = std::io::BufWriter::new(std::fs::File::create(&file).unwrap());
+                while let Some(chunk) = res.chunk().await.unwrap() {
+                    f.write_all(&chunk).unwrap();
+                }
+                f.flush().unwrap();
+            }
+            let size_kib = std::fs::metadata(&file).unwrap().len() / 1024;
+            let mut p = Process::spawn(&["verify", "--file", file.to_str().unwrap(), "--public-key", &public], &[], &out, &out);
+            // VmHWM only grows: the last reading before the process ends is its peak.
+            let mut peak_kib = 0u64;
+            let status = loop {
+                if let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", p.child.id())) {
+                    let hwm = status.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1));
+                    if let Some(kib) = hwm.and_then(|v| v.parse().ok()) {
+                        peak_kib = peak_kib.max(kib);
+                    }
+                }
+                if let Some(status) = p.child.try_wait().unwrap() {
+                    break status;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            };
+            let text = p.stdout();
+            assert!(status.success() && text.contains("complete and unaltered"), "{text}{}", p.stderr());
+            (size_kib, peak_kib, text)
+        }
+    };
+    let (small_kib, small_peak, text) = check("?limit=1000").await;
+    assert!(text.contains("1000 events"), "{text}");
+    let (size_kib, peak_kib, text) = check("").await;
+    assert!(text.contains(&format!("{EVENTS} events")), "{text}");
+    // 39,000 more events (~47 MiB of export) cost a few MiB at most.
+    let grown = peak_kib.saturating_sub(small_peak);
+    assert!(grown < (size_kib - small_kib) / 8, "a {small_kib} KiB export took {small_peak} KiB to verify, a {size_kib} KiB one {peak_kib} KiB");
+}
+
+/// Files that are no export, or not JSON, are refused by name, read as a
+/// stream as they are.
+#[test]
+fn files_that_are_no_export_are_refused_saying_why() {
+    let out = tempfile::tempdir().unwrap();
+    let public = keytrail::signing::public_key_text(&Signer::load_or_create(&out.path().join("k.key")).unwrap().public_key());
+    let file = out.path().join("export.json");
+    let path = file.to_str().unwrap();
+    for (text, says) in [
+        ("{not json", "is not JSON"),
+        ("{\"tenant_id\":\"acme\",\"logs\":[{}", "is not JSON"),
+        ("{\"tenant_id\":\"acme\",\"logs\":[]} trailing", "is not JSON"),
+        ("[]", "is not a keytrail JSON export"),
+        ("{\"logs\":[]}", "is not a keytrail JSON export: no `tenant_id`"),
+        ("{\"tenant_id\":\"acme\"}", "is not a keytrail JSON export: no `logs` array"),
+        ("{\"tenant_id\":\"acme\",\"logs\":{}}", "is not a keytrail JSON export"),
+        ("{\"tenant_id\":7,\"logs\":[]}", "`tenant_id` is not a text"),
+        ("{\"tenant_id\":\"acme\",\"logs\":[],\"logs\":[]}", "`logs` appears twice"),
+    ] {
+        std::fs::write(&file, text).unwrap();
+        let (ok, output) = run(&["verify", "--file", path, "--public-key", &public], out.path());
+        assert!(!ok && output.contains(says), "{text}: {output}");
+    }
+    let (ok, output) = run(&["verify", "--file", "missing.json", "--public-key", &public], out.path());
+    assert!(!ok && output.contains("missing.json cannot be read"), "{output}");
+    std::fs::write(&file, "{\"tenant_id\":\"acme\",\"exported_at\":\"x\",\"logs\":[],\"verification\":{\"checkpoints\":[]}}").unwrap();
+    let (ok, output) = run(&["verify", "--file", path, "--public-key", &public], out.path());
+    assert!(ok && output.contains("acme: 0 events"), "{output}");
+}

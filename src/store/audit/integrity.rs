@@ -259,41 +259,207 @@ fn hex32(value: &serde_json::Value) -> Option<[u8; 32]> {
 /// hashes, every visible field against the event, the links between
 /// consecutive events, and the export's checkpoints with `key`.
 pub fn verify_export(doc: &serde_json::Value, key: &VerifyingKey) -> Result<ExportReport, String> {
-    use crate::event::Event;
     let tenant = doc["tenant_id"].as_str().ok_or("not a keytrail JSON export: no `tenant_id`")?.to_string();
     let logs = doc["logs"].as_array().ok_or("not a keytrail JSON export: no `logs` array")?;
-    let mut problems = Vec::new();
-    // The personal salts of the export's consumers (see `super::salts`).
-    let salts = match serde_json::from_value::<super::salts::DaySalts>(
-        doc["verification"].get("personal_salts").cloned().unwrap_or(serde_json::json!({})),
-    ) {
-        Ok(map) => super::salts::from_hex(&map).unwrap_or_else(|e| {
-            problems.push(format!("verification: {e}"));
-            Default::default()
-        }),
-        Err(_) => {
-            problems.push("verification: `personal_salts` must map days to consumer ids to 64 hexadecimal digits".to_string());
-            Default::default()
-        }
-    };
-    let mut rows: Vec<(u64, [u8; 32], [u8; 32])> = Vec::with_capacity(logs.len());
+    let mut check = ExportCheck::new(tenant, &doc["verification"]);
     for (i, entry) in logs.iter().enumerate() {
+        check.row(i, entry);
+    }
+    Ok(check.finish(&doc["verification"], key))
+}
+
+/// Why an export file could not be checked at all.
+#[derive(Debug)]
+pub enum ExportFileError {
+    /// The file cannot be read.
+    Io(std::io::Error),
+    /// It is not JSON (or is cut short).
+    NotJson(serde_json::Error),
+    /// It is JSON, but not the shape of a keytrail export.
+    NotExport(String),
+}
+
+impl std::fmt::Display for ExportFileError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExportFileError::Io(e) => write!(f, "cannot be read: {e}"),
+            ExportFileError::NotJson(e) => write!(f, "is not JSON: {e}"),
+            ExportFileError::NotExport(e) => write!(f, "is not a keytrail JSON export: {e}"),
+        }
+    }
+}
+
+impl From<serde_json::Error> for ExportFileError {
+    fn from(e: serde_json::Error) -> Self {
+        match e.classify() {
+            serde_json::error::Category::Io => ExportFileError::Io(e.into()),
+            serde_json::error::Category::Data => ExportFileError::NotExport(e.to_string()),
+            _ => ExportFileError::NotJson(e),
+        }
+    }
+}
+
+/// [`verify_export`] of an export file, read twice as a stream — first for
+/// its tenant and its `verification` (which comes after the rows), then
+/// row by row — so memory holds one row at a time and 72 bytes per event,
+/// whatever the size of the export.
+pub fn verify_export_file(path: &Path, key: &VerifyingKey) -> Result<ExportReport, ExportFileError> {
+    use serde::de::DeserializeSeed;
+    let open = || -> Result<_, ExportFileError> {
+        let file = std::fs::File::open(path).map_err(ExportFileError::Io)?;
+        Ok(serde_json::Deserializer::from_reader(std::io::BufReader::with_capacity(1 << 16, file)))
+    };
+    let mut de = open()?;
+    let frame = ExportPass { rows: None }.deserialize(&mut de)?;
+    de.end()?;
+    let tenant = frame.tenant.ok_or_else(|| ExportFileError::NotExport("no `tenant_id`".into()))?;
+    if !frame.logs {
+        return Err(ExportFileError::NotExport("no `logs` array".into()));
+    }
+    let mut check = ExportCheck::new(tenant, &frame.verification);
+    ExportPass { rows: Some(&mut check) }.deserialize(&mut open()?)?;
+    Ok(check.finish(&frame.verification, key))
+}
+
+/// What the first pass over an export file keeps.
+struct ExportFrame {
+    tenant: Option<String>,
+    logs: bool,
+    verification: serde_json::Value,
+}
+
+/// One pass over an export file's top-level object: without `rows`, its
+/// tenant and `verification` (the rows skipped); with them, each row
+/// handed to the check as it is read.
+struct ExportPass<'c> {
+    rows: Option<&'c mut ExportCheck>,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for ExportPass<'_> {
+    type Value = ExportFrame;
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<ExportFrame, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for ExportPass<'_> {
+    type Value = ExportFrame;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an object with `tenant_id`, `logs` and `verification`")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(mut self, mut map: A) -> Result<ExportFrame, A::Error> {
+        use serde::de::Error;
+        let mut frame = ExportFrame { tenant: None, logs: false, verification: serde_json::Value::Null };
+        let mut seen = std::collections::HashSet::new();
+        while let Some(name) = map.next_key::<String>()? {
+            if !seen.insert(name.clone()) {
+                return Err(A::Error::custom(format!("`{name}` appears twice")));
+            }
+            match name.as_str() {
+                "tenant_id" => match map.next_value::<serde_json::Value>()? {
+                    serde_json::Value::String(tenant) => frame.tenant = Some(tenant),
+                    _ => return Err(A::Error::custom("`tenant_id` is not a text")),
+                },
+                "logs" => {
+                    map.next_value_seed(Rows { check: self.rows.as_deref_mut() })?;
+                    frame.logs = true;
+                }
+                "verification" => frame.verification = map.next_value()?,
+                _ => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(frame)
+    }
+}
+
+/// An export's `logs` array, each row checked (or skipped) as it comes.
+struct Rows<'c> {
+    check: Option<&'c mut ExportCheck>,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Rows<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_seq(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Rows<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("`logs`: an array of events")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        match self.check {
+            None => while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {},
+            Some(check) => {
+                let mut i = 0;
+                while let Some(entry) = seq.next_element::<serde_json::Value>()? {
+                    check.row(i, &entry);
+                    i += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The check of an export, fed its rows one at a time: what it keeps of
+/// each is its `seq` and hashes, for the links, the gaps and the
+/// checkpoints.
+struct ExportCheck {
+    tenant: String,
+    salts: rustc_hash::FxHashMap<(i64, String), [u8; 32]>,
+    problems: Vec<String>,
+    rows: Vec<(u64, [u8; 32], [u8; 32])>,
+}
+
+impl ExportCheck {
+    fn new(tenant: String, verification: &serde_json::Value) -> ExportCheck {
+        let mut problems = Vec::new();
+        // The personal salts of the export's consumers (see `super::salts`).
+        let salts = match serde_json::from_value::<super::salts::DaySalts>(
+            verification.get("personal_salts").cloned().unwrap_or(serde_json::json!({})),
+        ) {
+            Ok(map) => super::salts::from_hex(&map).unwrap_or_else(|e| {
+                problems.push(format!("verification: {e}"));
+                Default::default()
+            }),
+            Err(_) => {
+                problems.push("verification: `personal_salts` must map days to consumer ids to 64 hexadecimal digits".to_string());
+                Default::default()
+            }
+        };
+        ExportCheck { tenant, salts, problems, rows: Vec::new() }
+    }
+
+    /// Checks row `i` on its own: its event against its hash, its fields
+    /// against its event.
+    fn row(&mut self, i: usize, entry: &serde_json::Value) {
+        use crate::event::Event;
+        let problems = &mut self.problems;
         let at = entry["seq"].as_u64().map_or(format!("entry {i}"), |s| format!("seq {s}"));
         let event: Event = match serde_json::from_value(entry["event"].clone()) {
             Ok(event) => event,
             Err(e) => {
                 problems.push(format!("{at}: the event cannot be read ({e}); was the export made by keytrail 0.1 or later?"));
-                continue;
+                return;
             }
         };
         let (Some(prev), Some(hash)) = (hex32(&entry["prev_hash"]), hex32(&entry["hash"])) else {
             problems.push(format!("{at}: `hash` and `prev_hash` must be 64 hexadecimal digits"));
-            continue;
+            return;
         };
-        if event.tenant_id != tenant {
+        if event.tenant_id != self.tenant {
             problems.push(format!("{at}: the event belongs to tenant `{}`", event.tenant_id));
         }
-        match event.chain_hash(&prev, super::salts::salt_for(&salts, &event)) {
+        match event.chain_hash(&prev, super::salts::salt_for(&self.salts, &event)) {
             Ok(computed) if computed == hash => {}
             Ok(_) => problems.push(format!("seq {}: the event does not match its hash (changed)", event.seq)),
             Err(_) => problems.push(format!(
@@ -303,73 +469,79 @@ pub fn verify_export(doc: &serde_json::Value, key: &VerifyingKey) -> Result<Expo
             )),
         }
         // The fields a reader sees must be the event's own.
-        let stored = super::StoredEvent { event: event.clone(), hash: Some(hash), prev_hash: Some(prev) };
+        let seq = event.seq;
+        let stored = super::StoredEvent { event, hash: Some(hash), prev_hash: Some(prev) };
         let mut shown = crate::audit::views::log_entry(&stored);
         shown["prev_hash"] = entry["prev_hash"].clone();
         shown["event"] = entry["event"].clone();
         if &shown != entry {
-            problems.push(format!("seq {}: the entry's fields differ from its event (changed)", event.seq));
+            problems.push(format!("seq {seq}: the entry's fields differ from its event (changed)"));
         }
-        rows.push((event.seq, prev, hash));
+        self.rows.push((seq, prev, hash));
     }
-    rows.sort_by_key(|r| r.0);
-    let mut gaps = Vec::new();
-    for pair in rows.windows(2) {
-        let ((a, _, a_hash), (b, b_prev, _)) = (pair[0], pair[1]);
-        if b == a {
-            problems.push(format!("seq {b}: appears twice"));
-        } else if b == a + 1 {
-            if b_prev != a_hash {
-                problems.push(format!("seq {b}: does not follow seq {a} (its previous hash differs)"));
-            }
-        } else {
-            gaps.push((a + 1, b - 1));
-        }
-    }
-    let checkpoints = doc["verification"]["checkpoints"].as_array().cloned().unwrap_or_default();
-    let by_seq: std::collections::HashMap<u64, [u8; 32]> = rows.iter().map(|r| (r.0, r.2)).collect();
-    let mut verified = 0;
-    let mut proven_through = None;
-    for value in &checkpoints {
-        let cp = (|| {
-            Some(Checkpoint {
-                tenant: value["tenant"].as_str()?.to_string(),
-                seq: value["seq"].as_u64()?,
-                hash: hex32(&value["hash"])?,
-                signed_at_ms: value["signed_at_ms"].as_i64()?,
-                signature: crate::signing::from_hex(value["signature"].as_str()?)?,
-            })
-        })();
-        let Some(cp) = cp else {
-            problems.push(format!("a checkpoint cannot be read: {value}"));
-            continue;
-        };
-        if cp.tenant != tenant || !crate::signing::verify(key, &cp) {
-            problems.push(format!("checkpoint at seq {}: the signature does not verify with this public key", cp.seq));
-            continue;
-        }
-        match by_seq.get(&cp.seq) {
-            Some(hash) if *hash == cp.hash => {
-                verified += 1;
-                let gap_free = gaps.iter().all(|(from, _)| *from > cp.seq);
-                if gap_free && proven_through.is_none_or(|p| p < cp.seq) {
-                    proven_through = Some(cp.seq);
+
+    /// The links, gaps and checkpoints over every row.
+    fn finish(self, verification: &serde_json::Value, key: &VerifyingKey) -> ExportReport {
+        let ExportCheck { tenant, mut problems, mut rows, .. } = self;
+        rows.sort_by_key(|r| r.0);
+        let mut gaps = Vec::new();
+        for pair in rows.windows(2) {
+            let ((a, _, a_hash), (b, b_prev, _)) = (pair[0], pair[1]);
+            if b == a {
+                problems.push(format!("seq {b}: appears twice"));
+            } else if b == a + 1 {
+                if b_prev != a_hash {
+                    problems.push(format!("seq {b}: does not follow seq {a} (its previous hash differs)"));
                 }
+            } else {
+                gaps.push((a + 1, b - 1));
             }
-            Some(_) => problems.push(format!("checkpoint at seq {}: the export's hash there is not the one signed (changed)", cp.seq)),
-            None => {}
+        }
+        let checkpoints = verification["checkpoints"].as_array().map(Vec::as_slice).unwrap_or_default();
+        let hash_at = |seq: u64| rows.binary_search_by_key(&seq, |r| r.0).ok().map(|i| rows[i].2);
+        let mut verified = 0;
+        let mut proven_through = None;
+        for value in checkpoints {
+            let cp = (|| {
+                Some(Checkpoint {
+                    tenant: value["tenant"].as_str()?.to_string(),
+                    seq: value["seq"].as_u64()?,
+                    hash: hex32(&value["hash"])?,
+                    signed_at_ms: value["signed_at_ms"].as_i64()?,
+                    signature: crate::signing::from_hex(value["signature"].as_str()?)?,
+                })
+            })();
+            let Some(cp) = cp else {
+                problems.push(format!("a checkpoint cannot be read: {value}"));
+                continue;
+            };
+            if cp.tenant != tenant || !crate::signing::verify(key, &cp) {
+                problems.push(format!("checkpoint at seq {}: the signature does not verify with this public key", cp.seq));
+                continue;
+            }
+            match hash_at(cp.seq) {
+                Some(hash) if hash == cp.hash => {
+                    verified += 1;
+                    let gap_free = gaps.iter().all(|(from, _)| *from > cp.seq);
+                    if gap_free && proven_through.is_none_or(|p| p < cp.seq) {
+                        proven_through = Some(cp.seq);
+                    }
+                }
+                Some(_) => problems.push(format!("checkpoint at seq {}: the export's hash there is not the one signed (changed)", cp.seq)),
+                None => {}
+            }
+        }
+        ExportReport {
+            tenant,
+            ok: problems.is_empty(),
+            events: rows.len(),
+            first_seq: rows.first().map(|r| r.0),
+            last_seq: rows.last().map(|r| r.0),
+            complete: gaps.is_empty(),
+            gaps,
+            checkpoints_verified: verified,
+            proven_through: if problems.is_empty() { proven_through } else { None },
+            problems,
         }
     }
-    Ok(ExportReport {
-        tenant,
-        ok: problems.is_empty(),
-        events: rows.len(),
-        first_seq: rows.first().map(|r| r.0),
-        last_seq: rows.last().map(|r| r.0),
-        complete: gaps.is_empty(),
-        gaps,
-        checkpoints_verified: verified,
-        proven_through: if problems.is_empty() { proven_through } else { None },
-        problems,
-    })
 }
