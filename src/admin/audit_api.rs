@@ -202,27 +202,57 @@ pub(super) fn require_audit_tenant(state: &AdminState, tenant: &str) -> Result<(
     state.control.require_tenant(tenant)
 }
 
-/// Reads one page (newest first) on a blocking thread.
+/// The most a page's rows may hold, roughly as JSON: a page ends early, with
+/// a `next_cursor`, once it holds this much. (Application events carry up
+/// to 32 KiB each: 10,000 of them were over a gigabyte in memory for one
+/// answer.)
+pub(super) const PAGE_BYTES: usize = 8 << 20;
+
+/// Roughly what an event takes in a page, as JSON: its free texts and
+/// details, and a fixed share for the rest.
+fn page_bytes(stored: &StoredEvent) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let e = &stored.event;
+    let mut count = Count(512);
+    if let Some(details) = &e.details {
+        let _ = serde_json::to_writer(&mut count, details);
+    }
+    let texts = [&e.path, &e.user_agent, &e.error_message, &e.target];
+    count.0 + texts.iter().map(|t| t.as_deref().map_or(0, str::len)).sum::<usize>() + e.actor.as_deref().map_or(0, str::len)
+}
+
+/// Reads one page (newest first) on a blocking thread: `limit` events, or
+/// fewer once they hold [`PAGE_BYTES`]; the cursor when more match.
 async fn read_page(state: &AdminState, query: AuditQuery) -> Result<(Vec<StoredEvent>, Option<String>), ApiError> {
     let path = state.audit.dir().to_path_buf();
     let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
     tokio::task::spawn_blocking(move || {
         let reader = AuditReader::open(&path).map_err(ApiError::internal)?;
         let mut rows = Vec::with_capacity(limit.min(1024) as usize);
+        let (mut bytes, mut more) = (0usize, false);
         // Pages leave out the per-event hashes: recomputing them means
         // rehashing whole blocks. Exports and verification carry them.
         reader
             .scan(&query.filter, Some(limit + 1), false, |e| {
+                if rows.len() as u64 == limit || bytes >= PAGE_BYTES {
+                    more = true;
+                    return false;
+                }
+                bytes += page_bytes(e);
                 rows.push(e.clone());
                 true
             })
             .map_err(ApiError::internal)?;
-        let next = if rows.len() as u64 > limit {
-            rows.truncate(limit as usize);
-            rows.last().map(cursor_of)
-        } else {
-            None
-        };
+        let next = if more { rows.last().map(cursor_of) } else { None };
         Ok((rows, next))
     })
     .await
