@@ -342,7 +342,7 @@ async fn verify_tenant(
     .await
     .map_err(ApiError::internal)?
     .map_err(ApiError::internal)?;
-    record_access(&state.audit, &actor, &tenant, "verify", &[], report.events as usize);
+    record_access(&state.audit, &actor, &tenant, "verify", &params, report.events as usize);
     let mut body = json!(report);
     body["public_key"] = json!(crate::signing::public_key_text(&key));
     Ok(Json(body))

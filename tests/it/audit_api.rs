@@ -410,3 +410,21 @@ async fn a_from_inside_a_millisecond_leaves_that_millisecond_out() {
     assert_eq!(count("from=2026-11-18T23:59:59.9985Z&to=2026-11-19T00:00:00.0001Z").await, 5);
     ts.stop().await;
 }
+
+/// A verification through the API is recorded like every read of the
+/// trail, with the filter it was given (`from`; it was recorded as none)
+/// and the events it read.
+#[tokio::test]
+async fn a_verification_is_recorded_with_its_from() {
+    let mut ts = trail_around_midnight().await;
+    let admin = ts.admin_client();
+    let a = admin.get("/v1/audit/acme/verify?from=2026-11-19").await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert!(a.body["ok"] == true && a.body["from_seq"] == 7, "{}", a.text);
+    ts.flush().await;
+    let security = admin.get("/v1/audit/acme/security?event_type=log_accessed&limit=100").await;
+    let verified = security.body["events"].as_array().unwrap().iter().find(|e| e["target"] == "verify").cloned().expect("the verification is recorded");
+    assert_eq!(verified["details"]["filters"], serde_json::json!({"from": "2026-11-19"}), "{verified}");
+    assert_eq!(verified["details"]["rows"], a.body["events"], "{verified}");
+    ts.stop().await;
+}
