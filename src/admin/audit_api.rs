@@ -35,10 +35,42 @@ pub fn routes() -> Router<AdminState> {
         )
 }
 
+/// The parameters the audit reads take: always recorded in a read's
+/// `log_accessed`, whatever else its query string holds.
+const READ_PARAMETERS: [&str; 24] = [
+    "limit", "cursor", "request_id", "consumer_id", "api_id", "event_type", "method", "path", "status_min", "status_max", "hours", "days",
+    "from", "to", "category", "admin_id", "action", "actor_id", "resource_type", "resource_id", "group_by", "top", "metrics", "source",
+];
+/// At most this many parameters go into a read's record (the filters it
+/// reads first), each name and value cut to [`RECORDED_CHARS`]; the number
+/// left out is recorded as `_omitted`. A query string can hold hundreds of
+/// kilobytes, which every read would otherwise write into the trail.
+const RECORDED_PARAMETERS: usize = 32;
+const RECORDED_CHARS: usize = 256;
+
+fn cut(text: &str) -> String {
+    match text.char_indices().nth(RECORDED_CHARS) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_string(),
+    }
+}
+
 /// Records that `actor` read `tenant`'s log: the endpoint, the filters
 /// given and how many rows went out (`log_accessed`).
 pub(super) fn record_access(audit: &crate::audit::AuditPipeline, actor: &Actor, tenant: &str, endpoint: &str, params: &[(String, String)], rows: usize) {
-    let filters: serde_json::Map<String, Value> = params.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+    let (read, other): (Vec<_>, Vec<_>) = params.iter().partition(|(k, _)| READ_PARAMETERS.contains(&k.as_str()));
+    let mut filters = serde_json::Map::new();
+    let mut omitted = 0;
+    for (name, value) in read.into_iter().chain(other) {
+        if filters.len() < RECORDED_PARAMETERS || filters.contains_key(name.as_str()) {
+            filters.insert(cut(name), json!(cut(value)));
+        } else {
+            omitted += 1;
+        }
+    }
+    if omitted > 0 {
+        filters.insert("_omitted".into(), json!(omitted));
+    }
     let mut event = actor.event(tenant, security_type::LOG_ACCESSED, endpoint.to_string());
     event.details = Some(json!({"filters": filters, "rows": rows}));
     audit.record(event);

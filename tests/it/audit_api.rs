@@ -428,3 +428,39 @@ async fn a_verification_is_recorded_with_its_from() {
     assert_eq!(verified["details"]["rows"], a.body["events"], "{verified}");
     ts.stop().await;
 }
+
+/// A read's `log_accessed` event keeps the filters it was given, but not
+/// whatever else a query string holds: a value is kept to 256 characters
+/// and 32 parameters at most (the rest counted). A 60 KB parameter nobody
+/// reads was written into the trail whole by every read that sent it.
+#[tokio::test]
+async fn a_reads_record_keeps_its_filters_not_a_query_strings_bulk() {
+    let mut ts = trail_around_midnight().await;
+    let admin = ts.admin_client();
+    let junk = "j".repeat(60_000);
+    let many: String = (0..40).map(|i| format!("&p{i}=v")).collect();
+    let a = admin.get(&format!("/v1/audit/acme?limit=3&junk={junk}&consumer_id=cons_1{many}")).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.body["logs"].as_array().unwrap().len(), 3);
+    ts.flush().await;
+    let security = admin.get("/v1/audit/acme/security?event_type=log_accessed&limit=100").await;
+    let read = security.body["events"].as_array().unwrap().iter().find(|e| e["target"] == "logs").cloned().expect("the read is recorded");
+    let filters = &read["details"]["filters"];
+    assert_eq!(filters["limit"], "3", "{filters}");
+    assert_eq!(filters["consumer_id"], "cons_1", "{filters}");
+    let kept = filters["junk"].as_str().unwrap();
+    assert!(kept.starts_with("jjjj") && kept.chars().count() <= 257, "{} characters kept", kept.len());
+    assert_eq!(filters.as_object().unwrap().len(), 32 + 1, "{filters}");
+    assert_eq!(filters["_omitted"], 11, "{filters}");
+    assert_eq!(read["details"]["rows"], 3);
+    assert!(read.to_string().len() < 4096, "a record of {} bytes", read.to_string().len());
+    // The filters a read uses are kept however many parameters come first.
+    let a = admin.get(&format!("/v1/audit/acme/security?limit=2{many}&event_type=key_created")).await;
+    assert_eq!(a.status, 200);
+    ts.flush().await;
+    let security = admin.get("/v1/audit/acme/security?event_type=log_accessed&limit=100").await;
+    let read = security.body["events"].as_array().unwrap().iter().find(|e| e["target"] == "security").cloned().expect("the read is recorded");
+    let filters = &read["details"]["filters"];
+    assert!(filters["limit"] == "2" && filters["event_type"] == "key_created" && filters["_omitted"] == 10, "{filters}");
+    ts.stop().await;
+}
