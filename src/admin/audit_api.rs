@@ -236,8 +236,8 @@ pub(super) fn require_audit_tenant(state: &AdminState, tenant: &str) -> Result<(
 
 /// The most a page's rows may hold, roughly as JSON: a page ends early, with
 /// a `next_cursor`, once it holds this much. (Application events carry up
-/// to 32 KiB each: 10,000 of them were over a gigabyte in memory for one
-/// answer.)
+/// to 32 KiB each, admin log intents their change's body: 10,000 of them
+/// were gigabytes in memory for one answer.)
 pub(super) const PAGE_BYTES: usize = 8 << 20;
 
 /// Roughly what an event takes in a page, as JSON: its free texts and
@@ -406,17 +406,20 @@ async fn list_admin_log(
         // Newest first, an outcome comes before its intent; keep them until then.
         let mut outcomes = std::collections::HashMap::new();
         let mut rows: Vec<StoredEvent> = Vec::new();
-        let mut more = false;
+        let (mut bytes, mut more) = (0usize, false);
         reader
             .scan(&query.filter, None, false, |row| {
                 if activity::is_outcome(&row.event) {
                     if let Some(id) = row.event.request_id.clone() {
                         outcomes.insert(id, row.event.clone());
                     }
-                } else if rows.len() == limit {
+                } else if rows.len() == limit || bytes >= PAGE_BYTES {
+                    // Changes are logged with their bodies: a page ends
+                    // early, as the other pages do, once it is this big.
                     more = true;
                     return false;
                 } else {
+                    bytes += page_bytes(row);
                     rows.push(row.clone());
                 }
                 true

@@ -202,3 +202,38 @@ async fn a_change_with_a_deeply_nested_body_is_logged_by_its_size() {
     let verified = admin.get("/v1/audit/acme/verify").await;
     assert_eq!(verified.body["ok"], true, "{}", verified.text);
 }
+
+/// A page of the admin log ends early, with its `next_cursor`, once its
+/// entries hold 8 MiB, as the other audit pages do: changes are logged with
+/// their bodies (up to megabytes, refused ones too), so `limit=10000` built
+/// whole pages of gigabytes in memory. Following the cursors still gives
+/// every entry once, outcomes resolved.
+#[tokio::test]
+async fn a_page_of_large_changes_stops_at_its_byte_budget_and_goes_on_from_its_cursor() {
+    let ts = TestServer::start().await;
+    let admin = ts.admin_client();
+    assert_eq!(admin.post("/v1/tenants", json!({"id": "acme", "name": "Acme"})).await.status, 201);
+    for i in 0..12 {
+        let big = admin.post("/v1/tenants/acme/tiers", json!({"id": format!("t{i}"), "daily_quota": 5, "note": "x".repeat(1_000_000)})).await;
+        assert_eq!(big.status, 400, "{}", big.text);
+    }
+    ts.flush().await;
+    let first = admin.get("/v1/audit/acme/admin?limit=1000").await;
+    assert_eq!(first.status, 200);
+    let mut all = entries(&first);
+    assert!(first.text.len() < 10 << 20, "a page of {} bytes ({} entries)", first.text.len(), all.len());
+    assert!(first.body["next_cursor"].is_string(), "the page ended early without a cursor");
+    let mut cursor = first.body["next_cursor"].as_str().map(str::to_string);
+    while let Some(c) = cursor {
+        let page = admin.get(&format!("/v1/audit/acme/admin?limit=1000&cursor={c}")).await;
+        assert_eq!(page.status, 200);
+        all.extend(entries(&page));
+        cursor = page.body["next_cursor"].as_str().map(str::to_string);
+    }
+    let refused: Vec<&Value> = all.iter().filter(|e| e["action"] == "TIER_CREATED" && e["outcome"] == "failure").collect();
+    assert_eq!(refused.len(), 12, "{}", all.len());
+    let mut ids: Vec<&str> = all.iter().map(|e| e["event_id"].as_str().unwrap()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), all.len(), "every entry once");
+}
