@@ -92,6 +92,10 @@ impl KeyUsage {
 pub struct Snapshot {
     /// Longest prefix first, so the first match is the most specific.
     routes: Vec<Arc<RouteApi>>,
+    /// For each of `routes`, the positions of the longer prefixes of the
+    /// same tenant that lie under its prefix when letter case is ignored
+    /// (`/docs/admin` under `/docs`), most specific first; empty for most.
+    nested: Vec<Vec<usize>>,
     /// The same apis by tenant, then api id (api ids are per tenant), for
     /// key verification, which names an api instead of calling a path.
     apis: HashMap<Text, HashMap<Text, Arc<RouteApi>>>,
@@ -177,6 +181,19 @@ impl Snapshot {
             })
             .collect();
         routes.sort_by(|a, b| b.path_prefix.len().cmp(&a.path_prefix.len()).then(a.path_prefix.cmp(&b.path_prefix)));
+        let nested = routes
+            .iter()
+            .map(|outer| {
+                (0..routes.len())
+                    .filter(|&i| {
+                        let inner = &routes[i];
+                        inner.tenant_id == outer.tenant_id
+                            && inner.path_prefix.len() > outer.path_prefix.len()
+                            && prefix_matches_ignoring_case(&outer.path_prefix, &inner.path_prefix)
+                    })
+                    .collect()
+            })
+            .collect();
         let mut apis: HashMap<Text, HashMap<Text, Arc<RouteApi>>> = HashMap::new();
         for route in &routes {
             apis.entry(route.tenant_id.clone()).or_default().insert(route.api_id.clone(), route.clone());
@@ -225,7 +242,7 @@ impl Snapshot {
             by_tenant.entry(entry.tenant_id.clone().unwrap_or_default()).or_default().push(entry);
         }
         let tenant_blocks = by_tenant.into_iter().map(|(t, entries)| (t, Blocklist::build(entries))).collect();
-        Snapshot { routes, apis, keys, tiers, global_blocks: Blocklist::build(global), tenant_blocks }
+        Snapshot { routes, nested, apis, keys, tiers, global_blocks: Blocklist::build(global), tenant_blocks }
     }
 
     /// A tenant's own blocklist, if it has one.
@@ -238,9 +255,24 @@ impl Snapshot {
         self.global_blocks.match_key(key_id, now_ms).or_else(|| self.tenant_blocks(tenant)?.match_key(key_id, now_ms))
     }
 
-    /// The api serving `path`, most specific prefix first.
+    /// The api serving `path`, most specific prefix first. When an api of
+    /// the same tenant is nested inside the one the path names as sent, the
+    /// path is also read as an upstream may resolve it (percent-decoded,
+    /// `//` and `.` segments and `;` parameters dropped, letter case
+    /// ignored, as forbidden paths are): `/docs//admin`, `/docs/%61dmin`,
+    /// `/docs/admin;x` and `/docs/ADMIN` are served by an api at
+    /// `/docs/admin`, whose key, policies and limits a spelling must not
+    /// step around. (Another tenant's api never takes a call this way.)
     pub fn route(&self, path: &str) -> Option<&Arc<RouteApi>> {
-        self.routes.iter().find(|r| prefix_matches(&r.path_prefix, path))
+        let at = self.routes.iter().position(|r| prefix_matches(&r.path_prefix, path))?;
+        let nested = &self.nested[at];
+        if nested.is_empty() {
+            return Some(&self.routes[at]);
+        }
+        let resolved = crate::policy::normalized_path(path);
+        let resolved = resolved.as_deref().unwrap_or(path);
+        let inner = nested.iter().map(|&i| &self.routes[i]).find(|r| prefix_matches_ignoring_case(&r.path_prefix, resolved));
+        Some(inner.unwrap_or(&self.routes[at]))
     }
 
     /// The api `api_id` of `tenant`, if it exists (and its upstream parsed).
@@ -297,9 +329,24 @@ mod tests {
             &Snapshot::default(),
         );
         assert_eq!(snap.route("/docs/v2/x").unwrap().api_id, "v2");
+        for spelling in ["/docs//v2/x", "/docs/V2", "/docs/%76%32/x", "/docs/v2;a=b/x", "/docs/./v2"] {
+            assert_eq!(snap.route(spelling).unwrap().api_id, "v2", "{spelling}: as an upstream resolves it");
+        }
+        assert_eq!(snap.route("/docs/v2x").unwrap().api_id, "docs");
+        assert_eq!(snap.route("/DOCS/v2").unwrap().api_id, "v2", "under the same tenant's root api too");
         assert_eq!(snap.route("/docs/v1").unwrap().api_id, "docs");
         assert_eq!(snap.route("/other").unwrap().api_id, "root");
         assert_eq!(snap.api("t", "docs").unwrap().path_prefix, "/docs");
         assert!(snap.api("t", "nope").is_none() && snap.api("other", "docs").is_none(), "api ids are per tenant");
+        // Another tenant's api never takes a call by another spelling.
+        let mut other = api("other", "/other");
+        other.tenant_id = "u".into();
+        let snap = Snapshot::build(
+            RoutingData { apis: vec![api("root", "/"), other], keys: vec![], consumers: vec![], tiers: vec![], blocks: vec![] },
+            &Snapshot::default(),
+        );
+        assert_eq!(snap.route("/OTHER/x").unwrap().api_id, "root");
+        assert_eq!(snap.route("//other/x").unwrap().api_id, "root");
+        assert_eq!(snap.route("/other/x").unwrap().api_id, "other");
     }
 }

@@ -121,3 +121,41 @@ async fn policies_change_at_once_and_bad_ones_are_refused() {
     assert_eq!(a.status, 404, "{}", a.text);
     ts.stop().await;
 }
+
+/// An api nested inside another of its tenant (`/docs/admin` inside
+/// `/docs`) has policies of its own. A spelling an upstream resolves to the
+/// nested api's path (`/docs//admin`, `/docs/%61dmin`, `/docs/admin;x`,
+/// `/docs/ADMIN`) was routed as sent, to the outer api, and so reached the
+/// same upstream without the nested api's required scopes.
+#[tokio::test]
+async fn a_spelling_of_a_nested_apis_path_gets_that_apis_policies() {
+    let mut ts = TestServer::start().await;
+    let up = start_upstream().await;
+    let admin = ts.admin_client();
+    let (consumer, _, key) = admin.setup("acme", "/docs", &format!("http://{up}")).await;
+    let a = admin
+        .post(
+            "/v1/tenants/acme/apis",
+            json!({"id": "docs-admin", "path_prefix": "/docs/admin", "upstream": format!("http://{up}"),
+                   "policies": {"required_scopes": ["docs:admin"]}}),
+        )
+        .await;
+    assert_eq!(a.status, 201, "{}", a.text);
+    let (_, admin_key) = admin.key("acme", &consumer, json!({"scopes": ["docs:admin"]})).await;
+
+    let spellings = ["/docs/admin/users", "/docs//admin/users", "/docs/%61dmin/users", "/docs/admin;v=1/users", "/docs/ADMIN/users", "/docs/Admin"];
+    for path in spellings {
+        let (status, _, body) = send(&ts, "GET", path, &key, None).await;
+        assert_eq!((status, code(&body).as_str()), (403, "insufficient_scope"), "{path}: {body}");
+        let (status, _, body) = send(&ts, "GET", path, &admin_key, None).await;
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+    // Paths beside the nested api stay the outer api's.
+    for path in ["/docs/administrator", "/docs/x/admin", "/docs/fixed"] {
+        assert_eq!(send(&ts, "GET", path, &key, None).await.0, 200, "{path}");
+    }
+    let logs = admin.wait_for("/v1/audit/acme?status_min=403&status_max=403", "logs", spellings.len()).await;
+    assert_eq!(logs.len(), spellings.len(), "{logs:?}");
+    assert!(logs.iter().all(|l| l["api_id"] == "docs-admin" && l["error_code"] == "insufficient_scope"), "{logs:?}");
+    ts.stop().await;
+}
