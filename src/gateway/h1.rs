@@ -139,7 +139,12 @@ impl CallHeaders {
 
     /// Every value of the header `name` (lower case).
     pub fn values<'a, 'n>(&'a self, name: &'n str) -> impl Iterator<Item = &'a [u8]> + use<'a, 'n> {
-        self.iter().filter(move |(n, _)| n.eq_ignore_ascii_case(name.as_bytes())).map(|(_, v)| v)
+        // hyper's map by its hash, not by a walk over every header.
+        let (raw, map) = match self {
+            CallHeaders::Raw { .. } => (Some(self.iter().filter(move |(n, _)| n.eq_ignore_ascii_case(name.as_bytes())).map(|(_, v)| v)), None),
+            CallHeaders::Map(map) => (None, Some(map.get_all(name).into_iter().map(HeaderValue::as_bytes))),
+        };
+        raw.into_iter().flatten().chain(map.into_iter().flatten())
     }
 
     /// The first value of the header `name` (lower case).

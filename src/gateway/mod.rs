@@ -660,11 +660,26 @@ impl Malformed {
 /// (the attack rules' badly encoded path counts the same).
 const MALFORMED_SCORE: u8 = 60;
 
-/// The whole `User-Agent` as text when it is longer than the event keeps
-/// (blocklists match all of it: a blocked name after 512 padding
-/// characters is still there for the upstream to see).
+/// What blocklists match user agents against when the event's value is
+/// not all of it: the whole `User-Agent` when it is longer than the event
+/// keeps, and every line of it, one a line, when the caller sent several
+/// (a blocked name after 512 padding characters, or in a second line, is
+/// still there for the upstream to see). `None` for the common single
+/// short line: the event's value is all of it, and nothing is copied.
 fn untruncated_user_agent(headers: &CallHeaders) -> Option<std::borrow::Cow<'_, str>> {
-    headers.get("user-agent").filter(|v| v.len() > MAX_USER_AGENT).map(String::from_utf8_lossy)
+    let mut lines = headers.values("user-agent");
+    let first = lines.next()?;
+    let Some(second) = lines.next() else {
+        return (first.len() > MAX_USER_AGENT).then(|| String::from_utf8_lossy(first));
+    };
+    // A line break never occurs in a header value or a blocklist entry, so
+    // no entry matches across two lines.
+    let mut all = String::from_utf8_lossy(first).into_owned();
+    for line in [second].into_iter().chain(lines) {
+        all.push('\n');
+        all.push_str(&String::from_utf8_lossy(line));
+    }
+    Some(std::borrow::Cow::Owned(all))
 }
 
 /// A `User-Agent` value as text, cut at [`MAX_USER_AGENT`] characters.

@@ -323,3 +323,27 @@ async fn a_padded_user_agent_is_still_blocked() {
     let fine = exchange(&ts, format!("GET /api/x HTTP/1.1\r\nHost: gw\r\nX-API-Key: {key}\r\nUser-Agent: {}\r\nConnection: close\r\n\r\n", "a".repeat(600)).as_bytes()).await;
     assert!(fine.starts_with("HTTP/1.1 200"), "{fine}");
 }
+
+/// A user-agent blocklist entry matches every `User-Agent` line: a blocked
+/// name in a second line (which the upstream sees too) was not looked at,
+/// only the first line was — on the connection loop, on hyper's path and
+/// at key verification.
+#[tokio::test]
+async fn a_blocked_user_agent_in_a_second_header_line_is_still_blocked() {
+    let ts = TestServer::start().await;
+    let up = start_upstream().await;
+    let admin = ts.admin_client();
+    let (_, _, key) = admin.setup("acme", "/api", &format!("http://{up}")).await;
+    assert_eq!(admin.post("/v1/tenants/acme/blocklist", json!({"kind": "user_agent", "value": "sqlmap"})).await.status, 201);
+    let verify = format!("{{\"key\": \"{key}\", \"api_id\": \"api\"}}");
+    for (request, what) in [
+        (format!("GET /api/x HTTP/1.1\r\nHost: gw\r\nX-API-Key: {key}\r\nUser-Agent: curl/8.0\r\nUser-Agent: sqlmap/1.7\r\nConnection: close\r\n\r\n"), "no body"),
+        (format!("POST /api/x HTTP/1.1\r\nHost: gw\r\nX-API-Key: {key}\r\nUser-Agent: curl/8.0\r\nuser-agent: sqlmap/1.7\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi"), "a body"),
+        (format!("POST /v1/keys/verify HTTP/1.1\r\nHost: gw\r\nUser-Agent: curl/8.0\r\nUser-Agent: sqlmap/1.7\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{verify}", verify.len()), "verification"),
+    ] {
+        let answer = exchange(&ts, request.as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 403"), "{what}: {answer}");
+    }
+    let fine = exchange(&ts, format!("GET /api/x HTTP/1.1\r\nHost: gw\r\nX-API-Key: {key}\r\nUser-Agent: curl/8.0\r\nUser-Agent: httpie/3\r\nConnection: close\r\n\r\n").as_bytes()).await;
+    assert!(fine.starts_with("HTTP/1.1 200"), "{fine}");
+}
