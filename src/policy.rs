@@ -95,7 +95,7 @@ impl Policies {
         // that route without regard to case) `/docs/ADMIN` are `/docs/admin`.
         let normalized = if self.forbidden_paths.is_empty() { None } else { normalized_path(path) };
         let resolved = normalized.as_deref().unwrap_or(path);
-        let forbidden = |p: &&String| pattern_matches(p, path) || segments_match(p, resolved, str::eq_ignore_ascii_case);
+        let forbidden = |p: &&String| pattern_matches(p, path) || segments_match(p, resolved, same_resolved_segment);
         if let Some(pattern) = self.forbidden_paths.iter().find(forbidden) {
             return Err(Violation { code: ErrorCode::Forbidden, policy: "forbidden_paths", field: "path", limit: json!(pattern), actual: json!(path) });
         }
@@ -162,6 +162,34 @@ pub fn normalized_path(path: &str) -> Option<String> {
     Some(format!("/{}", segments.join("/")))
 }
 
+/// Whether a segment of a resolved (percent-decoded) path is the pattern's
+/// segment `want`, letter case ignored: as written, or, when the pattern
+/// holds escapes (a space or a non-ASCII letter can only be written so:
+/// `a%20b`, `r%C3%A9sum%C3%A9`), as an upstream decodes it. No copy.
+fn same_resolved_segment(got: &str, want: &str) -> bool {
+    if got.eq_ignore_ascii_case(want) {
+        return true;
+    }
+    if !want.contains('%') {
+        return false;
+    }
+    let (got, want) = (got.as_bytes(), want.as_bytes());
+    let (mut i, mut j) = (0, 0);
+    while j < want.len() {
+        let escaped = (want[j] == b'%').then(|| want.get(j + 1..j + 3)).flatten().filter(|h| h.iter().all(u8::is_ascii_hexdigit));
+        let (byte, step) = match escaped {
+            Some(hex) => (hex.iter().fold(0u8, |v, h| v * 16 + (*h as char).to_digit(16).unwrap_or(0) as u8), 3),
+            None => (want[j], 1),
+        };
+        if !got.get(i).is_some_and(|g| g.eq_ignore_ascii_case(&byte)) {
+            return false;
+        }
+        i += 1;
+        j += step;
+    }
+    i == got.len()
+}
+
 /// Whether `path` is under `pattern`, segment by segment; a `*` segment
 /// matches any one segment.
 pub fn pattern_matches(pattern: &str, path: &str) -> bool {
@@ -219,6 +247,22 @@ mod tests {
         }
         assert_eq!(normalized_path("/docs/a"), None, "nothing to resolve: no copy");
         assert_eq!(normalized_path("/a/%2e%2e/../b/./c//").as_deref(), Some("/b/c"));
+    }
+
+    #[test]
+    fn a_pattern_written_with_escapes_holds_for_every_spelling_of_its_path() {
+        // Spaces and non-ASCII letters can only be written escaped; an
+        // upstream decodes every spelling of them to the same path.
+        let p = Policies { forbidden_paths: vec!["/docs/a%20b".into(), "/docs/r%C3%A9sum%C3%A9".into(), "/docs/%41pi".into()], ..Policies::default() }
+            .validated()
+            .unwrap();
+        for path in ["/docs/a%20b", "/docs/a%20b;x", "/docs/%61%20b", "/docs//a%20b/c", "/docs/A%20B", "/docs/r%C3%A9sum%C3%A9", "/docs/r%c3%a9sum%c3%a9", "/docs/R%C3%A9SUM%C3%A9/x", "/docs/api", "/docs/%41pi", "/docs/API/x", "/docs/%2541pi"] {
+            let v = p.check("GET", path, None, false, &[]).unwrap_err();
+            assert_eq!((v.code, v.actual), (ErrorCode::Forbidden, json!(path)), "{path}");
+        }
+        for path in ["/docs/a%20bc", "/docs/ab", "/docs/a", "/docs/resume", "/docs/apis", "/docs/a%2"] {
+            assert!(p.check("GET", path, None, false, &[]).is_ok(), "{path}");
+        }
     }
 
     #[test]
