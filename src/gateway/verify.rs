@@ -11,7 +11,8 @@
 //!
 //! Every decided verification answers 200 with `valid` and `code` (`VALID`
 //! or the error code a proxied call would get); a blocked caller gets the
-//! generic 403, a bad body 400 or 413, another method 405. Each is one
+//! generic 403, a bad body 400 or 413 (one that stops coming 408), another
+//! method 405. Each is one
 //! `request` event plus the security events the proxy path records for the
 //! same situation. The key is never echoed, logged or stored: events carry
 //! its `key_id` and hint.
@@ -269,7 +270,8 @@ async fn read_body(req: &mut Call) -> Result<Bytes, ApiError> {
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
         Ok(Err(error)) if error.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
         Ok(Err(_)) => Err(ApiError::invalid_body("the body could not be read")),
-        Err(_) => Err(ApiError::invalid_body(format!("the body did not arrive within {} s", BODY_TIMEOUT.as_secs()))),
+        // The caller's timeout, as on the proxy path: nothing wrong with what came.
+        Err(_) => Err(ApiError::new(ErrorCode::RequestTimeout, format!("the body did not arrive within {} s", BODY_TIMEOUT.as_secs()))),
     }
 }
 

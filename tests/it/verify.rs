@@ -488,3 +488,27 @@ async fn the_verified_key_appears_in_no_answer_event_file_or_log() {
     assert!(outputs.iter().any(|(name, bytes)| name.starts_with("decoded") && bytes.windows(15).any(|w| w == b"/v1/keys/verify")));
     assert_no_secret(&keys.iter().collect::<Vec<_>>(), &outputs);
 }
+
+/// A body that stops coming is the caller's timeout (408
+/// `request_timeout`, as on the proxy path), not a body that is no JSON
+/// object: it was answered 400 `invalid_body`, which says "fix the body,
+/// do not retry".
+#[tokio::test]
+async fn a_body_that_stops_coming_is_a_request_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut ts = TestServer::start().await;
+    let (admin, _, _, _) = setup(&ts).await;
+    let mut stream = tokio::net::TcpStream::connect(ts.gateway.trim_start_matches("http://")).await.unwrap();
+    let head = "POST /v1/keys/verify HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\nContent-Length: 60\r\n\r\n{\"key\": ";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(started.elapsed() >= Duration::from_secs(9), "{answer}");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("\"request_timeout\""), "{answer}");
+    let logs = admin.wait_for("/v1/audit/_system?path=/v1/keys/verify", "logs", 1).await;
+    assert_eq!((logs[0]["status_code"].as_u64(), logs[0]["error_code"].as_str()), (Some(408), Some("request_timeout")), "{logs:?}");
+    ts.stop().await;
+}
