@@ -181,15 +181,20 @@ impl Snapshot {
             })
             .collect();
         routes.sort_by(|a, b| b.path_prefix.len().cmp(&a.path_prefix.len()).then(a.path_prefix.cmp(&b.path_prefix)));
+        // Compared within each tenant only (its apis, in `routes` order).
+        let mut by_tenant: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (i, route) in routes.iter().enumerate() {
+            by_tenant.entry(route.tenant_id.as_str()).or_default().push(i);
+        }
         let nested = routes
             .iter()
             .map(|outer| {
-                (0..routes.len())
+                by_tenant[outer.tenant_id.as_str()]
+                    .iter()
+                    .copied()
                     .filter(|&i| {
                         let inner = &routes[i];
-                        inner.tenant_id == outer.tenant_id
-                            && inner.path_prefix.len() > outer.path_prefix.len()
-                            && prefix_matches_ignoring_case(&outer.path_prefix, &inner.path_prefix)
+                        inner.path_prefix.len() > outer.path_prefix.len() && prefix_matches_ignoring_case(&outer.path_prefix, &inner.path_prefix)
                     })
                     .collect()
             })
