@@ -78,6 +78,19 @@ impl Policies {
         Ok(self)
     }
 
+    /// Refuses forbidden paths outside the api's prefix: the api never
+    /// serves such a path, so the entry would be kept and never apply (an
+    /// entry meant relative to the prefix, `/admin` for `/docs/admin`).
+    pub fn check_under(&self, prefix: &str) -> Result<(), ApiError> {
+        match self.forbidden_paths.iter().find(|p| !pattern_under(prefix, p)) {
+            Some(pattern) => Err(ApiError::invalid_body(format!(
+                "`policies.forbidden_paths` entry `{pattern}` is not under the api's prefix `{prefix}`, so no call to the api would ever match it; write the whole path, e.g. `{}/admin`",
+                prefix.trim_end_matches('/')
+            ))),
+            None => Ok(()),
+        }
+    }
+
     /// Checks a call. `body_length` is the declared length (`None`: unknown,
     /// i.e. chunked), `has_body` whether the call sends a body at all.
     pub fn check(&self, method: &str, path: &str, body_length: Option<u64>, has_body: bool, scopes: &[String]) -> Result<(), Violation> {
@@ -190,6 +203,22 @@ fn same_resolved_segment(got: &str, want: &str) -> bool {
     i == got.len()
 }
 
+/// Whether some path under `prefix` (an api's) can match `pattern`: each
+/// of the prefix's segments is the pattern's, or the pattern's is `*` (or
+/// the pattern ends first: `/` or `/*` covers every api).
+fn pattern_under(prefix: &str, pattern: &str) -> bool {
+    let mut pattern_segments = pattern.trim_end_matches('/').split('/');
+    for segment in prefix.trim_end_matches('/').split('/') {
+        match pattern_segments.next() {
+            None => return true,
+            Some("*") if !segment.is_empty() => {}
+            Some(want) if same_resolved_segment(segment, want) => {}
+            Some(_) => return false,
+        }
+    }
+    true
+}
+
 /// Whether `path` is under `pattern`, segment by segment; a `*` segment
 /// matches any one segment.
 pub fn pattern_matches(pattern: &str, path: &str) -> bool {
@@ -281,6 +310,17 @@ mod tests {
         assert_eq!((v.code, v.limit, v.actual), (ErrorCode::PayloadTooLarge, json!(100), json!(101)));
         assert!(p.check("POST", "/docs/a", Some(100), true, &scopes).is_ok());
         assert_eq!(p.check("POST", "/docs/a", None, true, &scopes).unwrap_err().code, ErrorCode::LengthRequired);
+    }
+
+    #[test]
+    fn forbidden_paths_must_lie_under_the_apis_prefix() {
+        let with = |path: &str| Policies { forbidden_paths: vec![path.to_string()], ..Policies::default() };
+        for (prefix, path) in [("/docs", "/docs"), ("/docs", "/docs/admin"), ("/docs", "/*/admin"), ("/docs", "/DOCS/x"), ("/docs/v1", "/docs/*/x"), ("/", "/admin"), ("/docs", "/d%6Fcs"), ("/docs", "/")] {
+            assert!(with(path).check_under(prefix).is_ok(), "{path} under {prefix}");
+        }
+        for (prefix, path) in [("/docs", "/admin"), ("/docs", "/docsearch"), ("/docs/v1", "/docs/v2/x"), ("/docs/v1", "/docs/V1x")] {
+            assert!(with(path).check_under(prefix).is_err(), "{path} not under {prefix}");
+        }
     }
 
     #[test]

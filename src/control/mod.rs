@@ -464,6 +464,7 @@ impl ControlPlane {
             costs.push(CostRule { path_prefix: rule_prefix, cost: rule.cost });
         }
         let policies = new.policies.validated()?;
+        policies.check_under(&path_prefix)?;
         let api = Api {
             tenant_id: tenant_id.to_string(),
             id: new.id,
@@ -489,6 +490,8 @@ impl ControlPlane {
     pub fn set_api_policies(&self, tenant_id: &str, api_id: &str, policies: Policies) -> Result<Api, ApiError> {
         self.require_tenant(tenant_id)?;
         let policies = policies.validated()?;
+        let api = self.store.get_api(tenant_id, api_id)?.ok_or_else(|| ApiError::not_found(format_args!("api `{api_id}`")))?;
+        policies.check_under(&api.path_prefix)?;
         if !self.store.set_api_policies(tenant_id, api_id, &policies)? {
             return Err(ApiError::not_found(format_args!("api `{api_id}`")));
         }

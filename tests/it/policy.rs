@@ -97,6 +97,14 @@ async fn policies_change_at_once_and_bad_ones_are_refused() {
         let admin = admin.clone();
         async move { admin.call("PUT", "/v1/tenants/acme/apis/docs/policies", Some(body)).await }
     };
+    for fine in [json!(["/docs"]), json!(["/*/secret"]), json!(["/DOCS/secret"]), json!(["/d%6Fcs/x"])] {
+        let a = put(json!({"forbidden_paths": fine})).await;
+        assert_eq!(a.status, 200, "{fine}: {}", a.text);
+    }
+    let a = admin
+        .post("/v1/tenants/acme/apis", json!({"id": "other", "path_prefix": "/other", "upstream": format!("http://{up}"), "policies": {"forbidden_paths": ["/admin"]}}))
+        .await;
+    assert_eq!(a.status, 400, "{}", a.text);
     let a = put(json!({"forbidden_paths": ["/docs/secret"]})).await;
     assert_eq!(a.status, 200, "{}", a.text);
     assert_eq!(send(&ts, "GET", "/docs/secret", &key, None).await.0, 403);
@@ -108,6 +116,10 @@ async fn policies_change_at_once_and_bad_ones_are_refused() {
         (json!({"max_body_bytes": -1}), "max_body_bytes"),
         (json!({"allowed_methods": ["FETCH"]}), "`FETCH`"),
         (json!({"forbidden_paths": ["secret"]}), "must be a path"),
+        // The api never serves a path outside its prefix: such an entry
+        // would be accepted and never apply (`/admin` meant as relative).
+        (json!({"forbidden_paths": ["/admin"]}), "not under the api's prefix `/docs`"),
+        (json!({"forbidden_paths": ["/docs/a", "/docsearch/x"]}), "`/docsearch/x`"),
         (json!({"required_scopes": ["has space"]}), "required_scopes"),
         (json!({"max_size": 5}), "max_size"),
     ] {
