@@ -453,6 +453,12 @@ impl Blocklist {
         first_live(agents.find_overlapping_iter(ua).map(|m| &self.agent_entries[m.pattern().as_usize()]), now_ms).cloned()
     }
 
+    /// Whether any entry matches user agents: only then is the caller's
+    /// whole `User-Agent` (every line of it) worth gathering.
+    pub fn blocks_agents(&self) -> bool {
+        self.agents.is_some()
+    }
+
     /// The live entry blocking this key, if any.
     pub fn match_key(&self, key_id: &str, now_ms: i64) -> Option<Arc<Entry>> {
         first_live(self.keys.get(key_id)?, now_ms).cloned()

@@ -36,7 +36,7 @@ use crate::error::{ApiError, ErrorCode};
 use crate::event::{self, security_type, Category, Event, Text, SYSTEM_TENANT};
 use crate::keys::{self, MalformedKey};
 use crate::policy::Violation;
-use crate::protection::{self, AttackRules, Block, Countries, FailureCounter, History, TrustedProxies};
+use crate::protection::{self, AttackRules, Block, Blocklist, Countries, FailureCounter, History, TrustedProxies};
 use crate::settings::BLOCKED_ERROR_CODE;
 use crate::ratelimit::{self, Exceeded, Standing};
 use crate::snapshot::{KeyEntry, Snapshot};
@@ -209,16 +209,14 @@ impl Gateway {
         let now = event.timestamp_ms;
         let country = self.geo.country(client);
         event.country = country.map(Text::from);
-        let full_agent = untruncated_user_agent(&req.headers);
+        let tenant_blocks = found.as_ref().and_then(|route| snapshot.tenant_blocks(&route.tenant_id));
+        let full_agent = blocklist_agent(&req.headers, &snapshot.global_blocks, tenant_blocks);
         let user_agent = full_agent.as_deref().or(event.user_agent.as_deref());
         let block = self.attack_rules.check(req.uri.path(), req.uri.query()).or_else(|| {
             snapshot
                 .global_blocks
                 .match_caller(client, country, user_agent, now)
-                .or_else(|| {
-                    let tenant = found.as_ref()?;
-                    snapshot.tenant_blocks(&tenant.tenant_id)?.match_caller(client, country, user_agent, now)
-                })
+                .or_else(|| tenant_blocks?.match_caller(client, country, user_agent, now))
                 .map(|entry| Block::from_entry(&entry))
         });
         if let Some(block) = block {
@@ -680,6 +678,17 @@ fn untruncated_user_agent(headers: &CallHeaders) -> Option<std::borrow::Cow<'_, 
         all.push_str(&String::from_utf8_lossy(line));
     }
     Some(std::borrow::Cow::Owned(all))
+}
+
+/// [`untruncated_user_agent`] for the caller blocklists `global` and
+/// `tenant`, looked for only when one of them has user-agent entries: the
+/// headers are not walked again for lists that would not read it.
+fn blocklist_agent<'h>(headers: &'h CallHeaders, global: &Blocklist, tenant: Option<&Blocklist>) -> Option<std::borrow::Cow<'h, str>> {
+    if global.blocks_agents() || tenant.is_some_and(Blocklist::blocks_agents) {
+        untruncated_user_agent(headers)
+    } else {
+        None
+    }
 }
 
 /// A `User-Agent` value as text, cut at [`MAX_USER_AGENT`] characters.

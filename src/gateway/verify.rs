@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use super::body::{Finisher, GatewayBody};
 use super::{
-    authenticate, declared_length, describe_consumer, header_value, number_header, policy_details, rate_headers, refuse_with, untruncated_user_agent, Call,
+    authenticate, declared_length, describe_consumer, header_value, number_header, policy_details, rate_headers, refuse_with, blocklist_agent, Call,
     Gateway, KeySource, X_REQUEST_ID,
 };
 use crate::error::{parse_json_body, ApiError, ErrorCode};
@@ -166,12 +166,13 @@ impl Gateway {
 
         // Pre-auth protection: the global and the key's tenant's blocklists
         // by address, country and user agent.
-        let full_agent = untruncated_user_agent(&req.headers);
+        let tenant_blocks = identified.as_ref().and_then(|key| snapshot.tenant_blocks(&key.tenant_id));
+        let full_agent = blocklist_agent(&req.headers, &snapshot.global_blocks, tenant_blocks);
         let user_agent = full_agent.as_deref().or(event.user_agent.as_deref());
-        let caller_block = snapshot.global_blocks.match_caller(client, country, user_agent, now).or_else(|| {
-            let tenant = &identified.as_ref()?.tenant_id;
-            snapshot.tenant_blocks(tenant)?.match_caller(client, country, user_agent, now)
-        });
+        let caller_block = snapshot
+            .global_blocks
+            .match_caller(client, country, user_agent, now)
+            .or_else(|| tenant_blocks?.match_caller(client, country, user_agent, now));
         if let Some(entry) = caller_block {
             return self.block(&mut event, &Block::from_entry(&entry), &req, client, &request_id, finisher);
         }

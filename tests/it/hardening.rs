@@ -346,4 +346,10 @@ async fn a_blocked_user_agent_in_a_second_header_line_is_still_blocked() {
     }
     let fine = exchange(&ts, format!("GET /api/x HTTP/1.1\r\nHost: gw\r\nX-API-Key: {key}\r\nUser-Agent: curl/8.0\r\nUser-Agent: httpie/3\r\nConnection: close\r\n\r\n").as_bytes()).await;
     assert!(fine.starts_with("HTTP/1.1 200"), "{fine}");
+    // The same for the global list, in a tenant whose own list has no
+    // user-agent entries (the lines are gathered when either list has some).
+    let (_, _, other) = admin.setup("beta", "/beta", &format!("http://{up}")).await;
+    assert_eq!(admin.post("/v1/blocklist", json!({"kind": "user_agent", "value": "httpie"})).await.status, 201);
+    let blocked = exchange(&ts, format!("GET /beta/x HTTP/1.1\r\nHost: gw\r\nX-API-Key: {other}\r\nUser-Agent: curl/8.0\r\nUser-Agent: httpie/3\r\nConnection: close\r\n\r\n").as_bytes()).await;
+    assert!(blocked.starts_with("HTTP/1.1 403"), "{blocked}");
 }
