@@ -100,6 +100,18 @@ pub enum Activity {
     Hourly,
 }
 
+/// A tenant's (and perhaps a consumer's) ids in one day file.
+struct FileIds {
+    tenant: u32,
+    consumer: Option<u32>,
+    /// The tenant's archived prefix: blocks through it are hidden.
+    floor: u64,
+    /// False when the file still holds blocks of the archived prefix (a
+    /// late event kept the file after its day was archived): the rollup
+    /// rows count those, so everything is read from the events.
+    rollups_usable: bool,
+}
+
 /// A read transaction on a day file for as long as it lives: the rollup
 /// rows, the watermark and the blocks past it are read from one snapshot,
 /// so a rollup write between them cannot drop (or double) a batch.
@@ -130,16 +142,17 @@ impl AuditReader {
 
     /// Counts the tenant's request events of `day` — those in `edges` from
     /// every block, and those in `covered` from the blocks past the rollup
-    /// watermark — keeping only `consumer` when given.
+    /// watermark — keeping only `consumer` when given. Blocks of the
+    /// archived prefix (through `ids.floor`) are left out.
     fn add_raw(
         &self,
         day: &DayReader,
-        tenant: u32,
-        consumer: Option<u32>,
+        ids: &FileIds,
         edges: &[(i64, i64)],
         covered: &[(i64, i64)],
         into: &mut Rollups,
     ) -> Result<(), StoreError> {
+        let (tenant, consumer, floor) = (ids.tenant, ids.consumer, ids.floor as i64);
         let watermark = rollup_watermark(&day.conn)?;
         // Block ids first (from the time index), data only for the blocks
         // needed: every block meeting an edge, and those past the watermark
@@ -147,9 +160,9 @@ impl AuditReader {
         let mut ids = std::collections::BTreeMap::<i64, bool>::new();
         let mut find = |(lo, hi): (i64, i64), past_watermark: bool| -> Result<(), StoreError> {
             let mut stmt = day.conn.prepare_cached(
-                "SELECT id FROM blocks WHERE tenant = ?1 AND max_ts >= ?2 AND min_ts < ?3 AND id > ?4",
+                "SELECT id FROM blocks WHERE tenant = ?1 AND max_ts >= ?2 AND min_ts < ?3 AND id > ?4 AND first_seq > ?5",
             )?;
-            let mut rows = stmt.query(rusqlite::params![tenant, lo, hi, if past_watermark { watermark } else { 0 }])?;
+            let mut rows = stmt.query(rusqlite::params![tenant, lo, hi, if past_watermark { watermark } else { 0 }, floor])?;
             while let Some(r) = rows.next()? {
                 let id: i64 = r.get(0)?;
                 *ids.entry(id).or_default() |= id > watermark;
@@ -192,19 +205,29 @@ impl AuditReader {
     /// cannot hold matching events, also when every event of the tenant in
     /// the file is archived (the rest of the audit API hides those, and so
     /// do statistics).
-    fn ids(&self, day: &DayReader, tenant: &str, consumer: Option<&str>) -> Result<Option<(u32, Option<u32>)>, StoreError> {
+    fn ids(&self, day: &DayReader, tenant: &str, consumer: Option<&str>) -> Result<Option<FileIds>, StoreError> {
         let Some(t) = day.id_of(tenant)? else { return Ok(None) };
         let floor = self.archived_through(tenant).0;
+        let mut has_archived = false;
         if floor > 0 {
-            let mut stmt = day.conn.prepare_cached("SELECT EXISTS (SELECT 1 FROM blocks WHERE tenant = ?1 AND first_seq > ?2)")?;
-            if !stmt.query_row(rusqlite::params![t, floor as i64], |r| r.get::<_, bool>(0))? {
+            let mut stmt = day.conn.prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM blocks WHERE tenant = ?1 AND first_seq > ?2),
+                        EXISTS (SELECT 1 FROM blocks WHERE tenant = ?1 AND first_seq <= ?2)",
+            )?;
+            let (hot, archived) = stmt.query_row(rusqlite::params![t, floor as i64], |r| Ok((r.get::<_, bool>(0)?, r.get::<_, bool>(1)?)))?;
+            if !hot {
                 return Ok(None);
             }
+            has_archived = archived;
         }
-        match consumer {
-            None => Ok(Some((t, None))),
-            Some(c) => Ok(day.id_of(c)?.map(|c| (t, Some(c)))),
-        }
+        let consumer = match consumer {
+            None => None,
+            Some(c) => match day.id_of(c)? {
+                Some(c) => Some(c),
+                None => return Ok(None),
+            },
+        };
+        Ok(Some(FileIds { tenant: t, consumer, floor, rollups_usable: !has_archived }))
     }
 
     fn name(day: &DayReader, id: u32) -> Result<Option<String>, StoreError> {
@@ -247,13 +270,15 @@ impl AuditReader {
         for day_number in self.days_of_window(from, to) {
             let Some(day) = self.day(day_number)? else { continue };
             let _snapshot = OneSnapshot::begin(&day.conn)?;
-            let Some((t, c)) = self.ids(&day, tenant, consumer)? else { continue };
+            let Some(ids) = self.ids(&day, tenant, consumer)? else { continue };
+            let (t, c) = (ids.tenant, ids.consumer);
             let p = plan(day_number, from, to);
             let d0 = day_number * DAY_MS;
             let hourly = mode == Activity::Hourly;
             let mut by_id: FxHashMap<(i64, u32), ConsumerAgg> = FxHashMap::default();
             // What the stored rows answer (`covered`) and what the events must (`edges`).
             let (covered, edges) = match mode {
+                _ if !ids.rollups_usable => (Vec::new(), vec![(from.max(d0), to.min(d0 + DAY_MS))]),
                 Activity::Totals { .. } if p.whole => (vec![(d0, d0 + DAY_MS)], Vec::new()),
                 Activity::Totals { latency: true } => (Vec::new(), vec![(from.max(d0), to.min(d0 + DAY_MS))]),
                 _ if p.hours.0 < p.hours.1 => (vec![(p.hours.0 * HOUR_MS, p.hours.1 * HOUR_MS)], p.edges.clone()),
@@ -277,7 +302,7 @@ impl AuditReader {
                 }
             }
             let mut raw = Rollups::default();
-            self.add_raw(&day, t, c, &edges, &covered, &mut raw)?;
+            self.add_raw(&day, &ids, &edges, &covered, &mut raw)?;
             for ((_, consumer_id), row) in raw.consumers {
                 if hourly {
                     for (h, counts) in row.hours.iter().enumerate().filter(|(_, h)| h.calls > 0) {
@@ -302,13 +327,14 @@ impl AuditReader {
         for day_number in self.days_of_window(from, to) {
             let Some(day) = self.day(day_number)? else { continue };
             let _snapshot = OneSnapshot::begin(&day.conn)?;
-            let Some((t, Some(c))) = self.ids(&day, tenant, Some(consumer))? else { continue };
+            let Some(ids) = self.ids(&day, tenant, Some(consumer))? else { continue };
+            let (t, c) = (ids.tenant, ids.consumer);
             let p = plan(day_number, from, to);
             let d0 = day_number * DAY_MS;
             let mut by_id: FxHashMap<u32, PathAgg> = FxHashMap::default();
             // Path counts are kept per day: a partial day is read from the events.
-            let (covered, edges) = if p.whole {
-                for (_, row) in self.rollup_rows(&day, t, Some(c), Parts { latency: false, hours: false, paths: true })? {
+            let (covered, edges) = if p.whole && ids.rollups_usable {
+                for (_, row) in self.rollup_rows(&day, t, c, Parts { latency: false, hours: false, paths: true })? {
                     by_id = row.paths;
                 }
                 (vec![(d0, d0 + DAY_MS)], Vec::new())
@@ -316,7 +342,7 @@ impl AuditReader {
                 (Vec::new(), vec![(from.max(d0), to.min(d0 + DAY_MS))])
             };
             let mut raw = Rollups::default();
-            self.add_raw(&day, t, Some(c), &edges, &covered, &mut raw)?;
+            self.add_raw(&day, &ids, &edges, &covered, &mut raw)?;
             for (_, row) in raw.consumers {
                 for (path, agg) in row.paths {
                     let mine = by_id.entry(path).or_default();

@@ -1045,3 +1045,71 @@ fn retention_keeps_a_day_file_that_a_late_event_reached_while_it_looked() {
     let reader = AuditReader::open(&audit).unwrap();
     assert_eq!(reader.chain("acme").unwrap().last().map(|e| e.event.seq), Some(6 * 24 + 2));
 }
+
+/// A late event (a long call stamped with its start) lands in an older day
+/// file after later days' events, so archiving that day stops short of it:
+/// the file stays, with the archived events and the late one. Statistics
+/// hide the archived events, as every reader does — the rollups of the
+/// file hold them too, so they cannot answer for that file.
+#[test]
+fn statistics_leave_out_archived_events_of_a_day_file_a_late_event_keeps() {
+    use crate::settings::retention::{RetentionPolicy, RetentionSettings};
+    use super::stats::query::{Metrics, StatsQuery};
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit");
+    let signer = crate::signing::Signer::load_or_create(&dir.path().join("signing.key")).unwrap();
+    let event = |ts: i64| {
+        let mut e = Event::new("acme", Category::Request, "request", "success");
+        e.timestamp_ms = ts;
+        e.consumer_id = Some("cons_1".into());
+        e.method = Some("GET".into());
+        e.path = Some("/orders".into());
+        e.status_code = Some(200);
+        e.latency_us = Some(1_000);
+        e
+    };
+    {
+        let mut store = AuditWriterStore::open(&audit).unwrap();
+        for d in 0..4 {
+            let mut batch: Vec<Event> = (0..24).map(|h| event(DAY0 + d * DAY_MS + h * HOUR_MS)).collect();
+            store.insert_batch(&mut batch).unwrap();
+        }
+        // Committed after day 2's events, stamped on day 1.
+        store.insert_batch(&mut vec![event(DAY0 + DAY_MS + 23 * HOUR_MS + 30 * 60_000)]).unwrap();
+        store.flush_rollups().unwrap();
+    }
+    // Day 1 is archived at the start of day 3, up to day 2's first event.
+    let now = DAY0 + 3 * DAY_MS + 12 * HOUR_MS;
+    let policy = RetentionPolicy::uniform(RetentionSettings { hot_days: 1, archive_days: 30 });
+    let report = retention::run(&audit, &dir.path().join("archive"), &policy, now, &signer).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert!(audit.join(day_file_name(day_of(DAY0) + 1)).exists(), "the late event keeps day 1's file");
+    let reader = AuditReader::open(&audit).unwrap();
+    assert_eq!(reader.archived_through("acme").0, 48);
+    let (from, to) = (DAY0 + DAY_MS, DAY0 + 2 * DAY_MS);
+    let hot: Vec<Event> = scan_all(&reader, &EventFilter { tenant_id: "acme".into(), from_ms: Some(from), to_ms: Some(to - 1), ..Default::default() }, None);
+    assert_eq!(hot.len(), 1, "only the late event is hot");
+
+    for mode in [Activity::Totals { latency: true }, Activity::Totals { latency: false }, Activity::Hourly] {
+        for (a, b) in [(from, to), (from + 30 * 60_000, to), (from + HOUR_MS, to)] {
+            let got = summed(reader.consumer_activity("acme", a, b, None, mode).unwrap());
+            assert_eq!(got.values().map(|v| v.calls).sum::<u64>(), 1, "{mode:?}, {a}..{b}");
+        }
+    }
+    let paths = reader.consumer_paths("acme", from, to, "cons_1").unwrap();
+    assert_eq!(paths.values().map(|p| p.calls).sum::<u64>(), 1);
+    let profile = reader.consumer_profile("acme", "cons_1", from, to, 10).unwrap();
+    assert_eq!((profile.totals.calls, profile.by_hour_of_day[23]), (1, 1));
+    for force_events in [false, true] {
+        let q = StatsQuery {
+            filter: EventFilter { tenant_id: "acme".into(), from_ms: Some(from), to_ms: Some(to - 1), ..Default::default() },
+            group_by: None,
+            top: 10,
+            metrics: Metrics { latency: true, rate_limited: false, distinct_consumers: true, distinct_ips: false },
+            force_events,
+        };
+        assert_eq!(reader.request_stats(&q).unwrap().totals.calls, 1, "force_events {force_events}");
+    }
+    // The timeline agrees.
+    assert_eq!(reader.path_timeline("acme", from, to).unwrap().iter().map(|p| p.calls).sum::<u64>(), 1);
+}
