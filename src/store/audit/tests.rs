@@ -1113,3 +1113,54 @@ fn statistics_leave_out_archived_events_of_a_day_file_a_late_event_keeps() {
     // The timeline agrees.
     assert_eq!(reader.path_timeline("acme", from, to).unwrap().iter().map(|p| p.calls).sum::<u64>(), 1);
 }
+
+/// Retention deletes a tenant's expired blocks from a day file another
+/// tenant keeps; when they were the file's newest, SQLite hands their ids
+/// out again. A late event committed there afterwards must still count as
+/// past the rollup watermark — for readers until the rollups are written,
+/// and for the replay when the writer stops before writing them.
+#[test]
+fn a_block_written_after_retention_deleted_the_newest_ones_is_not_taken_as_rolled_up() {
+    use crate::settings::retention::{RetentionPolicy, RetentionSettings};
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit");
+    let signer = crate::signing::Signer::load_or_create(&dir.path().join("signing.key")).unwrap();
+    let event = |tenant: &str, ts: i64| {
+        let mut e = Event::new(tenant, Category::Request, "request", "success");
+        e.timestamp_ms = ts;
+        e.consumer_id = Some("cons_1".into());
+        e.status_code = Some(200);
+        e
+    };
+    {
+        let mut store = AuditWriterStore::open(&audit).unwrap();
+        // globex first, so acme's block is the newest of the file.
+        store.insert_batch(&mut (0..24).map(|h| event("globex", DAY0 + h * HOUR_MS)).collect()).unwrap();
+        store.insert_batch(&mut (0..24).map(|h| event("acme", DAY0 + h * HOUR_MS)).collect()).unwrap();
+        store.flush_rollups().unwrap();
+    }
+    // acme's day 0 is archived and its archive expires at the start of
+    // day 3; globex keeps the file.
+    let mut policy = RetentionPolicy::uniform(RetentionSettings { hot_days: 30, archive_days: 30 });
+    policy.tenants.insert("acme".into(), RetentionSettings { hot_days: 1, archive_days: 1 });
+    let now = DAY0 + 3 * DAY_MS + 12 * HOUR_MS;
+    let report = retention::run(&audit, &dir.path().join("archive"), &policy, now, &signer).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert!(report.actions.iter().any(|a| a.kind == retention::ActionKind::ArchiveDeleted), "{:?}", report.actions);
+    let counted = |audit: &Path| {
+        let reader = AuditReader::open(audit).unwrap();
+        summed(reader.consumer_activity("globex", DAY0, DAY0 + DAY_MS, None, Activity::Totals { latency: true }).unwrap())
+            .values()
+            .map(|a| a.calls)
+            .sum::<u64>()
+    };
+    assert_eq!(counted(&audit), 24);
+    {
+        // A late call of globex, then a stop before the rollups are written.
+        let mut store = AuditWriterStore::open(&audit).unwrap();
+        store.insert_batch(&mut vec![event("globex", DAY0 + 23 * HOUR_MS)]).unwrap();
+        assert_eq!(counted(&audit), 25, "read past the watermark");
+    }
+    drop(AuditWriterStore::open(&audit).unwrap());
+    assert_eq!(counted(&audit), 25, "replayed after the restart");
+}

@@ -220,6 +220,14 @@ impl DayWriter {
         // Checkpoints run on their own thread (`super::wal`), never in a commit.
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         rollup::register_merge_functions(&conn)?;
+        // Retention deletes a tenant's expired blocks from files other
+        // tenants keep; when they were the newest, SQLite gives their ids
+        // out again, and a block written now must not pass for rolled up.
+        conn.execute(
+            "UPDATE kv SET value = (SELECT coalesce(max(id), 0) FROM blocks)
+             WHERE key = 'rollup_watermark' AND value > (SELECT coalesce(max(id), 0) FROM blocks)",
+            [],
+        )?;
         let dict = Dictionary::load(&conn)?;
         let methods = dict.ids.iter().map(|(v, id)| (*id, rollup::method_index(v))).collect();
         let mut salts = FxHashMap::default();
