@@ -585,6 +585,19 @@ fn a_restored_day_reads_and_verifies_again() {
     assert!(!ok && text.contains("`../globex` is not a tenant id"), "{text}");
 }
 
+/// `keytrail archive restore --wait-secs` with the largest value it takes
+/// (a wait "for ever") restores the day; it panicked computing the deadline
+/// (`Instant + Duration` overflowed).
+#[test]
+fn archive_restore_takes_any_wait_secs_without_a_panic() {
+    let mut t = trail(5, true);
+    t.run(&RetentionPolicy::uniform(settings(1, 30)), at(4, 0));
+    let data = t.dir.path().to_str().unwrap();
+    let (ok, text) = run(&["archive", "restore", "--data-dir", data, "--tenant", "acme", "--day", &name(1), "--wait-secs", &u64::MAX.to_string()], t.dir.path());
+    assert!(ok && text.contains("restored 24 events of `acme`"), "{text}");
+    assert!(!text.contains("panicked"), "{text}");
+}
+
 #[tokio::test]
 async fn the_server_runs_retention_at_start_and_the_settings_api_sets_it() {
     // A data directory with a week of old events (as a server left it).

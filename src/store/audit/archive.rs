@@ -1096,11 +1096,13 @@ pub fn restore_waiting(
 ) -> Result<RestoreReport, String> {
     let wanted = day_manifests(archive_dir, tenant, day)?;
     let what = format!("`keytrail archive restore` of tenant `{tenant}`'s {day}");
-    let deadline = std::time::Instant::now() + wait;
+    // A wait too long to add to the clock (`--wait-secs` takes any u64) is
+    // a wait without end.
+    let deadline = std::time::Instant::now().checked_add(wait);
     let _held = loop {
         match super::erasure::try_maintenance_lock(audit_dir, &what) {
             Ok(Some(held)) => break held,
-            Ok(None) if std::time::Instant::now() < deadline => std::thread::sleep(std::time::Duration::from_millis(50)),
+            Ok(None) if deadline.is_none_or(|d| std::time::Instant::now() < d) => std::thread::sleep(std::time::Duration::from_millis(50)),
             Ok(None) => {
                 return Err(format!(
                     "nothing was restored: the audit trail in {} is being changed by {} (waited {} s); run `keytrail archive restore` again when that has finished",
