@@ -454,8 +454,61 @@ async fn serve(
     Ok(())
 }
 
+/// The `KEYTRAIL_*` variable a refused value came from, when it came from
+/// one: clap names only the flag (`--admin-listen`), which the operator may
+/// never have typed.
+fn variable_behind(error: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if !matches!(error.kind(), ErrorKind::ValueValidation | ErrorKind::InvalidValue) {
+        return None;
+    }
+    let Some(ContextValue::String(arg)) = error.get(ContextKind::InvalidArg) else { return None };
+    let long = arg.strip_prefix("--")?.split([' ', '=']).next()?.to_string();
+    let given: Vec<String> = std::env::args().skip(1).collect();
+    fn find(command: &clap::Command, long: &str, given: &[String]) -> Option<String> {
+        for arg in command.get_arguments() {
+            let (Some(name), Some(var)) = (arg.get_long(), arg.get_env()) else { continue };
+            if name != long || std::env::var_os(var).is_none() {
+                continue;
+            }
+            let flag = format!("--{name}");
+            let short = arg.get_short().map(|c| format!("-{c}"));
+            let typed = given.iter().any(|a| *a == flag || a.starts_with(&format!("{flag}=")) || short.as_ref().is_some_and(|s| a.starts_with(s.as_str())));
+            if !typed {
+                return Some(var.to_string_lossy().into_owned());
+            }
+        }
+        command.get_subcommands().find_map(|sub| find(sub, long, given))
+    }
+    find(&<Cli as clap::CommandFactory>::command(), &long, &given)
+}
+
+/// `--flag` of a refused value, for the message.
+fn error_flag(error: &clap::Error) -> String {
+    match error.get(clap::error::ContextKind::InvalidArg) {
+        Some(clap::error::ContextValue::String(arg)) => arg.split(' ').next().unwrap_or_default().to_string(),
+        _ => String::new(),
+    }
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            if let Some(var) = variable_behind(&error) {
+                let flag = error_flag(&error);
+                let value = std::env::var(&var).unwrap_or_default();
+                if value.is_empty() {
+                    eprintln!("keytrail: error: {var} is set but empty: unset it or give it a value (it stands for {flag})");
+                } else {
+                    let reason = std::error::Error::source(&error).map_or_else(|| error.kind().to_string(), ToString::to_string);
+                    eprintln!("keytrail: error: {var}: `{value}` is not a valid value for {flag}: {reason}; fix or unset it");
+                }
+                return ExitCode::from(2);
+            }
+            error.exit();
+        }
+    };
     // One core (a container limit or `taskset`): tokio's single-threaded
     // scheduler, which skips the work-stealing machinery a lone worker never
     // uses (about 10 % more requests per second on the gateway benchmark).

@@ -173,6 +173,30 @@ fn bad_configuration_is_refused_at_start_with_file_line_and_problem() {
     assert!(!dir.path().join("keytrail-data").exists(), "nothing was created by a refused start");
 }
 
+/// A bad value in a `KEYTRAIL_*` variable is refused (exit code 2) naming
+/// the variable, not only the flag the operator never typed; an empty one
+/// too. A flag's own bad value still names the flag.
+#[test]
+fn a_bad_environment_value_names_the_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: [(&[&str], &str, &str); 4] = [
+        (&["serve"], "KEYTRAIL_ADMIN_LISTEN", "127.0.0.1:99999"),
+        (&["serve"], "KEYTRAIL_GATEWAY_LISTEN", "localhost"),
+        (&["verify"], "KEYTRAIL_DATA_DIR", ""),
+        (&["serve"], "KEYTRAIL_CONFIG", ""),
+    ];
+    for (args, var, value) in cases {
+        let (code, stderr) = run_to_exit(args, &[(var, value)], dir.path());
+        assert_eq!(code, 2, "{var}={value:?}: {stderr}");
+        assert!(stderr.contains(var), "{var}={value:?} names the variable: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    let (code, stderr) = run_to_exit(&["serve", "--admin-listen", "127.0.0.1:99999"], &[("KEYTRAIL_ADMIN_LISTEN", "127.0.0.1:0")], dir.path());
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--admin-listen") && !stderr.contains("KEYTRAIL_ADMIN_LISTEN"), "the flag, not the variable: {stderr}");
+    assert!(!dir.path().join("keytrail-data").exists(), "nothing was created");
+}
+
 /// Drains a response body without keeping it; returns its length.
 async fn drain(res: reqwest::Response) -> u64 {
     let mut stream = res.bytes_stream();
