@@ -265,8 +265,10 @@ pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9080";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    /// The reason is in the message, not also a `source`: the command line
+    /// prints an error's whole chain, which said it twice.
+    #[error("cannot read config file {path}: {reason}")]
+    Read { path: PathBuf, reason: std::io::Error },
     #[error("invalid config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("invalid setting: {0}")]
@@ -283,7 +285,7 @@ impl Config {
 
 /// Reads and parses a config file.
 pub fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|reason| ConfigError::Read { path: path.to_path_buf(), reason })?;
     parse_file(path, &text)
 }
 
@@ -603,6 +605,22 @@ mod tests {
         // The gateway's list is its own: the admin API trusts no proxy unless told.
         let c = resolve(parse("[gateway]\ntrusted_proxies = [\"10.0.0.0/8\"]\n").unwrap(), Overrides::default()).unwrap();
         assert_eq!(c.admin_trusted_proxies.client_ip("10.2.3.4".parse().unwrap(), forwarded), "10.2.3.4".parse::<std::net::IpAddr>().unwrap());
+    }
+
+    /// An unreadable file says why once: the command line prints an error's
+    /// whole chain, and the reason was both in the message and its source
+    /// ("…: No such file or directory (os error 2): No such file or directory (os error 2)").
+    #[test]
+    fn an_unreadable_file_says_why_once() {
+        let dir = tempfile::tempdir().unwrap();
+        for path in [dir.path().join("missing.toml"), dir.path().to_path_buf()] {
+            let error = anyhow::Error::new(load_file(&path).unwrap_err());
+            let chain: Vec<String> = error.chain().map(ToString::to_string).collect();
+            let text = chain.join(": ");
+            assert!(text.starts_with(&format!("cannot read config file {}: ", path.display())), "{text}");
+            let reason = std::fs::read_to_string(&path).unwrap_err().to_string();
+            assert_eq!(text.matches(&reason).count(), 1, "{text}");
+        }
     }
 
     #[test]
