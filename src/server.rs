@@ -303,6 +303,13 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let admin_addr = admin_listener.local_addr()?;
     let geo = crate::protection::Countries::load(config.gateway.geo_table.as_deref(), config.gateway.geo_database.as_deref())
         .map_err(crate::config::ConfigError::Invalid)?;
+    // A directory setting naming a file is a bad setting, said before
+    // anything is created (create_dir_all says only "File exists").
+    for (setting, dir) in [("data_dir (--data-dir, KEYTRAIL_DATA_DIR)", &config.data_dir), ("retention.archive_dir", &config.retention.archive_dir)] {
+        if dir.exists() && !dir.is_dir() {
+            return Err(crate::config::ConfigError::Invalid(format!("{setting}: {} is not a directory; give a directory (it is created if missing)", dir.display())).into());
+        }
+    }
 
     create_private_dir(&config.data_dir)?;
     let lock = lock_data_dir(&config.data_dir)?;

@@ -197,6 +197,38 @@ fn a_bad_environment_value_names_the_variable() {
     assert!(!dir.path().join("keytrail-data").exists(), "nothing was created");
 }
 
+/// A data directory or archive directory that is a file is a bad setting:
+/// refused at start naming the setting and the path (exit code 2), not
+/// "File exists (os error 17)", nor (the archive directory) accepted until
+/// the first archive cannot be written.
+#[test]
+fn a_directory_setting_that_is_a_file_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, "x").unwrap();
+    let listen = ["--gateway-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"];
+    let path = file.to_str().unwrap();
+    let mut args = vec!["serve", "--data-dir", path];
+    args.extend(listen);
+    let (code, stderr) = run_to_exit(&args, &[], dir.path());
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("data_dir") && stderr.contains(path) && stderr.contains("not a directory"), "{stderr}");
+    let (code, stderr) = run_to_exit(&["serve", "--gateway-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"], &[("KEYTRAIL_DATA_DIR", path)], dir.path());
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("data_dir") && stderr.contains(path), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "x");
+
+    let config = dir.path().join("keytrail.toml");
+    std::fs::write(&config, format!("[retention]\narchive_dir = \"{path}\"\n")).unwrap();
+    let data = dir.path().join("data");
+    let mut args = vec!["serve", "--config", config.to_str().unwrap(), "--data-dir", data.to_str().unwrap()];
+    args.extend(listen);
+    let (code, stderr) = run_to_exit(&args, &[], dir.path());
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("retention.archive_dir") && stderr.contains(path) && stderr.contains("not a directory"), "{stderr}");
+    assert!(!data.exists(), "nothing was created");
+}
+
 /// Drains a response body without keeping it; returns its length.
 async fn drain(res: reqwest::Response) -> u64 {
     let mut stream = res.bytes_stream();
