@@ -111,6 +111,9 @@ impl AdminClient {
             None => format!("{}:80", authority.as_str()),
         };
         let base_path = uri.path().trim_end_matches('/').to_string();
+        // An operator-chosen token has no `kta_` shape the redaction knows:
+        // every message this process prints is masked for it too.
+        crate::redact::register_secret(&token);
         Ok(AdminClient { authority, base_path, url: trimmed.to_string(), token })
     }
 
@@ -143,6 +146,9 @@ impl AdminClient {
             ),
             None => (String::new(), String::from_utf8_lossy(&body[..body.len().min(200)]).trim().to_string()),
         };
+        // What answered may echo the request (a proxy's or another
+        // service's error page): never show the token it was sent.
+        let message = message.replace(self.token.as_str(), "****");
         let detail = match (code.is_empty(), message.is_empty()) {
             (true, true) => String::new(),
             (true, false) => format!(": {message}"),

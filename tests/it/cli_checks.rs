@@ -83,3 +83,42 @@ async fn verify_refuses_a_tenant_it_has_nothing_of() {
     let (ok, out, err) = run_cli(&["verify", "--file", path, "--public-key", &public, "--tenant", "globex"], &[]).await;
     assert!(!ok && err.contains("globex") && err.contains("acme"), "{out}{err}");
 }
+
+/// The admin token in `KEYTRAIL_TOKEN` is never printed, even when what
+/// answers at `--admin-url` (a proxy's or another service's error page)
+/// echoes the request back: the first 200 bytes of a non-JSON refusal are
+/// shown, and an operator-chosen token has no `kta_` shape to be masked by.
+#[tokio::test]
+async fn the_token_is_not_printed_when_a_refusal_echoes_the_request() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else { return };
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                // Only the Authorization line, so it falls within the bytes shown.
+                let text = String::from_utf8_lossy(&head).into_owned();
+                let echoed = text.lines().find(|l| l.to_ascii_lowercase().starts_with("authorization")).unwrap_or("").to_string();
+                let answer = format!("HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{echoed}", echoed.len());
+                let _ = stream.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    let token = "operator-chosen-token-0123456789";
+    for args in [&["investigate", "--tenant", "acme"][..], &["report", "weekly", "--tenant", "acme"], &["erase", "--tenant", "acme", "--consumer", "cons_x"], &["investigate"]] {
+        let mut args = args.to_vec();
+        args.extend(["--admin-url", &url]);
+        let (ok, out, err) = run_cli(&args, &[("KEYTRAIL_TOKEN", token)]).await;
+        assert!(!ok && err.contains("400"), "{args:?}: {out}{err}");
+        assert!(!out.contains(token) && !err.contains(token), "{args:?} printed the token: {out}{err}");
+    }
+}
