@@ -11,6 +11,14 @@ use clap::{Parser, Subcommand};
 use keytrail::config::{self, Overrides};
 use keytrail::server::{self, Bootstrap};
 
+/// `println!` that returns the error (a closed pipe: `keytrail … | head`)
+/// instead of panicking; for functions returning `anyhow::Result`.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        std::io::Write::write_fmt(&mut std::io::stdout().lock(), format_args!("{}\n", format_args!($($arg)*)))?
+    };
+}
+
 /// mimalloc instead of the system allocator: the gateway and the audit
 /// writer allocate and free many small strings per request, which glibc's
 /// allocator handles markedly slower (see ARCHITECTURE.md).
@@ -257,23 +265,23 @@ fn verify_file(file: &std::path::Path, tenant: Option<&str>, public_key: Option<
         anyhow::bail!("{} is an export of tenant `{}`, not of `{wanted}` (--tenant)", file.display(), report.tenant);
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         let range = match (report.first_seq, report.last_seq) {
             (Some(a), Some(b)) => format!("seq {a}..={b}"),
             _ => "no events".into(),
         };
-        println!("{}: {} events ({range}), {} signed checkpoints verified", report.tenant, report.events, report.checkpoints_verified);
+        outln!("{}: {} events ({range}), {} signed checkpoints verified", report.tenant, report.events, report.checkpoints_verified);
         match (report.complete, report.proven_through) {
-            (true, Some(p)) if Some(p) == report.last_seq => println!("complete and unaltered (signed through the last event)"),
-            (true, Some(p)) => println!("complete and unaltered through seq {p} (signed); the events after it are chained but not yet signed"),
-            (true, None) => println!("complete (no gaps) but no checkpoint in range vouches for it"),
-            (false, _) => println!("not complete: {} gaps (a filtered export); each event is checked on its own", report.gaps.len()),
+            (true, Some(p)) if Some(p) == report.last_seq => outln!("complete and unaltered (signed through the last event)"),
+            (true, Some(p)) => outln!("complete and unaltered through seq {p} (signed); the events after it are chained but not yet signed"),
+            (true, None) => outln!("complete (no gaps) but no checkpoint in range vouches for it"),
+            (false, _) => outln!("not complete: {} gaps (a filtered export); each event is checked on its own", report.gaps.len()),
         }
         for problem in &report.problems {
-            println!("    {problem}");
+            outln!("    {problem}");
         }
-        println!("{}", if report.ok { "ok" } else { "FAILED" });
+        outln!("{}", if report.ok { "ok" } else { "FAILED" });
     }
     Ok(report.ok)
 }
@@ -289,7 +297,7 @@ fn verify(data_dir: &std::path::Path, tenant: Option<&str>, public_key: Option<&
     anyhow::ensure!(audit.is_dir(), "{} has no audit trail", data_dir.display());
     let reports = keytrail::store::audit::integrity::verify_dir_from(&audit, tenant, &key, from_ms)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&reports)?);
+        outln!("{}", serde_json::to_string_pretty(&reports)?);
     } else {
         for r in &reports {
             let status = if r.ok { "ok" } else { "FAILED" };
@@ -298,7 +306,7 @@ fn verify(data_dir: &std::path::Path, tenant: Option<&str>, public_key: Option<&
                 (None, 0) => String::new(),
                 (None, through) => format!(" after seq 1..={through} in {} signed archives", r.archives),
             };
-            println!(
+            outln!(
                 "{:<24} {status:<6} {} events (seq {}..={}){archived}, {} signed checkpoints",
                 r.tenant,
                 r.events,
@@ -307,11 +315,11 @@ fn verify(data_dir: &std::path::Path, tenant: Option<&str>, public_key: Option<&
                 r.checkpoints
             );
             for problem in &r.problems {
-                println!("    {problem}");
+                outln!("    {problem}");
             }
         }
         if reports.is_empty() {
-            println!("no events to verify");
+            outln!("no events to verify");
         }
     }
     Ok(reports.iter().all(|r| r.ok))
@@ -342,7 +350,7 @@ fn archive_verify(data_dir: &std::path::Path, archive_dir: Option<PathBuf>, tena
     anyhow::ensure!(archive_dir.is_dir() || audit.is_some(), "{} is not an archive directory", archive_dir.display());
     let reports = keytrail::store::audit::archive::verify_archives(&archive_dir, audit.as_deref(), tenant, &key)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&reports)?);
+        outln!("{}", serde_json::to_string_pretty(&reports)?);
     } else {
         for r in &reports {
             let status = if r.ok { "ok" } else { "FAILED" };
@@ -354,13 +362,13 @@ fn archive_verify(data_dir: &std::path::Path, archive_dir: Option<PathBuf>, tena
                 Some(true) => ", the hot store follows on",
                 _ => "",
             };
-            println!("{:<24} {status:<6} {} archives, {} events ({range}){hot}", r.tenant, r.archives, r.events);
+            outln!("{:<24} {status:<6} {} archives, {} events ({range}){hot}", r.tenant, r.archives, r.events);
             for problem in &r.problems {
-                println!("    {problem}");
+                outln!("    {problem}");
             }
         }
         if reports.is_empty() {
-            println!("no archives to verify in {}", archive_dir.display());
+            outln!("no archives to verify in {}", archive_dir.display());
         }
     }
     Ok(reports.iter().all(|r| r.ok))
@@ -387,7 +395,7 @@ fn archive_restore(a: ArchivedDay, wait_secs: u64) -> anyhow::Result<()> {
     anyhow::ensure!(audit.is_dir(), "{} has no audit trail to restore into", a.data_dir.display());
     let wait = std::time::Duration::from_secs(wait_secs);
     let r = keytrail::store::audit::archive::restore_waiting(&audit, &archive_dir, &a.tenant, &a.day, &key, wait).map_err(|e| anyhow::anyhow!(e))?;
-    println!(
+    outln!(
         "restored {} events of `{}` (seq {}..={}, archive {}) into {}",
         r.events,
         r.tenant,
@@ -396,7 +404,7 @@ fn archive_restore(a: ArchivedDay, wait_secs: u64) -> anyhow::Result<()> {
         r.archives.join(", "),
         r.dir.display()
     );
-    println!("the audit API and `keytrail verify` read them; delete the day files there when done");
+    outln!("the audit API and `keytrail verify` read them; delete the day files there when done");
     Ok(())
 }
 
@@ -568,9 +576,11 @@ fn main() -> ExitCode {
             }
             Command::Archive { command: ArchiveCommand::Restore { day, wait_secs } } => archive_restore(day, wait_secs),
             Command::Archive { command: ArchiveCommand::Cat { day } } => archive_cat(day),
-            Command::Keys { command: KeysCommand::Public { data_dir } } => existing_signer(&data_dir).map(|signer| {
-                println!("{}", keytrail::signing::public_key_text(&signer.public_key()));
-            }),
+            Command::Keys { command: KeysCommand::Public { data_dir } } => (|| {
+                let signer = existing_signer(&data_dir)?;
+                outln!("{}", keytrail::signing::public_key_text(&signer.public_key()));
+                Ok(())
+            })(),
             Command::Investigate { api, consumer, hours } => keytrail::cli::investigate(&api.target(), consumer.as_deref(), hours).await,
             Command::Erase { api, consumer } => keytrail::cli::erase(&api.target(), &consumer).await,
             Command::Report { command: ReportCommand::Weekly { api } } => keytrail::cli::report_weekly(&api.target()).await,
@@ -585,6 +595,9 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader of the output went away (`| head`): end quietly, as
+        // a closed pipe ends other tools (128 + SIGPIPE).
+        Err(error) if error.chain().any(|e| e.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)) => ExitCode::from(141),
         Err(error) => {
             let chain: Vec<String> = error.chain().map(|e| keytrail::redact::redact(&e.to_string()).into_owned()).collect();
             eprintln!("keytrail: error: {}", chain.join(": "));

@@ -6,6 +6,14 @@
 
 pub mod client;
 
+/// `println!` that returns the error (a closed pipe: `keytrail … | head`)
+/// instead of panicking; for functions returning `anyhow::Result`.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        std::io::Write::write_fmt(&mut std::io::stdout().lock(), format_args!("{}\n", format_args!($($arg)*)))?
+    };
+}
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
@@ -221,21 +229,21 @@ pub async fn erase(target: &Target, consumer: &str) -> anyhow::Result<()> {
     // Rewriting every day file and archive of a big store takes a while.
     let report = client.post(&path, std::time::Duration::from_secs(3600)).await?;
     if target.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
     let list = |field: &str| {
         let items: Vec<&str> = report[field].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
         if items.is_empty() { "none".to_string() } else { items.join(", ") }
     };
-    println!("Erased the personal values of consumer {consumer} in tenant {tenant}:");
-    println!("  events        {}", n(&report["events"]));
-    println!("  blocks        {}", n(&report["blocks"]));
-    println!("  day files     {}", list("day_files"));
-    println!("  archives      {}", list("archives"));
-    println!("  strings       {} dictionary values overwritten", n(&report["strings"]));
-    println!("  salts         {} deleted", n(&report["salts"]));
-    println!("The consumer is now named erased-{consumer}; its keys still work. The chain still verifies: run `keytrail verify`.");
+    outln!("Erased the personal values of consumer {consumer} in tenant {tenant}:");
+    outln!("  events        {}", n(&report["events"]));
+    outln!("  blocks        {}", n(&report["blocks"]));
+    outln!("  day files     {}", list("day_files"));
+    outln!("  archives      {}", list("archives"));
+    outln!("  strings       {} dictionary values overwritten", n(&report["strings"]));
+    outln!("  salts         {} deleted", n(&report["salts"]));
+    outln!("The consumer is now named erased-{consumer}; its keys still work. The chain still verifies: run `keytrail verify`.");
     Ok(())
 }
 
@@ -296,7 +304,7 @@ pub async fn investigate(target: &Target, consumer: Option<&str>, hours: u32) ->
             "security_events": security.to_json(),
             "profile": profile,
         });
-        println!("{}", serde_json::to_string_pretty(&answer)?);
+        outln!("{}", serde_json::to_string_pretty(&answer)?);
         return Ok(());
     }
 
@@ -351,7 +359,7 @@ pub async fn investigate(target: &Target, consumer: Option<&str>, hours: u32) ->
             .collect();
         out.push_str(&table(&["path", "calls", "errors", "error rate"], &rows));
     }
-    print!("{out}");
+    std::io::Write::write_all(&mut std::io::stdout().lock(), out.as_bytes())?;
     Ok(())
 }
 
@@ -413,7 +421,7 @@ pub async fn report_weekly(target: &Target) -> anyhow::Result<()> {
             "security_events": security.to_json(),
             "daily": days,
         });
-        println!("{}", serde_json::to_string_pretty(&answer)?);
+        outln!("{}", serde_json::to_string_pretty(&answer)?);
         return Ok(());
     }
 
@@ -447,7 +455,7 @@ pub async fn report_weekly(target: &Target) -> anyhow::Result<()> {
         .map(|d| vec![key(&d["day"]), n(&d["calls"]), n(&d["errors"]), percent(&d["error_rate"]), n(&d["client_errors"]), n(&d["server_errors"])])
         .collect();
     out.push_str(&table(&["day", "calls", "errors", "error rate", "4xx", "5xx"], &rows));
-    print!("{out}");
+    std::io::Write::write_all(&mut std::io::stdout().lock(), out.as_bytes())?;
     Ok(())
 }
 

@@ -122,3 +122,27 @@ async fn the_token_is_not_printed_when_a_refusal_echoes_the_request() {
         assert!(!out.contains(token) && !err.contains(token), "{args:?} printed the token: {out}{err}");
     }
 }
+
+/// Output piped into a reader that has gone (`keytrail verify | head -1`)
+/// ends the command quietly, as a closed pipe ends `cat`: no panic
+/// ("failed printing to stdout: Broken pipe") and no backtrace.
+#[test]
+fn a_closed_stdout_is_no_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    keytrail::signing::Signer::load_or_create(&dir.path().join("signing.key")).unwrap();
+    std::fs::create_dir(dir.path().join("audit")).unwrap();
+    let data = dir.path().to_str().unwrap();
+    for args in [&["keys", "public", "--data-dir", data][..], &["verify", "--data-dir", data], &["verify", "--data-dir", data, "--json"], &["archive", "verify", "--data-dir", data]] {
+        let mut child = std::process::Command::new(crate::util::binary())
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked") && out.status.code() != Some(101), "{args:?}: {}: {stderr}", out.status);
+        assert!(stderr.is_empty(), "{args:?}: quietly: {stderr}");
+    }
+}
