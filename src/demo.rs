@@ -131,8 +131,15 @@ async fn run_with(config: Config, stop: impl std::future::Future<Output = ()>) -
     let key = match setup {
         Ok(key) => key,
         Err(error) => {
+            let dir = server.data_dir.clone();
             server.shutdown().await;
-            anyhow::bail!("demo setup failed: {error} (is {} a fresh folder?)", "the data directory");
+            if error.code == crate::error::ErrorCode::Conflict {
+                anyhow::bail!(
+                    "demo setup failed: {error}: {dir} already holds a keytrail (an earlier demo?); give the demo a fresh --data-dir, or go on with this one with `keytrail serve --data-dir {dir}`",
+                    dir = dir.display()
+                );
+            }
+            anyhow::bail!("demo setup failed in {}: {error}", dir.display());
         }
     };
 

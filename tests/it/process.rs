@@ -48,6 +48,24 @@ async fn demo_runs_prints_a_working_key_and_stops_cleanly() {
     assert!(!data_dir.exists(), "the temporary demo folder is removed on exit");
 }
 
+/// `keytrail demo --data-dir` on a folder an earlier demo used is refused
+/// naming the folder and what to do (it said "is the data directory a fresh
+/// folder?" with no path), and the folder is left as it was.
+#[test]
+fn a_second_demo_on_the_same_data_dir_names_it() {
+    let out = tempfile::tempdir().unwrap();
+    let data = out.path().join("demo-data");
+    let args = ["demo", "--data-dir", data.to_str().unwrap(), "--gateway-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"];
+    let mut first = Process::spawn(&args, &[], out.path(), out.path());
+    first.wait_for_stdout("Press Ctrl-C to stop.");
+    assert!(first.interrupt_and_wait().success(), "{}", first.stderr());
+    assert!(data.join("control.db").exists(), "--data-dir is kept");
+    let (code, stderr) = run_to_exit(&args, &[], out.path());
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains(data.to_str().unwrap()) && stderr.contains("already"), "{stderr}");
+    assert!(data.join("control.db").exists());
+}
+
 #[tokio::test]
 async fn serve_uses_defaults_and_writes_a_private_bootstrap_token() {
     let cwd = tempfile::tempdir().unwrap();
