@@ -599,7 +599,15 @@ fn main() -> ExitCode {
         // a closed pipe ends other tools (128 + SIGPIPE).
         Err(error) if error.chain().any(|e| e.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)) => ExitCode::from(141),
         Err(error) => {
-            let chain: Vec<String> = error.chain().map(|e| keytrail::redact::redact(&e.to_string()).into_owned()).collect();
+            // A cause an error's own message already ends with (thiserror's
+            // `#[from]` with `{0}` in the message) is said once, not twice.
+            let texts: Vec<String> = error.chain().map(|e| e.to_string()).collect();
+            let chain: Vec<String> = texts
+                .iter()
+                .enumerate()
+                .filter(|(i, text)| *i == 0 || !texts[i - 1].ends_with(text.as_str()))
+                .map(|(_, text)| keytrail::redact::redact(text).into_owned())
+                .collect();
             eprintln!("keytrail: error: {}", chain.join(": "));
             if error.downcast_ref::<config::ConfigError>().is_some() {
                 ExitCode::from(2)

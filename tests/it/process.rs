@@ -247,6 +247,21 @@ fn a_directory_setting_that_is_a_file_is_refused_at_start() {
     assert!(!data.exists(), "nothing was created");
 }
 
+/// An error is said once: a store error carries its cause both in its
+/// message and as its source, and the whole chain was printed
+/// ("…: unable to open database file: …: unable to open database file: …").
+#[test]
+fn a_store_error_at_start_is_said_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(data.join("control.db")).unwrap();
+    let (code, stderr) = run_to_exit(&["serve", "--data-dir", data.to_str().unwrap(), "--gateway-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"], &[], dir.path());
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("cannot open the control store"), "{stderr}");
+    let reason = "unable to open database file: ";
+    assert_eq!(stderr.matches(reason).count(), 1, "{stderr}");
+}
+
 /// Drains a response body without keeping it; returns its length.
 async fn drain(res: reqwest::Response) -> u64 {
     let mut stream = res.bytes_stream();
