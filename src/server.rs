@@ -288,17 +288,28 @@ impl http_body::Body for IdleBody {
     }
 }
 
+/// A listener that cannot be bound, saying which setting picks another
+/// address when the address is taken or not this machine's.
+fn cannot_listen(error: std::io::Error, addr: std::net::SocketAddr, what: &str, setting: &str) -> anyhow::Error {
+    let hint = match error.kind() {
+        std::io::ErrorKind::AddrInUse => format!(" (another program, or another keytrail, listens there: pick another address with {setting}; port 0 picks a free one)"),
+        std::io::ErrorKind::AddrNotAvailable | std::io::ErrorKind::PermissionDenied => format!(" (pick another address with {setting})"),
+        _ => String::new(),
+    };
+    anyhow::Error::new(error).context(format!("cannot listen on {addr} for {what}{hint}"))
+}
+
 /// Starts keytrail with `config`; returns once both listeners are bound.
 pub async fn start(config: Config) -> anyhow::Result<Server> {
     // The listeners and the country data first: a start that cannot have
     // them creates nothing (no first admin whose token file would then go
     // unannounced on the next start).
-    let gateway_listener = TcpListener::bind(config.gateway.listen)
-        .await
-        .with_context(|| format!("cannot listen on {} for the gateway", config.gateway.listen))?;
+    let gateway_listener = TcpListener::bind(config.gateway.listen).await.map_err(|e| {
+        cannot_listen(e, config.gateway.listen, "the gateway", "--gateway-listen, KEYTRAIL_GATEWAY_LISTEN or gateway.listen")
+    })?;
     let admin_listener = TcpListener::bind(config.admin_listen)
         .await
-        .with_context(|| format!("cannot listen on {} for the admin API", config.admin_listen))?;
+        .map_err(|e| cannot_listen(e, config.admin_listen, "the admin API", "--admin-listen, KEYTRAIL_ADMIN_LISTEN or admin.listen"))?;
     let gateway_addr = gateway_listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
     let geo = crate::protection::Countries::load(config.gateway.geo_table.as_deref(), config.gateway.geo_database.as_deref())

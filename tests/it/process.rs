@@ -491,3 +491,21 @@ fn a_start_that_cannot_listen_creates_nothing() {
     assert!(stderr.contains("cannot listen on"), "{stderr}");
     assert!(!dir.path().join("keytrail-data").exists(), "nothing was created");
 }
+
+/// A port in use says which setting picks another address, for the
+/// gateway's and the admin API's, in `serve` and in `demo` (it said only
+/// "Address already in use").
+#[test]
+fn a_port_in_use_says_which_setting_picks_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = taken.local_addr().unwrap().to_string();
+    for command in ["serve", "demo"] {
+        let (code, stderr) = run_to_exit(&[command, "--gateway-listen", &busy, "--admin-listen", "127.0.0.1:0"], &[], dir.path());
+        assert_eq!(code, 1, "{stderr}");
+        assert!(stderr.contains(&format!("cannot listen on {busy} for the gateway")) && stderr.contains("--gateway-listen"), "{command}: {stderr}");
+        let (code, stderr) = run_to_exit(&[command, "--gateway-listen", "127.0.0.1:0", "--admin-listen", &busy], &[], dir.path());
+        assert_eq!(code, 1, "{stderr}");
+        assert!(stderr.contains(&format!("cannot listen on {busy} for the admin API")) && stderr.contains("--admin-listen"), "{command}: {stderr}");
+    }
+}
