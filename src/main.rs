@@ -117,8 +117,8 @@ enum Command {
         /// Only this consumer's calls, and its activity profile.
         #[arg(long)]
         consumer: Option<String>,
-        /// How many hours back to look.
-        #[arg(long, default_value_t = 24)]
+        /// How many hours back to look (1 to 8784, a leap year).
+        #[arg(long, default_value_t = 24, value_parser = investigate_hours, allow_hyphen_values = true)]
         hours: u32,
     },
     /// Erase a data subject's personal values (GDPR): the consumer's name
@@ -137,6 +137,16 @@ enum Command {
         #[command(subcommand)]
         command: ReportCommand,
     },
+}
+
+/// `investigate --hours`: a usage error (exit code 2) out of range, as
+/// any bad flag value is.
+fn investigate_hours(text: &str) -> Result<u32, String> {
+    let max = keytrail::cli::MAX_HOURS;
+    match text.trim().parse::<u32>() {
+        Ok(hours) if (1..=max).contains(&hours) => Ok(hours),
+        _ => Err(format!("must be a whole number of hours between 1 and {max}")),
+    }
 }
 
 /// Where the admin API is, and what to show (`investigate`, `report`).

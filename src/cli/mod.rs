@@ -30,6 +30,9 @@ const DAY_MS: i64 = 24 * HOUR_MS;
 const MAX_PAGES: usize = 100;
 const PAGE: &str = "10000";
 
+/// The longest window `investigate --hours` looks at: a leap year.
+pub const MAX_HOURS: u32 = 24 * 366;
+
 /// Where and for whom a command runs.
 #[derive(Debug, Clone)]
 pub struct Target {
@@ -251,8 +254,8 @@ pub async fn erase(target: &Target, consumer: &str) -> anyhow::Result<()> {
 
 /// `keytrail investigate`: the incident triage of the last `hours` hours.
 pub async fn investigate(target: &Target, consumer: Option<&str>, hours: u32) -> anyhow::Result<()> {
-    if hours == 0 || hours > 24 * 366 {
-        bail!("--hours must be between 1 and {}", 24 * 366);
+    if hours == 0 || hours > MAX_HOURS {
+        bail!("--hours must be between 1 and {MAX_HOURS}");
     }
     let client = AdminClient::from_env(&target.admin_url)?;
     let tenant = resolve_tenant(&client, target.tenant.as_deref()).await?;

@@ -146,3 +146,21 @@ fn a_closed_stdout_is_no_panic() {
         assert!(stderr.is_empty(), "{args:?}: quietly: {stderr}");
     }
 }
+
+/// `investigate --hours` out of range is a usage error like any bad flag
+/// value (exit code 2, naming `--hours` and the range), whether 0, past a
+/// year, or past what the flag's type holds: 0 and 9000 ended with exit
+/// code 1, 99999999999 with clap's 2.
+#[tokio::test]
+async fn investigate_hours_out_of_range_is_a_usage_error() {
+    for hours in ["0", "8785", "99999999999", "-1"] {
+        let out = tempfile::tempdir().unwrap();
+        let mut p = crate::util::Process::spawn(&["investigate", "--hours", hours, "--admin-url", "http://127.0.0.1:1"], &[("KEYTRAIL_TOKEN", "some-token-0123456789")], out.path(), out.path());
+        let status = p.child.wait().unwrap();
+        let err = p.stderr();
+        assert_eq!(status.code(), Some(2), "--hours {hours}: {err}");
+        assert!(err.contains("--hours") && err.contains("8784"), "--hours {hours}: {err}");
+    }
+    let (ok, _, err) = run_cli(&["investigate", "--hours", "8784", "--admin-url", "http://127.0.0.1:1"], &[("KEYTRAIL_TOKEN", "some-token-0123456789")]).await;
+    assert!(!ok && err.contains("cannot reach the admin API"), "the largest value is taken: {err}");
+}
