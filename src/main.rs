@@ -456,15 +456,23 @@ async fn serve(
     let config = config::resolve(file, overrides)?;
     keytrail::init_logging(&config.log_level);
     let server = server::start(config).await?;
-    println!("keytrail gateway listening on http://{}", server.gateway_addr);
-    println!("keytrail admin API listening on http://{}", server.admin_addr);
+    // Announced on stdout when someone reads it: a closed stdout (`| head
+    // -1`) must not stop a server that is serving (println! panics).
+    let mut announce = String::new();
+    announce.push_str(&format!("keytrail gateway listening on http://{}\n", server.gateway_addr));
+    announce.push_str(&format!("keytrail admin API listening on http://{}\n", server.admin_addr));
     match &server.bootstrap {
         Bootstrap::Generated(path) => {
-            println!("first admin created; its token is in {} (readable by you only)", path.display())
+            announce.push_str(&format!("first admin created; its token is in {} (readable by you only)\n", path.display()))
         }
-        Bootstrap::FromEnvironment => println!("first admin created with the token from KEYTRAIL_BOOTSTRAP_TOKEN"),
+        Bootstrap::FromEnvironment => announce.push_str("first admin created with the token from KEYTRAIL_BOOTSTRAP_TOKEN\n"),
         Bootstrap::Existing => {}
     }
+    let mut stdout = std::io::stdout().lock();
+    if let Err(error) = std::io::Write::write_all(&mut stdout, announce.as_bytes()).and_then(|()| std::io::Write::flush(&mut stdout)) {
+        tracing::warn!("cannot print the start-up lines to stdout ({error}); serving on {} and {}", server.gateway_addr, server.admin_addr);
+    }
+    drop(stdout);
     shutdown_signal().await;
     tracing::info!("shutting down: finishing requests and committing the audit trail");
     server.shutdown().await;

@@ -164,3 +164,37 @@ async fn investigate_hours_out_of_range_is_a_usage_error() {
     let (ok, _, err) = run_cli(&["investigate", "--hours", "8784", "--admin-url", "http://127.0.0.1:1"], &[("KEYTRAIL_TOKEN", "some-token-0123456789")]).await;
     assert!(!ok && err.contains("cannot reach the admin API"), "the largest value is taken: {err}");
 }
+
+/// `keytrail serve` whose output nobody reads any more (`keytrail serve |
+/// head -1`, a closed stdout) goes on serving and stops cleanly on SIGTERM:
+/// its start-up lines panicked the process ("failed printing to stdout").
+#[tokio::test]
+async fn serve_goes_on_when_its_stdout_is_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let admin = format!("127.0.0.1:{port}");
+    let mut child = std::process::Command::new(crate::util::binary())
+        .args(["serve", "--data-dir", dir.path().join("data").to_str().unwrap(), "--gateway-listen", "127.0.0.1:0", "--admin-listen", &admin])
+        .env("KEYTRAIL_BOOTSTRAP_TOKEN", ADMIN_TOKEN)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let client = crate::util::http();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let answered = loop {
+        if let Ok(res) = client.get(format!("http://{admin}/v1/tenants")).bearer_auth(ADMIN_TOKEN).send().await {
+            break res.status().as_u16();
+        }
+        if child.try_wait().unwrap().is_some() || Instant::now() > deadline {
+            break 0;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let _ = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(answered, 200, "{stderr}");
+    assert!(out.status.success() && !stderr.contains("panicked"), "{}: {stderr}", out.status);
+}
