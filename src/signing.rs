@@ -122,7 +122,7 @@ fn domain_message(domain: &str, bytes: &[u8]) -> Vec<u8> {
 /// Whether `signature` was made by the holder of `key` over `bytes` as a
 /// document of kind `domain`.
 pub fn verify_bytes(key: &VerifyingKey, domain: &str, bytes: &[u8], signature: &[u8; 64]) -> bool {
-    key.verify(&domain_message(domain, bytes), &Signature::from_bytes(signature)).is_ok()
+    key.verify_strict(&domain_message(domain, bytes), &Signature::from_bytes(signature)).is_ok()
 }
 
 /// The public key as printed by `keytrail keys public`: 64 hex digits.
@@ -130,21 +130,52 @@ pub fn public_key_text(key: &VerifyingKey) -> String {
     hex(key.as_bytes())
 }
 
-/// Reads a public key printed by `keytrail keys public`.
+/// Reads a public key printed by `keytrail keys public`. A weak key (one
+/// of small order, such as 64 zeros) is refused: signatures that verify
+/// under it can be made without any secret. Checks are strict for the
+/// same reason (`verify_strict`); keytrail's own signatures always are.
 pub fn parse_public_key(text: &str) -> Result<VerifyingKey, String> {
     let bytes: [u8; 32] = from_hex(text).ok_or("a public key is 64 hexadecimal digits")?;
-    VerifyingKey::from_bytes(&bytes).map_err(|_| "not a valid Ed25519 public key".to_string())
+    let key = VerifyingKey::from_bytes(&bytes).map_err(|_| "not a valid Ed25519 public key".to_string())?;
+    if key.is_weak() {
+        return Err("a weak Ed25519 public key (of small order): anyone could sign for it; give the key `keytrail keys public` prints".to_string());
+    }
+    Ok(key)
 }
 
 /// Whether the checkpoint was signed by the holder of `key`.
 pub fn verify(key: &VerifyingKey, cp: &Checkpoint) -> bool {
     let message = message(&cp.tenant, cp.seq, &cp.hash, cp.signed_at_ms);
-    key.verify(&message, &Signature::from_bytes(&cp.signature)).is_ok()
+    key.verify_strict(&message, &Signature::from_bytes(&cp.signature)).is_ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_weak_public_key_is_refused_and_signatures_are_checked_strictly() {
+        // The identity point: with it, [s]B = R holds for a forged R whatever the message.
+        let identity = format!("01{}", "0".repeat(62));
+        let err = parse_public_key(&identity).unwrap_err();
+        assert!(err.contains("weak"), "{err}");
+        assert!(parse_public_key(&"0".repeat(64)).is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let signer = Signer::load_or_create(&dir.path().join("k")).unwrap();
+        let key = parse_public_key(&public_key_text(&signer.public_key())).unwrap();
+        let cp = signer.sign("acme", 3, [7; 32], 1_700_000_000_000);
+        assert!(verify(&key, &cp));
+        let sig = signer.sign_bytes("doc", b"bytes");
+        assert!(verify_bytes(&key, "doc", b"bytes", &sig));
+        // A forgery under the identity key: R = [s]B with s = 1 (the base
+        // point), which the lenient check accepts for any message.
+        let weak = VerifyingKey::from_bytes(&from_hex::<32>(&identity).unwrap()).unwrap();
+        let mut forged = [0u8; 64];
+        forged[..32].copy_from_slice(&from_hex::<32>(&format!("58{}", "66".repeat(31))).unwrap());
+        forged[32] = 1;
+        assert!(weak.verify(&domain_message("doc", b"anything"), &Signature::from_bytes(&forged)).is_ok(), "the lenient check takes the forgery");
+        assert!(!verify_bytes(&weak, "doc", b"anything", &forged), "the strict one does not");
+    }
 
     #[test]
     fn a_checkpoint_verifies_until_any_part_changes() {
