@@ -354,6 +354,11 @@ fn check_tenant(tenant: &str) -> anyhow::Result<()> {
 fn archive_verify(data_dir: &std::path::Path, archive_dir: Option<PathBuf>, tenant: Option<&str>, public_key: Option<&str>, json: bool) -> anyhow::Result<bool> {
     tenant.map(check_tenant).transpose()?;
     let key = verifying_key(data_dir, public_key)?;
+    // An `--archive-dir` given is checked as given: a mistyped one would
+    // otherwise say there is nothing to verify, and exit as a pass.
+    if let Some(given) = &archive_dir {
+        anyhow::ensure!(given.is_dir(), "--archive-dir: {} is not a directory (no archives were checked)", given.display());
+    }
     let archive_dir = archive_dir.unwrap_or_else(|| data_dir.join("archive"));
     let audit = data_dir.join("audit");
     let audit = audit.is_dir().then_some(audit);

@@ -84,6 +84,24 @@ async fn verify_refuses_a_tenant_it_has_nothing_of() {
     assert!(!ok && err.contains("globex") && err.contains("acme"), "{out}{err}");
 }
 
+/// A mistyped `--archive-dir` is an error, not "no archives to verify"
+/// with the exit code of a pass.
+#[tokio::test]
+async fn archive_verify_refuses_an_archive_dir_that_is_not_there() {
+    let ts = crate::util::TestServer::start().await;
+    let admin = ts.admin_client();
+    assert_eq!(admin.post("/v1/tenants", json!({"id": "acme", "name": "Acme"})).await.status, 201);
+    ts.flush().await;
+    let data = ts.data_dir.to_str().unwrap();
+    let typo = ts.data_dir.join("archvie");
+    let (ok, out, err) = run_cli(&["archive", "verify", "--data-dir", data, "--archive-dir", typo.to_str().unwrap()], &[]).await;
+    assert!(!ok, "{out}{err}");
+    assert!(err.contains("--archive-dir") && err.contains("archvie") && !out.contains("no archives"), "{out}{err}");
+    // Without it, a store that has archived nothing yet is still fine.
+    let (ok, out, err) = run_cli(&["archive", "verify", "--data-dir", data], &[]).await;
+    assert!(ok, "{out}{err}");
+}
+
 /// The admin token in `KEYTRAIL_TOKEN` is never printed, even when what
 /// answers at `--admin-url` (a proxy's or another service's error page)
 /// echoes the request back: the first 200 bytes of a non-JSON refusal are
