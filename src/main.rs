@@ -312,18 +312,15 @@ fn verify(data_dir: &std::path::Path, tenant: Option<&str>, public_key: Option<&
         for r in &reports {
             let status = if r.ok { "ok" } else { "FAILED" };
             let archived = match (r.from_seq, r.archived_through) {
+                (Some(_), _) if r.events == 0 => format!(" from --from on (none stored after seq {})", r.last_seq),
                 (Some(from), _) => format!(", from seq {from} (the link to the events before it trusted as stored)"),
                 (None, 0) => String::new(),
                 (None, through) => format!(" after seq 1..={through} in {} signed archives", r.archives),
             };
-            outln!(
-                "{:<24} {status:<6} {} events (seq {}..={}){archived}, {} signed checkpoints",
-                r.tenant,
-                r.events,
-                r.from_seq.unwrap_or(r.archived_through + 1),
-                r.last_seq,
-                r.checkpoints
-            );
+            // An empty range reads as none, not as `seq 81..=80`.
+            let first = r.from_seq.unwrap_or(r.archived_through + 1);
+            let range = if r.events == 0 { String::new() } else { format!(" (seq {first}..={})", r.last_seq) };
+            outln!("{:<24} {status:<6} {} events{range}{archived}, {} signed checkpoints", r.tenant, r.events, r.checkpoints);
             for problem in &r.problems {
                 outln!("    {problem}");
             }

@@ -289,6 +289,9 @@ fn verify_from_a_time_walks_the_chain_from_there_and_says_so() {
     let at = keytrail::event::format_timestamp(T0 + 50_000);
     let (ok, text) = run(&["verify", "--data-dir", dir, "--from", &at], out.path());
     assert!(ok && text.contains("from seq 51 (the link to the events before it trusted as stored)"), "{text}");
+    // After the last event: none, said as none (not `seq 81..=80`).
+    let (ok, text) = run(&["verify", "--data-dir", dir, "--from", &keytrail::event::format_timestamp(T0 + 3_600_000)], out.path());
+    assert!(ok && text.contains("0 events from --from on (none stored after seq 80)") && !text.contains("81..=80"), "{text}");
     let (ok, text) = run(&["verify", "--data-dir", dir, "--from", "18/11/2026"], out.path());
     assert!(!ok && text.contains("--from: `18/11/2026` is neither an RFC 3339 time"), "{text}");
     let (ok, text) = run(&["verify", "--file", "x.json", "--from", "2026-11-18"], out.path());
