@@ -18,7 +18,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use ed25519_dalek::{Signature, Signer as _, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
 use serde::Serialize;
 
 /// The signing key's file in the data directory.
@@ -152,6 +152,7 @@ pub fn verify(key: &VerifyingKey, cp: &Checkpoint) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ed25519_dalek::Verifier;
 
     #[test]
     fn a_weak_public_key_is_refused_and_signatures_are_checked_strictly() {
