@@ -360,7 +360,14 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
             Bootstrap::Generated(path)
         }
         FirstAdmin::CreatedWithOperatorToken => Bootstrap::FromEnvironment,
-        FirstAdmin::AlreadyPresent => Bootstrap::Existing,
+        FirstAdmin::AlreadyPresent => {
+            if config.bootstrap_token.is_some() {
+                // Not an error (a deployment may keep the variable set), but
+                // not silent either: it makes no admin and changes no token.
+                tracing::warn!("KEYTRAIL_BOOTSTRAP_TOKEN is set but the store already has admins: it is ignored (it only makes the first admin)");
+            }
+            Bootstrap::Existing
+        }
     };
 
     let (shutdown, _) = watch::channel(false);

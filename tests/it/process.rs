@@ -108,6 +108,9 @@ async fn serve_uses_defaults_and_writes_a_private_bootstrap_token() {
     let ignored = Admin { token: "another-token-that-is-long-enough".into(), ..admin.clone() };
     assert_eq!(ignored.get("/v1/tenants").await.status, 401, "the bootstrap token only applies to an empty store");
     assert!(p.interrupt_and_wait().success());
+    let err = p.stderr();
+    assert!(err.contains("KEYTRAIL_BOOTSTRAP_TOKEN is set but the store already has admins: it is ignored"), "said, not silent: {err}");
+    assert!(!err.contains("another-token-that-is-long-enough") && !p.stdout().contains("another-token-that-is-long-enough"));
 }
 
 #[tokio::test]
