@@ -103,7 +103,9 @@ enum Command {
         #[command(subcommand)]
         command: ArchiveCommand,
     },
-    /// The checkpoint signing key.
+    /// API keys over the admin API (list, create, rotate, revoke, scopes;
+    /// needs an admin token in KEYTRAIL_TOKEN), and the checkpoint signing
+    /// key (`public`).
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
@@ -137,6 +139,121 @@ enum Command {
         #[command(subcommand)]
         command: ReportCommand,
     },
+    /// Read the audit trail of a running keytrail: calls, security events,
+    /// exports. Needs an admin token in KEYTRAIL_TOKEN.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Calls through the gateway, newest first (one page; `--cursor` for the next).
+    List {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[command(flatten)]
+        filters: AuditFilterArgs,
+        #[command(flatten)]
+        page: PageArgs,
+    },
+    /// Security events (failed authentications, rate limits, blocks, key
+    /// and admin changes, reads of the trail), newest first.
+    Security {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Only this event type, e.g. auth_failed or key_revoked.
+        #[arg(long)]
+        event_type: Option<String>,
+        #[command(flatten)]
+        filters: AuditFilterArgs,
+        #[command(flatten)]
+        page: PageArgs,
+    },
+    /// The whole matching trail as CSV or JSON (the JSON export carries the
+    /// chain hashes and checkpoints `keytrail verify --file` checks),
+    /// streamed to --output or standard output.
+    Export {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// csv or json.
+        #[arg(long, default_value = "csv", value_parser = ["csv", "json"])]
+        format: String,
+        /// Which events: request (the default), security, admin, app, or all.
+        #[arg(long)]
+        category: Option<String>,
+        #[command(flatten)]
+        filters: AuditFilterArgs,
+        /// Write here (whole or not at all) instead of standard output.
+        #[arg(long, short = 'o')]
+        output: Option<PathBuf>,
+    },
+}
+
+/// The audit API's filters, passed on as given (the server checks them).
+#[derive(clap::Args)]
+struct AuditFilterArgs {
+    /// Only this consumer (its id, cons_…, or its name).
+    #[arg(long)]
+    consumer: Option<String>,
+    /// Only this api (its id).
+    #[arg(long)]
+    api_id: Option<String>,
+    /// Only this HTTP method.
+    #[arg(long)]
+    method: Option<String>,
+    /// Only this path.
+    #[arg(long)]
+    path: Option<String>,
+    /// Only statuses from this one up.
+    #[arg(long)]
+    status_min: Option<u16>,
+    /// Only statuses up to this one.
+    #[arg(long)]
+    status_max: Option<u16>,
+    /// Only the last N hours.
+    #[arg(long)]
+    hours: Option<u32>,
+    /// Only the last N days.
+    #[arg(long)]
+    days: Option<u32>,
+    /// From this time on (RFC 3339).
+    #[arg(long)]
+    from: Option<String>,
+    /// Up to this time (RFC 3339).
+    #[arg(long)]
+    to: Option<String>,
+}
+
+impl AuditFilterArgs {
+    fn filters(self, event_type: Option<String>, category: Option<String>) -> keytrail::cli::manage::AuditFilters {
+        keytrail::cli::manage::AuditFilters {
+            consumer: self.consumer,
+            api: self.api_id,
+            method: self.method,
+            path: self.path,
+            status_min: self.status_min,
+            status_max: self.status_max,
+            event_type,
+            category,
+            hours: self.hours,
+            days: self.days,
+            from: self.from,
+            to: self.to,
+        }
+    }
+}
+
+/// One page of a list.
+#[derive(clap::Args)]
+struct PageArgs {
+    /// Most events shown.
+    #[arg(long, default_value_t = keytrail::cli::manage::DEFAULT_LIMIT)]
+    limit: u32,
+    /// Where the previous page ended (its `next_cursor`).
+    #[arg(long)]
+    cursor: Option<String>,
 }
 
 /// `investigate --hours`: a usage error (exit code 2) out of range, as
@@ -250,7 +367,60 @@ struct ArchivedDay {
 
 #[derive(Subcommand)]
 enum KeysCommand {
-    /// Print the public half of the signing key, for verifiers.
+    /// A consumer's API keys: status, scopes, expiry, last use (never the key).
+    List {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// The consumer: its id (cons_…) or its name.
+        #[arg(long)]
+        consumer: String,
+    },
+    /// Issue an API key to a consumer; the key is printed this once.
+    Create {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// The consumer: its id (cons_…) or its name.
+        #[arg(long)]
+        consumer: String,
+        /// A scope the key holds (repeat for several).
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// When the key stops working (RFC 3339) [default: never].
+        #[arg(long)]
+        expires_at: Option<String>,
+        /// live or test (the key's prefix) [default: live].
+        #[arg(long)]
+        environment: Option<String>,
+    },
+    /// Replace a key: the new one is printed this once; the old one keeps
+    /// working for the grace period.
+    Rotate {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// The key's id (key_…).
+        key_id: String,
+        /// How long the old key keeps working, in seconds [default: 3600].
+        #[arg(long)]
+        grace_secs: Option<u64>,
+    },
+    /// Revoke a key: the gateway refuses it from the moment this answers.
+    Revoke {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// The key's id (key_…).
+        key_id: String,
+    },
+    /// Replace a key's scopes (none given: it holds none).
+    Scopes {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// The key's id (key_…).
+        key_id: String,
+        /// A scope the key holds (repeat for several).
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+    },
+    /// Print the public half of the checkpoint signing key, for verifiers.
     Public {
         /// The data directory [default: ./keytrail-data].
         #[arg(long, env = "KEYTRAIL_DATA_DIR", default_value = "./keytrail-data")]
@@ -601,6 +771,26 @@ fn main() -> ExitCode {
                 outln!("{}", keytrail::signing::public_key_text(&signer.public_key()));
                 Ok(())
             })(),
+            Command::Keys { command: KeysCommand::List { api, consumer } } => keytrail::cli::manage::keys_list(&api.target(), &consumer).await,
+            Command::Keys { command: KeysCommand::Create { api, consumer, scopes, expires_at, environment } } => {
+                let new = keytrail::cli::manage::NewKey { scopes, expires_at, environment };
+                keytrail::cli::manage::keys_create(&api.target(), &consumer, new).await
+            }
+            Command::Keys { command: KeysCommand::Rotate { api, key_id, grace_secs } } => keytrail::cli::manage::keys_rotate(&api.target(), &key_id, grace_secs).await,
+            Command::Keys { command: KeysCommand::Revoke { api, key_id } } => keytrail::cli::manage::keys_revoke(&api.target(), &key_id).await,
+            Command::Keys { command: KeysCommand::Scopes { api, key_id, scopes } } => keytrail::cli::manage::keys_scopes(&api.target(), &key_id, scopes).await,
+            Command::Audit { command: AuditCommand::List { api, filters, page } } => {
+                let filters = filters.filters(None, None);
+                keytrail::cli::manage::audit_list(&api.target(), keytrail::cli::manage::AuditList::Calls, &filters, page.limit, page.cursor.as_deref()).await
+            }
+            Command::Audit { command: AuditCommand::Security { api, event_type, filters, page } } => {
+                let filters = filters.filters(event_type, None);
+                keytrail::cli::manage::audit_list(&api.target(), keytrail::cli::manage::AuditList::Security, &filters, page.limit, page.cursor.as_deref()).await
+            }
+            Command::Audit { command: AuditCommand::Export { api, format, category, filters, output } } => {
+                let filters = filters.filters(None, category);
+                keytrail::cli::manage::audit_export(&api.target(), &format, &filters, output.as_deref()).await
+            }
             Command::Investigate { api, consumer, hours } => keytrail::cli::investigate(&api.target(), consumer.as_deref(), hours).await,
             Command::Erase { api, consumer } => keytrail::cli::erase(&api.target(), &consumer).await,
             Command::Report { command: ReportCommand::Weekly { api } } => keytrail::cli::report_weekly(&api.target()).await,

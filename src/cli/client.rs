@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper::{Method, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 
@@ -120,25 +121,70 @@ impl AdminClient {
     /// `GET path_and_query` → the JSON answer; any status but 2xx is an
     /// error carrying the API's own message (a [`Refusal`]).
     pub async fn get(&self, path_and_query: &str) -> anyhow::Result<Value> {
-        self.send(Method::GET, path_and_query, CALL_TIMEOUT).await
+        self.send(Method::GET, path_and_query, None, CALL_TIMEOUT).await
     }
 
     /// `POST path` with no body, waiting up to `timeout`; answers as [`Self::get`].
     pub async fn post(&self, path: &str, timeout: Duration) -> anyhow::Result<Value> {
-        self.send(Method::POST, path, timeout).await
+        self.send(Method::POST, path, None, timeout).await
     }
 
-    async fn send(&self, method: Method, path_and_query: &str, timeout: Duration) -> anyhow::Result<Value> {
+    /// `method path` with `body` as JSON; answers as [`Self::get`].
+    pub async fn send_json(&self, method: Method, path: &str, body: &Value) -> anyhow::Result<Value> {
+        self.send(method, path, Some(serde_json::to_vec(body)?), CALL_TIMEOUT).await
+    }
+
+    /// `GET path_and_query`, its answer's body written to `out` as it
+    /// comes (an export can be larger than memory); the bytes written.
+    /// A refusal is an error as with [`Self::get`], and nothing is written;
+    /// an answer cut short (the server stopped midway) is an error too.
+    pub async fn download(&self, path_and_query: &str, out: &mut dyn std::io::Write) -> anyhow::Result<u64> {
         let target = format!("{}{}", self.base_path, path_and_query);
-        let call = self.call(method.clone(), &target);
+        let response = match tokio::time::timeout(CALL_TIMEOUT, self.open(Method::GET, &target, None)).await {
+            Ok(result) => result?,
+            Err(_) => bail!("the admin API at {} did not answer GET {target} within {} s", self.url, CALL_TIMEOUT.as_secs()),
+        };
+        let status = response.status();
+        if !status.is_success() {
+            let body = http_body_util::Limited::new(response.into_body(), 64 * 1024).collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            return Err(self.refusal(&Method::GET, &target, status, &body));
+        }
+        let mut body = response.into_body();
+        let mut written = 0u64;
+        loop {
+            // An idle limit, not a total one: a big export may take long, but keeps coming.
+            let Ok(next) = tokio::time::timeout(CALL_TIMEOUT, body.frame()).await else {
+                bail!("GET {target}: nothing more came for {} s after {written} bytes", CALL_TIMEOUT.as_secs());
+            };
+            let Some(frame) = next else { break };
+            let frame = frame.map_err(|e| anyhow!("GET {target}: the answer was cut short after {written} bytes: {e}"))?;
+            if let Some(data) = frame.data_ref() {
+                out.write_all(data)?;
+                written += data.len() as u64;
+            }
+        }
+        out.flush()?;
+        Ok(written)
+    }
+
+    async fn send(&self, method: Method, path_and_query: &str, body: Option<Vec<u8>>, timeout: Duration) -> anyhow::Result<Value> {
+        let target = format!("{}{}", self.base_path, path_and_query);
+        let call = self.call(method.clone(), &target, body);
         let (status, body) = match tokio::time::timeout(timeout, call).await {
             Ok(result) => result?,
             Err(_) => bail!("the admin API at {} did not answer {method} {target} within {} s", self.url, timeout.as_secs()),
         };
-        let json: Option<Value> = serde_json::from_slice(&body).ok();
         if status.is_success() {
+            let json: Option<Value> = serde_json::from_slice(&body).ok();
             return json.with_context(|| format!("{method} {target}: the answer is not JSON (is {} keytrail's admin API?)", self.url));
         }
+        Err(self.refusal(&method, &target, status, &body))
+    }
+
+    /// The error for a refused call: the API's code and message (never the
+    /// token, should the answer echo it) and a hint.
+    fn refusal(&self, method: &Method, target: &str, status: StatusCode, body: &[u8]) -> anyhow::Error {
+        let json: Option<Value> = serde_json::from_slice(body).ok();
         let (code, message) = match &json {
             Some(v) => (
                 v["error"]["code"].as_str().unwrap_or("").to_string(),
@@ -160,10 +206,19 @@ impl AdminClient {
             StatusCode::FORBIDDEN => " (the token's role or tenant does not allow this)".to_string(),
             _ => String::new(),
         };
-        Err(anyhow::Error::new(Refusal { status, code, text: format!("{method} {target}: {status}{detail}{hint}") }))
+        anyhow::Error::new(Refusal { status, code, text: format!("{method} {target}: {status}{detail}{hint}") })
     }
 
-    async fn call(&self, method: Method, target: &str) -> anyhow::Result<(StatusCode, Bytes)> {
+    async fn call(&self, method: Method, target: &str, body: Option<Vec<u8>>) -> anyhow::Result<(StatusCode, Bytes)> {
+        let response = self.open(method.clone(), target, body).await?;
+        let status = response.status();
+        let limited = http_body_util::Limited::new(response.into_body(), MAX_BODY);
+        let body = limited.collect().await.map_err(|e| anyhow!("reading the answer to {method} {target}: {e}"))?.to_bytes();
+        Ok((status, body))
+    }
+
+    /// Sends one request on a new connection; the answer's head.
+    async fn open(&self, method: Method, target: &str, body: Option<Vec<u8>>) -> anyhow::Result<Response<Incoming>> {
         let unreachable = |e: &dyn std::fmt::Display| anyhow!("cannot reach the admin API at {}: {e} (is keytrail serve running there? set --admin-url or KEYTRAIL_ADMIN_URL)", self.url);
         let stream = match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(&self.authority)).await {
             Ok(Ok(stream)) => stream,
@@ -175,20 +230,18 @@ impl AdminClient {
         tokio::spawn(async move {
             let _ = connection.await;
         });
-        let request = Request::builder()
-            .method(method.clone())
+        let mut request = Request::builder()
+            .method(method)
             .uri(target)
             .header(hyper::header::HOST, &self.authority)
             .header(hyper::header::AUTHORIZATION, format!("Bearer {}", self.token))
             .header(hyper::header::ACCEPT, "application/json")
-            .header(hyper::header::USER_AGENT, concat!("keytrail-cli/", env!("CARGO_PKG_VERSION")))
-            .body(Empty::<Bytes>::new())
-            .context("cannot build the request")?;
-        let response = sender.send_request(request).await.map_err(|e| unreachable(&e))?;
-        let status = response.status();
-        let limited = http_body_util::Limited::new(response.into_body(), MAX_BODY);
-        let body = limited.collect().await.map_err(|e| anyhow!("reading the answer to {method} {target}: {e}"))?.to_bytes();
-        Ok((status, body))
+            .header(hyper::header::USER_AGENT, concat!("keytrail-cli/", env!("CARGO_PKG_VERSION")));
+        if body.is_some() {
+            request = request.header(hyper::header::CONTENT_TYPE, "application/json");
+        }
+        let request = request.body(Full::new(Bytes::from(body.unwrap_or_default()))).context("cannot build the request")?;
+        sender.send_request(request).await.map_err(|e| unreachable(&e))
     }
 }
 

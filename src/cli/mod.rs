@@ -1,10 +1,12 @@
 //! Commands that talk to a running keytrail's admin API with a token, like
-//! kubectl: `keytrail investigate` (incident triage) and `keytrail report
-//! weekly`. Human tables by default, `--json` for scripts. The numbers are
+//! kubectl: `keytrail investigate` (incident triage), `keytrail report
+//! weekly`, and key management and audit reads (`keytrail keys …`,
+//! `keytrail audit …`, in [`manage`]). Human tables by default, `--json` for scripts. The numbers are
 //! the server's (`/v1/audit/{tenant}/stats…`, `/security`, `/admin`); these
 //! commands only choose the questions and lay out the answers.
 
 pub mod client;
+pub mod manage;
 
 /// `println!` that returns the error (a closed pipe: `keytrail … | head`)
 /// instead of panicking; for functions returning `anyhow::Result`.
@@ -127,6 +129,12 @@ async fn tally(client: &AdminClient, path: &str, params: &[(&'static str, String
 
 /// A plain text table: the first column left-aligned, the others right.
 fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    aligned_table(headers, rows, |column| column > 0)
+}
+
+/// A plain text table, the columns `right` says right-aligned (numbers),
+/// the others left-aligned.
+fn aligned_table(headers: &[&str], rows: &[Vec<String>], right: impl Fn(usize) -> bool) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -137,10 +145,11 @@ fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     let mut line = |cells: Vec<&str>| {
         let mut text = String::from("  ");
         for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
-            if i == 0 {
-                let _ = write!(text, "{cell:<w$}");
+            let gap = if i == 0 { "" } else { "  " };
+            if right(i) {
+                let _ = write!(text, "{gap}{cell:>w$}");
             } else {
-                let _ = write!(text, "  {cell:>w$}");
+                let _ = write!(text, "{gap}{cell:<w$}");
             }
         }
         out.push_str(text.trim_end());

@@ -7,6 +7,7 @@ mod admin_log;
 mod app_events;
 mod audit_api;
 mod cli_checks;
+mod cli_manage;
 mod client_conn;
 mod durability;
 mod erasure;

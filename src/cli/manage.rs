@@ -1,0 +1,341 @@
+//! `keytrail keys list|create|rotate|revoke|scopes` and `keytrail audit
+//! list|security|export`: the admin API's key management and audit reads
+//! from the command line. Every rule (who may do what, what a valid filter
+//! is) stays the server's; these commands build the calls, name consumers
+//! by id or by name, and lay out the answers (`--json` prints them as the
+//! API gave them).
+//!
+//! `keys create` and `keys rotate` print the new key, the one time it is
+//! ever shown; nothing else here prints more than its hint.
+
+use std::io::Write as _;
+use std::path::Path;
+
+use anyhow::{bail, Context};
+use hyper::Method;
+use serde_json::{json, Map, Value};
+
+use super::client::{encode, with_query, AdminClient};
+use super::{aligned_table, resolve_tenant, Target};
+
+/// Rows a list shows unless `--limit` says otherwise.
+pub const DEFAULT_LIMIT: u32 = 50;
+
+/// An id as one segment of a URL path: no `/`, `?` or `#`, not empty.
+fn segment<'a>(flag: &str, value: &'a str) -> anyhow::Result<&'a str> {
+    if value.is_empty() || value.contains(['/', '?', '#']) || value.chars().any(char::is_control) {
+        bail!("{flag} `{value}` is not an id");
+    }
+    Ok(value)
+}
+
+/// A consumer given by id (`cons_…`) or by name, as its id. A name must
+/// belong to exactly one consumer of the tenant.
+async fn consumer_id(client: &AdminClient, tenant: &str, given: &str) -> anyhow::Result<String> {
+    segment("--consumer", given)?;
+    if given.starts_with("cons_") {
+        return Ok(given.to_string());
+    }
+    let list = client.get(&format!("/v1/tenants/{}/consumers", encode(tenant))).await?;
+    let named: Vec<&str> = list["consumers"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .filter(|c| c["name"].as_str() == Some(given))
+        .filter_map(|c| c["id"].as_str())
+        .collect();
+    match named.as_slice() {
+        [one] => Ok(one.to_string()),
+        [] => bail!("tenant `{tenant}` has no consumer named `{given}` (give its name or its id, cons_…)"),
+        many => bail!("{} consumers of tenant `{tenant}` are named `{given}`: give one's id ({})", many.len(), many.join(", ")),
+    }
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::Null => "-".to_string(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn scopes(v: &Value) -> String {
+    let list: Vec<&str> = v.as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+    if list.is_empty() { "(none)".to_string() } else { list.join(",") }
+}
+
+/// Writes to standard output, a closed pipe returned as an error.
+fn print(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()?;
+    Ok(())
+}
+
+fn print_json(value: &Value) -> anyhow::Result<()> {
+    print(&format!("{}\n", serde_json::to_string_pretty(value)?))
+}
+
+// ---------- keys ----------
+
+/// `keytrail keys list --consumer C`.
+pub async fn keys_list(target: &Target, consumer: &str) -> anyhow::Result<()> {
+    let client = AdminClient::from_env(&target.admin_url)?;
+    let tenant = resolve_tenant(&client, target.tenant.as_deref()).await?;
+    let consumer = consumer_id(&client, &tenant, consumer).await?;
+    let answer = client.get(&format!("/v1/tenants/{}/consumers/{}/keys", encode(&tenant), encode(&consumer))).await?;
+    if target.json {
+        return print_json(&answer);
+    }
+    let keys = answer["keys"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let rows: Vec<Vec<String>> = keys
+        .iter()
+        .map(|k| {
+            vec![
+                text(&k["key_id"]),
+                text(&k["hint"]),
+                text(&k["status"]),
+                scopes(&k["scopes"]),
+                text(&k["created_at"]),
+                text(&k["expires_at"]),
+                text(&k["last_used_at"]),
+                text(&k["replaced_by"]),
+            ]
+        })
+        .collect();
+    print(&format!("Keys of consumer {consumer} in tenant {tenant}\n"))?;
+    print(&aligned_table(&["key_id", "hint", "status", "scopes", "created", "expires", "last used", "replaced by"], &rows, |_| false))
+}
+
+/// What `keytrail keys create` asks for.
+#[derive(Debug, Default)]
+pub struct NewKey {
+    pub scopes: Vec<String>,
+    /// RFC 3339, checked by the server.
+    pub expires_at: Option<String>,
+    /// `live` or `test`, checked by the server.
+    pub environment: Option<String>,
+}
+
+/// `keytrail keys create --consumer C`: prints the key once.
+pub async fn keys_create(target: &Target, consumer: &str, new: NewKey) -> anyhow::Result<()> {
+    let client = AdminClient::from_env(&target.admin_url)?;
+    let tenant = resolve_tenant(&client, target.tenant.as_deref()).await?;
+    let consumer = consumer_id(&client, &tenant, consumer).await?;
+    let mut body = Map::new();
+    body.insert("scopes".into(), json!(new.scopes));
+    if let Some(at) = new.expires_at {
+        body.insert("expires_at".into(), json!(at));
+    }
+    if let Some(env) = new.environment {
+        body.insert("environment".into(), json!(env));
+    }
+    let path = format!("/v1/tenants/{}/consumers/{}/keys", encode(&tenant), encode(&consumer));
+    let key = client.send_json(Method::POST, &path, &Value::Object(body)).await?;
+    if target.json {
+        return print_json(&key);
+    }
+    new_key(&key, &format!("Created key {} for consumer {consumer} in tenant {tenant}", text(&key["key_id"])))
+}
+
+/// Prints a new key's facts and then the key itself, on its own line.
+fn new_key(key: &Value, headline: &str) -> anyhow::Result<()> {
+    let secret = key["key"].as_str().context("the answer holds no key (is this keytrail's admin API?)")?;
+    let expires = key["expires_at"].as_str().unwrap_or("never");
+    print(&format!(
+        "{headline}\n  hint     {}\n  scopes   {}\n  expires  {expires}\nThe key, shown this once (keytrail keeps only its hash):\n{secret}\n",
+        text(&key["hint"]),
+        scopes(&key["scopes"]),
+    ))
+}
+
+/// `keytrail keys rotate KEY_ID`: prints the new key once.
+pub async fn keys_rotate(target: &Target, key_id: &str, grace_secs: Option<u64>) -> anyhow::Result<()> {
+    let client = AdminClient::from_env(&target.admin_url)?;
+    let key_id = segment("the key id", key_id)?;
+    let body = match grace_secs {
+        Some(secs) => json!({"grace_seconds": secs}),
+        None => json!({}),
+    };
+    let key = client.send_json(Method::POST, &format!("/v1/keys/{}/rotate", encode(key_id)), &body).await?;
+    if target.json {
+        return print_json(&key);
+    }
+    let old = &key["replaces"];
+    let headline = format!(
+        "Rotated {key_id}: it stays valid until {} (then `expired_key`); its successor is {}",
+        old["expires_at"].as_str().unwrap_or("the end of its grace"),
+        text(&key["key_id"])
+    );
+    new_key(&key, &headline)
+}
+
+/// `keytrail keys revoke KEY_ID`.
+pub async fn keys_revoke(target: &Target, key_id: &str) -> anyhow::Result<()> {
+    let client = AdminClient::from_env(&target.admin_url)?;
+    let key_id = segment("the key id", key_id)?;
+    let key = client.send_json(Method::POST, &format!("/v1/keys/{}/revoke", encode(key_id)), &json!({})).await?;
+    if target.json {
+        return print_json(&key);
+    }
+    print(&format!("Revoked {key_id} ({}): the gateway refuses it from now on\n", text(&key["hint"])))
+}
+
+/// `keytrail keys scopes KEY_ID --scope …`: replaces the key's scopes.
+pub async fn keys_scopes(target: &Target, key_id: &str, scopes_given: Vec<String>) -> anyhow::Result<()> {
+    let client = AdminClient::from_env(&target.admin_url)?;
+    let key_id = segment("the key id", key_id)?;
+    let key = client.send_json(Method::PUT, &format!("/v1/keys/{}/scopes", encode(key_id)), &json!({"scopes": scopes_given})).await?;
+    if target.json {
+        return print_json(&key);
+    }
+    print(&format!("Scopes of {key_id} ({}) are now: {}\n", text(&key["hint"]), scopes(&key["scopes"])))
+}
+
+// ---------- audit ----------
+
+/// The filters `keytrail audit …` passes on to the audit API (which checks
+/// them and says what is wrong with one).
+#[derive(Debug, Default, Clone)]
+pub struct AuditFilters {
+    /// By id or name.
+    pub consumer: Option<String>,
+    pub api: Option<String>,
+    pub method: Option<String>,
+    pub path: Option<String>,
+    pub status_min: Option<u16>,
+    pub status_max: Option<u16>,
+    pub event_type: Option<String>,
+    pub category: Option<String>,
+    pub hours: Option<u32>,
+    pub days: Option<u32>,
+    pub from: Option<String>,
+    pub to: Option<String>,
+}
+
+impl AuditFilters {
+    async fn params(&self, client: &AdminClient, tenant: &str) -> anyhow::Result<Vec<(&'static str, String)>> {
+        let mut p = Vec::new();
+        if let Some(c) = &self.consumer {
+            p.push(("consumer_id", consumer_id(client, tenant, c).await?));
+        }
+        let texts = [
+            ("api_id", &self.api),
+            ("method", &self.method),
+            ("path", &self.path),
+            ("event_type", &self.event_type),
+            ("category", &self.category),
+            ("from", &self.from),
+            ("to", &self.to),
+        ];
+        p.extend(texts.into_iter().filter_map(|(name, v)| v.clone().map(|v| (name, v))));
+        let numbers = [
+            ("status_min", self.status_min.map(u32::from)),
+            ("status_max", self.status_max.map(u32::from)),
+            ("hours", self.hours),
+            ("days", self.days),
+        ];
+        p.extend(numbers.into_iter().filter_map(|(name, v)| v.map(|v| (name, v.to_string()))));
+        Ok(p)
+    }
+}
+
+/// Which list `keytrail audit` reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditList {
+    /// `GET /v1/audit/{tenant}`: calls through the gateway.
+    Calls,
+    /// `GET /v1/audit/{tenant}/security`.
+    Security,
+}
+
+/// `keytrail audit list|security`: one page, newest first, and the
+/// `--cursor` of the next.
+pub async fn audit_list(target: &Target, which: AuditList, filters: &AuditFilters, limit: u32, cursor: Option<&str>) -> anyhow::Result<()> {
+    let client = AdminClient::from_env(&target.admin_url)?;
+    let tenant = resolve_tenant(&client, target.tenant.as_deref()).await?;
+    let mut params = filters.params(&client, &tenant).await?;
+    params.push(("limit", limit.to_string()));
+    if let Some(c) = cursor {
+        params.push(("cursor", c.to_string()));
+    }
+    let (path, field) = match which {
+        AuditList::Calls => (format!("/v1/audit/{}", encode(&tenant)), "logs"),
+        AuditList::Security => (format!("/v1/audit/{}/security", encode(&tenant)), "events"),
+    };
+    let page = client.get(&with_query(&path, &params)).await?;
+    if target.json {
+        return print_json(&page);
+    }
+    let events = page[field].as_array().map(Vec::as_slice).unwrap_or_default();
+    let out = match which {
+        AuditList::Calls => {
+            let rows: Vec<Vec<String>> = events
+                .iter()
+                .map(|e| {
+                    vec![
+                        text(&e["timestamp"]),
+                        text(&e["status_code"]),
+                        text(&e["method"]),
+                        text(&e["path"]),
+                        text(&e["consumer_id"]),
+                        text(&e["key_hint"]),
+                        text(&e["client_ip"]),
+                        e["latency_ms"].as_f64().map_or_else(|| "-".to_string(), |ms| format!("{ms:.1}")),
+                        text(&e["error_code"]),
+                    ]
+                })
+                .collect();
+            // The status and the milliseconds right-aligned, as numbers.
+            aligned_table(&["time", "status", "method", "path", "consumer", "key", "client ip", "ms", "error"], &rows, |c| c == 1 || c == 7)
+        }
+        AuditList::Security => {
+            let rows: Vec<Vec<String>> = events
+                .iter()
+                .map(|e| vec![text(&e["timestamp"]), text(&e["event_type"]), text(&e["outcome"]), text(&e["actor"]), text(&e["target"]), text(&e["client_ip"])])
+                .collect();
+            aligned_table(&["time", "event", "outcome", "actor", "target", "client ip"], &rows, |_| false)
+        }
+    };
+    print(&out)?;
+    if let Some(next) = page["next_cursor"].as_str() {
+        print(&format!("more: add --cursor {next}\n"))?;
+    }
+    Ok(())
+}
+
+/// `keytrail audit export --format csv|json`: streamed to `output` (written
+/// beside it first and renamed once whole, so a cut export never stands as
+/// a whole one) or to standard output.
+pub async fn audit_export(target: &Target, format: &str, filters: &AuditFilters, output: Option<&Path>) -> anyhow::Result<()> {
+    if !matches!(format, "csv" | "json") {
+        bail!("--format `{format}`: give csv or json");
+    }
+    let client = AdminClient::from_env(&target.admin_url)?;
+    let tenant = resolve_tenant(&client, target.tenant.as_deref()).await?;
+    let params = filters.params(&client, &tenant).await?;
+    let path = with_query(&format!("/v1/audit/{}/export/{format}", encode(&tenant)), &params);
+    let Some(output) = output else {
+        let mut out = std::io::stdout().lock();
+        client.download(&path, &mut out).await?;
+        return Ok(());
+    };
+    let name = output.file_name().with_context(|| format!("--output {}: not a file name", output.display()))?;
+    let mut partial_name = name.to_os_string();
+    partial_name.push(".partial");
+    let partial = output.with_file_name(partial_name);
+    let mut file = std::fs::File::create(&partial).with_context(|| format!("--output: cannot create {}", partial.display()))?;
+    let written = match client.download(&path, &mut file).await {
+        Ok(n) => n,
+        Err(e) => {
+            let _ = std::fs::remove_file(&partial);
+            return Err(e);
+        }
+    };
+    file.sync_all().with_context(|| format!("writing {}", partial.display()))?;
+    std::fs::rename(&partial, output).with_context(|| format!("cannot rename {} to {}", partial.display(), output.display()))?;
+    // The summary goes to stderr: stdout may be the export's neighbour in a pipe.
+    eprintln!("wrote {written} bytes of tenant {tenant}'s {format} export to {}", output.display());
+    Ok(())
+}

@@ -1,0 +1,200 @@
+//! `keytrail keys list|create|rotate|revoke|scopes` and `keytrail audit
+//! list|security|export`, run as the real binary against a real server:
+//! what they change is what the gateway then does, what they print is what
+//! the API answered, and no key is printed but the new one, once.
+
+use serde_json::{json, Value};
+
+use crate::util::{run_cli, start_upstream, TestServer, ADMIN_TOKEN};
+
+const TOKEN: [(&str, &str); 1] = [("KEYTRAIL_TOKEN", ADMIN_TOKEN)];
+
+/// The one line of `keys create`/`rotate` output that is a key.
+fn printed_key(out: &str) -> String {
+    let keys: Vec<&str> = out.lines().filter(|l| l.starts_with("kt_live_") || l.starts_with("kt_test_")).collect();
+    assert_eq!(keys.len(), 1, "one key line in: {out}");
+    keys[0].to_string()
+}
+
+async fn status_with(ts: &TestServer, key: &str) -> u16 {
+    ts.client.get(format!("{}/docs/a", ts.gateway)).header("X-API-Key", key).send().await.unwrap().status().as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_managed_from_the_command_line() {
+    let ts = TestServer::start().await;
+    let admin = ts.admin_client();
+    let up = format!("http://{}", start_upstream().await);
+    let (consumer, _, first) = admin.setup("acme", "/docs", &up).await;
+    let url = ts.admin.as_str();
+    let cli = |extra: &[&str]| {
+        let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        args.extend(["--admin-url".to_string(), url.to_string(), "--tenant".to_string(), "acme".to_string()]);
+        args
+    };
+    let run = |args: Vec<String>| async move {
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_cli(&refs, &TOKEN).await
+    };
+    let mut printed = Vec::new();
+
+    // create, naming the consumer by its name: the key works at the gateway.
+    let (ok, out, err) = run(cli(&["keys", "create", "--consumer", "acme-client", "--scope", "docs:read", "--scope", "docs:write"])).await;
+    assert!(ok, "{err}");
+    let created = printed_key(&out);
+    assert!(out.contains("docs:read,docs:write"), "{out}");
+    printed.push(out.clone());
+    assert_eq!(status_with(&ts, &created).await, 200);
+    let keys = admin.get(&format!("/v1/tenants/acme/consumers/{consumer}/keys")).await.body;
+    let created_id = keys["keys"].as_array().unwrap().iter().find(|k| k["scopes"] == json!(["docs:read", "docs:write"])).unwrap()["key_id"].as_str().unwrap().to_string();
+    assert!(out.contains(&created_id), "{out}");
+
+    // list: every key by hint, never a key itself; --json is the API's answer.
+    let (ok, out, err) = run(cli(&["keys", "list", "--consumer", &consumer])).await;
+    assert!(ok, "{err}");
+    assert!(out.contains(&created_id) && out.contains("active"), "{out}");
+    assert!(!out.contains(&created) && !out.contains(&first), "{out}");
+    printed.push(out);
+    let (ok, out, err) = run(cli(&["keys", "list", "--consumer", "acme-client", "--json"])).await;
+    assert!(ok, "{err}");
+    let listed: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(listed, admin.get(&format!("/v1/tenants/acme/consumers/{consumer}/keys")).await.body);
+    printed.push(out);
+
+    // scopes: replaced, applied at once.
+    let (ok, out, err) = run(cli(&["keys", "scopes", &created_id, "--scope", "docs:admin"])).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("docs:admin"), "{out}");
+    let keys = admin.get(&format!("/v1/tenants/acme/consumers/{consumer}/keys")).await.body;
+    assert!(keys["keys"].as_array().unwrap().iter().any(|k| k["key_id"] == created_id.as_str() && k["scopes"] == json!(["docs:admin"])), "{keys}");
+    printed.push(out);
+
+    // rotate: the new key works, the old one keeps working in its grace.
+    let (ok, out, err) = run(cli(&["keys", "rotate", &created_id, "--grace-secs", "120"])).await;
+    assert!(ok, "{err}");
+    let rotated = printed_key(&out);
+    assert_ne!(rotated, created);
+    assert_eq!(status_with(&ts, &rotated).await, 200);
+    assert_eq!(status_with(&ts, &created).await, 200);
+    printed.push(out);
+    // a rotating key cannot rotate again: the server's reason, exit 1.
+    let (ok, out, err) = run(cli(&["keys", "rotate", &created_id])).await;
+    assert!(!ok && err.contains("409") && err.contains("rotate its replacement"), "{err}");
+    printed.push(out + &err);
+
+    // revoke: refused by the gateway from then on.
+    let (ok, out, err) = run(cli(&["keys", "revoke", &created_id])).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("Revoked"), "{out}");
+    assert_eq!(status_with(&ts, &created).await, 401);
+    printed.push(out);
+
+    // Bad input: each refused with a message saying what is wrong.
+    let (ok, _, err) = run(cli(&["keys", "create", "--consumer", "nobody"])).await;
+    assert!(!ok && err.contains("no consumer named `nobody`"), "{err}");
+    let (ok, _, err) = run(cli(&["keys", "create", "--consumer", "acme-client", "--expires-at", "tomorrow"])).await;
+    assert!(!ok && err.contains("400") && err.contains("expires_at"), "{err}");
+    let (ok, _, err) = run(cli(&["keys", "create", "--consumer", "acme-client", "--environment", "prod"])).await;
+    assert!(!ok && err.contains("400") && err.contains("environment"), "{err}");
+    let (ok, _, err) = run(cli(&["keys", "revoke", "key_unknown"])).await;
+    assert!(!ok && err.contains("404"), "{err}");
+    let (ok, _, err) = run(cli(&["keys", "revoke", "../v1/tenants"])).await;
+    assert!(!ok && err.contains("is not an id"), "{err}");
+    let (ok, _, err) = run_cli(&["keys", "list", "--consumer", "acme-client", "--admin-url", url, "--tenant", "acme"], &[("KEYTRAIL_TOKEN", "wrong-token-0123456789")]).await;
+    assert!(!ok && err.contains("401") && err.contains("KEYTRAIL_TOKEN") && !err.contains("wrong-token-0123456789"), "{err}");
+    // Two consumers of one name: the name is not enough.
+    assert_eq!(admin.post("/v1/tenants/acme/consumers", json!({"name": "twin"})).await.status, 201);
+    let second = admin.post("/v1/tenants/acme/consumers", json!({"name": "twin"})).await;
+    if second.status == 201 {
+        let (ok, _, err) = run(cli(&["keys", "list", "--consumer", "twin"])).await;
+        assert!(!ok && err.contains("2 consumers") && err.contains(second.body["id"].as_str().unwrap()), "{err}");
+    } else {
+        assert_eq!(second.status, 409, "{}", second.text);
+    }
+
+    // Only create and rotate printed a key, and only the one they made.
+    for (i, out) in printed.iter().enumerate() {
+        assert!(!out.contains(&first), "output {i} holds another key: {out}");
+        let holds = [&created, &rotated].iter().filter(|k| out.contains(k.as_str())).count();
+        assert!(holds <= 1 && (holds == 0 || i == 0 || i == 4), "output {i}: {out}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_trail_is_read_and_exported_from_the_command_line() {
+    let ts = TestServer::start().await;
+    let admin = ts.admin_client();
+    let up = format!("http://{}", start_upstream().await);
+    let (consumer, key_id, key) = admin.setup("acme", "/docs", &up).await;
+    for _ in 0..5 {
+        assert_eq!(status_with(&ts, &key).await, 200);
+    }
+    let missing = ts.client.get(format!("{}/docs/a", ts.gateway)).send().await.unwrap();
+    assert_eq!(missing.status(), 401);
+    assert_eq!(admin.post(&format!("/v1/keys/{key_id}/revoke"), json!({})).await.status, 200);
+    ts.flush().await;
+    let url = ts.admin.as_str();
+    let base = ["--admin-url", url, "--tenant", "acme"];
+    let with = |args: &[&'static str]| -> Vec<&str> { args.iter().copied().chain(base).collect() };
+
+    // list: the calls, newest first, one page with the cursor of the next.
+    let (ok, out, err) = run_cli(&with(&["audit", "list", "--limit", "3"]), &TOKEN).await;
+    assert!(ok, "{err}");
+    let rows: Vec<&str> = out.lines().skip(1).filter(|l| !l.starts_with("more:")).collect();
+    assert_eq!(rows.len(), 3, "{out}");
+    assert!(rows[0].contains("401") && rows[0].contains("missing_key"), "{out}");
+    let cursor = out.lines().find_map(|l| l.strip_prefix("more: add --cursor ")).expect("a next page").to_string();
+    let mut next = with(&["audit", "list", "--limit", "10", "--json"]);
+    next.extend(["--cursor", &cursor]);
+    let (ok, out, err) = run_cli(&next, &TOKEN).await;
+    assert!(ok, "{err}");
+    let page: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(page["logs"].as_array().unwrap().len(), 3, "6 calls, 3 on the first page: {out}");
+    // filters: by consumer name and status, as the API answers them.
+    let (ok, out, err) = run_cli(&with(&["audit", "list", "--consumer", "acme-client", "--status-min", "200", "--status-max", "299", "--json"]), &TOKEN).await;
+    assert!(ok, "{err}");
+    let page: Value = serde_json::from_str(&out).unwrap();
+    let logs = page["logs"].as_array().unwrap();
+    assert_eq!(logs.len(), 5, "{out}");
+    assert!(logs.iter().all(|l| l["consumer_id"] == consumer.as_str() && l["status_code"] == 200), "{out}");
+    // security: the revocation, by type.
+    let (ok, out, err) = run_cli(&with(&["audit", "security", "--event-type", "key_revoked"]), &TOKEN).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("key_revoked") && out.contains(&format!("key:{key_id}")), "{out}");
+    // a filter the server refuses: its message, exit 1.
+    let (ok, _, err) = run_cli(&with(&["audit", "list", "--hours", "0"]), &TOKEN).await;
+    assert!(!ok && err.contains("400") && err.contains("hours"), "{err}");
+    let (ok, _, err) = run_cli(&with(&["audit", "list", "--from", "yesterday"]), &TOKEN).await;
+    assert!(!ok && err.contains("from") && err.contains("RFC 3339"), "{err}");
+
+    // export: to standard output, the API's CSV byte for byte…
+    let (ok, out, err) = run_cli(&with(&["audit", "export"]), &TOKEN).await;
+    assert!(ok, "{err}");
+    let api_csv = ts.client.get(format!("{url}/v1/audit/acme/export/csv")).bearer_auth(ADMIN_TOKEN).send().await.unwrap().text().await.unwrap();
+    assert_eq!(out, api_csv);
+    assert_eq!(out.lines().count(), 1 + 6, "{out}");
+    // …and to a file, which `keytrail verify --file` checks.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("acme.json");
+    let mut args = with(&["audit", "export", "--format", "json", "--category", "all"]);
+    args.extend(["--output", file.to_str().unwrap()]);
+    let (ok, _, err) = run_cli(&args, &TOKEN).await;
+    assert!(ok && err.contains("wrote"), "{err}");
+    let public = keytrail::signing::public_key_text(&keytrail::signing::Signer::load_or_create(&ts.data_dir.join("signing.key")).unwrap().public_key());
+    let (ok, out, err) = run_cli(&["verify", "--file", file.to_str().unwrap(), "--public-key", &public], &[]).await;
+    assert!(ok, "{out}{err}");
+    // A refused export leaves no file behind, whole or partial.
+    let refused = dir.path().join("refused.csv");
+    let mut args = with(&["audit", "export", "--days", "0"]);
+    args.extend(["--output", refused.to_str().unwrap()]);
+    let (ok, _, err) = run_cli(&args, &TOKEN).await;
+    assert!(!ok && err.contains("400"), "{err}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "only acme.json");
+    // A format the command does not know is a usage error (exit 2).
+    let out_dir = tempfile::tempdir().unwrap();
+    let mut p = crate::util::Process::spawn(&with(&["audit", "export", "--format", "xml"]), &TOKEN, out_dir.path(), out_dir.path());
+    assert_eq!(p.child.wait().unwrap().code(), Some(2), "{}", p.stderr());
+
+    // No output held the key.
+    assert!(!api_csv.contains(&key) && !std::fs::read_to_string(&file).unwrap().contains(&key));
+}
