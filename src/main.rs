@@ -96,6 +96,11 @@ enum Command {
         /// Print the reports as JSON.
         #[arg(long)]
         json: bool,
+        /// The longest wait, in seconds, for a retention run, an erasure or
+        /// a restore (in a server or another process) to finish with the
+        /// audit trail first.
+        #[arg(long, default_value_t = 10)]
+        wait_secs: u64,
     },
     /// The audit trail's archives (written by the retention task): check
     /// them, or bring an archived day back for querying.
@@ -321,6 +326,11 @@ enum ArchiveCommand {
         /// Print the reports as JSON.
         #[arg(long)]
         json: bool,
+        /// The longest wait, in seconds, for a retention run, an erasure or
+        /// a restore (in a server or another process) to finish with the
+        /// audit trail first.
+        #[arg(long, default_value_t = 10)]
+        wait_secs: u64,
     },
     /// Bring a tenant's archived day back, after checking it whole, into
     /// <data-dir>/audit/restored/, where the audit API and `keytrail
@@ -342,6 +352,11 @@ enum ArchiveCommand {
     Cat {
         #[command(flatten)]
         day: ArchivedDay,
+        /// The longest wait, in seconds, for a retention run, an erasure or
+        /// a restore (in a server or another process) to finish with the
+        /// audit trail first.
+        #[arg(long, default_value_t = 10)]
+        wait_secs: u64,
     },
 }
 
@@ -466,8 +481,24 @@ fn verify_file(file: &std::path::Path, tenant: Option<&str>, public_key: Option<
     Ok(report.ok)
 }
 
+/// Holds the audit directory `audit` (when there is one) against a
+/// server's retention and erasures and `keytrail archive restore` while a
+/// command reads it, after waiting up to `wait_secs` for them; other
+/// readers hold it at the same time. `nothing` says what was not done when
+/// the wait runs out.
+fn read_lock(audit: &std::path::Path, wait_secs: u64, nothing: &str) -> anyhow::Result<Option<keytrail::store::audit::erasure::ReadGuard>> {
+    use keytrail::store::audit::erasure;
+    if !audit.is_dir() {
+        return Ok(None);
+    }
+    match erasure::read_lock(audit, std::time::Duration::from_secs(wait_secs))? {
+        Some(held) => Ok(Some(held)),
+        None => anyhow::bail!("{nothing}: {} (waited {wait_secs} s; a longer --wait-secs waits longer)", erasure::busy_message(audit)),
+    }
+}
+
 /// `keytrail verify`: true when everything verified.
-fn verify(data_dir: &std::path::Path, tenant: Option<&str>, public_key: Option<&str>, from: Option<&str>, json: bool) -> anyhow::Result<bool> {
+fn verify(data_dir: &std::path::Path, tenant: Option<&str>, public_key: Option<&str>, from: Option<&str>, json: bool, wait_secs: u64) -> anyhow::Result<bool> {
     let from_ms = from.map(|text| keytrail::event::parse_time_or_day(text).map_err(|e| anyhow::anyhow!("--from: {e}"))).transpose()?;
     let key = match public_key {
         Some(text) => keytrail::signing::parse_public_key(text).map_err(|e| anyhow::anyhow!("--public-key: {e}"))?,
@@ -475,6 +506,7 @@ fn verify(data_dir: &std::path::Path, tenant: Option<&str>, public_key: Option<&
     };
     let audit = data_dir.join("audit");
     anyhow::ensure!(audit.is_dir(), "{} has no audit trail", data_dir.display());
+    let _reading = read_lock(&audit, wait_secs, "nothing was checked")?;
     let reports = keytrail::store::audit::integrity::verify_dir_from(&audit, tenant, &key, from_ms)?;
     if json {
         outln!("{}", serde_json::to_string_pretty(&reports)?);
@@ -518,7 +550,7 @@ fn check_tenant(tenant: &str) -> anyhow::Result<()> {
 }
 
 /// `keytrail archive verify`: true when every archive verified.
-fn archive_verify(data_dir: &std::path::Path, archive_dir: Option<PathBuf>, tenant: Option<&str>, public_key: Option<&str>, json: bool) -> anyhow::Result<bool> {
+fn archive_verify(data_dir: &std::path::Path, archive_dir: Option<PathBuf>, tenant: Option<&str>, public_key: Option<&str>, json: bool, wait_secs: u64) -> anyhow::Result<bool> {
     tenant.map(check_tenant).transpose()?;
     let key = verifying_key(data_dir, public_key)?;
     // An `--archive-dir` given is checked as given: a mistyped one would
@@ -530,6 +562,10 @@ fn archive_verify(data_dir: &std::path::Path, archive_dir: Option<PathBuf>, tena
     let audit = data_dir.join("audit");
     let audit = audit.is_dir().then_some(audit);
     anyhow::ensure!(archive_dir.is_dir() || audit.is_some(), "{} is not an archive directory", archive_dir.display());
+    let _reading = match &audit {
+        Some(audit) => read_lock(audit, wait_secs, "nothing was checked")?,
+        None => None,
+    };
     let reports = keytrail::store::audit::archive::verify_archives(&archive_dir, audit.as_deref(), tenant, &key)?;
     if json {
         outln!("{}", serde_json::to_string_pretty(&reports)?);
@@ -557,10 +593,11 @@ fn archive_verify(data_dir: &std::path::Path, archive_dir: Option<PathBuf>, tena
 }
 
 /// `keytrail archive cat`.
-fn archive_cat(a: ArchivedDay) -> anyhow::Result<()> {
+fn archive_cat(a: ArchivedDay, wait_secs: u64) -> anyhow::Result<()> {
     check_tenant(&a.tenant)?;
     let key = verifying_key(&a.data_dir, a.public_key.as_deref())?;
     let archive_dir = a.archive_dir.unwrap_or_else(|| a.data_dir.join("archive"));
+    let _reading = read_lock(&a.data_dir.join("audit"), wait_secs, "nothing was printed")?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     keytrail::store::audit::archive::cat(&archive_dir, &a.tenant, &a.day, &key, &mut out).map_err(|e| anyhow::anyhow!(e))?;
@@ -752,20 +789,20 @@ fn main() -> ExitCode {
                 Err(e) => Err(e),
             },
             Command::Verify { file: Some(_), from: Some(_), .. } => Err(anyhow::anyhow!("--from applies to a data directory, not to --file")),
-            Command::Verify { data_dir, tenant, public_key, json, file: None, from } => match verify(&data_dir, tenant.as_deref(), public_key.as_deref(), from.as_deref(), json) {
+            Command::Verify { data_dir, tenant, public_key, json, file: None, from, wait_secs } => match verify(&data_dir, tenant.as_deref(), public_key.as_deref(), from.as_deref(), json, wait_secs) {
                 Ok(true) => Ok(()),
                 Ok(false) => Err(anyhow::anyhow!("the audit trail did not verify (see above)")),
                 Err(e) => Err(e),
             },
-            Command::Archive { command: ArchiveCommand::Verify { data_dir, archive_dir, tenant, public_key, json } } => {
-                match archive_verify(&data_dir, archive_dir, tenant.as_deref(), public_key.as_deref(), json) {
+            Command::Archive { command: ArchiveCommand::Verify { data_dir, archive_dir, tenant, public_key, json, wait_secs } } => {
+                match archive_verify(&data_dir, archive_dir, tenant.as_deref(), public_key.as_deref(), json, wait_secs) {
                     Ok(true) => Ok(()),
                     Ok(false) => Err(anyhow::anyhow!("the archives did not verify (see above)")),
                     Err(e) => Err(e),
                 }
             }
             Command::Archive { command: ArchiveCommand::Restore { day, wait_secs } } => archive_restore(day, wait_secs),
-            Command::Archive { command: ArchiveCommand::Cat { day } } => archive_cat(day),
+            Command::Archive { command: ArchiveCommand::Cat { day, wait_secs } } => archive_cat(day, wait_secs),
             Command::Keys { command: KeysCommand::Public { data_dir } } => (|| {
                 let signer = existing_signer(&data_dir)?;
                 outln!("{}", keytrail::signing::public_key_text(&signer.public_key()));

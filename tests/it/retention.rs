@@ -756,6 +756,78 @@ fn a_restore_and_a_servers_maintenance_exclude_each_other_across_processes() {
     t.assert_verifies();
 }
 
+/// `keytrail verify`, `archive verify` and `archive cat` only read the
+/// audit directory, but a server's erasure or retention (or a restore)
+/// rewrites it: they wait for the maintenance lock, so they never read a
+/// half-rewritten archive or a day file being dropped, and say what holds
+/// it when their wait runs out. Readers hold it together: one reading does
+/// not hold up another, but keeps an erasure out.
+#[test]
+fn read_only_commands_wait_for_maintenance_and_share_the_lock_with_each_other() {
+    use keytrail::store::audit::erasure;
+    let mut t = trail(5, false);
+    t.run(&RetentionPolicy::uniform(settings(1, 30)), at(4, 0));
+    let data = t.dir.path().to_str().unwrap().to_string();
+    let out = tempfile::tempdir().unwrap();
+    let commands: Vec<Vec<String>> = vec![
+        vec!["verify".into(), "--data-dir".into(), data.clone()],
+        vec!["archive".into(), "verify".into(), "--data-dir".into(), data.clone()],
+        vec!["archive".into(), "cat".into(), "--data-dir".into(), data.clone(), "--tenant".into(), "acme".into(), "--day".into(), name(0)],
+    ];
+    let wait_exit = |p: &mut Process, secs: f64| -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs_f64(secs);
+        while std::time::Instant::now() < deadline {
+            if let Some(status) = p.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        None
+    };
+
+    // An erasure holds the directory: each command waits for it...
+    let held = erasure::maintenance_lock(&t.audit, "an erasure in tenant `acme` (keytrail serve)").unwrap();
+    let mut waiting: Vec<Process> = commands
+        .iter()
+        .map(|args| Process::spawn(&args.iter().map(String::as_str).collect::<Vec<_>>(), &[], out.path(), out.path()))
+        .collect();
+    for (p, args) in waiting.iter_mut().zip(&commands) {
+        let early = wait_exit(p, 1.5);
+        assert!(early.is_none(), "`{}` read the audit trail during an erasure ({early:?}): {}{}", args.join(" "), p.stdout(), p.stderr());
+    }
+    // ...and reads once it is over.
+    drop(held);
+    for (p, args) in waiting.iter_mut().zip(&commands) {
+        let status = wait_exit(p, 30.0).expect("the command ends");
+        assert!(status.success(), "`{}`: {}{}", args.join(" "), p.stdout(), p.stderr());
+        assert!(!p.stdout().is_empty(), "`{}` printed nothing", args.join(" "));
+    }
+    // Past its wait a command gives up, saying what holds the directory.
+    let held = erasure::maintenance_lock(&t.audit, "an erasure in tenant `acme` (keytrail serve)").unwrap();
+    for args in &commands {
+        let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+        args.extend(["--wait-secs", "0"]);
+        let (ok, text) = run(&args, out.path());
+        assert!(!ok, "`{}` passed while the audit trail was being changed: {text}", args.join(" "));
+        assert!(text.contains("is being changed by an erasure in tenant `acme` (keytrail serve) (process "), "{text}");
+        assert!(text.contains("--wait-secs"), "{text}");
+    }
+    drop(held);
+
+    // A reader holds the directory against an erasure or retention, but not
+    // against another reader.
+    let reading = erasure::read_lock(&t.audit, std::time::Duration::ZERO).unwrap().expect("nothing else holds it");
+    assert!(erasure::try_maintenance_lock(&t.audit, "an erasure").unwrap().is_none(), "an erasure started while a verify read");
+    for args in &commands {
+        let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+        args.extend(["--wait-secs", "0"]);
+        let (ok, text) = run(&args, out.path());
+        assert!(ok, "`{}` was held up by another reader: {text}", args.join(" "));
+    }
+    drop(reading);
+    assert!(erasure::try_maintenance_lock(&t.audit, "an erasure").unwrap().is_some(), "let go by the reader");
+}
+
 // --- helpers ---
 
 async fn wait_until(mut f: impl FnMut() -> bool) {

@@ -140,16 +140,24 @@ fn holder_text(what: &str) -> String {
     format!("{what} (process {}, since {})", std::process::id(), crate::event::format_timestamp(crate::event::now_ms()))
 }
 
-/// Takes the lock of `dir`'s [`MAINTENANCE_LOCK_FILE`] for the holder of
-/// the directory in this process; `None` while another process holds it.
-fn lock_file(dir: &Path, holder: &str) -> Result<Option<std::fs::File>, StoreError> {
-    use std::io::Write;
+/// `dir`'s [`MAINTENANCE_LOCK_FILE`], created (readable by its owner only)
+/// when it is not there yet.
+fn open_lock_file(dir: &Path) -> Result<std::fs::File, StoreError> {
     let path = dir.join(MAINTENANCE_LOCK_FILE);
     let mut options = std::fs::OpenOptions::new();
     options.create(true).truncate(false).read(true).write(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let file = options.open(&path).map_err(|e| StoreError::Io(std::io::Error::new(e.kind(), format!("cannot open {}: {e}", path.display()))))?;
+    options.open(&path).map_err(|e| StoreError::Io(std::io::Error::new(e.kind(), format!("cannot open {}: {e}", path.display()))))
+}
+
+/// Takes the lock of `dir`'s [`MAINTENANCE_LOCK_FILE`] for the holder of
+/// the directory in this process; `None` while another process holds it
+/// (or commands read the directory: [`read_lock`]).
+fn lock_file(dir: &Path, holder: &str) -> Result<Option<std::fs::File>, StoreError> {
+    use std::io::Write;
+    let path = dir.join(MAINTENANCE_LOCK_FILE);
+    let file = open_lock_file(dir)?;
     match file.try_lock() {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
@@ -209,6 +217,51 @@ pub fn try_maintenance_lock(dir: &Path, what: &str) -> Result<Option<Maintenance
     acquire(dir, what, false)
 }
 
+/// Held by a command that only reads an audit directory's day files and
+/// archives (`keytrail verify`, `keytrail archive verify`, `keytrail
+/// archive cat`), so that it never reads an archive an erasure is halfway
+/// through rewriting or a day file retention is dropping: a shared lock on
+/// its [`MAINTENANCE_LOCK_FILE`]. Any number of readers hold it at once;
+/// retention, an erasure or a restore (which take it exclusively) wait
+/// for them, and they for those.
+pub struct ReadGuard {
+    _file: Option<std::fs::File>,
+}
+
+/// Takes a [`ReadGuard`] on the audit directory `dir`, trying again every
+/// 50 ms for up to `wait` while retention, an erasure or a restore holds
+/// it; `None` when one still does then ([`busy_message`] says which). A
+/// directory whose lock file is not there and cannot be created (a
+/// read-only copy) is read without one: nothing can be changing it.
+pub fn read_lock(dir: &Path, wait: std::time::Duration) -> Result<Option<ReadGuard>, StoreError> {
+    let file = match open_lock_file(dir) {
+        Ok(file) => file,
+        Err(StoreError::Io(e)) if matches!(e.kind(), std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem) => {
+            match std::fs::File::open(dir.join(MAINTENANCE_LOCK_FILE)) {
+                Ok(file) => file,
+                Err(missing) if missing.kind() == std::io::ErrorKind::NotFound => return Ok(Some(ReadGuard { _file: None })),
+                Err(_) => return Err(StoreError::Io(e)),
+            }
+        }
+        Err(error) => return Err(error),
+    };
+    // A wait too long to add to the clock is a wait without end.
+    let deadline = std::time::Instant::now().checked_add(wait);
+    loop {
+        match file.try_lock_shared() {
+            Ok(()) => return Ok(Some(ReadGuard { _file: Some(file) })),
+            Err(std::fs::TryLockError::WouldBlock) if deadline.is_none_or(|d| std::time::Instant::now() < d) => {
+                std::thread::sleep(std::time::Duration::from_millis(50))
+            }
+            Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => {
+                let path = dir.join(MAINTENANCE_LOCK_FILE);
+                return Err(StoreError::Io(std::io::Error::new(e.kind(), format!("cannot lock {}: {e}", path.display()))));
+            }
+        }
+    }
+}
+
 /// What holds the audit directory `dir` (as its holder described itself),
 /// for a message to someone who found it held.
 pub fn maintenance_holder(dir: &Path) -> String {
@@ -217,7 +270,8 @@ pub fn maintenance_holder(dir: &Path) -> String {
     }
     match std::fs::read_to_string(dir.join(MAINTENANCE_LOCK_FILE)) {
         Ok(text) if !text.trim().is_empty() => text.trim().to_string(),
-        _ => "another keytrail process".to_string(),
+        // Readers ([`read_lock`]) leave the file empty.
+        _ => "another keytrail process (perhaps a `keytrail verify` or `keytrail archive` command reading it)".to_string(),
     }
 }
 
