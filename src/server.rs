@@ -62,17 +62,32 @@ struct Retention {
     zstd_level: i32,
 }
 
+/// How soon retention tries again when another process (a `keytrail
+/// archive restore`, a verify, another server's erasure) held the audit
+/// directory past [`crate::store::audit::retention::RETENTION_WAIT`],
+/// rather than at the next interval.
+const RETENTION_RETRY: Duration = Duration::from_secs(30);
+
 impl Retention {
-    async fn run(&self) {
+    /// One run; `false` when the audit directory was held by another
+    /// process throughout the wait, so nothing was done and the run is
+    /// worth trying again soon.
+    async fn run(&self) -> bool {
         let policy = match self.control.retention_policy() {
             Ok(policy) => RetentionPolicy { zstd_level: self.zstd_level, ..policy },
-            Err(error) => return tracing::error!(%error, "retention: cannot read the retention settings"),
+            Err(error) => {
+                tracing::error!(%error, "retention: cannot read the retention settings");
+                return true;
+            }
         };
         let (audit_dir, archive_dir, signer) = (self.audit_dir.clone(), self.archive_dir.clone(), self.signer.clone());
         let now = crate::event::now_ms();
         let done = tokio::task::spawn_blocking(move || crate::store::audit::retention::run(&audit_dir, &archive_dir, &policy, now, &signer)).await;
         match done {
             Ok(Ok(report)) => {
+                if let Some(waited) = &report.waited {
+                    tracing::info!(waited_ms = waited.ms, holder = %waited.holder, "retention waited for the audit directory");
+                }
                 for event in report.events(now) {
                     self.audit.record(event);
                 }
@@ -83,9 +98,14 @@ impl Retention {
                     tracing::info!(summary = %report.summary(), "retention ran");
                 }
             }
+            Ok(Err(crate::store::StoreError::Busy(why))) => {
+                tracing::warn!(%why, "retention did not run; it tries again in {} s", RETENTION_RETRY.as_secs());
+                return false;
+            }
             Ok(Err(error)) => tracing::error!(%error, "retention failed; it runs again at the next interval"),
             Err(error) => tracing::error!(%error, "retention task failed"),
         }
+        true
     }
 }
 
@@ -419,7 +439,17 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = tick.tick() => retention.run().await,
+                _ = tick.tick() => {
+                    // Kept out by another process: again soon, not an
+                    // interval later (a long restore could keep it out of
+                    // run after run).
+                    while !retention.run().await {
+                        tokio::select! {
+                            _ = tokio::time::sleep(RETENTION_RETRY) => {}
+                            _ = retention_shutdown.changed() => return,
+                        }
+                    }
+                }
                 _ = retention_shutdown.changed() => break,
             }
         }

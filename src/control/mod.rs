@@ -213,7 +213,7 @@ pub struct LoggingView {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Conflict(message) => ApiError::new(ErrorCode::Conflict, message),
+            StoreError::Conflict(message) | StoreError::Busy(message) => ApiError::new(ErrorCode::Conflict, message),
             StoreError::NotFound(what) => ApiError::not_found(what),
             other => ApiError::internal(other),
         }

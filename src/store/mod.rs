@@ -21,6 +21,11 @@ use std::path::Path;
 pub enum StoreError {
     #[error("{0}")]
     Conflict(String),
+    /// The audit directory is held by another process's maintenance past
+    /// the wait ([`audit::erasure::maintenance_lock_within`]): worth
+    /// trying again soon.
+    #[error("{0}")]
+    Busy(String),
     #[error("{0} not found")]
     NotFound(String),
     #[error("store error: {0}")]

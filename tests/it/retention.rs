@@ -828,6 +828,52 @@ fn read_only_commands_wait_for_maintenance_and_share_the_lock_with_each_other() 
     assert!(erasure::try_maintenance_lock(&t.audit, "an erasure").unwrap().is_some(), "let go by the reader");
 }
 
+/// Retention finding the audit directory held by another process (here a
+/// `keytrail archive restore` of its own) waits for it, within a bound,
+/// instead of skipping its run, and its report says how long it waited and
+/// for what.
+#[test]
+fn retention_waits_for_a_restore_in_another_process_and_says_so() {
+    use keytrail::store::audit::erasure;
+    let mut t = trail(6, false);
+    t.run(&RetentionPolicy::uniform(settings(1, 30)), at(4, 0));
+    let data = t.dir.path().to_str().unwrap().to_string();
+    let out = tempfile::tempdir().unwrap();
+    let mut holding = Process::spawn(
+        &["archive", "restore", "--data-dir", &data, "--tenant", "acme", "--day", &name(0)],
+        &[("KEYTRAIL_FAILPOINT", "restore_hold:1500")],
+        out.path(),
+        out.path(),
+    );
+    let lock_file = t.audit.join(erasure::MAINTENANCE_LOCK_FILE);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !std::fs::read_to_string(&lock_file).unwrap_or_default().contains("archive restore") {
+        assert!(std::time::Instant::now() < deadline, "the restore did not take the lock: {}{}", holding.stdout(), holding.stderr());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let started = std::time::Instant::now();
+    let report = retention::run_waiting(&t.audit, &t.archive, &RetentionPolicy::uniform(settings(1, 30)), at(5, 0), &t.signer, std::time::Duration::from_secs(60))
+        .expect("retention waited for the restore instead of giving up");
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert_eq!(sorted(actions(&report)), sorted(vec![written("acme", 3, 73, 96), written("globex", 3, 73, 96), dropped("acme", 3, 73, 96), dropped("globex", 3, 73, 96)]));
+    let waited = report.waited.as_ref().expect("the report says it waited");
+    assert!(waited.holder.contains("`keytrail archive restore` of tenant `acme`'s"), "{waited:?}");
+    assert!(waited.ms >= 200 && u128::from(waited.ms) <= started.elapsed().as_millis(), "{waited:?} in {:?}", started.elapsed());
+    assert!(holding.child.wait().unwrap().success(), "{}{}", holding.stdout(), holding.stderr());
+    // Nothing in the way: no wait to report.
+    let report = retention::run_waiting(&t.audit, &t.archive, &RetentionPolicy::uniform(settings(1, 30)), at(5, 0), &t.signer, std::time::Duration::ZERO).unwrap();
+    assert!(report.waited.is_none(), "{:?}", report.waited);
+    // Past the bound, it gives up saying what holds the directory.
+    let held_elsewhere = std::fs::OpenOptions::new().read(true).write(true).open(&lock_file).unwrap();
+    held_elsewhere.try_lock().unwrap();
+    std::fs::write(&lock_file, "an erasure in tenant `acme` (keytrail serve) (process 1)").unwrap();
+    let refused = retention::run_waiting(&t.audit, &t.archive, &RetentionPolicy::uniform(settings(1, 30)), at(5, 0), &t.signer, std::time::Duration::from_millis(300))
+        .expect_err("retention ran while another process held the directory")
+        .to_string();
+    assert!(refused.contains("is being changed by an erasure in tenant `acme` (keytrail serve) (process 1)") && refused.contains("waited"), "{refused}");
+    drop(held_elsewhere);
+}
+
 // --- helpers ---
 
 async fn wait_until(mut f: impl FnMut() -> bool) {

@@ -210,6 +210,41 @@ pub fn maintenance_lock(dir: &Path, what: &str) -> Result<MaintenanceGuard, Stor
     }
 }
 
+/// How long [`maintenance_lock_within`] waited, and for what.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Waited {
+    pub ms: u64,
+    /// What held the directory when it first found it held.
+    pub holder: String,
+}
+
+/// [`maintenance_lock`], waiting for another process too: tries again
+/// every 50 ms for up to `wait` (a holder in this process is waited for
+/// as by [`maintenance_lock`]). With the guard, how long it waited and
+/// for what (`None`: it was free); past `wait`, [`StoreError::Busy`]
+/// saying what holds the directory.
+pub fn maintenance_lock_within(dir: &Path, what: &str, wait: std::time::Duration) -> Result<(MaintenanceGuard, Option<Waited>), StoreError> {
+    let started = std::time::Instant::now();
+    // A wait too long to add to the clock is a wait without end.
+    let deadline = started.checked_add(wait);
+    let mut held_by = maintenance_of(dir).holder.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    loop {
+        if let Some(guard) = acquire(dir, what, true)? {
+            let waited = held_by.map(|holder| Waited { ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX), holder });
+            return Ok((guard, waited));
+        }
+        let holder = held_by.get_or_insert_with(|| maintenance_holder(dir));
+        if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+            return Err(StoreError::Busy(format!(
+                "the audit trail in {} is being changed by {holder} (waited {:.1} s); try again when that has finished",
+                dir.display(),
+                started.elapsed().as_secs_f64()
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// [`maintenance_lock`] without waiting: `None` while retention, another
 /// erasure or a restore (in this process or another) holds the directory.
 /// The audit writer must not wait for it.

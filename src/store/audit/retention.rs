@@ -93,6 +93,10 @@ pub struct RetentionReport {
     pub actions: Vec<Action>,
     /// Tenants that could not be archived, day files that could not go.
     pub problems: Vec<String>,
+    /// How long it waited for an erasure or a restore (in this process or
+    /// another) to let the audit directory go, and for what; `None` when
+    /// the directory was free.
+    pub waited: Option<super::erasure::Waited>,
 }
 
 impl RetentionReport {
@@ -140,18 +144,39 @@ impl RetentionReport {
     }
 }
 
+/// How long [`run`] waits for an erasure, a restore or a reading command
+/// in another process to let the audit directory go.
+pub const RETENTION_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Applies `policy` to the audit directory `audit_dir` as of `now_ms`:
 /// archives into `archive_dir`, signing with `signer`, deletes expired
-/// archives and drops day files (see the module documentation).
+/// archives and drops day files (see the module documentation). Waits up
+/// to [`RETENTION_WAIT`] for the directory ([`run_waiting`]).
 pub fn run(audit_dir: &Path, archive_dir: &Path, policy: &RetentionPolicy, now_ms: i64, signer: &Signer) -> Result<RetentionReport, StoreError> {
+    run_waiting(audit_dir, archive_dir, policy, now_ms, signer, RETENTION_WAIT)
+}
+
+/// [`run`], waiting up to `wait` for an erasure, a restore or a reading
+/// command in another process to let the audit directory go (one in this
+/// process is waited for to the end); the report says how long it waited.
+/// Past `wait`, [`StoreError::Busy`] saying what holds the directory, and
+/// nothing is done.
+pub fn run_waiting(
+    audit_dir: &Path,
+    archive_dir: &Path,
+    policy: &RetentionPolicy,
+    now_ms: i64,
+    signer: &Signer,
+    wait: std::time::Duration,
+) -> Result<RetentionReport, StoreError> {
     std::fs::create_dir_all(audit_dir)?;
     // Not while an erasure rewrites the same days and archives.
-    let _held = super::erasure::maintenance_lock(audit_dir, "retention")?;
+    let (_held, waited) = super::erasure::maintenance_lock_within(audit_dir, "retention", wait)?;
     let meta = open(&audit_dir.join(META_FILE))?;
     meta.execute_batch(archive::SCHEMA)?;
     meta.execute_batch(super::integrity::CHECKPOINT_SCHEMA)?;
     let today = day_of(now_ms);
-    let mut report = RetentionReport::default();
+    let mut report = RetentionReport { waited, ..RetentionReport::default() };
     archive_runs(audit_dir, archive_dir, policy, today, now_ms, signer, &meta, &mut report)?;
     delete_expired(audit_dir, archive_dir, policy, today, now_ms, &meta, &mut report)?;
     drop_days(audit_dir, today, &mut report)?;
