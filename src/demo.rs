@@ -149,8 +149,12 @@ async fn run_with(config: Config, stop: impl std::future::Future<Output = ()>) -
         Bootstrap::Generated(path) => format!("export KEYTRAIL_TOKEN=$(cat {})", path.display()),
         _ => "export KEYTRAIL_TOKEN=<your KEYTRAIL_BOOTSTRAP_TOKEN>".to_string(),
     };
-    println!(
-        "keytrail demo is running
+    // Not `println!`: a closed stdout (`keytrail demo | head -1`) would
+    // panic the demo after it started serving.
+    let instead = format!("the demo serves on http://{gw} (admin API http://{admin}), but its key could not be shown");
+    server::announce(
+        &format!(
+            "keytrail demo is running
   gateway    http://{gw}   (api `echo` at /echo -> built-in echo upstream at http://{echo_addr})
   admin API  http://{admin}
   data       {data}
@@ -169,13 +173,16 @@ Read the audit trail:
   curl -s http://{admin}/v1/audit/demo/security -H \"Authorization: Bearer $KEYTRAIL_TOKEN\"
   curl -s http://{admin}/v1/audit/demo/export/csv -H \"Authorization: Bearer $KEYTRAIL_TOKEN\"
 
-Press Ctrl-C to stop.",
-        data = server.data_dir.display()
+Press Ctrl-C to stop.
+",
+            data = server.data_dir.display()
+        ),
+        &instead,
     );
     stop.await;
-    println!("stopping: finishing requests and committing the audit trail");
+    server::announce("stopping: finishing requests and committing the audit trail\n", "stopping");
     server.shutdown().await;
     echo_task.abort();
-    println!("stopped");
+    server::announce("stopped\n", "stopped");
     Ok(())
 }

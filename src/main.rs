@@ -666,7 +666,7 @@ async fn serve(
     keytrail::init_logging(&config.log_level);
     let server = server::start(config).await?;
     // Announced on stdout when someone reads it: a closed stdout (`| head
-    // -1`) must not stop a server that is serving (println! panics).
+    // -1`) must not stop a server that is serving (`server::announce`).
     let mut announce = String::new();
     announce.push_str(&format!("keytrail gateway listening on http://{}\n", server.gateway_addr));
     announce.push_str(&format!("keytrail admin API listening on http://{}\n", server.admin_addr));
@@ -677,11 +677,7 @@ async fn serve(
         Bootstrap::FromEnvironment => announce.push_str("first admin created with the token from KEYTRAIL_BOOTSTRAP_TOKEN\n"),
         Bootstrap::Existing => {}
     }
-    let mut stdout = std::io::stdout().lock();
-    if let Err(error) = std::io::Write::write_all(&mut stdout, announce.as_bytes()).and_then(|()| std::io::Write::flush(&mut stdout)) {
-        tracing::warn!("cannot print the start-up lines to stdout ({error}); serving on {} and {}", server.gateway_addr, server.admin_addr);
-    }
-    drop(stdout);
+    server::announce(&announce, &format!("serving on {} and {}", server.gateway_addr, server.admin_addr));
     shutdown_signal().await;
     tracing::info!("shutting down: finishing requests and committing the audit trail");
     server.shutdown().await;

@@ -109,6 +109,23 @@ impl Retention {
     }
 }
 
+/// Writes `lines` to stdout, for whoever reads it, and flushes: what
+/// `keytrail serve` and `keytrail demo` say as they start and stop. A
+/// stdout nobody reads any more (`keytrail demo | head -1`) must not stop
+/// a process that is serving, as `println!`'s panic would: the failure is
+/// logged once, as a warning with `instead` (never with `lines`, which may
+/// hold a key), and the caller goes on.
+pub fn announce(lines: &str, instead: &str) {
+    use std::io::Write;
+    static FAILED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let mut stdout = std::io::stdout().lock();
+    if let Err(error) = stdout.write_all(lines.as_bytes()).and_then(|()| stdout.flush()) {
+        if !FAILED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!("cannot print to stdout ({error}); {instead}");
+        }
+    }
+}
+
 /// A running keytrail: both listeners, the control plane and the audit pipeline.
 pub struct Server {
     pub gateway_addr: SocketAddr,

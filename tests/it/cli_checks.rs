@@ -216,3 +216,50 @@ async fn serve_goes_on_when_its_stdout_is_closed() {
     assert_eq!(answered, 200, "{stderr}");
     assert!(out.status.success() && !stderr.contains("panicked"), "{}: {stderr}", out.status);
 }
+
+/// `keytrail demo` whose output nobody reads (`keytrail demo | head -1`, a
+/// closed stdout) sets up and goes on serving, and stops cleanly on
+/// SIGTERM, as `serve` does: its own lines were printed with `println!`,
+/// which panicked the process ("failed printing to stdout").
+#[tokio::test]
+async fn demo_goes_on_when_its_stdout_is_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let admin = format!("127.0.0.1:{port}");
+    let mut child = std::process::Command::new(crate::util::binary())
+        .args(["demo", "--data-dir", dir.path().join("data").to_str().unwrap(), "--gateway-listen", "127.0.0.1:0", "--admin-listen", &admin])
+        .env("KEYTRAIL_BOOTSTRAP_TOKEN", ADMIN_TOKEN)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let client = crate::util::http();
+    // The demo's consumer is there once its setup is all but done, just
+    // before it prints the key and the lines to try.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let set_up = loop {
+        if let Ok(res) = client.get(format!("http://{admin}/v1/tenants/demo/consumers")).bearer_auth(ADMIN_TOKEN).send().await {
+            if res.status().is_success() && res.text().await.unwrap_or_default().contains("demo-client") {
+                break true;
+            }
+        }
+        if child.try_wait().unwrap().is_some() || Instant::now() > deadline {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Still serving after it printed (or failed to print) its lines.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let still_running = child.try_wait().unwrap().is_none();
+    let answered = match client.get(format!("http://{admin}/v1/tenants/demo/consumers")).bearer_auth(ADMIN_TOKEN).send().await {
+        Ok(res) => res.status().as_u16(),
+        Err(_) => 0,
+    };
+    let _ = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(set_up && still_running && answered == 200, "set up {set_up}, running {still_running}, answered {answered}: {}: {stderr}", out.status);
+    assert!(out.status.success() && !stderr.contains("panicked"), "{}: {stderr}", out.status);
+    assert!(!stderr.contains("kt_test_"), "the key is not written anywhere else: {stderr}");
+}
