@@ -500,10 +500,7 @@ fn read_lock(audit: &std::path::Path, wait_secs: u64, nothing: &str) -> anyhow::
 /// `keytrail verify`: true when everything verified.
 fn verify(data_dir: &std::path::Path, tenant: Option<&str>, public_key: Option<&str>, from: Option<&str>, json: bool, wait_secs: u64) -> anyhow::Result<bool> {
     let from_ms = from.map(|text| keytrail::event::parse_time_or_day(text).map_err(|e| anyhow::anyhow!("--from: {e}"))).transpose()?;
-    let key = match public_key {
-        Some(text) => keytrail::signing::parse_public_key(text).map_err(|e| anyhow::anyhow!("--public-key: {e}"))?,
-        None => existing_signer(data_dir)?.public_key(),
-    };
+    let key = verifying_key(data_dir, public_key)?;
     let audit = data_dir.join("audit");
     anyhow::ensure!(audit.is_dir(), "{} has no audit trail", data_dir.display());
     let _reading = read_lock(&audit, wait_secs, "nothing was checked")?;
@@ -534,7 +531,8 @@ fn verify(data_dir: &std::path::Path, tenant: Option<&str>, public_key: Option<&
     Ok(reports.iter().all(|r| r.ok))
 }
 
-/// The key to check signatures with: `--public-key`, or the data directory's.
+/// The key to check signatures with: `--public-key`, or the data
+/// directory's (`keytrail verify`, `keytrail archive verify/cat/restore`).
 fn verifying_key(data_dir: &std::path::Path, public_key: Option<&str>) -> anyhow::Result<ed25519_dalek::VerifyingKey> {
     match public_key {
         Some(text) => keytrail::signing::parse_public_key(text).map_err(|e| anyhow::anyhow!("--public-key: {e}")),

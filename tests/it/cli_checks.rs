@@ -263,3 +263,35 @@ async fn demo_goes_on_when_its_stdout_is_closed() {
     assert!(out.status.success() && !stderr.contains("panicked"), "{}: {stderr}", out.status);
     assert!(!stderr.contains("kt_test_"), "the key is not written anywhere else: {stderr}");
 }
+
+/// Every command that checks signatures finds its key the same way
+/// (`--public-key`, or the data directory's own) and says the same when
+/// there is none: `keytrail verify` named the missing key file but not
+/// what to give instead, unlike `keytrail archive verify`/`cat`/`restore`.
+#[test]
+fn every_checking_command_says_what_to_give_when_the_data_dir_has_no_key() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("audit")).unwrap();
+    let data = dir.path().to_str().unwrap();
+    let key_file = dir.path().join("signing.key");
+    let commands: [&[&str]; 4] = [
+        &["verify", "--data-dir", data],
+        &["archive", "verify", "--data-dir", data],
+        &["archive", "cat", "--data-dir", data, "--tenant", "acme", "--day", "2026-11-01"],
+        &["archive", "restore", "--data-dir", data, "--tenant", "acme", "--day", "2026-11-01"],
+    ];
+    for args in commands {
+        let mut p = Process::spawn(args, &[], dir.path(), dir.path());
+        let status = p.child.wait().unwrap();
+        let err = p.stderr();
+        assert_eq!(status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(&format!("{} does not exist", key_file.display())), "{args:?}: {err}");
+        assert!(err.contains("give --public-key, or a --data-dir with its signing key"), "{args:?}: {err}");
+        let mut args = args.to_vec();
+        args.extend(["--public-key", "00ff"]);
+        let mut p = Process::spawn(&args, &[], dir.path(), dir.path());
+        let status = p.child.wait().unwrap();
+        let err = p.stderr();
+        assert!(status.code() == Some(1) && err.contains("--public-key: "), "{args:?}: {err}");
+    }
+}
