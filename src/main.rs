@@ -540,6 +540,20 @@ fn verifying_key(data_dir: &std::path::Path, public_key: Option<&str>) -> anyhow
     }
 }
 
+/// `--archive-dir`, or `<data-dir>/archive`. One given is checked as
+/// given, naming it (`nothing`: what was not done): a mistyped one would
+/// otherwise say there is nothing to verify, and exit as a pass, and a
+/// file was "Not a directory (os error 20)" without its path.
+fn archive_dir_of(data_dir: &std::path::Path, given: Option<PathBuf>, nothing: &str) -> anyhow::Result<PathBuf> {
+    match given {
+        Some(given) => {
+            anyhow::ensure!(given.is_dir(), "--archive-dir: {} is not a directory ({nothing})", given.display());
+            Ok(given)
+        }
+        None => Ok(data_dir.join("archive")),
+    }
+}
+
 /// A tenant id as a folder name in the archive directory.
 fn check_tenant(tenant: &str) -> anyhow::Result<()> {
     let ok = !tenant.is_empty() && tenant.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
@@ -551,12 +565,7 @@ fn check_tenant(tenant: &str) -> anyhow::Result<()> {
 fn archive_verify(data_dir: &std::path::Path, archive_dir: Option<PathBuf>, tenant: Option<&str>, public_key: Option<&str>, json: bool, wait_secs: u64) -> anyhow::Result<bool> {
     tenant.map(check_tenant).transpose()?;
     let key = verifying_key(data_dir, public_key)?;
-    // An `--archive-dir` given is checked as given: a mistyped one would
-    // otherwise say there is nothing to verify, and exit as a pass.
-    if let Some(given) = &archive_dir {
-        anyhow::ensure!(given.is_dir(), "--archive-dir: {} is not a directory (no archives were checked)", given.display());
-    }
-    let archive_dir = archive_dir.unwrap_or_else(|| data_dir.join("archive"));
+    let archive_dir = archive_dir_of(data_dir, archive_dir, "no archives were checked")?;
     let audit = data_dir.join("audit");
     let audit = audit.is_dir().then_some(audit);
     anyhow::ensure!(archive_dir.is_dir() || audit.is_some(), "{} is not an archive directory", archive_dir.display());
@@ -594,7 +603,7 @@ fn archive_verify(data_dir: &std::path::Path, archive_dir: Option<PathBuf>, tena
 fn archive_cat(a: ArchivedDay, wait_secs: u64) -> anyhow::Result<()> {
     check_tenant(&a.tenant)?;
     let key = verifying_key(&a.data_dir, a.public_key.as_deref())?;
-    let archive_dir = a.archive_dir.unwrap_or_else(|| a.data_dir.join("archive"));
+    let archive_dir = archive_dir_of(&a.data_dir, a.archive_dir, "nothing was printed")?;
     let _reading = read_lock(&a.data_dir.join("audit"), wait_secs, "nothing was printed")?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
@@ -607,7 +616,7 @@ fn archive_cat(a: ArchivedDay, wait_secs: u64) -> anyhow::Result<()> {
 fn archive_restore(a: ArchivedDay, wait_secs: u64) -> anyhow::Result<()> {
     check_tenant(&a.tenant)?;
     let key = verifying_key(&a.data_dir, a.public_key.as_deref())?;
-    let archive_dir = a.archive_dir.unwrap_or_else(|| a.data_dir.join("archive"));
+    let archive_dir = archive_dir_of(&a.data_dir, a.archive_dir, "nothing was restored")?;
     let audit = a.data_dir.join("audit");
     anyhow::ensure!(audit.is_dir(), "{} has no audit trail to restore into", a.data_dir.display());
     let wait = std::time::Duration::from_secs(wait_secs);

@@ -295,3 +295,33 @@ fn every_checking_command_says_what_to_give_when_the_data_dir_has_no_key() {
         assert!(status.code() == Some(1) && err.contains("--public-key: "), "{args:?}: {err}");
     }
 }
+
+/// An `--archive-dir` that is a file is named in the error of `archive
+/// cat` and `archive restore`, as it is in `archive verify`'s: it was
+/// "store error: Not a directory (os error 20)", without the path.
+#[test]
+fn an_archive_dir_that_is_a_file_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    keytrail::signing::Signer::load_or_create(&dir.path().join("signing.key")).unwrap();
+    std::fs::create_dir(dir.path().join("audit")).unwrap();
+    let file = dir.path().join("archives.tar");
+    std::fs::write(&file, "x").unwrap();
+    let (data, file) = (dir.path().to_str().unwrap(), file.to_str().unwrap());
+    for command in ["verify", "cat", "restore"] {
+        let mut args = vec!["archive", command, "--data-dir", data, "--archive-dir", file];
+        if command != "verify" {
+            args.extend(["--tenant", "acme", "--day", "2026-11-01"]);
+        }
+        let mut p = Process::spawn(&args, &[], dir.path(), dir.path());
+        let status = p.child.wait().unwrap();
+        let err = p.stderr();
+        assert_eq!(status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains("--archive-dir") && err.contains(file) && err.contains("is not a directory"), "{args:?}: {err}");
+    }
+    // The data directory's own archive folder a file: the folder read is named.
+    std::fs::write(dir.path().join("archive"), "x").unwrap();
+    let mut p = Process::spawn(&["archive", "cat", "--data-dir", data, "--tenant", "acme", "--day", "2026-11-01"], &[], dir.path(), dir.path());
+    let status = p.child.wait().unwrap();
+    let err = p.stderr();
+    assert!(status.code() == Some(1) && err.contains(&format!("cannot read {}", dir.path().join("archive").join("acme").display())), "{err}");
+}

@@ -880,10 +880,11 @@ fn manifest_paths(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(e.into()),
+        // Which folder: "Not a directory (os error 20)" alone does not say.
+        Err(e) => return Err(StoreError::Io(std::io::Error::new(e.kind(), format!("cannot read {}: {e}", dir.display())))),
     };
     for entry in entries {
-        let path = entry?.path();
+        let path = entry.map_err(|e| StoreError::Io(std::io::Error::new(e.kind(), format!("cannot read {}: {e}", dir.display()))))?.path();
         if path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with(".manifest.json")) {
             out.push(path);
         }
