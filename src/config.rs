@@ -163,6 +163,7 @@ pub struct RetentionFile {
 #[serde(deny_unknown_fields)]
 pub struct LogFile {
     /// A `tracing` filter such as `info` or `keytrail=debug`.
+    #[serde(default, deserialize_with = "log_level")]
     pub level: Option<String>,
 }
 
@@ -334,10 +335,12 @@ pub fn resolve(file: FileConfig, overrides: Overrides) -> Result<Config, ConfigE
             ));
         }
     }
+    // Said with where it came from: the command line checks its own
+    // (`--log-level`, `KEYTRAIL_LOG`) and `load_file` the file's, with the
+    // line; these are what a caller of the library put together.
+    let from = if overrides.log_level.is_some() { "--log-level (or KEYTRAIL_LOG)" } else { "log.level" };
     let log_level = overrides.log_level.or(file.log.level).unwrap_or_else(|| "info".to_string());
-    if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
-        return Err(ConfigError::Invalid(format!("log level `{log_level}` is not a valid filter (try `info` or `debug`)")));
-    }
+    check_log_level(&log_level).map_err(|why| ConfigError::Invalid(format!("{from}: {why}")))?;
     let retention_defaults = crate::settings::retention::RetentionSettings {
         hot_days: file.retention.hot_days.unwrap_or(90) as u32,
         archive_days: file.retention.archive_days.unwrap_or(365) as u32,
@@ -397,6 +400,22 @@ pub fn resolve(file: FileConfig, overrides: Overrides) -> Result<Config, ConfigE
         log_level,
         bootstrap_token: overrides.bootstrap_token,
     })
+}
+
+/// That `level` is a log filter keytrail can use (`info`,
+/// `keytrail=debug`, …); the error says what is wrong with it.
+pub fn check_log_level(level: &str) -> Result<(), String> {
+    match tracing_subscriber::EnvFilter::try_new(level) {
+        Ok(_) => Ok(()),
+        Err(error) => Err(format!("`{level}` is not a valid log filter ({error}; try `info`, `debug` or `keytrail=debug`)")),
+    }
+}
+
+/// `log.level`: checked as it is read, so the error names the file and line.
+fn log_level<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let level = String::deserialize(d)?;
+    check_log_level(&level).map_err(serde::de::Error::custom)?;
+    Ok(Some(level))
 }
 
 fn bounded<'de, D: Deserializer<'de>>(d: D, min: u64, max: u64) -> Result<Option<u64>, D::Error> {

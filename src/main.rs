@@ -65,7 +65,7 @@ enum Command {
         #[arg(long, env = "KEYTRAIL_ADMIN_LISTEN")]
         admin_listen: Option<SocketAddr>,
         /// Log filter, e.g. `info` or `keytrail=debug` [default: info].
-        #[arg(long, env = "KEYTRAIL_LOG")]
+        #[arg(long, env = "KEYTRAIL_LOG", value_parser = log_level)]
         log_level: Option<String>,
     },
     /// Check the audit trail: every tenant's hash chain, and every signed
@@ -269,6 +269,12 @@ fn investigate_hours(text: &str) -> Result<u32, String> {
         Ok(hours) if (1..=max).contains(&hours) => Ok(hours),
         _ => Err(format!("must be a whole number of hours between 1 and {max}")),
     }
+}
+
+/// `serve --log-level` (or `KEYTRAIL_LOG`): a usage error naming the
+/// flag, or the variable when it came from there (`variable_behind`).
+fn log_level(text: &str) -> Result<String, String> {
+    keytrail::config::check_log_level(text).map(|()| text.to_string())
 }
 
 /// Where the admin API is, and what to show (`investigate`, `report`).

@@ -512,3 +512,30 @@ fn a_port_in_use_says_which_setting_picks_another() {
         assert!(stderr.contains(&format!("cannot listen on {busy} for the admin API")) && stderr.contains("--admin-listen"), "{command}: {stderr}");
     }
 }
+
+/// A log level keytrail cannot use is refused at start (exit code 2)
+/// saying where it came from: the config file (named, with the line), the
+/// `KEYTRAIL_LOG` variable, or the `--log-level` flag. It said only "log
+/// level `x` is not a valid filter", whichever of the three it was.
+#[test]
+fn a_bad_log_level_says_where_it_came_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = ["--gateway-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"];
+    let path = dir.path().join("log.toml");
+    std::fs::write(&path, "[log]\nlevel = \"keytrail=loud\"\n").unwrap();
+    let mut args = vec!["serve", "--config", path.to_str().unwrap()];
+    args.extend(listen);
+    let (code, stderr) = run_to_exit(&args, &[], dir.path());
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains(path.to_str().unwrap()) && stderr.contains("line 2") && stderr.contains("keytrail=loud"), "the file: {stderr}");
+    let mut args = vec!["serve"];
+    args.extend(listen);
+    let (code, stderr) = run_to_exit(&args, &[("KEYTRAIL_LOG", "keytrail=loud")], dir.path());
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("KEYTRAIL_LOG") && stderr.contains("keytrail=loud"), "the variable: {stderr}");
+    args.extend(["--log-level", "keytrail=loud"]);
+    let (code, stderr) = run_to_exit(&args, &[("KEYTRAIL_LOG", "info")], dir.path());
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--log-level") && stderr.contains("keytrail=loud") && !stderr.contains("KEYTRAIL_LOG"), "the flag: {stderr}");
+    assert!(!dir.path().join("keytrail-data").exists(), "nothing was created");
+}
