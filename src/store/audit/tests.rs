@@ -997,6 +997,57 @@ fn a_commit_retried_after_a_failure_counts_each_call_under_its_own_method() {
     assert_eq!(methods, want);
 }
 
+/// A data directory for the retention tests: its signing key and the
+/// audit directory, empty yet.
+struct RetentionDir {
+    dir: tempfile::TempDir,
+    audit: std::path::PathBuf,
+    signer: crate::signing::Signer,
+}
+
+fn retention_dir() -> RetentionDir {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit");
+    let signer = crate::signing::Signer::load_or_create(&dir.path().join("signing.key")).unwrap();
+    RetentionDir { dir, audit, signer }
+}
+
+impl RetentionDir {
+    /// Retention with `policy` as of `now`, archiving into `<dir>/archive`;
+    /// it must find nothing wrong.
+    fn run(&self, policy: &crate::settings::retention::RetentionPolicy, now: i64) -> retention::RetentionReport {
+        let report = retention::run(&self.audit, &self.dir.path().join("archive"), policy, now, &self.signer).unwrap();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+        report
+    }
+}
+
+/// Hot days for a day, archives for 30: the retention tests' policy.
+fn one_hot_day() -> crate::settings::retention::RetentionPolicy {
+    use crate::settings::retention::{RetentionPolicy, RetentionSettings};
+    RetentionPolicy::uniform(RetentionSettings { hot_days: 1, archive_days: 30 })
+}
+
+/// A call of `tenant`'s consumer `cons_1` at `ts`: `GET /orders`, 200 in 1 ms.
+fn call_at(tenant: &str, ts: i64) -> Event {
+    let mut e = Event::new(tenant, Category::Request, "request", "success");
+    e.timestamp_ms = ts;
+    e.consumer_id = Some("cons_1".into());
+    e.method = Some("GET".into());
+    e.path = Some("/orders".into());
+    e.status_code = Some(200);
+    e.latency_us = Some(1_000);
+    e
+}
+
+/// `days` days of `tenant`'s calls from DAY0, one an hour, a batch a day.
+fn hourly_calls(store: &mut AuditWriterStore, tenant: &str, days: i64) {
+    for d in 0..days {
+        let mut batch: Vec<Event> = (0..24).map(|h| call_at(tenant, DAY0 + d * DAY_MS + h * HOUR_MS)).collect();
+        store.insert_batch(&mut batch).unwrap();
+    }
+}
+
 /// Retention drops a day file once every tenant in it is archived. A call
 /// longer than a day has its event stamped with its start, so it can land
 /// in a file retention is looking at: the writer opens the file, commits
@@ -1005,21 +1056,11 @@ fn a_commit_retried_after_a_failure_counts_each_call_under_its_own_method() {
 /// archived.
 #[test]
 fn retention_keeps_a_day_file_that_a_late_event_reached_while_it_looked() {
-    use crate::settings::retention::{RetentionPolicy, RetentionSettings};
-    let dir = tempfile::tempdir().unwrap();
-    let audit = dir.path().join("audit");
-    let signer = crate::signing::Signer::load_or_create(&dir.path().join("signing.key")).unwrap();
-    let event = |ts: i64| {
-        let mut e = Event::new("acme", Category::Request, "request", "success");
-        e.timestamp_ms = ts;
-        e
-    };
+    let t = retention_dir();
+    let audit = &t.audit;
     // Six days of acme, an event an hour; day 5 is today.
-    let mut store = AuditWriterStore::open(&audit).unwrap();
-    for d in 0..6 {
-        let mut batch: Vec<Event> = (0..24).map(|h| event(DAY0 + d * DAY_MS + h * HOUR_MS)).collect();
-        store.insert_batch(&mut batch).unwrap();
-    }
+    let mut store = AuditWriterStore::open(audit).unwrap();
+    hourly_calls(&mut store, "acme", 6);
     let now = DAY0 + 5 * DAY_MS + 12 * HOUR_MS;
     let late_day = day_of(DAY0) + 3;
     // Day 3 (the day before yesterday) is archived and its file dropped in
@@ -1030,19 +1071,17 @@ fn retention_keeps_a_day_file_that_a_late_event_reached_while_it_looked() {
         *hook.borrow_mut() = Some(Box::new(move |day| {
             if day == late_day {
                 let mut store = writer.take().expect("once");
-                store.insert_batch(&mut vec![event(DAY0 + 4 * DAY_MS - 60_000), event(now)]).unwrap();
+                store.insert_batch(&mut vec![call_at("acme", DAY0 + 4 * DAY_MS - 60_000), call_at("acme", now)]).unwrap();
             }
         }))
     });
-    let policy = RetentionPolicy::uniform(RetentionSettings { hot_days: 1, archive_days: 30 });
-    let report = retention::run(&audit, &dir.path().join("archive"), &policy, now, &signer).unwrap();
+    let report = t.run(&one_hot_day(), now);
     retention::BEFORE_DAY_LOCK.with(|hook| hook.borrow_mut().take());
-    assert!(report.problems.is_empty(), "{:?}", report.problems);
     assert!(audit.join(day_file_name(late_day)).exists(), "day 3's file, with the late event, was dropped: {:?}", report.actions);
-    for report in integrity::verify_dir(&audit, None, &signer.public_key()).unwrap() {
+    for report in integrity::verify_dir(audit, None, &t.signer.public_key()).unwrap() {
         assert!(report.ok, "{report:?}");
     }
-    let reader = AuditReader::open(&audit).unwrap();
+    let reader = AuditReader::open(audit).unwrap();
     assert_eq!(reader.chain("acme").unwrap().last().map(|e| e.event.seq), Some(6 * 24 + 2));
 }
 
@@ -1053,38 +1092,20 @@ fn retention_keeps_a_day_file_that_a_late_event_reached_while_it_looked() {
 /// file hold them too, so they cannot answer for that file.
 #[test]
 fn statistics_leave_out_archived_events_of_a_day_file_a_late_event_keeps() {
-    use crate::settings::retention::{RetentionPolicy, RetentionSettings};
     use super::stats::query::{Metrics, StatsQuery};
-    let dir = tempfile::tempdir().unwrap();
-    let audit = dir.path().join("audit");
-    let signer = crate::signing::Signer::load_or_create(&dir.path().join("signing.key")).unwrap();
-    let event = |ts: i64| {
-        let mut e = Event::new("acme", Category::Request, "request", "success");
-        e.timestamp_ms = ts;
-        e.consumer_id = Some("cons_1".into());
-        e.method = Some("GET".into());
-        e.path = Some("/orders".into());
-        e.status_code = Some(200);
-        e.latency_us = Some(1_000);
-        e
-    };
+    let t = retention_dir();
+    let audit = &t.audit;
     {
-        let mut store = AuditWriterStore::open(&audit).unwrap();
-        for d in 0..4 {
-            let mut batch: Vec<Event> = (0..24).map(|h| event(DAY0 + d * DAY_MS + h * HOUR_MS)).collect();
-            store.insert_batch(&mut batch).unwrap();
-        }
+        let mut store = AuditWriterStore::open(audit).unwrap();
+        hourly_calls(&mut store, "acme", 4);
         // Committed after day 2's events, stamped on day 1.
-        store.insert_batch(&mut vec![event(DAY0 + DAY_MS + 23 * HOUR_MS + 30 * 60_000)]).unwrap();
+        store.insert_batch(&mut vec![call_at("acme", DAY0 + DAY_MS + 23 * HOUR_MS + 30 * 60_000)]).unwrap();
         store.flush_rollups().unwrap();
     }
     // Day 1 is archived at the start of day 3, up to day 2's first event.
-    let now = DAY0 + 3 * DAY_MS + 12 * HOUR_MS;
-    let policy = RetentionPolicy::uniform(RetentionSettings { hot_days: 1, archive_days: 30 });
-    let report = retention::run(&audit, &dir.path().join("archive"), &policy, now, &signer).unwrap();
-    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    t.run(&one_hot_day(), DAY0 + 3 * DAY_MS + 12 * HOUR_MS);
     assert!(audit.join(day_file_name(day_of(DAY0) + 1)).exists(), "the late event keeps day 1's file");
-    let reader = AuditReader::open(&audit).unwrap();
+    let reader = AuditReader::open(audit).unwrap();
     assert_eq!(reader.archived_through("acme").0, 48);
     let (from, to) = (DAY0 + DAY_MS, DAY0 + 2 * DAY_MS);
     let hot: Vec<Event> = scan_all(&reader, &EventFilter { tenant_id: "acme".into(), from_ms: Some(from), to_ms: Some(to - 1), ..Default::default() }, None);
@@ -1122,30 +1143,20 @@ fn statistics_leave_out_archived_events_of_a_day_file_a_late_event_keeps() {
 #[test]
 fn a_block_written_after_retention_deleted_the_newest_ones_is_not_taken_as_rolled_up() {
     use crate::settings::retention::{RetentionPolicy, RetentionSettings};
-    let dir = tempfile::tempdir().unwrap();
-    let audit = dir.path().join("audit");
-    let signer = crate::signing::Signer::load_or_create(&dir.path().join("signing.key")).unwrap();
-    let event = |tenant: &str, ts: i64| {
-        let mut e = Event::new(tenant, Category::Request, "request", "success");
-        e.timestamp_ms = ts;
-        e.consumer_id = Some("cons_1".into());
-        e.status_code = Some(200);
-        e
-    };
+    let t = retention_dir();
+    let audit = &t.audit;
     {
-        let mut store = AuditWriterStore::open(&audit).unwrap();
+        let mut store = AuditWriterStore::open(audit).unwrap();
         // globex first, so acme's block is the newest of the file.
-        store.insert_batch(&mut (0..24).map(|h| event("globex", DAY0 + h * HOUR_MS)).collect()).unwrap();
-        store.insert_batch(&mut (0..24).map(|h| event("acme", DAY0 + h * HOUR_MS)).collect()).unwrap();
+        hourly_calls(&mut store, "globex", 1);
+        hourly_calls(&mut store, "acme", 1);
         store.flush_rollups().unwrap();
     }
     // acme's day 0 is archived and its archive expires at the start of
     // day 3; globex keeps the file.
     let mut policy = RetentionPolicy::uniform(RetentionSettings { hot_days: 30, archive_days: 30 });
     policy.tenants.insert("acme".into(), RetentionSettings { hot_days: 1, archive_days: 1 });
-    let now = DAY0 + 3 * DAY_MS + 12 * HOUR_MS;
-    let report = retention::run(&audit, &dir.path().join("archive"), &policy, now, &signer).unwrap();
-    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    let report = t.run(&policy, DAY0 + 3 * DAY_MS + 12 * HOUR_MS);
     assert!(report.actions.iter().any(|a| a.kind == retention::ActionKind::ArchiveDeleted), "{:?}", report.actions);
     let counted = |audit: &Path| {
         let reader = AuditReader::open(audit).unwrap();
@@ -1154,13 +1165,13 @@ fn a_block_written_after_retention_deleted_the_newest_ones_is_not_taken_as_rolle
             .map(|a| a.calls)
             .sum::<u64>()
     };
-    assert_eq!(counted(&audit), 24);
+    assert_eq!(counted(audit), 24);
     {
         // A late call of globex, then a stop before the rollups are written.
-        let mut store = AuditWriterStore::open(&audit).unwrap();
-        store.insert_batch(&mut vec![event("globex", DAY0 + 23 * HOUR_MS)]).unwrap();
-        assert_eq!(counted(&audit), 25, "read past the watermark");
+        let mut store = AuditWriterStore::open(audit).unwrap();
+        store.insert_batch(&mut vec![call_at("globex", DAY0 + 23 * HOUR_MS)]).unwrap();
+        assert_eq!(counted(audit), 25, "read past the watermark");
     }
-    drop(AuditWriterStore::open(&audit).unwrap());
-    assert_eq!(counted(&audit), 25, "replayed after the restart");
+    drop(AuditWriterStore::open(audit).unwrap());
+    assert_eq!(counted(audit), 25, "replayed after the restart");
 }
