@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use super::{activity, app_events, AdminState};
 use crate::audit::views;
 use crate::control::Actor;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorCode};
 use crate::event::{now_ms, security_type, Category, SYSTEM_TENANT};
 use axum::Extension;
 use crate::store::audit::{salts, AuditReader, EventFilter, StoredEvent};
@@ -348,14 +348,24 @@ async fn list_app_events(
     page.answer(query, "events", app_events::app_entry).await
 }
 
+/// Verifications of a chain running at once. Each walks and rehashes the
+/// whole chain (from `from`) on a blocking thread; a call beyond these is
+/// refused at once (503 with `Retry-After`) rather than queued, so many concurrent
+/// calls cannot pin the CPU and the store.
+pub(super) const VERIFICATIONS_AT_ONCE: usize = 2;
+/// The `Retry-After` of a verification refused because others are running.
+const VERIFY_RETRY_AFTER_SECS: u32 = 2;
+
 /// `GET /v1/audit/{tenant}/verify`: the tenant's chain and signed
-/// checkpoints, checked now (200 either way; `ok` says the verdict).
+/// checkpoints, checked now (200 either way; `ok` says the verdict); 503
+/// `service_unavailable` with `Retry-After` while [`VERIFICATIONS_AT_ONCE`]
+/// others run.
 async fn verify_tenant(
     State(state): State<AdminState>,
     Path(tenant): Path<String>,
     Extension(actor): Extension<Actor>,
     Query(params): Query<Vec<(String, String)>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     require_audit_tenant(&state, &tenant)?;
     let mut from_ms = None;
     for (name, value) in &params {
@@ -365,9 +375,19 @@ async fn verify_tenant(
         }
     }
     let key = state.public_key.ok_or_else(|| ApiError::internal("no signing key"))?;
+    let Ok(turn) = state.verifications.clone().try_acquire_owned() else {
+        let message = format!(
+            "{VERIFICATIONS_AT_ONCE} verifications of the audit trail are running, the most at once: try again after the time in `Retry-After`"
+        );
+        let mut response = ApiError::new(ErrorCode::Unavailable, message).into_response();
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(VERIFY_RETRY_AFTER_SECS));
+        return Ok(response);
+    };
     let dir = state.audit.dir().to_path_buf();
     let name = tenant.clone();
     let report = tokio::task::spawn_blocking(move || {
+        // Held until the walk ends, even when the caller has gone away.
+        let _turn = turn;
         let reader = AuditReader::open(&dir)?;
         crate::store::audit::integrity::verify_tenant(&dir, &reader, &name, &key, from_ms)
     })
@@ -377,7 +397,7 @@ async fn verify_tenant(
     record_access(&state.audit, &actor, &tenant, "verify", &params, report.events as usize);
     let mut body = json!(report);
     body["public_key"] = json!(crate::signing::public_key_text(&key));
-    Ok(Json(body))
+    Ok(Json(body).into_response())
 }
 
 /// `GET /v1/audit/{tenant}/admin` (and `/v1/audit/_system/admin` for global

@@ -50,12 +50,16 @@ pub struct AdminState {
     /// Exports streaming now: each holds a blocking thread for as long as
     /// its client takes to read it (see `audit_api::stream_export`).
     pub exports: Arc<tokio::sync::Semaphore>,
+    /// Chain verifications running now (`GET /v1/audit/{tenant}/verify`);
+    /// one more is refused while none is free.
+    pub verifications: Arc<tokio::sync::Semaphore>,
 }
 
 impl AdminState {
     pub fn new(control: Arc<ControlPlane>, audit: Arc<AuditPipeline>, public_key: Option<ed25519_dalek::VerifyingKey>) -> AdminState {
         let exports = Arc::new(tokio::sync::Semaphore::new(audit_api::EXPORTS_AT_ONCE));
-        AdminState { control, audit, in_flight: Default::default(), app_ids: Default::default(), public_key, exports }
+        let verifications = Arc::new(tokio::sync::Semaphore::new(audit_api::VERIFICATIONS_AT_ONCE));
+        AdminState { control, audit, in_flight: Default::default(), app_ids: Default::default(), public_key, exports, verifications }
     }
 
     /// Waits until no change is running (each runs on a task of its own,

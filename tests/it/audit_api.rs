@@ -464,3 +464,52 @@ async fn a_reads_record_keeps_its_filters_not_a_query_strings_bulk() {
     assert!(filters["limit"] == "2" && filters["event_type"] == "key_created" && filters["_omitted"] == 10, "{filters}");
     ts.stop().await;
 }
+
+/// `GET /v1/audit/{tenant}/verify` walks the whole chain: a few run at once,
+/// and a call beyond them is refused at once with 503 and `Retry-After`
+/// (not queued behind them), so many concurrent calls cannot pin the CPU
+/// and the store. Once they end, a verification runs again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_verifications_beyond_the_cap_are_refused_with_retry_after() {
+    let mut ts = TestServer::start().await;
+    let admin = ts.admin_client();
+    assert_eq!(admin.post("/v1/tenants", serde_json::json!({"id": "acme", "name": "Acme"})).await.status, 201);
+    // A chain long enough that a verification takes a while.
+    for batch in 0..20 {
+        let events: Vec<Value> = (0..1000)
+            .map(|i| serde_json::json!({"action": "order.updated", "resource_type": "order", "resource_id": format!("{batch}-{i}"), "metadata": {"note": "x".repeat(200)}}))
+            .collect();
+        assert_eq!(admin.post("/v1/audit/acme/events", serde_json::json!({"events": events})).await.status, 201);
+    }
+    ts.flush().await;
+    // Each call on a connection of its own, all at once.
+    let calls: Vec<_> = (0..24)
+        .map(|_| {
+            let admin = crate::util::Admin { client: crate::util::http(), ..admin.clone() };
+            tokio::spawn(async move { admin.get("/v1/audit/acme/verify").await })
+        })
+        .collect();
+    let (mut verified, mut refused) = (0, 0);
+    for call in calls {
+        let a = call.await.unwrap();
+        match a.status {
+            200 => {
+                assert_eq!(a.body["ok"], true, "{}", a.text);
+                verified += 1;
+            }
+            503 => {
+                assert_eq!(a.body["error"]["code"], "service_unavailable", "{}", a.text);
+                assert!(a.body["error"]["message"].as_str().unwrap().contains("Retry-After"), "{}", a.text);
+                let wait: u64 = a.headers.get("retry-after").expect("a Retry-After header").parse().expect("seconds");
+                assert!((1..=60).contains(&wait), "Retry-After: {wait}");
+                refused += 1;
+            }
+            other => panic!("verify answered {other}: {}", a.text),
+        }
+    }
+    assert!(verified >= 1 && refused >= 1, "{verified} verified, {refused} refused");
+    // The cap is released when they end.
+    let a = admin.get("/v1/audit/acme/verify").await;
+    assert_eq!((a.status, a.body["ok"].clone()), (200, serde_json::json!(true)), "{}", a.text);
+    ts.stop().await;
+}
