@@ -95,8 +95,12 @@ pub fn security_entry(stored: &StoredEvent) -> Value {
     Value::Object(entry)
 }
 
-/// Column order of the CSV export.
-pub const CSV_COLUMNS: [&str; 25] = [
+/// Column order of the CSV export: the request columns first (the order
+/// scripts read), then what says who did what in events of every category
+/// (`category`, `event_type` — an admin or application event's action —
+/// `actor`, `target`, and `details` as compact JSON). Columns are only
+/// ever appended.
+pub const CSV_COLUMNS: [&str; 30] = [
     "timestamp",
     "event_id",
     "seq",
@@ -122,9 +126,14 @@ pub const CSV_COLUMNS: [&str; 25] = [
     "rule_id",
     "fingerprint",
     "threat_score",
+    "category",
+    "event_type",
+    "actor",
+    "target",
+    "details",
 ];
 
-/// Appends one CSV line (RFC 4180 quoting) for a request event, in
+/// Appends one CSV line (RFC 4180 quoting) for an event of any category, in
 /// [`CSV_COLUMNS`] order, writing each field straight into `out`. CSV is
 /// for reading and analysis; the chain hashes that prove an export complete
 /// travel in the JSON export.
@@ -180,6 +189,13 @@ pub fn csv_line(stored: &StoredEvent, out: &mut String) {
             _ => out.push(','),
         }
     }
+    // Who did what: security, admin and application events have no method
+    // or path, and their action, actor and target are all they say.
+    text(out, e.category.map(crate::event::Category::as_str));
+    text(out, Some(&e.event_type));
+    text(out, e.actor.as_deref());
+    text(out, e.target.as_deref());
+    text(out, e.details.as_ref().map(Value::to_string).as_deref());
     out.push_str("\r\n");
 }
 
@@ -229,15 +245,23 @@ mod tests {
         assert_eq!(fields[2], "7");
         assert!(line.contains(",\"/a,b\","));
         assert!(line.contains(",200,1.234,,,5,"), "{line}");
-        assert!(line.trim_end().ends_with(",success,,,,,"), "{line}");
+        assert!(line.trim_end().ends_with(",success,,,,,,request,request,,,"), "{line}");
 
         // A blocked call names what stopped it in the last four columns.
         let mut blocked = crate::event::Event::new("acme", crate::event::Category::Request, "request", "blocked");
         blocked.details = Some(json!({"block_reason": "IP_BLOCKLISTED", "rule_id": "bl_1", "fingerprint": "ab12", "threat_score": 70}));
         let mut line = String::new();
         csv_line(&StoredEvent { event: blocked, hash: None, prev_hash: None }, &mut line);
-        assert!(line.ends_with(",blocked,,IP_BLOCKLISTED,bl_1,ab12,70\r\n"), "{line}");
-        assert_eq!(line.trim_end().split(',').count(), CSV_COLUMNS.len());
+        assert!(line.contains(",blocked,,IP_BLOCKLISTED,bl_1,ab12,70,request,request,"), "{line}");
+
+        // A security event says who did what to what, after the request columns.
+        let mut created = crate::event::Event::new("acme", crate::event::Category::Security, "key_created", "success");
+        created.actor = Some("admin:adm_1".into());
+        created.target = Some("key:key_1".into());
+        created.details = Some(json!({"scopes": ["a", "b"]}));
+        let mut line = String::new();
+        csv_line(&StoredEvent { event: created, hash: None, prev_hash: None }, &mut line);
+        assert!(line.ends_with(",success,,,,,,security,key_created,admin:adm_1,key:key_1,\"{\"\"scopes\"\":[\"\"a\"\",\"\"b\"\"]}\"\r\n"), "{line}");
     }
 
     #[test]
