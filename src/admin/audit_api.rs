@@ -160,8 +160,9 @@ pub(super) fn parse_query(tenant: &str, category: Category, params: &[(String, S
             }
             "status_min" | "status_max" => {
                 let status: i64 = parse_int(name, value)?;
-                if !(100..=599).contains(&status) {
-                    return Err(ApiError::invalid_parameter(name, "must be an HTTP status between 100 and 599"));
+                // The statuses an upstream may answer and the gateway passes on.
+                if !(100..=999).contains(&status) {
+                    return Err(ApiError::invalid_parameter(name, "must be an HTTP status between 100 and 999"));
                 }
                 if name == "status_min" {
                     filter.status_min = Some(status as u16);
@@ -694,7 +695,8 @@ mod tests {
         bad(&[("limit", "-1")], "limit");
         bad(&[("limit", "0")], "limit");
         bad(&[("limit", "10001")], "limit");
-        bad(&[("status_max", "700")], "status_max");
+        bad(&[("status_max", "1000")], "status_max");
+        bad(&[("status_min", "99")], "status_min");
         bad(&[("status_min", "500"), ("status_max", "400")], "status_min");
         bad(&[("hours", "1"), ("days", "1")], "days");
         bad(&[("hours", "x")], "hours");

@@ -260,7 +260,7 @@ fn group_key(e: &Event, by: GroupBy) -> Option<String> {
         GroupBy::Api => e.api_id.as_deref().map(String::from),
         GroupBy::Path => e.path.clone(),
         GroupBy::Method => e.method.as_deref().map(String::from),
-        GroupBy::StatusClass => (100..600).contains(&status).then(|| format!("{}xx", status / 100)),
+        GroupBy::StatusClass => (100..1000).contains(&status).then(|| format!("{}xx", (status / 100).min(5))),
         GroupBy::Hour => Some(format_timestamp(e.timestamp_ms.div_euclid(HOUR) * HOUR)),
         GroupBy::Day => Some(format_timestamp(e.timestamp_ms.div_euclid(DAY) * DAY)[..10].to_string()),
     }
@@ -1019,4 +1019,53 @@ async fn review_bad_statistics_parameters_are_named() {
             assert!(a.body["error"]["message"].as_str().unwrap().contains(&format!("`{param}`")), "{path}?{query}: {}", a.text);
         }
     }
+}
+
+/// An upstream may answer any three-digit status up to 999, and the gateway
+/// passes it on. Such a call counted as a server error but had no status
+/// class (`null`), and no list filter could find it (`status_min` stopped
+/// at 599). Statuses from 600 on are now server errors everywhere: class
+/// `5xx` in every grouping, and found by `status_min=600`.
+#[tokio::test]
+async fn statuses_past_599_are_server_errors_everywhere() {
+    let mut ts = TestServer::start().await;
+    let up = start_upstream().await;
+    let admin = ts.admin_client();
+    let (consumer, _, key) = admin.setup("acme", "/docs", &format!("http://{up}")).await;
+    for (path, status) in [("/docs/status/700", 700), ("/docs/status/999", 999), ("/docs/status/503", 503), ("/docs/status/404", 404), ("/docs/a", 200)] {
+        let res = ts.client.get(format!("{}{path}", ts.gateway)).header("X-API-Key", &key).send().await.unwrap();
+        assert_eq!(res.status().as_u16(), status, "{path}");
+    }
+    ts.flush().await;
+    // From the events (a filter beyond window and consumer) and from the
+    // rollups (window and consumer only): the same classes.
+    for query in ["group_by=status_class&metrics=rate_limited", &format!("group_by=status_class&consumer_id={consumer}&metrics=")] {
+        let a = admin.get(&format!("/v1/audit/acme/stats?{query}")).await;
+        assert_eq!(a.status, 200, "{}", a.text);
+        assert_eq!(a.body["totals"]["calls"], 5, "{}", a.text);
+        assert_eq!(a.body["totals"]["server_errors"], 3, "{}", a.text);
+        let groups = a.body["groups"].as_array().unwrap();
+        let classes: BTreeMap<Option<String>, (u64, u64)> = groups
+            .iter()
+            .map(|g| (g["key"].as_str().map(String::from), (g["calls"].as_u64().unwrap(), g["server_errors"].as_u64().unwrap())))
+            .collect();
+        let want: BTreeMap<Option<String>, (u64, u64)> =
+            [(Some("5xx".to_string()), (3, 3)), (Some("4xx".to_string()), (1, 0)), (Some("2xx".to_string()), (1, 0))].into_iter().collect();
+        assert_eq!(classes, want, "{query}: {}", a.text);
+    }
+    // The timeline and the consumer profile count them as server errors too.
+    let a = admin.get(&format!("/v1/audit/acme/stats/consumers/{consumer}")).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert!(a.text.contains("\"server_errors\":3"), "{}", a.text);
+    // And the list finds them.
+    let a = admin.get("/v1/audit/acme?status_min=600").await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    let statuses: Vec<u64> = a.body["logs"].as_array().unwrap().iter().map(|l| l["status_code"].as_u64().unwrap()).collect();
+    assert_eq!(statuses, [999, 700], "{}", a.text);
+    let a = admin.get("/v1/audit/acme?status_min=500&status_max=599").await;
+    assert_eq!(a.body["logs"].as_array().unwrap().len(), 1, "{}", a.text);
+    let a = admin.get("/v1/audit/acme?status_max=1000").await;
+    assert_eq!((a.status, a.body["error"]["code"].as_str()), (400, Some("invalid_parameter")), "{}", a.text);
+    assert!(a.text.contains("999"), "{}", a.text);
+    ts.stop().await;
 }

@@ -37,7 +37,8 @@ pub enum GroupBy {
     Api,
     Path,
     Method,
-    /// `1xx` … `5xx`; calls without a status have no class (`null`).
+    /// `1xx` … `5xx` (statuses from 600 on are `5xx`, as they count as
+    /// server errors); calls without a status have no class (`null`).
     StatusClass,
     /// UTC hours, keyed by their start.
     Hour,
@@ -140,7 +141,7 @@ pub struct Measures {
     pub calls: u64,
     /// 400–499.
     pub client_errors: u64,
-    /// 500 and above.
+    /// 500 and above (an upstream's statuses up to 999).
     pub server_errors: u64,
     /// Status 429; `None` when not asked for.
     pub rate_limited: Option<u64>,
@@ -259,13 +260,17 @@ impl Key {
     }
 }
 
+/// A status's class. An upstream may answer any three-digit status (up to
+/// 999) and the gateway passes it on; one past 599 has no class of its own
+/// and is a server error wherever calls are counted (`server_errors`, the
+/// rollups' `err5`), so its class is `5xx` too.
 fn status_class(status: u16) -> Option<&'static str> {
     match status {
         100..=199 => Some("1xx"),
         200..=299 => Some("2xx"),
         300..=399 => Some("3xx"),
         400..=499 => Some("4xx"),
-        500..=599 => Some("5xx"),
+        500..=999 => Some("5xx"),
         _ => None,
     }
 }
@@ -507,5 +512,9 @@ mod tests {
         assert_eq!(Key::Time(t).label(GroupBy::Day).as_deref(), Some("2026-11-22"));
         assert_eq!(status_class(429), Some("4xx"));
         assert_eq!(status_class(0), None);
+        assert_eq!(status_class(599), Some("5xx"));
+        assert_eq!(status_class(700), Some("5xx"));
+        assert_eq!(status_class(999), Some("5xx"));
+        assert_eq!(status_class(1000), None);
     }
 }
