@@ -41,6 +41,22 @@ const READ_PARAMETERS: [&str; 24] = [
     "limit", "cursor", "request_id", "consumer_id", "api_id", "event_type", "method", "path", "status_min", "status_max", "hours", "days",
     "from", "to", "category", "admin_id", "action", "actor_id", "resource_type", "resource_id", "group_by", "top", "metrics", "source",
 ];
+/// Refuses a parameter some audit read takes ([`READ_PARAMETERS`]) given
+/// more than once: each takes one value, and which of two a read should
+/// use is a guess (the lists took the last, other filters the first).
+/// Parameters no read takes are ignored however often they come.
+pub(super) fn refuse_repeated(params: &[(String, String)]) -> Result<(), ApiError> {
+    let mut seen = [false; READ_PARAMETERS.len()];
+    for (name, _) in params {
+        if let Some(at) = READ_PARAMETERS.iter().position(|p| p == name) {
+            if std::mem::replace(&mut seen[at], true) {
+                return Err(ApiError::invalid_parameter(name, "given more than once; give each filter once"));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// At most this many parameters go into a read's record (the filters it
 /// reads first), each name and value cut to [`RECORDED_CHARS`]; the number
 /// left out is recorded as `_omitted`. A query string can hold hundreds of
@@ -121,8 +137,11 @@ fn cursor_of(stored: &StoredEvent) -> String {
 }
 
 /// Parses the shared filter parameters. `paged` endpoints get a default
-/// limit; exports return everything unless a limit is given.
+/// limit; exports return everything unless a limit is given. Every audit
+/// read but verification parses its query here first, so a parameter given
+/// twice is refused here for all of them, their own parameters included.
 pub(super) fn parse_query(tenant: &str, category: Category, params: &[(String, String)], paged: bool) -> Result<AuditQuery, ApiError> {
+    refuse_repeated(params)?;
     let mut filter = EventFilter { tenant_id: tenant.to_string(), category: Some(category), ..EventFilter::default() };
     let mut limit = paged.then_some(DEFAULT_LIMIT);
     let (mut hours, mut days) = (None::<i64>, None::<i64>);
@@ -368,6 +387,7 @@ async fn verify_tenant(
     Query(params): Query<Vec<(String, String)>>,
 ) -> Result<Response, ApiError> {
     require_audit_tenant(&state, &tenant)?;
+    refuse_repeated(&params)?;
     let mut from_ms = None;
     for (name, value) in &params {
         match name.as_str() {
@@ -704,6 +724,9 @@ mod tests {
         bad(&[("path", "docs")], "path");
         bad(&[("method", "G E T")], "method");
         bad(&[("from", "2026-01-02T00:00:00Z"), ("to", "2026-01-01T00:00:00Z")], "from");
+        bad(&[("consumer_id", "a"), ("limit", "5"), ("consumer_id", "b")], "consumer_id");
+        bad(&[("group_by", "path"), ("group_by", "path")], "group_by");
+        assert!(q(&[("junk", "1"), ("junk", "2")]).is_ok(), "a parameter no read takes is ignored");
     }
 
     #[test]

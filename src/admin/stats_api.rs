@@ -49,8 +49,9 @@ const MAX_TOP: usize = 1000;
 const ERROR_BOUND_ANSWERED: f64 = 0.01;
 const _: () = assert!(LATENCY_ERROR_BOUND <= ERROR_BOUND_ANSWERED);
 
+/// A parameter's value (one at most: `parse_query` refuses one given twice).
 fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    params.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
 }
 
 fn parse_top(params: &[(String, String)], default: usize) -> Result<usize, ApiError> {
