@@ -818,7 +818,19 @@ impl ControlStore {
                     admin.created_at
                 ],
             )
-            .map_err(|e| conflict_if_duplicate(e, || format!("an admin named `{}` already exists", admin.name)))?;
+            // Names are sign-in names (a person signs in with a name and a
+            // password, no tenant), so they are unique across tenants. The
+            // refusal says only that this one cannot be used, the same
+            // whether the creator's own tenant holds it or one it cannot
+            // see: not that an admin of that name exists, nor where.
+            .map_err(|e| {
+                conflict_if_duplicate(e, || {
+                    format!(
+                        "the name `{}` cannot be used: admin names are unique on the whole server, across tenants (people sign in by name alone); choose another",
+                        admin.name
+                    )
+                })
+            })?;
         Ok(())
     }
 

@@ -418,3 +418,37 @@ async fn shortening_retention_or_silencing_the_trail_needs_an_owner() {
     let a = put(&bound_admin, logging, json!({"log_dashboard_activities": true})).await;
     assert_eq!(a.status, 200, "{}", a.text);
 }
+
+/// Admin names are sign-in names, unique on the whole server (people sign
+/// in with a name and a password, no tenant). A tenant-bound owner who
+/// picks a name an admin it cannot see holds (another tenant's, a global
+/// one) gets the same refusal as for a name its own tenant holds — a 409
+/// that says names are unique server-wide and to choose another, and does
+/// not claim that an admin of that name exists, where, or anything of it.
+#[tokio::test]
+async fn a_taken_admin_name_is_refused_alike_wherever_it_is_taken() {
+    let ts = TestServer::start().await;
+    let owner = ts.admin_client();
+    for tenant in ["alpha", "beta"] {
+        assert_eq!(owner.post("/v1/tenants", json!({"id": tenant, "name": tenant})).await.status, 201);
+    }
+    let a = owner.post("/v1/admins", json!({"name": "alpha-owner", "role": "owner", "tenant_id": "alpha"})).await;
+    assert_eq!(a.status, 201, "{}", a.text);
+    let bound = Admin { token: a.body["token"].as_str().unwrap().to_string(), ..owner.clone() };
+    for (name, tenant) in [("ann", json!("alpha")), ("bea", json!("beta")), ("cy", Value::Null)] {
+        let a = owner.post("/v1/admins", json!({"name": name, "role": "viewer", "tenant_id": tenant})).await;
+        assert_eq!(a.status, 201, "{}", a.text);
+    }
+    let mut answers = Vec::new();
+    for name in ["ann", "bea", "cy"] {
+        let a = bound.post("/v1/admins", json!({"name": name, "role": "viewer", "tenant_id": "alpha"})).await;
+        assert_eq!((a.status, a.body["error"]["code"].as_str()), (409, Some("conflict")), "{name}: {}", a.text);
+        let message = a.body["error"]["message"].as_str().unwrap().to_string();
+        assert!(message.contains("unique") && message.contains("choose another"), "says what to fix: {message}");
+        assert!(!message.contains("exists") && !message.contains("beta") && !message.contains("adm_"), "says no more than needed: {message}");
+        answers.push(message.replace(&format!("`{name}`"), "`NAME`"));
+    }
+    assert!(answers.iter().all(|m| *m == answers[0]), "the same answer wherever the name is taken: {answers:?}");
+    // A free name is fine.
+    assert_eq!(bound.post("/v1/admins", json!({"name": "free", "role": "viewer", "tenant_id": "alpha"})).await.status, 201);
+}
