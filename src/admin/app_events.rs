@@ -102,8 +102,32 @@ fn is_text(text: &str, max: usize) -> bool {
     !text.trim().is_empty() && text.len() <= max && !text.chars().any(char::is_control)
 }
 
+/// Whether an actor reads as an admin: `admin:…` as keytrail names admins
+/// in the trail (and [`crate::event::salt_owner`] salts their events), in
+/// any case and after leading blanks, as a reader would take it too.
+fn names_an_admin(actor: &str) -> bool {
+    actor.trim_start().get(..6).is_some_and(|prefix| prefix.eq_ignore_ascii_case("admin:"))
+}
+
+/// Whom an event may name as its actor. An API key's events are its
+/// application's: they may not name an admin, or the trail would show an
+/// admin's action that no admin took (and the event would be salted, so
+/// erased, as an admin's rather than the consumer's). An admin may name
+/// itself (exactly as the trail names it), never another admin: an entry
+/// that reads as an admin's action comes from that admin's credentials.
+fn check_actor(actor: &str, by: &Submitter) -> Result<(), &'static str> {
+    if !names_an_admin(actor) {
+        return Ok(());
+    }
+    match by {
+        Submitter::Key(_) => Err("must not name an admin (`admin:…`): an event sent with an API key is its application's, never an admin's"),
+        Submitter::Admin(me) if actor.strip_prefix("admin:") == Some(me.admin_id.as_str()) => Ok(()),
+        Submitter::Admin(_) => Err("may name no admin but yourself (`admin:<your id>`, as the trail names you)"),
+    }
+}
+
 /// Checks one event; `at` names it in messages (`events[3]`).
-fn check(event: &AppEvent, at: &str) -> Result<(), ApiError> {
+fn check(event: &AppEvent, at: &str, by: &Submitter) -> Result<(), ApiError> {
     let bad = |field: &str, rule: &str| ApiError::invalid_body(format!("`{at}.{field}` {rule}"));
     if !is_token(&event.action, 128, b"._:-") {
         return Err(bad("action", "must be 1-128 characters of letters, digits and `._:-`"));
@@ -116,6 +140,9 @@ fn check(event: &AppEvent, at: &str) -> Result<(), ApiError> {
     }
     if event.actor_id.as_deref().is_some_and(|a| !is_text(a, 256)) {
         return Err(bad("actor_id", "must be 1-256 characters with no control characters"));
+    }
+    if let Some(Err(rule)) = event.actor_id.as_deref().map(|a| check_actor(a, by)) {
+        return Err(bad("actor_id", rule));
     }
     if event.event_id.as_deref().is_some_and(|id| !is_token(id, 128, b"._:-")) {
         return Err(bad("event_id", "must be 1-128 characters of letters, digits and `._:-`"));
@@ -148,7 +175,7 @@ fn check(event: &AppEvent, at: &str) -> Result<(), ApiError> {
 }
 
 /// The events of a body: one event object, or `{"events": [...]}`.
-fn parse_events(body: &Bytes) -> Result<Vec<AppEvent>, ApiError> {
+fn parse_events(body: &Bytes, by: &Submitter) -> Result<Vec<AppEvent>, ApiError> {
     if body.len() > MAX_BODY {
         return Err(ApiError::new(ErrorCode::PayloadTooLarge, format!("the body must be at most {MAX_BODY} bytes")));
     }
@@ -184,7 +211,7 @@ fn parse_events(body: &Bytes) -> Result<Vec<AppEvent>, ApiError> {
                 ApiError::invalid_body(format!("`{at}.{path}`: {inner}"))
             }
         })?;
-        check(&event, &at)?;
+        check(&event, &at, by)?;
         events.push(event);
     }
     Ok(events)
@@ -262,7 +289,7 @@ pub async fn submit(
         }
         (None, None) => return Err(ApiError::from_code(ErrorCode::Unauthorized)),
     };
-    let submitted = parse_events(&body)?;
+    let submitted = parse_events(&body, &by)?;
     let mut results = Vec::with_capacity(submitted.len());
     let mut accepted = 0usize;
     {

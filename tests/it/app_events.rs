@@ -253,3 +253,43 @@ async fn a_page_of_large_events_stops_at_its_byte_budget_and_goes_on_from_its_cu
     assert_eq!(events(&page).len(), 10);
     assert!(page.body["next_cursor"].is_string());
 }
+
+/// An event sent with an API key cannot name an admin as its actor: the
+/// trail would show an admin's action the admin never took, salted (and so
+/// erased) as an admin's event rather than the consumer's. An admin may
+/// name itself, never another admin. Any spelling a reader takes for an
+/// admin (`Admin:`, leading blanks) is refused, and nothing is stored.
+#[tokio::test]
+async fn submitted_events_cannot_claim_another_admin_as_their_actor() {
+    let ts = TestServer::start().await;
+    let admin = ts.admin_client();
+    assert_eq!(admin.post("/v1/tenants", json!({"id": "acme", "name": "Acme"})).await.status, 201);
+    let (_, _, writer) = admin.consumer_with_key("acme", "backend", json!({"scopes": ["audit:write"]})).await;
+    let as_key = Admin { token: writer.clone(), ..admin.clone() };
+    let event = |actor: &str| json!({"action": "order.deleted", "resource_type": "order", "resource_id": "1", "actor_id": actor});
+
+    for actor in ["admin:adm_bootstrap", "admin:adm_someone", "ADMIN:adm_bootstrap", "  admin:adm_bootstrap", "Admin:x"] {
+        let a = submit(&as_key, "acme", event(actor)).await;
+        assert_eq!((a.status, a.body["error"]["code"].as_str()), (400, Some("invalid_body")), "key as {actor:?}: {}", a.text);
+        assert!(a.body["error"]["message"].as_str().unwrap().contains("actor_id"), "{}", a.text);
+    }
+    // In a batch, one such event refuses the whole batch.
+    let batch = json!({"events": [event("user-1"), event("admin:adm_bootstrap")]});
+    let a = submit(&as_key, "acme", batch).await;
+    assert_eq!(a.status, 400, "{}", a.text);
+    assert!(a.body["error"]["message"].as_str().unwrap().contains("events[1].actor_id"), "{}", a.text);
+    for actor in ["admin:adm_someone", "ADMIN:adm_someone"] {
+        let a = submit(&admin, "acme", event(actor)).await;
+        assert_eq!((a.status, a.body["error"]["code"].as_str()), (400, Some("invalid_body")), "admin as {actor:?}: {}", a.text);
+    }
+    assert!(events(&admin.get("/v1/audit/acme/events").await).is_empty());
+
+    // The application's own users, and an admin naming itself, are kept.
+    assert_eq!(submit(&as_key, "acme", event("user-42")).await.status, 201);
+    assert_eq!(submit(&as_key, "acme", event("administrator-7")).await.status, 201);
+    let a = submit(&admin, "acme", event("admin:adm_bootstrap")).await;
+    assert_eq!(a.status, 201, "{}", a.text);
+    let stored = events(&admin.get("/v1/audit/acme/events").await);
+    let actors: Vec<&str> = stored.iter().map(|e| e["actor_id"].as_str().unwrap()).collect();
+    assert_eq!(actors, ["admin:adm_bootstrap", "administrator-7", "user-42"]);
+}
