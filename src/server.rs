@@ -412,9 +412,12 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         tracing::info!(sources = %geo.describe(), "country lookup loaded");
     }
     let gateway = Arc::new(Gateway::new(&config.gateway, control.clone(), audit.clone(), geo));
+    let shield = gateway.shield();
     let gateway_task = tokio::spawn(gateway::serve(gateway_listener, gateway, shutdown.subscribe(), SHUTDOWN_DRAIN));
 
-    let admin_state = AdminState::new(control.clone(), audit.clone(), Some(public_key));
+    // The admin API's keyed application events share the gateway's
+    // blocklist checks, threat history and brute-force counter.
+    let admin_state = AdminState::new(control.clone(), audit.clone(), Some(public_key), shield);
     let app = admin::router(admin_state.clone());
     let admin_task = tokio::spawn(serve_admin(
         admin_listener,

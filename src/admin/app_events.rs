@@ -22,6 +22,7 @@ use super::AdminState;
 use crate::control::Actor;
 use crate::error::{ApiError, ErrorCode};
 use crate::event::{now_ms, Category, Event, Text};
+use crate::gateway::{KeyRefusal, KeyedCall};
 use crate::store::audit::{AuditReader, EventFilter};
 
 /// Most events in one call.
@@ -38,37 +39,34 @@ pub const IDEMPOTENCY_DAYS: i64 = 7;
 pub struct KeyWriter {
     pub key_id: Text,
     pub consumer_id: Text,
+    /// The caller's address (behind a trusted proxy, the forwarded one).
+    pub client_ip: Text,
 }
 
 /// The scope an API key needs to submit application events.
 pub const WRITE_SCOPE: &str = "audit:write";
 
-/// Checks an API key for submitting to `tenant`: live, on no blocklist, its
-/// consumer active, holding `audit:write`, and of that tenant (a key of another
-/// tenant gets the same 404 as a tenant that does not exist).
-pub fn key_writer(state: &AdminState, key: &str, tenant: &str) -> Result<KeyWriter, ApiError> {
-    let snapshot = state.control.snapshot();
-    let entry = snapshot.key(&crate::keys::hash_secret(key)).cloned().ok_or_else(|| ApiError::from_code(ErrorCode::InvalidKey))?;
-    if entry.revoked {
-        return Err(ApiError::from_code(ErrorCode::RevokedKey));
-    }
-    if entry.expires_at_ms.is_some_and(|t| t <= now_ms()) {
-        return Err(ApiError::from_code(ErrorCode::ExpiredKey));
-    }
-    if entry.tenant_id != tenant {
-        return Err(ApiError::not_found(format_args!("tenant `{tenant}`")));
-    }
-    // A key on the global or its tenant's blocklist gets the gateway's generic 403.
-    if snapshot.key_block(tenant, &entry.key_id, now_ms()).is_some() {
-        return Err(ApiError::from_code(ErrorCode::Forbidden));
-    }
+/// Checks an API key for submitting to the tenant `call` names, as the
+/// gateway checks a key ([`crate::gateway::Shield::check_key`]): the caller
+/// on no global or tenant blocklist (by address, country, user agent), the
+/// key live and of that tenant (a key of another tenant gets the same 404
+/// as a tenant that does not exist), each failure recorded and counted
+/// toward the gateway's brute-force block of the caller's address, the key
+/// on no blocklist (blocks get the gateway's generic 403); then its
+/// consumer active and the key holding `audit:write`.
+pub fn key_writer(state: &AdminState, call: &KeyedCall<'_>) -> Result<KeyWriter, ApiError> {
+    let entry = state.shield.check_key(call).map_err(|refusal| match refusal {
+        KeyRefusal::Blocked => ApiError::from_code(ErrorCode::Forbidden),
+        KeyRefusal::Failed(code) => ApiError::from_code(code),
+        KeyRefusal::OtherTenant => ApiError::not_found(format_args!("tenant `{}`", call.tenant)),
+    })?;
     if !entry.consumer_active {
         return Err(ApiError::from_code(ErrorCode::ConsumerSuspended));
     }
     if !entry.scopes.iter().any(|s| s == WRITE_SCOPE) {
         return Err(ApiError::new(ErrorCode::InsufficientScope, format!("submitting audit events needs a key with the `{WRITE_SCOPE}` scope")));
     }
-    Ok(KeyWriter { key_id: entry.key_id.clone(), consumer_id: entry.consumer_id.clone() })
+    Ok(KeyWriter { key_id: entry.key_id.clone(), consumer_id: entry.consumer_id.clone(), client_ip: call.client.to_string().into() })
 }
 
 /// Event ids already stored, per tenant, loaded from the store on a
@@ -231,6 +229,7 @@ fn to_event(tenant: &str, submitted: AppEvent, by: &Submitter) -> Event {
         Submitter::Key(writer) => {
             event.consumer_id = Some(writer.consumer_id.clone());
             event.key_id = Some(writer.key_id.clone());
+            event.client_ip = Some(writer.client_ip.clone());
             format!("key:{}", writer.key_id)
         }
     };

@@ -28,6 +28,7 @@ use serde_json::{json, Value};
 use crate::access::{self, Permission};
 use crate::audit::AuditPipeline;
 use crate::event::SYSTEM_TENANT;
+use crate::gateway::{KeySource, KeyedCall};
 use crate::control::{Actor, ControlPlane, CreatedKey, LoggingView, NewApi, NewBlock, NewKey, NewTier};
 use crate::protection::EntryKind;
 use crate::policy::Policies;
@@ -53,13 +54,21 @@ pub struct AdminState {
     /// Chain verifications running now (`GET /v1/audit/{tenant}/verify`);
     /// one more is refused while none is free.
     pub verifications: Arc<tokio::sync::Semaphore>,
+    /// The gateway's memory of callers: application events sent with an
+    /// API key meet its blocklists and brute-force counter.
+    pub shield: Arc<crate::gateway::Shield>,
 }
 
 impl AdminState {
-    pub fn new(control: Arc<ControlPlane>, audit: Arc<AuditPipeline>, public_key: Option<ed25519_dalek::VerifyingKey>) -> AdminState {
+    pub fn new(
+        control: Arc<ControlPlane>,
+        audit: Arc<AuditPipeline>,
+        public_key: Option<ed25519_dalek::VerifyingKey>,
+        shield: Arc<crate::gateway::Shield>,
+    ) -> AdminState {
         let exports = Arc::new(tokio::sync::Semaphore::new(audit_api::EXPORTS_AT_ONCE));
         let verifications = Arc::new(tokio::sync::Semaphore::new(audit_api::VERIFICATIONS_AT_ONCE));
-        AdminState { control, audit, in_flight: Default::default(), app_ids: Default::default(), public_key, exports, verifications }
+        AdminState { control, audit, in_flight: Default::default(), app_ids: Default::default(), public_key, exports, verifications, shield }
     }
 
     /// Waits until no change is running (each runs on a task of its own,
@@ -175,11 +184,28 @@ async fn authorise(
     request_id: &str,
 ) -> Result<Option<(Actor, activity::Change)>, Response> {
     if rule.is_some_and(|r| r.permission == Permission::WriteEvents) {
-        let header_key = req.headers().get("x-api-key").and_then(|v| v.to_str().ok()).map(str::trim);
-        if let Some(key) = bearer(req.headers()).or(header_key).filter(|t| crate::keys::check_format(t).is_ok()) {
-            // Application events may also come with an API key that holds `audit:write`.
+        // Application events may also come with an API key that holds
+        // `audit:write`: as a bearer (told from an admin token by its
+        // format), or as `X-API-Key`, where anything is a key (a malformed
+        // one fails the key check, and counts, as at the gateway).
+        let presented = match bearer(req.headers()) {
+            Some(token) => crate::keys::check_format(token).is_ok().then(|| (token.to_string(), KeySource::Authorization)),
+            None => req.headers().get("x-api-key").map(|v| (String::from_utf8_lossy(v.as_bytes()).trim().to_string(), KeySource::ApiKeyHeader)),
+        };
+        if let Some((key, source)) = presented {
             let tenant = access::path_param(route, path, "tenant").unwrap_or_default();
-            let writer = app_events::key_writer(state, key, tenant).map_err(IntoResponse::into_response)?;
+            let call = KeyedCall {
+                tenant,
+                tenant_exists: state.control.require_tenant(tenant).is_ok(),
+                key: &key,
+                source,
+                client: peer.ip(),
+                method: req.method().as_str(),
+                path,
+                headers: req.headers(),
+                request_id,
+            };
+            let writer = app_events::key_writer(state, &call).map_err(IntoResponse::into_response)?;
             req.extensions_mut().insert(writer);
             return Ok(None);
         }

@@ -12,9 +12,12 @@
 pub mod body;
 mod conn;
 mod h1;
+mod shield;
 mod timer;
 pub mod upstream;
 mod verify;
+
+pub use shield::{KeyRefusal, KeyedCall, Shield};
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
@@ -36,8 +39,7 @@ use crate::error::{ApiError, ErrorCode};
 use crate::event::{self, security_type, Category, Event, Text, SYSTEM_TENANT};
 use crate::keys::{self, MalformedKey};
 use crate::policy::Violation;
-use crate::protection::{self, AttackRules, Block, Blocklist, Countries, FailureCounter, History, TrustedProxies};
-use crate::settings::BLOCKED_ERROR_CODE;
+use crate::protection::{self, AttackRules, Block, Blocklist, Countries, TrustedProxies};
 use crate::ratelimit::{self, Exceeded, Standing};
 use crate::snapshot::{KeyEntry, Snapshot};
 
@@ -60,11 +62,9 @@ pub struct Gateway {
     /// How long a client connection may take to send a request head.
     head_timeout: Duration,
     attack_rules: AttackRules,
-    history: History,
-    failures: FailureCounter,
-    bruteforce_block: Duration,
-    /// Where callers' countries come from (table, MaxMind database, or neither).
-    geo: Countries,
+    /// Threat history, failed key checks and countries, shared with the
+    /// admin API's keyed application events.
+    shield: Arc<Shield>,
     trusted_proxies: TrustedProxies,
 }
 
@@ -87,7 +87,7 @@ impl Call {
 
 /// Where the caller put its key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum KeySource {
+pub enum KeySource {
     ApiKeyHeader,
     Authorization,
     /// The JSON body of `POST /v1/keys/verify`.
@@ -114,6 +114,7 @@ struct AuthFailure {
 
 impl Gateway {
     pub fn new(config: &GatewayConfig, control: Arc<ControlPlane>, audit: Arc<AuditPipeline>, geo: Countries) -> Gateway {
+        let shield = Arc::new(Shield::new(config, control.clone(), audit.clone(), geo));
         Gateway {
             control,
             audit,
@@ -121,12 +122,15 @@ impl Gateway {
             upstream_timeout: config.upstream_timeout,
             head_timeout: config.head_timeout,
             attack_rules: AttackRules::default(),
-            history: History::default(),
-            failures: FailureCounter::new(config.bruteforce_failures, config.bruteforce_window),
-            bruteforce_block: config.bruteforce_block,
-            geo,
+            shield,
             trusted_proxies: config.trusted_proxies.clone(),
         }
+    }
+
+    /// The gateway's memory of callers (threat history, failed key checks,
+    /// countries), for the admin API to share.
+    pub fn shield(&self) -> Arc<Shield> {
+        self.shield.clone()
     }
 
     /// Records a request that the HTTP layer refused (400, 431) or gave up
@@ -154,11 +158,11 @@ impl Gateway {
             Malformed::Http | Malformed::TooLarge => {}
         }
         event.client_ip = Some(client.to_string().into());
-        event.country = self.geo.country(client).map(Text::from);
+        event.country = self.shield.country(client).map(Text::from);
         event.status_code = Some(status.as_u16());
         event.error_code = Some(Text::from_static(code.as_str()));
         event.error_message = Some(message.to_string());
-        let threat_score = self.history.score(client, MALFORMED_SCORE, event.timestamp_ms);
+        let threat_score = self.shield.threat_score(client, MALFORMED_SCORE, event.timestamp_ms);
         let details = serde_json::json!({ "block_reason": "MALFORMED_REQUEST", "rule_id": rule, "threat_score": threat_score });
         self.audit.record(blocked_event(&event, event.error_code.clone(), details));
         self.audit.record(event);
@@ -207,7 +211,7 @@ impl Gateway {
             event.api_id = Some(route.api_id.clone());
         }
         let now = event.timestamp_ms;
-        let country = self.geo.country(client);
+        let country = self.shield.country(client);
         event.country = country.map(Text::from);
         let tenant_blocks = found.as_ref().and_then(|route| snapshot.tenant_blocks(&route.tenant_id));
         let full_agent = blocklist_agent(&req.headers, &snapshot.global_blocks, tenant_blocks);
@@ -240,7 +244,7 @@ impl Gateway {
             None => {
                 let failure =
                     AuthFailure { code: ErrorCode::MissingKey, event_type: security_type::AUTH_FAILED, reason: "no key presented", key: None };
-                self.record_auth_failure(&event, &failure, None, None);
+                self.shield.record_auth_failure(&event, &failure, None, None);
                 return refuse(&mut event, failure.code, &request_id_value, finisher);
             }
             Some(Err(source)) => {
@@ -250,7 +254,7 @@ impl Gateway {
                     reason: "key header is not valid text",
                     key: None,
                 };
-                self.record_auth_failure(&event, &failure, Some(source), None);
+                self.shield.record_auth_failure(&event, &failure, Some(source), None);
                 return refuse(&mut event, failure.code, &request_id_value, finisher);
             }
             Some(Ok(found)) => found,
@@ -264,7 +268,7 @@ impl Gateway {
                 } else {
                     event.key_hint = Some(hint.as_str().into());
                 }
-                self.record_auth_failure(&event, &failure, Some(source), Some(hint));
+                self.shield.record_auth_failure(&event, &failure, Some(source), Some(hint));
                 return refuse(&mut event, failure.code, &request_id_value, finisher);
             }
         };
@@ -473,88 +477,8 @@ impl Gateway {
         let mut names: Vec<&str> = names.iter().map(String::as_str).collect();
         let fingerprint =
             protection::fingerprint(req.method.as_str(), req.uri.path(), req.uri.query(), event.user_agent.as_deref(), &mut names);
-        let threat_score = self.history.score(client, block.base_score, event.timestamp_ms);
-        let details = serde_json::json!({
-            "block_reason": block.reason,
-            "rule_id": block.rule_id,
-            "fingerprint": fingerprint,
-            "threat_score": threat_score,
-        });
-        let mut security = blocked_event(event, Some(Text::from_static(BLOCKED_ERROR_CODE)), details.clone());
-        security.target = event.api_id.as_ref().map(|api| format!("api:{api}"));
-        security.consumer_id = event.consumer_id.clone();
-        security.consumer_name = event.consumer_name.clone();
-        security.key_id = event.key_id.clone();
-        security.key_hint = event.key_hint.clone();
-        self.audit.record(security);
-        event.error_code = Some(Text::from_static(BLOCKED_ERROR_CODE));
-        event.error_message = Some(format!("blocked: {}", block.reason));
-        event.details = Some(details);
+        self.shield.record_block(event, block, client, fingerprint);
         refuse(event, ErrorCode::Forbidden, request_id, finisher)
-    }
-
-    /// Counts a failed authentication against the caller's address and, past
-    /// the limit, blocks the address for a while (rule `auto-bruteforce`).
-    fn count_auth_failure(&self, request: &Event) {
-        let Some(ip) = request.client_ip.as_deref().and_then(|ip| ip.parse::<std::net::IpAddr>().ok()) else { return };
-        let Some(failures) = self.failures.failed(ip, request.timestamp_ms) else { return };
-        let expires_at_ms = request.timestamp_ms + self.bruteforce_block.as_millis() as i64;
-        let (control, audit) = (self.control.clone(), self.audit.clone());
-        let mut event = security_event(request, security_type::REQUEST_BLOCKED);
-        event.outcome = Text::from_static("success");
-        event.actor = Some("keytrail:auto-bruteforce".into());
-        event.target = Some(format!("ip:{ip}"));
-        event.details = Some(serde_json::json!({
-            "rule_id": protection::BRUTEFORCE_RULE,
-            "block_reason": "ABUSE_PATTERN_DETECTED",
-            "failures": failures,
-            "window_secs": self.failures.window_secs(),
-            "expires_at": event::format_timestamp(expires_at_ms),
-        }));
-        // The control store is SQLite: off the async threads.
-        tokio::task::spawn_blocking(move || {
-            let new = crate::control::NewBlock {
-                kind: protection::EntryKind::Ip,
-                value: ip.to_string(),
-                reason: Some("ABUSE_PATTERN_DETECTED".into()),
-                rule_id: Some(protection::BRUTEFORCE_RULE.into()),
-                expires_at_ms: Some(expires_at_ms),
-            };
-            match control.add_block(None, new, "keytrail:auto-bruteforce") {
-                Ok(entry) => {
-                    if let Some(details) = event.details.as_mut() {
-                        details["entry_id"] = serde_json::json!(entry.id);
-                    }
-                    audit.record(event);
-                }
-                Err(error) => tracing::error!(%ip, error = %error.message, "could not block a brute-forcing address"),
-            }
-        });
-    }
-
-    fn record_auth_failure(&self, request: &Event, failure: &AuthFailure, source: Option<KeySource>, hint: Option<String>) {
-        let mut event = match &failure.key {
-            Some(key) => {
-                let mut event = consumer_security_event(request, key, failure.event_type, failure.code);
-                event.target = Some(format!("key:{}", key.key_id));
-                event
-            }
-            None => {
-                let mut event = security_event(request, failure.event_type);
-                event.error_code = Some(Text::from_static(failure.code.as_str()));
-                event.actor = request.client_ip.as_ref().map(|ip| format!("ip:{ip}").into());
-                event.target = request.api_id.as_ref().map(|api| format!("api:{api}"));
-                event
-            }
-        };
-        // The hint of the key as presented (the stored one, when it matched).
-        event.key_hint = hint.map(Text::from);
-        event.details = Some(serde_json::json!({
-            "reason": failure.reason,
-            "key_source": source.map(KeySource::as_str),
-        }));
-        self.audit.record(event);
-        self.count_auth_failure(request);
     }
 }
 

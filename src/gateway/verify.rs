@@ -128,7 +128,7 @@ impl Gateway {
             move |event: Event, _: Option<Arc<AtomicU64>>| Finisher { event, started, request_bytes: Some(received), audit }
         };
         let now = event.timestamp_ms;
-        let country = self.geo.country(client);
+        let country = self.shield.country(client);
         event.country = country.map(Text::from);
 
         // The body (bounded) comes first: the key in it names the tenant
@@ -199,7 +199,7 @@ impl Gateway {
                     Some(entry) => describe_consumer(&mut event, entry),
                     None => event.key_hint = Some(hint.as_str().into()),
                 }
-                self.record_auth_failure(&event, &failure, Some(KeySource::VerifyBody), Some(hint));
+                self.shield.record_auth_failure(&event, &failure, Some(KeySource::VerifyBody), Some(hint));
                 let api_id = api.as_ref().map(|a| a.api_id.as_str());
                 let verdict = Verdict::new(Some(failure.code), failure.key.as_deref(), api_id, None);
                 return answer(&mut event, &verdict, &request_id, finisher);

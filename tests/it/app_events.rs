@@ -293,3 +293,90 @@ async fn submitted_events_cannot_claim_another_admin_as_their_actor() {
     let actors: Vec<&str> = stored.iter().map(|e| e["actor_id"].as_str().unwrap()).collect();
     assert_eq!(actors, ["admin:adm_bootstrap", "administrator-7", "user-42"]);
 }
+
+/// A key-submitted event's caller as the admin API sees it (behind a
+/// trusted proxy, its forwarded address).
+fn keyed(ts: &TestServer, key: &str, address: &str, agent: &str, body: Value) -> reqwest::RequestBuilder {
+    ts.client
+        .post(format!("{}/v1/audit/acme/events", ts.admin))
+        .header("x-api-key", key)
+        .header("x-forwarded-for", address)
+        .header("user-agent", agent)
+        .json(&body)
+}
+
+/// Keyed submissions meet the gateway's key check: the caller's address is
+/// recorded (through `admin.trusted_proxies`), the global and the tenant's
+/// blocklists by address and user agent refuse with the gateway's generic
+/// 403, and failed keys count toward the same brute-force block as failed
+/// keys at the gateway, so keys cannot be guessed here unhindered.
+#[tokio::test]
+async fn keyed_submissions_meet_the_gateways_address_checks_and_brute_force_block() {
+    let proxy = || keytrail::protection::TrustedProxies::parse(&["127.0.0.1".to_string()]).unwrap();
+    let mut ts = TestServer::start_with(tempfile::tempdir().unwrap(), |c| {
+        c.admin_trusted_proxies = proxy();
+        c.gateway.trusted_proxies = proxy();
+        c.gateway.bruteforce_failures = 3;
+        c.gateway.bruteforce_block = std::time::Duration::from_secs(600);
+    })
+    .await;
+    let up = start_upstream().await;
+    let admin = ts.admin_client();
+    admin.setup("acme", "/docs", &format!("http://{up}")).await;
+    let (_, _, writer) = admin.consumer_with_key("acme", "backend", json!({"scopes": ["audit:write"]})).await;
+    let one = |id: &str| json!({"action": "order.updated", "resource_type": "order", "resource_id": id});
+
+    // The caller's address is kept with the event.
+    let res = keyed(&ts, &writer, "203.0.113.9", "backend/1.0", one("1")).send().await.unwrap();
+    assert_eq!(res.status(), 201);
+    let reader = keytrail::store::audit::AuditReader::open(&ts.audit_dir()).unwrap();
+    let chain = reader.chain("acme").unwrap();
+    let app: Vec<_> = chain.iter().filter(|s| s.event.category == Some(keytrail::event::Category::App)).collect();
+    assert_eq!(app.len(), 1);
+    assert_eq!(app[0].event.client_ip.as_deref(), Some("203.0.113.9"));
+
+    // Blocklists: the global one by address, the tenant's by user agent.
+    let generic = json!({"error": {"code": "forbidden", "message": "this request is not allowed"}});
+    assert_eq!(admin.post("/v1/blocklist", json!({"kind": "ip", "value": "198.51.100.0/24"})).await.status, 201);
+    assert_eq!(admin.post("/v1/tenants/acme/blocklist", json!({"kind": "user_agent", "value": "evilbot"})).await.status, 201);
+    for (address, agent) in [("198.51.100.23", "backend/1.0"), ("203.0.113.9", "evilbot/2")] {
+        let res = keyed(&ts, &writer, address, agent, one("2")).send().await.unwrap();
+        assert_eq!(res.status(), 403, "{address} {agent}");
+        assert_eq!(res.json::<Value>().await.unwrap(), generic);
+    }
+    let blocks = admin.wait_for("/v1/audit/acme/security?event_type=request_blocked", "events", 2).await;
+    assert!(blocks.iter().any(|e| e["client_ip"] == "198.51.100.23"), "{blocks:?}");
+
+    // Failed keys: two here and two at the gateway make four from one
+    // address, past the limit of three: the address is blocked everywhere.
+    let guess = || keytrail::keys::generate_key(keytrail::keys::KeyEnvironment::Live).secret;
+    for _ in 0..2 {
+        let res = keyed(&ts, &guess(), "192.0.2.50", "guesser", one("3")).send().await.unwrap();
+        assert_eq!(res.status(), 401);
+    }
+    let failed = admin.wait_for("/v1/audit/acme/security?event_type=auth_failed", "events", 2).await;
+    assert!(failed.iter().all(|e| e["client_ip"] == "192.0.2.50"), "{failed:?}");
+    for _ in 0..2 {
+        let res = ts.client.get(format!("{}/docs/x", ts.gateway)).header("x-api-key", guess()).header("x-forwarded-for", "192.0.2.50").send().await.unwrap();
+        assert_eq!(res.status(), 401);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let res = keyed(&ts, &writer, "192.0.2.50", "guesser", one("4")).send().await.unwrap();
+        if res.status() == 403 {
+            break;
+        }
+        assert_eq!(res.status(), 201);
+        assert!(std::time::Instant::now() < deadline, "the guessing address was not blocked");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let entries = admin.get("/v1/blocklist").await.body["entries"].as_array().unwrap().clone();
+    assert!(entries.iter().any(|e| e["rule_id"] == "auto-bruteforce" && e["value"] == "192.0.2.50"), "{entries:?}");
+    // Another address is not. Anything in `X-API-Key` is a key: a
+    // malformed one fails the key check as at the gateway.
+    assert_eq!(keyed(&ts, &writer, "203.0.113.9", "backend/1.0", one("5")).send().await.unwrap().status(), 201);
+    let res = keyed(&ts, "kt_live_short", "203.0.113.9", "backend/1.0", one("6")).send().await.unwrap();
+    assert_eq!(res.status(), 401);
+    assert_eq!(res.json::<Value>().await.unwrap()["error"]["code"], "invalid_key");
+    ts.stop().await;
+}
