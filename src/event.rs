@@ -149,10 +149,11 @@ mod hex32_opt {
     }
 }
 
-/// The text fields [`Event::sanitize`] masks one by one (besides `details`):
-/// those made per request, and those shared with the snapshot or the code.
+/// The text fields [`Event::sanitize`] masks one by one (besides `details`
+/// and a set `event_id`): those made per request, and those shared with the
+/// snapshot or the code (the last of them the event's type).
 const MASKED_STRINGS: usize = 5;
-const MASKED_TEXTS: usize = 10;
+const MASKED_TEXTS: usize = 11;
 
 /// Each masked field's last clean value on this thread.
 #[derive(Default)]
@@ -210,7 +211,7 @@ impl Event {
                 }
             }
         }
-        let texts: [&mut Option<Text>; MASKED_TEXTS] = [
+        let texts: [&mut Option<Text>; MASKED_TEXTS - 1] = [
             &mut self.actor,
             &mut self.consumer_name,
             &mut self.method,
@@ -227,6 +228,17 @@ impl Event {
                 if let Some(masked) = clean.texts.redact(slot, value, secrets) {
                     *value = masked.into();
                 }
+            }
+        }
+        // The last slot: the type, an application event's action as its caller wrote it.
+        if let Some(masked) = clean.texts.redact(MASKED_TEXTS - 1, &self.event_type, secrets) {
+            self.event_type = masked.into();
+        }
+        // Empty until the writer derives it, except where the event's maker
+        // set one (an application event's, which may be the caller's text).
+        if !self.event_id.is_empty() {
+            if let std::borrow::Cow::Owned(masked) = crate::redact::redact_with(&self.event_id, secrets) {
+                self.event_id = masked;
             }
         }
     }
@@ -858,6 +870,9 @@ mod tests {
         e.user_agent = Some(format!("agent {key}"));
         e.error_message = Some(key.clone());
         e.details = Some(serde_json::json!({"nested": {"k": key.clone()}}));
+        // An application event's action and id are its caller's text.
+        e.event_type = format!("order.{key}").into();
+        e.event_id = format!("evt-{key}");
         e.sanitize();
         let text = String::from_utf8_lossy(&e.canonical_bytes(Some(&[9; 32])).unwrap()).into_owned();
         assert!(!text.contains(&key), "{text}");

@@ -145,6 +145,14 @@ fn check(event: &AppEvent, at: &str, by: &Submitter) -> Result<(), ApiError> {
     if event.event_id.as_deref().is_some_and(|id| !is_token(id, 128, b"._:-")) {
         return Err(bad("event_id", "must be 1-128 characters of letters, digits and `._:-`"));
     }
+    // The fields that identify an event are refused, not masked, when they
+    // hold a key or token: masked, distinct ids (or actions) would become
+    // one, and the answer echoes the id as sent. The rest are masked.
+    for (field, value) in [("action", Some(event.action.as_str())), ("event_id", event.event_id.as_deref())] {
+        if value.is_some_and(crate::redact::holds_secret) {
+            return Err(bad(field, "must not hold an API key, admin token or other secret: it names the event and would be kept as sent"));
+        }
+    }
     if event.request_id.as_deref().is_some_and(|id| !is_token(id, 64, b"-")) {
         return Err(bad("request_id", "must be a request id as keytrail returns it in `X-Request-Id`"));
     }
