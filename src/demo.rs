@@ -149,6 +149,9 @@ async fn run_with(config: Config, stop: impl std::future::Future<Output = ()>) -
         Bootstrap::Generated(path) => format!("export KEYTRAIL_TOKEN=$(cat {})", path.display()),
         _ => "export KEYTRAIL_TOKEN=<your KEYTRAIL_BOOTSTRAP_TOKEN>".to_string(),
     };
+    // This very binary, as the commands to try name it (under `cargo run`
+    // it is not on the PATH).
+    let cli = std::env::current_exe().map_or_else(|_| "keytrail".to_string(), |p| p.display().to_string());
     // Not `println!`: a closed stdout (`keytrail demo | head -1`) would
     // panic the demo after it started serving.
     let instead = format!("the demo serves on http://{gw} (admin API http://{admin}), but its key could not be shown");
@@ -172,6 +175,10 @@ Read the audit trail:
   curl -s http://{admin}/v1/audit/demo -H \"Authorization: Bearer $KEYTRAIL_TOKEN\"
   curl -s http://{admin}/v1/audit/demo/security -H \"Authorization: Bearer $KEYTRAIL_TOKEN\"
   curl -s http://{admin}/v1/audit/demo/export/csv -H \"Authorization: Bearer $KEYTRAIL_TOKEN\"
+
+Or from the command line, with the same token:
+  {cli} audit list --admin-url http://{admin} --tenant demo
+  {cli} keys list --admin-url http://{admin} --tenant demo --consumer demo-client
 
 Press Ctrl-C to stop.
 ",

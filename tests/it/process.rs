@@ -42,6 +42,17 @@ async fn demo_runs_prints_a_working_key_and_stops_cleanly() {
     assert_eq!(logs[0]["status_code"], 401);
     assert_eq!(logs[1]["status_code"], 200);
 
+    // The command lines it prints work as printed, with the token exported.
+    let commands: Vec<&str> = text.lines().skip_while(|l| !l.starts_with("Or from the command line")).skip(1).take_while(|l| !l.trim().is_empty()).collect();
+    assert_eq!(commands.len(), 2, "{text}");
+    for (line, expect) in commands.iter().zip(["/echo/hello", "kt_test****"]) {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(words[0], crate::util::binary(), "the demo names this binary: {line}");
+        let (ok, out, err) = crate::util::run_cli(&words[1..], &[("KEYTRAIL_TOKEN", admin.token.as_str())]).await;
+        assert!(ok && out.contains(expect), "{line}: {out}{err}");
+        assert!(!out.contains(&key), "{line} printed the key: {out}");
+    }
+
     let status = demo.interrupt_and_wait();
     assert!(status.success(), "demo exit: {status}\n{}", demo.stderr());
     assert!(demo.stdout().contains("stopped"));
