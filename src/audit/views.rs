@@ -200,12 +200,13 @@ pub fn csv_line(stored: &StoredEvent, out: &mut String) {
 }
 
 /// Quotes a field when needed, and defuses spreadsheet formulas: a cell that
-/// starts with `=`, `+`, `-` or `@` gets a leading `'` so that opening an
+/// starts with `=`, `+`, `-`, `@`, a tab or a carriage return (which
+/// spreadsheets skip to read what follows) gets a leading `'` so that opening an
 /// export in a spreadsheet never runs attacker-supplied text (user agents and
 /// paths come from callers).
 fn push_csv_field(field: &str, out: &mut String) {
     let bytes = field.as_bytes();
-    let formula = matches!(bytes.first(), Some(b'=' | b'+' | b'-' | b'@')) && field.parse::<f64>().is_err();
+    let formula = matches!(bytes.first(), Some(b'=' | b'+' | b'-' | b'@' | b'\t' | b'\r')) && field.parse::<f64>().is_err();
     let needs_quotes = formula || bytes.iter().any(|b| matches!(b, b',' | b'"' | b'\r' | b'\n'));
     if !needs_quotes {
         out.push_str(field);
@@ -276,6 +277,11 @@ mod tests {
         push_csv_field("=HYPERLINK(\"x\")", &mut out);
         out.push('|');
         push_csv_field("-12.5", &mut out);
-        assert_eq!(out, "plain|\"a,b\"|\"say \"\"hi\"\"\"|\"'=HYPERLINK(\"\"x\"\")\"|-12.5");
+        out.push('|');
+        // A tab or carriage return first: spreadsheets skip it and read the formula behind.
+        push_csv_field("\t=1+2", &mut out);
+        out.push('|');
+        push_csv_field("\r@SUM(A1)", &mut out);
+        assert_eq!(out, "plain|\"a,b\"|\"say \"\"hi\"\"\"|\"'=HYPERLINK(\"\"x\"\")\"|-12.5|\"'\t=1+2\"|\"'\r@SUM(A1)\"");
     }
 }
