@@ -175,7 +175,12 @@ impl Shield {
             "key_source": source.map(KeySource::as_str),
         }));
         self.audit.record(event);
-        self.count_auth_failure(request);
+        // Only a key presented and refused is a guess at one. A call with
+        // none (a browser's CORS preflight, a health checker) is refused
+        // and recorded, but no address is blocked for it.
+        if failure.code != ErrorCode::MissingKey {
+            self.count_auth_failure(request);
+        }
     }
 
     /// The gateway's checks of a caller and its key, for a key presented

@@ -205,6 +205,61 @@ async fn repeated_failed_authentication_blocks_the_address_for_a_while() {
     ts.stop().await;
 }
 
+/// Calls that carry no key (a browser's CORS preflight, a health checker
+/// on a keyed api) are refused and recorded, but they are no guess at a
+/// key: only a presented, wrong key counts toward the brute-force block.
+#[tokio::test]
+async fn calls_without_a_key_do_not_count_toward_the_brute_force_block() {
+    let mut ts = TestServer::start_with(tempfile::tempdir().unwrap(), |c| {
+        c.gateway.bruteforce_failures = 3;
+        c.gateway.bruteforce_block = Duration::from_secs(60);
+    })
+    .await;
+    let up = start_upstream().await;
+    let admin = ts.admin_client();
+    let (_, _, key) = admin.setup("acme", "/docs", &format!("http://{up}")).await;
+    let url = format!("{}/docs/fixed", ts.gateway);
+    for _ in 0..5 {
+        let preflight = ts
+            .client
+            .request(reqwest::Method::OPTIONS, &url)
+            .header("origin", "https://app.example")
+            .header("access-control-request-method", "GET")
+            .header("access-control-request-headers", "x-api-key")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(preflight.status(), 401);
+        let health = ts.client.get(&url).header("user-agent", "health-checker").send().await.unwrap();
+        assert_eq!(health.status(), 401);
+        assert_eq!(health.json::<Value>().await.unwrap()["error"]["code"], "missing_key");
+    }
+    // Still recorded, each as a failed authentication.
+    let failed = admin.wait_for("/v1/audit/acme/security?event_type=auth_failed", "events", 10).await;
+    assert!(failed.iter().all(|e| e["details"]["reason"] == "no key presented"), "{failed:?}");
+    // Nor does a verification that sends no key (a bad body, not a guess).
+    for _ in 0..5 {
+        let v = ts.client.post(format!("{}/v1/keys/verify", ts.gateway)).json(&json!({"api_id": "docs"})).send().await.unwrap();
+        assert_eq!(v.status(), 400);
+    }
+    // Three wrong keys stay within the limit of 3: none of the calls above counted.
+    for _ in 0..3 {
+        assert_eq!(get(&ts, "/docs/fixed", "kt_live_guessing", "bot").await.0, 401);
+    }
+    // A block would be written off the request path: give it time to land.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(get(&ts, "/docs/fixed", &key, "bot").await.0, 200, "the address was blocked");
+    assert_eq!(admin.get("/v1/blocklist").await.body["entries"], json!([]));
+    // The fourth wrong key passes the limit.
+    assert_eq!(get(&ts, "/docs/fixed", "kt_live_guessing", "bot").await.0, 401);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while get(&ts, "/docs/fixed", &key, "bot").await.0 != 403 {
+        assert!(Instant::now() < deadline, "the address was not blocked");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    ts.stop().await;
+}
+
 #[tokio::test]
 async fn countries_come_from_the_operators_table() {
     let dir = tempfile::tempdir().unwrap();
