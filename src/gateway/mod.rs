@@ -286,34 +286,7 @@ impl Gateway {
             return refuse(&mut event, ErrorCode::ConsumerSuspended, &request_id_value, finisher);
         }
 
-        // 6. Rate limits: the consumer's tier and the api's own limit, at
-        // the path's cost.
-        let cost = ratelimit::cost_of(&route.costs, req.uri.path());
-        let api_limit = route.rate_limit.as_deref().map(|l| (route.api_id.as_str(), l));
-        let standing = match ratelimit::check(entry.tier.as_deref(), api_limit, &entry.consumer_id, cost, now) {
-            Ok(standing) => standing,
-            Err(exceeded) if exceeded.cost_above_limit => {
-                // No wait lets it pass: no `Retry-After`, and a code of its own.
-                self.record_rate_limited(&event, &entry, &exceeded, cost);
-                let message = format!(
-                    "this call costs {cost} and the consumer's daily quota is {}: it can never pass (its path costs more than the tier allows in a day)",
-                    exceeded.limit
-                );
-                let mut response = refuse_with(&mut event, ApiError::new(ErrorCode::CostExceedsQuota, message), &request_id_value, finisher);
-                rate_headers(response.headers_mut(), &exceeded.standing);
-                return response;
-            }
-            Err(exceeded) => {
-                self.record_rate_limited(&event, &entry, &exceeded, cost);
-                let mut response = refuse(&mut event, ErrorCode::RateLimited, &request_id_value, finisher);
-                let headers = response.headers_mut();
-                rate_headers(headers, &exceeded.standing);
-                headers.insert(header::RETRY_AFTER, number_header(exceeded.retry_after_secs));
-                return response;
-            }
-        };
-
-        // 7. Policies: methods, forbidden paths, scopes, body size (the
+        // 6. Policies: methods, forbidden paths, scopes, body size (the
         // body's headers looked up only when there is a size to hold it to).
         let (length, body) = match route.policies.max_body_bytes {
             Some(_) => (declared_length(&req.headers), has_body(&req.headers)),
@@ -346,6 +319,34 @@ impl Gateway {
             response.headers_mut().insert(header::ALLOW, header_value(&allow));
             return response;
         }
+
+        // 7. Rate limits: the consumer's tier and the api's own limit, at
+        // the path's cost. After the policies, so a call they refuse spends
+        // none of either budget.
+        let cost = ratelimit::cost_of(&route.costs, req.uri.path());
+        let api_limit = route.rate_limit.as_deref().map(|l| (route.api_id.as_str(), l));
+        let standing = match ratelimit::check(entry.tier.as_deref(), api_limit, &entry.consumer_id, cost, now) {
+            Ok(standing) => standing,
+            Err(exceeded) if exceeded.cost_above_limit => {
+                // No wait lets it pass: no `Retry-After`, and a code of its own.
+                self.record_rate_limited(&event, &entry, &exceeded, cost);
+                let message = format!(
+                    "this call costs {cost} and the consumer's daily quota is {}: it can never pass (its path costs more than the tier allows in a day)",
+                    exceeded.limit
+                );
+                let mut response = refuse_with(&mut event, ApiError::new(ErrorCode::CostExceedsQuota, message), &request_id_value, finisher);
+                rate_headers(response.headers_mut(), &exceeded.standing);
+                return response;
+            }
+            Err(exceeded) => {
+                self.record_rate_limited(&event, &entry, &exceeded, cost);
+                let mut response = refuse(&mut event, ErrorCode::RateLimited, &request_id_value, finisher);
+                let headers = response.headers_mut();
+                rate_headers(headers, &exceeded.standing);
+                headers.insert(header::RETRY_AFTER, number_header(exceeded.retry_after_secs));
+                return response;
+            }
+        };
 
         // 8. Proxy, streaming both ways.
         let Call { method, uri, headers, body } = req;

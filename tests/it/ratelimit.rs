@@ -136,6 +136,60 @@ async fn the_daily_cap_catches_a_steady_caller_and_counts_endpoint_costs() {
     ts.stop().await;
 }
 
+/// A call a policy refuses (a forbidden path, a method the api does not
+/// take, a body too large, a missing scope) is refused before the rate
+/// limits are asked: it spends none of the consumer's or the api's budget.
+#[tokio::test]
+async fn calls_a_policy_refuses_spend_no_rate_limit() {
+    let mut ts = TestServer::start().await;
+    let policies = json!({"allowed_methods": ["GET", "POST"], "forbidden_paths": ["/docs/admin"], "max_body_bytes": 10});
+    let (admin, consumer, key) = setup(
+        &ts,
+        json!({"policies": policies, "rate_limit": {"requests_per_minute": 1, "burst": 3}}),
+        json!({"rate_limit": {"requests_per_minute": 1, "burst": 2}}),
+    )
+    .await;
+    let url = |path: &str| format!("{}{}", ts.gateway, path);
+    for _ in 0..3 {
+        assert_eq!(call(&ts, "/docs/admin/users", &key).await.status, 403);
+        let res = ts.client.delete(url("/docs/fixed")).header("x-api-key", &key).send().await.unwrap();
+        assert_eq!(res.status(), 405);
+        let res = ts.client.post(url("/docs/upload")).header("x-api-key", &key).body(vec![b'x'; 11]).send().await.unwrap();
+        assert_eq!(res.status(), 413);
+    }
+    // The tier's burst of two is still whole.
+    for remaining in [1, 0] {
+        let a = call(&ts, "/docs/fixed", &key).await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        assert_eq!(a.header("ratelimit-remaining"), Some(remaining));
+    }
+    assert_eq!(call(&ts, "/docs/fixed", &key).await.status, 429);
+    // A missing scope is a policy too: another key of a consumer with its
+    // own tier budget, on an api that asks for a scope.
+    let up = start_upstream().await;
+    let a = admin
+        .post(
+            "/v1/tenants/acme/apis",
+            json!({"id": "scoped", "path_prefix": "/scoped", "upstream": format!("http://{up}"),
+                   "policies": {"required_scopes": ["s:read"]}, "rate_limit": {"requests_per_minute": 1, "burst": 1}}),
+        )
+        .await;
+    assert_eq!(a.status, 201, "{}", a.text);
+    let (_, unscoped) = admin.key("acme", &consumer, json!({})).await;
+    let (_, scoped) = admin.key("acme", &consumer, json!({"scopes": ["s:read"]})).await;
+    for _ in 0..3 {
+        assert_eq!(call(&ts, "/scoped/fixed", &unscoped).await.status, 403);
+    }
+    // The api's own limit of one is still whole (the spent tier taken off,
+    // so that it is the limit that answers).
+    let a = admin.call("PUT", &format!("/v1/tenants/acme/consumers/{consumer}/tier"), Some(json!({"tier": null}))).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    let a = call(&ts, "/scoped/fixed", &scoped).await;
+    assert_eq!((a.status, a.header("ratelimit-remaining")), (200, Some(0)), "{}", a.body);
+    assert_eq!(call(&ts, "/scoped/fixed", &scoped).await.status, 429);
+    ts.stop().await;
+}
+
 #[tokio::test]
 async fn an_api_limit_applies_beside_the_tier_and_tier_changes_apply_at_once() {
     let mut ts = TestServer::start().await;
