@@ -52,8 +52,11 @@ pub struct KeyEntry {
     pub revoked: bool,
     /// The consumer's tier limits, if it has a tier.
     pub tier: Option<Arc<TierLimits>>,
-    /// When the key last let a call through; carried from snapshot to
-    /// snapshot and written to the store in batches, never per request.
+    /// When the key last authenticated a call for one of its tenant's apis
+    /// (proxied or verified; a call then refused by a policy, a rate limit
+    /// or a suspended consumer counts, a blocked key's does not); carried
+    /// from snapshot to snapshot and written to the store in batches,
+    /// never per request.
     pub usage: Arc<KeyUsage>,
 }
 

@@ -273,13 +273,15 @@ impl Gateway {
             }
         };
         describe_consumer(&mut event, &entry);
-        entry.usage.touch(now);
         // A key on a blocklist is refused like any other block.
         let key_block = snapshot.key_block(&route.tenant_id, &entry.key_id, now);
         drop(snapshot);
         if let Some(entry) = key_block {
             return self.block(&mut event, &Block::from_entry(&entry), &req, client, &request_id_value, finisher);
         }
+        // The key authenticated for this api: that is a use, whatever the
+        // later phases decide (a blocked key was refused as a credential).
+        entry.usage.touch(now);
 
         // 5. Authorise: the consumer must be active. (Scopes per api come with policies.)
         if !entry.consumer_active {

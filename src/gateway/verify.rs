@@ -206,11 +206,15 @@ impl Gateway {
             }
         };
         describe_consumer(&mut event, &entry);
-        entry.usage.touch(now);
         let key_block = snapshot.key_block(&entry.tenant_id, &entry.key_id, now);
         drop(snapshot);
         if let Some(block) = key_block {
             return self.block(&mut event, &Block::from_entry(&block), &req, client, &request_id, finisher);
+        }
+        // A use, as on the proxy path: the key authenticated for one of its
+        // tenant's apis (an api it does not know is no route: no use).
+        if api.is_some() {
+            entry.usage.touch(now);
         }
 
         // The consumer, the api in the key's tenant, its scopes.

@@ -217,3 +217,64 @@ async fn last_use_is_listed_at_once_and_written_in_batches() {
     );
     ts.stop().await;
 }
+
+/// A key's last use is its last successful authentication for one of its
+/// tenant's apis, on the proxy path and in verification alike: a call then
+/// refused for what it asked (a policy, a rate limit) used the key; a key
+/// on a blocklist was refused as a credential and was not used, nor was a
+/// key sent to no api (no route, or an api verification does not know).
+#[tokio::test]
+async fn last_use_is_the_last_successful_authentication_on_both_paths() {
+    let mut ts = TestServer::start().await;
+    let up = start_upstream().await;
+    let admin = ts.admin_client();
+    assert_eq!(admin.post("/v1/tenants", json!({"id": "acme", "name": "Acme"})).await.status, 201);
+    let a = admin
+        .post(
+            "/v1/tenants/acme/apis",
+            json!({"id": "docs", "path_prefix": "/docs", "upstream": format!("http://{up}"),
+                   "costs": [{"path_prefix": "/docs/export", "cost": 5}],
+                   "policies": {"forbidden_paths": ["/docs/admin"]}}),
+        )
+        .await;
+    assert_eq!(a.status, 201, "{}", a.text);
+    assert_eq!(admin.post("/v1/tenants/acme/tiers", json!({"id": "tiny", "daily_quota": 1})).await.status, 201);
+    let a = admin.post("/v1/tenants/acme/consumers", json!({"name": "client", "tier": "tiny"})).await;
+    assert_eq!(a.status, 201, "{}", a.text);
+    let consumer = a.body["id"].as_str().unwrap().to_string();
+    let (blocked_id, blocked) = admin.key("acme", &consumer, json!({})).await;
+    let (astray_id, astray) = admin.key("acme", &consumer, json!({})).await;
+    let (refused_id, refused) = admin.key("acme", &consumer, json!({})).await;
+    let (limited_id, limited) = admin.key("acme", &consumer, json!({})).await;
+    let (verified_id, verified) = admin.key("acme", &consumer, json!({})).await;
+    let a = admin.post("/v1/tenants/acme/blocklist", json!({"kind": "key", "value": blocked_id})).await;
+    assert_eq!(a.status, 201, "{}", a.text);
+    let verify = |key: String, api: &'static str| {
+        let ts = &ts;
+        async move {
+            let res = ts.client.post(format!("{}/v1/keys/verify", ts.gateway)).json(&json!({"key": key, "api_id": api})).send().await.unwrap();
+            let status = res.status().as_u16();
+            (status, res.json::<Value>().await.unwrap())
+        }
+    };
+
+    let before = chrono::Utc::now() - chrono::Duration::seconds(1);
+    assert_eq!(call(&ts, "/docs/fixed", &blocked).await, (403, "forbidden".into()));
+    assert_eq!(verify(blocked.clone(), "docs").await.0, 403);
+    assert_eq!(call(&ts, "/nowhere", &astray).await, (404, "no_route".into()));
+    assert_eq!(verify(astray.clone(), "nope").await.1["code"], "unknown_api");
+    assert_eq!(call(&ts, "/docs/admin", &refused).await, (403, "forbidden".into()));
+    assert_eq!(call(&ts, "/docs/export", &limited).await, (403, "cost_exceeds_quota".into()));
+    assert_eq!(verify(verified.clone(), "docs").await.1["code"], "VALID");
+
+    let listing = admin.get(&format!("/v1/tenants/acme/consumers/{consumer}/keys")).await.body;
+    let last_use = |id: &str| keys_of(&listing).into_iter().find(|k| k["key_id"] == id).unwrap()["last_used_at"].clone();
+    assert_eq!(last_use(&blocked_id), Value::Null, "a blocked key");
+    assert_eq!(last_use(&astray_id), Value::Null, "a key sent to no api");
+    for (id, what) in [(&refused_id, "refused by a policy"), (&limited_id, "refused by a rate limit"), (&verified_id, "verified")] {
+        let at = last_use(id);
+        let at = chrono::DateTime::parse_from_rfc3339(at.as_str().unwrap_or_else(|| panic!("{what}: {listing}"))).unwrap();
+        assert!(at >= before && at <= chrono::Utc::now(), "{what}: {at}");
+    }
+    ts.stop().await;
+}
