@@ -89,13 +89,36 @@ fn random_base62(len: usize) -> String {
 /// The key's last characters: CRC-32 of the rest in base62. Bytes, not a
 /// `String`: every proxied call checks one.
 fn checksum(body: &str) -> [u8; CHECKSUM_LEN] {
-    let mut n = crc32fast::hash(body.as_bytes()) as u64;
+    base62_checksum(crc32fast::hash(body.as_bytes()))
+}
+
+/// A CRC-32 as the key's six base62 characters.
+fn base62_checksum(crc: u32) -> [u8; CHECKSUM_LEN] {
+    let mut n = crc as u64;
     let mut out = [b'0'; CHECKSUM_LEN];
     for slot in out.iter_mut().rev() {
         *slot = BASE62[(n % 62) as usize];
         n /= 62;
     }
     out
+}
+
+/// Length of a key after its prefix: the random part and the checksum.
+pub const BODY_LEN: usize = RANDOM_LEN + CHECKSUM_LEN;
+
+/// Whether `body` is what follows the prefix of a key, live or test: 32
+/// random characters and their checksum. How masking recognises a key
+/// whose prefix is spelled otherwise (`KT_LIVE_`), still escaped, or not
+/// beside it at all.
+pub fn is_key_body(body: &[u8]) -> bool {
+    body.len() == BODY_LEN
+        && body.iter().all(u8::is_ascii_alphanumeric)
+        && [KeyEnvironment::Live, KeyEnvironment::Test].iter().any(|env| {
+            let mut crc = crc32fast::Hasher::new();
+            crc.update(env.prefix().as_bytes());
+            crc.update(&body[..RANDOM_LEN]);
+            base62_checksum(crc.finalize()) == body[RANDOM_LEN..]
+        })
 }
 
 /// Generates a new API key for the given environment.

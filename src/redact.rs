@@ -10,6 +10,7 @@ use std::borrow::Cow;
 use std::io;
 use std::sync::{OnceLock, RwLock};
 
+use crate::keys::BODY_LEN;
 use crate::text::Text;
 
 const PATTERNS: [&str; 4] = ["kt_live_", "kt_test_", crate::keys::ADMIN_TOKEN_PREFIX, crate::keys::SESSION_TOKEN_PREFIX];
@@ -180,6 +181,13 @@ pub fn redact_with<'t>(text: &'t str, secrets: &[Secret]) -> Cow<'t, str> {
             out = Cow::Owned(masked);
         }
     }
+    // A key's body whatever became of its prefix (`KT_LIVE_…`, escapes
+    // decoded more often than above, or none): only texts that can hold one.
+    if out.len() >= BODY_LEN {
+        if let Some(masked) = mask_key_bodies(&out) {
+            out = Cow::Owned(masked);
+        }
+    }
     for secret in secrets {
         if out.len() >= secret.text.len() && secret.finder.find(out.as_bytes()).is_some() {
             out = Cow::Owned(out.replace(secret.text.as_str(), "****"));
@@ -215,12 +223,20 @@ fn mask_escaped(text: &str, secrets: &[Secret]) -> Option<String> {
             };
             let tail_start = i + prefix.len();
             let tail_len = decoded[tail_start..].iter().take_while(|b| b.is_ascii_alphanumeric()).count();
+            if let Some((end, hint)) = split_key(&decoded, prefix, tail_start, tail_len) {
+                found.push((spans[i].0, spans[end - 1].1, hint));
+                i = end;
+                continue;
+            }
             if tail_len >= MIN_SECRET_TAIL {
                 let end = tail_start + tail_len;
                 let secret = std::str::from_utf8(&decoded[i..end]).expect("a prefix and alphanumerics are ASCII");
                 found.push((spans[i].0, spans[end - 1].1, crate::keys::hint(secret)));
             }
             i = tail_start + tail_len;
+        }
+        if decoded.len() >= BODY_LEN {
+            key_bodies(&decoded, |start, end| found.push((spans[start].0, spans[end - 1].1, body_hint(&decoded[start..end]))));
         }
         for secret in secrets {
             for at in secret.finder.find_iter(&decoded) {
@@ -300,6 +316,115 @@ pub fn redact_json(value: &mut serde_json::Value, secrets: &[Secret]) -> bool {
     }
 }
 
+/// Most runs of letters and digits after a key's prefix that a key split
+/// across fields is looked for in (each field's name may take two or
+/// three: `api_key=`), and the most bytes they may span. Few, as every
+/// subset of them in order may be tried.
+const SPLIT_RUNS: usize = 8;
+const SPLIT_SPAN: usize = 256;
+
+/// A key split across fields, segments or parameters
+/// (`?api_key=kt_live_Ab&api_key=cD…`, `/kt_live_Ab/cD…`, `;k=kt_live_;k=Ab…`):
+/// `prefix` (a key's) ends at `tail_start` and `tail_len` letters and digits
+/// follow it, fewer than a key has; some of the next runs of letters and
+/// digits, whole and in order (those left out are the fields' names), make
+/// a key's body. The end of the last run taken, and the key's hint.
+fn split_key(bytes: &[u8], prefix: &str, tail_start: usize, tail_len: usize) -> Option<(usize, String)> {
+    if tail_len >= BODY_LEN || !matches!(prefix, "kt_live_" | "kt_test_") {
+        return None;
+    }
+    let mut runs = [(0, 0); SPLIT_RUNS];
+    let mut n = 0;
+    let (mut i, limit) = (tail_start, bytes.len().min(tail_start + SPLIT_SPAN));
+    while n < SPLIT_RUNS && i < limit {
+        let start = i;
+        while i < limit && bytes[i].is_ascii_alphanumeric() {
+            i += 1;
+        }
+        if i > start {
+            runs[n] = (start, i);
+            n += 1;
+        }
+        while i < limit && !bytes[i].is_ascii_alphanumeric() {
+            i += 1;
+        }
+    }
+    let mut body = [0; BODY_LEN];
+    let end = take_runs(bytes, &runs[..n], &mut body, 0)?;
+    let key = format!("{prefix}{}", std::str::from_utf8(&body).expect("letters and digits are ASCII"));
+    Some((end, crate::keys::hint(&key)))
+}
+
+/// Fills `body` from `filled` on with some of `runs`, whole and in order;
+/// the end of the last run taken once they make a key's body. (Runs that
+/// cannot fill it, all taken, are not tried: text full of short words
+/// costs no more than a glance.)
+fn take_runs(bytes: &[u8], runs: &[(usize, usize)], body: &mut [u8; BODY_LEN], filled: usize) -> Option<usize> {
+    if filled + runs.iter().map(|(start, end)| end - start).sum::<usize>() < BODY_LEN {
+        return None;
+    }
+    let (&(start, end), rest) = runs.split_first()?;
+    let full = filled + (end - start);
+    if full <= BODY_LEN {
+        body[filled..full].copy_from_slice(&bytes[start..end]);
+        let found = if full == BODY_LEN { crate::keys::is_key_body(body).then_some(end) } else { take_runs(bytes, rest, body, full) };
+        if found.is_some() {
+            return found;
+        }
+    }
+    take_runs(bytes, rest, body, filled)
+}
+
+/// Calls `found` with the range of each key body (see
+/// [`crate::keys::is_key_body`]) in `bytes`: a run of letters and digits,
+/// or the end or the start of a longer one (after an escape's hex digits,
+/// `%5F…`). Two checks a run at most, so a long text costs one pass.
+fn key_bodies(bytes: &[u8], mut found: impl FnMut(usize, usize)) {
+    let mut i = 0;
+    while i < bytes.len() {
+        if !bytes[i].is_ascii_alphanumeric() {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < bytes.len() && bytes[i].is_ascii_alphanumeric() {
+            i += 1;
+        }
+        if i - start < BODY_LEN {
+            continue;
+        }
+        let at_end = crate::keys::is_key_body(&bytes[i - BODY_LEN..i]);
+        // The start's window, when it is another (and not one overlapping a body found at the end).
+        if i - start > BODY_LEN && (!at_end || i - start >= 2 * BODY_LEN) && crate::keys::is_key_body(&bytes[start..start + BODY_LEN]) {
+            found(start, start + BODY_LEN);
+        }
+        if at_end {
+            found(i - BODY_LEN, i);
+        }
+    }
+}
+
+/// What replaces a key body found without its prefix: its last four characters.
+fn body_hint(body: &[u8]) -> String {
+    format!("****{}", String::from_utf8_lossy(&body[body.len() - 4..]))
+}
+
+/// Masks key bodies (see [`key_bodies`]); `None` when there was none.
+fn mask_key_bodies(text: &str) -> Option<String> {
+    let mut out: Option<String> = None;
+    let mut copied_up_to = 0;
+    key_bodies(text.as_bytes(), |start, end| {
+        let buf = out.get_or_insert_with(|| String::with_capacity(text.len()));
+        buf.push_str(&text[copied_up_to..start]);
+        buf.push_str(&body_hint(&text.as_bytes()[start..end]));
+        copied_up_to = end;
+    });
+    out.map(|mut buf| {
+        buf.push_str(&text[copied_up_to..]);
+        buf
+    })
+}
+
 /// Masks pattern matches; `None` when there was nothing to mask.
 fn mask_patterns(text: &str) -> Option<String> {
     let bytes = text.as_bytes();
@@ -316,14 +441,17 @@ fn mask_patterns(text: &str) -> Option<String> {
         };
         let tail_start = i + prefix.len();
         let tail_len = bytes[tail_start..].iter().take_while(|b| b.is_ascii_alphanumeric()).count();
-        if tail_len < MIN_SECRET_TAIL {
-            i = tail_start;
-            continue;
-        }
-        let end = tail_start + tail_len;
+        let (end, hint) = match split_key(bytes, prefix, tail_start, tail_len) {
+            Some(split) => split,
+            None if tail_len < MIN_SECRET_TAIL => {
+                i = tail_start;
+                continue;
+            }
+            None => (tail_start + tail_len, crate::keys::hint(&text[i..tail_start + tail_len])),
+        };
         let buf = out.get_or_insert_with(|| String::with_capacity(text.len()));
         buf.push_str(&text[copied_up_to..i]);
-        buf.push_str(&crate::keys::hint(&text[i..end]));
+        buf.push_str(&hint);
         copied_up_to = end;
         i = end;
     }
@@ -508,6 +636,46 @@ mod tests {
         assert_eq!(redact("x=escaped%2Dsecret-4471;"), "x=****;");
         // Escapes that hide nothing are left as they came.
         for text in ["/docs/%41%42%43%44%45%46%47%48%49", "100% kt_live_ %ZZ%", "kt%5Flive%5Fshort"] {
+            assert!(matches!(redact(text), Cow::Borrowed(_)), "{text}");
+        }
+    }
+
+    /// A key no longer behind its own prefix (another letter case, escapes
+    /// decoded more often than masking decodes) or split across fields,
+    /// segments or parameters is still recognised by its checksum: its
+    /// random part is never kept, neither whole nor the larger piece.
+    #[test]
+    fn keys_in_other_spellings_and_split_across_fields_are_masked() {
+        for _ in 0..20 {
+            let key = generate_key(KeyEnvironment::Live).secret;
+            let (prefix, body) = key.split_at(8);
+            let (a, b) = key.split_at(14);
+            for text in [
+                format!("/docs/KT_LIVE_{body}"),
+                format!("/docs/Kt_Live_{body}/x"),
+                format!("/docs/{body}"),
+                format!("/docs/kt%25255Flive%25255F{body}"),
+                format!("/docs/kt%2525255Flive%2525255F{body}?x=1"),
+                format!("/docs?api_key={a}&api_key={b}"),
+                format!("/docs;api_key={a};api_key={b}"),
+                format!("/docs/{a}/{b}"),
+                format!("/docs/{a};x={b}"),
+                format!("/docs?k={prefix}&k={body}"),
+                format!("/docs?api_key={}&api_key={}&api_key={}", &key[..20], &key[20..30], &key[30..]),
+            ] {
+                let out = redact(&text);
+                for piece in [&body[..12], &body[13..25], &body[26..]] {
+                    assert!(!out.contains(piece), "{text} -> {out}");
+                }
+            }
+        }
+        // Long runs of letters and digits that are no key stay as they are.
+        for text in [
+            "/files/da39a3ee5e6b4b0d3255bfef95601890afd80709",
+            "/files/e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+            "kt_live_ is the prefix of every live key in the documentation",
+            "/docs?api_key=kt_live_short&api_key=ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghij",
+        ] {
             assert!(matches!(redact(text), Cow::Borrowed(_)), "{text}");
         }
     }
