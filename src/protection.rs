@@ -496,7 +496,9 @@ pub(crate) fn percent_decode_bytes(text: &str, plus_is_space: bool, lenient: boo
     while i < bytes.len() {
         match bytes[i] {
             b'%' => {
-                let hex = bytes.get(i + 1..i + 3).and_then(|hex| u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok());
+                // Two hex digits, nothing else (`from_str_radix` would also take `+1`).
+                let digit = |at: usize| bytes.get(at).and_then(|&b| (b as char).to_digit(16));
+                let hex = digit(i + 1).zip(digit(i + 2)).map(|(high, low)| (high << 4 | low) as u8);
                 match hex {
                     Some(value) => {
                         out.push(value);
@@ -916,6 +918,19 @@ mod tests {
         for query in ["q=1;select+pg_sleep(5)", "q=0e1union+select+1", "q=1+union+select"] {
             assert_eq!(reason("/docs/search", Some(query)).as_deref(), Some("SQL_INJECTION_ATTEMPT"), "{query}");
         }
+    }
+
+    /// An escape is `%` and two hex digits, as an upstream reads it: `%+1`
+    /// (which a number parser would take as `+1`) is an invalid escape,
+    /// never the byte 1.
+    #[test]
+    fn an_escape_is_a_percent_and_two_hex_digits() {
+        let rules = AttackRules::default();
+        for path in ["/docs/a%+1b", "/docs/a%+0", "/docs/%+F"] {
+            assert_eq!(rules.check(path, None).map(|b| b.rule_id).as_deref(), Some("builtin:malformed-encoding"), "{path}");
+        }
+        assert_eq!(decoded("/a%25+1b", false).as_deref(), Some("/a%+1b"), "left as is by the second decoding");
+        assert_eq!(percent_decode_bytes("%+1%41", false, true).as_deref(), Some(&b"%+1A"[..]));
     }
 
     #[test]
