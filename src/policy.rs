@@ -20,10 +20,127 @@ pub struct Policies {
     /// Path patterns refused with 403: a path prefix whose segments may be
     /// `*` (any one segment), e.g. `/docs/*/internal`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub forbidden_paths: Vec<String>,
+    pub forbidden_paths: Vec<ForbiddenPath>,
     /// Scopes the key must all hold (403 `insufficient_scope` otherwise).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub required_scopes: Vec<String>,
+}
+
+/// A forbidden path: the pattern as written (stored, shown, named in
+/// events) and, beside it, its segments as an upstream decodes them —
+/// decoded once, as the policies are read or built, not per call.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(from = "String", into = "String")]
+pub struct ForbiddenPath {
+    pattern: String,
+    segments: Box<[Segment]>,
+}
+
+/// One segment of a forbidden path (the trailing `/` left out).
+#[derive(Debug, Clone)]
+struct Segment {
+    written: Box<str>,
+    /// The segment with its escapes decoded (an invalid one kept as
+    /// written; `a%20b`, `r%C3%A9sum%C3%A9`: a space or a non-ASCII letter
+    /// can only be written so), when that differs from `written`.
+    decoded: Option<Box<[u8]>>,
+}
+
+impl From<String> for ForbiddenPath {
+    fn from(pattern: String) -> ForbiddenPath {
+        let segments = pattern
+            .trim_end_matches('/')
+            .split('/')
+            .map(|written| Segment {
+                written: written.into(),
+                decoded: written
+                    .contains('%')
+                    .then(|| crate::protection::percent_decode_bytes(written, false, true))
+                    .flatten()
+                    .filter(|decoded| decoded != written.as_bytes())
+                    .map(Vec::into_boxed_slice),
+            })
+            .collect();
+        ForbiddenPath { pattern, segments }
+    }
+}
+
+impl From<&str> for ForbiddenPath {
+    fn from(pattern: &str) -> ForbiddenPath {
+        ForbiddenPath::from(pattern.to_string())
+    }
+}
+
+impl From<ForbiddenPath> for String {
+    fn from(path: ForbiddenPath) -> String {
+        path.pattern
+    }
+}
+
+/// Two patterns are the same when written the same.
+impl PartialEq for ForbiddenPath {
+    fn eq(&self, other: &ForbiddenPath) -> bool {
+        self.pattern == other.pattern
+    }
+}
+
+impl Eq for ForbiddenPath {}
+
+impl ForbiddenPath {
+    /// The pattern as written.
+    pub fn as_str(&self) -> &str {
+        &self.pattern
+    }
+
+    /// Whether `path` is under the pattern, segment by segment, as sent;
+    /// a `*` segment matches any one segment.
+    pub fn matches(&self, path: &str) -> bool {
+        self.segments_match(path, |got, want| got == &*want.written)
+    }
+
+    /// Whether `resolved` (a path as an upstream resolves it:
+    /// percent-decoded) is under the pattern, letter case ignored, each
+    /// segment as written or as an upstream decodes it.
+    fn matches_resolved(&self, resolved: &str) -> bool {
+        self.segments_match(resolved, Segment::same_resolved)
+    }
+
+    /// Compares segment by segment with `same`.
+    fn segments_match(&self, path: &str, same: impl Fn(&str, &Segment) -> bool) -> bool {
+        let mut path_segments = path.split('/');
+        for want in self.segments.iter() {
+            match path_segments.next() {
+                Some(got) if &*want.written == "*" && !got.is_empty() => {}
+                Some(got) if same(got, want) => {}
+                _ => return false,
+            }
+        }
+        true
+    }
+
+    /// Whether some path under `prefix` (an api's) can match the pattern:
+    /// each of the prefix's segments is the pattern's, or the pattern's is
+    /// `*` (or the pattern ends first: `/` or `/*` covers every api).
+    fn under(&self, prefix: &str) -> bool {
+        let mut pattern_segments = self.segments.iter();
+        for segment in prefix.trim_end_matches('/').split('/') {
+            match pattern_segments.next() {
+                None => return true,
+                Some(want) if &*want.written == "*" && !segment.is_empty() => {}
+                Some(want) if Segment::same_resolved(segment, want) => {}
+                Some(_) => return false,
+            }
+        }
+        true
+    }
+}
+
+impl Segment {
+    /// Whether a segment of a resolved (percent-decoded) path is this one,
+    /// letter case ignored: as written, or as an upstream decodes it.
+    fn same_resolved(got: &str, want: &Segment) -> bool {
+        got.eq_ignore_ascii_case(&want.written) || want.decoded.as_deref().is_some_and(|d| got.as_bytes().eq_ignore_ascii_case(d))
+    }
 }
 
 /// A refused call: the status code, the policy's name and what it allows.
@@ -58,7 +175,7 @@ impl Policies {
         if self.forbidden_paths.len() > 1000 || self.required_scopes.len() > 100 || self.allowed_methods.len() > METHODS.len() {
             return Err(ApiError::invalid_body("`policies` holds too many entries (at most 1000 paths and 100 scopes)"));
         }
-        for pattern in &self.forbidden_paths {
+        for pattern in self.forbidden_paths.iter().map(ForbiddenPath::as_str) {
             let ok = pattern.starts_with('/')
                 && pattern.len() <= 256
                 && !pattern.contains("//")
@@ -82,9 +199,10 @@ impl Policies {
     /// serves such a path, so the entry would be kept and never apply (an
     /// entry meant relative to the prefix, `/admin` for `/docs/admin`).
     pub fn check_under(&self, prefix: &str) -> Result<(), ApiError> {
-        match self.forbidden_paths.iter().find(|p| !pattern_under(prefix, p)) {
+        match self.forbidden_paths.iter().find(|p| !p.under(prefix)) {
             Some(pattern) => Err(ApiError::invalid_body(format!(
-                "`policies.forbidden_paths` entry `{pattern}` is not under the api's prefix `{prefix}`, so no call to the api would ever match it; write the whole path, e.g. `{}/admin`",
+                "`policies.forbidden_paths` entry `{}` is not under the api's prefix `{prefix}`, so no call to the api would ever match it; write the whole path, e.g. `{}/admin`",
+                pattern.as_str(),
                 prefix.trim_end_matches('/')
             ))),
             None => Ok(()),
@@ -108,9 +226,8 @@ impl Policies {
         // that route without regard to case) `/docs/ADMIN` are `/docs/admin`.
         let normalized = if self.forbidden_paths.is_empty() { None } else { normalized_path(path) };
         let resolved = normalized.as_deref().unwrap_or(path);
-        let forbidden = |p: &&String| pattern_matches(p, path) || segments_match(p, resolved, same_resolved_segment);
-        if let Some(pattern) = self.forbidden_paths.iter().find(forbidden) {
-            return Err(Violation { code: ErrorCode::Forbidden, policy: "forbidden_paths", field: "path", limit: json!(pattern), actual: json!(path) });
+        if let Some(pattern) = self.forbidden_paths.iter().find(|p| p.matches(path) || p.matches_resolved(resolved)) {
+            return Err(Violation { code: ErrorCode::Forbidden, policy: "forbidden_paths", field: "path", limit: json!(pattern.as_str()), actual: json!(path) });
         }
         self.check_scopes(scopes)?;
         if let Some(max) = self.max_body_bytes {
@@ -175,69 +292,6 @@ pub fn normalized_path(path: &str) -> Option<String> {
     Some(format!("/{}", segments.join("/")))
 }
 
-/// Whether a segment of a resolved (percent-decoded) path is the pattern's
-/// segment `want`, letter case ignored: as written, or, when the pattern
-/// holds escapes (a space or a non-ASCII letter can only be written so:
-/// `a%20b`, `r%C3%A9sum%C3%A9`), as an upstream decodes it. No copy.
-fn same_resolved_segment(got: &str, want: &str) -> bool {
-    if got.eq_ignore_ascii_case(want) {
-        return true;
-    }
-    if !want.contains('%') {
-        return false;
-    }
-    let (got, want) = (got.as_bytes(), want.as_bytes());
-    let (mut i, mut j) = (0, 0);
-    while j < want.len() {
-        let escaped = (want[j] == b'%').then(|| want.get(j + 1..j + 3)).flatten().filter(|h| h.iter().all(u8::is_ascii_hexdigit));
-        let (byte, step) = match escaped {
-            Some(hex) => (hex.iter().fold(0u8, |v, h| v * 16 + (*h as char).to_digit(16).unwrap_or(0) as u8), 3),
-            None => (want[j], 1),
-        };
-        if !got.get(i).is_some_and(|g| g.eq_ignore_ascii_case(&byte)) {
-            return false;
-        }
-        i += 1;
-        j += step;
-    }
-    i == got.len()
-}
-
-/// Whether some path under `prefix` (an api's) can match `pattern`: each
-/// of the prefix's segments is the pattern's, or the pattern's is `*` (or
-/// the pattern ends first: `/` or `/*` covers every api).
-fn pattern_under(prefix: &str, pattern: &str) -> bool {
-    let mut pattern_segments = pattern.trim_end_matches('/').split('/');
-    for segment in prefix.trim_end_matches('/').split('/') {
-        match pattern_segments.next() {
-            None => return true,
-            Some("*") if !segment.is_empty() => {}
-            Some(want) if same_resolved_segment(segment, want) => {}
-            Some(_) => return false,
-        }
-    }
-    true
-}
-
-/// Whether `path` is under `pattern`, segment by segment; a `*` segment
-/// matches any one segment.
-pub fn pattern_matches(pattern: &str, path: &str) -> bool {
-    segments_match(pattern, path, |a, b| a == b)
-}
-
-/// [`pattern_matches`], with segments compared by `same`.
-fn segments_match(pattern: &str, path: &str, same: impl Fn(&str, &str) -> bool) -> bool {
-    let mut path_segments = path.split('/');
-    for want in pattern.trim_end_matches('/').split('/') {
-        match path_segments.next() {
-            Some(got) if want == "*" && !got.is_empty() => {}
-            Some(got) if same(got, want) => {}
-            _ => return false,
-        }
-    }
-    true
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -255,12 +309,26 @@ mod tests {
 
     #[test]
     fn patterns_match_by_segment() {
+        let pattern_matches = |pattern: &str, path: &str| ForbiddenPath::from(pattern).matches(path);
         assert!(pattern_matches("/docs/admin", "/docs/admin"));
         assert!(pattern_matches("/docs/admin", "/docs/admin/users"));
         assert!(!pattern_matches("/docs/admin", "/docs/administrator"));
         assert!(pattern_matches("/docs/*/internal", "/docs/v2/internal/x"));
         assert!(!pattern_matches("/docs/*/internal", "/docs//internal"));
         assert!(!pattern_matches("/docs/*/internal", "/docs/v2"));
+    }
+
+    /// A pattern is decoded once, as it is read: it keeps its written form
+    /// (stored and shown as given) and only a segment that escapes change
+    /// carries a decoded one.
+    #[test]
+    fn a_pattern_keeps_its_written_form_and_decodes_once() {
+        let policies: Policies = serde_json::from_value(json!({"forbidden_paths": ["/docs/a%20b/", "/docs/admin", "/docs/%zz"]})).unwrap();
+        assert_eq!(serde_json::to_value(&policies).unwrap(), json!({"forbidden_paths": ["/docs/a%20b/", "/docs/admin", "/docs/%zz"]}));
+        let decoded: Vec<Vec<Option<&[u8]>>> =
+            policies.forbidden_paths.iter().map(|p| p.segments.iter().map(|s| s.decoded.as_deref()).collect()).collect();
+        assert_eq!(decoded, vec![vec![None, None, Some(&b"a b"[..])], vec![None, None, None], vec![None, None, None]]);
+        assert_eq!(policies.forbidden_paths[0], ForbiddenPath::from("/docs/a%20b/"));
     }
 
     #[test]
@@ -314,7 +382,7 @@ mod tests {
 
     #[test]
     fn forbidden_paths_must_lie_under_the_apis_prefix() {
-        let with = |path: &str| Policies { forbidden_paths: vec![path.to_string()], ..Policies::default() };
+        let with = |path: &str| Policies { forbidden_paths: vec![path.into()], ..Policies::default() };
         for (prefix, path) in [("/docs", "/docs"), ("/docs", "/docs/admin"), ("/docs", "/*/admin"), ("/docs", "/DOCS/x"), ("/docs/v1", "/docs/*/x"), ("/", "/admin"), ("/docs", "/d%6Fcs"), ("/docs", "/")] {
             assert!(with(path).check_under(prefix).is_ok(), "{path} under {prefix}");
         }
