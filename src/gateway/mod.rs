@@ -173,7 +173,7 @@ impl Gateway {
         self.trusted_proxies.client_ip(peer, || headers.values(X_FORWARDED_FOR.as_str()).filter_map(h1::value_text).collect::<Vec<_>>().into_iter())
     }
 
-    /// Runs one request through the phases of DESIGN.md, in order.
+    /// Runs one request through its phases, in order (ARCHITECTURE.md, "A request's life").
     pub async fn handle(&self, peer: SocketAddr, upstreams: &ConnectionUpstreams, req: Call) -> Response<GatewayBody> {
         // 1. Accept: request id and clock.
         let started = Instant::now();
