@@ -176,6 +176,42 @@ enum AuditCommand {
         #[command(flatten)]
         page: PageArgs,
     },
+    /// The admin activity log (who changed what, with the outcome), newest first.
+    Admin {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Only this admin's actions (adm_…).
+        #[arg(long)]
+        admin_id: Option<String>,
+        /// Only this action, e.g. KEY_REVOKED.
+        #[arg(long)]
+        action: Option<String>,
+        #[command(flatten)]
+        window: WindowArgs,
+        #[command(flatten)]
+        page: PageArgs,
+    },
+    /// Application events (what your own code reported), newest first.
+    App {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Only this action, e.g. invoice.paid.
+        #[arg(long)]
+        action: Option<String>,
+        /// Only events of this actor.
+        #[arg(long)]
+        actor_id: Option<String>,
+        /// Only events on this type of resource.
+        #[arg(long)]
+        resource_type: Option<String>,
+        /// Only events on this resource (with --resource-type).
+        #[arg(long)]
+        resource_id: Option<String>,
+        #[command(flatten)]
+        window: WindowArgs,
+        #[command(flatten)]
+        page: PageArgs,
+    },
     /// The whole matching trail as CSV or JSON (the JSON export carries the
     /// chain hashes and checkpoints `keytrail verify --file` checks),
     /// streamed to --output or standard output.
@@ -217,6 +253,13 @@ struct AuditFilterArgs {
     /// Only statuses up to this one.
     #[arg(long)]
     status_max: Option<u16>,
+    #[command(flatten)]
+    window: WindowArgs,
+}
+
+/// The time window of an audit read.
+#[derive(clap::Args)]
+struct WindowArgs {
     /// Only the last N hours.
     #[arg(long)]
     hours: Option<u32>,
@@ -242,11 +285,14 @@ impl AuditFilterArgs {
             status_max: self.status_max,
             event_type,
             category,
-            hours: self.hours,
-            days: self.days,
-            from: self.from,
-            to: self.to,
+            ..self.window.filters()
         }
+    }
+}
+
+impl WindowArgs {
+    fn filters(self) -> keytrail::cli::manage::AuditFilters {
+        keytrail::cli::manage::AuditFilters { hours: self.hours, days: self.days, from: self.from, to: self.to, ..Default::default() }
     }
 }
 
@@ -832,6 +878,14 @@ fn main() -> ExitCode {
             Command::Audit { command: AuditCommand::Security { api, event_type, filters, page } } => {
                 let filters = filters.filters(event_type, None);
                 keytrail::cli::manage::audit_list(&api.target(), keytrail::cli::manage::AuditList::Security, &filters, page.limit, page.cursor.as_deref()).await
+            }
+            Command::Audit { command: AuditCommand::Admin { api, admin_id, action, window, page } } => {
+                let filters = keytrail::cli::manage::AuditFilters { admin_id, action, ..window.filters() };
+                keytrail::cli::manage::audit_list(&api.target(), keytrail::cli::manage::AuditList::Admin, &filters, page.limit, page.cursor.as_deref()).await
+            }
+            Command::Audit { command: AuditCommand::App { api, action, actor_id, resource_type, resource_id, window, page } } => {
+                let filters = keytrail::cli::manage::AuditFilters { action, actor_id, resource_type, resource_id, ..window.filters() };
+                keytrail::cli::manage::audit_list(&api.target(), keytrail::cli::manage::AuditList::App, &filters, page.limit, page.cursor.as_deref()).await
             }
             Command::Audit { command: AuditCommand::Export { api, format, category, filters, output } } => {
                 let filters = filters.filters(None, category);

@@ -208,6 +208,14 @@ pub struct AuditFilters {
     pub status_max: Option<u16>,
     pub event_type: Option<String>,
     pub category: Option<String>,
+    /// The admin log's filters.
+    pub admin_id: Option<String>,
+    /// The admin log's and application events' `action`.
+    pub action: Option<String>,
+    /// Application events' filters.
+    pub actor_id: Option<String>,
+    pub resource_type: Option<String>,
+    pub resource_id: Option<String>,
     pub hours: Option<u32>,
     pub days: Option<u32>,
     pub from: Option<String>,
@@ -226,6 +234,11 @@ impl AuditFilters {
             ("path", &self.path),
             ("event_type", &self.event_type),
             ("category", &self.category),
+            ("admin_id", &self.admin_id),
+            ("action", &self.action),
+            ("actor_id", &self.actor_id),
+            ("resource_type", &self.resource_type),
+            ("resource_id", &self.resource_id),
             ("from", &self.from),
             ("to", &self.to),
         ];
@@ -248,6 +261,10 @@ pub enum AuditList {
     Calls,
     /// `GET /v1/audit/{tenant}/security`.
     Security,
+    /// `GET /v1/audit/{tenant}/admin`: the admin activity log.
+    Admin,
+    /// `GET /v1/audit/{tenant}/events`: application events.
+    App,
 }
 
 /// `keytrail audit list|security`: one page, newest first, and the
@@ -263,6 +280,8 @@ pub async fn audit_list(target: &Target, which: AuditList, filters: &AuditFilter
     let (path, field) = match which {
         AuditList::Calls => (format!("/v1/audit/{}", encode(&tenant)), "logs"),
         AuditList::Security => (format!("/v1/audit/{}/security", encode(&tenant)), "events"),
+        AuditList::Admin => (format!("/v1/audit/{}/admin", encode(&tenant)), "entries"),
+        AuditList::App => (format!("/v1/audit/{}/events", encode(&tenant)), "events"),
     };
     let page = client.get(&with_query(&path, &params)).await?;
     if target.json {
@@ -296,6 +315,27 @@ pub async fn audit_list(target: &Target, which: AuditList, filters: &AuditFilter
                 .map(|e| vec![text(&e["timestamp"]), text(&e["event_type"]), text(&e["outcome"]), text(&e["actor"]), text(&e["target"]), text(&e["client_ip"])])
                 .collect();
             aligned_table(&["time", "event", "outcome", "actor", "target", "client ip"], &rows, |_| false)
+        }
+        AuditList::Admin => {
+            let rows: Vec<Vec<String>> = events
+                .iter()
+                .map(|e| vec![text(&e["timestamp"]), text(&e["admin"]), text(&e["action"]), text(&e["resource"]), text(&e["outcome"]), text(&e["client_ip"])])
+                .collect();
+            aligned_table(&["time", "admin", "action", "resource", "outcome", "client ip"], &rows, |_| false)
+        }
+        AuditList::App => {
+            let rows: Vec<Vec<String>> = events
+                .iter()
+                .map(|e| {
+                    let resource = match (e["resource_type"].as_str(), e["resource_id"].as_str()) {
+                        (Some(t), Some(id)) => format!("{t}/{id}"),
+                        (Some(t), None) => t.to_string(),
+                        _ => "-".to_string(),
+                    };
+                    vec![text(&e["timestamp"]), text(&e["action"]), text(&e["actor_id"]), resource, text(&e["submitted_by"])]
+                })
+                .collect();
+            aligned_table(&["time", "action", "actor", "resource", "submitted by"], &rows, |_| false)
         }
     };
     print(&out)?;

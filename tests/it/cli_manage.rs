@@ -161,6 +161,29 @@ async fn the_audit_trail_is_read_and_exported_from_the_command_line() {
     let (ok, out, err) = run_cli(&with(&["audit", "security", "--event-type", "key_revoked"]), &TOKEN).await;
     assert!(ok, "{err}");
     assert!(out.contains("key_revoked") && out.contains(&format!("key:{key_id}")), "{out}");
+    // admin: the admin activity log, by action.
+    let (ok, out, err) = run_cli(&with(&["audit", "admin", "--action", "KEY_REVOKED"]), &TOKEN).await;
+    assert!(ok, "{err}");
+    let rows: Vec<&str> = out.lines().skip(1).collect();
+    assert_eq!(rows.len(), 1, "{out}");
+    assert!(rows[0].contains("KEY_REVOKED") && rows[0].contains(&format!("key:{key_id}")) && rows[0].contains("success"), "{out}");
+    // app: application events, by resource.
+    let app = json!({"events": [
+        {"action": "invoice.paid", "resource_type": "invoice", "resource_id": "inv_1", "actor_id": "user:42"},
+        {"action": "invoice.sent", "resource_type": "invoice", "resource_id": "inv_2", "actor_id": "user:42"}
+    ]});
+    assert_eq!(admin.post("/v1/audit/acme/events", app).await.status, 201);
+    let (ok, out, err) = run_cli(&with(&["audit", "app", "--resource-type", "invoice", "--resource-id", "inv_1"]), &TOKEN).await;
+    assert!(ok, "{err}");
+    let rows: Vec<&str> = out.lines().skip(1).collect();
+    assert_eq!(rows.len(), 1, "{out}");
+    assert!(rows[0].contains("invoice.paid") && rows[0].contains("invoice/inv_1") && rows[0].contains("user:42"), "{out}");
+    let (ok, out, err) = run_cli(&with(&["audit", "app", "--action", "invoice.sent", "--json"]), &TOKEN).await;
+    assert!(ok, "{err}");
+    let page: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(page["events"].as_array().unwrap().len(), 1, "{out}");
+    assert_eq!(page["events"][0]["resource_id"], "inv_2");
+
     // a filter the server refuses: its message, exit 1.
     let (ok, _, err) = run_cli(&with(&["audit", "list", "--hours", "0"]), &TOKEN).await;
     assert!(!ok && err.contains("400") && err.contains("hours"), "{err}");
