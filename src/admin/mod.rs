@@ -29,7 +29,7 @@ use crate::access::{self, Permission};
 use crate::audit::AuditPipeline;
 use crate::event::SYSTEM_TENANT;
 use crate::gateway::{KeySource, KeyedCall};
-use crate::control::{Actor, ControlPlane, CreatedKey, LoggingView, NewApi, NewBlock, NewKey, NewTier};
+use crate::control::{Actor, BearerRefused, ControlPlane, CreatedKey, LoggingView, NewApi, NewBlock, NewKey, NewTier};
 use crate::protection::EntryKind;
 use crate::policy::Policies;
 use crate::ratelimit::{CostRule, RateSpec};
@@ -210,23 +210,41 @@ async fn authorise(
             return Ok(None);
         }
     }
-    let token = bearer(req.headers()).map(str::to_string);
-    let signed = match token.as_deref().map(|t| state.control.authenticate_admin(t)) {
-        Some(Ok(Some(signed))) => signed,
-        Some(Err(e)) => return Err(e.into_response()),
-        _ => return Err(unauthorized()),
-    };
-    let actor = Actor {
-        admin_id: signed.admin.id.clone(),
+    let Some(token) = bearer(req.headers()) else { return Err(unauthorized()) };
+    let caller = Actor {
         client_ip: Some(peer.ip().to_string()),
         user_agent: req
             .headers()
             .get(header::USER_AGENT)
             .map(|v| String::from_utf8_lossy(v.as_bytes()).chars().take(512).collect()),
+        request_id: Some(request_id.to_string()),
+        ..Actor::default()
+    };
+    // A failed token is recorded and counted against the caller's address;
+    // past the limit every token from it is refused unchecked for a while.
+    let signed = match state.control.authenticate_bearer(token, &caller, req.method().as_str(), path) {
+        Ok(signed) => signed,
+        Err(BearerRefused::Error(e)) => return Err(e.into_response()),
+        Err(refused) => {
+            // The failure's events before the answer, under `sync`.
+            state.audit.flush_if_sync().await;
+            return Err(match refused {
+                BearerRefused::TooManyAttempts { retry_after_secs } => {
+                    let message = "too many failed bearer tokens from this address: try again after the time in `Retry-After`";
+                    let mut response = ApiError::new(ErrorCode::TooManyAttempts, message).into_response();
+                    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+                    response
+                }
+                _ => unauthorized(),
+            });
+        }
+    };
+    let actor = Actor {
+        admin_id: signed.admin.id.clone(),
         tenant_scope: signed.admin.tenant_id.clone(),
         credential: signed.credential.describe(),
-        request_id: Some(request_id.to_string()),
         role: Some(signed.role),
+        ..caller
     };
     // Deny by default: a route without a rule is open to nobody.
     let Some(rule) = rule else {

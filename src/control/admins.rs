@@ -34,6 +34,18 @@ impl From<ApiError> for LoginRefused {
     }
 }
 
+/// Why a bearer token on the admin API was not accepted.
+#[derive(Debug)]
+pub enum BearerRefused {
+    /// Too many failed bearer tokens from the address: refused unchecked,
+    /// for this many more seconds.
+    TooManyAttempts { retry_after_secs: u64 },
+    /// No admin token and no live session (401).
+    Unknown,
+    /// The store failed.
+    Error(ApiError),
+}
+
 /// How long a session lasts after sign-in.
 pub const SESSION_HOURS: i64 = 12;
 
@@ -149,6 +161,62 @@ impl ControlPlane {
         let Some(session) = self.store.live_session(&hash, now_ms())? else { return Ok(None) };
         let admin = admins.values().find(|a| a.id == session.admin_id).cloned();
         Ok(admin.and_then(|admin| Self::signed(admin, Credential::Session(session.id))))
+    }
+
+    /// Authenticates the bearer of an admin API call from the caller
+    /// `actor` describes (its `client_ip`, `user_agent`, `request_id`),
+    /// throttled per address like sign-ins ([`login_throttle`]): while the
+    /// address is locked out of bearer tokens, every token is refused
+    /// unchecked, a valid one too (or the lockout would tell a guesser which
+    /// guess was right). A token that names no admin and no live session is
+    /// recorded as `admin_login_failed` in the system tenant — never the
+    /// token, nor a hint of it, only what it looked like — and counted; each
+    /// lockout the failures start is one `admin_login_locked` event.
+    pub fn authenticate_bearer(&self, token: &str, actor: &Actor, method: &str, path: &str) -> Result<Signed, BearerRefused> {
+        let address = actor.client_ip.as_deref().and_then(|ip| ip.parse::<std::net::IpAddr>().ok());
+        let attempt = match address {
+            Some(address) => Some(
+                self.login_throttle
+                    .begin_bearer(address, now_ms())
+                    .map_err(|retry_after_secs| BearerRefused::TooManyAttempts { retry_after_secs })?,
+            ),
+            None => None,
+        };
+        let signed = self.authenticate_admin(token).map_err(BearerRefused::Error)?;
+        if let Some(signed) = signed {
+            if let Some(attempt) = attempt {
+                attempt.succeeded(now_ms());
+            }
+            return Ok(signed);
+        }
+        let bucket = attempt.as_ref().and_then(|a| a.address());
+        let lockouts = attempt.map(|a| a.failed(now_ms())).unwrap_or_default();
+        let target = "admin_token:unknown";
+        let presented = if token.starts_with(keys::ADMIN_TOKEN_PREFIX) {
+            "admin_token"
+        } else if token.starts_with(keys::SESSION_TOKEN_PREFIX) {
+            "session_token"
+        } else if token.starts_with("kt_live_") || token.starts_with("kt_test_") {
+            "api_key"
+        } else {
+            "other"
+        };
+        let mut failed = actor.event(SYSTEM_TENANT, security_type::ADMIN_LOGIN_FAILED, target.to_string());
+        failed.outcome = "failure".into();
+        failed.actor = None;
+        failed.error_code = Some("unauthorized".into());
+        failed.method = Some(method.into());
+        failed.path = Some(path.to_string());
+        failed.details = Some(serde_json::json!({"credential": "bearer", "presented": presented}));
+        self.audit.record(failed);
+        for lockout in lockouts {
+            let mut event = self.lockout_event(&lockout, SYSTEM_TENANT, target, bucket, actor);
+            if let Some(details) = event.details.as_mut() {
+                details["credential"] = serde_json::json!("bearer");
+            }
+            self.audit.record(event);
+        }
+        Err(BearerRefused::Unknown)
     }
 
     /// The tenant an admin is bound to (`Some(None)` for a global admin),

@@ -4,6 +4,13 @@
 //! lockout period without their password being checked — a correct one too,
 //! or the lockout would tell a guesser when it guessed right.
 //!
+//! Bearer tokens that fail on the rest of the admin API (an unknown admin
+//! token, an unknown or ended session) are counted the same way per client
+//! address, with the address limits but apart from sign-ins: past the limit,
+//! every bearer from that address is refused unchecked for the lockout, a
+//! valid one too (for the same reason), while sign-ins from it, and bearers
+//! from elsewhere, go on.
+//!
 //! A name is counted the same whether or not an admin has it, and only by
 //! its SHA-256 (people type passwords into the name field). An attempt is
 //! counted against the limit while its password is checked, so attempts
@@ -66,6 +73,8 @@ pub struct ThrottleStatus {
     /// Names and addresses locked out now.
     pub locked_names: u64,
     pub locked_addresses: u64,
+    /// Addresses whose bearer tokens are refused now.
+    pub locked_bearer_addresses: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -182,6 +191,17 @@ impl<K: Hash + Eq + Copy> Counter<K> {
         }
     }
 
+    /// An attempt ended without a failure, and the key forgets it
+    /// altogether when nothing else is counted for it.
+    fn release(&mut self, key: &K) {
+        if let Some(slot) = self.slots.get_mut(key) {
+            slot.pending = slot.pending.saturating_sub(1);
+            if slot.pending == 0 && slot.failed == 0 && slot.locked_until_ms == 0 {
+                self.slots.remove(key);
+            }
+        }
+    }
+
     /// A correct password: the key starts afresh (attempts of it still being
     /// checked keep their place).
     fn reset(&mut self, key: &K, now_ms: i64) {
@@ -203,6 +223,25 @@ impl<K: Hash + Eq + Copy> Counter<K> {
 struct Counters {
     names: Counter<SecretHash>,
     addresses: Counter<IpAddr>,
+    /// Failed bearer tokens on the admin API, per address.
+    bearers: Counter<IpAddr>,
+}
+
+impl Counters {
+    /// The address counter an attempt of `kind` counts in.
+    fn by_address(&mut self, kind: Kind) -> &mut Counter<IpAddr> {
+        match kind {
+            Kind::SignIn => &mut self.addresses,
+            Kind::Bearer => &mut self.bearers,
+        }
+    }
+}
+
+/// What an attempt presents: a name and password, or a bearer token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    SignIn,
+    Bearer,
 }
 
 /// The sign-in throttle of one server.
@@ -235,13 +274,15 @@ pub fn describe_bucket(bucket: IpAddr) -> String {
     }
 }
 
-/// A sign-in attempt whose password may be checked. It counts against the
-/// limits until it ends: [`Attempt::failed`], [`Attempt::succeeded`], or
-/// dropped (an attempt that ended otherwise, say on a store error, then
-/// counts as neither).
+/// A sign-in attempt whose password may be checked, or a bearer token
+/// that may be. It counts against the limits until it ends:
+/// [`Attempt::failed`], [`Attempt::succeeded`], or dropped (an attempt that
+/// ended otherwise, say on a store error, then counts as neither).
 pub struct Attempt<'t> {
     throttle: &'t LoginThrottle,
-    name: SecretHash,
+    kind: Kind,
+    /// The name signed in with; none for a bearer token.
+    name: Option<SecretHash>,
     address: Option<IpAddr>,
     ended: bool,
 }
@@ -260,6 +301,7 @@ impl LoginThrottle {
             counters: Mutex::new(Counters {
                 names: Counter::new(config.name_failures, window_ms, lockout_ms, cap),
                 addresses: Counter::new(config.address_failures, window_ms, lockout_ms, cap),
+                bearers: Counter::new(config.address_failures, window_ms, lockout_ms, cap),
             }),
             lockouts: AtomicU64::new(0),
             refused: AtomicU64::new(0),
@@ -294,7 +336,20 @@ impl LoginThrottle {
         if let Some(address) = address {
             counters.addresses.begin(address, now_ms);
         }
-        Ok(Attempt { throttle: self, name, address, ended: false })
+        Ok(Attempt { throttle: self, kind: Kind::SignIn, name: Some(name), address, ended: false })
+    }
+
+    /// A bearer token from `address` about to be checked, or the whole
+    /// seconds to wait (at least 1) when the address is locked out of them.
+    pub fn begin_bearer(&self, address: IpAddr, now_ms: i64) -> Result<Attempt<'_>, u64> {
+        let address = address_bucket(address);
+        let mut counters = self.counters();
+        if let Some(wait_ms) = counters.bearers.refused_for(&address, now_ms) {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            return Err((wait_ms.max(1) as u64).div_ceil(1000));
+        }
+        counters.bearers.begin(address, now_ms);
+        Ok(Attempt { throttle: self, kind: Kind::Bearer, name: None, address: Some(address), ended: false })
     }
 
     pub fn status(&self, now_ms: i64) -> ThrottleStatus {
@@ -304,13 +359,14 @@ impl LoginThrottle {
             refused: self.refused.load(Ordering::Relaxed),
             locked_names: counters.names.locked_now(now_ms),
             locked_addresses: counters.addresses.locked_now(now_ms),
+            locked_bearer_addresses: counters.bearers.locked_now(now_ms),
         }
     }
 
     #[cfg(test)]
     fn tracked(&self) -> (usize, usize) {
         let counters = self.counters();
-        (counters.names.slots.len(), counters.addresses.slots.len())
+        (counters.names.slots.len(), counters.addresses.slots.len() + counters.bearers.slots.len())
     }
 }
 
@@ -320,30 +376,38 @@ impl Attempt<'_> {
         self.address
     }
 
-    /// The password was wrong (or the name unknown): the lockouts this starts.
+    /// The password was wrong (or the name unknown), or the bearer token
+    /// named no admin or live session: the lockouts this starts.
     pub fn failed(mut self, now_ms: i64) -> Vec<Lockout> {
         self.ended = true;
         let mut counters = self.throttle.counters();
         let mut started = Vec::new();
-        if let Some((failures, until_ms)) = counters.names.failed(&self.name, now_ms) {
+        if let Some((failures, until_ms)) = self.name.and_then(|name| counters.names.failed(&name, now_ms)) {
             started.push(Lockout { scope: Scope::Name, failures, until_ms });
         }
-        if let Some((failures, until_ms)) = self.address.and_then(|a| counters.addresses.failed(&a, now_ms)) {
+        if let Some((failures, until_ms)) = self.address.and_then(|a| counters.by_address(self.kind).failed(&a, now_ms)) {
             started.push(Lockout { scope: Scope::Address, failures, until_ms });
         }
         self.throttle.lockouts.fetch_add(started.len() as u64, Ordering::Relaxed);
         started
     }
 
-    /// The password was right: the name's failures are forgotten. The
-    /// address's are not, or signing in to one's own account between
-    /// guesses would reset the count of a spray of names.
+    /// The password (or the bearer token) was right: the name's failures
+    /// are forgotten. The address's are not, or signing in to one's own
+    /// account (or calling with one's own token) between guesses would
+    /// reset the count of a spray of guesses.
     pub fn succeeded(mut self, now_ms: i64) {
         self.ended = true;
         let mut counters = self.throttle.counters();
-        counters.names.reset(&self.name, now_ms);
+        if let Some(name) = &self.name {
+            counters.names.reset(name, now_ms);
+        }
         if let Some(address) = self.address {
-            counters.addresses.settled(&address);
+            match self.kind {
+                Kind::SignIn => counters.addresses.settled(&address),
+                // Every admin call is one: an address with nothing against it is not kept.
+                Kind::Bearer => counters.bearers.release(&address),
+            }
         }
     }
 }
@@ -354,9 +418,14 @@ impl Drop for Attempt<'_> {
             return;
         }
         let mut counters = self.throttle.counters();
-        counters.names.settled(&self.name);
+        if let Some(name) = &self.name {
+            counters.names.settled(name);
+        }
         if let Some(address) = self.address {
-            counters.addresses.settled(&address);
+            match self.kind {
+                Kind::SignIn => counters.addresses.settled(&address),
+                Kind::Bearer => counters.bearers.release(&address),
+            }
         }
     }
 }
@@ -391,7 +460,7 @@ mod tests {
         assert_eq!(t.begin("ada", ip("192.0.2.9"), 2 * MIN).err(), Some(600));
         assert_eq!(t.begin("ada", None, 12 * MIN - 1500).err(), Some(2), "whole seconds, rounded up");
         assert!(t.begin("bob", ip("192.0.2.3"), 3 * MIN).is_ok(), "other names go on");
-        assert_eq!(t.status(3 * MIN), ThrottleStatus { lockouts: 1, refused: 2, locked_names: 1, locked_addresses: 0 });
+        assert_eq!(t.status(3 * MIN), ThrottleStatus { lockouts: 1, refused: 2, locked_names: 1, locked_addresses: 0, locked_bearer_addresses: 0 });
         // After the lockout, a fresh window: two more failures lock nothing.
         assert!(fail(&t, "ada", "192.0.2.1", 12 * MIN).is_empty());
         assert!(fail(&t, "ada", "192.0.2.1", 12 * MIN).is_empty());
@@ -489,5 +558,37 @@ mod tests {
         assert!(fail(&t, "new", "192.0.2.1", 0).is_empty());
         assert_eq!(t.tracked().0, 10);
         assert!(t.begin("locked-3", None, 0).is_err());
+    }
+}
+
+#[cfg(test)]
+mod bearer_tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn failed_bearers_lock_their_address_apart_from_sign_ins_and_valid_ones_leave_nothing() {
+        let config = LoginConfig { name_failures: 5, address_failures: 2, window: Duration::from_secs(900), lockout: Duration::from_secs(600) };
+        let t = LoginThrottle::new(&config);
+        // A valid token, many times: nothing is kept of it.
+        for _ in 0..10 {
+            t.begin_bearer(ip("192.0.2.1"), 0).unwrap().succeeded(0);
+        }
+        assert_eq!(t.tracked(), (0, 0));
+        assert!(t.begin_bearer(ip("192.0.2.1"), 0).unwrap().failed(0).is_empty());
+        t.begin_bearer(ip("192.0.2.1"), 0).unwrap().succeeded(0);
+        let started = t.begin_bearer(ip("192.0.2.1"), 0).unwrap().failed(0);
+        assert_eq!(started, [Lockout { scope: Scope::Address, failures: 2, until_ms: 600_000 }], "a success between does not reset");
+        assert_eq!(t.begin_bearer(ip("192.0.2.1"), 1_000).err(), Some(599));
+        assert!(t.begin_bearer(ip("192.0.2.2"), 0).is_ok(), "other addresses go on");
+        assert!(t.begin("ada", Some(ip("192.0.2.1")), 0).is_ok(), "sign-ins from it go on");
+        let status = t.status(0);
+        assert_eq!((status.locked_bearer_addresses, status.locked_addresses, status.lockouts, status.refused), (1, 0, 1, 1));
+        assert!(t.begin_bearer(ip("192.0.2.1"), 600_000).is_ok(), "the lockout ends");
     }
 }

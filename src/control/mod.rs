@@ -161,7 +161,7 @@ pub struct CreatedKey {
 mod admins;
 pub mod login_throttle;
 
-pub use admins::{Credential, LoginRefused, NewAdmin, Signed, SESSION_HOURS};
+pub use admins::{BearerRefused, Credential, LoginRefused, NewAdmin, Signed, SESSION_HOURS};
 use login_throttle::LoginThrottle;
 
 pub struct ControlPlane {

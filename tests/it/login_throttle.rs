@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::util::{Admin, Answer, TestServer};
+use crate::util::{everything_written, spawn_serve, Admin, Answer, TestServer, ADMIN_TOKEN};
 
 const PASSWORD: &str = "correct horse battery staple";
 
@@ -90,7 +90,7 @@ async fn five_failures_lock_a_name_out_even_for_the_right_password_and_only_that
     // Refused attempts are counted, not recorded: five failures in the trail.
     assert_eq!(security(&owner, "acme", "admin_login_failed").await.len(), 5);
     let status = owner.get("/v1/status").await;
-    assert_eq!(status.body["login_throttle"], json!({"lockouts": 1, "refused": 2, "locked_names": 1, "locked_addresses": 0}), "{}", status.text);
+    assert_eq!(status.body["login_throttle"], json!({"lockouts": 1, "refused": 2, "locked_names": 1, "locked_addresses": 0, "locked_bearer_addresses": 0}), "{}", status.text);
 }
 
 #[tokio::test]
@@ -285,4 +285,106 @@ async fn a_forwarded_address_from_a_peer_that_is_not_a_trusted_proxy_is_ignored(
     let locked = security(&owner, "_system", "admin_login_locked").await;
     assert_eq!(locked.len(), 1, "{locked:?}");
     assert_eq!(locked[0]["target"], "ip:127.0.0.1");
+}
+
+/// Bearer tokens that fail on the admin API: an unknown admin token (as
+/// short as an operator may choose one), an unknown session token, a
+/// malformed API key sent as a bearer (to the application-events route,
+/// where a well-formed key would be checked as a key).
+fn bad_bearers() -> Vec<String> {
+    let mut malformed = keytrail::keys::generate_key(keytrail::keys::KeyEnvironment::Live).secret;
+    malformed.pop();
+    malformed.push('!');
+    vec!["guess-0123456789".to_string(), format!("{}{}", keytrail::keys::SESSION_TOKEN_PREFIX, "x".repeat(40)), malformed]
+}
+
+/// A call with `token` as the bearer: a read for the first two, an
+/// application event for the third.
+async fn with_bearer(client: &Admin, token: &str, i: usize) -> Answer {
+    let client = Admin { token: token.to_string(), ..client.clone() };
+    if i % 3 == 2 {
+        client.post("/v1/audit/acme/events", json!({"action": "x", "resource_type": "t", "resource_id": "1"})).await
+    } else {
+        client.get("/v1/tenants").await
+    }
+}
+
+#[tokio::test]
+async fn failed_bearer_tokens_are_recorded_and_lock_their_address_out_even_for_a_valid_token() {
+    let (ts, owner, anonymous, _) = setup_config(|c| {
+        three_per_address(c);
+        c.admin_trusted_proxies = keytrail::protection::TrustedProxies::parse(&["127.0.0.1".to_string()]).unwrap();
+    })
+    .await;
+    let guesser = forwarding(&anonymous, "203.0.113.7");
+    let bad = bad_bearers();
+    for (i, token) in bad.iter().enumerate() {
+        let a = with_bearer(&guesser, token, i).await;
+        assert_eq!((a.status, a.body["error"]["code"].as_str()), (401, Some("unauthorized")), "{token}: {}", a.text);
+        assert!(!a.text.contains(token.as_str()));
+    }
+    // Locked out: a fourth guess, and the right token too (or the lockout
+    // would tell the guesser which guess was right).
+    assert_locked(&with_bearer(&guesser, "another-guess-0123", 0).await, 900);
+    let right = with_bearer(&guesser, ADMIN_TOKEN, 0).await;
+    assert_locked(&right, 900);
+    // Others, and sign-ins from that address, go on.
+    assert_eq!(with_bearer(&forwarding(&owner, "198.51.100.9"), ADMIN_TOKEN, 0).await.status, 200);
+    assert_eq!(owner.get("/v1/tenants").await.status, 200);
+    assert_eq!(login(&guesser, "bob", PASSWORD).await.status, 200);
+
+    ts.flush().await;
+    let failed = security(&owner, "_system", "admin_login_failed").await;
+    assert_eq!(failed.len(), 3, "one event per failed token, none per refused one: {failed:?}");
+    for event in &failed {
+        assert_eq!(event["client_ip"], "203.0.113.7", "{event}");
+        assert_eq!(event["outcome"], "failure", "{event}");
+        assert_eq!(event["target"], "admin_token:unknown", "{event}");
+        assert!(event["actor"].is_null(), "{event}");
+        assert!(event.get("key_hint").is_none_or(Value::is_null), "not even a hint of a guess: {event}");
+        let text = event.to_string();
+        for token in bad.iter().chain([&ADMIN_TOKEN.to_string()]) {
+            assert!(!text.contains(token.as_str()), "{text}");
+        }
+    }
+    let presented: Vec<&str> = failed.iter().map(|e| e["details"]["presented"].as_str().unwrap()).collect();
+    assert!(presented.contains(&"session_token") && presented.contains(&"api_key") && presented.contains(&"other"), "{presented:?}");
+    let locked = security(&owner, "_system", "admin_login_locked").await;
+    assert_eq!(locked.len(), 1, "{locked:?}");
+    assert_eq!(locked[0]["target"], "ip:203.0.113.7");
+    assert_eq!(locked[0]["details"]["scope"], "address");
+    assert_eq!(locked[0]["details"]["credential"], "bearer");
+    let status = owner.get("/v1/status").await;
+    assert_eq!(status.body["login_throttle"]["locked_bearer_addresses"], 1, "{}", status.text);
+    assert_eq!(status.body["login_throttle"]["locked_addresses"], 0, "{}", status.text);
+}
+
+#[tokio::test]
+async fn a_failed_bearer_token_leaves_nothing_of_itself_in_any_output() {
+    let data = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let (mut p, admin, _) = spawn_serve(data.path(), out.path(), &[]);
+    assert_eq!(admin.post("/v1/tenants", json!({"id": "acme", "name": "Acme"})).await.status, 201);
+    let bad = bad_bearers();
+    let mut answers = Vec::new();
+    for (i, token) in bad.iter().enumerate() {
+        let a = with_bearer(&admin, token, i).await;
+        assert_eq!(a.status, 401, "{}", a.text);
+        answers.push(a.text);
+    }
+    let mut failed = Vec::new();
+    for _ in 0..100 {
+        let a = admin.get("/v1/audit/_system/security?event_type=admin_login_failed").await;
+        assert_eq!(a.status, 200, "{}", a.text);
+        failed = a.body["events"].as_array().unwrap().clone();
+        answers.push(a.text);
+        if failed.len() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(failed.len(), 3, "{failed:?}");
+    assert!(p.interrupt_and_wait().success());
+    let outputs = everything_written(&p, data.path(), answers);
+    crate::util::assert_no_secret(&bad.iter().collect::<Vec<_>>(), &outputs);
 }

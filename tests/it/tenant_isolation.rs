@@ -53,7 +53,10 @@ async fn a_tenant_cannot_route_a_path_inside_another_tenants_api() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 8)]
 async fn a_removed_admins_token_stops_working_under_concurrent_changes() {
     use std::sync::atomic::{AtomicBool, Ordering};
-    let ts = TestServer::start().await;
+    // Each removed token is refused once more, all from 127.0.0.1: as
+    // guesses they would lock the address out of bearer tokens (the
+    // owner's too), so that count is off here.
+    let ts = TestServer::start_with(tempfile::tempdir().unwrap(), |c| c.login.address_failures = 0).await;
     let owner = ts.admin_client();
     assert_eq!(owner.post("/v1/tenants", json!({"id": "acme", "name": "Acme"})).await.status, 201);
     assert_eq!(owner.post("/v1/tenants/acme/tiers", json!({"id": "gold", "daily_quota": 5})).await.status, 201);
