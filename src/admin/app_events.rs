@@ -100,27 +100,54 @@ fn is_text(text: &str, max: usize) -> bool {
     !text.trim().is_empty() && text.len() <= max && !text.chars().any(char::is_control)
 }
 
-/// Whether an actor reads as an admin: `admin:…` as keytrail names admins
-/// in the trail (and [`crate::event::salt_owner`] salts their events), in
-/// any case and after leading blanks, as a reader would take it too.
-fn names_an_admin(actor: &str) -> bool {
-    actor.trim_start().get(..6).is_some_and(|prefix| prefix.eq_ignore_ascii_case("admin:"))
+/// The prefixes keytrail writes its own actors with: admins, consumers
+/// (a key's calls), and keytrail itself (`keytrail:auto-bruteforce`,
+/// `keytrail:login-throttle`, `system:retention`).
+const RESERVED_ACTORS: [&str; 4] = ["admin:", "consumer:", "keytrail:", "system:"];
+
+/// An actor as a reader takes it: blanks around it and before a colon
+/// gone, invisible characters gone, full-width forms and colon look-alikes
+/// as their ASCII, case folded (`\u{017F}` as `s`, the Kelvin sign as `k`).
+fn actor_as_read(actor: &str) -> String {
+    let mut read = String::with_capacity(actor.len());
+    for c in actor.chars() {
+        let c = match c {
+            '\u{FF01}'..='\u{FF5E}' => char::from_u32(c as u32 - 0xFEE0).unwrap_or(c),
+            '\u{FE13}' | '\u{FE55}' | '\u{2236}' | '\u{A789}' | '\u{02D0}' | '\u{0589}' | '\u{05C3}' | '\u{1363}' | '\u{1804}' => ':',
+            '\u{00AD}' | '\u{034F}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{FEFF}' => continue,
+            c => c,
+        };
+        if c == ':' {
+            read.truncate(read.trim_end().len());
+        }
+        read.extend(c.to_uppercase().flat_map(char::to_lowercase));
+    }
+    read.trim().to_string()
 }
 
-/// Whom an event may name as its actor. An API key's events are its
-/// application's: they may not name an admin, or the trail would show an
-/// admin's action that no admin took (and the event would be salted, so
-/// erased, as an admin's rather than the consumer's). An admin may name
-/// itself (exactly as the trail names it), never another admin: an entry
-/// that reads as an admin's action comes from that admin's credentials.
+/// Whom an event may name as its actor: no one keytrail names itself
+/// ([`RESERVED_ACTORS`], in any spelling a reader takes for one), but
+/// for the submitter itself, exactly as the trail names it. An API key's
+/// events are its application's: they may name its own consumer
+/// (`consumer:<its id>`), never another consumer, an admin or keytrail,
+/// or the trail would show an action they did not take (and an admin's
+/// would be salted, so erased, as an admin's rather than the consumer's).
+/// An admin may name itself (`admin:<its id>`), never another admin, a
+/// consumer or keytrail: an entry that reads as someone's action comes
+/// from their credentials.
 fn check_actor(actor: &str, by: &Submitter) -> Result<(), &'static str> {
-    if !names_an_admin(actor) {
-        return Ok(());
-    }
-    match by {
-        Submitter::Key(_) => Err("must not name an admin (`admin:…`): an event sent with an API key is its application's, never an admin's"),
-        Submitter::Admin(me) if actor.strip_prefix("admin:") == Some(me.admin_id.as_str()) => Ok(()),
-        Submitter::Admin(_) => Err("may name no admin but yourself (`admin:<your id>`, as the trail names you)"),
+    let read = actor_as_read(actor);
+    let Some(reserved) = RESERVED_ACTORS.iter().find(|prefix| read.starts_with(**prefix)) else { return Ok(()) };
+    match (*reserved, by) {
+        ("consumer:", Submitter::Key(writer)) if actor.strip_prefix("consumer:") == Some(&*writer.consumer_id) => Ok(()),
+        ("admin:", Submitter::Admin(me)) if actor.strip_prefix("admin:") == Some(me.admin_id.as_str()) => Ok(()),
+        ("admin:", Submitter::Key(_)) => Err("must not name an admin (`admin:…`): an event sent with an API key is its application's, never an admin's"),
+        ("admin:", Submitter::Admin(_)) => Err("may name no admin but yourself (`admin:<your id>`, as the trail names you)"),
+        ("consumer:", Submitter::Key(_)) => {
+            Err("may name no consumer but the key's own (`consumer:<its consumer id>`, exactly as the trail names it)")
+        }
+        ("consumer:", Submitter::Admin(_)) => Err("must not name a consumer (`consumer:…`): the trail names a consumer for its own key's actions"),
+        _ => Err("must not name keytrail itself (`system:…`, `keytrail:…`, in any spelling): those actors are keytrail's own actions"),
     }
 }
 

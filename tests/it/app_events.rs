@@ -294,6 +294,66 @@ async fn submitted_events_cannot_claim_another_admin_as_their_actor() {
     assert_eq!(actors, ["admin:adm_bootstrap", "administrator-7", "user-42"]);
 }
 
+/// Nor may an event name keytrail's own actors (`system:…`, `keytrail:…`)
+/// or, sent with a key, a consumer other than the key's own, in any
+/// spelling a reader would take for one: other case, blanks around or
+/// before the colon, a full-width colon or letters, invisible characters.
+/// An admin names neither keytrail nor a consumer.
+#[tokio::test]
+async fn submitted_events_cannot_claim_keytrail_or_another_consumer_as_their_actor() {
+    let ts = TestServer::start().await;
+    let admin = ts.admin_client();
+    assert_eq!(admin.post("/v1/tenants", json!({"id": "acme", "name": "Acme"})).await.status, 201);
+    let (own, _, writer) = admin.consumer_with_key("acme", "backend", json!({"scopes": ["audit:write"]})).await;
+    let (other, _, _) = admin.consumer_with_key("acme", "frontend", json!({"scopes": []})).await;
+    let as_key = Admin { token: writer.clone(), ..admin.clone() };
+    let event = |actor: &str| json!({"action": "order.deleted", "resource_type": "order", "resource_id": "1", "actor_id": actor});
+
+    let reserved = [
+        "system:retention".to_string(),
+        "keytrail:auto-bruteforce".into(),
+        "keytrail:login-throttle".into(),
+        format!("consumer:{other}"),
+        "consumer:cons_nobody".into(),
+        "SYSTEM:retention".into(),
+        " system:retention".into(),
+        "system:retention ".into(),
+        "system :retention".into(),
+        "system\u{3000}:retention".into(),
+        "system\u{FF1A}retention".into(),
+        "KeyTrail\u{FF1A}auto-bruteforce".into(),
+        "\u{FF53}\u{FF59}\u{FF53}\u{FF54}\u{FF45}\u{FF4D}:retention".into(),
+        "\u{200B}system:retention".into(),
+        "sys\u{200D}tem:retention".into(),
+        "\u{017F}ystem:retention".into(),
+        "\u{212A}eytrail:x".into(),
+        "admin :x".into(),
+        "admin\u{FF1A}x".into(),
+        format!("Consumer:{own}"),
+        format!(" consumer:{own}"),
+        format!("consumer :{own}"),
+    ];
+    for actor in &reserved {
+        let a = submit(&as_key, "acme", event(actor)).await;
+        assert_eq!((a.status, a.body["error"]["code"].as_str()), (400, Some("invalid_body")), "key as {actor:?}: {}", a.text);
+        assert!(a.body["error"]["message"].as_str().unwrap().contains("event.actor_id"), "{}", a.text);
+    }
+    for actor in ["system:retention", "keytrail:auto-bruteforce", "System\u{FF1A}x", &format!("consumer:{own}"), "admin :adm_bootstrap"] {
+        let a = submit(&admin, "acme", event(actor)).await;
+        assert_eq!((a.status, a.body["error"]["code"].as_str()), (400, Some("invalid_body")), "admin as {actor:?}: {}", a.text);
+    }
+    assert!(events(&admin.get("/v1/audit/acme/events").await).is_empty());
+
+    // The key's own consumer, as the trail names it, and look-alikes that
+    // are no prefix, are kept.
+    for actor in [format!("consumer:{own}"), "systems-team".into(), "user:system".into(), "keytrailer".into()] {
+        let a = submit(&as_key, "acme", event(&actor)).await;
+        assert_eq!(a.status, 201, "key as {actor:?}: {}", a.text);
+    }
+    let stored = events(&admin.get("/v1/audit/acme/events").await);
+    assert_eq!(stored.len(), 4);
+}
+
 /// A key-submitted event's caller as the admin API sees it (behind a
 /// trusted proxy, its forwarded address).
 fn keyed(ts: &TestServer, key: &str, address: &str, agent: &str, body: Value) -> reqwest::RequestBuilder {
