@@ -12,7 +12,7 @@ use std::collections::HashMap;
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::Deserialize;
@@ -23,6 +23,7 @@ use crate::control::Actor;
 use crate::error::{ApiError, ErrorCode};
 use crate::event::{now_ms, Category, Event, Text};
 use crate::gateway::{KeyRefusal, KeyedCall};
+use crate::ratelimit::{Exceeded, Standing};
 use crate::store::audit::{AuditReader, EventFilter};
 
 /// Most events in one call.
@@ -41,6 +42,9 @@ pub struct KeyWriter {
     pub consumer_id: Text,
     /// The caller's address (behind a trusted proxy, the forwarded one).
     pub client_ip: Text,
+    /// Where the consumer stands against its tier's limits after this call
+    /// (for the `RateLimit-*` headers), when its tier has any.
+    pub standing: Option<Standing>,
 }
 
 /// The scope an API key needs to submit application events.
@@ -53,20 +57,61 @@ pub const WRITE_SCOPE: &str = "audit:write";
 /// as a tenant that does not exist), each failure recorded and counted
 /// toward the gateway's brute-force block of the caller's address, the key
 /// on no blocklist (blocks get the gateway's generic 403); then its
-/// consumer active and the key holding `audit:write`.
-pub fn key_writer(state: &AdminState, call: &KeyedCall<'_>) -> Result<KeyWriter, ApiError> {
+/// consumer active and the key holding `audit:write`. A key that passes is
+/// used as at the gateway: its last use moves, and the call spends one call
+/// of its consumer's tier limits (minute rate, daily cap), refused past
+/// them with the gateway's 429 `rate_limited`, `Retry-After` and
+/// `RateLimit-*` headers.
+pub fn key_writer(state: &AdminState, call: &KeyedCall<'_>) -> Result<KeyWriter, WriterRefused> {
     let entry = state.shield.check_key(call).map_err(|refusal| match refusal {
         KeyRefusal::Blocked => ApiError::from_code(ErrorCode::Forbidden),
         KeyRefusal::Failed(code) => ApiError::from_code(code),
         KeyRefusal::OtherTenant => ApiError::not_found(format_args!("tenant `{}`", call.tenant)),
     })?;
+    entry.usage.touch(now_ms());
     if !entry.consumer_active {
-        return Err(ApiError::from_code(ErrorCode::ConsumerSuspended));
+        return Err(ApiError::from_code(ErrorCode::ConsumerSuspended).into());
     }
     if !entry.scopes.iter().any(|s| s == WRITE_SCOPE) {
-        return Err(ApiError::new(ErrorCode::InsufficientScope, format!("submitting audit events needs a key with the `{WRITE_SCOPE}` scope")));
+        let message = format!("submitting audit events needs a key with the `{WRITE_SCOPE}` scope");
+        return Err(ApiError::new(ErrorCode::InsufficientScope, message).into());
     }
-    Ok(KeyWriter { key_id: entry.key_id.clone(), consumer_id: entry.consumer_id.clone(), client_ip: call.client.to_string().into() })
+    let standing = state.shield.spend_limits(call, &entry).map_err(WriterRefused::Limited)?;
+    Ok(KeyWriter { key_id: entry.key_id.clone(), consumer_id: entry.consumer_id.clone(), client_ip: call.client.to_string().into(), standing })
+}
+
+/// Why a key may not submit: an error, or its consumer's limits spent.
+#[derive(Debug)]
+pub enum WriterRefused {
+    Error(ApiError),
+    Limited(Exceeded),
+}
+
+impl From<ApiError> for WriterRefused {
+    fn from(error: ApiError) -> Self {
+        WriterRefused::Error(error)
+    }
+}
+
+impl IntoResponse for WriterRefused {
+    /// A spent limit as the gateway answers it: 429 `rate_limited` with
+    /// `Retry-After` and the `RateLimit-*` headers.
+    fn into_response(self) -> Response {
+        let exceeded = match self {
+            WriterRefused::Error(error) => return error.into_response(),
+            WriterRefused::Limited(exceeded) => exceeded,
+        };
+        let mut response = if exceeded.cost_above_limit {
+            let message = format!("the consumer's daily quota is {}: no event can be submitted with its keys", exceeded.limit);
+            ApiError::new(ErrorCode::CostExceedsQuota, message).into_response()
+        } else {
+            let mut response = ApiError::from_code(ErrorCode::RateLimited).into_response();
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(exceeded.retry_after_secs));
+            response
+        };
+        crate::gateway::rate_headers(response.headers_mut(), &exceeded.standing);
+        response
+    }
 }
 
 /// Event ids already stored, per tenant, loaded from the store on a
@@ -315,6 +360,7 @@ pub async fn submit(
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body.map_err(|_| ApiError::new(ErrorCode::PayloadTooLarge, format!("the body must be at most {MAX_BODY} bytes")))?;
+    let standing = writer.as_ref().and_then(|Extension(writer)| writer.standing);
     let by = match (actor, writer) {
         (_, Some(Extension(writer))) => Submitter::Key(writer),
         (Some(Extension(actor)), None) => {
@@ -358,7 +404,11 @@ pub async fn submit(
     state.audit.flush().await;
     let status = if accepted > 0 { StatusCode::CREATED } else { StatusCode::OK };
     let body = json!({"accepted": accepted, "duplicates": results.len() - accepted, "events": results});
-    Ok((status, Json(body)).into_response())
+    let mut response = (status, Json(body)).into_response();
+    if let Some(standing) = &standing {
+        crate::gateway::rate_headers(response.headers_mut(), standing);
+    }
+    Ok(response)
 }
 
 /// The filters of `GET /v1/audit/{tenant}/events` beyond the shared ones:

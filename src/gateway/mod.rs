@@ -40,7 +40,7 @@ use crate::event::{self, security_type, Category, Event, Text, SYSTEM_TENANT};
 use crate::keys::{self, MalformedKey};
 use crate::policy::Violation;
 use crate::protection::{self, AttackRules, Block, Blocklist, Countries, TrustedProxies};
-use crate::ratelimit::{self, Exceeded, Standing};
+use crate::ratelimit::{self, Standing};
 use crate::snapshot::{KeyEntry, Snapshot};
 
 static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
@@ -331,7 +331,7 @@ impl Gateway {
             Ok(standing) => standing,
             Err(exceeded) if exceeded.cost_above_limit => {
                 // No wait lets it pass: no `Retry-After`, and a code of its own.
-                self.record_rate_limited(&event, &entry, &exceeded, cost);
+                self.shield.record_rate_limited(&event, &entry, &exceeded, cost);
                 let message = format!(
                     "this call costs {cost} and the consumer's daily quota is {}: it can never pass (its path costs more than the tier allows in a day)",
                     exceeded.limit
@@ -341,7 +341,7 @@ impl Gateway {
                 return response;
             }
             Err(exceeded) => {
-                self.record_rate_limited(&event, &entry, &exceeded, cost);
+                self.shield.record_rate_limited(&event, &entry, &exceeded, cost);
                 let mut response = refuse(&mut event, ErrorCode::RateLimited, &request_id_value, finisher);
                 let headers = response.headers_mut();
                 rate_headers(headers, &exceeded.standing);
@@ -441,26 +441,6 @@ impl Gateway {
             "limit": violation.limit,
             "actual": violation.actual,
         }));
-        self.audit.record(event);
-    }
-
-    /// The `rate_limit_exceeded` security event: who, with which key, which
-    /// limit and window.
-    fn record_rate_limited(&self, request: &Event, key: &KeyEntry, exceeded: &Exceeded, cost: u32) {
-        let code = if exceeded.cost_above_limit { ErrorCode::CostExceedsQuota } else { ErrorCode::RateLimited };
-        let mut event = consumer_security_event(request, key, security_type::RATE_LIMIT_EXCEEDED, code);
-        event.target = Some(exceeded.scope.clone());
-        let mut details = serde_json::json!({
-            "limit": exceeded.limit,
-            "window": exceeded.window,
-            "scope": exceeded.scope,
-            "cost": cost,
-        });
-        // A cost above the whole limit: no wait lets it pass.
-        if !exceeded.cost_above_limit {
-            details["retry_after_secs"] = exceeded.retry_after_secs.into();
-        }
-        event.details = Some(details);
         self.audit.record(event);
     }
 
@@ -663,7 +643,7 @@ fn consumer_security_event(request: &Event, key: &KeyEntry, event_type: &str, co
 
 /// `RateLimit-Limit`, `-Remaining` and `-Reset` (seconds) for the limit
 /// closest to refusing the caller.
-fn rate_headers(headers: &mut HeaderMap, standing: &Standing) {
+pub(crate) fn rate_headers(headers: &mut HeaderMap, standing: &Standing) {
     headers.insert(RATELIMIT_LIMIT.clone(), number_header(standing.limit));
     headers.insert(RATELIMIT_REMAINING.clone(), number_header(standing.remaining));
     headers.insert(RATELIMIT_RESET.clone(), number_header(standing.reset_secs));

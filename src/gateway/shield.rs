@@ -23,6 +23,7 @@ use crate::error::ErrorCode;
 use crate::event::{self, security_type, Category, Event, Text};
 use crate::keys;
 use crate::protection::{self, Block, Countries, FailureCounter, History};
+use crate::ratelimit::{self, Exceeded, Standing};
 use crate::settings::BLOCKED_ERROR_CODE;
 use crate::snapshot::KeyEntry;
 
@@ -183,13 +184,42 @@ impl Shield {
         }
     }
 
-    /// The gateway's checks of a caller and its key, for a key presented
-    /// to the admin API, in the gateway's order: the global and the
-    /// tenant's blocklists by address, country and user agent; the key
-    /// (format, hash, tenant, revocation, expiry — each refusal recorded and
-    /// counted toward the brute-force block, as at the gateway); the key
-    /// blocklists. The consumer's status and scopes are the caller's to check.
-    pub fn check_key(&self, call: &KeyedCall<'_>) -> Result<Arc<KeyEntry>, KeyRefusal> {
+    /// The `rate_limit_exceeded` security event: who, with which key, which
+    /// limit and window.
+    pub(super) fn record_rate_limited(&self, request: &Event, key: &KeyEntry, exceeded: &Exceeded, cost: u32) {
+        let code = if exceeded.cost_above_limit { ErrorCode::CostExceedsQuota } else { ErrorCode::RateLimited };
+        let mut event = consumer_security_event(request, key, security_type::RATE_LIMIT_EXCEEDED, code);
+        event.target = Some(exceeded.scope.clone());
+        let mut details = serde_json::json!({
+            "limit": exceeded.limit,
+            "window": exceeded.window,
+            "scope": exceeded.scope,
+            "cost": cost,
+        });
+        // A cost above the whole limit: no wait lets it pass.
+        if !exceeded.cost_above_limit {
+            details["retry_after_secs"] = exceeded.retry_after_secs.into();
+        }
+        event.details = Some(details);
+        self.audit.record(event);
+    }
+
+    /// Spends one call of the consumer's tier limits (its minute rate and
+    /// daily cap, as a gateway call does) for a key presented to the admin
+    /// API that passed its checks; a refusal spends nothing and is recorded
+    /// as the gateway records it (`rate_limit_exceeded`).
+    pub fn spend_limits(&self, call: &KeyedCall<'_>, entry: &KeyEntry) -> Result<Option<Standing>, Exceeded> {
+        const COST: u32 = 1;
+        let mut request = self.request_event(call);
+        describe_consumer(&mut request, entry);
+        ratelimit::check(entry.tier.as_deref(), None, &entry.consumer_id, COST, request.timestamp_ms).inspect_err(|exceeded| {
+            self.record_rate_limited(&request, entry, exceeded, COST);
+        })
+    }
+
+    /// The request event a key presented to the admin API is recorded
+    /// with: its tenant (or the system tenant), the call and the caller.
+    fn request_event(&self, call: &KeyedCall<'_>) -> Event {
         let tenant = if call.tenant_exists { Text::from(call.tenant) } else { Text::from_static(event::SYSTEM_TENANT) };
         let mut request = Event::new(tenant, Category::Request, Text::from_static("request"), Text::from_static("failure"));
         request.request_id = Some(call.request_id.to_string());
@@ -197,6 +227,17 @@ impl Shield {
         request.path = Some(call.path.to_string());
         request.client_ip = Some(call.client.to_string().into());
         request.user_agent = call.headers.get(http::header::USER_AGENT).map(|v| user_agent_text(v.as_bytes()));
+        request
+    }
+
+    /// The gateway's checks of a caller and its key, for a key presented
+    /// to the admin API, in the gateway's order: the global and the
+    /// tenant's blocklists by address, country and user agent; the key
+    /// (format, hash, tenant, revocation, expiry — each refusal recorded and
+    /// counted toward the brute-force block, as at the gateway); the key
+    /// blocklists. The consumer's status and scopes are the caller's to check.
+    pub fn check_key(&self, call: &KeyedCall<'_>) -> Result<Arc<KeyEntry>, KeyRefusal> {
+        let mut request = self.request_event(call);
         let country = self.country(call.client);
         request.country = country.map(Text::from);
         let now = request.timestamp_ms;

@@ -247,7 +247,7 @@ impl Gateway {
                 response
             }
             Err(exceeded) => {
-                self.record_rate_limited(&event, &entry, &exceeded, COST);
+                self.shield.record_rate_limited(&event, &entry, &exceeded, COST);
                 // A cost above the whole daily quota never passes (not at a
                 // cost of 1, as quotas are at least 1, but as on the proxy path).
                 let code = if exceeded.cost_above_limit { ErrorCode::CostExceedsQuota } else { ErrorCode::RateLimited };

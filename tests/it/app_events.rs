@@ -354,6 +354,54 @@ async fn submitted_events_cannot_claim_keytrail_or_another_consumer_as_their_act
     assert_eq!(stored.len(), 4);
 }
 
+/// A key that submits events is used like one that calls the gateway: its
+/// `last_used_at` moves, and each submission spends one call of its
+/// consumer's tier (its minute rate and daily cap), so a key cannot flood
+/// the trail; past the limit, 429 `rate_limited` with `Retry-After`, a
+/// `rate_limit_exceeded` event, and nothing stored.
+#[tokio::test]
+async fn keyed_submissions_move_last_used_and_spend_the_consumers_rate_limit() {
+    let ts = TestServer::start().await;
+    let admin = ts.admin_client();
+    assert_eq!(admin.post("/v1/tenants", json!({"id": "acme", "name": "Acme"})).await.status, 201);
+    let tier = json!({"id": "slow", "rate_limit": {"requests_per_minute": 1, "burst": 2}});
+    assert_eq!(admin.post("/v1/tenants/acme/tiers", tier).await.status, 201);
+    let (consumer, key_id, writer) = admin.consumer_with_key("acme", "backend", json!({"scopes": ["audit:write"]})).await;
+    let a = admin.call("PUT", &format!("/v1/tenants/acme/consumers/{consumer}/tier"), Some(json!({"tier": "slow"}))).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    let last_used = || async {
+        let keys = admin.get(&format!("/v1/tenants/acme/consumers/{consumer}/keys")).await;
+        let keys = keys.body["keys"].as_array().unwrap().clone();
+        keys.iter().find(|k| k["key_id"] == key_id.as_str()).unwrap()["last_used_at"].clone()
+    };
+    assert!(last_used().await.is_null());
+    let as_key = Admin { token: writer.clone(), ..admin.clone() };
+    let event = |id: &str| json!({"action": "order.updated", "resource_type": "order", "resource_id": id});
+
+    for id in ["1", "2"] {
+        let a = submit(&as_key, "acme", event(id)).await;
+        assert_eq!(a.status, 201, "{}", a.text);
+        assert_eq!(a.headers.get("ratelimit-limit").map(String::as_str), Some("2"), "{:?}", a.headers);
+    }
+    assert!(last_used().await.is_string(), "the key's use is seen");
+    let a = submit(&as_key, "acme", event("3")).await;
+    assert_eq!((a.status, a.body["error"]["code"].as_str()), (429, Some("rate_limited")), "{}", a.text);
+    let wait: u64 = a.headers.get("retry-after").unwrap_or_else(|| panic!("no Retry-After: {:?}", a.headers)).parse().unwrap();
+    assert!((1..=60).contains(&wait), "Retry-After {wait}");
+    // The same limit as the gateway's: an admin's submissions spend none of it.
+    assert_eq!(submit(&admin, "acme", event("4")).await.status, 201);
+
+    ts.flush().await;
+    let stored = events(&admin.get("/v1/audit/acme/events").await);
+    let ids: Vec<&str> = stored.iter().map(|e| e["resource_id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["4", "2", "1"]);
+    let limited = admin.get("/v1/audit/acme/security?event_type=rate_limit_exceeded").await;
+    let limited = limited.body["events"].as_array().unwrap().clone();
+    assert_eq!(limited.len(), 1, "{limited:?}");
+    assert_eq!(limited[0]["target"], "tier:slow");
+    assert_eq!(limited[0]["key_id"], key_id.as_str());
+}
+
 /// A key-submitted event's caller as the admin API sees it (behind a
 /// trusted proxy, its forwarded address).
 fn keyed(ts: &TestServer, key: &str, address: &str, agent: &str, body: Value) -> reqwest::RequestBuilder {
