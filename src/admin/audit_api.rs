@@ -376,10 +376,20 @@ pub(super) const VERIFICATIONS_AT_ONCE: usize = 2;
 /// The `Retry-After` of a verification refused because others are running.
 const VERIFY_RETRY_AFTER_SECS: u32 = 2;
 
+/// How long a verification waits for retention, an erasure or a restore
+/// to let the audit directory go (it holds the directory's maintenance
+/// lock shared, as `keytrail verify` does, so it never reads a day file or
+/// an archive halfway through being changed).
+const VERIFY_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+/// The `Retry-After` of a verification refused because the directory
+/// stayed held past [`VERIFY_LOCK_WAIT`].
+const VERIFY_BUSY_RETRY_AFTER_SECS: u32 = 10;
+
 /// `GET /v1/audit/{tenant}/verify`: the tenant's chain and signed
 /// checkpoints, checked now (200 either way; `ok` says the verdict); 503
 /// `service_unavailable` with `Retry-After` while [`VERIFICATIONS_AT_ONCE`]
-/// others run.
+/// others run, or while retention, an erasure or a restore still holds the
+/// audit directory after [`VERIFY_LOCK_WAIT`].
 async fn verify_tenant(
     State(state): State<AdminState>,
     Path(tenant): Path<String>,
@@ -409,12 +419,28 @@ async fn verify_tenant(
     let report = tokio::task::spawn_blocking(move || {
         // Held until the walk ends, even when the caller has gone away.
         let _turn = turn;
+        use crate::store::audit::erasure;
+        let Some(_reading) = erasure::read_lock(&dir, VERIFY_LOCK_WAIT)? else {
+            return Err(crate::store::StoreError::Busy(format!(
+                "nothing was checked: the audit trail is being changed by {} (waited {} s); try again after the time in `Retry-After`",
+                erasure::maintenance_holder(&dir),
+                VERIFY_LOCK_WAIT.as_secs()
+            )));
+        };
         let reader = AuditReader::open(&dir)?;
         crate::store::audit::integrity::verify_tenant(&dir, &reader, &name, &key, from_ms)
     })
     .await
-    .map_err(ApiError::internal)?
     .map_err(ApiError::internal)?;
+    let report = match report {
+        Ok(report) => report,
+        Err(crate::store::StoreError::Busy(message)) => {
+            let mut response = ApiError::new(ErrorCode::Unavailable, message).into_response();
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(VERIFY_BUSY_RETRY_AFTER_SECS));
+            return Ok(response);
+        }
+        Err(error) => return Err(ApiError::internal(error)),
+    };
     record_access(&state.audit, &actor, &tenant, "verify", &params, report.events as usize);
     let mut body = json!(report);
     body["public_key"] = json!(crate::signing::public_key_text(&key));

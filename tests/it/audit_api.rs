@@ -514,6 +514,46 @@ async fn concurrent_verifications_beyond_the_cap_are_refused_with_retry_after() 
     ts.stop().await;
 }
 
+/// `GET /v1/audit/{tenant}/verify` reads the day files and archives that
+/// retention, an erasure or a restore rewrite: like `keytrail verify` it
+/// holds the audit directory's maintenance lock shared, waiting a while
+/// for its holder, so a verification never reads a file halfway through
+/// being changed. Past the wait it is refused with 503 and `Retry-After`,
+/// naming the holder; a holder that lets go within the wait is waited for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_waits_for_maintenance_of_the_audit_directory() {
+    use keytrail::store::audit::erasure;
+    let mut ts = TestServer::start().await;
+    let admin = ts.admin_client();
+    assert_eq!(admin.post("/v1/tenants", serde_json::json!({"id": "acme", "name": "Acme"})).await.status, 201);
+    ts.flush().await;
+    let audit = ts.audit_dir();
+
+    // Held throughout: refused after the wait, nothing checked.
+    let held = erasure::maintenance_lock(&audit, "an erasure in tenant `acme` (a test)").unwrap();
+    let started = Instant::now();
+    let a = admin.get("/v1/audit/acme/verify").await;
+    assert_eq!((a.status, a.body["error"]["code"].as_str()), (503, Some("service_unavailable")), "{}", a.text);
+    let message = a.body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("an erasure in tenant `acme` (a test)") && message.contains("Retry-After"), "{message}");
+    assert!(!message.contains(audit.to_str().unwrap()), "the server's paths stay out of answers: {message}");
+    let wait: u64 = a.headers.get("retry-after").expect("a Retry-After header").parse().expect("seconds");
+    assert!((1..=60).contains(&wait), "Retry-After: {wait}");
+    assert!(started.elapsed() >= Duration::from_secs(1), "answered without waiting: {:?}", started.elapsed());
+
+    // Let go during the wait: the verification waits for it, then runs.
+    let call = {
+        let admin = admin.clone();
+        tokio::spawn(async move { admin.get("/v1/audit/acme/verify").await })
+    };
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(!call.is_finished(), "the verification ran while the directory was held");
+    drop(held);
+    let a = call.await.unwrap();
+    assert_eq!((a.status, a.body["ok"].clone()), (200, serde_json::json!(true)), "{}", a.text);
+    ts.stop().await;
+}
+
 /// Splits an RFC 4180 CSV document into rows of fields.
 fn csv_rows(text: &str) -> Vec<Vec<String>> {
     let (mut rows, mut row, mut field) = (Vec::new(), Vec::new(), String::new());

@@ -106,6 +106,9 @@ pub const MAINTENANCE_LOCK_FILE: &str = "maintenance.lock";
 struct Maintenance {
     holder: Mutex<Option<String>>,
     released: Condvar,
+    /// [`ReadGuard`]s held in this process (a server's verifications),
+    /// for the message of a holder that finds the directory read.
+    readers: std::sync::atomic::AtomicUsize,
 }
 
 /// Held while retention, an erasure or a restore changes an audit
@@ -261,6 +264,21 @@ pub fn try_maintenance_lock(dir: &Path, what: &str) -> Result<Option<Maintenance
 /// for them, and they for those.
 pub struct ReadGuard {
     _file: Option<std::fs::File>,
+    state: Arc<Maintenance>,
+}
+
+impl Drop for ReadGuard {
+    fn drop(&mut self) {
+        self.state.readers.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl ReadGuard {
+    fn new(dir: &Path, file: Option<std::fs::File>) -> ReadGuard {
+        let state = maintenance_of(dir);
+        state.readers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        ReadGuard { _file: file, state }
+    }
 }
 
 /// Takes a [`ReadGuard`] on the audit directory `dir`, trying again every
@@ -274,7 +292,7 @@ pub fn read_lock(dir: &Path, wait: std::time::Duration) -> Result<Option<ReadGua
         Err(StoreError::Io(e)) if matches!(e.kind(), std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem) => {
             match std::fs::File::open(dir.join(MAINTENANCE_LOCK_FILE)) {
                 Ok(file) => file,
-                Err(missing) if missing.kind() == std::io::ErrorKind::NotFound => return Ok(Some(ReadGuard { _file: None })),
+                Err(missing) if missing.kind() == std::io::ErrorKind::NotFound => return Ok(Some(ReadGuard::new(dir, None))),
                 Err(_) => return Err(StoreError::Io(e)),
             }
         }
@@ -284,7 +302,7 @@ pub fn read_lock(dir: &Path, wait: std::time::Duration) -> Result<Option<ReadGua
     let deadline = std::time::Instant::now().checked_add(wait);
     loop {
         match file.try_lock_shared() {
-            Ok(()) => return Ok(Some(ReadGuard { _file: Some(file) })),
+            Ok(()) => return Ok(Some(ReadGuard::new(dir, Some(file)))),
             Err(std::fs::TryLockError::WouldBlock) if deadline.is_none_or(|d| std::time::Instant::now() < d) => {
                 std::thread::sleep(std::time::Duration::from_millis(50))
             }
@@ -300,11 +318,15 @@ pub fn read_lock(dir: &Path, wait: std::time::Duration) -> Result<Option<ReadGua
 /// What holds the audit directory `dir` (as its holder described itself),
 /// for a message to someone who found it held.
 pub fn maintenance_holder(dir: &Path) -> String {
-    if let Some(holder) = maintenance_of(dir).holder.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+    let state = maintenance_of(dir);
+    if let Some(holder) = state.holder.lock().unwrap_or_else(|e| e.into_inner()).clone() {
         return holder;
     }
     match std::fs::read_to_string(dir.join(MAINTENANCE_LOCK_FILE)) {
         Ok(text) if !text.trim().is_empty() => text.trim().to_string(),
+        _ if state.readers.load(std::sync::atomic::Ordering::Relaxed) > 0 => {
+            format!("a verification reading it in this process ({})", std::process::id())
+        }
         // Readers ([`read_lock`]) leave the file empty.
         _ => "another keytrail process (perhaps a `keytrail verify` or `keytrail archive` command reading it)".to_string(),
     }
