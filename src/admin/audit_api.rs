@@ -37,7 +37,7 @@ pub fn routes() -> Router<AdminState> {
 
 /// The parameters the audit reads take: always recorded in a read's
 /// `log_accessed`, whatever else its query string holds.
-const READ_PARAMETERS: [&str; 24] = [
+pub(super) const READ_PARAMETERS: [&str; 24] = [
     "limit", "cursor", "request_id", "consumer_id", "api_id", "event_type", "method", "path", "status_min", "status_max", "hours", "days",
     "from", "to", "category", "admin_id", "action", "actor_id", "resource_type", "resource_id", "group_by", "top", "metrics", "source",
 ];

@@ -23,7 +23,7 @@ use axum::routing::get;
 use axum::{Extension, Json, Router};
 use serde_json::{json, Map, Value};
 
-use super::audit_api::{parse_query, record_access, require_audit_tenant};
+use super::audit_api::{parse_query, record_access, require_audit_tenant, READ_PARAMETERS};
 use super::AdminState;
 use crate::control::Actor;
 use crate::error::{ApiError, ErrorCode};
@@ -81,21 +81,17 @@ fn windowed_filter(tenant: &str, params: &[(String, String)], default_window: i6
     Ok(filter)
 }
 
-/// Refuses the list filters an endpoint does not apply, rather than
-/// silently answering for more than was asked.
-fn only_window(filter: &EventFilter, endpoint: &str) -> Result<(), ApiError> {
-    let given = [
-        ("consumer_id", filter.consumer_id.is_some()),
-        ("api_id", filter.api_id.is_some()),
-        ("method", filter.method.is_some()),
-        ("path", filter.path_prefix.is_some()),
-        ("status_min", filter.status_min.is_some()),
-        ("status_max", filter.status_max.is_some()),
-        ("request_id", filter.request_id.is_some()),
-        ("event_type", filter.event_type.is_some()),
-    ];
-    match given.into_iter().find(|(_, set)| *set) {
-        Some((name, _)) => Err(ApiError::invalid_parameter(
+/// What the consumer profile and the timeline take.
+const WINDOW_AND_TOP: [&str; 5] = ["from", "to", "hours", "days", "top"];
+
+/// Refuses every parameter an audit read takes ([`READ_PARAMETERS`]) but
+/// a window and `top` — the list's filters and `limit`, `category`, the
+/// `/stats` options — rather than silently answering for more than was
+/// asked. Names no audit read takes are ignored, as on the list.
+fn only_window(params: &[(String, String)], endpoint: &str) -> Result<(), ApiError> {
+    let other = params.iter().map(|(name, _)| name.as_str()).find(|name| READ_PARAMETERS.contains(name) && !WINDOW_AND_TOP.contains(name));
+    match other {
+        Some(name) => Err(ApiError::invalid_parameter(
             name,
             format!("{endpoint} takes only a window (`from`, `to`, `hours`, `days`) and `top`; use /stats for other filters"),
         )),
@@ -266,8 +262,8 @@ async fn consumer_profile(
     if consumer.is_empty() || consumer.len() > 256 || consumer.chars().any(char::is_control) {
         return Err(ApiError::invalid_parameter("consumer", "must be 1-256 printable characters"));
     }
+    only_window(&params, "a consumer profile")?;
     let filter = windowed_filter(&tenant, &params, 14 * DAY_MS)?;
-    only_window(&filter, "a consumer profile")?;
     let top = parse_top(&params, DEFAULT_TOP)?;
     let (from, to) = (filter.from_ms.unwrap_or_default(), filter.to_ms.unwrap_or_default().saturating_add(1));
     let known = state.control.consumer_exists(&tenant, &consumer)?;
@@ -307,8 +303,8 @@ async fn timeline(
     Query(params): Query<Vec<(String, String)>>,
 ) -> Result<Json<Value>, ApiError> {
     require_audit_tenant(&state, &tenant)?;
+    only_window(&params, "the timeline")?;
     let filter = windowed_filter(&tenant, &params, HOUR_MS)?;
-    only_window(&filter, "the timeline")?;
     let top = parse_top(&params, DEFAULT_TOP)?;
     let (from, to) = (filter.from_ms.unwrap_or_default(), filter.to_ms.unwrap_or_default().saturating_add(1));
     let t = tenant.clone();

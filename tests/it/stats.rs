@@ -1021,6 +1021,51 @@ async fn review_bad_statistics_parameters_are_named() {
     }
 }
 
+/// The consumer profile and the timeline take only a window and `top`:
+/// every other parameter an audit read takes — `limit`, `category`, the
+/// `/stats` options, the admin log's and application events' filters, the
+/// list filters — is refused with 400 `invalid_parameter` naming it, not
+/// silently ignored (an answer for more than was asked). Names no audit
+/// read takes are ignored, as on the list and `/stats`.
+#[tokio::test]
+async fn profile_and_timeline_refuse_parameters_they_do_not_honour() {
+    let ts = TestServer::start().await;
+    let owner = ts.admin_client();
+    let up = format!("http://{}", start_upstream().await);
+    let (consumer, _, _) = owner.setup("acme", "/acme", &up).await;
+    let timeline = "/v1/audit/acme/stats/timeline".to_string();
+    let profile = format!("/v1/audit/acme/stats/consumers/{consumer}");
+    for path in [&timeline, &profile] {
+        for (query, param) in [
+            ("limit=5", "limit"),
+            ("category=security", "category"),
+            ("group_by=path", "group_by"),
+            ("metrics=latency", "metrics"),
+            ("source=events", "source"),
+            ("admin_id=root", "admin_id"),
+            ("action=CREATE", "action"),
+            ("actor_id=root", "actor_id"),
+            ("resource_type=order", "resource_type"),
+            ("resource_id=1", "resource_id"),
+            ("api_id=docs", "api_id"),
+            ("method=GET", "method"),
+            ("status_max=500", "status_max"),
+            ("request_id=abc", "request_id"),
+            ("event_type=key_created", "event_type"),
+            ("cursor=1.2", "cursor"),
+            ("days=1&limit=5", "limit"),
+        ] {
+            let a = owner.get(&format!("{path}?{query}")).await;
+            bad(&a, param);
+            assert!(a.body["error"]["message"].as_str().unwrap().contains("`top`"), "{path}?{query}: says what it takes: {}", a.text);
+        }
+        for query in ["days=1&top=3", "from=2026-01-01T00:00:00Z&to=2026-01-02T00:00:00Z", "hours=2&whatever=1"] {
+            let a = owner.get(&format!("{path}?{query}")).await;
+            assert_eq!(a.status, 200, "{path}?{query}: {}", a.text);
+        }
+    }
+}
+
 /// An upstream may answer any three-digit status up to 999, and the gateway
 /// passes it on. Such a call counted as a server error but had no status
 /// class (`null`), and no list filter could find it (`status_min` stopped
