@@ -131,7 +131,7 @@ impl ErrorCode {
             ErrorCode::InvalidParameter => "a query parameter is not valid",
             ErrorCode::NotFound => "not found",
             ErrorCode::ConsumerNotFound => "the tenant has no such consumer, and no event of the window names it",
-            ErrorCode::Conflict => "the resource already exists",
+            ErrorCode::Conflict => "the request conflicts with the current state of the resource",
             ErrorCode::MethodNotAllowed => "this method is not allowed here",
             ErrorCode::TooManyAttempts => "too many failed sign-ins: try again after the time in `Retry-After`",
             ErrorCode::Internal => "internal error",
@@ -145,11 +145,24 @@ impl ErrorCode {
 pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
+    /// Seconds for a `Retry-After` header: [`ApiError::to_response`] sends
+    /// it (the gateway's own answers set theirs where they render).
+    pub retry_after: Option<u32>,
 }
+
+/// The `Retry-After` of an answer about an audit directory busy with
+/// retention, an erasure or a restore ([`crate::store::StoreError::Busy`]).
+pub const BUSY_RETRY_AFTER_SECS: u32 = 10;
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        ApiError { code, message: message.into() }
+        ApiError { code, message: message.into(), retry_after: None }
+    }
+
+    /// 503 `service_unavailable` with `Retry-After`: something that is
+    /// worth trying again soon (the audit directory busy with maintenance).
+    pub fn unavailable_for_now(message: impl Into<String>, retry_after_secs: u32) -> Self {
+        ApiError { retry_after: Some(retry_after_secs), ..ApiError::new(ErrorCode::Unavailable, message) }
     }
 
     pub fn from_code(code: ErrorCode) -> Self {
@@ -192,6 +205,9 @@ impl ApiError {
         response
             .headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Some(secs) = self.retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         response
     }
 }
@@ -245,5 +261,24 @@ mod tests {
         let body = String::from_utf8(err.body_bytes().to_vec()).unwrap();
         assert!(!body.contains(key), "{body}");
         assert!(body.contains("\"code\":\"invalid_key\""), "{body}");
+    }
+
+    /// A store busy with retention, an erasure or a restore is worth trying
+    /// again soon: 503 `service_unavailable` with `Retry-After` and the
+    /// store's message, not 409 `conflict` (whose generic description,
+    /// "the resource already exists", said something else altogether).
+    #[test]
+    fn a_busy_audit_directory_is_unavailable_with_retry_after_not_a_conflict() {
+        let why = "the audit trail in /srv/audit is being changed by retention (process 7, since 2026-12-07T06:00:00.000Z) (waited 5.0 s); try again when that has finished";
+        let response: Response<Bytes> = ApiError::from(crate::store::StoreError::Busy(why.into())).to_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let wait: u64 = response.headers().get(header::RETRY_AFTER).expect("a Retry-After header").to_str().unwrap().parse().unwrap();
+        assert!((1..=60).contains(&wait), "Retry-After: {wait}");
+        let body: serde_json::Value = serde_json::from_slice(response.body()).unwrap();
+        assert_eq!(body["error"]["code"], "service_unavailable", "{body}");
+        assert_eq!(body["error"]["message"], why, "{body}");
+        // A conflict's generic description fits every conflict.
+        let conflict = ErrorCode::Conflict.default_message();
+        assert!(!conflict.contains("already exists"), "{conflict}");
     }
 }

@@ -381,9 +381,6 @@ const VERIFY_RETRY_AFTER_SECS: u32 = 2;
 /// lock shared, as `keytrail verify` does, so it never reads a day file or
 /// an archive halfway through being changed).
 const VERIFY_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
-/// The `Retry-After` of a verification refused because the directory
-/// stayed held past [`VERIFY_LOCK_WAIT`].
-const VERIFY_BUSY_RETRY_AFTER_SECS: u32 = 10;
 
 /// `GET /v1/audit/{tenant}/verify`: the tenant's chain and signed
 /// checkpoints, checked now (200 either way; `ok` says the verdict); 503
@@ -431,16 +428,12 @@ async fn verify_tenant(
         crate::store::audit::integrity::verify_tenant(&dir, &reader, &name, &key, from_ms)
     })
     .await
-    .map_err(ApiError::internal)?;
-    let report = match report {
-        Ok(report) => report,
-        Err(crate::store::StoreError::Busy(message)) => {
-            let mut response = ApiError::new(ErrorCode::Unavailable, message).into_response();
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(VERIFY_BUSY_RETRY_AFTER_SECS));
-            return Ok(response);
-        }
-        Err(error) => return Err(ApiError::internal(error)),
-    };
+    .map_err(ApiError::internal)?
+    .map_err(|error| match error {
+        // 503 with `Retry-After`.
+        busy @ crate::store::StoreError::Busy(_) => ApiError::from(busy),
+        other => ApiError::internal(other),
+    })?;
     record_access(&state.audit, &actor, &tenant, "verify", &params, report.events as usize);
     let mut body = json!(report);
     body["public_key"] = json!(crate::signing::public_key_text(&key));

@@ -213,7 +213,10 @@ pub struct LoggingView {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Conflict(message) | StoreError::Busy(message) => ApiError::new(ErrorCode::Conflict, message),
+            StoreError::Conflict(message) => ApiError::new(ErrorCode::Conflict, message),
+            // Retention, an erasure or a restore holds the audit directory:
+            // nothing conflicts, it is worth trying again soon.
+            StoreError::Busy(message) => ApiError::unavailable_for_now(message, crate::error::BUSY_RETRY_AFTER_SECS),
             StoreError::NotFound(what) => ApiError::not_found(what),
             other => ApiError::internal(other),
         }
