@@ -1097,23 +1097,20 @@ pub fn restore_waiting(
 ) -> Result<RestoreReport, String> {
     let wanted = day_manifests(archive_dir, tenant, day)?;
     let what = format!("`keytrail archive restore` of tenant `{tenant}`'s {day}");
-    // A wait too long to add to the clock (`--wait-secs` takes any u64) is
-    // a wait without end.
-    let deadline = std::time::Instant::now().checked_add(wait);
-    let _held = loop {
-        match super::erasure::try_maintenance_lock(audit_dir, &what) {
-            Ok(Some(held)) => break held,
-            Ok(None) if deadline.is_none_or(|d| std::time::Instant::now() < d) => std::thread::sleep(std::time::Duration::from_millis(50)),
-            Ok(None) => {
-                return Err(format!(
-                    "nothing was restored: the audit trail in {} is being changed by {} (waited {} s); run `keytrail archive restore` again when that has finished",
-                    audit_dir.display(),
-                    super::erasure::maintenance_holder(audit_dir),
-                    wait.as_secs_f64()
-                ))
-            }
-            Err(error) => return Err(format!("nothing was restored: {error}")),
+    // The same wait as retention's (a wait too long to add to the clock,
+    // as `--wait-secs` allows, is a wait without end); the message says
+    // what to run again.
+    let _held = match super::erasure::maintenance_lock_within(audit_dir, &what, wait) {
+        Ok((held, _)) => held,
+        Err(StoreError::Busy(_)) => {
+            return Err(format!(
+                "nothing was restored: the audit trail in {} is being changed by {} (waited {} s); run `keytrail archive restore` again when that has finished",
+                audit_dir.display(),
+                super::erasure::maintenance_holder(audit_dir),
+                wait.as_secs_f64()
+            ))
         }
+        Err(error) => return Err(format!("nothing was restored: {error}")),
     };
     if let Some(hold) = restore_hold() {
         std::thread::sleep(hold);
