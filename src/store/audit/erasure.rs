@@ -100,6 +100,14 @@ impl ErasureReport {
 /// holder is doing, for the others' messages.
 pub const MAINTENANCE_LOCK_FILE: &str = "maintenance.lock";
 
+/// The file a writer that waits for the audit directory (retention, a
+/// restore: [`maintenance_lock_within`]) locks exclusively while it waits,
+/// holding what waits. Readers ([`read_lock`]) that find it locked wait
+/// behind the writer instead of joining the readers it waits for: shared
+/// locks give an exclusive waiter no priority, so a steady stream of
+/// overlapping readers would otherwise keep it out for good.
+pub const INTENT_LOCK_FILE: &str = "maintenance.intent";
+
 /// Whether the audit directory's day files and archives are being changed
 /// by this process (and by what), and the wait for them to be let go.
 #[derive(Default)]
@@ -146,7 +154,13 @@ fn holder_text(what: &str) -> String {
 /// `dir`'s [`MAINTENANCE_LOCK_FILE`], created (readable by its owner only)
 /// when it is not there yet.
 fn open_lock_file(dir: &Path) -> Result<std::fs::File, StoreError> {
-    let path = dir.join(MAINTENANCE_LOCK_FILE);
+    open_private(dir, MAINTENANCE_LOCK_FILE)
+}
+
+/// The file `name` in `dir`, created (readable by its owner only) when it
+/// is not there yet.
+fn open_private(dir: &Path, name: &str) -> Result<std::fs::File, StoreError> {
+    let path = dir.join(name);
     let mut options = std::fs::OpenOptions::new();
     options.create(true).truncate(false).read(true).write(true);
     #[cfg(unix)]
@@ -231,6 +245,25 @@ pub fn maintenance_lock_within(dir: &Path, what: &str, wait: std::time::Duration
     // A wait too long to add to the clock is a wait without end.
     let deadline = started.checked_add(wait);
     let mut held_by = maintenance_of(dir).holder.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let busy = |holder: &str| {
+        StoreError::Busy(format!(
+            "the audit trail in {} is being changed by {holder} (waited {:.1} s); try again when that has finished",
+            dir.display(),
+            started.elapsed().as_secs_f64()
+        ))
+    };
+    // First the announcement ([`INTENT_LOCK_FILE`]), held until the wait
+    // ends: readers that come meanwhile wait behind it.
+    let _intent = loop {
+        if let Some(intent) = announce(dir, what)? {
+            break intent;
+        }
+        let holder = held_by.get_or_insert_with(|| maintenance_holder(dir));
+        if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+            return Err(busy(holder));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
     loop {
         if let Some(guard) = acquire(dir, what, true)? {
             let waited = held_by.map(|holder| Waited { ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX), holder });
@@ -238,14 +271,70 @@ pub fn maintenance_lock_within(dir: &Path, what: &str, wait: std::time::Duration
         }
         let holder = held_by.get_or_insert_with(|| maintenance_holder(dir));
         if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
-            return Err(StoreError::Busy(format!(
-                "the audit trail in {} is being changed by {holder} (waited {:.1} s); try again when that has finished",
-                dir.display(),
-                started.elapsed().as_secs_f64()
-            )));
+            return Err(busy(holder));
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+}
+
+/// A writer's announcement that it waits for the audit directory: the
+/// exclusive lock on its [`INTENT_LOCK_FILE`], which holds what waits; let
+/// go, and the text cleared, when dropped.
+struct Intent {
+    file: std::fs::File,
+}
+
+impl Drop for Intent {
+    fn drop(&mut self) {
+        let _ = self.file.set_len(0);
+    }
+}
+
+/// Takes the lock of `dir`'s [`INTENT_LOCK_FILE`] for `what`; `None` while
+/// another writer waits (or a reader is looking at it, for a moment).
+fn announce(dir: &Path, what: &str) -> Result<Option<Intent>, StoreError> {
+    use std::io::Write;
+    let file = open_private(dir, INTENT_LOCK_FILE)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => {
+            let path = dir.join(INTENT_LOCK_FILE);
+            return Err(StoreError::Io(std::io::Error::new(e.kind(), format!("cannot lock {}: {e}", path.display()))));
+        }
+    }
+    let intent = Intent { file };
+    intent.file.set_len(0)?;
+    (&intent.file).write_all(holder_text(what).as_bytes())?;
+    Ok(Some(intent))
+}
+
+/// Whether a writer waits for the directory ([`announce`]), by the lock of
+/// its [`INTENT_LOCK_FILE`] open on `intent` (`None`: a directory where it
+/// cannot be created, which no one changes). A lock that cannot be tested
+/// counts as no writer.
+fn writer_waits(intent: Option<&std::fs::File>) -> bool {
+    let Some(file) = intent else { return false };
+    match file.try_lock_shared() {
+        Ok(()) => {
+            let _ = file.unlock();
+            false
+        }
+        Err(std::fs::TryLockError::WouldBlock) => true,
+        Err(std::fs::TryLockError::Error(_)) => false,
+    }
+}
+
+/// What waits for the directory `dir` ([`announce`]), as it described
+/// itself; `None` when nothing does.
+fn waiting_writer(dir: &Path) -> Option<String> {
+    let file = std::fs::File::open(dir.join(INTENT_LOCK_FILE)).ok()?;
+    if !writer_waits(Some(&file)) {
+        return None;
+    }
+    let text = std::fs::read_to_string(dir.join(INTENT_LOCK_FILE)).ok()?;
+    let text = text.trim();
+    (!text.is_empty()).then(|| text.to_string())
 }
 
 /// [`maintenance_lock`] without waiting: `None` while retention, another
@@ -257,11 +346,13 @@ pub fn try_maintenance_lock(dir: &Path, what: &str) -> Result<Option<Maintenance
 
 /// Held by a command that only reads an audit directory's day files and
 /// archives (`keytrail verify`, `keytrail archive verify`, `keytrail
-/// archive cat`), so that it never reads an archive an erasure is halfway
-/// through rewriting or a day file retention is dropping: a shared lock on
-/// its [`MAINTENANCE_LOCK_FILE`]. Any number of readers hold it at once;
-/// retention, an erasure or a restore (which take it exclusively) wait
-/// for them, and they for those.
+/// archive cat`, the admin API's verification), so that it never reads an
+/// archive an erasure is halfway through rewriting or a day file retention
+/// is dropping: a shared lock on its [`MAINTENANCE_LOCK_FILE`]. Any number
+/// of readers hold it at once; retention, an erasure or a restore (which
+/// take it exclusively) wait for them, and they for those — and for a
+/// writer that announced it waits ([`INTENT_LOCK_FILE`]), so readers
+/// coming one after another cannot keep it out.
 pub struct ReadGuard {
     _file: Option<std::fs::File>,
     state: Arc<Maintenance>,
@@ -283,7 +374,8 @@ impl ReadGuard {
 
 /// Takes a [`ReadGuard`] on the audit directory `dir`, trying again every
 /// 50 ms for up to `wait` while retention, an erasure or a restore holds
-/// it; `None` when one still does then ([`busy_message`] says which). A
+/// it or waits for it; `None` when one still does then ([`busy_message`]
+/// says which). A
 /// directory whose lock file is not there and cannot be created (a
 /// read-only copy) is read without one: nothing can be changing it.
 pub fn read_lock(dir: &Path, wait: std::time::Duration) -> Result<Option<ReadGuard>, StoreError> {
@@ -298,20 +390,27 @@ pub fn read_lock(dir: &Path, wait: std::time::Duration) -> Result<Option<ReadGua
         }
         Err(error) => return Err(error),
     };
+    // Where the lock file could be opened for writing so can this one; a
+    // read-only directory has none (and no writer).
+    let intent = open_private(dir, INTENT_LOCK_FILE).ok().or_else(|| std::fs::File::open(dir.join(INTENT_LOCK_FILE)).ok());
     // A wait too long to add to the clock is a wait without end.
     let deadline = std::time::Instant::now().checked_add(wait);
     loop {
-        match file.try_lock_shared() {
-            Ok(()) => return Ok(Some(ReadGuard::new(dir, Some(file)))),
-            Err(std::fs::TryLockError::WouldBlock) if deadline.is_none_or(|d| std::time::Instant::now() < d) => {
-                std::thread::sleep(std::time::Duration::from_millis(50))
-            }
-            Err(std::fs::TryLockError::WouldBlock) => return Ok(None),
-            Err(std::fs::TryLockError::Error(e)) => {
-                let path = dir.join(MAINTENANCE_LOCK_FILE);
-                return Err(StoreError::Io(std::io::Error::new(e.kind(), format!("cannot lock {}: {e}", path.display()))));
+        // Behind a writer that waits, not beside the readers it waits for.
+        if !writer_waits(intent.as_ref()) {
+            match file.try_lock_shared() {
+                Ok(()) => return Ok(Some(ReadGuard::new(dir, Some(file)))),
+                Err(std::fs::TryLockError::WouldBlock) => {}
+                Err(std::fs::TryLockError::Error(e)) => {
+                    let path = dir.join(MAINTENANCE_LOCK_FILE);
+                    return Err(StoreError::Io(std::io::Error::new(e.kind(), format!("cannot lock {}: {e}", path.display()))));
+                }
             }
         }
+        if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+            return Ok(None);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
 
@@ -322,14 +421,19 @@ pub fn maintenance_holder(dir: &Path) -> String {
     if let Some(holder) = state.holder.lock().unwrap_or_else(|e| e.into_inner()).clone() {
         return holder;
     }
-    match std::fs::read_to_string(dir.join(MAINTENANCE_LOCK_FILE)) {
-        Ok(text) if !text.trim().is_empty() => text.trim().to_string(),
-        _ if state.readers.load(std::sync::atomic::Ordering::Relaxed) > 0 => {
-            format!("a verification reading it in this process ({})", std::process::id())
-        }
-        // Readers ([`read_lock`]) leave the file empty.
-        _ => "another keytrail process (perhaps a `keytrail verify` or `keytrail archive` command reading it)".to_string(),
+    let text = std::fs::read_to_string(dir.join(MAINTENANCE_LOCK_FILE)).unwrap_or_default();
+    if !text.trim().is_empty() {
+        return text.trim().to_string();
     }
+    // Readers hold it; a writer may wait for them, and others behind it.
+    if let Some(writer) = waiting_writer(dir) {
+        return format!("{writer}, waiting for the readers before it to finish");
+    }
+    // Readers ([`read_lock`]) leave the file empty.
+    if state.readers.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+        return format!("a verification reading it in this process ({})", std::process::id());
+    }
+    "another keytrail process (perhaps a `keytrail verify` or `keytrail archive` command reading it)".to_string()
 }
 
 /// "<dir> is being changed by <holder>", and what to do.

@@ -1175,3 +1175,54 @@ fn a_block_written_after_retention_deleted_the_newest_ones_is_not_taken_as_rolle
     drop(AuditWriterStore::open(audit).unwrap());
     assert_eq!(counted(audit), 25, "replayed after the restart");
 }
+
+/// Readers share the maintenance lock, and a shared `flock` gives an
+/// exclusive waiter no priority: a steady stream of overlapping readers
+/// (API verifications, `keytrail verify`, `archive cat`) kept retention
+/// out for good. A waiting writer now announces itself first (an exclusive
+/// lock on `maintenance.intent`): readers that come after wait behind it,
+/// the ones already reading finish, and the writer gets its turn within
+/// its wait. A reader that gives up says what it waited behind.
+#[test]
+fn a_waiting_writer_is_not_starved_by_overlapping_readers() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().to_path_buf();
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    // Readers one after another, each reading 120 ms, a new one every
+    // 40 ms: at any moment at least two are reading.
+    let readers = {
+        let (audit, stop) = (audit.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let (mut reading, mut refused) = (std::collections::VecDeque::new(), Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                match erasure::read_lock(&audit, Duration::ZERO).unwrap() {
+                    Some(guard) => reading.push_back((Instant::now(), guard)),
+                    None => refused.push(erasure::busy_message(&audit)),
+                }
+                while reading.front().is_some_and(|(at, _)| at.elapsed() >= Duration::from_millis(120)) {
+                    reading.pop_front();
+                }
+                std::thread::sleep(Duration::from_millis(40));
+            }
+            refused
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    let (held, waited) = erasure::maintenance_lock_within(&audit, "retention", Duration::from_secs(3))
+        .expect("retention got its turn among the readers");
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    assert!(waited.is_some(), "the readers held the directory: it waited");
+    // Held: no reader gets in.
+    assert!(erasure::read_lock(&audit, Duration::from_millis(100)).unwrap().is_none());
+    drop(held);
+    stop.store(true, Ordering::Relaxed);
+    let refused = readers.join().unwrap();
+    assert!(!refused.is_empty(), "the readers behind the writer waited");
+    assert!(refused.iter().all(|m| m.contains("retention")), "{refused:?}");
+    // Let go: readers read again, and the writer's announcement is gone.
+    assert!(erasure::read_lock(&audit, Duration::ZERO).unwrap().is_some());
+    assert!(!erasure::maintenance_holder(&audit).contains("retention"), "{}", erasure::maintenance_holder(&audit));
+}
