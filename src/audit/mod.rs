@@ -183,6 +183,7 @@ impl AuditPipeline {
             batch_max: config.batch_max_events,
             waiting_erasures: Default::default(),
             erasure: None,
+            announced: None,
         };
         let handle = std::thread::Builder::new()
             .name("keytrail-audit-writer".into())
@@ -408,6 +409,9 @@ struct Writer {
     /// Erasures asked for, in order, and the one under way.
     waiting_erasures: std::collections::VecDeque<(ErasureRequest, ErasureAnswer)>,
     erasure: Option<(ErasureJob, ErasureAnswer)>,
+    /// Held while the next erasure waits for the audit directory, so that
+    /// readers coming one after another cannot keep it out.
+    announced: Option<crate::store::audit::erasure::Announcement>,
 }
 
 impl Writer {
@@ -488,14 +492,25 @@ impl Writer {
             }
             let what = format!("an erasure in tenant `{}` (keytrail serve)", self.waiting_erasures[0].0.tenant);
             let held = match crate::store::audit::erasure::try_maintenance_lock(self.store.dir(), &what) {
-                Ok(Some(held)) => held,
+                Ok(Some(held)) => {
+                    self.announced = None;
+                    held
+                }
                 // Retention or a restore (perhaps in another process) holds
-                // the directory: try again after the next batch.
+                // the directory, or readers do: try again after the next
+                // batch, announced, so that readers coming after wait.
                 Ok(None) => {
+                    if self.announced.is_none() {
+                        self.announced = crate::store::audit::erasure::announce_maintenance(self.store.dir(), &what).unwrap_or_else(|error| {
+                            tracing::warn!(%error, "an erasure could not announce that it waits for the audit directory");
+                            None
+                        });
+                    }
                     std::thread::sleep(Duration::from_millis(5));
                     return;
                 }
                 Err(error) => {
+                    self.announced = None;
                     let (_, done) = self.waiting_erasures.pop_front().expect("front checked");
                     tracing::error!(%error, "erasure could not start");
                     let _ = done.send(Err(error));

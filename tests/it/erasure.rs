@@ -295,3 +295,53 @@ async fn erase_removes_a_consumers_personal_values_everywhere_and_the_trail_stil
     assert_eq!(found(CAROL_NAME, &audit_only), Vec::<String>::new(), "the admin log copied a consumer's name");
     assert!(!found(CAROL_NAME, &after).is_empty());
 }
+
+/// A server's erasure waits for the readers of the audit directory
+/// (verifications, `keytrail verify`, `archive cat`), but readers coming one
+/// after another cannot keep it out: it announces itself while it waits
+/// (`maintenance.intent`), so readers after that wait behind it and it
+/// runs once the ones already reading finish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erasure_is_not_starved_by_readers_one_after_another() {
+    use keytrail::store::audit::erasure;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+    let mut ts = TestServer::start().await;
+    let up = format!("http://{}", start_upstream().await);
+    let admin = ts.admin_client();
+    let (consumer, _, key) = admin.setup("acme", "/docs", &up).await;
+    assert_eq!(call(&ts, &key, "SomeAgent/1.0", "/docs/a").await, 200);
+    ts.flush().await;
+    let audit = ts.audit_dir();
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    // Readers each reading 120 ms, a new one every 40 ms (for 20 s at most):
+    // at any moment at least two are reading.
+    let readers = {
+        let (audit, stop) = (audit.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let (mut reading, mut refused) = (std::collections::VecDeque::new(), Vec::new());
+            let started = Instant::now();
+            while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(20) {
+                match erasure::read_lock(&audit, Duration::ZERO).unwrap() {
+                    Some(guard) => reading.push_back((Instant::now(), guard)),
+                    None => refused.push(erasure::busy_message(&audit)),
+                }
+                while reading.front().is_some_and(|(at, _)| at.elapsed() >= Duration::from_millis(120)) {
+                    reading.pop_front();
+                }
+                std::thread::sleep(Duration::from_millis(40));
+            }
+            refused
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let path = format!("/v1/tenants/acme/consumers/{consumer}/erase");
+    let a = tokio::time::timeout(Duration::from_secs(8), admin.post(&path, json!({}))).await;
+    stop.store(true, Ordering::Relaxed);
+    let refused = tokio::task::spawn_blocking(move || readers.join().unwrap()).await.unwrap();
+    let a = a.expect("the erasure got its turn among the readers");
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert!(!refused.is_empty(), "the readers after it waited behind the erasure");
+    assert!(refused.iter().all(|m| m.contains("an erasure in tenant `acme`")), "{refused:?}");
+    ts.stop().await;
+}

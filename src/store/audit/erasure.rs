@@ -337,6 +337,20 @@ fn waiting_writer(dir: &Path) -> Option<String> {
     (!text.is_empty()).then(|| text.to_string())
 }
 
+/// A writer's announcement that it waits for the audit directory
+/// ([`INTENT_LOCK_FILE`]), for one that tries again and again without
+/// waiting ([`try_maintenance_lock`]: the audit writer's erasures) to keep
+/// meanwhile, so that readers coming one after another cannot keep it out.
+pub struct Announcement {
+    _intent: Intent,
+}
+
+/// Announces that `what` waits for the audit directory `dir`, without
+/// waiting: `None` while another writer already does.
+pub fn announce_maintenance(dir: &Path, what: &str) -> Result<Option<Announcement>, StoreError> {
+    Ok(announce(dir, what)?.map(|intent| Announcement { _intent: intent }))
+}
+
 /// [`maintenance_lock`] without waiting: `None` while retention, another
 /// erasure or a restore (in this process or another) holds the directory.
 /// The audit writer must not wait for it.
