@@ -146,9 +146,10 @@ fn is_text(text: &str, max: usize) -> bool {
 }
 
 /// The prefixes keytrail writes its own actors with: admins, consumers
-/// (a key's calls), and keytrail itself (`keytrail:auto-bruteforce`,
-/// `keytrail:login-throttle`, `system:retention`).
-const RESERVED_ACTORS: [&str; 4] = ["admin:", "consumer:", "keytrail:", "system:"];
+/// (a key's calls), keytrail itself (`keytrail:auto-bruteforce`,
+/// `keytrail:login-throttle`, `system:retention`), and the address its
+/// security events attribute a call to (`ip:203.0.113.9`).
+const RESERVED_ACTORS: [&str; 5] = ["admin:", "consumer:", "ip:", "keytrail:", "system:"];
 
 /// An actor as a reader takes it: blanks around it and before a colon
 /// gone, invisible characters gone, full-width forms and colon look-alikes
@@ -192,6 +193,7 @@ fn check_actor(actor: &str, by: &Submitter) -> Result<(), &'static str> {
             Err("may name no consumer but the key's own (`consumer:<its consumer id>`, exactly as the trail names it)")
         }
         ("consumer:", Submitter::Admin(_)) => Err("must not name a consumer (`consumer:…`): the trail names a consumer for its own key's actions"),
+        ("ip:", _) => Err("must not name an address as keytrail does (`ip:…`, in any spelling): keytrail attributes its own security events to `ip:<address>`"),
         _ => Err("must not name keytrail itself (`system:…`, `keytrail:…`, in any spelling): those actors are keytrail's own actions"),
     }
 }

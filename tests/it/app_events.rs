@@ -575,3 +575,42 @@ async fn keys_and_tokens_in_any_field_of_an_event_are_never_stored_or_answered()
         }
     }
 }
+
+/// `ip:<address>` is how keytrail names the address it blocked or
+/// throttled (`ip:203.0.113.9`): an event sent with a key or by an admin
+/// may not name one, in any spelling a reader takes for it; look-alikes
+/// that are no prefix are kept.
+#[tokio::test]
+async fn submitted_events_cannot_claim_an_address_as_keytrail_names_it() {
+    let ts = TestServer::start().await;
+    let admin = ts.admin_client();
+    assert_eq!(admin.post("/v1/tenants", json!({"id": "acme", "name": "Acme"})).await.status, 201);
+    let (_, _, writer) = admin.consumer_with_key("acme", "backend", json!({"scopes": ["audit:write"]})).await;
+    let as_key = Admin { token: writer.clone(), ..admin.clone() };
+    let event = |actor: &str| json!({"action": "order.deleted", "resource_type": "order", "resource_id": "1", "actor_id": actor});
+
+    let reserved = [
+        "ip:203.0.113.9",
+        "IP:203.0.113.9",
+        " ip:2001:db8::1",
+        "ip :203.0.113.9",
+        "ip\u{FF1A}203.0.113.9",
+        "\u{FF49}\u{FF50}:203.0.113.9",
+        "i\u{200B}p:203.0.113.9",
+    ];
+    for actor in reserved {
+        for (who, client) in [("key", &as_key), ("admin", &admin)] {
+            let a = submit(client, "acme", event(actor)).await;
+            assert_eq!((a.status, a.body["error"]["code"].as_str()), (400, Some("invalid_body")), "{who} as {actor:?}: {}", a.text);
+            let message = a.body["error"]["message"].as_str().unwrap();
+            assert!(message.contains("event.actor_id") && message.contains("ip:"), "{}", a.text);
+        }
+    }
+    assert!(events(&admin.get("/v1/audit/acme/events").await).is_empty());
+
+    for actor in ["ipad-user", "vip:gold", "ip-team"] {
+        let a = submit(&as_key, "acme", event(actor)).await;
+        assert_eq!(a.status, 201, "key as {actor:?}: {}", a.text);
+    }
+    assert_eq!(events(&admin.get("/v1/audit/acme/events").await).len(), 3);
+}
