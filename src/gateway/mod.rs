@@ -697,16 +697,22 @@ fn number_header(n: u64) -> HeaderValue {
 
 /// The key the caller presented, if any: `X-API-Key` first, then
 /// `Authorization: Bearer`. `Err` when the header holds bytes that are not text.
+/// An empty value (`X-API-Key:` or `Authorization: Bearer` with nothing
+/// after it) presents no key: it is passed over, as if it were not sent.
 fn presented_key(headers: &CallHeaders) -> Option<Result<(&str, KeySource), KeySource>> {
     if let Some(value) = headers.get(X_API_KEY.as_str()) {
-        return Some(h1::value_text(value).map(|k| (k.trim(), KeySource::ApiKeyHeader)).ok_or(KeySource::ApiKeyHeader));
+        match h1::value_text(value).map(str::trim) {
+            None => return Some(Err(KeySource::ApiKeyHeader)),
+            Some("") => {}
+            Some(key) => return Some(Ok((key, KeySource::ApiKeyHeader))),
+        }
     }
     let value = headers.get("authorization")?;
     let Some(text) = h1::value_text(value) else { return Some(Err(KeySource::Authorization)) };
     bearer(text).map(|token| Ok((token, KeySource::Authorization)))
 }
 
-/// The token of an `Authorization: Bearer …` value.
+/// The token of an `Authorization: Bearer …` value (`Bearer` alone has none).
 fn bearer(value: &str) -> Option<&str> {
     let (scheme, token) = value.trim().split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
@@ -719,7 +725,13 @@ fn bearer_tokens(headers: &CallHeaders) -> impl Iterator<Item = &str> {
 
 /// Checks a presented key: format and checksum first (no lookup for a typo),
 /// then the snapshot, the tenant, revocation and expiry.
+/// An empty key (a verification's empty `key`, an application event's
+/// empty `X-API-Key`) is no key: `missing_key`, which is not counted
+/// toward the brute-force block.
 fn authenticate(snapshot: &Snapshot, key: &str, tenant: Option<&str>) -> Result<Arc<KeyEntry>, AuthFailure> {
+    if key.trim().is_empty() {
+        return Err(AuthFailure { code: ErrorCode::MissingKey, event_type: security_type::AUTH_FAILED, reason: "no key presented", key: None });
+    }
     let invalid = |reason| AuthFailure { code: ErrorCode::InvalidKey, event_type: security_type::AUTH_FAILED, reason, key: None };
     if let Err(malformed) = keys::check_format(key) {
         return Err(invalid(match malformed {

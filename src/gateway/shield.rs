@@ -261,11 +261,12 @@ impl Shield {
         let entry = match authenticate(&snapshot, call.key, Some(call.tenant)) {
             Ok(entry) => entry,
             Err(failure) => {
-                let hint = keys::hint(call.key);
-                if failure.key.is_none() {
+                // An empty key is none: no hint, as for a call with no key.
+                let hint = (failure.code != ErrorCode::MissingKey).then(|| keys::hint(call.key));
+                if let (None, Some(hint)) = (&failure.key, &hint) {
                     request.key_hint = Some(hint.as_str().into());
                 }
-                self.record_auth_failure(&request, &failure, Some(call.source), Some(hint));
+                self.record_auth_failure(&request, &failure, Some(call.source), hint);
                 // A live key of another tenant: answered as a tenant that does not exist.
                 let other_tenant = failure.code == ErrorCode::InvalidKey && snapshot.key(&keys::hash_secret(call.key)).is_some();
                 return Err(if other_tenant { KeyRefusal::OtherTenant } else { KeyRefusal::Failed(failure.code) });

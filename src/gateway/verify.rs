@@ -194,12 +194,14 @@ impl Gateway {
         let entry = match auth {
             Ok(entry) => entry,
             Err(failure) => {
-                let hint = keys::hint(&request.key);
-                match &failure.key {
-                    Some(entry) => describe_consumer(&mut event, entry),
-                    None => event.key_hint = Some(hint.as_str().into()),
+                // An empty key is none: no hint, as for a call with no key.
+                let hint = (failure.code != ErrorCode::MissingKey).then(|| keys::hint(&request.key));
+                match (&failure.key, &hint) {
+                    (Some(entry), _) => describe_consumer(&mut event, entry),
+                    (None, Some(hint)) => event.key_hint = Some(hint.as_str().into()),
+                    (None, None) => {}
                 }
-                self.shield.record_auth_failure(&event, &failure, Some(KeySource::VerifyBody), Some(hint));
+                self.shield.record_auth_failure(&event, &failure, Some(KeySource::VerifyBody), hint);
                 let api_id = api.as_ref().map(|a| a.api_id.as_str());
                 let verdict = Verdict::new(Some(failure.code), failure.key.as_deref(), api_id, None);
                 return answer(&mut event, &verdict, &request_id, finisher);

@@ -205,6 +205,57 @@ async fn repeated_failed_authentication_blocks_the_address_for_a_while() {
     ts.stop().await;
 }
 
+/// An empty key header (`X-API-Key:` with nothing, `Authorization: Bearer`
+/// with no token) presents no key: at the gateway it is `401 missing_key`,
+/// a verification of an empty `key` gets the `missing_key` verdict, and an
+/// application event sent with an empty `X-API-Key` is `401 missing_key`;
+/// none of them counts toward the brute-force block. An empty `X-API-Key`
+/// beside a key in `Authorization` leaves that key to be used.
+#[tokio::test]
+async fn empty_key_headers_present_no_key_and_do_not_count_toward_the_brute_force_block() {
+    let mut ts = TestServer::start_with(tempfile::tempdir().unwrap(), |c| {
+        c.gateway.bruteforce_failures = 3;
+        c.gateway.bruteforce_block = Duration::from_secs(60);
+    })
+    .await;
+    let up = start_upstream().await;
+    let admin = ts.admin_client();
+    let (_, _, key) = admin.setup("acme", "/docs", &format!("http://{up}")).await;
+    let (_, _, writer) = admin.consumer_with_key("acme", "backend", json!({"scopes": ["audit:write"]})).await;
+    let url = format!("{}/docs/fixed", ts.gateway);
+    let event = json!({"action": "order.updated", "resource_type": "order", "resource_id": "1"});
+    for _ in 0..4 {
+        for (name, value) in [("x-api-key", ""), ("x-api-key", "  "), ("authorization", "Bearer"), ("authorization", "Bearer  ")] {
+            let res = ts.client.get(&url).header(name, value).send().await.unwrap();
+            assert_eq!(res.status(), 401, "{name}: {value:?}");
+            assert_eq!(res.json::<Value>().await.unwrap()["error"]["code"], "missing_key", "{name}: {value:?}");
+        }
+        let v = ts.client.post(format!("{}/v1/keys/verify", ts.gateway)).json(&json!({"key": "", "api_id": "docs"})).send().await.unwrap();
+        assert_eq!(v.status(), 200);
+        let verdict = v.json::<Value>().await.unwrap();
+        assert_eq!((verdict["valid"].as_bool(), verdict["code"].as_str()), (Some(false), Some("missing_key")), "{verdict}");
+        let res = ts.client.post(format!("{}/v1/audit/acme/events", ts.admin)).header("x-api-key", "").json(&event).send().await.unwrap();
+        assert_eq!(res.status(), 401);
+        assert_eq!(res.json::<Value>().await.unwrap()["error"]["code"], "missing_key");
+    }
+    // The key in `Authorization` is the one presented.
+    let res = ts.client.get(&url).header("x-api-key", "").header("authorization", format!("Bearer {key}")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let res = ts.client.post(format!("{}/v1/audit/acme/events", ts.admin)).header("authorization", format!("Bearer {writer}")).header("x-api-key", "").json(&event).send().await.unwrap();
+    assert_eq!(res.status(), 201);
+    // Recorded, each as a failed authentication with no key.
+    let failed = admin.wait_for("/v1/audit/acme/security?event_type=auth_failed", "events", 20).await;
+    assert!(failed.iter().all(|e| e["details"]["reason"] == "no key presented"), "{failed:?}");
+    // Three wrong keys stay within the limit of 3: none of the calls above counted.
+    for _ in 0..3 {
+        assert_eq!(get(&ts, "/docs/fixed", "kt_live_guessing", "bot").await.0, 401);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(get(&ts, "/docs/fixed", &key, "bot").await.0, 200, "the address was blocked");
+    assert_eq!(admin.get("/v1/blocklist").await.body["entries"], json!([]));
+    ts.stop().await;
+}
+
 /// Calls that carry no key (a browser's CORS preflight, a health checker
 /// on a keyed api) are refused and recorded, but they are no guess at a
 /// key: only a presented, wrong key counts toward the brute-force block.
