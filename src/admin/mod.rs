@@ -222,10 +222,19 @@ async fn authorise(
     };
     // A failed token is recorded and counted against the caller's address;
     // past the limit every token from it is refused unchecked for a while.
-    let signed = match state.control.authenticate_bearer(token, &caller, req.method().as_str(), path) {
-        Ok(signed) => signed,
-        Err(BearerRefused::Error(e)) => return Err(e.into_response()),
-        Err(refused) => {
+    // A session token is looked up in the control store: on a blocking
+    // thread, so a busy store holds up this call, not a runtime thread.
+    let looked_up = tokio::task::spawn_blocking({
+        let (control, token, caller) = (state.control.clone(), token.to_string(), caller.clone());
+        let (method, path) = (req.method().as_str().to_string(), path.to_string());
+        move || control.authenticate_bearer(&token, &caller, &method, &path)
+    })
+    .await;
+    let signed = match looked_up.map_err(ApiError::internal) {
+        Err(e) => return Err(e.into_response()),
+        Ok(Ok(signed)) => signed,
+        Ok(Err(BearerRefused::Error(e))) => return Err(e.into_response()),
+        Ok(Err(refused)) => {
             // The failure's events before the answer, under `sync`.
             state.audit.flush_if_sync().await;
             return Err(match refused {

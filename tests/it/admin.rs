@@ -336,3 +336,51 @@ async fn admin_connections_without_a_whole_head_in_time_are_closed() {
     // The API itself goes on answering.
     assert_eq!(ts.admin_client().get("/v1/tenants").await.status, 200);
 }
+
+/// A session token is looked up in the control store off the async
+/// threads: while the store is busy (here a change waits on a write lock
+/// another connection holds, keeping the store's connection), an admin
+/// call with a session token waits for it without stalling the runtime,
+/// which goes on answering other calls (the test runs the server on a
+/// single-threaded runtime, where a lookup on the runtime thread would stop
+/// everything until the store's busy timeout).
+#[tokio::test]
+async fn a_session_lookup_waiting_for_the_control_store_does_not_stall_the_runtime() {
+    let mut ts = TestServer::start().await;
+    let owner = ts.admin_client();
+    let password = "a long enough password";
+    assert_eq!(owner.post("/v1/admins", json!({"name": "ada", "role": "viewer", "password": password})).await.status, 201);
+    let anonymous = Admin { token: String::new(), ..owner.clone() };
+    let login = anonymous.post("/v1/auth/login", json!({"name": "ada", "password": password})).await;
+    assert_eq!(login.status, 200, "{}", login.text);
+    let ada = Admin { token: login.body["session_token"].as_str().unwrap().to_string(), ..owner.clone() };
+    assert_eq!(ada.get("/v1/me").await.status, 200);
+
+    let db = rusqlite::Connection::open(ts.data_dir.join("control.db")).unwrap();
+    db.execute_batch("BEGIN IMMEDIATE").unwrap();
+    // Creating an admin writes from a blocking thread: it waits for the
+    // lock above, holding the store.
+    let change = tokio::spawn({
+        let owner = owner.clone();
+        async move { owner.post("/v1/admins", json!({"name": "bob", "role": "viewer", "password": "another long password"})).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    let waiting = tokio::spawn({
+        let ada = ada.clone();
+        async move { ada.get("/v1/me").await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let health = ts.client.get(format!("{}/healthz", ts.admin)).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let took = started.elapsed();
+    assert!(took < std::time::Duration::from_millis(1000), "the runtime stalled for {took:?} behind the session lookup");
+    assert!(!waiting.is_finished(), "the lookup did not wait for the store");
+    db.execute_batch("COMMIT").unwrap();
+    drop(db);
+    let me = waiting.await.unwrap();
+    assert_eq!(me.status, 200, "{}", me.text);
+    let change = change.await.unwrap();
+    assert_eq!(change.status, 201, "{}", change.text);
+    ts.stop().await;
+}
