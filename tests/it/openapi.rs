@@ -251,7 +251,15 @@ fn every_route_is_documented_with_its_permission() {
         assert!(op.get("security").is_none_or(|s| s.as_array().is_some_and(|s| s.iter().any(|r| r.get("bearerAuth").is_some()))), "{} {}", rule.method, rule.route);
         assert!(op["responses"].get("401").is_some(), "{} {}: 401 is documented", rule.method, rule.route);
         assert!(op["responses"].get("403").is_some(), "{} {}: 403 is documented", rule.method, rule.route);
+        // An address past its failed bearer tokens gets 429 on every route
+        // that takes one (the events route's 429 also covers a key's spent limits).
+        let locked = op["responses"].get("429").map(|r| resolve(&doc, r));
+        let locked = locked.unwrap_or_else(|| panic!("{} {}: 429 too_many_attempts is documented", rule.method, rule.route));
+        assert!(locked["description"].as_str().is_some_and(|d| d.contains("too_many_attempts")), "{} {}: {locked}", rule.method, rule.route);
+        assert!(locked["headers"].get("Retry-After").is_some(), "{} {}: {locked}", rule.method, rule.route);
     }
+    let shared = &doc["components"]["responses"]["TooManyAttempts"];
+    assert_eq!(shared["content"]["application/json"]["example"]["error"]["code"], "too_many_attempts", "{shared}");
     assert_eq!(doc["security"], json!([{"bearerAuth": []}]));
     let scheme = &doc["components"]["securitySchemes"]["bearerAuth"];
     assert_eq!((scheme["type"].as_str(), scheme["scheme"].as_str()), (Some("http"), Some("bearer")));
