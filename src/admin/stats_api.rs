@@ -99,6 +99,24 @@ fn only_window(params: &[(String, String)], endpoint: &str) -> Result<(), ApiErr
     }
 }
 
+/// The parameters an audit read takes that `/stats` does not honour: it
+/// answers one aggregate, not a page (`limit`, `cursor`), of request
+/// events only (`category`), and the admin log's and application events'
+/// filters mean nothing there.
+const NOT_FOR_STATS: [&str; 8] = ["limit", "cursor", "category", "admin_id", "action", "actor_id", "resource_type", "resource_id"];
+/// Refuses the audit-read parameters `/stats` does not honour
+/// ([`NOT_FOR_STATS`]) rather than silently answering for more than was
+/// asked. Names no audit read takes are ignored, as on the list.
+fn only_stats_parameters(params: &[(String, String)]) -> Result<(), ApiError> {
+    match params.iter().map(|(name, _)| name.as_str()).find(|name| NOT_FOR_STATS.contains(name)) {
+        Some(name) => Err(ApiError::invalid_parameter(
+            name,
+            "/stats takes the list's filters (`consumer_id`, `api_id`, `method`, `path`, `status_min`, `status_max`, `request_id`, `event_type`), a window (`from`, `to`, `hours`, `days`), `group_by`, `top`, `metrics` and `source`; it answers one aggregate of request events, not a page",
+        )),
+        None => Ok(()),
+    }
+}
+
 fn window(filter: &EventFilter) -> (Value, Value) {
     (json!(filter.from_ms.map(format_timestamp)), json!(filter.to_ms.map(format_timestamp)))
 }
@@ -182,7 +200,9 @@ async fn with_reader<T: Send + 'static>(
 }
 
 /// `GET /v1/audit/{tenant}/stats`: the list's filters (window: 24 hours
-/// up to now unless given), plus `group_by`, `top`, `metrics` and `source`.
+/// up to now unless given), plus `group_by`, `top`, `metrics` and `source`;
+/// the other audit-read parameters (`limit`, `cursor`, `category`, the
+/// admin log's and application events' filters) are a 400.
 async fn stats(
     State(state): State<AdminState>,
     Path(tenant): Path<String>,
@@ -190,6 +210,7 @@ async fn stats(
     Query(params): Query<Vec<(String, String)>>,
 ) -> Result<Json<Value>, ApiError> {
     require_audit_tenant(&state, &tenant)?;
+    only_stats_parameters(&params)?;
     let filter = windowed_filter(&tenant, &params, DAY_MS)?;
     let group_by = match param(&params, "group_by").map(str::trim) {
         None | Some("") => None,

@@ -666,8 +666,9 @@ async fn bad_parameters_roles_and_tenants() {
     ] {
         bad(&owner.get(path).await, param);
     }
-    // Unknown parameters are ignored, as on the list.
-    assert_eq!(owner.get("/v1/audit/acme/stats?limit=5&whatever=1").await.status, 200);
+    // Unknown parameters are ignored, as on the list (`limit` is not
+    // unknown: /stats refuses it, see stats_refuses_parameters_it_does_not_honour).
+    assert_eq!(owner.get("/v1/audit/acme/stats?whatever=1").await.status, 200);
     assert_eq!(owner.get("/v1/audit/nope/stats").await.status, 404);
 
     // A viewer reads aggregates, never raw events; a tenant-bound one only its tenant's.
@@ -1063,6 +1064,39 @@ async fn profile_and_timeline_refuse_parameters_they_do_not_honour() {
             let a = owner.get(&format!("{path}?{query}")).await;
             assert_eq!(a.status, 200, "{path}?{query}: {}", a.text);
         }
+    }
+}
+
+/// `/stats` takes the list's filters, a window, `group_by`, `top`,
+/// `metrics` and `source`; the other parameters an audit read takes
+/// (`limit`, `cursor`, `category`, the admin log's and application
+/// events' filters) were silently ignored, answering for more than was
+/// asked. They are refused with 400 `invalid_parameter` naming them, and
+/// names no audit read takes are still ignored.
+#[tokio::test]
+async fn stats_refuses_parameters_it_does_not_honour() {
+    let ts = TestServer::start().await;
+    let owner = ts.admin_client();
+    let up = format!("http://{}", start_upstream().await);
+    owner.setup("acme", "/acme", &up).await;
+    for (query, param) in [
+        ("limit=5", "limit"),
+        ("category=security", "category"),
+        ("admin_id=root", "admin_id"),
+        ("action=CREATE", "action"),
+        ("actor_id=root", "actor_id"),
+        ("resource_type=order", "resource_type"),
+        ("resource_id=1", "resource_id"),
+        ("cursor=1.2", "cursor"),
+        ("days=1&group_by=path&limit=5", "limit"),
+    ] {
+        let a = owner.get(&format!("/v1/audit/acme/stats?{query}")).await;
+        bad(&a, param);
+        assert!(a.body["error"]["message"].as_str().unwrap().contains("`group_by`"), "{query}: says what it takes: {}", a.text);
+    }
+    for query in ["days=1&top=3&group_by=path", "consumer_id=c1&method=GET&path=/acme&status_min=200&status_max=599", "metrics=latency&source=events", "hours=2&whatever=1"] {
+        let a = owner.get(&format!("/v1/audit/acme/stats?{query}")).await;
+        assert_eq!(a.status, 200, "{query}: {}", a.text);
     }
 }
 
