@@ -5,7 +5,9 @@
 //! The audit store is append-only and chained, so the intent is never
 //! rewritten: readers join the two. An intent whose outcome never came
 //! (the process died in between) reads as outcome `unknown`; one whose
-//! change is still running in this process reads as `pending`.
+//! change is still running in this process reads as `pending`. An outcome
+//! is looked for up to [`OUTCOME_WITHIN_MS`] after its intent, so a page
+//! holding an intent without one does not read the log up to now.
 //!
 //! Logins, failed logins and logouts are single events with their outcome.
 
@@ -25,6 +27,12 @@ use crate::store::audit::StoredEvent;
 
 /// Outcome of an intent before its change has finished.
 pub const PENDING: &str = "pending";
+/// How long after its intent a change's outcome is looked for: an intent
+/// without an outcome by then (and not running in this process) reads as
+/// `unknown`. Changes take seconds; a day is far beyond any of them, and
+/// bounds what a page of the log reads looking for the outcome of an
+/// intent whose process died.
+pub const OUTCOME_WITHIN_MS: i64 = 24 * 3_600_000;
 /// The key in an outcome event's details that names the intent's action.
 const COMPLETES: &str = "completes";
 

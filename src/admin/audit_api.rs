@@ -463,67 +463,87 @@ async fn list_admin_log(
     let in_flight = state.in_flight.clone();
     let (entries, next) = tokio::task::spawn_blocking(move || -> Result<(Vec<Value>, Option<String>), ApiError> {
         let reader = AuditReader::open(&dir).map_err(ApiError::internal)?;
-        // Newest first, an outcome comes before its intent; keep them until then.
-        let mut outcomes = std::collections::HashMap::new();
-        let mut rows: Vec<StoredEvent> = Vec::new();
-        let (mut bytes, mut more) = (0usize, false);
-        reader
-            .scan(&query.filter, None, false, |row| {
-                if activity::is_outcome(&row.event) {
-                    if let Some(id) = row.event.request_id.clone() {
-                        outcomes.insert(id, row.event.clone());
-                    }
-                } else if rows.len() == limit || bytes >= PAGE_BYTES {
-                    // Changes are logged with their bodies: a page ends
-                    // early, as the other pages do, once it is this big.
-                    more = true;
-                    return false;
-                } else {
-                    bytes += page_bytes(row);
-                    rows.push(row.clone());
-                }
-                true
-            })
-            .map_err(ApiError::internal)?;
-        // Intents whose outcome is newer than this page's start (a later page,
-        // or a `to` filter): look for it from the oldest such intent on.
-        let waiting: Vec<i64> = rows
-            .iter()
-            .filter(|r| r.event.outcome == activity::PENDING && !r.event.request_id.as_ref().is_some_and(|id| outcomes.contains_key(id)))
-            .map(|r| r.event.timestamp_ms)
-            .collect();
-        if let Some(oldest) = waiting.iter().min() {
-            let later = EventFilter {
-                tenant_id: query.filter.tenant_id.clone(),
-                category: Some(Category::Admin),
-                from_ms: Some(*oldest),
-                ..EventFilter::default()
-            };
-            reader
-                .scan(&later, None, false, |row| {
-                    if activity::is_outcome(&row.event) {
-                        if let Some(id) = row.event.request_id.clone() {
-                            outcomes.entry(id).or_insert_with(|| row.event.clone());
-                        }
-                    }
-                    true
-                })
-                .map_err(ApiError::internal)?;
-        }
-        let next = if more { rows.last().map(cursor_of) } else { None };
-        let entries = rows
-            .iter()
-            .map(|row| {
-                let outcome = row.event.request_id.as_ref().and_then(|id| outcomes.get(id));
-                activity::entry_view(row, outcome, &in_flight)
-            })
-            .collect();
-        Ok((entries, next))
+        let page = admin_page(&reader, &query.filter, limit, &in_flight).map_err(ApiError::internal)?;
+        Ok((page.entries, page.next))
     })
     .await
     .map_err(ApiError::internal)??;
     record_access(&state.audit, &actor, &tenant, "admin", &params, entries.len());
     Ok(Json(json!({"entries": entries, "next_cursor": next})))
+}
+
+/// One page of the admin log, and how many events the look-up of its
+/// intents' outcomes read.
+struct AdminPage {
+    entries: Vec<Value>,
+    next: Option<String>,
+    /// Read by the tests, which bound it.
+    #[cfg_attr(not(test), allow(dead_code))]
+    outcome_rows: usize,
+}
+
+fn admin_page(reader: &AuditReader, filter: &EventFilter, limit: usize, in_flight: &activity::InFlight) -> Result<AdminPage, crate::store::StoreError> {
+    // Newest first, an outcome comes before its intent; keep them until then.
+    let mut outcomes = std::collections::HashMap::new();
+    let mut rows: Vec<StoredEvent> = Vec::new();
+    let (mut bytes, mut more) = (0usize, false);
+    reader.scan(filter, None, false, |row| {
+        if activity::is_outcome(&row.event) {
+            if let Some(id) = row.event.request_id.clone() {
+                outcomes.insert(id, row.event.clone());
+            }
+        } else if rows.len() == limit || bytes >= PAGE_BYTES {
+            // Changes are logged with their bodies: a page ends
+            // early, as the other pages do, once it is this big.
+            more = true;
+            return false;
+        } else {
+            bytes += page_bytes(row);
+            rows.push(row.clone());
+        }
+        true
+    })?;
+    // Intents whose outcome is newer than this page's start (a later page,
+    // or a `to` filter): look for it from the oldest such intent on, up to
+    // `OUTCOME_WITHIN_MS` after the newest (not to now: an intent whose
+    // process died has no outcome, and every page holding it would read
+    // the whole log since).
+    let waiting: Vec<i64> = rows
+        .iter()
+        .filter(|r| r.event.outcome == activity::PENDING && !r.event.request_id.as_ref().is_some_and(|id| outcomes.contains_key(id)))
+        .map(|r| r.event.timestamp_ms)
+        .collect();
+    let mut outcome_rows = 0;
+    if let (Some(oldest), Some(newest)) = (waiting.iter().min(), waiting.iter().max()) {
+        let later = EventFilter {
+            tenant_id: filter.tenant_id.clone(),
+            category: Some(Category::Admin),
+            from_ms: Some(*oldest),
+            to_ms: Some(newest.saturating_add(activity::OUTCOME_WITHIN_MS)),
+            ..EventFilter::default()
+        };
+        reader.scan(&later, None, false, |row| {
+            outcome_rows += 1;
+            if activity::is_outcome(&row.event) {
+                if let Some(id) = row.event.request_id.clone() {
+                    outcomes.entry(id).or_insert_with(|| row.event.clone());
+                }
+            }
+            true
+        })?;
+    }
+    let next = if more { rows.last().map(cursor_of) } else { None };
+    let entries = rows
+        .iter()
+        .map(|row| {
+            // The same answer on every page: an outcome later than the
+            // bound is never looked for, so one is never joined.
+            let outcome = row.event.request_id.as_ref().and_then(|id| outcomes.get(id));
+            let outcome = outcome.filter(|done| done.timestamp_ms <= row.event.timestamp_ms.saturating_add(activity::OUTCOME_WITHIN_MS));
+            activity::entry_view(row, outcome, in_flight)
+        })
+        .collect();
+    Ok(AdminPage { entries, next, outcome_rows })
 }
 
 /// Bytes gathered before a chunk is handed to the connection.
@@ -715,6 +735,57 @@ async fn export_json(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An admin event as `activity::around` writes it: an intent (outcome
+    /// `pending`, the request body) or an outcome (`completes`).
+    fn admin_event(request_id: &str, at: i64, outcome: Option<&str>) -> crate::event::Event {
+        let actor = Actor { admin_id: "root".into(), credential: "token".into(), request_id: Some(request_id.into()), ..Actor::default() };
+        let mut event = match outcome {
+            None => actor.admin_event("acme", "TIER_CREATED", activity::PENDING, "tier:t".into(), json!({"request": {"id": "t"}})),
+            Some(outcome) => actor.admin_event("acme", "TIER_CREATED", outcome, "tier:t".into(), json!({"completes": "TIER_CREATED", "status": 201})),
+        };
+        event.timestamp_ms = at;
+        event
+    }
+
+    /// An intent whose outcome never came (the process died in between)
+    /// made every page holding it read the tenant's admin events from it
+    /// up to now, looking for the outcome: a page of an old crash read the
+    /// whole log since. The look-up now stops at `OUTCOME_WITHIN` after the
+    /// page's newest waiting intent, and the entry reads `unknown`.
+    #[test]
+    fn an_intent_without_outcome_does_not_make_its_page_read_to_now() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = now_ms();
+        let crashed = now - 20 * 24 * HOUR_MS;
+        let mut events = vec![admin_event("crashed", crashed, None)];
+        // 2,000 completed changes over the 20 days since.
+        let n = 2000;
+        for i in 0..n {
+            let at = crashed + 1000 + i * (20 * 24 * HOUR_MS - 2000) / n;
+            let id = format!("change-{i}");
+            events.push(admin_event(&id, at, None));
+            events.push(admin_event(&id, at + 5, Some("success")));
+        }
+        let mut store = crate::store::audit::AuditWriterStore::open(dir.path()).unwrap();
+        store.insert_batch(&mut events).unwrap();
+        drop(store);
+        let reader = AuditReader::open(dir.path()).unwrap();
+        let in_flight = activity::InFlight::default();
+        // The page that holds the crashed change (a `to` at its time).
+        let filter = EventFilter { tenant_id: "acme".into(), category: Some(Category::Admin), to_ms: Some(crashed), ..EventFilter::default() };
+        let page = admin_page(&reader, &filter, 10, &in_flight).unwrap();
+        assert_eq!(page.entries.len(), 1);
+        assert_eq!(page.entries[0]["outcome"], "unknown");
+        assert_eq!(page.entries[0]["request_id"], "crashed");
+        // A day's worth of the later changes at most, not all 4,000 events.
+        assert!(page.outcome_rows <= 2 * 2 * (n as usize) / 20 + 4, "read {} events looking for the outcome", page.outcome_rows);
+        // A change completed after the page's end is still joined.
+        let filter = EventFilter { to_ms: Some(crashed + 1000 + 3 * (20 * 24 * HOUR_MS - 2000) / n), ..filter };
+        let page = admin_page(&reader, &filter, 10, &in_flight).unwrap();
+        let outcomes: Vec<&str> = page.entries.iter().map(|e| e["outcome"].as_str().unwrap()).collect();
+        assert_eq!(outcomes, ["success", "success", "success", "success", "unknown"], "{:?}", page.entries);
+    }
 
     fn q(pairs: &[(&str, &str)]) -> Result<AuditQuery, ApiError> {
         let params: Vec<(String, String)> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
