@@ -1,7 +1,7 @@
 //! The redaction point: every text that leaves keytrail passes through here.
 //!
 //! Anything that looks like a keytrail key (`kt_live_…`, `kt_test_…`) or admin
-//! token (`kta_…`, sessions `kts_…`) is replaced by its hint, and any secret registered at run
+//! token (`kta_…`, sessions `kts_…`; prefixes in any case, escaped or not) is replaced by its hint, and any secret registered at run
 //! time (an operator-chosen bootstrap token, which has no recognisable shape)
 //! is replaced by `****`. The process log, error bodies and every audit event
 //! go through [`redact`]; call sites do not mask on their own.
@@ -43,11 +43,18 @@ fn registered() -> &'static RwLock<Secrets> {
     SECRETS.get_or_init(|| RwLock::new(Secrets::default()))
 }
 
-/// Every pattern starts with `kt`: texts without it need no closer look.
-/// (Most texts are a few dozen bytes: a byte search beats a substring
-/// searcher's setup there.)
+/// Every pattern starts with `kt`, in any case: texts without it need no
+/// closer look. (Most texts are a few dozen bytes: a byte search beats a
+/// substring searcher's setup there.)
 fn has_kt(text: &[u8]) -> bool {
-    memchr::memchr_iter(b'k', text).any(|i| text.get(i + 1) == Some(&b't'))
+    memchr::memchr2_iter(b'k', b'K', text).any(|i| matches!(text.get(i + 1), Some(b't' | b'T')))
+}
+
+/// The pattern `bytes` starts with, its prefix in any case: admin and
+/// session tokens have no checksum, so `KTA_…` or `Kts_…` is found only
+/// by its prefix. (A key's body is found whatever its prefix became.)
+fn pattern_at(bytes: &[u8]) -> Option<&'static str> {
+    PATTERNS.iter().copied().find(|p| bytes.get(..p.len()).is_some_and(|head| head.eq_ignore_ascii_case(p.as_bytes())))
 }
 
 /// Adds a literal secret that must never be printed (for example a bootstrap
@@ -215,9 +222,9 @@ fn mask_escaped(text: &str, secrets: &[Secret]) -> Option<String> {
         }
         (decoded, spans) = percent_decode_spans(&decoded, &spans);
         let mut i = 0;
-        while let Some(offset) = memchr::memchr(b'k', &decoded[i..]) {
+        while let Some(offset) = memchr::memchr2(b'k', b'K', &decoded[i..]) {
             i += offset;
-            let Some(prefix) = PATTERNS.iter().find(|p| decoded[i..].starts_with(p.as_bytes())) else {
+            let Some(prefix) = pattern_at(&decoded[i..]) else {
                 i += 1;
                 continue;
             };
@@ -431,11 +438,10 @@ fn mask_patterns(text: &str) -> Option<String> {
     let mut out: Option<String> = None;
     let mut copied_up_to = 0;
     let mut i = 0;
-    // Every pattern starts with `k`: jump from one to the next.
-    while let Some(offset) = memchr::memchr(b'k', &bytes[i..]) {
+    // Every pattern starts with `k` or `K`: jump from one to the next.
+    while let Some(offset) = memchr::memchr2(b'k', b'K', &bytes[i..]) {
         i += offset;
-        let matched = PATTERNS.iter().find(|p| bytes[i..].starts_with(p.as_bytes()));
-        let Some(prefix) = matched else {
+        let Some(prefix) = pattern_at(&bytes[i..]) else {
             i += 1;
             continue;
         };
@@ -677,6 +683,16 @@ mod tests {
             "/docs?api_key=kt_live_short&api_key=ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghij",
         ] {
             assert!(matches!(redact(text), Cow::Borrowed(_)), "{text}");
+        }
+    }
+
+    #[test]
+    fn admin_and_session_tokens_with_a_respelled_prefix_are_masked() {
+        let token = crate::keys::generate_admin_token();
+        let rest = token.strip_prefix("kta_").unwrap();
+        for text in [format!("/x/KTA_{rest}"), format!("Kts_{rest} y"), format!("t=kTa%5F{rest}"), format!("t=KTA%255F{rest}")] {
+            let out = redact(&text);
+            assert!(!out.contains(rest), "{text} -> {out}");
         }
     }
 

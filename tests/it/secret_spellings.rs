@@ -141,6 +141,43 @@ async fn keys_split_or_respelled_in_the_target_never_appear() {
     }
 }
 
+/// Admin and session tokens have no checksum: masking found them only
+/// behind their exact lowercase prefix, so a real admin token in a path as
+/// `KTA_<rest>` (or `Kta%5F<rest>`) was stored whole. The prefixes are now
+/// recognised in any case, escaped or not: the token's rest is never kept.
+#[tokio::test]
+async fn admin_tokens_with_a_respelled_prefix_never_appear() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let up = start_upstream().await;
+    let (mut p, admin, gateway) = spawn_serve(&data, dir.path(), &[]);
+    let (_consumer, _, key) = admin.setup("acme", "/leak", &format!("http://{up}")).await;
+    let a = admin.post("/v1/admins", serde_json::json!({"name": "ops", "role": "viewer"})).await;
+    assert_eq!(a.status, 201, "{}", a.text);
+    let token = a.body["token"].as_str().unwrap().to_string();
+    let rest = token.strip_prefix("kta_").expect("an admin token").to_string();
+    let client = http();
+    for target in [format!("/leak/KTA_{rest}"), format!("/leak/x?t=Kta%5F{rest}"), format!("/leak/kTs_{rest}")] {
+        client.get(format!("{gateway}{target}")).header("X-API-Key", &key).send().await.unwrap();
+    }
+    // The calls reach the store within the writer's flush interval.
+    for _ in 0..50 {
+        if admin.get("/v1/audit/acme?limit=1000").await.text.matches("/leak/").count() >= 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let mut answers = Vec::new();
+    for path in ["/v1/audit/acme?limit=1000", "/v1/audit/acme/export/json?category=all"] {
+        answers.push(admin.get(path).await.text);
+    }
+    assert!(answers[0].contains("/leak/"), "the calls are recorded: {}", answers[0]);
+    assert!(p.interrupt_and_wait().success());
+    let outputs = everything_written(&p, &data, answers);
+    let places = found_in(&rest, &outputs);
+    assert!(places.is_empty(), "the admin token's rest was found in {places:?}");
+}
+
 /// A person's password sent under a misspelt or nested field (a refused
 /// change, retried with the right field) is not kept in the admin log:
 /// the intent records the body before the change is checked.
