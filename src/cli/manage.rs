@@ -352,6 +352,9 @@ pub async fn audit_export(target: &Target, format: &str, filters: &AuditFilters,
     if !matches!(format, "csv" | "json") {
         bail!("--format `{format}`: give csv or json");
     }
+    if target.json {
+        bail!("--json does not apply to an export, which is written as it comes: give --format json for a JSON export");
+    }
     let client = AdminClient::from_env(&target.admin_url)?;
     let tenant = resolve_tenant(&client, target.tenant.as_deref()).await?;
     let params = filters.params(&client, &tenant).await?;

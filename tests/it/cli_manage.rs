@@ -213,6 +213,9 @@ async fn the_audit_trail_is_read_and_exported_from_the_command_line() {
     let (ok, _, err) = run_cli(&args, &TOKEN).await;
     assert!(!ok && err.contains("400"), "{err}");
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "only acme.json");
+    // --json (the other commands' table switch) is no export format: said so, nothing written.
+    let (ok, out, err) = run_cli(&with(&["audit", "export", "--json"]), &TOKEN).await;
+    assert!(!ok && out.is_empty() && err.contains("--format json"), "{out}{err}");
     // A format the command does not know is a usage error (exit 2).
     let out_dir = tempfile::tempdir().unwrap();
     let mut p = crate::util::Process::spawn(&with(&["audit", "export", "--format", "xml"]), &TOKEN, out_dir.path(), out_dir.path());
