@@ -147,12 +147,12 @@ pub struct ApiError {
     pub message: String,
     /// Seconds for a `Retry-After` header: [`ApiError::to_response`] sends
     /// it (the gateway's own answers set theirs where they render).
-    pub retry_after: Option<u32>,
+    pub retry_after: Option<u64>,
 }
 
 /// The `Retry-After` of an answer about an audit directory busy with
 /// retention, an erasure or a restore ([`crate::store::StoreError::Busy`]).
-pub const BUSY_RETRY_AFTER_SECS: u32 = 10;
+pub const BUSY_RETRY_AFTER_SECS: u64 = 10;
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
@@ -161,8 +161,13 @@ impl ApiError {
 
     /// 503 `service_unavailable` with `Retry-After`: something that is
     /// worth trying again soon (the audit directory busy with maintenance).
-    pub fn unavailable_for_now(message: impl Into<String>, retry_after_secs: u32) -> Self {
-        ApiError { retry_after: Some(retry_after_secs), ..ApiError::new(ErrorCode::Unavailable, message) }
+    pub fn unavailable_for_now(message: impl Into<String>, retry_after_secs: u64) -> Self {
+        ApiError::new(ErrorCode::Unavailable, message).with_retry_after(retry_after_secs)
+    }
+
+    /// The same error answered with `Retry-After: secs`.
+    pub fn with_retry_after(self, secs: u64) -> Self {
+        ApiError { retry_after: Some(secs), ..self }
     }
 
     pub fn from_code(code: ErrorCode) -> Self {

@@ -109,9 +109,7 @@ async fn login_inner(s: &AdminState, peer: SocketAddr, headers: &HeaderMap, body
         // The same answer whichever the name, known or not, and whether the
         // name or the address is locked out.
         Err(LoginRefused::TooManyAttempts { retry_after_secs }) => {
-            let mut response = ApiError::from_code(ErrorCode::TooManyAttempts).into_response();
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
-            return Ok(response);
+            return Err(ApiError::from_code(ErrorCode::TooManyAttempts).with_retry_after(retry_after_secs));
         }
     };
     let mut response = Json(json!({

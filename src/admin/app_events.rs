@@ -12,7 +12,7 @@ use std::collections::HashMap;
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::Deserialize;
@@ -105,9 +105,7 @@ impl IntoResponse for WriterRefused {
             let message = format!("the consumer's daily quota is {}: no event can be submitted with its keys", exceeded.limit);
             ApiError::new(ErrorCode::CostExceedsQuota, message).into_response()
         } else {
-            let mut response = ApiError::from_code(ErrorCode::RateLimited).into_response();
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(exceeded.retry_after_secs));
-            response
+            ApiError::from_code(ErrorCode::RateLimited).with_retry_after(exceeded.retry_after_secs).into_response()
         };
         crate::gateway::rate_headers(response.headers_mut(), &exceeded.standing);
         response

@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use super::{activity, app_events, AdminState};
 use crate::audit::views;
 use crate::control::Actor;
-use crate::error::{ApiError, ErrorCode};
+use crate::error::ApiError;
 use crate::event::{now_ms, security_type, Category, SYSTEM_TENANT};
 use axum::Extension;
 use crate::store::audit::{salts, AuditReader, EventFilter, StoredEvent};
@@ -374,7 +374,7 @@ async fn list_app_events(
 /// calls cannot pin the CPU and the store.
 pub(super) const VERIFICATIONS_AT_ONCE: usize = 2;
 /// The `Retry-After` of a verification refused because others are running.
-const VERIFY_RETRY_AFTER_SECS: u32 = 2;
+const VERIFY_RETRY_AFTER_SECS: u64 = 2;
 
 /// How long a verification waits for retention, an erasure or a restore
 /// to let the audit directory go (it holds the directory's maintenance
@@ -407,9 +407,7 @@ async fn verify_tenant(
         let message = format!(
             "{VERIFICATIONS_AT_ONCE} verifications of the audit trail are running, the most at once: try again after the time in `Retry-After`"
         );
-        let mut response = ApiError::new(ErrorCode::Unavailable, message).into_response();
-        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(VERIFY_RETRY_AFTER_SECS));
-        return Ok(response);
+        return Err(ApiError::unavailable_for_now(message, VERIFY_RETRY_AFTER_SECS));
     };
     let dir = state.audit.dir().to_path_buf();
     let name = tenant.clone();

@@ -240,9 +240,7 @@ async fn authorise(
             return Err(match refused {
                 BearerRefused::TooManyAttempts { retry_after_secs } => {
                     let message = "too many failed bearer tokens from this address: try again after the time in `Retry-After`";
-                    let mut response = ApiError::new(ErrorCode::TooManyAttempts, message).into_response();
-                    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
-                    response
+                    ApiError::new(ErrorCode::TooManyAttempts, message).with_retry_after(retry_after_secs).into_response()
                 }
                 _ => unauthorized(),
             });
