@@ -158,10 +158,16 @@ pub fn hash_secret(secret: &str) -> SecretHash {
     Sha256::digest(secret.as_bytes()).into()
 }
 
-/// Constant-time comparison of two hashes.
+/// Constant-time comparison of two hashes: the differences of the four
+/// 64-bit words are folded without a branch, and only the fold is tested
+/// (as `subtle` tests a word). `subtle`'s comparison of byte slices does
+/// the same a byte at a time, behind a barrier each: ~650 instructions
+/// per proxied call, against ~20.
 pub fn hashes_equal(a: &SecretHash, b: &SecretHash) -> bool {
     use subtle::ConstantTimeEq;
-    a.ct_eq(b).into()
+    let word = |h: &SecretHash, i: usize| u64::from_ne_bytes(h[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+    let diff = (0..4).fold(0u64, |acc, i| acc | (word(a, i) ^ word(b, i)));
+    diff.ct_eq(&0).into()
 }
 
 /// The display form of a key: `kt_live****abcd`. Anything shorter than a
@@ -262,6 +268,16 @@ mod tests {
         let a = hash_secret("a");
         assert!(hashes_equal(&a, &hash_secret("a")));
         assert!(!hashes_equal(&a, &hash_secret("b")));
+        // A difference in any one bit of any byte, first word to last.
+        for byte in 0..32 {
+            for bit in 0..8 {
+                let mut b = a;
+                b[byte] ^= 1 << bit;
+                assert!(!hashes_equal(&a, &b), "byte {byte}, bit {bit}");
+                assert!(!hashes_equal(&b, &a), "byte {byte}, bit {bit}");
+            }
+        }
+        assert!(hashes_equal(&[0; 32], &[0; 32]) && hashes_equal(&[0xff; 32], &[0xff; 32]));
     }
 
     #[test]
