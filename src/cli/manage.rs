@@ -29,23 +29,20 @@ fn segment<'a>(flag: &str, value: &'a str) -> anyhow::Result<&'a str> {
     Ok(value)
 }
 
-/// A consumer given by id (`cons_…`) or by name, as its id. A name must
-/// belong to exactly one consumer of the tenant.
+/// A consumer given by id (`cons_…`) or by name, as its id: a consumer's
+/// id first, then a name, which must belong to exactly one consumer of the
+/// tenant (a name may look like an id).
 async fn consumer_id(client: &AdminClient, tenant: &str, given: &str) -> anyhow::Result<String> {
     segment("--consumer", given)?;
-    if given.starts_with("cons_") {
+    let list = client.get(&format!("/v1/tenants/{}/consumers", encode(tenant))).await?;
+    let consumers = list["consumers"].as_array().map(Vec::as_slice).unwrap_or_default();
+    if consumers.iter().any(|c| c["id"].as_str() == Some(given)) {
         return Ok(given.to_string());
     }
-    let list = client.get(&format!("/v1/tenants/{}/consumers", encode(tenant))).await?;
-    let named: Vec<&str> = list["consumers"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-        .iter()
-        .filter(|c| c["name"].as_str() == Some(given))
-        .filter_map(|c| c["id"].as_str())
-        .collect();
+    let named: Vec<&str> = consumers.iter().filter(|c| c["name"].as_str() == Some(given)).filter_map(|c| c["id"].as_str()).collect();
     match named.as_slice() {
+        // An id no consumer has: the server's answer names it.
+        [] if given.starts_with("cons_") => Ok(given.to_string()),
         [one] => Ok(one.to_string()),
         [] => bail!("tenant `{tenant}` has no consumer named `{given}` (give its name or its id, cons_…)"),
         many => bail!("{} consumers of tenant `{tenant}` are named `{given}`: give one's id ({})", many.len(), many.join(", ")),

@@ -112,6 +112,16 @@ async fn keys_are_managed_from_the_command_line() {
         assert_eq!(second.status, 409, "{}", second.text);
     }
 
+    // A consumer whose name looks like an id is found by its name; an id
+    // no consumer has is still refused by the server.
+    let lookalike = admin.post("/v1/tenants/acme/consumers", json!({"name": "cons_lookalike"})).await;
+    assert_eq!(lookalike.status, 201, "{}", lookalike.text);
+    let (ok, out, err) = run(cli(&["keys", "list", "--consumer", "cons_lookalike"])).await;
+    assert!(ok, "{err}");
+    assert!(out.contains(lookalike.body["id"].as_str().unwrap()), "{out}");
+    let (ok, _, err) = run(cli(&["keys", "list", "--consumer", "cons_nobodyhasthis"])).await;
+    assert!(!ok && err.contains("cons_nobodyhasthis"), "{err}");
+
     // Only create and rotate printed a key, and only the one they made.
     for (i, out) in printed.iter().enumerate() {
         assert!(!out.contains(&first), "output {i} holds another key: {out}");
