@@ -191,6 +191,25 @@ for c in order:
 # nginx and keytrail run back to back in each round too.
 vs = [a[0] / b[0] for a, b in zip(rows[("keytrail", conns)], rows[("nginx", conns)])]
 print(f"\nkeytrail vs nginx per round: {', '.join(f'{x:.2f}x' for x in vs)} (median {med(vs):.2f}x)")
+# How sure the rounds make a ratio: the geometric mean of the per-round
+# ratios and its 95 % interval (Student's t on their logarithms). An
+# interval that holds 1.00x says the run cannot tell the two apart.
+import math
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+        12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}
+def interval(ratios):
+    logs = [math.log(r) for r in ratios]
+    mean = statistics.fmean(logs)
+    if len(logs) < 2:
+        return math.exp(mean), float("nan"), float("nan")
+    df = len(logs) - 1
+    t = T975.get(df) or next((T975[k] for k in sorted(T975) if k >= df), 1.96)
+    half = t * statistics.stdev(logs) / math.sqrt(len(logs))
+    return math.exp(mean), math.exp(mean - half), math.exp(mean + half)
+def span(lo_, hi_, fmt):
+    return "no interval from one round" if lo_ != lo_ else f"95 % interval {fmt(lo_)} to {fmt(hi_)}"
+g, lo_, hi_ = interval(vs)
+print(f"keytrail vs nginx, geometric mean of the rounds {g:.3f}x, {span(lo_, hi_, lambda x: f'{x:.3f}x')}")
 # Each proxy against itself without its log; the two run back to back in
 # each round, so a round's ratio is less moved by the machine's slow and
 # fast spells than the ratio of the medians.
@@ -202,6 +221,8 @@ for name, on, off in (("keytrail's audit trail", "keytrail", "keytrail-nolog"), 
     print(f"\n{name} costs {100*(1-lo/nolog):.1f} % of throughput ({on} vs {off}, medians); "
           f"per round: {', '.join(f'{x:.1f}' for x in tput)} % (median {med(tput):.1f} %); "
           f"CPU per request {', '.join(f'{x:+.1f}' for x in cpu)} % (median {med(cpu):+.1f} %)")
+    g, lo_, hi_ = interval([a[0] / b[0] for a, b in pairs])
+    print(f"{name}: throughput {100*(1-g):.1f} % lower (geometric mean of the rounds), {span(hi_, lo_, lambda x: f'{100*(1-x):.1f} %')}")
 print(f"\n### one connection (wrk -t1 -c1): latency added over a direct call\n")
 print("| configuration | p50 ms | added p50 µs | p99 ms |")
 print("| --- | --- | --- | --- |")
