@@ -8,7 +8,7 @@
 //! `keys create` and `keys rotate` print the new key, the one time it is
 //! ever shown; nothing else here prints more than its hint.
 
-use std::io::Write as _;
+use std::io::{IsTerminal as _, Write as _};
 use std::path::Path;
 
 use anyhow::{bail, Context};
@@ -16,6 +16,7 @@ use hyper::Method;
 use serde_json::{json, Map, Value};
 
 use super::client::{encode, with_query, AdminClient};
+use super::progress::{Counted, Progress};
 use super::{aligned_table, resolve_tenant, Target};
 
 /// Rows a list shows unless `--limit` says otherwise.
@@ -356,8 +357,11 @@ pub async fn audit_export(target: &Target, format: &str, filters: &AuditFilters,
     let tenant = resolve_tenant(&client, target.tenant.as_deref()).await?;
     let params = filters.params(&client, &tenant).await?;
     let path = with_query(&format!("/v1/audit/{}/export/{format}", encode(&tenant)), &params);
+    // On standard error; not while the export itself scrolls by on the terminal.
+    let shown = super::progress::wanted()? && (output.is_some() || !std::io::stdout().is_terminal());
+    let mut progress = Progress::new("exporting", shown);
     let Some(output) = output else {
-        let mut out = std::io::stdout().lock();
+        let mut out = Counted { inner: std::io::stdout().lock(), progress: &mut progress };
         client.download(&path, &mut out).await?;
         return Ok(());
     };
@@ -366,13 +370,14 @@ pub async fn audit_export(target: &Target, format: &str, filters: &AuditFilters,
     partial_name.push(".partial");
     let partial = output.with_file_name(partial_name);
     let mut file = std::fs::File::create(&partial).with_context(|| format!("--output: cannot create {}", partial.display()))?;
-    let written = match client.download(&path, &mut file).await {
+    let written = match client.download(&path, &mut Counted { inner: &mut file, progress: &mut progress }).await {
         Ok(n) => n,
         Err(e) => {
             let _ = std::fs::remove_file(&partial);
             return Err(e);
         }
     };
+    progress.finish();
     file.sync_all().with_context(|| format!("writing {}", partial.display()))?;
     std::fs::rename(&partial, output).with_context(|| format!("cannot rename {} to {}", partial.display(), output.display()))?;
     // The summary goes to stderr: stdout may be the export's neighbour in a pipe.

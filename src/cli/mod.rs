@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod manage;
+pub mod progress;
 
 /// `println!` that returns the error (a closed pipe: `keytrail … | head`)
 /// instead of panicking; for functions returning `anyhow::Result`.

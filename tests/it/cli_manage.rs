@@ -216,6 +216,35 @@ async fn the_audit_trail_is_read_and_exported_from_the_command_line() {
     let public = keytrail::signing::public_key_text(&keytrail::signing::Signer::load_or_create(&ts.data_dir.join("signing.key")).unwrap().public_key());
     let (ok, out, err) = run_cli(&["verify", "--file", file.to_str().unwrap(), "--public-key", &public], &[]).await;
     assert!(ok, "{out}{err}");
+    // Not on a terminal (as here), no progress line unless asked for; asked
+    // for, a line that counts the lines (cleared at the end), the same file.
+    assert!(!err.contains("exporting:"), "{err}");
+    let forced = dir.path().join("forced.json");
+    let mut args = with(&["audit", "export", "--format", "json", "--category", "all"]);
+    args.extend(["--output", forced.to_str().unwrap()]);
+    let envs = [TOKEN[0], ("KEYTRAIL_PROGRESS", "always")];
+    let (ok, _, err) = run_cli(&args, &envs).await;
+    assert!(ok && err.contains("exporting: ") && err.contains(" lines, ") && err.contains("\r\x1b[K"), "{err:?}");
+    assert!(err.trim_start_matches(|c| c != 'w').starts_with("wrote"), "the summary comes after the cleared line: {err:?}");
+    let written: Value = serde_json::from_slice(&std::fs::read(&forced).unwrap()).expect("the export is whole JSON");
+    assert!(written["logs"].as_array().is_some_and(|logs| logs.len() >= 6), "an export of the calls and more");
+    std::fs::remove_file(&forced).unwrap();
+    let envs = [TOKEN[0], ("KEYTRAIL_PROGRESS", "sometimes")];
+    let (ok, _, err) = run_cli(&with(&["audit", "export"]), &envs).await;
+    assert!(!ok && err.contains("KEYTRAIL_PROGRESS `sometimes`: give auto, always or never"), "{err}");
+    // On a terminal (a pseudo-terminal from `script`), shown by default
+    // while the export goes to a file.
+    let tty_file = dir.path().join("tty.csv");
+    let command = format!(
+        "KEYTRAIL_TOKEN={ADMIN_TOKEN} {} audit export --admin-url {url} --tenant acme --output {}",
+        crate::util::binary(),
+        tty_file.display()
+    );
+    let tty = std::process::Command::new("script").args(["-qec", &command, "/dev/null"]).output().expect("script (util-linux) runs");
+    let shown = String::from_utf8_lossy(&tty.stdout);
+    assert!(tty.status.success() && shown.contains("exporting: ") && shown.contains("wrote"), "{shown}");
+    assert_eq!(std::fs::read_to_string(&tty_file).unwrap(), api_csv);
+    std::fs::remove_file(&tty_file).unwrap();
     // A refused export leaves no file behind, whole or partial.
     let refused = dir.path().join("refused.csv");
     let mut args = with(&["audit", "export", "--days", "0"]);
