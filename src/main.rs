@@ -556,7 +556,14 @@ fn verify(data_dir: &std::path::Path, tenant: Option<&str>, public_key: Option<&
     let audit = data_dir.join("audit");
     anyhow::ensure!(audit.is_dir(), "{} has no audit trail", data_dir.display());
     let _reading = read_lock(&audit, wait_secs, "nothing was checked")?;
-    let reports = keytrail::store::audit::integrity::verify_dir_from(&audit, tenant, &key, from_ms)?;
+    let mut progress = keytrail::cli::progress::Progress::new("verifying", keytrail::cli::progress::wanted()?);
+    let reports = keytrail::store::audit::integrity::verify_dir_with(&audit, tenant, &key, from_ms, &mut |tenant, done, total| {
+        progress.report(|secs| {
+            let percent = (100 * done).checked_div(total).unwrap_or(100);
+            format!("verifying tenant {tenant}: {done} of {total} events ({percent} %), {secs:.0} s")
+        })
+    })?;
+    progress.finish();
     if json {
         outln!("{}", serde_json::to_string_pretty(&reports)?);
     } else {

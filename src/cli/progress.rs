@@ -34,7 +34,8 @@ pub struct Progress {
 }
 
 impl Progress {
-    /// A progress line about `what` (`exporting`), shown if `shown`.
+    /// A progress line about `what` (`exporting`; the lines of
+    /// [`Progress::report`] say their own), shown if `shown`.
     pub fn new(what: &'static str, shown: bool) -> Progress {
         Progress { what, shown, started: Instant::now(), drawn_at: None, bytes: 0, lines: 0 }
     }
@@ -48,6 +49,15 @@ impl Progress {
         }
     }
 
+    /// Shows `line` (given the seconds since the work began) if the line
+    /// is due for a redraw: for work counted in its own units.
+    pub fn report(&mut self, line: impl FnOnce(f64) -> String) {
+        if self.shown && self.drawn_at.is_none_or(|at| at.elapsed() >= EVERY) {
+            let text = line(self.started.elapsed().as_secs_f64());
+            self.draw_text(&text);
+        }
+    }
+
     /// The line as it reads now.
     fn line(&self) -> String {
         let secs = self.started.elapsed().as_secs_f64();
@@ -57,9 +67,14 @@ impl Progress {
     }
 
     fn draw(&mut self) {
+        let text = self.line();
+        self.draw_text(&text);
+    }
+
+    fn draw_text(&mut self, text: &str) {
         // `\r` back to the line's start, `ESC [K` clears what a longer line left.
         let mut err = std::io::stderr().lock();
-        let _ = write!(err, "\r{}\x1b[K", self.line());
+        let _ = write!(err, "\r{text}\x1b[K");
         let _ = err.flush();
         self.drawn_at = Some(Instant::now());
     }

@@ -66,6 +66,15 @@ async fn verify_refuses_a_tenant_it_has_nothing_of() {
 
     let (ok, out, err) = run_cli(&["verify", "--data-dir", data, "--tenant", "acme"], &[]).await;
     assert!(ok && out.contains("acme") && out.contains(" ok "), "{out}{err}");
+    // Not on a terminal: no progress line. Asked for: how far the walk has
+    // come, on standard error, cleared at the end; the report unchanged.
+    assert!(!err.contains("verifying"), "{err}");
+    let (ok, shown, err) = run_cli(&["verify", "--data-dir", data, "--tenant", "acme"], &[("KEYTRAIL_PROGRESS", "always")]).await;
+    let events = out.split_whitespace().skip_while(|w| *w != "ok").nth(1).unwrap().to_string();
+    assert!(ok && shown == out, "{shown}{err}");
+    assert!(err.starts_with("\rverifying tenant acme: ") && err.contains(&format!(" of {events} events (")) && err.ends_with("\r\x1b[K"), "{err:?}");
+    let (ok, _, err) = run_cli(&["verify", "--data-dir", data], &[("KEYTRAIL_PROGRESS", "yes")]).await;
+    assert!(!ok && err.contains("KEYTRAIL_PROGRESS `yes`"), "{err}");
     for wrong in ["acmee", "../acme", ""] {
         let (ok, out, err) = run_cli(&["verify", "--data-dir", data, "--tenant", wrong], &[]).await;
         assert!(!ok, "--tenant {wrong:?}: {out}{err}");

@@ -123,8 +123,21 @@ pub struct IntegrityReport {
 /// before it are checked for their signature only. Archive records, being
 /// small, are always all checked.
 pub fn verify_tenant(dir: &Path, reader: &AuditReader, tenant: &str, key: &VerifyingKey, from_ms: Option<i64>) -> Result<IntegrityReport, StoreError> {
+    verify_tenant_with(dir, reader, tenant, key, from_ms, &mut |_, _| {})
+}
+
+/// [`verify_tenant`], telling `progress` how far the walk of the hot
+/// chain has come (events checked, events in all) after each block.
+pub fn verify_tenant_with(
+    dir: &Path,
+    reader: &AuditReader,
+    tenant: &str,
+    key: &VerifyingKey,
+    from_ms: Option<i64>,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<IntegrityReport, StoreError> {
     let records = super::archive::records(dir, Some(tenant))?;
-    let chain = reader.verify_from(tenant, from_ms)?;
+    let chain = reader.verify_from_with(tenant, from_ms, progress)?;
     let checkpoints = checkpoints(dir, tenant)?;
     let mut problems = Vec::new();
     // The archived prefix: signed records that follow on from the genesis hash.
@@ -215,6 +228,18 @@ pub fn verify_dir(dir: &Path, tenant: Option<&str>, key: &VerifyingKey) -> Resul
 
 /// [`verify_dir`] from a time on (see [`verify_tenant`]).
 pub fn verify_dir_from(dir: &Path, tenant: Option<&str>, key: &VerifyingKey, from_ms: Option<i64>) -> Result<Vec<IntegrityReport>, StoreError> {
+    verify_dir_with(dir, tenant, key, from_ms, &mut |_, _, _| {})
+}
+
+/// [`verify_dir_from`], telling `progress` which tenant's chain is being
+/// walked and how far (see [`verify_tenant_with`]).
+pub fn verify_dir_with(
+    dir: &Path,
+    tenant: Option<&str>,
+    key: &VerifyingKey,
+    from_ms: Option<i64>,
+    progress: &mut dyn FnMut(&str, u64, u64),
+) -> Result<Vec<IntegrityReport>, StoreError> {
     let reader = AuditReader::open(dir)?;
     // Also those `meta.db` knows of (signed checkpoints, chain heads): a
     // tenant whose every block was deleted still has a chain to check.
@@ -227,7 +252,7 @@ pub fn verify_dir_from(dir: &Path, tenant: Option<&str>, key: &VerifyingKey, fro
         Some(t) => return Err(StoreError::NotFound(format!("tenant `{t}` (no events, checkpoints or chain of it in {})", dir.display()))),
         None => all.into_iter().collect(),
     };
-    tenants.iter().map(|t| verify_tenant(dir, &reader, t, key, from_ms)).collect()
+    tenants.iter().map(|t| verify_tenant_with(dir, &reader, t, key, from_ms, &mut |done, total| progress(t, done, total))).collect()
 }
 
 /// What `keytrail verify --file` reports for a JSON export.

@@ -831,6 +831,12 @@ impl AuditReader {
     /// at or after `from_ms`: the blocks before it are not read, and its
     /// link to them is taken as stored (`started_at` says where).
     pub fn verify_from(&self, tenant: &str, from_ms: Option<i64>) -> Result<ChainReport, StoreError> {
+        self.verify_from_with(tenant, from_ms, &mut |_, _| {})
+    }
+
+    /// [`Self::verify_from`], telling `progress` after each block how many
+    /// events have been checked and how many the walk holds in all.
+    pub fn verify_from_with(&self, tenant: &str, from_ms: Option<i64>, progress: &mut dyn FnMut(u64, u64)) -> Result<ChainReport, StoreError> {
         let (floor, mut previous) = self.archived_through(tenant);
         let mut report = ChainReport { started_at: None, events: 0, last_seq: floor, first_break: None, block_ends: Vec::new() };
         let mut blocks = self.tenant_blocks(tenant)?;
@@ -844,6 +850,7 @@ impl AuditReader {
                 blocks.drain(..start);
             }
         }
+        let total: u64 = blocks.iter().map(|(_, _, rows)| rows).sum();
         for (day_number, meta, rows) in blocks {
             let last_seq = meta.first_seq + rows.saturating_sub(1);
             let broken = |reason: String| ChainBreak { first_seq: meta.first_seq, last_seq, reason };
@@ -883,6 +890,7 @@ impl AuditReader {
             report.events += rows;
             report.last_seq = last_seq;
             report.block_ends.push((last_seq, meta.hash));
+            progress(report.events, total);
         }
         Ok(report)
     }
