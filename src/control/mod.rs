@@ -309,6 +309,12 @@ fn check_upstream(upstream: &str) -> Result<String, ApiError> {
     if authority.host().is_empty() || authority.as_str().contains('@') {
         return Err(bad("must name a host, without credentials"));
     }
+    // A port that is no number from 1 to 65535 (`:99999`, `:`) reads as no
+    // port at all, and the gateway would connect to port 80 instead.
+    let has_port = authority.as_str().len() > authority.host().len();
+    if has_port && authority.port_u16().is_none_or(|port| port == 0) {
+        return Err(bad("must have a port from 1 to 65535, or none for 80"));
+    }
     if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
         return Err(bad("must not have a path or query: request paths are forwarded unchanged"));
     }
@@ -1102,6 +1108,14 @@ mod tests {
         assert!(err.message.contains("https"));
         for bad in ["ftp://x", "127.0.0.1:9000", "http://x/base", "http://u:p@x", "not a url", ""] {
             assert!(check_upstream(bad).is_err(), "{bad}");
+        }
+        assert_eq!(check_upstream("http://[::1]:9000").unwrap(), "http://[::1]:9000");
+        assert_eq!(check_upstream("http://127.0.0.1:65535").unwrap(), "http://127.0.0.1:65535");
+        // A port that is no number from 1 to 65535 reads as none, and the
+        // gateway would connect to port 80 instead.
+        for bad in ["http://127.0.0.1:99999", "http://127.0.0.1:65536", "http://127.0.0.1:", "http://127.0.0.1:0", "http://[::1]:70000"] {
+            let err = check_upstream(bad).unwrap_err();
+            assert!(err.message.contains("port"), "{bad}: {}", err.message);
         }
     }
 }

@@ -139,6 +139,11 @@ async fn bad_bodies_are_400_with_what_to_fix() {
     assert_bad(&admin.post("/v1/tenants/acme/apis", api("/a", "ftp://x")).await, "`upstream`");
     assert_bad(&admin.post("/v1/tenants/acme/apis", api("/a", "https://x")).await, "https");
     assert_bad(&admin.post("/v1/tenants/acme/apis", api("/a", "http://x/base")).await, "`upstream`");
+    // A port out of range reads as no port at all: the gateway would send
+    // the api's calls to port 80 of that host.
+    for upstream in ["http://127.0.0.1:99999", "http://127.0.0.1:", "http://127.0.0.1:0"] {
+        assert_bad(&admin.post("/v1/tenants/acme/apis", api("/a", upstream)).await, "port");
+    }
     assert_bad(&admin.post("/v1/tenants/acme/apis", json!({"id": "a", "path_prefix": "/a", "upstream": "http://x", "timeout_ms": 0})).await, "`timeout_ms`");
 
     assert_bad(&admin.post("/v1/tenants/acme/consumers", json!({})).await, "missing field `name`");
