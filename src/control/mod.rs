@@ -257,8 +257,9 @@ pub(crate) fn check_slug(field: &str, value: &str) -> Result<(), ApiError> {
     }
 }
 
+/// A name of 1-200 characters (not bytes: `é` or `名` count one each).
 fn check_name(field: &str, value: &str) -> Result<(), ApiError> {
-    if value.trim().is_empty() || value.len() > 200 || value.chars().any(char::is_control) {
+    if value.trim().is_empty() || value.chars().count() > 200 || value.chars().any(char::is_control) {
         return Err(ApiError::invalid_body(format!(
             "`{field}` must be 1-200 characters with no control characters"
         )));

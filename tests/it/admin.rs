@@ -389,3 +389,25 @@ async fn a_session_lookup_waiting_for_the_control_store_does_not_stall_the_runti
     assert_eq!(change.status, 201, "{}", change.text);
     ts.stop().await;
 }
+
+/// Names are limited to 200 characters, as the error and openapi.json
+/// say: a name in a script whose letters take two or three bytes in UTF-8
+/// is held to the same length as one in ASCII.
+#[tokio::test]
+async fn names_are_limited_in_characters_not_bytes() {
+    let mut ts = TestServer::start().await;
+    let admin = ts.admin_client();
+    let accented = "é".repeat(150);
+    let cjk = "名".repeat(200);
+    let a = admin.post("/v1/tenants", json!({"id": "acme", "name": accented})).await;
+    assert_eq!(a.status, 201, "{}", a.text);
+    assert_eq!(a.body["name"], accented.as_str());
+    for name in [&accented, &cjk] {
+        let a = admin.post("/v1/tenants/acme/consumers", json!({"name": name})).await;
+        assert_eq!(a.status, 201, "{} characters: {}", name.chars().count(), a.text);
+        assert_eq!(a.body["name"], name.as_str());
+    }
+    assert_bad(&admin.post("/v1/tenants/acme/consumers", json!({"name": "名".repeat(201)})).await, "1-200 characters");
+    assert_bad(&admin.post("/v1/tenants", json!({"id": "beta", "name": "é".repeat(201)})).await, "1-200 characters");
+    ts.stop().await;
+}
