@@ -530,8 +530,10 @@ impl ControlStore {
                     consumer.tier,
                 ],
             )
+            // The name is personal data: the refusal goes into the admin
+            // log, which erasure never rewrites, so it does not repeat it.
             .map_err(|e| {
-                conflict_if_duplicate(e, || format!("a consumer named `{}` already exists in tenant `{}`", consumer.name, consumer.tenant_id))
+                conflict_if_duplicate(e, || format!("a consumer of that name already exists in tenant `{}`; names are unique in a tenant", consumer.tenant_id))
             })?;
         Ok(changed == 1)
     }

@@ -237,3 +237,25 @@ async fn a_page_of_large_changes_stops_at_its_byte_budget_and_goes_on_from_its_c
     ids.dedup();
     assert_eq!(ids.len(), all.len(), "every entry once");
 }
+
+/// A consumer's name is personal data: the admin log holds `[personal]`
+/// for it, and erasure cannot reach the log. A creation refused because
+/// the name is taken must not carry the name into the log through its
+/// error message either.
+#[tokio::test]
+async fn a_taken_consumer_name_stays_out_of_the_admin_log() {
+    let mut ts = TestServer::start().await;
+    let admin = ts.admin_client();
+    assert_eq!(admin.post("/v1/tenants", json!({"id": "acme", "name": "Acme"})).await.status, 201);
+    const NAME: &str = "Jane Q. Doe 4417";
+    assert_eq!(admin.post("/v1/tenants/acme/consumers", json!({"name": NAME})).await.status, 201);
+    let taken = admin.post("/v1/tenants/acme/consumers", json!({"name": NAME})).await;
+    assert_eq!((taken.status, taken.body["error"]["code"].as_str()), (409, Some("conflict")), "{}", taken.text);
+    ts.flush().await;
+    let log = admin.get("/v1/audit/acme/admin?action=CONSUMER_CREATED&limit=100").await;
+    let all = entries(&log);
+    let failure = all.iter().find(|e| e["outcome"] == "failure").unwrap_or_else(|| panic!("{all:?}"));
+    assert_eq!(failure["error"]["code"], "conflict");
+    assert!(!log.text.contains(NAME), "the admin log holds the consumer's name: {}", log.text);
+    ts.stop().await;
+}
