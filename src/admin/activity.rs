@@ -33,6 +33,8 @@ pub const PENDING: &str = "pending";
 /// bounds what a page of the log reads looking for the outcome of an
 /// intent whose process died.
 pub const OUTCOME_WITHIN_MS: i64 = 24 * 3_600_000;
+/// The largest body a change may send (larger ones get the API's JSON 413).
+pub const MAX_BODY: usize = 4 * 1024 * 1024;
 /// The key in an outcome event's details that names the intent's action.
 const COMPLETES: &str = "completes";
 
@@ -184,7 +186,7 @@ pub async fn around(state: &AdminState, actor: &Actor, change: &Change, req: Req
     let (tenant, action) = (tenant.as_str(), *action);
     let (parts, body) = req.into_parts();
     // Admin bodies are small; the handlers read them whole anyway.
-    let body = match axum::body::to_bytes(body, 4 * 1024 * 1024).await {
+    let body = match axum::body::to_bytes(body, MAX_BODY).await {
         Ok(bytes) => bytes,
         Err(_) => {
             return axum::response::IntoResponse::into_response(crate::error::ApiError::new(

@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, MatchedPath, Path, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -110,7 +110,11 @@ pub fn router(state: AdminState) -> Router {
         .merge(audit_api::routes())
         .merge(stats_api::routes())
         .merge(admins::routes())
-        .route_layer(middleware::from_fn_with_state(state.clone(), guard));
+        .route_layer(middleware::from_fn_with_state(state.clone(), guard))
+        // A change's body is read whole, and refused past its limit with
+        // the API's JSON 413, by `activity::around`; the handlers must not
+        // cut it off sooner with axum's default 2 MB (answered in plain text).
+        .layer(DefaultBodyLimit::max(activity::MAX_BODY));
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/openapi.json", get(openapi))
