@@ -442,6 +442,24 @@ impl ControlPlane {
         self.require_tenant(tenant_id)?;
         check_slug("id", &new.id)?;
         let path_prefix = check_path_prefix("path_prefix", &new.path_prefix)?;
+        // A call is routed by its path as sent, and clients send anything
+        // beyond ASCII percent-escaped (`/caf%C3%A9`), which a prefix may not
+        // hold: an api at `/café` would be stored and never called. Only
+        // inside an api of its tenant (`/docs/café` in `/docs`) is such a
+        // path also read decoded, as an upstream would ([`Snapshot::route`]).
+        // (Cost rules match the decoded path too: theirs may be any.)
+        if !path_prefix.is_ascii() {
+            let around = self.store.list_apis(tenant_id)?.into_iter().any(|outer| {
+                outer.path_prefix.is_ascii()
+                    && outer.path_prefix.len() < path_prefix.len()
+                    && crate::snapshot::prefix_matches_ignoring_case(&outer.path_prefix, &path_prefix)
+            });
+            if !around {
+                return Err(ApiError::invalid_body(
+                    "`path_prefix` must be ASCII (clients send other characters percent-escaped, and a prefix holds no escapes), unless it lies inside an api of the tenant, which reads such paths decoded",
+                ));
+            }
+        }
         if path_prefix == "/" && actor.tenant_scope.is_some() {
             return Err(ApiError::new(
                 ErrorCode::Forbidden,

@@ -136,6 +136,8 @@ async fn bad_bodies_are_400_with_what_to_fix() {
     let api = |prefix: &str, upstream: &str| json!({"id": "a", "path_prefix": prefix, "upstream": upstream});
     assert_bad(&admin.post("/v1/tenants/acme/apis", api("docs", "http://127.0.0.1:1")).await, "`path_prefix`");
     assert_bad(&admin.post("/v1/tenants/acme/apis", api("/a/../b", "http://127.0.0.1:1")).await, "`path_prefix`");
+    // Clients percent-escape such a path (`/caf%C3%A9`): an api at `/café` would answer no call.
+    assert_bad(&admin.post("/v1/tenants/acme/apis", api("/café", "http://127.0.0.1:1")).await, "ASCII");
     assert_bad(&admin.post("/v1/tenants/acme/apis", api("/a", "ftp://x")).await, "`upstream`");
     assert_bad(&admin.post("/v1/tenants/acme/apis", api("/a", "https://x")).await, "https");
     assert_bad(&admin.post("/v1/tenants/acme/apis", api("/a", "http://x/base")).await, "`upstream`");
@@ -427,5 +429,29 @@ async fn bodies_up_to_4_mib_are_read_and_larger_ones_get_a_json_413() {
     assert_eq!((a.status, a.body["error"]["code"].as_str()), (413, Some("payload_too_large")), "{}", &a.text[..a.text.len().min(300)]);
     let a = admin.call("PUT", "/v1/tenants/acme/apis/docs/policies", Some(json!({"forbidden_paths": ["/docs/x".repeat(400_000)]}))).await;
     assert_bad(&a, "forbidden_paths");
+    ts.stop().await;
+}
+
+/// Clients send a path beyond ASCII percent-escaped (`/caf%C3%A9`), and
+/// calls are routed by the path as sent: an api at `/café` could never be
+/// called, so it is refused. Inside an api of the same tenant such a path
+/// is also read decoded, so a nested `/docs/café` works and stays allowed.
+#[tokio::test]
+async fn a_prefix_beyond_ascii_is_refused_unless_an_api_around_it_reads_it_decoded() {
+    let mut ts = TestServer::start().await;
+    let up = start_upstream().await;
+    let admin = ts.admin_client();
+    let upstream = format!("http://{up}");
+    let (_, _, key) = admin.setup("acme", "/docs", &upstream).await;
+    let a = admin.post("/v1/tenants/acme/apis", json!({"id": "cafe", "path_prefix": "/café", "upstream": upstream})).await;
+    assert_bad(&a, "ASCII");
+    let nested = json!({"id": "docs-cafe", "path_prefix": "/docs/café", "upstream": upstream, "policies": {"required_scopes": ["cafe"]}});
+    let a = admin.post("/v1/tenants/acme/apis", nested).await;
+    assert_eq!(a.status, 201, "{}", a.text);
+    // The escaped path reaches the nested api: its required scope applies.
+    let res = ts.client.get(format!("{}/docs/caf%C3%A9/menu", ts.gateway)).header("X-API-Key", &key).send().await.unwrap();
+    assert_eq!(res.status(), 403);
+    let res = ts.client.get(format!("{}/docs/other", ts.gateway)).header("X-API-Key", &key).send().await.unwrap();
+    assert_eq!(res.status(), 200);
     ts.stop().await;
 }
