@@ -632,6 +632,11 @@ impl ControlPlane {
     /// the new limits from the next call.
     pub fn update_tier(&self, tenant_id: &str, new: NewTier) -> Result<Tier, ApiError> {
         let id = new.id.clone();
+        // The id comes from the path: one no tier could have names none.
+        if check_slug("id", &id).is_err() {
+            self.require_tenant(tenant_id)?;
+            return Err(ApiError::not_found(format_args!("tier `{id}`")));
+        }
         let tier = self.checked_tier(tenant_id, new)?;
         if !self.store.update_tier(&tier)? {
             return Err(ApiError::not_found(format_args!("tier `{id}`")));

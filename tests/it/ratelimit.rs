@@ -264,6 +264,10 @@ async fn bad_limits_are_refused_with_what_to_fix() {
     assert_eq!(a.body["daily_quota"], Value::Null, "a PUT replaces the limits");
     assert_eq!(admin.call("PUT", "/v1/tenants/acme/tiers/t", Some(json!({}))).await.status, 400);
     assert_eq!(admin.call("PUT", "/v1/tenants/acme/tiers/nope", Some(json!({"daily_quota": 1}))).await.status, 404);
+    // A tier named in the path that no tier id could be is missing too (as
+    // for DELETE), not a body naming a bad `id`: the body names none.
+    let a = admin.call("PUT", "/v1/tenants/acme/tiers/T", Some(json!({"daily_quota": 1}))).await;
+    assert_eq!((a.status, a.body["error"]["code"].as_str()), (404, Some("not_found")), "{}", a.text);
     let a = admin.post("/v1/tenants/acme/consumers", json!({"name": "in-tier", "tier": "t"})).await;
     assert_eq!(a.status, 201, "{}", a.text);
     let a = admin.call("DELETE", "/v1/tenants/acme/tiers/t", None).await;
