@@ -92,6 +92,14 @@ impl ForbiddenPath {
         &self.pattern
     }
 
+    /// Whether a segment is `.` or `..`, as written or decoded (`%2e%2e`):
+    /// a path as an upstream resolves it holds none, so such a pattern
+    /// would match no call's resolved path (`/docs/./admin` never refuses
+    /// `/docs/admin`).
+    fn has_dot_segment(&self) -> bool {
+        self.segments.iter().any(|s| matches!(&*s.written, "." | "..") || s.decoded.as_deref().is_some_and(|d| d == b"." || d == b".."))
+    }
+
     /// Whether `path` is under the pattern, segment by segment, as sent;
     /// a `*` segment matches any one segment.
     pub fn matches(&self, path: &str) -> bool {
@@ -175,15 +183,17 @@ impl Policies {
         if self.forbidden_paths.len() > 1000 || self.required_scopes.len() > 100 || self.allowed_methods.len() > METHODS.len() {
             return Err(ApiError::invalid_body("`policies` holds too many entries (at most 1000 paths and 100 scopes)"));
         }
-        for pattern in self.forbidden_paths.iter().map(ForbiddenPath::as_str) {
+        for path in &self.forbidden_paths {
+            let pattern = path.as_str();
             let ok = pattern.starts_with('/')
                 && pattern.len() <= 256
                 && !pattern.contains("//")
                 && !pattern.chars().any(|c| c.is_whitespace() || c.is_control() || c == '?' || c == '#')
+                && !path.has_dot_segment()
                 && !crate::redact::holds_secret(pattern);
             if !ok {
                 return Err(ApiError::invalid_body(format!(
-                    "`policies.forbidden_paths` entry `{pattern}` must be a path starting with `/`, without spaces, query, `//` or a key"
+                    "`policies.forbidden_paths` entry `{pattern}` must be a path starting with `/`, without spaces, query, `//`, `.` or `..` segments or a key"
                 )));
             }
         }

@@ -120,6 +120,11 @@ async fn policies_change_at_once_and_bad_ones_are_refused() {
         // would be accepted and never apply (`/admin` meant as relative).
         (json!({"forbidden_paths": ["/admin"]}), "not under the api's prefix `/docs`"),
         (json!({"forbidden_paths": ["/docs/a", "/docsearch/x"]}), "`/docsearch/x`"),
+        // No path an upstream resolves holds a `.` or `..` segment: such
+        // an entry would be accepted and never refuse `/docs/admin`.
+        (json!({"forbidden_paths": ["/docs/./admin"]}), "`/docs/./admin`"),
+        (json!({"forbidden_paths": ["/docs/v1/../admin"]}), "`.` or `..` segments"),
+        (json!({"forbidden_paths": ["/docs/%2E%2e/admin"]}), "`.` or `..` segments"),
         (json!({"required_scopes": ["has space"]}), "required_scopes"),
         (json!({"max_size": 5}), "max_size"),
     ] {
