@@ -188,6 +188,10 @@ pub struct ControlPlane {
 pub const PERSONAL_CONSUMER_FIELDS: [&str; 2] = ["name", "metadata"];
 /// What the admin log shows instead of a personal value.
 pub const PERSONAL_MARK: &str = "[personal]";
+/// An erased consumer's name is this and its id (`erased-cons_…`); no
+/// other consumer may take such a name, or the erasure's rename would break
+/// the tenant's unique names and the consumer could never be erased.
+const ERASED_NAME_PREFIX: &str = "erased-";
 
 /// Where the archives an erasure rewrites are, and how they are written.
 pub struct ErasureSettings {
@@ -538,6 +542,11 @@ impl ControlPlane {
     ) -> Result<Consumer, ApiError> {
         self.require_tenant(tenant_id)?;
         check_name("name", name)?;
+        if name.strip_prefix(ERASED_NAME_PREFIX).is_some_and(|rest| rest.starts_with("cons_")) {
+            return Err(ApiError::invalid_body(format!(
+                "`name` may not start with `{ERASED_NAME_PREFIX}cons_`: an erased consumer is named so"
+            )));
+        }
         if let Some(tier) = &tier {
             self.require_tier(tenant_id, tier)?;
         }
@@ -858,7 +867,7 @@ impl ControlPlane {
             .as_ref()
             .ok_or_else(|| ApiError::new(crate::error::ErrorCode::Unavailable, "erasure is not configured on this server"))?;
         // The new name first, so no call logged from now on carries the old one.
-        self.store.anonymize_consumer(tenant_id, consumer_id, &format!("erased-{consumer_id}"))?;
+        self.store.anonymize_consumer(tenant_id, consumer_id, &format!("{ERASED_NAME_PREFIX}{consumer_id}"))?;
         self.reload_after_change()?;
         let request = ErasureRequest {
             tenant: tenant_id.to_string(),

@@ -345,3 +345,26 @@ async fn an_erasure_is_not_starved_by_readers_one_after_another() {
     assert!(refused.iter().all(|m| m.contains("an erasure in tenant `acme`")), "{refused:?}");
     ts.stop().await;
 }
+
+/// An erased consumer is renamed `erased-<its id>`. A consumer already
+/// holding that name (any admin may create one: ids are listed) made the
+/// rename break the tenant's unique names: the erasure answered 500 and the
+/// data subject could never be erased. Such names are keytrail's.
+#[tokio::test]
+async fn no_consumer_can_take_the_name_an_erasure_gives() {
+    let mut ts = TestServer::start().await;
+    let admin = ts.admin_client();
+    assert_eq!(admin.post("/v1/tenants", json!({"id": "acme", "name": "Acme"})).await.status, 201);
+    let a = admin.post("/v1/tenants/acme/consumers", json!({"name": "jane"})).await;
+    let jane = a.body["id"].as_str().unwrap().to_string();
+    let a = admin.post("/v1/tenants/acme/consumers", json!({"name": format!("erased-{jane}")})).await;
+    assert_eq!((a.status, a.body["error"]["code"].as_str()), (400, Some("invalid_body")), "{}", a.text);
+    assert!(a.text.contains("erased-cons_"), "{}", a.text);
+    let a = admin.post(&format!("/v1/tenants/acme/consumers/{jane}/erase"), json!({})).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    let listed = admin.get("/v1/tenants/acme/consumers").await;
+    assert_eq!(listed.body["consumers"][0]["name"], format!("erased-{jane}"), "{}", listed.text);
+    // Other names that merely start alike stay free.
+    assert_eq!(admin.post("/v1/tenants/acme/consumers", json!({"name": "erased-by-mistake"})).await.status, 201);
+    ts.stop().await;
+}
