@@ -66,6 +66,11 @@ struct Trail {
 }
 
 fn trail(days: i64, late: bool) -> Trail {
+    trail_with(days, late, &|_| {})
+}
+
+/// [`trail`], each event passed through `edit` before it is committed.
+fn trail_with(days: i64, late: bool, edit: &dyn Fn(&mut Event)) -> Trail {
     let dir = tempfile::tempdir().unwrap();
     let key_path = dir.path().join("signing.key");
     let signer = Signer::load_or_create(&key_path).unwrap();
@@ -76,6 +81,7 @@ fn trail(days: i64, late: bool) -> Trail {
     for d in 0..days {
         for h in 0..24 {
             let mut batch: Vec<Event> = ["acme", "globex"].iter().map(|t| event(t, at(d, h * HOUR + 30 * 60_000), { n += 1; n })).collect();
+            batch.iter_mut().for_each(edit);
             store.insert_batch(&mut batch).unwrap();
             if late && d == 2 && h == 0 {
                 let mut slow = vec![event("acme", at(1, DAY - 100), 9_999)];
@@ -1272,4 +1278,64 @@ fn archive_verify_refuses_a_tenant_it_knows_nothing_of() {
     t.store.insert_batch(&mut late).unwrap();
     let (ok, text) = run(&["archive", "verify", "--data-dir", data, "--tenant", "initech"], t.dir.path());
     assert!(ok && text.contains("nothing archived"), "{text}");
+}
+
+
+/// An archive that expires while its events are still in a day file kept
+/// for a tenant with a longer hot window takes its events' personal values
+/// with it: the blocks were deleted, but the client addresses and user
+/// agents that only they used stayed in the file's dictionary, in plain
+/// text (and the blocks' bytes in its free pages), as long as the other
+/// tenant kept the file — and an erasure of the consumer, finding no block
+/// of it there any more, left them too.
+#[test]
+fn an_expired_archive_leaves_none_of_its_personal_values_in_a_shared_day_file() {
+    // Day 0's acme calls come from an address and a user agent no one else
+    // uses (interned: seen more than once), one with a user agent of its own
+    // (kept inline in its block).
+    let mut t = trail_with(6, false, &|e| {
+        if e.tenant_id.as_ref() == "acme" && e.timestamp_ms < at(1, 0) {
+            e.client_ip = Some("203.0.113.77".into());
+            e.user_agent = Some(if e.timestamp_ms < at(0, HOUR) { "AcmeOnceAgent/1.0" } else { "AcmeOnlyAgent/9.9" }.into());
+        }
+    });
+    let mut policy = RetentionPolicy::uniform(settings(2, 30));
+    policy.tenants.insert("acme".into(), settings(1, 1));
+    policy.tenants.insert("globex".into(), settings(4, 30));
+    t.run(&policy, at(2, 0));
+    let report = t.run(&policy, at(3, 0));
+    assert!(actions(&report).contains(&deleted("acme", 0, 1, 24)), "{report:?}");
+    assert!(t.day_file(0).exists(), "kept for globex");
+
+    let conn = Connection::open(t.day_file(0)).unwrap();
+    let strings: Vec<String> =
+        conn.prepare("SELECT value FROM strings").unwrap().query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
+    drop(conn);
+    assert!(strings.iter().any(|s| s == "198.51.100.1"), "globex's addresses stay: {strings:?}");
+    let mut files = vec![std::fs::read(t.day_file(0)).unwrap()];
+    files.extend(std::fs::read(t.audit.join(format!("{}.db-wal", name(0)))).ok());
+    let decompressed: Vec<Vec<u8>> = files.iter().flat_map(|bytes| zstd_frames(bytes)).collect();
+    for value in ["203.0.113.77", "AcmeOnlyAgent/9.9", "AcmeOnceAgent/1.0"] {
+        assert!(!strings.iter().any(|s| s == value), "{value} is still in day 0's dictionary");
+        let found = files.iter().chain(&decompressed).any(|b| b.windows(value.len()).any(|w| w == value.as_bytes()));
+        assert!(!found, "{value} is still in day 0's file");
+    }
+    assert_eq!(t.read("globex", at(0, 0), at(1, 0) - 1).len(), 24);
+    t.assert_verifies();
+}
+
+/// The decompressed contents of every zstd frame that starts in `bytes`.
+fn zstd_frames(bytes: &[u8]) -> Vec<Vec<u8>> {
+    const MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
+    let mut out = Vec::new();
+    for start in (0..bytes.len().saturating_sub(3)).filter(|&i| bytes[i..i + 4] == MAGIC) {
+        let Ok(decoder) = zstd::stream::read::Decoder::with_buffer(&bytes[start..]) else { continue };
+        let mut text = Vec::new();
+        // A frame cut short still yields what it decoded.
+        let _ = decoder.single_frame().read_to_end(&mut text);
+        if !text.is_empty() {
+            out.push(text);
+        }
+    }
+    out
 }

@@ -631,6 +631,52 @@ pub(super) fn erase_in_day_file(
     Ok(result)
 }
 
+/// The dictionary ids that the personal values (see [`personal_fields`])
+/// of `tenant`'s blocks in `first..=last` use, in the day file open on
+/// `conn` (`tenant_id`: the tenant's id in it). Retention deleting the
+/// blocks of an expired archive from a file it keeps for another tenant
+/// overwrites those of them no other event uses ([`overwrite_unused`]).
+pub(super) fn personal_ids(conn: &Connection, tenant_id: i64, tenant: &str, first: u64, last: u64) -> Result<FxHashSet<u32>, StoreError> {
+    let dict: FxHashMap<u32, String> = {
+        let mut stmt = conn.prepare("SELECT id, value FROM strings")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect::<Result<_, _>>()?
+    };
+    let lookup = |id: u32| dict.get(&id).map(String::as_str);
+    let mut decompressor = zstd::bulk::Decompressor::new()?;
+    let mut out = FxHashSet::default();
+    let mut stmt = conn.prepare("SELECT first_seq, data FROM blocks WHERE tenant = ?1 AND first_seq BETWEEN ?2 AND ?3")?;
+    let mut rows = stmt.query(params![tenant_id, first as i64, last as i64])?;
+    let mut e = Event::default();
+    while let Some(r) = rows.next()? {
+        let first_seq = r.get::<_, i64>(0)? as u64;
+        let data = r.get_ref(1)?.as_blob().map_err(rusqlite::Error::from)?;
+        let mut block = DecodedBlock::parse(data)?;
+        block.load(data, Columns::ALL, &mut decompressor)?;
+        for row in 0..block.rows() {
+            block.fill_event(row, tenant, first_seq + row as u64, &lookup, &mut e)?;
+            for field in personal_fields(&e) {
+                out.extend(block.texts[field.index()].dict_id(row));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Overwrites the dictionary entries among `candidates` that nothing in the
+/// day file open on `conn` uses any more ([`still_used`]); returns how many.
+pub(super) fn overwrite_unused(conn: &Connection, mut candidates: FxHashSet<u32>) -> Result<usize, StoreError> {
+    if candidates.is_empty() {
+        return Ok(0);
+    }
+    still_used(conn, &mut candidates, &mut zstd::bulk::Decompressor::new()?)?;
+    let mut update = conn.prepare("UPDATE strings SET value = ?1 WHERE id = ?2")?;
+    for id in &candidates {
+        update.execute(params![tombstone(*id), id])?;
+    }
+    Ok(candidates.len())
+}
+
 /// Every row's chain hash in a decoded block, from the hash before it.
 fn row_hashes<'d>(
     block: &DecodedBlock,

@@ -358,8 +358,12 @@ fn delete_expired(
 
 /// Deletes a tenant's blocks in `first..=last` from the hot day files that
 /// still hold them (files shared with a tenant whose hot window is longer),
-/// with the tenant's rollup rows of a file it no longer has events in.
-/// Returns how many blocks went.
+/// with the tenant's rollup rows of a file it no longer has events in, and
+/// the dictionary entries of their personal values that no other event of
+/// the file uses; the file is then rebuilt and its write-ahead log
+/// truncated, as after an erasure ([`super::erasure::compact`]), so that
+/// none of it stays on the disk while the file is kept. Returns how many
+/// blocks went.
 fn remove_hot_blocks(audit_dir: &Path, tenant: &str, first: u64, last: u64) -> Result<usize, StoreError> {
     let registry = super::writer::open_days(audit_dir);
     let mut removed = 0;
@@ -378,13 +382,26 @@ fn remove_hot_blocks(audit_dir: &Path, tenant: &str, first: u64, last: u64) -> R
         if open_days.contains(&day) {
             return Err(StoreError::Conflict(format!("{} is open for writing", day_file_name(day))));
         }
-        let tx = conn.unchecked_transaction()?;
-        removed += tx.execute("DELETE FROM blocks WHERE tenant = ?1 AND first_seq BETWEEN ?2 AND ?3", params![id, first as i64, last as i64])?;
-        let left: i64 = tx.query_row("SELECT count(*) FROM blocks WHERE tenant = ?1", [id], |r| r.get(0))?;
-        if left == 0 {
-            tx.execute("DELETE FROM roll_consumer WHERE tenant = ?1", [id])?;
-        }
-        tx.commit()?;
+        let secure_delete: i64 = conn.pragma_query_value(None, "secure_delete", |r| r.get(0))?;
+        conn.pragma_update(None, "secure_delete", 1)?;
+        let outcome = (|| -> Result<usize, StoreError> {
+            let tx = conn.unchecked_transaction()?;
+            let personal = super::erasure::personal_ids(&tx, id, tenant, first, last)?;
+            let n = tx.execute("DELETE FROM blocks WHERE tenant = ?1 AND first_seq BETWEEN ?2 AND ?3", params![id, first as i64, last as i64])?;
+            let left: i64 = tx.query_row("SELECT count(*) FROM blocks WHERE tenant = ?1", [id], |r| r.get(0))?;
+            if left == 0 {
+                tx.execute("DELETE FROM roll_consumer WHERE tenant = ?1", [id])?;
+            }
+            super::erasure::overwrite_unused(&tx, personal)?;
+            tx.commit()?;
+            Ok(n)
+        })();
+        conn.pragma_update(None, "secure_delete", secure_delete)?;
+        removed += outcome?;
+        DictCache::forget(&path);
+        // The rebuild can take a while: the writer may open other days meanwhile.
+        drop(open_days);
+        super::erasure::compact(&conn)?;
     }
     Ok(removed)
 }
