@@ -1339,3 +1339,41 @@ fn zstd_frames(bytes: &[u8]) -> Vec<Vec<u8>> {
     }
     out
 }
+
+/// An archive whose file cannot be deleted is reported and left for the
+/// next run; it no longer stops the run. Before, the error ended the run
+/// and its report with it: the archives already written in that run never
+/// got their `archive_written` events (and were never written again, so
+/// the trail never recorded them), and the other tenants' expired archives
+/// and every archived day file stayed until that one file could go.
+#[test]
+fn an_archive_that_cannot_be_deleted_stops_neither_the_run_nor_its_report() {
+    let mut t = trail(5, false);
+    let policy = RetentionPolicy::uniform(settings(1, 1));
+    t.run(&policy, at(2, 0));
+    // acme's archive of day 0 expires at the start of day 3; its file is
+    // in the way (a directory where the file was).
+    let (data, _) = archive::paths(&t.archive, "acme", &name(0));
+    std::fs::remove_file(&data).unwrap();
+    std::fs::create_dir_all(data.join("in-the-way")).unwrap();
+    let report = retention::run(&t.audit, &t.archive, &policy, at(3, 0), &t.signer).unwrap();
+    assert_eq!(
+        actions(&report),
+        sorted(vec![
+            written("acme", 1, 25, 48),
+            written("globex", 1, 25, 48),
+            deleted("globex", 0, 1, 24),
+            dropped("acme", 1, 25, 48),
+            dropped("globex", 1, 25, 48),
+        ])
+    );
+    assert!(report.problems.len() == 1 && report.problems[0].contains(&format!("archive {} of `acme`", name(0))), "{:?}", report.problems);
+    let mut events = report.events(at(3, 0));
+    t.store.insert_batch(&mut events).unwrap();
+
+    // Out of the way, the next run deletes it, and writes nothing again.
+    std::fs::remove_dir_all(&data).unwrap();
+    let report = t.run(&policy, at(3, HOUR));
+    assert_eq!(actions(&report), vec![deleted("acme", 0, 1, 24)]);
+    t.assert_verifies();
+}

@@ -91,7 +91,9 @@ pub struct Action {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RetentionReport {
     pub actions: Vec<Action>,
-    /// Tenants that could not be archived, day files that could not go.
+    /// Tenants that could not be archived, archives and day files that
+    /// could not go, and the error a step stopped at (what was done before
+    /// it is in `actions` all the same).
     pub problems: Vec<String>,
     /// How long it waited for an erasure or a restore (in this process or
     /// another) to let the audit directory go, and for what; `None` when
@@ -160,7 +162,8 @@ pub fn run(audit_dir: &Path, archive_dir: &Path, policy: &RetentionPolicy, now_m
 /// command in another process to let the audit directory go (one in this
 /// process is waited for to the end); the report says how long it waited.
 /// Past `wait`, [`StoreError::Busy`] saying what holds the directory, and
-/// nothing is done.
+/// nothing is done. A step that fails ends the run with the error among
+/// the report's problems, beside the actions done before it.
 pub fn run_waiting(
     audit_dir: &Path,
     archive_dir: &Path,
@@ -177,9 +180,14 @@ pub fn run_waiting(
     meta.execute_batch(super::integrity::CHECKPOINT_SCHEMA)?;
     let today = day_of(now_ms);
     let mut report = RetentionReport { waited, ..RetentionReport::default() };
-    archive_runs(audit_dir, archive_dir, policy, today, now_ms, signer, &meta, &mut report)?;
-    delete_expired(audit_dir, archive_dir, policy, today, now_ms, &meta, &mut report)?;
-    drop_days(audit_dir, today, &mut report)?;
+    // What was done before a step failed is reported all the same: each
+    // action is an event the tenant's trail must get, and none is done again.
+    let done = archive_runs(audit_dir, archive_dir, policy, today, now_ms, signer, &meta, &mut report)
+        .and_then(|()| delete_expired(audit_dir, archive_dir, policy, today, now_ms, &meta, &mut report))
+        .and_then(|()| drop_days(audit_dir, today, &mut report));
+    if let Err(error) = done {
+        report.problems.push(format!("retention stopped (it runs again at the next interval): {error}"));
+    }
     Ok(report)
 }
 
@@ -334,12 +342,15 @@ fn delete_expired(
             }
         };
         let (data, manifest) = archive::paths(archive_dir, &m.tenant, &m.name);
-        for path in [&data, &manifest] {
-            match std::fs::remove_file(path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e.into()),
-            }
+        let removed_files = [&data, &manifest].into_iter().try_for_each(|path| match std::fs::remove_file(path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(format!("{} cannot be removed: {e}", path.display())),
+        });
+        if let Err(error) = removed_files {
+            // Left for the next run, which tries again.
+            report.problems.push(format!("archive {} of `{}`: not deleted: {error}", m.name, m.tenant));
+            continue;
         }
         archive::mark_deleted(meta, m, now_ms)?;
         report.actions.push(Action {
