@@ -1377,3 +1377,43 @@ fn an_archive_that_cannot_be_deleted_stops_neither_the_run_nor_its_report() {
     assert_eq!(actions(&report), vec![deleted("acme", 0, 1, 24)]);
     t.assert_verifies();
 }
+
+
+/// A restore that fails partway (a day file it writes to refuses the
+/// events, as a full disk would) takes back what it wrote. Before, the
+/// events written before the failure stayed in `restored/`: `keytrail
+/// verify` failed from then on (a restored run that no archive record
+/// ends), a new restore of the day was refused as "already restored", and
+/// the error said the archive had changed while it was restored.
+#[test]
+fn a_restore_that_fails_partway_leaves_nothing_behind() {
+    let mut t = trail(5, true);
+    t.run(&RetentionPolicy::uniform(settings(1, 30)), at(4, 0));
+    // Day 2's archive (seq 49..=73) holds the slow call stamped on day 1:
+    // seq 49 goes to day 2's restored file, seq 50 to day 1's, which fails.
+    archive::restore(&t.audit, &t.archive, "acme", &name(1), &t.key).unwrap();
+    let day1 = t.audit.join("restored").join(format!("{}.db", name(1)));
+    let refuse = |on: bool| {
+        let conn = Connection::open(&day1).unwrap();
+        let sql = if on {
+            "CREATE TRIGGER refuse BEFORE INSERT ON blocks BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
+        } else {
+            "DROP TRIGGER refuse"
+        };
+        conn.execute_batch(sql).unwrap();
+    };
+    refuse(true);
+    let err = archive::restore(&t.audit, &t.archive, "acme", &name(2), &t.key).unwrap_err();
+    assert!(err.contains("database or disk is full") && !err.contains("changed"), "{err}");
+    let restored: Vec<u64> = {
+        let reader = AuditReader::open(&t.audit).unwrap();
+        reader.restored_runs("acme").unwrap().iter().flat_map(|r| r.first_seq..=r.last_seq).collect()
+    };
+    assert_eq!(restored, (25..=48).collect::<Vec<_>>(), "only day 1's archive is restored");
+    t.assert_verifies();
+
+    refuse(false);
+    let r = archive::restore(&t.audit, &t.archive, "acme", &name(2), &t.key).unwrap();
+    assert_eq!((r.first_seq, r.last_seq), (49, 73));
+    t.assert_verifies();
+}

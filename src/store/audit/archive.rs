@@ -1077,7 +1077,8 @@ pub struct RestoreReport {
 /// and the restored files while the old values are being brought back, nor
 /// retention delete the archive, nor two restores write the same files.
 /// Waits up to [`RESTORE_WAIT`] for whatever holds it; then nothing is done
-/// and the error says what holds it.
+/// and the error says what holds it. A restore that fails while it writes
+/// (a full disk) deletes again what it wrote.
 pub fn restore(audit_dir: &Path, archive_dir: &Path, tenant: &str, day: &str, key: &VerifyingKey) -> Result<RestoreReport, String> {
     restore_waiting(audit_dir, archive_dir, tenant, day, key, RESTORE_WAIT)
 }
@@ -1130,6 +1131,8 @@ pub fn restore_waiting(
         dir: restored_dir.clone(),
     };
     let mut manifest_salts = Vec::new();
+    // The `seq` ranges of the archives to restore, none restored yet.
+    let mut ranges = Vec::new();
     for path in &wanted {
         let checked = check_archive(tenant, path, key, None);
         if !checked.problems.is_empty() {
@@ -1147,6 +1150,7 @@ pub fn restore_waiting(
             ));
         }
         manifest_salts.push(super::salts::from_hex(&m.personal_salts)?);
+        ranges.push((m.first_seq, m.last_seq));
         if let Some(run) = runs.iter().find(|r| r.first_seq <= m.last_seq && r.last_seq >= m.first_seq) {
             return Err(format!(
                 "archive {} of `{tenant}` is already restored (events {}..={} in {})",
@@ -1163,7 +1167,26 @@ pub fn restore_waiting(
     for salts in &manifest_salts {
         store.import_salts(tenant, salts);
     }
-    for path in &wanted {
+    let written = write_restored(&mut store, tenant, &wanted, key, &mut report);
+    drop(store);
+    if let Err(error) = written {
+        // None of it: a restored run short of its archive's end fails
+        // `keytrail verify` and makes the day look restored already.
+        return Err(match unrestore(&restored_dir, tenant, &ranges) {
+            Ok(()) => format!("nothing was restored: {error}"),
+            Err(e) => format!(
+                "the restore failed: {error}; what it had written could not be taken back ({e}): delete the day files in {} before restoring again",
+                restored_dir.display()
+            ),
+        });
+    }
+    Ok(report)
+}
+
+/// Writes the events of the archives `wanted` (checked whole before) into
+/// the restored day files of `store`, adding them to `report`.
+fn write_restored(store: &mut super::AuditWriterStore, tenant: &str, wanted: &[PathBuf], key: &VerifyingKey, report: &mut RestoreReport) -> Result<(), String> {
+    for path in wanted {
         // Runs of events of one UTC day, written one batch each: the
         // writer numbers and chains a batch from the head it is given.
         let mut chunk: Vec<Event> = Vec::new();
@@ -1173,15 +1196,17 @@ pub fn restore_waiting(
             store.set_head(tenant, ChainHead { seq: first.seq - 1, hash: prev });
             store.insert_batch(chunk).map_err(|e| e.to_string())?;
             if store.heads().get(tenant).map(|h| h.hash) != Some(expected) {
-                return Err("the restored events do not hash as archived (nothing past this point was restored)".into());
+                return Err("the restored events do not hash as archived".into());
             }
             Ok(())
         };
         let mut last_hash = GENESIS_HASH;
+        // A failure to write, told apart from a problem with the archive.
+        let mut failed = None;
         let mut each = |stored: StoredEvent| -> Result<(), String> {
             let day_changes = chunk.last().is_some_and(|e| day_of(e.timestamp_ms) != day_of(stored.event.timestamp_ms));
             if day_changes || chunk.len() >= 10_000 {
-                flush(&mut chunk, chunk_prev, last_hash, &mut store)?;
+                flush(&mut chunk, chunk_prev, last_hash, store).inspect_err(|e| failed = Some(e.clone()))?;
             }
             if chunk.is_empty() {
                 chunk_prev = stored.prev_hash.unwrap_or(GENESIS_HASH);
@@ -1194,14 +1219,30 @@ pub fn restore_waiting(
             Ok(())
         };
         let checked = check_archive(tenant, path, key, Some(&mut each));
+        if let Some(error) = failed {
+            return Err(error);
+        }
         if !checked.problems.is_empty() {
             return Err(format!("the archive changed while it was restored:\n    {}", checked.problems.join("\n    ")));
         }
-        flush(&mut chunk, chunk_prev, last_hash, &mut store)?;
+        flush(&mut chunk, chunk_prev, last_hash, store)?;
         report.archives.push(checked.manifest.map(|m| m.name).unwrap_or_default());
     }
-    store.flush_rollups().map_err(|e| e.to_string())?;
-    Ok(report)
+    store.flush_rollups().map_err(|e| e.to_string())
+}
+
+/// Deletes `tenant`'s blocks in `ranges` from the restored day files in
+/// `restored_dir`: what a restore that failed had written of them.
+fn unrestore(restored_dir: &Path, tenant: &str, ranges: &[(u64, u64)]) -> Result<(), StoreError> {
+    for (_, path) in super::list_days(restored_dir)? {
+        let conn = crate::store::open(&path)?;
+        let Some(id) = conn.query_row("SELECT id FROM strings WHERE value = ?1", [tenant], |r| r.get::<_, i64>(0)).optional()? else { continue };
+        for (first, last) in ranges {
+            conn.execute("DELETE FROM blocks WHERE tenant = ?1 AND first_seq BETWEEN ?2 AND ?3", params![id, *first as i64, *last as i64])?;
+        }
+        super::reader::DictCache::forget(&path);
+    }
+    Ok(())
 }
 
 /// For tests: `KEYTRAIL_FAILPOINT=restore_hold:<ms>` makes a restore hold
