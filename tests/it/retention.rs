@@ -1417,3 +1417,47 @@ fn a_restore_that_fails_partway_leaves_nothing_behind() {
     assert_eq!((r.first_seq, r.last_seq), (49, 73));
     t.assert_verifies();
 }
+
+/// An erasure stopped between putting an archive it rewrote in place and
+/// recording its new manifest in `meta.db` (a crash, a write that failed)
+/// is completed by running it again. Before, the rerun skipped the
+/// rewritten archive (its manifest no longer names the consumer) and
+/// re-signed the stale record without the consumer's salts, still with the
+/// old file's checksum: `keytrail archive verify` failed for good ("its
+/// manifest is not the one retention recorded") and the day could never be
+/// restored again.
+#[test]
+fn an_erasure_stopped_before_recording_a_rewritten_archive_completes_when_run_again() {
+    let mut t = trail(5, false);
+    t.run(&RetentionPolicy::uniform(settings(1, 30)), at(3, 0));
+    let record = |first: i64| -> String {
+        let meta = Connection::open(t.audit.join("meta.db")).unwrap();
+        meta.query_row("SELECT manifest FROM archives WHERE tenant = 'acme' AND first_seq = ?1", [first], |r| r.get(0)).unwrap()
+    };
+    let (day0_record, day1_record) = (record(1), record(25));
+    let day1 = archive::paths(&t.archive, "acme", &name(1));
+    let day1_files = (std::fs::read(&day1.0).unwrap(), std::fs::read(&day1.1).unwrap());
+    let erased = t.erase_acme_consumer();
+    assert_eq!(erased.archives, vec![name(0), name(1)]);
+    // As if it had stopped right after putting day 0's archive in place.
+    {
+        let meta = Connection::open(t.audit.join("meta.db")).unwrap();
+        for (first, text) in [(1, &day0_record), (25, &day1_record)] {
+            meta.execute("UPDATE archives SET manifest = ?2 WHERE tenant = 'acme' AND first_seq = ?1", params![first, text]).unwrap();
+        }
+    }
+    std::fs::write(&day1.0, &day1_files.0).unwrap();
+    std::fs::write(&day1.1, &day1_files.1).unwrap();
+    let reports = archive::verify_archives(&t.archive, Some(&t.audit), Some("acme"), &t.key).unwrap();
+    assert!(!reports[0].ok, "{reports:?}");
+
+    let again = t.erase_acme_consumer();
+    assert!(again.archives.contains(&name(1)), "{again:?}");
+    t.assert_verifies();
+    for d in [0, 1] {
+        let lines = cat(&t, "acme", &name(d));
+        assert!(lines.iter().all(|l| l["event"]["consumer_id"] != "cons_1" || l["event"]["client_ip"].is_null()), "day {d}");
+        archive::restore(&t.audit, &t.archive, "acme", &name(d), &t.key).unwrap();
+    }
+    t.assert_verifies();
+}

@@ -1333,6 +1333,7 @@ pub(super) fn erase_consumer(
         let manifest = read?;
         let salts_here = names_consumer(&manifest);
         if salts_here == 0 {
+            finish_recording(meta, tenant, &path, &manifest, consumer, &signer.public_key())?;
             continue;
         }
         // Only an archive this store wrote, as it recorded it, is re-signed:
@@ -1420,6 +1421,35 @@ pub(super) fn erase_consumer(
         out.salts += salts_here;
     }
     Ok(out)
+}
+
+/// Records the manifest at `path` in `meta` when an erasure of `consumer`
+/// rewrote its archive and stopped before recording it (a crash, a failed
+/// write): the record still names the consumer's salts, the manifest does
+/// not. Only the same run of the chain, checked whole against the store's
+/// `key`, whose salts are the record's less some (salts only ever go: an
+/// older copy put back holds more than its record, never fewer).
+fn finish_recording(meta: &rusqlite::Connection, tenant: &str, path: &Path, manifest: &Manifest, consumer: &str, key: &VerifyingKey) -> Result<(), StoreError> {
+    let recorded: Option<String> = meta
+        .query_row("SELECT manifest FROM archives WHERE tenant = ?1 AND first_seq = ?2", params![tenant, manifest.first_seq as i64], |r| r.get(0))
+        .optional()?;
+    let Some(record) = recorded.and_then(|text| serde_json::from_str::<Manifest>(&text).ok()) else { return Ok(()) };
+    let names_consumer = record.personal_salts.values().any(|c| c.contains_key(consumer));
+    let same_run = (record.first_seq, record.last_seq, record.events, &record.prev_hash, &record.last_hash)
+        == (manifest.first_seq, manifest.last_seq, manifest.events, &manifest.prev_hash, &manifest.last_hash);
+    let fewer_salts = manifest
+        .personal_salts
+        .iter()
+        .all(|(day, salts)| salts.iter().all(|(c, salt)| record.personal_salts.get(day).and_then(|r| r.get(c)) == Some(salt)));
+    if record.signature == manifest.signature || !names_consumer || !same_run || !fewer_salts {
+        return Ok(());
+    }
+    if !check_archive(tenant, path, key, None).problems.is_empty() {
+        return Ok(());
+    }
+    let text = serde_json::to_string(manifest).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    meta.execute("UPDATE archives SET manifest = ?3 WHERE tenant = ?1 AND first_seq = ?2", params![tenant, manifest.first_seq as i64, text])?;
+    Ok(())
 }
 
 #[cfg(test)]
