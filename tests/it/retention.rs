@@ -1461,3 +1461,27 @@ fn an_erasure_stopped_before_recording_a_rewritten_archive_completes_when_run_ag
     }
     t.assert_verifies();
 }
+
+/// A day with a second archive (`YYYY-MM-DD-<first seq>`: an event that
+/// reached the day's file after its archive was written) is printed by
+/// `keytrail archive cat` oldest first, as it says. Before, the archives
+/// were taken in file-name order, where `-` sorts before `.`: the later
+/// archive's events came out before the day's own.
+#[test]
+fn archive_cat_prints_a_days_archives_oldest_first() {
+    let mut t = trail(3, false);
+    let policy = RetentionPolicy::uniform(settings(1, 30));
+    // (The writer still has the last days open: they are archived, not dropped.)
+    retention::run(&t.audit, &t.archive, &policy, at(5, 0), &t.signer).unwrap();
+    // A call stamped on day 0 committed now: its day is archived already.
+    let mut late = vec![event("acme", at(0, HOUR), 7)];
+    t.store.insert_batch(&mut late).unwrap();
+    let seq = 3 * 24 + 1;
+    let report = retention::run(&t.audit, &t.archive, &policy, at(5, HOUR), &t.signer).unwrap();
+    let second = format!("{}-{seq}", name(0));
+    assert!(report.actions.iter().any(|a| a.kind == ActionKind::ArchiveWritten && a.day == second), "{report:?}");
+    let seqs: Vec<u64> = cat(&t, "acme", &name(0)).iter().map(|l| l["event"]["seq"].as_u64().unwrap()).collect();
+    let mut expected: Vec<u64> = (1..=24).collect();
+    expected.push(seq);
+    assert_eq!(seqs, expected);
+}

@@ -1258,14 +1258,17 @@ fn day_manifests(archive_dir: &Path, tenant: &str, day: &str) -> Result<Vec<Path
         return Err(format!("`{day}` is not a day: give it as YYYY-MM-DD, e.g. 2026-11-18"));
     }
     let folder = tenant_dir(archive_dir, tenant);
-    let wanted: Vec<PathBuf> = manifest_paths(&folder)
-        .map_err(|e| e.to_string())?
-        .into_iter()
-        .filter(|p| {
-            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("").trim_end_matches(".manifest.json");
-            name == day || name.strip_prefix(day).is_some_and(|rest| rest.starts_with('-'))
-        })
-        .collect();
+    // The day's own archive, then those named `<day>-<first seq>` by their
+    // `seq` (by file name, `-` would come before `.`, and `-100` before `-25`).
+    let order = |p: &PathBuf| -> Option<u64> {
+        let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("").trim_end_matches(".manifest.json");
+        match name.strip_prefix(day)? {
+            "" => Some(0),
+            rest => Some(rest.strip_prefix('-')?.parse().unwrap_or(u64::MAX)),
+        }
+    };
+    let mut wanted: Vec<PathBuf> = manifest_paths(&folder).map_err(|e| e.to_string())?.into_iter().filter(|p| order(p).is_some()).collect();
+    wanted.sort_by_key(|p| order(p));
     if wanted.is_empty() {
         return Err(format!("no archive of tenant `{tenant}` for {day} in {}", folder.display()));
     }
