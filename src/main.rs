@@ -681,15 +681,16 @@ fn archive_restore(a: ArchivedDay, wait_secs: u64) -> anyhow::Result<()> {
     let wait = std::time::Duration::from_secs(wait_secs);
     let r = keytrail::store::audit::archive::restore_waiting(&audit, &archive_dir, &a.tenant, &a.day, &key, wait).map_err(|e| anyhow::anyhow!(e))?;
     outln!(
-        "restored {} events of `{}` (seq {}..={}, archive {}) into {}",
+        "restored {} events of `{}` (seq {}..={}, archive {}) into {}: {}",
         r.events,
         r.tenant,
         r.first_seq,
         r.last_seq,
         r.archives.join(", "),
-        r.dir.display()
+        r.dir.display(),
+        r.files.join(", ")
     );
-    outln!("the audit API and `keytrail verify` read them; delete the day files there when done");
+    outln!("the audit API and `keytrail verify` read them; delete all of these day files when done (one left alone holds part of the archive, which `keytrail verify` reports)");
     Ok(())
 }
 

@@ -1485,3 +1485,28 @@ fn archive_cat_prints_a_days_archives_oldest_first() {
     expected.push(seq);
     assert_eq!(seqs, expected);
 }
+
+/// A restore names the day files it wrote: an archive's events go to the
+/// file of their own day, so day 2's archive (which holds a call stamped
+/// on day 1) writes day 1's file too. Before, only the folder was named:
+/// deleting the restored day's own file "when done" left that call
+/// behind, `keytrail verify` failed from then on and the day could not be
+/// restored again ("already restored").
+#[test]
+fn a_restore_names_every_day_file_it_wrote() {
+    let mut t = trail(5, true);
+    t.run(&RetentionPolicy::uniform(settings(1, 30)), at(4, 0));
+    let data = t.dir.path().to_str().unwrap();
+    let (ok, text) = run(&["archive", "restore", "--data-dir", data, "--tenant", "acme", "--day", &name(2)], t.dir.path());
+    assert!(ok, "{text}");
+    let files = format!("{}.db, {}.db", name(1), name(2));
+    assert!(text.contains(&files), "{text}");
+    for file in [name(1), name(2)] {
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(t.audit.join("restored").join(format!("{file}.db{suffix}")));
+        }
+    }
+    t.assert_verifies();
+    let r = archive::restore(&t.audit, &t.archive, "acme", &name(2), &t.key).unwrap();
+    assert_eq!(r.files, vec![format!("{}.db", name(1)), format!("{}.db", name(2))]);
+}

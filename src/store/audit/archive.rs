@@ -1064,6 +1064,9 @@ pub struct RestoreReport {
     pub last_seq: u64,
     /// Where the events now are.
     pub dir: PathBuf,
+    /// The day files in `dir` they were written to (`YYYY-MM-DD.db`, by
+    /// each event's own day: an archive can reach into the day before).
+    pub files: Vec<String>,
 }
 
 /// Brings back the archives of `tenant` named for `day` (`YYYY-MM-DD`):
@@ -1129,6 +1132,7 @@ pub fn restore_waiting(
         first_seq: u64::MAX,
         last_seq: 0,
         dir: restored_dir.clone(),
+        files: Vec::new(),
     };
     let mut manifest_salts = Vec::new();
     // The `seq` ranges of the archives to restore, none restored yet.
@@ -1186,6 +1190,7 @@ pub fn restore_waiting(
 /// Writes the events of the archives `wanted` (checked whole before) into
 /// the restored day files of `store`, adding them to `report`.
 fn write_restored(store: &mut super::AuditWriterStore, tenant: &str, wanted: &[PathBuf], key: &VerifyingKey, report: &mut RestoreReport) -> Result<(), String> {
+    let mut days = std::collections::BTreeSet::new();
     for path in wanted {
         // Runs of events of one UTC day, written one batch each: the
         // writer numbers and chains a batch from the head it is given.
@@ -1212,6 +1217,7 @@ fn write_restored(store: &mut super::AuditWriterStore, tenant: &str, wanted: &[P
                 chunk_prev = stored.prev_hash.unwrap_or(GENESIS_HASH);
             }
             last_hash = stored.hash.unwrap_or(GENESIS_HASH);
+            days.insert(day_of(stored.event.timestamp_ms));
             report.first_seq = report.first_seq.min(stored.event.seq);
             report.last_seq = report.last_seq.max(stored.event.seq);
             report.events += 1;
@@ -1228,6 +1234,7 @@ fn write_restored(store: &mut super::AuditWriterStore, tenant: &str, wanted: &[P
         flush(&mut chunk, chunk_prev, last_hash, store)?;
         report.archives.push(checked.manifest.map(|m| m.name).unwrap_or_default());
     }
+    report.files = days.into_iter().map(super::day_file_name).collect();
     store.flush_rollups().map_err(|e| e.to_string())
 }
 
