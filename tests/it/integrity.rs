@@ -703,3 +703,45 @@ fn files_that_are_no_export_are_refused_saying_why() {
     let (ok, output) = run(&["verify", "--file", path, "--public-key", &public], out.path());
     assert!(ok && output.contains("acme: 0 events"), "{output}");
 }
+
+/// A verification of a trail that grows meanwhile (a busy server, where a
+/// chain is signed every 10,000 events) passes. Before, the checkpoints
+/// were read after the chain was walked: one signed during the walk, past
+/// the last event the walk had seen, was reported as a truncated tail
+/// ("checkpoint at seq N … but the chain ends at seq M: events … are
+/// missing") on an intact trail.
+#[test]
+fn a_trail_signed_while_it_is_verified_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_path = dir.path().join("signing.key");
+    let key = Signer::load_or_create(&key_path).unwrap().public_key();
+    let audit = build(dir.path(), Some(Signer::load_or_create(&key_path).unwrap()), None);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (audit, stop) = (audit.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut store = AuditWriterStore::open(&audit).unwrap();
+            store.enable_checkpoints(Signer::load_or_create(&key_path).unwrap(), 1, 3_600_000).unwrap();
+            let mut n = BATCHES;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut events = batch(n % 1000, None);
+                store.insert_batch(&mut events).unwrap();
+                store.checkpoint(false).unwrap();
+                n += 1;
+            }
+        })
+    };
+    let started = std::time::Instant::now();
+    let mut failures = Vec::new();
+    let mut runs = 0;
+    while started.elapsed() < std::time::Duration::from_secs(4) {
+        let report = verify_dir(&audit, Some("acme"), &key).unwrap().remove(0);
+        runs += 1;
+        if !report.ok {
+            failures.push(report.problems);
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    assert!(failures.is_empty(), "{} of {runs} verifications failed, e.g. {:?}", failures.len(), failures[0]);
+}
