@@ -1510,3 +1510,19 @@ fn a_restore_names_every_day_file_it_wrote() {
     let r = archive::restore(&t.audit, &t.archive, "acme", &name(2), &t.key).unwrap();
     assert_eq!(r.files, vec![format!("{}.db", name(1)), format!("{}.db", name(2))]);
 }
+
+/// A day written without its leading zeros (`2026-11-1`), which the check
+/// of `--day` lets through as a day, names that day's archive. Before, it
+/// was compared with the archives' names as typed: `archive cat` and
+/// `archive restore` said there was no archive of that day although there
+/// was one.
+#[test]
+fn a_day_without_leading_zeros_names_its_archive() {
+    let mut t = trail(5, true);
+    t.run(&RetentionPolicy::uniform(settings(1, 30)), at(4, 0));
+    let short = format!("{}-{}-{}", &name(0)[..4], name(0)[5..7].trim_start_matches('0'), name(0)[8..10].trim_start_matches('0'));
+    assert_ne!(short, name(0));
+    assert_eq!(cat(&t, "acme", &short).len(), 24);
+    let r = archive::restore(&t.audit, &t.archive, "acme", &short, &t.key).unwrap();
+    assert_eq!((r.events, r.day.as_str()), (24, name(0).as_str()));
+}

@@ -1099,6 +1099,7 @@ pub fn restore_waiting(
     key: &VerifyingKey,
     wait: std::time::Duration,
 ) -> Result<RestoreReport, String> {
+    let day = &canonical_day(day)?;
     let wanted = day_manifests(archive_dir, tenant, day)?;
     let what = format!("`keytrail archive restore` of tenant `{tenant}`'s {day}");
     // The same wait as retention's (a wait too long to add to the clock,
@@ -1259,11 +1260,14 @@ fn restore_hold() -> Option<std::time::Duration> {
     Some(std::time::Duration::from_millis(ms))
 }
 
-/// The manifests of `tenant`'s archives named for `day` (`YYYY-MM-DD`).
+/// `day` as archives are named (`YYYY-MM-DD`): a day written otherwise
+/// (`2026-11-1`, which parses) names the same archives.
+fn canonical_day(day: &str) -> Result<String, String> {
+    parse_day(day).map(day_name).ok_or_else(|| format!("`{day}` is not a day: give it as YYYY-MM-DD, e.g. 2026-11-18"))
+}
+
+/// The manifests of `tenant`'s archives named for `day` (as [`canonical_day`] gives it).
 fn day_manifests(archive_dir: &Path, tenant: &str, day: &str) -> Result<Vec<PathBuf>, String> {
-    if parse_day(day).is_none() {
-        return Err(format!("`{day}` is not a day: give it as YYYY-MM-DD, e.g. 2026-11-18"));
-    }
     let folder = tenant_dir(archive_dir, tenant);
     // The day's own archive, then those named `<day>-<first seq>` by their
     // `seq` (by file name, `-` would come before `.`, and `-100` before `-25`).
@@ -1287,6 +1291,7 @@ fn day_manifests(archive_dir: &Path, tenant: &str, day: &str) -> Result<Vec<Path
 /// export), oldest first, after checking each archive whole (a damaged one
 /// is refused before anything of it is written). Returns the events written.
 pub fn cat(archive_dir: &Path, tenant: &str, day: &str, key: &VerifyingKey, out: &mut dyn Write) -> Result<u64, String> {
+    let day = &canonical_day(day)?;
     let wanted = day_manifests(archive_dir, tenant, day)?;
     let mut written = 0u64;
     for path in &wanted {
