@@ -422,8 +422,7 @@ async fn verify_tenant(
                 VERIFY_LOCK_WAIT.as_secs()
             )));
         };
-        let reader = AuditReader::open(&dir)?;
-        crate::store::audit::integrity::verify_tenant(&dir, &reader, &name, &key, from_ms)
+        crate::store::audit::integrity::verify_tenant(&dir, &name, &key, from_ms)
     })
     .await
     .map_err(ApiError::internal)?

@@ -745,3 +745,63 @@ fn a_trail_signed_while_it_is_verified_passes() {
     writer.join().unwrap();
     assert!(failures.is_empty(), "{} of {runs} verifications failed, e.g. {:?}", failures.len(), failures[0]);
 }
+
+/// Verifying every tenant of a trail whose later tenants move to a new day
+/// file meanwhile (a nightly `keytrail verify` run at midnight UTC) passes.
+/// Before, one reader, which lists the day files when it opens, served
+/// every tenant: a later tenant's checkpoint signed over events in a day
+/// file created since was reported as a truncated tail.
+#[test]
+fn tenants_verified_one_after_another_see_the_day_files_made_meanwhile() {
+    const DAY: i64 = 86_400_000;
+    let dir = tempfile::tempdir().unwrap();
+    let key_path = dir.path().join("signing.key");
+    let key = Signer::load_or_create(&key_path).unwrap().public_key();
+    // acme: a long chain, slow to walk, first in the order.
+    let audit = build(dir.path(), Some(Signer::load_or_create(&key_path).unwrap()), None);
+    {
+        let mut store = AuditWriterStore::open(&audit).unwrap();
+        for n in 0..300 {
+            let mut events = batch(n % 1000, None);
+            store.insert_batch(&mut events).unwrap();
+        }
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (audit, stop) = (audit.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut store = AuditWriterStore::open(&audit).unwrap();
+            store.enable_checkpoints(Signer::load_or_create(&key_path).unwrap(), 1, 3_600_000).unwrap();
+            let mut day = 1;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // zeta's calls, each batch on a day after the last.
+                let mut events: Vec<Event> = batch(0, None)
+                    .into_iter()
+                    .map(|mut e| {
+                        e.tenant_id = "zeta".into();
+                        e.timestamp_ms += day * DAY;
+                        e
+                    })
+                    .collect();
+                store.insert_batch(&mut events).unwrap();
+                store.checkpoint(false).unwrap();
+                day += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        })
+    };
+    let started = std::time::Instant::now();
+    let mut failures = Vec::new();
+    let mut runs = 0;
+    while started.elapsed() < std::time::Duration::from_secs(4) {
+        for report in verify_dir(&audit, None, &key).unwrap() {
+            if !report.ok {
+                failures.push((report.tenant, report.problems));
+            }
+        }
+        runs += 1;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    assert!(failures.is_empty(), "{} failures in {runs} runs, e.g. {:?}", failures.len(), failures[0]);
+}

@@ -122,25 +122,21 @@ pub struct IntegrityReport {
 /// event at or after that time ([`AuditReader::verify_from`]); checkpoints
 /// before it are checked for their signature only. Archive records, being
 /// small, are always all checked.
-pub fn verify_tenant(dir: &Path, reader: &AuditReader, tenant: &str, key: &VerifyingKey, from_ms: Option<i64>) -> Result<IntegrityReport, StoreError> {
-    verify_tenant_with(dir, reader, tenant, key, from_ms, &mut |_, _| {})
+pub fn verify_tenant(dir: &Path, tenant: &str, key: &VerifyingKey, from_ms: Option<i64>) -> Result<IntegrityReport, StoreError> {
+    verify_tenant_with(dir, tenant, key, from_ms, &mut |_, _| {})
 }
 
 /// [`verify_tenant`], telling `progress` how far the walk of the hot
 /// chain has come (events checked, events in all) after each block.
-pub fn verify_tenant_with(
-    dir: &Path,
-    reader: &AuditReader,
-    tenant: &str,
-    key: &VerifyingKey,
-    from_ms: Option<i64>,
-    progress: &mut dyn FnMut(u64, u64),
-) -> Result<IntegrityReport, StoreError> {
+pub fn verify_tenant_with(dir: &Path, tenant: &str, key: &VerifyingKey, from_ms: Option<i64>, progress: &mut dyn FnMut(u64, u64)) -> Result<IntegrityReport, StoreError> {
     let records = super::archive::records(dir, Some(tenant))?;
-    // Before the walk: a checkpoint signed while it runs (a busy server
-    // signs every few seconds) may be past the last event the walk saw, and
-    // would read as a truncated tail. Those read now are all within reach.
+    // Before the walk, and before the reader lists the day files: a
+    // checkpoint signed meanwhile (a busy server signs every few seconds)
+    // may be past the last event the walk sees, or in a day file made since
+    // (at midnight), and would read as a truncated tail. Those read now
+    // are all within reach.
     let checkpoints = checkpoints(dir, tenant)?;
+    let reader = AuditReader::open(dir)?;
     let chain = reader.verify_from_with(tenant, from_ms, progress)?;
     let mut problems = Vec::new();
     // The archived prefix: signed records that follow on from the genesis hash.
@@ -255,7 +251,9 @@ pub fn verify_dir_with(
         Some(t) => return Err(StoreError::NotFound(format!("tenant `{t}` (no events, checkpoints or chain of it in {})", dir.display()))),
         None => all.into_iter().collect(),
     };
-    tenants.iter().map(|t| verify_tenant_with(dir, &reader, t, key, from_ms, &mut |done, total| progress(t, done, total))).collect()
+    drop(reader);
+    // Each with a reader of its own, opened when its turn comes.
+    tenants.iter().map(|t| verify_tenant_with(dir, t, key, from_ms, &mut |done, total| progress(t, done, total))).collect()
 }
 
 /// What `keytrail verify --file` reports for a JSON export.
