@@ -632,7 +632,11 @@ fn archive_verify(data_dir: &std::path::Path, archive_dir: Option<PathBuf>, tena
         Some(audit) => read_lock(audit, wait_secs, "nothing was checked")?,
         None => None,
     };
-    let reports = keytrail::store::audit::archive::verify_archives(&archive_dir, audit.as_deref(), tenant, &key)?;
+    let mut progress = keytrail::cli::progress::Progress::new("verifying", keytrail::cli::progress::wanted()?);
+    let reports = keytrail::store::audit::archive::verify_archives_with(&archive_dir, audit.as_deref(), tenant, &key, &mut |tenant, done, all, events| {
+        progress.report(|secs| format!("verifying the archives of tenant {tenant}: {done} of {all} ({events} events), {secs:.0} s"))
+    })?;
+    progress.finish();
     if json {
         outln!("{}", serde_json::to_string_pretty(&reports)?);
     } else {

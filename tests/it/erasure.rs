@@ -281,6 +281,11 @@ async fn erase_removes_a_consumers_personal_values_everywhere_and_the_trail_stil
     assert!(ok, "{out}{err}");
     let (ok, out, err) = run_cli(&["archive", "verify", "--data-dir", &data], &[]).await;
     assert!(ok, "{out}{err}");
+    // Asked for, a progress line on standard error: archives checked of the
+    // tenant's, cleared at the end; the report the same.
+    let (ok, shown, err) = run_cli(&["archive", "verify", "--data-dir", &data], &[("KEYTRAIL_PROGRESS", "always")]).await;
+    assert!(ok && shown == out, "{shown}{err}");
+    assert!(err.starts_with("\rverifying the archives of tenant ") && err.contains(" events), ") && err.ends_with("\r\x1b[K"), "{err:?}");
 
     // Still none after the stop, but for the user agent of her call made
     // after the erasure; all of Bob's are there.

@@ -902,6 +902,19 @@ fn manifest_paths(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
 /// deleted by retention, and that the first hot event links to the last
 /// archive.
 pub fn verify_archives(archive_dir: &Path, audit_dir: Option<&Path>, tenant: Option<&str>, key: &VerifyingKey) -> Result<Vec<ArchiveReport>, StoreError> {
+    verify_archives_with(archive_dir, audit_dir, tenant, key, &mut |_, _, _, _| {})
+}
+
+/// [`verify_archives`], telling `progress` after each archive whose
+/// archives are being checked, how many of them are checked, how many the
+/// tenant has, and the events checked so far.
+pub fn verify_archives_with(
+    archive_dir: &Path,
+    audit_dir: Option<&Path>,
+    tenant: Option<&str>,
+    key: &VerifyingKey,
+    progress: &mut dyn FnMut(&str, usize, usize, u64),
+) -> Result<Vec<ArchiveReport>, StoreError> {
     let all_records = match audit_dir {
         Some(dir) => records(dir, tenant)?,
         None => Vec::new(),
@@ -936,13 +949,15 @@ pub fn verify_archives(archive_dir: &Path, audit_dir: Option<&Path>, tenant: Opt
         let mut problems = Vec::new();
         let mut manifests = Vec::new();
         let mut events = 0;
-        for path in manifest_paths(&tenant_dir(archive_dir, &t))? {
-            let checked = check_archive(&t, &path, key, None);
+        let paths = manifest_paths(&tenant_dir(archive_dir, &t))?;
+        for (i, path) in paths.iter().enumerate() {
+            let checked = check_archive(&t, path, key, None);
             problems.extend(checked.problems);
             events += checked.events;
             if let Some(m) = checked.manifest {
                 manifests.push(m);
             }
+            progress(&t, i + 1, paths.len(), events);
         }
         manifests.sort_by_key(|m| m.first_seq);
         let records: Vec<&ArchiveRecord> = all_records.iter().filter(|r| r.manifest.tenant == t).collect();
