@@ -329,9 +329,12 @@ pub fn resolve(file: FileConfig, overrides: Overrides) -> Result<Config, ConfigE
         )));
     }
     if let Some(token) = &overrides.bootstrap_token {
-        if token.len() < 16 || token.chars().any(char::is_whitespace) {
+        // Sent in an `Authorization` header, which carries printable ASCII
+        // only: any other character makes an owner no call can sign in as
+        // (and later starts ignore the variable).
+        if token.len() < 16 || !token.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(ConfigError::Invalid(
-                "KEYTRAIL_BOOTSTRAP_TOKEN must be at least 16 characters with no white space".into(),
+                "KEYTRAIL_BOOTSTRAP_TOKEN must be at least 16 printable ASCII characters (letters, digits, punctuation; no white space)".into(),
             ));
         }
     }
@@ -657,5 +660,22 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("cannot both listen"));
+    }
+
+    /// The bootstrap token is the first owner's only way in, sent in an
+    /// `Authorization` header, which carries printable ASCII: a token with
+    /// another character (`é`, a control character) made an owner no call
+    /// could authenticate as, and later starts ignore the variable, so the
+    /// store was locked out for good. Characters are counted, not bytes.
+    #[test]
+    fn a_bootstrap_token_no_header_can_carry_is_refused() {
+        let token = |t: &str| resolve(FileConfig::default(), Overrides { bootstrap_token: Some(t.into()), ..Overrides::default() });
+        for bad in ["t\u{f6}k\u{e9}nabcdefghijklmnop", "abcdefgh\u{1}ijklmnopq", "abcdefghijklmnop\u{7f}", "\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}"] {
+            let err = token(bad).unwrap_err().to_string();
+            assert!(err.contains("KEYTRAIL_BOOTSTRAP_TOKEN") && err.contains("printable ASCII"), "{bad:?}: {err}");
+            assert!(!err.contains(bad), "the token is never shown: {err}");
+        }
+        assert!(token("abcdefghijklmnop").is_ok());
+        assert!(token("kta_A-b.c~d!e#f$g%h&i'j*k+l^m`n|o").is_ok());
     }
 }

@@ -196,6 +196,22 @@ fn bad_configuration_is_refused_at_start_with_file_line_and_problem() {
     let (code, stderr) = run_to_exit(&["serve"], &[("KEYTRAIL_BOOTSTRAP_TOKEN", "short")], dir.path());
     assert_eq!(code, 2);
     assert!(stderr.contains("at least 16"), "{stderr}");
+    // A token no `Authorization` header can carry would make an owner no
+    // call can sign in as, for good (later starts ignore the variable).
+    // (Waited for a while only: a start that takes the token serves on.)
+    let mut p = Process::spawn(&["serve", "--gateway-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"], &[("KEYTRAIL_BOOTSTRAP_TOKEN", "t\u{f6}k\u{e9}n-abcdefghijklmnop")], dir.path(), dir.path());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let code = loop {
+        if let Some(status) = p.child.try_wait().unwrap() {
+            break status.code().unwrap_or(-1);
+        }
+        assert!(std::time::Instant::now() < deadline, "the start was not refused: {}", p.stderr());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let stderr = p.stderr();
+    drop(p);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("printable ASCII") && !stderr.contains("abcdefghijklmnop"), "{stderr}");
     // Country data the file names but that cannot be read is a bad setting too.
     let path = dir.path().join("geo.toml");
     std::fs::write(&path, "[gateway]\ngeo_table = \"/nonexistent/countries.csv\"\n").unwrap();
