@@ -408,6 +408,10 @@ pub fn resolve(file: FileConfig, overrides: Overrides) -> Result<Config, ConfigE
 /// That `level` is a log filter keytrail can use (`info`,
 /// `keytrail=debug`, …); the error says what is wrong with it.
 pub fn check_log_level(level: &str) -> Result<(), String> {
+    // Valid to `tracing`, but it keeps no log at all, warnings included.
+    if level.split(',').all(|directive| directive.trim().is_empty()) {
+        return Err(format!("`{level}` keeps no log at all, not even warnings; give a level such as `info`, `warn` or `keytrail=debug`"));
+    }
     match tracing_subscriber::EnvFilter::try_new(level) {
         Ok(_) => Ok(()),
         Err(error) => Err(format!("`{level}` is not a valid log filter ({error}; try `info`, `debug` or `keytrail=debug`)")),
@@ -516,6 +520,22 @@ mod tests {
         assert_eq!(c.audit.durability, Durability::Async);
         let c = resolve(parse("[audit]\ndurability = \"sync\"\n").unwrap(), Overrides::default()).unwrap();
         assert_eq!(c.audit.durability, Durability::Sync);
+    }
+
+    /// An empty filter (or only commas) is valid to `tracing` and keeps no
+    /// log at all, warnings included: it was taken silently from
+    /// `KEYTRAIL_LOG=`, `--log-level ""` or `level = ""`.
+    #[test]
+    fn an_empty_log_filter_is_refused() {
+        for empty in ["", "  ", ",", " , "] {
+            let err = check_log_level(empty).unwrap_err();
+            assert!(err.contains("keeps no log") && err.contains("`info`"), "{empty:?}: {err}");
+        }
+        let err = parse("[log]\nlevel = \"\"\n").unwrap_err().to_string();
+        assert!(err.contains("line 2") && err.contains("keeps no log"), "{err}");
+        let err = resolve(FileConfig::default(), Overrides { log_level: Some(String::new()), ..Overrides::default() }).unwrap_err().to_string();
+        assert!(err.contains("--log-level") && err.contains("keeps no log"), "{err}");
+        assert!(check_log_level("warn,keytrail=debug").is_ok());
     }
 
     #[test]

@@ -168,6 +168,20 @@ fn run_to_exit(args: &[&str], envs: &[(&str, &str)], dir: &Path) -> (i32, String
     (status.code().unwrap_or(-1), p.stderr())
 }
 
+/// [`run_to_exit`] for a start that should be refused: one that is not
+/// (and serves on) fails the test after a while instead of hanging it.
+fn run_refused(args: &[&str], envs: &[(&str, &str)], dir: &Path) -> (i32, String) {
+    let mut p = Process::spawn(args, envs, dir, dir);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if let Some(status) = p.child.try_wait().unwrap() {
+            return (status.code().unwrap_or(-1), p.stderr());
+        }
+        assert!(std::time::Instant::now() < deadline, "{args:?} {envs:?} was not refused: {}", p.stderr());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn bad_configuration_is_refused_at_start_with_file_line_and_problem() {
     let dir = tempfile::tempdir().unwrap();
@@ -198,18 +212,7 @@ fn bad_configuration_is_refused_at_start_with_file_line_and_problem() {
     assert!(stderr.contains("at least 16"), "{stderr}");
     // A token no `Authorization` header can carry would make an owner no
     // call can sign in as, for good (later starts ignore the variable).
-    // (Waited for a while only: a start that takes the token serves on.)
-    let mut p = Process::spawn(&["serve", "--gateway-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"], &[("KEYTRAIL_BOOTSTRAP_TOKEN", "t\u{f6}k\u{e9}n-abcdefghijklmnop")], dir.path(), dir.path());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let code = loop {
-        if let Some(status) = p.child.try_wait().unwrap() {
-            break status.code().unwrap_or(-1);
-        }
-        assert!(std::time::Instant::now() < deadline, "the start was not refused: {}", p.stderr());
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
-    let stderr = p.stderr();
-    drop(p);
+    let (code, stderr) = run_refused(&["serve", "--gateway-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"], &[("KEYTRAIL_BOOTSTRAP_TOKEN", "t\u{f6}k\u{e9}n-abcdefghijklmnop")], dir.path());
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("printable ASCII") && !stderr.contains("abcdefghijklmnop"), "{stderr}");
     // Country data the file names but that cannot be read is a bad setting too.
@@ -564,5 +567,17 @@ fn a_bad_log_level_says_where_it_came_from() {
     let (code, stderr) = run_to_exit(&args, &[("KEYTRAIL_LOG", "info")], dir.path());
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("--log-level") && stderr.contains("keytrail=loud") && !stderr.contains("KEYTRAIL_LOG"), "the flag: {stderr}");
+    // An empty filter keeps nothing, not even warnings: refused as well
+    // (`KEYTRAIL_LOG=` in an env file, `level = ""`), not a silent process.
+    let (code, stderr) = run_refused(&args[..5], &[("KEYTRAIL_LOG", "")], dir.path());
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("KEYTRAIL_LOG") && stderr.contains("empty"), "the variable: {stderr}");
+    let (code, stderr) = run_refused(&[&args[..5], &["--log-level", " , "]].concat(), &[], dir.path());
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--log-level") && stderr.contains("keeps no log"), "the flag: {stderr}");
+    std::fs::write(&path, "[log]\nlevel = \"\"\n").unwrap();
+    let (code, stderr) = run_refused(&[&["serve", "--config", path.to_str().unwrap()][..], &listen[..]].concat(), &[], dir.path());
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains(path.to_str().unwrap()) && stderr.contains("line 2") && stderr.contains("keeps no log"), "the file: {stderr}");
     assert!(!dir.path().join("keytrail-data").exists(), "nothing was created");
 }
