@@ -323,11 +323,22 @@ fn log_level(text: &str) -> Result<String, String> {
     keytrail::config::check_log_level(text).map(|()| text.to_string())
 }
 
+/// `--admin-url` (or `KEYTRAIL_ADMIN_URL`): a usage error naming the
+/// flag, or the variable when it came from there (`variable_behind`). One
+/// with credentials is left to `AdminClient::new`, which refuses it
+/// without showing it (clap's message would).
+fn admin_url(text: &str) -> Result<String, String> {
+    match keytrail::cli::client::parse_admin_url(text) {
+        Err(why) if !text.contains('@') => Err(why),
+        _ => Ok(text.to_string()),
+    }
+}
+
 /// Where the admin API is, and what to show (`investigate`, `report`).
 #[derive(clap::Args)]
 struct ApiArgs {
     /// The admin API's URL. The token is read from KEYTRAIL_TOKEN only.
-    #[arg(long, env = "KEYTRAIL_ADMIN_URL", default_value = "http://127.0.0.1:9080")]
+    #[arg(long, env = "KEYTRAIL_ADMIN_URL", default_value = "http://127.0.0.1:9080", value_parser = admin_url)]
     admin_url: String,
     /// The tenant [default: the token's own, or the only one].
     #[arg(long)]

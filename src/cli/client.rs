@@ -85,6 +85,28 @@ pub fn with_query(path: &str, params: &[(&str, String)]) -> String {
     }
 }
 
+/// The admin API's URL (`--admin-url` or `KEYTRAIL_ADMIN_URL`) as the
+/// `host:port` to connect to and the path the API is mounted under; the
+/// error says what is wrong with it, without repeating the URL (the
+/// caller names it, and where it came from).
+pub fn parse_admin_url(url: &str) -> Result<(String, String), String> {
+    if url.contains('@') {
+        return Err(format!("must not hold credentials; the token goes in {TOKEN_VAR}"));
+    }
+    let uri: Uri = url.trim().parse().map_err(|e| format!("is not a URL such as http://127.0.0.1:9080 ({e})"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => return Err("https is not supported by this client; the admin API serves plain HTTP (reach it through a tunnel or a local proxy)".into()),
+        _ => return Err("must start with http://, e.g. http://127.0.0.1:9080".into()),
+    }
+    let authority = uri.authority().ok_or("has no host (give it as http://HOST:PORT)")?;
+    let authority = match authority.port_u16() {
+        Some(_) => authority.as_str().to_string(),
+        None => format!("{}:80", authority.as_str()),
+    };
+    Ok((authority, uri.path().trim_end_matches('/').to_string()))
+}
+
 impl AdminClient {
     /// A client for `url` with the token from [`TOKEN_VAR`].
     pub fn from_env(url: &str) -> anyhow::Result<AdminClient> {
@@ -96,26 +118,16 @@ impl AdminClient {
     }
 
     pub fn new(url: &str, token: String) -> anyhow::Result<AdminClient> {
-        let trimmed = url.trim().trim_end_matches('/');
-        let uri: Uri = trimmed.parse().with_context(|| format!("--admin-url `{url}` is not a URL such as http://127.0.0.1:9080"))?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some("https") => bail!("--admin-url `{url}`: https is not supported by this client; the admin API serves plain HTTP (reach it through a tunnel or a local proxy)"),
-            _ => bail!("--admin-url `{url}` must start with http://, e.g. http://127.0.0.1:9080"),
-        }
-        let authority = uri.authority().with_context(|| format!("--admin-url `{url}` has no host"))?;
-        if authority.as_str().contains('@') {
-            bail!("--admin-url must not hold credentials; the token goes in {TOKEN_VAR}");
-        }
-        let authority = match authority.port_u16() {
-            Some(_) => authority.as_str().to_string(),
-            None => format!("{}:80", authority.as_str()),
+        let (authority, base_path) = match parse_admin_url(url) {
+            Ok(parts) => parts,
+            // Not shown: it holds a password.
+            Err(why) if url.contains('@') => bail!("the admin API's URL (--admin-url or KEYTRAIL_ADMIN_URL) {why}"),
+            Err(why) => bail!("--admin-url `{url}`: {why}"),
         };
-        let base_path = uri.path().trim_end_matches('/').to_string();
         // An operator-chosen token has no `kta_` shape the redaction knows:
         // every message this process prints is masked for it too.
         crate::redact::register_secret(&token);
-        Ok(AdminClient { authority, base_path, url: trimmed.to_string(), token })
+        Ok(AdminClient { authority, base_path, url: url.trim().trim_end_matches('/').to_string(), token })
     }
 
     /// `GET path_and_query` → the JSON answer; any status but 2xx is an

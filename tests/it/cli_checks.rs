@@ -334,3 +334,34 @@ fn an_archive_dir_that_is_a_file_is_named() {
     let err = p.stderr();
     assert!(status.code() == Some(1) && err.contains(&format!("cannot read {}", dir.path().join("archive").join("acme").display())), "{err}");
 }
+
+/// A bad admin API address in `KEYTRAIL_ADMIN_URL` names the variable
+/// (the operator may never have typed `--admin-url`, which the message
+/// named), as a bad `KEYTRAIL_*` value of `serve` does; a bad flag names the
+/// flag. Both are usage errors (exit code 2), nothing is sent anywhere.
+#[test]
+fn a_bad_admin_url_names_where_it_came_from() {
+    let out = tempfile::tempdir().unwrap();
+    let token = ("KEYTRAIL_TOKEN", "some-token-0123456789");
+    let run = |args: &[&str], envs: &[(&str, &str)]| {
+        let mut p = Process::spawn(args, envs, out.path(), out.path());
+        let code = exit_within(&mut p, Duration::from_secs(20)).and_then(|s| s.code());
+        (code, p.stderr())
+    };
+    for (url, why) in [("127.0.0.1:9080", "http://"), ("https://127.0.0.1:9080", "https"), ("http://", "not a URL"), ("http:///keytrail", "not a URL"), ("http://host:80:80", "not a URL")] {
+        let (code, err) = run(&["audit", "list"], &[token, ("KEYTRAIL_ADMIN_URL", url)]);
+        assert_eq!(code, Some(2), "{url}: {err}");
+        assert!(err.contains("KEYTRAIL_ADMIN_URL") && err.contains(why), "{url}: {err}");
+        let (code, err) = run(&["investigate", "--admin-url", url], &[token, ("KEYTRAIL_ADMIN_URL", "http://127.0.0.1:1")]);
+        assert_eq!(code, Some(2), "{url}: {err}");
+        assert!(err.contains("--admin-url") && !err.contains("KEYTRAIL_ADMIN_URL") && err.contains(why), "{url}: {err}");
+    }
+    let (code, err) = run(&["keys", "list", "--consumer", "c"], &[token, ("KEYTRAIL_ADMIN_URL", "")]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("KEYTRAIL_ADMIN_URL is set but empty"), "{err}");
+    // A URL with a password in it is refused without being shown.
+    let (code, err) = run(&["audit", "list"], &[token, ("KEYTRAIL_ADMIN_URL", "http://admin:s3cret-pw@127.0.0.1:9080")]);
+    assert_ne!(code, Some(0), "{err}");
+    assert!(err.contains("KEYTRAIL_ADMIN_URL") && err.contains("credentials") && !err.contains("s3cret-pw"), "{err}");
+    assert!(!err.contains("some-token"), "{err}");
+}
