@@ -114,6 +114,10 @@ impl AdminClient {
         let Some(token) = token else {
             bail!("{TOKEN_VAR} is not set: export an admin token (or a session token from POST /v1/auth/login) in {TOKEN_VAR}; it is read from the environment only, never from a flag");
         };
+        // No header carries one (hyper said only "failed to parse header value").
+        if token.chars().any(char::is_control) {
+            bail!("{TOKEN_VAR} holds a line break or another control character, which no header can carry: export the token alone, e.g. {TOKEN_VAR}=$(cat keytrail-data/bootstrap-admin-token)");
+        }
         AdminClient::new(url, token)
     }
 

@@ -365,3 +365,23 @@ fn a_bad_admin_url_names_where_it_came_from() {
     assert!(err.contains("KEYTRAIL_ADMIN_URL") && err.contains("credentials") && !err.contains("s3cret-pw"), "{err}");
     assert!(!err.contains("some-token"), "{err}");
 }
+
+/// A `KEYTRAIL_TOKEN` with a line break inside (two files cat'ed into it,
+/// a pasted token with its newline) says what to fix, naming the variable
+/// and not the token; it said only "cannot build the request: failed to
+/// parse header value".
+#[test]
+fn a_token_no_header_can_carry_is_named() {
+    let out = tempfile::tempdir().unwrap();
+    // Something listening (the connection is made; nothing answers).
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    for token in ["kta_first-token-0123\nkta_second-token-4567", "kta_some\u{1}token-0123456789"] {
+        let mut p = Process::spawn(&["audit", "list", "--admin-url", &url, "--tenant", "acme"], &[("KEYTRAIL_TOKEN", token)], out.path(), out.path());
+        let status = exit_within(&mut p, Duration::from_secs(20));
+        let err = p.stderr();
+        assert_eq!(status.and_then(|s| s.code()), Some(1), "{token:?}: {err}");
+        assert!(err.contains("KEYTRAIL_TOKEN") && err.contains("control character"), "{token:?}: {err}");
+        assert!(!err.contains("token-0123"), "{err}");
+    }
+}
