@@ -412,6 +412,17 @@ pub fn check_log_level(level: &str) -> Result<(), String> {
     if level.split(',').all(|directive| directive.trim().is_empty()) {
         return Err(format!("`{level}` keeps no log at all, not even warnings; give a level such as `info`, `warn` or `keytrail=debug`"));
     }
+    // A bare word is a level or, to `tracing`, a target logged at every
+    // level: `warning` or `inof` would keep only a module called that, so
+    // none of keytrail's logs. Only keytrail's own targets are taken bare.
+    for word in level.split(',').map(str::trim).filter(|d| !d.is_empty() && !d.contains(['=', '['])) {
+        let own = word == "keytrail" || word.starts_with("keytrail::");
+        if !own && word.parse::<tracing_subscriber::filter::LevelFilter>().is_err() {
+            return Err(format!(
+                "`{word}` is not a level (trace, debug, info, warn, error, off), so it would keep only the logs of a module named `{word}`, none of keytrail's; give a level such as `warn`, or `{word}=trace` for that module"
+            ));
+        }
+    }
     match tracing_subscriber::EnvFilter::try_new(level) {
         Ok(_) => Ok(()),
         Err(error) => Err(format!("`{level}` is not a valid log filter ({error}; try `info`, `debug` or `keytrail=debug`)")),
@@ -520,6 +531,22 @@ mod tests {
         assert_eq!(c.audit.durability, Durability::Async);
         let c = resolve(parse("[audit]\ndurability = \"sync\"\n").unwrap(), Overrides::default()).unwrap();
         assert_eq!(c.audit.durability, Durability::Sync);
+    }
+
+    /// A bare word that is not a level is, to `tracing`, a target to log at
+    /// every level: `warning` (or a typo, `inof`) kept only the logs of a
+    /// module called that, so none of keytrail's, warnings included.
+    #[test]
+    fn a_bare_word_that_is_no_level_is_refused() {
+        for bad in ["warning", "inof", "info,warning", "WARNINGS"] {
+            let err = check_log_level(bad).unwrap_err();
+            assert!(err.contains("not a level") && err.contains("`warn`") && err.contains("=trace`"), "{bad:?}: {err}");
+        }
+        let err = parse("[log]\nlevel = \"warning\"\n").unwrap_err().to_string();
+        assert!(err.contains("line 2") && err.contains("not a level"), "{err}");
+        for good in ["warn", "WARN", "Info", "2", "off", "keytrail", "keytrail::gateway", "warning=trace", "info,keytrail=debug,", "keytrail[request]=debug"] {
+            assert!(check_log_level(good).is_ok(), "{good:?}: {:?}", check_log_level(good));
+        }
     }
 
     /// An empty filter (or only commas) is valid to `tracing` and keeps no

@@ -575,6 +575,11 @@ fn a_bad_log_level_says_where_it_came_from() {
     let (code, stderr) = run_refused(&[&args[..5], &["--log-level", " , "]].concat(), &[], dir.path());
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("--log-level") && stderr.contains("keeps no log"), "the flag: {stderr}");
+    // `warning` is no level: to tracing a module of that name, so it kept
+    // none of keytrail's logs.
+    let (code, stderr) = run_refused(&args[..5], &[("KEYTRAIL_LOG", "warning")], dir.path());
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("KEYTRAIL_LOG") && stderr.contains("`warning` is not a level"), "the variable: {stderr}");
     std::fs::write(&path, "[log]\nlevel = \"\"\n").unwrap();
     let (code, stderr) = run_refused(&[&["serve", "--config", path.to_str().unwrap()][..], &listen[..]].concat(), &[], dir.path());
     assert_eq!(code, 2, "{stderr}");
