@@ -323,9 +323,16 @@ pub fn resolve(file: FileConfig, overrides: Overrides) -> Result<Config, ConfigE
         .admin_listen
         .or(file.admin.listen)
         .unwrap_or_else(|| DEFAULT_ADMIN_LISTEN.parse().expect("valid default"));
-    if gateway_listen == admin_listen && gateway_listen.port() != 0 {
+    // One port on one address, or on an address and all of its family's
+    // (`0.0.0.0`, `[::]`): the second listener could never bind.
+    let covers = |all: SocketAddr, one: SocketAddr| all.ip().is_unspecified() && all.is_ipv4() == one.is_ipv4();
+    if gateway_listen.port() == admin_listen.port()
+        && gateway_listen.port() != 0
+        && (gateway_listen.ip() == admin_listen.ip() || covers(gateway_listen, admin_listen) || covers(admin_listen, gateway_listen))
+    {
+        let both = if gateway_listen == admin_listen { gateway_listen.to_string() } else { format!("{gateway_listen} and {admin_listen}") };
         return Err(ConfigError::Invalid(format!(
-            "the gateway and the admin API cannot both listen on {gateway_listen}"
+            "the gateway and the admin API cannot both listen on {both}: give one of them another port"
         )));
     }
     if let Some(token) = &overrides.bootstrap_token {
@@ -707,6 +714,24 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("cannot both listen"));
+    }
+
+    /// One port on an address and on all of them (`0.0.0.0`, `[::]`) is
+    /// the same conflict: the admin API's bind failed, its message blaming
+    /// "another program, or another keytrail". Different ports, addresses
+    /// or families (and port 0, any free one) are not.
+    #[test]
+    fn listeners_on_one_port_of_overlapping_addresses_are_refused() {
+        let both = |gateway: &str, admin: &str| {
+            resolve(FileConfig::default(), Overrides { gateway_listen: Some(gateway.parse().unwrap()), admin_listen: Some(admin.parse().unwrap()), ..Overrides::default() })
+        };
+        for (gateway, admin) in [("0.0.0.0:7000", "127.0.0.1:7000"), ("127.0.0.1:7000", "0.0.0.0:7000"), ("[::]:7000", "[::1]:7000"), ("[::1]:7000", "[::]:7000")] {
+            let err = both(gateway, admin).unwrap_err().to_string();
+            assert!(err.contains("cannot both listen") && err.contains(gateway) && err.contains(admin), "{gateway} {admin}: {err}");
+        }
+        for (gateway, admin) in [("0.0.0.0:7000", "0.0.0.0:7001"), ("127.0.0.1:7000", "127.0.0.2:7000"), ("0.0.0.0:7000", "[::1]:7000"), ("0.0.0.0:0", "127.0.0.1:0")] {
+            assert!(both(gateway, admin).is_ok(), "{gateway} {admin}");
+        }
     }
 
     /// The bootstrap token is the first owner's only way in, sent in an
