@@ -741,6 +741,9 @@ async fn serve(
     overrides: Overrides,
 ) -> anyhow::Result<()> {
     let file = match &config_path {
+        // A file the operator did not name on the command line says where
+        // it came from: a KEYTRAIL_CONFIG left set in a profile or unit.
+        Some(path) if !typed("config", Some('c')) => config::load_file(path).context("the config file named by KEYTRAIL_CONFIG (no --config was given)")?,
         Some(path) => config::load_file(path)?,
         None => config::FileConfig::default(),
     };
@@ -765,6 +768,13 @@ async fn serve(
     server.shutdown().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Whether `--{long}` (or `-{short}`) is on the command line; an
+/// argument clap found without it came from its variable.
+fn typed(long: &str, short: Option<char>) -> bool {
+    let flag = format!("--{long}");
+    std::env::args().skip(1).any(|a| a == flag || a.starts_with(&format!("{flag}=")) || short.is_some_and(|c| !a.starts_with("--") && a.starts_with(&format!("-{c}"))))
 }
 
 /// The `KEYTRAIL_*` variable a refused value came from, when it came from

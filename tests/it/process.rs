@@ -204,6 +204,15 @@ fn bad_configuration_is_refused_at_start_with_file_line_and_problem() {
     let (code, stderr) = run_to_exit(&["serve", "--config", "/nonexistent/keytrail.toml"], &[], dir.path());
     assert_eq!(code, 2);
     assert!(stderr.contains("cannot read config file /nonexistent/keytrail.toml"), "{stderr}");
+    assert!(!stderr.contains("KEYTRAIL_CONFIG"), "the flag gave it: {stderr}");
+    // A file named by a KEYTRAIL_CONFIG left set (in a profile, a unit
+    // file) says so: the operator typed no --config.
+    let (code, stderr) = run_refused(&["serve"], &[("KEYTRAIL_CONFIG", "/nonexistent/old.toml")], dir.path());
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("KEYTRAIL_CONFIG") && stderr.contains("cannot read config file /nonexistent/old.toml"), "{stderr}");
+    let (code, stderr) = run_refused(&["serve", "-c", "/nonexistent/keytrail.toml"], &[("KEYTRAIL_CONFIG", "/nonexistent/old.toml")], dir.path());
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("/nonexistent/keytrail.toml") && !stderr.contains("KEYTRAIL_CONFIG"), "the flag wins: {stderr}");
     let (code, stderr) = run_to_exit(&["serve", "--gateway-listen", "nonsense"], &[], dir.path());
     assert_eq!(code, 2, "clap refuses a bad flag value");
     assert!(stderr.contains("--gateway-listen"), "{stderr}");
