@@ -167,6 +167,30 @@ pub struct LogFile {
     pub level: Option<String>,
 }
 
+/// A secret setting (the bootstrap token): its value is never shown by
+/// `{:?}`, which a test's assertion or a panic prints.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Hidden(pub String);
+
+impl std::fmt::Debug for Hidden {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"****\"")
+    }
+}
+
+impl std::ops::Deref for Hidden {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for Hidden {
+    fn from(text: &str) -> Hidden {
+        Hidden(text.to_string())
+    }
+}
+
 /// Values given on the command line or in `KEYTRAIL_*` variables (clap has
 /// already chosen the flag over the variable).
 #[derive(Debug, Default, Clone)]
@@ -175,7 +199,7 @@ pub struct Overrides {
     pub gateway_listen: Option<SocketAddr>,
     pub admin_listen: Option<SocketAddr>,
     pub log_level: Option<String>,
-    pub bootstrap_token: Option<String>,
+    pub bootstrap_token: Option<Hidden>,
 }
 
 /// The validated runtime configuration.
@@ -196,7 +220,7 @@ pub struct Config {
     pub retention: RetentionConfig,
     pub log_level: String,
     /// The operator's chosen first admin token; never printed.
-    pub bootstrap_token: Option<String>,
+    pub bootstrap_token: Option<Hidden>,
 }
 
 #[derive(Debug, Clone)]
@@ -749,5 +773,17 @@ mod tests {
         }
         assert!(token("abcdefghijklmnop").is_ok());
         assert!(token("kta_A-b.c~d!e#f$g%h&i'j*k+l^m`n|o").is_ok());
+    }
+
+    /// `{:?}` of the settings (a test's assertion, a panic) never shows the
+    /// bootstrap token.
+    #[test]
+    fn debug_output_hides_the_bootstrap_token() {
+        let secret = "operator-token-never-printed-5512";
+        let overrides = Overrides { bootstrap_token: Some(secret.into()), ..Overrides::default() };
+        assert!(!format!("{overrides:?}").contains(secret), "{overrides:?}");
+        let config = resolve(FileConfig::default(), overrides).unwrap();
+        assert_eq!(config.bootstrap_token.as_deref(), Some(secret));
+        assert!(!format!("{config:?}").contains(secret) && format!("{config:?}").contains("bootstrap_token"), "{config:?}");
     }
 }

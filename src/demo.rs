@@ -88,7 +88,7 @@ pub async fn run(options: DemoOptions, stop: impl std::future::Future<Output = (
             gateway_listen: options.gateway_listen,
             admin_listen: options.admin_listen,
             log_level: None,
-            bootstrap_token: options.bootstrap_token,
+            bootstrap_token: options.bootstrap_token.map(crate::config::Hidden),
         },
     )?;
     let result = run_with(config, stop).await;

@@ -930,7 +930,7 @@ fn main() -> ExitCode {
             Command::Serve { config, data_dir, gateway_listen, admin_listen, log_level } => {
                 serve(
                     config,
-                    Overrides { data_dir, gateway_listen, admin_listen, log_level, bootstrap_token: bootstrap_token_from_env() },
+                    Overrides { data_dir, gateway_listen, admin_listen, log_level, bootstrap_token: bootstrap_token_from_env().map(keytrail::config::Hidden) },
                 )
                 .await
             }

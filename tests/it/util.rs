@@ -188,7 +188,7 @@ pub fn test_config(dir: &Path) -> Config {
             gateway_listen: Some("127.0.0.1:0".parse().unwrap()),
             admin_listen: Some("127.0.0.1:0".parse().unwrap()),
             log_level: None,
-            bootstrap_token: Some(ADMIN_TOKEN.to_string()),
+            bootstrap_token: Some(ADMIN_TOKEN.into()),
         },
     )
     .unwrap()
