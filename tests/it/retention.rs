@@ -335,6 +335,37 @@ fn keytrail_verify_catches_tampering_across_the_archive_boundary() {
     check(&audit, &format!("checkpoint at seq {}: archive", cp.seq));
 }
 
+/// A crash while a day file is dropped, after its `.db` went and before
+/// its write-ahead log did, left the log (the day's events, personal
+/// values included) with no file to belong to, which no later run looked
+/// at: it is removed with the next run's dropped days. The log of a day
+/// still hot, or of a file still there, is left alone.
+#[test]
+fn a_write_ahead_log_left_without_its_day_file_goes_with_the_next_run() {
+    let mut t = trail(4, false);
+    let policy = RetentionPolicy::uniform(settings(1, 30));
+    t.run(&policy, at(2, 0));
+    assert!(!t.day_file(0).exists(), "day 0 was dropped");
+    // What a crash between the two deletes leaves: the day's log alone.
+    let day0 = t.day_file(0);
+    let orphan = |suffix: &str| {
+        let mut path = day0.clone().into_os_string();
+        path.push(suffix);
+        PathBuf::from(path)
+    };
+    std::fs::write(orphan("-wal"), b"the day's events, personal values and all").unwrap();
+    std::fs::write(orphan("-shm"), b"shared memory").unwrap();
+    // A day still hot keeps its file and its log.
+    let mut hot_wal = t.day_file(3).into_os_string();
+    hot_wal.push("-wal");
+    let hot_wal = PathBuf::from(hot_wal);
+    let hot_had_wal = hot_wal.exists();
+    t.run(&policy, at(2, HOUR));
+    assert!(!orphan("-wal").exists() && !orphan("-shm").exists(), "the orphan log stayed");
+    assert!(t.day_file(3).exists() && hot_wal.exists() == hot_had_wal);
+    t.assert_verifies();
+}
+
 #[test]
 fn tenants_keep_their_own_windows_and_a_shared_day_goes_when_all_are_archived() {
     let mut t = trail(6, false);

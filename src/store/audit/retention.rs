@@ -438,9 +438,33 @@ fn before_day_lock(day: i64) {
 }
 
 /// Step 3: day files whose every tenant is archived.
+/// Removes the write-ahead logs (`-wal`, `-shm`) of days before yesterday
+/// whose day file is gone — what a crash while dropping a day file left
+/// before the log went first (they hold the day's events, and no reader or
+/// erasure opens a log without its file). Not of a day the writer has open.
+fn remove_orphan_logs(audit_dir: &Path, today: i64, registry: &super::writer::OpenDays) -> Result<(), StoreError> {
+    let open_days = registry.lock().unwrap_or_else(|e| e.into_inner());
+    for entry in std::fs::read_dir(audit_dir)?.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(db) = name.strip_suffix("-wal").or_else(|| name.strip_suffix("-shm")) else { continue };
+        let Some(day) = super::parse_day_file_name(db) else { continue };
+        if day >= today - 1 || open_days.contains(&day) || audit_dir.join(db).exists() {
+            continue;
+        }
+        match std::fs::remove_file(entry.path()) {
+            Ok(()) => tracing::info!(file = name, "removed a write-ahead log left without its day file"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
 fn drop_days(audit_dir: &Path, today: i64, report: &mut RetentionReport) -> Result<(), StoreError> {
     let reader = AuditReader::open(audit_dir)?;
     let registry = super::writer::open_days(audit_dir);
+    remove_orphan_logs(audit_dir, today, &registry)?;
     for (day, path) in super::list_days(audit_dir)? {
         if day >= today - 1 {
             break;
@@ -462,7 +486,10 @@ fn drop_days(audit_dir: &Path, today: i64, report: &mut RetentionReport) -> Resu
                 report.problems.push(format!("{}: not dropped: the writer has it open (next run)", day_file_name(day)));
                 continue;
             }
-            for suffix in ["", "-wal", "-shm"] {
+            // The log first: a crash between the deletes then leaves the
+            // day file, which the next run drops, not a log of its events
+            // that belongs to no file.
+            for suffix in ["-wal", "-shm", ""] {
                 let mut file = path.as_os_str().to_owned();
                 file.push(suffix);
                 match std::fs::remove_file(&file) {
