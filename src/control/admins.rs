@@ -13,7 +13,6 @@ use crate::error::{ApiError, ErrorCode};
 use crate::event::{now_ms, security_type, Event, SYSTEM_TENANT};
 use crate::keys;
 use crate::store::control::{Admin, AdminRemoval, Session};
-use crate::store::StoreError;
 
 /// The actor of `admin_login_locked` events.
 pub const LOGIN_THROTTLE_ACTOR: &str = "keytrail:login-throttle";
@@ -117,13 +116,20 @@ fn password_matches(stored: Option<&str>, password: &str) -> bool {
 
 impl ControlPlane {
     /// Creates the first owner when the store has no admin, with the
-    /// operator's token if one was given, otherwise a generated one.
-    pub fn bootstrap_admin(&self, operator_token: Option<&str>) -> Result<FirstAdmin, StoreError> {
+    /// operator's token if one was given, otherwise a generated one, which
+    /// `save_generated` keeps (writes to its file) before the owner is
+    /// made: were the owner made first and the saving to fail, the store
+    /// would hold an owner nobody has the token of, and every later start
+    /// would find it and make no other.
+    pub fn bootstrap_admin(&self, operator_token: Option<&str>, save_generated: impl FnOnce(&str) -> anyhow::Result<()>) -> anyhow::Result<FirstAdmin> {
         if self.store.count_admins()? > 0 {
             return Ok(FirstAdmin::AlreadyPresent);
         }
         let token = operator_token.map(str::to_string).unwrap_or_else(keys::generate_admin_token);
         crate::redact::register_secret(&token);
+        if operator_token.is_none() {
+            save_generated(&token)?;
+        }
         self.store.create_admin(&Admin {
             id: "adm_bootstrap".into(),
             name: "bootstrap-owner".into(),

@@ -124,6 +124,30 @@ async fn serve_uses_defaults_and_writes_a_private_bootstrap_token() {
     assert!(!err.contains("another-token-that-is-long-enough") && !p.stdout().contains("another-token-that-is-long-enough"));
 }
 
+/// The generated first token is written before its admin is made: a start
+/// that cannot write it (here a directory stands where the file goes)
+/// fails without an admin, so the next start makes one and writes its
+/// token. (The admin used to be made first: the failed start left an
+/// owner whose token was lost, and every later start found it — locked out.)
+#[tokio::test]
+async fn a_first_token_that_cannot_be_written_leaves_no_admin_behind() {
+    let cwd = tempfile::tempdir().unwrap();
+    let data = cwd.path().join("data");
+    std::fs::create_dir_all(data.join("bootstrap-admin-token")).unwrap();
+    let args = ["serve", "--data-dir", data.to_str().unwrap(), "--gateway-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"];
+    let (code, stderr) = run_refused(&args, &[], cwd.path());
+    assert_ne!(code, 0, "{stderr}");
+    assert!(stderr.contains("bootstrap-admin-token"), "{stderr}");
+    std::fs::remove_dir(data.join("bootstrap-admin-token")).unwrap();
+    let mut p = Process::spawn(&args, &[], cwd.path(), cwd.path());
+    let admin_url = p.address_after("admin API listening on ");
+    p.wait_for_stdout("first admin created");
+    let token = std::fs::read_to_string(data.join("bootstrap-admin-token")).unwrap().trim().to_string();
+    let admin = Admin { base: admin_url, token, client: http() };
+    assert_eq!(admin.get("/v1/tenants").await.status, 200);
+    assert!(p.interrupt_and_wait().success());
+}
+
 #[tokio::test]
 async fn config_file_environment_and_flags_in_that_order() {
     let dir = tempfile::tempdir().unwrap();
