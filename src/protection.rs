@@ -94,6 +94,10 @@ fn first_live<'a>(entries: impl IntoIterator<Item = &'a Arc<Entry>>, now_ms: i64
     entries.into_iter().find(|e| e.live(now_ms))
 }
 
+/// Why a range of IPv4-mapped IPv6 addresses shorter than /96 is refused.
+const MAPPED_TOO_WIDE: &str =
+    "a range of IPv4-mapped addresses (::ffff:…) needs a prefix of /96 or more (::ffff:198.51.100.0/120 is 198.51.100.0/24); give the IPv4 range, or an IPv6 one without ::ffff:";
+
 /// Parses `addr` or `addr/len` into (address bits, family width, prefix).
 fn parse_range(text: &str) -> Option<(u128, u8, u8)> {
     let (addr, len) = match text.split_once('/') {
@@ -106,7 +110,11 @@ fn parse_range(text: &str) -> Option<(u128, u8, u8)> {
         IpAddr::V4(v4) => (u128::from(u32::from(v4)), 32u8, len.unwrap_or(32)),
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
             Some(v4) if len.is_none_or(|l| l >= 96) => (u128::from(u32::from(v4)), 32u8, len.map_or(32, |l| l - 96)),
-            _ => (u128::from(v6), 128u8, len.unwrap_or(128)),
+            // Wider, it would reach past the mapped addresses into plain
+            // IPv6 ones, while a mapped caller is matched as IPv4: it would
+            // match no one (see [`MAPPED_TOO_WIDE`]).
+            Some(_) => return None,
+            None => (u128::from(v6), 128u8, len.unwrap_or(128)),
         },
     };
     (len <= width).then(|| (mask(bits, width, len), width, len))
@@ -137,6 +145,10 @@ pub fn validate(kind: EntryKind, value: &str, reason: Option<&str>) -> Result<(S
     let normalised = match kind {
         EntryKind::Ip => {
             let (bits, width, len) = parse_range(value).ok_or_else(|| {
+                let mapped = value.split_once('/').and_then(|(addr, _)| addr.parse::<std::net::Ipv6Addr>().ok()).and_then(|v6| v6.to_ipv4_mapped());
+                if mapped.is_some() && value.split_once('/').is_some_and(|(_, len)| len.parse::<u8>().is_ok_and(|l| l < 96)) {
+                    return ApiError::invalid_body(format!("`value` `{value}`: {MAPPED_TOO_WIDE}"));
+                }
                 ApiError::invalid_body(format!(
                     "`value` `{value}` is not an IP address or CIDR range such as 203.0.113.7, 198.51.100.0/24 or 2001:db8::/32"
                 ))
@@ -799,6 +811,14 @@ mod tests {
         assert_eq!(validate(EntryKind::Ip, "::ffff:203.0.113.7", None).unwrap().0, "203.0.113.7");
         assert_eq!(validate(EntryKind::Ip, "::ffff:198.51.100.0/120", None).unwrap().0, "198.51.100.0/24");
         assert!(validate(EntryKind::Ip, "::ffff:198.51.100.0/129", None).is_err());
+        // Shorter than /96, a mapped range reaches past the mapped addresses
+        // into plain IPv6 ones, while callers in it are matched as IPv4: it
+        // would block nobody, so it is refused, saying why.
+        for wide in ["::ffff:10.0.0.0/90", "::ffff:10.0.0.0/95", "::ffff:0.0.0.0/80"] {
+            let err = validate(EntryKind::Ip, wide, None).unwrap_err();
+            assert!(err.message.contains("/96"), "{wide}: {}", err.message);
+        }
+        assert_eq!(validate(EntryKind::Ip, "::ffff:10.0.0.0/96", None).unwrap().0, "0.0.0.0/0");
         let proxies = TrustedProxies::parse(&["::ffff:10.0.0.1".into()]).unwrap();
         let forwarded = || vec!["198.51.100.9"].into_iter();
         assert_eq!(proxies.client_ip("::ffff:10.0.0.1".parse().unwrap(), forwarded), "198.51.100.9".parse::<IpAddr>().unwrap());
