@@ -169,7 +169,7 @@ pub fn validate(kind: EntryKind, value: &str, reason: Option<&str>) -> Result<(S
             value.to_ascii_uppercase()
         }
         EntryKind::UserAgent => {
-            if value.len() < 3 || value.len() > 200 || value.chars().any(char::is_control) {
+            if !(3..=200).contains(&value.chars().count()) || value.chars().any(char::is_control) {
                 return Err(ApiError::invalid_body("`value` must be a user-agent fragment of 3-200 characters"));
             }
             if crate::redact::holds_secret(value) {
@@ -918,6 +918,10 @@ mod tests {
         }
         assert!(validate(EntryKind::Ip, "10.0.0.1", Some("NOT_A_REASON")).is_err());
         assert_eq!(validate(EntryKind::Ip, "10.1.2.3/8", None).unwrap().0, "10.0.0.0/8", "host bits cleared");
+        // User-agent fragments are counted in characters, as the message says.
+        assert!(validate(EntryKind::UserAgent, &"é".repeat(150), None).is_ok(), "150 characters, 300 bytes");
+        assert!(validate(EntryKind::UserAgent, &"é".repeat(201), None).is_err());
+        assert!(validate(EntryKind::UserAgent, "éé", None).is_err(), "2 characters, 4 bytes");
     }
 
     #[test]
