@@ -268,6 +268,15 @@ fn check_name(field: &str, value: &str) -> Result<(), ApiError> {
             "`{field}` must be 1-200 characters with no control characters"
         )));
     }
+    // Characters that make a name display otherwise than it reads (in a
+    // console, a listing, the audit trail): bidi embeddings, overrides and
+    // isolates, a zero-width space, a byte order mark. Joiners (emoji,
+    // scripts that need them) and direction marks stay allowed.
+    if value.chars().any(|c| matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200B}' | '\u{FEFF}')) {
+        return Err(ApiError::invalid_body(format!(
+            "`{field}` must not hold characters that change the text's direction or hide in it (U+202A-U+202E, U+2066-U+2069, U+200B, U+FEFF)"
+        )));
+    }
     check_no_secret(field, value)
 }
 
@@ -1114,6 +1123,22 @@ fn new_key_record(
 
 #[cfg(test)]
 mod tests {
+
+    /// A name may not hold the characters that make text display otherwise
+    /// than it reads (bidi overrides and isolates, a zero-width space, a byte
+    /// order mark): `acme\u{202E}nimda` shows as "acmeadmin" reversed in a
+    /// console or a listing.
+    #[test]
+    fn names_refuse_characters_that_change_how_they_display() {
+        for bad in ["acme\u{202E}nimda", "a\u{202D}b", "x\u{2066}y\u{2069}", "zero\u{200B}width", "\u{FEFF}bom", "a\u{202A}b"] {
+            let err = check_name("name", bad).unwrap_err();
+            assert!(err.message.contains("direction") && err.message.contains("`name`"), "{bad:?}: {}", err.message);
+        }
+        // Joiners in emoji and scripts that need them, and marks, stay allowed.
+        for good in ["\u{1F469}\u{200D}\u{1F4BB} team", "\u{645}\u{6CC}\u{200C}\u{62E}\u{648}\u{627}\u{647}\u{645}", "Café Noir", "名前"] {
+            assert!(check_name("name", good).is_ok(), "{good:?}");
+        }
+    }
     use super::*;
 
     #[test]
