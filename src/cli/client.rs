@@ -93,6 +93,10 @@ pub fn parse_admin_url(url: &str) -> Result<(String, String), String> {
     if url.contains('@') {
         return Err(format!("must not hold credentials; the token goes in {TOKEN_VAR}"));
     }
+    // Each command builds its own query: one here would be dropped unseen.
+    if url.contains(['?', '#']) {
+        return Err("must not hold a query or fragment: give the address alone, e.g. http://127.0.0.1:9080 (tenants and filters have flags of their own)".into());
+    }
     let uri: Uri = url.trim().parse().map_err(|e| format!("is not a URL such as http://127.0.0.1:9080 ({e})"))?;
     match uri.scheme_str() {
         Some("http") => {}

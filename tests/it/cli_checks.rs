@@ -348,7 +348,16 @@ fn a_bad_admin_url_names_where_it_came_from() {
         let code = exit_within(&mut p, Duration::from_secs(20)).and_then(|s| s.code());
         (code, p.stderr())
     };
-    for (url, why) in [("127.0.0.1:9080", "http://"), ("https://127.0.0.1:9080", "https"), ("http://", "not a URL"), ("http:///keytrail", "not a URL"), ("http://host:80:80", "not a URL")] {
+    for (url, why) in [
+        ("127.0.0.1:9080", "http://"),
+        ("https://127.0.0.1:9080", "https"),
+        ("http://", "not a URL"),
+        ("http:///keytrail", "not a URL"),
+        ("http://host:80:80", "not a URL"),
+        // A query or fragment was dropped without a word.
+        ("http://127.0.0.1:9080/?tenant=acme", "query"),
+        ("http://127.0.0.1:9080/#x", "query"),
+    ] {
         let (code, err) = run(&["audit", "list"], &[token, ("KEYTRAIL_ADMIN_URL", url)]);
         assert_eq!(code, Some(2), "{url}: {err}");
         assert!(err.contains("KEYTRAIL_ADMIN_URL") && err.contains(why), "{url}: {err}");
