@@ -526,18 +526,12 @@ pub(super) fn erase_in_day_file(
     result.ids = Some((tenant_id, consumer_id));
     let salts = super::salts::tenant_salts(conn, tenant_id)?;
     let salt = salts.get(consumer).copied();
-    let dict: FxHashMap<u32, String> = {
-        let mut stmt = conn.prepare("SELECT id, value FROM strings")?;
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        rows.collect::<Result<_, _>>()?
-    };
+    let dict = dictionary(conn)?;
     let lookup = |id: u32| dict.get(&id).map(String::as_str);
     let salt_of = |c: Option<&str>| salts.get(super::salts::consumer_key(c)).copied();
     let mut decompressor = zstd::bulk::Decompressor::new()?;
 
-    let secure_delete: i64 = conn.pragma_query_value(None, "secure_delete", |r| r.get(0))?;
-    conn.pragma_update(None, "secure_delete", 1)?;
-    let outcome = (|| -> Result<(), StoreError> {
+    with_secure_delete(conn, |conn| {
         let tx = conn.transaction()?;
         let blocks: Vec<(i64, u64, [u8; 32])> = {
             let mut stmt = tx.prepare("SELECT id, first_seq, prev_hash FROM blocks WHERE tenant = ?1 ORDER BY first_seq")?;
@@ -608,23 +602,14 @@ pub(super) fn erase_in_day_file(
             result.events += erased;
             result.blocks += 1;
         }
-        if !candidates.is_empty() {
-            still_used(&tx, &mut candidates, &mut decompressor)?;
-            let mut update = tx.prepare("UPDATE strings SET value = ?1 WHERE id = ?2")?;
-            let mut removed: Vec<u32> = candidates.into_iter().collect();
-            removed.sort_unstable();
-            for id in removed {
-                update.execute(params![tombstone(id), id])?;
-                result.removed.push((id, dict.get(&id).cloned().unwrap_or_default()));
-            }
+        for id in overwrite_unused(&tx, candidates)? {
+            result.removed.push((id, dict.get(&id).cloned().unwrap_or_default()));
         }
         result.salt_deleted =
             tx.execute("DELETE FROM personal_salts WHERE tenant = ?1 AND consumer = ?2", params![tenant_id, consumer])? > 0;
         tx.commit()?;
         Ok(())
-    })();
-    conn.pragma_update(None, "secure_delete", secure_delete)?;
-    outcome?;
+    })?;
     if result.blocks > 0 || result.salt_deleted {
         compact(conn)?;
     }
@@ -637,11 +622,7 @@ pub(super) fn erase_in_day_file(
 /// blocks of an expired archive from a file it keeps for another tenant
 /// overwrites those of them no other event uses ([`overwrite_unused`]).
 pub(super) fn personal_ids(conn: &Connection, tenant_id: i64, tenant: &str, first: u64, last: u64) -> Result<FxHashSet<u32>, StoreError> {
-    let dict: FxHashMap<u32, String> = {
-        let mut stmt = conn.prepare("SELECT id, value FROM strings")?;
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        rows.collect::<Result<_, _>>()?
-    };
+    let dict = dictionary(conn)?;
     let lookup = |id: u32| dict.get(&id).map(String::as_str);
     let mut decompressor = zstd::bulk::Decompressor::new()?;
     let mut out = FxHashSet::default();
@@ -664,17 +645,38 @@ pub(super) fn personal_ids(conn: &Connection, tenant_id: i64, tenant: &str, firs
 }
 
 /// Overwrites the dictionary entries among `candidates` that nothing in the
-/// day file open on `conn` uses any more ([`still_used`]); returns how many.
-pub(super) fn overwrite_unused(conn: &Connection, mut candidates: FxHashSet<u32>) -> Result<usize, StoreError> {
+/// day file open on `conn` uses any more ([`still_used`]); returns their
+/// ids, in order.
+pub(super) fn overwrite_unused(conn: &Connection, mut candidates: FxHashSet<u32>) -> Result<Vec<u32>, StoreError> {
     if candidates.is_empty() {
-        return Ok(0);
+        return Ok(Vec::new());
     }
     still_used(conn, &mut candidates, &mut zstd::bulk::Decompressor::new()?)?;
     let mut update = conn.prepare("UPDATE strings SET value = ?1 WHERE id = ?2")?;
-    for id in &candidates {
+    let mut removed: Vec<u32> = candidates.into_iter().collect();
+    removed.sort_unstable();
+    for id in &removed {
         update.execute(params![tombstone(*id), id])?;
     }
-    Ok(candidates.len())
+    Ok(removed)
+}
+
+/// The day file's dictionary, id to value.
+fn dictionary(conn: &Connection) -> Result<FxHashMap<u32, String>, StoreError> {
+    let mut stmt = conn.prepare("SELECT id, value FROM strings")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Runs `change` with SQLite's `secure_delete` on, so that what it deletes
+/// or overwrites is zeroed on its pages, and puts the setting back after
+/// (whatever `change` returned).
+pub(super) fn with_secure_delete<T>(conn: &mut Connection, change: impl FnOnce(&mut Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    let before: i64 = conn.pragma_query_value(None, "secure_delete", |r| r.get(0))?;
+    conn.pragma_update(None, "secure_delete", 1)?;
+    let outcome = change(conn);
+    conn.pragma_update(None, "secure_delete", before)?;
+    outcome
 }
 
 /// Every row's chain hash in a decoded block, from the hash before it.

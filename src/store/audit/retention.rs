@@ -380,7 +380,7 @@ fn remove_hot_blocks(audit_dir: &Path, tenant: &str, first: u64, last: u64) -> R
     let mut removed = 0;
     for (day, path) in super::list_days(audit_dir)? {
         let open_days = registry.lock().unwrap_or_else(|e| e.into_inner());
-        let conn = open(&path)?;
+        let mut conn = open(&path)?;
         let Some(id) = conn.query_row("SELECT id FROM strings WHERE value = ?1", [tenant], |r| r.get::<_, i64>(0)).optional()? else { continue };
         let held: i64 = conn.query_row(
             "SELECT count(*) FROM blocks WHERE tenant = ?1 AND first_seq BETWEEN ?2 AND ?3",
@@ -393,10 +393,8 @@ fn remove_hot_blocks(audit_dir: &Path, tenant: &str, first: u64, last: u64) -> R
         if open_days.contains(&day) {
             return Err(StoreError::Conflict(format!("{} is open for writing", day_file_name(day))));
         }
-        let secure_delete: i64 = conn.pragma_query_value(None, "secure_delete", |r| r.get(0))?;
-        conn.pragma_update(None, "secure_delete", 1)?;
-        let outcome = (|| -> Result<usize, StoreError> {
-            let tx = conn.unchecked_transaction()?;
+        removed += super::erasure::with_secure_delete(&mut conn, |conn| {
+            let tx = conn.transaction()?;
             let personal = super::erasure::personal_ids(&tx, id, tenant, first, last)?;
             let n = tx.execute("DELETE FROM blocks WHERE tenant = ?1 AND first_seq BETWEEN ?2 AND ?3", params![id, first as i64, last as i64])?;
             let left: i64 = tx.query_row("SELECT count(*) FROM blocks WHERE tenant = ?1", [id], |r| r.get(0))?;
@@ -406,9 +404,7 @@ fn remove_hot_blocks(audit_dir: &Path, tenant: &str, first: u64, last: u64) -> R
             super::erasure::overwrite_unused(&tx, personal)?;
             tx.commit()?;
             Ok(n)
-        })();
-        conn.pragma_update(None, "secure_delete", secure_delete)?;
-        removed += outcome?;
+        })?;
         DictCache::forget(&path);
         // The rebuild can take a while: the writer may open other days meanwhile.
         drop(open_days);
