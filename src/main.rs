@@ -787,23 +787,19 @@ fn variable_behind(error: &clap::Error) -> Option<String> {
     }
     let Some(ContextValue::String(arg)) = error.get(ContextKind::InvalidArg) else { return None };
     let long = arg.strip_prefix("--")?.split([' ', '=']).next()?.to_string();
-    let given: Vec<String> = std::env::args().skip(1).collect();
-    fn find(command: &clap::Command, long: &str, given: &[String]) -> Option<String> {
+    fn find(command: &clap::Command, long: &str) -> Option<String> {
         for arg in command.get_arguments() {
             let (Some(name), Some(var)) = (arg.get_long(), arg.get_env()) else { continue };
             if name != long || std::env::var_os(var).is_none() {
                 continue;
             }
-            let flag = format!("--{name}");
-            let short = arg.get_short().map(|c| format!("-{c}"));
-            let typed = given.iter().any(|a| *a == flag || a.starts_with(&format!("{flag}=")) || short.as_ref().is_some_and(|s| a.starts_with(s.as_str())));
-            if !typed {
+            if !typed(name, arg.get_short()) {
                 return Some(var.to_string_lossy().into_owned());
             }
         }
-        command.get_subcommands().find_map(|sub| find(sub, long, given))
+        command.get_subcommands().find_map(|sub| find(sub, long))
     }
-    find(&<Cli as clap::CommandFactory>::command(), &long, &given)
+    find(&<Cli as clap::CommandFactory>::command(), &long)
 }
 
 /// `--flag` of a refused value, for the message.

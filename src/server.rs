@@ -392,7 +392,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
 
     let token_path = config.data_dir.join(BOOTSTRAP_TOKEN_FILE);
     let bootstrap = match control.bootstrap_admin(config.bootstrap_token.as_deref(), |token| write_secret_file(&token_path, token))? {
-        FirstAdmin::CreatedWithGeneratedToken(_) => Bootstrap::Generated(token_path),
+        FirstAdmin::CreatedWithGeneratedToken => Bootstrap::Generated(token_path),
         FirstAdmin::CreatedWithOperatorToken => Bootstrap::FromEnvironment,
         FirstAdmin::AlreadyPresent => {
             if config.bootstrap_token.is_some() {

@@ -142,7 +142,7 @@ impl ControlPlane {
         self.reload()?;
         Ok(match operator_token {
             Some(_) => FirstAdmin::CreatedWithOperatorToken,
-            None => FirstAdmin::CreatedWithGeneratedToken(token),
+            None => FirstAdmin::CreatedWithGeneratedToken,
         })
     }
 

@@ -148,8 +148,9 @@ pub struct NewKey {
 pub enum FirstAdmin {
     AlreadyPresent,
     CreatedWithOperatorToken,
-    /// The token is returned once so that it can be written to a private file.
-    CreatedWithGeneratedToken(String),
+    /// Its token was handed to `bootstrap_admin`'s `save_generated` (written
+    /// to a private file) before the owner was made.
+    CreatedWithGeneratedToken,
 }
 
 /// A created key: the record and, once, its secret.

@@ -112,6 +112,14 @@ struct AuthFailure {
     key: Option<Arc<KeyEntry>>,
 }
 
+impl AuthFailure {
+    /// The hint of the refused `key` for its event; none for an empty key,
+    /// which presents no key (as a call with none).
+    fn hint(&self, key: &str) -> Option<String> {
+        (self.code != ErrorCode::MissingKey).then(|| keys::hint(key))
+    }
+}
+
 impl Gateway {
     pub fn new(config: &GatewayConfig, control: Arc<ControlPlane>, audit: Arc<AuditPipeline>, geo: Countries) -> Gateway {
         let shield = Arc::new(Shield::new(config, control.clone(), audit.clone(), geo));

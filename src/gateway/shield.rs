@@ -261,8 +261,7 @@ impl Shield {
         let entry = match authenticate(&snapshot, call.key, Some(call.tenant)) {
             Ok(entry) => entry,
             Err(failure) => {
-                // An empty key is none: no hint, as for a call with no key.
-                let hint = (failure.code != ErrorCode::MissingKey).then(|| keys::hint(call.key));
+                let hint = failure.hint(call.key);
                 if let (None, Some(hint)) = (&failure.key, &hint) {
                     request.key_hint = Some(hint.as_str().into());
                 }

@@ -35,7 +35,6 @@ use super::{
 };
 use crate::error::{parse_json_body, ApiError, ErrorCode};
 use crate::event::{Event, Text};
-use crate::keys;
 use crate::protection::Block;
 use crate::ratelimit::{self, Standing};
 use crate::snapshot::KeyEntry;
@@ -194,8 +193,7 @@ impl Gateway {
         let entry = match auth {
             Ok(entry) => entry,
             Err(failure) => {
-                // An empty key is none: no hint, as for a call with no key.
-                let hint = (failure.code != ErrorCode::MissingKey).then(|| keys::hint(&request.key));
+                let hint = failure.hint(&request.key);
                 match (&failure.key, &hint) {
                     (Some(entry), _) => describe_consumer(&mut event, entry),
                     (None, Some(hint)) => event.key_hint = Some(hint.as_str().into()),
