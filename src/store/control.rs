@@ -701,13 +701,17 @@ impl ControlStore {
 
     /// Rotation in one transaction: the new key is stored and the old one
     /// becomes `rotating` until `old_expires_at`. False (and nothing
-    /// changed) when the old key was no longer active.
+    /// changed) when the old key was no longer active, or no longer has the
+    /// scopes and expiry the new key was given (copied from the old key when
+    /// the caller read it: a change made since would be lost on the new key).
     pub fn rotate_key(&self, old_key_id: &str, new: &KeyRecord, old_expires_at: i64) -> Result<bool, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
+        let scopes = serde_json::to_string(&new.scopes).expect("strings serialise");
         let changed = tx.execute(
-            "UPDATE api_keys SET status = 'rotating', expires_at = ?2, replaced_by = ?3 WHERE id = ?1 AND status = 'active'",
-            params![old_key_id, old_expires_at, new.key_id],
+            "UPDATE api_keys SET status = 'rotating', expires_at = ?2, replaced_by = ?3 \
+             WHERE id = ?1 AND status = 'active' AND scopes = ?4 AND expires_at IS ?5",
+            params![old_key_id, old_expires_at, new.key_id, scopes, new.expires_at],
         )?;
         if changed != 1 {
             return Ok(false);

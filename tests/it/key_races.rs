@@ -96,3 +96,36 @@ async fn a_blocklisted_key_submits_no_application_events() {
     assert_eq!(stored.body["events"].as_array().map(Vec::len), Some(1), "{}", stored.text);
     ts.stop().await;
 }
+
+/// A rotation reads the old key (its scopes and expiry, which the new key
+/// copies) before its transaction. A scope change committed in between was
+/// lost: the new key carried the scopes from before it, and the change
+/// stayed only on the old key, which expires with the grace. The store now
+/// refuses such a rotation, and the API answers 409 "try again".
+#[tokio::test]
+async fn a_rotation_refuses_scopes_changed_since_it_read_the_key() {
+    use keytrail::keys::{generate_id, generate_key, KeyEnvironment};
+    use keytrail::store::control::ControlStore;
+    let mut ts = TestServer::start().await;
+    let up = start_upstream().await;
+    let admin = ts.admin_client();
+    let (consumer, _, _) = admin.setup("acme", "/docs", &format!("http://{up}")).await;
+    let (key_id, _) = admin.key("acme", &consumer, json!({"scopes": ["read"]})).await;
+    let store = ControlStore::open(&ts.data_dir.join("control.db")).unwrap();
+    // What a rotation reads first ...
+    let old = store.get_key(&key_id).unwrap().unwrap();
+    let generated = generate_key(KeyEnvironment::Live);
+    let new = keytrail::store::control::KeyRecord { key_id: generate_id("key"), hint: generated.hint.clone(), hash: generated.hash, ..old.clone() };
+    // ... then a scope change lands before its transaction.
+    let a = admin.call("PUT", &format!("/v1/keys/{key_id}/scopes"), Some(json!({"scopes": ["read", "write"]}))).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert!(!store.rotate_key(&key_id, &new, old.created_at + 60_000).unwrap(), "the rotation went ahead with the scopes from before the change");
+    let now = store.get_key(&key_id).unwrap().unwrap();
+    assert_eq!((now.status.as_str(), now.scopes.clone(), now.replaced_by.clone()), ("active", vec!["read".to_string(), "write".to_string()], None));
+    assert!(store.get_key(&new.key_id).unwrap().is_none(), "the new key was stored");
+    // With the scopes as they are now, the rotation goes ahead.
+    let new = keytrail::store::control::KeyRecord { scopes: now.scopes.clone(), ..new };
+    assert!(store.rotate_key(&key_id, &new, old.created_at + 60_000).unwrap());
+    assert_eq!(store.get_key(&new.key_id).unwrap().unwrap().scopes, vec!["read", "write"]);
+    ts.stop().await;
+}
