@@ -91,8 +91,8 @@ enum Command {
         /// an event at or after it, trusting that block's link to the
         /// events before (faster on a big store; the report says where it
         /// started).
-        #[arg(long)]
-        from: Option<String>,
+        #[arg(long, value_parser = keytrail::event::parse_time_or_day)]
+        from: Option<i64>,
         /// Print the reports as JSON.
         #[arg(long)]
         json: bool,
@@ -561,8 +561,7 @@ fn read_lock(audit: &std::path::Path, wait_secs: u64, nothing: &str) -> anyhow::
 }
 
 /// `keytrail verify`: true when everything verified.
-fn verify(data_dir: &std::path::Path, tenant: Option<&str>, public_key: Option<&str>, from: Option<&str>, json: bool, wait_secs: u64) -> anyhow::Result<bool> {
-    let from_ms = from.map(|text| keytrail::event::parse_time_or_day(text).map_err(|e| anyhow::anyhow!("--from: {e}"))).transpose()?;
+fn verify(data_dir: &std::path::Path, tenant: Option<&str>, public_key: Option<&str>, from_ms: Option<i64>, json: bool, wait_secs: u64) -> anyhow::Result<bool> {
     let key = verifying_key(data_dir, public_key)?;
     let audit = data_dir.join("audit");
     anyhow::ensure!(audit.is_dir(), "{} has no audit trail", data_dir.display());
@@ -873,7 +872,7 @@ fn main() -> ExitCode {
                 Err(e) => Err(e),
             },
             Command::Verify { file: Some(_), from: Some(_), .. } => Err(anyhow::anyhow!("--from applies to a data directory, not to --file")),
-            Command::Verify { data_dir, tenant, public_key, json, file: None, from, wait_secs } => match verify(&data_dir, tenant.as_deref(), public_key.as_deref(), from.as_deref(), json, wait_secs) {
+            Command::Verify { data_dir, tenant, public_key, json, file: None, from, wait_secs } => match verify(&data_dir, tenant.as_deref(), public_key.as_deref(), from, json, wait_secs) {
                 Ok(true) => Ok(()),
                 Ok(false) => Err(anyhow::anyhow!("the audit trail did not verify (see above)")),
                 Err(e) => Err(e),

@@ -292,8 +292,13 @@ fn verify_from_a_time_walks_the_chain_from_there_and_says_so() {
     // After the last event: none, said as none (not `seq 81..=80`).
     let (ok, text) = run(&["verify", "--data-dir", dir, "--from", &keytrail::event::format_timestamp(T0 + 3_600_000)], out.path());
     assert!(ok && text.contains("0 events from --from on (none stored after seq 80)") && !text.contains("81..=80"), "{text}");
-    let (ok, text) = run(&["verify", "--data-dir", dir, "--from", "18/11/2026"], out.path());
-    assert!(!ok && text.contains("--from: `18/11/2026` is neither an RFC 3339 time"), "{text}");
+    // A time that is none is a usage error (exit 2, as for every flag
+    // clap refuses), not a failed verification (exit 1).
+    let mut p = Process::spawn(&["verify", "--data-dir", dir, "--from", "18/11/2026"], &[], out.path(), out.path());
+    let status = p.child.wait().unwrap();
+    let text = p.stderr();
+    assert_eq!(status.code(), Some(2), "{text}");
+    assert!(text.contains("--from") && text.contains("`18/11/2026` is neither an RFC 3339 time"), "{text}");
     let (ok, text) = run(&["verify", "--file", "x.json", "--from", "2026-11-18"], out.path());
     assert!(!ok && text.contains("--from"), "{text}");
 }
