@@ -67,6 +67,10 @@ async fn delete_admin(
     Ok(Json(to_value(s.control.delete_admin(&admin_id, &actor)?)))
 }
 
+/// The largest sign-in body read: a name and a password need far less;
+/// axum's default (2 MB) answered in plain text past it.
+pub const MAX_LOGIN_BODY: usize = 64 * 1024;
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Login {
@@ -77,10 +81,26 @@ struct Login {
 /// `POST /v1/auth/login`: a session token for a person's name and password;
 /// `429 too_many_attempts` with `Retry-After` while the name or the address
 /// is locked out. A body that is no `{"name", "password"}` gets 400 and is
-/// not counted as a failed sign-in (no password was checked).
-pub async fn login(State(s): State<AdminState>, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap, body: Bytes) -> Response {
+/// not counted as a failed sign-in (no password was checked), nor is one
+/// over [`MAX_LOGIN_BODY`] (413, in the API's JSON like every error).
+pub async fn login(
+    State(s): State<AdminState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
     let request_id = crate::event::new_id();
-    let mut response = match login_inner(&s, peer, &headers, &body, &request_id).await {
+    let body = body.map_err(|rejection| match rejection.status() {
+        axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::new(ErrorCode::PayloadTooLarge, format!("a sign-in body is at most {} KiB", MAX_LOGIN_BODY / 1024))
+        }
+        _ => ApiError::invalid_body("the body could not be read whole"),
+    });
+    let answer = match body {
+        Ok(body) => login_inner(&s, peer, &headers, &body, &request_id).await,
+        Err(error) => Err(error),
+    };
+    let mut response = match answer {
         Ok(response) => response,
         Err(e) => e.into_response(),
     };

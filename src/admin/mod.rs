@@ -118,7 +118,7 @@ pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/openapi.json", get(openapi))
-        .route("/v1/auth/login", post(admins::login))
+        .route("/v1/auth/login", post(admins::login).layer(DefaultBodyLimit::max(admins::MAX_LOGIN_BODY)))
         .merge(protected)
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such endpoint") })
         .method_not_allowed_fallback(|| async { ApiError::from_code(ErrorCode::MethodNotAllowed) })
@@ -345,6 +345,17 @@ fn parse_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     crate::error::parse_json_body(body)
 }
 
+/// The body of a `PUT` that replaces a whole setting (an api's policies, a
+/// consumer's tier; a tier's limits cannot be empty). Elsewhere an empty body reads as
+/// `{}`; here that would clear the setting by accident (a `curl -X PUT`
+/// that lost its `-d`), so it is refused, saying how to clear it on purpose.
+fn parse_replacement<T: DeserializeOwned>(body: &Bytes, to_clear: &str) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::invalid_body(format!("the body is empty; this request replaces the whole setting: {to_clear}")));
+    }
+    parse_body(body)
+}
+
 fn created(value: Value) -> Response {
     (StatusCode::CREATED, Json(value)).into_response()
 }
@@ -430,7 +441,7 @@ async fn set_api_policies(
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     s.control.require_tenant(&tenant)?;
-    let policies: Policies = parse_body(&body)?;
+    let policies: Policies = parse_replacement(&body, "send `{}` to remove every policy")?;
     Ok(Json(to_value(s.control.set_api_policies(&tenant, &api, policies)?)))
 }
 
@@ -459,6 +470,9 @@ async fn create_consumer(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SetTier {
+    /// Required: `null` takes the consumer out of its tier (with
+    /// `deserialize_with`, serde no longer reads a missing field as `None`).
+    #[serde(deserialize_with = "Option::deserialize")]
     tier: Option<String>,
 }
 
@@ -468,7 +482,7 @@ async fn set_consumer_tier(
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     s.control.require_tenant(&tenant)?;
-    let req: SetTier = parse_body(&body)?;
+    let req: SetTier = parse_replacement(&body, "send `{\"tier\": null}` to take the consumer out of its tier")?;
     Ok(Json(to_value(s.control.set_consumer_tier(&tenant, &consumer, req.tier)?)))
 }
 

@@ -455,3 +455,49 @@ async fn a_prefix_beyond_ascii_is_refused_unless_an_api_around_it_reads_it_decod
     assert_eq!(res.status(), 200);
     ts.stop().await;
 }
+
+/// A `PUT` that replaces a whole setting read an empty body as `{}`: a
+/// `curl -X PUT` that lost its `-d` removed every policy of an api, or took
+/// a consumer out of its tier (no limits at all). An empty body is now
+/// refused and nothing changes; `{}` (and `null` for the tier) still clear
+/// them on purpose. (A tier's limits were safe: a tier needs one.)
+#[tokio::test]
+async fn a_replacing_put_refuses_an_empty_body_and_changes_nothing() {
+    let mut ts = TestServer::start().await;
+    let up = start_upstream().await;
+    let admin = ts.admin_client();
+    let (_, _, _) = admin.setup("acme", "/docs", &format!("http://{up}")).await;
+    let a = admin.call("PUT", "/v1/tenants/acme/apis/docs/policies", Some(json!({"allowed_methods": ["GET"]}))).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    let a = admin.post("/v1/tenants/acme/tiers", json!({"id": "t", "daily_quota": 5})).await;
+    assert_eq!(a.status, 201, "{}", a.text);
+    let consumer = admin.post("/v1/tenants/acme/consumers", json!({"name": "c", "tier": "t"})).await.body["id"].as_str().unwrap().to_string();
+    let tier_path = format!("/v1/tenants/acme/consumers/{consumer}/tier");
+
+    for (path, to_clear) in [
+        ("/v1/tenants/acme/apis/docs/policies", "`{}`"),
+        (tier_path.as_str(), "`{\"tier\": null}`"),
+    ] {
+        let a = admin.call("PUT", path, None).await;
+        assert_bad(&a, "the body is empty");
+        assert!(a.text.contains(&to_clear.replace('"', "\\\"")), "{path}: {}", a.text);
+    }
+    assert_bad(&admin.call("PUT", "/v1/tenants/acme/tiers/t", None).await, "a tier needs a `rate_limit`");
+    // `tier` is required: `{}` is no way to say "no tier" either.
+    assert_bad(&admin.call("PUT", &tier_path, Some(json!({}))).await, "missing field `tier`");
+
+    let api = admin.get("/v1/tenants/acme/apis").await;
+    assert_eq!(api.body["apis"][0]["policies"]["allowed_methods"], json!(["GET"]), "{}", api.text);
+    let tiers = admin.get("/v1/tenants/acme/tiers").await;
+    assert_eq!(tiers.body["tiers"][0]["daily_quota"], json!(5), "{}", tiers.text);
+    let consumers = admin.get("/v1/tenants/acme/consumers").await;
+    let c = consumers.body["consumers"].as_array().unwrap().iter().find(|c| c["id"] == json!(consumer)).unwrap();
+    assert_eq!(c["tier"], json!("t"));
+
+    // Clearing on purpose still works.
+    let a = admin.call("PUT", "/v1/tenants/acme/apis/docs/policies", Some(json!({}))).await;
+    assert_eq!((a.status, a.body["policies"].clone()), (200, json!({})), "{}", a.text);
+    let a = admin.call("PUT", &tier_path, Some(json!({"tier": null}))).await;
+    assert_eq!((a.status, a.body["tier"].clone()), (200, Value::Null), "{}", a.text);
+    ts.stop().await;
+}

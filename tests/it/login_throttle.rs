@@ -205,6 +205,17 @@ async fn malformed_bodies_are_400_and_not_counted_as_failed_sign_ins() {
         }
         let res = ts.client.post(format!("{}/v1/auth/login", ts.admin)).header("content-type", "application/json").body("{\"name\": \"ada\", ").send().await.unwrap();
         assert_eq!(res.status(), 400);
+        // A body past the limit gets the API's JSON 413 (axum's plain-text
+        // one before), with or without a declared length, and no count.
+        let huge = json!({"name": "ada", "password": "x".repeat(3 << 20)});
+        let a = anonymous.call("POST", "/v1/auth/login", Some(huge)).await;
+        assert_eq!((a.status, a.body["error"]["code"].as_str()), (413, Some("payload_too_large")), "{}", &a.text[..a.text.len().min(200)]);
+        assert!(a.body["error"]["message"].as_str().unwrap().contains("64 KiB"), "{}", a.text);
+        let chunks = futures_util::stream::iter((0..80).map(|_| Ok::<_, std::io::Error>(vec![b' '; 1024])));
+        let res = ts.client.post(format!("{}/v1/auth/login", ts.admin)).body(reqwest::Body::wrap_stream(chunks)).send().await.unwrap();
+        assert_eq!(res.status(), 413);
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "payload_too_large");
     }
     // None of them counted: the right password still signs in.
     assert_eq!(login(&anonymous, "ada", PASSWORD).await.status, 200);
