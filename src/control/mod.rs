@@ -886,7 +886,23 @@ impl ControlPlane {
             archive_level: settings.archive_level,
             signer: settings.signer.clone(),
         };
-        let report = self.audit.erase(request).await.map_err(ApiError::internal)?;
+        let report = match self.audit.erase(request).await {
+            Ok(report) => report,
+            Err(error) => {
+                // Part of the work may be done (the new name, some files):
+                // the trail says the erasure was asked for and did not finish.
+                tracing::error!(%error, tenant = tenant_id, consumer = consumer_id, "an erasure stopped before it finished");
+                let mut event = actor.event_of(tenant_id, Category::Security, security_type::PERSONAL_DATA_ERASED, "failure", format!("consumer:{consumer_id}"));
+                event.consumer_id = Some(consumer_id.into());
+                event.details = Some(serde_json::json!({"finished": false}));
+                self.audit.record(event);
+                self.audit.flush().await;
+                return Err(ApiError::new(
+                    crate::error::ErrorCode::Internal,
+                    "the erasure stopped before it finished (the server's log says why): the consumer is renamed, but some of its personal values may still be stored; once the cause is mended, erase it again to finish",
+                ));
+            }
+        };
         let mut event = actor.event(tenant_id, security_type::PERSONAL_DATA_ERASED, format!("consumer:{consumer_id}"));
         event.consumer_id = Some(consumer_id.into());
         event.details = Some(serde_json::json!({

@@ -373,3 +373,50 @@ async fn no_consumer_can_take_the_name_an_erasure_gives() {
     assert_eq!(admin.post("/v1/tenants/acme/consumers", json!({"name": "erased-by-mistake"})).await.status, 201);
     ts.stop().await;
 }
+
+/// An erasure that cannot finish (here an archive of the consumer's days no
+/// longer reads) answered a bare 500 and left nothing in the trail, though
+/// the consumer was already renamed and its hot events could be erased: an
+/// auditor saw neither that it was asked for nor that it is unfinished. The
+/// answer now says what state it left and what to do, and a
+/// `personal_data_erased` event with outcome `failure` records it.
+#[tokio::test]
+async fn an_erasure_that_cannot_finish_says_so_and_is_recorded() {
+    let today = now_ms().div_euclid(DAY);
+    let retention = |c: &mut keytrail::config::Config| {
+        c.retention.defaults = keytrail::settings::retention::RetentionSettings { hot_days: 3, archive_days: 400 };
+        c.retention.interval = std::time::Duration::from_millis(300);
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let jane = "cons_jane0000000000000001".to_string();
+    {
+        let control = ControlStore::open(&dir.path().join("control.db")).unwrap();
+        control.create_tenant(&Tenant { id: "acme".into(), name: "Acme".into(), created_at: (today - 10) * DAY }).unwrap();
+        let consumer = Consumer { id: jane.clone(), tenant_id: "acme".into(), name: JANE_NAME.into(), status: "active".into(), metadata: json!({}), tier: None, created_at: (today - 10) * DAY };
+        control.create_consumer(&consumer).unwrap();
+        let mut store = AuditWriterStore::open(&dir.path().join("audit")).unwrap();
+        store.insert_batch(&mut old_events(&jane, JANE_NAME, JANE_IP, JANE_UA_OLD, JANE_ACTOR, (today - 5) * DAY + 9 * HOUR)).unwrap();
+    }
+    let mut ts = TestServer::start_with(dir, retention).await;
+    let admin = ts.admin_client();
+    let (archive, _) = keytrail::store::audit::archive::paths(&ts.data_dir.join("archive"), "acme", &day_name(today - 5));
+    for _ in 0..200 {
+        if archive.exists() && !ts.audit_dir().join(format!("{}.db", day_name(today - 5))).exists() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(archive.exists(), "retention archived the day");
+    std::fs::write(&archive, b"no longer an archive").unwrap();
+
+    let a = admin.post(&format!("/v1/tenants/acme/consumers/{jane}/erase"), json!({})).await;
+    assert_eq!((a.status, a.body["error"]["code"].as_str()), (500, Some("internal_error")), "{}", a.text);
+    let message = a.body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("stopped before it finished") && message.contains("erase it again"), "{message}");
+    assert!(!a.text.contains(JANE_NAME), "{}", a.text);
+    let a = admin.get("/v1/audit/acme/security?event_type=personal_data_erased").await;
+    let events = a.body["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1, "{}", a.text);
+    assert_eq!((events[0]["outcome"].as_str(), events[0]["target"].as_str()), (Some("failure"), Some(format!("consumer:{jane}").as_str())), "{}", a.text);
+    ts.stop().await;
+}
