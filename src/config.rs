@@ -59,6 +59,9 @@ pub struct GatewayFile {
     /// Proxies (addresses or CIDR ranges) whose `X-Forwarded-For` names the client.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// Networks (addresses or CIDR ranges) no api's upstream may be in;
+    /// unset: [`crate::protection::DEFAULT_UPSTREAM_DENY`]; `[]`: none.
+    pub upstream_deny: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -239,6 +242,9 @@ pub struct GatewayConfig {
     pub geo_table: Option<PathBuf>,
     pub geo_database: Option<PathBuf>,
     pub trusted_proxies: crate::protection::TrustedProxies,
+    /// Networks no api's upstream may be in (keytrail's own listeners are
+    /// refused too, once they are bound: [`crate::protection::UpstreamGuard`]).
+    pub upstream_deny: crate::protection::Networks,
 }
 
 /// Sign-in throttling: past `name_failures` failed sign-ins for one name (or
@@ -397,6 +403,10 @@ pub fn resolve(file: FileConfig, overrides: Overrides) -> Result<Config, ConfigE
             geo_database: file.gateway.geo_database,
             trusted_proxies: crate::protection::TrustedProxies::parse(&file.gateway.trusted_proxies)
                 .map_err(|e| ConfigError::Invalid(format!("gateway.trusted_proxies: {e}")))?,
+            upstream_deny: {
+                let deny = file.gateway.upstream_deny.unwrap_or_else(|| crate::protection::DEFAULT_UPSTREAM_DENY.map(String::from).to_vec());
+                crate::protection::Networks::parse(&deny).map_err(|e| ConfigError::Invalid(format!("gateway.upstream_deny: {e}")))?
+            },
         },
         admin_listen,
         admin_head_timeout: Duration::from_millis(file.admin.head_timeout_ms.unwrap_or(10_000)),
@@ -676,6 +686,17 @@ mod tests {
         assert!(err.contains("line 2") && err.contains("between 1 and"), "{err}");
         let c = resolve(parse("[gateway]\nbruteforce_failures = 0\n").unwrap(), Overrides::default()).unwrap();
         assert_eq!(c.gateway.bruteforce_failures, 0, "0 turns the automatic block off");
+        // Upstreams: the link-local networks unless set; `[]` for none.
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let c = resolve(FileConfig::default(), Overrides::default()).unwrap();
+        assert!(c.gateway.upstream_deny.contains(ip("169.254.169.254")) && !c.gateway.upstream_deny.contains(ip("10.1.2.3")));
+        let c = resolve(parse("[gateway]\nupstream_deny = []\n").unwrap(), Overrides::default()).unwrap();
+        assert!(!c.gateway.upstream_deny.contains(ip("169.254.169.254")));
+        let c = resolve(parse("[gateway]\nupstream_deny = [\"10.0.0.0/8\"]\n").unwrap(), Overrides::default()).unwrap();
+        assert!(c.gateway.upstream_deny.contains(ip("10.1.2.3")) && !c.gateway.upstream_deny.contains(ip("169.254.169.254")));
+        let err = resolve(parse("[gateway]\nupstream_deny = [\"metadata\"]\n").unwrap(), Overrides::default()).unwrap_err().to_string();
+        assert!(err.contains("gateway.upstream_deny") && err.contains("`metadata`"), "{err}");
+        assert!(parse("[gateway]\nupstream_deny = \"10.0.0.0/8\"\n").is_err(), "a list, not a string");
     }
 
     #[test]

@@ -347,25 +347,83 @@ impl Countries {
     }
 }
 
+/// A list of addresses and CIDR ranges from the configuration (a mapped
+/// IPv4 address matches as the IPv4 one).
+#[derive(Debug, Default, Clone)]
+pub struct Networks {
+    ranges: Vec<(u128, u8, u8)>,
+}
+
+impl Networks {
+    /// Parses CIDR ranges or addresses; an error names the bad one.
+    pub fn parse(ranges: &[String]) -> Result<Networks, String> {
+        let ranges = ranges
+            .iter()
+            .map(|r| parse_range(r.trim()).ok_or_else(|| format!("`{r}` is not an IP address or CIDR range")))
+            .collect::<Result<_, _>>()?;
+        Ok(Networks { ranges })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let (bits, width) = ip_bits(ip);
+        self.ranges.iter().any(|(net, w, len)| *w == width && mask(bits, width, *len) == *net)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.ranges.is_empty()
+    }
+}
+
+/// The networks `gateway.upstream_deny` keeps apis' upstreams out of unless
+/// the operator says otherwise: the link-local range and the cloud
+/// metadata services in it (`169.254.169.254`, and AWS's IPv6 one), whose
+/// answers hold the machine's credentials.
+pub const DEFAULT_UPSTREAM_DENY: [&str; 3] = ["169.254.0.0/16", "fe80::/10", "fd00:ec2::254"];
+
+/// Where an api's upstream may not be: the networks of
+/// `gateway.upstream_deny`, and keytrail's own listeners (the gateway would
+/// call itself in a loop, or hand the admin API to callers its network
+/// placement keeps out). An admin of one tenant may set upstreams, so
+/// this is checked when an api is made (for an address) and at every new
+/// upstream connection (for each address a name resolves to).
+#[derive(Debug, Default, Clone)]
+pub struct UpstreamGuard {
+    deny: Networks,
+    own: Vec<std::net::SocketAddr>,
+}
+
+impl UpstreamGuard {
+    pub fn new(deny: Networks, own: Vec<std::net::SocketAddr>) -> UpstreamGuard {
+        UpstreamGuard { deny, own }
+    }
+
+    /// Why `addr` may not be an upstream, or `None` when it may.
+    pub fn refuses(&self, addr: std::net::SocketAddr) -> Option<String> {
+        let ip = addr.ip().to_canonical();
+        // `0.0.0.0` and `::` reach this machine too.
+        let here = ip.is_loopback() || ip.is_unspecified();
+        let own = self.own.iter().any(|l| l.port() == addr.port() && (l.ip().to_canonical() == ip || (l.ip().is_unspecified() && here)));
+        if own {
+            return Some(format!("{addr} is keytrail's own listener"));
+        }
+        self.deny.contains(ip).then(|| format!("{ip} is in a network `gateway.upstream_deny` refuses"))
+    }
+}
+
 /// The proxies in front of keytrail whose `X-Forwarded-For` is believed.
 #[derive(Debug, Default, Clone)]
 pub struct TrustedProxies {
-    ranges: Vec<(u128, u8, u8)>,
+    ranges: Networks,
 }
 
 impl TrustedProxies {
     /// Parses CIDR ranges or addresses; an error names the bad one.
     pub fn parse(ranges: &[String]) -> Result<TrustedProxies, String> {
-        let ranges = ranges
-            .iter()
-            .map(|r| parse_range(r.trim()).ok_or_else(|| format!("`{r}` is not an IP address or CIDR range")))
-            .collect::<Result<_, _>>()?;
-        Ok(TrustedProxies { ranges })
+        Ok(TrustedProxies { ranges: Networks::parse(ranges)? })
     }
 
     fn trusts(&self, ip: IpAddr) -> bool {
-        let (bits, width) = ip_bits(ip);
-        self.ranges.iter().any(|(net, w, len)| *w == width && mask(bits, width, *len) == *net)
+        self.ranges.contains(ip)
     }
 
     /// The client's address: the socket peer, or — only when the peer is a
@@ -780,6 +838,29 @@ impl FailureCounter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_upstream_guard_refuses_its_networks_and_keytraits_own_listeners() {
+        let default = Networks::parse(&DEFAULT_UPSTREAM_DENY.map(String::from)).unwrap();
+        let listeners = vec!["127.0.0.1:8080".parse().unwrap(), "0.0.0.0:9080".parse().unwrap()];
+        let guard = UpstreamGuard::new(default, listeners);
+        let refused = |addr: &str| guard.refuses(addr.parse().unwrap());
+        for metadata in ["169.254.169.254:80", "[::ffff:169.254.169.254]:80", "[fe80::1]:8080", "[fd00:ec2::254]:80", "169.254.0.1:1"] {
+            assert!(refused(metadata).is_some_and(|why| why.contains("gateway.upstream_deny")), "{metadata}");
+        }
+        // Its own listeners: the exact address, and on a wildcard listener's
+        // port every address that reaches this machine's loopback.
+        for own in ["127.0.0.1:8080", "[::ffff:127.0.0.1]:8080", "127.0.0.1:9080", "[::1]:9080", "0.0.0.0:9080"] {
+            assert!(refused(own).is_some_and(|why| why.contains("own listener")), "{own}");
+        }
+        for fine in ["127.0.0.1:9000", "127.0.0.2:8080", "10.0.0.5:80", "[2001:db8::1]:80", "169.255.0.1:80", "[fd00:ec2::253]:80"] {
+            assert_eq!(refused(fine), None, "{fine}");
+        }
+        // No list: only the listeners.
+        let open = UpstreamGuard::new(Networks::parse(&[]).unwrap(), vec!["127.0.0.1:8080".parse().unwrap()]);
+        assert_eq!(open.refuses("169.254.169.254:80".parse().unwrap()), None);
+        assert!(open.refuses("127.0.0.1:8080".parse().unwrap()).is_some());
+    }
 
     fn entry(kind: EntryKind, value: &str, expires_at: Option<i64>) -> Entry {
         let (value, reason) = validate(kind, value, None).unwrap();

@@ -180,6 +180,7 @@ pub struct ControlPlane {
     /// What rewriting archives during an erasure needs; `None`: erasure is
     /// refused (a control plane without a data directory's signing key).
     erasure: Option<ErasureSettings>,
+    upstream_guard: crate::protection::UpstreamGuard,
     /// Failed sign-ins per name and address, and the lockouts they started.
     login_throttle: LoginThrottle,
 }
@@ -336,6 +337,14 @@ fn check_upstream(upstream: &str) -> Result<String, ApiError> {
     Ok(format!("http://{authority}"))
 }
 
+/// The address an upstream URL (as [`check_upstream`] returns it) names,
+/// when its host is an address rather than a name.
+fn upstream_address(upstream: &str) -> Option<std::net::SocketAddr> {
+    let authority = upstream.parse::<http::Uri>().ok()?.authority()?.clone();
+    let ip: std::net::IpAddr = authority.host().trim_start_matches('[').trim_end_matches(']').parse().ok()?;
+    Some(std::net::SocketAddr::new(ip, authority.port_u16().unwrap_or(80)))
+}
+
 fn check_scopes(scopes: &[String]) -> Result<(), ApiError> {
     if scopes.len() > 100 {
         return Err(ApiError::invalid_body("`scopes` may hold at most 100 entries"));
@@ -361,6 +370,7 @@ impl ControlPlane {
             reload_lock: Mutex::new(()),
             retention_defaults: RetentionSettings::default(),
             erasure: None,
+            upstream_guard: Default::default(),
             login_throttle: LoginThrottle::new(&crate::config::LoginConfig::default()),
         };
         plane.reload()?;
@@ -387,6 +397,27 @@ impl ControlPlane {
     pub fn with_erasure(mut self, settings: ErasureSettings) -> ControlPlane {
         self.erasure = Some(settings);
         self
+    }
+
+    /// Where apis' upstreams may not be (checked as apis are made; the
+    /// gateway checks it again at each new upstream connection).
+    pub fn with_upstream_guard(mut self, guard: crate::protection::UpstreamGuard) -> ControlPlane {
+        self.upstream_guard = guard;
+        self
+    }
+
+    pub fn upstream_guard(&self) -> &crate::protection::UpstreamGuard {
+        &self.upstream_guard
+    }
+
+    /// An upstream given as an address in a network the guard refuses is
+    /// refused here; one given as a name, at each connection (what it
+    /// resolves to may change).
+    fn check_upstream_allowed(&self, upstream: &str) -> Result<(), ApiError> {
+        match upstream_address(upstream).and_then(|addr| self.upstream_guard.refuses(addr)) {
+            Some(why) => Err(ApiError::invalid_body(format!("`upstream` may not be used: {why}"))),
+            None => Ok(()),
+        }
     }
 
     /// The current gateway snapshot.
@@ -481,6 +512,7 @@ impl ControlPlane {
             ));
         }
         let upstream = check_upstream(&new.upstream)?;
+        self.check_upstream_allowed(&upstream)?;
         if let Some(ms) = new.timeout_ms {
             if !(1..=3_600_000).contains(&ms) {
                 return Err(ApiError::invalid_body("`timeout_ms` must be between 1 and 3600000"));

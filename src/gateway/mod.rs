@@ -123,10 +123,11 @@ impl AuthFailure {
 impl Gateway {
     pub fn new(config: &GatewayConfig, control: Arc<ControlPlane>, audit: Arc<AuditPipeline>, geo: Countries) -> Gateway {
         let shield = Arc::new(Shield::new(config, control.clone(), audit.clone(), geo));
+        let upstreams = Upstreams::new(config.connect_timeout, control.upstream_guard().clone());
         Gateway {
             control,
             audit,
-            upstreams: Upstreams::new(config.connect_timeout),
+            upstreams,
             upstream_timeout: config.upstream_timeout,
             head_timeout: config.head_timeout,
             attack_rules: AttackRules::default(),
@@ -412,6 +413,13 @@ impl Gateway {
             // upstream's.)
             None if watch.is_some_and(|w| w.waiting_for_body()) => {
                 let error = ApiError::new(ErrorCode::RequestTimeout, "the request body stopped coming before its end");
+                return refuse_with(&mut event, error, &request_id_value, |e, _| finisher(e, Some(request_bytes)));
+            }
+            // The upstream's every address is one the gateway may not call
+            // (`gateway.upstream_deny`, or keytrail's own listeners).
+            Some(Err(UpstreamError::Refused { reason, .. })) => {
+                tracing::warn!(api = %route.api_id, upstream = %route.upstream_authority, %reason, "upstream refused: not called");
+                let error = ApiError::new(ErrorCode::UpstreamUnavailable, "the api's upstream is at an address this gateway does not call");
                 return refuse_with(&mut event, error, &request_id_value, |e, _| finisher(e, Some(request_bytes)));
             }
             Some(Err(error)) => {

@@ -54,6 +54,7 @@ use tokio::net::TcpStream;
 
 use super::h1::{self, Decoder, InBuf, Invalid, Span, Step};
 use super::timer::KeptTimer;
+use crate::protection::UpstreamGuard;
 
 /// Most idle connections kept per upstream in the shared pool.
 const MAX_IDLE_PER_UPSTREAM: usize = 256;
@@ -92,6 +93,9 @@ impl IdleTimeout {
 pub enum UpstreamError {
     #[error("cannot connect to {authority}: {reason}")]
     Connect { authority: String, reason: String },
+    /// Every address of the upstream is one the guard refuses.
+    #[error("will not connect to {authority}: {reason}")]
+    Refused { authority: String, reason: String },
     #[error("upstream connection failed: {0}")]
     Io(#[from] io::Error),
     #[error(transparent)]
@@ -141,11 +145,13 @@ pub struct Upstreams {
     /// Each with the time it was pooled, oldest first.
     idle: Mutex<HashMap<Authority, Vec<(Instant, Conn)>>>,
     connect_timeout: Duration,
+    /// Addresses no connection is made to, whatever a name resolves to.
+    guard: UpstreamGuard,
 }
 
 impl Upstreams {
-    pub fn new(connect_timeout: Duration) -> Arc<Upstreams> {
-        Arc::new(Upstreams { idle: Mutex::new(HashMap::new()), connect_timeout })
+    pub fn new(connect_timeout: Duration, guard: UpstreamGuard) -> Arc<Upstreams> {
+        Arc::new(Upstreams { idle: Mutex::new(HashMap::new()), connect_timeout, guard })
     }
 
     fn take_idle(&self, authority: &Authority) -> Option<Conn> {
@@ -198,15 +204,37 @@ impl Upstreams {
 
     async fn connect(&self, authority: &Authority) -> Result<Conn, UpstreamError> {
         let failed = |reason: String| UpstreamError::Connect { authority: authority.to_string(), reason };
+        let stream = tokio::time::timeout(self.connect_timeout, self.connect_allowed(authority))
+            .await
+            .map_err(|_| failed(format!("no connection within {} ms", self.connect_timeout.as_millis())))??;
+        let _ = stream.set_nodelay(true);
+        Ok(Conn::new(stream))
+    }
+
+    /// Connects to the first address the upstream's host resolves to that
+    /// answers (as `TcpStream::connect` tries them all), of those the guard
+    /// allows.
+    async fn connect_allowed(&self, authority: &Authority) -> Result<TcpStream, UpstreamError> {
+        let failed = |reason: String| UpstreamError::Connect { authority: authority.to_string(), reason };
         let port = authority.port_u16().unwrap_or(80);
         // An IPv6 literal comes bracketed (`[::1]`); the resolver wants it bare.
         let host = authority.host().trim_start_matches('[').trim_end_matches(']');
-        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect((host, port)))
-            .await
-            .map_err(|_| failed(format!("no connection within {} ms", self.connect_timeout.as_millis())))?
-            .map_err(|e| failed(e.to_string()))?;
-        let _ = stream.set_nodelay(true);
-        Ok(Conn::new(stream))
+        let (mut refused, mut last_error) = (None, None);
+        for addr in tokio::net::lookup_host((host, port)).await.map_err(|e| failed(e.to_string()))? {
+            if let Some(why) = self.guard.refuses(addr) {
+                refused.get_or_insert(why);
+                continue;
+            }
+            match TcpStream::connect(addr).await {
+                Ok(stream) => return Ok(stream),
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(match (last_error, refused) {
+            (Some(e), _) => failed(e.to_string()),
+            (None, Some(reason)) => UpstreamError::Refused { authority: authority.to_string(), reason },
+            (None, None) => failed("the name resolves to no address".into()),
+        })
     }
 }
 
@@ -893,7 +921,7 @@ mod tests {
     }
 
     fn client() -> ConnectionUpstreams {
-        ConnectionUpstreams::new(Upstreams::new(Duration::from_secs(2)), "127.0.0.1:1".parse().unwrap())
+        ConnectionUpstreams::new(Upstreams::new(Duration::from_secs(2), UpstreamGuard::default()), "127.0.0.1:1".parse().unwrap())
     }
 
     fn get(up: &Canned, method: &str) -> Request<Empty<Bytes>> {
@@ -1072,7 +1100,7 @@ mod tests {
     async fn pooled_connections_idle_too_long_are_closed() {
         let ok = || answer(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
         let up = upstream(vec![ok(), ok()]).await;
-        let shared = Upstreams::new(Duration::from_secs(2));
+        let shared = Upstreams::new(Duration::from_secs(2), UpstreamGuard::default());
         let pooled = |shared: &Upstreams| shared.idle.lock().unwrap().get(&up.authority).map_or(0, Vec::len);
         let client = ConnectionUpstreams::new(shared.clone(), "127.0.0.1:1".parse().unwrap());
         call(&client, &up, get(&up, "GET")).await.unwrap();

@@ -353,3 +353,64 @@ async fn a_blocked_user_agent_in_a_second_header_line_is_still_blocked() {
     let blocked = exchange(&ts, format!("GET /beta/x HTTP/1.1\r\nHost: gw\r\nX-API-Key: {other}\r\nUser-Agent: curl/8.0\r\nUser-Agent: httpie/3\r\nConnection: close\r\n\r\n").as_bytes()).await;
     assert!(blocked.starts_with("HTTP/1.1 403"), "{blocked}");
 }
+
+/// An admin of one tenant sets its apis' upstreams, and the gateway calls
+/// them from inside the network: an upstream at the cloud metadata
+/// address, or at keytrail's own admin port, let callers reach what only
+/// the machine should (server-side request forgery). Such an upstream is
+/// refused when the api is made if it is an address, and at the connection
+/// if it is a name that resolves there; `gateway.upstream_deny` sets the
+/// networks (the link-local range by default).
+#[tokio::test]
+async fn upstreams_in_refused_networks_or_at_keytrail_itself_are_never_called() {
+    let mut ts = TestServer::start().await;
+    let up = start_upstream().await;
+    let admin = ts.admin_client();
+    let (_, _, key) = admin.setup("acme", "/docs", &format!("http://{up}")).await;
+    let admin_port = ts.admin.rsplit(':').next().unwrap().trim_end_matches('/').to_string();
+    let gateway_port = ts.gateway.rsplit(':').next().unwrap().trim_end_matches('/').to_string();
+    let api = |id: &str, upstream: String| json!({"id": id, "path_prefix": format!("/{id}"), "upstream": upstream});
+    for (upstream, why) in [
+        ("http://169.254.169.254".to_string(), "gateway.upstream_deny"),
+        ("http://[fe80::1]:8080".to_string(), "gateway.upstream_deny"),
+        ("http://[::ffff:169.254.169.254]".to_string(), "gateway.upstream_deny"),
+        (format!("http://127.0.0.1:{admin_port}"), "keytrail's own listener"),
+        (format!("http://127.0.0.1:{gateway_port}"), "keytrail's own listener"),
+    ] {
+        let a = admin.post("/v1/tenants/acme/apis", api("meta", upstream.clone())).await;
+        assert_eq!((a.status, a.body["error"]["code"].as_str()), (400, Some("invalid_body")), "{upstream}: {}", a.text);
+        assert!(a.text.contains(why), "{upstream}: {}", a.text);
+    }
+    // A name is resolved at each connection: `localhost` is keytrail's admin port here.
+    let a = admin.post("/v1/tenants/acme/apis", api("loop", format!("http://localhost:{admin_port}"))).await;
+    assert_eq!(a.status, 201, "{}", a.text);
+    let res = ts.client.get(format!("{}/loop/v1/tenants", ts.gateway)).header("X-API-Key", &key).send().await.unwrap();
+    assert_eq!(res.status(), 502);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "upstream_unavailable", "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("does not call"), "{body}");
+    ts.stop().await;
+
+    // The operator's own list: here every loopback address.
+    let mut ts = TestServer::start_with(tempfile::tempdir().unwrap(), |c| {
+        c.gateway.upstream_deny = keytrail::protection::Networks::parse(&["127.0.0.0/8".into(), "::1".into()]).unwrap();
+    })
+    .await;
+    let admin = ts.admin_client();
+    let a = admin.post("/v1/tenants", json!({"id": "acme", "name": "Acme"})).await;
+    assert_eq!(a.status, 201, "{}", a.text);
+    let a = admin.post("/v1/tenants/acme/apis", api("docs", format!("http://{up}"))).await;
+    assert!(a.status == 400 && a.text.contains("gateway.upstream_deny"), "{}", a.text);
+    let a = admin.post("/v1/tenants/acme/apis", api("docs", format!("http://localhost:{}", up.port()))).await;
+    assert_eq!(a.status, 201, "{}", a.text);
+    let consumer = admin.post("/v1/tenants/acme/consumers", json!({"name": "c"})).await.body["id"].as_str().unwrap().to_string();
+    let key = admin.key("acme", &consumer, json!({})).await.1;
+    let res = ts.client.get(format!("{}/docs/x", ts.gateway)).header("X-API-Key", &key).send().await.unwrap();
+    assert_eq!(res.status(), 502);
+    // The refusal is in the trail, with the gateway's message.
+    ts.flush().await;
+    let logs = admin.get("/v1/audit/acme?limit=5").await;
+    let call = logs.body["logs"].as_array().unwrap().iter().find(|e| e["path"] == "/docs/x").cloned().unwrap_or_default();
+    assert_eq!((call["status_code"].as_u64(), call["error_code"].as_str()), (Some(502), Some("upstream_unavailable")), "{}", logs.text);
+    ts.stop().await;
+}
