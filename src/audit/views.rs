@@ -85,8 +85,13 @@ pub fn security_entry(stored: &StoredEvent) -> Value {
     put("api_id", json!(e.api_id));
     put("key_id", json!(e.key_id));
     put("key_hint", json!(e.key_hint));
+    // Where a refused or failed call was made (gateway and admin API
+    // security events keep it; key and admin changes have none).
+    put("method", json!(e.method));
+    put("path", json!(e.path));
     put("client_ip", json!(e.client_ip));
     put("user_agent", json!(e.user_agent));
+    put("country", json!(e.country));
     put("error_code", json!(e.error_code));
     put("details", e.details.clone().unwrap_or(Value::Null));
     if let Some(hash) = &stored.hash {

@@ -138,6 +138,11 @@ async fn security_events_have_the_stoa_shape() {
         }
         assert_eq!(e["type"], e["event_type"]);
     }
+    // A failed call says where it was made: the method and path the event
+    // keeps (and the CSV export shows), not only who made it.
+    let failed = &events[0];
+    assert_eq!((failed["method"].as_str(), failed["path"].as_str()), (Some("GET"), Some("/docs/a")), "{failed}");
+    assert!(failed.get("country").is_some(), "{failed}");
     assert_eq!(admin.get("/v1/audit/acme/security?event_type=auth_failed&limit=1").await.body["events"].as_array().unwrap().len(), 1);
     // Each read is itself recorded (`log_accessed`), so count the others.
     let recent = admin.get("/v1/audit/acme/security?hours=1").await;
@@ -672,3 +677,4 @@ async fn a_filter_given_twice_is_refused_on_every_audit_read() {
     }
     ts.stop().await;
 }
+
