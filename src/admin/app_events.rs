@@ -463,5 +463,8 @@ pub fn app_entry(stored: &crate::store::audit::StoredEvent) -> Value {
         "metadata": details.get("metadata"),
         "request_id": e.request_id,
         "submitted_by": details.get("submitted_by"),
+        // Where it was submitted from (an API key's caller behind a trusted
+        // proxy: the forwarded address); null once erased.
+        "client_ip": e.client_ip,
     })
 }

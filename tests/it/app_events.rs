@@ -52,6 +52,8 @@ async fn events_are_stored_chained_and_found_by_their_fields() {
     assert_eq!(updated["action"], "order.updated");
     assert_eq!(updated["changes"]["status"]["after"], "shipped");
     assert_eq!(updated["submitted_by"], "admin:adm_bootstrap");
+    // Where it was submitted from, as the event keeps it (the export shows it too).
+    assert_eq!(updated["client_ip"], "127.0.0.1", "{updated}");
     assert!(!updated.to_string().contains(&key), "the key in metadata is masked: {updated}");
 
     for (query, want) in [
