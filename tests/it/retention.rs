@@ -1172,6 +1172,42 @@ fn statistics_leave_restored_days_out_either_way() {
     assert_eq!(calls(true), ("events".to_string(), 0));
 }
 
+/// A tenant's archive that expires while a day file still holds a later
+/// call of it (a slow call, stamped that day and archived with the next)
+/// takes its blocks out of the file, and statistics of that day count only
+/// the events left, from the rollups as from the events. (The file's
+/// rollup rows kept counting the deleted events: 25 calls from the
+/// rollups, 1 from the events and the list.)
+#[test]
+fn statistics_count_only_what_an_expired_archive_left_in_a_day_file() {
+    use keytrail::store::audit::stats::query::{Metrics, StatsQuery};
+    let mut t = trail(5, true);
+    // Archived and expired in the same run: no archive days.
+    t.run(&RetentionPolicy::uniform(settings(1, 0)), at(3, 0));
+    assert!(t.day_file(1).exists(), "kept for the slow call, not archived yet");
+    let (from, to) = (at(1, 0), at(2, 0) - 1);
+    let left: Vec<_> = t.read("acme", from, to).into_iter().filter(|s| s.event.category == Some(Category::Request)).collect();
+    assert_eq!(left.len(), 1, "only the slow call is left");
+    let reader = AuditReader::open(&t.audit).unwrap();
+    let calls = |force_events: bool| {
+        let q = StatsQuery {
+            filter: EventFilter { tenant_id: "acme".into(), from_ms: Some(from), to_ms: Some(to), ..EventFilter::default() },
+            group_by: None,
+            top: 10,
+            metrics: Metrics { latency: true, rate_limited: false, distinct_consumers: true, distinct_ips: false },
+            force_events,
+        };
+        let stats = reader.request_stats(&q).unwrap();
+        (stats.source.as_str().to_string(), stats.totals.calls)
+    };
+    assert_eq!(calls(false), ("rollups".to_string(), 1));
+    assert_eq!(calls(true), ("events".to_string(), 1));
+    let consumer = left[0].event.consumer_id.as_deref().unwrap().to_string();
+    let profile = reader.consumer_profile("acme", &consumer, from, to + 1, 10).unwrap();
+    assert_eq!(profile.totals.calls, 1);
+    assert_eq!(profile.top_paths.iter().map(|p| p.1).sum::<u64>(), 1, "{:?}", profile.top_paths);
+}
+
 /// A tenant's archived day that stays in a day file another tenant still
 /// keeps is hidden from statistics (rollups, consumer profile, path
 /// timeline) as it is from every other read.

@@ -369,7 +369,8 @@ fn delete_expired(
 
 /// Deletes a tenant's blocks in `first..=last` from the hot day files that
 /// still hold them (files shared with a tenant whose hot window is longer),
-/// with the tenant's rollup rows of a file it no longer has events in, and
+/// with the tenant's rollup rows of a file it no longer has events in (of
+/// a file that keeps some, the rows are counted again from those), and
 /// the dictionary entries of their personal values that no other event of
 /// the file uses; the file is then rebuilt and its write-ahead log
 /// truncated, as after an erasure ([`super::erasure::compact`]), so that
@@ -394,12 +395,18 @@ fn remove_hot_blocks(audit_dir: &Path, tenant: &str, first: u64, last: u64) -> R
             return Err(StoreError::Conflict(format!("{} is open for writing", day_file_name(day))));
         }
         removed += super::erasure::with_secure_delete(&mut conn, |conn| {
+            super::rollup::register_merge_functions(conn)?;
+            let watermark = super::writer::rollup_watermark(conn)?;
             let tx = conn.transaction()?;
             let personal = super::erasure::personal_ids(&tx, id, tenant, first, last)?;
             let n = tx.execute("DELETE FROM blocks WHERE tenant = ?1 AND first_seq BETWEEN ?2 AND ?3", params![id, first as i64, last as i64])?;
             let left: i64 = tx.query_row("SELECT count(*) FROM blocks WHERE tenant = ?1", [id], |r| r.get(0))?;
             if left == 0 {
                 tx.execute("DELETE FROM roll_consumer WHERE tenant = ?1", [id])?;
+            } else {
+                // Its rollup rows counted the deleted events too (statistics
+                // read them once no archived block of it is left here).
+                super::rollup::recount_tenant(&tx, id as u32, watermark)?;
             }
             super::erasure::overwrite_unused(&tx, personal)?;
             tx.commit()?;

@@ -323,6 +323,38 @@ impl Rollups {
     }
 }
 
+/// Counts `tenant`'s request events again from its blocks in the day file
+/// (those up to the rollup watermark: readers add the ones past it
+/// themselves) and replaces its rollup rows with that count. Retention
+/// calls it after deleting some of a tenant's blocks from a file that
+/// keeps others of it; the rows still counted the deleted events. Needs
+/// [`register_merge_functions`] on the connection.
+pub fn recount_tenant(tx: &Transaction<'_>, tenant: u32, watermark: i64) -> Result<(), StoreError> {
+    let mut methods: FxHashMap<u32, usize> = FxHashMap::default();
+    for method in METHODS {
+        let id = tx.query_row("SELECT id FROM strings WHERE value = ?1", [method], |r| r.get::<_, u32>(0));
+        match id {
+            Ok(id) => {
+                methods.insert(id, method_index(method));
+            }
+            Err(rusqlite::Error::QueryReturnedNoRows) => {}
+            Err(error) => return Err(error.into()),
+        }
+    }
+    let mut counted = Rollups::default();
+    let mut decompressor = zstd::bulk::Decompressor::new()?;
+    let mut stmt = tx.prepare("SELECT data FROM blocks WHERE tenant = ?1 AND id <= ?2")?;
+    let mut rows = stmt.query(params![tenant, watermark])?;
+    while let Some(row) = rows.next()? {
+        let data = row.get_ref(0)?.as_blob().map_err(rusqlite::Error::from)?;
+        let mut block = DecodedBlock::parse(data)?;
+        block.load(data, block_columns(), &mut decompressor)?;
+        counted.add_block(tenant, &block, &|id| methods.get(&id).copied().unwrap_or(METHODS.len()), |_, _| true);
+    }
+    tx.execute("DELETE FROM roll_consumer WHERE tenant = ?1", [tenant])?;
+    counted.write(tx)
+}
+
 /// Registers the SQL functions the upserts merge with: `sketch_merge`,
 /// `hours_merge` and `paths_merge`, each `(stored, new) -> merged`.
 pub fn register_merge_functions(conn: &Connection) -> rusqlite::Result<()> {
