@@ -398,6 +398,14 @@ impl Gateway {
         let outcome = upstreams.send_within(&route.upstream_authority, upstream_req, forwarded, (sent, timeout), &request_bytes).await;
         waiting.disarm();
         event.upstream_latency_us = Some(sent.elapsed().as_micros() as u64);
+        // The gateway's own refusals from here on carry the budget the
+        // call spent, as every answer to a call the limits checked does.
+        let refused = |mut response: Response<GatewayBody>| {
+            if let Some(standing) = &standing {
+                rate_headers(response.headers_mut(), standing);
+            }
+            response
+        };
         let answer = match outcome {
             Some(Ok(answer)) => answer,
             // The caller's body failed (broken chunks, or the caller went
@@ -405,7 +413,7 @@ impl Gateway {
             Some(Err(UpstreamError::RequestBody(error))) => {
                 tracing::debug!(api = %route.api_id, error = %error_chain(&*error), "the request body could not be read");
                 let error = ApiError::new(ErrorCode::InvalidBody, "the request body could not be read (its chunked framing is broken, or it ended early)");
-                return refuse_with(&mut event, error, &request_id_value, |e, _| finisher(e, Some(request_bytes)));
+                return refused(refuse_with(&mut event, error, &request_id_value, |e, _| finisher(e, Some(request_bytes))));
             }
             // The caller stopped sending its body (short of its length, or
             // before its last chunk): its timeout. (A body the gateway no
@@ -413,22 +421,22 @@ impl Gateway {
             // upstream's.)
             None if watch.is_some_and(|w| w.waiting_for_body()) => {
                 let error = ApiError::new(ErrorCode::RequestTimeout, "the request body stopped coming before its end");
-                return refuse_with(&mut event, error, &request_id_value, |e, _| finisher(e, Some(request_bytes)));
+                return refused(refuse_with(&mut event, error, &request_id_value, |e, _| finisher(e, Some(request_bytes))));
             }
             // The upstream's every address is one the gateway may not call
             // (`gateway.upstream_deny`, or keytrail's own listeners).
             Some(Err(UpstreamError::Refused { reason, .. })) => {
                 tracing::warn!(api = %route.api_id, upstream = %route.upstream_authority, %reason, "upstream refused: not called");
                 let error = ApiError::new(ErrorCode::UpstreamUnavailable, "the api's upstream is at an address this gateway does not call");
-                return refuse_with(&mut event, error, &request_id_value, |e, _| finisher(e, Some(request_bytes)));
+                return refused(refuse_with(&mut event, error, &request_id_value, |e, _| finisher(e, Some(request_bytes))));
             }
             Some(Err(error)) => {
                 tracing::warn!(api = %route.api_id, upstream = %route.upstream_authority, error = %error_chain(&error), "upstream request failed");
-                return refuse(&mut event, ErrorCode::UpstreamUnavailable, &request_id_value, |e, _| finisher(e, Some(request_bytes)));
+                return refused(refuse(&mut event, ErrorCode::UpstreamUnavailable, &request_id_value, |e, _| finisher(e, Some(request_bytes))));
             }
             None => {
                 tracing::warn!(api = %route.api_id, upstream = %route.upstream_authority, timeout_ms = timeout.as_millis() as u64, "upstream timed out");
-                return refuse(&mut event, ErrorCode::UpstreamTimeout, &request_id_value, |e, _| finisher(e, Some(request_bytes)));
+                return refused(refuse(&mut event, ErrorCode::UpstreamTimeout, &request_id_value, |e, _| finisher(e, Some(request_bytes))));
             }
         };
 

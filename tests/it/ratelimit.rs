@@ -399,3 +399,24 @@ async fn a_cost_above_the_whole_daily_quota_is_refused_as_one_that_never_passes(
     }
     ts.stop().await;
 }
+
+/// Every answer to a call the limits checked carries its `RateLimit-*`
+/// headers, the gateway's own refusals after the check too: a call whose
+/// upstream cannot be reached (502) has spent its share of the budget. They
+/// were left off, so a caller pacing itself by them lost count at every
+/// upstream failure.
+#[tokio::test]
+async fn an_upstream_failure_after_the_limits_still_tells_the_budget() {
+    let mut ts = TestServer::start().await;
+    let (admin, _, key) = setup(&ts, json!({}), json!({"rate_limit": {"requests_per_minute": 60, "burst": 5}})).await;
+    let down = crate::util::closed_port().await;
+    let a = admin.post("/v1/tenants/acme/apis", json!({"id": "down", "path_prefix": "/down", "upstream": format!("http://{down}")})).await;
+    assert_eq!(a.status, 201, "{}", a.text);
+    let a = call(&ts, "/docs/x", &key).await;
+    assert_eq!((a.status, a.header("ratelimit-limit"), a.header("ratelimit-remaining")), (200, Some(5), Some(4)), "{}", a.body);
+    let a = call(&ts, "/down/x", &key).await;
+    assert_eq!(a.status, 502, "{}", a.body);
+    assert_eq!((a.header("ratelimit-limit"), a.header("ratelimit-remaining")), (Some(5), Some(3)), "{:?}", a.headers);
+    assert!(a.header("ratelimit-reset").is_some(), "{:?}", a.headers);
+    ts.stop().await;
+}
