@@ -42,7 +42,8 @@ use super::upstream::ConnectionUpstreams;
 use super::{Call, Gateway, Malformed, Refusal};
 use crate::error::ApiError;
 
-/// Largest head this loop reads; a larger one goes to hyper (up to its own limit).
+/// Largest head this loop answers; a larger one goes to hyper (one over
+/// hyper's own limit, [`h1::MAX_HEAD`], is refused here: 431).
 pub const MAX_FAST_HEAD: usize = 16 * 1024;
 /// Most headers in a request head (hyper's default).
 const MAX_HEADERS: usize = 100;
@@ -240,7 +241,10 @@ impl Client {
     }
 
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        let want = MAX_FAST_HEAD - self.inbuf.len().min(MAX_FAST_HEAD - 1);
+        // A head not whole within 16 KiB is read on, up to hyper's limit,
+        // only to tell whether it is too large.
+        let len = self.inbuf.len();
+        let want = if len < MAX_FAST_HEAD { MAX_FAST_HEAD - len } else { h1::MAX_HEAD - len.min(h1::MAX_HEAD - 1) };
         let mut buf = ReadBuf::new(self.inbuf.spare(want));
         ready!(Pin::new(&mut self.stream).poll_read(cx, &mut buf))?;
         let n = buf.filled().len();
@@ -453,9 +457,10 @@ fn parse(inbuf: &mut InBuf) -> Parsed {
     let base = data.as_ptr() as usize;
     let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(&mut request, data, &mut storage) {
         Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) if data.len() < MAX_FAST_HEAD => return Parsed::Partial,
-        // Not whole within 16 KiB: hyper reads up to its own limit.
-        Ok(httparse::Status::Partial) => return Parsed::Other,
+        Ok(httparse::Status::Partial) if data.len() < h1::MAX_HEAD => return Parsed::Partial,
+        // Not whole within hyper's limit: what hyper answers 431, with the
+        // gateway's JSON error.
+        Ok(httparse::Status::Partial) => return Parsed::Refused(Malformed::TooLarge),
         // An HTTP/2 connection preface: hyper closes without an answer.
         Err(httparse::Error::Version) if data.starts_with(b"PRI * HTTP/2") => return Parsed::Other,
         // What hyper's parser (httparse too, the same configuration and
@@ -465,11 +470,19 @@ fn parse(inbuf: &mut InBuf) -> Parsed {
         Err(httparse::Error::TooManyHeaders) => return Parsed::Refused(Malformed::TooLarge),
         Err(_) => return Parsed::Refused(Malformed::Http),
     };
-    let (Some(method), Some(target), Some(1)) = (request.method, request.path, request.version) else { return Parsed::Other };
-    if !target.starts_with('/') || method == "CONNECT" {
-        return Parsed::Other;
+    // Hyper's, unless its length is one hyper would refuse (400): that is
+    // refused here, with the gateway's JSON error. (Checked only for heads
+    // handed over: a call this loop answers has no length.)
+    let hand_over = || if broken_length(request.headers) { Parsed::Refused(Malformed::Http) } else { Parsed::Other };
+    // A head over 16 KiB: hyper's.
+    if len > MAX_FAST_HEAD {
+        return hand_over();
     }
-    let Ok(method) = Method::from_bytes(method.as_bytes()) else { return Parsed::Other };
+    let (Some(method), Some(target), Some(1)) = (request.method, request.path, request.version) else { return hand_over() };
+    if !target.starts_with('/') || method == "CONNECT" {
+        return hand_over();
+    }
+    let Ok(method) = Method::from_bytes(method.as_bytes()) else { return hand_over() };
     let mut close = false;
     // The positions go with the call (its headers are read from them).
     let mut spans = Vec::with_capacity(request.headers.len());
@@ -477,14 +490,14 @@ fn parse(inbuf: &mut InBuf) -> Parsed {
         let name = h.name.as_bytes();
         // Headers that give the request a body or change the connection: hyper's.
         if [b"content-length".as_slice(), b"transfer-encoding", b"expect", b"upgrade"].iter().any(|n| name.eq_ignore_ascii_case(n)) {
-            return Parsed::Other;
+            return hand_over();
         }
         if name.eq_ignore_ascii_case(b"connection") {
             for option in h1::list_items(h.value) {
                 if option.eq_ignore_ascii_case(b"close") {
                     close = true;
                 } else if !option.eq_ignore_ascii_case(b"keep-alive") {
-                    return Parsed::Other;
+                    return hand_over();
                 }
             }
         }
@@ -502,6 +515,29 @@ fn parse(inbuf: &mut InBuf) -> Parsed {
     };
     let headers = CallHeaders::Raw { head, spans };
     Parsed::Call(Call { method, uri, headers, body: ClientBody::Empty }, close)
+}
+
+/// Whether the head's `Content-Length` lines are ones hyper's server
+/// refuses (400): a value that is not a number (digits only, within 64
+/// bits: no sign, no list) or lines that differ. Only without a
+/// `Transfer-Encoding`, where hyper reads every length line; with one, the
+/// framing is hyper's to judge.
+fn broken_length(headers: &[httparse::Header<'_>]) -> bool {
+    if headers.iter().any(|h| h.name.eq_ignore_ascii_case("transfer-encoding")) {
+        return false;
+    }
+    let mut seen: Option<u64> = None;
+    for h in headers.iter().filter(|h| h.name.eq_ignore_ascii_case("content-length")) {
+        let digits = h.value;
+        let n = (!digits.is_empty() && digits.iter().all(u8::is_ascii_digit))
+            .then(|| digits.iter().try_fold(0u64, |n, d| n.checked_mul(10)?.checked_add(u64::from(d - b'0'))))
+            .flatten();
+        match n {
+            Some(n) if seen.is_none_or(|s| s == n) => seen = Some(n),
+            _ => return true,
+        }
+    }
+    false
 }
 
 /// The client connection handed to hyper: the bytes this loop read and did
@@ -602,6 +638,8 @@ mod tests {
         let others: &[&[u8]] = &[
             b"POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
             b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: x\r\n\r\n0\r\n\r\n",
             b"PUT / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
             b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
             b"GET / HTTP/1.1\r\nConnection: x-other\r\n\r\n",
@@ -629,6 +667,11 @@ mod tests {
             (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", 400),
             (b"GET / HTTP/2.0\r\n\r\n", 400),
             (b"GET / HTTP/1.1\r\nX: a\x01b\r\n\r\n", 400),
+            // Lengths hyper's server refuses.
+            (b"POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n", 400),
+            (b"POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\n", 400),
+            (b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n", 400),
+            (b"POST / HTTP/1.0\r\nContent-Length: 18446744073709551616\r\n\r\n", 400),
             // A bad byte is refused before the head is whole.
             (b"GET / HTTP/1.1\r\nBad Name", 400),
             (too_many.as_bytes(), 431),
@@ -650,9 +693,14 @@ mod tests {
     fn a_large_head_goes_to_hyper_and_a_short_one_waits() {
         let mut big = b"GET / HTTP/1.1\r\nX-Big: ".to_vec();
         big.resize(MAX_FAST_HEAD + 10, b'a');
+        assert!(matches!(parse(&mut buffered(&big)), Parsed::Partial), "read on, up to hyper's limit");
+        big.extend_from_slice(b"\r\n\r\n");
         let mut inbuf = buffered(&big);
         assert!(matches!(parse(&mut inbuf), Parsed::Other));
         assert_eq!(inbuf.len(), big.len());
+        big.truncate(big.len() - 4);
+        big.resize(h1::MAX_HEAD, b'a');
+        assert!(matches!(parse(&mut buffered(&big)), Parsed::Refused(Malformed::TooLarge)), "over hyper's limit");
         let mut inbuf = buffered(b"GET / HTTP/1.1\r\nHost: h\r\n");
         assert!(matches!(parse(&mut inbuf), Parsed::Partial));
     }
