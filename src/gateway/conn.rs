@@ -91,10 +91,10 @@ pub async fn serve(
             Next::Call(req, close) => (req, close),
             Next::Refused(malformed) => {
                 let refusal = malformed.refusal();
-                gateway.record_malformed(peer, malformed);
+                let request_id = gateway.record_malformed(peer, malformed);
                 // Under `durability = "sync"`, the answer after the events' commit.
                 gateway.audit.flush_if_sync().await;
-                let _ = conn.answer_refusal(&refusal).await;
+                let _ = conn.answer_refusal(&refusal, &request_id).await;
                 return;
             }
             Next::Slow => {
@@ -252,11 +252,16 @@ impl Client {
         Poll::Ready(Ok(n))
     }
 
-    async fn answer_refusal(&mut self, refusal: &Refusal) -> io::Result<()> {
+    /// Answers a refused head with its JSON error and the request id its
+    /// events are recorded under.
+    async fn answer_refusal(&mut self, refusal: &Refusal, request_id: &str) -> io::Result<()> {
         let error = ApiError::new(refusal.code, refusal.message);
         let body = error.body_bytes();
         let mut headers = HeaderMap::new();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Ok(id) = HeaderValue::from_str(request_id) {
+            headers.insert(super::X_REQUEST_ID.clone(), id);
+        }
         self.out.clear();
         let framing = Framing { length: Some(body.len() as u64), chunked: false, close: true };
         encode_head(&mut self.out, refusal.status, &headers, None, framing);

@@ -147,10 +147,12 @@ impl Gateway {
     /// take it: a request event and a security
     /// event (`request_blocked`, reason `MALFORMED_REQUEST`, as the attack
     /// rules give a badly encoded path), under the system tenant, since no
-    /// route was looked up.
-    pub fn record_malformed(&self, peer: SocketAddr, malformed: Malformed) {
+    /// route was looked up. Returns the events' request id, for the answer's
+    /// `X-Request-Id` when the gateway answers.
+    pub fn record_malformed(&self, peer: SocketAddr, malformed: Malformed) -> String {
         let mut event = Event::new(Text::from_static(SYSTEM_TENANT), Category::Request, Text::from_static("request"), Text::from_static("failure"));
-        event.request_id = Some(event::new_id_at(event.timestamp_ms));
+        let request_id = event::new_id_at(event.timestamp_ms);
+        event.request_id = Some(request_id.clone());
         let mut client = peer.ip();
         let Refusal { rule, status, code, message } = malformed.refusal();
         match &malformed {
@@ -175,6 +177,7 @@ impl Gateway {
         let details = serde_json::json!({ "block_reason": "MALFORMED_REQUEST", "rule_id": rule, "threat_score": threat_score });
         self.audit.record(blocked_event(&event, event.error_code.clone(), details));
         self.audit.record(event);
+        request_id
     }
 
     /// The caller: the peer, or the client a trusted proxy forwarded for.

@@ -461,3 +461,30 @@ async fn a_broken_length_and_an_oversized_head_get_the_gateways_json_error() {
     let answer = read_answer(&mut stream, &mut buf, false).await;
     assert_eq!(answer.status, 200, "{}", String::from_utf8_lossy(&answer.body));
 }
+
+/// A refusal of a head the gateway cannot read is in the trail under a
+/// request id, like every call; its answer now says which (`X-Request-Id`,
+/// as every other gateway answer does), so the caller's 400 or 431 can be
+/// found with the audit API's `request_id` filter. It carried none: the
+/// refusal's event could not be told from another caller's.
+#[tokio::test]
+async fn a_refused_head_answers_with_the_request_id_of_its_event() {
+    let (ts, addr, key) = setup().await;
+    let many: String = (0..150).map(|i| format!("X-Many-{i}: {i}\r\n")).collect();
+    let heads = [
+        (call("GET", "/api/<x>", &key, ""), 400),
+        ("GET /api/x HTTP/1.1\r\nBad Header: 1\r\n\r\n".to_string(), 400),
+        (format!("GET /api/x HTTP/1.1\r\n{many}\r\n"), 431),
+    ];
+    let admin = ts.admin_client();
+    for (head, status) in &heads {
+        let mut stream = TcpStream::connect(&addr).await.unwrap();
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut buf = Vec::new();
+        let answer = read_answer(&mut stream, &mut buf, false).await;
+        assert_eq!(answer.status, *status, "{head:?}");
+        let id = answer.header("x-request-id").unwrap_or_else(|| panic!("{head:?}: no X-Request-Id in {:?}", answer.headers)).to_string();
+        let logs = admin.wait_for(&format!("/v1/audit/_system?request_id={id}"), "logs", 1).await;
+        assert_eq!((logs.len(), logs[0]["status_code"].as_u64()), (1, Some(*status as u64)), "{logs:?}");
+    }
+}
