@@ -435,7 +435,19 @@ impl Gateway {
             }
             Some(Err(error)) => {
                 tracing::warn!(api = %route.api_id, upstream = %route.upstream_authority, error = %error_chain(&error), "upstream request failed");
-                return refused(refuse(&mut event, ErrorCode::UpstreamUnavailable, &request_id_value, |e, _| finisher(e, Some(request_bytes))));
+                // What went wrong, as far as the caller may know: not reached,
+                // or reached and no answer to be had.
+                let error = match error {
+                    UpstreamError::Invalid(_) => {
+                        ApiError::new(ErrorCode::UpstreamUnavailable, "the upstream service answered with a response this gateway cannot read")
+                    }
+                    UpstreamError::Closed => ApiError::new(ErrorCode::UpstreamUnavailable, "the upstream service closed the connection without answering"),
+                    UpstreamError::Io(_) => {
+                        ApiError::new(ErrorCode::UpstreamUnavailable, "the connection to the upstream service failed before it answered")
+                    }
+                    _ => ApiError::from_code(ErrorCode::UpstreamUnavailable),
+                };
+                return refused(refuse_with(&mut event, error, &request_id_value, |e, _| finisher(e, Some(request_bytes))));
             }
             None => {
                 tracing::warn!(api = %route.api_id, upstream = %route.upstream_authority, timeout_ms = timeout.as_millis() as u64, "upstream timed out");

@@ -382,3 +382,35 @@ async fn an_upstream_connection_closed_while_idle_is_replaced_not_failed() {
     assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 3);
     ts.stop().await;
 }
+
+/// A 502 says what went wrong with the upstream, to the caller and in the
+/// trail: an upstream that answered bytes that are no HTTP response, or
+/// that closed the connection without an answer, was reported as one that
+/// "could not be reached", sending whoever read the trail to look at the
+/// network instead of at the upstream.
+#[tokio::test]
+async fn a_502_tells_an_unreachable_upstream_from_a_broken_answer() {
+    let mut ts = TestServer::start().await;
+    let (garbled, _) = raw_upstream(|_| (vec![b"NOT HTTP AT ALL\r\n\r\n".as_slice()], true)).await;
+    let (silent, _) = raw_upstream(|_| (vec![], true)).await;
+    let down = crate::util::closed_port().await;
+    let admin = ts.admin_client();
+    let (_, _, key) = admin.setup("acme", "/garbled", &format!("http://{garbled}")).await;
+    for (id, up) in [("silent", silent), ("down", down)] {
+        let a = admin.post("/v1/tenants/acme/apis", json!({"id": id, "path_prefix": format!("/{id}"), "upstream": format!("http://{up}")})).await;
+        assert_eq!(a.status, 201, "{}", a.text);
+    }
+    let cases = [("/garbled/x", "cannot read"), ("/silent/x", "closed the connection"), ("/down/x", "could not be reached")];
+    for (path, says) in cases {
+        let (status, _, body) = get_with(&ts, path, &[("X-API-Key", &key)]).await;
+        assert_eq!((status, error_code(&body).as_str()), (502, "upstream_unavailable"), "{path}: {body}");
+        let message = serde_json::from_str::<serde_json::Value>(&body).unwrap()["error"]["message"].as_str().unwrap().to_string();
+        assert!(message.contains(says), "{path}: {message}");
+    }
+    let logs = admin.wait_for("/v1/audit/acme?status_min=502", "logs", 3).await;
+    for (path, says) in cases {
+        let log = logs.iter().find(|l| l["path"] == path).unwrap_or_else(|| panic!("{path}: {logs:?}"));
+        assert!(log["error_message"].as_str().unwrap().contains(says), "{path}: {log}");
+    }
+    ts.stop().await;
+}
