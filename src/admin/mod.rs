@@ -261,27 +261,19 @@ async fn authorise(
     let Some(rule) = rule else {
         return Err(ApiError::new(ErrorCode::Forbidden, "this endpoint has no access rule").into_response());
     };
-    // Ids are slugs and generated ids: in a change's path, a segment that
-    // needs percent-decoding names none. (The handler would decode it; the
-    // activity log's tenant, resource and before/after read the path as sent.)
-    if let Some(segment) = path.split('/').find(|segment| rule.action.is_some() && segment.contains('%')) {
-        return Err(ApiError::not_found(format_args!("`{segment}`")).into_response());
-    }
-    if let Some((name, segment)) = access::undecodable_param(route, path) {
-        return Err(ApiError::not_found(format_args!("{name} `{segment}`")).into_response());
-    }
     let tenant = access::path_param(route, path, "tenant");
-    if let Some(tenant) = tenant {
-        if !actor.sees(tenant) {
-            return Err(ApiError::not_found(format_args!("tenant `{tenant}`")).into_response());
+    if let Some(refusal) = refusal(&actor, rule, signed.role, route, path, tenant) {
+        // A change refused here was still attempted: the activity log keeps
+        // it, as one entry with its outcome (no intent: nothing ran).
+        if let Some(action) = rule.action {
+            let log = log_tenant(state, &actor, tenant, route, path);
+            let mut event = actor.admin_event(&log, action, "failure", resource(route, path), json!({"status": refusal.code.status().as_u16()}));
+            event.error_code = Some(refusal.code.as_str().into());
+            event.error_message = Some(refusal.message.clone());
+            state.audit.record(event);
+            state.audit.flush_if_sync().await;
         }
-    }
-    if !signed.role.allows(rule.permission) {
-        let message = format!("the `{}` role may not call {} {}", signed.role.as_str(), rule.method, rule.route);
-        return Err(ApiError::new(ErrorCode::Forbidden, message).into_response());
-    }
-    if rule.global_only && actor.tenant_scope.is_some() {
-        return Err(ApiError::new(ErrorCode::Forbidden, "only admins bound to no tenant may call this endpoint").into_response());
+        return Err(refusal.into_response());
     }
     let change = rule.action.map(|action| {
         let change = activity::Change {
@@ -295,6 +287,35 @@ async fn authorise(
     req.extensions_mut().insert(actor);
     req.extensions_mut().insert(signed);
     Ok(change)
+}
+
+/// Why the door refuses an authenticated caller's call, if it does: a path
+/// that names no object, a tenant the caller is not bound to (the same 404
+/// as a missing one), a permission its role lacks, a global endpoint for a
+/// tenant-bound caller.
+fn refusal(actor: &Actor, rule: &access::Rule, role: access::Role, route: &str, path: &str, tenant: Option<&str>) -> Option<ApiError> {
+    // Ids are slugs and generated ids: in a change's path, a segment that
+    // needs percent-decoding names none. (The handler would decode it; the
+    // activity log's tenant, resource and before/after read the path as sent.)
+    if let Some(segment) = path.split('/').find(|segment| rule.action.is_some() && segment.contains('%')) {
+        return Some(ApiError::not_found(format_args!("`{segment}`")));
+    }
+    if let Some((name, segment)) = access::undecodable_param(route, path) {
+        return Some(ApiError::not_found(format_args!("{name} `{segment}`")));
+    }
+    if let Some(tenant) = tenant {
+        if !actor.sees(tenant) {
+            return Some(ApiError::not_found(format_args!("tenant `{tenant}`")));
+        }
+    }
+    if !role.allows(rule.permission) {
+        let message = format!("the `{}` role may not call {} {}", role.as_str(), rule.method, rule.route);
+        return Some(ApiError::new(ErrorCode::Forbidden, message));
+    }
+    if rule.global_only && actor.tenant_scope.is_some() {
+        return Some(ApiError::new(ErrorCode::Forbidden, "only admins bound to no tenant may call this endpoint"));
+    }
+    None
 }
 
 /// The tenant whose log holds a change: the admin's own for a tenant-bound

@@ -101,6 +101,60 @@ async fn every_change_is_written_before_it_runs_and_finalised_after() {
     assert_eq!(with_filter["actor"], "admin:adm_bootstrap");
 }
 
+/// A change the door refuses — the caller's role lacks the permission, a
+/// tenant-bound admin calls a global endpoint or names another tenant's
+/// object — is still an attempted change: one entry, outcome `failure`
+/// with the answer's error, in the log a reader of the caller's changes
+/// looks at (a tenant-bound admin's own tenant's), and nothing in the
+/// other tenant's.
+#[tokio::test]
+async fn a_change_refused_for_the_callers_role_or_tenant_is_logged_as_a_failure() {
+    let ts = TestServer::start().await;
+    let up = start_upstream().await;
+    let owner = ts.admin_client();
+    let (consumer, key_id, _) = owner.setup("acme", "/docs", &format!("http://{up}")).await;
+    let (other_consumer, _, _) = owner.setup("other", "/other", &format!("http://{up}")).await;
+    let admin_as = |role: &'static str, tenant: Option<&'static str>| {
+        let owner = owner.clone();
+        async move {
+            let a = owner.post("/v1/admins", json!({"name": format!("{role}-{}", tenant.unwrap_or("g")), "role": role, "tenant_id": tenant})).await;
+            assert_eq!(a.status, 201, "{}", a.text);
+            let id = a.body["id"].as_str().unwrap().to_string();
+            (crate::util::Admin { token: a.body["token"].as_str().unwrap().to_string(), ..owner }, id)
+        }
+    };
+    let (viewer, viewer_id) = admin_as("viewer", None).await;
+    let (bound, bound_id) = admin_as("admin", Some("acme")).await;
+
+    let refused = viewer.post(&format!("/v1/keys/{key_id}/revoke"), json!({})).await;
+    assert_eq!(refused.status, 403, "{}", refused.text);
+    let global = bound.post("/v1/tenants", json!({"id": "mine", "name": "Mine"})).await;
+    assert_eq!(global.status, 403, "{}", global.text);
+    let elsewhere = bound.post(&format!("/v1/tenants/other/consumers/{other_consumer}/suspend"), json!({})).await;
+    assert_eq!(elsewhere.status, 404, "{}", elsewhere.text);
+    ts.flush().await;
+
+    let acme = entries(&owner.get("/v1/audit/acme/admin?limit=100").await);
+    let revoke = find(&acme, "KEY_REVOKED");
+    assert_eq!(revoke["admin"], format!("admin:{viewer_id}"), "{revoke}");
+    assert_eq!(revoke["outcome"], "failure", "{revoke}");
+    assert_eq!(revoke["error"]["code"], "forbidden", "{revoke}");
+    assert_eq!(revoke["resource"], format!("key:{key_id}"));
+    assert_eq!(revoke["request_id"], refused.headers["x-request-id"].as_str());
+    let created = find(&acme, "TENANT_CREATED");
+    assert_eq!((&created["admin"], &created["outcome"]), (&json!(format!("admin:{bound_id}")), &json!("failure")), "{created}");
+    assert_eq!(created["error"]["code"], "forbidden", "{created}");
+    let suspended = find(&acme, "CONSUMER_SUSPENDED");
+    assert_eq!((&suspended["admin"], &suspended["outcome"]), (&json!(format!("admin:{bound_id}")), &json!("failure")), "{suspended}");
+    assert_eq!(suspended["error"]["code"], "not_found", "{suspended}");
+    // The other tenant's log holds nothing of the attempt.
+    let other = entries(&owner.get("/v1/audit/other/admin?limit=100").await);
+    assert!(other.iter().all(|e| e["admin"] == "admin:adm_bootstrap"), "{other:?}");
+    // And the key still works: the refusal changed nothing.
+    let keys = owner.get(&format!("/v1/tenants/acme/consumers/{consumer}/keys")).await;
+    assert!(keys.body["keys"].as_array().unwrap().iter().all(|k| k["status"] == "active"), "{}", keys.text);
+}
+
 #[tokio::test]
 async fn the_dashboard_activities_switch_turns_the_admin_log_off() {
     let ts = TestServer::start().await;
