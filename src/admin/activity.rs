@@ -90,7 +90,8 @@ fn is_secret_field(name: &str) -> bool {
     SECRET_FIELD_WORDS.iter().any(|word| name.contains(word)) || name.ends_with("key")
 }
 
-/// Replaces by `****` the value of every field named like a secret, in
+/// Replaces by `****` the value of every field named like a secret, and
+/// the credentials of every URL in a text (`http://user:pw@host`), in
 /// nested objects and arrays too.
 fn mask_secret_fields(fields: &mut serde_json::Map<String, Value>) {
     for (name, field) in fields.iter_mut() {
@@ -106,8 +107,41 @@ fn mask_nested_secret_fields(value: &mut Value) {
     match value {
         Value::Object(fields) => mask_secret_fields(fields),
         Value::Array(items) => items.iter_mut().for_each(mask_nested_secret_fields),
+        Value::String(text) => {
+            if let Some(masked) = mask_url_credentials(text) {
+                *text = masked;
+            }
+        }
         _ => {}
     }
+}
+
+/// `text` with the user information of each URL in it (what comes between
+/// `://` and the last `@` of the authority: a user and often a password)
+/// replaced by `****`; `None` when there is none. A body is recorded as
+/// asked, refused ones too: an upstream written `http://user:pw@host`,
+/// which the api check refuses, must not leave its password in the log.
+fn mask_url_credentials(text: &str) -> Option<String> {
+    let mut out = String::new();
+    let mut rest = text;
+    let mut masked = false;
+    while let Some(at) = rest.find("://") {
+        let start = at + 3;
+        let authority_len = rest[start..].find(|c: char| matches!(c, '/' | '?' | '#') || c.is_whitespace()).unwrap_or(rest.len() - start);
+        let authority = &rest[start..start + authority_len];
+        out.push_str(&rest[..start]);
+        match authority.rfind('@') {
+            Some(user_end) => {
+                out.push_str("****");
+                out.push_str(&authority[user_end..]);
+                masked = true;
+            }
+            None => out.push_str(authority),
+        }
+        rest = &rest[start + authority_len..];
+    }
+    out.push_str(rest);
+    masked.then_some(out)
 }
 
 /// The request body as the intent records it: JSON objects without secret
@@ -286,4 +320,18 @@ pub fn entry_view(event: &StoredEvent, outcome: Option<&Event>, in_flight: &InFl
 /// Whether an admin event is the outcome half of a change.
 pub fn is_outcome(event: &Event) -> bool {
     event.details.as_ref().is_some_and(|d| d.get(COMPLETES).is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::mask_url_credentials;
+
+    #[test]
+    fn url_credentials_are_masked_and_the_rest_kept() {
+        assert_eq!(mask_url_credentials("http://u:p@h:1/x?y@z").as_deref(), Some("http://****@h:1/x?y@z"));
+        assert_eq!(mask_url_credentials("a http://u@h b ftp://x:y@z@w/").as_deref(), Some("a http://****@h b ftp://****@w/"));
+        assert_eq!(mask_url_credentials("http://h:1/a@b"), None);
+        assert_eq!(mask_url_credentials("no url: user@host"), None);
+        assert_eq!(mask_url_credentials("http://é:ü@h").as_deref(), Some("http://****@h"));
+    }
 }

@@ -313,3 +313,30 @@ async fn a_taken_consumer_name_stays_out_of_the_admin_log() {
     assert!(!log.text.contains(NAME), "the admin log holds the consumer's name: {}", log.text);
     ts.stop().await;
 }
+
+/// An upstream written with credentials (`http://user:password@host`, as
+/// nginx users do for a basic-auth upstream) is refused, and its password
+/// stays out of the log: the intent records the body as asked, and held
+/// the password in clear in the admin log and every export of it.
+#[tokio::test]
+async fn credentials_in_a_url_of_a_change_stay_out_of_the_admin_log() {
+    let ts = TestServer::start().await;
+    let admin = ts.admin_client();
+    assert_eq!(admin.post("/v1/tenants", json!({"id": "acme", "name": "Acme"})).await.status, 201);
+    let upstream = "http://svc-user:Sup3r-s3cret-pw@127.0.0.1:9000";
+    let a = admin.post("/v1/tenants/acme/apis", json!({"id": "docs", "path_prefix": "/docs", "upstream": upstream})).await;
+    assert_eq!(a.status, 400, "{}", a.text);
+    assert!(!a.text.contains("Sup3r-s3cret-pw"), "{}", a.text);
+    ts.flush().await;
+
+    let log = admin.get("/v1/audit/acme/admin").await;
+    let entry = find(&entries(&log), "API_CREATED").clone();
+    assert_eq!(entry["outcome"], "failure", "{entry}");
+    // What the admin asked stays readable, the password does not.
+    assert_eq!(entry["details"]["request"]["upstream"], "http://****@127.0.0.1:9000", "{entry}");
+    for path in ["/v1/audit/acme/admin", "/v1/audit/acme/export/json?category=admin", "/v1/audit/acme/export/csv?category=admin"] {
+        let answer = admin.get(path).await;
+        assert_eq!(answer.status, 200, "{path}: {}", answer.text);
+        assert!(!answer.text.contains("Sup3r-s3cret-pw"), "{path}: {}", answer.text);
+    }
+}
