@@ -214,6 +214,19 @@ pub struct Change {
     pub route: String,
 }
 
+/// The existing tenant a change's body binds what it makes to, for the
+/// routes whose path names none: a tenant-bound admin's creation goes to
+/// its tenant's log, as its removal, its sign-ins and its changes do (the
+/// guard resolves those from the path); one bound to no tenant stays in
+/// the system tenant's.
+fn tenant_named_by_body(state: &AdminState, route: &str, body: &Bytes) -> Option<String> {
+    if route != "/v1/admins" {
+        return None;
+    }
+    let named = serde_json::from_slice::<Value>(body).ok()?.get("tenant_id")?.as_str()?.to_string();
+    state.control.require_tenant(&named).ok().map(|_| named)
+}
+
 /// Runs a change between its intent and its outcome.
 pub async fn around(state: &AdminState, actor: &Actor, change: &Change, req: Request, next: Next) -> Response {
     let Change { tenant, action, resource, route } = change;
@@ -229,6 +242,8 @@ pub async fn around(state: &AdminState, actor: &Actor, change: &Change, req: Req
             ))
         }
     };
+    let named = (tenant == crate::event::SYSTEM_TENANT).then(|| tenant_named_by_body(state, route, &body)).flatten();
+    let tenant = named.as_deref().unwrap_or(tenant);
     let request_id = actor.request_id.clone().unwrap_or_default();
     state.in_flight.lock().insert(request_id.clone());
     let _running = Running(&state.in_flight, request_id);

@@ -340,3 +340,34 @@ async fn credentials_in_a_url_of_a_change_stay_out_of_the_admin_log() {
         assert!(!answer.text.contains("Sup3r-s3cret-pw"), "{path}: {}", answer.text);
     }
 }
+
+/// A tenant-bound admin's creation is in its tenant's log, as its removal,
+/// its sign-ins and its changes are: a global owner adding an owner to a
+/// tenant was in `_system` only, which the tenant's own auditors cannot
+/// read, so they saw an admin they never saw made act, then be removed.
+#[tokio::test]
+async fn a_tenant_bound_admins_creation_is_in_its_tenants_log_like_its_removal() {
+    let ts = TestServer::start().await;
+    let owner = ts.admin_client();
+    assert_eq!(owner.post("/v1/tenants", json!({"id": "acme", "name": "Acme"})).await.status, 201);
+    let bound = owner.post("/v1/admins", json!({"name": "acme-owner", "role": "owner", "tenant_id": "acme"})).await;
+    assert_eq!(bound.status, 201, "{}", bound.text);
+    let bound_id = bound.body["id"].as_str().unwrap();
+    let global = owner.post("/v1/admins", json!({"name": "global-viewer", "role": "viewer"})).await;
+    assert_eq!(global.status, 201, "{}", global.text);
+    let global_id = global.body["id"].as_str().unwrap();
+    assert_eq!(owner.call("DELETE", &format!("/v1/admins/{bound_id}"), None).await.status, 200);
+    ts.flush().await;
+
+    let acme = entries(&owner.get("/v1/audit/acme/admin?limit=100").await);
+    let created = find(&acme, "ADMIN_CREATED");
+    assert_eq!(created["resource"], "v1/admins", "{created}");
+    assert_eq!(created["outcome"], "success", "{created}");
+    assert_eq!(created["details"]["created_or_changed"], bound_id, "{created}");
+    assert_eq!(find(&acme, "ADMIN_DELETED")["resource"], format!("admin:{bound_id}"));
+    // Admins bound to no tenant stay in the system tenant's log.
+    let system = entries(&owner.get("/v1/audit/_system/admin?limit=100").await);
+    let made: Vec<&Value> = system.iter().filter(|e| e["action"] == "ADMIN_CREATED").collect();
+    assert_eq!(made.len(), 1, "{made:?}");
+    assert_eq!(made[0]["details"]["created_or_changed"], global_id);
+}
