@@ -190,6 +190,8 @@ async fn a_password_under_another_field_name_is_not_logged() {
         json!({"name": "ada", "role": "auditor", "Password": password}),
         json!({"name": "ada", "role": "auditor", "passwd": password}),
         json!({"name": "ada", "role": "auditor", "new_password": password}),
+        json!({"name": "ada", "role": "auditor", "pwd": password}),
+        json!({"name": "ada", "role": "auditor", "PW": password}),
         json!({"admin": {"name": "ada", "role": "auditor", "password": password}}),
         json!({"name": "ada", "role": "auditor", "credentials": [{"api_key": password, "secret_token": password}]}),
     ] {
