@@ -163,8 +163,11 @@ pub const ROUTES: &[Rule] = &[
     rule("GET", "/v1/audit/{tenant}/stats/consumers/{consumer}", ReadConfig, None),
 ];
 
-/// The rule for a request, by method and matched route.
+/// The rule for a request, by method and matched route. `HEAD` is `GET`
+/// without the body (the router answers it with the `GET` handler), so it
+/// needs what `GET` needs.
 pub fn rule_for(method: &str, route: &str) -> Option<&'static Rule> {
+    let method = if method == "HEAD" { "GET" } else { method };
     ROUTES.iter().find(|r| r.method == method && r.route == route)
 }
 

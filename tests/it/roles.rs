@@ -452,3 +452,26 @@ async fn a_taken_admin_name_is_refused_alike_wherever_it_is_taken() {
     // A free name is fine.
     assert_eq!(bound.post("/v1/admins", json!({"name": "free", "role": "viewer", "tenant_id": "alpha"})).await.status, 201);
 }
+
+/// `HEAD` asks what `GET` would answer, without the body (the router
+/// answers it with the `GET` handler): it needs what `GET` needs. An
+/// owner's `HEAD /v1/tenants` got `403 forbidden` "no access rule".
+#[tokio::test]
+async fn head_is_allowed_exactly_where_get_is() {
+    let ts = TestServer::start().await;
+    let owner = ts.admin_client();
+    assert_eq!(owner.post("/v1/tenants", json!({"id": "acme", "name": "Acme"})).await.status, 201);
+    let a = owner.post("/v1/admins", json!({"name": "look", "role": "viewer"})).await;
+    let viewer = Admin { token: a.body["token"].as_str().unwrap().to_string(), ..owner.clone() };
+    let head = |who: &Admin, path: &str| {
+        let request = ts.client.head(format!("{}{path}", ts.admin)).bearer_auth(&who.token);
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    for path in ["/v1/tenants", "/v1/me", "/v1/status", "/v1/tenants/acme/apis", "/v1/audit/acme"] {
+        assert_eq!(head(&owner, path).await, 200, "HEAD {path} as owner");
+    }
+    assert_eq!(head(&viewer, "/v1/tenants/acme/apis").await, 200);
+    // Raw events are not a viewer's, by HEAD either.
+    assert_eq!(head(&viewer, "/v1/audit/acme").await, 403);
+    assert_eq!(head(&viewer, "/v1/admins").await, 403);
+}
