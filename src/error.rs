@@ -227,10 +227,17 @@ pub fn parse_json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T,
     let mut json = serde_json::Deserializer::from_slice(text);
     let parsed: T = serde_path_to_error::deserialize(&mut json).map_err(|e| {
         let path = e.path().to_string();
+        // serde quotes a mistyped value (`invalid type: integer `…``): not
+        // when the field holds a secret (a password sent as a number).
+        let secret = matches!(e.path().iter().next_back(), Some(serde_path_to_error::Segment::Map { key }) if crate::redact::is_secret_field(key));
         let inner = e.into_inner();
         match inner.classify() {
             serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
                 ApiError::invalid_body(format!("not valid JSON ({inner})"))
+            }
+            // An unknown field's message quotes its name only.
+            serde_json::error::Category::Data if secret && !inner.to_string().starts_with("unknown field") => {
+                ApiError::invalid_body(format!("`{path}`: invalid type: must be a string (the value sent is not repeated: it may be a secret)"))
             }
             // `.` is the body itself.
             _ if path != "." => ApiError::invalid_body(format!("`{path}`: {inner}")),

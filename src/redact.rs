@@ -82,6 +82,19 @@ pub fn holds_secret(text: &str) -> bool {
     matches!(redact(text), Cow::Owned(_))
 }
 
+/// What the name of a request body's field holds when its value is never
+/// repeated (in the admin log, in an error message): in any case, anywhere
+/// in the name (a misspelt `Password`, a `new_password`).
+const SECRET_FIELD_WORDS: [&str; 4] = ["pass", "pwd", "secret", "token"];
+
+/// Whether a body field's name says it holds a secret (those words, a
+/// password's short name `pw`, or a name ending in `key`: `key`,
+/// `api_key`, `apiKey`).
+pub fn is_secret_field(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    SECRET_FIELD_WORDS.iter().any(|word| name.contains(word)) || name == "pw" || name.ends_with("key")
+}
+
 /// Returns `text` with every key, token and registered secret masked.
 pub fn redact(text: &str) -> Cow<'_, str> {
     with_secrets(|secrets| redact_with(text, secrets))

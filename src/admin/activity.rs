@@ -77,18 +77,12 @@ fn crash_after_intent(action: &str) -> bool {
         == Some(action)
 }
 
-/// What the name of a request body's field holds when its value is never
-/// copied into the log: in any case, anywhere in the name, at any depth
-/// (a refused body with a misspelt `Password`, a `new_password` or a
-/// wrapped `{"admin": {"password": …}}` holds the password all the same).
-const SECRET_FIELD_WORDS: [&str; 4] = ["pass", "pwd", "secret", "token"];
-
-/// Whether a body field's name says it holds a secret (those words, a
-/// password's short name `pw`, or a name ending in `key`: `key`,
-/// `api_key`, `apiKey`).
+/// Whether a body field's name says it holds a secret, whose value is
+/// never copied into the log, at any depth (a refused body with a
+/// misspelt `Password`, a `new_password` or a wrapped `{"admin":
+/// {"password": …}}` holds the password all the same).
 fn is_secret_field(name: &str) -> bool {
-    let name = name.to_ascii_lowercase();
-    SECRET_FIELD_WORDS.iter().any(|word| name.contains(word)) || name == "pw" || name.ends_with("key")
+    crate::redact::is_secret_field(name)
 }
 
 /// Replaces by `****` the value of every field named like a secret, and

@@ -209,3 +209,26 @@ async fn a_password_under_another_field_name_is_not_logged() {
         assert!(!text.contains(password), "the password is in the {name}: {text}");
     }
 }
+
+/// A password sent as a JSON number (a script's unquoted `$PW`) is refused,
+/// and neither the answer nor the admin log quotes it back: serde's message
+/// (`invalid type: integer `…``) held it, and the change's outcome keeps
+/// the answer's message.
+#[tokio::test]
+async fn a_password_of_the_wrong_type_is_not_quoted_back_or_logged() {
+    let ts = crate::util::TestServer::start().await;
+    let admin = ts.admin_client();
+    for password in [json!(4471928364510273_u64), json!(4471.92836451), json!(true)] {
+        let a = admin.post("/v1/admins", json!({"name": "ada", "role": "auditor", "password": password})).await;
+        assert_eq!(a.status, 400, "{}", a.text);
+        assert!(a.text.contains("`password`"), "the field is named: {}", a.text);
+        assert!(!a.text.contains("4471"), "the password is quoted: {}", a.text);
+        let login = Admin { token: String::new(), ..admin.clone() }.post("/v1/auth/login", json!({"name": "ada", "password": password})).await;
+        assert_eq!(login.status, 400, "{}", login.text);
+        assert!(!login.text.contains("4471"), "the password is quoted: {}", login.text);
+    }
+    ts.flush().await;
+    let log = admin.get("/v1/audit/_system/admin?limit=1000").await;
+    assert!(log.text.contains("ADMIN_CREATED"), "{}", log.text);
+    assert!(!log.text.contains("4471"), "the password is in the admin log: {}", log.text);
+}
