@@ -15,7 +15,7 @@
 //! blocks past the watermark are replayed; readers add those blocks
 //! themselves, so answers are exact at any moment.
 
-use rusqlite::{params, Connection, Transaction};
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use rustc_hash::FxHashMap;
 
 use super::block::{col, Columns, DecodedBlock, TextField};
@@ -330,17 +330,7 @@ impl Rollups {
 /// keeps others of it; the rows still counted the deleted events. Needs
 /// [`register_merge_functions`] on the connection.
 pub fn recount_tenant(tx: &Transaction<'_>, tenant: u32, watermark: i64) -> Result<(), StoreError> {
-    let mut methods: FxHashMap<u32, usize> = FxHashMap::default();
-    for method in METHODS {
-        let id = tx.query_row("SELECT id FROM strings WHERE value = ?1", [method], |r| r.get::<_, u32>(0));
-        match id {
-            Ok(id) => {
-                methods.insert(id, method_index(method));
-            }
-            Err(rusqlite::Error::QueryReturnedNoRows) => {}
-            Err(error) => return Err(error.into()),
-        }
-    }
+    let methods = method_ids(tx)?;
     let mut counted = Rollups::default();
     let mut decompressor = zstd::bulk::Decompressor::new()?;
     let mut stmt = tx.prepare("SELECT data FROM blocks WHERE tenant = ?1 AND id <= ?2")?;
@@ -353,6 +343,19 @@ pub fn recount_tenant(tx: &Transaction<'_>, tenant: u32, watermark: i64) -> Resu
     }
     tx.execute("DELETE FROM roll_consumer WHERE tenant = ?1", [tenant])?;
     counted.write(tx)
+}
+
+/// The rollups' index of each method a day file's dictionary holds, by
+/// the method's string id there.
+pub fn method_ids(conn: &Connection) -> Result<FxHashMap<u32, usize>, StoreError> {
+    let mut stmt = conn.prepare_cached("SELECT id FROM strings WHERE value = ?1")?;
+    let mut out = FxHashMap::default();
+    for method in METHODS {
+        if let Some(id) = stmt.query_row([method], |r| r.get::<_, u32>(0)).optional()? {
+            out.insert(id, method_index(method));
+        }
+    }
+    Ok(out)
 }
 
 /// Registers the SQL functions the upserts merge with: `sketch_merge`,

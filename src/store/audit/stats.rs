@@ -178,7 +178,7 @@ impl AuditReader {
         if ids.is_empty() {
             return Ok(());
         }
-        let methods = self.method_index(day)?;
+        let methods = rollup::method_ids(&day.conn)?;
         for (id, past_watermark) in ids {
             let data = day.block_data(id)?;
             let block = self.decode(&data, rollup::block_columns())?;
@@ -188,17 +188,6 @@ impl AuditReader {
             into.add_block(tenant, &block, &|id| methods.get(&id).copied().unwrap_or(rollup::METHODS.len()), keep);
         }
         Ok(())
-    }
-
-    /// Method index by dictionary id, for the methods in a day's dictionary.
-    fn method_index(&self, day: &DayReader) -> Result<FxHashMap<u32, usize>, StoreError> {
-        let mut out = FxHashMap::default();
-        for method in rollup::METHODS {
-            if let Some(id) = day.id_of(method)? {
-                out.insert(id, rollup::method_index(method));
-            }
-        }
-        Ok(out)
     }
 
     /// The file's ids of `tenant` and `consumer`; `None` when the file
