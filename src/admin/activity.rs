@@ -77,20 +77,15 @@ fn crash_after_intent(action: &str) -> bool {
         == Some(action)
 }
 
-/// Whether a body field's name says it holds a secret, whose value is
-/// never copied into the log, at any depth (a refused body with a
-/// misspelt `Password`, a `new_password` or a wrapped `{"admin":
-/// {"password": …}}` holds the password all the same).
-fn is_secret_field(name: &str) -> bool {
-    crate::redact::is_secret_field(name)
-}
-
-/// Replaces by `****` the value of every field named like a secret, and
-/// the credentials of every URL in a text (`http://user:pw@host`), in
-/// nested objects and arrays too.
+/// Replaces by `****` the value of every field named like a secret
+/// ([`crate::redact::is_secret_field`]), and the credentials of every URL
+/// in a text (`http://user:pw@host`), in nested objects and arrays too, at
+/// any depth (a refused body with a misspelt `Password`, a `new_password`
+/// or a wrapped `{"admin": {"password": …}}` holds the password all the
+/// same).
 fn mask_secret_fields(fields: &mut serde_json::Map<String, Value>) {
     for (name, field) in fields.iter_mut() {
-        if is_secret_field(name) {
+        if crate::redact::is_secret_field(name) {
             *field = json!("****");
         } else {
             mask_nested_secret_fields(field);

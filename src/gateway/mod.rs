@@ -426,13 +426,6 @@ impl Gateway {
                 let error = ApiError::new(ErrorCode::RequestTimeout, "the request body stopped coming before its end");
                 return refused(refuse_with(&mut event, error, &request_id_value, |e, _| finisher(e, Some(request_bytes))));
             }
-            // The upstream's every address is one the gateway may not call
-            // (`gateway.upstream_deny`, or keytrail's own listeners).
-            Some(Err(UpstreamError::Refused { reason, .. })) => {
-                tracing::warn!(api = %route.api_id, upstream = %route.upstream_authority, %reason, "upstream refused: not called");
-                let error = ApiError::new(ErrorCode::UpstreamUnavailable, "the api's upstream is at an address this gateway does not call");
-                return refused(refuse_with(&mut event, error, &request_id_value, |e, _| finisher(e, Some(request_bytes))));
-            }
             Some(Err(error)) => {
                 tracing::warn!(api = %route.api_id, upstream = %route.upstream_authority, error = %error_chain(&error), "upstream request failed");
                 // What went wrong, as far as the caller may know: not reached,
@@ -444,6 +437,11 @@ impl Gateway {
                     UpstreamError::Closed => ApiError::new(ErrorCode::UpstreamUnavailable, "the upstream service closed the connection without answering"),
                     UpstreamError::Io(_) => {
                         ApiError::new(ErrorCode::UpstreamUnavailable, "the connection to the upstream service failed before it answered")
+                    }
+                    // Its every address is one the gateway may not call
+                    // (`gateway.upstream_deny`, or keytrail's own listeners).
+                    UpstreamError::Refused { .. } => {
+                        ApiError::new(ErrorCode::UpstreamUnavailable, "the api's upstream is at an address this gateway does not call")
                     }
                     _ => ApiError::from_code(ErrorCode::UpstreamUnavailable),
                 };
