@@ -1147,9 +1147,23 @@ fn an_archive_of_several_blocks_links_them_and_names_the_block_a_change_is_in() 
 
 /// Statistics read the hot day files only — from the events as from the
 /// rollups — so a restored day is in neither answer.
+/// Statistics' source and call count for `tenant` in `from..=to`, from
+/// the rollups or (`force_events`) from the events.
+fn stats_calls(reader: &AuditReader, tenant: &str, from: i64, to: i64, force_events: bool) -> (String, u64) {
+    use keytrail::store::audit::stats::query::{Metrics, StatsQuery};
+    let q = StatsQuery {
+        filter: EventFilter { tenant_id: tenant.into(), from_ms: Some(from), to_ms: Some(to), ..EventFilter::default() },
+        group_by: None,
+        top: 10,
+        metrics: Metrics { latency: true, rate_limited: false, distinct_consumers: true, distinct_ips: false },
+        force_events,
+    };
+    let stats = reader.request_stats(&q).unwrap();
+    (stats.source.as_str().to_string(), stats.totals.calls)
+}
+
 #[test]
 fn statistics_leave_restored_days_out_either_way() {
-    use keytrail::store::audit::stats::query::{Metrics, StatsQuery};
     let mut t = trail(5, false);
     t.run(&RetentionPolicy::uniform(settings(1, 30)), at(4, 0));
     assert!(!t.day_file(0).exists());
@@ -1157,17 +1171,7 @@ fn statistics_leave_restored_days_out_either_way() {
     let (from, to) = (at(0, 0), at(1, 0) - 1);
     assert_eq!(t.read("acme", from, to).len(), 24, "the audit API reads the restored day");
     let reader = AuditReader::open(&t.audit).unwrap();
-    let calls = |force_events: bool| {
-        let q = StatsQuery {
-            filter: EventFilter { tenant_id: "acme".into(), from_ms: Some(from), to_ms: Some(to), ..EventFilter::default() },
-            group_by: None,
-            top: 10,
-            metrics: Metrics { latency: true, rate_limited: false, distinct_consumers: true, distinct_ips: false },
-            force_events,
-        };
-        let stats = reader.request_stats(&q).unwrap();
-        (stats.source.as_str().to_string(), stats.totals.calls)
-    };
+    let calls = |force_events: bool| stats_calls(&reader, "acme", from, to, force_events);
     assert_eq!(calls(false), ("rollups".to_string(), 0));
     assert_eq!(calls(true), ("events".to_string(), 0));
 }
@@ -1180,7 +1184,6 @@ fn statistics_leave_restored_days_out_either_way() {
 /// rollups, 1 from the events and the list.)
 #[test]
 fn statistics_count_only_what_an_expired_archive_left_in_a_day_file() {
-    use keytrail::store::audit::stats::query::{Metrics, StatsQuery};
     let mut t = trail(5, true);
     // Archived and expired in the same run: no archive days.
     t.run(&RetentionPolicy::uniform(settings(1, 0)), at(3, 0));
@@ -1189,17 +1192,7 @@ fn statistics_count_only_what_an_expired_archive_left_in_a_day_file() {
     let left: Vec<_> = t.read("acme", from, to).into_iter().filter(|s| s.event.category == Some(Category::Request)).collect();
     assert_eq!(left.len(), 1, "only the slow call is left");
     let reader = AuditReader::open(&t.audit).unwrap();
-    let calls = |force_events: bool| {
-        let q = StatsQuery {
-            filter: EventFilter { tenant_id: "acme".into(), from_ms: Some(from), to_ms: Some(to), ..EventFilter::default() },
-            group_by: None,
-            top: 10,
-            metrics: Metrics { latency: true, rate_limited: false, distinct_consumers: true, distinct_ips: false },
-            force_events,
-        };
-        let stats = reader.request_stats(&q).unwrap();
-        (stats.source.as_str().to_string(), stats.totals.calls)
-    };
+    let calls = |force_events: bool| stats_calls(&reader, "acme", from, to, force_events);
     assert_eq!(calls(false), ("rollups".to_string(), 1));
     assert_eq!(calls(true), ("events".to_string(), 1));
     let consumer = left[0].event.consumer_id.as_deref().unwrap().to_string();
@@ -1213,7 +1206,6 @@ fn statistics_count_only_what_an_expired_archive_left_in_a_day_file() {
 /// timeline) as it is from every other read.
 #[test]
 fn statistics_hide_archived_events_in_a_shared_day_file() {
-    use keytrail::store::audit::stats::query::{Metrics, StatsQuery};
     let mut t = trail(6, false);
     let mut policy = RetentionPolicy::uniform(settings(2, 30));
     policy.tenants.insert("acme".into(), settings(1, 1));
@@ -1223,16 +1215,7 @@ fn statistics_hide_archived_events_in_a_shared_day_file() {
     let (from, to) = (at(0, 0), at(1, 0) - 1);
     assert_eq!(t.read("acme", from, to).len(), 0, "hidden from reads");
     let reader = AuditReader::open(&t.audit).unwrap();
-    let calls = |tenant: &str, force_events: bool| {
-        let q = StatsQuery {
-            filter: EventFilter { tenant_id: tenant.into(), from_ms: Some(from), to_ms: Some(to), ..EventFilter::default() },
-            group_by: None,
-            top: 10,
-            metrics: Metrics { latency: true, rate_limited: false, distinct_consumers: true, distinct_ips: false },
-            force_events,
-        };
-        reader.request_stats(&q).unwrap().totals.calls
-    };
+    let calls = |tenant: &str, force_events: bool| stats_calls(&reader, tenant, from, to, force_events).1;
     assert_eq!((calls("acme", false), calls("acme", true)), (0, 0));
     let profile = reader.consumer_profile("acme", "cons_0", from, to + 1, 10).unwrap();
     let timeline: u64 = reader.path_timeline("acme", from, to + 1).unwrap().iter().map(|p| p.calls).sum();
