@@ -406,6 +406,11 @@ impl ControlPlane {
         self
     }
 
+    /// Where retention writes archives (known with the erasure settings).
+    pub fn archive_dir(&self) -> Option<&std::path::Path> {
+        self.erasure.as_ref().map(|e| e.archive_dir.as_path())
+    }
+
     pub fn upstream_guard(&self) -> &crate::protection::UpstreamGuard {
         &self.upstream_guard
     }

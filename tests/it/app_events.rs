@@ -616,3 +616,51 @@ async fn submitted_events_cannot_claim_an_address_as_keytrail_names_it() {
     }
     assert_eq!(events(&admin.get("/v1/audit/acme/events").await).len(), 3);
 }
+
+/// After a restart the used ids were read back from the hot store only:
+/// with `retention.hot_days` under the 7-day window, an id whose event was
+/// already archived was not found, and its retry was stored a second time.
+/// The archives of the window's days are read too; an id older than the
+/// window is free again, as before.
+#[tokio::test]
+async fn an_id_archived_before_a_restart_is_still_a_duplicate_within_the_window() {
+    use keytrail::event::{now_ms, Category, Event};
+    use keytrail::store::audit::archive::{day_name, paths};
+    use keytrail::store::audit::AuditWriterStore;
+    use keytrail::store::control::{ControlStore, Tenant};
+    const DAY: i64 = 86_400_000;
+    let today = now_ms().div_euclid(DAY);
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let control = ControlStore::open(&dir.path().join("control.db")).unwrap();
+        control.create_tenant(&Tenant { id: "acme".into(), name: "Acme".into(), created_at: (today - 20) * DAY }).unwrap();
+        let mut store = AuditWriterStore::open(&dir.path().join("audit")).unwrap();
+        for (id, days_ago) in [("evt-ancient", 9), ("evt-old", 3)] {
+            let mut e = Event::new("acme", Category::App, "item.changed", "success");
+            e.event_id = id.into();
+            e.timestamp_ms = (today - days_ago) * DAY + 3_600_000;
+            e.target = Some("item:1".into());
+            store.insert_batch(&mut vec![e]).unwrap();
+        }
+    }
+    let mut ts = TestServer::start_with(dir, |c| {
+        c.retention.defaults = keytrail::settings::retention::RetentionSettings { hot_days: 1, archive_days: 400 };
+        c.retention.interval = std::time::Duration::from_millis(300);
+    })
+    .await;
+    let archive = paths(&ts.data_dir.join("archive"), "acme", &day_name(today - 3)).0;
+    for _ in 0..200 {
+        if archive.exists() && !ts.audit_dir().join(format!("{}.db", day_name(today - 3))).exists() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(archive.exists(), "retention archived the day");
+    let admin = ts.admin_client();
+    let one = |id: &str| json!({"event_id": id, "action": "item.changed", "resource_type": "item", "resource_id": "1"});
+    let a = submit(&admin, "acme", one("evt-old")).await;
+    assert_eq!((a.status, a.body["events"][0]["status"].as_str()), (200, Some("duplicate")), "{}", a.text);
+    let a = submit(&admin, "acme", one("evt-ancient")).await;
+    assert_eq!((a.status, a.body["events"][0]["status"].as_str()), (201, Some("created")), "{}", a.text);
+    ts.stop().await;
+}

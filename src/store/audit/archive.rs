@@ -1332,6 +1332,26 @@ pub fn cat(archive_dir: &Path, tenant: &str, day: &str, key: &VerifyingKey, out:
     Ok(written)
 }
 
+/// Calls `each` with every event of `tenant`'s archives named for
+/// `from_day` or a later day, archive by archive. An archive that does not
+/// verify is read as far as it can be and named in the answer's problems
+/// (the caller decides whether what it read is good enough).
+pub fn scan_since(archive_dir: &Path, tenant: &str, from_day: i64, key: &VerifyingKey, each: &mut dyn FnMut(&StoredEvent)) -> Result<Vec<String>, StoreError> {
+    let mut problems = Vec::new();
+    for path in manifest_paths(&tenant_dir(archive_dir, tenant))? {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.get(..10).and_then(parse_day).is_none_or(|day| day < from_day) {
+            continue;
+        }
+        let mut one = |stored: StoredEvent| -> Result<(), String> {
+            each(&stored);
+            Ok(())
+        };
+        problems.extend(check_archive(tenant, &path, key, Some(&mut one)).problems);
+    }
+    Ok(problems)
+}
+
 /// What erasing a consumer's personal values did to a tenant's archives.
 #[derive(Debug, Default)]
 pub(super) struct ArchiveErasure {
