@@ -74,7 +74,10 @@ fn windowed_filter(tenant: &str, params: &[(String, String)], default_window: i6
     let to = filter.to_ms.unwrap_or_else(now_ms);
     let from = filter.from_ms.unwrap_or(to - default_window);
     if from > to {
-        return Err(ApiError::invalid_parameter("from", "must not be after `to`"));
+        // Without a `to` the window ends now: say so, not name a `to` the
+        // caller never gave.
+        let why = if filter.to_ms.is_some() { "must not be after `to`" } else { "must not be in the future (without `to`, the window ends now)" };
+        return Err(ApiError::invalid_parameter("from", why));
     }
     filter.from_ms = Some(from);
     filter.to_ms = Some(to);

@@ -666,6 +666,12 @@ async fn bad_parameters_roles_and_tenants() {
     ] {
         bad(&owner.get(path).await, param);
     }
+    // A `from` in the future with no `to`: the window ends now, and the
+    // message says so rather than blame a `to` that was never given.
+    let a = owner.get("/v1/audit/acme/stats?from=2999-01-01T00:00:00Z").await;
+    bad(&a, "from");
+    let message = a.body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("future") && !message.contains("after `to`"), "{message}");
     // Unknown parameters are ignored, as on the list (`limit` is not
     // unknown: /stats refuses it, see stats_refuses_parameters_it_does_not_honour).
     assert_eq!(owner.get("/v1/audit/acme/stats?whatever=1").await.status, 200);
