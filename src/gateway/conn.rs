@@ -519,7 +519,7 @@ fn parse(inbuf: &mut InBuf) -> Parsed {
         return Parsed::Refused(Malformed::Target { method, target, headers: CallHeaders::Raw { head, spans } });
     };
     let headers = CallHeaders::Raw { head, spans };
-    Parsed::Call(Call { method, uri, headers, body: ClientBody::Empty }, close)
+    Parsed::Call(Call { method, uri, version: http::Version::HTTP_11, headers, body: ClientBody::Empty }, close)
 }
 
 /// Whether the head's `Content-Length` lines are ones hyper's server

@@ -73,6 +73,8 @@ pub struct Gateway {
 pub struct Call {
     pub method: http::Method,
     pub uri: Uri,
+    /// HTTP/1.1 or HTTP/1.0 (which need not name a `Host`).
+    pub version: http::Version,
     pub headers: CallHeaders,
     pub body: ClientBody,
 }
@@ -81,7 +83,7 @@ impl Call {
     /// A request hyper read.
     pub fn from_request(req: Request<ClientBody>) -> Call {
         let (parts, body) = req.into_parts();
-        Call { method: parts.method, uri: parts.uri, headers: CallHeaders::Map(parts.headers), body }
+        Call { method: parts.method, uri: parts.uri, version: parts.version, headers: CallHeaders::Map(parts.headers), body }
     }
 }
 
@@ -200,18 +202,22 @@ impl Gateway {
         let client = self.client_of(peer.ip(), &req.headers);
         event.client_ip = Some(if client == peer.ip() { upstreams.peer_text().clone() } else { client.to_string().into() });
         event.user_agent = req.headers.get("user-agent").map(user_agent_text);
-        // Key verification for callers that do not proxy: before routing, so
-        // no api's prefix can shadow it. Boxed, so the proxy path's future
-        // does not grow by the verification's state.
-        if req.uri.path() == verify::PATH {
-            return Box::pin(self.verify(req, event, client, started)).await;
-        }
         let finisher = |event: Event, request_bytes: Option<Arc<AtomicU64>>| Finisher {
             event,
             started,
             request_bytes,
             audit: self.audit.clone(),
         };
+        // RFC 9112 §3.2: an HTTP/1.1 request names its host once; no request names two.
+        if let Some(message) = host_problem(&req) {
+            return refuse_with(&mut event, ApiError::new(ErrorCode::InvalidParameter, message), &request_id_value, finisher);
+        }
+        // Key verification for callers that do not proxy: before routing, so
+        // no api's prefix can shadow it. Boxed, so the proxy path's future
+        // does not grow by the verification's state.
+        if req.uri.path() == verify::PATH {
+            return Box::pin(self.verify(req, event, client, started)).await;
+        }
 
         // 2. Pre-auth protection: the attack rules, then the global and the
         // api's tenant's blocklists, before any key is looked at. (The route
@@ -363,7 +369,7 @@ impl Gateway {
         };
 
         // 8. Proxy, streaming both ways.
-        let Call { method, uri, headers, body } = req;
+        let Call { method, uri, headers, body, .. } = req;
         // Origin-form: the path as the caller sent it, query included.
         let target = uri.path_and_query().map_or("/", |pq| pq.as_str());
         let xff = forwarded_for(&headers, upstreams);
@@ -827,6 +833,19 @@ fn describe_consumer(event: &mut Event, key: &KeyEntry) {
     event.key_id = Some(key.key_id.clone());
     event.key_hint = Some(key.hint.clone());
     event.actor = Some(key.actor.clone());
+}
+
+/// What is wrong with a call's `Host` lines, if anything: none in an
+/// HTTP/1.1 request, or more than one in any (RFC 9112 §3.2, which has the
+/// server answer 400, as nginx does; forwarded, two could name one host to
+/// the upstream and another to whatever reads the last).
+fn host_problem(req: &Call) -> Option<&'static str> {
+    let mut hosts = req.headers.values("host");
+    match (hosts.next(), hosts.next()) {
+        (None, _) if req.version >= http::Version::HTTP_11 => Some("an HTTP/1.1 request needs a Host header"),
+        (Some(_), Some(_)) => Some("a request may carry only one Host header"),
+        _ => None,
+    }
 }
 
 /// Answers with a gateway error and records the request event with it.
