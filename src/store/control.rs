@@ -810,7 +810,26 @@ impl ControlStore {
     }
 
     pub fn create_admin(&self, admin: &Admin) -> Result<(), StoreError> {
-        self.conn()
+        // Names are sign-in names (a person signs in with a name and a
+        // password, no tenant), so they are unique across tenants, and
+        // whatever their letters' case (ASCII, the only letters a name
+        // has): `Ann` beside `ann` would read as one admin in the admin log
+        // and every list. The refusal says only that this one cannot be
+        // used, the same whether the creator's own tenant holds it or one
+        // it cannot see: not that an admin of that name exists, nor where.
+        let taken = || {
+            format!(
+                "the name `{}` cannot be used: admin names are unique on the whole server, across tenants and whatever the case of their letters (people sign in by name alone); choose another",
+                admin.name
+            )
+        };
+        let conn = self.conn();
+        // Checked and inserted under the one connection's lock: no other
+        // insert comes between.
+        if conn.query_row("SELECT 1 FROM admins WHERE name = ?1 COLLATE NOCASE", [&admin.name], |_| Ok(())).optional()?.is_some() {
+            return Err(StoreError::Conflict(taken()));
+        }
+        conn
             .execute(
                 "INSERT INTO admins (id, name, role, tenant_id, token_hash, password_hash, created_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -824,19 +843,7 @@ impl ControlStore {
                     admin.created_at
                 ],
             )
-            // Names are sign-in names (a person signs in with a name and a
-            // password, no tenant), so they are unique across tenants. The
-            // refusal says only that this one cannot be used, the same
-            // whether the creator's own tenant holds it or one it cannot
-            // see: not that an admin of that name exists, nor where.
-            .map_err(|e| {
-                conflict_if_duplicate(e, || {
-                    format!(
-                        "the name `{}` cannot be used: admin names are unique on the whole server, across tenants (people sign in by name alone); choose another",
-                        admin.name
-                    )
-                })
-            })?;
+            .map_err(|e| conflict_if_duplicate(e, taken))?;
         Ok(())
     }
 

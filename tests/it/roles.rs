@@ -451,6 +451,17 @@ async fn a_taken_admin_name_is_refused_alike_wherever_it_is_taken() {
     assert!(answers.iter().all(|m| *m == answers[0]), "the same answer wherever the name is taken: {answers:?}");
     // A free name is fine.
     assert_eq!(bound.post("/v1/admins", json!({"name": "free", "role": "viewer", "tenant_id": "alpha"})).await.status, 201);
+    // A name that differs from a taken one only in case is taken too: `Ann`
+    // beside `ann` would be two admins the admin log and every list show
+    // alike to a reader, one of them perhaps another tenant's.
+    for name in ["Ann", "BEA", "Free"] {
+        let a = bound.post("/v1/admins", json!({"name": name, "role": "viewer", "tenant_id": "alpha"})).await;
+        assert_eq!((a.status, a.body["error"]["code"].as_str()), (409, Some("conflict")), "{name}: {}", a.text);
+        let message = a.body["error"]["message"].as_str().unwrap().to_string();
+        assert_eq!(message.replace(&format!("`{name}`"), "`NAME`"), answers[0], "the same answer: {message}");
+    }
+    let names: Vec<String> = owner.get("/v1/admins").await.body["admins"].as_array().unwrap().iter().map(|a| a["name"].as_str().unwrap().to_string()).collect();
+    assert!(!names.iter().any(|n| ["Ann", "BEA", "Free"].contains(&n.as_str())), "{names:?}");
 }
 
 /// `HEAD` asks what `GET` would answer, without the body (the router
