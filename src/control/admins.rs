@@ -249,6 +249,9 @@ impl ControlPlane {
             if !(MIN_PASSWORD..=MAX_PASSWORD).contains(&password.chars().count()) {
                 return Err(ApiError::invalid_body(format!("`password` must be {MIN_PASSWORD}-{MAX_PASSWORD} characters")));
             }
+            if password.chars().all(char::is_whitespace) {
+                return Err(ApiError::invalid_body("`password` must not be only white space"));
+            }
         }
         let token = keys::generate_admin_token();
         let admin = Admin {

@@ -223,6 +223,9 @@ async fn people_sign_in_with_a_password_and_get_a_session() {
     for (body, status) in [
         (json!({"name": "bob", "role": "root"}), 400),
         (json!({"name": "bob", "role": "viewer", "password": "short"}), 400),
+        // Twelve characters, but blank: no password at all to look at.
+        (json!({"name": "bob", "role": "viewer", "password": " ".repeat(12)}), 400),
+        (json!({"name": "bob", "role": "viewer", "password": " \t\n\u{a0}".repeat(4)}), 400),
         (json!({"name": "bad name!", "role": "viewer"}), 400),
         (json!({"name": "ada", "role": "viewer"}), 409),
         (json!({"name": "bob", "role": "viewer", "tenant_id": "nope"}), 404),
