@@ -202,15 +202,9 @@ impl Gateway {
         let client = self.client_of(peer.ip(), &req.headers);
         event.client_ip = Some(if client == peer.ip() { upstreams.peer_text().clone() } else { client.to_string().into() });
         event.user_agent = req.headers.get("user-agent").map(user_agent_text);
-        let finisher = |event: Event, request_bytes: Option<Arc<AtomicU64>>| Finisher {
-            event,
-            started,
-            request_bytes,
-            audit: self.audit.clone(),
-        };
         // RFC 9112 §3.2: an HTTP/1.1 request names its host once; no request names two.
         if let Some(message) = host_problem(&req) {
-            return refuse_with(&mut event, ApiError::new(ErrorCode::InvalidParameter, message), &request_id_value, finisher);
+            return self.refuse_host(event, message, started, &request_id_value);
         }
         // Key verification for callers that do not proxy: before routing, so
         // no api's prefix can shadow it. Boxed, so the proxy path's future
@@ -218,6 +212,12 @@ impl Gateway {
         if req.uri.path() == verify::PATH {
             return Box::pin(self.verify(req, event, client, started)).await;
         }
+        let finisher = |event: Event, request_bytes: Option<Arc<AtomicU64>>| Finisher {
+            event,
+            started,
+            request_bytes,
+            audit: self.audit.clone(),
+        };
 
         // 2. Pre-auth protection: the attack rules, then the global and the
         // api's tenant's blocklists, before any key is looked at. (The route
@@ -485,6 +485,13 @@ impl Gateway {
             "actual": violation.actual,
         }));
         self.audit.record(event);
+    }
+
+    /// Refuses a call whose `Host` lines are wrong (see [`host_problem`]).
+    #[cold]
+    fn refuse_host(&self, mut event: Event, message: &'static str, started: Instant, request_id: &HeaderValue) -> Response<GatewayBody> {
+        let finisher = |event, request_bytes| Finisher { event, started, request_bytes, audit: self.audit.clone() };
+        refuse_with(&mut event, ApiError::new(ErrorCode::InvalidParameter, message), request_id, finisher)
     }
 
     /// Refuses a blocked request with a generic 403; the request event and a
@@ -840,10 +847,9 @@ fn describe_consumer(event: &mut Event, key: &KeyEntry) {
 /// server answer 400, as nginx does; forwarded, two could name one host to
 /// the upstream and another to whatever reads the last).
 fn host_problem(req: &Call) -> Option<&'static str> {
-    let mut hosts = req.headers.values("host");
-    match (hosts.next(), hosts.next()) {
-        (None, _) if req.version >= http::Version::HTTP_11 => Some("an HTTP/1.1 request needs a Host header"),
-        (Some(_), Some(_)) => Some("a request may carry only one Host header"),
+    match req.headers.count_up_to(&header::HOST, 2) {
+        0 if req.version >= http::Version::HTTP_11 => Some("an HTTP/1.1 request needs a Host header"),
+        2 => Some("a request may carry only one Host header"),
         _ => None,
     }
 }
