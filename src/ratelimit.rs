@@ -96,6 +96,14 @@ pub struct RateLimit {
     tats: DashMap<Text, AtomicU64, rustc_hash::FxBuildHasher>,
 }
 
+/// Why a minute limit refused a call: how long until its cells are there,
+/// and how many whole cells are left meanwhile (fewer than the call costs).
+#[derive(Debug, Clone, Copy)]
+struct Refused {
+    wait: Duration,
+    remaining: u32,
+}
+
 /// A consumer's TAT before and after a take (as stored), for giving it back.
 #[derive(Debug, Clone, Copy)]
 struct Taken {
@@ -165,13 +173,21 @@ impl RateLimit {
     /// [`RateLimit::take_tracked`] without what it took (for tests).
     #[cfg(test)]
     fn take(&self, consumer: &Text, cost: u32, now: u64) -> Result<Standing, Duration> {
-        self.take_tracked(consumer, cost, now).map(|(standing, _)| standing)
+        self.take_tracked(consumer, cost, now).map(|(standing, _)| standing).map_err(|refused| refused.wait)
+    }
+
+    /// The whole cells left at `now` when the consumer's TAT is `at`: at
+    /// most the burst, `(tau + t) / t`.
+    fn cells_left(&self, at: u128, now: u128) -> u32 {
+        let t = u128::from(self.t);
+        ((now + self.tau + t).saturating_sub(at.max(now)).min(self.tau + t) / t) as u32
     }
 
     /// Takes the cells of a call of `cost` for `consumer` at `now` (on
-    /// [`CLOCK`]), or says how long until they are there; with what the
-    /// consumer's TAT was before and after, for [`RateLimit::give_back`].
-    fn take_tracked(&self, consumer: &Text, cost: u32, now: u64) -> Result<(Standing, Taken), Duration> {
+    /// [`CLOCK`]), or says how long until they are there and how many are
+    /// left meanwhile; with what the consumer's TAT was before and after,
+    /// for [`RateLimit::give_back`].
+    fn take_tracked(&self, consumer: &Text, cost: u32, now: u64) -> Result<(Standing, Taken), Refused> {
         let (weight, t, now_wide) = (self.weight(cost), u128::from(self.t), u128::from(now));
         let take = |tat: &AtomicU64| {
             let mut seen = tat.load(Ordering::Acquire);
@@ -180,7 +196,9 @@ impl RateLimit {
                 // The earliest moment the last of the cells conforms.
                 let earliest = (at + weight - t).saturating_sub(self.tau);
                 if now_wide < earliest {
-                    return Err(Duration::from_nanos(u64::try_from(earliest - now_wide).unwrap_or(u64::MAX)));
+                    // Fewer cells than the call costs, but not necessarily none.
+                    let remaining = self.cells_left(at, now_wide);
+                    return Err(Refused { wait: Duration::from_nanos(u64::try_from(earliest - now_wide).unwrap_or(u64::MAX)), remaining });
                 }
                 let next = at.max(now_wide) + weight;
                 let stored = u64::try_from(next).unwrap_or(u64::MAX);
@@ -194,15 +212,18 @@ impl RateLimit {
             Some(tat) => take(&tat),
             None => take(&self.tats.entry(consumer.clone()).or_default()),
         }?;
-        // At most the burst: (tau + t) / t.
-        let remaining = ((now_wide + self.tau + t).saturating_sub(next).min(self.tau + t) / t) as u32;
-        let reset = t * u128::from(self.spec.burst - remaining);
-        let standing = Standing {
+        Ok((self.standing(self.cells_left(next, now_wide)), taken))
+    }
+
+    /// Where a consumer with `remaining` whole cells stands: the burst, what
+    /// is left, and the seconds until the burst is whole again.
+    fn standing(&self, remaining: u32) -> Standing {
+        let reset = u128::from(self.t) * u128::from(self.spec.burst - remaining);
+        Standing {
             limit: u64::from(self.spec.burst),
             remaining: u64::from(remaining),
             reset_secs: ceil_secs(Duration::from_nanos(u64::try_from(reset).unwrap_or(u64::MAX))),
-        };
-        Ok((standing, taken))
+        }
     }
 
     /// Gives back the cells [`RateLimit::take`] took at `taken` for a call
@@ -334,12 +355,15 @@ pub fn check(
     }
     let now = clock_ns();
     let minute = |limit: &RateLimit, scope: &dyn Fn() -> String| -> Result<(Standing, Taken), Exceeded> {
-        limit.take_tracked(consumer, cost, now).map_err(|wait| Exceeded {
+        limit.take_tracked(consumer, cost, now).map_err(|Refused { wait, remaining }| Exceeded {
             scope: scope(),
             window: "minute",
             limit: u64::from(limit.spec.requests_per_minute),
             retry_after_secs: ceil_secs(wait).max(1),
-            standing: Standing { limit: u64::from(limit.spec.burst), remaining: 0, reset_secs: ceil_secs(wait).max(1) },
+            // What is left and when it is whole again, as a passing call
+            // and the daily cap's refusal tell it: a costly call may be
+            // refused with cheaper calls' cells still there.
+            standing: limit.standing(remaining),
             cost_above_limit: false,
         })
     };

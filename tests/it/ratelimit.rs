@@ -420,3 +420,37 @@ async fn an_upstream_failure_after_the_limits_still_tells_the_budget() {
     assert!(a.header("ratelimit-reset").is_some(), "{:?}", a.headers);
     ts.stop().await;
 }
+
+/// A costly call the minute limit refuses is told how many cells are left,
+/// not 0: a consumer with 2 of 5 left asking for an export that costs 3 is
+/// refused, and 2 single calls still pass. The refusal said
+/// `RateLimit-Remaining: 0` (as the daily cap's refusal never did), so a
+/// client pacing itself by the header waited when it had budget left; and
+/// its `RateLimit-Reset` was the wait for this call (`Retry-After`), not the
+/// time until the limit is whole again, as on every other answer.
+#[tokio::test]
+async fn a_costly_call_the_minute_limit_refuses_tells_what_is_left() {
+    let mut ts = TestServer::start().await;
+    // One cell a minute, so nothing refills during the test.
+    let (_, _, key) = setup(
+        &ts,
+        json!({"costs": [{"path_prefix": "/docs/export", "cost": 3}]}),
+        json!({"rate_limit": {"requests_per_minute": 1, "burst": 5}}),
+    )
+    .await;
+    let a = call(&ts, "/docs/export/fixed", &key).await;
+    assert_eq!((a.status, a.header("ratelimit-remaining")), (200, Some(2)), "{}", a.body);
+    let a = call(&ts, "/docs/export/fixed", &key).await;
+    assert_eq!(a.status, 429, "{}", a.body);
+    assert_eq!((a.header("ratelimit-limit"), a.header("ratelimit-remaining")), (Some(5), Some(2)), "{:?}", a.headers);
+    // It waits for one more cell; the burst is whole again after three.
+    assert_eq!((a.header("retry-after"), a.header("ratelimit-reset")), (Some(60), Some(180)), "{:?}", a.headers);
+    // The two cells the header names are there.
+    for remaining in [1, 0] {
+        let a = call(&ts, "/docs/fixed", &key).await;
+        assert_eq!((a.status, a.header("ratelimit-remaining")), (200, Some(remaining)), "{}", a.body);
+    }
+    let a = call(&ts, "/docs/fixed", &key).await;
+    assert_eq!((a.status, a.header("ratelimit-remaining")), (429, Some(0)), "{}", a.body);
+    ts.stop().await;
+}
