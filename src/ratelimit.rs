@@ -260,37 +260,43 @@ impl DailyCap {
         DailyCap { limit, used: Mutex::default() }
     }
 
-    /// Counts `cost` calls for `consumer` today, unless that passes the cap.
-    fn take(&self, consumer: &str, cost: u64, now_ms: i64) -> Result<Standing, Standing> {
+    /// Counts `cost` calls for `consumer` today, unless that passes the cap;
+    /// with the UTC day it counted them in, for [`DailyCap::give_back`].
+    /// Only a later day starts a new count: a call stamped before midnight
+    /// that comes after one stamped past it (calls racing over midnight)
+    /// counts in the new day rather than setting the count back to the old
+    /// day, which would wipe the new day's.
+    fn take(&self, consumer: &str, cost: u64, now_ms: i64) -> Result<(Standing, i64), Standing> {
         let (day, reset_secs) = day_and_reset(now_ms);
         let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
         let entry = match used.get_mut(consumer) {
             Some(entry) => entry,
             None => used.entry(consumer.to_string()).or_insert((day, 0)),
         };
-        if entry.0 != day {
+        if entry.0 < day {
             *entry = (day, 0);
         }
         if entry.1 + cost > self.limit {
             return Err(Standing { limit: self.limit, remaining: self.limit - entry.1.min(self.limit), reset_secs });
         }
         entry.1 += cost;
-        Ok(Standing { limit: self.limit, remaining: self.limit - entry.1, reset_secs })
+        Ok((Standing { limit: self.limit, remaining: self.limit - entry.1, reset_secs }, entry.0))
     }
 
-    /// Where `consumer` stands today, counting nothing.
+    /// Where `consumer` stands today, counting nothing (a call stamped
+    /// before midnight reads the new day's count, as [`DailyCap::take`]).
     fn standing(&self, consumer: &str, now_ms: i64) -> Standing {
         let (day, reset_secs) = day_and_reset(now_ms);
         let used = self.used.lock().unwrap_or_else(|e| e.into_inner());
-        let spent = used.get(consumer).filter(|e| e.0 == day).map_or(0, |e| e.1);
+        let spent = used.get(consumer).filter(|e| e.0 >= day).map_or(0, |e| e.1);
         Standing { limit: self.limit, remaining: self.limit - spent.min(self.limit), reset_secs }
     }
 
-    /// Gives back what [`DailyCap::take`] counted for a call another limit
-    /// then refused (the same UTC day only).
-    fn give_back(&self, consumer: &str, cost: u64, now_ms: i64) {
+    /// Gives back what [`DailyCap::take`] counted in `day` for a call
+    /// another limit then refused (if that day's count is still the one kept).
+    fn give_back(&self, consumer: &str, cost: u64, day: i64) {
         let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(entry) = used.get_mut(consumer).filter(|e| e.0 == now_ms.div_euclid(86_400_000)) {
+        if let Some(entry) = used.get_mut(consumer).filter(|e| e.0 == day) {
             entry.1 = entry.1.saturating_sub(cost);
         }
     }
@@ -345,13 +351,14 @@ pub fn check(
             if u64::from(cost) > cap.limit {
                 return Err(exceeded(cap.standing(consumer, now_ms), true));
             }
-            Some((cap, cap.take(consumer, u64::from(cost), now_ms).map_err(|standing| exceeded(standing, false))?))
+            let (standing, day) = cap.take(consumer, u64::from(cost), now_ms).map_err(|standing| exceeded(standing, false))?;
+            Some((cap, standing, day))
         }
         None => None,
     };
     let tier_rate = tier.and_then(|t| Some((t, t.rate.as_ref()?)));
     if api.is_none() && tier_rate.is_none() {
-        return Ok(daily.map(|(_, standing)| standing));
+        return Ok(daily.map(|(_, standing, _)| standing));
     }
     let now = clock_ns();
     let minute = |limit: &RateLimit, scope: &dyn Fn() -> String| -> Result<(Standing, Taken), Exceeded> {
@@ -372,8 +379,8 @@ pub fn check(
         if let (Some((_, limit)), Some(taken)) = (api, api_taken) {
             limit.give_back(consumer, cost, now, taken);
         }
-        if let Some((cap, _)) = daily {
-            cap.give_back(consumer, u64::from(cost), now_ms);
+        if let Some((cap, _, day)) = daily {
+            cap.give_back(consumer, u64::from(cost), day);
         }
     };
     let mut api_taken = None;
@@ -398,7 +405,7 @@ pub fn check(
             }
         }
     }
-    if let Some((_, standing)) = daily {
+    if let Some((_, standing, _)) = daily {
         note(standing);
     }
     Ok(closest)
@@ -438,7 +445,7 @@ mod tests {
         for _ in 0..5 {
             assert_eq!(check(Some(&t), None, &c, 1, 0).unwrap_err().window, "minute");
         }
-        let used = t.daily.as_ref().unwrap().take(&c, 0, 0).unwrap();
+        let used = t.daily.as_ref().unwrap().standing(&c, 0);
         assert_eq!(used.remaining, 9, "only the call that passed counts");
         // The daily cap refuses: the api's and the tier's minutes are untouched.
         let t = tier(Some(RateSpec { requests_per_minute: 60, burst: 2 }), Some(1));
@@ -456,7 +463,7 @@ mod tests {
             assert_eq!(check(Some(&t), Some(("docs", &api)), &c, 1, 0).unwrap_err().scope, "tier:free");
         }
         assert_eq!(api.take(&c, 1, clock_ns()).unwrap().remaining, 3, "only the call that passed took an api cell");
-        assert_eq!(t.daily.as_ref().unwrap().take(&c, 0, 0).unwrap().remaining, 99);
+        assert_eq!(t.daily.as_ref().unwrap().standing(&c, 0).remaining, 99);
         // The api's refuses (at a cost): the tier's are untouched.
         let t = tier(Some(RateSpec { requests_per_minute: 1, burst: 10 }), None);
         let api = RateLimit::new(RateSpec { requests_per_minute: 1, burst: 3 }).unwrap();
@@ -518,7 +525,7 @@ mod tests {
         // to less than one cell of 60 s, which may show as one less.
         let remaining = api.take(&c, 1, clock_ns()).unwrap().remaining;
         assert!((50 - 30 - 2..=50 - 30 - 1).contains(&remaining), "{remaining}");
-        assert_eq!(t.daily.as_ref().unwrap().take(&c, 0, 0).unwrap().remaining, 1_000 - 30);
+        assert_eq!(t.daily.as_ref().unwrap().standing(&c, 0).remaining, 1_000 - 30);
     }
 
     #[test]
@@ -547,6 +554,28 @@ mod tests {
         assert_eq!(e.retry_after_secs, 43_200);
         assert_eq!(check(Some(&t), None, &c, 40, noon).unwrap().unwrap().remaining, 0);
         assert!(check(Some(&t), None, &c, 1, noon + 43_200_000).is_ok(), "a new day");
+    }
+
+    /// Calls racing over midnight UTC reach the cap out of the order of
+    /// their clocks: one stamped a millisecond before midnight, counted after
+    /// one stamped after it, must not wipe the new day's count (it set the
+    /// count back to the old day, so the next call found a day of its own
+    /// and started from zero: the new day's calls so far were free).
+    #[test]
+    fn a_late_call_from_before_midnight_leaves_the_new_days_count() {
+        let t = tier(None, Some(3));
+        let c = Text::from("cons_a");
+        let midnight = 86_400_000 * 20_000;
+        assert_eq!(check(Some(&t), None, &c, 3, midnight + 1).unwrap().unwrap().remaining, 0, "the new day's whole quota");
+        let late = check(Some(&t), None, &c, 1, midnight - 1);
+        assert!(late.is_err_and(|e| e.window == "day"), "the count it meets is the new day's, spent");
+        assert_eq!(check(Some(&t), None, &c, 1, midnight + 2).unwrap_err().window, "day", "the new day's count stands");
+        // A late call that another limit refuses gives back only what it took.
+        let t = tier(Some(RateSpec { requests_per_minute: 1, burst: 1 }), Some(10));
+        let c = Text::from("cons_b");
+        assert!(check(Some(&t), None, &c, 1, midnight + 1).is_ok());
+        assert_eq!(check(Some(&t), None, &c, 1, midnight - 1).unwrap_err().window, "minute");
+        assert_eq!(t.daily.as_ref().unwrap().standing(&c, midnight + 3).remaining, 9, "one call counted today, the refused one given back");
     }
 
     /// A call that costs more than the whole day is told so, not to wait,
