@@ -114,10 +114,13 @@ pub struct Snapshot {
 }
 
 /// A tier's limiters: the previous snapshot's when the tier did not change
-/// (so counters survive unrelated changes), otherwise new ones.
-fn tier_limits(tier: &Tier, previous: &Snapshot) -> Arc<TierLimits> {
+/// (so counters survive unrelated changes), otherwise new ones; new ones
+/// too for the tier `fresh` names (its limits were just replaced, maybe by
+/// the same values: its consumers start afresh).
+fn tier_limits(tier: &Tier, previous: &Snapshot, fresh: Option<(&str, &str)>) -> Arc<TierLimits> {
     let key = (tier.tenant_id.clone(), tier.id.clone());
-    if let Some(old) = previous.tiers.get(&key) {
+    let replaced = fresh == Some((tier.tenant_id.as_str(), tier.id.as_str()));
+    if let Some(old) = previous.tiers.get(&key).filter(|_| !replaced) {
         if old.rate.as_ref().map(|r| r.spec) == tier.rate() && old.daily.as_ref().map(|d| d.limit) == tier.daily_quota {
             return old.clone();
         }
@@ -145,6 +148,12 @@ impl Snapshot {
     /// Builds the snapshot of `data`, keeping `previous`'s limiter state
     /// where the limits did not change.
     pub fn build(data: RoutingData, previous: &Snapshot) -> Snapshot {
+        Snapshot::build_with_fresh_tier(data, previous, None)
+    }
+
+    /// [`Snapshot::build`], with new limiters for the tier `fresh` names
+    /// (tenant, tier id) whatever its limits: they were just replaced.
+    pub fn build_with_fresh_tier(data: RoutingData, previous: &Snapshot, fresh: Option<(&str, &str)>) -> Snapshot {
         let old_api_limit = |tenant: &str, api: &str, spec| {
             previous
                 .routes
@@ -208,7 +217,7 @@ impl Snapshot {
         }
 
         let tiers: HashMap<(String, String), Arc<TierLimits>> =
-            data.tiers.iter().map(|t| ((t.tenant_id.clone(), t.id.clone()), tier_limits(t, previous))).collect();
+            data.tiers.iter().map(|t| ((t.tenant_id.clone(), t.id.clone()), tier_limits(t, previous, fresh))).collect();
         let consumers: HashMap<&str, (&str, bool, Option<Arc<TierLimits>>)> = data
             .consumers
             .iter()

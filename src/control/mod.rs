@@ -433,8 +433,14 @@ impl ControlPlane {
     /// Rebuilds the snapshots from the store, one rebuild at a time, so the
     /// last one swapped in read the store last.
     pub fn reload(&self) -> Result<(), StoreError> {
+        self.reload_with_fresh_tier(None)
+    }
+
+    /// [`ControlPlane::reload`], starting the counters of the tier `fresh`
+    /// names (tenant, tier id) afresh.
+    fn reload_with_fresh_tier(&self, fresh: Option<(&str, &str)>) -> Result<(), StoreError> {
         let _serial = self.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let next = Snapshot::build(self.store.load_routing()?, &self.snapshot.load());
+        let next = Snapshot::build_with_fresh_tier(self.store.load_routing()?, &self.snapshot.load(), fresh);
         self.snapshot.store(Arc::new(next));
         let admins = self.store.list_admins()?.into_iter().map(|a| (a.token_hash, Arc::new(a))).collect();
         self.admins.store(Arc::new(admins));
@@ -685,7 +691,7 @@ impl ControlPlane {
     }
 
     /// Replaces a tier's limits; its consumers' counters start afresh under
-    /// the new limits from the next call.
+    /// the new limits from the next call (the same limits again too).
     pub fn update_tier(&self, tenant_id: &str, new: NewTier) -> Result<Tier, ApiError> {
         let id = new.id.clone();
         // The id comes from the path: one no tier could have names none.
@@ -697,7 +703,7 @@ impl ControlPlane {
         if !self.store.update_tier(&tier)? {
             return Err(ApiError::not_found(format_args!("tier `{id}`")));
         }
-        self.reload_after_change()?;
+        self.reload_with_fresh_tier(Some((tenant_id, &id))).map_err(ApiError::internal)?;
         self.store.list_tiers(tenant_id)?.into_iter().find(|t| t.id == id).ok_or_else(|| ApiError::not_found(format_args!("tier `{id}`")))
     }
 

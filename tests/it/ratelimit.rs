@@ -454,3 +454,32 @@ async fn a_costly_call_the_minute_limit_refuses_tells_what_is_left() {
     assert_eq!((a.status, a.header("ratelimit-remaining")), (429, Some(0)), "{}", a.body);
     ts.stop().await;
 }
+
+/// A tier's limits replaced (`PUT`) start its consumers' counters afresh,
+/// as the API promises, even when the new limits equal the old ones: that
+/// is how an operator gives a consumer back a day it spent by mistake.
+/// The counters were carried over whenever the values did not change, so
+/// the same PUT answered 200 and the consumer stayed refused.
+#[tokio::test]
+async fn a_tier_put_again_with_the_same_limits_starts_its_counters_afresh() {
+    let mut ts = TestServer::start().await;
+    let (admin, _, key) = setup(&ts, json!({}), json!({"daily_quota": 2, "rate_limit": {"requests_per_minute": 1, "burst": 5}})).await;
+    for remaining in [1, 0] {
+        let a = call(&ts, "/docs/fixed", &key).await;
+        assert_eq!((a.status, a.header("ratelimit-remaining")), (200, Some(remaining)), "{}", a.body);
+    }
+    assert_eq!(call(&ts, "/docs/fixed", &key).await.status, 429);
+    let same = json!({"daily_quota": 2, "rate_limit": {"requests_per_minute": 1, "burst": 5}});
+    let a = admin.call("PUT", "/v1/tenants/acme/tiers/t", Some(same)).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    for remaining in [1, 0] {
+        let a = call(&ts, "/docs/fixed", &key).await;
+        assert_eq!((a.status, a.header("ratelimit-remaining")), (200, Some(remaining)), "afresh: {}", a.body);
+    }
+    assert_eq!(call(&ts, "/docs/fixed", &key).await.status, 429);
+    // Other changes leave the counters as they are.
+    let a = admin.post("/v1/tenants/acme/consumers", json!({"name": "another", "tier": "t"})).await;
+    assert_eq!(a.status, 201, "{}", a.text);
+    assert_eq!(call(&ts, "/docs/fixed", &key).await.status, 429);
+    ts.stop().await;
+}
