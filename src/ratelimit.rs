@@ -97,11 +97,12 @@ pub struct RateLimit {
 }
 
 /// Why a minute limit refused a call: how long until its cells are there,
-/// and how many whole cells are left meanwhile (fewer than the call costs).
+/// and where the consumer stands meanwhile (fewer cells left than the call
+/// costs).
 #[derive(Debug, Clone, Copy)]
 struct Refused {
     wait: Duration,
-    remaining: u32,
+    standing: Standing,
 }
 
 /// A consumer's TAT before and after a take (as stored), for giving it back.
@@ -197,8 +198,8 @@ impl RateLimit {
                 let earliest = (at + weight - t).saturating_sub(self.tau);
                 if now_wide < earliest {
                     // Fewer cells than the call costs, but not necessarily none.
-                    let remaining = self.cells_left(at, now_wide);
-                    return Err(Refused { wait: Duration::from_nanos(u64::try_from(earliest - now_wide).unwrap_or(u64::MAX)), remaining });
+                    let standing = self.standing(at, now_wide);
+                    return Err(Refused { wait: Duration::from_nanos(u64::try_from(earliest - now_wide).unwrap_or(u64::MAX)), standing });
                 }
                 let next = at.max(now_wide) + weight;
                 let stored = u64::try_from(next).unwrap_or(u64::MAX);
@@ -212,17 +213,19 @@ impl RateLimit {
             Some(tat) => take(&tat),
             None => take(&self.tats.entry(consumer.clone()).or_default()),
         }?;
-        Ok((self.standing(self.cells_left(next, now_wide)), taken))
+        Ok((self.standing(next, now_wide), taken))
     }
 
-    /// Where a consumer with `remaining` whole cells stands: the burst, what
-    /// is left, and the seconds until the burst is whole again.
-    fn standing(&self, remaining: u32) -> Standing {
-        let reset = u128::from(self.t) * u128::from(self.spec.burst - remaining);
+    /// Where a consumer whose TAT is `at` stands at `now`: the burst, the
+    /// whole cells left, and the seconds until the burst is whole again
+    /// (until the TAT, to the second: cells partly paid off count as such,
+    /// not as whole cells).
+    fn standing(&self, at: u128, now: u128) -> Standing {
+        let whole_in = at.max(now) - now;
         Standing {
             limit: u64::from(self.spec.burst),
-            remaining: u64::from(remaining),
-            reset_secs: ceil_secs(Duration::from_nanos(u64::try_from(reset).unwrap_or(u64::MAX))),
+            remaining: u64::from(self.cells_left(at, now)),
+            reset_secs: ceil_secs(Duration::from_nanos(u64::try_from(whole_in).unwrap_or(u64::MAX))),
         }
     }
 
@@ -362,7 +365,7 @@ pub fn check(
     }
     let now = clock_ns();
     let minute = |limit: &RateLimit, scope: &dyn Fn() -> String| -> Result<(Standing, Taken), Exceeded> {
-        limit.take_tracked(consumer, cost, now).map_err(|Refused { wait, remaining }| Exceeded {
+        limit.take_tracked(consumer, cost, now).map_err(|Refused { wait, standing }| Exceeded {
             scope: scope(),
             window: "minute",
             limit: u64::from(limit.spec.requests_per_minute),
@@ -370,7 +373,7 @@ pub fn check(
             // What is left and when it is whole again, as a passing call
             // and the daily cap's refusal tell it: a costly call may be
             // refused with cheaper calls' cells still there.
-            standing: limit.standing(remaining),
+            standing,
             cost_above_limit: false,
         })
     };

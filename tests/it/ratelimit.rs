@@ -483,3 +483,26 @@ async fn a_tier_put_again_with_the_same_limits_starts_its_counters_afresh() {
     assert_eq!(call(&ts, "/docs/fixed", &key).await.status, 429);
     ts.stop().await;
 }
+
+/// `RateLimit-Reset` is the time until the burst is whole again, to the
+/// second, also while earlier calls are partly paid off: at six a minute
+/// (a cell every 10 s), two calls 3 s apart leave the limit whole again
+/// after 17 s. It said 20: the cells spent, rounded up to whole cells, so
+/// at slow rates a client was told to wait up to a cell's time too long.
+#[tokio::test]
+async fn the_reset_is_the_time_until_the_burst_is_whole_again() {
+    let mut ts = TestServer::start().await;
+    let (_, _, key) = setup(&ts, json!({}), json!({"rate_limit": {"requests_per_minute": 6, "burst": 3}})).await;
+    let a = call(&ts, "/docs/fixed", &key).await;
+    assert_eq!((a.status, a.header("ratelimit-remaining"), a.header("ratelimit-reset")), (200, Some(2), Some(10)), "{}", a.body);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let a = call(&ts, "/docs/fixed", &key).await;
+    assert_eq!((a.status, a.header("ratelimit-remaining")), (200, Some(1)), "{}", a.body);
+    assert_eq!(a.header("ratelimit-reset"), Some(17), "7 s left of the first cell, 10 s of the second");
+    // A refusal tells the same time: the third cell spent, a fourth refused.
+    assert_eq!(call(&ts, "/docs/fixed", &key).await.status, 200);
+    let a = call(&ts, "/docs/fixed", &key).await;
+    assert_eq!((a.status, a.header("ratelimit-remaining"), a.header("ratelimit-reset")), (429, Some(0), Some(27)), "{:?}", a.headers);
+    assert_eq!(a.header("retry-after"), Some(7), "{:?}", a.headers);
+    ts.stop().await;
+}
