@@ -864,10 +864,14 @@ impl ControlPlane {
         }
         self.reload_after_change()?;
         let mut event = self.key_event(security_type::KEY_ROTATED, &old, actor);
+        // The grace the old key got (its own expiry may cut the one asked
+        // for short), in whole seconds rounded up, and the one asked for.
+        let granted_ms = (old_expires_at - now).max(0);
         event.details = Some(serde_json::json!({
             "new_key_id": record.key_id,
             "new_key_hint": record.hint,
-            "grace_seconds": grace_ms / 1000,
+            "grace_seconds": (granted_ms + 999) / 1000,
+            "grace_seconds_asked": grace_ms / 1000,
             "old_key_expires_at": crate::event::format_timestamp(old_expires_at),
         }));
         self.audit.record(event);

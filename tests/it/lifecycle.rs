@@ -101,6 +101,15 @@ async fn rotation_never_extends_a_keys_own_expiry() {
     assert_eq!(a.status, 201, "{}", a.text);
     let new_key = a.body["key"].as_str().unwrap().to_string();
     assert_eq!(a.body["expires_at"], a.body["replaces"]["expires_at"], "the new key keeps the expiry");
+    // The trail tells the grace the old key got, not the hour asked for
+    // (it said `grace_seconds: 3600` beside an expiry 1.5 s away).
+    let rotated = security(&admin, "key_rotated", 1).await;
+    let details = &rotated[0]["details"];
+    assert!(details["grace_seconds"].as_u64().is_some_and(|s| (1..=2).contains(&s)), "{details}");
+    assert_eq!(details["grace_seconds_asked"], 3600, "{details}");
+    let expires_at = chrono::DateTime::parse_from_rfc3339(a.body["replaces"]["expires_at"].as_str().unwrap()).unwrap();
+    let recorded = chrono::DateTime::parse_from_rfc3339(details["old_key_expires_at"].as_str().unwrap()).unwrap();
+    assert_eq!(recorded, expires_at, "{details}");
     tokio::time::sleep(Duration::from_millis(1700)).await;
     assert_eq!(call(&ts, "/docs/fixed", &key).await, (401, "expired_key".to_string()));
     assert_eq!(call(&ts, "/docs/fixed", &new_key).await, (401, "expired_key".to_string()));
