@@ -124,8 +124,12 @@ pub async fn serve(
         async move {
             let head_request = req.method() == Method::HEAD;
             watch.call(!req.body().is_end_stream());
+            let host_problem = super::host_problem(req.version(), req.headers());
             let call = Call::from_request(req.map(|body| ClientBody::Hyper(body, watch)));
-            let mut response = gateway.handle(peer, &upstreams, call).await;
+            let mut response = match host_problem {
+                Some(message) => gateway.refuse_host(peer, &upstreams, &call, message),
+                None => gateway.handle(peer, &upstreams, call).await,
+            };
             let status = response.status();
             response.body_mut().settle_if_bodiless(super::body::no_body(head_request, status)).await;
             // hyper writes the header map only: a proxied answer's headers join it.
@@ -489,10 +493,13 @@ fn parse(inbuf: &mut InBuf) -> Parsed {
     }
     let Ok(method) = Method::from_bytes(method.as_bytes()) else { return hand_over() };
     let mut close = false;
+    // A call without a `Host`, or with two, is hyper's (where it is refused).
+    let mut hosts = 0;
     // The positions go with the call (its headers are read from them).
     let mut spans = Vec::with_capacity(request.headers.len());
     for h in request.headers.iter() {
         let name = h.name.as_bytes();
+        hosts += usize::from(name.eq_ignore_ascii_case(b"host"));
         // Headers that give the request a body or change the connection: hyper's.
         if [b"content-length".as_slice(), b"transfer-encoding", b"expect", b"upgrade"].iter().any(|n| name.eq_ignore_ascii_case(n)) {
             return hand_over();
@@ -509,6 +516,9 @@ fn parse(inbuf: &mut InBuf) -> Parsed {
         let (name_at, value_at) = (h.name.as_ptr() as usize - base, h.value.as_ptr() as usize - base);
         spans.push(Span::new(name_at..name_at + h.name.len(), value_at..value_at + h.value.len()));
     }
+    if hosts != 1 {
+        return hand_over();
+    }
     let target_at = target.as_ptr() as usize - base;
     let target_span = target_at..target_at + target.len();
     // From here on the head is this loop's. (httparse admitted only valid
@@ -519,7 +529,7 @@ fn parse(inbuf: &mut InBuf) -> Parsed {
         return Parsed::Refused(Malformed::Target { method, target, headers: CallHeaders::Raw { head, spans } });
     };
     let headers = CallHeaders::Raw { head, spans };
-    Parsed::Call(Call { method, uri, version: http::Version::HTTP_11, headers, body: ClientBody::Empty }, close)
+    Parsed::Call(Call { method, uri, headers, body: ClientBody::Empty }, close)
 }
 
 /// Whether the head's `Content-Length` lines are ones hyper's server
@@ -634,24 +644,27 @@ mod tests {
 
     #[test]
     fn connection_close_is_honoured() {
-        let mut inbuf = buffered(b"GET / HTTP/1.1\r\nConnection: Keep-Alive, close\r\n\r\n");
+        let mut inbuf = buffered(b"GET / HTTP/1.1\r\nHost: h\r\nConnection: Keep-Alive, close\r\n\r\n");
         assert!(matches!(parse(&mut inbuf), Parsed::Call(_, true)));
     }
 
     #[test]
     fn anything_with_a_body_or_unusual_goes_to_hyper_untouched() {
         let others: &[&[u8]] = &[
-            b"POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-            b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: x\r\n\r\n0\r\n\r\n",
-            b"PUT / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
-            b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
-            b"GET / HTTP/1.1\r\nConnection: x-other\r\n\r\n",
-            b"GET / HTTP/1.0\r\n\r\n",
-            b"GET http://example.com/ HTTP/1.1\r\n\r\n",
-            b"OPTIONS * HTTP/1.1\r\n\r\n",
-            b"CONNECT example.com:443 HTTP/1.1\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nContent-Length: x\r\n\r\n0\r\n\r\n",
+            b"PUT / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: h\r\nConnection: x-other\r\n\r\n",
+            b"GET / HTTP/1.0\r\nHost: h\r\n\r\n",
+            b"GET http://example.com/ HTTP/1.1\r\nHost: h\r\n\r\n",
+            b"OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n",
+            b"CONNECT example.com:443 HTTP/1.1\r\nHost: h\r\n\r\n",
+            // No Host, or two: hyper's, where they are refused.
+            b"GET / HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n",
             // An HTTP/2 preface: hyper closes without an answer.
             b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
         ];
@@ -688,10 +701,10 @@ mod tests {
             assert_eq!(malformed.refusal().status.as_u16(), *status, "{:?}", String::from_utf8_lossy(bytes));
         }
         // Empty lines before a request line are skipped, as hyper skips them.
-        assert!(matches!(parse(&mut buffered(b"\r\n\r\nGET / HTTP/1.1\r\n\r\n")), Parsed::Call(..)));
+        assert!(matches!(parse(&mut buffered(b"\r\n\r\nGET / HTTP/1.1\r\nHost: h\r\n\r\n")), Parsed::Call(..)));
         // Exactly as many headers as hyper reads is a call.
-        let most: String = (0..MAX_HEADERS).map(|i| format!("X-{i}: {i}\r\n")).collect();
-        assert!(matches!(parse(&mut buffered(format!("GET / HTTP/1.1\r\n{most}\r\n").as_bytes())), Parsed::Call(..)));
+        let most: String = (1..MAX_HEADERS).map(|i| format!("X-{i}: {i}\r\n")).collect();
+        assert!(matches!(parse(&mut buffered(format!("GET / HTTP/1.1\r\nHost: h\r\n{most}\r\n").as_bytes())), Parsed::Call(..)));
     }
 
     #[test]

@@ -147,19 +147,6 @@ impl CallHeaders {
         raw.into_iter().flatten().chain(map.into_iter().flatten())
     }
 
-    /// How many lines of the header `name` there are, counted up to `most`
-    /// (a walk that compares only names of its length; cheaper than
-    /// [`values`](Self::values) on every call).
-    pub fn count_up_to(&self, name: &HeaderName, most: usize) -> usize {
-        let wanted = name.as_str().as_bytes();
-        match self {
-            CallHeaders::Raw { head, spans } => {
-                spans.iter().filter(|s| s.name.len() == wanted.len() && head[s.name.clone()].eq_ignore_ascii_case(wanted)).take(most).count()
-            }
-            CallHeaders::Map(map) => map.get_all(name).iter().take(most).count(),
-        }
-    }
-
     /// The first value of the header `name` (lower case).
     pub fn get(&self, name: &str) -> Option<&[u8]> {
         match self {

@@ -73,8 +73,6 @@ pub struct Gateway {
 pub struct Call {
     pub method: http::Method,
     pub uri: Uri,
-    /// HTTP/1.1 or HTTP/1.0 (which need not name a `Host`).
-    pub version: http::Version,
     pub headers: CallHeaders,
     pub body: ClientBody,
 }
@@ -83,7 +81,7 @@ impl Call {
     /// A request hyper read.
     pub fn from_request(req: Request<ClientBody>) -> Call {
         let (parts, body) = req.into_parts();
-        Call { method: parts.method, uri: parts.uri, version: parts.version, headers: CallHeaders::Map(parts.headers), body }
+        Call { method: parts.method, uri: parts.uri, headers: CallHeaders::Map(parts.headers), body }
     }
 }
 
@@ -191,21 +189,7 @@ impl Gateway {
     pub async fn handle(&self, peer: SocketAddr, upstreams: &ConnectionUpstreams, req: Call) -> Response<GatewayBody> {
         // 1. Accept: request id and clock.
         let started = Instant::now();
-        let mut event = Event::new(Text::from_static(SYSTEM_TENANT), Category::Request, Text::from_static("request"), Text::from_static("success"));
-        // Stamped with the event's own time, so the store keeps only its random part.
-        let request_id = event::new_id_at(event.timestamp_ms);
-        // One header value for every answer and both directions (clones share its bytes).
-        let request_id_value = header_value(&request_id);
-        event.request_id = Some(request_id);
-        event.method = Some(method_text(&req.method));
-        event.path = Some(event::path_without_query(req.uri.path()).to_string());
-        let client = self.client_of(peer.ip(), &req.headers);
-        event.client_ip = Some(if client == peer.ip() { upstreams.peer_text().clone() } else { client.to_string().into() });
-        event.user_agent = req.headers.get("user-agent").map(user_agent_text);
-        // RFC 9112 §3.2: an HTTP/1.1 request names its host once; no request names two.
-        if let Some(message) = host_problem(&req) {
-            return self.refuse_host(event, message, started, &request_id_value);
-        }
+        let (mut event, request_id_value, client) = self.accept(peer, upstreams, &req);
         // Key verification for callers that do not proxy: before routing, so
         // no api's prefix can shadow it. Boxed, so the proxy path's future
         // does not grow by the verification's state.
@@ -369,7 +353,7 @@ impl Gateway {
         };
 
         // 8. Proxy, streaming both ways.
-        let Call { method, uri, headers, body, .. } = req;
+        let Call { method, uri, headers, body } = req;
         // Origin-form: the path as the caller sent it, query included.
         let target = uri.path_and_query().map_or("/", |pq| pq.as_str());
         let xff = forwarded_for(&headers, upstreams);
@@ -487,11 +471,35 @@ impl Gateway {
         self.audit.record(event);
     }
 
-    /// Refuses a call whose `Host` lines are wrong (see [`host_problem`]).
+    /// A call's request event as it is accepted: its request id (also as
+    /// the header value every answer carries), method, path without the
+    /// query, client address and user agent; and the client address.
+    #[inline(always)]
+    fn accept(&self, peer: SocketAddr, upstreams: &ConnectionUpstreams, req: &Call) -> (Event, HeaderValue, std::net::IpAddr) {
+        let mut event = Event::new(Text::from_static(SYSTEM_TENANT), Category::Request, Text::from_static("request"), Text::from_static("success"));
+        // Stamped with the event's own time, so the store keeps only its random part.
+        let request_id = event::new_id_at(event.timestamp_ms);
+        // One header value for every answer and both directions (clones share its bytes).
+        let request_id_value = header_value(&request_id);
+        event.request_id = Some(request_id);
+        event.method = Some(method_text(&req.method));
+        event.path = Some(event::path_without_query(req.uri.path()).to_string());
+        let client = self.client_of(peer.ip(), &req.headers);
+        event.client_ip = Some(if client == peer.ip() { upstreams.peer_text().clone() } else { client.to_string().into() });
+        event.user_agent = req.headers.get("user-agent").map(user_agent_text);
+        (event, request_id_value, client)
+    }
+
+    /// Refuses a call whose `Host` lines are wrong (see [`host_problem`])
+    /// with 400, recorded as a failed call under `_system`: before
+    /// anything else is checked, as a head that cannot be read is.
+    /// (Hyper's path; the connection loop hands such a call to it.)
     #[cold]
-    fn refuse_host(&self, mut event: Event, message: &'static str, started: Instant, request_id: &HeaderValue) -> Response<GatewayBody> {
+    pub fn refuse_host(&self, peer: SocketAddr, upstreams: &ConnectionUpstreams, req: &Call, message: &'static str) -> Response<GatewayBody> {
+        let started = Instant::now();
+        let (mut event, request_id_value, _) = self.accept(peer, upstreams, req);
         let finisher = |event, request_bytes| Finisher { event, started, request_bytes, audit: self.audit.clone() };
-        refuse_with(&mut event, ApiError::new(ErrorCode::InvalidParameter, message), request_id, finisher)
+        refuse_with(&mut event, ApiError::new(ErrorCode::InvalidParameter, message), &request_id_value, finisher)
     }
 
     /// Refuses a blocked request with a generic 403; the request event and a
@@ -842,14 +850,15 @@ fn describe_consumer(event: &mut Event, key: &KeyEntry) {
     event.actor = Some(key.actor.clone());
 }
 
-/// What is wrong with a call's `Host` lines, if anything: none in an
+/// What is wrong with a request's `Host` lines, if anything: none in an
 /// HTTP/1.1 request, or more than one in any (RFC 9112 §3.2, which has the
 /// server answer 400, as nginx does; forwarded, two could name one host to
 /// the upstream and another to whatever reads the last).
-fn host_problem(req: &Call) -> Option<&'static str> {
-    match req.headers.count_up_to(&header::HOST, 2) {
-        0 if req.version >= http::Version::HTTP_11 => Some("an HTTP/1.1 request needs a Host header"),
-        2 => Some("a request may carry only one Host header"),
+pub fn host_problem(version: http::Version, headers: &HeaderMap) -> Option<&'static str> {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (None, _) if version >= http::Version::HTTP_11 => Some("an HTTP/1.1 request needs a Host header"),
+        (Some(_), Some(_)) => Some("a request may carry only one Host header"),
         _ => None,
     }
 }
