@@ -138,17 +138,23 @@ impl Trail {
 
     /// A tenant's events in a window, as the audit API reads them.
     fn read(&self, tenant: &str, from: i64, to: i64) -> Vec<StoredEvent> {
-        let reader = AuditReader::open(&self.audit).unwrap();
-        let filter = EventFilter { tenant_id: tenant.into(), from_ms: Some(from), to_ms: Some(to), ..EventFilter::default() };
-        let mut out = Vec::new();
-        reader
-            .scan(&filter, None, true, |e| {
-                out.push(e.clone());
-                true
-            })
-            .unwrap();
-        out
+        read_dir(&self.audit, tenant, from, to)
     }
+}
+
+/// A tenant's events in a window of the audit directory `audit`, as the
+/// audit API reads them.
+fn read_dir(audit: &Path, tenant: &str, from: i64, to: i64) -> Vec<StoredEvent> {
+    let reader = AuditReader::open(audit).unwrap();
+    let filter = EventFilter { tenant_id: tenant.into(), from_ms: Some(from), to_ms: Some(to), ..EventFilter::default() };
+    let mut out = Vec::new();
+    reader
+        .scan(&filter, None, true, |e| {
+            out.push(e.clone());
+            true
+        })
+        .unwrap();
+    out
 }
 
 /// (kind, tenant, day, first_seq, last_seq) of each action, sorted.
@@ -333,6 +339,27 @@ fn keytrail_verify_catches_tampering_across_the_archive_boundary() {
         .execute("UPDATE checkpoints SET hash = ?1, signature = ?2 WHERE tenant = 'acme' AND seq = ?3", params![forged.hash.as_slice(), forged.signature.as_slice(), cp.seq as i64])
         .unwrap();
     check(&audit, &format!("checkpoint at seq {}: archive", cp.seq));
+
+    // The archived range's end in meta.db's unsigned columns moved on past
+    // the signed records, over a hot event no checkpoint is at (seq 49: the
+    // first after the archives, before the checkpoint at 50): the event is
+    // hidden from every read as if archived, and the walk started after it.
+    let audit = copy("floor");
+    let acme = |conn: &Connection| conn.query_row("SELECT id FROM strings WHERE value = 'acme'", [], |r| r.get::<_, i64>(0)).unwrap();
+    let day = Connection::open(audit.join(format!("{}.db", name(2)))).unwrap();
+    let (rows, hash): (i64, Vec<u8>) =
+        day.query_row("SELECT rows, hash FROM blocks WHERE tenant = ?1 AND first_seq = 49", [acme(&day)], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+    assert_eq!(rows, 1);
+    assert!(keytrail::store::audit::integrity::checkpoints(&audit, "acme").unwrap().iter().all(|c| c.seq != 49));
+    Connection::open(audit.join("meta.db"))
+        .unwrap()
+        .execute("UPDATE archives SET last_seq = 49, last_hash = ?1 WHERE tenant = 'acme' AND first_seq = 25", params![hash])
+        .unwrap();
+    let (before, after) = (read_dir(&t.audit, "acme", at(0, 0), at(4, 0)), read_dir(&audit, "acme", at(0, 0), at(4, 0)));
+    assert!(before.iter().any(|e| e.event.seq == 49) && after.iter().all(|e| e.event.seq != 49), "the event is hidden");
+    check(&audit, "the signed archive records end at seq 48");
+    let report = archive::verify_archives(&t.archive, Some(&audit), Some("acme"), &t.key).unwrap().remove(0);
+    assert!(!report.ok && report.problems.join("\n").contains("the signed archive records end at seq 48"), "{report:?}");
 }
 
 /// A crash while a day file is dropped, after its `.db` went and before

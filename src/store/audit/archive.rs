@@ -1036,6 +1036,12 @@ pub fn verify_archives_with(
             }
             previous = Some(m);
         }
+        // Where the data directory takes the archived prefix to end (its
+        // readers hide the events up to it) must be where the records do.
+        if let Some(reader) = &reader {
+            let signed = records.last().map_or((0, GENESIS_HASH), |r| (r.manifest.last_seq, r.manifest.last_hash()));
+            problems.extend(super::integrity::floor_problem(reader.archived_through(&t), signed));
+        }
         // The hot chain goes on from the last archive.
         let mut hot_links = None;
         if let (Some(reader), Some(last)) = (&reader, manifests.last()) {

@@ -91,6 +91,28 @@ pub fn checkpoints(dir: &Path, tenant: &str) -> Result<Vec<Checkpoint>, StoreErr
     Ok(out)
 }
 
+/// The problem, if any, of an archived prefix that meta.db's columns
+/// (what every reader hides as archived, and where the walk starts) say
+/// ends at `floor` (its last `seq` and the hash after it), where the
+/// signed archive records end at `signed`.
+pub(super) fn floor_problem(floor: (u64, [u8; 32]), signed: (u64, [u8; 32])) -> Option<String> {
+    if floor.0 != signed.0 {
+        Some(format!(
+            "meta.db takes the events up to seq {} as archived (hidden from every read, the hot chain walked from seq {}), but the signed archive records end at seq {}: its archive records were altered",
+            floor.0,
+            floor.0 + 1,
+            signed.0
+        ))
+    } else if floor.1 != signed.1 {
+        Some(format!(
+            "meta.db links the hot chain to a hash after seq {} that is not the one the signed archive records end with: its archive records were altered",
+            floor.0
+        ))
+    } else {
+        None
+    }
+}
+
 /// What `keytrail verify` reports for one tenant.
 #[derive(Debug, Clone, Serialize)]
 pub struct IntegrityReport {
@@ -155,7 +177,13 @@ pub fn verify_tenant_with(dir: &Path, tenant: &str, key: &VerifyingKey, from_ms:
         }
         (next_seq, next_hash) = (m.last_seq + 1, m.last_hash());
     }
-    let archived_through = reader.archived_through(tenant).0;
+    // Where reads and the walk take the hot chain to start comes from
+    // meta.db's unsigned columns: it must be where the signed records end,
+    // or events after them would be hidden as archived and never walked.
+    let (archived_through, floor_hash) = reader.archived_through(tenant);
+    if let Some(problem) = floor_problem((archived_through, floor_hash), (next_seq - 1, next_hash)) {
+        problems.push(problem);
+    }
     if let Some(ChainBreak { first_seq, last_seq, reason }) = &chain.first_break {
         problems.push(format!("events {first_seq}..={last_seq}: {reason}"));
     }
