@@ -136,7 +136,7 @@ enum Command {
         #[command(flatten)]
         api: ApiArgs,
         /// The consumer's id (cons_…).
-        #[arg(long)]
+        #[arg(long, value_parser = consumer_id)]
         consumer: String,
     },
     /// Reports from a running keytrail. Needs an admin token in KEYTRAIL_TOKEN.
@@ -317,6 +317,28 @@ fn investigate_hours(text: &str) -> Result<u32, String> {
     }
 }
 
+/// `--tenant` of the archive commands: a tenant id, as a folder name in
+/// the archive directory; anything else is a usage error (exit code 2).
+fn tenant_id(text: &str) -> Result<String, String> {
+    let ok = !text.is_empty() && text.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if !ok {
+        return Err(format!("`{text}` is not a tenant id (lowercase letters, digits, `-` and `_`)"));
+    }
+    Ok(text.to_string())
+}
+
+/// `--day` of `archive cat` and `archive restore`: a day, as archives are
+/// named (`2026-11-1` names 2026-11-01); anything else is a usage error.
+fn archived_day(text: &str) -> Result<String, String> {
+    use keytrail::store::audit::archive::{day_name, parse_day};
+    parse_day(text).map(day_name).ok_or_else(|| format!("`{text}` is not a day: give it as YYYY-MM-DD, e.g. 2026-11-18"))
+}
+
+/// `erase --consumer`: an id that fits in the request's path.
+fn consumer_id(text: &str) -> Result<String, String> {
+    keytrail::cli::check_consumer_id(text).map(|()| text.to_string())
+}
+
 /// `serve --log-level` (or `KEYTRAIL_LOG`): a usage error naming the
 /// flag, or the variable when it came from there (`variable_behind`).
 fn log_level(text: &str) -> Result<String, String> {
@@ -380,7 +402,7 @@ enum ArchiveCommand {
         #[arg(long)]
         archive_dir: Option<PathBuf>,
         /// Only this tenant.
-        #[arg(long)]
+        #[arg(long, value_parser = tenant_id)]
         tenant: Option<String>,
         /// The public key to check signatures with (from `keytrail keys
         /// public`); by default the one of the data directory's own key.
@@ -432,10 +454,10 @@ struct ArchivedDay {
     /// The archive directory [default: <data-dir>/archive].
     #[arg(long)]
     archive_dir: Option<PathBuf>,
-    #[arg(long)]
+    #[arg(long, value_parser = tenant_id)]
     tenant: String,
     /// The archived day, YYYY-MM-DD.
-    #[arg(long)]
+    #[arg(long, value_parser = archived_day)]
     day: String,
     /// The public key to check the archive with [default: the data
     /// directory's own].
@@ -623,16 +645,8 @@ fn archive_dir_of(data_dir: &std::path::Path, given: Option<PathBuf>, nothing: &
     }
 }
 
-/// A tenant id as a folder name in the archive directory.
-fn check_tenant(tenant: &str) -> anyhow::Result<()> {
-    let ok = !tenant.is_empty() && tenant.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
-    anyhow::ensure!(ok, "--tenant: `{tenant}` is not a tenant id (lowercase letters, digits, `-` and `_`)");
-    Ok(())
-}
-
 /// `keytrail archive verify`: true when every archive verified.
 fn archive_verify(data_dir: &std::path::Path, archive_dir: Option<PathBuf>, tenant: Option<&str>, public_key: Option<&str>, json: bool, wait_secs: u64) -> anyhow::Result<bool> {
-    tenant.map(check_tenant).transpose()?;
     let key = verifying_key(data_dir, public_key)?;
     let archive_dir = archive_dir_of(data_dir, archive_dir, "no archives were checked")?;
     let audit = data_dir.join("audit");
@@ -674,7 +688,6 @@ fn archive_verify(data_dir: &std::path::Path, archive_dir: Option<PathBuf>, tena
 
 /// `keytrail archive cat`.
 fn archive_cat(a: ArchivedDay, wait_secs: u64) -> anyhow::Result<()> {
-    check_tenant(&a.tenant)?;
     let key = verifying_key(&a.data_dir, a.public_key.as_deref())?;
     let archive_dir = archive_dir_of(&a.data_dir, a.archive_dir, "nothing was printed")?;
     let _reading = read_lock(&a.data_dir.join("audit"), wait_secs, "nothing was printed")?;
@@ -687,7 +700,6 @@ fn archive_cat(a: ArchivedDay, wait_secs: u64) -> anyhow::Result<()> {
 
 /// `keytrail archive restore`.
 fn archive_restore(a: ArchivedDay, wait_secs: u64) -> anyhow::Result<()> {
-    check_tenant(&a.tenant)?;
     let key = verifying_key(&a.data_dir, a.public_key.as_deref())?;
     let archive_dir = archive_dir_of(&a.data_dir, a.archive_dir, "nothing was restored")?;
     let audit = a.data_dir.join("audit");

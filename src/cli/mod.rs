@@ -230,11 +230,21 @@ fn group_rows(answer: &Value, latency: bool, none: &str) -> Vec<Vec<String>> {
 
 // ---------- erase ----------
 
+/// Whether `consumer` can be a consumer id in a request's path: not empty,
+/// without `/`, `?` or `#`, and not `.` or `..` (which a URL takes as a
+/// step up the path, to another route).
+pub fn check_consumer_id(consumer: &str) -> Result<(), String> {
+    if consumer.is_empty() || consumer.contains(['/', '?', '#']) || consumer == "." || consumer == ".." {
+        return Err(format!("`{consumer}` is not a consumer id (such as cons_…; see GET /v1/tenants/{{tenant}}/consumers)"));
+    }
+    Ok(())
+}
+
 /// `keytrail erase`: erases a consumer's personal values through the admin
 /// API (owners only) and prints what was changed.
 pub async fn erase(target: &Target, consumer: &str) -> anyhow::Result<()> {
-    if consumer.is_empty() || consumer.contains(['/', '?', '#']) {
-        bail!("--consumer `{consumer}` is not a consumer id (such as cons_…; see GET /v1/tenants/{{tenant}}/consumers)");
+    if let Err(why) = check_consumer_id(consumer) {
+        bail!("--consumer {why}");
     }
     let client = AdminClient::from_env(&target.admin_url)?;
     let tenant = resolve_tenant(&client, target.tenant.as_deref()).await?;

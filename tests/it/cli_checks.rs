@@ -305,6 +305,33 @@ fn every_checking_command_says_what_to_give_when_the_data_dir_has_no_key() {
     }
 }
 
+/// A `--day` that is no day, a `--tenant` that is no tenant id (archive
+/// commands) and an erasure's `--consumer` that is no id are usage errors,
+/// exit code 2 naming the flag, as clap's own refusals are: they ended with
+/// exit code 1, a script's sign that a restore failed or an archive did not
+/// verify.
+#[test]
+fn archive_and_erase_flags_that_name_nothing_are_usage_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let commands: [(&[&str], &str, &str); 7] = [
+        (&["archive", "cat", "--data-dir", data, "--tenant", "acme", "--day", "2026-02-30"], "--day", "`2026-02-30` is not a day"),
+        (&["archive", "restore", "--data-dir", data, "--tenant", "acme", "--day", "18/11/2026"], "--day", "`18/11/2026` is not a day"),
+        (&["archive", "cat", "--data-dir", data, "--tenant", "Globex!", "--day", "2026-11-01"], "--tenant", "`Globex!` is not a tenant id"),
+        (&["archive", "restore", "--data-dir", data, "--tenant", "", "--day", "2026-11-01"], "--tenant", "`` is not a tenant id"),
+        (&["archive", "verify", "--data-dir", data, "--tenant", "ACME"], "--tenant", "`ACME` is not a tenant id"),
+        (&["erase", "--consumer", "cons_1/../x", "--admin-url", "http://127.0.0.1:1"], "--consumer", "is not a consumer id"),
+        (&["erase", "--consumer", "..", "--admin-url", "http://127.0.0.1:1"], "--consumer", "is not a consumer id"),
+    ];
+    for (args, flag, why) in commands {
+        let mut p = Process::spawn(args, &[("KEYTRAIL_TOKEN", "some-token-0123456789")], dir.path(), dir.path());
+        let status = exit_within(&mut p, Duration::from_secs(20));
+        let err = p.stderr();
+        assert_eq!(status.and_then(|s| s.code()), Some(2), "{args:?}: {err}");
+        assert!(err.contains(flag) && err.contains(why), "{args:?}: {err}");
+    }
+}
+
 /// An `--archive-dir` that is a file is named in the error of `archive
 /// cat` and `archive restore`, as it is in `archive verify`'s: it was
 /// "store error: Not a directory (os error 20)", without the path.
