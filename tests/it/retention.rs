@@ -360,6 +360,18 @@ fn keytrail_verify_catches_tampering_across_the_archive_boundary() {
     check(&audit, "the signed archive records end at seq 48");
     let report = archive::verify_archives(&t.archive, Some(&audit), Some("acme"), &t.key).unwrap().remove(0);
     assert!(!report.ok && report.problems.join("\n").contains("the signed archive records end at seq 48"), "{report:?}");
+
+    // Sequence numbers at the edge in an altered record, in its manifest
+    // text or its columns, are reported, not overflowed (a panic).
+    let audit = copy("edge");
+    let meta = Connection::open(audit.join("meta.db")).unwrap();
+    meta.execute("UPDATE archives SET manifest = replace(manifest, '\"last_seq\":48', '\"last_seq\":18446744073709551615') WHERE tenant = 'acme' AND first_seq = 25", [])
+        .unwrap();
+    check(&audit, "its signed record does not verify");
+    meta.execute("UPDATE archives SET last_seq = -1 WHERE tenant = 'acme' AND first_seq = 25", []).unwrap();
+    check(&audit, "its signed record does not verify");
+    let report = archive::verify_archives(&t.archive, Some(&audit), Some("acme"), &t.key).unwrap().remove(0);
+    assert!(!report.ok && report.problems.join("\n").contains("archive records were altered"), "{report:?}");
 }
 
 /// A crash while a day file is dropped, after its `.db` went and before

@@ -100,7 +100,7 @@ pub(super) fn floor_problem(floor: (u64, [u8; 32]), signed: (u64, [u8; 32])) -> 
         Some(format!(
             "meta.db takes the events up to seq {} as archived (hidden from every read, the hot chain walked from seq {}), but the signed archive records end at seq {}: its archive records were altered",
             floor.0,
-            floor.0 + 1,
+            floor.0.saturating_add(1),
             signed.0
         ))
     } else if floor.1 != signed.1 {
@@ -162,7 +162,9 @@ pub fn verify_tenant_with(dir: &Path, tenant: &str, key: &VerifyingKey, from_ms:
     let chain = reader.verify_from_with(tenant, from_ms, progress)?;
     let mut problems = Vec::new();
     // The archived prefix: signed records that follow on from the genesis hash.
-    let (mut next_seq, mut next_hash) = (1u64, crate::event::GENESIS_HASH);
+    // (`signed_end`: the last `seq` they cover; a record altered to the
+    // edge of `seq` is reported, not overflowed.)
+    let (mut next_seq, mut next_hash, mut signed_end) = (1u64, crate::event::GENESIS_HASH, 0u64);
     for r in &records {
         let m = &r.manifest;
         if !m.signature_ok(key) {
@@ -175,13 +177,13 @@ pub fn verify_tenant_with(dir: &Path, tenant: &str, key: &VerifyingKey, from_ms:
         } else if m.prev_hash() != next_hash {
             problems.push(format!("archive {} (events {}..={}) does not link to the events before it", m.name, m.first_seq, m.last_seq));
         }
-        (next_seq, next_hash) = (m.last_seq + 1, m.last_hash());
+        (next_seq, next_hash, signed_end) = (m.last_seq.saturating_add(1), m.last_hash(), m.last_seq);
     }
     // Where reads and the walk take the hot chain to start comes from
     // meta.db's unsigned columns: it must be where the signed records end,
     // or events after them would be hidden as archived and never walked.
     let (archived_through, floor_hash) = reader.archived_through(tenant);
-    if let Some(problem) = floor_problem((archived_through, floor_hash), (next_seq - 1, next_hash)) {
+    if let Some(problem) = floor_problem((archived_through, floor_hash), (signed_end, next_hash)) {
         problems.push(problem);
     }
     if let Some(ChainBreak { first_seq, last_seq, reason }) = &chain.first_break {

@@ -854,8 +854,8 @@ impl AuditReader {
         for (day_number, meta, rows) in blocks {
             let last_seq = meta.first_seq + rows.saturating_sub(1);
             let broken = |reason: String| ChainBreak { first_seq: meta.first_seq, last_seq, reason };
-            if meta.first_seq != report.last_seq + 1 {
-                report.first_break = Some(broken(format!("expected seq {} next, found {}", report.last_seq + 1, meta.first_seq)));
+            if meta.first_seq != report.last_seq.saturating_add(1) {
+                report.first_break = Some(broken(format!("expected seq {} next, found {}", report.last_seq.saturating_add(1), meta.first_seq)));
                 return Ok(report);
             }
             if meta.prev_hash != previous {
