@@ -1499,6 +1499,13 @@ fn a_restore_that_fails_partway_leaves_nothing_behind() {
         reader.restored_runs("acme").unwrap().iter().flat_map(|r| r.first_seq..=r.last_seq).collect()
     };
     assert_eq!(restored, (25..=48).collect::<Vec<_>>(), "only day 1's archive is restored");
+    // Nor is anything of the events it took back left on the disk: the day
+    // file it made for seq 49 held that call's address, user agent and
+    // consumer name in its dictionary (and the deleted block in free
+    // pages), in a file no error named and no retention ever removes, and
+    // an erasure of the consumer left its strings there.
+    let day2 = t.audit.join("restored").join(format!("{}.db", name(2)));
+    assert!(!day2.exists(), "a day file the failed restore made is gone");
     t.assert_verifies();
 
     refuse(false);

@@ -1261,15 +1261,39 @@ fn write_restored(store: &mut super::AuditWriterStore, tenant: &str, wanted: &[P
 }
 
 /// Deletes `tenant`'s blocks in `ranges` from the restored day files in
-/// `restored_dir`: what a restore that failed had written of them.
+/// `restored_dir`: what a restore that failed had written of them. Nothing
+/// of them stays on the disk: a file left without blocks (one the restore
+/// made) is removed, and in one that keeps others' the dictionary entries
+/// of their personal values no other event uses are overwritten, with
+/// `secure_delete`, and the file rebuilt, as retention does with the
+/// blocks of an expired archive.
 fn unrestore(restored_dir: &Path, tenant: &str, ranges: &[(u64, u64)]) -> Result<(), StoreError> {
+    use super::erasure;
     for (_, path) in super::list_days(restored_dir)? {
-        let conn = crate::store::open(&path)?;
+        let mut conn = crate::store::open(&path)?;
         let Some(id) = conn.query_row("SELECT id FROM strings WHERE value = ?1", [tenant], |r| r.get::<_, i64>(0)).optional()? else { continue };
-        for (first, last) in ranges {
-            conn.execute("DELETE FROM blocks WHERE tenant = ?1 AND first_seq BETWEEN ?2 AND ?3", params![id, *first as i64, *last as i64])?;
-        }
+        let removed = erasure::with_secure_delete(&mut conn, |conn| {
+            let tx = conn.transaction()?;
+            let (mut personal, mut removed) = (rustc_hash::FxHashSet::default(), 0);
+            for (first, last) in ranges {
+                personal.extend(erasure::personal_ids(&tx, id, tenant, *first, *last)?);
+                removed += tx.execute("DELETE FROM blocks WHERE tenant = ?1 AND first_seq BETWEEN ?2 AND ?3", params![id, *first as i64, *last as i64])?;
+            }
+            erasure::overwrite_unused(&tx, personal)?;
+            tx.commit()?;
+            Ok(removed)
+        })?;
         super::reader::DictCache::forget(&path);
+        if removed == 0 {
+            continue;
+        }
+        let left: i64 = conn.query_row("SELECT count(*) FROM blocks", [], |r| r.get(0))?;
+        if left > 0 {
+            erasure::compact(&conn)?;
+            continue;
+        }
+        drop(conn);
+        super::remove_day_file(&path)?;
     }
     Ok(())
 }

@@ -105,6 +105,22 @@ fn parse_day_file_name(name: &str) -> Option<i64> {
     Some(date.and_hms_opt(0, 0, 0)?.and_utc().timestamp().div_euclid(86_400))
 }
 
+/// Removes a day file with its write-ahead log, the log first: a crash
+/// between the deletes then leaves the day file, not a log of its events
+/// that belongs to no file. A file already gone is no error.
+pub(super) fn remove_day_file(path: &Path) -> std::io::Result<()> {
+    for suffix in ["-wal", "-shm", ""] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        match std::fs::remove_file(&file) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// The day files in `dir`, oldest first.
 pub fn list_days(dir: &Path) -> Result<Vec<(i64, PathBuf)>, StoreError> {
     let mut days = Vec::new();

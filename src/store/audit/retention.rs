@@ -490,17 +490,8 @@ fn drop_days(audit_dir: &Path, today: i64, report: &mut RetentionReport) -> Resu
                 continue;
             }
             // The log first: a crash between the deletes then leaves the
-            // day file, which the next run drops, not a log of its events
-            // that belongs to no file.
-            for suffix in ["-wal", "-shm", ""] {
-                let mut file = path.as_os_str().to_owned();
-                file.push(suffix);
-                match std::fs::remove_file(&file) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(e.into()),
-                }
-            }
+            // day file, which the next run drops.
+            super::remove_day_file(&path)?;
             tenants
         };
         DictCache::forget(&path);
