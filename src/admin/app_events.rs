@@ -328,6 +328,10 @@ enum Submitter {
     Key(KeyWriter),
 }
 
+/// How long loading the used ids waits for retention, an erasure or a
+/// restore to let the archives go (as a verification waits).
+const ARCHIVE_READ_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Loads the ids a tenant's application events took in the idempotency
 /// window: from the hot store, and from the archives of the window's days
 /// (with `retention.hot_days` under the window, part of it is archived).
@@ -346,6 +350,19 @@ async fn load_ids(state: &AdminState, tenant: &str) -> Result<HashMap<String, i6
             })
             .map_err(ApiError::internal)?;
         if let Some((archive_dir, key)) = archives {
+            // Held shared, as every reader of archives holds it: an erasure
+            // rewriting one of the window's archives, retention or a restore
+            // changing them, is waited for, not read halfway (its ids would
+            // be missed, and their retries stored again).
+            use crate::store::audit::erasure;
+            let Some(_reading) = erasure::read_lock(&dir, ARCHIVE_READ_WAIT).map_err(ApiError::internal)? else {
+                let message = format!(
+                    "nothing was taken: the used ids of the last {IDEMPOTENCY_DAYS} days could not be read from the archives, which are being changed by {} (waited {} s); try again after the time in `Retry-After`",
+                    erasure::maintenance_holder(&dir),
+                    ARCHIVE_READ_WAIT.as_secs()
+                );
+                return Err(ApiError::unavailable_for_now(message, 10));
+            };
             let from_day = crate::store::audit::day_of(horizon);
             let mut each = |stored: &crate::store::audit::StoredEvent| {
                 let e = &stored.event;

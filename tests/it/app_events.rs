@@ -658,6 +658,28 @@ async fn an_id_archived_before_a_restart_is_still_a_duplicate_within_the_window(
     assert!(archive.exists(), "retention archived the day");
     let admin = ts.admin_client();
     let one = |id: &str| json!({"event_id": id, "action": "item.changed", "resource_type": "item", "resource_id": "1"});
+    // The archives are read as the other readers read them, holding the
+    // audit directory shared: not while an erasure (here: the test, holding
+    // the directory as one does) has an archive of the window halfway
+    // rewritten. Its ids were not read then, and the retry was stored again.
+    let held = keytrail::store::audit::erasure::maintenance_lock(&ts.audit_dir(), "a test rewriting an archive").unwrap();
+    // Held past the wait (5 s): nothing is taken, and the caller is told when to retry.
+    let a = submit(&admin, "acme", one("evt-old")).await;
+    assert_eq!((a.status, a.body["error"]["code"].as_str(), a.headers.get("retry-after").map(String::as_str)), (503, Some("service_unavailable"), Some("10")), "{}", a.text);
+    assert!(a.body["error"]["message"].as_str().unwrap().contains("a test rewriting an archive"), "{}", a.text);
+    // Let go meanwhile: the ids are read once the archive is whole again.
+    let whole = std::fs::read(&archive).unwrap();
+    std::fs::write(&archive, &whole[..whole.len() / 2]).unwrap();
+    let retry = tokio::spawn({
+        let admin = ts.admin_client();
+        let body = one("evt-old");
+        async move { submit(&admin, "acme", body).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    std::fs::write(&archive, &whole).unwrap();
+    drop(held);
+    let a = retry.await.unwrap();
+    assert_eq!((a.status, a.body["events"][0]["status"].as_str()), (200, Some("duplicate")), "{}", a.text);
     let a = submit(&admin, "acme", one("evt-old")).await;
     assert_eq!((a.status, a.body["events"][0]["status"].as_str()), (200, Some("duplicate")), "{}", a.text);
     let a = submit(&admin, "acme", one("evt-ancient")).await;
