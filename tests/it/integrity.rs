@@ -537,6 +537,16 @@ async fn a_json_export_verifies_offline_and_shows_any_edit() {
     });
     assert!(!r.complete && r.gaps == vec![(seq, seq)], "{r:?}");
     assert!(r.proven_through.is_none_or(|p| p < seq), "{r:?}");
+    // The newest events cut off, their signed checkpoint kept (an export
+    // holds the checkpoints of its own range only): it said ok and
+    // complete, proven up to an earlier checkpoint.
+    let r = edit(&|d| d["logs"].as_array_mut().unwrap().retain(|e| e["seq"].as_u64() < Some(proven)));
+    assert!(r.last_seq < Some(proven), "{r:?}");
+    assert!(!r.ok && r.problems.iter().any(|p| p.contains(&format!("checkpoint at seq {proven}")) && p.contains("cut off")), "{r:?}");
+    // The oldest, likewise.
+    let first_checkpoint = all["verification"]["checkpoints"][0]["seq"].as_u64().unwrap();
+    let r = edit(&|d| d["logs"].as_array_mut().unwrap().retain(|e| e["seq"].as_u64() > Some(first_checkpoint)));
+    assert!(!r.ok && r.problems.iter().any(|p| p.contains(&format!("checkpoint at seq {first_checkpoint}")) && p.contains("cut off")), "{r:?}");
     // A forged checkpoint, or another key.
     let r = edit(&|d| d["verification"]["checkpoints"][0]["seq"] = json!(1));
     assert!(!r.ok && r.problems.iter().any(|p| p.contains("signature does not verify")), "{r:?}");

@@ -584,7 +584,28 @@ impl ExportCheck {
                     }
                 }
                 Some(_) => problems.push(format!("checkpoint at seq {}: the export's hash there is not the one signed (changed)", cp.seq)),
-                None => {}
+                // An export holds the checkpoints of its own range of `seq`
+                // only: one outside the rows' range had its events cut off.
+                None => match (rows.first(), rows.last()) {
+                    (Some(_), Some(last)) if cp.seq > last.0 => problems.push(format!(
+                        "checkpoint at seq {} (signed {}) is past the export's last event (seq {}): events {}..={} were cut off the export",
+                        cp.seq,
+                        crate::event::format_timestamp(cp.signed_at_ms),
+                        last.0,
+                        last.0 + 1,
+                        cp.seq
+                    )),
+                    (Some(first), _) if cp.seq < first.0 => problems.push(format!(
+                        "checkpoint at seq {} is before the export's first event (seq {}): events {}..={} were cut off the export",
+                        cp.seq,
+                        first.0,
+                        cp.seq,
+                        first.0 - 1
+                    )),
+                    (None, _) => problems.push(format!("checkpoint at seq {}: the export holds no event; its events were cut off", cp.seq)),
+                    // In a filtered export's gaps: nothing to compare.
+                    _ => {}
+                },
             }
         }
         ExportReport {
