@@ -1512,6 +1512,17 @@ fn a_restore_that_fails_partway_leaves_nothing_behind() {
     let r = archive::restore(&t.audit, &t.archive, "acme", &name(2), &t.key).unwrap();
     assert_eq!((r.first_seq, r.last_seq), (49, 73));
     t.assert_verifies();
+
+    // A restore a crash stopped (`kill -9`: nothing could be taken back)
+    // left part of the archive: restoring it again said it was "already
+    // restored", as if all of it were. It says which part is there, and
+    // what to do.
+    for file in [&day1, &day2] {
+        let conn = Connection::open(file).unwrap();
+        conn.execute("DELETE FROM blocks WHERE first_seq > 49 AND tenant = (SELECT id FROM strings WHERE value = 'acme')", []).unwrap();
+    }
+    let err = archive::restore(&t.audit, &t.archive, "acme", &name(2), &t.key).unwrap_err();
+    assert!(err.contains("only events 49..=49 of its 49..=73") && err.contains("delete the day files"), "{err}");
 }
 
 /// An erasure stopped between putting an archive it rewrote in place and

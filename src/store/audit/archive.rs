@@ -1177,13 +1177,33 @@ pub fn restore_waiting(
         }
         manifest_salts.push(super::salts::from_hex(&m.personal_salts)?);
         ranges.push((m.first_seq, m.last_seq));
-        if let Some(run) = runs.iter().find(|r| r.first_seq <= m.last_seq && r.last_seq >= m.first_seq) {
+        // The parts of it already in `restored/`: all of it, or what a
+        // restore that was stopped (a crash) could not take back.
+        let parts: Vec<(u64, u64)> = runs
+            .iter()
+            .filter(|r| r.first_seq <= m.last_seq && r.last_seq >= m.first_seq)
+            .map(|r| (r.first_seq.max(m.first_seq), r.last_seq.min(m.last_seq)))
+            .collect();
+        if parts == [(m.first_seq, m.last_seq)] {
             return Err(format!(
                 "archive {} of `{tenant}` is already restored (events {}..={} in {})",
                 m.name,
-                run.first_seq,
-                run.last_seq,
+                m.first_seq,
+                m.last_seq,
                 restored_dir.display()
+            ));
+        }
+        if !parts.is_empty() {
+            let held: Vec<String> = parts.iter().map(|(a, b)| format!("{a}..={b}")).collect();
+            return Err(format!(
+                "archive {} of `{tenant}` is restored in part only: {} holds only events {} of its {}..={} (left by a restore that was stopped, such as by a crash), which `keytrail verify` reports; delete the day files in it that hold them (those of the days of events {}..={}), then restore again",
+                m.name,
+                restored_dir.display(),
+                held.join(", "),
+                m.first_seq,
+                m.last_seq,
+                m.first_seq,
+                m.last_seq
             ));
         }
     }
