@@ -360,7 +360,9 @@ fn admin_url(text: &str) -> Result<String, String> {
 #[derive(clap::Args)]
 struct ApiArgs {
     /// The admin API's URL. The token is read from KEYTRAIL_TOKEN only.
-    #[arg(long, env = "KEYTRAIL_ADMIN_URL", default_value = "http://127.0.0.1:9080", value_parser = admin_url)]
+    // The variable's value is not shown by `--help`: it may hold
+    // credentials, which are refused without being shown.
+    #[arg(long, env = "KEYTRAIL_ADMIN_URL", hide_env_values = true, default_value = "http://127.0.0.1:9080", value_parser = admin_url)]
     admin_url: String,
     /// The tenant [default: the token's own, or the only one].
     #[arg(long)]

@@ -421,3 +421,19 @@ fn a_token_no_header_can_carry_is_named() {
         assert!(!err.contains("token-0123"), "{err}");
     }
 }
+
+/// `--help` of a command that reads `KEYTRAIL_ADMIN_URL` does not show the
+/// variable's value: one holding credentials (refused without being shown
+/// when a command runs) was printed whole, password included.
+#[test]
+fn help_does_not_show_the_admin_url_variable() {
+    let out = tempfile::tempdir().unwrap();
+    for args in [&["audit", "list", "--help"][..], &["keys", "create", "--help"], &["investigate", "--help"], &["report", "weekly", "--help"], &["erase", "--help"]] {
+        let mut p = Process::spawn(args, &[("KEYTRAIL_ADMIN_URL", "http://admin:s3cret-pw@127.0.0.1:9080")], out.path(), out.path());
+        let status = exit_within(&mut p, Duration::from_secs(20));
+        let help = p.stdout();
+        assert_eq!(status.and_then(|s| s.code()), Some(0), "{args:?}: {}", p.stderr());
+        assert!(help.contains("--admin-url") && help.contains("KEYTRAIL_ADMIN_URL"), "{args:?}: {help}");
+        assert!(!help.contains("s3cret-pw") && !p.stderr().contains("s3cret-pw"), "{args:?}: {help}");
+    }
+}
