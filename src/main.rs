@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use keytrail::cli::usage;
 use keytrail::config::{self, Overrides};
 use keytrail::server::{self, Bootstrap};
 
@@ -539,8 +540,8 @@ fn existing_signer(data_dir: &std::path::Path) -> anyhow::Result<keytrail::signi
 
 /// `keytrail verify --file`: true when the export verified.
 fn verify_file(file: &std::path::Path, tenant: Option<&str>, public_key: Option<&str>, json: bool) -> anyhow::Result<bool> {
-    let text = public_key.context("--file needs --public-key: the key you trust, from `keytrail keys public` on the server")?;
-    let key = keytrail::signing::parse_public_key(text).map_err(|e| anyhow::anyhow!("--public-key: {e}"))?;
+    let text = public_key.ok_or_else(|| usage("--file needs --public-key: the key you trust, from `keytrail keys public` on the server"))?;
+    let key = keytrail::signing::parse_public_key(text).map_err(|e| usage(format!("--public-key: {e}")))?;
     // Read as a stream, a row at a time: an export can be larger than memory.
     let report = keytrail::store::audit::integrity::verify_export_file(file, &key).map_err(|e| anyhow::anyhow!("{} {e}", file.display()))?;
     if let Some(wanted) = tenant.filter(|t| *t != report.tenant) {
@@ -628,7 +629,7 @@ fn verify(data_dir: &std::path::Path, tenant: Option<&str>, public_key: Option<&
 /// directory's (`keytrail verify`, `keytrail archive verify/cat/restore`).
 fn verifying_key(data_dir: &std::path::Path, public_key: Option<&str>) -> anyhow::Result<ed25519_dalek::VerifyingKey> {
     match public_key {
-        Some(text) => keytrail::signing::parse_public_key(text).map_err(|e| anyhow::anyhow!("--public-key: {e}")),
+        Some(text) => keytrail::signing::parse_public_key(text).map_err(|e| usage(format!("--public-key: {e}"))),
         None => existing_signer(data_dir).map(|s| s.public_key()).context("give --public-key, or a --data-dir with its signing key"),
     }
 }
@@ -885,7 +886,7 @@ fn main() -> ExitCode {
                 Ok(false) => Err(anyhow::anyhow!("the export did not verify (see above)")),
                 Err(e) => Err(e),
             },
-            Command::Verify { file: Some(_), from: Some(_), .. } => Err(anyhow::anyhow!("--from applies to a data directory, not to --file")),
+            Command::Verify { file: Some(_), from: Some(_), .. } => Err(usage("--from applies to a data directory, not to --file")),
             Command::Verify { data_dir, tenant, public_key, json, file: None, from, wait_secs } => match verify(&data_dir, tenant.as_deref(), public_key.as_deref(), from, json, wait_secs) {
                 Ok(true) => Ok(()),
                 Ok(false) => Err(anyhow::anyhow!("the audit trail did not verify (see above)")),
@@ -961,7 +962,7 @@ fn main() -> ExitCode {
                 .map(|(_, text)| keytrail::redact::redact(text).into_owned())
                 .collect();
             eprintln!("keytrail: error: {}", chain.join(": "));
-            if error.downcast_ref::<config::ConfigError>().is_some() {
+            if error.downcast_ref::<config::ConfigError>().is_some() || error.downcast_ref::<keytrail::cli::UsageError>().is_some() {
                 ExitCode::from(2)
             } else {
                 ExitCode::FAILURE

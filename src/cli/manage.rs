@@ -25,7 +25,7 @@ pub const DEFAULT_LIMIT: u32 = 50;
 /// An id as one segment of a URL path: no `/`, `?` or `#`, not empty.
 fn segment<'a>(flag: &str, value: &'a str) -> anyhow::Result<&'a str> {
     if value.is_empty() || value.contains(['/', '?', '#']) || value.chars().any(char::is_control) {
-        bail!("{flag} `{value}` is not an id");
+        return Err(super::usage(format!("{flag} `{value}` is not an id")));
     }
     Ok(value)
 }
@@ -348,10 +348,10 @@ pub async fn audit_list(target: &Target, which: AuditList, filters: &AuditFilter
 /// a whole one) or to standard output.
 pub async fn audit_export(target: &Target, format: &str, filters: &AuditFilters, output: Option<&Path>) -> anyhow::Result<()> {
     if !matches!(format, "csv" | "json") {
-        bail!("--format `{format}`: give csv or json");
+        return Err(super::usage(format!("--format `{format}`: give csv or json")));
     }
     if target.json {
-        bail!("--json does not apply to an export, which is written as it comes: give --format json for a JSON export");
+        return Err(super::usage("--json does not apply to an export, which is written as it comes: give --format json for a JSON export"));
     }
     let client = AdminClient::from_env(&target.admin_url)?;
     let tenant = resolve_tenant(&client, target.tenant.as_deref()).await?;

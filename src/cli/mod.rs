@@ -36,6 +36,26 @@ const PAGE: &str = "10000";
 /// The longest window `investigate --hours` looks at: a leap year.
 pub const MAX_HOURS: u32 = 24 * 366;
 
+/// A command line that cannot run as given — a flag's value no server
+/// could take, flags that do not go together — found after clap's own
+/// checks: the binary exits with code 2, as for clap's usage errors (a
+/// refusal by the server, or a state of the world, is code 1).
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// A [`UsageError`] saying `message`.
+pub fn usage(message: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(UsageError(message.into()))
+}
+
 /// Where and for whom a command runs.
 #[derive(Debug, Clone)]
 pub struct Target {
@@ -50,7 +70,7 @@ pub struct Target {
 async fn resolve_tenant(client: &AdminClient, given: Option<&str>) -> anyhow::Result<String> {
     if let Some(tenant) = given {
         if tenant.is_empty() || tenant.contains(['/', '?', '#']) {
-            bail!("--tenant `{tenant}` is not a tenant id");
+            return Err(usage(format!("--tenant `{tenant}` is not a tenant id")));
         }
         return Ok(tenant.to_string());
     }
@@ -244,7 +264,7 @@ pub fn check_consumer_id(consumer: &str) -> Result<(), String> {
 /// API (owners only) and prints what was changed.
 pub async fn erase(target: &Target, consumer: &str) -> anyhow::Result<()> {
     if let Err(why) = check_consumer_id(consumer) {
-        bail!("--consumer {why}");
+        return Err(usage(format!("--consumer {why}")));
     }
     let client = AdminClient::from_env(&target.admin_url)?;
     let tenant = resolve_tenant(&client, target.tenant.as_deref()).await?;
@@ -275,7 +295,7 @@ pub async fn erase(target: &Target, consumer: &str) -> anyhow::Result<()> {
 /// `keytrail investigate`: the incident triage of the last `hours` hours.
 pub async fn investigate(target: &Target, consumer: Option<&str>, hours: u32) -> anyhow::Result<()> {
     if hours == 0 || hours > MAX_HOURS {
-        bail!("--hours must be between 1 and {MAX_HOURS}");
+        return Err(usage(format!("--hours must be between 1 and {MAX_HOURS}")));
     }
     let client = AdminClient::from_env(&target.admin_url)?;
     let tenant = resolve_tenant(&client, target.tenant.as_deref()).await?;

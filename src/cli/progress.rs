@@ -19,7 +19,7 @@ pub fn wanted() -> anyhow::Result<bool> {
         Err(_) | Ok("auto") | Ok("") => Ok(std::io::stderr().is_terminal()),
         Ok("always") => Ok(true),
         Ok("never") => Ok(false),
-        Ok(other) => anyhow::bail!("KEYTRAIL_PROGRESS `{other}`: give auto, always or never"),
+        Ok(other) => Err(super::usage(format!("KEYTRAIL_PROGRESS `{other}`: give auto, always or never"))),
     }
 }
 

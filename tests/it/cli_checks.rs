@@ -301,7 +301,8 @@ fn every_checking_command_says_what_to_give_when_the_data_dir_has_no_key() {
         let mut p = Process::spawn(&args, &[], dir.path(), dir.path());
         let status = p.child.wait().unwrap();
         let err = p.stderr();
-        assert!(status.code() == Some(1) && err.contains("--public-key: "), "{args:?}: {err}");
+        // A malformed key is a usage error (exit code 2).
+        assert!(status.code() == Some(2) && err.contains("--public-key: "), "{args:?}: {err}");
     }
 }
 
@@ -436,4 +437,43 @@ fn help_does_not_show_the_admin_url_variable() {
         assert!(help.contains("--admin-url") && help.contains("KEYTRAIL_ADMIN_URL"), "{args:?}: {help}");
         assert!(!help.contains("s3cret-pw") && !p.stderr().contains("s3cret-pw"), "{args:?}: {help}");
     }
+}
+
+/// A flag's value no server could take, or flags that do not go together,
+/// found by the commands themselves after clap's checks, are usage errors
+/// like clap's own (exit code 2), each saying what to fix; they were exit
+/// code 1, as a server's refusal is. Nothing is sent anywhere (the admin
+/// API's address here has nothing listening).
+#[test]
+fn usage_errors_found_by_the_commands_exit_2() {
+    let out = tempfile::tempdir().unwrap();
+    let data = out.path().to_str().unwrap();
+    let url = "http://127.0.0.1:1";
+    let token = ("KEYTRAIL_TOKEN", "some-token-0123456789");
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 14] = [
+        (&["audit", "list", "--admin-url", url, "--tenant", ""], &[token], "--tenant `` is not a tenant id"),
+        (&["audit", "list", "--admin-url", url, "--tenant", "a/b"], &[token], "--tenant `a/b` is not a tenant id"),
+        (&["keys", "list", "--admin-url", url, "--tenant", "acme", "--consumer", ""], &[token], "--consumer `` is not an id"),
+        (&["keys", "revoke", "--admin-url", url, "key_a/b"], &[token], "is not an id"),
+        (&["erase", "--admin-url", url, "--tenant", "acme", "--consumer", "a/b"], &[token], "is not a consumer id"),
+        (&["audit", "export", "--admin-url", url, "--json"], &[token], "--format json"),
+        (&["audit", "export", "--admin-url", url, "--tenant", "acme", "-o", "x.csv"], &[token, ("KEYTRAIL_PROGRESS", "sometimes")], "give auto, always or never"),
+        (&["verify", "--data-dir", data, "--file", "x.json"], &[], "--file needs --public-key"),
+        (&["verify", "--data-dir", data, "--public-key", "abc"], &[], "--public-key: a public key is 64 hexadecimal digits"),
+        (&["archive", "verify", "--data-dir", data, "--public-key", "00"], &[], "--public-key"),
+        (&["archive", "verify", "--data-dir", data, "--tenant", "ACME"], &[], "is not a tenant id"),
+        (&["archive", "cat", "--data-dir", data, "--tenant", "acme", "--day", "yesterday"], &[], "`yesterday` is not a day"),
+        (&["archive", "restore", "--data-dir", data, "--tenant", "acme", "--day", "2026-02-30"], &[], "`2026-02-30` is not a day"),
+        (&["archive", "cat", "--data-dir", data, "--tenant", "../x", "--day", "2026-11-01"], &[], "is not a tenant id"),
+    ];
+    for (args, envs, says) in cases {
+        let mut p = Process::spawn(args, envs, out.path(), out.path());
+        let status = exit_within(&mut p, Duration::from_secs(20));
+        let err = p.stderr();
+        assert_eq!(status.and_then(|s| s.code()), Some(2), "{args:?}: {err}");
+        assert!(err.contains(says) && !err.contains("cannot reach"), "{args:?}: {err}");
+        assert!(!err.contains("some-token"), "{err}");
+    }
+    assert!(!out.path().join("x.csv").exists() && !out.path().join("x.csv.partial").exists());
 }
