@@ -353,6 +353,19 @@ pub async fn audit_export(target: &Target, format: &str, filters: &AuditFilters,
     if target.json {
         return Err(super::usage("--json does not apply to an export, which is written as it comes: give --format json for a JSON export"));
     }
+    // A directory is no file to write: said before anything is asked (it
+    // was downloaded whole into `<dir>.partial`, left there when the
+    // rename onto the directory failed).
+    if let Some(output) = output {
+        let slash = output.as_os_str().to_string_lossy().ends_with(['/', std::path::MAIN_SEPARATOR]);
+        if slash || output.is_dir() || output.file_name().is_none() {
+            return Err(super::usage(format!(
+                "--output {} is a directory: give a file name, such as {}",
+                output.display(),
+                output.join(format!("export.{format}")).display()
+            )));
+        }
+    }
     let client = AdminClient::from_env(&target.admin_url)?;
     let tenant = resolve_tenant(&client, target.tenant.as_deref()).await?;
     let params = filters.params(&client, &tenant).await?;
@@ -378,8 +391,15 @@ pub async fn audit_export(target: &Target, format: &str, filters: &AuditFilters,
         }
     };
     progress.finish();
-    file.sync_all().with_context(|| format!("writing {}", partial.display()))?;
-    std::fs::rename(&partial, output).with_context(|| format!("cannot rename {} to {}", partial.display(), output.display()))?;
+    // Not whole in place: no file is left, partial or not.
+    let placed = file
+        .sync_all()
+        .with_context(|| format!("writing {}", partial.display()))
+        .and_then(|()| std::fs::rename(&partial, output).with_context(|| format!("cannot rename {} to {}", partial.display(), output.display())));
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&partial);
+        return Err(e);
+    }
     // The summary goes to stderr: stdout may be the export's neighbour in a pipe.
     eprintln!("wrote {written} bytes of tenant {tenant}'s {format} export to {}", output.display());
     Ok(())

@@ -263,3 +263,42 @@ async fn the_audit_trail_is_read_and_exported_from_the_command_line() {
     // No output held the key.
     assert!(!api_csv.contains(&key) && !std::fs::read_to_string(&file).unwrap().contains(&key));
 }
+
+/// `audit export -o` naming a directory (an existing one, or written with
+/// a trailing `/`) is a usage error said before anything is asked: the
+/// export was downloaded whole into `<dir>.partial` beside it, the rename
+/// onto the directory failed ("Is a directory"), and the `.partial` was
+/// left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_into_a_directory_is_refused_and_leaves_nothing() {
+    let ts = TestServer::start().await;
+    let admin = ts.admin_client();
+    let up = format!("http://{}", start_upstream().await);
+    let (_, _, key) = admin.setup("acme", "/docs", &up).await;
+    assert_eq!(status_with(&ts, &key).await, 200);
+    ts.flush().await;
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("exports");
+    std::fs::create_dir(&target).unwrap();
+    let with_slash = format!("{}/", target.display());
+    let missing_with_slash = format!("{}/", dir.path().join("not-yet").display());
+    for output in [target.to_str().unwrap(), with_slash.as_str(), missing_with_slash.as_str()] {
+        let mut p = crate::util::Process::spawn(
+            &["audit", "export", "--admin-url", ts.admin.as_str(), "--tenant", "acme", "-o", output],
+            &TOKEN,
+            dir.path(),
+            dir.path(),
+        );
+        let status = p.child.wait().unwrap();
+        let err = p.stderr();
+        assert_eq!(status.code(), Some(2), "{output}: {err}");
+        assert!(err.contains("--output") && err.contains("directory") && err.contains("file name"), "{output}: {err}");
+        let left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with("keytrail-"))
+            .collect();
+        assert_eq!(left, ["exports"], "{output}: nothing is written beside it");
+        assert_eq!(std::fs::read_dir(&target).unwrap().count(), 0, "{output}: nor in it");
+    }
+}
