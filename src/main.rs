@@ -122,7 +122,8 @@ enum Command {
     Investigate {
         #[command(flatten)]
         api: ApiArgs,
-        /// Only this consumer's calls, and its activity profile.
+        /// Only this consumer's calls (its id, cons_…, or its name), and
+        /// its activity profile.
         #[arg(long)]
         consumer: Option<String>,
         /// How many hours back to look (1 to 8784, a leap year).

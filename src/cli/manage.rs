@@ -34,18 +34,29 @@ fn segment<'a>(flag: &str, value: &'a str) -> anyhow::Result<&'a str> {
 /// id first, then a name, which must belong to exactly one consumer of the
 /// tenant (a name may look like an id).
 async fn consumer_id(client: &AdminClient, tenant: &str, given: &str) -> anyhow::Result<String> {
+    match known_consumer(client, tenant, given).await? {
+        Some(id) => Ok(id),
+        // An id no consumer has: the server's answer names it.
+        None if given.starts_with("cons_") => Ok(given.to_string()),
+        None => bail!("tenant `{tenant}` has no consumer named `{given}` (give its name or its id, cons_…)"),
+    }
+}
+
+/// The id of the consumer `given` names (its id, or a name exactly one
+/// consumer of the tenant has), or `None` when no consumer of the tenant
+/// has that id or name (a consumer the control store no longer holds may
+/// still be in the events: the server decides about those).
+pub(super) async fn known_consumer(client: &AdminClient, tenant: &str, given: &str) -> anyhow::Result<Option<String>> {
     segment("--consumer", given)?;
     let list = client.get(&format!("/v1/tenants/{}/consumers", encode(tenant))).await?;
     let consumers = list["consumers"].as_array().map(Vec::as_slice).unwrap_or_default();
     if consumers.iter().any(|c| c["id"].as_str() == Some(given)) {
-        return Ok(given.to_string());
+        return Ok(Some(given.to_string()));
     }
     let named: Vec<&str> = consumers.iter().filter(|c| c["name"].as_str() == Some(given)).filter_map(|c| c["id"].as_str()).collect();
     match named.as_slice() {
-        // An id no consumer has: the server's answer names it.
-        [] if given.starts_with("cons_") => Ok(given.to_string()),
-        [one] => Ok(one.to_string()),
-        [] => bail!("tenant `{tenant}` has no consumer named `{given}` (give its name or its id, cons_…)"),
+        [] => Ok(None),
+        [one] => Ok(Some(one.to_string())),
         many => bail!("{} consumers of tenant `{tenant}` are named `{given}`: give one's id ({})", many.len(), many.join(", ")),
     }
 }

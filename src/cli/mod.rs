@@ -299,6 +299,14 @@ pub async fn investigate(target: &Target, consumer: Option<&str>, hours: u32) ->
     }
     let client = AdminClient::from_env(&target.admin_url)?;
     let tenant = resolve_tenant(&client, target.tenant.as_deref()).await?;
+    // A consumer by its id or its name, as the other commands take it; one
+    // the tenant has neither of goes to the server as given, which says
+    // whether any event of the window names it.
+    let named = match consumer {
+        Some(given) => Some((manage::known_consumer(&client, &tenant, given).await?.unwrap_or_else(|| given.to_string()), given)),
+        None => None,
+    };
+    let consumer = named.as_ref().map(|(id, _)| id.as_str());
     let to = crate::event::now_ms();
     let from = to - i64::from(hours) * HOUR_MS;
     // The consumer's profile first: a consumer the server has never seen
@@ -309,7 +317,7 @@ pub async fn investigate(target: &Target, consumer: Option<&str>, hours: u32) ->
             match client.get(&path).await {
                 Ok(profile) => Some(profile),
                 Err(error) if error.downcast_ref::<Refusal>().is_some_and(|r| r.code == "consumer_not_found") => bail!(
-                    "consumer `{c}` not found in tenant `{tenant}`: it is not one of the tenant's consumers and no event of the last {hours} h names it (consumer_not_found; list them with GET /v1/tenants/{tenant}/consumers)"
+                    "consumer `{c}` not found in tenant `{tenant}`: no consumer of the tenant has that id or name and no event of the last {hours} h names it (consumer_not_found; list them with GET /v1/tenants/{tenant}/consumers)"
                 ),
                 Err(error) => return Err(error.context("the consumer's profile")),
             }
@@ -352,7 +360,11 @@ pub async fn investigate(target: &Target, consumer: Option<&str>, hours: u32) ->
     }
 
     let mut out = String::new();
-    let who = consumer.map(|c| format!(", consumer {c}")).unwrap_or_default();
+    let who = match &named {
+        Some((id, given)) if id != given => format!(", consumer {id} ({given})"),
+        Some((id, _)) => format!(", consumer {id}"),
+        None => String::new(),
+    };
     let _ = writeln!(out, "Incident triage: tenant {tenant}{who}, last {hours} h ({} to {})\n", format_timestamp(from), format_timestamp(to));
     traffic(&mut out, &totals["totals"]);
     let _ = writeln!(out, "Errors by {period} (UTC)");

@@ -302,3 +302,33 @@ async fn an_export_into_a_directory_is_refused_and_leaves_nothing() {
         assert_eq!(std::fs::read_dir(&target).unwrap().count(), 0, "{output}: nor in it");
     }
 }
+
+/// `investigate --consumer` takes a consumer's name, as every other
+/// command's `--consumer` does: given `acme-client` it said the consumer
+/// was "not one of the tenant's consumers" (consumer_not_found) and
+/// exited 1. A name no consumer has is still that error, naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn investigate_takes_a_consumer_by_name() {
+    let ts = TestServer::start().await;
+    let admin = ts.admin_client();
+    let up = format!("http://{}", start_upstream().await);
+    let (consumer, _, key) = admin.setup("acme", "/docs", &up).await;
+    for _ in 0..3 {
+        assert_eq!(status_with(&ts, &key).await, 200);
+    }
+    ts.flush().await;
+    let url = ts.admin.as_str();
+    let (ok, by_id, err) = run_cli(&["investigate", "--admin-url", url, "--tenant", "acme", "--consumer", &consumer, "--json"], &TOKEN).await;
+    assert!(ok, "{err}");
+    let (ok, by_name, err) = run_cli(&["investigate", "--admin-url", url, "--tenant", "acme", "--consumer", "acme-client", "--json"], &TOKEN).await;
+    assert!(ok, "{err}");
+    let (by_id, by_name): (Value, Value) = (serde_json::from_str(&by_id).unwrap(), serde_json::from_str(&by_name).unwrap());
+    assert_eq!(by_name["consumer_id"], consumer.as_str(), "{by_name}");
+    assert_eq!(by_name["profile"]["calls"], 3, "{by_name}");
+    assert_eq!((&by_name["profile"]["calls"], &by_name["totals"]["calls"]), (&by_id["profile"]["calls"], &by_id["totals"]["calls"]));
+    let (ok, out, err) = run_cli(&["investigate", "--admin-url", url, "--tenant", "acme", "--consumer", "acme-client"], &TOKEN).await;
+    assert!(ok && out.contains(&format!("Consumer {consumer}")) && out.contains("acme-client"), "{out}{err}");
+    let (ok, out, err) = run_cli(&["investigate", "--admin-url", url, "--tenant", "acme", "--consumer", "acme-clinet"], &TOKEN).await;
+    assert!(!ok && out.is_empty(), "{out}");
+    assert!(err.contains("consumer `acme-clinet` not found in tenant `acme`") && err.contains("consumer_not_found"), "{err}");
+}
