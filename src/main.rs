@@ -725,9 +725,19 @@ fn archive_restore(a: ArchivedDay, wait_secs: u64) -> anyhow::Result<()> {
 }
 
 /// The operator's first admin token. Read only from the environment: a flag
-/// would show it in `ps`.
-fn bootstrap_token_from_env() -> Option<String> {
-    std::env::var("KEYTRAIL_BOOTSTRAP_TOKEN").ok().filter(|t| !t.is_empty())
+/// would show it in `ps`. Set but empty (`=$(cat a-missing-file)`), or not
+/// text, it stops the start as a bad value does (it was taken for unset,
+/// and the first owner got a random token the operator did not expect).
+fn bootstrap_token_from_env() -> anyhow::Result<Option<String>> {
+    const VAR: &str = "KEYTRAIL_BOOTSTRAP_TOKEN";
+    match std::env::var(VAR) {
+        Ok(token) if token.is_empty() => Err(usage(format!("{VAR} is set but empty: unset it or give it the first admin's token"))),
+        Ok(token) => Ok(Some(token)),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => {
+            Err(usage(format!("{VAR} is not text: give it at least 16 printable ASCII characters (letters, digits, punctuation; no white space)")))
+        }
+    }
 }
 
 async fn shutdown_signal() {
@@ -867,21 +877,18 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Demo { data_dir, gateway_listen, admin_listen, keep } => {
-                keytrail::init_logging("warn");
-                keytrail::demo::run(
-                    keytrail::demo::DemoOptions {
-                        data_dir,
-                        gateway_listen: Some(gateway_listen),
-                        admin_listen: Some(admin_listen),
-                        keep,
-                        bootstrap_token: bootstrap_token_from_env(),
-                    },
-                    shutdown_signal(),
-                )
-                .await
-                .context("demo failed")
-            }
+            Command::Demo { data_dir, gateway_listen, admin_listen, keep } => match bootstrap_token_from_env() {
+                Ok(bootstrap_token) => {
+                    keytrail::init_logging("warn");
+                    keytrail::demo::run(
+                        keytrail::demo::DemoOptions { data_dir, gateway_listen: Some(gateway_listen), admin_listen: Some(admin_listen), keep, bootstrap_token },
+                        shutdown_signal(),
+                    )
+                    .await
+                    .context("demo failed")
+                }
+                Err(e) => Err(e),
+            },
             Command::Verify { file: Some(file), tenant, public_key, json, from: None, .. } => match verify_file(&file, tenant.as_deref(), public_key.as_deref(), json) {
                 Ok(true) => Ok(()),
                 Ok(false) => Err(anyhow::anyhow!("the export did not verify (see above)")),
@@ -938,13 +945,10 @@ fn main() -> ExitCode {
             Command::Investigate { api, consumer, hours } => keytrail::cli::investigate(&api.target(), consumer.as_deref(), hours).await,
             Command::Erase { api, consumer } => keytrail::cli::erase(&api.target(), &consumer).await,
             Command::Report { command: ReportCommand::Weekly { api } } => keytrail::cli::report_weekly(&api.target()).await,
-            Command::Serve { config, data_dir, gateway_listen, admin_listen, log_level } => {
-                serve(
-                    config,
-                    Overrides { data_dir, gateway_listen, admin_listen, log_level, bootstrap_token: bootstrap_token_from_env().map(keytrail::config::Hidden) },
-                )
-                .await
-            }
+            Command::Serve { config, data_dir, gateway_listen, admin_listen, log_level } => match bootstrap_token_from_env() {
+                Ok(token) => serve(config, Overrides { data_dir, gateway_listen, admin_listen, log_level, bootstrap_token: token.map(keytrail::config::Hidden) }).await,
+                Err(e) => Err(e),
+            },
         }
     });
     match result {

@@ -477,3 +477,24 @@ fn usage_errors_found_by_the_commands_exit_2() {
     }
     assert!(!out.path().join("x.csv").exists() && !out.path().join("x.csv.partial").exists());
 }
+
+/// `KEYTRAIL_BOOTSTRAP_TOKEN` set but empty (`=$(cat a-missing-file)`)
+/// stops `serve` and `demo` (exit code 2, naming the variable), as a bad
+/// value does: it was taken for unset, and the first owner was made with
+/// a random token the operator did not expect.
+#[test]
+fn an_empty_bootstrap_token_stops_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let listen = ["--gateway-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"];
+    let serve: Vec<&str> = ["serve", "--data-dir", data.to_str().unwrap()].into_iter().chain(listen).collect();
+    let demo: Vec<&str> = ["demo", "--data-dir", data.to_str().unwrap()].into_iter().chain(listen).collect();
+    for args in [serve, demo] {
+        let mut p = Process::spawn(&args, &[("KEYTRAIL_BOOTSTRAP_TOKEN", "")], dir.path(), dir.path());
+        let status = exit_within(&mut p, Duration::from_secs(20));
+        let (out, err) = (p.stdout(), p.stderr());
+        assert_eq!(status.and_then(|s| s.code()), Some(2), "{args:?}: {out}{err}");
+        assert!(err.contains("KEYTRAIL_BOOTSTRAP_TOKEN is set but empty"), "{args:?}: {err}");
+        assert!(!out.contains("listening") && !data.join("bootstrap-admin-token").exists(), "{args:?}: {out}");
+    }
+}
