@@ -332,3 +332,47 @@ async fn investigate_takes_a_consumer_by_name() {
     assert!(!ok && out.is_empty(), "{out}");
     assert!(err.contains("consumer `acme-clinet` not found in tenant `acme`") && err.contains("consumer_not_found"), "{err}");
 }
+
+/// `audit export -o FILE` stopped by Ctrl-C (or SIGTERM) midway leaves no
+/// file, as one the server cuts short does: the `FILE.partial` it was
+/// writing stayed behind. The admin API here is a peer that sends the
+/// head and the first bytes of an export and then nothing more (a slow
+/// export), so the command is still writing when it is stopped.
+#[test]
+fn an_export_stopped_midway_leaves_no_file() {
+    use std::io::{Read, Write};
+    for signal in ["-INT", "-TERM"] {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut head = [0u8; 4096];
+            let _ = stream.read(&mut head).unwrap();
+            stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/csv\r\ntransfer-encoding: chunked\r\n\r\n5\r\na,b,c\r\n").unwrap();
+            // Holds the connection open, sending nothing more, until the command goes.
+            let _ = stream.read(&mut head);
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("slow.csv");
+        let partial = dir.path().join("slow.csv.partial");
+        let mut p = crate::util::Process::spawn(&["audit", "export", "--admin-url", &url, "--tenant", "acme", "-o", file.to_str().unwrap()], &TOKEN, dir.path(), dir.path());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0) < 5 {
+            assert!(p.child.try_wait().unwrap().is_none(), "{}", p.stderr());
+            assert!(std::time::Instant::now() < deadline, "no bytes written");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        p.signal(signal);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = p.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(std::time::Instant::now() < deadline, "{signal}: still running");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        assert!(!status.success(), "{signal}: {status}");
+        assert!(!file.exists() && !partial.exists(), "{signal}: a file is left: {}", p.stderr());
+        server.join().unwrap();
+    }
+}
