@@ -1115,6 +1115,31 @@ fn archive_cat_prints_a_day_after_checking_it_and_refuses_bad_input() {
     assert!(!ok && text.contains("the archive does not verify") && !text.contains("\"event\""), "{text}");
 }
 
+/// `keytrail archive cat … | head -1`: a reader that goes ends the command
+/// quietly, as a closed pipe ends `cat` and the other commands (exit code
+/// 141, nothing on stderr); it said "the archive changed while it was
+/// read: cannot write: Broken pipe", blaming a sound archive, and exited 1.
+#[test]
+fn archive_cat_into_a_closed_pipe_ends_quietly() {
+    let mut t = trail(4, false);
+    t.run(&RetentionPolicy::uniform(settings(1, 30)), at(3, 0));
+    let data = t.dir.path().to_str().unwrap();
+    // Much more than a pipe's buffer: the writes fail inside the archive's walk.
+    let (ok, text) = run(&["archive", "cat", "--data-dir", data, "--tenant", "globex", "--day", &name(1)], t.dir.path());
+    assert!(ok && text.len() > 8 * 1024, "{}", text.len());
+    let mut child = std::process::Command::new(crate::util::binary())
+        .args(["archive", "cat", "--data-dir", data, "--tenant", "globex", "--day", &name(1)])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(141), "{stderr}");
+    assert!(stderr.is_empty(), "quietly: {stderr}");
+}
+
 #[test]
 fn an_archive_of_several_blocks_links_them_and_names_the_block_a_change_is_in() {
     // One tenant, 33,000 calls on day 0: three blocks (16,384 + 16,384 + 232).

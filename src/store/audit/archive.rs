@@ -1355,28 +1355,39 @@ fn day_manifests(archive_dir: &Path, tenant: &str, day: &str) -> Result<Vec<Path
 /// a line as `{"prev_hash", "hash", "event"}` (`event` as in the JSON
 /// export), oldest first, after checking each archive whole (a damaged one
 /// is refused before anything of it is written). Returns the events written.
-pub fn cat(archive_dir: &Path, tenant: &str, day: &str, key: &VerifyingKey, out: &mut dyn Write) -> Result<u64, String> {
-    let day = &canonical_day(day)?;
-    let wanted = day_manifests(archive_dir, tenant, day)?;
+/// An error writing to `out` is returned as it came (a closed pipe is the
+/// reader going away, not a problem of the archive); the others carry
+/// their message.
+pub fn cat(archive_dir: &Path, tenant: &str, day: &str, key: &VerifyingKey, out: &mut dyn Write) -> std::io::Result<u64> {
+    let day = &canonical_day(day).map_err(std::io::Error::other)?;
+    let wanted = day_manifests(archive_dir, tenant, day).map_err(std::io::Error::other)?;
     let mut written = 0u64;
     for path in &wanted {
         let checked = check_archive(tenant, path, key, None);
         if !checked.problems.is_empty() {
-            return Err(format!("the archive does not verify:\n    {}", checked.problems.join("\n    ")));
+            return Err(std::io::Error::other(format!("the archive does not verify:\n    {}", checked.problems.join("\n    "))));
         }
         let mut line = Vec::with_capacity(2048);
+        let mut write_error: Option<std::io::Error> = None;
         let mut each = |stored: StoredEvent| -> Result<(), String> {
             let (prev, hash) = (hex(&stored.prev_hash.unwrap_or_default()), hex(&stored.hash.unwrap_or_default()));
             line.clear();
             serde_json::to_writer(&mut line, &LineOut { prev_hash: &prev, hash: &hash, event: &stored.event }).map_err(|e| e.to_string())?;
             line.push(b'\n');
-            out.write_all(&line).map_err(|e| format!("cannot write: {e}"))?;
+            if let Err(e) = out.write_all(&line) {
+                let text = format!("cannot write: {e}");
+                write_error = Some(e);
+                return Err(text);
+            }
             written += 1;
             Ok(())
         };
         let checked = check_archive(tenant, path, key, Some(&mut each));
+        if let Some(e) = write_error {
+            return Err(e);
+        }
         if !checked.problems.is_empty() {
-            return Err(format!("the archive changed while it was read:\n    {}", checked.problems.join("\n    ")));
+            return Err(std::io::Error::other(format!("the archive changed while it was read:\n    {}", checked.problems.join("\n    "))));
         }
     }
     Ok(written)
