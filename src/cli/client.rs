@@ -114,6 +114,10 @@ pub fn parse_admin_url(url: &str) -> Result<(String, String), String> {
 impl AdminClient {
     /// A client for `url` with the token from [`TOKEN_VAR`].
     pub fn from_env(url: &str) -> anyhow::Result<AdminClient> {
+        // Bytes that are no UTF-8 are no token either, but the variable is set.
+        if let Err(std::env::VarError::NotUnicode(_)) = std::env::var(TOKEN_VAR) {
+            bail!("{TOKEN_VAR} is not text (it holds bytes that are no UTF-8): export the token alone, e.g. {TOKEN_VAR}=$(cat keytrail-data/bootstrap-admin-token)");
+        }
         let token = std::env::var(TOKEN_VAR).ok().map(|t| t.trim().to_string()).filter(|t| !t.is_empty());
         let Some(token) = token else {
             bail!("{TOKEN_VAR} is not set: export an admin token (or a session token from POST /v1/auth/login) in {TOKEN_VAR}; it is read from the environment only, never from a flag");

@@ -498,3 +498,21 @@ fn an_empty_bootstrap_token_stops_the_start() {
         assert!(!out.contains("listening") && !data.join("bootstrap-admin-token").exists(), "{args:?}: {out}");
     }
 }
+
+/// A `KEYTRAIL_TOKEN` that is not text (bytes that are no UTF-8) says so;
+/// it said the variable was not set, which it was.
+#[test]
+fn a_token_that_is_not_text_is_not_called_unset() {
+    use std::os::unix::ffi::OsStrExt;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let out = std::process::Command::new(crate::util::binary())
+        .args(["audit", "list", "--admin-url", &url, "--tenant", "acme"])
+        .env("KEYTRAIL_TOKEN", std::ffi::OsStr::from_bytes(b"kta_\xff\xfe-token-0123456789"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("KEYTRAIL_TOKEN") && !err.contains("is not set") && err.contains("not text"), "{err}");
+    assert!(!err.contains("token-0123"), "{err}");
+}
