@@ -104,6 +104,10 @@ pub fn parse_admin_url(url: &str) -> Result<(String, String), String> {
         _ => return Err("must start with http://, e.g. http://127.0.0.1:9080".into()),
     }
     let authority = uri.authority().ok_or("has no host (give it as http://HOST:PORT)")?;
+    // `host:` parses, with no port: it was connected to as `host::80`.
+    if authority.port_u16().is_none() && authority.as_str().ends_with(':') {
+        return Err("has a `:` but no port after it (give it as http://HOST:PORT, or http://HOST for port 80)".into());
+    }
     let authority = match authority.port_u16() {
         Some(_) => authority.as_str().to_string(),
         None => format!("{}:80", authority.as_str()),

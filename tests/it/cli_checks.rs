@@ -382,6 +382,9 @@ fn a_bad_admin_url_names_where_it_came_from() {
         ("http://", "not a URL"),
         ("http:///keytrail", "not a URL"),
         ("http://host:80:80", "not a URL"),
+        // A colon with no port: it was connected to as `host::80`, "failed to lookup address", exit 1.
+        ("http://127.0.0.1:/", "port"),
+        ("http://localhost:", "port"),
         // A query or fragment was dropped without a word.
         ("http://127.0.0.1:9080/?tenant=acme", "query"),
         ("http://127.0.0.1:9080/#x", "query"),
