@@ -174,8 +174,9 @@ impl AdminClient {
         };
         let status = response.status();
         if !status.is_success() {
+            let retry_after = retry_after(&response);
             let body = http_body_util::Limited::new(response.into_body(), 64 * 1024).collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-            return Err(self.refusal(&Method::GET, &target, status, &body));
+            return Err(self.refusal(&Method::GET, &target, status, retry_after, &body));
         }
         let mut body = response.into_body();
         let mut written = 0u64;
@@ -198,7 +199,7 @@ impl AdminClient {
     async fn send(&self, method: Method, path_and_query: &str, body: Option<Vec<u8>>, timeout: Duration) -> anyhow::Result<Value> {
         let target = format!("{}{}", self.base_path, path_and_query);
         let call = self.call(method.clone(), &target, body);
-        let (status, body) = match tokio::time::timeout(timeout, call).await {
+        let (status, retry_after, body) = match tokio::time::timeout(timeout, call).await {
             Ok(result) => result?,
             Err(_) => bail!("the admin API at {} did not answer {method} {target} within {} s", self.url, timeout.as_secs()),
         };
@@ -206,12 +207,14 @@ impl AdminClient {
             let json: Option<Value> = serde_json::from_slice(&body).ok();
             return json.with_context(|| format!("{method} {target}: the answer is not JSON (is {} keytrail's admin API?)", self.url));
         }
-        Err(self.refusal(&method, &target, status, &body))
+        Err(self.refusal(&method, &target, status, retry_after, &body))
     }
 
     /// The error for a refused call: the API's code and message (never the
     /// token, should the answer echo it) and a hint.
-    fn refusal(&self, method: &Method, target: &str, status: StatusCode, body: &[u8]) -> anyhow::Error {
+    /// `retry_after`: the answer's `Retry-After` (seconds), which the API's
+    /// message may point to ("try again after the time in `Retry-After`").
+    fn refusal(&self, method: &Method, target: &str, status: StatusCode, retry_after: Option<u64>, body: &[u8]) -> anyhow::Error {
         let json: Option<Value> = serde_json::from_slice(body).ok();
         let (code, message) = match &json {
             Some(v) => (
@@ -229,20 +232,22 @@ impl AdminClient {
             (false, true) => format!(": {code}"),
             (false, false) => format!(": {code}: {message}"),
         };
-        let hint = match status {
-            StatusCode::UNAUTHORIZED => format!(" (check {TOKEN_VAR})"),
-            StatusCode::FORBIDDEN => " (the token's role or tenant does not allow this)".to_string(),
+        let hint = match (status, retry_after) {
+            (StatusCode::UNAUTHORIZED, _) => format!(" (check {TOKEN_VAR})"),
+            (StatusCode::FORBIDDEN, _) => " (the token's role or tenant does not allow this)".to_string(),
+            (_, Some(secs)) => format!(" (Retry-After: {secs} s)"),
             _ => String::new(),
         };
         anyhow::Error::new(Refusal { status, code, text: format!("{method} {target}: {status}{detail}{hint}") })
     }
 
-    async fn call(&self, method: Method, target: &str, body: Option<Vec<u8>>) -> anyhow::Result<(StatusCode, Bytes)> {
+    async fn call(&self, method: Method, target: &str, body: Option<Vec<u8>>) -> anyhow::Result<(StatusCode, Option<u64>, Bytes)> {
         let response = self.open(method.clone(), target, body).await?;
         let status = response.status();
+        let retry_after = retry_after(&response);
         let limited = http_body_util::Limited::new(response.into_body(), MAX_BODY);
         let body = limited.collect().await.map_err(|e| anyhow!("reading the answer to {method} {target}: {e}"))?.to_bytes();
-        Ok((status, body))
+        Ok((status, retry_after, body))
     }
 
     /// Sends one request on a new connection; the answer's head.
@@ -271,6 +276,11 @@ impl AdminClient {
         let request = request.body(Full::new(Bytes::from(body.unwrap_or_default()))).context("cannot build the request")?;
         sender.send_request(request).await.map_err(|e| unreachable(&e))
     }
+}
+
+/// An answer's `Retry-After` in seconds (the admin API sends seconds).
+fn retry_after(response: &Response<Incoming>) -> Option<u64> {
+    response.headers().get(hyper::header::RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()
 }
 
 #[cfg(test)]

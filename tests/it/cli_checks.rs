@@ -519,3 +519,28 @@ fn a_token_that_is_not_text_is_not_called_unset() {
     assert!(err.contains("KEYTRAIL_TOKEN") && !err.contains("is not set") && err.contains("not text"), "{err}");
     assert!(!err.contains("token-0123"), "{err}");
 }
+
+/// A refusal answered with `Retry-After` (a bearer lockout's 429, a 503
+/// while the audit directory is busy) says the wait: the API's message
+/// says "try again after the time in `Retry-After`", a header the command
+/// did not show, so its user could not know when.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_with_retry_after_says_the_wait() {
+    let ts = crate::util::TestServer::start_with(tempfile::tempdir().unwrap(), |c| {
+        c.login.name_failures = 0;
+        c.login.address_failures = 3;
+    })
+    .await;
+    let wrong = crate::util::Admin { token: "kta_wrongwrongwrongwrongwrongwrong".into(), ..ts.admin_client() };
+    for _ in 0..3 {
+        assert_eq!(wrong.get("/v1/tenants").await.status, 401);
+    }
+    let locked = ts.admin_client().get("/v1/tenants").await;
+    assert_eq!(locked.status, 429, "{}", locked.text);
+    let (ok, out, err) = run_cli(&["audit", "list", "--admin-url", ts.admin.as_str(), "--tenant", "acme"], &[("KEYTRAIL_TOKEN", ADMIN_TOKEN)]).await;
+    assert!(!ok && out.is_empty(), "{out}");
+    assert!(err.contains("429") && err.contains("too_many_attempts"), "{err}");
+    let wait = err.split("Retry-After: ").nth(1).and_then(|rest| rest.split(' ').next()).and_then(|secs| secs.parse::<u64>().ok());
+    assert!(wait.is_some_and(|secs| (1..=900).contains(&secs)), "the wait is said: {err}");
+    assert!(!err.contains(ADMIN_TOKEN), "{err}");
+}
