@@ -354,6 +354,37 @@ pub async fn audit_list(target: &Target, which: AuditList, filters: &AuditFilter
     Ok(())
 }
 
+/// Opens `partial` for an export into `output`, emptied, locked for as long
+/// as the file is held: another export into the same file at the same time
+/// is refused rather than let write into it (or delete it when it fails).
+fn claim_partial(partial: &Path, output: &Path) -> anyhow::Result<std::fs::File> {
+    let busy = || anyhow::anyhow!("--output: another export is writing {} now ({} is held): wait for it to end, or give another file", output.display(), partial.display());
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(false)
+        .open(partial)
+        .with_context(|| format!("--output: cannot create {}", partial.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => return Err(busy()),
+        Err(std::fs::TryLockError::Error(e)) => return Err(e).with_context(|| format!("--output: cannot lock {}", partial.display())),
+    }
+    // The export that held it may have renamed it into place between the
+    // open and the lock: the name must still be this file.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        let held = file.metadata().with_context(|| format!("--output: cannot read {}", partial.display()))?;
+        match std::fs::metadata(partial) {
+            Ok(named) if named.dev() == held.dev() && named.ino() == held.ino() => {}
+            _ => return Err(busy()),
+        }
+    }
+    file.set_len(0).with_context(|| format!("--output: cannot empty {}", partial.display()))?;
+    Ok(file)
+}
+
 /// Ctrl-C or SIGTERM (from the moment this is first polled).
 async fn stop_signal() {
     let ctrl_c = async {
@@ -417,7 +448,7 @@ pub async fn audit_export(target: &Target, format: &str, filters: &AuditFilters,
     let mut partial_name = name.to_os_string();
     partial_name.push(".partial");
     let partial = output.with_file_name(partial_name);
-    let mut file = std::fs::File::create(&partial).with_context(|| format!("--output: cannot create {}", partial.display()))?;
+    let mut file = claim_partial(&partial, output)?;
     // Stopped midway (Ctrl-C, SIGTERM), as cut short by the server: no
     // file is left, the `.partial` included.
     let mut counted = Counted { inner: &mut file, progress: &mut progress };

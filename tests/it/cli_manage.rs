@@ -333,6 +333,37 @@ async fn investigate_takes_a_consumer_by_name() {
     assert!(err.contains("consumer `acme-clinet` not found in tenant `acme`") && err.contains("consumer_not_found"), "{err}");
 }
 
+/// An admin API that sends the head and the first 5 bytes of an export and
+/// then nothing more (a slow export), until the command goes: its URL.
+fn slow_export_peer() -> (String, std::thread::JoinHandle<()>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let server = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut head = [0u8; 4096];
+        let _ = stream.read(&mut head).unwrap();
+        stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/csv\r\ntransfer-encoding: chunked\r\n\r\n5\r\na,b,c\r\n").unwrap();
+        // Holds the connection open, sending nothing more, until the command goes.
+        let _ = stream.read(&mut head);
+    });
+    (url, server)
+}
+
+/// `audit export -o file` from `url`, once its first bytes are in `file.partial`.
+fn export_under_way(url: &str, file: &std::path::Path, dir: &std::path::Path) -> crate::util::Process {
+    let mut partial = file.as_os_str().to_owned();
+    partial.push(".partial");
+    let mut p = crate::util::Process::spawn(&["audit", "export", "--admin-url", url, "--tenant", "acme", "-o", file.to_str().unwrap()], &TOKEN, dir, dir);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0) < 5 {
+        assert!(p.child.try_wait().unwrap().is_none(), "{}", p.stderr());
+        assert!(std::time::Instant::now() < deadline, "no bytes written");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    p
+}
+
 /// `audit export -o FILE` stopped by Ctrl-C (or SIGTERM) midway leaves no
 /// file, as one the server cuts short does: the `FILE.partial` it was
 /// writing stayed behind. The admin API here is a peer that sends the
@@ -340,28 +371,12 @@ async fn investigate_takes_a_consumer_by_name() {
 /// export), so the command is still writing when it is stopped.
 #[test]
 fn an_export_stopped_midway_leaves_no_file() {
-    use std::io::{Read, Write};
     for signal in ["-INT", "-TERM"] {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let server = std::thread::spawn(move || {
-            let (mut stream, _) = listener.accept().unwrap();
-            let mut head = [0u8; 4096];
-            let _ = stream.read(&mut head).unwrap();
-            stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/csv\r\ntransfer-encoding: chunked\r\n\r\n5\r\na,b,c\r\n").unwrap();
-            // Holds the connection open, sending nothing more, until the command goes.
-            let _ = stream.read(&mut head);
-        });
+        let (url, server) = slow_export_peer();
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("slow.csv");
         let partial = dir.path().join("slow.csv.partial");
-        let mut p = crate::util::Process::spawn(&["audit", "export", "--admin-url", &url, "--tenant", "acme", "-o", file.to_str().unwrap()], &TOKEN, dir.path(), dir.path());
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0) < 5 {
-            assert!(p.child.try_wait().unwrap().is_none(), "{}", p.stderr());
-            assert!(std::time::Instant::now() < deadline, "no bytes written");
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        let mut p = export_under_way(&url, &file, dir.path());
         p.signal(signal);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         let status = loop {
@@ -375,4 +390,34 @@ fn an_export_stopped_midway_leaves_no_file() {
         assert!(!file.exists() && !partial.exists(), "{signal}: a file is left: {}", p.stderr());
         server.join().unwrap();
     }
+}
+
+/// Two exports into the same `-o FILE` at once: the second is refused,
+/// naming the file, and the first's `FILE.partial` is left alone. The
+/// second truncated the first's `.partial` and wrote into it (or, failing,
+/// deleted it, so the first could not rename it into place).
+#[test]
+fn a_second_export_into_the_same_file_is_refused() {
+    let (url, server) = slow_export_peer();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("shared.csv");
+    let partial = dir.path().join("shared.csv.partial");
+    let mut first = export_under_way(&url, &file, dir.path());
+    // The second's admin API is not even there: it is refused before it asks.
+    let mut second = crate::util::Process::spawn(
+        &["audit", "export", "--admin-url", "http://127.0.0.1:1", "--tenant", "acme", "-o", file.to_str().unwrap()],
+        &TOKEN,
+        dir.path(),
+        dir.path(),
+    );
+    let status = second.child.wait().unwrap();
+    let err = second.stderr();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("another export is writing") && err.contains("shared.csv"), "{err}");
+    assert_eq!(std::fs::read(&partial).unwrap(), b"a,b,c", "the first export's bytes are untouched");
+    assert!(first.child.try_wait().unwrap().is_none(), "{}", first.stderr());
+    first.signal("-INT");
+    assert!(!first.child.wait().unwrap().success());
+    assert!(!partial.exists() && !file.exists());
+    server.join().unwrap();
 }
