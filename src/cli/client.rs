@@ -232,7 +232,15 @@ impl AdminClient {
             (false, true) => format!(": {code}"),
             (false, false) => format!(": {code}: {message}"),
         };
+        // Codes only the gateway answers with (the admin API's unknown
+        // route is `not_found`, and these commands send no API key): the
+        // URL is the gateway's port, a mistake easily made (8080 for 9080).
+        let gateway = matches!(code.as_str(), "no_route" | "missing_key" | "invalid_key");
         let hint = match (status, retry_after) {
+            _ if gateway => format!(
+                " ({} is keytrail's gateway, not its admin API: give --admin-url or KEYTRAIL_ADMIN_URL the admin API's address, http://127.0.0.1:9080 by default)",
+                self.url
+            ),
             (StatusCode::UNAUTHORIZED, _) => format!(" (check {TOKEN_VAR})"),
             (StatusCode::FORBIDDEN, _) => " (the token's role or tenant does not allow this)".to_string(),
             (_, Some(secs)) => format!(" (Retry-After: {secs} s)"),

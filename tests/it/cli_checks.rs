@@ -544,3 +544,18 @@ async fn a_refusal_with_retry_after_says_the_wait() {
     assert!(wait.is_some_and(|secs| (1..=900).contains(&secs)), "the wait is said: {err}");
     assert!(!err.contains(ADMIN_TOKEN), "{err}");
 }
+
+/// `--admin-url` pointing at the gateway's port (8080 for 9080) says so: it
+/// said only "404 Not Found: no_route: no API is configured for this path"
+/// (or `missing_key`, for a path an api routes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_url_that_is_the_gateway_says_so() {
+    let ts = crate::util::TestServer::start().await;
+    let gateway = ts.gateway.clone();
+    let token = [("KEYTRAIL_TOKEN", ADMIN_TOKEN)];
+    for args in [&["audit", "list", "--admin-url", gateway.as_str()][..], &["keys", "revoke", "key_x", "--admin-url", gateway.as_str()], &["audit", "export", "--tenant", "acme", "--admin-url", gateway.as_str()]] {
+        let (ok, out, err) = run_cli(args, &token).await;
+        assert!(!ok && out.is_empty(), "{args:?}: {out}");
+        assert!(err.contains("keytrail's gateway, not its admin API") && err.contains("--admin-url"), "{args:?}: {err}");
+    }
+}
