@@ -152,6 +152,17 @@ impl AdminClient {
         self.send(Method::GET, path_and_query, None, CALL_TIMEOUT).await
     }
 
+    /// `answer[field]`, which an answer of the admin API holds: another
+    /// service's JSON (a wrong `--admin-url`) is an error, not an empty list.
+    pub fn field<'a>(&self, answer: &'a Value, field: &str) -> anyhow::Result<&'a Value> {
+        answer.get(field).with_context(|| format!("the answer holds no `{field}` (is {} keytrail's admin API?)", self.url))
+    }
+
+    /// `answer[field]` as the list it is in an answer of the admin API (see [`Self::field`]).
+    pub fn list<'a>(&self, answer: &'a Value, field: &str) -> anyhow::Result<&'a [Value]> {
+        self.field(answer, field)?.as_array().map(Vec::as_slice).with_context(|| format!("the answer's `{field}` is no list (is {} keytrail's admin API?)", self.url))
+    }
+
     /// `POST path` with no body, waiting up to `timeout`; answers as [`Self::get`].
     pub async fn post(&self, path: &str, timeout: Duration) -> anyhow::Result<Value> {
         self.send(Method::POST, path, None, timeout).await

@@ -49,7 +49,7 @@ async fn consumer_id(client: &AdminClient, tenant: &str, given: &str) -> anyhow:
 pub(super) async fn known_consumer(client: &AdminClient, tenant: &str, given: &str) -> anyhow::Result<Option<String>> {
     segment("--consumer", given)?;
     let list = client.get(&format!("/v1/tenants/{}/consumers", encode(tenant))).await?;
-    let consumers = list["consumers"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let consumers = client.list(&list, "consumers")?;
     if consumers.iter().any(|c| c["id"].as_str() == Some(given)) {
         return Ok(Some(given.to_string()));
     }
@@ -94,10 +94,10 @@ pub async fn keys_list(target: &Target, consumer: &str) -> anyhow::Result<()> {
     let tenant = resolve_tenant(&client, target.tenant.as_deref()).await?;
     let consumer = consumer_id(&client, &tenant, consumer).await?;
     let answer = client.get(&format!("/v1/tenants/{}/consumers/{}/keys", encode(&tenant), encode(&consumer))).await?;
+    let keys = client.list(&answer, "keys")?;
     if target.json {
         return print_json(&answer);
     }
-    let keys = answer["keys"].as_array().map(Vec::as_slice).unwrap_or_default();
     let rows: Vec<Vec<String>> = keys
         .iter()
         .map(|k| {
@@ -293,10 +293,10 @@ pub async fn audit_list(target: &Target, which: AuditList, filters: &AuditFilter
         AuditList::App => (format!("/v1/audit/{}/events", encode(&tenant)), "events"),
     };
     let page = client.get(&with_query(&path, &params)).await?;
+    let events = client.list(&page, field)?;
     if target.json {
         return print_json(&page);
     }
-    let events = page[field].as_array().map(Vec::as_slice).unwrap_or_default();
     let out = match which {
         AuditList::Calls => {
             let rows: Vec<Vec<String>> = events

@@ -75,11 +75,11 @@ async fn resolve_tenant(client: &AdminClient, given: Option<&str>) -> anyhow::Re
         return Ok(tenant.to_string());
     }
     let me = client.get("/v1/me").await?;
-    if let Some(own) = me["tenant_id"].as_str() {
+    if let Some(own) = client.field(&me, "id").and(client.field(&me, "tenant_id"))?.as_str() {
         return Ok(own.to_string());
     }
     let tenants = client.get("/v1/tenants").await?;
-    let ids: Vec<&str> = tenants["tenants"].as_array().map(|a| a.iter().filter_map(|t| t["id"].as_str()).collect()).unwrap_or_default();
+    let ids: Vec<&str> = client.list(&tenants, "tenants")?.iter().filter_map(|t| t["id"].as_str()).collect();
     match ids.as_slice() {
         [one] => Ok(one.to_string()),
         [] => bail!("there are no tenants yet"),
@@ -95,7 +95,9 @@ fn window_params(from: i64, to: i64) -> Vec<(&'static str, String)> {
 async fn stats(client: &AdminClient, tenant: &str, base: &[(&'static str, String)], extra: &[(&'static str, &str)]) -> anyhow::Result<Value> {
     let mut params = base.to_vec();
     params.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
-    client.get(&with_query(&format!("/v1/audit/{}/stats", encode(tenant)), &params)).await
+    let answer = client.get(&with_query(&format!("/v1/audit/{}/stats", encode(tenant)), &params)).await?;
+    client.field(&answer, "totals")?;
+    Ok(answer)
 }
 
 /// Counts of events by a field, over every page of a list.
@@ -128,7 +130,7 @@ async fn tally(client: &AdminClient, path: &str, params: &[(&'static str, String
             p.push(("cursor", c.clone()));
         }
         let page = client.get(&with_query(path, &p)).await?;
-        for entry in page[field].as_array().map(Vec::as_slice).unwrap_or_default() {
+        for entry in client.list(&page, field)? {
             for (tally, key) in tallies.iter_mut().zip(keys) {
                 let name = entry[*key].as_str().unwrap_or("(none)").to_string();
                 *tally.counts.entry(name).or_default() += 1;

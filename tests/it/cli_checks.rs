@@ -559,3 +559,27 @@ async fn an_admin_url_that_is_the_gateway_says_so() {
         assert!(err.contains("keytrail's gateway, not its admin API") && err.contains("--admin-url"), "{args:?}: {err}");
     }
 }
+
+/// An `--admin-url` where another service answers every call with `200`
+/// and JSON of its own is not taken for an empty trail: `audit list`,
+/// `keys list`, `investigate` and `report weekly` printed empty tables and
+/// zeros, with exit code 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_that_is_no_admin_api_answer_is_an_error() {
+    let other = format!("http://{}", crate::util::start_upstream().await);
+    let token = [("KEYTRAIL_TOKEN", ADMIN_TOKEN)];
+    let url = other.as_str();
+    for args in [
+        &["audit", "list", "--admin-url", url, "--tenant", "acme"][..],
+        &["audit", "list", "--admin-url", url],
+        &["audit", "security", "--admin-url", url, "--tenant", "acme", "--json"],
+        &["keys", "list", "--admin-url", url, "--tenant", "acme", "--consumer", "cons_x"],
+        &["investigate", "--admin-url", url, "--tenant", "acme"],
+        &["report", "weekly", "--admin-url", url, "--tenant", "acme"],
+    ] {
+        let (ok, out, err) = run_cli(args, &token).await;
+        assert!(!ok, "{args:?}: exit 0:\n{out}{err}");
+        assert!(out.is_empty(), "{args:?}: {out}");
+        assert!(err.contains(&format!("is {other} keytrail's admin API?")), "{args:?}: {err}");
+    }
+}
