@@ -741,27 +741,6 @@ fn bootstrap_token_from_env() -> anyhow::Result<Option<String>> {
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = terminate => {}
-    }
-}
-
 async fn serve(
     config_path: Option<PathBuf>,
     overrides: Overrides,
@@ -789,7 +768,7 @@ async fn serve(
         Bootstrap::Existing => {}
     }
     server::announce(&announce, &format!("serving on {} and {}", server.gateway_addr, server.admin_addr));
-    shutdown_signal().await;
+    keytrail::cli::stop_signal().await;
     tracing::info!("shutting down: finishing requests and committing the audit trail");
     server.shutdown().await;
     tracing::info!("stopped");
@@ -883,7 +862,7 @@ fn main() -> ExitCode {
                     keytrail::init_logging("warn");
                     keytrail::demo::run(
                         keytrail::demo::DemoOptions { data_dir, gateway_listen: Some(gateway_listen), admin_listen: Some(admin_listen), keep, bootstrap_token },
-                        shutdown_signal(),
+                        keytrail::cli::stop_signal(),
                     )
                     .await
                     .context("demo failed")

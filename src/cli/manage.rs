@@ -385,30 +385,6 @@ fn claim_partial(partial: &Path, output: &Path) -> anyhow::Result<std::fs::File>
     Ok(file)
 }
 
-/// Ctrl-C or SIGTERM (from the moment this is first polled).
-async fn stop_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
-    }
-}
-
 /// `keytrail audit export --format csv|json`: streamed to `output` (written
 /// beside it first and renamed once whole, so a cut export never stands as
 /// a whole one) or to standard output.
@@ -454,7 +430,7 @@ pub async fn audit_export(target: &Target, format: &str, filters: &AuditFilters,
     let mut counted = Counted { inner: &mut file, progress: &mut progress };
     let downloaded = tokio::select! {
         result = client.download(&path, &mut counted) => result,
-        () = stop_signal() => Err(anyhow::anyhow!("interrupted: the export was stopped before its end, and no file was written")),
+        () = super::stop_signal() => Err(anyhow::anyhow!("interrupted: the export was stopped before its end, and no file was written")),
     };
     let written = match downloaded {
         Ok(n) => n,

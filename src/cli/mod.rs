@@ -252,6 +252,32 @@ fn group_rows(answer: &Value, latency: bool, none: &str) -> Vec<Vec<String>> {
 
 // ---------- erase ----------
 
+/// Ctrl-C or SIGTERM (from the moment this is first polled): how `serve`,
+/// `demo` and an export to a file are stopped. A signal that cannot be
+/// listened for never comes (rather than stopping at once).
+pub async fn stop_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}
+
 /// Whether `consumer` can be a consumer id in a request's path: not empty,
 /// without `/`, `?` or `#`, and not `.` or `..` (which a URL takes as a
 /// step up the path, to another route).
