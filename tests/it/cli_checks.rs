@@ -160,14 +160,7 @@ fn a_closed_stdout_is_no_panic() {
     std::fs::create_dir(dir.path().join("audit")).unwrap();
     let data = dir.path().to_str().unwrap();
     for args in [&["keys", "public", "--data-dir", data][..], &["verify", "--data-dir", data], &["verify", "--data-dir", data, "--json"], &["archive", "verify", "--data-dir", data]] {
-        let mut child = std::process::Command::new(crate::util::binary())
-            .args(args)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        drop(child.stdout.take());
-        let out = child.wait_with_output().unwrap();
+        let out = crate::util::run_into_closed_pipe(args);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!stderr.contains("panicked") && out.status.code() != Some(101), "{args:?}: {}: {stderr}", out.status);
         assert!(stderr.is_empty(), "{args:?}: quietly: {stderr}");

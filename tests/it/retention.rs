@@ -1127,14 +1127,7 @@ fn archive_cat_into_a_closed_pipe_ends_quietly() {
     // Much more than a pipe's buffer: the writes fail inside the archive's walk.
     let (ok, text) = run(&["archive", "cat", "--data-dir", data, "--tenant", "globex", "--day", &name(1)], t.dir.path());
     assert!(ok && text.len() > 8 * 1024, "{}", text.len());
-    let mut child = std::process::Command::new(crate::util::binary())
-        .args(["archive", "cat", "--data-dir", data, "--tenant", "globex", "--day", &name(1)])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    drop(child.stdout.take());
-    let out = child.wait_with_output().unwrap();
+    let out = crate::util::run_into_closed_pipe(&["archive", "cat", "--data-dir", data, "--tenant", "globex", "--day", &name(1)]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(141), "{stderr}");
     assert!(stderr.is_empty(), "quietly: {stderr}");

@@ -352,6 +352,19 @@ pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_keytrail")
 }
 
+/// Runs the binary with `args`, its stdout a pipe closed before it writes
+/// (as `| head` closes it), and returns what it did.
+pub fn run_into_closed_pipe(args: &[&str]) -> std::process::Output {
+    let mut child = std::process::Command::new(binary())
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    child.wait_with_output().unwrap()
+}
+
 impl Process {
     pub fn spawn(args: &[&str], envs: &[(&str, &str)], cwd: &Path, out_dir: &Path) -> Process {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
