@@ -189,7 +189,8 @@ impl Gateway {
     pub async fn handle(&self, peer: SocketAddr, upstreams: &ConnectionUpstreams, req: Call) -> Response<GatewayBody> {
         // 1. Accept: request id and clock.
         let started = Instant::now();
-        let (mut event, request_id_value, client) = self.accept(peer, upstreams, &req);
+        let mut event = Event::new(Text::from_static(SYSTEM_TENANT), Category::Request, Text::from_static("request"), Text::from_static("success"));
+        let (request_id_value, client) = self.accept(&mut event, peer, upstreams, &req);
         // Key verification for callers that do not proxy: before routing, so
         // no api's prefix can shadow it. Boxed, so the proxy path's future
         // does not grow by the verification's state.
@@ -471,12 +472,13 @@ impl Gateway {
         self.audit.record(event);
     }
 
-    /// A call's request event as it is accepted: its request id (also as
-    /// the header value every answer carries), method, path without the
-    /// query, client address and user agent; and the client address.
+    /// Fills a call's new request event as it is accepted: its request id,
+    /// method, path without the query, client address and user agent.
+    /// Returns the request id as the header value every answer carries, and
+    /// the client address. (The event is filled in place: returned, it was
+    /// one more copy of it on every call.)
     #[inline(always)]
-    fn accept(&self, peer: SocketAddr, upstreams: &ConnectionUpstreams, req: &Call) -> (Event, HeaderValue, std::net::IpAddr) {
-        let mut event = Event::new(Text::from_static(SYSTEM_TENANT), Category::Request, Text::from_static("request"), Text::from_static("success"));
+    fn accept(&self, event: &mut Event, peer: SocketAddr, upstreams: &ConnectionUpstreams, req: &Call) -> (HeaderValue, std::net::IpAddr) {
         // Stamped with the event's own time, so the store keeps only its random part.
         let request_id = event::new_id_at(event.timestamp_ms);
         // One header value for every answer and both directions (clones share its bytes).
@@ -487,7 +489,7 @@ impl Gateway {
         let client = self.client_of(peer.ip(), &req.headers);
         event.client_ip = Some(if client == peer.ip() { upstreams.peer_text().clone() } else { client.to_string().into() });
         event.user_agent = req.headers.get("user-agent").map(user_agent_text);
-        (event, request_id_value, client)
+        (request_id_value, client)
     }
 
     /// Refuses a call whose `Host` lines are wrong (see [`host_problem`])
@@ -497,7 +499,8 @@ impl Gateway {
     #[cold]
     pub fn refuse_host(&self, peer: SocketAddr, upstreams: &ConnectionUpstreams, req: &Call, message: &'static str) -> Response<GatewayBody> {
         let started = Instant::now();
-        let (mut event, request_id_value, _) = self.accept(peer, upstreams, req);
+        let mut event = Event::new(Text::from_static(SYSTEM_TENANT), Category::Request, Text::from_static("request"), Text::from_static("success"));
+        let (request_id_value, _) = self.accept(&mut event, peer, upstreams, req);
         let finisher = |event, request_bytes| Finisher { event, started, request_bytes, audit: self.audit.clone() };
         refuse_with(&mut event, ApiError::new(ErrorCode::InvalidParameter, message), &request_id_value, finisher)
     }
