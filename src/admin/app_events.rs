@@ -73,6 +73,7 @@ pub fn key_writer(state: &AdminState, call: &KeyedCall<'_>) -> Result<KeyWriter,
         return Err(ApiError::from_code(ErrorCode::ConsumerSuspended).into());
     }
     if !entry.scopes.iter().any(|s| s == WRITE_SCOPE) {
+        state.shield.record_missing_scope(call, &entry, WRITE_SCOPE);
         let message = format!("submitting audit events needs a key with the `{WRITE_SCOPE}` scope");
         return Err(ApiError::new(ErrorCode::InsufficientScope, message).into());
     }

@@ -217,6 +217,22 @@ impl Shield {
         })
     }
 
+    /// Records a key the admin API refuses for lacking `scope` (application
+    /// events' `audit:write`) as the gateway records a call its api's
+    /// required scopes refuse: a `policy_applied` security event naming
+    /// the scope wanted and those the key holds.
+    pub fn record_missing_scope(&self, call: &KeyedCall<'_>, entry: &KeyEntry, scope: &str) {
+        let request = self.request_event(call);
+        let mut event = consumer_security_event(&request, entry, security_type::POLICY_APPLIED, ErrorCode::InsufficientScope);
+        event.details = Some(serde_json::json!({
+            "policy": "required_scopes",
+            "field": "scopes",
+            "limit": [scope],
+            "actual": entry.scopes,
+        }));
+        self.audit.record(event);
+    }
+
     /// The request event a key presented to the admin API is recorded
     /// with: its tenant (or the system tenant), the call and the caller.
     fn request_event(&self, call: &KeyedCall<'_>) -> Event {

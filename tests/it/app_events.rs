@@ -107,6 +107,15 @@ async fn api_keys_with_audit_write_may_submit_to_their_own_tenant() {
     assert_eq!(by_header.status(), 201);
     let a = submit(&as_key(&plain), "acme", event.clone()).await;
     assert_eq!((a.status, a.body["error"]["code"].as_str()), (403, Some("insufficient_scope")));
+    // The refusal is in the tenant's trail as the gateway records a call
+    // its api's required scopes refuse: a `policy_applied` security event
+    // naming the scope wanted and those the key holds (it left none).
+    let applied = admin.wait_for("/v1/audit/acme/security?event_type=policy_applied", "events", 1).await;
+    assert_eq!(applied[0]["error_code"], "insufficient_scope", "{applied:?}");
+    assert_eq!(applied[0]["details"]["policy"], "required_scopes", "{applied:?}");
+    assert_eq!(applied[0]["details"]["limit"], json!(["audit:write"]), "{applied:?}");
+    assert!(applied[0]["consumer_id"].is_string() && applied[0]["key_id"].is_string(), "{applied:?}");
+    assert!(!serde_json::to_string(&applied).unwrap().contains(&plain), "no key in the trail");
     let a = submit(&as_key(&stranger), "acme", event.clone()).await;
     assert_eq!((a.status, a.body["error"]["code"].as_str()), (404, Some("not_found")), "another tenant's key");
     let a = submit(&as_key("kt_live_notarealkeynotarealkeynotarealk00000"), "acme", event.clone()).await;
