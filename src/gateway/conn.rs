@@ -127,7 +127,13 @@ pub async fn serve(
             let host_problem = super::host_problem(req.version(), req.headers());
             let call = Call::from_request(req.map(|body| ClientBody::Hyper(body, watch)));
             let mut response = match host_problem {
-                Some(message) => gateway.refuse_host(peer, &upstreams, &call, message),
+                Some(message) => {
+                    let mut refusal = gateway.refuse_host(peer, &upstreams, &call, message);
+                    // Closed after the answer, as the loop's refusals of a
+                    // head it cannot take are: hyper sees to it.
+                    refusal.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    refusal
+                }
                 None => gateway.handle(peer, &upstreams, call).await,
             };
             let status = response.status();

@@ -516,6 +516,12 @@ async fn a_missing_or_repeated_host_is_refused() {
         assert!(json["error"]["message"].as_str().unwrap().contains("Host"), "{json}");
         assert!(answer.header("x-request-id").is_some());
         assert!(!String::from_utf8_lossy(&answer.body).contains(&key));
+        // The refusal says it closes the connection, and does, as the
+        // loop's refusals of an unreadable head do.
+        assert_eq!(answer.header("connection"), Some("close"), "{request:?}: {:?}", answer.headers);
+        let mut rest = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut rest)).await;
+        assert!(matches!(read, Ok(Ok(0))), "{request:?}: the connection stayed open after the refusal: {read:?}");
     }
     // HTTP/1.0 without a Host, and HTTP/1.1 with one, go through.
     for request in [format!("GET /api/x HTTP/1.0\r\nX-API-Key: {key}\r\n\r\n"), call("GET", "/api/x", &key, "")] {
