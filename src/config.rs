@@ -56,9 +56,13 @@ pub struct GatewayFile {
     /// A MaxMind (GeoIP2 / GeoLite2 Country or City) database, asked for
     /// addresses the table does not cover.
     pub geo_database: Option<PathBuf>,
-    /// Proxies (addresses or CIDR ranges) whose `X-Forwarded-For` names the client.
+    /// Proxies (addresses or CIDR ranges) whose `X-Forwarded-For` (or
+    /// `real_ip_header`) names the client.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// The header the trusted proxies name the client in: `X-Forwarded-For`
+    /// (the default), `Forwarded` (RFC 7239) or `X-Real-IP`.
+    pub real_ip_header: Option<String>,
     /// Networks (addresses or CIDR ranges) no api's upstream may be in;
     /// unset: [`crate::protection::DEFAULT_UPSTREAM_DENY`]; `[]`: none.
     pub upstream_deny: Option<Vec<String>>,
@@ -88,6 +92,8 @@ pub struct AdminFile {
     /// counts and the admin log records.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// As `gateway.real_ip_header`, for the admin API's proxies.
+    pub real_ip_header: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -401,8 +407,7 @@ pub fn resolve(file: FileConfig, overrides: Overrides) -> Result<Config, ConfigE
             bruteforce_block: Duration::from_secs(file.gateway.bruteforce_block_secs.unwrap_or(900)),
             geo_table: file.gateway.geo_table,
             geo_database: file.gateway.geo_database,
-            trusted_proxies: crate::protection::TrustedProxies::parse(&file.gateway.trusted_proxies)
-                .map_err(|e| ConfigError::Invalid(format!("gateway.trusted_proxies: {e}")))?,
+            trusted_proxies: trusted_proxies("gateway", &file.gateway.trusted_proxies, file.gateway.real_ip_header.as_deref())?,
             upstream_deny: {
                 let deny = file.gateway.upstream_deny.unwrap_or_else(|| crate::protection::DEFAULT_UPSTREAM_DENY.map(String::from).to_vec());
                 crate::protection::Networks::parse(&deny).map_err(|e| ConfigError::Invalid(format!("gateway.upstream_deny: {e}")))?
@@ -410,8 +415,7 @@ pub fn resolve(file: FileConfig, overrides: Overrides) -> Result<Config, ConfigE
         },
         admin_listen,
         admin_head_timeout: Duration::from_millis(file.admin.head_timeout_ms.unwrap_or(10_000)),
-        admin_trusted_proxies: crate::protection::TrustedProxies::parse(&file.admin.trusted_proxies)
-            .map_err(|e| ConfigError::Invalid(format!("admin.trusted_proxies: {e}")))?,
+        admin_trusted_proxies: trusted_proxies("admin", &file.admin.trusted_proxies, file.admin.real_ip_header.as_deref())?,
         login: {
             let default = LoginConfig::default();
             LoginConfig {
@@ -498,6 +502,14 @@ fn block_secs<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> 
 
 fn timeout_ms<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     bounded(d, 1, 3_600_000)
+}
+
+/// A section's `trusted_proxies` and `real_ip_header`; an error names the key.
+fn trusted_proxies(section: &str, ranges: &[String], header: Option<&str>) -> Result<crate::protection::TrustedProxies, ConfigError> {
+    let proxies =
+        crate::protection::TrustedProxies::parse(ranges).map_err(|e| ConfigError::Invalid(format!("{section}.trusted_proxies: {e}")))?;
+    let header = header.map(crate::protection::RealIpHeader::parse).transpose().map_err(|e| ConfigError::Invalid(format!("{section}.real_ip_header: {e}")))?;
+    Ok(proxies.with_header(header.unwrap_or_default()))
 }
 
 fn flush_interval_ms<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
@@ -726,6 +738,21 @@ mod tests {
         // The gateway's list is its own: the admin API trusts no proxy unless told.
         let c = resolve(parse("[gateway]\ntrusted_proxies = [\"10.0.0.0/8\"]\n").unwrap(), Overrides::default()).unwrap();
         assert_eq!(c.admin_trusted_proxies.client_ip("10.2.3.4".parse().unwrap(), forwarded), "10.2.3.4".parse::<std::net::IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn the_real_ip_header_is_chosen_per_section_and_a_bad_one_named() {
+        let c = resolve(
+            parse("[gateway]\ntrusted_proxies = [\"10.0.0.0/8\"]\nreal_ip_header = \"Forwarded\"\n[admin]\ntrusted_proxies = [\"10.0.0.0/8\"]\nreal_ip_header = \"X-Real-IP\"\n").unwrap(),
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.gateway.trusted_proxies.header_name(), "forwarded");
+        assert_eq!(c.admin_trusted_proxies.header_name(), "x-real-ip");
+        let c = resolve(parse("[gateway]\ntrusted_proxies = [\"10.0.0.0/8\"]\n").unwrap(), Overrides::default()).unwrap();
+        assert_eq!(c.gateway.trusted_proxies.header_name(), "x-forwarded-for", "the default");
+        let err = resolve(parse("[gateway]\nreal_ip_header = \"True-Client-IP\"\n").unwrap(), Overrides::default()).unwrap_err().to_string();
+        assert!(err.contains("gateway.real_ip_header") && err.contains("`True-Client-IP`") && err.contains("X-Real-IP"), "{err}");
     }
 
     /// An unreadable file says why once: the command line prints an error's

@@ -410,16 +410,104 @@ impl UpstreamGuard {
     }
 }
 
-/// The proxies in front of keytrail whose `X-Forwarded-For` is believed.
+/// The header a trusted proxy names the client in (`real_ip_header` in
+/// the config, as nginx and Kong call it).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum RealIpHeader {
+    /// `X-Forwarded-For: client, proxy1, proxy2`, each proxy appending the
+    /// address it got the request from.
+    #[default]
+    XForwardedFor,
+    /// RFC 7239 `Forwarded: for=client;proto=https, for="[2001:db8::1]:443"`:
+    /// the `for` parameter of each element.
+    Forwarded,
+    /// `X-Real-IP: client`: one address, set by the proxy in front.
+    XRealIp,
+}
+
+impl RealIpHeader {
+    /// Reads the config's spelling (any letter case).
+    pub fn parse(text: &str) -> Result<RealIpHeader, String> {
+        match text.to_ascii_lowercase().as_str() {
+            "x-forwarded-for" => Ok(RealIpHeader::XForwardedFor),
+            "forwarded" => Ok(RealIpHeader::Forwarded),
+            "x-real-ip" => Ok(RealIpHeader::XRealIp),
+            _ => Err(format!("`{text}` is not a header keytrail reads client addresses from: use `X-Forwarded-For`, `Forwarded` or `X-Real-IP`")),
+        }
+    }
+
+    /// The header's name, lower case.
+    pub fn name(self) -> &'static str {
+        match self {
+            RealIpHeader::XForwardedFor => "x-forwarded-for",
+            RealIpHeader::Forwarded => "forwarded",
+            RealIpHeader::XRealIp => "x-real-ip",
+        }
+    }
+
+    /// The hops of one header line, farthest first, as address texts
+    /// (`None` for a hop that names no address: RFC 7239's `unknown`, an
+    /// obfuscated `_name`, an element without `for`).
+    fn hops(self, line: &str) -> Vec<Option<&str>> {
+        match self {
+            RealIpHeader::XForwardedFor | RealIpHeader::XRealIp => line.split(',').map(|hop| Some(hop.trim())).collect(),
+            RealIpHeader::Forwarded => forwarded_elements(line).map(forwarded_for_parameter).collect(),
+        }
+    }
+}
+
+/// The elements of an RFC 7239 `Forwarded` line: split at commas outside
+/// quoted strings.
+fn forwarded_elements(line: &str) -> impl Iterator<Item = &str> {
+    let (mut quoted, mut escaped, mut start) = (false, false, 0);
+    let mut cuts = Vec::new();
+    for (i, c) in line.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            ',' if !quoted => {
+                cuts.push(&line[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    cuts.push(&line[start..]);
+    cuts.into_iter()
+}
+
+/// The value of an element's `for` parameter (any case), unquoted.
+fn forwarded_for_parameter(element: &str) -> Option<&str> {
+    let value = element.split(';').find_map(|pair| {
+        let (name, value) = pair.split_once('=')?;
+        name.trim().eq_ignore_ascii_case("for").then(|| value.trim())
+    })?;
+    Some(value.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(value))
+}
+
+/// The proxies in front of keytrail whose forwarding header is believed.
 #[derive(Debug, Default, Clone)]
 pub struct TrustedProxies {
     ranges: Networks,
+    header: RealIpHeader,
 }
 
 impl TrustedProxies {
-    /// Parses CIDR ranges or addresses; an error names the bad one.
+    /// Parses CIDR ranges or addresses; an error names the bad one. They
+    /// name the client in `X-Forwarded-For` unless [`with_header`](Self::with_header) says otherwise.
     pub fn parse(ranges: &[String]) -> Result<TrustedProxies, String> {
-        Ok(TrustedProxies { ranges: Networks::parse(ranges)? })
+        Ok(TrustedProxies { ranges: Networks::parse(ranges)?, header: RealIpHeader::default() })
+    }
+
+    /// The same proxies, naming the client in `header`.
+    pub fn with_header(self, header: RealIpHeader) -> TrustedProxies {
+        TrustedProxies { header, ..self }
+    }
+
+    /// The name of the header the client's address is read from (lower case).
+    pub fn header_name(&self) -> &'static str {
+        self.header.name()
     }
 
     fn trusts(&self, ip: IpAddr) -> bool {
@@ -427,12 +515,14 @@ impl TrustedProxies {
     }
 
     /// The client's address: the socket peer, or — only when the peer is a
-    /// trusted proxy — the nearest address in `X-Forwarded-For` that is not
-    /// one. A header from anyone else is ignored, so nobody can spoof their
-    /// way out of a blocklist.
-    /// `forwarded_for` gives the header's values; it is only called for a
+    /// trusted proxy — the nearest address in the forwarding header (see
+    /// [`header_name`](Self::header_name)) that is not one. A header from
+    /// anyone else is ignored, so nobody can spoof their way out of a
+    /// blocklist; so is every other forwarding header, which the trusted
+    /// proxies pass on as the caller wrote it.
+    /// `forwarded` gives the header's values; it is only called for a
     /// trusted peer, so most calls never look the header up.
-    pub fn client_ip<'a, I>(&self, peer: IpAddr, forwarded_for: impl FnOnce() -> I) -> IpAddr
+    pub fn client_ip<'a, I>(&self, peer: IpAddr, forwarded: impl FnOnce() -> I) -> IpAddr
     where
         I: DoubleEndedIterator<Item = &'a str>,
     {
@@ -440,15 +530,15 @@ impl TrustedProxies {
             return peer;
         }
         let mut client = peer;
-        for hop in forwarded_for().rev().flat_map(|v| v.rsplit(',')) {
-            match forwarded_hop(hop.trim()) {
+        for hop in forwarded().rev().flat_map(|line| self.header.hops(line).into_iter().rev()) {
+            match hop.and_then(forwarded_hop) {
                 Some(ip) => {
                     client = ip;
                     if !self.trusts(ip) {
                         break;
                     }
                 }
-                // Garbage from beyond the last trusted hop: stop there.
+                // Garbage (or a hidden address) from beyond the last trusted hop: stop there.
                 None => break,
             }
         }
@@ -456,7 +546,7 @@ impl TrustedProxies {
     }
 }
 
-/// The address of one `X-Forwarded-For` hop: `203.0.113.5`, `2001:db8::5`,
+/// The address of one forwarded hop: `203.0.113.5`, `2001:db8::5`,
 /// or with the port some proxies add (`203.0.113.5:41234`,
 /// `[2001:db8::5]:41234`, `[2001:db8::5]`).
 fn forwarded_hop(hop: &str) -> Option<IpAddr> {
@@ -983,6 +1073,42 @@ mod tests {
         assert_eq!(client("10.0.0.2", &["[2001:db8::5]"]), ip("2001:db8::5"));
         assert_eq!(client("10.0.0.2", &["198.51.100.1:x"]), ip("10.0.0.2"), "still garbage");
         assert!(TrustedProxies::parse(&["10.0.0.0/99".into()]).is_err());
+    }
+
+    /// With `real_ip_header = "Forwarded"`, the `for` parameters of RFC
+    /// 7239's elements name the hops (quoted, with ports, among other
+    /// parameters); `X-Forwarded-For` is then the caller's own word.
+    #[test]
+    fn the_forwarded_and_x_real_ip_headers_name_the_client_when_configured() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let trusted = TrustedProxies::parse(&["10.0.0.0/8".into()]).unwrap().with_header(RealIpHeader::Forwarded);
+        assert_eq!(trusted.header_name(), "forwarded");
+        let client = |peer: &str, headers: &[&'static str]| trusted.client_ip(ip(peer), || headers.iter().copied());
+        assert_eq!(client("10.0.0.2", &["for=198.51.100.1"]), ip("198.51.100.1"));
+        assert_eq!(client("10.0.0.2", &["For=\"198.51.100.1:4711\";proto=https;by=10.0.0.2"]), ip("198.51.100.1"));
+        assert_eq!(client("10.0.0.2", &["for=\"[2001:db8:cafe::17]:4711\""]), ip("2001:db8:cafe::17"));
+        assert_eq!(client("10.0.0.2", &["for=1.2.3.4, for=198.51.100.1;proto=http, for=10.0.0.9"]), ip("198.51.100.1"), "the nearest untrusted hop");
+        assert_eq!(client("10.0.0.2", &["for=1.2.3.4", "proto=https;for=198.51.100.1"]), ip("198.51.100.1"), "several lines, the last nearest");
+        assert_eq!(client("10.0.0.2", &["for=\"_x,y\";by=\"a,b\", for=198.51.100.1"]), ip("198.51.100.1"), "commas inside quotes split nothing");
+        // A hidden or unknown address, or an element without `for`, is
+        // where the trusted hops end: the last trusted one is the client.
+        assert_eq!(client("10.0.0.2", &["for=198.51.100.1, for=unknown"]), ip("10.0.0.2"));
+        assert_eq!(client("10.0.0.2", &["for=198.51.100.1, for=_hidden, for=10.0.0.7"]), ip("10.0.0.7"));
+        assert_eq!(client("10.0.0.2", &["for=198.51.100.1, proto=https"]), ip("10.0.0.2"));
+        assert_eq!(client("203.0.113.5", &["for=198.51.100.1"]), ip("203.0.113.5"), "an untrusted peer's header is ignored");
+
+        let real = TrustedProxies::parse(&["10.0.0.0/8".into()]).unwrap().with_header(RealIpHeader::XRealIp);
+        assert_eq!(real.header_name(), "x-real-ip");
+        assert_eq!(real.client_ip(ip("10.0.0.2"), || ["198.51.100.1"].into_iter()), ip("198.51.100.1"));
+        assert_eq!(real.client_ip(ip("10.0.0.2"), || ["nonsense"].into_iter()), ip("10.0.0.2"));
+        assert_eq!(real.client_ip(ip("192.0.2.1"), || ["198.51.100.1"].into_iter()), ip("192.0.2.1"));
+
+        assert_eq!(TrustedProxies::default().header_name(), "x-forwarded-for", "the default");
+        for (text, header) in [("X-Forwarded-For", RealIpHeader::XForwardedFor), ("forwarded", RealIpHeader::Forwarded), ("X-REAL-IP", RealIpHeader::XRealIp)] {
+            assert_eq!(RealIpHeader::parse(text), Ok(header), "{text}");
+        }
+        let err = RealIpHeader::parse("X-Client-IP").unwrap_err();
+        assert!(err.contains("`X-Client-IP`") && err.contains("`Forwarded`"), "{err}");
     }
 
     #[test]

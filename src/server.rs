@@ -233,7 +233,7 @@ async fn serve_admin(
                     let stalled = Arc::new(std::sync::atomic::AtomicBool::new(false));
                     let mut req = req.map(|body| IdleBody { inner: body, idle: head_timeout, timer: None, stalled: stalled.clone() });
                     let caller = proxies.client_ip(peer.ip(), || {
-                        req.headers().get_all("x-forwarded-for").iter().filter_map(|v| v.to_str().ok())
+                        req.headers().get_all(proxies.header_name()).iter().filter_map(|v| v.to_str().ok())
                     });
                     req.extensions_mut().insert(axum::extract::ConnectInfo(SocketAddr::new(caller, peer.port())));
                     let call = hyper::service::Service::call(&app, req);

@@ -182,7 +182,7 @@ impl Gateway {
 
     /// The caller: the peer, or the client a trusted proxy forwarded for.
     fn client_of(&self, peer: std::net::IpAddr, headers: &CallHeaders) -> std::net::IpAddr {
-        self.trusted_proxies.client_ip(peer, || headers.values(X_FORWARDED_FOR.as_str()).filter_map(h1::value_text).collect::<Vec<_>>().into_iter())
+        self.trusted_proxies.client_ip(peer, || headers.values(self.trusted_proxies.header_name()).filter_map(h1::value_text).collect::<Vec<_>>().into_iter())
     }
 
     /// Runs one request through its phases, in order (ARCHITECTURE.md, "A request's life").

@@ -378,6 +378,47 @@ async fn forwarded_addresses_count_only_behind_a_trusted_proxy() {
     ts.stop().await;
 }
 
+/// Behind proxies that name the client in RFC 7239's `Forwarded` (or in
+/// `X-Real-IP`), `real_ip_header` says so: that header's address is the
+/// client, for the blocklists and the trail, and `X-Forwarded-For`, which
+/// such a proxy passes on as the caller wrote it, is ignored. Before, only
+/// `X-Forwarded-For` was read, so every caller behind such a proxy was the
+/// proxy: one brute-force block would have shut all of them out.
+#[tokio::test]
+async fn the_configured_real_ip_header_names_the_client_behind_a_trusted_proxy() {
+    use keytrail::protection::{RealIpHeader, TrustedProxies};
+    let local = || TrustedProxies::parse(&["127.0.0.1".into()]).unwrap();
+    let mut ts = TestServer::start_with(tempfile::tempdir().unwrap(), |c| {
+        c.gateway.trusted_proxies = local().with_header(RealIpHeader::Forwarded);
+        c.admin_trusted_proxies = local().with_header(RealIpHeader::XRealIp);
+    })
+    .await;
+    let up = start_upstream().await;
+    let admin = ts.admin_client();
+    let (_, _, key) = admin.setup("acme", "/docs", &format!("http://{up}")).await;
+    add(&admin, "/v1/blocklist", json!({"kind": "ip", "value": "198.51.100.0/24"})).await;
+    let call = |name: &'static str, value: &'static str| {
+        let (client, url, key) = (ts.client.clone(), format!("{}/docs/fixed", ts.gateway), key.clone());
+        async move { client.get(url).header("x-api-key", key).header(name, value).send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(call("forwarded", "for=198.51.100.23;proto=https").await, 403, "the blocked client, named by Forwarded");
+    assert_eq!(call("forwarded", "for=\"[2001:db8::9]:443\";proto=https").await, 200);
+    assert_eq!(call("x-forwarded-for", "198.51.100.23").await, 200, "X-Forwarded-For is not the configured header");
+    let logs = admin.wait_for("/v1/audit/acme", "logs", 3).await;
+    let clients: Vec<&str> = logs.iter().map(|e| e["client_ip"].as_str().unwrap()).collect();
+    assert_eq!(clients, ["127.0.0.1", "2001:db8::9", "198.51.100.23"], "newest first");
+
+    // The admin API reads its own proxies' header: a failed sign-in is
+    // recorded with the address X-Real-IP names.
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert("x-real-ip", "203.0.113.77".parse().unwrap());
+    let forwarded = Admin { client: reqwest::Client::builder().default_headers(headers).build().unwrap(), token: String::new(), ..admin.clone() };
+    assert_eq!(forwarded.post("/v1/auth/login", json!({"name": "nobody", "password": "not the password"})).await.status, 401);
+    let failed = admin.wait_for("/v1/audit/_system/security?event_type=admin_login_failed", "events", 1).await;
+    assert_eq!(failed[0]["client_ip"], "203.0.113.77", "{failed:?}");
+    ts.stop().await;
+}
+
 #[tokio::test]
 async fn bad_blocklist_entries_are_refused() {
     let mut ts = TestServer::start().await;
