@@ -28,6 +28,18 @@ pub struct FileConfig {
     pub log: LogFile,
     #[serde(default)]
     pub retention: RetentionFile,
+    #[serde(default)]
+    pub keys: KeysFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysFile {
+    /// A file holding the pepper (at least 32 bytes; a final line break is
+    /// not part of it) that keys are hashed with: HMAC-SHA-256 instead of
+    /// SHA-256. Kept outside the data directory, a copy of the store alone
+    /// cannot confirm a guessed key.
+    pub pepper_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -230,6 +242,8 @@ pub struct Config {
     pub log_level: String,
     /// The operator's chosen first admin token; never printed.
     pub bootstrap_token: Option<Hidden>,
+    /// How API keys are hashed for the store (`keys.pepper_file`).
+    pub key_hasher: crate::keys::KeyHasher,
 }
 
 #[derive(Debug, Clone)]
@@ -447,7 +461,22 @@ pub fn resolve(file: FileConfig, overrides: Overrides) -> Result<Config, ConfigE
         },
         log_level,
         bootstrap_token: overrides.bootstrap_token,
+        key_hasher: match &file.keys.pepper_file {
+            Some(path) => key_pepper(path)?,
+            None => crate::keys::KeyHasher::default(),
+        },
     })
+}
+
+/// The key hasher of `keys.pepper_file`; an error names the file, never its content.
+fn key_pepper(path: &Path) -> Result<crate::keys::KeyHasher, ConfigError> {
+    let named = |problem: String| ConfigError::Invalid(format!("keys.pepper_file `{}`: {problem}", path.display()));
+    let mut pepper = std::fs::read(path).map_err(|e| named(format!("cannot read it: {e}")))?;
+    // A file written by `echo` or an editor ends with a line break that is no part of the pepper.
+    while pepper.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        pepper.pop();
+    }
+    crate::keys::KeyHasher::with_pepper(&pepper).map_err(named)
 }
 
 /// That `level` is a log filter keytrail can use (`info`,
@@ -738,6 +767,32 @@ mod tests {
         // The gateway's list is its own: the admin API trusts no proxy unless told.
         let c = resolve(parse("[gateway]\ntrusted_proxies = [\"10.0.0.0/8\"]\n").unwrap(), Overrides::default()).unwrap();
         assert_eq!(c.admin_trusted_proxies.client_ip("10.2.3.4".parse().unwrap(), forwarded), "10.2.3.4".parse::<std::net::IpAddr>().unwrap());
+    }
+
+    /// `keys.pepper_file` is read at start; its final line break is no part
+    /// of the pepper; a missing or short file stops the start, naming the
+    /// file, never what it holds.
+    #[test]
+    fn the_key_pepper_comes_from_its_file_and_a_bad_one_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let with_file = |path: &std::path::Path| {
+            let text = format!("[keys]\npepper_file = {:?}\n", path.to_str().unwrap());
+            resolve(parse(&text).unwrap(), Overrides::default())
+        };
+        assert!(!resolve(parse("").unwrap(), Overrides::default()).unwrap().key_hasher.is_peppered(), "no pepper by default");
+        let file = dir.path().join("pepper");
+        let pepper = "0123456789abcdef0123456789abcdef";
+        std::fs::write(&file, format!("{pepper}\n")).unwrap();
+        let hasher = with_file(&file).unwrap().key_hasher;
+        let key = crate::keys::generate_key(crate::keys::KeyEnvironment::Live).secret;
+        assert_eq!(hasher.stored(&key), crate::keys::KeyHasher::with_pepper(pepper.as_bytes()).unwrap().stored(&key), "the line break is not part of it");
+        let short = "short-pepper-secret";
+        std::fs::write(&file, short).unwrap();
+        let err = with_file(&file).unwrap_err().to_string();
+        assert!(err.contains("keys.pepper_file") && err.contains(file.to_str().unwrap()) && err.contains("at least 32 bytes"), "{err}");
+        assert!(!err.contains(short), "{err}");
+        let err = with_file(&dir.path().join("missing")).unwrap_err().to_string();
+        assert!(err.contains("keys.pepper_file") && err.contains("missing") && err.contains("cannot read"), "{err}");
     }
 
     #[test]

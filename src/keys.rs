@@ -3,8 +3,9 @@
 //! A key is `kt_live_` or `kt_test_`, 32 random base62 characters, then a
 //! 6-character base62 CRC-32 of everything before it. The checksum lets the
 //! gateway reject a typo or a guessed key without a lookup, and lets secret
-//! scanners recognise a leaked key. Keys are stored only as SHA-256 hashes and
-//! shown as a hint: the prefix and the last four characters.
+//! scanners recognise a leaked key. Keys are stored only as SHA-256 hashes
+//! (HMAC-SHA-256 with the operator's pepper, when one is set: [`KeyHasher`])
+//! and shown as a hint: the prefix and the last four characters.
 //!
 //! This module does no IO.
 
@@ -62,7 +63,6 @@ pub type SecretHash = [u8; 32];
 /// the answer to the call that created it.
 pub struct GeneratedKey {
     pub secret: String,
-    pub hash: SecretHash,
     pub hint: String,
 }
 
@@ -126,9 +126,8 @@ pub fn generate_key(env: KeyEnvironment) -> GeneratedKey {
     let body = format!("{}{}", env.prefix(), random_base62(RANDOM_LEN));
     let sum = checksum(&body);
     let secret = format!("{body}{}", std::str::from_utf8(&sum).expect("base62 is ascii"));
-    let hash = hash_secret(&secret);
     let hint = hint(&secret);
-    GeneratedKey { secret, hash, hint }
+    GeneratedKey { secret, hint }
 }
 
 /// Checks the shape and checksum of a presented key without looking it up.
@@ -156,6 +155,66 @@ pub fn check_format(key: &str) -> Result<KeyEnvironment, MalformedKey> {
 /// The stored form of a key or token.
 pub fn hash_secret(secret: &str) -> SecretHash {
     Sha256::digest(secret.as_bytes()).into()
+}
+
+/// The shortest pepper accepted, in bytes.
+pub const MIN_PEPPER_LEN: usize = 32;
+
+/// How API keys are hashed for the store: plain SHA-256, or, with the
+/// operator's pepper (`keys.pepper_file`), HMAC-SHA-256 keyed with it, so
+/// that a copy of the store alone cannot confirm a guessed key. Keys
+/// stored before a pepper was set keep their plain hash and are still
+/// found ([`lookups`](Self::lookups)); a key made or rotated with the
+/// pepper is found only with it.
+#[derive(Clone, Default)]
+pub struct KeyHasher {
+    /// The HMAC with the pepper's key schedule done once; cloned per key.
+    pepper: Option<hmac::Hmac<Sha256>>,
+}
+
+impl std::fmt::Debug for KeyHasher {
+    // Never the pepper.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyHasher").field("peppered", &self.is_peppered()).finish()
+    }
+}
+
+impl KeyHasher {
+    /// A hasher with `pepper` (at least [`MIN_PEPPER_LEN`] bytes).
+    pub fn with_pepper(pepper: &[u8]) -> Result<KeyHasher, String> {
+        use hmac::Mac;
+        if pepper.len() < MIN_PEPPER_LEN {
+            return Err(format!("a key pepper must be at least {MIN_PEPPER_LEN} bytes (it has {}); make one with `head -c 32 /dev/urandom | base64`", pepper.len()));
+        }
+        let mac = hmac::Hmac::<Sha256>::new_from_slice(pepper).map_err(|e| e.to_string())?;
+        Ok(KeyHasher { pepper: Some(mac) })
+    }
+
+    pub fn is_peppered(&self) -> bool {
+        self.pepper.is_some()
+    }
+
+    /// The hash a new key is stored under.
+    pub fn stored(&self, key: &str) -> SecretHash {
+        use hmac::Mac;
+        match &self.pepper {
+            Some(mac) => {
+                let mut mac = mac.clone();
+                mac.update(key.as_bytes());
+                mac.finalize().into_bytes().into()
+            }
+            None => hash_secret(key),
+        }
+    }
+
+    /// The hashes a presented key may be stored under, in the order to try
+    /// them: the peppered one, then (with a pepper) the plain one of a key
+    /// stored before the pepper was set.
+    pub fn lookups<'a>(&'a self, key: &'a str) -> impl Iterator<Item = SecretHash> + 'a {
+        // The plain hash only when asked for: most lookups end at the first.
+        let plain = self.is_peppered().then_some(key).into_iter().map(hash_secret);
+        std::iter::once(self.stored(key)).chain(plain)
+    }
 }
 
 /// Constant-time comparison of two hashes: the differences of the four
@@ -222,6 +281,32 @@ pub fn is_valid_scope(scope: &str) -> bool {
 mod tests {
     use super::*;
 
+    /// With a pepper, the stored hash is an HMAC of the key, not its
+    /// SHA-256 (which a copy of the store could check guesses against);
+    /// lookups try it first, then the plain hash of a key stored before.
+    #[test]
+    fn a_pepper_keys_the_stored_hash_and_lookups_try_both() {
+        let key = generate_key(KeyEnvironment::Live).secret;
+        let plain = KeyHasher::default();
+        assert_eq!(plain.stored(&key), hash_secret(&key));
+        assert_eq!(plain.lookups(&key).collect::<Vec<_>>(), [hash_secret(&key)]);
+        let pepper = [7u8; MIN_PEPPER_LEN];
+        let peppered = KeyHasher::with_pepper(&pepper).unwrap();
+        let stored = peppered.stored(&key);
+        assert_ne!(stored, hash_secret(&key));
+        // HMAC-SHA-256 (RFC 2104) by hand: H((K ^ opad) || H((K ^ ipad) || m)).
+        let mut block = [0u8; 64];
+        block[..pepper.len()].copy_from_slice(&pepper);
+        let inner: Vec<u8> = block.iter().map(|b| b ^ 0x36).chain(key.bytes()).collect();
+        let outer: Vec<u8> = block.iter().map(|b| b ^ 0x5c).chain(Sha256::digest(&inner)).collect();
+        assert_eq!(stored, <[u8; 32]>::from(Sha256::digest(&outer)));
+        assert_eq!(peppered.lookups(&key).collect::<Vec<_>>(), [stored, hash_secret(&key)]);
+        assert_ne!(KeyHasher::with_pepper(&[8u8; MIN_PEPPER_LEN]).unwrap().stored(&key), stored, "another pepper, another hash");
+        let err = KeyHasher::with_pepper(b"too short").unwrap_err();
+        assert!(err.contains("at least 32 bytes") && err.contains("it has 9"), "{err}");
+        assert_eq!(format!("{peppered:?}"), "KeyHasher { peppered: true }", "the pepper is never shown");
+    }
+
     #[test]
     fn generated_keys_pass_their_own_check() {
         for env in [KeyEnvironment::Live, KeyEnvironment::Test] {
@@ -229,7 +314,6 @@ mod tests {
             assert_eq!(key.secret.len(), KEY_LEN);
             assert!(key.secret.starts_with(env.prefix()));
             assert_eq!(check_format(&key.secret), Ok(env));
-            assert_eq!(key.hash, hash_secret(&key.secret));
         }
     }
 

@@ -381,6 +381,8 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
     let control = Arc::new(
         ControlPlane::open(store, audit.clone())
             .context("cannot load the control store")?
+            .with_key_hasher(config.key_hasher.clone())
+            .context("cannot load the control store")?
             .with_upstream_guard(crate::protection::UpstreamGuard::new(config.gateway.upstream_deny.clone(), vec![gateway_addr, admin_addr]))
             .with_retention_defaults(config.retention.defaults)
             .with_login_limits(&config.login)

@@ -111,6 +111,8 @@ pub struct Snapshot {
     /// The global blocklist, and each tenant's.
     pub global_blocks: Blocklist,
     tenant_blocks: HashMap<String, Blocklist>,
+    /// How presented keys are hashed to be looked up (the operator's pepper).
+    hasher: crate::keys::KeyHasher,
 }
 
 /// A tier's limiters: the previous snapshot's when the tier did not change
@@ -259,7 +261,7 @@ impl Snapshot {
             by_tenant.entry(entry.tenant_id.clone().unwrap_or_default()).or_default().push(entry);
         }
         let tenant_blocks = by_tenant.into_iter().map(|(t, entries)| (t, Blocklist::build(entries))).collect();
-        Snapshot { routes, nested, apis, keys, tiers, global_blocks: Blocklist::build(global), tenant_blocks }
+        Snapshot { routes, nested, apis, keys, tiers, global_blocks: Blocklist::build(global), tenant_blocks, hasher: previous.hasher.clone() }
     }
 
     /// A tenant's own blocklist, if it has one.
@@ -304,6 +306,18 @@ impl Snapshot {
 
     pub fn key(&self, hash: &SecretHash) -> Option<&Arc<KeyEntry>> {
         self.keys.get_key_value(hash).filter(|(stored, _)| crate::keys::hashes_equal(stored, hash)).map(|(_, k)| k)
+    }
+
+    /// The key a caller presented, by the hashes it may be stored under
+    /// (see [`crate::keys::KeyHasher::lookups`]).
+    pub fn key_for_secret(&self, secret: &str) -> Option<&Arc<KeyEntry>> {
+        self.hasher.lookups(secret).find_map(|hash| self.key(&hash))
+    }
+
+    /// An empty snapshot that hashes presented keys with `hasher`; every
+    /// snapshot built after it keeps the hasher.
+    pub fn hashing_with(hasher: crate::keys::KeyHasher) -> Snapshot {
+        Snapshot { hasher, ..Snapshot::default() }
     }
 }
 

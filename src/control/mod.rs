@@ -183,6 +183,8 @@ pub struct ControlPlane {
     upstream_guard: crate::protection::UpstreamGuard,
     /// Failed sign-ins per name and address, and the lockouts they started.
     login_throttle: LoginThrottle,
+    /// How new keys are hashed for the store (the operator's pepper).
+    key_hasher: keys::KeyHasher,
 }
 
 /// The fields of a consumer that are personal data: the admin activity log
@@ -372,6 +374,7 @@ impl ControlPlane {
             erasure: None,
             upstream_guard: Default::default(),
             login_throttle: LoginThrottle::new(&crate::config::LoginConfig::default()),
+            key_hasher: keys::KeyHasher::default(),
         };
         plane.reload()?;
         Ok(plane)
@@ -401,6 +404,14 @@ impl ControlPlane {
 
     /// Where apis' upstreams may not be (checked as apis are made; the
     /// gateway checks it again at each new upstream connection).
+    /// Hashes new keys with `hasher`, and looks presented ones up with it.
+    pub fn with_key_hasher(mut self, hasher: keys::KeyHasher) -> Result<ControlPlane, StoreError> {
+        self.snapshot.store(Arc::new(Snapshot::hashing_with(hasher.clone())));
+        self.key_hasher = hasher;
+        self.reload()?;
+        Ok(self)
+    }
+
     pub fn with_upstream_guard(mut self, guard: crate::protection::UpstreamGuard) -> ControlPlane {
         self.upstream_guard = guard;
         self
@@ -750,7 +761,7 @@ impl ControlPlane {
                 return Err(ApiError::invalid_body("`expires_at` must be in the future"));
             }
         }
-        let (record, secret) = new_key_record(tenant_id, &consumer.id, new.environment, new.scopes, new.expires_at_ms, now);
+        let (record, secret) = new_key_record(&self.key_hasher, tenant_id, &consumer.id, new.environment, new.scopes, new.expires_at_ms, now);
         self.store.create_key(&record)?;
         self.reload_after_change()?;
         // No consumer name: admin events hold no personal value of the
@@ -856,7 +867,7 @@ impl ControlPlane {
             return Err(ApiError::new(ErrorCode::Conflict, format!("key `{key_id}` is {status} and cannot be rotated{hint}")));
         }
         let environment = KeyEnvironment::parse(&old.environment).unwrap_or(KeyEnvironment::Live);
-        let (record, secret) = new_key_record(&old.tenant_id, &old.consumer_id, environment, old.scopes.clone(), old.expires_at, now);
+        let (record, secret) = new_key_record(&self.key_hasher, &old.tenant_id, &old.consumer_id, environment, old.scopes.clone(), old.expires_at, now);
         // The grace never outlives the key's own expiry.
         let old_expires_at = old.expires_at.map_or(now + grace_ms, |t| t.min(now + grace_ms));
         if !self.store.rotate_key(key_id, &record, old_expires_at)? {
@@ -1159,6 +1170,7 @@ impl ControlPlane {
 
 /// A fresh active key for a consumer, and its secret (shown once).
 fn new_key_record(
+    hasher: &keys::KeyHasher,
     tenant_id: &str,
     consumer_id: &str,
     environment: KeyEnvironment,
@@ -1180,7 +1192,7 @@ fn new_key_record(
         revoked_at: None,
         replaced_by: None,
         last_used_at: None,
-        hash: generated.hash,
+        hash: hasher.stored(&generated.secret),
     };
     (record, generated.secret)
 }

@@ -802,7 +802,7 @@ fn authenticate(snapshot: &Snapshot, key: &str, tenant: Option<&str>) -> Result<
             MalformedKey::Checksum => "malformed key: checksum mismatch",
         }));
     }
-    let entry = snapshot.key(&keys::hash_secret(key)).cloned().ok_or_else(|| invalid("unknown key"))?;
+    let entry = snapshot.key_for_secret(key).cloned().ok_or_else(|| invalid("unknown key"))?;
     if tenant.is_some_and(|t| t != entry.tenant_id) {
         // Answer exactly as for an unknown key: the caller learns nothing about other tenants.
         return Err(invalid("key belongs to another tenant"));

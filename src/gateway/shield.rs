@@ -21,7 +21,6 @@ use crate::config::GatewayConfig;
 use crate::control::ControlPlane;
 use crate::error::ErrorCode;
 use crate::event::{self, security_type, Category, Event, Text};
-use crate::keys;
 use crate::protection::{self, Block, Countries, FailureCounter, History};
 use crate::ratelimit::{self, Exceeded, Standing};
 use crate::settings::BLOCKED_ERROR_CODE;
@@ -283,7 +282,7 @@ impl Shield {
                 }
                 self.record_auth_failure(&request, &failure, Some(call.source), hint);
                 // A live key of another tenant: answered as a tenant that does not exist.
-                let other_tenant = failure.code == ErrorCode::InvalidKey && snapshot.key(&keys::hash_secret(call.key)).is_some();
+                let other_tenant = failure.code == ErrorCode::InvalidKey && snapshot.key_for_secret(call.key).is_some();
                 return Err(if other_tenant { KeyRefusal::OtherTenant } else { KeyRefusal::Failed(failure.code) });
             }
         };

@@ -200,6 +200,61 @@ async fn control_data_survives_a_restart() {
     server.shutdown().await;
 }
 
+/// With `keys.pepper_file`, keys are stored as an HMAC keyed with the
+/// pepper, so `control.db` alone cannot confirm a guessed key: neither the
+/// key nor its plain SHA-256 nor the pepper is in it. Keys stored before the
+/// pepper was set keep working; a peppered key is found only with the same
+/// pepper (without it, or with another, it is an unknown key).
+#[tokio::test]
+async fn a_pepper_keys_the_stored_key_hashes() {
+    use keytrail::keys::{hash_secret, KeyHasher};
+    let dir = tempfile::tempdir().unwrap();
+    let up = start_upstream().await;
+    let pepper = b"a pepper of thirty-two bytes or more, kept apart".to_vec();
+    let start = |hasher: KeyHasher| {
+        let mut config = crate::util::test_config(dir.path());
+        config.key_hasher = hasher;
+        async move {
+            let server = keytrail::server::start(config).await.unwrap();
+            let admin = Admin { base: format!("http://{}", server.admin_addr), token: crate::util::ADMIN_TOKEN.to_string(), client: reqwest::Client::new() };
+            (format!("http://{}", server.gateway_addr), admin, server)
+        }
+    };
+    let status = |gateway: String, key: String| async move {
+        reqwest::Client::new().get(format!("{gateway}/docs/x")).header("X-API-Key", key).send().await.unwrap().status().as_u16()
+    };
+    // A key made before any pepper.
+    let (gateway, admin, server) = start(KeyHasher::default()).await;
+    let (consumer, _, before) = admin.setup("acme", "/docs", &format!("http://{up}")).await;
+    assert_eq!(status(gateway, before.clone()).await, 200);
+    server.shutdown().await;
+
+    let (gateway, admin, server) = start(KeyHasher::with_pepper(&pepper).unwrap()).await;
+    assert_eq!(status(gateway.clone(), before.clone()).await, 200, "a key stored before the pepper still works");
+    let (_, peppered) = admin.key("acme", &consumer, json!({})).await;
+    assert_eq!(status(gateway, peppered.clone()).await, 200);
+    server.shutdown().await;
+    let mut stored = Vec::new();
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().unwrap().to_string_lossy().starts_with("control.db") {
+            stored.extend(std::fs::read(path).unwrap());
+        }
+    }
+    let holds = |needle: &[u8]| stored.windows(needle.len()).any(|w| w == needle);
+    assert!(holds(&KeyHasher::with_pepper(&pepper).unwrap().stored(&peppered)), "the peppered hash is what is stored");
+    assert!(!holds(&hash_secret(&peppered)), "the key's plain SHA-256 is not stored");
+    assert!(!holds(peppered.as_bytes()) && !holds(&pepper), "neither the key nor the pepper");
+    assert!(holds(&hash_secret(&before)), "the older key keeps its plain hash");
+
+    for hasher in [KeyHasher::default(), KeyHasher::with_pepper(b"another pepper, also thirty-two bytes long").unwrap()] {
+        let (gateway, _, server) = start(hasher).await;
+        assert_eq!(status(gateway.clone(), peppered.clone()).await, 401, "a peppered key is found only with its pepper");
+        assert_eq!(status(gateway, before.clone()).await, 200);
+        server.shutdown().await;
+    }
+}
+
 /// Every free-text field the control store keeps as given refuses a key or
 /// token pasted into it (as names and metadata do): scopes, an api's
 /// required scopes, forbidden paths and cost prefixes, a blocklist's

@@ -115,7 +115,7 @@ async fn a_rotation_refuses_scopes_changed_since_it_read_the_key() {
     // What a rotation reads first ...
     let old = store.get_key(&key_id).unwrap().unwrap();
     let generated = generate_key(KeyEnvironment::Live);
-    let new = keytrail::store::control::KeyRecord { key_id: generate_id("key"), hint: generated.hint.clone(), hash: generated.hash, ..old.clone() };
+    let new = keytrail::store::control::KeyRecord { key_id: generate_id("key"), hint: generated.hint.clone(), hash: keytrail::keys::hash_secret(&generated.secret), ..old.clone() };
     // ... then a scope change lands before its transaction.
     let a = admin.call("PUT", &format!("/v1/keys/{key_id}/scopes"), Some(json!({"scopes": ["read", "write"]}))).await;
     assert_eq!(a.status, 200, "{}", a.text);
