@@ -311,6 +311,10 @@ impl Snapshot {
     /// The key a caller presented, by the hashes it may be stored under
     /// (see [`crate::keys::KeyHasher::lookups`]).
     pub fn key_for_secret(&self, secret: &str) -> Option<&Arc<KeyEntry>> {
+        // Without a pepper, one plain hash, as before there were peppers.
+        if !self.hasher.is_peppered() {
+            return self.key(&crate::keys::hash_secret(secret));
+        }
         self.hasher.lookups(secret).find_map(|hash| self.key(&hash))
     }
 
