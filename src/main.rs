@@ -869,6 +869,14 @@ fn main() -> ExitCode {
                 }
                 Err(e) => Err(e),
             },
+            // A data directory's flags with --file (an export is checked on
+            // its own): refused, rather than silently ignored. The data
+            // directory only when typed: KEYTRAIL_DATA_DIR may be set for
+            // other commands.
+            // (Without --public-key, that is said first.)
+            Command::Verify { file: Some(_), public_key: Some(_), .. } if typed("data-dir", None) || typed("wait-secs", None) => Err(usage(
+                "--data-dir and --wait-secs apply to a data directory, not to --file: an export is checked on its own, with --public-key",
+            )),
             Command::Verify { file: Some(file), tenant, public_key, json, from: None, .. } => match verify_file(&file, tenant.as_deref(), public_key.as_deref(), json) {
                 Ok(true) => Ok(()),
                 Ok(false) => Err(anyhow::anyhow!("the export did not verify (see above)")),

@@ -719,6 +719,37 @@ fn files_that_are_no_export_are_refused_saying_why() {
     assert!(ok && output.contains("acme: 0 events"), "{output}");
 }
 
+/// `keytrail verify --file` checks an export on its own: a `--data-dir` or
+/// `--wait-secs` typed with it is a usage error (exit code 2) naming them,
+/// rather than silently ignored (the operator who typed them believed the
+/// data directory was checked too); `KEYTRAIL_DATA_DIR` left set for other
+/// commands is no such flag.
+#[test]
+fn verify_file_refuses_the_flags_of_a_data_directory() {
+    let out = tempfile::tempdir().unwrap();
+    let public = keytrail::signing::public_key_text(&Signer::load_or_create(&out.path().join("k.key")).unwrap().public_key());
+    let file = out.path().join("export.json");
+    std::fs::write(&file, "{\"tenant_id\":\"acme\",\"exported_at\":\"x\",\"logs\":[],\"verification\":{\"checkpoints\":[]}}").unwrap();
+    let (path, data) = (file.to_str().unwrap(), out.path().to_str().unwrap());
+    for extra in [&["--data-dir", data][..], &["--wait-secs", "3"], &["--data-dir=./elsewhere"]] {
+        let mut args = vec!["verify", "--file", path, "--public-key", &public];
+        args.extend(extra);
+        let mut p = Process::spawn(&args, &[], out.path(), out.path());
+        let status = p.child.wait().unwrap();
+        let err = p.stderr();
+        assert_eq!(status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("--data-dir and --wait-secs apply to a data directory, not to --file"), "{args:?}: {err}");
+        assert!(p.stdout().is_empty(), "{args:?}: nothing checked");
+    }
+    let mut p = Process::spawn(&["verify", "--file", path, "--public-key", &public], &[("KEYTRAIL_DATA_DIR", data)], out.path(), out.path());
+    let status = p.child.wait().unwrap();
+    assert!(status.success() && p.stdout().contains("acme: 0 events"), "{}{}", p.stdout(), p.stderr());
+    // A malformed key is a usage error too.
+    let mut p = Process::spawn(&["verify", "--file", path, "--public-key", "00ff"], &[], out.path(), out.path());
+    let status = p.child.wait().unwrap();
+    assert!(status.code() == Some(2) && p.stderr().contains("--public-key: "), "{}", p.stderr());
+}
+
 /// A verification of a trail that grows meanwhile (a busy server, where a
 /// chain is signed every 10,000 events) passes. Before, the checkpoints
 /// were read after the chain was walked: one signed during the walk, past
