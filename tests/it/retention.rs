@@ -292,6 +292,51 @@ fn days_go_hot_then_archived_then_deleted_exactly_at_the_boundaries() {
     assert!(ok && text.contains("hot store follows on"), "{text}");
 }
 
+/// An archive deleted before its time, with meta.db's `deleted_at` set by
+/// hand, passed `keytrail archive verify` and `keytrail verify` as deleted
+/// by retention (the column is unsigned). Retention now signs the mark,
+/// and both verifications report a mark that is not signed; retention
+/// reports it too, and signs a mark made before signed marks (a table
+/// without the column) only once the archive is past its retention.
+#[test]
+fn an_archive_deleted_early_with_a_deletion_mark_set_by_hand_is_caught() {
+    let mut t = trail(4, false);
+    let policy = RetentionPolicy::uniform(settings(1, 30));
+    t.run(&policy, at(3, 0));
+    t.assert_verifies();
+    // Day 0's acme archive removed, and marked deleted as retention would.
+    let (data, manifest) = archive::paths(&t.archive, "acme", &name(0));
+    std::fs::remove_file(data).unwrap();
+    std::fs::remove_file(manifest).unwrap();
+    let meta = Connection::open(t.audit.join("meta.db")).unwrap();
+    meta.execute("UPDATE archives SET deleted_at = ?1 WHERE tenant = 'acme' AND first_seq = 1", [at(3, 5)]).unwrap();
+    let report = archive::verify_archives(&t.archive, Some(&t.audit), Some("acme"), &t.key).unwrap().remove(0);
+    assert!(!report.ok, "{report:?}");
+    let text = report.problems.join("\n");
+    assert!(text.contains(&format!("archive {}: missing from", name(0))) && text.contains("the mark is not retention's"), "{text}");
+    let report = verify_dir(&t.audit, Some("acme"), &t.key).unwrap().remove(0);
+    assert!(!report.ok && report.problems.join("\n").contains("meta.db marks it deleted, but the mark is not retention's"), "{report:?}");
+    let data_dir = t.dir.path().to_str().unwrap();
+    let (ok, text) = run(&["archive", "verify", "--data-dir", data_dir, "--tenant", "acme"], t.dir.path());
+    assert!(!ok && text.contains("the mark is not retention's"), "{text}");
+    // Globex's archives, untouched, still verify.
+    assert!(archive::verify_archives(&t.archive, Some(&t.audit), Some("globex"), &t.key).unwrap()[0].ok);
+
+    // Retention does not take the mark for its own before the archive expires.
+    let report = retention::run(&t.audit, &t.archive, &policy, at(4, 0), &t.signer).unwrap();
+    assert!(report.problems.iter().any(|p| p.contains("meta.db marks it deleted, but retention did not delete it")), "{report:?}");
+    assert!(!verify_dir(&t.audit, Some("acme"), &t.key).unwrap()[0].ok);
+
+    // A store from before signed marks (no column): its marks are signed by
+    // the first run once their archives are past their retention.
+    meta.execute_batch("ALTER TABLE archives DROP COLUMN deletion_signature").unwrap();
+    assert!(!verify_dir(&t.audit, Some("acme"), &t.key).unwrap()[0].ok, "unsigned until retention signs it");
+    let report = retention::run(&t.audit, &t.archive, &policy, at(32, 0), &t.signer).unwrap();
+    assert!(!report.problems.iter().any(|p| p.contains("marks it deleted")), "{report:?}");
+    assert!(verify_dir(&t.audit, Some("acme"), &t.key).unwrap()[0].ok);
+    assert!(archive::verify_archives(&t.archive, Some(&t.audit), Some("acme"), &t.key).unwrap()[0].ok);
+}
+
 #[test]
 fn keytrail_verify_catches_tampering_across_the_archive_boundary() {
     let mut t = trail(4, false);

@@ -79,8 +79,48 @@ pub const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS archives (
     last_hash BLOB NOT NULL,
     manifest TEXT NOT NULL,
     deleted_at INTEGER,
+    deletion_signature BLOB,
     PRIMARY KEY (tenant, first_seq)
 );";
+
+/// The signing domain of retention's marks that it deleted an archive
+/// (see [`ArchiveRecord::deletion_signed`]).
+pub const DELETION_DOMAIN: &str = "keytrail-archive-deletion-v1";
+
+/// What a deletion mark's signature covers: the archive's range and last
+/// hash (not its manifest's salts or signature, which an erasure changes)
+/// and when retention deleted it.
+#[derive(Serialize)]
+struct DeletionMark<'a> {
+    tenant: &'a str,
+    name: &'a str,
+    first_seq: u64,
+    last_seq: u64,
+    last_hash: &'a str,
+    deleted_at_ms: i64,
+}
+
+fn deletion_bytes(m: &Manifest, at_ms: i64) -> Vec<u8> {
+    let mark = DeletionMark { tenant: &m.tenant, name: &m.name, first_seq: m.first_seq, last_seq: m.last_seq, last_hash: &m.last_hash, deleted_at_ms: at_ms };
+    serde_json::to_vec(&mark).expect("a deletion mark serialises")
+}
+
+/// Whether `meta.db`'s `archives` has the column of signed deletion marks
+/// (stores written before them do not, until retention runs once).
+fn has_deletion_signatures(conn: &rusqlite::Connection) -> Result<bool, StoreError> {
+    let n: i64 = conn.query_row("SELECT count(*) FROM pragma_table_info('archives') WHERE name = 'deletion_signature'", [], |r| r.get(0))?;
+    Ok(n > 0)
+}
+
+/// Creates `archives` in `meta`, or adds the column of signed deletion
+/// marks to a table made before them.
+pub(super) fn upgrade_schema(meta: &rusqlite::Connection) -> Result<(), StoreError> {
+    meta.execute_batch(SCHEMA)?;
+    if !has_deletion_signatures(meta)? {
+        meta.execute_batch("ALTER TABLE archives ADD COLUMN deletion_signature BLOB")?;
+    }
+    Ok(())
+}
 
 /// A signed checkpoint inside a manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -177,6 +217,20 @@ pub struct ArchiveRecord {
     pub manifest: Manifest,
     /// When retention deleted the archive, if it did.
     pub deleted_at_ms: Option<i64>,
+    /// Retention's signature of that mark ([`DELETION_DOMAIN`]).
+    pub deletion_signature: Option<Vec<u8>>,
+}
+
+impl ArchiveRecord {
+    /// Whether the mark that retention deleted the archive (when there is
+    /// one) is signed by the holder of `key`: `deleted_at` is a column
+    /// anyone who can write `meta.db` can set, and an archive deleted
+    /// before its time with it set would pass as deleted by retention.
+    pub fn deletion_signed(&self, key: &VerifyingKey) -> bool {
+        let Some(at_ms) = self.deleted_at_ms else { return true };
+        let Some(signature) = self.deletion_signature.as_deref().and_then(|s| <[u8; 64]>::try_from(s).ok()) else { return false };
+        crate::signing::verify_bytes(key, DELETION_DOMAIN, &deletion_bytes(&self.manifest, at_ms), &signature)
+    }
 }
 
 /// `YYYY-MM-DD` of a day number.
@@ -249,16 +303,18 @@ pub fn floors(dir: &Path) -> Result<HashMap<String, (u64, [u8; 32])>, StoreError
 /// The archive records of one tenant (or all), by tenant and `seq`.
 pub fn records(dir: &Path, tenant: Option<&str>) -> Result<Vec<ArchiveRecord>, StoreError> {
     let Some(conn) = meta_read_only(dir)? else { return Ok(Vec::new()) };
-    let mut stmt = conn.prepare(
-        "SELECT manifest, deleted_at FROM archives WHERE ?1 IS NULL OR tenant = ?1 ORDER BY tenant, first_seq",
-    )?;
-    let rows = stmt.query_map(params![tenant], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<i64>>(1)?)))?;
+    // A table made before signed deletion marks: none is signed.
+    let signature = if has_deletion_signatures(&conn)? { "deletion_signature" } else { "NULL" };
+    let mut stmt = conn.prepare(&format!(
+        "SELECT manifest, deleted_at, {signature} FROM archives WHERE ?1 IS NULL OR tenant = ?1 ORDER BY tenant, first_seq"
+    ))?;
+    let rows = stmt.query_map(params![tenant], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<i64>>(1)?, r.get::<_, Option<Vec<u8>>>(2)?)))?;
     let mut out = Vec::new();
     for row in rows {
-        let (text, deleted_at_ms) = row?;
+        let (text, deleted_at_ms, deletion_signature) = row?;
         let manifest: Manifest =
             serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("an archive record in meta.db cannot be read: {e}")))?;
-        out.push(ArchiveRecord { manifest, deleted_at_ms });
+        out.push(ArchiveRecord { manifest, deleted_at_ms, deletion_signature });
     }
     Ok(out)
 }
@@ -268,14 +324,20 @@ pub(super) fn insert_record(meta: &rusqlite::Connection, m: &Manifest) -> Result
     meta.execute(
         "INSERT INTO archives (tenant, first_seq, last_seq, name, last_hash, manifest) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
          ON CONFLICT (tenant, first_seq) DO UPDATE SET last_seq = excluded.last_seq, name = excluded.name,
-             last_hash = excluded.last_hash, manifest = excluded.manifest, deleted_at = NULL",
+             last_hash = excluded.last_hash, manifest = excluded.manifest, deleted_at = NULL, deletion_signature = NULL",
         params![m.tenant, m.first_seq as i64, m.last_seq as i64, m.name, m.last_hash().as_slice(), text],
     )?;
     Ok(())
 }
 
-pub(super) fn mark_deleted(meta: &rusqlite::Connection, m: &Manifest, at_ms: i64) -> Result<(), StoreError> {
-    meta.execute("UPDATE archives SET deleted_at = ?3 WHERE tenant = ?1 AND first_seq = ?2", params![m.tenant, m.first_seq as i64, at_ms])?;
+/// Marks the archive `m` deleted by retention at `at_ms`, the mark signed
+/// with `signer` ([`ArchiveRecord::deletion_signed`]).
+pub(super) fn mark_deleted(meta: &rusqlite::Connection, m: &Manifest, at_ms: i64, signer: &Signer) -> Result<(), StoreError> {
+    let signature = signer.sign_bytes(DELETION_DOMAIN, &deletion_bytes(m, at_ms));
+    meta.execute(
+        "UPDATE archives SET deleted_at = ?3, deletion_signature = ?4 WHERE tenant = ?1 AND first_seq = ?2",
+        params![m.tenant, m.first_seq as i64, at_ms, signature.as_slice()],
+    )?;
     Ok(())
 }
 
@@ -966,6 +1028,13 @@ pub fn verify_archives_with(
                 let m = &r.manifest;
                 let on_disk = manifests.iter().find(|x| x.first_seq == m.first_seq);
                 match (r.deleted_at_ms, on_disk) {
+                    (Some(_), None) if !r.deletion_signed(key) => problems.push(format!(
+                        "archive {}: missing from {} (events {}..={}): meta.db marks it deleted, but the mark is not retention's (not signed: set by hand?)",
+                        m.name,
+                        archive_dir.display(),
+                        m.first_seq,
+                        m.last_seq
+                    )),
                     (None, None) => problems.push(format!(
                         "archive {}: missing from {} (events {}..={}, written by retention and not deleted)",
                         m.name,
@@ -990,7 +1059,7 @@ pub fn verify_archives_with(
         let deleted = |from: u64, to: u64| {
             // Deleted records, in `seq` order, must cover the range without a gap.
             let mut next = from;
-            for r in records.iter().filter(|r| r.deleted_at_ms.is_some()) {
+            for r in records.iter().filter(|r| r.deleted_at_ms.is_some() && r.deletion_signed(key)) {
                 if r.manifest.first_seq <= next && r.manifest.last_seq >= next {
                     next = r.manifest.last_seq.saturating_add(1);
                 }

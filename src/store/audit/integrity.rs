@@ -170,6 +170,12 @@ pub fn verify_tenant_with(dir: &Path, tenant: &str, key: &VerifyingKey, from_ms:
         if !m.signature_ok(key) {
             problems.push(format!("archive {} (events {}..={}): its signed record does not verify (forged or altered)", m.name, m.first_seq, m.last_seq));
         }
+        if !r.deletion_signed(key) {
+            problems.push(format!(
+                "archive {} (events {}..={}): meta.db marks it deleted, but the mark is not retention's (not signed: set by hand?)",
+                m.name, m.first_seq, m.last_seq
+            ));
+        }
         if m.first_seq > next_seq {
             problems.push(format!("events {}..={} are missing: no archive record covers them (before archive {})", next_seq, m.first_seq - 1, m.name));
         } else if m.first_seq < next_seq {

@@ -176,14 +176,14 @@ pub fn run_waiting(
     // Not while an erasure rewrites the same days and archives.
     let (_held, waited) = super::erasure::maintenance_lock_within(audit_dir, "retention", wait)?;
     let meta = open(&audit_dir.join(META_FILE))?;
-    meta.execute_batch(archive::SCHEMA)?;
+    archive::upgrade_schema(&meta)?;
     meta.execute_batch(super::integrity::CHECKPOINT_SCHEMA)?;
     let today = day_of(now_ms);
     let mut report = RetentionReport { waited, ..RetentionReport::default() };
     // What was done before a step failed is reported all the same: each
     // action is an event the tenant's trail must get, and none is done again.
     let done = archive_runs(audit_dir, archive_dir, policy, today, now_ms, signer, &meta, &mut report)
-        .and_then(|()| delete_expired(audit_dir, archive_dir, policy, today, now_ms, &meta, &mut report))
+        .and_then(|()| delete_expired(audit_dir, archive_dir, policy, today, now_ms, signer, &meta, &mut report))
         .and_then(|()| drop_days(audit_dir, today, &mut report));
     if let Err(error) = done {
         report.problems.push(format!("retention stopped (it runs again at the next interval): {error}"));
@@ -319,19 +319,46 @@ fn write_archive(
 }
 
 /// Step 2: archives past the archive retention.
+///
+/// A deletion mark that is not signed (made by a keytrail before signed
+/// marks, or set by hand) is signed, as it stands, only when the archive
+/// is past its retention now; otherwise it is reported (retention did not
+/// delete that archive) and left unsigned, for verification to report too.
+#[allow(clippy::too_many_arguments)]
 fn delete_expired(
     audit_dir: &Path,
     archive_dir: &Path,
     policy: &RetentionPolicy,
     today: i64,
     now_ms: i64,
+    signer: &Signer,
     meta: &rusqlite::Connection,
     report: &mut RetentionReport,
 ) -> Result<(), StoreError> {
+    let key = signer.public_key();
     for record in archive::records(audit_dir, None)? {
         let m = &record.manifest;
         let settings = policy.for_tenant(&m.tenant);
-        if record.deleted_at_ms.is_some() || today < day_of(m.to_ms) + 1 + i64::from(settings.hot_days) + i64::from(settings.archive_days) {
+        let expires = day_of(m.to_ms) + 1 + i64::from(settings.hot_days) + i64::from(settings.archive_days);
+        if let Some(at_ms) = record.deleted_at_ms {
+            if record.deletion_signed(&key) {
+                continue;
+            }
+            if today >= expires {
+                archive::mark_deleted(meta, m, at_ms, signer)?;
+            } else {
+                report.problems.push(format!(
+                    "archive {} of `{}` (events {}..={}): meta.db marks it deleted, but retention did not delete it (the mark is not signed, and it expires on {}): run `keytrail archive verify`",
+                    m.name,
+                    m.tenant,
+                    m.first_seq,
+                    m.last_seq,
+                    archive::day_name(expires)
+                ));
+            }
+            continue;
+        }
+        if today < expires {
             continue;
         }
         let removed = match remove_hot_blocks(audit_dir, &m.tenant, m.first_seq, m.last_seq) {
@@ -352,7 +379,7 @@ fn delete_expired(
             report.problems.push(format!("archive {} of `{}`: not deleted: {error}", m.name, m.tenant));
             continue;
         }
-        archive::mark_deleted(meta, m, now_ms)?;
+        archive::mark_deleted(meta, m, now_ms, signer)?;
         report.actions.push(Action {
             kind: ActionKind::ArchiveDeleted,
             tenant: m.tenant.clone(),
