@@ -73,6 +73,58 @@ impl Retention {
     /// process throughout the wait, so nothing was done and the run is
     /// worth trying again soon.
     async fn run(&self) -> bool {
+        // What a run before left unrecorded (the process stopped first),
+        // before this run archives the days those events are in.
+        self.record_journal().await;
+        let done = self.run_once().await;
+        self.record_journal().await;
+        done
+    }
+
+    /// Records retention's events the journal in `meta.db` holds
+    /// ([`crate::store::audit::retention::unrecorded`]), and takes them out
+    /// of it once they are committed; those not committed (the pipeline
+    /// stopping) stay for the next start.
+    async fn record_journal(&self) {
+        use crate::store::audit::retention;
+        let dir = self.audit_dir.clone();
+        let pending = match tokio::task::spawn_blocking(move || retention::unrecorded(&dir)).await.map_err(|e| e.to_string()) {
+            Ok(Ok(pending)) => pending,
+            Ok(Err(error)) => {
+                tracing::error!(%error, "retention: cannot read the events it has not recorded yet");
+                return;
+            }
+            Err(error) => {
+                tracing::error!(%error, "retention: cannot read the events it has not recorded yet");
+                return;
+            }
+        };
+        if pending.is_empty() {
+            return;
+        }
+        let mut waiting = Vec::new();
+        for (key, event) in pending {
+            match self.audit.record_committed(event) {
+                Some(committed) => waiting.push((key, committed)),
+                None => break,
+            }
+        }
+        let mut recorded = Vec::new();
+        for (key, committed) in waiting {
+            if committed.await.is_ok() {
+                recorded.push(key);
+            }
+        }
+        let dir = self.audit_dir.clone();
+        match tokio::task::spawn_blocking(move || retention::forget_recorded(&dir, &recorded)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::error!(%error, "retention: cannot take recorded events out of its journal"),
+            Err(error) => tracing::error!(%error, "retention: cannot take recorded events out of its journal"),
+        }
+    }
+
+    /// One run of retention itself.
+    async fn run_once(&self) -> bool {
         let policy = match self.control.retention_policy() {
             Ok(policy) => RetentionPolicy { zstd_level: self.zstd_level, ..policy },
             Err(error) => {
@@ -88,9 +140,7 @@ impl Retention {
                 if let Some(waited) = &report.waited {
                     tracing::info!(waited_ms = waited.ms, holder = %waited.holder, "retention waited for the audit directory");
                 }
-                for event in report.events(now) {
-                    self.audit.record(event);
-                }
+                // Its events are in the journal, recorded by the caller.
                 for problem in &report.problems {
                     tracing::error!(problem = %problem, "retention");
                 }

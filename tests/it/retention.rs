@@ -807,6 +807,65 @@ async fn the_server_runs_retention_at_start_and_the_settings_api_sets_it() {
     assert!(ok, "{text}");
 }
 
+/// A server stopped after its retention run archived days and dropped
+/// their files, before the run's events were committed (killed during a
+/// long run, or right after it), left no `archive_written` or
+/// `hot_data_dropped` event of them in the tenant's trail, ever: the next
+/// start found nothing more to do. The run's events now wait in a journal
+/// in meta.db, and the next start records them.
+#[tokio::test]
+async fn a_retention_run_whose_events_were_never_recorded_has_them_recorded_at_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = keytrail::event::now_ms();
+    let today = now.div_euclid(DAY);
+    let audit = dir.path().join("audit");
+    {
+        let mut store = AuditWriterStore::open(&audit).unwrap();
+        for d in (3..10).rev() {
+            let mut batch: Vec<Event> = (0..5).map(|i| event("acme", (today - d) * DAY + i * HOUR, i as usize)).collect();
+            store.insert_batch(&mut batch).unwrap();
+        }
+    }
+    // The run of a server that was then killed: its report, and the events
+    // it would have recorded, lost with the process.
+    let signer = Signer::load_or_create(&dir.path().join(keytrail::signing::KEY_FILE)).unwrap();
+    let policy = RetentionPolicy::uniform(settings(5, 400));
+    let report = retention::run(&audit, &dir.path().join("archive"), &policy, now, &signer).unwrap();
+    assert_eq!(report.actions.iter().filter(|a| a.kind == ActionKind::ArchiveWritten).count(), 4, "{report:?}");
+    drop(signer);
+
+    let mut ts = TestServer::start_with(dir, |c| c.retention.defaults = settings(5, 400)).await;
+    let admin = ts.admin_client();
+    let a = admin.post("/v1/tenants", json!({"id": "acme", "name": "Acme"})).await;
+    assert_eq!(a.status, 201, "{}", a.text);
+    let count = |body: &Value| body["events"].as_array().map_or(0, Vec::len);
+    let mut found = (0, 0);
+    for _ in 0..100 {
+        ts.flush().await;
+        let written = admin.get("/v1/audit/acme/security?event_type=archive_written&days=3660").await;
+        let dropped = admin.get("/v1/audit/acme/security?event_type=hot_data_dropped&days=3660").await;
+        found = (count(&written.body), count(&dropped.body));
+        if found == (4, 4) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(found, (4, 4), "days today-9..=today-6, archived and dropped");
+    let written = admin.get("/v1/audit/acme/security?event_type=archive_written&days=3660").await;
+    assert!(written.text.contains(&format!("archive:{}", day_name(today - 9))), "{}", written.text);
+    // Recorded once: a restart does not record them again.
+    ts.stop().await;
+    let mut config = crate::util::test_config(&ts.data_dir);
+    config.retention.defaults = settings(5, 400);
+    let server = keytrail::server::start(config).await.unwrap();
+    let admin = crate::util::Admin { base: format!("http://{}", server.admin_addr), ..admin };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    server.audit.flush().await;
+    let written = admin.get("/v1/audit/acme/security?event_type=archive_written&days=3660").await;
+    assert_eq!(count(&written.body), 4, "{}", written.text);
+    server.shutdown().await;
+}
+
 /// `keytrail archive restore` runs as a process of its own, beside a
 /// server whose retention and erasures change the same audit directory:
 /// the directory's maintenance lock keeps them apart across processes.

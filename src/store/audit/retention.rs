@@ -25,7 +25,13 @@
 //!
 //! Each step is recorded in the tenant's own trail by the caller, from
 //! [`RetentionReport::events`]: `archive_written`, `archive_deleted` and
-//! `hot_data_dropped` security events with counts and `seq` ranges.
+//! `hot_data_dropped` security events with counts and `seq` ranges. Each
+//! event is also put in a journal in `meta.db` (`retention_events`) in the
+//! same transaction as the step's record (an archive's, a deletion's), or
+//! before the day file goes: a process stopped before the events reach the
+//! trail (killed during a long run, or right after it) leaves them there,
+//! and the server records them from [`unrecorded`] before its next run,
+//! then [`forget_recorded`]s them once they are committed.
 //!
 //! Safety with the writer: only days before yesterday (by the clock
 //! given) are ever archived or deleted (`hot_days` ≥ 1), the writer names
@@ -70,6 +76,66 @@ impl ActionKind {
     }
 }
 
+/// The journal of retention's events not yet in the trail (see the module
+/// documentation), one per step: the kind, the tenant and the archive's
+/// name or the day, and the event as JSON.
+const JOURNAL_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS retention_events (
+    kind TEXT NOT NULL,
+    tenant TEXT NOT NULL,
+    day TEXT NOT NULL,
+    event TEXT NOT NULL,
+    PRIMARY KEY (kind, tenant, day)
+);";
+
+/// A step's place in the journal: its kind, tenant and day.
+pub type JournalKey = (String, String, String);
+
+/// Puts the event of `action` in the journal (a step done again after a
+/// crash, a day file dropped, keeps one).
+fn journal(meta: &rusqlite::Connection, action: &Action, now_ms: i64) -> Result<(), StoreError> {
+    let event = serde_json::to_string(&action.event(now_ms)).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    meta.execute(
+        "INSERT OR IGNORE INTO retention_events (kind, tenant, day, event) VALUES (?1, ?2, ?3, ?4)",
+        params![action.kind.event_type(), action.tenant, action.day, event],
+    )?;
+    Ok(())
+}
+
+/// Retention's events that steps done put in the journal and the trail
+/// has not been said to hold ([`forget_recorded`]): those of a run whose
+/// process stopped before they were committed, and of the last run.
+pub fn unrecorded(audit_dir: &Path) -> Result<Vec<(JournalKey, Event)>, StoreError> {
+    let path = audit_dir.join(META_FILE);
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let meta = open(&path)?;
+    meta.execute_batch(JOURNAL_SCHEMA)?;
+    let mut stmt = meta.prepare("SELECT kind, tenant, day, event FROM retention_events ORDER BY rowid")?;
+    let rows = stmt.query_map([], |r| Ok(((r.get(0)?, r.get(1)?, r.get(2)?), r.get::<_, String>(3)?)))?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (key, text): (JournalKey, String) = row?;
+        let event = serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("a retention event in meta.db cannot be read: {e}")))?;
+        out.push((key, event));
+    }
+    Ok(out)
+}
+
+/// Takes the events `keys` out of the journal: the trail holds them.
+pub fn forget_recorded(audit_dir: &Path, keys: &[JournalKey]) -> Result<(), StoreError> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let meta = open(&audit_dir.join(META_FILE))?;
+    let tx = meta.unchecked_transaction()?;
+    for (kind, tenant, day) in keys {
+        tx.execute("DELETE FROM retention_events WHERE kind = ?1 AND tenant = ?2 AND day = ?3", params![kind, tenant, day])?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
 /// One thing retention did to one tenant's events.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Action {
@@ -101,33 +167,37 @@ pub struct RetentionReport {
     pub waited: Option<super::erasure::Waited>,
 }
 
+impl Action {
+    /// The security event that records the action in its tenant's trail.
+    fn event(&self, now_ms: i64) -> Event {
+        let a = self;
+        let mut e = Event::new(&a.tenant, Category::Security, a.kind.event_type(), "success");
+        e.timestamp_ms = now_ms;
+        e.actor = Some("system:retention".into());
+        e.target = Some(match a.kind {
+            ActionKind::HotDataDropped => format!("day:{}", a.day),
+            _ => format!("archive:{}", a.day),
+        });
+        let mut details = json!({
+            "day": a.day,
+            "events": a.events,
+            "first_seq": a.first_seq,
+            "last_seq": a.last_seq,
+            "file": a.file,
+        });
+        if let (Some(out), Some(more)) = (details.as_object_mut(), a.details.as_object()) {
+            out.extend(more.clone());
+        }
+        e.details = Some(details);
+        e
+    }
+}
+
 impl RetentionReport {
-    /// The security events that record the actions in each tenant's trail.
+    /// The security events that record the actions in each tenant's trail
+    /// (the server records them from the journal instead: [`unrecorded`]).
     pub fn events(&self, now_ms: i64) -> Vec<Event> {
-        self.actions
-            .iter()
-            .map(|a| {
-                let mut e = Event::new(&a.tenant, Category::Security, a.kind.event_type(), "success");
-                e.timestamp_ms = now_ms;
-                e.actor = Some("system:retention".into());
-                e.target = Some(match a.kind {
-                    ActionKind::HotDataDropped => format!("day:{}", a.day),
-                    _ => format!("archive:{}", a.day),
-                });
-                let mut details = json!({
-                    "day": a.day,
-                    "events": a.events,
-                    "first_seq": a.first_seq,
-                    "last_seq": a.last_seq,
-                    "file": a.file,
-                });
-                if let (Some(out), Some(more)) = (details.as_object_mut(), a.details.as_object()) {
-                    out.extend(more.clone());
-                }
-                e.details = Some(details);
-                e
-            })
-            .collect()
+        self.actions.iter().map(|a| a.event(now_ms)).collect()
     }
 
     fn count(&self, kind: ActionKind) -> usize {
@@ -177,6 +247,7 @@ pub fn run_waiting(
     let (_held, waited) = super::erasure::maintenance_lock_within(audit_dir, "retention", wait)?;
     let meta = open(&audit_dir.join(META_FILE))?;
     archive::upgrade_schema(&meta)?;
+    meta.execute_batch(JOURNAL_SCHEMA)?;
     meta.execute_batch(super::integrity::CHECKPOINT_SCHEMA)?;
     let today = day_of(now_ms);
     let mut report = RetentionReport { waited, ..RetentionReport::default() };
@@ -184,7 +255,7 @@ pub fn run_waiting(
     // action is an event the tenant's trail must get, and none is done again.
     let done = archive_runs(audit_dir, archive_dir, policy, today, now_ms, signer, &meta, &mut report)
         .and_then(|()| delete_expired(audit_dir, archive_dir, policy, today, now_ms, signer, &meta, &mut report))
-        .and_then(|()| drop_days(audit_dir, today, &mut report));
+        .and_then(|()| drop_days(audit_dir, today, now_ms, &meta, &mut report));
     if let Err(error) = done {
         report.problems.push(format!("retention stopped (it runs again at the next interval): {error}"));
     }
@@ -245,8 +316,7 @@ fn archive_runs(
             let target = Target { archive_dir, tenant: &tenant, name: &name, level: policy.zstd_level };
             match write_archive(&reader, &target, &blocks[i..end], floor_hash, &checkpoints, signer, now_ms) {
                 Ok(manifest) => {
-                    archive::insert_record(meta, &manifest)?;
-                    report.actions.push(Action {
+                    let action = Action {
                         kind: ActionKind::ArchiveWritten,
                         tenant: tenant.clone(),
                         day: name,
@@ -255,7 +325,13 @@ fn archive_runs(
                         last_seq: manifest.last_seq,
                         file: manifest.file.clone(),
                         details: json!({"bytes": manifest.file_bytes, "sha256": manifest.file_sha256, "checkpoints": manifest.checkpoints.len()}),
-                    });
+                    };
+                    // The record and its event together.
+                    let tx = meta.unchecked_transaction()?;
+                    archive::insert_record(&tx, &manifest)?;
+                    journal(&tx, &action, now_ms)?;
+                    tx.commit()?;
+                    report.actions.push(action);
                     floor = manifest.last_seq;
                     floor_hash = manifest.last_hash();
                 }
@@ -379,8 +455,7 @@ fn delete_expired(
             report.problems.push(format!("archive {} of `{}`: not deleted: {error}", m.name, m.tenant));
             continue;
         }
-        archive::mark_deleted(meta, m, now_ms, signer)?;
-        report.actions.push(Action {
+        let action = Action {
             kind: ActionKind::ArchiveDeleted,
             tenant: m.tenant.clone(),
             day: m.name.clone(),
@@ -389,7 +464,12 @@ fn delete_expired(
             last_seq: m.last_seq,
             file: m.file.clone(),
             details: json!({"hot_blocks_removed": removed}),
-        });
+        };
+        let tx = meta.unchecked_transaction()?;
+        archive::mark_deleted(&tx, m, now_ms, signer)?;
+        journal(&tx, &action, now_ms)?;
+        tx.commit()?;
+        report.actions.push(action);
     }
     Ok(())
 }
@@ -491,7 +571,7 @@ fn remove_orphan_logs(audit_dir: &Path, today: i64, registry: &super::writer::Op
     Ok(())
 }
 
-fn drop_days(audit_dir: &Path, today: i64, report: &mut RetentionReport) -> Result<(), StoreError> {
+fn drop_days(audit_dir: &Path, today: i64, now_ms: i64, meta: &rusqlite::Connection, report: &mut RetentionReport) -> Result<(), StoreError> {
     let reader = AuditReader::open(audit_dir)?;
     let registry = super::writer::open_days(audit_dir);
     remove_orphan_logs(audit_dir, today, &registry)?;
@@ -516,24 +596,40 @@ fn drop_days(audit_dir: &Path, today: i64, report: &mut RetentionReport) -> Resu
                 report.problems.push(format!("{}: not dropped: the writer has it open (next run)", day_file_name(day)));
                 continue;
             }
+            let actions: Vec<Action> = tenants
+                .into_iter()
+                .map(|(tenant, events, first_seq, last_seq)| Action {
+                    kind: ActionKind::HotDataDropped,
+                    tenant,
+                    day: archive::day_name(day),
+                    events,
+                    first_seq,
+                    last_seq,
+                    file: day_file_name(day),
+                    details: json!({}),
+                })
+                .collect();
+            // The events first: a crash before the file goes leaves them
+            // for the next run, which drops the file and keeps one of each.
+            let tx = meta.unchecked_transaction()?;
+            for action in &actions {
+                journal(&tx, action, now_ms)?;
+            }
+            tx.commit()?;
             // The log first: a crash between the deletes then leaves the
             // day file, which the next run drops.
-            super::remove_day_file(&path)?;
-            tenants
+            if let Err(error) = super::remove_day_file(&path) {
+                let tx = meta.unchecked_transaction()?;
+                for a in &actions {
+                    tx.execute("DELETE FROM retention_events WHERE kind = ?1 AND tenant = ?2 AND day = ?3", params![a.kind.event_type(), a.tenant, a.day])?;
+                }
+                tx.commit()?;
+                return Err(error.into());
+            }
+            actions
         };
         DictCache::forget(&path);
-        for (tenant, events, first_seq, last_seq) in tenants {
-            report.actions.push(Action {
-                kind: ActionKind::HotDataDropped,
-                tenant,
-                day: archive::day_name(day),
-                events,
-                first_seq,
-                last_seq,
-                file: day_file_name(day),
-                details: json!({}),
-            });
-        }
+        report.actions.extend(tenants);
     }
     Ok(())
 }
