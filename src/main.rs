@@ -77,7 +77,7 @@ enum Command {
         #[arg(long, env = "KEYTRAIL_DATA_DIR", default_value = "./keytrail-data")]
         data_dir: PathBuf,
         /// Only this tenant.
-        #[arg(long)]
+        #[arg(long, value_parser = tenant_id)]
         tenant: Option<String>,
         /// The public key to check signatures with (from `keytrail keys
         /// public`); by default the one of the data directory's own key.
@@ -319,8 +319,9 @@ fn investigate_hours(text: &str) -> Result<u32, String> {
     }
 }
 
-/// `--tenant` of the archive commands: a tenant id, as a folder name in
-/// the archive directory; anything else is a usage error (exit code 2).
+/// `--tenant` of `verify` and the archive commands: a tenant id (for the
+/// archive commands, a folder name in the archive directory); anything
+/// else is a usage error (exit code 2).
 fn tenant_id(text: &str) -> Result<String, String> {
     let ok = !text.is_empty() && text.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
     if !ok {

@@ -750,6 +750,35 @@ fn verify_file_refuses_the_flags_of_a_data_directory() {
     assert!(status.code() == Some(2) && p.stderr().contains("--public-key: "), "{}", p.stderr());
 }
 
+/// A `--tenant` of `keytrail verify` that is no tenant id is a usage error
+/// (exit code 2) naming the flag, as it is for the archive commands and as
+/// the README says of every command that reads files: it ended with exit
+/// code 1, a script's sign that the trail did not verify.
+#[test]
+fn verify_refuses_a_tenant_that_is_no_tenant_id() {
+    let out = tempfile::tempdir().unwrap();
+    let signer = Signer::load_or_create(&out.path().join("signing.key")).unwrap();
+    std::fs::create_dir(out.path().join("audit")).unwrap();
+    let public = keytrail::signing::public_key_text(&signer.public_key());
+    let data = out.path().to_str().unwrap();
+    for args in [
+        &["verify", "--data-dir", data, "--tenant", "ACME"][..],
+        &["verify", "--data-dir", data, "--tenant", "acme/../globex"],
+        &["verify", "--data-dir", data, "--tenant", ""],
+        &["verify", "--file", "export.json", "--public-key", &public, "--tenant", "Acme Corp"],
+    ] {
+        let mut p = Process::spawn(args, &[], out.path(), out.path());
+        let status = p.child.wait().unwrap();
+        let err = p.stderr();
+        assert_eq!(status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("--tenant") && err.contains("is not a tenant id"), "{args:?}: {err}");
+    }
+    // A well-formed tenant the trail does not hold is still a failure to verify (exit 1).
+    let mut p = Process::spawn(&["verify", "--data-dir", data, "--tenant", "acme"], &[], out.path(), out.path());
+    let status = p.child.wait().unwrap();
+    assert!(status.code() == Some(1) && p.stderr().contains("tenant `acme`"), "{}", p.stderr());
+}
+
 /// A verification of a trail that grows meanwhile (a busy server, where a
 /// chain is signed every 10,000 events) passes. Before, the checkpoints
 /// were read after the chain was walked: one signed during the walk, past
