@@ -331,10 +331,10 @@ fn tenant_id(text: &str) -> Result<String, String> {
 }
 
 /// `--day` of `archive cat` and `archive restore`: a day, as archives are
-/// named (`2026-11-1` names 2026-11-01); anything else is a usage error.
+/// named (`2026-11-1` names 2026-11-01), or one archive's name
+/// (`2026-11-18-1234`); anything else is a usage error.
 fn archived_day(text: &str) -> Result<String, String> {
-    use keytrail::store::audit::archive::{day_name, parse_day};
-    parse_day(text).map(day_name).ok_or_else(|| format!("`{text}` is not a day: give it as YYYY-MM-DD, e.g. 2026-11-18"))
+    keytrail::store::audit::archive::canonical_day(text)
 }
 
 /// `erase --consumer`: an id that fits in the request's path.
@@ -461,7 +461,8 @@ struct ArchivedDay {
     archive_dir: Option<PathBuf>,
     #[arg(long, value_parser = tenant_id)]
     tenant: String,
-    /// The archived day, YYYY-MM-DD.
+    /// The archived day, YYYY-MM-DD (all its archives), or the name of one
+    /// archive of it, YYYY-MM-DD-<first seq>.
     #[arg(long, value_parser = archived_day)]
     day: String,
     /// The public key to check the archive with [default: the data

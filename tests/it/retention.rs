@@ -1715,6 +1715,47 @@ fn archive_cat_prints_a_days_archives_oldest_first() {
     assert_eq!(seqs, expected);
 }
 
+/// A day's second archive (`YYYY-MM-DD-<first seq>`, the name `archive
+/// restore` and `archive verify` show) can be restored and printed by
+/// that name. Before, `--day` took a day only, and a day whose first
+/// archive was restored already was refused whole ("already restored"):
+/// the later archive could not be brought back without deleting the
+/// restored files first. A name of no archive, or one that is neither, is
+/// said plainly.
+#[test]
+fn a_days_later_archive_is_restored_and_printed_by_its_name() {
+    let mut t = trail(3, false);
+    let policy = RetentionPolicy::uniform(settings(1, 30));
+    retention::run(&t.audit, &t.archive, &policy, at(5, 0), &t.signer).unwrap();
+    let restored = archive::restore(&t.audit, &t.archive, "acme", &name(0), &t.key).unwrap();
+    assert_eq!((restored.first_seq, restored.last_seq), (1, 24));
+    // A call stamped on day 0 committed now: a second archive of day 0.
+    // (One without personal values: see `a_days_archives_salted_apart_are_refused_saying_why`.)
+    let mut late = vec![event("acme", at(0, HOUR), 7)];
+    late[0].client_ip = None;
+    t.store.insert_batch(&mut late).unwrap();
+    let seq = 3 * 24 + 1;
+    retention::run(&t.audit, &t.archive, &policy, at(5, HOUR), &t.signer).unwrap();
+    let second = format!("{}-{seq}", name(0));
+    assert!(archive::paths(&t.archive, "acme", &second).1.exists());
+    let error = archive::restore(&t.audit, &t.archive, "acme", &name(0), &t.key).unwrap_err();
+    assert!(error.contains("already restored"), "{error}");
+    let restored = archive::restore(&t.audit, &t.archive, "acme", &second, &t.key).unwrap();
+    assert_eq!((restored.events, restored.first_seq, restored.last_seq, restored.archives.clone()), (1, seq, seq, vec![second.clone()]), "{restored:?}");
+    assert_eq!(t.read("acme", at(0, 0), at(1, 0) - 1).len(), 25, "day 0's events and the late call, restored");
+    t.assert_verifies();
+
+    // The command line: `cat` by the name prints that archive only.
+    let data = t.dir.path().to_str().unwrap();
+    let (ok, text) = run(&["archive", "cat", "--data-dir", data, "--tenant", "acme", "--day", &second], t.dir.path());
+    assert!(ok && text.lines().count() == 1 && text.contains(&format!("\"seq\":{seq}")), "{text}");
+    let (ok, text) = run(&["archive", "cat", "--data-dir", data, "--tenant", "acme", "--day", &format!("{}-5", name(0))], t.dir.path());
+    assert!(!ok && text.contains(&format!("no archive of tenant `acme` named {}-5", name(0))), "{text}");
+    let mut p = Process::spawn(&["archive", "cat", "--data-dir", data, "--tenant", "acme", "--day", &format!("{}-x", name(0))], &[], t.dir.path(), t.dir.path());
+    let status = p.child.wait().unwrap();
+    assert!(status.code() == Some(2) && p.stderr().contains("is not a day"), "{}", p.stderr());
+}
+
 /// A restore names the day files it wrote: an archive's events go to the
 /// file of their own day, so day 2's archive (which holds a call stamped
 /// on day 1) writes day 1's file too. Before, only the folder was named:

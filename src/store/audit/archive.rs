@@ -1394,15 +1394,32 @@ fn restore_hold() -> Option<std::time::Duration> {
     Some(std::time::Duration::from_millis(ms))
 }
 
-/// `day` as archives are named (`YYYY-MM-DD`): a day written otherwise
-/// (`2026-11-1`, which parses) names the same archives.
-fn canonical_day(day: &str) -> Result<String, String> {
-    parse_day(day).map(day_name).ok_or_else(|| format!("`{day}` is not a day: give it as YYYY-MM-DD, e.g. 2026-11-18"))
+/// `day` as archives are named: a day (`YYYY-MM-DD`; one written
+/// otherwise, `2026-11-1`, which parses, names the same archives), or the
+/// name of one archive of a day (`YYYY-MM-DD-<first seq>`), as
+/// `keytrail archive verify` and `restore` show it.
+pub fn canonical_day(day: &str) -> Result<String, String> {
+    let one_archive = || {
+        let (date, seq) = day.rsplit_once('-')?;
+        let seq: u64 = seq.bytes().all(|b| b.is_ascii_digit()).then(|| seq.parse().ok()).flatten()?;
+        Some(format!("{}-{seq}", day_name(parse_day(date)?)))
+    };
+    parse_day(day).map(day_name).or_else(one_archive).ok_or_else(|| {
+        format!("`{day}` is not a day: give it as YYYY-MM-DD, e.g. 2026-11-18 (or one archive of a day by its name, YYYY-MM-DD-<first seq>)")
+    })
 }
 
-/// The manifests of `tenant`'s archives named for `day` (as [`canonical_day`] gives it).
+/// The manifests of `tenant`'s archives named for `day` (as [`canonical_day`]
+/// gives it): the day's archives, or the one archive it names.
 fn day_manifests(archive_dir: &Path, tenant: &str, day: &str) -> Result<Vec<PathBuf>, String> {
     let folder = tenant_dir(archive_dir, tenant);
+    if parse_day(day).is_none() {
+        let (_, manifest) = paths(archive_dir, tenant, day);
+        if !manifest.is_file() {
+            return Err(format!("no archive of tenant `{tenant}` named {day} in {}", folder.display()));
+        }
+        return Ok(vec![manifest]);
+    }
     // The day's own archive, then those named `<day>-<first seq>` by their
     // `seq` (by file name, `-` would come before `.`, and `-100` before `-25`).
     let order = |p: &PathBuf| -> Option<u64> {
