@@ -461,8 +461,8 @@ struct ArchivedDay {
     archive_dir: Option<PathBuf>,
     #[arg(long, value_parser = tenant_id)]
     tenant: String,
-    /// The archived day, YYYY-MM-DD (all its archives), or the name of one
-    /// archive of it, YYYY-MM-DD-<first seq>.
+    /// The archived day, YYYY-MM-DD (all its archives), or one archive of
+    /// it alone by its first seq, YYYY-MM-DD-<first seq>.
     #[arg(long, value_parser = archived_day)]
     day: String,
     /// The public key to check the archive with [default: the data

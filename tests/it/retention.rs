@@ -1756,6 +1756,45 @@ fn a_days_later_archive_is_restored_and_printed_by_its_name() {
     assert!(status.code() == Some(2) && p.stderr().contains("is not a day"), "{}", p.stderr());
 }
 
+/// A day's later archive whose events are salted apart from the day's own
+/// (a late call of a consumer the day's first archive has personal values
+/// of: it went into a day file made anew, with a salt of its own) cannot
+/// share a restored day file with it, which holds one salt a consumer.
+/// The restore of the day failed halfway, taken back, as "the restored
+/// events do not hash as archived", which reads as a damaged archive. It
+/// is now refused before anything is written, saying why and what to do:
+/// each archive alone, by its day and first seq, which also names the
+/// day's own archive.
+#[test]
+fn a_days_archives_salted_apart_are_refused_saying_why() {
+    let mut t = trail(3, false);
+    let policy = RetentionPolicy::uniform(settings(1, 30));
+    retention::run(&t.audit, &t.archive, &policy, at(5, 0), &t.signer).unwrap();
+    let mut late = vec![event("acme", at(0, HOUR), 7)];
+    assert!(late[0].client_ip.is_some() && late[0].consumer_id.as_deref() == Some("cons_1"));
+    t.store.insert_batch(&mut late).unwrap();
+    let seq = 3 * 24 + 1;
+    retention::run(&t.audit, &t.archive, &policy, at(5, HOUR), &t.signer).unwrap();
+    let (own, later) = (format!("{}-1", name(0)), format!("{}-{seq}", name(0)));
+    assert!(archive::paths(&t.archive, "acme", &later).1.exists());
+    let error = archive::restore(&t.audit, &t.archive, "acme", &name(0), &t.key).unwrap_err();
+    assert!(error.contains("with different personal salts") && error.contains(&format!("`--day {own}`")) && error.contains("consumer `cons_1`"), "{error}");
+    assert!(!error.contains("do not hash as archived"), "{error}");
+    assert!(!t.audit.join("restored").join(format!("{}.db", name(0))).exists(), "nothing written");
+    // Each alone: the day's own archive by its first seq, then the later one after deleting it.
+    let restored = archive::restore(&t.audit, &t.archive, "acme", &own, &t.key).unwrap();
+    assert_eq!((restored.first_seq, restored.last_seq, restored.archives.clone()), (1, 24, vec![name(0)]), "{restored:?}");
+    t.assert_verifies();
+    let error = archive::restore(&t.audit, &t.archive, "acme", &later, &t.key).unwrap_err();
+    assert!(error.contains("with different personal salts") && error.contains("the restored day file"), "{error}");
+    for file in &restored.files {
+        std::fs::remove_file(t.audit.join("restored").join(file)).unwrap();
+    }
+    let restored = archive::restore(&t.audit, &t.archive, "acme", &later, &t.key).unwrap();
+    assert_eq!((restored.first_seq, restored.last_seq), (seq, seq), "{restored:?}");
+    t.assert_verifies();
+}
+
 /// A restore names the day files it wrote: an archive's events go to the
 /// file of their own day, so day 2's archive (which holds a call stamped
 /// on day 1) writes day 1's file too. Before, only the folder was named:

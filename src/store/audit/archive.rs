@@ -1244,7 +1244,9 @@ pub fn restore_waiting(
                 audit_dir.join(META_FILE).display()
             ));
         }
-        manifest_salts.push(super::salts::from_hex(&m.personal_salts)?);
+        // Named as `--day` takes one archive alone: its day and first `seq`.
+        let alone = format!("{}-{}", m.name.get(..10).unwrap_or(&m.name), m.first_seq);
+        manifest_salts.push((alone, super::salts::from_hex(&m.personal_salts)?));
         ranges.push((m.first_seq, m.last_seq));
         // The parts of it already in `restored/`: all of it, or what a
         // restore that was stopped (a crash) could not take back.
@@ -1276,10 +1278,13 @@ pub fn restore_waiting(
             ));
         }
     }
+    if let Some(problem) = salt_conflict(&restored_dir, tenant, &manifest_salts).map_err(|e| e.to_string())? {
+        return Err(format!("nothing was restored: {problem}"));
+    }
     create_private_dir(&restored_dir).map_err(|e| format!("cannot create {}: {e}", restored_dir.display()))?;
     let mut store = super::AuditWriterStore::open(&restored_dir).map_err(|e| e.to_string())?;
     // The restored events are hashed with their manifests' salts.
-    for salts in &manifest_salts {
+    for (_, salts) in &manifest_salts {
         store.import_salts(tenant, salts);
     }
     let written = write_restored(&mut store, tenant, &wanted, key, &mut report);
@@ -1296,6 +1301,52 @@ pub fn restore_waiting(
         });
     }
     Ok(report)
+}
+
+/// Where the archives to restore (by name, with their salts) hold a
+/// personal salt for a day and consumer other than another of them, or
+/// than the day file of `restored_dir` holds for `tenant`: a day file has
+/// one salt per tenant and consumer, so their events cannot go into it
+/// together. (Events committed to a day after its first archive went into
+/// a day file made anew, with salts of its own, and then into a later
+/// archive of the day, `<day>-<first seq>`.)
+fn salt_conflict(restored_dir: &Path, tenant: &str, manifests: &[(String, super::salts::SaltMap)]) -> Result<Option<String>, StoreError> {
+    let mut seen: HashMap<(i64, String), ([u8; 32], String)> = HashMap::new();
+    let days: std::collections::BTreeSet<i64> = manifests.iter().flat_map(|(_, salts)| salts.keys().map(|(day, _)| *day)).collect();
+    for (day, path) in super::list_days(restored_dir)? {
+        if !days.contains(&day) {
+            continue;
+        }
+        let conn = crate::store::open(&path)?;
+        let Some(id) = conn.query_row("SELECT id FROM strings WHERE value = ?1", [tenant], |r| r.get::<_, i64>(0)).optional()? else { continue };
+        let has_salts: Option<i64> =
+            conn.query_row("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'personal_salts'", [], |r| r.get(0)).optional()?;
+        if has_salts.is_none() {
+            continue;
+        }
+        for (consumer, salt) in super::salts::tenant_salts(&conn, id as u32)? {
+            let file = format!("the restored day file {}", path.display());
+            seen.insert((day, consumer), (salt, file));
+        }
+    }
+    for (name, salts) in manifests {
+        for ((day, consumer), salt) in salts {
+            match seen.get(&(*day, consumer.clone())) {
+                Some((other, source)) if other != salt => {
+                    let who = if consumer.is_empty() { "events without a consumer".to_string() } else { format!("consumer `{consumer}`") };
+                    return Ok(Some(format!(
+                        "the archive `--day {name}` names (of `{tenant}`) and {source} hash {who}'s events of {} with different personal salts (events committed to that day after its first archive was written went into a day file made anew, and into a later archive of the day), and a restored day file holds one salt each: restore the archives of that day one at a time, each alone by its day and first seq (`--day {name}`), deleting the restored day files of the one before first",
+                        day_name(*day)
+                    )));
+                }
+                Some(_) => {}
+                None => {
+                    seen.insert((*day, consumer.clone()), (*salt, format!("the archive `--day {name}` names")));
+                }
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// Writes the events of the archives `wanted` (checked whole before) into
@@ -1395,9 +1446,10 @@ fn restore_hold() -> Option<std::time::Duration> {
 }
 
 /// `day` as archives are named: a day (`YYYY-MM-DD`; one written
-/// otherwise, `2026-11-1`, which parses, names the same archives), or the
-/// name of one archive of a day (`YYYY-MM-DD-<first seq>`), as
-/// `keytrail archive verify` and `restore` show it.
+/// otherwise, `2026-11-1`, which parses, names the same archives), or one
+/// archive of a day by its first `seq` (`YYYY-MM-DD-<first seq>`: the name
+/// of a day's later archive, as `keytrail archive verify` and `restore`
+/// show it, or the day's own archive).
 pub fn canonical_day(day: &str) -> Result<String, String> {
     let one_archive = || {
         let (date, seq) = day.rsplit_once('-')?;
@@ -1414,11 +1466,19 @@ pub fn canonical_day(day: &str) -> Result<String, String> {
 fn day_manifests(archive_dir: &Path, tenant: &str, day: &str) -> Result<Vec<PathBuf>, String> {
     let folder = tenant_dir(archive_dir, tenant);
     if parse_day(day).is_none() {
+        // One archive: a later one of the day by its name, or the day's own
+        // by its first `seq`.
         let (_, manifest) = paths(archive_dir, tenant, day);
-        if !manifest.is_file() {
-            return Err(format!("no archive of tenant `{tenant}` named {day} in {}", folder.display()));
+        if manifest.is_file() {
+            return Ok(vec![manifest]);
         }
-        return Ok(vec![manifest]);
+        let (date, seq) = day.rsplit_once('-').unwrap_or((day, ""));
+        let (_, own) = paths(archive_dir, tenant, date);
+        let first_seq = std::fs::read(&own).ok().and_then(|bytes| serde_json::from_slice::<Manifest>(&bytes).ok()).map(|m| m.first_seq.to_string());
+        if first_seq.as_deref() == Some(seq) {
+            return Ok(vec![own]);
+        }
+        return Err(format!("no archive of tenant `{tenant}` named {day} (nor one of {date} from seq {seq}) in {}", folder.display()));
     }
     // The day's own archive, then those named `<day>-<first seq>` by their
     // `seq` (by file name, `-` would come before `.`, and `-100` before `-25`).

@@ -80,9 +80,12 @@ pub fn add_hex(out: &mut DaySalts, day: i64, consumer: &str, salt: &[u8; 32]) {
     out.entry(super::archive::day_name(day)).or_default().insert(consumer.to_string(), crate::event::to_hex(salt));
 }
 
+/// Salts by day number and consumer id, as [`from_hex`] reads them.
+pub type SaltMap = FxHashMap<(i64, String), [u8; 32]>;
+
 /// A [`DaySalts`] read back: by day number and consumer. The error names
 /// the first entry that is not a day and 64 hex digits.
-pub fn from_hex(salts: &DaySalts) -> Result<FxHashMap<(i64, String), [u8; 32]>, String> {
+pub fn from_hex(salts: &DaySalts) -> Result<SaltMap, String> {
     let mut out = FxHashMap::default();
     for (day, consumers) in salts {
         let number = super::archive::parse_day(day).ok_or_else(|| format!("personal salts: `{day}` is not a day (YYYY-MM-DD)"))?;
