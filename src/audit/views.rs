@@ -204,14 +204,41 @@ pub fn csv_line(stored: &StoredEvent, out: &mut String) {
     out.push_str("\r\n");
 }
 
+/// Whether `text` is a plain decimal number as a spreadsheet reads one
+/// (`-12.5`, `+7`, `-1e5`): a sign, digits with at most one point, and an
+/// exponent. Not what Rust's float parser takes: it also reads `-inf`,
+/// `+NaN` and `-infinity`, which a spreadsheet takes for a formula.
+fn is_plain_number(text: &str) -> bool {
+    let digits = |s: &str| s.bytes().take_while(u8::is_ascii_digit).count();
+    let rest = text.strip_prefix(['+', '-']).unwrap_or(text);
+    let whole = digits(rest);
+    let mut rest = &rest[whole..];
+    let mut any = whole > 0;
+    if let Some(after) = rest.strip_prefix('.') {
+        let fraction = digits(after);
+        any |= fraction > 0;
+        rest = &after[fraction..];
+    }
+    if !any {
+        return false;
+    }
+    if let Some(after) = rest.strip_prefix(['e', 'E']) {
+        let after = after.strip_prefix(['+', '-']).unwrap_or(after);
+        let exponent = digits(after);
+        return exponent > 0 && exponent == after.len();
+    }
+    rest.is_empty()
+}
+
 /// Quotes a field when needed, and defuses spreadsheet formulas: a cell that
 /// starts with `=`, `+`, `-`, `@`, a tab or a carriage return (which
 /// spreadsheets skip to read what follows) gets a leading `'` so that opening an
 /// export in a spreadsheet never runs attacker-supplied text (user agents and
-/// paths come from callers).
+/// paths come from callers). A plain decimal number (`-12.5`) is left as it
+/// is; anything else after the sign (`-inf`, `+NaN`, `-1+2`) is defused.
 fn push_csv_field(field: &str, out: &mut String) {
     let bytes = field.as_bytes();
-    let formula = matches!(bytes.first(), Some(b'=' | b'+' | b'-' | b'@' | b'\t' | b'\r')) && field.parse::<f64>().is_err();
+    let formula = matches!(bytes.first(), Some(b'=' | b'+' | b'-' | b'@' | b'\t' | b'\r')) && !is_plain_number(field);
     let needs_quotes = formula || bytes.iter().any(|b| matches!(b, b',' | b'"' | b'\r' | b'\n'));
     if !needs_quotes {
         out.push_str(field);
@@ -288,5 +315,18 @@ mod tests {
         out.push('|');
         push_csv_field("\r@SUM(A1)", &mut out);
         assert_eq!(out, "plain|\"a,b\"|\"say \"\"hi\"\"\"|\"'=HYPERLINK(\"\"x\"\")\"|-12.5|\"'\t=1+2\"|\"'\r@SUM(A1)\"");
+    }
+
+    #[test]
+    fn only_plain_decimal_numbers_keep_their_sign_unquoted() {
+        for number in ["-12.5", "+7", "-1e5", "-1.5E-3", "-.5", "-5.", "+0"] {
+            assert!(is_plain_number(number), "{number}");
+        }
+        for text in ["-inf", "+NaN", "-infinity", "-nan", "+inf", "-", "+.", "-1e", "-1e+", "-1-2", "-1 ", "-0x1", "-1,5", "-e5", "--1"] {
+            assert!(!is_plain_number(text), "{text}");
+            let mut out = String::new();
+            push_csv_field(text, &mut out);
+            assert!(out.starts_with("\"'"), "{text}: {out}");
+        }
     }
 }

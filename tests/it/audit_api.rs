@@ -678,3 +678,29 @@ async fn a_filter_given_twice_is_refused_on_every_audit_read() {
     ts.stop().await;
 }
 
+
+/// A cell a spreadsheet reads as a formula gets a leading `'`, whatever
+/// follows the `-` or `+`: only a plain decimal number is kept as it is.
+/// Rust's float parser also takes `-inf`, `+NaN`, `-infinity` and such
+/// for numbers, so a caller's user agent `-inf` reached the sheet as a
+/// formula (`#NAME?` in the cell, not the text).
+#[tokio::test]
+async fn csv_cells_that_look_like_numbers_only_to_rust_are_defused() {
+    let mut ts = TestServer::start().await;
+    let up = start_upstream().await;
+    let admin = ts.admin_client();
+    let (_, _, key) = admin.setup("acme", "/docs", &format!("http://{up}")).await;
+    let agents = ["-inf", "+NaN", "-Infinity", "-nan", "+inf", "-12.5", "+7", "-1e5", "=1+2"];
+    for agent in agents {
+        let res = ts.client.get(format!("{}/docs/a", ts.gateway)).header("x-api-key", &key).header("user-agent", agent).send().await.unwrap();
+        assert_eq!(res.status(), 200);
+    }
+    ts.flush().await;
+    let res = ts.client.get(format!("{}/v1/audit/acme/export/csv", ts.admin)).bearer_auth(&admin.token).send().await.unwrap();
+    let rows = csv_rows(&res.text().await.unwrap());
+    let at = rows[0].iter().position(|c| c == "user_agent").unwrap();
+    let mut cells: Vec<String> = rows[1..].iter().map(|r| r[at].clone()).collect();
+    cells.reverse();
+    assert_eq!(cells, ["'-inf", "'+NaN", "'-Infinity", "'-nan", "'+inf", "-12.5", "+7", "-1e5", "'=1+2"]);
+    ts.stop().await;
+}
