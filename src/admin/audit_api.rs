@@ -7,7 +7,7 @@
 
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{header, HeaderValue};
+use axum::http::{header, HeaderValue, Method};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -389,6 +389,7 @@ const VERIFY_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// audit directory after [`VERIFY_LOCK_WAIT`].
 async fn verify_tenant(
     State(state): State<AdminState>,
+    method: Method,
     Path(tenant): Path<String>,
     Extension(actor): Extension<Actor>,
     Query(params): Query<Vec<(String, String)>>,
@@ -403,6 +404,10 @@ async fn verify_tenant(
         }
     }
     let key = state.public_key.ok_or_else(|| ApiError::internal("no signing key"))?;
+    if method == Method::HEAD {
+        // The walk's verdict is the body: `HEAD` walks nothing (see `headers_only`).
+        return Ok(headers_only("application/json", None));
+    }
     let Ok(turn) = state.verifications.clone().try_acquire_owned() else {
         let message = format!(
             "{VERIFICATIONS_AT_ONCE} verifications of the audit trail are running, the most at once: try again after the time in `Retry-After`"
@@ -620,6 +625,22 @@ fn export_filename(tenant: &str, ext: &str) -> HeaderValue {
         .unwrap_or_else(|_| HeaderValue::from_static("attachment"))
 }
 
+/// The answer to `HEAD` on an export: the headers its `GET` gets, once
+/// the tenant and the parameters are checked, without running the export
+/// (axum answers `HEAD` with the `GET` handler and drops the body, so the
+/// export would read the trail, hold one of [`EXPORTS_AT_ONCE`] turns and
+/// record a `log_accessed` for rows nobody received). Nothing is read, so
+/// nothing is recorded.
+fn headers_only(content_type: &'static str, disposition: Option<HeaderValue>) -> Response {
+    // A body of unknown length, as the streamed `GET`'s: no `Content-Length: 0`.
+    let mut response = Body::from_stream(futures_util::stream::empty::<Result<Bytes, std::io::Error>>()).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if let Some(disposition) = disposition {
+        response.headers_mut().insert(header::CONTENT_DISPOSITION, disposition);
+    }
+    response
+}
+
 /// Records the export's `log_accessed` once its rows are counted.
 fn export_access(state: &AdminState, actor: Actor, tenant: &str, endpoint: &'static str, params: Vec<(String, String)>) -> impl FnOnce(usize) + Send + 'static {
     let (audit, tenant) = (state.audit.clone(), tenant.to_string());
@@ -628,6 +649,7 @@ fn export_access(state: &AdminState, actor: Actor, tenant: &str, endpoint: &'sta
 
 async fn export_csv(
     State(state): State<AdminState>,
+    method: Method,
     Path(tenant): Path<String>,
     Extension(actor): Extension<Actor>,
     Query(params): Query<Vec<(String, String)>>,
@@ -635,6 +657,9 @@ async fn export_csv(
     require_audit_tenant(&state, &tenant)?;
     let mut query = parse_query(&tenant, Category::Request, &params, false)?;
     export_category(&mut query, &params)?;
+    if method == Method::HEAD {
+        return Ok(headers_only("text/csv; charset=utf-8", Some(export_filename(&tenant, "csv"))));
+    }
     let head = format!("{}\r\n", views::CSV_COLUMNS.join(","));
     let done = export_access(&state, actor, &tenant, "export/csv", params);
     let mut response =
@@ -660,6 +685,7 @@ fn export_category(query: &mut AuditQuery, params: &[(String, String)]) -> Resul
 
 async fn export_json(
     State(state): State<AdminState>,
+    method: Method,
     Path(tenant): Path<String>,
     Extension(actor): Extension<Actor>,
     Query(params): Query<Vec<(String, String)>>,
@@ -667,6 +693,9 @@ async fn export_json(
     require_audit_tenant(&state, &tenant)?;
     let mut query = parse_query(&tenant, Category::Request, &params, false)?;
     export_category(&mut query, &params)?;
+    if method == Method::HEAD {
+        return Ok(headers_only("application/json", Some(export_filename(&tenant, "json"))));
+    }
     let head = format!(
         "{{\"tenant_id\":{},\"exported_at\":{},\"logs\":[",
         json!(tenant),

@@ -679,6 +679,53 @@ async fn a_filter_given_twice_is_refused_on_every_audit_read() {
 }
 
 
+/// `HEAD` on an export (or a verification) answers the headers a `GET`
+/// would (after the same checks of the tenant and the parameters) without
+/// running it: it read the trail, held one of the eight export turns (a
+/// verification one of two, for a whole walk of the chain), and recorded a
+/// `log_accessed` claiming rows went out, only for the body to be thrown
+/// away.
+#[tokio::test]
+async fn head_on_an_export_answers_its_headers_without_running_it() {
+    let (mut ts, _, _) = with_traffic().await;
+    let admin = ts.admin_client();
+    let accesses = || async {
+        let a = admin.get("/v1/audit/acme/security?event_type=log_accessed&limit=1000").await;
+        a.body["events"].as_array().unwrap().iter().filter(|e| e["target"].as_str().is_some_and(|t| t.starts_with("export/") || t == "verify")).count()
+    };
+    for (format, content_type) in [("csv", "text/csv"), ("json", "application/json")] {
+        let res = ts.client.head(format!("{}/v1/audit/acme/export/{format}", ts.admin)).bearer_auth(&admin.token).send().await.unwrap();
+        assert_eq!(res.status(), 200, "{format}");
+        assert!(res.headers()["content-type"].to_str().unwrap().starts_with(content_type), "{format}: {:?}", res.headers());
+        let disposition = res.headers()["content-disposition"].to_str().unwrap();
+        assert!(disposition.contains(&format!("keytrail-acme-audit.{format}")), "{disposition}");
+        // The checks a GET gets still apply.
+        let res = ts.client.head(format!("{}/v1/audit/acme/export/{format}?category=nope", ts.admin)).bearer_auth(&admin.token).send().await.unwrap();
+        assert_eq!(res.status(), 400, "{format}");
+        let res = ts.client.head(format!("{}/v1/audit/nope/export/{format}", ts.admin)).bearer_auth(&admin.token).send().await.unwrap();
+        assert_eq!(res.status(), 404, "{format}");
+    }
+    // Nor does a verification's: its verdict is the body.
+    let res = ts.client.head(format!("{}/v1/audit/acme/verify", ts.admin)).bearer_auth(&admin.token).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.headers()["content-type"].to_str().unwrap().starts_with("application/json"));
+    let res = ts.client.head(format!("{}/v1/audit/acme/verify?from=soon", ts.admin)).bearer_auth(&admin.token).send().await.unwrap();
+    assert_eq!(res.status(), 400);
+    ts.flush().await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    ts.flush().await;
+    assert_eq!(accesses().await, 0, "no export or verification ran, so none is recorded as read");
+    // A GET still runs and is recorded.
+    let res = ts.client.get(format!("{}/v1/audit/acme/export/csv", ts.admin)).bearer_auth(&admin.token).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.text().await.unwrap().lines().count() > 1);
+    ts.flush().await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    ts.flush().await;
+    assert_eq!(accesses().await, 1);
+    ts.stop().await;
+}
+
 /// A cell a spreadsheet reads as a formula gets a leading `'`, whatever
 /// follows the `-` or `+`: only a plain decimal number is kept as it is.
 /// Rust's float parser also takes `-inf`, `+NaN`, `-infinity` and such
