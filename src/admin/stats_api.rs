@@ -16,7 +16,8 @@
 //! so they mean the same here; a bad one is a 400 `invalid_parameter` naming
 //! it. The numbers come from [`crate::store::audit::stats`]; reads run on
 //! blocking threads and record a `log_accessed` event like every audit read.
-//! Aggregates only: the `ReadConfig` permission (viewers too).
+//! Aggregates only: the `ReadConfig` permission (viewers too), but for
+//! `request_id`, which selects one call: that needs `ReadEvents`.
 
 use axum::extract::{Path, Query, State};
 use axum::routing::get;
@@ -25,6 +26,7 @@ use serde_json::{json, Map, Value};
 
 use super::audit_api::{parse_query, record_access, require_audit_tenant, READ_PARAMETERS};
 use super::AdminState;
+use crate::access::{Permission, Role};
 use crate::control::Actor;
 use crate::error::{ApiError, ErrorCode};
 use crate::event::{format_timestamp, now_ms, Category};
@@ -118,6 +120,21 @@ fn only_stats_parameters(params: &[(String, String)]) -> Result<(), ApiError> {
         )),
         None => Ok(()),
     }
+}
+
+/// Refuses `request_id` to a role that may not read raw events (a
+/// viewer): it selects one call, and the aggregate of one call, grouped by
+/// path, consumer, method, status class or hour, is that call's fields.
+fn one_call_needs_read_events(actor: &Actor, params: &[(String, String)]) -> Result<(), ApiError> {
+    let reads_events = actor.role.is_some_and(|role| role.allows(Permission::ReadEvents));
+    if reads_events || param(params, "request_id").is_none() {
+        return Ok(());
+    }
+    let role = actor.role.map_or("viewer", Role::as_str);
+    let message = format!(
+        "the `{role}` role reads aggregates, never one call: `request_id` selects a single call; leave it out, or ask a role that reads events"
+    );
+    Err(ApiError::new(ErrorCode::Forbidden, message))
 }
 
 fn window(filter: &EventFilter) -> (Value, Value) {
@@ -214,6 +231,7 @@ async fn stats(
 ) -> Result<Json<Value>, ApiError> {
     require_audit_tenant(&state, &tenant)?;
     only_stats_parameters(&params)?;
+    one_call_needs_read_events(&actor, &params)?;
     let filter = windowed_filter(&tenant, &params, DAY_MS)?;
     let group_by = match param(&params, "group_by").map(str::trim) {
         None | Some("") => None,

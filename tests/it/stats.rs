@@ -1154,3 +1154,37 @@ async fn statuses_past_599_are_server_errors_everywhere() {
     assert!(a.text.contains("999"), "{}", a.text);
     ts.stop().await;
 }
+
+/// A viewer reads aggregates, never raw events. `request_id` selects one
+/// call, so `/stats?request_id=…&group_by=path` (or `consumer`, `method`,
+/// `status_class`, `hour`, with its latency to 1 %) read that call's
+/// fields back one by one: a raw event, for a role that may not list them.
+/// A viewer gets `403 forbidden` for it; roles that read events keep it.
+#[tokio::test]
+async fn a_viewer_cannot_single_out_one_call_by_its_request_id() {
+    let ts = TestServer::start().await;
+    let owner = ts.admin_client();
+    let up = format!("http://{}", start_upstream().await);
+    let (_, _, key) = owner.setup("acme", "/acme", &up).await;
+    let res = ts.client.get(format!("{}/acme/secret-report", ts.gateway)).header("x-api-key", &key).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let request_id = res.headers()["x-request-id"].to_str().unwrap().to_string();
+    ts.flush().await;
+    let mut tokens = Vec::new();
+    for role in ["viewer", "auditor"] {
+        let a = owner.post("/v1/admins", json!({"name": format!("a-{role}"), "role": role, "tenant_id": "acme"})).await;
+        assert_eq!(a.status, 201, "{}", a.text);
+        tokens.push(Admin { token: a.body["token"].as_str().unwrap().to_string(), ..owner.clone() });
+    }
+    let (viewer, auditor) = (&tokens[0], &tokens[1]);
+    let query = format!("/v1/audit/acme/stats?request_id={request_id}&group_by=path");
+    let a = viewer.get(&query).await;
+    assert_eq!((a.status, a.body["error"]["code"].as_str()), (403, Some("forbidden")), "{}", a.text);
+    assert!(a.body["error"]["message"].as_str().unwrap().contains("`request_id`"), "{}", a.text);
+    assert!(!a.text.contains("secret-report"), "{}", a.text);
+    let a = auditor.get(&query).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!(a.body["groups"][0]["key"], "/acme/secret-report", "{}", a.text);
+    // Aggregates without it stay open to viewers.
+    assert_eq!(viewer.get("/v1/audit/acme/stats?group_by=path").await.status, 200);
+}
