@@ -9,10 +9,12 @@
 //! pass; the answer is sent only once the events are committed.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use serde::Deserialize;
@@ -22,7 +24,8 @@ use super::AdminState;
 use crate::control::Actor;
 use crate::error::{ApiError, ErrorCode};
 use crate::event::{now_ms, Category, Event, Text};
-use crate::gateway::{KeyRefusal, KeyedCall};
+use crate::gateway::{KeyRefusal, KeySource, KeyedCall};
+use crate::snapshot::KeyEntry;
 use crate::ratelimit::{Exceeded, Standing};
 use crate::store::audit::{AuditReader, EventFilter};
 
@@ -35,16 +38,43 @@ pub const MAX_EVENT_JSON: usize = 32 * 1024;
 /// How long an `event_id` stays taken.
 pub const IDEMPOTENCY_DAYS: i64 = 7;
 
-/// Who submits: an admin, or an API key holding `audit:write`.
-#[derive(Debug, Clone)]
+/// Who submits: an API key holding `audit:write`, checked by the door
+/// ([`key_writer`]); its call of the consumer's limits is spent by
+/// [`submit`] once the body is taken ([`KeyWriter::spend`]).
+#[derive(Clone)]
 pub struct KeyWriter {
     pub key_id: Text,
     pub consumer_id: Text,
     /// The caller's address (behind a trusted proxy, the forwarded one).
     pub client_ip: Text,
-    /// Where the consumer stands against its tier's limits after this call
-    /// (for the `RateLimit-*` headers), when its tier has any.
-    pub standing: Option<Standing>,
+    /// What spending the call's limits needs (and its refusal records).
+    entry: Arc<KeyEntry>,
+    source: KeySource,
+    client: IpAddr,
+    request_id: String,
+}
+
+impl KeyWriter {
+    /// Spends one call of the consumer's tier limits (the minute rate and
+    /// the daily cap), as the gateway does for a call that passed its
+    /// policies: where the consumer stands after it (for the `RateLimit-*`
+    /// headers) when its tier has a limit; past one, a `rate_limit_exceeded`
+    /// event and the refusal.
+    fn spend(&self, state: &AdminState, tenant: &str, method: &Method, path: &str, headers: &HeaderMap) -> Result<Option<Standing>, Exceeded> {
+        let call = KeyedCall {
+            tenant,
+            tenant_exists: true,
+            // Not read when spending: the key was checked at the door.
+            key: "",
+            source: self.source,
+            client: self.client,
+            method: method.as_str(),
+            path,
+            headers,
+            request_id: &self.request_id,
+        };
+        state.shield.spend_limits(&call, &self.entry)
+    }
 }
 
 /// The scope an API key needs to submit application events.
@@ -58,10 +88,10 @@ pub const WRITE_SCOPE: &str = "audit:write";
 /// toward the gateway's brute-force block of the caller's address, the key
 /// on no blocklist (blocks get the gateway's generic 403); then its
 /// consumer active and the key holding `audit:write`. A key that passes is
-/// used as at the gateway: its last use moves, and the call spends one call
-/// of its consumer's tier limits (minute rate, daily cap), refused past
-/// them with the gateway's 429 `rate_limited`, `Retry-After` and
-/// `RateLimit-*` headers.
+/// used as at the gateway: its last use moves. Its call of the consumer's
+/// tier limits is spent once the body has been taken ([`submit`]), as the
+/// gateway spends after its policies: a submission refused for its body
+/// spends nothing.
 pub fn key_writer(state: &AdminState, call: &KeyedCall<'_>) -> Result<KeyWriter, WriterRefused> {
     let entry = state.shield.check_key(call).map_err(|refusal| match refusal {
         KeyRefusal::Blocked => ApiError::from_code(ErrorCode::Forbidden),
@@ -77,8 +107,15 @@ pub fn key_writer(state: &AdminState, call: &KeyedCall<'_>) -> Result<KeyWriter,
         let message = format!("submitting audit events needs a key with the `{WRITE_SCOPE}` scope");
         return Err(ApiError::new(ErrorCode::InsufficientScope, message).into());
     }
-    let standing = state.shield.spend_limits(call, &entry).map_err(WriterRefused::Limited)?;
-    Ok(KeyWriter { key_id: entry.key_id.clone(), consumer_id: entry.consumer_id.clone(), client_ip: call.client.to_string().into(), standing })
+    Ok(KeyWriter {
+        key_id: entry.key_id.clone(),
+        consumer_id: entry.consumer_id.clone(),
+        client_ip: call.client.to_string().into(),
+        source: call.source,
+        client: call.client,
+        request_id: call.request_id.to_string(),
+        entry,
+    })
 }
 
 /// Why a key may not submit: an error, or its consumer's limits spent.
@@ -383,15 +420,21 @@ async fn load_ids(state: &AdminState, tenant: &str) -> Result<HashMap<String, i6
     .map_err(ApiError::internal)?
 }
 
+/// `POST /v1/audit/{tenant}/events`. A key's call of its consumer's
+/// limits is spent once the body is taken (parsed and checked) and the
+/// tenant's used ids are at hand, right before the events are queued: a
+/// submission refused before that (400, 413, 503) spends nothing.
 pub async fn submit(
     State(state): State<AdminState>,
+    // The request's method, path and headers, for the limits' events.
+    request: axum::http::request::Parts,
     Path(tenant): Path<String>,
     actor: Option<Extension<Actor>>,
     writer: Option<Extension<KeyWriter>>,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body.map_err(|_| ApiError::new(ErrorCode::PayloadTooLarge, format!("the body must be at most {MAX_BODY} bytes")))?;
-    let standing = writer.as_ref().and_then(|Extension(writer)| writer.standing);
+    let mut standing = None;
     let by = match (actor, writer) {
         (_, Some(Extension(writer))) => Submitter::Key(writer),
         (Some(Extension(actor)), None) => {
@@ -408,6 +451,12 @@ pub async fn submit(
         if !seen.contains_key(&tenant) {
             let ids = load_ids(&state, &tenant).await?;
             seen.insert(tenant.clone(), ids);
+        }
+        if let Submitter::Key(writer) = &by {
+            match writer.spend(&state, &tenant, &request.method, request.uri.path(), &request.headers) {
+                Ok(spent) => standing = spent,
+                Err(exceeded) => return Ok(WriterRefused::Limited(exceeded).into_response()),
+            }
         }
         let ids = seen.get_mut(&tenant).expect("loaded above");
         let horizon = now_ms() - IDEMPOTENCY_DAYS * 86_400_000;

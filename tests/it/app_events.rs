@@ -695,3 +695,43 @@ async fn an_id_archived_before_a_restart_is_still_a_duplicate_within_the_window(
     assert_eq!((a.status, a.body["events"][0]["status"].as_str()), (201, Some("created")), "{}", a.text);
     ts.stop().await;
 }
+
+/// A keyed submission keytrail refuses for its body (400, 413) stores
+/// nothing, and spends nothing of the consumer's limits, as a call a
+/// policy refuses at the gateway spends none: the limits were spent in
+/// the door, before the body was read, so a client whose batch failed
+/// validation was rate limited on the retry of the corrected one.
+#[tokio::test]
+async fn a_keyed_submission_refused_for_its_body_spends_none_of_the_limit() {
+    let ts = TestServer::start().await;
+    let admin = ts.admin_client();
+    assert_eq!(admin.post("/v1/tenants", json!({"id": "acme", "name": "Acme"})).await.status, 201);
+    let tier = json!({"id": "slow", "rate_limit": {"requests_per_minute": 1, "burst": 2}});
+    assert_eq!(admin.post("/v1/tenants/acme/tiers", tier).await.status, 201);
+    let (consumer, _, writer) = admin.consumer_with_key("acme", "backend", json!({"scopes": ["audit:write"]})).await;
+    let a = admin.call("PUT", &format!("/v1/tenants/acme/consumers/{consumer}/tier"), Some(json!({"tier": "slow"}))).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    let as_key = Admin { token: writer.clone(), ..admin.clone() };
+    let refused = [
+        (json!({"action": "order.updated", "resource_type": "order"}), 400),
+        (json!({"events": []}), 400),
+        (json!({"action": "order.updated", "resource_type": "order", "resource_id": "1", "actor_id": "admin:adm_bootstrap"}), 400),
+        (json!({"events": vec![json!({"action": "a", "resource_type": "r", "resource_id": "1"}); 1001]}), 413),
+    ];
+    for (body, status) in refused {
+        let a = submit(&as_key, "acme", body).await;
+        assert_eq!(a.status, status, "{}", a.text);
+        assert!(!a.headers.contains_key("ratelimit-limit"), "a refused submission spent nothing: {:?}", a.headers);
+    }
+    // The whole burst is still there.
+    let event = |id: &str| json!({"action": "order.updated", "resource_type": "order", "resource_id": id});
+    for id in ["1", "2"] {
+        let a = submit(&as_key, "acme", event(id)).await;
+        assert_eq!(a.status, 201, "{}", a.text);
+        assert_eq!(a.headers.get("ratelimit-remaining").map(String::as_str), Some(if id == "1" { "1" } else { "0" }), "{:?}", a.headers);
+    }
+    let a = submit(&as_key, "acme", event("3")).await;
+    assert_eq!((a.status, a.body["error"]["code"].as_str()), (429, Some("rate_limited")), "{}", a.text);
+    ts.flush().await;
+    assert_eq!(events(&admin.get("/v1/audit/acme/events").await).len(), 2);
+}
