@@ -68,7 +68,8 @@ pub enum Permission {
     Change,
     /// Submitting application audit events.
     WriteEvents,
-    /// Creating, listing and removing admins.
+    /// Creating, listing and removing admins, and lifting their sign-in
+    /// lockouts.
     ManageAdmins,
     /// Erasing a data subject's personal values from the audit trail.
     ErasePersonalData,
@@ -113,6 +114,7 @@ pub const ROUTES: &[Rule] = &[
     rule("POST", "/v1/auth/logout", Signed, None),
     rule("GET", "/v1/admins", ManageAdmins, None),
     rule("POST", "/v1/admins", ManageAdmins, Some("ADMIN_CREATED")),
+    rule("POST", "/v1/admins/{admin_id}/unlock", ManageAdmins, Some("ADMIN_UNLOCKED")),
     rule("DELETE", "/v1/admins/{admin_id}", ManageAdmins, Some("ADMIN_DELETED")),
     global("GET", "/v1/status", ReadConfig, None),
     rule("GET", "/v1/tenants", ReadConfig, None),

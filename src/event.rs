@@ -79,6 +79,8 @@ pub mod security_type {
     /// Sign-ins for an admin name, or from an address, are refused for a
     /// while after too many failed ones.
     pub const ADMIN_LOGIN_LOCKED: &str = "admin_login_locked";
+    /// An owner lifted an admin name's sign-in lockout before it ended.
+    pub const ADMIN_LOGIN_UNLOCKED: &str = "admin_login_unlocked";
     pub const LOG_ACCESSED: &str = "log_accessed";
     /// Retention wrote a signed archive of a run of the tenant's chain.
     pub const ARCHIVE_WRITTEN: &str = "archive_written";

@@ -21,6 +21,7 @@ pub fn routes() -> Router<AdminState> {
         .route("/v1/auth/logout", post(logout))
         .route("/v1/admins", get(list_admins).post(create_admin))
         .route("/v1/admins/{admin_id}", delete(delete_admin))
+        .route("/v1/admins/{admin_id}/unlock", post(unlock_admin))
 }
 
 async fn me(Extension(signed): Extension<Signed>) -> Json<Value> {
@@ -65,6 +66,23 @@ async fn delete_admin(
     Extension(actor): Extension<Actor>,
 ) -> Result<Json<Value>, ApiError> {
     Ok(Json(to_value(s.control.delete_admin(&admin_id, &actor)?)))
+}
+
+/// `POST /v1/admins/{admin_id}/unlock`: lifts the admin name's sign-in
+/// lockout now, and forgets its failed sign-ins; says whether it was
+/// locked out (and until when) and how many failures were forgotten.
+async fn unlock_admin(
+    State(s): State<AdminState>,
+    Path(admin_id): Path<String>,
+    Extension(actor): Extension<Actor>,
+) -> Result<Json<Value>, ApiError> {
+    let (admin, lifted) = s.control.unlock_admin(&admin_id, &actor)?;
+    Ok(Json(json!({
+        "admin": to_value(&admin),
+        "was_locked": lifted.locked_until_ms.is_some(),
+        "lockout_expires_at": lifted.locked_until_ms.map(crate::event::format_timestamp),
+        "failures": lifted.failures,
+    })))
 }
 
 /// The largest sign-in body read: a name and a password need far less;

@@ -284,8 +284,10 @@ impl ControlPlane {
         admins
     }
 
-    /// Removes an admin and ends its sessions. The last global owner stays.
-    pub fn delete_admin(&self, admin_id: &str, actor: &Actor) -> Result<Admin, ApiError> {
+    /// The admin `admin_id`, if the actor may see it (a tenant-bound
+    /// actor sees its tenant's admins only); otherwise the same 404 as
+    /// for an id no admin has.
+    fn visible_admin(&self, admin_id: &str, actor: &Actor) -> Result<Admin, ApiError> {
         let not_found = || ApiError::not_found(format_args!("admin `{admin_id}`"));
         let admins = self.admins.load();
         let admin = admins.values().find(|a| a.id == admin_id).ok_or_else(not_found)?;
@@ -296,8 +298,33 @@ impl ControlPlane {
         if !visible {
             return Err(not_found());
         }
-        let admin = (**admin).clone();
-        drop(admins);
+        Ok((**admin).clone())
+    }
+
+    /// Lifts the sign-in lockout of an admin's name before it ends, and
+    /// forgets the name's failed sign-ins (an owner unlocking a colleague
+    /// who mistyped a password). Recorded as an `admin_login_unlocked`
+    /// security event in the admin's tenant (or the system tenant), where
+    /// its lockout was recorded. The addresses' counts stay: an address
+    /// locked out is a guesser's, whichever names it tried.
+    pub fn unlock_admin(&self, admin_id: &str, actor: &Actor) -> Result<(Admin, login_throttle::Lifted), ApiError> {
+        let admin = self.visible_admin(admin_id, actor)?;
+        let lifted = self.login_throttle.lift_name(&admin.name, now_ms());
+        let tenant = admin.tenant_id.clone().unwrap_or_else(|| SYSTEM_TENANT.into());
+        let mut event = actor.event(&tenant, security_type::ADMIN_LOGIN_UNLOCKED, format!("admin:{}", admin.id));
+        event.details = Some(serde_json::json!({
+            "was_locked": lifted.locked_until_ms.is_some(),
+            "lockout_expires_at": lifted.locked_until_ms.map(crate::event::format_timestamp),
+            "failures": lifted.failures,
+        }));
+        self.audit.record(event);
+        Ok((admin, lifted))
+    }
+
+    /// Removes an admin and ends its sessions. The last global owner stays.
+    pub fn delete_admin(&self, admin_id: &str, actor: &Actor) -> Result<Admin, ApiError> {
+        let not_found = || ApiError::not_found(format_args!("admin `{admin_id}`"));
+        let admin = self.visible_admin(admin_id, actor)?;
         // The last-owner rule is the store's, in the removal's transaction:
         // removals at once cannot each see another owner left.
         match self.store.delete_admin(admin_id, now_ms())? {

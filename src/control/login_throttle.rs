@@ -62,6 +62,16 @@ pub struct Lockout {
     pub until_ms: i64,
 }
 
+/// What lifting a name's lockout found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lifted {
+    /// When the lockout would have ended, if the name was locked out.
+    pub locked_until_ms: Option<i64>,
+    /// Failed sign-ins its window counted toward a lockout, now forgotten
+    /// (a lockout starts the count afresh: 0 unless some came after it).
+    pub failures: u32,
+}
+
 /// The counters `GET /v1/status` shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct ThrottleStatus {
@@ -215,6 +225,22 @@ impl<K: Hash + Eq + Copy> Counter<K> {
         }
     }
 
+    /// Forgets `key`'s failures and lockout (an owner lifted it): when its
+    /// lockout would have ended, if it was locked out, and the failures
+    /// its window counted toward a lockout (a lockout counts afresh).
+    /// Attempts of it being checked now keep their place.
+    fn lift(&mut self, key: &K, now_ms: i64) -> Lifted {
+        let Some(slot) = self.slots.get_mut(key) else { return Lifted { locked_until_ms: None, failures: 0 } };
+        slot.roll(now_ms, self.window_ms);
+        let lifted = Lifted { locked_until_ms: slot.locked(now_ms).then_some(slot.locked_until_ms), failures: slot.failed };
+        if slot.pending == 0 {
+            self.slots.remove(key);
+        } else {
+            *slot = Slot { pending: slot.pending, ..Slot::new(now_ms) };
+        }
+        lifted
+    }
+
     fn locked_now(&self, now_ms: i64) -> u64 {
         self.slots.values().filter(|s| s.locked(now_ms)).count() as u64
     }
@@ -350,6 +376,15 @@ impl LoginThrottle {
         }
         counters.bearers.begin(address, now_ms);
         Ok(Attempt { throttle: self, kind: Kind::Bearer, name: None, address: Some(address), ended: false })
+    }
+
+    /// Lifts the sign-in lockout of `name` and forgets its failures (an
+    /// owner unlocking an admin): whether it was locked out, and the
+    /// failures it had in its window. The addresses' counts stay: they
+    /// are the guesser's, not the admin's.
+    pub fn lift_name(&self, name: &str, now_ms: i64) -> Lifted {
+        let name = keys::hash_secret(name);
+        self.counters().names.lift(&name, now_ms)
     }
 
     pub fn status(&self, now_ms: i64) -> ThrottleStatus {
@@ -515,6 +550,26 @@ mod tests {
         fail(&t, "a", "::ffff:192.0.2.7", 0);
         fail(&t, "a", "192.0.2.7", 0);
         assert!(t.begin("a", ip("192.0.2.7"), 0).is_err());
+    }
+
+    #[test]
+    fn a_lifted_name_signs_in_again_and_its_address_stays_counted() {
+        let t = LoginThrottle::new(&config(2, 3));
+        fail(&t, "ada", "192.0.2.1", 0);
+        assert_eq!(fail(&t, "ada", "192.0.2.1", 0).len(), 1);
+        assert!(t.begin("ada", ip("192.0.2.9"), MIN).is_err());
+        assert_eq!(t.lift_name("ada", MIN), Lifted { locked_until_ms: Some(10 * MIN), failures: 0 });
+        assert_eq!(t.status(MIN).locked_names, 0);
+        assert!(fail(&t, "ada", "192.0.2.9", MIN).is_empty(), "a fresh count: one failure locks nothing");
+        assert_eq!(t.lift_name("ada", MIN), Lifted { locked_until_ms: None, failures: 1 });
+        assert!(fail(&t, "ada", "192.0.2.9", MIN).is_empty(), "forgotten again");
+        // The address's three failures lock it: lifting the name did not reset them.
+        assert_eq!(fail(&t, "bob", "192.0.2.1", MIN).len(), 1);
+        assert_eq!(t.lift_name("carol", MIN), Lifted { locked_until_ms: None, failures: 0 });
+        // An attempt being checked keeps its place.
+        let attempt = t.begin("eve", None, MIN).unwrap();
+        assert_eq!(t.lift_name("eve", MIN), Lifted { locked_until_ms: None, failures: 0 });
+        assert_eq!(attempt.failed(MIN), []);
     }
 
     #[test]

@@ -399,3 +399,70 @@ async fn a_failed_bearer_token_leaves_nothing_of_itself_in_any_output() {
     let outputs = everything_written(&p, data.path(), answers);
     crate::util::assert_no_secret(&bad.iter().collect::<Vec<_>>(), &outputs);
 }
+
+/// An owner can lift an admin's sign-in lockout before it ends
+/// (`POST /v1/admins/{id}/unlock`), as Kong's and Unkey's operators unlock
+/// an account: the name's failures are forgotten and the admin signs in at
+/// once. Only owners may (`ManageAdmins`); a tenant-bound owner reaches its
+/// own tenant's admins only (another's get the same 404 as a missing id).
+/// The lift is an `admin_login_unlocked` security event where the lockout
+/// was recorded, and an `ADMIN_UNLOCKED` entry of the admin log; a locked
+/// address stays locked (it is the guesser's).
+#[tokio::test]
+async fn an_owner_lifts_a_names_lockout_and_nobody_else_may() {
+    let (ts, owner, anonymous, ada_id) = setup(|_| {}).await;
+    assert_eq!(owner.post("/v1/tenants", json!({"id": "other", "name": "Other"})).await.status, 201);
+    let mut callers = Vec::new();
+    for (name, role, tenant) in [("acme-owner", "owner", "acme"), ("acme-admin", "admin", "acme"), ("other-owner", "owner", "other")] {
+        let a = owner.post("/v1/admins", json!({"name": name, "role": role, "tenant_id": tenant})).await;
+        assert_eq!(a.status, 201, "{}", a.text);
+        callers.push(Admin { token: a.body["token"].as_str().unwrap().to_string(), ..owner.clone() });
+    }
+    let (acme_owner, acme_admin, other_owner) = (&callers[0], &callers[1], &callers[2]);
+    for i in 0..5 {
+        assert_eq!(login(&anonymous, "ada", &format!("wrong guess {i}")).await.status, 401);
+    }
+    assert_locked(&login(&anonymous, "ada", PASSWORD).await, 900);
+    let unlock = format!("/v1/admins/{ada_id}/unlock");
+
+    // Not an admin's, nor another tenant's owner's.
+    let a = acme_admin.post(&unlock, Value::Null).await;
+    assert_eq!((a.status, a.body["error"]["code"].as_str()), (403, Some("forbidden")), "{}", a.text);
+    let a = other_owner.post(&unlock, Value::Null).await;
+    assert_eq!((a.status, a.body["error"]["code"].as_str()), (404, Some("not_found")), "{}", a.text);
+    assert_eq!(acme_owner.post("/v1/admins/adm_nope/unlock", Value::Null).await.status, 404);
+    assert_locked(&login(&anonymous, "ada", PASSWORD).await, 900);
+
+    let a = acme_owner.post(&unlock, Value::Null).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!((a.body["admin"]["id"].as_str(), a.body["was_locked"].as_bool()), (Some(ada_id.as_str()), Some(true)), "{}", a.text);
+    assert!(a.body["lockout_expires_at"].is_string(), "{}", a.text);
+    assert!(a.body["admin"].get("password_hash").is_none() && !a.text.contains("argon2"), "{}", a.text);
+    assert_eq!(login(&anonymous, "ada", PASSWORD).await.status, 200, "signs in at once");
+    let status = owner.get("/v1/status").await;
+    assert_eq!(status.body["login_throttle"]["locked_names"], 0, "{}", status.text);
+    // Failures short of a lockout are forgotten too; nothing was locked.
+    for i in 0..4 {
+        assert_eq!(login(&anonymous, "ada", &format!("wrong again {i}")).await.status, 401);
+    }
+    let a = owner.post(&unlock, Value::Null).await;
+    assert_eq!((a.status, a.body["was_locked"].as_bool(), a.body["failures"].as_u64()), (200, Some(false), Some(4)), "{}", a.text);
+    assert!(a.body["lockout_expires_at"].is_null(), "{}", a.text);
+    assert_eq!(login(&anonymous, "ada", "wrong once more").await.status, 401, "a fresh count: the fifth failure locks nothing");
+
+    ts.flush().await;
+    let lifted = security(&owner, "acme", "admin_login_unlocked").await;
+    assert_eq!(lifted.len(), 2, "{lifted:?}");
+    let first = lifted.last().unwrap();
+    assert_eq!(first["target"], format!("admin:{ada_id}"));
+    assert!(first["actor"].as_str().is_some_and(|a| a.starts_with("admin:adm_")), "{first}");
+    assert_eq!(first["details"]["was_locked"], true, "{first}");
+    assert!(first["details"]["lockout_expires_at"].is_string(), "{first}");
+    assert_eq!((lifted[0]["details"]["was_locked"].as_bool(), lifted[0]["details"]["failures"].as_u64()), (Some(false), Some(4)), "{}", lifted[0]);
+    let log = owner.get("/v1/audit/acme/admin?action=ADMIN_UNLOCKED").await;
+    let outcomes: Vec<&str> = log.body["entries"].as_array().unwrap().iter().map(|e| e["outcome"].as_str().unwrap()).collect();
+    // Newest first: the global owner's and the tenant owner's succeeded;
+    // the unknown id's failed, the admin's was refused (the other tenant's
+    // owner's refusal is in its own tenant's log).
+    assert_eq!(outcomes, ["success", "success", "failure", "failure"], "{}", log.text);
+}

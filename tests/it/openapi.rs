@@ -584,6 +584,7 @@ async fn every_route_answers_as_documented() {
     let owner = walk.admin.clone();
     walk.call_as(&owner, "PUT", "/v1/tenants/{tenant}/consumers/{consumer}/tier", Some(json!({"tier": null}))).await;
     walk.call("DELETE", "/v1/tenants/{tenant}/tiers/{tier}").await;
+    walk.call("POST", "/v1/admins/{admin_id}/unlock").await;
     walk.call("DELETE", "/v1/admins/{admin_id}").await;
 
     let missed: Vec<String> = ROUTES
