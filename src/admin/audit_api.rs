@@ -57,6 +57,23 @@ pub(super) fn refuse_repeated(params: &[(String, String)]) -> Result<(), ApiErro
     Ok(())
 }
 
+/// [`record_access`] for a read answered with its body: a `HEAD`, whose
+/// body nobody receives, is answered as the `GET` (status and headers) and
+/// not recorded, as no row went out.
+pub(super) fn record_read(
+    audit: &crate::audit::AuditPipeline,
+    method: &Method,
+    actor: &Actor,
+    tenant: &str,
+    endpoint: &str,
+    params: &[(String, String)],
+    rows: usize,
+) {
+    if method != Method::HEAD {
+        record_access(audit, actor, tenant, endpoint, params, rows);
+    }
+}
+
 /// At most this many parameters go into a read's record (the filters it
 /// reads first), each name and value cut to [`RECORDED_CHARS`]; the number
 /// left out is recorded as `_omitted`. A query string can hold hundreds of
@@ -315,6 +332,7 @@ async fn read_page(state: &AdminState, query: AuditQuery) -> Result<(Vec<StoredE
 /// What a page reads: the tenant, its parameters and who asks.
 struct PageRequest<'a> {
     state: &'a AdminState,
+    method: &'a Method,
     tenant: &'a str,
     params: &'a [(String, String)],
     actor: &'a Actor,
@@ -330,7 +348,7 @@ impl PageRequest<'_> {
     /// Reads one page, records the access, and shapes the answer.
     async fn answer(&self, query: AuditQuery, field: &str, view: impl Fn(&StoredEvent) -> Value) -> Result<Json<Value>, ApiError> {
         let (rows, next) = read_page(self.state, query).await?;
-        record_access(&self.state.audit, self.actor, self.tenant, self.endpoint, self.params, rows.len());
+        record_read(&self.state.audit, self.method, self.actor, self.tenant, self.endpoint, self.params, rows.len());
         let entries: Vec<Value> = rows.iter().map(view).collect();
         Ok(Json(json!({ field: entries, "next_cursor": next })))
     }
@@ -338,31 +356,34 @@ impl PageRequest<'_> {
 
 async fn list_logs(
     State(state): State<AdminState>,
+    method: Method,
     Path(tenant): Path<String>,
     Extension(actor): Extension<Actor>,
     Query(params): Query<Vec<(String, String)>>,
 ) -> Result<Json<Value>, ApiError> {
-    let page = PageRequest { state: &state, tenant: &tenant, params: &params, actor: &actor, endpoint: "logs" };
+    let page = PageRequest { state: &state, method: &method, tenant: &tenant, params: &params, actor: &actor, endpoint: "logs" };
     page.answer(page.query(Category::Request)?, "logs", views::log_entry).await
 }
 
 async fn list_security(
     State(state): State<AdminState>,
+    method: Method,
     Path(tenant): Path<String>,
     Extension(actor): Extension<Actor>,
     Query(params): Query<Vec<(String, String)>>,
 ) -> Result<Json<Value>, ApiError> {
-    let page = PageRequest { state: &state, tenant: &tenant, params: &params, actor: &actor, endpoint: "security" };
+    let page = PageRequest { state: &state, method: &method, tenant: &tenant, params: &params, actor: &actor, endpoint: "security" };
     page.answer(page.query(Category::Security)?, "events", views::security_entry).await
 }
 
 async fn list_app_events(
     State(state): State<AdminState>,
+    method: Method,
     Path(tenant): Path<String>,
     Extension(actor): Extension<Actor>,
     Query(params): Query<Vec<(String, String)>>,
 ) -> Result<Json<Value>, ApiError> {
-    let page = PageRequest { state: &state, tenant: &tenant, params: &params, actor: &actor, endpoint: "events" };
+    let page = PageRequest { state: &state, method: &method, tenant: &tenant, params: &params, actor: &actor, endpoint: "events" };
     let mut query = page.query(Category::App)?;
     app_events::app_filters(&mut query.filter, &params)?;
     page.answer(query, "events", app_events::app_entry).await
@@ -447,11 +468,12 @@ async fn verify_tenant(
 /// filters `admin_id`, `action` and the shared ones.
 async fn list_admin_log(
     State(state): State<AdminState>,
+    method: Method,
     Path(tenant): Path<String>,
     Extension(actor): Extension<Actor>,
     Query(params): Query<Vec<(String, String)>>,
 ) -> Result<Json<Value>, ApiError> {
-    let page = PageRequest { state: &state, tenant: &tenant, params: &params, actor: &actor, endpoint: "admin" };
+    let page = PageRequest { state: &state, method: &method, tenant: &tenant, params: &params, actor: &actor, endpoint: "admin" };
     let mut query = page.query(Category::Admin)?;
     for (name, value) in &params {
         match name.as_str() {
@@ -470,7 +492,7 @@ async fn list_admin_log(
     })
     .await
     .map_err(ApiError::internal)??;
-    record_access(&state.audit, &actor, &tenant, "admin", &params, entries.len());
+    record_read(&state.audit, &method, &actor, &tenant, "admin", &params, entries.len());
     Ok(Json(json!({"entries": entries, "next_cursor": next})))
 }
 

@@ -20,11 +20,12 @@
 //! `request_id`, which selects one call: that needs `ReadEvents`.
 
 use axum::extract::{Path, Query, State};
+use axum::http::Method;
 use axum::routing::get;
 use axum::{Extension, Json, Router};
 use serde_json::{json, Map, Value};
 
-use super::audit_api::{parse_query, record_access, require_audit_tenant, READ_PARAMETERS};
+use super::audit_api::{parse_query, record_read, require_audit_tenant, READ_PARAMETERS};
 use super::AdminState;
 use crate::access::{Permission, Role};
 use crate::control::Actor;
@@ -225,6 +226,7 @@ async fn with_reader<T: Send + 'static>(
 /// admin log's and application events' filters) are a 400.
 async fn stats(
     State(state): State<AdminState>,
+    method: Method,
     Path(tenant): Path<String>,
     Extension(actor): Extension<Actor>,
     Query(params): Query<Vec<(String, String)>>,
@@ -255,7 +257,7 @@ async fn stats(
     let asked = query.clone();
     let stats = with_reader(&state, move |reader| reader.request_stats(&asked)).await?;
     let rows = if group_by.is_some() { stats.groups.len() } else { 1 };
-    record_access(&state.audit, &actor, &tenant, "stats", &params, rows);
+    record_read(&state.audit, &method, &actor, &tenant, "stats", &params, rows);
     Ok(Json(stats_view(&tenant, &filter, &query, &stats)))
 }
 
@@ -296,6 +298,7 @@ fn profile_view(tenant: &str, consumer: &str, filter: &EventFilter, p: &Consumer
 /// the window is answered.
 async fn consumer_profile(
     State(state): State<AdminState>,
+    method: Method,
     Path((tenant, consumer)): Path<(String, String)>,
     Extension(actor): Extension<Actor>,
     Query(params): Query<Vec<(String, String)>>,
@@ -332,7 +335,7 @@ async fn consumer_profile(
             format!("consumer `{consumer}` not found in tenant `{tenant}`: not one of its consumers, and no event from {from} to {to} names it"),
         ));
     }
-    record_access(&state.audit, &actor, &tenant, "stats/consumers", &params, 1);
+    record_read(&state.audit, &method, &actor, &tenant, "stats/consumers", &params, 1);
     Ok(Json(profile_view(&tenant, &consumer, &filter, &profile)))
 }
 
@@ -340,6 +343,7 @@ async fn consumer_profile(
 /// given) by path: calls, errors, distinct consumers; the `top` paths by calls.
 async fn timeline(
     State(state): State<AdminState>,
+    method: Method,
     Path(tenant): Path<String>,
     Extension(actor): Extension<Actor>,
     Query(params): Query<Vec<(String, String)>>,
@@ -366,7 +370,7 @@ async fn timeline(
             })
         })
         .collect();
-    record_access(&state.audit, &actor, &tenant, "stats/timeline", &params, entries.len());
+    record_read(&state.audit, &method, &actor, &tenant, "stats/timeline", &params, entries.len());
     let (from, to) = window(&filter);
     Ok(Json(json!({
         "tenant_id": tenant,

@@ -751,3 +751,37 @@ async fn csv_cells_that_look_like_numbers_only_to_rust_are_defused() {
     assert_eq!(cells, ["'-inf", "'+NaN", "'-Infinity", "'-nan", "'+inf", "-12.5", "+7", "-1e5", "'=1+2"]);
     ts.stop().await;
 }
+
+/// `HEAD` on the JSON reads of the trail (lists, the admin log,
+/// application events, statistics) is answered as `GET` is, status and
+/// headers, but records no `log_accessed`: no row went out. Each recorded
+/// one, with the rows of a body nobody received, so a monitor checking the
+/// endpoints with `HEAD` filled the trail with reads that never happened.
+#[tokio::test]
+async fn head_on_a_json_read_is_not_recorded_as_a_read() {
+    let (mut ts, alice, _) = with_traffic().await;
+    let admin = ts.admin_client();
+    let reads = ["", "/security", "/events", "/admin", "/stats", "/stats/timeline", &format!("/stats/consumers/{alice}")];
+    for read in reads {
+        let res = ts.client.head(format!("{}/v1/audit/acme{read}", ts.admin)).bearer_auth(&admin.token).send().await.unwrap();
+        assert_eq!(res.status(), 200, "{read}");
+        assert!(res.headers()["content-type"].to_str().unwrap().starts_with("application/json"), "{read}");
+        // Checked as a GET is.
+        let res = ts.client.head(format!("{}/v1/audit/acme{read}?hours=0", ts.admin)).bearer_auth(&admin.token).send().await.unwrap();
+        assert_eq!(res.status(), 400, "{read}");
+    }
+    let res = ts.client.head(format!("{}/v1/audit/acme/stats/consumers/cons_nobody", ts.admin)).bearer_auth(&admin.token).send().await.unwrap();
+    assert_eq!(res.status(), 404);
+    ts.flush().await;
+    let accesses = || async {
+        ts.flush().await;
+        let a = admin.get("/v1/audit/acme/security?event_type=log_accessed&limit=1000").await;
+        let mut targets: Vec<String> = a.body["events"].as_array().unwrap().iter().map(|e| e["target"].as_str().unwrap().to_string()).collect();
+        targets.sort();
+        targets
+    };
+    assert_eq!(accesses().await, Vec::<String>::new(), "no HEAD is recorded as a read");
+    assert_eq!(admin.get("/v1/audit/acme/stats").await.status, 200);
+    assert_eq!(accesses().await, ["security", "stats"], "a GET is");
+    ts.stop().await;
+}
