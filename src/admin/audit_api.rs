@@ -89,14 +89,18 @@ fn cut(text: &str) -> String {
 }
 
 /// Records that `actor` read `tenant`'s log: the endpoint, the filters
-/// given and how many rows went out (`log_accessed`).
+/// given (the value of one named like a secret as `****`) and how many
+/// rows went out (`log_accessed`).
 pub(super) fn record_access(audit: &crate::audit::AuditPipeline, actor: &Actor, tenant: &str, endpoint: &str, params: &[(String, String)], rows: usize) {
     let (read, other): (Vec<_>, Vec<_>) = params.iter().partition(|(k, _)| READ_PARAMETERS.contains(&k.as_str()));
     let mut filters = serde_json::Map::new();
     let mut omitted = 0;
     for (name, value) in read.into_iter().chain(other) {
         if filters.len() < RECORDED_PARAMETERS || filters.contains_key(name.as_str()) {
-            filters.insert(cut(name), json!(cut(value)));
+            // A parameter named like a secret (`access_token`, `password`)
+            // is kept by name only, as the admin log keeps such body fields.
+            let value = if crate::redact::is_secret_field(name) { "****".to_string() } else { cut(value) };
+            filters.insert(cut(name), json!(value));
         } else {
             omitted += 1;
         }

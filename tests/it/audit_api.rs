@@ -785,3 +785,38 @@ async fn head_on_a_json_read_is_not_recorded_as_a_read() {
     assert_eq!(accesses().await, ["security", "stats"], "a GET is");
     ts.stop().await;
 }
+
+/// A read's `log_accessed` keeps the parameters it was given, those no
+/// read takes too, but the value of one named like a secret (`password`,
+/// `access_token`, `client_secret`, `api_key`, as the admin log masks
+/// such fields in a change's body) is kept as `****`: a script that
+/// authenticates with `?access_token=…` had its token written in full
+/// into the trail, for every auditor to read.
+#[tokio::test]
+async fn a_reads_record_masks_parameters_named_like_secrets() {
+    let (mut ts, alice, _) = with_traffic().await;
+    let admin = ts.admin_client();
+    let secrets = ["s3cr3t-0f-the-sso-jwt", "hunter2hunter2", "cl1ent-s3cret-v4lue", "p4rtner-k3y-v4lue"];
+    let query = format!(
+        "consumer_id={alice}&access_token={}&password={}&client_secret={}&apiKey={}&note=kept",
+        secrets[0], secrets[1], secrets[2], secrets[3]
+    );
+    for read in ["", "/stats"] {
+        let a = admin.get(&format!("/v1/audit/acme{read}?{query}")).await;
+        assert_eq!(a.status, 200, "{read}: {}", a.text);
+    }
+    ts.flush().await;
+    let security = admin.get("/v1/audit/acme/security?event_type=log_accessed&limit=100").await;
+    for secret in secrets {
+        assert!(!security.text.contains(secret), "{secret} is in the trail: {}", security.text);
+    }
+    for target in ["logs", "stats"] {
+        let read = security.body["events"].as_array().unwrap().iter().find(|e| e["target"] == target).cloned().expect("the read is recorded");
+        let filters = &read["details"]["filters"];
+        for name in ["access_token", "password", "client_secret", "apiKey"] {
+            assert_eq!(filters[name], "****", "{target}: {filters}");
+        }
+        assert_eq!((filters["consumer_id"].as_str(), filters["note"].as_str()), (Some(alice.as_str()), Some("kept")), "{target}: {filters}");
+    }
+    ts.stop().await;
+}
