@@ -128,6 +128,11 @@ pub fn forget_recorded(audit_dir: &Path, keys: &[JournalKey]) -> Result<(), Stor
         return Ok(());
     }
     let meta = open(&audit_dir.join(META_FILE))?;
+    unjournal(&meta, keys.iter().map(|(kind, tenant, day)| (kind.as_str(), tenant.as_str(), day.as_str())))
+}
+
+/// Takes the steps `keys` (kind, tenant, day) out of the journal, in one transaction.
+fn unjournal<'a>(meta: &rusqlite::Connection, keys: impl Iterator<Item = (&'a str, &'a str, &'a str)>) -> Result<(), StoreError> {
     let tx = meta.unchecked_transaction()?;
     for (kind, tenant, day) in keys {
         tx.execute("DELETE FROM retention_events WHERE kind = ?1 AND tenant = ?2 AND day = ?3", params![kind, tenant, day])?;
@@ -619,11 +624,7 @@ fn drop_days(audit_dir: &Path, today: i64, now_ms: i64, meta: &rusqlite::Connect
             // The log first: a crash between the deletes then leaves the
             // day file, which the next run drops.
             if let Err(error) = super::remove_day_file(&path) {
-                let tx = meta.unchecked_transaction()?;
-                for a in &actions {
-                    tx.execute("DELETE FROM retention_events WHERE kind = ?1 AND tenant = ?2 AND day = ?3", params![a.kind.event_type(), a.tenant, a.day])?;
-                }
-                tx.commit()?;
+                unjournal(meta, actions.iter().map(|a| (a.kind.event_type(), a.tenant.as_str(), a.day.as_str())))?;
                 return Err(error.into());
             }
             actions
