@@ -145,6 +145,21 @@ pub enum QueueFullPolicy {
     Drop,
     /// Wait for room in the queue (nothing is lost; the request waits).
     Block,
+    /// From half full on, keep each event with a chance that falls from 1
+    /// to 0 as the queue fills, and count the rest: an overload leaves a
+    /// sample of its calls spread over it in the trail, not a gap where
+    /// the queue was full (the request is never slowed).
+    Sample,
+}
+
+impl QueueFullPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueFullPolicy::Drop => "drop",
+            QueueFullPolicy::Block => "block",
+            QueueFullPolicy::Sample => "sample",
+        }
+    }
 }
 
 /// When a proxied call's event is committed, relative to its response.

@@ -9,7 +9,8 @@
 //!   event its tenant's next `seq` and chains its hash to the previous one, so
 //!   numbering and hashing follow commit order exactly.
 //! - When the queue is full, successful-call events are dropped and counted
-//!   (or, with `queue_full = "block"`, the caller waits for room); failed,
+//!   (or, with `queue_full = "block"`, the caller waits for room; with
+//!   `"sample"`, from half full on a falling share of them is kept); failed,
 //!   refused and security events are always queued, never dropped.
 //! - The writer is woken once per batch, not once per event: producers push
 //!   into a shared vector under a short lock, and the writer swaps the whole
@@ -51,7 +52,8 @@ pub struct PipelineStatus {
     pub committed: u64,
     /// Accepted and not yet committed: in the queue or in the writer's batch.
     pub uncommitted: u64,
-    /// Successful-call events dropped because the queue was full (or the
+    /// Successful-call events dropped because the queue was full (or, under
+    /// `queue_full = "sample"`, over half full and not drawn; or the
     /// pipeline was stopping). Failed, refused and security events are never dropped.
     pub dropped: u64,
     /// Batches the store refused; the writer retries them.
@@ -59,7 +61,7 @@ pub struct PipelineStatus {
     /// Events waiting in the queue for the writer's next batch.
     pub queued: usize,
     pub queue_capacity: usize,
-    /// What a full queue does to successful-call events: `drop` or `block`.
+    /// What a full queue does to successful-call events: `drop`, `block` or `sample`.
     pub queue_full: &'static str,
     /// How long the oldest queued event has waited, in milliseconds (0 when none).
     pub oldest_queued_ms: u64,
@@ -143,7 +145,10 @@ pub struct AuditPipeline {
     writer: Mutex<Option<JoinHandle<()>>>,
     capacity: usize,
     batch_max: usize,
-    block_when_full: bool,
+    queue_full: QueueFullPolicy,
+    /// The queue length from which successful-call events are held back:
+    /// the capacity, or half of it under `queue_full = "sample"`.
+    pressure_at: usize,
     /// `audit.durability = "sync"`: see [`record_committed`](Self::record_committed).
     sync: bool,
     /// Which events are kept; replaced by the control plane on every change.
@@ -195,7 +200,8 @@ impl AuditPipeline {
             writer: Mutex::new(Some(handle)),
             capacity: config.queue_capacity,
             batch_max: config.batch_max_events,
-            block_when_full: config.queue_full == QueueFullPolicy::Block,
+            queue_full: config.queue_full,
+            pressure_at: if config.queue_full == QueueFullPolicy::Sample { config.queue_capacity / 2 } else { config.queue_capacity },
             sync: config.durability == Durability::Sync,
             policy: ArcSwap::from_pointee(LoggingPolicy { global: defaults, tenants: Default::default() }),
             defaults,
@@ -242,7 +248,7 @@ impl AuditPipeline {
             commit_failures: stats.commit_failures.load(Ordering::Relaxed),
             queued,
             queue_capacity: self.capacity,
-            queue_full: if self.block_when_full { "block" } else { "drop" },
+            queue_full: self.queue_full.as_str(),
             oldest_queued_ms: oldest.map_or(0, |t| t.elapsed().as_millis() as u64),
         }
     }
@@ -282,16 +288,27 @@ impl AuditPipeline {
             tracing::warn!(event_type = %event.event_type, "audit pipeline is stopped; event dropped");
             return None;
         }
-        if successful_call && !wait_commit && queue.pending.len() >= self.capacity {
-            if !self.block_when_full {
+        if successful_call && !wait_commit && queue.pending.len() >= self.pressure_at {
+            let left_out = match self.queue_full {
+                QueueFullPolicy::Drop => Some("audit queue full: successful-call events are being dropped"),
+                // Kept with a chance of 1 at half full, falling to 0 at full.
+                QueueFullPolicy::Sample => {
+                    let room = self.capacity.saturating_sub(queue.pending.len());
+                    let kept = room > 0 && self.sampler.keep(room as f64 / (self.capacity - self.pressure_at).max(1) as f64);
+                    (!kept).then_some("audit queue over half full: successful-call events are being sampled")
+                }
+                QueueFullPolicy::Block => None,
+            };
+            if let Some(warning) = left_out {
                 drop(queue);
                 let dropped = self.shared.stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
                 if dropped.is_power_of_two() {
-                    tracing::warn!(dropped, "audit queue full: successful-call events are being dropped");
+                    tracing::warn!(dropped, "{warning}");
                 }
                 return None;
             }
-            // The operator chose to wait for room rather than lose the event.
+            // Under `block`, the operator chose to wait for room rather
+            // than lose the event (one `sample` kept has room).
             while queue.pending.len() >= self.capacity && !queue.stopping {
                 drop(queue);
                 self.writer_thread.unpark();

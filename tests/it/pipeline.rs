@@ -55,6 +55,43 @@ async fn a_full_queue_drops_only_successful_calls_and_counts_them() {
     assert_eq!(statuses.iter().filter(|s| **s == 0).count(), 1, "security events are never dropped");
 }
 
+/// `queue_full = "sample"`: up to half the capacity every event is
+/// queued; from there each successful call is kept with a chance that
+/// falls to 0 at full, the rest counted as dropped. The queue never passes
+/// its capacity with successful calls, failed calls and security events
+/// are never held back, and the status names the policy.
+#[tokio::test]
+async fn the_sample_policy_keeps_a_falling_share_from_half_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(QueueFullPolicy::Sample, true);
+    cfg.queue_capacity = 1_000;
+    cfg.sample_seed = Some(7);
+    let pipeline = AuditPipeline::start(dir.path().join("audit"), &cfg).unwrap();
+    assert_eq!(pipeline.status().queue_full, "sample");
+    for _ in 0..500 {
+        pipeline.record(request(200));
+    }
+    assert_eq!((pipeline.status().queued, pipeline.stats().dropped.load(Ordering::Relaxed)), (500, 0), "all kept below half full");
+    for _ in 0..5_000 {
+        pipeline.record(request(200));
+    }
+    let (queued, dropped) = (pipeline.status().queued, pipeline.stats().dropped.load(Ordering::Relaxed));
+    assert_eq!(queued as u64 + dropped, 5_500, "every call kept or counted");
+    assert!(queued <= 1_000, "successful calls never pass the capacity: {queued}");
+    // Kept with a chance falling from 1 to 0 over the second half: nearly
+    // all of that half fills (the last places ever more slowly).
+    assert!(queued > 900, "a share kept past half full: {queued}");
+    for _ in 0..30 {
+        pipeline.record(request(500));
+    }
+    pipeline.record(Event::new("acme", Category::Security, "auth_failed", "failure"));
+    assert_eq!(pipeline.status().queued, queued + 31, "failed calls and security events are always queued");
+    pipeline.shutdown().await;
+    let statuses = committed(dir.path());
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), queued);
+    assert_eq!(statuses.iter().filter(|s| **s == 500).count(), 30);
+}
+
 #[tokio::test]
 async fn the_block_policy_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
