@@ -185,9 +185,9 @@ impl AdminClient {
         };
         let status = response.status();
         if !status.is_success() {
-            let retry_after = retry_after(&response);
+            let (retry_after, content_type) = (retry_after(&response), content_type(&response));
             let body = http_body_util::Limited::new(response.into_body(), 64 * 1024).collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-            return Err(self.refusal(&Method::GET, &target, status, retry_after, &body));
+            return Err(self.refusal(&Method::GET, &target, status, retry_after, content_type.as_deref(), &body));
         }
         let mut body = response.into_body();
         let mut written = 0u64;
@@ -210,7 +210,7 @@ impl AdminClient {
     async fn send(&self, method: Method, path_and_query: &str, body: Option<Vec<u8>>, timeout: Duration) -> anyhow::Result<Value> {
         let target = format!("{}{}", self.base_path, path_and_query);
         let call = self.call(method.clone(), &target, body);
-        let (status, retry_after, body) = match tokio::time::timeout(timeout, call).await {
+        let (status, retry_after, content_type, body) = match tokio::time::timeout(timeout, call).await {
             Ok(result) => result?,
             Err(_) => bail!("the admin API at {} did not answer {method} {target} within {} s", self.url, timeout.as_secs()),
         };
@@ -218,21 +218,23 @@ impl AdminClient {
             let json: Option<Value> = serde_json::from_slice(&body).ok();
             return json.with_context(|| format!("{method} {target}: the answer is not JSON (is {} keytrail's admin API?)", self.url));
         }
-        Err(self.refusal(&method, &target, status, retry_after, &body))
+        Err(self.refusal(&method, &target, status, retry_after, content_type.as_deref(), &body))
     }
 
     /// The error for a refused call: the API's code and message (never the
     /// token, should the answer echo it) and a hint.
     /// `retry_after`: the answer's `Retry-After` (seconds), which the API's
     /// message may point to ("try again after the time in `Retry-After`").
-    fn refusal(&self, method: &Method, target: &str, status: StatusCode, retry_after: Option<u64>, body: &[u8]) -> anyhow::Error {
+    /// `content_type`: the answer's, to describe one that is no JSON (a
+    /// proxy's error page in front of the API).
+    fn refusal(&self, method: &Method, target: &str, status: StatusCode, retry_after: Option<u64>, content_type: Option<&str>, body: &[u8]) -> anyhow::Error {
         let json: Option<Value> = serde_json::from_slice(body).ok();
         let (code, message) = match &json {
             Some(v) => (
                 v["error"]["code"].as_str().unwrap_or("").to_string(),
                 v["error"]["message"].as_str().unwrap_or("").to_string(),
             ),
-            None => (String::new(), String::from_utf8_lossy(&body[..body.len().min(200)]).trim().to_string()),
+            None => (String::new(), describe_foreign(content_type, body)),
         };
         // What answered may echo the request (a proxy's or another
         // service's error page): never show the token it was sent.
@@ -255,18 +257,20 @@ impl AdminClient {
             (StatusCode::UNAUTHORIZED, _) => format!(" (check {TOKEN_VAR})"),
             (StatusCode::FORBIDDEN, _) => " (the token's role or tenant does not allow this)".to_string(),
             (_, Some(secs)) => format!(" (Retry-After: {secs} s)"),
+            _ if json.is_none() => format!(" (is {} keytrail's admin API, or did a proxy in front of it answer?)", self.url),
             _ => String::new(),
         };
         anyhow::Error::new(Refusal { status, code, text: format!("{method} {target}: {status}{detail}{hint}") })
     }
 
-    async fn call(&self, method: Method, target: &str, body: Option<Vec<u8>>) -> anyhow::Result<(StatusCode, Option<u64>, Bytes)> {
+    /// The answer's status, `Retry-After`, `Content-Type` and body.
+    async fn call(&self, method: Method, target: &str, body: Option<Vec<u8>>) -> anyhow::Result<(StatusCode, Option<u64>, Option<String>, Bytes)> {
         let response = self.open(method.clone(), target, body).await?;
         let status = response.status();
-        let retry_after = retry_after(&response);
+        let (retry_after, content_type) = (retry_after(&response), content_type(&response));
         let limited = http_body_util::Limited::new(response.into_body(), MAX_BODY);
         let body = limited.collect().await.map_err(|e| anyhow!("reading the answer to {method} {target}: {e}"))?.to_bytes();
-        Ok((status, retry_after, body))
+        Ok((status, retry_after, content_type, body))
     }
 
     /// Sends one request on a new connection; the answer's head.
@@ -302,6 +306,49 @@ fn retry_after(response: &Response<Incoming>) -> Option<u64> {
     response.headers().get(hyper::header::RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()
 }
 
+/// An answer's media type (`text/html`, without parameters).
+fn content_type(response: &Response<Incoming>) -> Option<String> {
+    let value = response.headers().get(hyper::header::CONTENT_TYPE)?.to_str().ok()?;
+    let media = value.split(';').next().unwrap_or_default().trim();
+    (!media.is_empty()).then(|| media.to_ascii_lowercase())
+}
+
+/// Text of at most `max` characters, on one line, from `text`.
+fn one_line(text: &str, max: usize) -> String {
+    let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    match flat.char_indices().nth(max) {
+        Some((end, _)) => format!("{}…", &flat[..end]),
+        None => flat,
+    }
+}
+
+/// A refusal's body that is no JSON, in a few words: what it is and what
+/// it says — an HTML page's title (a proxy's `502 Bad Gateway`), never its
+/// markup; a text's first line.
+fn describe_foreign(content_type: Option<&str>, body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&body[..body.len().min(64 * 1024)]);
+    let html = content_type.is_some_and(|t| t.contains("html")) || text.trim_start().starts_with('<');
+    if body.is_empty() {
+        return "the answer is not keytrail's JSON but empty".to_string();
+    }
+    let kind = content_type.unwrap_or(if html { "HTML" } else { "no content type" });
+    let what = format!("the answer is not keytrail's JSON but {kind} ({} bytes)", body.len());
+    if html {
+        let lower = text.to_ascii_lowercase();
+        let title = lower.find("<title").and_then(|at| lower[at..].find('>').map(|end| at + end + 1)).and_then(|start| {
+            lower[start..].find("</title").map(|len| one_line(&text[start..start + len], 100))
+        });
+        return match title {
+            Some(title) if !title.is_empty() && !title.contains(['<', '>']) => format!("{what} titled \"{title}\""),
+            _ => what,
+        };
+    }
+    match text.lines().map(str::trim).find(|l| !l.is_empty()) {
+        Some(line) => format!("{what}: {}", one_line(&line.replace(char::is_control, " "), 200)),
+        None => what,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -318,5 +365,15 @@ mod tests {
         assert!(!format!("{c:?}").contains("\"t\""));
         assert_eq!(with_query("/v1/x", &[("from", "2026-11-22T10:00:00+01:00".into()), ("a", "b c/d".into())]), "/v1/x?from=2026-11-22T10%3A00%3A00%2B01%3A00&a=b%20c%2Fd");
         assert_eq!(with_query("/v1/x", &[]), "/v1/x");
+    }
+
+    #[test]
+    fn foreign_answers_are_described_not_dumped() {
+        let page = b"<HTML><HEAD><TITLE>503 Service\n Unavailable</TITLE></HEAD><BODY><H1>down</H1></BODY></HTML>";
+        assert_eq!(describe_foreign(Some("text/html"), page), format!("the answer is not keytrail's JSON but text/html ({} bytes) titled \"503 Service Unavailable\"", page.len()));
+        assert_eq!(describe_foreign(None, b"<p>no title</p>"), "the answer is not keytrail's JSON but HTML (15 bytes)");
+        assert_eq!(describe_foreign(Some("text/plain"), b"\n upstream connect error\nmore"), "the answer is not keytrail's JSON but text/plain (29 bytes): upstream connect error");
+        assert_eq!(describe_foreign(Some("text/plain"), b""), "the answer is not keytrail's JSON but empty");
+        assert!(describe_foreign(None, "é".repeat(300).as_bytes()).ends_with('…'));
     }
 }

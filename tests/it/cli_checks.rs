@@ -113,7 +113,7 @@ async fn archive_verify_refuses_an_archive_dir_that_is_not_there() {
 
 /// The admin token in `KEYTRAIL_TOKEN` is never printed, even when what
 /// answers at `--admin-url` (a proxy's or another service's error page)
-/// echoes the request back: the first 200 bytes of a non-JSON refusal are
+/// echoes the request back: the first line of a non-JSON text refusal is
 /// shown, and an operator-chosen token has no `kta_` shape to be masked by.
 #[tokio::test]
 async fn the_token_is_not_printed_when_a_refusal_echoes_the_request() {
@@ -574,5 +574,44 @@ async fn json_that_is_no_admin_api_answer_is_an_error() {
         assert!(!ok, "{args:?}: exit 0:\n{out}{err}");
         assert!(out.is_empty(), "{args:?}: {out}");
         assert!(err.contains(&format!("is {other} keytrail's admin API?")), "{args:?}: {err}");
+    }
+}
+
+/// An admin API behind a proxy that answers a 5xx with its own HTML page
+/// (nginx's `502 Bad Gateway`) says what happened — the status, that the
+/// answer is no JSON of keytrail's, what it was — without the page's
+/// markup: up to 200 raw bytes of HTML were printed as the "message", for
+/// a list and for an export alike.
+#[tokio::test]
+async fn an_html_error_page_is_described_not_dumped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else { return };
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let page = "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx/1.24.0</center>\r\n</body>\r\n</html>\r\n";
+                let answer = format!("HTTP/1.1 502 Bad Gateway\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{page}", page.len());
+                let _ = stream.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    let token = [("KEYTRAIL_TOKEN", "some-token-0123456789")];
+    for args in [&["audit", "list", "--tenant", "acme"][..], &["audit", "export", "--tenant", "acme"], &["keys", "revoke", "key_x"]] {
+        let mut args = args.to_vec();
+        args.extend(["--admin-url", &url]);
+        let (ok, out, err) = run_cli(&args, &token).await;
+        assert!(!ok && out.is_empty(), "{args:?}: {out}{err}");
+        assert!(err.contains("502 Bad Gateway") && err.contains("not keytrail's JSON") && err.contains("text/html"), "{args:?}: {err}");
+        assert!(!err.contains('<') && !err.contains("nginx/1.24.0"), "{args:?}: the page's markup is not shown: {err}");
     }
 }
