@@ -495,7 +495,7 @@ enum KeysCommand {
         #[arg(long)]
         expires_at: Option<String>,
         /// live or test (the key's prefix) [default: live].
-        #[arg(long)]
+        #[arg(long, value_parser = ["live", "test"])]
         environment: Option<String>,
     },
     /// Replace a key: the new one is printed this once; the old one keeps
@@ -505,7 +505,8 @@ enum KeysCommand {
         api: ApiArgs,
         /// The key's id (key_…).
         key_id: String,
-        /// How long the old key keeps working, in seconds [default: 3600].
+        /// How long the old key keeps working, in seconds (at most 2592000,
+        /// 30 days) [default: 3600].
         #[arg(long)]
         grace_secs: Option<u64>,
     },

@@ -121,14 +121,25 @@ pub async fn keys_list(target: &Target, consumer: &str) -> anyhow::Result<()> {
 #[derive(Debug, Default)]
 pub struct NewKey {
     pub scopes: Vec<String>,
-    /// RFC 3339, checked by the server.
+    /// RFC 3339 (a usage error otherwise); whether it is in the future is
+    /// the server's to say.
     pub expires_at: Option<String>,
-    /// `live` or `test`, checked by the server.
+    /// `live` or `test` (clap refuses others), checked by the server too.
     pub environment: Option<String>,
 }
 
+/// The longest `--grace-secs` a rotation may give: the admin API's
+/// `grace_seconds` limit, 30 days.
+pub const MAX_GRACE_SECS: u64 = 30 * 86_400;
+
 /// `keytrail keys create --consumer C`: prints the key once.
 pub async fn keys_create(target: &Target, consumer: &str, new: NewKey) -> anyhow::Result<()> {
+    // As the admin API reads it: a value it refuses is a usage error, said before anything is asked.
+    if let Some(at) = new.expires_at.as_deref() {
+        if chrono::DateTime::parse_from_rfc3339(at).is_err() {
+            return Err(super::usage(format!("--expires-at `{at}` is not an RFC 3339 time: give one such as 2027-01-31T00:00:00Z")));
+        }
+    }
     let client = AdminClient::from_env(&target.admin_url)?;
     let tenant = resolve_tenant(&client, target.tenant.as_deref()).await?;
     let consumer = consumer_id(&client, &tenant, consumer).await?;
@@ -161,6 +172,9 @@ fn new_key(key: &Value, headline: &str) -> anyhow::Result<()> {
 
 /// `keytrail keys rotate KEY_ID`: prints the new key once.
 pub async fn keys_rotate(target: &Target, key_id: &str, grace_secs: Option<u64>) -> anyhow::Result<()> {
+    if let Some(secs) = grace_secs.filter(|secs| *secs > MAX_GRACE_SECS) {
+        return Err(super::usage(format!("--grace-secs must be at most {MAX_GRACE_SECS} (30 days), not {secs}")));
+    }
     let client = AdminClient::from_env(&target.admin_url)?;
     let key_id = segment("the key id", key_id)?;
     let body = match grace_secs {

@@ -615,3 +615,33 @@ async fn an_html_error_page_is_described_not_dumped() {
         assert!(!err.contains('<') && !err.contains("nginx/1.24.0"), "{args:?}: the page's markup is not shown: {err}");
     }
 }
+
+/// Values of `keys create` and `keys rotate` that no admin API takes — a
+/// `--grace-secs` over its 30 days, an `--expires-at` that is no RFC 3339
+/// time, an `--environment` other than live or test — are usage errors
+/// (exit code 2) saying what to give, before anything is sent: the server
+/// refused them, exit code 1, as it refuses a key that does not exist.
+#[test]
+fn key_flags_no_server_takes_are_usage_errors() {
+    let out = tempfile::tempdir().unwrap();
+    let url = "http://127.0.0.1:1";
+    let token = ("KEYTRAIL_TOKEN", "some-token-0123456789");
+    let cases: [(&[&str], &str); 5] = [
+        (&["keys", "rotate", "key_x", "--grace-secs", "2592001", "--admin-url", url], "--grace-secs must be at most 2592000 (30 days)"),
+        (&["keys", "rotate", "key_x", "--grace-secs", "99999999999999", "--admin-url", url], "--grace-secs must be at most 2592000 (30 days)"),
+        (&["keys", "create", "--consumer", "c", "--tenant", "acme", "--expires-at", "tomorrow", "--admin-url", url], "--expires-at `tomorrow` is not an RFC 3339 time"),
+        (&["keys", "create", "--consumer", "c", "--tenant", "acme", "--expires-at", "2027-01-31", "--admin-url", url], "such as 2027-01-31T00:00:00Z"),
+        (&["keys", "create", "--consumer", "c", "--tenant", "acme", "--environment", "prod", "--admin-url", url], "--environment"),
+    ];
+    for (args, says) in cases {
+        let mut p = Process::spawn(args, &[token], out.path(), out.path());
+        let status = exit_within(&mut p, Duration::from_secs(20));
+        let err = p.stderr();
+        assert_eq!(status.and_then(|s| s.code()), Some(2), "{args:?}: {err}");
+        assert!(err.contains(says) && !err.contains("cannot reach"), "{args:?}: {err}");
+    }
+    // The largest grace is asked for (and the server, not there, not reached).
+    let mut p = Process::spawn(&["keys", "rotate", "key_x", "--grace-secs", "2592000", "--admin-url", url], &[token], out.path(), out.path());
+    let status = exit_within(&mut p, Duration::from_secs(20));
+    assert!(status.and_then(|s| s.code()) == Some(1) && p.stderr().contains("cannot reach"), "{}", p.stderr());
+}

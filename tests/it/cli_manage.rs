@@ -92,10 +92,14 @@ async fn keys_are_managed_from_the_command_line() {
     // Bad input: each refused with a message saying what is wrong.
     let (ok, _, err) = run(cli(&["keys", "create", "--consumer", "nobody"])).await;
     assert!(!ok && err.contains("no consumer named `nobody`"), "{err}");
+    // (values no server takes are usage errors, said before anything is asked)
     let (ok, _, err) = run(cli(&["keys", "create", "--consumer", "acme-client", "--expires-at", "tomorrow"])).await;
-    assert!(!ok && err.contains("400") && err.contains("expires_at"), "{err}");
+    assert!(!ok && err.contains("--expires-at `tomorrow` is not an RFC 3339 time"), "{err}");
     let (ok, _, err) = run(cli(&["keys", "create", "--consumer", "acme-client", "--environment", "prod"])).await;
-    assert!(!ok && err.contains("400") && err.contains("environment"), "{err}");
+    assert!(!ok && err.contains("--environment") && err.contains("live"), "{err}");
+    // (one in the past is the server's to refuse)
+    let (ok, _, err) = run(cli(&["keys", "create", "--consumer", "acme-client", "--expires-at", "2020-01-01T00:00:00Z"])).await;
+    assert!(!ok && err.contains("400") && err.contains("expires_at"), "{err}");
     let (ok, _, err) = run(cli(&["keys", "revoke", "key_unknown"])).await;
     assert!(!ok && err.contains("404"), "{err}");
     let (ok, _, err) = run(cli(&["keys", "revoke", "../v1/tenants"])).await;
