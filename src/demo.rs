@@ -64,6 +64,18 @@ async fn echo(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallibl
     Ok(response)
 }
 
+/// `text` as one word of a POSIX shell command line, as the demo prints
+/// its lines to paste: as it is when it holds only characters no shell
+/// reads specially, otherwise in single quotes (a path with a space).
+fn shell_word(text: &str) -> String {
+    let plain = !text.is_empty() && text.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-+:@%,".contains(&b));
+    if plain {
+        text.to_string()
+    } else {
+        format!("'{}'", text.replace('\'', r"'\''"))
+    }
+}
+
 pub struct DemoOptions {
     pub data_dir: Option<PathBuf>,
     pub gateway_listen: Option<SocketAddr>,
@@ -146,12 +158,12 @@ async fn run_with(config: Config, stop: impl std::future::Future<Output = ()>) -
     let gw = server.gateway_addr;
     let admin = server.admin_addr;
     let token_line = match &server.bootstrap {
-        Bootstrap::Generated(path) => format!("export KEYTRAIL_TOKEN=$(cat {})", path.display()),
+        Bootstrap::Generated(path) => format!("export KEYTRAIL_TOKEN=$(cat {})", shell_word(&path.display().to_string())),
         _ => "export KEYTRAIL_TOKEN=<your KEYTRAIL_BOOTSTRAP_TOKEN>".to_string(),
     };
     // This very binary, as the commands to try name it (under `cargo run`
     // it is not on the PATH).
-    let cli = std::env::current_exe().map_or_else(|_| "keytrail".to_string(), |p| p.display().to_string());
+    let cli = std::env::current_exe().map_or_else(|_| "keytrail".to_string(), |p| shell_word(&p.display().to_string()));
     // Not `println!`: a closed stdout (`keytrail demo | head -1`) would
     // panic the demo after it started serving.
     let instead = format!("the demo serves on http://{gw} (admin API http://{admin}), but its key could not be shown");
@@ -192,4 +204,18 @@ Press Ctrl-C to stop.
     echo_task.abort();
     server::announce("stopped\n", "stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shell_word;
+
+    #[test]
+    fn shell_words_are_quoted_when_a_shell_would_split_them() {
+        assert_eq!(shell_word("/usr/local/bin/keytrail"), "/usr/local/bin/keytrail");
+        assert_eq!(shell_word("/home/me/my tools/keytrail"), "'/home/me/my tools/keytrail'");
+        assert_eq!(shell_word("/tmp/it's/keytrail"), r"'/tmp/it'\''s/keytrail'");
+        assert_eq!(shell_word("/tmp/$HOME/x"), "'/tmp/$HOME/x'");
+        assert_eq!(shell_word(""), "''");
+    }
 }

@@ -619,3 +619,53 @@ fn a_bad_log_level_says_where_it_came_from() {
     assert!(stderr.contains(path.to_str().unwrap()) && stderr.contains("line 2") && stderr.contains("keeps no log"), "the file: {stderr}");
     assert!(!dir.path().join("keytrail-data").exists(), "nothing was created");
 }
+
+/// The lines `keytrail demo` prints to try work as printed in a shell when
+/// the binary's path and the data directory hold a space: both were
+/// printed unquoted (`/home/me/my tools/keytrail audit list …`, `$(cat
+/// /tmp/demo data/bootstrap-admin-token)`), so the shell split them.
+#[tokio::test]
+async fn demo_lines_work_in_a_shell_with_spaces_in_the_paths() {
+    let out = tempfile::tempdir().unwrap();
+    let bin_dir = out.path().join("my tools");
+    std::fs::create_dir(&bin_dir).unwrap();
+    let bin = bin_dir.join("keytrail");
+    if std::fs::hard_link(crate::util::binary(), &bin).is_err() {
+        std::fs::copy(crate::util::binary(), &bin).unwrap();
+    }
+    let data = out.path().join("demo data");
+    let stdout_path = out.path().join("demo.stdout");
+    let mut child = std::process::Command::new(&bin)
+        .args(["demo", "--data-dir", data.to_str().unwrap(), "--gateway-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .env_remove("KEYTRAIL_BOOTSTRAP_TOKEN")
+        .env_remove("KEYTRAIL_TOKEN")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&stdout_path).unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let text = loop {
+        let text = std::fs::read_to_string(&stdout_path).unwrap_or_default();
+        if text.contains("Press Ctrl-C to stop.") {
+            break text;
+        }
+        assert!(child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline, "{text}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let export = text.lines().map(str::trim).find(|l| l.starts_with("export KEYTRAIL_TOKEN=")).unwrap().to_string();
+    let commands: Vec<&str> = text.lines().skip_while(|l| !l.starts_with("Or from the command line")).skip(1).take_while(|l| !l.trim().is_empty()).collect();
+    assert_eq!(commands.len(), 2, "{text}");
+    for (line, expect) in commands.iter().zip(["/echo/hello", "demo-client"]) {
+        let script = format!("{export} && {}", line.trim());
+        let shell = script.clone();
+        let ran = tokio::task::spawn_blocking(move || std::process::Command::new("sh").args(["-c", &shell]).env_remove("KEYTRAIL_TOKEN").output().unwrap()).await.unwrap();
+        let (stdout, stderr) = (String::from_utf8_lossy(&ran.stdout), String::from_utf8_lossy(&ran.stderr));
+        assert!(ran.status.success(), "{script}: {stdout}{stderr}");
+        if expect == "demo-client" {
+            assert!(stdout.contains("kt_test****"), "{script}: {stdout}");
+        }
+    }
+    let _ = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+    assert!(child.wait().unwrap().success());
+}
