@@ -87,6 +87,12 @@ pub struct DemoOptions {
 /// Runs the demo until `stop` resolves.
 pub async fn run(options: DemoOptions, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
     let (data_dir, temporary) = match options.data_dir {
+        // Said naming the flag, the demo's only way to a data directory
+        // (the start's own check names `serve`'s three ways to one).
+        Some(dir) if dir.exists() && !dir.is_dir() => {
+            let why = format!("--data-dir: {} is not a directory; give a directory (it is created if missing)", dir.display());
+            return Err(crate::config::ConfigError::Invalid(why).into());
+        }
         Some(dir) => (dir, false),
         None => {
             let name = format!("keytrail-demo-{}", crate::keys::generate_id("run").trim_start_matches("run_"));

@@ -669,3 +669,17 @@ async fn demo_lines_work_in_a_shell_with_spaces_in_the_paths() {
     let _ = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status();
     assert!(child.wait().unwrap().success());
 }
+
+/// `keytrail demo --data-dir` naming a file is refused naming `--data-dir`,
+/// the only way the demo is given a data directory (it reads no
+/// `KEYTRAIL_DATA_DIR`, which the message named), as a usage error.
+#[test]
+fn a_demo_data_dir_that_is_a_file_names_the_flag() {
+    let out = tempfile::tempdir().unwrap();
+    let file = out.path().join("not-a-dir");
+    std::fs::write(&file, "x").unwrap();
+    let (code, stderr) = run_refused(&["demo", "--data-dir", file.to_str().unwrap(), "--gateway-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"], &[], out.path());
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--data-dir") && stderr.contains(file.to_str().unwrap()) && stderr.contains("is not a directory"), "{stderr}");
+    assert!(!stderr.contains("KEYTRAIL_DATA_DIR") && !stderr.contains("data_dir ("), "{stderr}");
+}
