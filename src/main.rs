@@ -137,7 +137,7 @@ enum Command {
     Erase {
         #[command(flatten)]
         api: ApiArgs,
-        /// The consumer's id (cons_…).
+        /// The consumer: its id (cons_…) or its name (one consumer's).
         #[arg(long, value_parser = consumer_id)]
         consumer: String,
     },
@@ -337,7 +337,8 @@ fn archived_day(text: &str) -> Result<String, String> {
     keytrail::store::audit::archive::canonical_day(text)
 }
 
-/// `erase --consumer`: an id that fits in the request's path.
+/// `erase --consumer`: an id that fits in the request's path (or a name,
+/// looked up among the tenant's consumers, with the same characters).
 fn consumer_id(text: &str) -> Result<String, String> {
     keytrail::cli::check_consumer_id(text).map(|()| text.to_string())
 }

@@ -33,7 +33,7 @@ fn segment<'a>(flag: &str, value: &'a str) -> anyhow::Result<&'a str> {
 /// A consumer given by id (`cons_…`) or by name, as its id: a consumer's
 /// id first, then a name, which must belong to exactly one consumer of the
 /// tenant (a name may look like an id).
-async fn consumer_id(client: &AdminClient, tenant: &str, given: &str) -> anyhow::Result<String> {
+pub(super) async fn consumer_id(client: &AdminClient, tenant: &str, given: &str) -> anyhow::Result<String> {
     match known_consumer(client, tenant, given).await? {
         Some(id) => Ok(id),
         // An id no consumer has: the server's answer names it.

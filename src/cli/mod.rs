@@ -296,6 +296,9 @@ pub async fn erase(target: &Target, consumer: &str) -> anyhow::Result<()> {
     }
     let client = AdminClient::from_env(&target.admin_url)?;
     let tenant = resolve_tenant(&client, target.tenant.as_deref()).await?;
+    // By id or by name, as the other commands take a consumer: a name must
+    // be exactly one consumer's (an erasure is not undone).
+    let consumer = &manage::consumer_id(&client, &tenant, consumer).await?;
     let path = format!("/v1/tenants/{}/consumers/{}/erase", encode(&tenant), encode(consumer));
     // Rewriting every day file and archive of a big store takes a while.
     let report = client.post(&path, std::time::Duration::from_secs(3600)).await?;

@@ -425,3 +425,45 @@ fn a_second_export_into_the_same_file_is_refused() {
     assert!(!partial.exists() && !file.exists());
     server.join().unwrap();
 }
+
+/// `keytrail erase --consumer` takes a consumer's name, as `keys`, `audit`
+/// and `investigate` do: given one it asked the server to erase a
+/// consumer with that id (404). A name two consumers share is refused
+/// listing their ids, and neither is erased; one no consumer has is
+/// refused naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erase_takes_a_consumer_by_name() {
+    let ts = TestServer::start().await;
+    let admin = ts.admin_client();
+    let up = format!("http://{}", start_upstream().await);
+    let (consumer, _, key) = admin.setup("acme", "/docs", &up).await;
+    assert_eq!(status_with(&ts, &key).await, 200);
+    ts.flush().await;
+    let url = ts.admin.as_str();
+    let names = || async {
+        let list = admin.get("/v1/tenants/acme/consumers").await.body;
+        list["consumers"].as_array().unwrap().iter().map(|c| (c["id"].as_str().unwrap().to_string(), c["name"].as_str().unwrap().to_string())).collect::<Vec<_>>()
+    };
+
+    let (ok, out, err) = run_cli(&["erase", "--admin-url", url, "--tenant", "acme", "--consumer", "nobody"], &TOKEN).await;
+    assert!(!ok && out.is_empty() && err.contains("no consumer named `nobody`"), "{out}{err}");
+
+    assert_eq!(admin.post("/v1/tenants/acme/consumers", json!({"name": "twin"})).await.status, 201);
+    let second = admin.post("/v1/tenants/acme/consumers", json!({"name": "twin"})).await;
+    if second.status == 201 {
+        let (ok, out, err) = run_cli(&["erase", "--admin-url", url, "--tenant", "acme", "--consumer", "twin"], &TOKEN).await;
+        assert!(!ok && out.is_empty() && err.contains("2 consumers") && err.contains(second.body["id"].as_str().unwrap()), "{out}{err}");
+        assert_eq!(names().await.iter().filter(|(_, n)| n == "twin").count(), 2, "neither twin is erased");
+    } else {
+        assert_eq!(second.status, 409, "{}", second.text);
+    }
+
+    let (ok, out, err) = run_cli(&["erase", "--admin-url", url, "--tenant", "acme", "--consumer", "acme-client"], &TOKEN).await;
+    assert!(ok, "{out}{err}");
+    assert!(out.contains(&format!("consumer {consumer}")) && out.contains(&format!("erased-{consumer}")), "{out}");
+    assert!(names().await.contains(&(consumer.clone(), format!("erased-{consumer}"))), "{:?}", names().await);
+    // By id, as before (a second run completes an erasure stopped partway).
+    let (ok, out, err) = run_cli(&["erase", "--admin-url", url, "--tenant", "acme", "--consumer", &consumer, "--json"], &TOKEN).await;
+    assert!(ok, "{out}{err}");
+    let _: Value = serde_json::from_str(&out).unwrap();
+}
