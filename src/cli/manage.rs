@@ -47,7 +47,10 @@ pub(super) async fn consumer_id(client: &AdminClient, tenant: &str, given: &str)
 /// has that id or name (a consumer the control store no longer holds may
 /// still be in the events: the server decides about those).
 pub(super) async fn known_consumer(client: &AdminClient, tenant: &str, given: &str) -> anyhow::Result<Option<String>> {
-    segment("--consumer", given)?;
+    // A name may hold `/`, `?` or `#`; the id found is what a path holds.
+    if !super::can_name_consumer(given) {
+        return Err(super::usage(format!("--consumer `{given}` is not an id (such as cons_…) or a consumer's name")));
+    }
     let list = client.get(&format!("/v1/tenants/{}/consumers", encode(tenant))).await?;
     let consumers = client.list(&list, "consumers")?;
     if consumers.iter().any(|c| c["id"].as_str() == Some(given)) {

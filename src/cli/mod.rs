@@ -278,12 +278,20 @@ pub async fn stop_signal() {
     }
 }
 
-/// Whether `consumer` can be a consumer id in a request's path: not empty,
-/// without `/`, `?` or `#`, and not `.` or `..` (which a URL takes as a
-/// step up the path, to another route).
+/// Whether `consumer` can name a consumer, by its id or by its name: not
+/// empty, no control characters, not `.` or `..` (which a URL takes as a
+/// step up the path, to another route), and, shaped as an id (`cons_…`),
+/// without `/`, `?` or `#`, which no id holds. A name may hold them
+/// (`team/app`): it is looked up, and the id it names is what a path holds.
+pub fn can_name_consumer(consumer: &str) -> bool {
+    let id_like = consumer.starts_with("cons_");
+    !(consumer.is_empty() || consumer.chars().any(char::is_control) || consumer == "." || consumer == ".." || (id_like && consumer.contains(['/', '?', '#'])))
+}
+
+/// [`can_name_consumer`], saying why not.
 pub fn check_consumer_id(consumer: &str) -> Result<(), String> {
-    if consumer.is_empty() || consumer.contains(['/', '?', '#']) || consumer == "." || consumer == ".." {
-        return Err(format!("`{consumer}` is not a consumer id (such as cons_…; see GET /v1/tenants/{{tenant}}/consumers)"));
+    if !can_name_consumer(consumer) {
+        return Err(format!("`{consumer}` is not a consumer id (such as cons_…) or name (see GET /v1/tenants/{{tenant}}/consumers)"));
     }
     Ok(())
 }

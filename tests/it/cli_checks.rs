@@ -452,7 +452,7 @@ fn usage_errors_found_by_the_commands_exit_2() {
         (&["audit", "list", "--admin-url", url, "--tenant", "a/b"], &[token], "--tenant `a/b` is not a tenant id"),
         (&["keys", "list", "--admin-url", url, "--tenant", "acme", "--consumer", ""], &[token], "--consumer `` is not an id"),
         (&["keys", "revoke", "--admin-url", url, "key_a/b"], &[token], "is not an id"),
-        (&["erase", "--admin-url", url, "--tenant", "acme", "--consumer", "a/b"], &[token], "is not a consumer id"),
+        (&["erase", "--admin-url", url, "--tenant", "acme", "--consumer", "cons_a/b"], &[token], "is not a consumer id"),
         (&["audit", "export", "--admin-url", url, "--json"], &[token], "--format json"),
         (&["audit", "export", "--admin-url", url, "--tenant", "acme", "-o", "x.csv"], &[token, ("KEYTRAIL_PROGRESS", "sometimes")], "give auto, always or never"),
         (&["verify", "--data-dir", data, "--file", "x.json"], &[], "--file needs --public-key"),

@@ -467,3 +467,59 @@ async fn erase_takes_a_consumer_by_name() {
     assert!(ok, "{out}{err}");
     let _: Value = serde_json::from_str(&out).unwrap();
 }
+
+/// A consumer whose name holds `/`, `?` or `#` (`team/app`, a name the
+/// admin API takes) is named by that name as any other: `keys`, `audit`,
+/// `investigate` and `erase` refused it as "not an id", exit code 2,
+/// though they take names. An id-shaped value that could not be an id,
+/// and `..`, are still usage errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_names_with_url_characters_are_names() {
+    let ts = TestServer::start().await;
+    let admin = ts.admin_client();
+    let up = format!("http://{}", start_upstream().await);
+    admin.setup("acme", "/docs", &up).await;
+    let (slash, _, key) = admin.consumer_with_key("acme", "team/app", json!({})).await;
+    let (question, _, _) = admin.consumer_with_key("acme", "who?#1", json!({})).await;
+    assert_eq!(status_with(&ts, &key).await, 200);
+    ts.flush().await;
+    let url = ts.admin.as_str();
+    let base = ["--admin-url", url, "--tenant", "acme"];
+    let run = |args: &[&str]| {
+        let args: Vec<String> = args.iter().chain(base.iter()).map(|s| s.to_string()).collect();
+        async move {
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            run_cli(&refs, &TOKEN).await
+        }
+    };
+    let (ok, out, err) = run(&["keys", "list", "--consumer", "team/app"]).await;
+    assert!(ok && out.contains(&slash), "{out}{err}");
+    let (ok, out, err) = run(&["keys", "create", "--consumer", "who?#1", "--json"]).await;
+    assert!(ok, "{out}{err}");
+    let created: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(created["consumer_id"], question.as_str(), "{out}");
+    let (ok, out, err) = run(&["audit", "list", "--consumer", "team/app", "--json"]).await;
+    assert!(ok, "{out}{err}");
+    let page: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(page["logs"].as_array().unwrap().len(), 1, "{out}");
+    let (ok, out, err) = run(&["investigate", "--consumer", "team/app", "--json"]).await;
+    assert!(ok, "{out}{err}");
+    let triage: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((&triage["consumer_id"], &triage["profile"]["calls"]), (&json!(slash), &json!(1)), "{out}");
+    let (ok, out, err) = run(&["erase", "--consumer", "team/app"]).await;
+    assert!(ok && out.contains(&format!("erased-{slash}")), "{out}{err}");
+    // Not found by name, a name with `/` is said to be no consumer's.
+    let (ok, out, err) = run(&["keys", "list", "--consumer", "team/app"]).await;
+    assert!(!ok && out.is_empty() && err.contains("no consumer named `team/app`"), "{out}{err}");
+    for (args, says) in [
+        (&["keys", "list", "--consumer", "cons_a/b"][..], "--consumer `cons_a/b` is not an id"),
+        (&["keys", "list", "--consumer", ".."], "--consumer `..` is not an id"),
+        (&["erase", "--consumer", "cons_a?b"], "is not a consumer id"),
+    ] {
+        let out_dir = tempfile::tempdir().unwrap();
+        let args: Vec<&str> = args.iter().chain(base.iter()).copied().collect();
+        let mut p = crate::util::Process::spawn(&args, &TOKEN, out_dir.path(), out_dir.path());
+        assert_eq!(p.child.wait().unwrap().code(), Some(2), "{args:?}: {}", p.stderr());
+        assert!(p.stderr().contains(says), "{args:?}: {}", p.stderr());
+    }
+}
