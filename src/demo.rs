@@ -99,6 +99,22 @@ pub async fn run(options: DemoOptions, stop: impl std::future::Future<Output = (
             (std::env::temp_dir().join(name), true)
         }
     };
+    // A port in use, said naming the demo's own flag (the start's message
+    // names `serve`'s variable and config key, which the demo does not read).
+    let listens = [(options.gateway_listen, "--gateway-listen", "the gateway"), (options.admin_listen, "--admin-listen", "the admin API")];
+    for (addr, flag, what) in listens.into_iter().filter_map(|(addr, flag, what)| Some((addr?, flag, what))) {
+        if addr.port() == 0 {
+            continue;
+        }
+        if let Err(error) = std::net::TcpListener::bind(addr) {
+            let hint = match error.kind() {
+                std::io::ErrorKind::AddrInUse => format!(" (another program, or another keytrail, listens there: pick another address with {flag}; port 0 picks a free one)"),
+                std::io::ErrorKind::AddrNotAvailable | std::io::ErrorKind::PermissionDenied => format!(" (pick another address with {flag})"),
+                _ => String::new(),
+            };
+            return Err(anyhow::Error::new(error).context(format!("cannot listen on {addr} for {what}{hint}")));
+        }
+    }
     let config = crate::config::resolve(
         crate::config::FileConfig::default(),
         Overrides {

@@ -683,3 +683,20 @@ fn a_demo_data_dir_that_is_a_file_names_the_flag() {
     assert!(stderr.contains("--data-dir") && stderr.contains(file.to_str().unwrap()) && stderr.contains("is not a directory"), "{stderr}");
     assert!(!stderr.contains("KEYTRAIL_DATA_DIR") && !stderr.contains("data_dir ("), "{stderr}");
 }
+
+/// `keytrail demo` on a port in use says to pick another with the demo's
+/// own flag: it named `KEYTRAIL_GATEWAY_LISTEN` and `gateway.listen`, a
+/// variable and a file the demo does not read (setting them changed
+/// nothing).
+#[test]
+fn a_demo_port_in_use_names_the_demo_flag() {
+    let out = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    for (flag, other) in [("--gateway-listen", "--admin-listen"), ("--admin-listen", "--gateway-listen")] {
+        let (code, stderr) = run_refused(&["demo", flag, &addr, other, "127.0.0.1:0"], &[], out.path());
+        assert_eq!(code, 1, "{stderr}");
+        assert!(stderr.contains(&format!("cannot listen on {addr}")) && stderr.contains(&format!("pick another address with {flag}")), "{stderr}");
+        assert!(!stderr.contains("KEYTRAIL_") && !stderr.contains(".listen"), "{stderr}");
+    }
+}
