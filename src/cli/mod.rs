@@ -83,7 +83,8 @@ async fn resolve_tenant(client: &AdminClient, given: Option<&str>) -> anyhow::Re
     match ids.as_slice() {
         [one] => Ok(one.to_string()),
         [] => bail!("there are no tenants yet"),
-        many => bail!("give --tenant: one of {}", many.join(", ")),
+        // The command line lacks a flag: a usage error, as clap's own.
+        many => Err(usage(format!("give --tenant: one of {}", many.join(", ")))),
     }
 }
 

@@ -645,3 +645,41 @@ fn key_flags_no_server_takes_are_usage_errors() {
     let status = exit_within(&mut p, Duration::from_secs(20));
     assert!(status.and_then(|s| s.code()) == Some(1) && p.stderr().contains("cannot reach"), "{}", p.stderr());
 }
+
+/// A command without `--tenant` whose token sees several tenants cannot
+/// run as given: a usage error (exit code 2) listing them, as a missing
+/// flag is; it ended with exit code 1, a refusal's or a failure's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_tenants_and_no_tenant_flag_is_a_usage_error() {
+    let ts = crate::util::TestServer::start().await;
+    let admin = ts.admin_client();
+    let url = ts.admin.clone();
+    let token = [("KEYTRAIL_TOKEN", ADMIN_TOKEN)];
+    let code = |args: Vec<&'static str>| {
+        let url = url.clone();
+        async move {
+            let out = tempfile::tempdir().unwrap();
+            let mut args: Vec<&str> = args;
+            args.extend(["--admin-url", url.as_str()]);
+            let mut p = Process::spawn(&args, &token, out.path(), out.path());
+            let status = loop {
+                if let Some(status) = p.child.try_wait().unwrap() {
+                    break status;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            };
+            (status.code(), p.stdout(), p.stderr())
+        }
+    };
+    // None yet: a state of the server, exit code 1.
+    let (status, _, err) = code(vec!["audit", "list"]).await;
+    assert!(status == Some(1) && err.contains("there are no tenants yet"), "{err}");
+    for id in ["acme", "globex"] {
+        assert_eq!(admin.post("/v1/tenants", json!({"id": id, "name": id})).await.status, 201);
+    }
+    for args in [vec!["audit", "list"], vec!["report", "weekly"], vec!["keys", "list", "--consumer", "c"]] {
+        let (status, out, err) = code(args.clone()).await;
+        assert_eq!(status, Some(2), "{args:?}: {err}");
+        assert!(out.is_empty() && err.contains("give --tenant: one of acme, globex"), "{args:?}: {out}{err}");
+    }
+}
