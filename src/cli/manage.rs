@@ -22,8 +22,24 @@ use super::{aligned_table, resolve_tenant, Target};
 /// Rows a list shows unless `--limit` says otherwise.
 pub const DEFAULT_LIMIT: u32 = 50;
 
-/// An id as one segment of a URL path: no `/`, `?` or `#`, not empty.
+/// Refuses a `value` for `flag` that holds an API key or a token (the
+/// key at hand given for its id, an easy slip): it is never sent, in a
+/// URL's path where a proxy's log would keep it; `give` says what to give.
+/// Shown masked. Only secrets the process knows: the key formats, and the
+/// token once [`AdminClient`] has registered it.
+fn refuse_secret(flag: &str, value: &str, give: &str) -> anyhow::Result<()> {
+    if crate::redact::holds_secret(value) {
+        return Err(super::usage(format!(
+            "{flag} `{}` holds a key or a token and is not an id: it is never sent anywhere (give {give})",
+            crate::redact::redact(value)
+        )));
+    }
+    Ok(())
+}
+
+/// An id as one segment of a URL path: no `/`, `?` or `#`, not empty, no key or token.
 fn segment<'a>(flag: &str, value: &'a str) -> anyhow::Result<&'a str> {
+    refuse_secret(flag, value, "the key's id, key_…, which `keytrail keys list` shows")?;
     if value.is_empty() || value.contains(['/', '?', '#']) || value.chars().any(char::is_control) {
         return Err(super::usage(format!("{flag} `{value}` is not an id")));
     }
@@ -47,6 +63,7 @@ pub(super) async fn consumer_id(client: &AdminClient, tenant: &str, given: &str)
 /// has that id or name (a consumer the control store no longer holds may
 /// still be in the events: the server decides about those).
 pub(super) async fn known_consumer(client: &AdminClient, tenant: &str, given: &str) -> anyhow::Result<Option<String>> {
+    refuse_secret("--consumer", given, "the consumer's id, cons_…, or its name")?;
     // A name may hold `/`, `?` or `#`; the id found is what a path holds.
     if !super::can_name_consumer(given) {
         return Err(super::usage(format!("--consumer `{given}` is not an id (such as cons_…) or a consumer's name")));

@@ -683,3 +683,46 @@ async fn several_tenants_and_no_tenant_flag_is_a_usage_error() {
         assert!(out.is_empty() && err.contains("give --tenant: one of acme, globex"), "{args:?}: {out}{err}");
     }
 }
+
+/// An API key given where a key id (or a consumer) goes — `keys revoke
+/// kt_live_…`, an easy slip, the key is what a user has at hand — is
+/// refused before anything is sent (exit code 2), saying to give the id:
+/// it went to the admin API inside the URL's path, where a proxy in front
+/// of it logs request lines, and came back as a bare 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_given_for_a_key_id_is_not_sent() {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    listener.set_nonblocking(true).unwrap();
+    let key = keytrail::keys::generate_key(keytrail::keys::KeyEnvironment::Live).secret;
+    let token = ("KEYTRAIL_TOKEN", "operator-chosen-token-0123456789");
+    let cases: [&[&str]; 6] = [
+        &["keys", "revoke", &key],
+        &["keys", "rotate", &key],
+        &["keys", "scopes", &key, "--scope", "a"],
+        &["keys", "list", "--tenant", "acme", "--consumer", &key],
+        &["investigate", "--tenant", "acme", "--consumer", &key],
+        &["keys", "revoke", "operator-chosen-token-0123456789"],
+    ];
+    for args in cases {
+        let mut args = args.to_vec();
+        args.extend(["--admin-url", &url]);
+        let out = tempfile::tempdir().unwrap();
+        let mut p = Process::spawn(&args, &[token], out.path(), out.path());
+        let status = exit_within(&mut p, Duration::from_secs(20));
+        let err = p.stderr();
+        assert_eq!(status.and_then(|s| s.code()), Some(2), "{args:?}: {err}");
+        assert!(err.contains("not an id") && err.contains("never sent"), "{args:?}: {err}");
+        assert!(!err.contains(&key) && !err.contains("operator-chosen-token-0123456789"), "{args:?}: {err}");
+        // Nothing came to the admin API's address.
+        let mut sent = Vec::new();
+        if let Ok((mut stream, _)) = listener.accept() {
+            stream.set_nonblocking(false).unwrap();
+            stream.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+            let _ = stream.read_to_end(&mut sent);
+        }
+        assert!(!String::from_utf8_lossy(&sent).contains(&key), "{args:?}: the key was sent");
+        assert!(sent.is_empty(), "{args:?}: a call was made: {}", String::from_utf8_lossy(&sent));
+    }
+}
