@@ -152,8 +152,24 @@ pub struct NewKey {
 /// `grace_seconds` limit, 30 days.
 pub const MAX_GRACE_SECS: u64 = 30 * 86_400;
 
+/// `--scope` values as the admin API takes them (a usage error naming the
+/// first it would refuse; it says only that one of the list is wrong).
+fn check_scopes(scopes: &[String]) -> anyhow::Result<()> {
+    if scopes.len() > 100 {
+        return Err(super::usage(format!("--scope given {} times: a key holds at most 100 scopes", scopes.len())));
+    }
+    match scopes.iter().find(|s| !crate::keys::is_valid_scope(s)) {
+        Some(bad) => Err(super::usage(format!(
+            "--scope `{}` is not a scope: give 1-100 characters of letters, digits and `-_:.*/` (and no key or token)",
+            crate::redact::redact(bad)
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// `keytrail keys create --consumer C`: prints the key once.
 pub async fn keys_create(target: &Target, consumer: &str, new: NewKey) -> anyhow::Result<()> {
+    check_scopes(&new.scopes)?;
     // As the admin API reads it: a value it refuses is a usage error, said before anything is asked.
     if let Some(at) = new.expires_at.as_deref() {
         if chrono::DateTime::parse_from_rfc3339(at).is_err() {
@@ -227,6 +243,7 @@ pub async fn keys_revoke(target: &Target, key_id: &str) -> anyhow::Result<()> {
 
 /// `keytrail keys scopes KEY_ID --scope …`: replaces the key's scopes.
 pub async fn keys_scopes(target: &Target, key_id: &str, scopes_given: Vec<String>) -> anyhow::Result<()> {
+    check_scopes(&scopes_given)?;
     let client = AdminClient::from_env(&target.admin_url)?;
     let key_id = segment("the key id", key_id)?;
     let key = client.send_json(Method::PUT, &format!("/v1/keys/{}/scopes", encode(key_id)), &json!({"scopes": scopes_given})).await?;

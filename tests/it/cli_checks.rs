@@ -726,3 +726,25 @@ async fn a_key_given_for_a_key_id_is_not_sent() {
         assert!(sent.is_empty(), "{args:?}: a call was made: {}", String::from_utf8_lossy(&sent));
     }
 }
+
+/// A `--scope` no key can hold (`docs read`, an empty one) is a usage
+/// error naming it, before anything is sent: the server refused the whole
+/// list (exit code 1) without saying which of the scopes was wrong.
+#[test]
+fn a_scope_no_key_can_hold_is_a_usage_error_naming_it() {
+    let out = tempfile::tempdir().unwrap();
+    let url = "http://127.0.0.1:1";
+    let token = ("KEYTRAIL_TOKEN", "some-token-0123456789");
+    let cases: [(&[&str], &str); 3] = [
+        (&["keys", "create", "--consumer", "c", "--tenant", "acme", "--scope", "docs:read", "--scope", "docs write", "--admin-url", url], "--scope `docs write` is not a scope"),
+        (&["keys", "scopes", "key_x", "--scope", "", "--admin-url", url], "--scope `` is not a scope"),
+        (&["keys", "scopes", "key_x", "--scope", "docs:read;drop", "--admin-url", url], "letters, digits and `-_:.*/`"),
+    ];
+    for (args, says) in cases {
+        let mut p = Process::spawn(args, &[token], out.path(), out.path());
+        let status = exit_within(&mut p, Duration::from_secs(20));
+        let err = p.stderr();
+        assert_eq!(status.and_then(|s| s.code()), Some(2), "{args:?}: {err}");
+        assert!(err.contains(says) && !err.contains("cannot reach"), "{args:?}: {err}");
+    }
+}
