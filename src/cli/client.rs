@@ -108,6 +108,13 @@ pub fn parse_admin_url(url: &str) -> Result<(String, String), String> {
     if authority.port_u16().is_none() && authority.as_str().ends_with(':') {
         return Err("has a `:` but no port after it (give it as http://HOST:PORT, or http://HOST for port 80)".into());
     }
+    // `host:99999` parses, its port no u16: it was looked up as the host
+    // name `host:99999`. Port 0 is no port a server listens on.
+    if let Some(port) = authority.as_str().strip_prefix(authority.host()).and_then(|rest| rest.strip_prefix(':')) {
+        if !port.is_empty() && !matches!(port.parse::<u16>(), Ok(1..)) {
+            return Err(format!("has the port `{port}`, which is no port: give one from 1 to 65535 (http://HOST:PORT)"));
+        }
+    }
     let authority = match authority.port_u16() {
         Some(_) => authority.as_str().to_string(),
         None => format!("{}:80", authority.as_str()),
@@ -362,6 +369,11 @@ mod tests {
         assert!(AdminClient::new("https://x", "t".into()).unwrap_err().to_string().contains("https"));
         assert!(AdminClient::new("127.0.0.1:9080", "t".into()).is_err());
         assert!(AdminClient::new("http://user:pw@host:1", "t".into()).is_err());
+        for bad in ["http://127.0.0.1:99999", "http://[::1]:70000/x", "http://h:0"] {
+            assert!(parse_admin_url(bad).unwrap_err().contains("1 to 65535"), "{bad}");
+        }
+        assert_eq!(parse_admin_url("http://[::1]:9080").unwrap().0, "[::1]:9080");
+        assert_eq!(parse_admin_url("http://h:65535").unwrap().0, "h:65535");
         assert!(!format!("{c:?}").contains("\"t\""));
         assert_eq!(with_query("/v1/x", &[("from", "2026-11-22T10:00:00+01:00".into()), ("a", "b c/d".into())]), "/v1/x?from=2026-11-22T10%3A00%3A00%2B01%3A00&a=b%20c%2Fd");
         assert_eq!(with_query("/v1/x", &[]), "/v1/x");

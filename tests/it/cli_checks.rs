@@ -748,3 +748,22 @@ fn a_scope_no_key_can_hold_is_a_usage_error_naming_it() {
         assert!(err.contains(says) && !err.contains("cannot reach"), "{args:?}: {err}");
     }
 }
+
+/// An `--admin-url` whose port is out of range (`:99999`) or 0 is a usage
+/// error naming the port, as a URL with no port after its `:` is: the
+/// first was looked up as the host name `127.0.0.1:99999` ("failed to
+/// lookup address information", exit code 1), the second connected to.
+#[test]
+fn an_admin_url_port_out_of_range_is_a_usage_error() {
+    let out = tempfile::tempdir().unwrap();
+    let token = ("KEYTRAIL_TOKEN", "some-token-0123456789");
+    for url in ["http://127.0.0.1:99999", "http://localhost:65536/keytrail", "http://127.0.0.1:0"] {
+        for (args, envs) in [(vec!["audit", "list", "--admin-url", url], vec![token]), (vec!["keys", "revoke", "key_x"], vec![token, ("KEYTRAIL_ADMIN_URL", url)])] {
+            let mut p = Process::spawn(&args, &envs, out.path(), out.path());
+            let status = exit_within(&mut p, Duration::from_secs(20));
+            let err = p.stderr();
+            assert_eq!(status.and_then(|s| s.code()), Some(2), "{url} {args:?}: {err}");
+            assert!(err.contains("port") && err.contains("1 to 65535") && !err.contains("lookup") && !err.contains("cannot reach"), "{url} {args:?}: {err}");
+        }
+    }
+}
