@@ -301,8 +301,8 @@ impl WindowArgs {
 /// One page of a list.
 #[derive(clap::Args)]
 struct PageArgs {
-    /// Most events shown.
-    #[arg(long, default_value_t = keytrail::cli::manage::DEFAULT_LIMIT)]
+    /// Most events shown (1 to 10000, what a page holds).
+    #[arg(long, default_value_t = keytrail::cli::manage::DEFAULT_LIMIT, value_parser = clap::value_parser!(u32).range(1..=i64::from(keytrail::cli::manage::MAX_LIMIT)))]
     limit: u32,
     /// Where the previous page ended (its `next_cursor`).
     #[arg(long)]

@@ -21,6 +21,8 @@ use super::{aligned_table, resolve_tenant, Target};
 
 /// Rows a list shows unless `--limit` says otherwise.
 pub const DEFAULT_LIMIT: u32 = 50;
+/// The most `--limit` may ask for: the rows the audit API puts in a page.
+pub const MAX_LIMIT: u32 = 10_000;
 
 /// Refuses a `value` for `flag` that holds an API key or a token (the
 /// key at hand given for its id, an easy slip): it is never sent, in a

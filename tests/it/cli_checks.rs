@@ -767,3 +767,21 @@ fn an_admin_url_port_out_of_range_is_a_usage_error() {
         }
     }
 }
+
+/// `--limit` of the audit lists outside the 1 to 10,000 rows a page can
+/// hold is a usage error (exit code 2) naming the flag and the range,
+/// before anything is asked: it was sent, and the server's 400 about
+/// `limit` ended the command with exit code 1.
+#[test]
+fn an_audit_limit_out_of_range_is_a_usage_error() {
+    let out = tempfile::tempdir().unwrap();
+    let token = ("KEYTRAIL_TOKEN", "some-token-0123456789");
+    for (list, limit) in [("list", "0"), ("security", "10001"), ("admin", "0"), ("app", "4294967295")] {
+        let args = ["audit", list, "--limit", limit, "--tenant", "acme", "--admin-url", "http://127.0.0.1:1"];
+        let mut p = Process::spawn(&args, &[token], out.path(), out.path());
+        let status = exit_within(&mut p, Duration::from_secs(20));
+        let err = p.stderr();
+        assert_eq!(status.and_then(|s| s.code()), Some(2), "{args:?}: {err}");
+        assert!(err.contains("--limit") && err.contains("10000") && !err.contains("cannot reach"), "{args:?}: {err}");
+    }
+}
