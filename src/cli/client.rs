@@ -261,6 +261,14 @@ impl AdminClient {
                 " ({} is keytrail's gateway, not its admin API: give --admin-url or KEYTRAIL_ADMIN_URL the admin API's address, http://127.0.0.1:9080 by default)",
                 self.url
             ),
+            // The API taken as mounted under `…/v1` (each target starts with
+            // `/v1` itself), and what answered knows no such route (the
+            // admin API's answer for one, or a page that is none of its).
+            _ if status == StatusCode::NOT_FOUND && self.base_path.ends_with("/v1") && (json.is_none() || message == "no such endpoint") => format!(
+                " ({} ends with /v1, which each command adds itself: give {} alone, where the admin API answers)",
+                self.url,
+                self.url.strip_suffix("/v1").unwrap_or(&self.url)
+            ),
             (StatusCode::UNAUTHORIZED, _) => format!(" (check {TOKEN_VAR})"),
             (StatusCode::FORBIDDEN, _) => " (the token's role or tenant does not allow this)".to_string(),
             (_, Some(secs)) => format!(" (Retry-After: {secs} s)"),

@@ -785,3 +785,22 @@ fn an_audit_limit_out_of_range_is_a_usage_error() {
         assert!(err.contains("--limit") && err.contains("10000") && !err.contains("cannot reach"), "{args:?}: {err}");
     }
 }
+
+/// An `--admin-url` ending with `/v1` (copied from a call such as
+/// `http://host:9080/v1/tenants`) says that the commands add `/v1`
+/// themselves: it said only "GET /v1/v1/audit/acme: 404 Not Found:
+/// not_found: no such endpoint".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_url_ending_with_v1_says_to_leave_it_out() {
+    let ts = crate::util::TestServer::start().await;
+    let token = [("KEYTRAIL_TOKEN", ADMIN_TOKEN)];
+    for url in [format!("{}/v1", ts.admin), format!("{}/v1/", ts.admin)] {
+        for args in [&["audit", "list", "--tenant", "acme"][..], &["audit", "export", "--tenant", "acme"], &["keys", "revoke", "key_x"]] {
+            let mut args = args.to_vec();
+            args.extend(["--admin-url", &url]);
+            let (ok, out, err) = run_cli(&args, &token).await;
+            assert!(!ok && out.is_empty(), "{args:?}: {out}");
+            assert!(err.contains("404") && err.contains("ends with /v1") && err.contains(&format!("give {} alone", ts.admin)), "{args:?}: {err}");
+        }
+    }
+}
