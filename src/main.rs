@@ -20,6 +20,14 @@ macro_rules! outln {
     };
 }
 
+/// `eprintln!` that ignores a failed write: standard error a pipe whose
+/// reader has gone must not turn an exit code into a panic's 101.
+macro_rules! errln {
+    ($($arg:tt)*) => {
+        let _ = std::io::Write::write_fmt(&mut std::io::stderr().lock(), format_args!("{}\n", format_args!($($arg)*)));
+    };
+}
+
 /// mimalloc instead of the system allocator: the gateway and the audit
 /// writer allocate and free many small strings per request, which glibc's
 /// allocator handles markedly slower (see ARCHITECTURE.md).
@@ -827,10 +835,10 @@ fn main() -> ExitCode {
                 let flag = error_flag(&error);
                 let value = std::env::var(&var).unwrap_or_default();
                 if value.is_empty() {
-                    eprintln!("keytrail: error: {var} is set but empty: unset it or give it a value (it stands for {flag})");
+                    errln!("keytrail: error: {var} is set but empty: unset it or give it a value (it stands for {flag})");
                 } else {
                     let reason = std::error::Error::source(&error).map_or_else(|| error.kind().to_string(), ToString::to_string);
-                    eprintln!("keytrail: error: {var}: `{value}` is not a valid value for {flag}: {reason}; fix or unset it");
+                    errln!("keytrail: error: {var}: `{value}` is not a valid value for {flag}: {reason}; fix or unset it");
                 }
                 return ExitCode::from(2);
             }
@@ -855,7 +863,7 @@ fn main() -> ExitCode {
     let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(error) => {
-            eprintln!("keytrail: cannot start the runtime: {error}");
+            errln!("keytrail: cannot start the runtime: {error}");
             return ExitCode::FAILURE;
         }
     };
@@ -958,7 +966,7 @@ fn main() -> ExitCode {
                 .filter(|(i, text)| *i == 0 || !texts[i - 1].ends_with(text.as_str()))
                 .map(|(_, text)| keytrail::redact::redact(text).into_owned())
                 .collect();
-            eprintln!("keytrail: error: {}", chain.join(": "));
+            errln!("keytrail: error: {}", chain.join(": "));
             if error.downcast_ref::<config::ConfigError>().is_some() || error.downcast_ref::<keytrail::cli::UsageError>().is_some() {
                 ExitCode::from(2)
             } else {

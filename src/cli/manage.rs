@@ -503,6 +503,7 @@ pub async fn audit_export(target: &Target, format: &str, filters: &AuditFilters,
         return Err(e);
     }
     // The summary goes to stderr: stdout may be the export's neighbour in a pipe.
-    eprintln!("wrote {written} bytes of tenant {tenant}'s {format} export to {}", output.display());
+    // Not `eprintln!`: a closed stderr must not make a whole export fail.
+    let _ = writeln!(std::io::stderr().lock(), "wrote {written} bytes of tenant {tenant}'s {format} export to {}", output.display());
     Ok(())
 }

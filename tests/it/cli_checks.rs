@@ -804,3 +804,43 @@ async fn an_admin_url_ending_with_v1_says_to_leave_it_out() {
         }
     }
 }
+
+/// Standard error a pipe whose reader has gone (`… 2>&1 | head -0`, a
+/// supervisor that closed it) changes no exit code: a failure is still 1,
+/// a usage error 2, a whole export 0 with its file in place. Each message
+/// on it was printed with `eprintln!`, which panicked (exit code 101) —
+/// after the export had been written, too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_stderr_changes_no_exit_code() {
+    let ts = crate::util::TestServer::start().await;
+    let admin = ts.admin_client();
+    assert_eq!(admin.post("/v1/tenants", json!({"id": "acme", "name": "Acme"})).await.status, 201);
+    ts.flush().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("acme.csv");
+    let run = |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            let mut child = std::process::Command::new(crate::util::binary())
+                .args(&args)
+                .env("KEYTRAIL_TOKEN", ADMIN_TOKEN)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            drop(child.stderr.take());
+            child.wait().unwrap().code()
+        })
+    };
+    let s = |args: &[&str]| args.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+    let url = ts.admin.as_str();
+    let cases = [
+        (s(&["keys", "revoke", "key_x", "--admin-url", "http://127.0.0.1:1"]), Some(1)),
+        (s(&["keys", "rotate", "key_x", "--grace-secs", "9999999", "--admin-url", "http://127.0.0.1:1"]), Some(2)),
+        (s(&["audit", "list", "--admin-url", "http://127.0.0.1:99999"]), Some(2)),
+        (s(&["audit", "export", "--admin-url", url, "--tenant", "acme", "--category", "all", "-o", file.to_str().unwrap()]), Some(0)),
+    ];
+    for (args, code) in cases {
+        assert_eq!(run(args.clone()).await.unwrap(), code, "{args:?}");
+    }
+    assert!(std::fs::read_to_string(&file).unwrap().starts_with("timestamp"), "the export is in place");
+}
