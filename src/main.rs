@@ -236,7 +236,7 @@ enum AuditCommand {
         category: Option<String>,
         #[command(flatten)]
         filters: AuditFilterArgs,
-        /// Write here (whole or not at all) instead of standard output.
+        /// Write here (whole or not at all) instead of standard output (`-`: standard output).
         #[arg(long, short = 'o')]
         output: Option<PathBuf>,
     },

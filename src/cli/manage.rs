@@ -448,6 +448,8 @@ pub async fn audit_export(target: &Target, format: &str, filters: &AuditFilters,
     if target.json {
         return Err(super::usage("--json does not apply to an export, which is written as it comes: give --format json for a JSON export"));
     }
+    // `-o -`: standard output, as `-` means for curl, tar or jq.
+    let output = output.filter(|o| o.as_os_str() != "-");
     // A directory is no file to write: said before anything is asked (it
     // was downloaded whole into `<dir>.partial`, left there when the
     // rename onto the directory failed).

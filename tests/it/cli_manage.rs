@@ -523,3 +523,23 @@ async fn consumer_names_with_url_characters_are_names() {
         assert!(p.stderr().contains(says), "{args:?}: {}", p.stderr());
     }
 }
+
+/// `audit export -o -` writes to standard output, as `-` means for curl,
+/// tar or jq: it wrote a file named `-` in the working directory (through
+/// a `-.partial`), and nothing to standard output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_to_dash_goes_to_standard_output() {
+    let ts = TestServer::start().await;
+    let admin = ts.admin_client();
+    let up = format!("http://{}", start_upstream().await);
+    let (_, _, key) = admin.setup("acme", "/docs", &up).await;
+    assert_eq!(status_with(&ts, &key).await, 200);
+    ts.flush().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = crate::util::Process::spawn(&["audit", "export", "--admin-url", ts.admin.as_str(), "--tenant", "acme", "-o", "-"], &TOKEN, dir.path(), dir.path());
+    let status = p.child.wait().unwrap();
+    assert!(status.success(), "{}", p.stderr());
+    let api_csv = ts.client.get(format!("{}/v1/audit/acme/export/csv", ts.admin)).bearer_auth(ADMIN_TOKEN).send().await.unwrap().text().await.unwrap();
+    assert_eq!(p.stdout(), api_csv);
+    assert!(!dir.path().join("-").exists() && !dir.path().join("-.partial").exists());
+}
