@@ -69,8 +69,11 @@ pub struct Target {
 /// only tenant the token sees.
 async fn resolve_tenant(client: &AdminClient, given: Option<&str>) -> anyhow::Result<String> {
     if let Some(tenant) = given {
-        if tenant.is_empty() || tenant.contains(['/', '?', '#']) {
-            return Err(usage(format!("--tenant `{tenant}` is not a tenant id")));
+        // A tenant id as the admin API makes them (`_system`, keytrail's
+        // own, included): anything else no tenant has, said before asking.
+        let id = !tenant.is_empty() && tenant.len() <= 63 && tenant.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        if !id {
+            return Err(usage(format!("--tenant `{tenant}` is not a tenant id (lowercase letters, digits, `-` and `_`)")));
         }
         return Ok(tenant.to_string());
     }

@@ -844,3 +844,29 @@ async fn a_closed_stderr_changes_no_exit_code() {
     }
     assert!(std::fs::read_to_string(&file).unwrap().starts_with("timestamp"), "the export is in place");
 }
+
+/// A `--tenant` that is no tenant id (`ACME`, `..`, `acme corp`) is a usage
+/// error for the commands that ask the admin API too, as the README says
+/// of a malformed one and as the archive commands have it: only an empty
+/// one or one with `/`, `?` or `#` was; the others were sent and came back
+/// as a 404 (exit code 1). `_system`, keytrail's own tenant, is asked for.
+#[test]
+fn a_tenant_that_is_no_tenant_id_is_a_usage_error() {
+    let out = tempfile::tempdir().unwrap();
+    let token = ("KEYTRAIL_TOKEN", "some-token-0123456789");
+    let url = "http://127.0.0.1:1";
+    for tenant in ["ACME", "..", "acme corp", "acme%2F"] {
+        for command in [&["audit", "list"][..], &["report", "weekly"], &["keys", "list", "--consumer", "c"], &["investigate"], &["erase", "--consumer", "cons_x"]] {
+            let mut args = command.to_vec();
+            args.extend(["--tenant", tenant, "--admin-url", url]);
+            let mut p = Process::spawn(&args, &[token], out.path(), out.path());
+            let status = exit_within(&mut p, Duration::from_secs(20));
+            let err = p.stderr();
+            assert_eq!(status.and_then(|s| s.code()), Some(2), "{args:?}: {err}");
+            assert!(err.contains(&format!("--tenant `{tenant}` is not a tenant id")) && !err.contains("cannot reach"), "{args:?}: {err}");
+        }
+    }
+    let mut p = Process::spawn(&["audit", "list", "--tenant", "_system", "--admin-url", url], &[token], out.path(), out.path());
+    let status = exit_within(&mut p, Duration::from_secs(20));
+    assert!(status.and_then(|s| s.code()) == Some(1) && p.stderr().contains("cannot reach"), "{}", p.stderr());
+}
