@@ -210,8 +210,8 @@ async fn erase_removes_a_consumers_personal_values_everywhere_and_the_trail_stil
     let ops = a.body["token"].as_str().unwrap().to_string();
     let (ok, _, err) = run_cli(&["erase", "--tenant", "acme", "--consumer", &jane], &[("KEYTRAIL_TOKEN", &ops), ("KEYTRAIL_ADMIN_URL", &url)]).await;
     assert!(!ok && err.contains("403") && err.contains("role"), "{err}");
-    let (ok, _, err) = run_cli(&["erase", "--tenant", "acme", "--consumer", "a/b"], &token).await;
-    assert!(!ok && err.contains("--consumer") && err.contains("`a/b` is not a consumer id"), "{err}");
+    let (ok, _, err) = run_cli(&["erase", "--tenant", "acme", "--consumer", "cons_a/b"], &token).await;
+    assert!(!ok && err.contains("--consumer") && err.contains("`cons_a/b` is not a consumer id"), "{err}");
     let (ok, _, err) = run_cli(&["erase", "--tenant", "acme"], &token).await;
     assert!(!ok && err.contains("--consumer"), "{err}");
 
