@@ -757,6 +757,9 @@ async fn serve(
     config_path: Option<PathBuf>,
     overrides: Overrides,
 ) -> anyhow::Result<()> {
+    // Listened for before the start binds the listeners: a signal while it
+    // starts stops it once started, cleanly, rather than killing it.
+    let stop = keytrail::cli::stop_signal();
     let file = match &config_path {
         // A file the operator did not name on the command line says where
         // it came from: a KEYTRAIL_CONFIG left set in a profile or unit.
@@ -780,7 +783,7 @@ async fn serve(
         Bootstrap::Existing => {}
     }
     server::announce(&announce, &format!("serving on {} and {}", server.gateway_addr, server.admin_addr));
-    keytrail::cli::stop_signal().await;
+    stop.await;
     tracing::info!("shutting down: finishing requests and committing the audit trail");
     server.shutdown().await;
     tracing::info!("stopped");

@@ -256,29 +256,40 @@ fn group_rows(answer: &Value, latency: bool, none: &str) -> Vec<Vec<String>> {
 
 // ---------- erase ----------
 
-/// Ctrl-C or SIGTERM (from the moment this is first polled): how `serve`,
-/// `demo` and an export to a file are stopped. A signal that cannot be
-/// listened for never comes (rather than stopping at once).
-pub async fn stop_signal() {
-    let ctrl_c = async {
+/// Ctrl-C or SIGTERM, from the moment this is called (not first polled):
+/// how `serve`, `demo` and an export to a file are stopped. Called before
+/// the work starts, a signal that comes while it starts is kept for when
+/// it is awaited, instead of killing the process outright (a `serve`
+/// whose listeners were bound, its start not done: nothing committed).
+/// A signal that cannot be listened for never comes (rather than stopping
+/// at once).
+pub fn stop_signal() -> impl std::future::Future<Output = ()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, Signal, SignalKind};
+        // Installed here, as the handles are made.
+        let interrupt = signal(SignalKind::interrupt()).ok();
+        let terminate = signal(SignalKind::terminate()).ok();
+        async fn next(signal: Option<Signal>) {
+            match signal {
+                Some(mut signal) => {
+                    signal.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        }
+        async move {
+            tokio::select! {
+                () = next(interrupt) => {}
+                () = next(terminate) => {}
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    async {
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
     }
 }
 

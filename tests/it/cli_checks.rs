@@ -870,3 +870,34 @@ fn a_tenant_that_is_no_tenant_id_is_a_usage_error() {
     let status = exit_within(&mut p, Duration::from_secs(20));
     assert!(status.and_then(|s| s.code()) == Some(1) && p.stderr().contains("cannot reach"), "{}", p.stderr());
 }
+
+/// SIGTERM (or Ctrl-C) that comes while `keytrail serve` starts — its
+/// listeners bound, the stores still opening — stops it cleanly once it
+/// has started (exit code 0, `stopped`), what it accepted committed: the
+/// handlers were installed only after the start, so until then the
+/// signal killed the process outright, mid-start or already serving
+/// (the whole suite saw `serve_goes_on_when_its_stdout_is_closed` end so).
+#[test]
+fn a_signal_during_the_start_stops_serve_cleanly() {
+    for signal in ["-TERM", "-INT"] {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let admin = format!("127.0.0.1:{port}");
+        let data = dir.path().join("data");
+        let mut p = Process::spawn(
+            &["serve", "--data-dir", data.to_str().unwrap(), "--gateway-listen", "127.0.0.1:0", "--admin-listen", &admin],
+            &[("KEYTRAIL_BOOTSTRAP_TOKEN", ADMIN_TOKEN)],
+            dir.path(),
+            dir.path(),
+        );
+        // The admin port is bound first in the start: the signal comes at once.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while std::net::TcpStream::connect(&admin).is_err() {
+            assert!(Instant::now() < deadline && p.child.try_wait().unwrap().is_none(), "{}", p.stderr());
+        }
+        p.signal(signal);
+        let status = exit_within(&mut p, Duration::from_secs(30)).unwrap_or_else(|| panic!("{signal}: still running\n{}", p.stderr()));
+        assert!(status.success(), "{signal}: {status}: {}", p.stderr());
+        assert!(p.stderr().contains("stopped"), "{signal}: {}", p.stderr());
+    }
+}
