@@ -117,29 +117,12 @@ async fn archive_verify_refuses_an_archive_dir_that_is_not_there() {
 /// shown, and an operator-chosen token has no `kta_` shape to be masked by.
 #[tokio::test]
 async fn the_token_is_not_printed_when_a_refusal_echoes_the_request() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut stream, _)) = listener.accept().await else { return };
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                // Only the Authorization line, so it falls within the bytes shown.
-                let text = String::from_utf8_lossy(&head).into_owned();
-                let echoed = text.lines().find(|l| l.to_ascii_lowercase().starts_with("authorization")).unwrap_or("").to_string();
-                let answer = format!("HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{echoed}", echoed.len());
-                let _ = stream.write_all(answer.as_bytes()).await;
-            });
-        }
-    });
+    let url = crate::util::canned_server(|head| {
+        // Only the Authorization line, so it falls within the bytes shown.
+        let echoed = head.lines().find(|l| l.to_ascii_lowercase().starts_with("authorization")).unwrap_or("").to_string();
+        format!("HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{echoed}", echoed.len())
+    })
+    .await;
     let token = "operator-chosen-token-0123456789";
     for args in [&["investigate", "--tenant", "acme"][..], &["report", "weekly", "--tenant", "acme"], &["erase", "--tenant", "acme", "--consumer", "cons_x"], &["investigate"]] {
         let mut args = args.to_vec();
@@ -584,27 +567,11 @@ async fn json_that_is_no_admin_api_answer_is_an_error() {
 /// a list and for an export alike.
 #[tokio::test]
 async fn an_html_error_page_is_described_not_dumped() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut stream, _)) = listener.accept().await else { return };
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let page = "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx/1.24.0</center>\r\n</body>\r\n</html>\r\n";
-                let answer = format!("HTTP/1.1 502 Bad Gateway\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{page}", page.len());
-                let _ = stream.write_all(answer.as_bytes()).await;
-            });
-        }
-    });
+    let url = crate::util::canned_server(|_| {
+        let page = "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx/1.24.0</center>\r\n</body>\r\n</html>\r\n";
+        format!("HTTP/1.1 502 Bad Gateway\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{page}", page.len())
+    })
+    .await;
     let token = [("KEYTRAIL_TOKEN", "some-token-0123456789")];
     for args in [&["audit", "list", "--tenant", "acme"][..], &["audit", "export", "--tenant", "acme"], &["keys", "revoke", "key_x"]] {
         let mut args = args.to_vec();

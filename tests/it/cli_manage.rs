@@ -20,6 +20,17 @@ async fn status_with(ts: &TestServer, key: &str) -> u16 {
     ts.client.get(format!("{}/docs/a", ts.gateway)).header("X-API-Key", key).send().await.unwrap().status().as_u16()
 }
 
+/// A server with tenant `acme`, an api at `/docs`, a consumer and its key,
+/// and one call of that key committed: (the server, the consumer's id, the key).
+async fn one_call_recorded() -> (TestServer, String, String) {
+    let ts = TestServer::start().await;
+    let up = format!("http://{}", start_upstream().await);
+    let (consumer, _, key) = ts.admin_client().setup("acme", "/docs", &up).await;
+    assert_eq!(status_with(&ts, &key).await, 200);
+    ts.flush().await;
+    (ts, consumer, key)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_are_managed_from_the_command_line() {
     let ts = TestServer::start().await;
@@ -275,12 +286,7 @@ async fn the_audit_trail_is_read_and_exported_from_the_command_line() {
 /// left behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_export_into_a_directory_is_refused_and_leaves_nothing() {
-    let ts = TestServer::start().await;
-    let admin = ts.admin_client();
-    let up = format!("http://{}", start_upstream().await);
-    let (_, _, key) = admin.setup("acme", "/docs", &up).await;
-    assert_eq!(status_with(&ts, &key).await, 200);
-    ts.flush().await;
+    let (ts, _, _) = one_call_recorded().await;
     let dir = tempfile::tempdir().unwrap();
     let target = dir.path().join("exports");
     std::fs::create_dir(&target).unwrap();
@@ -433,12 +439,8 @@ fn a_second_export_into_the_same_file_is_refused() {
 /// refused naming it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn erase_takes_a_consumer_by_name() {
-    let ts = TestServer::start().await;
+    let (ts, consumer, _) = one_call_recorded().await;
     let admin = ts.admin_client();
-    let up = format!("http://{}", start_upstream().await);
-    let (consumer, _, key) = admin.setup("acme", "/docs", &up).await;
-    assert_eq!(status_with(&ts, &key).await, 200);
-    ts.flush().await;
     let url = ts.admin.as_str();
     let names = || async {
         let list = admin.get("/v1/tenants/acme/consumers").await.body;
@@ -529,12 +531,7 @@ async fn consumer_names_with_url_characters_are_names() {
 /// a `-.partial`), and nothing to standard output.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_export_to_dash_goes_to_standard_output() {
-    let ts = TestServer::start().await;
-    let admin = ts.admin_client();
-    let up = format!("http://{}", start_upstream().await);
-    let (_, _, key) = admin.setup("acme", "/docs", &up).await;
-    assert_eq!(status_with(&ts, &key).await, 200);
-    ts.flush().await;
+    let (ts, _, _) = one_call_recorded().await;
     let dir = tempfile::tempdir().unwrap();
     let mut p = crate::util::Process::spawn(&["audit", "export", "--admin-url", ts.admin.as_str(), "--tenant", "acme", "-o", "-"], &TOKEN, dir.path(), dir.path());
     let status = p.child.wait().unwrap();

@@ -167,6 +167,28 @@ pub async fn read_head(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) ->
     true
 }
 
+/// A stand-in for what may answer at an admin URL (a proxy's error page, a
+/// service that echoes the request): every request head gets
+/// `answer(head)`, a whole HTTP response, and the connection is closed.
+/// Its base URL.
+pub async fn canned_server(answer: fn(&str) -> String) -> String {
+    use tokio::io::AsyncWriteExt;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else { return };
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                if read_head(&mut stream, &mut head).await {
+                    let _ = stream.write_all(answer(&String::from_utf8_lossy(&head)).as_bytes()).await;
+                }
+            });
+        }
+    });
+    url
+}
+
 // --- keytrail, in-process ---
 
 pub struct TestServer {
