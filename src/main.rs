@@ -331,10 +331,7 @@ fn investigate_hours(text: &str) -> Result<u32, String> {
 /// archive commands, a folder name in the archive directory); anything
 /// else is a usage error (exit code 2).
 fn tenant_id(text: &str) -> Result<String, String> {
-    let ok = !text.is_empty() && text.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
-    if !ok {
-        return Err(format!("`{text}` is not a tenant id (lowercase letters, digits, `-` and `_`)"));
-    }
+    keytrail::cli::check_tenant_id(text)?;
     Ok(text.to_string())
 }
 

@@ -65,15 +65,24 @@ pub struct Target {
     pub json: bool,
 }
 
+/// That `tenant` is written as a tenant id (`_system` included); the
+/// problem otherwise, for a usage error.
+pub fn check_tenant_id(tenant: &str) -> Result<(), String> {
+    if crate::control::is_id_text(tenant) {
+        Ok(())
+    } else {
+        Err(format!("`{tenant}` is not a tenant id (1-63 lowercase letters, digits, `-` and `_`)"))
+    }
+}
+
 /// The tenant to look at: the one given, the token's own tenant, or the
 /// only tenant the token sees.
 async fn resolve_tenant(client: &AdminClient, given: Option<&str>) -> anyhow::Result<String> {
     if let Some(tenant) = given {
         // A tenant id as the admin API makes them (`_system`, keytrail's
         // own, included): anything else no tenant has, said before asking.
-        let id = !tenant.is_empty() && tenant.len() <= 63 && tenant.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
-        if !id {
-            return Err(usage(format!("--tenant `{tenant}` is not a tenant id (lowercase letters, digits, `-` and `_`)")));
+        if let Err(problem) = check_tenant_id(tenant) {
+            return Err(usage(format!("--tenant {problem}")));
         }
         return Ok(tenant.to_string());
     }

@@ -249,13 +249,17 @@ fn own_logging(stored: &[(String, LoggingOverrides)], scope: &str) -> LoggingOve
     stored.iter().find(|(s, _)| s == scope).map(|(_, own)| *own).unwrap_or_default()
 }
 
+/// Whether `text` is written as the ids of tenants and apis are: 1-63
+/// lowercase letters, digits, `-` and `_` (keytrail's own, `_system`,
+/// included). What may be asked for, or kept in the trail, as one.
+pub fn is_id_text(text: &str) -> bool {
+    (1..=63).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
 /// Ids chosen by users: lowercase letters, digits, `-` and `_`, starting
 /// with a letter or digit (ids starting with `_` are keytrail's own).
 pub(crate) fn check_slug(field: &str, value: &str) -> Result<(), ApiError> {
-    let ok = !value.is_empty()
-        && value.len() <= 63
-        && value.as_bytes()[0].is_ascii_alphanumeric()
-        && value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    let ok = is_id_text(value) && value.as_bytes()[0].is_ascii_alphanumeric();
     if ok {
         Ok(())
     } else {

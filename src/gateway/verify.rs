@@ -315,7 +315,7 @@ fn answer(
 /// Whether `text` could be an api id (1-63 of `a-z0-9-_`), so that it may be
 /// kept in the trail; anything else is not.
 fn looks_like_api_id(text: &str) -> bool {
-    (1..=63).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+    crate::control::is_id_text(text)
 }
 
 #[cfg(test)]
