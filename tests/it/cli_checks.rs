@@ -22,6 +22,15 @@ fn exit_within(p: &mut Process, limit: Duration) -> Option<std::process::ExitSta
     }
 }
 
+/// Runs the binary with `args` and `envs` in `dir` (its working directory,
+/// where its output is kept too): its exit code (`None` if it did not exit
+/// within 20 s, or ended by a signal) and its standard error.
+fn exit_code_and_stderr(args: &[&str], envs: &[(&str, &str)], dir: &std::path::Path) -> (Option<i32>, String) {
+    let mut p = Process::spawn(args, envs, dir, dir);
+    let status = exit_within(&mut p, Duration::from_secs(20));
+    (status.and_then(|s| s.code()), p.stderr())
+}
+
 /// SIGTERM stops `keytrail serve` cleanly, with what it accepted committed,
 /// even while a client holds a half-sent request head on the admin port
 /// (which needs no token): the admin API's drain is bounded as the
@@ -301,10 +310,8 @@ fn archive_and_erase_flags_that_name_nothing_are_usage_errors() {
         (&["erase", "--consumer", "..", "--admin-url", "http://127.0.0.1:1"], "--consumer", "is not a consumer id"),
     ];
     for (args, flag, why) in commands {
-        let mut p = Process::spawn(args, &[("KEYTRAIL_TOKEN", "some-token-0123456789")], dir.path(), dir.path());
-        let status = exit_within(&mut p, Duration::from_secs(20));
-        let err = p.stderr();
-        assert_eq!(status.and_then(|s| s.code()), Some(2), "{args:?}: {err}");
+        let (code, err) = exit_code_and_stderr(args, &[("KEYTRAIL_TOKEN", "some-token-0123456789")], dir.path());
+        assert_eq!(code, Some(2), "{args:?}: {err}");
         assert!(err.contains(flag) && err.contains(why), "{args:?}: {err}");
     }
 }
@@ -393,10 +400,8 @@ fn a_token_no_header_can_carry_is_named() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     for token in ["kta_first-token-0123\nkta_second-token-4567", "kta_some\u{1}token-0123456789"] {
-        let mut p = Process::spawn(&["audit", "list", "--admin-url", &url, "--tenant", "acme"], &[("KEYTRAIL_TOKEN", token)], out.path(), out.path());
-        let status = exit_within(&mut p, Duration::from_secs(20));
-        let err = p.stderr();
-        assert_eq!(status.and_then(|s| s.code()), Some(1), "{token:?}: {err}");
+        let (code, err) = exit_code_and_stderr(&["audit", "list", "--admin-url", &url, "--tenant", "acme"], &[("KEYTRAIL_TOKEN", token)], out.path());
+        assert_eq!(code, Some(1), "{token:?}: {err}");
         assert!(err.contains("KEYTRAIL_TOKEN") && err.contains("control character"), "{token:?}: {err}");
         assert!(!err.contains("token-0123"), "{err}");
     }
@@ -447,10 +452,8 @@ fn usage_errors_found_by_the_commands_exit_2() {
         (&["archive", "cat", "--data-dir", data, "--tenant", "../x", "--day", "2026-11-01"], &[], "is not a tenant id"),
     ];
     for (args, envs, says) in cases {
-        let mut p = Process::spawn(args, envs, out.path(), out.path());
-        let status = exit_within(&mut p, Duration::from_secs(20));
-        let err = p.stderr();
-        assert_eq!(status.and_then(|s| s.code()), Some(2), "{args:?}: {err}");
+        let (code, err) = exit_code_and_stderr(args, envs, out.path());
+        assert_eq!(code, Some(2), "{args:?}: {err}");
         assert!(err.contains(says) && !err.contains("cannot reach"), "{args:?}: {err}");
         assert!(!err.contains("some-token"), "{err}");
     }
@@ -601,10 +604,8 @@ fn key_flags_no_server_takes_are_usage_errors() {
         (&["keys", "create", "--consumer", "c", "--tenant", "acme", "--environment", "prod", "--admin-url", url], "--environment"),
     ];
     for (args, says) in cases {
-        let mut p = Process::spawn(args, &[token], out.path(), out.path());
-        let status = exit_within(&mut p, Duration::from_secs(20));
-        let err = p.stderr();
-        assert_eq!(status.and_then(|s| s.code()), Some(2), "{args:?}: {err}");
+        let (code, err) = exit_code_and_stderr(args, &[token], out.path());
+        assert_eq!(code, Some(2), "{args:?}: {err}");
         assert!(err.contains(says) && !err.contains("cannot reach"), "{args:?}: {err}");
     }
     // The largest grace is asked for (and the server, not there, not reached).
@@ -676,10 +677,8 @@ async fn a_key_given_for_a_key_id_is_not_sent() {
         let mut args = args.to_vec();
         args.extend(["--admin-url", &url]);
         let out = tempfile::tempdir().unwrap();
-        let mut p = Process::spawn(&args, &[token], out.path(), out.path());
-        let status = exit_within(&mut p, Duration::from_secs(20));
-        let err = p.stderr();
-        assert_eq!(status.and_then(|s| s.code()), Some(2), "{args:?}: {err}");
+        let (code, err) = exit_code_and_stderr(&args, &[token], out.path());
+        assert_eq!(code, Some(2), "{args:?}: {err}");
         assert!(err.contains("not an id") && err.contains("never sent"), "{args:?}: {err}");
         assert!(!err.contains(&key) && !err.contains("operator-chosen-token-0123456789"), "{args:?}: {err}");
         // Nothing came to the admin API's address.
@@ -708,10 +707,8 @@ fn a_scope_no_key_can_hold_is_a_usage_error_naming_it() {
         (&["keys", "scopes", "key_x", "--scope", "docs:read;drop", "--admin-url", url], "letters, digits and `-_:.*/`"),
     ];
     for (args, says) in cases {
-        let mut p = Process::spawn(args, &[token], out.path(), out.path());
-        let status = exit_within(&mut p, Duration::from_secs(20));
-        let err = p.stderr();
-        assert_eq!(status.and_then(|s| s.code()), Some(2), "{args:?}: {err}");
+        let (code, err) = exit_code_and_stderr(args, &[token], out.path());
+        assert_eq!(code, Some(2), "{args:?}: {err}");
         assert!(err.contains(says) && !err.contains("cannot reach"), "{args:?}: {err}");
     }
 }
@@ -726,10 +723,8 @@ fn an_admin_url_port_out_of_range_is_a_usage_error() {
     let token = ("KEYTRAIL_TOKEN", "some-token-0123456789");
     for url in ["http://127.0.0.1:99999", "http://localhost:65536/keytrail", "http://127.0.0.1:0"] {
         for (args, envs) in [(vec!["audit", "list", "--admin-url", url], vec![token]), (vec!["keys", "revoke", "key_x"], vec![token, ("KEYTRAIL_ADMIN_URL", url)])] {
-            let mut p = Process::spawn(&args, &envs, out.path(), out.path());
-            let status = exit_within(&mut p, Duration::from_secs(20));
-            let err = p.stderr();
-            assert_eq!(status.and_then(|s| s.code()), Some(2), "{url} {args:?}: {err}");
+            let (code, err) = exit_code_and_stderr(&args, &envs, out.path());
+            assert_eq!(code, Some(2), "{url} {args:?}: {err}");
             assert!(err.contains("port") && err.contains("1 to 65535") && !err.contains("lookup") && !err.contains("cannot reach"), "{url} {args:?}: {err}");
         }
     }
@@ -745,10 +740,8 @@ fn an_audit_limit_out_of_range_is_a_usage_error() {
     let token = ("KEYTRAIL_TOKEN", "some-token-0123456789");
     for (list, limit) in [("list", "0"), ("security", "10001"), ("admin", "0"), ("app", "4294967295")] {
         let args = ["audit", list, "--limit", limit, "--tenant", "acme", "--admin-url", "http://127.0.0.1:1"];
-        let mut p = Process::spawn(&args, &[token], out.path(), out.path());
-        let status = exit_within(&mut p, Duration::from_secs(20));
-        let err = p.stderr();
-        assert_eq!(status.and_then(|s| s.code()), Some(2), "{args:?}: {err}");
+        let (code, err) = exit_code_and_stderr(&args, &[token], out.path());
+        assert_eq!(code, Some(2), "{args:?}: {err}");
         assert!(err.contains("--limit") && err.contains("10000") && !err.contains("cannot reach"), "{args:?}: {err}");
     }
 }
@@ -826,10 +819,8 @@ fn a_tenant_that_is_no_tenant_id_is_a_usage_error() {
         for command in [&["audit", "list"][..], &["report", "weekly"], &["keys", "list", "--consumer", "c"], &["investigate"], &["erase", "--consumer", "cons_x"]] {
             let mut args = command.to_vec();
             args.extend(["--tenant", tenant, "--admin-url", url]);
-            let mut p = Process::spawn(&args, &[token], out.path(), out.path());
-            let status = exit_within(&mut p, Duration::from_secs(20));
-            let err = p.stderr();
-            assert_eq!(status.and_then(|s| s.code()), Some(2), "{args:?}: {err}");
+            let (code, err) = exit_code_and_stderr(&args, &[token], out.path());
+            assert_eq!(code, Some(2), "{args:?}: {err}");
             assert!(err.contains(&format!("--tenant `{tenant}` is not a tenant id")) && !err.contains("cannot reach"), "{args:?}: {err}");
         }
     }
