@@ -30,6 +30,28 @@ pub struct FileConfig {
     pub retention: RetentionFile,
     #[serde(default)]
     pub keys: KeysFile,
+    #[serde(default)]
+    pub alerts: AlertsFile,
+}
+
+/// `[alerts]`: how often the alert engine reads the committed trail, and
+/// how its webhooks are delivered.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsFile {
+    /// How often committed events are read and checked against the rules.
+    #[serde(default, deserialize_with = "alerts_poll_interval_ms")]
+    pub poll_interval_ms: Option<u64>,
+    /// Tries of one webhook delivery before it is given up (and recorded
+    /// as `alert_delivery_failed`).
+    #[serde(default, deserialize_with = "webhook_attempts")]
+    pub webhook_attempts: Option<u64>,
+    /// The wait before the second try; each later wait is four times the one before.
+    #[serde(default, deserialize_with = "webhook_backoff_ms")]
+    pub webhook_backoff_ms: Option<u64>,
+    /// The longest one try may take: connecting, sending, and the answer's head.
+    #[serde(default, deserialize_with = "timeout_ms")]
+    pub webhook_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -259,6 +281,27 @@ pub struct Config {
     pub bootstrap_token: Option<Hidden>,
     /// How API keys are hashed for the store (`keys.pepper_file`).
     pub key_hasher: crate::keys::KeyHasher,
+    pub alerts: AlertsConfig,
+}
+
+/// The alert engine's timing (`[alerts]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertsConfig {
+    pub poll_interval: Duration,
+    pub webhook_attempts: u32,
+    pub webhook_backoff: Duration,
+    pub webhook_timeout: Duration,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        AlertsConfig {
+            poll_interval: Duration::from_millis(1_000),
+            webhook_attempts: 5,
+            webhook_backoff: Duration::from_millis(1_000),
+            webhook_timeout: Duration::from_millis(10_000),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -480,6 +523,15 @@ pub fn resolve(file: FileConfig, overrides: Overrides) -> Result<Config, ConfigE
             Some(path) => key_pepper(path)?,
             None => crate::keys::KeyHasher::default(),
         },
+        alerts: {
+            let default = AlertsConfig::default();
+            AlertsConfig {
+                poll_interval: file.alerts.poll_interval_ms.map_or(default.poll_interval, Duration::from_millis),
+                webhook_attempts: file.alerts.webhook_attempts.map_or(default.webhook_attempts, |n| n as u32),
+                webhook_backoff: file.alerts.webhook_backoff_ms.map_or(default.webhook_backoff, Duration::from_millis),
+                webhook_timeout: file.alerts.webhook_timeout_ms.map_or(default.webhook_timeout, Duration::from_millis),
+            }
+        },
     })
 }
 
@@ -602,6 +654,18 @@ fn retention_interval_s<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, 
 
 fn queue_capacity<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
     bounded(d, 16, 10_000_000)
+}
+
+fn alerts_poll_interval_ms<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    bounded(d, 10, 60_000)
+}
+
+fn webhook_attempts<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    bounded(d, 1, 20)
+}
+
+fn webhook_backoff_ms<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    bounded(d, 1, 3_600_000)
 }
 
 #[cfg(test)]

@@ -90,6 +90,10 @@ pub mod security_type {
     pub const HOT_DATA_DROPPED: &str = "hot_data_dropped";
     /// A consumer's personal values were erased from the trail (GDPR).
     pub const PERSONAL_DATA_ERASED: &str = "personal_data_erased";
+    /// An alert rule's threshold was reached (see [`crate::alerts`]).
+    pub const ALERT_FIRED: &str = "alert_fired";
+    /// An alert's webhook could not be delivered, after every try.
+    pub const ALERT_DELIVERY_FAILED: &str = "alert_delivery_failed";
 }
 
 /// One audit record. [`Event::write_canonical`] fixes what the hash covers:

@@ -23,6 +23,8 @@ pub const KEY_LEN: usize = PREFIX_LEN + RANDOM_LEN + CHECKSUM_LEN;
 pub const ADMIN_TOKEN_PREFIX: &str = "kta_";
 /// Prefix of the session tokens people get when they sign in.
 pub const SESSION_TOKEN_PREFIX: &str = "kts_";
+/// Prefix of the secrets alert webhooks are signed with (`crate::alerts`).
+pub const WEBHOOK_SECRET_PREFIX: &str = "ktwh_";
 
 /// Which environment a key is for; part of its visible prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -240,6 +242,8 @@ pub fn hint(secret: &str) -> String {
         "kta"
     } else if secret.starts_with(SESSION_TOKEN_PREFIX) {
         "kts"
+    } else if secret.starts_with(WEBHOOK_SECRET_PREFIX) {
+        "ktwh"
     } else {
         ""
     };

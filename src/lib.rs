@@ -14,6 +14,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod alerts;
 pub mod audit;
 pub mod cli;
 pub mod config;

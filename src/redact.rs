@@ -1,7 +1,7 @@
 //! The redaction point: every text that leaves keytrail passes through here.
 //!
-//! Anything that looks like a keytrail key (`kt_live_…`, `kt_test_…`) or admin
-//! token (`kta_…`, sessions `kts_…`; prefixes in any case, escaped or not) is replaced by its hint, and any secret registered at run
+//! Anything that looks like a keytrail key (`kt_live_…`, `kt_test_…`), admin
+//! token (`kta_…`, sessions `kts_…`), or webhook secret (`ktwh_…`; prefixes in any case, escaped or not) is replaced by its hint, and any secret registered at run
 //! time (an operator-chosen bootstrap token, which has no recognisable shape)
 //! is replaced by `****`. The process log, error bodies and every audit event
 //! go through [`redact`]; call sites do not mask on their own.
@@ -13,7 +13,8 @@ use std::sync::{OnceLock, RwLock};
 use crate::keys::BODY_LEN;
 use crate::text::Text;
 
-const PATTERNS: [&str; 4] = ["kt_live_", "kt_test_", crate::keys::ADMIN_TOKEN_PREFIX, crate::keys::SESSION_TOKEN_PREFIX];
+const PATTERNS: [&str; 5] =
+    ["kt_live_", "kt_test_", crate::keys::ADMIN_TOKEN_PREFIX, crate::keys::SESSION_TOKEN_PREFIX, crate::keys::WEBHOOK_SECRET_PREFIX];
 /// How many alphanumeric characters after a prefix make a string worth hiding.
 const MIN_SECRET_TAIL: usize = 8;
 

@@ -440,7 +440,8 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
                 archive_dir: config.retention.archive_dir.clone(),
                 archive_level: config.retention.archive_zstd_level,
                 signer: retention_signer.clone(),
-            }),
+            })
+            .with_alert_signer(retention_signer.clone()),
     );
 
     let token_path = config.data_dir.join(BOOTSTRAP_TOKEN_FILE);
@@ -525,6 +526,10 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         }
     });
 
+    // Alerts: the committed trail read every `alerts.poll_interval_ms`.
+    let alerts = crate::alerts::engine::AlertEngine::new(control.clone(), audit.clone(), config.alerts.clone());
+    let alerts_task = tokio::spawn(alerts.run(shutdown.subscribe()));
+
     Ok(Server {
         gateway_addr,
         admin_addr,
@@ -533,7 +538,7 @@ pub async fn start(config: Config) -> anyhow::Result<Server> {
         control,
         audit,
         shutdown,
-        tasks: vec![gateway_task, admin_task, usage_task, retention_task],
+        tasks: vec![gateway_task, admin_task, usage_task, retention_task, alerts_task],
         _lock: lock,
     })
 }

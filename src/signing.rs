@@ -105,6 +105,17 @@ impl Signer {
         Checkpoint { tenant: tenant.to_string(), seq, hash, signed_at_ms, signature }
     }
 
+    /// A secret derived from this key for `domain` and `bytes`:
+    /// HMAC-SHA-256 keyed with the key's seed over `domain ‖ 0 ‖ bytes`.
+    /// Secrets handed out once (webhook signing secrets) are derived
+    /// again when needed, so the store never holds them.
+    pub fn derive_secret(&self, domain: &str, bytes: &[u8]) -> [u8; 32] {
+        use hmac::Mac;
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(self.key.as_bytes()).expect("HMAC takes keys of any length");
+        mac.update(&domain_message(domain, bytes));
+        mac.finalize().into_bytes().into()
+    }
+
     /// Signs `bytes` as a document of kind `domain` (see [`verify_bytes`]).
     pub fn sign_bytes(&self, domain: &str, bytes: &[u8]) -> [u8; 64] {
         self.key.sign(&domain_message(domain, bytes)).to_bytes()

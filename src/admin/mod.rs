@@ -7,6 +7,7 @@
 
 mod activity;
 mod admins;
+mod alerts_api;
 mod app_events;
 mod audit_api;
 mod stats_api;
@@ -110,6 +111,7 @@ pub fn router(state: AdminState) -> Router {
         .merge(audit_api::routes())
         .merge(stats_api::routes())
         .merge(admins::routes())
+        .merge(alerts_api::routes())
         .route_layer(middleware::from_fn_with_state(state.clone(), guard))
         // A change's body is read whole, and refused past its limit with
         // the API's JSON 413, by `activity::around`; the handlers must not
@@ -338,11 +340,12 @@ fn log_tenant(state: &AdminState, actor: &Actor, tenant: Option<&str>, route: &s
 /// The resource a change touches, from the route's most specific id
 /// (`consumer:c_1`), or the collection it adds to (`tenant:acme/apis`).
 fn resource(route: &str, path: &str) -> String {
-    const KINDS: [(&str, &str); 7] = [
+    const KINDS: [(&str, &str); 8] = [
         ("admin_id", "admin"),
         ("key_id", "key"),
         ("id", "blocklist_entry"),
         ("tier", "tier"),
+        ("rule", "alert_rule"),
         ("consumer", "consumer"),
         ("api", "api"),
         ("tenant", "tenant"),
@@ -352,7 +355,7 @@ fn resource(route: &str, path: &str) -> String {
         if let Some(value) = access::path_param(route, path, param) {
             // A verb (`/revoke`) is in the action's name; a collection (`/apis`) is not.
             let collection = match tail {
-                "apis" | "consumers" | "keys" | "tiers" | "blocklist" => format!("/{tail}"),
+                "apis" | "consumers" | "keys" | "tiers" | "blocklist" | "alerts" => format!("/{tail}"),
                 _ => String::new(),
             };
             return format!("{kind}:{value}{collection}");
@@ -362,7 +365,7 @@ fn resource(route: &str, path: &str) -> String {
 }
 
 /// Parses a JSON body (an empty one counts as `{}`); see [`crate::error::parse_json_body`].
-fn parse_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+pub(super) fn parse_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     crate::error::parse_json_body(body)
 }
 
@@ -370,14 +373,14 @@ fn parse_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
 /// consumer's tier; a tier's limits cannot be empty). Elsewhere an empty body reads as
 /// `{}`; here that would clear the setting by accident (a `curl -X PUT`
 /// that lost its `-d`), so it is refused, saying how to clear it on purpose.
-fn parse_replacement<T: DeserializeOwned>(body: &Bytes, to_clear: &str) -> Result<T, ApiError> {
+pub(super) fn parse_replacement<T: DeserializeOwned>(body: &Bytes, to_clear: &str) -> Result<T, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::invalid_body(format!("the body is empty; this request replaces the whole setting: {to_clear}")));
     }
     parse_body(body)
 }
 
-fn created(value: Value) -> Response {
+pub(super) fn created(value: Value) -> Response {
     (StatusCode::CREATED, Json(value)).into_response()
 }
 

@@ -160,6 +160,7 @@ pub struct CreatedKey {
 }
 
 mod admins;
+mod alerts;
 pub mod login_throttle;
 
 pub use admins::{BearerRefused, Credential, LoginRefused, NewAdmin, Signed, SESSION_HOURS};
@@ -185,6 +186,10 @@ pub struct ControlPlane {
     login_throttle: LoginThrottle,
     /// How new keys are hashed for the store (the operator's pepper).
     key_hasher: keys::KeyHasher,
+    /// What webhook secrets are derived from; `None`: rules cannot have a webhook.
+    alert_signer: Option<Arc<crate::signing::Signer>>,
+    /// What the alert engine did per rule since the start.
+    alert_status: crate::alerts::engine::StatusBoard,
 }
 
 /// The fields of a consumer that are personal data: the admin activity log
@@ -379,6 +384,8 @@ impl ControlPlane {
             upstream_guard: Default::default(),
             login_throttle: LoginThrottle::new(&crate::config::LoginConfig::default()),
             key_hasher: keys::KeyHasher::default(),
+            alert_signer: None,
+            alert_status: Default::default(),
         };
         plane.reload()?;
         Ok(plane)

@@ -204,38 +204,38 @@ impl Upstreams {
 
     async fn connect(&self, authority: &Authority) -> Result<Conn, UpstreamError> {
         let failed = |reason: String| UpstreamError::Connect { authority: authority.to_string(), reason };
-        let stream = tokio::time::timeout(self.connect_timeout, self.connect_allowed(authority))
+        let stream = tokio::time::timeout(self.connect_timeout, connect_allowed(&self.guard, authority))
             .await
             .map_err(|_| failed(format!("no connection within {} ms", self.connect_timeout.as_millis())))??;
         let _ = stream.set_nodelay(true);
         Ok(Conn::new(stream))
     }
+}
 
-    /// Connects to the first address the upstream's host resolves to that
-    /// answers (as `TcpStream::connect` tries them all), of those the guard
-    /// allows.
-    async fn connect_allowed(&self, authority: &Authority) -> Result<TcpStream, UpstreamError> {
-        let failed = |reason: String| UpstreamError::Connect { authority: authority.to_string(), reason };
-        let port = authority.port_u16().unwrap_or(80);
-        // An IPv6 literal comes bracketed (`[::1]`); the resolver wants it bare.
-        let host = authority.host().trim_start_matches('[').trim_end_matches(']');
-        let (mut refused, mut last_error) = (None, None);
-        for addr in tokio::net::lookup_host((host, port)).await.map_err(|e| failed(e.to_string()))? {
-            if let Some(why) = self.guard.refuses(addr) {
-                refused.get_or_insert(why);
-                continue;
-            }
-            match TcpStream::connect(addr).await {
-                Ok(stream) => return Ok(stream),
-                Err(e) => last_error = Some(e),
-            }
+/// Connects to the first address `authority`'s host resolves to that
+/// answers (as `TcpStream::connect` tries them all), of those `guard`
+/// allows (the gateway's upstreams; alerts' webhooks).
+pub(crate) async fn connect_allowed(guard: &UpstreamGuard, authority: &Authority) -> Result<TcpStream, UpstreamError> {
+    let failed = |reason: String| UpstreamError::Connect { authority: authority.to_string(), reason };
+    let port = authority.port_u16().unwrap_or(80);
+    // An IPv6 literal comes bracketed (`[::1]`); the resolver wants it bare.
+    let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+    let (mut refused, mut last_error) = (None, None);
+    for addr in tokio::net::lookup_host((host, port)).await.map_err(|e| failed(e.to_string()))? {
+        if let Some(why) = guard.refuses(addr) {
+            refused.get_or_insert(why);
+            continue;
         }
-        Err(match (last_error, refused) {
-            (Some(e), _) => failed(e.to_string()),
-            (None, Some(reason)) => UpstreamError::Refused { authority: authority.to_string(), reason },
-            (None, None) => failed("the name resolves to no address".into()),
-        })
+        match TcpStream::connect(addr).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last_error = Some(e),
+        }
     }
+    Err(match (last_error, refused) {
+        (Some(e), _) => failed(e.to_string()),
+        (None, Some(reason)) => UpstreamError::Refused { authority: authority.to_string(), reason },
+        (None, None) => failed("the name resolves to no address".into()),
+    })
 }
 
 /// The idle connections of one client connection; shared with the response

@@ -11,6 +11,10 @@ use std::sync::Mutex;
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 
+mod alerts;
+
+pub use alerts::StoredRule;
+
 use super::{open, ser_opt_ts, ser_ts, StoreError};
 use crate::keys::SecretHash;
 use crate::policy::Policies;
@@ -393,6 +397,7 @@ impl ControlStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let conn = open(path)?;
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(alerts::SCHEMA)?;
         for (table, column, definition) in ADDED_COLUMNS {
             let present: bool = conn.query_row(
                 &format!("SELECT count(*) FROM pragma_table_info('{table}') WHERE name = ?1"),

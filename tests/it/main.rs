@@ -4,6 +4,7 @@
 
 mod admin;
 mod admin_log;
+mod alerts;
 mod app_events;
 mod audit_api;
 mod cli_checks;

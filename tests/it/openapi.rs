@@ -500,6 +500,14 @@ async fn every_route_answers_as_documented() {
     walk.call("GET", "/v1/tenants/{tenant}/tiers").await;
     walk.call("PUT", "/v1/tenants/{tenant}/tiers/{tier}").await;
 
+    let a = walk.call("POST", "/v1/tenants/{tenant}/alerts").await;
+    assert!(a.body["webhook_secret"].as_str().is_some_and(|s| s.starts_with("ktwh_")), "{}", a.text);
+    walk.ids.insert("rule", a.body["id"].as_str().unwrap().to_string());
+    walk.call("GET", "/v1/tenants/{tenant}/alerts").await;
+    walk.call("GET", "/v1/tenants/{tenant}/alerts/{rule}").await;
+    let a = walk.call("PUT", "/v1/tenants/{tenant}/alerts/{rule}").await;
+    assert!(a.body.get("webhook_secret").is_none(), "{}", a.text);
+
     let a = walk.call("POST", "/v1/tenants/{tenant}/consumers").await;
     assert_eq!(a.status, 201);
     walk.ids.insert("consumer", a.body["id"].as_str().unwrap().to_string());
@@ -584,6 +592,7 @@ async fn every_route_answers_as_documented() {
     let owner = walk.admin.clone();
     walk.call_as(&owner, "PUT", "/v1/tenants/{tenant}/consumers/{consumer}/tier", Some(json!({"tier": null}))).await;
     walk.call("DELETE", "/v1/tenants/{tenant}/tiers/{tier}").await;
+    walk.call("DELETE", "/v1/tenants/{tenant}/alerts/{rule}").await;
     walk.call("POST", "/v1/admins/{admin_id}/unlock").await;
     walk.call("DELETE", "/v1/admins/{admin_id}").await;
 

@@ -34,7 +34,7 @@ use rustc_hash::FxHashSet;
 use super::block::{category_code, col, Columns, DecodedBlock, RequestIdKey, TextColumn, TextField, MAX_BLOCK_SPAN_MS};
 use super::salts::TenantSalts;
 use super::{day_of, list_days, EventFilter, StoredEvent};
-use crate::event::GENESIS_HASH;
+use crate::event::{Event, GENESIS_HASH};
 use crate::store::StoreError;
 
 /// The strings of one day file, by id; shared by every reader in the
@@ -793,6 +793,77 @@ impl AuditReader {
             }
         }
         Ok(runs)
+    }
+
+    /// The last `seq` of `tenant`'s chain in the hot day files (0 when it
+    /// has none): where a reader of what comes next starts.
+    pub fn chain_head(&self, tenant: &str) -> Result<u64, StoreError> {
+        let mut head = 0;
+        for day_number in self.days().collect::<Vec<_>>() {
+            let Some(day) = self.day(day_number)? else { continue };
+            let Some(tenant_id) = day.id_of(tenant)? else { continue };
+            let seq: Option<i64> =
+                day.conn.prepare_cached("SELECT seq FROM chain_heads WHERE tenant = ?1")?.query_row([tenant_id], |r| r.get(0)).optional()?;
+            head = head.max(seq.unwrap_or(0) as u64);
+        }
+        Ok(head.max(self.archived_through(tenant).0))
+    }
+
+    /// `tenant`'s events after `after_seq`, in chain order, from the hot day
+    /// files (not those of its archived prefix), passed to `each` until it
+    /// returns false; with `from_ms`, only the blocks holding events at or
+    /// after it are read (every event of such a block after `after_seq` is
+    /// passed, earlier ones too). Finds the blocks by the chain's and the
+    /// time's indexes, so a reader that keeps up reads only what is new.
+    /// The event passed to `each` is reused between calls.
+    pub fn events_after(&self, tenant: &str, after_seq: u64, from_ms: Option<i64>, mut each: impl FnMut(&Event) -> bool) -> Result<(), StoreError> {
+        let after = after_seq.max(self.archived_through(tenant).0);
+        let from_day = from_ms.map_or(i64::MIN, day_of);
+        let mut blocks: Vec<(i64, BlockMeta, u64)> = Vec::new();
+        for day_number in self.days().filter(|d| *d >= from_day).collect::<Vec<_>>() {
+            let Some(day) = self.day(day_number)? else { continue };
+            let Some(tenant_id) = day.id_of(tenant)? else { continue };
+            // The block holding `after + 1` starts at or before it; the
+            // rest start after it.
+            let mut stmt = day.conn.prepare_cached(
+                "SELECT * FROM (SELECT id, first_seq, max_ts, prev_hash, hash, rows FROM blocks
+                     WHERE tenant = ?1 AND first_seq <= ?2 ORDER BY first_seq DESC LIMIT 1)
+                 UNION ALL
+                 SELECT id, first_seq, max_ts, prev_hash, hash, rows FROM blocks WHERE tenant = ?1 AND first_seq > ?2",
+            )?;
+            let mut rows = stmt.query(rusqlite::params![tenant_id, after.saturating_add(1).min(i64::MAX as u64) as i64])?;
+            while let Some(r) = rows.next()? {
+                let meta = BlockMeta {
+                    id: r.get(0)?,
+                    first_seq: r.get::<_, i64>(1)? as u64,
+                    max_ts: r.get(2)?,
+                    prev_hash: hash_of(r.get(3)?),
+                    hash: hash_of(r.get(4)?),
+                };
+                let rows = r.get::<_, i64>(5)? as u64;
+                if meta.first_seq + rows.saturating_sub(1) > after && from_ms.is_none_or(|from| meta.max_ts >= from) {
+                    blocks.push((day_number, meta, rows));
+                }
+            }
+        }
+        blocks.sort_by_key(|(_, meta, _)| meta.first_seq);
+        let mut event = Event::default();
+        for (day_number, meta, _) in blocks {
+            let day = self.day(day_number)?.ok_or_else(|| StoreError::Corrupt("day file vanished".into()))?;
+            let block = self.decode(&day.block_data(meta.id)?, Columns::ALL)?;
+            day.dict.ensure(&day.conn, block.max_dict_id())?;
+            for row in 0..block.rows() {
+                let seq = meta.first_seq + row as u64;
+                if seq <= after {
+                    continue;
+                }
+                day.dict.with(|lookup| block.fill_event(row, tenant, seq, lookup, &mut event))?;
+                if !each(&event) {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Every event of a tenant in chain order, each with its hash recomputed

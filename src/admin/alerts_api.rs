@@ -1,0 +1,77 @@
+//! Alert rules over the admin API (`/v1/tenants/{tenant}/alerts`): made,
+//! listed, read, replaced and deleted, each with what the engine did for
+//! it since the start. A rule with a webhook answers its signing secret
+//! once, as it is made; it is never stored or shown again.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+use super::{created, parse_body, parse_replacement, AdminState};
+use crate::alerts::{AlertRule, RuleSpec};
+use crate::error::ApiError;
+use crate::event::format_timestamp;
+
+pub fn routes() -> Router<AdminState> {
+    Router::new()
+        .route("/v1/tenants/{tenant}/alerts", get(list_rules).post(create_rule))
+        .route("/v1/tenants/{tenant}/alerts/{rule}", get(get_rule).put(replace_rule).delete(delete_rule))
+}
+
+fn rule_view(s: &AdminState, rule: &AlertRule) -> Value {
+    let mut view = serde_json::to_value(&rule.spec).expect("rules serialise");
+    let status = s.control.alert_status().get(&rule.tenant_id, &rule.id);
+    let fields = view.as_object_mut().expect("a rule is an object");
+    for (field, value) in [
+        ("tenant_id", json!(rule.tenant_id)),
+        ("id", json!(rule.id)),
+        ("created_at", json!(format_timestamp(rule.created_at))),
+        ("updated_at", json!(format_timestamp(rule.updated_at))),
+        ("status", serde_json::to_value(status).expect("statuses serialise")),
+    ] {
+        fields.insert(field.to_string(), value);
+    }
+    view
+}
+
+async fn create_rule(State(s): State<AdminState>, Path(tenant): Path<String>, body: Bytes) -> Result<Response, ApiError> {
+    s.control.require_tenant(&tenant)?;
+    let mut fields: Value = parse_body(&body)?;
+    let Some(object) = fields.as_object_mut() else { return Err(ApiError::invalid_body("the body must be a JSON object")) };
+    let id = match object.remove("id") {
+        Some(Value::String(id)) => id,
+        Some(_) => return Err(ApiError::invalid_body("`id`: must be a string")),
+        None => return Err(ApiError::invalid_body("`id` is missing: name the rule (1-63 characters of a-z, 0-9, `-` and `_`)")),
+    };
+    let spec: RuleSpec = parse_body(&Bytes::from(serde_json::to_vec(&fields).expect("JSON serialises")))?;
+    let (rule, secret) = s.control.create_alert_rule(&tenant, id, spec)?;
+    let mut view = rule_view(&s, &rule);
+    if let Some(secret) = secret {
+        view["webhook_secret"] = json!(secret);
+    }
+    Ok(created(view))
+}
+
+async fn list_rules(State(s): State<AdminState>, Path(tenant): Path<String>) -> Result<Json<Value>, ApiError> {
+    let rules: Vec<Value> = s.control.list_alert_rules(&tenant)?.iter().map(|rule| rule_view(&s, rule)).collect();
+    Ok(Json(json!({"alerts": rules})))
+}
+
+async fn get_rule(State(s): State<AdminState>, Path((tenant, id)): Path<(String, String)>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(rule_view(&s, &s.control.get_alert_rule(&tenant, &id)?)))
+}
+
+async fn replace_rule(State(s): State<AdminState>, Path((tenant, id)): Path<(String, String)>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    s.control.require_tenant(&tenant)?;
+    let spec: RuleSpec = parse_replacement(&body, "send the whole rule (`match`, `threshold`, `window_secs`, …); to stop it, `\"enabled\": false` or DELETE")?;
+    Ok(Json(rule_view(&s, &s.control.update_alert_rule(&tenant, &id, spec)?)))
+}
+
+async fn delete_rule(State(s): State<AdminState>, Path((tenant, id)): Path<(String, String)>) -> Result<StatusCode, ApiError> {
+    s.control.delete_alert_rule(&tenant, &id)?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,273 @@
+//! The alert engine: reads each tenant's committed events after where it
+//! last stopped, feeds them to the tenant's rules, records each firing as
+//! an `alert_fired` event, and posts it to the rule's webhook.
+//!
+//! One task, woken every `alerts.poll_interval_ms`; the reading runs on a
+//! blocking thread (an [`AuditReader`] per turn, so new day files are
+//! seen). Its position per tenant (`alert_cursors` in `control.db`) moves
+//! only once the turn's `alert_fired` events are committed: a crash
+//! between the two fires those alerts again, never loses one. After a
+//! restart, the events before that position that can still matter (the
+//! longest window or cooldown back) are replayed without firing, so every
+//! rule's counts are as they were. Webhooks are posted by tasks of their
+//! own, tried again with growing waits; a delivery that fails every try
+//! is recorded as `alert_delivery_failed`. Posts still waiting when the
+//! process stops are not made.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use serde::Serialize;
+use tokio::sync::watch;
+
+use super::{fired_event, webhook, AlertRule, Firing, RuleState};
+use crate::audit::AuditPipeline;
+use crate::config::AlertsConfig;
+use crate::control::ControlPlane;
+use crate::event::{format_timestamp, new_id, now_ms, security_type, Category, Event};
+use crate::store::audit::reader::AuditReader;
+use crate::store::StoreError;
+
+/// The most events one tenant's turn reads; the rest wait for the next turn.
+const EVENTS_PER_TURN: u64 = 200_000;
+
+/// What the engine did for one rule since the start (`GET …/alerts`).
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct RuleStatus {
+    pub fired: u64,
+    #[serde(serialize_with = "crate::store::ser_opt_ts")]
+    pub last_fired_at: Option<i64>,
+    pub deliveries_succeeded: u64,
+    pub deliveries_failed: u64,
+    /// Why the last failed try failed (the answer's status, or the
+    /// connection's error); never the webhook's path or query.
+    pub last_delivery_error: Option<String>,
+}
+
+/// Every rule's [`RuleStatus`], by tenant and rule id.
+#[derive(Debug, Default)]
+pub struct StatusBoard(Mutex<HashMap<(String, String), RuleStatus>>);
+
+impl StatusBoard {
+    pub fn get(&self, tenant_id: &str, rule_id: &str) -> RuleStatus {
+        self.lock().get(&(tenant_id.to_string(), rule_id.to_string())).cloned().unwrap_or_default()
+    }
+
+    pub(crate) fn forget(&self, tenant_id: &str, rule_id: &str) {
+        self.lock().remove(&(tenant_id.to_string(), rule_id.to_string()));
+    }
+
+    fn update(&self, rule: &AlertRule, change: impl FnOnce(&mut RuleStatus)) {
+        change(self.lock().entry((rule.tenant_id.clone(), rule.id.clone())).or_default());
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), RuleStatus>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// One tenant's rules and where its trail was read to.
+struct TenantRun {
+    cursor: u64,
+    cursor_ms: i64,
+    /// Read from `control.db` at this run's start: the events up to it are
+    /// replayed (without firing) before the rules see new ones.
+    replay_through: Option<u64>,
+    rules: HashMap<String, RuleState>,
+}
+
+pub struct AlertEngine {
+    control: Arc<ControlPlane>,
+    audit: Arc<AuditPipeline>,
+    config: AlertsConfig,
+    tenants: HashMap<String, TenantRun>,
+}
+
+impl AlertEngine {
+    pub fn new(control: Arc<ControlPlane>, audit: Arc<AuditPipeline>, config: AlertsConfig) -> AlertEngine {
+        AlertEngine { control, audit, config, tenants: HashMap::new() }
+    }
+
+    /// Turns every poll interval until `shutdown` says stop.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(self.config.poll_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    if let Err(error) = self.turn().await {
+                        tracing::warn!(%error, "the alert engine's turn failed; it tries again at the next");
+                    }
+                }
+                _ = shutdown.changed() => break,
+            }
+        }
+    }
+
+    /// Reads what was committed since the last turn, records the firings,
+    /// moves the positions, posts the webhooks.
+    pub async fn turn(&mut self) -> Result<(), StoreError> {
+        let control = self.control.clone();
+        let rules = blocking(move || control.all_alert_rules()).await?;
+        if rules.is_empty() && self.tenants.is_empty() {
+            return Ok(());
+        }
+        let mut wanted: HashMap<String, Vec<Arc<AlertRule>>> = HashMap::new();
+        for rule in rules {
+            wanted.entry(rule.tenant_id.clone()).or_default().push(Arc::new(rule));
+        }
+        let (control, dir) = (self.control.clone(), self.audit.dir().to_path_buf());
+        let mut tenants = std::mem::take(&mut self.tenants);
+        tenants.retain(|tenant, _| wanted.contains_key(tenant));
+        let (tenants, firings, moved) = blocking(move || {
+            let reader = AuditReader::open(&dir)?;
+            let mut firings = Vec::new();
+            let mut moved = Vec::new();
+            for (tenant, rules) in wanted {
+                let mut run = match tenants.remove(&tenant) {
+                    Some(run) => run,
+                    None => start_run(&control, &reader, &tenant)?,
+                };
+                let before = run.cursor;
+                read_tenant(&reader, &tenant, &rules, &mut run, &mut firings)?;
+                if run.cursor != before {
+                    moved.push((tenant.clone(), run.cursor, run.cursor_ms));
+                }
+                tenants.insert(tenant, run);
+            }
+            Ok((tenants, firings, moved))
+        })
+        .await?;
+        self.tenants = tenants;
+
+        let mut recorded = Vec::new();
+        let mut commits = Vec::new();
+        for firing in firings {
+            let alert_id = new_id();
+            let event = fired_event(&firing, &alert_id);
+            let at = event.timestamp_ms;
+            commits.extend(self.audit.record_committed(event));
+            self.control.alert_status().update(&firing.rule, |s| (s.fired, s.last_fired_at) = (s.fired + 1, Some(at)));
+            recorded.push((firing, alert_id, at));
+        }
+        for commit in commits {
+            // A pipeline that stops drops the sender: the position then
+            // stays, and the next start fires these again.
+            if commit.await.is_err() {
+                return Ok(());
+            }
+        }
+        let control = self.control.clone();
+        blocking(move || moved.iter().try_for_each(|(tenant, seq, ms)| control.set_alert_cursor(tenant, *seq, *ms))).await?;
+        for (firing, alert_id, at) in recorded {
+            if let Some(url) = firing.rule.spec.webhook_url.clone() {
+                tokio::spawn(deliver(self.control.clone(), self.audit.clone(), self.config.clone(), firing, alert_id, at, url));
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T, StoreError> + Send + 'static) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| StoreError::Corrupt(format!("the alert engine's reader stopped: {e}")))?
+}
+
+/// A tenant's first turn since the start: from its stored position (with
+/// the replay of what can still matter), or from its trail's end.
+fn start_run(control: &ControlPlane, reader: &AuditReader, tenant: &str) -> Result<TenantRun, StoreError> {
+    Ok(match control.alert_cursor(tenant)? {
+        Some((seq, ms)) => TenantRun { cursor: seq, cursor_ms: ms, replay_through: Some(seq), rules: HashMap::new() },
+        None => TenantRun { cursor: reader.chain_head(tenant)?, cursor_ms: now_ms(), replay_through: None, rules: HashMap::new() },
+    })
+}
+
+/// Feeds the tenant's new events to its rules (a new or changed rule
+/// starts with no counts), after replaying, on a run's first turn, the
+/// events before its position that are within the rules' longest history.
+fn read_tenant(reader: &AuditReader, tenant: &str, rules: &[Arc<AlertRule>], run: &mut TenantRun, firings: &mut Vec<Firing>) -> Result<(), StoreError> {
+    run.rules.retain(|id, state| rules.iter().any(|r| &r.id == id && r.updated_at == state.rule.updated_at));
+    for rule in rules {
+        run.rules.entry(rule.id.clone()).or_insert_with(|| RuleState::new(rule.clone()));
+    }
+    let states = &mut run.rules;
+    if let Some(through) = run.replay_through.take() {
+        let history = rules.iter().map(|r| r.spec.history_ms()).max().unwrap_or(0);
+        reader.events_after(tenant, 0, Some(run.cursor_ms.saturating_sub(history)), |event| {
+            if event.seq > through {
+                return false;
+            }
+            states.values_mut().for_each(|state| drop(state.observe(event)));
+            true
+        })?;
+    }
+    let (mut cursor, mut cursor_ms, mut read) = (run.cursor, run.cursor_ms, 0);
+    reader.events_after(tenant, run.cursor, None, |event| {
+        firings.extend(states.values_mut().filter_map(|state| state.observe(event)));
+        (cursor, cursor_ms, read) = (event.seq, event.timestamp_ms, read + 1);
+        read < EVENTS_PER_TURN
+    })?;
+    (run.cursor, run.cursor_ms) = (cursor, cursor_ms);
+    Ok(())
+}
+
+/// The JSON a webhook receives.
+pub fn payload(firing: &Firing, alert_id: &str, fired_at_ms: i64) -> serde_json::Value {
+    let rule = &firing.rule;
+    serde_json::json!({
+        "type": security_type::ALERT_FIRED,
+        "alert_id": alert_id,
+        "tenant_id": rule.tenant_id,
+        "rule_id": rule.id,
+        "description": rule.spec.description,
+        "count": firing.count,
+        "threshold": rule.spec.threshold,
+        "window_secs": rule.spec.window_secs,
+        "group_by": rule.spec.group_by.map(super::GroupBy::as_str),
+        "group": firing.group,
+        "first_seq": firing.first_seq,
+        "last_seq": firing.last_seq,
+        "first_at": format_timestamp(firing.first_ms),
+        "last_at": format_timestamp(firing.last_ms),
+        "fired_at": format_timestamp(fired_at_ms),
+    })
+}
+
+/// Posts a firing to its webhook, trying again after `webhook_backoff`,
+/// then four times longer each time; records `alert_delivery_failed`
+/// when every try failed.
+async fn deliver(control: Arc<ControlPlane>, audit: Arc<AuditPipeline>, config: AlertsConfig, firing: Firing, alert_id: String, at: i64, url: String) {
+    let Some(secret) = control.webhook_secret(&firing.rule) else { return };
+    let body = Bytes::from(serde_json::to_vec(&payload(&firing, &alert_id, at)).expect("JSON serialises"));
+    let mut wait = config.webhook_backoff;
+    let mut last_error = String::new();
+    for attempt in 1..=config.webhook_attempts {
+        match webhook::post(&url, body.clone(), &secret, &alert_id, control.upstream_guard(), config.webhook_timeout).await {
+            Ok(status) if (200..300).contains(&status) => {
+                control.alert_status().update(&firing.rule, |s| s.deliveries_succeeded += 1);
+                return;
+            }
+            Ok(status) => last_error = format!("the webhook answered {status}"),
+            Err(error) => last_error = crate::redact::redact(&error).into_owned(),
+        }
+        control.alert_status().update(&firing.rule, |s| s.last_delivery_error = Some(last_error.clone()));
+        if attempt < config.webhook_attempts {
+            tokio::time::sleep(wait).await;
+            wait = wait.saturating_mul(4);
+        }
+    }
+    control.alert_status().update(&firing.rule, |s| s.deliveries_failed += 1);
+    tracing::warn!(tenant = %firing.rule.tenant_id, rule = %firing.rule.id, webhook = %webhook::describe(&url), error = %last_error, "an alert's webhook could not be delivered");
+    let rule = &firing.rule;
+    let mut event = Event::new(rule.tenant_id.as_str(), Category::Security, security_type::ALERT_DELIVERY_FAILED, "failure");
+    event.actor = Some(super::ACTOR.into());
+    event.target = Some(format!("alert:{}", rule.id));
+    event.request_id = Some(alert_id);
+    event.error_message = Some(last_error);
+    event.details = Some(serde_json::json!({
+        "rule_id": rule.id,
+        "attempts": config.webhook_attempts,
+        "webhook": webhook::describe(&url),
+    }));
+    audit.record(event);
+}
