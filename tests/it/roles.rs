@@ -35,6 +35,8 @@ async fn fixture(owner: &Admin, tenant: &str, upstream: &str, bound: bool) -> Fi
     let a = owner.post("/v1/blocklist", json!({"kind": "user_agent", "value": format!("bot-{tenant}")})).await;
     assert_eq!(a.status, 201, "{}", a.text);
     let global_block = a.body["id"].as_str().unwrap().to_string();
+    let a = owner.post(&format!("/v1/tenants/{tenant}/alerts"), alert_rule("watch")).await;
+    assert_eq!(a.status, 201, "{}", a.text);
     let bind = if bound { json!(tenant) } else { Value::Null };
     let a = owner.post("/v1/admins", json!({"name": format!("doomed-{tenant}"), "role": "viewer", "tenant_id": bind})).await;
     assert_eq!(a.status, 201, "{}", a.text);
@@ -48,6 +50,10 @@ async fn fixture(owner: &Admin, tenant: &str, upstream: &str, bound: bool) -> Fi
         global_block,
         doomed_admin: a.body["id"].as_str().unwrap().to_string(),
     }
+}
+
+fn alert_rule(id: &str) -> Value {
+    json!({"id": id, "match": {"event_type": "auth_failed"}, "threshold": 5, "window_secs": 60})
 }
 
 /// A concrete call for a route: its path and a body that an allowed caller
@@ -65,6 +71,7 @@ fn call_for(method: &str, route: &str, f: &Fixture, bound: bool, n: usize) -> (S
         .replace("{key_id}", key)
         .replace("{tier}", if method == "DELETE" { "spare" } else { &f.tier })
         .replace("{admin_id}", &f.doomed_admin)
+        .replace("{rule}", "watch")
         .replace("{id}", if route.starts_with("/v1/blocklist") { &f.global_block } else { &f.block });
     let body = match (method, route) {
         ("POST", "/v1/admins") => {
@@ -84,6 +91,10 @@ fn call_for(method: &str, route: &str, f: &Fixture, bound: bool, n: usize) -> (S
         ("PUT", "/v1/tenants/{tenant}/tiers/{tier}") => Some(json!({"daily_quota": 5})),
         ("POST", "/v1/blocklist") | ("POST", "/v1/tenants/{tenant}/blocklist") => {
             Some(json!({"kind": "ip", "value": format!("198.51.100.{n}")}))
+        }
+        ("POST", "/v1/tenants/{tenant}/alerts") => Some(alert_rule(&format!("a{n}"))),
+        ("PUT", "/v1/tenants/{tenant}/alerts/{rule}") => {
+            Some(json!({"match": {"category": "security"}, "threshold": 10, "window_secs": 60}))
         }
         // Longer than the default: shortening needs an owner (below).
         ("PUT", r) if r.ends_with("/settings/retention") => Some(json!({"hot_days": 120})),
