@@ -5,11 +5,14 @@
 #   nginx-nolog   - the same nginx with its access log off (what the peer's own log costs)
 #   keytrail      - key auth + rate limits + audit trail (async durability)
 #   keytrail-nolog - key auth, successful calls not recorded (log_api_calls = false)
+#   keytrail-alerts - (with ALERTS=1) keytrail with an alert rule that counts every call,
+#                     so the alert engine reads the whole trail as it is committed
 # The proxy under test is pinned to CPU 0; wrk and the upstream to CPU 1.
 # Configurations run interleaved, ROUNDS times each; the medians are reported.
 #
 #   bash bench/gateway.sh                  # full run (5 x 8 s per configuration)
 #   BENCH_SMOKE=1 bash bench/gateway.sh    # seconds-long run that checks the script works
+#   ALERTS=1 bash bench/gateway.sh         # also keytrail-alerts: what the alert engine costs
 #   KEYTRAIL_CONFIG=f.toml bash bench/gateway.sh   # the audit-on keytrail with that config
 #                                          # (e.g. [audit] durability = "sync")
 set -euo pipefail
@@ -85,6 +88,16 @@ start_keytrail "$WORK/kt2" "$KT2" "$KTA2" "$WORK/nolog.toml"
 KEY=$(setup_keytrail "$KTA" "$UP")
 KEY2=$(setup_keytrail "$KTA2" "$UP")
 KT_PID=${PIDS[0]}; KT2_PID=${PIDS[1]}
+if [ "${ALERTS:-0}" = 1 ]; then
+  KT3=$(free_port); KTA3=$(free_port)
+  start_keytrail "$WORK/kt3" "$KT3" "$KTA3" "${KEYTRAIL_CONFIG:-}"
+  KEY3=$(setup_keytrail "$KTA3" "$UP")
+  KT3_PID=${PIDS[2]}
+  # Every successful call counts; it fires at each 10,000th (no cooldown),
+  # so its firings say the engine kept up with the trail.
+  curl -sf -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$KTA3/v1/tenants/bench/alerts" \
+    -d '{"id":"every-call","match":{"category":"request","outcome":"success"},"threshold":10000,"window_secs":86400,"cooldown_secs":0}' >/dev/null
+fi
 
 cpu_ticks() { # pids... -> utime+stime in clock ticks
   local total=0
@@ -116,6 +129,10 @@ URL[keytrail-nolog]="http://127.0.0.1:$KT2/bench/x"; PIDSET[keytrail-nolog]="$KT
 HEADER[direct]="X-API-Key: $KEY"; HEADER[nginx]="X-API-Key: $KEY"; HEADER[nginx-nolog]="X-API-Key: $KEY"
 HEADER[keytrail]="X-API-Key: $KEY"; HEADER[keytrail-nolog]="X-API-Key: $KEY2"
 CONFIGS=(direct nginx nginx-nolog keytrail keytrail-nolog)
+if [ "${ALERTS:-0}" = 1 ]; then
+  URL[keytrail-alerts]="http://127.0.0.1:$KT3/bench/x"; PIDSET[keytrail-alerts]="$KT3_PID"; HEADER[keytrail-alerts]="X-API-Key: $KEY3"
+  CONFIGS+=(keytrail-alerts)
+fi
 
 # Warm up every path (connection pools, page cache).
 for c in "${CONFIGS[@]}"; do
@@ -156,6 +173,13 @@ if p["dropped"]:
     sys.exit("the audit pipeline dropped events during the run: its cost is understated; results discarded")
 '
 
+if [ "${ALERTS:-0}" = 1 ]; then
+  sleep 2  # the engine's next turn
+  curl -sf -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$KTA3/v1/tenants/bench/alerts/every-call" | python3 -c '
+import json, sys
+print("alert engine: %(fired)d firings of every-call (one per 10,000 successful calls)" % json.load(sys.stdin)["status"])'
+fi
+
 python3 - "$RESULTS" "$TCK" "$CONNS" <<'PY'
 import re, sys, statistics
 path, tck, conns = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
@@ -178,7 +202,7 @@ for line in open(path):
     writer_us = int(wticks) * 1e6 / tck / total if c.startswith("keytrail") else float("nan")
     rows.setdefault((c, int(n)), []).append((rps, p50, p99, cpu_us, writer_us))
 def med(xs): return statistics.median(xs)
-order = ["direct", "nginx", "nginx-nolog", "keytrail", "keytrail-nolog"]
+order = [c for c in ["direct", "nginx", "nginx-nolog", "keytrail", "keytrail-nolog", "keytrail-alerts"] if (c, conns) in rows]
 m = {k: tuple(med([r[i] for r in v]) for i in range(5)) for k, v in rows.items()}
 print(f"\n### {conns} connections (wrk -t1 -c{conns}), median of {len(rows[('direct', conns)])} runs\n")
 print("| configuration | req/s (runs) | vs nginx | vs direct | p50 ms | p99 ms | proxy CPU µs/req | of which audit writer |")
@@ -213,7 +237,10 @@ print(f"keytrail vs nginx, geometric mean of the rounds {g:.3f}x, {span(lo_, hi_
 # Each proxy against itself without its log; the two run back to back in
 # each round, so a round's ratio is less moved by the machine's slow and
 # fast spells than the ratio of the medians.
-for name, on, off in (("keytrail's audit trail", "keytrail", "keytrail-nolog"), ("nginx's access log", "nginx", "nginx-nolog")):
+costs = [("keytrail's audit trail", "keytrail", "keytrail-nolog"), ("nginx's access log", "nginx", "nginx-nolog")]
+if ("keytrail-alerts", conns) in rows:
+    costs.append(("keytrail's alert engine", "keytrail-alerts", "keytrail"))
+for name, on, off in costs:
     lo, nolog = m[(on, conns)][0], m[(off, conns)][0]
     pairs = list(zip(rows[(on, conns)], rows[(off, conns)]))  # in round order
     tput = [100 * (1 - a[0] / b[0]) for a, b in pairs]

@@ -932,33 +932,51 @@ impl DecodedBlock {
         event: &mut Event,
     ) -> Result<(), BlockError> {
         debug_assert_eq!(self.loaded, Columns::ALL);
-        let ts = self.ts[row];
+        self.fill_loaded(row, tenant_id, seq, lookup, event)
+    }
+
+    /// [`Self::fill_event`] from the columns loaded: the fields of the
+    /// others are left empty (`None`, the empty text). `TS` and
+    /// `CATEGORY` must be loaded.
+    pub fn fill_loaded<'d>(
+        &self,
+        row: usize,
+        tenant_id: &str,
+        seq: u64,
+        lookup: &dyn Fn(u32) -> Option<&'d str>,
+        event: &mut Event,
+    ) -> Result<(), BlockError> {
+        let has = |c: usize| self.loaded.has(c);
         event.seq = seq;
-        event.timestamp_ms = ts;
+        event.timestamp_ms = self.ts[row];
         event.tenant_id.set_text(tenant_id);
         event.category = category_from_code(self.category[row]);
         let mut buf = [0u8; 36];
-        event.event_id.set_text(self.event_id_at(row, tenant_id, seq, &mut buf));
-        set_opt_text(&mut event.request_id, self.request_id_at(row, &mut buf));
-        event.status_code = (self.status[row] != 0).then_some(self.status[row]);
-        event.latency_us = self.latency_us[row];
-        event.upstream_latency_us = self.upstream_latency_us[row];
-        event.request_size_bytes = self.request_size[row];
-        event.response_size_bytes = self.response_size[row];
-        event.details = match &self.details[row] {
-            None => None,
-            Some(text) => Some(serde_json::from_str(text).map_err(|_| BlockError("details are not JSON"))?),
+        event.event_id.set_text(if has(col::EVENT_ID) { self.event_id_at(row, tenant_id, seq, &mut buf) } else { "" });
+        set_opt_text(&mut event.request_id, if has(col::REQUEST_ID) { self.request_id_at(row, &mut buf) } else { None });
+        event.status_code = (has(col::STATUS) && self.status[row] != 0).then(|| self.status[row]);
+        event.latency_us = if has(col::LATENCY) { self.latency_us[row] } else { None };
+        event.upstream_latency_us = if has(col::UPSTREAM_LATENCY) { self.upstream_latency_us[row] } else { None };
+        event.request_size_bytes = if has(col::REQUEST_SIZE) { self.request_size[row] } else { None };
+        event.response_size_bytes = if has(col::RESPONSE_SIZE) { self.response_size[row] } else { None };
+        event.details = match self.details.get(row).filter(|_| has(col::DETAILS)) {
+            None | Some(None) => None,
+            Some(Some(text)) => Some(serde_json::from_str(text).map_err(|_| BlockError("details are not JSON"))?),
         };
         for field in TEXT_FIELDS {
-            let column = &self.texts[field.index()];
-            let value = match column.codes[row] {
-                0 => None,
-                code if code & INLINE != 0 => column.inline_text(row),
-                id => Some(lookup(id).ok_or(BlockError("dictionary id not found"))?),
+            let value = if has(col::TEXT + field.index()) {
+                let column = &self.texts[field.index()];
+                match column.codes[row] {
+                    0 => None,
+                    code if code & INLINE != 0 => column.inline_text(row),
+                    id => Some(lookup(id).ok_or(BlockError("dictionary id not found"))?),
+                }
+            } else {
+                None
             };
             field.set(event, value);
         }
-        event.personal_commitment = self.personal[row];
+        event.personal_commitment = if has(col::PERSONAL) { self.personal[row] } else { None };
         Ok(())
     }
 }

@@ -815,6 +815,10 @@ impl AuditReader {
     /// after it are read (every event of such a block after `after_seq` is
     /// passed, earlier ones too). Finds the blocks by the chain's and the
     /// time's indexes, so a reader that keeps up reads only what is new.
+    /// Each event carries its `seq`, time, category, status, type, outcome,
+    /// actor, target, consumer, api, method and path, client address and
+    /// country: what alert rules match and group on; not its ids, sizes,
+    /// latencies, details or other texts, whose columns are not decoded.
     /// The event passed to `each` is reused between calls.
     pub fn events_after(&self, tenant: &str, after_seq: u64, from_ms: Option<i64>, mut each: impl FnMut(&Event) -> bool) -> Result<(), StoreError> {
         let after = after_seq.max(self.archived_through(tenant).0);
@@ -847,17 +851,20 @@ impl AuditReader {
             }
         }
         blocks.sort_by_key(|(_, meta, _)| meta.first_seq);
+        use TextField::*;
+        let columns = Columns::of(&[col::TS, col::CATEGORY, col::STATUS])
+            .with(Columns::text(&[EventType, Outcome, Actor, Target, Consumer, Api, Method, Path, ClientIp, Country]));
         let mut event = Event::default();
         for (day_number, meta, _) in blocks {
             let day = self.day(day_number)?.ok_or_else(|| StoreError::Corrupt("day file vanished".into()))?;
-            let block = self.decode(&day.block_data(meta.id)?, Columns::ALL)?;
+            let block = self.decode(&day.block_data(meta.id)?, columns)?;
             day.dict.ensure(&day.conn, block.max_dict_id())?;
             for row in 0..block.rows() {
                 let seq = meta.first_seq + row as u64;
                 if seq <= after {
                     continue;
                 }
-                day.dict.with(|lookup| block.fill_event(row, tenant, seq, lookup, &mut event))?;
+                day.dict.with(|lookup| block.fill_loaded(row, tenant, seq, lookup, &mut event))?;
                 if !each(&event) {
                     return Ok(());
                 }
