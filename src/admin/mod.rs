@@ -403,9 +403,15 @@ async fn create_tenant(State(s): State<AdminState>, body: Bytes) -> Result<Respo
 }
 
 /// The process's version and the audit pipeline's counters: whether events
-/// are being dropped, how far the writer is behind, whether commits fail.
+/// are being dropped, how far the writer is behind, whether commits fail;
+/// the sign-in throttle's and the alert engine's.
 async fn status(State(s): State<AdminState>) -> Json<Value> {
-    Json(json!({"version": env!("CARGO_PKG_VERSION"), "audit_pipeline": s.audit.status(), "login_throttle": s.control.login_throttle_status()}))
+    Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "audit_pipeline": s.audit.status(),
+        "login_throttle": s.control.login_throttle_status(),
+        "alerts": s.control.alert_status().engine(),
+    }))
 }
 
 async fn list_tenants(State(s): State<AdminState>, Extension(actor): Extension<Actor>) -> Result<Json<Value>, ApiError> {

@@ -45,11 +45,42 @@ pub struct RuleStatus {
     pub last_delivery_error: Option<String>,
 }
 
-/// Every rule's [`RuleStatus`], by tenant and rule id.
+/// What the engine as a whole did since the start (`GET /v1/status`).
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct EngineStatus {
+    /// Rules in `control.db` at the last turn, enabled or not.
+    pub rules: u64,
+    pub turns: u64,
+    #[serde(serialize_with = "crate::store::ser_opt_ts")]
+    pub last_turn_at: Option<i64>,
+    /// Events read and checked against the rules since the start.
+    pub events_read: u64,
+    /// Events committed but not read yet at the end of the last turn, over
+    /// every tenant with rules: how far the engine is behind.
+    pub behind: u64,
+    /// Why the last turn, or a tenant's part of it, failed; `None` once
+    /// one goes through.
+    pub last_error: Option<String>,
+}
+
+/// Every rule's [`RuleStatus`], by tenant and rule id, and the engine's.
 #[derive(Debug, Default)]
-pub struct StatusBoard(Mutex<HashMap<(String, String), RuleStatus>>);
+pub struct StatusBoard {
+    rules: Mutex<HashMap<(String, String), RuleStatus>>,
+    engine: Mutex<EngineStatus>,
+}
 
 impl StatusBoard {
+    pub fn engine(&self) -> EngineStatus {
+        self.engine.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn engine_turned(&self, change: impl FnOnce(&mut EngineStatus)) {
+        let mut engine = self.engine.lock().unwrap_or_else(|e| e.into_inner());
+        (engine.turns, engine.last_turn_at) = (engine.turns + 1, Some(now_ms()));
+        change(&mut engine);
+    }
+
     pub fn get(&self, tenant_id: &str, rule_id: &str) -> RuleStatus {
         self.lock().get(&(tenant_id.to_string(), rule_id.to_string())).cloned().unwrap_or_default()
     }
@@ -63,7 +94,7 @@ impl StatusBoard {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), RuleStatus>> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        self.rules.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -98,6 +129,7 @@ impl AlertEngine {
                 _ = tick.tick() => {
                     if let Err(error) = self.turn().await {
                         tracing::warn!(%error, "the alert engine's turn failed; it tries again at the next");
+                        self.control.alert_status().engine_turned(|e| e.last_error = Some(error.to_string()));
                     }
                 }
                 _ = shutdown.changed() => break,
@@ -110,7 +142,9 @@ impl AlertEngine {
     pub async fn turn(&mut self) -> Result<(), StoreError> {
         let control = self.control.clone();
         let rules = blocking(move || control.all_alert_rules()).await?;
-        if rules.is_empty() && self.tenants.is_empty() {
+        if rules.is_empty() {
+            self.tenants.clear();
+            self.control.alert_status().engine_turned(|e| (e.rules, e.behind, e.last_error) = (0, 0, None));
             return Ok(());
         }
         let mut wanted: HashMap<String, Vec<Arc<AlertRule>>> = HashMap::new();
@@ -120,26 +154,38 @@ impl AlertEngine {
         let (control, dir) = (self.control.clone(), self.audit.dir().to_path_buf());
         let mut tenants = std::mem::take(&mut self.tenants);
         tenants.retain(|tenant, _| wanted.contains_key(tenant));
-        let (tenants, firings, moved) = blocking(move || {
+        let rule_count = wanted.values().map(Vec::len).sum::<usize>() as u64;
+        let (tenants, firings, moved, read) = blocking(move || {
             let reader = AuditReader::open(&dir)?;
-            let mut firings = Vec::new();
-            let mut moved = Vec::new();
+            let (mut firings, mut moved, mut read) = (Vec::new(), Vec::new(), Turn::default());
             for (tenant, rules) in wanted {
-                let mut run = match tenants.remove(&tenant) {
-                    Some(run) => run,
-                    None => start_run(&control, &reader, &tenant)?,
+                // One tenant's failure (a day file it cannot read) holds up
+                // none of the others: it is tried again at the next turn.
+                let mut run = match tenants.remove(&tenant).map_or_else(|| start_run(&control, &reader, &tenant), Ok) {
+                    Ok(run) => run,
+                    Err(error) => {
+                        read.failed(&tenant, error);
+                        continue;
+                    }
                 };
                 let before = run.cursor;
-                read_tenant(&reader, &tenant, &rules, &mut run, &mut firings)?;
+                match read_tenant(&reader, &tenant, &rules, &mut run, &mut firings).and_then(|()| reader.chain_head(&tenant)) {
+                    Ok(head) => read.behind += head.saturating_sub(run.cursor),
+                    Err(error) => read.failed(&tenant, error),
+                }
+                read.events += run.cursor - before;
                 if run.cursor != before {
                     moved.push((tenant.clone(), run.cursor, run.cursor_ms));
                 }
                 tenants.insert(tenant, run);
             }
-            Ok((tenants, firings, moved))
+            Ok((tenants, firings, moved, read))
         })
         .await?;
         self.tenants = tenants;
+        self.control.alert_status().engine_turned(|e| {
+            (e.rules, e.events_read, e.behind, e.last_error) = (rule_count, e.events_read + read.events, read.behind, read.error);
+        });
 
         let mut recorded = Vec::new();
         let mut commits = Vec::new();
@@ -166,6 +212,21 @@ impl AlertEngine {
             }
         }
         Ok(())
+    }
+}
+
+/// What one turn read, over its tenants.
+#[derive(Default)]
+struct Turn {
+    events: u64,
+    behind: u64,
+    error: Option<String>,
+}
+
+impl Turn {
+    fn failed(&mut self, tenant: &str, error: StoreError) {
+        tracing::warn!(tenant, %error, "the alert engine could not read a tenant's trail; it tries again at the next turn");
+        self.error = Some(format!("tenant `{tenant}`: {error}"));
     }
 }
 

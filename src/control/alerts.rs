@@ -105,9 +105,14 @@ impl ControlPlane {
         Ok(self.store.list_alert_rules(Some(tenant_id))?.into_iter().map(from_stored).collect::<Result<_, _>>()?)
     }
 
-    /// Every tenant's rules, for the engine.
+    /// Every tenant's rules, for the engine; one this binary cannot read
+    /// (written by a later version) is left out with a warning, so the
+    /// others still fire.
     pub fn all_alert_rules(&self) -> Result<Vec<AlertRule>, StoreError> {
-        self.store.list_alert_rules(None)?.into_iter().map(from_stored).collect()
+        let readable = self.store.list_alert_rules(None)?.into_iter().filter_map(|row| {
+            from_stored(row).map_err(|error| tracing::warn!(%error, "an alert rule is left out")).ok()
+        });
+        Ok(readable.collect())
     }
 
     /// Where the engine has read `tenant_id`'s trail to (see [`crate::store::control::ControlStore::alert_cursor`]).

@@ -139,6 +139,9 @@ async fn a_brute_force_rule_fires_once_is_recorded_and_posts_a_signed_webhook() 
     assert!(posts.try_recv().is_err(), "no second post");
     let event = &fired[0];
     assert_eq!((event["actor"].as_str(), event["target"].as_str()), (Some("keytrail:alerts"), Some("alert:brute-force")));
+    let status = admin.get("/v1/status").await.body["alerts"].clone();
+    assert_eq!((status["rules"].as_u64(), status["last_error"].clone()), (Some(1), Value::Null), "{status}");
+    assert!(status["events_read"].as_u64().unwrap() >= 9 && status["turns"].as_u64().unwrap() > 0, "{status}");
     let rule = admin.get("/v1/tenants/acme/alerts/brute-force").await;
     assert_eq!((rule.body["status"]["fired"].as_u64(), rule.body["status"]["deliveries_succeeded"].as_u64()), (Some(1), Some(1)), "{}", rule.text);
     assert!(rule.body.get("webhook_secret").is_none(), "the secret is shown once: {}", rule.text);
