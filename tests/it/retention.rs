@@ -1765,6 +1765,12 @@ fn a_days_later_archive_is_restored_and_printed_by_its_name() {
 /// is now refused before anything is written, saying why and what to do:
 /// each archive alone, by its day and first seq, which also names the
 /// day's own archive.
+///
+/// (A day file made anew now takes the salts of the day's archive, see
+/// `a_late_call_to_a_dropped_day_is_salted_as_its_archive`: archives
+/// salted apart are those a keytrail before that wrote. Here the late call
+/// is committed while `meta.db`'s record of the day's archive shows no
+/// salts, so that its file gets a salt of its own, as it did then.)
 #[test]
 fn a_days_archives_salted_apart_are_refused_saying_why() {
     let mut t = trail(3, false);
@@ -1772,7 +1778,11 @@ fn a_days_archives_salted_apart_are_refused_saying_why() {
     retention::run(&t.audit, &t.archive, &policy, at(5, 0), &t.signer).unwrap();
     let mut late = vec![event("acme", at(0, HOUR), 7)];
     assert!(late[0].client_ip.is_some() && late[0].consumer_id.as_deref() == Some("cons_1"));
+    let meta = Connection::open(t.audit.join("meta.db")).unwrap();
+    let record: String = meta.query_row("SELECT manifest FROM archives WHERE tenant = 'acme' AND name = ?1", [name(0)], |r| r.get(0)).unwrap();
+    meta.execute("UPDATE archives SET manifest = json_set(manifest, '$.personal_salts', json('{}')) WHERE tenant = 'acme' AND name = ?1", [name(0)]).unwrap();
     t.store.insert_batch(&mut late).unwrap();
+    meta.execute("UPDATE archives SET manifest = ?2 WHERE tenant = 'acme' AND name = ?1", params![name(0), record]).unwrap();
     let seq = 3 * 24 + 1;
     retention::run(&t.audit, &t.archive, &policy, at(5, HOUR), &t.signer).unwrap();
     let (own, later) = (format!("{}-1", name(0)), format!("{}-{seq}", name(0)));
@@ -1792,6 +1802,33 @@ fn a_days_archives_salted_apart_are_refused_saying_why() {
     }
     let restored = archive::restore(&t.audit, &t.archive, "acme", &later, &t.key).unwrap();
     assert_eq!((restored.first_seq, restored.last_seq), (seq, seq), "{restored:?}");
+    t.assert_verifies();
+}
+
+/// A call stamped on a day whose hot file retention archived and dropped
+/// (a slow call, an application event with its own time) goes into a day
+/// file made anew, and is hashed with the personal salt the day's archive
+/// holds for its tenant and consumer: the day's archives (its own and the
+/// later one that takes the call) then share one salt a consumer, restore
+/// together and verify. Before, the new file made a salt of its own, and
+/// the restore of the day was refused ("different personal salts").
+#[test]
+fn a_late_call_to_a_dropped_day_is_salted_as_its_archive() {
+    let mut t = trail(3, false);
+    let policy = RetentionPolicy::uniform(settings(1, 30));
+    retention::run(&t.audit, &t.archive, &policy, at(5, 0), &t.signer).unwrap();
+    assert!(!t.day_file(0).exists(), "day 0's file was archived and dropped");
+    let mut late = vec![event("acme", at(0, HOUR), 7)];
+    assert!(late[0].client_ip.is_some() && late[0].consumer_id.as_deref() == Some("cons_1"));
+    t.store.insert_batch(&mut late).unwrap();
+    assert!(t.day_file(0).exists(), "the late call made day 0's file anew");
+    let seq = 3 * 24 + 1;
+    retention::run(&t.audit, &t.archive, &policy, at(5, HOUR), &t.signer).unwrap();
+    let later = format!("{}-{seq}", name(0));
+    assert!(archive::paths(&t.archive, "acme", &later).1.exists());
+    let restored = archive::restore(&t.audit, &t.archive, "acme", &name(0), &t.key).unwrap();
+    assert_eq!((restored.events, restored.archives.clone()), (25, vec![name(0), later]), "{restored:?}");
+    assert_eq!(t.read("acme", at(0, 0), at(1, 0) - 1).len(), 25, "day 0's events and the late call, restored");
     t.assert_verifies();
 }
 

@@ -4,7 +4,9 @@
 //! Each day file holds the salts of its own events (`personal_salts`): one
 //! per tenant and consumer that has events with personal values in the file,
 //! made by the writer the first time it needs one and committed in the same
-//! transaction as the events. A day file therefore verifies on its own, and
+//! transaction as the events (for a day already archived, whose file
+//! retention dropped and a late event made anew, the one the day's archive
+//! holds: [`archived_salts`]). A day file therefore verifies on its own, and
 //! losing `meta.db` loses no salt. Erasing a consumer's personal data
 //! ([`super::erasure`]) deletes its salts last, once every event that needed
 //! one holds its commitment instead: the commitments are then 32 random-looking
@@ -19,7 +21,7 @@
 
 use std::collections::BTreeMap;
 
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 use rustc_hash::FxHashMap;
 
 use crate::store::StoreError;
@@ -93,6 +95,52 @@ pub fn from_hex(salts: &DaySalts) -> Result<SaltMap, String> {
             let salt = crate::signing::from_hex::<32>(text)
                 .ok_or_else(|| format!("personal salts: the salt of consumer `{consumer}` on {day} is not 64 hexadecimal digits"))?;
             out.insert((number, consumer.clone()), salt);
+        }
+    }
+    Ok(out)
+}
+
+/// Salts archived for one day, by tenant and consumer id, as
+/// [`archived_salts`] reads them.
+pub type ArchivedSalts = FxHashMap<(String, String), [u8; 32]>;
+
+/// The personal salts the archives recorded in `meta` (`meta.db`) hash
+/// events of `day` with, by tenant and consumer id: where a consumer's
+/// events of the day are in more than one archive, the first archive's.
+///
+/// The writer salts a day file made anew for a day already archived (its
+/// file dropped by retention, then a call stamped on that day committed)
+/// with these rather than new ones: the day's archives and the later one
+/// that takes the new file's events then hash each consumer's events with
+/// one salt, as a restored day file, which holds one, needs. An archive
+/// named for day N holds events of day N and before only (the run of day
+/// N's file, with older files' blocks), so only those named for `day` or
+/// later are read. An erased consumer's salts are gone from the records
+/// too: its events from now on get a new one.
+pub fn archived_salts(meta: &Connection, day: i64) -> Result<ArchivedSalts, StoreError> {
+    let mut out = ArchivedSalts::default();
+    let has_archives: Option<i64> =
+        meta.query_row("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'archives'", [], |r| r.get(0)).optional()?;
+    if has_archives.is_none() {
+        return Ok(out);
+    }
+    let name = super::archive::day_name(day);
+    let path = format!("$.personal_salts.\"{name}\"");
+    let mut stmt = meta.prepare_cached(
+        "SELECT tenant, json_extract(manifest, ?2) FROM archives
+         WHERE name >= ?1 AND json_extract(manifest, ?2) IS NOT NULL ORDER BY tenant, first_seq",
+    )?;
+    let mut rows = stmt.query(params![name, path])?;
+    while let Some(r) = rows.next()? {
+        let tenant: String = r.get(0)?;
+        let text: String = r.get(1)?;
+        let consumers: BTreeMap<String, String> = serde_json::from_str(&text)
+            .map_err(|e| StoreError::Corrupt(format!("the personal salts of an archive of `{tenant}` in meta.db cannot be read: {e}")))?;
+        for (consumer, hex) in consumers {
+            let salt = crate::signing::from_hex::<32>(&hex).ok_or_else(|| {
+                StoreError::Corrupt(format!("an archive of `{tenant}` in meta.db holds a personal salt for {name} that is not 64 hexadecimal digits"))
+            })?;
+            out.entry((tenant.clone(), consumer)).or_insert(salt);
         }
     }
     Ok(out)

@@ -204,6 +204,10 @@ struct DayWriter {
     /// the last commit (stored with it, or forgotten if it fails).
     salts: FxHashMap<(u32, u32), [u8; 32]>,
     new_salts: Vec<(u32, u32, String, [u8; 32])>,
+    /// The salts the day's archives hash its events with, by tenant and
+    /// consumer id ([`super::salts::archived_salts`]): a salt the file
+    /// lacks is taken from here before a new one is made.
+    archived_salts: super::salts::ArchivedSalts,
     last_used: u64,
     /// Commits and bytes of blocks and strings since the last WAL
     /// checkpoint was asked for (see [`super::wal`]).
@@ -244,6 +248,7 @@ impl DayWriter {
             methods,
             salts,
             new_salts: Vec::new(),
+            archived_salts: Default::default(),
             last_used,
             wal_commits: 0,
             wal_bytes: 0,
@@ -276,14 +281,18 @@ impl DayWriter {
     }
 
     /// The personal salt of event `e` (of tenant id `tenant`, consumer id
-    /// `consumer`, 0 for none) in this file: the file's, an imported one, or
-    /// a new random one.
+    /// `consumer`, 0 for none) in this file: the file's, an imported one,
+    /// the day's archived one, or a new random one.
     fn salt(&mut self, tenant: u32, consumer: u32, e: &Event, imported: &FxHashMap<(i64, String, String), [u8; 32]>, day: i64) -> [u8; 32] {
         if let Some(salt) = self.salts.get(&(tenant, consumer)) {
             return *salt;
         }
         let consumer_text = super::salts::consumer_key(e.salt_owner()).to_string();
-        let salt = imported.get(&(day, e.tenant_id.to_string(), consumer_text.clone())).copied().unwrap_or_else(rand::random);
+        let salt = imported
+            .get(&(day, e.tenant_id.to_string(), consumer_text.clone()))
+            .or_else(|| self.archived_salts.get(&(e.tenant_id.to_string(), consumer_text.clone())))
+            .copied()
+            .unwrap_or_else(rand::random);
         self.salts.insert((tenant, consumer), salt);
         self.new_salts.push((tenant, consumer, consumer_text, salt));
         salt
@@ -531,7 +540,7 @@ impl AuditWriterStore {
             let day = day_of(batch[committed].timestamp_ms);
             let end = committed + batch[committed..].iter().take_while(|e| day_of(e.timestamp_ms) == day).count();
             let result = self.build_day(day, &mut batch[committed..end], &mut heads).and_then(|day_batch| {
-                let writer = day_writer(&mut self.days, &self.dir, &mut self.uses, day)?;
+                let writer = day_writer(&mut self.days, &self.dir, &self.meta, &mut self.uses, day)?;
                 let bytes = day_batch.blocks.iter().map(|b| b.data.len()).sum::<usize>()
                     + writer.dict.added.iter().map(|(_, value)| value.len()).sum::<usize>();
                 commit_day(writer, &day_batch, rollups_due)?;
@@ -628,7 +637,7 @@ impl AuditWriterStore {
     /// Numbers and chains one day's events and encodes them into blocks.
     fn build_day(&mut self, day: i64, events: &mut [Event], heads: &mut FxHashMap<String, ChainHead>) -> Result<DayBatch, StoreError> {
         self.make_room_for(day)?;
-        let writer = day_writer(&mut self.days, &self.dir, &mut self.uses, day)?;
+        let writer = day_writer(&mut self.days, &self.dir, &self.meta, &mut self.uses, day)?;
         let compressor = &mut self.compressor;
         let mut out = DayBatch::default();
         let mut open: FxHashMap<u32, OpenBlock> = FxHashMap::default();
@@ -873,13 +882,16 @@ impl Drop for AuditWriterStore {
 
 /// The writer of `day`'s file, opening it when needed (after
 /// [`AuditWriterStore::make_room_for`]).
-fn day_writer<'a>(days: &'a mut BTreeMap<i64, DayWriter>, dir: &Path, uses: &mut u64, day: i64) -> Result<&'a mut DayWriter, StoreError> {
+/// The open day file of `day`, opened (or made) if it is not; `meta` is
+/// `meta.db`, whose archive records hold the day's archived salts.
+fn day_writer<'a>(days: &'a mut BTreeMap<i64, DayWriter>, dir: &Path, meta: &Connection, uses: &mut u64, day: i64) -> Result<&'a mut DayWriter, StoreError> {
     *uses += 1;
     let writer = match days.entry(day) {
         std::collections::btree_map::Entry::Occupied(entry) => entry.into_mut(),
         std::collections::btree_map::Entry::Vacant(entry) => {
             let claim = OpenDay::claim(dir, day);
             let mut writer = DayWriter::open(&dir.join(day_file_name(day)), *uses)?;
+            writer.archived_salts = super::salts::archived_salts(meta, day)?;
             writer._open = Some(claim);
             entry.insert(writer)
         }
