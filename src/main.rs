@@ -967,7 +967,10 @@ fn main() -> ExitCode {
                 .map(|(_, text)| keytrail::redact::redact(text).into_owned())
                 .collect();
             errln!("keytrail: error: {}", chain.join(": "));
-            if error.downcast_ref::<config::ConfigError>().is_some() || error.downcast_ref::<keytrail::cli::UsageError>().is_some() {
+            if let Some(stopped) = error.downcast_ref::<keytrail::cli::Interrupted>() {
+                // 130 for Ctrl-C, 143 for SIGTERM, as shells expect.
+                ExitCode::from(stopped.signal.exit_code())
+            } else if error.downcast_ref::<config::ConfigError>().is_some() || error.downcast_ref::<keytrail::cli::UsageError>().is_some() {
                 ExitCode::from(2)
             } else {
                 ExitCode::FAILURE

@@ -481,11 +481,15 @@ pub async fn audit_export(target: &Target, format: &str, filters: &AuditFilters,
     let partial = output.with_file_name(partial_name);
     let mut file = claim_partial(&partial, output)?;
     // Stopped midway (Ctrl-C, SIGTERM), as cut short by the server: no
-    // file is left, the `.partial` included.
+    // file is left, the `.partial` included; the exit code says which
+    // signal (130, 143), as a shell's for a command the signal ended.
     let mut counted = Counted { inner: &mut file, progress: &mut progress };
     let downloaded = tokio::select! {
         result = client.download(&path, &mut counted) => result,
-        () = super::stop_signal() => Err(anyhow::anyhow!("interrupted: the export was stopped before its end, and no file was written")),
+        signal = super::stop_signal_which() => Err(anyhow::Error::new(super::Interrupted {
+            signal,
+            message: "the export was stopped before its end, and no file was written".into(),
+        })),
     };
     let written = match downloaded {
         Ok(n) => n,

@@ -265,6 +265,50 @@ fn group_rows(answer: &Value, latency: bool, none: &str) -> Vec<Vec<String>> {
 
 // ---------- erase ----------
 
+/// The signal that stopped a command: Ctrl-C (SIGINT) or SIGTERM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopSignal {
+    Interrupt,
+    Terminate,
+}
+
+impl StopSignal {
+    /// The exit code of a command the signal cut short: 128 and the
+    /// signal's number, as shells report a command the signal ended (130
+    /// for SIGINT, 143 for SIGTERM), so a script tells a stopped command
+    /// from one that failed.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            StopSignal::Interrupt => 130,
+            StopSignal::Terminate => 143,
+        }
+    }
+
+    /// How a message names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            StopSignal::Interrupt => "Ctrl-C (SIGINT)",
+            StopSignal::Terminate => "SIGTERM",
+        }
+    }
+}
+
+/// Work a [`StopSignal`] cut short (an export to a file): the binary says
+/// `message` and exits with [`StopSignal::exit_code`].
+#[derive(Debug)]
+pub struct Interrupted {
+    pub signal: StopSignal,
+    pub message: String,
+}
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "interrupted by {}: {}", self.signal.name(), self.message)
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
 /// Ctrl-C or SIGTERM, from the moment this is called (not first polled):
 /// how `serve`, `demo` and an export to a file are stopped. Called before
 /// the work starts, a signal that comes while it starts is kept for when
@@ -273,6 +317,15 @@ fn group_rows(answer: &Value, latency: bool, none: &str) -> Vec<Vec<String>> {
 /// A signal that cannot be listened for never comes (rather than stopping
 /// at once).
 pub fn stop_signal() -> impl std::future::Future<Output = ()> {
+    let which = stop_signal_which();
+    async move {
+        which.await;
+    }
+}
+
+/// [`stop_signal`], saying which of the two came: for work it cuts short,
+/// whose exit code says which ([`Interrupted`]).
+pub fn stop_signal_which() -> impl std::future::Future<Output = StopSignal> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, Signal, SignalKind};
@@ -289,8 +342,8 @@ pub fn stop_signal() -> impl std::future::Future<Output = ()> {
         }
         async move {
             tokio::select! {
-                () = next(interrupt) => {}
-                () = next(terminate) => {}
+                () = next(interrupt) => StopSignal::Interrupt,
+                () = next(terminate) => StopSignal::Terminate,
             }
         }
     }
@@ -299,6 +352,7 @@ pub fn stop_signal() -> impl std::future::Future<Output = ()> {
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;
         }
+        StopSignal::Interrupt
     }
 }
 

@@ -378,10 +378,13 @@ fn export_under_way(url: &str, file: &std::path::Path, dir: &std::path::Path) ->
 /// file, as one the server cuts short does: the `FILE.partial` it was
 /// writing stayed behind. The admin API here is a peer that sends the
 /// head and the first bytes of an export and then nothing more (a slow
-/// export), so the command is still writing when it is stopped.
+/// export), so the command is still writing when it is stopped. It exits
+/// as shells expect of a command a signal stopped, 128 and the signal's
+/// number (130 for Ctrl-C, 143 for SIGTERM); it exited with 1, as for a
+/// failure.
 #[test]
 fn an_export_stopped_midway_leaves_no_file() {
-    for signal in ["-INT", "-TERM"] {
+    for (signal, code) in [("-INT", 130), ("-TERM", 143)] {
         let (url, server) = slow_export_peer();
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("slow.csv");
@@ -397,6 +400,8 @@ fn an_export_stopped_midway_leaves_no_file() {
             std::thread::sleep(std::time::Duration::from_millis(20));
         };
         assert!(!status.success(), "{signal}: {status}");
+        assert_eq!(status.code(), Some(code), "{signal}: {}", p.stderr());
+        assert!(p.stderr().contains("no file was written"), "{signal}: {}", p.stderr());
         assert!(!file.exists() && !partial.exists(), "{signal}: a file is left: {}", p.stderr());
         server.join().unwrap();
     }
