@@ -179,9 +179,16 @@ async fn run_with(config: Config, stop: impl std::future::Future<Output = ()>) -
 
     let gw = server.gateway_addr;
     let admin = server.admin_addr;
+    // A line that works as pasted (a `<placeholder>` is a redirection to
+    // a shell): the token from where it is, never printed; a variable that
+    // is not set stops the line with the shell's message, saying what to
+    // set, rather than going on with an empty token.
     let token_line = match &server.bootstrap {
         Bootstrap::Generated(path) => format!("export KEYTRAIL_TOKEN=$(cat {})", shell_word(&path.display().to_string())),
-        _ => "export KEYTRAIL_TOKEN=<your KEYTRAIL_BOOTSTRAP_TOKEN>".to_string(),
+        // The token the demo was started with, in the shell that started it.
+        Bootstrap::FromEnvironment => r#"export KEYTRAIL_TOKEN="${KEYTRAIL_BOOTSTRAP_TOKEN:?set it to the token this demo was started with}""#.to_string(),
+        // The data directory had admins: one of their tokens.
+        Bootstrap::Existing => r#"export KEYTRAIL_TOKEN="${KEYTRAIL_TOKEN:?set it to an admin token of this data directory}""#.to_string(),
     };
     // This very binary, as the commands to try name it (under `cargo run`
     // it is not on the PATH).

@@ -9,6 +9,7 @@ mod app_events;
 mod audit_api;
 mod cli_checks;
 mod cli_manage;
+mod demo_token;
 mod client_conn;
 mod durability;
 mod erasure;
