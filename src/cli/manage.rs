@@ -208,6 +208,44 @@ fn new_key(key: &Value, headline: &str) -> anyhow::Result<()> {
     ))
 }
 
+/// Whether one of `tenant`'s consumers has the key `key_id`.
+async fn tenant_has_key(client: &AdminClient, tenant: &str, key_id: &str) -> anyhow::Result<bool> {
+    let list = client.get(&format!("/v1/tenants/{}/consumers", encode(tenant))).await?;
+    for consumer in client.list(&list, "consumers")?.iter().filter_map(|c| c["id"].as_str()) {
+        let keys = client.get(&format!("/v1/tenants/{}/consumers/{}/keys", encode(tenant), encode(consumer))).await?;
+        if client.list(&keys, "keys")?.iter().any(|k| k["key_id"].as_str() == Some(key_id)) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// With `--tenant`, that the key `key_id` is that tenant's before it is
+/// changed: the key routes are global, so the server acts on a key of any
+/// tenant the token sees, and a slip in the tenant or the key id would
+/// change another tenant's key. A key another tenant has is a usage error
+/// naming both; one no tenant the token sees has goes to the server, whose
+/// refusal (404) says so. A `--tenant` no tenant has is refused by the
+/// server as its consumers are asked for.
+async fn check_key_tenant(client: &AdminClient, target: &Target, key_id: &str) -> anyhow::Result<()> {
+    let Some(tenant) = target.tenant.as_deref() else { return Ok(()) };
+    if let Err(problem) = super::check_tenant_id(tenant) {
+        return Err(super::usage(format!("--tenant {problem}")));
+    }
+    if tenant_has_key(client, tenant, key_id).await? {
+        return Ok(());
+    }
+    let tenants = client.get("/v1/tenants").await?;
+    for other in client.list(&tenants, "tenants")?.iter().filter_map(|t| t["id"].as_str()).filter(|t| *t != tenant) {
+        if tenant_has_key(client, other, key_id).await? {
+            return Err(super::usage(format!(
+                "--tenant {tenant}: {key_id} is a key of tenant `{other}`, not of `{tenant}`: nothing was changed (give --tenant {other} if that key is meant, or check the key id: `keytrail keys list` shows a consumer's keys)"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// `keytrail keys rotate KEY_ID`: prints the new key once.
 pub async fn keys_rotate(target: &Target, key_id: &str, grace_secs: Option<u64>) -> anyhow::Result<()> {
     if let Some(secs) = grace_secs.filter(|secs| *secs > MAX_GRACE_SECS) {
@@ -219,6 +257,7 @@ pub async fn keys_rotate(target: &Target, key_id: &str, grace_secs: Option<u64>)
         Some(secs) => json!({"grace_seconds": secs}),
         None => json!({}),
     };
+    check_key_tenant(&client, target, key_id).await?;
     let key = client.send_json(Method::POST, &format!("/v1/keys/{}/rotate", encode(key_id)), &body).await?;
     if target.json {
         return print_json(&key);
@@ -236,6 +275,7 @@ pub async fn keys_rotate(target: &Target, key_id: &str, grace_secs: Option<u64>)
 pub async fn keys_revoke(target: &Target, key_id: &str) -> anyhow::Result<()> {
     let client = AdminClient::from_env(&target.admin_url)?;
     let key_id = segment("the key id", key_id)?;
+    check_key_tenant(&client, target, key_id).await?;
     let key = client.send_json(Method::POST, &format!("/v1/keys/{}/revoke", encode(key_id)), &json!({})).await?;
     if target.json {
         return print_json(&key);
@@ -248,6 +288,7 @@ pub async fn keys_scopes(target: &Target, key_id: &str, scopes_given: Vec<String
     check_scopes(&scopes_given)?;
     let client = AdminClient::from_env(&target.admin_url)?;
     let key_id = segment("the key id", key_id)?;
+    check_key_tenant(&client, target, key_id).await?;
     let key = client.send_json(Method::PUT, &format!("/v1/keys/{}/scopes", encode(key_id)), &json!({"scopes": scopes_given})).await?;
     if target.json {
         return print_json(&key);

@@ -145,6 +145,57 @@ async fn keys_are_managed_from_the_command_line() {
     }
 }
 
+/// The binary run with `args` and `envs` (as [`run_cli`], within 60 s):
+/// its exit code and standard error.
+async fn exit_code(args: &[&str], envs: &[(&str, &str)]) -> (Option<i32>, String) {
+    let out = tempfile::tempdir().unwrap();
+    let mut p = crate::util::Process::spawn(args, envs, out.path(), out.path());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if let Some(status) = p.child.try_wait().unwrap() {
+            return (status.code(), p.stderr());
+        }
+        assert!(std::time::Instant::now() < deadline, "keytrail {args:?} did not finish in 60 s\n{}", p.stderr());
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// `keys rotate|revoke|scopes --tenant T KEY_ID` acted on the key whatever
+/// its tenant: the key routes are global and `--tenant` was not looked at,
+/// so a slip in either changed another tenant's key. A key of another
+/// tenant is now refused as a usage error (exit code 2) naming both
+/// tenants, and nothing is changed; with its own tenant it goes on, and a
+/// key no tenant has is still the server's to refuse (404, exit code 1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_command_refuses_a_key_of_another_tenant() {
+    let ts = TestServer::start().await;
+    let admin = ts.admin_client();
+    let up = format!("http://{}", start_upstream().await);
+    let (consumer, key_id, key) = admin.setup("acme", "/docs", &up).await;
+    admin.setup("globex", "/globex", &up).await;
+    let url = ts.admin.as_str();
+    let keys = || async { admin.get(&format!("/v1/tenants/acme/consumers/{consumer}/keys")).await.body };
+    let before = keys().await;
+    for command in [vec!["keys", "revoke", &key_id], vec!["keys", "rotate", &key_id], vec!["keys", "scopes", &key_id, "--scope", "docs:admin"]] {
+        let args: Vec<&str> = command.iter().copied().chain(["--admin-url", url, "--tenant", "globex"]).collect();
+        let (code, err) = exit_code(&args, &TOKEN).await;
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert!(err.contains(&key_id) && err.contains("`acme`") && err.contains("`globex`") && err.contains("nothing was changed"), "{args:?}: {err}");
+        assert!(!err.contains(&key), "{err}");
+    }
+    assert_eq!(keys().await, before, "the key is as it was");
+    assert_eq!(status_with(&ts, &key).await, 200);
+    // Its own tenant: done.
+    let (code, err) = exit_code(&["keys", "scopes", &key_id, "--scope", "docs:admin", "--admin-url", url, "--tenant", "acme"], &TOKEN).await;
+    assert_eq!(code, Some(0), "{err}");
+    let (code, err) = exit_code(&["keys", "revoke", &key_id, "--admin-url", url, "--tenant", "acme"], &TOKEN).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(status_with(&ts, &key).await, 401);
+    // A key no tenant has: the server says so.
+    let (code, err) = exit_code(&["keys", "revoke", "key_unknown", "--admin-url", url, "--tenant", "globex"], &TOKEN).await;
+    assert!(code == Some(1) && err.contains("404"), "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_audit_trail_is_read_and_exported_from_the_command_line() {
     let ts = TestServer::start().await;
