@@ -242,7 +242,8 @@ enum AuditCommand {
     },
 }
 
-/// The audit API's filters, passed on as given (the server checks them).
+/// The audit API's filters, passed on as given (the server checks them;
+/// values it refuses whatever the data are usage errors first).
 #[derive(clap::Args)]
 struct AuditFilterArgs {
     /// Only this consumer (its id, cons_…, or its name).

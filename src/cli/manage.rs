@@ -1,7 +1,8 @@
 //! `keytrail keys list|create|rotate|revoke|scopes` and `keytrail audit
 //! list|security|export`: the admin API's key management and audit reads
 //! from the command line. Every rule (who may do what, what a valid filter
-//! is) stays the server's; these commands build the calls, name consumers
+//! is) stays the server's (values it refuses whatever the data are said
+//! first, as usage errors, with its limits); these commands build the calls, name consumers
 //! by id or by name, and lay out the answers (`--json` prints them as the
 //! API gave them).
 //!
@@ -299,7 +300,8 @@ pub async fn keys_scopes(target: &Target, key_id: &str, scopes_given: Vec<String
 // ---------- audit ----------
 
 /// The filters `keytrail audit …` passes on to the audit API (which checks
-/// them and says what is wrong with one).
+/// them and says what is wrong with one; those it refuses whatever the
+/// data are refused first, [`AuditFilters::check`]).
 #[derive(Debug, Default, Clone)]
 pub struct AuditFilters {
     /// By id or name.
@@ -325,7 +327,64 @@ pub struct AuditFilters {
     pub to: Option<String>,
 }
 
+/// The audit API's limits on a window counted back from now: `hours` and
+/// `days` from 1 to these (ten years and a bit).
+pub const MAX_WINDOW_HOURS: u32 = 24 * 3660;
+pub const MAX_WINDOW_DAYS: u32 = 3660;
+
 impl AuditFilters {
+    /// Refuses, as a usage error naming the flag, a filter the audit API
+    /// refuses whatever the data, with the API's own limits: a status out
+    /// of 100-999, `--status-min` over `--status-max`, `--hours`/`--days`
+    /// out of range or together, a time that is no RFC 3339 time, `--from`
+    /// after `--to` or with `--hours`/`--days`, a `--path` that does not
+    /// start with `/`. The rest (and what depends on the clock, a window
+    /// counted back from now that starts after `--to`) is the server's.
+    pub fn check(&self) -> anyhow::Result<()> {
+        let usage = |message: String| Err(super::usage(message));
+        for (flag, status) in [("--status-min", self.status_min), ("--status-max", self.status_max)] {
+            if let Some(status) = status.filter(|s| !(100..=999).contains(s)) {
+                return usage(format!("{flag} {status}: give an HTTP status between 100 and 999"));
+            }
+        }
+        if let (Some(min), Some(max)) = (self.status_min, self.status_max) {
+            if min > max {
+                return usage(format!("--status-min {min} is greater than --status-max {max}"));
+            }
+        }
+        for (flag, n, max) in [("--hours", self.hours, MAX_WINDOW_HOURS), ("--days", self.days, MAX_WINDOW_DAYS)] {
+            if let Some(n) = n.filter(|n| !(1..=max).contains(n)) {
+                return usage(format!("{flag} {n}: give a number between 1 and {max}"));
+            }
+        }
+        if self.hours.is_some() && self.days.is_some() {
+            return usage("give either --hours or --days, not both".into());
+        }
+        let time = |flag: &str, value: &Option<String>| -> anyhow::Result<Option<chrono::DateTime<chrono::FixedOffset>>> {
+            match value {
+                None => Ok(None),
+                Some(text) => match chrono::DateTime::parse_from_rfc3339(text.trim()) {
+                    Ok(time) => Ok(Some(time)),
+                    Err(_) => Err(super::usage(format!("{flag} `{text}` is not an RFC 3339 time: give one such as 2026-11-22T15:00:00Z"))),
+                },
+            }
+        };
+        let (from, to) = (time("--from", &self.from)?, time("--to", &self.to)?);
+        if let (Some(from), Some(to)) = (from, to) {
+            if from > to {
+                return usage("--from is after --to: give the window's start first".into());
+            }
+        }
+        if from.is_some() && (self.hours.is_some() || self.days.is_some()) {
+            let window = if self.hours.is_some() { "--hours" } else { "--days" };
+            return usage(format!("give either --from or {window} (which counts back from now), not both"));
+        }
+        if let Some(path) = self.path.as_deref().filter(|p| !p.starts_with('/')) {
+            return usage(format!("--path `{path}` does not start with `/`: it matches paths by prefix, such as /orders"));
+        }
+        Ok(())
+    }
+
     async fn params(&self, client: &AdminClient, tenant: &str) -> anyhow::Result<Vec<(&'static str, String)>> {
         let mut p = Vec::new();
         if let Some(c) = &self.consumer {
@@ -373,6 +432,7 @@ pub enum AuditList {
 /// `keytrail audit list|security`: one page, newest first, and the
 /// `--cursor` of the next.
 pub async fn audit_list(target: &Target, which: AuditList, filters: &AuditFilters, limit: u32, cursor: Option<&str>) -> anyhow::Result<()> {
+    filters.check()?;
     let client = AdminClient::from_env(&target.admin_url)?;
     let tenant = resolve_tenant(&client, target.tenant.as_deref()).await?;
     let mut params = filters.params(&client, &tenant).await?;
@@ -489,6 +549,7 @@ pub async fn audit_export(target: &Target, format: &str, filters: &AuditFilters,
     if target.json {
         return Err(super::usage("--json does not apply to an export, which is written as it comes: give --format json for a JSON export"));
     }
+    filters.check()?;
     // `-o -`: standard output, as `-` means for curl, tar or jq.
     let output = output.filter(|o| o.as_os_str() != "-");
     // A directory is no file to write: said before anything is asked (it

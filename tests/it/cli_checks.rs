@@ -746,6 +746,41 @@ fn an_audit_limit_out_of_range_is_a_usage_error() {
     }
 }
 
+/// Audit filters the audit API refuses whatever the data — a status out of
+/// 100-999 or a `--status-min` over `--status-max`, `--hours`/`--days`
+/// out of range or together, a `--from`/`--to` that is no RFC 3339 time,
+/// `--from` after `--to` or with `--hours`/`--days`, a `--path` not
+/// starting with `/` — are usage errors (exit code 2) naming the flag and
+/// the server's limit, before anything is asked: they were sent, and the
+/// server's 400 ended the command with exit code 1.
+#[test]
+fn audit_filters_no_server_takes_are_usage_errors() {
+    let out = tempfile::tempdir().unwrap();
+    let token = ("KEYTRAIL_TOKEN", "some-token-0123456789");
+    let cases: [(&[&str], &[&str]); 12] = [
+        (&["list", "--status-min", "99"], &["--status-min", "100", "999"]),
+        (&["security", "--status-max", "1000"], &["--status-max", "100", "999"]),
+        (&["list", "--status-min", "500", "--status-max", "400"], &["--status-min", "--status-max"]),
+        (&["admin", "--hours", "0"], &["--hours", "87840"]),
+        (&["app", "--days", "3661"], &["--days", "3660"]),
+        (&["list", "--hours", "1", "--days", "1"], &["--hours", "--days"]),
+        (&["export", "--from", "yesterday"], &["--from", "RFC 3339"]),
+        (&["list", "--to", "2026-13-01T00:00:00Z"], &["--to", "RFC 3339"]),
+        (&["security", "--from", "2026-01-02T00:00:00Z", "--to", "2026-01-01T00:00:00Z"], &["--from", "--to"]),
+        (&["export", "--from", "2026-01-01T00:00:00Z", "--hours", "2"], &["--from", "--hours"]),
+        (&["list", "--path", "docs"], &["--path", "/"]),
+        (&["export", "--status-min", "0"], &["--status-min", "100"]),
+    ];
+    for (given, said) in cases {
+        let mut args = vec!["audit"];
+        args.extend_from_slice(given);
+        args.extend(["--tenant", "acme", "--admin-url", "http://127.0.0.1:1"]);
+        let (code, err) = exit_code_and_stderr(&args, &[token], out.path());
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert!(said.iter().all(|s| err.contains(s)) && !err.contains("cannot reach"), "{args:?}: {err}");
+    }
+}
+
 /// An `--admin-url` ending with `/v1` (copied from a call such as
 /// `http://host:9080/v1/tenants`) says that the commands add `/v1`
 /// themselves: it said only "GET /v1/v1/audit/acme: 404 Not Found:

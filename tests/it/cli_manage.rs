@@ -260,9 +260,14 @@ async fn the_audit_trail_is_read_and_exported_from_the_command_line() {
     assert_eq!(page["events"].as_array().unwrap().len(), 1, "{out}");
     assert_eq!(page["events"][0]["resource_id"], "inv_2");
 
-    // a filter the server refuses: its message, exit 1.
-    let (ok, _, err) = run_cli(&with(&["audit", "list", "--hours", "0"]), &TOKEN).await;
+    // a filter the server refuses: its message, exit 1 (one only the server
+    // can tell: a window counted back from now that starts after `--to`).
+    let (ok, _, err) = run_cli(&with(&["audit", "list", "--hours", "1", "--to", "2020-01-01T00:00:00Z"]), &TOKEN).await;
     assert!(!ok && err.contains("400") && err.contains("hours"), "{err}");
+    // (one no server takes is a usage error naming the flag and the server's
+    // limit, said before asking: see `audit_filters_no_server_takes_are_usage_errors`)
+    let (ok, _, err) = run_cli(&with(&["audit", "list", "--hours", "0"]), &TOKEN).await;
+    assert!(!ok && err.contains("--hours") && err.contains("87840"), "{err}");
     let (ok, _, err) = run_cli(&with(&["audit", "list", "--from", "yesterday"]), &TOKEN).await;
     assert!(!ok && err.contains("from") && err.contains("RFC 3339"), "{err}");
 
@@ -311,9 +316,10 @@ async fn the_audit_trail_is_read_and_exported_from_the_command_line() {
     assert!(tty.status.success() && shown.contains("exporting: ") && shown.contains("wrote"), "{shown}");
     assert_eq!(std::fs::read_to_string(&tty_file).unwrap(), api_csv);
     std::fs::remove_file(&tty_file).unwrap();
-    // A refused export leaves no file behind, whole or partial.
+    // A refused export leaves no file behind, whole or partial. (Refused
+    // by the server: a window counted back from now that starts after `--to`.)
     let refused = dir.path().join("refused.csv");
-    let mut args = with(&["audit", "export", "--days", "0"]);
+    let mut args = with(&["audit", "export", "--days", "1", "--to", "2020-01-01T00:00:00Z"]);
     args.extend(["--output", refused.to_str().unwrap()]);
     let (ok, _, err) = run_cli(&args, &TOKEN).await;
     assert!(!ok && err.contains("400"), "{err}");
