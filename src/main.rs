@@ -124,6 +124,13 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Alert rules over the admin API: list them with what they fired,
+    /// create one, enable, disable or delete it (needs an admin token in
+    /// KEYTRAIL_TOKEN).
+    Alerts {
+        #[command(subcommand)]
+        command: AlertsCommand,
+    },
     /// Incident triage from a running keytrail: error rates, top consumers
     /// and paths, security events by type, and with --consumer that
     /// consumer's activity. Needs an admin token in KEYTRAIL_TOKEN.
@@ -476,6 +483,90 @@ struct ArchivedDay {
     /// directory's own].
     #[arg(long)]
     public_key: Option<String>,
+}
+
+// Parsed once per run: the size of its largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Subcommand)]
+enum AlertsCommand {
+    /// The tenant's rules: what each counts, when it fires, its webhook's
+    /// host, and what it did since the server started.
+    List {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// A rule that fires when THRESHOLD matching events fall within
+    /// WINDOW_SECS (give at least one of the match flags); with
+    /// --webhook-url, its signing secret is printed this once.
+    Create {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// The rule's id (1-63 of a-z, 0-9, `-` and `_`).
+        id: String,
+        /// Count events of this type (auth_failed, rate_limit_exceeded, request_blocked, …).
+        #[arg(long)]
+        event_type: Option<String>,
+        /// Count events of this category.
+        #[arg(long, value_parser = ["request", "security", "admin", "app"])]
+        category: Option<String>,
+        /// Count events with this outcome (success, failure).
+        #[arg(long)]
+        outcome: Option<String>,
+        /// Count calls answered with this status or above.
+        #[arg(long)]
+        status_min: Option<u16>,
+        /// Count calls answered with this status or below.
+        #[arg(long)]
+        status_max: Option<u16>,
+        /// Count events of this api (its id).
+        #[arg(long)]
+        api_id: Option<String>,
+        /// Count events of this consumer (its id, cons_…, or its name).
+        #[arg(long)]
+        consumer: Option<String>,
+        /// Count calls whose path starts with this.
+        #[arg(long)]
+        path_prefix: Option<String>,
+        /// Matching events within the window that fire the rule (1 to 10000).
+        #[arg(long)]
+        threshold: u32,
+        /// The window, in seconds (1 to 86400).
+        #[arg(long)]
+        window_secs: u32,
+        /// Count apart per caller address, consumer or api [default: all together].
+        #[arg(long, value_parser = ["client_ip", "consumer", "api"])]
+        group_by: Option<String>,
+        /// The shortest time between two firings for one group, in seconds [default: the window].
+        #[arg(long)]
+        cooldown_secs: Option<u32>,
+        /// Post each firing here (http://host[:port]/path), signed.
+        #[arg(long)]
+        webhook_url: Option<String>,
+        /// What the rule is for.
+        #[arg(long)]
+        description: Option<String>,
+        /// Make it without firing it yet (`keytrail alerts enable` later).
+        #[arg(long)]
+        disabled: bool,
+    },
+    /// Let a rule fire again; it counts afresh from now.
+    Enable {
+        #[command(flatten)]
+        api: ApiArgs,
+        id: String,
+    },
+    /// Keep a rule without firing it.
+    Disable {
+        #[command(flatten)]
+        api: ApiArgs,
+        id: String,
+    },
+    /// Delete a rule.
+    Delete {
+        #[command(flatten)]
+        api: ApiArgs,
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -923,6 +1014,23 @@ fn main() -> ExitCode {
             Command::Keys { command: KeysCommand::Rotate { api, key_id, grace_secs } } => keytrail::cli::manage::keys_rotate(&api.target(), &key_id, grace_secs).await,
             Command::Keys { command: KeysCommand::Revoke { api, key_id } } => keytrail::cli::manage::keys_revoke(&api.target(), &key_id).await,
             Command::Keys { command: KeysCommand::Scopes { api, key_id, scopes } } => keytrail::cli::manage::keys_scopes(&api.target(), &key_id, scopes).await,
+            Command::Alerts { command: AlertsCommand::List { api } } => keytrail::cli::alerts::alerts_list(&api.target()).await,
+            Command::Alerts {
+                command:
+                    AlertsCommand::Create {
+                        api, id, event_type, category, outcome, status_min, status_max, api_id, consumer, path_prefix, threshold, window_secs,
+                        group_by, cooldown_secs, webhook_url, description, disabled,
+                    },
+            } => {
+                let new = keytrail::cli::alerts::NewRule {
+                    id, description, event_type, category, outcome, status_min, status_max, api: api_id, consumer, path_prefix, threshold,
+                    window_secs, group_by, cooldown_secs, webhook_url, disabled,
+                };
+                keytrail::cli::alerts::alerts_create(&api.target(), new).await
+            }
+            Command::Alerts { command: AlertsCommand::Enable { api, id } } => keytrail::cli::alerts::alerts_set_enabled(&api.target(), &id, true).await,
+            Command::Alerts { command: AlertsCommand::Disable { api, id } } => keytrail::cli::alerts::alerts_set_enabled(&api.target(), &id, false).await,
+            Command::Alerts { command: AlertsCommand::Delete { api, id } } => keytrail::cli::alerts::alerts_delete(&api.target(), &id).await,
             Command::Audit { command: AuditCommand::List { api, filters, page } } => {
                 let filters = filters.filters(None, None);
                 keytrail::cli::manage::audit_list(&api.target(), keytrail::cli::manage::AuditList::Calls, &filters, page.limit, page.cursor.as_deref()).await

@@ -160,10 +160,13 @@ impl RuleSpec {
                 return Err(ApiError::invalid_body("`match.status_min` must not be above `match.status_max`"));
             }
         }
-        for (field, id) in [("api_id", &m.api_id), ("consumer_id", &m.consumer_id)] {
-            if id.as_deref().is_some_and(|id| !crate::control::is_id_text(id)) {
-                return Err(ApiError::invalid_body(format!("`match.{field}` must be 1-63 characters of a-z, 0-9, `-` and `_`")));
-            }
+        if m.api_id.as_deref().is_some_and(|id| !crate::control::is_id_text(id)) {
+            return Err(ApiError::invalid_body("`match.api_id` must be 1-63 characters of a-z, 0-9, `-` and `_`"));
+        }
+        // Consumer ids are keytrail's (`cons_` and base62), any case.
+        let consumer_id = |id: &str| (1..=63).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if m.consumer_id.as_deref().is_some_and(|id| !consumer_id(id)) {
+            return Err(ApiError::invalid_body("`match.consumer_id` must be a consumer's id: 1-63 letters, digits, `-` and `_` (cons_…)"));
         }
         if let Some(prefix) = &m.path_prefix {
             if !prefix.starts_with('/') || prefix.len() > 1_000 || prefix.chars().any(char::is_control) {
@@ -438,6 +441,11 @@ mod tests {
             assert!(err.contains(wanted), "{wanted}: {err}");
         }
         assert!(spec(1, 1).check().is_ok());
+        let mut s = spec(1, 1);
+        s.matcher.consumer_id = Some("cons_4fZq9XbT0aLm2RkPw7Yc".into());
+        assert!(s.check().is_ok(), "a consumer id as keytrail makes them, mixed case");
+        s.matcher.consumer_id = Some("cons/1".into());
+        assert!(s.check().unwrap_err().to_string().contains("`match.consumer_id`"));
     }
 
     #[test]

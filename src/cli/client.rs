@@ -214,7 +214,20 @@ impl AdminClient {
         Ok(written)
     }
 
+    /// `DELETE path`: `Ok` on a success (a 204 has no body); a refusal as with [`Self::get`].
+    pub async fn delete(&self, path: &str) -> anyhow::Result<()> {
+        self.succeed(Method::DELETE, path, None, CALL_TIMEOUT).await.map(drop)
+    }
+
     async fn send(&self, method: Method, path_and_query: &str, body: Option<Vec<u8>>, timeout: Duration) -> anyhow::Result<Value> {
+        let (target, body) = self.succeed(method.clone(), path_and_query, body, timeout).await?;
+        let json: Option<Value> = serde_json::from_slice(&body).ok();
+        json.with_context(|| format!("{method} {target}: the answer is not JSON (is {} keytrail's admin API?)", self.url))
+    }
+
+    /// The call's target and the body of its successful answer; a refusal
+    /// as an error.
+    async fn succeed(&self, method: Method, path_and_query: &str, body: Option<Vec<u8>>, timeout: Duration) -> anyhow::Result<(String, Bytes)> {
         let target = format!("{}{}", self.base_path, path_and_query);
         let call = self.call(method.clone(), &target, body);
         let (status, retry_after, content_type, body) = match tokio::time::timeout(timeout, call).await {
@@ -222,8 +235,7 @@ impl AdminClient {
             Err(_) => bail!("the admin API at {} did not answer {method} {target} within {} s", self.url, timeout.as_secs()),
         };
         if status.is_success() {
-            let json: Option<Value> = serde_json::from_slice(&body).ok();
-            return json.with_context(|| format!("{method} {target}: the answer is not JSON (is {} keytrail's admin API?)", self.url));
+            return Ok((target, body));
         }
         Err(self.refusal(&method, &target, status, retry_after, content_type.as_deref(), &body))
     }

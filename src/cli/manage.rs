@@ -41,7 +41,7 @@ fn refuse_secret(flag: &str, value: &str, give: &str) -> anyhow::Result<()> {
 }
 
 /// An id as one segment of a URL path: no `/`, `?` or `#`, not empty, no key or token.
-fn segment<'a>(flag: &str, value: &'a str) -> anyhow::Result<&'a str> {
+pub(super) fn segment<'a>(flag: &str, value: &'a str) -> anyhow::Result<&'a str> {
     refuse_secret(flag, value, "the key's id, key_…, which `keytrail keys list` shows")?;
     if value.is_empty() || value.contains(['/', '?', '#']) || value.chars().any(char::is_control) {
         return Err(super::usage(format!("{flag} `{value}` is not an id")));
@@ -84,7 +84,7 @@ pub(super) async fn known_consumer(client: &AdminClient, tenant: &str, given: &s
     }
 }
 
-fn text(v: &Value) -> String {
+pub(super) fn text(v: &Value) -> String {
     match v {
         Value::Null => "-".to_string(),
         Value::String(s) => s.clone(),
@@ -98,14 +98,14 @@ fn scopes(v: &Value) -> String {
 }
 
 /// Writes to standard output, a closed pipe returned as an error.
-fn print(text: &str) -> anyhow::Result<()> {
+pub(super) fn print(text: &str) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     out.write_all(text.as_bytes())?;
     out.flush()?;
     Ok(())
 }
 
-fn print_json(value: &Value) -> anyhow::Result<()> {
+pub(super) fn print_json(value: &Value) -> anyhow::Result<()> {
     print(&format!("{}\n", serde_json::to_string_pretty(value)?))
 }
 

@@ -5,6 +5,7 @@
 //! the server's (`/v1/audit/{tenant}/stats…`, `/security`, `/admin`); these
 //! commands only choose the questions and lay out the answers.
 
+pub mod alerts;
 pub mod client;
 pub mod manage;
 pub mod progress;

@@ -7,6 +7,7 @@ mod admin_log;
 mod alerts;
 mod app_events;
 mod audit_api;
+mod cli_alerts;
 mod cli_checks;
 mod cli_manage;
 mod demo_token;
