@@ -15,6 +15,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use crate::alerts::{GroupBy, Match, RuleSpec};
 use crate::config::{Config, Overrides};
 use crate::control::{Actor, NewApi, NewKey};
 use crate::keys::KeyEnvironment;
@@ -160,6 +161,21 @@ async fn run_with(config: Config, stop: impl std::future::Future<Output = ()>) -
             NewKey { scopes: vec![], expires_at_ms: None, environment: KeyEnvironment::Test },
             &actor,
         )?;
+        // An alert rule to watch fire: refused calls from one address.
+        control.create_alert_rule(
+            "demo",
+            "refused-calls".into(),
+            RuleSpec {
+                description: Some("5 calls refused for their key (none, or a wrong one) from one address within a minute".into()),
+                matcher: Match { event_type: Some(crate::event::security_type::AUTH_FAILED.into()), ..Match::default() },
+                threshold: 5,
+                window_secs: 60,
+                group_by: Some(GroupBy::ClientIp),
+                cooldown_secs: None,
+                webhook_url: None,
+                enabled: true,
+            },
+        )?;
         Ok(key.secret)
     })();
     let key = match setup {
@@ -217,9 +233,14 @@ Read the audit trail:
   curl -s http://{admin}/v1/audit/demo/security -H \"Authorization: Bearer $KEYTRAIL_TOKEN\"
   curl -s http://{admin}/v1/audit/demo/export/csv -H \"Authorization: Bearer $KEYTRAIL_TOKEN\"
 
+Five refused calls from one address within a minute fire the alert rule `refused-calls`:
+  for i in 1 2 3 4 5; do curl -s -o /dev/null http://{gw}/echo/hello -H 'X-API-Key: kt_test_wrong'; done
+  curl -s 'http://{admin}/v1/audit/demo/security?event_type=alert_fired' -H \"Authorization: Bearer $KEYTRAIL_TOKEN\"
+
 Or from the command line, with the same token:
   {cli} audit list --admin-url http://{admin} --tenant demo
   {cli} keys list --admin-url http://{admin} --tenant demo --consumer demo-client
+  {cli} alerts list --admin-url http://{admin} --tenant demo
 
 Press Ctrl-C to stop.
 ",

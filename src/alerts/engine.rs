@@ -105,6 +105,9 @@ struct TenantRun {
     /// Read from `control.db` at this run's start: the events up to it are
     /// replayed (without firing) before the rules see new ones.
     replay_through: Option<u64>,
+    /// With no stored position: the first read starts at the blocks that
+    /// reach the earliest rule's time (events before it count for no rule).
+    first_from_ms: Option<i64>,
     rules: HashMap<String, RuleState>,
 }
 
@@ -161,7 +164,7 @@ impl AlertEngine {
             for (tenant, rules) in wanted {
                 // One tenant's failure (a day file it cannot read) holds up
                 // none of the others: it is tried again at the next turn.
-                let mut run = match tenants.remove(&tenant).map_or_else(|| start_run(&control, &reader, &tenant), Ok) {
+                let mut run = match tenants.remove(&tenant).map_or_else(|| start_run(&control, &tenant, &rules), Ok) {
                     Ok(run) => run,
                     Err(error) => {
                         read.failed(&tenant, error);
@@ -235,11 +238,16 @@ async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T, StoreError
 }
 
 /// A tenant's first turn since the start: from its stored position (with
-/// the replay of what can still matter), or from its trail's end.
-fn start_run(control: &ControlPlane, reader: &AuditReader, tenant: &str) -> Result<TenantRun, StoreError> {
+/// the replay of what can still matter), or, with none (its first rule is
+/// new), from the time of its earliest rule — the events committed since
+/// then and before this turn count too.
+fn start_run(control: &ControlPlane, tenant: &str, rules: &[Arc<AlertRule>]) -> Result<TenantRun, StoreError> {
     Ok(match control.alert_cursor(tenant)? {
-        Some((seq, ms)) => TenantRun { cursor: seq, cursor_ms: ms, replay_through: Some(seq), rules: HashMap::new() },
-        None => TenantRun { cursor: reader.chain_head(tenant)?, cursor_ms: now_ms(), replay_through: None, rules: HashMap::new() },
+        Some((seq, ms)) => TenantRun { cursor: seq, cursor_ms: ms, replay_through: Some(seq), first_from_ms: None, rules: HashMap::new() },
+        None => {
+            let since = rules.iter().map(|r| r.updated_at).min().unwrap_or_else(now_ms);
+            TenantRun { cursor: 0, cursor_ms: since, replay_through: None, first_from_ms: Some(since), rules: HashMap::new() }
+        }
     })
 }
 
@@ -252,9 +260,12 @@ fn read_tenant(reader: &AuditReader, tenant: &str, rules: &[Arc<AlertRule>], run
         run.rules.entry(rule.id.clone()).or_insert_with(|| RuleState::new(rule.clone()));
     }
     let states = &mut run.rules;
+    let mut texts: Vec<_> = rules.iter().flat_map(|r| r.spec.texts()).collect();
+    texts.sort_unstable_by_key(|t| t.index());
+    texts.dedup();
     if let Some(through) = run.replay_through.take() {
         let history = rules.iter().map(|r| r.spec.history_ms()).max().unwrap_or(0);
-        reader.events_after(tenant, 0, Some(run.cursor_ms.saturating_sub(history)), |event| {
+        reader.events_after(tenant, 0, Some(run.cursor_ms.saturating_sub(history)), &texts, |event| {
             if event.seq > through {
                 return false;
             }
@@ -263,7 +274,7 @@ fn read_tenant(reader: &AuditReader, tenant: &str, rules: &[Arc<AlertRule>], run
         })?;
     }
     let (mut cursor, mut cursor_ms, mut read) = (run.cursor, run.cursor_ms, 0);
-    reader.events_after(tenant, run.cursor, None, |event| {
+    reader.events_after(tenant, run.cursor, run.first_from_ms.take(), &texts, |event| {
         firings.extend(states.values_mut().filter_map(|state| state.observe(event)));
         (cursor, cursor_ms, read) = (event.seq, event.timestamp_ms, read + 1);
         read < EVENTS_PER_TURN

@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
 use crate::event::{security_type, Category, Event};
+use crate::store::audit::block::TextField;
 
 /// The most rules one tenant may have.
 pub const MAX_RULES_PER_TENANT: u64 = 100;
@@ -192,6 +193,25 @@ impl RuleSpec {
     /// How far back events can still change what this rule does next.
     pub fn history_ms(&self) -> i64 {
         (i64::from(self.window_secs) * 1_000).max(self.cooldown_ms())
+    }
+
+    /// The event texts the rule reads: the type (always: the engine's own
+    /// events are never counted), and those it matches or groups on.
+    pub fn texts(&self) -> Vec<TextField> {
+        let m = &self.matcher;
+        let mut texts = vec![TextField::EventType];
+        for (wanted, field) in [
+            (m.outcome.is_some(), TextField::Outcome),
+            (m.api_id.is_some() || self.group_by == Some(GroupBy::Api), TextField::Api),
+            (m.consumer_id.is_some() || self.group_by == Some(GroupBy::Consumer), TextField::Consumer),
+            (m.path_prefix.is_some(), TextField::Path),
+            (self.group_by == Some(GroupBy::ClientIp), TextField::ClientIp),
+        ] {
+            if wanted {
+                texts.push(field);
+            }
+        }
+        texts
     }
 
     /// Whether the rule counts `event`.

@@ -42,10 +42,19 @@ async fn demo_runs_prints_a_working_key_and_stops_cleanly() {
     assert_eq!(logs[0]["status_code"], 401);
     assert_eq!(logs[1]["status_code"], 200);
 
+    // Refused calls fire the demo's alert rule, as it says.
+    assert!(text.contains("fire the alert rule `refused-calls`"), "{text}");
+    for _ in 0..4 {
+        let res = admin.client.get(format!("{gateway}/echo/hello")).header("X-API-Key", "kt_test_wrong").send().await.unwrap();
+        assert_eq!(res.status(), 401);
+    }
+    let fired = admin.wait_for("/v1/audit/demo/security?event_type=alert_fired", "events", 1).await;
+    assert_eq!(fired[0]["target"], "alert:refused-calls", "{fired:?}");
+
     // The command lines it prints work as printed, with the token exported.
     let commands: Vec<&str> = text.lines().skip_while(|l| !l.starts_with("Or from the command line")).skip(1).take_while(|l| !l.trim().is_empty()).collect();
-    assert_eq!(commands.len(), 2, "{text}");
-    for (line, expect) in commands.iter().zip(["/echo/hello", "kt_test****"]) {
+    assert_eq!(commands.len(), 3, "{text}");
+    for (line, expect) in commands.iter().zip(["/echo/hello", "kt_test****", "refused-calls"]) {
         let words: Vec<&str> = line.split_whitespace().collect();
         assert_eq!(words[0], crate::util::binary(), "the demo names this binary: {line}");
         let (ok, out, err) = crate::util::run_cli(&words[1..], &[("KEYTRAIL_TOKEN", admin.token.as_str())]).await;
@@ -655,8 +664,8 @@ async fn demo_lines_work_in_a_shell_with_spaces_in_the_paths() {
     };
     let export = text.lines().map(str::trim).find(|l| l.starts_with("export KEYTRAIL_TOKEN=")).unwrap().to_string();
     let commands: Vec<&str> = text.lines().skip_while(|l| !l.starts_with("Or from the command line")).skip(1).take_while(|l| !l.trim().is_empty()).collect();
-    assert_eq!(commands.len(), 2, "{text}");
-    for (line, expect) in commands.iter().zip(["/echo/hello", "demo-client"]) {
+    assert_eq!(commands.len(), 3, "{text}");
+    for (line, expect) in commands.iter().zip(["/echo/hello", "demo-client", "refused-calls"]) {
         let script = format!("{export} && {}", line.trim());
         let shell = script.clone();
         let ran = tokio::task::spawn_blocking(move || std::process::Command::new("sh").args(["-c", &shell]).env_remove("KEYTRAIL_TOKEN").output().unwrap()).await.unwrap();
@@ -664,6 +673,9 @@ async fn demo_lines_work_in_a_shell_with_spaces_in_the_paths() {
         assert!(ran.status.success(), "{script}: {stdout}{stderr}");
         if expect == "demo-client" {
             assert!(stdout.contains("kt_test****"), "{script}: {stdout}");
+        }
+        if expect == "refused-calls" {
+            assert!(stdout.contains("refused-calls") && stdout.contains("event_type=auth_failed"), "{script}: {stdout}");
         }
     }
     let _ = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status();

@@ -815,12 +815,18 @@ impl AuditReader {
     /// after it are read (every event of such a block after `after_seq` is
     /// passed, earlier ones too). Finds the blocks by the chain's and the
     /// time's indexes, so a reader that keeps up reads only what is new.
-    /// Each event carries its `seq`, time, category, status, type, outcome,
-    /// actor, target, consumer, api, method and path, client address and
-    /// country: what alert rules match and group on; not its ids, sizes,
-    /// latencies, details or other texts, whose columns are not decoded.
+    /// Each event carries its `seq`, time, category and status, and of its
+    /// texts those of `texts` (what alert rules match and group on); its
+    /// ids, sizes, latencies, details and other texts are not decoded.
     /// The event passed to `each` is reused between calls.
-    pub fn events_after(&self, tenant: &str, after_seq: u64, from_ms: Option<i64>, mut each: impl FnMut(&Event) -> bool) -> Result<(), StoreError> {
+    pub fn events_after(
+        &self,
+        tenant: &str,
+        after_seq: u64,
+        from_ms: Option<i64>,
+        texts: &[TextField],
+        mut each: impl FnMut(&Event) -> bool,
+    ) -> Result<(), StoreError> {
         let after = after_seq.max(self.archived_through(tenant).0);
         let from_day = from_ms.map_or(i64::MIN, day_of);
         let mut blocks: Vec<(i64, BlockMeta, u64)> = Vec::new();
@@ -851,23 +857,28 @@ impl AuditReader {
             }
         }
         blocks.sort_by_key(|(_, meta, _)| meta.first_seq);
-        use TextField::*;
-        let columns = Columns::of(&[col::TS, col::CATEGORY, col::STATUS])
-            .with(Columns::text(&[EventType, Outcome, Actor, Target, Consumer, Api, Method, Path, ClientIp, Country]));
+        let columns = Columns::of(&[col::TS, col::CATEGORY, col::STATUS]).with(Columns::text(texts));
         let mut event = Event::default();
         for (day_number, meta, _) in blocks {
             let day = self.day(day_number)?.ok_or_else(|| StoreError::Corrupt("day file vanished".into()))?;
             let block = self.decode(&day.block_data(meta.id)?, columns)?;
             day.dict.ensure(&day.conn, block.max_dict_id())?;
-            for row in 0..block.rows() {
-                let seq = meta.first_seq + row as u64;
-                if seq <= after {
-                    continue;
+            // The dictionary's lock once a block, not once an event.
+            let go_on = day.dict.with(|lookup| -> Result<bool, StoreError> {
+                for row in 0..block.rows() {
+                    let seq = meta.first_seq + row as u64;
+                    if seq <= after {
+                        continue;
+                    }
+                    block.fill_loaded(row, tenant, seq, lookup, &mut event)?;
+                    if !each(&event) {
+                        return Ok(false);
+                    }
                 }
-                day.dict.with(|lookup| block.fill_loaded(row, tenant, seq, lookup, &mut event))?;
-                if !each(&event) {
-                    return Ok(());
-                }
+                Ok(true)
+            })?;
+            if !go_on {
+                return Ok(());
             }
         }
         Ok(())
