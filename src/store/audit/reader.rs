@@ -422,6 +422,13 @@ pub struct RestoredRun {
 }
 
 /// A block of a tenant in a hot day file, as retention reads it.
+/// A block's record and its row count, from `SELECT id, first_seq,
+/// max_ts, prev_hash, hash, rows FROM blocks`.
+fn block_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(BlockMeta, u64)> {
+    let meta = BlockMeta { id: r.get(0)?, first_seq: r.get::<_, i64>(1)? as u64, max_ts: r.get(2)?, prev_hash: hash_of(r.get(3)?), hash: hash_of(r.get(4)?) };
+    Ok((meta, r.get::<_, i64>(5)? as u64))
+}
+
 #[derive(Debug, Clone)]
 pub(super) struct HotBlock {
     pub(super) day: i64,
@@ -671,14 +678,8 @@ impl AuditReader {
             )?;
             let mut rows = stmt.query(rusqlite::params![tenant_id, floor as i64])?;
             while let Some(r) = rows.next()? {
-                let meta = BlockMeta {
-                    id: r.get(0)?,
-                    first_seq: r.get::<_, i64>(1)? as u64,
-                    max_ts: r.get(2)?,
-                    prev_hash: hash_of(r.get(3)?),
-                    hash: hash_of(r.get(4)?),
-                };
-                all.push((day_number, meta, r.get::<_, i64>(5)? as u64));
+                let (meta, rows) = block_row(r)?;
+                all.push((day_number, meta, rows));
             }
         }
         all.sort_by_key(|(_, meta, _)| meta.first_seq);
@@ -843,14 +844,7 @@ impl AuditReader {
             )?;
             let mut rows = stmt.query(rusqlite::params![tenant_id, after.saturating_add(1).min(i64::MAX as u64) as i64])?;
             while let Some(r) = rows.next()? {
-                let meta = BlockMeta {
-                    id: r.get(0)?,
-                    first_seq: r.get::<_, i64>(1)? as u64,
-                    max_ts: r.get(2)?,
-                    prev_hash: hash_of(r.get(3)?),
-                    hash: hash_of(r.get(4)?),
-                };
-                let rows = r.get::<_, i64>(5)? as u64;
+                let (meta, rows) = block_row(r)?;
                 if meta.first_seq + rows.saturating_sub(1) > after && from_ms.is_none_or(|from| meta.max_ts >= from) {
                     blocks.push((day_number, meta, rows));
                 }
