@@ -171,8 +171,17 @@ impl AlertEngine {
                         continue;
                     }
                 };
-                let before = run.cursor;
-                match read_tenant(&reader, &tenant, &rules, &mut run, &mut firings).and_then(|()| reader.chain_head(&tenant)) {
+                let (before, fired_before) = (run.cursor, firings.len());
+                if let Err(error) = read_tenant(&reader, &tenant, &rules, &mut run, &mut firings) {
+                    // Its rules may have counted part of what was read:
+                    // the next turn starts the tenant again from its
+                    // stored position, replaying, and fires what this one
+                    // would have.
+                    firings.truncate(fired_before);
+                    read.failed(&tenant, error);
+                    continue;
+                }
+                match reader.chain_head(&tenant) {
                     Ok(head) => read.behind += head.saturating_sub(run.cursor),
                     Err(error) => read.failed(&tenant, error),
                 }

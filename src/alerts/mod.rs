@@ -289,19 +289,23 @@ impl RuleState {
     /// group's last one (events are numbered as they are committed, not as
     /// they were stamped) counts at that last time.
     pub fn observe(&mut self, event: &Event) -> Option<Firing> {
-        let rule = self.rule.clone();
-        let spec = &rule.spec;
-        if !spec.enabled || event.timestamp_ms < self.rule.updated_at || !spec.matches(event) {
+        if !self.rule.spec.enabled || event.timestamp_ms < self.rule.updated_at || !self.rule.spec.matches(event) {
             return None;
         }
+        let rule = self.rule.clone();
+        let spec = &rule.spec;
         let key = match spec.group_by {
             Some(by) => by.of(event)?,
             None => "",
         };
-        if !self.groups.contains_key(key) && self.groups.len() >= MAX_GROUPS_PER_RULE {
-            Self::forget_oldest_group(&mut self.groups);
+        // A group's key is copied once, when the group is new.
+        if !self.groups.contains_key(key) {
+            if self.groups.len() >= MAX_GROUPS_PER_RULE {
+                Self::forget_oldest_group(&mut self.groups);
+            }
+            self.groups.insert(key.to_string(), Group::default());
         }
-        let group = self.groups.entry(key.to_string()).or_default();
+        let group = self.groups.get_mut(key).expect("the group was just made if it was not there");
         let at = group.recent.back().map_or(event.timestamp_ms, |(last, _)| event.timestamp_ms.max(*last));
         let window_ms = i64::from(spec.window_secs) * 1_000;
         group.recent.push_back((at, event.seq));

@@ -352,3 +352,46 @@ async fn bad_rules_are_refused_naming_what_to_fix() {
     assert!(over.text.contains("100 alert rules"), "{}", over.text);
     ts.stop().await;
 }
+
+#[tokio::test]
+async fn a_tenant_whose_trail_cannot_be_read_holds_up_no_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let keep = dir.path().to_path_buf();
+    let mut ts = TestServer::start_with(dir, |c| c.alerts.poll_interval = Duration::from_millis(30)).await;
+    let admin = ts.admin_client();
+    let up = start_upstream().await;
+    admin.setup("acme", "/docs", &format!("http://{up}")).await;
+    admin.setup("globex", "/shop", &format!("http://{up}")).await;
+    for tenant in ["acme", "globex"] {
+        assert_eq!(admin.post(&format!("/v1/tenants/{tenant}/alerts"), brute_force_rule("bf", None)).await.status, 201);
+    }
+    failed_calls(&ts, 1).await;
+    ts.flush().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while admin.get("/v1/status").await.body["alerts"]["events_read"].as_u64().unwrap() == 0 {
+        assert!(Instant::now() < deadline, "the engine read nothing");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    ts.stop().await;
+    // acme's blocks no longer decode: its replay after the restart fails.
+    for entry in std::fs::read_dir(keep.join("audit")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "db") && path.file_name().unwrap() != "meta.db" {
+            let conn = rusqlite::Connection::open(&path).unwrap();
+            conn.execute("UPDATE blocks SET data = x'00' WHERE tenant = (SELECT id FROM strings WHERE value = 'acme')", []).unwrap();
+        }
+    }
+    let mut config = test_config(&keep);
+    config.alerts.poll_interval = Duration::from_millis(30);
+    let server = keytrail::server::start(config).await.unwrap();
+    let admin = Admin { base: format!("http://{}", server.admin_addr), ..admin };
+    for _ in 0..3 {
+        let res = ts.client.get(format!("http://{}/shop/x", server.gateway_addr)).header("X-API-Key", "kt_live_nope").send().await.unwrap();
+        assert_eq!(res.status(), 401);
+    }
+    let fired = wait_list(&admin, "/v1/audit/globex/security?event_type=alert_fired", "events", 1).await;
+    assert_eq!(fired[0]["target"], "alert:bf");
+    let status = admin.get("/v1/status").await.body["alerts"].clone();
+    assert!(status["last_error"].as_str().is_some_and(|e| e.contains("tenant `acme`")), "{status}");
+    server.shutdown().await;
+}
