@@ -145,6 +145,12 @@ fn requested(route: &str, body: &Bytes) -> Value {
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(mut fields)) if fields.values().all(|v| crate::event::nesting(v) + 2 <= crate::event::MAX_DETAILS_NESTING) => {
             mask_secret_fields(&mut fields);
+            if route.contains("/alerts") {
+                if let Some(Value::String(url)) = fields.get("webhook_url") {
+                    let shown = crate::alerts::webhook::shown(url);
+                    fields.insert("webhook_url".into(), json!(shown));
+                }
+            }
             if route.contains("/consumers") {
                 for name in crate::control::PERSONAL_CONSUMER_FIELDS {
                     if fields.contains_key(name) {

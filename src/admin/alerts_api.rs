@@ -8,11 +8,13 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde_json::{json, Value};
 
 use super::{created, parse_body, parse_replacement, AdminState};
+use crate::access::Permission;
 use crate::alerts::{AlertRule, RuleSpec};
+use crate::control::Actor;
 use crate::error::ApiError;
 use crate::event::format_timestamp;
 
@@ -23,7 +25,18 @@ pub fn routes() -> Router<AdminState> {
 }
 
 fn rule_view(s: &AdminState, rule: &AlertRule) -> Value {
+    rule_view_for(s, rule, None)
+}
+
+/// A rule as `actor` reads it: one who may not change rules (a viewer)
+/// sees the webhook's host and port, not its path and query.
+fn rule_view_for(s: &AdminState, rule: &AlertRule, actor: Option<&Actor>) -> Value {
     let mut view = serde_json::to_value(&rule.spec).expect("rules serialise");
+    if actor.is_some_and(|a| !a.role.is_some_and(|role| role.allows(Permission::Change))) {
+        if let Some(url) = &rule.spec.webhook_url {
+            view["webhook_url"] = json!(crate::alerts::webhook::shown(url));
+        }
+    }
     let status = s.control.alert_status().get(&rule.tenant_id, &rule.id);
     let fields = view.as_object_mut().expect("a rule is an object");
     for (field, value) in [
@@ -56,13 +69,13 @@ async fn create_rule(State(s): State<AdminState>, Path(tenant): Path<String>, bo
     Ok(created(view))
 }
 
-async fn list_rules(State(s): State<AdminState>, Path(tenant): Path<String>) -> Result<Json<Value>, ApiError> {
-    let rules: Vec<Value> = s.control.list_alert_rules(&tenant)?.iter().map(|rule| rule_view(&s, rule)).collect();
+async fn list_rules(State(s): State<AdminState>, Extension(actor): Extension<Actor>, Path(tenant): Path<String>) -> Result<Json<Value>, ApiError> {
+    let rules: Vec<Value> = s.control.list_alert_rules(&tenant)?.iter().map(|rule| rule_view_for(&s, rule, Some(&actor))).collect();
     Ok(Json(json!({"alerts": rules})))
 }
 
-async fn get_rule(State(s): State<AdminState>, Path((tenant, id)): Path<(String, String)>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(rule_view(&s, &s.control.get_alert_rule(&tenant, &id)?)))
+async fn get_rule(State(s): State<AdminState>, Extension(actor): Extension<Actor>, Path((tenant, id)): Path<(String, String)>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(rule_view_for(&s, &s.control.get_alert_rule(&tenant, &id)?, Some(&actor))))
 }
 
 async fn replace_rule(State(s): State<AdminState>, Path((tenant, id)): Path<(String, String)>, body: Bytes) -> Result<Json<Value>, ApiError> {

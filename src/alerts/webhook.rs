@@ -66,6 +66,17 @@ pub fn describe(url: &str) -> String {
     url.parse::<Uri>().ok().and_then(|u| u.authority().map(|a| a.to_string())).unwrap_or_else(|| "(not a URL)".into())
 }
 
+/// A webhook URL as shown where its path and query need not be (the admin
+/// log, a viewer's read): `http://host:port/…`; they may hold a receiver's
+/// own token (a chat service's webhook URL is its credential).
+pub fn shown(url: &str) -> String {
+    match url.parse::<Uri>() {
+        Ok(uri) if uri.path_and_query().is_some_and(|p| p.as_str() != "/") => format!("http://{}/…", describe(url)),
+        Ok(_) => url.to_string(),
+        Err(_) => "(not a URL)".to_string(),
+    }
+}
+
 /// The rule's secret as shown once: `ktwh_` and 64 hex digits.
 pub fn secret_text(derived: &[u8; 32]) -> String {
     format!("{}{}", crate::keys::WEBHOOK_SECRET_PREFIX, crate::signing::hex(derived))
@@ -133,6 +144,8 @@ mod tests {
         }
         check_url("http://127.0.0.1:9999/hooks/keytrail?team=ops", &guard).unwrap();
         assert_eq!(describe("http://hooks.example.com:8080/secret-path?token=x"), "hooks.example.com:8080");
+        assert_eq!(shown("http://hooks.example.com:8080/secret-path?token=x"), "http://hooks.example.com:8080/…");
+        assert_eq!(shown("http://hooks.example.com/"), "http://hooks.example.com/");
     }
 
     #[test]

@@ -148,6 +148,20 @@ async fn a_brute_force_rule_fires_once_is_recorded_and_posts_a_signed_webhook() 
     let verified = admin.get("/v1/audit/acme/verify").await;
     assert_eq!((verified.status, verified.body["ok"].as_bool()), (200, Some(true)), "{}", verified.text);
 
+    // A viewer reads the rule with the webhook's host and port only (its
+    // path may be a receiver's credential); so does the admin log.
+    let viewer = admin.post("/v1/admins", json!({"name": "watcher", "role": "viewer"})).await;
+    assert_eq!(viewer.status, 201, "{}", viewer.text);
+    let viewer = Admin { token: viewer.body["token"].as_str().unwrap().to_string(), ..admin.clone() };
+    let seen = viewer.get("/v1/tenants/acme/alerts/brute-force").await;
+    assert_eq!(seen.status, 200, "{}", seen.text);
+    let host = url.trim_start_matches("http://").split('/').next().unwrap();
+    assert_eq!(seen.body["webhook_url"], format!("http://{host}/…"), "{}", seen.text);
+    assert_eq!(viewer.get("/v1/tenants/acme/alerts").await.body["alerts"][0]["webhook_url"], seen.body["webhook_url"]);
+    assert_eq!(admin.get("/v1/tenants/acme/alerts/brute-force").await.body["webhook_url"], url.as_str(), "those who may change it see it whole");
+    let log = admin.get("/v1/audit/acme/admin").await;
+    assert!(log.text.contains("ALERT_RULE_CREATED") && !log.text.contains("team=ops") && !log.text.contains("/hooks/keytrail"), "{}", log.text);
+
     // The secret is nowhere: not in a file of the data directory, not in
     // an event, not in a later answer; a call that carries it is masked.
     let res = ts.client.get(format!("{}/docs/{secret}", ts.gateway)).header("X-API-Key", "kt_live_nope").send().await.unwrap();
