@@ -54,12 +54,28 @@ fn header<'h>(head: &'h str, name: &str) -> &'h str {
 }
 
 async fn start_fast(adjust: impl FnOnce(&mut keytrail::config::Config)) -> TestServer {
-    TestServer::start_with(tempfile::tempdir().unwrap(), |c| {
+    start_fast_in(tempfile::tempdir().unwrap(), adjust).await
+}
+
+/// A server on `dir` whose alert engine turns every 30 ms and whose
+/// webhooks are tried again after 20 ms.
+async fn start_fast_in(dir: tempfile::TempDir, adjust: impl FnOnce(&mut keytrail::config::Config)) -> TestServer {
+    TestServer::start_with(dir, |c| {
         c.alerts.poll_interval = Duration::from_millis(30);
         c.alerts.webhook_backoff = Duration::from_millis(20);
         adjust(c);
     })
     .await
+}
+
+/// keytrail started again on the data in `dir` (its first server stopped),
+/// its engine turning every 30 ms, and `admin` pointed at it.
+async fn restart(dir: &std::path::Path, admin: &Admin) -> (keytrail::server::Server, Admin) {
+    let mut config = test_config(dir);
+    config.alerts.poll_interval = Duration::from_millis(30);
+    let server = keytrail::server::start(config).await.unwrap();
+    let admin = Admin { base: format!("http://{}", server.admin_addr), ..admin.clone() };
+    (server, admin)
 }
 
 async fn failed_calls(ts: &TestServer, n: usize) {
@@ -224,7 +240,7 @@ async fn a_dead_webhook_is_tried_again_then_recorded_as_failed_without_its_path(
 async fn counts_carry_over_a_restart_and_a_firing_is_not_repeated() {
     let dir = tempfile::tempdir().unwrap();
     let keep = dir.path().to_path_buf();
-    let mut ts = TestServer::start_with(dir, |c| c.alerts.poll_interval = Duration::from_millis(30)).await;
+    let mut ts = start_fast_in(dir, |_| {}).await;
     let admin = ts.admin_client();
     let up = start_upstream().await;
     admin.setup("acme", "/docs", &format!("http://{up}")).await;
@@ -240,10 +256,7 @@ async fn counts_carry_over_a_restart_and_a_firing_is_not_repeated() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     ts.stop().await;
 
-    let mut config = test_config(&keep);
-    config.alerts.poll_interval = Duration::from_millis(30);
-    let server = keytrail::server::start(config).await.unwrap();
-    let admin = Admin { base: format!("http://{}", server.admin_addr), ..admin };
+    let (server, admin) = restart(&keep, &admin).await;
     let gateway = format!("http://{}", server.gateway_addr);
     for _ in 0..2 {
         let res = ts.client.get(format!("{gateway}/docs/x")).header("X-API-Key", "kt_live_nope").send().await.unwrap();
@@ -371,7 +384,7 @@ async fn bad_rules_are_refused_naming_what_to_fix() {
 async fn a_tenant_whose_trail_cannot_be_read_holds_up_no_other() {
     let dir = tempfile::tempdir().unwrap();
     let keep = dir.path().to_path_buf();
-    let mut ts = TestServer::start_with(dir, |c| c.alerts.poll_interval = Duration::from_millis(30)).await;
+    let mut ts = start_fast_in(dir, |_| {}).await;
     let admin = ts.admin_client();
     let up = start_upstream().await;
     admin.setup("acme", "/docs", &format!("http://{up}")).await;
@@ -395,10 +408,7 @@ async fn a_tenant_whose_trail_cannot_be_read_holds_up_no_other() {
             conn.execute("UPDATE blocks SET data = x'00' WHERE tenant = (SELECT id FROM strings WHERE value = 'acme')", []).unwrap();
         }
     }
-    let mut config = test_config(&keep);
-    config.alerts.poll_interval = Duration::from_millis(30);
-    let server = keytrail::server::start(config).await.unwrap();
-    let admin = Admin { base: format!("http://{}", server.admin_addr), ..admin };
+    let (server, admin) = restart(&keep, &admin).await;
     for _ in 0..3 {
         let res = ts.client.get(format!("http://{}/shop/x", server.gateway_addr)).header("X-API-Key", "kt_live_nope").send().await.unwrap();
         assert_eq!(res.status(), 401);
