@@ -5,7 +5,7 @@
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::Response;
 use axum::routing::get;
 use axum::{Extension, Json, Router};
@@ -66,7 +66,10 @@ async fn create_rule(State(s): State<AdminState>, Path(tenant): Path<String>, bo
     if let Some(secret) = secret {
         view["webhook_secret"] = json!(secret);
     }
-    Ok(created(view))
+    // It may hold the secret: never cached (every 201 alike, as documented).
+    let mut response = created(view);
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
 }
 
 async fn list_rules(State(s): State<AdminState>, Extension(actor): Extension<Actor>, Path(tenant): Path<String>) -> Result<Json<Value>, ApiError> {

@@ -125,6 +125,7 @@ async fn a_brute_force_rule_fires_once_is_recorded_and_posts_a_signed_webhook() 
     let made = admin.post("/v1/tenants/acme/alerts", brute_force_rule("brute-force", Some(&url))).await;
     assert_eq!(made.status, 201, "{}", made.text);
     let secret = made.body["webhook_secret"].as_str().unwrap().to_string();
+    assert_eq!(made.headers.get("cache-control").map(String::as_str), Some("no-store"), "an answer with a secret is never cached");
     assert!(secret.starts_with("ktwh_") && secret.len() == 5 + 64, "{secret}");
     assert_eq!((made.body["threshold"].as_u64(), made.body["group_by"].as_str()), (Some(3), Some("client_ip")));
     assert_eq!(made.body["status"]["fired"], 0);
