@@ -76,15 +76,23 @@ struct LastTexts {
 }
 
 impl LastTexts {
+    /// Inlined for the common cases (absent, or as the last event had it);
+    /// the dictionary is asked out of line.
+    #[inline(always)]
     fn resolve<'a>(&mut self, dict: &mut Dictionary, field: super::block::TextField, value: Option<&'a str>) -> TextRef<'a> {
         let i = field.index();
-        if let Some(v) = value {
-            if self.ids[i] != 0 && self.values[i] == v {
-                return TextRef::Dict(self.ids[i]);
-            }
+        let Some(v) = value else { return TextRef::Absent };
+        if self.ids[i] != 0 && self.values[i] == v {
+            return TextRef::Dict(self.ids[i]);
         }
-        let resolved = dict.resolve(field.always_interned(), value);
-        if let (TextRef::Dict(id), Some(v)) = (resolved, value) {
+        self.resolve_new(dict, field, v)
+    }
+
+    #[inline(never)]
+    fn resolve_new<'a>(&mut self, dict: &mut Dictionary, field: super::block::TextField, v: &'a str) -> TextRef<'a> {
+        let i = field.index();
+        let resolved = dict.resolve(field.always_interned(), Some(v));
+        if let TextRef::Dict(id) = resolved {
             self.values[i].clear();
             self.values[i].push_str(v);
             self.ids[i] = id;
@@ -662,7 +670,12 @@ impl AuditWriterStore {
             let event_id = if derived_id { derived_event_id_in(&e.tenant_id, e.seq, e.timestamp_ms, &mut id_text) } else { &e.event_id };
             let tenant = last.tenant(&mut writer.dict, &e.tenant_id);
             tenants.entry(tenant).or_insert_with(|| e.tenant_id.to_string());
-            let texts = TEXT_FIELDS.map(|f| last.resolve(&mut writer.dict, f, f.get(e)));
+            // A loop rather than `TEXT_FIELDS.map`, whose per-field
+            // temporaries cost a stalled store-to-load forward each.
+            let mut texts = [TextRef::Absent; TEXT_FIELDS.len()];
+            for (slot, f) in texts.iter_mut().zip(TEXT_FIELDS) {
+                *slot = last.resolve(&mut writer.dict, f, f.get(e));
+            }
 
             let previous = head.hash;
             let salt = (e.personal_commitment.is_none() && e.has_personal()).then(|| {
