@@ -116,6 +116,7 @@ pub const ROUTES: &[Rule] = &[
     rule("POST", "/v1/admins", ManageAdmins, Some("ADMIN_CREATED")),
     rule("POST", "/v1/admins/{admin_id}/unlock", ManageAdmins, Some("ADMIN_UNLOCKED")),
     rule("DELETE", "/v1/admins/{admin_id}", ManageAdmins, Some("ADMIN_DELETED")),
+    global("POST", "/v1/addresses/{address}/unlock", ManageAdmins, Some("ADDRESS_UNLOCKED")),
     global("GET", "/v1/status", ReadConfig, None),
     rule("GET", "/v1/tenants", ReadConfig, None),
     global("POST", "/v1/tenants", Change, Some("TENANT_CREATED")),

@@ -22,6 +22,7 @@ pub fn routes() -> Router<AdminState> {
         .route("/v1/admins", get(list_admins).post(create_admin))
         .route("/v1/admins/{admin_id}", delete(delete_admin))
         .route("/v1/admins/{admin_id}/unlock", post(unlock_admin))
+        .route("/v1/addresses/{address}/unlock", post(unlock_address))
 }
 
 async fn me(Extension(signed): Extension<Signed>) -> Json<Value> {
@@ -77,12 +78,20 @@ async fn unlock_admin(
     Extension(actor): Extension<Actor>,
 ) -> Result<Json<Value>, ApiError> {
     let (admin, lifted) = s.control.unlock_admin(&admin_id, &actor)?;
-    Ok(Json(json!({
-        "admin": to_value(&admin),
-        "was_locked": lifted.locked_until_ms.is_some(),
-        "lockout_expires_at": lifted.locked_until_ms.map(crate::event::format_timestamp),
-        "failures": lifted.failures,
-    })))
+    let mut answer = lifted.to_json();
+    answer["admin"] = to_value(&admin);
+    Ok(Json(answer))
+}
+
+/// `POST /v1/addresses/{address}/unlock`: lifts a client address's
+/// lockouts (sign-ins and bearer tokens) now and forgets its failures
+/// (global owners).
+async fn unlock_address(
+    State(s): State<AdminState>,
+    Path(address): Path<String>,
+    Extension(actor): Extension<Actor>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(s.control.unlock_address(&address, &actor)?.details()))
 }
 
 /// The largest sign-in body read: a name and a password need far less;

@@ -69,6 +69,30 @@ impl Credential {
     }
 }
 
+/// What lifting an address's lockouts found.
+#[derive(Debug, Clone)]
+pub struct AddressLifted {
+    /// The address as lockouts count it: `203.0.113.7`, `2001:db8::/64`.
+    pub address: String,
+    /// Its sign-in (name and password) lockout and failures.
+    pub sign_in: login_throttle::Lifted,
+    /// Its bearer-token lockout and failures.
+    pub bearer: login_throttle::Lifted,
+}
+
+impl AddressLifted {
+    /// `{"address", "was_locked", "sign_in", "bearer_tokens"}`: the answer,
+    /// and the event's details.
+    pub fn details(&self) -> serde_json::Value {
+        serde_json::json!({
+            "address": self.address,
+            "was_locked": self.sign_in.locked_until_ms.is_some() || self.bearer.locked_until_ms.is_some(),
+            "sign_in": self.sign_in.to_json(),
+            "bearer_tokens": self.bearer.to_json(),
+        })
+    }
+}
+
 /// An authenticated admin.
 #[derive(Debug, Clone)]
 pub struct Signed {
@@ -312,13 +336,31 @@ impl ControlPlane {
         let lifted = self.login_throttle.lift_name(&admin.name, now_ms());
         let tenant = admin.tenant_id.clone().unwrap_or_else(|| SYSTEM_TENANT.into());
         let mut event = actor.event(&tenant, security_type::ADMIN_LOGIN_UNLOCKED, format!("admin:{}", admin.id));
-        event.details = Some(serde_json::json!({
-            "was_locked": lifted.locked_until_ms.is_some(),
-            "lockout_expires_at": lifted.locked_until_ms.map(crate::event::format_timestamp),
-            "failures": lifted.failures,
-        }));
+        event.details = Some(lifted.to_json());
         self.audit.record(event);
         Ok((admin, lifted))
+    }
+
+    /// Lifts the lockouts of a client address (its /64 for IPv6) before
+    /// they end — of sign-ins and of bearer tokens — and forgets its
+    /// failures: an owner whose own address a misconfigured script locked
+    /// out. Global owners only (the route says so): an address's lockout
+    /// holds for every tenant. Recorded as an `admin_login_unlocked`
+    /// security event in the system tenant, aimed at `ip:<address>`, where
+    /// the address's lockouts are recorded.
+    pub fn unlock_address(&self, address: &str, actor: &Actor) -> Result<AddressLifted, ApiError> {
+        let ip: std::net::IpAddr = address.parse().map_err(|_| {
+            ApiError::new(
+                ErrorCode::InvalidParameter,
+                "the address must be one IPv4 or IPv6 address, e.g. 203.0.113.7 or 2001:db8::1 (any address of an IPv6 /64 lifts the /64)",
+            )
+        })?;
+        let (bucket, sign_in, bearer) = self.login_throttle.lift_address(ip, now_ms());
+        let lifted = AddressLifted { address: login_throttle::describe_bucket(bucket), sign_in, bearer };
+        let mut event = actor.event(SYSTEM_TENANT, security_type::ADMIN_LOGIN_UNLOCKED, format!("ip:{}", lifted.address));
+        event.details = Some(lifted.details());
+        self.audit.record(event);
+        Ok(lifted)
     }
 
     /// Removes an admin and ends its sessions. The last global owner stays.

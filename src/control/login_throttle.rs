@@ -72,6 +72,18 @@ pub struct Lifted {
     pub failures: u32,
 }
 
+impl Lifted {
+    /// `{"was_locked", "lockout_expires_at", "failures"}`, as answers and
+    /// events show a lift.
+    pub fn to_json(self) -> serde_json::Value {
+        serde_json::json!({
+            "was_locked": self.locked_until_ms.is_some(),
+            "lockout_expires_at": self.locked_until_ms.map(crate::event::format_timestamp),
+            "failures": self.failures,
+        })
+    }
+}
+
 /// The counters `GET /v1/status` shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct ThrottleStatus {
@@ -387,6 +399,16 @@ impl LoginThrottle {
         self.counters().names.lift(&name, now_ms)
     }
 
+    /// Lifts the lockouts of `address`'s bucket ([`address_bucket`]), of
+    /// sign-ins and of bearer tokens, and forgets its failures (an owner
+    /// whose office address a broken script locked out): the bucket, and
+    /// what each of the two counters held.
+    pub fn lift_address(&self, address: IpAddr, now_ms: i64) -> (IpAddr, Lifted, Lifted) {
+        let bucket = address_bucket(address);
+        let mut counters = self.counters();
+        (bucket, counters.addresses.lift(&bucket, now_ms), counters.bearers.lift(&bucket, now_ms))
+    }
+
     pub fn status(&self, now_ms: i64) -> ThrottleStatus {
         let counters = self.counters();
         ThrottleStatus {
@@ -645,5 +667,32 @@ mod bearer_tests {
         let status = t.status(0);
         assert_eq!((status.locked_bearer_addresses, status.locked_addresses, status.lockouts, status.refused), (1, 0, 1, 1));
         assert!(t.begin_bearer(ip("192.0.2.1"), 600_000).is_ok(), "the lockout ends");
+    }
+
+    #[test]
+    fn a_lifted_address_is_taken_again_for_both_kinds_and_ipv6_by_its_64() {
+        let config = LoginConfig { name_failures: 0, address_failures: 2, window: Duration::from_secs(900), lockout: Duration::from_secs(600) };
+        let t = LoginThrottle::new(&config);
+        for _ in 0..2 {
+            t.begin_bearer(ip("2001:db8::1"), 0).unwrap().failed(0);
+        }
+        t.begin("ada", Some(ip("2001:db8::2")), 0).unwrap().failed(0);
+        assert!(t.begin_bearer(ip("2001:db8::3"), 0).is_err(), "the /64 is locked out of bearer tokens");
+        let (bucket, sign_in, bearer) = t.lift_address(ip("2001:db8::ffff"), 1_000);
+        assert_eq!(bucket, ip("2001:db8::"));
+        assert_eq!(sign_in, Lifted { locked_until_ms: None, failures: 1 });
+        assert_eq!(bearer, Lifted { locked_until_ms: Some(600_000), failures: 0 });
+        assert!(t.begin_bearer(ip("2001:db8::1"), 1_000).unwrap().failed(1_000).is_empty(), "a fresh count: one failure locks nothing");
+        assert!(t.begin("ada", Some(ip("2001:db8::2")), 1_000).unwrap().failed(1_000).is_empty(), "the sign-in count is fresh too");
+        assert_eq!(t.status(1_000).locked_bearer_addresses, 0);
+        // Another address's lockout stays; an address never seen lifts nothing.
+        for _ in 0..2 {
+            t.begin_bearer(ip("192.0.2.1"), 0).unwrap().failed(0);
+        }
+        assert_eq!(t.lift_address(ip("192.0.2.2"), 1_000).2, Lifted { locked_until_ms: None, failures: 0 });
+        assert!(t.begin_bearer(ip("192.0.2.1"), 1_000).is_err());
+        // A v4-mapped IPv6 address lifts its IPv4 address.
+        assert_eq!(t.lift_address(ip("::ffff:192.0.2.1"), 1_000).0, ip("192.0.2.1"));
+        assert!(t.begin_bearer(ip("192.0.2.1"), 1_000).is_ok());
     }
 }

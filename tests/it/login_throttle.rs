@@ -466,3 +466,85 @@ async fn an_owner_lifts_a_names_lockout_and_nobody_else_may() {
     // owner's refusal is in its own tenant's log).
     assert_eq!(outcomes, ["success", "success", "failure", "failure"], "{}", log.text);
 }
+
+/// A global owner can lift a client address's lockouts before they end
+/// (`POST /v1/addresses/{address}/unlock`) — an owner whose own office
+/// address a misconfigured script locked out: sign-ins and bearer tokens
+/// from it are taken again at once, its failures forgotten. Global owners
+/// only (an address's lockout holds for every tenant); an address that is
+/// none is 400. The lift is an `admin_login_unlocked` security event in
+/// `_system` aimed at `ip:<address>`, and an `ADDRESS_UNLOCKED` admin-log
+/// entry.
+#[tokio::test]
+async fn a_global_owner_lifts_an_addresses_lockouts_and_nobody_else_may() {
+    let (ts, owner, anonymous, _) = setup_config(|c| {
+        three_per_address(c);
+        c.admin_trusted_proxies = keytrail::protection::TrustedProxies::parse(&["127.0.0.1".to_string()]).unwrap();
+    })
+    .await;
+    let mut callers = Vec::new();
+    for (name, role, tenant) in [("acme-owner", "owner", json!("acme")), ("global-admin", "admin", Value::Null)] {
+        let a = owner.post("/v1/admins", json!({"name": name, "role": role, "tenant_id": tenant})).await;
+        assert_eq!(a.status, 201, "{}", a.text);
+        callers.push(Admin { token: a.body["token"].as_str().unwrap().to_string(), ..owner.clone() });
+    }
+    let (acme_owner, global_admin) = (&callers[0], &callers[1]);
+    let office = forwarding(&anonymous, "203.0.113.7");
+    for i in 0..2 {
+        assert_eq!(login(&office, &format!("user-{i}"), "a guess").await.status, 401);
+    }
+    for (i, token) in bad_bearers().iter().enumerate() {
+        assert_eq!(with_bearer(&office, token, i).await.status, 401);
+    }
+    assert_locked(&with_bearer(&office, ADMIN_TOKEN, 0).await, 900);
+    let unlock = "/v1/addresses/203.0.113.7/unlock";
+
+    let a = global_admin.post(unlock, Value::Null).await;
+    assert_eq!((a.status, a.body["error"]["code"].as_str()), (403, Some("forbidden")), "{}", a.text);
+    let a = acme_owner.post(unlock, Value::Null).await;
+    assert_eq!((a.status, a.body["error"]["code"].as_str()), (403, Some("forbidden")), "{}", a.text);
+    for bad in ["not-an-address", "203.0.113", "203.0.113.7:80", "2001:db8::zz"] {
+        let a = owner.post(&format!("/v1/addresses/{bad}/unlock"), Value::Null).await;
+        assert_eq!((a.status, a.body["error"]["code"].as_str()), (400, Some("invalid_parameter")), "{bad}: {}", a.text);
+        assert!(a.body["error"]["message"].as_str().unwrap().contains("203.0.113.7 or 2001:db8::1"), "{}", a.text);
+    }
+    assert_locked(&with_bearer(&office, ADMIN_TOKEN, 0).await, 900);
+
+    let a = owner.post(unlock, Value::Null).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!((a.body["address"].as_str(), a.body["was_locked"].as_bool()), (Some("203.0.113.7"), Some(true)), "{}", a.text);
+    let bearer = &a.body["bearer_tokens"];
+    assert_eq!((bearer["was_locked"].as_bool(), bearer["failures"].as_u64()), (Some(true), Some(0)), "{}", a.text);
+    assert!(bearer["lockout_expires_at"].is_string(), "{}", a.text);
+    let sign_in = &a.body["sign_in"];
+    assert_eq!((sign_in["was_locked"].as_bool(), sign_in["failures"].as_u64()), (Some(false), Some(2)), "{}", a.text);
+    assert!(sign_in["lockout_expires_at"].is_null(), "{}", a.text);
+    assert!(!a.text.contains(ADMIN_TOKEN), "{}", a.text);
+    // Taken again at once, with a fresh count.
+    assert_eq!(with_bearer(&office, ADMIN_TOKEN, 0).await.status, 200);
+    for i in 0..2 {
+        assert_eq!(login(&office, &format!("user-{i}"), "a guess").await.status, 401, "a fresh count: two more lock nothing");
+    }
+    assert_eq!(login(&office, "bob", PASSWORD).await.status, 200);
+    let status = owner.get("/v1/status").await;
+    assert_eq!(status.body["login_throttle"]["locked_bearer_addresses"], 0, "{}", status.text);
+    assert_eq!(status.body["login_throttle"]["locked_addresses"], 0, "{}", status.text);
+    // An IPv6 address lifts its /64; nothing locked is answered too.
+    let a = owner.post("/v1/addresses/2001:db8::7/unlock", Value::Null).await;
+    assert_eq!((a.status, a.body["address"].as_str(), a.body["was_locked"].as_bool()), (200, Some("2001:db8::/64"), Some(false)), "{}", a.text);
+
+    ts.flush().await;
+    let lifted = security(&owner, "_system", "admin_login_unlocked").await;
+    assert_eq!(lifted.len(), 2, "{lifted:?}");
+    let first = lifted.last().unwrap();
+    assert_eq!(first["target"], "ip:203.0.113.7", "{first}");
+    assert!(first["actor"].as_str().is_some_and(|a| a.starts_with("admin:")), "{first}");
+    assert_eq!(first["details"]["bearer_tokens"]["was_locked"], true, "{first}");
+    assert_eq!(first["details"]["sign_in"]["failures"], 2, "{first}");
+    assert_eq!(lifted[0]["target"], "ip:2001:db8::/64", "{}", lifted[0]);
+    let log = owner.get("/v1/audit/_system/admin?action=ADDRESS_UNLOCKED").await;
+    let outcomes: Vec<&str> = log.body["entries"].as_array().unwrap().iter().map(|e| e["outcome"].as_str().unwrap()).collect();
+    // Newest first: the IPv6 lift, the lift, the four bad addresses, the
+    // global admin's refusal (the tenant owner's is in its tenant's log).
+    assert_eq!(outcomes, ["success", "success", "failure", "failure", "failure", "failure", "failure"], "{}", log.text);
+}

@@ -594,6 +594,8 @@ async fn every_route_answers_as_documented() {
     walk.call("DELETE", "/v1/tenants/{tenant}/tiers/{tier}").await;
     walk.call("DELETE", "/v1/tenants/{tenant}/alerts/{rule}").await;
     walk.call("POST", "/v1/admins/{admin_id}/unlock").await;
+    walk.ids.insert("address", "2001:db8::7".to_string());
+    walk.call("POST", "/v1/addresses/{address}/unlock").await;
     walk.call("DELETE", "/v1/admins/{admin_id}").await;
 
     let missed: Vec<String> = ROUTES

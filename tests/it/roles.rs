@@ -72,6 +72,7 @@ fn call_for(method: &str, route: &str, f: &Fixture, bound: bool, n: usize) -> (S
         .replace("{tier}", if method == "DELETE" { "spare" } else { &f.tier })
         .replace("{admin_id}", &f.doomed_admin)
         .replace("{rule}", "watch")
+        .replace("{address}", "198.51.100.250")
         .replace("{id}", if route.starts_with("/v1/blocklist") { &f.global_block } else { &f.block });
     let body = match (method, route) {
         ("POST", "/v1/admins") => {
