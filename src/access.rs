@@ -131,6 +131,7 @@ pub const ROUTES: &[Rule] = &[
     rule("POST", "/v1/tenants/{tenant}/consumers/{consumer}/erase", ErasePersonalData, Some("PERSONAL_DATA_ERASED")),
     rule("GET", "/v1/tenants/{tenant}/consumers/{consumer}/keys", ReadConfig, None),
     rule("POST", "/v1/tenants/{tenant}/consumers/{consumer}/keys", Change, Some("KEY_CREATED")),
+    rule("GET", "/v1/keys/{key_id}", ReadConfig, None),
     rule("POST", "/v1/keys/{key_id}/revoke", Change, Some("KEY_REVOKED")),
     rule("POST", "/v1/keys/{key_id}/rotate", Change, Some("KEY_ROTATED")),
     rule("PUT", "/v1/keys/{key_id}/scopes", Change, Some("KEY_SCOPES_CHANGED")),

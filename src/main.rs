@@ -608,6 +608,14 @@ enum KeysCommand {
         #[arg(long)]
         grace_secs: Option<u64>,
     },
+    /// One key's facts: tenant, consumer, status, scopes, expiry, last use
+    /// (never the key).
+    Show {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// The key's id (key_…).
+        key_id: String,
+    },
     /// Revoke a key: the gateway refuses it from the moment this answers.
     Revoke {
         #[command(flatten)]
@@ -1012,6 +1020,7 @@ fn main() -> ExitCode {
                 keytrail::cli::manage::keys_create(&api.target(), &consumer, new).await
             }
             Command::Keys { command: KeysCommand::Rotate { api, key_id, grace_secs } } => keytrail::cli::manage::keys_rotate(&api.target(), &key_id, grace_secs).await,
+            Command::Keys { command: KeysCommand::Show { api, key_id } } => keytrail::cli::manage::keys_show(&api.target(), &key_id).await,
             Command::Keys { command: KeysCommand::Revoke { api, key_id } } => keytrail::cli::manage::keys_revoke(&api.target(), &key_id).await,
             Command::Keys { command: KeysCommand::Scopes { api, key_id, scopes } } => keytrail::cli::manage::keys_scopes(&api.target(), &key_id, scopes).await,
             Command::Alerts { command: AlertsCommand::List { api } } => keytrail::cli::alerts::alerts_list(&api.target()).await,

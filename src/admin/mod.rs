@@ -98,6 +98,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/blocklist/{id}", delete(remove_global_block))
         .route("/v1/tenants/{tenant}/blocklist", get(list_tenant_blocks).post(add_tenant_block))
         .route("/v1/tenants/{tenant}/blocklist/{id}", delete(remove_tenant_block))
+        .route("/v1/keys/{key_id}", get(get_key))
         .route("/v1/keys/{key_id}/revoke", post(revoke_key))
         .route("/v1/keys/{key_id}/rotate", post(rotate_key))
         .route("/v1/keys/{key_id}/scopes", put(set_key_scopes))
@@ -723,6 +724,16 @@ async fn list_keys(
 ) -> Result<Json<Value>, ApiError> {
     let keys: Vec<Value> = s.control.list_keys(&tenant, &consumer)?.iter().map(key_view).collect();
     Ok(Json(json!({"keys": keys})))
+}
+
+/// `GET /v1/keys/{key_id}`: one key, found by its id alone (its tenant and
+/// consumer are in the answer), never its secret.
+async fn get_key(
+    State(s): State<AdminState>,
+    Path(key_id): Path<String>,
+    Extension(actor): Extension<Actor>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(key_view(&s.control.get_key(&key_id, &actor)?)))
 }
 
 async fn revoke_key(

@@ -16,7 +16,7 @@ use anyhow::{bail, Context};
 use hyper::Method;
 use serde_json::{json, Map, Value};
 
-use super::client::{encode, with_query, AdminClient};
+use super::client::{encode, with_query, AdminClient, Refusal};
 use super::progress::{Counted, Progress};
 use super::{aligned_table, resolve_tenant, Target};
 
@@ -209,42 +209,68 @@ fn new_key(key: &Value, headline: &str) -> anyhow::Result<()> {
     ))
 }
 
-/// Whether one of `tenant`'s consumers has the key `key_id`.
-async fn tenant_has_key(client: &AdminClient, tenant: &str, key_id: &str) -> anyhow::Result<bool> {
-    let list = client.get(&format!("/v1/tenants/{}/consumers", encode(tenant))).await?;
-    for consumer in client.list(&list, "consumers")?.iter().filter_map(|c| c["id"].as_str()) {
-        let keys = client.get(&format!("/v1/tenants/{}/consumers/{}/keys", encode(tenant), encode(consumer))).await?;
-        if client.list(&keys, "keys")?.iter().any(|k| k["key_id"].as_str() == Some(key_id)) {
-            return Ok(true);
-        }
-    }
-    Ok(false)
-}
-
 /// With `--tenant`, that the key `key_id` is that tenant's before it is
 /// changed: the key routes are global, so the server acts on a key of any
 /// tenant the token sees, and a slip in the tenant or the key id would
-/// change another tenant's key. A key another tenant has is a usage error
-/// naming both; one no tenant the token sees has goes to the server, whose
-/// refusal (404) says so. A `--tenant` no tenant has is refused by the
-/// server as its consumers are asked for.
+/// change another tenant's key. The key is read first (`GET
+/// /v1/keys/{key_id}`, which names its tenant); one of another tenant is a
+/// usage error naming both, and one no tenant the token sees has (404) goes
+/// on to the server, whose refusal of the change says so.
 async fn check_key_tenant(client: &AdminClient, target: &Target, key_id: &str) -> anyhow::Result<()> {
+    if target.tenant.is_none() {
+        return Ok(());
+    }
+    match client.get(&format!("/v1/keys/{}", encode(key_id))).await {
+        Ok(key) => key_of_tenant(target, &key, "nothing was changed"),
+        Err(error) if error.downcast_ref::<Refusal>().is_some_and(|r| r.status == hyper::StatusCode::NOT_FOUND) => Ok(()),
+        Err(error) => Err(error),
+    }
+}
+
+/// With `--tenant`, that `key` (as the admin API shows one) is that
+/// tenant's; otherwise a usage error naming both tenants, ending with `done`
+/// (what became of the command).
+fn key_of_tenant(target: &Target, key: &Value, done: &str) -> anyhow::Result<()> {
     let Some(tenant) = target.tenant.as_deref() else { return Ok(()) };
     if let Err(problem) = super::check_tenant_id(tenant) {
         return Err(super::usage(format!("--tenant {problem}")));
     }
-    if tenant_has_key(client, tenant, key_id).await? {
+    let (key_id, owner) = (text(&key["key_id"]), key["tenant_id"].as_str().context("the key holds no tenant_id (is this keytrail's admin API?)")?);
+    if owner == tenant {
         return Ok(());
     }
-    let tenants = client.get("/v1/tenants").await?;
-    for other in client.list(&tenants, "tenants")?.iter().filter_map(|t| t["id"].as_str()).filter(|t| *t != tenant) {
-        if tenant_has_key(client, other, key_id).await? {
-            return Err(super::usage(format!(
-                "--tenant {tenant}: {key_id} is a key of tenant `{other}`, not of `{tenant}`: nothing was changed (give --tenant {other} if that key is meant, or check the key id: `keytrail keys list` shows a consumer's keys)"
-            )));
-        }
+    Err(super::usage(format!(
+        "--tenant {tenant}: {key_id} is a key of tenant `{owner}`, not of `{tenant}`: {done} (give --tenant {owner} if that key is meant, or check the key id: `keytrail keys list` shows a consumer's keys)"
+    )))
+}
+
+/// `keytrail keys show KEY_ID`: one key's facts (never its secret).
+pub async fn keys_show(target: &Target, key_id: &str) -> anyhow::Result<()> {
+    let client = AdminClient::from_env(&target.admin_url)?;
+    let key_id = segment("the key id", key_id)?;
+    let key = client.get(&format!("/v1/keys/{}", encode(key_id))).await?;
+    key_of_tenant(target, &key, "it is not shown")?;
+    if target.json {
+        return print_json(&key);
     }
-    Ok(())
+    let rows: Vec<Vec<String>> = [
+        ("key_id", text(&key["key_id"])),
+        ("tenant", text(&key["tenant_id"])),
+        ("consumer", text(&key["consumer_id"])),
+        ("hint", text(&key["hint"])),
+        ("environment", text(&key["environment"])),
+        ("status", text(&key["status"])),
+        ("scopes", scopes(&key["scopes"])),
+        ("created", text(&key["created_at"])),
+        ("expires", text(&key["expires_at"])),
+        ("revoked", text(&key["revoked_at"])),
+        ("last used", text(&key["last_used_at"])),
+        ("replaced by", text(&key["replaced_by"])),
+    ]
+    .into_iter()
+    .map(|(name, value)| vec![name.to_string(), value])
+    .collect();
+    print(&aligned_table(&["field", "value"], &rows, |_| false))
 }
 
 /// `keytrail keys rotate KEY_ID`: prints the new key once.

@@ -820,6 +820,12 @@ impl ControlPlane {
 
     /// The key, if it exists in a tenant the actor may see (otherwise the
     /// same 404 as for a key that does not exist).
+    /// One key as the actor may see it (never its secret): the same 404 for
+    /// a key of a tenant the actor does not see as for one that does not exist.
+    pub fn get_key(&self, key_id: &str, actor: &Actor) -> Result<KeyRecord, ApiError> {
+        self.require_key(key_id, actor)
+    }
+
     fn require_key(&self, key_id: &str, actor: &Actor) -> Result<KeyRecord, ApiError> {
         self.store
             .get_key(key_id)?

@@ -556,3 +556,53 @@ async fn a_replacing_put_refuses_an_empty_body_and_changes_nothing() {
     assert_eq!((a.status, a.body["tier"].clone()), (200, Value::Null), "{}", a.text);
     ts.stop().await;
 }
+
+/// `GET /v1/keys/{key_id}`: one key by its id alone — its tenant and
+/// consumer in the answer, its status as of now — never its secret nor its
+/// hash. Any role reads it; an admin bound to another tenant gets the same
+/// 404 as for a key that does not exist.
+#[tokio::test]
+async fn a_key_is_read_by_its_id_alone_and_never_its_secret() {
+    let ts = TestServer::start().await;
+    let owner = ts.admin_client();
+    for tenant in ["acme", "other"] {
+        assert_eq!(owner.post("/v1/tenants", json!({"id": tenant, "name": tenant})).await.status, 201);
+    }
+    let consumer = owner.post("/v1/tenants/acme/consumers", json!({"name": "shop"})).await.body["id"].as_str().unwrap().to_string();
+    let created = owner.post(&format!("/v1/tenants/acme/consumers/{consumer}/keys"), json!({"scopes": ["docs:read"]})).await;
+    assert_eq!(created.status, 201, "{}", created.text);
+    let (key_id, secret) = (created.body["key_id"].as_str().unwrap().to_string(), created.body["key"].as_str().unwrap().to_string());
+    let path = format!("/v1/keys/{key_id}");
+    let mut bound = Vec::new();
+    for (name, role, tenant) in [("acme-viewer", "viewer", "acme"), ("other-owner", "owner", "other")] {
+        let a = owner.post("/v1/admins", json!({"name": name, "role": role, "tenant_id": tenant})).await;
+        assert_eq!(a.status, 201, "{}", a.text);
+        bound.push(Admin { token: a.body["token"].as_str().unwrap().to_string(), ..owner.clone() });
+    }
+
+    for reader in [&owner, &bound[0]] {
+        let a = reader.get(&path).await;
+        assert_eq!(a.status, 200, "{}", a.text);
+        assert_eq!(a.body["key_id"], key_id.as_str());
+        assert_eq!((a.body["tenant_id"].as_str(), a.body["consumer_id"].as_str()), (Some("acme"), Some(consumer.as_str())), "{}", a.text);
+        assert_eq!((a.body["status"].as_str(), a.body["scopes"].clone()), (Some("active"), json!(["docs:read"])), "{}", a.text);
+        assert_eq!(a.body["hint"], created.body["hint"], "{}", a.text);
+        assert!(a.body.get("key").is_none() && a.body.get("hash").is_none(), "{}", a.text);
+        assert!(!a.text.contains(&secret) && !a.text.contains(&secret[secret.len() - 12..]), "{}", a.text);
+    }
+    let a = bound[1].get(&path).await;
+    assert_eq!((a.status, a.body["error"]["code"].as_str()), (404, Some("not_found")), "{}", a.text);
+    let a = owner.get("/v1/keys/key_nope").await;
+    assert_eq!((a.status, a.body["error"]["code"].as_str()), (404, Some("not_found")), "{}", a.text);
+    // A pasted secret in place of the id is not echoed back.
+    let a = owner.get(&format!("/v1/keys/{secret}")).await;
+    assert_eq!(a.status, 404, "{}", a.text);
+    assert!(!a.text.contains(&secret), "{}", a.text);
+
+    // Its state follows its life: rotated, then revoked.
+    let rotated = owner.post(&format!("/v1/keys/{key_id}/rotate"), json!({"grace_seconds": 60})).await;
+    assert_eq!(rotated.status, 201, "{}", rotated.text);
+    assert_eq!(owner.get(&path).await.body["replaced_by"], rotated.body["key_id"]);
+    assert_eq!(owner.post(&format!("/v1/keys/{key_id}/revoke"), json!({})).await.status, 200);
+    assert_eq!(owner.get(&path).await.body["status"], "revoked");
+}

@@ -1,4 +1,4 @@
-//! `keytrail keys list|create|rotate|revoke|scopes` and `keytrail audit
+//! `keytrail keys list|show|create|rotate|revoke|scopes` and `keytrail audit
 //! list|security|export`, run as the real binary against a real server:
 //! what they change is what the gateway then does, what they print is what
 //! the API answered, and no key is printed but the new one, once.
@@ -194,6 +194,43 @@ async fn a_key_command_refuses_a_key_of_another_tenant() {
     // A key no tenant has: the server says so.
     let (code, err) = exit_code(&["keys", "revoke", "key_unknown", "--admin-url", url, "--tenant", "globex"], &TOKEN).await;
     assert!(code == Some(1) && err.contains("404"), "{err}");
+}
+
+/// `keys show KEY_ID`: one key's facts by its id alone, as a table or
+/// `--json`, never the key; with `--tenant` of another tenant it is a usage
+/// error naming both (exit code 2), a key nobody has is the server's 404
+/// (exit code 1), and what is no id or is a pasted key is refused before
+/// any call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_is_shown_by_its_id() {
+    let ts = TestServer::start().await;
+    let admin = ts.admin_client();
+    let up = format!("http://{}", start_upstream().await);
+    let (consumer, key_id, key) = admin.setup("acme", "/docs", &up).await;
+    admin.setup("globex", "/globex", &up).await;
+    let url = ts.admin.as_str();
+    let (ok, out, err) = run_cli(&["keys", "show", &key_id, "--admin-url", url], &TOKEN).await;
+    assert!(ok, "{err}");
+    for expected in [key_id.as_str(), "acme", consumer.as_str(), "active", "kt_live****"] {
+        assert!(out.contains(expected), "{expected} in: {out}");
+    }
+    assert!(!out.contains(&key) && !err.contains(&key), "{out}{err}");
+    let (ok, out, err) = run_cli(&["keys", "show", &key_id, "--json", "--admin-url", url, "--tenant", "acme"], &TOKEN).await;
+    assert!(ok, "{err}");
+    let shown: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((shown["tenant_id"].as_str(), shown["consumer_id"].as_str()), (Some("acme"), Some(consumer.as_str())), "{out}");
+    assert!(shown.get("key").is_none(), "{out}");
+
+    let (code, err) = exit_code(&["keys", "show", &key_id, "--admin-url", url, "--tenant", "globex"], &TOKEN).await;
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("`acme`") && err.contains("`globex`") && err.contains("it is not shown"), "{err}");
+    let (code, err) = exit_code(&["keys", "show", "key_unknown", "--admin-url", url], &TOKEN).await;
+    assert!(code == Some(1) && err.contains("404"), "{err}");
+    for bad in ["a/b", key.as_str()] {
+        let (code, err) = exit_code(&["keys", "show", bad, "--admin-url", url], &TOKEN).await;
+        assert_eq!(code, Some(2), "{bad}: {err}");
+        assert!(!err.contains(&key), "{err}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -522,6 +522,7 @@ async fn every_route_answers_as_documented() {
     assert_eq!(a.headers.get("cache-control").map(String::as_str), Some("no-store"));
     walk.ids.insert("key_id", a.body["key_id"].as_str().unwrap().to_string());
     walk.call("GET", "/v1/tenants/{tenant}/consumers/{consumer}/keys").await;
+    walk.call("GET", "/v1/keys/{key_id}").await;
     walk.call("PUT", "/v1/keys/{key_id}/scopes").await;
     let a = walk.call("POST", "/v1/keys/{key_id}/rotate").await;
     assert_eq!(a.status, 201);
