@@ -1,4 +1,4 @@
-//! `keytrail keys list|create|rotate|revoke|scopes` and `keytrail audit
+//! `keytrail keys list|show|create|rotate|revoke|scopes` and `keytrail audit
 //! list|security|export`: the admin API's key management and audit reads
 //! from the command line. Every rule (who may do what, what a valid filter
 //! is) stays the server's (values it refuses whatever the data are said
