@@ -684,9 +684,12 @@ async fn verifying_an_export_offline_does_not_hold_the_export_in_memory() {
     assert!(text.contains("1000 events"), "{text}");
     let (size_kib, peak_kib, text) = check("").await;
     assert!(text.contains(&format!("{EVENTS} events")), "{text}");
-    // 39,000 more events (~47 MiB of export) cost a few MiB at most.
+    // 39,000 more events (~47 MiB of export) cost a few MiB at most: the
+    // 72 bytes each the check keeps (~2.7 MiB), and the allocator's slack
+    // (3.2-4.2 MiB measured alone, 6 MiB once with the whole suite
+    // running beside it). Holding the export would take four times the bound.
     let grown = peak_kib.saturating_sub(small_peak);
-    assert!(grown < (size_kib - small_kib) / 8, "a {small_kib} KiB export took {small_peak} KiB to verify, a {size_kib} KiB one {peak_kib} KiB");
+    assert!(grown < (size_kib - small_kib) / 4, "a {small_kib} KiB export took {small_peak} KiB to verify, a {size_kib} KiB one {peak_kib} KiB");
 }
 
 /// Files that are no export, or not JSON, are refused by name, read as a

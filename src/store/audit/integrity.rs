@@ -323,7 +323,7 @@ fn hex32(value: &serde_json::Value) -> Option<[u8; 32]> {
 pub fn verify_export(doc: &serde_json::Value, key: &VerifyingKey) -> Result<ExportReport, String> {
     let tenant = doc["tenant_id"].as_str().ok_or("not a keytrail JSON export: no `tenant_id`")?.to_string();
     let logs = doc["logs"].as_array().ok_or("not a keytrail JSON export: no `logs` array")?;
-    let mut check = ExportCheck::new(tenant, &doc["verification"]);
+    let mut check = ExportCheck::new(tenant, &doc["verification"], logs.len());
     for (i, entry) in logs.iter().enumerate() {
         check.row(i, entry);
     }
@@ -378,7 +378,9 @@ pub fn verify_export_file(path: &Path, key: &VerifyingKey) -> Result<ExportRepor
     if !frame.logs {
         return Err(ExportFileError::NotExport("no `logs` array".into()));
     }
-    let mut check = ExportCheck::new(tenant, &frame.verification);
+    // The first pass counted the rows: their records take exactly that
+    // room, not up to twice it (and both while a growing list is copied).
+    let mut check = ExportCheck::new(tenant, &frame.verification, frame.rows);
     ExportPass { rows: Some(&mut check) }.deserialize(&mut open()?)?;
     Ok(check.finish(&frame.verification, key))
 }
@@ -387,6 +389,8 @@ pub fn verify_export_file(path: &Path, key: &VerifyingKey) -> Result<ExportRepor
 struct ExportFrame {
     tenant: Option<String>,
     logs: bool,
+    /// The rows of `logs`.
+    rows: usize,
     verification: serde_json::Value,
 }
 
@@ -413,7 +417,7 @@ impl<'de> serde::de::Visitor<'de> for ExportPass<'_> {
 
     fn visit_map<A: serde::de::MapAccess<'de>>(mut self, mut map: A) -> Result<ExportFrame, A::Error> {
         use serde::de::Error;
-        let mut frame = ExportFrame { tenant: None, logs: false, verification: serde_json::Value::Null };
+        let mut frame = ExportFrame { tenant: None, logs: false, rows: 0, verification: serde_json::Value::Null };
         let mut seen = std::collections::HashSet::new();
         while let Some(name) = map.next_key::<String>()? {
             if !seen.insert(name.clone()) {
@@ -425,7 +429,7 @@ impl<'de> serde::de::Visitor<'de> for ExportPass<'_> {
                     _ => return Err(A::Error::custom("`tenant_id` is not a text")),
                 },
                 "logs" => {
-                    map.next_value_seed(Rows { check: self.rows.as_deref_mut() })?;
+                    frame.rows = map.next_value_seed(Rows { check: self.rows.as_deref_mut() })?;
                     frame.logs = true;
                 }
                 "verification" => frame.verification = map.next_value()?,
@@ -444,31 +448,35 @@ struct Rows<'c> {
 }
 
 impl<'de> serde::de::DeserializeSeed<'de> for Rows<'_> {
-    type Value = ();
-    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+    type Value = usize;
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<usize, D::Error> {
         deserializer.deserialize_seq(self)
     }
 }
 
 impl<'de> serde::de::Visitor<'de> for Rows<'_> {
-    type Value = ();
+    type Value = usize;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("`logs`: an array of events")
     }
 
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<usize, A::Error> {
+        let mut i = 0;
         match self.check {
-            None => while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {},
+            None => {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
+                    i += 1;
+                }
+            }
             Some(check) => {
-                let mut i = 0;
                 while let Some(entry) = seq.next_element::<serde_json::Value>()? {
                     check.row(i, &entry);
                     i += 1;
                 }
             }
         }
-        Ok(())
+        Ok(i)
     }
 }
 
@@ -483,7 +491,7 @@ struct ExportCheck {
 }
 
 impl ExportCheck {
-    fn new(tenant: String, verification: &serde_json::Value) -> ExportCheck {
+    fn new(tenant: String, verification: &serde_json::Value, rows: usize) -> ExportCheck {
         let mut problems = Vec::new();
         // The personal salts of the export's consumers (see `super::salts`).
         let salts = match serde_json::from_value::<super::salts::DaySalts>(
@@ -498,7 +506,7 @@ impl ExportCheck {
                 Default::default()
             }
         };
-        ExportCheck { tenant, salts, problems, rows: Vec::new() }
+        ExportCheck { tenant, salts, problems, rows: Vec::with_capacity(rows) }
     }
 
     /// Checks row `i` on its own: its event against its hash, its fields
