@@ -5,7 +5,7 @@
 
 use serde_json::{json, Value};
 
-use crate::util::{run_cli, start_upstream, TestServer, ADMIN_TOKEN};
+use crate::util::{run_cli, start_upstream, Admin, TestServer, ADMIN_TOKEN};
 
 const TOKEN: [(&str, &str); 1] = [("KEYTRAIL_TOKEN", ADMIN_TOKEN)];
 
@@ -160,6 +160,17 @@ async fn exit_code(args: &[&str], envs: &[(&str, &str)]) -> (Option<i32>, String
     }
 }
 
+/// A server with two tenants, `acme` (with a consumer and its key:
+/// their ids and the key) and `globex`, and its admin client.
+async fn acme_and_globex() -> (TestServer, Admin, String, String, String) {
+    let ts = TestServer::start().await;
+    let admin = ts.admin_client();
+    let up = format!("http://{}", start_upstream().await);
+    let (consumer, key_id, key) = admin.setup("acme", "/docs", &up).await;
+    admin.setup("globex", "/globex", &up).await;
+    (ts, admin, consumer, key_id, key)
+}
+
 /// `keys rotate|revoke|scopes --tenant T KEY_ID` acted on the key whatever
 /// its tenant: the key routes are global and `--tenant` was not looked at,
 /// so a slip in either changed another tenant's key. A key of another
@@ -168,11 +179,7 @@ async fn exit_code(args: &[&str], envs: &[(&str, &str)]) -> (Option<i32>, String
 /// key no tenant has is still the server's to refuse (404, exit code 1).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_command_refuses_a_key_of_another_tenant() {
-    let ts = TestServer::start().await;
-    let admin = ts.admin_client();
-    let up = format!("http://{}", start_upstream().await);
-    let (consumer, key_id, key) = admin.setup("acme", "/docs", &up).await;
-    admin.setup("globex", "/globex", &up).await;
+    let (ts, admin, consumer, key_id, key) = acme_and_globex().await;
     let url = ts.admin.as_str();
     let keys = || async { admin.get(&format!("/v1/tenants/acme/consumers/{consumer}/keys")).await.body };
     let before = keys().await;
@@ -203,11 +210,7 @@ async fn a_key_command_refuses_a_key_of_another_tenant() {
 /// any call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_is_shown_by_its_id() {
-    let ts = TestServer::start().await;
-    let admin = ts.admin_client();
-    let up = format!("http://{}", start_upstream().await);
-    let (consumer, key_id, key) = admin.setup("acme", "/docs", &up).await;
-    admin.setup("globex", "/globex", &up).await;
+    let (ts, _, consumer, key_id, key) = acme_and_globex().await;
     let url = ts.admin.as_str();
     let (ok, out, err) = run_cli(&["keys", "show", &key_id, "--admin-url", url], &TOKEN).await;
     assert!(ok, "{err}");
