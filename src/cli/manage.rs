@@ -217,24 +217,26 @@ fn new_key(key: &Value, headline: &str) -> anyhow::Result<()> {
 /// usage error naming both, and one no tenant the token sees has (404) goes
 /// on to the server, whose refusal of the change says so.
 async fn check_key_tenant(client: &AdminClient, target: &Target, key_id: &str) -> anyhow::Result<()> {
-    if target.tenant.is_none() {
-        return Ok(());
-    }
+    let Some(tenant) = tenant_flag(target)? else { return Ok(()) };
     match client.get(&format!("/v1/keys/{}", encode(key_id))).await {
-        Ok(key) => key_of_tenant(target, &key, "nothing was changed"),
+        Ok(key) => key_of_tenant(Some(tenant), &key, "nothing was changed"),
         Err(error) if error.downcast_ref::<Refusal>().is_some_and(|r| r.status == hyper::StatusCode::NOT_FOUND) => Ok(()),
         Err(error) => Err(error),
     }
 }
 
-/// With `--tenant`, that `key` (as the admin API shows one) is that
+/// `--tenant`, if given, checked before any call (a usage error).
+fn tenant_flag(target: &Target) -> anyhow::Result<Option<&str>> {
+    let Some(tenant) = target.tenant.as_deref() else { return Ok(None) };
+    super::check_tenant_id(tenant).map_err(|problem| super::usage(format!("--tenant {problem}")))?;
+    Ok(Some(tenant))
+}
+
+/// With a `tenant`, that `key` (as the admin API shows one) is that
 /// tenant's; otherwise a usage error naming both tenants, ending with `done`
 /// (what became of the command).
-fn key_of_tenant(target: &Target, key: &Value, done: &str) -> anyhow::Result<()> {
-    let Some(tenant) = target.tenant.as_deref() else { return Ok(()) };
-    if let Err(problem) = super::check_tenant_id(tenant) {
-        return Err(super::usage(format!("--tenant {problem}")));
-    }
+fn key_of_tenant(tenant: Option<&str>, key: &Value, done: &str) -> anyhow::Result<()> {
+    let Some(tenant) = tenant else { return Ok(()) };
     let (key_id, owner) = (text(&key["key_id"]), key["tenant_id"].as_str().context("the key holds no tenant_id (is this keytrail's admin API?)")?);
     if owner == tenant {
         return Ok(());
@@ -248,8 +250,9 @@ fn key_of_tenant(target: &Target, key: &Value, done: &str) -> anyhow::Result<()>
 pub async fn keys_show(target: &Target, key_id: &str) -> anyhow::Result<()> {
     let client = AdminClient::from_env(&target.admin_url)?;
     let key_id = segment("the key id", key_id)?;
+    let tenant = tenant_flag(target)?;
     let key = client.get(&format!("/v1/keys/{}", encode(key_id))).await?;
-    key_of_tenant(target, &key, "it is not shown")?;
+    key_of_tenant(tenant, &key, "it is not shown")?;
     if target.json {
         return print_json(&key);
     }

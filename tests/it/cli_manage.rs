@@ -229,6 +229,8 @@ async fn a_key_is_shown_by_its_id() {
     assert!(err.contains("`acme`") && err.contains("`globex`") && err.contains("it is not shown"), "{err}");
     let (code, err) = exit_code(&["keys", "show", "key_unknown", "--admin-url", url], &TOKEN).await;
     assert!(code == Some(1) && err.contains("404"), "{err}");
+    let (code, err) = exit_code(&["keys", "show", &key_id, "--admin-url", url, "--tenant", "no such/tenant"], &TOKEN).await;
+    assert!(code == Some(2) && err.contains("--tenant"), "{err}");
     for bad in ["a/b", key.as_str()] {
         let (code, err) = exit_code(&["keys", "show", bad, "--admin-url", url], &TOKEN).await;
         assert_eq!(code, Some(2), "{bad}: {err}");
