@@ -31,7 +31,7 @@ const TENANT: &str = "tenant-00";
 
 fn rule(id: &str, matcher: Match, threshold: u32, window_secs: u32, group_by: Option<GroupBy>) -> RuleState {
     let spec = RuleSpec { description: None, matcher, threshold, window_secs, group_by, cooldown_secs: Some(0), webhook_url: None, enabled: true };
-    RuleState::new(Arc::new(AlertRule { tenant_id: TENANT.into(), id: id.into(), spec, created_at: 0, updated_at: 0 }))
+    RuleState::new(Arc::new(AlertRule { tenant_id: TENANT.into(), id: id.into(), spec, created_at: 0, updated_at: 0, secret: Default::default() }))
 }
 
 /// Three rules a tenant might have: server errors per consumer, client

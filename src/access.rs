@@ -143,6 +143,7 @@ pub const ROUTES: &[Rule] = &[
     rule("POST", "/v1/tenants/{tenant}/alerts", Change, Some("ALERT_RULE_CREATED")),
     rule("GET", "/v1/tenants/{tenant}/alerts/{rule}", ReadConfig, None),
     rule("PUT", "/v1/tenants/{tenant}/alerts/{rule}", Change, Some("ALERT_RULE_CHANGED")),
+    rule("POST", "/v1/tenants/{tenant}/alerts/{rule}/rotate-secret", Change, Some("ALERT_SECRET_ROTATED")),
     rule("DELETE", "/v1/tenants/{tenant}/alerts/{rule}", Change, Some("ALERT_RULE_DELETED")),
     global("GET", "/v1/blocklist", ReadConfig, None),
     global("POST", "/v1/blocklist", Change, Some("BLOCKLIST_ENTRY_ADDED")),

@@ -561,6 +561,17 @@ enum AlertsCommand {
         api: ApiArgs,
         id: String,
     },
+    /// Give a rule's webhook a new signing secret, printed this once; the
+    /// old one signs beside it for the grace, so the receiver can change over.
+    RotateSecret {
+        #[command(flatten)]
+        api: ApiArgs,
+        id: String,
+        /// How long the old secret keeps signing too, in seconds (at most
+        /// 2592000, 30 days; 0: it stops at once) [default: 86400].
+        #[arg(long)]
+        grace_secs: Option<u64>,
+    },
     /// Delete a rule.
     Delete {
         #[command(flatten)]
@@ -1039,6 +1050,9 @@ fn main() -> ExitCode {
             }
             Command::Alerts { command: AlertsCommand::Enable { api, id } } => keytrail::cli::alerts::alerts_set_enabled(&api.target(), &id, true).await,
             Command::Alerts { command: AlertsCommand::Disable { api, id } } => keytrail::cli::alerts::alerts_set_enabled(&api.target(), &id, false).await,
+            Command::Alerts { command: AlertsCommand::RotateSecret { api, id, grace_secs } } => {
+                keytrail::cli::alerts::alerts_rotate_secret(&api.target(), &id, grace_secs).await
+            }
             Command::Alerts { command: AlertsCommand::Delete { api, id } } => keytrail::cli::alerts::alerts_delete(&api.target(), &id).await,
             Command::Audit { command: AuditCommand::List { api, filters, page } } => {
                 let filters = filters.filters(None, None);

@@ -1,13 +1,14 @@
 //! Alert rules over the admin API (`/v1/tenants/{tenant}/alerts`): made,
 //! listed, read, replaced and deleted, each with what the engine did for
 //! it since the start. A rule with a webhook answers its signing secret
-//! once, as it is made; it is never stored or shown again.
+//! once, as it is made or its secret rotated; it is never stored or shown
+//! again.
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::Response;
-use axum::routing::get;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use serde_json::{json, Value};
 
@@ -22,6 +23,7 @@ pub fn routes() -> Router<AdminState> {
     Router::new()
         .route("/v1/tenants/{tenant}/alerts", get(list_rules).post(create_rule))
         .route("/v1/tenants/{tenant}/alerts/{rule}", get(get_rule).put(replace_rule).delete(delete_rule))
+        .route("/v1/tenants/{tenant}/alerts/{rule}/rotate-secret", post(rotate_secret))
 }
 
 fn rule_view(s: &AdminState, rule: &AlertRule) -> Value {
@@ -67,9 +69,41 @@ async fn create_rule(State(s): State<AdminState>, Path(tenant): Path<String>, bo
         view["webhook_secret"] = json!(secret);
     }
     // It may hold the secret: never cached (every 201 alike, as documented).
-    let mut response = created(view);
+    Ok(not_cached(created(view)))
+}
+
+fn not_cached(mut response: Response) -> Response {
     response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(response)
+    response
+}
+
+/// The longest grace a rotation may give the old secret: 30 days, as a key's.
+const MAX_SECRET_GRACE_SECONDS: u64 = 30 * 86_400;
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RotateSecret {
+    #[serde(default = "default_secret_grace")]
+    grace_seconds: u64,
+}
+
+fn default_secret_grace() -> u64 {
+    86_400
+}
+
+/// `POST …/alerts/{rule}/rotate-secret`: a new webhook secret, shown this
+/// once; the old one signs beside it for `grace_seconds` (default a day).
+async fn rotate_secret(State(s): State<AdminState>, Path((tenant, id)): Path<(String, String)>, body: Bytes) -> Result<Response, ApiError> {
+    s.control.require_tenant(&tenant)?;
+    let req: RotateSecret = if body.is_empty() { RotateSecret { grace_seconds: default_secret_grace() } } else { parse_body(&body)? };
+    if req.grace_seconds > MAX_SECRET_GRACE_SECONDS {
+        return Err(ApiError::invalid_body(format_args!("`grace_seconds` must be at most {MAX_SECRET_GRACE_SECONDS} (30 days)")));
+    }
+    let (rule, secret) = s.control.rotate_alert_secret(&tenant, &id, req.grace_seconds as i64 * 1000)?;
+    let mut view = rule_view(&s, &rule);
+    view["webhook_secret"] = json!(secret);
+    view["previous_secret_expires_at"] = json!(rule.secret.previous_until.map(format_timestamp));
+    Ok(not_cached(Json(view).into_response()))
 }
 
 async fn list_rules(State(s): State<AdminState>, Extension(actor): Extension<Actor>, Path(tenant): Path<String>) -> Result<Json<Value>, ApiError> {

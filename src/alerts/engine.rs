@@ -266,7 +266,12 @@ fn start_run(control: &ControlPlane, tenant: &str, rules: &[Arc<AlertRule>]) -> 
 fn read_tenant(reader: &AuditReader, tenant: &str, rules: &[Arc<AlertRule>], run: &mut TenantRun, firings: &mut Vec<Firing>) -> Result<(), StoreError> {
     run.rules.retain(|id, state| rules.iter().any(|r| &r.id == id && r.updated_at == state.rule.updated_at));
     for rule in rules {
-        run.rules.entry(rule.id.clone()).or_insert_with(|| RuleState::new(rule.clone()));
+        match run.rules.get_mut(&rule.id) {
+            // The same rule, its counts kept; its webhook secret may have
+            // been rotated since, which the next post must sign with.
+            Some(state) => state.rule = rule.clone(),
+            None => drop(run.rules.insert(rule.id.clone(), RuleState::new(rule.clone()))),
+        }
     }
     let states = &mut run.rules;
     let mut texts: Vec<_> = rules.iter().flat_map(|r| r.spec.texts()).collect();
@@ -318,12 +323,16 @@ pub fn payload(firing: &Firing, alert_id: &str, fired_at_ms: i64) -> serde_json:
 /// then four times longer each time; records `alert_delivery_failed`
 /// when every try failed.
 async fn deliver(control: Arc<ControlPlane>, audit: Arc<AuditPipeline>, config: AlertsConfig, firing: Firing, alert_id: String, at: i64, url: String) {
-    let Some(secret) = control.webhook_secret(&firing.rule) else { return };
+    // During a secret's rotation, the old secret signs too (see `webhook::signatures`).
+    let secrets = control.webhook_signing_secrets(&firing.rule, crate::event::now_ms());
+    if secrets.is_empty() {
+        return;
+    }
     let body = Bytes::from(serde_json::to_vec(&payload(&firing, &alert_id, at)).expect("JSON serialises"));
     let mut wait = config.webhook_backoff;
     let mut last_error = String::new();
     for attempt in 1..=config.webhook_attempts {
-        match webhook::post(&url, body.clone(), &secret, &alert_id, control.upstream_guard(), config.webhook_timeout).await {
+        match webhook::post(&url, body.clone(), &secrets, &alert_id, control.upstream_guard(), config.webhook_timeout).await {
             Ok(status) if (200..300).contains(&status) => {
                 control.alert_status().update(&firing.rule, |s| s.deliveries_succeeded += 1);
                 return;

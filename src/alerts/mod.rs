@@ -241,13 +241,39 @@ pub struct AlertRule {
     pub created_at: i64,
     /// Events before this time are not counted (a changed rule starts afresh).
     pub updated_at: i64,
+    /// Where the webhook secret's rotations stand.
+    pub secret: SecretState,
+}
+
+/// A rule's webhook secret rotations: the secret in use is generation
+/// `generation`; the one before it signs deliveries too until
+/// `previous_until`, so receivers can move to the new one meanwhile.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SecretState {
+    pub generation: u32,
+    pub previous_until: Option<i64>,
 }
 
 impl AlertRule {
-    /// The bytes a rule's webhook secret is derived from: a rule deleted
-    /// and made again under its id gets another secret.
-    pub fn secret_input(&self) -> Vec<u8> {
-        format!("{}\0{}\0{}", self.tenant_id, self.id, self.created_at).into_bytes()
+    /// The bytes a rule's webhook secret of `generation` is derived from:
+    /// a rule deleted and made again under its id gets another secret, and
+    /// each rotation another again (generation 0's input is the one secrets
+    /// were derived from before rotations existed).
+    pub fn secret_input(&self, generation: u32) -> Vec<u8> {
+        match generation {
+            0 => format!("{}\0{}\0{}", self.tenant_id, self.id, self.created_at).into_bytes(),
+            n => format!("{}\0{}\0{}\0{n}", self.tenant_id, self.id, self.created_at).into_bytes(),
+        }
+    }
+
+    /// The generations whose secrets sign a delivery at `now_ms`: the one
+    /// in use, then the one before it while it is in its grace.
+    pub fn signing_generations(&self, now_ms: i64) -> Vec<u32> {
+        let mut generations = vec![self.secret.generation];
+        if self.secret.generation > 0 && self.secret.previous_until.is_some_and(|until| now_ms < until) {
+            generations.push(self.secret.generation - 1);
+        }
+        generations
     }
 }
 
@@ -370,7 +396,7 @@ mod tests {
     use super::*;
 
     fn rule(spec: RuleSpec) -> Arc<AlertRule> {
-        Arc::new(AlertRule { tenant_id: "acme".into(), id: "r".into(), spec, created_at: 0, updated_at: 0 })
+        Arc::new(AlertRule { tenant_id: "acme".into(), id: "r".into(), spec, created_at: 0, updated_at: 0, secret: SecretState::default() })
     }
 
     fn spec(threshold: u32, window_secs: u32) -> RuleSpec {
@@ -392,6 +418,22 @@ mod tests {
         e.timestamp_ms = at_ms;
         e.client_ip = Some(ip.into());
         e
+    }
+
+    #[test]
+    fn a_rotated_secret_has_its_own_input_and_the_old_one_signs_only_in_its_grace() {
+        let mut r = (*rule(spec(3, 10))).clone();
+        // Generation 0's input is the one secrets had before rotations
+        // existed: rules made then keep their secret.
+        assert_eq!(r.secret_input(0), b"acme\x00r\x000".to_vec());
+        assert_eq!(r.secret_input(2), b"acme\x00r\x000\x002".to_vec());
+        assert_ne!(r.secret_input(1), r.secret_input(0));
+        assert_eq!(r.signing_generations(0), [0]);
+        r.secret = SecretState { generation: 3, previous_until: Some(1_000) };
+        assert_eq!(r.signing_generations(999), [3, 2]);
+        assert_eq!(r.signing_generations(1_000), [3], "the grace has ended");
+        r.secret.previous_until = None;
+        assert_eq!(r.signing_generations(0), [3], "rotated without a grace");
     }
 
     #[test]

@@ -4,6 +4,8 @@
 //! `Keytrail-Signature: v1=<hex>`, the HMAC-SHA-256 of `<timestamp>.<body>`
 //! keyed with the rule's secret as shown (`ktwh_…`), so a receiver can
 //! tell keytrail's posts from anyone else's and refuse old ones replayed.
+//! After the secret is rotated, and for the grace the rotation gave, the
+//! old secret's signature follows the new one's (`v1=<new>, v1=<old>`).
 
 use std::time::Duration;
 
@@ -91,17 +93,24 @@ pub fn signature(secret: &str, timestamp: i64, body: &[u8]) -> String {
     format!("v1={}", crate::signing::hex(&mac.finalize().into_bytes()))
 }
 
+/// The `Keytrail-Signature` value: one [`signature`] per secret, the one
+/// in use first, separated by `, ` — two only during a rotation's grace,
+/// when a receiver still holding the old secret finds its signature too.
+pub fn signatures(secrets: &[String], timestamp: i64, body: &[u8]) -> String {
+    secrets.iter().map(|secret| signature(secret, timestamp, body)).collect::<Vec<_>>().join(", ")
+}
+
 /// One POST of `body` to `url`: the answer's status, or why there was none.
 /// The whole try (resolving, connecting, sending, the answer's head) is
 /// bounded by `timeout`. A 2xx is a delivery; anything else is tried again
 /// by the caller.
-pub async fn post(url: &str, body: Bytes, secret: &str, alert_id: &str, guard: &UpstreamGuard, timeout: Duration) -> Result<u16, String> {
-    tokio::time::timeout(timeout, post_untimed(url, body, secret, alert_id, guard))
+pub async fn post(url: &str, body: Bytes, secrets: &[String], alert_id: &str, guard: &UpstreamGuard, timeout: Duration) -> Result<u16, String> {
+    tokio::time::timeout(timeout, post_untimed(url, body, secrets, alert_id, guard))
         .await
         .unwrap_or_else(|_| Err(format!("no answer within {} ms", timeout.as_millis())))
 }
 
-async fn post_untimed(url: &str, body: Bytes, secret: &str, alert_id: &str, guard: &UpstreamGuard) -> Result<u16, String> {
+async fn post_untimed(url: &str, body: Bytes, secrets: &[String], alert_id: &str, guard: &UpstreamGuard) -> Result<u16, String> {
     let uri: Uri = url.parse().map_err(|_| "the URL no longer parses".to_string())?;
     let authority: Authority = uri.authority().cloned().ok_or("the URL names no host")?;
     let stream = crate::gateway::upstream::connect_allowed(guard, &authority).await.map_err(|e| e.to_string())?;
@@ -114,7 +123,7 @@ async fn post_untimed(url: &str, body: Bytes, secret: &str, alert_id: &str, guar
         .header(http::header::USER_AGENT, concat!("keytrail-alerts/", env!("CARGO_PKG_VERSION")))
         .header("keytrail-alert-id", alert_id)
         .header("keytrail-timestamp", timestamp)
-        .header("keytrail-signature", signature(secret, timestamp, &body))
+        .header("keytrail-signature", signatures(secrets, timestamp, &body))
         .body(Full::new(body))
         .map_err(|e| e.to_string())?;
     let response = sender.send_request(request).await.map_err(|e| e.to_string())?;

@@ -3,6 +3,7 @@
 //! no rule can have is a usage error, said before anything is sent. A new
 //! rule's webhook secret is printed once, by `create`.
 
+use anyhow::Context as _;
 use hyper::Method;
 use serde_json::{json, Map, Value};
 
@@ -167,6 +168,35 @@ pub async fn alerts_set_enabled(target: &Target, id: &str, enabled: bool) -> any
 }
 
 /// `keytrail alerts delete ID`.
+/// The longest `--grace-secs` a secret's rotation may give: the admin
+/// API's limit, 30 days.
+const MAX_SECRET_GRACE_SECS: u64 = 30 * 86_400;
+
+/// `keytrail alerts rotate-secret ID [--grace-secs N]`: prints the new
+/// secret once, and until when the old one signs too.
+pub async fn alerts_rotate_secret(target: &Target, id: &str, grace_secs: Option<u64>) -> anyhow::Result<()> {
+    check_rule_id(id)?;
+    if let Some(secs) = grace_secs.filter(|secs| *secs > MAX_SECRET_GRACE_SECS) {
+        return Err(usage(format!("--grace-secs must be at most {MAX_SECRET_GRACE_SECS} (30 days), not {secs}")));
+    }
+    let client = AdminClient::from_env(&target.admin_url)?;
+    let tenant = resolve_tenant(&client, target.tenant.as_deref()).await?;
+    let body = grace_secs.map_or_else(|| json!({}), |secs| json!({"grace_seconds": secs}));
+    let rule = client.send_json(Method::POST, &format!("{}/rotate-secret", rule_path(&tenant, id)), &body).await?;
+    if target.json {
+        return print_json(&rule);
+    }
+    let secret = rule["webhook_secret"].as_str().context("the answer holds no webhook_secret (is this keytrail's admin API?)")?;
+    let old = match rule["previous_secret_expires_at"].as_str() {
+        Some(until) => format!("the old one signs beside it until {until}"),
+        None => "the old one no longer signs".to_string(),
+    };
+    print(&format!(
+        "Rotated the webhook secret of alert rule {id} in tenant {tenant} ({old}); posts to {}, signed with this secret, shown this once (keytrail keeps none):\n{secret}\n",
+        webhook(&rule)
+    ))
+}
+
 pub async fn alerts_delete(target: &Target, id: &str) -> anyhow::Result<()> {
     check_rule_id(id)?;
     let client = AdminClient::from_env(&target.admin_url)?;

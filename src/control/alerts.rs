@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use super::ControlPlane;
-use crate::alerts::{webhook, AlertRule, RuleSpec, MAX_RULES_PER_TENANT};
+use crate::alerts::{webhook, AlertRule, RuleSpec, SecretState, MAX_RULES_PER_TENANT};
 use crate::error::ApiError;
 use crate::event::now_ms;
 use crate::store::control::StoredRule;
@@ -16,13 +16,16 @@ fn stored(rule: &AlertRule) -> StoredRule {
         definition: serde_json::to_string(&rule.spec).expect("rules serialise"),
         created_at: rule.created_at,
         updated_at: rule.updated_at,
+        secret_generation: rule.secret.generation,
+        previous_secret_until: rule.secret.previous_until,
     }
 }
 
 fn from_stored(row: StoredRule) -> Result<AlertRule, StoreError> {
     let spec = serde_json::from_str(&row.definition)
         .map_err(|e| StoreError::Corrupt(format!("alert rule `{}` of tenant `{}` cannot be read: {e}", row.id, row.tenant_id)))?;
-    Ok(AlertRule { tenant_id: row.tenant_id, id: row.id, spec, created_at: row.created_at, updated_at: row.updated_at })
+    let secret = SecretState { generation: row.secret_generation, previous_until: row.previous_secret_until };
+    Ok(AlertRule { tenant_id: row.tenant_id, id: row.id, spec, created_at: row.created_at, updated_at: row.updated_at, secret })
 }
 
 impl ControlPlane {
@@ -37,12 +40,49 @@ impl ControlPlane {
         &self.alert_status
     }
 
-    /// A rule's webhook secret, as shown when the rule is made; `None`
-    /// without a webhook.
-    pub fn webhook_secret(&self, rule: &AlertRule) -> Option<String> {
+    /// A rule's webhook secret of `generation`, as shown when the rule is
+    /// made or its secret rotated; `None` without a webhook.
+    fn webhook_secret_of(&self, rule: &AlertRule, generation: u32) -> Option<String> {
         rule.spec.webhook_url.as_ref()?;
-        let derived = self.alert_signer.as_ref()?.derive_secret(crate::alerts::SECRET_DOMAIN, &rule.secret_input());
+        let derived = self.alert_signer.as_ref()?.derive_secret(crate::alerts::SECRET_DOMAIN, &rule.secret_input(generation));
         Some(webhook::secret_text(&derived))
+    }
+
+    /// A rule's webhook secret in use; `None` without a webhook.
+    pub fn webhook_secret(&self, rule: &AlertRule) -> Option<String> {
+        self.webhook_secret_of(rule, rule.secret.generation)
+    }
+
+    /// The secrets that sign a delivery of `rule` at `now_ms`: the one in
+    /// use, then, during a rotation's grace, the one before it. Empty
+    /// without a webhook.
+    pub fn webhook_signing_secrets(&self, rule: &AlertRule, now_ms: i64) -> Vec<String> {
+        rule.signing_generations(now_ms).into_iter().filter_map(|generation| self.webhook_secret_of(rule, generation)).collect()
+    }
+
+    /// Gives a rule's webhook a new secret (shown this once); the old one
+    /// signs deliveries too for `grace_ms` more (none with 0), each with
+    /// its own signature, so receivers can change over without losing one.
+    /// A rule without a webhook has no secret to rotate (409).
+    pub fn rotate_alert_secret(&self, tenant_id: &str, id: &str, grace_ms: i64) -> Result<(AlertRule, String), ApiError> {
+        let mut rule = self.get_alert_rule(tenant_id, id)?;
+        if rule.spec.webhook_url.is_none() {
+            return Err(ApiError::new(
+                crate::error::ErrorCode::Conflict,
+                format!("alert rule `{id}` has no webhook, so no secret to rotate: give it a `webhook_url` first"),
+            ));
+        }
+        if self.alert_signer.is_none() {
+            return Err(ApiError::invalid_body("a webhook secret needs the data directory's signing key, which this server was started without"));
+        }
+        let previous_until = (grace_ms > 0).then(|| now_ms() + grace_ms);
+        if !self.store.rotate_alert_secret(tenant_id, id, rule.secret.generation, previous_until)? {
+            // Deleted, or rotated by another call in between: the rule as it is now decides.
+            return Err(ApiError::new(crate::error::ErrorCode::Conflict, format!("alert rule `{id}` changed while its secret was rotated; try again")));
+        }
+        rule.secret = SecretState { generation: rule.secret.generation + 1, previous_until };
+        let secret = self.webhook_secret(&rule).expect("a rule with a webhook and a signer has a secret");
+        Ok((rule, secret))
     }
 
     fn checked_alert_rule(&self, tenant_id: &str, spec: &RuleSpec) -> Result<(), ApiError> {
@@ -62,7 +102,7 @@ impl ControlPlane {
         super::check_slug("id", &id)?;
         self.checked_alert_rule(tenant_id, &spec)?;
         let now = now_ms();
-        let rule = AlertRule { tenant_id: tenant_id.to_string(), id, spec, created_at: now, updated_at: now };
+        let rule = AlertRule { tenant_id: tenant_id.to_string(), id, spec, created_at: now, updated_at: now, secret: SecretState::default() };
         self.store.create_alert_rule(&stored(&rule), MAX_RULES_PER_TENANT)?;
         let secret = self.webhook_secret(&rule);
         Ok((rule, secret))

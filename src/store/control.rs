@@ -248,7 +248,7 @@ CREATE TABLE IF NOT EXISTS retention_settings (
 
 /// Columns added after the first release, with their definitions: added to
 /// an older `control.db` when it is opened.
-const ADDED_COLUMNS: [(&str, &str, &str); 8] = [
+const ADDED_COLUMNS: [(&str, &str, &str); 10] = [
     ("apis", "policies", "TEXT NOT NULL DEFAULT '{}'"),
     ("consumers", "tier", "TEXT"),
     ("apis", "rate_per_minute", "INTEGER"),
@@ -257,6 +257,8 @@ const ADDED_COLUMNS: [(&str, &str, &str); 8] = [
     ("api_keys", "replaced_by", "TEXT"),
     ("api_keys", "last_used_at", "INTEGER"),
     ("admins", "password_hash", "TEXT"),
+    ("alert_rules", "secret_generation", "INTEGER NOT NULL DEFAULT 0"),
+    ("alert_rules", "previous_secret_until", "INTEGER"),
 ];
 
 /// The scope of the global logging settings.

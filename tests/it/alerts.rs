@@ -420,3 +420,86 @@ async fn a_tenant_whose_trail_cannot_be_read_holds_up_no_other() {
     assert!(status["last_error"].as_str().is_some_and(|e| e.contains("tenant `acme`")), "{status}");
     server.shutdown().await;
 }
+
+/// The `keytrail-signature` a post carries for `secret`: `v1=` and the
+/// HMAC-SHA-256 of `<timestamp>.<body>`.
+fn signed(secret: &str, head: &str, body: &[u8]) -> String {
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("{}.", header(head, "keytrail-timestamp")).as_bytes());
+    mac.update(body);
+    format!("v1={}", mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect::<String>())
+}
+
+/// A rule's webhook secret is rotated (`POST …/alerts/{rule}/rotate-secret`):
+/// the new one is shown this once (never cached); for the grace the posts
+/// carry both signatures, the new secret's first, so a receiver still on
+/// the old one misses nothing; after a rotation without grace, the new
+/// one's alone. A rule without a webhook has no secret to rotate (409);
+/// a grace over 30 days, an unknown field, an unknown rule and a viewer
+/// are refused. No secret is in a later read or the admin log.
+#[tokio::test]
+async fn a_webhook_secret_is_rotated_and_both_sign_during_the_grace() {
+    let ts = start_fast(|_| {}).await;
+    let admin = ts.admin_client();
+    let up = start_upstream().await;
+    admin.setup("acme", "/docs", &format!("http://{up}")).await;
+    let (url, mut posts) = receiver(200).await;
+    let mut rule = brute_force_rule("brute-force", Some(&url));
+    rule["cooldown_secs"] = json!(0);
+    let made = admin.post("/v1/tenants/acme/alerts", rule).await;
+    assert_eq!(made.status, 201, "{}", made.text);
+    let first = made.body["webhook_secret"].as_str().unwrap().to_string();
+    let rotate = "/v1/tenants/acme/alerts/brute-force/rotate-secret";
+
+    let a = admin.call("POST", rotate, None).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    assert_eq!(a.headers.get("cache-control").map(String::as_str), Some("no-store"), "an answer with a secret is never cached");
+    let second = a.body["webhook_secret"].as_str().unwrap().to_string();
+    assert!(second.starts_with("ktwh_") && second.len() == first.len() && second != first, "{second}");
+    assert_eq!((a.body["id"].as_str(), a.body["threshold"].as_u64()), (Some("brute-force"), Some(3)), "{}", a.text);
+    let until = chrono::DateTime::parse_from_rfc3339(a.body["previous_secret_expires_at"].as_str().unwrap()).unwrap();
+    let in_a_day = chrono::Utc::now() + chrono::Duration::hours(24);
+    assert!((until.timestamp() - in_a_day.timestamp()).abs() < 60, "a day's grace by default: {until}");
+
+    failed_calls(&ts, 3).await;
+    let (head, body) = tokio::time::timeout(Duration::from_secs(10), posts.recv()).await.expect("a webhook post").unwrap();
+    assert_eq!(header(&head, "keytrail-signature"), format!("{}, {}", signed(&second, &head, &body), signed(&first, &head, &body)));
+
+    let a = admin.post(rotate, json!({"grace_seconds": 0})).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    let third = a.body["webhook_secret"].as_str().unwrap().to_string();
+    assert!(third != second && third != first);
+    assert!(a.body["previous_secret_expires_at"].is_null(), "{}", a.text);
+    failed_calls(&ts, 3).await;
+    let (head, body) = tokio::time::timeout(Duration::from_secs(10), posts.recv()).await.expect("a webhook post").unwrap();
+    assert_eq!(header(&head, "keytrail-signature"), signed(&third, &head, &body), "no grace: the new secret alone");
+
+    // Refusals.
+    assert_eq!(admin.post("/v1/tenants/acme/alerts", brute_force_rule("quiet", None)).await.status, 201);
+    let a = admin.call("POST", "/v1/tenants/acme/alerts/quiet/rotate-secret", None).await;
+    assert_eq!((a.status, a.body["error"]["code"].as_str()), (409, Some("conflict")), "{}", a.text);
+    assert!(a.body["error"]["message"].as_str().unwrap().contains("webhook_url"), "{}", a.text);
+    for (body, wanted) in [(json!({"grace_seconds": 30 * 86_400 + 1}), "at most"), (json!({"grace": 5}), "unknown field"), (json!({"grace_seconds": -1}), "grace_seconds"), (Value::Null, "invalid type")] {
+        let a = admin.post(rotate, body.clone()).await;
+        assert_eq!((a.status, a.body["error"]["code"].as_str()), (400, Some("invalid_body")), "{body}: {}", a.text);
+        assert!(a.text.contains(wanted), "{body}: {}", a.text);
+    }
+    assert_eq!(admin.call("POST", "/v1/tenants/acme/alerts/nope/rotate-secret", None).await.status, 404);
+    assert_eq!(admin.call("POST", "/v1/tenants/nope/alerts/brute-force/rotate-secret", None).await.status, 404);
+    let viewer = admin.post("/v1/admins", json!({"name": "watcher", "role": "viewer"})).await;
+    let viewer = Admin { token: viewer.body["token"].as_str().unwrap().to_string(), ..admin.clone() };
+    let a = viewer.call("POST", rotate, None).await;
+    assert_eq!((a.status, a.body["error"]["code"].as_str()), (403, Some("forbidden")), "{}", a.text);
+
+    // The refusals changed nothing: the last secret still signs alone.
+    failed_calls(&ts, 3).await;
+    let (head, body) = tokio::time::timeout(Duration::from_secs(10), posts.recv()).await.expect("a webhook post").unwrap();
+    assert_eq!(header(&head, "keytrail-signature"), signed(&third, &head, &body));
+    let reads = [admin.get("/v1/tenants/acme/alerts/brute-force").await.text, admin.get("/v1/audit/acme/admin").await.text];
+    assert!(reads[1].contains("ALERT_SECRET_ROTATED"), "{}", reads[1]);
+    for secret in [&first, &second, &third] {
+        for read in &reads {
+            assert!(!read.contains(&secret["ktwh_".len()..]), "a secret in a later answer: {read}");
+        }
+    }
+}

@@ -1,4 +1,4 @@
-//! `keytrail alerts list|create|enable|disable|delete`, run as the real
+//! `keytrail alerts list|create|enable|disable|rotate-secret|delete`, run as the real
 //! binary against a real server: the rule made is the one that fires, the
 //! webhook secret is printed once, bad input is refused saying what to fix.
 
@@ -64,6 +64,18 @@ async fn alert_rules_are_managed_from_the_command_line() {
     assert_eq!(json["alerts"].as_array().unwrap().len(), 2, "{out}");
     assert!(!out.contains(&secret));
 
+    // A new secret, printed once; the old one signs beside it for the grace.
+    let (ok, out, err) = alerts(&ts, &["rotate-secret", "brute-force", "--grace-secs", "60"]).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("Rotated the webhook secret of alert rule brute-force in tenant acme (the old one signs beside it until "), "{out}");
+    let rotated: Vec<&str> = out.lines().filter(|l| l.starts_with("ktwh_")).collect();
+    assert!(rotated.len() == 1 && rotated[0] != secret, "a new secret on a line of its own: {out}");
+    assert!(!out.contains("private-path"), "{out}");
+    let (ok, out, err) = alerts(&ts, &["rotate-secret", "brute-force", "--grace-secs", "0", "--json"]).await;
+    assert!(ok, "{err}");
+    let json: Value = serde_json::from_str(&out).unwrap();
+    assert!(json["previous_secret_expires_at"].is_null() && json["webhook_secret"].as_str().is_some_and(|s| s != rotated[0]), "{out}");
+
     let (ok, out, err) = alerts(&ts, &["enable", "errors"]).await;
     assert!(ok && out.contains("enabled"), "{out}{err}");
     assert_eq!(admin.get("/v1/tenants/acme/alerts/errors").await.body["enabled"], true);
@@ -78,13 +90,16 @@ async fn alert_rules_are_managed_from_the_command_line() {
 
     // Bad input: usage errors (exit 2) before anything is sent, or the
     // server's refusal (exit 1), each saying what to fix.
-    let cases: [(&[&str], i32, &str); 7] = [
+    let cases: [(&[&str], i32, &str); 10] = [
         (&["create", "x", "--threshold", "2", "--window-secs", "60"], 2, "give what the rule counts"),
         (&["create", "Bad Id", "--event-type", "a", "--threshold", "2", "--window-secs", "60"], 2, "no alert rule's id"),
         (&["create", "x", "--event-type", "a", "--threshold", "2", "--window-secs", "60", "--group-by", "country"], 2, "--group-by"),
         (&["create", "x", "--event-type", "a", "--threshold", "0", "--window-secs", "60"], 1, "`threshold` must be from 1 to 10000"),
         (&["create", "x", "--event-type", "a", "--threshold", "2", "--window-secs", "60", "--webhook-url", "https://h.example/x"], 1, "no TLS client"),
         (&["delete", "missing"], 1, "not_found"),
+        (&["rotate-secret", "missing"], 1, "not_found"),
+        (&["rotate-secret", "brute-force", "--grace-secs", "2592001"], 2, "--grace-secs must be at most 2592000"),
+        (&["rotate-secret", "Bad Id"], 2, "no alert rule's id"),
         (&["enable", "kt_live_abcdefghijklmnopqrstuvwxyz0123456789AB"], 2, "no alert rule's id"),
     ];
     for (args, code, wanted) in cases {

@@ -505,6 +505,8 @@ async fn every_route_answers_as_documented() {
     walk.ids.insert("rule", a.body["id"].as_str().unwrap().to_string());
     walk.call("GET", "/v1/tenants/{tenant}/alerts").await;
     walk.call("GET", "/v1/tenants/{tenant}/alerts/{rule}").await;
+    let a = walk.call("POST", "/v1/tenants/{tenant}/alerts/{rule}/rotate-secret").await;
+    assert!(a.body["webhook_secret"].as_str().is_some_and(|s| s.starts_with("ktwh_")), "{}", a.text);
     let a = walk.call("PUT", "/v1/tenants/{tenant}/alerts/{rule}").await;
     assert!(a.body.get("webhook_secret").is_none(), "{}", a.text);
 

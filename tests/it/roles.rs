@@ -53,7 +53,7 @@ async fn fixture(owner: &Admin, tenant: &str, upstream: &str, bound: bool) -> Fi
 }
 
 fn alert_rule(id: &str) -> Value {
-    json!({"id": id, "match": {"event_type": "auth_failed"}, "threshold": 5, "window_secs": 60})
+    json!({"id": id, "match": {"event_type": "auth_failed"}, "threshold": 5, "window_secs": 60, "webhook_url": "http://127.0.0.1:9/hook"})
 }
 
 /// A concrete call for a route: its path and a body that an allowed caller
@@ -95,7 +95,7 @@ fn call_for(method: &str, route: &str, f: &Fixture, bound: bool, n: usize) -> (S
         }
         ("POST", "/v1/tenants/{tenant}/alerts") => Some(alert_rule(&format!("a{n}"))),
         ("PUT", "/v1/tenants/{tenant}/alerts/{rule}") => {
-            Some(json!({"match": {"category": "security"}, "threshold": 10, "window_secs": 60}))
+            Some(json!({"match": {"category": "security"}, "threshold": 10, "window_secs": 60, "webhook_url": "http://127.0.0.1:9/hook"}))
         }
         // Longer than the default: shortening needs an owner (below).
         ("PUT", r) if r.ends_with("/settings/retention") => Some(json!({"hot_days": 120})),
