@@ -11,8 +11,10 @@
 //! longest window or cooldown back) are replayed without firing, so every
 //! rule's counts are as they were. Webhooks are posted by tasks of their
 //! own, tried again with growing waits; a delivery that fails every try
-//! is recorded as `alert_delivery_failed`. Posts still waiting when the
-//! process stops are not made.
+//! is recorded as `alert_delivery_failed`. When the process stops, the
+//! engine waits for the tries being made (each bounded by
+//! `alerts.webhook_timeout_ms`) and makes no more: a delivery still owed
+//! one is recorded as `alert_delivery_failed` too, so none is lost unseen.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -116,11 +118,15 @@ pub struct AlertEngine {
     audit: Arc<AuditPipeline>,
     config: AlertsConfig,
     tenants: HashMap<String, TenantRun>,
+    /// The webhook deliveries under way.
+    deliveries: tokio::task::JoinSet<()>,
+    /// Set when the engine stops: deliveries make no more tries.
+    stopping: watch::Sender<bool>,
 }
 
 impl AlertEngine {
     pub fn new(control: Arc<ControlPlane>, audit: Arc<AuditPipeline>, config: AlertsConfig) -> AlertEngine {
-        AlertEngine { control, audit, config, tenants: HashMap::new() }
+        AlertEngine { control, audit, config, tenants: HashMap::new(), deliveries: tokio::task::JoinSet::new(), stopping: watch::Sender::new(false) }
     }
 
     /// Turns every poll interval until `shutdown` says stop.
@@ -138,6 +144,10 @@ impl AlertEngine {
                 _ = shutdown.changed() => break,
             }
         }
+        // The tries being made end (each within the webhook timeout); the
+        // deliveries owed another record that they were not made.
+        self.stopping.send_replace(true);
+        while self.deliveries.join_next().await.is_some() {}
     }
 
     /// Reads what was committed since the last turn, records the firings,
@@ -218,9 +228,11 @@ impl AlertEngine {
         }
         let control = self.control.clone();
         blocking(move || moved.iter().try_for_each(|(tenant, seq, ms)| control.set_alert_cursor(tenant, *seq, *ms))).await?;
+        while self.deliveries.try_join_next().is_some() {}
         for (firing, alert_id, at) in recorded {
             if let Some(url) = firing.rule.spec.webhook_url.clone() {
-                tokio::spawn(deliver(self.control.clone(), self.audit.clone(), self.config.clone(), firing, alert_id, at, url));
+                let delivery = Delivery { control: self.control.clone(), audit: self.audit.clone(), config: self.config.clone(), stopping: self.stopping.subscribe() };
+                self.deliveries.spawn(delivery.run(firing, alert_id, at, url));
             }
         }
         Ok(())
@@ -319,45 +331,70 @@ pub fn payload(firing: &Firing, alert_id: &str, fired_at_ms: i64) -> serde_json:
     })
 }
 
-/// Posts a firing to its webhook, trying again after `webhook_backoff`,
-/// then four times longer each time; records `alert_delivery_failed`
-/// when every try failed.
-async fn deliver(control: Arc<ControlPlane>, audit: Arc<AuditPipeline>, config: AlertsConfig, firing: Firing, alert_id: String, at: i64, url: String) {
-    // During a secret's rotation, the old secret signs too (see `webhook::signatures`).
-    let secrets = control.webhook_signing_secrets(&firing.rule, crate::event::now_ms());
-    if secrets.is_empty() {
-        return;
-    }
-    let body = Bytes::from(serde_json::to_vec(&payload(&firing, &alert_id, at)).expect("JSON serialises"));
-    let mut wait = config.webhook_backoff;
-    let mut last_error = String::new();
-    for attempt in 1..=config.webhook_attempts {
-        match webhook::post(&url, body.clone(), &secrets, &alert_id, control.upstream_guard(), config.webhook_timeout).await {
-            Ok(status) if (200..300).contains(&status) => {
-                control.alert_status().update(&firing.rule, |s| s.deliveries_succeeded += 1);
-                return;
+/// What a webhook delivery needs of the engine.
+struct Delivery {
+    control: Arc<ControlPlane>,
+    audit: Arc<AuditPipeline>,
+    config: AlertsConfig,
+    /// Becomes true when the engine stops.
+    stopping: watch::Receiver<bool>,
+}
+
+impl Delivery {
+    /// Posts a firing to its webhook, trying again after `webhook_backoff`,
+    /// then four times longer each time; records `alert_delivery_failed`
+    /// when every try failed, or when the engine stopped before the next.
+    async fn run(mut self, firing: Firing, alert_id: String, at: i64, url: String) {
+        let (control, config) = (self.control.clone(), self.config.clone());
+        // During a secret's rotation, the old secret signs too (see `webhook::signatures`).
+        let secrets = control.webhook_signing_secrets(&firing.rule, now_ms());
+        if secrets.is_empty() {
+            return;
+        }
+        let body = Bytes::from(serde_json::to_vec(&payload(&firing, &alert_id, at)).expect("JSON serialises"));
+        let mut wait = config.webhook_backoff;
+        let mut last_error = String::new();
+        let mut tries = 0;
+        while tries < config.webhook_attempts {
+            tries += 1;
+            match webhook::post(&url, body.clone(), &secrets, &alert_id, control.upstream_guard(), config.webhook_timeout).await {
+                Ok(status) if (200..300).contains(&status) => {
+                    control.alert_status().update(&firing.rule, |s| s.deliveries_succeeded += 1);
+                    return;
+                }
+                Ok(status) => last_error = format!("the webhook answered {status}"),
+                Err(error) => last_error = crate::redact::redact(&error).into_owned(),
             }
-            Ok(status) => last_error = format!("the webhook answered {status}"),
-            Err(error) => last_error = crate::redact::redact(&error).into_owned(),
+            control.alert_status().update(&firing.rule, |s| s.last_delivery_error = Some(last_error.clone()));
+            if tries < config.webhook_attempts {
+                let stopped = tokio::select! {
+                    _ = tokio::time::sleep(wait) => false,
+                    _ = self.stopping.wait_for(|stopping| *stopping) => true,
+                };
+                if stopped || *self.stopping.borrow() {
+                    last_error = format!("{last_error}; keytrail stopped before the next try");
+                    break;
+                }
+                wait = wait.saturating_mul(4);
+            }
         }
-        control.alert_status().update(&firing.rule, |s| s.last_delivery_error = Some(last_error.clone()));
-        if attempt < config.webhook_attempts {
-            tokio::time::sleep(wait).await;
-            wait = wait.saturating_mul(4);
-        }
+        self.failed(&firing, alert_id, &url, last_error, tries);
     }
-    control.alert_status().update(&firing.rule, |s| s.deliveries_failed += 1);
-    tracing::warn!(tenant = %firing.rule.tenant_id, rule = %firing.rule.id, webhook = %webhook::describe(&url), error = %last_error, "an alert's webhook could not be delivered");
-    let rule = &firing.rule;
-    let mut event = Event::new(rule.tenant_id.as_str(), Category::Security, security_type::ALERT_DELIVERY_FAILED, "failure");
-    event.actor = Some(super::ACTOR.into());
-    event.target = Some(format!("alert:{}", rule.id));
-    event.request_id = Some(alert_id);
-    event.error_message = Some(last_error);
-    event.details = Some(serde_json::json!({
-        "rule_id": rule.id,
-        "attempts": config.webhook_attempts,
-        "webhook": webhook::describe(&url),
-    }));
-    audit.record(event);
+
+    fn failed(&self, firing: &Firing, alert_id: String, url: &str, last_error: String, tries: u32) {
+        self.control.alert_status().update(&firing.rule, |s| s.deliveries_failed += 1);
+        let rule = &firing.rule;
+        tracing::warn!(tenant = %rule.tenant_id, rule = %rule.id, webhook = %webhook::describe(url), error = %last_error, "an alert's webhook could not be delivered");
+        let mut event = Event::new(rule.tenant_id.as_str(), Category::Security, security_type::ALERT_DELIVERY_FAILED, "failure");
+        event.actor = Some(super::ACTOR.into());
+        event.target = Some(format!("alert:{}", rule.id));
+        event.request_id = Some(alert_id);
+        event.error_message = Some(last_error);
+        event.details = Some(serde_json::json!({
+            "rule_id": rule.id,
+            "attempts": tries,
+            "webhook": webhook::describe(url),
+        }));
+        self.audit.record(event);
+    }
 }

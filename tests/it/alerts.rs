@@ -237,6 +237,40 @@ async fn a_dead_webhook_is_tried_again_then_recorded_as_failed_without_its_path(
     ts.stop().await;
 }
 
+/// When keytrail stops, a delivery waiting for its next try makes no more
+/// and is recorded as `alert_delivery_failed` — its tries so far, and that
+/// keytrail stopped — instead of vanishing; the stop does not wait out the
+/// backoff.
+#[tokio::test]
+async fn a_delivery_still_owed_a_try_when_keytrail_stops_is_recorded_not_lost() {
+    let mut ts = start_fast(|c| c.alerts.webhook_backoff = Duration::from_secs(600)).await;
+    let admin = ts.admin_client();
+    let up = start_upstream().await;
+    admin.setup("acme", "/docs", &format!("http://{up}")).await;
+    let (failing, mut posts) = receiver(503).await;
+    assert_eq!(admin.post("/v1/tenants/acme/alerts", brute_force_rule("bf", Some(&failing))).await.status, 201);
+    failed_calls(&ts, 3).await;
+    tokio::time::timeout(Duration::from_secs(10), posts.recv()).await.expect("the first try").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while admin.get("/v1/tenants/acme/alerts/bf").await.body["status"]["last_delivery_error"].is_null() {
+        assert!(Instant::now() < deadline, "the first try's answer was not seen");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let stopping = Instant::now();
+    ts.stop().await;
+    assert!(stopping.elapsed() < Duration::from_secs(5), "the stop waited {:?}: the backoff is 600 s", stopping.elapsed());
+    assert!(posts.try_recv().is_err(), "no second try");
+    let reader = keytrail::store::audit::AuditReader::open(&ts.audit_dir()).unwrap();
+    let failed: Vec<_> = reader.chain("acme").unwrap().into_iter().map(|e| e.event).filter(|e| &*e.event_type == "alert_delivery_failed").collect();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    let event = &failed[0];
+    assert_eq!(event.target.as_deref(), Some("alert:bf"));
+    let message = event.error_message.as_deref().unwrap();
+    assert!(message.contains("the webhook answered 503") && message.contains("keytrail stopped before the next try"), "{message}");
+    assert_eq!(event.details.as_ref().unwrap()["attempts"], 1, "{event:?}");
+}
+
 #[tokio::test]
 async fn counts_carry_over_a_restart_and_a_firing_is_not_repeated() {
     let dir = tempfile::tempdir().unwrap();
