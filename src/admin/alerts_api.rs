@@ -77,9 +77,6 @@ fn not_cached(mut response: Response) -> Response {
     response
 }
 
-/// The longest grace a rotation may give the old secret: 30 days, as a key's.
-const MAX_SECRET_GRACE_SECONDS: u64 = 30 * 86_400;
-
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RotateSecret {
@@ -96,10 +93,7 @@ fn default_secret_grace() -> u64 {
 async fn rotate_secret(State(s): State<AdminState>, Path((tenant, id)): Path<(String, String)>, body: Bytes) -> Result<Response, ApiError> {
     s.control.require_tenant(&tenant)?;
     let req: RotateSecret = if body.is_empty() { RotateSecret { grace_seconds: default_secret_grace() } } else { parse_body(&body)? };
-    if req.grace_seconds > MAX_SECRET_GRACE_SECONDS {
-        return Err(ApiError::invalid_body(format_args!("`grace_seconds` must be at most {MAX_SECRET_GRACE_SECONDS} (30 days)")));
-    }
-    let (rule, secret) = s.control.rotate_alert_secret(&tenant, &id, req.grace_seconds as i64 * 1000)?;
+    let (rule, secret) = s.control.rotate_alert_secret(&tenant, &id, super::grace_ms(req.grace_seconds)?)?;
     let mut view = rule_view(&s, &rule);
     view["webhook_secret"] = json!(secret);
     view["previous_secret_expires_at"] = json!(rule.secret.previous_until.map(format_timestamp));

@@ -673,8 +673,18 @@ fn key_created(created_key: &CreatedKey, replaces: Option<&KeyRecord>) -> Respon
     response
 }
 
-/// Longest grace a rotation may give the old key: 30 days.
+/// Longest grace a rotation (a key's, an alert webhook secret's) may give
+/// the old one: 30 days.
 const MAX_GRACE_SECONDS: u64 = 30 * 86_400;
+
+/// A rotation's `grace_seconds` as milliseconds; past
+/// [`MAX_GRACE_SECONDS`], a 400 saying the limit.
+pub(super) fn grace_ms(grace_seconds: u64) -> Result<i64, ApiError> {
+    if grace_seconds > MAX_GRACE_SECONDS {
+        return Err(ApiError::invalid_body(format_args!("`grace_seconds` must be at most {MAX_GRACE_SECONDS} (30 days)")));
+    }
+    Ok(grace_seconds as i64 * 1000)
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -694,10 +704,7 @@ async fn rotate_key(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let req: RotateKey = if body.is_empty() { RotateKey { grace_seconds: default_grace() } } else { parse_body(&body)? };
-    if req.grace_seconds > MAX_GRACE_SECONDS {
-        return Err(ApiError::invalid_body(format_args!("`grace_seconds` must be at most {MAX_GRACE_SECONDS} (30 days)")));
-    }
-    let (created_key, old) = s.control.rotate_key(&key_id, req.grace_seconds as i64 * 1000, &actor)?;
+    let (created_key, old) = s.control.rotate_key(&key_id, grace_ms(req.grace_seconds)?, &actor)?;
     Ok(key_created(&created_key, Some(&old)))
 }
 

@@ -168,17 +168,11 @@ pub async fn alerts_set_enabled(target: &Target, id: &str, enabled: bool) -> any
 }
 
 /// `keytrail alerts delete ID`.
-/// The longest `--grace-secs` a secret's rotation may give: the admin
-/// API's limit, 30 days.
-const MAX_SECRET_GRACE_SECS: u64 = 30 * 86_400;
-
 /// `keytrail alerts rotate-secret ID [--grace-secs N]`: prints the new
 /// secret once, and until when the old one signs too.
 pub async fn alerts_rotate_secret(target: &Target, id: &str, grace_secs: Option<u64>) -> anyhow::Result<()> {
     check_rule_id(id)?;
-    if let Some(secs) = grace_secs.filter(|secs| *secs > MAX_SECRET_GRACE_SECS) {
-        return Err(usage(format!("--grace-secs must be at most {MAX_SECRET_GRACE_SECS} (30 days), not {secs}")));
-    }
+    super::manage::check_grace_secs(grace_secs)?;
     let client = AdminClient::from_env(&target.admin_url)?;
     let tenant = resolve_tenant(&client, target.tenant.as_deref()).await?;
     let body = grace_secs.map_or_else(|| json!({}), |secs| json!({"grace_seconds": secs}));

@@ -155,6 +155,15 @@ pub struct NewKey {
 /// `grace_seconds` limit, 30 days.
 pub const MAX_GRACE_SECS: u64 = 30 * 86_400;
 
+/// `--grace-secs` of a rotation (a key's, a webhook secret's), refused past
+/// [`MAX_GRACE_SECS`] before any call.
+pub(super) fn check_grace_secs(grace_secs: Option<u64>) -> anyhow::Result<()> {
+    match grace_secs.filter(|secs| *secs > MAX_GRACE_SECS) {
+        Some(secs) => Err(super::usage(format!("--grace-secs must be at most {MAX_GRACE_SECS} (30 days), not {secs}"))),
+        None => Ok(()),
+    }
+}
+
 /// `--scope` values as the admin API takes them (a usage error naming the
 /// first it would refuse; it says only that one of the list is wrong).
 fn check_scopes(scopes: &[String]) -> anyhow::Result<()> {
@@ -278,9 +287,7 @@ pub async fn keys_show(target: &Target, key_id: &str) -> anyhow::Result<()> {
 
 /// `keytrail keys rotate KEY_ID`: prints the new key once.
 pub async fn keys_rotate(target: &Target, key_id: &str, grace_secs: Option<u64>) -> anyhow::Result<()> {
-    if let Some(secs) = grace_secs.filter(|secs| *secs > MAX_GRACE_SECS) {
-        return Err(super::usage(format!("--grace-secs must be at most {MAX_GRACE_SECS} (30 days), not {secs}")));
-    }
+    check_grace_secs(grace_secs)?;
     let client = AdminClient::from_env(&target.admin_url)?;
     let key_id = segment("the key id", key_id)?;
     let body = match grace_secs {
