@@ -573,12 +573,7 @@ async fn a_key_is_read_by_its_id_alone_and_never_its_secret() {
     assert_eq!(created.status, 201, "{}", created.text);
     let (key_id, secret) = (created.body["key_id"].as_str().unwrap().to_string(), created.body["key"].as_str().unwrap().to_string());
     let path = format!("/v1/keys/{key_id}");
-    let mut bound = Vec::new();
-    for (name, role, tenant) in [("acme-viewer", "viewer", "acme"), ("other-owner", "owner", "other")] {
-        let a = owner.post("/v1/admins", json!({"name": name, "role": role, "tenant_id": tenant})).await;
-        assert_eq!(a.status, 201, "{}", a.text);
-        bound.push(Admin { token: a.body["token"].as_str().unwrap().to_string(), ..owner.clone() });
-    }
+    let bound = [owner.new_admin("acme-viewer", "viewer", Some("acme")).await, owner.new_admin("other-owner", "owner", Some("other")).await];
 
     for reader in [&owner, &bound[0]] {
         let a = reader.get(&path).await;

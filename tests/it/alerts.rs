@@ -167,9 +167,7 @@ async fn a_brute_force_rule_fires_once_is_recorded_and_posts_a_signed_webhook() 
 
     // A viewer reads the rule with the webhook's host and port only (its
     // path may be a receiver's credential); so does the admin log.
-    let viewer = admin.post("/v1/admins", json!({"name": "watcher", "role": "viewer"})).await;
-    assert_eq!(viewer.status, 201, "{}", viewer.text);
-    let viewer = Admin { token: viewer.body["token"].as_str().unwrap().to_string(), ..admin.clone() };
+    let viewer = admin.new_admin("watcher", "viewer", None).await;
     let seen = viewer.get("/v1/tenants/acme/alerts/brute-force").await;
     assert_eq!(seen.status, 200, "{}", seen.text);
     let host = url.trim_start_matches("http://").split('/').next().unwrap();
@@ -520,8 +518,7 @@ async fn a_webhook_secret_is_rotated_and_both_sign_during_the_grace() {
     }
     assert_eq!(admin.call("POST", "/v1/tenants/acme/alerts/nope/rotate-secret", None).await.status, 404);
     assert_eq!(admin.call("POST", "/v1/tenants/nope/alerts/brute-force/rotate-secret", None).await.status, 404);
-    let viewer = admin.post("/v1/admins", json!({"name": "watcher", "role": "viewer"})).await;
-    let viewer = Admin { token: viewer.body["token"].as_str().unwrap().to_string(), ..admin.clone() };
+    let viewer = admin.new_admin("watcher", "viewer", None).await;
     let a = viewer.call("POST", rotate, None).await;
     assert_eq!((a.status, a.body["error"]["code"].as_str()), (403, Some("forbidden")), "{}", a.text);
 

@@ -255,13 +255,16 @@ fn three_per_address(c: &mut keytrail::config::Config) {
     c.login.address_failures = 3;
 }
 
+/// [`three_per_address`] behind a trusted proxy at 127.0.0.1, so each
+/// test client can name its address (`X-Forwarded-For`, [`forwarding`]).
+fn three_per_address_behind_a_proxy(c: &mut keytrail::config::Config) {
+    three_per_address(c);
+    c.admin_trusted_proxies = keytrail::protection::TrustedProxies::parse(&["127.0.0.1".to_string()]).unwrap();
+}
+
 #[tokio::test]
 async fn behind_a_trusted_proxy_each_forwarded_client_is_counted_not_the_proxy() {
-    let (ts, owner, anonymous, _) = setup_config(|c| {
-        three_per_address(c);
-        c.admin_trusted_proxies = keytrail::protection::TrustedProxies::parse(&["127.0.0.1".to_string()]).unwrap();
-    })
-    .await;
+    let (ts, owner, anonymous, _) = setup_config(three_per_address_behind_a_proxy).await;
     let guesser = forwarding(&anonymous, "203.0.113.7");
     for i in 0..3 {
         assert_eq!(login(&guesser, &format!("user-{i}"), "a guess").await.status, 401);
@@ -322,11 +325,7 @@ async fn with_bearer(client: &Admin, token: &str, i: usize) -> Answer {
 
 #[tokio::test]
 async fn failed_bearer_tokens_are_recorded_and_lock_their_address_out_even_for_a_valid_token() {
-    let (ts, owner, anonymous, _) = setup_config(|c| {
-        three_per_address(c);
-        c.admin_trusted_proxies = keytrail::protection::TrustedProxies::parse(&["127.0.0.1".to_string()]).unwrap();
-    })
-    .await;
+    let (ts, owner, anonymous, _) = setup_config(three_per_address_behind_a_proxy).await;
     let guesser = forwarding(&anonymous, "203.0.113.7");
     let bad = bad_bearers();
     for (i, token) in bad.iter().enumerate() {
@@ -412,13 +411,9 @@ async fn a_failed_bearer_token_leaves_nothing_of_itself_in_any_output() {
 async fn an_owner_lifts_a_names_lockout_and_nobody_else_may() {
     let (ts, owner, anonymous, ada_id) = setup(|_| {}).await;
     assert_eq!(owner.post("/v1/tenants", json!({"id": "other", "name": "Other"})).await.status, 201);
-    let mut callers = Vec::new();
-    for (name, role, tenant) in [("acme-owner", "owner", "acme"), ("acme-admin", "admin", "acme"), ("other-owner", "owner", "other")] {
-        let a = owner.post("/v1/admins", json!({"name": name, "role": role, "tenant_id": tenant})).await;
-        assert_eq!(a.status, 201, "{}", a.text);
-        callers.push(Admin { token: a.body["token"].as_str().unwrap().to_string(), ..owner.clone() });
-    }
-    let (acme_owner, acme_admin, other_owner) = (&callers[0], &callers[1], &callers[2]);
+    let acme_owner = &owner.new_admin("acme-owner", "owner", Some("acme")).await;
+    let acme_admin = &owner.new_admin("acme-admin", "admin", Some("acme")).await;
+    let other_owner = &owner.new_admin("other-owner", "owner", Some("other")).await;
     for i in 0..5 {
         assert_eq!(login(&anonymous, "ada", &format!("wrong guess {i}")).await.status, 401);
     }
@@ -477,18 +472,9 @@ async fn an_owner_lifts_a_names_lockout_and_nobody_else_may() {
 /// entry.
 #[tokio::test]
 async fn a_global_owner_lifts_an_addresses_lockouts_and_nobody_else_may() {
-    let (ts, owner, anonymous, _) = setup_config(|c| {
-        three_per_address(c);
-        c.admin_trusted_proxies = keytrail::protection::TrustedProxies::parse(&["127.0.0.1".to_string()]).unwrap();
-    })
-    .await;
-    let mut callers = Vec::new();
-    for (name, role, tenant) in [("acme-owner", "owner", json!("acme")), ("global-admin", "admin", Value::Null)] {
-        let a = owner.post("/v1/admins", json!({"name": name, "role": role, "tenant_id": tenant})).await;
-        assert_eq!(a.status, 201, "{}", a.text);
-        callers.push(Admin { token: a.body["token"].as_str().unwrap().to_string(), ..owner.clone() });
-    }
-    let (acme_owner, global_admin) = (&callers[0], &callers[1]);
+    let (ts, owner, anonymous, _) = setup_config(three_per_address_behind_a_proxy).await;
+    let acme_owner = &owner.new_admin("acme-owner", "owner", Some("acme")).await;
+    let global_admin = &owner.new_admin("global-admin", "admin", None).await;
     let office = forwarding(&anonymous, "203.0.113.7");
     for i in 0..2 {
         assert_eq!(login(&office, &format!("user-{i}"), "a guess").await.status, 401);

@@ -297,6 +297,14 @@ impl Admin {
         self.call("POST", path, Some(body)).await
     }
 
+    /// Makes an admin with a token (`role`, bound to `tenant` or global)
+    /// and returns a client that calls as it.
+    pub async fn new_admin(&self, name: &str, role: &str, tenant: Option<&str>) -> Admin {
+        let a = self.post("/v1/admins", json!({"name": name, "role": role, "tenant_id": tenant})).await;
+        assert_eq!(a.status, 201, "{}", a.text);
+        Admin { token: a.body["token"].as_str().unwrap().to_string(), ..self.clone() }
+    }
+
     /// Creates a tenant, an api at `prefix` to `upstream`, a consumer and a
     /// key; returns (consumer id, key id, key).
     pub async fn setup(&self, tenant: &str, prefix: &str, upstream: &str) -> (String, String, String) {
